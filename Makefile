@@ -1,0 +1,29 @@
+# warren: build, test, install. `make test` is the whole suite (what .ci/run calls).
+PREFIX ?= /usr/local
+DEBIAN_PACKAGES = busybox-static uidmap acl attr libcap2-bin e2fsprogs crun runc casync \
+	skopeo umoci nginx-light tmux zstd systemd debootstrap hyperfine podman
+CARGO ?= cargo
+
+.PHONY: all deps test lint install demo
+
+all:
+	$(CARGO) build --release
+
+# Installs the Debian packages the tests drive (as root, only what is missing).
+deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test: deps lint
+	$(CARGO) test --all-targets -- --test-threads=4
+
+install: all
+	install -Dm755 target/release/warren $(DESTDIR)$(PREFIX)/bin/warren
+	install -Dm755 target/release/shift-own $(DESTDIR)$(PREFIX)/bin/shift-own
+	install -Dm755 target/release/shift-mount $(DESTDIR)$(PREFIX)/bin/shift-mount

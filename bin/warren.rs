@@ -1,0 +1,88 @@
+//! `warren`: images, id ranges, and containers (OCI-runtime compatible). Argument parsing
+//! and output only; each subcommand group lives in `bin/warren/` over the library.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[path = "warren/image.rs"]
+mod image;
+#[path = "warren/oci.rs"]
+mod oci;
+#[path = "warren/ranges.rs"]
+mod ranges;
+#[path = "warren/store.rs"]
+mod store;
+
+/// Options every subcommand sees. The OCI ones match runc/crun so OCI clients can call us.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Global {
+    /// Directory for containers' runtime state (runc's --root).
+    #[arg(long, global = true)]
+    pub root: Option<PathBuf>,
+    /// Chunk store directory (default: STATE_DIR/store).
+    #[arg(long, global = true)]
+    pub store: Option<PathBuf>,
+    /// Log file (OCI clients pass it).
+    #[arg(long, global = true)]
+    pub log: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long, global = true, default_value = "text")]
+    pub log_format: String,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More logging.
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Accepted for compatibility with OCI clients.
+    #[arg(long, global = true, hide = true)]
+    pub systemd_cgroup: bool,
+    /// Accepted for compatibility with OCI clients.
+    #[arg(long, global = true, hide = true)]
+    pub rootless: Option<String>,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "warren",
+    version,
+    about = "Rootless containers from shared, chunk-deduplicated images"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Per-container uid/gid blocks.
+    #[command(subcommand)]
+    Ranges(ranges::Command),
+    /// Images in the chunk store.
+    #[command(subcommand)]
+    Image(image::Command),
+    /// The chunk store itself.
+    #[command(subcommand)]
+    Store(store::Command),
+    #[command(flatten)]
+    Oci(oci::Command),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ranges(c) => ranges::run(&cli.global, c),
+        Command::Image(c) => image::run(&cli.global, c),
+        Command::Store(c) => store::run(&cli.global, c),
+        Command::Oci(c) => oci::run(&cli.global, c),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("warren: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Persistent, locked reservations of one id block per container name.

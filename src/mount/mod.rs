@@ -1,0 +1,1 @@
+//! Shifted views of an image: overlayfs (metacopy) and idmapped mounts.

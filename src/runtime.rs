@@ -1,0 +1,1 @@
+//! `Runtime`: the scheduler-facing API tying store, ranges, mounts and containers together.

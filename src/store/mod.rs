@@ -1,0 +1,1 @@
+//! The chunk-deduplicated, content-addressed image store.

@@ -1,0 +1,115 @@
+//! Shared helpers for the integration tests. Tests run as root on a real kernel (CI is
+//! root); a test that needs something the machine lacks panics with what to install.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The unprivileged user the rootless tests run as; `ensure_rootless_user` creates it.
+pub const ROOTLESS_USER: &str = "warren-test";
+/// Its subordinate id range, written to /etc/subuid and /etc/subgid.
+pub const ROOTLESS_SUBIDS: (u32, u32) = (0x100000, 0x100000);
+
+/// Panics unless we run as root: these tests need real mounts and chown.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (CI runs as root): run `sudo make test`"
+    );
+}
+
+/// Panics with an install hint unless `tool` is on PATH.
+pub fn require_tool(tool: &str, package: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(tool))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| panic!("{tool} is missing: apt-get install -y {package}"))
+}
+
+/// Path of one of this package's binaries, built by cargo for the integration tests.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_BIN_EXE_warren"));
+    dir.with_file_name(name)
+}
+
+/// Runs a command and returns its output, panicking with stderr if it could not start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Creates (once) the unprivileged test user with a home directory and subordinate id
+/// ranges, and returns its (uid, gid). Needs root, useradd and newuidmap (uidmap).
+pub fn ensure_rootless_user() -> (u32, u32) {
+    require_root();
+    require_tool("newuidmap", "uidmap");
+    let lookup = || nix::unistd::User::from_name(ROOTLESS_USER).ok().flatten();
+    if lookup().is_none() {
+        let out = run(Command::new("useradd").args(["--create-home", "--shell", "/bin/sh", ROOTLESS_USER]));
+        // Another test process may have created it concurrently.
+        assert!(out.status.success() || lookup().is_some(), "useradd failed: {out:?}");
+    }
+    let user = lookup().expect("test user exists");
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let line = format!("{ROOTLESS_USER}:{}:{}\n", ROOTLESS_SUBIDS.0, ROOTLESS_SUBIDS.1);
+        let current = std::fs::read_to_string(file).unwrap_or_default();
+        if !current.lines().any(|l| l.starts_with(&format!("{ROOTLESS_USER}:"))) {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)
+                .unwrap_or_else(|e| panic!("cannot open {file}: {e}"));
+            std::io::Write::write_all(&mut f, line.as_bytes()).expect("append subid line");
+        }
+    }
+    (user.uid.as_raw(), user.gid.as_raw())
+}
+
+/// A command that runs `program` as the rootless test user, with a clean environment
+/// pointing HOME and XDG dirs at the user's own.
+pub fn as_rootless(program: &Path) -> Command {
+    let (uid, gid) = ensure_rootless_user();
+    let home = format!("/home/{ROOTLESS_USER}");
+    let runtime = format!("/tmp/warren-test-run-{uid}");
+    std::fs::create_dir_all(&runtime).expect("create runtime dir");
+    nix::unistd::chown(runtime.as_str(), Some(uid.into()), Some(gid.into())).expect("chown runtime dir");
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={uid}"),
+        &format!("--regid={gid}"),
+        "--init-groups",
+        "--",
+    ])
+    .arg(program)
+    .env_clear()
+    .env("USER", ROOTLESS_USER)
+    .env("HOME", &home)
+    .env("XDG_RUNTIME_DIR", &runtime)
+    .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
+    cmd
+}
+
+/// A scratch directory under /var/tmp (a real disk filesystem, not tmpfs, so xattrs,
+/// overlay upper dirs and immutable flags behave as in production).
+pub fn scratch(name: &str) -> tempfile::TempDir {
+    std::fs::create_dir_all("/var/tmp/warren-tests").expect("create /var/tmp/warren-tests");
+    tempfile::Builder::new()
+        .prefix(&format!("{name}-"))
+        .tempdir_in("/var/tmp/warren-tests")
+        .expect("create scratch dir")
+}
