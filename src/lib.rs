@@ -14,3 +14,4 @@ pub mod mount;
 pub mod runtime;
 pub mod store;
 pub mod sys;
+pub mod systemd;
