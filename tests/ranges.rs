@@ -2,10 +2,7 @@
 
 mod common;
 
-use common::{
-    ROOTLESS_USER, as_rootless, bin, ok, require_root, require_tool, run,
-    scratch,
-};
+use common::{ROOTLESS_USER, as_rootless, bin, ok, require_root, require_tool, run, scratch};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use warren::idmap::IdRange;
@@ -59,11 +56,20 @@ fn parallel_allocs_from_64_processes_get_distinct_blocks() {
     let listed: Vec<Reservation> =
         parse(&ok(warren_in(tmp.path()).args(["ranges", "list", "--json"])));
     assert_eq!(listed.len(), 64);
-    let c7 = listed.iter().find(|r| r.name == "c7").expect("c7 listed").clone();
-    let again: Reservation = parse(&ok(warren_in(tmp.path()).args(["ranges", "alloc", "c7", "--json"])));
+    let c7 = listed
+        .iter()
+        .find(|r| r.name == "c7")
+        .expect("c7 listed")
+        .clone();
+    let again: Reservation = parse(&ok(
+        warren_in(tmp.path()).args(["ranges", "alloc", "c7", "--json"])
+    ));
     assert_eq!(again, c7);
     let table = ok(warren_in(tmp.path()).args(["ranges", "list"]));
-    assert!(table.lines().next().is_some_and(|l| l.starts_with("NAME")), "{table}");
+    assert!(
+        table.lines().next().is_some_and(|l| l.starts_with("NAME")),
+        "{table}"
+    );
     assert!(table.contains(&format!("{:#x}", c7.uids.start)), "{table}");
     ok(warren_in(tmp.path()).args(["ranges", "free", "c7"]));
     let listed: Vec<Reservation> =
@@ -74,7 +80,9 @@ fn parallel_allocs_from_64_processes_get_distinct_blocks() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no reservation named \"c7\""));
     // The freed block is the first one handed out again.
-    let new: Reservation = parse(&ok(warren_in(tmp.path()).args(["ranges", "alloc", "new", "--json"])));
+    let new: Reservation = parse(&ok(
+        warren_in(tmp.path()).args(["ranges", "alloc", "new", "--json"])
+    ));
     assert_eq!(new.uids, c7.uids);
 }
 
@@ -84,7 +92,14 @@ fn a_configured_pool_bounds_root_allocations() {
     let tmp = scratch("ranges-pool");
     let alloc = |name: &str| {
         run(warren_in(tmp.path()).args([
-            "ranges", "alloc", name, "--json", "--pool", "0x200000+0x20000", "--block", "0x10000",
+            "ranges",
+            "alloc",
+            name,
+            "--json",
+            "--pool",
+            "0x200000+0x20000",
+            "--block",
+            "0x10000",
         ]))
     };
     let a: Reservation = parse(&String::from_utf8_lossy(&alloc("a").stdout));
@@ -93,7 +108,10 @@ fn a_configured_pool_bounds_root_allocations() {
     assert_eq!(b.uids, IdRange::new(0x210000, 0x10000).unwrap());
     let full = alloc("c");
     assert!(!full.status.success());
-    assert!(String::from_utf8_lossy(&full.stderr).contains("no free block"), "{full:?}");
+    assert!(
+        String::from_utf8_lossy(&full.stderr).contains("no free block"),
+        "{full:?}"
+    );
 }
 
 /// The user's ranges in a subuid-format file. (useradd may have given the test user its
@@ -119,13 +137,19 @@ fn rootless_blocks_come_from_the_users_subids() {
         let subids = subids_of(ROOTLESS_USER, file);
         assert!(!subids.is_empty(), "{ROOTLESS_USER} has no line in {file}");
         assert!(
-            subids.iter().any(|s| s.contains(block.start) && block.end() <= s.end()),
+            subids
+                .iter()
+                .any(|s| s.contains(block.start) && block.end() <= s.end()),
             "{block} is outside {ROOTLESS_USER}'s ranges in {file}: {subids:?}"
         );
     }
     // Kept in the user's own state dir, and released again.
     let state = format!("/home/{ROOTLESS_USER}/.local/share/warren/ranges.json");
-    assert!(std::fs::read_to_string(&state).expect("rootless state").contains(name));
+    assert!(
+        std::fs::read_to_string(&state)
+            .expect("rootless state")
+            .contains(name)
+    );
     ok(as_rootless(&bin("warren")).args(["ranges", "free", name]));
 }
 
@@ -142,7 +166,9 @@ fn a_user_without_subids_is_told_what_to_add() {
             "useradd: {out:?}"
         );
     }
-    let u = nix::unistd::User::from_name(user).unwrap().expect("user exists");
+    let u = nix::unistd::User::from_name(user)
+        .unwrap()
+        .expect("user exists");
     let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
     assert!(
         !subuid.lines().any(|l| l.starts_with(&format!("{user}:"))),
@@ -151,7 +177,12 @@ fn a_user_without_subids_is_told_what_to_add() {
     let home = scratch("ranges-nosubid");
     nix::unistd::chown(home.path(), Some(u.uid), Some(u.gid)).unwrap();
     let out = run(Command::new("setpriv")
-        .args([&format!("--reuid={}", u.uid), &format!("--regid={}", u.gid), "--clear-groups", "--"])
+        .args([
+            &format!("--reuid={}", u.uid),
+            &format!("--regid={}", u.gid),
+            "--clear-groups",
+            "--",
+        ])
         .arg(bin("warren"))
         .args(["ranges", "alloc", "x"])
         .env_clear()
@@ -160,5 +191,8 @@ fn a_user_without_subids_is_told_what_to_add() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{out:?}");
     assert!(stderr.contains("/etc/subuid"), "{stderr}");
-    assert!(stderr.contains(&format!("add the line `{user}:")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("add the line `{user}:")),
+        "{stderr}"
+    );
 }

@@ -75,7 +75,10 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, Meta> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Meta>) {
         for e in fs::read_dir(dir).expect("read_dir") {
             let path = e.expect("dir entry").path();
-            out.insert(path.strip_prefix(root).unwrap().to_path_buf(), meta_of(&path));
+            out.insert(
+                path.strip_prefix(root).unwrap().to_path_buf(),
+                meta_of(&path),
+            );
             if fs::symlink_metadata(&path).unwrap().is_dir() {
                 walk(root, &path, out);
             }
@@ -167,8 +170,12 @@ fn build_fixture(root: &Path, outside: &Path) {
     let user = file("etc/notes", 0o640, 1000, 100, b"user xattrs stay");
     set_xattr(&user, "user.comment", b"keep me");
     let acl = file("etc/acl", 0o640, 0, 0, b"acl");
-    ok(Command::new("setfacl").args(["-m", "u:1000:rw,g:50:r,u:0:r"]).arg(&acl));
-    ok(Command::new("setfacl").args(["-m", "u:1000:rwx,d:u:2000:rx,d:g:3000:rwx"]).arg(root.join("etc/skel")));
+    ok(Command::new("setfacl")
+        .args(["-m", "u:1000:rw,g:50:r,u:0:r"])
+        .arg(&acl));
+    ok(Command::new("setfacl")
+        .args(["-m", "u:1000:rwx,d:u:2000:rx,d:g:3000:rwx"])
+        .arg(root.join("etc/skel")));
     fs::set_permissions(root.join("etc/skel"), fs::Permissions::from_mode(0o2775)).unwrap();
     chown(&root.join("etc/skel"), 0, 50);
 
@@ -184,8 +191,11 @@ fn build_fixture(root: &Path, outside: &Path) {
     std::os::unix::fs::lchown(root.join("shared/su"), Some(7), Some(7)).unwrap();
     symlink("dangling-target", root.join("dangling")).unwrap();
 
-    nix::unistd::mkfifo(&root.join("dev/fifo"), nix::sys::stat::Mode::from_bits_truncate(0o620))
-        .unwrap();
+    nix::unistd::mkfifo(
+        &root.join("dev/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o620),
+    )
+    .unwrap();
     chown(&root.join("dev/fifo"), 33, 33);
     drop(std::os::unix::net::UnixListener::bind(root.join("dev/sock")).unwrap());
     let mknod = |rel: &str, kind, major, minor| {
@@ -249,14 +259,21 @@ fn round_trip_keeps_every_attribute() {
 
     // Dry run: a report of what would change, nothing changed.
     let dry = json_report(&["-s", "0x30000", "--dry-run"], &root);
-    assert_eq!(dry["shifted"].as_u64(), Some(orig.len() as u64 - 2), "{dry}");
+    assert_eq!(
+        dry["shifted"].as_u64(),
+        Some(orig.len() as u64 - 2),
+        "{dry}"
+    );
     assert_eq!(snapshot(&root), orig, "--dry-run changed something");
 
     let out = shift_own(&["-s", "0x30000", "-v"], &root);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(
-        stdout.contains(&format!("0:0 -> 196608:196608 .. {}", root.join("bin/su").display())),
+        stdout.contains(&format!(
+            "0:0 -> 196608:196608 .. {}",
+            root.join("bin/su").display()
+        )),
         "{stdout}"
     );
     assert!(
@@ -282,13 +299,22 @@ fn round_trip_keeps_every_attribute() {
     v3_root[0] = 0x01; // keeps the effective flag
     assert_eq!(x("bin/ping", "security.capability"), Some(v3_root.clone()));
     assert_eq!(x("bin/linked", "security.capability"), Some(v3_root));
-    assert_eq!(x("bin/nsbin", "security.capability"), Some(cap_v3(S + 1000)));
+    assert_eq!(
+        x("bin/nsbin", "security.capability"),
+        Some(cap_v3(S + 1000))
+    );
     assert_eq!(x("etc/notes", "user.comment"), Some(b"keep me".to_vec()));
     let acl = acl_entries(&x("etc/acl", "system.posix_acl_access").expect("access ACL kept"));
-    assert!(acl.contains(&(0x02, S + 1000)) && acl.contains(&(0x08, S + 50)), "{acl:x?}");
+    assert!(
+        acl.contains(&(0x02, S + 1000)) && acl.contains(&(0x08, S + 50)),
+        "{acl:x?}"
+    );
     assert!(acl.contains(&(0x02, S)), "{acl:x?}");
     let dacl = acl_entries(&x("etc/skel", "system.posix_acl_default").expect("default ACL"));
-    assert!(dacl.contains(&(0x02, S + 2000)) && dacl.contains(&(0x08, S + 3000)), "{dacl:x?}");
+    assert!(
+        dacl.contains(&(0x02, S + 2000)) && dacl.contains(&(0x08, S + 3000)),
+        "{dacl:x?}"
+    );
     let skel = acl_entries(&x("etc/skel", "system.posix_acl_access").expect("dir access ACL"));
     assert!(skel.contains(&(0x02, S + 1000)), "{skel:x?}");
     // Nothing else gained or lost an xattr.
@@ -296,7 +322,11 @@ fn round_trip_keeps_every_attribute() {
         let keys = |m: &Meta| m.xattrs.keys().cloned().collect::<Vec<_>>();
         assert_eq!(keys(&after[p]), keys(m), "xattr names of {p:?}");
     }
-    assert_eq!(snapshot(&outside), outside_before, "something outside the tree changed");
+    assert_eq!(
+        snapshot(&outside),
+        outside_before,
+        "something outside the tree changed"
+    );
 
     // Idempotent: a second run changes nothing, not even a ctime.
     let again = json_report(&["-s", "0x30000"], &root);
@@ -304,13 +334,20 @@ fn round_trip_keeps_every_attribute() {
     assert_eq!(again["entries"].as_u64(), Some(orig.len() as u64));
     assert_eq!(snapshot(&root), after, "second run touched entries");
 
-    // -s 0 restores the original exactly (v3 caps with rootid 0 read back as v2).
-    let out = shift_own(&[], &root);
+    // -s 0 restores the original exactly (v3 caps with rootid 0 read back as v2). One
+    // thread this time: the sequential walk must do the same.
+    let out = shift_own(&["-j", "1"], &root);
     assert!(out.status.success(), "{out:?}");
     let back = snapshot(&root);
-    assert_eq!(without_xattrs_and_ctime(&back), without_xattrs_and_ctime(&orig));
+    assert_eq!(
+        without_xattrs_and_ctime(&back),
+        without_xattrs_and_ctime(&orig)
+    );
     for (p, m) in &orig {
-        assert_eq!(back[p].xattrs, m.xattrs, "xattrs of {p:?} after the round trip");
+        assert_eq!(
+            back[p].xattrs, m.xattrs,
+            "xattrs of {p:?} after the round trip"
+        );
     }
     assert_eq!(snapshot(&outside), outside_before);
 }
@@ -320,7 +357,12 @@ fn ids_from_every_block_land_in_the_target_block() {
     require_root();
     let tmp = scratch("shift-own-blocks");
     let root = tmp.path();
-    let ids = [(0, 0), (0x10005, 0x20007), (0x7fff_ffff, 0x12345), (0xfffe_0001, 65535)];
+    let ids = [
+        (0, 0),
+        (0x10005, 0x20007),
+        (0x7fff_ffff, 0x12345),
+        (0xfffe_0001, 65535),
+    ];
     for (i, (uid, gid)) in ids.iter().enumerate() {
         let p = root.join(format!("f{i}"));
         fs::write(&p, "x").unwrap();
@@ -330,12 +372,18 @@ fn ids_from_every_block_land_in_the_target_block() {
     assert!(out.status.success(), "{out:?}");
     for (i, (uid, gid)) in ids.iter().enumerate() {
         let m = fs::symlink_metadata(root.join(format!("f{i}"))).unwrap();
-        assert_eq!((m.uid(), m.gid()), (0x50000 + uid % 0x10000, 0x50000 + gid % 0x10000));
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (0x50000 + uid % 0x10000, 0x50000 + gid % 0x10000)
+        );
     }
     // A shift past the highest id is refused before anything is touched.
     let out = shift_own(&["-s", "0xffff0000", "-r", "0x10000"], root);
     assert!(!out.status.success());
-    assert_eq!(fs::symlink_metadata(root.join("f0")).unwrap().uid(), 0x50000);
+    assert_eq!(
+        fs::symlink_metadata(root.join("f0")).unwrap().uid(),
+        0x50000
+    );
 }
 
 /// Clears the immutable flag even when the test fails.
@@ -361,15 +409,24 @@ fn unchangeable_entries_are_reported_and_fail_the_run() {
     let out = shift_own(&["-s", "0x30000"], &root);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(stderr.contains(&format!("{}: chown", root.join("d/locked").display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}: chown", root.join("d/locked").display())),
+        "{stderr}"
+    );
     assert!(stderr.contains("3 shifted, 1 failed"), "{stderr}");
     let uid = |rel: &str| fs::symlink_metadata(root.join(rel)).unwrap().uid();
-    assert_eq!((uid("d/locked"), uid("d/free"), uid("d"), uid("")), (0, S, S, S));
+    assert_eq!(
+        (uid("d/locked"), uid("d/free"), uid("d"), uid("")),
+        (0, S, S, S)
+    );
 
     let report = json_report(&["-s", "0x30000"], &root);
     let failures = report["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 1, "{report}");
-    assert_eq!(failures[0]["path"], root.join("d/locked").display().to_string());
+    assert_eq!(
+        failures[0]["path"],
+        root.join("d/locked").display().to_string()
+    );
 }
 
 #[test]
@@ -394,7 +451,12 @@ fn a_directory_swapped_for_a_symlink_never_leads_outside() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let swapper = {
         let stop = stop.clone();
-        let (x, y, inner, z) = (root.join("x"), root.join("y"), root.join("x/inner"), root.join("x/inner/z"));
+        let (x, y, inner, z) = (
+            root.join("x"),
+            root.join("y"),
+            root.join("x/inner"),
+            root.join("x/inner/z"),
+        );
         std::thread::spawn(move || {
             let mut swaps = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -415,15 +477,20 @@ fn a_directory_swapped_for_a_symlink_never_leads_outside() {
     };
     for round in 0..60 {
         let s = if round % 2 == 0 { "0x30000" } else { "0" };
+        let threads = if round % 4 < 2 { "1" } else { "2" };
         // Failures (entries that changed under the walk) are allowed; escaping is not.
-        let out = shift_own(&["-s", s], &root);
+        let out = shift_own(&["-s", s, "-j", threads], &root);
         assert!(out.status.code().is_some_and(|c| c <= 1), "{out:?}");
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(swapper.join().unwrap() > 100, "the swapper did not run");
     for e in walkdir(&outside) {
         let m = fs::symlink_metadata(&e).unwrap();
-        assert_eq!((m.uid(), m.gid()), (0, 0), "{e:?} outside the tree was re-owned");
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (0, 0),
+            "{e:?} outside the tree was re-owned"
+        );
     }
 }
 
@@ -468,9 +535,16 @@ fn other_filesystems_are_left_alone_unless_asked() {
     fs::write(mnt.join("inside"), "i").unwrap();
 
     let report = json_report(&["-s", "0x30000"], &root);
-    assert_eq!(report["skipped_mounts"][0], mnt.display().to_string(), "{report}");
+    assert_eq!(
+        report["skipped_mounts"][0],
+        mnt.display().to_string(),
+        "{report}"
+    );
     let uid = |p: &Path| fs::symlink_metadata(p).unwrap().uid();
-    assert_eq!((uid(&root.join("file")), uid(&mnt), uid(&mnt.join("inside"))), (S, 0, 0));
+    assert_eq!(
+        (uid(&root.join("file")), uid(&mnt), uid(&mnt.join("inside"))),
+        (S, 0, 0)
+    );
 
     let out = shift_own(&["-s", "0x30000", "--cross-mounts"], &root);
     assert!(out.status.success(), "{out:?}");

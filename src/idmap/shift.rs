@@ -123,9 +123,12 @@ const PROGRESS_EVERY: u64 = 256;
 /// Entries of one directory handled per task, so one huge directory still uses every core.
 const ENTRIES_PER_TASK: usize = 128;
 
-const STATX_MASK: u32 =
-    libc::STATX_TYPE | libc::STATX_MODE | libc::STATX_UID | libc::STATX_GID | libc::STATX_INO
-        | libc::STATX_NLINK;
+const STATX_MASK: u32 = libc::STATX_TYPE
+    | libc::STATX_MODE
+    | libc::STATX_UID
+    | libc::STATX_GID
+    | libc::STATX_INO
+    | libc::STATX_NLINK;
 
 /// Shifts every entry under `root` (including `root`); `progress` is called with the
 /// number of entries done so far. Per-entry failures go in the report, not the error.
@@ -149,10 +152,19 @@ pub fn shift_tree(
         shifted: AtomicU64::new(0),
         report: Mutex::new(ShiftReport::default()),
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads)
-        .build()
-        .map_err(|e| ShiftError::Threads(e.to_string()))?;
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let pool = if threads > 1 {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| ShiftError::Threads(e.to_string()))?;
+        Some(pool)
+    } else {
+        None
+    };
 
     if meta.is_dir() {
         // The root itself is shifted as `.` of its own fd, so a root without a parent
@@ -162,9 +174,15 @@ pub fn shift_tree(
             fd,
             path: root.to_path_buf(),
         });
-        let stx = walker.entry(dir.fd.as_fd(), c".", root, true);
-        if stx.is_some() {
-            pool.scope(|scope| walker.walk(scope, dir));
+        let root_path = || root.to_path_buf();
+        if walker
+            .entry(dir.fd.as_fd(), c".", &root_path, true)
+            .is_some()
+        {
+            match &pool {
+                Some(pool) => pool.scope(|scope| walker.walk(scope, dir)),
+                None => walker.walk_here(dir),
+            }
         }
     } else {
         let parent = match root.parent() {
@@ -176,7 +194,7 @@ pub fn shift_tree(
             .and_then(|n| sys::cstr(n).ok())
             .ok_or_else(|| open_err(io::Error::from(io::ErrorKind::InvalidInput)))?;
         let fd = open_dir(None, parent).map_err(open_err)?;
-        walker.entry(fd.as_fd(), &name, root, true);
+        walker.entry(fd.as_fd(), &name, &|| root.to_path_buf(), true);
     }
 
     let mut report = walker
@@ -237,9 +255,8 @@ impl Walker<'_> {
 
     /// Reads `dir` and hands its entries to tasks in batches.
     fn walk<'s>(&'s self, scope: &rayon::Scope<'s>, dir: Arc<DirFd>) {
-        let entries = match sys::read_dir(dir.fd.as_fd()) {
-            Ok(entries) => entries,
-            Err(e) => return self.fail(dir.path.clone(), format!("getdents: {e}")),
+        let Some(entries) = self.read(&dir) else {
+            return;
         };
         let mut entries = entries.into_iter();
         loop {
@@ -250,39 +267,87 @@ impl Walker<'_> {
             let dir = Arc::clone(&dir);
             scope.spawn(move |scope| {
                 for entry in batch {
-                    self.visit(scope, &dir, &entry.name);
+                    if let Some(child) = self.visit(&dir, &entry.name) {
+                        self.walk(scope, child);
+                    }
                 }
             });
         }
     }
 
-    /// Shifts one entry of `dir`, and walks it when it is a directory.
-    fn visit<'s>(&'s self, scope: &rayon::Scope<'s>, dir: &Arc<DirFd>, name: &CStr) {
-        let path = dir.path.join(OsStr::from_bytes(name.to_bytes()));
-        let Some(stx) = self.entry(dir.fd.as_fd(), name, &path, false) else {
-            return;
-        };
-        if u32::from(stx.stx_mode) & libc::S_IFMT != libc::S_IFDIR {
-            return;
+    /// The same walk on the calling thread only: no task hand-offs when one core is all
+    /// there is. Depth first, so open directory fds stay about as many as the tree is deep.
+    fn walk_here(&self, root: Arc<DirFd>) {
+        let mut stack = vec![(root, None::<std::vec::IntoIter<sys::DirEntry>>)];
+        while let Some((dir, entries)) = stack.last_mut() {
+            let entries = match entries {
+                Some(entries) => entries,
+                None => match self.read(dir) {
+                    Some(list) => entries.insert(list.into_iter()),
+                    None => {
+                        stack.pop();
+                        continue;
+                    }
+                },
+            };
+            match entries.next() {
+                Some(entry) => {
+                    let dir = Arc::clone(dir);
+                    if let Some(child) = self.visit(&dir, &entry.name) {
+                        stack.push((child, None));
+                    }
+                }
+                None => {
+                    stack.pop();
+                }
+            }
         }
-        let fd = match open_dir(Some(dir.fd.as_fd()), Path::new(OsStr::from_bytes(name.to_bytes()))) {
+    }
+
+    fn read(&self, dir: &DirFd) -> Option<Vec<sys::DirEntry>> {
+        sys::read_dir(dir.fd.as_fd())
+            .map_err(|e| self.fail(dir.path.clone(), format!("getdents: {e}")))
+            .ok()
+    }
+
+    /// Shifts one entry of `dir`; when it is a directory to walk, returns it opened.
+    fn visit(&self, dir: &DirFd, name: &CStr) -> Option<Arc<DirFd>> {
+        let path = || dir.path.join(OsStr::from_bytes(name.to_bytes()));
+        let stx = self.entry(dir.fd.as_fd(), name, &path, false)?;
+        if u32::from(stx.stx_mode) & libc::S_IFMT != libc::S_IFDIR {
+            return None;
+        }
+        let fd = match open_dir(
+            Some(dir.fd.as_fd()),
+            Path::new(OsStr::from_bytes(name.to_bytes())),
+        ) {
             Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return None,
             // A symlink or file swapped in since the statx: not ours to follow.
             Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
-                return self.fail(path, EntryError::Raced);
+                self.fail(path(), EntryError::Raced);
+                return None;
             }
-            Err(e) => return self.fail(path, format!("open: {e}")),
+            Err(e) => {
+                self.fail(path(), format!("open: {e}"));
+                return None;
+            }
         };
         // The directory we opened must be the one we looked at (not another mount).
         match nix::sys::stat::fstat(&fd) {
             Ok(st)
                 if st.st_ino == stx.stx_ino
                     && st.st_dev == libc::makedev(stx.stx_dev_major, stx.stx_dev_minor) => {}
-            Ok(_) => return self.fail(path, EntryError::Raced),
-            Err(e) => return self.fail(path, format!("fstat: {e}")),
+            Ok(_) => {
+                self.fail(path(), EntryError::Raced);
+                return None;
+            }
+            Err(e) => {
+                self.fail(path(), format!("fstat: {e}"));
+                return None;
+            }
         }
-        self.walk(scope, Arc::new(DirFd { fd, path }));
+        Some(Arc::new(DirFd { fd, path: path() }))
     }
 
     /// Shifts the entry `name` in `dir`. Returns its statx when the walk should go on into
@@ -291,14 +356,14 @@ impl Walker<'_> {
         &self,
         dir: BorrowedFd<'_>,
         name: &CStr,
-        path: &Path,
+        path: &dyn Fn() -> PathBuf,
         is_root: bool,
     ) -> Option<libc::statx> {
         let stx = match sys::statx_at(dir, name, STATX_MASK) {
             Ok(stx) => stx,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return None,
             Err(e) => {
-                self.fail(path.to_path_buf(), format!("statx: {e}"));
+                self.fail(path(), format!("statx: {e}"));
                 return None;
             }
         };
@@ -308,7 +373,7 @@ impl Walker<'_> {
             && stx.stx_attributes_mask & mount_root != 0
             && stx.stx_attributes & mount_root != 0
         {
-            self.lock_report().skipped_mounts.push(path.to_path_buf());
+            self.lock_report().skipped_mounts.push(path());
             return None;
         }
         let done = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
@@ -322,7 +387,7 @@ impl Walker<'_> {
                 self.shifted.fetch_add(1, Ordering::Relaxed);
                 if self.opts.record_changes {
                     self.lock_report().changes.push(Change {
-                        path: path.to_path_buf(),
+                        path: path(),
                         from,
                         to,
                     });
@@ -332,7 +397,7 @@ impl Walker<'_> {
             Err(EntryError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
                 return None;
             }
-            Err(e) => self.fail(path.to_path_buf(), e),
+            Err(e) => self.fail(path(), e),
         }
         Some(stx)
     }
