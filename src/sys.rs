@@ -507,6 +507,7 @@ pub fn setxattrat(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr, value: &[u8]) -
 pub struct DirEntry {
     pub name: CString,
     pub kind: u8,
+    pub ino: u64,
 }
 
 /// Every entry of the directory `dir` except `.` and `..`, by `getdents64(2)` on the fd
@@ -538,6 +539,8 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
                 ));
             }
             let kind = buf[off + 18];
+            let mut ino = [0u8; 8];
+            ino.copy_from_slice(&buf[off..off + 8]);
             let raw = &buf[off + 19..off + reclen];
             let name = CStr::from_bytes_until_nul(raw)
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "unterminated name"))?;
@@ -546,6 +549,7 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
                 out.push(DirEntry {
                     name: name.to_owned(),
                     kind,
+                    ino: u64::from_ne_bytes(ino),
                 });
             }
             off += reclen;

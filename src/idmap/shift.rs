@@ -304,10 +304,14 @@ impl Walker<'_> {
         }
     }
 
+    /// The entries of `dir` in inode order: neighbouring inodes share inode-table blocks,
+    /// which makes the stat and chown of a directory's files measurably cheaper.
     fn read(&self, dir: &DirFd) -> Option<Vec<sys::DirEntry>> {
-        sys::read_dir(dir.fd.as_fd())
+        let mut entries = sys::read_dir(dir.fd.as_fd())
             .map_err(|e| self.fail(dir.path.clone(), format!("getdents: {e}")))
-            .ok()
+            .ok()?;
+        entries.sort_unstable_by_key(|e| e.ino);
+        Some(entries)
     }
 
     /// Shifts one entry of `dir`; when it is a directory to walk, returns it opened.
