@@ -25,18 +25,26 @@ rm -rf "$WORK" && mkdir -p "$WORK"
 cp -a "$TREE" "$WORK/a" && cp -a "$TREE" "$WORK/b"
 echo "tree: $(find "$WORK/a" | wc -l) entries, $(nproc) cores, $(uname -r)"
 
-hyperfine --warmup 3 --runs "$RUNS" --export-json "$WORK/result.json" \
-    --prepare "$SHIFT -s 0 $WORK/a >/dev/null" \
+hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$WORK/result.json" \
+    --prepare "$SHIFT -s 0 $WORK/a" \
+    --prepare "$SHIFT -s 0 $WORK/a" \
     --prepare "chown -hR 0:0 $WORK/b" \
     -n "shift-own -s 0x30000" "$SHIFT -s 0x30000 $WORK/a" \
+    -n "shift-own -j1 -s 0x30000" "$SHIFT -j1 -s 0x30000 $WORK/a" \
     -n "chown -hR 196608:196608" "chown -hR 196608:196608 $WORK/b"
 
 python3 - "$WORK/result.json" <<'PY'
 import json, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
-s, c = r["shift-own -s 0x30000"], r["chown -hR 196608:196608"]
-print(f"shift-own: {s['mean']*1000:.1f} ms ± {s['stddev']*1000:.1f}, "
-      f"chown -hR: {c['mean']*1000:.1f} ms ± {c['stddev']*1000:.1f}")
-print(f"ratio shift-own / chown -hR: {s['mean']/c['mean']:.2f} (target <= 1.0)")
+c = r["chown -hR 196608:196608"]
+cpu = lambda x: x["user"] + x["system"]
+for name in ("shift-own -s 0x30000", "shift-own -j1 -s 0x30000", "chown -hR 196608:196608"):
+    x = r[name]
+    print(f"{name:26} mean {x['mean']*1e3:6.1f} ms  median {x['median']*1e3:6.1f} ms  "
+          f"min {x['min']*1e3:6.1f} ms  cpu {cpu(x)*1e3:6.1f} ms")
+for name in ("shift-own -s 0x30000", "shift-own -j1 -s 0x30000"):
+    x = r[name]
+    print(f"ratio {name} / chown -hR: mean {x['mean']/c['mean']:.2f}, "
+          f"median {x['median']/c['median']:.2f}, cpu {cpu(x)/cpu(c):.2f} (target <= 1.0)")
 PY
 rm -rf "$WORK"
