@@ -229,6 +229,15 @@ struct DirFd {
     path: PathBuf,
 }
 
+/// An id-carrying xattr of one entry: its value before and after the shift, and whether
+/// it must be written (the capability always: chown deletes it).
+struct IdXattr {
+    name: &'static CStr,
+    old: Vec<u8>,
+    new: Vec<u8>,
+    write: bool,
+}
+
 struct Walker<'a> {
     opts: &'a ShiftOptions,
     progress: Option<&'a (dyn Fn(u64) + Sync)>,
@@ -439,7 +448,7 @@ impl Walker<'_> {
 
         // Read and shift id-carrying xattrs first: chown deletes the capability, and a
         // malformed one must fail the entry before anything is lost.
-        let mut xattrs: Vec<(&'static CStr, Vec<u8>, bool)> = Vec::new();
+        let mut xattrs: Vec<IdXattr> = Vec::new();
         if kind != libc::S_IFLNK {
             let mut names = Vec::new();
             sys::listxattrat(dir, name, &mut names).map_err(io_err("listxattr"))?;
@@ -459,7 +468,12 @@ impl Walker<'_> {
                 let new = xattr::shift_value(key, &old, shift)?;
                 // chown drops the capability: it must be written back even if unchanged.
                 let write = key == xattr::CAPABILITY || new != old;
-                xattrs.push((cname, new, write));
+                xattrs.push(IdXattr {
+                    name: cname,
+                    old,
+                    new,
+                    write,
+                });
             }
         }
 
@@ -474,16 +488,35 @@ impl Walker<'_> {
 
         // chown clears setuid (and setgid) on non-directories; put the mode back.
         let mode = u32::from(stx.stx_mode);
-        if kind != libc::S_IFDIR
+        let restore_mode = kind != libc::S_IFDIR
             && kind != libc::S_IFLNK
-            && mode & (libc::S_ISUID | libc::S_ISGID) != 0
-        {
-            sys::fchmodat_nofollow(dir, name, mode & 0o7777).map_err(io_err("chmod"))?;
-        }
-        for (attr, value, write) in &xattrs {
-            if *write {
-                sys::setxattrat(dir, name, attr, value).map_err(io_err("setxattr"))?;
+            && mode & (libc::S_ISUID | libc::S_ISGID) != 0;
+        let finish = || -> Result<(), EntryError> {
+            if restore_mode {
+                sys::fchmodat_nofollow(dir, name, mode & 0o7777).map_err(io_err("chmod"))?;
             }
+            for x in xattrs.iter().filter(|x| x.write) {
+                sys::setxattrat(dir, name, x.name, &x.new).map_err(io_err("setxattr"))?;
+            }
+            Ok(())
+        };
+        if let Err(e) = finish() {
+            // Half done must not look done: an entry left with its new owner would be
+            // skipped by the next run. Put the old owner, mode and values back.
+            let _ = nix::unistd::fchownat(
+                dir,
+                name,
+                Some(Uid::from_raw(from.0)),
+                Some(Gid::from_raw(from.1)),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            );
+            if restore_mode {
+                let _ = sys::fchmodat_nofollow(dir, name, mode & 0o7777);
+            }
+            for x in &xattrs {
+                let _ = sys::setxattrat(dir, name, x.name, &x.old);
+            }
+            return Err(e);
         }
         Ok(Some((from, to)))
     }
