@@ -1,0 +1,50 @@
+#!/bin/sh
+# shift-own vs chown -hR on a Debian minbase tree (~6.8k entries), in one run.
+# Each command works on its own `cp -a` copy, reset to ids 0 before every timed run
+# (shift-own -s 0 restores exactly; chown's copy is re-owned with chown -hR 0:0).
+# Usage: bench/shift-own.sh [RUNS]   (as root; needs hyperfine, debootstrap if no tree)
+set -eu
+cd "$(dirname "$0")/.."
+RUNS=${1:-30}
+BASE=/var/tmp/warren-bench
+TREE=$BASE/minbase
+WORK=$BASE/shift-own-work
+
+[ "$(id -u)" = 0 ] || { echo "run as root (chown needs it)" >&2; exit 1; }
+command -v hyperfine >/dev/null || { echo "apt-get install -y hyperfine" >&2; exit 1; }
+if ! grep -qs '^rc=0' "$BASE/debootstrap.log" || [ ! -d "$TREE/usr" ]; then
+    command -v debootstrap >/dev/null || { echo "apt-get install -y debootstrap" >&2; exit 1; }
+    mkdir -p "$BASE" && rm -rf "$TREE"
+    { debootstrap --variant=minbase bookworm "$TREE"; echo "rc=$?"; } >"$BASE/debootstrap.log" 2>&1
+fi
+
+cargo build --release --quiet --bin shift-own
+SHIFT=$PWD/target/release/shift-own
+
+rm -rf "$WORK" && mkdir -p "$WORK"
+cp -a "$TREE" "$WORK/a" && cp -a "$TREE" "$WORK/b"
+echo "tree: $(find "$WORK/a" | wc -l) entries, $(nproc) cores, $(uname -r)"
+
+hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$WORK/result.json" \
+    --prepare "$SHIFT -s 0 $WORK/a" \
+    --prepare "$SHIFT -s 0 $WORK/a" \
+    --prepare "chown -hR 0:0 $WORK/b" \
+    -n "shift-own -s 0x30000" "$SHIFT -s 0x30000 $WORK/a" \
+    -n "shift-own -j1 -s 0x30000" "$SHIFT -j1 -s 0x30000 $WORK/a" \
+    -n "chown -hR 196608:196608" "chown -hR 196608:196608 $WORK/b"
+
+python3 - "$WORK/result.json" <<'PY'
+import json, sys
+r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
+c = r["chown -hR 196608:196608"]
+cpu = lambda x: x["user"] + x["system"]
+for name in ("shift-own -s 0x30000", "shift-own -j1 -s 0x30000", "chown -hR 196608:196608"):
+    x = r[name]
+    print(f"{name:26} mean {x['mean']*1e3:6.1f} ms  median {x['median']*1e3:6.1f} ms  "
+          f"min {x['min']*1e3:6.1f} ms  cpu {cpu(x)*1e3:6.1f} ms")
+for name in ("shift-own -s 0x30000", "shift-own -j1 -s 0x30000"):
+    x = r[name]
+    print(f"ratio {name} / chown -hR: mean {x['mean']/c['mean']:.2f}, "
+          f"median {x['median']/c['median']:.2f}, cpu {cpu(x)/cpu(c):.2f} (target <= 1.0)")
+PY
+rm -rf "$WORK"
