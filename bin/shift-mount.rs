@@ -1,7 +1,6 @@
 //! shift-mount: mount a shifted view of LOWER at MOUNTPOINT, with the writes in INTERMEDIATE.
 //! Argument parsing and output only; the work is `warren::mount::shifted`.
 
-use anyhow::Context;
 use clap::Parser;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use std::io::IsTerminal;
@@ -53,7 +52,7 @@ fn main() {
     match run(Args::parse()) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("shift-mount: {e:#}");
+            eprintln!("shift-mount: {e}");
             std::process::exit(1);
         }
     }
@@ -92,7 +91,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
     stop.add(Signal::SIGINT);
     if !args.oneshot {
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&stop), None)
-            .context("blocking SIGTERM/SIGINT")?;
+            .map_err(|e| anyhow::anyhow!("blocking SIGTERM/SIGINT: {e}"))?;
     }
 
     let bar = progress_bar(args.json);
@@ -110,7 +109,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
     if args.oneshot || !report.mounted {
         return Ok(0);
     }
-    let signal = stop.wait().context("waiting for SIGTERM/SIGINT")?;
+    let signal = stop.wait().map_err(|e| anyhow::anyhow!("waiting for SIGTERM/SIGINT: {e}"))?;
     shifted::unmount(&report.mountpoint)?;
     if !args.json {
         println!("Unmounted {} on {signal}", report.mountpoint.display());
