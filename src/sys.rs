@@ -330,6 +330,231 @@ pub fn lremovexattr_at(dir: BorrowedFd<'_>, name: &OsStr, attr: &CStr) -> io::Re
     }
 }
 
+// ---- idmap::shift: per-entry calls by directory fd and name, never following a symlink ----
+
+/// The `*xattrat(2)` calls (Linux 6.13); new syscalls share one number on every architecture.
+const SYS_SETXATTRAT: libc::c_long = 463;
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+
+/// Cleared once the kernel answers ENOSYS to an `*xattrat` call; the `/proc/self/fd`
+/// path fallback is used from then on.
+static XATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+fn xattrat_missing(err: &io::Error) -> bool {
+    if err.raw_os_error() == Some(libc::ENOSYS) {
+        XATTRAT.store(false, std::sync::atomic::Ordering::Relaxed);
+        return true;
+    }
+    false
+}
+
+fn xattrat() -> bool {
+    XATTRAT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `statx(2)` of `name` in `dir` without following a symlink (`AT_STATX_DONT_SYNC`).
+pub fn statx_at(dir: BorrowedFd<'_>, name: &CStr, mask: u32) -> io::Result<libc::statx> {
+    // SAFETY: statx is plain old data; all-zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd, C string and an out buffer of the right type.
+    let ret = unsafe {
+        libc::statx(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC,
+            mask,
+            &mut stx,
+        )
+    };
+    check(ret as libc::c_long).map(|_| stx)
+}
+
+/// `fchmodat2(2)` (Linux 6.6) with `AT_SYMLINK_NOFOLLOW`: a symlink put in `name`'s place
+/// makes it fail (EOPNOTSUPP) instead of changing the link's target.
+pub fn fchmodat_nofollow(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: valid fd and C string; mode and flags are plain integers.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_fchmodat2,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            mode,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// The raw, NUL-separated xattr name list of `name` in `dir` (not following a symlink)
+/// into `buf`. One syscall for the common case of a short list.
+pub fn listxattrat(dir: BorrowedFd<'_>, name: &CStr, buf: &mut Vec<u8>) -> io::Result<()> {
+    if xattrat() {
+        loop {
+            if buf.capacity() < 256 {
+                buf.reserve(256);
+            }
+            let cap = buf.capacity();
+            // SAFETY: valid fd and C string; the buffer has `cap` writable bytes.
+            let ret = unsafe {
+                libc::syscall(
+                    SYS_LISTXATTRAT,
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+                    buf.as_mut_ptr(),
+                    cap,
+                )
+            };
+            match check(ret) {
+                Ok(n) => {
+                    // SAFETY: the kernel wrote `n <= cap` bytes.
+                    unsafe { buf.set_len(n as usize) };
+                    return Ok(());
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {
+                    buf.reserve(cap * 4);
+                }
+                Err(e) if xattrat_missing(&e) => break,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let names = llistxattr_at(dir, OsStr::from_bytes(name.to_bytes()))?;
+    buf.clear();
+    for n in names {
+        buf.extend_from_slice(n.as_bytes_with_nul());
+    }
+    Ok(())
+}
+
+/// The value of xattr `attr` of `name` in `dir` (not following a symlink); `None` if absent.
+pub fn getxattrat(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> io::Result<Option<Vec<u8>>> {
+    if xattrat() {
+        let mut buf = vec![0u8; 256];
+        loop {
+            let mut args = XattrArgs {
+                value: buf.as_mut_ptr() as u64,
+                size: buf.len() as u32,
+                flags: 0,
+            };
+            // SAFETY: valid fd and C strings; `args` points at a buffer of `size` bytes.
+            let ret = unsafe {
+                libc::syscall(
+                    SYS_GETXATTRAT,
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+                    attr.as_ptr(),
+                    &mut args as *mut XattrArgs,
+                    std::mem::size_of::<XattrArgs>(),
+                )
+            };
+            match check(ret) {
+                Ok(n) => {
+                    buf.truncate(n as usize);
+                    return Ok(Some(buf));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENODATA) => return Ok(None),
+                Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {
+                    let len = buf.len() * 16;
+                    buf.resize(len, 0);
+                }
+                Err(e) if xattrat_missing(&e) => break,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    lgetxattr_at(dir, OsStr::from_bytes(name.to_bytes()), attr)
+}
+
+/// Sets xattr `attr` of `name` in `dir` (not following a symlink).
+pub fn setxattrat(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr, value: &[u8]) -> io::Result<()> {
+    if xattrat() {
+        let args = XattrArgs {
+            value: value.as_ptr() as u64,
+            size: value.len() as u32,
+            flags: 0,
+        };
+        // SAFETY: valid fd and C strings; `args` points at `size` readable bytes.
+        let ret = unsafe {
+            libc::syscall(
+                SYS_SETXATTRAT,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+                attr.as_ptr(),
+                &args as *const XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        };
+        match check(ret) {
+            Err(e) if xattrat_missing(&e) => {}
+            other => return other.map(drop),
+        }
+    }
+    lsetxattr_at(dir, OsStr::from_bytes(name.to_bytes()), attr, value)
+}
+
+/// One directory entry from [`read_dir`]: its name and `d_type` (`DT_*`).
+pub struct DirEntry {
+    pub name: CString,
+    pub kind: u8,
+}
+
+/// Every entry of the directory `dir` except `.` and `..`, by `getdents64(2)` on the fd
+/// itself (no path lookup). Reads from the fd's current position.
+pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: valid fd and a writable buffer of the given size.
+        let n = check(unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        })? as usize;
+        if n == 0 {
+            return Ok(out);
+        }
+        let mut off = 0;
+        // linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name[].
+        while off + 19 <= n {
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            if reclen < 19 || off + reclen > n {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "malformed getdents64 record",
+                ));
+            }
+            let kind = buf[off + 18];
+            let raw = &buf[off + 19..off + reclen];
+            let name = CStr::from_bytes_until_nul(raw)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "unterminated name"))?;
+            let bytes = name.to_bytes();
+            if bytes != b"." && bytes != b".." {
+                out.push(DirEntry {
+                    name: name.to_owned(),
+                    kind,
+                });
+            }
+            off += reclen;
+        }
+    }
+}
+
+// ---- mount::overlay: layers handed over as fds ----
+
 /// `fsconfig(2)` command that passes a file descriptor (overlayfs layers since Linux 6.13).
 pub const FSCONFIG_SET_FD: u32 = 5;
 

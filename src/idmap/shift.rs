@@ -1,10 +1,28 @@
 //! The shifting engine: re-owns a tree from one id range to another.
 //!
-//! STUB: the public types and signature below are the contract other modules build on
-//! (mount::shifted, store::extract callers); the implementation lands with shift-own.
+//! Every entry is reached by name inside a directory fd opened with `O_NOFOLLOW`, and
+//! changed with `AT_SYMLINK_NOFOLLOW` calls, so a tree rewritten while we walk it (a
+//! directory swapped for a symlink) can never redirect a change outside the root. Per
+//! entry: one `statx`; when the owner must change, one `listxattr` (not for symlinks,
+//! which can carry neither capabilities nor ACLs), the id-carrying xattrs read before
+//! `chown` (which deletes `security.capability` and clears setuid/setgid) and written back
+//! shifted after it. Entries already owned right cost the `statx` only, so a second run
+//! changes nothing. Directories are walked in parallel (rayon).
 
 use super::range::{RangeError, Shift};
+use super::xattr::{self, XattrError};
+use crate::sys;
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::Mode;
+use nix::unistd::{Gid, Uid};
+use std::collections::HashSet;
+use std::ffi::{CStr, OsStr};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// What to shift and how.
 #[derive(Clone, Debug)]
@@ -56,6 +74,8 @@ pub struct ShiftReport {
     pub shifted: u64,
     pub changes: Vec<Change>,
     pub failures: Vec<Failure>,
+    /// Mount points below the root that were left alone (without `cross_mounts`).
+    pub skipped_mounts: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +87,45 @@ pub enum ShiftError {
     },
     #[error(transparent)]
     Range(#[from] RangeError),
+    #[error("cannot start worker threads: {0}")]
+    Threads(String),
 }
+
+/// Why one entry could not be shifted (goes into [`Failure::error`]).
+#[derive(Debug, thiserror::Error)]
+enum EntryError {
+    #[error("{call}: {source}")]
+    Io {
+        call: &'static str,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Xattr(#[from] XattrError),
+    #[error(transparent)]
+    Range(#[from] RangeError),
+    #[error("changed while being walked")]
+    Raced,
+}
+
+fn io_err(call: &'static str) -> impl FnOnce(io::Error) -> EntryError {
+    move |source| EntryError::Io { call, source }
+}
+
+fn nix_err(call: &'static str) -> impl FnOnce(nix::Error) -> EntryError {
+    move |e| EntryError::Io {
+        call,
+        source: io::Error::from(e),
+    }
+}
+
+/// How many entries pass between two progress callbacks.
+const PROGRESS_EVERY: u64 = 256;
+/// Entries of one directory handled per task, so one huge directory still uses every core.
+const ENTRIES_PER_TASK: usize = 128;
+
+const STATX_MASK: u32 =
+    libc::STATX_TYPE | libc::STATX_MODE | libc::STATX_UID | libc::STATX_GID | libc::STATX_INO
+        | libc::STATX_NLINK;
 
 /// Shifts every entry under `root` (including `root`); `progress` is called with the
 /// number of entries done so far. Per-entry failures go in the report, not the error.
@@ -76,9 +134,288 @@ pub fn shift_tree(
     opts: &ShiftOptions,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<ShiftReport, ShiftError> {
-    let _ = (opts, progress);
-    Err(ShiftError::Open {
+    // Validate the shift once: after this every in-range id maps.
+    Shift::new(opts.shift.to, opts.shift.range)?;
+    let open_err = |source: io::Error| ShiftError::Open {
         path: root.to_path_buf(),
-        source: std::io::Error::other("idmap::shift is not implemented yet"),
-    })
+        source,
+    };
+    let meta = std::fs::symlink_metadata(root).map_err(open_err)?;
+    let walker = Walker {
+        opts,
+        progress,
+        hardlinks: Mutex::new(HashSet::new()),
+        entries: AtomicU64::new(0),
+        shifted: AtomicU64::new(0),
+        report: Mutex::new(ShiftReport::default()),
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads)
+        .build()
+        .map_err(|e| ShiftError::Threads(e.to_string()))?;
+
+    if meta.is_dir() {
+        // The root itself is shifted as `.` of its own fd, so a root without a parent
+        // (`/`) needs no special case.
+        let fd = open_dir(None, root).map_err(open_err)?;
+        let dir = Arc::new(DirFd {
+            fd,
+            path: root.to_path_buf(),
+        });
+        let stx = walker.entry(dir.fd.as_fd(), c".", root, true);
+        if stx.is_some() {
+            pool.scope(|scope| walker.walk(scope, dir));
+        }
+    } else {
+        let parent = match root.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let name = root
+            .file_name()
+            .and_then(|n| sys::cstr(n).ok())
+            .ok_or_else(|| open_err(io::Error::from(io::ErrorKind::InvalidInput)))?;
+        let fd = open_dir(None, parent).map_err(open_err)?;
+        walker.entry(fd.as_fd(), &name, root, true);
+    }
+
+    let mut report = walker
+        .report
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    report.entries = walker.entries.load(Ordering::Relaxed);
+    report.shifted = walker.shifted.load(Ordering::Relaxed);
+    report.changes.sort_by(|a, b| a.path.cmp(&b.path));
+    report.failures.sort_by(|a, b| a.path.cmp(&b.path));
+    report.skipped_mounts.sort();
+    if let Some(progress) = progress {
+        progress(report.entries);
+    }
+    Ok(report)
+}
+
+/// Opens a directory without following a symlink in its last component: relative to
+/// `parent`'s fd when given, else the (user-supplied) path as is.
+fn open_dir(parent: Option<BorrowedFd<'_>>, path: &Path) -> io::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = match parent {
+        Some(p) => openat(p, path, flags, Mode::empty()),
+        None => nix::fcntl::open(path, flags, Mode::empty()),
+    };
+    fd.map_err(io::Error::from)
+}
+
+/// An open directory and its path (for messages only; never used to reach files).
+struct DirFd {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+struct Walker<'a> {
+    opts: &'a ShiftOptions,
+    progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// (dev, ino) of multiply-linked inodes already shifted.
+    hardlinks: Mutex<HashSet<(u64, u64)>>,
+    entries: AtomicU64,
+    shifted: AtomicU64,
+    report: Mutex<ShiftReport>,
+}
+
+impl Walker<'_> {
+    fn fail(&self, path: PathBuf, error: impl ToString) {
+        self.lock_report().failures.push(Failure {
+            path,
+            error: error.to_string(),
+        });
+    }
+
+    fn lock_report(&self) -> std::sync::MutexGuard<'_, ShiftReport> {
+        self.report
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reads `dir` and hands its entries to tasks in batches.
+    fn walk<'s>(&'s self, scope: &rayon::Scope<'s>, dir: Arc<DirFd>) {
+        let entries = match sys::read_dir(dir.fd.as_fd()) {
+            Ok(entries) => entries,
+            Err(e) => return self.fail(dir.path.clone(), format!("getdents: {e}")),
+        };
+        let mut entries = entries.into_iter();
+        loop {
+            let batch: Vec<sys::DirEntry> = entries.by_ref().take(ENTRIES_PER_TASK).collect();
+            if batch.is_empty() {
+                break;
+            }
+            let dir = Arc::clone(&dir);
+            scope.spawn(move |scope| {
+                for entry in batch {
+                    self.visit(scope, &dir, &entry.name);
+                }
+            });
+        }
+    }
+
+    /// Shifts one entry of `dir`, and walks it when it is a directory.
+    fn visit<'s>(&'s self, scope: &rayon::Scope<'s>, dir: &Arc<DirFd>, name: &CStr) {
+        let path = dir.path.join(OsStr::from_bytes(name.to_bytes()));
+        let Some(stx) = self.entry(dir.fd.as_fd(), name, &path, false) else {
+            return;
+        };
+        if u32::from(stx.stx_mode) & libc::S_IFMT != libc::S_IFDIR {
+            return;
+        }
+        let fd = match open_dir(Some(dir.fd.as_fd()), Path::new(OsStr::from_bytes(name.to_bytes()))) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return,
+            // A symlink or file swapped in since the statx: not ours to follow.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                return self.fail(path, EntryError::Raced);
+            }
+            Err(e) => return self.fail(path, format!("open: {e}")),
+        };
+        // The directory we opened must be the one we looked at (not another mount).
+        match nix::sys::stat::fstat(&fd) {
+            Ok(st)
+                if st.st_ino == stx.stx_ino
+                    && st.st_dev == libc::makedev(stx.stx_dev_major, stx.stx_dev_minor) => {}
+            Ok(_) => return self.fail(path, EntryError::Raced),
+            Err(e) => return self.fail(path, format!("fstat: {e}")),
+        }
+        self.walk(scope, Arc::new(DirFd { fd, path }));
+    }
+
+    /// Shifts the entry `name` in `dir`. Returns its statx when the walk should go on into
+    /// it, `None` when it vanished, failed to stat, or is a mount point left alone.
+    fn entry(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        path: &Path,
+        is_root: bool,
+    ) -> Option<libc::statx> {
+        let stx = match sys::statx_at(dir, name, STATX_MASK) {
+            Ok(stx) => stx,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return None,
+            Err(e) => {
+                self.fail(path.to_path_buf(), format!("statx: {e}"));
+                return None;
+            }
+        };
+        let mount_root = u64::from(libc::STATX_ATTR_MOUNT_ROOT as u32);
+        if !is_root
+            && !self.opts.cross_mounts
+            && stx.stx_attributes_mask & mount_root != 0
+            && stx.stx_attributes & mount_root != 0
+        {
+            self.lock_report().skipped_mounts.push(path.to_path_buf());
+            return None;
+        }
+        let done = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(progress) = self.progress
+            && done % PROGRESS_EVERY == 0
+        {
+            progress(done);
+        }
+        match self.change(dir, name, &stx) {
+            Ok(Some((from, to))) => {
+                self.shifted.fetch_add(1, Ordering::Relaxed);
+                if self.opts.record_changes {
+                    self.lock_report().changes.push(Change {
+                        path: path.to_path_buf(),
+                        from,
+                        to,
+                    });
+                }
+            }
+            Ok(None) => {}
+            Err(EntryError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+                return None;
+            }
+            Err(e) => self.fail(path.to_path_buf(), e),
+        }
+        Some(stx)
+    }
+
+    /// Re-owns one entry (with its capability, ACLs and setuid/setgid bits). Returns the
+    /// old and new owner when it changed, `None` when it was already right.
+    #[allow(clippy::type_complexity)]
+    fn change(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        stx: &libc::statx,
+    ) -> Result<Option<((u32, u32), (u32, u32))>, EntryError> {
+        let shift = self.opts.shift;
+        let from = (stx.stx_uid, stx.stx_gid);
+        let to = (shift.map(from.0)?, shift.map(from.1)?);
+        if from == to {
+            return Ok(None);
+        }
+        let kind = u32::from(stx.stx_mode) & libc::S_IFMT;
+        if kind != libc::S_IFDIR && stx.stx_nlink > 1 {
+            let dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+            let mut seen = self
+                .hardlinks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !seen.insert((dev, stx.stx_ino)) {
+                // Another name of this inode is (being) shifted.
+                return Ok(None);
+            }
+        }
+        if self.opts.dry_run {
+            return Ok(Some((from, to)));
+        }
+
+        // Read and shift id-carrying xattrs first: chown deletes the capability, and a
+        // malformed one must fail the entry before anything is lost.
+        let mut xattrs: Vec<(&'static CStr, Vec<u8>, bool)> = Vec::new();
+        if kind != libc::S_IFLNK {
+            let mut names = Vec::new();
+            sys::listxattrat(dir, name, &mut names).map_err(io_err("listxattr"))?;
+            for attr in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+                let (cname, key) = match attr {
+                    b"security.capability" => (c"security.capability", xattr::CAPABILITY),
+                    b"system.posix_acl_access" => (c"system.posix_acl_access", xattr::ACL_ACCESS),
+                    b"system.posix_acl_default" => {
+                        (c"system.posix_acl_default", xattr::ACL_DEFAULT)
+                    }
+                    _ => continue,
+                };
+                let Some(old) = sys::getxattrat(dir, name, cname).map_err(io_err("getxattr"))?
+                else {
+                    continue;
+                };
+                let new = xattr::shift_value(key, &old, shift)?;
+                // chown drops the capability: it must be written back even if unchanged.
+                let write = key == xattr::CAPABILITY || new != old;
+                xattrs.push((cname, new, write));
+            }
+        }
+
+        nix::unistd::fchownat(
+            dir,
+            name,
+            Some(Uid::from_raw(to.0)),
+            Some(Gid::from_raw(to.1)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(nix_err("chown"))?;
+
+        // chown clears setuid (and setgid) on non-directories; put the mode back.
+        let mode = u32::from(stx.stx_mode);
+        if kind != libc::S_IFDIR
+            && kind != libc::S_IFLNK
+            && mode & (libc::S_ISUID | libc::S_ISGID) != 0
+        {
+            sys::fchmodat_nofollow(dir, name, mode & 0o7777).map_err(io_err("chmod"))?;
+        }
+        for (attr, value, write) in &xattrs {
+            if *write {
+                sys::setxattrat(dir, name, attr, value).map_err(io_err("setxattr"))?;
+            }
+        }
+        Ok(Some((from, to)))
+    }
 }
