@@ -16,7 +16,7 @@ use nix::sys::stat::{FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -53,6 +53,8 @@ struct Copier<'a> {
     dst_path: &'a Path,
     report: CopyReport,
     progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// When set, metadata is recorded here instead of applied.
+    defer: Option<&'a mut Plan>,
 }
 
 fn dir_flags() -> OFlag {
@@ -65,6 +67,16 @@ pub fn copy_shifted(
     dst: &Path,
     shift: Shift,
     progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<CopyReport, CopyError> {
+    copy_into(lowers, dst, shift, progress, None)
+}
+
+fn copy_into(
+    lowers: &[PathBuf],
+    dst: &Path,
+    shift: Shift,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+    defer: Option<&mut Plan>,
 ) -> Result<CopyReport, CopyError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -85,6 +97,7 @@ pub fn copy_shifted(
         dst_path: dst,
         report: CopyReport::default(),
         progress,
+        defer,
     };
     // Bottom-most first, so each higher layer lands on top.
     for lower in lowers.iter().rev() {
@@ -263,8 +276,8 @@ impl Copier<'_> {
         Ok(true)
     }
 
-    /// Owner, xattrs, mode, times: in that order, since chown clears setuid bits and
-    /// capabilities.
+    /// Reads the source's xattrs, then applies owner, xattrs, mode and times to the copy
+    /// (or, deferred, records them for [`apply_plan`]).
     #[allow(clippy::too_many_arguments)]
     fn apply_meta(
         &mut self,
@@ -276,67 +289,166 @@ impl Copier<'_> {
         spath: &Path,
         dpath: &Path,
     ) -> Result<(), CopyError> {
-        let dst_err = |e: io::Error| CopyError::Io {
-            path: dpath.to_path_buf(),
-            source: e,
-        };
-        let shift_err = |source| CopyError::Shift {
+        let read_err = |source| CopyError::Io {
             path: spath.to_path_buf(),
             source,
         };
-        let uid = self.shift.map(st.st_uid).map_err(|e| shift_err(e.into()))?;
-        let gid = self.shift.map(st.st_gid).map_err(|e| shift_err(e.into()))?;
-        let mut changed = uid != st.st_uid || gid != st.st_gid;
-        nix::unistd::fchownat(
-            dst,
-            dname,
-            Some(Uid::from_raw(uid)),
-            Some(Gid::from_raw(gid)),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| dst_err(e.into()))?;
-        let names = sys::llistxattr_at(src, sname).map_err(|source| CopyError::Io {
-            path: spath.to_path_buf(),
-            source,
-        })?;
-        for attr in names {
-            let key = attr.to_string_lossy();
+        let mut xattrs = Vec::new();
+        for attr in sys::llistxattr_at(src, sname).map_err(read_err)? {
             // Overlay internals describe the layer, not the file.
-            if key.starts_with("trusted.overlay.") {
+            if attr.to_bytes().starts_with(b"trusted.overlay.") {
                 continue;
             }
-            let Some(value) = sys::lgetxattr_at(src, sname, &attr).map_err(|source| CopyError::Io {
-                path: spath.to_path_buf(),
-                source,
-            })?
-            else {
-                continue;
-            };
-            let shifted = xattr::shift_value(&key, &value, self.shift).map_err(shift_err)?;
-            changed |= shifted != value;
-            sys::lsetxattr_at(dst, dname, &attr, &shifted).map_err(dst_err)?;
+            if let Some(value) = sys::lgetxattr_at(src, sname, &attr).map_err(read_err)? {
+                xattrs.push((attr, value));
+            }
         }
-        let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
-        if kind != SFlag::S_IFLNK {
-            nix::sys::stat::fchmodat(
-                dst,
-                dname,
-                Mode::from_bits_truncate(st.st_mode & 0o7777),
-                FchmodatFlags::FollowSymlink,
-            )
-            .map_err(|e| dst_err(e.into()))?;
+        if let Some(plan) = &mut self.defer {
+            let rel = dpath.strip_prefix(self.dst_path).unwrap_or(dpath).to_path_buf();
+            plan.entries.push(Pending {
+                rel,
+                st: *st,
+                xattrs,
+                source: spath.to_path_buf(),
+            });
+            return Ok(());
         }
-        nix::sys::stat::utimensat(
-            dst,
-            dname,
-            &TimeSpec::new(st.st_atime, st.st_atime_nsec),
-            &TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
-            UtimensatFlags::NoFollowSymlink,
-        )
-        .map_err(|e| dst_err(e.into()))?;
-        if changed {
+        if set_meta(dst, dname, st, &xattrs, self.shift, spath, dpath)? {
             self.report.shifted += 1;
         }
         Ok(())
     }
+}
+
+/// Owner, xattrs, mode, times, in that order, since chown clears setuid bits and
+/// capabilities. True when the shift changed an id.
+fn set_meta(
+    dst: BorrowedFd<'_>,
+    dname: &OsStr,
+    st: &FileStat,
+    xattrs: &[(CString, Vec<u8>)],
+    shift: Shift,
+    spath: &Path,
+    dpath: &Path,
+) -> Result<bool, CopyError> {
+    let dst_err = |e: io::Error| CopyError::Io {
+        path: dpath.to_path_buf(),
+        source: e,
+    };
+    let shift_err = |source| CopyError::Shift {
+        path: spath.to_path_buf(),
+        source,
+    };
+    let uid = shift.map(st.st_uid).map_err(|e| shift_err(e.into()))?;
+    let gid = shift.map(st.st_gid).map_err(|e| shift_err(e.into()))?;
+    let mut changed = uid != st.st_uid || gid != st.st_gid;
+    nix::unistd::fchownat(
+        dst,
+        dname,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| dst_err(e.into()))?;
+    for (attr, value) in xattrs {
+        let shifted =
+            xattr::shift_value(&attr.to_string_lossy(), value, shift).map_err(shift_err)?;
+        changed |= shifted != *value;
+        sys::lsetxattr_at(dst, dname, attr, &shifted).map_err(dst_err)?;
+    }
+    let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+    if kind != SFlag::S_IFLNK {
+        nix::sys::stat::fchmodat(
+            dst,
+            dname,
+            Mode::from_bits_truncate(st.st_mode & 0o7777),
+            FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|e| dst_err(e.into()))?;
+    }
+    nix::sys::stat::utimensat(
+        dst,
+        dname,
+        &TimeSpec::new(st.st_atime, st.st_atime_nsec),
+        &TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| dst_err(e.into()))?;
+    Ok(changed)
+}
+
+/// One entry's metadata, read from the source, to apply later.
+#[derive(Debug)]
+struct Pending {
+    /// Relative to the copy's root ("" for the root).
+    rel: PathBuf,
+    st: FileStat,
+    xattrs: Vec<(CString, Vec<u8>)>,
+    source: PathBuf,
+}
+
+/// The metadata of a copy made by [`copy_deferred`], children before their directory.
+#[derive(Debug, Default)]
+pub struct Plan {
+    entries: Vec<Pending>,
+}
+
+/// Copies structure and content only, as the caller, and returns the owners, xattrs, modes
+/// and times to apply with [`apply_plan`] (for a rootless copy, whose ids can only be set
+/// from inside a user namespace, where the source's real ids cannot be read).
+pub fn copy_deferred(
+    lowers: &[PathBuf],
+    dst: &Path,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<Plan, CopyError> {
+    let mut plan = Plan::default();
+    copy_into(lowers, dst, Shift { to: 0, range: 0 }, progress, Some(&mut plan))?;
+    Ok(plan)
+}
+
+/// Applies a [`Plan`] to the copy at `dst` with `shift` (ids as the calling namespace sees
+/// them); returns the entries whose ids `counted` (the same shift seen from the host) changes.
+pub fn apply_plan(dst: &Path, plan: &Plan, shift: Shift, counted: Shift) -> Result<u64, CopyError> {
+    let root = nix::fcntl::open(dst, dir_flags(), Mode::empty()).map_err(|e| CopyError::Io {
+        path: dst.to_path_buf(),
+        source: e.into(),
+    })?;
+    let mut shifted = 0;
+    for p in &plan.entries {
+        let dpath = dst.join(&p.rel);
+        let (parent, name) = match (p.rel.parent(), p.rel.file_name()) {
+            (Some(parent), Some(name)) => (parent, name),
+            _ => (Path::new(""), OsStr::new(".")),
+        };
+        // The copy is ours and not yet visible, but never follow a link inside it anyway.
+        let dir = match sys::openat2(
+            root.as_fd(),
+            if parent.as_os_str().is_empty() { Path::new(".") } else { parent },
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+            sys::RESOLVE_BENEATH | sys::RESOLVE_NO_SYMLINKS,
+        ) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(CopyError::Io { path: dpath, source }),
+        };
+        match set_meta(dir.as_fd(), name, &p.st, &p.xattrs, shift, &p.source, &dpath) {
+            Ok(_) => shifted += u64::from(changes(&p.st, &p.xattrs, counted)),
+            // Replaced or whited out by a higher layer.
+            Err(CopyError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(shifted)
+}
+
+/// True when `shift` changes an entry's owner or an id-carrying xattr.
+fn changes(st: &FileStat, xattrs: &[(CString, Vec<u8>)], shift: Shift) -> bool {
+    shift.map(st.st_uid).ok() != Some(st.st_uid)
+        || shift.map(st.st_gid).ok() != Some(st.st_gid)
+        || xattrs.iter().any(|(name, value)| {
+            let name = name.to_string_lossy();
+            xattr::carries_ids(&name)
+                && xattr::shift_value(&name, value, shift).ok().as_deref() != Some(value.as_slice())
+        })
 }

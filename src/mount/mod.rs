@@ -4,6 +4,7 @@
 pub mod copy;
 pub mod idmapped;
 pub mod overlay;
+pub mod rootless;
 pub mod shifted;
 
 pub use shifted::{Method, MountError, MountReport, MountSpec, mount, unmount};

@@ -16,6 +16,7 @@
 use super::copy::{self, CopyError};
 use super::idmapped::{self, IdmapError, Mapping};
 use super::overlay::{self, Layer, Overlay, OverlayError};
+use super::rootless::{self, RootlessError};
 use crate::idmap::range::{IdRange, Shift};
 use crate::idmap::shift::{self as engine, ShiftError, ShiftOptions};
 use crate::{atomic, dirs, sys};
@@ -184,6 +185,8 @@ pub enum MountError {
         count: usize,
         first: String,
     },
+    #[error("rootless copy: {0}")]
+    Rootless(Box<RootlessError>),
     #[error("cannot unmount {path}: {source}")]
     Unmount { path: PathBuf, source: io::Error },
 }
@@ -477,13 +480,25 @@ fn mount_method(
             let view = spec.intermediate.join("copy");
             let (shifted, walked) = if done && view.is_dir() {
                 (0, false)
+            } else if rootless && record.is_some_and(|r| r.shift != spec.shift) {
+                return Err(MountError::Refused {
+                    method,
+                    reason: format!(
+                        "a rootless copy cannot be re-shifted; remove {} and mount again",
+                        spec.intermediate.display()
+                    ),
+                });
+            } else if rootless {
+                new_record(State::Shifting).store(&spec.intermediate)?;
+                (rootless_copy(spec, &view, progress)?, true)
             } else if record.is_some() && view.is_dir() {
                 // Same copy, another shift (--reshift).
                 new_record(State::Shifting).store(&spec.intermediate)?;
                 (walk(&view, spec.shift, progress)?, true)
             } else {
                 new_record(State::Shifting).store(&spec.intermediate)?;
-                (fresh_copy(spec, &view, progress)?, true)
+                let tmp = spec.intermediate.join("copy.tmp");
+                (fresh_copy(&spec.lowers, &tmp, &view, spec.shift, progress)?, true)
             };
             if rootless {
                 new_record(State::Shifted).store(&spec.intermediate)?;
@@ -592,27 +607,69 @@ fn idmapped_lowers(lowers: &[PathBuf], shift: Shift) -> Result<Vec<Layer>, Mount
 /// Copies the lowers to `view` through a temporary directory, so a crash never leaves a
 /// half copy that looks whole.
 fn fresh_copy(
+    lowers: &[PathBuf],
+    tmp: &Path,
+    view: &Path,
+    shift: Shift,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<u64, MountError> {
+    for stale in [tmp, view] {
+        if stale.exists() {
+            std::fs::remove_dir_all(stale).map_err(io_at(stale))?;
+        }
+    }
+    match copy::copy_shifted(lowers, tmp, shift, progress) {
+        Ok(report) => {
+            std::fs::rename(tmp, view).map_err(io_at(view))?;
+            Ok(report.shifted)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(tmp);
+            Err(e.into())
+        }
+    }
+}
+
+/// A rootless copy: structure and content copied as the caller (who can read the lower
+/// layers' real ids), then owners, xattrs and modes applied from inside a user namespace
+/// that maps the block (where ids can be set, but the lower layers' ids read as nobody).
+fn rootless_copy(
     spec: &MountSpec,
     view: &Path,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<u64, MountError> {
     let tmp = spec.intermediate.join("copy.tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_at(&tmp))?;
+    let in_ns = |work: &dyn Fn(Shift) -> Result<u64, String>| {
+        rootless::in_userns(spec.shift, work).map_err(|e| MountError::Rootless(Box::new(e)))
+    };
+    // Leftovers are owned by the block: only the namespace can remove them.
+    if tmp.exists() || view.exists() {
+        in_ns(&|_| {
+            for stale in [&tmp, view] {
+                if stale.exists() {
+                    std::fs::remove_dir_all(stale).map_err(|e| format!("{}: {e}", stale.display()))?;
+                }
+            }
+            Ok(0)
+        })?;
     }
-    if view.exists() {
-        std::fs::remove_dir_all(view).map_err(io_at(view))?;
-    }
-    match copy::copy_shifted(&spec.lowers, &tmp, spec.shift, progress) {
-        Ok(report) => {
-            std::fs::rename(&tmp, view).map_err(io_at(view))?;
-            Ok(report.shifted)
-        }
-        Err(e) => {
+    let plan = copy::copy_deferred(&spec.lowers, &tmp, progress).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&tmp);
+    })?;
+    in_ns(&|inside| {
+        let applied = copy::apply_plan(&tmp, &plan, inside, spec.shift).and_then(|n| {
+            std::fs::rename(&tmp, view)
+                .map(|()| n)
+                .map_err(|source| CopyError::Io {
+                    path: view.to_path_buf(),
+                    source,
+                })
+        });
+        applied.map_err(|e| {
             let _ = std::fs::remove_dir_all(&tmp);
-            Err(e.into())
-        }
-    }
+            e.to_string()
+        })
+    })
 }
 
 /// Runs the shifting engine over `root`; any entry that failed fails the whole walk.
