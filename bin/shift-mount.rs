@@ -74,7 +74,11 @@ fn run(args: Args) -> anyhow::Result<i32> {
         anyhow::bail!("LOWER, INTERMEDIATE and MOUNTPOINT are required");
     };
     let mut spec = MountSpec::new(
-        lower.split(':').filter(|l| !l.is_empty()).map(PathBuf::from).collect(),
+        lower
+            .split(':')
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from)
+            .collect(),
         intermediate,
         mountpoint,
         Shift::new(args.shift, args.range)?,
@@ -109,7 +113,9 @@ fn run(args: Args) -> anyhow::Result<i32> {
     if args.oneshot || !report.mounted {
         return Ok(0);
     }
-    let signal = stop.wait().map_err(|e| anyhow::anyhow!("waiting for SIGTERM/SIGINT: {e}"))?;
+    let signal = stop
+        .wait()
+        .map_err(|e| anyhow::anyhow!("waiting for SIGTERM/SIGINT: {e}"))?;
     shifted::unmount(&report.mountpoint)?;
     if !args.json {
         println!("Unmounted {} on {signal}", report.mountpoint.display());
@@ -122,7 +128,9 @@ fn progress_bar(json: bool) -> Option<indicatif::ProgressBar> {
         return None;
     }
     let bar = indicatif::ProgressBar::new_spinner();
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {pos} entries shifted ({elapsed})") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} {pos} entries shifted ({elapsed})")
+    {
         bar.set_style(style);
     }
     bar.enable_steady_tick(std::time::Duration::from_millis(120));

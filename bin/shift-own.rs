@@ -117,7 +117,10 @@ fn print_human(path: &std::path::Path, shift: Shift, report: &ShiftReport, verbo
         shift
     );
     for m in &report.skipped_mounts {
-        eprintln!("shift-own: {}: mount point left alone (see --cross-mounts)", m.display());
+        eprintln!(
+            "shift-own: {}: mount point left alone (see --cross-mounts)",
+            m.display()
+        );
     }
     if !report.failures.is_empty() {
         for f in &report.failures {

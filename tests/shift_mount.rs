@@ -42,7 +42,8 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, Entry> {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let path = root.join(&rel);
-        let meta = fs::symlink_metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let meta =
+            fs::symlink_metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let ft = meta.file_type();
         let (kind, content) = if ft.is_dir() {
             let mut names: Vec<_> = fs::read_dir(&path)
@@ -53,9 +54,18 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, Entry> {
             stack.extend(names.into_iter().map(|n| rel.join(n)));
             ("dir", Vec::new())
         } else if ft.is_symlink() {
-            ("symlink", fs::read_link(&path).expect("readlink").into_os_string().into_encoded_bytes())
+            (
+                "symlink",
+                fs::read_link(&path)
+                    .expect("readlink")
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            )
         } else if ft.is_file() {
-            ("file", fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+            (
+                "file",
+                fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+            )
         } else if ft.is_char_device() {
             ("char", meta.rdev().to_le_bytes().to_vec())
         } else {
@@ -73,8 +83,12 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, Entry> {
                 .unwrap_or_default();
             xattrs.insert(attr.to_string_lossy().into_owned(), value);
         }
-        let link_group = (kind == "file" && meta.nlink() > 1)
-            .then(|| inodes.entry(meta.ino()).or_insert_with(|| rel.clone()).clone());
+        let link_group = (kind == "file" && meta.nlink() > 1).then(|| {
+            inodes
+                .entry(meta.ino())
+                .or_insert_with(|| rel.clone())
+                .clone()
+        });
         out.insert(
             rel,
             Entry {
@@ -123,7 +137,28 @@ fn assert_tree(view: &Path, expected: &BTreeMap<PathBuf, Entry>) {
         }
         assert_eq!(&have, want, "{} under {}", path.display(), view.display());
     }
-    assert_eq!(got.len(), expected.len(), "entries under {}", view.display());
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "entries under {}",
+        view.display()
+    );
+}
+
+/// Unmounts what a failing test left mounted (declared after the scratch dir, so it runs
+/// before the dir is removed).
+struct Unmounter(Vec<PathBuf>);
+
+impl Drop for Unmounter {
+    fn drop(&mut self) {
+        for m in &self.0 {
+            while mounted(m) {
+                if nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH).is_err() {
+                    break;
+                }
+            }
+        }
+    }
 }
 
 fn sh(cmd: &str) {
@@ -163,7 +198,14 @@ fn shift_mount() -> Command {
 fn mount(lower: &Path, im: &Path, mnt: &Path, shift: u32, method: &str) -> Value {
     fs::create_dir_all(mnt).expect("mkdir mountpoint");
     let out = ok(shift_mount()
-        .args(["--oneshot", "--json", "-s", &format!("{shift:#x}"), "--method", method])
+        .args([
+            "--oneshot",
+            "--json",
+            "-s",
+            &format!("{shift:#x}"),
+            "--method",
+            method,
+        ])
         .args([lower, im, mnt]));
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad report {out:?}: {e}"))
 }
@@ -195,10 +237,14 @@ fn check_method(method: &str) {
     let dir = scratch(&format!("shift-mount-{method}"));
     let lower = fixture(dir.path());
     let before = snapshot(&lower);
+    let _guard = Unmounter(vec![dir.path().join("mnt0"), dir.path().join("mnt1")]);
     let shifts = [0x30000u32, 0x50000];
     let mut views = Vec::new();
     for (i, s) in shifts.iter().enumerate() {
-        let (im, mnt) = (dir.path().join(format!("im{i}")), dir.path().join(format!("mnt{i}")));
+        let (im, mnt) = (
+            dir.path().join(format!("im{i}")),
+            dir.path().join(format!("mnt{i}")),
+        );
         let report = mount(&lower, &im, &mnt, *s, method);
         assert_eq!(report["method"], method, "{report}");
         assert_eq!(report["mounted"], true, "{report}");
@@ -209,7 +255,11 @@ fn check_method(method: &str) {
     for (_, mnt, shift) in &views {
         assert_tree(mnt, &shifted(&before, *shift));
         let cap = snapshot(mnt)[Path::new("bin/ping")].xattrs[xattr::CAPABILITY].clone();
-        assert_eq!(&cap[20..24], &shift.to.to_le_bytes(), "v3 rootid of the capability");
+        assert_eq!(
+            &cap[20..24],
+            &shift.to.to_le_bytes(),
+            "v3 rootid of the capability"
+        );
     }
     // The first container writes; LOWER and the second container's view do not change.
     let (im0, mnt0, s0) = &views[0];
@@ -217,18 +267,32 @@ fn check_method(method: &str) {
     assert_eq!(snapshot(&lower), before, "LOWER changed");
     assert_tree(&views[1].1, &shifted(&before, views[1].2));
     let view0 = snapshot(mnt0);
-    assert!(!view0.contains_key(Path::new("etc/file")), "deleted file still visible");
+    assert!(
+        !view0.contains_key(Path::new("etc/file")),
+        "deleted file still visible"
+    );
     assert_eq!(view0[Path::new("data/a")].mode & 0o7777, 0o600);
-    assert_eq!(view0[Path::new("data/b")].mode & 0o7777, 0o600, "hardlink broke on copy-up");
+    assert_eq!(
+        view0[Path::new("data/b")].mode & 0o7777,
+        0o600,
+        "hardlink broke on copy-up"
+    );
     assert_eq!(view0[Path::new("etc/keep")].content, b"keepmore");
     // The writes land in INTERMEDIATE, owned by the container's root.
-    let written = if method == "copy" { im0.join("copy") } else { im0.join("upper") };
+    let written = if method == "copy" {
+        im0.join("copy")
+    } else {
+        im0.join("upper")
+    };
     let new = fs::symlink_metadata(written.join("etc/new")).expect("new file in INTERMEDIATE");
     assert_eq!((new.uid(), new.gid()), (s0.to, s0.to));
     assert_eq!(fs::read(written.join("etc/new")).expect("read new"), b"new");
     if method != "copy" {
         let wh = fs::symlink_metadata(written.join("etc/file")).expect("whiteout in upper");
-        assert!(wh.file_type().is_char_device() && wh.rdev() == 0, "not a whiteout: {wh:?}");
+        assert!(
+            wh.file_type().is_char_device() && wh.rdev() == 0,
+            "not a whiteout: {wh:?}"
+        );
     }
     for (_, mnt, _) in &views {
         unmount(mnt);
@@ -258,6 +322,7 @@ fn remount_walks_nothing_and_shift_is_recorded() {
     let lower = fixture(dir.path());
     let before = snapshot(&lower);
     let (im, mnt) = (dir.path().join("im"), dir.path().join("mnt"));
+    let _guard = Unmounter(vec![mnt.clone()]);
     for method in ["metacopy", "copy", "idmap"] {
         let im = im.with_extension(method);
         let first = mount(&lower, &im, &mnt, 0x30000, method);
@@ -270,7 +335,10 @@ fn remount_walks_nothing_and_shift_is_recorded() {
         assert_eq!(again["method"], method, "{again}");
         assert_eq!(again["walked"], false, "{again}");
         assert_eq!(again["entries_shifted"], 0, "{again}");
-        assert_tree(&mnt, &shifted(&before, Shift::new(0x30000, BLOCK).expect("shift")));
+        assert_tree(
+            &mnt,
+            &shifted(&before, Shift::new(0x30000, BLOCK).expect("shift")),
+        );
         unmount(&mnt);
         // Another shift on the same INTERMEDIATE: refused, or re-shifted on request.
         let out = run(shift_mount()
@@ -284,7 +352,10 @@ fn remount_walks_nothing_and_shift_is_recorded() {
             .args([&lower, &im, &mnt]));
         let re: Value = serde_json::from_str(&out).expect("report");
         assert_eq!(re["method"], method, "{re}");
-        assert_tree(&mnt, &shifted(&before, Shift::new(0x70000, BLOCK).expect("shift")));
+        assert_tree(
+            &mnt,
+            &shifted(&before, Shift::new(0x70000, BLOCK).expect("shift")),
+        );
         unmount(&mnt);
     }
     assert_eq!(snapshot(&lower), before, "LOWER changed");
@@ -297,6 +368,7 @@ fn auto_picks_idmap_and_falls_back_when_refused() {
     let lower = fixture(dir.path());
     let before = snapshot(&lower);
     let mnt = dir.path().join("mnt");
+    let _guard = Unmounter(vec![mnt.clone()]);
     fs::create_dir_all(&mnt).expect("mkdir");
     for (deny, expect, refused) in [
         ("", "idmap", vec![]),
@@ -317,7 +389,10 @@ fn auto_picks_idmap_and_falls_back_when_refused() {
             .map(|a| a["method"].as_str().expect("method"))
             .collect();
         assert_eq!(got, refused, "{report}");
-        assert_tree(&mnt, &shifted(&before, Shift::new(0x30000, BLOCK).expect("shift")));
+        assert_tree(
+            &mnt,
+            &shifted(&before, Shift::new(0x30000, BLOCK).expect("shift")),
+        );
         unmount(&mnt);
     }
     // Everything refused: an error naming each method, and nothing mounted.
@@ -326,7 +401,10 @@ fn auto_picks_idmap_and_falls_back_when_refused() {
         .args(["--oneshot", "-s", "0x30000"])
         .args([&lower, &dir.path().join("im-none"), &mnt]));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("idmap") && err.contains("copy"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("idmap") && err.contains("copy"),
+        "{err}"
+    );
     assert!(!mounted(&mnt));
 }
 
@@ -337,10 +415,13 @@ fn failure_halfway_leaves_no_mount_and_a_retry_walks_again() {
     let dir = scratch("shift-mount-fail");
     let lower = fixture(dir.path());
     let (im, mnt) = (dir.path().join("im"), dir.path().join("mnt"));
+    let _guard = Unmounter(vec![mnt.clone()]);
     fs::create_dir_all(&mnt).expect("mkdir");
     // An immutable file cannot be re-owned through the overlay: the walk fails midway.
     sh(&format!("chattr +i {}", lower.join("etc/keep").display()));
-    let out = run(shift_mount().args(["--oneshot", "-s", "0x30000", "--method", "metacopy"]).args([&lower, &im, &mnt]));
+    let out = run(shift_mount()
+        .args(["--oneshot", "-s", "0x30000", "--method", "metacopy"])
+        .args([&lower, &im, &mnt]));
     sh(&format!("chattr -i {}", lower.join("etc/keep").display()));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("etc/keep"), "{err}");
@@ -357,6 +438,7 @@ fn foreground_unmounts_on_sigterm() {
     let dir = scratch("shift-mount-fg");
     let lower = fixture(dir.path());
     let (im, mnt) = (dir.path().join("im"), dir.path().join("mnt"));
+    let _guard = Unmounter(vec![mnt.clone()]);
     fs::create_dir_all(&mnt).expect("mkdir");
     let mut child = shift_mount()
         .args(["-s", "0x30000"])
@@ -385,6 +467,7 @@ fn library_api_reports_and_unmounts() {
     let dir = scratch("shift-mount-lib");
     let lower = fixture(dir.path());
     let mnt = dir.path().join("mnt");
+    let _guard = Unmounter(vec![mnt.clone()]);
     fs::create_dir_all(&mnt).expect("mkdir");
     let spec = warren::mount::MountSpec::new(
         vec![lower.clone()],
@@ -422,7 +505,11 @@ fn rootless_copy_is_shifted_into_subordinate_ids() {
     let dir = scratch("shift-mount-rootless");
     let lower = fixture(dir.path());
     // The test user must be able to read the image, as any image user would.
-    sh(&format!("chmod -R a+rX {} && chmod 755 {}", lower.display(), dir.path().display()));
+    sh(&format!(
+        "chmod -R a+rX {} && chmod 755 {}",
+        lower.display(),
+        dir.path().display()
+    ));
     let before = snapshot(&lower);
     let work = dir.path().join("user");
     fs::create_dir_all(work.join("mnt")).expect("mkdir");
@@ -437,7 +524,10 @@ fn rootless_copy_is_shifted_into_subordinate_ids() {
     let view = work.join("im/copy");
     assert_eq!(report["view"], view.to_str().expect("utf-8"));
     assert!(!mounted(&work.join("mnt")));
-    assert_tree(&view, &shifted(&before, Shift::new(start, BLOCK).expect("shift")));
+    assert_tree(
+        &view,
+        &shifted(&before, Shift::new(start, BLOCK).expect("shift")),
+    );
     assert_eq!(snapshot(&lower), before, "LOWER changed");
     // Mounting again finds the record: no copy.
     let out = ok(as_rootless(&bin("shift-mount"))

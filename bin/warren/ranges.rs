@@ -27,12 +27,7 @@ pub enum Command {
 
 pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
     let allocator = match &command {
-        Command::Alloc {
-            pool: Some(_), ..
-        }
-        | Command::Alloc {
-            block: Some(_), ..
-        } => {
+        Command::Alloc { pool: Some(_), .. } | Command::Alloc { block: Some(_), .. } => {
             anyhow::ensure!(
                 warren::dirs::is_root(),
                 "--pool and --block are for root; rootless blocks come from /etc/subuid and /etc/subgid"
@@ -89,7 +84,10 @@ fn show(global: &Global, r: &Reservation) -> anyhow::Result<()> {
 
 fn print_table(all: &[Reservation]) {
     let width = all.iter().map(|r| r.name.len()).max().unwrap_or(0).max(4);
-    println!("{:width$}  {:>10}  {:>10}  {:>10}", "NAME", "UID START", "GID START", "COUNT");
+    println!(
+        "{:width$}  {:>10}  {:>10}  {:>10}",
+        "NAME", "UID START", "GID START", "COUNT"
+    );
     for r in all {
         let count = if r.uids.len == r.gids.len {
             format!("{:#x}", r.uids.len)

@@ -330,11 +330,9 @@ impl Allocator {
                 reservations,
             };
             let path = self.state_file();
-            let data = serde_json::to_vec_pretty(&state).map_err(|source| {
-                AllocError::Corrupt {
-                    path: path.clone(),
-                    source,
-                }
+            let data = serde_json::to_vec_pretty(&state).map_err(|source| AllocError::Corrupt {
+                path: path.clone(),
+                source,
             })?;
             crate::atomic::write(&path, &data).map_err(io_at(&path))?;
         }
@@ -374,7 +372,12 @@ fn first_fit(pool: &[IdRange], block: u32, taken: &[IdRange]) -> Option<IdRange>
         let mut start = u64::from(range.start);
         while start + b <= range.end() {
             let candidate = IdRange::new(start as u32, block).ok()?;
-            match taken.iter().filter(|t| t.overlaps(&candidate)).map(|t| t.end()).max() {
+            match taken
+                .iter()
+                .filter(|t| t.overlaps(&candidate))
+                .map(|t| t.end())
+                .max()
+            {
                 None => return Some(candidate),
                 // Next block boundary of this range at or past the collision's end.
                 Some(end) => {
@@ -388,7 +391,10 @@ fn first_fit(pool: &[IdRange], block: u32, taken: &[IdRange]) -> Option<IdRange>
 }
 
 fn check_name(name: &str) -> Result<(), AllocError> {
-    if name.is_empty() || name.len() > 255 || name.contains('/') || name.chars().any(char::is_control)
+    if name.is_empty()
+        || name.len() > 255
+        || name.contains('/')
+        || name.chars().any(char::is_control)
     {
         return Err(AllocError::InvalidName(name.to_string()));
     }
@@ -417,7 +423,11 @@ mod tests {
     fn subids_by_name_or_uid_and_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("subuid");
-        std::fs::write(&f, "alice:100000:65536\n1001:165536:65536\nbob:231072:100\n").unwrap();
+        std::fs::write(
+            &f,
+            "alice:100000:65536\n1001:165536:65536\nbob:231072:100\n",
+        )
+        .unwrap();
         let alice = subid_ranges(&f, Some("alice"), 1000, 0x10000).unwrap();
         assert_eq!(alice, vec![r(100000, 65536)]);
         let by_uid = subid_ranges(&f, None, 1001, 0x10000).unwrap();
@@ -431,8 +441,8 @@ mod tests {
     #[test]
     fn alloc_is_stable_distinct_and_freeable() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Allocator::open(dir.path(), Pool::new(r(0x10000, 0x20000), 0x10000).unwrap())
-            .unwrap();
+        let a =
+            Allocator::open(dir.path(), Pool::new(r(0x10000, 0x20000), 0x10000).unwrap()).unwrap();
         let x = a.alloc("x").unwrap();
         let y = a.alloc("y").unwrap();
         assert_eq!(x.uids, x.gids);

@@ -123,9 +123,12 @@ const PROGRESS_EVERY: u64 = 256;
 /// Entries of one directory handled per task, so one huge directory still uses every core.
 const ENTRIES_PER_TASK: usize = 128;
 
-const STATX_MASK: u32 =
-    libc::STATX_TYPE | libc::STATX_MODE | libc::STATX_UID | libc::STATX_GID | libc::STATX_INO
-        | libc::STATX_NLINK;
+const STATX_MASK: u32 = libc::STATX_TYPE
+    | libc::STATX_MODE
+    | libc::STATX_UID
+    | libc::STATX_GID
+    | libc::STATX_INO
+    | libc::STATX_NLINK;
 
 /// Shifts every entry under `root` (including `root`); `progress` is called with the
 /// number of entries done so far. Per-entry failures go in the report, not the error.
@@ -265,7 +268,10 @@ impl Walker<'_> {
         if u32::from(stx.stx_mode) & libc::S_IFMT != libc::S_IFDIR {
             return;
         }
-        let fd = match open_dir(Some(dir.fd.as_fd()), Path::new(OsStr::from_bytes(name.to_bytes()))) {
+        let fd = match open_dir(
+            Some(dir.fd.as_fd()),
+            Path::new(OsStr::from_bytes(name.to_bytes())),
+        ) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return,
             // A symlink or file swapped in since the statx: not ours to follow.

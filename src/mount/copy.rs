@@ -101,21 +101,27 @@ fn copy_into(
     };
     // Bottom-most first, so each higher layer lands on top.
     for lower in lowers.iter().rev() {
-        let src = nix::fcntl::open(lower.as_path(), dir_flags(), Mode::empty())
-            .map_err(io_err(lower))?;
+        let src =
+            nix::fcntl::open(lower.as_path(), dir_flags(), Mode::empty()).map_err(io_err(lower))?;
         let st = nix::sys::stat::fstat(&src).map_err(io_err(lower))?;
-        let dst_fd = copier.dst_root.try_clone().map_err(|source| CopyError::Io {
-            path: dst.to_path_buf(),
-            source,
-        })?;
+        let dst_fd = copier
+            .dst_root
+            .try_clone()
+            .map_err(|source| CopyError::Io {
+                path: dst.to_path_buf(),
+                source,
+            })?;
         copier.copy_dir(src, dst_fd, lower, Path::new(""))?;
         // The root itself: dst root <- lower root's metadata.
-        let root = copier.dst_root.try_clone().map_err(|source| CopyError::Io {
-            path: dst.to_path_buf(),
-            source,
-        })?;
-        let lower_parent = nix::fcntl::open(lower.as_path(), dir_flags(), Mode::empty())
-            .map_err(io_err(lower))?;
+        let root = copier
+            .dst_root
+            .try_clone()
+            .map_err(|source| CopyError::Io {
+                path: dst.to_path_buf(),
+                source,
+            })?;
+        let lower_parent =
+            nix::fcntl::open(lower.as_path(), dir_flags(), Mode::empty()).map_err(io_err(lower))?;
         copier.apply_meta(
             lower_parent.as_fd(),
             OsStr::new("."),
@@ -138,7 +144,12 @@ impl Copier<'_> {
         src_path: &Path,
         rel: &Path,
     ) -> Result<(), CopyError> {
-        let io_err = |path: PathBuf| move |e: nix::Error| CopyError::Io { path, source: e.into() };
+        let io_err = |path: PathBuf| {
+            move |e: nix::Error| CopyError::Io {
+                path,
+                source: e.into(),
+            }
+        };
         let src_dup = src.try_clone().map_err(|source| CopyError::Io {
             path: src_path.to_path_buf(),
             source,
@@ -162,7 +173,9 @@ impl Copier<'_> {
             let existing =
                 nix::sys::stat::fstatat(&dst, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW).ok();
             let existing_dir = existing
-                .map(|e| SFlag::from_bits_truncate(e.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR)
+                .map(|e| {
+                    SFlag::from_bits_truncate(e.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR
+                })
                 .unwrap_or(false);
             let whiteout = kind == SFlag::S_IFCHR && st.st_rdev == 0;
             let opaque = kind == SFlag::S_IFDIR
@@ -224,16 +237,24 @@ impl Copier<'_> {
                     Ok(()) | Err(nix::Error::EEXIST) => {}
                     Err(e) => return Err(dst_err(e)),
                 }
-                let s = nix::fcntl::openat(src, name, dir_flags(), Mode::empty()).map_err(src_err)?;
-                let d = nix::fcntl::openat(dst, name, dir_flags(), Mode::empty()).map_err(dst_err)?;
+                let s =
+                    nix::fcntl::openat(src, name, dir_flags(), Mode::empty()).map_err(src_err)?;
+                let d =
+                    nix::fcntl::openat(dst, name, dir_flags(), Mode::empty()).map_err(dst_err)?;
                 self.copy_dir(s, d, spath, drel)?;
             }
             SFlag::S_IFREG => {
                 let key = (st.st_dev, st.st_ino);
                 if st.st_nlink > 1 {
                     if let Some(first) = self.links.get(&key) {
-                        nix::unistd::linkat(&self.dst_root, first.as_path(), dst, name, AtFlags::empty())
-                            .map_err(dst_err)?;
+                        nix::unistd::linkat(
+                            &self.dst_root,
+                            first.as_path(),
+                            dst,
+                            name,
+                            AtFlags::empty(),
+                        )
+                        .map_err(dst_err)?;
                         return Ok(false);
                     }
                     self.links.insert(key, drel.to_path_buf());
@@ -248,7 +269,11 @@ impl Copier<'_> {
                 let d = nix::fcntl::openat(
                     dst,
                     name,
-                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
                     Mode::from_bits_truncate(0o600),
                 )
                 .map_err(dst_err)?;
@@ -304,7 +329,10 @@ impl Copier<'_> {
             }
         }
         if let Some(plan) = &mut self.defer {
-            let rel = dpath.strip_prefix(self.dst_path).unwrap_or(dpath).to_path_buf();
+            let rel = dpath
+                .strip_prefix(self.dst_path)
+                .unwrap_or(dpath)
+                .to_path_buf();
             plan.entries.push(Pending {
                 rel,
                 st: *st,
@@ -402,7 +430,13 @@ pub fn copy_deferred(
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<Plan, CopyError> {
     let mut plan = Plan::default();
-    copy_into(lowers, dst, Shift { to: 0, range: 0 }, progress, Some(&mut plan))?;
+    copy_into(
+        lowers,
+        dst,
+        Shift { to: 0, range: 0 },
+        progress,
+        Some(&mut plan),
+    )?;
     Ok(plan)
 }
 
@@ -423,16 +457,33 @@ pub fn apply_plan(dst: &Path, plan: &Plan, shift: Shift, counted: Shift) -> Resu
         // The copy is ours and not yet visible, but never follow a link inside it anyway.
         let dir = match sys::openat2(
             root.as_fd(),
-            if parent.as_os_str().is_empty() { Path::new(".") } else { parent },
+            if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            },
             libc::O_PATH | libc::O_DIRECTORY,
             0,
             sys::RESOLVE_BENEATH | sys::RESOLVE_NO_SYMLINKS,
         ) {
             Ok(dir) => dir,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(CopyError::Io { path: dpath, source }),
+            Err(source) => {
+                return Err(CopyError::Io {
+                    path: dpath,
+                    source,
+                });
+            }
         };
-        match set_meta(dir.as_fd(), name, &p.st, &p.xattrs, shift, &p.source, &dpath) {
+        match set_meta(
+            dir.as_fd(),
+            name,
+            &p.st,
+            &p.xattrs,
+            shift,
+            &p.source,
+            &dpath,
+        ) {
             Ok(_) => shifted += u64::from(changes(&p.st, &p.xattrs, counted)),
             // Replaced or whited out by a higher layer.
             Err(CopyError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}

@@ -129,7 +129,9 @@ impl Overlay {
                 Layer::Path(p) => {
                     sys::cstr(p).and_then(|v| sys::fsconfig_set(fs.as_fd(), c"lowerdir+", Some(&v)))
                 }
-                Layer::Mount { fd, .. } => sys::fsconfig_set_fd(fs.as_fd(), c"lowerdir+", fd.as_fd()),
+                Layer::Mount { fd, .. } => {
+                    sys::fsconfig_set_fd(fs.as_fd(), c"lowerdir+", fd.as_fd())
+                }
             };
             res.map_err(|e| fail("lowerdir+", layer.source().display().to_string(), e))?;
         }

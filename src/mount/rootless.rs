@@ -17,7 +17,10 @@ pub enum RootlessError {
         block: Shift,
     },
     #[error("cannot read {file}: {source}")]
-    Subids { file: &'static str, source: io::Error },
+    Subids {
+        file: &'static str,
+        source: io::Error,
+    },
     #[error("cannot set up the user namespace: {0}")]
     Userns(String),
     #[error("the copy failed: {0}")]
@@ -70,7 +73,10 @@ pub fn in_userns(
     work: &dyn Fn(Shift) -> Result<u64, String>,
 ) -> Result<u64, RootlessError> {
     check_subids(shift)?;
-    let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+    let (uid, gid) = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
     let (mut ready_r, ready_w) = pipe()?;
     let (go_r, mut go_w) = pipe()?;
     let (mut result_r, mut result_w) = pipe()?;
@@ -96,7 +102,9 @@ pub fn in_userns(
             let mut byte = [0u8; 1];
             if ready_r.read_exact(&mut byte).is_err() || byte[0] != 1 {
                 wait(child);
-                return Err(RootlessError::Userns("unshare(CLONE_NEWUSER) failed".into()));
+                return Err(RootlessError::Userns(
+                    "unshare(CLONE_NEWUSER) failed".into(),
+                ));
             }
             let pid = child.as_raw().to_string();
             let block = [
@@ -170,4 +178,19 @@ fn child(
     };
     let _ = result.write_all(answer.as_bytes());
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subid_lines_must_cover_the_whole_block() {
+        let text = "alice:100000:65536\n1001:300000:131072\n";
+        let shift = |to| Shift { to, range: 0x10000 };
+        assert!(covered(text, "alice", 1000, shift(100000)));
+        assert!(!covered(text, "alice", 1000, shift(100001)));
+        assert!(covered(text, "bob", 1001, shift(0x50000)));
+        assert!(!covered(text, "bob", 1002, shift(0x50000)));
+    }
 }

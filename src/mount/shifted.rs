@@ -88,7 +88,12 @@ pub struct MountSpec {
 }
 
 impl MountSpec {
-    pub fn new(lowers: Vec<PathBuf>, intermediate: PathBuf, mountpoint: PathBuf, shift: Shift) -> Self {
+    pub fn new(
+        lowers: Vec<PathBuf>,
+        intermediate: PathBuf,
+        mountpoint: PathBuf,
+        shift: Shift,
+    ) -> Self {
         MountSpec {
             lowers,
             intermediate,
@@ -150,7 +155,9 @@ pub enum MountError {
         recorded: Shift,
         requested: Shift,
     },
-    #[error("{intermediate} was set up with method {recorded}; it cannot be mounted with {requested}")]
+    #[error(
+        "{intermediate} was set up with method {recorded}; it cannot be mounted with {requested}"
+    )]
     MethodMismatch {
         intermediate: PathBuf,
         recorded: Method,
@@ -299,7 +306,8 @@ pub fn mount_with_progress(
         *lower = canon;
     }
     std::fs::create_dir_all(&spec.intermediate).map_err(io_at(&spec.intermediate))?;
-    spec.intermediate = std::fs::canonicalize(&spec.intermediate).map_err(io_at(&spec.intermediate))?;
+    spec.intermediate =
+        std::fs::canonicalize(&spec.intermediate).map_err(io_at(&spec.intermediate))?;
     spec.mountpoint = std::fs::canonicalize(&spec.mountpoint).map_err(io_at(&spec.mountpoint))?;
     let spec = &spec;
     if dirs::is_root() && is_mountpoint(&spec.mountpoint)? {
@@ -335,7 +343,10 @@ pub fn mount_with_progress(
                     requested: spec.shift,
                 });
             }
-            (vec![r.method], format!("recorded in {}", spec.intermediate.join(RECORD).display()))
+            (
+                vec![r.method],
+                format!("recorded in {}", spec.intermediate.join(RECORD).display()),
+            )
         }
         (None, Some(m)) => (vec![m], "requested".to_string()),
         (None, None) => (Method::ALL.to_vec(), String::new()),
@@ -498,7 +509,10 @@ fn mount_method(
             } else {
                 new_record(State::Shifting).store(&spec.intermediate)?;
                 let tmp = spec.intermediate.join("copy.tmp");
-                (fresh_copy(&spec.lowers, &tmp, &view, spec.shift, progress)?, true)
+                (
+                    fresh_copy(&spec.lowers, &tmp, &view, spec.shift, progress)?,
+                    true,
+                )
             };
             if rootless {
                 new_record(State::Shifted).store(&spec.intermediate)?;
@@ -545,8 +559,11 @@ fn own_like_lower(upper: &Path, lower: &Path, shift: Shift) -> Result<(), MountE
     };
     std::os::unix::fs::lchown(upper, Some(map(meta.uid())?), Some(map(meta.gid())?))
         .map_err(io_at(upper))?;
-    std::fs::set_permissions(upper, std::os::unix::fs::PermissionsExt::from_mode(meta.mode() & 0o7777))
-        .map_err(io_at(upper))
+    std::fs::set_permissions(
+        upper,
+        std::os::unix::fs::PermissionsExt::from_mode(meta.mode() & 0o7777),
+    )
+    .map_err(io_at(upper))
 }
 
 fn make_dirs(dirs: &[&PathBuf]) -> Result<(), MountError> {
@@ -647,7 +664,8 @@ fn rootless_copy(
         in_ns(&|_| {
             for stale in [&tmp, view] {
                 if stale.exists() {
-                    std::fs::remove_dir_all(stale).map_err(|e| format!("{}: {e}", stale.display()))?;
+                    std::fs::remove_dir_all(stale)
+                        .map_err(|e| format!("{}: {e}", stale.display()))?;
                 }
             }
             Ok(0)
@@ -673,13 +691,18 @@ fn rootless_copy(
 }
 
 /// Runs the shifting engine over `root`; any entry that failed fails the whole walk.
-fn walk(root: &Path, shift: Shift, progress: Option<&(dyn Fn(u64) + Sync)>) -> Result<u64, MountError> {
-    let report = engine::shift_tree(root, &ShiftOptions::new(shift), progress).map_err(|source| {
-        MountError::Shift {
-            path: root.to_path_buf(),
-            source,
-        }
-    })?;
+fn walk(
+    root: &Path,
+    shift: Shift,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<u64, MountError> {
+    let report =
+        engine::shift_tree(root, &ShiftOptions::new(shift), progress).map_err(|source| {
+            MountError::Shift {
+                path: root.to_path_buf(),
+                source,
+            }
+        })?;
     if let Some(first) = report.failures.first() {
         return Err(MountError::ShiftFailures {
             path: root.to_path_buf(),
@@ -707,7 +730,7 @@ pub fn is_mountpoint(path: &Path) -> Result<bool, MountError> {
     let Ok(canon) = std::fs::canonicalize(path) else {
         return Ok(false);
     };
-    Ok(mount_points()?.iter().any(|p| *p == canon))
+    Ok(mount_points()?.contains(&canon))
 }
 
 /// Every mount point in this mount namespace.
@@ -722,22 +745,27 @@ fn mount_points() -> Result<Vec<PathBuf>, MountError> {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
+fn unescape(s: &str) -> std::ffi::OsString {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() + 1 && b[i + 1..].len() >= 3 {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+        let octal = (b[i] == b'\\')
+            .then(|| s.get(i + 1..i + 4))
+            .flatten()
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        match octal {
+            Some(v) => {
                 out.push(v);
                 i += 4;
-                continue;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
             }
         }
-        out.push(b[i]);
-        i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    std::os::unix::ffi::OsStringExt::from_vec(out)
 }
 
 fn detach(path: &Path) -> Result<(), MountError> {
@@ -756,4 +784,21 @@ pub fn unmount(mountpoint: &Path) -> Result<(), MountError> {
         });
     }
     detach(mountpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape("/var/a\\040b\\134c"), "/var/a b\\c");
+        assert_eq!(unescape("/plain\\9"), "/plain\\9");
+    }
+
+    #[test]
+    fn methods_parse_by_name() {
+        assert_eq!("metacopy".parse::<Method>().ok(), Some(Method::Metacopy));
+        assert!("overlay".parse::<Method>().is_err());
+    }
 }
