@@ -556,3 +556,25 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
         }
     }
 }
+
+// ---- mount::overlay: layers handed over as fds ----
+
+/// `fsconfig(2)` command that passes a file descriptor (overlayfs layers since Linux 6.13).
+pub const FSCONFIG_SET_FD: u32 = 5;
+
+/// `fsconfig(FSCONFIG_SET_FD)`: give the filesystem context `key` as an open fd, e.g. an
+/// overlay `lowerdir+` that is a detached (idmapped) mount with no path of its own.
+pub fn fsconfig_set_fd(fs: BorrowedFd<'_>, key: &CStr, fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: valid fds and C string; the value pointer must be NULL for SET_FD.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_FD,
+            key.as_ptr(),
+            std::ptr::null::<libc::c_char>(),
+            fd.as_raw_fd(),
+        )
+    })
+    .map(drop)
+}

@@ -1,1 +1,10 @@
-//! Shifted views of an image: overlayfs (metacopy) and idmapped mounts.
+//! Shifted views of an image: overlayfs ([`overlay`]), idmapped mounts ([`idmapped`]),
+//! a shifted full copy ([`copy`]), and the one API over them ([`shifted`]).
+
+pub mod copy;
+pub mod idmapped;
+pub mod overlay;
+pub mod rootless;
+pub mod shifted;
+
+pub use shifted::{Method, MountError, MountReport, MountSpec, mount, unmount};

@@ -1,0 +1,505 @@
+//! A full copy of one or more lower layers into a fresh directory, shifted on the way:
+//! the fallback when the kernel allows neither an idmapped nor a metacopy overlay.
+//!
+//! Everything goes through dir fds without following symlinks. Ids are mapped with
+//! [`Shift::map`] and id-carrying xattrs with [`xattr::shift_value`] (the rules of
+//! shift-own); the owner is set before capabilities and mode, since chown clears both.
+//! Hardlinks stay hardlinks. Layers are merged as overlayfs would: top-most wins, a
+//! whiteout (char 0:0) removes, an opaque directory hides what is below.
+
+use crate::idmap::range::Shift;
+use crate::idmap::xattr;
+use crate::sys;
+use nix::dir::{Dir, Type};
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid};
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("cannot copy {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("cannot shift {path}: {source}")]
+    Shift {
+        path: PathBuf,
+        source: xattr::XattrError,
+    },
+}
+
+/// What a copy did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CopyReport {
+    /// Entries written.
+    pub entries: u64,
+    /// Entries whose owner or id-carrying xattrs the shift changed.
+    pub shifted: u64,
+}
+
+const OVERLAY_OPAQUE: &CStrLit = c"trusted.overlay.opaque";
+type CStrLit = std::ffi::CStr;
+
+struct Copier<'a> {
+    shift: Shift,
+    /// (dev, ino) of a multiply-linked source file -> its copy, relative to `dst_root`.
+    links: HashMap<(u64, u64), PathBuf>,
+    dst_root: OwnedFd,
+    dst_path: &'a Path,
+    report: CopyReport,
+    progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// When set, metadata is recorded here instead of applied.
+    defer: Option<&'a mut Plan>,
+}
+
+fn dir_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+/// Copies `lowers` (top-most first) into `dst`, which must not exist yet, applying `shift`.
+pub fn copy_shifted(
+    lowers: &[PathBuf],
+    dst: &Path,
+    shift: Shift,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<CopyReport, CopyError> {
+    copy_into(lowers, dst, shift, progress, None)
+}
+
+fn copy_into(
+    lowers: &[PathBuf],
+    dst: &Path,
+    shift: Shift,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+    defer: Option<&mut Plan>,
+) -> Result<CopyReport, CopyError> {
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: nix::Error| CopyError::Io {
+            path,
+            source: e.into(),
+        }
+    };
+    std::fs::create_dir(dst).map_err(|source| CopyError::Io {
+        path: dst.to_path_buf(),
+        source,
+    })?;
+    let dst_root = nix::fcntl::open(dst, dir_flags(), Mode::empty()).map_err(io_err(dst))?;
+    let mut copier = Copier {
+        shift,
+        links: HashMap::new(),
+        dst_root,
+        dst_path: dst,
+        report: CopyReport::default(),
+        progress,
+        defer,
+    };
+    // Bottom-most first, so each higher layer lands on top.
+    for lower in lowers.iter().rev() {
+        let src =
+            nix::fcntl::open(lower.as_path(), dir_flags(), Mode::empty()).map_err(io_err(lower))?;
+        let st = nix::sys::stat::fstat(&src).map_err(io_err(lower))?;
+        let dst_fd = copier
+            .dst_root
+            .try_clone()
+            .map_err(|source| CopyError::Io {
+                path: dst.to_path_buf(),
+                source,
+            })?;
+        copier.copy_dir(src, dst_fd, lower, Path::new(""))?;
+        // The root itself: dst root <- lower root's metadata.
+        let root = copier
+            .dst_root
+            .try_clone()
+            .map_err(|source| CopyError::Io {
+                path: dst.to_path_buf(),
+                source,
+            })?;
+        let lower_parent =
+            nix::fcntl::open(lower.as_path(), dir_flags(), Mode::empty()).map_err(io_err(lower))?;
+        copier.apply_meta(
+            lower_parent.as_fd(),
+            OsStr::new("."),
+            root.as_fd(),
+            OsStr::new("."),
+            &st,
+            lower,
+            dst,
+        )?;
+        copier.links.clear();
+    }
+    Ok(copier.report)
+}
+
+impl Copier<'_> {
+    fn copy_dir(
+        &mut self,
+        src: OwnedFd,
+        dst: OwnedFd,
+        src_path: &Path,
+        rel: &Path,
+    ) -> Result<(), CopyError> {
+        let io_err = |path: PathBuf| {
+            move |e: nix::Error| CopyError::Io {
+                path,
+                source: e.into(),
+            }
+        };
+        let src_dup = src.try_clone().map_err(|source| CopyError::Io {
+            path: src_path.to_path_buf(),
+            source,
+        })?;
+        let mut dir = Dir::from_fd(src_dup).map_err(io_err(src_path.to_path_buf()))?;
+        let mut names: Vec<(OsString, Option<Type>)> = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry.map_err(io_err(src_path.to_path_buf()))?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes());
+            if name != "." && name != ".." {
+                names.push((name.to_os_string(), entry.file_type()));
+            }
+        }
+        for (name, _) in names {
+            let spath = src_path.join(&name);
+            let drel = rel.join(&name);
+            let dpath = self.dst_path.join(&drel);
+            let st = nix::sys::stat::fstatat(&src, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(io_err(spath.clone()))?;
+            let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+            let existing =
+                nix::sys::stat::fstatat(&dst, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW).ok();
+            let existing_dir = existing
+                .map(|e| {
+                    SFlag::from_bits_truncate(e.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR
+                })
+                .unwrap_or(false);
+            let whiteout = kind == SFlag::S_IFCHR && st.st_rdev == 0;
+            let opaque = kind == SFlag::S_IFDIR
+                && sys::lgetxattr_at(src.as_fd(), &name, OVERLAY_OPAQUE)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| v == b"y");
+            // Replace what a lower layer put here, unless both are directories to merge.
+            if existing.is_some() && !(kind == SFlag::S_IFDIR && existing_dir && !opaque) {
+                if existing_dir {
+                    std::fs::remove_dir_all(&dpath)
+                } else {
+                    std::fs::remove_file(&dpath)
+                }
+                .map_err(|source| CopyError::Io {
+                    path: dpath.clone(),
+                    source,
+                })?;
+            }
+            if whiteout {
+                continue;
+            }
+            let created = self.create(&src, &dst, &name, &st, kind, &spath, &drel, &dpath)?;
+            if created {
+                self.apply_meta(src.as_fd(), &name, dst.as_fd(), &name, &st, &spath, &dpath)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the copy of one entry; false when it became a hardlink (no metadata to set).
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        &mut self,
+        src: &OwnedFd,
+        dst: &OwnedFd,
+        name: &OsStr,
+        st: &FileStat,
+        kind: SFlag,
+        spath: &Path,
+        drel: &Path,
+        dpath: &Path,
+    ) -> Result<bool, CopyError> {
+        let src_err = |e: nix::Error| CopyError::Io {
+            path: spath.to_path_buf(),
+            source: e.into(),
+        };
+        let dst_err = |e: nix::Error| CopyError::Io {
+            path: dpath.to_path_buf(),
+            source: e.into(),
+        };
+        self.report.entries += 1;
+        if let Some(p) = self.progress {
+            p(self.report.entries);
+        }
+        match kind {
+            SFlag::S_IFDIR => {
+                match nix::sys::stat::mkdirat(dst, name, Mode::from_bits_truncate(0o700)) {
+                    Ok(()) | Err(nix::Error::EEXIST) => {}
+                    Err(e) => return Err(dst_err(e)),
+                }
+                let s =
+                    nix::fcntl::openat(src, name, dir_flags(), Mode::empty()).map_err(src_err)?;
+                let d =
+                    nix::fcntl::openat(dst, name, dir_flags(), Mode::empty()).map_err(dst_err)?;
+                self.copy_dir(s, d, spath, drel)?;
+            }
+            SFlag::S_IFREG => {
+                let key = (st.st_dev, st.st_ino);
+                if st.st_nlink > 1 {
+                    if let Some(first) = self.links.get(&key) {
+                        nix::unistd::linkat(
+                            &self.dst_root,
+                            first.as_path(),
+                            dst,
+                            name,
+                            AtFlags::empty(),
+                        )
+                        .map_err(dst_err)?;
+                        return Ok(false);
+                    }
+                    self.links.insert(key, drel.to_path_buf());
+                }
+                let s = nix::fcntl::openat(
+                    src,
+                    name,
+                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(src_err)?;
+                let d = nix::fcntl::openat(
+                    dst,
+                    name,
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(dst_err)?;
+                let (mut s, mut d) = (std::fs::File::from(s), std::fs::File::from(d));
+                io::copy(&mut s, &mut d).map_err(|source| CopyError::Io {
+                    path: dpath.to_path_buf(),
+                    source,
+                })?;
+            }
+            SFlag::S_IFLNK => {
+                let target = nix::fcntl::readlinkat(src, name).map_err(src_err)?;
+                nix::unistd::symlinkat(target.as_os_str(), dst, name).map_err(dst_err)?;
+            }
+            _ => {
+                nix::sys::stat::mknodat(
+                    dst,
+                    name,
+                    kind,
+                    Mode::from_bits_truncate(0o600),
+                    st.st_rdev,
+                )
+                .map_err(dst_err)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads the source's xattrs, then applies owner, xattrs, mode and times to the copy
+    /// (or, deferred, records them for [`apply_plan`]).
+    #[allow(clippy::too_many_arguments)]
+    fn apply_meta(
+        &mut self,
+        src: BorrowedFd<'_>,
+        sname: &OsStr,
+        dst: BorrowedFd<'_>,
+        dname: &OsStr,
+        st: &FileStat,
+        spath: &Path,
+        dpath: &Path,
+    ) -> Result<(), CopyError> {
+        let read_err = |source| CopyError::Io {
+            path: spath.to_path_buf(),
+            source,
+        };
+        let mut xattrs = Vec::new();
+        for attr in sys::llistxattr_at(src, sname).map_err(read_err)? {
+            // Overlay internals describe the layer, not the file.
+            if attr.to_bytes().starts_with(b"trusted.overlay.") {
+                continue;
+            }
+            if let Some(value) = sys::lgetxattr_at(src, sname, &attr).map_err(read_err)? {
+                xattrs.push((attr, value));
+            }
+        }
+        if let Some(plan) = &mut self.defer {
+            let rel = dpath
+                .strip_prefix(self.dst_path)
+                .unwrap_or(dpath)
+                .to_path_buf();
+            plan.entries.push(Pending {
+                rel,
+                st: *st,
+                xattrs,
+                source: spath.to_path_buf(),
+            });
+            return Ok(());
+        }
+        if set_meta(dst, dname, st, &xattrs, self.shift, spath, dpath)? {
+            self.report.shifted += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Owner, xattrs, mode, times, in that order, since chown clears setuid bits and
+/// capabilities. True when the shift changed an id.
+fn set_meta(
+    dst: BorrowedFd<'_>,
+    dname: &OsStr,
+    st: &FileStat,
+    xattrs: &[(CString, Vec<u8>)],
+    shift: Shift,
+    spath: &Path,
+    dpath: &Path,
+) -> Result<bool, CopyError> {
+    let dst_err = |e: io::Error| CopyError::Io {
+        path: dpath.to_path_buf(),
+        source: e,
+    };
+    let shift_err = |source| CopyError::Shift {
+        path: spath.to_path_buf(),
+        source,
+    };
+    let uid = shift.map(st.st_uid).map_err(|e| shift_err(e.into()))?;
+    let gid = shift.map(st.st_gid).map_err(|e| shift_err(e.into()))?;
+    let mut changed = uid != st.st_uid || gid != st.st_gid;
+    nix::unistd::fchownat(
+        dst,
+        dname,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| dst_err(e.into()))?;
+    for (attr, value) in xattrs {
+        let shifted =
+            xattr::shift_value(&attr.to_string_lossy(), value, shift).map_err(shift_err)?;
+        changed |= shifted != *value;
+        sys::lsetxattr_at(dst, dname, attr, &shifted).map_err(dst_err)?;
+    }
+    let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+    if kind != SFlag::S_IFLNK {
+        nix::sys::stat::fchmodat(
+            dst,
+            dname,
+            Mode::from_bits_truncate(st.st_mode & 0o7777),
+            FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|e| dst_err(e.into()))?;
+    }
+    nix::sys::stat::utimensat(
+        dst,
+        dname,
+        &TimeSpec::new(st.st_atime, st.st_atime_nsec),
+        &TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| dst_err(e.into()))?;
+    Ok(changed)
+}
+
+/// One entry's metadata, read from the source, to apply later.
+#[derive(Debug)]
+struct Pending {
+    /// Relative to the copy's root ("" for the root).
+    rel: PathBuf,
+    st: FileStat,
+    xattrs: Vec<(CString, Vec<u8>)>,
+    source: PathBuf,
+}
+
+/// The metadata of a copy made by [`copy_deferred`], children before their directory.
+#[derive(Debug, Default)]
+pub struct Plan {
+    entries: Vec<Pending>,
+}
+
+/// Copies structure and content only, as the caller, and returns the owners, xattrs, modes
+/// and times to apply with [`apply_plan`] (for a rootless copy, whose ids can only be set
+/// from inside a user namespace, where the source's real ids cannot be read).
+pub fn copy_deferred(
+    lowers: &[PathBuf],
+    dst: &Path,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<Plan, CopyError> {
+    let mut plan = Plan::default();
+    copy_into(
+        lowers,
+        dst,
+        Shift { to: 0, range: 0 },
+        progress,
+        Some(&mut plan),
+    )?;
+    Ok(plan)
+}
+
+/// Applies a [`Plan`] to the copy at `dst` with `shift` (ids as the calling namespace sees
+/// them); returns the entries whose ids `counted` (the same shift seen from the host) changes.
+pub fn apply_plan(dst: &Path, plan: &Plan, shift: Shift, counted: Shift) -> Result<u64, CopyError> {
+    let root = nix::fcntl::open(dst, dir_flags(), Mode::empty()).map_err(|e| CopyError::Io {
+        path: dst.to_path_buf(),
+        source: e.into(),
+    })?;
+    let mut shifted = 0;
+    for p in &plan.entries {
+        let dpath = dst.join(&p.rel);
+        let (parent, name) = match (p.rel.parent(), p.rel.file_name()) {
+            (Some(parent), Some(name)) => (parent, name),
+            _ => (Path::new(""), OsStr::new(".")),
+        };
+        // The copy is ours and not yet visible, but never follow a link inside it anyway.
+        let dir = match sys::openat2(
+            root.as_fd(),
+            if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            },
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+            sys::RESOLVE_BENEATH | sys::RESOLVE_NO_SYMLINKS,
+        ) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(CopyError::Io {
+                    path: dpath,
+                    source,
+                });
+            }
+        };
+        match set_meta(
+            dir.as_fd(),
+            name,
+            &p.st,
+            &p.xattrs,
+            shift,
+            &p.source,
+            &dpath,
+        ) {
+            Ok(_) => shifted += u64::from(changes(&p.st, &p.xattrs, counted)),
+            // Replaced or whited out by a higher layer.
+            Err(CopyError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(shifted)
+}
+
+/// True when `shift` changes an entry's owner or an id-carrying xattr.
+fn changes(st: &FileStat, xattrs: &[(CString, Vec<u8>)], shift: Shift) -> bool {
+    shift.map(st.st_uid).ok() != Some(st.st_uid)
+        || shift.map(st.st_gid).ok() != Some(st.st_gid)
+        || xattrs.iter().any(|(name, value)| {
+            let name = name.to_string_lossy();
+            xattr::carries_ids(&name)
+                && xattr::shift_value(&name, value, shift).ok().as_deref() != Some(value.as_slice())
+        })
+}

@@ -1,0 +1,804 @@
+//! A shifted view of an image: what a container mounts as its root. One API over three
+//! methods, fastest first:
+//!
+//! - `idmap`: each lower layer is an idmapped mount (ids `base..base+R` seen as
+//!   `S..S+R`) under an overlay. Nothing is walked: the cost does not depend on the tree.
+//! - `metacopy`: an overlay with `metacopy=on,index=on`, then `idmap::shift` walks the
+//!   view; only metadata is copied up.
+//! - `copy`: a full shifted copy in `INTERMEDIATE/copy`, bind-mounted at the mountpoint
+//!   (rootless: left there for the caller, since an unprivileged user cannot mount in the
+//!   initial namespaces).
+//!
+//! The container's writes land in INTERMEDIATE (`upper/`, `work/`, or `copy/`); the lower
+//! layers are never written. What was applied is recorded in `INTERMEDIATE/shift-mount.json`
+//! (written atomically), so mounting the same INTERMEDIATE again walks nothing.
+
+use super::copy::{self, CopyError};
+use super::idmapped::{self, IdmapError, Mapping};
+use super::overlay::{self, Layer, Overlay, OverlayError};
+use super::rootless::{self, RootlessError};
+use crate::idmap::range::{IdRange, Shift};
+use crate::idmap::shift::{self as engine, ShiftError, ShiftOptions};
+use crate::{atomic, dirs, sys};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// The record of what was applied to an INTERMEDIATE directory.
+pub const RECORD: &str = "shift-mount.json";
+/// Test and operations knob: a comma-separated list of methods to treat as refused.
+pub const DENY_ENV: &str = "WARREN_MOUNT_DENY";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Idmap,
+    Metacopy,
+    Copy,
+}
+
+impl Method {
+    /// Fastest first: the order `auto` tries.
+    pub const ALL: [Method; 3] = [Method::Idmap, Method::Metacopy, Method::Copy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Idmap => "idmap",
+            Method::Metacopy => "metacopy",
+            Method::Copy => "copy",
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Method {
+    type Err = MountError;
+    fn from_str(s: &str) -> Result<Self, MountError> {
+        Method::ALL
+            .into_iter()
+            .find(|m| m.name() == s.trim())
+            .ok_or_else(|| MountError::UnknownMethod(s.to_string()))
+    }
+}
+
+/// What to mount.
+#[derive(Clone, Debug)]
+pub struct MountSpec {
+    /// Lower layers, top-most first; never written.
+    pub lowers: Vec<PathBuf>,
+    /// Holds the container's writes and the record of the applied shift.
+    pub intermediate: PathBuf,
+    pub mountpoint: PathBuf,
+    pub shift: Shift,
+    /// `None`: the fastest method allowed (auto).
+    pub method: Option<Method>,
+    /// Re-shift an INTERMEDIATE recorded with another shift instead of refusing.
+    pub reshift: bool,
+    /// Methods to treat as refused (added to those in `WARREN_MOUNT_DENY`).
+    pub deny: Vec<Method>,
+}
+
+impl MountSpec {
+    pub fn new(
+        lowers: Vec<PathBuf>,
+        intermediate: PathBuf,
+        mountpoint: PathBuf,
+        shift: Shift,
+    ) -> Self {
+        MountSpec {
+            lowers,
+            intermediate,
+            mountpoint,
+            shift,
+            method: None,
+            reshift: false,
+            deny: Vec::new(),
+        }
+    }
+}
+
+/// A method that was tried and refused.
+#[derive(Clone, Debug, Serialize)]
+pub struct Attempt {
+    pub method: Method,
+    pub error: String,
+}
+
+/// What a mount did.
+#[derive(Clone, Debug, Serialize)]
+pub struct MountReport {
+    pub method: Method,
+    /// Why this method: chosen, forced, recorded, or what refused the faster ones.
+    pub reason: String,
+    pub mountpoint: PathBuf,
+    /// Where the shifted view is: the mountpoint, or `INTERMEDIATE/copy` when rootless.
+    pub view: PathBuf,
+    /// False only for a rootless copy (nothing could be mounted).
+    pub mounted: bool,
+    pub shift: Shift,
+    /// Entries whose owner changed in this call (0 when nothing was walked).
+    pub entries_shifted: u64,
+    /// Whether this call walked (or copied) the tree.
+    pub walked: bool,
+    /// Faster methods that were refused, in order.
+    pub refused: Vec<Attempt>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("unknown method {0:?}: expected auto, idmap, metacopy or copy")]
+    UnknownMethod(String),
+    #[error("no lower layer given")]
+    NoLower,
+    #[error("lower layer {path}: {source}")]
+    Lower { path: PathBuf, source: io::Error },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is already a mount point")]
+    AlreadyMounted { path: PathBuf },
+    #[error("{path} is not a mount point")]
+    NotMounted { path: PathBuf },
+    #[error(
+        "{intermediate} was shifted with {recorded}, not {requested}: use another directory, or --reshift"
+    )]
+    ShiftMismatch {
+        intermediate: PathBuf,
+        recorded: Shift,
+        requested: Shift,
+    },
+    #[error(
+        "{intermediate} was set up with method {recorded}; it cannot be mounted with {requested}"
+    )]
+    MethodMismatch {
+        intermediate: PathBuf,
+        recorded: Method,
+        requested: Method,
+    },
+    #[error("{intermediate} records lower layers {recorded:?}, not {requested:?}")]
+    LowerMismatch {
+        intermediate: PathBuf,
+        recorded: Vec<PathBuf>,
+        requested: Vec<PathBuf>,
+    },
+    #[error("unreadable record {path}: {reason}")]
+    Record { path: PathBuf, reason: String },
+    #[error("method {method} refused: {reason}")]
+    Refused { method: Method, reason: String },
+    #[error("no method could mount {mountpoint}: {}", summary(.refused))]
+    AllRefused {
+        mountpoint: PathBuf,
+        refused: Vec<Attempt>,
+    },
+    #[error(transparent)]
+    Overlay(#[from] OverlayError),
+    #[error(transparent)]
+    Idmap(#[from] IdmapError),
+    #[error(transparent)]
+    Copy(#[from] CopyError),
+    #[error("shifting {path}: {source}")]
+    Shift { path: PathBuf, source: ShiftError },
+    #[error("shifting {path}: {count} entries failed, first: {first}")]
+    ShiftFailures {
+        path: PathBuf,
+        count: usize,
+        first: String,
+    },
+    #[error("rootless copy: {0}")]
+    Rootless(Box<RootlessError>),
+    #[error("cannot unmount {path}: {source}")]
+    Unmount { path: PathBuf, source: io::Error },
+}
+
+fn summary(refused: &[Attempt]) -> String {
+    refused
+        .iter()
+        .map(|a| format!("{}: {}", a.method, a.error))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl MountError {
+    /// True when trying a slower method may help (the kernel or filesystem refused this
+    /// one); false for errors in the request or the directories themselves.
+    fn falls_back(&self) -> bool {
+        matches!(
+            self,
+            MountError::Refused { .. } | MountError::Overlay(_) | MountError::Idmap(_)
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum State {
+    /// A walk or copy was started; a crash here means: do it again.
+    Shifting,
+    Shifted,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Record {
+    version: u32,
+    method: Method,
+    shift: Shift,
+    lowers: Vec<PathBuf>,
+    state: State,
+}
+
+const RECORD_VERSION: u32 = 1;
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> MountError + '_ {
+    move |source| MountError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Record {
+    fn load(intermediate: &Path) -> Result<Option<Record>, MountError> {
+        let path = intermediate.join(RECORD);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| MountError::Record {
+                    path,
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(MountError::Io { path, source: e }),
+        }
+    }
+
+    fn store(&self, intermediate: &Path) -> Result<(), MountError> {
+        let path = intermediate.join(RECORD);
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| MountError::Record {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        atomic::write(&path, &bytes).map_err(io_at(&path))
+    }
+}
+
+/// The methods named in `WARREN_MOUNT_DENY`.
+pub fn denied_from_env() -> Vec<Method> {
+    std::env::var(DENY_ENV)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|m| m.parse().ok())
+        .collect()
+}
+
+/// Mounts the shifted view described by `spec`. On error nothing stays mounted.
+pub fn mount(spec: &MountSpec) -> Result<MountReport, MountError> {
+    mount_with_progress(spec, None)
+}
+
+/// [`mount`], calling `progress` with the entries done while walking or copying.
+pub fn mount_with_progress(
+    spec: &MountSpec,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<MountReport, MountError> {
+    if spec.lowers.is_empty() {
+        return Err(MountError::NoLower);
+    }
+    // Absolute paths: they are recorded, and shown in mountinfo.
+    let mut spec = spec.clone();
+    for lower in spec.lowers.iter_mut() {
+        let canon = std::fs::canonicalize(&*lower).map_err(|source| MountError::Lower {
+            path: lower.clone(),
+            source,
+        })?;
+        if !canon.is_dir() {
+            return Err(MountError::Lower {
+                path: lower.clone(),
+                source: io::Error::from_raw_os_error(libc::ENOTDIR),
+            });
+        }
+        *lower = canon;
+    }
+    std::fs::create_dir_all(&spec.intermediate).map_err(io_at(&spec.intermediate))?;
+    spec.intermediate =
+        std::fs::canonicalize(&spec.intermediate).map_err(io_at(&spec.intermediate))?;
+    spec.mountpoint = std::fs::canonicalize(&spec.mountpoint).map_err(io_at(&spec.mountpoint))?;
+    let spec = &spec;
+    if dirs::is_root() && is_mountpoint(&spec.mountpoint)? {
+        return Err(MountError::AlreadyMounted {
+            path: spec.mountpoint.clone(),
+        });
+    }
+    let record = Record::load(&spec.intermediate)?;
+    let mut deny = spec.deny.clone();
+    deny.extend(denied_from_env());
+
+    // An INTERMEDIATE already set up keeps its method: its upper dir only makes sense with it.
+    let (candidates, why_prefix) = match (&record, spec.method) {
+        (Some(r), Some(m)) if r.method != m => {
+            return Err(MountError::MethodMismatch {
+                intermediate: spec.intermediate.clone(),
+                recorded: r.method,
+                requested: m,
+            });
+        }
+        (Some(r), _) => {
+            if r.lowers != spec.lowers {
+                return Err(MountError::LowerMismatch {
+                    intermediate: spec.intermediate.clone(),
+                    recorded: r.lowers.clone(),
+                    requested: spec.lowers.clone(),
+                });
+            }
+            if r.shift != spec.shift && !spec.reshift {
+                return Err(MountError::ShiftMismatch {
+                    intermediate: spec.intermediate.clone(),
+                    recorded: r.shift,
+                    requested: spec.shift,
+                });
+            }
+            (
+                vec![r.method],
+                format!("recorded in {}", spec.intermediate.join(RECORD).display()),
+            )
+        }
+        (None, Some(m)) => (vec![m], "requested".to_string()),
+        (None, None) => (Method::ALL.to_vec(), String::new()),
+    };
+
+    let mut refused = Vec::new();
+    for method in candidates {
+        let attempt = if deny.contains(&method) {
+            Err(MountError::Refused {
+                method,
+                reason: format!("denied by {DENY_ENV}"),
+            })
+        } else {
+            mount_method(method, spec, record.as_ref(), progress)
+        };
+        match attempt {
+            Ok((entries_shifted, walked, view, mounted, why)) => {
+                let mut reason = if why_prefix.is_empty() {
+                    why.to_string()
+                } else {
+                    format!("{why_prefix}; {why}")
+                };
+                if !refused.is_empty() {
+                    reason = format!("{reason} (faster methods refused: {})", summary(&refused));
+                }
+                return Ok(MountReport {
+                    method,
+                    reason,
+                    mountpoint: spec.mountpoint.clone(),
+                    view,
+                    mounted,
+                    shift: spec.shift,
+                    entries_shifted,
+                    walked,
+                    refused,
+                });
+            }
+            Err(e) if spec.method.is_none() && record.is_none() && e.falls_back() => {
+                refused.push(Attempt {
+                    method,
+                    error: e.to_string(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(MountError::AllRefused {
+        mountpoint: spec.mountpoint.clone(),
+        refused,
+    })
+}
+
+/// (entries shifted, walked, view, mounted, why)
+type Outcome = (u64, bool, PathBuf, bool, &'static str);
+
+fn mount_method(
+    method: Method,
+    spec: &MountSpec,
+    record: Option<&Record>,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<Outcome, MountError> {
+    let rootless = !dirs::is_root();
+    if rootless && method != Method::Copy {
+        return Err(MountError::Refused {
+            method,
+            reason: "an unprivileged user cannot mount in the initial namespaces".into(),
+        });
+    }
+    let done = record.is_some_and(|r| r.state == State::Shifted && r.shift == spec.shift);
+    let new_record = |state| Record {
+        version: RECORD_VERSION,
+        method,
+        shift: spec.shift,
+        lowers: spec.lowers.clone(),
+        state,
+    };
+    let upper = spec.intermediate.join("upper");
+    let work = spec.intermediate.join("work");
+    match method {
+        Method::Idmap => {
+            let overlay = Overlay {
+                lowers: idmapped_lowers(&spec.lowers, spec.shift)?,
+                upper: upper.clone(),
+                work,
+                metacopy: false,
+                index: true,
+            };
+            make_dirs(&[&overlay.upper, &overlay.work])?;
+            if record.is_none() {
+                own_like_lower(&overlay.upper, &spec.lowers[0], spec.shift)?;
+            }
+            // Files the container wrote under an older shift are re-owned in the upper dir.
+            let shifted = if record.is_some() && !done {
+                walk(&upper, spec.shift, progress)?
+            } else {
+                0
+            };
+            overlay.mount(&spec.mountpoint)?;
+            finish(spec, new_record(State::Shifted))?;
+            Ok((
+                shifted,
+                record.is_some() && !done,
+                spec.mountpoint.clone(),
+                true,
+                "idmapped lower layers: no per-file work",
+            ))
+        }
+        Method::Metacopy => {
+            let overlay = Overlay {
+                lowers: spec.lowers.iter().cloned().map(Layer::Path).collect(),
+                upper,
+                work,
+                metacopy: true,
+                index: true,
+            };
+            make_dirs(&[&overlay.upper, &overlay.work])?;
+            overlay.mount(&spec.mountpoint)?;
+            let walked = (|| {
+                if done {
+                    return Ok(None);
+                }
+                new_record(State::Shifting).store(&spec.intermediate)?;
+                let n = walk(&spec.mountpoint, spec.shift, progress)?;
+                new_record(State::Shifted).store(&spec.intermediate)?;
+                Ok(Some(n))
+            })();
+            match walked {
+                Ok(n) => Ok((
+                    n.unwrap_or(0),
+                    n.is_some(),
+                    spec.mountpoint.clone(),
+                    true,
+                    "metacopy overlay: only metadata is copied up",
+                )),
+                Err(e) => {
+                    let _ = detach(&spec.mountpoint);
+                    Err(e)
+                }
+            }
+        }
+        Method::Copy => {
+            let view = spec.intermediate.join("copy");
+            let (shifted, walked) = if done && view.is_dir() {
+                (0, false)
+            } else if rootless && record.is_some_and(|r| r.shift != spec.shift) {
+                return Err(MountError::Refused {
+                    method,
+                    reason: format!(
+                        "a rootless copy cannot be re-shifted; remove {} and mount again",
+                        spec.intermediate.display()
+                    ),
+                });
+            } else if rootless {
+                new_record(State::Shifting).store(&spec.intermediate)?;
+                (rootless_copy(spec, &view, progress)?, true)
+            } else if record.is_some() && view.is_dir() {
+                // Same copy, another shift (--reshift).
+                new_record(State::Shifting).store(&spec.intermediate)?;
+                (walk(&view, spec.shift, progress)?, true)
+            } else {
+                new_record(State::Shifting).store(&spec.intermediate)?;
+                let tmp = spec.intermediate.join("copy.tmp");
+                (
+                    fresh_copy(&spec.lowers, &tmp, &view, spec.shift, progress)?,
+                    true,
+                )
+            };
+            if rootless {
+                new_record(State::Shifted).store(&spec.intermediate)?;
+                return Ok((
+                    shifted,
+                    walked,
+                    view,
+                    false,
+                    "full shifted copy (rootless: not mounted, the view is the copy itself)",
+                ));
+            }
+            bind(&view, &spec.mountpoint)?;
+            finish(spec, new_record(State::Shifted))?;
+            Ok((
+                shifted,
+                walked,
+                spec.mountpoint.clone(),
+                true,
+                "full shifted copy, bind-mounted",
+            ))
+        }
+    }
+}
+
+/// Stores the record of a mounted view; unmounts it again when that fails.
+fn finish(spec: &MountSpec, record: Record) -> Result<(), MountError> {
+    record.store(&spec.intermediate).inspect_err(|_| {
+        let _ = detach(&spec.mountpoint);
+    })
+}
+
+/// Gives the overlay's upper root the shifted owner and the mode of the top lower root:
+/// overlayfs shows the upper root's attributes, and it must be the container's, not ours.
+fn own_like_lower(upper: &Path, lower: &Path, shift: Shift) -> Result<(), MountError> {
+    let meta = std::fs::symlink_metadata(lower).map_err(|source| MountError::Lower {
+        path: lower.to_path_buf(),
+        source,
+    })?;
+    let map = |id| {
+        shift.map(id).map_err(|e| MountError::Refused {
+            method: Method::Idmap,
+            reason: e.to_string(),
+        })
+    };
+    std::os::unix::fs::lchown(upper, Some(map(meta.uid())?), Some(map(meta.gid())?))
+        .map_err(io_at(upper))?;
+    std::fs::set_permissions(
+        upper,
+        std::os::unix::fs::PermissionsExt::from_mode(meta.mode() & 0o7777),
+    )
+    .map_err(io_at(upper))
+}
+
+fn make_dirs(dirs: &[&PathBuf]) -> Result<(), MountError> {
+    for d in dirs {
+        std::fs::create_dir_all(d).map_err(io_at(d))?;
+    }
+    Ok(())
+}
+
+/// Each lower as a detached idmapped mount. The source block is the lower root's ids
+/// rounded down to the range, so a tree already shifted elsewhere maps too.
+fn idmapped_lowers(lowers: &[PathBuf], shift: Shift) -> Result<Vec<Layer>, MountError> {
+    let target = IdRange::new(shift.to, shift.range).map_err(|e| MountError::Refused {
+        method: Method::Idmap,
+        reason: e.to_string(),
+    })?;
+    let mut namespaces: Vec<((u32, u32), std::os::fd::OwnedFd)> = Vec::new();
+    let mut layers = Vec::new();
+    for lower in lowers {
+        let meta = std::fs::metadata(lower).map_err(|source| MountError::Lower {
+            path: lower.clone(),
+            source,
+        })?;
+        let base = (
+            idmapped::source_base(meta.uid(), shift.range),
+            idmapped::source_base(meta.gid(), shift.range),
+        );
+        if !namespaces.iter().any(|(b, _)| *b == base) {
+            let ns = idmapped::userns_fd(
+                Mapping {
+                    inside: base.0,
+                    target,
+                },
+                Mapping {
+                    inside: base.1,
+                    target,
+                },
+            )?;
+            namespaces.push((base, ns));
+        }
+        let ns = namespaces
+            .iter()
+            .find(|(b, _)| *b == base)
+            .map(|(_, ns)| ns)
+            .ok_or_else(|| MountError::Refused {
+                method: Method::Idmap,
+                reason: "lost a user namespace".into(),
+            })?;
+        let fd = idmapped::idmapped_clone(lower, ns)?;
+        layers.push(Layer::Mount {
+            fd,
+            source: lower.clone(),
+        });
+    }
+    Ok(layers)
+}
+
+/// Copies the lowers to `view` through a temporary directory, so a crash never leaves a
+/// half copy that looks whole.
+fn fresh_copy(
+    lowers: &[PathBuf],
+    tmp: &Path,
+    view: &Path,
+    shift: Shift,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<u64, MountError> {
+    for stale in [tmp, view] {
+        if stale.exists() {
+            std::fs::remove_dir_all(stale).map_err(io_at(stale))?;
+        }
+    }
+    match copy::copy_shifted(lowers, tmp, shift, progress) {
+        Ok(report) => {
+            std::fs::rename(tmp, view).map_err(io_at(view))?;
+            Ok(report.shifted)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(tmp);
+            Err(e.into())
+        }
+    }
+}
+
+/// A rootless copy: structure and content copied as the caller (who can read the lower
+/// layers' real ids), then owners, xattrs and modes applied from inside a user namespace
+/// that maps the block (where ids can be set, but the lower layers' ids read as nobody).
+fn rootless_copy(
+    spec: &MountSpec,
+    view: &Path,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<u64, MountError> {
+    let tmp = spec.intermediate.join("copy.tmp");
+    let in_ns = |work: &dyn Fn(Shift) -> Result<u64, String>| {
+        rootless::in_userns(spec.shift, work).map_err(|e| MountError::Rootless(Box::new(e)))
+    };
+    // Leftovers are owned by the block: only the namespace can remove them.
+    if tmp.exists() || view.exists() {
+        in_ns(&|_| {
+            for stale in [&tmp, view] {
+                if stale.exists() {
+                    std::fs::remove_dir_all(stale)
+                        .map_err(|e| format!("{}: {e}", stale.display()))?;
+                }
+            }
+            Ok(0)
+        })?;
+    }
+    let plan = copy::copy_deferred(&spec.lowers, &tmp, progress).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&tmp);
+    })?;
+    in_ns(&|inside| {
+        let applied = copy::apply_plan(&tmp, &plan, inside, spec.shift).and_then(|n| {
+            std::fs::rename(&tmp, view)
+                .map(|()| n)
+                .map_err(|source| CopyError::Io {
+                    path: view.to_path_buf(),
+                    source,
+                })
+        });
+        applied.map_err(|e| {
+            let _ = std::fs::remove_dir_all(&tmp);
+            e.to_string()
+        })
+    })
+}
+
+/// Runs the shifting engine over `root`; any entry that failed fails the whole walk.
+fn walk(
+    root: &Path,
+    shift: Shift,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<u64, MountError> {
+    let report =
+        engine::shift_tree(root, &ShiftOptions::new(shift), progress).map_err(|source| {
+            MountError::Shift {
+                path: root.to_path_buf(),
+                source,
+            }
+        })?;
+    if let Some(first) = report.failures.first() {
+        return Err(MountError::ShiftFailures {
+            path: root.to_path_buf(),
+            count: report.failures.len(),
+            first: format!("{}: {}", first.path.display(), first.error),
+        });
+    }
+    Ok(report.shifted)
+}
+
+/// Bind-mounts `src` at `target` (open_tree clone + move_mount).
+fn bind(src: &Path, target: &Path) -> Result<(), MountError> {
+    let tree = sys::open_tree(
+        nix::fcntl::AT_FDCWD,
+        src,
+        sys::OPEN_TREE_CLONE | sys::OPEN_TREE_CLOEXEC,
+    )
+    .map_err(io_at(src))?;
+    overlay::attach(tree.as_fd(), target)?;
+    Ok(())
+}
+
+/// True when `path` is itself a mount point (listed in /proc/self/mountinfo).
+pub fn is_mountpoint(path: &Path) -> Result<bool, MountError> {
+    let Ok(canon) = std::fs::canonicalize(path) else {
+        return Ok(false);
+    };
+    Ok(mount_points()?.contains(&canon))
+}
+
+/// Every mount point in this mount namespace.
+fn mount_points() -> Result<Vec<PathBuf>, MountError> {
+    let info = Path::new("/proc/self/mountinfo");
+    let text = std::fs::read_to_string(info).map_err(io_at(info))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape(p)))
+        .collect())
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> std::ffi::OsString {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = (b[i] == b'\\')
+            .then(|| s.get(i + 1..i + 4))
+            .flatten()
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        match octal {
+            Some(v) => {
+                out.push(v);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    std::os::unix::ffi::OsStringExt::from_vec(out)
+}
+
+fn detach(path: &Path) -> Result<(), MountError> {
+    nix::mount::umount2(path, nix::mount::MntFlags::empty()).map_err(|e| MountError::Unmount {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+/// Unmounts a view mounted by [`mount`]. The idmapped lower mounts were never attached
+/// anywhere: they go with the overlay that holds them.
+pub fn unmount(mountpoint: &Path) -> Result<(), MountError> {
+    if !is_mountpoint(mountpoint)? {
+        return Err(MountError::NotMounted {
+            path: mountpoint.to_path_buf(),
+        });
+    }
+    detach(mountpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape("/var/a\\040b\\134c"), "/var/a b\\c");
+        assert_eq!(unescape("/plain\\9"), "/plain\\9");
+    }
+
+    #[test]
+    fn methods_parse_by_name() {
+        assert_eq!("metacopy".parse::<Method>().ok(), Some(Method::Metacopy));
+        assert!("overlay".parse::<Method>().is_err());
+    }
+}

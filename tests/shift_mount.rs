@@ -1,0 +1,539 @@
+//! shift-mount end to end, as root, with real mounts: every method gives each container
+//! its own owners over one shared LOWER, which stays byte-for-byte and inode-for-inode as
+//! it was; remounts walk nothing; `auto` falls back; unmount leaves nothing behind.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use warren::idmap::range::Shift;
+use warren::idmap::xattr;
+
+const BLOCK: u32 = 0x10000;
+/// A v2 `security.capability` granting cap_net_raw (effective): valid in any namespace.
+const CAP_V2_NET_RAW: &str = "0x0100000200200000000000000000000000000000";
+
+/// Everything about one entry that a view must show (shifted) and LOWER must keep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    kind: &'static str,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime: (i64, i64),
+    content: Vec<u8>,
+    xattrs: BTreeMap<String, Vec<u8>>,
+    nlink: u64,
+    /// The first path (in walk order) sharing this entry's inode: hardlink groups.
+    link_group: Option<PathBuf>,
+}
+
+/// Full metadata and content of every entry under `root`, keyed by relative path.
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, Entry> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<u64, PathBuf> = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let path = root.join(&rel);
+        let meta =
+            fs::symlink_metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let ft = meta.file_type();
+        let (kind, content) = if ft.is_dir() {
+            let mut names: Vec<_> = fs::read_dir(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                .map(|e| e.expect("dir entry").file_name())
+                .collect();
+            names.sort();
+            stack.extend(names.into_iter().map(|n| rel.join(n)));
+            ("dir", Vec::new())
+        } else if ft.is_symlink() {
+            (
+                "symlink",
+                fs::read_link(&path)
+                    .expect("readlink")
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            )
+        } else if ft.is_file() {
+            (
+                "file",
+                fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+            )
+        } else if ft.is_char_device() {
+            ("char", meta.rdev().to_le_bytes().to_vec())
+        } else {
+            ("other", Vec::new())
+        };
+        let (dir, name) = match (path.parent(), rel.file_name()) {
+            (Some(parent), Some(name)) => (parent.to_path_buf(), name.to_os_string()),
+            _ => (path.clone(), OsStr::new(".").to_os_string()),
+        };
+        let dirf = fs::File::open(&dir).expect("open parent");
+        let mut xattrs = BTreeMap::new();
+        for attr in warren::sys::llistxattr_at(dirf.as_fd(), &name).expect("listxattr") {
+            let value = warren::sys::lgetxattr_at(dirf.as_fd(), &name, &attr)
+                .expect("getxattr")
+                .unwrap_or_default();
+            xattrs.insert(attr.to_string_lossy().into_owned(), value);
+        }
+        let link_group = (kind == "file" && meta.nlink() > 1).then(|| {
+            inodes
+                .entry(meta.ino())
+                .or_insert_with(|| rel.clone())
+                .clone()
+        });
+        out.insert(
+            rel,
+            Entry {
+                kind,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                mode: meta.mode(),
+                mtime: (meta.mtime(), meta.mtime_nsec()),
+                content,
+                xattrs,
+                nlink: if kind == "dir" { 0 } else { meta.nlink() },
+                link_group,
+            },
+        );
+    }
+    out
+}
+
+/// What `lower` must look like through a view shifted by `shift`.
+fn shifted(lower: &BTreeMap<PathBuf, Entry>, shift: Shift) -> BTreeMap<PathBuf, Entry> {
+    lower
+        .iter()
+        .map(|(path, e)| {
+            let mut e = e.clone();
+            e.uid = shift.map(e.uid).expect("map uid");
+            e.gid = shift.map(e.gid).expect("map gid");
+            for (name, value) in e.xattrs.iter_mut() {
+                *value = xattr::shift_value(name, value, shift).expect("shift xattr");
+            }
+            (path.clone(), e)
+        })
+        .collect()
+}
+
+/// Asserts that `view` shows `expected`, entry by entry (names the first difference).
+fn assert_tree(view: &Path, expected: &BTreeMap<PathBuf, Entry>) {
+    let got = snapshot(view);
+    for (path, want) in expected {
+        let have = got
+            .get(path)
+            .unwrap_or_else(|| panic!("{} missing under {}", path.display(), view.display()));
+        let mut have = have.clone();
+        // The root's mtime moves when a container writes there; compare content, not clocks.
+        if path.as_os_str().is_empty() || want.kind == "dir" {
+            have.mtime = want.mtime;
+        }
+        assert_eq!(&have, want, "{} under {}", path.display(), view.display());
+    }
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "entries under {}",
+        view.display()
+    );
+}
+
+/// Unmounts what a failing test left mounted (declared after the scratch dir, so it runs
+/// before the dir is removed).
+struct Unmounter(Vec<PathBuf>);
+
+impl Drop for Unmounter {
+    fn drop(&mut self) {
+        for m in &self.0 {
+            while mounted(m) {
+                if nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn sh(cmd: &str) {
+    ok(Command::new("sh").args(["-c", cmd]));
+}
+
+/// A small image: setuid binary with a v2 capability, an ACL (access and default), a
+/// hardlink pair, a symlink, files and a directory owned by other ids.
+fn fixture(root: &Path) -> PathBuf {
+    require_tool("setfacl", "acl");
+    require_tool("setfattr", "attr");
+    let lower = root.join("lower");
+    for d in ["bin", "etc", "data", "home/user", "shared"] {
+        fs::create_dir_all(lower.join(d)).expect("mkdir");
+    }
+    let l = lower.display();
+    sh(&format!(
+        "set -e; cd {l}
+         printf 'ping' > bin/ping; chmod 4755 bin/ping
+         setfattr -n security.capability -v {CAP_V2_NET_RAW} bin/ping
+         printf 'hello' > etc/file; printf 'keep' > etc/keep
+         printf 'linked' > data/a; ln data/a data/b; chmod 644 data/a
+         printf 'mine' > home/user/doc; chown -R 1000:1000 home/user; chmod 640 home/user/doc
+         setfacl -m u:1001:rw,g:1002:r home/user/doc
+         chown 5:42 shared; chmod 2775 shared; setfacl -d -m u:1003:rwx shared
+         ln -s ../etc/file bin/link; chown -h 7:8 bin/link
+         chmod 755 ."
+    ));
+    lower
+}
+
+fn shift_mount() -> Command {
+    Command::new(bin("shift-mount"))
+}
+
+/// Mounts with `--oneshot --json` and returns the report.
+fn mount(lower: &Path, im: &Path, mnt: &Path, shift: u32, method: &str) -> Value {
+    fs::create_dir_all(mnt).expect("mkdir mountpoint");
+    let out = ok(shift_mount()
+        .args([
+            "--oneshot",
+            "--json",
+            "-s",
+            &format!("{shift:#x}"),
+            "--method",
+            method,
+        ])
+        .args([lower, im, mnt]));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad report {out:?}: {e}"))
+}
+
+fn unmount(mnt: &Path) {
+    ok(shift_mount().arg("--unmount").arg(mnt));
+    assert!(!mounted(mnt), "{} still in mountinfo", mnt.display());
+}
+
+fn mounted(path: &Path) -> bool {
+    let canon = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|p| Path::new(p) == canon)
+}
+
+/// As the container's root (the block's first id, no capabilities): writes a file,
+/// deletes one, chmods one, appends to one, all through the view.
+fn container_writes(view: &Path, root_id: u32) {
+    ok(Command::new("setpriv")
+        .args([&format!("--reuid={root_id}"), &format!("--regid={root_id}"), "--clear-groups", "--"])
+        .args(["sh", "-c", "set -e; cd \"$1\"; printf new > etc/new; rm etc/file; chmod 600 data/a; printf more >> etc/keep", "sh"])
+        .arg(view));
+}
+
+fn check_method(method: &str) {
+    require_root();
+    let dir = scratch(&format!("shift-mount-{method}"));
+    let lower = fixture(dir.path());
+    let before = snapshot(&lower);
+    let _guard = Unmounter(vec![dir.path().join("mnt0"), dir.path().join("mnt1")]);
+    let shifts = [0x30000u32, 0x50000];
+    let mut views = Vec::new();
+    for (i, s) in shifts.iter().enumerate() {
+        let (im, mnt) = (
+            dir.path().join(format!("im{i}")),
+            dir.path().join(format!("mnt{i}")),
+        );
+        let report = mount(&lower, &im, &mnt, *s, method);
+        assert_eq!(report["method"], method, "{report}");
+        assert_eq!(report["mounted"], true, "{report}");
+        assert!(mounted(&mnt), "{} not mounted", mnt.display());
+        views.push((im, mnt, Shift::new(*s, BLOCK).expect("shift")));
+    }
+    // Each container sees its own owners, setuid bits, capabilities and ACLs.
+    for (_, mnt, shift) in &views {
+        assert_tree(mnt, &shifted(&before, *shift));
+        let cap = snapshot(mnt)[Path::new("bin/ping")].xattrs[xattr::CAPABILITY].clone();
+        assert_eq!(
+            &cap[20..24],
+            &shift.to.to_le_bytes(),
+            "v3 rootid of the capability"
+        );
+    }
+    // The first container writes; LOWER and the second container's view do not change.
+    let (im0, mnt0, s0) = &views[0];
+    container_writes(mnt0, s0.to);
+    assert_eq!(snapshot(&lower), before, "LOWER changed");
+    assert_tree(&views[1].1, &shifted(&before, views[1].2));
+    let view0 = snapshot(mnt0);
+    assert!(
+        !view0.contains_key(Path::new("etc/file")),
+        "deleted file still visible"
+    );
+    assert_eq!(view0[Path::new("data/a")].mode & 0o7777, 0o600);
+    assert_eq!(
+        view0[Path::new("data/b")].mode & 0o7777,
+        0o600,
+        "hardlink broke on copy-up"
+    );
+    assert_eq!(view0[Path::new("etc/keep")].content, b"keepmore");
+    // The writes land in INTERMEDIATE, owned by the container's root.
+    let written = if method == "copy" {
+        im0.join("copy")
+    } else {
+        im0.join("upper")
+    };
+    let new = fs::symlink_metadata(written.join("etc/new")).expect("new file in INTERMEDIATE");
+    assert_eq!((new.uid(), new.gid()), (s0.to, s0.to));
+    assert_eq!(fs::read(written.join("etc/new")).expect("read new"), b"new");
+    if method != "copy" {
+        let wh = fs::symlink_metadata(written.join("etc/file")).expect("whiteout in upper");
+        assert!(
+            wh.file_type().is_char_device() && wh.rdev() == 0,
+            "not a whiteout: {wh:?}"
+        );
+    }
+    for (_, mnt, _) in &views {
+        unmount(mnt);
+    }
+    assert_eq!(snapshot(&lower), before, "LOWER changed");
+}
+
+#[test]
+fn idmap_views_are_shifted_and_lower_untouched() {
+    check_method("idmap");
+}
+
+#[test]
+fn metacopy_views_are_shifted_and_lower_untouched() {
+    check_method("metacopy");
+}
+
+#[test]
+fn copy_views_are_shifted_and_lower_untouched() {
+    check_method("copy");
+}
+
+#[test]
+fn remount_walks_nothing_and_shift_is_recorded() {
+    require_root();
+    let dir = scratch("shift-mount-remount");
+    let lower = fixture(dir.path());
+    let before = snapshot(&lower);
+    let (im, mnt) = (dir.path().join("im"), dir.path().join("mnt"));
+    let _guard = Unmounter(vec![mnt.clone()]);
+    for method in ["metacopy", "copy", "idmap"] {
+        let im = im.with_extension(method);
+        let first = mount(&lower, &im, &mnt, 0x30000, method);
+        assert_eq!(first["walked"], method != "idmap", "{first}");
+        if method != "idmap" {
+            assert!(first["entries_shifted"].as_u64().expect("count") >= before.len() as u64 - 1);
+        }
+        unmount(&mnt);
+        let again = mount(&lower, &im, &mnt, 0x30000, "auto");
+        assert_eq!(again["method"], method, "{again}");
+        assert_eq!(again["walked"], false, "{again}");
+        assert_eq!(again["entries_shifted"], 0, "{again}");
+        assert_tree(
+            &mnt,
+            &shifted(&before, Shift::new(0x30000, BLOCK).expect("shift")),
+        );
+        unmount(&mnt);
+        // Another shift on the same INTERMEDIATE: refused, or re-shifted on request.
+        let out = run(shift_mount()
+            .args(["--oneshot", "-s", "0x70000", "--method", method])
+            .args([&lower, &im, &mnt]));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("--reshift"), "{err}");
+        assert!(!mounted(&mnt));
+        let out = ok(shift_mount()
+            .args(["--oneshot", "--json", "--reshift", "-s", "0x70000"])
+            .args([&lower, &im, &mnt]));
+        let re: Value = serde_json::from_str(&out).expect("report");
+        assert_eq!(re["method"], method, "{re}");
+        assert_tree(
+            &mnt,
+            &shifted(&before, Shift::new(0x70000, BLOCK).expect("shift")),
+        );
+        unmount(&mnt);
+    }
+    assert_eq!(snapshot(&lower), before, "LOWER changed");
+}
+
+#[test]
+fn auto_picks_idmap_and_falls_back_when_refused() {
+    require_root();
+    let dir = scratch("shift-mount-auto");
+    let lower = fixture(dir.path());
+    let before = snapshot(&lower);
+    let mnt = dir.path().join("mnt");
+    let _guard = Unmounter(vec![mnt.clone()]);
+    fs::create_dir_all(&mnt).expect("mkdir");
+    for (deny, expect, refused) in [
+        ("", "idmap", vec![]),
+        ("idmap", "metacopy", vec!["idmap"]),
+        ("idmap,metacopy", "copy", vec!["idmap", "metacopy"]),
+    ] {
+        let im = dir.path().join(format!("im-{expect}"));
+        let out = ok(shift_mount()
+            .env("WARREN_MOUNT_DENY", deny)
+            .args(["--oneshot", "--json", "-s", "0x30000"])
+            .args([&lower, &im, &mnt]));
+        let report: Value = serde_json::from_str(&out).expect("report");
+        assert_eq!(report["method"], expect, "{report}");
+        let got: Vec<&str> = report["refused"]
+            .as_array()
+            .expect("refused list")
+            .iter()
+            .map(|a| a["method"].as_str().expect("method"))
+            .collect();
+        assert_eq!(got, refused, "{report}");
+        assert_tree(
+            &mnt,
+            &shifted(&before, Shift::new(0x30000, BLOCK).expect("shift")),
+        );
+        unmount(&mnt);
+    }
+    // Everything refused: an error naming each method, and nothing mounted.
+    let out = run(shift_mount()
+        .env("WARREN_MOUNT_DENY", "idmap,metacopy,copy")
+        .args(["--oneshot", "-s", "0x30000"])
+        .args([&lower, &dir.path().join("im-none"), &mnt]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("idmap") && err.contains("copy"),
+        "{err}"
+    );
+    assert!(!mounted(&mnt));
+}
+
+#[test]
+fn failure_halfway_leaves_no_mount_and_a_retry_walks_again() {
+    require_root();
+    require_tool("chattr", "e2fsprogs");
+    let dir = scratch("shift-mount-fail");
+    let lower = fixture(dir.path());
+    let (im, mnt) = (dir.path().join("im"), dir.path().join("mnt"));
+    let _guard = Unmounter(vec![mnt.clone()]);
+    fs::create_dir_all(&mnt).expect("mkdir");
+    // An immutable file cannot be re-owned through the overlay: the walk fails midway.
+    sh(&format!("chattr +i {}", lower.join("etc/keep").display()));
+    let out = run(shift_mount()
+        .args(["--oneshot", "-s", "0x30000", "--method", "metacopy"])
+        .args([&lower, &im, &mnt]));
+    sh(&format!("chattr -i {}", lower.join("etc/keep").display()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("etc/keep"), "{err}");
+    assert!(!mounted(&mnt), "a failed mount stayed mounted");
+    // The record says the walk did not finish, so the next mount walks again.
+    let report = mount(&lower, &im, &mnt, 0x30000, "metacopy");
+    assert_eq!(report["walked"], true, "{report}");
+    unmount(&mnt);
+}
+
+#[test]
+fn foreground_unmounts_on_sigterm() {
+    require_root();
+    let dir = scratch("shift-mount-fg");
+    let lower = fixture(dir.path());
+    let (im, mnt) = (dir.path().join("im"), dir.path().join("mnt"));
+    let _guard = Unmounter(vec![mnt.clone()]);
+    fs::create_dir_all(&mnt).expect("mkdir");
+    let mut child = shift_mount()
+        .args(["-s", "0x30000"])
+        .args([&lower, &im, &mnt])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn shift-mount");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("read");
+    assert!(line.starts_with("Mounted "), "{line:?}");
+    assert!(mounted(&mnt));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    assert!(!mounted(&mnt), "still mounted after SIGTERM");
+}
+
+#[test]
+fn library_api_reports_and_unmounts() {
+    require_root();
+    let dir = scratch("shift-mount-lib");
+    let lower = fixture(dir.path());
+    let mnt = dir.path().join("mnt");
+    let _guard = Unmounter(vec![mnt.clone()]);
+    fs::create_dir_all(&mnt).expect("mkdir");
+    let spec = warren::mount::MountSpec::new(
+        vec![lower.clone()],
+        dir.path().join("im"),
+        mnt.clone(),
+        Shift::new(0x30000, BLOCK).expect("shift"),
+    );
+    let report = warren::mount::mount(&spec).expect("mount");
+    assert_eq!(report.method, warren::mount::Method::Idmap);
+    assert!(!report.walked);
+    assert!(matches!(
+        warren::mount::mount(&spec),
+        Err(warren::mount::MountError::AlreadyMounted { .. })
+    ));
+    warren::mount::unmount(&mnt).expect("unmount");
+    assert!(!mounted(&mnt));
+    assert!(matches!(
+        warren::mount::unmount(&mnt),
+        Err(warren::mount::MountError::NotMounted { .. })
+    ));
+}
+
+#[test]
+fn rootless_copy_is_shifted_into_subordinate_ids() {
+    require_root();
+    let (uid, _) = ensure_rootless_user();
+    // The user's own subordinate block, whatever /etc/subuid gives it.
+    let subuid = fs::read_to_string("/etc/subuid").expect("/etc/subuid");
+    let start: u32 = subuid
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{ROOTLESS_USER}:")))
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|s| s.parse().ok())
+        .expect("subuid line for the test user");
+    let dir = scratch("shift-mount-rootless");
+    let lower = fixture(dir.path());
+    // The test user must be able to read the image, as any image user would.
+    sh(&format!(
+        "chmod -R a+rX {} && chmod 755 {}",
+        lower.display(),
+        dir.path().display()
+    ));
+    let before = snapshot(&lower);
+    let work = dir.path().join("user");
+    fs::create_dir_all(work.join("mnt")).expect("mkdir");
+    nix::unistd::chown(&work, Some(uid.into()), None).expect("chown");
+    let out = ok(as_rootless(&bin("shift-mount"))
+        .args(["--oneshot", "--json", "-s", &start.to_string()])
+        .arg(&lower)
+        .args([work.join("im"), work.join("mnt")]));
+    let report: Value = serde_json::from_str(&out).expect("report");
+    assert_eq!(report["method"], "copy", "{report}");
+    assert_eq!(report["mounted"], false, "{report}");
+    let view = work.join("im/copy");
+    assert_eq!(report["view"], view.to_str().expect("utf-8"));
+    assert!(!mounted(&work.join("mnt")));
+    assert_tree(
+        &view,
+        &shifted(&before, Shift::new(start, BLOCK).expect("shift")),
+    );
+    assert_eq!(snapshot(&lower), before, "LOWER changed");
+    // Mounting again finds the record: no copy.
+    let out = ok(as_rootless(&bin("shift-mount"))
+        .args(["--oneshot", "--json", "-s", &start.to_string()])
+        .arg(&lower)
+        .args([work.join("im"), work.join("mnt")]));
+    let again: Value = serde_json::from_str(&out).expect("report");
+    assert_eq!(again["walked"], false, "{again}");
+}
