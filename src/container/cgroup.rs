@@ -1,0 +1,1 @@
+//! cgroups (placeholder; owned by the seccomp branch).

@@ -1,0 +1,1 @@
+//! Seccomp profiles (placeholder; owned by the seccomp branch).
