@@ -553,6 +553,119 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
                 });
             }
             off += reclen;
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `clone3(2)` used like `fork(2)` (same stack, SIGCHLD on exit) with namespace `flags`;
+/// returns `(0, None)` in the child and `(pid, pidfd)` in the parent.
+///
+/// # Safety
+/// In a multithreaded process the child may only run async-signal-safe code (no
+/// allocation, no locks) until it execs or exits.
+pub unsafe fn clone3_fork(flags: u64) -> io::Result<(libc::pid_t, Option<OwnedFd>)> {
+    const CLONE_PIDFD: u64 = 0x1000;
+    let mut pidfd: libc::c_int = -1;
+    let args = CloneArgs {
+        flags: flags | CLONE_PIDFD,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: `args` is a valid clone_args of the size passed; with stack 0 the child
+    // continues on a copy of this stack like fork(2). The caller upholds the child's rules.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    let pid = check(ret)? as libc::pid_t;
+    if pid == 0 {
+        return Ok((0, None));
+    }
+    // SAFETY: the kernel stored a fresh pidfd that only we own.
+    Ok((pid, Some(unsafe { OwnedFd::from_raw_fd(pidfd) })))
+}
+
+/// `pivot_root(2)`. Async-signal-safe.
+pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> io::Result<()> {
+    // SAFETY: valid C strings.
+    check(unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) })
+        .map(drop)
+}
+
+/// `capset(2)` (version 3) for the calling thread: 64-bit effective, permitted and
+/// inheritable masks. Async-signal-safe.
+pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let word = |i: u32| Data {
+        effective: (effective >> (32 * i)) as u32,
+        permitted: (permitted >> (32 * i)) as u32,
+        inheritable: (inheritable >> (32 * i)) as u32,
+    };
+    let data = [word(0), word(1)];
+    // SAFETY: valid header and two data words, as capset v3 expects.
+    check(unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) })
+        .map(drop)
+}
+
+/// `openat2(2)` on a prepared C string, returning the raw fd: no allocation, so usable
+/// between fork and exec. `O_CLOEXEC` is always added.
+pub fn openat2_raw(
+    dir: RawFd,
+    path: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+    resolve: u64,
+) -> io::Result<RawFd> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: mode as u64,
+        resolve,
+    };
+    loop {
+        // SAFETY: valid C string and open_how of the size passed.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir,
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        match check(ret) {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+            other => return other.map(|fd| fd as RawFd),
         }
     }
 }
@@ -594,4 +707,24 @@ pub fn seccomp_set_mode_filter(
         )
     };
     nix::errno::Errno::result(ret).map(drop)
+/// `close_range(2)` with `CLOSE_RANGE_CLOEXEC`: every fd from `first` up is closed at exec
+/// (so a failed exec can still be reported). Async-signal-safe.
+pub fn cloexec_range_from(first: RawFd) -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+    // SAFETY: only sets a flag on fds of this process.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as u32,
+            u32::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    })
+    .map(drop)
+}
+
+/// `setns(2)` with a pidfd or namespace fd. Async-signal-safe.
+pub fn setns_raw(fd: RawFd, nstype: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain integers.
+    check(unsafe { libc::setns(fd, nstype) } as libc::c_long).map(drop)
 }

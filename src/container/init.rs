@@ -1,0 +1,613 @@
+//! The container's first process between clone and exec. Everything it uses is prepared
+//! by the parent in [`Init`]; the child allocates nothing and takes no lock, so a
+//! multithreaded host can call it. It talks to the parent over a SEQPACKET socket with
+//! fixed-size [`Msg`]s and reports a failure as (step, errno, index).
+
+use super::caps::CapSets;
+use super::rootfs::{self, FdPath, close, errno, last_errno};
+use super::seccomp::SeccompProgram;
+use crate::sys;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+/// What failed in the child.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Sync = 1,
+    Setns,
+    Unshare,
+    Hostname,
+    RootPropagation,
+    RootBind,
+    RootOpen,
+    Mount,
+    Device,
+    PivotRoot,
+    Sysctl,
+    Masked,
+    Readonly,
+    Console,
+    Groups,
+    Setgid,
+    Setuid,
+    Capabilities,
+    NoNewPrivileges,
+    Cwd,
+    Stdio,
+    ExecFifo,
+    Seccomp,
+    Exec,
+    Fork,
+    Unknown,
+}
+
+impl Step {
+    fn from_u32(v: u32) -> Step {
+        use Step::*;
+        [
+            Sync, Setns, Unshare, Hostname, RootPropagation, RootBind, RootOpen, Mount, Device,
+            PivotRoot, Sysctl, Masked, Readonly, Console, Groups, Setgid, Setuid, Capabilities,
+            NoNewPrivileges, Cwd, Stdio, ExecFifo, Seccomp, Exec, Fork,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
+        .unwrap_or(Unknown)
+    }
+}
+
+/// A failure in the child: the step, the errno and which item (mount index...).
+#[derive(Debug, Clone, Copy)]
+pub struct Fail {
+    pub step: Step,
+    pub errno: i32,
+    pub index: u32,
+}
+
+impl Fail {
+    pub fn new(step: Step, errno: i32, index: u32) -> Fail {
+        Fail { step, errno, index }
+    }
+}
+
+/// Messages on the sync socket.
+pub mod tag {
+    /// parent -> child: ids mapped, cgroup joined; go on.
+    pub const GO: u32 = 1;
+    /// child -> parent: namespaces and mounts are ready, hooks may run (pid is valid).
+    pub const HOOKS: u32 = 2;
+    /// parent -> child: hooks done.
+    pub const HOOKS_DONE: u32 = 3;
+    /// child -> parent: everything is set up; waiting for ACK.
+    pub const READY: u32 = 4;
+    /// parent -> child: state recorded; continue (to the exec fifo, or exec).
+    pub const ACK: u32 = 5;
+    /// child -> parent: a failure (a = errno, b = step, c = index).
+    pub const FAIL: u32 = 6;
+    /// child -> parent (exec): the pid of the process that will exec, in `a`.
+    pub const PID: u32 = 7;
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Msg {
+    pub tag: u32,
+    pub a: i32,
+    pub b: u32,
+    pub c: u32,
+}
+
+pub fn send(fd: RawFd, msg: Msg) -> Result<(), i32> {
+    // SAFETY: sending a plain repr(C) struct from the stack.
+    let n = unsafe {
+        libc::send(
+            fd,
+            (&msg as *const Msg).cast(),
+            std::mem::size_of::<Msg>(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n as usize == std::mem::size_of::<Msg>() {
+        Ok(())
+    } else {
+        Err(last_errno())
+    }
+}
+
+/// Receives one message; `Ok(None)` on EOF (the peer closed or exec'd).
+pub fn recv(fd: RawFd) -> Result<Option<Msg>, i32> {
+    let mut msg = Msg::default();
+    loop {
+        // SAFETY: receiving into a plain repr(C) struct on the stack.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                (&mut msg as *mut Msg).cast(),
+                std::mem::size_of::<Msg>(),
+                0,
+            )
+        };
+        if n < 0 {
+            let e = last_errno();
+            if e == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        return Ok(Some(msg));
+    }
+}
+
+impl Fail {
+    pub fn to_msg(self) -> Msg {
+        Msg {
+            tag: tag::FAIL,
+            a: self.errno,
+            b: self.step as u32,
+            c: self.index,
+        }
+    }
+    pub fn from_msg(m: Msg) -> Fail {
+        Fail {
+            step: Step::from_u32(m.b),
+            errno: m.a,
+            index: m.c,
+        }
+    }
+}
+
+/// A NULL-terminated array of C strings, built before fork.
+pub struct CArray {
+    _strings: Vec<CString>,
+    ptrs: Vec<*const libc::c_char>,
+}
+
+impl CArray {
+    pub fn new(strings: Vec<CString>) -> CArray {
+        let mut ptrs: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+        ptrs.push(std::ptr::null());
+        CArray {
+            _strings: strings,
+            ptrs,
+        }
+    }
+    pub fn as_ptr(&self) -> *const *const libc::c_char {
+        self.ptrs.as_ptr()
+    }
+}
+
+/// The process to exec and the identity it runs with.
+pub struct Process {
+    pub argv: CArray,
+    pub envp: CArray,
+    /// Where to look for argv[0]: itself when it has a '/', else each `$PATH` entry.
+    pub candidates: Vec<CString>,
+    pub cwd: CString,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub groups: Vec<libc::gid_t>,
+    /// False when the user namespace has `setgroups` denied (a single-id mapping).
+    pub setgroups: bool,
+    pub umask: Option<libc::mode_t>,
+    pub caps: CapSets,
+    pub no_new_privileges: bool,
+    pub terminal: bool,
+    pub console_size: Option<(u16, u16)>,
+}
+
+/// Everything the child needs, prepared by the parent.
+pub struct Init {
+    /// Namespaces to join, user namespace first: (fd, CLONE_NEW*).
+    pub join: Vec<(OwnedFd, libc::c_int)>,
+    /// Namespaces to unshare after joining (when a user namespace was joined by path, so
+    /// the new ones belong to it).
+    pub unshare: libc::c_int,
+    /// A new user namespace was created by clone: become its root after GO.
+    pub new_userns: bool,
+    pub hostname: Option<CString>,
+    pub domainname: Option<CString>,
+    pub rootfs: Option<rootfs::Plan>,
+    pub process: Process,
+    /// The parent's pid, to notice it died before PR_SET_PDEATHSIG took effect.
+    pub parent: libc::pid_t,
+    pub sync: RawFd,
+    /// `O_PATH` fd of the exec fifo, and of the host's /proc to reopen it after pivot_root.
+    pub fifo: Option<(OwnedFd, OwnedFd)>,
+    pub seccomp: Option<SeccompProgram>,
+    /// Descriptors to become 0, 1, 2 (`None`: keep the inherited one).
+    pub stdio: [Option<RawFd>; 3],
+    pub console_socket: Option<RawFd>,
+    /// fds 3..3+N stay open across exec (LISTEN_FDS / --preserve-fds).
+    pub preserve_fds: i32,
+    /// Pause for createRuntime/createContainer hooks before pivot_root.
+    pub hooks: bool,
+    /// exec into a running container: fork once more after setns so the process lands in
+    /// the joined pid namespace, and report its pid.
+    pub fork_after_join: bool,
+}
+
+impl Init {
+    /// The child's life. Never returns: execs the workload or exits with 127 after
+    /// reporting a failure to the parent.
+    pub fn run(&self) -> ! {
+        let fail = match self.setup() {
+            Ok(never) => match never {},
+            Err(f) => f,
+        };
+        let _ = send(self.sync, fail.to_msg());
+        // SAFETY: _exit is async-signal-safe and skips atexit handlers of the parent's copy.
+        unsafe { libc::_exit(127) }
+    }
+
+    fn setup(&self) -> Result<std::convert::Infallible, Fail> {
+        reset_signals();
+        // SAFETY: prctl with plain integers.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            // Not dumpable until exec: nothing in the container can open /proc/PID/exe (the
+            // runtime binary) or our memory while we hold host resources.
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        }
+        // A parent that died before PR_SET_PDEATHSIG took effect shows as EOF here.
+        self.wait_for(tag::GO)?;
+        if self.new_userns {
+            become_root()?;
+        }
+        for (i, (fd, kind)) in self.join.iter().enumerate() {
+            sys::setns_raw(fd.as_raw_fd(), *kind)
+                .map_err(|e| Fail::new(Step::Setns, errno(e), i as u32))?;
+            if *kind == libc::CLONE_NEWUSER {
+                become_root()?;
+            }
+        }
+        if self.unshare != 0 {
+            // SAFETY: plain integers; this process is single-threaded.
+            if unsafe { libc::unshare(self.unshare) } < 0 {
+                return Err(Fail::new(Step::Unshare, last_errno(), 0));
+            }
+        }
+        if self.fork_after_join {
+            // CLONE_PARENT: the process that execs is the caller's child (it can wait for
+            // it) and lands in the joined pid namespace.
+            // SAFETY: this process is single-threaded; the child continues the setup.
+            let pid = match unsafe { sys::clone3_fork(libc::CLONE_PARENT as u64) } {
+                Ok((pid, _pidfd)) => pid,
+                Err(e) => return Err(Fail::new(Step::Fork, errno(e), 0)),
+            };
+            if pid > 0 {
+                let _ = send(
+                    self.sync,
+                    Msg {
+                        tag: tag::PID,
+                        a: pid,
+                        ..Default::default()
+                    },
+                );
+                // SAFETY: plain exit.
+                unsafe { libc::_exit(0) }
+            }
+            // SAFETY: prctl with plain integers.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        }
+        if let Some(h) = &self.hostname {
+            // SAFETY: valid buffer and length.
+            if unsafe { libc::sethostname(h.as_ptr(), h.as_bytes().len()) } < 0 {
+                return Err(Fail::new(Step::Hostname, last_errno(), 0));
+            }
+        }
+        if let Some(d) = &self.domainname {
+            // SAFETY: valid buffer and length.
+            if unsafe { libc::setdomainname(d.as_ptr(), d.as_bytes().len()) } < 0 {
+                return Err(Fail::new(Step::Hostname, last_errno(), 1));
+            }
+        }
+        if let Some(plan) = &self.rootfs {
+            plan.apply()?;
+            if self.hooks {
+                send(self.sync, msg(tag::HOOKS)).map_err(|e| Fail::new(Step::Sync, e, 0))?;
+                self.wait_for(tag::HOOKS_DONE)?;
+            }
+            plan.pivot()?;
+            plan.finish()?;
+        }
+        let p = &self.process;
+        if p.terminal {
+            self.console()?;
+        }
+        if !self.fork_after_join {
+            send(self.sync, msg(tag::READY)).map_err(|e| Fail::new(Step::Sync, e, 0))?;
+            self.wait_for(tag::ACK)?;
+            // From here the container outlives the runtime that created it.
+            // SAFETY: prctl with plain integers.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+        }
+        self.identity()?;
+        self.stdio()?;
+        if let Some((fifo, proc)) = &self.fifo {
+            wait_start(fifo.as_raw_fd(), proc.as_raw_fd())?;
+        }
+        sys::cloexec_range_from(3 + self.preserve_fds)
+            .map_err(|e| Fail::new(Step::Stdio, errno(e), 3))?;
+        if let Some(prog) = &self.seccomp {
+            prog.install()
+                .map_err(|e| Fail::new(Step::Seccomp, e as i32, 0))?;
+        }
+        let mut err = libc::ENOENT;
+        for c in &p.candidates {
+            // SAFETY: valid C string and NULL-terminated arrays prepared before fork.
+            unsafe { libc::execve(c.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr()) };
+            let e = last_errno();
+            // Like execvp: remember a permission problem, keep looking past a missing file.
+            if e != libc::ENOENT && e != libc::ENOTDIR {
+                err = e;
+            }
+        }
+        Err(Fail::new(Step::Exec, err, 0))
+    }
+
+    fn wait_for(&self, want: u32) -> Result<(), Fail> {
+        match recv(self.sync) {
+            Ok(Some(m)) if m.tag == want => Ok(()),
+            Ok(_) => Err(Fail::new(Step::Sync, libc::EPIPE, want)),
+            Err(e) => Err(Fail::new(Step::Sync, e, want)),
+        }
+    }
+
+    /// User, groups, capabilities, no_new_privs, cwd, umask.
+    fn identity(&self) -> Result<(), Fail> {
+        let p = &self.process;
+        let caps = p.caps;
+        // SAFETY: prctl with plain integers (each call below as well).
+        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+        for cap in 0..=caps.last as u32 {
+            if caps.bounding & (1u64 << cap) == 0 {
+                // SAFETY: as above.
+                let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+                if r < 0 && last_errno() != libc::EINVAL {
+                    return Err(Fail::new(Step::Capabilities, last_errno(), cap));
+                }
+            }
+        }
+        if p.setgroups {
+            // SAFETY: valid array of the given length.
+            if unsafe { libc::setgroups(p.groups.len(), p.groups.as_ptr()) } < 0 {
+                return Err(Fail::new(Step::Groups, last_errno(), 0));
+            }
+        } else if !p.groups.is_empty() {
+            return Err(Fail::new(Step::Groups, libc::EPERM, 1));
+        }
+        // SAFETY: plain integers.
+        if unsafe { libc::setresgid(p.gid, p.gid, p.gid) } < 0 {
+            return Err(Fail::new(Step::Setgid, last_errno(), p.gid));
+        }
+        // SAFETY: plain integers.
+        if unsafe { libc::setresuid(p.uid, p.uid, p.uid) } < 0 {
+            return Err(Fail::new(Step::Setuid, last_errno(), p.uid));
+        }
+        // The cwd may only be reachable as the target user.
+        // SAFETY: valid C string.
+        if unsafe { libc::chdir(p.cwd.as_ptr()) } < 0 {
+            return Err(Fail::new(Step::Cwd, last_errno(), 0));
+        }
+        sys::capset(caps.effective, caps.permitted, caps.inheritable)
+            .map_err(|e| Fail::new(Step::Capabilities, errno(e), u32::MAX))?;
+        // SAFETY: prctl with plain integers.
+        unsafe {
+            libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
+            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        }
+        for cap in 0..=caps.last as u32 {
+            if caps.ambient & (1u64 << cap) != 0 {
+                // Like runc: a capability that cannot be ambient (not inheritable) is skipped.
+                // SAFETY: prctl with plain integers.
+                unsafe {
+                    libc::prctl(
+                        libc::PR_CAP_AMBIENT,
+                        libc::PR_CAP_AMBIENT_RAISE,
+                        cap as libc::c_ulong,
+                        0,
+                        0,
+                    )
+                };
+            }
+        }
+        if p.no_new_privileges {
+            // SAFETY: prctl with plain integers.
+            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
+                return Err(Fail::new(Step::NoNewPrivileges, last_errno(), 0));
+            }
+        }
+        if let Some(mask) = p.umask {
+            // SAFETY: plain integer.
+            unsafe { libc::umask(mask) };
+        }
+        Ok(())
+    }
+
+    fn stdio(&self) -> Result<(), Fail> {
+        // Move the sources out of 0..2 first so a dup2 cannot clobber a later source.
+        let mut moved = [-1; 3];
+        for (i, fd) in self.stdio.iter().enumerate() {
+            if let Some(fd) = fd {
+                // SAFETY: plain fcntl on an fd we were given.
+                let n = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10) };
+                if n < 0 {
+                    return Err(Fail::new(Step::Stdio, last_errno(), i as u32));
+                }
+                moved[i] = n;
+            }
+        }
+        for (i, fd) in moved.iter().enumerate() {
+            if *fd >= 0 {
+                // SAFETY: dup2 onto a standard fd (clears O_CLOEXEC on the copy).
+                if unsafe { libc::dup2(*fd, i as RawFd) } < 0 {
+                    return Err(Fail::new(Step::Stdio, last_errno(), i as u32));
+                }
+                close(*fd);
+            }
+        }
+        Ok(())
+    }
+
+    /// A new pty: its master goes to the console socket, its slave becomes stdio and the
+    /// controlling terminal.
+    fn console(&self) -> Result<(), Fail> {
+        let f = |e, i| Fail::new(Step::Console, e, i);
+        // SAFETY: valid C string.
+        let master = unsafe {
+            libc::open(
+                c"/dev/pts/ptmx".as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        };
+        let master = if master < 0 {
+            // SAFETY: valid C string.
+            let m = unsafe { libc::open(c"/dev/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+            if m < 0 {
+                return Err(f(last_errno(), 0));
+            }
+            m
+        } else {
+            master
+        };
+        let unlock: libc::c_int = 0;
+        // SAFETY: TIOCSPTLCK takes a pointer to int.
+        if unsafe { libc::ioctl(master, libc::TIOCSPTLCK, &unlock) } < 0 {
+            return Err(f(last_errno(), 1));
+        }
+        if let Some((rows, cols)) = self.process.console_size {
+            let ws = libc::winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: TIOCSWINSZ takes a pointer to winsize.
+            unsafe { libc::ioctl(master, libc::TIOCSWINSZ, &ws) };
+        }
+        // SAFETY: TIOCGPTPEER returns a new fd for the slave.
+        let slave = unsafe {
+            libc::ioctl(
+                master,
+                libc::TIOCGPTPEER,
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        };
+        if slave < 0 {
+            return Err(f(last_errno(), 2));
+        }
+        if let Some(sock) = self.console_socket {
+            send_fd(sock, master).map_err(|e| f(e, 3))?;
+        }
+        close(master);
+        // SAFETY: setsid and ioctl with plain arguments.
+        unsafe {
+            libc::setsid();
+            if libc::ioctl(slave, libc::TIOCSCTTY, 0) < 0 {
+                return Err(f(last_errno(), 4));
+            }
+            for i in 0..3 {
+                if libc::dup2(slave, i) < 0 {
+                    return Err(f(last_errno(), 5));
+                }
+            }
+        }
+        close(slave);
+        Ok(())
+    }
+}
+
+/// The workload starts with no blocked signals and default dispositions (the host may
+/// block signals to forward them, and ignored ones would survive exec).
+fn reset_signals() {
+    // SAFETY: sigaction/sigprocmask with valid zeroed structures; async-signal-safe.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &act, std::ptr::null_mut());
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+fn msg(tag: u32) -> Msg {
+    Msg {
+        tag,
+        ..Default::default()
+    }
+}
+
+/// After the parent wrote the id maps: uid/gid 0 of the new user namespace.
+fn become_root() -> Result<(), Fail> {
+    // SAFETY: plain integers.
+    if unsafe { libc::setresgid(0, 0, 0) } < 0 {
+        return Err(Fail::new(Step::Setgid, last_errno(), 0));
+    }
+    // SAFETY: plain integers.
+    if unsafe { libc::setresuid(0, 0, 0) } < 0 {
+        return Err(Fail::new(Step::Setuid, last_errno(), 0));
+    }
+    Ok(())
+}
+
+/// Blocks until `start` opens the exec fifo: opens it for writing through the host's
+/// /proc (the container may have none) and writes one byte.
+fn wait_start(fifo: RawFd, proc: RawFd) -> Result<(), Fail> {
+    let path = FdPath::new(fifo);
+    // "/proc/self/fd/N" relative to the host /proc fd: skip the "/proc/" prefix.
+    let rel = &path.as_cstr().to_bytes_with_nul()[6..];
+    let rel = CStr::from_bytes_with_nul(rel).unwrap_or(c"self");
+    // SAFETY: valid fd and C string.
+    let fd = unsafe { libc::openat(proc, rel.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(Fail::new(Step::ExecFifo, last_errno(), 0));
+    }
+    // SAFETY: one byte from a static buffer.
+    let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    let e = last_errno();
+    close(fd);
+    if n != 1 {
+        return Err(Fail::new(Step::ExecFifo, e, 1));
+    }
+    Ok(())
+}
+
+/// Sends `fd` over the unix socket `sock` (SCM_RIGHTS), with a short name as payload.
+pub fn send_fd(sock: RawFd, fd: RawFd) -> Result<(), i32> {
+    let mut payload = *b"/dev/ptmx";
+    let mut iov = libc::iovec {
+        iov_base: payload.as_mut_ptr().cast(),
+        iov_len: payload.len(),
+    };
+    // Space for one fd, aligned for cmsghdr.
+    let mut cbuf = [0u64; 4];
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    // SAFETY: all-zero msghdr is valid; fields are filled below.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = cbuf.as_mut_ptr().cast();
+    hdr.msg_controllen = space;
+    // SAFETY: the control buffer is large enough for one cmsghdr with one fd.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&hdr);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
+    }
+    // SAFETY: a fully initialised msghdr.
+    if unsafe { libc::sendmsg(sock, &hdr, libc::MSG_NOSIGNAL) } < 0 {
+        return Err(last_errno());
+    }
+    Ok(())
+}

@@ -1,0 +1,757 @@
+//! The container's filesystem view: mounts from the config, `/dev`, `pivot_root`, masked
+//! and read-only paths. [`Plan::new`] prepares everything (C strings, flags, device
+//! numbers) in the parent; [`Plan::apply`] and [`Plan::finish`] run in the child between
+//! clone and exec and therefore allocate nothing and take no lock.
+
+use super::init::{Fail, Step};
+use crate::sys::{self, RESOLVE_IN_ROOT};
+use libc::c_ulong;
+use oci_spec::runtime::{LinuxDeviceType, Spec};
+use std::ffi::{CStr, CString};
+use std::os::fd::RawFd;
+use std::path::{Component, Path};
+
+/// A path inside the rootfs, split so each missing component can be created beneath the
+/// root without following symlinks out of it.
+#[derive(Debug)]
+pub struct Inside {
+    /// Relative to the rootfs ("proc/sys").
+    pub rel: CString,
+    /// Each prefix ("proc", "proc/sys") with its parent and last component.
+    steps: Vec<(CString, CString, CString)>,
+}
+
+impl Inside {
+    pub fn new(path: &Path) -> Result<Inside, String> {
+        let mut parts = Vec::new();
+        for c in path.components() {
+            match c {
+                Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+                Component::RootDir | Component::CurDir => {}
+                _ => return Err(format!("{} must not contain `..`", path.display())),
+            }
+        }
+        let cs = |s: &str| CString::new(s).map_err(|_| format!("{} contains NUL", path.display()));
+        let mut steps = Vec::new();
+        for i in 0..parts.len() {
+            let parent = if i == 0 {
+                ".".to_owned()
+            } else {
+                parts[..i].join("/")
+            };
+            steps.push((cs(&parent)?, cs(&parts[i])?, cs(&parts[..=i].join("/"))?));
+        }
+        let rel = if parts.is_empty() {
+            ".".to_owned()
+        } else {
+            parts.join("/")
+        };
+        Ok(Inside {
+            rel: cs(&rel)?,
+            steps,
+        })
+    }
+
+    /// Creates missing components (the last as an empty file when `file`) and returns an
+    /// `O_PATH` fd of the target, resolved inside `root`.
+    fn create(&self, root: RawFd, file: bool) -> Result<RawFd, i32> {
+        let n = self.steps.len();
+        for (i, (parent, name, full)) in self.steps.iter().enumerate() {
+            match sys::openat2_raw(root, full, libc::O_PATH, 0, RESOLVE_IN_ROOT) {
+                Ok(fd) => close(fd),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    let dir = sys::openat2_raw(
+                        root,
+                        parent,
+                        libc::O_PATH | libc::O_DIRECTORY,
+                        0,
+                        RESOLVE_IN_ROOT,
+                    )
+                    .map_err(errno)?;
+                    let res = if file && i + 1 == n {
+                        // SAFETY: valid fd and C string.
+                        let fd = unsafe {
+                            libc::openat(
+                                dir,
+                                name.as_ptr(),
+                                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+                                0o644,
+                            )
+                        };
+                        if fd >= 0 {
+                            close(fd);
+                        }
+                        fd
+                    } else {
+                        // SAFETY: valid fd and C string.
+                        unsafe { libc::mkdirat(dir, name.as_ptr(), 0o755) }
+                    };
+                    let err = last_errno();
+                    close(dir);
+                    if res < 0 && err != libc::EEXIST {
+                        return Err(err);
+                    }
+                }
+                Err(e) => return Err(errno(e)),
+            }
+        }
+        sys::openat2_raw(root, &self.rel, libc::O_PATH, 0, RESOLVE_IN_ROOT).map_err(errno)
+    }
+}
+
+/// `/proc/self/fd/N` in a stack buffer, the way to name an `O_PATH` fd to mount(2).
+pub struct FdPath([u8; 32]);
+
+impl FdPath {
+    pub fn new(fd: RawFd) -> FdPath {
+        let mut buf = [0u8; 32];
+        let prefix = b"/proc/self/fd/";
+        buf[..prefix.len()].copy_from_slice(prefix);
+        let mut digits = [0u8; 12];
+        let mut n = fd.max(0) as u32;
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for i in 0..len {
+            buf[prefix.len() + i] = digits[len - 1 - i];
+        }
+        FdPath(buf)
+    }
+
+    pub fn as_cstr(&self) -> &CStr {
+        // The buffer always holds a NUL after the digits.
+        CStr::from_bytes_until_nul(&self.0).unwrap_or(c"/")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A filesystem mount (proc, tmpfs, devpts...).
+    Fs,
+    /// A bind mount of `source`.
+    Bind,
+    /// sysfs, mqueue or cgroup: falls back to a recursive bind of the host's when the
+    /// kernel refuses a new instance (a user namespace not owning the net/ipc namespace).
+    Virtual,
+}
+
+#[derive(Debug)]
+struct MountOp {
+    target: Inside,
+    file: bool,
+    kind: Kind,
+    source: CString,
+    fstype: CString,
+    flags: c_ulong,
+    /// Flags that need a remount of a bind mount (ro, nosuid, ...).
+    remount: c_ulong,
+    data: Option<CString>,
+    propagation: Vec<c_ulong>,
+    /// Host path used when a virtual filesystem falls back to a bind.
+    fallback: CString,
+}
+
+#[derive(Debug)]
+struct DevOp {
+    target: Inside,
+    /// `S_IFCHR | 0666` etc.
+    mode: libc::mode_t,
+    dev: libc::dev_t,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    /// Host path to bind when mknod is not allowed (user namespace).
+    host: CString,
+}
+
+/// Everything the child needs to build the container's filesystem view.
+#[derive(Debug)]
+pub struct Plan {
+    rootfs: CString,
+    root_propagation: c_ulong,
+    set_root_propagation: bool,
+    mounts: Vec<MountOp>,
+    devices: Vec<DevOp>,
+    bind_devices: bool,
+    dev_links: bool,
+    masked: Vec<CString>,
+    readonly: Vec<CString>,
+    sysctl: Vec<(CString, CString)>,
+    readonly_root: bool,
+    /// Description of each mount, for error messages.
+    pub descriptions: Vec<String>,
+}
+
+/// Mount propagation option name to its flag.
+pub fn propagation_flag(name: &str) -> Option<c_ulong> {
+    Some(match name {
+        "private" => libc::MS_PRIVATE,
+        "rprivate" => libc::MS_PRIVATE | libc::MS_REC,
+        "shared" => libc::MS_SHARED,
+        "rshared" => libc::MS_SHARED | libc::MS_REC,
+        "slave" => libc::MS_SLAVE,
+        "rslave" => libc::MS_SLAVE | libc::MS_REC,
+        "unbindable" => libc::MS_UNBINDABLE,
+        "runbindable" => libc::MS_UNBINDABLE | libc::MS_REC,
+        _ => return None,
+    })
+}
+
+/// Splits mount options into flags, propagation and filesystem data (like runc).
+fn parse_options(opts: &[String]) -> (c_ulong, c_ulong, Vec<c_ulong>, Vec<String>) {
+    let (mut set, mut clear, mut prop, mut data) = (0, 0, Vec::new(), Vec::new());
+    for o in opts {
+        let (s, c): (c_ulong, c_ulong) = match o.as_str() {
+            "ro" => (libc::MS_RDONLY, 0),
+            "rw" => (0, libc::MS_RDONLY),
+            "nosuid" => (libc::MS_NOSUID, 0),
+            "suid" => (0, libc::MS_NOSUID),
+            "nodev" => (libc::MS_NODEV, 0),
+            "dev" => (0, libc::MS_NODEV),
+            "noexec" => (libc::MS_NOEXEC, 0),
+            "exec" => (0, libc::MS_NOEXEC),
+            "sync" => (libc::MS_SYNCHRONOUS, 0),
+            "async" => (0, libc::MS_SYNCHRONOUS),
+            "dirsync" => (libc::MS_DIRSYNC, 0),
+            "remount" => (libc::MS_REMOUNT, 0),
+            "mand" => (libc::MS_MANDLOCK, 0),
+            "nomand" => (0, libc::MS_MANDLOCK),
+            "atime" => (0, libc::MS_NOATIME),
+            "noatime" => (libc::MS_NOATIME, 0),
+            "diratime" => (0, libc::MS_NODIRATIME),
+            "nodiratime" => (libc::MS_NODIRATIME, 0),
+            "relatime" => (libc::MS_RELATIME, 0),
+            "norelatime" => (0, libc::MS_RELATIME),
+            "strictatime" => (libc::MS_STRICTATIME, 0),
+            "bind" => (libc::MS_BIND, 0),
+            "rbind" => (libc::MS_BIND | libc::MS_REC, 0),
+            "tmpcopyup" | "idmap" | "ridmap" | "" => (0, 0),
+            other => {
+                if let Some(p) = propagation_flag(other) {
+                    prop.push(p);
+                } else {
+                    data.push(other.to_owned());
+                }
+                (0, 0)
+            }
+        };
+        set |= s;
+        clear |= c;
+    }
+    (set & !clear, clear, prop, data)
+}
+
+fn cstring(s: impl AsRef<std::ffi::OsStr>, field: &str) -> Result<CString, String> {
+    sys::cstr(s).map_err(|_| format!("field `{field}`: contains a NUL byte"))
+}
+
+struct DefaultDev {
+    path: &'static str,
+    major: u32,
+    minor: u32,
+}
+
+const DEFAULT_DEVICES: &[DefaultDev] = &[
+    DefaultDev { path: "/dev/null", major: 1, minor: 3 },
+    DefaultDev { path: "/dev/zero", major: 1, minor: 5 },
+    DefaultDev { path: "/dev/full", major: 1, minor: 7 },
+    DefaultDev { path: "/dev/random", major: 1, minor: 8 },
+    DefaultDev { path: "/dev/urandom", major: 1, minor: 9 },
+    DefaultDev { path: "/dev/tty", major: 5, minor: 0 },
+];
+
+impl Plan {
+    /// Prepares the rootfs setup for `spec` with the rootfs at `rootfs` (absolute) and
+    /// config-relative bind sources taken from `bundle`.
+    pub fn new(spec: &Spec, rootfs: &Path, bundle: &Path, userns: bool) -> Result<Plan, String> {
+        let linux = spec.linux().clone().unwrap_or_default();
+        let mut mounts = Vec::new();
+        let mut descriptions = Vec::new();
+        let mut dev_bound = false;
+        for (i, m) in spec.mounts().iter().flatten().enumerate() {
+            let field = format!("mounts[{i}]");
+            let dest = m.destination();
+            let fstype = m.typ().clone().unwrap_or_default();
+            let (mut flags, _clear, propagation, data) =
+                parse_options(m.options().as_deref().unwrap_or(&[]));
+            let is_bind = fstype == "bind" || flags & libc::MS_BIND != 0;
+            let source = m.source().clone().unwrap_or_default();
+            let kind = if is_bind {
+                Kind::Bind
+            } else if matches!(fstype.as_str(), "sysfs" | "mqueue" | "cgroup" | "cgroup2") {
+                Kind::Virtual
+            } else {
+                Kind::Fs
+            };
+            let (source, file) = if is_bind {
+                let src = if source.is_absolute() {
+                    source.clone()
+                } else {
+                    bundle.join(&source)
+                };
+                let meta = std::fs::metadata(&src).map_err(|e| {
+                    format!("field `{field}.source`: {}: {e}", src.display())
+                })?;
+                flags |= libc::MS_BIND;
+                (src, !meta.is_dir())
+            } else {
+                (source.clone(), false)
+            };
+            if dest == Path::new("/dev") && is_bind {
+                dev_bound = true;
+            }
+            let remount = if is_bind {
+                flags
+                    & (libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        | libc::MS_NODEV
+                        | libc::MS_NOEXEC
+                        | libc::MS_NOATIME
+                        | libc::MS_NODIRATIME
+                        | libc::MS_RELATIME
+                        | libc::MS_STRICTATIME)
+            } else {
+                0
+            };
+            let fallback = match fstype.as_str() {
+                "sysfs" => "/sys",
+                "mqueue" => "/dev/mqueue",
+                _ => "/sys/fs/cgroup",
+            };
+            descriptions.push(format!(
+                "mount {} on {} (type {})",
+                source.display(),
+                dest.display(),
+                if fstype.is_empty() { "bind" } else { &fstype }
+            ));
+            let data = (!data.is_empty()).then(|| data.join(","));
+            mounts.push(MountOp {
+                target: Inside::new(dest).map_err(|e| format!("field `{field}.destination`: {e}"))?,
+                file,
+                kind,
+                source: cstring(&source, &field)?,
+                fstype: cstring(&fstype, &field)?,
+                flags: if is_bind {
+                    flags & (libc::MS_BIND | libc::MS_REC)
+                } else {
+                    flags
+                },
+                remount,
+                data: data.map(|d| cstring(d, &field)).transpose()?,
+                propagation,
+                fallback: cstring(fallback, &field)?,
+            });
+        }
+
+        let mut devices = Vec::new();
+        if !dev_bound {
+            for d in DEFAULT_DEVICES {
+                devices.push(DevOp {
+                    target: Inside::new(Path::new(d.path))?,
+                    mode: libc::S_IFCHR | 0o666,
+                    dev: libc::makedev(d.major, d.minor),
+                    uid: 0,
+                    gid: 0,
+                    host: cstring(d.path, "devices")?,
+                });
+            }
+        }
+        for (i, d) in linux.devices().iter().flatten().enumerate() {
+            let field = format!("linux.devices[{i}]");
+            let kind = match d.typ() {
+                LinuxDeviceType::C | LinuxDeviceType::U => libc::S_IFCHR,
+                LinuxDeviceType::B => libc::S_IFBLK,
+                LinuxDeviceType::P => libc::S_IFIFO,
+                LinuxDeviceType::A => {
+                    return Err(format!("field `{field}.type`: `a` is not a device node type"));
+                }
+            };
+            if !d.path().is_absolute() {
+                return Err(format!("field `{field}.path`: must be absolute"));
+            }
+            // A config device replaces a default one at the same path.
+            let target = Inside::new(d.path()).map_err(|e| format!("field `{field}.path`: {e}"))?;
+            devices.retain(|o: &DevOp| o.target.rel != target.rel);
+            devices.push(DevOp {
+                target,
+                mode: kind | (d.file_mode().unwrap_or(0o666) & 0o7777),
+                dev: libc::makedev(d.major() as u32, d.minor() as u32),
+                uid: d.uid().unwrap_or(0),
+                gid: d.gid().unwrap_or(0),
+                host: cstring(d.path(), &field)?,
+            });
+        }
+
+        let list = |v: &Option<Vec<String>>, field: &str| -> Result<Vec<CString>, String> {
+            v.iter()
+                .flatten()
+                .map(|p| cstring(p, field))
+                .collect::<Result<_, _>>()
+        };
+        let mut sysctl = Vec::new();
+        for (k, v) in linux.sysctl().iter().flatten() {
+            let field = format!("linux.sysctl.{k}");
+            if k.contains("..") || k.contains('/') && k.starts_with('/') {
+                return Err(format!("field `{field}`: invalid key"));
+            }
+            let path = format!("/proc/sys/{}", k.replace('.', "/"));
+            sysctl.push((cstring(path, &field)?, cstring(v, &field)?));
+        }
+        let prop = linux.rootfs_propagation().clone().unwrap_or_default();
+        let root_propagation = if prop.is_empty() {
+            libc::MS_SLAVE | libc::MS_REC
+        } else {
+            propagation_flag(&prop)
+                .ok_or_else(|| format!("field `linux.rootfsPropagation`: unknown {prop:?}"))?
+        };
+        Ok(Plan {
+            rootfs: cstring(rootfs, "root.path")?,
+            root_propagation,
+            set_root_propagation: !prop.is_empty(),
+            mounts,
+            devices,
+            bind_devices: userns,
+            dev_links: !dev_bound,
+            masked: list(linux.masked_paths(), "linux.maskedPaths")?,
+            readonly: list(linux.readonly_paths(), "linux.readonlyPaths")?,
+            sysctl,
+            readonly_root: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
+            descriptions,
+        })
+    }
+
+    /// In the child, before pivot_root: makes the host's mounts invisible to changes
+    /// here, binds the rootfs onto itself, does the configured mounts and `/dev`.
+    pub fn apply(&self) -> Result<(), Fail> {
+        // No propagation back to the host, whatever the host's "/" is.
+        let root_flags = if self.root_propagation & (libc::MS_SHARED) != 0 {
+            libc::MS_SLAVE | libc::MS_REC
+        } else {
+            self.root_propagation | libc::MS_REC
+        };
+        mount(None, c"/", None, root_flags, None).map_err(|e| Fail::new(Step::RootPropagation, e, 0))?;
+        mount(
+            Some(&self.rootfs),
+            &self.rootfs,
+            None,
+            libc::MS_BIND | libc::MS_REC,
+            None,
+        )
+        .map_err(|e| Fail::new(Step::RootBind, e, 0))?;
+        // SAFETY: valid C string; the fd is closed before exec (O_CLOEXEC).
+        let root = unsafe {
+            libc::open(
+                self.rootfs.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if root < 0 {
+            return Err(Fail::new(Step::RootOpen, last_errno(), 0));
+        }
+        let result = self.mount_all(root);
+        close(root);
+        result
+    }
+
+    fn mount_all(&self, root: RawFd) -> Result<(), Fail> {
+        for (i, m) in self.mounts.iter().enumerate() {
+            let fail = |e| Fail::new(Step::Mount, e, i as u32);
+            let target = m.target.create(root, m.file).map_err(fail)?;
+            let path = FdPath::new(target);
+            let t = path.as_cstr();
+            let res = match m.kind {
+                Kind::Bind => mount(Some(&m.source), t, None, m.flags, None).map(|()| m.remount),
+                Kind::Fs | Kind::Virtual => {
+                    match mount(Some(&m.source), t, Some(&m.fstype), m.flags, m.data.as_deref()) {
+                        Err(e)
+                            if m.kind == Kind::Virtual
+                                && matches!(e, libc::EPERM | libc::EINVAL | libc::EBUSY) =>
+                        {
+                            mount(Some(&m.fallback), t, None, libc::MS_BIND | libc::MS_REC, None)
+                                .map(|()| {
+                                    m.flags
+                                        & (libc::MS_RDONLY
+                                            | libc::MS_NOSUID
+                                            | libc::MS_NODEV
+                                            | libc::MS_NOEXEC)
+                                })
+                        }
+                        other => other.map(|()| 0),
+                    }
+                }
+            };
+            close(target);
+            // Remount and propagation apply to the new mount: look the path up again so
+            // the fd names the mount's root, not the directory beneath it.
+            let res = res.and_then(|remount| {
+                if remount == 0 && m.propagation.is_empty() {
+                    return Ok(());
+                }
+                let top = sys::openat2_raw(root, &m.target.rel, libc::O_PATH, 0, RESOLVE_IN_ROOT)
+                    .map_err(errno)?;
+                let p = FdPath::new(top);
+                let r = (|| {
+                    if remount != 0 {
+                        let flags = libc::MS_BIND | libc::MS_REMOUNT | remount | locked_flags(top);
+                        mount(None, p.as_cstr(), None, flags, None)?;
+                    }
+                    m.propagation
+                        .iter()
+                        .try_for_each(|f| mount(None, p.as_cstr(), None, *f, None))
+                })();
+                close(top);
+                r
+            });
+            res.map_err(fail)?;
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            self.device(root, d).map_err(|e| Fail::new(Step::Device, e, i as u32))?;
+        }
+        if self.dev_links {
+            let dev = sys::openat2_raw(root, c"dev", libc::O_PATH | libc::O_DIRECTORY, 0, RESOLVE_IN_ROOT)
+                .map_err(|e| Fail::new(Step::Device, errno(e), u32::MAX))?;
+            for (name, to) in [
+                (c"fd", c"/proc/self/fd"),
+                (c"stdin", c"/proc/self/fd/0"),
+                (c"stdout", c"/proc/self/fd/1"),
+                (c"stderr", c"/proc/self/fd/2"),
+                (c"ptmx", c"pts/ptmx"),
+                (c"core", c"/proc/kcore"),
+            ] {
+                // SAFETY: valid fd and C strings. An existing entry is left alone.
+                unsafe { libc::symlinkat(to.as_ptr(), dev, name.as_ptr()) };
+            }
+            close(dev);
+        }
+        Ok(())
+    }
+
+    fn device(&self, root: RawFd, d: &DevOp) -> Result<(), i32> {
+        if self.bind_devices {
+            let target = d.target.create(root, true)?;
+            let path = FdPath::new(target);
+            let r = mount(Some(&d.host), path.as_cstr(), None, libc::MS_BIND, None);
+            close(target);
+            return r;
+        }
+        let parent_made = d.target.create_parent(root)?;
+        let (dir, name) = parent_made;
+        // SAFETY: valid fd and C string.
+        unsafe { libc::unlinkat(dir, name.as_ptr(), 0) };
+        // SAFETY: valid fd and C string.
+        let mut r = unsafe { libc::mknodat(dir, name.as_ptr(), d.mode, d.dev) };
+        if r == 0 {
+            // SAFETY: valid fd and C string; the new node is not a symlink.
+            r = unsafe {
+                libc::fchownat(dir, name.as_ptr(), d.uid, d.gid, libc::AT_SYMLINK_NOFOLLOW)
+            };
+        }
+        if r == 0 {
+            // mknod applies the umask: set the mode the config asked for.
+            // SAFETY: valid fd and C string.
+            r = unsafe { libc::fchmodat(dir, name.as_ptr(), d.mode & 0o7777, 0) };
+        }
+        let err = last_errno();
+        close(dir);
+        if r < 0 { Err(err) } else { Ok(()) }
+    }
+
+    /// In the child: switches to the rootfs and detaches the old root.
+    pub fn pivot(&self) -> Result<(), Fail> {
+        let f = |e| Fail::new(Step::PivotRoot, e, 0);
+        // SAFETY: valid C string.
+        if unsafe { libc::chdir(self.rootfs.as_ptr()) } < 0 {
+            return Err(f(last_errno()));
+        }
+        sys::pivot_root(c".", c".").map_err(|e| f(errno(e)))?;
+        // The old root is stacked under the new one: keep its unmount from propagating.
+        mount(None, c".", None, libc::MS_SLAVE | libc::MS_REC, None).map_err(f)?;
+        // SAFETY: valid C string.
+        if unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) } < 0 {
+            return Err(f(last_errno()));
+        }
+        // SAFETY: valid C string.
+        if unsafe { libc::chdir(c"/".as_ptr()) } < 0 {
+            return Err(f(last_errno()));
+        }
+        if self.set_root_propagation {
+            mount(None, c"/", None, self.root_propagation, None)
+                .map_err(|e| Fail::new(Step::RootPropagation, e, 1))?;
+        }
+        Ok(())
+    }
+
+    /// In the child after pivot_root: sysctls, masked and read-only paths, read-only root.
+    pub fn finish(&self) -> Result<(), Fail> {
+        for (i, (path, value)) in self.sysctl.iter().enumerate() {
+            write_file(path, value.to_bytes()).map_err(|e| Fail::new(Step::Sysctl, e, i as u32))?;
+        }
+        for (i, p) in self.masked.iter().enumerate() {
+            mask(p).map_err(|e| Fail::new(Step::Masked, e, i as u32))?;
+        }
+        for (i, p) in self.readonly.iter().enumerate() {
+            match readonly(p) {
+                Err(e) if e == libc::ENOENT => {}
+                other => other.map_err(|e| Fail::new(Step::Readonly, e, i as u32))?,
+            }
+        }
+        if self.readonly_root {
+            remount_ro(c"/").map_err(|e| Fail::new(Step::Readonly, e, u32::MAX))?;
+        }
+        Ok(())
+    }
+
+    pub fn masked_path(&self, i: usize) -> String {
+        self.masked.get(i).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+    pub fn readonly_path(&self, i: usize) -> String {
+        self.readonly.get(i).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into())
+    }
+    pub fn sysctl_path(&self, i: usize) -> String {
+        self.sysctl.get(i).map(|p| p.0.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+    pub fn device_path(&self, i: usize) -> String {
+        self.devices
+            .get(i)
+            .map(|d| format!("/{}", d.target.rel.to_string_lossy()))
+            .unwrap_or_else(|| "/dev symlinks".into())
+    }
+}
+
+impl Inside {
+    /// Creates the parent directories and returns (parent dir fd, last component).
+    fn create_parent(&self, root: RawFd) -> Result<(RawFd, &CStr), i32> {
+        let Some((parent, name, _)) = self.steps.last() else {
+            return Err(libc::EINVAL);
+        };
+        if self.steps.len() > 1 {
+            // Create every directory but the last component.
+            for (pp, nn, full) in &self.steps[..self.steps.len() - 1] {
+                match sys::openat2_raw(root, full, libc::O_PATH, 0, RESOLVE_IN_ROOT) {
+                    Ok(fd) => close(fd),
+                    Err(_) => {
+                        let dir = sys::openat2_raw(root, pp, libc::O_PATH | libc::O_DIRECTORY, 0, RESOLVE_IN_ROOT)
+                            .map_err(errno)?;
+                        // SAFETY: valid fd and C string.
+                        let r = unsafe { libc::mkdirat(dir, nn.as_ptr(), 0o755) };
+                        let e = last_errno();
+                        close(dir);
+                        if r < 0 && e != libc::EEXIST {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        let dir = sys::openat2_raw(root, parent, libc::O_PATH | libc::O_DIRECTORY, 0, RESOLVE_IN_ROOT)
+            .map_err(errno)?;
+        Ok((dir, name))
+    }
+}
+
+/// The calling thread's errno.
+pub fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+pub fn errno(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+pub fn close(fd: RawFd) {
+    // SAFETY: closing an fd this code opened and no longer uses.
+    unsafe { libc::close(fd) };
+}
+
+/// mount(2) on prepared C strings; the errno on failure.
+pub fn mount(
+    source: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: c_ulong,
+    data: Option<&CStr>,
+) -> Result<(), i32> {
+    // SAFETY: valid C strings or NULL, as mount(2) allows.
+    let r = unsafe {
+        libc::mount(
+            source.map_or(std::ptr::null(), CStr::as_ptr),
+            target.as_ptr(),
+            fstype.map_or(std::ptr::null(), CStr::as_ptr),
+            flags,
+            data.map_or(std::ptr::null(), |d| d.as_ptr().cast()),
+        )
+    };
+    if r < 0 { Err(last_errno()) } else { Ok(()) }
+}
+
+/// Flags the kernel locks on a mount made in a less privileged user namespace: a remount
+/// must repeat them or fail with EPERM.
+fn locked_flags(fd: RawFd) -> c_ulong {
+    // SAFETY: an all-zero statvfs is a valid out buffer.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and out pointer.
+    if unsafe { libc::fstatvfs(fd, &mut st) } < 0 {
+        return 0;
+    }
+    let mut f = 0;
+    for (st_flag, ms) in [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if st.f_flag & st_flag != 0 {
+            f |= ms;
+        }
+    }
+    f
+}
+
+fn remount_ro(path: &CStr) -> Result<(), i32> {
+    let fd = sys::openat2_raw(libc::AT_FDCWD, path, libc::O_PATH, 0, 0).map_err(errno)?;
+    let locked = locked_flags(fd);
+    close(fd);
+    mount(None, path, None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | locked, None)
+}
+
+fn readonly(path: &CStr) -> Result<(), i32> {
+    mount(Some(path), path, None, libc::MS_BIND | libc::MS_REC, None)?;
+    remount_ro(path)
+}
+
+/// Hides `path`: /dev/null over a file, an empty read-only tmpfs over a directory.
+fn mask(path: &CStr) -> Result<(), i32> {
+    // SAFETY: an all-zero stat is a valid out buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out pointer.
+    if unsafe { libc::stat(path.as_ptr(), &mut st) } < 0 {
+        let e = last_errno();
+        return if e == libc::ENOENT { Ok(()) } else { Err(e) };
+    }
+    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        mount(Some(c"tmpfs"), path, Some(c"tmpfs"), libc::MS_RDONLY, Some(c"size=0k"))
+    } else {
+        mount(Some(c"/dev/null"), path, None, libc::MS_BIND, None)
+    }
+}
+
+/// Writes `data` to an existing file.
+pub fn write_file(path: &CStr, data: &[u8]) -> Result<(), i32> {
+    // SAFETY: valid C string.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: valid fd and buffer of the given length.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    let e = last_errno();
+    close(fd);
+    if n < 0 { Err(e) } else { Ok(()) }
+}

@@ -1,0 +1,232 @@
+//! The state directory of one container, `ROOT/ID/`: `state.json` (written atomically),
+//! `exec.fifo` while created-but-not-started, and a `flock` on the directory held while
+//! the container is being created or changed, so a crashed runtime never blocks the ID.
+
+use super::Error;
+use super::cgroup::Cgroup;
+use oci_spec::runtime::{ContainerState, Hooks};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// What warren records about a container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub oci_version: String,
+    pub id: String,
+    /// `creating` until the init process reported ready, then `created`; the live status
+    /// (running, stopped) is derived from the process.
+    pub status: ContainerState,
+    /// Init pid in the host pid namespace (0 while creating).
+    pub pid: i32,
+    /// Start time of `pid` (clock ticks since boot) so a recycled pid is not mistaken for it.
+    pub pid_start: u64,
+    /// The warren process that created the container (to detect a crash mid-create).
+    pub creator: i32,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    /// RFC 3339 creation time.
+    pub created: String,
+    pub owner: String,
+    #[serde(default)]
+    pub annotations: HashMap<String, String>,
+    #[serde(default)]
+    pub cgroup: Option<Cgroup>,
+    /// Hooks that run after create (poststart, poststop).
+    #[serde(default)]
+    pub hooks: Option<Hooks>,
+    /// The config's process: the defaults for `exec`.
+    #[serde(default)]
+    pub process: Option<oci_spec::runtime::Process>,
+}
+
+pub const STATE_FILE: &str = "state.json";
+pub const FIFO: &str = "exec.fifo";
+
+/// A locked container directory.
+pub struct Dir {
+    pub path: PathBuf,
+    lock: File,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// Container IDs are one path component of letters, digits and `_+-.`.
+pub fn check_id(id: &str) -> Result<(), Error> {
+    let ok = !id.is_empty()
+        && id.len() <= 1024
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+-.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidId(id.into()))
+    }
+}
+
+impl Dir {
+    /// Opens and locks (shared or exclusive, blocking) an existing container directory.
+    pub fn open(root: &Path, id: &str, exclusive: bool) -> Result<Dir, Error> {
+        check_id(id)?;
+        let path = root.join(id);
+        let lock = File::open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::NotFound(id.into())
+            } else {
+                Error::Io {
+                    what: format!("open {}", path.display()),
+                    source: e,
+                }
+            }
+        })?;
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        flock(&lock, op).map_err(io(format!("lock {}", path.display())))?;
+        Ok(Dir { path, lock })
+    }
+
+    /// Creates and exclusively locks a new container directory. An existing directory
+    /// whose creator died before finishing (no lock held, status `creating`) is stale
+    /// and handed back as `Err(Stale)` for the caller to clean up.
+    pub fn create(root: &Path, id: &str) -> Result<Dir, Error> {
+        check_id(id)?;
+        std::fs::create_dir_all(root).map_err(io(format!("create {}", root.display())))?;
+        let path = root.join(id);
+        match std::fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::Exists(id.into()));
+            }
+            Err(e) => return Err(io(format!("create {}", path.display()))(e)),
+        }
+        let lock = File::open(&path).map_err(io(format!("open {}", path.display())))?;
+        flock(&lock, libc::LOCK_EX | libc::LOCK_NB)
+            .map_err(io(format!("lock {}", path.display())))?;
+        Ok(Dir { path, lock })
+    }
+
+    /// Tries to lock without waiting: false when someone (a create in progress) holds it.
+    pub fn try_open(root: &Path, id: &str) -> Result<Option<Dir>, Error> {
+        check_id(id)?;
+        let path = root.join(id);
+        let lock = File::open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::NotFound(id.into())
+            } else {
+                io(format!("open {}", path.display()))(e)
+            }
+        })?;
+        match flock(&lock, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => Ok(Some(Dir { path, lock })),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
+            Err(e) => Err(io(format!("lock {}", path.display()))(e)),
+        }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// The record, or `None` when the creator died before writing it.
+    pub fn load(&self) -> Result<Option<Record>, Error> {
+        let path = self.file(STATE_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::Corrupt {
+                    file: path,
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(format!("read {}", path.display()))(e)),
+        }
+    }
+
+    pub fn save(&self, record: &Record) -> Result<(), Error> {
+        let path = self.file(STATE_FILE);
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| Error::Corrupt {
+            file: path.clone(),
+            reason: e.to_string(),
+        })?;
+        crate::atomic::write(&path, &bytes).map_err(io(format!("write {}", path.display())))
+    }
+
+    /// Removes the directory (the lock goes with the fd when `self` drops).
+    pub fn remove(self) -> Result<(), Error> {
+        std::fs::remove_dir_all(&self.path)
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(io(format!("remove {}", self.path.display())))?;
+        drop(self.lock);
+        Ok(())
+    }
+}
+
+fn flock(f: &File, op: libc::c_int) -> std::io::Result<()> {
+    loop {
+        // SAFETY: valid fd; flock takes plain integers.
+        let ret = unsafe { libc::flock(f.as_raw_fd(), op) };
+        if ret == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// The start time (field 22 of `/proc/PID/stat`) and whether the process is a zombie;
+/// `None` when there is no such process.
+pub fn proc_start(pid: i32) -> Option<(u64, bool)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let zombie = fields.first() == Some(&"Z") || fields.first() == Some(&"X");
+    let start = fields.get(19)?.parse().ok()?;
+    Some((start, zombie))
+}
+
+/// Current time as RFC 3339 (UTC, seconds and nanoseconds).
+pub fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_nanos()
+    )
+}

@@ -1,0 +1,202 @@
+//! Id maps of a new user namespace, written by the parent: directly as root (or for a
+//! single mapping of one's own id), through `newuidmap`/`newgidmap` and the user's
+//! subordinate ranges otherwise, falling back to "own id -> 0" when those are missing.
+
+use super::Error;
+use oci_spec::runtime::LinuxIdMapping;
+use std::process::Command;
+
+/// One `container host size` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    pub container: u32,
+    pub host: u32,
+    pub size: u32,
+}
+
+impl Mapping {
+    pub fn from_spec(m: &[LinuxIdMapping]) -> Vec<Mapping> {
+        m.iter()
+            .map(|m| Mapping {
+                container: m.container_id(),
+                host: m.host_id(),
+                size: m.size(),
+            })
+            .collect()
+    }
+}
+
+/// How the maps of one container are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Maps {
+    pub uid: Vec<Mapping>,
+    pub gid: Vec<Mapping>,
+    /// `setgroups` is denied (required when an unprivileged process writes a gid map).
+    pub deny_setgroups: bool,
+    helper: bool,
+}
+
+/// The first range of `user` in /etc/subuid or /etc/subgid (by name or numeric id).
+fn subid_range(file: &str, name: &str, id: u32) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let who = f.next()?;
+        if who != name && who != id.to_string() {
+            return None;
+        }
+        Some((f.next()?.trim().parse().ok()?, f.next()?.trim().parse().ok()?))
+    })
+}
+
+fn covered_by(maps: &[Mapping], own: u32, sub: Option<(u32, u32)>) -> bool {
+    maps.iter().all(|m| {
+        (m.size == 1 && m.host == own)
+            || sub.is_some_and(|(start, len)| {
+                m.host >= start && u64::from(m.host) + u64::from(m.size) <= u64::from(start) + u64::from(len)
+            })
+    })
+}
+
+impl Maps {
+    /// Decides how to map ids for a new user namespace. `uid`/`gid` come from the config
+    /// (may be empty). Returns the maps and a warning when it had to fall back.
+    pub fn plan(uid: Vec<Mapping>, gid: Vec<Mapping>) -> Result<(Maps, Option<String>), Error> {
+        if crate::dirs::is_root() {
+            if uid.is_empty() || gid.is_empty() {
+                return Err(Error::config(
+                    "linux.uidMappings",
+                    "a user namespace needs uidMappings and gidMappings when run as root",
+                ));
+            }
+            return Ok((
+                Maps {
+                    uid,
+                    gid,
+                    deny_setgroups: false,
+                    helper: false,
+                },
+                None,
+            ));
+        }
+        let own_uid = nix::unistd::geteuid().as_raw();
+        let own_gid = nix::unistd::getegid().as_raw();
+        let name = nix::unistd::User::from_uid(own_uid.into())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_default();
+        let subuid = subid_range("/etc/subuid", &name, own_uid);
+        let subgid = subid_range("/etc/subgid", &name, own_gid);
+        let single = |own| vec![Mapping { container: 0, host: own, size: 1 }];
+        let (uid, gid) = if uid.is_empty() {
+            // Rootless default: own id -> 0, subordinate ids -> 1..
+            let extend = |own, sub: Option<(u32, u32)>| {
+                let mut v = single(own);
+                if let Some((start, len)) = sub {
+                    v.push(Mapping { container: 1, host: start, size: len.min(65536) });
+                }
+                v
+            };
+            (extend(own_uid, subuid), extend(own_gid, subgid))
+        } else {
+            (uid, if gid.is_empty() { single(own_gid) } else { gid })
+        };
+        let simple = |m: &[Mapping], own| m.len() == 1 && m[0].host == own && m[0].size == 1;
+        if simple(&uid, own_uid) && simple(&gid, own_gid) {
+            return Ok((Maps { uid, gid, deny_setgroups: true, helper: false }, None));
+        }
+        let have_helpers = which("newuidmap") && which("newgidmap");
+        if have_helpers && covered_by(&uid, own_uid, subuid) && covered_by(&gid, own_gid, subgid) {
+            return Ok((Maps { uid, gid, deny_setgroups: false, helper: true }, None));
+        }
+        let why = if !have_helpers {
+            "newuidmap/newgidmap are missing (apt-get install uidmap)".to_owned()
+        } else {
+            format!(
+                "the requested ids are not all in {name}'s ranges in /etc/subuid and /etc/subgid"
+            )
+        };
+        let warning = format!(
+            "user namespace: {why}; falling back to a single mapping (uid {own_uid} -> 0, gid {own_gid} -> 0)"
+        );
+        Ok((
+            Maps {
+                uid: single(own_uid),
+                gid: single(own_gid),
+                deny_setgroups: true,
+                helper: false,
+            },
+            Some(warning),
+        ))
+    }
+
+    /// Writes the maps of process `pid` (which waits for them).
+    pub fn write(&self, pid: i32) -> Result<(), Error> {
+        if self.helper {
+            helper("newuidmap", pid, &self.uid)?;
+            helper("newgidmap", pid, &self.gid)?;
+            return Ok(());
+        }
+        if self.deny_setgroups {
+            write_proc(pid, "setgroups", b"deny")?;
+        }
+        write_proc(pid, "uid_map", lines(&self.uid).as_bytes())?;
+        write_proc(pid, "gid_map", lines(&self.gid).as_bytes())?;
+        Ok(())
+    }
+
+    /// The host uid that container uid `id` maps to.
+    pub fn host_uid(&self, id: u32) -> Option<u32> {
+        to_host(&self.uid, id)
+    }
+    pub fn host_gid(&self, id: u32) -> Option<u32> {
+        to_host(&self.gid, id)
+    }
+}
+
+fn to_host(maps: &[Mapping], id: u32) -> Option<u32> {
+    maps.iter()
+        .find(|m| id >= m.container && u64::from(id) < u64::from(m.container) + u64::from(m.size))
+        .map(|m| m.host + (id - m.container))
+}
+
+fn lines(maps: &[Mapping]) -> String {
+    maps.iter()
+        .map(|m| format!("{} {} {}\n", m.container, m.host, m.size))
+        .collect()
+}
+
+fn write_proc(pid: i32, file: &str, data: &[u8]) -> Result<(), Error> {
+    let path = format!("/proc/{pid}/{file}");
+    std::fs::write(&path, data).map_err(|source| Error::Io {
+        what: format!("write {path}"),
+        source,
+    })
+}
+
+fn helper(tool: &str, pid: i32, maps: &[Mapping]) -> Result<(), Error> {
+    let mut cmd = Command::new(tool);
+    cmd.arg(pid.to_string());
+    for m in maps {
+        cmd.args([m.container.to_string(), m.host.to_string(), m.size.to_string()]);
+    }
+    let out = cmd.output().map_err(|source| Error::Io {
+        what: format!("run {tool}"),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(Error::UserNamespace(format!(
+            "{tool} {}: {}",
+            pid,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn which(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+}
