@@ -1,1 +1,3 @@
 //! The chunk-deduplicated, content-addressed image store.
+pub mod busybox;
+pub mod oci;
