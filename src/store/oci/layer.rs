@@ -231,6 +231,17 @@ pub fn decode<R: Read>(
             return Err(LayerError::UnsupportedType { path: show(&path), kind: other.as_byte() as char });
         }
     };
+    // Refuse an absurd size before the stream is skipped (or inflated) past it.
+    if let HeaderKind::File { size } = kind {
+        if size > limits.max_file_size {
+            return Err(LayerError::TooLarge {
+                path: show(&path),
+                what: "file size",
+                size,
+                limit: limits.max_file_size,
+            });
+        }
+    }
     let mut meta = Meta {
         mode: header.mode().unwrap_or(0o644) & 0o7777,
         uid: u32::try_from(header.uid().unwrap_or(0)).unwrap_or(u32::MAX),
