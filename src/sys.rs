@@ -329,3 +329,18 @@ pub fn lremovexattr_at(dir: BorrowedFd<'_>, name: &OsStr, attr: &CStr) -> io::Re
         other => other.map(drop),
     }
 }
+
+/// `fsetxattr(2)`: sets xattr `attr` on the open file (or directory) `fd`.
+pub fn fsetxattr(fd: BorrowedFd<'_>, attr: &CStr, value: &[u8]) -> io::Result<()> {
+    // SAFETY: valid fd and C string, and a value buffer of the given length.
+    let ret = unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            attr.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    check(ret as libc::c_long).map(drop)
+}

@@ -1,14 +1,72 @@
-//! `warren store ...`
+//! `warren store ...`: the chunk store itself (stats, verify, gc).
 
 use crate::Global;
+use crate::image::{human, open_store};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
-    /// Not built yet.
-    #[command(name = "store-todo", hide = true)]
-    Todo,
+    /// Images, chunks, logical vs stored bytes, dedup ratio.
+    Stats,
+    /// Check every chunk's hash and every index's references; exit 1 on any problem.
+    Verify,
+    /// Remove chunks no image references (waits for imports in progress).
+    Gc,
 }
 
-pub fn run(_global: &Global, _command: Command) -> anyhow::Result<i32> {
-    anyhow::bail!("not built yet")
+pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
+    let store = open_store(global)?;
+    match command {
+        Command::Stats => {
+            let s = store.stats()?;
+            if global.json {
+                println!("{}", serde_json::to_string(&s)?);
+            } else {
+                println!("store:         {}", store.dir().display());
+                println!("images:        {}", s.images);
+                println!("chunks:        {}", s.chunks);
+                println!("logical bytes: {} ({})", s.logical_bytes, human(s.logical_bytes));
+                println!("stored bytes:  {} ({})", s.stored_bytes, human(s.stored_bytes));
+                println!("  chunks:      {} ({})", s.chunk_bytes, human(s.chunk_bytes));
+                println!("  indexes:     {} ({})", s.index_bytes, human(s.index_bytes));
+                println!("dedup ratio:   {:.2}", s.dedup_ratio);
+            }
+            Ok(0)
+        }
+        Command::Verify => {
+            let r = store.verify()?;
+            if global.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                for p in &r.problems {
+                    println!("BAD {}: {}", p.object, p.error);
+                }
+                println!(
+                    "verified {} images and {} chunks: {}",
+                    r.images,
+                    r.chunks,
+                    if r.ok() {
+                        "all good".to_string()
+                    } else {
+                        format!("{} problems", r.problems.len())
+                    }
+                );
+            }
+            Ok(if r.ok() { 0 } else { 1 })
+        }
+        Command::Gc => {
+            let r = store.gc()?;
+            if global.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "removed {} chunks ({}) and {} temporary files; kept {} chunks",
+                    r.removed_chunks,
+                    human(r.removed_bytes),
+                    r.removed_temp_files,
+                    r.kept_chunks
+                );
+            }
+            Ok(0)
+        }
+    }
 }

@@ -1,3 +1,476 @@
 //! The chunk-deduplicated, content-addressed image store.
+//!
+//! An image is an index (every entry's metadata, each file's span in one content stream,
+//! the list of chunks the stream is cut into) plus the chunks themselves: FastCDC cuts
+//! the stream, a chunk is named by the BLAKE3 hash of its bytes and stored as a zstd
+//! frame. Ten versions of an image cost little more than one. Layout (plain files, a
+//! static web server can serve the directory as it is; see docs/FORMAT.md):
+//!
+//! ```text
+//! STORE/format                     "warren-store 1"
+//! STORE/lock                       flock: shared by imports and extracts, exclusive by gc
+//! STORE/chunks/ab/abcd....zst      256 prefix dirs, created once
+//! STORE/images/NAME/TAG.idx        NAME may hold `/` (docker.io/library/debian)
+//! ```
+
+pub mod archive;
 pub mod busybox;
+pub mod chunker;
+pub mod chunks;
+pub mod extract;
+pub mod gc;
+pub mod index;
 pub mod oci;
+pub mod writer;
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::fcntl::{Flock, FlockArg};
+
+pub use extract::{ExtractOptions, ExtractReport};
+pub use gc::{GcReport, Problem, VerifyReport};
+pub use index::{ChunkId, Entry, Index, IndexError, Kind, Timestamp};
+pub use writer::ImageWriter;
+
+/// Content of `STORE/format`.
+pub const STORE_FORMAT: &str = "warren-store 1\n";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    // The cause is in the message (not a `source`), so it is printed once.
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: io::Error },
+    #[error("image {name}: {err}")]
+    Index { name: String, err: IndexError },
+    #[error("no image named {0}")]
+    NoSuchImage(String),
+    #[error("bad image name {name:?}: {reason}")]
+    BadName { name: String, reason: &'static str },
+    #[error("chunk {chunk} is missing (needed by {path})")]
+    MissingChunk { chunk: ChunkId, path: PathBuf },
+    #[error("chunk {chunk} is corrupt ({reason}; needed by {path})")]
+    CorruptChunk {
+        chunk: ChunkId,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("entry {path}: {reason}")]
+    Entry { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Destination { path: PathBuf, reason: String },
+    #[error("{path}: cannot shift ids: {reason}")]
+    Shift { path: PathBuf, reason: String },
+    #[error("{path} is not a warren store of this version (format file says {found:?})")]
+    Format { path: PathBuf, found: String },
+}
+
+/// For I/O inside the chunker; the writer attaches the file's path.
+impl From<io::Error> for StoreError {
+    fn from(err: io::Error) -> Self {
+        StoreError::Io {
+            path: PathBuf::new(),
+            err,
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Attaches a path to an I/O (or nix) error.
+pub(crate) fn io_err(path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> StoreError {
+    let path = path.as_ref().to_path_buf();
+    move |err| StoreError::Io { path, err }
+}
+
+pub(crate) fn nix_err(path: impl AsRef<Path>) -> impl FnOnce(nix::Error) -> StoreError {
+    let path = path.as_ref().to_path_buf();
+    move |e| StoreError::Io {
+        path,
+        err: io::Error::from(e),
+    }
+}
+
+/// Live counters of an import or extract, for progress bars (read them from another
+/// thread while the work runs).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Content bytes read (import) or written (extract) so far.
+    pub bytes: AtomicU64,
+    /// Content bytes expected in all (extract; 0 when unknown).
+    pub total: AtomicU64,
+    /// Chunks in the stream so far.
+    pub chunks: AtomicU64,
+    /// Chunks the store did not have.
+    pub new_chunks: AtomicU64,
+    /// Uncompressed bytes of those new chunks.
+    pub new_bytes: AtomicU64,
+    /// Compressed bytes written to the store.
+    pub stored_bytes: AtomicU64,
+}
+
+impl Progress {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// What an image holds (from its index) and, right after an import, what it added.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ImageInfo {
+    pub name: String,
+    pub created: i64,
+    pub entries: u64,
+    pub files: u64,
+    /// Sum of file sizes.
+    pub content_bytes: u64,
+    /// Chunks in the content stream (with repeats).
+    pub chunks: u64,
+    /// Distinct chunks.
+    pub unique_chunks: u64,
+    /// Size of the index file.
+    pub index_bytes: u64,
+    /// Size of the config blob, if any.
+    pub config_bytes: Option<u64>,
+    /// Chunks this import added to the store (0 outside an import).
+    pub new_chunks: u64,
+    /// Compressed bytes this import added to the store, index included (0 outside an import).
+    pub new_bytes: u64,
+}
+
+impl ImageInfo {
+    fn of(index: &Index, index_bytes: u64) -> ImageInfo {
+        let unique: std::collections::HashSet<_> = index.chunks.iter().map(|c| c.id).collect();
+        ImageInfo {
+            name: index.name.clone(),
+            created: index.created,
+            entries: index.records.len() as u64,
+            files: index
+                .records
+                .iter()
+                .filter(|r| matches!(r.entry.kind, Kind::File { .. }))
+                .count() as u64,
+            content_bytes: index.content_bytes(),
+            chunks: index.chunks.len() as u64,
+            unique_chunks: unique.len() as u64,
+            index_bytes,
+            config_bytes: index.config.as_ref().map(|c| c.len() as u64),
+            new_chunks: 0,
+            new_bytes: 0,
+        }
+    }
+}
+
+/// Options of [`Store::import_dir`].
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    /// Counters to watch while the import runs.
+    pub progress: Option<std::sync::Arc<Progress>>,
+    /// Opaque config blob stored with the image.
+    pub config: Option<Vec<u8>>,
+}
+
+/// Whole-store figures for `warren store stats`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Stats {
+    pub images: u64,
+    pub chunks: u64,
+    /// Compressed bytes of every chunk file.
+    pub chunk_bytes: u64,
+    /// Bytes of every index file.
+    pub index_bytes: u64,
+    /// chunk_bytes + index_bytes: what the store costs on disk (excluding fs overhead).
+    pub stored_bytes: u64,
+    /// Sum over images of their file contents: what plain copies would cost.
+    pub logical_bytes: u64,
+    /// logical_bytes / stored_bytes.
+    pub dedup_ratio: f64,
+}
+
+/// A content-addressed chunk store on disk.
+#[derive(Clone, Debug)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// A parsed `NAME[:TAG]`: the tag defaults to `latest`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageName {
+    pub name: String,
+    pub tag: String,
+}
+
+impl ImageName {
+    /// Parses and validates `NAME[:TAG]`. Name components use `[A-Za-z0-9._:-]` and do
+    /// not start with `.`; the tag uses `[A-Za-z0-9._-]` and does not start with `.`.
+    pub fn parse(s: &str) -> Result<ImageName> {
+        let bad = |reason| StoreError::BadName {
+            name: s.to_string(),
+            reason,
+        };
+        let slash = s.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match s[slash..].rfind(':') {
+            Some(i) => (&s[..slash + i], &s[slash + i + 1..]),
+            None => (s, "latest"),
+        };
+        if name.is_empty() || name.len() > 255 {
+            return Err(bad("the name is empty or longer than 255 bytes"));
+        }
+        let ok_char = |c: char, colon: bool| {
+            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || (colon && c == ':')
+        };
+        for comp in name.split('/') {
+            if comp.is_empty() || comp.starts_with('.') || !comp.chars().all(|c| ok_char(c, true))
+            {
+                return Err(bad(
+                    "name components are [A-Za-z0-9._:-], non-empty, not starting with '.'",
+                ));
+            }
+        }
+        if tag.is_empty()
+            || tag.len() > 128
+            || tag.starts_with('.')
+            || !tag.chars().all(|c| ok_char(c, false))
+        {
+            return Err(bad("the tag is [A-Za-z0-9._-], 1-128 chars, not starting with '.'"));
+        }
+        Ok(ImageName {
+            name: name.to_string(),
+            tag: tag.to_string(),
+        })
+    }
+
+    /// Path of the index relative to the store's `images/` dir.
+    fn rel_path(&self) -> PathBuf {
+        Path::new(&self.name).join(format!("{}.idx", self.tag))
+    }
+}
+
+impl std::fmt::Display for ImageName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.name, self.tag)
+    }
+}
+
+impl Store {
+    /// Opens the store at `dir`, creating its layout on first use.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let store = Store {
+            dir: dir.to_path_buf(),
+        };
+        let format = dir.join("format");
+        match fs::read_to_string(&format) {
+            Ok(found) if found == STORE_FORMAT => {}
+            Ok(found) => return Err(StoreError::Format { path: format, found }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Prefix dirs first, the format file last: a store with a format file is
+                // complete.
+                for i in 0..256 {
+                    let p = store.chunks_dir().join(format!("{i:02x}"));
+                    fs::create_dir_all(&p).map_err(io_err(&p))?;
+                }
+                let images = store.images_dir();
+                fs::create_dir_all(&images).map_err(io_err(&images))?;
+                crate::atomic::write(&format, STORE_FORMAT.as_bytes()).map_err(io_err(&format))?;
+            }
+            Err(e) => return Err(io_err(&format)(e)),
+        }
+        Ok(store)
+    }
+
+    /// `state_dir()/store`: `/var/lib/warren/store` as root, `$XDG_DATA_HOME/warren/store`
+    /// otherwise.
+    pub fn default_dir() -> PathBuf {
+        crate::dirs::state_dir().join("store")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn chunks_dir(&self) -> PathBuf {
+        self.dir.join("chunks")
+    }
+
+    pub(crate) fn images_dir(&self) -> PathBuf {
+        self.dir.join("images")
+    }
+
+    /// Where chunk `id` lives.
+    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        let hex = id.to_string();
+        self.chunks_dir().join(&hex[..2]).join(format!("{hex}.zst"))
+    }
+
+    /// Where the index of image `name` lives.
+    pub fn index_path(&self, name: &str) -> Result<PathBuf> {
+        Ok(self.images_dir().join(ImageName::parse(name)?.rel_path()))
+    }
+
+    /// Takes the store lock: shared for imports and extracts, exclusive for gc.
+    pub(crate) fn lock(&self, exclusive: bool) -> Result<Flock<File>> {
+        let path = self.dir.join("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let arg = if exclusive {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockShared
+        };
+        Flock::lock(file, arg).map_err(|(_, e)| nix_err(&path)(e))
+    }
+
+    /// Begins an import. The writer holds the store's shared lock until it is committed or
+    /// dropped, so a concurrent gc cannot remove a chunk it wrote or reused.
+    pub fn writer(&self) -> Result<ImageWriter> {
+        ImageWriter::new(self.clone())
+    }
+
+    /// Imports the tree at `dir` (never following symlinks) as image `name`.
+    pub fn import_dir(&self, dir: &Path, name: &str, opts: &ImportOptions) -> Result<ImageInfo> {
+        ImageName::parse(name)?;
+        let progress = opts.progress.clone().unwrap_or_default();
+        let mut w = ImageWriter::with_progress(self.clone(), progress)?;
+        archive::walk(dir, &mut w)?;
+        w.commit(name, opts.config.clone())
+    }
+
+    /// Rebuilds image `name` at `dest` (which must not exist, or be an empty directory).
+    pub fn extract(&self, name: &str, dest: &Path, opts: &ExtractOptions) -> Result<ExtractReport> {
+        let _lock = self.lock(false)?;
+        let index = self.index(name)?;
+        extract::extract(self, &index, dest, opts)
+    }
+
+    /// Reads and validates image `name`'s index.
+    pub fn index(&self, name: &str) -> Result<Index> {
+        Ok(self.read_index(name)?.0)
+    }
+
+    fn read_index(&self, name: &str) -> Result<(Index, u64)> {
+        let path = self.index_path(name)?;
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NoSuchImage(name.to_string()));
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let index = Index::decode(&data).map_err(|err| StoreError::Index {
+            name: name.to_string(),
+            err,
+        })?;
+        Ok((index, data.len() as u64))
+    }
+
+    /// The opaque config blob stored with image `name`.
+    pub fn image_config(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.index(name)?.config)
+    }
+
+    pub fn inspect(&self, name: &str) -> Result<ImageInfo> {
+        let (index, len) = self.read_index(name)?;
+        Ok(ImageInfo::of(&index, len))
+    }
+
+    /// Names (`NAME:TAG`) of every image, sorted.
+    pub fn names(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let images = self.images_dir();
+        let mut stack = vec![(images.clone(), String::new())];
+        while let Some((dir, prefix)) = stack.pop() {
+            for e in fs::read_dir(&dir).map_err(io_err(&dir))? {
+                let e = e.map_err(io_err(&dir))?;
+                let fname = e.file_name().to_string_lossy().into_owned();
+                if fname.starts_with('.') {
+                    continue; // temporary files of atomic writes
+                }
+                let ft = e.file_type().map_err(io_err(e.path()))?;
+                if ft.is_dir() {
+                    stack.push((e.path(), format!("{prefix}{fname}/")));
+                } else if let Some(tag) = fname.strip_suffix(".idx")
+                    && !prefix.is_empty()
+                {
+                    out.push(format!("{}:{tag}", &prefix[..prefix.len() - 1]));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every image, with what its index says. A broken index is an error naming it.
+    pub fn list(&self) -> Result<Vec<ImageInfo>> {
+        self.names()?.iter().map(|n| self.inspect(n)).collect()
+    }
+
+    /// Removes image `name`'s index; its chunks stay until `gc`.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let path = self.index_path(name)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NoSuchImage(name.to_string()));
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        // Durable removal, and drop the now-empty NAME directories.
+        let mut dir = path.parent().map(Path::to_path_buf);
+        if let Some(d) = &dir {
+            File::open(d).and_then(|f| f.sync_all()).map_err(io_err(d))?;
+        }
+        while let Some(d) = dir {
+            if d == self.images_dir() || fs::remove_dir(&d).is_err() {
+                break;
+            }
+            dir = d.parent().map(Path::to_path_buf);
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Result<Stats> {
+        let mut stats = Stats {
+            images: 0,
+            chunks: 0,
+            chunk_bytes: 0,
+            index_bytes: 0,
+            stored_bytes: 0,
+            logical_bytes: 0,
+            dedup_ratio: 0.0,
+        };
+        for name in self.names()? {
+            let (index, len) = self.read_index(&name)?;
+            stats.images += 1;
+            stats.index_bytes += len;
+            stats.logical_bytes += index.content_bytes();
+        }
+        for (_, len) in chunks::list(self)? {
+            stats.chunks += 1;
+            stats.chunk_bytes += len;
+        }
+        stats.stored_bytes = stats.chunk_bytes + stats.index_bytes;
+        if stats.stored_bytes > 0 {
+            stats.dedup_ratio = stats.logical_bytes as f64 / stats.stored_bytes as f64;
+        }
+        Ok(stats)
+    }
+
+    /// Checks every chunk's hash and every index's references.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        gc::verify(self)
+    }
+
+    /// Removes every chunk no index references (and temporary files of dead imports).
+    pub fn gc(&self) -> Result<GcReport> {
+        gc::gc(self)
+    }
+}

@@ -21,7 +21,7 @@ use crate::store::{Entry, ImageInfo, Kind, Store, StoreError, Timestamp};
 
 pub use export::export;
 pub use layer::Limits;
-use layer::{Meta, NodeKind, RelPath};
+use layer::{Meta, NodeKind};
 pub use source::Location;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,14 +42,14 @@ pub enum OciError {
         expected: String,
         actual: String,
     },
-    #[error("{source}: no image {wanted:?} (available: {available})")]
+    #[error("{origin}: no image {wanted:?} (available: {available})")]
     NoSuchImage {
-        source: String,
+        origin: String,
         wanted: String,
         available: String,
     },
-    #[error("{source} holds several images; name one of: {available}")]
-    Ambiguous { source: String, available: String },
+    #[error("{origin} holds several images; name one of: {available}")]
+    Ambiguous { origin: String, available: String },
     #[error("layer {layer} ({name}): {source}")]
     Layer {
         layer: usize,
@@ -135,7 +135,6 @@ pub fn import_layers(
     opts: &ImportOptions,
 ) -> Result<ImageInfo, OciError> {
     let allow_devices = opts.allow_devices.unwrap_or_else(crate::dirs::is_root);
-    let layer_err = |i: usize, b: &blob::Blob| move |source| OciError::Layer { layer: i, name: b.name.clone(), source };
 
     // Pass 1: headers only, every digest checked.
     let mut tree = layer::Tree::new(opts.limits, allow_devices);
@@ -155,10 +154,10 @@ pub fn import_layers(
     }
 
     // Pass 2: everything but file content first, then each layer's surviving files.
-    let mut writer = store.writer()?;
-    if let Some(p) = &opts.progress {
-        writer.set_progress(p.clone());
-    }
+    let mut writer = match &opts.progress {
+        Some(p) => crate::store::ImageWriter::with_progress(store.clone(), p.clone())?,
+        None => store.writer()?,
+    };
     writer.add(entry(b"", Kind::Dir, &plan.root), None)?;
     for (path, node) in &plan.nodes {
         let kind = match &node.kind {
@@ -211,11 +210,15 @@ pub fn import_layers(
     Ok(writer.commit(name, Some(config))?)
 }
 
+fn layer_err(i: usize, b: &blob::Blob) -> impl Fn(layer::LayerError) -> OciError + '_ {
+    move |source| OciError::Layer { layer: i, name: b.name.clone(), source }
+}
+
 fn os_path(p: &[u8]) -> PathBuf {
     PathBuf::from(OsStr::from_bytes(p))
 }
 
-fn entry(path: &RelPath, kind: Kind, meta: &Meta) -> Entry {
+fn entry(path: &[u8], kind: Kind, meta: &Meta) -> Entry {
     Entry {
         path: os_path(path),
         kind,

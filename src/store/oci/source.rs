@@ -173,8 +173,8 @@ pub fn layout(dir: &Path, tag: Option<&str>) -> Result<Source, OciError> {
     };
     let descriptor = match candidates.as_slice() {
         [one] => *one,
-        [] => return Err(OciError::NoSuchImage { source: dir.display().to_string(), wanted: tag.unwrap_or("").into(), available: tags() }),
-        _ => return Err(OciError::Ambiguous { source: dir.display().to_string(), available: tags() }),
+        [] => return Err(OciError::NoSuchImage { origin: dir.display().to_string(), wanted: tag.unwrap_or("").into(), available: tags() }),
+        _ => return Err(OciError::Ambiguous { origin: dir.display().to_string(), available: tags() }),
     };
     let mut digest = parse_digest(descriptor.digest().as_ref(), &what)?;
     let mut media = descriptor.media_type().clone();
@@ -186,7 +186,7 @@ pub fn layout(dir: &Path, tag: Option<&str>) -> Result<Source, OciError> {
             m.platform().as_ref().is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == arch)
         });
         let Some(pick) = pick else {
-            return Err(OciError::NoSuchImage { source: dir.display().to_string(), wanted: format!("linux/{arch}"), available: "other platforms".into() });
+            return Err(OciError::NoSuchImage { origin: dir.display().to_string(), wanted: format!("linux/{arch}"), available: "other platforms".into() });
         };
         digest = parse_digest(pick.digest().as_ref(), &digest.to_string())?;
         media = pick.media_type().clone();
@@ -279,8 +279,8 @@ pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, Oc
     };
     let m = match chosen.as_slice() {
         [one] => *one,
-        [] => return Err(OciError::NoSuchImage { source: file.display().to_string(), wanted: reference.unwrap_or("").into(), available: tags() }),
-        _ => return Err(OciError::Ambiguous { source: file.display().to_string(), available: tags() }),
+        [] => return Err(OciError::NoSuchImage { origin: file.display().to_string(), wanted: reference.unwrap_or("").into(), available: tags() }),
+        _ => return Err(OciError::Ambiguous { origin: file.display().to_string(), available: tags() }),
     };
     let member = |name: &str| name.trim_start_matches("./").to_string();
     let config = small.get(&member(&m.config)).cloned().ok_or_else(|| OciError::Invalid {

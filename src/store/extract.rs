@@ -1,0 +1,458 @@
+//! Index + chunks -> tree. Builds the tree in `DEST.partial-XXXX` and renames it to
+//! `DEST` only when every entry is complete, so a failure (a missing or corrupt chunk, a
+//! full disk) never leaves a tree that looks whole. Every path is resolved under the
+//! destination with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, whatever the index
+//! says. Files are written in parallel, in stream order, each chunk decompressed once per
+//! batch and its hash checked. Ids (and the ids inside capability and ACL xattrs) are
+//! shifted as entries are created, with no extra pass.
+
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid};
+use rayon::prelude::*;
+
+use super::index::Record;
+use super::{Entry, Index, Kind, Progress, Result, Store, StoreError, chunks, io_err, nix_err};
+use crate::idmap::range::Shift;
+use crate::idmap::xattr;
+use crate::sys;
+
+/// How much content one parallel batch of files covers.
+const BATCH_BYTES: u64 = 4 << 20;
+
+/// Options of [`Store::extract`](super::Store::extract).
+#[derive(Clone, Debug)]
+pub struct ExtractOptions {
+    /// Map every uid/gid (and the ids in capability/ACL xattrs) while extracting.
+    pub shift: Option<Shift>,
+    /// syncfs before publishing DEST, so a crash never leaves a DEST with lost data
+    /// (default true).
+    pub sync: bool,
+    /// Counters to watch while the extract runs.
+    pub progress: Option<Arc<Progress>>,
+}
+
+impl Default for ExtractOptions {
+    fn default() -> Self {
+        ExtractOptions {
+            shift: None,
+            sync: true,
+            progress: None,
+        }
+    }
+}
+
+/// What an extract did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ExtractReport {
+    pub name: String,
+    pub dest: PathBuf,
+    pub entries: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+const RESOLVE: u64 = sys::RESOLVE_BENEATH | sys::RESOLVE_NO_SYMLINKS;
+
+pub(crate) fn extract(
+    store: &Store,
+    index: &Index,
+    dest: &Path,
+    opts: &ExtractOptions,
+) -> Result<ExtractReport> {
+    let dest_err = |reason: &str| StoreError::Destination {
+        path: dest.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let fname = dest.file_name().ok_or_else(|| dest_err("has no file name"))?;
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) if m.is_dir() => {
+            let mut rd = std::fs::read_dir(dest).map_err(io_err(dest))?;
+            if rd.next().is_some() {
+                return Err(dest_err("exists and is not empty"));
+            }
+        }
+        Ok(_) => return Err(dest_err("exists and is not a directory")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(dest)(e)),
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut pname = fname.to_os_string();
+    pname.push(format!(".partial-{:x}{:x}", std::process::id(), nanos));
+    let partial = parent.join(pname);
+    std::fs::create_dir(&partial).map_err(io_err(&partial))?;
+    let result = (|| {
+        let root: OwnedFd = nix::fcntl::open(
+            &partial,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(nix_err(&partial))?;
+        let ctx = Ctx::new(store, index, root, dest, opts);
+        ctx.run()?;
+        if opts.sync {
+            nix::unistd::syncfs(&ctx.root).map_err(nix_err(&partial))?;
+        }
+        std::fs::rename(&partial, dest).map_err(io_err(dest))?;
+        File::open(parent)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(parent))
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(e);
+    }
+    Ok(ExtractReport {
+        name: index.name.clone(),
+        dest: dest.to_path_buf(),
+        entries: index.records.len() as u64,
+        files: index
+            .records
+            .iter()
+            .filter(|r| matches!(r.entry.kind, Kind::File { .. }))
+            .count() as u64,
+        bytes: index.content_bytes(),
+    })
+}
+
+struct Ctx<'a> {
+    store: &'a Store,
+    index: &'a Index,
+    root: OwnedFd,
+    /// Shown in errors instead of the temporary directory.
+    dest: &'a Path,
+    shift: Option<Shift>,
+    progress: Arc<Progress>,
+    /// Stream offset where each chunk starts.
+    starts: Vec<u64>,
+}
+
+/// The chunk a batch decompressed last: consecutive small files share it.
+struct Cache {
+    chunk: usize,
+    data: Vec<u8>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(
+        store: &'a Store,
+        index: &'a Index,
+        root: OwnedFd,
+        dest: &'a Path,
+        opts: &ExtractOptions,
+    ) -> Self {
+        let mut starts = Vec::with_capacity(index.chunks.len());
+        let mut at = 0u64;
+        for c in &index.chunks {
+            starts.push(at);
+            at += u64::from(c.len);
+        }
+        let progress = opts.progress.clone().unwrap_or_default();
+        Progress::add(&progress.total, index.content_bytes());
+        Ctx {
+            store,
+            index,
+            root,
+            dest,
+            shift: opts.shift,
+            progress,
+            starts,
+        }
+    }
+
+    fn run(&self) -> Result<()> {
+        let records = &self.index.records;
+        // 1. Directories, parents first (records are sorted), private until the end.
+        for r in records.iter().skip(1) {
+            if r.entry.kind == Kind::Dir {
+                let (parent, name) = self.parent(&r.entry.path)?;
+                nix::sys::stat::mkdirat(&parent, name, Mode::from_bits_truncate(0o700))
+                    .map_err(nix_err(self.shown(&r.entry.path)))?;
+            }
+        }
+        // 2. Files in stream order, cut into batches that run in parallel; other
+        // non-directories in one more batch.
+        let mut files: Vec<&Record> = records
+            .iter()
+            .filter(|r| matches!(r.entry.kind, Kind::File { .. }))
+            .collect();
+        files.sort_by_key(|r| r.offset);
+        let mut batches: Vec<Vec<&Record>> = Vec::new();
+        let mut bytes = u64::MAX;
+        for r in files {
+            if bytes >= BATCH_BYTES {
+                batches.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += file_size(r) + 512;
+            if let Some(b) = batches.last_mut() {
+                b.push(r);
+            }
+        }
+        batches.push(
+            records
+                .iter()
+                .filter(|r| {
+                    !matches!(
+                        r.entry.kind,
+                        Kind::File { .. } | Kind::Dir | Kind::Hardlink { .. }
+                    )
+                })
+                .collect(),
+        );
+        batches.par_iter().try_for_each(|b| self.batch(b))?;
+        // 3. Hardlinks, now that their targets exist.
+        for r in records {
+            if let Kind::Hardlink { target } = &r.entry.kind {
+                let (tparent, tname) = self.parent(target)?;
+                let (parent, name) = self.parent(&r.entry.path)?;
+                nix::unistd::linkat(&tparent, tname, &parent, name, AtFlags::empty())
+                    .map_err(nix_err(self.shown(&r.entry.path)))?;
+            }
+        }
+        // 4. Directory metadata, deepest first, so their times survive their contents.
+        for r in records.iter().rev() {
+            if r.entry.kind == Kind::Dir {
+                let path = &r.entry.path;
+                let rel = if path.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    path.as_path()
+                };
+                let fd = sys::openat2(
+                    self.root.as_fd(),
+                    rel,
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    0,
+                    RESOLVE,
+                )
+                .map_err(io_err(self.shown(path)))?;
+                self.set_meta_fd(&r.entry, fd.as_fd())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn shown(&self, path: &Path) -> PathBuf {
+        self.dest.join(path)
+    }
+
+    /// The parent directory of `path` (resolved beneath the root, no symlinks) and the
+    /// last component.
+    fn parent<'p>(&self, path: &'p Path) -> Result<(OwnedFd, &'p OsStr)> {
+        let name = path.file_name().ok_or_else(|| StoreError::Entry {
+            path: path.to_path_buf(),
+            reason: "no file name".into(),
+        })?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let fd = sys::openat2(
+            self.root.as_fd(),
+            parent,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+            RESOLVE,
+        )
+        .map_err(io_err(self.shown(path)))?;
+        Ok((fd, name))
+    }
+
+    fn batch(&self, records: &[&Record]) -> Result<()> {
+        let mut cache = Cache {
+            chunk: usize::MAX,
+            data: Vec::new(),
+        };
+        for r in records {
+            let e = &r.entry;
+            let shown = self.shown(&e.path);
+            match &e.kind {
+                Kind::File { .. } => {
+                    let fd = sys::openat2(
+                        self.root.as_fd(),
+                        &e.path,
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                        0o600,
+                        RESOLVE,
+                    )
+                    .map_err(io_err(&shown))?;
+                    let mut file = File::from(fd);
+                    self.write_content(r, &mut cache, &mut file)?;
+                    self.set_meta_fd(e, file.as_fd())?;
+                }
+                Kind::Symlink { target } => {
+                    let (parent, name) = self.parent(&e.path)?;
+                    nix::unistd::symlinkat(target.as_path(), &parent, name)
+                        .map_err(nix_err(&shown))?;
+                    self.set_meta_at(e, parent.as_fd(), name, true)?;
+                }
+                Kind::Char { rdev } | Kind::Block { rdev } => {
+                    self.mknod(e, kind_flag(&e.kind), *rdev)?
+                }
+                Kind::Fifo | Kind::Socket => self.mknod(e, kind_flag(&e.kind), 0)?,
+                Kind::Dir | Kind::Hardlink { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn mknod(&self, e: &Entry, kind: SFlag, rdev: u64) -> Result<()> {
+        let (parent, name) = self.parent(&e.path)?;
+        nix::sys::stat::mknodat(&parent, name, kind, Mode::from_bits_truncate(0o600), rdev)
+            .map_err(nix_err(self.shown(&e.path)))?;
+        self.set_meta_at(e, parent.as_fd(), name, false)
+    }
+
+    /// Writes a file's span of the content stream, verifying each chunk as it is read.
+    fn write_content(&self, r: &Record, cache: &mut Cache, file: &mut File) -> Result<()> {
+        let mut off = r.offset;
+        let end = r.offset + file_size(r);
+        while off < end {
+            let ci = self.starts.partition_point(|s| *s <= off) - 1;
+            let c = &self.index.chunks[ci];
+            if cache.chunk != ci {
+                cache.data = chunks::read(self.store, &c.id, c.len, &self.shown(&r.entry.path))?;
+                cache.chunk = ci;
+            }
+            let within = (off - self.starts[ci]) as usize;
+            let take = (c.len as usize - within).min((end - off) as usize);
+            file.write_all(&cache.data[within..within + take])
+                .map_err(io_err(self.shown(&r.entry.path)))?;
+            off += take as u64;
+            Progress::add(&self.progress.bytes, take as u64);
+        }
+        Ok(())
+    }
+
+    fn ids(&self, e: &Entry) -> Result<(u32, u32)> {
+        match self.shift {
+            None => Ok((e.uid, e.gid)),
+            Some(s) => {
+                let err = |x: crate::idmap::range::RangeError| StoreError::Shift {
+                    path: self.shown(&e.path),
+                    reason: x.to_string(),
+                };
+                Ok((s.map(e.uid).map_err(err)?, s.map(e.gid).map_err(err)?))
+            }
+        }
+    }
+
+    /// The entry's xattrs as they should be written (ids shifted when asked).
+    fn xattrs(&self, e: &Entry) -> Result<Vec<(CString, Vec<u8>)>> {
+        let mut out = Vec::with_capacity(e.xattrs.len());
+        for (name, value) in &e.xattrs {
+            let value = match (self.shift, std::str::from_utf8(name)) {
+                (Some(s), Ok(n)) if xattr::carries_ids(n) => {
+                    xattr::shift_value(n, value, s).map_err(|x| StoreError::Shift {
+                        path: self.shown(&e.path),
+                        reason: x.to_string(),
+                    })?
+                }
+                _ => value.clone(),
+            };
+            let name = CString::new(name.clone()).map_err(|_| StoreError::Entry {
+                path: e.path.clone(),
+                reason: "NUL in xattr name".into(),
+            })?;
+            out.push((name, value));
+        }
+        Ok(out)
+    }
+
+    /// Owner, xattrs, mode, then times, on an open file or directory. The order matters:
+    /// chown clears setuid bits and capabilities, so they come after it.
+    fn set_meta_fd(&self, e: &Entry, fd: BorrowedFd<'_>) -> Result<()> {
+        let shown = self.shown(&e.path);
+        let (uid, gid) = self.ids(e)?;
+        nix::unistd::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+            .map_err(nix_err(&shown))?;
+        for (name, value) in self.xattrs(e)? {
+            sys::fsetxattr(fd, &name, &value).map_err(|err| xattr_err(&shown, &name, err))?;
+        }
+        nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(e.mode)).map_err(nix_err(&shown))?;
+        let t = timespec(e);
+        nix::sys::stat::futimens(fd, &t, &t).map_err(nix_err(&shown))
+    }
+
+    /// The same for an entry we cannot open (symlink, device, fifo, socket).
+    fn set_meta_at(
+        &self,
+        e: &Entry,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        symlink: bool,
+    ) -> Result<()> {
+        let shown = self.shown(&e.path);
+        let (uid, gid) = self.ids(e)?;
+        nix::unistd::fchownat(
+            dir,
+            name,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(nix_err(&shown))?;
+        for (attr, value) in self.xattrs(e)? {
+            sys::lsetxattr_at(dir, name, &attr, &value)
+                .map_err(|err| xattr_err(&shown, &attr, err))?;
+        }
+        if !symlink {
+            // We just created this node in a directory only we can write: not a symlink.
+            nix::sys::stat::fchmodat(
+                dir,
+                name,
+                Mode::from_bits_truncate(e.mode),
+                FchmodatFlags::FollowSymlink,
+            )
+            .map_err(nix_err(&shown))?;
+        }
+        let t = timespec(e);
+        nix::sys::stat::utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink)
+            .map_err(nix_err(&shown))
+    }
+}
+
+fn xattr_err(shown: &Path, name: &CString, err: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: shown.to_path_buf(),
+        err: std::io::Error::new(
+            err.kind(),
+            format!("setting xattr {}: {err}", name.to_string_lossy()),
+        ),
+    }
+}
+
+fn file_size(r: &Record) -> u64 {
+    match r.entry.kind {
+        Kind::File { size } => size,
+        _ => 0,
+    }
+}
+
+fn kind_flag(kind: &Kind) -> SFlag {
+    match kind {
+        Kind::Char { .. } => SFlag::S_IFCHR,
+        Kind::Block { .. } => SFlag::S_IFBLK,
+        Kind::Fifo => SFlag::S_IFIFO,
+        _ => SFlag::S_IFSOCK,
+    }
+}
+
+fn timespec(e: &Entry) -> TimeSpec {
+    TimeSpec::new(e.mtime.sec, i64::from(e.mtime.nsec))
+}

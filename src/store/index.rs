@@ -1,0 +1,577 @@
+//! The image index: every entry's metadata, each file's span in the content stream, and
+//! the list of chunks the stream is cut into. Binary, versioned, checksummed, documented in
+//! docs/FORMAT.md. The parser treats its input as hostile: every length is checked against
+//! what is left before anything is allocated, and every path is validated.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+/// First bytes of every index file.
+pub const MAGIC: &[u8; 8] = b"WRNINDEX";
+/// The index format version this code writes and reads.
+pub const VERSION: u32 = 1;
+/// Header: magic, version, body length, BLAKE3 of the body.
+const HEADER_LEN: usize = 8 + 4 + 8 + 32;
+/// Refuse bodies that would decompress past this (an index of a huge image is ~100 MiB).
+const MAX_BODY: u64 = 1 << 30;
+
+/// A chunk's name: the BLAKE3 hash of its uncompressed bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    /// The id of `data`.
+    pub fn of(data: &[u8]) -> ChunkId {
+        ChunkId(*blake3::hash(data).as_bytes())
+    }
+
+    /// Parses 64 lowercase hex digits.
+    pub fn from_hex(s: &str) -> Option<ChunkId> {
+        let mut id = [0u8; 32];
+        if s.len() != 64 || s.bytes().any(|b| b.is_ascii_uppercase()) {
+            return None;
+        }
+        hex::decode_to_slice(s, &mut id).ok()?;
+        Some(ChunkId(id))
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({self})")
+    }
+}
+
+/// One chunk of the content stream: its id and uncompressed length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub id: ChunkId,
+    pub len: u32,
+}
+
+/// What an entry is, with the fields only that type has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file of `size` bytes, its content in the stream.
+    File { size: u64 },
+    Dir,
+    Symlink { target: PathBuf },
+    /// Another name for the entry at `target` (a path in the same image).
+    Hardlink { target: PathBuf },
+    Char { rdev: u64 },
+    Block { rdev: u64 },
+    Fifo,
+    Socket,
+}
+
+impl Kind {
+    fn tag(&self) -> u8 {
+        match self {
+            Kind::File { .. } => 1,
+            Kind::Dir => 2,
+            Kind::Symlink { .. } => 3,
+            Kind::Hardlink { .. } => 4,
+            Kind::Char { .. } => 5,
+            Kind::Block { .. } => 6,
+            Kind::Fifo => 7,
+            Kind::Socket => 8,
+        }
+    }
+}
+
+/// A modification time: seconds since the epoch and nanoseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timestamp {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+/// One entry of an image tree. `path` is relative to the image root; the root itself is
+/// the empty path (`.` and a leading `/` or `./` are accepted and normalized away).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub path: PathBuf,
+    pub kind: Kind,
+    /// Permission bits including setuid, setgid and sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Timestamp,
+    /// Every extended attribute, name and value as raw bytes.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// An entry as stored: for files, where their content starts in the stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub entry: Entry,
+    /// Offset of a file's content in the content stream (0 for other kinds).
+    pub offset: u64,
+}
+
+/// A parsed image index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Index {
+    pub name: String,
+    /// Unix seconds when the image was committed.
+    pub created: i64,
+    /// Opaque blob given at import (e.g. the OCI image config JSON).
+    pub config: Option<Vec<u8>>,
+    /// The content stream, in order.
+    pub chunks: Vec<ChunkRef>,
+    /// Entries sorted by path (component-wise), root first, each path once.
+    pub records: Vec<Record>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IndexError {
+    #[error("not a warren index (bad magic)")]
+    BadMagic,
+    #[error("index format version {0} is not supported (this warren reads version {VERSION})")]
+    Version(u32),
+    #[error("index is truncated ({0})")]
+    Truncated(&'static str),
+    #[error("index checksum mismatch: the file is corrupted")]
+    Checksum,
+    #[error("index body does not decompress: {0}")]
+    Decompress(String),
+    #[error("invalid index: {0}")]
+    Invalid(String),
+}
+
+/// Normalizes an entry path: strips `/`, `./` and `.` components; rejects `..`, NUL and
+/// anything else that could name a place outside the image root.
+pub fn normalize(path: &Path) -> Result<PathBuf, IndexError> {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.contains(&0) {
+        return Err(IndexError::Invalid(format!("path {path:?} contains NUL")));
+    }
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(IndexError::Invalid(format!("path {path:?} leaves the image")));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Content bytes of every file entry.
+impl Index {
+    pub fn content_bytes(&self) -> u64 {
+        self.records
+            .iter()
+            .map(|r| match r.entry.kind {
+                Kind::File { size } => size,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Length of the content stream.
+    pub fn stream_len(&self) -> u64 {
+        self.chunks.iter().map(|c| u64::from(c.len)).sum()
+    }
+
+    /// Serializes to the on-disk format (header + zstd-compressed body).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(64 + self.chunks.len() * 36 + self.records.len() * 64);
+        put_bytes(&mut b, self.name.as_bytes());
+        b.extend_from_slice(&self.created.to_le_bytes());
+        match &self.config {
+            Some(c) => {
+                b.push(1);
+                put_bytes(&mut b, c);
+            }
+            None => b.push(0),
+        }
+        b.extend_from_slice(&(self.chunks.len() as u64).to_le_bytes());
+        for c in &self.chunks {
+            b.extend_from_slice(&c.id.0);
+            b.extend_from_slice(&c.len.to_le_bytes());
+        }
+        b.extend_from_slice(&(self.records.len() as u64).to_le_bytes());
+        for r in &self.records {
+            let e = &r.entry;
+            put_bytes(&mut b, e.path.as_os_str().as_bytes());
+            b.push(e.kind.tag());
+            match &e.kind {
+                Kind::File { size } => {
+                    b.extend_from_slice(&size.to_le_bytes());
+                    b.extend_from_slice(&r.offset.to_le_bytes());
+                }
+                Kind::Symlink { target } | Kind::Hardlink { target } => {
+                    put_bytes(&mut b, target.as_os_str().as_bytes())
+                }
+                Kind::Char { rdev } | Kind::Block { rdev } => {
+                    b.extend_from_slice(&rdev.to_le_bytes())
+                }
+                Kind::Dir | Kind::Fifo | Kind::Socket => {}
+            }
+            b.extend_from_slice(&e.mode.to_le_bytes());
+            b.extend_from_slice(&e.uid.to_le_bytes());
+            b.extend_from_slice(&e.gid.to_le_bytes());
+            b.extend_from_slice(&e.mtime.sec.to_le_bytes());
+            b.extend_from_slice(&e.mtime.nsec.to_le_bytes());
+            b.extend_from_slice(&(e.xattrs.len() as u32).to_le_bytes());
+            for (name, value) in &e.xattrs {
+                put_bytes(&mut b, name);
+                put_bytes(&mut b, value);
+            }
+        }
+        // Level 3 is plenty: an index is small next to its chunks. Writing to a Vec
+        // cannot fail.
+        let body = zstd::bulk::compress(&b, 3).unwrap_or_default();
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        out.extend_from_slice(blake3::hash(&b).as_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Parses and validates an index file's bytes. Never panics on any input.
+    pub fn decode(data: &[u8]) -> Result<Index, IndexError> {
+        if data.len() < 8 {
+            return Err(IndexError::Truncated("header"));
+        }
+        if &data[..8] != MAGIC {
+            return Err(IndexError::BadMagic);
+        }
+        if data.len() < HEADER_LEN {
+            return Err(IndexError::Truncated("header"));
+        }
+        let mut h = Reader { data, pos: 8 };
+        let version = h.u32("version")?;
+        if version != VERSION {
+            return Err(IndexError::Version(version));
+        }
+        let body_len = h.u64("body length")?;
+        if body_len > MAX_BODY {
+            return Err(IndexError::Invalid(format!("body length {body_len} too large")));
+        }
+        let hash = h.take(32, "checksum")?;
+        let body = zstd::bulk::decompress(&data[HEADER_LEN..], body_len as usize)
+            .map_err(|e| IndexError::Decompress(e.to_string()))?;
+        if body.len() as u64 != body_len {
+            return Err(IndexError::Truncated("body"));
+        }
+        if blake3::hash(&body).as_bytes() != hash {
+            return Err(IndexError::Checksum);
+        }
+        Index::decode_body(&body)
+    }
+
+    /// Parses an uncompressed body (exposed for fuzzing past the checksum).
+    pub fn decode_body(body: &[u8]) -> Result<Index, IndexError> {
+        let mut r = Reader { data: body, pos: 0 };
+        let name = String::from_utf8(r.bytes("name")?.to_vec())
+            .map_err(|_| IndexError::Invalid("image name is not UTF-8".into()))?;
+        let created = r.u64("created")? as i64;
+        let config = match r.u8("config flag")? {
+            0 => None,
+            1 => Some(r.bytes("config")?.to_vec()),
+            f => return Err(IndexError::Invalid(format!("config flag {f}"))),
+        };
+        let nchunks = r.count(36, "chunk count")?;
+        let mut chunks = Vec::with_capacity(nchunks);
+        let mut stream_len = 0u64;
+        for _ in 0..nchunks {
+            let mut id = [0u8; 32];
+            id.copy_from_slice(r.take(32, "chunk id")?);
+            let len = r.u32("chunk length")?;
+            if len == 0 {
+                return Err(IndexError::Invalid("empty chunk".into()));
+            }
+            stream_len += u64::from(len);
+            chunks.push(ChunkRef {
+                id: ChunkId(id),
+                len,
+            });
+        }
+        // The smallest record: empty path, tag, fixed fields, no xattrs.
+        let nrecords = r.count(4 + 1 + 12 + 12 + 4, "entry count")?;
+        let mut records: Vec<Record> = Vec::with_capacity(nrecords);
+        for _ in 0..nrecords {
+            let raw = r.bytes("path")?;
+            let path = PathBuf::from(OsStr::from_bytes(raw));
+            let norm = normalize(&path)?;
+            if norm != path || (path.as_os_str().is_empty() != records.is_empty()) {
+                return Err(IndexError::Invalid(format!(
+                    "path {path:?} is not canonical (or the root is not first)"
+                )));
+            }
+            if let Some(prev) = records.last()
+                && prev.entry.path >= path
+            {
+                return Err(IndexError::Invalid(format!(
+                    "entries out of order at {path:?}"
+                )));
+            }
+            let mut offset = 0;
+            let kind = match r.u8("entry type")? {
+                1 => {
+                    let size = r.u64("file size")?;
+                    offset = r.u64("file offset")?;
+                    if offset.checked_add(size).is_none_or(|end| end > stream_len) {
+                        return Err(IndexError::Invalid(format!(
+                            "{path:?}: content span beyond the stream"
+                        )));
+                    }
+                    Kind::File { size }
+                }
+                2 => Kind::Dir,
+                t @ (3 | 4) => {
+                    let target = PathBuf::from(OsStr::from_bytes(r.bytes("link target")?));
+                    if target.as_os_str().is_empty() || target.as_os_str().as_bytes().contains(&0)
+                    {
+                        return Err(IndexError::Invalid(format!("{path:?}: bad link target")));
+                    }
+                    if t == 3 {
+                        Kind::Symlink { target }
+                    } else {
+                        if normalize(&target)? != target {
+                            return Err(IndexError::Invalid(format!(
+                                "{path:?}: hardlink target not canonical"
+                            )));
+                        }
+                        Kind::Hardlink { target }
+                    }
+                }
+                5 => Kind::Char {
+                    rdev: r.u64("rdev")?,
+                },
+                6 => Kind::Block {
+                    rdev: r.u64("rdev")?,
+                },
+                7 => Kind::Fifo,
+                8 => Kind::Socket,
+                t => return Err(IndexError::Invalid(format!("{path:?}: entry type {t}"))),
+            };
+            if records.is_empty() && kind != Kind::Dir {
+                return Err(IndexError::Invalid("the root is not a directory".into()));
+            }
+            let mode = r.u32("mode")?;
+            if mode & !0o7777 != 0 {
+                return Err(IndexError::Invalid(format!("{path:?}: mode {mode:o}")));
+            }
+            let uid = r.u32("uid")?;
+            let gid = r.u32("gid")?;
+            let sec = r.u64("mtime")? as i64;
+            let nsec = r.u32("mtime nsec")?;
+            if nsec >= 1_000_000_000 {
+                return Err(IndexError::Invalid(format!("{path:?}: mtime nsec {nsec}")));
+            }
+            let nx = r.count32(8, "xattr count")?;
+            let mut xattrs = Vec::with_capacity(nx);
+            for _ in 0..nx {
+                let name = r.bytes("xattr name")?.to_vec();
+                if name.is_empty() || name.contains(&0) {
+                    return Err(IndexError::Invalid(format!("{path:?}: bad xattr name")));
+                }
+                xattrs.push((name, r.bytes("xattr value")?.to_vec()));
+            }
+            records.push(Record {
+                entry: Entry {
+                    path,
+                    kind,
+                    mode,
+                    uid,
+                    gid,
+                    mtime: Timestamp { sec, nsec },
+                    xattrs,
+                },
+                offset,
+            });
+        }
+        if r.pos != body.len() {
+            return Err(IndexError::Invalid("trailing bytes after the entries".into()));
+        }
+        let index = Index {
+            name,
+            created,
+            config,
+            chunks,
+            records,
+        };
+        index.check_links()?;
+        Ok(index)
+    }
+
+    /// Every hardlink names an earlier-sorted or later entry that exists and is neither a
+    /// directory nor a hardlink; every entry's parent is a directory in the index.
+    fn check_links(&self) -> Result<(), IndexError> {
+        for r in &self.records {
+            let path = &r.entry.path;
+            if let Some(parent) = path.parent() {
+                match self.find(parent) {
+                    Some(p) if p.entry.kind == Kind::Dir => {}
+                    _ => {
+                        return Err(IndexError::Invalid(format!(
+                            "{path:?}: parent is not a directory in the index"
+                        )));
+                    }
+                }
+            }
+            if let Kind::Hardlink { target } = &r.entry.kind {
+                match self.find(target).map(|t| &t.entry.kind) {
+                    Some(Kind::Dir | Kind::Hardlink { .. }) | None => {
+                        return Err(IndexError::Invalid(format!(
+                            "{path:?}: hardlink target {target:?} is missing or not linkable"
+                        )));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The record at `path` (binary search: records are sorted).
+    pub fn find(&self, path: &Path) -> Option<&Record> {
+        self.records
+            .binary_search_by(|r| r.entry.path.as_path().cmp(path))
+            .ok()
+            .map(|i| &self.records[i])
+    }
+}
+
+fn put_bytes(b: &mut Vec<u8>, data: &[u8]) {
+    b.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    b.extend_from_slice(data);
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], IndexError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.data.len())
+            .ok_or(IndexError::Truncated(what))?;
+        let s = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, IndexError> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, IndexError> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4, what)?);
+        Ok(u32::from_le_bytes(a))
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64, IndexError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8, what)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], IndexError> {
+        let n = self.u32(what)? as usize;
+        self.take(n, what)
+    }
+    /// A count of items at least `min_size` bytes each: bounded by what is left, so a
+    /// garbled count cannot make us allocate.
+    fn count(&mut self, min_size: usize, what: &'static str) -> Result<usize, IndexError> {
+        let n = self.u64(what)?;
+        self.bounded(n, min_size, what)
+    }
+    fn count32(&mut self, min_size: usize, what: &'static str) -> Result<usize, IndexError> {
+        let n = u64::from(self.u32(what)?);
+        self.bounded(n, min_size, what)
+    }
+    fn bounded(&self, n: u64, min_size: usize, what: &'static str) -> Result<usize, IndexError> {
+        let left = (self.data.len() - self.pos) as u64;
+        if n.saturating_mul(min_size as u64) > left {
+            return Err(IndexError::Truncated(what));
+        }
+        Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Index {
+        let e = |path: &str, kind| Entry {
+            path: path.into(),
+            kind,
+            mode: 0o4755,
+            uid: 1,
+            gid: 2,
+            mtime: Timestamp { sec: 3, nsec: 4 },
+            xattrs: vec![(b"user.a".to_vec(), b"b".to_vec())],
+        };
+        Index {
+            name: "x:latest".into(),
+            created: 5,
+            config: Some(b"{}".to_vec()),
+            chunks: vec![ChunkRef {
+                id: ChunkId::of(b"hello"),
+                len: 5,
+            }],
+            records: vec![
+                Record {
+                    entry: e("", Kind::Dir),
+                    offset: 0,
+                },
+                Record {
+                    entry: e("a", Kind::File { size: 5 }),
+                    offset: 0,
+                },
+                Record {
+                    entry: e("b", Kind::Hardlink { target: "a".into() }),
+                    offset: 0,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let i = sample();
+        assert_eq!(Index::decode(&i.encode()), Ok(i));
+    }
+
+    #[test]
+    fn rejects_escapes_and_bad_links() {
+        assert!(normalize(Path::new("a/../../b")).is_err());
+        assert_eq!(normalize(Path::new("/./a//b/")).unwrap(), PathBuf::from("a/b"));
+        let mut i = sample();
+        i.records[2].entry.kind = Kind::Hardlink {
+            target: "zz".into(),
+        };
+        assert!(matches!(
+            Index::decode(&i.encode()),
+            Err(IndexError::Invalid(_))
+        ));
+        let mut i = sample();
+        i.records[1].entry.path = "../a".into();
+        assert!(Index::decode(&i.encode()).is_err());
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let data = sample().encode();
+        for n in 0..data.len() {
+            assert!(Index::decode(&data[..n]).is_err(), "prefix {n}");
+        }
+    }
+}

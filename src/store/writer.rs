@@ -1,0 +1,465 @@
+//! `ImageWriter`: the streaming import API. Entries arrive in any order with their
+//! content as a reader; content goes through FastCDC on the caller's thread, chunks are
+//! hashed there and handed to worker threads that compress and write the ones the store
+//! lacks. Memory holds the entries' metadata and a bounded queue of chunks, never a file.
+//!
+//! Crash safety: new chunks are written under temporary names; `commit` syncs the
+//! filesystem, renames them to their final names, syncs again, and only then publishes
+//! the index atomically. A writer killed at any point leaves at most temporary files
+//! (removed by gc) and never an index pointing at a missing chunk.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use nix::fcntl::Flock;
+
+use super::chunker::Chunker;
+use super::index::{ChunkRef, Record, normalize};
+use super::{
+    ChunkId, Entry, ImageInfo, ImageName, Index, Kind, Progress, Result, Store, StoreError,
+    Timestamp, chunks, io_err, nix_err,
+};
+
+/// zstd level for new chunks (see docs/BENCHMARKS.md for why).
+pub const ZSTD_LEVEL: i32 = 3;
+
+struct Shared {
+    store: Store,
+    progress: Arc<Progress>,
+    error: Mutex<Option<StoreError>>,
+    /// New chunks written so far: (temporary path, final path).
+    pending: Mutex<Vec<(PathBuf, PathBuf)>>,
+}
+
+impl Shared {
+    fn fail(&self, e: StoreError) {
+        let mut slot = self.error.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.get_or_insert(e);
+    }
+    fn failed(&self) -> bool {
+        self.error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+    fn take_error(&self) -> Option<StoreError> {
+        self.error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// An import in progress. Holds the store's shared lock (a concurrent gc waits for it).
+/// Dropping it without [`commit`](ImageWriter::commit) publishes nothing and removes the
+/// chunks it wrote.
+pub struct ImageWriter {
+    _lock: Flock<File>,
+    shared: Arc<Shared>,
+    entries: BTreeMap<PathBuf, Record>,
+    chunker: Chunker,
+    stream_len: u64,
+    chunks: Vec<ChunkRef>,
+    seen: HashSet<ChunkId>,
+    tx: Option<SyncSender<(ChunkId, Vec<u8>)>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl ImageWriter {
+    pub(crate) fn new(store: Store) -> Result<ImageWriter> {
+        Self::with_progress(store, Arc::default())
+    }
+
+    /// A writer that reports into `progress`.
+    pub fn with_progress(store: Store, progress: Arc<Progress>) -> Result<ImageWriter> {
+        let lock = store.lock(false)?;
+        let shared = Arc::new(Shared {
+            store,
+            progress,
+            error: Mutex::new(None),
+            pending: Mutex::new(Vec::new()),
+        });
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (tx, rx) = sync_channel::<(ChunkId, Vec<u8>)>(2 * n);
+        let rx = Arc::new(Mutex::new(rx));
+        let mut workers = Vec::new();
+        for i in 0..n {
+            let (rx, shared) = (rx.clone(), shared.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("warren-chunk-{i}"))
+                .spawn(move || worker(&rx, &shared));
+            match spawned {
+                Ok(h) => workers.push(h),
+                Err(e) => return Err(io_err("spawning a chunk writer thread")(e)),
+            }
+        }
+        Ok(ImageWriter {
+            _lock: lock,
+            shared,
+            entries: BTreeMap::new(),
+            chunker: Chunker::default(),
+            stream_len: 0,
+            chunks: Vec::new(),
+            seen: HashSet::new(),
+            tx: Some(tx),
+            workers,
+        })
+    }
+
+    /// The live counters of this import.
+    pub fn progress(&self) -> Arc<Progress> {
+        self.shared.progress.clone()
+    }
+
+    /// Adds (or replaces) an entry. For a file, `content` is read to its end and its
+    /// length becomes the file's size. A non-directory replacing a directory drops what
+    /// was under it.
+    pub fn add(&mut self, mut entry: Entry, content: Option<&mut dyn Read>) -> Result<()> {
+        if let Some(e) = self.shared.take_error() {
+            return Err(e);
+        }
+        let bad = |path: &Path, reason: &str| StoreError::Entry {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        };
+        entry.path = normalize(&entry.path).map_err(|e| bad(&entry.path, &e.to_string()))?;
+        entry.mode &= 0o7777;
+        if entry.mtime.nsec >= 1_000_000_000 {
+            return Err(bad(&entry.path, "mtime nanoseconds >= 10^9"));
+        }
+        if entry.path.as_os_str().is_empty() && entry.kind != Kind::Dir {
+            return Err(bad(&entry.path, "the image root must be a directory"));
+        }
+        if entry.xattrs.iter().any(|(n, _)| n.is_empty() || n.contains(&0)) {
+            return Err(bad(&entry.path, "empty xattr name or NUL in it"));
+        }
+        match &mut entry.kind {
+            Kind::Hardlink { target } => {
+                *target = normalize(target).map_err(|e| bad(&entry.path, &e.to_string()))?;
+                if target.as_os_str().is_empty() {
+                    return Err(bad(&entry.path, "hardlink to the image root"));
+                }
+            }
+            Kind::Symlink { target } => {
+                let t = target.as_os_str();
+                if t.is_empty() || std::os::unix::ffi::OsStrExt::as_bytes(t).contains(&0) {
+                    return Err(bad(&entry.path, "empty symlink target or NUL in it"));
+                }
+            }
+            _ => {}
+        }
+        let mut offset = 0;
+        if let Kind::File { size } = &mut entry.kind {
+            offset = self.stream_len;
+            *size = match content {
+                Some(r) => self.feed(r).map_err(|e| match e {
+                    StoreError::Io { err, .. } => StoreError::Io {
+                        path: entry.path.clone(),
+                        err,
+                    },
+                    e => e,
+                })?,
+                None if *size == 0 => 0,
+                None => return Err(bad(&entry.path, "file without content")),
+            };
+            self.stream_len += *size;
+        }
+        if entry.kind != Kind::Dir {
+            self.remove_under(&entry.path);
+        }
+        self.entries
+            .insert(entry.path.clone(), Record { entry, offset });
+        Ok(())
+    }
+
+    /// Removes `path` and everything under it (an OCI whiteout).
+    pub fn remove(&mut self, path: &Path) -> Result<()> {
+        let path = normalize(path).map_err(|e| StoreError::Entry {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        self.remove_under(&path);
+        self.entries.remove(&path);
+        Ok(())
+    }
+
+    /// Removes everything under directory `path`, keeping `path` (an OCI opaque whiteout).
+    pub fn clear_dir(&mut self, path: &Path) -> Result<()> {
+        let path = normalize(path).map_err(|e| StoreError::Entry {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        self.remove_under(&path);
+        Ok(())
+    }
+
+    /// The entry added at `path`, if any.
+    pub fn entry(&self, path: &Path) -> Option<&Entry> {
+        let path = normalize(path).ok()?;
+        self.entries.get(&path).map(|r| &r.entry)
+    }
+
+    fn remove_under(&mut self, path: &Path) {
+        // Component-wise order puts every descendant right after `path`.
+        let under: Vec<PathBuf> = self
+            .entries
+            .range::<Path, _>((std::ops::Bound::Excluded(path), std::ops::Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(path))
+            .cloned()
+            .collect();
+        for k in under {
+            self.entries.remove(&k);
+        }
+    }
+
+    /// Streams `r` into the content stream; returns its length.
+    fn feed(&mut self, r: &mut dyn Read) -> Result<u64> {
+        let Self {
+            chunker,
+            chunks,
+            seen,
+            tx,
+            shared,
+            ..
+        } = self;
+        chunker.feed(r, |data| emit(data, chunks, seen, tx, shared))
+    }
+
+    /// Publishes the image as `name` (`NAME[:TAG]`), atomically replacing an image of
+    /// that name. `config` is an opaque blob kept with it.
+    pub fn commit(mut self, name: &str, config: Option<Vec<u8>>) -> Result<ImageInfo> {
+        let image = ImageName::parse(name)?;
+        {
+            let Self {
+                chunker,
+                chunks,
+                seen,
+                tx,
+                shared,
+                ..
+            } = &mut self;
+            chunker.finish(|data| emit(data, chunks, seen, tx, shared))?;
+        }
+        self.stop_workers();
+        if let Some(e) = self.shared.take_error() {
+            return Err(e);
+        }
+        self.complete_tree()?;
+        let index = Index {
+            name: image.to_string(),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            config,
+            chunks: std::mem::take(&mut self.chunks),
+            records: std::mem::take(&mut self.entries).into_values().collect(),
+        };
+        let data = index.encode();
+        // Never publish what we could not read back.
+        Index::decode(&data).map_err(|err| StoreError::Index {
+            name: image.to_string(),
+            err,
+        })?;
+
+        let store = self.shared.store.clone();
+        let sync = || -> Result<()> {
+            let f = File::open(store.dir()).map_err(io_err(store.dir()))?;
+            nix::unistd::syncfs(&f).map_err(nix_err(store.dir()))
+        };
+        sync()?;
+        let pending = std::mem::take(
+            &mut *self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for (tmp, dest) in &pending {
+            fs::rename(tmp, dest).map_err(io_err(dest))?;
+        }
+        sync()?;
+        let path = store.images_dir().join(image.rel_path());
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        crate::atomic::write(&path, &data).map_err(io_err(&path))?;
+
+        let mut info = ImageInfo::of(&index, data.len() as u64);
+        let p = &self.shared.progress;
+        info.new_chunks = Progress::get(&p.new_chunks);
+        info.new_bytes = Progress::get(&p.stored_bytes) + data.len() as u64;
+        Ok(info)
+    }
+
+    /// Adds missing parent directories (and the root), and checks that every parent is a
+    /// directory and every hardlink names a linkable entry (following link chains).
+    fn complete_tree(&mut self) -> Result<()> {
+        let default_dir = |path: PathBuf| Record {
+            entry: Entry {
+                path,
+                kind: Kind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: Timestamp::default(),
+                xattrs: Vec::new(),
+            },
+            offset: 0,
+        };
+        let mut missing = vec![PathBuf::new()];
+        for (path, rec) in &self.entries {
+            for anc in path.ancestors().skip(1) {
+                match self.entries.get(anc) {
+                    Some(r) if r.entry.kind == Kind::Dir => break,
+                    Some(_) => {
+                        return Err(StoreError::Entry {
+                            path: path.clone(),
+                            reason: format!("parent {anc:?} is not a directory"),
+                        });
+                    }
+                    None => missing.push(anc.to_path_buf()),
+                }
+            }
+            let _ = rec;
+        }
+        for m in missing {
+            self.entries
+                .entry(m.clone())
+                .or_insert_with(|| default_dir(m));
+        }
+        let links: Vec<(PathBuf, PathBuf)> = self
+            .entries
+            .iter()
+            .filter_map(|(p, r)| match &r.entry.kind {
+                Kind::Hardlink { target } => Some((p.clone(), target.clone())),
+                _ => None,
+            })
+            .collect();
+        for (path, mut target) in links {
+            let mut hops = 0;
+            loop {
+                match self.entries.get(&target).map(|r| &r.entry.kind) {
+                    Some(Kind::Hardlink { target: next }) if hops < 64 && *next != path => {
+                        target = next.clone();
+                        hops += 1;
+                    }
+                    Some(Kind::Dir | Kind::Hardlink { .. }) | None => {
+                        return Err(StoreError::Entry {
+                            path,
+                            reason: format!("hardlink target {target:?} is missing or not linkable"),
+                        });
+                    }
+                    Some(_) => break,
+                }
+            }
+            if let Some(r) = self.entries.get_mut(&path) {
+                r.entry.kind = Kind::Hardlink { target };
+            }
+        }
+        Ok(())
+    }
+
+    fn stop_workers(&mut self) {
+        self.tx = None;
+        for h in self.workers.drain(..) {
+            if h.join().is_err() {
+                self.shared.fail(StoreError::Entry {
+                    path: PathBuf::new(),
+                    reason: "a chunk writer thread panicked".into(),
+                });
+            }
+        }
+    }
+}
+
+impl Drop for ImageWriter {
+    fn drop(&mut self) {
+        self.stop_workers();
+        let pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (tmp, _) in pending.iter() {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+/// One chunk cut from the stream: record it, and queue it for writing unless this import
+/// already queued the same bytes.
+fn emit(
+    data: &[u8],
+    chunks: &mut Vec<ChunkRef>,
+    seen: &mut HashSet<ChunkId>,
+    tx: &Option<SyncSender<(ChunkId, Vec<u8>)>>,
+    shared: &Shared,
+) -> Result<()> {
+    let id = ChunkId::of(data);
+    chunks.push(ChunkRef {
+        id,
+        len: data.len() as u32,
+    });
+    Progress::add(&shared.progress.chunks, 1);
+    Progress::add(&shared.progress.bytes, data.len() as u64);
+    if seen.insert(id) {
+        let sent = tx.as_ref().map(|tx| tx.send((id, data.to_vec())));
+        if !matches!(sent, Some(Ok(()))) {
+            // Workers are gone: they stopped on an error, which commit/add reports.
+            return Err(shared.take_error().unwrap_or_else(|| StoreError::Entry {
+                path: PathBuf::new(),
+                reason: "chunk writer threads stopped".into(),
+            }));
+        }
+    }
+    if shared.failed() {
+        return Err(shared.take_error().unwrap_or_else(|| StoreError::Entry {
+            path: PathBuf::new(),
+            reason: "chunk writer failed".into(),
+        }));
+    }
+    Ok(())
+}
+
+/// Compresses and writes queued chunks the store does not already have.
+fn worker(rx: &Mutex<Receiver<(ChunkId, Vec<u8>)>>, shared: &Shared) {
+    let mut compressor = match zstd::bulk::Compressor::new(ZSTD_LEVEL) {
+        Ok(c) => c,
+        Err(e) => return shared.fail(io_err("zstd compressor")(e)),
+    };
+    loop {
+        let msg = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok((id, data)) = msg else { return };
+        if shared.failed() {
+            continue; // keep draining so the producer never blocks forever
+        }
+        let dest = shared.store.chunk_path(&id);
+        if dest.exists() {
+            continue; // reused: the lock we hold keeps gc from removing it
+        }
+        let written = compressor
+            .compress(&data)
+            .map_err(io_err(&dest))
+            .and_then(|z| chunks::write_temp(&shared.store, &id, &z).map(|paths| (paths, z.len())));
+        match written {
+            Ok((paths, stored)) => {
+                let p = &shared.progress;
+                Progress::add(&p.new_chunks, 1);
+                Progress::add(&p.new_bytes, data.len() as u64);
+                Progress::add(&p.stored_bytes, stored as u64);
+                shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(paths);
+            }
+            Err(e) => shared.fail(e),
+        }
+    }
+}
