@@ -233,6 +233,14 @@ struct DockerManifest {
     layers: Vec<String>,
 }
 
+/// Whether docker reference `full` (as `docker save` records it) is `short`, which may
+/// leave out the default registry (`docker.io/`) and namespace (`library/`).
+fn same_reference(full: &str, short: &str) -> bool {
+    full == short
+        || full.strip_prefix("docker.io/") == Some(short)
+        || full.strip_prefix("docker.io/library/") == Some(short)
+}
+
 /// Resolves `docker-archive:FILE[:REF]` (`docker save` / `skopeo copy docker-archive:`):
 /// an uncompressed tar whose members are read in place, by offset.
 pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, OciError> {
@@ -273,7 +281,7 @@ pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, Oc
     let chosen: Vec<&DockerManifest> = match reference {
         Some(r) => manifests
             .iter()
-            .filter(|m| m.repo_tags.as_ref().is_some_and(|t| t.iter().any(|t| t == r)))
+            .filter(|m| m.repo_tags.as_ref().is_some_and(|t| t.iter().any(|t| same_reference(t, r))))
             .collect(),
         None => manifests.iter().collect(),
     };
