@@ -139,13 +139,21 @@ pub fn import_layers(
     // Pass 1: headers only, every digest checked.
     let mut tree = layer::Tree::new(opts.limits, allow_devices);
     for (i, b) in layers.iter().enumerate() {
-        let io = |e| layer_err(i, b)(layer::LayerError::Tar(e));
-        let (mut opened, raw) = blob::open(b, true).map_err(io)?;
-        let headers = {
-            let mut archive = tar::Archive::new(&mut opened.tar);
-            layer::read_headers(&mut archive, &opts.limits).map_err(layer_err(i, b))?
+        let read = || -> Result<Vec<layer::Header>, OciError> {
+            let io = |e| layer_err(i, b)(layer::LayerError::Tar(e));
+            let (mut opened, raw) = blob::open(b, true).map_err(io)?;
+            let headers = {
+                let mut archive = tar::Archive::new(&mut opened.tar);
+                layer::read_headers(&mut archive, &opts.limits).map_err(layer_err(i, b))?
+            };
+            blob::verify(b, opened, raw)?;
+            Ok(headers)
         };
-        blob::verify(b, opened, raw)?;
+        // A corrupt blob fails in many ways; its digest is the root cause to report.
+        let headers = read().map_err(|e| match blob::check_raw(b) {
+            Err(mismatch) => OciError::Verify(mismatch),
+            Ok(()) => e,
+        })?;
         tree.apply_layer(i, &headers).map_err(layer_err(i, b))?;
     }
     let plan = tree.finish(layers.len());

@@ -273,6 +273,21 @@ pub fn verify(blob: &Blob, opened: Opened<'_>, raw: RawCheck) -> Result<(), Veri
     Ok(())
 }
 
+/// Hashes a blob's stored bytes and compares them with its descriptor: the root cause to
+/// report when a layer fails to decompress or parse.
+pub fn check_raw(blob: &Blob) -> Result<(), VerifyError> {
+    let Some(expected) = &blob.digest else { return Ok(()) };
+    let io_err = |source| VerifyError::Io { name: blob.name.clone(), source };
+    let raw = Hashing::new(blob.open_raw().map_err(io_err)?, Some(expected.algorithm));
+    let (actual, _) = raw.finish().map_err(io_err)?;
+    match actual {
+        Some(actual) if actual != *expected => {
+            Err(VerifyError::Digest { name: blob.name.clone(), expected: expected.clone(), actual })
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
