@@ -21,6 +21,7 @@ pub mod extract;
 pub mod gc;
 pub mod index;
 pub mod oci;
+pub mod remote;
 pub mod writer;
 
 use std::fs::{self, File};

@@ -28,12 +28,9 @@ pub use source::Location;
 pub enum OciError {
     #[error("{0}: no such file or directory")]
     NotFound(PathBuf),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // Causes are in the messages (not `source`), so they print once.
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{what}: {why}")]
     Invalid { what: String, why: String },
     #[error("{what}: digest is {actual}, expected {expected}")]
@@ -50,12 +47,11 @@ pub enum OciError {
     },
     #[error("{origin} holds several images; name one of: {available}")]
     Ambiguous { origin: String, available: String },
-    #[error("layer {layer} ({name}): {source}")]
+    #[error("layer {layer} ({name}): {err}")]
     Layer {
         layer: usize,
         name: String,
-        #[source]
-        source: layer::LayerError,
+        err: layer::LayerError,
     },
     #[error(transparent)]
     Verify(#[from] blob::VerifyError),
@@ -219,7 +215,7 @@ pub fn import_layers(
 }
 
 fn layer_err(i: usize, b: &blob::Blob) -> impl Fn(layer::LayerError) -> OciError + '_ {
-    move |source| OciError::Layer { layer: i, name: b.name.clone(), source }
+    move |source| OciError::Layer { layer: i, name: b.name.clone(), err: source }
 }
 
 fn os_path(p: &[u8]) -> PathBuf {

@@ -242,14 +242,14 @@ pub enum VerifyError {
     DiffId { name: String, expected: Digest, actual: Digest },
     #[error("layer {name}: {actual} bytes, its descriptor says {expected}")]
     Size { name: String, expected: u64, actual: u64 },
-    #[error("layer {name}: {source}")]
-    Io { name: String, source: io::Error },
+    #[error("layer {name}: {err}")]
+    Io { name: String, err: io::Error },
 }
 
 /// After the tar stream was read: drains both streams to their ends and compares the
 /// digests and size with what `blob` expects.
 pub fn verify(blob: &Blob, opened: Opened<'_>, raw: RawCheck) -> Result<(), VerifyError> {
-    let io_err = |source| VerifyError::Io { name: blob.name.clone(), source };
+    let io_err = |source| VerifyError::Io { name: blob.name.clone(), err: source };
     let (diff, _) = opened.tar.finish().map_err(io_err)?;
     let raw = raw.0.lock().ok().and_then(|mut r| r.take());
     let Some((digest, len)) = raw else {
@@ -277,7 +277,7 @@ pub fn verify(blob: &Blob, opened: Opened<'_>, raw: RawCheck) -> Result<(), Veri
 /// report when a layer fails to decompress or parse.
 pub fn check_raw(blob: &Blob) -> Result<(), VerifyError> {
     let Some(expected) = &blob.digest else { return Ok(()) };
-    let io_err = |source| VerifyError::Io { name: blob.name.clone(), source };
+    let io_err = |source| VerifyError::Io { name: blob.name.clone(), err: source };
     let raw = Hashing::new(blob.open_raw().map_err(io_err)?, Some(expected.algorithm));
     let (actual, _) = raw.finish().map_err(io_err)?;
     match actual {

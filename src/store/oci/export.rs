@@ -49,7 +49,7 @@ impl<'a> Content<'a> {
             if n == 0 {
                 return Err(OciError::Invalid { what: path.display().to_string(), why: "content past the end of the stream".into() });
             }
-            out.write_all(&data[from..from + n]).map_err(|e| OciError::Io { path: path.to_path_buf(), source: e })?;
+            out.write_all(&data[from..from + n]).map_err(|e| OciError::Io { path: path.to_path_buf(), err: e })?;
             offset += n as u64;
             len -= n as u64;
         }
@@ -65,7 +65,7 @@ pub fn write_tar(store: &Store, index: &Index, out: impl Write) -> Result<(), Oc
     tar.mode(tar::HeaderMode::Complete);
     let io = |p: &Path| {
         let p = p.to_path_buf();
-        move |source| OciError::Io { path: p, source }
+        move |source| OciError::Io { path: p, err: source }
     };
     for record in &index.records {
         let e = &record.entry;
@@ -186,7 +186,7 @@ pub fn export(store: &Store, name: &str, dest: &str) -> Result<Option<String>, O
     if let Some(file) = dest.strip_prefix("tar:") {
         let path = Path::new(file);
         let tmp = temp_beside(path);
-        let out = File::create(&tmp).map_err(|e| OciError::Io { path: tmp.clone(), source: e })?;
+        let out = File::create(&tmp).map_err(|e| OciError::Io { path: tmp.clone(), err: e })?;
         let done = write_tar(store, &index, BufWriter::new(out)).and_then(|()| {
             finish_file(&tmp, path)
         });
@@ -213,7 +213,7 @@ fn temp_beside(path: &Path) -> PathBuf {
 }
 
 fn finish_file(tmp: &Path, path: &Path) -> Result<(), OciError> {
-    let err = |source| OciError::Io { path: path.to_path_buf(), source };
+    let err = |source| OciError::Io { path: path.to_path_buf(), err: source };
     File::open(tmp).and_then(|f| f.sync_all()).map_err(err)?;
     fs::rename(tmp, path).map_err(err)
 }
@@ -222,14 +222,14 @@ fn finish_file(tmp: &Path, path: &Path) -> Result<(), OciError> {
 fn put_blob(dir: &Path, data: &[u8]) -> Result<(Digest, u64), OciError> {
     let digest = Digest::sha256(data);
     let path = dir.join(digest.blob_path());
-    crate::atomic::write(&path, data).map_err(|e| OciError::Io { path, source: e })?;
+    crate::atomic::write(&path, data).map_err(|e| OciError::Io { path, err: e })?;
     Ok((digest, data.len() as u64))
 }
 
 fn write_layout(store: &Store, index: &Index, dir: &Path, tag: &str) -> Result<String, OciError> {
     let io_at = |p: &Path| {
         let p = p.to_path_buf();
-        move |source| OciError::Io { path: p, source }
+        move |source| OciError::Io { path: p, err: source }
     };
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).map_err(io_at(&blobs))?;

@@ -127,7 +127,14 @@ pub enum LayerError {
     #[error("entry {path:?}: bad pax record {key}")]
     BadPax { path: String, key: String },
     #[error("reading the tar stream: {0}")]
-    Tar(#[from] std::io::Error),
+    Tar(std::io::Error),
+}
+
+// By hand, not `#[from]`: the cause is in the message, so it must not also be a `source`.
+impl From<std::io::Error> for LayerError {
+    fn from(e: std::io::Error) -> Self {
+        LayerError::Tar(e)
+    }
 }
 
 fn show(path: &[u8]) -> String {

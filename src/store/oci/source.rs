@@ -76,7 +76,7 @@ fn read_limited(mut r: impl Read, what: &str) -> Result<Vec<u8>, OciError> {
     r.by_ref()
         .take(MAX_JSON + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| OciError::Io { path: what.into(), source: e })?;
+        .map_err(|e| OciError::Io { path: what.into(), err: e })?;
     if buf.len() as u64 > MAX_JSON {
         return Err(OciError::Invalid { what: what.into(), why: "larger than 16 MiB".into() });
     }
@@ -104,7 +104,7 @@ fn read_verified(dir: &Path, digest: &Digest) -> Result<Vec<u8>, OciError> {
 
 /// Opens `rel` inside `dir` without following symlinks out of it.
 fn open_beneath(dir: &Path, rel: &Path) -> Result<File, OciError> {
-    let io_err = |source| OciError::Io { path: dir.join(rel), source };
+    let io_err = |source| OciError::Io { path: dir.join(rel), err: source };
     let root = File::open(dir).map_err(io_err)?;
     let fd = crate::sys::openat2(
         std::os::fd::AsFd::as_fd(&root),
@@ -244,7 +244,7 @@ fn same_reference(full: &str, short: &str) -> bool {
 /// Resolves `docker-archive:FILE[:REF]` (`docker save` / `skopeo copy docker-archive:`):
 /// an uncompressed tar whose members are read in place, by offset.
 pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, OciError> {
-    let io_err = |source| OciError::Io { path: file.to_path_buf(), source };
+    let io_err = |source| OciError::Io { path: file.to_path_buf(), err: source };
     let mut f = File::open(file).map_err(io_err)?;
     let mut members: HashMap<String, (u64, u64)> = HashMap::new();
     let mut small: HashMap<String, Vec<u8>> = HashMap::new();
@@ -329,7 +329,7 @@ pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, Oc
 
 /// A tarball (plain, gzip or zstd) as the single layer of an image without config.
 pub fn tarball(file: &Path) -> Result<Source, OciError> {
-    File::open(file).map_err(|source| OciError::Io { path: file.to_path_buf(), source })?;
+    File::open(file).map_err(|source| OciError::Io { path: file.to_path_buf(), err: source })?;
     Ok(Source {
         config: None,
         layers: vec![Blob {
@@ -346,5 +346,5 @@ pub fn tarball(file: &Path) -> Result<Source, OciError> {
 
 /// Reads from an io error into an OciError naming `path`.
 pub fn io_at(path: &Path) -> impl Fn(io::Error) -> OciError + '_ {
-    move |source| OciError::Io { path: path.to_path_buf(), source }
+    move |source| OciError::Io { path: path.to_path_buf(), err: source }
 }
