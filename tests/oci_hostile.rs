@@ -40,10 +40,14 @@ fn umoci_layout(work: &Path, layers: &[&str]) -> String {
     require_tool("umoci", "umoci");
     let layout = work.join(format!("layout-{}", layers[0]));
     let image = format!("{}:t", layout.display());
-    ok(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    ok(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
     ok(Command::new("umoci").args(["new", "--image", &image]));
     for l in layers {
-        ok(Command::new("umoci").args(["raw", "add-layer", "--image", &image]).arg(corpus().join(l)));
+        ok(Command::new("umoci")
+            .args(["raw", "add-layer", "--image", &image])
+            .arg(corpus().join(l)));
     }
     format!("oci:{image}")
 }
@@ -55,19 +59,35 @@ fn hostile_tarballs_and_layers_are_refused() {
     let store = Store::open(&work.path().join("store")).unwrap();
     for (file, why) in CASES {
         let path = corpus().join(file);
-        assert!(path.is_file(), "{} missing: run make.py there", path.display());
-        for source in [path.display().to_string(), umoci_layout(work.path(), &[file])] {
+        assert!(
+            path.is_file(),
+            "{} missing: run make.py there",
+            path.display()
+        );
+        for source in [
+            path.display().to_string(),
+            umoci_layout(work.path(), &[file]),
+        ] {
             let err = oci::import(&store, &source, "hostile", &ImportOptions::default())
                 .expect_err(&format!("{source} was accepted"));
             assert!(matches!(err, OciError::Layer { .. }), "{source}: {err:?}");
-            assert!(err.to_string().contains(why), "{source}: {err} (expected {why:?})");
+            assert!(
+                err.to_string().contains(why),
+                "{source}: {err} (expected {why:?})"
+            );
             assert_store_empty(&store);
         }
     }
     // Across layers: layer 1 plants a symlink, layer 2 writes through it.
-    let source = umoci_layout(work.path(), &["symlink-parent-layer.1.tar", "symlink-parent-layer.2.tar"]);
+    let source = umoci_layout(
+        work.path(),
+        &["symlink-parent-layer.1.tar", "symlink-parent-layer.2.tar"],
+    );
     let err = oci::import(&store, &source, "hostile", &ImportOptions::default()).unwrap_err();
-    assert!(err.to_string().contains("lib/escaped.so") && err.to_string().contains("is a symlink"), "{err}");
+    assert!(
+        err.to_string().contains("lib/escaped.so") && err.to_string().contains("is a symlink"),
+        "{err}"
+    );
     assert_store_empty(&store);
 }
 
@@ -82,15 +102,25 @@ fn good_layout(work: &Path) -> (PathBuf, String) {
     b.into_inner().unwrap();
     let layout = work.join("good");
     let image = format!("{}:t", layout.display());
-    ok(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    ok(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
     ok(Command::new("umoci").args(["new", "--image", &image]));
-    ok(Command::new("umoci").args(["raw", "add-layer", "--image", &image]).arg(&tar));
+    ok(Command::new("umoci")
+        .args(["raw", "add-layer", "--image", &image])
+        .arg(&tar));
     (layout, format!("oci:{image}"))
 }
 
 fn layer_blob(layout: &Path) -> PathBuf {
-    let json = |p: PathBuf| -> serde_json::Value { serde_json::from_slice(&fs::read(p).unwrap()).unwrap() };
-    let blob = |d: &serde_json::Value| layout.join("blobs/sha256").join(&d.as_str().unwrap()["sha256:".len()..]);
+    let json = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&fs::read(p).unwrap()).unwrap()
+    };
+    let blob = |d: &serde_json::Value| {
+        layout
+            .join("blobs/sha256")
+            .join(&d.as_str().unwrap()["sha256:".len()..])
+    };
     let index = json(layout.join("index.json"));
     let manifest = json(blob(&index["manifests"][0]["digest"]));
     blob(&manifest["layers"][0]["digest"])
@@ -116,7 +146,10 @@ fn layers_that_do_not_match_their_digest_are_refused() {
     let err = oci::import(&store, &source, "bad", &ImportOptions::default()).unwrap_err();
     let digest = blob.file_name().unwrap().to_string_lossy().into_owned();
     assert!(matches!(err, OciError::Verify(_)), "{err:?}");
-    assert!(err.to_string().contains(&digest) && err.to_string().contains("descriptor"), "{err}");
+    assert!(
+        err.to_string().contains(&digest) && err.to_string().contains("descriptor"),
+        "{err}"
+    );
     assert_store_empty(&store);
 
     // A blob that is a symlink leading out of the layout.
@@ -156,10 +189,15 @@ fn device_nodes_are_kept_by_root_and_skipped_otherwise() {
     assert!(m.file_type().is_char_device());
     assert_eq!((libc::major(m.rdev()), libc::minor(m.rdev())), (1, 3));
 
-    let opts = ImportOptions { allow_devices: Some(false), ..ImportOptions::default() };
+    let opts = ImportOptions {
+        allow_devices: Some(false),
+        ..ImportOptions::default()
+    };
     oci::import(&store, &source, "rootless", &opts).unwrap();
     let out = work.path().join("rootless");
-    store.extract("rootless", &out, &Default::default()).unwrap();
+    store
+        .extract("rootless", &out, &Default::default())
+        .unwrap();
     assert!(out.join("dev").is_dir() && !out.join("dev/null").exists());
     assert_eq!(fs::read(out.join("etc/keep")).unwrap(), b"ok");
 }

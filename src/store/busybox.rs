@@ -29,7 +29,8 @@ pub enum BusyboxError {
     Write { path: PathBuf, source: io::Error },
 }
 
-const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
+const PASSWD: &str =
+    "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
 const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
 
 /// Builds the busybox rootfs in `dest` (created if missing, expected empty) from the
@@ -49,17 +50,28 @@ pub fn busybox_tree(dest: &Path, busybox: &Path) -> Result<(), BusyboxError> {
                 Err(io::Error::other(format!("exited with {}", out.status)))
             }
         })
-        .map_err(|source| BusyboxError::List { binary: busybox.to_path_buf(), source })?;
+        .map_err(|source| BusyboxError::List {
+            binary: busybox.to_path_buf(),
+            source,
+        })?;
     let write = |path: &Path, r: io::Result<()>| {
-        r.map_err(|source| BusyboxError::Write { path: path.to_path_buf(), source })
+        r.map_err(|source| BusyboxError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
     };
     let dir = |rel: &str, mode: u32| -> Result<(), BusyboxError> {
         let path = dest.join(rel);
         write(&path, fs::create_dir_all(&path))?;
-        write(&path, fs::set_permissions(&path, fs::Permissions::from_mode(mode)))
+        write(
+            &path,
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)),
+        )
     };
     dir("", 0o755)?;
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "dev", "proc", "sys", "run", "var"] {
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "dev", "proc", "sys", "run", "var",
+    ] {
         dir(d, 0o755)?;
     }
     dir("tmp", 0o1777)?;
@@ -67,7 +79,10 @@ pub fn busybox_tree(dest: &Path, busybox: &Path) -> Result<(), BusyboxError> {
     dir("root", 0o700)?;
     let bin = dest.join("bin/busybox");
     write(&bin, fs::copy(busybox, &bin).map(drop))?;
-    write(&bin, fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)))?;
+    write(
+        &bin,
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)),
+    )?;
     for applet in String::from_utf8_lossy(&list).lines().map(str::trim) {
         if applet.is_empty() || applet == "bin/busybox" {
             continue;
@@ -95,7 +110,10 @@ pub fn busybox_tree(dest: &Path, busybox: &Path) -> Result<(), BusyboxError> {
     for (rel, text, mode) in [("etc/passwd", PASSWD, 0o644), ("etc/group", GROUP, 0o644)] {
         let path = dest.join(rel);
         write(&path, fs::write(&path, text))?;
-        write(&path, fs::set_permissions(&path, fs::Permissions::from_mode(mode)))?;
+        write(
+            &path,
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)),
+        )?;
     }
     Ok(())
 }

@@ -104,7 +104,12 @@ pub fn minimal_config() -> Vec<u8> {
 /// Imports `source` into `store` as image `name` (`NAME[:TAG]`). `source` is
 /// `oci:DIR[:TAG]`, `docker-archive:FILE[:REF]`, a tarball (plain, gzip or zstd, told by
 /// content), or a directory (the store's own `import_dir`).
-pub fn import(store: &Store, source: &str, name: &str, opts: &ImportOptions) -> Result<ImageInfo, OciError> {
+pub fn import(
+    store: &Store,
+    source: &str,
+    name: &str,
+    opts: &ImportOptions,
+) -> Result<ImageInfo, OciError> {
     crate::store::ImageName::parse(name)?;
     let src = match Location::parse(source)? {
         Location::Dir(dir) => {
@@ -115,10 +120,16 @@ pub fn import(store: &Store, source: &str, name: &str, opts: &ImportOptions) -> 
             return Ok(store.import_dir(&dir, name, &o)?);
         }
         Location::Layout { dir, tag } => source::layout(&dir, tag.as_deref())?,
-        Location::DockerArchive { file, reference } => source::docker_archive(&file, reference.as_deref())?,
+        Location::DockerArchive { file, reference } => {
+            source::docker_archive(&file, reference.as_deref())?
+        }
         Location::Tarball(file) => source::tarball(&file)?,
     };
-    let config = opts.config.clone().or(src.config.clone()).unwrap_or_else(minimal_config);
+    let config = opts
+        .config
+        .clone()
+        .or(src.config.clone())
+        .unwrap_or_else(minimal_config);
     import_layers(store, &src.layers, name, config, opts)
 }
 
@@ -167,7 +178,9 @@ pub fn import_layers(
         let kind = match &node.kind {
             NodeKind::File { .. } => continue,
             NodeKind::Dir => Kind::Dir,
-            NodeKind::Symlink { target } => Kind::Symlink { target: os_path(target) },
+            NodeKind::Symlink { target } => Kind::Symlink {
+                target: os_path(target),
+            },
             NodeKind::Char { rdev } => Kind::Char { rdev: *rdev },
             NodeKind::Block { rdev } => Kind::Block { rdev: *rdev },
             NodeKind::Fifo => Kind::Fifo,
@@ -191,11 +204,20 @@ pub fn import_layers(
         let mut left = wanted.len();
         for (index, e) in archive.entries().map_err(io)?.enumerate() {
             let mut e = e.map_err(io)?;
-            let Some(path) = wanted.get(&index) else { continue };
-            let Some(node) = files.get(path.as_slice()) else { continue };
-            let NodeKind::File { size, .. } = node.kind else { continue };
+            let Some(path) = wanted.get(&index) else {
+                continue;
+            };
+            let Some(node) = files.get(path.as_slice()) else {
+                continue;
+            };
+            let NodeKind::File { size, .. } = node.kind else {
+                continue;
+            };
             if e.size() != size {
-                return Err(OciError::Changed { name: b.name.clone(), what: format!("size of member {index}") });
+                return Err(OciError::Changed {
+                    name: b.name.clone(),
+                    what: format!("size of member {index}"),
+                });
             }
             writer.add(entry(path, Kind::File { size }, &node.meta), Some(&mut e))?;
             left -= 1;
@@ -204,18 +226,37 @@ pub fn import_layers(
             }
         }
         if left > 0 {
-            return Err(OciError::Changed { name: b.name.clone(), what: format!("{left} members missing") });
+            return Err(OciError::Changed {
+                name: b.name.clone(),
+                what: format!("{left} members missing"),
+            });
         }
     }
     for (path, target) in &plan.hardlinks {
-        let meta = files.get(target.as_slice()).map(|n| n.meta.clone()).unwrap_or_default();
-        writer.add(entry(path, Kind::Hardlink { target: os_path(target) }, &meta), None)?;
+        let meta = files
+            .get(target.as_slice())
+            .map(|n| n.meta.clone())
+            .unwrap_or_default();
+        writer.add(
+            entry(
+                path,
+                Kind::Hardlink {
+                    target: os_path(target),
+                },
+                &meta,
+            ),
+            None,
+        )?;
     }
     Ok(writer.commit(name, Some(config))?)
 }
 
 fn layer_err(i: usize, b: &blob::Blob) -> impl Fn(layer::LayerError) -> OciError + '_ {
-    move |source| OciError::Layer { layer: i, name: b.name.clone(), err: source }
+    move |source| OciError::Layer {
+        layer: i,
+        name: b.name.clone(),
+        err: source,
+    }
 }
 
 fn os_path(p: &[u8]) -> PathBuf {
@@ -229,7 +270,10 @@ fn entry(path: &[u8], kind: Kind, meta: &Meta) -> Entry {
         mode: meta.mode,
         uid: meta.uid,
         gid: meta.gid,
-        mtime: Timestamp { sec: meta.mtime, nsec: meta.mtime_nsec },
+        mtime: Timestamp {
+            sec: meta.mtime,
+            nsec: meta.mtime_nsec,
+        },
         xattrs: meta.xattrs.clone(),
     }
 }
@@ -253,8 +297,12 @@ pub struct ImageConfig {
 impl ImageConfig {
     /// Parses an OCI image config JSON blob.
     pub fn from_json(data: &[u8]) -> Result<ImageConfig, OciError> {
-        let parsed = oci_spec::image::ImageConfiguration::from_reader(data)
-            .map_err(|e| OciError::Invalid { what: "image config".into(), why: e.to_string() })?;
+        let parsed = oci_spec::image::ImageConfiguration::from_reader(data).map_err(|e| {
+            OciError::Invalid {
+                what: "image config".into(),
+                why: e.to_string(),
+            }
+        })?;
         let mut out = ImageConfig {
             architecture: parsed.architecture().to_string(),
             os: parsed.os().to_string(),

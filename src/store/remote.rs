@@ -107,7 +107,11 @@ impl Client {
             .timeout_global(Some(opts.timeout))
             .http_status_as_error(false)
             .build();
-        Client { agent: config.into(), attempts: opts.attempts.max(1), retries: AtomicU64::new(0) }
+        Client {
+            agent: config.into(),
+            attempts: opts.attempts.max(1),
+            retries: AtomicU64::new(0),
+        }
     }
 
     /// GETs `url` (at most `limit` bytes), retrying transient failures with backoff.
@@ -120,22 +124,39 @@ impl Client {
                     match resp.into_body().with_config().limit(limit).read_to_vec() {
                         Ok(body) => return Ok(body),
                         Err(ureq::Error::BodyExceedsLimit(n)) => {
-                            return Err(RemoteError::Http { url: url.into(), reason: format!("more than {n} bytes") });
+                            return Err(RemoteError::Http {
+                                url: url.into(),
+                                reason: format!("more than {n} bytes"),
+                            });
                         }
                         Err(e) => (true, e.to_string()),
                     }
                 }
-                Ok(resp) if resp.status() == 404 => return Err(RemoteError::NotFound { url: url.into() }),
-                Ok(resp) => (resp.status().is_server_error() || resp.status() == 429, format!("HTTP {}", resp.status())),
-                Err(e @ (ureq::Error::BadUri(_) | ureq::Error::HostNotFound | ureq::Error::RequireHttpsOnly(_))) => {
-                    (false, e.to_string())
+                Ok(resp) if resp.status() == 404 => {
+                    return Err(RemoteError::NotFound { url: url.into() });
                 }
+                Ok(resp) => (
+                    resp.status().is_server_error() || resp.status() == 429,
+                    format!("HTTP {}", resp.status()),
+                ),
+                Err(
+                    e @ (ureq::Error::BadUri(_)
+                    | ureq::Error::HostNotFound
+                    | ureq::Error::RequireHttpsOnly(_)),
+                ) => (false, e.to_string()),
                 Err(e) => (true, e.to_string()),
             };
             let (transient, reason) = err;
             if !transient || attempt >= self.attempts {
-                let reason = if attempt > 1 { format!("{reason} (after {attempt} attempts)") } else { reason };
-                return Err(RemoteError::Http { url: url.into(), reason });
+                let reason = if attempt > 1 {
+                    format!("{reason} (after {attempt} attempts)")
+                } else {
+                    reason
+                };
+                return Err(RemoteError::Http {
+                    url: url.into(),
+                    reason,
+                });
             }
             self.retries.fetch_add(1, Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(100 << attempt.min(6)));
@@ -144,16 +165,27 @@ impl Client {
 }
 
 /// Pulls image `name` (`NAME[:TAG]`) from the store served at `url` into `local`.
-pub fn pull(url: &str, name: &str, local: &Store, opts: &PullOptions) -> Result<PullReport, RemoteError> {
+pub fn pull(
+    url: &str,
+    name: &str,
+    local: &Store,
+    opts: &PullOptions,
+) -> Result<PullReport, RemoteError> {
     let base = base_url(url)?;
     let remote_name = ImageName::parse(name)?;
-    let local_name = opts.local_name.clone().unwrap_or_else(|| remote_name.to_string());
+    let local_name = opts
+        .local_name
+        .clone()
+        .unwrap_or_else(|| remote_name.to_string());
     let index_path = local.index_path(&local_name)?;
     let client = Client::new(opts);
 
     let index_url = format!("{base}/{}", index_rel(&remote_name));
     let data = client.get(&index_url, 1 << 30)?;
-    let mut index = Index::decode(&data).map_err(|e| RemoteError::BadIndex { url: index_url.clone(), reason: e.to_string() })?;
+    let mut index = Index::decode(&data).map_err(|e| RemoteError::BadIndex {
+        url: index_url.clone(),
+        reason: e.to_string(),
+    })?;
     let fetched_bytes = AtomicU64::new(data.len() as u64);
 
     // Hold the store's shared lock: a gc must not remove chunks this index will need.
@@ -165,9 +197,16 @@ pub fn pull(url: &str, name: &str, local: &Store, opts: &PullOptions) -> Result<
         .filter(|c| seen.insert(c.id))
         .map(|c| (c.id, c.len))
         .collect();
-    let missing: Vec<(ChunkId, u32)> = wanted.iter().copied().filter(|(id, _)| !local.chunk_path(id).exists()).collect();
+    let missing: Vec<(ChunkId, u32)> = wanted
+        .iter()
+        .copied()
+        .filter(|(id, _)| !local.chunk_path(id).exists())
+        .collect();
     if let Some(p) = &opts.progress {
-        p.total.store(missing.iter().map(|c| u64::from(c.1)).sum(), Ordering::Relaxed);
+        p.total.store(
+            missing.iter().map(|c| u64::from(c.1)).sum(),
+            Ordering::Relaxed,
+        );
     }
 
     // Fetch, verify, write under temporary names; publish only when every chunk is good.
@@ -182,7 +221,9 @@ pub fn pull(url: &str, name: &str, local: &Store, opts: &PullOptions) -> Result<
                     if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
                         return;
                     }
-                    let Some(&(id, len)) = missing.get(next.fetch_add(1, Ordering::Relaxed)) else { return };
+                    let Some(&(id, len)) = missing.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        return;
+                    };
                     let result = fetch_chunk(&client, &base, local, id, len, limit);
                     match result {
                         Ok((tmp, dest, n)) => {
@@ -218,11 +259,17 @@ pub fn pull(url: &str, name: &str, local: &Store, opts: &PullOptions) -> Result<
     let publish = || -> Result<(), StoreError> {
         sync(local.dir())?;
         for (tmp, dest) in &written {
-            fs::rename(tmp, dest).map_err(|e| StoreError::Io { path: dest.clone(), err: e })?;
+            fs::rename(tmp, dest).map_err(|e| StoreError::Io {
+                path: dest.clone(),
+                err: e,
+            })?;
         }
         sync(local.dir())?;
         if let Some(parent) = index_path.parent() {
-            fs::create_dir_all(parent).map_err(|e| StoreError::Io { path: parent.to_path_buf(), err: e })?;
+            fs::create_dir_all(parent).map_err(|e| StoreError::Io {
+                path: parent.to_path_buf(),
+                err: e,
+            })?;
         }
         let bytes = if index.name == local_name {
             data
@@ -230,7 +277,10 @@ pub fn pull(url: &str, name: &str, local: &Store, opts: &PullOptions) -> Result<
             index.name = local_name.clone();
             index.encode()
         };
-        crate::atomic::write(&index_path, &bytes).map_err(|e| StoreError::Io { path: index_path.clone(), err: e })
+        crate::atomic::write(&index_path, &bytes).map_err(|e| StoreError::Io {
+            path: index_path.clone(),
+            err: e,
+        })
     };
     if let Err(e) = publish() {
         for (tmp, _) in &written {
@@ -259,14 +309,24 @@ fn fetch_chunk(
 ) -> Result<(PathBuf, PathBuf, u64), RemoteError> {
     let url = format!("{base}/{}", chunk_rel(&id));
     let data = client.get(&url, limit)?;
-    chunks::decode(&id, len, &data).map_err(|reason| RemoteError::BadChunk { chunk: id, url: url.clone(), reason })?;
+    chunks::decode(&id, len, &data).map_err(|reason| RemoteError::BadChunk {
+        chunk: id,
+        url: url.clone(),
+        reason,
+    })?;
     let (tmp, dest) = chunks::write_temp(local, &id, &data)?;
     Ok((tmp, dest, data.len() as u64))
 }
 
 fn sync(dir: &Path) -> Result<(), StoreError> {
-    let f = fs::File::open(dir).map_err(|e| StoreError::Io { path: dir.to_path_buf(), err: e })?;
-    nix::unistd::syncfs(&f).map_err(|e| StoreError::Io { path: dir.to_path_buf(), err: e.into() })
+    let f = fs::File::open(dir).map_err(|e| StoreError::Io {
+        path: dir.to_path_buf(),
+        err: e,
+    })?;
+    nix::unistd::syncfs(&f).map_err(|e| StoreError::Io {
+        path: dir.to_path_buf(),
+        err: e.into(),
+    })
 }
 
 /// What a push did.
@@ -286,7 +346,11 @@ pub struct PushReport {
 /// server for [`pull`]. Chunks go first and are synced before any index is published.
 pub fn push(local: &Store, dest: &Path, images: &[String]) -> Result<PushReport, RemoteError> {
     let target = Store::open(dest)?;
-    let names = if images.is_empty() { local.names()? } else { images.to_vec() };
+    let names = if images.is_empty() {
+        local.names()?
+    } else {
+        images.to_vec()
+    };
     let _lock = local.lock(false)?;
     let _dest_lock = target.lock(false)?;
     let mut report = PushReport::default();
@@ -296,9 +360,15 @@ pub fn push(local: &Store, dest: &Path, images: &[String]) -> Result<PushReport,
         let src = local.index_path(name)?;
         let data = fs::read(&src).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => StoreError::NoSuchImage(name.clone()),
-            _ => StoreError::Io { path: src.clone(), err: e },
+            _ => StoreError::Io {
+                path: src.clone(),
+                err: e,
+            },
         })?;
-        let index = Index::decode(&data).map_err(|source| StoreError::Index { name: name.clone(), err: source })?;
+        let index = Index::decode(&data).map_err(|source| StoreError::Index {
+            name: name.clone(),
+            err: source,
+        })?;
         for c in &index.chunks {
             if !done.insert(c.id) {
                 continue;
@@ -311,10 +381,19 @@ pub fn push(local: &Store, dest: &Path, images: &[String]) -> Result<PushReport,
             let from = local.chunk_path(&c.id);
             let tmp = to.with_file_name(format!(".{}.push.{}", c.id, std::process::id()));
             let copied = fs::copy(&from, &tmp).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => StoreError::MissingChunk { chunk: c.id, path: src.clone() },
-                _ => StoreError::Io { path: from.clone(), err: e },
+                std::io::ErrorKind::NotFound => StoreError::MissingChunk {
+                    chunk: c.id,
+                    path: src.clone(),
+                },
+                _ => StoreError::Io {
+                    path: from.clone(),
+                    err: e,
+                },
             })?;
-            fs::rename(&tmp, &to).map_err(|e| StoreError::Io { path: to.clone(), err: e })?;
+            fs::rename(&tmp, &to).map_err(|e| StoreError::Io {
+                path: to.clone(),
+                err: e,
+            })?;
             report.copied_chunks += 1;
             report.copied_bytes += copied;
         }
@@ -324,9 +403,15 @@ pub fn push(local: &Store, dest: &Path, images: &[String]) -> Result<PushReport,
     sync(target.dir())?;
     for (path, data) in indexes {
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(|e| StoreError::Io { path: parent.to_path_buf(), err: e })?;
+            fs::create_dir_all(parent).map_err(|e| StoreError::Io {
+                path: parent.to_path_buf(),
+                err: e,
+            })?;
         }
-        crate::atomic::write(&path, &data).map_err(|e| StoreError::Io { path: path.clone(), err: e })?;
+        crate::atomic::write(&path, &data).map_err(|e| StoreError::Io {
+            path: path.clone(),
+            err: e,
+        })?;
     }
     Ok(report)
 }

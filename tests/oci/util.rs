@@ -32,7 +32,9 @@ fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
     let fd = std::os::fd::AsFd::as_fd(&dir);
     let mut out = BTreeMap::new();
     for attr in warren::sys::llistxattr_at(fd, name).expect("llistxattr") {
-        let value = warren::sys::lgetxattr_at(fd, name, &attr).expect("lgetxattr").unwrap_or_default();
+        let value = warren::sys::lgetxattr_at(fd, name, &attr)
+            .expect("lgetxattr")
+            .unwrap_or_default();
         out.insert(attr.to_string_lossy().into_owned(), value);
     }
     out
@@ -54,11 +56,21 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Snap> {
             }
             "dir".to_string()
         } else if ft.is_symlink() {
-            format!("symlink -> {}", fs::read_link(&path).expect("readlink").display())
+            format!(
+                "symlink -> {}",
+                fs::read_link(&path).expect("readlink").display()
+            )
         } else if ft.is_file() {
-            content = Some(blake3::hash(&fs::read(&path).expect("read file")).to_hex().to_string());
+            content = Some(
+                blake3::hash(&fs::read(&path).expect("read file"))
+                    .to_hex()
+                    .to_string(),
+            );
             if m.nlink() > 1 {
-                inodes.entry((m.dev(), m.ino())).or_default().push(rel.clone());
+                inodes
+                    .entry((m.dev(), m.ino()))
+                    .or_default()
+                    .push(rel.clone());
             }
             "file".to_string()
         } else {
@@ -81,7 +93,11 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Snap> {
             uid: m.uid(),
             gid: m.gid(),
             mtime,
-            xattrs: if ft.is_symlink() { BTreeMap::new() } else { xattrs(&path) },
+            xattrs: if ft.is_symlink() {
+                BTreeMap::new()
+            } else {
+                xattrs(&path)
+            },
             content,
             link_group: None,
         };
@@ -109,7 +125,10 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
     for (p, s) in &a {
         match b.get(p) {
             None => diffs.push(format!("missing {}: {s:?}", p.display())),
-            Some(t) if t != s => diffs.push(format!("differs {}:\n  expected {s:?}\n  actual   {t:?}", p.display())),
+            Some(t) if t != s => diffs.push(format!(
+                "differs {}:\n  expected {s:?}\n  actual   {t:?}",
+                p.display()
+            )),
             _ => {}
         }
     }
@@ -157,32 +176,65 @@ pub fn build_layout(work: &Path) -> PathBuf {
     let r = bundle.join("rootfs");
 
     // Layer 1.
-    write(&r.join("etc/passwd"), b"root:x:0:0::/root:/bin/sh\n", 0o644, (0, 0));
+    write(
+        &r.join("etc/passwd"),
+        b"root:x:0:0::/root:/bin/sh\n",
+        0o644,
+        (0, 0),
+    );
     write(&r.join("etc/shadow"), b"root:*:1::::::\n", 0o640, (0, 42));
-    write(&r.join("usr/bin/tool"), b"#!/bin/sh\necho tool\n", 0o4755, (0, 0));
-    ok(Command::new("setcap").arg("cap_net_raw+ep").arg(r.join("usr/bin/tool")));
+    write(
+        &r.join("usr/bin/tool"),
+        b"#!/bin/sh\necho tool\n",
+        0o4755,
+        (0, 0),
+    );
+    ok(Command::new("setcap")
+        .arg("cap_net_raw+ep")
+        .arg(r.join("usr/bin/tool")));
     symlink("tool", r.join("usr/bin/sh")).expect("symlink");
     fs::create_dir_all(r.join("usr/lib")).expect("mkdir");
     symlink("usr/lib", r.join("lib")).expect("symlink");
     symlink("/nonexistent/../../etc/shadow", r.join("dangling")).expect("symlink");
-    write(&r.join("home/user/.profile"), b"export X=1\n", 0o600, (1000, 1000));
+    write(
+        &r.join("home/user/.profile"),
+        b"export X=1\n",
+        0o600,
+        (1000, 1000),
+    );
     fs::set_permissions(r.join("home/user"), fs::Permissions::from_mode(0o700)).expect("chmod");
     std::os::unix::fs::lchown(r.join("home/user"), Some(1000), Some(1000)).expect("chown");
     write(&r.join("data/a.txt"), b"shared bytes\n", 0o644, (7, 8));
     fs::hard_link(r.join("data/a.txt"), r.join("data/a-link.txt")).expect("hard link");
     fs::hard_link(r.join("data/a.txt"), r.join("usr/a-elsewhere")).expect("hard link");
     xattr_set(&r.join("data/a.txt"), "user.test", b"hello");
-    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     write(&r.join("data/big.bin"), &big, 0o644, (0, 0));
     write(&r.join("old/x"), b"x", 0o644, (0, 0));
     write(&r.join("old/sub/y"), b"y", 0o644, (0, 0));
     write(&r.join("gone.txt"), b"gone", 0o644, (0, 0));
-    write(&r.join("opt/lower-only"), b"hidden by the opaque layer", 0o644, (0, 0));
-    nix::unistd::mkfifo(&r.join("run-fifo"), nix::sys::stat::Mode::from_bits_truncate(0o620)).expect("mkfifo");
+    write(
+        &r.join("opt/lower-only"),
+        b"hidden by the opaque layer",
+        0o644,
+        (0, 0),
+    );
+    nix::unistd::mkfifo(
+        &r.join("run-fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o620),
+    )
+    .expect("mkfifo");
     ok(umoci().args(["repack", "--image", &image]).arg(&bundle));
 
     // Layer 2: additions and changes.
-    write(&r.join("etc/passwd"), b"root:x:0:0::/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n", 0o644, (0, 0));
+    write(
+        &r.join("etc/passwd"),
+        b"root:x:0:0::/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n",
+        0o644,
+        (0, 0),
+    );
     write(&r.join("opt/app/bin"), b"\x7fELF pretend", 0o755, (0, 0));
     std::os::unix::fs::lchown(r.join("etc/shadow"), Some(0), Some(0)).expect("chown");
     fs::set_permissions(r.join("old/sub"), fs::Permissions::from_mode(0o750)).expect("chmod");
@@ -202,23 +254,33 @@ pub fn build_layout(work: &Path) -> PathBuf {
     h.set_mode(0o755);
     h.set_mtime(1_700_000_000);
     h.set_size(0);
-    b.append_data(&mut h.clone(), "opt/", std::io::empty()).expect("tar");
+    b.append_data(&mut h.clone(), "opt/", std::io::empty())
+        .expect("tar");
     h.set_entry_type(tar::EntryType::Regular);
     h.set_mode(0o644);
     h.set_size(0);
-    b.append_data(&mut h.clone(), "opt/.wh..wh..opq", std::io::empty()).expect("tar");
+    b.append_data(&mut h.clone(), "opt/.wh..wh..opq", std::io::empty())
+        .expect("tar");
     h.set_size(4);
-    b.append_data(&mut h, "opt/new", &b"new\n"[..]).expect("tar");
+    b.append_data(&mut h, "opt/new", &b"new\n"[..])
+        .expect("tar");
     b.into_inner().expect("finish tar");
-    ok(umoci().args(["raw", "add-layer", "--image", &image]).arg(&tar_path));
+    ok(umoci()
+        .args(["raw", "add-layer", "--image", &image])
+        .arg(&tar_path));
     layout
 }
 
 pub fn xattr_set(path: &Path, name: &str, value: &[u8]) {
     let dir = fs::File::open(path.parent().expect("parent")).expect("open parent");
     let name_c = std::ffi::CString::new(name).expect("xattr name");
-    warren::sys::lsetxattr_at(std::os::fd::AsFd::as_fd(&dir), path.file_name().expect("name"), &name_c, value)
-        .expect("setxattr");
+    warren::sys::lsetxattr_at(
+        std::os::fd::AsFd::as_fd(&dir),
+        path.file_name().expect("name"),
+        &name_c,
+        value,
+    )
+    .expect("setxattr");
 }
 
 /// `umoci unpack` of `image` into `work/NAME`; returns its rootfs.

@@ -41,17 +41,25 @@ impl Digest {
             _ => return None,
         };
         let ok = hex.len() == len && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        ok.then(|| Digest { algorithm, hex: hex.to_string() })
+        ok.then(|| Digest {
+            algorithm,
+            hex: hex.to_string(),
+        })
     }
 
     /// The sha256 digest of `data`.
     pub fn sha256(data: &[u8]) -> Digest {
-        Digest { algorithm: Algorithm::Sha256, hex: hex::encode(sha2::Sha256::digest(data)) }
+        Digest {
+            algorithm: Algorithm::Sha256,
+            hex: hex::encode(sha2::Sha256::digest(data)),
+        }
     }
 
     /// `blobs/ALG/HEX`, relative to an OCI layout.
     pub fn blob_path(&self) -> PathBuf {
-        Path::new("blobs").join(self.algorithm.name()).join(&self.hex)
+        Path::new("blobs")
+            .join(self.algorithm.name())
+            .join(&self.hex)
     }
 }
 
@@ -91,8 +99,14 @@ impl Hasher {
 
     pub fn finish(self) -> Digest {
         match self {
-            Hasher::Sha256(h) => Digest { algorithm: Algorithm::Sha256, hex: hex::encode(h.finalize()) },
-            Hasher::Sha512(h) => Digest { algorithm: Algorithm::Sha512, hex: hex::encode(h.finalize()) },
+            Hasher::Sha256(h) => Digest {
+                algorithm: Algorithm::Sha256,
+                hex: hex::encode(h.finalize()),
+            },
+            Hasher::Sha512(h) => Digest {
+                algorithm: Algorithm::Sha512,
+                hex: hex::encode(h.finalize()),
+            },
         }
     }
 }
@@ -106,7 +120,11 @@ pub struct Hashing<R> {
 
 impl<R: Read> Hashing<R> {
     pub fn new(inner: R, algorithm: Option<Algorithm>) -> Self {
-        Hashing { inner, hasher: algorithm.map(Hasher::new), bytes: 0 }
+        Hashing {
+            inner,
+            hasher: algorithm.map(Hasher::new),
+            bytes: 0,
+        }
     }
 
     /// Reads what is left (the padding after a tar's end marker counts too), then returns
@@ -143,9 +161,15 @@ pub fn detect<R: BufRead>(reader: &mut R) -> io::Result<Compression> {
     Ok(match head {
         [0x1f, 0x8b, ..] => Compression::Gzip,
         [0x28, 0xb5, 0x2f, 0xfd, ..] => Compression::Zstd,
-        [b'B', b'Z', b'h', ..] => return Err(io::Error::other("bzip2-compressed; recompress with gzip or zstd")),
+        [b'B', b'Z', b'h', ..] => {
+            return Err(io::Error::other(
+                "bzip2-compressed; recompress with gzip or zstd",
+            ));
+        }
         [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => {
-            return Err(io::Error::other("xz-compressed; recompress with gzip or zstd"));
+            return Err(io::Error::other(
+                "xz-compressed; recompress with gzip or zstd",
+            ));
         }
         _ => Compression::None,
     })
@@ -198,11 +222,23 @@ pub struct Opened<'a> {
 /// Opens a blob decompressed; with `verify`, hashes both the stored bytes and the tar so
 /// [`verify`] can compare them with the descriptor and the diff id.
 pub fn open(blob: &Blob, verify: bool) -> io::Result<(Opened<'static>, RawCheck)> {
-    let raw = Hashing::new(blob.open_raw()?, blob.digest.as_ref().filter(|_| verify).map(|d| d.algorithm));
+    let raw = Hashing::new(
+        blob.open_raw()?,
+        blob.digest.as_ref().filter(|_| verify).map(|d| d.algorithm),
+    );
     let shared = std::sync::Arc::new(std::sync::Mutex::new(None));
-    let raw = Finishing { inner: Some(raw), out: shared.clone() };
+    let raw = Finishing {
+        inner: Some(raw),
+        out: shared.clone(),
+    };
     let tar = decompress(BufReader::with_capacity(1 << 20, raw))?;
-    let tar = Hashing::new(tar, blob.diff_id.as_ref().filter(|_| verify).map(|d| d.algorithm));
+    let tar = Hashing::new(
+        tar,
+        blob.diff_id
+            .as_ref()
+            .filter(|_| verify)
+            .map(|d| d.algorithm),
+    );
     Ok((Opened { tar }, RawCheck(shared)))
 }
 
@@ -219,7 +255,9 @@ struct Finishing {
 
 impl Read for Finishing {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(inner) = &mut self.inner else { return Ok(0) };
+        let Some(inner) = &mut self.inner else {
+            return Ok(0);
+        };
         let n = inner.read(buf)?;
         if n == 0 && !buf.is_empty() {
             if let Some(done) = self.inner.take() {
@@ -237,11 +275,23 @@ impl Read for Finishing {
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error("layer {name}: digest is {actual}, its descriptor says {expected}")]
-    Digest { name: String, expected: Digest, actual: Digest },
+    Digest {
+        name: String,
+        expected: Digest,
+        actual: Digest,
+    },
     #[error("layer {name}: uncompressed digest is {actual}, the config's diff_id says {expected}")]
-    DiffId { name: String, expected: Digest, actual: Digest },
+    DiffId {
+        name: String,
+        expected: Digest,
+        actual: Digest,
+    },
     #[error("layer {name}: {actual} bytes, its descriptor says {expected}")]
-    Size { name: String, expected: u64, actual: u64 },
+    Size {
+        name: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("layer {name}: {err}")]
     Io { name: String, err: io::Error },
 }
@@ -249,25 +299,42 @@ pub enum VerifyError {
 /// After the tar stream was read: drains both streams to their ends and compares the
 /// digests and size with what `blob` expects.
 pub fn verify(blob: &Blob, opened: Opened<'_>, raw: RawCheck) -> Result<(), VerifyError> {
-    let io_err = |source| VerifyError::Io { name: blob.name.clone(), err: source };
+    let io_err = |source| VerifyError::Io {
+        name: blob.name.clone(),
+        err: source,
+    };
     let (diff, _) = opened.tar.finish().map_err(io_err)?;
     let raw = raw.0.lock().ok().and_then(|mut r| r.take());
     let Some((digest, len)) = raw else {
-        return Err(io_err(io::Error::other("trailing data after the compressed stream")));
+        return Err(io_err(io::Error::other(
+            "trailing data after the compressed stream",
+        )));
     };
     if let (Some(expected), Some(actual)) = (&blob.digest, digest) {
         if *expected != actual {
-            return Err(VerifyError::Digest { name: blob.name.clone(), expected: expected.clone(), actual });
+            return Err(VerifyError::Digest {
+                name: blob.name.clone(),
+                expected: expected.clone(),
+                actual,
+            });
         }
     }
     if let Some(expected) = blob.size {
         if expected != len {
-            return Err(VerifyError::Size { name: blob.name.clone(), expected, actual: len });
+            return Err(VerifyError::Size {
+                name: blob.name.clone(),
+                expected,
+                actual: len,
+            });
         }
     }
     if let (Some(expected), Some(actual)) = (&blob.diff_id, diff) {
         if *expected != actual {
-            return Err(VerifyError::DiffId { name: blob.name.clone(), expected: expected.clone(), actual });
+            return Err(VerifyError::DiffId {
+                name: blob.name.clone(),
+                expected: expected.clone(),
+                actual,
+            });
         }
     }
     Ok(())
@@ -276,14 +343,21 @@ pub fn verify(blob: &Blob, opened: Opened<'_>, raw: RawCheck) -> Result<(), Veri
 /// Hashes a blob's stored bytes and compares them with its descriptor: the root cause to
 /// report when a layer fails to decompress or parse.
 pub fn check_raw(blob: &Blob) -> Result<(), VerifyError> {
-    let Some(expected) = &blob.digest else { return Ok(()) };
-    let io_err = |source| VerifyError::Io { name: blob.name.clone(), err: source };
+    let Some(expected) = &blob.digest else {
+        return Ok(());
+    };
+    let io_err = |source| VerifyError::Io {
+        name: blob.name.clone(),
+        err: source,
+    };
     let raw = Hashing::new(blob.open_raw().map_err(io_err)?, Some(expected.algorithm));
     let (actual, _) = raw.finish().map_err(io_err)?;
     match actual {
-        Some(actual) if actual != *expected => {
-            Err(VerifyError::Digest { name: blob.name.clone(), expected: expected.clone(), actual })
-        }
+        Some(actual) if actual != *expected => Err(VerifyError::Digest {
+            name: blob.name.clone(),
+            expected: expected.clone(),
+            actual,
+        }),
         _ => Ok(()),
     }
 }
@@ -314,10 +388,17 @@ mod tests {
             e.finish().unwrap()
         };
         let zs = zstd::encode_all(&data[..], 1).unwrap();
-        for (input, kind) in [(&data[..], Compression::None), (&gz[..], Compression::Gzip), (&zs[..], Compression::Zstd)] {
+        for (input, kind) in [
+            (&data[..], Compression::None),
+            (&gz[..], Compression::Gzip),
+            (&zs[..], Compression::Zstd),
+        ] {
             assert_eq!(detect(&mut BufReader::new(input)).unwrap(), kind);
             let mut out = Vec::new();
-            decompress(BufReader::new(input)).unwrap().read_to_end(&mut out).unwrap();
+            decompress(BufReader::new(input))
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
             assert_eq!(out, data);
         }
         assert!(detect(&mut BufReader::new(&b"BZh91AY"[..])).is_err());

@@ -41,11 +41,20 @@ pub struct Meta {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeKind {
     /// A regular file whose bytes are those of `member`.
-    File { size: u64, member: Member },
+    File {
+        size: u64,
+        member: Member,
+    },
     Dir,
-    Symlink { target: Vec<u8> },
-    Char { rdev: u64 },
-    Block { rdev: u64 },
+    Symlink {
+        target: Vec<u8>,
+    },
+    Char {
+        rdev: u64,
+    },
+    Block {
+        rdev: u64,
+    },
     Fifo,
 }
 
@@ -144,7 +153,10 @@ fn show(path: &[u8]) -> String {
 /// Normalizes an archived path: drops `.` and empty components (so `./a//b/` is `a/b`),
 /// refuses `..` and absolute paths.
 pub fn normalize(raw: &[u8], limits: &Limits) -> Result<RelPath, LayerError> {
-    let unsafe_path = |reason| LayerError::Unsafe { path: show(raw), reason };
+    let unsafe_path = |reason| LayerError::Unsafe {
+        path: show(raw),
+        reason,
+    };
     if raw.len() > limits.max_path_len {
         return Err(unsafe_path("path too long"));
     }
@@ -219,7 +231,12 @@ pub fn decode<R: Read>(
     let path = entry.path_bytes().into_owned();
     let header = entry.header();
     let et = header.entry_type();
-    let link = || entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
+    let link = || {
+        entry
+            .link_name_bytes()
+            .map(|l| l.into_owned())
+            .unwrap_or_default()
+    };
     let rdev = || {
         let major = header.device_major().ok().flatten().unwrap_or(0);
         let minor = header.device_minor().ok().flatten().unwrap_or(0);
@@ -235,7 +252,10 @@ pub fn decode<R: Read>(
         T::Fifo => HeaderKind::Fifo,
         T::XGlobalHeader => return Ok(None),
         other => {
-            return Err(LayerError::UnsupportedType { path: show(&path), kind: other.as_byte() as char });
+            return Err(LayerError::UnsupportedType {
+                path: show(&path),
+                kind: other.as_byte() as char,
+            });
         }
     };
     // Refuse an absurd size before the stream is skipped (or inflated) past it.
@@ -257,16 +277,25 @@ pub fn decode<R: Read>(
         mtime_nsec: 0,
         xattrs: Vec::new(),
     };
-    let bad = |key: &[u8]| LayerError::BadPax { path: show(&path), key: show(key) };
+    let bad = |key: &[u8]| LayerError::BadPax {
+        path: show(&path),
+        key: show(key),
+    };
     if let Some(pax) = entry.pax_extensions()? {
         for ext in pax {
             let ext = ext?;
             let (key, value) = (ext.key_bytes(), ext.value_bytes());
-            let number = || std::str::from_utf8(value).ok().and_then(|v| v.parse::<u32>().ok());
+            let number = || {
+                std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse::<u32>().ok())
+            };
             match key {
                 b"uid" => meta.uid = number().ok_or_else(|| bad(key))?,
                 b"gid" => meta.gid = number().ok_or_else(|| bad(key))?,
-                b"mtime" => (meta.mtime, meta.mtime_nsec) = pax_time(value).ok_or_else(|| bad(key))?,
+                b"mtime" => {
+                    (meta.mtime, meta.mtime_nsec) = pax_time(value).ok_or_else(|| bad(key))?
+                }
                 _ => {
                     if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                         if value.len() > limits.max_xattr_size {
@@ -285,7 +314,12 @@ pub fn decode<R: Read>(
     }
     meta.xattrs.sort();
     meta.xattrs.dedup_by(|a, b| a.0 == b.0);
-    Ok(Some(Header { index, path, kind, meta }))
+    Ok(Some(Header {
+        index,
+        path,
+        kind,
+        meta,
+    }))
 }
 
 /// Parses a pax time `SECONDS[.FRACTION]` (possibly negative) into seconds and nanoseconds.
@@ -342,7 +376,10 @@ impl Tree {
         Tree {
             limits,
             allow_devices,
-            root: Meta { mode: 0o755, ..Meta::default() },
+            root: Meta {
+                mode: 0o755,
+                ..Meta::default()
+            },
             nodes: BTreeMap::new(),
             entries: 0,
             total_size: 0,
@@ -388,7 +425,14 @@ impl Tree {
             if base(&path).starts_with(WHITEOUT) {
                 continue;
             }
-            self.add(Member { layer, index: h.index }, h, path)?;
+            self.add(
+                Member {
+                    layer,
+                    index: h.index,
+                },
+                h,
+                path,
+            )?;
         }
         Ok(())
     }
@@ -404,24 +448,43 @@ impl Tree {
             match self.nodes.get(dir).map(|n| &n.kind) {
                 Some(NodeKind::Dir) => {}
                 Some(NodeKind::Symlink { .. }) => {
-                    return Err(LayerError::ThroughSymlink { path: show(path), parent: show(dir) });
+                    return Err(LayerError::ThroughSymlink {
+                        path: show(path),
+                        parent: show(dir),
+                    });
                 }
                 Some(_) => {
-                    return Err(LayerError::ParentNotDir { path: show(path), parent: show(dir) });
+                    return Err(LayerError::ParentNotDir {
+                        path: show(path),
+                        parent: show(dir),
+                    });
                 }
                 None => missing.push(dir.to_vec()),
             }
             end += 1;
         }
         for dir in missing {
-            let meta = Meta { mode: 0o755, ..Meta::default() };
-            self.nodes.insert(dir, Node { kind: NodeKind::Dir, meta });
+            let meta = Meta {
+                mode: 0o755,
+                ..Meta::default()
+            };
+            self.nodes.insert(
+                dir,
+                Node {
+                    kind: NodeKind::Dir,
+                    meta,
+                },
+            );
         }
         Ok(())
     }
 
     fn remove_children(&mut self, dir: &[u8]) {
-        let prefix = if dir.is_empty() { Vec::new() } else { join(dir, b"") };
+        let prefix = if dir.is_empty() {
+            Vec::new()
+        } else {
+            join(dir, b"")
+        };
         let doomed: Vec<RelPath> = self
             .nodes
             .range(prefix.clone()..)
@@ -450,18 +513,32 @@ impl Tree {
         }
         let kind = match &h.kind {
             HeaderKind::File { size } => {
-                let too_large = |what, size, limit| LayerError::TooLarge { path: show(&path), what, size, limit };
+                let too_large = |what, size, limit| LayerError::TooLarge {
+                    path: show(&path),
+                    what,
+                    size,
+                    limit,
+                };
                 if *size > self.limits.max_file_size {
                     return Err(too_large("file size", *size, self.limits.max_file_size));
                 }
                 self.total_size = self.total_size.saturating_add(*size);
                 if self.total_size > self.limits.max_total_size {
-                    return Err(too_large("total size", self.total_size, self.limits.max_total_size));
+                    return Err(too_large(
+                        "total size",
+                        self.total_size,
+                        self.limits.max_total_size,
+                    ));
                 }
-                NodeKind::File { size: *size, member }
+                NodeKind::File {
+                    size: *size,
+                    member,
+                }
             }
             HeaderKind::Dir => NodeKind::Dir,
-            HeaderKind::Symlink { target } => NodeKind::Symlink { target: target.clone() },
+            HeaderKind::Symlink { target } => NodeKind::Symlink {
+                target: target.clone(),
+            },
             HeaderKind::Char { rdev } | HeaderKind::Block { rdev } if !self.allow_devices => {
                 let _ = rdev;
                 self.warnings.push(format!(
@@ -476,7 +553,10 @@ impl Tree {
             HeaderKind::Block { rdev } => NodeKind::Block { rdev: *rdev },
             HeaderKind::Fifo => NodeKind::Fifo,
             HeaderKind::Hardlink { target } => {
-                let outside = || LayerError::HardlinkOutside { path: show(&path), target: show(target) };
+                let outside = || LayerError::HardlinkOutside {
+                    path: show(&path),
+                    target: show(target),
+                };
                 let target = normalize(target, &self.limits).map_err(|_| outside())?;
                 // Every key's parents are directories, so a hit cannot go through a symlink.
                 let node = match self.nodes.get(&target) {
@@ -509,7 +589,14 @@ impl Tree {
     fn put(&mut self, path: RelPath, node: Node) {
         let is_dir = node.kind == NodeKind::Dir;
         let old = self.nodes.insert(path.clone(), node);
-        if matches!(old, Some(Node { kind: NodeKind::Dir, .. })) && !is_dir {
+        if matches!(
+            old,
+            Some(Node {
+                kind: NodeKind::Dir,
+                ..
+            })
+        ) && !is_dir
+        {
             self.remove_children(&path);
         }
     }
@@ -534,7 +621,13 @@ impl Tree {
             }
             nodes.push((path, node));
         }
-        Plan { root: self.root, nodes, hardlinks, content, warnings: self.warnings }
+        Plan {
+            root: self.root,
+            nodes,
+            hardlinks,
+            content,
+            warnings: self.warnings,
+        }
     }
 }
 
@@ -543,11 +636,19 @@ mod tests {
     use super::*;
 
     fn meta(mode: u32) -> Meta {
-        Meta { mode, ..Meta::default() }
+        Meta {
+            mode,
+            ..Meta::default()
+        }
     }
 
     fn h(index: usize, path: &str, kind: HeaderKind) -> Header {
-        Header { index, path: path.as_bytes().to_vec(), kind, meta: meta(0o644) }
+        Header {
+            index,
+            path: path.as_bytes().to_vec(),
+            kind,
+            meta: meta(0o644),
+        }
     }
 
     fn file(index: usize, path: &str) -> Header {
@@ -559,11 +660,23 @@ mod tests {
     }
 
     fn link(index: usize, path: &str, target: &str) -> Header {
-        h(index, path, HeaderKind::Hardlink { target: target.as_bytes().to_vec() })
+        h(
+            index,
+            path,
+            HeaderKind::Hardlink {
+                target: target.as_bytes().to_vec(),
+            },
+        )
     }
 
     fn sym(index: usize, path: &str, target: &str) -> Header {
-        h(index, path, HeaderKind::Symlink { target: target.as_bytes().to_vec() })
+        h(
+            index,
+            path,
+            HeaderKind::Symlink {
+                target: target.as_bytes().to_vec(),
+            },
+        )
     }
 
     fn merge(layers: &[Vec<Header>]) -> Result<Plan, LayerError> {
@@ -583,9 +696,18 @@ mod tests {
         let l = Limits::default();
         assert_eq!(normalize(b"./a//b/./c/", &l).unwrap(), b"a/b/c");
         assert_eq!(normalize(b"./", &l).unwrap(), b"");
-        assert!(matches!(normalize(b"/etc/passwd", &l), Err(LayerError::Unsafe { .. })));
-        assert!(matches!(normalize(b"a/../../x", &l), Err(LayerError::Unsafe { .. })));
-        assert!(matches!(normalize(b"..", &l), Err(LayerError::Unsafe { .. })));
+        assert!(matches!(
+            normalize(b"/etc/passwd", &l),
+            Err(LayerError::Unsafe { .. })
+        ));
+        assert!(matches!(
+            normalize(b"a/../../x", &l),
+            Err(LayerError::Unsafe { .. })
+        ));
+        assert!(matches!(
+            normalize(b"..", &l),
+            Err(LayerError::Unsafe { .. })
+        ));
         assert_eq!(normalize(b"a/..b/c..", &l).unwrap(), b"a/..b/c..");
     }
 
@@ -612,12 +734,21 @@ mod tests {
         let plan = merge(&[base, top]).unwrap();
         assert_eq!(paths(&plan), ["etc", "etc/b", "keep", "opt", "opt/new"]);
         assert_eq!(plan.content[0].len(), 2); // etc/b and keep
-        assert_eq!(plan.content[1].get(&1).map(|p| show(p)), Some("opt/new".into()));
+        assert_eq!(
+            plan.content[1].get(&1).map(|p| show(p)),
+            Some("opt/new".into())
+        );
     }
 
     #[test]
     fn whiteout_of_a_directory_removes_its_subtree_and_it_can_come_back() {
-        let base = vec![dir(0, "d"), file(1, "d/x"), dir(2, "d/e"), file(3, "d/e/y"), file(4, "dx")];
+        let base = vec![
+            dir(0, "d"),
+            file(1, "d/x"),
+            dir(2, "d/e"),
+            file(3, "d/e/y"),
+            file(4, "dx"),
+        ];
         let top = vec![file(0, ".wh.d"), dir(1, "d"), file(2, "d/z")];
         let plan = merge(&[base, top]).unwrap();
         assert_eq!(paths(&plan), ["d", "d/z", "dx"]);
@@ -629,11 +760,21 @@ mod tests {
         let top = vec![file(0, "d")];
         let plan = merge(&[base, top]).unwrap();
         assert_eq!(paths(&plan), ["d"]);
-        assert!(matches!(plan.nodes[0].1.kind, NodeKind::File { member: Member { layer: 1, index: 0 }, .. }));
+        assert!(matches!(
+            plan.nodes[0].1.kind,
+            NodeKind::File {
+                member: Member { layer: 1, index: 0 },
+                ..
+            }
+        ));
         // And a directory over a directory keeps them, with the new metadata.
         let base = vec![dir(0, "d"), file(1, "d/x")];
         let mut top = dir(0, "d");
-        top.meta = Meta { mode: 0o700, uid: 5, ..Meta::default() };
+        top.meta = Meta {
+            mode: 0o700,
+            uid: 5,
+            ..Meta::default()
+        };
         let plan = merge(&[base, vec![top]]).unwrap();
         assert_eq!(paths(&plan), ["d", "d/x"]);
         assert_eq!(plan.nodes[0].1.meta.uid, 5);
@@ -651,7 +792,11 @@ mod tests {
         // Without the deletion the group stays a group.
         let plan = merge(&[vec![file(0, "a"), link(1, "b", "a"), link(2, "c", "a")]]).unwrap();
         assert_eq!(paths(&plan), ["a"]);
-        let links: Vec<_> = plan.hardlinks.iter().map(|(p, t)| (show(p), show(t))).collect();
+        let links: Vec<_> = plan
+            .hardlinks
+            .iter()
+            .map(|(p, t)| (show(p), show(t)))
+            .collect();
         assert_eq!(links, [("b".into(), "a".into()), ("c".into(), "a".into())]);
         // A hardlink to a file of a lower layer.
         let plan = merge(&[vec![file(0, "a")], vec![link(0, "b", "a")]]).unwrap();
@@ -661,8 +806,14 @@ mod tests {
     #[test]
     fn hostile_entries_are_refused() {
         let refused = |layers: &[Vec<Header>]| merge(layers).unwrap_err();
-        assert!(matches!(refused(&[vec![file(0, "../evil")]]), LayerError::Unsafe { .. }));
-        assert!(matches!(refused(&[vec![file(0, "/etc/passwd")]]), LayerError::Unsafe { .. }));
+        assert!(matches!(
+            refused(&[vec![file(0, "../evil")]]),
+            LayerError::Unsafe { .. }
+        ));
+        assert!(matches!(
+            refused(&[vec![file(0, "/etc/passwd")]]),
+            LayerError::Unsafe { .. }
+        ));
         assert!(matches!(
             refused(&[vec![link(0, "x", "/etc/shadow")]]),
             LayerError::HardlinkOutside { .. }
@@ -671,7 +822,10 @@ mod tests {
             refused(&[vec![link(0, "x", "../../etc/shadow")]]),
             LayerError::HardlinkOutside { .. }
         ));
-        assert!(matches!(refused(&[vec![link(0, "x", "missing")]]), LayerError::HardlinkOutside { .. }));
+        assert!(matches!(
+            refused(&[vec![link(0, "x", "missing")]]),
+            LayerError::HardlinkOutside { .. }
+        ));
         assert!(matches!(
             refused(&[vec![dir(0, "d"), link(1, "x", "d")]]),
             LayerError::HardlinkOutside { .. }
@@ -693,10 +847,16 @@ mod tests {
             refused(&[vec![file(0, "f"), file(1, "f/x")]]),
             LayerError::ParentNotDir { .. }
         ));
-        assert!(matches!(refused(&[vec![file(0, "d/.wh..")]]), LayerError::Unsafe { .. }));
+        assert!(matches!(
+            refused(&[vec![file(0, "d/.wh..")]]),
+            LayerError::Unsafe { .. }
+        ));
         let mut huge = file(0, "big");
         huge.kind = HeaderKind::File { size: 1 << 50 };
-        assert!(matches!(refused(&[vec![huge]]), LayerError::TooLarge { .. }));
+        assert!(matches!(
+            refused(&[vec![huge]]),
+            LayerError::TooLarge { .. }
+        ));
         // A symlink itself may point anywhere: it is data.
         let plan = merge(&[vec![sym(0, "l", "../../../../etc/shadow")]]).unwrap();
         assert_eq!(paths(&plan), ["l"]);
@@ -710,11 +870,23 @@ mod tests {
             (b"trusted.overlay.redirect".to_vec(), b"/etc".to_vec()),
             (b"user.keep".to_vec(), b"1".to_vec()),
         ];
-        let layer = vec![h(0, "dev/null", HeaderKind::Char { rdev: libc::makedev(1, 3) }), f];
+        let layer = vec![
+            h(
+                0,
+                "dev/null",
+                HeaderKind::Char {
+                    rdev: libc::makedev(1, 3),
+                },
+            ),
+            f,
+        ];
         tree.apply_layer(0, &layer).unwrap();
         let plan = tree.finish(1);
         assert_eq!(paths(&plan), ["dev", "f"]);
-        assert_eq!(plan.nodes[1].1.meta.xattrs, [(b"user.keep".to_vec(), b"1".to_vec())]);
+        assert_eq!(
+            plan.nodes[1].1.meta.xattrs,
+            [(b"user.keep".to_vec(), b"1".to_vec())]
+        );
         assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
     }
 
@@ -733,11 +905,13 @@ mod tests {
             ("mtime", b"1700000000.25".as_slice()),
         ])
         .unwrap();
-        b.append_data(&mut hd, "a/very/long/".repeat(20) + "name", &b"abc"[..]).unwrap();
+        b.append_data(&mut hd, "a/very/long/".repeat(20) + "name", &b"abc"[..])
+            .unwrap();
         let mut hd = tar::Header::new_gnu();
         hd.set_entry_type(tar::EntryType::Link);
         hd.set_size(0);
-        b.append_link(&mut hd, "hl", "a/very/long/".repeat(20) + "name").unwrap();
+        b.append_link(&mut hd, "hl", "a/very/long/".repeat(20) + "name")
+            .unwrap();
         let data = b.into_inner().unwrap();
         let mut archive = tar::Archive::new(&data[..]);
         let headers = read_headers(&mut archive, &Limits::default()).unwrap();
@@ -745,11 +919,16 @@ mod tests {
         let f = &headers[0];
         assert_eq!(f.kind, HeaderKind::File { size: 3 });
         assert_eq!((f.meta.mode, f.meta.uid, f.meta.gid), (0o4755, 1000, 100));
-        assert_eq!((f.meta.mtime, f.meta.mtime_nsec), (1_700_000_000, 250_000_000));
+        assert_eq!(
+            (f.meta.mtime, f.meta.mtime_nsec),
+            (1_700_000_000, 250_000_000)
+        );
         assert_eq!(f.meta.xattrs, [(b"user.x".to_vec(), b"v".to_vec())]);
         assert_eq!(
             headers[1].kind,
-            HeaderKind::Hardlink { target: ("a/very/long/".repeat(20) + "name").into_bytes() }
+            HeaderKind::Hardlink {
+                target: ("a/very/long/".repeat(20) + "name").into_bytes()
+            }
         );
         assert_eq!(pax_time(b"-1.5"), Some((-2, 500_000_000)));
     }

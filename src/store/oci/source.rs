@@ -29,7 +29,10 @@ pub enum Location {
     /// `oci:DIR[:TAG]`
     Layout { dir: PathBuf, tag: Option<String> },
     /// `docker-archive:FILE[:REF]`
-    DockerArchive { file: PathBuf, reference: Option<String> },
+    DockerArchive {
+        file: PathBuf,
+        reference: Option<String>,
+    },
     /// A directory tree (imported by the store itself).
     Dir(PathBuf),
     /// A tar file, plain or compressed.
@@ -76,9 +79,15 @@ fn read_limited(mut r: impl Read, what: &str) -> Result<Vec<u8>, OciError> {
     r.by_ref()
         .take(MAX_JSON + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| OciError::Io { path: what.into(), err: e })?;
+        .map_err(|e| OciError::Io {
+            path: what.into(),
+            err: e,
+        })?;
     if buf.len() as u64 > MAX_JSON {
-        return Err(OciError::Invalid { what: what.into(), why: "larger than 16 MiB".into() });
+        return Err(OciError::Invalid {
+            what: what.into(),
+            why: "larger than 16 MiB".into(),
+        });
     }
     Ok(buf)
 }
@@ -97,14 +106,21 @@ fn read_verified(dir: &Path, digest: &Digest) -> Result<Vec<u8>, OciError> {
         h.finish()
     };
     if actual != *digest {
-        return Err(OciError::DigestMismatch { what: path.display().to_string(), expected: digest.to_string(), actual: actual.to_string() });
+        return Err(OciError::DigestMismatch {
+            what: path.display().to_string(),
+            expected: digest.to_string(),
+            actual: actual.to_string(),
+        });
     }
     Ok(data)
 }
 
 /// Opens `rel` inside `dir` without following symlinks out of it.
 fn open_beneath(dir: &Path, rel: &Path) -> Result<File, OciError> {
-    let io_err = |source| OciError::Io { path: dir.join(rel), err: source };
+    let io_err = |source| OciError::Io {
+        path: dir.join(rel),
+        err: source,
+    };
     let root = File::open(dir).map_err(io_err)?;
     let fd = crate::sys::openat2(
         std::os::fd::AsFd::as_fd(&root),
@@ -125,8 +141,10 @@ fn parse_digest(s: &str, what: &str) -> Result<Digest, OciError> {
 }
 
 fn diff_ids(config: &[u8], what: &str) -> Result<Vec<Digest>, OciError> {
-    let parsed = ImageConfiguration::from_reader(config)
-        .map_err(|e| OciError::Invalid { what: what.into(), why: e.to_string() })?;
+    let parsed = ImageConfiguration::from_reader(config).map_err(|e| OciError::Invalid {
+        what: what.into(),
+        why: e.to_string(),
+    })?;
     parsed
         .rootfs()
         .diff_ids()
@@ -154,12 +172,21 @@ pub fn layout(dir: &Path, tag: Option<&str>) -> Result<Source, OciError> {
     let index_path = dir.join("index.json");
     let what = index_path.display().to_string();
     let data = read_limited(open_beneath(dir, Path::new("index.json"))?, &what)?;
-    let index = ImageIndex::from_reader(&data[..]).map_err(|e| OciError::Invalid { what: what.clone(), why: e.to_string() })?;
+    let index = ImageIndex::from_reader(&data[..]).map_err(|e| OciError::Invalid {
+        what: what.clone(),
+        why: e.to_string(),
+    })?;
     let candidates: Vec<_> = index
         .manifests()
         .iter()
         .filter(|m| match tag {
-            Some(t) => m.annotations().as_ref().and_then(|a| a.get(REF_NAME)).map(String::as_str) == Some(t),
+            Some(t) => {
+                m.annotations()
+                    .as_ref()
+                    .and_then(|a| a.get(REF_NAME))
+                    .map(String::as_str)
+                    == Some(t)
+            }
             None => true,
         })
         .collect();
@@ -167,48 +194,89 @@ pub fn layout(dir: &Path, tag: Option<&str>) -> Result<Source, OciError> {
         index
             .manifests()
             .iter()
-            .filter_map(|m| m.annotations().as_ref().and_then(|a| a.get(REF_NAME)).cloned())
+            .filter_map(|m| {
+                m.annotations()
+                    .as_ref()
+                    .and_then(|a| a.get(REF_NAME))
+                    .cloned()
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
     let descriptor = match candidates.as_slice() {
         [one] => *one,
-        [] => return Err(OciError::NoSuchImage { origin: dir.display().to_string(), wanted: tag.unwrap_or("").into(), available: tags() }),
-        _ => return Err(OciError::Ambiguous { origin: dir.display().to_string(), available: tags() }),
+        [] => {
+            return Err(OciError::NoSuchImage {
+                origin: dir.display().to_string(),
+                wanted: tag.unwrap_or("").into(),
+                available: tags(),
+            });
+        }
+        _ => {
+            return Err(OciError::Ambiguous {
+                origin: dir.display().to_string(),
+                available: tags(),
+            });
+        }
     };
     let mut digest = parse_digest(descriptor.digest().as_ref(), &what)?;
     let mut media = descriptor.media_type().clone();
     if media == MediaType::ImageIndex {
         let nested = read_verified(dir, &digest)?;
-        let nested = ImageIndex::from_reader(&nested[..]).map_err(|e| OciError::Invalid { what: digest.to_string(), why: e.to_string() })?;
+        let nested = ImageIndex::from_reader(&nested[..]).map_err(|e| OciError::Invalid {
+            what: digest.to_string(),
+            why: e.to_string(),
+        })?;
         let arch = super::go_arch();
         let pick = nested.manifests().iter().find(|m| {
-            m.platform().as_ref().is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == arch)
+            m.platform().as_ref().is_none_or(|p| {
+                p.os().to_string() == "linux" && p.architecture().to_string() == arch
+            })
         });
         let Some(pick) = pick else {
-            return Err(OciError::NoSuchImage { origin: dir.display().to_string(), wanted: format!("linux/{arch}"), available: "other platforms".into() });
+            return Err(OciError::NoSuchImage {
+                origin: dir.display().to_string(),
+                wanted: format!("linux/{arch}"),
+                available: "other platforms".into(),
+            });
         };
         digest = parse_digest(pick.digest().as_ref(), &digest.to_string())?;
         media = pick.media_type().clone();
     }
-    if media != MediaType::ImageManifest && media != MediaType::Other("application/vnd.docker.distribution.manifest.v2+json".into()) {
-        return Err(OciError::Invalid { what: digest.to_string(), why: format!("unsupported manifest media type {media}") });
+    if media != MediaType::ImageManifest
+        && media != MediaType::Other("application/vnd.docker.distribution.manifest.v2+json".into())
+    {
+        return Err(OciError::Invalid {
+            what: digest.to_string(),
+            why: format!("unsupported manifest media type {media}"),
+        });
     }
     let manifest_data = read_verified(dir, &digest)?;
-    let manifest = ImageManifest::from_reader(&manifest_data[..]).map_err(|e| OciError::Invalid { what: digest.to_string(), why: e.to_string() })?;
+    let manifest =
+        ImageManifest::from_reader(&manifest_data[..]).map_err(|e| OciError::Invalid {
+            what: digest.to_string(),
+            why: e.to_string(),
+        })?;
     let config_digest = parse_digest(manifest.config().digest().as_ref(), &digest.to_string())?;
     let config = read_verified(dir, &config_digest)?;
     let diffs = diff_ids(&config, &config_digest.to_string())?;
     if diffs.len() != manifest.layers().len() {
         return Err(OciError::Invalid {
             what: digest.to_string(),
-            why: format!("{} layers but the config lists {} diff_ids", manifest.layers().len(), diffs.len()),
+            why: format!(
+                "{} layers but the config lists {} diff_ids",
+                manifest.layers().len(),
+                diffs.len()
+            ),
         });
     }
     let mut layers = Vec::new();
     for (layer, diff_id) in manifest.layers().iter().zip(diffs) {
         let d = parse_digest(layer.digest().as_ref(), &digest.to_string())?;
-        is_layer(layer.media_type()).map_err(|why| OciError::Invalid { what: d.to_string(), why })?;
+        is_layer(layer.media_type()).map_err(|why| OciError::Invalid {
+            what: d.to_string(),
+            why,
+        })?;
         // Open now so a blob that is a symlink leading out of the layout is refused.
         drop(open_beneath(dir, &d.blob_path())?);
         layers.push(Blob {
@@ -221,7 +289,10 @@ pub fn layout(dir: &Path, tag: Option<&str>) -> Result<Source, OciError> {
             diff_id: Some(diff_id),
         });
     }
-    Ok(Source { config: Some(config), layers })
+    Ok(Source {
+        config: Some(config),
+        layers,
+    })
 }
 
 #[derive(serde::Deserialize)]
@@ -244,7 +315,10 @@ fn same_reference(full: &str, short: &str) -> bool {
 /// Resolves `docker-archive:FILE[:REF]` (`docker save` / `skopeo copy docker-archive:`):
 /// an uncompressed tar whose members are read in place, by offset.
 pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, OciError> {
-    let io_err = |source| OciError::Io { path: file.to_path_buf(), err: source };
+    let io_err = |source| OciError::Io {
+        path: file.to_path_buf(),
+        err: source,
+    };
     let mut f = File::open(file).map_err(io_err)?;
     let mut members: HashMap<String, (u64, u64)> = HashMap::new();
     let mut small: HashMap<String, Vec<u8>> = HashMap::new();
@@ -252,7 +326,9 @@ pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, Oc
         let mut archive = tar::Archive::new(&mut f);
         for entry in archive.entries_with_seek().map_err(io_err)? {
             let mut entry = entry.map_err(io_err)?;
-            let name = String::from_utf8_lossy(&entry.path_bytes()).trim_start_matches("./").to_string();
+            let name = String::from_utf8_lossy(&entry.path_bytes())
+                .trim_start_matches("./")
+                .to_string();
             let (offset, size) = (entry.raw_file_position(), entry.size());
             if entry.header().entry_type() != tar::EntryType::Regular {
                 continue;
@@ -268,9 +344,16 @@ pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, Oc
     }
     let what = format!("{}:manifest.json", file.display());
     let Some(manifest) = small.get("manifest.json") else {
-        return Err(OciError::Invalid { what, why: "no manifest.json: not a docker archive".into() });
+        return Err(OciError::Invalid {
+            what,
+            why: "no manifest.json: not a docker archive".into(),
+        });
     };
-    let manifests: Vec<DockerManifest> = serde_json::from_slice(manifest).map_err(|e| OciError::Invalid { what: what.clone(), why: e.to_string() })?;
+    let manifests: Vec<DockerManifest> =
+        serde_json::from_slice(manifest).map_err(|e| OciError::Invalid {
+            what: what.clone(),
+            why: e.to_string(),
+        })?;
     let tags = || {
         manifests
             .iter()
@@ -281,39 +364,76 @@ pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, Oc
     let chosen: Vec<&DockerManifest> = match reference {
         Some(r) => manifests
             .iter()
-            .filter(|m| m.repo_tags.as_ref().is_some_and(|t| t.iter().any(|t| same_reference(t, r))))
+            .filter(|m| {
+                m.repo_tags
+                    .as_ref()
+                    .is_some_and(|t| t.iter().any(|t| same_reference(t, r)))
+            })
             .collect(),
         None => manifests.iter().collect(),
     };
     let m = match chosen.as_slice() {
         [one] => *one,
-        [] => return Err(OciError::NoSuchImage { origin: file.display().to_string(), wanted: reference.unwrap_or("").into(), available: tags() }),
-        _ => return Err(OciError::Ambiguous { origin: file.display().to_string(), available: tags() }),
+        [] => {
+            return Err(OciError::NoSuchImage {
+                origin: file.display().to_string(),
+                wanted: reference.unwrap_or("").into(),
+                available: tags(),
+            });
+        }
+        _ => {
+            return Err(OciError::Ambiguous {
+                origin: file.display().to_string(),
+                available: tags(),
+            });
+        }
     };
     let member = |name: &str| name.trim_start_matches("./").to_string();
-    let config = small.get(&member(&m.config)).cloned().ok_or_else(|| OciError::Invalid {
-        what: what.clone(),
-        why: format!("config {} is not in the archive", m.config),
-    })?;
+    let config = small
+        .get(&member(&m.config))
+        .cloned()
+        .ok_or_else(|| OciError::Invalid {
+            what: what.clone(),
+            why: format!("config {} is not in the archive", m.config),
+        })?;
     // The config's name is its sha256 (`HEX.json` or `blobs/sha256/HEX`): check it.
-    let config_hex = Path::new(&m.config).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let config_hex = Path::new(&m.config)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if let Some(expected) = Digest::parse(&format!("sha256:{config_hex}")) {
         let actual = Digest::sha256(&config);
         if actual != expected {
-            return Err(OciError::DigestMismatch { what: m.config.clone(), expected: expected.to_string(), actual: actual.to_string() });
+            return Err(OciError::DigestMismatch {
+                what: m.config.clone(),
+                expected: expected.to_string(),
+                actual: actual.to_string(),
+            });
         }
     }
     let diffs = diff_ids(&config, &m.config)?;
     if diffs.len() != m.layers.len() {
-        return Err(OciError::Invalid { what, why: format!("{} layers but the config lists {} diff_ids", m.layers.len(), diffs.len()) });
+        return Err(OciError::Invalid {
+            what,
+            why: format!(
+                "{} layers but the config lists {} diff_ids",
+                m.layers.len(),
+                diffs.len()
+            ),
+        });
     }
     let mut layers = Vec::new();
     for (name, diff_id) in m.layers.iter().zip(diffs) {
         let Some(&(offset, len)) = members.get(&member(name)) else {
-            return Err(OciError::Invalid { what: what.clone(), why: format!("layer {name} is not in the archive") });
+            return Err(OciError::Invalid {
+                what: what.clone(),
+                why: format!("layer {name} is not in the archive"),
+            });
         };
         // `blobs/sha256/HEX` members are named by the digest of their stored bytes.
-        let digest = name.strip_prefix("blobs/sha256/").and_then(|h| Digest::parse(&format!("sha256:{h}")));
+        let digest = name
+            .strip_prefix("blobs/sha256/")
+            .and_then(|h| Digest::parse(&format!("sha256:{h}")));
         layers.push(Blob {
             name: name.clone(),
             path: file.to_path_buf(),
@@ -324,12 +444,18 @@ pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, Oc
             diff_id: Some(diff_id),
         });
     }
-    Ok(Source { config: Some(config), layers })
+    Ok(Source {
+        config: Some(config),
+        layers,
+    })
 }
 
 /// A tarball (plain, gzip or zstd) as the single layer of an image without config.
 pub fn tarball(file: &Path) -> Result<Source, OciError> {
-    File::open(file).map_err(|source| OciError::Io { path: file.to_path_buf(), err: source })?;
+    File::open(file).map_err(|source| OciError::Io {
+        path: file.to_path_buf(),
+        err: source,
+    })?;
     Ok(Source {
         config: None,
         layers: vec![Blob {
@@ -346,5 +472,8 @@ pub fn tarball(file: &Path) -> Result<Source, OciError> {
 
 /// Reads from an io error into an OciError naming `path`.
 pub fn io_at(path: &Path) -> impl Fn(io::Error) -> OciError + '_ {
-    move |source| OciError::Io { path: path.to_path_buf(), err: source }
+    move |source| OciError::Io {
+        path: path.to_path_buf(),
+        err: source,
+    }
 }
