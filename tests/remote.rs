@@ -50,7 +50,7 @@ http {{
             root = root.display(),
         );
         fs::write(prefix.join("nginx.conf"), conf).unwrap();
-        let child = Command::new(nginx)
+        let mut child = Command::new(nginx)
             .arg("-p")
             .arg(prefix)
             .arg("-c")
@@ -67,6 +67,8 @@ http {{
             }
             std::thread::sleep(std::time::Duration::from_millis(25));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!(
             "nginx did not come up: {}",
             fs::read_to_string(prefix.join("error.log")).unwrap_or_default()
