@@ -14,11 +14,14 @@
 //! ```
 
 pub mod archive;
+pub mod busybox;
 pub mod chunker;
 pub mod chunks;
 pub mod extract;
 pub mod gc;
 pub mod index;
+pub mod oci;
+pub mod remote;
 pub mod writer;
 
 use std::fs::{self, File};

@@ -1,0 +1,134 @@
+//! The embedded default image: a minimal rootfs around Debian's static busybox.
+//!
+//! [`busybox_tree`] lays the tree out in a directory (one binary, an applet symlink for
+//! every entry of `busybox --list-full`, `/etc/passwd`, `/etc/group`, `/tmp`, `/root` and
+//! empty mount points); [`busybox_config`] is its OCI image config (`Cmd ["/bin/sh"]`,
+//! `Env PATH`). `images/busybox/build.sh` builds the same image from the shell.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Where Debian's `busybox-static` installs the binary.
+pub const DEFAULT_BUSYBOX: &str = "/bin/busybox";
+
+/// The PATH every image built here defaults to.
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusyboxError {
+    #[error("{0} is missing: apt-get install -y busybox-static")]
+    Missing(PathBuf),
+    #[error("cannot run `{binary} --list-full`: {source}")]
+    List { binary: PathBuf, source: io::Error },
+    #[error("`{binary} --list-full` lists a hostile applet path {applet:?}")]
+    BadApplet { binary: PathBuf, applet: String },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+const PASSWD: &str =
+    "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
+const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
+
+/// Builds the busybox rootfs in `dest` (created if missing, expected empty) from the
+/// static binary at `busybox` (normally [`DEFAULT_BUSYBOX`]). Files are owned by the
+/// caller; importing into the store records whatever owner they have.
+pub fn busybox_tree(dest: &Path, busybox: &Path) -> Result<(), BusyboxError> {
+    if !busybox.is_file() {
+        return Err(BusyboxError::Missing(busybox.to_path_buf()));
+    }
+    let list = Command::new(busybox)
+        .arg("--list-full")
+        .output()
+        .and_then(|out| {
+            if out.status.success() {
+                Ok(out.stdout)
+            } else {
+                Err(io::Error::other(format!("exited with {}", out.status)))
+            }
+        })
+        .map_err(|source| BusyboxError::List {
+            binary: busybox.to_path_buf(),
+            source,
+        })?;
+    let write = |path: &Path, r: io::Result<()>| {
+        r.map_err(|source| BusyboxError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let dir = |rel: &str, mode: u32| -> Result<(), BusyboxError> {
+        let path = dest.join(rel);
+        write(&path, fs::create_dir_all(&path))?;
+        write(
+            &path,
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)),
+        )
+    };
+    dir("", 0o755)?;
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "dev", "proc", "sys", "run", "var",
+    ] {
+        dir(d, 0o755)?;
+    }
+    dir("tmp", 0o1777)?;
+    dir("var/tmp", 0o1777)?;
+    dir("root", 0o700)?;
+    let bin = dest.join("bin/busybox");
+    write(&bin, fs::copy(busybox, &bin).map(drop))?;
+    write(
+        &bin,
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)),
+    )?;
+    for applet in String::from_utf8_lossy(&list).lines().map(str::trim) {
+        if applet.is_empty() || applet == "bin/busybox" {
+            continue;
+        }
+        let safe = applet
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+        if !safe {
+            return Err(BusyboxError::BadApplet {
+                binary: busybox.to_path_buf(),
+                applet: applet.to_string(),
+            });
+        }
+        let link = dest.join(applet);
+        if let Some(parent) = link.parent() {
+            write(parent, fs::create_dir_all(parent))?;
+        }
+        match fs::symlink_metadata(&link) {
+            Ok(_) => continue, // listed twice, or already built
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return write(&link, Err(e)),
+        }
+        write(&link, symlink("/bin/busybox", &link))?;
+    }
+    for (rel, text, mode) in [("etc/passwd", PASSWD, 0o644), ("etc/group", GROUP, 0o644)] {
+        let path = dest.join(rel);
+        write(&path, fs::write(&path, text))?;
+        write(
+            &path,
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)),
+        )?;
+    }
+    Ok(())
+}
+
+/// The OCI image config JSON of the busybox image.
+pub fn busybox_config() -> Vec<u8> {
+    let config = serde_json::json!({
+        "architecture": crate::store::oci::go_arch(),
+        "os": "linux",
+        "config": {
+            "Cmd": ["/bin/sh"],
+            "Env": [DEFAULT_PATH],
+            "WorkingDir": "/",
+        },
+        "rootfs": { "type": "layers", "diff_ids": [] },
+    });
+    serde_json::to_vec_pretty(&config).unwrap_or_default()
+}

@@ -1,0 +1,337 @@
+//! Images from and to the container ecosystem: OCI image layouts, docker archives and
+//! tarballs in, OCI image layouts and tarballs out.
+//!
+//! Import never unpacks a rootfs to disk. Pass 1 reads every layer's tar headers (and
+//! verifies every digest) to compute the final tree ([`layer::Tree`]); pass 2 streams each
+//! layer again and hands the surviving files' bytes straight to the store's writer. A
+//! hostile or corrupt archive fails before the image is committed, so the store never
+//! lists it. The OCI image config travels as the image's config blob ([`ImageConfig`]).
+
+pub mod blob;
+pub mod export;
+pub mod layer;
+pub mod source;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use crate::store::{Entry, ImageInfo, Kind, Store, StoreError, Timestamp};
+
+pub use export::export;
+pub use layer::Limits;
+use layer::{Meta, NodeKind};
+pub use source::Location;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("{0}: no such file or directory")]
+    NotFound(PathBuf),
+    // Causes are in the messages (not `source`), so they print once.
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
+    #[error("{what}: {why}")]
+    Invalid { what: String, why: String },
+    #[error("{what}: digest is {actual}, expected {expected}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{origin}: no image {wanted:?} (available: {available})")]
+    NoSuchImage {
+        origin: String,
+        wanted: String,
+        available: String,
+    },
+    #[error("{origin} holds several images; name one of: {available}")]
+    Ambiguous { origin: String, available: String },
+    #[error("layer {layer} ({name}): {err}")]
+    Layer {
+        layer: usize,
+        name: String,
+        err: layer::LayerError,
+    },
+    #[error(transparent)]
+    Verify(#[from] blob::VerifyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("layer {name} changed between the two import passes ({what})")]
+    Changed { name: String, what: String },
+    #[error("export to {0:?}: use oci:DIR[:TAG] or tar:FILE")]
+    BadDestination(String),
+}
+
+/// How to import.
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    /// The OCI image config JSON to store instead of the source's (a tarball or directory
+    /// has none; they get [`minimal_config`] unless this is set).
+    pub config: Option<Vec<u8>>,
+    /// Keep char/block device nodes. `None`: only when running as root; unprivileged
+    /// imports skip them with a warning, as other rootless tools do.
+    pub allow_devices: Option<bool>,
+    /// Sizes past which an archive is refused.
+    pub limits: Limits,
+    /// Counters to watch (bytes and files added), as for the store's own imports.
+    pub progress: Option<std::sync::Arc<crate::store::Progress>>,
+}
+
+/// The GOARCH name of this machine (what OCI configs and platforms use).
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        "loongarch64" => "loong64",
+        other => other,
+    }
+}
+
+/// A config for images that come without one: this platform, `Env PATH`, `Cmd /bin/sh`.
+pub fn minimal_config() -> Vec<u8> {
+    let config = serde_json::json!({
+        "architecture": go_arch(),
+        "os": "linux",
+        "config": { "Env": [crate::store::busybox::DEFAULT_PATH], "Cmd": ["/bin/sh"] },
+        "rootfs": { "type": "layers", "diff_ids": [] },
+    });
+    serde_json::to_vec_pretty(&config).unwrap_or_default()
+}
+
+/// Imports `source` into `store` as image `name` (`NAME[:TAG]`). `source` is
+/// `oci:DIR[:TAG]`, `docker-archive:FILE[:REF]`, a tarball (plain, gzip or zstd, told by
+/// content), or a directory (the store's own `import_dir`).
+pub fn import(
+    store: &Store,
+    source: &str,
+    name: &str,
+    opts: &ImportOptions,
+) -> Result<ImageInfo, OciError> {
+    crate::store::ImageName::parse(name)?;
+    let src = match Location::parse(source)? {
+        Location::Dir(dir) => {
+            let o = crate::store::ImportOptions {
+                progress: opts.progress.clone(),
+                config: Some(opts.config.clone().unwrap_or_else(minimal_config)),
+            };
+            return Ok(store.import_dir(&dir, name, &o)?);
+        }
+        Location::Layout { dir, tag } => source::layout(&dir, tag.as_deref())?,
+        Location::DockerArchive { file, reference } => {
+            source::docker_archive(&file, reference.as_deref())?
+        }
+        Location::Tarball(file) => source::tarball(&file)?,
+    };
+    let config = opts
+        .config
+        .clone()
+        .or(src.config.clone())
+        .unwrap_or_else(minimal_config);
+    import_layers(store, &src.layers, name, config, opts)
+}
+
+/// Imports already-resolved layers (bottom first) with `config` as the image's config.
+pub fn import_layers(
+    store: &Store,
+    layers: &[blob::Blob],
+    name: &str,
+    config: Vec<u8>,
+    opts: &ImportOptions,
+) -> Result<ImageInfo, OciError> {
+    let allow_devices = opts.allow_devices.unwrap_or_else(crate::dirs::is_root);
+
+    // Pass 1: headers only, every digest checked.
+    let mut tree = layer::Tree::new(opts.limits, allow_devices);
+    for (i, b) in layers.iter().enumerate() {
+        let read = || -> Result<Vec<layer::Header>, OciError> {
+            let io = |e| layer_err(i, b)(layer::LayerError::Tar(e));
+            let (mut opened, raw) = blob::open(b, true).map_err(io)?;
+            let headers = {
+                let mut archive = tar::Archive::new(&mut opened.tar);
+                layer::read_headers(&mut archive, &opts.limits).map_err(layer_err(i, b))?
+            };
+            blob::verify(b, opened, raw)?;
+            Ok(headers)
+        };
+        // A corrupt blob fails in many ways; its digest is the root cause to report.
+        let headers = read().map_err(|e| match blob::check_raw(b) {
+            Err(mismatch) => OciError::Verify(mismatch),
+            Ok(()) => e,
+        })?;
+        tree.apply_layer(i, &headers).map_err(layer_err(i, b))?;
+    }
+    let plan = tree.finish(layers.len());
+    for w in &plan.warnings {
+        tracing::warn!("{name}: {w}");
+    }
+
+    // Pass 2: everything but file content first, then each layer's surviving files.
+    let mut writer = match &opts.progress {
+        Some(p) => crate::store::ImageWriter::with_progress(store.clone(), p.clone())?,
+        None => store.writer()?,
+    };
+    writer.add(entry(b"", Kind::Dir, &plan.root), None)?;
+    for (path, node) in &plan.nodes {
+        let kind = match &node.kind {
+            NodeKind::File { .. } => continue,
+            NodeKind::Dir => Kind::Dir,
+            NodeKind::Symlink { target } => Kind::Symlink {
+                target: os_path(target),
+            },
+            NodeKind::Char { rdev } => Kind::Char { rdev: *rdev },
+            NodeKind::Block { rdev } => Kind::Block { rdev: *rdev },
+            NodeKind::Fifo => Kind::Fifo,
+        };
+        writer.add(entry(path, kind, &node.meta), None)?;
+    }
+    let files: BTreeMap<&[u8], &layer::Node> = plan
+        .nodes
+        .iter()
+        .filter(|(_, n)| matches!(n.kind, NodeKind::File { .. }))
+        .map(|(p, n)| (p.as_slice(), n))
+        .collect();
+    for (i, b) in layers.iter().enumerate() {
+        let wanted = &plan.content[i];
+        if wanted.is_empty() {
+            continue;
+        }
+        let io = |e| layer_err(i, b)(layer::LayerError::Tar(e));
+        let (mut opened, _) = blob::open(b, false).map_err(io)?;
+        let mut archive = tar::Archive::new(&mut opened.tar);
+        let mut left = wanted.len();
+        for (index, e) in archive.entries().map_err(io)?.enumerate() {
+            let mut e = e.map_err(io)?;
+            let Some(path) = wanted.get(&index) else {
+                continue;
+            };
+            let Some(node) = files.get(path.as_slice()) else {
+                continue;
+            };
+            let NodeKind::File { size, .. } = node.kind else {
+                continue;
+            };
+            if e.size() != size {
+                return Err(OciError::Changed {
+                    name: b.name.clone(),
+                    what: format!("size of member {index}"),
+                });
+            }
+            writer.add(entry(path, Kind::File { size }, &node.meta), Some(&mut e))?;
+            left -= 1;
+            if left == 0 {
+                break;
+            }
+        }
+        if left > 0 {
+            return Err(OciError::Changed {
+                name: b.name.clone(),
+                what: format!("{left} members missing"),
+            });
+        }
+    }
+    for (path, target) in &plan.hardlinks {
+        let meta = files
+            .get(target.as_slice())
+            .map(|n| n.meta.clone())
+            .unwrap_or_default();
+        writer.add(
+            entry(
+                path,
+                Kind::Hardlink {
+                    target: os_path(target),
+                },
+                &meta,
+            ),
+            None,
+        )?;
+    }
+    Ok(writer.commit(name, Some(config))?)
+}
+
+fn layer_err(i: usize, b: &blob::Blob) -> impl Fn(layer::LayerError) -> OciError + '_ {
+    move |source| OciError::Layer {
+        layer: i,
+        name: b.name.clone(),
+        err: source,
+    }
+}
+
+fn os_path(p: &[u8]) -> PathBuf {
+    PathBuf::from(OsStr::from_bytes(p))
+}
+
+fn entry(path: &[u8], kind: Kind, meta: &Meta) -> Entry {
+    Entry {
+        path: os_path(path),
+        kind,
+        mode: meta.mode,
+        uid: meta.uid,
+        gid: meta.gid,
+        mtime: Timestamp {
+            sec: meta.mtime,
+            nsec: meta.mtime_nsec,
+        },
+        xattrs: meta.xattrs.clone(),
+    }
+}
+
+/// The parts of an OCI image config a runtime and `warren image inspect` use.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ImageConfig {
+    pub architecture: String,
+    pub os: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` strings.
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub exposed_ports: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub stop_signal: Option<String>,
+}
+
+impl ImageConfig {
+    /// Parses an OCI image config JSON blob.
+    pub fn from_json(data: &[u8]) -> Result<ImageConfig, OciError> {
+        let parsed = oci_spec::image::ImageConfiguration::from_reader(data).map_err(|e| {
+            OciError::Invalid {
+                what: "image config".into(),
+                why: e.to_string(),
+            }
+        })?;
+        let mut out = ImageConfig {
+            architecture: parsed.architecture().to_string(),
+            os: parsed.os().to_string(),
+            ..ImageConfig::default()
+        };
+        if let Some(c) = parsed.config() {
+            out.entrypoint = c.entrypoint().clone().unwrap_or_default();
+            out.cmd = c.cmd().clone().unwrap_or_default();
+            out.env = c.env().clone().unwrap_or_default();
+            out.working_dir = c.working_dir().clone().filter(|w| !w.is_empty());
+            out.user = c.user().clone().filter(|u| !u.is_empty());
+            out.exposed_ports = c.exposed_ports().clone().unwrap_or_default();
+            out.labels = c.labels().clone().unwrap_or_default().into_iter().collect();
+            out.stop_signal = c.stop_signal().clone();
+        }
+        Ok(out)
+    }
+
+    /// The config of image `name` in `store`; an image stored without one gets the
+    /// defaults of [`minimal_config`].
+    pub fn of(store: &Store, name: &str) -> Result<ImageConfig, OciError> {
+        match store.image_config(name)? {
+            Some(blob) => ImageConfig::from_json(&blob),
+            None => ImageConfig::from_json(&minimal_config()),
+        }
+    }
+
+    /// The process to run when a container gives none: Entrypoint followed by Cmd.
+    pub fn command(&self) -> Vec<String> {
+        self.entrypoint.iter().chain(&self.cmd).cloned().collect()
+    }
+}

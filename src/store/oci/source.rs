@@ -1,0 +1,479 @@
+//! Import sources: an OCI image layout, a docker archive, a tarball; each resolved to its
+//! config and its layers, in order, with the digests they must have.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest, MediaType};
+
+use super::OciError;
+use super::blob::{Blob, Digest};
+
+/// The OCI annotation naming a manifest in an image layout's index.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// Manifests, indexes and configs are small; refuse anything absurd before reading it.
+const MAX_JSON: u64 = 16 << 20;
+
+/// An image to import: its config JSON (if it has one) and its layers, bottom first.
+#[derive(Debug)]
+pub struct Source {
+    pub config: Option<Vec<u8>>,
+    pub layers: Vec<Blob>,
+}
+
+/// What an import source string names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// `oci:DIR[:TAG]`
+    Layout { dir: PathBuf, tag: Option<String> },
+    /// `docker-archive:FILE[:REF]`
+    DockerArchive {
+        file: PathBuf,
+        reference: Option<String>,
+    },
+    /// A directory tree (imported by the store itself).
+    Dir(PathBuf),
+    /// A tar file, plain or compressed.
+    Tarball(PathBuf),
+}
+
+/// Splits `PATH[:REF]`: the longest existing path wins, so paths containing `:` work.
+fn split_ref(rest: &str) -> Result<(PathBuf, Option<String>), OciError> {
+    if Path::new(rest).exists() {
+        return Ok((rest.into(), None));
+    }
+    for (i, _) in rest.match_indices(':') {
+        let (path, reference) = (&rest[..i], &rest[i + 1..]);
+        if Path::new(path).exists() && !reference.is_empty() {
+            return Ok((path.into(), Some(reference.to_string())));
+        }
+    }
+    Err(OciError::NotFound(rest.into()))
+}
+
+impl Location {
+    /// Parses an import source: `oci:DIR[:TAG]`, `docker-archive:FILE[:REF]`, a directory
+    /// or a tarball.
+    pub fn parse(source: &str) -> Result<Location, OciError> {
+        if let Some(rest) = source.strip_prefix("oci:") {
+            let (dir, tag) = split_ref(rest)?;
+            return Ok(Location::Layout { dir, tag });
+        }
+        if let Some(rest) = source.strip_prefix("docker-archive:") {
+            let (file, reference) = split_ref(rest)?;
+            return Ok(Location::DockerArchive { file, reference });
+        }
+        let path = PathBuf::from(source);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => Ok(Location::Dir(path)),
+            Ok(_) => Ok(Location::Tarball(path)),
+            Err(_) => Err(OciError::NotFound(path)),
+        }
+    }
+}
+
+fn read_limited(mut r: impl Read, what: &str) -> Result<Vec<u8>, OciError> {
+    let mut buf = Vec::new();
+    r.by_ref()
+        .take(MAX_JSON + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| OciError::Io {
+            path: what.into(),
+            err: e,
+        })?;
+    if buf.len() as u64 > MAX_JSON {
+        return Err(OciError::Invalid {
+            what: what.into(),
+            why: "larger than 16 MiB".into(),
+        });
+    }
+    Ok(buf)
+}
+
+/// Reads a blob of a layout, refusing one whose digest differs from `digest`.
+fn read_verified(dir: &Path, digest: &Digest) -> Result<Vec<u8>, OciError> {
+    let path = dir.join(digest.blob_path());
+    let file = open_beneath(dir, &digest.blob_path())?;
+    let data = read_limited(file, &path.to_string_lossy())?;
+    let actual = Digest::sha256(&data);
+    let actual = if digest.algorithm == actual.algorithm {
+        actual
+    } else {
+        let mut h = super::blob::Hasher::new(digest.algorithm);
+        h.update(&data);
+        h.finish()
+    };
+    if actual != *digest {
+        return Err(OciError::DigestMismatch {
+            what: path.display().to_string(),
+            expected: digest.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    Ok(data)
+}
+
+/// Opens `rel` inside `dir` without following symlinks out of it.
+fn open_beneath(dir: &Path, rel: &Path) -> Result<File, OciError> {
+    let io_err = |source| OciError::Io {
+        path: dir.join(rel),
+        err: source,
+    };
+    let root = File::open(dir).map_err(io_err)?;
+    let fd = crate::sys::openat2(
+        std::os::fd::AsFd::as_fd(&root),
+        rel,
+        libc::O_RDONLY,
+        0,
+        crate::sys::RESOLVE_BENEATH,
+    )
+    .map_err(io_err)?;
+    Ok(File::from(fd))
+}
+
+fn parse_digest(s: &str, what: &str) -> Result<Digest, OciError> {
+    Digest::parse(s).ok_or_else(|| OciError::Invalid {
+        what: what.into(),
+        why: format!("unsupported or malformed digest {s:?} (sha256/sha512 only)"),
+    })
+}
+
+fn diff_ids(config: &[u8], what: &str) -> Result<Vec<Digest>, OciError> {
+    let parsed = ImageConfiguration::from_reader(config).map_err(|e| OciError::Invalid {
+        what: what.into(),
+        why: e.to_string(),
+    })?;
+    parsed
+        .rootfs()
+        .diff_ids()
+        .iter()
+        .map(|d| parse_digest(d, what))
+        .collect()
+}
+
+fn is_layer(media: &MediaType) -> Result<(), String> {
+    match media {
+        MediaType::ImageLayer
+        | MediaType::ImageLayerGzip
+        | MediaType::ImageLayerZstd
+        | MediaType::ImageLayerNonDistributable
+        | MediaType::ImageLayerNonDistributableGzip
+        | MediaType::ImageLayerNonDistributableZstd => Ok(()),
+        MediaType::Other(s) if s.starts_with("application/vnd.docker.image.rootfs.") => Ok(()),
+        other => Err(format!("unsupported layer media type {other}")),
+    }
+}
+
+/// Resolves `oci:DIR[:TAG]`: the manifest tagged TAG (or the only one), following one
+/// image index level to this machine's platform.
+pub fn layout(dir: &Path, tag: Option<&str>) -> Result<Source, OciError> {
+    let index_path = dir.join("index.json");
+    let what = index_path.display().to_string();
+    let data = read_limited(open_beneath(dir, Path::new("index.json"))?, &what)?;
+    let index = ImageIndex::from_reader(&data[..]).map_err(|e| OciError::Invalid {
+        what: what.clone(),
+        why: e.to_string(),
+    })?;
+    let candidates: Vec<_> = index
+        .manifests()
+        .iter()
+        .filter(|m| match tag {
+            Some(t) => {
+                m.annotations()
+                    .as_ref()
+                    .and_then(|a| a.get(REF_NAME))
+                    .map(String::as_str)
+                    == Some(t)
+            }
+            None => true,
+        })
+        .collect();
+    let tags = || {
+        index
+            .manifests()
+            .iter()
+            .filter_map(|m| {
+                m.annotations()
+                    .as_ref()
+                    .and_then(|a| a.get(REF_NAME))
+                    .cloned()
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let descriptor = match candidates.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(OciError::NoSuchImage {
+                origin: dir.display().to_string(),
+                wanted: tag.unwrap_or("").into(),
+                available: tags(),
+            });
+        }
+        _ => {
+            return Err(OciError::Ambiguous {
+                origin: dir.display().to_string(),
+                available: tags(),
+            });
+        }
+    };
+    let mut digest = parse_digest(descriptor.digest().as_ref(), &what)?;
+    let mut media = descriptor.media_type().clone();
+    if media == MediaType::ImageIndex {
+        let nested = read_verified(dir, &digest)?;
+        let nested = ImageIndex::from_reader(&nested[..]).map_err(|e| OciError::Invalid {
+            what: digest.to_string(),
+            why: e.to_string(),
+        })?;
+        let arch = super::go_arch();
+        let pick = nested.manifests().iter().find(|m| {
+            m.platform().as_ref().is_none_or(|p| {
+                p.os().to_string() == "linux" && p.architecture().to_string() == arch
+            })
+        });
+        let Some(pick) = pick else {
+            return Err(OciError::NoSuchImage {
+                origin: dir.display().to_string(),
+                wanted: format!("linux/{arch}"),
+                available: "other platforms".into(),
+            });
+        };
+        digest = parse_digest(pick.digest().as_ref(), &digest.to_string())?;
+        media = pick.media_type().clone();
+    }
+    if media != MediaType::ImageManifest
+        && media != MediaType::Other("application/vnd.docker.distribution.manifest.v2+json".into())
+    {
+        return Err(OciError::Invalid {
+            what: digest.to_string(),
+            why: format!("unsupported manifest media type {media}"),
+        });
+    }
+    let manifest_data = read_verified(dir, &digest)?;
+    let manifest =
+        ImageManifest::from_reader(&manifest_data[..]).map_err(|e| OciError::Invalid {
+            what: digest.to_string(),
+            why: e.to_string(),
+        })?;
+    let config_digest = parse_digest(manifest.config().digest().as_ref(), &digest.to_string())?;
+    let config = read_verified(dir, &config_digest)?;
+    let diffs = diff_ids(&config, &config_digest.to_string())?;
+    if diffs.len() != manifest.layers().len() {
+        return Err(OciError::Invalid {
+            what: digest.to_string(),
+            why: format!(
+                "{} layers but the config lists {} diff_ids",
+                manifest.layers().len(),
+                diffs.len()
+            ),
+        });
+    }
+    let mut layers = Vec::new();
+    for (layer, diff_id) in manifest.layers().iter().zip(diffs) {
+        let d = parse_digest(layer.digest().as_ref(), &digest.to_string())?;
+        is_layer(layer.media_type()).map_err(|why| OciError::Invalid {
+            what: d.to_string(),
+            why,
+        })?;
+        // Open now so a blob that is a symlink leading out of the layout is refused.
+        drop(open_beneath(dir, &d.blob_path())?);
+        layers.push(Blob {
+            name: d.to_string(),
+            path: dir.join(d.blob_path()),
+            offset: 0,
+            len: None,
+            size: Some(layer.size()),
+            digest: Some(d),
+            diff_id: Some(diff_id),
+        });
+    }
+    Ok(Source {
+        config: Some(config),
+        layers,
+    })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerManifest {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+/// Whether docker reference `full` (as `docker save` records it) is `short`, which may
+/// leave out the default registry (`docker.io/`) and namespace (`library/`).
+fn same_reference(full: &str, short: &str) -> bool {
+    full == short
+        || full.strip_prefix("docker.io/") == Some(short)
+        || full.strip_prefix("docker.io/library/") == Some(short)
+}
+
+/// Resolves `docker-archive:FILE[:REF]` (`docker save` / `skopeo copy docker-archive:`):
+/// an uncompressed tar whose members are read in place, by offset.
+pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, OciError> {
+    let io_err = |source| OciError::Io {
+        path: file.to_path_buf(),
+        err: source,
+    };
+    let mut f = File::open(file).map_err(io_err)?;
+    let mut members: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut small: HashMap<String, Vec<u8>> = HashMap::new();
+    {
+        let mut archive = tar::Archive::new(&mut f);
+        for entry in archive.entries_with_seek().map_err(io_err)? {
+            let mut entry = entry.map_err(io_err)?;
+            let name = String::from_utf8_lossy(&entry.path_bytes())
+                .trim_start_matches("./")
+                .to_string();
+            let (offset, size) = (entry.raw_file_position(), entry.size());
+            if entry.header().entry_type() != tar::EntryType::Regular {
+                continue;
+            }
+            if name == "manifest.json" || name.ends_with(".json") && !name.contains('/') {
+                small.insert(name.clone(), read_limited(&mut entry, &name)?);
+            } else if name.starts_with("blobs/") && size <= MAX_JSON {
+                // Newer docker saves configs as blobs too; keep small ones at hand.
+                small.insert(name.clone(), read_limited(&mut entry, &name)?);
+            }
+            members.insert(name, (offset, size));
+        }
+    }
+    let what = format!("{}:manifest.json", file.display());
+    let Some(manifest) = small.get("manifest.json") else {
+        return Err(OciError::Invalid {
+            what,
+            why: "no manifest.json: not a docker archive".into(),
+        });
+    };
+    let manifests: Vec<DockerManifest> =
+        serde_json::from_slice(manifest).map_err(|e| OciError::Invalid {
+            what: what.clone(),
+            why: e.to_string(),
+        })?;
+    let tags = || {
+        manifests
+            .iter()
+            .flat_map(|m| m.repo_tags.clone().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let chosen: Vec<&DockerManifest> = match reference {
+        Some(r) => manifests
+            .iter()
+            .filter(|m| {
+                m.repo_tags
+                    .as_ref()
+                    .is_some_and(|t| t.iter().any(|t| same_reference(t, r)))
+            })
+            .collect(),
+        None => manifests.iter().collect(),
+    };
+    let m = match chosen.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(OciError::NoSuchImage {
+                origin: file.display().to_string(),
+                wanted: reference.unwrap_or("").into(),
+                available: tags(),
+            });
+        }
+        _ => {
+            return Err(OciError::Ambiguous {
+                origin: file.display().to_string(),
+                available: tags(),
+            });
+        }
+    };
+    let member = |name: &str| name.trim_start_matches("./").to_string();
+    let config = small
+        .get(&member(&m.config))
+        .cloned()
+        .ok_or_else(|| OciError::Invalid {
+            what: what.clone(),
+            why: format!("config {} is not in the archive", m.config),
+        })?;
+    // The config's name is its sha256 (`HEX.json` or `blobs/sha256/HEX`): check it.
+    let config_hex = Path::new(&m.config)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some(expected) = Digest::parse(&format!("sha256:{config_hex}")) {
+        let actual = Digest::sha256(&config);
+        if actual != expected {
+            return Err(OciError::DigestMismatch {
+                what: m.config.clone(),
+                expected: expected.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+    }
+    let diffs = diff_ids(&config, &m.config)?;
+    if diffs.len() != m.layers.len() {
+        return Err(OciError::Invalid {
+            what,
+            why: format!(
+                "{} layers but the config lists {} diff_ids",
+                m.layers.len(),
+                diffs.len()
+            ),
+        });
+    }
+    let mut layers = Vec::new();
+    for (name, diff_id) in m.layers.iter().zip(diffs) {
+        let Some(&(offset, len)) = members.get(&member(name)) else {
+            return Err(OciError::Invalid {
+                what: what.clone(),
+                why: format!("layer {name} is not in the archive"),
+            });
+        };
+        // `blobs/sha256/HEX` members are named by the digest of their stored bytes.
+        let digest = name
+            .strip_prefix("blobs/sha256/")
+            .and_then(|h| Digest::parse(&format!("sha256:{h}")));
+        layers.push(Blob {
+            name: name.clone(),
+            path: file.to_path_buf(),
+            offset,
+            len: Some(len),
+            size: Some(len),
+            digest,
+            diff_id: Some(diff_id),
+        });
+    }
+    Ok(Source {
+        config: Some(config),
+        layers,
+    })
+}
+
+/// A tarball (plain, gzip or zstd) as the single layer of an image without config.
+pub fn tarball(file: &Path) -> Result<Source, OciError> {
+    File::open(file).map_err(|source| OciError::Io {
+        path: file.to_path_buf(),
+        err: source,
+    })?;
+    Ok(Source {
+        config: None,
+        layers: vec![Blob {
+            name: file.display().to_string(),
+            path: file.to_path_buf(),
+            offset: 0,
+            len: None,
+            size: None,
+            digest: None,
+            diff_id: None,
+        }],
+    })
+}
+
+/// Reads from an io error into an OciError naming `path`.
+pub fn io_at(path: &Path) -> impl Fn(io::Error) -> OciError + '_ {
+    move |source| OciError::Io {
+        path: path.to_path_buf(),
+        err: source,
+    }
+}

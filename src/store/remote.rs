@@ -1,0 +1,417 @@
+//! Remote stores: a store directory served as static files by any web server.
+//!
+//! [`pull`] fetches an image's index, then only the chunks the local store lacks, in
+//! parallel, each checked against its BLAKE3 id before it is kept; the index is published
+//! last, so a failed pull (a dead server, a corrupt chunk) leaves the local store as it
+//! was. [`push`] writes the chunks and indexes a store directory lacks, chunks first, so a
+//! server never offers an index whose chunks are missing.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::store::index::{ChunkId, Index};
+use crate::store::{ImageName, Progress, Store, StoreError, chunker, chunks};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("{url}: {reason}")]
+    Http { url: String, reason: String },
+    #[error("{url}: not found on the server")]
+    NotFound { url: String },
+    #[error("chunk {chunk} from {url} is corrupt ({reason}); nothing was published")]
+    BadChunk {
+        chunk: ChunkId,
+        url: String,
+        reason: String,
+    },
+    #[error("index {url} is invalid: {reason}")]
+    BadIndex { url: String, reason: String },
+    #[error("{url}: not an http:// or https:// URL")]
+    BadUrl { url: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How to pull.
+#[derive(Clone, Debug)]
+pub struct PullOptions {
+    /// Concurrent chunk downloads.
+    pub jobs: usize,
+    /// Attempts per request before a transient failure (connection, timeout, 5xx) is final.
+    pub attempts: u32,
+    /// Give up on a request that takes longer than this.
+    pub timeout: Duration,
+    /// Store the image under this name instead of the remote one.
+    pub local_name: Option<String>,
+    /// Counters to watch: `chunks`/`total` (chunks to fetch), `bytes` (bytes downloaded).
+    pub progress: Option<std::sync::Arc<Progress>>,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            jobs: 8,
+            attempts: 4,
+            timeout: Duration::from_secs(60),
+            local_name: None,
+            progress: None,
+        }
+    }
+}
+
+/// What a pull did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PullReport {
+    pub name: String,
+    /// Distinct chunks of the image.
+    pub chunks: u64,
+    /// Of those, fetched from the server (the rest were local already).
+    pub fetched_chunks: u64,
+    /// Bytes transferred: the index and the fetched (compressed) chunks.
+    pub fetched_bytes: u64,
+    /// Retried requests.
+    pub retries: u64,
+}
+
+fn base_url(url: &str) -> Result<String, RemoteError> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(RemoteError::BadUrl { url: url.into() });
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+/// The index path of `name` relative to a store's root, as in its URL.
+fn index_rel(name: &ImageName) -> String {
+    format!("images/{}/{}.idx", name.name, name.tag)
+}
+
+fn chunk_rel(id: &ChunkId) -> String {
+    let hex = id.to_string();
+    format!("chunks/{}/{hex}.zst", &hex[..2])
+}
+
+/// One HTTP client with retries.
+struct Client {
+    agent: ureq::Agent,
+    attempts: u32,
+    retries: AtomicU64,
+}
+
+impl Client {
+    fn new(opts: &PullOptions) -> Client {
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(opts.timeout))
+            .http_status_as_error(false)
+            .build();
+        Client {
+            agent: config.into(),
+            attempts: opts.attempts.max(1),
+            retries: AtomicU64::new(0),
+        }
+    }
+
+    /// GETs `url` (at most `limit` bytes), retrying transient failures with backoff.
+    fn get(&self, url: &str, limit: u64) -> Result<Vec<u8>, RemoteError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let err = match self.agent.get(url).call() {
+                Ok(resp) if resp.status() == 200 => {
+                    match resp.into_body().with_config().limit(limit).read_to_vec() {
+                        Ok(body) => return Ok(body),
+                        Err(ureq::Error::BodyExceedsLimit(n)) => {
+                            return Err(RemoteError::Http {
+                                url: url.into(),
+                                reason: format!("more than {n} bytes"),
+                            });
+                        }
+                        Err(e) => (true, e.to_string()),
+                    }
+                }
+                Ok(resp) if resp.status() == 404 => {
+                    return Err(RemoteError::NotFound { url: url.into() });
+                }
+                Ok(resp) => (
+                    resp.status().is_server_error() || resp.status() == 429,
+                    format!("HTTP {}", resp.status()),
+                ),
+                Err(
+                    e @ (ureq::Error::BadUri(_)
+                    | ureq::Error::HostNotFound
+                    | ureq::Error::RequireHttpsOnly(_)),
+                ) => (false, e.to_string()),
+                Err(e) => (true, e.to_string()),
+            };
+            let (transient, reason) = err;
+            if !transient || attempt >= self.attempts {
+                let reason = if attempt > 1 {
+                    format!("{reason} (after {attempt} attempts)")
+                } else {
+                    reason
+                };
+                return Err(RemoteError::Http {
+                    url: url.into(),
+                    reason,
+                });
+            }
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(100 << attempt.min(6)));
+        }
+    }
+}
+
+/// Pulls image `name` (`NAME[:TAG]`) from the store served at `url` into `local`.
+pub fn pull(
+    url: &str,
+    name: &str,
+    local: &Store,
+    opts: &PullOptions,
+) -> Result<PullReport, RemoteError> {
+    let base = base_url(url)?;
+    let remote_name = ImageName::parse(name)?;
+    let local_name = opts
+        .local_name
+        .clone()
+        .unwrap_or_else(|| remote_name.to_string());
+    let index_path = local.index_path(&local_name)?;
+    let client = Client::new(opts);
+
+    let index_url = format!("{base}/{}", index_rel(&remote_name));
+    let data = client.get(&index_url, 1 << 30)?;
+    let mut index = Index::decode(&data).map_err(|e| RemoteError::BadIndex {
+        url: index_url.clone(),
+        reason: e.to_string(),
+    })?;
+    let fetched_bytes = AtomicU64::new(data.len() as u64);
+
+    // Hold the store's shared lock: a gc must not remove chunks this index will need.
+    let _lock = local.lock(false)?;
+    let mut seen = HashSet::new();
+    let wanted: Vec<(ChunkId, u32)> = index
+        .chunks
+        .iter()
+        .filter(|c| seen.insert(c.id))
+        .map(|c| (c.id, c.len))
+        .collect();
+    let missing: Vec<(ChunkId, u32)> = wanted
+        .iter()
+        .copied()
+        .filter(|(id, _)| !local.chunk_path(id).exists())
+        .collect();
+    if let Some(p) = &opts.progress {
+        p.total.store(
+            missing.iter().map(|c| u64::from(c.1)).sum(),
+            Ordering::Relaxed,
+        );
+    }
+
+    // Fetch, verify, write under temporary names; publish only when every chunk is good.
+    let next = AtomicUsize::new(0);
+    let written: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
+    let failure: Mutex<Option<RemoteError>> = Mutex::new(None);
+    let limit = (chunker::MAX_SIZE as u64) * 2 + 4096;
+    std::thread::scope(|s| {
+        for _ in 0..opts.jobs.clamp(1, 64).min(missing.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
+                        return;
+                    }
+                    let Some(&(id, len)) = missing.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        return;
+                    };
+                    let result = fetch_chunk(&client, &base, local, id, len, limit);
+                    match result {
+                        Ok((tmp, dest, n)) => {
+                            fetched_bytes.fetch_add(n, Ordering::Relaxed);
+                            if let Some(p) = &opts.progress {
+                                p.bytes.fetch_add(u64::from(len), Ordering::Relaxed);
+                                p.new_chunks.fetch_add(1, Ordering::Relaxed);
+                                p.stored_bytes.fetch_add(n, Ordering::Relaxed);
+                            }
+                            if let Ok(mut w) = written.lock() {
+                                w.push((tmp, dest));
+                            }
+                        }
+                        Err(e) => {
+                            if let Ok(mut f) = failure.lock() {
+                                f.get_or_insert(e);
+                            }
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let written = written.into_inner().unwrap_or_default();
+    let failure = failure.into_inner().unwrap_or(None);
+    if let Some(e) = failure {
+        for (tmp, _) in &written {
+            let _ = fs::remove_file(tmp);
+        }
+        return Err(e);
+    }
+    let publish = || -> Result<(), StoreError> {
+        sync(local.dir())?;
+        for (tmp, dest) in &written {
+            fs::rename(tmp, dest).map_err(|e| StoreError::Io {
+                path: dest.clone(),
+                err: e,
+            })?;
+        }
+        sync(local.dir())?;
+        if let Some(parent) = index_path.parent() {
+            fs::create_dir_all(parent).map_err(|e| StoreError::Io {
+                path: parent.to_path_buf(),
+                err: e,
+            })?;
+        }
+        let bytes = if index.name == local_name {
+            data
+        } else {
+            index.name = local_name.clone();
+            index.encode()
+        };
+        crate::atomic::write(&index_path, &bytes).map_err(|e| StoreError::Io {
+            path: index_path.clone(),
+            err: e,
+        })
+    };
+    if let Err(e) = publish() {
+        for (tmp, _) in &written {
+            let _ = fs::remove_file(tmp);
+        }
+        return Err(e.into());
+    }
+    Ok(PullReport {
+        name: local_name,
+        chunks: wanted.len() as u64,
+        fetched_chunks: written.len() as u64,
+        fetched_bytes: fetched_bytes.into_inner(),
+        retries: client.retries.into_inner(),
+    })
+}
+
+/// Downloads one chunk, checks it, writes it under a temporary name; returns (temporary
+/// path, final path, compressed size).
+fn fetch_chunk(
+    client: &Client,
+    base: &str,
+    local: &Store,
+    id: ChunkId,
+    len: u32,
+    limit: u64,
+) -> Result<(PathBuf, PathBuf, u64), RemoteError> {
+    let url = format!("{base}/{}", chunk_rel(&id));
+    let data = client.get(&url, limit)?;
+    chunks::decode(&id, len, &data).map_err(|reason| RemoteError::BadChunk {
+        chunk: id,
+        url: url.clone(),
+        reason,
+    })?;
+    let (tmp, dest) = chunks::write_temp(local, &id, &data)?;
+    Ok((tmp, dest, data.len() as u64))
+}
+
+fn sync(dir: &Path) -> Result<(), StoreError> {
+    let f = fs::File::open(dir).map_err(|e| StoreError::Io {
+        path: dir.to_path_buf(),
+        err: e,
+    })?;
+    nix::unistd::syncfs(&f).map_err(|e| StoreError::Io {
+        path: dir.to_path_buf(),
+        err: e.into(),
+    })
+}
+
+/// What a push did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PushReport {
+    pub images: Vec<String>,
+    /// Chunks copied (the destination lacked them).
+    pub copied_chunks: u64,
+    /// Compressed bytes of those chunks.
+    pub copied_bytes: u64,
+    /// Chunks the destination had already.
+    pub present_chunks: u64,
+}
+
+/// Writes into the store directory `dest` (created if missing) the chunks and indexes
+/// of `images` (every image when empty) that it lacks: the directory to put on any web
+/// server for [`pull`]. Chunks go first and are synced before any index is published.
+pub fn push(local: &Store, dest: &Path, images: &[String]) -> Result<PushReport, RemoteError> {
+    let target = Store::open(dest)?;
+    let names = if images.is_empty() {
+        local.names()?
+    } else {
+        images.to_vec()
+    };
+    let _lock = local.lock(false)?;
+    let _dest_lock = target.lock(false)?;
+    let mut report = PushReport::default();
+    let mut indexes = Vec::new();
+    let mut done = HashSet::new();
+    for name in &names {
+        let src = local.index_path(name)?;
+        let data = fs::read(&src).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::NoSuchImage(name.clone()),
+            _ => StoreError::Io {
+                path: src.clone(),
+                err: e,
+            },
+        })?;
+        let index = Index::decode(&data).map_err(|source| StoreError::Index {
+            name: name.clone(),
+            err: source,
+        })?;
+        for c in &index.chunks {
+            if !done.insert(c.id) {
+                continue;
+            }
+            let to = target.chunk_path(&c.id);
+            if to.exists() {
+                report.present_chunks += 1;
+                continue;
+            }
+            let from = local.chunk_path(&c.id);
+            let tmp = to.with_file_name(format!(".{}.push.{}", c.id, std::process::id()));
+            let copied = fs::copy(&from, &tmp).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => StoreError::MissingChunk {
+                    chunk: c.id,
+                    path: src.clone(),
+                },
+                _ => StoreError::Io {
+                    path: from.clone(),
+                    err: e,
+                },
+            })?;
+            fs::rename(&tmp, &to).map_err(|e| StoreError::Io {
+                path: to.clone(),
+                err: e,
+            })?;
+            report.copied_chunks += 1;
+            report.copied_bytes += copied;
+        }
+        indexes.push((target.index_path(name)?, data));
+        report.images.push(name.clone());
+    }
+    sync(target.dir())?;
+    for (path, data) in indexes {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| StoreError::Io {
+                path: parent.to_path_buf(),
+                err: e,
+            })?;
+        }
+        crate::atomic::write(&path, &data).map_err(|e| StoreError::Io {
+            path: path.clone(),
+            err: e,
+        })?;
+    }
+    Ok(report)
+}

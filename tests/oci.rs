@@ -1,0 +1,332 @@
+//! Import and export of OCI image layouts, docker archives and tarballs, checked against
+//! what other tools (umoci, skopeo, GNU tar) make of the same inputs.
+
+mod common;
+#[path = "oci/util.rs"]
+mod util;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{ok, require_root, require_tool, scratch};
+use warren::store::oci::{self, ImageConfig, ImportOptions, OciError};
+use warren::store::{ExtractOptions, Store};
+
+fn extract(store: &Store, name: &str, dest: &Path) {
+    store
+        .extract(name, dest, &ExtractOptions::default())
+        .unwrap_or_else(|e| panic!("extract {name}: {e}"));
+}
+
+#[test]
+fn umoci_layout_imports_like_umoci_unpack() {
+    require_root();
+    let work = scratch("oci-layout");
+    let layout = util::build_layout(work.path());
+    let image = format!("{}:t", layout.display());
+    let expected = util::umoci_unpack(&image, work.path(), "umoci");
+
+    let store = Store::open(&work.path().join("store")).unwrap();
+    let info = oci::import(
+        &store,
+        &format!("oci:{image}"),
+        "layered:v1",
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    assert!(info.files > 5, "{info:?}");
+    let out = work.path().join("out");
+    extract(&store, "layered:v1", &out);
+    util::assert_same_tree(&expected, &out);
+
+    // What the layers did, spelled out (the comparison above would also pass if both
+    // tools were wrong in the same way).
+    assert!(!out.join("old").exists(), "whiteout of a directory");
+    assert!(
+        !out.join("gone.txt").exists() && !out.join("data/a.txt").exists(),
+        "whiteouts"
+    );
+    assert!(
+        !out.join("opt/lower-only").exists() && !out.join("opt/app").exists(),
+        "opaque dir"
+    );
+    assert_eq!(std::fs::read(out.join("opt/new")).unwrap(), b"new\n");
+    assert_eq!(
+        std::fs::read(out.join("data/a-link.txt")).unwrap(),
+        b"shared bytes\n"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (
+        std::fs::metadata(out.join("data/a-link.txt")).unwrap(),
+        std::fs::metadata(out.join("usr/a-elsewhere")).unwrap(),
+    );
+    assert_eq!(
+        (a.ino(), a.nlink(), a.uid(), a.gid()),
+        (b.ino(), 2, 7, 8),
+        "surviving hardlinks"
+    );
+    let passwd = std::fs::read_to_string(out.join("etc/passwd")).unwrap();
+    assert!(
+        passwd.contains("user:x:1000"),
+        "layer 2 changed passwd: {passwd}"
+    );
+    let cap = warren::sys::lgetxattr_at(
+        std::os::fd::AsFd::as_fd(&std::fs::File::open(out.join("usr/bin")).unwrap()),
+        std::ffi::OsStr::new("tool"),
+        c"security.capability",
+    )
+    .unwrap();
+    assert!(cap.is_some(), "file capability kept");
+
+    // The config came along.
+    let config = ImageConfig::of(&store, "layered:v1").unwrap();
+    assert_eq!(config.os, "linux");
+    assert_eq!(config.architecture, oci::go_arch());
+}
+
+#[test]
+fn docker_archive_from_skopeo_imports_like_umoci_unpack() {
+    require_root();
+    require_tool("skopeo", "skopeo");
+    let work = scratch("oci-docker");
+    let layout = util::build_layout(work.path());
+    let image = format!("{}:t", layout.display());
+    let expected = util::umoci_unpack(&image, work.path(), "umoci");
+    let archive = work.path().join("image.docker.tar");
+    ok(Command::new("skopeo")
+        .args(["copy", "--quiet", &format!("oci:{image}")])
+        .arg(format!(
+            "docker-archive:{}:example/layered:t",
+            archive.display()
+        )));
+
+    let store = Store::open(&work.path().join("store")).unwrap();
+    let source = format!("docker-archive:{}", archive.display());
+    oci::import(&store, &source, "fromdocker", &ImportOptions::default()).unwrap();
+    let out = work.path().join("out");
+    extract(&store, "fromdocker", &out);
+    util::assert_same_tree(&expected, &out);
+
+    // With an explicit reference, and a wrong one.
+    oci::import(
+        &store,
+        &format!("{source}:example/layered:t"),
+        "fromdocker:2",
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    let err = oci::import(
+        &store,
+        &format!("{source}:nope:1"),
+        "nope",
+        &ImportOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, OciError::NoSuchImage { .. }), "{err}");
+    assert!(err.to_string().contains("example/layered:t"), "{err}");
+}
+
+/// A tree with the awkward cases, made with plain std calls.
+fn sample_tree(root: &Path) {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+    std::fs::write(root.join("a/b/c/file"), b"deep").unwrap();
+    std::fs::write(root.join("setuid"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(root.join("setuid"), std::fs::Permissions::from_mode(0o4711)).unwrap();
+    std::os::unix::fs::lchown(root.join("a/b"), Some(1234), Some(5678)).unwrap();
+    symlink("../../etc/passwd", root.join("a/rel-link")).unwrap();
+    std::fs::hard_link(root.join("a/b/c/file"), root.join("hard")).unwrap();
+    let long = "n".repeat(120) + "/" + &"m".repeat(120);
+    std::fs::create_dir_all(root.join(&long)).unwrap();
+    std::fs::write(root.join(&long).join("f"), vec![7u8; 200_000]).unwrap();
+    util::xattr_set(&root.join("setuid"), "user.note", b"\x00binary\xff");
+}
+
+#[test]
+fn tarballs_are_told_by_content_not_name() {
+    require_root();
+    require_tool("zstd", "zstd");
+    let work = scratch("oci-tarball");
+    let tree = work.path().join("tree");
+    sample_tree(&tree);
+    let plain = work.path().join("plain.tar");
+    ok(Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-C"])
+        .arg(&tree)
+        .arg("-cf")
+        .arg(&plain)
+        .arg("."));
+    // Misleading names on purpose.
+    let gz = work.path().join("image.zst");
+    let zs = work.path().join("image.tar.gz");
+    ok(Command::new("sh")
+        .arg("-c")
+        .arg(format!("gzip -c {} > {}", plain.display(), gz.display())));
+    ok(Command::new("zstd")
+        .args(["-q", "-f"])
+        .arg(&plain)
+        .arg("-o")
+        .arg(&zs));
+
+    let store = Store::open(&work.path().join("store")).unwrap();
+    for (i, file) in [&plain, &gz, &zs].into_iter().enumerate() {
+        let name = format!("tarball:{i}");
+        oci::import(
+            &store,
+            &file.display().to_string(),
+            &name,
+            &ImportOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let out = work.path().join(format!("out{i}"));
+        extract(&store, &name, &out);
+        util::assert_same_tree(&tree, &out);
+        // A tarball has no config: the minimal one stands in.
+        let config = ImageConfig::of(&store, &name).unwrap();
+        assert_eq!(config.command(), ["/bin/sh"]);
+        assert!(config.env.iter().any(|e| e.starts_with("PATH=")));
+    }
+
+    // A config given at import is kept as is.
+    let given = br#"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/app"],"Cmd":["--serve"],"Env":["A=1"],"WorkingDir":"/srv","User":"1000:1000","ExposedPorts":{"8080/tcp":{}},"Labels":{"k":"v"}},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let opts = ImportOptions {
+        config: Some(given.to_vec()),
+        ..ImportOptions::default()
+    };
+    oci::import(&store, &plain.display().to_string(), "configured", &opts).unwrap();
+    let c = ImageConfig::of(&store, "configured").unwrap();
+    assert_eq!(c.command(), ["/app", "--serve"]);
+    assert_eq!(
+        (c.working_dir.as_deref(), c.user.as_deref()),
+        (Some("/srv"), Some("1000:1000"))
+    );
+    assert_eq!(c.exposed_ports, ["8080/tcp"]);
+    assert_eq!(c.labels.get("k").map(String::as_str), Some("v"));
+    assert_eq!(
+        store.image_config("configured").unwrap().as_deref(),
+        Some(&given[..])
+    );
+
+    // A directory goes to the store's own walker, with the config too.
+    oci::import(&store, &tree.display().to_string(), "fromdir", &opts).unwrap();
+    let out = work.path().join("outdir");
+    extract(&store, "fromdir", &out);
+    util::assert_same_tree(&tree, &out);
+    assert_eq!(ImageConfig::of(&store, "fromdir").unwrap(), c);
+}
+
+#[test]
+fn export_round_trips_and_other_tools_accept_it() {
+    require_root();
+    require_tool("skopeo", "skopeo");
+    let work = scratch("oci-export");
+    let layout = util::build_layout(work.path());
+    let store = Store::open(&work.path().join("store")).unwrap();
+    oci::import(
+        &store,
+        &format!("oci:{}:t", layout.display()),
+        "layered",
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    let original = work.path().join("original");
+    extract(&store, "layered", &original);
+
+    // oci:DIR:TAG, read back by skopeo, umoci and warren.
+    let exported = work.path().join("exported");
+    let digest = oci::export(&store, "layered", &format!("oci:{}:v1", exported.display())).unwrap();
+    assert!(digest.is_some_and(|d| d.starts_with("sha256:")));
+    let inspect =
+        ok(Command::new("skopeo").args(["inspect", &format!("oci:{}:v1", exported.display())]));
+    let inspect: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(inspect["Os"], "linux", "{inspect}");
+    assert_eq!(
+        inspect["Layers"].as_array().map(Vec::len),
+        Some(1),
+        "{inspect}"
+    );
+    let unpacked = util::umoci_unpack(
+        &format!("{}:v1", exported.display()),
+        work.path(),
+        "umoci-export",
+    );
+    util::assert_same_tree(&original, &unpacked);
+    oci::import(
+        &store,
+        &format!("oci:{}:v1", exported.display()),
+        "again",
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    let again = work.path().join("again");
+    extract(&store, "again", &again);
+    util::assert_same_tree(&original, &again);
+    assert_eq!(
+        ImageConfig::of(&store, "again").unwrap(),
+        ImageConfig::of(&store, "layered").unwrap(),
+        "config survives the round trip"
+    );
+
+    // A second tag joins the same layout; both stay readable.
+    oci::export(&store, "again", &format!("oci:{}:v2", exported.display())).unwrap();
+    ok(Command::new("skopeo").args(["inspect", &format!("oci:{}:v1", exported.display())]));
+    ok(Command::new("skopeo").args(["inspect", &format!("oci:{}:v2", exported.display())]));
+
+    // tar:FILE, read back by GNU tar and by warren.
+    let tarball = work.path().join("rootfs.tar");
+    oci::export(&store, "layered", &format!("tar:{}", tarball.display())).unwrap();
+    let untarred = work.path().join("untarred");
+    std::fs::create_dir(&untarred).unwrap();
+    ok(Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf"])
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&untarred));
+    util::assert_same_tree(&original, &untarred);
+    oci::import(
+        &store,
+        &tarball.display().to_string(),
+        "fromtar",
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    let fromtar = work.path().join("fromtar");
+    extract(&store, "fromtar", &fromtar);
+    util::assert_same_tree(&original, &fromtar);
+
+    let err = oci::export(&store, "layered", "zip:/tmp/x").unwrap_err();
+    assert!(matches!(err, OciError::BadDestination(_)), "{err}");
+}
+
+#[test]
+fn busybox_builder_makes_a_working_image() {
+    require_root();
+    require_tool("busybox", "busybox-static");
+    let work = scratch("oci-busybox");
+    let tree = work.path().join("tree");
+    warren::store::busybox::busybox_tree(&tree, Path::new(warren::store::busybox::DEFAULT_BUSYBOX))
+        .unwrap();
+    let store = Store::open(&work.path().join("store")).unwrap();
+    let opts = ImportOptions {
+        config: Some(warren::store::busybox::busybox_config()),
+        ..ImportOptions::default()
+    };
+    oci::import(&store, &tree.display().to_string(), "busybox", &opts).unwrap();
+    let out = work.path().join("out");
+    extract(&store, "busybox", &out);
+    util::assert_same_tree(&tree, &out);
+    // The applets work inside the tree: run its shell chrooted.
+    let said = ok(Command::new("chroot").arg(&out).args([
+        "/bin/sh",
+        "-c",
+        "ls /bin/sh && id -u && echo $((6*7))",
+    ]));
+    assert_eq!(said, "/bin/sh\n0\n42\n");
+    let c = ImageConfig::of(&store, "busybox").unwrap();
+    assert_eq!(c.command(), ["/bin/sh"]);
+    assert!(c.env.iter().any(|e| e.starts_with("PATH=/usr/local/sbin")));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(out.join("tmp")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o7777, 0o1777);
+}
