@@ -553,6 +553,51 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
                 });
             }
             off += reclen;
+        }
+    }
+}
+
+// ---- mount::overlay: layers handed over as fds ----
+
+/// `fsconfig(2)` command that passes a file descriptor (overlayfs layers since Linux 6.13).
+pub const FSCONFIG_SET_FD: u32 = 5;
+
+/// `fsconfig(FSCONFIG_SET_FD)`: give the filesystem context `key` as an open fd, e.g. an
+/// overlay `lowerdir+` that is a detached (idmapped) mount with no path of its own.
+pub fn fsconfig_set_fd(fs: BorrowedFd<'_>, key: &CStr, fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: valid fds and C string; the value pointer must be NULL for SET_FD.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_FD,
+            key.as_ptr(),
+            std::ptr::null::<libc::c_char>(),
+            fd.as_raw_fd(),
+        )
+    })
+    .map(drop)
+}
+
+/// `seccomp(SECCOMP_SET_MODE_FILTER, flags, prog)`. Async-signal-safe: one syscall, no
+/// allocation, errno read from the thread's own slot.
+pub fn seccomp_set_mode_filter(
+    prog: &libc::sock_fprog,
+    flags: libc::c_uint,
+) -> Result<(), nix::errno::Errno> {
+    // SAFETY: `prog` points to a valid sock_fprog whose filter array outlives the call; the
+    // kernel copies the program before returning.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            prog as *const libc::sock_fprog,
+        )
+    };
+    nix::errno::Errno::result(ret).map(drop)
+}
+
 #[repr(C)]
 #[derive(Default)]
 struct CloneArgs {
@@ -670,43 +715,6 @@ pub fn openat2_raw(
     }
 }
 
-// ---- mount::overlay: layers handed over as fds ----
-
-/// `fsconfig(2)` command that passes a file descriptor (overlayfs layers since Linux 6.13).
-pub const FSCONFIG_SET_FD: u32 = 5;
-
-/// `fsconfig(FSCONFIG_SET_FD)`: give the filesystem context `key` as an open fd, e.g. an
-/// overlay `lowerdir+` that is a detached (idmapped) mount with no path of its own.
-pub fn fsconfig_set_fd(fs: BorrowedFd<'_>, key: &CStr, fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: valid fds and C string; the value pointer must be NULL for SET_FD.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            FSCONFIG_SET_FD,
-            key.as_ptr(),
-            std::ptr::null::<libc::c_char>(),
-            fd.as_raw_fd(),
-        )
-    })
-    .map(drop)
-/// `seccomp(SECCOMP_SET_MODE_FILTER, flags, prog)`. Async-signal-safe: one syscall, no
-/// allocation, errno read from the thread's own slot.
-pub fn seccomp_set_mode_filter(
-    prog: &libc::sock_fprog,
-    flags: libc::c_uint,
-) -> Result<(), nix::errno::Errno> {
-    // SAFETY: `prog` points to a valid sock_fprog whose filter array outlives the call; the
-    // kernel copies the program before returning.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            flags,
-            prog as *const libc::sock_fprog,
-        )
-    };
-    nix::errno::Errno::result(ret).map(drop)
 /// `close_range(2)` with `CLOSE_RANGE_CLOEXEC`: every fd from `first` up is closed at exec
 /// (so a failed exec can still be reported). Async-signal-safe.
 pub fn cloexec_range_from(first: RawFd) -> io::Result<()> {
@@ -727,6 +735,8 @@ pub fn cloexec_range_from(first: RawFd) -> io::Result<()> {
 pub fn setns_raw(fd: RawFd, nstype: libc::c_int) -> io::Result<()> {
     // SAFETY: plain integers.
     check(unsafe { libc::setns(fd, nstype) } as libc::c_long).map(drop)
+}
+
 /// `fsetxattr(2)`: sets xattr `attr` on the open file (or directory) `fd`.
 pub fn fsetxattr(fd: BorrowedFd<'_>, attr: &CStr, value: &[u8]) -> io::Result<()> {
     // SAFETY: valid fd and C string, and a value buffer of the given length.
