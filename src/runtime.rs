@@ -1,1 +1,0 @@
-//! `Runtime`: the scheduler-facing API tying store, ranges, mounts and containers together.

@@ -1,0 +1,262 @@
+//! What a caller asks for one container: `ContainerConfig`, also read from
+//! `/etc/warren/containers/NAME.toml` for `container@NAME.service`.
+
+use oci_spec::runtime::LinuxResources;
+use serde::Deserialize;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+/// The container's network.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Network {
+    /// Its own network namespace with only loopback, up.
+    #[default]
+    None,
+    /// The host's network namespace.
+    Host,
+    /// Join an existing network namespace, e.g. `/run/netns/NAME` from `ip netns add`.
+    Join(PathBuf),
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" | "" => Ok(Network::None),
+            "host" => Ok(Network::Host),
+            p if p.starts_with('/') => Ok(Network::Join(PathBuf::from(p))),
+            other => Err(format!(
+                "network {other:?}: expected none, host, or the path of a network namespace (/run/netns/NAME)"
+            )),
+        }
+    }
+}
+
+/// A host path bind-mounted into the container.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub destination: PathBuf,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+impl std::str::FromStr for BindMount {
+    type Err = String;
+    /// `SRC:DST[:ro]`, as `-v` takes it.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let (source, destination, readonly) = match parts.as_slice() {
+            [src, dst] => (src, dst, false),
+            [src, dst, "ro"] => (src, dst, true),
+            [src, dst, "rw"] => (src, dst, false),
+            _ => return Err(format!("volume {s:?}: expected SRC:DST[:ro]")),
+        };
+        let (source, destination) = (PathBuf::from(source), PathBuf::from(destination));
+        if !source.is_absolute() || !destination.is_absolute() {
+            return Err(format!("volume {s:?}: both paths must be absolute"));
+        }
+        Ok(BindMount {
+            source,
+            destination,
+            readonly,
+        })
+    }
+}
+
+/// Everything about one container; empty fields take the image's defaults.
+#[derive(Debug, Default)]
+pub struct ContainerConfig {
+    /// `NAME[:TAG]` in the store.
+    pub image: String,
+    /// The program and its arguments (default: the image's Entrypoint + Cmd).
+    pub command: Vec<String>,
+    /// `KEY=VALUE`, added to (and overriding) the image's Env.
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    /// `UID[:GID]` inside the container (default: the image's User, else 0).
+    pub user: Option<String>,
+    pub mounts: Vec<BindMount>,
+    pub network: Network,
+    pub hostname: Option<String>,
+    pub resources: Option<LinuxResources>,
+    /// The built-in default seccomp profile (on unless turned off).
+    pub no_seccomp: bool,
+    pub read_only: bool,
+    /// Allocate a pty for the workload (interactive `warren run -t`).
+    pub terminal: bool,
+    /// The workload's stdin, stdout, stderr (default: inherited from the caller).
+    pub stdio: [Option<OwnedFd>; 3],
+}
+
+/// The TOML form of a container's config (`/etc/warren/containers/NAME.toml`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub image: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    #[serde(default)]
+    pub mounts: Vec<BindMount>,
+    /// `none`, `host` or a network namespace path.
+    pub network: Option<String>,
+    pub hostname: Option<String>,
+    /// Memory limit in bytes, or with a K/M/G suffix.
+    pub memory: Option<String>,
+    pub pids_limit: Option<i64>,
+    /// CPU limit in cores, e.g. 0.5.
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub no_seccomp: bool,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The library config this file describes; `path` names the file in errors.
+    pub fn into_config(self, path: &Path) -> Result<ContainerConfig, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let network = match &self.network {
+            Some(n) => n.parse().map_err(|e| invalid(format!("field `network`: {e}")))?,
+            None => Network::None,
+        };
+        let memory = match &self.memory {
+            Some(m) => Some(parse_bytes(m).map_err(|e| invalid(format!("field `memory`: {e}")))?),
+            None => None,
+        };
+        Ok(ContainerConfig {
+            image: self.image,
+            command: self.command,
+            env: self.env,
+            workdir: self.workdir,
+            user: self.user,
+            mounts: self.mounts,
+            network,
+            hostname: self.hostname,
+            resources: limits(memory, self.pids_limit, self.cpus).map_err(invalid)?,
+            no_seccomp: self.no_seccomp,
+            read_only: self.read_only,
+            terminal: false,
+            stdio: [None, None, None],
+        })
+    }
+}
+
+/// `512M`, `2G`, `1048576`: a byte count.
+pub fn parse_bytes(s: &str) -> Result<i64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mult: i64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("{s:?}: unknown unit {c:?} (use K, M, G or T)")),
+            };
+            (&t[..i], mult)
+        }
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a positive size"))
+}
+
+/// OCI resources for the simple limits the CLI and config files offer; `None` when no
+/// limit is asked for, so a host without delegated cgroups still runs the container.
+pub fn limits(
+    memory: Option<i64>,
+    pids: Option<i64>,
+    cpus: Option<f64>,
+) -> Result<Option<LinuxResources>, String> {
+    use oci_spec::runtime::{
+        LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder,
+    };
+    if memory.is_none() && pids.is_none() && cpus.is_none() {
+        return Ok(None);
+    }
+    let mut b = LinuxResourcesBuilder::default();
+    if let Some(m) = memory {
+        b = b.memory(LinuxMemoryBuilder::default().limit(m).build().map_err(|e| e.to_string())?);
+    }
+    if let Some(p) = pids {
+        b = b.pids(LinuxPidsBuilder::default().limit(p).build().map_err(|e| e.to_string())?);
+    }
+    if let Some(c) = cpus {
+        if !(c > 0.0) {
+            return Err(format!("cpus {c}: must be positive"));
+        }
+        let period: u64 = 100_000;
+        b = b.cpu(
+            LinuxCpuBuilder::default()
+                .period(period)
+                .quota((c * period as f64) as i64)
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    b.build().map(Some).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_volumes_networks_and_sizes() {
+        let v: BindMount = "/srv/data:/data:ro".parse().unwrap();
+        assert!(v.readonly && v.destination == Path::new("/data"));
+        assert!("data:/data".parse::<BindMount>().is_err());
+        assert_eq!("host".parse::<Network>(), Ok(Network::Host));
+        assert!("bridge".parse::<Network>().is_err());
+        assert_eq!(parse_bytes("512M"), Ok(512 << 20));
+        assert!(parse_bytes("12X").is_err());
+        assert!(parse_bytes("-1").is_err());
+    }
+
+    #[test]
+    fn config_file_errors_name_the_file_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.toml");
+        std::fs::write(&path, "image = \"busybox\"\nnetwork = \"bridge\"\n").unwrap();
+        let err = ConfigFile::load(&path).unwrap().into_config(&path).unwrap_err();
+        assert!(err.to_string().contains("web.toml") && err.to_string().contains("network"));
+        std::fs::write(&path, "image = \"busybox\"\ncolour = 1\n").unwrap();
+        let err = ConfigFile::load(&path).unwrap_err().to_string();
+        assert!(err.contains("web.toml") && err.contains("colour"), "{err}");
+    }
+}

@@ -1,0 +1,88 @@
+//! The host's one extracted copy of each image: `STATE/images/KEY/rootfs`, read-only
+//! lower layer of every container's view. KEY is the hash of the image's index, so a
+//! re-tagged or re-imported image gets a fresh tree and an unchanged one is reused.
+//! Concurrent creates of the same image extract it once (a lock file per KEY).
+
+use crate::store::{ExtractOptions, Store, StoreError};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(
+        "image {name:?} is not in the store {store}: import it (`warren image import DIR --name {name}`, `warren image import oci:DIR --name {name}`) or pull it (`warren image pull URL {name}`)"
+    )]
+    Missing { name: String, store: PathBuf },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The extracted images under one directory.
+#[derive(Debug, Clone)]
+pub struct ImageCache {
+    dir: PathBuf,
+}
+
+impl ImageCache {
+    pub fn new(dir: PathBuf) -> Self {
+        ImageCache { dir }
+    }
+
+    /// The extracted rootfs of image `name`, extracting it first if this host has not.
+    pub fn rootfs(&self, store: &Store, name: &str) -> Result<PathBuf, ImageError> {
+        let index_path = store.index_path(name)?;
+        let index = match std::fs::read(&index_path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ImageError::Missing {
+                    name: name.to_string(),
+                    store: store.dir().to_path_buf(),
+                });
+            }
+            Err(source) => {
+                return Err(ImageError::Io {
+                    what: "read",
+                    path: index_path,
+                    source,
+                });
+            }
+        };
+        let key = blake3::hash(&index).to_hex();
+        let dir = self.dir.join(&key[..32]);
+        let rootfs = dir.join("rootfs");
+        if rootfs.is_dir() {
+            return Ok(rootfs);
+        }
+        let io = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ImageError::Io { what, path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let lock_path = dir.join("lock");
+        let lock = File::create(&lock_path).map_err(io("create", &lock_path))?;
+        let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| ImageError::Io {
+                what: "lock",
+                path: lock_path.clone(),
+                source: e.into(),
+            })?;
+        // Another create may have extracted it while we waited for the lock.
+        if !rootfs.is_dir() {
+            // The store extracts into a temporary sibling and renames: a crash leaves
+            // no `rootfs` that looks complete.
+            store.extract(name, &rootfs, &ExtractOptions::default())?;
+        }
+        Ok(rootfs)
+    }
+
+    /// Every extracted tree's directory (for `warren image prune` and disk accounting).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}

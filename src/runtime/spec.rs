@@ -1,0 +1,288 @@
+//! The OCI `config.json` for one container of an image: the image's defaults, the
+//! caller's overrides, a user namespace onto the container's id block, and the usual
+//! container hardening (default capabilities, seccomp, masked and read-only paths).
+
+use super::config::{ContainerConfig, Network};
+use crate::idmap::alloc::Reservation;
+use crate::store::oci::ImageConfig;
+use oci_spec::runtime::Spec;
+use serde_json::{Value, json};
+use std::io::Read;
+use std::path::Path;
+
+/// The capabilities a container's root keeps (the set Docker and podman give by default).
+const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Builds the spec; errors are messages naming the field that is wrong.
+pub fn build(
+    name: &str,
+    cfg: &ContainerConfig,
+    image: &ImageConfig,
+    ids: &Reservation,
+    rootfs: &Path,
+) -> Result<Spec, String> {
+    let args = if cfg.command.is_empty() {
+        image.command()
+    } else {
+        cfg.command.clone()
+    };
+    if args.is_empty() {
+        return Err(format!(
+            "image {:?} has no Entrypoint or Cmd: give a command",
+            cfg.image
+        ));
+    }
+    let (uid, gid) = match cfg.user.as_deref().or(image.user.as_deref()) {
+        Some(user) => resolve_user(user, rootfs)?,
+        None => (0, 0),
+    };
+    let cwd = cfg
+        .workdir
+        .clone()
+        .or_else(|| image.working_dir.clone())
+        .unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        return Err(format!("working directory {cwd:?} must be absolute"));
+    }
+    let mut env = merge_env(&image.env, &cfg.env)?;
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, DEFAULT_PATH.to_string());
+    }
+    if cfg.terminal && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
+
+    let mut namespaces = vec![
+        json!({"type": "user"}),
+        json!({"type": "mount"}),
+        json!({"type": "pid"}),
+        json!({"type": "uts"}),
+        json!({"type": "ipc"}),
+        json!({"type": "cgroup"}),
+    ];
+    match &cfg.network {
+        Network::None => namespaces.push(json!({"type": "network"})),
+        Network::Host => {}
+        Network::Join(path) => namespaces.push(json!({"type": "network", "path": path})),
+    }
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+               "options": ["nosuid", "noexec", "nodev"]}),
+    ];
+    // sysfs may only be mounted by the owner of the network namespace; with the host's
+    // network, bind the host's /sys read-only instead (as rootless runtimes do).
+    mounts.push(match cfg.network {
+        Network::Host => json!({"destination": "/sys", "type": "bind", "source": "/sys",
+                                "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}),
+        _ => json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                    "options": ["nosuid", "noexec", "nodev", "ro"]}),
+    });
+    for m in &cfg.mounts {
+        let mut options = vec!["rbind", "nosuid", "nodev"];
+        if m.readonly {
+            options.push("ro");
+        }
+        mounts.push(json!({"destination": m.destination, "type": "bind",
+                           "source": m.source, "options": options}));
+    }
+
+    let mut linux = json!({
+        "uidMappings": [{"containerID": 0, "hostID": ids.uids.start, "size": ids.uids.len}],
+        "gidMappings": [{"containerID": 0, "hostID": ids.gids.start, "size": ids.gids.len}],
+        "namespaces": namespaces,
+        "maskedPaths": [
+            "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+            "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+            "/sys/firmware", "/sys/devices/virtual/powercap"
+        ],
+        "readonlyPaths": [
+            "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
+        ],
+        "rootfsPropagation": "private",
+    });
+    if let Some(resources) = &cfg.resources {
+        linux["resources"] = serde_json::to_value(resources).map_err(|e| e.to_string())?;
+        linux["cgroupsPath"] = json!(format!("warren/{name}"));
+    }
+    if !cfg.no_seccomp {
+        let profile = crate::container::seccomp::default_profile();
+        linux["seccomp"] = serde_json::to_value(profile).map_err(|e| e.to_string())?;
+    }
+
+    let caps: Value = json!(DEFAULT_CAPS);
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": cfg.terminal,
+            "user": {"uid": uid, "gid": gid},
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "capabilities": {
+                "bounding": caps, "effective": caps, "permitted": caps
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576u64, "soft": 1048576u64}],
+            "noNewPrivileges": true,
+        },
+        "root": {"path": rootfs, "readonly": cfg.read_only},
+        "hostname": cfg.hostname.clone().unwrap_or_else(|| name.to_string()),
+        "mounts": mounts,
+        "linux": linux,
+    });
+    serde_json::from_value(spec).map_err(|e| format!("generated config: {e}"))
+}
+
+/// The image's environment with the caller's `KEY=VALUE`s replacing same-named keys.
+fn merge_env(image: &[String], overrides: &[String]) -> Result<Vec<String>, String> {
+    let mut env: Vec<String> = image.to_vec();
+    for kv in overrides {
+        let Some((key, _)) = kv.split_once('=') else {
+            return Err(format!("environment {kv:?}: expected KEY=VALUE"));
+        };
+        env.retain(|e| e.split_once('=').map(|(k, _)| k) != Some(key));
+        env.push(kv.clone());
+    }
+    Ok(env)
+}
+
+/// `UID[:GID]` or `NAME[:GROUP]`, names looked up in the image's /etc/passwd and
+/// /etc/group, read beneath the rootfs so a symlink in the image cannot point outside.
+fn resolve_user(user: &str, rootfs: &Path) -> Result<(u32, u32), String> {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = || read_in_root(rootfs, "etc/passwd");
+    let (uid, primary_gid) = match u.parse::<u32>() {
+        Ok(uid) => {
+            let gid = lookup(&passwd(), 2, |f| f[2] == u).and_then(|f| f[3].parse().ok());
+            (uid, gid.unwrap_or(0))
+        }
+        Err(_) => {
+            let fields = lookup(&passwd(), 3, |f| f[0] == u)
+                .ok_or_else(|| format!("user {u:?} is not in the image's /etc/passwd"))?;
+            let uid = fields[2].parse().map_err(|_| format!("user {u:?}: bad uid in /etc/passwd"))?;
+            (uid, fields[3].parse().unwrap_or(0))
+        }
+    };
+    let gid = match g {
+        None => primary_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => lookup(&read_in_root(rootfs, "etc/group"), 2, |f| f[0] == g)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| format!("group {g:?} is not in the image's /etc/group"))?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+fn lookup(text: &str, min_field: usize, matches: impl Fn(&[&str]) -> bool) -> Option<Vec<String>> {
+    text.lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > min_field && matches(f))
+        .map(|f| f.into_iter().map(String::from).collect())
+}
+
+fn read_in_root(rootfs: &Path, rel: &str) -> String {
+    let read = || -> std::io::Result<String> {
+        let root = std::fs::File::open(rootfs)?;
+        let fd = crate::sys::openat2(
+            std::os::fd::AsFd::as_fd(&root),
+            Path::new(rel),
+            libc::O_RDONLY,
+            0,
+            crate::sys::RESOLVE_IN_ROOT,
+        )?;
+        let mut text = String::new();
+        std::fs::File::from(fd).read_to_string(&mut text)?;
+        Ok(text)
+    };
+    read().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idmap::IdRange;
+
+    fn ids() -> Reservation {
+        let r = IdRange::new(0x30000, 0x10000).unwrap();
+        Reservation {
+            name: "web".into(),
+            uids: r,
+            gids: r,
+        }
+    }
+
+    #[test]
+    fn image_defaults_and_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/:/bin/sh\n").unwrap();
+        let image = ImageConfig {
+            cmd: vec!["/bin/sh".into()],
+            env: vec!["PATH=/bin".into(), "A=1".into()],
+            user: Some("www".into()),
+            ..ImageConfig::default()
+        };
+        let cfg = ContainerConfig {
+            image: "busybox".into(),
+            env: vec!["A=2".into()],
+            ..ContainerConfig::default()
+        };
+        let spec = build("web", &cfg, &image, &ids(), dir.path()).unwrap();
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(p.args().as_ref().unwrap(), &vec!["/bin/sh".to_string()]);
+        assert_eq!(p.env().as_ref().unwrap(), &vec!["PATH=/bin".to_string(), "A=2".to_string()]);
+        assert_eq!((p.user().uid(), p.user().gid()), (33, 34));
+        let linux = spec.linux().as_ref().unwrap();
+        let map = &linux.uid_mappings().as_ref().unwrap()[0];
+        assert_eq!((map.container_id(), map.host_id(), map.size()), (0, 0x30000, 0x10000));
+        assert!(linux.seccomp().is_some());
+        assert_eq!(spec.hostname().as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn bad_input_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ContainerConfig {
+            image: "empty".into(),
+            ..ContainerConfig::default()
+        };
+        let err = build("x", &cfg, &ImageConfig::default(), &ids(), dir.path()).unwrap_err();
+        assert!(err.contains("no Entrypoint or Cmd"), "{err}");
+        let cfg = ContainerConfig {
+            image: "busybox".into(),
+            command: vec!["true".into()],
+            user: Some("nobody".into()),
+            ..ContainerConfig::default()
+        };
+        let err = build("x", &cfg, &ImageConfig::default(), &ids(), dir.path()).unwrap_err();
+        assert!(err.contains("nobody"), "{err}");
+    }
+}
