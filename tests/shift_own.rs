@@ -269,6 +269,8 @@ fn round_trip_keeps_every_attribute() {
     let out = shift_own(&["-s", "0x30000", "-v"], &root);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
+    // Piped: no progress bar, nothing on stderr.
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         stdout.contains(&format!(
             "0:0 -> 196608:196608 .. {}",
