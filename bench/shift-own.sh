@@ -25,7 +25,7 @@ rm -rf "$WORK" && mkdir -p "$WORK"
 cp -a "$TREE" "$WORK/a" && cp -a "$TREE" "$WORK/b"
 echo "tree: $(find "$WORK/a" | wc -l) entries, $(nproc) cores, $(uname -r)"
 
-hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$WORK/result.json" \
+hyperfine -N --warmup 3 --runs "$RUNS" --export-csv "$WORK/result.csv" \
     --prepare "$SHIFT -s 0 $WORK/a" \
     --prepare "$SHIFT -s 0 $WORK/a" \
     --prepare "chown -hR 0:0 $WORK/b" \
@@ -33,18 +33,16 @@ hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$WORK/result.json" \
     -n "shift-own -j1 -s 0x30000" "$SHIFT -j1 -s 0x30000 $WORK/a" \
     -n "chown -hR 196608:196608" "chown -hR 196608:196608 $WORK/b"
 
-python3 - "$WORK/result.json" <<'PY'
-import json, sys
-r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
-c = r["chown -hR 196608:196608"]
-cpu = lambda x: x["user"] + x["system"]
-for name in ("shift-own -s 0x30000", "shift-own -j1 -s 0x30000", "chown -hR 196608:196608"):
-    x = r[name]
-    print(f"{name:26} mean {x['mean']*1e3:6.1f} ms  median {x['median']*1e3:6.1f} ms  "
-          f"min {x['min']*1e3:6.1f} ms  cpu {cpu(x)*1e3:6.1f} ms")
-for name in ("shift-own -s 0x30000", "shift-own -j1 -s 0x30000"):
-    x = r[name]
-    print(f"ratio {name} / chown -hR: mean {x['mean']/c['mean']:.2f}, "
-          f"median {x['median']/c['median']:.2f}, cpu {cpu(x)/cpu(c):.2f} (target <= 1.0)")
-PY
+# CSV columns: command,mean,stddev,median,user,system,min,max (seconds).
+awk -F, 'NR > 1 {
+    name[NR] = $1; mean[$1] = $2; median[$1] = $4; cpu[$1] = $5 + $6
+    printf "%-26s mean %6.1f ms  median %6.1f ms  min %6.1f ms  cpu %6.1f ms\n", \
+        $1, $2 * 1e3, $4 * 1e3, $7 * 1e3, ($5 + $6) * 1e3
+}
+END {
+    c = "chown -hR 196608:196608"
+    for (i in name) if (name[i] != c)
+        printf "ratio %s / chown -hR: mean %.2f, median %.2f, cpu %.2f (target <= 1.0)\n", \
+            name[i], mean[name[i]] / mean[c], median[name[i]] / median[c], cpu[name[i]] / cpu[c]
+}' "$WORK/result.csv"
 rm -rf "$WORK"

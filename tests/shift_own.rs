@@ -269,6 +269,12 @@ fn round_trip_keeps_every_attribute() {
     let out = shift_own(&["-s", "0x30000", "-v"], &root);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
+    // Piped: no progress bar, nothing on stderr.
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         stdout.contains(&format!(
             "0:0 -> 196608:196608 .. {}",
@@ -558,4 +564,37 @@ fn vanished_paths_and_bad_ranges_are_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/warren-shift"));
     let out = shift_own(&["-r", "0"], Path::new("/tmp"));
     assert!(!out.status.success());
+}
+
+#[test]
+fn the_library_reports_progress_and_counts_without_printing() {
+    use warren::idmap::Shift;
+    use warren::idmap::shift::{ShiftOptions, shift_tree};
+    require_root();
+    let tmp = scratch("shift-own-lib");
+    for d in 0..4 {
+        let dir = tmp.path().join(format!("d{d}"));
+        fs::create_dir(&dir).unwrap();
+        for f in 0..150 {
+            fs::write(dir.join(format!("f{f}")), "x").unwrap();
+        }
+    }
+    let seen = std::sync::Mutex::new(Vec::new());
+    let progress = |n: u64| seen.lock().unwrap().push(n);
+    let mut opts = ShiftOptions::new(Shift::new(S, 0x10000).unwrap());
+    opts.threads = 2;
+    let report = shift_tree(tmp.path(), &opts, Some(&progress)).expect("shift");
+    assert_eq!((report.entries, report.shifted), (605, 605));
+    assert!(report.changes.is_empty() && report.failures.is_empty());
+    let seen = seen.into_inner().unwrap();
+    assert_eq!(seen.last(), Some(&605), "{seen:?}");
+    assert!(seen.len() >= 3, "progress was reported only {seen:?}");
+
+    opts.shift = Shift::default();
+    opts.dry_run = true;
+    opts.record_changes = true;
+    let report = shift_tree(tmp.path(), &opts, None).expect("dry run");
+    assert_eq!(report.changes.len(), 605);
+    assert_eq!(report.changes[0].from, (S, S));
+    assert_eq!(fs::symlink_metadata(tmp.path()).unwrap().uid(), S);
 }

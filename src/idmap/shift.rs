@@ -313,8 +313,8 @@ impl Walker<'_> {
         }
     }
 
-    /// The entries of `dir` in inode order: neighbouring inodes share inode-table blocks,
-    /// which makes the stat and chown of a directory's files measurably cheaper.
+    /// The entries of `dir` in inode order, so consecutive stats and chowns touch
+    /// neighbouring inode-table blocks rather than hash order's scattered ones.
     fn read(&self, dir: &DirFd) -> Option<Vec<sys::DirEntry>> {
         let mut entries = sys::read_dir(dir.fd.as_fd())
             .map_err(|e| self.fail(dir.path.clone(), format!("getdents: {e}")))
