@@ -1,0 +1,84 @@
+#!/bin/sh
+# shift-mount: one container's shifted view of a Debian minbase tree, three ways, in one
+# run: --method idmap, --method metacopy, --method copy, and the naive per-container copy
+# (cp -a, then shift-own). Then idmap again on a tree 10x larger (ten hardlinked copies of
+# minbase under one root: ten times the entries) to show its cost does not grow.
+# Every timed run starts from an empty INTERMEDIATE (the first mount of a container);
+# hyperfine's --prepare unmounts and clears the previous one, outside the timing.
+# Usage: bench/shift-mount.sh [RUNS]   (as root; needs hyperfine, debootstrap if no tree)
+set -eu
+cd "$(dirname "$0")/.."
+RUNS=${1:-10}
+BASE=/var/tmp/warren-bench
+TREE=$BASE/minbase
+BIG=$BASE/minbase-x10
+WORK=$BASE/shift-mount-work
+
+[ "$(id -u)" = 0 ] || { echo "run as root (mounts need it)" >&2; exit 1; }
+command -v hyperfine >/dev/null || { echo "apt-get install -y hyperfine" >&2; exit 1; }
+if ! grep -qs '^rc=0' "$BASE/debootstrap.log" || [ ! -d "$TREE/usr" ]; then
+    command -v debootstrap >/dev/null || { echo "apt-get install -y debootstrap" >&2; exit 1; }
+    mkdir -p "$BASE" && rm -rf "$TREE"
+    { debootstrap --variant=minbase bookworm "$TREE"; echo "rc=$?"; } >"$BASE/debootstrap.log" 2>&1
+fi
+if [ ! -f "$BIG/.complete" ]; then
+    rm -rf "$BIG" && mkdir -p "$BIG"
+    for i in 0 1 2 3 4 5 6 7 8 9; do cp -al "$TREE" "$BIG/copy$i"; done
+    touch "$BIG/.complete"
+fi
+
+cargo build --release --quiet --bin shift-mount --bin shift-own
+SM=$PWD/target/release/shift-mount
+SO=$PWD/target/release/shift-own
+
+cleanup() {
+    for m in "$WORK"/mnt-*; do
+        [ -d "$m" ] && "$SM" --unmount "$m" >/dev/null 2>&1 || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+cleanup
+mkdir -p "$WORK"
+for m in idmap metacopy copy big; do mkdir -p "$WORK/mnt-$m"; done
+reset() { echo "$SM --unmount $WORK/mnt-$1 >/dev/null 2>&1; rm -rf $WORK/im-$1"; }
+
+echo "tree: $(find "$TREE" | wc -l) entries, $(du -sh "$TREE" | cut -f1); big tree: $(find "$BIG" | wc -l) entries; $(nproc) cores, $(uname -r)"
+
+hyperfine --warmup 2 --runs "$RUNS" --export-json "$WORK/result.json" \
+    --prepare "$(reset idmap)" \
+    --prepare "$(reset big)" \
+    --prepare "$(reset metacopy)" \
+    --prepare "$(reset copy)" \
+    --prepare "rm -rf $WORK/naive" \
+    -n "idmap" "$SM --oneshot -s 0x30000 --method idmap $TREE $WORK/im-idmap $WORK/mnt-idmap" \
+    -n "idmap-x10" "$SM --oneshot -s 0x30000 --method idmap $BIG $WORK/im-big $WORK/mnt-big" \
+    -n "metacopy" "$SM --oneshot -s 0x30000 --method metacopy $TREE $WORK/im-metacopy $WORK/mnt-metacopy" \
+    -n "copy" "$SM --oneshot -s 0x30000 --method copy $TREE $WORK/im-copy $WORK/mnt-copy" \
+    -n "naive" "cp -a $TREE $WORK/naive && $SO -s 0x30000 $WORK/naive"
+
+# The last runs left each view mounted: what do their INTERMEDIATE dirs cost on disk?
+tree_kb=$(du -sk "$TREE" | cut -f1)
+meta_kb=$(du -sk "$WORK/im-metacopy/upper" | cut -f1)
+idmap_kb=$(du -sk "$WORK/im-idmap/upper" | cut -f1)
+copy_kb=$(du -sk "$WORK/im-copy/copy" | cut -f1)
+# A remount of an INTERMEDIATE already set up: no walk.
+"$SM" --unmount "$WORK/mnt-metacopy" >/dev/null
+remount=$("$SM" --oneshot -s 0x30000 "$TREE" "$WORK/im-metacopy" "$WORK/mnt-metacopy" | tail -2 | head -1)
+
+python3 - "$WORK/result.json" "$tree_kb" "$meta_kb" "$idmap_kb" "$copy_kb" "$remount" <<'PY'
+import json, sys
+r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
+tree, meta, idm, copy = (int(x) for x in sys.argv[2:6])
+ms = lambda n: f"{r[n]['mean']*1000:.1f} ms ± {r[n]['stddev']*1000:.1f}"
+for n in ["idmap", "idmap-x10", "metacopy", "copy", "naive"]:
+    print(f"{n:10} {ms(n)}")
+print(f"idmap: {r['idmap']['mean']*1000:.1f} ms, 10x tree: {r['idmap-x10']['mean']*1000:.1f} ms "
+      f"(ratio {r['idmap-x10']['mean']/r['idmap']['mean']:.2f}; target < 10 ms on both)")
+print(f"metacopy / naive: {r['metacopy']['mean']/r['naive']['mean']:.3f} (target <= 0.5)")
+print(f"idmap / naive: {r['idmap']['mean']/r['naive']['mean']:.4f}")
+print(f"copy / naive: {r['copy']['mean']/r['naive']['mean']:.2f}")
+print(f"disk: tree {tree} KiB; metacopy upper {meta} KiB = {100*meta/tree:.1f}% (target < 15%); "
+      f"idmap upper {idm} KiB = {100*idm/tree:.2f}%; copy {copy} KiB = {100*copy/tree:.0f}%")
+print(f"remount of the metacopy INTERMEDIATE: {sys.argv[6]}")
+PY
