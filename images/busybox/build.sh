@@ -56,4 +56,4 @@ echo '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
 
 store=()
 [ -n "${WARREN_STORE:-}" ] && store=(--store "$WARREN_STORE")
-"$warren" "${store[@]}" image import "oci:$layout:latest" "$name"
+"$warren" "${store[@]}" image import "oci:$layout:latest" --name "$name"

@@ -28,4 +28,4 @@ JSON
 # A directory import: the store walks the tree itself (no tarball, no copy).
 store=()
 [ -n "${WARREN_STORE:-}" ] && store=(--store "$WARREN_STORE")
-"$warren" "${store[@]}" image import --config "$work/config.json" "$rootfs" "$name"
+"$warren" "${store[@]}" image import --config "$work/config.json" "$rootfs" --name "$name"
