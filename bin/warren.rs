@@ -8,6 +8,8 @@ use std::path::PathBuf;
 mod image;
 #[path = "warren/oci.rs"]
 mod oci;
+#[path = "warren/product.rs"]
+mod product;
 #[path = "warren/ranges.rs"]
 mod ranges;
 #[path = "warren/store.rs"]
@@ -68,6 +70,8 @@ enum Command {
     Store(store::Command),
     #[command(flatten)]
     Oci(oci::Command),
+    #[command(flatten)]
+    Product(product::Command),
 }
 
 fn main() {
@@ -77,6 +81,7 @@ fn main() {
         Command::Image(c) => image::run(&cli.global, c),
         Command::Store(c) => store::run(&cli.global, c),
         Command::Oci(c) => oci::run(&cli.global, c),
+        Command::Product(c) => product::run(&cli.global, c),
     };
     match result {
         Ok(code) => std::process::exit(code),

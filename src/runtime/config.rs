@@ -88,6 +88,9 @@ pub struct ContainerConfig {
     pub terminal: bool,
     /// The workload's stdin, stdout, stderr (default: inherited from the caller).
     pub stdio: [Option<OwnedFd>; 3],
+    /// Send stdout and stderr to the container's log file (stdin from /dev/null)
+    /// instead of `stdio`: for detached containers (`warren logs`).
+    pub log: bool,
 }
 
 /// The TOML form of a container's config (`/etc/warren/containers/NAME.toml`).
@@ -168,6 +171,7 @@ impl ConfigFile {
             read_only: self.read_only,
             terminal: false,
             stdio: [None, None, None],
+            log: false,
         })
     }
 }

@@ -15,6 +15,8 @@ pub enum ImageError {
     Missing { name: String, store: PathBuf },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Busybox(#[from] crate::store::busybox::BusyboxError),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -85,4 +87,36 @@ impl ImageCache {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// The image `warren run` falls back on when the store lacks it: the embedded busybox
+/// rootfs, built from the host's static busybox.
+pub const DEFAULT_IMAGE: &str = "busybox";
+
+/// True for the names that mean the embedded default image.
+pub fn is_default(name: &str) -> bool {
+    name == DEFAULT_IMAGE || name == "busybox:latest"
+}
+
+/// Imports the embedded default image into `store`, built in a scratch directory under
+/// `tmp` that is removed afterwards.
+pub fn import_default(store: &Store, tmp: &Path) -> Result<(), ImageError> {
+    use crate::store::busybox;
+    let io = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ImageError::Io { what, path, source }
+    };
+    std::fs::create_dir_all(tmp).map_err(io("create", tmp))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("busybox-")
+        .tempdir_in(tmp)
+        .map_err(io("create", tmp))?;
+    let tree = scratch.path().join("rootfs");
+    busybox::busybox_tree(&tree, Path::new(busybox::DEFAULT_BUSYBOX))?;
+    let opts = crate::store::ImportOptions {
+        config: Some(busybox::busybox_config()),
+        ..Default::default()
+    };
+    store.import_dir(&tree, DEFAULT_IMAGE, &opts)?;
+    Ok(())
 }

@@ -22,7 +22,7 @@ use oci_spec::runtime::ContainerState;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Mutex;
@@ -260,8 +260,12 @@ impl Runtime {
         record.ids = Some(ids.clone());
         self.write_record(record)?;
 
+        if images::is_default(&cfg.image) && self.store.index(&cfg.image).is_err() {
+            images::import_default(&self.store, &self.opts.state_dir.join("tmp"))?;
+        }
         let lower = self.images.rootfs(&self.store, &cfg.image)?;
         let dir = self.container_dir(&name);
+        fs::create_dir_all(&record.rootfs).map_err(io_err("create", &record.rootfs))?;
         let view = shifted::mount(&MountSpec::new(
             vec![lower],
             dir.join("layer"),
@@ -279,7 +283,16 @@ impl Runtime {
                 reason,
             }
         })?;
-        let stdio = std::mem::take(&mut cfg.stdio);
+        let stdio = if cfg.log {
+            let log = self.log_path(&name);
+            let out: OwnedFd = fs::File::create(&log).map_err(io_err("create", &log))?.into();
+            let err = out.try_clone().map_err(io_err("dup", &log))?;
+            let null = Path::new("/dev/null");
+            let null: OwnedFd = fs::File::open(null).map_err(io_err("open", null))?.into();
+            [Some(null), Some(out), Some(err)]
+        } else {
+            std::mem::take(&mut cfg.stdio)
+        };
         let container = Container::create(
             &self.opts.run_dir,
             &name,

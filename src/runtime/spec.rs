@@ -145,7 +145,6 @@ pub fn build(
             "capabilities": {
                 "bounding": caps, "effective": caps, "permitted": caps
             },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576u64, "soft": 1048576u64}],
             "noNewPrivileges": true,
         },
         "root": {"path": rootfs, "readonly": cfg.read_only},

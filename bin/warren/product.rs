@@ -1,0 +1,363 @@
+//! Containers from images, by name: `warren run --image`, `ps`, `stop`, `rm`, `logs`,
+//! over `warren::runtime::Runtime`.
+
+use crate::Global;
+use anyhow::{Context, Result, bail};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use warren::runtime::{BindMount, ConfigFile, ContainerConfig, Network, Runtime, RuntimeOptions};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// List containers made from images.
+    Ps {
+        /// Only names.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Stop a container: SIGTERM, then SIGKILL after the timeout.
+    Stop {
+        name: String,
+        /// Seconds to wait before SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+    },
+    /// Remove a container, its writable layer, view and id block.
+    Rm {
+        names: Vec<String>,
+        /// Kill it first if it runs.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Print the output of a detached container.
+    Logs {
+        name: String,
+        /// Keep printing as it grows, until the container stops.
+        #[arg(short, long)]
+        follow: bool,
+    },
+}
+
+/// `warren run --image ...` options (flattened into `run`).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct RunImageArgs {
+    /// Run a container from this image in the store (NAME[:TAG]); without it, `run`
+    /// takes an OCI bundle.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Container name (default: the image's name plus a random suffix).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Read the container's settings from a TOML file (as container@.service does).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Remove the container when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Remove a container of the same name first (restarts under systemd).
+    #[arg(long)]
+    pub replace: bool,
+    /// none (loopback only), host, or a network namespace path.
+    #[arg(long = "net", alias = "network")]
+    pub net: Option<String>,
+    /// Set an environment variable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Bind-mount a host path: SRC:DST[:ro].
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
+    pub volume: Vec<String>,
+    /// UID[:GID] or NAME[:GROUP] inside the container.
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Memory limit (e.g. 512M).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Most processes the container may have.
+    #[arg(long)]
+    pub pids_limit: Option<i64>,
+    /// CPU limit in cores (e.g. 0.5).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Turn off the default seccomp profile.
+    #[arg(long)]
+    pub no_seccomp: bool,
+    /// Mount the root filesystem read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// The command and its arguments (default: the image's).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+pub fn runtime(global: &Global) -> Result<Runtime> {
+    let mut opts = RuntimeOptions::detect();
+    if let Some(store) = &global.store {
+        opts.store_dir = store.clone();
+    }
+    if let Some(root) = &global.root {
+        opts.run_dir = root.clone();
+    }
+    Ok(Runtime::open(opts)?)
+}
+
+pub fn run(global: &Global, command: Command) -> Result<i32> {
+    let rt = runtime(global)?;
+    match command {
+        Command::Ps { quiet } => {
+            let list = rt.list()?;
+            if global.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if quiet {
+                list.iter().for_each(|c| println!("{}", c.name));
+            } else {
+                println!("{:<20} {:<20} {:<9} {:>8}  {:<20} VIEW", "NAME", "IMAGE", "STATUS", "PID", "IDS");
+                for c in list {
+                    let ids = c.ids.map(|r| r.uids.to_string()).unwrap_or_default();
+                    let pid = if c.pid > 0 { c.pid.to_string() } else { "-".into() };
+                    println!(
+                        "{:<20} {:<20} {:<9} {:>8}  {:<20} {}",
+                        c.name,
+                        c.image,
+                        c.status,
+                        pid,
+                        ids,
+                        c.method.unwrap_or_default()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Stop { name, time } => {
+            stop(&rt, &name, Duration::from_secs(time))?;
+            Ok(0)
+        }
+        Command::Rm { names, force } => {
+            if names.is_empty() {
+                bail!("name at least one container to remove");
+            }
+            let mut code = 0;
+            for name in names {
+                match rt.delete(&name, force) {
+                    Ok(()) => println!("{name}"),
+                    Err(e) => {
+                        eprintln!("warren: {name}: {e}");
+                        code = 1;
+                    }
+                }
+            }
+            Ok(code)
+        }
+        Command::Logs { name, follow } => logs(&rt, &name, follow),
+    }
+}
+
+fn stop(rt: &Runtime, name: &str, timeout: Duration) -> Result<()> {
+    let running = |rt: &Runtime| {
+        rt.state(name)
+            .map(|s| !matches!(s.status, oci_spec::runtime::ContainerState::Stopped))
+            .unwrap_or(false)
+    };
+    if !running(rt) {
+        rt.state(name)?;
+        return Ok(());
+    }
+    rt.kill(name, libc::SIGTERM)?;
+    let deadline = Instant::now() + timeout;
+    while running(rt) {
+        if Instant::now() >= deadline {
+            let _ = rt.kill(name, libc::SIGKILL);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn logs(rt: &Runtime, name: &str, follow: bool) -> Result<i32> {
+    rt.record(name)?;
+    let path = rt.log_path(name);
+    let mut file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("container {name} has no log: only detached containers (`run -d`) write one")
+        }
+        Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
+    };
+    let mut out = std::io::stdout().lock();
+    loop {
+        std::io::copy(&mut file, &mut out)?;
+        out.flush()?;
+        let stopped = rt
+            .state(name)
+            .map(|s| matches!(s.status, oci_spec::runtime::ContainerState::Stopped))
+            .unwrap_or(true);
+        if !follow || stopped {
+            std::io::copy(&mut file, &mut out)?;
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The library config for `args`: the TOML file's settings, then the flags on top.
+fn container_config(args: &RunImageArgs) -> Result<ContainerConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => ConfigFile::load(path)?.into_config(path)?,
+        None => ContainerConfig::default(),
+    };
+    if let Some(image) = &args.image {
+        cfg.image = image.clone();
+    }
+    if cfg.image.is_empty() {
+        bail!("no image: pass --image NAME or set `image` in the --config file");
+    }
+    if !args.command.is_empty() {
+        cfg.command = args.command.clone();
+    }
+    cfg.env.extend(args.env.iter().cloned());
+    for v in &args.volume {
+        cfg.mounts.push(v.parse::<BindMount>().map_err(anyhow::Error::msg)?);
+    }
+    if let Some(net) = &args.net {
+        cfg.network = net.parse::<Network>().map_err(anyhow::Error::msg)?;
+    }
+    cfg.user = args.user.clone().or(cfg.user);
+    cfg.workdir = args.workdir.clone().or(cfg.workdir);
+    cfg.hostname = args.hostname.clone().or(cfg.hostname);
+    let memory = args
+        .memory
+        .as_deref()
+        .map(warren::runtime::config::parse_bytes)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    if memory.is_some() || args.pids_limit.is_some() || args.cpus.is_some() {
+        cfg.resources = warren::runtime::config::limits(memory, args.pids_limit, args.cpus)
+            .map_err(anyhow::Error::msg)?;
+    }
+    cfg.no_seccomp |= args.no_seccomp;
+    cfg.read_only |= args.read_only;
+    Ok(cfg)
+}
+
+fn default_name(image: &str) -> String {
+    let base: String = image
+        .rsplit('/')
+        .next()
+        .unwrap_or(image)
+        .split(':')
+        .next()
+        .unwrap_or("c")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{base}-{:06x}", (nanos ^ std::process::id().rotate_left(16)) & 0xff_ffff)
+}
+
+/// `warren run --image`: create, start, and (unless detached) supervise until exit:
+/// signals are forwarded, READY=1 goes to systemd, the exit status becomes ours.
+pub fn run_image(global: &Global, args: &RunImageArgs, detach: bool) -> Result<i32> {
+    let rt = runtime(global)?;
+    let mut cfg = container_config(args)?;
+    let name = args.name.clone().unwrap_or_else(|| default_name(&cfg.image));
+    if args.replace {
+        match rt.delete(&name, true) {
+            Ok(()) | Err(warren::runtime::Error::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if detach {
+        cfg.log = true;
+        let handle = rt.run(&name, cfg)?;
+        let _ = warren::systemd::notify("READY=1");
+        println!("{}", handle.name);
+        return Ok(0);
+    }
+    let signals = ForwardedSignals::block()?;
+    let handle = match rt.run(&name, cfg) {
+        Ok(h) => h,
+        Err(e) => {
+            drop(signals);
+            return Err(e.into());
+        }
+    };
+    let _ = warren::systemd::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+    let status = signals.supervise(&handle);
+    let _ = warren::systemd::notify("STOPPING=1");
+    if args.rm {
+        if let Err(e) = rt.delete(&name, true) {
+            eprintln!("warren: remove {name}: {e}");
+        }
+    }
+    Ok(warren::container::exit_code(status?))
+}
+
+/// The signals a foreground `run` passes on to the container, blocked and read from a
+/// signalfd so none is lost between the checks.
+struct ForwardedSignals {
+    fd: nix::sys::signalfd::SignalFd,
+    old: nix::sys::signal::SigSet,
+}
+
+const FORWARDED: [nix::sys::signal::Signal; 6] = {
+    use nix::sys::signal::Signal::*;
+    [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
+};
+
+impl ForwardedSignals {
+    fn block() -> Result<Self> {
+        use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+        let mut set = SigSet::empty();
+        FORWARDED.iter().for_each(|s| set.add(*s));
+        let mut old = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))?;
+        let fd = nix::sys::signalfd::SignalFd::with_flags(
+            &set,
+            nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+        )?;
+        Ok(ForwardedSignals { fd, old })
+    }
+
+    /// Forwards signals until the workload exits; returns its status.
+    fn supervise(&self, handle: &warren::runtime::Handle) -> Result<std::process::ExitStatus> {
+        let Some(pidfd) = handle.pidfd() else {
+            return Ok(handle.wait()?);
+        };
+        loop {
+            let mut fds = [
+                libc::pollfd { fd: self.fd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            ];
+            // SAFETY: a valid array of two pollfds.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if n < 0 {
+                continue;
+            }
+            if fds[1].revents != 0 {
+                return Ok(handle.wait()?);
+            }
+            while let Ok(Some(info)) = self.fd.read_signal() {
+                let _ = handle.kill(info.ssi_signo as i32);
+            }
+        }
+    }
+}
+
+impl Drop for ForwardedSignals {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&self.old),
+            None,
+        );
+    }
+}
