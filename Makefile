@@ -16,6 +16,11 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
+# The quick start: build, import the embedded busybox image, run a container from it.
+demo: deps all
+	target/release/warren run --rm --image busybox -- \
+		sh -c 'echo "hello from $$(hostname): root here is host uid $$(cut -c11-20 /proc/self/uid_map)"; id'
+
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
@@ -27,3 +32,7 @@ install: all
 	install -Dm755 target/release/warren $(DESTDIR)$(PREFIX)/bin/warren
 	install -Dm755 target/release/shift-own $(DESTDIR)$(PREFIX)/bin/shift-own
 	install -Dm755 target/release/shift-mount $(DESTDIR)$(PREFIX)/bin/shift-mount
+	install -Dm644 systemd/container@.service $(DESTDIR)/etc/systemd/system/container@.service
+	install -Dm644 systemd/shift-mount@.service $(DESTDIR)/etc/systemd/system/shift-mount@.service
+	install -d $(DESTDIR)/etc/warren/containers $(DESTDIR)/etc/warren/shift-mount
+	install -Dm644 README.md $(DESTDIR)$(PREFIX)/share/doc/warren/README.md

@@ -64,6 +64,10 @@ pub fn ensure_rootless_user() -> (u32, u32) {
             "--create-home",
             "--shell",
             "/bin/sh",
+            "-K",
+            "SUB_UID_COUNT=0",
+            "-K",
+            "SUB_GID_COUNT=0",
             ROOTLESS_USER,
         ]));
         // Another test process may have created it concurrently.
@@ -73,22 +77,26 @@ pub fn ensure_rootless_user() -> (u32, u32) {
         );
     }
     let user = lookup().expect("test user exists");
+    // Exactly our range: useradd may have given the user a default one.
+    let ours = format!(
+        "{ROOTLESS_USER}:{}:{}",
+        ROOTLESS_SUBIDS.0, ROOTLESS_SUBIDS.1
+    );
     for file in ["/etc/subuid", "/etc/subgid"] {
-        let line = format!(
-            "{ROOTLESS_USER}:{}:{}\n",
-            ROOTLESS_SUBIDS.0, ROOTLESS_SUBIDS.1
-        );
         let current = std::fs::read_to_string(file).unwrap_or_default();
-        if !current
+        let mine: Vec<&str> = current
             .lines()
-            .any(|l| l.starts_with(&format!("{ROOTLESS_USER}:")))
-        {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(file)
-                .unwrap_or_else(|e| panic!("cannot open {file}: {e}"));
-            std::io::Write::write_all(&mut f, line.as_bytes()).expect("append subid line");
+            .filter(|l| l.starts_with(&format!("{ROOTLESS_USER}:")))
+            .collect();
+        if mine != [ours.as_str()] {
+            let mut text: String = current
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{ROOTLESS_USER}:")))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            text.push_str(&ours);
+            text.push('\n');
+            std::fs::write(file, text).unwrap_or_else(|e| panic!("cannot write {file}: {e}"));
         }
     }
     (user.uid.as_raw(), user.gid.as_raw())
