@@ -326,7 +326,11 @@ impl Walker<'_> {
     /// The entries of `dir` in inode order, so consecutive stats and chowns touch
     /// neighbouring inode-table blocks rather than hash order's scattered ones.
     fn read(&self, dir: &DirFd) -> Option<Vec<sys::DirEntry>> {
-        let mut entries = sys::read_dir(dir.fd.as_fd())
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let mut entries = BUF
+            .with_borrow_mut(|buf| sys::read_dir(dir.fd.as_fd(), buf))
             .map_err(|e| self.fail(dir.path.clone(), format!("getdents: {e}")))
             .ok()?;
         entries.sort_unstable_by_key(|e| e.ino);
