@@ -511,9 +511,12 @@ pub struct DirEntry {
 }
 
 /// Every entry of the directory `dir` except `.` and `..`, by `getdents64(2)` on the fd
-/// itself (no path lookup). Reads from the fd's current position.
-pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
-    let mut buf = vec![0u8; 32 * 1024];
+/// itself (no path lookup). Reads from the fd's current position. `buf` is scratch space
+/// (grown to 32 KiB), so a caller reading many directories can reuse one.
+pub fn read_dir(dir: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<Vec<DirEntry>> {
+    if buf.len() < 32 * 1024 {
+        buf.resize(32 * 1024, 0);
+    }
     let mut out = Vec::new();
     loop {
         // SAFETY: valid fd and a writable buffer of the given size.

@@ -598,3 +598,31 @@ fn the_library_reports_progress_and_counts_without_printing() {
     assert_eq!(report.changes[0].from, (S, S));
     assert_eq!(fs::symlink_metadata(tmp.path()).unwrap().uid(), S);
 }
+
+#[test]
+fn a_wide_tree_is_walked_within_a_small_fd_limit() {
+    require_root();
+    let tmp = scratch("shift-own-wide");
+    for i in 0..2000 {
+        let sub = tmp.path().join(format!("d{i}/sub"));
+        fs::create_dir_all(&sub).unwrap();
+        fs::write(sub.join("f"), "f").unwrap();
+    }
+    for threads in ["2", "1"] {
+        // `ulimit -n` in sh lowers the hard limit too, so shift-own cannot raise it.
+        let script = format!(
+            "ulimit -n 64 && exec {} -j {threads} -s 0x30000 {}",
+            bin("shift-own").display(),
+            tmp.path().display()
+        );
+        let out = run(Command::new("sh").args(["-c", &script]));
+        assert!(out.status.success(), "-j {threads}: {out:?}");
+        assert_eq!(
+            fs::symlink_metadata(tmp.path().join("d1999/sub/f"))
+                .unwrap()
+                .uid(),
+            S
+        );
+        ok(Command::new(bin("shift-own")).arg(tmp.path()));
+    }
+}

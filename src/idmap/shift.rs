@@ -262,7 +262,9 @@ impl Walker<'_> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Reads `dir` and hands its entries to tasks in batches.
+    /// Reads `dir` and hands its entries to tasks in batches. A subdirectory is opened
+    /// in its own task, just before it is read: opened eagerly, a directory with
+    /// thousands of subdirectories would hold thousands of fds while they wait.
     fn walk<'s>(&'s self, scope: &rayon::Scope<'s>, dir: Arc<DirFd>) {
         let Some(entries) = self.read(&dir) else {
             return;
@@ -276,9 +278,15 @@ impl Walker<'_> {
             let dir = Arc::clone(&dir);
             scope.spawn(move |scope| {
                 for entry in batch {
-                    if let Some(child) = self.visit(&dir, &entry.name) {
-                        self.walk(scope, child);
-                    }
+                    let Some(stx) = self.visit(&dir, &entry.name) else {
+                        continue;
+                    };
+                    let dir = Arc::clone(&dir);
+                    scope.spawn(move |scope| {
+                        if let Some(child) = self.open_child(&dir, &entry.name, &stx) {
+                            self.walk(scope, child);
+                        }
+                    });
                 }
             });
         }
@@ -301,8 +309,10 @@ impl Walker<'_> {
             };
             match entries.next() {
                 Some(entry) => {
-                    let dir = Arc::clone(dir);
-                    if let Some(child) = self.visit(&dir, &entry.name) {
+                    let child = self
+                        .visit(dir, &entry.name)
+                        .and_then(|stx| self.open_child(dir, &entry.name, &stx));
+                    if let Some(child) = child {
                         stack.push((child, None));
                     }
                 }
@@ -316,20 +326,27 @@ impl Walker<'_> {
     /// The entries of `dir` in inode order, so consecutive stats and chowns touch
     /// neighbouring inode-table blocks rather than hash order's scattered ones.
     fn read(&self, dir: &DirFd) -> Option<Vec<sys::DirEntry>> {
-        let mut entries = sys::read_dir(dir.fd.as_fd())
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let mut entries = BUF
+            .with_borrow_mut(|buf| sys::read_dir(dir.fd.as_fd(), buf))
             .map_err(|e| self.fail(dir.path.clone(), format!("getdents: {e}")))
             .ok()?;
         entries.sort_unstable_by_key(|e| e.ino);
         Some(entries)
     }
 
-    /// Shifts one entry of `dir`; when it is a directory to walk, returns it opened.
-    fn visit(&self, dir: &DirFd, name: &CStr) -> Option<Arc<DirFd>> {
+    /// Shifts one entry of `dir`; when it is a directory to walk, returns its statx.
+    fn visit(&self, dir: &DirFd, name: &CStr) -> Option<libc::statx> {
         let path = || dir.path.join(OsStr::from_bytes(name.to_bytes()));
         let stx = self.entry(dir.fd.as_fd(), name, &path, false)?;
-        if u32::from(stx.stx_mode) & libc::S_IFMT != libc::S_IFDIR {
-            return None;
-        }
+        (u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFDIR).then_some(stx)
+    }
+
+    /// Opens the subdirectory `name` of `dir`, which `stx` described.
+    fn open_child(&self, dir: &DirFd, name: &CStr, stx: &libc::statx) -> Option<Arc<DirFd>> {
+        let path = || dir.path.join(OsStr::from_bytes(name.to_bytes()));
         let fd = match open_dir(
             Some(dir.fd.as_fd()),
             Path::new(OsStr::from_bytes(name.to_bytes())),
