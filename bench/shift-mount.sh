@@ -8,7 +8,7 @@
 # Usage: bench/shift-mount.sh [RUNS]   (as root; needs hyperfine, debootstrap if no tree)
 set -eu
 cd "$(dirname "$0")/.."
-RUNS=${1:-10}
+RUNS=${1:-5}
 BASE=/var/tmp/warren-bench
 TREE=$BASE/minbase
 BIG=$BASE/minbase-x10
@@ -40,12 +40,12 @@ cleanup() {
 trap cleanup EXIT
 cleanup
 mkdir -p "$WORK"
-for m in idmap metacopy copy big; do mkdir -p "$WORK/mnt-$m"; done
+for m in idmap metacopy copy big inproc; do mkdir -p "$WORK/mnt-$m"; done
 reset() { echo "$SM --unmount $WORK/mnt-$1 >/dev/null 2>&1; rm -rf $WORK/im-$1"; }
 
 echo "tree: $(find "$TREE" | wc -l) entries, $(du -sh "$TREE" | cut -f1); big tree: $(find "$BIG" | wc -l) entries; $(nproc) cores, $(uname -r)"
 
-hyperfine --warmup 2 --runs "$RUNS" --export-json "$WORK/result.json" \
+hyperfine --warmup 1 --runs "$RUNS" --export-json "$WORK/result.json" \
     --prepare "$(reset idmap)" \
     --prepare "$(reset big)" \
     --prepare "$(reset metacopy)" \
@@ -57,6 +57,18 @@ hyperfine --warmup 2 --runs "$RUNS" --export-json "$WORK/result.json" \
     -n "copy" "$SM --oneshot -s 0x30000 --method copy $TREE $WORK/im-copy $WORK/mnt-copy" \
     -n "naive" "cp -a $TREE $WORK/naive && $SO -s 0x30000 $WORK/naive"
 
+# idmap's own time, from its report (no process start-up): 10 fresh mounts per tree.
+inproc() {
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+        sh -c "$(reset inproc)"
+        mkdir -p "$WORK/mnt-inproc"
+        "$SM" --oneshot --json -s 0x30000 --method idmap "$1" "$WORK/im-inproc" "$WORK/mnt-inproc"
+    done | python3 -c 'import json,sys,statistics as s; v=sorted(json.loads(l)["elapsed_us"]/1000 for l in sys.stdin); print(f"median {s.median(v):.2f} ms, min {v[0]:.2f} ms, max {v[-1]:.2f} ms")'
+    sh -c "$(reset inproc)"
+}
+inproc_small=$(inproc "$TREE")
+inproc_big=$(inproc "$BIG")
+
 # The last runs left each view mounted: what do their INTERMEDIATE dirs cost on disk?
 tree_kb=$(du -sk "$TREE" | cut -f1)
 meta_kb=$(du -sk "$WORK/im-metacopy/upper" | cut -f1)
@@ -66,16 +78,20 @@ copy_kb=$(du -sk "$WORK/im-copy/copy" | cut -f1)
 "$SM" --unmount "$WORK/mnt-metacopy" >/dev/null
 remount=$("$SM" --oneshot -s 0x30000 "$TREE" "$WORK/im-metacopy" "$WORK/mnt-metacopy" | tail -2 | head -1)
 
-python3 - "$WORK/result.json" "$tree_kb" "$meta_kb" "$idmap_kb" "$copy_kb" "$remount" <<'PY'
+python3 - "$WORK/result.json" "$tree_kb" "$meta_kb" "$idmap_kb" "$copy_kb" "$remount" "$inproc_small" "$inproc_big" <<'PY'
 import json, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
 tree, meta, idm, copy = (int(x) for x in sys.argv[2:6])
-ms = lambda n: f"{r[n]['mean']*1000:.1f} ms ± {r[n]['stddev']*1000:.1f}"
+ms = lambda n: (f"mean {r[n]['mean']*1000:.1f} ms ± {r[n]['stddev']*1000:.1f}, median {r[n]['median']*1000:.1f}, "
+                f"min {r[n]['min']*1000:.1f}, cpu (user+sys) {(r[n]['user']+r[n]['system'])*1000:.1f} ms")
 for n in ["idmap", "idmap-x10", "metacopy", "copy", "naive"]:
     print(f"{n:10} {ms(n)}")
 print(f"idmap: {r['idmap']['mean']*1000:.1f} ms, 10x tree: {r['idmap-x10']['mean']*1000:.1f} ms "
       f"(ratio {r['idmap-x10']['mean']/r['idmap']['mean']:.2f}; target < 10 ms on both)")
-print(f"metacopy / naive: {r['metacopy']['mean']/r['naive']['mean']:.3f} (target <= 0.5)")
+print(f"idmap in-process (report.elapsed_us): minbase {sys.argv[7]}; x10 {sys.argv[8]}")
+cpu = lambda n: r[n]['user'] + r[n]['system']
+print(f"metacopy / naive: mean {r['metacopy']['mean']/r['naive']['mean']:.3f}, "
+      f"median {r['metacopy']['median']/r['naive']['median']:.3f}, cpu {cpu('metacopy')/cpu('naive'):.3f} (target <= 0.5)")
 print(f"idmap / naive: {r['idmap']['mean']/r['naive']['mean']:.4f}")
 print(f"copy / naive: {r['copy']['mean']/r['naive']['mean']:.2f}")
 print(f"disk: tree {tree} KiB; metacopy upper {meta} KiB = {100*meta/tree:.1f}% (target < 15%); "

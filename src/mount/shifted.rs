@@ -131,6 +131,8 @@ pub struct MountReport {
     pub walked: bool,
     /// Faster methods that were refused, in order.
     pub refused: Vec<Attempt>,
+    /// Wall time of the whole call, in microseconds.
+    pub elapsed_us: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -287,6 +289,7 @@ pub fn mount_with_progress(
     spec: &MountSpec,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<MountReport, MountError> {
+    let started = std::time::Instant::now();
     if spec.lowers.is_empty() {
         return Err(MountError::NoLower);
     }
@@ -382,6 +385,7 @@ pub fn mount_with_progress(
                     entries_shifted,
                     walked,
                     refused,
+                    elapsed_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                 });
             }
             Err(e) if spec.method.is_none() && record.is_none() && e.falls_back() => {
