@@ -700,13 +700,12 @@ fn walk(
     shift: Shift,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<u64, MountError> {
-    let report =
-        engine::shift_tree(root, &ShiftOptions::new(shift), progress).map_err(|source| {
-            MountError::Shift {
-                path: root.to_path_buf(),
-                source,
-            }
-        })?;
+    let mut opts = ShiftOptions::new(shift);
+    opts.threads = walk_threads();
+    let report = engine::shift_tree(root, &opts, progress).map_err(|source| MountError::Shift {
+        path: root.to_path_buf(),
+        source,
+    })?;
     if let Some(first) = report.failures.first() {
         return Err(MountError::ShiftFailures {
             path: root.to_path_buf(),
@@ -715,6 +714,13 @@ fn walk(
         });
     }
     Ok(report.shifted)
+}
+
+/// Threads for a walk: through an overlay each chown is a copy-up that mostly waits
+/// (journal, rename lock), so several per core keep the cores busy.
+fn walk_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores * 4).min(32)
 }
 
 /// Bind-mounts `src` at `target` (open_tree clone + move_mount).
