@@ -72,6 +72,36 @@ hyperfine --warmup 1 --runs "$RUNS" --export-json "$WORK/result.json" \
     -n "metacopy+sync" "$(fresh im); $(mnt metacopy "$TREE" metacopy) && sync -f \$d" \
     -n "naive+sync" "$(fresh naive); cp -a $TREE \$d/t && $SO -s 0x30000 \$d/t >/dev/null && sync -f \$d"
 
+# On a shared, noisy host the load drifts between hyperfine's blocks of runs; pairs of
+# runs back to back (order alternating) give a steadier metacopy/naive ratio.
+pairs() {
+    for i in 1 2 3 4 5 6; do
+        for what in $( [ $((i % 2)) = 0 ] && echo "naive metacopy" || echo "metacopy naive"); do
+            sync
+            d=$(mktemp -d "$WORK/pair.XXXXXX")
+            t0=$(date +%s%N)
+            if [ $what = metacopy ]; then
+                "$SM" --oneshot -s 0x30000 --method metacopy "$TREE" "$d" "$WORK/mnt-pair" >/dev/null
+            else
+                cp -a "$TREE" "$d/t" && "$SO" -s 0x30000 "$d/t" >/dev/null
+            fi
+            t1=$(date +%s%N)
+            [ $what = metacopy ] && "$SM" --unmount "$WORK/mnt-pair" >/dev/null
+            printf '%s %s ' $what $(( (t1 - t0) / 1000 ))
+        done
+        echo
+    done | python3 -c '
+import sys, statistics as s
+rs = []
+for line in sys.stdin:
+    f = line.split(); t = {f[0]: int(f[1]), f[2]: int(f[3])}
+    rs.append(t["metacopy"] / t["naive"])
+shown = " ".join("%.2f" % r for r in rs)
+print(f"paired metacopy/naive ratios: {shown}; median {s.median(rs):.2f}")'
+}
+mkdir -p "$WORK/mnt-pair"
+paired=$(pairs)
+
 # idmap's own time, from its report (no process start-up): 10 fresh mounts per tree.
 inproc() {
     for i in 1 2 3 4 5 6 7 8 9 10; do
@@ -96,7 +126,7 @@ copy_kb=$(du -sk "$WORK/im-copy/copy" | cut -f1)
 "$SM" --unmount "$WORK/mnt-metacopy" >/dev/null
 remount=$("$SM" --oneshot -s 0x30000 "$TREE" "$WORK/im-metacopy" "$WORK/mnt-metacopy" | tail -2 | head -1)
 
-python3 - "$WORK/result.json" "$tree_kb" "$meta_kb" "$idmap_kb" "$copy_kb" "$remount" "$inproc_small" "$inproc_big" <<'PY'
+python3 - "$WORK/result.json" "$tree_kb" "$meta_kb" "$idmap_kb" "$copy_kb" "$remount" "$inproc_small" "$inproc_big" "$paired" <<'PY'
 import json, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
 tree, meta, idm, copy = (int(x) for x in sys.argv[2:6])
@@ -110,6 +140,7 @@ print(f"idmap in-process (report.elapsed_us): minbase {sys.argv[7]}; x10 {sys.ar
 cpu = lambda n: r[n]['user'] + r[n]['system']
 print(f"metacopy / naive: mean {r['metacopy']['mean']/r['naive']['mean']:.3f}, "
       f"median {r['metacopy']['median']/r['naive']['median']:.3f}, cpu {cpu('metacopy')/cpu('naive'):.3f} (target <= 0.5)")
+print(sys.argv[9])
 print(f"metacopy+sync / naive+sync: mean {r['metacopy+sync']['mean']/r['naive+sync']['mean']:.3f}, "
       f"median {r['metacopy+sync']['median']/r['naive+sync']['median']:.3f}")
 print(f"idmap / naive: {r['idmap']['mean']/r['naive']['mean']:.4f}")
