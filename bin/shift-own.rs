@@ -6,21 +6,22 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use warren::idmap::range::{DEFAULT_BLOCK, RangeError, Shift, parse_id};
+use warren::idmap::range::{RangeError, Shift, parse_id};
 use warren::idmap::shift::{ShiftOptions, ShiftReport, shift_tree};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "shift-own",
     version,
-    about = "Shift the uid/gid of every file under PATH into another id block"
+    about = "Shift the uid/gid of every file under PATH into another id block",
+    after_help = "Exit status: 0 all shifted, 1 some entries failed (listed on stderr), 2 error."
 )]
 struct Cli {
     /// First id of the target block (decimal or 0x hex).
     #[arg(short = 's', long = "shift", default_value = "0", value_parser = parse_id)]
     shift: u32,
     /// Size of the id block (decimal or 0x hex).
-    #[arg(short = 'r', long = "range", default_value_t = DEFAULT_BLOCK, value_parser = parse_id)]
+    #[arg(short = 'r', long = "range", default_value = "0x10000", value_parser = parse_id)]
     range: u32,
     /// Print one line per changed entry: `0:0 -> 196608:196608 .. /path`.
     #[arg(short = 'v', long)]
@@ -37,7 +38,8 @@ struct Cli {
     /// Worker threads (default: one per core).
     #[arg(short = 'j', long, default_value_t = 0)]
     threads: usize,
-    #[arg(required = true)]
+    /// Trees to re-own (a symlink is re-owned itself, never followed).
+    #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
 }
 

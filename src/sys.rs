@@ -507,12 +507,16 @@ pub fn setxattrat(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr, value: &[u8]) -
 pub struct DirEntry {
     pub name: CString,
     pub kind: u8,
+    pub ino: u64,
 }
 
 /// Every entry of the directory `dir` except `.` and `..`, by `getdents64(2)` on the fd
-/// itself (no path lookup). Reads from the fd's current position.
-pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
-    let mut buf = vec![0u8; 32 * 1024];
+/// itself (no path lookup). Reads from the fd's current position. `buf` is scratch space
+/// (grown to 32 KiB), so a caller reading many directories can reuse one.
+pub fn read_dir(dir: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<Vec<DirEntry>> {
+    if buf.len() < 32 * 1024 {
+        buf.resize(32 * 1024, 0);
+    }
     let mut out = Vec::new();
     loop {
         // SAFETY: valid fd and a writable buffer of the given size.
@@ -538,6 +542,8 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
                 ));
             }
             let kind = buf[off + 18];
+            let mut ino = [0u8; 8];
+            ino.copy_from_slice(&buf[off..off + 8]);
             let raw = &buf[off + 19..off + reclen];
             let name = CStr::from_bytes_until_nul(raw)
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "unterminated name"))?;
@@ -546,6 +552,7 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
                 out.push(DirEntry {
                     name: name.to_owned(),
                     kind,
+                    ino: u64::from_ne_bytes(ino),
                 });
             }
             off += reclen;

@@ -45,7 +45,7 @@ pub enum AllocError {
     NotFound(String),
     #[error(
         "user {user} has {have} subordinate ids in {file} but one container needs {need}: \
-         add the line `{suggest}` to {file} (e.g. `usermod --add-subuids/--add-subgids`)"
+         add the line `{suggest}` to {file} (as root: `{usermod}`)"
     )]
     TooFewSubids {
         user: String,
@@ -53,6 +53,7 @@ pub enum AllocError {
         have: u64,
         need: u32,
         suggest: String,
+        usermod: String,
     },
     #[error("no free block of {block:#x} ids left for {name:?} in {pool}")]
     Exhausted {
@@ -200,8 +201,14 @@ fn subid_ranges(
         let b = u64::from(block);
         let start = highest_end.max(0x10_0000).div_ceil(b) * b;
         let who = user.map_or(uid_str.clone(), str::to_string);
+        let flag = if file.ends_with("subgid") {
+            "--add-subgids"
+        } else {
+            "--add-subuids"
+        };
         return Err(AllocError::TooFewSubids {
             suggest: format!("{who}:{start}:{}", 16 * b),
+            usermod: format!("usermod {flag} {start}-{} {who}", start + 16 * b - 1),
             user: who,
             file: file.to_path_buf(),
             have,

@@ -152,10 +152,19 @@ pub fn shift_tree(
         shifted: AtomicU64::new(0),
         report: Mutex::new(ShiftReport::default()),
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads)
-        .build()
-        .map_err(|e| ShiftError::Threads(e.to_string()))?;
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let pool = if threads > 1 {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| ShiftError::Threads(e.to_string()))?;
+        Some(pool)
+    } else {
+        None
+    };
 
     if meta.is_dir() {
         // The root itself is shifted as `.` of its own fd, so a root without a parent
@@ -165,9 +174,15 @@ pub fn shift_tree(
             fd,
             path: root.to_path_buf(),
         });
-        let stx = walker.entry(dir.fd.as_fd(), c".", root, true);
-        if stx.is_some() {
-            pool.scope(|scope| walker.walk(scope, dir));
+        let root_path = || root.to_path_buf();
+        if walker
+            .entry(dir.fd.as_fd(), c".", &root_path, true)
+            .is_some()
+        {
+            match &pool {
+                Some(pool) => pool.scope(|scope| walker.walk(scope, dir)),
+                None => walker.walk_here(dir),
+            }
         }
     } else {
         let parent = match root.parent() {
@@ -179,7 +194,7 @@ pub fn shift_tree(
             .and_then(|n| sys::cstr(n).ok())
             .ok_or_else(|| open_err(io::Error::from(io::ErrorKind::InvalidInput)))?;
         let fd = open_dir(None, parent).map_err(open_err)?;
-        walker.entry(fd.as_fd(), &name, root, true);
+        walker.entry(fd.as_fd(), &name, &|| root.to_path_buf(), true);
     }
 
     let mut report = walker
@@ -214,6 +229,15 @@ struct DirFd {
     path: PathBuf,
 }
 
+/// An id-carrying xattr of one entry: its value before and after the shift, and whether
+/// it must be written (the capability always: chown deletes it).
+struct IdXattr {
+    name: &'static CStr,
+    old: Vec<u8>,
+    new: Vec<u8>,
+    write: bool,
+}
+
 struct Walker<'a> {
     opts: &'a ShiftOptions,
     progress: Option<&'a (dyn Fn(u64) + Sync)>,
@@ -238,11 +262,12 @@ impl Walker<'_> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Reads `dir` and hands its entries to tasks in batches.
+    /// Reads `dir` and hands its entries to tasks in batches. A subdirectory is opened
+    /// in its own task, just before it is read: opened eagerly, a directory with
+    /// thousands of subdirectories would hold thousands of fds while they wait.
     fn walk<'s>(&'s self, scope: &rayon::Scope<'s>, dir: Arc<DirFd>) {
-        let entries = match sys::read_dir(dir.fd.as_fd()) {
-            Ok(entries) => entries,
-            Err(e) => return self.fail(dir.path.clone(), format!("getdents: {e}")),
+        let Some(entries) = self.read(&dir) else {
+            return;
         };
         let mut entries = entries.into_iter();
         loop {
@@ -253,42 +278,106 @@ impl Walker<'_> {
             let dir = Arc::clone(&dir);
             scope.spawn(move |scope| {
                 for entry in batch {
-                    self.visit(scope, &dir, &entry.name);
+                    let Some(stx) = self.visit(&dir, &entry.name) else {
+                        continue;
+                    };
+                    let dir = Arc::clone(&dir);
+                    scope.spawn(move |scope| {
+                        if let Some(child) = self.open_child(&dir, &entry.name, &stx) {
+                            self.walk(scope, child);
+                        }
+                    });
                 }
             });
         }
     }
 
-    /// Shifts one entry of `dir`, and walks it when it is a directory.
-    fn visit<'s>(&'s self, scope: &rayon::Scope<'s>, dir: &Arc<DirFd>, name: &CStr) {
-        let path = dir.path.join(OsStr::from_bytes(name.to_bytes()));
-        let Some(stx) = self.entry(dir.fd.as_fd(), name, &path, false) else {
-            return;
-        };
-        if u32::from(stx.stx_mode) & libc::S_IFMT != libc::S_IFDIR {
-            return;
+    /// The same walk on the calling thread only: no task hand-offs when one core is all
+    /// there is. Depth first, so open directory fds stay about as many as the tree is deep.
+    fn walk_here(&self, root: Arc<DirFd>) {
+        let mut stack = vec![(root, None::<std::vec::IntoIter<sys::DirEntry>>)];
+        while let Some((dir, entries)) = stack.last_mut() {
+            let entries = match entries {
+                Some(entries) => entries,
+                None => match self.read(dir) {
+                    Some(list) => entries.insert(list.into_iter()),
+                    None => {
+                        stack.pop();
+                        continue;
+                    }
+                },
+            };
+            match entries.next() {
+                Some(entry) => {
+                    let child = self
+                        .visit(dir, &entry.name)
+                        .and_then(|stx| self.open_child(dir, &entry.name, &stx));
+                    if let Some(child) = child {
+                        stack.push((child, None));
+                    }
+                }
+                None => {
+                    stack.pop();
+                }
+            }
         }
+    }
+
+    /// The entries of `dir` in inode order, so consecutive stats and chowns touch
+    /// neighbouring inode-table blocks rather than hash order's scattered ones.
+    fn read(&self, dir: &DirFd) -> Option<Vec<sys::DirEntry>> {
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let mut entries = BUF
+            .with_borrow_mut(|buf| sys::read_dir(dir.fd.as_fd(), buf))
+            .map_err(|e| self.fail(dir.path.clone(), format!("getdents: {e}")))
+            .ok()?;
+        entries.sort_unstable_by_key(|e| e.ino);
+        Some(entries)
+    }
+
+    /// Shifts one entry of `dir`; when it is a directory to walk, returns its statx.
+    fn visit(&self, dir: &DirFd, name: &CStr) -> Option<libc::statx> {
+        let path = || dir.path.join(OsStr::from_bytes(name.to_bytes()));
+        let stx = self.entry(dir.fd.as_fd(), name, &path, false)?;
+        (u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFDIR).then_some(stx)
+    }
+
+    /// Opens the subdirectory `name` of `dir`, which `stx` described.
+    fn open_child(&self, dir: &DirFd, name: &CStr, stx: &libc::statx) -> Option<Arc<DirFd>> {
+        let path = || dir.path.join(OsStr::from_bytes(name.to_bytes()));
         let fd = match open_dir(
             Some(dir.fd.as_fd()),
             Path::new(OsStr::from_bytes(name.to_bytes())),
         ) {
             Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return None,
             // A symlink or file swapped in since the statx: not ours to follow.
             Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
-                return self.fail(path, EntryError::Raced);
+                self.fail(path(), EntryError::Raced);
+                return None;
             }
-            Err(e) => return self.fail(path, format!("open: {e}")),
+            Err(e) => {
+                self.fail(path(), format!("open: {e}"));
+                return None;
+            }
         };
         // The directory we opened must be the one we looked at (not another mount).
         match nix::sys::stat::fstat(&fd) {
             Ok(st)
                 if st.st_ino == stx.stx_ino
                     && st.st_dev == libc::makedev(stx.stx_dev_major, stx.stx_dev_minor) => {}
-            Ok(_) => return self.fail(path, EntryError::Raced),
-            Err(e) => return self.fail(path, format!("fstat: {e}")),
+            Ok(_) => {
+                self.fail(path(), EntryError::Raced);
+                return None;
+            }
+            Err(e) => {
+                self.fail(path(), format!("fstat: {e}"));
+                return None;
+            }
         }
-        self.walk(scope, Arc::new(DirFd { fd, path }));
+        Some(Arc::new(DirFd { fd, path: path() }))
     }
 
     /// Shifts the entry `name` in `dir`. Returns its statx when the walk should go on into
@@ -297,14 +386,14 @@ impl Walker<'_> {
         &self,
         dir: BorrowedFd<'_>,
         name: &CStr,
-        path: &Path,
+        path: &dyn Fn() -> PathBuf,
         is_root: bool,
     ) -> Option<libc::statx> {
         let stx = match sys::statx_at(dir, name, STATX_MASK) {
             Ok(stx) => stx,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return None,
             Err(e) => {
-                self.fail(path.to_path_buf(), format!("statx: {e}"));
+                self.fail(path(), format!("statx: {e}"));
                 return None;
             }
         };
@@ -314,7 +403,7 @@ impl Walker<'_> {
             && stx.stx_attributes_mask & mount_root != 0
             && stx.stx_attributes & mount_root != 0
         {
-            self.lock_report().skipped_mounts.push(path.to_path_buf());
+            self.lock_report().skipped_mounts.push(path());
             return None;
         }
         let done = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
@@ -328,7 +417,7 @@ impl Walker<'_> {
                 self.shifted.fetch_add(1, Ordering::Relaxed);
                 if self.opts.record_changes {
                     self.lock_report().changes.push(Change {
-                        path: path.to_path_buf(),
+                        path: path(),
                         from,
                         to,
                     });
@@ -338,7 +427,7 @@ impl Walker<'_> {
             Err(EntryError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
                 return None;
             }
-            Err(e) => self.fail(path.to_path_buf(), e),
+            Err(e) => self.fail(path(), e),
         }
         Some(stx)
     }
@@ -376,7 +465,7 @@ impl Walker<'_> {
 
         // Read and shift id-carrying xattrs first: chown deletes the capability, and a
         // malformed one must fail the entry before anything is lost.
-        let mut xattrs: Vec<(&'static CStr, Vec<u8>, bool)> = Vec::new();
+        let mut xattrs: Vec<IdXattr> = Vec::new();
         if kind != libc::S_IFLNK {
             let mut names = Vec::new();
             sys::listxattrat(dir, name, &mut names).map_err(io_err("listxattr"))?;
@@ -396,7 +485,12 @@ impl Walker<'_> {
                 let new = xattr::shift_value(key, &old, shift)?;
                 // chown drops the capability: it must be written back even if unchanged.
                 let write = key == xattr::CAPABILITY || new != old;
-                xattrs.push((cname, new, write));
+                xattrs.push(IdXattr {
+                    name: cname,
+                    old,
+                    new,
+                    write,
+                });
             }
         }
 
@@ -411,16 +505,35 @@ impl Walker<'_> {
 
         // chown clears setuid (and setgid) on non-directories; put the mode back.
         let mode = u32::from(stx.stx_mode);
-        if kind != libc::S_IFDIR
+        let restore_mode = kind != libc::S_IFDIR
             && kind != libc::S_IFLNK
-            && mode & (libc::S_ISUID | libc::S_ISGID) != 0
-        {
-            sys::fchmodat_nofollow(dir, name, mode & 0o7777).map_err(io_err("chmod"))?;
-        }
-        for (attr, value, write) in &xattrs {
-            if *write {
-                sys::setxattrat(dir, name, attr, value).map_err(io_err("setxattr"))?;
+            && mode & (libc::S_ISUID | libc::S_ISGID) != 0;
+        let finish = || -> Result<(), EntryError> {
+            if restore_mode {
+                sys::fchmodat_nofollow(dir, name, mode & 0o7777).map_err(io_err("chmod"))?;
             }
+            for x in xattrs.iter().filter(|x| x.write) {
+                sys::setxattrat(dir, name, x.name, &x.new).map_err(io_err("setxattr"))?;
+            }
+            Ok(())
+        };
+        if let Err(e) = finish() {
+            // Half done must not look done: an entry left with its new owner would be
+            // skipped by the next run. Put the old owner, mode and values back.
+            let _ = nix::unistd::fchownat(
+                dir,
+                name,
+                Some(Uid::from_raw(from.0)),
+                Some(Gid::from_raw(from.1)),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            );
+            if restore_mode {
+                let _ = sys::fchmodat_nofollow(dir, name, mode & 0o7777);
+            }
+            for x in &xattrs {
+                let _ = sys::setxattrat(dir, name, x.name, &x.old);
+            }
+            return Err(e);
         }
         Ok(Some((from, to)))
     }
