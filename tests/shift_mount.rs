@@ -261,38 +261,41 @@ fn check_method(method: &str) {
             "v3 rootid of the capability"
         );
     }
-    // The first container writes; LOWER and the second container's view do not change.
-    let (im0, mnt0, s0) = &views[0];
-    container_writes(mnt0, s0.to);
-    assert_eq!(snapshot(&lower), before, "LOWER changed");
-    assert_tree(&views[1].1, &shifted(&before, views[1].2));
-    let view0 = snapshot(mnt0);
-    assert!(
-        !view0.contains_key(Path::new("etc/file")),
-        "deleted file still visible"
-    );
-    assert_eq!(view0[Path::new("data/a")].mode & 0o7777, 0o600);
-    assert_eq!(
-        view0[Path::new("data/b")].mode & 0o7777,
-        0o600,
-        "hardlink broke on copy-up"
-    );
-    assert_eq!(view0[Path::new("etc/keep")].content, b"keepmore");
-    // The writes land in INTERMEDIATE, owned by the container's root.
-    let written = if method == "copy" {
-        im0.join("copy")
-    } else {
-        im0.join("upper")
-    };
-    let new = fs::symlink_metadata(written.join("etc/new")).expect("new file in INTERMEDIATE");
-    assert_eq!((new.uid(), new.gid()), (s0.to, s0.to));
-    assert_eq!(fs::read(written.join("etc/new")).expect("read new"), b"new");
-    if method != "copy" {
-        let wh = fs::symlink_metadata(written.join("etc/file")).expect("whiteout in upper");
+    // Each container writes in turn; LOWER and the other container's view do not change.
+    for (i, (im, mnt, shift)) in views.iter().enumerate() {
+        container_writes(mnt, shift.to);
+        assert_eq!(snapshot(&lower), before, "LOWER changed");
+        if i == 0 {
+            assert_tree(&views[1].1, &shifted(&before, views[1].2));
+        }
+        let view = snapshot(mnt);
         assert!(
-            wh.file_type().is_char_device() && wh.rdev() == 0,
-            "not a whiteout: {wh:?}"
+            !view.contains_key(Path::new("etc/file")),
+            "deleted file still visible"
         );
+        assert_eq!(view[Path::new("data/a")].mode & 0o7777, 0o600);
+        assert_eq!(
+            view[Path::new("data/b")].mode & 0o7777,
+            0o600,
+            "hardlink broke on copy-up"
+        );
+        assert_eq!(view[Path::new("etc/keep")].content, b"keepmore");
+        // The writes land in INTERMEDIATE, owned by the container's root.
+        let written = if method == "copy" {
+            im.join("copy")
+        } else {
+            im.join("upper")
+        };
+        let new = fs::symlink_metadata(written.join("etc/new")).expect("new file in INTERMEDIATE");
+        assert_eq!((new.uid(), new.gid()), (shift.to, shift.to));
+        assert_eq!(fs::read(written.join("etc/new")).expect("read new"), b"new");
+        if method != "copy" {
+            let wh = fs::symlink_metadata(written.join("etc/file")).expect("whiteout in upper");
+            assert!(
+                wh.file_type().is_char_device() && wh.rdev() == 0,
+                "not a whiteout: {wh:?}"
+            );
+        }
     }
     for (_, mnt, _) in &views {
         unmount(mnt);
