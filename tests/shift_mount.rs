@@ -540,3 +540,51 @@ fn rootless_copy_is_shifted_into_subordinate_ids() {
     let again: Value = serde_json::from_str(&out).expect("report");
     assert_eq!(again["walked"], false, "{again}");
 }
+
+#[test]
+fn several_lower_layers_merge_top_most_first() {
+    require_root();
+    let dir = scratch("shift-mount-layers");
+    let (top, bottom) = (dir.path().join("top"), dir.path().join("bottom"));
+    sh(&format!(
+        "set -e; mkdir -p {t}/d {b}/d; cd {b}; printf bottom > d/f; printf only > d/g; printf gone > x
+         chown 3:4 d/g; cd {t}; printf top > d/f; mknod x c 0 0",
+        t = top.display(),
+        b = bottom.display()
+    ));
+    let (tb, bb) = (snapshot(&top), snapshot(&bottom));
+    let lowers = format!("{}:{}", top.display(), bottom.display());
+    let mnt = dir.path().join("mnt");
+    let _guard = Unmounter(vec![mnt.clone()]);
+    for method in ["idmap", "metacopy", "copy"] {
+        fs::create_dir_all(&mnt).expect("mkdir");
+        let out = ok(shift_mount()
+            .args([
+                "--oneshot",
+                "--json",
+                "-s",
+                "0x30000",
+                "--method",
+                method,
+                &lowers,
+            ])
+            .args([dir.path().join(format!("im-{method}")), mnt.clone()]));
+        let report: Value = serde_json::from_str(&out).expect("report");
+        assert_eq!(report["method"], method, "{report}");
+        let view = snapshot(&mnt);
+        let names: Vec<_> = view.keys().map(|p| p.display().to_string()).collect();
+        assert_eq!(names, ["", "d", "d/f", "d/g"], "{method}");
+        assert_eq!(view[Path::new("d/f")].content, b"top", "{method}");
+        let g = &view[Path::new("d/g")];
+        assert_eq!(
+            (g.uid, g.gid, g.content.as_slice()),
+            (0x30003, 0x30004, &b"only"[..])
+        );
+        unmount(&mnt);
+    }
+    assert_eq!(
+        (snapshot(&top), snapshot(&bottom)),
+        (tb, bb),
+        "a lower layer changed"
+    );
+}
