@@ -8,7 +8,7 @@
 # Usage: bench/shift-mount.sh [RUNS]   (as root; needs hyperfine, debootstrap if no tree)
 set -eu
 cd "$(dirname "$0")/.."
-RUNS=${1:-10}
+RUNS=${1:-5}
 BASE=/var/tmp/warren-bench
 TREE=$BASE/minbase
 BIG=$BASE/minbase-x10
@@ -39,25 +39,85 @@ cleanup() {
 }
 trap cleanup EXIT
 cleanup
+# Let the inodes a previous run freed age past ext4's "recently deleted" window (below).
+sync && sleep 4
 mkdir -p "$WORK"
-for m in idmap metacopy copy big; do mkdir -p "$WORK/mnt-$m"; done
-reset() { echo "$SM --unmount $WORK/mnt-$1 >/dev/null 2>&1; rm -rf $WORK/im-$1"; }
+for m in idmap metacopy copy big inproc; do mkdir -p "$WORK/mnt-$m"; done
+# Every timed run mounts a fresh INTERMEDIATE (the first mount of a new container) and
+# nothing is deleted until the end: on this ext4 (no journal), inodes freed seconds ago are
+# skipped one by one when allocating, so `rm -rf` of the last run's 6.8k inodes right
+# before the next run makes every inode allocation a long scan (quadratic), and that
+# pathology, not the method, would be measured. --prepare unmounts the last view and
+# syncs, so no run pays for the previous one's write-back.
+reset() { echo "$SM --unmount $WORK/mnt-$1 >/dev/null 2>&1 || true; sync"; }
+fresh() { echo "d=\$(mktemp -d $WORK/$1.XXXXXX)"; }
+mnt() { echo "$SM --oneshot -s 0x30000 --method $1 $2 \$d $WORK/mnt-$3 >/dev/null"; }
 
 echo "tree: $(find "$TREE" | wc -l) entries, $(du -sh "$TREE" | cut -f1); big tree: $(find "$BIG" | wc -l) entries; $(nproc) cores, $(uname -r)"
 
-hyperfine --warmup 2 --runs "$RUNS" --export-json "$WORK/result.json" \
+# "+sync": the same, until the new files are on disk (sync -f: syncfs of the filesystem).
+hyperfine --warmup 1 --runs "$RUNS" --export-json "$WORK/result.json" \
     --prepare "$(reset idmap)" \
     --prepare "$(reset big)" \
     --prepare "$(reset metacopy)" \
     --prepare "$(reset copy)" \
-    --prepare "rm -rf $WORK/naive" \
-    -n "idmap" "$SM --oneshot -s 0x30000 --method idmap $TREE $WORK/im-idmap $WORK/mnt-idmap" \
-    -n "idmap-x10" "$SM --oneshot -s 0x30000 --method idmap $BIG $WORK/im-big $WORK/mnt-big" \
-    -n "metacopy" "$SM --oneshot -s 0x30000 --method metacopy $TREE $WORK/im-metacopy $WORK/mnt-metacopy" \
-    -n "copy" "$SM --oneshot -s 0x30000 --method copy $TREE $WORK/im-copy $WORK/mnt-copy" \
-    -n "naive" "cp -a $TREE $WORK/naive && $SO -s 0x30000 $WORK/naive"
+    --prepare "sync" \
+    --prepare "$(reset metacopy)" \
+    --prepare "sync" \
+    -n "idmap" "$(fresh im); $(mnt idmap "$TREE" idmap)" \
+    -n "idmap-x10" "$(fresh im); $(mnt idmap "$BIG" big)" \
+    -n "metacopy" "$(fresh im); $(mnt metacopy "$TREE" metacopy)" \
+    -n "copy" "$(fresh im); $(mnt copy "$TREE" copy)" \
+    -n "naive" "$(fresh naive); cp -a $TREE \$d/t && $SO -s 0x30000 \$d/t >/dev/null" \
+    -n "metacopy+sync" "$(fresh im); $(mnt metacopy "$TREE" metacopy) && sync -f \$d" \
+    -n "naive+sync" "$(fresh naive); cp -a $TREE \$d/t && $SO -s 0x30000 \$d/t >/dev/null && sync -f \$d"
 
-# The last runs left each view mounted: what do their INTERMEDIATE dirs cost on disk?
+# On a shared, noisy host the load drifts between hyperfine's blocks of runs; pairs of
+# runs back to back (order alternating) give a steadier metacopy/naive ratio.
+pairs() {
+    for i in 1 2 3 4 5 6; do
+        for what in $( [ $((i % 2)) = 0 ] && echo "naive metacopy" || echo "metacopy naive"); do
+            sync
+            d=$(mktemp -d "$WORK/pair.XXXXXX")
+            t0=$(date +%s%N)
+            if [ $what = metacopy ]; then
+                "$SM" --oneshot -s 0x30000 --method metacopy "$TREE" "$d" "$WORK/mnt-pair" >/dev/null
+            else
+                cp -a "$TREE" "$d/t" && "$SO" -s 0x30000 "$d/t" >/dev/null
+            fi
+            t1=$(date +%s%N)
+            [ $what = metacopy ] && "$SM" --unmount "$WORK/mnt-pair" >/dev/null
+            printf '%s %s ' $what $(( (t1 - t0) / 1000 ))
+        done
+        echo
+    done | python3 -c '
+import sys, statistics as s
+rs = []
+for line in sys.stdin:
+    f = line.split(); t = {f[0]: int(f[1]), f[2]: int(f[3])}
+    rs.append(t["metacopy"] / t["naive"])
+shown = " ".join("%.2f" % r for r in rs)
+print(f"paired metacopy/naive ratios: {shown}; median {s.median(rs):.2f}")'
+}
+mkdir -p "$WORK/mnt-pair"
+paired=$(pairs)
+
+# idmap's own time, from its report (no process start-up): 10 fresh mounts per tree.
+inproc() {
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+        sh -c "$(reset inproc)"
+        "$SM" --oneshot --json -s 0x30000 --method idmap "$1" "$(mktemp -d "$WORK/inproc.XXXXXX")" "$WORK/mnt-inproc"
+    done | python3 -c 'import json,sys,statistics as s; v=sorted(json.loads(l)["elapsed_us"]/1000 for l in sys.stdin); print(f"median {s.median(v):.2f} ms, min {v[0]:.2f} ms, max {v[-1]:.2f} ms")'
+    sh -c "$(reset inproc)"
+}
+inproc_small=$(inproc "$TREE")
+inproc_big=$(inproc "$BIG")
+
+# One more mount per method into a known INTERMEDIATE: what does it cost on disk?
+for m in idmap metacopy copy; do
+    sh -c "$(reset $m)"
+    "$SM" --oneshot -s 0x30000 --method $m "$TREE" "$WORK/im-$m" "$WORK/mnt-$m" >/dev/null
+done
 tree_kb=$(du -sk "$TREE" | cut -f1)
 meta_kb=$(du -sk "$WORK/im-metacopy/upper" | cut -f1)
 idmap_kb=$(du -sk "$WORK/im-idmap/upper" | cut -f1)
@@ -66,16 +126,23 @@ copy_kb=$(du -sk "$WORK/im-copy/copy" | cut -f1)
 "$SM" --unmount "$WORK/mnt-metacopy" >/dev/null
 remount=$("$SM" --oneshot -s 0x30000 "$TREE" "$WORK/im-metacopy" "$WORK/mnt-metacopy" | tail -2 | head -1)
 
-python3 - "$WORK/result.json" "$tree_kb" "$meta_kb" "$idmap_kb" "$copy_kb" "$remount" <<'PY'
+python3 - "$WORK/result.json" "$tree_kb" "$meta_kb" "$idmap_kb" "$copy_kb" "$remount" "$inproc_small" "$inproc_big" "$paired" <<'PY'
 import json, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
 tree, meta, idm, copy = (int(x) for x in sys.argv[2:6])
-ms = lambda n: f"{r[n]['mean']*1000:.1f} ms ± {r[n]['stddev']*1000:.1f}"
-for n in ["idmap", "idmap-x10", "metacopy", "copy", "naive"]:
-    print(f"{n:10} {ms(n)}")
+ms = lambda n: (f"mean {r[n]['mean']*1000:.1f} ms ± {r[n]['stddev']*1000:.1f}, median {r[n]['median']*1000:.1f}, "
+                f"min {r[n]['min']*1000:.1f}, cpu (user+sys) {(r[n]['user']+r[n]['system'])*1000:.1f} ms")
+for n in ["idmap", "idmap-x10", "metacopy", "copy", "naive", "metacopy+sync", "naive+sync"]:
+    print(f"{n:13} {ms(n)}")
 print(f"idmap: {r['idmap']['mean']*1000:.1f} ms, 10x tree: {r['idmap-x10']['mean']*1000:.1f} ms "
       f"(ratio {r['idmap-x10']['mean']/r['idmap']['mean']:.2f}; target < 10 ms on both)")
-print(f"metacopy / naive: {r['metacopy']['mean']/r['naive']['mean']:.3f} (target <= 0.5)")
+print(f"idmap in-process (report.elapsed_us): minbase {sys.argv[7]}; x10 {sys.argv[8]}")
+cpu = lambda n: r[n]['user'] + r[n]['system']
+print(f"metacopy / naive: mean {r['metacopy']['mean']/r['naive']['mean']:.3f}, "
+      f"median {r['metacopy']['median']/r['naive']['median']:.3f}, cpu {cpu('metacopy')/cpu('naive'):.3f} (target <= 0.5)")
+print(sys.argv[9])
+print(f"metacopy+sync / naive+sync: mean {r['metacopy+sync']['mean']/r['naive+sync']['mean']:.3f}, "
+      f"median {r['metacopy+sync']['median']/r['naive+sync']['median']:.3f}")
 print(f"idmap / naive: {r['idmap']['mean']/r['naive']['mean']:.4f}")
 print(f"copy / naive: {r['copy']['mean']/r['naive']['mean']:.2f}")
 print(f"disk: tree {tree} KiB; metacopy upper {meta} KiB = {100*meta/tree:.1f}% (target < 15%); "

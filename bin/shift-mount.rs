@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use warren::idmap::range::{DEFAULT_BLOCK, Shift, parse_id};
 use warren::mount::shifted::{self, Method, MountReport, MountSpec};
@@ -62,9 +62,13 @@ fn run(args: Args) -> anyhow::Result<i32> {
     if let Some(mountpoint) = &args.unmount {
         shifted::unmount(mountpoint)?;
         if args.json {
-            println!("{}", serde_json::json!({ "unmounted": mountpoint }));
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}",
+                serde_json::json!({ "unmounted": mountpoint })
+            );
         } else {
-            println!("Unmounted {}", mountpoint.display());
+            let _ = writeln!(std::io::stdout(), "Unmounted {}", mountpoint.display());
         }
         return Ok(0);
     }
@@ -108,7 +112,13 @@ fn run(args: Args) -> anyhow::Result<i32> {
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    print_report(&report, args.json)?;
+    // A caller that cannot be told about the mount must not be left with it.
+    if let Err(e) = print_report(&report, args.json) {
+        if report.mounted {
+            let _ = shifted::unmount(&report.mountpoint);
+        }
+        anyhow::bail!("cannot print the report ({e}); unmounted again");
+    }
 
     if args.oneshot || !report.mounted {
         return Ok(0);
@@ -118,7 +128,11 @@ fn run(args: Args) -> anyhow::Result<i32> {
         .map_err(|e| anyhow::anyhow!("waiting for SIGTERM/SIGINT: {e}"))?;
     shifted::unmount(&report.mountpoint)?;
     if !args.json {
-        println!("Unmounted {} on {signal}", report.mountpoint.display());
+        let _ = writeln!(
+            std::io::stdout(),
+            "Unmounted {} on {signal}",
+            report.mountpoint.display()
+        );
     }
     Ok(0)
 }
@@ -137,16 +151,17 @@ fn progress_bar(json: bool) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-fn print_report(report: &MountReport, json: bool) -> anyhow::Result<()> {
+fn print_report(report: &MountReport, json: bool) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
     if json {
-        println!("{}", serde_json::to_string(report)?);
-        return Ok(());
+        writeln!(out, "{}", serde_json::to_string(report)?)?;
+        return out.flush();
     }
     let view = report.view.display();
     if report.mounted {
-        println!("Mounted {view}");
+        writeln!(out, "Mounted {view}")?;
     } else {
-        println!("Not mounted: the shifted view is the copy at {view}");
+        writeln!(out, "Not mounted: the shifted view is the copy at {view}")?;
     }
     let how = match (report.method, report.walked) {
         (Method::Idmap, false) => "idmapped: no file touched",
@@ -154,10 +169,11 @@ fn print_report(report: &MountReport, json: bool) -> anyhow::Result<()> {
         (Method::Copy, true) => "full copy",
         _ => "walked",
     };
-    println!(
+    writeln!(
+        out,
         "{} files under {view} shifted with {} ({how})",
         report.entries_shifted, report.shift
-    );
-    println!("method {}: {}", report.method, report.reason);
-    Ok(())
+    )?;
+    writeln!(out, "method {}: {}", report.method, report.reason)?;
+    out.flush()
 }

@@ -261,38 +261,41 @@ fn check_method(method: &str) {
             "v3 rootid of the capability"
         );
     }
-    // The first container writes; LOWER and the second container's view do not change.
-    let (im0, mnt0, s0) = &views[0];
-    container_writes(mnt0, s0.to);
-    assert_eq!(snapshot(&lower), before, "LOWER changed");
-    assert_tree(&views[1].1, &shifted(&before, views[1].2));
-    let view0 = snapshot(mnt0);
-    assert!(
-        !view0.contains_key(Path::new("etc/file")),
-        "deleted file still visible"
-    );
-    assert_eq!(view0[Path::new("data/a")].mode & 0o7777, 0o600);
-    assert_eq!(
-        view0[Path::new("data/b")].mode & 0o7777,
-        0o600,
-        "hardlink broke on copy-up"
-    );
-    assert_eq!(view0[Path::new("etc/keep")].content, b"keepmore");
-    // The writes land in INTERMEDIATE, owned by the container's root.
-    let written = if method == "copy" {
-        im0.join("copy")
-    } else {
-        im0.join("upper")
-    };
-    let new = fs::symlink_metadata(written.join("etc/new")).expect("new file in INTERMEDIATE");
-    assert_eq!((new.uid(), new.gid()), (s0.to, s0.to));
-    assert_eq!(fs::read(written.join("etc/new")).expect("read new"), b"new");
-    if method != "copy" {
-        let wh = fs::symlink_metadata(written.join("etc/file")).expect("whiteout in upper");
+    // Each container writes in turn; LOWER and the other container's view do not change.
+    for (i, (im, mnt, shift)) in views.iter().enumerate() {
+        container_writes(mnt, shift.to);
+        assert_eq!(snapshot(&lower), before, "LOWER changed");
+        if i == 0 {
+            assert_tree(&views[1].1, &shifted(&before, views[1].2));
+        }
+        let view = snapshot(mnt);
         assert!(
-            wh.file_type().is_char_device() && wh.rdev() == 0,
-            "not a whiteout: {wh:?}"
+            !view.contains_key(Path::new("etc/file")),
+            "deleted file still visible"
         );
+        assert_eq!(view[Path::new("data/a")].mode & 0o7777, 0o600);
+        assert_eq!(
+            view[Path::new("data/b")].mode & 0o7777,
+            0o600,
+            "hardlink broke on copy-up"
+        );
+        assert_eq!(view[Path::new("etc/keep")].content, b"keepmore");
+        // The writes land in INTERMEDIATE, owned by the container's root.
+        let written = if method == "copy" {
+            im.join("copy")
+        } else {
+            im.join("upper")
+        };
+        let new = fs::symlink_metadata(written.join("etc/new")).expect("new file in INTERMEDIATE");
+        assert_eq!((new.uid(), new.gid()), (shift.to, shift.to));
+        assert_eq!(fs::read(written.join("etc/new")).expect("read new"), b"new");
+        if method != "copy" {
+            let wh = fs::symlink_metadata(written.join("etc/file")).expect("whiteout in upper");
+            assert!(
+                wh.file_type().is_char_device() && wh.rdev() == 0,
+                "not a whiteout: {wh:?}"
+            );
+        }
     }
     for (_, mnt, _) in &views {
         unmount(mnt);
@@ -536,4 +539,52 @@ fn rootless_copy_is_shifted_into_subordinate_ids() {
         .args([work.join("im"), work.join("mnt")]));
     let again: Value = serde_json::from_str(&out).expect("report");
     assert_eq!(again["walked"], false, "{again}");
+}
+
+#[test]
+fn several_lower_layers_merge_top_most_first() {
+    require_root();
+    let dir = scratch("shift-mount-layers");
+    let (top, bottom) = (dir.path().join("top"), dir.path().join("bottom"));
+    sh(&format!(
+        "set -e; mkdir -p {t}/d {b}/d; cd {b}; printf bottom > d/f; printf only > d/g; printf gone > x
+         chown 3:4 d/g; cd {t}; printf top > d/f; mknod x c 0 0",
+        t = top.display(),
+        b = bottom.display()
+    ));
+    let (tb, bb) = (snapshot(&top), snapshot(&bottom));
+    let lowers = format!("{}:{}", top.display(), bottom.display());
+    let mnt = dir.path().join("mnt");
+    let _guard = Unmounter(vec![mnt.clone()]);
+    for method in ["idmap", "metacopy", "copy"] {
+        fs::create_dir_all(&mnt).expect("mkdir");
+        let out = ok(shift_mount()
+            .args([
+                "--oneshot",
+                "--json",
+                "-s",
+                "0x30000",
+                "--method",
+                method,
+                &lowers,
+            ])
+            .args([dir.path().join(format!("im-{method}")), mnt.clone()]));
+        let report: Value = serde_json::from_str(&out).expect("report");
+        assert_eq!(report["method"], method, "{report}");
+        let view = snapshot(&mnt);
+        let names: Vec<_> = view.keys().map(|p| p.display().to_string()).collect();
+        assert_eq!(names, ["", "d", "d/f", "d/g"], "{method}");
+        assert_eq!(view[Path::new("d/f")].content, b"top", "{method}");
+        let g = &view[Path::new("d/g")];
+        assert_eq!(
+            (g.uid, g.gid, g.content.as_slice()),
+            (0x30003, 0x30004, &b"only"[..])
+        );
+        unmount(&mnt);
+    }
+    assert_eq!(
+        (snapshot(&top), snapshot(&bottom)),
+        (tb, bb),
+        "a lower layer changed"
+    );
 }

@@ -52,10 +52,16 @@ pub fn userns_fd(uid: Mapping, gid: Mapping) -> Result<OwnedFd, IdmapError> {
     let (ready_r, ready_w) = nix::unistd::pipe().map_err(|e| fail(e.into()))?;
     let (hold_r, hold_w) = nix::unistd::pipe().map_err(|e| fail(e.into()))?;
     let (ready_w_raw, hold_r_raw) = (ready_w.as_raw_fd(), hold_r.as_raw_fd());
-    // SAFETY: the child calls only async-signal-safe functions (unshare, write, read,
-    // _exit) on fds it already has, and allocates nothing.
+    let (ready_r_raw, hold_w_raw) = (ready_r.as_raw_fd(), hold_w.as_raw_fd());
+    // SAFETY: fork is sound here because the child below never returns into Rust code
+    // that could touch state another thread left locked.
     let child = match unsafe { nix::unistd::fork() }.map_err(|e| fail(e.into()))? {
+        // SAFETY: the child calls only async-signal-safe functions (close, unshare, write,
+        // read, _exit) on fds it already has, with stack buffers: no allocation.
         nix::unistd::ForkResult::Child => unsafe {
+            // Our copy of the write end would keep `read` below from ever seeing EOF.
+            libc::close(hold_w_raw);
+            libc::close(ready_r_raw);
             let ok: u8 = u8::from(libc::unshare(libc::CLONE_NEWUSER) == 0);
             libc::write(ready_w_raw, (&ok as *const u8).cast(), 1);
             let mut byte = 0u8;

@@ -131,6 +131,8 @@ pub struct MountReport {
     pub walked: bool,
     /// Faster methods that were refused, in order.
     pub refused: Vec<Attempt>,
+    /// Wall time of the whole call, in microseconds.
+    pub elapsed_us: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -287,6 +289,7 @@ pub fn mount_with_progress(
     spec: &MountSpec,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<MountReport, MountError> {
+    let started = std::time::Instant::now();
     if spec.lowers.is_empty() {
         return Err(MountError::NoLower);
     }
@@ -382,6 +385,7 @@ pub fn mount_with_progress(
                     entries_shifted,
                     walked,
                     refused,
+                    elapsed_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                 });
             }
             Err(e) if spec.method.is_none() && record.is_none() && e.falls_back() => {
@@ -696,13 +700,12 @@ fn walk(
     shift: Shift,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<u64, MountError> {
-    let report =
-        engine::shift_tree(root, &ShiftOptions::new(shift), progress).map_err(|source| {
-            MountError::Shift {
-                path: root.to_path_buf(),
-                source,
-            }
-        })?;
+    let mut opts = ShiftOptions::new(shift);
+    opts.threads = walk_threads();
+    let report = engine::shift_tree(root, &opts, progress).map_err(|source| MountError::Shift {
+        path: root.to_path_buf(),
+        source,
+    })?;
     if let Some(first) = report.failures.first() {
         return Err(MountError::ShiftFailures {
             path: root.to_path_buf(),
@@ -711,6 +714,13 @@ fn walk(
         });
     }
     Ok(report.shifted)
+}
+
+/// Threads for a walk: through an overlay each chown is a copy-up that mostly waits
+/// (journal, rename lock), so several per core keep the cores busy.
+fn walk_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores * 4).min(32)
 }
 
 /// Bind-mounts `src` at `target` (open_tree clone + move_mount).
