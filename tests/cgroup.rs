@@ -296,3 +296,42 @@ impl Drop for Unmount {
         let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
     }
 }
+
+#[test]
+fn rootless_without_delegation_runs_without_a_cgroup() {
+    common::require_root();
+    let name = unique("rootless");
+    let res = resources(json!({"pids": {"limit": 5}}));
+    // SAFETY: the child drops to nobody, runs the library and leaves with _exit; glibc keeps
+    // malloc usable in a forked child.
+    match unsafe { nix::unistd::fork() }.expect("fork") {
+        nix::unistd::ForkResult::Child => {
+            let code = (|| {
+                nix::unistd::setgid(nix::unistd::Gid::from_raw(65534)).ok()?;
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).ok()?;
+                let plain = Cgroup::create(&name, None, None).ok()?;
+                if !plain.is_noop() {
+                    return Some(2);
+                }
+                let err = Cgroup::create(&name, Some(&res), None).err()?.to_string();
+                Some(if err.contains("cgroup delegation is needed") {
+                    0
+                } else {
+                    3
+                })
+            })()
+            .unwrap_or(4);
+            // SAFETY: leaving the forked child without running the harness's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let status = nix::sys::wait::waitpid(child, None).expect("waitpid");
+            assert_eq!(
+                status,
+                nix::sys::wait::WaitStatus::Exited(child, 0),
+                "2: got a real cgroup, 3: wrong error, 4: setuid failed or limits applied"
+            );
+        }
+    }
+    assert!(Cgroup::open(&name, None).expect("open").is_noop());
+}
