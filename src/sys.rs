@@ -480,3 +480,22 @@ pub fn close_fds(first: RawFd, last: RawFd) -> io::Result<()> {
     check(unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) })
         .map(drop)
 }
+
+/// `seccomp(SECCOMP_SET_MODE_FILTER, flags, prog)`. Async-signal-safe: one syscall, no
+/// allocation, errno read from the thread's own slot.
+pub fn seccomp_set_mode_filter(
+    prog: &libc::sock_fprog,
+    flags: libc::c_uint,
+) -> Result<(), nix::errno::Errno> {
+    // SAFETY: `prog` points to a valid sock_fprog whose filter array outlives the call; the
+    // kernel copies the program before returning.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            prog as *const libc::sock_fprog,
+        )
+    };
+    nix::errno::Errno::result(ret).map(drop)
+}

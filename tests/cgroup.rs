@@ -1,0 +1,337 @@
+//! Container cgroups on this host's real cgroup filesystems (hybrid v1 + controller-less v2 on
+//! the test VM; unified v2 elsewhere), plus hosts where nothing is writable.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use oci_spec::runtime::LinuxResources;
+use serde_json::json;
+use warren::container::cgroup::{Cgroup, DEFAULT_ROOT, Version};
+
+fn resources(value: serde_json::Value) -> LinuxResources {
+    serde_json::from_value(value).expect("valid linux.resources")
+}
+
+fn unique(name: &str) -> String {
+    format!("warren-test-{name}-{}", std::process::id())
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+/// The file `file` of the cgroup, in the v1 hierarchy `controller` or the v2 directory.
+fn file(cgroup: &Cgroup, controller: &str, file: &str) -> PathBuf {
+    let dir = match cgroup.version() {
+        Some(Version::V2) => Path::new(DEFAULT_ROOT).join(cgroup.path()),
+        _ => Path::new(DEFAULT_ROOT).join(controller).join(cgroup.path()),
+    };
+    dir.join(file)
+}
+
+/// True when `pid` has exited (gone or a zombie).
+fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+#[test]
+fn limits_are_applied_and_processes_joined() {
+    common::require_root();
+    let name = unique("limits");
+    let res = resources(json!({
+        "memory": {"limit": 64 << 20, "swap": 128 << 20, "reservation": 32 << 20},
+        "pids": {"limit": 10},
+        "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0", "mems": "0"}
+    }));
+    let cgroup = Cgroup::create(&name, Some(&res), None).expect("create cgroup");
+    assert!(!cgroup.is_noop());
+    assert_eq!(cgroup.path(), Path::new("warren").join(&name));
+
+    match cgroup.version() {
+        Some(Version::V1) => {
+            let f = |c, n| read(&file(&cgroup, c, n));
+            assert_eq!(
+                f("memory", "memory.limit_in_bytes"),
+                (64u64 << 20).to_string()
+            );
+            assert_eq!(
+                f("memory", "memory.soft_limit_in_bytes"),
+                (32u64 << 20).to_string()
+            );
+            if file(&cgroup, "memory", "memory.memsw.limit_in_bytes").exists() {
+                assert_eq!(
+                    f("memory", "memory.memsw.limit_in_bytes"),
+                    (128u64 << 20).to_string()
+                );
+            }
+            assert_eq!(f("pids", "pids.max"), "10");
+            assert_eq!(f("cpu", "cpu.shares"), "512");
+            assert_eq!(f("cpu", "cpu.cfs_quota_us"), "50000");
+            assert_eq!(f("cpu", "cpu.cfs_period_us"), "100000");
+            assert_eq!(f("cpuset", "cpuset.cpus"), "0");
+            assert_eq!(f("cpuset", "cpuset.mems"), "0");
+        }
+        Some(Version::V2) => {
+            let f = |n| read(&file(&cgroup, "", n));
+            assert_eq!(f("memory.max"), (64u64 << 20).to_string());
+            assert_eq!(f("memory.low"), (32u64 << 20).to_string());
+            assert_eq!(f("memory.swap.max"), (64u64 << 20).to_string());
+            assert_eq!(f("pids.max"), "10");
+            assert_eq!(f("cpu.weight"), "20");
+            assert_eq!(f("cpu.max"), "50000 100000");
+            assert_eq!(f("cpuset.cpus"), "0");
+        }
+        None => unreachable!(),
+    }
+
+    let mut sleeper = Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .expect("spawn sleep");
+    let pid = sleeper.id() as i32;
+    cgroup.add_pid(pid).expect("add pid");
+    assert_eq!(cgroup.pids().expect("pids"), vec![pid]);
+    for dir in cgroup.dirs() {
+        assert_eq!(
+            read(&dir.join("cgroup.procs")),
+            pid.to_string(),
+            "{}",
+            dir.display()
+        );
+    }
+    let membership = read(Path::new(&format!("/proc/{pid}/cgroup")));
+    let expected = format!("/warren/{name}");
+    assert!(
+        membership
+            .lines()
+            .any(|l| l.contains("memory") && l.ends_with(&expected))
+            || membership
+                .lines()
+                .any(|l| l.starts_with("0::") && l.ends_with(&expected)),
+        "{membership}"
+    );
+
+    // The state file keeps the cgroup; a later process (delete --force) destroys it.
+    let saved = serde_json::to_string(&cgroup).expect("serialize");
+    let restored: Cgroup = serde_json::from_str(&saved).expect("deserialize");
+    assert_eq!(restored, cgroup);
+    assert_eq!(Cgroup::open(&name, None).expect("open"), cgroup);
+
+    restored.destroy().expect("destroy");
+    let status = sleeper.wait().expect("wait sleep");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    for dir in cgroup.dirs() {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    cgroup.destroy().expect("destroy is idempotent");
+    assert!(Cgroup::open(&name, None).expect("open").is_noop());
+}
+
+#[test]
+fn pids_limit_stops_a_fork_bomb_and_destroy_kills_leftovers() {
+    common::require_root();
+    let name = unique("forkbomb");
+    let res = resources(json!({"pids": {"limit": 5}}));
+    let cgroup = Cgroup::create(&name, Some(&res), Some(&format!("/warren-tests/{name}")))
+        .expect("create cgroup");
+    assert_eq!(cgroup.path(), Path::new("warren-tests").join(&name));
+
+    // The shell waits for a line on stdin, so it is in the cgroup before it forks.
+    let mut shell = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("read go; for i in 1 2 3 4 5 6 7 8 9 10; do sleep 600 >/dev/null 2>&1 & done; echo all started")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sh");
+    cgroup.add_pid(shell.id() as i32).expect("add pid");
+    shell
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("release the shell");
+    let output = shell.wait_with_output().expect("wait sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stdout.contains("all started"), "{stdout}");
+    assert!(stderr.to_lowercase().contains("fork"), "{stderr}");
+
+    // The shell died at its 5th fork; its 4 sleeps are still in the cgroup.
+    let leftovers = cgroup.pids().expect("pids");
+    assert_eq!(leftovers.len(), 4, "{leftovers:?}");
+    for pid in &leftovers {
+        assert!(!exited(*pid));
+    }
+    cgroup.destroy().expect("destroy");
+    for pid in &leftovers {
+        assert!(exited(*pid), "pid {pid} survived destroy");
+    }
+    for dir in cgroup.dirs() {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+        let _ = std::fs::remove_dir(dir.parent().expect("parent"));
+    }
+}
+
+#[test]
+fn limits_the_kernel_rejects_name_controller_and_file() {
+    common::require_root();
+    let name = unique("rejected");
+    let res = resources(json!({"pids": {"limit": 5}, "cpu": {"cpus": "4000"}}));
+    let err = Cgroup::create(&name, Some(&res), None)
+        .expect_err("cpu 4000 does not exist")
+        .to_string();
+    assert!(err.starts_with("cgroup cpuset: "), "{err}");
+    assert!(err.contains(&format!("{name}/cpuset.cpus")), "{err}");
+    assert!(err.contains("\"4000\""), "{err}");
+    // Nothing half-done is left behind.
+    assert!(Cgroup::open(&name, None).expect("open").is_noop());
+
+    let err = Cgroup::create(
+        &name,
+        Some(&resources(json!({"blockIO": {"weight": 10}}))),
+        None,
+    )
+    .expect_err("blockIO is not supported")
+    .to_string();
+    assert!(err.starts_with("cgroup blkio: "), "{err}");
+
+    let err = Cgroup::create(&name, None, Some("../escape"))
+        .expect_err("no escaping the hierarchy")
+        .to_string();
+    assert!(err.contains("`..` is not allowed"), "{err}");
+}
+
+#[test]
+fn nothing_writable_means_no_cgroup_unless_limits_are_asked() {
+    common::require_root();
+    // A read-only empty tmpfs stands in for a host whose cgroups we cannot touch.
+    let root = tempfile::tempdir().expect("tempdir");
+    nix::mount::mount(
+        Some("tmpfs"),
+        root.path(),
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .expect("mount read-only tmpfs");
+    let _unmount = Unmount(root.path().to_path_buf());
+    {
+        let cgroup = Cgroup::create_at(root.path(), "web", None, None).expect("no-op cgroup");
+        assert!(cgroup.is_noop());
+        assert!(cgroup.dirs().is_empty());
+        cgroup
+            .add_pid(std::process::id() as i32)
+            .expect("no-op add");
+        assert_eq!(cgroup.pids().expect("pids"), Vec::<i32>::new());
+        cgroup.destroy().expect("no-op destroy");
+
+        let res = resources(json!({"memory": {"limit": 1 << 30}}));
+        let err = Cgroup::create_at(root.path(), "web", Some(&res), None)
+            .expect_err("a limit without a cgroup")
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "cgroup memory: no cgroup filesystem under {}",
+                root.path().display()
+            )
+        );
+
+        // A v1 layout whose hierarchy cannot be written: no-op without limits, a clear error
+        // about delegation with them.
+        nix::mount::umount(root.path()).expect("umount");
+        let pids = root.path().join("pids");
+        std::fs::create_dir(&pids).expect("mkdir");
+        std::fs::write(pids.join("cgroup.procs"), "").expect("fake hierarchy");
+        nix::mount::mount(
+            Some(root.path()),
+            root.path(),
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind");
+        nix::mount::mount(
+            None::<&str>,
+            root.path(),
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND
+                | nix::mount::MsFlags::MS_REMOUNT
+                | nix::mount::MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .expect("remount read-only");
+        let cgroup = Cgroup::create_at(root.path(), "web", None, None).expect("no-op cgroup");
+        assert!(cgroup.is_noop());
+        let res = resources(json!({"pids": {"limit": 5}}));
+        let err = Cgroup::create_at(root.path(), "web", Some(&res), None)
+            .expect_err("read-only hierarchy")
+            .to_string();
+        assert!(err.contains("cgroup delegation is needed"), "{err}");
+        assert!(err.contains(&format!("{}/warren", pids.display())), "{err}");
+    }
+}
+
+/// Detaches a test mount even when an assertion fails.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn rootless_without_delegation_runs_without_a_cgroup() {
+    common::require_root();
+    let name = unique("rootless");
+    let res = resources(json!({"pids": {"limit": 5}}));
+    // SAFETY: the child drops to nobody, runs the library and leaves with _exit; glibc keeps
+    // malloc usable in a forked child.
+    match unsafe { nix::unistd::fork() }.expect("fork") {
+        nix::unistd::ForkResult::Child => {
+            let code = (|| {
+                nix::unistd::setgid(nix::unistd::Gid::from_raw(65534)).ok()?;
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).ok()?;
+                let plain = Cgroup::create(&name, None, None).ok()?;
+                if !plain.is_noop() {
+                    return Some(2);
+                }
+                let err = Cgroup::create(&name, Some(&res), None).err()?.to_string();
+                Some(if err.contains("cgroup delegation is needed") {
+                    0
+                } else {
+                    3
+                })
+            })()
+            .unwrap_or(4);
+            // SAFETY: leaving the forked child without running the harness's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let status = nix::sys::wait::waitpid(child, None).expect("waitpid");
+            assert_eq!(
+                status,
+                nix::sys::wait::WaitStatus::Exited(child, 0),
+                "2: got a real cgroup, 3: wrong error, 4: setuid failed or limits applied"
+            );
+        }
+    }
+    assert!(Cgroup::open(&name, None).expect("open").is_noop());
+}
