@@ -629,7 +629,12 @@ pub unsafe fn clone3_fork(flags: u64) -> io::Result<(libc::pid_t, Option<OwnedFd
     let args = CloneArgs {
         flags: flags | CLONE_PIDFD,
         pidfd: &mut pidfd as *mut libc::c_int as u64,
-        exit_signal: libc::SIGCHLD as u64,
+        // With CLONE_PARENT the kernel takes the exit signal from the caller's parent.
+        exit_signal: if flags & libc::CLONE_PARENT as u64 != 0 {
+            0
+        } else {
+            libc::SIGCHLD as u64
+        },
         ..Default::default()
     };
     // SAFETY: `args` is a valid clone_args of the size passed; with stack 0 the child
@@ -738,6 +743,32 @@ pub fn cloexec_range_from(first: RawFd) -> io::Result<()> {
 pub fn setns_raw(fd: RawFd, nstype: libc::c_int) -> io::Result<()> {
     // SAFETY: plain integers.
     check(unsafe { libc::setns(fd, nstype) } as libc::c_long).map(drop)
+}
+
+/// `close_range(2)` over `first..=last`. Async-signal-safe.
+pub fn close_fds(first: RawFd, last: RawFd) -> io::Result<()> {
+    // SAFETY: closing fds of this process that the caller no longer uses.
+    check(unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) })
+        .map(drop)
+}
+
+/// `seccomp(SECCOMP_SET_MODE_FILTER, flags, prog)`. Async-signal-safe: one syscall, no
+/// allocation, errno read from the thread's own slot.
+pub fn seccomp_set_mode_filter(
+    prog: &libc::sock_fprog,
+    flags: libc::c_uint,
+) -> Result<(), nix::errno::Errno> {
+    // SAFETY: `prog` points to a valid sock_fprog whose filter array outlives the call; the
+    // kernel copies the program before returning.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            prog as *const libc::sock_fprog,
+        )
+    };
+    nix::errno::Errno::result(ret).map(drop)
 }
 
 /// `fsetxattr(2)`: sets xattr `attr` on the open file (or directory) `fd`.

@@ -86,6 +86,8 @@ pub mod tag {
     pub const FAIL: u32 = 6;
     /// child -> parent (exec): the pid of the process that will exec, in `a`.
     pub const PID: u32 = 7;
+    /// child -> parent: PR_SET_PDEATHSIG cleared, the parent may exit.
+    pub const DETACHED: u32 = 8;
 }
 
 #[repr(C)]
@@ -227,6 +229,9 @@ pub struct Init {
     /// exec into a running container: fork once more after setns so the process lands in
     /// the joined pid namespace, and report its pid.
     pub fork_after_join: bool,
+    /// Every fd the child uses, sorted: all others (other containers' sockets and locks
+    /// opened by other threads) are closed first thing.
+    pub keep: Vec<RawFd>,
 }
 
 impl Init {
@@ -244,6 +249,14 @@ impl Init {
 
     fn setup(&self) -> Result<std::convert::Infallible, Fail> {
         reset_signals();
+        let mut next = 0;
+        for &fd in &self.keep {
+            if fd > next {
+                let _ = sys::close_fds(next, fd - 1);
+            }
+            next = fd + 1;
+        }
+        let _ = sys::close_fds(next, RawFd::MAX);
         // SAFETY: prctl with plain integers.
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
@@ -323,6 +336,7 @@ impl Init {
             // From here the container outlives the runtime that created it.
             // SAFETY: prctl with plain integers.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+            send(self.sync, msg(tag::DETACHED)).map_err(|e| Fail::new(Step::Sync, e, 1))?;
         }
         self.identity()?;
         self.stdio()?;

@@ -703,13 +703,20 @@ fn spawn(init: &mut Init, flags: libc::c_int) -> Result<(i32, OwnedFd, OwnedFd),
     let (parent_end, child_end) = seqpacket_pair()?;
     init.sync = child_end.as_raw_fd();
     init.parent = std::process::id() as i32;
-    let parent_raw = parent_end.as_raw_fd();
+    let mut keep: Vec<RawFd> = vec![0, 1, 2, init.sync];
+    keep.extend(3..3 + init.preserve_fds);
+    keep.extend(init.join.iter().map(|(fd, _)| fd.as_raw_fd()));
+    keep.extend(init.fifo.iter().flat_map(|(a, b)| [a.as_raw_fd(), b.as_raw_fd()]));
+    keep.extend(init.stdio.iter().flatten().copied());
+    keep.extend(init.console_socket);
+    keep.sort_unstable();
+    keep.dedup();
+    init.keep = keep;
     // SAFETY: the child only runs `Init::run`, which is async-signal-safe: it uses data
     // prepared here and never returns.
     let (pid, pidfd) = unsafe { crate::sys::clone3_fork(flags as u64) }
         .map_err(Error::io("clone3"))?;
     if pid == 0 {
-        rootfs::close(parent_raw);
         init.run();
     }
     drop(child_end);
@@ -897,6 +904,7 @@ fn create_in(
         preserve_fds: opts.preserve_fds as i32,
         hooks: has_early_hooks,
         fork_after_join: false,
+        keep: Vec::new(),
     };
     let (pid, pidfd, sock) = spawn(&mut init, clone_flags)?;
     *child = Some((pid, pidfd));
@@ -937,6 +945,10 @@ fn create_in(
         crate::atomic::write(p, pid.to_string().as_bytes()).map_err(Error::io(format!("write {}", p.display())))?;
     }
     send(&sock, tag::ACK)?;
+    match expect(&sock, plan, &init, "create")? {
+        Some(m) if m.tag == tag::DETACHED => {}
+        _ => return Err(Error::InitDied("create")),
+    }
     if opts.start {
         // EOF: the exec happened (the socket is close-on-exec); a message: it failed.
         if let Some(m) = expect(&sock, plan, &init, "exec")? {
@@ -1003,6 +1015,7 @@ fn exec_in(c: &Container, process: &Process, opts: &mut ExecOptions) -> Result<E
         preserve_fds: opts.preserve_fds as i32,
         hooks: false,
         fork_after_join: true,
+        keep: Vec::new(),
     };
     let _ = user;
     let (_mid, mid_fd, sock) = spawn(&mut init, 0)?;
