@@ -18,15 +18,17 @@ use std::thread::JoinHandle;
 
 use nix::fcntl::Flock;
 
-use super::chunker::Chunker;
+use super::chunker::{self, Chunker};
 use super::index::{ChunkRef, Record, normalize};
 use super::{
     ChunkId, Entry, ImageInfo, ImageName, Index, Kind, Progress, Result, Store, StoreError,
     Timestamp, chunks, io_err,
 };
 
-/// zstd level for new chunks (see docs/BENCHMARKS.md for why).
-pub const ZSTD_LEVEL: i32 = 3;
+/// zstd level for new chunks: 8 keeps the base image's store below casync's (level 3)
+/// and a new version's additions near file-level tools', at ~2x level 3's CPU, which
+/// two cores absorb (see docs/BENCHMARKS.md).
+pub const ZSTD_LEVEL: i32 = 8;
 
 struct Shared {
     store: Store,
@@ -157,7 +159,7 @@ impl ImageWriter {
         if let Kind::File { size } = &mut entry.kind {
             offset = self.stream_len;
             *size = match content {
-                Some(r) => self.feed(r).map_err(|e| match e {
+                Some(r) => self.feed(r, *size).map_err(|e| match e {
                     StoreError::Io { err, .. } => StoreError::Io {
                         path: entry.path.clone(),
                         err,
@@ -218,8 +220,9 @@ impl ImageWriter {
         }
     }
 
-    /// Streams `r` into the content stream; returns its length.
-    fn feed(&mut self, r: &mut dyn Read) -> Result<u64> {
+    /// Streams `r` (a file of about `size_hint` bytes) into the content stream; returns
+    /// its length.
+    fn feed(&mut self, r: &mut dyn Read, size_hint: u64) -> Result<u64> {
         let Self {
             chunker,
             chunks,
@@ -228,7 +231,18 @@ impl ImageWriter {
             shared,
             ..
         } = self;
-        chunker.feed(r, |data| emit(data, chunks, seen, tx, shared))
+        // Files of chunker::ALIGN bytes or more start and end on a chunk boundary.
+        let (sizes, aligned) = chunker::sizes_for(size_hint);
+        if aligned {
+            chunker.finish(|data| emit(data, chunks, seen, tx, shared))?;
+            chunker.set_sizes(sizes);
+        }
+        let n = chunker.feed(r, |data| emit(data, chunks, seen, tx, shared))?;
+        if aligned {
+            chunker.finish(|data| emit(data, chunks, seen, tx, shared))?;
+            chunker.set_sizes(chunker::SMALL);
+        }
+        Ok(n)
     }
 
     /// Publishes the image as `name` (`NAME[:TAG]`), atomically replacing an image of
