@@ -53,8 +53,10 @@ pub fn sizes_for(size: u64) -> (Sizes, bool) {
 }
 
 pub struct Chunker {
+    /// Allocated (and zeroed) once; bytes pending are `buf[start..end]`.
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     sizes: Sizes,
     mask_s: u64,
     mask_l: u64,
@@ -63,8 +65,9 @@ pub struct Chunker {
 impl Default for Chunker {
     fn default() -> Self {
         let mut c = Chunker {
-            buf: Vec::with_capacity(BUF_SIZE),
+            buf: vec![0; BUF_SIZE],
             start: 0,
+            end: 0,
             sizes: SMALL,
             mask_s: 0,
             mask_l: 0,
@@ -102,15 +105,14 @@ impl Chunker {
         &mut self,
         emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        while self.buf.len() - self.start >= self.sizes.max {
-            let n = self.cut_len(&self.buf[self.start..]);
+        while self.end - self.start >= self.sizes.max {
+            let n = self.cut_len(&self.buf[self.start..self.end]);
             emit(&self.buf[self.start..self.start + n])?;
             self.start += n;
         }
-        if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
         Ok(())
     }
 
@@ -125,13 +127,12 @@ impl Chunker {
         loop {
             // After a drain fewer than max bytes are pending, so there is room to read.
             self.drain(&mut emit)?;
-            let old = self.buf.len();
-            self.buf.resize(BUF_SIZE, 0);
-            let got = r.read(&mut self.buf[old..]);
-            self.buf.truncate(old + *got.as_ref().unwrap_or(&0));
-            match got {
+            match r.read(&mut self.buf[self.end..]) {
                 Ok(0) => return Ok(total),
-                Ok(n) => total += n as u64,
+                Ok(n) => {
+                    self.end += n;
+                    total += n as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }
@@ -140,13 +141,13 @@ impl Chunker {
 
     /// Ends the current run of bytes: emits what is left as its last chunk(s).
     pub fn finish<E>(&mut self, mut emit: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
-        while self.start < self.buf.len() {
-            let n = self.cut_len(&self.buf[self.start..]);
+        while self.start < self.end {
+            let n = self.cut_len(&self.buf[self.start..self.end]);
             emit(&self.buf[self.start..self.start + n])?;
             self.start += n;
         }
-        self.buf.clear();
         self.start = 0;
+        self.end = 0;
         Ok(())
     }
 }

@@ -70,6 +70,8 @@ pub struct ImageWriter {
     seen: HashSet<ChunkId>,
     tx: Option<SyncSender<(ChunkId, Vec<u8>)>>,
     workers: Vec<JoinHandle<()>>,
+    /// A file's content failed half-way: the stream no longer matches the entries.
+    broken: bool,
 }
 
 impl ImageWriter {
@@ -110,6 +112,7 @@ impl ImageWriter {
             seen: HashSet::new(),
             tx: Some(tx),
             workers,
+            broken: false,
         })
     }
 
@@ -123,8 +126,10 @@ impl ImageWriter {
     /// was under it.
     pub fn add(&mut self, mut entry: Entry, content: Option<&mut dyn Read>) -> Result<()> {
         if let Some(e) = self.shared.take_error() {
+            self.broken = true;
             return Err(e);
         }
+        self.check_broken()?;
         let bad = |path: &Path, reason: &str| StoreError::Entry {
             path: path.to_path_buf(),
             reason: reason.to_string(),
@@ -158,14 +163,21 @@ impl ImageWriter {
         let mut offset = 0;
         if let Kind::File { size } = &mut entry.kind {
             offset = self.stream_len;
+            let declared = *size;
             *size = match content {
-                Some(r) => self.feed(r, *size).map_err(|e| match e {
-                    StoreError::Io { err, .. } => StoreError::Io {
-                        path: entry.path.clone(),
-                        err,
-                    },
-                    e => e,
-                })?,
+                Some(r) => match self.feed(r, declared) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.broken = true;
+                        return Err(match e {
+                            StoreError::Io { err, .. } => StoreError::Io {
+                                path: entry.path.clone(),
+                                err,
+                            },
+                            e => e,
+                        });
+                    }
+                },
                 None if *size == 0 => 0,
                 None => return Err(bad(&entry.path, "file without content")),
             };
@@ -176,6 +188,17 @@ impl ImageWriter {
         }
         self.entries
             .insert(entry.path.clone(), Record { entry, offset });
+        Ok(())
+    }
+
+    fn check_broken(&self) -> Result<()> {
+        if self.broken {
+            return Err(StoreError::Entry {
+                path: PathBuf::new(),
+                reason: "an earlier add failed while reading content: this import cannot continue"
+                    .into(),
+            });
+        }
         Ok(())
     }
 
@@ -249,6 +272,7 @@ impl ImageWriter {
     /// that name. `config` is an opaque blob kept with it.
     pub fn commit(mut self, name: &str, config: Option<Vec<u8>>) -> Result<ImageInfo> {
         let image = ImageName::parse(name)?;
+        self.check_broken()?;
         {
             let Self {
                 chunker,
@@ -388,6 +412,7 @@ impl ImageWriter {
 /// files are synced (a syncfs would also wait for everything else on the filesystem).
 fn publish_chunks(pending: &[(PathBuf, PathBuf)]) -> Result<()> {
     use rayon::prelude::*;
+
     // Their writeback started as they were written; the first fdatasync commits the
     // journal for all of them, the rest mostly find nothing left to do.
     pending.par_iter().try_for_each(|(tmp, _)| {
