@@ -72,7 +72,9 @@ pub(crate) fn extract(
         path: dest.to_path_buf(),
         reason: reason.to_string(),
     };
-    let fname = dest.file_name().ok_or_else(|| dest_err("has no file name"))?;
+    let fname = dest
+        .file_name()
+        .ok_or_else(|| dest_err("has no file name"))?;
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -357,12 +359,11 @@ impl<'a> Ctx<'a> {
         let mut out = Vec::with_capacity(e.xattrs.len());
         for (name, value) in &e.xattrs {
             let value = match (self.shift, std::str::from_utf8(name)) {
-                (Some(s), Ok(n)) if xattr::carries_ids(n) => {
-                    xattr::shift_value(n, value, s).map_err(|x| StoreError::Shift {
+                (Some(s), Ok(n)) if xattr::carries_ids(n) => xattr::shift_value(n, value, s)
+                    .map_err(|x| StoreError::Shift {
                         path: self.shown(&e.path),
                         reason: x.to_string(),
-                    })?
-                }
+                    })?,
                 _ => value.clone(),
             };
             let name = CString::new(name.clone()).map_err(|_| StoreError::Entry {

@@ -142,7 +142,11 @@ impl ImageWriter {
         if entry.path.as_os_str().is_empty() && entry.kind != Kind::Dir {
             return Err(bad(&entry.path, "the image root must be a directory"));
         }
-        if entry.xattrs.iter().any(|(n, _)| n.is_empty() || n.contains(&0)) {
+        if entry
+            .xattrs
+            .iter()
+            .any(|(n, _)| n.is_empty() || n.contains(&0))
+        {
             return Err(bad(&entry.path, "empty xattr name or NUL in it"));
         }
         match &mut entry.kind {
@@ -382,7 +386,9 @@ impl ImageWriter {
                     Some(Kind::Dir | Kind::Hardlink { .. }) | None => {
                         return Err(StoreError::Entry {
                             path,
-                            reason: format!("hardlink target {target:?} is missing or not linkable"),
+                            reason: format!(
+                                "hardlink target {target:?} is missing or not linkable"
+                            ),
                         });
                     }
                     Some(_) => break,
@@ -427,11 +433,8 @@ fn publish_chunks(pending: &[(PathBuf, PathBuf)]) -> Result<()> {
             dirs.insert(d.to_path_buf());
         }
     }
-    dirs.par_iter().try_for_each(|d| {
-        File::open(d)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(d))
-    })
+    dirs.par_iter()
+        .try_for_each(|d| File::open(d).and_then(|f| f.sync_all()).map_err(io_err(d)))
 }
 
 impl Drop for ImageWriter {
