@@ -457,3 +457,76 @@ fn kind_flag(kind: &Kind) -> SFlag {
 fn timespec(e: &Entry) -> TimeSpec {
     TimeSpec::new(e.mtime.sec, i64::from(e.mtime.nsec))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::index::{ChunkRef, Record};
+    use crate::store::{ImportOptions, Timestamp};
+
+    /// Bypasses the index parser's path checks: openat2 alone must keep writes in DEST.
+    #[test]
+    fn openat2_keeps_writes_beneath_dest_even_past_the_parser() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("f"), b"pwned").unwrap();
+        let store = Store::open(&tmp.path().join("store")).unwrap();
+        store
+            .import_dir(&src, "good", &ImportOptions::default())
+            .unwrap();
+        let chunks: Vec<ChunkRef> = store.index("good").unwrap().chunks;
+        let rec = |path: &str, kind: Kind| Record {
+            entry: Entry {
+                path: path.into(),
+                kind,
+                mode: 0o644,
+                uid: nix::unistd::getuid().as_raw(),
+                gid: nix::unistd::getgid().as_raw(),
+                mtime: Timestamp::default(),
+                xattrs: vec![],
+            },
+            offset: 0,
+        };
+        let outside = tmp.path().join("escaped");
+        let cases = [
+            vec![rec("../escaped", Kind::File { size: 5 })],
+            vec![rec(outside.to_str().unwrap(), Kind::File { size: 5 })],
+            vec![
+                rec(
+                    "link",
+                    Kind::Symlink {
+                        target: "..".into(),
+                    },
+                ),
+                rec("link/escaped", Kind::File { size: 5 }),
+            ],
+            vec![
+                rec(
+                    "abs",
+                    Kind::Symlink {
+                        target: tmp.path().into(),
+                    },
+                ),
+                rec("abs/escaped", Kind::Hardlink { target: "x".into() }),
+            ],
+        ];
+        for (i, mut records) in cases.into_iter().enumerate() {
+            records.insert(0, rec("", Kind::Dir));
+            let index = Index {
+                name: "evil:latest".into(),
+                created: 0,
+                config: None,
+                chunks: chunks.clone(),
+                records,
+            };
+            let dest = tmp.path().join("inner").join(format!("dest{i}"));
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            let r = extract(&store, &index, &dest, &ExtractOptions::default());
+            assert!(r.is_err(), "case {i} extracted");
+            assert!(!outside.exists(), "case {i} wrote outside");
+            assert!(!tmp.path().join("inner/escaped").exists(), "case {i}");
+            assert!(!dest.exists(), "case {i} left DEST");
+        }
+    }
+}
