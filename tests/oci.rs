@@ -329,4 +329,21 @@ fn busybox_builder_makes_a_working_image() {
         &std::fs::metadata(out.join("tmp")).unwrap().permissions(),
     );
     assert_eq!(mode & 0o7777, 0o1777);
+
+    // Straight into the store, no tree on disk: the same image but for times.
+    let busybox = Path::new(warren::store::busybox::DEFAULT_BUSYBOX);
+    warren::store::busybox::import(&store, "embedded", busybox).unwrap();
+    let direct = work.path().join("direct");
+    extract(&store, "embedded", &direct);
+    let strip = |p: &Path| {
+        let mut snap = util::snapshot(p);
+        snap.values_mut().for_each(|s| s.mtime = None);
+        snap
+    };
+    assert_eq!(strip(&out), strip(&direct));
+    let said = ok(Command::new("chroot")
+        .arg(&direct)
+        .args(["/bin/sh", "-c", "echo $((6*7))"]));
+    assert_eq!(said, "42\n");
+    assert_eq!(ImageConfig::of(&store, "embedded").unwrap(), c);
 }

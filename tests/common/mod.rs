@@ -60,15 +60,29 @@ pub fn ensure_rootless_user() -> (u32, u32) {
     require_tool("newuidmap", "uidmap");
     let lookup = || nix::unistd::User::from_name(ROOTLESS_USER).ok().flatten();
     if lookup().is_none() {
-        let out = run(Command::new("useradd").args(["--create-home", "--shell", "/bin/sh", ROOTLESS_USER]));
+        let out = run(Command::new("useradd").args([
+            "--create-home",
+            "--shell",
+            "/bin/sh",
+            ROOTLESS_USER,
+        ]));
         // Another test process may have created it concurrently.
-        assert!(out.status.success() || lookup().is_some(), "useradd failed: {out:?}");
+        assert!(
+            out.status.success() || lookup().is_some(),
+            "useradd failed: {out:?}"
+        );
     }
     let user = lookup().expect("test user exists");
     for file in ["/etc/subuid", "/etc/subgid"] {
-        let line = format!("{ROOTLESS_USER}:{}:{}\n", ROOTLESS_SUBIDS.0, ROOTLESS_SUBIDS.1);
+        let line = format!(
+            "{ROOTLESS_USER}:{}:{}\n",
+            ROOTLESS_SUBIDS.0, ROOTLESS_SUBIDS.1
+        );
         let current = std::fs::read_to_string(file).unwrap_or_default();
-        if !current.lines().any(|l| l.starts_with(&format!("{ROOTLESS_USER}:"))) {
+        if !current
+            .lines()
+            .any(|l| l.starts_with(&format!("{ROOTLESS_USER}:")))
+        {
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -87,7 +101,8 @@ pub fn as_rootless(program: &Path) -> Command {
     let home = format!("/home/{ROOTLESS_USER}");
     let runtime = format!("/tmp/warren-test-run-{uid}");
     std::fs::create_dir_all(&runtime).expect("create runtime dir");
-    nix::unistd::chown(runtime.as_str(), Some(uid.into()), Some(gid.into())).expect("chown runtime dir");
+    nix::unistd::chown(runtime.as_str(), Some(uid.into()), Some(gid.into()))
+        .expect("chown runtime dir");
     let mut cmd = Command::new("setpriv");
     cmd.args([
         &format!("--reuid={uid}"),
