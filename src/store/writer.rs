@@ -22,7 +22,7 @@ use super::chunker::Chunker;
 use super::index::{ChunkRef, Record, normalize};
 use super::{
     ChunkId, Entry, ImageInfo, ImageName, Index, Kind, Progress, Result, Store, StoreError,
-    Timestamp, chunks, io_err, nix_err,
+    Timestamp, chunks, io_err,
 };
 
 /// zstd level for new chunks (see docs/BENCHMARKS.md for why).
@@ -268,11 +268,6 @@ impl ImageWriter {
         })?;
 
         let store = self.shared.store.clone();
-        let sync = || -> Result<()> {
-            let f = File::open(store.dir()).map_err(io_err(store.dir()))?;
-            nix::unistd::syncfs(&f).map_err(nix_err(store.dir()))
-        };
-        sync()?;
         let pending = std::mem::take(
             &mut *self
                 .shared
@@ -280,10 +275,7 @@ impl ImageWriter {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        for (tmp, dest) in &pending {
-            fs::rename(tmp, dest).map_err(io_err(dest))?;
-        }
-        sync()?;
+        publish_chunks(&pending)?;
         let path = store.images_dir().join(image.rel_path());
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(io_err(parent))?;
@@ -376,6 +368,31 @@ impl ImageWriter {
             }
         }
     }
+}
+
+/// Makes new chunks durable, then gives them their final names, durably. Only our own
+/// files are synced (a syncfs would also wait for everything else on the filesystem).
+fn publish_chunks(pending: &[(PathBuf, PathBuf)]) -> Result<()> {
+    use rayon::prelude::*;
+    // Their writeback started as they were written; the first fdatasync commits the
+    // journal for all of them, the rest mostly find nothing left to do.
+    pending.par_iter().try_for_each(|(tmp, _)| {
+        File::open(tmp)
+            .and_then(|f| f.sync_data())
+            .map_err(io_err(tmp))
+    })?;
+    let mut dirs = HashSet::new();
+    for (tmp, dest) in pending {
+        fs::rename(tmp, dest).map_err(io_err(dest))?;
+        if let Some(d) = dest.parent() {
+            dirs.insert(d.to_path_buf());
+        }
+    }
+    dirs.par_iter().try_for_each(|d| {
+        File::open(d)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(d))
+    })
 }
 
 impl Drop for ImageWriter {
