@@ -320,6 +320,15 @@ pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, Oc
         err: source,
     };
     let mut f = File::open(file).map_err(io_err)?;
+    // Members are read in place by offset, which a compressed archive does not allow.
+    let compression = super::blob::detect(&mut io::BufReader::new(&mut f)).map_err(io_err)?;
+    if compression != super::blob::Compression::None {
+        return Err(OciError::Invalid {
+            what: file.display().to_string(),
+            why: format!("a {compression:?}-compressed docker archive: decompress it first"),
+        });
+    }
+    io::Seek::rewind(&mut f).map_err(io_err)?;
     let mut members: HashMap<String, (u64, u64)> = HashMap::new();
     let mut small: HashMap<String, Vec<u8>> = HashMap::new();
     {
