@@ -43,7 +43,7 @@ pub struct PullOptions {
     pub jobs: usize,
     /// Attempts per request before a transient failure (connection, timeout, 5xx) is final.
     pub attempts: u32,
-    /// Give up on a request that takes longer than this.
+    /// Give up on a connect, or a response or body, that takes longer than this.
     pub timeout: Duration,
     /// Store the image under this name instead of the remote one.
     pub local_name: Option<String>,
@@ -104,8 +104,16 @@ struct Client {
 impl Client {
     fn new(opts: &PullOptions) -> Client {
         let config = ureq::Agent::config_builder()
-            .timeout_global(Some(opts.timeout))
+            // Per phase, not global: with a global timeout ureq resolves every request's
+            // host on a new thread.
+            .timeout_connect(Some(opts.timeout))
+            .timeout_send_request(Some(opts.timeout))
+            .timeout_recv_response(Some(opts.timeout))
+            .timeout_recv_body(Some(opts.timeout))
             .http_status_as_error(false)
+            // Keep a connection per job alive (the default keeps 3 and reconnects the rest).
+            .max_idle_connections_per_host(opts.jobs.max(1))
+            .max_idle_connections(opts.jobs.max(1) * 2)
             .build();
         Client {
             agent: config.into(),

@@ -539,8 +539,7 @@ impl Tree {
             HeaderKind::Symlink { target } => NodeKind::Symlink {
                 target: target.clone(),
             },
-            HeaderKind::Char { rdev } | HeaderKind::Block { rdev } if !self.allow_devices => {
-                let _ = rdev;
+            HeaderKind::Char { .. } | HeaderKind::Block { .. } if !self.allow_devices => {
                 self.warnings.push(format!(
                     "{}: device node skipped (creating device nodes needs root)",
                     show(&path)

@@ -478,11 +478,3 @@ pub fn tarball(file: &Path) -> Result<Source, OciError> {
         }],
     })
 }
-
-/// Reads from an io error into an OciError naming `path`.
-pub fn io_at(path: &Path) -> impl Fn(io::Error) -> OciError + '_ {
-    move |source| OciError::Io {
-        path: path.to_path_buf(),
-        err: source,
-    }
-}
