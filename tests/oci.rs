@@ -347,3 +347,86 @@ fn busybox_builder_makes_a_working_image() {
     assert_eq!(said, "42\n");
     assert_eq!(ImageConfig::of(&store, "embedded").unwrap(), c);
 }
+
+#[test]
+fn a_tar_stream_imports_in_one_pass() {
+    require_root();
+    let work = scratch("oci-stream");
+    let tree = work.path().join("tree");
+    sample_tree(&tree);
+    let tarball = work.path().join("tree.tar.gz");
+    ok(Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-C"])
+        .arg(&tree)
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("."));
+    let store = Store::open(&work.path().join("store")).unwrap();
+    let input = std::fs::File::open(&tarball).unwrap();
+    oci::import_stream(
+        &store,
+        input,
+        "streamed",
+        oci::minimal_config(),
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    let out = work.path().join("out");
+    extract(&store, "streamed", &out);
+    util::assert_same_tree(&tree, &out);
+
+    // Hostile streams are refused the same way, leaving nothing.
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/hostile");
+    for (file, why) in [
+        ("dotdot.tar", "escapes"),
+        ("symlink-parent.tar", "is a symlink"),
+        ("hardlink-missing.tar", "not a file"),
+    ] {
+        let input = std::fs::File::open(corpus.join(file)).unwrap();
+        let err = oci::import_stream(
+            &store,
+            input,
+            "bad",
+            oci::minimal_config(),
+            &ImportOptions::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(why), "{file}: {err}");
+    }
+    // A hardlink whose target is replaced later cannot be resolved in one pass.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(3);
+    b.append_data(&mut h.clone(), "a", &b"old"[..]).unwrap();
+    let mut l = tar::Header::new_gnu();
+    l.set_entry_type(tar::EntryType::Link);
+    l.set_size(0);
+    b.append_link(&mut l, "b", "a").unwrap();
+    b.append_data(&mut h, "a", &b"new"[..]).unwrap();
+    let data = b.into_inner().unwrap();
+    let err = oci::import_stream(
+        &store,
+        &data[..],
+        "bad",
+        oci::minimal_config(),
+        &ImportOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("hardlink"), "{err}");
+    assert_eq!(store.list().unwrap().len(), 1, "only the good image");
+    // From a file, both passes resolve it: b keeps the old bytes.
+    let path = work.path().join("relink.tar");
+    std::fs::write(&path, &data).unwrap();
+    oci::import(
+        &store,
+        &path.display().to_string(),
+        "relinked",
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    let out = work.path().join("relinked");
+    extract(&store, "relinked", &out);
+    assert_eq!(std::fs::read(out.join("a")).unwrap(), b"new");
+    assert_eq!(std::fs::read(out.join("b")).unwrap(), b"old");
+}

@@ -37,6 +37,8 @@ pub enum Location {
     Dir(PathBuf),
     /// A tar file, plain or compressed.
     Tarball(PathBuf),
+    /// `-`: a tar stream on standard input.
+    Stdin,
 }
 
 /// Splits `PATH[:REF]`: the longest existing path wins, so paths containing `:` work.
@@ -64,6 +66,9 @@ impl Location {
         if let Some(rest) = source.strip_prefix("docker-archive:") {
             let (file, reference) = split_ref(rest)?;
             return Ok(Location::DockerArchive { file, reference });
+        }
+        if source == "-" {
+            return Ok(Location::Stdin);
         }
         let path = PathBuf::from(source);
         match std::fs::metadata(&path) {
