@@ -430,3 +430,64 @@ fn a_tar_stream_imports_in_one_pass() {
     assert_eq!(std::fs::read(out.join("a")).unwrap(), b"new");
     assert_eq!(std::fs::read(out.join("b")).unwrap(), b"old");
 }
+
+#[test]
+fn a_multi_platform_index_resolves_to_this_platform() {
+    require_root();
+    let work = scratch("oci-multi");
+    let layout = util::build_layout(work.path());
+    let image = format!("{}:t", layout.display());
+    let expected = util::umoci_unpack(&image, work.path(), "umoci");
+    // Wrap the manifest in a nested image index next to another platform's.
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let mut ours = index["manifests"][0].clone();
+    ours.as_object_mut().unwrap().remove("annotations");
+    ours["platform"] = serde_json::json!({"architecture": oci::go_arch(), "os": "linux"});
+    let mut other = ours.clone();
+    other["platform"] = serde_json::json!({"architecture": "s390x", "os": "linux"});
+    other["digest"] = format!("sha256:{}", "0".repeat(64)).into();
+    let nested = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [other, ours],
+    }))
+    .unwrap();
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&nested));
+    std::fs::write(layout.join("blobs/sha256").join(&digest), &nested).unwrap();
+    index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{digest}"),
+            "size": nested.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }));
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+
+    let store = Store::open(&work.path().join("store")).unwrap();
+    oci::import(
+        &store,
+        &format!("oci:{}:multi", layout.display()),
+        "multi",
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    let out = work.path().join("out");
+    extract(&store, "multi", &out);
+    util::assert_same_tree(&expected, &out);
+    // Two images in the layout: naming none is ambiguous.
+    let err = oci::import(
+        &store,
+        &format!("oci:{}", layout.display()),
+        "x",
+        &ImportOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, OciError::Ambiguous { .. }) && err.to_string().contains("multi"),
+        "{err}"
+    );
+}

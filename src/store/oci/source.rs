@@ -174,6 +174,24 @@ fn is_layer(media: &MediaType) -> Result<(), String> {
 /// Resolves `oci:DIR[:TAG]`: the manifest tagged TAG (or the only one), following one
 /// image index level to this machine's platform.
 pub fn layout(dir: &Path, tag: Option<&str>) -> Result<Source, OciError> {
+    let marker = dir.join("oci-layout");
+    let version = read_limited(
+        open_beneath(dir, Path::new("oci-layout"))?,
+        &marker.to_string_lossy(),
+    )?;
+    let version: serde_json::Value = serde_json::from_slice(&version).unwrap_or_default();
+    if !version["imageLayoutVersion"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("1."))
+    {
+        return Err(OciError::Invalid {
+            what: marker.display().to_string(),
+            why: format!(
+                "unsupported image layout version {}",
+                version["imageLayoutVersion"]
+            ),
+        });
+    }
     let index_path = dir.join("index.json");
     let what = index_path.display().to_string();
     let data = read_limited(open_beneath(dir, Path::new("index.json"))?, &what)?;
