@@ -9,6 +9,7 @@
 
 pub mod blob;
 pub mod export;
+pub mod guard;
 pub mod layer;
 pub mod source;
 
@@ -285,8 +286,10 @@ pub fn import_stream(
         None => store.writer()?,
     };
     writer.add(entry(b"", Kind::Dir, &tree_root()), None)?;
-    let mut archive =
-        tar::Archive::new(blob::decompress(std::io::BufReader::new(input)).map_err(io)?);
+    let mut archive = tar::Archive::new(guard::TarGuard::new(
+        blob::decompress(std::io::BufReader::new(input)).map_err(io)?,
+        guard::MAX_EXTENSION,
+    ));
     // Hardlinked paths and the file each names.
     let mut links: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     let mut targets: std::collections::BTreeSet<Vec<u8>> = Default::default();
