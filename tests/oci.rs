@@ -491,3 +491,58 @@ fn a_multi_platform_index_resolves_to_this_platform() {
         "{err}"
     );
 }
+
+#[test]
+fn export_puts_hardlinks_after_their_targets() {
+    require_root();
+    use warren::store::{Entry, Kind, Timestamp};
+    let work = scratch("oci-export-links");
+    let store = Store::open(&work.path().join("store")).unwrap();
+    let entry = |path: &str, kind: Kind| Entry {
+        path: path.into(),
+        kind,
+        mode: 0o644,
+        uid: 3,
+        gid: 4,
+        mtime: Timestamp {
+            sec: 1_600_000_000,
+            nsec: 5,
+        },
+        xattrs: vec![],
+    };
+    let mut w = store.writer().unwrap();
+    w.add(entry("", Kind::Dir), None).unwrap();
+    w.add(
+        entry("z-target", Kind::File { size: 4 }),
+        Some(&mut &b"data"[..]),
+    )
+    .unwrap();
+    w.add(
+        entry(
+            "a-link",
+            Kind::Hardlink {
+                target: "z-target".into(),
+            },
+        ),
+        None,
+    )
+    .unwrap();
+    w.commit("links", None).unwrap();
+    let tarball = work.path().join("links.tar");
+    oci::export(&store, "links", &format!("tar:{}", tarball.display())).unwrap();
+    let out = work.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    ok(Command::new("tar")
+        .args(["--numeric-owner", "-xpf"])
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&out));
+    use std::os::unix::fs::MetadataExt;
+    let (a, z) = (
+        std::fs::metadata(out.join("a-link")).unwrap(),
+        std::fs::metadata(out.join("z-target")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink(), a.uid(), a.gid()), (z.ino(), 2, 3, 4));
+    assert_eq!(std::fs::read(out.join("a-link")).unwrap(), b"data");
+    assert_eq!((z.mtime(), z.mtime_nsec()), (1_600_000_000, 5));
+}
