@@ -31,8 +31,9 @@ if [ ! -x "$VARIANT/usr/bin/python3" ]; then
     rm -rf "$VARIANT.tmp"
     cp -a "$BASE" "$VARIANT.tmp"
     chroot "$VARIANT.tmp" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-minimal
-    # The downloaded .debs are apt's cache, not the image (Debian's images drop them too).
-    rm -f "$VARIANT.tmp"/var/cache/apt/archives/*.deb
+    # The downloaded .debs and apt's binary caches are not the image (Debian's images drop
+    # them too; the base tree from debootstrap has none either).
+    chroot "$VARIANT.tmp" apt-get clean
     mv "$VARIANT.tmp" "$VARIANT"
 fi
 

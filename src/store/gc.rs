@@ -104,7 +104,8 @@ pub(crate) fn gc(store: &Store) -> Result<GcReport> {
         let index = store.index(&name)?;
         live.extend(index.chunks.iter().map(|c| c.id));
     }
-    let (all, temps) = chunks::scan(store)?;
+    let (all, mut temps) = chunks::scan(store)?;
+    temps.extend(index_temps(store)?);
     let mut report = GcReport {
         kept_chunks: 0,
         removed_chunks: 0,
@@ -130,4 +131,23 @@ pub(crate) fn gc(store: &Store) -> Result<GcReport> {
         report.removed_temp_files += 1;
     }
     Ok(report)
+}
+
+/// Temporary files of index writes (`.TAG.idx.tmp.*`) a killed import left behind.
+fn index_temps(store: &Store) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![store.images_dir()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let e = e.map_err(io_err(&dir))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ft = e.file_type().map_err(io_err(e.path()))?;
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if name.starts_with('.') && name.contains(".tmp.") {
+                out.push(e.path());
+            }
+        }
+    }
+    Ok(out)
 }

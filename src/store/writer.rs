@@ -18,15 +18,17 @@ use std::thread::JoinHandle;
 
 use nix::fcntl::Flock;
 
-use super::chunker::Chunker;
+use super::chunker::{self, Chunker};
 use super::index::{ChunkRef, Record, normalize};
 use super::{
     ChunkId, Entry, ImageInfo, ImageName, Index, Kind, Progress, Result, Store, StoreError,
     Timestamp, chunks, io_err,
 };
 
-/// zstd level for new chunks (see docs/BENCHMARKS.md for why).
-pub const ZSTD_LEVEL: i32 = 3;
+/// zstd level for new chunks: 8 keeps the base image's store below casync's (level 3)
+/// and a new version's additions near file-level tools', at ~2x level 3's CPU, which
+/// two cores absorb (see docs/BENCHMARKS.md).
+pub const ZSTD_LEVEL: i32 = 8;
 
 struct Shared {
     store: Store,
@@ -68,6 +70,8 @@ pub struct ImageWriter {
     seen: HashSet<ChunkId>,
     tx: Option<SyncSender<(ChunkId, Vec<u8>)>>,
     workers: Vec<JoinHandle<()>>,
+    /// A file's content failed half-way: the stream no longer matches the entries.
+    broken: bool,
 }
 
 impl ImageWriter {
@@ -108,6 +112,7 @@ impl ImageWriter {
             seen: HashSet::new(),
             tx: Some(tx),
             workers,
+            broken: false,
         })
     }
 
@@ -121,8 +126,10 @@ impl ImageWriter {
     /// was under it.
     pub fn add(&mut self, mut entry: Entry, content: Option<&mut dyn Read>) -> Result<()> {
         if let Some(e) = self.shared.take_error() {
+            self.broken = true;
             return Err(e);
         }
+        self.check_broken()?;
         let bad = |path: &Path, reason: &str| StoreError::Entry {
             path: path.to_path_buf(),
             reason: reason.to_string(),
@@ -156,14 +163,21 @@ impl ImageWriter {
         let mut offset = 0;
         if let Kind::File { size } = &mut entry.kind {
             offset = self.stream_len;
+            let declared = *size;
             *size = match content {
-                Some(r) => self.feed(r).map_err(|e| match e {
-                    StoreError::Io { err, .. } => StoreError::Io {
-                        path: entry.path.clone(),
-                        err,
-                    },
-                    e => e,
-                })?,
+                Some(r) => match self.feed(r, declared) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.broken = true;
+                        return Err(match e {
+                            StoreError::Io { err, .. } => StoreError::Io {
+                                path: entry.path.clone(),
+                                err,
+                            },
+                            e => e,
+                        });
+                    }
+                },
                 None if *size == 0 => 0,
                 None => return Err(bad(&entry.path, "file without content")),
             };
@@ -174,6 +188,17 @@ impl ImageWriter {
         }
         self.entries
             .insert(entry.path.clone(), Record { entry, offset });
+        Ok(())
+    }
+
+    fn check_broken(&self) -> Result<()> {
+        if self.broken {
+            return Err(StoreError::Entry {
+                path: PathBuf::new(),
+                reason: "an earlier add failed while reading content: this import cannot continue"
+                    .into(),
+            });
+        }
         Ok(())
     }
 
@@ -218,8 +243,9 @@ impl ImageWriter {
         }
     }
 
-    /// Streams `r` into the content stream; returns its length.
-    fn feed(&mut self, r: &mut dyn Read) -> Result<u64> {
+    /// Streams `r` (a file of about `size_hint` bytes) into the content stream; returns
+    /// its length.
+    fn feed(&mut self, r: &mut dyn Read, size_hint: u64) -> Result<u64> {
         let Self {
             chunker,
             chunks,
@@ -228,13 +254,25 @@ impl ImageWriter {
             shared,
             ..
         } = self;
-        chunker.feed(r, |data| emit(data, chunks, seen, tx, shared))
+        // Files of chunker::ALIGN bytes or more start and end on a chunk boundary.
+        let (sizes, aligned) = chunker::sizes_for(size_hint);
+        if aligned {
+            chunker.finish(|data| emit(data, chunks, seen, tx, shared))?;
+            chunker.set_sizes(sizes);
+        }
+        let n = chunker.feed(r, |data| emit(data, chunks, seen, tx, shared))?;
+        if aligned {
+            chunker.finish(|data| emit(data, chunks, seen, tx, shared))?;
+            chunker.set_sizes(chunker::SMALL);
+        }
+        Ok(n)
     }
 
     /// Publishes the image as `name` (`NAME[:TAG]`), atomically replacing an image of
     /// that name. `config` is an opaque blob kept with it.
     pub fn commit(mut self, name: &str, config: Option<Vec<u8>>) -> Result<ImageInfo> {
         let image = ImageName::parse(name)?;
+        self.check_broken()?;
         {
             let Self {
                 chunker,
@@ -374,6 +412,7 @@ impl ImageWriter {
 /// files are synced (a syncfs would also wait for everything else on the filesystem).
 fn publish_chunks(pending: &[(PathBuf, PathBuf)]) -> Result<()> {
     use rayon::prelude::*;
+
     // Their writeback started as they were written; the first fdatasync commits the
     // journal for all of them, the rest mostly find nothing left to do.
     pending.par_iter().try_for_each(|(tmp, _)| {
