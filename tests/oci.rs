@@ -329,4 +329,220 @@ fn busybox_builder_makes_a_working_image() {
         &std::fs::metadata(out.join("tmp")).unwrap().permissions(),
     );
     assert_eq!(mode & 0o7777, 0o1777);
+
+    // Straight into the store, no tree on disk: the same image but for times.
+    let busybox = Path::new(warren::store::busybox::DEFAULT_BUSYBOX);
+    warren::store::busybox::import(&store, "embedded", busybox).unwrap();
+    let direct = work.path().join("direct");
+    extract(&store, "embedded", &direct);
+    let strip = |p: &Path| {
+        let mut snap = util::snapshot(p);
+        snap.values_mut().for_each(|s| s.mtime = None);
+        snap
+    };
+    assert_eq!(strip(&out), strip(&direct));
+    let said = ok(Command::new("chroot")
+        .arg(&direct)
+        .args(["/bin/sh", "-c", "echo $((6*7))"]));
+    assert_eq!(said, "42\n");
+    assert_eq!(ImageConfig::of(&store, "embedded").unwrap(), c);
+}
+
+#[test]
+fn a_tar_stream_imports_in_one_pass() {
+    require_root();
+    let work = scratch("oci-stream");
+    let tree = work.path().join("tree");
+    sample_tree(&tree);
+    let tarball = work.path().join("tree.tar.gz");
+    ok(Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-C"])
+        .arg(&tree)
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("."));
+    let store = Store::open(&work.path().join("store")).unwrap();
+    let input = std::fs::File::open(&tarball).unwrap();
+    oci::import_stream(
+        &store,
+        input,
+        "streamed",
+        oci::minimal_config(),
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    let out = work.path().join("out");
+    extract(&store, "streamed", &out);
+    util::assert_same_tree(&tree, &out);
+
+    // Hostile streams are refused the same way, leaving nothing.
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/hostile");
+    for (file, why) in [
+        ("dotdot.tar", "escapes"),
+        ("symlink-parent.tar", "is a symlink"),
+        ("hardlink-missing.tar", "not a file"),
+    ] {
+        let input = std::fs::File::open(corpus.join(file)).unwrap();
+        let err = oci::import_stream(
+            &store,
+            input,
+            "bad",
+            oci::minimal_config(),
+            &ImportOptions::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(why), "{file}: {err}");
+    }
+    // A hardlink whose target is replaced later cannot be resolved in one pass.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(3);
+    b.append_data(&mut h.clone(), "a", &b"old"[..]).unwrap();
+    let mut l = tar::Header::new_gnu();
+    l.set_entry_type(tar::EntryType::Link);
+    l.set_size(0);
+    b.append_link(&mut l, "b", "a").unwrap();
+    b.append_data(&mut h, "a", &b"new"[..]).unwrap();
+    let data = b.into_inner().unwrap();
+    let err = oci::import_stream(
+        &store,
+        &data[..],
+        "bad",
+        oci::minimal_config(),
+        &ImportOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("hardlink"), "{err}");
+    assert_eq!(store.list().unwrap().len(), 1, "only the good image");
+    // From a file, both passes resolve it: b keeps the old bytes.
+    let path = work.path().join("relink.tar");
+    std::fs::write(&path, &data).unwrap();
+    oci::import(
+        &store,
+        &path.display().to_string(),
+        "relinked",
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    let out = work.path().join("relinked");
+    extract(&store, "relinked", &out);
+    assert_eq!(std::fs::read(out.join("a")).unwrap(), b"new");
+    assert_eq!(std::fs::read(out.join("b")).unwrap(), b"old");
+}
+
+#[test]
+fn a_multi_platform_index_resolves_to_this_platform() {
+    require_root();
+    let work = scratch("oci-multi");
+    let layout = util::build_layout(work.path());
+    let image = format!("{}:t", layout.display());
+    let expected = util::umoci_unpack(&image, work.path(), "umoci");
+    // Wrap the manifest in a nested image index next to another platform's.
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let mut ours = index["manifests"][0].clone();
+    ours.as_object_mut().unwrap().remove("annotations");
+    ours["platform"] = serde_json::json!({"architecture": oci::go_arch(), "os": "linux"});
+    let mut other = ours.clone();
+    other["platform"] = serde_json::json!({"architecture": "s390x", "os": "linux"});
+    other["digest"] = format!("sha256:{}", "0".repeat(64)).into();
+    let nested = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [other, ours],
+    }))
+    .unwrap();
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&nested));
+    std::fs::write(layout.join("blobs/sha256").join(&digest), &nested).unwrap();
+    index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{digest}"),
+            "size": nested.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }));
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+
+    let store = Store::open(&work.path().join("store")).unwrap();
+    oci::import(
+        &store,
+        &format!("oci:{}:multi", layout.display()),
+        "multi",
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    let out = work.path().join("out");
+    extract(&store, "multi", &out);
+    util::assert_same_tree(&expected, &out);
+    // Two images in the layout: naming none is ambiguous.
+    let err = oci::import(
+        &store,
+        &format!("oci:{}", layout.display()),
+        "x",
+        &ImportOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, OciError::Ambiguous { .. }) && err.to_string().contains("multi"),
+        "{err}"
+    );
+}
+
+#[test]
+fn export_puts_hardlinks_after_their_targets() {
+    require_root();
+    use warren::store::{Entry, Kind, Timestamp};
+    let work = scratch("oci-export-links");
+    let store = Store::open(&work.path().join("store")).unwrap();
+    let entry = |path: &str, kind: Kind| Entry {
+        path: path.into(),
+        kind,
+        mode: 0o644,
+        uid: 3,
+        gid: 4,
+        mtime: Timestamp {
+            sec: 1_600_000_000,
+            nsec: 5,
+        },
+        xattrs: vec![],
+    };
+    let mut w = store.writer().unwrap();
+    w.add(entry("", Kind::Dir), None).unwrap();
+    w.add(
+        entry("z-target", Kind::File { size: 4 }),
+        Some(&mut &b"data"[..]),
+    )
+    .unwrap();
+    w.add(
+        entry(
+            "a-link",
+            Kind::Hardlink {
+                target: "z-target".into(),
+            },
+        ),
+        None,
+    )
+    .unwrap();
+    w.commit("links", None).unwrap();
+    let tarball = work.path().join("links.tar");
+    oci::export(&store, "links", &format!("tar:{}", tarball.display())).unwrap();
+    let out = work.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    ok(Command::new("tar")
+        .args(["--numeric-owner", "-xpf"])
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&out));
+    use std::os::unix::fs::MetadataExt;
+    let (a, z) = (
+        std::fs::metadata(out.join("a-link")).unwrap(),
+        std::fs::metadata(out.join("z-target")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink(), a.uid(), a.gid()), (z.ino(), 2, 3, 4));
+    assert_eq!(std::fs::read(out.join("a-link")).unwrap(), b"data");
+    assert_eq!((z.mtime(), z.mtime_nsec()), (1_600_000_000, 5));
 }

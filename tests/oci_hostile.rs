@@ -28,6 +28,7 @@ const CASES: &[(&str, &str)] = &[
     ("symlink-parent-hardlink.tar", "not a file in the image"),
     ("whiteout-dotdot.tar", "whiteout"),
     ("huge-file.tar", "exceeds the limit"),
+    ("huge-longname.tar", "exceeds the limit"),
 ];
 
 fn assert_store_empty(store: &Store) {

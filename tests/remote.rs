@@ -281,3 +281,90 @@ fn a_server_dying_mid_pull_leaves_the_store_unchanged_and_a_retry_completes() {
     assert_eq!(report.fetched_chunks, report.chunks);
     same_image(&source, &local, "base", work.path());
 }
+
+/// A tiny HTTP server over `root` that fails each path twice before serving it: first
+/// with a 503, then by dropping the connection halfway through the body.
+fn flaky_server(root: PathBuf) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut seen: std::collections::HashMap<String, u32> = Default::default();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split(' ').nth(1).unwrap_or("/").to_string();
+            let mut header = String::new();
+            while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                header.clear();
+            }
+            let n = seen.entry(path.clone()).or_default();
+            *n += 1;
+            let body = fs::read(root.join(path.trim_start_matches('/')));
+            let _ = match (*n, body) {
+                (1, _) => stream.write_all(
+                    b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                ),
+                (_, Err(_)) => stream.write_all(
+                    b"HTTP/1.1 404 No\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                ),
+                (2, Ok(body)) => {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    stream
+                        .write_all(head.as_bytes())
+                        .and_then(|()| stream.write_all(&body[..body.len() / 2]))
+                }
+                (_, Ok(body)) => {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    stream
+                        .write_all(head.as_bytes())
+                        .and_then(|()| stream.write_all(&body))
+                }
+            };
+        }
+    });
+    url
+}
+
+#[test]
+fn transient_failures_are_retried() {
+    require_root();
+    let work = scratch("remote-flaky");
+    let source = source_store(work.path(), 6);
+    let served = work.path().join("served");
+    remote::push(&source, &served, &["base".to_string()]).unwrap();
+    let url = flaky_server(served);
+    let local = Store::open(&work.path().join("local")).unwrap();
+    let report = remote::pull(&url, "base", &local, &PullOptions::default()).unwrap();
+    // Every request (the index and each chunk) failed twice, then worked.
+    assert_eq!(
+        report.retries,
+        2 * (report.fetched_chunks + 1),
+        "{report:?}"
+    );
+    same_image(&source, &local, "base", work.path());
+
+    // With fewer attempts than failures, the pull fails and publishes nothing.
+    let fresh = Store::open(&work.path().join("fresh")).unwrap();
+    let opts = PullOptions {
+        attempts: 2,
+        ..PullOptions::default()
+    };
+    let url2 = flaky_server(work.path().join("served"));
+    let err = remote::pull(&url2, "base", &fresh, &opts).unwrap_err();
+    assert!(
+        matches!(err, RemoteError::Http { .. }) && err.to_string().contains("after 2 attempts"),
+        "{err}"
+    );
+    assert_untouched(&fresh);
+}

@@ -9,6 +9,7 @@
 
 pub mod blob;
 pub mod export;
+pub mod guard;
 pub mod layer;
 pub mod source;
 
@@ -103,7 +104,8 @@ pub fn minimal_config() -> Vec<u8> {
 
 /// Imports `source` into `store` as image `name` (`NAME[:TAG]`). `source` is
 /// `oci:DIR[:TAG]`, `docker-archive:FILE[:REF]`, a tarball (plain, gzip or zstd, told by
-/// content), or a directory (the store's own `import_dir`).
+/// content), `-` (such a tarball on standard input, see [`import_stream`]), or a directory
+/// (the store's own `import_dir`).
 pub fn import(
     store: &Store,
     source: &str,
@@ -124,6 +126,10 @@ pub fn import(
             source::docker_archive(&file, reference.as_deref())?
         }
         Location::Tarball(file) => source::tarball(&file)?,
+        Location::Stdin => {
+            let config = opts.config.clone().unwrap_or_else(minimal_config);
+            return import_stream(store, std::io::stdin().lock(), name, config, opts);
+        }
     };
     let config = opts
         .config
@@ -249,6 +255,106 @@ pub fn import_layers(
         )?;
     }
     Ok(writer.commit(name, Some(config))?)
+}
+
+/// Imports one tar stream (plain, gzip or zstd) read once, front to back: the whole
+/// archive is the image, each entry checked as in [`import_layers`] and added as it comes.
+/// A hardlink whose target a later entry replaces is refused (a stream cannot be read
+/// twice to resolve it); import from a file instead.
+pub fn import_stream(
+    store: &Store,
+    input: impl std::io::Read,
+    name: &str,
+    config: Vec<u8>,
+    opts: &ImportOptions,
+) -> Result<ImageInfo, OciError> {
+    use std::collections::HashMap;
+    let stream = blob::Blob {
+        name: "standard input".into(),
+        path: PathBuf::from("-"),
+        offset: 0,
+        len: None,
+        digest: None,
+        size: None,
+        diff_id: None,
+    };
+    let io = |e| layer_err(0, &stream)(layer::LayerError::Tar(e));
+    let allow_devices = opts.allow_devices.unwrap_or_else(crate::dirs::is_root);
+    let mut tree = layer::Tree::new(opts.limits, allow_devices);
+    let mut writer = match &opts.progress {
+        Some(p) => crate::store::ImageWriter::with_progress(store.clone(), p.clone())?,
+        None => store.writer()?,
+    };
+    writer.add(entry(b"", Kind::Dir, &tree_root()), None)?;
+    let mut archive = tar::Archive::new(guard::TarGuard::new(
+        blob::decompress(std::io::BufReader::new(input)).map_err(io)?,
+        guard::MAX_EXTENSION,
+    ));
+    // Hardlinked paths and the file each names.
+    let mut links: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    let mut targets: std::collections::BTreeSet<Vec<u8>> = Default::default();
+    for (index, e) in archive.entries().map_err(io)?.enumerate() {
+        let mut e = e.map_err(io)?;
+        let Some(h) = layer::decode(index, &mut e, &opts.limits).map_err(layer_err(0, &stream))?
+        else {
+            continue;
+        };
+        let Some((path, node)) = tree.apply_streamed(&h).map_err(layer_err(0, &stream))? else {
+            continue;
+        };
+        // Replacing a hardlink's target (or a directory above one) would change what the
+        // link means; directory metadata updates are harmless.
+        let mut below = path.clone();
+        below.push(b'/');
+        let replaces_target = targets.contains(&path)
+            || (!matches!(h.kind, layer::HeaderKind::Dir)
+                && targets
+                    .range(below.clone()..)
+                    .next()
+                    .is_some_and(|t| t.starts_with(&below)));
+        if replaces_target {
+            return Err(OciError::Invalid {
+                what: format!("standard input: {}", String::from_utf8_lossy(&path)),
+                why: "replaces the target of an earlier hardlink; import from a file instead"
+                    .into(),
+            });
+        }
+        let kind = match (&h.kind, &node.kind) {
+            (layer::HeaderKind::Hardlink { target }, _) => {
+                let target =
+                    layer::normalize(target, &opts.limits).map_err(layer_err(0, &stream))?;
+                let target = links.get(&target).cloned().unwrap_or(target);
+                links.insert(path.clone(), target.clone());
+                targets.insert(target.clone());
+                Kind::Hardlink {
+                    target: os_path(&target),
+                }
+            }
+            (_, NodeKind::File { size, .. }) => {
+                writer.add(
+                    entry(&path, Kind::File { size: *size }, &node.meta),
+                    Some(&mut e),
+                )?;
+                continue;
+            }
+            (_, NodeKind::Dir) => Kind::Dir,
+            (_, NodeKind::Symlink { target }) => Kind::Symlink {
+                target: os_path(target),
+            },
+            (_, NodeKind::Char { rdev }) => Kind::Char { rdev: *rdev },
+            (_, NodeKind::Block { rdev }) => Kind::Block { rdev: *rdev },
+            (_, NodeKind::Fifo) => Kind::Fifo,
+        };
+        writer.add(entry(&path, kind, &node.meta), None)?;
+    }
+    Ok(writer.commit(name, Some(config))?)
+}
+
+fn tree_root() -> Meta {
+    Meta {
+        mode: 0o755,
+        ..Meta::default()
+    }
 }
 
 fn layer_err(i: usize, b: &blob::Blob) -> impl Fn(layer::LayerError) -> OciError + '_ {

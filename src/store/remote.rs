@@ -43,7 +43,7 @@ pub struct PullOptions {
     pub jobs: usize,
     /// Attempts per request before a transient failure (connection, timeout, 5xx) is final.
     pub attempts: u32,
-    /// Give up on a request that takes longer than this.
+    /// Give up on a connect, or a response or body, that takes longer than this.
     pub timeout: Duration,
     /// Store the image under this name instead of the remote one.
     pub local_name: Option<String>,
@@ -104,8 +104,16 @@ struct Client {
 impl Client {
     fn new(opts: &PullOptions) -> Client {
         let config = ureq::Agent::config_builder()
-            .timeout_global(Some(opts.timeout))
+            // Per phase, not global: with a global timeout ureq resolves every request's
+            // host on a new thread.
+            .timeout_connect(Some(opts.timeout))
+            .timeout_send_request(Some(opts.timeout))
+            .timeout_recv_response(Some(opts.timeout))
+            .timeout_recv_body(Some(opts.timeout))
             .http_status_as_error(false)
+            // Keep a connection per job alive (the default keeps 3 and reconnects the rest).
+            .max_idle_connections_per_host(opts.jobs.max(1))
+            .max_idle_connections(opts.jobs.max(1) * 2)
             .build();
         Client {
             agent: config.into(),
@@ -257,14 +265,7 @@ pub fn pull(
         return Err(e);
     }
     let publish = || -> Result<(), StoreError> {
-        sync(local.dir())?;
-        for (tmp, dest) in &written {
-            fs::rename(tmp, dest).map_err(|e| StoreError::Io {
-                path: dest.clone(),
-                err: e,
-            })?;
-        }
-        sync(local.dir())?;
+        publish_files(&written)?;
         if let Some(parent) = index_path.parent() {
             fs::create_dir_all(parent).map_err(|e| StoreError::Io {
                 path: parent.to_path_buf(),
@@ -318,15 +319,28 @@ fn fetch_chunk(
     Ok((tmp, dest, data.len() as u64))
 }
 
-fn sync(dir: &Path) -> Result<(), StoreError> {
-    let f = fs::File::open(dir).map_err(|e| StoreError::Io {
-        path: dir.to_path_buf(),
-        err: e,
+/// Makes files durable, gives them their final names, and makes the names durable. Only
+/// these files are synced (a syncfs would wait for everything else on the filesystem).
+fn publish_files(files: &[(PathBuf, PathBuf)]) -> Result<(), StoreError> {
+    use rayon::prelude::*;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |err| StoreError::Io { path, err }
+    };
+    files.par_iter().try_for_each(|(tmp, _)| {
+        fs::File::open(tmp)
+            .and_then(|f| f.sync_data())
+            .map_err(io(tmp))
     })?;
-    nix::unistd::syncfs(&f).map_err(|e| StoreError::Io {
-        path: dir.to_path_buf(),
-        err: e.into(),
-    })
+    let mut dirs = HashSet::new();
+    for (tmp, dest) in files {
+        fs::rename(tmp, dest).map_err(io(dest))?;
+        if let Some(d) = dest.parent() {
+            dirs.insert(d.to_path_buf());
+        }
+    }
+    dirs.par_iter()
+        .try_for_each(|d| fs::File::open(d).and_then(|f| f.sync_all()).map_err(io(d)))
 }
 
 /// What a push did.
@@ -356,51 +370,58 @@ pub fn push(local: &Store, dest: &Path, images: &[String]) -> Result<PushReport,
     let mut report = PushReport::default();
     let mut indexes = Vec::new();
     let mut done = HashSet::new();
-    for name in &names {
-        let src = local.index_path(name)?;
-        let data = fs::read(&src).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StoreError::NoSuchImage(name.clone()),
-            _ => StoreError::Io {
-                path: src.clone(),
-                err: e,
-            },
-        })?;
-        let index = Index::decode(&data).map_err(|source| StoreError::Index {
-            name: name.clone(),
-            err: source,
-        })?;
-        for c in &index.chunks {
-            if !done.insert(c.id) {
-                continue;
-            }
-            let to = target.chunk_path(&c.id);
-            if to.exists() {
-                report.present_chunks += 1;
-                continue;
-            }
-            let from = local.chunk_path(&c.id);
-            let tmp = to.with_file_name(format!(".{}.push.{}", c.id, std::process::id()));
-            let copied = fs::copy(&from, &tmp).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => StoreError::MissingChunk {
-                    chunk: c.id,
-                    path: src.clone(),
-                },
+    let mut pending: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut copy = || -> Result<(), RemoteError> {
+        for name in &names {
+            let src = local.index_path(name)?;
+            let data = fs::read(&src).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => StoreError::NoSuchImage(name.clone()),
                 _ => StoreError::Io {
-                    path: from.clone(),
+                    path: src.clone(),
                     err: e,
                 },
             })?;
-            fs::rename(&tmp, &to).map_err(|e| StoreError::Io {
-                path: to.clone(),
-                err: e,
+            let index = Index::decode(&data).map_err(|source| StoreError::Index {
+                name: name.clone(),
+                err: source,
             })?;
-            report.copied_chunks += 1;
-            report.copied_bytes += copied;
+            for c in &index.chunks {
+                if !done.insert(c.id) {
+                    continue;
+                }
+                let to = target.chunk_path(&c.id);
+                if to.exists() {
+                    report.present_chunks += 1;
+                    continue;
+                }
+                let from = local.chunk_path(&c.id);
+                let tmp = to.with_file_name(format!(".{}.push.{}", c.id, std::process::id()));
+                let copied = fs::copy(&from, &tmp).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => StoreError::MissingChunk {
+                        chunk: c.id,
+                        path: src.clone(),
+                    },
+                    _ => StoreError::Io {
+                        path: from.clone(),
+                        err: e,
+                    },
+                })?;
+                pending.push((tmp, to));
+                report.copied_chunks += 1;
+                report.copied_bytes += copied;
+            }
+            indexes.push((target.index_path(name)?, data));
+            report.images.push(name.clone());
         }
-        indexes.push((target.index_path(name)?, data));
-        report.images.push(name.clone());
+        Ok(())
+    };
+    let copied = copy().and_then(|()| Ok(publish_files(&pending)?));
+    if let Err(e) = copied {
+        for (tmp, _) in &pending {
+            let _ = fs::remove_file(tmp);
+        }
+        return Err(e);
     }
-    sync(target.dir())?;
     for (path, data) in indexes {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(|e| StoreError::Io {

@@ -95,7 +95,12 @@ pub fn write_tar(store: &Store, index: &Index, out: impl Write) -> Result<(), Oc
             err: source,
         }
     };
-    for record in &index.records {
+    // Hardlinks last: a link must come after the file it names, wherever that sorts.
+    let (links, others): (Vec<_>, Vec<_>) = index
+        .records
+        .iter()
+        .partition(|r| matches!(r.entry.kind, Kind::Hardlink { .. }));
+    for record in others.into_iter().chain(links) {
         let e = &record.entry;
         let mut name = PathBuf::from(".");
         name.push(&e.path);

@@ -437,6 +437,43 @@ impl Tree {
         Ok(())
     }
 
+    /// Applies one entry of a single archive read as a stream (nothing below it, so
+    /// whiteouts hide nothing and are dropped). Returns the path and the node it became,
+    /// `None` when it was dropped; the root is the empty path.
+    pub fn apply_streamed(&mut self, h: &Header) -> Result<Option<(RelPath, Node)>, LayerError> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(LayerError::TooLarge {
+                path: show(&h.path),
+                what: "entry count",
+                size: self.entries,
+                limit: self.limits.max_entries,
+            });
+        }
+        let path = normalize(&h.path, &self.limits)?;
+        if base(&path).starts_with(WHITEOUT) {
+            return Ok(None);
+        }
+        self.add(
+            Member {
+                layer: 0,
+                index: h.index,
+            },
+            h,
+            path.clone(),
+        )?;
+        if path.is_empty() {
+            return Ok(Some((
+                path,
+                Node {
+                    kind: NodeKind::Dir,
+                    meta: self.root.clone(),
+                },
+            )));
+        }
+        Ok(self.nodes.get(&path).cloned().map(|n| (path, n)))
+    }
+
     /// Refuses a path whose parent is (or goes through) a symlink or a non-directory, and
     /// creates missing parents as 0755 root directories, as extractors do.
     fn check_parents(&mut self, path: &[u8]) -> Result<(), LayerError> {
@@ -539,8 +576,7 @@ impl Tree {
             HeaderKind::Symlink { target } => NodeKind::Symlink {
                 target: target.clone(),
             },
-            HeaderKind::Char { rdev } | HeaderKind::Block { rdev } if !self.allow_devices => {
-                let _ = rdev;
+            HeaderKind::Char { .. } | HeaderKind::Block { .. } if !self.allow_devices => {
                 self.warnings.push(format!(
                     "{}: device node skipped (creating device nodes needs root)",
                     show(&path)

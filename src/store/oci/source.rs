@@ -37,6 +37,8 @@ pub enum Location {
     Dir(PathBuf),
     /// A tar file, plain or compressed.
     Tarball(PathBuf),
+    /// `-`: a tar stream on standard input.
+    Stdin,
 }
 
 /// Splits `PATH[:REF]`: the longest existing path wins, so paths containing `:` work.
@@ -64,6 +66,9 @@ impl Location {
         if let Some(rest) = source.strip_prefix("docker-archive:") {
             let (file, reference) = split_ref(rest)?;
             return Ok(Location::DockerArchive { file, reference });
+        }
+        if source == "-" {
+            return Ok(Location::Stdin);
         }
         let path = PathBuf::from(source);
         match std::fs::metadata(&path) {
@@ -169,6 +174,24 @@ fn is_layer(media: &MediaType) -> Result<(), String> {
 /// Resolves `oci:DIR[:TAG]`: the manifest tagged TAG (or the only one), following one
 /// image index level to this machine's platform.
 pub fn layout(dir: &Path, tag: Option<&str>) -> Result<Source, OciError> {
+    let marker = dir.join("oci-layout");
+    let version = read_limited(
+        open_beneath(dir, Path::new("oci-layout"))?,
+        &marker.to_string_lossy(),
+    )?;
+    let version: serde_json::Value = serde_json::from_slice(&version).unwrap_or_default();
+    if !version["imageLayoutVersion"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("1."))
+    {
+        return Err(OciError::Invalid {
+            what: marker.display().to_string(),
+            why: format!(
+                "unsupported image layout version {}",
+                version["imageLayoutVersion"]
+            ),
+        });
+    }
     let index_path = dir.join("index.json");
     let what = index_path.display().to_string();
     let data = read_limited(open_beneath(dir, Path::new("index.json"))?, &what)?;
@@ -320,6 +343,15 @@ pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, Oc
         err: source,
     };
     let mut f = File::open(file).map_err(io_err)?;
+    // Members are read in place by offset, which a compressed archive does not allow.
+    let compression = super::blob::detect(&mut io::BufReader::new(&mut f)).map_err(io_err)?;
+    if compression != super::blob::Compression::None {
+        return Err(OciError::Invalid {
+            what: file.display().to_string(),
+            why: format!("a {compression:?}-compressed docker archive: decompress it first"),
+        });
+    }
+    io::Seek::rewind(&mut f).map_err(io_err)?;
     let mut members: HashMap<String, (u64, u64)> = HashMap::new();
     let mut small: HashMap<String, Vec<u8>> = HashMap::new();
     {
@@ -468,12 +500,4 @@ pub fn tarball(file: &Path) -> Result<Source, OciError> {
             diff_id: None,
         }],
     })
-}
-
-/// Reads from an io error into an OciError naming `path`.
-pub fn io_at(path: &Path) -> impl Fn(io::Error) -> OciError + '_ {
-    move |source| OciError::Io {
-        path: path.to_path_buf(),
-        err: source,
-    }
 }

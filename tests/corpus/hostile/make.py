@@ -47,6 +47,8 @@ write("symlink-parent-hardlink.tar",
       [entry("etc", SYM, link="/etc"), entry("shadow", LNK, link="etc/shadow")])
 write("whiteout-dotdot.tar", [entry("d", DIR, mode=0o755), entry("d/.wh..", data=b"")])
 write("huge-file.tar", [entry("big", size=1 << 40)])
+# A GNU long-name member claiming 1 TiB: the parser would buffer it whole.
+write("huge-longname.tar", [entry("././@LongLink", tarfile.GNUTYPE_LONGNAME, size=1 << 40)])
 # Two layers: layer 1 plants a symlink, layer 2 writes through it.
 write("symlink-parent-layer.1.tar", [entry("lib", SYM, link="/usr/lib")])
 write("symlink-parent-layer.2.tar", [entry("lib/escaped.so", data=b"x")])
