@@ -752,25 +752,6 @@ pub fn close_fds(first: RawFd, last: RawFd) -> io::Result<()> {
         .map(drop)
 }
 
-/// `seccomp(SECCOMP_SET_MODE_FILTER, flags, prog)`. Async-signal-safe: one syscall, no
-/// allocation, errno read from the thread's own slot.
-pub fn seccomp_set_mode_filter(
-    prog: &libc::sock_fprog,
-    flags: libc::c_uint,
-) -> Result<(), nix::errno::Errno> {
-    // SAFETY: `prog` points to a valid sock_fprog whose filter array outlives the call; the
-    // kernel copies the program before returning.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            flags,
-            prog as *const libc::sock_fprog,
-        )
-    };
-    nix::errno::Errno::result(ret).map(drop)
-}
-
 /// `fsetxattr(2)`: sets xattr `attr` on the open file (or directory) `fd`.
 pub fn fsetxattr(fd: BorrowedFd<'_>, attr: &CStr, value: &[u8]) -> io::Result<()> {
     // SAFETY: valid fd and C string, and a value buffer of the given length.
