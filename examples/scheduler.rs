@@ -177,7 +177,9 @@ fn main() -> anyhow::Result<()> {
             _ => file = Some(PathBuf::from(a)),
         }
     }
-    let file = file.ok_or_else(|| anyhow::anyhow!("usage: scheduler DESIRED.toml [--iterations N] [--interval-ms MS]"))?;
+    let file = file.ok_or_else(|| {
+        anyhow::anyhow!("usage: scheduler DESIRED.toml [--iterations N] [--interval-ms MS]")
+    })?;
     let mut reconciler = Reconciler {
         runtime: Runtime::open(RuntimeOptions::detect())?,
         handles: BTreeMap::new(),

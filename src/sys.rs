@@ -781,12 +781,19 @@ pub fn start_writeback(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// network namespace.
 pub fn set_link_up(name: &CStr) -> io::Result<()> {
     // SAFETY: a plain socket call; the fd is owned at once.
-    let sock = owned(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) } as libc::c_long)?;
+    let sock =
+        owned(
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }
+                as libc::c_long,
+        )?;
     // SAFETY: ifreq is plain old data; all-zero is valid.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     let bytes = name.to_bytes();
     if bytes.len() >= req.ifr_name.len() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
     }
     for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
@@ -796,5 +803,6 @@ pub fn set_link_up(name: &CStr) -> io::Result<()> {
     // SAFETY: the flags member of the union is what SIOCGIFFLAGS filled in.
     unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
     // SAFETY: as above.
-    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } as libc::c_long).map(drop)
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } as libc::c_long)
+        .map(drop)
 }

@@ -69,7 +69,9 @@ fn twenty_containers_from_one_image_each_in_its_own_block() {
                         stdio: [None, Some(w), None],
                         ..ContainerConfig::default()
                     };
-                    let handle = rt.run(&name, cfg).unwrap_or_else(|e| panic!("run {name}: {e}"));
+                    let handle = rt
+                        .run(&name, cfg)
+                        .unwrap_or_else(|e| panic!("run {name}: {e}"));
                     let owner = std::fs::metadata(rt.record(&name).unwrap().rootfs.join("bin"))
                         .expect("stat the view")
                         .uid();
@@ -81,7 +83,10 @@ fn twenty_containers_from_one_image_each_in_its_own_block() {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
     });
     let mut blocks = Vec::new();
     for (i, (name, code, text, owner)) in results.iter().enumerate() {
@@ -94,8 +99,15 @@ fn twenty_containers_from_one_image_each_in_its_own_block() {
             .split_whitespace()
             .map(|n| n.parse().unwrap())
             .collect();
-        assert_eq!(map, vec![0, ids.uids.start as u64, ids.uids.len as u64], "{name} uid_map: {text}");
-        assert_eq!(*owner, ids.uids.start, "{name}: the view's files belong to its block on the host");
+        assert_eq!(
+            map,
+            vec![0, ids.uids.start as u64, ids.uids.len as u64],
+            "{name} uid_map: {text}"
+        );
+        assert_eq!(
+            *owner, ids.uids.start,
+            "{name}: the view's files belong to its block on the host"
+        );
         blocks.push(ids.uids);
     }
     for (i, a) in blocks.iter().enumerate() {
@@ -104,22 +116,41 @@ fn twenty_containers_from_one_image_each_in_its_own_block() {
         }
     }
     // One extracted copy of the image, whatever the number of containers.
-    let images: Vec<_> = std::fs::read_dir(dir.path().join("state/images")).unwrap().collect();
+    let images: Vec<_> = std::fs::read_dir(dir.path().join("state/images"))
+        .unwrap()
+        .collect();
     assert_eq!(images.len(), 1, "the image is extracted once per host");
     let lower = std::fs::read_dir(images[0].as_ref().unwrap().path().join("rootfs")).unwrap();
-    assert!(lower.flatten().all(|e| e.file_name() != "mine"), "a container's write reached the image");
+    assert!(
+        lower.flatten().all(|e| e.file_name() != "mine"),
+        "a container's write reached the image"
+    );
     // A container's writes stay in its own view.
     let view = |n: &str| rt.record(n).unwrap().rootfs;
-    assert_eq!(std::fs::read_to_string(view("c3").join("mine")).unwrap(), "3\n");
-    assert_eq!(std::fs::read_to_string(view("c4").join("mine")).unwrap(), "4\n");
+    assert_eq!(
+        std::fs::read_to_string(view("c3").join("mine")).unwrap(),
+        "3\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(view("c4").join("mine")).unwrap(),
+        "4\n"
+    );
     for (name, ..) in &results {
-        rt.delete(name, false).unwrap_or_else(|e| panic!("delete {name}: {e}"));
+        rt.delete(name, false)
+            .unwrap_or_else(|e| panic!("delete {name}: {e}"));
     }
     assert!(rt.list().unwrap().is_empty());
-    assert!(mounts_under(dir.path()).is_empty(), "mounts left: {:?}", mounts_under(dir.path()));
+    assert!(
+        mounts_under(dir.path()).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(dir.path())
+    );
     assert!(rt.options().state_dir.join("ranges.json").exists());
     let ranges = std::fs::read_to_string(rt.options().state_dir.join("ranges.json")).unwrap();
-    assert!(!ranges.contains("\"c1\""), "block of c1 not freed: {ranges}");
+    assert!(
+        !ranges.contains("\"c1\""),
+        "block of c1 not freed: {ranges}"
+    );
 }
 
 #[test]
@@ -130,12 +161,28 @@ fn cli_run_rm_exit_status_env_and_volume() {
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("in"), "from the host\n").unwrap();
     let out = run(warren(dir.path()).args([
-        "run", "--rm", "--image", "busybox", "--name", "one", "-e", "GREETING=hi",
-        "-v", &format!("{}:/data:ro", data.display()),
-        "--", "sh", "-c", "echo $GREETING; cat /data/in; hostname; touch /data/x 2>/dev/null || echo ro; exit 7",
+        "run",
+        "--rm",
+        "--image",
+        "busybox",
+        "--name",
+        "one",
+        "-e",
+        "GREETING=hi",
+        "-v",
+        &format!("{}:/data:ro", data.display()),
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING; cat /data/in; hostname; touch /data/x 2>/dev/null || echo ro; exit 7",
     ]));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(7), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stdout, "hi\nfrom the host\none\nro\n");
     // --rm removed everything: the name is free again.
     let list = ok(warren(dir.path()).args(["ps", "-q"]));
@@ -143,8 +190,14 @@ fn cli_run_rm_exit_status_env_and_volume() {
     // A missing image says how to get one.
     let out = run(warren(dir.path()).args(["run", "--image", "nosuch", "--", "true"]));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("nosuch") && err.contains("warren image import"), "{err}");
-    assert!(ok(warren(dir.path()).args(["ps", "-q"])).trim().is_empty(), "a failed run left a container");
+    assert!(
+        !out.status.success() && err.contains("nosuch") && err.contains("warren image import"),
+        "{err}"
+    );
+    assert!(
+        ok(warren(dir.path()).args(["ps", "-q"])).trim().is_empty(),
+        "a failed run left a container"
+    );
 }
 
 #[test]
@@ -152,8 +205,16 @@ fn detached_container_logs_ps_stop_rm() {
     require_root();
     let dir = scratch("product-detached");
     let out = ok(warren(dir.path()).args([
-        "run", "-d", "--image", "busybox", "--name", "bg", "--",
-        "sh", "-c", "echo started; trap 'echo bye; exit 3' TERM; while true; do sleep 0.1; done",
+        "run",
+        "-d",
+        "--image",
+        "busybox",
+        "--name",
+        "bg",
+        "--",
+        "sh",
+        "-c",
+        "echo started; trap 'echo bye; exit 3' TERM; while true; do sleep 0.1; done",
     ]));
     assert_eq!(out.trim(), "bg");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -162,7 +223,10 @@ fn detached_container_logs_ps_stop_rm() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let ps = ok(warren(dir.path()).args(["ps"]));
-    assert!(ps.contains("bg") && ps.contains("running") && ps.contains("busybox"), "{ps}");
+    assert!(
+        ps.contains("bg") && ps.contains("running") && ps.contains("busybox"),
+        "{ps}"
+    );
     ok(warren(dir.path()).args(["stop", "bg"]));
     assert!(ok(warren(dir.path()).args(["logs", "bg"])).contains("bye"));
     let ps = ok(warren(dir.path()).args(["ps"]));
@@ -181,7 +245,9 @@ fn delete_after_sigkill_mid_create_cleans_up() {
     ok(warren(dir.path()).args(["run", "--rm", "--image", "busybox", "--", "true"]));
     for delay_ms in [0u64, 2, 5, 10, 20, 40] {
         let mut child = warren(dir.path())
-            .args(["run", "-d", "--image", "busybox", "--name", "victim", "--", "sleep", "30"])
+            .args([
+                "run", "-d", "--image", "busybox", "--name", "victim", "--", "sleep", "30",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -191,10 +257,16 @@ fn delete_after_sigkill_mid_create_cleans_up() {
         let _ = child.wait();
         // Whatever state it was in, rm --force cleans it, and the name is reusable.
         let _ = run(warren(dir.path()).args(["rm", "--force", "victim"]));
-        assert!(mounts_under(dir.path()).is_empty(), "after kill at {delay_ms} ms: {:?}", mounts_under(dir.path()));
+        assert!(
+            mounts_under(dir.path()).is_empty(),
+            "after kill at {delay_ms} ms: {:?}",
+            mounts_under(dir.path())
+        );
         assert!(!dir.path().join("state/containers/victim").exists());
         assert!(!dir.path().join("run/victim").exists());
-        ok(warren(dir.path()).args(["run", "--rm", "--image", "busybox", "--name", "victim", "--", "true"]));
+        ok(warren(dir.path()).args([
+            "run", "--rm", "--image", "busybox", "--name", "victim", "--", "true",
+        ]));
     }
 }
 
@@ -204,7 +276,8 @@ fn foreground_run_notifies_systemd_and_forwards_sigterm() {
     let dir = scratch("product-notify");
     let sock_path = dir.path().join("notify");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let config = dir.path().join("web.toml");
     std::fs::write(
         &config,
@@ -227,7 +300,11 @@ fn foreground_run_notifies_systemd_and_forwards_sigterm() {
     )
     .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(42), "the container's exit status becomes warren's");
+    assert_eq!(
+        out.status.code(),
+        Some(42),
+        "the container's exit status becomes warren's"
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("up"));
     assert!(ok(warren(dir.path()).args(["ps", "-q"])).trim().is_empty());
 }
@@ -254,16 +331,41 @@ fn scheduler_example_converges_and_restarts() {
         .arg(&desired)
         .args(["--iterations", "6", "--interval-ms", "700"])
         .env("WARREN_STATE_DIR", dir.path().join("state")));
-    let passes: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let passes: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let names = |v: &serde_json::Value, k: &str| -> Vec<String> {
-        v[k].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
     };
-    assert_eq!(names(&passes[0], "started"), vec!["job-0", "web-0", "web-1"]);
-    assert!(passes.iter().all(|p| p["errors"].as_array().unwrap().is_empty()), "{out}");
+    assert_eq!(
+        names(&passes[0], "started"),
+        vec!["job-0", "web-0", "web-1"]
+    );
+    assert!(
+        passes
+            .iter()
+            .all(|p| p["errors"].as_array().unwrap().is_empty()),
+        "{out}"
+    );
     let restarts: usize = passes.iter().map(|p| names(p, "restarted").len()).sum();
-    assert!(restarts >= 2, "job-0 exits every pass and is restarted: {out}");
-    assert!(passes.iter().all(|p| !names(p, "restarted").contains(&"web-0".to_string())));
-    assert_eq!(names(passes.last().unwrap(), "running"), vec!["job-0", "web-0", "web-1"]);
+    assert!(
+        restarts >= 2,
+        "job-0 exits every pass and is restarted: {out}"
+    );
+    assert!(
+        passes
+            .iter()
+            .all(|p| !names(p, "restarted").contains(&"web-0".to_string()))
+    );
+    assert_eq!(
+        names(passes.last().unwrap(), "running"),
+        vec!["job-0", "web-0", "web-1"]
+    );
     // The scheduler removes what it ran when it ends.
     assert!(mounts_under(dir.path()).is_empty());
 }
@@ -286,5 +388,8 @@ fn systemd_units_verify() {
         .arg(dir.path().join("shift-mount@web.service"))
         .current_dir(dir.path()));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && err.trim().is_empty(), "systemd-analyze verify: {err}");
+    assert!(
+        out.status.success() && err.trim().is_empty(),
+        "systemd-analyze verify: {err}"
+    );
 }

@@ -1,10 +1,9 @@
 //! Containers from images, by name: `warren run --image`, `ps`, `stop`, `rm`, `logs`,
 //! over `warren::runtime::Runtime`.
 
-use crate::Global;
+use crate::{Global, oci};
 use anyhow::{Context, Result, bail};
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use warren::runtime::{BindMount, ConfigFile, ContainerConfig, Network, Runtime, RuntimeOptions};
@@ -92,7 +91,7 @@ pub struct RunImageArgs {
     #[arg(long)]
     pub read_only: bool,
     /// The command and its arguments (default: the image's).
-    #[arg(last = true)]
+    #[arg(last = true, index = 2)]
     pub command: Vec<String>,
 }
 
@@ -117,10 +116,17 @@ pub fn run(global: &Global, command: Command) -> Result<i32> {
             } else if quiet {
                 list.iter().for_each(|c| println!("{}", c.name));
             } else {
-                println!("{:<20} {:<20} {:<9} {:>8}  {:<20} VIEW", "NAME", "IMAGE", "STATUS", "PID", "IDS");
+                println!(
+                    "{:<20} {:<20} {:<9} {:>8}  {:<20} VIEW",
+                    "NAME", "IMAGE", "STATUS", "PID", "IDS"
+                );
                 for c in list {
                     let ids = c.ids.map(|r| r.uids.to_string()).unwrap_or_default();
-                    let pid = if c.pid > 0 { c.pid.to_string() } else { "-".into() };
+                    let pid = if c.pid > 0 {
+                        c.pid.to_string()
+                    } else {
+                        "-".into()
+                    };
                     println!(
                         "{:<20} {:<20} {:<9} {:>8}  {:<20} {}",
                         c.name,
@@ -223,7 +229,8 @@ fn container_config(args: &RunImageArgs) -> Result<ContainerConfig> {
     }
     cfg.env.extend(args.env.iter().cloned());
     for v in &args.volume {
-        cfg.mounts.push(v.parse::<BindMount>().map_err(anyhow::Error::msg)?);
+        cfg.mounts
+            .push(v.parse::<BindMount>().map_err(anyhow::Error::msg)?);
     }
     if let Some(net) = &args.net {
         cfg.network = net.parse::<Network>().map_err(anyhow::Error::msg)?;
@@ -260,15 +267,22 @@ fn default_name(image: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    format!("{base}-{:06x}", (nanos ^ std::process::id().rotate_left(16)) & 0xff_ffff)
+    format!(
+        "{base}-{:06x}",
+        (nanos ^ std::process::id().rotate_left(16)) & 0xff_ffff
+    )
 }
 
 /// `warren run --image`: create, start, and (unless detached) supervise until exit:
-/// signals are forwarded, READY=1 goes to systemd, the exit status becomes ours.
-pub fn run_image(global: &Global, args: &RunImageArgs, detach: bool) -> Result<i32> {
+/// signals are forwarded, a pty relayed with `-t`, READY=1 sent to systemd, and the
+/// workload's exit status becomes ours.
+pub fn run_image(global: &Global, args: &RunImageArgs, detach: bool, tty: bool) -> Result<i32> {
     let rt = runtime(global)?;
     let mut cfg = container_config(args)?;
-    let name = args.name.clone().unwrap_or_else(|| default_name(&cfg.image));
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(&cfg.image));
     if args.replace {
         match rt.delete(&name, true) {
             Ok(()) | Err(warren::runtime::Error::NotFound(_)) => {}
@@ -276,88 +290,38 @@ pub fn run_image(global: &Global, args: &RunImageArgs, detach: bool) -> Result<i
         }
     }
     if detach {
+        if tty {
+            bail!("-t needs a terminal to relay: drop -d, or drop -t and read `warren logs`");
+        }
         cfg.log = true;
         let handle = rt.run(&name, cfg)?;
         let _ = warren::systemd::notify("READY=1");
         println!("{}", handle.name);
         return Ok(0);
     }
-    let signals = ForwardedSignals::block()?;
-    let handle = match rt.run(&name, cfg) {
-        Ok(h) => h,
-        Err(e) => {
-            drop(signals);
-            return Err(e.into());
-        }
+    let (mask, signals) = oci::block_signals()?;
+    let ours = if tty {
+        let (theirs, ours) = oci::console_pair()?;
+        cfg.terminal = true;
+        cfg.console = theirs;
+        ours
+    } else {
+        None
     };
+    let handle = rt.run(&name, cfg)?;
+    let pty = ours.as_ref().map(oci::recv_master).transpose()?;
     let _ = warren::systemd::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
-    let status = signals.supervise(&handle);
+    let status = match handle.pidfd() {
+        Some(pidfd) => oci::supervise(pidfd, &signals, pty.as_ref(), || Ok(handle.wait()?)),
+        None => Ok(handle.wait()?),
+    };
+    drop(mask);
     let _ = warren::systemd::notify("STOPPING=1");
+    drop(handle);
     if args.rm {
         if let Err(e) = rt.delete(&name, true) {
             eprintln!("warren: remove {name}: {e}");
         }
     }
     Ok(warren::container::exit_code(status?))
-}
-
-/// The signals a foreground `run` passes on to the container, blocked and read from a
-/// signalfd so none is lost between the checks.
-struct ForwardedSignals {
-    fd: nix::sys::signalfd::SignalFd,
-    old: nix::sys::signal::SigSet,
-}
-
-const FORWARDED: [nix::sys::signal::Signal; 6] = {
-    use nix::sys::signal::Signal::*;
-    [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
-};
-
-impl ForwardedSignals {
-    fn block() -> Result<Self> {
-        use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
-        let mut set = SigSet::empty();
-        FORWARDED.iter().for_each(|s| set.add(*s));
-        let mut old = SigSet::empty();
-        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))?;
-        let fd = nix::sys::signalfd::SignalFd::with_flags(
-            &set,
-            nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
-        )?;
-        Ok(ForwardedSignals { fd, old })
-    }
-
-    /// Forwards signals until the workload exits; returns its status.
-    fn supervise(&self, handle: &warren::runtime::Handle) -> Result<std::process::ExitStatus> {
-        let Some(pidfd) = handle.pidfd() else {
-            return Ok(handle.wait()?);
-        };
-        loop {
-            let mut fds = [
-                libc::pollfd { fd: self.fd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            ];
-            // SAFETY: a valid array of two pollfds.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-            if n < 0 {
-                continue;
-            }
-            if fds[1].revents != 0 {
-                return Ok(handle.wait()?);
-            }
-            while let Ok(Some(info)) = self.fd.read_signal() {
-                let _ = handle.kill(info.ssi_signo as i32);
-            }
-        }
-    }
-}
-
-impl Drop for ForwardedSignals {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::pthread_sigmask(
-            nix::sys::signal::SigmaskHow::SIG_SETMASK,
-            Some(&self.old),
-            None,
-        );
-    }
 }

@@ -84,8 +84,10 @@ pub struct ContainerConfig {
     /// The built-in default seccomp profile (on unless turned off).
     pub no_seccomp: bool,
     pub read_only: bool,
-    /// Allocate a pty for the workload (interactive `warren run -t`).
+    /// Allocate a pty for the workload (interactive `warren run -t`); its master is sent
+    /// over `console`, a connected unix socket.
     pub terminal: bool,
+    pub console: Option<OwnedFd>,
     /// The workload's stdin, stdout, stderr (default: inherited from the caller).
     pub stdio: [Option<OwnedFd>; 3],
     /// Send stdout and stderr to the container's log file (stdin from /dev/null)
@@ -150,7 +152,9 @@ impl ConfigFile {
             reason,
         };
         let network = match &self.network {
-            Some(n) => n.parse().map_err(|e| invalid(format!("field `network`: {e}")))?,
+            Some(n) => n
+                .parse()
+                .map_err(|e| invalid(format!("field `network`: {e}")))?,
             None => Network::None,
         };
         let memory = match &self.memory {
@@ -170,6 +174,7 @@ impl ConfigFile {
             no_seccomp: self.no_seccomp,
             read_only: self.read_only,
             terminal: false,
+            console: None,
             stdio: [None, None, None],
             log: false,
         })
@@ -215,10 +220,20 @@ pub fn limits(
     }
     let mut b = LinuxResourcesBuilder::default();
     if let Some(m) = memory {
-        b = b.memory(LinuxMemoryBuilder::default().limit(m).build().map_err(|e| e.to_string())?);
+        b = b.memory(
+            LinuxMemoryBuilder::default()
+                .limit(m)
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
     }
     if let Some(p) = pids {
-        b = b.pids(LinuxPidsBuilder::default().limit(p).build().map_err(|e| e.to_string())?);
+        b = b.pids(
+            LinuxPidsBuilder::default()
+                .limit(p)
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
     }
     if let Some(c) = cpus {
         if !(c > 0.0) {
@@ -257,7 +272,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("web.toml");
         std::fs::write(&path, "image = \"busybox\"\nnetwork = \"bridge\"\n").unwrap();
-        let err = ConfigFile::load(&path).unwrap().into_config(&path).unwrap_err();
+        let err = ConfigFile::load(&path)
+            .unwrap()
+            .into_config(&path)
+            .unwrap_err();
         assert!(err.to_string().contains("web.toml") && err.to_string().contains("network"));
         std::fs::write(&path, "image = \"busybox\"\ncolour = 1\n").unwrap();
         let err = ConfigFile::load(&path).unwrap_err().to_string();

@@ -68,12 +68,13 @@ impl ImageCache {
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
         let lock_path = dir.join("lock");
         let lock = File::create(&lock_path).map_err(io("create", &lock_path))?;
-        let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| ImageError::Io {
+        let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(
+            |(_, e)| ImageError::Io {
                 what: "lock",
                 path: lock_path.clone(),
                 source: e.into(),
-            })?;
+            },
+        )?;
         // Another create may have extracted it while we waited for the lock.
         if !rootfs.is_dir() {
             // The store extracts into a temporary sibling and renames: a crash leaves

@@ -277,15 +277,16 @@ impl Runtime {
         self.write_record(record)?;
 
         let image = ImageConfig::of(&self.store, &cfg.image)?;
-        let spec = spec::build(&name, &cfg, &image, &ids, &view.view).map_err(|reason| {
-            Error::Config {
+        let spec =
+            spec::build(&name, &cfg, &image, &ids, &view.view).map_err(|reason| Error::Config {
                 name: name.clone(),
                 reason,
-            }
-        })?;
+            })?;
         let stdio = if cfg.log {
             let log = self.log_path(&name);
-            let out: OwnedFd = fs::File::create(&log).map_err(io_err("create", &log))?.into();
+            let out: OwnedFd = fs::File::create(&log)
+                .map_err(io_err("create", &log))?
+                .into();
             let err = out.try_clone().map_err(io_err("dup", &log))?;
             let null = Path::new("/dev/null");
             let null: OwnedFd = fs::File::open(null).map_err(io_err("open", null))?.into();
@@ -299,6 +300,7 @@ impl Runtime {
             &spec,
             CreateOptions {
                 bundle: Some(dir),
+                console_fd: cfg.console.take(),
                 stdio,
                 ..CreateOptions::default()
             },

@@ -184,7 +184,9 @@ fn resolve_user(user: &str, rootfs: &Path) -> Result<(u32, u32), String> {
         Err(_) => {
             let fields = lookup(&passwd(), 3, |f| f[0] == u)
                 .ok_or_else(|| format!("user {u:?} is not in the image's /etc/passwd"))?;
-            let uid = fields[2].parse().map_err(|_| format!("user {u:?}: bad uid in /etc/passwd"))?;
+            let uid = fields[2]
+                .parse()
+                .map_err(|_| format!("user {u:?}: bad uid in /etc/passwd"))?;
             (uid, fields[3].parse().unwrap_or(0))
         }
     };
@@ -242,7 +244,11 @@ mod tests {
     fn image_defaults_and_overrides() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("etc")).unwrap();
-        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/:/bin/sh\n").unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/:/bin/sh\n",
+        )
+        .unwrap();
         let image = ImageConfig {
             cmd: vec!["/bin/sh".into()],
             env: vec!["PATH=/bin".into(), "A=1".into()],
@@ -257,11 +263,17 @@ mod tests {
         let spec = build("web", &cfg, &image, &ids(), dir.path()).unwrap();
         let p = spec.process().as_ref().unwrap();
         assert_eq!(p.args().as_ref().unwrap(), &vec!["/bin/sh".to_string()]);
-        assert_eq!(p.env().as_ref().unwrap(), &vec!["PATH=/bin".to_string(), "A=2".to_string()]);
+        assert_eq!(
+            p.env().as_ref().unwrap(),
+            &vec!["PATH=/bin".to_string(), "A=2".to_string()]
+        );
         assert_eq!((p.user().uid(), p.user().gid()), (33, 34));
         let linux = spec.linux().as_ref().unwrap();
         let map = &linux.uid_mappings().as_ref().unwrap()[0];
-        assert_eq!((map.container_id(), map.host_id(), map.size()), (0, 0x30000, 0x10000));
+        assert_eq!(
+            (map.container_id(), map.host_id(), map.size()),
+            (0, 0x30000, 0x10000)
+        );
         assert!(linux.seccomp().is_some());
         assert_eq!(spec.hostname().as_deref(), Some("web"));
     }

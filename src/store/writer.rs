@@ -443,7 +443,11 @@ fn sync_many(paths: &[&Path], data_only: bool) -> Result<()> {
                 s.spawn(move || -> Result<()> {
                     for p in part {
                         let f = File::open(p).map_err(io_err(p))?;
-                        let synced = if data_only { f.sync_data() } else { f.sync_all() };
+                        let synced = if data_only {
+                            f.sync_data()
+                        } else {
+                            f.sync_all()
+                        };
                         synced.map_err(io_err(p))?;
                     }
                     Ok(())
