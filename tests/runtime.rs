@@ -42,12 +42,14 @@ fn sh(script: &str) -> Value {
 fn workload_sees_its_namespaces_and_limits() {
     let out = run_config(
         "ns",
-        &sh("echo pid=$$; hostname; cat /proc/self/uid_map; grep -E '^Cap(Eff|Bnd|Amb|Inh)' /proc/self/status; \
+        &sh(
+            "echo pid=$$; hostname; cat /proc/self/uid_map; grep -E '^Cap(Eff|Bnd|Amb|Inh)' /proc/self/status; \
              ulimit -n; grep -E ' /(proc|sys|dev/pts|tmp) ' /proc/mounts | cut -d' ' -f2,3; \
              cat /proc/kcore >/dev/null 2>&1 && echo kcore-readable; \
              echo 1 > /proc/sys/kernel/ostype 2>/dev/null || echo sys-readonly; \
              touch /x 2>/dev/null || echo root-readonly; touch /tmp/x && echo tmp-writable; \
-             ls /dev; grep NoNewPrivs /proc/self/status"),
+             ls /dev; grep NoNewPrivs /proc/self/status",
+        ),
     );
     let s = stdout(&out);
     assert!(out.status.success(), "{out:?}");
@@ -69,7 +71,9 @@ fn workload_sees_its_namespaces_and_limits() {
     assert!(s.contains("sys-readonly"), "{s}");
     assert!(s.contains("root-readonly"), "{s}");
     assert!(s.contains("tmp-writable"), "{s}");
-    for d in ["null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx"] {
+    for d in [
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx",
+    ] {
         assert!(s.lines().any(|l| l == d), "/dev/{d} missing: {s}");
     }
     assert!(s.contains("NoNewPrivs:\t1"), "{s}");
@@ -77,14 +81,25 @@ fn workload_sees_its_namespaces_and_limits() {
 
 #[test]
 fn user_namespace_maps_ids() {
-    let c = rootfs::with_userns(sh("cat /proc/self/uid_map /proc/self/gid_map; id -u; stat -c %u /bin/busybox"), 0x200000, 0x200000, 65536);
+    let c = rootfs::with_userns(
+        sh("cat /proc/self/uid_map /proc/self/gid_map; id -u; stat -c %u /bin/busybox"),
+        0x200000,
+        0x200000,
+        65536,
+    );
     let dir = scratch("userns");
     rootfs::busybox_rootfs(&dir.path().join("rootfs"));
     rootfs::chown_tree(&dir.path().join("rootfs"), 0x200000, 0x200000);
     rootfs::write_config(dir.path(), &c);
     let root = dir.path().join("state");
-    let out = ok(warren(&root).args(["run", "-b"]).arg(dir.path()).arg("userns"));
-    let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
+    let out = ok(warren(&root)
+        .args(["run", "-b"])
+        .arg(dir.path())
+        .arg("userns"));
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     assert_eq!(lines[0], ["0", "2097152", "65536"], "{out}");
     assert_eq!(lines[1], ["0", "2097152", "65536"], "{out}");
     assert_eq!(lines[2], ["0"], "{out}");
@@ -95,7 +110,7 @@ fn user_namespace_maps_ids() {
 /// Spawns `warren run` of `config` and waits until its container is running.
 fn spawn_run(dir: &Path, root: &Path, id: &str, config: &Value) -> std::process::Child {
     let b = rootfs::bundle(dir, config);
-    let child = warren(root)
+    let mut child = warren(root)
         .args(["run", "-b"])
         .arg(&b)
         .arg(id)
@@ -108,6 +123,8 @@ fn spawn_run(dir: &Path, root: &Path, id: &str, config: &Value) -> std::process:
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("container {id} never ran");
 }
 
@@ -133,7 +150,12 @@ fn exit_codes_and_signals_propagate() {
     assert_eq!(child.wait().expect("wait").code(), Some(9));
 
     // Killed by a signal: 128+N, like a shell.
-    let mut child = spawn_run(dir.path(), &root, "killed", &rootfs::config(&["sleep", "100"]));
+    let mut child = spawn_run(
+        dir.path(),
+        &root,
+        "killed",
+        &rootfs::config(&["sleep", "100"]),
+    );
     ok(warren(&root).args(["kill", "killed", "KILL"]));
     assert_eq!(child.wait().expect("wait").code(), Some(137));
     assert!(!root.join("killed").exists());
@@ -143,7 +165,10 @@ fn exit_codes_and_signals_propagate() {
 fn lifecycle_create_start_state_kill_delete() {
     require_root();
     let dir = scratch("lifecycle");
-    let b = rootfs::bundle(dir.path(), &sh("trap 'exit 3' TERM; echo up > /tmp/up; while true; do sleep 0.05; done"));
+    let b = rootfs::bundle(
+        dir.path(),
+        &sh("trap 'exit 3' TERM; echo up > /tmp/up; while true; do sleep 0.05; done"),
+    );
     let root = dir.path().join("state");
     let id = "life";
     let state = |root: &Path| -> Value {
@@ -162,12 +187,18 @@ fn lifecycle_create_start_state_kill_delete() {
     assert_eq!(s["status"], "created");
     assert_eq!(s["id"], id);
     assert_eq!(s["bundle"], json!(b.to_string_lossy()));
-    let pid: i64 = std::fs::read_to_string(dir.path().join("pid")).expect("pid file").parse().expect("pid");
+    let pid: i64 = std::fs::read_to_string(dir.path().join("pid"))
+        .expect("pid file")
+        .parse()
+        .expect("pid");
     assert_eq!(s["pid"], json!(pid));
     // A second container with the same ID is refused.
     let dup = run(warren(&root).args(["create", "-b"]).arg(&b).arg(id));
     assert!(!dup.status.success());
-    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"), "{dup:?}");
+    assert!(
+        String::from_utf8_lossy(&dup.stderr).contains("already exists"),
+        "{dup:?}"
+    );
     ok(warren(&root).args(["start", id]));
     assert_eq!(state(&root)["status"], "running");
     let list = ok(warren(&root).args(["list", "-q"]));
@@ -177,9 +208,19 @@ fn lifecycle_create_start_state_kill_delete() {
     assert!(!del.status.success());
     let bad = run(warren(&root).args(["kill", id, "SIGNOPE"]));
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown signal"), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("unknown signal"),
+        "{bad:?}"
+    );
     // exec joins its namespaces: pid 1 is the init, the file it wrote is there.
-    let seen = ok(warren(&root).args(["exec", id, "--", "sh", "-c", "cat /tmp/up; ps -o pid,args | grep -c 'while true'; hostname"]));
+    let seen = ok(warren(&root).args([
+        "exec",
+        id,
+        "--",
+        "sh",
+        "-c",
+        "cat /tmp/up; ps -o pid,args | grep -c 'while true'; hostname",
+    ]));
     assert!(seen.starts_with("up\n"), "{seen}");
     assert!(seen.contains("warren-test"), "{seen}");
     ok(warren(&root).args(["kill", id, "TERM"]));
@@ -194,7 +235,10 @@ fn lifecycle_create_start_state_kill_delete() {
     assert!(!root.join(id).exists());
     let gone = run(warren(&root).args(["state", id]));
     assert!(!gone.status.success());
-    assert!(String::from_utf8_lossy(&gone.stderr).contains("does not exist"), "{gone:?}");
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("does not exist"),
+        "{gone:?}"
+    );
 }
 
 #[test]
@@ -220,25 +264,37 @@ fn bad_input_is_named_and_leaves_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("on /data (type nosuchfs)"), "{err}");
-    assert!(!root.join("bad").exists(), "state left after a failed create");
+    assert!(
+        !root.join("bad").exists(),
+        "state left after a failed create"
+    );
 
     // A missing program: exec fails clearly, 127-style.
     rootfs::write_config(&b, &rootfs::config(&["/bin/nonexistent"]));
     let out = run(warren(&root).args(["run", "-b"]).arg(&b).arg("bad"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("/bin/nonexistent") && err.contains("ENOENT"), "{err}");
+    assert!(
+        err.contains("/bin/nonexistent") && err.contains("ENOENT"),
+        "{err}"
+    );
 
     // Missing rootfs.
     let mut c = sh("true");
     c["root"]["path"] = json!("nope");
     rootfs::write_config(&b, &c);
     let out = run(warren(&root).args(["run", "-b"]).arg(&b).arg("bad"));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("rootfs"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rootfs"),
+        "{out:?}"
+    );
 
     // And the ID works afterwards.
     rootfs::write_config(&b, &sh("echo fine"));
-    assert_eq!(ok(warren(&root).args(["run", "-b"]).arg(&b).arg("bad")), "fine\n");
+    assert_eq!(
+        ok(warren(&root).args(["run", "-b"]).arg(&b).arg("bad")),
+        "fine\n"
+    );
 }
 
 #[test]
@@ -335,5 +391,8 @@ fn delete_force_cleans_up_after_a_killed_runtime() {
     assert!(!root.join("crash").exists());
     // The same ID works again.
     rootfs::write_config(&b, &sh("echo again"));
-    assert_eq!(ok(warren(&root).args(["run", "-b"]).arg(&b).arg("crash")), "again\n");
+    assert_eq!(
+        ok(warren(&root).args(["run", "-b"]).arg(&b).arg("crash")),
+        "again\n"
+    );
 }

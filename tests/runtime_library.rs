@@ -14,7 +14,9 @@ use std::time::Duration;
 use warren::container::{Container, CreateOptions};
 
 fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").expect("list fds").count()
+    std::fs::read_dir("/proc/self/fd")
+        .expect("list fds")
+        .count()
 }
 
 fn mount_count() -> usize {
@@ -41,8 +43,8 @@ fn many_threads_create_and_delete_200_containers() {
     let rootfs_dir = dir.path().join("rootfs");
     rootfs::busybox_rootfs(&rootfs_dir);
     let root = dir.path().join("state");
-    let spec: Spec = serde_json::from_value(rootfs::config(&["sh", "-c", "exit $((3 + 4))"]))
-        .expect("spec");
+    let spec: Spec =
+        serde_json::from_value(rootfs::config(&["sh", "-c", "exit $((3 + 4))"])).expect("spec");
     let (fds_before, mounts_before) = (fd_count(), mount_count());
 
     // Abort instead of hanging forever.
@@ -105,7 +107,8 @@ fn many_threads_create_and_delete_200_containers() {
                     let status = c.wait().unwrap_or_else(|e| panic!("wait {id}: {e}"));
                     assert_eq!(status.code(), Some(7), "{id}");
                     assert_eq!(c.status(), ContainerState::Stopped, "{id}");
-                    c.delete(false).unwrap_or_else(|e| panic!("delete {id}: {e}"));
+                    c.delete(false)
+                        .unwrap_or_else(|e| panic!("delete {id}: {e}"));
                 }
             })
         })

@@ -18,7 +18,9 @@ fn subuid_start() -> u32 {
     text.lines()
         .find_map(|l| {
             let mut f = l.split(':');
-            (f.next() == Some(ROOTLESS_USER)).then(|| f.next()?.parse().ok()).flatten()
+            (f.next() == Some(ROOTLESS_USER))
+                .then(|| f.next()?.parse().ok())
+                .flatten()
         })
         .expect("the test user has a subuid range")
 }
@@ -29,8 +31,14 @@ fn rootless_bundle(name: &str, script: &str, maps: serde_json::Value) -> tempfil
     let dir = scratch(name);
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let mut c = rootfs::config(&["sh", "-c", script]);
-    c["linux"]["namespaces"].as_array_mut().expect("ns").push(json!({"type": "user"}));
-    c["linux"]["namespaces"].as_array_mut().expect("ns").retain(|n| n["type"] != "network");
+    c["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("ns")
+        .push(json!({"type": "user"}));
+    c["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("ns")
+        .retain(|n| n["type"] != "network");
     c["linux"]["uidMappings"] = maps.clone();
     c["linux"]["gidMappings"] = maps;
     rootfs::bundle(dir.path(), &c);
@@ -53,7 +61,10 @@ fn rootless_run_maps_subordinate_ids() {
         json!([{"containerID": 0, "hostID": subuid_start(), "size": 65536}]),
     );
     let root = dir.path().join("state");
-    let out = run(warren_as_user(&root).args(["run", "-b"]).arg(dir.path()).arg("rl"));
+    let out = run(warren_as_user(&root)
+        .args(["run", "-b"])
+        .arg(dir.path())
+        .arg("rl"));
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     let first: Vec<&str> = s.lines().next().unwrap_or("").split_whitespace().collect();
@@ -81,10 +92,16 @@ fn rootless_lifecycle() {
         .stderr(std::process::Stdio::null()));
     assert!(out.status.success(), "{out:?}");
     let st = run(w().args(["state", "rlc"]));
-    assert!(String::from_utf8_lossy(&st.stdout).contains("\"created\""), "{st:?}");
+    assert!(
+        String::from_utf8_lossy(&st.stdout).contains("\"created\""),
+        "{st:?}"
+    );
     assert!(run(w().args(["start", "rlc"])).status.success());
     let ex = run(w().args(["exec", "rlc", "--", "cat", "/proc/self/uid_map"]));
-    assert!(String::from_utf8_lossy(&ex.stdout).contains(&format!(" {} ", subuid_start())), "{ex:?}");
+    assert!(
+        String::from_utf8_lossy(&ex.stdout).contains(&format!(" {} ", subuid_start())),
+        "{ex:?}"
+    );
     let del = run(w().args(["delete", "-f", "rlc"]));
     assert!(del.status.success(), "{del:?}");
     assert!(!root.join("rlc").exists());
@@ -102,7 +119,10 @@ fn rootless_falls_back_to_a_single_mapping() {
     // The fallback maps the user itself to root: give it the rootfs.
     rootfs::chown_tree(&dir.path().join("rootfs"), uid, uid);
     let root = dir.path().join("state");
-    let out = run(warren_as_user(&root).args(["run", "-b"]).arg(dir.path()).arg("fb"));
+    let out = run(warren_as_user(&root)
+        .args(["run", "-b"])
+        .arg(dir.path())
+        .arg("fb"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{out:?}");
     assert!(err.contains("falling back to a single mapping"), "{err}");

@@ -133,11 +133,16 @@ fn init_logging(global: &Global) {
     } else {
         tracing::Level::WARN
     };
-    let builder = tracing_subscriber::fmt().with_max_level(level).without_time();
-    let file = global
-        .log
-        .as_ref()
-        .and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .without_time();
+    let file = global.log.as_ref().and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
     let _ = match file {
         Some(f) => builder
             .with_ansi(false)
@@ -159,7 +164,11 @@ pub fn run(global: &Global, command: Command) -> Result<i32> {
         } else {
             format!("level=error msg={msg:?}")
         };
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
             let _ = writeln!(f, "{line}");
         }
     }
@@ -213,7 +222,12 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Run { create, detach, tty, keep } => run_cmd(&root, create, detach, tty, keep),
+        Command::Run {
+            create,
+            detach,
+            tty,
+            keep,
+        } => run_cmd(&root, create, detach, tty, keep),
         Command::List { format, quiet } => {
             let all = Container::list(&root)?;
             if quiet {
@@ -223,7 +237,10 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
             } else if format == "json" || global.json {
                 println!("{}", serde_json::to_string(&all)?);
             } else {
-                println!("{:<24} {:<8} {:<10} {:<40} {:<32} OWNER", "ID", "PID", "STATUS", "BUNDLE", "CREATED");
+                println!(
+                    "{:<24} {:<8} {:<10} {:<40} {:<32} OWNER",
+                    "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+                );
                 for s in &all {
                     println!(
                         "{:<24} {:<8} {:<10} {:<40} {:<32} {}",
@@ -254,8 +271,10 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
             let c = Container::load(&root, &id)?;
             let mut p = match &process {
                 Some(file) => {
-                    let text = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
-                    serde_json::from_slice(&text).with_context(|| format!("invalid process {}", file.display()))?
+                    let text =
+                        std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
+                    serde_json::from_slice(&text)
+                        .with_context(|| format!("invalid process {}", file.display()))?
                 }
                 None => {
                     if command.is_empty() {
@@ -277,12 +296,18 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
             }
             if let Some(u) = user {
                 let (uid, gid) = u.split_once(':').unwrap_or((&u, "0"));
-                p.user_mut().set_uid(uid.parse().context("--user: uid must be a number")?);
-                p.user_mut().set_gid(gid.parse().context("--user: gid must be a number")?);
+                p.user_mut()
+                    .set_uid(uid.parse().context("--user: uid must be a number")?);
+                p.user_mut()
+                    .set_gid(gid.parse().context("--user: gid must be a number")?);
             }
             let interactive = p.terminal().unwrap_or(false) && console_socket.is_none();
             let (mask, sfd) = block_signals()?;
-            let (console_fd, ours) = if interactive { console_pair()? } else { (None, None) };
+            let (console_fd, ours) = if interactive {
+                console_pair()?
+            } else {
+                (None, None)
+            };
             let opts = ExecOptions {
                 console_socket,
                 console_fd,
@@ -316,13 +341,21 @@ fn run_cmd(root: &Path, args: CreateArgs, detach: bool, tty: bool, keep: bool) -
             p.set_terminal(Some(true));
         }
     }
-    let interactive = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false)
+    let interactive = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false)
         && args.console_socket.is_none();
     if interactive && detach {
         bail!("a terminal with --detach needs --console-socket");
     }
     let (mask, sfd) = block_signals()?;
-    let (console_fd, ours) = if interactive { console_pair()? } else { (None, None) };
+    let (console_fd, ours) = if interactive {
+        console_pair()?
+    } else {
+        (None, None)
+    };
     let mut opts = options(&args);
     opts.start = true;
     opts.console_fd = console_fd;
@@ -388,7 +421,12 @@ fn recv_master(sock: &std::os::unix::net::UnixStream) -> Result<OwnedFd> {
     let mut buf = [0u8; 256];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
     for c in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             if let Some(fd) = fds.first() {
@@ -424,12 +462,28 @@ fn supervise(
     let mut buf = [0u8; 8192];
     let result = loop {
         let mut fds = vec![
-            libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: sfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         if let Some(m) = pty {
-            fds.push(libc::pollfd { fd: if master_open { m.as_raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 });
-            fds.push(libc::pollfd { fd: if stdin_open { 0 } else { -1 }, events: libc::POLLIN, revents: 0 });
+            fds.push(libc::pollfd {
+                fd: if master_open { m.as_raw_fd() } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            fds.push(libc::pollfd {
+                fd: if stdin_open { 0 } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            });
         }
         // SAFETY: valid pollfd array.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
@@ -474,7 +528,10 @@ fn supervise(
         if fds[0].revents != 0 {
             // Drain what the workload printed last.
             if let Some(m) = pty {
-                let _ = nix::fcntl::fcntl(m, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+                let _ = nix::fcntl::fcntl(
+                    m,
+                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+                );
                 while master_open {
                     match nix::unistd::read(m, &mut buf) {
                         Ok(k) if k > 0 => {
@@ -495,7 +552,12 @@ fn supervise(
 }
 
 fn copy_winsize(master: &OwnedFd) {
-    let mut ws: libc::winsize = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let mut ws: libc::winsize = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ/TIOCSWINSZ with a valid winsize pointer.
     unsafe {
         if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {

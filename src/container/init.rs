@@ -46,9 +46,31 @@ impl Step {
     fn from_u32(v: u32) -> Step {
         use Step::*;
         [
-            Sync, Setns, Unshare, Hostname, RootPropagation, RootBind, RootOpen, Mount, Device,
-            PivotRoot, Sysctl, Masked, Readonly, Console, Groups, Setgid, Setuid, Capabilities,
-            NoNewPrivileges, Cwd, Stdio, ExecFifo, Seccomp, Exec, Fork,
+            Sync,
+            Setns,
+            Unshare,
+            Hostname,
+            RootPropagation,
+            RootBind,
+            RootOpen,
+            Mount,
+            Device,
+            PivotRoot,
+            Sysctl,
+            Masked,
+            Readonly,
+            Console,
+            Groups,
+            Setgid,
+            Setuid,
+            Capabilities,
+            NoNewPrivileges,
+            Cwd,
+            Stdio,
+            ExecFifo,
+            Seccomp,
+            Exec,
+            Fork,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -379,7 +401,8 @@ impl Init {
         for cap in 0..=caps.last as u32 {
             if caps.bounding & (1u64 << cap) == 0 {
                 // SAFETY: as above.
-                let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+                let r =
+                    unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
                 if r < 0 && last_errno() != libc::EINVAL {
                     return Err(Fail::new(Step::Capabilities, last_errno(), cap));
                 }
@@ -402,7 +425,13 @@ impl Init {
         // SAFETY: prctl with plain integers.
         unsafe {
             libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
-            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            );
         }
         for cap in 0..=caps.last as u32 {
             if caps.ambient & (1u64 << cap) != 0 {
@@ -470,7 +499,12 @@ impl Init {
         };
         let master = if master < 0 {
             // SAFETY: valid C string.
-            let m = unsafe { libc::open(c"/dev/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+            let m = unsafe {
+                libc::open(
+                    c"/dev/ptmx".as_ptr(),
+                    libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+                )
+            };
             if m < 0 {
                 return Err(f(last_errno(), 0));
             }

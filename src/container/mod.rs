@@ -48,7 +48,10 @@ pub enum Error {
     #[error("user namespace: {0}")]
     UserNamespace(String),
     #[error("container init failed: {what}: {errno}")]
-    Init { what: String, errno: nix::errno::Errno },
+    Init {
+        what: String,
+        errno: nix::errno::Errno,
+    },
     #[error("container init died during {0}")]
     InitDied(&'static str),
     #[error("{kind} hook {index} ({path}): {reason}")]
@@ -174,7 +177,12 @@ impl Container {
     /// Creates container `id` under `root` from `spec`: namespaces, id maps, mounts and
     /// the process are set up; the workload waits for [`start`](Self::start) (unless
     /// `opts.start`). On error nothing is left behind.
-    pub fn create(root: &Path, id: &str, spec: &Spec, mut opts: CreateOptions) -> Result<Container, Error> {
+    pub fn create(
+        root: &Path,
+        id: &str,
+        spec: &Spec,
+        mut opts: CreateOptions,
+    ) -> Result<Container, Error> {
         spec::validate(spec).map_err(|reason| Error::Config {
             file: opts
                 .bundle
@@ -217,7 +225,15 @@ impl Container {
             process: spec.process().clone(),
         };
         let mut child: Option<(i32, OwnedFd)> = None;
-        let result = create_in(&dir, &mut record, spec, &bundle, &rootfs, &mut opts, &mut child);
+        let result = create_in(
+            &dir,
+            &mut record,
+            spec,
+            &bundle,
+            &rootfs,
+            &mut opts,
+            &mut child,
+        );
         match result {
             Ok(()) => {
                 let pidfd = child.map(|(_, fd)| fd);
@@ -299,15 +315,25 @@ impl Container {
         let fifo_path = dir.file(state::FIFO);
         let fifo = nix::fcntl::open(
             &fifo_path,
-            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_NONBLOCK
+                | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
         .map_err(|e| Error::io(format!("open {}", fifo_path.display()))(e.into()))?;
         let pidfd = pidfd.ok_or(Error::InitDied("start"))?;
         loop {
             let mut fds = [
-                libc::pollfd { fd: fifo.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd {
+                    fd: fifo.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
             ];
             // SAFETY: valid array of two pollfds.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
@@ -329,7 +355,8 @@ impl Container {
             }
         }
         let _ = std::fs::remove_file(&fifo_path);
-        let state = serde_json::to_vec(&State::of(&self.record, ContainerState::Running)).unwrap_or_default();
+        let state = serde_json::to_vec(&State::of(&self.record, ContainerState::Running))
+            .unwrap_or_default();
         if let Some(h) = &self.record.hooks {
             hooks::run_all("poststart", h.poststart().as_ref(), &state)?;
         }
@@ -365,14 +392,23 @@ impl Container {
     pub fn delete(self, force: bool) -> Result<(), Error> {
         let child = self.child;
         let pidfd = self.pidfd;
-        delete_id(&self.root, &self.record.id, force, child.then_some(()).and(pidfd))
+        delete_id(
+            &self.root,
+            &self.record.id,
+            force,
+            child.then_some(()).and(pidfd),
+        )
     }
 
     /// Runs `process` inside the running container's namespaces (like `runc exec`).
     pub fn exec(&self, process: &Process, mut opts: ExecOptions) -> Result<ExecProcess, Error> {
         let status = self.status();
         if status != ContainerState::Running && status != ContainerState::Created {
-            return Err(Error::BadState { id: self.record.id.clone(), status, op: "exec" });
+            return Err(Error::BadState {
+                id: self.record.id.clone(),
+                status,
+                op: "exec",
+            });
         }
         exec_in(self, process, &mut opts)
     }
@@ -391,8 +427,12 @@ impl Container {
                 continue;
             }
             let path = e.path().join(state::STATE_FILE);
-            let Ok(bytes) = std::fs::read(&path) else { continue };
-            let Ok(record) = serde_json::from_slice::<Record>(&bytes) else { continue };
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let Ok(record) = serde_json::from_slice::<Record>(&bytes) else {
+                continue;
+            };
             let (status, _) = probe(&record, &e.path());
             out.push(State::of(&record, status));
         }
@@ -423,7 +463,11 @@ impl State {
             oci_version: r.oci_version.clone(),
             id: r.id.clone(),
             status,
-            pid: if status == ContainerState::Stopped { 0 } else { r.pid },
+            pid: if status == ContainerState::Stopped {
+                0
+            } else {
+                r.pid
+            },
             bundle: r.bundle.clone(),
             rootfs: r.rootfs.clone(),
             created: r.created.clone(),
@@ -442,10 +486,18 @@ pub fn parse_signal(s: &str) -> Result<i32, Error> {
         return Err(Error::UnknownSignal(s.to_owned()));
     }
     let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     if let Some(rt) = name.strip_prefix("SIGRTMIN") {
         let base = libc::SIGRTMIN();
-        let off: i32 = if rt.is_empty() { 0 } else { rt.parse().map_err(|_| Error::UnknownSignal(s.to_owned()))? };
+        let off: i32 = if rt.is_empty() {
+            0
+        } else {
+            rt.parse().map_err(|_| Error::UnknownSignal(s.to_owned()))?
+        };
         return Ok(base + off);
     }
     name.parse::<nix::sys::signal::Signal>()
@@ -458,7 +510,14 @@ fn wait_pidfd(fd: BorrowedFd<'_>) -> Result<ExitStatus, Error> {
         // SAFETY: an all-zero siginfo is a valid out buffer.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: P_PIDFD with a valid pidfd and out pointer.
-        let r = unsafe { libc::waitid(libc::P_PIDFD, fd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED) };
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                fd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED,
+            )
+        };
         if r < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -494,7 +553,10 @@ fn open_new(root: &Path, id: &str) -> Result<state::Dir, Error> {
                 return Err(Error::Exists(id.to_owned()));
             };
             let record = dir.load()?;
-            if record.as_ref().is_some_and(|r| r.status != ContainerState::Creating) {
+            if record
+                .as_ref()
+                .is_some_and(|r| r.status != ContainerState::Creating)
+            {
                 return Err(Error::Exists(id.to_owned()));
             }
             cleanup(dir, record.as_ref(), None)?;
@@ -512,7 +574,11 @@ fn cleanup(dir: state::Dir, record: Option<&Record>, pidfd: Option<OwnedFd>) -> 
             if status != ContainerState::Stopped {
                 let _ = crate::sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
             }
-            let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut p = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // Wait (bounded) for the exit so the cgroup empties.
             // SAFETY: one valid pollfd.
             unsafe { libc::poll(&mut p, 1, 5000) };
@@ -522,7 +588,8 @@ fn cleanup(dir: state::Dir, record: Option<&Record>, pidfd: Option<OwnedFd>) -> 
         }
         if r.status != ContainerState::Creating {
             if let Some(h) = &r.hooks {
-                let state = serde_json::to_vec(&State::of(r, ContainerState::Stopped)).unwrap_or_default();
+                let state =
+                    serde_json::to_vec(&State::of(r, ContainerState::Stopped)).unwrap_or_default();
                 // Poststop hook failures are logged, not fatal (the spec says so).
                 if let Err(e) = hooks::run_all("poststop", h.poststop().as_ref(), &state) {
                     tracing::warn!("{e}");
@@ -543,10 +610,22 @@ fn delete_id(root: &Path, id: &str, force: bool, our_child: Option<OwnedFd>) -> 
     if let Some(r) = &record {
         let (status, _) = probe(r, &dir.path);
         if status == ContainerState::Running && !force {
-            return Err(Error::BadState { id: id.to_owned(), status, op: "delete (use --force)" });
+            return Err(Error::BadState {
+                id: id.to_owned(),
+                status,
+                op: "delete (use --force)",
+            });
         }
-        if status == ContainerState::Creating && !force && r.creator > 0 && state::proc_start(r.creator).is_some() {
-            return Err(Error::BadState { id: id.to_owned(), status, op: "delete" });
+        if status == ContainerState::Creating
+            && !force
+            && r.creator > 0
+            && state::proc_start(r.creator).is_some()
+        {
+            return Err(Error::BadState {
+                id: id.to_owned(),
+                status,
+                op: "delete",
+            });
         }
     }
     // Reap our own child so no zombie is left.
@@ -556,7 +635,14 @@ fn delete_id(root: &Path, id: &str, force: bool, our_child: Option<OwnedFd>) -> 
         // SAFETY: an all-zero siginfo is a valid out buffer.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: P_PIDFD with a valid pidfd; WNOHANG never blocks.
-        unsafe { libc::waitid(libc::P_PIDFD, fd as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG) };
+        unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                fd as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            )
+        };
     }
     Ok(())
 }
@@ -605,17 +691,29 @@ fn ns_info(t: LinuxNamespaceType) -> (&'static str, libc::c_int) {
 }
 
 fn open_ns(path: &Path, field: &str) -> Result<OwnedFd, Error> {
-    nix::fcntl::open(path, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        .map_err(|e| Error::config(field, format!("{}: {e}", path.display())))
+    nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::config(field, format!("{}: {e}", path.display())))
 }
 
 /// The process part of the plan: argv, env, identity, capabilities.
 fn process_plan(p: &Process, setgroups: bool) -> Result<init::Process, Error> {
-    let cs = |s: &str, field: &str| CString::new(s).map_err(|_| Error::config(field, "contains a NUL byte"));
+    let cs = |s: &str, field: &str| {
+        CString::new(s).map_err(|_| Error::config(field, "contains a NUL byte"))
+    };
     let args = p.args().clone().unwrap_or_default();
-    let argv = args.iter().map(|a| cs(a, "process.args")).collect::<Result<Vec<_>, _>>()?;
+    let argv = args
+        .iter()
+        .map(|a| cs(a, "process.args"))
+        .collect::<Result<Vec<_>, _>>()?;
     let env = p.env().clone().unwrap_or_default();
-    let envp = env.iter().map(|e| cs(e, "process.env")).collect::<Result<Vec<_>, _>>()?;
+    let envp = env
+        .iter()
+        .map(|e| cs(e, "process.env"))
+        .collect::<Result<Vec<_>, _>>()?;
     let prog = args.first().cloned().unwrap_or_default();
     let candidates = if prog.contains('/') {
         vec![cs(&prog, "process.args")?]
@@ -626,11 +724,19 @@ fn process_plan(p: &Process, setgroups: bool) -> Result<init::Process, Error> {
             .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
         path.split(':')
             .filter(|d| !d.is_empty())
-            .map(|d| cs(&format!("{}/{prog}", d.trim_end_matches('/')), "process.args"))
+            .map(|d| {
+                cs(
+                    &format!("{}/{prog}", d.trim_end_matches('/')),
+                    "process.args",
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?
     };
     let caps = match p.capabilities() {
-        Some(c) => caps::CapSets::from_spec(c).map_err(|r| Error::Config { file: "config.json".into(), reason: r })?,
+        Some(c) => caps::CapSets::from_spec(c).map_err(|r| Error::Config {
+            file: "config.json".into(),
+            reason: r,
+        })?,
         None => caps::CapSets::none(),
     };
     let user = p.user();
@@ -638,7 +744,8 @@ fn process_plan(p: &Process, setgroups: bool) -> Result<init::Process, Error> {
         argv: CArray::new(argv),
         envp: CArray::new(envp),
         candidates,
-        cwd: CString::new(p.cwd().as_os_str().as_encoded_bytes()).map_err(|_| Error::config("process.cwd", "contains a NUL byte"))?,
+        cwd: CString::new(p.cwd().as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::config("process.cwd", "contains a NUL byte"))?,
         uid: user.uid(),
         gid: user.gid(),
         groups: user.additional_gids().clone().unwrap_or_default(),
@@ -647,7 +754,9 @@ fn process_plan(p: &Process, setgroups: bool) -> Result<init::Process, Error> {
         caps,
         no_new_privileges: p.no_new_privileges().unwrap_or(false),
         terminal: p.terminal().unwrap_or(false),
-        console_size: p.console_size().map(|b| (b.height() as u16, b.width() as u16)),
+        console_size: p
+            .console_size()
+            .map(|b| (b.height() as u16, b.width() as u16)),
     })
 }
 
@@ -677,7 +786,10 @@ fn rlimit_resource(t: PosixRlimitType) -> libc::__rlimit_resource_t {
 /// where the child, in its user namespace, could not).
 fn apply_limits(pid: i32, p: &Process) -> Result<(), Error> {
     for (i, r) in p.rlimits().iter().flatten().enumerate() {
-        let lim = libc::rlimit { rlim_cur: r.soft(), rlim_max: r.hard() };
+        let lim = libc::rlimit {
+            rlim_cur: r.soft(),
+            rlim_max: r.hard(),
+        };
         // SAFETY: valid rlimit pointer; NULL old value.
         if unsafe { libc::prlimit(pid, rlimit_resource(r.typ()), &lim, std::ptr::null_mut()) } < 0 {
             return Err(Error::config(
@@ -695,13 +807,20 @@ fn apply_limits(pid: i32, p: &Process) -> Result<(), Error> {
 
 fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), Error> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-    socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-        .map_err(|e| Error::io("socketpair")(e.into()))
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| Error::io("socketpair")(e.into()))
 }
 
 fn connect_console(path: &Path) -> Result<OwnedFd, Error> {
-    let s = std::os::unix::net::UnixStream::connect(path)
-        .map_err(Error::io(format!("connect console socket {}", path.display())))?;
+    let s = std::os::unix::net::UnixStream::connect(path).map_err(Error::io(format!(
+        "connect console socket {}",
+        path.display()
+    )))?;
     Ok(OwnedFd::from(s))
 }
 
@@ -714,7 +833,11 @@ fn spawn(init: &mut Init, flags: libc::c_int) -> Result<(i32, OwnedFd, OwnedFd),
     let mut keep: Vec<RawFd> = vec![0, 1, 2, init.sync];
     keep.extend(3..3 + init.preserve_fds);
     keep.extend(init.join.iter().map(|(fd, _)| fd.as_raw_fd()));
-    keep.extend(init.fifo.iter().flat_map(|(a, b)| [a.as_raw_fd(), b.as_raw_fd()]));
+    keep.extend(
+        init.fifo
+            .iter()
+            .flat_map(|(a, b)| [a.as_raw_fd(), b.as_raw_fd()]),
+    );
     keep.extend(init.stdio.iter().flatten().copied());
     keep.extend(init.console_socket);
     keep.sort_unstable();
@@ -722,8 +845,8 @@ fn spawn(init: &mut Init, flags: libc::c_int) -> Result<(i32, OwnedFd, OwnedFd),
     init.keep = keep;
     // SAFETY: the child only runs `Init::run`, which is async-signal-safe: it uses data
     // prepared here and never returns.
-    let (pid, pidfd) = unsafe { crate::sys::clone3_fork(flags as u64) }
-        .map_err(Error::io("clone3"))?;
+    let (pid, pidfd) =
+        unsafe { crate::sys::clone3_fork(flags as u64) }.map_err(Error::io("clone3"))?;
     if pid == 0 {
         init.run();
     }
@@ -735,27 +858,55 @@ fn spawn(init: &mut Init, flags: libc::c_int) -> Result<(i32, OwnedFd, OwnedFd),
 fn describe(f: Fail, plan: Option<&rootfs::Plan>, init: &Init) -> Error {
     let i = f.index as usize;
     let what = match f.step {
-        Step::Mount => plan.and_then(|p| p.descriptions.get(i).cloned()).unwrap_or_else(|| "mount".into()),
-        Step::Device => format!("create device {}", plan.map(|p| p.device_path(i)).unwrap_or_default()),
-        Step::Masked => format!("mask {}", plan.map(|p| p.masked_path(i)).unwrap_or_default()),
-        Step::Readonly => format!("make {} read-only", plan.map(|p| p.readonly_path(i)).unwrap_or_default()),
-        Step::Sysctl => format!("set sysctl {}", plan.map(|p| p.sysctl_path(i)).unwrap_or_default()),
+        Step::Mount => plan
+            .and_then(|p| p.descriptions.get(i).cloned())
+            .unwrap_or_else(|| "mount".into()),
+        Step::Device => format!(
+            "create device {}",
+            plan.map(|p| p.device_path(i)).unwrap_or_default()
+        ),
+        Step::Masked => format!(
+            "mask {}",
+            plan.map(|p| p.masked_path(i)).unwrap_or_default()
+        ),
+        Step::Readonly => format!(
+            "make {} read-only",
+            plan.map(|p| p.readonly_path(i)).unwrap_or_default()
+        ),
+        Step::Sysctl => format!(
+            "set sysctl {}",
+            plan.map(|p| p.sysctl_path(i)).unwrap_or_default()
+        ),
         Step::Exec => format!(
             "exec {:?}",
-            init.process.candidates.first().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
+            init.process
+                .candidates
+                .first()
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default()
         ),
         Step::Cwd => format!("chdir to process.cwd {:?}", init.process.cwd),
         Step::Setuid => format!("set uid {}", f.index),
         Step::Setgid => format!("set gid {}", f.index),
-        Step::Groups if f.index == 1 => "process.user.additionalGids need setgroups, denied in this user namespace".into(),
+        Step::Groups if f.index == 1 => {
+            "process.user.additionalGids need setgroups, denied in this user namespace".into()
+        }
         Step::Setns => format!("join namespace {}", i),
         other => format!("{other:?}").to_lowercase(),
     };
-    Error::Init { what, errno: nix::errno::Errno::from_raw(f.errno) }
+    Error::Init {
+        what,
+        errno: nix::errno::Errno::from_raw(f.errno),
+    }
 }
 
 /// Waits for the child's next message, mapping a failure or an EOF to an error.
-fn expect(sock: &OwnedFd, plan: Option<&rootfs::Plan>, init: &Init, during: &'static str) -> Result<Option<Msg>, Error> {
+fn expect(
+    sock: &OwnedFd,
+    plan: Option<&rootfs::Plan>,
+    init: &Init,
+    during: &'static str,
+) -> Result<Option<Msg>, Error> {
     match init::recv(sock.as_raw_fd()) {
         Ok(Some(m)) if m.tag == tag::FAIL => Err(describe(Fail::from_msg(m), plan, init)),
         Ok(m) => Ok(m),
@@ -764,7 +915,14 @@ fn expect(sock: &OwnedFd, plan: Option<&rootfs::Plan>, init: &Init, during: &'st
 }
 
 fn send(sock: &OwnedFd, t: u32) -> Result<(), Error> {
-    init::send(sock.as_raw_fd(), Msg { tag: t, ..Default::default() }).map_err(|_| Error::InitDied("create"))
+    init::send(
+        sock.as_raw_fd(),
+        Msg {
+            tag: t,
+            ..Default::default()
+        },
+    )
+    .map_err(|_| Error::InitDied("create"))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -780,7 +938,11 @@ fn create_in(
     let linux = spec.linux().clone().unwrap_or_default();
     let process = spec.process().clone().unwrap_or_default();
     let mut namespaces = linux.namespaces().clone().unwrap_or_default();
-    if !crate::dirs::is_root() && !namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::User) {
+    if !crate::dirs::is_root()
+        && !namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::User)
+    {
         // Unprivileged, nothing works without one: add it rather than fail.
         let mut user = oci_spec::runtime::LinuxNamespace::default();
         user.set_typ(LinuxNamespaceType::User);
@@ -806,7 +968,10 @@ fn create_in(
     }
     let new_userns = flags & libc::CLONE_NEWUSER != 0;
     if flags & libc::CLONE_NEWNS == 0 {
-        return Err(Error::config("linux.namespaces", "warren needs a new mount namespace (type \"mount\")"));
+        return Err(Error::config(
+            "linux.namespaces",
+            "warren needs a new mount namespace (type \"mount\")",
+        ));
     }
     let (clone_flags, unshare) = if user_joined {
         if flags & libc::CLONE_NEWPID != 0 {
@@ -831,20 +996,31 @@ fn create_in(
     } else {
         None
     };
-    let plan = rootfs::Plan::new(spec, rootfs_path, bundle, new_userns || user_joined)
-        .map_err(|reason| Error::Config { file: bundle.join("config.json"), reason })?;
+    let plan = rootfs::Plan::new(spec, rootfs_path, bundle, new_userns || user_joined).map_err(
+        |reason| Error::Config {
+            file: bundle.join("config.json"),
+            reason,
+        },
+    )?;
     let setgroups = !maps.as_ref().is_some_and(|m| m.deny_setgroups);
     let proc_plan = process_plan(&process, setgroups)?;
     let seccomp = match linux.seccomp() {
         Some(profile) => Some(seccomp::compile(profile)?),
         None => None,
     };
-    let console = match (proc_plan.terminal, opts.console_fd.take(), &opts.console_socket) {
+    let console = match (
+        proc_plan.terminal,
+        opts.console_fd.take(),
+        &opts.console_socket,
+    ) {
         (false, _, _) => None,
         (true, Some(fd), _) => Some(fd),
         (true, None, Some(path)) => Some(connect_console(path)?),
         (true, None, None) => {
-            return Err(Error::config("process.terminal", "a terminal needs --console-socket"));
+            return Err(Error::config(
+                "process.terminal",
+                "a terminal needs --console-socket",
+            ));
         }
     };
     let fifo = if opts.start {
@@ -857,28 +1033,42 @@ fn create_in(
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o622))
             .map_err(Error::io(format!("chmod {}", path.display())))?;
         let o = |p: &Path, f| {
-            nix::fcntl::open(p, f | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-                .map_err(|e| Error::io(format!("open {}", p.display()))(e.into()))
+            nix::fcntl::open(
+                p,
+                f | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| Error::io(format!("open {}", p.display()))(e.into()))
         };
         Some((
             o(&path, nix::fcntl::OFlag::O_PATH)?,
-            o(Path::new("/proc"), nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY)?,
+            o(
+                Path::new("/proc"),
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+            )?,
         ))
     };
-    let uts = flags & libc::CLONE_NEWUTS != 0 || namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::Uts);
+    let uts = flags & libc::CLONE_NEWUTS != 0
+        || namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Uts);
     let hostname = match spec.hostname() {
         Some(h) if !h.is_empty() => {
             if !uts {
                 return Err(Error::config("hostname", "needs a uts namespace"));
             }
-            Some(CString::new(h.as_str()).map_err(|_| Error::config("hostname", "contains a NUL byte"))?)
+            Some(
+                CString::new(h.as_str())
+                    .map_err(|_| Error::config("hostname", "contains a NUL byte"))?,
+            )
         }
         _ => None,
     };
     let domainname = match spec.domainname() {
-        Some(h) if !h.is_empty() && uts => {
-            Some(CString::new(h.as_str()).map_err(|_| Error::config("domainname", "contains a NUL byte"))?)
-        }
+        Some(h) if !h.is_empty() && uts => Some(
+            CString::new(h.as_str())
+                .map_err(|_| Error::config("domainname", "contains a NUL byte"))?,
+        ),
         _ => None,
     };
     let hooks = spec.hooks().as_ref();
@@ -890,8 +1080,15 @@ fn create_in(
                 h.prestart().as_ref().is_some_and(|v| !v.is_empty())
             }
     });
-    let cgroups_path = linux.cgroups_path().as_ref().map(|p| p.to_string_lossy().into_owned());
-    let cg = cgroup::Cgroup::create(&record.id, linux.resources().as_ref(), cgroups_path.as_deref())?;
+    let cgroups_path = linux
+        .cgroups_path()
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned());
+    let cg = cgroup::Cgroup::create(
+        &record.id,
+        linux.resources().as_ref(),
+        cgroups_path.as_deref(),
+    )?;
     record.cgroup = Some(cg);
     dir.save(record)?;
 
@@ -934,7 +1131,8 @@ fn create_in(
     loop {
         match expect(&sock, plan, &init, "create")? {
             Some(m) if m.tag == tag::HOOKS => {
-                let st = serde_json::to_vec(&State::of(record, ContainerState::Creating)).unwrap_or_default();
+                let st = serde_json::to_vec(&State::of(record, ContainerState::Creating))
+                    .unwrap_or_default();
                 if let Some(h) = hooks {
                     #[allow(deprecated)]
                     hooks::run_all("prestart", h.prestart().as_ref(), &st)?;
@@ -950,7 +1148,8 @@ fn create_in(
     record.status = ContainerState::Created;
     dir.save(record)?;
     if let Some(p) = &opts.pid_file {
-        crate::atomic::write(p, pid.to_string().as_bytes()).map_err(Error::io(format!("write {}", p.display())))?;
+        crate::atomic::write(p, pid.to_string().as_bytes())
+            .map_err(Error::io(format!("write {}", p.display())))?;
     }
     send(&sock, tag::ACK)?;
     match expect(&sock, plan, &init, "create")? {
@@ -960,10 +1159,14 @@ fn create_in(
     if opts.start {
         // EOF: the exec happened (the socket is close-on-exec); a message: it failed.
         if let Some(m) = expect(&sock, plan, &init, "exec")? {
-            return Err(Error::Init { what: format!("unexpected message {}", m.tag), errno: nix::errno::Errno::EPROTO });
+            return Err(Error::Init {
+                what: format!("unexpected message {}", m.tag),
+                errno: nix::errno::Errno::EPROTO,
+            });
         }
         if let Some(h) = hooks {
-            let st = serde_json::to_vec(&State::of(record, ContainerState::Running)).unwrap_or_default();
+            let st =
+                serde_json::to_vec(&State::of(record, ContainerState::Running)).unwrap_or_default();
             hooks::run_all("poststart", h.poststart().as_ref(), &st)?;
         }
     }
@@ -1000,11 +1203,20 @@ fn exec_in(c: &Container, process: &Process, opts: &mut ExecOptions) -> Result<E
         .map(|s| s.trim() != "deny")
         .unwrap_or(true);
     let proc_plan = process_plan(process, setgroups)?;
-    let console = match (proc_plan.terminal, opts.console_fd.take(), &opts.console_socket) {
+    let console = match (
+        proc_plan.terminal,
+        opts.console_fd.take(),
+        &opts.console_socket,
+    ) {
         (false, _, _) => None,
         (true, Some(fd), _) => Some(fd),
         (true, None, Some(path)) => Some(connect_console(path)?),
-        (true, None, None) => return Err(Error::config("process.terminal", "a terminal needs --console-socket")),
+        (true, None, None) => {
+            return Err(Error::config(
+                "process.terminal",
+                "a terminal needs --console-socket",
+            ));
+        }
     };
     let mut init = Init {
         join,
@@ -1049,7 +1261,8 @@ fn exec_in(c: &Container, process: &Process, opts: &mut ExecOptions) -> Result<E
     }
     apply_limits(target, process)?;
     if let Some(p) = &opts.pid_file {
-        crate::atomic::write(p, target.to_string().as_bytes()).map_err(Error::io(format!("write {}", p.display())))?;
+        crate::atomic::write(p, target.to_string().as_bytes())
+            .map_err(Error::io(format!("write {}", p.display())))?;
     }
     // The grandchild waits for nothing more; EOF when it execs.
     if let Some(m) = expect(&sock, None, &init, "exec")? {

@@ -257,12 +257,36 @@ struct DefaultDev {
 }
 
 const DEFAULT_DEVICES: &[DefaultDev] = &[
-    DefaultDev { path: "/dev/null", major: 1, minor: 3 },
-    DefaultDev { path: "/dev/zero", major: 1, minor: 5 },
-    DefaultDev { path: "/dev/full", major: 1, minor: 7 },
-    DefaultDev { path: "/dev/random", major: 1, minor: 8 },
-    DefaultDev { path: "/dev/urandom", major: 1, minor: 9 },
-    DefaultDev { path: "/dev/tty", major: 5, minor: 0 },
+    DefaultDev {
+        path: "/dev/null",
+        major: 1,
+        minor: 3,
+    },
+    DefaultDev {
+        path: "/dev/zero",
+        major: 1,
+        minor: 5,
+    },
+    DefaultDev {
+        path: "/dev/full",
+        major: 1,
+        minor: 7,
+    },
+    DefaultDev {
+        path: "/dev/random",
+        major: 1,
+        minor: 8,
+    },
+    DefaultDev {
+        path: "/dev/urandom",
+        major: 1,
+        minor: 9,
+    },
+    DefaultDev {
+        path: "/dev/tty",
+        major: 5,
+        minor: 0,
+    },
 ];
 
 impl Plan {
@@ -294,9 +318,8 @@ impl Plan {
                 } else {
                     bundle.join(&source)
                 };
-                let meta = std::fs::metadata(&src).map_err(|e| {
-                    format!("field `{field}.source`: {}: {e}", src.display())
-                })?;
+                let meta = std::fs::metadata(&src)
+                    .map_err(|e| format!("field `{field}.source`: {}: {e}", src.display()))?;
                 flags |= libc::MS_BIND;
                 (src, !meta.is_dir())
             } else {
@@ -331,7 +354,8 @@ impl Plan {
             ));
             let data = (!data.is_empty()).then(|| data.join(","));
             mounts.push(MountOp {
-                target: Inside::new(dest).map_err(|e| format!("field `{field}.destination`: {e}"))?,
+                target: Inside::new(dest)
+                    .map_err(|e| format!("field `{field}.destination`: {e}"))?,
                 file,
                 kind,
                 source: cstring(&source, &field)?,
@@ -368,7 +392,9 @@ impl Plan {
                 LinuxDeviceType::B => libc::S_IFBLK,
                 LinuxDeviceType::P => libc::S_IFIFO,
                 LinuxDeviceType::A => {
-                    return Err(format!("field `{field}.type`: `a` is not a device node type"));
+                    return Err(format!(
+                        "field `{field}.type`: `a` is not a device node type"
+                    ));
                 }
             };
             if !d.path().is_absolute() {
@@ -420,7 +446,11 @@ impl Plan {
             masked: list(linux.masked_paths(), "linux.maskedPaths")?,
             readonly: list(linux.readonly_paths(), "linux.readonlyPaths")?,
             sysctl,
-            readonly_root: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
+            readonly_root: spec
+                .root()
+                .as_ref()
+                .and_then(|r| r.readonly())
+                .unwrap_or(false),
             descriptions,
         })
     }
@@ -434,7 +464,8 @@ impl Plan {
         } else {
             self.root_propagation | libc::MS_REC
         };
-        mount(None, c"/", None, root_flags, None).map_err(|e| Fail::new(Step::RootPropagation, e, 0))?;
+        mount(None, c"/", None, root_flags, None)
+            .map_err(|e| Fail::new(Step::RootPropagation, e, 0))?;
         mount(
             Some(&self.rootfs),
             &self.rootfs,
@@ -467,19 +498,31 @@ impl Plan {
             let res = match m.kind {
                 Kind::Bind => mount(Some(&m.source), t, None, m.flags, None).map(|()| m.remount),
                 Kind::Fs | Kind::Virtual => {
-                    match mount(Some(&m.source), t, Some(&m.fstype), m.flags, m.data.as_deref()) {
+                    match mount(
+                        Some(&m.source),
+                        t,
+                        Some(&m.fstype),
+                        m.flags,
+                        m.data.as_deref(),
+                    ) {
                         Err(e)
                             if m.kind == Kind::Virtual
                                 && matches!(e, libc::EPERM | libc::EINVAL | libc::EBUSY) =>
                         {
-                            mount(Some(&m.fallback), t, None, libc::MS_BIND | libc::MS_REC, None)
-                                .map(|()| {
-                                    m.flags
-                                        & (libc::MS_RDONLY
-                                            | libc::MS_NOSUID
-                                            | libc::MS_NODEV
-                                            | libc::MS_NOEXEC)
-                                })
+                            mount(
+                                Some(&m.fallback),
+                                t,
+                                None,
+                                libc::MS_BIND | libc::MS_REC,
+                                None,
+                            )
+                            .map(|()| {
+                                m.flags
+                                    & (libc::MS_RDONLY
+                                        | libc::MS_NOSUID
+                                        | libc::MS_NODEV
+                                        | libc::MS_NOEXEC)
+                            })
                         }
                         other => other.map(|()| 0),
                     }
@@ -510,11 +553,18 @@ impl Plan {
             res.map_err(fail)?;
         }
         for (i, d) in self.devices.iter().enumerate() {
-            self.device(root, d).map_err(|e| Fail::new(Step::Device, e, i as u32))?;
+            self.device(root, d)
+                .map_err(|e| Fail::new(Step::Device, e, i as u32))?;
         }
         if self.dev_links {
-            let dev = sys::openat2_raw(root, c"dev", libc::O_PATH | libc::O_DIRECTORY, 0, RESOLVE_IN_ROOT)
-                .map_err(|e| Fail::new(Step::Device, errno(e), u32::MAX))?;
+            let dev = sys::openat2_raw(
+                root,
+                c"dev",
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+                RESOLVE_IN_ROOT,
+            )
+            .map_err(|e| Fail::new(Step::Device, errno(e), u32::MAX))?;
             for (name, to) in [
                 (c"fd", c"/proc/self/fd"),
                 (c"stdin", c"/proc/self/fd/0"),
@@ -607,13 +657,22 @@ impl Plan {
     }
 
     pub fn masked_path(&self, i: usize) -> String {
-        self.masked.get(i).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+        self.masked
+            .get(i)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
     pub fn readonly_path(&self, i: usize) -> String {
-        self.readonly.get(i).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into())
+        self.readonly
+            .get(i)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".into())
     }
     pub fn sysctl_path(&self, i: usize) -> String {
-        self.sysctl.get(i).map(|p| p.0.to_string_lossy().into_owned()).unwrap_or_default()
+        self.sysctl
+            .get(i)
+            .map(|p| p.0.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
     pub fn device_path(&self, i: usize) -> String {
         self.devices
@@ -635,8 +694,14 @@ impl Inside {
                 match sys::openat2_raw(root, full, libc::O_PATH, 0, RESOLVE_IN_ROOT) {
                     Ok(fd) => close(fd),
                     Err(_) => {
-                        let dir = sys::openat2_raw(root, pp, libc::O_PATH | libc::O_DIRECTORY, 0, RESOLVE_IN_ROOT)
-                            .map_err(errno)?;
+                        let dir = sys::openat2_raw(
+                            root,
+                            pp,
+                            libc::O_PATH | libc::O_DIRECTORY,
+                            0,
+                            RESOLVE_IN_ROOT,
+                        )
+                        .map_err(errno)?;
                         // SAFETY: valid fd and C string.
                         let r = unsafe { libc::mkdirat(dir, nn.as_ptr(), 0o755) };
                         let e = last_errno();
@@ -648,15 +713,23 @@ impl Inside {
                 }
             }
         }
-        let dir = sys::openat2_raw(root, parent, libc::O_PATH | libc::O_DIRECTORY, 0, RESOLVE_IN_ROOT)
-            .map_err(errno)?;
+        let dir = sys::openat2_raw(
+            root,
+            parent,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+            RESOLVE_IN_ROOT,
+        )
+        .map_err(errno)?;
         Ok((dir, name))
     }
 }
 
 /// The calling thread's errno.
 pub fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 pub fn errno(e: std::io::Error) -> i32 {
@@ -718,7 +791,13 @@ fn remount_ro(path: &CStr) -> Result<(), i32> {
     let fd = sys::openat2_raw(libc::AT_FDCWD, path, libc::O_PATH, 0, 0).map_err(errno)?;
     let locked = locked_flags(fd);
     close(fd);
-    mount(None, path, None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | locked, None)
+    mount(
+        None,
+        path,
+        None,
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | locked,
+        None,
+    )
 }
 
 fn readonly(path: &CStr) -> Result<(), i32> {
@@ -736,7 +815,13 @@ fn mask(path: &CStr) -> Result<(), i32> {
         return if e == libc::ENOENT { Ok(()) } else { Err(e) };
     }
     if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-        mount(Some(c"tmpfs"), path, Some(c"tmpfs"), libc::MS_RDONLY, Some(c"size=0k"))
+        mount(
+            Some(c"tmpfs"),
+            path,
+            Some(c"tmpfs"),
+            libc::MS_RDONLY,
+            Some(c"size=0k"),
+        )
     } else {
         mount(Some(c"/dev/null"), path, None, libc::MS_BIND, None)
     }

@@ -11,10 +11,7 @@ pub fn load_bundle(bundle: &Path) -> Result<Spec, Error> {
         what: format!("read {}", path.display()),
         source: e,
     })?;
-    parse(&text).map_err(|reason| Error::Config {
-        file: path,
-        reason,
-    })
+    parse(&text).map_err(|reason| Error::Config { file: path, reason })
 }
 
 /// Parses a config, naming the field (as a JSON path) that failed, then checks it.
@@ -48,7 +45,9 @@ pub fn validate(spec: &Spec) -> Result<(), String> {
     }
     for (i, env) in process.env().iter().flatten().enumerate() {
         if !env.contains('=') {
-            return Err(format!("field `process.env[{i}]`: {env:?} is not KEY=VALUE"));
+            return Err(format!(
+                "field `process.env[{i}]`: {env:?} is not KEY=VALUE"
+            ));
         }
     }
     let root = spec.root().as_ref().ok_or("field `root`: missing")?;

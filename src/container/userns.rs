@@ -45,7 +45,10 @@ fn subid_range(file: &str, name: &str, id: u32) -> Option<(u32, u32)> {
         if who != name && who != id.to_string() {
             return None;
         }
-        Some((f.next()?.trim().parse().ok()?, f.next()?.trim().parse().ok()?))
+        Some((
+            f.next()?.trim().parse().ok()?,
+            f.next()?.trim().parse().ok()?,
+        ))
     })
 }
 
@@ -53,7 +56,8 @@ fn covered_by(maps: &[Mapping], own: u32, sub: Option<(u32, u32)>) -> bool {
     maps.iter().all(|m| {
         (m.size == 1 && m.host == own)
             || sub.is_some_and(|(start, len)| {
-                m.host >= start && u64::from(m.host) + u64::from(m.size) <= u64::from(start) + u64::from(len)
+                m.host >= start
+                    && u64::from(m.host) + u64::from(m.size) <= u64::from(start) + u64::from(len)
             })
     })
 }
@@ -88,13 +92,23 @@ impl Maps {
             .unwrap_or_default();
         let subuid = subid_range("/etc/subuid", &name, own_uid);
         let subgid = subid_range("/etc/subgid", &name, own_gid);
-        let single = |own| vec![Mapping { container: 0, host: own, size: 1 }];
+        let single = |own| {
+            vec![Mapping {
+                container: 0,
+                host: own,
+                size: 1,
+            }]
+        };
         let (uid, gid) = if uid.is_empty() {
             // Rootless default: own id -> 0, subordinate ids -> 1..
             let extend = |own, sub: Option<(u32, u32)>| {
                 let mut v = single(own);
                 if let Some((start, len)) = sub {
-                    v.push(Mapping { container: 1, host: start, size: len.min(65536) });
+                    v.push(Mapping {
+                        container: 1,
+                        host: start,
+                        size: len.min(65536),
+                    });
                 }
                 v
             };
@@ -104,11 +118,27 @@ impl Maps {
         };
         let simple = |m: &[Mapping], own| m.len() == 1 && m[0].host == own && m[0].size == 1;
         if simple(&uid, own_uid) && simple(&gid, own_gid) {
-            return Ok((Maps { uid, gid, deny_setgroups: true, helper: false }, None));
+            return Ok((
+                Maps {
+                    uid,
+                    gid,
+                    deny_setgroups: true,
+                    helper: false,
+                },
+                None,
+            ));
         }
         let have_helpers = which("newuidmap") && which("newgidmap");
         if have_helpers && covered_by(&uid, own_uid, subuid) && covered_by(&gid, own_gid, subgid) {
-            return Ok((Maps { uid, gid, deny_setgroups: false, helper: true }, None));
+            return Ok((
+                Maps {
+                    uid,
+                    gid,
+                    deny_setgroups: false,
+                    helper: true,
+                },
+                None,
+            ));
         }
         let why = if !have_helpers {
             "newuidmap/newgidmap are missing (apt-get install uidmap)".to_owned()
@@ -179,7 +209,11 @@ fn helper(tool: &str, pid: i32, maps: &[Mapping]) -> Result<(), Error> {
     let mut cmd = Command::new(tool);
     cmd.arg(pid.to_string());
     for m in maps {
-        cmd.args([m.container.to_string(), m.host.to_string(), m.size.to_string()]);
+        cmd.args([
+            m.container.to_string(),
+            m.host.to_string(),
+            m.size.to_string(),
+        ]);
     }
     let out = cmd.output().map_err(|source| Error::Io {
         what: format!("run {tool}"),

@@ -7,9 +7,9 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "ls", "id", "hostname", "true", "false", "sleep", "mount", "ps",
-    "grep", "head", "tty", "ulimit", "touch", "mkdir", "kill", "wc", "stat", "env", "test",
-    "readlink", "printf", "wait", "trap",
+    "sh", "echo", "cat", "ls", "id", "hostname", "true", "false", "sleep", "mount", "ps", "grep",
+    "head", "tty", "ulimit", "touch", "mkdir", "kill", "wc", "stat", "env", "test", "readlink",
+    "printf", "wait", "trap",
 ];
 
 /// Creates `dir` as a busybox rootfs.
