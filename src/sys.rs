@@ -806,3 +806,23 @@ pub fn set_link_up(name: &CStr) -> io::Result<()> {
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } as libc::c_long)
         .map(drop)
 }
+
+/// `setresuid(2)` as a raw syscall. glibc's wrapper broadcasts the change to every thread
+/// it knows of, which after a raw clone in a multithreaded process waits forever for
+/// threads that do not exist in the child: use this between clone and exec.
+pub fn setresuid_raw(uid: libc::uid_t) -> io::Result<()> {
+    // SAFETY: plain integers.
+    check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(drop)
+}
+
+/// `setresgid(2)` as a raw syscall (see [`setresuid_raw`]).
+pub fn setresgid_raw(gid: libc::gid_t) -> io::Result<()> {
+    // SAFETY: plain integers.
+    check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) }).map(drop)
+}
+
+/// `setgroups(2)` as a raw syscall (see [`setresuid_raw`]).
+pub fn setgroups_raw(groups: &[libc::gid_t]) -> io::Result<()> {
+    // SAFETY: valid array of the given length.
+    check(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) }).map(drop)
+}

@@ -409,21 +409,12 @@ impl Init {
             }
         }
         if p.setgroups {
-            // SAFETY: valid array of the given length.
-            if unsafe { libc::setgroups(p.groups.len(), p.groups.as_ptr()) } < 0 {
-                return Err(Fail::new(Step::Groups, last_errno(), 0));
-            }
+            sys::setgroups_raw(&p.groups).map_err(|e| Fail::new(Step::Groups, errno(e), 0))?;
         } else if !p.groups.is_empty() {
             return Err(Fail::new(Step::Groups, libc::EPERM, 1));
         }
-        // SAFETY: plain integers.
-        if unsafe { libc::setresgid(p.gid, p.gid, p.gid) } < 0 {
-            return Err(Fail::new(Step::Setgid, last_errno(), p.gid));
-        }
-        // SAFETY: plain integers.
-        if unsafe { libc::setresuid(p.uid, p.uid, p.uid) } < 0 {
-            return Err(Fail::new(Step::Setuid, last_errno(), p.uid));
-        }
+        sys::setresgid_raw(p.gid).map_err(|e| Fail::new(Step::Setgid, errno(e), p.gid))?;
+        sys::setresuid_raw(p.uid).map_err(|e| Fail::new(Step::Setuid, errno(e), p.uid))?;
         // The cwd may only be reachable as the target user.
         // SAFETY: valid C string.
         if unsafe { libc::chdir(p.cwd.as_ptr()) } < 0 {
@@ -595,14 +586,8 @@ fn msg(tag: u32) -> Msg {
 
 /// After the parent wrote the id maps: uid/gid 0 of the new user namespace.
 fn become_root() -> Result<(), Fail> {
-    // SAFETY: plain integers.
-    if unsafe { libc::setresgid(0, 0, 0) } < 0 {
-        return Err(Fail::new(Step::Setgid, last_errno(), 0));
-    }
-    // SAFETY: plain integers.
-    if unsafe { libc::setresuid(0, 0, 0) } < 0 {
-        return Err(Fail::new(Step::Setuid, last_errno(), 0));
-    }
+    sys::setresgid_raw(0).map_err(|e| Fail::new(Step::Setgid, errno(e), 0))?;
+    sys::setresuid_raw(0).map_err(|e| Fail::new(Step::Setuid, errno(e), 0))?;
     Ok(())
 }
 

@@ -604,6 +604,7 @@ fn delete_id(root: &Path, id: &str, force: bool, our_child: Option<OwnedFd>) -> 
     let dir = if force {
         state::Dir::open(root, id, true)?
     } else {
+<<<<<<< HEAD
         match state::Dir::try_open(root, id)? {
             Some(d) => d,
             None => {
@@ -614,6 +615,9 @@ fn delete_id(root: &Path, id: &str, force: bool, our_child: Option<OwnedFd>) -> 
                 });
             }
         }
+=======
+        lock_briefly(root, id)?
+>>>>>>> container
     };
     let record = dir.load()?;
     if let Some(r) = &record {
@@ -656,17 +660,30 @@ fn delete_id(root: &Path, id: &str, force: bool, our_child: Option<OwnedFd>) -> 
     Ok(())
 }
 
+/// Locks a container directory, waiting up to a second: a child cloned by another thread
+/// may hold a copy of the lock for the instant before it closes foreign fds, while a
+/// create in progress holds it for longer.
+fn lock_briefly(root: &Path, id: &str) -> Result<state::Dir, Error> {
+    for _ in 0..200 {
+        if let Some(d) = state::Dir::try_open(root, id)? {
+            return Ok(d);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Err(Error::BadState {
+        id: id.to_owned(),
+        status: ContainerState::Creating,
+        op: "delete",
+    })
+}
+
 /// Deletes a container directory that has no readable record (a runtime killed before it
 /// wrote one); without `force` only when no create is still holding it.
 pub fn delete_stale(root: &Path, id: &str, force: bool) -> Result<(), Error> {
     let dir = if force {
         state::Dir::open(root, id, true)?
     } else {
-        state::Dir::try_open(root, id)?.ok_or_else(|| Error::BadState {
-            id: id.to_owned(),
-            status: ContainerState::Creating,
-            op: "delete",
-        })?
+        lock_briefly(root, id)?
     };
     let record = dir.load()?;
     cleanup(dir, record.as_ref(), None)

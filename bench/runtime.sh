@@ -1,0 +1,94 @@
+#!/bin/sh
+# warren run vs crun run vs runc run: a busybox bundle running /bin/true, rootful and
+# rootless, without seccomp and with the default profile (containers-common seccomp.json).
+# crun 1.8 refuses hybrid cgroup hosts, so everything runs inside `unshare -m` with a
+# /sys/fs/cgroup that holds only the v1 hierarchies: all three see the same host.
+# Usage: sudo bench/runtime.sh   (needs hyperfine crun runc busybox-static uidmap)
+set -eu
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+for t in hyperfine crun runc setpriv; do command -v $t >/dev/null || { echo "$t missing" >&2; exit 1; }; done
+[ -x /bin/busybox ] || { echo "apt-get install busybox-static" >&2; exit 1; }
+PROFILE=/usr/share/containers/seccomp.json
+[ -f $PROFILE ] || { echo "$PROFILE missing: apt-get install golang-github-containers-common" >&2; exit 1; }
+
+cargo build --release --bin warren >&2
+WARREN=$PWD/target/release/warren
+W=/var/tmp/warren-bench/runtime
+USER_NAME=warren-test
+id $USER_NAME >/dev/null 2>&1 || useradd --create-home --shell /bin/sh $USER_NAME
+U=$(id -u $USER_NAME); G=$(id -g $USER_NAME)
+SUB=$(awk -F: -v u=$USER_NAME '$1==u {print $2; exit}' /etc/subuid)
+[ -n "$SUB" ] || { echo "$USER_NAME has no /etc/subuid range" >&2; exit 1; }
+
+rm -rf $W; mkdir -p $W; chmod 755 $W /var/tmp/warren-bench
+mkrootfs() {
+    mkdir -p $1/bin $1/etc $1/proc $1/sys $1/dev $1/tmp
+    cp /bin/busybox $1/bin/; ln -s busybox $1/bin/true; ln -s busybox $1/bin/sh
+    echo 'root:x:0:0:root:/root:/bin/sh' > $1/etc/passwd; echo 'root:x:0:' > $1/etc/group
+}
+# config.json variants: (rootful|rootless) x (none|seccomp), from `crun spec`.
+python3 - "$W" "$U" "$G" "$SUB" "$PROFILE" <<'PY'
+import json, os, subprocess, sys
+w, uid, gid, sub, profile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+seccomp = json.load(open(profile))
+def spec(rootless):
+    out = subprocess.run(["crun", "spec"] + (["--rootless"] if rootless else []), cwd=w, capture_output=True)
+    c = json.load(open(os.path.join(w, "config.json"))); os.remove(os.path.join(w, "config.json"))
+    c["process"]["terminal"] = False
+    c["process"]["args"] = ["/bin/true"]
+    c["root"]["path"] = "rootfs"
+    if rootless:
+        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": sub, "size": 65536}]
+        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": sub, "size": 65536}]
+        c["linux"].pop("resources", None)
+    return c
+for mode in ["rootful", "rootless"]:
+    for sec in ["none", "seccomp"]:
+        d = os.path.join(w, f"{mode}-{sec}")
+        os.makedirs(d, exist_ok=True)
+        c = spec(mode == "rootless")
+        if sec == "seccomp":
+            # The containers-common profile, in OCI form.
+            s = {"defaultAction": seccomp["defaultAction"], "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+                 "syscalls": [x for x in seccomp["syscalls"] if not x.get("includes", {}).get("caps") and not x.get("excludes", {}).get("arches") and not x.get("includes", {}).get("arches") or x.get("includes", {}).get("arches") == ["amd64"]]}
+            for x in s["syscalls"]:
+                x.pop("includes", None); x.pop("excludes", None); x.pop("comment", None)
+            if "defaultErrnoRet" in seccomp: s["defaultErrnoRet"] = seccomp["defaultErrnoRet"]
+            c["linux"]["seccomp"] = s
+        else:
+            c["linux"].pop("seccomp", None)
+        json.dump(c, open(os.path.join(d, "config.json"), "w"), indent=1)
+PY
+for d in $W/rootful-*; do mkrootfs $d/rootfs; done
+for d in $W/rootless-*; do mkrootfs $d/rootfs; chown -R -h $SUB:$SUB $d/rootfs; done
+mkdir -p $W/state-root $W/state-user; chown $U:$G $W/state-user; chmod 755 $W/state-user
+
+# Inside a private mount namespace: /sys/fs/cgroup with the v1 hierarchies only.
+cat > $W/inner.sh <<INNER
+set -eu
+mount --make-rprivate /
+umount /sys/fs/cgroup/unified 2>/dev/null || true
+AS_USER="setpriv --reuid=$U --regid=$G --init-groups --"
+for mode in rootful rootless; do
+  for sec in none seccomp; do
+    B=$W/\$mode-\$sec
+    if [ \$mode = rootful ]; then P=""; R=$W/state-root; else P="\$AS_USER"; R=$W/state-user; fi
+    echo "== \$mode, seccomp: \$sec"
+    hyperfine -N --warmup 10 --runs 200 --export-json $W/\$mode-\$sec.json \\
+      -n warren "\$P $WARREN --root \$R/warren run -b \$B bench-w" \\
+      -n crun "\$P crun --root \$R/crun run -b \$B bench-c" \\
+      -n runc "\$P runc --root \$R/runc run -b \$B bench-r"
+  done
+done
+INNER
+XDG_RUNTIME_DIR=$W/state-user unshare -m sh $W/inner.sh
+python3 - $W <<'PY'
+import json, sys, glob, os
+w = sys.argv[1]
+print(f"\n{'mode':<20} {'warren ms':>10} {'crun ms':>10} {'runc ms':>10} {'warren/crun':>12} {'warren/runc':>12}")
+for f in sorted(glob.glob(os.path.join(w, "*-*.json"))):
+    r = {x["command"]: x["median"] * 1000 for x in json.load(open(f))["results"]}
+    name = os.path.basename(f)[:-5]
+    print(f"{name:<20} {r['warren']:>10.2f} {r['crun']:>10.2f} {r['runc']:>10.2f} {r['warren']/r['crun']:>12.2f} {r['warren']/r['runc']:>12.2f}")
+PY

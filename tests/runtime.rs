@@ -1,0 +1,398 @@
+//! The OCI runtime end to end, as root: real containers, asserting what the workload sees.
+
+mod common;
+#[path = "common/rootfs.rs"]
+mod rootfs;
+
+use common::{bin, ok, require_root, run, scratch};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn warren(root: &Path) -> Command {
+    let mut c = Command::new(bin("warren"));
+    c.arg("--root").arg(root);
+    c
+}
+
+/// `warren run` of `config` in a fresh bundle; returns the output.
+fn run_config(name: &str, config: &Value) -> Output {
+    require_root();
+    let dir = scratch(name);
+    let b = rootfs::bundle(dir.path(), config);
+    let root = dir.path().join("state");
+    let out = run(warren(&root).args(["run", "-b"]).arg(&b).arg(name));
+    // Foreground run cleans up after itself.
+    assert!(
+        !root.join(name).exists(),
+        "state of {name} left behind after run"
+    );
+    out
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn sh(script: &str) -> Value {
+    rootfs::config(&["sh", "-c", script])
+}
+
+#[test]
+fn workload_sees_its_namespaces_and_limits() {
+    let out = run_config(
+        "ns",
+        &sh(
+            "echo pid=$$; hostname; cat /proc/self/uid_map; grep -E '^Cap(Eff|Bnd|Amb|Inh)' /proc/self/status; \
+             ulimit -n; grep -E ' /(proc|sys|dev/pts|tmp) ' /proc/mounts | cut -d' ' -f2,3; \
+             cat /proc/kcore >/dev/null 2>&1 && echo kcore-readable; \
+             echo 1 > /proc/sys/kernel/ostype 2>/dev/null || echo sys-readonly; \
+             touch /x 2>/dev/null || echo root-readonly; touch /tmp/x && echo tmp-writable; \
+             ls /dev; grep NoNewPrivs /proc/self/status",
+        ),
+    );
+    let s = stdout(&out);
+    assert!(out.status.success(), "{out:?}");
+    assert!(s.contains("pid=1\n"), "{s}");
+    assert!(s.contains("warren-test\n"), "{s}");
+    // No user namespace: the identity map.
+    assert!(s.contains("         0          0 4294967295"), "{s}");
+    // CAP_KILL(5), CAP_NET_BIND_SERVICE(10), CAP_AUDIT_WRITE(29).
+    assert!(s.contains("CapEff:\t0000000020000420"), "{s}");
+    assert!(s.contains("CapBnd:\t0000000020000420"), "{s}");
+    // Ambient needs inheritable: only CAP_KILL is both.
+    assert!(s.contains("CapInh:\t0000000000000020"), "{s}");
+    assert!(s.contains("CapAmb:\t0000000000000020"), "{s}");
+    assert!(s.contains("\n1024\n"), "{s}");
+    for m in ["/proc proc", "/sys sysfs", "/dev/pts devpts", "/tmp tmpfs"] {
+        assert!(s.contains(m), "missing mount {m}: {s}");
+    }
+    assert!(!s.contains("kcore-readable"), "{s}");
+    assert!(s.contains("sys-readonly"), "{s}");
+    assert!(s.contains("root-readonly"), "{s}");
+    assert!(s.contains("tmp-writable"), "{s}");
+    for d in [
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx",
+    ] {
+        assert!(s.lines().any(|l| l == d), "/dev/{d} missing: {s}");
+    }
+    assert!(s.contains("NoNewPrivs:\t1"), "{s}");
+}
+
+#[test]
+fn user_namespace_maps_ids() {
+    let c = rootfs::with_userns(
+        sh("cat /proc/self/uid_map /proc/self/gid_map; id -u; stat -c %u /bin/busybox"),
+        0x200000,
+        0x200000,
+        65536,
+    );
+    let dir = scratch("userns");
+    rootfs::busybox_rootfs(&dir.path().join("rootfs"));
+    rootfs::chown_tree(&dir.path().join("rootfs"), 0x200000, 0x200000);
+    rootfs::write_config(dir.path(), &c);
+    let root = dir.path().join("state");
+    let out = ok(warren(&root)
+        .args(["run", "-b"])
+        .arg(dir.path())
+        .arg("userns"));
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["0", "2097152", "65536"], "{out}");
+    assert_eq!(lines[1], ["0", "2097152", "65536"], "{out}");
+    assert_eq!(lines[2], ["0"], "{out}");
+    // The rootfs, owned by host 0x200000, is owned by root inside.
+    assert_eq!(lines[3], ["0"], "{out}");
+}
+
+/// Spawns `warren run` of `config` and waits until its container is running.
+fn spawn_run(dir: &Path, root: &Path, id: &str, config: &Value) -> std::process::Child {
+    let b = rootfs::bundle(dir, config);
+    let mut child = warren(root)
+        .args(["run", "-b"])
+        .arg(&b)
+        .arg(id)
+        .spawn()
+        .expect("spawn warren run");
+    for _ in 0..500 {
+        let st = run(warren(root).args(["state", id]));
+        if String::from_utf8_lossy(&st.stdout).contains("\"running\"") {
+            return child;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("container {id} never ran");
+}
+
+#[test]
+fn exit_codes_and_signals_propagate() {
+    let out = run_config("exit7", &sh("exit 7"));
+    assert_eq!(out.status.code(), Some(7));
+
+    // A signal to `warren run` reaches the workload (which traps it).
+    let dir = scratch("signals");
+    let root = dir.path().join("state");
+    let mut child = spawn_run(
+        dir.path(),
+        &root,
+        "trap",
+        &sh("trap 'exit 9' TERM; while true; do sleep 0.05; done"),
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal warren");
+    assert_eq!(child.wait().expect("wait").code(), Some(9));
+
+    // Killed by a signal: 128+N, like a shell.
+    let mut child = spawn_run(
+        dir.path(),
+        &root,
+        "killed",
+        &rootfs::config(&["sleep", "100"]),
+    );
+    ok(warren(&root).args(["kill", "killed", "KILL"]));
+    assert_eq!(child.wait().expect("wait").code(), Some(137));
+    assert!(!root.join("killed").exists());
+}
+
+#[test]
+fn lifecycle_create_start_state_kill_delete() {
+    require_root();
+    let dir = scratch("lifecycle");
+    let b = rootfs::bundle(
+        dir.path(),
+        &sh("trap 'exit 3' TERM; echo up > /tmp/up; while true; do sleep 0.05; done"),
+    );
+    let root = dir.path().join("state");
+    let id = "life";
+    let state = |root: &Path| -> Value {
+        serde_json::from_str(&ok(warren(root).args(["state", id]))).expect("state json")
+    };
+    let out = run(warren(&root)
+        .args(["create", "-b"])
+        .arg(&b)
+        .arg("--pid-file")
+        .arg(dir.path().join("pid"))
+        .arg(id)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null()));
+    assert!(out.status.success(), "{out:?}");
+    let s = state(&root);
+    assert_eq!(s["status"], "created");
+    assert_eq!(s["id"], id);
+    assert_eq!(s["bundle"], json!(b.to_string_lossy()));
+    let pid: i64 = std::fs::read_to_string(dir.path().join("pid"))
+        .expect("pid file")
+        .parse()
+        .expect("pid");
+    assert_eq!(s["pid"], json!(pid));
+    // A second container with the same ID is refused.
+    let dup = run(warren(&root).args(["create", "-b"]).arg(&b).arg(id));
+    assert!(!dup.status.success());
+    assert!(
+        String::from_utf8_lossy(&dup.stderr).contains("already exists"),
+        "{dup:?}"
+    );
+    ok(warren(&root).args(["start", id]));
+    assert_eq!(state(&root)["status"], "running");
+    let list = ok(warren(&root).args(["list", "-q"]));
+    assert_eq!(list.trim(), id);
+    // Running: delete needs --force.
+    let del = run(warren(&root).args(["delete", id]));
+    assert!(!del.status.success());
+    let bad = run(warren(&root).args(["kill", id, "SIGNOPE"]));
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("unknown signal"),
+        "{bad:?}"
+    );
+    // exec joins its namespaces: pid 1 is the init, the file it wrote is there.
+    let seen = ok(warren(&root).args([
+        "exec",
+        id,
+        "--",
+        "sh",
+        "-c",
+        "cat /tmp/up; ps -o pid,args | grep -c 'while true'; hostname",
+    ]));
+    assert!(seen.starts_with("up\n"), "{seen}");
+    assert!(seen.contains("warren-test"), "{seen}");
+    ok(warren(&root).args(["kill", id, "TERM"]));
+    for _ in 0..200 {
+        if state(&root)["status"] == "stopped" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(state(&root)["status"], "stopped");
+    ok(warren(&root).args(["delete", id]));
+    assert!(!root.join(id).exists());
+    let gone = run(warren(&root).args(["state", id]));
+    assert!(!gone.status.success());
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("does not exist"),
+        "{gone:?}"
+    );
+}
+
+#[test]
+fn bad_input_is_named_and_leaves_nothing() {
+    require_root();
+    let dir = scratch("bad");
+    let root = dir.path().join("state");
+    let mut c = sh("true");
+    c["process"]["rlimits"] = json!([{"type": "RLIMIT_BOGUS", "hard": 1, "soft": 1}]);
+    let b = rootfs::bundle(dir.path(), &c);
+    let out = run(warren(&root).args(["run", "-b"]).arg(&b).arg("bad"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("process.rlimits[0].type"), "{err}");
+
+    // A mount that cannot be done: the error names it, and the ID is free afterwards.
+    let mut c = sh("true");
+    c["mounts"].as_array_mut().expect("mounts").push(json!({
+        "destination": "/data", "type": "nosuchfs", "source": "none"
+    }));
+    rootfs::write_config(&b, &c);
+    let out = run(warren(&root).args(["run", "-b"]).arg(&b).arg("bad"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("on /data (type nosuchfs)"), "{err}");
+    assert!(
+        !root.join("bad").exists(),
+        "state left after a failed create"
+    );
+
+    // A missing program: exec fails clearly, 127-style.
+    rootfs::write_config(&b, &rootfs::config(&["/bin/nonexistent"]));
+    let out = run(warren(&root).args(["run", "-b"]).arg(&b).arg("bad"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("/bin/nonexistent") && err.contains("ENOENT"),
+        "{err}"
+    );
+
+    // Missing rootfs.
+    let mut c = sh("true");
+    c["root"]["path"] = json!("nope");
+    rootfs::write_config(&b, &c);
+    let out = run(warren(&root).args(["run", "-b"]).arg(&b).arg("bad"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rootfs"),
+        "{out:?}"
+    );
+
+    // And the ID works afterwards.
+    rootfs::write_config(&b, &sh("echo fine"));
+    assert_eq!(
+        ok(warren(&root).args(["run", "-b"]).arg(&b).arg("bad")),
+        "fine\n"
+    );
+}
+
+#[test]
+fn seccomp_blocks_syscalls() {
+    let mut c = sh("grep Seccomp: /proc/self/status; mkdir /tmp/d 2>&1; echo mkdir=$?");
+    c["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]
+    });
+    let out = run_config("seccomp", &c);
+    let s = stdout(&out);
+    assert!(s.contains("Seccomp:\t2"), "{s}");
+    assert!(s.contains("Operation not permitted"), "{s}");
+    assert!(s.contains("mkdir=1"), "{s}");
+}
+
+#[test]
+fn console_socket_receives_the_pty() {
+    use std::os::unix::net::UnixListener;
+    require_root();
+    let dir = scratch("console");
+    let mut c = sh("tty; echo hello-from-pty");
+    c["process"]["terminal"] = json!(true);
+    let b = rootfs::bundle(dir.path(), &c);
+    let sock = dir.path().join("console.sock");
+    let listener = UnixListener::bind(&sock).expect("bind console socket");
+    let root = dir.path().join("state");
+    let t = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = nix::sys::socket::recvmsg::<()>(
+            std::os::fd::AsRawFd::as_raw_fd(&conn),
+            &mut iov,
+            Some(&mut cmsg),
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .expect("recvmsg");
+        let fd = msg
+            .cmsgs()
+            .expect("cmsgs")
+            .find_map(|c| match c {
+                nix::sys::socket::ControlMessageOwned::ScmRights(f) => f.first().copied(),
+                _ => None,
+            })
+            .expect("an fd");
+        // SAFETY: the fd just arrived over SCM_RIGHTS and is ours.
+        let mut master = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let mut out = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut master, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let out = run(warren(&root)
+        .args(["create", "-b"])
+        .arg(&b)
+        .arg("--console-socket")
+        .arg(&sock)
+        .arg("con"));
+    assert!(out.status.success(), "{out:?}");
+    ok(warren(&root).args(["start", "con"]));
+    let text = t.join().expect("console thread");
+    assert!(text.contains("/dev/pts/0"), "{text:?}");
+    assert!(text.contains("hello-from-pty"), "{text:?}");
+    ok(warren(&root).args(["delete", "-f", "con"]));
+}
+
+#[test]
+fn delete_force_cleans_up_after_a_killed_runtime() {
+    require_root();
+    let dir = scratch("killed");
+    let mut c = sh("true");
+    // A createRuntime hook that never finishes: the runtime is SIGKILLed while it runs.
+    c["hooks"] = json!({"createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "30"]}]});
+    let b = rootfs::bundle(dir.path(), &c);
+    let root = dir.path().join("state");
+    let mut child = warren(&root)
+        .args(["create", "-b"])
+        .arg(&b)
+        .arg("crash")
+        .spawn()
+        .expect("spawn warren");
+    for _ in 0..500 {
+        if root.join("crash/state.json").exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    child.kill().expect("kill warren");
+    child.wait().expect("reap warren");
+    assert!(root.join("crash").exists());
+    ok(warren(&root).args(["delete", "--force", "crash"]));
+    assert!(!root.join("crash").exists());
+    // The same ID works again.
+    rootfs::write_config(&b, &sh("echo again"));
+    assert_eq!(
+        ok(warren(&root).args(["run", "-b"]).arg(&b).arg("crash")),
+        "again\n"
+    );
+}

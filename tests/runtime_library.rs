@@ -1,0 +1,136 @@
+//! `warren::container` as a library in a busy multithreaded host: 200 containers created,
+//! run and deleted 8 at a time while other threads allocate; none hangs, nothing leaks.
+
+mod common;
+#[path = "common/rootfs.rs"]
+mod rootfs;
+
+use common::{require_root, scratch};
+use oci_spec::runtime::{ContainerState, Spec};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use warren::container::{Container, CreateOptions};
+
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("list fds")
+        .count()
+}
+
+fn mount_count() -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .count()
+}
+
+fn devnull() -> Option<OwnedFd> {
+    Some(OwnedFd::from(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .expect("open /dev/null"),
+    ))
+}
+
+#[test]
+fn many_threads_create_and_delete_200_containers() {
+    require_root();
+    let dir = scratch("library");
+    let rootfs_dir = dir.path().join("rootfs");
+    rootfs::busybox_rootfs(&rootfs_dir);
+    let root = dir.path().join("state");
+    let spec: Spec =
+        serde_json::from_value(rootfs::config(&["sh", "-c", "exit $((3 + 4))"])).expect("spec");
+    let (fds_before, mounts_before) = (fd_count(), mount_count());
+
+    // Abort instead of hanging forever.
+    let done = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            for _ in 0..3000 {
+                if done.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            eprintln!("library test hung for 300s");
+            std::process::abort();
+        })
+    };
+    // Threads that hold the allocator's locks as often as they can.
+    let noise: Vec<_> = (0..4)
+        .map(|_| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut n = 0usize;
+                while !done.load(Ordering::Relaxed) {
+                    let v: Vec<u8> = vec![n as u8; 1 + n % 4096];
+                    n = n.wrapping_add(v.len());
+                    drop(v);
+                }
+                n
+            })
+        })
+        .collect();
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (next, spec, root, rootfs_dir) =
+                (next.clone(), spec.clone(), root.clone(), rootfs_dir.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= 200 {
+                        return;
+                    }
+                    let id = format!("lib-{i}");
+                    let two_step = i % 10 == 0;
+                    let opts = CreateOptions {
+                        rootfs: Some(rootfs_dir.clone()),
+                        start: !two_step,
+                        stdio: [devnull(), devnull(), devnull()],
+                        ..Default::default()
+                    };
+                    let mut c = Container::create(&root, &id, &spec, opts)
+                        .unwrap_or_else(|e| panic!("create {id}: {e}"));
+                    if two_step {
+                        assert_eq!(c.status(), ContainerState::Created, "{id}");
+                        c.start().unwrap_or_else(|e| panic!("start {id}: {e}"));
+                    }
+                    assert!(c.pidfd().is_some());
+                    let status = c.wait().unwrap_or_else(|e| panic!("wait {id}: {e}"));
+                    assert_eq!(status.code(), Some(7), "{id}");
+                    assert_eq!(c.status(), ContainerState::Stopped, "{id}");
+                    c.delete(false)
+                        .unwrap_or_else(|e| panic!("delete {id}: {e}"));
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    done.store(true, Ordering::Relaxed);
+    for n in noise {
+        n.join().expect("noise thread");
+    }
+    watchdog.join().expect("watchdog");
+
+    assert_eq!(Container::list(&root).expect("list").len(), 0);
+    let left: Vec<_> = std::fs::read_dir(&root).expect("read root").collect();
+    assert!(left.is_empty(), "state left: {left:?}");
+    assert_eq!(fd_count(), fds_before, "fds leaked");
+    assert_eq!(mount_count(), mounts_before, "mounts leaked");
+    // No zombie children left.
+    let zombie = nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    assert!(
+        matches!(zombie, Err(nix::errno::Errno::ECHILD)),
+        "unreaped child: {zombie:?}"
+    );
+}

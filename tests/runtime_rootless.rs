@@ -1,0 +1,134 @@
+//! The OCI runtime as an unprivileged user: ids mapped through newuidmap/newgidmap from
+//! the user's subordinate ranges, or a single mapping when those do not cover the config.
+
+mod common;
+#[path = "common/rootfs.rs"]
+mod rootfs;
+
+use common::{ROOTLESS_USER, as_rootless, bin, ensure_rootless_user, run, scratch};
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// The test user's first subordinate uid as /etc/subuid has it (useradd may have given it
+/// a default range before `ensure_rootless_user` ran).
+fn subuid_start() -> u32 {
+    ensure_rootless_user();
+    let text = std::fs::read_to_string("/etc/subuid").expect("read /etc/subuid");
+    text.lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            (f.next() == Some(ROOTLESS_USER))
+                .then(|| f.next()?.parse().ok())
+                .flatten()
+        })
+        .expect("the test user has a subuid range")
+}
+
+/// A bundle the rootless user can read, with the rootfs owned by its subuid block.
+fn rootless_bundle(name: &str, script: &str, maps: serde_json::Value) -> tempfile::TempDir {
+    let (uid, gid) = ensure_rootless_user();
+    let dir = scratch(name);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut c = rootfs::config(&["sh", "-c", script]);
+    c["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("ns")
+        .push(json!({"type": "user"}));
+    c["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("ns")
+        .retain(|n| n["type"] != "network");
+    c["linux"]["uidMappings"] = maps.clone();
+    c["linux"]["gidMappings"] = maps;
+    rootfs::bundle(dir.path(), &c);
+    rootfs::chown_tree(&dir.path().join("rootfs"), subuid_start(), subuid_start());
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown bundle");
+    dir
+}
+
+fn warren_as_user(root: &Path) -> std::process::Command {
+    let mut c = as_rootless(&bin("warren"));
+    c.arg("--root").arg(root);
+    c
+}
+
+#[test]
+fn rootless_run_maps_subordinate_ids() {
+    let dir = rootless_bundle(
+        "rootless",
+        "cat /proc/self/uid_map; id -u; stat -c %u /bin/busybox; hostname; echo pid=$$; grep CapEff /proc/self/status; touch /tmp/x && echo tmp-ok",
+        json!([{"containerID": 0, "hostID": subuid_start(), "size": 65536}]),
+    );
+    let root = dir.path().join("state");
+    let out = run(warren_as_user(&root)
+        .args(["run", "-b"])
+        .arg(dir.path())
+        .arg("rl"));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let first: Vec<&str> = s.lines().next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(first, ["0", &subuid_start().to_string(), "65536"], "{s}");
+    assert!(s.contains("\n0\n0\nwarren-test\npid=1\n"), "{s}");
+    assert!(s.contains("CapEff:\t0000000020000420"), "{s}");
+    assert!(s.contains("tmp-ok"), "{s}");
+    assert!(!root.join("rl").exists());
+}
+
+#[test]
+fn rootless_lifecycle() {
+    let dir = rootless_bundle(
+        "rootless-life",
+        "trap 'exit 0' TERM; while true; do sleep 0.05; done",
+        json!([{"containerID": 0, "hostID": subuid_start(), "size": 65536}]),
+    );
+    let root = dir.path().join("state");
+    let w = || warren_as_user(&root);
+    let out = run(w()
+        .args(["create", "-b"])
+        .arg(dir.path())
+        .arg("rlc")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null()));
+    assert!(out.status.success(), "{out:?}");
+    let st = run(w().args(["state", "rlc"]));
+    assert!(
+        String::from_utf8_lossy(&st.stdout).contains("\"created\""),
+        "{st:?}"
+    );
+    assert!(run(w().args(["start", "rlc"])).status.success());
+    let ex = run(w().args(["exec", "rlc", "--", "cat", "/proc/self/uid_map"]));
+    assert!(
+        String::from_utf8_lossy(&ex.stdout).contains(&format!(" {} ", subuid_start())),
+        "{ex:?}"
+    );
+    let del = run(w().args(["delete", "-f", "rlc"]));
+    assert!(del.status.success(), "{del:?}");
+    assert!(!root.join("rlc").exists());
+}
+
+#[test]
+fn rootless_falls_back_to_a_single_mapping() {
+    // Ids outside the user's subordinate range: warren says so and maps only itself.
+    let (uid, _) = ensure_rootless_user();
+    let dir = rootless_bundle(
+        "rootless-fallback",
+        "cat /proc/self/uid_map",
+        json!([{"containerID": 0, "hostID": 0x700000, "size": 65536}]),
+    );
+    // The fallback maps the user itself to root: give it the rootfs.
+    rootfs::chown_tree(&dir.path().join("rootfs"), uid, uid);
+    let root = dir.path().join("state");
+    let out = run(warren_as_user(&root)
+        .args(["run", "-b"])
+        .arg(dir.path())
+        .arg("fb"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(err.contains("falling back to a single mapping"), "{err}");
+    let map: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(map, ["0".to_owned(), uid.to_string(), "1".to_owned()]);
+}
