@@ -92,8 +92,8 @@ jq -n \
   "",
   "import   warren \(mbs($wi)) MB/s   casync \(mbs($ci)) MB/s   tar|zstd -3 -T2 \(mbs($ti)) MB/s",
   "         warren/casync throughput: \(r($ci / $wi))x (target >= 3)",
-  "extract  warren \(mbs($we)) MB/s (syncfs)  \(mbs($wen)) MB/s (--no-sync)   casync \(mbs($ce)) MB/s   zstd -dc|tar -x \(mbs($te)) MB/s",
-  "         warren/casync throughput: \(r($ce / $we))x (syncfs), \(r($ce / $wen))x (--no-sync) (target >= 2)",
-  "         warren/tar throughput:    \(r($te / $we))x (syncfs), \(r($te / $wen))x (--no-sync) (target >= 1)",
+  "extract  warren \(mbs($we)) MB/s (synced)  \(mbs($wen)) MB/s (--no-sync)   casync \(mbs($ce)) MB/s   zstd -dc|tar -x \(mbs($te)) MB/s",
+  "         warren/casync throughput: \(r($ce / $we))x (synced), \(r($ce / $wen))x (--no-sync) (target >= 2)",
+  "         warren/tar throughput:    \(r($te / $we))x (synced), \(r($te / $wen))x (--no-sync) (target >= 1)",
   "store    base: warren \($wsb / 1048576 * 10 | round / 10) MiB   casync \($csb / 1048576 * 10 | round / 10) MiB   tar.zst \($tarb / 1048576 * 10 | round / 10) MiB   (warren/casync \(r($wsb / $csb)), target <= 1)",
   "         variant adds: warren \($wsa / 1048576 * 10 | round / 10) MiB   casync \($csa / 1048576 * 10 | round / 10) MiB   (warren/casync \(r($wsa / $csa)), target <= 0.8)"'
