@@ -205,6 +205,9 @@ pub struct ImportOptions {
     pub progress: Option<std::sync::Arc<Progress>>,
     /// Opaque config blob stored with the image.
     pub config: Option<Vec<u8>>,
+    /// Skip making the chunks durable before the index is published (see
+    /// [`ImageWriter::set_sync`]).
+    pub no_sync: bool,
 }
 
 /// Whole-store figures for `warren store stats`.
@@ -378,6 +381,7 @@ impl Store {
         ImageName::parse(name)?;
         let progress = opts.progress.clone().unwrap_or_default();
         let mut w = ImageWriter::with_progress(self.clone(), progress)?;
+        w.set_sync(!opts.no_sync);
         archive::walk(dir, &mut w)?;
         w.commit(name, opts.config.clone())
     }
