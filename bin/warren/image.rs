@@ -20,6 +20,10 @@ pub enum Command {
         /// NAME[:TAG] (the tag defaults to latest).
         #[arg(long)]
         name: String,
+        /// Publish without waiting for the disk (faster; a machine crash may lose chunks,
+        /// which `warren store verify` reports and a re-import repairs).
+        #[arg(long)]
+        no_sync: bool,
     },
     /// Rebuild an image's tree at DEST (which must not exist, or be empty).
     Extract {
@@ -53,11 +57,12 @@ pub fn open_store(global: &Global) -> anyhow::Result<Store> {
 pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
     let store = open_store(global)?;
     match command {
-        Command::Import { dir, name } => {
+        Command::Import { dir, name, no_sync } => {
             let progress = Arc::new(Progress::default());
             let opts = ImportOptions {
                 progress: Some(progress.clone()),
                 config: None,
+                no_sync,
             };
             let start = Instant::now();
             let info = with_bar(global, &progress, "importing", || {

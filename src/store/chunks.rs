@@ -65,9 +65,15 @@ pub fn decode(id: &ChunkId, len: u32, data: &[u8]) -> std::result::Result<Vec<u8
     Ok(raw)
 }
 
-/// Writes compressed chunk bytes to a temporary file beside the chunk's final path.
+/// Writes compressed chunk bytes to a temporary file beside the chunk's final path
+/// (starting its writeback when it will be synced).
 /// Returns (temporary path, final path).
-pub fn write_temp(store: &Store, id: &ChunkId, compressed: &[u8]) -> Result<(PathBuf, PathBuf)> {
+pub fn write_temp(
+    store: &Store,
+    id: &ChunkId,
+    compressed: &[u8],
+    sync: bool,
+) -> Result<(PathBuf, PathBuf)> {
     let dest = store.chunk_path(id);
     let tmp = dest.with_file_name(format!(
         ".{id}.tmp.{}.{}",
@@ -77,7 +83,9 @@ pub fn write_temp(store: &Store, id: &ChunkId, compressed: &[u8]) -> Result<(Pat
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(compressed).map_err(io_err(&tmp))?;
     // Writeback starts now, so the fdatasync at commit has little left to wait for.
-    crate::sys::start_writeback(std::os::fd::AsFd::as_fd(&f)).map_err(io_err(&tmp))?;
+    if sync {
+        crate::sys::start_writeback(std::os::fd::AsFd::as_fd(&f)).map_err(io_err(&tmp))?;
+    }
     Ok((tmp, dest))
 }
 

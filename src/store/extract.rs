@@ -33,8 +33,8 @@ const BATCH_BYTES: u64 = 4 << 20;
 pub struct ExtractOptions {
     /// Map every uid/gid (and the ids in capability/ACL xattrs) while extracting.
     pub shift: Option<Shift>,
-    /// syncfs before publishing DEST, so a crash never leaves a DEST with lost data
-    /// (default true).
+    /// Sync every file and directory before publishing DEST, so a crash never leaves a
+    /// DEST with lost data (default true).
     pub sync: bool,
     /// Counters to watch while the extract runs.
     pub progress: Option<Arc<Progress>>,
@@ -107,12 +107,34 @@ pub(crate) fn extract(
         let ctx = Ctx::new(store, index, root, dest, opts);
         ctx.run()?;
         if opts.sync {
-            nix::unistd::syncfs(&ctx.root).map_err(nix_err(&partial))?;
+            // Our files and directories only (a syncfs would also wait for every other
+            // writer on the filesystem); their writeback started as they were written.
+            let (mut files, mut dirs) = (Vec::new(), vec![partial.clone()]);
+            for r in &index.records {
+                match r.entry.kind {
+                    Kind::File { .. } => files.push(partial.join(&r.entry.path)),
+                    Kind::Dir if !r.entry.path.as_os_str().is_empty() => {
+                        dirs.push(partial.join(&r.entry.path))
+                    }
+                    _ => {}
+                }
+            }
+            super::sync_many(
+                &files.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+                true,
+            )?;
+            super::sync_many(
+                &dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+                false,
+            )?;
         }
         std::fs::rename(&partial, dest).map_err(io_err(dest))?;
-        File::open(parent)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(parent))
+        if opts.sync {
+            File::open(parent)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(parent))?;
+        }
+        Ok(())
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&partial);
@@ -138,6 +160,7 @@ struct Ctx<'a> {
     /// Shown in errors instead of the temporary directory.
     dest: &'a Path,
     shift: Option<Shift>,
+    sync: bool,
     progress: Arc<Progress>,
     /// Stream offset where each chunk starts.
     starts: Vec<u64>,
@@ -171,6 +194,7 @@ impl<'a> Ctx<'a> {
             root,
             dest,
             shift: opts.shift,
+            sync: opts.sync,
             progress,
             starts,
         }
@@ -295,6 +319,10 @@ impl<'a> Ctx<'a> {
                     .map_err(io_err(&shown))?;
                     let mut file = File::from(fd);
                     self.write_content(r, &mut cache, &mut file)?;
+                    if self.sync && file_size(r) > 0 {
+                        // Start writeback now; the sync at the end then finds little to do.
+                        sys::start_writeback(file.as_fd()).map_err(io_err(&shown))?;
+                    }
                     self.set_meta_fd(e, file.as_fd())?;
                 }
                 Kind::Symlink { target } => {

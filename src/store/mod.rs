@@ -94,6 +94,40 @@ pub(crate) fn nix_err(path: impl AsRef<Path>) -> impl FnOnce(nix::Error) -> Stor
     }
 }
 
+/// fsyncs (or fdatasyncs) `paths` from several threads at once: the waits are for the
+/// disk, not the CPU.
+pub(crate) fn sync_many(paths: &[&Path], data_only: bool) -> Result<()> {
+    const THREADS: usize = 16;
+    let per = paths.len().div_ceil(THREADS).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = paths
+            .chunks(per)
+            .map(|part| {
+                s.spawn(move || -> Result<()> {
+                    for p in part {
+                        let f = File::open(p).map_err(io_err(p))?;
+                        let synced = if data_only {
+                            f.sync_data()
+                        } else {
+                            f.sync_all()
+                        };
+                        synced.map_err(io_err(p))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(StoreError::Entry {
+                    path: PathBuf::new(),
+                    reason: "a sync thread panicked".into(),
+                })
+            })
+        })
+    })
+}
+
 /// Live counters of an import or extract, for progress bars (read them from another
 /// thread while the work runs).
 #[derive(Debug, Default)]
@@ -174,6 +208,9 @@ pub struct ImportOptions {
     pub progress: Option<std::sync::Arc<Progress>>,
     /// Opaque config blob stored with the image.
     pub config: Option<Vec<u8>>,
+    /// Skip making the chunks durable before the index is published (see
+    /// [`ImageWriter::set_sync`]).
+    pub no_sync: bool,
 }
 
 /// Whole-store figures for `warren store stats`.
@@ -347,6 +384,7 @@ impl Store {
         ImageName::parse(name)?;
         let progress = opts.progress.clone().unwrap_or_default();
         let mut w = ImageWriter::with_progress(self.clone(), progress)?;
+        w.set_sync(!opts.no_sync);
         archive::walk(dir, &mut w)?;
         w.commit(name, opts.config.clone())
     }

@@ -32,6 +32,8 @@ pub const ZSTD_LEVEL: i32 = 8;
 
 struct Shared {
     store: Store,
+    /// Make chunks and index durable before publishing (see `ImageWriter::set_sync`).
+    sync: std::sync::atomic::AtomicBool,
     progress: Arc<Progress>,
     error: Mutex<Option<StoreError>>,
     /// New chunks written so far: (temporary path, final path).
@@ -84,6 +86,7 @@ impl ImageWriter {
         let lock = store.lock(false)?;
         let shared = Arc::new(Shared {
             store,
+            sync: std::sync::atomic::AtomicBool::new(true),
             progress,
             error: Mutex::new(None),
             pending: Mutex::new(Vec::new()),
@@ -114,6 +117,16 @@ impl ImageWriter {
             workers,
             broken: false,
         })
+    }
+
+    /// With `false`, commit publishes without waiting for the disk (like casync): a crash
+    /// of the machine (not of the process) may then leave an index naming chunks that
+    /// were never written; `warren store verify` finds them and a re-import repairs.
+    /// Default `true`. Set it before adding content.
+    pub fn set_sync(&mut self, sync: bool) {
+        self.shared
+            .sync
+            .store(sync, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The live counters of this import.
@@ -317,7 +330,10 @@ impl ImageWriter {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        publish_chunks(&pending)?;
+        publish_chunks(
+            &pending,
+            self.shared.sync.load(std::sync::atomic::Ordering::Relaxed),
+        )?;
         let path = store.images_dir().join(image.rel_path());
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(io_err(parent))?;
@@ -416,11 +432,17 @@ impl ImageWriter {
 
 /// Makes new chunks durable, then gives them their final names, durably. Only our own
 /// files are synced (a syncfs would also wait for everything else on the filesystem).
-fn publish_chunks(pending: &[(PathBuf, PathBuf)]) -> Result<()> {
+fn publish_chunks(pending: &[(PathBuf, PathBuf)], sync: bool) -> Result<()> {
+    if !sync {
+        for (tmp, dest) in pending {
+            fs::rename(tmp, dest).map_err(io_err(dest))?;
+        }
+        return Ok(());
+    }
     // Their writeback started as they were written; what is left is mostly journal
     // commits, which concurrent syncs share.
     let temps: Vec<&Path> = pending.iter().map(|(t, _)| t.as_path()).collect();
-    sync_many(&temps, true)?;
+    super::sync_many(&temps, true)?;
     let mut dirs = HashSet::new();
     for (tmp, dest) in pending {
         fs::rename(tmp, dest).map_err(io_err(dest))?;
@@ -428,6 +450,7 @@ fn publish_chunks(pending: &[(PathBuf, PathBuf)]) -> Result<()> {
             dirs.insert(d);
         }
     }
+<<<<<<< HEAD
     sync_many(&dirs.into_iter().collect::<Vec<_>>(), false)
 }
 
@@ -463,6 +486,9 @@ fn sync_many(paths: &[&Path], data_only: bool) -> Result<()> {
             })
         })
     })
+=======
+    super::sync_many(&dirs.into_iter().collect::<Vec<_>>(), false)
+>>>>>>> store
 }
 
 impl Drop for ImageWriter {
@@ -533,7 +559,15 @@ fn worker(rx: &Mutex<Receiver<(ChunkId, Vec<u8>)>>, shared: &Shared) {
         let written = compressor
             .compress(&data)
             .map_err(io_err(&dest))
-            .and_then(|z| chunks::write_temp(&shared.store, &id, &z).map(|paths| (paths, z.len())));
+            .and_then(|z| {
+                chunks::write_temp(
+                    &shared.store,
+                    &id,
+                    &z,
+                    shared.sync.load(std::sync::atomic::Ordering::Relaxed),
+                )
+                .map(|paths| (paths, z.len()))
+            });
         match written {
             Ok((paths, stored)) => {
                 let p = &shared.progress;
