@@ -88,16 +88,37 @@ fn fixture(root: &Path) {
     std::os::unix::fs::symlink("../etc/small", root.join("tmp/rel")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", root.join("abs")).unwrap();
     std::os::unix::fs::symlink("nowhere", root.join("dangling")).unwrap();
-    mknod(&root.join("dev/null"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(1, 3)).unwrap();
-    mknod(&root.join("dev/loop9"), SFlag::S_IFBLK, Mode::from_bits_truncate(0o660), makedev(7, 9)).unwrap();
-    mknod(&root.join("dev/fifo"), SFlag::S_IFIFO, Mode::from_bits_truncate(0o640), 0).unwrap();
+    mknod(
+        &root.join("dev/null"),
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o666),
+        makedev(1, 3),
+    )
+    .unwrap();
+    mknod(
+        &root.join("dev/loop9"),
+        SFlag::S_IFBLK,
+        Mode::from_bits_truncate(0o660),
+        makedev(7, 9),
+    )
+    .unwrap();
+    mknod(
+        &root.join("dev/fifo"),
+        SFlag::S_IFIFO,
+        Mode::from_bits_truncate(0o640),
+        0,
+    )
+    .unwrap();
     drop(std::os::unix::net::UnixListener::bind(root.join("dev/sock")).unwrap());
-    let chmod = |p: &str, m: u32| fs::set_permissions(root.join(p), fs::Permissions::from_mode(m)).unwrap();
+    let chmod =
+        |p: &str, m: u32| fs::set_permissions(root.join(p), fs::Permissions::from_mode(m)).unwrap();
     chmod("suid", 0o4755);
     chmod("tmp", 0o1777);
     chmod("etc/sub", 0o2750);
     chmod("capped", 0o750);
-    let chown = |p: &str, u: u32, g: u32| std::os::unix::fs::lchown(root.join(p), Some(u), Some(g)).unwrap();
+    let chown = |p: &str, u: u32, g: u32| {
+        std::os::unix::fs::lchown(root.join(p), Some(u), Some(g)).unwrap()
+    };
     chown("etc/big", 1000, 1001);
     chown("etc/sub", 33, 34);
     chown("abs", 7, 8);
@@ -114,7 +135,14 @@ fn fixture(root: &Path) {
     all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for (i, p) in all.iter().enumerate() {
         let t = TimeSpec::new(1_600_000_000 + i as i64 * 1000, 123_456_789 + i as i64);
-        utimensat(nix::fcntl::AT_FDCWD, p, &t, &t, UtimensatFlags::NoFollowSymlink).unwrap();
+        utimensat(
+            nix::fcntl::AT_FDCWD,
+            p,
+            &t,
+            &t,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
     }
 }
 
@@ -161,17 +189,25 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, Meta> {
         let group = if is_dir {
             String::new()
         } else {
-            inodes.entry(m.ino()).or_insert_with(|| rel.display().to_string()).clone()
+            inodes
+                .entry(m.ino())
+                .or_insert_with(|| rel.display().to_string())
+                .clone()
         };
         let (dir, name) = if rel.as_os_str().is_empty() {
             (p.clone(), OsStr::new(".").to_owned())
         } else {
-            (p.parent().unwrap().to_path_buf(), p.file_name().unwrap().to_owned())
+            (
+                p.parent().unwrap().to_path_buf(),
+                p.file_name().unwrap().to_owned(),
+            )
         };
         let dfd = fs::File::open(&dir).unwrap();
         let mut xattrs = BTreeMap::new();
         for a in warren::sys::llistxattr_at(dfd.as_fd(), &name).unwrap() {
-            let v = warren::sys::lgetxattr_at(dfd.as_fd(), &name, &a).unwrap().unwrap();
+            let v = warren::sys::lgetxattr_at(dfd.as_fd(), &name, &a)
+                .unwrap()
+                .unwrap();
             xattrs.insert(a.into_bytes(), v);
         }
         out.insert(
@@ -200,7 +236,13 @@ fn warren(store: &Path) -> Command {
 }
 
 fn chunk_ids(store: &Store, name: &str) -> BTreeSet<ChunkId> {
-    store.index(name).unwrap().chunks.iter().map(|c| c.id).collect()
+    store
+        .index(name)
+        .unwrap()
+        .chunks
+        .iter()
+        .map(|c| c.id)
+        .collect()
 }
 
 fn on_disk(store: &Path) -> BTreeSet<ChunkId> {
@@ -223,18 +265,27 @@ fn round_trip_keeps_every_entry_type_and_field() {
     let src = tmp.path().join("src");
     fixture(&src);
     let store = tmp.path().join("store");
-    let out = ok(warren(&store).args(["--json", "image", "import"]).arg(&src).args(["--name", "fixture:v1"]));
+    let out = ok(warren(&store)
+        .args(["--json", "image", "import"])
+        .arg(&src)
+        .args(["--name", "fixture:v1"]));
     let info: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(info["name"], "fixture:v1");
     let dest = tmp.path().join("dest");
-    ok(warren(&store).args(["image", "extract", "fixture:v1"]).arg(&dest));
+    ok(warren(&store)
+        .args(["image", "extract", "fixture:v1"])
+        .arg(&dest));
     let (a, b) = (snapshot(&src), snapshot(&dest));
     assert_eq!(a.len(), b.len());
     for (path, meta) in &a {
         let got = &b[path];
         if meta.kind == libc::S_IFDIR {
             // A directory's size depends on its history, not its entries: not compared.
-            assert_eq!((meta.mode, meta.uid, meta.gid, meta.mtime, &meta.xattrs), (got.mode, got.uid, got.gid, got.mtime, &got.xattrs), "{path:?}");
+            assert_eq!(
+                (meta.mode, meta.uid, meta.gid, meta.mtime, &meta.xattrs),
+                (got.mode, got.uid, got.gid, got.mtime, &got.xattrs),
+                "{path:?}"
+            );
         } else {
             assert_eq!(meta, got, "{path:?}");
         }
@@ -242,8 +293,15 @@ fn round_trip_keeps_every_entry_type_and_field() {
     // The fixture really has what we claim to test.
     assert_eq!(a[Path::new("suid")].mode, 0o4755);
     assert_eq!(a[Path::new("hard1")].group, a[Path::new("etc/small")].group);
-    assert_eq!(b[Path::new("etc/sub/hard2")].group, b[Path::new("etc/small")].group);
-    assert!(b[Path::new("capped")].xattrs.contains_key(CAPABILITY.as_bytes()));
+    assert_eq!(
+        b[Path::new("etc/sub/hard2")].group,
+        b[Path::new("etc/small")].group
+    );
+    assert!(
+        b[Path::new("capped")]
+            .xattrs
+            .contains_key(CAPABILITY.as_bytes())
+    );
     assert_eq!(b[Path::new("dev/loop9")].rdev, makedev(7, 9));
     assert_eq!(b[Path::new("")].mtime, a[Path::new("")].mtime);
 
@@ -252,7 +310,10 @@ fn round_trip_keeps_every_entry_type_and_field() {
     assert!(list.contains("fixture:v1"), "{list}");
     let insp: serde_json::Value =
         serde_json::from_str(&ok(warren(&store).args(["image", "inspect", "fixture:v1"]))).unwrap();
-    assert_eq!(insp["files"], a.values().filter(|m| m.kind == libc::S_IFREG).count() as u64 - 2);
+    assert_eq!(
+        insp["files"],
+        a.values().filter(|m| m.kind == libc::S_IFREG).count() as u64 - 2
+    );
     ok(warren(&store).args(["image", "rm", "fixture:v1"]));
     assert!(!ok(warren(&store).args(["image", "list"])).contains("fixture:v1"));
 }
@@ -273,33 +334,83 @@ fn config_blob_and_writer_semantics() {
     };
     let mut w = store.writer().unwrap();
     // Out of order, no parent entries, a replaced file, a hardlink chain.
-    w.add(entry("a/b/c", Kind::File { size: 3 }), Some(&mut &b"old"[..])).unwrap();
-    w.add(entry("a/b/c", Kind::File { size: 3 }), Some(&mut &b"new"[..])).unwrap();
-    w.add(entry("z", Kind::Hardlink { target: "y".into() }), None).unwrap();
-    w.add(entry("y", Kind::Hardlink { target: "a/b/c".into() }), None).unwrap();
-    w.add(entry("gone/x", Kind::File { size: 1 }), Some(&mut &b"x"[..])).unwrap();
+    w.add(
+        entry("a/b/c", Kind::File { size: 3 }),
+        Some(&mut &b"old"[..]),
+    )
+    .unwrap();
+    w.add(
+        entry("a/b/c", Kind::File { size: 3 }),
+        Some(&mut &b"new"[..]),
+    )
+    .unwrap();
+    w.add(entry("z", Kind::Hardlink { target: "y".into() }), None)
+        .unwrap();
+    w.add(
+        entry(
+            "y",
+            Kind::Hardlink {
+                target: "a/b/c".into(),
+            },
+        ),
+        None,
+    )
+    .unwrap();
+    w.add(
+        entry("gone/x", Kind::File { size: 1 }),
+        Some(&mut &b"x"[..]),
+    )
+    .unwrap();
     w.remove(Path::new("gone")).unwrap();
-    let info = w.commit("cfg", Some(b"{\"Env\":[\"A=1\"]}".to_vec())).unwrap();
+    let info = w
+        .commit("cfg", Some(b"{\"Env\":[\"A=1\"]}".to_vec()))
+        .unwrap();
     assert_eq!(info.name, "cfg:latest");
-    assert_eq!(store.image_config("cfg").unwrap().unwrap(), b"{\"Env\":[\"A=1\"]}");
+    assert_eq!(
+        store.image_config("cfg").unwrap().unwrap(),
+        b"{\"Env\":[\"A=1\"]}"
+    );
     let dest = tmp.path().join("dest");
-    store.extract("cfg:latest", &dest, &ExtractOptions::default()).unwrap();
+    store
+        .extract("cfg:latest", &dest, &ExtractOptions::default())
+        .unwrap();
     assert_eq!(fs::read(dest.join("a/b/c")).unwrap(), b"new");
-    assert_eq!(fs::metadata(dest.join("z")).unwrap().ino(), fs::metadata(dest.join("a/b/c")).unwrap().ino());
+    assert_eq!(
+        fs::metadata(dest.join("z")).unwrap().ino(),
+        fs::metadata(dest.join("a/b/c")).unwrap().ino()
+    );
     assert!(!dest.join("gone").exists());
     assert_eq!(fs::metadata(dest.join("a")).unwrap().mode() & 0o7777, 0o755);
 
     // A dropped writer publishes nothing and leaves no chunk behind.
     let before = on_disk(store.dir());
     let mut w = store.writer().unwrap();
-    w.add(entry("f", Kind::File { size: 0 }), Some(&mut &noise(9, 1 << 20)[..])).unwrap();
+    w.add(
+        entry("f", Kind::File { size: 0 }),
+        Some(&mut &noise(9, 1 << 20)[..]),
+    )
+    .unwrap();
     drop(w);
     assert_eq!(on_disk(store.dir()), before);
-    assert!(matches!(store.inspect("f"), Err(StoreError::NoSuchImage(_))));
+    assert!(matches!(
+        store.inspect("f"),
+        Err(StoreError::NoSuchImage(_))
+    ));
     // Escapes are refused at add().
     let mut w = store.writer().unwrap();
     assert!(w.add(entry("../x", Kind::Dir), None).is_err());
-    assert!(w.add(entry("x", Kind::Hardlink { target: "a/../../etc/passwd".into() }), None).is_err());
+    assert!(
+        w.add(
+            entry(
+                "x",
+                Kind::Hardlink {
+                    target: "a/../../etc/passwd".into()
+                }
+            ),
+            None
+        )
+        .is_err()
+    );
 }
 
 #[test]
@@ -312,20 +423,26 @@ fn second_version_adds_only_changed_chunks() {
         fs::write(src.join(format!("lib/f{i}")), noise(100 + i, 1 << 20)).unwrap();
     }
     let store = Store::open(&tmp.path().join("store")).unwrap();
-    let v1 = store.import_dir(&src, "app:v1", &ImportOptions::default()).unwrap();
+    let v1 = store
+        .import_dir(&src, "app:v1", &ImportOptions::default())
+        .unwrap();
     assert!(v1.new_chunks >= 8 * (1 << 20) / (256 << 10));
 
     // Metadata only: no new chunk.
     fs::set_permissions(src.join("lib/f3"), fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::chown(src.join("lib/f5"), Some(4242), None).unwrap();
-    let meta = store.import_dir(&src, "app:meta", &ImportOptions::default()).unwrap();
+    let meta = store
+        .import_dir(&src, "app:meta", &ImportOptions::default())
+        .unwrap();
     assert_eq!(meta.new_chunks, 0);
 
     // One byte changed in the middle of one file: one or two chunks.
     let mut data = fs::read(src.join("lib/f4")).unwrap();
     data[500_000] ^= 0xff;
     fs::write(src.join("lib/f4"), &data).unwrap();
-    let v2 = store.import_dir(&src, "app:v2", &ImportOptions::default()).unwrap();
+    let v2 = store
+        .import_dir(&src, "app:v2", &ImportOptions::default())
+        .unwrap();
     assert!((1..=2).contains(&v2.new_chunks), "{v2:?}");
     let (c1, c2) = (chunk_ids(&store, "app:v1"), chunk_ids(&store, "app:v2"));
     assert_eq!(c2.difference(&c1).count() as u64, v2.new_chunks);
@@ -349,19 +466,29 @@ fn gc_after_rm_removes_exactly_the_orphans() {
     fs::write(b.join("only-b"), noise(3, 1 << 20)).unwrap();
     let dir = tmp.path().join("store");
     let store = Store::open(&dir).unwrap();
-    store.import_dir(&a, "a", &ImportOptions::default()).unwrap();
-    store.import_dir(&b, "b", &ImportOptions::default()).unwrap();
+    store
+        .import_dir(&a, "a", &ImportOptions::default())
+        .unwrap();
+    store
+        .import_dir(&b, "b", &ImportOptions::default())
+        .unwrap();
     let (ca, cb) = (chunk_ids(&store, "a"), chunk_ids(&store, "b"));
     let orphans: BTreeSet<_> = ca.difference(&cb).copied().collect();
     assert!(!orphans.is_empty() && ca.len() > orphans.len());
     let out = ok(warren(&dir).args(["image", "rm", "a"]));
     assert!(out.contains("Removed"));
-    let gc: serde_json::Value = serde_json::from_str(&ok(warren(&dir).args(["--json", "store", "gc"]))).unwrap();
+    let gc: serde_json::Value =
+        serde_json::from_str(&ok(warren(&dir).args(["--json", "store", "gc"]))).unwrap();
     assert_eq!(gc["removed_chunks"], orphans.len() as u64);
     assert_eq!(on_disk(&dir), cb);
     ok(warren(&dir).args(["store", "verify"]));
-    store.extract("b", &tmp.path().join("out"), &ExtractOptions::default()).unwrap();
-    assert_eq!(fs::read(tmp.path().join("out/only-b")).unwrap(), noise(3, 1 << 20));
+    store
+        .extract("b", &tmp.path().join("out"), &ExtractOptions::default())
+        .unwrap();
+    assert_eq!(
+        fs::read(tmp.path().join("out/only-b")).unwrap(),
+        noise(3, 1 << 20)
+    );
 }
 
 #[test]
@@ -373,7 +500,9 @@ fn corrupt_or_missing_chunk_fails_extract_by_name_and_verify_finds_it() {
     fs::write(src.join("d/victim"), noise(5, 600_000)).unwrap();
     let dir = tmp.path().join("store");
     let store = Store::open(&dir).unwrap();
-    store.import_dir(&src, "img", &ImportOptions::default()).unwrap();
+    store
+        .import_dir(&src, "img", &ImportOptions::default())
+        .unwrap();
     let index = store.index("img").unwrap();
     let id = index.chunks[1].id;
     let path = store.chunk_path(&id);
@@ -392,11 +521,22 @@ fn corrupt_or_missing_chunk_fails_extract_by_name_and_verify_finds_it() {
         let out = run(warren(&dir).args(["image", "extract", "img"]).arg(&dest));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
-        assert!(err.contains(&id.to_string()) && err.contains("d/victim"), "{damage}: {err}");
+        assert!(
+            err.contains(&id.to_string()) && err.contains("d/victim"),
+            "{damage}: {err}"
+        );
         // Nothing that looks like a tree is left: neither DEST nor a partial.
         assert!(!dest.exists());
-        let leftovers: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert!(!leftovers.iter().any(|n| n.to_string_lossy().contains("partial")), "{leftovers:?}");
+        let leftovers: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            !leftovers
+                .iter()
+                .any(|n| n.to_string_lossy().contains("partial")),
+            "{leftovers:?}"
+        );
         let out = run(warren(&dir).args(["store", "verify"]));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(1), "{stdout}");
@@ -415,14 +555,21 @@ fn truncated_or_garbled_index_is_a_clear_error() {
     fs::write(src.join("f"), b"x").unwrap();
     let dir = tmp.path().join("store");
     let store = Store::open(&dir).unwrap();
-    store.import_dir(&src, "img:1", &ImportOptions::default()).unwrap();
+    store
+        .import_dir(&src, "img:1", &ImportOptions::default())
+        .unwrap();
     let idx = store.index_path("img:1").unwrap();
     let data = fs::read(&idx).unwrap();
     fs::write(&idx, &data[..data.len() - 7]).unwrap();
-    let out = run(warren(&dir).args(["image", "extract", "img:1"]).arg(tmp.path().join("d")));
+    let out = run(warren(&dir)
+        .args(["image", "extract", "img:1"])
+        .arg(tmp.path().join("d")));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(err.contains("image img:1") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("image img:1") && !err.contains("panicked"),
+        "{err}"
+    );
     let out = run(warren(&dir).args(["store", "verify"]));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("BAD image img:1"));
@@ -443,14 +590,29 @@ fn hostile_index_cannot_write_outside_dest() {
     let src = tmp.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("f"), b"pwned").unwrap();
-    store.import_dir(&src, "good", &ImportOptions::default()).unwrap();
+    store
+        .import_dir(&src, "good", &ImportOptions::default())
+        .unwrap();
     let good = store.index("good").unwrap();
     let rec = |path: &str, kind: Kind| Record {
-        entry: Entry { path: path.into(), kind, mode: 0o755, uid: 0, gid: 0, mtime: Timestamp::default(), xattrs: vec![] },
+        entry: Entry {
+            path: path.into(),
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: Timestamp::default(),
+            xattrs: vec![],
+        },
         offset: 0,
     };
     let chunks: Vec<ChunkRef> = good.chunks.clone();
-    let evil_paths = ["../escaped", "/abs-escaped", "link/escaped", "a/../../escaped"];
+    let evil_paths = [
+        "../escaped",
+        "/abs-escaped",
+        "link/escaped",
+        "a/../../escaped",
+    ];
     for (i, evil) in evil_paths.iter().enumerate() {
         let index = Index {
             name: format!("evil:{i}"),
@@ -459,7 +621,12 @@ fn hostile_index_cannot_write_outside_dest() {
             chunks: chunks.clone(),
             records: vec![
                 rec("", Kind::Dir),
-                rec("link", Kind::Symlink { target: "..".into() }),
+                rec(
+                    "link",
+                    Kind::Symlink {
+                        target: "..".into(),
+                    },
+                ),
                 rec(evil, Kind::File { size: 5 }),
             ],
         };
@@ -467,7 +634,9 @@ fn hostile_index_cannot_write_outside_dest() {
         fs::write(dir.join(format!("images/evil/{i}.idx")), index.encode()).unwrap();
         let dest = tmp.path().join("inner/dest");
         fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        let out = run(warren(&dir).args(["image", "extract", &format!("evil:{i}")]).arg(&dest));
+        let out = run(warren(&dir)
+            .args(["image", "extract", &format!("evil:{i}")])
+            .arg(&dest));
         assert!(!out.status.success(), "{evil}: extract succeeded");
         assert!(!tmp.path().join("escaped").exists() && !tmp.path().join("inner/escaped").exists());
         assert!(!Path::new("/abs-escaped").exists());
@@ -483,7 +652,11 @@ fn killed_imports_leave_a_consistent_store_and_a_rerun_completes() {
     for d in 0..4 {
         fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
         for f in 0..30 {
-            fs::write(src.join(format!("d{d}/f{f}")), noise(d * 100 + f, 150_000 + f as usize * 3000)).unwrap();
+            fs::write(
+                src.join(format!("d{d}/f{f}")),
+                noise(d * 100 + f, 150_000 + f as usize * 3000),
+            )
+            .unwrap();
         }
     }
     let dir = tmp.path().join("store");
@@ -494,23 +667,43 @@ fn killed_imports_leave_a_consistent_store_and_a_rerun_completes() {
         x ^= x >> 7;
         x ^= x << 17;
         let delay = Duration::from_millis(x % 1500);
-        let mut child = warren(&dir).args(["image", "import"]).arg(&src).args(["--name", "big"]).spawn().unwrap();
+        let mut child = warren(&dir)
+            .args(["image", "import"])
+            .arg(&src)
+            .args(["--name", "big"])
+            .spawn()
+            .unwrap();
         std::thread::sleep(delay);
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGKILL).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::SIGKILL,
+        )
+        .unwrap();
         let _ = child.wait();
         if !dir.join("format").exists() {
             continue; // killed before the store existed
         }
         let out = run(warren(&dir).args(["store", "verify"]));
-        assert!(out.status.success(), "round {round} ({delay:?}): {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "round {round} ({delay:?}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
-    ok(warren(&dir).args(["image", "import"]).arg(&src).args(["--name", "big"]));
+    ok(warren(&dir)
+        .args(["image", "import"])
+        .arg(&src)
+        .args(["--name", "big"]));
     ok(warren(&dir).args(["store", "verify"]));
-    let gc: serde_json::Value = serde_json::from_str(&ok(warren(&dir).args(["--json", "store", "gc"]))).unwrap();
+    let gc: serde_json::Value =
+        serde_json::from_str(&ok(warren(&dir).args(["--json", "store", "gc"]))).unwrap();
     assert_eq!(gc["removed_chunks"], 0);
     let dest = tmp.path().join("dest");
     ok(warren(&dir).args(["image", "extract", "big"]).arg(&dest));
-    assert_eq!(fs::read(dest.join("d3/f29")).unwrap(), fs::read(src.join("d3/f29")).unwrap());
+    assert_eq!(
+        fs::read(dest.join("d3/f29")).unwrap(),
+        fs::read(src.join("d3/f29")).unwrap()
+    );
     // Nothing temporary is left in the chunk dirs after gc.
     for d in fs::read_dir(dir.join("chunks")).unwrap() {
         for f in fs::read_dir(d.unwrap().path()).unwrap() {
@@ -530,7 +723,14 @@ fn concurrent_imports_of_one_tree_both_succeed_and_share_chunks() {
     }
     let dir = tmp.path().join("store");
     Store::open(&dir).unwrap();
-    let spawn = |name: &str| warren(&dir).args(["image", "import"]).arg(&src).args(["--name", name]).spawn().unwrap();
+    let spawn = |name: &str| {
+        warren(&dir)
+            .args(["image", "import"])
+            .arg(&src)
+            .args(["--name", name])
+            .spawn()
+            .unwrap()
+    };
     let (mut a, mut b) = (spawn("one"), spawn("two"));
     assert!(a.wait().unwrap().success());
     assert!(b.wait().unwrap().success());
@@ -548,18 +748,33 @@ fn extract_with_shift_shifts_owners_and_id_xattrs() {
     let src = tmp.path().join("src");
     fixture(&src);
     let dir = tmp.path().join("store");
-    ok(warren(&dir).args(["image", "import"]).arg(&src).args(["--name", "fx"]));
+    ok(warren(&dir)
+        .args(["image", "import"])
+        .arg(&src)
+        .args(["--name", "fx"]));
     let dest = tmp.path().join("dest");
-    ok(warren(&dir).args(["image", "extract", "fx", "--shift", "0x30000", "--range", "0x10000"]).arg(&dest));
+    ok(warren(&dir)
+        .args([
+            "image", "extract", "fx", "--shift", "0x30000", "--range", "0x10000",
+        ])
+        .arg(&dest));
     let shift = Shift::new(0x30000, 0x10000).unwrap();
     let (a, b) = (snapshot(&src), snapshot(&dest));
     for (path, m) in &a {
         let got = &b[path];
-        assert_eq!((got.uid, got.gid), (shift.map(m.uid).unwrap(), shift.map(m.gid).unwrap()), "{path:?}");
+        assert_eq!(
+            (got.uid, got.gid),
+            (shift.map(m.uid).unwrap(), shift.map(m.gid).unwrap()),
+            "{path:?}"
+        );
         assert_eq!(got.mode, m.mode, "{path:?}");
         for (name, value) in &m.xattrs {
             let n = std::str::from_utf8(name).unwrap();
-            assert_eq!(got.xattrs[name], shift_value(n, value, shift).unwrap(), "{path:?} {n}");
+            assert_eq!(
+                got.xattrs[name],
+                shift_value(n, value, shift).unwrap(),
+                "{path:?} {n}"
+            );
         }
     }
     // The shifted capability is v3 owned by the block's root; the ACL names shifted ids.
@@ -567,7 +782,11 @@ fn extract_with_shift_shifts_owners_and_id_xattrs() {
     assert_eq!(cap.len(), 24);
     assert_eq!(u32::from_le_bytes(cap[20..24].try_into().unwrap()), 0x30000);
     let acl_value = &b[Path::new("acl")].xattrs[ACL_ACCESS.as_bytes()];
-    assert!(acl_value.windows(4).any(|w| w == (0x30000u32 + 1000).to_le_bytes()));
+    assert!(
+        acl_value
+            .windows(4)
+            .any(|w| w == (0x30000u32 + 1000).to_le_bytes())
+    );
     assert_eq!(b[Path::new("etc/big")].uid, 0x30000 + 1000);
     assert_eq!(b[Path::new("abs")].uid, 0x30000 + 7);
 }

@@ -28,14 +28,33 @@ fn sample() -> Index {
     let mut records = vec![
         e("", Kind::Dir, vec![]),
         e("bin", Kind::Dir, vec![(b"user.x".to_vec(), b"y".to_vec())]),
-        e("bin/sh", Kind::File { size: 70_000 }, vec![(b"security.capability".to_vec(), vec![0, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])]),
-        e("bin/sh2", Kind::Hardlink { target: "bin/sh".into() }, vec![]),
+        e(
+            "bin/sh",
+            Kind::File { size: 70_000 },
+            vec![(
+                b"security.capability".to_vec(),
+                vec![0, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            )],
+        ),
+        e(
+            "bin/sh2",
+            Kind::Hardlink {
+                target: "bin/sh".into(),
+            },
+            vec![],
+        ),
         e("dev", Kind::Dir, vec![]),
         e("dev/null", Kind::Char { rdev: 259 }, vec![]),
         e("dev/sda", Kind::Block { rdev: 2048 }, vec![]),
         e("dev/fifo", Kind::Fifo, vec![]),
         e("dev/sock", Kind::Socket, vec![]),
-        e("lib", Kind::Symlink { target: "usr/lib".into() }, vec![]),
+        e(
+            "lib",
+            Kind::Symlink {
+                target: "usr/lib".into(),
+            },
+            vec![],
+        ),
         e("z", Kind::File { size: 30_000 }, vec![]),
     ];
     records.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
@@ -49,8 +68,14 @@ fn sample() -> Index {
         created: 1,
         config: Some(br#"{"config":{"Env":["PATH=/bin"]}}"#.to_vec()),
         chunks: vec![
-            ChunkRef { id: ChunkId::of(b"a"), len: 65_536 },
-            ChunkRef { id: ChunkId::of(b"b"), len: 34_464 },
+            ChunkRef {
+                id: ChunkId::of(b"a"),
+                len: 65_536,
+            },
+            ChunkRef {
+                id: ChunkId::of(b"b"),
+                len: 34_464,
+            },
         ],
         records,
     }

@@ -121,7 +121,10 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
             if global.json {
                 println!("{}", serde_json::to_string(&images)?);
             } else {
-                println!("{:<40} {:>8} {:>10} {:>8}", "NAME", "ENTRIES", "SIZE", "CHUNKS");
+                println!(
+                    "{:<40} {:>8} {:>10} {:>8}",
+                    "NAME", "ENTRIES", "SIZE", "CHUNKS"
+                );
                 for i in images {
                     println!(
                         "{:<40} {:>8} {:>10} {:>8}",
@@ -137,8 +140,9 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
             let info = store.inspect(&name)?;
             let config = store.image_config(&name)?;
             let config_json = config.as_ref().map(|c| {
-                serde_json::from_slice::<serde_json::Value>(c)
-                    .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(c).into()))
+                serde_json::from_slice::<serde_json::Value>(c).unwrap_or_else(|_| {
+                    serde_json::Value::String(String::from_utf8_lossy(c).into())
+                })
             });
             let mut v = serde_json::to_value(&info)?;
             v["config"] = config_json.unwrap_or(serde_json::Value::Null);

@@ -24,10 +24,26 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
                 println!("store:         {}", store.dir().display());
                 println!("images:        {}", s.images);
                 println!("chunks:        {}", s.chunks);
-                println!("logical bytes: {} ({})", s.logical_bytes, human(s.logical_bytes));
-                println!("stored bytes:  {} ({})", s.stored_bytes, human(s.stored_bytes));
-                println!("  chunks:      {} ({})", s.chunk_bytes, human(s.chunk_bytes));
-                println!("  indexes:     {} ({})", s.index_bytes, human(s.index_bytes));
+                println!(
+                    "logical bytes: {} ({})",
+                    s.logical_bytes,
+                    human(s.logical_bytes)
+                );
+                println!(
+                    "stored bytes:  {} ({})",
+                    s.stored_bytes,
+                    human(s.stored_bytes)
+                );
+                println!(
+                    "  chunks:      {} ({})",
+                    s.chunk_bytes,
+                    human(s.chunk_bytes)
+                );
+                println!(
+                    "  indexes:     {} ({})",
+                    s.index_bytes,
+                    human(s.index_bytes)
+                );
                 println!("dedup ratio:   {:.2}", s.dedup_ratio);
             }
             Ok(0)

@@ -25,7 +25,14 @@ pub fn walk(root: &Path, w: &mut ImageWriter) -> Result<()> {
     )
     .map_err(nix_err(root))?;
     let st = fstat(&fd).map_err(nix_err(root))?;
-    let entry = entry_of(&st, PathBuf::new(), Kind::Dir, fd.as_fd(), OsStr::new("."), root)?;
+    let entry = entry_of(
+        &st,
+        PathBuf::new(),
+        Kind::Dir,
+        fd.as_fd(),
+        OsStr::new("."),
+        root,
+    )?;
     w.add(entry, None)?;
     let mut links = HashMap::new();
     walk_dir(fd.as_fd(), Path::new(""), root, w, &mut links)
@@ -50,8 +57,8 @@ fn walk_dir(
     for name in names {
         let path = rel.join(&name);
         let full = root.join(&path);
-        let st = fstatat(dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(nix_err(&full))?;
+        let st =
+            fstatat(dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(nix_err(&full))?;
         let fmt = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
         if fmt != SFlag::S_IFDIR && st.st_nlink > 1 {
             let key = (st.st_dev, st.st_ino);

@@ -81,8 +81,14 @@ pub fn write_temp(store: &Store, id: &ChunkId, compressed: &[u8]) -> Result<(Pat
     Ok((tmp, dest))
 }
 
+/// What `scan` finds: every chunk with its file size, and every temporary file.
+pub struct Scan {
+    pub chunks: Vec<(ChunkId, u64)>,
+    pub temps: Vec<PathBuf>,
+}
+
 /// Every chunk file in the store with its size, and every leftover temporary file.
-pub fn scan(store: &Store) -> Result<(Vec<(ChunkId, u64)>, Vec<PathBuf>)> {
+pub fn scan(store: &Store) -> Result<Scan> {
     let mut chunks = Vec::new();
     let mut temps = Vec::new();
     for i in 0..256 {
@@ -107,10 +113,10 @@ pub fn scan(store: &Store) -> Result<(Vec<(ChunkId, u64)>, Vec<PathBuf>)> {
             }
         }
     }
-    Ok((chunks, temps))
+    Ok(Scan { chunks, temps })
 }
 
 /// Every chunk file in the store with its size.
 pub fn list(store: &Store) -> Result<Vec<(ChunkId, u64)>> {
-    Ok(scan(store)?.0)
+    Ok(scan(store)?.chunks)
 }

@@ -72,7 +72,9 @@ pub(crate) fn extract(
         path: dest.to_path_buf(),
         reason: reason.to_string(),
     };
-    let fname = dest.file_name().ok_or_else(|| dest_err("has no file name"))?;
+    let fname = dest
+        .file_name()
+        .ok_or_else(|| dest_err("has no file name"))?;
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -357,12 +359,11 @@ impl<'a> Ctx<'a> {
         let mut out = Vec::with_capacity(e.xattrs.len());
         for (name, value) in &e.xattrs {
             let value = match (self.shift, std::str::from_utf8(name)) {
-                (Some(s), Ok(n)) if xattr::carries_ids(n) => {
-                    xattr::shift_value(n, value, s).map_err(|x| StoreError::Shift {
+                (Some(s), Ok(n)) if xattr::carries_ids(n) => xattr::shift_value(n, value, s)
+                    .map_err(|x| StoreError::Shift {
                         path: self.shown(&e.path),
                         reason: x.to_string(),
-                    })?
-                }
+                    })?,
                 _ => value.clone(),
             };
             let name = CString::new(name.clone()).map_err(|_| StoreError::Entry {
@@ -455,4 +456,77 @@ fn kind_flag(kind: &Kind) -> SFlag {
 
 fn timespec(e: &Entry) -> TimeSpec {
     TimeSpec::new(e.mtime.sec, i64::from(e.mtime.nsec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::index::{ChunkRef, Record};
+    use crate::store::{ImportOptions, Timestamp};
+
+    /// Bypasses the index parser's path checks: openat2 alone must keep writes in DEST.
+    #[test]
+    fn openat2_keeps_writes_beneath_dest_even_past_the_parser() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("f"), b"pwned").unwrap();
+        let store = Store::open(&tmp.path().join("store")).unwrap();
+        store
+            .import_dir(&src, "good", &ImportOptions::default())
+            .unwrap();
+        let chunks: Vec<ChunkRef> = store.index("good").unwrap().chunks;
+        let rec = |path: &str, kind: Kind| Record {
+            entry: Entry {
+                path: path.into(),
+                kind,
+                mode: 0o644,
+                uid: nix::unistd::getuid().as_raw(),
+                gid: nix::unistd::getgid().as_raw(),
+                mtime: Timestamp::default(),
+                xattrs: vec![],
+            },
+            offset: 0,
+        };
+        let outside = tmp.path().join("escaped");
+        let cases = [
+            vec![rec("../escaped", Kind::File { size: 5 })],
+            vec![rec(outside.to_str().unwrap(), Kind::File { size: 5 })],
+            vec![
+                rec(
+                    "link",
+                    Kind::Symlink {
+                        target: "..".into(),
+                    },
+                ),
+                rec("link/escaped", Kind::File { size: 5 }),
+            ],
+            vec![
+                rec(
+                    "abs",
+                    Kind::Symlink {
+                        target: tmp.path().into(),
+                    },
+                ),
+                rec("abs/escaped", Kind::Hardlink { target: "x".into() }),
+            ],
+        ];
+        for (i, mut records) in cases.into_iter().enumerate() {
+            records.insert(0, rec("", Kind::Dir));
+            let index = Index {
+                name: "evil:latest".into(),
+                created: 0,
+                config: None,
+                chunks: chunks.clone(),
+                records,
+            };
+            let dest = tmp.path().join("inner").join(format!("dest{i}"));
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            let r = extract(&store, &index, &dest, &ExtractOptions::default());
+            assert!(r.is_err(), "case {i} extracted");
+            assert!(!outside.exists(), "case {i} wrote outside");
+            assert!(!tmp.path().join("inner/escaped").exists(), "case {i}");
+            assert!(!dest.exists(), "case {i} left DEST");
+        }
+    }
 }

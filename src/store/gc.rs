@@ -104,7 +104,10 @@ pub(crate) fn gc(store: &Store) -> Result<GcReport> {
         let index = store.index(&name)?;
         live.extend(index.chunks.iter().map(|c| c.id));
     }
-    let (all, mut temps) = chunks::scan(store)?;
+    let chunks::Scan {
+        chunks: all,
+        mut temps,
+    } = chunks::scan(store)?;
     temps.extend(index_temps(store)?);
     let mut report = GcReport {
         kept_chunks: 0,

@@ -61,13 +61,23 @@ pub struct ChunkRef {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// A regular file of `size` bytes, its content in the stream.
-    File { size: u64 },
+    File {
+        size: u64,
+    },
     Dir,
-    Symlink { target: PathBuf },
+    Symlink {
+        target: PathBuf,
+    },
     /// Another name for the entry at `target` (a path in the same image).
-    Hardlink { target: PathBuf },
-    Char { rdev: u64 },
-    Block { rdev: u64 },
+    Hardlink {
+        target: PathBuf,
+    },
+    Char {
+        rdev: u64,
+    },
+    Block {
+        rdev: u64,
+    },
     Fifo,
     Socket,
 }
@@ -160,7 +170,9 @@ pub fn normalize(path: &Path) -> Result<PathBuf, IndexError> {
             Component::Normal(n) => out.push(n),
             Component::RootDir | Component::CurDir => {}
             Component::ParentDir | Component::Prefix(_) => {
-                return Err(IndexError::Invalid(format!("path {path:?} leaves the image")));
+                return Err(IndexError::Invalid(format!(
+                    "path {path:?} leaves the image"
+                )));
             }
         }
     }
@@ -260,7 +272,9 @@ impl Index {
         }
         let body_len = h.u64("body length")?;
         if body_len > MAX_BODY {
-            return Err(IndexError::Invalid(format!("body length {body_len} too large")));
+            return Err(IndexError::Invalid(format!(
+                "body length {body_len} too large"
+            )));
         }
         let hash = h.take(32, "checksum")?;
         let body = zstd::bulk::decompress(&data[HEADER_LEN..], body_len as usize)
@@ -335,8 +349,7 @@ impl Index {
                 2 => Kind::Dir,
                 t @ (3 | 4) => {
                     let target = PathBuf::from(OsStr::from_bytes(r.bytes("link target")?));
-                    if target.as_os_str().is_empty() || target.as_os_str().as_bytes().contains(&0)
-                    {
+                    if target.as_os_str().is_empty() || target.as_os_str().as_bytes().contains(&0) {
                         return Err(IndexError::Invalid(format!("{path:?}: bad link target")));
                     }
                     if t == 3 {
@@ -397,7 +410,9 @@ impl Index {
             });
         }
         if r.pos != body.len() {
-            return Err(IndexError::Invalid("trailing bytes after the entries".into()));
+            return Err(IndexError::Invalid(
+                "trailing bytes after the entries".into(),
+            ));
         }
         let index = Index {
             name,
@@ -553,7 +568,10 @@ mod tests {
     #[test]
     fn rejects_escapes_and_bad_links() {
         assert!(normalize(Path::new("a/../../b")).is_err());
-        assert_eq!(normalize(Path::new("/./a//b/")).unwrap(), PathBuf::from("a/b"));
+        assert_eq!(
+            normalize(Path::new("/./a//b/")).unwrap(),
+            PathBuf::from("a/b")
+        );
         let mut i = sample();
         i.records[2].entry.kind = Kind::Hardlink {
             target: "zz".into(),

@@ -226,8 +226,7 @@ impl ImageName {
             c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || (colon && c == ':')
         };
         for comp in name.split('/') {
-            if comp.is_empty() || comp.starts_with('.') || !comp.chars().all(|c| ok_char(c, true))
-            {
+            if comp.is_empty() || comp.starts_with('.') || !comp.chars().all(|c| ok_char(c, true)) {
                 return Err(bad(
                     "name components are [A-Za-z0-9._:-], non-empty, not starting with '.'",
                 ));
@@ -238,7 +237,9 @@ impl ImageName {
             || tag.starts_with('.')
             || !tag.chars().all(|c| ok_char(c, false))
         {
-            return Err(bad("the tag is [A-Za-z0-9._-], 1-128 chars, not starting with '.'"));
+            return Err(bad(
+                "the tag is [A-Za-z0-9._-], 1-128 chars, not starting with '.'",
+            ));
         }
         Ok(ImageName {
             name: name.to_string(),
@@ -267,7 +268,12 @@ impl Store {
         let format = dir.join("format");
         match fs::read_to_string(&format) {
             Ok(found) if found == STORE_FORMAT => {}
-            Ok(found) => return Err(StoreError::Format { path: format, found }),
+            Ok(found) => {
+                return Err(StoreError::Format {
+                    path: format,
+                    found,
+                });
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // Prefix dirs first, the format file last: a store with a format file is
                 // complete.
@@ -427,7 +433,9 @@ impl Store {
         // Durable removal, and drop the now-empty NAME directories.
         let mut dir = path.parent().map(Path::to_path_buf);
         if let Some(d) = &dir {
-            File::open(d).and_then(|f| f.sync_all()).map_err(io_err(d))?;
+            File::open(d)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(d))?;
         }
         while let Some(d) = dir {
             if d == self.images_dir() || fs::remove_dir(&d).is_err() {
