@@ -146,7 +146,7 @@ fn chunk_set(store: &Store, name: &str) -> HashSet<String> {
 
 fn assert_untouched(store: &Store) {
     assert!(store.list().unwrap().is_empty(), "an image was published");
-    let (chunks, temps) = warren::store::chunks::scan(store).unwrap();
+    let warren::store::chunks::Scan { chunks, temps } = warren::store::chunks::scan(store).unwrap();
     assert!(
         chunks.is_empty() && temps.is_empty(),
         "left behind: {chunks:?} {temps:?}"
