@@ -284,7 +284,7 @@ fn foreground_run_notifies_systemd_and_forwards_sigterm() {
         "image = \"busybox\"\ncommand = [\"sh\", \"-c\", \"trap 'exit 42' TERM; echo up; while true; do sleep 0.1; done\"]\n",
     )
     .unwrap();
-    let mut child = warren(dir.path())
+    let child = warren(dir.path())
         .args(["run", "--name", "web", "--replace", "--rm", "--config"])
         .arg(&config)
         .env("NOTIFY_SOCKET", &sock_path)

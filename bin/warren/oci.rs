@@ -236,15 +236,11 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Run {
-<<<<<<< HEAD
             image,
-=======
->>>>>>> container
             create,
             detach,
             tty,
             keep,
-<<<<<<< HEAD
         } => {
             if image.image.is_some() || image.config.is_some() {
                 crate::product::run_image(global, &image, detach, tty)
@@ -252,9 +248,6 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
                 run_cmd(&root, create, detach, tty, keep)
             }
         }
-=======
-        } => run_cmd(&root, create, detach, tty, keep),
->>>>>>> container
         Command::List { format, quiet } => {
             let all = Container::list(&root)?;
             if quiet {

@@ -604,20 +604,7 @@ fn delete_id(root: &Path, id: &str, force: bool, our_child: Option<OwnedFd>) -> 
     let dir = if force {
         state::Dir::open(root, id, true)?
     } else {
-<<<<<<< HEAD
-        match state::Dir::try_open(root, id)? {
-            Some(d) => d,
-            None => {
-                return Err(Error::BadState {
-                    id: id.to_owned(),
-                    status: ContainerState::Creating,
-                    op: "delete",
-                });
-            }
-        }
-=======
         lock_briefly(root, id)?
->>>>>>> container
     };
     let record = dir.load()?;
     if let Some(r) = &record {

@@ -99,25 +99,10 @@ pub fn is_default(name: &str) -> bool {
     name == DEFAULT_IMAGE || name == "busybox:latest"
 }
 
-/// Imports the embedded default image into `store`, built in a scratch directory under
-/// `tmp` that is removed afterwards.
-pub fn import_default(store: &Store, tmp: &Path) -> Result<(), ImageError> {
+/// Imports the embedded default image into `store`, streamed from the host's static
+/// busybox with nothing written outside the store.
+pub fn import_default(store: &Store) -> Result<(), ImageError> {
     use crate::store::busybox;
-    let io = |what, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ImageError::Io { what, path, source }
-    };
-    std::fs::create_dir_all(tmp).map_err(io("create", tmp))?;
-    let scratch = tempfile::Builder::new()
-        .prefix("busybox-")
-        .tempdir_in(tmp)
-        .map_err(io("create", tmp))?;
-    let tree = scratch.path().join("rootfs");
-    busybox::busybox_tree(&tree, Path::new(busybox::DEFAULT_BUSYBOX))?;
-    let opts = crate::store::ImportOptions {
-        config: Some(busybox::busybox_config()),
-        ..Default::default()
-    };
-    store.import_dir(&tree, DEFAULT_IMAGE, &opts)?;
+    busybox::import(store, DEFAULT_IMAGE, Path::new(busybox::DEFAULT_BUSYBOX))?;
     Ok(())
 }

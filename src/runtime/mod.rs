@@ -261,7 +261,7 @@ impl Runtime {
         self.write_record(record)?;
 
         if images::is_default(&cfg.image) && self.store.index(&cfg.image).is_err() {
-            images::import_default(&self.store, &self.opts.state_dir.join("tmp"))?;
+            images::import_default(&self.store)?;
         }
         let lower = self.images.rootfs(&self.store, &cfg.image)?;
         let dir = self.container_dir(&name);

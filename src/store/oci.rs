@@ -118,6 +118,7 @@ pub fn import(
             let o = crate::store::ImportOptions {
                 progress: opts.progress.clone(),
                 config: Some(opts.config.clone().unwrap_or_else(minimal_config)),
+                ..Default::default()
             };
             return Ok(store.import_dir(&dir, name, &o)?);
         }

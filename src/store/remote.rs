@@ -315,7 +315,7 @@ fn fetch_chunk(
         url: url.clone(),
         reason,
     })?;
-    let (tmp, dest) = chunks::write_temp(local, &id, &data)?;
+    let (tmp, dest) = chunks::write_temp(local, &id, &data, true)?;
     Ok((tmp, dest, data.len() as u64))
 }
 

@@ -450,45 +450,7 @@ fn publish_chunks(pending: &[(PathBuf, PathBuf)], sync: bool) -> Result<()> {
             dirs.insert(d);
         }
     }
-<<<<<<< HEAD
-    sync_many(&dirs.into_iter().collect::<Vec<_>>(), false)
-}
-
-/// fsyncs (or fdatasyncs) `paths` from several threads at once: the waits are for the
-/// disk, not the CPU.
-fn sync_many(paths: &[&Path], data_only: bool) -> Result<()> {
-    const THREADS: usize = 16;
-    let per = paths.len().div_ceil(THREADS).max(1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = paths
-            .chunks(per)
-            .map(|part| {
-                s.spawn(move || -> Result<()> {
-                    for p in part {
-                        let f = File::open(p).map_err(io_err(p))?;
-                        let synced = if data_only {
-                            f.sync_data()
-                        } else {
-                            f.sync_all()
-                        };
-                        synced.map_err(io_err(p))?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        handles.into_iter().try_for_each(|h| {
-            h.join().unwrap_or_else(|_| {
-                Err(StoreError::Entry {
-                    path: PathBuf::new(),
-                    reason: "a sync thread panicked".into(),
-                })
-            })
-        })
-    })
-=======
     super::sync_many(&dirs.into_iter().collect::<Vec<_>>(), false)
->>>>>>> store
 }
 
 impl Drop for ImageWriter {
