@@ -14,9 +14,10 @@ pub use config::{BindMount, ConfigFile, ContainerConfig, Network};
 
 use crate::container::{self, Container, CreateOptions};
 use crate::idmap::alloc::{AllocError, Allocator, Pool, Reservation};
+use crate::mount::rootless;
 use crate::mount::shifted::{self, MountError, MountSpec};
 use crate::store::oci::{ImageConfig, OciError};
-use crate::store::{Store, StoreError};
+use crate::store::{ExtractOptions, Store, StoreError};
 use images::{ImageCache, ImageError};
 use oci_spec::runtime::ContainerState;
 use serde::{Deserialize, Serialize};
@@ -73,6 +74,8 @@ pub enum Error {
     Ids(#[from] AllocError),
     #[error(transparent)]
     Mount(#[from] MountError),
+    #[error(transparent)]
+    Rootless(#[from] crate::mount::rootless::RootlessError),
     #[error(transparent)]
     Container(#[from] container::Error),
     #[error("{what} {path}: {source}")]
@@ -263,22 +266,29 @@ impl Runtime {
         if images::is_default(&cfg.image) && self.store.index(&cfg.image).is_err() {
             images::import_default(&self.store)?;
         }
-        let lower = self.images.rootfs(&self.store, &cfg.image)?;
         let dir = self.container_dir(&name);
-        fs::create_dir_all(&record.rootfs).map_err(io_err("create", &record.rootfs))?;
-        let view = shifted::mount(&MountSpec::new(
-            vec![lower],
-            dir.join("layer"),
-            record.rootfs.clone(),
-            ids.uids.shift(),
-        ))?;
-        record.rootfs = view.view.clone();
-        record.method = Some(view.method.name().to_string());
+        let view = if crate::dirs::is_root() {
+            let lower = self.images.rootfs(&self.store, &cfg.image)?;
+            fs::create_dir_all(&record.rootfs).map_err(io_err("create", &record.rootfs))?;
+            let view = shifted::mount(&MountSpec::new(
+                vec![lower],
+                dir.join("layer"),
+                record.rootfs.clone(),
+                ids.uids.shift(),
+            ))?;
+            record.method = Some(view.method.name().to_string());
+            view.view
+        } else {
+            self.extract_rootless(&cfg.image, &record.rootfs, &ids)?;
+            record.method = Some("copy".to_string());
+            record.rootfs.clone()
+        };
+        record.rootfs = view.clone();
         self.write_record(record)?;
 
         let image = ImageConfig::of(&self.store, &cfg.image)?;
         let spec =
-            spec::build(&name, &cfg, &image, &ids, &view.view).map_err(|reason| Error::Config {
+            spec::build(&name, &cfg, &image, &ids, &view).map_err(|reason| Error::Config {
                 name: name.clone(),
                 reason,
             })?;
@@ -305,10 +315,24 @@ impl Runtime {
                 ..CreateOptions::default()
             },
         )?;
-        if cfg.network == Network::None {
+        if cfg.network == Network::None && crate::dirs::is_root() {
             loopback_up(container.pid())?;
         }
         Ok(container)
+    }
+
+    /// Rootless: without privilege no mount can show one shared tree through another
+    /// block, so the container gets its own copy of the image, extracted by a child in a
+    /// user namespace mapped onto the container's block (ids 0..R inside are the block).
+    fn extract_rootless(&self, image: &str, dest: &Path, ids: &Reservation) -> Result<(), Error> {
+        let store = &self.store;
+        rootless::in_userns(ids.uids.shift(), &|_| {
+            store
+                .extract(image, dest, &ExtractOptions::default())
+                .map(|r| r.entries)
+                .map_err(|e| e.to_string())
+        })?;
+        Ok(())
     }
 
     /// Creates and starts `name`.
@@ -364,6 +388,13 @@ impl Runtime {
         let mountpoint = dir.join("rootfs");
         if shifted::is_mountpoint(&mountpoint)? {
             shifted::unmount(&mountpoint)?;
+        }
+        // A rootless copy is owned by the block: only its user namespace may remove it.
+        let ids = self.record(name).ok().and_then(|r| r.ids);
+        if let (false, Some(ids), true) = (crate::dirs::is_root(), ids, mountpoint.exists()) {
+            rootless::in_userns(ids.uids.shift(), &|_| {
+                fs::remove_dir_all(&mountpoint).map(|_| 0).map_err(|e| e.to_string())
+            })?;
         }
         match fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -477,20 +508,34 @@ impl Drop for NameGuard<'_> {
     }
 }
 
-/// Brings `lo` up in the network namespace of `pid`, from a thread of its own: a thread
-/// may switch network namespace without touching the rest of the process.
+/// Brings `lo` up in the network namespace of `pid`. A forked child joins the
+/// container's user namespace (so a rootless caller holds CAP_NET_ADMIN there) and then
+/// its network namespace; it only makes syscalls, so forking from a threaded caller is
+/// safe.
 fn loopback_up(pid: i32) -> Result<(), Error> {
-    let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
-    let worker = {
-        let path = path.clone();
-        std::thread::spawn(move || -> std::io::Result<()> {
-            let ns = fs::File::open(&path)?;
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
-            crate::sys::set_link_up(c"lo")
-        })
+    let open = |ns: &str| {
+        let path = PathBuf::from(format!("/proc/{pid}/ns/{ns}"));
+        fs::File::open(&path).map_err(io_err("open", &path))
     };
-    worker
-        .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("loopback thread panicked")))
-        .map_err(io_err("bring up lo in", &path))
+    let (user, net) = (open("user")?, open("net")?);
+    let join_user = !crate::dirs::is_root();
+    let failed = |e: nix::Error| io_err("bring up lo for", Path::new(&format!("/proc/{pid}")))(e.into());
+    // SAFETY: the child makes only async-signal-safe syscalls (setns, socket, ioctl) on
+    // fds opened before the fork, then `_exit`s.
+    match unsafe { nix::unistd::fork() }.map_err(failed)? {
+        nix::unistd::ForkResult::Child => {
+            let ok = (!join_user
+                || nix::sched::setns(user.as_fd(), nix::sched::CloneFlags::CLONE_NEWUSER).is_ok())
+                && nix::sched::setns(net.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).is_ok()
+                && crate::sys::set_link_up(c"lo").is_ok();
+            // SAFETY: leaves at once, running no destructor or atexit handler.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            match nix::sys::wait::waitpid(child, None).map_err(failed)? {
+                nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+                _ => Err(failed(nix::Error::EPERM)),
+            }
+        }
+    }
 }
