@@ -1,7 +1,7 @@
 # warren: build, test, install. `make test` is the whole suite (what .ci/run calls).
 PREFIX ?= /usr/local
 DEBIAN_PACKAGES = busybox-static uidmap acl attr libcap2-bin e2fsprogs crun runc casync \
-	skopeo umoci nginx-light tmux zstd systemd debootstrap hyperfine podman
+	skopeo umoci nginx-light tmux zstd systemd debootstrap hyperfine podman jq
 CARGO ?= cargo
 
 .PHONY: all deps test lint install demo

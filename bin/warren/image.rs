@@ -8,18 +8,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use warren::idmap::range::{DEFAULT_BLOCK, Shift, parse_id};
-use warren::store::{ExtractOptions, ImportOptions, Progress, Store};
+use warren::store::{ExtractOptions, ImportOptions, Progress, Store, oci, remote};
 
 use crate::Global;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
-    /// Import a directory tree (never following symlinks) as an image.
+    /// Import an image: a directory tree (never following symlinks), an OCI layout
+    /// (`oci:DIR[:TAG]`), a `docker save` archive (`docker-archive:FILE`), or a tarball
+    /// (plain, gzip or zstd, told apart by content; `-` reads stdin).
     Import {
-        dir: PathBuf,
+        source: String,
         /// NAME[:TAG] (the tag defaults to latest).
         #[arg(long)]
         name: String,
+        /// An OCI image config JSON file to store with the image (Cmd, Env, ...).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Publish without waiting for the disk (faster; a machine crash may lose chunks,
         /// which `warren store verify` reports and a re-import repairs).
         #[arg(long)]
@@ -38,7 +43,21 @@ pub enum Command {
         /// Skip the syncfs before DEST appears (faster; a crash may lose data).
         #[arg(long)]
         no_sync: bool,
+        /// Fetch the image from this remote store first (only the chunks missing here).
+        #[arg(long)]
+        remote: Option<String>,
     },
+    /// Fetch an image from a remote store (a store directory served over HTTP): only the
+    /// chunks this store lacks, each verified.
+    Pull {
+        url: String,
+        name: String,
+        /// Store it under this name instead.
+        #[arg(long = "as")]
+        local_name: Option<String>,
+    },
+    /// Write an image as an OCI layout (`oci:DIR[:TAG]`) or a tarball (`tar:FILE`).
+    Export { name: String, dest: String },
     /// List the images in the store.
     #[command(alias = "ls")]
     List,
@@ -57,17 +76,40 @@ pub fn open_store(global: &Global) -> anyhow::Result<Store> {
 pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
     let store = open_store(global)?;
     match command {
-        Command::Import { dir, name, no_sync } => {
+        Command::Import {
+            source,
+            name,
+            config,
+            no_sync,
+        } => {
             let progress = Arc::new(Progress::default());
-            let opts = ImportOptions {
-                progress: Some(progress.clone()),
-                config: None,
-                no_sync,
+            let config = match &config {
+                Some(path) => Some(
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+                ),
+                None => None,
             };
             let start = Instant::now();
-            let info = with_bar(global, &progress, "importing", || {
-                store.import_dir(&dir, &name, &opts)
-            })?;
+            let info = if std::path::Path::new(&source).is_dir() {
+                let opts = ImportOptions {
+                    progress: Some(progress.clone()),
+                    config: Some(config.unwrap_or_else(oci::minimal_config)),
+                    no_sync,
+                };
+                with_bar(global, &progress, "importing", || {
+                    store.import_dir(std::path::Path::new(&source), &name, &opts)
+                })?
+            } else {
+                let opts = oci::ImportOptions {
+                    config,
+                    progress: Some(progress.clone()),
+                    ..Default::default()
+                };
+                with_bar(global, &progress, "importing", || {
+                    oci::import(&store, &source, &name, &opts)
+                })?
+            };
+            let dir = source;
             let secs = start.elapsed().as_secs_f64();
             if global.json {
                 println!("{}", serde_json::to_string(&info)?);
@@ -75,7 +117,7 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
                 println!(
                     "Imported {} from {}: {} entries, {} of content in {:.1}s ({}/s); {} new chunks, {} added to the store",
                     info.name,
-                    dir.display(),
+                    dir,
                     info.entries,
                     human(info.content_bytes),
                     secs,
@@ -91,7 +133,11 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
             shift,
             range,
             no_sync,
+            remote,
         } => {
+            if let Some(url) = remote {
+                pull(global, &store, &url, &name, None)?;
+            }
             let progress = Arc::new(Progress::default());
             let opts = ExtractOptions {
                 shift: shift.map(|to| Shift::new(to, range)).transpose()?,
@@ -153,6 +199,25 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
             v["config"] = config_json.unwrap_or(serde_json::Value::Null);
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
+        Command::Pull {
+            url,
+            name,
+            local_name,
+        } => pull(global, &store, &url, &name, local_name)?,
+        Command::Export { name, dest } => {
+            let digest = oci::export(&store, &name, &dest)?;
+            if global.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "image": name, "dest": dest, "manifest": digest })
+                );
+            } else {
+                match digest {
+                    Some(d) => println!("Exported {name} to {dest} (manifest {d})"),
+                    None => println!("Exported {name} to {dest}"),
+                }
+            }
+        }
         Command::Rm { name } => {
             store.remove(&name)?;
             if global.json {
@@ -163,6 +228,36 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+fn pull(
+    global: &Global,
+    store: &Store,
+    url: &str,
+    name: &str,
+    local_name: Option<String>,
+) -> anyhow::Result<()> {
+    let progress = Arc::new(Progress::default());
+    let opts = remote::PullOptions {
+        local_name,
+        progress: Some(progress.clone()),
+        ..Default::default()
+    };
+    let report = with_bar(global, &progress, "pulling", || {
+        remote::pull(url, name, store, &opts)
+    })?;
+    if global.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "Pulled {} from {url}: {} of {} chunks fetched ({}), the rest already here",
+            report.name,
+            report.fetched_chunks,
+            report.chunks,
+            human(report.fetched_bytes),
+        );
+    }
+    Ok(())
 }
 
 /// Runs `work` with a progress bar on stderr when it is a terminal (and not --json).

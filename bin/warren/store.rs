@@ -11,6 +11,12 @@ pub enum Command {
     Verify,
     /// Remove chunks no image references (waits for imports in progress).
     Gc,
+    /// Write the chunks and indexes DIR lacks into it (a store directory to serve over
+    /// HTTP); all images, or only those named.
+    Push {
+        dir: std::path::PathBuf,
+        images: Vec<String>,
+    },
 }
 
 pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
@@ -80,6 +86,22 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
                     human(r.removed_bytes),
                     r.removed_temp_files,
                     r.kept_chunks
+                );
+            }
+            Ok(0)
+        }
+        Command::Push { dir, images } => {
+            let r = warren::store::remote::push(&store, &dir, &images)?;
+            if global.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "pushed {} image(s) to {}: {} chunks copied ({}), {} already there",
+                    r.images.len(),
+                    dir.display(),
+                    r.copied_chunks,
+                    human(r.copied_bytes),
+                    r.present_chunks
                 );
             }
             Ok(0)
