@@ -233,7 +233,7 @@ fn container_config(args: &RunImageArgs) -> Result<ContainerConfig> {
             .push(v.parse::<BindMount>().map_err(anyhow::Error::msg)?);
     }
     if let Some(net) = &args.net {
-        cfg.network = net.parse::<Network>().map_err(anyhow::Error::msg)?;
+        cfg.network = net.parse::<Network>()?;
     }
     cfg.user = args.user.clone().or(cfg.user);
     cfg.workdir = args.workdir.clone().or(cfg.workdir);
@@ -242,11 +242,9 @@ fn container_config(args: &RunImageArgs) -> Result<ContainerConfig> {
         .memory
         .as_deref()
         .map(warren::runtime::config::parse_bytes)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+        .transpose()?;
     if memory.is_some() || args.pids_limit.is_some() || args.cpus.is_some() {
-        cfg.resources = warren::runtime::config::limits(memory, args.pids_limit, args.cpus)
-            .map_err(anyhow::Error::msg)?;
+        cfg.resources = warren::runtime::config::limits(memory, args.pids_limit, args.cpus)?;
     }
     cfg.no_seccomp |= args.no_seccomp;
     cfg.read_only |= args.read_only;

@@ -19,15 +19,13 @@ pub enum Network {
 }
 
 impl std::str::FromStr for Network {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
         match s {
             "none" | "" => Ok(Network::None),
             "host" => Ok(Network::Host),
             p if p.starts_with('/') => Ok(Network::Join(PathBuf::from(p))),
-            other => Err(format!(
-                "network {other:?}: expected none, host, or the path of a network namespace (/run/netns/NAME)"
-            )),
+            other => Err(ConfigError::Network(other.to_string())),
         }
     }
 }
@@ -43,19 +41,19 @@ pub struct BindMount {
 }
 
 impl std::str::FromStr for BindMount {
-    type Err = String;
-    /// `SRC:DST[:ro]`, as `-v` takes it.
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ConfigError;
+    /// `SRC:DST[:ro]`, as `-v` takes it; both paths absolute.
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
         let parts: Vec<&str> = s.split(':').collect();
         let (source, destination, readonly) = match parts.as_slice() {
             [src, dst] => (src, dst, false),
             [src, dst, "ro"] => (src, dst, true),
             [src, dst, "rw"] => (src, dst, false),
-            _ => return Err(format!("volume {s:?}: expected SRC:DST[:ro]")),
+            _ => return Err(ConfigError::Volume(s.to_string())),
         };
         let (source, destination) = (PathBuf::from(source), PathBuf::from(destination));
         if !source.is_absolute() || !destination.is_absolute() {
-            return Err(format!("volume {s:?}: both paths must be absolute"));
+            return Err(ConfigError::Volume(s.to_string()));
         }
         Ok(BindMount {
             source,
@@ -131,6 +129,18 @@ pub enum ConfigError {
     },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error(
+        "network {0:?}: expected none, host, or the path of a network namespace (/run/netns/NAME)"
+    )]
+    Network(String),
+    #[error("volume {0:?}: expected SRC:DST[:ro] with absolute paths")]
+    Volume(String),
+    #[error("{0:?} is not a positive size (bytes, or with a K, M, G or T suffix)")]
+    Size(String),
+    #[error("cpus {0}: must be a positive number of cores")]
+    Cpus(f64),
+    #[error("resource limits: {0}")]
+    Resources(String),
 }
 
 impl ConfigFile {
@@ -170,7 +180,8 @@ impl ConfigFile {
             mounts: self.mounts,
             network,
             hostname: self.hostname,
-            resources: limits(memory, self.pids_limit, self.cpus).map_err(invalid)?,
+            resources: limits(memory, self.pids_limit, self.cpus)
+                .map_err(|e| invalid(e.to_string()))?,
             no_seccomp: self.no_seccomp,
             read_only: self.read_only,
             terminal: false,
@@ -182,7 +193,7 @@ impl ConfigFile {
 }
 
 /// `512M`, `2G`, `1048576`: a byte count.
-pub fn parse_bytes(s: &str) -> Result<i64, String> {
+pub fn parse_bytes(s: &str) -> Result<i64, ConfigError> {
     let t = s.trim();
     let (num, mult) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
@@ -191,7 +202,7 @@ pub fn parse_bytes(s: &str) -> Result<i64, String> {
                 'M' => 1 << 20,
                 'G' => 1 << 30,
                 'T' => 1 << 40,
-                _ => return Err(format!("{s:?}: unknown unit {c:?} (use K, M, G or T)")),
+                _ => return Err(ConfigError::Size(s.to_string())),
             };
             (&t[..i], mult)
         }
@@ -202,7 +213,7 @@ pub fn parse_bytes(s: &str) -> Result<i64, String> {
         .ok()
         .filter(|n| *n > 0)
         .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("{s:?} is not a positive size"))
+        .ok_or_else(|| ConfigError::Size(s.to_string()))
 }
 
 /// OCI resources for the simple limits the CLI and config files offer; `None` when no
@@ -211,7 +222,7 @@ pub fn limits(
     memory: Option<i64>,
     pids: Option<i64>,
     cpus: Option<f64>,
-) -> Result<Option<LinuxResources>, String> {
+) -> Result<Option<LinuxResources>, ConfigError> {
     use oci_spec::runtime::{
         LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder,
     };
@@ -224,7 +235,7 @@ pub fn limits(
             LinuxMemoryBuilder::default()
                 .limit(m)
                 .build()
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| ConfigError::Resources(e.to_string()))?,
         );
     }
     if let Some(p) = pids {
@@ -232,12 +243,12 @@ pub fn limits(
             LinuxPidsBuilder::default()
                 .limit(p)
                 .build()
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| ConfigError::Resources(e.to_string()))?,
         );
     }
     if let Some(c) = cpus {
         if !(c > 0.0) {
-            return Err(format!("cpus {c}: must be positive"));
+            return Err(ConfigError::Cpus(c));
         }
         let period: u64 = 100_000;
         b = b.cpu(
@@ -245,10 +256,12 @@ pub fn limits(
                 .period(period)
                 .quota((c * period as f64) as i64)
                 .build()
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| ConfigError::Resources(e.to_string()))?,
         );
     }
-    b.build().map(Some).map_err(|e| e.to_string())
+    b.build()
+        .map(Some)
+        .map_err(|e| ConfigError::Resources(e.to_string()))
 }
 
 #[cfg(test)]
@@ -260,9 +273,9 @@ mod tests {
         let v: BindMount = "/srv/data:/data:ro".parse().unwrap();
         assert!(v.readonly && v.destination == Path::new("/data"));
         assert!("data:/data".parse::<BindMount>().is_err());
-        assert_eq!("host".parse::<Network>(), Ok(Network::Host));
+        assert_eq!("host".parse::<Network>().unwrap(), Network::Host);
         assert!("bridge".parse::<Network>().is_err());
-        assert_eq!(parse_bytes("512M"), Ok(512 << 20));
+        assert_eq!(parse_bytes("512M").unwrap(), 512 << 20);
         assert!(parse_bytes("12X").is_err());
         assert!(parse_bytes("-1").is_err());
     }

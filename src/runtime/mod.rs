@@ -62,8 +62,11 @@ pub enum Error {
     Exists(String),
     #[error("no container named {0:?}")]
     NotFound(String),
-    #[error("container {name}: {reason}")]
-    Config { name: String, reason: String },
+    #[error("container {name}: {source}")]
+    Config {
+        name: String,
+        source: spec::SpecError,
+    },
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
@@ -288,9 +291,9 @@ impl Runtime {
 
         let image = ImageConfig::of(&self.store, &cfg.image)?;
         let spec =
-            spec::build(&name, &cfg, &image, &ids, &view).map_err(|reason| Error::Config {
+            spec::build(&name, &cfg, &image, &ids, &view).map_err(|source| Error::Config {
                 name: name.clone(),
-                reason,
+                source,
             })?;
         let stdio = if cfg.log {
             let log = self.log_path(&name);
@@ -327,8 +330,12 @@ impl Runtime {
     fn extract_rootless(&self, image: &str, dest: &Path, ids: &Reservation) -> Result<(), Error> {
         let store = &self.store;
         rootless::in_userns(ids.uids.shift(), &|_| {
-            store
-                .extract(image, dest, &ExtractOptions::default())
+            // The forked child has none of the parent's threads, rayon's global pool's
+            // included: extract on a pool of its own.
+            let pool = rayon::ThreadPoolBuilder::new()
+                .build()
+                .map_err(|e| e.to_string())?;
+            pool.install(|| store.extract(image, dest, &ExtractOptions::default()))
                 .map(|r| r.entries)
                 .map_err(|e| e.to_string())
         })?;
@@ -389,11 +396,17 @@ impl Runtime {
         if shifted::is_mountpoint(&mountpoint)? {
             shifted::unmount(&mountpoint)?;
         }
-        // A rootless copy is owned by the block: only its user namespace may remove it.
+        // A rootless copy (and a partial one a crash left) is owned by the block: only
+        // its user namespace may remove it.
         let ids = self.record(name).ok().and_then(|r| r.ids);
-        if let (false, Some(ids), true) = (crate::dirs::is_root(), ids, mountpoint.exists()) {
+        if let (false, Some(ids)) = (crate::dirs::is_root(), ids) {
             rootless::in_userns(ids.uids.shift(), &|_| {
-                fs::remove_dir_all(&mountpoint).map(|_| 0).map_err(|e| e.to_string())
+                for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    if entry.file_name().to_string_lossy().starts_with("rootfs") {
+                        fs::remove_dir_all(entry.path()).map_err(|e| e.to_string())?;
+                    }
+                }
+                Ok(0)
             })?;
         }
         match fs::remove_dir_all(&dir) {
@@ -519,7 +532,8 @@ fn loopback_up(pid: i32) -> Result<(), Error> {
     };
     let (user, net) = (open("user")?, open("net")?);
     let join_user = !crate::dirs::is_root();
-    let failed = |e: nix::Error| io_err("bring up lo for", Path::new(&format!("/proc/{pid}")))(e.into());
+    let failed =
+        |e: nix::Error| io_err("bring up lo for", Path::new(&format!("/proc/{pid}")))(e.into());
     // SAFETY: the child makes only async-signal-safe syscalls (setns, socket, ioctl) on
     // fds opened before the fork, then `_exit`s.
     match unsafe { nix::unistd::fork() }.map_err(failed)? {

@@ -30,24 +30,40 @@ const DEFAULT_CAPS: &[&str] = &[
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Builds the spec; errors are messages naming the field that is wrong.
+/// What is wrong with a container's settings, naming the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("image {0:?} has no Entrypoint or Cmd: give a command")]
+    NoCommand(String),
+    #[error("working directory {0:?} must be absolute")]
+    Workdir(String),
+    #[error("environment {0:?}: expected KEY=VALUE")]
+    Env(String),
+    #[error("{what} {name:?} is not in the image's /etc/{file}")]
+    UnknownUser {
+        what: &'static str,
+        name: String,
+        file: &'static str,
+    },
+    #[error("the generated config is invalid: {0}")]
+    Generated(String),
+}
+
+/// Builds the spec.
 pub fn build(
     name: &str,
     cfg: &ContainerConfig,
     image: &ImageConfig,
     ids: &Reservation,
     rootfs: &Path,
-) -> Result<Spec, String> {
+) -> Result<Spec, SpecError> {
     let args = if cfg.command.is_empty() {
         image.command()
     } else {
         cfg.command.clone()
     };
     if args.is_empty() {
-        return Err(format!(
-            "image {:?} has no Entrypoint or Cmd: give a command",
-            cfg.image
-        ));
+        return Err(SpecError::NoCommand(cfg.image.clone()));
     }
     let (uid, gid) = match cfg.user.as_deref().or(image.user.as_deref()) {
         Some(user) => resolve_user(user, rootfs)?,
@@ -59,7 +75,7 @@ pub fn build(
         .or_else(|| image.working_dir.clone())
         .unwrap_or_else(|| "/".into());
     if !cwd.starts_with('/') {
-        return Err(format!("working directory {cwd:?} must be absolute"));
+        return Err(SpecError::Workdir(cwd));
     }
     let mut env = merge_env(&image.env, &cfg.env)?;
     if !env.iter().any(|e| e.starts_with("PATH=")) {
@@ -125,12 +141,14 @@ pub fn build(
         "rootfsPropagation": "private",
     });
     if let Some(resources) = &cfg.resources {
-        linux["resources"] = serde_json::to_value(resources).map_err(|e| e.to_string())?;
+        linux["resources"] =
+            serde_json::to_value(resources).map_err(|e| SpecError::Generated(e.to_string()))?;
         linux["cgroupsPath"] = json!(format!("warren/{name}"));
     }
     if !cfg.no_seccomp {
         let profile = crate::container::seccomp::default_profile();
-        linux["seccomp"] = serde_json::to_value(profile).map_err(|e| e.to_string())?;
+        linux["seccomp"] =
+            serde_json::to_value(profile).map_err(|e| SpecError::Generated(e.to_string()))?;
     }
 
     let caps: Value = json!(DEFAULT_CAPS);
@@ -152,15 +170,15 @@ pub fn build(
         "mounts": mounts,
         "linux": linux,
     });
-    serde_json::from_value(spec).map_err(|e| format!("generated config: {e}"))
+    serde_json::from_value(spec).map_err(|e| SpecError::Generated(e.to_string()))
 }
 
 /// The image's environment with the caller's `KEY=VALUE`s replacing same-named keys.
-fn merge_env(image: &[String], overrides: &[String]) -> Result<Vec<String>, String> {
+fn merge_env(image: &[String], overrides: &[String]) -> Result<Vec<String>, SpecError> {
     let mut env: Vec<String> = image.to_vec();
     for kv in overrides {
         let Some((key, _)) = kv.split_once('=') else {
-            return Err(format!("environment {kv:?}: expected KEY=VALUE"));
+            return Err(SpecError::Env(kv.clone()));
         };
         env.retain(|e| e.split_once('=').map(|(k, _)| k) != Some(key));
         env.push(kv.clone());
@@ -170,7 +188,7 @@ fn merge_env(image: &[String], overrides: &[String]) -> Result<Vec<String>, Stri
 
 /// `UID[:GID]` or `NAME[:GROUP]`, names looked up in the image's /etc/passwd and
 /// /etc/group, read beneath the rootfs so a symlink in the image cannot point outside.
-fn resolve_user(user: &str, rootfs: &Path) -> Result<(u32, u32), String> {
+fn resolve_user(user: &str, rootfs: &Path) -> Result<(u32, u32), SpecError> {
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
@@ -182,11 +200,13 @@ fn resolve_user(user: &str, rootfs: &Path) -> Result<(u32, u32), String> {
             (uid, gid.unwrap_or(0))
         }
         Err(_) => {
-            let fields = lookup(&passwd(), 3, |f| f[0] == u)
-                .ok_or_else(|| format!("user {u:?} is not in the image's /etc/passwd"))?;
-            let uid = fields[2]
-                .parse()
-                .map_err(|_| format!("user {u:?}: bad uid in /etc/passwd"))?;
+            let unknown = || SpecError::UnknownUser {
+                what: "user",
+                name: u.to_string(),
+                file: "passwd",
+            };
+            let fields = lookup(&passwd(), 3, |f| f[0] == u).ok_or_else(unknown)?;
+            let uid = fields[2].parse().map_err(|_| unknown())?;
             (uid, fields[3].parse().unwrap_or(0))
         }
     };
@@ -196,7 +216,11 @@ fn resolve_user(user: &str, rootfs: &Path) -> Result<(u32, u32), String> {
             Ok(gid) => gid,
             Err(_) => lookup(&read_in_root(rootfs, "etc/group"), 2, |f| f[0] == g)
                 .and_then(|f| f[2].parse().ok())
-                .ok_or_else(|| format!("group {g:?} is not in the image's /etc/group"))?,
+                .ok_or_else(|| SpecError::UnknownUser {
+                    what: "group",
+                    name: g.to_string(),
+                    file: "group",
+                })?,
         },
     };
     Ok((uid, gid))
@@ -209,18 +233,26 @@ fn lookup(text: &str, min_field: usize, matches: impl Fn(&[&str]) -> bool) -> Op
         .map(|f| f.into_iter().map(String::from).collect())
 }
 
+/// The image's `rel` (a small text file such as etc/passwd), or "" when it is missing or
+/// not a regular file: a FIFO or device put there by the image can neither block nor
+/// flood us.
 fn read_in_root(rootfs: &Path, rel: &str) -> String {
+    const MAX: u64 = 1 << 20;
     let read = || -> std::io::Result<String> {
         let root = std::fs::File::open(rootfs)?;
         let fd = crate::sys::openat2(
             std::os::fd::AsFd::as_fd(&root),
             Path::new(rel),
-            libc::O_RDONLY,
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW,
             0,
             crate::sys::RESOLVE_IN_ROOT,
         )?;
+        let file = std::fs::File::from(fd);
+        if !file.metadata()?.is_file() {
+            return Ok(String::new());
+        }
         let mut text = String::new();
-        std::fs::File::from(fd).read_to_string(&mut text)?;
+        file.take(MAX).read_to_string(&mut text)?;
         Ok(text)
     };
     read().unwrap_or_default()
@@ -286,14 +318,21 @@ mod tests {
             ..ContainerConfig::default()
         };
         let err = build("x", &cfg, &ImageConfig::default(), &ids(), dir.path()).unwrap_err();
-        assert!(err.contains("no Entrypoint or Cmd"), "{err}");
+        assert!(err.to_string().contains("no Entrypoint or Cmd"), "{err}");
         let cfg = ContainerConfig {
             image: "busybox".into(),
             command: vec!["true".into()],
             user: Some("nobody".into()),
             ..ContainerConfig::default()
         };
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        nix::unistd::mkfifo(
+            &dir.path().join("etc/passwd"),
+            nix::sys::stat::Mode::S_IRWXU,
+        )
+        .unwrap();
+        // A FIFO where /etc/passwd should be neither blocks nor satisfies the lookup.
         let err = build("x", &cfg, &ImageConfig::default(), &ids(), dir.path()).unwrap_err();
-        assert!(err.contains("nobody"), "{err}");
+        assert!(err.to_string().contains("nobody"), "{err}");
     }
 }
