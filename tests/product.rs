@@ -393,3 +393,63 @@ fn systemd_units_verify() {
         "systemd-analyze verify: {err}"
     );
 }
+
+#[test]
+fn rootless_run_from_an_image_in_the_users_subuid_block() {
+    let (uid, gid) = ensure_rootless_user();
+    let data = scratch("product-rootless");
+    std::fs::set_permissions(
+        data.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    nix::unistd::chown(data.path(), Some(uid.into()), Some(gid.into())).unwrap();
+    let warren = || {
+        let mut cmd = as_rootless(&bin("warren"));
+        cmd.env("XDG_DATA_HOME", data.path());
+        cmd
+    };
+    let out = run(warren().args([
+        "run",
+        "--rm",
+        "--image",
+        "busybox",
+        "--name",
+        "rl",
+        "--",
+        "sh",
+        "-c",
+        "cat /proc/self/uid_map; id -u; touch /mine && echo wrote; ls -ln /bin/busybox",
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let map: Vec<&str> = stdout
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        map,
+        ["0", &ROOTLESS_SUBIDS.0.to_string(), "65536"],
+        "{stdout}"
+    );
+    assert!(stdout.contains("\n0\nwrote\n"), "{stdout}");
+    // Files of the image belong to root inside, the block's first id outside.
+    let owner: Vec<&str> = stdout.lines().last().unwrap().split_whitespace().collect();
+    assert_eq!(owner[2], "0", "{stdout}");
+    // --rm removed the copy (owned by the block) and freed the name.
+    let ps = run(warren().args(["ps", "-q"]));
+    assert!(String::from_utf8_lossy(&ps.stdout).trim().is_empty());
+    let containers = data.path().join("warren/containers");
+    assert_eq!(
+        std::fs::read_dir(&containers)
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
+}
