@@ -396,3 +396,70 @@ fn delete_force_cleans_up_after_a_killed_runtime() {
         "again\n"
     );
 }
+
+#[test]
+fn interactive_tty_under_tmux() {
+    require_root();
+    common::require_tool("tmux", "tmux");
+    let dir = scratch("tty");
+    let b = rootfs::bundle(dir.path(), &rootfs::config(&["sh"]));
+    let root = dir.path().join("state");
+    let session = format!("warren-tty-{}", std::process::id());
+    let exit_file = dir.path().join("exit");
+    let cmd = format!(
+        "{} --root {} run -t -b {} tty; echo $? > {}; sleep 30",
+        bin("warren").display(),
+        root.display(),
+        b.display(),
+        exit_file.display()
+    );
+    ok(Command::new("tmux").args([
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "100",
+        "-y",
+        "20",
+        &cmd,
+    ]));
+    let tmux = |args: &[&str]| ok(Command::new("tmux").args(args));
+    let wait_for = |what: &str| {
+        for _ in 0..300 {
+            let screen = tmux(&["capture-pane", "-t", &session, "-p"]);
+            if screen.contains(what) {
+                return screen;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let screen = tmux(&["capture-pane", "-t", &session, "-p"]);
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &session])
+            .status();
+        panic!("{what:?} never appeared:\n{screen}");
+    };
+    wait_for("/ #");
+    tmux(&[
+        "send-keys",
+        "-t",
+        &session,
+        "echo hi-$((40+2)); tty; stty size",
+        "Enter",
+    ]);
+    let screen = wait_for("hi-42");
+    wait_for("20 100");
+    assert!(screen.contains("/dev/pts/0"), "{screen}");
+    tmux(&["send-keys", "-t", &session, "exit 5", "Enter"]);
+    for _ in 0..300 {
+        if std::fs::read_to_string(&exit_file).is_ok_and(|s| s.ends_with('\n')) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", &session])
+        .status();
+    let code = std::fs::read_to_string(&exit_file).expect("warren run -t exited");
+    assert_eq!(code.trim(), "5");
+}
