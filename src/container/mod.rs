@@ -955,6 +955,13 @@ fn create_in(
         let (_, flag) = ns_info(ns.typ());
         match ns.path() {
             Some(p) if !p.as_os_str().is_empty() => {
+                if matches!(ns.typ(), LinuxNamespaceType::Pid | LinuxNamespaceType::Time) {
+                    // setns() of these only moves later children: the init would stay out.
+                    return Err(Error::config(
+                        &format!("linux.namespaces[{i}].path"),
+                        "joining an existing pid or time namespace is not supported yet",
+                    ));
+                }
                 let fd = open_ns(p, &format!("linux.namespaces[{i}].path"))?;
                 if ns.typ() == LinuxNamespaceType::User {
                     user_joined = true;
