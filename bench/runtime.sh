@@ -62,7 +62,8 @@ for mode in ["rootful", "rootless"]:
 PY
 for d in $W/rootful-*; do mkrootfs $d/rootfs; done
 for d in $W/rootless-*; do mkrootfs $d/rootfs; chown -R -h $SUB:$SUB $d/rootfs; done
-mkdir -p $W/state-root $W/state-user; chown $U:$G $W/state-user; chmod 755 $W/state-user
+# State on tmpfs (/run), where runtimes keep it by default.
+S=/run/warren-bench; rm -rf $S; mkdir -p $S/root $S/user; chown $U:$G $S/user
 
 # Inside a private mount namespace: /sys/fs/cgroup with the v1 hierarchies only.
 cat > $W/inner.sh <<INNER
@@ -73,7 +74,7 @@ AS_USER="setpriv --reuid=$U --regid=$G --init-groups --"
 for mode in rootful rootless; do
   for sec in none seccomp; do
     B=$W/\$mode-\$sec
-    if [ \$mode = rootful ]; then P=""; R=$W/state-root; else P="\$AS_USER"; R=$W/state-user; fi
+    if [ \$mode = rootful ]; then P=""; R=$S/root; else P="\$AS_USER"; R=$S/user; fi
     echo "== \$mode, seccomp: \$sec"
     hyperfine -N --warmup 10 --runs 200 --export-json $W/\$mode-\$sec.json \\
       -n warren "\$P $WARREN --root \$R/warren run -b \$B bench-w" \\
@@ -82,7 +83,7 @@ for mode in rootful rootless; do
   done
 done
 INNER
-XDG_RUNTIME_DIR=$W/state-user unshare -m sh $W/inner.sh
+XDG_RUNTIME_DIR=$S/user unshare -m sh $W/inner.sh
 python3 - $W <<'PY'
 import json, sys, glob, os
 w = sys.argv[1]
