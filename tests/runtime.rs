@@ -463,3 +463,36 @@ fn interactive_tty_under_tmux() {
     let code = std::fs::read_to_string(&exit_file).expect("warren run -t exited");
     assert_eq!(code.trim(), "5");
 }
+
+#[test]
+fn only_stdio_and_preserved_fds_reach_the_workload() {
+    use std::os::unix::process::CommandExt;
+    require_root();
+    let dir = scratch("fds");
+    let b = rootfs::bundle(
+        dir.path(),
+        &sh("readlink /proc/self/fd/3; readlink /proc/self/fd/7 || echo no-fd-7"),
+    );
+    let root = dir.path().join("state");
+    let null = std::fs::File::open("/dev/null").expect("open /dev/null");
+    let mut cmd = warren(&root);
+    cmd.args(["run", "--preserve-fds", "1", "-b"])
+        .arg(&b)
+        .arg("fds");
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&null);
+    // SAFETY: dup2 is async-signal-safe; it runs in the forked child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Move out of the way first: `raw` itself may be 3 or 7.
+            let high = libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 100);
+            for target in [3, 7] {
+                if high < 0 || libc::dup2(high, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let out = ok(&mut cmd);
+    assert_eq!(out, "/dev/null\nno-fd-7\n");
+}

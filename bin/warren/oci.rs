@@ -184,8 +184,31 @@ fn options(c: &CreateArgs) -> CreateOptions {
         bundle: Some(c.bundle.clone()),
         console_socket: c.console_socket.clone(),
         pid_file: c.pid_file.clone(),
-        preserve_fds: c.preserve_fds,
+        preserve_fds: c.preserve_fds.max(listen_fds()),
         ..Default::default()
+    }
+}
+
+/// Socket activation: fds systemd passed to us (LISTEN_FDS) go on to the workload.
+fn listen_fds() -> u32 {
+    std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Tells the workload about passed sockets the way systemd does (it is pid 1 inside).
+fn add_listen_env(spec: &mut Spec) {
+    let n = listen_fds();
+    if n == 0 {
+        return;
+    }
+    if let Some(p) = spec.process_mut() {
+        let mut env = p.env().clone().unwrap_or_default();
+        env.retain(|e| !e.starts_with("LISTEN_FDS=") && !e.starts_with("LISTEN_PID="));
+        env.push(format!("LISTEN_FDS={n}"));
+        env.push("LISTEN_PID=1".to_owned());
+        p.set_env(Some(env));
     }
 }
 
@@ -193,7 +216,8 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
     let root = root(global);
     match command {
         Command::Create(c) => {
-            let spec = load(&c.bundle)?;
+            let mut spec = load(&c.bundle)?;
+            add_listen_env(&mut spec);
             Container::create(&root, &c.id, &spec, options(&c))?;
             Ok(0)
         }
@@ -336,6 +360,7 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
 
 fn run_cmd(root: &Path, args: CreateArgs, detach: bool, tty: bool, keep: bool) -> Result<i32> {
     let mut spec = load(&args.bundle)?;
+    add_listen_env(&mut spec);
     if tty {
         if let Some(p) = spec.process_mut() {
             p.set_terminal(Some(true));
