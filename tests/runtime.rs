@@ -496,3 +496,23 @@ fn only_stdio_and_preserved_fds_reach_the_workload() {
     let out = ok(&mut cmd);
     assert_eq!(out, "/dev/null\nno-fd-7\n");
 }
+
+#[test]
+fn init_reaps_zombies_and_propagates_the_exit() {
+    require_root();
+    let dir = scratch("init");
+    // The orphaned sleep is reparented to pid 1 when its shell exits; pid 1 must reap it.
+    let b = rootfs::bundle(
+        dir.path(),
+        &sh("sh -c 'sleep 0.05 &'; sleep 0.4; echo me=$$; ps -o stat | grep -c Z; exit 3"),
+    );
+    let root = dir.path().join("state");
+    let out = run(warren(&root)
+        .args(["run", "--init", "-b"])
+        .arg(&b)
+        .arg("init"));
+    let s = stdout(&out);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(s.contains("me=2\n"), "{s}");
+    assert!(s.ends_with("\n0\n"), "zombies left: {s}");
+}

@@ -36,6 +36,9 @@ pub struct CreateArgs {
     /// Accepted for compatibility.
     #[arg(long, hide = true)]
     pub notify_socket: Option<PathBuf>,
+    /// Run a minimal init as pid 1 that reaps zombies and forwards signals.
+    #[arg(long)]
+    pub init: bool,
     /// The container's ID.
     pub id: String,
 }
@@ -185,6 +188,7 @@ fn options(c: &CreateArgs) -> CreateOptions {
         console_socket: c.console_socket.clone(),
         pid_file: c.pid_file.clone(),
         preserve_fds: c.preserve_fds.max(listen_fds()),
+        init: c.init,
         ..Default::default()
     }
 }

@@ -110,6 +110,8 @@ pub struct CreateOptions {
     pub preserve_fds: u32,
     /// Exec at once instead of waiting for [`Container::start`] (`run`).
     pub start: bool,
+    /// A minimal pid 1 that reaps zombies and forwards signals to the workload.
+    pub init: bool,
 }
 
 /// Options for [`Container::exec`].
@@ -757,6 +759,7 @@ fn process_plan(p: &Process, setgroups: bool) -> Result<init::Process, Error> {
         console_size: p
             .console_size()
             .map(|b| (b.height() as u16, b.width() as u16)),
+        init: false,
     })
 }
 
@@ -1010,7 +1013,8 @@ fn create_in(
         },
     )?;
     let setgroups = !maps.as_ref().is_some_and(|m| m.deny_setgroups);
-    let proc_plan = process_plan(&process, setgroups)?;
+    let mut proc_plan = process_plan(&process, setgroups)?;
+    proc_plan.init = opts.init;
     let seccomp = match linux.seccomp() {
         Some(profile) => Some(seccomp::compile(profile)?),
         None => None,
