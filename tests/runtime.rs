@@ -516,3 +516,35 @@ fn init_reaps_zombies_and_propagates_the_exit() {
     assert!(s.contains("me=2\n"), "{s}");
     assert!(s.ends_with("\n0\n"), "zombies left: {s}");
 }
+
+#[test]
+fn hooks_run_at_their_lifecycle_points() {
+    require_root();
+    let dir = scratch("hooks");
+    let d = dir.path().display().to_string();
+    let mut c = sh("cat /tmp/hook");
+    let host = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {d}/{name}.json")]});
+    c["hooks"] = json!({
+        "createRuntime": [host("createRuntime")],
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "echo hooked > /tmp/hook"]}],
+        "poststart": [host("poststart")],
+        "poststop": [host("poststop")]
+    });
+    let b = rootfs::bundle(dir.path(), &c);
+    let root = dir.path().join("state");
+    assert_eq!(
+        ok(warren(&root).args(["run", "-b"]).arg(&b).arg("hooked")),
+        "hooked\n"
+    );
+    for (name, status) in [
+        ("createRuntime", "creating"),
+        ("poststart", "running"),
+        ("poststop", "stopped"),
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(format!("{name}.json")))
+            .unwrap_or_else(|e| panic!("{name} hook did not run: {e}"));
+        let state: Value = serde_json::from_str(&text).expect("state json on stdin");
+        assert_eq!(state["id"], "hooked", "{name}");
+        assert_eq!(state["status"], status, "{name}");
+    }
+}

@@ -39,6 +39,7 @@ pub enum Step {
     Seccomp,
     Exec,
     Fork,
+    Hook,
     Unknown,
 }
 
@@ -254,6 +255,8 @@ pub struct Init {
     /// exec into a running container: fork once more after setns so the process lands in
     /// the joined pid namespace, and report its pid.
     pub fork_after_join: bool,
+    /// startContainer hooks: run in the container after start, before the workload.
+    pub start_hooks: Vec<(CString, CArray, CArray)>,
     /// Every fd the child uses, sorted: all others (other containers' sockets and locks
     /// opened by other threads) are closed first thing.
     pub keep: Vec<RawFd>,
@@ -367,6 +370,9 @@ impl Init {
         self.stdio()?;
         if let Some((fifo, proc)) = &self.fifo {
             wait_start(fifo.as_raw_fd(), proc.as_raw_fd())?;
+        }
+        for (i, (path, argv, envp)) in self.start_hooks.iter().enumerate() {
+            run_hook(path, argv, envp).map_err(|e| Fail::new(Step::Hook, e, i as u32))?;
         }
         sys::cloexec_range_from(3 + self.preserve_fds)
             .map_err(|e| Fail::new(Step::Stdio, errno(e), 3))?;
@@ -562,6 +568,38 @@ impl Init {
         }
         close(slave);
         Ok(())
+    }
+}
+
+/// Runs one hook to completion; a non-zero exit is EPERM-style failure (ECANCELED).
+fn run_hook(path: &CStr, argv: &CArray, envp: &CArray) -> Result<(), i32> {
+    // SAFETY: single-threaded here; the child only execs or exits.
+    let pid = match unsafe { sys::clone3_fork(0) } {
+        Ok((pid, _)) => pid,
+        Err(e) => return Err(errno(e)),
+    };
+    if pid == 0 {
+        // SAFETY: valid C string and NULL-terminated arrays prepared before clone.
+        unsafe {
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127)
+        }
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid with a valid out pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        if r < 0 && last_errno() != libc::EINTR {
+            return Err(last_errno());
+        }
+    }
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok(())
+    } else {
+        Err(libc::ECANCELED)
     }
 }
 

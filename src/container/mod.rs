@@ -763,6 +763,37 @@ fn process_plan(p: &Process, setgroups: bool) -> Result<init::Process, Error> {
     })
 }
 
+/// startContainer hooks as C strings for the child (they run from the container's root).
+fn start_hooks(
+    hooks: Option<&oci_spec::runtime::Hooks>,
+) -> Result<Vec<(CString, CArray, CArray)>, Error> {
+    let mut out = Vec::new();
+    for (i, h) in hooks
+        .and_then(|h| h.start_container().as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let field = format!("hooks.startContainer[{i}]");
+        let cs =
+            |s: &str| CString::new(s).map_err(|_| Error::config(&field, "contains a NUL byte"));
+        let path = cs(&h.path().to_string_lossy())?;
+        let mut argv = h.args().clone().unwrap_or_default();
+        if argv.is_empty() {
+            argv.push(h.path().to_string_lossy().into_owned());
+        }
+        let argv = argv.iter().map(|a| cs(a)).collect::<Result<Vec<_>, _>>()?;
+        let envp = h
+            .env()
+            .iter()
+            .flatten()
+            .map(|e| cs(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.push((path, CArray::new(argv), CArray::new(envp)));
+    }
+    Ok(out)
+}
+
 fn rlimit_resource(t: PosixRlimitType) -> libc::__rlimit_resource_t {
     use PosixRlimitType::*;
     match t {
@@ -1120,6 +1151,7 @@ fn create_in(
         preserve_fds: opts.preserve_fds as i32,
         hooks: has_early_hooks,
         fork_after_join: false,
+        start_hooks: start_hooks(hooks)?,
         keep: Vec::new(),
     };
     let (pid, pidfd, sock) = spawn(&mut init, clone_flags)?;
@@ -1246,6 +1278,7 @@ fn exec_in(c: &Container, process: &Process, opts: &mut ExecOptions) -> Result<E
         preserve_fds: opts.preserve_fds as i32,
         hooks: false,
         fork_after_join: true,
+        start_hooks: Vec::new(),
         keep: Vec::new(),
     };
     let _ = user;
