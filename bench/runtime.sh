@@ -49,12 +49,20 @@ for mode in ["rootful", "rootless"]:
         os.makedirs(d, exist_ok=True)
         c = spec(mode == "rootless")
         if sec == "seccomp":
-            # The containers-common profile, in OCI form.
-            s = {"defaultAction": seccomp["defaultAction"], "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-                 "syscalls": [x for x in seccomp["syscalls"] if not x.get("includes", {}).get("caps") and not x.get("excludes", {}).get("arches") and not x.get("includes", {}).get("arches") or x.get("includes", {}).get("arches") == ["amd64"]]}
-            for x in s["syscalls"]:
-                x.pop("includes", None); x.pop("excludes", None); x.pop("comment", None)
-            if "defaultErrnoRet" in seccomp: s["defaultErrnoRet"] = seccomp["defaultErrnoRet"]
+            # The containers-common profile, in OCI form: the rules that apply on amd64
+            # with the container's bounding capabilities, includes/excludes resolved.
+            caps = set(c["process"]["capabilities"]["bounding"])
+            rules = []
+            for x in seccomp["syscalls"]:
+                inc, exc = x.get("includes") or {}, x.get("excludes") or {}
+                if not set(inc.get("caps") or []) <= caps: continue
+                if inc.get("arches") and "amd64" not in inc["arches"]: continue
+                if set(exc.get("caps") or []) & caps: continue
+                if "amd64" in (exc.get("arches") or []): continue
+                r = {k: v for k, v in x.items() if k in ("names", "action", "args", "errnoRet") and v}
+                rules.append(r)
+            s = {"defaultAction": seccomp["defaultAction"], "defaultErrnoRet": seccomp.get("defaultErrnoRet", 1),
+                 "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"], "syscalls": rules}
             c["linux"]["seccomp"] = s
         else:
             c["linux"].pop("seccomp", None)

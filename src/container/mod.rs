@@ -1163,11 +1163,13 @@ fn create_in(
     if let Some(m) = &maps {
         m.write(pid)?;
     }
+    send(&sock, tag::GO)?;
+    // While the child sets up its mounts (it runs nothing of the workload before ACK):
+    // joining a v1 cgroup waits for an RCU grace period, milliseconds worth overlapping.
     if let Some(cg) = &record.cgroup {
         cg.add_pid(pid)?;
     }
     apply_limits(pid, &process)?;
-    send(&sock, tag::GO)?;
     let (start, _) = state::proc_start(pid).ok_or(Error::InitDied("create"))?;
     record.pid = pid;
     record.pid_start = start;
