@@ -39,8 +39,9 @@ def spec(rootless):
     c["process"]["args"] = ["/bin/true"]
     c["root"]["path"] = "rootfs"
     if rootless:
-        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": sub, "size": 65536}]
-        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": sub, "size": 65536}]
+        # The usual rootless map (runc chowns stdio to container root: it must be us).
+        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": uid, "size": 1}, {"containerID": 1, "hostID": sub, "size": 65536}]
+        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": gid, "size": 1}, {"containerID": 1, "hostID": sub, "size": 65536}]
         c["linux"].pop("resources", None)
     return c
 for mode in ["rootful", "rootless"]:
@@ -69,7 +70,7 @@ for mode in ["rootful", "rootless"]:
         json.dump(c, open(os.path.join(d, "config.json"), "w"), indent=1)
 PY
 for d in $W/rootful-*; do mkrootfs $d/rootfs; done
-for d in $W/rootless-*; do mkrootfs $d/rootfs; chown -R -h $SUB:$SUB $d/rootfs; done
+for d in $W/rootless-*; do mkrootfs $d/rootfs; chown -R -h $U:$G $d/rootfs; done
 # State on tmpfs (/run), where runtimes keep it by default.
 S=/run/warren-bench; rm -rf $S; mkdir -p $S/root $S/user; chown $U:$G $S/user
 
