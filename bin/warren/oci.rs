@@ -80,6 +80,9 @@ pub enum Command {
         /// Keep the container's state after it exits.
         #[arg(long)]
         keep: bool,
+        /// Accepted for compatibility (warren waits on a pidfd, no subreaper needed).
+        #[arg(long, hide = true)]
+        no_subreaper: bool,
     },
     /// List containers.
     List {
@@ -255,6 +258,7 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
             detach,
             tty,
             keep,
+            ..
         } => run_cmd(&root, create, detach, tty, keep),
         Command::List { format, quiet } => {
             let all = Container::list(&root)?;
