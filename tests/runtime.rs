@@ -389,6 +389,14 @@ fn delete_force_cleans_up_after_a_killed_runtime() {
     assert!(root.join("crash").exists());
     ok(warren(&root).args(["delete", "--force", "crash"]));
     assert!(!root.join("crash").exists());
+    // Its cgroups went too.
+    for h in std::fs::read_dir("/sys/fs/cgroup")
+        .expect("list cgroup hierarchies")
+        .flatten()
+    {
+        let left = h.path().join("warren/crash");
+        assert!(!left.exists(), "cgroup {} left behind", left.display());
+    }
     // The same ID works again.
     rootfs::write_config(&b, &sh("echo again"));
     assert_eq!(
