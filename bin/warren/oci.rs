@@ -463,7 +463,8 @@ fn recv_master(sock: &std::os::unix::net::UnixStream) -> Result<OwnedFd> {
     for c in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             if let Some(fd) = fds.first() {
-                return Ok(container::owned_fd(*fd));
+                // SAFETY: the fd just arrived over SCM_RIGHTS: nothing else owns it.
+                return Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(*fd) });
             }
         }
     }

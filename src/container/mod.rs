@@ -17,7 +17,7 @@ pub mod userns;
 use init::{CArray, Fail, Init, Msg, Step, tag};
 use oci_spec::runtime::{ContainerState, LinuxNamespaceType, PosixRlimitType, Process, Spec};
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -1316,13 +1316,6 @@ fn exec_in(c: &Container, process: &Process, opts: &mut ExecOptions) -> Result<E
     }
     drop(console);
     Ok(ExecProcess { pid: target, pidfd })
-}
-
-// Keep the FromRawFd import used for callers converting raw fds.
-#[doc(hidden)]
-pub fn owned_fd(fd: RawFd) -> OwnedFd {
-    // SAFETY: the caller passes an fd it owns.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 pub mod cgroup;
