@@ -39,8 +39,9 @@ def spec(rootless):
     c["process"]["args"] = ["/bin/true"]
     c["root"]["path"] = "rootfs"
     if rootless:
-        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": sub, "size": 65536}]
-        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": sub, "size": 65536}]
+        # The usual rootless map (runc chowns stdio to container root: it must be us).
+        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": uid, "size": 1}, {"containerID": 1, "hostID": sub, "size": 65536}]
+        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": gid, "size": 1}, {"containerID": 1, "hostID": sub, "size": 65536}]
         c["linux"].pop("resources", None)
     return c
 for mode in ["rootful", "rootless"]:
@@ -49,20 +50,29 @@ for mode in ["rootful", "rootless"]:
         os.makedirs(d, exist_ok=True)
         c = spec(mode == "rootless")
         if sec == "seccomp":
-            # The containers-common profile, in OCI form.
-            s = {"defaultAction": seccomp["defaultAction"], "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-                 "syscalls": [x for x in seccomp["syscalls"] if not x.get("includes", {}).get("caps") and not x.get("excludes", {}).get("arches") and not x.get("includes", {}).get("arches") or x.get("includes", {}).get("arches") == ["amd64"]]}
-            for x in s["syscalls"]:
-                x.pop("includes", None); x.pop("excludes", None); x.pop("comment", None)
-            if "defaultErrnoRet" in seccomp: s["defaultErrnoRet"] = seccomp["defaultErrnoRet"]
+            # The containers-common profile, in OCI form: the rules that apply on amd64
+            # with the container's bounding capabilities, includes/excludes resolved.
+            caps = set(c["process"]["capabilities"]["bounding"])
+            rules = []
+            for x in seccomp["syscalls"]:
+                inc, exc = x.get("includes") or {}, x.get("excludes") or {}
+                if not set(inc.get("caps") or []) <= caps: continue
+                if inc.get("arches") and "amd64" not in inc["arches"]: continue
+                if set(exc.get("caps") or []) & caps: continue
+                if "amd64" in (exc.get("arches") or []): continue
+                r = {k: v for k, v in x.items() if k in ("names", "action", "args", "errnoRet") and v}
+                rules.append(r)
+            s = {"defaultAction": seccomp["defaultAction"], "defaultErrnoRet": seccomp.get("defaultErrnoRet", 1),
+                 "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"], "syscalls": rules}
             c["linux"]["seccomp"] = s
         else:
             c["linux"].pop("seccomp", None)
         json.dump(c, open(os.path.join(d, "config.json"), "w"), indent=1)
 PY
 for d in $W/rootful-*; do mkrootfs $d/rootfs; done
-for d in $W/rootless-*; do mkrootfs $d/rootfs; chown -R -h $SUB:$SUB $d/rootfs; done
-mkdir -p $W/state-root $W/state-user; chown $U:$G $W/state-user; chmod 755 $W/state-user
+for d in $W/rootless-*; do mkrootfs $d/rootfs; chown -R -h $U:$G $d/rootfs; done
+# State on tmpfs (/run), where runtimes keep it by default.
+S=/run/warren-bench; rm -rf $S; mkdir -p $S/root $S/user; chown $U:$G $S/user
 
 # Inside a private mount namespace: /sys/fs/cgroup with the v1 hierarchies only.
 cat > $W/inner.sh <<INNER
@@ -73,7 +83,7 @@ AS_USER="setpriv --reuid=$U --regid=$G --init-groups --"
 for mode in rootful rootless; do
   for sec in none seccomp; do
     B=$W/\$mode-\$sec
-    if [ \$mode = rootful ]; then P=""; R=$W/state-root; else P="\$AS_USER"; R=$W/state-user; fi
+    if [ \$mode = rootful ]; then P=""; R=$S/root; else P="\$AS_USER"; R=$S/user; fi
     echo "== \$mode, seccomp: \$sec"
     hyperfine -N --warmup 10 --runs 200 --export-json $W/\$mode-\$sec.json \\
       -n warren "\$P $WARREN --root \$R/warren run -b \$B bench-w" \\
@@ -82,7 +92,7 @@ for mode in rootful rootless; do
   done
 done
 INNER
-XDG_RUNTIME_DIR=$W/state-user unshare -m sh $W/inner.sh
+XDG_RUNTIME_DIR=$S/user unshare -m sh $W/inner.sh
 python3 - $W <<'PY'
 import json, sys, glob, os
 w = sys.argv[1]

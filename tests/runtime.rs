@@ -389,10 +389,170 @@ fn delete_force_cleans_up_after_a_killed_runtime() {
     assert!(root.join("crash").exists());
     ok(warren(&root).args(["delete", "--force", "crash"]));
     assert!(!root.join("crash").exists());
+    // Its cgroups went too.
+    for h in std::fs::read_dir("/sys/fs/cgroup")
+        .expect("list cgroup hierarchies")
+        .flatten()
+    {
+        let left = h.path().join("warren/crash");
+        assert!(!left.exists(), "cgroup {} left behind", left.display());
+    }
     // The same ID works again.
     rootfs::write_config(&b, &sh("echo again"));
     assert_eq!(
         ok(warren(&root).args(["run", "-b"]).arg(&b).arg("crash")),
         "again\n"
     );
+}
+
+#[test]
+fn interactive_tty_under_tmux() {
+    require_root();
+    common::require_tool("tmux", "tmux");
+    let dir = scratch("tty");
+    let b = rootfs::bundle(dir.path(), &rootfs::config(&["sh"]));
+    let root = dir.path().join("state");
+    let session = format!("warren-tty-{}", std::process::id());
+    let exit_file = dir.path().join("exit");
+    let cmd = format!(
+        "{} --root {} run -t -b {} tty; echo $? > {}; sleep 30",
+        bin("warren").display(),
+        root.display(),
+        b.display(),
+        exit_file.display()
+    );
+    ok(Command::new("tmux").args([
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "100",
+        "-y",
+        "20",
+        &cmd,
+    ]));
+    let tmux = |args: &[&str]| ok(Command::new("tmux").args(args));
+    let wait_for = |what: &str| {
+        for _ in 0..300 {
+            let screen = tmux(&["capture-pane", "-t", &session, "-p"]);
+            if screen.contains(what) {
+                return screen;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let screen = tmux(&["capture-pane", "-t", &session, "-p"]);
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &session])
+            .status();
+        panic!("{what:?} never appeared:\n{screen}");
+    };
+    wait_for("/ #");
+    tmux(&[
+        "send-keys",
+        "-t",
+        &session,
+        "echo hi-$((40+2)); tty; stty size",
+        "Enter",
+    ]);
+    let screen = wait_for("hi-42");
+    wait_for("20 100");
+    assert!(screen.contains("/dev/pts/0"), "{screen}");
+    tmux(&["send-keys", "-t", &session, "exit 5", "Enter"]);
+    for _ in 0..300 {
+        if std::fs::read_to_string(&exit_file).is_ok_and(|s| s.ends_with('\n')) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", &session])
+        .status();
+    let code = std::fs::read_to_string(&exit_file).expect("warren run -t exited");
+    assert_eq!(code.trim(), "5");
+}
+
+#[test]
+fn only_stdio_and_preserved_fds_reach_the_workload() {
+    use std::os::unix::process::CommandExt;
+    require_root();
+    let dir = scratch("fds");
+    let b = rootfs::bundle(
+        dir.path(),
+        &sh("readlink /proc/self/fd/3; readlink /proc/self/fd/7 || echo no-fd-7"),
+    );
+    let root = dir.path().join("state");
+    let null = std::fs::File::open("/dev/null").expect("open /dev/null");
+    let mut cmd = warren(&root);
+    cmd.args(["run", "--preserve-fds", "1", "-b"])
+        .arg(&b)
+        .arg("fds");
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&null);
+    // SAFETY: dup2 is async-signal-safe; it runs in the forked child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Move out of the way first: `raw` itself may be 3 or 7.
+            let high = libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 100);
+            for target in [3, 7] {
+                if high < 0 || libc::dup2(high, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let out = ok(&mut cmd);
+    assert_eq!(out, "/dev/null\nno-fd-7\n");
+}
+
+#[test]
+fn init_reaps_zombies_and_propagates_the_exit() {
+    require_root();
+    let dir = scratch("init");
+    // The orphaned sleep is reparented to pid 1 when its shell exits; pid 1 must reap it.
+    let b = rootfs::bundle(
+        dir.path(),
+        &sh("sh -c 'sleep 0.05 &'; sleep 0.4; echo me=$$; ps -o stat | grep -c Z; exit 3"),
+    );
+    let root = dir.path().join("state");
+    let out = run(warren(&root)
+        .args(["run", "--init", "-b"])
+        .arg(&b)
+        .arg("init"));
+    let s = stdout(&out);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(s.contains("me=2\n"), "{s}");
+    assert!(s.ends_with("\n0\n"), "zombies left: {s}");
+}
+
+#[test]
+fn hooks_run_at_their_lifecycle_points() {
+    require_root();
+    let dir = scratch("hooks");
+    let d = dir.path().display().to_string();
+    let mut c = sh("cat /tmp/hook");
+    let host = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {d}/{name}.json")]});
+    c["hooks"] = json!({
+        "createRuntime": [host("createRuntime")],
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "echo hooked > /tmp/hook"]}],
+        "poststart": [host("poststart")],
+        "poststop": [host("poststop")]
+    });
+    let b = rootfs::bundle(dir.path(), &c);
+    let root = dir.path().join("state");
+    assert_eq!(
+        ok(warren(&root).args(["run", "-b"]).arg(&b).arg("hooked")),
+        "hooked\n"
+    );
+    for (name, status) in [
+        ("createRuntime", "creating"),
+        ("poststart", "running"),
+        ("poststop", "stopped"),
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(format!("{name}.json")))
+            .unwrap_or_else(|e| panic!("{name} hook did not run: {e}"));
+        let state: Value = serde_json::from_str(&text).expect("state json on stdin");
+        assert_eq!(state["id"], "hooked", "{name}");
+        assert_eq!(state["status"], status, "{name}");
+    }
 }

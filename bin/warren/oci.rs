@@ -36,6 +36,9 @@ pub struct CreateArgs {
     /// Accepted for compatibility.
     #[arg(long, hide = true)]
     pub notify_socket: Option<PathBuf>,
+    /// Run a minimal init as pid 1 that reaps zombies and forwards signals.
+    #[arg(long)]
+    pub init: bool,
     /// The container's ID.
     #[arg(required = true, index = 1)]
     pub id: Option<String>,
@@ -90,6 +93,9 @@ pub enum Command {
         /// Keep the container's state after it exits.
         #[arg(long)]
         keep: bool,
+        /// Accepted for compatibility (warren waits on a pidfd, no subreaper needed).
+        #[arg(long, hide = true)]
+        no_subreaper: bool,
     },
     /// List containers.
     List {
@@ -197,8 +203,32 @@ fn options(c: &CreateArgs) -> CreateOptions {
         bundle: Some(c.bundle.clone()),
         console_socket: c.console_socket.clone(),
         pid_file: c.pid_file.clone(),
-        preserve_fds: c.preserve_fds,
+        preserve_fds: c.preserve_fds.max(listen_fds()),
+        init: c.init,
         ..Default::default()
+    }
+}
+
+/// Socket activation: fds systemd passed to us (LISTEN_FDS) go on to the workload.
+fn listen_fds() -> u32 {
+    std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Tells the workload about passed sockets the way systemd does (it is pid 1 inside).
+fn add_listen_env(spec: &mut Spec) {
+    let n = listen_fds();
+    if n == 0 {
+        return;
+    }
+    if let Some(p) = spec.process_mut() {
+        let mut env = p.env().clone().unwrap_or_default();
+        env.retain(|e| !e.starts_with("LISTEN_FDS=") && !e.starts_with("LISTEN_PID="));
+        env.push(format!("LISTEN_FDS={n}"));
+        env.push("LISTEN_PID=1".to_owned());
+        p.set_env(Some(env));
     }
 }
 
@@ -206,7 +236,8 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
     let root = root(global);
     match command {
         Command::Create(c) => {
-            let spec = load(&c.bundle)?;
+            let mut spec = load(&c.bundle)?;
+            add_listen_env(&mut spec);
             Container::create(&root, c.id()?, &spec, options(&c))?;
             Ok(0)
         }
@@ -241,6 +272,7 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
             detach,
             tty,
             keep,
+            ..
         } => {
             if image.image.is_some() || image.config.is_some() {
                 crate::product::run_image(global, &image, detach, tty)
@@ -356,6 +388,7 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
 
 fn run_cmd(root: &Path, args: CreateArgs, detach: bool, tty: bool, keep: bool) -> Result<i32> {
     let mut spec = load(&args.bundle)?;
+    add_listen_env(&mut spec);
     if tty {
         if let Some(p) = spec.process_mut() {
             p.set_terminal(Some(true));
@@ -450,7 +483,8 @@ pub(crate) fn recv_master(sock: &std::os::unix::net::UnixStream) -> Result<Owned
     for c in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             if let Some(fd) = fds.first() {
-                return Ok(container::owned_fd(*fd));
+                // SAFETY: the fd just arrived over SCM_RIGHTS: nothing else owns it.
+                return Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(*fd) });
             }
         }
     }
@@ -590,7 +624,7 @@ fn features() -> serde_json::Value {
     serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.2.0",
-        "hooks": ["prestart", "createRuntime", "createContainer", "poststart", "poststop"],
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
         "mountOptions": [
             "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "mand",
             "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime", "nostrictatime",

@@ -39,6 +39,7 @@ pub enum Step {
     Seccomp,
     Exec,
     Fork,
+    Hook,
     Unknown,
 }
 
@@ -220,6 +221,9 @@ pub struct Process {
     pub no_new_privileges: bool,
     pub terminal: bool,
     pub console_size: Option<(u16, u16)>,
+    /// Run a minimal init as pid 1 that reaps zombies and forwards signals to the
+    /// workload (`--init`), for workloads that are not a proper init.
+    pub init: bool,
 }
 
 /// Everything the child needs, prepared by the parent.
@@ -251,6 +255,8 @@ pub struct Init {
     /// exec into a running container: fork once more after setns so the process lands in
     /// the joined pid namespace, and report its pid.
     pub fork_after_join: bool,
+    /// startContainer hooks: run in the container after start, before the workload.
+    pub start_hooks: Vec<(CString, CArray, CArray)>,
     /// Every fd the child uses, sorted: all others (other containers' sockets and locks
     /// opened by other threads) are closed first thing.
     pub keep: Vec<RawFd>,
@@ -365,11 +371,17 @@ impl Init {
         if let Some((fifo, proc)) = &self.fifo {
             wait_start(fifo.as_raw_fd(), proc.as_raw_fd())?;
         }
+        for (i, (path, argv, envp)) in self.start_hooks.iter().enumerate() {
+            run_hook(path, argv, envp).map_err(|e| Fail::new(Step::Hook, e, i as u32))?;
+        }
         sys::cloexec_range_from(3 + self.preserve_fds)
             .map_err(|e| Fail::new(Step::Stdio, errno(e), 3))?;
         if let Some(prog) = &self.seccomp {
             prog.install()
                 .map_err(|e| Fail::new(Step::Seccomp, e as i32, 0))?;
+        }
+        if p.init {
+            mini_init()?;
         }
         let mut err = libc::ENOENT;
         for c in &p.candidates {
@@ -556,6 +568,92 @@ impl Init {
         }
         close(slave);
         Ok(())
+    }
+}
+
+/// Runs one hook to completion; a non-zero exit is EPERM-style failure (ECANCELED).
+fn run_hook(path: &CStr, argv: &CArray, envp: &CArray) -> Result<(), i32> {
+    // SAFETY: single-threaded here; the child only execs or exits.
+    let pid = match unsafe { sys::clone3_fork(0) } {
+        Ok((pid, _)) => pid,
+        Err(e) => return Err(errno(e)),
+    };
+    if pid == 0 {
+        // SAFETY: valid C string and NULL-terminated arrays prepared before clone.
+        unsafe {
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127)
+        }
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid with a valid out pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        if r < 0 && last_errno() != libc::EINTR {
+            return Err(last_errno());
+        }
+    }
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok(())
+    } else {
+        Err(libc::ECANCELED)
+    }
+}
+
+/// The workload's pid, for the mini init's signal handler.
+static WORKLOAD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = WORKLOAD.load(std::sync::atomic::Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Forks: the child returns to exec the workload; this process stays as pid 1, forwards
+/// signals to it, reaps every zombie and exits with the workload's status.
+fn mini_init() -> Result<(), Fail> {
+    // SAFETY: this process is single-threaded now; the child only continues to exec.
+    let pid = match unsafe { sys::clone3_fork(0) } {
+        Ok((pid, _)) => pid,
+        Err(e) => return Err(Fail::new(Step::Fork, errno(e), 1)),
+    };
+    if pid == 0 {
+        return Ok(());
+    }
+    WORKLOAD.store(pid, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: installing a handler that only calls kill(2); zeroed sigaction is valid.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = forward as extern "C" fn(libc::c_int) as usize;
+        act.sa_flags = libc::SA_RESTART;
+        for sig in 1..=64 {
+            if !matches!(sig, libc::SIGKILL | libc::SIGSTOP | libc::SIGCHLD | 32 | 33) {
+                libc::sigaction(sig, &act, std::ptr::null_mut());
+            }
+        }
+    }
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with a valid out pointer.
+        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if r == pid {
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
+            // SAFETY: plain exit.
+            unsafe { libc::_exit(code) }
+        }
+        if r < 0 && last_errno() == libc::ECHILD {
+            // SAFETY: plain exit.
+            unsafe { libc::_exit(127) }
+        }
     }
 }
 

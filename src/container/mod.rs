@@ -17,7 +17,7 @@ pub mod userns;
 use init::{CArray, Fail, Init, Msg, Step, tag};
 use oci_spec::runtime::{ContainerState, LinuxNamespaceType, PosixRlimitType, Process, Spec};
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -110,6 +110,8 @@ pub struct CreateOptions {
     pub preserve_fds: u32,
     /// Exec at once instead of waiting for [`Container::start`] (`run`).
     pub start: bool,
+    /// A minimal pid 1 that reaps zombies and forwards signals to the workload.
+    pub init: bool,
 }
 
 /// Options for [`Container::exec`].
@@ -757,7 +759,39 @@ fn process_plan(p: &Process, setgroups: bool) -> Result<init::Process, Error> {
         console_size: p
             .console_size()
             .map(|b| (b.height() as u16, b.width() as u16)),
+        init: false,
     })
+}
+
+/// startContainer hooks as C strings for the child (they run from the container's root).
+fn start_hooks(
+    hooks: Option<&oci_spec::runtime::Hooks>,
+) -> Result<Vec<(CString, CArray, CArray)>, Error> {
+    let mut out = Vec::new();
+    for (i, h) in hooks
+        .and_then(|h| h.start_container().as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let field = format!("hooks.startContainer[{i}]");
+        let cs =
+            |s: &str| CString::new(s).map_err(|_| Error::config(&field, "contains a NUL byte"));
+        let path = cs(&h.path().to_string_lossy())?;
+        let mut argv = h.args().clone().unwrap_or_default();
+        if argv.is_empty() {
+            argv.push(h.path().to_string_lossy().into_owned());
+        }
+        let argv = argv.iter().map(|a| cs(a)).collect::<Result<Vec<_>, _>>()?;
+        let envp = h
+            .env()
+            .iter()
+            .flatten()
+            .map(|e| cs(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.push((path, CArray::new(argv), CArray::new(envp)));
+    }
+    Ok(out)
 }
 
 fn rlimit_resource(t: PosixRlimitType) -> libc::__rlimit_resource_t {
@@ -955,6 +989,13 @@ fn create_in(
         let (_, flag) = ns_info(ns.typ());
         match ns.path() {
             Some(p) if !p.as_os_str().is_empty() => {
+                if matches!(ns.typ(), LinuxNamespaceType::Pid | LinuxNamespaceType::Time) {
+                    // setns() of these only moves later children: the init would stay out.
+                    return Err(Error::config(
+                        &format!("linux.namespaces[{i}].path"),
+                        "joining an existing pid or time namespace is not supported yet",
+                    ));
+                }
                 let fd = open_ns(p, &format!("linux.namespaces[{i}].path"))?;
                 if ns.typ() == LinuxNamespaceType::User {
                     user_joined = true;
@@ -1003,7 +1044,8 @@ fn create_in(
         },
     )?;
     let setgroups = !maps.as_ref().is_some_and(|m| m.deny_setgroups);
-    let proc_plan = process_plan(&process, setgroups)?;
+    let mut proc_plan = process_plan(&process, setgroups)?;
+    proc_plan.init = opts.init;
     let seccomp = match linux.seccomp() {
         Some(profile) => Some(seccomp::compile(profile)?),
         None => None,
@@ -1109,6 +1151,7 @@ fn create_in(
         preserve_fds: opts.preserve_fds as i32,
         hooks: has_early_hooks,
         fork_after_join: false,
+        start_hooks: start_hooks(hooks)?,
         keep: Vec::new(),
     };
     let (pid, pidfd, sock) = spawn(&mut init, clone_flags)?;
@@ -1120,11 +1163,13 @@ fn create_in(
     if let Some(m) = &maps {
         m.write(pid)?;
     }
+    send(&sock, tag::GO)?;
+    // While the child sets up its mounts (it runs nothing of the workload before ACK):
+    // joining a v1 cgroup waits for an RCU grace period, milliseconds worth overlapping.
     if let Some(cg) = &record.cgroup {
         cg.add_pid(pid)?;
     }
     apply_limits(pid, &process)?;
-    send(&sock, tag::GO)?;
     let (start, _) = state::proc_start(pid).ok_or(Error::InitDied("create"))?;
     record.pid = pid;
     record.pid_start = start;
@@ -1235,6 +1280,7 @@ fn exec_in(c: &Container, process: &Process, opts: &mut ExecOptions) -> Result<E
         preserve_fds: opts.preserve_fds as i32,
         hooks: false,
         fork_after_join: true,
+        start_hooks: Vec::new(),
         keep: Vec::new(),
     };
     let _ = user;
@@ -1270,13 +1316,6 @@ fn exec_in(c: &Container, process: &Process, opts: &mut ExecOptions) -> Result<E
     }
     drop(console);
     Ok(ExecProcess { pid: target, pidfd })
-}
-
-// Keep the FromRawFd import used for callers converting raw fds.
-#[doc(hidden)]
-pub fn owned_fd(fd: RawFd) -> OwnedFd {
-    // SAFETY: the caller passes an fd it owns.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 pub mod cgroup;
