@@ -18,7 +18,7 @@ pub fn notify(state: &str) -> io::Result<bool> {
 pub fn notify_to(socket: &str, state: &str) -> io::Result<()> {
     let addr = match socket.strip_prefix('@') {
         Some(name) => SocketAddr::from_abstract_name(name.as_bytes())?,
-        None => SocketAddr::from_pathname(&socket)?,
+        None => SocketAddr::from_pathname(socket)?,
     };
     let sock = UnixDatagram::unbound()?;
     sock.send_to_addr(state.as_bytes(), &addr)?;

@@ -83,7 +83,7 @@ pub enum Command {
         #[command(flatten)]
         create: CreateArgs,
         #[command(flatten)]
-        image: crate::product::RunImageArgs,
+        image: Box<crate::product::RunImageArgs>,
         /// Do not wait: leave the container running.
         #[arg(long, short = 'd')]
         detach: bool,

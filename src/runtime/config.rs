@@ -247,7 +247,7 @@ pub fn limits(
         );
     }
     if let Some(c) = cpus {
-        if !(c > 0.0) {
+        if c.is_nan() || c <= 0.0 {
             return Err(ConfigError::Cpus(c));
         }
         let period: u64 = 100_000;
