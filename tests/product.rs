@@ -284,7 +284,7 @@ fn foreground_run_notifies_systemd_and_forwards_sigterm() {
         "image = \"busybox\"\ncommand = [\"sh\", \"-c\", \"trap 'exit 42' TERM; echo up; while true; do sleep 0.1; done\"]\n",
     )
     .unwrap();
-    let child = warren(dir.path())
+    let mut child = warren(dir.path())
         .args(["run", "--name", "web", "--replace", "--rm", "--config"])
         .arg(&config)
         .env("NOTIFY_SOCKET", &sock_path)
@@ -294,18 +294,22 @@ fn foreground_run_notifies_systemd_and_forwards_sigterm() {
     let mut buf = [0u8; 256];
     let n = sock.recv(&mut buf).expect("READY=1 from warren");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    // The workload's pid 1 ignores SIGTERM until its trap is set: wait for "up".
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line, "up\n");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let status = child.wait().unwrap();
     assert_eq!(
-        out.status.code(),
+        status.code(),
         Some(42),
         "the container's exit status becomes warren's"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("up"));
     assert!(ok(warren(dir.path()).args(["ps", "-q"])).trim().is_empty());
 }
 
