@@ -8,13 +8,14 @@
 //! whiteout (char 0:0) removes, an opaque directory hides what is below.
 
 use crate::idmap::range::Shift;
+use crate::idmap::shift::{self, Meta};
 use crate::idmap::xattr;
 use crate::sys;
 use nix::dir::{Dir, Type};
 use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{FileStat, Mode, SFlag, UtimensatFlags};
+use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{Gid, Uid, UnlinkatFlags};
+use nix::unistd::UnlinkatFlags;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -357,8 +358,8 @@ impl Copier<'_> {
     }
 }
 
-/// Owner, xattrs, mode, times, in that order, since chown clears setuid bits and
-/// capabilities. True when the shift changed an id.
+/// Shifts and sets owner, xattrs, mode and times ([`shift::set_meta_at`], which never
+/// follows a symlink). True when the shift changed an id.
 fn set_meta(
     dst: BorrowedFd<'_>,
     dname: &OsStr,
@@ -379,33 +380,21 @@ fn set_meta(
     let uid = shift.map(st.st_uid).map_err(|e| shift_err(e.into()))?;
     let gid = shift.map(st.st_gid).map_err(|e| shift_err(e.into()))?;
     let mut changed = uid != st.st_uid || gid != st.st_gid;
-    nix::unistd::fchownat(
-        dst,
-        dname,
-        Some(Uid::from_raw(uid)),
-        Some(Gid::from_raw(gid)),
-        AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .map_err(|e| dst_err(e.into()))?;
+    let mut shifted = Vec::with_capacity(xattrs.len());
     for (attr, value) in xattrs {
-        let shifted =
-            xattr::shift_value(&attr.to_string_lossy(), value, shift).map_err(shift_err)?;
-        changed |= shifted != *value;
-        sys::lsetxattr_at(dst, dname, attr, &shifted).map_err(dst_err)?;
+        let new = xattr::shift_value(&attr.to_string_lossy(), value, shift).map_err(shift_err)?;
+        changed |= new != *value;
+        shifted.push((attr.clone(), new));
     }
-    // Never through a symlink: one put in the entry's place makes this fail instead.
-    if kind_of(st) != SFlag::S_IFLNK {
-        let name = sys::cstr(dname).map_err(dst_err)?;
-        sys::fchmodat_nofollow(dst, &name, st.st_mode & 0o7777).map_err(dst_err)?;
-    }
-    nix::sys::stat::utimensat(
-        dst,
-        dname,
-        &TimeSpec::new(st.st_atime, st.st_atime_nsec),
-        &TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
-        UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(|e| dst_err(e.into()))?;
+    let meta = Meta {
+        uid,
+        gid,
+        mode: st.st_mode,
+        atime: TimeSpec::new(st.st_atime, st.st_atime_nsec),
+        mtime: TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+        xattrs: &shifted,
+    };
+    shift::set_meta_at(dst, dname, &meta).map_err(dst_err)?;
     Ok(changed)
 }
 
