@@ -6,6 +6,10 @@
 //! shift-own); the owner is set before capabilities and mode, since chown clears both.
 //! Hardlinks stay hardlinks. Layers are merged as overlayfs would: top-most wins, a
 //! whiteout (char 0:0) removes, an opaque directory hides what is below.
+//!
+//! A rootless copy ([`copy_deferred`], [`apply_plan`]) keeps, per path, only the top-most
+//! layer's metadata, and applies it from a user namespace only to an entry still of the
+//! recorded type.
 
 use crate::idmap::range::Shift;
 use crate::idmap::shift::{self, Meta};
