@@ -588,3 +588,104 @@ fn several_lower_layers_merge_top_most_first() {
         "a lower layer changed"
     );
 }
+
+/// The start of the rootless test user's subordinate block, as /etc/subuid gives it.
+fn rootless_start() -> u32 {
+    let subuid = fs::read_to_string("/etc/subuid").expect("/etc/subuid");
+    subuid
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{ROOTLESS_USER}:")))
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|s| s.parse().ok())
+        .expect("subuid line for the test user")
+}
+
+/// As the rootless test user: a copy of `lowers` (top-most first) under `dir/user`;
+/// returns the shift-mount output and the view.
+fn rootless_layers(dir: &Path, lowers: &[&Path]) -> (std::process::Output, PathBuf) {
+    let (uid, _) = ensure_rootless_user();
+    let start = rootless_start();
+    // The test user must be able to read the image, as any image user would.
+    for lower in lowers {
+        sh(&format!("chmod -R a+rX {}", lower.display()));
+    }
+    sh(&format!("chmod 755 {}", dir.display()));
+    let work = dir.join("user");
+    fs::create_dir_all(work.join("mnt")).expect("mkdir");
+    nix::unistd::chown(&work, Some(uid.into()), None).expect("chown");
+    let lowers: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
+    let out = run(as_rootless(&bin("shift-mount"))
+        .args(["--oneshot", "--json", "-s", &start.to_string()])
+        .arg(lowers.join(":"))
+        .args([work.join("im"), work.join("mnt")]));
+    (out, work.join("im/copy"))
+}
+
+#[test]
+fn rootless_layers_replaced_by_symlink_or_file_take_nothing_from_below() {
+    require_root();
+    require_tool("setfattr", "attr");
+    let (uid, gid) = ensure_rootless_user();
+    let dir = scratch("shift-mount-rootless-replaced");
+    let (top, bottom) = (dir.path().join("top"), dir.path().join("bottom"));
+    // A file of the user's own, outside any layer: the copy must never touch it.
+    let victim = dir.path().join("victim");
+    fs::write(&victim, b"secret").expect("write victim");
+    nix::unistd::chown(&victim, Some(uid.into()), Some(gid.into())).expect("chown victim");
+    sh(&format!("chmod 600 {}", victim.display()));
+    sh(&format!(
+        "set -e; mkdir -p {t} {b}; cd {b}
+         printf lower > a; chmod 666 a; chown 3:4 a
+         printf lower > f; chmod 644 f; setfattr -n user.leak -v below f
+         cd {t}; ln -s {v} a; printf upper > f; chmod 664 f; chown 5:6 f",
+        t = top.display(),
+        b = bottom.display(),
+        v = victim.display()
+    ));
+    let (tb, bb) = (snapshot(&top), snapshot(&bottom));
+    let (out, view) = rootless_layers(dir.path(), &[&top, &bottom]);
+    assert!(out.status.success(), "shift-mount failed: {out:?}");
+    let v = fs::symlink_metadata(&victim).expect("victim");
+    assert_eq!(
+        (v.mode() & 0o7777, v.uid(), v.gid()),
+        (0o600, uid, gid),
+        "the copy changed a file outside the tree through a symlink"
+    );
+    assert_eq!(fs::read(&victim).expect("read victim"), b"secret");
+    // The view is exactly the top layer, shifted: nothing of the replaced lower entries.
+    assert_tree(
+        &view,
+        &shifted(&tb, Shift::new(rootless_start(), BLOCK).expect("shift")),
+    );
+    assert!(
+        !snapshot(&view)[Path::new("f")]
+            .xattrs
+            .contains_key("user.leak"),
+        "a lower layer's xattr leaked onto its replacement"
+    );
+    assert_eq!(
+        (snapshot(&top), snapshot(&bottom)),
+        (tb, bb),
+        "a layer changed"
+    );
+}
+
+#[test]
+fn rootless_layers_dir_replaced_by_file() {
+    require_root();
+    let dir = scratch("shift-mount-rootless-dir");
+    let (top, bottom) = (dir.path().join("top"), dir.path().join("bottom"));
+    sh(&format!(
+        "set -e; mkdir -p {t} {b}/d/sub; cd {b}; printf x > d/x; printf y > d/sub/y; chown -R 7:8 d
+         cd {t}; printf file > d; chmod 664 d; chown 9:10 d",
+        t = top.display(),
+        b = bottom.display()
+    ));
+    let tb = snapshot(&top);
+    let (out, view) = rootless_layers(dir.path(), &[&top, &bottom]);
+    assert!(out.status.success(), "shift-mount failed: {out:?}");
+    assert_tree(
+        &view,
+        &shifted(&tb, Shift::new(rootless_start(), BLOCK).expect("shift")),
+    );
+}

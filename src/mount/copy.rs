@@ -6,16 +6,21 @@
 //! shift-own); the owner is set before capabilities and mode, since chown clears both.
 //! Hardlinks stay hardlinks. Layers are merged as overlayfs would: top-most wins, a
 //! whiteout (char 0:0) removes, an opaque directory hides what is below.
+//!
+//! A rootless copy ([`copy_deferred`], [`apply_plan`]) keeps, per path, only the top-most
+//! layer's metadata, and applies it from a user namespace only to an entry still of the
+//! recorded type.
 
 use crate::idmap::range::Shift;
+use crate::idmap::shift::{self, Meta};
 use crate::idmap::xattr;
 use crate::sys;
 use nix::dir::{Dir, Type};
 use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags};
+use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{Gid, Uid};
-use std::collections::HashMap;
+use nix::unistd::UnlinkatFlags;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -185,15 +190,14 @@ impl Copier<'_> {
                     .is_some_and(|v| v == b"y");
             // Replace what a lower layer put here, unless both are directories to merge.
             if existing.is_some() && !(kind == SFlag::S_IFDIR && existing_dir && !opaque) {
-                if existing_dir {
-                    std::fs::remove_dir_all(&dpath)
-                } else {
-                    std::fs::remove_file(&dpath)
-                }
-                .map_err(|source| CopyError::Io {
+                remove_at(dst.as_fd(), &name, existing_dir).map_err(|source| CopyError::Io {
                     path: dpath.clone(),
                     source,
                 })?;
+                // Nothing of the replaced entry may outlive it, not even its metadata.
+                if let Some(plan) = &mut self.defer {
+                    plan.forget(&drel);
+                }
             }
             if whiteout {
                 continue;
@@ -255,6 +259,13 @@ impl Copier<'_> {
                             AtFlags::empty(),
                         )
                         .map_err(dst_err)?;
+                        // Deferred, the link gets the first one's metadata too, in case a
+                        // higher layer replaces the first.
+                        if let Some(plan) = &mut self.defer
+                            && let Some(meta) = plan.entries.get(first).cloned()
+                        {
+                            plan.entries.insert(drel.to_path_buf(), meta);
+                        }
                         return Ok(false);
                     }
                     self.links.insert(key, drel.to_path_buf());
@@ -333,12 +344,15 @@ impl Copier<'_> {
                 .strip_prefix(self.dst_path)
                 .unwrap_or(dpath)
                 .to_path_buf();
-            plan.entries.push(Pending {
+            // A higher layer's directory merged over a lower one: its metadata wins.
+            plan.entries.insert(
                 rel,
-                st: *st,
-                xattrs,
-                source: spath.to_path_buf(),
-            });
+                Pending {
+                    st: *st,
+                    xattrs,
+                    source: spath.to_path_buf(),
+                },
+            );
             return Ok(());
         }
         if set_meta(dst, dname, st, &xattrs, self.shift, spath, dpath)? {
@@ -348,8 +362,8 @@ impl Copier<'_> {
     }
 }
 
-/// Owner, xattrs, mode, times, in that order, since chown clears setuid bits and
-/// capabilities. True when the shift changed an id.
+/// Shifts and sets owner, xattrs, mode and times ([`shift::set_meta_at`], which never
+/// follows a symlink). True when the shift changed an id.
 fn set_meta(
     dst: BorrowedFd<'_>,
     dname: &OsStr,
@@ -370,55 +384,91 @@ fn set_meta(
     let uid = shift.map(st.st_uid).map_err(|e| shift_err(e.into()))?;
     let gid = shift.map(st.st_gid).map_err(|e| shift_err(e.into()))?;
     let mut changed = uid != st.st_uid || gid != st.st_gid;
-    nix::unistd::fchownat(
-        dst,
-        dname,
-        Some(Uid::from_raw(uid)),
-        Some(Gid::from_raw(gid)),
-        AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .map_err(|e| dst_err(e.into()))?;
+    let mut shifted = Vec::with_capacity(xattrs.len());
     for (attr, value) in xattrs {
-        let shifted =
-            xattr::shift_value(&attr.to_string_lossy(), value, shift).map_err(shift_err)?;
-        changed |= shifted != *value;
-        sys::lsetxattr_at(dst, dname, attr, &shifted).map_err(dst_err)?;
+        let new = xattr::shift_value(&attr.to_string_lossy(), value, shift).map_err(shift_err)?;
+        changed |= new != *value;
+        shifted.push((attr.clone(), new));
     }
-    let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
-    if kind != SFlag::S_IFLNK {
-        nix::sys::stat::fchmodat(
-            dst,
-            dname,
-            Mode::from_bits_truncate(st.st_mode & 0o7777),
-            FchmodatFlags::FollowSymlink,
-        )
-        .map_err(|e| dst_err(e.into()))?;
-    }
-    nix::sys::stat::utimensat(
-        dst,
-        dname,
-        &TimeSpec::new(st.st_atime, st.st_atime_nsec),
-        &TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
-        UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(|e| dst_err(e.into()))?;
+    let meta = Meta {
+        uid,
+        gid,
+        mode: st.st_mode,
+        atime: TimeSpec::new(st.st_atime, st.st_atime_nsec),
+        mtime: TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+        xattrs: &shifted,
+    };
+    shift::set_meta_at(dst, dname, &meta).map_err(dst_err)?;
     Ok(changed)
 }
 
+fn kind_of(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
+}
+
+/// Removes `name` in `dir` and, for a directory, everything under it, through dir fds and
+/// never following a symlink, so a link swapped into the copy's path cannot redirect it.
+fn remove_at(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> io::Result<()> {
+    if !is_dir {
+        return Ok(nix::unistd::unlinkat(
+            dir,
+            name,
+            UnlinkatFlags::NoRemoveDir,
+        )?);
+    }
+    let fd = nix::fcntl::openat(dir, name, dir_flags(), Mode::empty())?;
+    let mut children = Vec::new();
+    for entry in Dir::from_fd(fd.try_clone()?)?.iter() {
+        let entry = entry?;
+        let child = OsStr::from_bytes(entry.file_name().to_bytes());
+        if child == "." || child == ".." {
+            continue;
+        }
+        let child_dir = match entry.file_type() {
+            Some(t) => t == Type::Directory,
+            None => {
+                let st = nix::sys::stat::fstatat(&fd, child, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+                kind_of(&st) == SFlag::S_IFDIR
+            }
+        };
+        children.push((child.to_os_string(), child_dir));
+    }
+    for (child, child_dir) in children {
+        remove_at(fd.as_fd(), &child, child_dir)?;
+    }
+    Ok(nix::unistd::unlinkat(dir, name, UnlinkatFlags::RemoveDir)?)
+}
+
 /// One entry's metadata, read from the source, to apply later.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Pending {
-    /// Relative to the copy's root ("" for the root).
-    rel: PathBuf,
     st: FileStat,
     xattrs: Vec<(CString, Vec<u8>)>,
     source: PathBuf,
 }
 
-/// The metadata of a copy made by [`copy_deferred`], children before their directory.
+/// The metadata of a copy made by [`copy_deferred`]: the top-most layer's entry at each
+/// path, relative to the copy's root ("" for the root).
 #[derive(Debug, Default)]
 pub struct Plan {
-    entries: Vec<Pending>,
+    entries: BTreeMap<PathBuf, Pending>,
+}
+
+impl Plan {
+    /// Forgets `rel` and everything under it (a higher layer replaced or removed it).
+    fn forget(&mut self, rel: &Path) {
+        // Paths order by component, so what is under `rel` directly follows it.
+        let under: Vec<PathBuf> = self
+            .entries
+            .range::<Path, _>((std::ops::Bound::Included(rel), std::ops::Bound::Unbounded))
+            .map(|(path, _)| path)
+            .take_while(|path| path.starts_with(rel))
+            .cloned()
+            .collect();
+        for path in under {
+            self.entries.remove(&path);
+        }
+    }
 }
 
 /// Copies structure and content only, as the caller, and returns the owners, xattrs, modes
@@ -448,9 +498,11 @@ pub fn apply_plan(dst: &Path, plan: &Plan, shift: Shift, counted: Shift) -> Resu
         source: e.into(),
     })?;
     let mut shifted = 0;
-    for p in &plan.entries {
-        let dpath = dst.join(&p.rel);
-        let (parent, name) = match (p.rel.parent(), p.rel.file_name()) {
+    let mut linked = HashSet::new();
+    // Reversed: children before their directory.
+    for (rel, p) in plan.entries.iter().rev() {
+        let dpath = dst.join(rel);
+        let (parent, name) = match (rel.parent(), rel.file_name()) {
             (Some(parent), Some(name)) => (parent, name),
             _ => (Path::new(""), OsStr::new(".")),
         };
@@ -467,7 +519,6 @@ pub fn apply_plan(dst: &Path, plan: &Plan, shift: Shift, counted: Shift) -> Resu
             sys::RESOLVE_BENEATH | sys::RESOLVE_NO_SYMLINKS,
         ) {
             Ok(dir) => dir,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(source) => {
                 return Err(CopyError::Io {
                     path: dpath,
@@ -475,7 +526,27 @@ pub fn apply_plan(dst: &Path, plan: &Plan, shift: Shift, counted: Shift) -> Resu
                 });
             }
         };
-        match set_meta(
+        let now = match nix::sys::stat::fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(now) => now,
+            Err(e) => {
+                return Err(CopyError::Io {
+                    path: dpath,
+                    source: e.into(),
+                });
+            }
+        };
+        // Not what the plan recorded (the copy changed under us): leave it alone.
+        if kind_of(&now) != kind_of(&p.st) {
+            continue;
+        }
+        // Hardlinks: one inode, set (and counted) once.
+        if kind_of(&now) != SFlag::S_IFDIR
+            && now.st_nlink > 1
+            && !linked.insert((now.st_dev, now.st_ino))
+        {
+            continue;
+        }
+        set_meta(
             dir.as_fd(),
             name,
             &p.st,
@@ -483,12 +554,8 @@ pub fn apply_plan(dst: &Path, plan: &Plan, shift: Shift, counted: Shift) -> Resu
             shift,
             &p.source,
             &dpath,
-        ) {
-            Ok(_) => shifted += u64::from(changes(&p.st, &p.xattrs, counted)),
-            // Replaced or whited out by a higher layer.
-            Err(CopyError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        )?;
+        shifted += u64::from(changes(&p.st, &p.xattrs, counted));
     }
     Ok(shifted)
 }
@@ -502,4 +569,50 @@ fn changes(st: &FileStat, xattrs: &[(CString, Vec<u8>)], shift: Shift) -> bool {
             xattr::carries_ids(&name)
                 && xattr::shift_value(&name, value, shift).ok().as_deref() != Some(value.as_slice())
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    /// The copy's directory was moved and a symlink put at its path after the copy opened
+    /// it: replacing a lower layer's entries must act on the opened directory, never on
+    /// what the path now leads to.
+    #[test]
+    fn replacing_entries_never_follows_a_swapped_path() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let at = |p: &str| tmp.path().join(p);
+        // The higher layer: a file `a` and a file `d` replacing what is below.
+        fs::create_dir(at("upper")).expect("mkdir");
+        fs::write(at("upper/a"), b"new").expect("write");
+        fs::write(at("upper/d"), b"new").expect("write");
+        // The copy so far (a lower layer's `a` and `d/x`), and the victim the path now reaches.
+        for root in ["copy", "victim"] {
+            fs::create_dir_all(at(&format!("{root}/d"))).expect("mkdir");
+            fs::write(at(&format!("{root}/a")), root).expect("write");
+            fs::write(at(&format!("{root}/d/x")), root).expect("write");
+        }
+        let open = |p: &str| nix::fcntl::open(&at(p), dir_flags(), Mode::empty()).expect("open");
+        let dst_root = open("copy");
+        std::os::unix::fs::symlink(at("victim"), at("swapped")).expect("symlink");
+        let swapped = at("swapped");
+        let mut plan = Plan::default();
+        let mut copier = Copier {
+            shift: Shift { to: 0, range: 0 },
+            links: HashMap::new(),
+            dst_root,
+            dst_path: &swapped,
+            report: CopyReport::default(),
+            progress: None,
+            defer: Some(&mut plan),
+        };
+        copier
+            .copy_dir(open("upper"), open("copy"), &at("upper"), Path::new(""))
+            .expect("copy");
+        assert_eq!(fs::read(at("copy/a")).expect("read"), b"new");
+        assert_eq!(fs::read(at("copy/d")).expect("read"), b"new");
+        assert_eq!(fs::read(at("victim/a")).expect("victim/a"), b"victim");
+        assert_eq!(fs::read(at("victim/d/x")).expect("victim/d/x"), b"victim");
+    }
 }

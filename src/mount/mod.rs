@@ -1,5 +1,6 @@
 //! Shifted views of an image: overlayfs ([`overlay`]), idmapped mounts ([`idmapped`]),
-//! a shifted full copy ([`copy`]), and the one API over them ([`shifted`]).
+//! a shifted full copy ([`copy`], made from a user namespace when rootless: [`rootless`]),
+//! and the one API over them ([`shifted`]).
 
 pub mod copy;
 pub mod idmapped;
