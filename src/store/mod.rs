@@ -513,7 +513,14 @@ impl Store {
 
     /// Checks every chunk's hash and every index's references.
     pub fn verify(&self) -> Result<VerifyReport> {
-        gc::verify(self)
+        gc::verify(self, false)
+    }
+
+    /// [`verify`](Store::verify), then removes every corrupt chunk file (waiting for
+    /// imports in progress), so that re-importing or pulling the images the report names
+    /// in `damaged_images` writes those chunks afresh. Indexes are never touched.
+    pub fn verify_and_repair(&self) -> Result<VerifyReport> {
+        gc::verify(self, true)
     }
 
     /// Removes every chunk no index references (and temporary files of dead imports).

@@ -121,7 +121,8 @@ impl ImageWriter {
 
     /// With `false`, commit publishes without waiting for the disk (like casync): a crash
     /// of the machine (not of the process) may then leave an index naming chunks that
-    /// were never written; `warren store verify` finds them and a re-import repairs.
+    /// were never written or are truncated; [`Store::verify_and_repair`] finds them and
+    /// removes the corrupt ones, then a re-import of the images it names restores them.
     /// Default `true`. Set it before adding content.
     pub fn set_sync(&mut self, sync: bool) {
         self.shared
