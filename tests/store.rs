@@ -596,7 +596,9 @@ fn verify_repair_then_reimport_restores_a_truncated_chunk() {
     // Only the corrupt chunk went.
     assert!(chunk_ids(&store, "other").is_subset(&before));
     assert_eq!(
-        chunk_ids(&store, "img").difference(&before).collect::<Vec<_>>(),
+        chunk_ids(&store, "img")
+            .difference(&before)
+            .collect::<Vec<_>>(),
         vec![&id]
     );
 

@@ -115,7 +115,10 @@ pub(crate) fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
     let unusable: HashSet<ChunkId> = bad.iter().map(|b| b.0).collect();
     let damaged_images = uses
         .iter()
-        .filter(|(_, ids)| ids.iter().any(|id| !on_disk.contains(id) || unusable.contains(id)))
+        .filter(|(_, ids)| {
+            ids.iter()
+                .any(|id| !on_disk.contains(id) || unusable.contains(id))
+        })
         .map(|(name, _)| name.to_string())
         .collect();
     Ok(VerifyReport {
