@@ -144,11 +144,7 @@ pub(crate) fn extract(
         name: index.name.clone(),
         dest: dest.to_path_buf(),
         entries: index.records.len() as u64,
-        files: index
-            .records
-            .iter()
-            .filter(|r| matches!(r.entry.kind, Kind::File { .. }))
-            .count() as u64,
+        files: index.file_count(),
         bytes: index.content_bytes(),
     })
 }

@@ -185,11 +185,7 @@ impl ImageInfo {
             name: index.name.clone(),
             created: index.created,
             entries: index.records.len() as u64,
-            files: index
-                .records
-                .iter()
-                .filter(|r| matches!(r.entry.kind, Kind::File { .. }))
-                .count() as u64,
+            files: index.file_count(),
             content_bytes: index.content_bytes(),
             chunks: index.chunks.len() as u64,
             unique_chunks: unique.len() as u64,
