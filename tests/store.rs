@@ -547,6 +547,74 @@ fn corrupt_or_missing_chunk_fails_extract_by_name_and_verify_finds_it() {
 }
 
 #[test]
+fn verify_repair_then_reimport_restores_a_truncated_chunk() {
+    require_root();
+    let tmp = scratch("store-repair");
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/victim"), noise(11, 600_000)).unwrap();
+    fs::write(src.join("small"), b"unrelated").unwrap();
+    let other = tmp.path().join("other");
+    fs::create_dir_all(&other).unwrap();
+    fs::write(other.join("f"), noise(12, 100_000)).unwrap();
+    let dir = tmp.path().join("store");
+    ok(warren(&dir)
+        .args(["image", "import", "--no-sync", "--name", "img"])
+        .arg(&src));
+    ok(warren(&dir)
+        .args(["image", "import", "--name", "other"])
+        .arg(&other));
+    let store = Store::open(&dir).unwrap();
+    let id = store.index("img").unwrap().chunks[1].id;
+    assert!(!chunk_ids(&store, "other").contains(&id));
+    let path = store.chunk_path(&id);
+    let len = fs::metadata(&path).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+
+    let out = run(warren(&dir).args(["store", "verify"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(&format!("BAD chunk {id}")), "{stdout}");
+    assert!(stdout.contains("DAMAGED image img:latest"), "{stdout}");
+    assert!(!stdout.contains("DAMAGED image other"), "{stdout}");
+    assert!(stdout.contains("verify --repair"), "{stdout}");
+    // Plain verify changes nothing.
+    assert_eq!(fs::metadata(&path).unwrap().len(), len / 2);
+
+    let out = run(warren(&dir).args(["store", "verify", "--repair"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(&format!("REMOVED chunk {id}")), "{stdout}");
+    assert!(stdout.contains("DAMAGED image img:latest"), "{stdout}");
+    assert!(!path.exists(), "the corrupt chunk is still there");
+    let before: BTreeSet<ChunkId> = on_disk(&dir);
+    // Only the corrupt chunk went.
+    assert!(chunk_ids(&store, "other").is_subset(&before));
+    assert_eq!(
+        chunk_ids(&store, "img")
+            .difference(&before)
+            .collect::<Vec<_>>(),
+        vec![&id]
+    );
+
+    ok(warren(&dir)
+        .args(["image", "import", "--name", "img"])
+        .arg(&src));
+    ok(warren(&dir).args(["store", "verify"]));
+    assert_eq!(fs::metadata(&path).unwrap().len(), len);
+    let dest = tmp.path().join("dest");
+    ok(warren(&dir).args(["image", "extract", "img"]).arg(&dest));
+    assert_eq!(fs::read(dest.join("d/victim")).unwrap(), noise(11, 600_000));
+    assert_eq!(fs::read(dest.join("small")).unwrap(), b"unrelated");
+    assert_eq!(snapshot(&src), snapshot(&dest));
+}
+
+#[test]
 fn truncated_or_garbled_index_is_a_clear_error() {
     require_root();
     let tmp = scratch("store-badindex");

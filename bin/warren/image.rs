@@ -25,8 +25,9 @@ pub enum Command {
         /// An OCI image config JSON file to store with the image (Cmd, Env, ...).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Publish without waiting for the disk (faster; a machine crash may lose chunks,
-        /// which `warren store verify` reports and a re-import repairs).
+        /// Publish without waiting for the disk (faster; a machine crash may lose or
+        /// truncate chunks: `warren store verify --repair` finds them and removes the
+        /// corrupt ones, then a re-import of the images it lists restores them).
         #[arg(long)]
         no_sync: bool,
     },

@@ -8,7 +8,15 @@ pub enum Command {
     /// Images, chunks, logical vs stored bytes, dedup ratio.
     Stats,
     /// Check every chunk's hash and every index's references; exit 1 on any problem.
-    Verify,
+    /// An import or pull reuses any chunk file it finds, so to repair a corrupt chunk run
+    /// `verify --repair`, then re-import (or pull) every image it lists as damaged.
+    Verify {
+        /// Remove the corrupt chunk files found (waits for imports in progress), so the
+        /// next import or pull of an image that needs them writes them afresh. Still exits
+        /// 1: the store lacks those chunks until the listed images are re-imported.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Remove chunks no image references (waits for imports in progress).
     Gc,
     /// Write the chunks and indexes DIR lacks into it (a store directory to serve over
@@ -54,13 +62,23 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Verify => {
-            let r = store.verify()?;
+        Command::Verify { repair } => {
+            let r = if repair {
+                store.verify_and_repair()?
+            } else {
+                store.verify()?
+            };
             if global.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 for p in &r.problems {
                     println!("BAD {}: {}", p.object, p.error);
+                }
+                for id in &r.removed_chunks {
+                    println!("REMOVED chunk {id}");
+                }
+                for name in &r.damaged_images {
+                    println!("DAMAGED image {name}");
                 }
                 println!(
                     "verified {} images and {} chunks: {}",
@@ -72,6 +90,16 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
                         format!("{} problems", r.problems.len())
                     }
                 );
+                if !r.damaged_images.is_empty() {
+                    println!(
+                        "{}re-import (or pull) each damaged image to restore its chunks",
+                        if repair {
+                            ""
+                        } else {
+                            "run `warren store verify --repair`, then "
+                        }
+                    );
+                }
             }
             Ok(if r.ok() { 0 } else { 1 })
         }

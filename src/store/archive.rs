@@ -5,14 +5,15 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 
-use super::{Entry, ImageWriter, Kind, Result, Timestamp, io_err, nix_err};
+use super::{Entry, ImageWriter, Kind, Result, StoreError, Timestamp, io_err, nix_err};
 use crate::sys;
 
 /// Feeds the tree at `root` into `w`. `root` itself may be a symlink to a directory;
@@ -46,13 +47,12 @@ fn walk_dir(
     links: &mut HashMap<(u64, u64), PathBuf>,
 ) -> Result<()> {
     let shown = root.join(rel);
-    // The directory is pinned by its fd; /proc/self/fd/N names exactly it.
-    let listing = format!("/proc/self/fd/{}", dir.as_raw_fd());
-    let mut names: Vec<OsString> = std::fs::read_dir(&listing)
+    // getdents64 on the pinned fd itself: no path lookup the tree could redirect.
+    let mut names: Vec<OsString> = sys::read_dir(dir, &mut Vec::new())
         .map_err(io_err(&shown))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<std::io::Result<_>>()
-        .map_err(io_err(&shown))?;
+        .into_iter()
+        .map(|e| OsString::from_vec(e.name.into_bytes()))
+        .collect();
     names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     for name in names {
         let path = rel.join(&name);
@@ -76,8 +76,8 @@ fn walk_dir(
                 let kind = Kind::File {
                     size: st.st_size as u64,
                 };
+                let mut file = File::from(open_file(dir, &name, &st, &full)?);
                 let entry = entry_of(&st, path, kind, dir, &name, &full)?;
-                let mut file = File::from(open_file(dir, &name).map_err(nix_err(&full))?);
                 w.add(entry, Some(&mut file))?;
             }
             SFlag::S_IFDIR => {
@@ -111,14 +111,34 @@ fn walk_dir(
     Ok(())
 }
 
-/// Opens a regular file for reading without following a symlink, without touching its
-/// atime when we may.
-fn open_file(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<OwnedFd> {
-    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    match openat(dir, name, flags | OFlag::O_NOATIME, Mode::empty()) {
-        Err(nix::errno::Errno::EPERM) => openat(dir, name, flags, Mode::empty()),
+/// Opens the regular file `name` that the walk saw as `seen`, for reading: without
+/// following a symlink, without blocking (a FIFO swapped in after the stat would
+/// otherwise hang the import until a writer came), without touching its atime when we
+/// may. Whatever was opened must be that same regular file, else an error naming `full`.
+fn open_file(dir: BorrowedFd<'_>, name: &OsStr, seen: &FileStat, full: &Path) -> Result<OwnedFd> {
+    let changed = |now: &str| StoreError::Entry {
+        path: full.to_path_buf(),
+        reason: format!("changed while importing: no longer the regular file listed ({now})"),
+    };
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let fd = match openat(dir, name, flags | OFlag::O_NOATIME, Mode::empty()) {
+        Err(Errno::EPERM) => openat(dir, name, flags, Mode::empty()),
         other => other,
+    };
+    let fd = match fd {
+        Ok(fd) => fd,
+        Err(Errno::ELOOP) => return Err(changed("now a symlink")),
+        Err(Errno::ENOENT) => return Err(changed("it is gone")),
+        Err(e) => return Err(nix_err(full)(e)),
+    };
+    let st = fstat(&fd).map_err(nix_err(full))?;
+    if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
+        return Err(changed("now a special file"));
     }
+    if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino) {
+        return Err(changed("now another file"));
+    }
+    Ok(fd)
 }
 
 fn entry_of(
@@ -154,4 +174,77 @@ fn entry_of(
         },
         xattrs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// Stats `name` in `dir` as the walk does, lets `swap` replace it, then opens it.
+    fn open_after(swap: impl FnOnce(&Path)) -> Result<OwnedFd> {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        std::fs::write(&path, b"content").unwrap();
+        let dir = nix::fcntl::open(
+            tmp.path(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+        let seen = fstatat(&dir, "f", AtFlags::AT_SYMLINK_NOFOLLOW).unwrap();
+        swap(&path);
+        // Off the test thread: a blocking open must fail the test, not hang it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(open_file(dir.as_fd(), OsStr::new("f"), &seen, &path));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("open_file blocked on what replaced the file")
+    }
+
+    fn reason(r: Result<OwnedFd>) -> String {
+        match r {
+            Err(StoreError::Entry { path, reason }) => {
+                assert!(path.ends_with("f"), "{path:?}");
+                reason
+            }
+            other => panic!("expected an entry error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unchanged_file_opens_and_reads() {
+        let mut f = File::from(open_after(|_| {}).unwrap());
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "content");
+    }
+
+    #[test]
+    fn file_swapped_for_a_fifo_is_an_error_not_a_hang() {
+        let r = open_after(|p| {
+            std::fs::remove_file(p).unwrap();
+            nix::unistd::mkfifo(p, Mode::from_bits_truncate(0o644)).unwrap();
+        });
+        assert!(reason(r).contains("special file"));
+    }
+
+    #[test]
+    fn file_swapped_for_another_file_or_a_symlink_or_removed_is_an_error() {
+        let r = open_after(|p| {
+            // Made before the old one goes, so it cannot reuse its inode number.
+            let new = p.with_file_name("new");
+            std::fs::write(&new, b"other").unwrap();
+            std::fs::rename(&new, p).unwrap();
+        });
+        assert!(reason(r).contains("another file"));
+        let r = open_after(|p| {
+            std::fs::remove_file(p).unwrap();
+            std::os::unix::fs::symlink("/etc/passwd", p).unwrap();
+        });
+        assert!(reason(r).contains("symlink"));
+        let r = open_after(|p| std::fs::remove_file(p).unwrap());
+        assert!(reason(r).contains("gone"));
+    }
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 use rayon::prelude::*;
@@ -144,11 +144,7 @@ pub(crate) fn extract(
         name: index.name.clone(),
         dest: dest.to_path_buf(),
         entries: index.records.len() as u64,
-        files: index
-            .records
-            .iter()
-            .filter(|r| matches!(r.entry.kind, Kind::File { .. }))
-            .count() as u64,
+        files: index.file_count(),
         bytes: index.content_bytes(),
     })
 }
@@ -441,14 +437,9 @@ impl<'a> Ctx<'a> {
                 .map_err(|err| xattr_err(&shown, &attr, err))?;
         }
         if !symlink {
-            // We just created this node in a directory only we can write: not a symlink.
-            nix::sys::stat::fchmodat(
-                dir,
-                name,
-                Mode::from_bits_truncate(e.mode),
-                FchmodatFlags::FollowSymlink,
-            )
-            .map_err(nix_err(&shown))?;
+            // We just created this node, but never follow a link put in its place.
+            let cname = sys::cstr(name).map_err(io_err(&shown))?;
+            sys::fchmodat_nofollow(dir, &cname, e.mode & 0o7777).map_err(io_err(&shown))?;
         }
         let t = timespec(e);
         nix::sys::stat::utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink)
@@ -556,5 +547,44 @@ mod tests {
             assert!(!tmp.path().join("inner/escaped").exists(), "case {i}");
             assert!(!dest.exists(), "case {i} left DEST");
         }
+    }
+
+    /// A symlink found where a device node should be: its mode is not changed, and the
+    /// mode never reaches the link's target.
+    #[test]
+    fn set_meta_at_never_chmods_through_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("store")).unwrap();
+        let tree = tmp.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        let target = tmp.path().join("target");
+        std::fs::write(&target, b"x").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&target, tree.join("node")).unwrap();
+        let index = Index {
+            name: "t:latest".into(),
+            created: 0,
+            config: None,
+            chunks: vec![],
+            records: vec![],
+        };
+        let root: OwnedFd =
+            nix::fcntl::open(&tree, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let dir = root.try_clone().unwrap();
+        let ctx = Ctx::new(&store, &index, root, &tree, &ExtractOptions::default());
+        let entry = Entry {
+            path: "node".into(),
+            kind: Kind::Fifo,
+            mode: 0o4777,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            mtime: Timestamp::default(),
+            xattrs: vec![],
+        };
+        let r = ctx.set_meta_at(&entry, dir.as_fd(), OsStr::new("node"), false);
+        assert!(r.is_err(), "chmod of a symlink succeeded");
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600, "the symlink's target was chmodded");
     }
 }

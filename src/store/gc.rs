@@ -23,6 +23,12 @@ pub struct VerifyReport {
     pub images: u64,
     pub chunks: u64,
     pub problems: Vec<Problem>,
+    /// Images that reference a missing or corrupt chunk: re-import (or pull) each to
+    /// restore it (after a repair, for a corrupt one).
+    pub damaged_images: Vec<String>,
+    /// Corrupt chunk files a repair removed (hex ids), so the next import or pull of an
+    /// image that needs them writes them afresh.
+    pub removed_chunks: Vec<String>,
 }
 
 impl VerifyReport {
@@ -40,22 +46,25 @@ pub struct GcReport {
     pub removed_temp_files: u64,
 }
 
-pub(crate) fn verify(store: &Store) -> Result<VerifyReport> {
-    // Shared lock: a concurrent gc would make chunks vanish under us.
-    let _lock = store.lock(false)?;
+/// Checks every chunk and index. With `repair`, removes every corrupt chunk file: an
+/// import or pull reuses any chunk whose file exists, so a bad one must go before a
+/// re-import can write it again. Indexes are never touched.
+pub(crate) fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
+    // Shared lock: a concurrent gc would make chunks vanish under us. A repair takes it
+    // exclusively: no import may be reusing a chunk it is about to remove.
+    let _lock = store.lock(repair)?;
     let mut problems = Vec::new();
     let on_disk: HashSet<ChunkId> = chunks::list(store)?.into_iter().map(|(id, _)| id).collect();
     let names = store.names()?;
+    let mut uses: Vec<(&String, HashSet<ChunkId>)> = Vec::new();
     for name in &names {
         match store.index(name) {
             Ok(index) => {
-                let mut missing: Vec<ChunkId> = index
-                    .chunks
+                let ids: HashSet<ChunkId> = index.chunks.iter().map(|c| c.id).collect();
+                let mut missing: Vec<ChunkId> = ids
                     .iter()
-                    .map(|c| c.id)
                     .filter(|id| !on_disk.contains(id))
-                    .collect::<HashSet<_>>()
-                    .into_iter()
+                    .copied()
                     .collect();
                 missing.sort();
                 for id in missing {
@@ -64,6 +73,7 @@ pub(crate) fn verify(store: &Store) -> Result<VerifyReport> {
                         error: format!("missing, referenced by image {name}"),
                     });
                 }
+                uses.push((name, ids));
             }
             Err(e) => problems.push(Problem {
                 object: format!("image {name}"),
@@ -71,28 +81,52 @@ pub(crate) fn verify(store: &Store) -> Result<VerifyReport> {
             }),
         }
     }
-    let mut ids: Vec<ChunkId> = on_disk.into_iter().collect();
+    let mut ids: Vec<ChunkId> = on_disk.iter().copied().collect();
     ids.sort();
-    let mut bad: Vec<Problem> = ids
+    // (id, error, whether the file was read and its bytes are bad)
+    let mut bad: Vec<(ChunkId, String, bool)> = ids
         .par_iter()
         .filter_map(|id| {
             let path = store.chunk_path(id);
-            let err = match fs::read(&path) {
-                Ok(data) => chunks::decode(id, 0, &data).err(),
-                Err(e) => Some(e.to_string()),
+            let (error, corrupt) = match fs::read(&path) {
+                Ok(data) => (chunks::decode(id, 0, &data).err()?, true),
+                Err(e) => (e.to_string(), false),
             };
-            err.map(|error| Problem {
-                object: format!("chunk {id}"),
-                error: format!("{error} ({})", path.display()),
-            })
+            Some((*id, format!("{error} ({})", path.display()), corrupt))
         })
         .collect();
-    bad.sort_by(|a, b| a.object.cmp(&b.object));
-    problems.extend(bad);
+    bad.sort_by_key(|b| b.0);
+    let mut removed_chunks = Vec::new();
+    for (id, error, corrupt) in &bad {
+        problems.push(Problem {
+            object: format!("chunk {id}"),
+            error: error.clone(),
+        });
+        if repair && *corrupt {
+            let path = store.chunk_path(id);
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_err(&path)(e));
+                }
+                _ => removed_chunks.push(id.to_string()),
+            }
+        }
+    }
+    let unusable: HashSet<ChunkId> = bad.iter().map(|b| b.0).collect();
+    let damaged_images = uses
+        .iter()
+        .filter(|(_, ids)| {
+            ids.iter()
+                .any(|id| !on_disk.contains(id) || unusable.contains(id))
+        })
+        .map(|(name, _)| name.to_string())
+        .collect();
     Ok(VerifyReport {
         images: names.len() as u64,
         chunks: ids.len() as u64,
         problems,
+        damaged_images,
+        removed_chunks,
     })
 }
 

@@ -179,8 +179,8 @@ pub fn normalize(path: &Path) -> Result<PathBuf, IndexError> {
     Ok(out)
 }
 
-/// Content bytes of every file entry.
 impl Index {
+    /// Content bytes of every file entry.
     pub fn content_bytes(&self) -> u64 {
         self.records
             .iter()
@@ -189,6 +189,14 @@ impl Index {
                 _ => 0,
             })
             .sum()
+    }
+
+    /// Number of file entries (hardlinks not counted).
+    pub fn file_count(&self) -> u64 {
+        self.records
+            .iter()
+            .filter(|r| matches!(r.entry.kind, Kind::File { .. }))
+            .count() as u64
     }
 
     /// Length of the content stream.
@@ -583,6 +591,21 @@ mod tests {
         let mut i = sample();
         i.records[1].entry.path = "../a".into();
         assert!(Index::decode(&i.encode()).is_err());
+    }
+
+    #[test]
+    fn file_count_counts_files_not_links_or_dirs() {
+        let mut i = sample();
+        assert_eq!(i.file_count(), 1);
+        i.records.push(Record {
+            entry: Entry {
+                path: "c".into(),
+                kind: Kind::File { size: 0 },
+                ..i.records[1].entry.clone()
+            },
+            offset: 5,
+        });
+        assert_eq!(i.file_count(), 2);
     }
 
     #[test]

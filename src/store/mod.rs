@@ -185,11 +185,7 @@ impl ImageInfo {
             name: index.name.clone(),
             created: index.created,
             entries: index.records.len() as u64,
-            files: index
-                .records
-                .iter()
-                .filter(|r| matches!(r.entry.kind, Kind::File { .. }))
-                .count() as u64,
+            files: index.file_count(),
             content_bytes: index.content_bytes(),
             chunks: index.chunks.len() as u64,
             unique_chunks: unique.len() as u64,
@@ -513,7 +509,14 @@ impl Store {
 
     /// Checks every chunk's hash and every index's references.
     pub fn verify(&self) -> Result<VerifyReport> {
-        gc::verify(self)
+        gc::verify(self, false)
+    }
+
+    /// [`verify`](Store::verify), then removes every corrupt chunk file (waiting for
+    /// imports in progress), so that re-importing or pulling the images the report names
+    /// in `damaged_images` writes those chunks afresh. Indexes are never touched.
+    pub fn verify_and_repair(&self) -> Result<VerifyReport> {
+        gc::verify(self, true)
     }
 
     /// Removes every chunk no index references (and temporary files of dead imports).

@@ -121,7 +121,8 @@ impl ImageWriter {
 
     /// With `false`, commit publishes without waiting for the disk (like casync): a crash
     /// of the machine (not of the process) may then leave an index naming chunks that
-    /// were never written; `warren store verify` finds them and a re-import repairs.
+    /// were never written or are truncated; [`Store::verify_and_repair`] finds them and
+    /// removes the corrupt ones, then a re-import of the images it names restores them.
     /// Default `true`. Set it before adding content.
     pub fn set_sync(&mut self, sync: bool) {
         self.shared
@@ -147,7 +148,7 @@ impl ImageWriter {
             path: path.to_path_buf(),
             reason: reason.to_string(),
         };
-        entry.path = normalize(&entry.path).map_err(|e| bad(&entry.path, &e.to_string()))?;
+        entry.path = normalize_entry(&entry.path)?;
         entry.mode &= 0o7777;
         if entry.mtime.nsec >= 1_000_000_000 {
             return Err(bad(&entry.path, "mtime nanoseconds >= 10^9"));
@@ -221,10 +222,7 @@ impl ImageWriter {
 
     /// Removes `path` and everything under it (an OCI whiteout).
     pub fn remove(&mut self, path: &Path) -> Result<()> {
-        let path = normalize(path).map_err(|e| StoreError::Entry {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let path = normalize_entry(path)?;
         self.remove_under(&path);
         self.entries.remove(&path);
         Ok(())
@@ -232,10 +230,7 @@ impl ImageWriter {
 
     /// Removes everything under directory `path`, keeping `path` (an OCI opaque whiteout).
     pub fn clear_dir(&mut self, path: &Path) -> Result<()> {
-        let path = normalize(path).map_err(|e| StoreError::Entry {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let path = normalize_entry(path)?;
         self.remove_under(&path);
         Ok(())
     }
@@ -430,6 +425,14 @@ impl ImageWriter {
     }
 }
 
+/// The canonical form of an entry path, or an error naming it.
+fn normalize_entry(path: &Path) -> Result<PathBuf> {
+    normalize(path).map_err(|e| StoreError::Entry {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
 /// Makes new chunks durable, then gives them their final names, durably. Only our own
 /// files are synced (a syncfs would also wait for everything else on the filesystem).
 fn publish_chunks(pending: &[(PathBuf, PathBuf)], sync: bool) -> Result<()> {
@@ -543,6 +546,36 @@ fn worker(rx: &Mutex<Receiver<(ChunkId, Vec<u8>)>>, shared: &Shared) {
                     .push(paths);
             }
             Err(e) => shared.fail(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every way in names the path it refused.
+    #[test]
+    fn escaping_paths_are_entry_errors_naming_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("store")).unwrap();
+        let mut w = store.writer().unwrap();
+        let bad = Path::new("a/../../x");
+        let entry = Entry {
+            path: bad.into(),
+            kind: Kind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: Timestamp::default(),
+            xattrs: vec![],
+        };
+        let results = [w.add(entry, None), w.remove(bad), w.clear_dir(bad)];
+        for r in results {
+            match r {
+                Err(StoreError::Entry { path, .. }) => assert_eq!(path, bad),
+                other => panic!("{other:?}"),
+            }
         }
     }
 }
