@@ -79,6 +79,26 @@ fn workload_sees_its_namespaces_and_limits() {
     assert!(s.contains("NoNewPrivs:\t1"), "{s}");
 }
 
+/// The `<...>` flags of `lo` as `ip link show lo` prints them, e.g. "LOOPBACK,UP,LOWER_UP".
+fn lo_flags(ip_output: &str) -> Vec<String> {
+    ip_output
+        .lines()
+        .find(|l| l.contains(" lo: "))
+        .and_then(|l| l.split_once('<'))
+        .and_then(|(_, r)| r.split_once('>'))
+        .map(|(f, _)| f.split(',').map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn new_network_namespace_has_loopback_up() {
+    let out = run_config("lo", &sh("ip link show lo; ip addr show lo"));
+    let s = stdout(&out);
+    assert!(out.status.success(), "{out:?}");
+    assert!(lo_flags(&s).iter().any(|f| f == "UP"), "lo is down: {s}");
+    assert!(s.contains("inet 127.0.0.1/8"), "{s}");
+}
+
 #[test]
 fn user_namespace_maps_ids() {
     let c = rootfs::with_userns(

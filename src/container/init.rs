@@ -40,6 +40,7 @@ pub enum Step {
     Exec,
     Fork,
     Hook,
+    Loopback,
     Unknown,
 }
 
@@ -72,6 +73,8 @@ impl Step {
             Seccomp,
             Exec,
             Fork,
+            Hook,
+            Loopback,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -235,6 +238,9 @@ pub struct Init {
     pub unshare: libc::c_int,
     /// A new user namespace was created by clone: become its root after GO.
     pub new_userns: bool,
+    /// A new network namespace was created: bring its `lo` up (like crun), once in it and
+    /// privileged there.
+    pub loopback: bool,
     pub hostname: Option<CString>,
     pub domainname: Option<CString>,
     pub rootfs: Option<rootfs::Plan>,
@@ -309,6 +315,9 @@ impl Init {
             if unsafe { libc::unshare(self.unshare) } < 0 {
                 return Err(Fail::new(Step::Unshare, last_errno(), 0));
             }
+        }
+        if self.loopback {
+            sys::set_link_up(c"lo").map_err(|e| Fail::new(Step::Loopback, errno(e), 0))?;
         }
         if self.fork_after_join {
             // CLONE_PARENT: the process that execs is the caller's child (it can wait for

@@ -926,6 +926,7 @@ fn describe(f: Fail, plan: Option<&rootfs::Plan>, init: &Init) -> Error {
             "process.user.additionalGids need setgroups, denied in this user namespace".into()
         }
         Step::Setns => format!("join namespace {}", i),
+        Step::Loopback => "bring up lo in the new network namespace".into(),
         other => format!("{other:?}").to_lowercase(),
     };
     Error::Init {
@@ -1138,6 +1139,7 @@ fn create_in(
         join,
         unshare,
         new_userns,
+        loopback: flags & libc::CLONE_NEWNET != 0,
         hostname,
         domainname,
         rootfs: Some(plan),
@@ -1267,6 +1269,7 @@ fn exec_in(c: &Container, process: &Process, opts: &mut ExecOptions) -> Result<E
         join,
         unshare: 0,
         new_userns: false,
+        loopback: false,
         hostname: None,
         domainname: None,
         rootfs: None,
