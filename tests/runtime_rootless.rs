@@ -173,3 +173,35 @@ fn rootless_new_network_namespace_has_loopback_up() {
     assert!(lo_flags(&s).iter().any(|f| f == "UP"), "lo is down: {s}");
     assert!(s.contains("inet 127.0.0.1/8"), "{s}");
 }
+
+#[test]
+fn rootless_run_with_the_rootfs_under_a_private_home() {
+    // $XDG_DATA_HOME in a 0700 home: the container's root (a subordinate uid) cannot
+    // traverse it, the user can.
+    let (uid, gid) = ensure_rootless_user();
+    let dir = scratch("rootless-home");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).expect("mkdir home");
+    std::os::unix::fs::chown(&home, Some(uid), Some(gid)).expect("chown home");
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).expect("chmod home");
+    let bundle = home.join("share/bundle");
+    std::fs::create_dir_all(&bundle).expect("mkdir bundle");
+    std::os::unix::fs::chown(home.join("share"), Some(uid), Some(gid)).expect("chown share");
+    let c = rootless_config(
+        "id -u; stat -c %u /bin/busybox; touch /tmp/x && echo tmp-ok",
+        json!([{"containerID": 0, "hostID": subuid_start(), "size": 65536}]),
+        false,
+    );
+    make_bundle(&bundle, &c);
+    let root = home.join("state");
+    let out = run(warren_as_user(&root)
+        .args(["run", "-b"])
+        .arg(&bundle)
+        .arg("rlhome"));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n0\ntmp-ok\n");
+    let meta = std::fs::metadata(&home).expect("stat home");
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o700);
+    assert!(!root.join("rlhome").exists());
+}

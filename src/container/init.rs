@@ -298,6 +298,14 @@ impl Init {
             // runtime binary) or our memory while we hold host resources.
             libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         }
+        // The rootfs is looked up with the caller's credentials, in the container's mount
+        // namespace: now when clone made that namespace, else after the unshare below.
+        let mut rootfs = -1;
+        if let Some(plan) = &self.rootfs {
+            if self.unshare & libc::CLONE_NEWNS == 0 {
+                rootfs = plan.open_root()?;
+            }
+        }
         // A parent that died before PR_SET_PDEATHSIG took effect shows as EOF here.
         self.wait_for(tag::GO)?;
         if self.new_userns {
@@ -314,6 +322,11 @@ impl Init {
             // SAFETY: plain integers; this process is single-threaded.
             if unsafe { libc::unshare(self.unshare) } < 0 {
                 return Err(Fail::new(Step::Unshare, last_errno(), 0));
+            }
+        }
+        if let Some(plan) = &self.rootfs {
+            if rootfs < 0 {
+                rootfs = plan.open_root()?;
             }
         }
         if self.loopback {
@@ -355,12 +368,12 @@ impl Init {
             }
         }
         if let Some(plan) = &self.rootfs {
-            plan.apply()?;
+            let root = plan.apply(rootfs)?;
             if self.hooks {
                 send(self.sync, msg(tag::HOOKS)).map_err(|e| Fail::new(Step::Sync, e, 0))?;
                 self.wait_for(tag::HOOKS_DONE)?;
             }
-            plan.pivot()?;
+            plan.pivot(root)?;
             plan.finish()?;
         }
         let p = &self.process;

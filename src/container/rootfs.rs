@@ -455,25 +455,11 @@ impl Plan {
         })
     }
 
-    /// In the child, before pivot_root: makes the host's mounts invisible to changes
-    /// here, binds the rootfs onto itself, does the configured mounts and `/dev`.
-    pub fn apply(&self) -> Result<(), Fail> {
-        // No propagation back to the host, whatever the host's "/" is.
-        let root_flags = if self.root_propagation & (libc::MS_SHARED) != 0 {
-            libc::MS_SLAVE | libc::MS_REC
-        } else {
-            self.root_propagation | libc::MS_REC
-        };
-        mount(None, c"/", None, root_flags, None)
-            .map_err(|e| Fail::new(Step::RootPropagation, e, 0))?;
-        mount(
-            Some(&self.rootfs),
-            &self.rootfs,
-            None,
-            libc::MS_BIND | libc::MS_REC,
-            None,
-        )
-        .map_err(|e| Fail::new(Step::RootBind, e, 0))?;
+    /// In the child, first thing in its new mount namespace and before it becomes the
+    /// container's root: an `O_PATH` fd of the rootfs, looked up with the caller's own
+    /// credentials. Container root (a subordinate uid) may not be able to traverse the
+    /// way there (a 0700 home holding the rootfs).
+    pub fn open_root(&self) -> Result<RawFd, Fail> {
         // SAFETY: valid C string; the fd is closed before exec (O_CLOEXEC).
         let root = unsafe {
             libc::open(
@@ -484,9 +470,54 @@ impl Plan {
         if root < 0 {
             return Err(Fail::new(Step::RootOpen, last_errno(), 0));
         }
-        let result = self.mount_all(root);
-        close(root);
-        result
+        Ok(root)
+    }
+
+    /// In the child, before pivot_root: makes the host's mounts invisible to changes
+    /// here, binds the rootfs (the fd from [`open_root`](Plan::open_root), consumed) onto
+    /// itself, does the configured mounts and `/dev`. Returns the fd of the new root mount.
+    pub fn apply(&self, rootfs: RawFd) -> Result<RawFd, Fail> {
+        let result = self.bind_root(rootfs);
+        close(rootfs);
+        let root = result?;
+        if let Err(f) = self.mount_all(root) {
+            close(root);
+            return Err(f);
+        }
+        Ok(root)
+    }
+
+    fn bind_root(&self, rootfs: RawFd) -> Result<RawFd, Fail> {
+        // No propagation back to the host, whatever the host's "/" is.
+        let root_flags = if self.root_propagation & (libc::MS_SHARED) != 0 {
+            libc::MS_SLAVE | libc::MS_REC
+        } else {
+            self.root_propagation | libc::MS_REC
+        };
+        mount(None, c"/", None, root_flags, None)
+            .map_err(|e| Fail::new(Step::RootPropagation, e, 0))?;
+        // A recursive bind of the rootfs through its fd (never its path again), attached
+        // on top of it; the tree's fd then names the new mount's root.
+        let tree = sys::open_tree_raw(
+            rootfs,
+            c"",
+            sys::OPEN_TREE_CLONE
+                | sys::OPEN_TREE_CLOEXEC
+                | sys::AT_RECURSIVE
+                | libc::AT_EMPTY_PATH as u32,
+        )
+        .map_err(|e| Fail::new(Step::RootBind, errno(e), 0))?;
+        if let Err(e) = sys::move_mount_raw(
+            tree,
+            c"",
+            rootfs,
+            c"",
+            sys::MOVE_MOUNT_F_EMPTY_PATH | sys::MOVE_MOUNT_T_EMPTY_PATH,
+        ) {
+            close(tree);
+            return Err(Fail::new(Step::RootBind, errno(e), 1));
+        }
+        Ok(tree)
     }
 
     fn mount_all(&self, root: RawFd) -> Result<(), Fail> {
@@ -611,12 +642,16 @@ impl Plan {
         if r < 0 { Err(err) } else { Ok(()) }
     }
 
-    /// In the child: switches to the rootfs and detaches the old root.
-    pub fn pivot(&self) -> Result<(), Fail> {
+    /// In the child: switches to the rootfs (`root` from [`apply`](Plan::apply),
+    /// consumed) and detaches the old root.
+    pub fn pivot(&self, root: RawFd) -> Result<(), Fail> {
         let f = |e| Fail::new(Step::PivotRoot, e, 0);
-        // SAFETY: valid C string.
-        if unsafe { libc::chdir(self.rootfs.as_ptr()) } < 0 {
-            return Err(f(last_errno()));
+        // SAFETY: plain fd.
+        let r = unsafe { libc::fchdir(root) };
+        let err = last_errno();
+        close(root);
+        if r < 0 {
+            return Err(f(err));
         }
         sys::pivot_root(c".", c".").map_err(|e| f(errno(e)))?;
         // The old root is stacked under the new one: keep its unmount from propagating.
