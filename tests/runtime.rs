@@ -576,3 +576,84 @@ fn hooks_run_at_their_lifecycle_points() {
         assert_eq!(state["status"], status, "{name}");
     }
 }
+
+#[test]
+fn cgroup_only_for_limits_a_cgroups_path_or_the_host_pid_namespace() {
+    require_root();
+    let dir = scratch("cgroups");
+    let root = dir.path().join("state");
+    let base = sh("sleep 30");
+    let mut pids = base.clone();
+    pids["linux"]["resources"] = json!({"pids": {"limit": 50}});
+    let mut path = base.clone();
+    path["linux"]["cgroupsPath"] = json!("/warren/cg-path-given");
+    // Devices are not applied (see container::cgroup): not a reason for a cgroup.
+    let mut devices = base.clone();
+    devices["linux"]["resources"] = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    let mut host_pid = base.clone();
+    host_pid["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("namespaces")
+        .retain(|n| n["type"] != "pid");
+    // (id, config, cgroup path below each hierarchy or None, pids.max).
+    let cases = [
+        ("cg-none", base, None, None),
+        ("cg-devices", devices, None, None),
+        ("cg-pids", pids, Some("warren/cg-pids"), Some("50")),
+        ("cg-path", path, Some("warren/cg-path-given"), Some("max")),
+        (
+            "cg-hostpid",
+            host_pid,
+            Some("warren/cg-hostpid"),
+            Some("max"),
+        ),
+    ];
+    let own = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+    let pids_line = |text: &str| {
+        text.lines()
+            .find(|l| l.split(':').nth(1) == Some("pids"))
+            .map(|l| l.splitn(3, ':').nth(2).unwrap_or("").to_owned())
+            .expect("a v1 pids hierarchy")
+    };
+    for (id, config, cg, max) in cases {
+        let b = dir.path().join(id);
+        std::fs::create_dir_all(&b).expect("mkdir bundle");
+        rootfs::bundle(&b, &config);
+        let out = run(warren(&root)
+            .args(["create", "-b"])
+            .arg(&b)
+            .arg(id)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()));
+        assert!(out.status.success(), "{id}: {out:?}");
+        let st: Value =
+            serde_json::from_slice(&run(warren(&root).args(["state", id])).stdout).expect("state");
+        let pid = st["pid"].as_i64().expect("pid");
+        let theirs = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+        let hierarchy = Path::new("/sys/fs/cgroup/pids");
+        match (cg, max) {
+            (None, _) => {
+                for h in std::fs::read_dir("/sys/fs/cgroup").expect("list").flatten() {
+                    let made = h.path().join("warren").join(id);
+                    assert!(!made.exists(), "{id}: {} was created", made.display());
+                }
+                assert_eq!(pids_line(&theirs), pids_line(&own), "{id}: {theirs}");
+            }
+            (Some(cg), Some(max)) => {
+                assert_eq!(pids_line(&theirs), format!("/{cg}"), "{id}: {theirs}");
+                assert_eq!(
+                    std::fs::read_to_string(hierarchy.join(cg).join("pids.max"))
+                        .expect("pids.max")
+                        .trim(),
+                    max,
+                    "{id}"
+                );
+            }
+            _ => unreachable!(),
+        }
+        ok(warren(&root).args(["delete", "--force", id]));
+        if let Some(cg) = cg {
+            assert!(!hierarchy.join(cg).exists(), "{id}: cgroup left behind");
+        }
+    }
+}

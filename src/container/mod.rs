@@ -1127,12 +1127,18 @@ fn create_in(
         .cgroups_path()
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned());
-    let cg = cgroup::Cgroup::create(
-        &record.id,
+    let own_pid_namespace = flags & libc::CLONE_NEWPID != 0;
+    if cgroup::needed(
         linux.resources().as_ref(),
         cgroups_path.as_deref(),
-    )?;
-    record.cgroup = Some(cg);
+        own_pid_namespace,
+    ) {
+        record.cgroup = Some(cgroup::Cgroup::create(
+            &record.id,
+            linux.resources().as_ref(),
+            cgroups_path.as_deref(),
+        )?);
+    }
     dir.save(record)?;
 
     let mut init = Init {
