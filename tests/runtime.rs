@@ -657,3 +657,26 @@ fn cgroup_only_for_limits_a_cgroups_path_or_the_host_pid_namespace() {
         }
     }
 }
+
+#[test]
+fn devices_get_exactly_the_configured_mode_and_owner() {
+    require_root();
+    let dir = scratch("devmode");
+    let mut c = sh("stat -c '%n %a %u %g %t %T %F' /dev/xnull /dev/null");
+    c["linux"]["devices"] = json!([{"path": "/dev/xnull", "type": "c", "major": 1, "minor": 3,
+        "fileMode": 0o4604, "uid": 5, "gid": 6}]);
+    let b = rootfs::bundle(dir.path(), &c);
+    let root = dir.path().join("state");
+    // A restrictive umask in the runtime does not leak into the nodes it makes.
+    let out = run(Command::new("sh")
+        .arg("-c")
+        .arg(r#"umask 077; exec "$0" --root "$1" run -b "$2" devmode"#)
+        .arg(bin("warren"))
+        .arg(&root)
+        .arg(&b));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        stdout(&out),
+        "/dev/xnull 4604 5 6 1 3 character special file\n/dev/null 666 0 0 1 3 character special file\n"
+    );
+}

@@ -624,18 +624,29 @@ impl Plan {
         let (dir, name) = parent_made;
         // SAFETY: valid fd and C string.
         unsafe { libc::unlinkat(dir, name.as_ptr(), 0) };
-        // SAFETY: valid fd and C string.
-        let mut r = unsafe { libc::mknodat(dir, name.as_ptr(), d.mode, d.dev) };
+        // The mode the config asked for, set by mknod itself: no umask, and no chmod by
+        // name afterwards (which would follow a symlink swapped in meanwhile).
+        // SAFETY: umask and mknodat with a valid fd and C string; single-threaded child.
+        let mut r = unsafe {
+            let umask = libc::umask(0);
+            let r = libc::mknodat(dir, name.as_ptr(), d.mode, d.dev);
+            libc::umask(umask);
+            r
+        };
         if r == 0 {
-            // SAFETY: valid fd and C string; the new node is not a symlink.
+            // SAFETY: valid fd and C string; AT_SYMLINK_NOFOLLOW.
             r = unsafe {
                 libc::fchownat(dir, name.as_ptr(), d.uid, d.gid, libc::AT_SYMLINK_NOFOLLOW)
             };
         }
-        if r == 0 {
-            // mknod applies the umask: set the mode the config asked for.
-            // SAFETY: valid fd and C string.
-            r = unsafe { libc::fchmodat(dir, name.as_ptr(), d.mode & 0o7777, 0) };
+        if r == 0 && d.mode & 0o7000 != 0 {
+            // chown cleared setuid/setgid: put them back, never through a symlink.
+            // SAFETY: `dir` is open until the close below.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(dir) };
+            if let Err(e) = sys::fchmodat_nofollow(fd, name, d.mode & 0o7777) {
+                close(dir);
+                return Err(errno(e));
+            }
         }
         let err = last_errno();
         close(dir);
