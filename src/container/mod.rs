@@ -191,7 +191,7 @@ impl Container {
                 .as_ref()
                 .map(|b| b.join("config.json"))
                 .unwrap_or_else(|| PathBuf::from("config.json")),
-            reason,
+            reason: reason.to_string(),
         })?;
         let bundle = match &opts.bundle {
             Some(b) => std::path::absolute(b).map_err(Error::io("bundle path"))?,
@@ -737,7 +737,7 @@ fn process_plan(p: &Process, setgroups: bool) -> Result<init::Process, Error> {
     let caps = match p.capabilities() {
         Some(c) => caps::CapSets::from_spec(c).map_err(|r| Error::Config {
             file: "config.json".into(),
-            reason: r,
+            reason: r.to_string(),
         })?,
         None => caps::CapSets::none(),
     };
@@ -1038,12 +1038,13 @@ fn create_in(
     } else {
         None
     };
-    let plan = rootfs::Plan::new(spec, rootfs_path, bundle, new_userns || user_joined).map_err(
-        |reason| Error::Config {
-            file: bundle.join("config.json"),
-            reason,
-        },
-    )?;
+    let plan =
+        rootfs::Plan::new(spec, rootfs_path, bundle, new_userns || user_joined).map_err(|e| {
+            Error::Config {
+                file: bundle.join("config.json"),
+                reason: e.to_string(),
+            }
+        })?;
     let setgroups = !maps.as_ref().is_some_and(|m| m.deny_setgroups);
     let mut proc_plan = process_plan(&process, setgroups)?;
     proc_plan.init = opts.init;

@@ -4,12 +4,22 @@
 //! clone and exec and therefore allocate nothing and take no lock.
 
 use super::init::{Fail, Step};
+use super::spec::ConfigError;
 use crate::sys::{self, RESOLVE_IN_ROOT};
 use libc::c_ulong;
 use oci_spec::runtime::{LinuxDeviceType, Spec};
 use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
+
+/// A path in the config that cannot name a place inside the rootfs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("{} must not contain `..`", .0.display())]
+    DotDot(PathBuf),
+    #[error("{} contains NUL", .0.display())]
+    Nul(PathBuf),
+}
 
 /// A path inside the rootfs, split so each missing component can be created beneath the
 /// root without following symlinks out of it.
@@ -22,16 +32,16 @@ pub struct Inside {
 }
 
 impl Inside {
-    pub fn new(path: &Path) -> Result<Inside, String> {
+    pub fn new(path: &Path) -> Result<Inside, PathError> {
         let mut parts = Vec::new();
         for c in path.components() {
             match c {
                 Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
                 Component::RootDir | Component::CurDir => {}
-                _ => return Err(format!("{} must not contain `..`", path.display())),
+                _ => return Err(PathError::DotDot(path.to_owned())),
             }
         }
-        let cs = |s: &str| CString::new(s).map_err(|_| format!("{} contains NUL", path.display()));
+        let cs = |s: &str| CString::new(s).map_err(|_| PathError::Nul(path.to_owned()));
         let mut steps = Vec::new();
         for i in 0..parts.len() {
             let parent = if i == 0 {
@@ -246,8 +256,8 @@ fn parse_options(opts: &[String]) -> (c_ulong, c_ulong, Vec<c_ulong>, Vec<String
     (set & !clear, clear, prop, data)
 }
 
-fn cstring(s: impl AsRef<std::ffi::OsStr>, field: &str) -> Result<CString, String> {
-    sys::cstr(s).map_err(|_| format!("field `{field}`: contains a NUL byte"))
+fn cstring(s: impl AsRef<std::ffi::OsStr>, field: &str) -> Result<CString, ConfigError> {
+    sys::cstr(s).map_err(|_| ConfigError::new(field, "contains a NUL byte"))
 }
 
 struct DefaultDev {
@@ -292,7 +302,12 @@ const DEFAULT_DEVICES: &[DefaultDev] = &[
 impl Plan {
     /// Prepares the rootfs setup for `spec` with the rootfs at `rootfs` (absolute) and
     /// config-relative bind sources taken from `bundle`.
-    pub fn new(spec: &Spec, rootfs: &Path, bundle: &Path, userns: bool) -> Result<Plan, String> {
+    pub fn new(
+        spec: &Spec,
+        rootfs: &Path,
+        bundle: &Path,
+        userns: bool,
+    ) -> Result<Plan, ConfigError> {
         let linux = spec.linux().clone().unwrap_or_default();
         let mut mounts = Vec::new();
         let mut descriptions = Vec::new();
@@ -318,8 +333,9 @@ impl Plan {
                 } else {
                     bundle.join(&source)
                 };
-                let meta = std::fs::metadata(&src)
-                    .map_err(|e| format!("field `{field}.source`: {}: {e}", src.display()))?;
+                let meta = std::fs::metadata(&src).map_err(|e| {
+                    ConfigError::new(format!("{field}.source"), format!("{}: {e}", src.display()))
+                })?;
                 flags |= libc::MS_BIND;
                 (src, !meta.is_dir())
             } else {
@@ -355,7 +371,7 @@ impl Plan {
             let data = (!data.is_empty()).then(|| data.join(","));
             mounts.push(MountOp {
                 target: Inside::new(dest)
-                    .map_err(|e| format!("field `{field}.destination`: {e}"))?,
+                    .map_err(|e| ConfigError::new(format!("{field}.destination"), e))?,
                 file,
                 kind,
                 source: cstring(&source, &field)?,
@@ -376,7 +392,8 @@ impl Plan {
         if !dev_bound {
             for d in DEFAULT_DEVICES {
                 devices.push(DevOp {
-                    target: Inside::new(Path::new(d.path))?,
+                    target: Inside::new(Path::new(d.path))
+                        .map_err(|e| ConfigError::new("devices", e))?,
                     mode: libc::S_IFCHR | 0o666,
                     dev: libc::makedev(d.major, d.minor),
                     uid: 0,
@@ -392,16 +409,21 @@ impl Plan {
                 LinuxDeviceType::B => libc::S_IFBLK,
                 LinuxDeviceType::P => libc::S_IFIFO,
                 LinuxDeviceType::A => {
-                    return Err(format!(
-                        "field `{field}.type`: `a` is not a device node type"
+                    return Err(ConfigError::new(
+                        format!("{field}.type"),
+                        "`a` is not a device node type",
                     ));
                 }
             };
             if !d.path().is_absolute() {
-                return Err(format!("field `{field}.path`: must be absolute"));
+                return Err(ConfigError::new(
+                    format!("{field}.path"),
+                    "must be absolute",
+                ));
             }
             // A config device replaces a default one at the same path.
-            let target = Inside::new(d.path()).map_err(|e| format!("field `{field}.path`: {e}"))?;
+            let target =
+                Inside::new(d.path()).map_err(|e| ConfigError::new(format!("{field}.path"), e))?;
             devices.retain(|o: &DevOp| o.target.rel != target.rel);
             devices.push(DevOp {
                 target,
@@ -413,7 +435,7 @@ impl Plan {
             });
         }
 
-        let list = |v: &Option<Vec<String>>, field: &str| -> Result<Vec<CString>, String> {
+        let list = |v: &Option<Vec<String>>, field: &str| -> Result<Vec<CString>, ConfigError> {
             v.iter()
                 .flatten()
                 .map(|p| cstring(p, field))
@@ -423,7 +445,7 @@ impl Plan {
         for (k, v) in linux.sysctl().iter().flatten() {
             let field = format!("linux.sysctl.{k}");
             if k.contains("..") || k.contains('/') && k.starts_with('/') {
-                return Err(format!("field `{field}`: invalid key"));
+                return Err(ConfigError::new(field, "invalid key"));
             }
             let path = format!("/proc/sys/{}", k.replace('.', "/"));
             sysctl.push((cstring(path, &field)?, cstring(v, &field)?));
@@ -432,8 +454,9 @@ impl Plan {
         let root_propagation = if prop.is_empty() {
             libc::MS_SLAVE | libc::MS_REC
         } else {
-            propagation_flag(&prop)
-                .ok_or_else(|| format!("field `linux.rootfsPropagation`: unknown {prop:?}"))?
+            propagation_flag(&prop).ok_or_else(|| {
+                ConfigError::new("linux.rootfsPropagation", format!("unknown {prop:?}"))
+            })?
         };
         Ok(Plan {
             rootfs: cstring(rootfs, "root.path")?,
