@@ -850,6 +850,24 @@ fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), Error> {
     .map_err(|e| Error::io("socketpair")(e.into()))
 }
 
+/// The pty master's destination when `plan` asks for a terminal: the caller's fd (taken),
+/// else a connection to the console socket.
+fn console_for(
+    plan: &init::Process,
+    fd: &mut Option<OwnedFd>,
+    socket: Option<&Path>,
+) -> Result<Option<OwnedFd>, Error> {
+    match (plan.terminal, fd.take(), socket) {
+        (false, _, _) => Ok(None),
+        (true, Some(fd), _) => Ok(Some(fd)),
+        (true, None, Some(path)) => Ok(Some(connect_console(path)?)),
+        (true, None, None) => Err(Error::config(
+            "process.terminal",
+            "a terminal needs --console-socket",
+        )),
+    }
+}
+
 fn connect_console(path: &Path) -> Result<OwnedFd, Error> {
     let s = std::os::unix::net::UnixStream::connect(path).map_err(Error::io(format!(
         "connect console socket {}",
@@ -1052,21 +1070,11 @@ fn create_in(
         Some(profile) => Some(seccomp::compile(profile)?),
         None => None,
     };
-    let console = match (
-        proc_plan.terminal,
-        opts.console_fd.take(),
-        &opts.console_socket,
-    ) {
-        (false, _, _) => None,
-        (true, Some(fd), _) => Some(fd),
-        (true, None, Some(path)) => Some(connect_console(path)?),
-        (true, None, None) => {
-            return Err(Error::config(
-                "process.terminal",
-                "a terminal needs --console-socket",
-            ));
-        }
-    };
+    let console = console_for(
+        &proc_plan,
+        &mut opts.console_fd,
+        opts.console_socket.as_deref(),
+    )?;
     let fifo = if opts.start {
         None
     } else {
@@ -1257,21 +1265,11 @@ fn exec_in(c: &Container, process: &Process, opts: &mut ExecOptions) -> Result<E
         .map(|s| s.trim() != "deny")
         .unwrap_or(true);
     let proc_plan = process_plan(process, setgroups)?;
-    let console = match (
-        proc_plan.terminal,
-        opts.console_fd.take(),
-        &opts.console_socket,
-    ) {
-        (false, _, _) => None,
-        (true, Some(fd), _) => Some(fd),
-        (true, None, Some(path)) => Some(connect_console(path)?),
-        (true, None, None) => {
-            return Err(Error::config(
-                "process.terminal",
-                "a terminal needs --console-socket",
-            ));
-        }
-    };
+    let console = console_for(
+        &proc_plan,
+        &mut opts.console_fd,
+        opts.console_socket.as_deref(),
+    )?;
     let mut init = Init {
         join,
         unshare: 0,

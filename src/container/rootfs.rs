@@ -66,44 +66,8 @@ impl Inside {
     /// `O_PATH` fd of the target, resolved inside `root`.
     fn create(&self, root: RawFd, file: bool) -> Result<RawFd, i32> {
         let n = self.steps.len();
-        for (i, (parent, name, full)) in self.steps.iter().enumerate() {
-            match sys::openat2_raw(root, full, libc::O_PATH, 0, RESOLVE_IN_ROOT) {
-                Ok(fd) => close(fd),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    let dir = sys::openat2_raw(
-                        root,
-                        parent,
-                        libc::O_PATH | libc::O_DIRECTORY,
-                        0,
-                        RESOLVE_IN_ROOT,
-                    )
-                    .map_err(errno)?;
-                    let res = if file && i + 1 == n {
-                        // SAFETY: valid fd and C string.
-                        let fd = unsafe {
-                            libc::openat(
-                                dir,
-                                name.as_ptr(),
-                                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
-                                0o644,
-                            )
-                        };
-                        if fd >= 0 {
-                            close(fd);
-                        }
-                        fd
-                    } else {
-                        // SAFETY: valid fd and C string.
-                        unsafe { libc::mkdirat(dir, name.as_ptr(), 0o755) }
-                    };
-                    let err = last_errno();
-                    close(dir);
-                    if res < 0 && err != libc::EEXIST {
-                        return Err(err);
-                    }
-                }
-                Err(e) => return Err(errno(e)),
-            }
+        for (i, step) in self.steps.iter().enumerate() {
+            make(root, step, file && i + 1 == n)?;
         }
         sys::openat2_raw(root, &self.rel, libc::O_PATH, 0, RESOLVE_IN_ROOT).map_err(errno)
     }
@@ -757,30 +721,9 @@ impl Inside {
         let Some((parent, name, _)) = self.steps.last() else {
             return Err(libc::EINVAL);
         };
-        if self.steps.len() > 1 {
-            // Create every directory but the last component.
-            for (pp, nn, full) in &self.steps[..self.steps.len() - 1] {
-                match sys::openat2_raw(root, full, libc::O_PATH, 0, RESOLVE_IN_ROOT) {
-                    Ok(fd) => close(fd),
-                    Err(_) => {
-                        let dir = sys::openat2_raw(
-                            root,
-                            pp,
-                            libc::O_PATH | libc::O_DIRECTORY,
-                            0,
-                            RESOLVE_IN_ROOT,
-                        )
-                        .map_err(errno)?;
-                        // SAFETY: valid fd and C string.
-                        let r = unsafe { libc::mkdirat(dir, nn.as_ptr(), 0o755) };
-                        let e = last_errno();
-                        close(dir);
-                        if r < 0 && e != libc::EEXIST {
-                            return Err(e);
-                        }
-                    }
-                }
-            }
+        // Every directory but the last component.
+        for step in &self.steps[..self.steps.len() - 1] {
+            make(root, step, false)?;
         }
         let dir = sys::openat2_raw(
             root,
@@ -792,6 +735,55 @@ impl Inside {
         .map_err(errno)?;
         Ok((dir, name))
     }
+}
+
+/// One step of `mkdir -p` beneath `root` (RESOLVE_IN_ROOT): creates `name` in `parent`
+/// (an empty file when `file`, else a directory) unless `full` exists.
+fn make(
+    root: RawFd,
+    (parent, name, full): &(CString, CString, CString),
+    file: bool,
+) -> Result<(), i32> {
+    match sys::openat2_raw(root, full, libc::O_PATH, 0, RESOLVE_IN_ROOT) {
+        Ok(fd) => {
+            close(fd);
+            return Ok(());
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(errno(e)),
+    }
+    let dir = sys::openat2_raw(
+        root,
+        parent,
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+        RESOLVE_IN_ROOT,
+    )
+    .map_err(errno)?;
+    let res = if file {
+        // SAFETY: valid fd and C string.
+        let fd = unsafe {
+            libc::openat(
+                dir,
+                name.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+                0o644,
+            )
+        };
+        if fd >= 0 {
+            close(fd);
+        }
+        fd
+    } else {
+        // SAFETY: valid fd and C string.
+        unsafe { libc::mkdirat(dir, name.as_ptr(), 0o755) }
+    };
+    let err = last_errno();
+    close(dir);
+    if res < 0 && err != libc::EEXIST {
+        return Err(err);
+    }
+    Ok(())
 }
 
 /// The calling thread's errno.
