@@ -299,15 +299,17 @@ impl Init {
             libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         }
         // The rootfs is looked up with the caller's credentials, in the container's mount
-        // namespace: now when clone made that namespace, else after the unshare below.
-        let mut rootfs = -1;
+        // namespace: now when clone made that namespace, else after the unshare below. A
+        // failure is reported after GO, when the parent listens.
+        let mut rootfs = Ok(-1);
         if let Some(plan) = &self.rootfs {
             if self.unshare & libc::CLONE_NEWNS == 0 {
-                rootfs = plan.open_root()?;
+                rootfs = plan.open_root();
             }
         }
         // A parent that died before PR_SET_PDEATHSIG took effect shows as EOF here.
         self.wait_for(tag::GO)?;
+        let mut rootfs = rootfs?;
         if self.new_userns {
             become_root()?;
         }

@@ -5,6 +5,11 @@
 //! from many threads with an in-memory [`Spec`]. The parent prepares everything
 //! ([`init::Init`]); the child between clone and exec allocates nothing and takes no
 //! lock. State lives in `ROOT/ID/` ([`state`]).
+//!
+//! A container gets a cgroup only when it needs one ([`cgroup::needed`]): limits in
+//! `linux.resources`, a `linux.cgroupsPath`, or no pid namespace of its own. Otherwise
+//! killing its init kills everything in it, and it starts without the cost of joining one.
+//! A new network namespace gets its `lo` up, like crun does.
 
 pub mod caps;
 pub mod hooks;
