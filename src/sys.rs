@@ -826,3 +826,38 @@ pub fn setgroups_raw(groups: &[libc::gid_t]) -> io::Result<()> {
     // SAFETY: valid array of the given length.
     check(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) }).map(drop)
 }
+
+// ---- container: the rootfs as a detached mount, between clone and exec ----
+
+/// `move_mount(2)` flag: the target is `to` itself (an `O_PATH` fd), not a path in it.
+pub const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
+
+/// `open_tree(2)` on a prepared C string, returning the raw fd: no allocation, so usable
+/// between fork and exec.
+pub fn open_tree_raw(dir: RawFd, path: &CStr, flags: u32) -> io::Result<RawFd> {
+    // SAFETY: valid C string; fd and flags are plain integers.
+    check(unsafe { libc::syscall(libc::SYS_open_tree, dir, path.as_ptr(), flags) })
+        .map(|fd| fd as RawFd)
+}
+
+/// `move_mount(2)` on prepared C strings: no allocation, so usable between fork and exec.
+pub fn move_mount_raw(
+    from: RawFd,
+    from_path: &CStr,
+    to: RawFd,
+    to_path: &CStr,
+    flags: u32,
+) -> io::Result<()> {
+    // SAFETY: valid C strings; fds and flags are plain integers.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from,
+            from_path.as_ptr(),
+            to,
+            to_path.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}

@@ -79,6 +79,26 @@ fn workload_sees_its_namespaces_and_limits() {
     assert!(s.contains("NoNewPrivs:\t1"), "{s}");
 }
 
+/// The `<...>` flags of `lo` as `ip link show lo` prints them, e.g. "LOOPBACK,UP,LOWER_UP".
+fn lo_flags(ip_output: &str) -> Vec<String> {
+    ip_output
+        .lines()
+        .find(|l| l.contains(" lo: "))
+        .and_then(|l| l.split_once('<'))
+        .and_then(|(_, r)| r.split_once('>'))
+        .map(|(f, _)| f.split(',').map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn new_network_namespace_has_loopback_up() {
+    let out = run_config("lo", &sh("ip link show lo; ip addr show lo"));
+    let s = stdout(&out);
+    assert!(out.status.success(), "{out:?}");
+    assert!(lo_flags(&s).iter().any(|f| f == "UP"), "lo is down: {s}");
+    assert!(s.contains("inet 127.0.0.1/8"), "{s}");
+}
+
 #[test]
 fn user_namespace_maps_ids() {
     let c = rootfs::with_userns(
@@ -555,4 +575,108 @@ fn hooks_run_at_their_lifecycle_points() {
         assert_eq!(state["id"], "hooked", "{name}");
         assert_eq!(state["status"], status, "{name}");
     }
+}
+
+#[test]
+fn cgroup_only_for_limits_a_cgroups_path_or_the_host_pid_namespace() {
+    require_root();
+    let dir = scratch("cgroups");
+    let root = dir.path().join("state");
+    let base = sh("sleep 30");
+    let mut pids = base.clone();
+    pids["linux"]["resources"] = json!({"pids": {"limit": 50}});
+    let mut path = base.clone();
+    path["linux"]["cgroupsPath"] = json!("/warren/cg-path-given");
+    // Devices are not applied (see container::cgroup): not a reason for a cgroup.
+    let mut devices = base.clone();
+    devices["linux"]["resources"] = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    let mut host_pid = base.clone();
+    host_pid["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("namespaces")
+        .retain(|n| n["type"] != "pid");
+    // (id, config, cgroup path below each hierarchy or None, pids.max).
+    let cases = [
+        ("cg-none", base, None, None),
+        ("cg-devices", devices, None, None),
+        ("cg-pids", pids, Some("warren/cg-pids"), Some("50")),
+        ("cg-path", path, Some("warren/cg-path-given"), Some("max")),
+        (
+            "cg-hostpid",
+            host_pid,
+            Some("warren/cg-hostpid"),
+            Some("max"),
+        ),
+    ];
+    let own = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+    let pids_line = |text: &str| {
+        text.lines()
+            .find(|l| l.split(':').nth(1) == Some("pids"))
+            .map(|l| l.splitn(3, ':').nth(2).unwrap_or("").to_owned())
+            .expect("a v1 pids hierarchy")
+    };
+    for (id, config, cg, max) in cases {
+        let b = dir.path().join(id);
+        std::fs::create_dir_all(&b).expect("mkdir bundle");
+        rootfs::bundle(&b, &config);
+        let out = run(warren(&root)
+            .args(["create", "-b"])
+            .arg(&b)
+            .arg(id)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()));
+        assert!(out.status.success(), "{id}: {out:?}");
+        let st: Value =
+            serde_json::from_slice(&run(warren(&root).args(["state", id])).stdout).expect("state");
+        let pid = st["pid"].as_i64().expect("pid");
+        let theirs = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+        let hierarchy = Path::new("/sys/fs/cgroup/pids");
+        match (cg, max) {
+            (None, _) => {
+                for h in std::fs::read_dir("/sys/fs/cgroup").expect("list").flatten() {
+                    let made = h.path().join("warren").join(id);
+                    assert!(!made.exists(), "{id}: {} was created", made.display());
+                }
+                assert_eq!(pids_line(&theirs), pids_line(&own), "{id}: {theirs}");
+            }
+            (Some(cg), Some(max)) => {
+                assert_eq!(pids_line(&theirs), format!("/{cg}"), "{id}: {theirs}");
+                assert_eq!(
+                    std::fs::read_to_string(hierarchy.join(cg).join("pids.max"))
+                        .expect("pids.max")
+                        .trim(),
+                    max,
+                    "{id}"
+                );
+            }
+            _ => unreachable!(),
+        }
+        ok(warren(&root).args(["delete", "--force", id]));
+        if let Some(cg) = cg {
+            assert!(!hierarchy.join(cg).exists(), "{id}: cgroup left behind");
+        }
+    }
+}
+
+#[test]
+fn devices_get_exactly_the_configured_mode_and_owner() {
+    require_root();
+    let dir = scratch("devmode");
+    let mut c = sh("stat -c '%n %a %u %g %t %T %F' /dev/xnull /dev/null");
+    c["linux"]["devices"] = json!([{"path": "/dev/xnull", "type": "c", "major": 1, "minor": 3,
+        "fileMode": 0o4604, "uid": 5, "gid": 6}]);
+    let b = rootfs::bundle(dir.path(), &c);
+    let root = dir.path().join("state");
+    // A restrictive umask in the runtime does not leak into the nodes it makes.
+    let out = run(Command::new("sh")
+        .arg("-c")
+        .arg(r#"umask 077; exec "$0" --root "$1" run -b "$2" devmode"#)
+        .arg(bin("warren"))
+        .arg(&root)
+        .arg(&b));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        stdout(&out),
+        "/dev/xnull 4604 5 6 1 3 character special file\n/dev/null 666 0 0 1 3 character special file\n"
+    );
 }

@@ -27,24 +27,33 @@ fn subuid_start() -> u32 {
 
 /// A bundle the rootless user can read, with the rootfs owned by its subuid block.
 fn rootless_bundle(name: &str, script: &str, maps: serde_json::Value) -> tempfile::TempDir {
-    let (uid, gid) = ensure_rootless_user();
     let dir = scratch(name);
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let c = rootless_config(script, maps, false);
+    make_bundle(dir.path(), &c);
+    dir
+}
+
+/// The rootless config running `script`, with a new network namespace when `net`.
+fn rootless_config(script: &str, maps: serde_json::Value, net: bool) -> serde_json::Value {
     let mut c = rootfs::config(&["sh", "-c", script]);
-    c["linux"]["namespaces"]
-        .as_array_mut()
-        .expect("ns")
-        .push(json!({"type": "user"}));
-    c["linux"]["namespaces"]
-        .as_array_mut()
-        .expect("ns")
-        .retain(|n| n["type"] != "network");
+    let ns = c["linux"]["namespaces"].as_array_mut().expect("ns");
+    ns.push(json!({"type": "user"}));
+    if !net {
+        ns.retain(|n| n["type"] != "network");
+    }
     c["linux"]["uidMappings"] = maps.clone();
     c["linux"]["gidMappings"] = maps;
-    rootfs::bundle(dir.path(), &c);
-    rootfs::chown_tree(&dir.path().join("rootfs"), subuid_start(), subuid_start());
-    std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown bundle");
-    dir
+    c
+}
+
+/// Writes the bundle at `dir` (owned by the test user), its rootfs owned by the subuid block.
+fn make_bundle(dir: &Path, c: &serde_json::Value) {
+    let (uid, gid) = ensure_rootless_user();
+    std::fs::create_dir_all(dir).expect("mkdir bundle");
+    rootfs::bundle(dir, c);
+    rootfs::chown_tree(&dir.join("rootfs"), subuid_start(), subuid_start());
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).expect("chown bundle");
 }
 
 fn warren_as_user(root: &Path) -> std::process::Command {
@@ -131,4 +140,68 @@ fn rootless_falls_back_to_a_single_mapping() {
         .map(str::to_owned)
         .collect();
     assert_eq!(map, ["0".to_owned(), uid.to_string(), "1".to_owned()]);
+}
+
+/// The `<...>` flags of `lo` as `ip link show lo` prints them, e.g. "LOOPBACK,UP,LOWER_UP".
+fn lo_flags(ip_output: &str) -> Vec<String> {
+    ip_output
+        .lines()
+        .find(|l| l.contains(" lo: "))
+        .and_then(|l| l.split_once('<'))
+        .and_then(|(_, r)| r.split_once('>'))
+        .map(|(f, _)| f.split(',').map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn rootless_new_network_namespace_has_loopback_up() {
+    let dir = scratch("rootless-lo");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let c = rootless_config(
+        "ip link show lo; ip addr show lo",
+        json!([{"containerID": 0, "hostID": subuid_start(), "size": 65536}]),
+        true,
+    );
+    make_bundle(dir.path(), &c);
+    let root = dir.path().join("state");
+    let out = run(warren_as_user(&root)
+        .args(["run", "-b"])
+        .arg(dir.path())
+        .arg("rlo"));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(lo_flags(&s).iter().any(|f| f == "UP"), "lo is down: {s}");
+    assert!(s.contains("inet 127.0.0.1/8"), "{s}");
+}
+
+#[test]
+fn rootless_run_with_the_rootfs_under_a_private_home() {
+    // $XDG_DATA_HOME in a 0700 home: the container's root (a subordinate uid) cannot
+    // traverse it, the user can.
+    let (uid, gid) = ensure_rootless_user();
+    let dir = scratch("rootless-home");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).expect("mkdir home");
+    std::os::unix::fs::chown(&home, Some(uid), Some(gid)).expect("chown home");
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).expect("chmod home");
+    let bundle = home.join("share/bundle");
+    std::fs::create_dir_all(&bundle).expect("mkdir bundle");
+    std::os::unix::fs::chown(home.join("share"), Some(uid), Some(gid)).expect("chown share");
+    let c = rootless_config(
+        "id -u; stat -c %u /bin/busybox; touch /tmp/x && echo tmp-ok",
+        json!([{"containerID": 0, "hostID": subuid_start(), "size": 65536}]),
+        false,
+    );
+    make_bundle(&bundle, &c);
+    let root = home.join("state");
+    let out = run(warren_as_user(&root)
+        .args(["run", "-b"])
+        .arg(&bundle)
+        .arg("rlhome"));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n0\ntmp-ok\n");
+    let meta = std::fs::metadata(&home).expect("stat home");
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o700);
+    assert!(!root.join("rlhome").exists());
 }

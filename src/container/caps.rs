@@ -1,6 +1,7 @@
 //! Capability sets from `process.capabilities`, as bitmasks ready for `capset(2)` and
 //! `prctl(2)` between fork and exec.
 
+use super::spec::ConfigError;
 use oci_spec::runtime::{Capabilities, LinuxCapabilities};
 use std::str::FromStr;
 
@@ -16,7 +17,7 @@ pub struct CapSets {
     pub last: u8,
 }
 
-fn mask(set: &Option<Capabilities>, field: &str) -> Result<u64, String> {
+fn mask(set: &Option<Capabilities>, field: &str) -> Result<u64, ConfigError> {
     let mut m = 0u64;
     for cap in set.iter().flatten() {
         // oci-spec names serialize as "CAP_..."; the caps crate knows their numbers.
@@ -24,15 +25,19 @@ fn mask(set: &Option<Capabilities>, field: &str) -> Result<u64, String> {
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
-        let c = caps::Capability::from_str(&name)
-            .map_err(|_| format!("field `process.capabilities.{field}`: unknown {name:?}"))?;
+        let c = caps::Capability::from_str(&name).map_err(|_| {
+            ConfigError::new(
+                format!("process.capabilities.{field}"),
+                format!("unknown {name:?}"),
+            )
+        })?;
         m |= 1u64 << c.index();
     }
     Ok(m)
 }
 
 impl CapSets {
-    pub fn from_spec(c: &LinuxCapabilities) -> Result<CapSets, String> {
+    pub fn from_spec(c: &LinuxCapabilities) -> Result<CapSets, ConfigError> {
         let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
             .ok()
             .and_then(|s| s.trim().parse().ok())

@@ -9,6 +9,14 @@
 //! one (a no-op [`Cgroup`]). Limits that cannot be applied are an error naming the controller
 //! and the file.
 //!
+//! When a container gets one at all ([`needed`]): when the config sets a limit, or names a
+//! `linux.cgroupsPath` (podman and other managers do, and expect to find it), or the
+//! container shares the host's pid namespace (only a cgroup finds all of its processes
+//! then). A container in its own pid namespace with neither gets none: killing its init
+//! kills everything in it, so delete needs no cgroup, and the start skips the first write
+//! to a v1 `cgroup.procs` (an RCU grace period, most of a `run`'s cost). Its processes stay
+//! in the caller's cgroup, like any other child.
+//!
 //! Not applied: `devices` (the container's /dev holds only the configured nodes, and a user
 //! namespace cannot mknod), `blockIO`, `hugepageLimits`, `network`, `rdma` (an error if set).
 
@@ -78,6 +86,19 @@ struct Setting {
     controller: &'static str,
     file: String,
     value: String,
+}
+
+/// Whether a container needs a cgroup (the policy is in the module docs): a limit in
+/// `resources` (or a setting warren rejects, so [`Cgroup::create`] can say so), a
+/// `cgroups_path`, or no pid namespace of its own.
+pub fn needed(
+    resources: Option<&LinuxResources>,
+    cgroups_path: Option<&str>,
+    own_pid_namespace: bool,
+) -> bool {
+    let limits = !matches!(settings(resources, Version::V1), Ok(s) if s.is_empty())
+        || !matches!(settings(resources, Version::V2), Ok(s) if s.is_empty());
+    limits || cgroups_path.is_some_and(|p| !p.is_empty()) || !own_pid_namespace
 }
 
 impl Cgroup {

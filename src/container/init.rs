@@ -40,6 +40,7 @@ pub enum Step {
     Exec,
     Fork,
     Hook,
+    Loopback,
     Unknown,
 }
 
@@ -72,6 +73,8 @@ impl Step {
             Seccomp,
             Exec,
             Fork,
+            Hook,
+            Loopback,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -235,6 +238,9 @@ pub struct Init {
     pub unshare: libc::c_int,
     /// A new user namespace was created by clone: become its root after GO.
     pub new_userns: bool,
+    /// A new network namespace was created: bring its `lo` up (like crun), once in it and
+    /// privileged there.
+    pub loopback: bool,
     pub hostname: Option<CString>,
     pub domainname: Option<CString>,
     pub rootfs: Option<rootfs::Plan>,
@@ -292,8 +298,18 @@ impl Init {
             // runtime binary) or our memory while we hold host resources.
             libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         }
+        // The rootfs is looked up with the caller's credentials, in the container's mount
+        // namespace: now when clone made that namespace, else after the unshare below. A
+        // failure is reported after GO, when the parent listens.
+        let mut rootfs = Ok(-1);
+        if let Some(plan) = &self.rootfs {
+            if self.unshare & libc::CLONE_NEWNS == 0 {
+                rootfs = plan.open_root();
+            }
+        }
         // A parent that died before PR_SET_PDEATHSIG took effect shows as EOF here.
         self.wait_for(tag::GO)?;
+        let mut rootfs = rootfs?;
         if self.new_userns {
             become_root()?;
         }
@@ -309,6 +325,14 @@ impl Init {
             if unsafe { libc::unshare(self.unshare) } < 0 {
                 return Err(Fail::new(Step::Unshare, last_errno(), 0));
             }
+        }
+        if let Some(plan) = &self.rootfs {
+            if rootfs < 0 {
+                rootfs = plan.open_root()?;
+            }
+        }
+        if self.loopback {
+            sys::set_link_up(c"lo").map_err(|e| Fail::new(Step::Loopback, errno(e), 0))?;
         }
         if self.fork_after_join {
             // CLONE_PARENT: the process that execs is the caller's child (it can wait for
@@ -346,12 +370,12 @@ impl Init {
             }
         }
         if let Some(plan) = &self.rootfs {
-            plan.apply()?;
+            let root = plan.apply(rootfs)?;
             if self.hooks {
                 send(self.sync, msg(tag::HOOKS)).map_err(|e| Fail::new(Step::Sync, e, 0))?;
                 self.wait_for(tag::HOOKS_DONE)?;
             }
-            plan.pivot()?;
+            plan.pivot(root)?;
             plan.finish()?;
         }
         let p = &self.process;

@@ -5,6 +5,11 @@
 //! from many threads with an in-memory [`Spec`]. The parent prepares everything
 //! ([`init::Init`]); the child between clone and exec allocates nothing and takes no
 //! lock. State lives in `ROOT/ID/` ([`state`]).
+//!
+//! A container gets a cgroup only when it needs one ([`cgroup::needed`]): limits in
+//! `linux.resources`, a `linux.cgroupsPath`, or no pid namespace of its own. Otherwise
+//! killing its init kills everything in it, and it starts without the cost of joining one.
+//! A new network namespace gets its `lo` up, like crun does.
 
 pub mod caps;
 pub mod hooks;
@@ -191,7 +196,7 @@ impl Container {
                 .as_ref()
                 .map(|b| b.join("config.json"))
                 .unwrap_or_else(|| PathBuf::from("config.json")),
-            reason,
+            reason: reason.to_string(),
         })?;
         let bundle = match &opts.bundle {
             Some(b) => std::path::absolute(b).map_err(Error::io("bundle path"))?,
@@ -737,7 +742,7 @@ fn process_plan(p: &Process, setgroups: bool) -> Result<init::Process, Error> {
     let caps = match p.capabilities() {
         Some(c) => caps::CapSets::from_spec(c).map_err(|r| Error::Config {
             file: "config.json".into(),
-            reason: r,
+            reason: r.to_string(),
         })?,
         None => caps::CapSets::none(),
     };
@@ -850,6 +855,24 @@ fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), Error> {
     .map_err(|e| Error::io("socketpair")(e.into()))
 }
 
+/// The pty master's destination when `plan` asks for a terminal: the caller's fd (taken),
+/// else a connection to the console socket.
+fn console_for(
+    plan: &init::Process,
+    fd: &mut Option<OwnedFd>,
+    socket: Option<&Path>,
+) -> Result<Option<OwnedFd>, Error> {
+    match (plan.terminal, fd.take(), socket) {
+        (false, _, _) => Ok(None),
+        (true, Some(fd), _) => Ok(Some(fd)),
+        (true, None, Some(path)) => Ok(Some(connect_console(path)?)),
+        (true, None, None) => Err(Error::config(
+            "process.terminal",
+            "a terminal needs --console-socket",
+        )),
+    }
+}
+
 fn connect_console(path: &Path) -> Result<OwnedFd, Error> {
     let s = std::os::unix::net::UnixStream::connect(path).map_err(Error::io(format!(
         "connect console socket {}",
@@ -926,6 +949,7 @@ fn describe(f: Fail, plan: Option<&rootfs::Plan>, init: &Init) -> Error {
             "process.user.additionalGids need setgroups, denied in this user namespace".into()
         }
         Step::Setns => format!("join namespace {}", i),
+        Step::Loopback => "bring up lo in the new network namespace".into(),
         other => format!("{other:?}").to_lowercase(),
     };
     Error::Init {
@@ -1037,12 +1061,13 @@ fn create_in(
     } else {
         None
     };
-    let plan = rootfs::Plan::new(spec, rootfs_path, bundle, new_userns || user_joined).map_err(
-        |reason| Error::Config {
-            file: bundle.join("config.json"),
-            reason,
-        },
-    )?;
+    let plan =
+        rootfs::Plan::new(spec, rootfs_path, bundle, new_userns || user_joined).map_err(|e| {
+            Error::Config {
+                file: bundle.join("config.json"),
+                reason: e.to_string(),
+            }
+        })?;
     let setgroups = !maps.as_ref().is_some_and(|m| m.deny_setgroups);
     let mut proc_plan = process_plan(&process, setgroups)?;
     proc_plan.init = opts.init;
@@ -1050,21 +1075,11 @@ fn create_in(
         Some(profile) => Some(seccomp::compile(profile)?),
         None => None,
     };
-    let console = match (
-        proc_plan.terminal,
-        opts.console_fd.take(),
-        &opts.console_socket,
-    ) {
-        (false, _, _) => None,
-        (true, Some(fd), _) => Some(fd),
-        (true, None, Some(path)) => Some(connect_console(path)?),
-        (true, None, None) => {
-            return Err(Error::config(
-                "process.terminal",
-                "a terminal needs --console-socket",
-            ));
-        }
-    };
+    let console = console_for(
+        &proc_plan,
+        &mut opts.console_fd,
+        opts.console_socket.as_deref(),
+    )?;
     let fifo = if opts.start {
         None
     } else {
@@ -1126,18 +1141,25 @@ fn create_in(
         .cgroups_path()
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned());
-    let cg = cgroup::Cgroup::create(
-        &record.id,
+    let own_pid_namespace = flags & libc::CLONE_NEWPID != 0;
+    if cgroup::needed(
         linux.resources().as_ref(),
         cgroups_path.as_deref(),
-    )?;
-    record.cgroup = Some(cg);
+        own_pid_namespace,
+    ) {
+        record.cgroup = Some(cgroup::Cgroup::create(
+            &record.id,
+            linux.resources().as_ref(),
+            cgroups_path.as_deref(),
+        )?);
+    }
     dir.save(record)?;
 
     let mut init = Init {
         join,
         unshare,
         new_userns,
+        loopback: flags & libc::CLONE_NEWNET != 0,
         hostname,
         domainname,
         rootfs: Some(plan),
@@ -1248,25 +1270,16 @@ fn exec_in(c: &Container, process: &Process, opts: &mut ExecOptions) -> Result<E
         .map(|s| s.trim() != "deny")
         .unwrap_or(true);
     let proc_plan = process_plan(process, setgroups)?;
-    let console = match (
-        proc_plan.terminal,
-        opts.console_fd.take(),
-        &opts.console_socket,
-    ) {
-        (false, _, _) => None,
-        (true, Some(fd), _) => Some(fd),
-        (true, None, Some(path)) => Some(connect_console(path)?),
-        (true, None, None) => {
-            return Err(Error::config(
-                "process.terminal",
-                "a terminal needs --console-socket",
-            ));
-        }
-    };
+    let console = console_for(
+        &proc_plan,
+        &mut opts.console_fd,
+        opts.console_socket.as_deref(),
+    )?;
     let mut init = Init {
         join,
         unshare: 0,
         new_userns: false,
+        loopback: false,
         hostname: None,
         domainname: None,
         rootfs: None,

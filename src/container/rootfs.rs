@@ -4,12 +4,22 @@
 //! clone and exec and therefore allocate nothing and take no lock.
 
 use super::init::{Fail, Step};
+use super::spec::ConfigError;
 use crate::sys::{self, RESOLVE_IN_ROOT};
 use libc::c_ulong;
 use oci_spec::runtime::{LinuxDeviceType, Spec};
 use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
+
+/// A path in the config that cannot name a place inside the rootfs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("{} must not contain `..`", .0.display())]
+    DotDot(PathBuf),
+    #[error("{} contains NUL", .0.display())]
+    Nul(PathBuf),
+}
 
 /// A path inside the rootfs, split so each missing component can be created beneath the
 /// root without following symlinks out of it.
@@ -22,16 +32,16 @@ pub struct Inside {
 }
 
 impl Inside {
-    pub fn new(path: &Path) -> Result<Inside, String> {
+    pub fn new(path: &Path) -> Result<Inside, PathError> {
         let mut parts = Vec::new();
         for c in path.components() {
             match c {
                 Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
                 Component::RootDir | Component::CurDir => {}
-                _ => return Err(format!("{} must not contain `..`", path.display())),
+                _ => return Err(PathError::DotDot(path.to_owned())),
             }
         }
-        let cs = |s: &str| CString::new(s).map_err(|_| format!("{} contains NUL", path.display()));
+        let cs = |s: &str| CString::new(s).map_err(|_| PathError::Nul(path.to_owned()));
         let mut steps = Vec::new();
         for i in 0..parts.len() {
             let parent = if i == 0 {
@@ -56,44 +66,8 @@ impl Inside {
     /// `O_PATH` fd of the target, resolved inside `root`.
     fn create(&self, root: RawFd, file: bool) -> Result<RawFd, i32> {
         let n = self.steps.len();
-        for (i, (parent, name, full)) in self.steps.iter().enumerate() {
-            match sys::openat2_raw(root, full, libc::O_PATH, 0, RESOLVE_IN_ROOT) {
-                Ok(fd) => close(fd),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    let dir = sys::openat2_raw(
-                        root,
-                        parent,
-                        libc::O_PATH | libc::O_DIRECTORY,
-                        0,
-                        RESOLVE_IN_ROOT,
-                    )
-                    .map_err(errno)?;
-                    let res = if file && i + 1 == n {
-                        // SAFETY: valid fd and C string.
-                        let fd = unsafe {
-                            libc::openat(
-                                dir,
-                                name.as_ptr(),
-                                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
-                                0o644,
-                            )
-                        };
-                        if fd >= 0 {
-                            close(fd);
-                        }
-                        fd
-                    } else {
-                        // SAFETY: valid fd and C string.
-                        unsafe { libc::mkdirat(dir, name.as_ptr(), 0o755) }
-                    };
-                    let err = last_errno();
-                    close(dir);
-                    if res < 0 && err != libc::EEXIST {
-                        return Err(err);
-                    }
-                }
-                Err(e) => return Err(errno(e)),
-            }
+        for (i, step) in self.steps.iter().enumerate() {
+            make(root, step, file && i + 1 == n)?;
         }
         sys::openat2_raw(root, &self.rel, libc::O_PATH, 0, RESOLVE_IN_ROOT).map_err(errno)
     }
@@ -246,8 +220,8 @@ fn parse_options(opts: &[String]) -> (c_ulong, c_ulong, Vec<c_ulong>, Vec<String
     (set & !clear, clear, prop, data)
 }
 
-fn cstring(s: impl AsRef<std::ffi::OsStr>, field: &str) -> Result<CString, String> {
-    sys::cstr(s).map_err(|_| format!("field `{field}`: contains a NUL byte"))
+fn cstring(s: impl AsRef<std::ffi::OsStr>, field: &str) -> Result<CString, ConfigError> {
+    sys::cstr(s).map_err(|_| ConfigError::new(field, "contains a NUL byte"))
 }
 
 struct DefaultDev {
@@ -292,7 +266,12 @@ const DEFAULT_DEVICES: &[DefaultDev] = &[
 impl Plan {
     /// Prepares the rootfs setup for `spec` with the rootfs at `rootfs` (absolute) and
     /// config-relative bind sources taken from `bundle`.
-    pub fn new(spec: &Spec, rootfs: &Path, bundle: &Path, userns: bool) -> Result<Plan, String> {
+    pub fn new(
+        spec: &Spec,
+        rootfs: &Path,
+        bundle: &Path,
+        userns: bool,
+    ) -> Result<Plan, ConfigError> {
         let linux = spec.linux().clone().unwrap_or_default();
         let mut mounts = Vec::new();
         let mut descriptions = Vec::new();
@@ -318,8 +297,9 @@ impl Plan {
                 } else {
                     bundle.join(&source)
                 };
-                let meta = std::fs::metadata(&src)
-                    .map_err(|e| format!("field `{field}.source`: {}: {e}", src.display()))?;
+                let meta = std::fs::metadata(&src).map_err(|e| {
+                    ConfigError::new(format!("{field}.source"), format!("{}: {e}", src.display()))
+                })?;
                 flags |= libc::MS_BIND;
                 (src, !meta.is_dir())
             } else {
@@ -355,7 +335,7 @@ impl Plan {
             let data = (!data.is_empty()).then(|| data.join(","));
             mounts.push(MountOp {
                 target: Inside::new(dest)
-                    .map_err(|e| format!("field `{field}.destination`: {e}"))?,
+                    .map_err(|e| ConfigError::new(format!("{field}.destination"), e))?,
                 file,
                 kind,
                 source: cstring(&source, &field)?,
@@ -376,7 +356,8 @@ impl Plan {
         if !dev_bound {
             for d in DEFAULT_DEVICES {
                 devices.push(DevOp {
-                    target: Inside::new(Path::new(d.path))?,
+                    target: Inside::new(Path::new(d.path))
+                        .map_err(|e| ConfigError::new("devices", e))?,
                     mode: libc::S_IFCHR | 0o666,
                     dev: libc::makedev(d.major, d.minor),
                     uid: 0,
@@ -392,16 +373,21 @@ impl Plan {
                 LinuxDeviceType::B => libc::S_IFBLK,
                 LinuxDeviceType::P => libc::S_IFIFO,
                 LinuxDeviceType::A => {
-                    return Err(format!(
-                        "field `{field}.type`: `a` is not a device node type"
+                    return Err(ConfigError::new(
+                        format!("{field}.type"),
+                        "`a` is not a device node type",
                     ));
                 }
             };
             if !d.path().is_absolute() {
-                return Err(format!("field `{field}.path`: must be absolute"));
+                return Err(ConfigError::new(
+                    format!("{field}.path"),
+                    "must be absolute",
+                ));
             }
             // A config device replaces a default one at the same path.
-            let target = Inside::new(d.path()).map_err(|e| format!("field `{field}.path`: {e}"))?;
+            let target =
+                Inside::new(d.path()).map_err(|e| ConfigError::new(format!("{field}.path"), e))?;
             devices.retain(|o: &DevOp| o.target.rel != target.rel);
             devices.push(DevOp {
                 target,
@@ -413,7 +399,7 @@ impl Plan {
             });
         }
 
-        let list = |v: &Option<Vec<String>>, field: &str| -> Result<Vec<CString>, String> {
+        let list = |v: &Option<Vec<String>>, field: &str| -> Result<Vec<CString>, ConfigError> {
             v.iter()
                 .flatten()
                 .map(|p| cstring(p, field))
@@ -423,7 +409,7 @@ impl Plan {
         for (k, v) in linux.sysctl().iter().flatten() {
             let field = format!("linux.sysctl.{k}");
             if k.contains("..") || k.contains('/') && k.starts_with('/') {
-                return Err(format!("field `{field}`: invalid key"));
+                return Err(ConfigError::new(field, "invalid key"));
             }
             let path = format!("/proc/sys/{}", k.replace('.', "/"));
             sysctl.push((cstring(path, &field)?, cstring(v, &field)?));
@@ -432,8 +418,9 @@ impl Plan {
         let root_propagation = if prop.is_empty() {
             libc::MS_SLAVE | libc::MS_REC
         } else {
-            propagation_flag(&prop)
-                .ok_or_else(|| format!("field `linux.rootfsPropagation`: unknown {prop:?}"))?
+            propagation_flag(&prop).ok_or_else(|| {
+                ConfigError::new("linux.rootfsPropagation", format!("unknown {prop:?}"))
+            })?
         };
         Ok(Plan {
             rootfs: cstring(rootfs, "root.path")?,
@@ -455,25 +442,11 @@ impl Plan {
         })
     }
 
-    /// In the child, before pivot_root: makes the host's mounts invisible to changes
-    /// here, binds the rootfs onto itself, does the configured mounts and `/dev`.
-    pub fn apply(&self) -> Result<(), Fail> {
-        // No propagation back to the host, whatever the host's "/" is.
-        let root_flags = if self.root_propagation & (libc::MS_SHARED) != 0 {
-            libc::MS_SLAVE | libc::MS_REC
-        } else {
-            self.root_propagation | libc::MS_REC
-        };
-        mount(None, c"/", None, root_flags, None)
-            .map_err(|e| Fail::new(Step::RootPropagation, e, 0))?;
-        mount(
-            Some(&self.rootfs),
-            &self.rootfs,
-            None,
-            libc::MS_BIND | libc::MS_REC,
-            None,
-        )
-        .map_err(|e| Fail::new(Step::RootBind, e, 0))?;
+    /// In the child, first thing in its new mount namespace and before it becomes the
+    /// container's root: an `O_PATH` fd of the rootfs, looked up with the caller's own
+    /// credentials. Container root (a subordinate uid) may not be able to traverse the
+    /// way there (a 0700 home holding the rootfs).
+    pub fn open_root(&self) -> Result<RawFd, Fail> {
         // SAFETY: valid C string; the fd is closed before exec (O_CLOEXEC).
         let root = unsafe {
             libc::open(
@@ -484,9 +457,54 @@ impl Plan {
         if root < 0 {
             return Err(Fail::new(Step::RootOpen, last_errno(), 0));
         }
-        let result = self.mount_all(root);
-        close(root);
-        result
+        Ok(root)
+    }
+
+    /// In the child, before pivot_root: makes the host's mounts invisible to changes
+    /// here, binds the rootfs (the fd from [`open_root`](Plan::open_root), consumed) onto
+    /// itself, does the configured mounts and `/dev`. Returns the fd of the new root mount.
+    pub fn apply(&self, rootfs: RawFd) -> Result<RawFd, Fail> {
+        let result = self.bind_root(rootfs);
+        close(rootfs);
+        let root = result?;
+        if let Err(f) = self.mount_all(root) {
+            close(root);
+            return Err(f);
+        }
+        Ok(root)
+    }
+
+    fn bind_root(&self, rootfs: RawFd) -> Result<RawFd, Fail> {
+        // No propagation back to the host, whatever the host's "/" is.
+        let root_flags = if self.root_propagation & (libc::MS_SHARED) != 0 {
+            libc::MS_SLAVE | libc::MS_REC
+        } else {
+            self.root_propagation | libc::MS_REC
+        };
+        mount(None, c"/", None, root_flags, None)
+            .map_err(|e| Fail::new(Step::RootPropagation, e, 0))?;
+        // A recursive bind of the rootfs through its fd (never its path again), attached
+        // on top of it; the tree's fd then names the new mount's root.
+        let tree = sys::open_tree_raw(
+            rootfs,
+            c"",
+            sys::OPEN_TREE_CLONE
+                | sys::OPEN_TREE_CLOEXEC
+                | sys::AT_RECURSIVE
+                | libc::AT_EMPTY_PATH as u32,
+        )
+        .map_err(|e| Fail::new(Step::RootBind, errno(e), 0))?;
+        if let Err(e) = sys::move_mount_raw(
+            tree,
+            c"",
+            rootfs,
+            c"",
+            sys::MOVE_MOUNT_F_EMPTY_PATH | sys::MOVE_MOUNT_T_EMPTY_PATH,
+        ) {
+            close(tree);
+            return Err(Fail::new(Step::RootBind, errno(e), 1));
+        }
+        Ok(tree)
     }
 
     fn mount_all(&self, root: RawFd) -> Result<(), Fail> {
@@ -593,30 +611,45 @@ impl Plan {
         let (dir, name) = parent_made;
         // SAFETY: valid fd and C string.
         unsafe { libc::unlinkat(dir, name.as_ptr(), 0) };
-        // SAFETY: valid fd and C string.
-        let mut r = unsafe { libc::mknodat(dir, name.as_ptr(), d.mode, d.dev) };
+        // The mode the config asked for, set by mknod itself: no umask, and no chmod by
+        // name afterwards (which would follow a symlink swapped in meanwhile).
+        // SAFETY: umask and mknodat with a valid fd and C string; single-threaded child.
+        let mut r = unsafe {
+            let umask = libc::umask(0);
+            let r = libc::mknodat(dir, name.as_ptr(), d.mode, d.dev);
+            libc::umask(umask);
+            r
+        };
         if r == 0 {
-            // SAFETY: valid fd and C string; the new node is not a symlink.
+            // SAFETY: valid fd and C string; AT_SYMLINK_NOFOLLOW.
             r = unsafe {
                 libc::fchownat(dir, name.as_ptr(), d.uid, d.gid, libc::AT_SYMLINK_NOFOLLOW)
             };
         }
-        if r == 0 {
-            // mknod applies the umask: set the mode the config asked for.
-            // SAFETY: valid fd and C string.
-            r = unsafe { libc::fchmodat(dir, name.as_ptr(), d.mode & 0o7777, 0) };
+        if r == 0 && d.mode & 0o7000 != 0 {
+            // chown cleared setuid/setgid: put them back, never through a symlink.
+            // SAFETY: `dir` is open until the close below.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(dir) };
+            if let Err(e) = sys::fchmodat_nofollow(fd, name, d.mode & 0o7777) {
+                close(dir);
+                return Err(errno(e));
+            }
         }
         let err = last_errno();
         close(dir);
         if r < 0 { Err(err) } else { Ok(()) }
     }
 
-    /// In the child: switches to the rootfs and detaches the old root.
-    pub fn pivot(&self) -> Result<(), Fail> {
+    /// In the child: switches to the rootfs (`root` from [`apply`](Plan::apply),
+    /// consumed) and detaches the old root.
+    pub fn pivot(&self, root: RawFd) -> Result<(), Fail> {
         let f = |e| Fail::new(Step::PivotRoot, e, 0);
-        // SAFETY: valid C string.
-        if unsafe { libc::chdir(self.rootfs.as_ptr()) } < 0 {
-            return Err(f(last_errno()));
+        // SAFETY: plain fd.
+        let r = unsafe { libc::fchdir(root) };
+        let err = last_errno();
+        close(root);
+        if r < 0 {
+            return Err(f(err));
         }
         sys::pivot_root(c".", c".").map_err(|e| f(errno(e)))?;
         // The old root is stacked under the new one: keep its unmount from propagating.
@@ -688,30 +721,9 @@ impl Inside {
         let Some((parent, name, _)) = self.steps.last() else {
             return Err(libc::EINVAL);
         };
-        if self.steps.len() > 1 {
-            // Create every directory but the last component.
-            for (pp, nn, full) in &self.steps[..self.steps.len() - 1] {
-                match sys::openat2_raw(root, full, libc::O_PATH, 0, RESOLVE_IN_ROOT) {
-                    Ok(fd) => close(fd),
-                    Err(_) => {
-                        let dir = sys::openat2_raw(
-                            root,
-                            pp,
-                            libc::O_PATH | libc::O_DIRECTORY,
-                            0,
-                            RESOLVE_IN_ROOT,
-                        )
-                        .map_err(errno)?;
-                        // SAFETY: valid fd and C string.
-                        let r = unsafe { libc::mkdirat(dir, nn.as_ptr(), 0o755) };
-                        let e = last_errno();
-                        close(dir);
-                        if r < 0 && e != libc::EEXIST {
-                            return Err(e);
-                        }
-                    }
-                }
-            }
+        // Every directory but the last component.
+        for step in &self.steps[..self.steps.len() - 1] {
+            make(root, step, false)?;
         }
         let dir = sys::openat2_raw(
             root,
@@ -723,6 +735,55 @@ impl Inside {
         .map_err(errno)?;
         Ok((dir, name))
     }
+}
+
+/// One step of `mkdir -p` beneath `root` (RESOLVE_IN_ROOT): creates `name` in `parent`
+/// (an empty file when `file`, else a directory) unless `full` exists.
+fn make(
+    root: RawFd,
+    (parent, name, full): &(CString, CString, CString),
+    file: bool,
+) -> Result<(), i32> {
+    match sys::openat2_raw(root, full, libc::O_PATH, 0, RESOLVE_IN_ROOT) {
+        Ok(fd) => {
+            close(fd);
+            return Ok(());
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(errno(e)),
+    }
+    let dir = sys::openat2_raw(
+        root,
+        parent,
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+        RESOLVE_IN_ROOT,
+    )
+    .map_err(errno)?;
+    let res = if file {
+        // SAFETY: valid fd and C string.
+        let fd = unsafe {
+            libc::openat(
+                dir,
+                name.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+                0o644,
+            )
+        };
+        if fd >= 0 {
+            close(fd);
+        }
+        fd
+    } else {
+        // SAFETY: valid fd and C string.
+        unsafe { libc::mkdirat(dir, name.as_ptr(), 0o755) }
+    };
+    let err = last_errno();
+    close(dir);
+    if res < 0 && err != libc::EEXIST {
+        return Err(err);
+    }
+    Ok(())
 }
 
 /// The calling thread's errno.

@@ -2,7 +2,27 @@
 
 use super::Error;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
+
+/// A config that cannot be used: the field (a JSON path such as `process.args`; `None`
+/// when the document as a whole is bad) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{reason}", field.as_ref().map(|f| format!("field `{f}`: ")).unwrap_or_default())]
+pub struct ConfigError {
+    pub field: Option<String>,
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// `field` is bad for `reason`.
+    pub fn new(field: impl Into<String>, reason: impl Display) -> ConfigError {
+        ConfigError {
+            field: Some(field.into()),
+            reason: reason.to_string(),
+        }
+    }
+}
 
 /// Reads `BUNDLE/config.json`.
 pub fn load_bundle(bundle: &Path) -> Result<Spec, Error> {
@@ -11,19 +31,21 @@ pub fn load_bundle(bundle: &Path) -> Result<Spec, Error> {
         what: format!("read {}", path.display()),
         source: e,
     })?;
-    parse(&text).map_err(|reason| Error::Config { file: path, reason })
+    parse(&text).map_err(|e| Error::Config {
+        file: path,
+        reason: e.to_string(),
+    })
 }
 
 /// Parses a config, naming the field (as a JSON path) that failed, then checks it.
-pub fn parse(text: &[u8]) -> Result<Spec, String> {
+pub fn parse(text: &[u8]) -> Result<Spec, ConfigError> {
     let de = &mut serde_json::Deserializer::from_slice(text);
     let spec: Spec = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." {
-            inner.to_string()
-        } else {
-            format!("field `{path}`: {inner}")
+        let reason = e.into_inner().to_string();
+        ConfigError {
+            field: (path != ".").then_some(path),
+            reason,
         }
     })?;
     validate(&spec)?;
@@ -31,34 +53,46 @@ pub fn parse(text: &[u8]) -> Result<Spec, String> {
 }
 
 /// Semantic checks serde cannot do.
-pub fn validate(spec: &Spec) -> Result<(), String> {
-    let process = spec.process().as_ref().ok_or("field `process`: missing")?;
+pub fn validate(spec: &Spec) -> Result<(), ConfigError> {
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| ConfigError::new("process", "missing"))?;
     match process.args() {
         Some(args) if !args.is_empty() && !args[0].is_empty() => {}
-        _ => return Err("field `process.args`: must name the program to run".into()),
+        _ => {
+            return Err(ConfigError::new(
+                "process.args",
+                "must name the program to run",
+            ));
+        }
     }
     if !process.cwd().is_absolute() {
-        return Err(format!(
-            "field `process.cwd`: {:?} must be an absolute path",
-            process.cwd()
+        return Err(ConfigError::new(
+            "process.cwd",
+            format!("{:?} must be an absolute path", process.cwd()),
         ));
     }
     for (i, env) in process.env().iter().flatten().enumerate() {
         if !env.contains('=') {
-            return Err(format!(
-                "field `process.env[{i}]`: {env:?} is not KEY=VALUE"
+            return Err(ConfigError::new(
+                format!("process.env[{i}]"),
+                format!("{env:?} is not KEY=VALUE"),
             ));
         }
     }
-    let root = spec.root().as_ref().ok_or("field `root`: missing")?;
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| ConfigError::new("root", "missing"))?;
     if root.path().as_os_str().is_empty() {
-        return Err("field `root.path`: empty".into());
+        return Err(ConfigError::new("root.path", "empty"));
     }
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         if !m.destination().is_absolute() {
-            return Err(format!(
-                "field `mounts[{i}].destination`: {:?} must be an absolute path",
-                m.destination()
+            return Err(ConfigError::new(
+                format!("mounts[{i}].destination"),
+                format!("{:?} must be an absolute path", m.destination()),
             ));
         }
     }
@@ -66,9 +100,9 @@ pub fn validate(spec: &Spec) -> Result<(), String> {
         let mut seen = Vec::new();
         for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
             if seen.contains(&ns.typ()) {
-                return Err(format!(
-                    "field `linux.namespaces[{i}]`: namespace {} listed twice",
-                    ns.typ()
+                return Err(ConfigError::new(
+                    format!("linux.namespaces[{i}]"),
+                    format!("namespace {} listed twice", ns.typ()),
                 ));
             }
             seen.push(ns.typ());
@@ -76,15 +110,18 @@ pub fn validate(spec: &Spec) -> Result<(), String> {
         let has_userns = seen.contains(&LinuxNamespaceType::User);
         let has_maps = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty());
         if has_maps && !has_userns {
-            return Err(
-                "field `linux.uidMappings`: given without a user namespace in `linux.namespaces`"
-                    .into(),
-            );
+            return Err(ConfigError::new(
+                "linux.uidMappings",
+                "given without a user namespace in `linux.namespaces`",
+            ));
         }
         if let Some(p) = linux.rootfs_propagation() {
             if !p.is_empty() && super::rootfs::propagation_flag(p).is_none() {
-                return Err(format!(
-                    "field `linux.rootfsPropagation`: unknown mode {p:?} (shared, slave, private, unbindable, rshared, rslave, rprivate, runbindable)"
+                return Err(ConfigError::new(
+                    "linux.rootfsPropagation",
+                    format!(
+                        "unknown mode {p:?} (shared, slave, private, unbindable, rshared, rslave, rprivate, runbindable)"
+                    ),
                 ));
             }
         }
@@ -103,5 +140,58 @@ pub fn rootfs_path(spec: &Spec, bundle: &Path) -> PathBuf {
         root
     } else {
         bundle.join(root)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(mut process: serde_json::Value) -> Vec<u8> {
+        process["user"] = serde_json::json!({"uid": 0, "gid": 0});
+        serde_json::to_vec(&serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": process,
+            "root": {"path": "rootfs"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse(&config(serde_json::json!({"args": ["sh"], "cwd": "rel"}))).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("process.cwd"));
+        assert_eq!(
+            e.to_string(),
+            "field `process.cwd`: \"rel\" must be an absolute path"
+        );
+        let e = parse(&config(serde_json::json!({"args": 5, "cwd": "/"}))).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("process.args"));
+        assert!(
+            e.to_string()
+                .starts_with("field `process.args`: invalid type"),
+            "{e}"
+        );
+        let e = parse(b"[").unwrap_err();
+        assert_eq!(e.field, None);
+        assert!(!e.to_string().contains("field"), "{e}");
+        let e = parse(&config(
+            serde_json::json!({"args": ["sh"], "cwd": "/", "env": ["X"]}),
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::new("process.env[0]", "\"X\" is not KEY=VALUE")
+        );
+    }
+
+    #[test]
+    fn path_errors_are_typed() {
+        let e = super::super::rootfs::Inside::new(Path::new("/a/../b")).unwrap_err();
+        assert_eq!(
+            e,
+            super::super::rootfs::PathError::DotDot(PathBuf::from("/a/../b"))
+        );
+        assert_eq!(e.to_string(), "/a/../b must not contain `..`");
     }
 }

@@ -73,21 +73,21 @@ pub fn check_id(id: &str) -> Result<(), Error> {
     }
 }
 
+/// The directory of an existing container `id` and an open file on it to lock.
+fn open_lock(root: &Path, id: &str) -> Result<(PathBuf, File), Error> {
+    check_id(id)?;
+    let path = root.join(id);
+    match File::open(&path) {
+        Ok(lock) => Ok((path, lock)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound(id.into())),
+        Err(e) => Err(io(format!("open {}", path.display()))(e)),
+    }
+}
+
 impl Dir {
     /// Opens and locks (shared or exclusive, blocking) an existing container directory.
     pub fn open(root: &Path, id: &str, exclusive: bool) -> Result<Dir, Error> {
-        check_id(id)?;
-        let path = root.join(id);
-        let lock = File::open(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::NotFound(id.into())
-            } else {
-                Error::Io {
-                    what: format!("open {}", path.display()),
-                    source: e,
-                }
-            }
-        })?;
+        let (path, lock) = open_lock(root, id)?;
         let op = if exclusive {
             libc::LOCK_EX
         } else {
@@ -119,15 +119,7 @@ impl Dir {
 
     /// Tries to lock without waiting: false when someone (a create in progress) holds it.
     pub fn try_open(root: &Path, id: &str) -> Result<Option<Dir>, Error> {
-        check_id(id)?;
-        let path = root.join(id);
-        let lock = File::open(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::NotFound(id.into())
-            } else {
-                io(format!("open {}", path.display()))(e)
-            }
-        })?;
+        let (path, lock) = open_lock(root, id)?;
         match flock(&lock, libc::LOCK_EX | libc::LOCK_NB) {
             Ok(()) => Ok(Some(Dir { path, lock })),
             Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "ls", "id", "hostname", "true", "false", "sleep", "mount", "ps", "grep",
     "head", "tty", "ulimit", "touch", "mkdir", "kill", "wc", "stat", "env", "test", "readlink",
-    "printf", "wait", "trap",
+    "printf", "wait", "trap", "ip",
 ];
 
 /// Creates `dir` as a busybox rootfs.
