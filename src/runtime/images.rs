@@ -84,6 +84,32 @@ impl ImageCache {
         Ok(rootfs)
     }
 
+    /// Imports the embedded default image unless the store has it. Under a lock, so
+    /// concurrent creates import it once (each import would write a new index, and so a
+    /// new extracted tree).
+    pub fn ensure_default(&self, store: &Store) -> Result<(), ImageError> {
+        if store.index(DEFAULT_IMAGE).is_ok() {
+            return Ok(());
+        }
+        let _lock = self.lock(&self.dir.join("default.lock"))?;
+        if store.index(DEFAULT_IMAGE).is_err() {
+            import_default(store)?;
+        }
+        Ok(())
+    }
+
+    fn lock(&self, path: &Path) -> Result<nix::fcntl::Flock<File>, ImageError> {
+        let io = |what, source| ImageError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(|e| io("create", e))?;
+        let file = File::create(path).map_err(|e| io("create", e))?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| io("lock", e.into()))
+    }
+
     /// Every extracted tree's directory (for `warren image prune` and disk accounting).
     pub fn dir(&self) -> &Path {
         &self.dir

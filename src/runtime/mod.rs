@@ -23,7 +23,7 @@ use oci_spec::runtime::ContainerState;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Mutex;
@@ -266,8 +266,8 @@ impl Runtime {
         record.ids = Some(ids.clone());
         self.write_record(record)?;
 
-        if images::is_default(&cfg.image) && self.store.index(&cfg.image).is_err() {
-            images::import_default(&self.store)?;
+        if images::is_default(&cfg.image) {
+            self.images.ensure_default(&self.store)?;
         }
         let dir = self.container_dir(&name);
         let view = if crate::dirs::is_root() {
@@ -318,9 +318,6 @@ impl Runtime {
                 ..CreateOptions::default()
             },
         )?;
-        if cfg.network == Network::None && crate::dirs::is_root() {
-            loopback_up(container.pid())?;
-        }
         Ok(container)
     }
 
@@ -518,38 +515,5 @@ impl Drop for NameGuard<'_> {
     fn drop(&mut self) {
         let mut map = self.busy.lock().unwrap_or_else(|p| p.into_inner());
         map.remove(&self.name);
-    }
-}
-
-/// Brings `lo` up in the network namespace of `pid`. A forked child joins the
-/// container's user namespace (so a rootless caller holds CAP_NET_ADMIN there) and then
-/// its network namespace; it only makes syscalls, so forking from a threaded caller is
-/// safe.
-fn loopback_up(pid: i32) -> Result<(), Error> {
-    let open = |ns: &str| {
-        let path = PathBuf::from(format!("/proc/{pid}/ns/{ns}"));
-        fs::File::open(&path).map_err(io_err("open", &path))
-    };
-    let (user, net) = (open("user")?, open("net")?);
-    let join_user = !crate::dirs::is_root();
-    let failed =
-        |e: nix::Error| io_err("bring up lo for", Path::new(&format!("/proc/{pid}")))(e.into());
-    // SAFETY: the child makes only async-signal-safe syscalls (setns, socket, ioctl) on
-    // fds opened before the fork, then `_exit`s.
-    match unsafe { nix::unistd::fork() }.map_err(failed)? {
-        nix::unistd::ForkResult::Child => {
-            let ok = (!join_user
-                || nix::sched::setns(user.as_fd(), nix::sched::CloneFlags::CLONE_NEWUSER).is_ok())
-                && nix::sched::setns(net.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).is_ok()
-                && crate::sys::set_link_up(c"lo").is_ok();
-            // SAFETY: leaves at once, running no destructor or atexit handler.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-        }
-        nix::unistd::ForkResult::Parent { child } => {
-            match nix::sys::wait::waitpid(child, None).map_err(failed)? {
-                nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
-                _ => Err(failed(nix::Error::EPERM)),
-            }
-        }
     }
 }
