@@ -118,6 +118,7 @@ fn twenty_containers_from_one_image_each_in_its_own_block() {
     // One extracted copy of the image, whatever the number of containers.
     let images: Vec<_> = std::fs::read_dir(dir.path().join("state/images"))
         .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_dir())
         .collect();
     assert_eq!(images.len(), 1, "the image is extracted once per host");
     let lower = std::fs::read_dir(images[0].as_ref().unwrap().path().join("rootfs")).unwrap();

@@ -385,7 +385,8 @@ impl Runtime {
     fn remove(&self, name: &str, force: bool) -> Result<(), Error> {
         match Container::load(&self.opts.run_dir, name) {
             Ok(c) => c.delete(force)?,
-            Err(container::Error::NotFound(_)) => {}
+            // No record: never created, or a create killed before it wrote one.
+            Err(container::Error::NotFound(_)) if !self.opts.run_dir.join(name).is_dir() => {}
             Err(_) => container::delete_stale(&self.opts.run_dir, name, true)?,
         }
         let dir = self.container_dir(name);
