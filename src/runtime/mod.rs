@@ -307,7 +307,7 @@ impl Runtime {
         } else {
             std::mem::take(&mut cfg.stdio)
         };
-        let container = Container::create(
+        Ok(Container::create(
             &self.opts.run_dir,
             &name,
             &spec,
@@ -317,8 +317,7 @@ impl Runtime {
                 stdio,
                 ..CreateOptions::default()
             },
-        )?;
-        Ok(container)
+        )?)
     }
 
     /// Rootless: without privilege no mount can show one shared tree through another
