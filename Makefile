@@ -19,7 +19,7 @@ deps:
 # The quick start: build, import the embedded busybox image, run a container from it.
 demo: deps all
 	target/release/warren run --rm --image busybox -- \
-		sh -c 'echo "hello from $$(hostname): root here is host uid $$(cut -c11-20 /proc/self/uid_map)"; id'
+		sh -c 'set -- $$(cat /proc/self/uid_map); echo "hello from $$(hostname): root here is host uid $$2"; id'
 
 lint:
 	$(CARGO) fmt --check
