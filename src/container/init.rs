@@ -236,6 +236,10 @@ pub struct Init {
     /// Namespaces to unshare after joining (when a user namespace was joined by path, so
     /// the new ones belong to it).
     pub unshare: libc::c_int,
+    /// Namespaces to unshare in a user namespace clone just made, before GO: creating
+    /// them (the network one takes milliseconds) overlaps the parent's newuidmap and
+    /// newgidmap, and they belong to the new user namespace as if clone made them.
+    pub early_unshare: libc::c_int,
     /// A new user namespace was created by clone: become its root after GO.
     pub new_userns: bool,
     /// A new network namespace was created: bring its `lo` up (like crun), once in it and
@@ -307,8 +311,19 @@ impl Init {
                 rootfs = plan.open_root();
             }
         }
+        let early = if self.early_unshare != 0 {
+            // SAFETY: plain integers; this process is single-threaded.
+            if unsafe { libc::unshare(self.early_unshare) } < 0 {
+                Err(Fail::new(Step::Unshare, last_errno(), 0))
+            } else {
+                Ok(())
+            }
+        } else {
+            Ok(())
+        };
         // A parent that died before PR_SET_PDEATHSIG took effect shows as EOF here.
         self.wait_for(tag::GO)?;
+        early?;
         let mut rootfs = rootfs?;
         if self.new_userns {
             become_root()?;

@@ -1049,6 +1049,13 @@ fn create_in(
     } else {
         (flags, 0)
     };
+    // With a new user namespace, the child makes these itself while the maps are written.
+    let early_unshare = if new_userns && !user_joined {
+        flags & (libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC)
+    } else {
+        0
+    };
+    let clone_flags = clone_flags & !early_unshare;
     let maps = if new_userns {
         let (maps, warning) = userns::Maps::plan(
             userns::Mapping::from_spec(linux.uid_mappings().as_deref().unwrap_or(&[])),
@@ -1158,6 +1165,7 @@ fn create_in(
     let mut init = Init {
         join,
         unshare,
+        early_unshare,
         new_userns,
         loopback: flags & libc::CLONE_NEWNET != 0,
         hostname,
@@ -1278,6 +1286,7 @@ fn exec_in(c: &Container, process: &Process, opts: &mut ExecOptions) -> Result<E
     let mut init = Init {
         join,
         unshare: 0,
+        early_unshare: 0,
         new_userns: false,
         loopback: false,
         hostname: None,
