@@ -46,39 +46,13 @@ pub enum Step {
 
 impl Step {
     fn from_u32(v: u32) -> Step {
-        use Step::*;
-        [
-            Sync,
-            Setns,
-            Unshare,
-            Hostname,
-            RootPropagation,
-            RootBind,
-            RootOpen,
-            Mount,
-            Device,
-            PivotRoot,
-            Sysctl,
-            Masked,
-            Readonly,
-            Console,
-            Groups,
-            Setgid,
-            Setuid,
-            Capabilities,
-            NoNewPrivileges,
-            Cwd,
-            Stdio,
-            ExecFifo,
-            Seccomp,
-            Exec,
-            Fork,
-            Hook,
-            Loopback,
-        ]
-        .into_iter()
-        .find(|s| *s as u32 == v)
-        .unwrap_or(Unknown)
+        if (Step::Sync as u32..Step::Unknown as u32).contains(&v) {
+            // SAFETY: Step is repr(u32) with contiguous discriminants from Sync (1) to
+            // Unknown, and `v` lies in that range.
+            unsafe { std::mem::transmute::<u32, Step>(v) }
+        } else {
+            Step::Unknown
+        }
     }
 }
 
@@ -780,4 +754,19 @@ pub fn send_fd(sock: RawFd, fd: RawFd) -> Result<(), i32> {
         return Err(last_errno());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Step;
+
+    #[test]
+    fn steps_round_trip_through_their_number() {
+        for step in [Step::Sync, Step::RootBind, Step::Hook, Step::Loopback] {
+            assert_eq!(Step::from_u32(step as u32), step);
+        }
+        assert_eq!(Step::from_u32(0), Step::Unknown);
+        assert_eq!(Step::from_u32(Step::Unknown as u32), Step::Unknown);
+        assert_eq!(Step::from_u32(u32::MAX), Step::Unknown);
+    }
 }

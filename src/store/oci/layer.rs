@@ -387,20 +387,26 @@ impl Tree {
         }
     }
 
+    /// Counts one more archive entry against the entry limit.
+    fn count_entry(&mut self, h: &Header) -> Result<(), LayerError> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(LayerError::TooLarge {
+                path: show(&h.path),
+                what: "entry count",
+                size: self.entries,
+                limit: self.limits.max_entries,
+            });
+        }
+        Ok(())
+    }
+
     /// Applies layer number `layer`, given its headers in archive order. Whiteouts apply
     /// to the lower layers only, so they go first regardless of where the archive put them.
     pub fn apply_layer(&mut self, layer: usize, headers: &[Header]) -> Result<(), LayerError> {
         let mut normalized = Vec::with_capacity(headers.len());
         for h in headers {
-            self.entries += 1;
-            if self.entries > self.limits.max_entries {
-                return Err(LayerError::TooLarge {
-                    path: show(&h.path),
-                    what: "entry count",
-                    size: self.entries,
-                    limit: self.limits.max_entries,
-                });
-            }
+            self.count_entry(h)?;
             normalized.push(normalize(&h.path, &self.limits)?);
         }
         for (h, path) in headers.iter().zip(&normalized) {
@@ -441,15 +447,7 @@ impl Tree {
     /// whiteouts hide nothing and are dropped). Returns the path and the node it became,
     /// `None` when it was dropped; the root is the empty path.
     pub fn apply_streamed(&mut self, h: &Header) -> Result<Option<(RelPath, Node)>, LayerError> {
-        self.entries += 1;
-        if self.entries > self.limits.max_entries {
-            return Err(LayerError::TooLarge {
-                path: show(&h.path),
-                what: "entry count",
-                size: self.entries,
-                limit: self.limits.max_entries,
-            });
-        }
+        self.count_entry(h)?;
         let path = normalize(&h.path, &self.limits)?;
         if base(&path).starts_with(WHITEOUT) {
             return Ok(None);
