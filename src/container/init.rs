@@ -270,12 +270,7 @@ impl Init {
         }
         let _ = sys::close_fds(next, RawFd::MAX);
         // SAFETY: prctl with plain integers.
-        unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-            // Not dumpable until exec: nothing in the container can open /proc/PID/exe (the
-            // runtime binary) or our memory while we hold host resources.
-            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-        }
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
         // The rootfs is looked up with the caller's credentials, in the container's mount
         // namespace: now when clone made that namespace, else after the unshare below. A
         // failure is reported after GO, when the parent listens.
@@ -297,6 +292,12 @@ impl Init {
         };
         // A parent that died before PR_SET_PDEATHSIG took effect shows as EOF here.
         self.wait_for(tag::GO)?;
+        // Not dumpable from here until exec: nothing in the container can open /proc/PID/exe
+        // (the runtime binary) or our memory while we hold host resources. Not before GO:
+        // an unprivileged parent writes our /proc/PID/{setgroups,uid_map,gid_map}, which a
+        // non-dumpable process gives to root.
+        // SAFETY: prctl with plain integers.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
         early?;
         let mut rootfs = rootfs?;
         if self.new_userns {
