@@ -475,8 +475,9 @@ fn interactive_tty_under_tmux() {
         "echo hi-$((40+2)); tty; stty size",
         "Enter",
     ]);
-    let screen = wait_for("hi-42");
-    wait_for("20 100");
+    wait_for("hi-42");
+    // `stty size` prints last: once it shows, the `tty` line above it is on screen too.
+    let screen = wait_for("20 100");
     assert!(screen.contains("/dev/pts/0"), "{screen}");
     tmux(&["send-keys", "-t", &session, "exit 5", "Enter"]);
     for _ in 0..300 {
