@@ -420,6 +420,8 @@ fn failure_halfway_leaves_no_mount_and_a_retry_walks_again() {
     let (im, mnt) = (dir.path().join("im"), dir.path().join("mnt"));
     let _guard = Unmounter(vec![mnt.clone()]);
     fs::create_dir_all(&mnt).expect("mkdir");
+    // An upper dir of unknown origin (no record) is shifted by a walk through the overlay.
+    fs::create_dir_all(im.join("upper")).expect("mkdir upper");
     // An immutable file cannot be re-owned through the overlay: the walk fails midway.
     sh(&format!("chattr +i {}", lower.join("etc/keep").display()));
     let out = run(shift_mount()
@@ -432,7 +434,55 @@ fn failure_halfway_leaves_no_mount_and_a_retry_walks_again() {
     // The record says the walk did not finish, so the next mount walks again.
     let report = mount(&lower, &im, &mnt, 0x30000, "metacopy");
     assert_eq!(report["walked"], true, "{report}");
+    assert_tree(
+        &mnt,
+        &shifted(
+            &snapshot(&lower),
+            Shift::new(0x30000, BLOCK).expect("shift"),
+        ),
+    );
     unmount(&mnt);
+}
+
+#[test]
+fn metacopy_upper_built_halfway_leaves_nothing_and_a_retry_builds_it() {
+    require_root();
+    let dir = scratch("shift-mount-enospc");
+    let lower = fixture(dir.path());
+    let before = snapshot(&lower);
+    let (im, mnt) = (dir.path().join("im"), dir.path().join("mnt"));
+    fs::create_dir_all(&im).expect("mkdir");
+    fs::create_dir_all(&mnt).expect("mkdir");
+    // INTERMEDIATE on a tmpfs with too few inodes: building the upper dir fails midway.
+    sh(&format!(
+        "mount -t tmpfs -o nr_inodes=12 warren-test {}",
+        im.display()
+    ));
+    let _guard = Unmounter(vec![mnt.clone(), im.clone()]);
+    let out = run(shift_mount()
+        .args(["--oneshot", "-s", "0x30000", "--method", "metacopy"])
+        .args([&lower, &im, &mnt]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("No space left"),
+        "{err}"
+    );
+    assert!(!mounted(&mnt), "a failed mount stayed mounted");
+    let left: Vec<_> = fs::read_dir(&im).expect("read im").collect();
+    assert!(left.is_empty(), "a partial upper dir was left: {left:?}");
+    // With room, the same INTERMEDIATE builds, mounts and shows the shifted tree.
+    sh(&format!(
+        "mount -o remount,nr_inodes=10000 {}",
+        im.display()
+    ));
+    let report = mount(&lower, &im, &mnt, 0x30000, "metacopy");
+    assert_eq!(report["walked"], true, "{report}");
+    assert_tree(
+        &mnt,
+        &shifted(&before, Shift::new(0x30000, BLOCK).expect("shift")),
+    );
+    unmount(&mnt);
+    assert_eq!(snapshot(&lower), before, "LOWER changed");
 }
 
 #[test]

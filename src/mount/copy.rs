@@ -10,6 +10,13 @@
 //! A rootless copy ([`copy_deferred`], [`apply_plan`]) keeps, per path, only the top-most
 //! layer's metadata, and applies it from a user namespace only to an entry still of the
 //! recorded type.
+//!
+//! [`metacopy_upper`] writes no file data at all: it builds the upper directory a
+//! `metacopy=on` overlay would hold after a shift through it copied every entry up, each
+//! regular file a sparse file of the right size marked `trusted.overlay.metacopy`, whose
+//! data overlayfs reads from the lower file at the same path. Built directly on the upper
+//! filesystem, before the overlay is mounted, it skips overlayfs's per-entry copy-up (a
+//! temporary file in `work/` and a rename, serialised on the filesystem's rename lock).
 
 use crate::idmap::range::Shift;
 use crate::idmap::shift::{self, Meta};
@@ -48,6 +55,11 @@ pub struct CopyReport {
 }
 
 const OVERLAY_OPAQUE: &CStrLit = c"trusted.overlay.opaque";
+/// Marks an upper file whose data is the lower file's (an empty value: no digest).
+const OVERLAY_METACOPY: &CStrLit = c"trusted.overlay.metacopy";
+/// An upper file's link count relative to its own (`U+0`: the upper inode's count);
+/// overlayfs reads it for every file whose lower inode has more than one link.
+const OVERLAY_NLINK: &CStrLit = c"trusted.overlay.nlink";
 type CStrLit = std::ffi::CStr;
 
 struct Copier<'a> {
@@ -60,6 +72,14 @@ struct Copier<'a> {
     progress: Option<&'a (dyn Fn(u64) + Sync)>,
     /// When set, metadata is recorded here instead of applied.
     defer: Option<&'a mut Plan>,
+    /// What regular files get: their data, or (an overlay's upper dir) only their size.
+    data: Data,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Data {
+    Copy,
+    Metacopy,
 }
 
 fn dir_flags() -> OFlag {
@@ -73,7 +93,20 @@ pub fn copy_shifted(
     shift: Shift,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<CopyReport, CopyError> {
-    copy_into(lowers, dst, shift, progress, None)
+    copy_into(lowers, dst, shift, progress, None, Data::Copy)
+}
+
+/// Builds, in `dst` (which must not exist yet), the upper directory of a `metacopy=on`
+/// overlay over `lowers` in which every entry was copied up shifted: the same tree as
+/// [`copy_shifted`] but no file data. `dst` must be on a filesystem with `trusted.*`
+/// xattrs, and the overlay must be mounted with `metacopy=on` and `lowers` unchanged.
+pub fn metacopy_upper(
+    lowers: &[PathBuf],
+    dst: &Path,
+    shift: Shift,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<CopyReport, CopyError> {
+    copy_into(lowers, dst, shift, progress, None, Data::Metacopy)
 }
 
 fn copy_into(
@@ -82,6 +115,7 @@ fn copy_into(
     shift: Shift,
     progress: Option<&(dyn Fn(u64) + Sync)>,
     defer: Option<&mut Plan>,
+    data: Data,
 ) -> Result<CopyReport, CopyError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -103,6 +137,7 @@ fn copy_into(
         report: CopyReport::default(),
         progress,
         defer,
+        data,
     };
     // Bottom-most first, so each higher layer lands on top.
     for lower in lowers.iter().rev() {
@@ -270,6 +305,10 @@ impl Copier<'_> {
                     }
                     self.links.insert(key, drel.to_path_buf());
                 }
+                if self.data == Data::Metacopy {
+                    self.create_metacopy(dst, name, st, dpath)?;
+                    return Ok(true);
+                }
                 let s = nix::fcntl::openat(
                     src,
                     name,
@@ -310,6 +349,35 @@ impl Copier<'_> {
             }
         }
         Ok(true)
+    }
+
+    /// A sparse file of `st`'s size marked as metacopy (an empty one is complete as it is).
+    fn create_metacopy(
+        &self,
+        dst: &OwnedFd,
+        name: &OsStr,
+        st: &FileStat,
+        dpath: &Path,
+    ) -> Result<(), CopyError> {
+        let dst_err = |source: io::Error| CopyError::Io {
+            path: dpath.to_path_buf(),
+            source,
+        };
+        let d = nix::fcntl::openat(
+            dst,
+            name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| dst_err(e.into()))?;
+        if st.st_size > 0 {
+            nix::unistd::ftruncate(&d, st.st_size).map_err(|e| dst_err(e.into()))?;
+            sys::fsetxattr(d.as_fd(), OVERLAY_METACOPY, b"").map_err(dst_err)?;
+        }
+        if st.st_nlink > 1 {
+            sys::fsetxattr(d.as_fd(), OVERLAY_NLINK, b"U+0").map_err(dst_err)?;
+        }
+        Ok(())
     }
 
     /// Reads the source's xattrs, then applies owner, xattrs, mode and times to the copy
@@ -486,6 +554,7 @@ pub fn copy_deferred(
         Shift { to: 0, range: 0 },
         progress,
         Some(&mut plan),
+        Data::Copy,
     )?;
     Ok(plan)
 }

@@ -466,6 +466,24 @@ fn mount_method(
                 metacopy: true,
                 index: true,
             };
+            // A new INTERMEDIATE: the shifted upper dir is built before mounting, with no
+            // overlayfs copy-up at all. An upper dir of unknown state is walked instead.
+            if record.is_none() && !overlay.upper.exists() {
+                let n = metacopy_upper(spec, &overlay.upper, progress)?;
+                make_dirs(&[&overlay.work])?;
+                if let Err(e) = overlay.mount(&spec.mountpoint) {
+                    let _ = std::fs::remove_dir_all(&overlay.upper);
+                    return Err(e.into());
+                }
+                finish(spec, new_record(State::Shifted))?;
+                return Ok((
+                    n,
+                    true,
+                    spec.mountpoint.clone(),
+                    true,
+                    "metacopy overlay: only metadata is copied up, straight into the upper dir",
+                ));
+            }
             make_dirs(&[&overlay.upper, &overlay.work])?;
             overlay.mount(&spec.mountpoint)?;
             let walked = (|| {
@@ -647,6 +665,42 @@ fn fresh_copy(
         Err(e) => {
             let _ = std::fs::remove_dir_all(tmp);
             Err(e.into())
+        }
+    }
+}
+
+/// Builds the upper dir of a metacopy overlay in `upper.tmp` and renames it into place, so
+/// a crash never leaves a partial one under the final name.
+fn metacopy_upper(
+    spec: &MountSpec,
+    upper: &Path,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<u64, MountError> {
+    let tmp = spec.intermediate.join("upper.tmp");
+    make_dirs(&[&spec.intermediate])?;
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io_at(&tmp))?;
+    }
+    match copy::metacopy_upper(&spec.lowers, &tmp, spec.shift, progress) {
+        Ok(report) => {
+            std::fs::rename(&tmp, upper).map_err(io_at(upper))?;
+            Ok(report.shifted)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            // An upper filesystem without trusted xattrs cannot hold a metacopy overlay.
+            match e {
+                CopyError::Io { source, .. } if source.kind() == io::ErrorKind::Unsupported => {
+                    Err(MountError::Refused {
+                        method: Method::Metacopy,
+                        reason: format!(
+                            "{} has no trusted.* xattrs: {source}",
+                            spec.intermediate.display()
+                        ),
+                    })
+                }
+                e => Err(e.into()),
+            }
         }
     }
 }
