@@ -675,6 +675,7 @@ mod tests {
             report: CopyReport::default(),
             progress: None,
             defer: Some(&mut plan),
+            data: Data::Copy,
         };
         copier
             .copy_dir(open("upper"), open("copy"), &at("upper"), Path::new(""))
