@@ -27,12 +27,16 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use nix::unistd::UnlinkatFlags;
+use rayon::prelude::*;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -43,6 +47,15 @@ pub enum CopyError {
         path: PathBuf,
         source: xattr::XattrError,
     },
+}
+
+impl CopyError {
+    fn kind(&self) -> io::ErrorKind {
+        match self {
+            CopyError::Io { source, .. } => source.kind(),
+            CopyError::Shift { .. } => io::ErrorKind::InvalidData,
+        }
+    }
 }
 
 /// What a copy did.
@@ -62,16 +75,24 @@ const OVERLAY_METACOPY: &CStrLit = c"trusted.overlay.metacopy";
 const OVERLAY_NLINK: &CStrLit = c"trusted.overlay.nlink";
 type CStrLit = std::ffi::CStr;
 
+/// Where the first copy of a multiply-linked file is, once made, or why it was not.
+type FirstLink = Arc<OnceLock<Result<PathBuf, (io::ErrorKind, String)>>>;
+
+/// Walks the layers; entries of a directory are copied in parallel unless deferred.
 struct Copier<'a> {
     shift: Shift,
-    /// (dev, ino) of a multiply-linked source file -> its copy, relative to `dst_root`.
-    links: HashMap<(u64, u64), PathBuf>,
+    /// (dev, ino) of a multiply-linked source file -> its first copy, relative to `dst_root`.
+    links: Mutex<HashMap<(u64, u64), FirstLink>>,
     dst_root: OwnedFd,
     dst_path: &'a Path,
-    report: CopyReport,
+    entries: AtomicU64,
+    shifted: AtomicU64,
+    /// False while the bottom-most layer is copied (into an empty tree).
+    merging: AtomicBool,
     progress: Option<&'a (dyn Fn(u64) + Sync)>,
-    /// When set, metadata is recorded here instead of applied.
-    defer: Option<&'a mut Plan>,
+    /// When set, metadata is recorded here instead of applied (one entry at a time: a
+    /// link copies its first copy's recorded metadata).
+    defer: Option<Mutex<&'a mut Plan>>,
     /// What regular files get: their data, or (an overlay's upper dir) only their size.
     data: Data,
 }
@@ -129,56 +150,85 @@ fn copy_into(
         source,
     })?;
     let dst_root = nix::fcntl::open(dst, dir_flags(), Mode::empty()).map_err(io_err(dst))?;
-    let mut copier = Copier {
+    let copier = Copier {
         shift,
-        links: HashMap::new(),
+        links: Mutex::new(HashMap::new()),
         dst_root,
         dst_path: dst,
-        report: CopyReport::default(),
+        entries: AtomicU64::new(0),
+        shifted: AtomicU64::new(0),
+        merging: AtomicBool::new(false),
         progress,
-        defer,
+        defer: defer.map(Mutex::new),
         data,
     };
-    // Bottom-most first, so each higher layer lands on top.
-    for lower in lowers.iter().rev() {
-        let src =
-            nix::fcntl::open(lower.as_path(), dir_flags(), Mode::empty()).map_err(io_err(lower))?;
-        let st = nix::sys::stat::fstat(&src).map_err(io_err(lower))?;
-        let dst_fd = copier
-            .dst_root
-            .try_clone()
-            .map_err(|source| CopyError::Io {
-                path: dst.to_path_buf(),
-                source,
-            })?;
-        copier.copy_dir(src, dst_fd, lower, Path::new(""))?;
-        // The root itself: dst root <- lower root's metadata.
-        let root = copier
-            .dst_root
-            .try_clone()
-            .map_err(|source| CopyError::Io {
-                path: dst.to_path_buf(),
-                source,
-            })?;
-        let lower_parent =
-            nix::fcntl::open(lower.as_path(), dir_flags(), Mode::empty()).map_err(io_err(lower))?;
-        copier.apply_meta(
-            lower_parent.as_fd(),
-            OsStr::new("."),
-            root.as_fd(),
-            OsStr::new("."),
-            &st,
-            lower,
-            dst,
-        )?;
-        copier.links.clear();
-    }
-    Ok(copier.report)
+    let threads = if copier.defer.is_some() {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
+    // A pool of our own: the global one may be unusable in a forked child.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| CopyError::Io {
+            path: dst.to_path_buf(),
+            source: io::Error::other(e.to_string()),
+        })?;
+    pool.install(|| copier.copy_layers(lowers))?;
+    Ok(CopyReport {
+        entries: copier.entries.into_inner(),
+        shifted: copier.shifted.into_inner(),
+    })
 }
 
 impl Copier<'_> {
+    fn copy_layers(&self, lowers: &[PathBuf]) -> Result<(), CopyError> {
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e: nix::Error| CopyError::Io {
+                path,
+                source: e.into(),
+            }
+        };
+        let dst = self.dst_path;
+        // Bottom-most first, so each higher layer lands on top.
+        for (i, lower) in lowers.iter().rev().enumerate() {
+            self.merging.store(i > 0, Ordering::Relaxed);
+            let src = nix::fcntl::open(lower.as_path(), dir_flags(), Mode::empty())
+                .map_err(io_err(lower))?;
+            let st = nix::sys::stat::fstat(&src).map_err(io_err(lower))?;
+            let root = self.dst_root.try_clone().map_err(|source| CopyError::Io {
+                path: dst.to_path_buf(),
+                source,
+            })?;
+            let root_again = root.try_clone().map_err(|source| CopyError::Io {
+                path: dst.to_path_buf(),
+                source,
+            })?;
+            self.copy_dir(src, root, lower, Path::new(""))?;
+            // The root itself: dst root <- lower root's metadata.
+            let lower_root = nix::fcntl::open(lower.as_path(), dir_flags(), Mode::empty())
+                .map_err(io_err(lower))?;
+            self.apply_meta(
+                lower_root.as_fd(),
+                OsStr::new("."),
+                root_again.as_fd(),
+                OsStr::new("."),
+                &st,
+                lower,
+                dst,
+            )?;
+            self.links
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+        }
+        Ok(())
+    }
+
     fn copy_dir(
-        &mut self,
+        &self,
         src: OwnedFd,
         dst: OwnedFd,
         src_path: &Path,
@@ -195,52 +245,70 @@ impl Copier<'_> {
             source,
         })?;
         let mut dir = Dir::from_fd(src_dup).map_err(io_err(src_path.to_path_buf()))?;
-        let mut names: Vec<(OsString, Option<Type>)> = Vec::new();
+        let mut names: Vec<OsString> = Vec::new();
         for entry in dir.iter() {
             let entry = entry.map_err(io_err(src_path.to_path_buf()))?;
             let name = OsStr::from_bytes(entry.file_name().to_bytes());
             if name != "." && name != ".." {
-                names.push((name.to_os_string(), entry.file_type()));
+                names.push(name.to_os_string());
             }
         }
-        for (name, _) in names {
-            let spath = src_path.join(&name);
-            let drel = rel.join(&name);
-            let dpath = self.dst_path.join(&drel);
-            let st = nix::sys::stat::fstatat(&src, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
-                .map_err(io_err(spath.clone()))?;
-            let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
-            let existing =
-                nix::sys::stat::fstatat(&dst, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW).ok();
-            let existing_dir = existing
-                .map(|e| {
-                    SFlag::from_bits_truncate(e.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR
-                })
-                .unwrap_or(false);
-            let whiteout = kind == SFlag::S_IFCHR && st.st_rdev == 0;
+        let each = |name: OsString| self.copy_entry(&src, &dst, src_path, rel, &name);
+        if self.defer.is_some() {
+            names.into_iter().try_for_each(each)
+        } else {
+            names.into_par_iter().try_for_each(each)
+        }
+    }
+
+    /// Copies `name` from `src` (at `src_path`) into `dst` (at `rel` in the copy).
+    fn copy_entry(
+        &self,
+        src: &OwnedFd,
+        dst: &OwnedFd,
+        src_path: &Path,
+        rel: &Path,
+        name: &OsStr,
+    ) -> Result<(), CopyError> {
+        let spath = src_path.join(name);
+        let drel = rel.join(name);
+        let dpath = self.dst_path.join(&drel);
+        let st = nix::sys::stat::fstatat(src, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| {
+            CopyError::Io {
+                path: spath.clone(),
+                source: e.into(),
+            }
+        })?;
+        let kind = kind_of(&st);
+        let whiteout = kind == SFlag::S_IFCHR && st.st_rdev == 0;
+        // The bottom-most layer lands in an empty tree: nothing there to merge or replace.
+        if self.merging.load(Ordering::Relaxed) {
+            let existing = nix::sys::stat::fstatat(dst, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok();
+            let existing_dir = existing.is_some_and(|e| kind_of(&e) == SFlag::S_IFDIR);
             let opaque = kind == SFlag::S_IFDIR
-                && sys::lgetxattr_at(src.as_fd(), &name, OVERLAY_OPAQUE)
+                && sys::lgetxattr_at(src.as_fd(), name, OVERLAY_OPAQUE)
                     .ok()
                     .flatten()
                     .is_some_and(|v| v == b"y");
             // Replace what a lower layer put here, unless both are directories to merge.
             if existing.is_some() && !(kind == SFlag::S_IFDIR && existing_dir && !opaque) {
-                remove_at(dst.as_fd(), &name, existing_dir).map_err(|source| CopyError::Io {
+                remove_at(dst.as_fd(), name, existing_dir).map_err(|source| CopyError::Io {
                     path: dpath.clone(),
                     source,
                 })?;
                 // Nothing of the replaced entry may outlive it, not even its metadata.
-                if let Some(plan) = &mut self.defer {
-                    plan.forget(&drel);
+                if let Some(plan) = &self.defer {
+                    plan.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .forget(&drel);
                 }
             }
-            if whiteout {
-                continue;
-            }
-            let created = self.create(&src, &dst, &name, &st, kind, &spath, &drel, &dpath)?;
-            if created {
-                self.apply_meta(src.as_fd(), &name, dst.as_fd(), &name, &st, &spath, &dpath)?;
-            }
+        }
+        if whiteout {
+            return Ok(());
+        }
+        if self.create(src, dst, name, &st, kind, &spath, &drel, &dpath)? {
+            self.apply_meta(src.as_fd(), name, dst.as_fd(), name, &st, &spath, &dpath)?;
         }
         Ok(())
     }
@@ -248,7 +316,7 @@ impl Copier<'_> {
     /// Creates the copy of one entry; false when it became a hardlink (no metadata to set).
     #[allow(clippy::too_many_arguments)]
     fn create(
-        &mut self,
+        &self,
         src: &OwnedFd,
         dst: &OwnedFd,
         name: &OsStr,
@@ -266,9 +334,9 @@ impl Copier<'_> {
             path: dpath.to_path_buf(),
             source: e.into(),
         };
-        self.report.entries += 1;
+        let entries = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(p) = self.progress {
-            p(self.report.entries);
+            p(entries);
         }
         match kind {
             SFlag::S_IFDIR => {
@@ -282,10 +350,34 @@ impl Copier<'_> {
                     nix::fcntl::openat(dst, name, dir_flags(), Mode::empty()).map_err(dst_err)?;
                 self.copy_dir(s, d, spath, drel)?;
             }
-            SFlag::S_IFREG => {
-                let key = (st.st_dev, st.st_ino);
-                if st.st_nlink > 1 {
-                    if let Some(first) = self.links.get(&key) {
+            SFlag::S_IFREG if st.st_nlink > 1 => {
+                let cell = {
+                    let mut links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
+                    match links.entry((st.st_dev, st.st_ino)) {
+                        Entry::Occupied(first) => Err(first.get().clone()),
+                        Entry::Vacant(v) => Ok(v.insert(Arc::default()).clone()),
+                    }
+                };
+                match cell {
+                    // The first of its links: make it, then let the others link to it.
+                    Ok(cell) => {
+                        let made = self.create_file(src, dst, name, st, spath, dpath);
+                        let _ = cell.set(match &made {
+                            Ok(()) => Ok(drel.to_path_buf()),
+                            Err(e) => Err((e.kind(), e.to_string())),
+                        });
+                        made?;
+                    }
+                    Err(cell) => {
+                        let first = match cell.wait() {
+                            Ok(first) => first,
+                            Err((kind, why)) => {
+                                return Err(CopyError::Io {
+                                    path: dpath.to_path_buf(),
+                                    source: io::Error::new(*kind, format!("a hardlink of {why}")),
+                                });
+                            }
+                        };
                         nix::unistd::linkat(
                             &self.dst_root,
                             first.as_path(),
@@ -296,43 +388,17 @@ impl Copier<'_> {
                         .map_err(dst_err)?;
                         // Deferred, the link gets the first one's metadata too, in case a
                         // higher layer replaces the first.
-                        if let Some(plan) = &mut self.defer
-                            && let Some(meta) = plan.entries.get(first).cloned()
-                        {
-                            plan.entries.insert(drel.to_path_buf(), meta);
+                        if let Some(plan) = &self.defer {
+                            let mut plan = plan.lock().unwrap_or_else(PoisonError::into_inner);
+                            if let Some(meta) = plan.entries.get(first).cloned() {
+                                plan.entries.insert(drel.to_path_buf(), meta);
+                            }
                         }
                         return Ok(false);
                     }
-                    self.links.insert(key, drel.to_path_buf());
                 }
-                if self.data == Data::Metacopy {
-                    self.create_metacopy(dst, name, st, dpath)?;
-                    return Ok(true);
-                }
-                let s = nix::fcntl::openat(
-                    src,
-                    name,
-                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(src_err)?;
-                let d = nix::fcntl::openat(
-                    dst,
-                    name,
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .map_err(dst_err)?;
-                let (mut s, mut d) = (std::fs::File::from(s), std::fs::File::from(d));
-                io::copy(&mut s, &mut d).map_err(|source| CopyError::Io {
-                    path: dpath.to_path_buf(),
-                    source,
-                })?;
             }
+            SFlag::S_IFREG => self.create_file(src, dst, name, st, spath, dpath)?,
             SFlag::S_IFLNK => {
                 let target = nix::fcntl::readlinkat(src, name).map_err(src_err)?;
                 nix::unistd::symlinkat(target.as_os_str(), dst, name).map_err(dst_err)?;
@@ -351,12 +417,15 @@ impl Copier<'_> {
         Ok(true)
     }
 
-    /// A sparse file of `st`'s size marked as metacopy (an empty one is complete as it is).
-    fn create_metacopy(
+    /// A regular file: a copy of the source's data, or a sparse file of its size marked
+    /// as metacopy (an empty one is complete as it is).
+    fn create_file(
         &self,
+        src: &OwnedFd,
         dst: &OwnedFd,
         name: &OsStr,
         st: &FileStat,
+        spath: &Path,
         dpath: &Path,
     ) -> Result<(), CopyError> {
         let dst_err = |source: io::Error| CopyError::Io {
@@ -370,6 +439,21 @@ impl Copier<'_> {
             Mode::from_bits_truncate(0o600),
         )
         .map_err(|e| dst_err(e.into()))?;
+        if self.data == Data::Copy {
+            let s = nix::fcntl::openat(
+                src,
+                name,
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| CopyError::Io {
+                path: spath.to_path_buf(),
+                source: e.into(),
+            })?;
+            let (mut s, mut d) = (std::fs::File::from(s), std::fs::File::from(d));
+            io::copy(&mut s, &mut d).map_err(dst_err)?;
+            return Ok(());
+        }
         if st.st_size > 0 {
             nix::unistd::ftruncate(&d, st.st_size).map_err(|e| dst_err(e.into()))?;
             sys::fsetxattr(d.as_fd(), OVERLAY_METACOPY, b"").map_err(dst_err)?;
@@ -384,7 +468,7 @@ impl Copier<'_> {
     /// (or, deferred, records them for [`apply_plan`]).
     #[allow(clippy::too_many_arguments)]
     fn apply_meta(
-        &mut self,
+        &self,
         src: BorrowedFd<'_>,
         sname: &OsStr,
         dst: BorrowedFd<'_>,
@@ -407,24 +491,27 @@ impl Copier<'_> {
                 xattrs.push((attr, value));
             }
         }
-        if let Some(plan) = &mut self.defer {
+        if let Some(plan) = &self.defer {
             let rel = dpath
                 .strip_prefix(self.dst_path)
                 .unwrap_or(dpath)
                 .to_path_buf();
             // A higher layer's directory merged over a lower one: its metadata wins.
-            plan.entries.insert(
-                rel,
-                Pending {
-                    st: *st,
-                    xattrs,
-                    source: spath.to_path_buf(),
-                },
-            );
+            plan.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entries
+                .insert(
+                    rel,
+                    Pending {
+                        st: *st,
+                        xattrs,
+                        source: spath.to_path_buf(),
+                    },
+                );
             return Ok(());
         }
         if set_meta(dst, dname, st, &xattrs, self.shift, spath, dpath)? {
-            self.report.shifted += 1;
+            self.shifted.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -667,14 +754,16 @@ mod tests {
         std::os::unix::fs::symlink(at("victim"), at("swapped")).expect("symlink");
         let swapped = at("swapped");
         let mut plan = Plan::default();
-        let mut copier = Copier {
+        let copier = Copier {
             shift: Shift { to: 0, range: 0 },
-            links: HashMap::new(),
+            links: Mutex::new(HashMap::new()),
             dst_root,
             dst_path: &swapped,
-            report: CopyReport::default(),
+            entries: AtomicU64::new(0),
+            shifted: AtomicU64::new(0),
+            merging: AtomicBool::new(true),
             progress: None,
-            defer: Some(&mut plan),
+            defer: Some(Mutex::new(&mut plan)),
             data: Data::Copy,
         };
         copier
