@@ -54,6 +54,7 @@ fresh() { echo "d=\$(mktemp -d $WORK/$1.XXXXXX)"; }
 mnt() { echo "$SM --oneshot -s 0x30000 --method $1 $2 \$d $WORK/mnt-$3 >/dev/null"; }
 
 echo "tree: $(find "$TREE" | wc -l) entries, $(du -sh "$TREE" | cut -f1); big tree: $(find "$BIG" | wc -l) entries; $(nproc) cores, $(uname -r)"
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # "+sync": the same, until the new files are on disk (sync -f: syncfs of the filesystem).
 hyperfine --warmup 1 --runs "$RUNS" --export-json "$WORK/result.json" \
@@ -149,3 +150,4 @@ print(f"disk: tree {tree} KiB; metacopy upper {meta} KiB = {100*meta/tree:.1f}% 
       f"idmap upper {idm} KiB = {100*idm/tree:.2f}%; copy {copy} KiB = {100*copy/tree:.0f}%")
 print(f"remount of the metacopy INTERMEDIATE: {sys.argv[6]}")
 PY
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
