@@ -1051,7 +1051,7 @@ fn create_in(
     };
     // With a new user namespace, the child makes these itself while the maps are written.
     let early_unshare = if new_userns && !user_joined {
-        flags & (libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC)
+        flags & (libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC)
     } else {
         0
     };
@@ -1149,18 +1149,6 @@ fn create_in(
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned());
     let own_pid_namespace = flags & libc::CLONE_NEWPID != 0;
-    if cgroup::needed(
-        linux.resources().as_ref(),
-        cgroups_path.as_deref(),
-        own_pid_namespace,
-    ) {
-        record.cgroup = Some(cgroup::Cgroup::create(
-            &record.id,
-            linux.resources().as_ref(),
-            cgroups_path.as_deref(),
-        )?);
-    }
-    dir.save(record)?;
 
     let mut init = Init {
         join,
@@ -1190,8 +1178,27 @@ fn create_in(
     opts.stdio = Default::default();
     drop(console);
     let plan = init.rootfs.as_ref();
-    if let Some(m) = &maps {
-        m.write(pid)?;
+    // The newuidmap/newgidmap helpers take milliseconds: the cgroup and the record are
+    // made while they run. Both only need to exist before GO: until then the child can
+    // do nothing but exit, and a directory without a record is reclaimed as stale.
+    let writing = match &maps {
+        Some(m) => Some(m.start(pid)?),
+        None => None,
+    };
+    if cgroup::needed(
+        linux.resources().as_ref(),
+        cgroups_path.as_deref(),
+        own_pid_namespace,
+    ) {
+        record.cgroup = Some(cgroup::Cgroup::create(
+            &record.id,
+            linux.resources().as_ref(),
+            cgroups_path.as_deref(),
+        )?);
+    }
+    dir.save(record)?;
+    if let Some(w) = writing {
+        w.finish()?;
     }
     send(&sock, tag::GO)?;
     // While the child sets up its mounts (it runs nothing of the workload before ACK):
@@ -1227,9 +1234,11 @@ fn create_in(
             .map_err(Error::io(format!("write {}", p.display())))?;
     }
     send(&sock, tag::ACK)?;
-    match expect(&sock, plan, &init, "create")? {
-        Some(m) if m.tag == tag::DETACHED => {}
-        _ => return Err(Error::InitDied("create")),
+    if !opts.start {
+        match expect(&sock, plan, &init, "create")? {
+            Some(m) if m.tag == tag::DETACHED => {}
+            _ => return Err(Error::InitDied("create")),
+        }
     }
     if opts.start {
         // EOF: the exec happened (the socket is close-on-exec); a message: it failed.
