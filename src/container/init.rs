@@ -335,6 +335,12 @@ impl Init {
         }
         if !self.fork_after_join {
             send(self.sync, msg(tag::READY)).map_err(|e| Fail::new(Step::Sync, e, 0))?;
+        }
+        // While the parent records the state: nothing here runs the workload, and a
+        // failure is read by the parent whatever it is waiting for.
+        self.identity()?;
+        self.stdio()?;
+        if !self.fork_after_join {
             self.wait_for(tag::ACK)?;
             // From here the container outlives the runtime that created it.
             // SAFETY: prctl with plain integers.
@@ -345,8 +351,6 @@ impl Init {
                 send(self.sync, msg(tag::DETACHED)).map_err(|e| Fail::new(Step::Sync, e, 1))?;
             }
         }
-        self.identity()?;
-        self.stdio()?;
         if let Some((fifo, proc)) = &self.fifo {
             wait_start(fifo.as_raw_fd(), proc.as_raw_fd())?;
         }

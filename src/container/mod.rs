@@ -221,11 +221,9 @@ impl Container {
             bundle: bundle.clone(),
             rootfs: rootfs.clone(),
             created: state::now_rfc3339(),
-            owner: nix::unistd::User::from_uid(nix::unistd::geteuid())
-                .ok()
-                .flatten()
-                .map(|u| u.name)
-                .unwrap_or_default(),
+            // Looked up (NSS) just before the record is first saved, while the id map
+            // helpers run.
+            owner: String::new(),
             annotations: spec.annotations().clone().unwrap_or_default(),
             cgroup: None,
             hooks: spec.hooks().clone(),
@@ -1196,6 +1194,11 @@ fn create_in(
             cgroups_path.as_deref(),
         )?);
     }
+    record.owner = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_default();
     dir.save(record)?;
     if let Some(w) = writing {
         w.finish()?;
@@ -1233,7 +1236,11 @@ fn create_in(
         crate::atomic::write(p, pid.to_string().as_bytes())
             .map_err(Error::io(format!("write {}", p.display())))?;
     }
-    send(&sock, tag::ACK)?;
+    if let Err(e) = send(&sock, tag::ACK) {
+        // The child sets its identity while we record: a failure there is waiting.
+        expect(&sock, plan, &init, "create")?;
+        return Err(e);
+    }
     if !opts.start {
         match expect(&sock, plan, &init, "create")? {
             Some(m) if m.tag == tag::DETACHED => {}
