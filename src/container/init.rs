@@ -238,9 +238,11 @@ pub struct Init {
     pub preserve_fds: i32,
     /// Pause for createRuntime/createContainer hooks before pivot_root.
     pub hooks: bool,
-    /// exec into a running container: fork once more after setns so the process lands in
-    /// the joined pid namespace, and report its pid.
+    /// Fork once more after setns so the process lands in the joined pid namespace, and
+    /// report its pid (exec, or create joining a pid namespace by path).
     pub fork_after_join: bool,
+    /// exec into a running container: no READY/ACK handshake, nothing is recorded.
+    pub exec: bool,
     /// startContainer hooks: run in the container after start, before the workload.
     pub start_hooks: Vec<(CString, CArray, CArray)>,
     /// Every fd the child uses, sorted: all others (other containers' sockets and locks
@@ -333,14 +335,14 @@ impl Init {
         if p.terminal {
             self.console()?;
         }
-        if !self.fork_after_join {
+        if !self.exec {
             send(self.sync, msg(tag::READY)).map_err(|e| Fail::new(Step::Sync, e, 0))?;
         }
         // While the parent records the state: nothing here runs the workload, and a
         // failure is read by the parent whatever it is waiting for.
         self.identity()?;
         self.stdio()?;
-        if !self.fork_after_join {
+        if !self.exec {
             self.wait_for(tag::ACK)?;
             // From here the container outlives the runtime that created it.
             // SAFETY: prctl with plain integers.
@@ -429,10 +431,10 @@ impl Init {
         Ok(())
     }
 
-    /// exec: forks once more so the process that execs is in the joined pid namespace;
-    /// the parent side reports its pid and exits.
+    /// Forks once more so the process that goes on is in the joined pid namespace; the
+    /// parent side reports its pid and exits.
     fn fork_into_joined(&self) -> Result<(), Fail> {
-        // CLONE_PARENT: the process that execs is the caller's child (it can wait for
+        // CLONE_PARENT: the process that goes on is the caller's child (it can wait for
         // it) and lands in the joined pid namespace.
         // SAFETY: this process is single-threaded; the child continues the setup.
         let pid = match unsafe { sys::clone3_fork(libc::CLONE_PARENT as u64) } {

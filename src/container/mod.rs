@@ -1007,15 +1007,16 @@ fn create_in(
     let mut flags = 0;
     let mut join = Vec::new();
     let mut user_joined = false;
+    let mut pid_joined = false;
     for (i, ns) in namespaces.iter().enumerate() {
         let (_, flag) = ns_info(ns.typ());
         match ns.path() {
             Some(p) if !p.as_os_str().is_empty() => {
-                if matches!(ns.typ(), LinuxNamespaceType::Pid | LinuxNamespaceType::Time) {
-                    // setns() of these only moves later children: the init would stay out.
+                if ns.typ() == LinuxNamespaceType::Time {
+                    // setns() of it only moves later children, like pid (below): not yet.
                     return Err(Error::config(
                         &format!("linux.namespaces[{i}].path"),
-                        "joining an existing pid or time namespace is not supported yet",
+                        "joining an existing time namespace is not supported yet",
                     ));
                 }
                 let fd = open_ns(p, &format!("linux.namespaces[{i}].path"))?;
@@ -1023,6 +1024,9 @@ fn create_in(
                     user_joined = true;
                     join.insert(0, (fd, flag));
                 } else {
+                    // setns() of a pid namespace only moves later children: the child
+                    // forks once more after joining, and the grandchild is the init.
+                    pid_joined |= ns.typ() == LinuxNamespaceType::Pid;
                     join.push((fd, flag));
                 }
             }
@@ -1166,7 +1170,8 @@ fn create_in(
         console_socket: console.as_ref().map(|f| f.as_raw_fd()),
         preserve_fds: opts.preserve_fds as i32,
         hooks: has_early_hooks,
-        fork_after_join: false,
+        fork_after_join: pid_joined,
+        exec: false,
         start_hooks: start_hooks(hooks)?,
         keep: Vec::new(),
     };
@@ -1204,6 +1209,21 @@ fn create_in(
         w.finish()?;
     }
     send(&sock, tag::GO)?;
+    let pid = if pid_joined {
+        // The child joined the pid namespace and forked the init (our child too, by
+        // CLONE_PARENT), which goes on with the setup; it reports its pid and exits.
+        let init_pid = match expect(&sock, plan, &init, "create")? {
+            Some(m) if m.tag == tag::PID => m.a,
+            _ => return Err(Error::InitDied("create")),
+        };
+        let init_fd = crate::sys::pidfd_open(init_pid).map_err(Error::io("pidfd_open"))?;
+        if let Some((_, mid)) = child.replace((init_pid, init_fd)) {
+            let _ = wait_pidfd(mid.as_fd());
+        }
+        init_pid
+    } else {
+        pid
+    };
     // While the child sets up its mounts (it runs nothing of the workload before ACK):
     // joining a v1 cgroup waits for an RCU grace period, milliseconds worth overlapping.
     if let Some(cg) = &record.cgroup {
@@ -1318,6 +1338,7 @@ fn exec_in(c: &Container, process: &Process, opts: &mut ExecOptions) -> Result<E
         preserve_fds: opts.preserve_fds as i32,
         hooks: false,
         fork_after_join: true,
+        exec: true,
         start_hooks: Vec::new(),
         keep: Vec::new(),
     };
