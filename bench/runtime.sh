@@ -88,7 +88,8 @@ for mode in rootful rootless; do
     B=$W/\$mode-\$sec
     if [ \$mode = rootful ]; then P=""; R=$S/root; else P="\$AS_USER"; R=$S/user; fi
     echo "== \$mode, seccomp: \$sec"
-    hyperfine -N --warmup 10 --runs 200 --export-json $W/\$mode-\$sec.json \\
+    # -i: runc as the rootless user fails a run now and then; failures are counted below.
+    hyperfine -N -i --warmup 10 --runs 200 --export-json $W/\$mode-\$sec.json \\
       -n warren "\$P $WARREN --root \$R/warren run -b \$B bench-w" \\
       -n crun "\$P crun --root \$R/crun run -b \$B bench-c" \\
       -n runc "\$P runc --root \$R/runc run -b \$B bench-r"
@@ -99,9 +100,12 @@ XDG_RUNTIME_DIR=$S/user unshare -m sh $W/inner.sh
 python3 - $W <<'PY'
 import json, sys, glob, os
 w = sys.argv[1]
-print(f"\n{'mode':<20} {'warren ms':>10} {'crun ms':>10} {'runc ms':>10} {'warren/crun':>12} {'warren/runc':>12}")
+print(f"\n{'mode':<20} {'warren ms':>10} {'crun ms':>10} {'runc ms':>10} {'warren/crun':>12} {'warren/runc':>12}  failed runs")
 for f in sorted(glob.glob(os.path.join(w, "*-*.json"))):
-    r = {x["command"]: x["median"] * 1000 for x in json.load(open(f))["results"]}
+    results = json.load(open(f))["results"]
+    r = {x["command"]: x["median"] * 1000 for x in results}
+    failed = {x["command"]: sum(1 for c in x.get("exit_codes", []) if c != 0) for x in results}
     name = os.path.basename(f)[:-5]
-    print(f"{name:<20} {r['warren']:>10.2f} {r['crun']:>10.2f} {r['runc']:>10.2f} {r['warren']/r['crun']:>12.2f} {r['warren']/r['runc']:>12.2f}")
+    bad = ", ".join(f"{k} {n}" for k, n in failed.items() if n) or "none"
+    print(f"{name:<20} {r['warren']:>10.2f} {r['crun']:>10.2f} {r['runc']:>10.2f} {r['warren']/r['crun']:>12.2f} {r['warren']/r['runc']:>12.2f}  {bad}")
 PY

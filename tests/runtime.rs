@@ -681,3 +681,45 @@ fn devices_get_exactly_the_configured_mode_and_owner() {
         "/dev/xnull 4604 5 6 1 3 character special file\n/dev/null 666 0 0 1 3 character special file\n"
     );
 }
+
+#[test]
+fn joins_a_pid_namespace_by_path() {
+    require_root();
+    let dir = scratch("pidjoin");
+    let root = dir.path().join("state");
+    // The first container: its own pid namespace, a sleep as its pid 1.
+    let a = rootfs::bundle(&dir.path().join("a"), &rootfs::config(&["sleep", "30"]));
+    let pid_file = dir.path().join("pid");
+    let out = run(warren(&root)
+        .args(["create", "-b"])
+        .arg(&a)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg("pid-a")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null()));
+    assert!(out.status.success(), "{out:?}");
+    ok(warren(&root).args(["start", "pid-a"]));
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).expect("pid ns link");
+    // The second joins it by path: same namespace inode, the first one's init is its pid 1.
+    let mut c = sh("readlink /proc/self/ns/pid; echo me=$$; cat /proc/1/cmdline; echo");
+    for n in c["linux"]["namespaces"].as_array_mut().expect("namespaces") {
+        if n["type"] == "pid" {
+            n["path"] = json!(format!("/proc/{pid}/ns/pid"));
+        }
+    }
+    let b = rootfs::bundle(&dir.path().join("b"), &c);
+    let out = run(warren(&root).args(["run", "-b"]).arg(&b).arg("pid-b"));
+    let _ = run(warren(&root).args(["delete", "--force", "pid-a"]));
+    let s = stdout(&out);
+    assert!(out.status.success(), "{out:?}");
+    assert!(s.contains(&format!("{}\n", ns.display())), "{s} vs {ns:?}");
+    assert!(s.contains("sleep"), "{s}");
+    assert!(!s.contains("me=1\n"), "{s}");
+    assert!(!root.join("pid-b").exists(), "state of pid-b left behind");
+}

@@ -86,7 +86,8 @@ pub mod tag {
     pub const FAIL: u32 = 6;
     /// child -> parent (exec): the pid of the process that will exec, in `a`.
     pub const PID: u32 = 7;
-    /// child -> parent: PR_SET_PDEATHSIG cleared, the parent may exit.
+    /// child -> parent: PR_SET_PDEATHSIG cleared, the parent may exit (create only: with
+    /// start, the exec that follows tells the same).
     pub const DETACHED: u32 = 8;
 }
 
@@ -211,8 +212,9 @@ pub struct Init {
     /// the new ones belong to it).
     pub unshare: libc::c_int,
     /// Namespaces to unshare in a user namespace clone just made, before GO: creating
-    /// them (the network one takes milliseconds) overlaps the parent's newuidmap and
-    /// newgidmap, and they belong to the new user namespace as if clone made them.
+    /// them (the network one takes a millisecond, the mount one copies the host's mount
+    /// table) overlaps the parent's newuidmap and newgidmap instead of delaying their
+    /// start, and they belong to the new user namespace as if clone made them.
     pub early_unshare: libc::c_int,
     /// A new user namespace was created by clone: become its root after GO.
     pub new_userns: bool,
@@ -236,9 +238,11 @@ pub struct Init {
     pub preserve_fds: i32,
     /// Pause for createRuntime/createContainer hooks before pivot_root.
     pub hooks: bool,
-    /// exec into a running container: fork once more after setns so the process lands in
-    /// the joined pid namespace, and report its pid.
+    /// Fork once more after setns so the process lands in the joined pid namespace, and
+    /// report its pid (exec, or create joining a pid namespace by path).
     pub fork_after_join: bool,
+    /// exec into a running container: no READY/ACK handshake, nothing is recorded.
+    pub exec: bool,
     /// startContainer hooks: run in the container after start, before the workload.
     pub start_hooks: Vec<(CString, CArray, CArray)>,
     /// Every fd the child uses, sorted: all others (other containers' sockets and locks
@@ -271,25 +275,10 @@ impl Init {
         let _ = sys::close_fds(next, RawFd::MAX);
         // SAFETY: prctl with plain integers.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-        // The rootfs is looked up with the caller's credentials, in the container's mount
-        // namespace: now when clone made that namespace, else after the unshare below. A
-        // failure is reported after GO, when the parent listens.
-        let mut rootfs = Ok(-1);
-        if let Some(plan) = &self.rootfs {
-            if self.unshare & libc::CLONE_NEWNS == 0 {
-                rootfs = plan.open_root();
-            }
-        }
-        let early = if self.early_unshare != 0 {
-            // SAFETY: plain integers; this process is single-threaded.
-            if unsafe { libc::unshare(self.early_unshare) } < 0 {
-                Err(Fail::new(Step::Unshare, last_errno(), 0))
-            } else {
-                Ok(())
-            }
-        } else {
-            Ok(())
-        };
+        // What needs no id map is done while the parent writes them (newuidmap and
+        // newgidmap take milliseconds); a failure is reported after GO, when the parent
+        // listens.
+        let early = self.before_go();
         // A parent that died before PR_SET_PDEATHSIG took effect shows as EOF here.
         self.wait_for(tag::GO)?;
         // Not dumpable from here until exec: nothing in the container can open /proc/PID/exe
@@ -298,69 +287,43 @@ impl Init {
         // non-dumpable process gives to root.
         // SAFETY: prctl with plain integers.
         unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-        early?;
-        let mut rootfs = rootfs?;
+        let early = early?;
         if self.new_userns {
             become_root()?;
         }
-        for (i, (fd, kind)) in self.join.iter().enumerate() {
-            sys::setns_raw(fd.as_raw_fd(), *kind)
-                .map_err(|e| Fail::new(Step::Setns, errno(e), i as u32))?;
-            if *kind == libc::CLONE_NEWUSER {
-                become_root()?;
+        let root = match early {
+            Early::Done(root) => root,
+            Early::Pending(mut rootfs) => {
+                for (i, (fd, kind)) in self.join.iter().enumerate() {
+                    sys::setns_raw(fd.as_raw_fd(), *kind)
+                        .map_err(|e| Fail::new(Step::Setns, errno(e), i as u32))?;
+                    if *kind == libc::CLONE_NEWUSER {
+                        become_root()?;
+                    }
+                }
+                if self.unshare != 0 {
+                    // SAFETY: plain integers; this process is single-threaded.
+                    if unsafe { libc::unshare(self.unshare) } < 0 {
+                        return Err(Fail::new(Step::Unshare, last_errno(), 0));
+                    }
+                }
+                if let Some(plan) = &self.rootfs {
+                    if rootfs < 0 {
+                        rootfs = plan.open_root()?;
+                    }
+                }
+                if self.fork_after_join {
+                    self.fork_into_joined()?;
+                }
+                self.names()?;
+                match &self.rootfs {
+                    Some(plan) => plan.bind_root(rootfs)?,
+                    None => -1,
+                }
             }
-        }
-        if self.unshare != 0 {
-            // SAFETY: plain integers; this process is single-threaded.
-            if unsafe { libc::unshare(self.unshare) } < 0 {
-                return Err(Fail::new(Step::Unshare, last_errno(), 0));
-            }
-        }
+        };
         if let Some(plan) = &self.rootfs {
-            if rootfs < 0 {
-                rootfs = plan.open_root()?;
-            }
-        }
-        if self.loopback {
-            sys::set_link_up(c"lo").map_err(|e| Fail::new(Step::Loopback, errno(e), 0))?;
-        }
-        if self.fork_after_join {
-            // CLONE_PARENT: the process that execs is the caller's child (it can wait for
-            // it) and lands in the joined pid namespace.
-            // SAFETY: this process is single-threaded; the child continues the setup.
-            let pid = match unsafe { sys::clone3_fork(libc::CLONE_PARENT as u64) } {
-                Ok((pid, _pidfd)) => pid,
-                Err(e) => return Err(Fail::new(Step::Fork, errno(e), 0)),
-            };
-            if pid > 0 {
-                let _ = send(
-                    self.sync,
-                    Msg {
-                        tag: tag::PID,
-                        a: pid,
-                        ..Default::default()
-                    },
-                );
-                // SAFETY: plain exit.
-                unsafe { libc::_exit(0) }
-            }
-            // SAFETY: prctl with plain integers.
-            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-        }
-        if let Some(h) = &self.hostname {
-            // SAFETY: valid buffer and length.
-            if unsafe { libc::sethostname(h.as_ptr(), h.as_bytes().len()) } < 0 {
-                return Err(Fail::new(Step::Hostname, last_errno(), 0));
-            }
-        }
-        if let Some(d) = &self.domainname {
-            // SAFETY: valid buffer and length.
-            if unsafe { libc::setdomainname(d.as_ptr(), d.as_bytes().len()) } < 0 {
-                return Err(Fail::new(Step::Hostname, last_errno(), 1));
-            }
-        }
-        if let Some(plan) = &self.rootfs {
-            let root = plan.apply(rootfs)?;
+            let root = plan.apply(root)?;
             if self.hooks {
                 send(self.sync, msg(tag::HOOKS)).map_err(|e| Fail::new(Step::Sync, e, 0))?;
                 self.wait_for(tag::HOOKS_DONE)?;
@@ -372,16 +335,24 @@ impl Init {
         if p.terminal {
             self.console()?;
         }
-        if !self.fork_after_join {
+        if !self.exec {
             send(self.sync, msg(tag::READY)).map_err(|e| Fail::new(Step::Sync, e, 0))?;
+        }
+        // While the parent records the state: nothing here runs the workload, and a
+        // failure is read by the parent whatever it is waiting for.
+        self.identity()?;
+        self.stdio()?;
+        if !self.exec {
             self.wait_for(tag::ACK)?;
             // From here the container outlives the runtime that created it.
             // SAFETY: prctl with plain integers.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
-            send(self.sync, msg(tag::DETACHED)).map_err(|e| Fail::new(Step::Sync, e, 1))?;
+            // Without an exec fifo (run) the parent waits for the exec itself, which
+            // comes after this: it needs no separate word.
+            if self.fifo.is_some() {
+                send(self.sync, msg(tag::DETACHED)).map_err(|e| Fail::new(Step::Sync, e, 1))?;
+            }
         }
-        self.identity()?;
-        self.stdio()?;
         if let Some((fifo, proc)) = &self.fifo {
             wait_start(fifo.as_raw_fd(), proc.as_raw_fd())?;
         }
@@ -408,6 +379,83 @@ impl Init {
             }
         }
         Err(Fail::new(Step::Exec, err, 0))
+    }
+
+    /// Before GO, in a child whose new namespaces all belong to it (clone made them, or
+    /// the early unshare): the early unshare, `lo`, host and domain names, and the root
+    /// bind. None of it needs an id map or the cgroup: no inode is created and no inode
+    /// permission is checked, only capabilities over namespaces this process owns (which
+    /// it holds in full in its new user namespace before any map exists). Mounts inside
+    /// the rootfs wait for GO: they create mount points and tmpfs roots owned by the
+    /// mapped root and need its access to the image's files.
+    fn before_go(&self) -> Result<Early, Fail> {
+        if self.early_unshare != 0 {
+            // SAFETY: plain integers; this process is single-threaded.
+            if unsafe { libc::unshare(self.early_unshare) } < 0 {
+                return Err(Fail::new(Step::Unshare, last_errno(), 0));
+            }
+        }
+        // The rootfs is looked up with the caller's credentials, in the container's mount
+        // namespace: now when it exists, else after the unshare that makes it (after GO).
+        let rootfs = match &self.rootfs {
+            Some(plan) if self.unshare & libc::CLONE_NEWNS == 0 => plan.open_root()?,
+            _ => -1,
+        };
+        if !self.join.is_empty() || self.unshare != 0 || self.fork_after_join {
+            return Ok(Early::Pending(rootfs));
+        }
+        self.names()?;
+        match &self.rootfs {
+            Some(plan) => Ok(Early::Done(plan.bind_root(rootfs)?)),
+            None => Ok(Early::Done(-1)),
+        }
+    }
+
+    /// `lo` up in a new network namespace, the host and domain names.
+    fn names(&self) -> Result<(), Fail> {
+        if self.loopback {
+            sys::set_link_up(c"lo").map_err(|e| Fail::new(Step::Loopback, errno(e), 0))?;
+        }
+        if let Some(h) = &self.hostname {
+            // SAFETY: valid buffer and length.
+            if unsafe { libc::sethostname(h.as_ptr(), h.as_bytes().len()) } < 0 {
+                return Err(Fail::new(Step::Hostname, last_errno(), 0));
+            }
+        }
+        if let Some(d) = &self.domainname {
+            // SAFETY: valid buffer and length.
+            if unsafe { libc::setdomainname(d.as_ptr(), d.as_bytes().len()) } < 0 {
+                return Err(Fail::new(Step::Hostname, last_errno(), 1));
+            }
+        }
+        Ok(())
+    }
+
+    /// Forks once more so the process that goes on is in the joined pid namespace; the
+    /// parent side reports its pid and exits.
+    fn fork_into_joined(&self) -> Result<(), Fail> {
+        // CLONE_PARENT: the process that goes on is the caller's child (it can wait for
+        // it) and lands in the joined pid namespace.
+        // SAFETY: this process is single-threaded; the child continues the setup.
+        let pid = match unsafe { sys::clone3_fork(libc::CLONE_PARENT as u64) } {
+            Ok((pid, _pidfd)) => pid,
+            Err(e) => return Err(Fail::new(Step::Fork, errno(e), 0)),
+        };
+        if pid > 0 {
+            let _ = send(
+                self.sync,
+                Msg {
+                    tag: tag::PID,
+                    a: pid,
+                    ..Default::default()
+                },
+            );
+            // SAFETY: plain exit.
+            unsafe { libc::_exit(0) }
+        }
+        // SAFETY: prctl with plain integers.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        Ok(())
     }
 
     fn wait_for(&self, want: u32) -> Result<(), Fail> {
@@ -615,6 +663,14 @@ fn run_hook(path: &CStr, argv: &CArray, envp: &CArray) -> Result<(), i32> {
     } else {
         Err(libc::ECANCELED)
     }
+}
+
+/// Where the child stands at GO.
+enum Early {
+    /// Namespaces still to join or make: the rootfs's `O_PATH` fd (or -1).
+    Pending(RawFd),
+    /// Names set and the root bound: the new root mount's fd (or -1 without a rootfs).
+    Done(RawFd),
 }
 
 /// The workload's pid, for the mini init's signal handler.

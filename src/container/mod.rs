@@ -221,11 +221,9 @@ impl Container {
             bundle: bundle.clone(),
             rootfs: rootfs.clone(),
             created: state::now_rfc3339(),
-            owner: nix::unistd::User::from_uid(nix::unistd::geteuid())
-                .ok()
-                .flatten()
-                .map(|u| u.name)
-                .unwrap_or_default(),
+            // Looked up (NSS) just before the record is first saved, while the id map
+            // helpers run.
+            owner: String::new(),
             annotations: spec.annotations().clone().unwrap_or_default(),
             cgroup: None,
             hooks: spec.hooks().clone(),
@@ -1009,15 +1007,16 @@ fn create_in(
     let mut flags = 0;
     let mut join = Vec::new();
     let mut user_joined = false;
+    let mut pid_joined = false;
     for (i, ns) in namespaces.iter().enumerate() {
         let (_, flag) = ns_info(ns.typ());
         match ns.path() {
             Some(p) if !p.as_os_str().is_empty() => {
-                if matches!(ns.typ(), LinuxNamespaceType::Pid | LinuxNamespaceType::Time) {
-                    // setns() of these only moves later children: the init would stay out.
+                if ns.typ() == LinuxNamespaceType::Time {
+                    // setns() of it only moves later children, like pid (below): not yet.
                     return Err(Error::config(
                         &format!("linux.namespaces[{i}].path"),
-                        "joining an existing pid or time namespace is not supported yet",
+                        "joining an existing time namespace is not supported yet",
                     ));
                 }
                 let fd = open_ns(p, &format!("linux.namespaces[{i}].path"))?;
@@ -1025,6 +1024,9 @@ fn create_in(
                     user_joined = true;
                     join.insert(0, (fd, flag));
                 } else {
+                    // setns() of a pid namespace only moves later children: the child
+                    // forks once more after joining, and the grandchild is the init.
+                    pid_joined |= ns.typ() == LinuxNamespaceType::Pid;
                     join.push((fd, flag));
                 }
             }
@@ -1051,7 +1053,7 @@ fn create_in(
     };
     // With a new user namespace, the child makes these itself while the maps are written.
     let early_unshare = if new_userns && !user_joined {
-        flags & (libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC)
+        flags & (libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC)
     } else {
         0
     };
@@ -1149,18 +1151,6 @@ fn create_in(
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned());
     let own_pid_namespace = flags & libc::CLONE_NEWPID != 0;
-    if cgroup::needed(
-        linux.resources().as_ref(),
-        cgroups_path.as_deref(),
-        own_pid_namespace,
-    ) {
-        record.cgroup = Some(cgroup::Cgroup::create(
-            &record.id,
-            linux.resources().as_ref(),
-            cgroups_path.as_deref(),
-        )?);
-    }
-    dir.save(record)?;
 
     let mut init = Init {
         join,
@@ -1180,7 +1170,8 @@ fn create_in(
         console_socket: console.as_ref().map(|f| f.as_raw_fd()),
         preserve_fds: opts.preserve_fds as i32,
         hooks: has_early_hooks,
-        fork_after_join: false,
+        fork_after_join: pid_joined,
+        exec: false,
         start_hooks: start_hooks(hooks)?,
         keep: Vec::new(),
     };
@@ -1190,10 +1181,49 @@ fn create_in(
     opts.stdio = Default::default();
     drop(console);
     let plan = init.rootfs.as_ref();
-    if let Some(m) = &maps {
-        m.write(pid)?;
+    // The newuidmap/newgidmap helpers take milliseconds: the cgroup and the record are
+    // made while they run. Both only need to exist before GO: until then the child can
+    // do nothing but exit, and a directory without a record is reclaimed as stale.
+    let writing = match &maps {
+        Some(m) => Some(m.start(pid)?),
+        None => None,
+    };
+    if cgroup::needed(
+        linux.resources().as_ref(),
+        cgroups_path.as_deref(),
+        own_pid_namespace,
+    ) {
+        record.cgroup = Some(cgroup::Cgroup::create(
+            &record.id,
+            linux.resources().as_ref(),
+            cgroups_path.as_deref(),
+        )?);
+    }
+    record.owner = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_default();
+    dir.save(record)?;
+    if let Some(w) = writing {
+        w.finish()?;
     }
     send(&sock, tag::GO)?;
+    let pid = if pid_joined {
+        // The child joined the pid namespace and forked the init (our child too, by
+        // CLONE_PARENT), which goes on with the setup; it reports its pid and exits.
+        let init_pid = match expect(&sock, plan, &init, "create")? {
+            Some(m) if m.tag == tag::PID => m.a,
+            _ => return Err(Error::InitDied("create")),
+        };
+        let init_fd = crate::sys::pidfd_open(init_pid).map_err(Error::io("pidfd_open"))?;
+        if let Some((_, mid)) = child.replace((init_pid, init_fd)) {
+            let _ = wait_pidfd(mid.as_fd());
+        }
+        init_pid
+    } else {
+        pid
+    };
     // While the child sets up its mounts (it runs nothing of the workload before ACK):
     // joining a v1 cgroup waits for an RCU grace period, milliseconds worth overlapping.
     if let Some(cg) = &record.cgroup {
@@ -1226,10 +1256,16 @@ fn create_in(
         crate::atomic::write(p, pid.to_string().as_bytes())
             .map_err(Error::io(format!("write {}", p.display())))?;
     }
-    send(&sock, tag::ACK)?;
-    match expect(&sock, plan, &init, "create")? {
-        Some(m) if m.tag == tag::DETACHED => {}
-        _ => return Err(Error::InitDied("create")),
+    if let Err(e) = send(&sock, tag::ACK) {
+        // The child sets its identity while we record: a failure there is waiting.
+        expect(&sock, plan, &init, "create")?;
+        return Err(e);
+    }
+    if !opts.start {
+        match expect(&sock, plan, &init, "create")? {
+            Some(m) if m.tag == tag::DETACHED => {}
+            _ => return Err(Error::InitDied("create")),
+        }
     }
     if opts.start {
         // EOF: the exec happened (the socket is close-on-exec); a message: it failed.
@@ -1302,6 +1338,7 @@ fn exec_in(c: &Container, process: &Process, opts: &mut ExecOptions) -> Result<E
         preserve_fds: opts.preserve_fds as i32,
         hooks: false,
         fork_after_join: true,
+        exec: true,
         start_hooks: Vec::new(),
         keep: Vec::new(),
     };

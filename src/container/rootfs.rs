@@ -460,13 +460,9 @@ impl Plan {
         Ok(root)
     }
 
-    /// In the child, before pivot_root: makes the host's mounts invisible to changes
-    /// here, binds the rootfs (the fd from [`open_root`](Plan::open_root), consumed) onto
-    /// itself, does the configured mounts and `/dev`. Returns the fd of the new root mount.
-    pub fn apply(&self, rootfs: RawFd) -> Result<RawFd, Fail> {
-        let result = self.bind_root(rootfs);
-        close(rootfs);
-        let root = result?;
+    /// In the child, before pivot_root: the configured mounts and `/dev` on the root mount
+    /// from [`bind_root`](Plan::bind_root). Returns that fd (closed on failure).
+    pub fn apply(&self, root: RawFd) -> Result<RawFd, Fail> {
         if let Err(f) = self.mount_all(root) {
             close(root);
             return Err(f);
@@ -474,7 +470,17 @@ impl Plan {
         Ok(root)
     }
 
-    fn bind_root(&self, rootfs: RawFd) -> Result<RawFd, Fail> {
+    /// In the child: makes the host's mounts invisible to changes here and binds the
+    /// rootfs (the fd from [`open_root`](Plan::open_root), consumed) onto itself. Returns
+    /// the fd of the new root mount. Needs no id map: it creates no inode and checks no
+    /// inode permission, only the mount namespace's capabilities.
+    pub fn bind_root(&self, rootfs: RawFd) -> Result<RawFd, Fail> {
+        let result = self.bind_root_fd(rootfs);
+        close(rootfs);
+        result
+    }
+
+    fn bind_root_fd(&self, rootfs: RawFd) -> Result<RawFd, Fail> {
         // No propagation back to the host, whatever the host's "/" is.
         let root_flags = if self.root_propagation & (libc::MS_SHARED) != 0 {
             libc::MS_SLAVE | libc::MS_REC

@@ -4,6 +4,7 @@
 
 use super::Error;
 use oci_spec::runtime::LinuxIdMapping;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// One `container host size` line.
@@ -33,7 +34,8 @@ pub struct Maps {
     pub gid: Vec<Mapping>,
     /// `setgroups` is denied (required when an unprivileged process writes a gid map).
     pub deny_setgroups: bool,
-    helper: bool,
+    /// Where `newuidmap` and `newgidmap` are, when they write the maps.
+    helpers: Option<(PathBuf, PathBuf)>,
 }
 
 /// The first range of `user` in /etc/subuid or /etc/subgid (by name or numeric id).
@@ -78,7 +80,7 @@ impl Maps {
                     uid,
                     gid,
                     deny_setgroups: false,
-                    helper: false,
+                    helpers: None,
                 },
                 None,
             ));
@@ -123,24 +125,28 @@ impl Maps {
                     uid,
                     gid,
                     deny_setgroups: true,
-                    helper: false,
+                    helpers: None,
                 },
                 None,
             ));
         }
-        let have_helpers = which("newuidmap") && which("newgidmap");
-        if have_helpers && covered_by(&uid, own_uid, subuid) && covered_by(&gid, own_gid, subgid) {
+        // Found once here: spawned by path, so no exec is tried in every $PATH entry.
+        let helpers = which("newuidmap").zip(which("newgidmap"));
+        if helpers.is_some()
+            && covered_by(&uid, own_uid, subuid)
+            && covered_by(&gid, own_gid, subgid)
+        {
             return Ok((
                 Maps {
                     uid,
                     gid,
                     deny_setgroups: false,
-                    helper: true,
+                    helpers,
                 },
                 None,
             ));
         }
-        let why = if !have_helpers {
+        let why = if helpers.is_none() {
             "newuidmap/newgidmap are missing (apt-get install uidmap)".to_owned()
         } else {
             format!(
@@ -155,30 +161,40 @@ impl Maps {
                 uid: single(own_uid),
                 gid: single(own_gid),
                 deny_setgroups: true,
-                helper: false,
+                helpers: None,
             },
             Some(warning),
         ))
     }
 
-    /// Writes the maps of process `pid` (which waits for them).
-    pub fn write(&self, pid: i32) -> Result<(), Error> {
-        if self.helper {
-            // Both setuid helpers at once: each costs ~2 ms of exec and NSS lookups.
-            let uid = spawn_helper("newuidmap", pid, &self.uid)?;
-            let gid = spawn_helper("newgidmap", pid, &self.gid);
-            let uid = finish_helper("newuidmap", pid, uid);
-            let gid = gid.and_then(|c| finish_helper("newgidmap", pid, c));
-            uid?;
-            gid?;
-            return Ok(());
-        }
-        if self.deny_setgroups {
-            write_proc(pid, "setgroups", b"deny")?;
-        }
-        write_proc(pid, "uid_map", lines(&self.uid).as_bytes())?;
-        write_proc(pid, "gid_map", lines(&self.gid).as_bytes())?;
-        Ok(())
+    /// Starts writing the maps of process `pid` (which waits for them); [`Writing::finish`]
+    /// waits until they are written. Direct writes are done at once; the helpers run while
+    /// the caller does other work.
+    pub fn start(&self, pid: i32) -> Result<Writing, Error> {
+        let Some((uid_tool, gid_tool)) = &self.helpers else {
+            if self.deny_setgroups {
+                write_proc(pid, "setgroups", b"deny")?;
+            }
+            write_proc(pid, "uid_map", lines(&self.uid).as_bytes())?;
+            write_proc(pid, "gid_map", lines(&self.gid).as_bytes())?;
+            return Ok(Writing {
+                pid,
+                uid: None,
+                gid: None,
+            });
+        };
+        // Each setuid helper costs ~1.5 ms of exec, dynamic linking and NSS lookups: both
+        // are started before either is waited for, and the caller works meanwhile. Spawned
+        // one after the other (a spawn holds its thread until the exec is done): starting
+        // newgidmap from a thread of its own measured ~0.5 ms slower per container on
+        // 2 busy cores than waiting for newuidmap's exec.
+        let mut writing = Writing {
+            pid,
+            uid: Some(spawn_helper(uid_tool, pid, &self.uid)?),
+            gid: None,
+        };
+        writing.gid = Some(spawn_helper(gid_tool, pid, &self.gid)?);
+        Ok(writing)
     }
 
     /// The host uid that container uid `id` maps to.
@@ -187,6 +203,39 @@ impl Maps {
     }
     pub fn host_gid(&self, id: u32) -> Option<u32> {
         to_host(&self.gid, id)
+    }
+}
+
+/// Id maps being written by the helpers (dropping it waits for them, ignoring errors).
+pub struct Writing {
+    pid: i32,
+    uid: Option<Child>,
+    gid: Option<Child>,
+}
+
+impl Writing {
+    /// Waits until both maps are written.
+    pub fn finish(mut self) -> Result<(), Error> {
+        let uid = match self.uid.take() {
+            Some(child) => finish_helper("newuidmap", self.pid, child),
+            None => Ok(()),
+        };
+        let gid = match self.gid.take() {
+            Some(child) => finish_helper("newgidmap", self.pid, child),
+            None => Ok(()),
+        };
+        uid.and(gid)
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        if let Some(child) = self.uid.take() {
+            let _ = child.wait_with_output();
+        }
+        if let Some(child) = self.gid.take() {
+            let _ = child.wait_with_output();
+        }
     }
 }
 
@@ -210,7 +259,7 @@ fn write_proc(pid: i32, file: &str, data: &[u8]) -> Result<(), Error> {
     })
 }
 
-fn spawn_helper(tool: &str, pid: i32, maps: &[Mapping]) -> Result<Child, Error> {
+fn spawn_helper(tool: &Path, pid: i32, maps: &[Mapping]) -> Result<Child, Error> {
     let mut cmd = Command::new(tool);
     cmd.arg(pid.to_string());
     for m in maps {
@@ -225,7 +274,7 @@ fn spawn_helper(tool: &str, pid: i32, maps: &[Mapping]) -> Result<Child, Error> 
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| Error::Io {
-            what: format!("run {tool}"),
+            what: format!("run {}", tool.display()),
             source,
         })
 }
@@ -245,8 +294,13 @@ fn finish_helper(tool: &str, pid: i32, child: Child) -> Result<(), Error> {
     Ok(())
 }
 
-fn which(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false)
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
