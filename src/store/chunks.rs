@@ -1,6 +1,7 @@
 //! Chunk files: one zstd frame per chunk at `chunks/ab/<blake3 hex>.zst`. A new chunk is
 //! written under a dot-prefixed temporary name and only renamed to its final name when
-//! its import commits (after a syncfs), so a final name always holds a complete chunk.
+//! its import commits (after it is synced), so a final name always holds a complete
+//! chunk.
 
 use std::fs;
 use std::io::Write;
@@ -74,6 +75,21 @@ pub fn write_temp(
     compressed: &[u8],
     sync: bool,
 ) -> Result<(PathBuf, PathBuf)> {
+    let (f, tmp, dest) = create_temp(store, id, compressed)?;
+    // Writeback starts now, so the fdatasync at commit has little left to wait for.
+    if sync {
+        crate::sys::start_writeback(std::os::fd::AsFd::as_fd(&f)).map_err(io_err(&tmp))?;
+    }
+    Ok((tmp, dest))
+}
+
+/// Writes compressed chunk bytes to a new temporary file beside the chunk's final path.
+/// Returns the still open file (not synced), its path and the final path.
+pub fn create_temp(
+    store: &Store,
+    id: &ChunkId,
+    compressed: &[u8],
+) -> Result<(fs::File, PathBuf, PathBuf)> {
     let dest = store.chunk_path(id);
     let tmp = dest.with_file_name(format!(
         ".{id}.tmp.{}.{}",
@@ -82,11 +98,7 @@ pub fn write_temp(
     ));
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(compressed).map_err(io_err(&tmp))?;
-    // Writeback starts now, so the fdatasync at commit has little left to wait for.
-    if sync {
-        crate::sys::start_writeback(std::os::fd::AsFd::as_fd(&f)).map_err(io_err(&tmp))?;
-    }
-    Ok((tmp, dest))
+    Ok((f, tmp, dest))
 }
 
 /// What `scan` finds: every chunk with its file size, and every temporary file.

@@ -19,6 +19,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 use rayon::prelude::*;
 
+use super::durable::Syncer;
 use super::index::Record;
 use super::{Entry, Index, Kind, Progress, Result, Store, StoreError, chunks, io_err, nix_err};
 use crate::idmap::range::Shift;
@@ -104,25 +105,27 @@ pub(crate) fn extract(
             Mode::empty(),
         )
         .map_err(nix_err(&partial))?;
-        let ctx = Ctx::new(store, index, root, dest, opts);
-        ctx.run()?;
+        let syncer = if opts.sync {
+            Some(Syncer::new()?)
+        } else {
+            None
+        };
+        let ctx = Ctx::new(store, index, root, dest, opts, syncer.as_ref());
+        let ran = ctx.run();
+        // Even after a failure: no sync thread may outlive the tree it syncs.
+        let synced = syncer.as_ref().map_or(Ok(()), Syncer::finish);
+        ran?;
+        synced?;
         if opts.sync {
             // Our files and directories only (a syncfs would also wait for every other
-            // writer on the filesystem); their writeback started as they were written.
-            let (mut files, mut dirs) = (Vec::new(), vec![partial.clone()]);
+            // writer on the filesystem); the files were fdatasynced in the background as
+            // they were written, now their names.
+            let mut dirs = vec![partial.clone()];
             for r in &index.records {
-                match r.entry.kind {
-                    Kind::File { .. } => files.push(partial.join(&r.entry.path)),
-                    Kind::Dir if !r.entry.path.as_os_str().is_empty() => {
-                        dirs.push(partial.join(&r.entry.path))
-                    }
-                    _ => {}
+                if r.entry.kind == Kind::Dir && !r.entry.path.as_os_str().is_empty() {
+                    dirs.push(partial.join(&r.entry.path));
                 }
             }
-            super::sync_many(
-                &files.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
-                true,
-            )?;
             super::sync_many(
                 &dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
                 false,
@@ -156,7 +159,8 @@ struct Ctx<'a> {
     /// Shown in errors instead of the temporary directory.
     dest: &'a Path,
     shift: Option<Shift>,
-    sync: bool,
+    /// fdatasyncs each file once it is complete (when syncing).
+    syncer: Option<&'a Syncer>,
     progress: Arc<Progress>,
     /// Stream offset where each chunk starts.
     starts: Vec<u64>,
@@ -175,6 +179,7 @@ impl<'a> Ctx<'a> {
         root: OwnedFd,
         dest: &'a Path,
         opts: &ExtractOptions,
+        syncer: Option<&'a Syncer>,
     ) -> Self {
         let mut starts = Vec::with_capacity(index.chunks.len());
         let mut at = 0u64;
@@ -190,7 +195,7 @@ impl<'a> Ctx<'a> {
             root,
             dest,
             shift: opts.shift,
-            sync: opts.sync,
+            syncer,
             progress,
             starts,
         }
@@ -315,11 +320,10 @@ impl<'a> Ctx<'a> {
                     .map_err(io_err(&shown))?;
                     let mut file = File::from(fd);
                     self.write_content(r, &mut cache, &mut file)?;
-                    if self.sync && file_size(r) > 0 {
-                        // Start writeback now; the sync at the end then finds little to do.
-                        sys::start_writeback(file.as_fd()).map_err(io_err(&shown))?;
-                    }
                     self.set_meta_fd(e, file.as_fd())?;
+                    if let Some(syncer) = self.syncer {
+                        syncer.submit(file, shown)?;
+                    }
                 }
                 Kind::Symlink { target } => {
                     let (parent, name) = self.parent(&e.path)?;

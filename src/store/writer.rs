@@ -3,9 +3,10 @@
 //! hashed there and handed to worker threads that compress and write the ones the store
 //! lacks. Memory holds the entries' metadata and a bounded queue of chunks, never a file.
 //!
-//! Crash safety: new chunks are written under temporary names; `commit` syncs the
-//! filesystem, renames them to their final names, syncs again, and only then publishes
-//! the index atomically. A writer killed at any point leaves at most temporary files
+//! Crash safety: new chunks are written under temporary names and fdatasynced in the
+//! background while the import goes on; `commit` waits for those syncs, renames the
+//! chunks to their final names, fsyncs their directories, and only then publishes the
+//! index atomically. A writer killed at any point leaves at most temporary files
 //! (removed by gc) and never an index pointing at a missing chunk.
 
 use std::collections::{BTreeMap, HashSet};
@@ -19,16 +20,69 @@ use std::thread::JoinHandle;
 use nix::fcntl::Flock;
 
 use super::chunker::{self, Chunker};
+use super::durable::Syncer;
 use super::index::{ChunkRef, Record, normalize};
 use super::{
     ChunkId, Entry, ImageInfo, ImageName, Index, Kind, Progress, Result, Store, StoreError,
     Timestamp, chunks, io_err,
 };
 
-/// zstd level for new chunks: 8 keeps the base image's store below casync's (level 3)
-/// and a new version's additions near file-level tools', at ~2x level 3's CPU, which
-/// two cores absorb (see docs/BENCHMARKS.md).
-pub const ZSTD_LEVEL: i32 = 8;
+/// zstd level for chunks of packed small files (config files, scripts, small text:
+/// where a high level pays, and a small share of the bytes).
+pub const LEVEL_PACKED: i32 = 8;
+/// zstd level for chunks of larger files that look like text (sources, lists, docs).
+pub const LEVEL_TEXT: i32 = 6;
+/// zstd level for chunks of larger files that look like binaries (code, data).
+pub const LEVEL_BINARY: i32 = 7;
+/// zstd level for chunks whose bytes look random (already compressed: .deb, .gz,
+/// images): a higher level would spend CPU on them for nothing.
+pub const LEVEL_INCOMPRESSIBLE: i32 = 1;
+
+/// The zstd level for a new chunk: chosen by what its bytes look like (a histogram of
+/// every 4th byte), and by whether it holds packed small files. Levels were tuned on a
+/// Debian image and a new version of it to keep the store at most casync's size and a
+/// new version's additions at most 0.8x casync's, for the least CPU (docs/BENCHMARKS.md).
+/// Readers do not care: any level decodes the same way.
+pub fn level_for(data: &[u8], packed: bool) -> i32 {
+    let mut hist = [0u32; 256];
+    for &b in data.iter().step_by(4) {
+        hist[b as usize] += 1;
+    }
+    let n = data.len().div_ceil(4) as f64;
+    if n == 0.0 {
+        return LEVEL_PACKED;
+    }
+    // Shannon entropy of the sample, bits per byte: random bytes give ~7.9 and up.
+    let entropy: f64 = hist
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum();
+    if entropy >= 7.7 {
+        return LEVEL_INCOMPRESSIBLE;
+    }
+    if packed {
+        return LEVEL_PACKED;
+    }
+    // Text: at most 1% of the sampled bytes are outside printable ASCII, \t, \n, \r.
+    let odd: u32 = hist
+        .iter()
+        .enumerate()
+        .filter(|&(b, _)| b >= 0x7f || (b < 0x20 && !matches!(b, 9 | 10 | 13)))
+        .map(|(_, c)| *c)
+        .sum();
+    if f64::from(odd) <= n / 100.0 {
+        LEVEL_TEXT
+    } else {
+        LEVEL_BINARY
+    }
+}
+
+/// A chunk on its way to a writer thread: id, bytes, whether it holds packed small files.
+type Job = (ChunkId, Vec<u8>, bool);
 
 struct Shared {
     store: Store,
@@ -38,6 +92,8 @@ struct Shared {
     error: Mutex<Option<StoreError>>,
     /// New chunks written so far: (temporary path, final path).
     pending: Mutex<Vec<(PathBuf, PathBuf)>>,
+    /// fdatasyncs new chunks (when syncing) while the import goes on.
+    syncer: Syncer,
 }
 
 impl Shared {
@@ -70,7 +126,7 @@ pub struct ImageWriter {
     stream_len: u64,
     chunks: Vec<ChunkRef>,
     seen: HashSet<ChunkId>,
-    tx: Option<SyncSender<(ChunkId, Vec<u8>)>>,
+    tx: Option<SyncSender<Job>>,
     workers: Vec<JoinHandle<()>>,
     /// A file's content failed half-way: the stream no longer matches the entries.
     broken: bool,
@@ -90,9 +146,10 @@ impl ImageWriter {
             progress,
             error: Mutex::new(None),
             pending: Mutex::new(Vec::new()),
+            syncer: Syncer::new()?,
         });
         let n = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let (tx, rx) = sync_channel::<(ChunkId, Vec<u8>)>(2 * n);
+        let (tx, rx) = sync_channel::<Job>(2 * n);
         let rx = Arc::new(Mutex::new(rx));
         let mut workers = Vec::new();
         for i in 0..n {
@@ -269,12 +326,13 @@ impl ImageWriter {
         // Files of chunker::ALIGN bytes or more start and end on a chunk boundary.
         let (sizes, aligned) = chunker::sizes_for(size_hint);
         if aligned {
-            chunker.finish(|data| emit(data, chunks, seen, tx, shared))?;
+            chunker.finish(|data| emit(data, chunks, seen, tx, shared, true))?;
             chunker.set_sizes(sizes);
         }
-        let n = chunker.feed(r, |data| emit(data, chunks, seen, tx, shared))?;
+        let packed = !aligned;
+        let n = chunker.feed(r, |data| emit(data, chunks, seen, tx, shared, packed))?;
         if aligned {
-            chunker.finish(|data| emit(data, chunks, seen, tx, shared))?;
+            chunker.finish(|data| emit(data, chunks, seen, tx, shared, false))?;
             chunker.set_sizes(chunker::SMALL);
         }
         Ok(n)
@@ -294,7 +352,7 @@ impl ImageWriter {
                 shared,
                 ..
             } = &mut self;
-            chunker.finish(|data| emit(data, chunks, seen, tx, shared))?;
+            chunker.finish(|data| emit(data, chunks, seen, tx, shared, true))?;
         }
         self.stop_workers();
         if let Some(e) = self.shared.take_error() {
@@ -328,6 +386,7 @@ impl ImageWriter {
         publish_chunks(
             &pending,
             self.shared.sync.load(std::sync::atomic::Ordering::Relaxed),
+            &self.shared.syncer,
         )?;
         let path = store.images_dir().join(image.rel_path());
         if let Some(parent) = path.parent() {
@@ -434,31 +493,28 @@ fn normalize_entry(path: &Path) -> Result<PathBuf> {
 }
 
 /// Makes new chunks durable, then gives them their final names, durably. Only our own
-/// files are synced (a syncfs would also wait for everything else on the filesystem).
-fn publish_chunks(pending: &[(PathBuf, PathBuf)], sync: bool) -> Result<()> {
+/// files are synced (a syncfs would also wait for everything else on the filesystem);
+/// the syncer has been fdatasyncing them since they were written.
+fn publish_chunks(pending: &[(PathBuf, PathBuf)], sync: bool, syncer: &Syncer) -> Result<()> {
+    use rayon::prelude::*;
+    if sync {
+        syncer.finish()?;
+    }
+    // Renames in different prefix directories do not contend.
+    pending
+        .par_iter()
+        .try_for_each(|(tmp, dest)| fs::rename(tmp, dest).map_err(io_err(dest)))?;
     if !sync {
-        for (tmp, dest) in pending {
-            fs::rename(tmp, dest).map_err(io_err(dest))?;
-        }
         return Ok(());
     }
-    // Their writeback started as they were written; what is left is mostly journal
-    // commits, which concurrent syncs share.
-    let temps: Vec<&Path> = pending.iter().map(|(t, _)| t.as_path()).collect();
-    super::sync_many(&temps, true)?;
-    let mut dirs = HashSet::new();
-    for (tmp, dest) in pending {
-        fs::rename(tmp, dest).map_err(io_err(dest))?;
-        if let Some(d) = dest.parent() {
-            dirs.insert(d);
-        }
-    }
+    let dirs: HashSet<&Path> = pending.iter().filter_map(|(_, d)| d.parent()).collect();
     super::sync_many(&dirs.into_iter().collect::<Vec<_>>(), false)
 }
 
 impl Drop for ImageWriter {
     fn drop(&mut self) {
         self.stop_workers();
+        let _ = self.shared.syncer.finish();
         let pending = self
             .shared
             .pending
@@ -476,8 +532,9 @@ fn emit(
     data: &[u8],
     chunks: &mut Vec<ChunkRef>,
     seen: &mut HashSet<ChunkId>,
-    tx: &Option<SyncSender<(ChunkId, Vec<u8>)>>,
+    tx: &Option<SyncSender<Job>>,
     shared: &Shared,
+    packed: bool,
 ) -> Result<()> {
     let id = ChunkId::of(data);
     chunks.push(ChunkRef {
@@ -487,7 +544,7 @@ fn emit(
     Progress::add(&shared.progress.chunks, 1);
     Progress::add(&shared.progress.bytes, data.len() as u64);
     if seen.insert(id) {
-        let sent = tx.as_ref().map(|tx| tx.send((id, data.to_vec())));
+        let sent = tx.as_ref().map(|tx| tx.send((id, data.to_vec(), packed)));
         if !matches!(sent, Some(Ok(()))) {
             // Workers are gone: they stopped on an error, which commit/add reports.
             return Err(shared.take_error().unwrap_or_else(|| StoreError::Entry {
@@ -506,14 +563,12 @@ fn emit(
 }
 
 /// Compresses and writes queued chunks the store does not already have.
-fn worker(rx: &Mutex<Receiver<(ChunkId, Vec<u8>)>>, shared: &Shared) {
-    let mut compressor = match zstd::bulk::Compressor::new(ZSTD_LEVEL) {
-        Ok(c) => c,
-        Err(e) => return shared.fail(io_err("zstd compressor")(e)),
-    };
+fn worker(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
+    // One context per level in use (switching a context's level reallocates its tables).
+    let mut compressors: Vec<(i32, zstd::bulk::Compressor<'static>)> = Vec::new();
     loop {
         let msg = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        let Ok((id, data)) = msg else { return };
+        let Ok((id, data, packed)) = msg else { return };
         if shared.failed() {
             continue; // keep draining so the producer never blocks forever
         }
@@ -521,17 +576,33 @@ fn worker(rx: &Mutex<Receiver<(ChunkId, Vec<u8>)>>, shared: &Shared) {
         if dest.exists() {
             continue; // reused: the lock we hold keeps gc from removing it
         }
-        let written = compressor
+        let level = level_for(&data, packed);
+        let at = match compressors.iter().position(|(l, _)| *l == level) {
+            Some(at) => at,
+            None => match zstd::bulk::Compressor::new(level) {
+                Ok(c) => {
+                    compressors.push((level, c));
+                    compressors.len() - 1
+                }
+                Err(e) => {
+                    shared.fail(io_err("zstd compressor")(e));
+                    continue;
+                }
+            },
+        };
+        let written = compressors[at]
+            .1
             .compress(&data)
             .map_err(io_err(&dest))
             .and_then(|z| {
-                chunks::write_temp(
-                    &shared.store,
-                    &id,
-                    &z,
-                    shared.sync.load(std::sync::atomic::Ordering::Relaxed),
-                )
-                .map(|paths| (paths, z.len()))
+                let (file, tmp, dest) = chunks::create_temp(&shared.store, &id, &z)?;
+                if shared.sync.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Err(e) = shared.syncer.submit(file, tmp.clone()) {
+                        let _ = fs::remove_file(&tmp);
+                        return Err(e);
+                    }
+                }
+                Ok(((tmp, dest), z.len()))
             });
         match written {
             Ok((paths, stored)) => {
