@@ -576,7 +576,14 @@ mod tests {
         let root: OwnedFd =
             nix::fcntl::open(&tree, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
         let dir = root.try_clone().unwrap();
-        let ctx = Ctx::new(&store, &index, root, &tree, &ExtractOptions::default());
+        let ctx = Ctx::new(
+            &store,
+            &index,
+            root,
+            &tree,
+            &ExtractOptions::default(),
+            None,
+        );
         let entry = Entry {
             path: "node".into(),
             kind: Kind::Fifo,
