@@ -75,21 +75,6 @@ pub fn write_temp(
     compressed: &[u8],
     sync: bool,
 ) -> Result<(PathBuf, PathBuf)> {
-    let (f, tmp, dest) = create_temp(store, id, compressed)?;
-    // Writeback starts now, so the fdatasync at commit has little left to wait for.
-    if sync {
-        crate::sys::start_writeback(std::os::fd::AsFd::as_fd(&f)).map_err(io_err(&tmp))?;
-    }
-    Ok((tmp, dest))
-}
-
-/// Writes compressed chunk bytes to a new temporary file beside the chunk's final path.
-/// Returns the still open file (not synced), its path and the final path.
-pub fn create_temp(
-    store: &Store,
-    id: &ChunkId,
-    compressed: &[u8],
-) -> Result<(fs::File, PathBuf, PathBuf)> {
     let dest = store.chunk_path(id);
     let tmp = dest.with_file_name(format!(
         ".{id}.tmp.{}.{}",
@@ -98,7 +83,11 @@ pub fn create_temp(
     ));
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(compressed).map_err(io_err(&tmp))?;
-    Ok((f, tmp, dest))
+    // Writeback starts now, so the fdatasync at commit has little left to wait for.
+    if sync {
+        crate::sys::start_writeback(std::os::fd::AsFd::as_fd(&f)).map_err(io_err(&tmp))?;
+    }
+    Ok((tmp, dest))
 }
 
 /// What `scan` finds: every chunk with its file size, and every temporary file.

@@ -19,7 +19,6 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 use rayon::prelude::*;
 
-use super::durable::Syncer;
 use super::index::Record;
 use super::{Entry, Index, Kind, Progress, Result, Store, StoreError, chunks, io_err, nix_err};
 use crate::idmap::range::Shift;
@@ -105,27 +104,25 @@ pub(crate) fn extract(
             Mode::empty(),
         )
         .map_err(nix_err(&partial))?;
-        let syncer = if opts.sync {
-            Some(Syncer::new()?)
-        } else {
-            None
-        };
-        let ctx = Ctx::new(store, index, root, dest, opts, syncer.as_ref());
-        let ran = ctx.run();
-        // Even after a failure: no sync thread may outlive the tree it syncs.
-        let synced = syncer.as_ref().map_or(Ok(()), Syncer::finish);
-        ran?;
-        synced?;
+        let ctx = Ctx::new(store, index, root, dest, opts);
+        ctx.run()?;
         if opts.sync {
             // Our files and directories only (a syncfs would also wait for every other
-            // writer on the filesystem); the files were fdatasynced in the background as
-            // they were written, now their names.
-            let mut dirs = vec![partial.clone()];
+            // writer on the filesystem); their writeback started as they were written.
+            let (mut files, mut dirs) = (Vec::new(), vec![partial.clone()]);
             for r in &index.records {
-                if r.entry.kind == Kind::Dir && !r.entry.path.as_os_str().is_empty() {
-                    dirs.push(partial.join(&r.entry.path));
+                match r.entry.kind {
+                    Kind::File { .. } => files.push(partial.join(&r.entry.path)),
+                    Kind::Dir if !r.entry.path.as_os_str().is_empty() => {
+                        dirs.push(partial.join(&r.entry.path))
+                    }
+                    _ => {}
                 }
             }
+            super::sync_many(
+                &files.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+                true,
+            )?;
             super::sync_many(
                 &dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
                 false,
@@ -159,8 +156,7 @@ struct Ctx<'a> {
     /// Shown in errors instead of the temporary directory.
     dest: &'a Path,
     shift: Option<Shift>,
-    /// fdatasyncs each file once it is complete (when syncing).
-    syncer: Option<&'a Syncer>,
+    sync: bool,
     progress: Arc<Progress>,
     /// Stream offset where each chunk starts.
     starts: Vec<u64>,
@@ -179,7 +175,6 @@ impl<'a> Ctx<'a> {
         root: OwnedFd,
         dest: &'a Path,
         opts: &ExtractOptions,
-        syncer: Option<&'a Syncer>,
     ) -> Self {
         let mut starts = Vec::with_capacity(index.chunks.len());
         let mut at = 0u64;
@@ -195,7 +190,7 @@ impl<'a> Ctx<'a> {
             root,
             dest,
             shift: opts.shift,
-            syncer,
+            sync: opts.sync,
             progress,
             starts,
         }
@@ -320,10 +315,11 @@ impl<'a> Ctx<'a> {
                     .map_err(io_err(&shown))?;
                     let mut file = File::from(fd);
                     self.write_content(r, &mut cache, &mut file)?;
-                    self.set_meta_fd(e, file.as_fd())?;
-                    if let Some(syncer) = self.syncer {
-                        syncer.submit(file, shown)?;
+                    if self.sync && file_size(r) > 0 {
+                        // Start writeback now; the sync at the end then finds little to do.
+                        sys::start_writeback(file.as_fd()).map_err(io_err(&shown))?;
                     }
+                    self.set_meta_fd(e, file.as_fd())?;
                 }
                 Kind::Symlink { target } => {
                     let (parent, name) = self.parent(&e.path)?;
@@ -576,14 +572,7 @@ mod tests {
         let root: OwnedFd =
             nix::fcntl::open(&tree, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
         let dir = root.try_clone().unwrap();
-        let ctx = Ctx::new(
-            &store,
-            &index,
-            root,
-            &tree,
-            &ExtractOptions::default(),
-            None,
-        );
+        let ctx = Ctx::new(&store, &index, root, &tree, &ExtractOptions::default());
         let entry = Entry {
             path: "node".into(),
             kind: Kind::Fifo,

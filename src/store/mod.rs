@@ -17,7 +17,6 @@ pub mod archive;
 pub mod busybox;
 pub mod chunker;
 pub mod chunks;
-mod durable;
 pub mod extract;
 pub mod gc;
 pub mod index;

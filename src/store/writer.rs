@@ -3,10 +3,9 @@
 //! hashed there and handed to worker threads that compress and write the ones the store
 //! lacks. Memory holds the entries' metadata and a bounded queue of chunks, never a file.
 //!
-//! Crash safety: new chunks are written under temporary names and fdatasynced in the
-//! background while the import goes on; `commit` waits for those syncs, renames the
-//! chunks to their final names, fsyncs their directories, and only then publishes the
-//! index atomically. A writer killed at any point leaves at most temporary files
+//! Crash safety: new chunks are written under temporary names (their writeback started
+//! at once); `commit` fdatasyncs them, renames them to their final names, fsyncs their
+//! directories, and only then publishes the index atomically. A writer killed at any point leaves at most temporary files
 //! (removed by gc) and never an index pointing at a missing chunk.
 
 use std::collections::{BTreeMap, HashSet};
@@ -20,7 +19,6 @@ use std::thread::JoinHandle;
 use nix::fcntl::Flock;
 
 use super::chunker::{self, Chunker};
-use super::durable::Syncer;
 use super::index::{ChunkRef, Record, normalize};
 use super::{
     ChunkId, Entry, ImageInfo, ImageName, Index, Kind, Progress, Result, Store, StoreError,
@@ -30,51 +28,29 @@ use super::{
 /// zstd level for chunks of packed small files (config files, scripts, small text:
 /// where a high level pays, and a small share of the bytes).
 pub const LEVEL_PACKED: i32 = 8;
-/// zstd level for chunks of larger files that look like text (sources, lists, docs).
+/// zstd level for chunks of larger files that look like text (sources, lists, docs):
+/// on them level 6 compresses as well as 8 (better, on Debian's package lists).
 pub const LEVEL_TEXT: i32 = 6;
-/// zstd level for chunks of larger files that look like binaries (code, data).
+/// zstd level for chunks of larger files that look like binaries (code, data, and
+/// compressed files, which zstd detects and stores cheaply at any level).
 pub const LEVEL_BINARY: i32 = 7;
-/// zstd level for chunks whose bytes look random (already compressed: .deb, .gz,
-/// images): a higher level would spend CPU on them for nothing.
-pub const LEVEL_INCOMPRESSIBLE: i32 = 1;
 
-/// The zstd level for a new chunk: chosen by what its bytes look like (a histogram of
-/// every 4th byte), and by whether it holds packed small files. Levels were tuned on a
-/// Debian image and a new version of it to keep the store at most casync's size and a
-/// new version's additions at most 0.8x casync's, for the least CPU (docs/BENCHMARKS.md).
-/// Readers do not care: any level decodes the same way.
+/// The zstd level for a new chunk, by whether it holds packed small files and, if not,
+/// whether its bytes look like text (at most 1% of every 4th byte outside printable
+/// ASCII, tab, newline, return). Tuned on a Debian image and a new version of it to
+/// keep the store at most casync's size and a new version's additions at most 0.8x
+/// casync's for the least CPU (docs/BENCHMARKS.md). Readers do not care: any level
+/// decodes the same way.
 pub fn level_for(data: &[u8], packed: bool) -> i32 {
-    let mut hist = [0u32; 256];
-    for &b in data.iter().step_by(4) {
-        hist[b as usize] += 1;
-    }
-    let n = data.len().div_ceil(4) as f64;
-    if n == 0.0 {
-        return LEVEL_PACKED;
-    }
-    // Shannon entropy of the sample, bits per byte: random bytes give ~7.9 and up.
-    let entropy: f64 = hist
-        .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| {
-            let p = f64::from(c) / n;
-            -p * p.log2()
-        })
-        .sum();
-    if entropy >= 7.7 {
-        return LEVEL_INCOMPRESSIBLE;
-    }
     if packed {
         return LEVEL_PACKED;
     }
-    // Text: at most 1% of the sampled bytes are outside printable ASCII, \t, \n, \r.
-    let odd: u32 = hist
-        .iter()
-        .enumerate()
-        .filter(|&(b, _)| b >= 0x7f || (b < 0x20 && !matches!(b, 9 | 10 | 13)))
-        .map(|(_, c)| *c)
-        .sum();
-    if f64::from(odd) <= n / 100.0 {
+    let (mut sampled, mut odd) = (0usize, 0usize);
+    for &b in data.iter().step_by(4) {
+        sampled += 1;
+        odd += usize::from(b >= 0x7f || (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')));
+    }
+    if odd * 100 <= sampled {
         LEVEL_TEXT
     } else {
         LEVEL_BINARY
@@ -92,8 +68,6 @@ struct Shared {
     error: Mutex<Option<StoreError>>,
     /// New chunks written so far: (temporary path, final path).
     pending: Mutex<Vec<(PathBuf, PathBuf)>>,
-    /// fdatasyncs new chunks (when syncing) while the import goes on.
-    syncer: Syncer,
 }
 
 impl Shared {
@@ -146,7 +120,6 @@ impl ImageWriter {
             progress,
             error: Mutex::new(None),
             pending: Mutex::new(Vec::new()),
-            syncer: Syncer::new()?,
         });
         let n = std::thread::available_parallelism().map_or(2, |n| n.get());
         let (tx, rx) = sync_channel::<Job>(2 * n);
@@ -329,6 +302,7 @@ impl ImageWriter {
             chunker.finish(|data| emit(data, chunks, seen, tx, shared, true))?;
             chunker.set_sizes(sizes);
         }
+        // A small file's bytes run together with its neighbours' (packed).
         let packed = !aligned;
         let n = chunker.feed(r, |data| emit(data, chunks, seen, tx, shared, packed))?;
         if aligned {
@@ -386,7 +360,6 @@ impl ImageWriter {
         publish_chunks(
             &pending,
             self.shared.sync.load(std::sync::atomic::Ordering::Relaxed),
-            &self.shared.syncer,
         )?;
         let path = store.images_dir().join(image.rel_path());
         if let Some(parent) = path.parent() {
@@ -493,12 +466,14 @@ fn normalize_entry(path: &Path) -> Result<PathBuf> {
 }
 
 /// Makes new chunks durable, then gives them their final names, durably. Only our own
-/// files are synced (a syncfs would also wait for everything else on the filesystem);
-/// the syncer has been fdatasyncing them since they were written.
-fn publish_chunks(pending: &[(PathBuf, PathBuf)], sync: bool, syncer: &Syncer) -> Result<()> {
+/// files are synced (a syncfs would also wait for everything else on the filesystem).
+fn publish_chunks(pending: &[(PathBuf, PathBuf)], sync: bool) -> Result<()> {
     use rayon::prelude::*;
     if sync {
-        syncer.finish()?;
+        // Their writeback started as they were written; what is left is mostly journal
+        // commits, which concurrent syncs share.
+        let temps: Vec<&Path> = pending.iter().map(|(t, _)| t.as_path()).collect();
+        super::sync_many(&temps, true)?;
     }
     // Renames in different prefix directories do not contend.
     pending
@@ -514,7 +489,6 @@ fn publish_chunks(pending: &[(PathBuf, PathBuf)], sync: bool, syncer: &Syncer) -
 impl Drop for ImageWriter {
     fn drop(&mut self) {
         self.stop_workers();
-        let _ = self.shared.syncer.finish();
         let pending = self
             .shared
             .pending
@@ -595,14 +569,9 @@ fn worker(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
             .compress(&data)
             .map_err(io_err(&dest))
             .and_then(|z| {
-                let (file, tmp, dest) = chunks::create_temp(&shared.store, &id, &z)?;
-                if shared.sync.load(std::sync::atomic::Ordering::Relaxed) {
-                    if let Err(e) = shared.syncer.submit(file, tmp.clone()) {
-                        let _ = fs::remove_file(&tmp);
-                        return Err(e);
-                    }
-                }
-                Ok(((tmp, dest), z.len()))
+                let sync = shared.sync.load(std::sync::atomic::Ordering::Relaxed);
+                let paths = chunks::write_temp(&shared.store, &id, &z, sync)?;
+                Ok((paths, z.len()))
             });
         match written {
             Ok((paths, stored)) => {
