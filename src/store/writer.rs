@@ -594,6 +594,19 @@ fn worker(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn level_by_chunk_class() {
+        let text = b"def main():\n\treturn 0  # a comment\r\n".repeat(2000);
+        let mut binary = text.clone();
+        for b in binary.iter_mut().step_by(40) {
+            *b = 0; // 2.5% of the bytes
+        }
+        assert_eq!(level_for(&text, false), LEVEL_TEXT);
+        assert_eq!(level_for(&binary, false), LEVEL_BINARY);
+        assert_eq!(level_for(&binary, true), LEVEL_PACKED);
+        assert_eq!(level_for(&text, true), LEVEL_PACKED);
+    }
+
     /// Every way in names the path it refused.
     #[test]
     fn escaping_paths_are_entry_errors_naming_the_path() {
