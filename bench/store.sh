@@ -40,7 +40,8 @@ fi
 cargo build --release --bin warren -q
 WARREN=$PWD/target/release/warren
 # The previous run's outputs are deleted only at the end of this one, after measuring
-# (see below for why deleting slows every create for minutes).
+# (see below for why deleting slows every create for minutes: leave 5 minutes between
+# runs, and know what else on the machine deletes many files).
 OLD=$BENCH/store-old.$$
 if [ -e "$WORK" ]; then mv "$WORK" "$OLD"; fi
 mkdir -p "$WORK"
