@@ -94,11 +94,11 @@ pub(crate) fn nix_err(path: impl AsRef<Path>) -> impl FnOnce(nix::Error) -> Stor
     }
 }
 
-/// fsyncs (or fdatasyncs) `paths` from several threads at once: the waits are for the
-/// disk, not the CPU.
-pub(crate) fn sync_many(paths: &[&Path], data_only: bool) -> Result<()> {
-    const THREADS: usize = 16;
-    let per = paths.len().div_ceil(THREADS).max(1);
+/// fsyncs (or fdatasyncs) `paths` from `threads` threads at once: the waits are for the
+/// disk, not the CPU, and the more syncs wait at once, the more of them one journal
+/// commit serves.
+pub(crate) fn sync_many(paths: &[&Path], data_only: bool, threads: usize) -> Result<()> {
+    let per = paths.len().div_ceil(threads.max(1)).max(1);
     std::thread::scope(|s| {
         let handles: Vec<_> = paths
             .chunks(per)

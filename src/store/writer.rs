@@ -465,6 +465,11 @@ fn normalize_entry(path: &Path) -> Result<PathBuf> {
     })
 }
 
+/// Threads syncing new chunks at commit: an import has thousands of small files, and the
+/// more fdatasyncs wait at once, the more share a journal commit (a synced import of the
+/// bench tree: 1.35-1.42 s with 64 vs 1.44-1.49 s with 16; `--no-sync` 1.35 s).
+const SYNC_THREADS: usize = 64;
+
 /// Makes new chunks durable, then gives them their final names, durably. Only our own
 /// files are synced (a syncfs would also wait for everything else on the filesystem).
 fn publish_chunks(pending: &[(PathBuf, PathBuf)], sync: bool) -> Result<()> {
@@ -473,7 +478,7 @@ fn publish_chunks(pending: &[(PathBuf, PathBuf)], sync: bool) -> Result<()> {
         // Their writeback started as they were written; what is left is mostly journal
         // commits, which concurrent syncs share.
         let temps: Vec<&Path> = pending.iter().map(|(t, _)| t.as_path()).collect();
-        super::sync_many(&temps, true)?;
+        super::sync_many(&temps, true, SYNC_THREADS)?;
     }
     // Renames in different prefix directories do not contend.
     pending
@@ -483,7 +488,7 @@ fn publish_chunks(pending: &[(PathBuf, PathBuf)], sync: bool) -> Result<()> {
         return Ok(());
     }
     let dirs: HashSet<&Path> = pending.iter().filter_map(|(_, d)| d.parent()).collect();
-    super::sync_many(&dirs.into_iter().collect::<Vec<_>>(), false)
+    super::sync_many(&dirs.into_iter().collect::<Vec<_>>(), false, SYNC_THREADS)
 }
 
 impl Drop for ImageWriter {
