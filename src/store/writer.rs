@@ -5,8 +5,9 @@
 //!
 //! Crash safety: new chunks are written under temporary names (their writeback started
 //! at once); `commit` fdatasyncs them, renames them to their final names, fsyncs their
-//! directories, and only then publishes the index atomically. A writer killed at any point leaves at most temporary files
-//! (removed by gc) and never an index pointing at a missing chunk.
+//! directories, and only then publishes the index atomically. A writer killed at any
+//! point leaves at most temporary files (removed by gc) and never an index pointing at a
+//! missing chunk.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
