@@ -39,12 +39,18 @@ fi
 
 cargo build --release --bin warren -q
 WARREN=$PWD/target/release/warren
-rm -rf "$WORK" && mkdir -p "$WORK"
+# The previous run's outputs are deleted only at the end of this one, after measuring
+# (see below for why deleting slows every create for minutes: leave 5 minutes between
+# runs, and know what else on the machine deletes many files).
+OLD=$BENCH/store-old.$$
+if [ -e "$WORK" ]; then mv "$WORK" "$OLD"; fi
+mkdir -p "$WORK"
 W=$WORK
 
 # Old outputs are moved aside, not deleted, while measuring: for ~30 s after a mass
-# delete, ext4's inode allocator rescans the freed inodes (recently_deleted()) and every
-# create gets slower, whichever tool runs next.
+# delete, ext4's inode allocator rescans the freed inodes (recently_deleted(): 60 s, or
+# 300 s while their inode table block is dirty) and every create gets slower, whichever
+# tool runs next.
 TRASH=$W/trash; mkdir -p $TRASH
 aside() { echo "for d in $*; do if [ -e \$d ]; then mv \$d \$(mktemp -d -p $TRASH)/; fi; done"; }
 
@@ -56,6 +62,7 @@ BYTES=$(content_bytes "$BASE")
 TAR_FLAGS=(--xattrs --xattrs-include='*' --acls --numeric-owner)
 HF=(hyperfine --runs "$RUNS" --warmup 1 --style basic)
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== import ($((BYTES / 1048576)) MiB of file content, $RUNS runs each)"
 "${HF[@]}" --export-json $W/import.json \
     --prepare "$(aside $W/ws)" "$WARREN --store $W/ws image import $BASE --name base" \
@@ -85,9 +92,11 @@ jq -n \
     --argjson bytes "$BYTES" \
     --slurpfile imp $W/import.json --slurpfile ext $W/extract.json \
     --argjson wsb "$WS_BASE" --argjson csb "$CS_BASE" --argjson tarb "$TAR_BASE" \
-    --argjson wsa "$WS_ADD" --argjson csa "$CS_ADD" -r '
+    --argjson wsa "$WS_ADD" --argjson csa "$CS_ADD" \
+    --arg load "before: $LOAD_BEFORE   after: $(cut -d' ' -f1-3 /proc/loadavg)" -r '
   def mbs(t): ($bytes / 1048576 / t * 10 | round / 10);
   def r(x): (x * 100 | round / 100);
+  def cpu(x): ((x.user + x.system) * 100 | round / 100);
   ($imp[0].results | map(.mean)) as [$wi, $win, $ci, $ti] |
   ($ext[0].results | map(.mean)) as [$we, $wen, $ce, $te] |
   "",
@@ -96,5 +105,9 @@ jq -n \
   "extract  warren \(mbs($we)) MB/s (synced)  \(mbs($wen)) MB/s (--no-sync)   casync \(mbs($ce)) MB/s   zstd -dc|tar -x \(mbs($te)) MB/s",
   "         warren/casync throughput: \(r($ce / $we))x (synced), \(r($ce / $wen))x (--no-sync) (target >= 2)",
   "         warren/tar throughput:    \(r($te / $we))x (synced), \(r($te / $wen))x (--no-sync) (target >= 1)",
+  "cpu      (user+sys s) import warren \(cpu($imp[0].results[0])) (synced) \(cpu($imp[0].results[1])) (--no-sync)   casync \(cpu($imp[0].results[2]))   tar|zstd \(cpu($imp[0].results[3]))",
+  "         extract warren \(cpu($ext[0].results[0])) (synced) \(cpu($ext[0].results[1])) (--no-sync)   casync \(cpu($ext[0].results[2]))   zstd|tar \(cpu($ext[0].results[3]))",
+  "load     \($load)",
   "store    base: warren \($wsb / 1048576 * 10 | round / 10) MiB   casync \($csb / 1048576 * 10 | round / 10) MiB   tar.zst \($tarb / 1048576 * 10 | round / 10) MiB   (warren/casync \(r($wsb / $csb)), target <= 1)",
   "         variant adds: warren \($wsa / 1048576 * 10 | round / 10) MiB   casync \($csa / 1048576 * 10 | round / 10) MiB   (warren/casync \(r($wsa / $csa)), target <= 0.8)"'
+rm -rf "$OLD"

@@ -1,6 +1,7 @@
 //! Chunk files: one zstd frame per chunk at `chunks/ab/<blake3 hex>.zst`. A new chunk is
 //! written under a dot-prefixed temporary name and only renamed to its final name when
-//! its import commits (after a syncfs), so a final name always holds a complete chunk.
+//! its import commits (after it is synced), so a final name always holds a complete
+//! chunk.
 
 use std::fs;
 use std::io::Write;

@@ -122,10 +122,12 @@ pub(crate) fn extract(
             super::sync_many(
                 &files.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
                 true,
+                16,
             )?;
             super::sync_many(
                 &dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
                 false,
+                16,
             )?;
         }
         std::fs::rename(&partial, dest).map_err(io_err(dest))?;

@@ -94,29 +94,32 @@ pub(crate) fn nix_err(path: impl AsRef<Path>) -> impl FnOnce(nix::Error) -> Stor
     }
 }
 
-/// fsyncs (or fdatasyncs) `paths` from several threads at once: the waits are for the
-/// disk, not the CPU.
-pub(crate) fn sync_many(paths: &[&Path], data_only: bool) -> Result<()> {
-    const THREADS: usize = 16;
-    let per = paths.len().div_ceil(THREADS).max(1);
+/// fsyncs (or fdatasyncs) `paths` from `threads` threads at once: the waits are for the
+/// disk, not the CPU, and the more syncs wait at once, the more of them one journal
+/// commit serves.
+pub(crate) fn sync_many(paths: &[&Path], data_only: bool, threads: usize) -> Result<()> {
+    let per = paths.len().div_ceil(threads.max(1)).max(1);
     std::thread::scope(|s| {
-        let handles: Vec<_> = paths
+        let handles = paths
             .chunks(per)
             .map(|part| {
-                s.spawn(move || -> Result<()> {
-                    for p in part {
-                        let f = File::open(p).map_err(io_err(p))?;
-                        let synced = if data_only {
-                            f.sync_data()
-                        } else {
-                            f.sync_all()
-                        };
-                        synced.map_err(io_err(p))?;
-                    }
-                    Ok(())
-                })
+                std::thread::Builder::new()
+                    .spawn_scoped(s, move || -> Result<()> {
+                        for p in part {
+                            let f = File::open(p).map_err(io_err(p))?;
+                            let synced = if data_only {
+                                f.sync_data()
+                            } else {
+                                f.sync_all()
+                            };
+                            synced.map_err(io_err(p))?;
+                        }
+                        Ok(())
+                    })
+                    // The scope still joins the threads already started.
+                    .map_err(io_err("spawning a sync thread"))
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         handles.into_iter().try_for_each(|h| {
             h.join().unwrap_or_else(|_| {
                 Err(StoreError::Entry {

@@ -3,10 +3,11 @@
 //! hashed there and handed to worker threads that compress and write the ones the store
 //! lacks. Memory holds the entries' metadata and a bounded queue of chunks, never a file.
 //!
-//! Crash safety: new chunks are written under temporary names; `commit` syncs the
-//! filesystem, renames them to their final names, syncs again, and only then publishes
-//! the index atomically. A writer killed at any point leaves at most temporary files
-//! (removed by gc) and never an index pointing at a missing chunk.
+//! Crash safety: new chunks are written under temporary names (their writeback started
+//! at once); `commit` fdatasyncs them, renames them to their final names, fsyncs their
+//! directories, and only then publishes the index atomically. A writer killed at any
+//! point leaves at most temporary files (removed by gc) and never an index pointing at a
+//! missing chunk.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
@@ -25,10 +26,40 @@ use super::{
     Timestamp, chunks, io_err,
 };
 
-/// zstd level for new chunks: 8 keeps the base image's store below casync's (level 3)
-/// and a new version's additions near file-level tools', at ~2x level 3's CPU, which
-/// two cores absorb (see docs/BENCHMARKS.md).
-pub const ZSTD_LEVEL: i32 = 8;
+/// zstd level for chunks of packed small files (config files, scripts, small text:
+/// where a high level pays, and a small share of the bytes).
+pub const LEVEL_PACKED: i32 = 8;
+/// zstd level for chunks of larger files that look like text (sources, lists, docs):
+/// on them level 6 compresses as well as 8 (better, on Debian's package lists).
+pub const LEVEL_TEXT: i32 = 6;
+/// zstd level for chunks of larger files that look like binaries (code, data, and
+/// compressed files, which zstd detects and stores cheaply at any level).
+pub const LEVEL_BINARY: i32 = 7;
+
+/// The zstd level for a new chunk, by whether it holds packed small files and, if not,
+/// whether its bytes look like text (at most 1% of every 4th byte outside printable
+/// ASCII, tab, newline, return). Tuned on a Debian image and a new version of it to
+/// keep the store at most casync's size and a new version's additions at most 0.8x
+/// casync's for the least CPU (docs/BENCHMARKS.md). Readers do not care: any level
+/// decodes the same way.
+pub fn level_for(data: &[u8], packed: bool) -> i32 {
+    if packed {
+        return LEVEL_PACKED;
+    }
+    let (mut sampled, mut odd) = (0usize, 0usize);
+    for &b in data.iter().step_by(4) {
+        sampled += 1;
+        odd += usize::from(b >= 0x7f || (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')));
+    }
+    if odd * 100 <= sampled {
+        LEVEL_TEXT
+    } else {
+        LEVEL_BINARY
+    }
+}
+
+/// A chunk on its way to a writer thread: id, bytes, whether it holds packed small files.
+type Job = (ChunkId, Vec<u8>, bool);
 
 struct Shared {
     store: Store,
@@ -70,7 +101,7 @@ pub struct ImageWriter {
     stream_len: u64,
     chunks: Vec<ChunkRef>,
     seen: HashSet<ChunkId>,
-    tx: Option<SyncSender<(ChunkId, Vec<u8>)>>,
+    tx: Option<SyncSender<Job>>,
     workers: Vec<JoinHandle<()>>,
     /// A file's content failed half-way: the stream no longer matches the entries.
     broken: bool,
@@ -92,7 +123,7 @@ impl ImageWriter {
             pending: Mutex::new(Vec::new()),
         });
         let n = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let (tx, rx) = sync_channel::<(ChunkId, Vec<u8>)>(2 * n);
+        let (tx, rx) = sync_channel::<Job>(2 * n);
         let rx = Arc::new(Mutex::new(rx));
         let mut workers = Vec::new();
         for i in 0..n {
@@ -269,12 +300,14 @@ impl ImageWriter {
         // Files of chunker::ALIGN bytes or more start and end on a chunk boundary.
         let (sizes, aligned) = chunker::sizes_for(size_hint);
         if aligned {
-            chunker.finish(|data| emit(data, chunks, seen, tx, shared))?;
+            chunker.finish(|data| emit(data, chunks, seen, tx, shared, true))?;
             chunker.set_sizes(sizes);
         }
-        let n = chunker.feed(r, |data| emit(data, chunks, seen, tx, shared))?;
+        // A small file's bytes run together with its neighbours' (packed).
+        let packed = !aligned;
+        let n = chunker.feed(r, |data| emit(data, chunks, seen, tx, shared, packed))?;
         if aligned {
-            chunker.finish(|data| emit(data, chunks, seen, tx, shared))?;
+            chunker.finish(|data| emit(data, chunks, seen, tx, shared, false))?;
             chunker.set_sizes(chunker::SMALL);
         }
         Ok(n)
@@ -294,7 +327,7 @@ impl ImageWriter {
                 shared,
                 ..
             } = &mut self;
-            chunker.finish(|data| emit(data, chunks, seen, tx, shared))?;
+            chunker.finish(|data| emit(data, chunks, seen, tx, shared, true))?;
         }
         self.stop_workers();
         if let Some(e) = self.shared.take_error() {
@@ -433,27 +466,30 @@ fn normalize_entry(path: &Path) -> Result<PathBuf> {
     })
 }
 
+/// Threads syncing new chunks at commit: an import has thousands of small files, and the
+/// more fdatasyncs wait at once, the more share a journal commit (a synced import of the
+/// bench tree: 1.35-1.42 s with 64 vs 1.44-1.49 s with 16; `--no-sync` 1.35 s).
+const SYNC_THREADS: usize = 64;
+
 /// Makes new chunks durable, then gives them their final names, durably. Only our own
 /// files are synced (a syncfs would also wait for everything else on the filesystem).
 fn publish_chunks(pending: &[(PathBuf, PathBuf)], sync: bool) -> Result<()> {
+    use rayon::prelude::*;
+    if sync {
+        // Their writeback started as they were written; what is left is mostly journal
+        // commits, which concurrent syncs share.
+        let temps: Vec<&Path> = pending.iter().map(|(t, _)| t.as_path()).collect();
+        super::sync_many(&temps, true, SYNC_THREADS)?;
+    }
+    // Renames in different prefix directories do not contend.
+    pending
+        .par_iter()
+        .try_for_each(|(tmp, dest)| fs::rename(tmp, dest).map_err(io_err(dest)))?;
     if !sync {
-        for (tmp, dest) in pending {
-            fs::rename(tmp, dest).map_err(io_err(dest))?;
-        }
         return Ok(());
     }
-    // Their writeback started as they were written; what is left is mostly journal
-    // commits, which concurrent syncs share.
-    let temps: Vec<&Path> = pending.iter().map(|(t, _)| t.as_path()).collect();
-    super::sync_many(&temps, true)?;
-    let mut dirs = HashSet::new();
-    for (tmp, dest) in pending {
-        fs::rename(tmp, dest).map_err(io_err(dest))?;
-        if let Some(d) = dest.parent() {
-            dirs.insert(d);
-        }
-    }
-    super::sync_many(&dirs.into_iter().collect::<Vec<_>>(), false)
+    let dirs: HashSet<&Path> = pending.iter().filter_map(|(_, d)| d.parent()).collect();
+    super::sync_many(&dirs.into_iter().collect::<Vec<_>>(), false, SYNC_THREADS)
 }
 
 impl Drop for ImageWriter {
@@ -476,8 +512,9 @@ fn emit(
     data: &[u8],
     chunks: &mut Vec<ChunkRef>,
     seen: &mut HashSet<ChunkId>,
-    tx: &Option<SyncSender<(ChunkId, Vec<u8>)>>,
+    tx: &Option<SyncSender<Job>>,
     shared: &Shared,
+    packed: bool,
 ) -> Result<()> {
     let id = ChunkId::of(data);
     chunks.push(ChunkRef {
@@ -487,7 +524,7 @@ fn emit(
     Progress::add(&shared.progress.chunks, 1);
     Progress::add(&shared.progress.bytes, data.len() as u64);
     if seen.insert(id) {
-        let sent = tx.as_ref().map(|tx| tx.send((id, data.to_vec())));
+        let sent = tx.as_ref().map(|tx| tx.send((id, data.to_vec(), packed)));
         if !matches!(sent, Some(Ok(()))) {
             // Workers are gone: they stopped on an error, which commit/add reports.
             return Err(shared.take_error().unwrap_or_else(|| StoreError::Entry {
@@ -506,14 +543,12 @@ fn emit(
 }
 
 /// Compresses and writes queued chunks the store does not already have.
-fn worker(rx: &Mutex<Receiver<(ChunkId, Vec<u8>)>>, shared: &Shared) {
-    let mut compressor = match zstd::bulk::Compressor::new(ZSTD_LEVEL) {
-        Ok(c) => c,
-        Err(e) => return shared.fail(io_err("zstd compressor")(e)),
-    };
+fn worker(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
+    // One context per level in use (switching a context's level reallocates its tables).
+    let mut compressors: Vec<(i32, zstd::bulk::Compressor<'static>)> = Vec::new();
     loop {
         let msg = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        let Ok((id, data)) = msg else { return };
+        let Ok((id, data, packed)) = msg else { return };
         if shared.failed() {
             continue; // keep draining so the producer never blocks forever
         }
@@ -521,17 +556,28 @@ fn worker(rx: &Mutex<Receiver<(ChunkId, Vec<u8>)>>, shared: &Shared) {
         if dest.exists() {
             continue; // reused: the lock we hold keeps gc from removing it
         }
-        let written = compressor
+        let level = level_for(&data, packed);
+        let at = match compressors.iter().position(|(l, _)| *l == level) {
+            Some(at) => at,
+            None => match zstd::bulk::Compressor::new(level) {
+                Ok(c) => {
+                    compressors.push((level, c));
+                    compressors.len() - 1
+                }
+                Err(e) => {
+                    shared.fail(io_err("zstd compressor")(e));
+                    continue;
+                }
+            },
+        };
+        let written = compressors[at]
+            .1
             .compress(&data)
             .map_err(io_err(&dest))
             .and_then(|z| {
-                chunks::write_temp(
-                    &shared.store,
-                    &id,
-                    &z,
-                    shared.sync.load(std::sync::atomic::Ordering::Relaxed),
-                )
-                .map(|paths| (paths, z.len()))
+                let sync = shared.sync.load(std::sync::atomic::Ordering::Relaxed);
+                let paths = chunks::write_temp(&shared.store, &id, &z, sync)?;
+                Ok((paths, z.len()))
             });
         match written {
             Ok((paths, stored)) => {
@@ -553,6 +599,19 @@ fn worker(rx: &Mutex<Receiver<(ChunkId, Vec<u8>)>>, shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn level_by_chunk_class() {
+        let text = b"def main():\n\treturn 0  # a comment\r\n".repeat(2000);
+        let mut binary = text.clone();
+        for b in binary.iter_mut().step_by(40) {
+            *b = 0; // 2.5% of the bytes
+        }
+        assert_eq!(level_for(&text, false), LEVEL_TEXT);
+        assert_eq!(level_for(&binary, false), LEVEL_BINARY);
+        assert_eq!(level_for(&binary, true), LEVEL_PACKED);
+        assert_eq!(level_for(&text, true), LEVEL_PACKED);
+    }
 
     /// Every way in names the path it refused.
     #[test]
