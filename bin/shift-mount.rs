@@ -13,7 +13,7 @@ use warren::mount::shifted::{self, Method, MountReport, MountSpec};
     name = "shift-mount",
     version,
     about = "Mount a view of LOWER owned by another id block: an overlay with the writes in \
-             INTERMEDIATE (idmapped lower layers, or metacopy + shift, or a shifted copy)"
+             INTERMEDIATE (idmapped lower layers, or metacopy over shifted metadata, or a shifted copy)"
 )]
 struct Args {
     /// Mount, print and exit, leaving the mount (for systemd Type=oneshot + RemainAfterExit).
