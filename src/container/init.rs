@@ -756,6 +756,10 @@ fn msg(tag: u32) -> Msg {
 fn become_root() -> Result<(), Fail> {
     sys::setresgid_raw(0).map_err(|e| Fail::new(Step::Setgid, errno(e), 0))?;
     sys::setresuid_raw(0).map_err(|e| Fail::new(Step::Setuid, errno(e), 0))?;
+    // A new effective uid clears the parent-death signal: arm it again. (A parent that
+    // died in between shows as EOF on the sync socket.)
+    // SAFETY: prctl with plain integers.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     Ok(())
 }
 
