@@ -17,7 +17,8 @@ deps:
 	fi
 
 # The quick start: build, import the embedded busybox image, run a container from it.
-demo: deps all
+demo: deps
+	$(CARGO) build --release --bin warren
 	target/release/warren run --rm --image busybox -- \
 		sh -c 'set -- $$(cat /proc/self/uid_map); echo "hello from $$(hostname): root here is host uid $$2"; id'
 
