@@ -4,7 +4,7 @@ mod common;
 #[path = "common/rootfs.rs"]
 mod rootfs;
 
-use common::{bin, ok, require_root, run, scratch};
+use common::{bin, lo_flags, ok, require_root, run, scratch};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -77,17 +77,6 @@ fn workload_sees_its_namespaces_and_limits() {
         assert!(s.lines().any(|l| l == d), "/dev/{d} missing: {s}");
     }
     assert!(s.contains("NoNewPrivs:\t1"), "{s}");
-}
-
-/// The `<...>` flags of `lo` as `ip link show lo` prints them, e.g. "LOOPBACK,UP,LOWER_UP".
-fn lo_flags(ip_output: &str) -> Vec<String> {
-    ip_output
-        .lines()
-        .find(|l| l.contains(" lo: "))
-        .and_then(|l| l.split_once('<'))
-        .and_then(|(_, r)| r.split_once('>'))
-        .map(|(f, _)| f.split(',').map(str::to_owned).collect())
-        .unwrap_or_default()
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 #[path = "common/rootfs.rs"]
 mod rootfs;
 
-use common::{ROOTLESS_USER, as_rootless, bin, ensure_rootless_user, run, scratch};
+use common::{ROOTLESS_USER, as_rootless, bin, ensure_rootless_user, lo_flags, run, scratch};
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -144,17 +144,6 @@ fn rootless_falls_back_to_a_single_mapping() {
             .collect();
         assert_eq!(map, ["0".to_owned(), uid.to_string(), "1".to_owned()]);
     }
-}
-
-/// The `<...>` flags of `lo` as `ip link show lo` prints them, e.g. "LOOPBACK,UP,LOWER_UP".
-fn lo_flags(ip_output: &str) -> Vec<String> {
-    ip_output
-        .lines()
-        .find(|l| l.contains(" lo: "))
-        .and_then(|l| l.split_once('<'))
-        .and_then(|(_, r)| r.split_once('>'))
-        .map(|(f, _)| f.split(',').map(str::to_owned).collect())
-        .unwrap_or_default()
 }
 
 #[test]

@@ -136,3 +136,14 @@ pub fn scratch(name: &str) -> tempfile::TempDir {
         .tempdir_in("/var/tmp/warren-tests")
         .expect("create scratch dir")
 }
+
+/// The `<...>` flags of `lo` as `ip link show lo` prints them, e.g. "LOOPBACK,UP,LOWER_UP".
+pub fn lo_flags(ip_output: &str) -> Vec<String> {
+    ip_output
+        .lines()
+        .find(|l| l.contains(" lo: "))
+        .and_then(|l| l.split_once('<'))
+        .and_then(|(_, r)| r.split_once('>'))
+        .map(|(f, _)| f.split(',').map(str::to_owned).collect())
+        .unwrap_or_default()
+}
