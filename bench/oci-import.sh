@@ -3,7 +3,7 @@
 # store, against `umoci unpack` of the same layout, in the same run (hyperfine).
 #
 #   bench/oci-import.sh            (as root; release build of warren)
-# Environment: WARREN (default target/release/warren, built if missing), WORK (default
+# Environment: WARREN (default the `make release` binary, built if missing), WORK (default
 # /var/tmp/warren-bench), RUNS (default 5).
 #
 # The layout is built once with umoci from the minbase tree and cached in $WORK/debian-oci:
@@ -13,11 +13,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${WORK:-/var/tmp/warren-bench}
 runs=${RUNS:-5}
-warren=${WARREN:-target/release/warren}
+warren=${WARREN:-$(make -s bindir)/warren}
 for tool in umoci hyperfine debootstrap; do
 	command -v $tool >/dev/null || { echo "missing $tool: apt-get install -y $tool" >&2; exit 1; }
 done
-[ -x "$warren" ] || cargo build --release --bin warren
+[ -x "$warren" ] || make -s release
 mkdir -p "$work"
 
 minbase=$work/minbase

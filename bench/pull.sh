@@ -5,17 +5,17 @@
 # server (what shipping whole images costs).
 #
 #   bench/pull.sh            (as root; release build of warren)
-# Environment: WARREN (default target/release/warren), WORK (default /var/tmp/warren-bench),
+# Environment: WARREN (default the `make release` binary), WORK (default /var/tmp/warren-bench),
 # RUNS (default 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${WORK:-/var/tmp/warren-bench}
 runs=${RUNS:-5}
-warren=${WARREN:-target/release/warren}
+warren=${WARREN:-$(make -s bindir)/warren}
 for tool in nginx hyperfine debootstrap curl zstd; do
 	command -v $tool >/dev/null || { echo "missing $tool: apt-get install -y $tool (nginx-light for nginx)" >&2; exit 1; }
 done
-[ -x "$warren" ] || cargo build --release --bin warren
+[ -x "$warren" ] || make -s release
 mkdir -p "$work"
 
 minbase=$work/minbase

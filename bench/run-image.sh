@@ -13,8 +13,8 @@ for t in hyperfine podman runc debootstrap; do
   command -v $t >/dev/null || { echo "missing $t: apt-get install -y $t" >&2; exit 1; }
 done
 [ -x "$MINBASE/bin/true" ] || debootstrap --variant=minbase bookworm "$MINBASE" >/dev/null
-cargo build --release -q
-W=$PWD/target/release/warren
+make -s release
+W=$PWD/$(make -s bindir)/warren
 rm -rf "$WORK"; mkdir -p "$WORK"
 export WARREN_STATE_DIR=$WORK/state
 $W image import "$MINBASE" --name debian >/dev/null

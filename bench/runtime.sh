@@ -12,8 +12,8 @@ for t in hyperfine crun runc setpriv; do command -v $t >/dev/null || { echo "$t 
 PROFILE=/usr/share/containers/seccomp.json
 [ -f $PROFILE ] || { echo "$PROFILE missing: apt-get install golang-github-containers-common" >&2; exit 1; }
 
-cargo build --release --bin warren >&2
-WARREN=$PWD/target/release/warren
+make -s release >&2
+WARREN=$PWD/$(make -s bindir)/warren
 W=/var/tmp/warren-bench/runtime
 USER_NAME=warren-test
 id $USER_NAME >/dev/null 2>&1 || useradd --create-home --shell /bin/sh $USER_NAME

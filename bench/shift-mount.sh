@@ -27,9 +27,9 @@ if [ ! -f "$BIG/.complete" ]; then
     touch "$BIG/.complete"
 fi
 
-cargo build --release --quiet --bin shift-mount --bin shift-own
-SM=$PWD/target/release/shift-mount
-SO=$PWD/target/release/shift-own
+make -s release
+SM=$PWD/$(make -s bindir)/shift-mount
+SO=$PWD/$(make -s bindir)/shift-own
 
 cleanup() {
     for m in "$WORK"/mnt-*; do

@@ -19,8 +19,8 @@ if ! grep -qs '^rc=0' "$BASE/debootstrap.log" || [ ! -d "$TREE/usr" ]; then
     { debootstrap --variant=minbase bookworm "$TREE"; echo "rc=$?"; } >"$BASE/debootstrap.log" 2>&1
 fi
 
-cargo build --release --quiet --bin shift-own
-SHIFT=$PWD/target/release/shift-own
+make -s release
+SHIFT=$PWD/$(make -s bindir)/shift-own
 
 rm -rf "$WORK" && mkdir -p "$WORK"
 cp -a "$TREE" "$WORK/a" && cp -a "$TREE" "$WORK/b"
