@@ -1181,9 +1181,10 @@ fn create_in(
     opts.stdio = Default::default();
     drop(console);
     let plan = init.rootfs.as_ref();
-    // The newuidmap/newgidmap helpers take milliseconds: the cgroup and the record are
-    // made while they run. Both only need to exist before GO: until then the child can
-    // do nothing but exit, and a directory without a record is reclaimed as stale.
+    // The newuidmap/newgidmap helpers take milliseconds: the cgroup is made while they
+    // run. Until GO the child can do nothing but exit (and dies with us), and a directory
+    // without a record is reclaimed as stale: the record is needed before GO only to
+    // name a cgroup, else it is written while the child mounts and we would wait anyway.
     let writing = match &maps {
         Some(m) => Some(m.start(pid)?),
         None => None,
@@ -1198,13 +1199,8 @@ fn create_in(
             linux.resources().as_ref(),
             cgroups_path.as_deref(),
         )?);
+        dir.save(record)?;
     }
-    record.owner = nix::unistd::User::from_uid(nix::unistd::geteuid())
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_default();
-    dir.save(record)?;
     if let Some(w) = writing {
         w.finish()?;
     }
@@ -1233,6 +1229,12 @@ fn create_in(
     let (start, _) = state::proc_start(pid).ok_or(Error::InitDied("create"))?;
     record.pid = pid;
     record.pid_start = start;
+    record.owner = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_default();
+    dir.save(record)?;
     loop {
         match expect(&sock, plan, &init, "create")? {
             Some(m) if m.tag == tag::HOOKS => {
