@@ -58,6 +58,7 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 enum Command {
     /// Per-container uid/gid blocks.
     #[command(subcommand)]

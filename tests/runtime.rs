@@ -712,3 +712,27 @@ fn joins_a_pid_namespace_by_path() {
     assert!(!s.contains("me=1\n"), "{s}");
     assert!(!root.join("pid-b").exists(), "state of pid-b left behind");
 }
+
+/// Subcommands are built only when invoked (clap's `defer`): each still shows its own help
+/// text and requires its own arguments.
+#[test]
+fn subcommands_keep_their_help_and_required_arguments() {
+    let help = |sub: &str| stdout(&run(Command::new(bin("warren")).args([sub, "--help"])));
+    assert!(
+        help("run").starts_with("Create and start a container"),
+        "{}",
+        help("run")
+    );
+    assert!(help("create").starts_with("Create a container from a bundle"));
+    assert!(help("kill").starts_with("Send a signal"));
+
+    let out = run(Command::new(bin("warren")).arg("create"));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("<ID>"),
+        "{out:?}"
+    );
+    let out = run(Command::new(bin("warren")).arg("run"));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name the container"));
+}

@@ -13,6 +13,7 @@ use warren::store::{ExtractOptions, ImportOptions, Progress, Store, oci, remote}
 use crate::Global;
 
 #[derive(clap::Subcommand, Debug)]
+#[command(defer = true)]
 pub enum Command {
     /// Import an image: a directory tree (never following symlinks), an OCI layout
     /// (`oci:DIR[:TAG]`), a `docker save` archive (`docker-archive:FILE`), or a tarball

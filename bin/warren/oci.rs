@@ -12,7 +12,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use warren::container::{self, Container, CreateOptions, ExecOptions};
 
-/// Options shared by `create` and `run`.
+// Options shared by `create` and `run`, which each name the container's ID (`run --image`
+// may leave it out). Not a doc comment: with deferred subcommands (below) a flattened
+// struct's doc comment would replace the subcommand's help text.
 #[derive(clap::Args, Debug)]
 pub struct CreateArgs {
     /// The bundle directory (holding config.json).
@@ -39,23 +41,22 @@ pub struct CreateArgs {
     /// Run a minimal init as pid 1 that reaps zombies and forwards signals.
     #[arg(long)]
     pub init: bool,
-    /// The container's ID.
-    #[arg(required = true, index = 1)]
-    pub id: Option<String>,
 }
 
-impl CreateArgs {
-    fn id(&self) -> Result<&str> {
-        self.id
-            .as_deref()
-            .context("name the container: warren run [OPTIONS] ID")
-    }
-}
-
+/// Each subcommand's arguments are built only when it is the one invoked: an OCI engine
+/// starts warren once per container operation, and building every subcommand's
+/// arguments was half of the instructions of a `warren run`'s own process.
 #[derive(clap::Subcommand, Debug)]
+#[command(defer = true)]
 pub enum Command {
     /// Create a container from a bundle (it waits for `start`).
-    Create(CreateArgs),
+    Create {
+        #[command(flatten)]
+        create: CreateArgs,
+        /// The container's ID.
+        #[arg(index = 1)]
+        id: String,
+    },
     /// Start a created container.
     Start { id: String },
     /// Print the state of a container (OCI state JSON).
@@ -78,10 +79,12 @@ pub enum Command {
     },
     /// Create and start a container, wait for it and delete it (unless --detach); with
     /// --image, a container from an image in the store instead of an OCI bundle.
-    #[command(mut_arg("id", |a| a.required(false)))]
     Run {
         #[command(flatten)]
         create: CreateArgs,
+        /// The container's ID (with --image, --name or a generated name instead).
+        #[arg(index = 1)]
+        id: Option<String>,
         #[command(flatten)]
         image: Box<crate::product::RunImageArgs>,
         /// Do not wait: leave the container running.
@@ -235,10 +238,10 @@ fn add_listen_env(spec: &mut Spec) {
 fn dispatch(global: &Global, command: Command) -> Result<i32> {
     let root = root(global);
     match command {
-        Command::Create(c) => {
+        Command::Create { create: c, id } => {
             let mut spec = load(&c.bundle)?;
             add_listen_env(&mut spec);
-            Container::create(&root, c.id()?, &spec, options(&c))?;
+            Container::create(&root, &id, &spec, options(&c))?;
             Ok(0)
         }
         Command::Start { id } => {
@@ -269,6 +272,7 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
         Command::Run {
             image,
             create,
+            id,
             detach,
             tty,
             keep,
@@ -277,7 +281,8 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
             if image.image.is_some() || image.config.is_some() {
                 crate::product::run_image(global, &image, detach, tty)
             } else {
-                run_cmd(&root, create, detach, tty, keep)
+                let id = id.context("name the container: warren run [OPTIONS] ID")?;
+                run_cmd(&root, &id, create, detach, tty, keep)
             }
         }
         Command::List { format, quiet } => {
@@ -386,7 +391,14 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
     }
 }
 
-fn run_cmd(root: &Path, args: CreateArgs, detach: bool, tty: bool, keep: bool) -> Result<i32> {
+fn run_cmd(
+    root: &Path,
+    id: &str,
+    args: CreateArgs,
+    detach: bool,
+    tty: bool,
+    keep: bool,
+) -> Result<i32> {
     let mut spec = load(&args.bundle)?;
     add_listen_env(&mut spec);
     if tty {
@@ -412,7 +424,7 @@ fn run_cmd(root: &Path, args: CreateArgs, detach: bool, tty: bool, keep: bool) -
     let mut opts = options(&args);
     opts.start = true;
     opts.console_fd = console_fd;
-    let c = Container::create(root, args.id()?, &spec, opts)?;
+    let c = Container::create(root, id, &spec, opts)?;
     if detach {
         return Ok(0);
     }

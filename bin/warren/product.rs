@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use warren::runtime::{BindMount, ConfigFile, ContainerConfig, Network, Runtime, RuntimeOptions};
 
 #[derive(clap::Subcommand, Debug)]
+#[command(defer = true)]
 pub enum Command {
     /// List containers made from images.
     Ps {
@@ -39,7 +40,7 @@ pub enum Command {
     },
 }
 
-/// `warren run --image ...` options (flattened into `run`).
+// `warren run --image ...` options (flattened into `run`).
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct RunImageArgs {
     /// Run a container from this image in the store (NAME[:TAG]); without it, `run`

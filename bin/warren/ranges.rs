@@ -6,6 +6,7 @@ use warren::idmap::alloc::{Allocator, Pool, Reservation};
 use warren::idmap::range::parse_id;
 
 #[derive(clap::Subcommand, Debug)]
+#[command(defer = true)]
 pub enum Command {
     /// Show every reservation.
     List,

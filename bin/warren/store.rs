@@ -4,6 +4,7 @@ use crate::Global;
 use crate::image::{human, open_store};
 
 #[derive(clap::Subcommand, Debug)]
+#[command(defer = true)]
 pub enum Command {
     /// Images, chunks, logical vs stored bytes, dedup ratio.
     Stats,
