@@ -56,7 +56,7 @@ fn main() {
     match run(&cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("shift-own: {e:#}");
+            eprintln!("shift-own: {}", warren::error_line(e.as_ref()));
             std::process::exit(2);
         }
     }

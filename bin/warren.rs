@@ -87,7 +87,7 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("warren: {e:#}");
+            eprintln!("warren: {}", warren::error_line(e.as_ref()));
             std::process::exit(1);
         }
     }

@@ -15,3 +15,47 @@ pub mod runtime;
 pub mod store;
 pub mod sys;
 pub mod systemd;
+
+/// One line for an error and its causes, like anyhow's `{:#}`, leaving out a cause whose
+/// text the message before it already ends with (warren's errors name their cause in
+/// their own message and also return it from `source()`, for callers that walk the chain).
+pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_line_names_each_cause_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = crate::container::Error::Io {
+            what: "read config.json".into(),
+            source: io,
+        };
+        assert_eq!(
+            crate::error_line(&e),
+            format!(
+                "read config.json: {}",
+                std::io::Error::from(std::io::ErrorKind::NotFound)
+            )
+        );
+        let wrapped = anyhow::Error::new(e).context("create web");
+        assert_eq!(
+            crate::error_line(wrapped.as_ref()),
+            format!(
+                "create web: read config.json: {}",
+                std::io::Error::from(std::io::ErrorKind::NotFound)
+            )
+        );
+    }
+}

@@ -179,7 +179,7 @@ pub fn run(global: &Global, command: Command) -> Result<i32> {
     let result = dispatch(global, command);
     if let (Err(e), Some(log)) = (&result, &global.log) {
         // OCI clients (containerd, podman) read the error from the log file.
-        let msg = format!("{e:#}");
+        let msg = warren::error_line(e.as_ref());
         let line = if global.log_format == "json" {
             serde_json::json!({"level": "error", "msg": msg, "time": container::state::now_rfc3339()})
                 .to_string()
