@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
-use warren::store::writer::{self, LEVEL_BINARY, LEVEL_PACKED, LEVEL_TEXT};
-use warren::store::{Kind, Store, chunker, chunks};
+use warren::store::writer;
+use warren::store::{Kind, Store, bcj, chunker, chunks};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,24 +37,25 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     aligned.sort();
-    let in_aligned = |at: u64| {
+    // Whether each aligned file is x86-64 ELF (known once its first chunk is read).
+    let mut elf = vec![false; aligned.len()];
+    let span_of = |at: u64| {
         let i = aligned.partition_point(|&(s, _)| s <= at);
-        i > 0 && at < aligned[i - 1].1
+        (i > 0 && at < aligned[i - 1].1).then(|| i - 1)
     };
-    let name = |l: i32| match l {
-        LEVEL_PACKED => "packed small files",
-        LEVEL_TEXT => "text",
-        LEVEL_BINARY => "binary",
-        _ => "?",
-    };
-    // class -> (chunks, raw bytes, level -> (compressed bytes, seconds))
+    // class -> (chunks, raw bytes, spec -> (compressed bytes, seconds))
     type Row<'a> = (u64, u64, BTreeMap<&'a str, (u64, f64)>);
     let mut classes: BTreeMap<&str, Row> = BTreeMap::new();
     let mut ctxs = Vec::new();
     for spec in &levels {
-        ctxs.push((*spec, compressor(spec)?));
+        let (c, bcj) = compressor(spec)?;
+        ctxs.push((*spec, c, bcj));
     }
     let mut at = 0u64;
+    let mut filtered = Vec::new();
+    let group: usize = std::env::var("GROUP_KIB").map_or(Ok(0), |g| g.parse())? * 1024;
+    let (mut group_buf, mut group_span) = (Vec::new(), None);
+    let mut pending: Vec<(Vec<u8>, Option<usize>)> = Vec::new();
     for c in &index.chunks {
         let start = at;
         at += u64::from(c.len);
@@ -62,16 +63,55 @@ fn main() -> anyhow::Result<()> {
             continue;
         }
         let data = chunks::read(&store, &c.id, c.len, Path::new(""))?;
-        let class = name(writer::level_for(&data, !in_aligned(start)));
-        let row = classes.entry(class).or_default();
-        row.0 += 1;
-        row.1 += data.len() as u64;
-        for (l, ctx) in &mut ctxs {
-            let t = cpu()?;
-            let z = ctx.compress(&data)?;
-            let cell = row.2.entry(*l).or_default();
-            cell.0 += z.len() as u64;
-            cell.1 += cpu()? - t;
+        let span = span_of(start);
+        if let Some(s) = span
+            && aligned[s].0 == start
+        {
+            elf[s] = bcj::is_x86_64_elf(&data);
+        }
+        // GROUP_KIB=N: consecutive chunks of one file compressed together, up to N KiB
+        // (what bigger chunks for big files would give).
+        if group > 0 {
+            let same = span.is_some() && span == group_span;
+            if !same || group_buf.len() + data.len() > group {
+                if let Some(prev) = group_span.take() {
+                    pending.push((std::mem::take(&mut group_buf), Some(prev)));
+                }
+            }
+            if span.is_none() {
+                pending.push((data, None));
+            } else {
+                group_buf.extend_from_slice(&data);
+                group_span = span;
+            }
+        } else {
+            pending.push((data, span));
+        }
+        for (data, span) in pending.drain(..) {
+            let x86 = span.is_some_and(|s| elf[s]);
+            let class = match (span.is_none(), x86, writer::looks_like_text(&data)) {
+                (true, _, _) => "packed small files",
+                (false, true, _) => "x86 ELF",
+                (false, false, true) => "text",
+                (false, false, false) => "binary",
+            };
+            let row = classes.entry(class).or_default();
+            row.0 += 1;
+            row.1 += data.len() as u64;
+            for (l, ctx, bcj) in &mut ctxs {
+                let t = cpu()?;
+                let z = if *bcj && x86 {
+                    filtered.clear();
+                    filtered.extend_from_slice(&data);
+                    bcj::encode(&mut filtered);
+                    ctx.compress(&filtered)?
+                } else {
+                    ctx.compress(&data)?
+                };
+                let cell = row.2.entry(*l).or_default();
+                cell.0 += z.len() as u64;
+                cell.1 += cpu()? - t;
+            }
         }
     }
     println!("class                  chunks        MB   level: MB stored / CPU s");
@@ -102,26 +142,41 @@ fn cpu() -> std::io::Result<f64> {
     Ok(ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9)
 }
 
-/// A compressor for "LEVEL[sSEARCHLOG][mMINMATCH]" (e.g. "6m4": level 6, min match 4).
-fn compressor(spec: &str) -> anyhow::Result<zstd::bulk::Compressor<'static>> {
-    use zstd::zstd_safe::CParameter;
-    let mut parts = spec.split_inclusive(['s', 'm']);
-    let level = parts
-        .next()
-        .unwrap_or("3")
-        .trim_end_matches(['s', 'm'])
-        .parse()?;
+/// A compressor for "LEVEL[b][sSEARCHLOG][mMINMATCH][wWINDOWLOG][hHASHLOG][cCHAINLOG]
+/// [tSTRATEGY][lTARGETLENGTH]" (e.g. "6m4": level 6, min match 4); `b`: x86 ELF chunks go
+/// through the BCJ filter first.
+fn compressor(spec: &str) -> anyhow::Result<(zstd::bulk::Compressor<'static>, bool)> {
+    use zstd::zstd_safe::{CParameter, Strategy};
+    let bcj = spec.contains('b');
+    let spec = spec.replace('b', "");
+    let letters = ['s', 'm', 'w', 'h', 'c', 't', 'l'];
+    let level_end = spec.find(letters).unwrap_or(spec.len());
+    let level: i32 = spec[..level_end].parse()?;
     let mut c = zstd::bulk::Compressor::new(level)?;
-    let mut rest = &spec[spec.find(['s', 'm']).unwrap_or(spec.len())..];
+    let mut rest = &spec[level_end..];
     while let Some(kind) = rest.chars().next() {
-        let end = rest[1..].find(['s', 'm']).map_or(rest.len(), |e| e + 1);
+        let end = rest[1..].find(letters).map_or(rest.len(), |e| e + 1);
         let n: u32 = rest[1..end].parse()?;
-        c.set_parameter(if kind == 's' {
-            CParameter::SearchLog(n)
-        } else {
-            CParameter::MinMatch(n)
+        c.set_parameter(match kind {
+            's' => CParameter::SearchLog(n),
+            'm' => CParameter::MinMatch(n),
+            'w' => CParameter::WindowLog(n),
+            'h' => CParameter::HashLog(n),
+            'c' => CParameter::ChainLog(n),
+            'l' => CParameter::TargetLength(n),
+            _ => CParameter::Strategy(match n {
+                1 => Strategy::ZSTD_fast,
+                2 => Strategy::ZSTD_dfast,
+                3 => Strategy::ZSTD_greedy,
+                4 => Strategy::ZSTD_lazy,
+                5 => Strategy::ZSTD_lazy2,
+                6 => Strategy::ZSTD_btlazy2,
+                7 => Strategy::ZSTD_btopt,
+                8 => Strategy::ZSTD_btultra,
+                _ => Strategy::ZSTD_btultra2,
+            }),
         })?;
         rest = &rest[end..];
     }
-    Ok(c)
+    Ok((c, bcj))
 }
