@@ -1,8 +1,13 @@
 //! How zstd levels trade store bytes for import CPU, per chunk class: recompresses every
-//! chunk of an image at each level and prints, per class (`level_for`'s choice) and
-//! level, the compressed bytes and the CPU seconds spent (one thread).
+//! chunk of an image (or only those it adds to BASE) with each spec and prints, per class
+//! (packed small files, x86 ELF, text, binary) and spec, the compressed bytes and the CPU
+//! seconds spent (one thread). A spec is a level plus options: `b` runs x86 ELF chunks
+//! through the branch filter first; `sN mN wN hN cN tN lN` set zstd's search log, min
+//! match, window log, hash log, chain log, strategy (1 fast .. 9 btultra2) and target
+//! length. `GROUP_KIB=N` compresses consecutive chunks of one file together, up to N KiB
+//! (what bigger chunks would give).
 //!
-//!     cargo run --release --example store_levels -- STORE IMAGE [LEVEL...]
+//!     cargo run --release --example store_levels -- STORE IMAGE BASE|- [SPEC...]
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -13,7 +18,7 @@ use warren::store::{Kind, Store, bcj, chunker, chunks};
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [store, image, minus, levels @ ..] = args.as_slice() else {
-        anyhow::bail!("usage: store_levels STORE IMAGE BASE|- [LEVEL[sSEARCHLOG][mMINMATCH]...]");
+        anyhow::bail!("usage: store_levels STORE IMAGE BASE|- [LEVEL[b][s|m|w|h|c|t|lN...]...]");
     };
     let levels: Vec<&str> = if levels.is_empty() {
         vec!["1", "3", "5", "6", "7", "8"]
@@ -44,7 +49,6 @@ fn main() -> anyhow::Result<()> {
         (i > 0 && at < aligned[i - 1].1).then(|| i - 1)
     };
     // class -> (chunks, raw bytes, spec -> (compressed bytes, seconds))
-    type Row<'a> = (u64, u64, BTreeMap<&'a str, (u64, f64)>);
     let mut classes: BTreeMap<&str, Row> = BTreeMap::new();
     let mut ctxs = Vec::new();
     for spec in &levels {
@@ -56,7 +60,15 @@ fn main() -> anyhow::Result<()> {
     let group: usize = std::env::var("GROUP_KIB").map_or(Ok(0), |g| g.parse())? * 1024;
     let (mut group_buf, mut group_span) = (Vec::new(), None);
     let mut pending: Vec<(Vec<u8>, Option<usize>)> = Vec::new();
-    for c in &index.chunks {
+    // A final None flushes the last group.
+    for c in index.chunks.iter().map(Some).chain([None]) {
+        let Some(c) = c else {
+            if let Some(prev) = group_span.take() {
+                pending.push((std::mem::take(&mut group_buf), Some(prev)));
+            }
+            compress_all(&mut pending, &elf, &mut classes, &mut ctxs, &mut filtered)?;
+            break;
+        };
         let start = at;
         at += u64::from(c.len);
         if !seen.insert(c.id) {
@@ -87,32 +99,7 @@ fn main() -> anyhow::Result<()> {
         } else {
             pending.push((data, span));
         }
-        for (data, span) in pending.drain(..) {
-            let x86 = span.is_some_and(|s| elf[s]);
-            let class = match (span.is_none(), x86, writer::looks_like_text(&data)) {
-                (true, _, _) => "packed small files",
-                (false, true, _) => "x86 ELF",
-                (false, false, true) => "text",
-                (false, false, false) => "binary",
-            };
-            let row = classes.entry(class).or_default();
-            row.0 += 1;
-            row.1 += data.len() as u64;
-            for (l, ctx, bcj) in &mut ctxs {
-                let t = cpu()?;
-                let z = if *bcj && x86 {
-                    filtered.clear();
-                    filtered.extend_from_slice(&data);
-                    bcj::encode(&mut filtered);
-                    ctx.compress(&filtered)?
-                } else {
-                    ctx.compress(&data)?
-                };
-                let cell = row.2.entry(*l).or_default();
-                cell.0 += z.len() as u64;
-                cell.1 += cpu()? - t;
-            }
-        }
+        compress_all(&mut pending, &elf, &mut classes, &mut ctxs, &mut filtered)?;
     }
     println!("class                  chunks        MB   level: MB stored / CPU s");
     for (class, (n, raw, by_level)) in &classes {
@@ -125,6 +112,45 @@ fn main() -> anyhow::Result<()> {
             *raw as f64 / 1e6,
             cells.join("  ")
         );
+    }
+    Ok(())
+}
+
+type Row<'a> = (u64, u64, BTreeMap<&'a str, (u64, f64)>);
+
+/// Compresses each pending (bytes, aligned-file span) with every spec, into `classes`.
+fn compress_all<'a>(
+    pending: &mut Vec<(Vec<u8>, Option<usize>)>,
+    elf: &[bool],
+    classes: &mut BTreeMap<&'static str, Row<'a>>,
+    ctxs: &mut [(&'a str, zstd::bulk::Compressor<'static>, bool)],
+    filtered: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    for (data, span) in pending.drain(..) {
+        let x86 = span.is_some_and(|s| elf[s]);
+        let class = match (span.is_none(), x86, writer::looks_like_text(&data)) {
+            (true, _, _) => "packed small files",
+            (false, true, _) => "x86 ELF",
+            (false, false, true) => "text",
+            (false, false, false) => "binary",
+        };
+        let row = classes.entry(class).or_default();
+        row.0 += 1;
+        row.1 += data.len() as u64;
+        for (l, ctx, bcj) in ctxs.iter_mut() {
+            let t = cpu()?;
+            let z = if *bcj && x86 {
+                filtered.clear();
+                filtered.extend_from_slice(&data);
+                bcj::encode(filtered);
+                ctx.compress(filtered)?
+            } else {
+                ctx.compress(&data)?
+            };
+            let cell = row.2.entry(*l).or_default();
+            cell.0 += z.len() as u64;
+            cell.1 += cpu()? - t;
+        }
     }
     Ok(())
 }
