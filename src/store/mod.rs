@@ -7,13 +7,14 @@
 //! static web server can serve the directory as it is; see docs/FORMAT.md):
 //!
 //! ```text
-//! STORE/format                     "warren-store 1"
+//! STORE/format                     "warren-store 2" (version 1 is read, and upgraded on write)
 //! STORE/lock                       flock: shared by imports and extracts, exclusive by gc
 //! STORE/chunks/ab/abcd....zst      256 prefix dirs, created once
 //! STORE/images/NAME/TAG.idx        NAME may hold `/` (docker.io/library/debian)
 //! ```
 
 pub mod archive;
+pub mod bcj;
 pub mod busybox;
 pub mod chunker;
 pub mod chunks;
@@ -37,7 +38,10 @@ pub use index::{ChunkId, Entry, Index, IndexError, Kind, Timestamp};
 pub use writer::ImageWriter;
 
 /// Content of `STORE/format`.
-pub const STORE_FORMAT: &str = "warren-store 1\n";
+pub const STORE_FORMAT: &str = "warren-store 2\n";
+/// A version-1 store (no filtered chunks, smaller chunks): read as it is; the first
+/// import or pull into it rewrites its format file to version 2 (see docs/FORMAT.md).
+pub const STORE_FORMAT_V1: &str = "warren-store 1\n";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -303,7 +307,7 @@ impl Store {
         };
         let format = dir.join("format");
         match fs::read_to_string(&format) {
-            Ok(found) if found == STORE_FORMAT => {}
+            Ok(found) if found == STORE_FORMAT || found == STORE_FORMAT_V1 => {}
             Ok(found) => {
                 return Err(StoreError::Format {
                     path: format,
@@ -324,6 +328,20 @@ impl Store {
             Err(e) => return Err(io_err(&format)(e)),
         }
         Ok(store)
+    }
+
+    /// Before writing chunks of this version into the store: rewrites a version-1 format
+    /// file as version 2 (atomically), so a warren that only knows version 1 refuses the
+    /// store rather than finding chunks it cannot decode. Call with the store lock held.
+    pub(crate) fn upgrade(&self) -> Result<()> {
+        let format = self.dir.join("format");
+        match fs::read_to_string(&format) {
+            Ok(found) if found == STORE_FORMAT_V1 => {
+                crate::atomic::write(&format, STORE_FORMAT.as_bytes()).map_err(io_err(&format))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(io_err(&format)(e)),
+        }
     }
 
     /// `state_dir()/store`: `/var/lib/warren/store` as root, `$XDG_DATA_HOME/warren/store`

@@ -198,6 +198,8 @@ pub fn pull(
 
     // Hold the store's shared lock: a gc must not remove chunks this index will need.
     let _lock = local.lock(false)?;
+    // Chunks fetched from a version-2 remote may be filtered: no version-1 reader here.
+    local.upgrade()?;
     let mut seen = HashSet::new();
     let wanted: Vec<(ChunkId, u32)> = index
         .chunks
@@ -367,6 +369,7 @@ pub fn push(local: &Store, dest: &Path, images: &[String]) -> Result<PushReport,
     };
     let _lock = local.lock(false)?;
     let _dest_lock = target.lock(false)?;
+    target.upgrade()?;
     let mut report = PushReport::default();
     let mut indexes = Vec::new();
     let mut done = HashSet::new();
