@@ -37,8 +37,8 @@ if [ ! -x "$VARIANT/usr/bin/python3" ]; then
     mv "$VARIANT.tmp" "$VARIANT"
 fi
 
-cargo build --release --bin warren -q
-WARREN=$PWD/target/release/warren
+make -s release
+WARREN=$PWD/$(make -s bindir)/warren
 # The previous run's outputs are deleted only at the end of this one, after measuring
 # (see below for why deleting slows every create for minutes: leave 5 minutes between
 # runs, and know what else on the machine deletes many files).
