@@ -1,6 +1,6 @@
 //! How zstd levels trade store bytes for import CPU, per chunk class: recompresses every
 //! chunk of an image (or only those it adds to BASE) with each spec and prints, per class
-//! (packed small files, x86 ELF, text, binary) and spec, the compressed bytes and the CPU
+//! (packed small files, x86 ELF, bulk, text, binary) and spec, the compressed bytes and the CPU
 //! seconds spent (one thread). A spec is a level plus options: `b` runs x86 ELF chunks
 //! through the branch filter first; `sN mN wN hN cN tN lN` set zstd's search log, min
 //! match, window log, hash log, chain log, strategy (1 fast .. 9 btultra2) and target
@@ -66,7 +66,14 @@ fn main() -> anyhow::Result<()> {
             if let Some(prev) = group_span.take() {
                 pending.push((std::mem::take(&mut group_buf), Some(prev)));
             }
-            compress_all(&mut pending, &elf, &mut classes, &mut ctxs, &mut filtered)?;
+            compress_all(
+                &mut pending,
+                &aligned,
+                &elf,
+                &mut classes,
+                &mut ctxs,
+                &mut filtered,
+            )?;
             break;
         };
         let start = at;
@@ -99,7 +106,14 @@ fn main() -> anyhow::Result<()> {
         } else {
             pending.push((data, span));
         }
-        compress_all(&mut pending, &elf, &mut classes, &mut ctxs, &mut filtered)?;
+        compress_all(
+            &mut pending,
+            &aligned,
+            &elf,
+            &mut classes,
+            &mut ctxs,
+            &mut filtered,
+        )?;
     }
     println!("class                  chunks        MB   level: MB stored / CPU s");
     for (class, (n, raw, by_level)) in &classes {
@@ -121,6 +135,7 @@ type Row<'a> = (u64, u64, BTreeMap<&'a str, (u64, f64)>);
 /// Compresses each pending (bytes, aligned-file span) with every spec, into `classes`.
 fn compress_all<'a>(
     pending: &mut Vec<(Vec<u8>, Option<usize>)>,
+    aligned: &[(u64, u64)],
     elf: &[bool],
     classes: &mut BTreeMap<&'static str, Row<'a>>,
     ctxs: &mut [(&'a str, zstd::bulk::Compressor<'static>, bool)],
@@ -128,11 +143,13 @@ fn compress_all<'a>(
 ) -> anyhow::Result<()> {
     for (data, span) in pending.drain(..) {
         let x86 = span.is_some_and(|s| elf[s]);
-        let class = match (span.is_none(), x86, writer::looks_like_text(&data)) {
-            (true, _, _) => "packed small files",
-            (false, true, _) => "x86 ELF",
-            (false, false, true) => "text",
-            (false, false, false) => "binary",
+        let bulk = span.is_some_and(|s| aligned[s].1 - aligned[s].0 >= writer::BULK);
+        let class = match (span.is_none(), x86, bulk, writer::looks_like_text(&data)) {
+            (true, ..) => "packed small files",
+            (false, true, ..) => "x86 ELF",
+            (false, false, true, _) => "bulk",
+            (false, false, false, true) => "text",
+            (false, false, false, false) => "binary",
         };
         let row = classes.entry(class).or_default();
         row.0 += 1;

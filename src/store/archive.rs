@@ -253,14 +253,21 @@ fn entry_of(
     full: &Path,
 ) -> Result<Entry> {
     let mut xattrs = Vec::new();
-    let names = match sys::llistxattr_at(dir, name) {
-        Ok(n) => n,
+    // Names come from getdents (or are "."): never a NUL inside.
+    let cname = std::ffi::CString::new(name.as_bytes()).map_err(|_| StoreError::Entry {
+        path: full.to_path_buf(),
+        reason: "NUL in a file name".into(),
+    })?;
+    let mut names = Vec::new();
+    match sys::listxattrat(dir, &cname, &mut names) {
+        Ok(()) => {}
         // Filesystems without xattr support have none to record.
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Vec::new(),
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => names.clear(),
         Err(e) => return Err(io_err(full)(e)),
-    };
-    for attr in names {
-        if let Some(value) = sys::lgetxattr_at(dir, name, &attr).map_err(io_err(full))? {
+    }
+    for attr in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let attr = std::ffi::CString::new(attr).map_err(|e| io_err(full)(e.into()))?;
+        if let Some(value) = sys::getxattrat(dir, &cname, &attr).map_err(io_err(full))? {
             xattrs.push((attr.into_bytes(), value));
         }
     }

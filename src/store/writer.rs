@@ -37,7 +37,15 @@ pub enum Class {
     /// (Part of) an x86-64 ELF file of chunker::ALIGN bytes or more: stored through the
     /// x86 branch filter (`bcj`).
     X86,
+    /// (Part of) a file of [`BULK`] bytes or more that is not x86-64 ELF.
+    Bulk,
 }
+
+/// Files this big are bulk data (package lists, databases, archives, logs): most of an
+/// image's bytes sit in a few of them and they rarely change between versions, so their
+/// chunks get the fastest level, where a higher one would cost most of the import's CPU
+/// for a small share of its size.
+pub const BULK: u64 = 4 << 20;
 
 /// zstd level for chunks of packed small files (config files, scripts, small text:
 /// where a high level pays, and a small share of the bytes).
@@ -52,6 +60,8 @@ pub const LEVEL_BINARY: i32 = 3;
 /// zstd level for chunks of x86-64 ELF files, after the branch filter: with it level 3
 /// stores code about as small as level 7 without it, for less than half the CPU.
 pub const LEVEL_X86: i32 = 3;
+/// zstd level for chunks of bulk files.
+pub const LEVEL_BULK: i32 = 1;
 
 /// Whether `data` looks like text: at most 1% of every 4th byte outside printable
 /// ASCII, tab, newline, return.
@@ -87,8 +97,20 @@ pub fn level_for(data: &[u8], class: Class) -> i32 {
     match class {
         Class::Packed => LEVEL_PACKED,
         Class::X86 => LEVEL_X86,
+        Class::Bulk => LEVEL_BULK,
         Class::File if looks_like_text(data) => LEVEL_TEXT,
         Class::File => LEVEL_BINARY,
+    }
+}
+
+/// The class of a file of `size` bytes (at least chunker::ALIGN) that starts with `head`.
+pub fn file_class(head: &[u8], size: u64) -> Class {
+    if bcj::is_x86_64_elf(head) {
+        Class::X86
+    } else if size >= BULK {
+        Class::Bulk
+    } else {
+        Class::File
     }
 }
 
@@ -103,6 +125,9 @@ struct Shared {
     error: Mutex<Option<StoreError>>,
     /// New chunks written so far: (temporary path, final path).
     pending: Mutex<Vec<(PathBuf, PathBuf)>>,
+    /// Chunk buffers the workers are done with, for the next chunks (at most the queue's
+    /// depth plus one per thread are ever in use).
+    spare: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Shared {
@@ -156,6 +181,7 @@ impl ImageWriter {
             progress,
             error: Mutex::new(None),
             pending: Mutex::new(Vec::new()),
+            spare: Mutex::new(Vec::new()),
         });
         let n = std::thread::available_parallelism().map_or(2, |n| n.get());
         let (tx, rx) = sync_channel::<Job>(2 * n);
@@ -341,13 +367,7 @@ impl ImageWriter {
         // A small file's bytes run together with its neighbours' (packed). A bigger
         // file's class is known from its first chunk, which starts with the file.
         let mut class = (!aligned).then_some(Class::Packed);
-        let mut class_of = |data: &[u8]| {
-            *class.get_or_insert(if bcj::is_x86_64_elf(data) {
-                Class::X86
-            } else {
-                Class::File
-            })
-        };
+        let mut class_of = |data: &[u8]| *class.get_or_insert_with(|| file_class(data, size_hint));
         let n = chunker.feed(r, |data| {
             emit(data, chunks, seen, tx, shared, class_of(data))
         })?;
@@ -374,10 +394,8 @@ impl ImageWriter {
             } = &mut self;
             chunker.finish(|data| emit(data, chunks, seen, tx, shared, Class::Packed))?;
         }
-        self.stop_workers();
-        if let Some(e) = self.shared.take_error() {
-            return Err(e);
-        }
+        // The last chunks are queued: build the index while the workers finish them.
+        self.tx = None;
         self.complete_tree()?;
         let index = Index {
             name: image.to_string(),
@@ -394,6 +412,10 @@ impl ImageWriter {
             name: image.to_string(),
             err,
         })?;
+        self.stop_workers();
+        if let Some(e) = self.shared.take_error() {
+            return Err(e);
+        }
 
         let store = self.shared.store.clone();
         let pending = std::mem::take(
@@ -569,7 +591,15 @@ fn emit(
     Progress::add(&shared.progress.chunks, 1);
     Progress::add(&shared.progress.bytes, data.len() as u64);
     if seen.insert(id) {
-        let sent = tx.as_ref().map(|tx| tx.send((id, data.to_vec(), class)));
+        let mut owned = shared
+            .spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default();
+        owned.clear();
+        owned.extend_from_slice(data);
+        let sent = tx.as_ref().map(|tx| tx.send((id, owned, class)));
         if !matches!(sent, Some(Ok(()))) {
             // Workers are gone: they stopped on an error, which commit/add reports.
             return Err(shared.take_error().unwrap_or_else(|| StoreError::Entry {
@@ -598,65 +628,72 @@ fn worker(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
         let Ok((id, mut data, class)) = msg else {
             return;
         };
-        if shared.failed() {
-            continue; // keep draining so the producer never blocks forever
+        // After a failure, keep draining so the producer never blocks forever.
+        if !shared.failed()
+            && let Err(e) = store_chunk(shared, &mut compressors, &mut out, id, &mut data, class)
+        {
+            shared.fail(e);
         }
-        let dest = shared.store.chunk_path(&id);
-        if dest.exists() {
-            continue; // reused: the lock we hold keeps gc from removing it
-        }
-        let level = level_for(&data, class);
-        let at = match compressors.iter().position(|(l, _)| *l == level) {
-            Some(at) => at,
-            None => match new_compressor(level) {
-                Ok(c) => {
-                    compressors.push((level, c));
-                    compressors.len() - 1
-                }
-                Err(e) => {
-                    shared.fail(io_err("zstd compressor")(e));
-                    continue;
-                }
-            },
-        };
-        let header = match class {
-            Class::X86 => {
-                bcj::encode(&mut data);
-                &[chunks::FILTER_X86][..]
-            }
-            Class::Packed | Class::File => &[][..],
-        };
-        out.clear();
-        out.extend_from_slice(header);
-        out.resize(
-            header.len() + zstd::zstd_safe::compress_bound(data.len()),
-            0,
-        );
-        let written = compressors[at]
-            .1
-            .compress_to_buffer(&data, &mut out[header.len()..])
-            .map_err(io_err(&dest))
-            .and_then(|n| {
-                out.truncate(header.len() + n);
-                let sync = shared.sync.load(std::sync::atomic::Ordering::Relaxed);
-                let paths = chunks::write_temp(&shared.store, &id, &out, sync)?;
-                Ok((paths, out.len()))
-            });
-        match written {
-            Ok((paths, stored)) => {
-                let p = &shared.progress;
-                Progress::add(&p.new_chunks, 1);
-                Progress::add(&p.new_bytes, data.len() as u64);
-                Progress::add(&p.stored_bytes, stored as u64);
-                shared
-                    .pending
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(paths);
-            }
-            Err(e) => shared.fail(e),
-        }
+        shared
+            .spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(data);
     }
+}
+
+/// Writes chunk `id` (`data`, of class `class`) under a temporary name, unless the store
+/// has it (then it is reused: the lock we hold keeps gc from removing it).
+fn store_chunk(
+    shared: &Shared,
+    compressors: &mut Vec<(i32, zstd::bulk::Compressor<'static>)>,
+    out: &mut Vec<u8>,
+    id: ChunkId,
+    data: &mut Vec<u8>,
+    class: Class,
+) -> Result<()> {
+    let dest = shared.store.chunk_path(&id);
+    if dest.exists() {
+        return Ok(());
+    }
+    let level = level_for(data, class);
+    let at = match compressors.iter().position(|(l, _)| *l == level) {
+        Some(at) => at,
+        None => {
+            let c = new_compressor(level).map_err(io_err("zstd compressor"))?;
+            compressors.push((level, c));
+            compressors.len() - 1
+        }
+    };
+    let header = match class {
+        Class::X86 => {
+            bcj::encode(data);
+            &[chunks::FILTER_X86][..]
+        }
+        Class::Packed | Class::File | Class::Bulk => &[][..],
+    };
+    out.clear();
+    out.extend_from_slice(header);
+    out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+    // The frame goes right after the header, into spare capacity (no zero-filling).
+    let mut frame = std::io::Cursor::new(&mut *out);
+    frame.set_position(header.len() as u64);
+    compressors[at]
+        .1
+        .compress_to_buffer(data, &mut frame)
+        .map_err(io_err(&dest))?;
+    let sync = shared.sync.load(std::sync::atomic::Ordering::Relaxed);
+    let paths = chunks::write_temp(&shared.store, &id, out, sync)?;
+    let p = &shared.progress;
+    Progress::add(&p.new_chunks, 1);
+    Progress::add(&p.new_bytes, data.len() as u64);
+    Progress::add(&p.stored_bytes, out.len() as u64);
+    shared
+        .pending
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(paths);
+    Ok(())
 }
 
 /// A compression context for chunks: no checksum (the chunk id is a BLAKE3 hash of the
@@ -683,6 +720,18 @@ mod tests {
         assert_eq!(level_for(&binary, Class::Packed), LEVEL_PACKED);
         assert_eq!(level_for(&text, Class::Packed), LEVEL_PACKED);
         assert_eq!(level_for(&text, Class::X86), LEVEL_X86);
+        assert_eq!(level_for(&text, Class::Bulk), LEVEL_BULK);
+        assert_eq!(level_for(&binary, Class::Bulk), LEVEL_BULK);
+    }
+
+    #[test]
+    fn file_class_by_content_then_size() {
+        let elf = fs::read("/proc/self/exe").unwrap();
+        let text = b"Package: x\nVersion: 1\n".repeat(100);
+        assert_eq!(file_class(&elf, BULK), Class::X86);
+        assert_eq!(file_class(&elf, 4096), Class::X86);
+        assert_eq!(file_class(&text, BULK - 1), Class::File);
+        assert_eq!(file_class(&text, BULK), Class::Bulk);
     }
 
     /// An x86-64 ELF file's chunks are stored filtered, anything else's as bare frames,
