@@ -649,7 +649,7 @@ fn store_chunk(
     compressors: &mut Vec<(i32, zstd::bulk::Compressor<'static>)>,
     out: &mut Vec<u8>,
     id: ChunkId,
-    data: &mut Vec<u8>,
+    data: &mut [u8],
     class: Class,
 ) -> Result<()> {
     let dest = shared.store.chunk_path(&id);
