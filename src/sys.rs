@@ -767,6 +767,22 @@ pub fn fsetxattr(fd: BorrowedFd<'_>, attr: &CStr, value: &[u8]) -> io::Result<()
     check(ret as libc::c_long).map(drop)
 }
 
+/// Bytes waiting to be written back system-wide (`Dirty` + `Writeback` of
+/// /proc/meminfo), if it can be read.
+pub fn dirty_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |field: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(field))?;
+        line[field.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((kib("Dirty:")? + kib("Writeback:")?) * 1024)
+}
+
 /// `sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)`: start writing `fd`'s dirty pages
 /// back now, without waiting, so a later fsync finds them (mostly) on disk already.
 pub fn start_writeback(fd: BorrowedFd<'_>) -> io::Result<()> {

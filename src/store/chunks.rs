@@ -78,15 +78,9 @@ pub fn decode(id: &ChunkId, len: u32, data: &[u8]) -> std::result::Result<Vec<u8
     Ok(raw)
 }
 
-/// Writes compressed chunk bytes to a temporary file beside the chunk's final path
-/// (starting its writeback when it will be synced).
+/// Writes compressed chunk bytes to a temporary file beside the chunk's final path.
 /// Returns (temporary path, final path).
-pub fn write_temp(
-    store: &Store,
-    id: &ChunkId,
-    compressed: &[u8],
-    sync: bool,
-) -> Result<(PathBuf, PathBuf)> {
+pub fn write_temp(store: &Store, id: &ChunkId, compressed: &[u8]) -> Result<(PathBuf, PathBuf)> {
     let dest = store.chunk_path(id);
     let tmp = dest.with_file_name(format!(
         ".{id}.tmp.{}.{}",
@@ -95,11 +89,71 @@ pub fn write_temp(
     ));
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(compressed).map_err(io_err(&tmp))?;
-    // Writeback starts now, so the fdatasync at commit has little left to wait for.
-    if sync {
-        crate::sys::start_writeback(std::os::fd::AsFd::as_fd(&f)).map_err(io_err(&tmp))?;
-    }
     Ok((tmp, dest))
+}
+
+/// How new chunk files are made durable before they get their final names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Not at all (`--no-sync`): a machine crash may lose or truncate them.
+    None,
+    /// `syncfs` of their filesystem, once before and once after the renames: one pass
+    /// over the disk and one cache flush however many chunks there are (OSTree commits
+    /// this way), but it also waits for whatever else is dirty on that filesystem.
+    Filesystem,
+    /// `fdatasync` of each file, then `fsync` of each directory: only our own files.
+    Files,
+}
+
+impl Durability {
+    /// For a synced publish of `written` new bytes while `dirty` bytes (ours included)
+    /// wait for writeback system-wide: a syncfs unless it would wait for more of other
+    /// writers' data than of ours (and more than 64 MiB); per file when unknown.
+    pub fn for_sync(written: u64, dirty: Option<u64>) -> Durability {
+        match dirty {
+            Some(d) if d.saturating_sub(written) <= written.max(64 << 20) => Durability::Filesystem,
+            _ => Durability::Files,
+        }
+    }
+}
+
+/// Threads syncing files one by one: the more fdatasyncs wait at once, the more share a
+/// journal commit (a synced import of the bench tree: 1.35-1.42 s with 64 vs 1.44-1.49 s
+/// with 16).
+const SYNC_THREADS: usize = 64;
+
+/// Makes new chunk files (`(temporary, final)` paths, all in one store) durable as
+/// `durability` says, then gives them their final names, durably.
+pub fn publish(pending: &[(PathBuf, PathBuf)], durability: Durability) -> Result<()> {
+    use rayon::prelude::*;
+    let Some((_, first)) = pending.first() else {
+        return Ok(());
+    };
+    // Renames in different prefix directories do not contend.
+    let rename_all = || {
+        pending
+            .par_iter()
+            .try_for_each(|(tmp, dest)| fs::rename(tmp, dest).map_err(io_err(dest)))
+    };
+    match durability {
+        Durability::None => rename_all(),
+        Durability::Filesystem => {
+            let dir = first.parent().unwrap_or(Path::new("/"));
+            let fd = fs::File::open(dir).map_err(io_err(dir))?;
+            let syncfs = || nix::unistd::syncfs(&fd).map_err(|e| io_err(dir)(e.into()));
+            syncfs()?;
+            rename_all()?;
+            syncfs()
+        }
+        Durability::Files => {
+            let temps: Vec<&Path> = pending.iter().map(|(t, _)| t.as_path()).collect();
+            super::sync_many(&temps, true, SYNC_THREADS)?;
+            rename_all()?;
+            let dirs: std::collections::HashSet<&Path> =
+                pending.iter().filter_map(|(_, d)| d.parent()).collect();
+            super::sync_many(&dirs.into_iter().collect::<Vec<_>>(), false, SYNC_THREADS)
+        }
+    }
 }
 
 /// What `scan` finds: every chunk with its file size, and every temporary file.
@@ -144,6 +198,41 @@ pub fn list(store: &Store) -> Result<Vec<(ChunkId, u64)>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn syncfs_unless_others_have_more_in_flight_than_we_wrote() {
+        use Durability::{Files, Filesystem};
+        const MIB: u64 = 1 << 20;
+        assert_eq!(Durability::for_sync(90 * MIB, Some(95 * MIB)), Filesystem);
+        assert_eq!(Durability::for_sync(MIB, Some(60 * MIB)), Filesystem);
+        assert_eq!(Durability::for_sync(MIB, Some(70 * MIB)), Files);
+        assert_eq!(Durability::for_sync(90 * MIB, Some(200 * MIB)), Files);
+        assert_eq!(Durability::for_sync(90 * MIB, None), Files);
+    }
+
+    #[test]
+    fn publish_renames_every_chunk_whatever_the_durability() {
+        for durability in [Durability::None, Durability::Filesystem, Durability::Files] {
+            let tmp = tempfile::tempdir().unwrap();
+            let store = Store::open(tmp.path()).unwrap();
+            let pending: Vec<_> = (0..20u8)
+                .map(|i| {
+                    let data = vec![i; 100];
+                    let id = ChunkId::of(&data);
+                    let frame = zstd::bulk::compress(&data, 3).unwrap();
+                    std::fs::create_dir_all(store.chunk_path(&id).parent().unwrap()).unwrap();
+                    (write_temp(&store, &id, &frame).unwrap(), id, data)
+                })
+                .collect();
+            let paths: Vec<_> = pending.iter().map(|(p, ..)| p.clone()).collect();
+            publish(&paths, durability).unwrap();
+            for ((tmp, dest), id, data) in &pending {
+                assert!(!tmp.exists(), "{durability:?}: {tmp:?} left");
+                assert_eq!(dest, &store.chunk_path(id));
+                assert_eq!(&read(&store, id, 100, Path::new("f")).unwrap(), data);
+            }
+        }
+    }
+
     use super::*;
 
     fn code() -> Vec<u8> {

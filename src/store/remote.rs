@@ -317,32 +317,21 @@ fn fetch_chunk(
         url: url.clone(),
         reason,
     })?;
-    let (tmp, dest) = chunks::write_temp(local, &id, &data, true)?;
+    let (tmp, dest) = chunks::write_temp(local, &id, &data)?;
     Ok((tmp, dest, data.len() as u64))
 }
 
-/// Makes files durable, gives them their final names, and makes the names durable. Only
-/// these files are synced (a syncfs would wait for everything else on the filesystem).
+/// Makes fetched or copied chunk files durable and gives them their final names.
 fn publish_files(files: &[(PathBuf, PathBuf)]) -> Result<(), StoreError> {
-    use rayon::prelude::*;
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |err| StoreError::Io { path, err }
-    };
-    files.par_iter().try_for_each(|(tmp, _)| {
-        fs::File::open(tmp)
-            .and_then(|f| f.sync_data())
-            .map_err(io(tmp))
-    })?;
-    let mut dirs = HashSet::new();
-    for (tmp, dest) in files {
-        fs::rename(tmp, dest).map_err(io(dest))?;
-        if let Some(d) = dest.parent() {
-            dirs.insert(d.to_path_buf());
-        }
-    }
-    dirs.par_iter()
-        .try_for_each(|d| fs::File::open(d).and_then(|f| f.sync_all()).map_err(io(d)))
+    let written = files
+        .iter()
+        .filter_map(|(tmp, _)| fs::metadata(tmp).ok())
+        .map(|m| m.len())
+        .sum();
+    chunks::publish(
+        files,
+        chunks::Durability::for_sync(written, crate::sys::dirty_bytes()),
+    )
 }
 
 /// What a push did.

@@ -3,9 +3,10 @@
 //! hashed there and handed to worker threads that compress and write the ones the store
 //! lacks. Memory holds the entries' metadata and a bounded queue of chunks, never a file.
 //!
-//! Crash safety: new chunks are written under temporary names (their writeback started
-//! at once); `commit` fdatasyncs them, renames them to their final names, fsyncs their
-//! directories, and only then publishes the index atomically. A writer killed at any
+//! Crash safety: new chunks are written under temporary names; `commit` makes them
+//! durable (`chunks::publish`: a syncfs, or each file when others have much data in
+//! flight), renames them to their final names, makes the names durable, and only then
+//! publishes the index atomically. A writer killed at any
 //! point leaves at most temporary files (removed by gc) and never an index pointing at a
 //! missing chunk.
 
@@ -425,10 +426,13 @@ impl ImageWriter {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        publish_chunks(
-            &pending,
-            self.shared.sync.load(std::sync::atomic::Ordering::Relaxed),
-        )?;
+        let durability = if self.shared.sync.load(std::sync::atomic::Ordering::Relaxed) {
+            let written = Progress::get(&self.shared.progress.stored_bytes);
+            chunks::Durability::for_sync(written, crate::sys::dirty_bytes())
+        } else {
+            chunks::Durability::None
+        };
+        chunks::publish(&pending, durability)?;
         let path = store.images_dir().join(image.rel_path());
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(io_err(parent))?;
@@ -531,32 +535,6 @@ fn normalize_entry(path: &Path) -> Result<PathBuf> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
-}
-
-/// Threads syncing new chunks at commit: an import has thousands of small files, and the
-/// more fdatasyncs wait at once, the more share a journal commit (a synced import of the
-/// bench tree: 1.35-1.42 s with 64 vs 1.44-1.49 s with 16; `--no-sync` 1.35 s).
-const SYNC_THREADS: usize = 64;
-
-/// Makes new chunks durable, then gives them their final names, durably. Only our own
-/// files are synced (a syncfs would also wait for everything else on the filesystem).
-fn publish_chunks(pending: &[(PathBuf, PathBuf)], sync: bool) -> Result<()> {
-    use rayon::prelude::*;
-    if sync {
-        // Their writeback started as they were written; what is left is mostly journal
-        // commits, which concurrent syncs share.
-        let temps: Vec<&Path> = pending.iter().map(|(t, _)| t.as_path()).collect();
-        super::sync_many(&temps, true, SYNC_THREADS)?;
-    }
-    // Renames in different prefix directories do not contend.
-    pending
-        .par_iter()
-        .try_for_each(|(tmp, dest)| fs::rename(tmp, dest).map_err(io_err(dest)))?;
-    if !sync {
-        return Ok(());
-    }
-    let dirs: HashSet<&Path> = pending.iter().filter_map(|(_, d)| d.parent()).collect();
-    super::sync_many(&dirs.into_iter().collect::<Vec<_>>(), false, SYNC_THREADS)
 }
 
 impl Drop for ImageWriter {
@@ -682,8 +660,7 @@ fn store_chunk(
         .1
         .compress_to_buffer(data, &mut frame)
         .map_err(io_err(&dest))?;
-    let sync = shared.sync.load(std::sync::atomic::Ordering::Relaxed);
-    let paths = chunks::write_temp(&shared.store, &id, out, sync)?;
+    let paths = chunks::write_temp(&shared.store, &id, out)?;
     let p = &shared.progress;
     Progress::add(&p.new_chunks, 1);
     Progress::add(&p.new_bytes, data.len() as u64);
