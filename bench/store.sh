@@ -52,7 +52,9 @@ W=$WORK
 # 300 s while their inode table block is dirty) and every create gets slower, whichever
 # tool runs next.
 TRASH=$W/trash; mkdir -p $TRASH
-aside() { echo "for d in $*; do if [ -e \$d ]; then mv \$d \$(mktemp -d -p $TRASH)/; fi; done"; }
+# Each run also starts with nothing waiting for writeback (sync): no tool pays for the
+# last one's writes (or a build's), and a synced warren import (syncfs) waits for its own.
+aside() { echo "for d in $*; do if [ -e \$d ]; then mv \$d \$(mktemp -d -p $TRASH)/; fi; done; sync"; }
 
 content_bytes() { find "$1" -type f -printf '%s\n' | awk '{s+=$1} END {print s}'; }
 store_bytes() { find "$1" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}'; }
@@ -68,7 +70,7 @@ echo "== import ($((BYTES / 1048576)) MiB of file content, $RUNS runs each)"
     --prepare "$(aside $W/ws)" "$WARREN --store $W/ws image import $BASE --name base" \
     --prepare "$(aside $W/ws)" "$WARREN --store $W/ws image import --no-sync $BASE --name base" \
     --prepare "$(aside $W/cs $W/base.caidx)" "casync make --store=$W/cs $W/base.caidx $BASE" \
-    --prepare "rm -f $W/base.tar.zst" "tar -C $BASE -cf - ${TAR_FLAGS[*]} . | zstd -q -3 -T2 -o $W/base.tar.zst"
+    --prepare "rm -f $W/base.tar.zst; sync" "tar -C $BASE -cf - ${TAR_FLAGS[*]} . | zstd -q -3 -T2 -o $W/base.tar.zst"
 
 echo "== extract"
 "${HF[@]}" --export-json $W/extract.json \

@@ -216,7 +216,8 @@ impl ImageWriter {
     /// of the machine (not of the process) may then leave an index naming chunks that
     /// were never written or are truncated; [`Store::verify_and_repair`] finds them and
     /// removes the corrupt ones, then a re-import of the images it names restores them.
-    /// Default `true`. Set it before adding content.
+    /// New chunks then get their final names as soon as they are written, so an import
+    /// that fails leaves them for gc. Default `true`. Set it before adding content.
     pub fn set_sync(&mut self, sync: bool) {
         self.shared
             .sync
@@ -660,17 +661,24 @@ fn store_chunk(
         .1
         .compress_to_buffer(data, &mut frame)
         .map_err(io_err(&dest))?;
-    let paths = chunks::write_temp(&shared.store, &id, out)?;
+    let (tmp, dest) = chunks::write_temp(&shared.store, &id, out)?;
     let p = &shared.progress;
     Progress::add(&p.new_chunks, 1);
     Progress::add(&p.new_bytes, data.len() as u64);
     Progress::add(&p.stored_bytes, out.len() as u64);
-    shared
-        .pending
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(paths);
-    Ok(())
+    if shared.sync.load(std::sync::atomic::Ordering::Relaxed) {
+        // Renamed at commit, once durable.
+        shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((tmp, dest));
+        Ok(())
+    } else {
+        // Nothing to wait for: the final name now (complete, so never a partial chunk
+        // under it). If the import fails, gc removes it with the other unreferenced ones.
+        fs::rename(&tmp, &dest).map_err(io_err(&dest))
+    }
 }
 
 /// A compression context for chunks: no checksum (the chunk id is a BLAKE3 hash of the
