@@ -5,10 +5,12 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
+use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
@@ -17,111 +19,100 @@ use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 use super::{Entry, ImageWriter, Kind, Result, StoreError, Timestamp, io_err, nix_err};
 use crate::sys;
 
-/// How far (in content bytes) the read-ahead thread may run ahead of the import.
-const READ_AHEAD: u64 = 64 << 20;
+/// How far (in content bytes) the walking thread may run ahead of the import.
+const AHEAD_BYTES: u64 = 64 << 20;
+/// How many entries it may queue (each regular file holds an open fd until imported).
+const AHEAD_ENTRIES: usize = 256;
+
+/// One walked entry, and for a regular file the file, opened for reading.
+type Walked = (Entry, Option<File>);
 
 /// Feeds the tree at `root` into `w`. `root` itself may be a symlink to a directory;
 /// nothing below it is followed.
 ///
-/// A second thread walks the same tree in the same order, up to [`READ_AHEAD`] bytes of
-/// file content ahead, asking the kernel to read each file in (`POSIX_FADV_WILLNEED`):
-/// on a cold page cache the importing thread, which reads files one after the other,
-/// would otherwise wait for the disk at every file while the compressing threads idle.
+/// A second thread does the walk (directory reads, stats, xattrs, checked opens) up to
+/// [`AHEAD_BYTES`] of file content ahead, asking the kernel to read each file in
+/// (`POSIX_FADV_WILLNEED`); the calling thread only reads and chunks. On a cold page
+/// cache the import would otherwise wait for the disk at every file while the
+/// compressing threads idle.
 pub fn walk(root: &Path, w: &mut ImageWriter) -> Result<()> {
     let progress = w.progress();
-    let done = AtomicBool::new(false);
+    let done = &AtomicBool::new(false);
+    let (tx, rx) = sync_channel(AHEAD_ENTRIES);
     std::thread::scope(|s| {
-        // Read-ahead is advice: if it cannot start, or fails, the walk still works.
-        let _ = std::thread::Builder::new()
-            .name("warren-readahead".into())
-            .spawn_scoped(s, || read_ahead(root, &progress.bytes, &done, READ_AHEAD));
-        let walked = walk_tree(root, w);
+        let consumed = &progress.bytes;
+        // The walker owns the sender: the import's loop ends when the walk does.
+        let walker = std::thread::Builder::new()
+            .name("warren-walk".into())
+            .spawn_scoped(s, move || {
+                walk_ahead(root, &tx, consumed, done, AHEAD_BYTES)
+            })
+            .map_err(io_err("spawning the walking thread"))?;
+        let imported = import(&rx, w);
+        // A walker waiting for room or sending stops.
         done.store(true, Ordering::Relaxed);
-        walked
+        drop(rx);
+        let _ = walker.join();
+        imported
     })
 }
 
-/// The read-ahead thread of [`walk`]: the same walk, opening each regular file only to
-/// advise the kernel to read it, staying at most `window` bytes ahead of `consumed`
-/// (the bytes the import has read). Stops at `done`, at the end or at the first error;
-/// returns the bytes it advised.
-fn read_ahead(root: &Path, consumed: &AtomicU64, done: &AtomicBool, window: u64) -> u64 {
-    fn dir(
-        fd: BorrowedFd<'_>,
-        buf: &mut Vec<u8>,
-        advised: &mut u64,
-        (consumed, done, window): (&AtomicU64, &AtomicBool, u64),
-    ) -> Option<()> {
-        let mut names: Vec<sys::DirEntry> = sys::read_dir(fd, buf).ok()?;
-        names.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
-        for e in names {
-            if done.load(Ordering::Relaxed) {
-                return None;
-            }
-            let name = OsStr::from_bytes(e.name.as_bytes());
-            let kind = match e.kind {
-                // A filesystem without d_type: ask.
-                libc::DT_UNKNOWN => {
-                    let st = fstatat(fd, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
-                    match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
-                        SFlag::S_IFDIR => libc::DT_DIR,
-                        SFlag::S_IFREG => libc::DT_REG,
-                        _ => continue,
-                    }
-                }
-                k => k,
-            };
-            match kind {
-                libc::DT_DIR => {
-                    let flags =
-                        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-                    let sub = openat(fd, name, flags, Mode::empty()).ok()?;
-                    dir(sub.as_fd(), buf, advised, (consumed, done, window))?;
-                }
-                libc::DT_REG => {
-                    // Never more than `window` ahead: a big tree must not evict what
-                    // was read ahead before the import gets to it.
-                    while *advised > consumed.load(Ordering::Relaxed) + window {
-                        if done.load(Ordering::Relaxed) {
-                            return None;
-                        }
-                        std::thread::sleep(std::time::Duration::from_millis(1));
-                    }
-                    let st = fstatat(fd, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
-                    if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
-                        continue;
-                    }
-                    // The same checked open as the import's (no symlink, no FIFO hang).
-                    let Ok(f) = open_file(fd, name, &st, Path::new("")) else {
-                        continue;
-                    };
-                    let _ = nix::fcntl::posix_fadvise(
-                        f.as_fd(),
-                        0,
-                        0,
-                        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
-                    );
-                    *advised += st.st_size as u64;
-                }
-                _ => {}
-            }
-        }
-        Some(())
+/// The importing side of [`walk`]: adds each walked entry, in order, until the walk ends
+/// or fails.
+fn import(rx: &Receiver<Result<Walked>>, w: &mut ImageWriter) -> Result<()> {
+    for walked in rx {
+        let (entry, mut file) = walked?;
+        w.add(entry, file.as_mut().map(|f| f as &mut dyn Read))?;
     }
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let mut advised = 0;
-    if let Ok(fd) = nix::fcntl::open(root, flags, Mode::empty()) {
-        let _ = dir(
-            fd.as_fd(),
-            &mut Vec::new(),
-            &mut advised,
-            (consumed, done, window),
-        );
-    }
-    advised
+    Ok(())
 }
 
-fn walk_tree(root: &Path, w: &mut ImageWriter) -> Result<()> {
+/// The walking thread of [`walk`]: sends every entry of the tree at `root` in order, or
+/// the error that stopped the walk, staying at most `window` bytes of file content ahead
+/// of `consumed` (the bytes the import has read). Stops early at `done`; returns the
+/// bytes of file content it sent.
+fn walk_ahead(
+    root: &Path,
+    tx: &SyncSender<Result<Walked>>,
+    consumed: &AtomicU64,
+    done: &AtomicBool,
+    window: u64,
+) -> u64 {
+    let mut sent = 0u64;
+    let stopped = || StoreError::Entry {
+        path: root.to_path_buf(),
+        reason: "the import stopped".into(),
+    };
+    let walked = walk_tree(root, &mut |(entry, file)| {
+        if let Some(f) = &file {
+            // Never more than `window` ahead: a big tree must not evict what was read
+            // ahead before the import gets to it.
+            while sent > consumed.load(Ordering::Relaxed) + window {
+                if done.load(Ordering::Relaxed) {
+                    return Err(stopped());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            // Advice only: the import reads the file either way.
+            let _ = nix::fcntl::posix_fadvise(
+                f.as_fd(),
+                0,
+                0,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+            );
+            if let Kind::File { size } = entry.kind {
+                sent += size;
+            }
+        }
+        tx.send(Ok((entry, file))).map_err(|_| stopped())
+    });
+    if let Err(e) = walked {
+        let _ = tx.send(Err(e));
+    }
+    sent
+}
+
+fn walk_tree(root: &Path, sink: &mut dyn FnMut(Walked) -> Result<()>) -> Result<()> {
     let fd = nix::fcntl::open(
         root,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -137,16 +128,16 @@ fn walk_tree(root: &Path, w: &mut ImageWriter) -> Result<()> {
         OsStr::new("."),
         root,
     )?;
-    w.add(entry, None)?;
+    sink((entry, None))?;
     let mut links = HashMap::new();
-    walk_dir(fd.as_fd(), Path::new(""), root, w, &mut links)
+    walk_dir(fd.as_fd(), Path::new(""), root, sink, &mut links)
 }
 
 fn walk_dir(
     dir: BorrowedFd<'_>,
     rel: &Path,
     root: &Path,
-    w: &mut ImageWriter,
+    sink: &mut dyn FnMut(Walked) -> Result<()>,
     links: &mut HashMap<(u64, u64), PathBuf>,
 ) -> Result<()> {
     let shown = root.join(rel);
@@ -169,7 +160,7 @@ fn walk_dir(
                 let kind = Kind::Hardlink {
                     target: target.clone(),
                 };
-                w.add(entry_of(&st, path, kind, dir, &name, &full)?, None)?;
+                sink((entry_of(&st, path, kind, dir, &name, &full)?, None))?;
                 continue;
             }
             links.insert(key, path.clone());
@@ -179,13 +170,13 @@ fn walk_dir(
                 let kind = Kind::File {
                     size: st.st_size as u64,
                 };
-                let mut file = File::from(open_file(dir, &name, &st, &full)?);
+                let file = File::from(open_file(dir, &name, &st, &full)?);
                 let entry = entry_of(&st, path, kind, dir, &name, &full)?;
-                w.add(entry, Some(&mut file))?;
+                sink((entry, Some(file)))?;
             }
             SFlag::S_IFDIR => {
                 let entry = entry_of(&st, path.clone(), Kind::Dir, dir, &name, &full)?;
-                w.add(entry, None)?;
+                sink((entry, None))?;
                 let sub = openat(
                     dir,
                     name.as_os_str(),
@@ -193,7 +184,7 @@ fn walk_dir(
                     Mode::empty(),
                 )
                 .map_err(nix_err(&full))?;
-                walk_dir(sub.as_fd(), &path, root, w, links)?;
+                walk_dir(sub.as_fd(), &path, root, sink, links)?;
             }
             _ => {
                 let kind = match fmt {
@@ -207,7 +198,7 @@ fn walk_dir(
                     SFlag::S_IFIFO => Kind::Fifo,
                     _ => Kind::Socket,
                 };
-                w.add(entry_of(&st, path, kind, dir, &name, &full)?, None)?;
+                sink((entry_of(&st, path, kind, dir, &name, &full)?, None))?;
             }
         }
     }
@@ -324,25 +315,35 @@ mod tests {
     }
 
     #[test]
-    fn read_ahead_stays_within_its_window_and_stops_when_told() {
+    fn the_walk_stays_within_its_window_and_stops_when_told() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(tmp.path().join("d")).unwrap();
         for name in ["a", "d/b", "d/c", "e"] {
             std::fs::write(tmp.path().join(name), vec![7u8; 600_000]).unwrap();
         }
         std::os::unix::fs::symlink("a", tmp.path().join("link")).unwrap();
-        // Nothing consumed: "a" and "d/b" (1.2 MB > 1 MB), then it waits.
+        let names = |rx: &Receiver<Result<Walked>>| -> Vec<String> {
+            rx.try_iter()
+                .map(|w| w.map_or("ERR".into(), |(e, _)| e.path.display().to_string()))
+                .collect()
+        };
+        // Nothing consumed: up to "d/b" (1.2 MB > 1 MB), then it waits.
         let (consumed, done) = (AtomicU64::new(0), AtomicBool::new(false));
+        let (tx, rx) = sync_channel(100);
         std::thread::scope(|s| {
-            let t = s.spawn(|| read_ahead(tmp.path(), &consumed, &done, 1_000_000));
+            let t = s.spawn(|| walk_ahead(tmp.path(), &tx, &consumed, &done, 1_000_000));
             std::thread::sleep(std::time::Duration::from_millis(200));
             assert!(!t.is_finished(), "it went past its window");
             done.store(true, Ordering::Relaxed);
             assert_eq!(t.join().unwrap(), 1_200_000);
         });
-        // Everything consumed as it goes: the whole tree, symlinks not followed.
+        // Told to stop, it ends with an error.
+        assert_eq!(names(&rx), ["", "a", "d", "d/b", "ERR"]);
+        // Everything consumed as it goes: the whole tree, the symlink not followed.
         let (consumed, done) = (AtomicU64::new(u64::MAX / 2), AtomicBool::new(false));
-        assert_eq!(read_ahead(tmp.path(), &consumed, &done, 0), 2_400_000);
+        let (tx, rx) = sync_channel(100);
+        assert_eq!(walk_ahead(tmp.path(), &tx, &consumed, &done, 0), 2_400_000);
+        assert_eq!(names(&rx), ["", "a", "d", "d/b", "d/c", "e", "link"]);
     }
 
     #[test]
