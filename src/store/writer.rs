@@ -396,8 +396,17 @@ impl ImageWriter {
             } = &mut self;
             chunker.finish(|data| emit(data, chunks, seen, tx, shared, Class::Packed))?;
         }
-        // The last chunks are queued: build the index while the workers finish them.
+        // The last chunks are queued: build the index while the workers finish them and
+        // (syncing the filesystem) while what they wrote so far goes to disk.
         self.tx = None;
+        let durability = if self.shared.sync.load(std::sync::atomic::Ordering::Relaxed) {
+            let written = Progress::get(&self.shared.progress.stored_bytes);
+            chunks::Durability::for_sync(written, crate::sys::dirty_bytes())
+        } else {
+            chunks::Durability::None
+        };
+        let flushing = (durability == chunks::Durability::Filesystem)
+            .then(|| chunks::start_flush(self.shared.store.chunks_dir()));
         self.complete_tree()?;
         let index = Index {
             name: image.to_string(),
@@ -427,12 +436,14 @@ impl ImageWriter {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        let durability = if self.shared.sync.load(std::sync::atomic::Ordering::Relaxed) {
-            let written = Progress::get(&self.shared.progress.stored_bytes);
-            chunks::Durability::for_sync(written, crate::sys::dirty_bytes())
-        } else {
-            chunks::Durability::None
-        };
+        if let Some(flush) = flushing {
+            flush.join().unwrap_or_else(|_| {
+                Err(StoreError::Entry {
+                    path: PathBuf::new(),
+                    reason: "the flushing thread panicked".into(),
+                })
+            })?;
+        }
         chunks::publish(&pending, durability)?;
         let path = store.images_dir().join(image.rel_path());
         if let Some(parent) = path.parent() {
