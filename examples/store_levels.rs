@@ -42,8 +42,8 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     aligned.sort();
-    // Whether each aligned file is x86-64 ELF (known once its first chunk is read).
-    let mut elf = vec![false; aligned.len()];
+    // Each aligned file's class (known once its first chunk is read).
+    let mut class = vec![writer::Class::File; aligned.len()];
     let span_of = |at: u64| {
         let i = aligned.partition_point(|&(s, _)| s <= at);
         (i > 0 && at < aligned[i - 1].1).then(|| i - 1)
@@ -66,14 +66,7 @@ fn main() -> anyhow::Result<()> {
             if let Some(prev) = group_span.take() {
                 pending.push((std::mem::take(&mut group_buf), Some(prev)));
             }
-            compress_all(
-                &mut pending,
-                &aligned,
-                &elf,
-                &mut classes,
-                &mut ctxs,
-                &mut filtered,
-            )?;
+            compress_all(&mut pending, &class, &mut classes, &mut ctxs, &mut filtered)?;
             break;
         };
         let start = at;
@@ -86,7 +79,7 @@ fn main() -> anyhow::Result<()> {
         if let Some(s) = span
             && aligned[s].0 == start
         {
-            elf[s] = bcj::is_x86_64_elf(&data);
+            class[s] = writer::file_class(&data, aligned[s].1 - aligned[s].0);
         }
         // GROUP_KIB=N: consecutive chunks of one file compressed together, up to N KiB
         // (what bigger chunks for big files would give).
@@ -106,14 +99,7 @@ fn main() -> anyhow::Result<()> {
         } else {
             pending.push((data, span));
         }
-        compress_all(
-            &mut pending,
-            &aligned,
-            &elf,
-            &mut classes,
-            &mut ctxs,
-            &mut filtered,
-        )?;
+        compress_all(&mut pending, &class, &mut classes, &mut ctxs, &mut filtered)?;
     }
     println!("class                  chunks        MB   level: MB stored / CPU s");
     for (class, (n, raw, by_level)) in &classes {
@@ -135,21 +121,21 @@ type Row<'a> = (u64, u64, BTreeMap<&'a str, (u64, f64)>);
 /// Compresses each pending (bytes, aligned-file span) with every spec, into `classes`.
 fn compress_all<'a>(
     pending: &mut Vec<(Vec<u8>, Option<usize>)>,
-    aligned: &[(u64, u64)],
-    elf: &[bool],
+    file_class: &[writer::Class],
     classes: &mut BTreeMap<&'static str, Row<'a>>,
     ctxs: &mut [(&'a str, zstd::bulk::Compressor<'static>, bool)],
     filtered: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
+    use writer::Class;
     for (data, span) in pending.drain(..) {
-        let x86 = span.is_some_and(|s| elf[s]);
-        let bulk = span.is_some_and(|s| aligned[s].1 - aligned[s].0 >= writer::BULK);
-        let class = match (span.is_none(), x86, bulk, writer::looks_like_text(&data)) {
-            (true, ..) => "packed small files",
-            (false, true, ..) => "x86 ELF",
-            (false, false, true, _) => "bulk",
-            (false, false, false, true) => "text",
-            (false, false, false, false) => "binary",
+        let class = span.map_or(Class::Packed, |s| file_class[s]);
+        let x86 = class == Class::X86;
+        let class = match class {
+            Class::Packed => "packed small files",
+            Class::X86 => "x86 ELF",
+            Class::Bulk => "bulk",
+            Class::File if writer::looks_like_text(&data) => "text",
+            Class::File => "binary",
         };
         let row = classes.entry(class).or_default();
         row.0 += 1;
