@@ -42,7 +42,7 @@ pub enum Command {
         /// The range R of --shift.
         #[arg(long, short = 'r', value_parser = parse_id, default_value_t = DEFAULT_BLOCK)]
         range: u32,
-        /// Skip the syncfs before DEST appears (faster; a crash may lose data).
+        /// Skip syncing the files before DEST appears (faster; a crash may lose data).
         #[arg(long)]
         no_sync: bool,
         /// Fetch the image from this remote store first (only the chunks missing here).
