@@ -767,6 +767,14 @@ pub fn fsetxattr(fd: BorrowedFd<'_>, attr: &CStr, value: &[u8]) -> io::Result<()
     check(ret as libc::c_long).map(drop)
 }
 
+/// How many files a pool of work may hold open at once: a quarter of the soft
+/// `RLIMIT_NOFILE` (the rest is left to the caller's own fds), at least 1.
+pub fn fd_budget() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft / 4).unwrap_or(usize::MAX).max(1)
+}
+
 /// Bytes waiting to be written back system-wide (`Dirty` + `Writeback` of
 /// /proc/meminfo), if it can be read.
 pub fn dirty_bytes() -> Option<u64> {

@@ -860,3 +860,36 @@ fn extract_with_shift_shifts_owners_and_id_xattrs() {
     assert_eq!(b[Path::new("etc/big")].uid, 0x30000 + 1000);
     assert_eq!(b[Path::new("abs")].uid, 0x30000 + 7);
 }
+
+/// The walking thread keeps open files queued for the importing thread: under a low fd
+/// limit it queues fewer, and a tree of many files still imports whole.
+#[test]
+fn import_of_many_files_under_a_low_fd_limit() {
+    let tmp = scratch("store-fd-limit");
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..600u64 {
+        fs::write(src.join(format!("f{i:03}")), noise(i, 5000)).unwrap();
+    }
+    let dir = tmp.path().join("store");
+    let warren = bin("warren");
+    ok(Command::new("sh")
+        .args(["-c", "ulimit -n 48 && exec \"$@\"", "sh"])
+        .arg(&warren)
+        .arg("--store")
+        .arg(&dir)
+        .args(["image", "import", "--name", "many"])
+        .arg(&src));
+    let out = tmp.path().join("out");
+    ok(Command::new(&warren)
+        .arg("--store")
+        .arg(&dir)
+        .args(["image", "extract", "many"])
+        .arg(&out));
+    for i in 0..600u64 {
+        assert_eq!(
+            fs::read(out.join(format!("f{i:03}"))).unwrap(),
+            noise(i, 5000)
+        );
+    }
+}

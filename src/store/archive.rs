@@ -21,7 +21,8 @@ use crate::sys;
 
 /// How far (in content bytes) the walking thread may run ahead of the import.
 const AHEAD_BYTES: u64 = 64 << 20;
-/// How many entries it may queue (each regular file holds an open fd until imported).
+/// How many entries it may queue (each regular file holds an open fd until imported):
+/// this many, or a quarter of the fd limit if that is less.
 const AHEAD_ENTRIES: usize = 256;
 
 /// One walked entry, and for a regular file the file, opened for reading.
@@ -38,7 +39,7 @@ type Walked = (Entry, Option<File>);
 pub fn walk(root: &Path, w: &mut ImageWriter) -> Result<()> {
     let progress = w.progress();
     let done = &AtomicBool::new(false);
-    let (tx, rx) = sync_channel(AHEAD_ENTRIES);
+    let (tx, rx) = sync_channel(AHEAD_ENTRIES.min(sys::fd_budget()));
     std::thread::scope(|s| {
         let consumed = &progress.bytes;
         // The walker owns the sender: the import's loop ends when the walk does.

@@ -1,7 +1,7 @@
 //! Chunk files: one zstd frame per chunk at `chunks/ab/<blake3 hex>.zst`. A new chunk is
-//! written under a dot-prefixed temporary name and only renamed to its final name when
-//! its import commits (after it is synced), so a final name always holds a complete
-//! chunk.
+//! written under a dot-prefixed temporary name and only renamed to its final name once
+//! complete (by a synced import, when it commits and the chunk is durable), so a final
+//! name always holds a complete chunk.
 
 use std::fs;
 use std::io::Write;
@@ -229,7 +229,6 @@ mod tests {
                     let data = vec![i; 100];
                     let id = ChunkId::of(&data);
                     let frame = zstd::bulk::compress(&data, 3).unwrap();
-                    std::fs::create_dir_all(store.chunk_path(&id).parent().unwrap()).unwrap();
                     (write_temp(&store, &id, &frame).unwrap(), id, data)
                 })
                 .collect();

@@ -102,6 +102,8 @@ pub(crate) fn nix_err(path: impl AsRef<Path>) -> impl FnOnce(nix::Error) -> Stor
 /// disk, not the CPU, and the more syncs wait at once, the more of them one journal
 /// commit serves.
 pub(crate) fn sync_many(paths: &[&Path], data_only: bool, threads: usize) -> Result<()> {
+    // Each thread holds one file open: stay within the fd limit.
+    let threads = threads.min(crate::sys::fd_budget());
     let per = paths.len().div_ceil(threads.max(1)).max(1);
     std::thread::scope(|s| {
         let handles = paths

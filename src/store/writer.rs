@@ -6,9 +6,9 @@
 //! Crash safety: new chunks are written under temporary names; `commit` makes them
 //! durable (`chunks::publish`: a syncfs, or each file when others have much data in
 //! flight), renames them to their final names, makes the names durable, and only then
-//! publishes the index atomically. A writer killed at any
-//! point leaves at most temporary files (removed by gc) and never an index pointing at a
-//! missing chunk.
+//! publishes the index atomically. A writer killed at any point leaves at most temporary
+//! files (and, unsynced, complete chunks no index names), which gc removes, and never an
+//! index pointing at a missing chunk.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
