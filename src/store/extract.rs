@@ -19,6 +19,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 use rayon::prelude::*;
 
+use super::chunks::Durability;
 use super::index::Record;
 use super::{Entry, Index, Kind, Progress, Result, Store, StoreError, chunks, io_err, nix_err};
 use crate::idmap::range::Shift;
@@ -33,8 +34,9 @@ const BATCH_BYTES: u64 = 4 << 20;
 pub struct ExtractOptions {
     /// Map every uid/gid (and the ids in capability/ACL xattrs) while extracting.
     pub shift: Option<Shift>,
-    /// Sync every file and directory before publishing DEST, so a crash never leaves a
-    /// DEST with lost data (default true).
+    /// Make the tree durable before publishing DEST, so a crash never leaves a DEST with
+    /// lost data (default true): one syncfs of its filesystem, or each file and directory
+    /// when other writers have much more data in flight (`chunks::Durability::for_sync`).
     pub sync: bool,
     /// Counters to watch while the extract runs.
     pub progress: Option<Arc<Progress>>,
@@ -67,6 +69,23 @@ pub(crate) fn extract(
     index: &Index,
     dest: &Path,
     opts: &ExtractOptions,
+) -> Result<ExtractReport> {
+    // Decided up front: writeback is started file by file only for per-file syncs.
+    let durability = if opts.sync {
+        let bytes = index.content_bytes();
+        Durability::for_sync(bytes, sys::dirty_bytes().map(|d| d + bytes))
+    } else {
+        Durability::None
+    };
+    extract_durably(store, index, dest, opts, durability)
+}
+
+fn extract_durably(
+    store: &Store,
+    index: &Index,
+    dest: &Path,
+    opts: &ExtractOptions,
+    durability: Durability,
 ) -> Result<ExtractReport> {
     let dest_err = |reason: &str| StoreError::Destination {
         path: dest.to_path_buf(),
@@ -104,34 +123,41 @@ pub(crate) fn extract(
             Mode::empty(),
         )
         .map_err(nix_err(&partial))?;
-        let ctx = Ctx::new(store, index, root, dest, opts);
+        let ctx = Ctx::new(store, index, root, dest, opts, durability);
         ctx.run()?;
-        if opts.sync {
-            // Our files and directories only (a syncfs would also wait for every other
-            // writer on the filesystem); their writeback started as they were written.
-            let (mut files, mut dirs) = (Vec::new(), vec![partial.clone()]);
-            for r in &index.records {
-                match r.entry.kind {
-                    Kind::File { .. } => files.push(partial.join(&r.entry.path)),
-                    Kind::Dir if !r.entry.path.as_os_str().is_empty() => {
-                        dirs.push(partial.join(&r.entry.path))
-                    }
-                    _ => {}
-                }
+        match durability {
+            Durability::None => {}
+            // One pass over the disk for the whole tree, data and metadata.
+            Durability::Filesystem => {
+                let fd = File::open(&partial).map_err(io_err(&partial))?;
+                nix::unistd::syncfs(&fd).map_err(|e| io_err(&partial)(e.into()))?;
             }
-            super::sync_many(
-                &files.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
-                true,
-                16,
-            )?;
-            super::sync_many(
-                &dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
-                false,
-                16,
-            )?;
+            // Our files and directories only; their writeback started as they were written.
+            Durability::Files => {
+                let (mut files, mut dirs) = (Vec::new(), vec![partial.clone()]);
+                for r in &index.records {
+                    match r.entry.kind {
+                        Kind::File { .. } => files.push(partial.join(&r.entry.path)),
+                        Kind::Dir if !r.entry.path.as_os_str().is_empty() => {
+                            dirs.push(partial.join(&r.entry.path))
+                        }
+                        _ => {}
+                    }
+                }
+                super::sync_many(
+                    &files.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+                    true,
+                    16,
+                )?;
+                super::sync_many(
+                    &dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+                    false,
+                    16,
+                )?;
+            }
         }
         std::fs::rename(&partial, dest).map_err(io_err(dest))?;
-        if opts.sync {
+        if durability != Durability::None {
             File::open(parent)
                 .and_then(|f| f.sync_all())
                 .map_err(io_err(parent))?;
@@ -158,7 +184,7 @@ struct Ctx<'a> {
     /// Shown in errors instead of the temporary directory.
     dest: &'a Path,
     shift: Option<Shift>,
-    sync: bool,
+    durability: Durability,
     progress: Arc<Progress>,
     /// Stream offset where each chunk starts.
     starts: Vec<u64>,
@@ -177,6 +203,7 @@ impl<'a> Ctx<'a> {
         root: OwnedFd,
         dest: &'a Path,
         opts: &ExtractOptions,
+        durability: Durability,
     ) -> Self {
         let mut starts = Vec::with_capacity(index.chunks.len());
         let mut at = 0u64;
@@ -192,7 +219,7 @@ impl<'a> Ctx<'a> {
             root,
             dest,
             shift: opts.shift,
-            sync: opts.sync,
+            durability,
             progress,
             starts,
         }
@@ -317,8 +344,8 @@ impl<'a> Ctx<'a> {
                     .map_err(io_err(&shown))?;
                     let mut file = File::from(fd);
                     self.write_content(r, &mut cache, &mut file)?;
-                    if self.sync && file_size(r) > 0 {
-                        // Start writeback now; the sync at the end then finds little to do.
+                    if self.durability == Durability::Files && file_size(r) > 0 {
+                        // Start writeback now; the syncs at the end then find little to do.
                         sys::start_writeback(file.as_fd()).map_err(io_err(&shown))?;
                     }
                     self.set_meta_fd(e, file.as_fd())?;
@@ -485,6 +512,43 @@ mod tests {
     use crate::store::index::{ChunkRef, Record};
     use crate::store::{ImportOptions, Timestamp};
 
+    /// Whichever way the tree is made durable, DEST gets all of it and nothing is left
+    /// beside it.
+    #[test]
+    fn every_durability_extracts_the_whole_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(src.join("d/e")).unwrap();
+        std::fs::write(src.join("small"), b"tiny").unwrap();
+        std::fs::write(src.join("d/e/big"), vec![7u8; 300_000]).unwrap();
+        std::fs::write(src.join("d/empty"), b"").unwrap();
+        let store = Store::open(&tmp.path().join("store")).unwrap();
+        store
+            .import_dir(&src, "t", &ImportOptions::default())
+            .unwrap();
+        let index = store.index("t").unwrap();
+        let out = tmp.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        for durability in [Durability::None, Durability::Filesystem, Durability::Files] {
+            let dest = out.join(format!("{durability:?}"));
+            let opts = ExtractOptions::default();
+            let report = extract_durably(&store, &index, &dest, &opts, durability).unwrap();
+            assert_eq!(report.files, 3, "{durability:?}");
+            assert_eq!(std::fs::read(dest.join("small")).unwrap(), b"tiny");
+            assert_eq!(
+                std::fs::read(dest.join("d/e/big")).unwrap(),
+                vec![7u8; 300_000]
+            );
+            assert_eq!(std::fs::read(dest.join("d/empty")).unwrap(), b"");
+        }
+        let mut left: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["Files", "Filesystem", "None"]);
+    }
+
     /// Bypasses the index parser's path checks: openat2 alone must keep writes in DEST.
     #[test]
     fn openat2_keeps_writes_beneath_dest_even_past_the_parser() {
@@ -574,7 +638,14 @@ mod tests {
         let root: OwnedFd =
             nix::fcntl::open(&tree, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
         let dir = root.try_clone().unwrap();
-        let ctx = Ctx::new(&store, &index, root, &tree, &ExtractOptions::default());
+        let ctx = Ctx::new(
+            &store,
+            &index,
+            root,
+            &tree,
+            &ExtractOptions::default(),
+            Durability::None,
+        );
         let entry = Entry {
             path: "node".into(),
             kind: Kind::Fifo,
