@@ -92,14 +92,15 @@ pub fn write_temp(store: &Store, id: &ChunkId, compressed: &[u8]) -> Result<(Pat
     Ok((tmp, dest))
 }
 
-/// How new chunk files are made durable before they get their final names.
+/// How new files are made durable before they are published: new chunks before they get
+/// their final names ([`publish`]), an extracted tree before it is renamed to DEST.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     /// Not at all (`--no-sync`): a machine crash may lose or truncate them.
     None,
-    /// `syncfs` of their filesystem, once before and once after the renames: one pass
-    /// over the disk and one cache flush however many chunks there are (OSTree commits
-    /// this way), but it also waits for whatever else is dirty on that filesystem.
+    /// `syncfs` of their filesystem (for chunks, once before and once after the renames):
+    /// one pass over the disk and one cache flush however many files there are (OSTree
+    /// commits this way), but it also waits for whatever else is dirty on that filesystem.
     Filesystem,
     /// `fdatasync` of each file, then `fsync` of each directory: only our own files.
     Files,
