@@ -115,8 +115,36 @@ pub fn file_class(head: &[u8], size: u64) -> Class {
     }
 }
 
-/// A chunk on its way to a writer thread: id, bytes, class.
-type Job = (ChunkId, Vec<u8>, Class);
+/// Chunk buffers queued for the writer threads or being compressed take at most this
+/// much memory (by capacity; a single bigger chunk still goes). Deep enough that the
+/// importing thread and the compressors rarely wait for each other when files change
+/// from many small ones to a few big ones: with a queue of 4 chunks both cores idled
+/// ~15% of an import (docs/BENCHMARKS.md).
+const IN_FLIGHT: usize = 32 << 20;
+
+/// A chunk on its way to a writer thread: id, bytes, class, and its share of
+/// [`IN_FLIGHT`].
+type Job = (ChunkId, Vec<u8>, Class, Charge);
+
+/// A queued chunk's share of [`IN_FLIGHT`], given back when the chunk is done with or
+/// dropped unprocessed (by a worker that is gone): the importing thread never waits for
+/// room that cannot come.
+struct Charge {
+    shared: Arc<Shared>,
+    bytes: usize,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *in_flight -= self.bytes;
+        self.shared.room.notify_one();
+    }
+}
 
 struct Shared {
     store: Store,
@@ -126,9 +154,12 @@ struct Shared {
     error: Mutex<Option<StoreError>>,
     /// New chunks written so far: (temporary path, final path).
     pending: Mutex<Vec<(PathBuf, PathBuf)>>,
-    /// Chunk buffers the workers are done with, for the next chunks (at most the queue's
-    /// depth plus one per thread are ever in use).
+    /// Chunk buffers the workers are done with, for the next chunks.
     spare: Mutex<Vec<Vec<u8>>>,
+    /// Bytes of chunk buffers queued or being compressed (see [`IN_FLIGHT`]), and a signal
+    /// when they go down.
+    in_flight: Mutex<usize>,
+    room: std::sync::Condvar,
 }
 
 impl Shared {
@@ -147,6 +178,25 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
+    }
+    /// Waits until `bytes` more fit in [`IN_FLIGHT`] (or nothing is in flight), and takes
+    /// them.
+    fn charge(self: &Arc<Self>, bytes: usize) -> Charge {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while *in_flight > 0 && *in_flight + bytes > IN_FLIGHT {
+            in_flight = self
+                .room
+                .wait(in_flight)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *in_flight += bytes;
+        Charge {
+            shared: self.clone(),
+            bytes,
+        }
     }
 }
 
@@ -183,9 +233,12 @@ impl ImageWriter {
             error: Mutex::new(None),
             pending: Mutex::new(Vec::new()),
             spare: Mutex::new(Vec::new()),
+            in_flight: Mutex::new(0),
+            room: std::sync::Condvar::new(),
         });
         let n = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let (tx, rx) = sync_channel::<Job>(2 * n);
+        // Bounded by IN_FLIGHT; the count only caps a run of tiny chunks.
+        let (tx, rx) = sync_channel::<Job>(1024);
         let rx = Arc::new(Mutex::new(rx));
         let mut workers = Vec::new();
         for i in 0..n {
@@ -570,7 +623,7 @@ fn emit(
     chunks: &mut Vec<ChunkRef>,
     seen: &mut HashSet<ChunkId>,
     tx: &Option<SyncSender<Job>>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     class: Class,
 ) -> Result<()> {
     let id = ChunkId::of(data);
@@ -589,7 +642,8 @@ fn emit(
             .unwrap_or_default();
         owned.clear();
         owned.extend_from_slice(data);
-        let sent = tx.as_ref().map(|tx| tx.send((id, owned, class)));
+        let charge = shared.charge(owned.capacity());
+        let sent = tx.as_ref().map(|tx| tx.send((id, owned, class, charge)));
         if !matches!(sent, Some(Ok(()))) {
             // Workers are gone: they stopped on an error, which commit/add reports.
             return Err(shared.take_error().unwrap_or_else(|| StoreError::Entry {
@@ -615,7 +669,8 @@ fn worker(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
     let mut out = Vec::new();
     loop {
         let msg = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        let Ok((id, mut data, class)) = msg else {
+        // The charge goes back after the buffer is in `spare` for the next chunk.
+        let Ok((id, mut data, class, _charge)) = msg else {
             return;
         };
         // After a failure, keep draining so the producer never blocks forever.
@@ -801,6 +856,51 @@ mod tests {
         assert_eq!(fs::read(out.join("old")).unwrap(), old);
         assert_eq!(fs::read(out.join("elf")).unwrap(), elf);
         assert_eq!(fs::read(out.join("not-elf")).unwrap(), not_elf);
+    }
+
+    /// The importing thread waits while IN_FLIGHT bytes are queued, goes on as soon as a
+    /// chunk is done with or dropped unprocessed, and never waits with nothing in flight.
+    #[test]
+    fn chunks_in_flight_stay_within_the_budget() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let writer = store.writer().unwrap();
+        let shared = writer.shared.clone();
+        let in_flight = || *shared.in_flight.lock().unwrap();
+
+        let oversized = shared.charge(IN_FLIGHT + 1);
+        assert_eq!(in_flight(), IN_FLIGHT + 1);
+        drop(oversized);
+        assert_eq!(in_flight(), 0);
+
+        let queued: Job = (
+            ChunkId::of(b"x"),
+            Vec::new(),
+            Class::Packed,
+            shared.charge(IN_FLIGHT - 10),
+        );
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let charge = shared.charge(100);
+                done_tx.send(()).unwrap();
+                charge
+            })
+        };
+        let timeout = std::time::Duration::from_millis(200);
+        assert!(
+            done_rx.recv_timeout(timeout).is_err(),
+            "charged past the budget"
+        );
+        drop(queued);
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        let charge = waiter.join().unwrap();
+        assert_eq!(in_flight(), 100);
+        drop(charge);
+        assert_eq!(in_flight(), 0);
     }
 
     /// Every way in names the path it refused.
