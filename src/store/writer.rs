@@ -1,7 +1,8 @@
 //! `ImageWriter`: the streaming import API. Entries arrive in any order with their
 //! content as a reader; content goes through FastCDC on the caller's thread, chunks are
 //! hashed there and handed to worker threads that compress and write the ones the store
-//! lacks. Memory holds the entries' metadata and a bounded queue of chunks, never a file.
+//! lacks. Memory holds the entries' metadata and at most [`IN_FLIGHT`] bytes of queued
+//! chunks, never a file.
 //!
 //! Crash safety: new chunks are written under temporary names; `commit` makes them
 //! durable (`chunks::publish`: a syncfs, or each file when others have much data in
