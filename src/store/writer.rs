@@ -119,9 +119,9 @@ pub fn file_class(head: &[u8], size: u64) -> Class {
 /// Chunk buffers queued for the writer threads or being compressed take at most this
 /// much memory (by capacity; a single bigger chunk still goes). Deep enough that the
 /// importing thread and the compressors rarely wait for each other when files change
-/// from many small ones to a few big ones: with a queue of 4 chunks both cores idled
-/// ~15% of an import (docs/BENCHMARKS.md).
-const IN_FLIGHT: usize = 32 << 20;
+/// from many small ones to a few big ones: with a queue of 4 chunks the two cores were
+/// idle ~11% of an import (docs/BENCHMARKS.md).
+const IN_FLIGHT: usize = 16 << 20;
 
 /// A chunk on its way to a writer thread: id, bytes, class, and its share of
 /// [`IN_FLIGHT`].
