@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use warren::store::writer;
-use warren::store::{Kind, Store, bcj, chunker, chunks};
+use warren::store::{Kind, Store, bcj, chunker};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,6 +27,7 @@ fn main() -> anyhow::Result<()> {
     };
     let store = Store::open(Path::new(store))?;
     let index = store.index(image)?;
+    let stored = store.chunks()?;
     // Only the chunks `image` adds to `minus`.
     let mut seen: HashSet<_> = match minus.as_str() {
         "-" => HashSet::new(),
@@ -74,7 +75,7 @@ fn main() -> anyhow::Result<()> {
         if !seen.insert(c.id) {
             continue;
         }
-        let data = chunks::read(&store, &c.id, c.len, Path::new(""))?;
+        let data = stored.read(&c.id, c.len, Path::new(""))?;
         let span = span_of(start);
         if let Some(s) = span
             && aligned[s].0 == start

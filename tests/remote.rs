@@ -151,6 +151,7 @@ fn assert_untouched(store: &Store) {
         chunks.is_empty() && temps.is_empty(),
         "left behind: {chunks:?} {temps:?}"
     );
+    assert!(store.chunks().unwrap().packs().is_empty());
 }
 
 fn same_image(a: &Store, b: &Store, name: &str, work: &Path) {

@@ -19,6 +19,7 @@ use nix::sys::stat::{Mode, SFlag, UtimensatFlags, makedev, mknod, utimensat};
 use nix::sys::time::TimeSpec;
 use warren::idmap::range::Shift;
 use warren::idmap::xattr::{ACL_ACCESS, CAPABILITY, shift_value};
+use warren::store::chunks::{self, Location};
 use warren::store::{
     ChunkId, Entry, ExtractOptions, ImportOptions, Kind, Store, StoreError, Timestamp,
 };
@@ -245,17 +246,52 @@ fn chunk_ids(store: &Store, name: &str) -> BTreeSet<ChunkId> {
         .collect()
 }
 
+/// Every chunk the store at `store` holds, packed or loose (and no unreadable pack).
 fn on_disk(store: &Path) -> BTreeSet<ChunkId> {
-    let mut out = BTreeSet::new();
-    for d in fs::read_dir(store.join("chunks")).unwrap() {
-        for f in fs::read_dir(d.unwrap().path()).unwrap() {
-            let n = f.unwrap().file_name().to_string_lossy().into_owned();
-            if let Some(id) = n.strip_suffix(".zst").and_then(ChunkId::from_hex) {
-                out.insert(id);
-            }
-        }
-    }
+    let store = Store::open(store).unwrap();
+    let all = store.chunks().unwrap();
+    assert!(all.bad_packs.is_empty(), "{:?}", all.bad_packs);
+    let mut out: BTreeSet<ChunkId> = all
+        .packs()
+        .iter()
+        .flat_map(|p| p.entries.iter().map(|e| e.id))
+        .collect();
+    out.extend(chunks::list(&store).unwrap().into_iter().map(|c| c.0));
     out
+}
+
+/// Where chunk `id`'s stored bytes are: (file, offset, length).
+fn stored_at(store: &Store, id: &ChunkId) -> (PathBuf, u64, usize) {
+    match store.chunks().unwrap().location(id) {
+        Some(Location::Packed { pack, offset, len }) => (pack, offset, len as usize),
+        Some(Location::Loose(path)) => {
+            let len = fs::metadata(&path).unwrap().len() as usize;
+            (path, 0, len)
+        }
+        None => panic!("chunk {id} is not stored"),
+    }
+}
+
+/// Overwrites bytes of `path` at `offset`.
+fn patch(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+/// Every temporary file (dot-named) in the store's pack and chunk dirs.
+fn temp_files(store: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![store.join("packs")];
+    dirs.extend(
+        fs::read_dir(store.join("chunks"))
+            .unwrap()
+            .map(|d| d.unwrap().path()),
+    );
+    dirs.iter()
+        .flat_map(|d| fs::read_dir(d).unwrap())
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.file_name().unwrap().as_bytes().starts_with(b"."))
+        .collect()
 }
 
 #[test]
@@ -484,6 +520,24 @@ fn gc_after_rm_removes_exactly_the_orphans() {
     assert_eq!(gc["removed_chunks"], orphans.len() as u64);
     assert_eq!(on_disk(&dir), cb);
     ok(warren(&dir).args(["store", "verify"]));
+    // a's pack was rewritten without its orphans; a second gc finds nothing to do.
+    let packs = || -> BTreeSet<PathBuf> {
+        let all = store.chunks().unwrap();
+        assert_eq!(
+            all.packs().iter().map(|p| p.entries.len()).sum::<usize>(),
+            cb.len(),
+            "one copy of each chunk"
+        );
+        all.packs().iter().map(|p| p.path.clone()).collect()
+    };
+    let after = packs();
+    let gc: serde_json::Value =
+        serde_json::from_str(&ok(warren(&dir).args(["--json", "store", "gc"]))).unwrap();
+    assert_eq!(
+        (gc["removed_chunks"].as_u64(), gc["removed_bytes"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(packs(), after);
     store
         .extract("b", &tmp.path().join("out"), &ExtractOptions::default())
         .unwrap();
@@ -507,15 +561,14 @@ fn corrupt_or_missing_chunk_fails_extract_by_name_and_verify_finds_it() {
         .unwrap();
     let index = store.index("img").unwrap();
     let id = index.chunks[1].id;
-    let path = store.chunk_path(&id);
+    // The image's only pack holds the victim's chunks and nothing else.
+    let (path, offset, len) = stored_at(&store, &id);
 
     for damage in ["flip", "delete"] {
         let original = fs::read(&path).unwrap();
         if damage == "flip" {
-            let mut bad = original.clone();
-            let mid = bad.len() / 2;
-            bad[mid] ^= 0x55;
-            fs::write(&path, bad).unwrap();
+            let mid = offset + len as u64 / 2;
+            patch(&path, mid, &[original[mid as usize] ^ 0x55]);
         } else {
             fs::remove_file(&path).unwrap();
         }
@@ -523,10 +576,13 @@ fn corrupt_or_missing_chunk_fails_extract_by_name_and_verify_finds_it() {
         let out = run(warren(&dir).args(["image", "extract", "img"]).arg(&dest));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
-        assert!(
-            err.contains(&id.to_string()) && err.contains("d/victim"),
-            "{damage}: {err}"
-        );
+        // Without its pack, every chunk of the victim is missing: the first one needed
+        // is named.
+        let named = match damage {
+            "flip" => err.contains(&id.to_string()),
+            _ => index.chunks.iter().any(|c| err.contains(&c.id.to_string())),
+        };
+        assert!(named && err.contains("d/victim"), "{damage}: {err}");
         // Nothing that looks like a tree is left: neither DEST nor a partial.
         assert!(!dest.exists());
         let leftovers: Vec<_> = fs::read_dir(tmp.path())
@@ -569,14 +625,10 @@ fn verify_repair_then_reimport_restores_a_truncated_chunk() {
     let store = Store::open(&dir).unwrap();
     let id = store.index("img").unwrap().chunks[1].id;
     assert!(!chunk_ids(&store, "other").contains(&id));
-    let path = store.chunk_path(&id);
-    let len = fs::metadata(&path).unwrap().len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    // Its second half lost, as a crash before the data reached the disk could leave it.
+    let (path, offset, len) = stored_at(&store, &id);
+    patch(&path, offset + len as u64 / 2, &vec![0; len - len / 2]);
+    let damaged = fs::read(&path).unwrap();
 
     let out = run(warren(&dir).args(["store", "verify"]));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -586,14 +638,18 @@ fn verify_repair_then_reimport_restores_a_truncated_chunk() {
     assert!(!stdout.contains("DAMAGED image other"), "{stdout}");
     assert!(stdout.contains("verify --repair"), "{stdout}");
     // Plain verify changes nothing.
-    assert_eq!(fs::metadata(&path).unwrap().len(), len / 2);
+    assert_eq!(fs::read(&path).unwrap(), damaged);
 
     let out = run(warren(&dir).args(["store", "verify", "--repair"]));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains(&format!("REMOVED chunk {id}")), "{stdout}");
     assert!(stdout.contains("DAMAGED image img:latest"), "{stdout}");
-    assert!(!path.exists(), "the corrupt chunk is still there");
+    assert_eq!(
+        store.chunks().unwrap().location(&id),
+        None,
+        "the corrupt chunk is still there"
+    );
     let before: BTreeSet<ChunkId> = on_disk(&dir);
     // Only the corrupt chunk went.
     assert!(chunk_ids(&store, "other").is_subset(&before));
@@ -608,7 +664,7 @@ fn verify_repair_then_reimport_restores_a_truncated_chunk() {
         .args(["image", "import", "--name", "img"])
         .arg(&src));
     ok(warren(&dir).args(["store", "verify"]));
-    assert_eq!(fs::metadata(&path).unwrap().len(), len);
+    assert_eq!(stored_at(&store, &id).2, len);
     let dest = tmp.path().join("dest");
     ok(warren(&dir).args(["image", "extract", "img"]).arg(&dest));
     assert_eq!(fs::read(dest.join("d/victim")).unwrap(), noise(11, 600_000));
@@ -774,12 +830,8 @@ fn killed_imports_leave_a_consistent_store_and_a_rerun_completes() {
         fs::read(dest.join("d3/f29")).unwrap(),
         fs::read(src.join("d3/f29")).unwrap()
     );
-    // Nothing temporary is left in the chunk dirs after gc.
-    for d in fs::read_dir(dir.join("chunks")).unwrap() {
-        for f in fs::read_dir(d.unwrap().path()).unwrap() {
-            assert!(!f.unwrap().file_name().as_bytes().starts_with(b"."));
-        }
-    }
+    // Nothing temporary is left after gc.
+    assert_eq!(temp_files(&dir), Vec::<PathBuf>::new());
 }
 
 #[test]
@@ -807,6 +859,16 @@ fn concurrent_imports_of_one_tree_both_succeed_and_share_chunks() {
     let store = Store::open(&dir).unwrap();
     let (c1, c2) = (chunk_ids(&store, "one"), chunk_ids(&store, "two"));
     assert_eq!(c1, c2);
+    assert_eq!(on_disk(&dir), c1);
+    ok(warren(&dir).args(["store", "verify"]));
+    // Each import may have packed every chunk (neither saw the other's pack): gc keeps
+    // one copy of each.
+    let gc: serde_json::Value =
+        serde_json::from_str(&ok(warren(&dir).args(["--json", "store", "gc"]))).unwrap();
+    assert_eq!(gc["removed_chunks"], 0);
+    let all = store.chunks().unwrap();
+    let copies: usize = all.packs().iter().map(|p| p.entries.len()).sum();
+    assert_eq!(copies, c1.len());
     assert_eq!(on_disk(&dir), c1);
     ok(warren(&dir).args(["store", "verify"]));
 }

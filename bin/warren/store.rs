@@ -78,6 +78,9 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
                 for id in &r.removed_chunks {
                     println!("REMOVED chunk {id}");
                 }
+                for path in &r.removed_packs {
+                    println!("REMOVED pack {path}");
+                }
                 for name in &r.damaged_images {
                     println!("DAMAGED image {name}");
                 }

@@ -1,13 +1,17 @@
-//! Chunk files: one zstd frame per chunk at `chunks/ab/<blake3 hex>.zst`. A new chunk is
-//! written under a dot-prefixed temporary name and only renamed to its final name once
-//! complete (by a synced import, when it commits and the chunk is durable), so a final
-//! name always holds a complete chunk.
+//! Chunks, and where each one is: in a pack (`pack`: what imports write) or a loose
+//! chunk file (`chunks/ab/<blake3 hex>.zst`: what pulls and pushes write, and stores of
+//! format 1 and 2 hold). Either form holds the same bytes: an optional filter byte and a
+//! zstd frame. A new loose chunk is written under a dot-prefixed temporary name and only
+//! renamed to its final name once complete (and durable, when synced), so a final name
+//! always holds a complete chunk.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::pack::{self, Pack};
 use super::{ChunkId, Result, Store, StoreError, bcj, io_err};
 
 static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
@@ -17,25 +21,120 @@ static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
 /// is a bare zstd frame (its first byte is 0x28, the frame magic's).
 pub const FILTER_X86: u8 = 0x01;
 
-/// Reads chunk `id`, decompresses it and checks its length and hash. `for_path` names the
-/// file that needs it, for the error.
-pub fn read(store: &Store, id: &ChunkId, len: u32, for_path: &Path) -> Result<Vec<u8>> {
-    let path = store.chunk_path(id);
-    let data = match fs::read(&path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(StoreError::MissingChunk {
-                chunk: *id,
-                path: for_path.to_path_buf(),
+/// Where a chunk's bytes are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    Loose(PathBuf),
+    Packed {
+        pack: PathBuf,
+        offset: u64,
+        len: u32,
+    },
+}
+
+/// Every chunk a store holds: its packs, open, with a lookup of what each holds; loose
+/// chunk files are looked up by name. Load it under the store lock (gc rewrites packs).
+pub struct Chunks {
+    store: Store,
+    packs: Vec<Pack>,
+    /// Packs that could not be read, with why: their chunks count as missing.
+    pub bad_packs: Vec<(PathBuf, String)>,
+    /// Chunk -> (pack, entry); the first pack that holds it.
+    packed: HashMap<ChunkId, (usize, usize)>,
+}
+
+impl Chunks {
+    pub fn load(store: &Store) -> Result<Chunks> {
+        let dir = store.packs_dir();
+        let mut packs = Vec::new();
+        let mut bad_packs = Vec::new();
+        let listing = match fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(io_err(&dir))?,
+            // A format-2 store not written to since: loose chunks only.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        let mut names: Vec<PathBuf> = listing
+            .iter()
+            .filter(|e| pack::is_pack_name(&e.file_name().to_string_lossy()))
+            .map(|e| e.path())
+            .collect();
+        names.sort();
+        for path in names {
+            match Pack::open(&path) {
+                Ok(p) => packs.push(p),
+                Err(StoreError::Pack { reason, .. }) => bad_packs.push((path, reason)),
+                Err(e) => bad_packs.push((path, e.to_string())),
+            }
+        }
+        let mut packed = HashMap::new();
+        for (p, pack) in packs.iter().enumerate() {
+            for (e, entry) in pack.entries.iter().enumerate() {
+                packed.entry(entry.id).or_insert((p, e));
+            }
+        }
+        Ok(Chunks {
+            store: store.clone(),
+            packs,
+            bad_packs,
+            packed,
+        })
+    }
+
+    /// The published packs.
+    pub fn packs(&self) -> &[Pack] {
+        &self.packs
+    }
+
+    /// Where chunk `id` is, if the store has it.
+    pub fn location(&self, id: &ChunkId) -> Option<Location> {
+        if let Some(&(p, e)) = self.packed.get(id) {
+            let (pack, entry) = (&self.packs[p], &self.packs[p].entries[e]);
+            return Some(Location::Packed {
+                pack: pack.path.clone(),
+                offset: entry.offset,
+                len: entry.len,
             });
         }
-        Err(e) => return Err(io_err(&path)(e)),
-    };
-    decode(id, len, &data).map_err(|reason| StoreError::CorruptChunk {
-        chunk: *id,
-        path: for_path.to_path_buf(),
-        reason,
-    })
+        let path = self.store.chunk_path(id);
+        path.exists().then_some(Location::Loose(path))
+    }
+
+    /// Whether the store has chunk `id`.
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.packed.contains_key(id) || self.store.chunk_path(id).exists()
+    }
+
+    /// Chunk `id`'s stored bytes (filter byte and zstd frame), or `None` if the store
+    /// lacks it.
+    pub fn raw(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        if let Some(&(p, e)) = self.packed.get(id) {
+            let pack = &self.packs[p];
+            return pack.read(&pack.entries[e]).map(Some);
+        }
+        let path = self.store.chunk_path(id);
+        match fs::read(&path) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Reads chunk `id`, decompresses it and checks its length and hash. `for_path` names
+    /// the file that needs it, for the error.
+    pub fn read(&self, id: &ChunkId, len: u32, for_path: &Path) -> Result<Vec<u8>> {
+        let data = self.raw(id)?.ok_or_else(|| StoreError::MissingChunk {
+            chunk: *id,
+            path: for_path.to_path_buf(),
+        })?;
+        decode(id, len, &data).map_err(|reason| StoreError::CorruptChunk {
+            chunk: *id,
+            path: for_path.to_path_buf(),
+            reason,
+        })
+    }
 }
 
 /// Decompresses a chunk file's bytes and checks them against `id` (and `len` when known).
@@ -238,7 +337,14 @@ mod tests {
             for ((tmp, dest), id, data) in &pending {
                 assert!(!tmp.exists(), "{durability:?}: {tmp:?} left");
                 assert_eq!(dest, &store.chunk_path(id));
-                assert_eq!(&read(&store, id, 100, Path::new("f")).unwrap(), data);
+                assert_eq!(
+                    &store
+                        .chunks()
+                        .unwrap()
+                        .read(id, 100, Path::new("f"))
+                        .unwrap(),
+                    data
+                );
             }
         }
     }

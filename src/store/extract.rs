@@ -123,7 +123,7 @@ fn extract_durably(
             Mode::empty(),
         )
         .map_err(nix_err(&partial))?;
-        let ctx = Ctx::new(store, index, root, dest, opts, durability);
+        let ctx = Ctx::new(store.chunks()?, index, root, dest, opts, durability);
         ctx.run()?;
         match durability {
             Durability::None => {}
@@ -178,7 +178,7 @@ fn extract_durably(
 }
 
 struct Ctx<'a> {
-    store: &'a Store,
+    chunks: chunks::Chunks,
     index: &'a Index,
     root: OwnedFd,
     /// Shown in errors instead of the temporary directory.
@@ -198,7 +198,7 @@ struct Cache {
 
 impl<'a> Ctx<'a> {
     fn new(
-        store: &'a Store,
+        chunks: chunks::Chunks,
         index: &'a Index,
         root: OwnedFd,
         dest: &'a Path,
@@ -214,7 +214,7 @@ impl<'a> Ctx<'a> {
         let progress = opts.progress.clone().unwrap_or_default();
         Progress::add(&progress.total, index.content_bytes());
         Ctx {
-            store,
+            chunks,
             index,
             root,
             dest,
@@ -381,7 +381,7 @@ impl<'a> Ctx<'a> {
             let ci = self.starts.partition_point(|s| *s <= off) - 1;
             let c = &self.index.chunks[ci];
             if cache.chunk != ci {
-                cache.data = chunks::read(self.store, &c.id, c.len, &self.shown(&r.entry.path))?;
+                cache.data = self.chunks.read(&c.id, c.len, &self.shown(&r.entry.path))?;
                 cache.chunk = ci;
             }
             let within = (off - self.starts[ci]) as usize;
@@ -639,7 +639,7 @@ mod tests {
             nix::fcntl::open(&tree, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
         let dir = root.try_clone().unwrap();
         let ctx = Ctx::new(
-            &store,
+            store.chunks().unwrap(),
             &index,
             root,
             &tree,

@@ -1,14 +1,14 @@
 //! Store maintenance: `verify` (every chunk's hash, every index's references) and `gc`
-//! (remove chunks no index references). gc takes the store lock exclusively, so it waits
+//! (remove chunks no index references, rewriting packs that hold some). gc takes the store lock exclusively, so it waits
 //! for imports and extracts in progress: an import never loses a chunk it wrote or reused.
 
 use std::collections::HashSet;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::{ChunkId, Result, Store, chunks, io_err};
+use super::{ChunkId, Result, Store, chunks, io_err, pack};
 
 /// One bad object found by `verify`.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -26,9 +26,11 @@ pub struct VerifyReport {
     /// Images that reference a missing or corrupt chunk: re-import (or pull) each to
     /// restore it (after a repair, for a corrupt one).
     pub damaged_images: Vec<String>,
-    /// Corrupt chunk files a repair removed (hex ids), so the next import or pull of an
+    /// Corrupt chunks a repair removed (hex ids), so the next import or pull of an
     /// image that needs them writes them afresh.
     pub removed_chunks: Vec<String>,
+    /// Unreadable packs a repair removed (paths).
+    pub removed_packs: Vec<String>,
 }
 
 impl VerifyReport {
@@ -46,15 +48,51 @@ pub struct GcReport {
     pub removed_temp_files: u64,
 }
 
-/// Checks every chunk and index. With `repair`, removes every corrupt chunk file: an
-/// import or pull reuses any chunk whose file exists, so a bad one must go before a
-/// re-import can write it again. Indexes are never touched.
+/// One stored copy of a chunk.
+#[derive(Clone, Copy)]
+enum Stored {
+    Loose,
+    /// (pack, entry) in `Chunks::packs()`.
+    Packed(usize, usize),
+}
+
+/// Every stored copy of every chunk: packs first (in `Chunks` order), then loose files.
+fn copies(all: &chunks::Chunks, loose: &[(ChunkId, u64)]) -> Vec<(ChunkId, Stored)> {
+    let packed = all.packs().iter().enumerate().flat_map(|(p, pack)| {
+        pack.entries
+            .iter()
+            .enumerate()
+            .map(move |(e, entry)| (entry.id, Stored::Packed(p, e)))
+    });
+    packed
+        .chain(loose.iter().map(|(id, _)| (*id, Stored::Loose)))
+        .collect()
+}
+
+/// Checks every chunk and index. With `repair`, removes every corrupt chunk (rewriting
+/// the packs that hold one) and every unreadable pack: an import or pull reuses any chunk
+/// the store holds, so a bad one must go before a re-import can write it again. Indexes
+/// are never touched.
 pub(crate) fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
     // Shared lock: a concurrent gc would make chunks vanish under us. A repair takes it
     // exclusively: no import may be reusing a chunk it is about to remove.
     let _lock = store.lock(repair)?;
     let mut problems = Vec::new();
-    let on_disk: HashSet<ChunkId> = chunks::list(store)?.into_iter().map(|(id, _)| id).collect();
+    let all = store.chunks()?;
+    let loose = chunks::list(store)?;
+    let copies = copies(&all, &loose);
+    let on_disk: HashSet<ChunkId> = copies.iter().map(|c| c.0).collect();
+    let mut removed_packs = Vec::new();
+    for (path, error) in &all.bad_packs {
+        problems.push(Problem {
+            object: format!("pack {}", path.display()),
+            error: error.clone(),
+        });
+        if repair {
+            remove(path)?;
+            removed_packs.push(path.display().to_string());
+        }
+    }
     let names = store.names()?;
     let mut uses: Vec<(&String, HashSet<ChunkId>)> = Vec::new();
     for name in &names {
@@ -81,35 +119,55 @@ pub(crate) fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
             }),
         }
     }
-    let mut ids: Vec<ChunkId> = on_disk.iter().copied().collect();
-    ids.sort();
-    // (id, error, whether the file was read and its bytes are bad)
-    let mut bad: Vec<(ChunkId, String, bool)> = ids
+    // (id, where, error, whether it was read and its bytes are bad)
+    let mut bad: Vec<(ChunkId, Stored, String, bool)> = copies
         .par_iter()
-        .filter_map(|id| {
-            let path = store.chunk_path(id);
-            let (error, corrupt) = match fs::read(&path) {
-                Ok(data) => (chunks::decode(id, 0, &data).err()?, true),
+        .filter_map(|&(id, copy)| {
+            let (data, shown) = match copy {
+                Stored::Loose => {
+                    let path = store.chunk_path(&id);
+                    (
+                        fs::read(&path).map_err(io_err(&path)),
+                        path.display().to_string(),
+                    )
+                }
+                Stored::Packed(p, e) => {
+                    let (pack, entry) = (&all.packs()[p], &all.packs()[p].entries[e]);
+                    let shown = format!("{} at {}", pack.path.display(), entry.offset);
+                    (pack.read(entry), shown)
+                }
+            };
+            let (error, corrupt) = match data {
+                Ok(data) => (chunks::decode(&id, 0, &data).err()?, true),
                 Err(e) => (e.to_string(), false),
             };
-            Some((*id, format!("{error} ({})", path.display()), corrupt))
+            Some((id, copy, format!("{error} ({shown})"), corrupt))
         })
         .collect();
     bad.sort_by_key(|b| b.0);
     let mut removed_chunks = Vec::new();
-    for (id, error, corrupt) in &bad {
+    let mut drop_from: Vec<HashSet<usize>> = vec![HashSet::new(); all.packs().len()];
+    for (id, copy, error, corrupt) in &bad {
         problems.push(Problem {
             object: format!("chunk {id}"),
             error: error.clone(),
         });
         if repair && *corrupt {
-            let path = store.chunk_path(id);
-            match fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(io_err(&path)(e));
+            match copy {
+                Stored::Loose => remove(&store.chunk_path(id))?,
+                Stored::Packed(p, e) => {
+                    drop_from[*p].insert(*e);
                 }
-                _ => removed_chunks.push(id.to_string()),
             }
+            removed_chunks.push(id.to_string());
+        }
+    }
+    for (pack, dropped) in all.packs().iter().zip(&drop_from) {
+        if !dropped.is_empty() {
+            let keep: Vec<usize> = (0..pack.entries.len())
+                .filter(|e| !dropped.contains(e))
+                .collect();
+            rewrite(store, pack, &keep)?;
         }
     }
     let unusable: HashSet<ChunkId> = bad.iter().map(|b| b.0).collect();
@@ -123,11 +181,39 @@ pub(crate) fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
         .collect();
     Ok(VerifyReport {
         images: names.len() as u64,
-        chunks: ids.len() as u64,
+        chunks: on_disk.len() as u64,
         problems,
         damaged_images,
         removed_chunks,
+        removed_packs,
     })
+}
+
+fn remove(p: &Path) -> Result<()> {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(p)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Replaces `pack` by a pack of its entries `keep` (none: no pack), durably: the new
+/// pack is published before the old one goes, so a crash in between leaves both (gc
+/// then drops the copies). Returns the bytes this freed.
+fn rewrite(store: &Store, pack: &pack::Pack, keep: &[usize]) -> Result<u64> {
+    let w = pack::PackWriter::new(&store.packs_dir());
+    for &e in keep {
+        let entry = &pack.entries[e];
+        w.append(entry.id, &pack.read(entry)?)?;
+    }
+    let new = w.finish()?;
+    let new_size = match new.first() {
+        Some((tmp, _)) => fs::metadata(tmp).map_err(io_err(tmp))?.len(),
+        None => 0,
+    };
+    chunks::publish(&new, chunks::Durability::Files)?;
+    let old_size = pack.size()?;
+    remove(&pack.path)?;
+    Ok(old_size.saturating_sub(new_size))
 }
 
 pub(crate) fn gc(store: &Store) -> Result<GcReport> {
@@ -138,36 +224,66 @@ pub(crate) fn gc(store: &Store) -> Result<GcReport> {
         let index = store.index(&name)?;
         live.extend(index.chunks.iter().map(|c| c.id));
     }
+    let all = store.chunks()?;
     let chunks::Scan {
-        chunks: all,
+        chunks: loose,
         mut temps,
     } = chunks::scan(store)?;
     temps.extend(index_temps(store)?);
-    let mut report = GcReport {
-        kept_chunks: 0,
-        removed_chunks: 0,
-        removed_bytes: 0,
-        removed_temp_files: 0,
-    };
-    let remove = |p: &PathBuf| match fs::remove_file(p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(p)(e)),
-        _ => Ok(()),
-    };
-    for (id, len) in all {
-        if live.contains(&id) {
-            report.kept_chunks += 1;
-        } else {
-            remove(&store.chunk_path(&id))?;
-            report.removed_chunks += 1;
-            report.removed_bytes += len;
+    temps.extend(pack_temps(store)?);
+    // One copy of each live chunk stays: the first, packs before loose files.
+    let mut kept = HashSet::new();
+    let mut keep: Vec<Vec<usize>> = vec![Vec::new(); all.packs().len()];
+    let mut removed_bytes = 0;
+    let mut before = HashSet::new();
+    for (id, copy) in copies(&all, &loose) {
+        before.insert(id);
+        let stays = live.contains(&id) && kept.insert(id);
+        match copy {
+            Stored::Packed(p, e) if stays => keep[p].push(e),
+            Stored::Packed(..) => {}
+            Stored::Loose if stays => {}
+            Stored::Loose => {
+                let path = store.chunk_path(&id);
+                removed_bytes += fs::metadata(&path).map_or(0, |m| m.len());
+                remove(&path)?;
+            }
+        }
+    }
+    for (pack, keep) in all.packs().iter().zip(&keep) {
+        if keep.len() < pack.entries.len() {
+            removed_bytes += rewrite(store, pack, keep)?;
         }
     }
     // With the exclusive lock held no import is running: every temporary file is stale.
-    for t in temps {
-        remove(&t)?;
-        report.removed_temp_files += 1;
+    let removed_temp_files = temps.len() as u64;
+    for t in &temps {
+        remove(t)?;
     }
-    Ok(report)
+    Ok(GcReport {
+        kept_chunks: kept.len() as u64,
+        removed_chunks: (before.len() - kept.len()) as u64,
+        removed_bytes,
+        removed_temp_files,
+    })
+}
+
+/// Temporary pack files a killed import (or gc) left behind.
+fn pack_temps(store: &Store) -> Result<Vec<PathBuf>> {
+    let dir = store.packs_dir();
+    let rd = match fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(&dir)(e)),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(io_err(&dir))?;
+        if e.file_name().to_string_lossy().starts_with('.') {
+            out.push(e.path());
+        }
+    }
+    Ok(out)
 }
 
 /// Temporary files of index writes (`.TAG.idx.tmp.*`) a killed import left behind.

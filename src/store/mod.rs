@@ -3,13 +3,16 @@
 //! An image is an index (every entry's metadata, each file's span in one content stream,
 //! the list of chunks the stream is cut into) plus the chunks themselves: FastCDC cuts
 //! the stream, a chunk is named by the BLAKE3 hash of its bytes and stored as a zstd
-//! frame. Ten versions of an image cost little more than one. Layout (plain files, a
-//! static web server can serve the directory as it is; see docs/FORMAT.md):
+//! frame, in a pack file with the other chunks its import wrote or as a loose file of
+//! its own. Ten versions of an image cost little more than one. Layout (plain files; a
+//! store `remote::push` wrote is one a static web server can serve as it is; see
+//! docs/FORMAT.md):
 //!
 //! ```text
-//! STORE/format                     "warren-store 2" (version 1 is read, and upgraded on write)
+//! STORE/format                     "warren-store 3" (1 and 2 are read, and upgraded on write)
 //! STORE/lock                       flock: shared by imports and extracts, exclusive by gc
-//! STORE/chunks/ab/abcd....zst      256 prefix dirs, created once
+//! STORE/packs/<blake3>.pack        the chunks of an import, with a table of them
+//! STORE/chunks/ab/abcd....zst      loose chunks (pulls, pushes): 256 prefix dirs
 //! STORE/images/NAME/TAG.idx        NAME may hold `/` (docker.io/library/debian)
 //! ```
 
@@ -22,6 +25,7 @@ pub mod extract;
 pub mod gc;
 pub mod index;
 pub mod oci;
+pub mod pack;
 pub mod remote;
 pub mod writer;
 
@@ -38,10 +42,11 @@ pub use index::{ChunkId, Entry, Index, IndexError, Kind, Timestamp};
 pub use writer::ImageWriter;
 
 /// Content of `STORE/format`.
-pub const STORE_FORMAT: &str = "warren-store 2\n";
-/// A version-1 store (no filtered chunks, smaller chunks): read as it is; the first
-/// import or pull into it rewrites its format file to version 2 (see docs/FORMAT.md).
-pub const STORE_FORMAT_V1: &str = "warren-store 1\n";
+pub const STORE_FORMAT: &str = "warren-store 3\n";
+/// Older stores, read as they are: version 1 (no filtered chunks, smaller chunks),
+/// version 2 (loose chunks only). The first import or pull into one rewrites its format
+/// file to the current version (see docs/FORMAT.md).
+pub const STORE_FORMATS_READ: [&str; 2] = ["warren-store 1\n", "warren-store 2\n"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -68,6 +73,8 @@ pub enum StoreError {
     Destination { path: PathBuf, reason: String },
     #[error("{path}: cannot shift ids: {reason}")]
     Shift { path: PathBuf, reason: String },
+    #[error("pack {path}: {reason}")]
+    Pack { path: PathBuf, reason: String },
     #[error("{path} is not a warren store of this version (format file says {found:?})")]
     Format { path: PathBuf, found: String },
 }
@@ -222,8 +229,9 @@ pub struct ImportOptions {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Stats {
     pub images: u64,
+    /// Distinct chunks, packed or loose.
     pub chunks: u64,
-    /// Compressed bytes of every chunk file.
+    /// Bytes of every pack and loose chunk file (compressed chunks, pack tables).
     pub chunk_bytes: u64,
     /// Bytes of every index file.
     pub index_bytes: u64,
@@ -309,7 +317,7 @@ impl Store {
         };
         let format = dir.join("format");
         match fs::read_to_string(&format) {
-            Ok(found) if found == STORE_FORMAT || found == STORE_FORMAT_V1 => {}
+            Ok(found) if found == STORE_FORMAT || STORE_FORMATS_READ.contains(&found.as_str()) => {}
             Ok(found) => {
                 return Err(StoreError::Format {
                     path: format,
@@ -323,8 +331,9 @@ impl Store {
                     let p = store.chunks_dir().join(format!("{i:02x}"));
                     fs::create_dir_all(&p).map_err(io_err(&p))?;
                 }
-                let images = store.images_dir();
-                fs::create_dir_all(&images).map_err(io_err(&images))?;
+                for d in [store.images_dir(), store.packs_dir()] {
+                    fs::create_dir_all(&d).map_err(io_err(&d))?;
+                }
                 crate::atomic::write(&format, STORE_FORMAT.as_bytes()).map_err(io_err(&format))?;
             }
             Err(e) => return Err(io_err(&format)(e)),
@@ -332,13 +341,16 @@ impl Store {
         Ok(store)
     }
 
-    /// Before writing chunks of this version into the store: rewrites a version-1 format
-    /// file as version 2 (atomically), so a warren that only knows version 1 refuses the
-    /// store rather than finding chunks it cannot decode. Call with the store lock held.
+    /// Before writing chunks of this version into the store: rewrites an older format
+    /// file as the current one (atomically, once `packs/` exists), so an older warren
+    /// refuses the store rather than missing chunks or finding ones it cannot decode.
+    /// Call with the store lock held.
     pub(crate) fn upgrade(&self) -> Result<()> {
         let format = self.dir.join("format");
         match fs::read_to_string(&format) {
-            Ok(found) if found == STORE_FORMAT_V1 => {
+            Ok(found) if STORE_FORMATS_READ.contains(&found.as_str()) => {
+                let packs = self.packs_dir();
+                fs::create_dir_all(&packs).map_err(io_err(&packs))?;
                 crate::atomic::write(&format, STORE_FORMAT.as_bytes()).map_err(io_err(&format))
             }
             Ok(_) => Ok(()),
@@ -360,11 +372,21 @@ impl Store {
         self.dir.join("chunks")
     }
 
+    pub(crate) fn packs_dir(&self) -> PathBuf {
+        self.dir.join("packs")
+    }
+
+    /// Every chunk the store holds and where (take the store lock first if a gc may
+    /// run: [`Store::extract`] and imports do).
+    pub fn chunks(&self) -> Result<chunks::Chunks> {
+        chunks::Chunks::load(self)
+    }
+
     pub(crate) fn images_dir(&self) -> PathBuf {
         self.dir.join("images")
     }
 
-    /// Where chunk `id` lives.
+    /// Where chunk `id` lives as a loose file.
     pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
         let hex = id.to_string();
         self.chunks_dir().join(&hex[..2]).join(format!("{hex}.zst"))
@@ -519,10 +541,18 @@ impl Store {
             stats.index_bytes += len;
             stats.logical_bytes += index.content_bytes();
         }
-        for (_, len) in chunks::list(self)? {
-            stats.chunks += 1;
-            stats.chunk_bytes += len;
+        let _lock = self.lock(false)?;
+        let all = self.chunks()?;
+        let mut ids = std::collections::HashSet::new();
+        for pack in all.packs() {
+            stats.chunk_bytes += pack.size()?;
+            ids.extend(pack.entries.iter().map(|e| e.id));
         }
+        for (id, len) in chunks::list(self)? {
+            stats.chunk_bytes += len;
+            ids.insert(id);
+        }
+        stats.chunks = ids.len() as u64;
         stats.stored_bytes = stats.chunk_bytes + stats.index_bytes;
         if stats.stored_bytes > 0 {
             stats.dedup_ratio = stats.logical_bytes as f64 / stats.stored_bytes as f64;

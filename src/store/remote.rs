@@ -207,10 +207,11 @@ pub fn pull(
         .filter(|c| seen.insert(c.id))
         .map(|c| (c.id, c.len))
         .collect();
+    let have = local.chunks()?;
     let missing: Vec<(ChunkId, u32)> = wanted
         .iter()
         .copied()
-        .filter(|(id, _)| !local.chunk_path(id).exists())
+        .filter(|(id, _)| !have.contains(id))
         .collect();
     if let Some(p) = &opts.progress {
         p.total.store(
@@ -363,6 +364,7 @@ pub fn push(local: &Store, dest: &Path, images: &[String]) -> Result<PushReport,
     let mut indexes = Vec::new();
     let mut done = HashSet::new();
     let mut pending: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let (have, there) = (local.chunks()?, target.chunks()?);
     let mut copy = || -> Result<(), RemoteError> {
         for name in &names {
             let src = local.index_path(name)?;
@@ -381,26 +383,18 @@ pub fn push(local: &Store, dest: &Path, images: &[String]) -> Result<PushReport,
                 if !done.insert(c.id) {
                     continue;
                 }
-                let to = target.chunk_path(&c.id);
-                if to.exists() {
+                if there.contains(&c.id) {
                     report.present_chunks += 1;
                     continue;
                 }
-                let from = local.chunk_path(&c.id);
-                let tmp = to.with_file_name(format!(".{}.push.{}", c.id, std::process::id()));
-                let copied = fs::copy(&from, &tmp).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => StoreError::MissingChunk {
-                        chunk: c.id,
-                        path: src.clone(),
-                    },
-                    _ => StoreError::Io {
-                        path: from.clone(),
-                        err: e,
-                    },
+                // Loose, whatever the form here: what `pull` fetches by name.
+                let data = have.raw(&c.id)?.ok_or_else(|| StoreError::MissingChunk {
+                    chunk: c.id,
+                    path: src.clone(),
                 })?;
-                pending.push((tmp, to));
+                pending.push(chunks::write_temp(&target, &c.id, &data)?);
                 report.copied_chunks += 1;
-                report.copied_bytes += copied;
+                report.copied_bytes += data.len() as u64;
             }
             indexes.push((target.index_path(name)?, data));
             report.images.push(name.clone());

@@ -1,15 +1,14 @@
 //! `ImageWriter`: the streaming import API. Entries arrive in any order with their
 //! content as a reader; content goes through FastCDC on the caller's thread, chunks are
-//! hashed there and handed to worker threads that compress and write the ones the store
-//! lacks. Memory holds the entries' metadata and at most [`IN_FLIGHT`] bytes of queued
-//! chunks, never a file.
+//! hashed there and handed to worker threads that compress the ones the store lacks and
+//! append them to a new pack. Memory holds the entries' metadata and at most
+//! [`IN_FLIGHT`] bytes of queued chunks, never a file.
 //!
-//! Crash safety: new chunks are written under temporary names; `commit` makes them
-//! durable (`chunks::publish`: a syncfs, or each file when others have much data in
-//! flight), renames them to their final names, makes the names durable, and only then
-//! publishes the index atomically. A writer killed at any point leaves at most temporary
-//! files (and, unsynced, complete chunks no index names), which gc removes, and never an
-//! index pointing at a missing chunk.
+//! Crash safety: the pack is written under a temporary name; `commit` writes its table,
+//! makes it durable (`chunks::publish`: a syncfs, or the file itself when others have
+//! much data in flight), renames it to its final name, makes the name durable, and only
+//! then publishes the index atomically. A writer killed at any point leaves at most a
+//! temporary file, which gc removes, and never an index pointing at a missing chunk.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
@@ -24,6 +23,7 @@ use nix::fcntl::Flock;
 use super::bcj;
 use super::chunker::{self, Chunker};
 use super::index::{ChunkRef, Record, normalize};
+use super::pack::PackWriter;
 use super::{
     ChunkId, Entry, ImageInfo, ImageName, Index, Kind, Progress, Result, Store, StoreError,
     Timestamp, chunks, io_err,
@@ -153,7 +153,12 @@ struct Shared {
     sync: std::sync::atomic::AtomicBool,
     progress: Arc<Progress>,
     error: Mutex<Option<StoreError>>,
-    /// New chunks written so far: (temporary path, final path).
+    /// What the store held when the import began (the lock we hold keeps gc from
+    /// removing any of it).
+    stored: chunks::Chunks,
+    /// The new pack(s), being written.
+    packs: PackWriter,
+    /// The finished packs, until published: (temporary path, final path).
     pending: Mutex<Vec<(PathBuf, PathBuf)>>,
     /// Chunk buffers the workers are done with, for the next chunks.
     spare: Mutex<Vec<Vec<u8>>>,
@@ -228,6 +233,8 @@ impl ImageWriter {
         let lock = store.lock(false)?;
         store.upgrade()?;
         let shared = Arc::new(Shared {
+            stored: store.chunks()?,
+            packs: PackWriter::new(&store.packs_dir()),
             store,
             sync: std::sync::atomic::AtomicBool::new(true),
             progress,
@@ -267,11 +274,10 @@ impl ImageWriter {
     }
 
     /// With `false`, commit publishes without waiting for the disk (like casync): a crash
-    /// of the machine (not of the process) may then leave an index naming chunks that
-    /// were never written or are truncated; [`Store::verify_and_repair`] finds them and
-    /// removes the corrupt ones, then a re-import of the images it names restores them.
-    /// New chunks then get their final names as soon as they are written, so an import
-    /// that fails leaves them for gc. Default `true`. Set it before adding content.
+    /// of the machine (not of the process) may then leave an index naming chunks of a
+    /// pack that was never written or is truncated; [`Store::verify_and_repair`] finds it
+    /// and removes it, then a re-import of the images it names restores them. Default
+    /// `true`. Set it before committing.
     pub fn set_sync(&mut self, sync: bool) {
         self.shared
             .sync
@@ -460,7 +466,7 @@ impl ImageWriter {
             chunks::Durability::None
         };
         let flushing = (durability == chunks::Durability::Filesystem)
-            .then(|| chunks::start_flush(self.shared.store.chunks_dir()));
+            .then(|| chunks::start_flush(self.shared.store.packs_dir()));
         self.complete_tree()?;
         let index = Index {
             name: image.to_string(),
@@ -483,13 +489,13 @@ impl ImageWriter {
         }
 
         let store = self.shared.store.clone();
-        let pending = std::mem::take(
-            &mut *self
-                .shared
-                .pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        let pending = self.shared.packs.finish()?;
+        // Removed by drop if publishing fails.
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone_from(&pending);
         if let Some(flush) = flushing {
             flush.join().unwrap_or_else(|_| {
                 Err(StoreError::Entry {
@@ -688,8 +694,8 @@ fn worker(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
     }
 }
 
-/// Writes chunk `id` (`data`, of class `class`) under a temporary name, unless the store
-/// has it (then it is reused: the lock we hold keeps gc from removing it).
+/// Appends chunk `id` (`data`, of class `class`) to the new pack, unless the store has it
+/// (then it is reused: the lock we hold keeps gc from removing it).
 fn store_chunk(
     shared: &Shared,
     compressors: &mut Vec<(i32, zstd::bulk::Compressor<'static>)>,
@@ -698,8 +704,7 @@ fn store_chunk(
     data: &mut [u8],
     class: Class,
 ) -> Result<()> {
-    let dest = shared.store.chunk_path(&id);
-    if dest.exists() {
+    if shared.stored.contains(&id) {
         return Ok(());
     }
     let level = level_for(data, class);
@@ -727,25 +732,13 @@ fn store_chunk(
     compressors[at]
         .1
         .compress_to_buffer(data, &mut frame)
-        .map_err(io_err(&dest))?;
-    let (tmp, dest) = chunks::write_temp(&shared.store, &id, out)?;
+        .map_err(io_err(format!("zstd compressing chunk {id}")))?;
+    shared.packs.append(id, out)?;
     let p = &shared.progress;
     Progress::add(&p.new_chunks, 1);
     Progress::add(&p.new_bytes, data.len() as u64);
     Progress::add(&p.stored_bytes, out.len() as u64);
-    if shared.sync.load(std::sync::atomic::Ordering::Relaxed) {
-        // Renamed at commit, once durable.
-        shared
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((tmp, dest));
-        Ok(())
-    } else {
-        // Nothing to wait for: the final name now (complete, so never a partial chunk
-        // under it). If the import fails, gc removes it with the other unreferenced ones.
-        fs::rename(&tmp, &dest).map_err(io_err(&dest))
-    }
+    Ok(())
 }
 
 /// A compression context for chunks: no checksum (the chunk id is a BLAKE3 hash of the
@@ -799,7 +792,7 @@ mod tests {
             super::super::STORE_FORMAT
         );
         // A version-1 store holding a version-1 chunk (a bare frame) and its image.
-        fs::write(dir.join("format"), super::super::STORE_FORMAT_V1).unwrap();
+        fs::write(dir.join("format"), super::super::STORE_FORMATS_READ[0]).unwrap();
         let old = b"an old chunk\n".repeat(100);
         let old_id = ChunkId::of(&old);
         fs::write(
@@ -835,8 +828,9 @@ mod tests {
 
         let index = store.index("x86").unwrap();
         let (mut filtered, mut bare) = (0, 0);
+        let stored = store.chunks().unwrap();
         for c in &index.chunks {
-            match fs::read(store.chunk_path(&c.id)).unwrap()[0] {
+            match stored.raw(&c.id).unwrap().unwrap()[0] {
                 chunks::FILTER_X86 => filtered += 1,
                 0x28 => bare += 1,
                 b => panic!("chunk file starts with {b:#x}"),

@@ -14,7 +14,7 @@ use super::source::REF_NAME;
 
 /// Reads spans of an image's content stream, a chunk at a time.
 struct Content<'a> {
-    store: &'a Store,
+    chunks: chunks::Chunks,
     index: &'a Index,
     /// Start offset of each chunk in the stream.
     starts: Vec<u64>,
@@ -22,7 +22,7 @@ struct Content<'a> {
 }
 
 impl<'a> Content<'a> {
-    fn new(store: &'a Store, index: &'a Index) -> Self {
+    fn new(chunks: chunks::Chunks, index: &'a Index) -> Self {
         let mut starts = Vec::with_capacity(index.chunks.len());
         let mut at = 0u64;
         for c in &index.chunks {
@@ -30,7 +30,7 @@ impl<'a> Content<'a> {
             at += u64::from(c.len);
         }
         Content {
-            store,
+            chunks,
             index,
             starts,
             cached: None,
@@ -55,7 +55,7 @@ impl<'a> Content<'a> {
                     what: path.display().to_string(),
                     why: "content past the end of the stream".into(),
                 })?;
-                self.cached = Some((i, chunks::read(self.store, &c.id, c.len, path)?));
+                self.cached = Some((i, self.chunks.read(&c.id, c.len, path)?));
             }
             let data = self
                 .cached
@@ -85,7 +85,8 @@ impl<'a> Content<'a> {
 /// Writes image `index` as a tar stream to `out` (root-relative `./` paths, numeric
 /// owners, xattrs and nanosecond times as pax records, hardlinks as links).
 pub fn write_tar(store: &Store, index: &Index, out: impl Write) -> Result<(), OciError> {
-    let mut content = Content::new(store, index);
+    // Packs stay readable once open, even if a gc replaces them.
+    let mut content = Content::new(store.chunks()?, index);
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Complete);
     let io = |p: &Path| {

@@ -1,0 +1,371 @@
+//! Pack files: the chunks an import writes, back to back in one file, with a table of
+//! where each one is at the end. One file per import instead of one per chunk: the
+//! per-file create, rename and writeback cost a tenth of a synced import on a one-file-
+//! per-chunk store (docs/BENCHMARKS.md). Each chunk's bytes are exactly what a loose
+//! chunk file would hold, so a chunk is copied between the two forms as it is.
+//!
+//! ```text
+//! header   "wrnpack\0", version u32 LE, 0 u32
+//! chunks   chunk file bytes, back to back
+//! table    per chunk: id [32], offset u64 LE, length u32 LE (44 bytes)
+//! trailer  table offset u64 LE, count u64 LE, BLAKE3(table)[..8], "wrnpend\0"
+//! ```
+//!
+//! A pack is written under a dot-prefixed temporary name and published under
+//! `packs/<BLAKE3 of its table>.pack`, so a final name always holds a complete pack.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::{ChunkId, Result, StoreError, io_err};
+
+const MAGIC: &[u8; 8] = b"wrnpack\0";
+const END_MAGIC: &[u8; 8] = b"wrnpend\0";
+const VERSION: u32 = 1;
+const HEADER: u64 = 16;
+const ENTRY: usize = 44;
+const TRAILER: usize = 32;
+
+/// A pack grows to about this size before the next chunks start another: big enough
+/// that packs stay few, small enough that gc rewriting a pack that is part garbage
+/// copies little.
+pub const TARGET_SIZE: u64 = 256 << 20;
+
+/// Where a chunk's bytes are in a pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub id: ChunkId,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// A published pack, open for reading.
+#[derive(Debug)]
+pub struct Pack {
+    pub path: PathBuf,
+    file: File,
+    /// In file order.
+    pub entries: Vec<Entry>,
+}
+
+impl Pack {
+    /// Opens the pack at `path` and reads its table; every offset is checked against the
+    /// file. An error says what is wrong with it.
+    pub fn open(path: &Path) -> Result<Pack> {
+        let bad = |reason: String| StoreError::Pack {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file = File::open(path).map_err(io_err(path))?;
+        let len = file.metadata().map_err(io_err(path))?.len();
+        if len < HEADER + TRAILER as u64 {
+            return Err(bad(format!("{len} bytes: too short for a pack")));
+        }
+        let mut header = [0u8; HEADER as usize];
+        file.read_exact_at(&mut header, 0).map_err(io_err(path))?;
+        if &header[..8] != MAGIC {
+            return Err(bad("not a pack (bad magic)".into()));
+        }
+        let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+        if version != VERSION {
+            return Err(bad(format!(
+                "pack version {version}, this warren reads {VERSION}"
+            )));
+        }
+        if header[12..] != [0; 4] {
+            return Err(bad("reserved header bytes set".into()));
+        }
+        let mut trailer = [0u8; TRAILER];
+        file.read_exact_at(&mut trailer, len - TRAILER as u64)
+            .map_err(io_err(path))?;
+        if &trailer[24..] != END_MAGIC {
+            return Err(bad("truncated (no trailer)".into()));
+        }
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&trailer[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        let (table_at, count) = (u64_at(0), u64_at(8));
+        let table_len = count
+            .checked_mul(ENTRY as u64)
+            .filter(|t| table_at.checked_add(*t) == Some(len - TRAILER as u64))
+            .filter(|_| table_at >= HEADER)
+            .ok_or_else(|| {
+                bad(format!(
+                    "table of {count} chunks at {table_at} does not fit"
+                ))
+            })?;
+        let mut table = vec![0u8; table_len as usize];
+        file.read_exact_at(&mut table, table_at)
+            .map_err(io_err(path))?;
+        if blake3::hash(&table).as_bytes()[..8] != trailer[16..24] {
+            return Err(bad("table checksum mismatch".into()));
+        }
+        let entries = decode_table(&table, table_at).map_err(bad)?;
+        Ok(Pack {
+            path: path.to_path_buf(),
+            file,
+            entries,
+        })
+    }
+
+    /// The bytes of `entry` (one of this pack's), as a chunk file holds them.
+    pub fn read(&self, entry: &Entry) -> Result<Vec<u8>> {
+        let mut data = vec![0u8; entry.len as usize];
+        self.file
+            .read_exact_at(&mut data, entry.offset)
+            .map_err(io_err(&self.path))?;
+        Ok(data)
+    }
+
+    /// The file's size on disk.
+    pub fn size(&self) -> Result<u64> {
+        Ok(self.file.metadata().map_err(io_err(&self.path))?.len())
+    }
+}
+
+fn decode_table(table: &[u8], table_at: u64) -> std::result::Result<Vec<Entry>, String> {
+    table
+        .chunks_exact(ENTRY)
+        .map(|e| {
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&e[..32]);
+            let mut off = [0u8; 8];
+            off.copy_from_slice(&e[32..40]);
+            let entry = Entry {
+                id: ChunkId(id),
+                offset: u64::from_le_bytes(off),
+                len: u32::from_le_bytes([e[40], e[41], e[42], e[43]]),
+            };
+            let end = entry.offset.checked_add(u64::from(entry.len));
+            if entry.offset < HEADER || end.is_none_or(|end| end > table_at) {
+                return Err(format!(
+                    "chunk {} at {}+{} is outside the pack's data",
+                    entry.id, entry.offset, entry.len
+                ));
+            }
+            Ok(entry)
+        })
+        .collect()
+}
+
+static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
+
+/// A pack being written under a temporary name.
+struct Open {
+    file: Arc<File>,
+    tmp: PathBuf,
+    end: u64,
+    entries: Vec<Entry>,
+}
+
+/// Appends chunks to new packs in `dir`, from any number of threads at once: each
+/// append takes its place under a lock and writes outside it. [`finish`] writes the
+/// tables; dropping it unfinished removes the temporary files.
+///
+/// [`finish`]: PackWriter::finish
+pub struct PackWriter {
+    dir: PathBuf,
+    open: Mutex<Vec<Open>>,
+    target: u64,
+}
+
+impl PackWriter {
+    pub fn new(dir: &Path) -> PackWriter {
+        Self::with_target(dir, TARGET_SIZE)
+    }
+
+    /// Starts another pack once the current one holds `target` bytes.
+    pub fn with_target(dir: &Path, target: u64) -> PackWriter {
+        PackWriter {
+            dir: dir.to_path_buf(),
+            open: Mutex::new(Vec::new()),
+            target,
+        }
+    }
+
+    /// Appends chunk `id`'s file bytes.
+    pub fn append(&self, id: ChunkId, data: &[u8]) -> Result<()> {
+        let len = u32::try_from(data.len()).map_err(|_| StoreError::Entry {
+            path: PathBuf::new(),
+            reason: format!("chunk {id} of {} bytes", data.len()),
+        })?;
+        let (file, offset, tmp) = {
+            let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+            if open.last().is_none_or(|p| p.end >= self.target) {
+                let tmp = self.dir.join(format!(
+                    ".{}.{}.pack.tmp",
+                    std::process::id(),
+                    NEXT_TMP.fetch_add(1, Ordering::Relaxed)
+                ));
+                let file = File::options()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)
+                    .map_err(io_err(&tmp))?;
+                let mut header = [0u8; HEADER as usize];
+                header[..8].copy_from_slice(MAGIC);
+                header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+                file.write_all_at(&header, 0).map_err(io_err(&tmp))?;
+                open.push(Open {
+                    file: Arc::new(file),
+                    tmp,
+                    end: HEADER,
+                    entries: Vec::new(),
+                });
+            }
+            let Some(p) = open.last_mut() else {
+                unreachable!("a pack was just opened")
+            };
+            let offset = p.end;
+            p.end += u64::from(len);
+            p.entries.push(Entry { id, offset, len });
+            (p.file.clone(), offset, p.tmp.clone())
+        };
+        file.write_all_at(data, offset).map_err(io_err(tmp))
+    }
+
+    /// Writes each pack's table and trailer (call once every append has returned).
+    /// Returns the packs as (temporary path, final path) to publish, emptying the writer.
+    pub fn finish(&self) -> Result<Vec<(PathBuf, PathBuf)>> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut done = Vec::new();
+        for p in open.iter() {
+            let mut table = Vec::with_capacity(p.entries.len() * ENTRY + TRAILER);
+            for e in &p.entries {
+                table.extend_from_slice(&e.id.0);
+                table.extend_from_slice(&e.offset.to_le_bytes());
+                table.extend_from_slice(&e.len.to_le_bytes());
+            }
+            let hash = blake3::hash(&table);
+            table.extend_from_slice(&p.end.to_le_bytes());
+            table.extend_from_slice(&(p.entries.len() as u64).to_le_bytes());
+            table.extend_from_slice(&hash.as_bytes()[..8]);
+            table.extend_from_slice(END_MAGIC);
+            p.file.write_all_at(&table, p.end).map_err(io_err(&p.tmp))?;
+            let name = self.dir.join(format!("{}.pack", hash.to_hex()));
+            done.push((p.tmp.clone(), name));
+        }
+        open.clear();
+        Ok(done)
+    }
+
+    /// Bytes written so far, tables not included.
+    pub fn written(&self) -> u64 {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.iter().map(|p| p.end - HEADER).sum()
+    }
+}
+
+impl Drop for PackWriter {
+    fn drop(&mut self) {
+        let open = self.open.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for p in open.drain(..) {
+            let _ = std::fs::remove_file(&p.tmp);
+        }
+    }
+}
+
+/// Whether `name` (a file name in `packs/`) is a published pack's.
+pub fn is_pack_name(name: &str) -> bool {
+    name.strip_suffix(".pack")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(i: u32) -> (ChunkId, Vec<u8>) {
+        let data: Vec<u8> = (0..100 + i * 37).map(|b| (b * 7 + i) as u8).collect();
+        (ChunkId::of(&data), data)
+    }
+
+    fn publish(done: &[(PathBuf, PathBuf)]) {
+        for (tmp, name) in done {
+            std::fs::rename(tmp, name).unwrap();
+        }
+    }
+
+    #[test]
+    fn round_trip_from_many_threads_with_rollover() {
+        let tmp = tempfile::tempdir().unwrap();
+        let w = PackWriter::with_target(tmp.path(), 4000);
+        let all: Vec<_> = (0..200).map(chunk).collect();
+        std::thread::scope(|s| {
+            for part in all.chunks(50) {
+                let w = &w;
+                s.spawn(move || {
+                    for (id, data) in part {
+                        w.append(*id, data).unwrap();
+                    }
+                });
+            }
+        });
+        let done = w.finish().unwrap();
+        assert!(done.len() > 5, "{} packs", done.len());
+        publish(&done);
+        let mut found = std::collections::HashMap::new();
+        for (_, name) in &done {
+            assert!(is_pack_name(&name.file_name().unwrap().to_string_lossy()));
+            let pack = Pack::open(name).unwrap();
+            for e in &pack.entries {
+                assert!(found.insert(e.id, pack.read(e).unwrap()).is_none());
+            }
+        }
+        assert_eq!(found.len(), all.len());
+        for (id, data) in &all {
+            assert_eq!(&found[id], data);
+        }
+        // Nothing but the published packs is left.
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), done.len());
+    }
+
+    #[test]
+    fn every_damage_to_table_or_trailer_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let w = PackWriter::new(tmp.path());
+        for i in 0..3 {
+            let (id, data) = chunk(i);
+            w.append(id, &data).unwrap();
+        }
+        let done = w.finish().unwrap();
+        publish(&done);
+        let path = &done[0].1;
+        let good = std::fs::read(path).unwrap();
+        let table_at = good.len() - TRAILER - 3 * ENTRY;
+        // Any flipped byte of header, table or trailer; any truncation.
+        for at in (0..HEADER as usize).chain(table_at..good.len()) {
+            let mut bad = good.clone();
+            bad[at] ^= 0x20;
+            std::fs::write(path, &bad).unwrap();
+            assert!(Pack::open(path).is_err(), "byte {at} flipped");
+        }
+        for len in [0, 10, HEADER as usize + TRAILER, good.len() - 1] {
+            std::fs::write(path, &good[..len]).unwrap();
+            let err = Pack::open(path).unwrap_err().to_string();
+            assert!(err.contains(&path.display().to_string()), "{err}");
+        }
+        std::fs::write(path, &good).unwrap();
+        assert_eq!(Pack::open(path).unwrap().entries.len(), 3);
+    }
+
+    #[test]
+    fn an_unfinished_writer_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let w = PackWriter::new(tmp.path());
+            let (id, data) = chunk(1);
+            w.append(id, &data).unwrap();
+            assert_eq!(w.written(), data.len() as u64);
+        }
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+        // And a writer with nothing appended makes no pack.
+        assert!(PackWriter::new(tmp.path()).finish().unwrap().is_empty());
+    }
+}
