@@ -5,7 +5,7 @@
 //! renamed to its final name once complete (and durable, when synced), so a final name
 //! always holds a complete chunk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,8 +32,8 @@ pub enum Location {
     },
 }
 
-/// Every chunk a store holds: its packs, open, with a lookup of what each holds; loose
-/// chunk files are looked up by name. Load it under the store lock (gc rewrites packs).
+/// Every chunk a store holds: its packs, open, with a lookup of what each holds, and its
+/// loose chunk files. Load it under the store lock (gc rewrites packs).
 pub struct Chunks {
     store: Store,
     packs: Vec<Pack>,
@@ -41,6 +41,8 @@ pub struct Chunks {
     pub bad_packs: Vec<(PathBuf, String)>,
     /// Chunk -> (pack, entry); the first pack that holds it.
     packed: HashMap<ChunkId, (usize, usize)>,
+    /// Listed once: a lookup by name costs a path walk per chunk.
+    loose: HashSet<ChunkId>,
 }
 
 impl Chunks {
@@ -75,11 +77,17 @@ impl Chunks {
                 packed.entry(entry.id).or_insert((p, e));
             }
         }
+        let mut loose = HashSet::new();
+        for_each_loose(store, |id, _| {
+            loose.extend(id);
+            Ok(())
+        })?;
         Ok(Chunks {
             store: store.clone(),
             packs,
             bad_packs,
             packed,
+            loose,
         })
     }
 
@@ -98,13 +106,14 @@ impl Chunks {
                 len: entry.len,
             });
         }
-        let path = self.store.chunk_path(id);
-        path.exists().then_some(Location::Loose(path))
+        self.loose
+            .contains(id)
+            .then(|| Location::Loose(self.store.chunk_path(id)))
     }
 
     /// Whether the store has chunk `id`.
     pub fn contains(&self, id: &ChunkId) -> bool {
-        self.packed.contains_key(id) || self.store.chunk_path(id).exists()
+        self.packed.contains_key(id) || self.loose.contains(id)
     }
 
     /// Chunk `id`'s stored bytes (filter byte and zstd frame), or `None` if the store
@@ -272,10 +281,26 @@ pub struct Scan {
     pub temps: Vec<PathBuf>,
 }
 
-/// Every chunk file in the store with its size, and every leftover temporary file.
+/// Every loose chunk file in the store with its size, and every leftover temporary file.
 pub fn scan(store: &Store) -> Result<Scan> {
     let mut chunks = Vec::new();
     let mut temps = Vec::new();
+    for_each_loose(store, |id, e| {
+        match id {
+            Some(id) => chunks.push((id, e.metadata().map_err(io_err(e.path()))?.len())),
+            None => temps.push(e.path()),
+        }
+        Ok(())
+    })?;
+    Ok(Scan { chunks, temps })
+}
+
+/// Calls `f` with each loose chunk file's id, and with `None` for each temporary file
+/// (dot-named); other files are not ours and left alone.
+fn for_each_loose(
+    store: &Store,
+    mut f: impl FnMut(Option<ChunkId>, &fs::DirEntry) -> Result<()>,
+) -> Result<()> {
     for i in 0..256 {
         let dir = store.chunks_dir().join(format!("{i:02x}"));
         let rd = match fs::read_dir(&dir) {
@@ -287,18 +312,14 @@ pub fn scan(store: &Store) -> Result<Scan> {
             let e = e.map_err(io_err(&dir))?;
             let name = e.file_name();
             let name = name.to_string_lossy();
-            let id = name.strip_suffix(".zst").and_then(ChunkId::from_hex);
-            match id {
-                Some(id) if !name.starts_with('.') => {
-                    let len = e.metadata().map_err(io_err(e.path()))?.len();
-                    chunks.push((id, len));
-                }
-                _ if name.starts_with('.') => temps.push(e.path()),
-                _ => {} // not ours: leave it alone
+            if name.starts_with('.') {
+                f(None, &e)?;
+            } else if let Some(id) = name.strip_suffix(".zst").and_then(ChunkId::from_hex) {
+                f(Some(id), &e)?;
             }
         }
     }
-    Ok(Scan { chunks, temps })
+    Ok(())
 }
 
 /// Every chunk file in the store with its size.
