@@ -7,7 +7,7 @@
 //! ```text
 //! header   "wrnpack\0", version u32 LE, 0 u32
 //! chunks   chunk file bytes, back to back
-//! table    per chunk: id [32], offset u64 LE, length u32 LE (44 bytes)
+//! table    per chunk, in file order: id [32], length u32 LE (36 bytes)
 //! trailer  table offset u64 LE, count u64 LE, BLAKE3(table)[..8], "wrnpend\0"
 //! ```
 //!
@@ -26,7 +26,7 @@ const MAGIC: &[u8; 8] = b"wrnpack\0";
 const END_MAGIC: &[u8; 8] = b"wrnpend\0";
 const VERSION: u32 = 1;
 const HEADER: u64 = 16;
-const ENTRY: usize = 44;
+const ENTRY: usize = 36;
 const TRAILER: usize = 32;
 
 /// A pack grows to about this size before the next chunks start another: big enough
@@ -128,29 +128,30 @@ impl Pack {
     }
 }
 
+/// The table's entries, with their offsets: the chunks lie back to back from the header
+/// to the table.
 fn decode_table(table: &[u8], table_at: u64) -> std::result::Result<Vec<Entry>, String> {
-    table
+    let mut offset = HEADER;
+    let entries = table
         .chunks_exact(ENTRY)
         .map(|e| {
             let mut id = [0u8; 32];
             id.copy_from_slice(&e[..32]);
-            let mut off = [0u8; 8];
-            off.copy_from_slice(&e[32..40]);
             let entry = Entry {
                 id: ChunkId(id),
-                offset: u64::from_le_bytes(off),
-                len: u32::from_le_bytes([e[40], e[41], e[42], e[43]]),
+                offset,
+                len: u32::from_le_bytes([e[32], e[33], e[34], e[35]]),
             };
-            let end = entry.offset.checked_add(u64::from(entry.len));
-            if entry.offset < HEADER || end.is_none_or(|end| end > table_at) {
-                return Err(format!(
-                    "chunk {} at {}+{} is outside the pack's data",
-                    entry.id, entry.offset, entry.len
-                ));
-            }
-            Ok(entry)
+            offset = offset.saturating_add(u64::from(entry.len));
+            entry
         })
-        .collect()
+        .collect();
+    if offset != table_at {
+        return Err(format!(
+            "its chunks end at {offset}, its table starts at {table_at}"
+        ));
+    }
+    Ok(entries)
 }
 
 static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
@@ -237,9 +238,9 @@ impl PackWriter {
         let mut done = Vec::new();
         for p in open.iter() {
             let mut table = Vec::with_capacity(p.entries.len() * ENTRY + TRAILER);
+            // In offset order (the order of `append`'s reservations), so offsets follow.
             for e in &p.entries {
                 table.extend_from_slice(&e.id.0);
-                table.extend_from_slice(&e.offset.to_le_bytes());
                 table.extend_from_slice(&e.len.to_le_bytes());
             }
             let hash = blake3::hash(&table);
