@@ -791,11 +791,14 @@ pub fn dirty_bytes() -> Option<u64> {
     Some((kib("Dirty:")? + kib("Writeback:")?) * 1024)
 }
 
-/// `sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)`: start writing `fd`'s dirty pages
-/// back now, without waiting, so a later fsync finds them (mostly) on disk already.
-pub fn start_writeback(fd: BorrowedFd<'_>) -> io::Result<()> {
+/// `sync_file_range(fd, offset, len, SYNC_FILE_RANGE_WRITE)`: start writing the dirty
+/// pages of that range of `fd` (`len` 0: to the end) back now, without waiting, so a
+/// later fsync or syncfs finds them (mostly) on disk already.
+pub fn start_writeback(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let (offset, len) = (offset as libc::off64_t, len as libc::off64_t);
     // SAFETY: valid fd; offsets and flags are plain integers.
-    let ret = unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    let ret =
+        unsafe { libc::sync_file_range(fd.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
     check(ret as libc::c_long).map(drop)
 }
 

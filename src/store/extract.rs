@@ -346,7 +346,7 @@ impl<'a> Ctx<'a> {
                     self.write_content(r, &mut cache, &mut file)?;
                     if self.durability == Durability::Files && file_size(r) > 0 {
                         // Start writeback now; the syncs at the end then find little to do.
-                        sys::start_writeback(file.as_fd()).map_err(io_err(&shown))?;
+                        sys::start_writeback(file.as_fd(), 0, 0).map_err(io_err(&shown))?;
                     }
                     self.set_meta_fd(e, file.as_fd())?;
                 }

@@ -15,9 +15,10 @@
 //! `packs/<BLAKE3 of its table>.pack`, so a final name always holds a complete pack.
 
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{ChunkId, Result, StoreError, io_err};
@@ -161,8 +162,14 @@ struct Open {
     file: Arc<File>,
     tmp: PathBuf,
     end: u64,
+    /// Writeback was started for the bytes before this offset.
+    flushed: u64,
     entries: Vec<Entry>,
 }
+
+/// With writeback on, the disk is asked to take each this many bytes of a pack as they
+/// are written, so a sync at the end waits for the last ones only.
+const WRITEBACK_STEP: u64 = 8 << 20;
 
 /// Appends chunks to new packs in `dir`, from any number of threads at once: each
 /// append takes its place under a lock and writes outside it. [`finish`] writes the
@@ -173,6 +180,7 @@ pub struct PackWriter {
     dir: PathBuf,
     open: Mutex<Vec<Open>>,
     target: u64,
+    writeback: AtomicBool,
 }
 
 impl PackWriter {
@@ -186,7 +194,14 @@ impl PackWriter {
             dir: dir.to_path_buf(),
             open: Mutex::new(Vec::new()),
             target,
+            writeback: AtomicBool::new(false),
         }
+    }
+
+    /// Whether to start writing the packs back to disk as they grow (for a synced
+    /// publish: by then most of the pack is on disk). Off by default.
+    pub fn set_writeback(&self, on: bool) {
+        self.writeback.store(on, Ordering::Relaxed);
     }
 
     /// Appends chunk `id`'s file bytes.
@@ -195,7 +210,7 @@ impl PackWriter {
             path: PathBuf::new(),
             reason: format!("chunk {id} of {} bytes", data.len()),
         })?;
-        let (file, offset, tmp) = {
+        let (file, offset, tmp, flush) = {
             let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
             if open.last().is_none_or(|p| p.end >= self.target) {
                 let tmp = self.dir.join(format!(
@@ -217,6 +232,7 @@ impl PackWriter {
                     file: Arc::new(file),
                     tmp,
                     end: HEADER,
+                    flushed: 0,
                     entries: Vec::new(),
                 });
             }
@@ -226,9 +242,18 @@ impl PackWriter {
             let offset = p.end;
             p.end += u64::from(len);
             p.entries.push(Entry { id, offset, len });
-            (p.file.clone(), offset, p.tmp.clone())
+            // The bytes before this chunk's: other threads are (almost always) done
+            // writing them. Pages still to come go back with the final sync.
+            let flush = (self.writeback.load(Ordering::Relaxed)
+                && offset - p.flushed >= WRITEBACK_STEP)
+                .then(|| (std::mem::replace(&mut p.flushed, offset), offset));
+            (p.file.clone(), offset, p.tmp.clone(), flush)
         };
-        file.write_all_at(data, offset).map_err(io_err(tmp))
+        file.write_all_at(data, offset).map_err(io_err(&tmp))?;
+        if let Some((from, to)) = flush {
+            crate::sys::start_writeback(file.as_fd(), from, to - from).map_err(io_err(&tmp))?;
+        }
+        Ok(())
     }
 
     /// Writes each pack's table and trailer (call once every append has returned).

@@ -234,7 +234,11 @@ impl ImageWriter {
         store.upgrade()?;
         let shared = Arc::new(Shared {
             stored: store.chunks()?,
-            packs: PackWriter::new(&store.packs_dir()),
+            packs: {
+                let packs = PackWriter::new(&store.packs_dir());
+                packs.set_writeback(true);
+                packs
+            },
             store,
             sync: std::sync::atomic::AtomicBool::new(true),
             progress,
@@ -282,6 +286,7 @@ impl ImageWriter {
         self.shared
             .sync
             .store(sync, std::sync::atomic::Ordering::Relaxed);
+        self.shared.packs.set_writeback(sync);
     }
 
     /// The live counters of this import.
