@@ -673,6 +673,57 @@ fn verify_repair_then_reimport_restores_a_truncated_chunk() {
 }
 
 #[test]
+fn an_unreadable_pack_is_named_removed_by_repair_and_restored_by_reimport() {
+    require_root();
+    let tmp = scratch("store-badpack");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for (dir, seed) in [(&a, 21), (&b, 22)] {
+        fs::create_dir_all(dir).unwrap();
+        fs::write(dir.join("f"), noise(seed, 700_000)).unwrap();
+    }
+    let dir = tmp.path().join("store");
+    for (name, src) in [("a", &a), ("b", &b)] {
+        ok(warren(&dir)
+            .args(["image", "import", "--name", name])
+            .arg(src));
+    }
+    let store = Store::open(&dir).unwrap();
+    let (pack, ..) = stored_at(&store, chunk_ids(&store, "a").first().unwrap());
+    // A machine crash under --no-sync could leave the pack's tail unwritten.
+    let len = fs::metadata(&pack).unwrap().len();
+    patch(&pack, len - 20, &[0; 20]);
+
+    let dest = tmp.path().join("dest");
+    let out = run(warren(&dir).args(["image", "extract", "a"]).arg(&dest));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is missing"), "{err}");
+    assert!(!dest.exists());
+    let out = run(warren(&dir).args(["store", "verify"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let name = pack.display().to_string();
+    assert!(
+        stdout.contains(&format!("BAD pack {name}: truncated")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("DAMAGED image a:latest"), "{stdout}");
+    assert!(!stdout.contains("DAMAGED image b"), "{stdout}");
+    // gc leaves what it cannot read alone; a repair removes it.
+    ok(warren(&dir).args(["store", "gc"]));
+    assert!(pack.exists());
+    let out = run(warren(&dir).args(["store", "verify", "--repair"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("REMOVED pack {name}")), "{stdout}");
+    assert!(!pack.exists());
+    ok(warren(&dir)
+        .args(["image", "import", "--name", "a"])
+        .arg(&a));
+    ok(warren(&dir).args(["store", "verify"]));
+    ok(warren(&dir).args(["image", "extract", "a"]).arg(&dest));
+    assert_eq!(snapshot(&a), snapshot(&dest));
+}
+
+#[test]
 fn truncated_or_garbled_index_is_a_clear_error() {
     require_root();
     let tmp = scratch("store-badindex");

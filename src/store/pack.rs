@@ -353,6 +353,29 @@ mod tests {
     }
 
     #[test]
+    fn writeback_as_the_pack_grows_keeps_every_byte() {
+        let tmp = tempfile::tempdir().unwrap();
+        let w = PackWriter::new(tmp.path());
+        w.set_writeback(true);
+        let all: Vec<_> = (0..24u8)
+            .map(|i| {
+                let data = vec![i; 1 << 20];
+                (ChunkId::of(&data), data)
+            })
+            .collect();
+        for (id, data) in &all {
+            w.append(*id, data).unwrap();
+        }
+        let done = w.finish().unwrap();
+        publish(&done);
+        let pack = Pack::open(&done[0].1).unwrap();
+        assert_eq!(pack.entries.len(), all.len());
+        for (e, (id, data)) in pack.entries.iter().zip(&all) {
+            assert_eq!((&e.id, &pack.read(e).unwrap()), (id, data));
+        }
+    }
+
+    #[test]
     fn every_damage_to_table_or_trailer_is_an_error() {
         let tmp = tempfile::tempdir().unwrap();
         let w = PackWriter::new(tmp.path());
