@@ -191,13 +191,15 @@ fn pull_fetches_only_the_chunks_the_local_store_lacks() {
     let new: HashSet<String> = &chunk_set(&source, "variant") - &chunk_set(&source, "base");
     assert_eq!(variant.fetched_chunks as usize, new.len(), "{variant:?}");
     assert!(variant.fetched_chunks < variant.chunks / 2, "{variant:?}");
-    // The server saw exactly the index and those chunks.
+    // The server saw exactly the index, the pack list (there is none: push writes loose
+    // chunks) and those chunks.
     let asked: HashSet<String> = server.requests()[before..].iter().cloned().collect();
     let mut expected: HashSet<String> = new
         .iter()
         .map(|h| format!("/chunks/{}/{h}.zst", &h[..2]))
         .collect();
     expected.insert("/images/variant/latest.idx".into());
+    expected.insert("/packs/list".into());
     assert_eq!(asked, expected);
 
     // Pulled again: nothing to fetch but the index. Under another local name too.
@@ -212,6 +214,78 @@ fn pull_fetches_only_the_chunks_the_local_store_lacks() {
 
     let err = remote::pull(&server.url(), "nope", &local, &PullOptions::default()).unwrap_err();
     assert!(matches!(err, RemoteError::NotFound { .. }), "{err}");
+    server.kill();
+}
+
+#[test]
+fn pull_from_a_store_served_as_it_is_fetches_ranges_of_its_packs() {
+    require_root();
+    let work = scratch("remote-packs");
+    let source = source_store(work.path(), 24);
+    let packs: Vec<PathBuf> = source
+        .chunks()
+        .unwrap()
+        .packs()
+        .iter()
+        .map(|p| p.path.clone())
+        .collect();
+    assert_eq!(packs.len(), 2, "one pack per import");
+    let mut server = Nginx::start(source.dir(), &work.path().join("nginx"), None);
+    let local = Store::open(&work.path().join("local")).unwrap();
+    let base = remote::pull(&server.url(), "base", &local, &PullOptions::default()).unwrap();
+    assert_eq!(base.fetched_chunks, base.chunks);
+    same_image(&source, &local, "base", work.path());
+
+    let before = server.requests().len();
+    let variant = remote::pull(&server.url(), "variant", &local, &PullOptions::default()).unwrap();
+    same_image(&source, &local, "variant", work.path());
+    let new: HashSet<String> = &chunk_set(&source, "variant") - &chunk_set(&source, "base");
+    assert_eq!(variant.fetched_chunks as usize, new.len(), "{variant:?}");
+    // The index, the list, and per chunk a range of a pack: no loose chunk, no whole pack.
+    let asked = &server.requests()[before..];
+    let pack_urls: HashSet<String> = packs
+        .iter()
+        .map(|p| format!("/packs/{}", p.file_name().unwrap().to_string_lossy()))
+        .collect();
+    assert!(
+        asked.iter().all(|r| r == "/images/variant/latest.idx"
+            || r == "/packs/list"
+            || pack_urls.contains(r)),
+        "{asked:?}"
+    );
+    let variant_pack: u64 = packs
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .min()
+        .unwrap();
+    assert!(
+        variant.fetched_bytes < variant_pack + 300_000,
+        "{variant:?} vs a pack of {variant_pack}"
+    );
+
+    // A hostile list or table is refused by name, and nothing is published.
+    let fresh = Store::open(&work.path().join("fresh")).unwrap();
+    let list = source.dir().join("packs/list");
+    let good = fs::read(&list).unwrap();
+    fs::write(&list, "../../etc/passwd\n").unwrap();
+    let err = remote::pull(&server.url(), "base", &fresh, &PullOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, RemoteError::BadPack { url, .. } if url.ends_with("/packs/list")),
+        "{err}"
+    );
+    fs::write(&list, good).unwrap();
+    let pack = &packs[0];
+    let len = fs::metadata(pack).unwrap().len();
+    let mut table_byte = fs::read(pack).unwrap()[len as usize - 40];
+    table_byte ^= 1;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(pack).unwrap();
+        f.write_all_at(&[table_byte], len - 40).unwrap();
+    }
+    let err = remote::pull(&server.url(), "base", &fresh, &PullOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("table checksum mismatch"), "{err}");
+    assert_untouched(&fresh);
     server.kill();
 }
 
@@ -347,10 +421,11 @@ fn transient_failures_are_retried() {
     let url = flaky_server(served);
     let local = Store::open(&work.path().join("local")).unwrap();
     let report = remote::pull(&url, "base", &local, &PullOptions::default()).unwrap();
-    // Every request (the index and each chunk) failed twice, then worked.
+    // Every request (the index and each chunk) failed twice, then worked; the pack list
+    // (push writes none) failed once, then was not found.
     assert_eq!(
         report.retries,
-        2 * (report.fetched_chunks + 1),
+        2 * (report.fetched_chunks + 1) + 1,
         "{report:?}"
     );
     same_image(&source, &local, "base", work.path());

@@ -170,6 +170,9 @@ pub(crate) fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
             rewrite(store, pack, &keep)?;
         }
     }
+    if repair {
+        pack::update_list(&store.packs_dir())?;
+    }
     let unusable: HashSet<ChunkId> = bad.iter().map(|b| b.0).collect();
     let damaged_images = uses
         .iter()
@@ -255,6 +258,8 @@ pub(crate) fn gc(store: &Store) -> Result<GcReport> {
             removed_bytes += rewrite(store, pack, keep)?;
         }
     }
+    // Also heals a list a crash left stale.
+    pack::update_list(&store.packs_dir())?;
     // With the exclusive lock held no import is running: every temporary file is stale.
     let removed_temp_files = temps.len() as u64;
     for t in &temps {

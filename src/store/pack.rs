@@ -82,31 +82,16 @@ impl Pack {
         let mut trailer = [0u8; TRAILER];
         file.read_exact_at(&mut trailer, len - TRAILER as u64)
             .map_err(io_err(path))?;
-        if &trailer[24..] != END_MAGIC {
-            return Err(bad("truncated (no trailer)".into()));
+        let (table_at, table_len) = table_span(&trailer).map_err(bad)?;
+        if table_at + table_len != len - TRAILER as u64 {
+            return Err(bad(format!(
+                "table at {table_at}+{table_len} does not end at the trailer"
+            )));
         }
-        let u64_at = |at: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&trailer[at..at + 8]);
-            u64::from_le_bytes(b)
-        };
-        let (table_at, count) = (u64_at(0), u64_at(8));
-        let table_len = count
-            .checked_mul(ENTRY as u64)
-            .filter(|t| table_at.checked_add(*t) == Some(len - TRAILER as u64))
-            .filter(|_| table_at >= HEADER)
-            .ok_or_else(|| {
-                bad(format!(
-                    "table of {count} chunks at {table_at} does not fit"
-                ))
-            })?;
         let mut table = vec![0u8; table_len as usize];
         file.read_exact_at(&mut table, table_at)
             .map_err(io_err(path))?;
-        if blake3::hash(&table).as_bytes()[..8] != trailer[16..24] {
-            return Err(bad("table checksum mismatch".into()));
-        }
-        let entries = decode_table(&table, table_at).map_err(bad)?;
+        let entries = decode_table(&trailer, &table, table_at).map_err(bad)?;
         Ok(Pack {
             path: path.to_path_buf(),
             file,
@@ -129,9 +114,38 @@ impl Pack {
     }
 }
 
-/// The table's entries, with their offsets: the chunks lie back to back from the header
-/// to the table.
-fn decode_table(table: &[u8], table_at: u64) -> std::result::Result<Vec<Entry>, String> {
+/// Bytes of a pack's trailer (its last bytes).
+pub const TRAILER_LEN: usize = TRAILER;
+
+/// Where a pack's table is, by its trailer: (offset, length).
+pub fn table_span(trailer: &[u8; TRAILER]) -> std::result::Result<(u64, u64), String> {
+    if &trailer[24..] != END_MAGIC {
+        return Err("truncated (no trailer)".into());
+    }
+    let u64_at = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&trailer[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    let (table_at, count) = (u64_at(0), u64_at(8));
+    count
+        .checked_mul(ENTRY as u64)
+        .filter(|len| table_at >= HEADER && table_at.checked_add(*len).is_some())
+        .map(|len| (table_at, len))
+        .ok_or_else(|| format!("table of {count} chunks at {table_at} does not fit"))
+}
+
+/// The entries of the table `table` found by `trailer` at `table_at`, with their offsets
+/// (the chunks lie back to back from the header to the table), once its checksum and
+/// lengths are checked.
+pub fn decode_table(
+    trailer: &[u8; TRAILER],
+    table: &[u8],
+    table_at: u64,
+) -> std::result::Result<Vec<Entry>, String> {
+    if blake3::hash(table).as_bytes()[..8] != trailer[16..24] {
+        return Err("table checksum mismatch".into());
+    }
     let mut offset = HEADER;
     let entries = table
         .chunks_exact(ENTRY)
@@ -295,6 +309,35 @@ impl Drop for PackWriter {
             let _ = std::fs::remove_file(&p.tmp);
         }
     }
+}
+
+/// The file in `packs/` naming every published pack, one per line: what a client of a
+/// served store reads to find them (a web server need not list directories).
+pub const LIST: &str = "list";
+
+/// Rewrites `dir`'s [`LIST`] from the directory, atomically, after packs were published
+/// or removed. Writers take turns by a lock on the directory, and each writes what it
+/// lists then: the last one's list holds every pack.
+pub fn update_list(dir: &Path) -> Result<()> {
+    let lock = match File::open(dir) {
+        Ok(f) => f,
+        // A store of format 2 that no import wrote to: no packs to list.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io_err(dir)(e.into()))?;
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let name = e.map_err(io_err(dir))?.file_name();
+        let name = name.to_string_lossy();
+        if is_pack_name(&name) {
+            names.push(format!("{name}\n"));
+        }
+    }
+    names.sort();
+    let path = dir.join(LIST);
+    crate::atomic::write(&path, names.concat().as_bytes()).map_err(io_err(&path))
 }
 
 /// Whether `name` (a file name in `packs/`) is a published pack's.

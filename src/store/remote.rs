@@ -3,10 +3,12 @@
 //! [`pull`] fetches an image's index, then only the chunks the local store lacks, in
 //! parallel, each checked against its BLAKE3 id before it is kept; the index is published
 //! last, so a failed pull (a dead server, a corrupt chunk) leaves the local store as it
-//! was. [`push`] writes the chunks and indexes a store directory lacks, chunks first, so a
-//! server never offers an index whose chunks are missing.
+//! was. A chunk is fetched from the server's packs when its `packs/list` names one that
+//! holds it (a range of the pack: the server must honour `Range`), else as a loose file.
+//! [`push`] writes the chunks (as loose files) and indexes a store directory lacks, chunks
+//! first, so a server never offers an index whose chunks are missing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -14,7 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::store::index::{ChunkId, Index};
-use crate::store::{ImageName, Progress, Store, StoreError, chunker, chunks};
+use crate::store::{ImageName, Progress, Store, StoreError, chunker, chunks, pack};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -30,6 +32,8 @@ pub enum RemoteError {
     },
     #[error("index {url} is invalid: {reason}")]
     BadIndex { url: String, reason: String },
+    #[error("pack {url} is invalid: {reason}")]
+    BadPack { url: String, reason: String },
     #[error("{url}: not an http:// or https:// URL")]
     BadUrl { url: String },
     #[error(transparent)]
@@ -94,6 +98,54 @@ fn chunk_rel(id: &ChunkId) -> String {
     format!("chunks/{}/{hex}.zst", &hex[..2])
 }
 
+/// Part of a file to GET.
+#[derive(Clone, Copy)]
+enum Range {
+    Whole,
+    /// Offset, length.
+    Span(u64, u64),
+    /// The last bytes.
+    Last(u64),
+}
+
+/// Where a served store's packs hold a chunk: pack URL, offset, length.
+type RemotePacks = HashMap<ChunkId, (std::sync::Arc<str>, u64, u32)>;
+
+/// The chunks of every pack the server at `base` lists (none if it lists none: a store
+/// `push` wrote has loose chunks only). Each table is checked as a local one is.
+fn remote_packs(client: &Client, base: &str) -> Result<RemotePacks, RemoteError> {
+    let list_url = format!("{base}/packs/{}", pack::LIST);
+    let list = match client.get(&list_url, Range::Whole, 64 << 20) {
+        Ok(list) => list,
+        Err(RemoteError::NotFound { .. }) => return Ok(HashMap::new()),
+        Err(e) => return Err(e),
+    };
+    let bad = |url: &str, reason: String| RemoteError::BadPack {
+        url: url.to_string(),
+        reason,
+    };
+    let list = String::from_utf8(list).map_err(|_| bad(&list_url, "not UTF-8".into()))?;
+    let mut found = HashMap::new();
+    for name in list.lines() {
+        if !pack::is_pack_name(name) {
+            return Err(bad(&list_url, format!("{name:?} is not a pack's name")));
+        }
+        let url: std::sync::Arc<str> = format!("{base}/packs/{name}").into();
+        let len = pack::TRAILER_LEN as u64;
+        let trailer: [u8; pack::TRAILER_LEN] = client
+            .get(&url, Range::Last(len), len)?
+            .try_into()
+            .map_err(|_| bad(&url, "short trailer".into()))?;
+        let (table_at, table_len) = pack::table_span(&trailer).map_err(|r| bad(&url, r))?;
+        let table = client.get(&url, Range::Span(table_at, table_len), 1 << 30)?;
+        let entries = pack::decode_table(&trailer, &table, table_at).map_err(|r| bad(&url, r))?;
+        for e in entries {
+            found.entry(e.id).or_insert((url.clone(), e.offset, e.len));
+        }
+    }
+    Ok(found)
+}
+
 /// One HTTP client with retries.
 struct Client {
     agent: ureq::Agent,
@@ -122,14 +174,38 @@ impl Client {
         }
     }
 
-    /// GETs `url` (at most `limit` bytes), retrying transient failures with backoff.
-    fn get(&self, url: &str, limit: u64) -> Result<Vec<u8>, RemoteError> {
+    /// GETs `range` of `url` (at most `limit` bytes), retrying transient failures with
+    /// backoff. A range comes back whole or not at all.
+    fn get(&self, url: &str, range: Range, limit: u64) -> Result<Vec<u8>, RemoteError> {
+        let (header, want) = match range {
+            Range::Whole => (None, None),
+            Range::Span(_, 0) => return Ok(Vec::new()),
+            Range::Span(at, len) => (Some(format!("bytes={at}-{}", at + len - 1)), Some(len)),
+            Range::Last(len) => (Some(format!("bytes=-{len}")), Some(len)),
+        };
+        let expected = if header.is_some() { 206 } else { 200 };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let err = match self.agent.get(url).call() {
-                Ok(resp) if resp.status() == 200 => {
+            let mut req = self.agent.get(url);
+            if let Some(h) = &header {
+                req = req.header("Range", h);
+            }
+            let err = match req.call() {
+                Ok(resp) if resp.status() == 200 && expected == 206 => {
+                    return Err(RemoteError::Http {
+                        url: url.into(),
+                        reason: "the server ignores Range requests".into(),
+                    });
+                }
+                Ok(resp) if resp.status() == expected => {
                     match resp.into_body().with_config().limit(limit).read_to_vec() {
+                        Ok(body) if want.is_some_and(|n| body.len() as u64 != n) => {
+                            return Err(RemoteError::Http {
+                                url: url.into(),
+                                reason: format!("{} bytes for a range of {want:?}", body.len()),
+                            });
+                        }
                         Ok(body) => return Ok(body),
                         Err(ureq::Error::BodyExceedsLimit(n)) => {
                             return Err(RemoteError::Http {
@@ -189,7 +265,7 @@ pub fn pull(
     let client = Client::new(opts);
 
     let index_url = format!("{base}/{}", index_rel(&remote_name));
-    let data = client.get(&index_url, 1 << 30)?;
+    let data = client.get(&index_url, Range::Whole, 1 << 30)?;
     let mut index = Index::decode(&data).map_err(|e| RemoteError::BadIndex {
         url: index_url.clone(),
         reason: e.to_string(),
@@ -219,6 +295,11 @@ pub fn pull(
             Ordering::Relaxed,
         );
     }
+    let packs = if missing.is_empty() {
+        HashMap::new()
+    } else {
+        remote_packs(&client, &base)?
+    };
 
     // Fetch, verify, write under temporary names; publish only when every chunk is good.
     let next = AtomicUsize::new(0);
@@ -235,7 +316,7 @@ pub fn pull(
                     let Some(&(id, len)) = missing.get(next.fetch_add(1, Ordering::Relaxed)) else {
                         return;
                     };
-                    let result = fetch_chunk(&client, &base, local, id, len, limit);
+                    let result = fetch_chunk(&client, &base, &packs, local, id, len, limit);
                     match result {
                         Ok((tmp, dest, n)) => {
                             fetched_bytes.fetch_add(n, Ordering::Relaxed);
@@ -306,13 +387,23 @@ pub fn pull(
 fn fetch_chunk(
     client: &Client,
     base: &str,
+    packs: &RemotePacks,
     local: &Store,
     id: ChunkId,
     len: u32,
     limit: u64,
 ) -> Result<(PathBuf, PathBuf, u64), RemoteError> {
-    let url = format!("{base}/{}", chunk_rel(&id));
-    let data = client.get(&url, limit)?;
+    let (url, data) = match packs.get(&id) {
+        Some((pack, at, stored)) => {
+            let range = Range::Span(*at, u64::from(*stored));
+            (format!("{pack} at {at}"), client.get(pack, range, limit)?)
+        }
+        None => {
+            let url = format!("{base}/{}", chunk_rel(&id));
+            let data = client.get(&url, Range::Whole, limit)?;
+            (url, data)
+        }
+    };
     chunks::decode(&id, len, &data).map_err(|reason| RemoteError::BadChunk {
         chunk: id,
         url: url.clone(),

@@ -510,6 +510,9 @@ impl ImageWriter {
             })?;
         }
         chunks::publish(&pending, durability)?;
+        if !pending.is_empty() {
+            super::pack::update_list(&store.packs_dir())?;
+        }
         let path = store.images_dir().join(image.rel_path());
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(io_err(parent))?;
