@@ -4,14 +4,14 @@
 //! the list of chunks the stream is cut into) plus the chunks themselves: FastCDC cuts
 //! the stream, a chunk is named by the BLAKE3 hash of its bytes and stored as a zstd
 //! frame, in a pack file with the other chunks its import wrote or as a loose file of
-//! its own. Ten versions of an image cost little more than one. Layout (plain files; a
-//! store `remote::push` wrote is one a static web server can serve as it is; see
-//! docs/FORMAT.md):
+//! its own. Ten versions of an image cost little more than one. Layout (plain files a
+//! static web server can serve as they are, for `remote::pull`; see docs/FORMAT.md):
 //!
 //! ```text
 //! STORE/format                     "warren-store 3" (1 and 2 are read, and upgraded on write)
 //! STORE/lock                       flock: shared by imports and extracts, exclusive by gc
 //! STORE/packs/<blake3>.pack        the chunks of an import, with a table of them
+//! STORE/packs/list                 the packs' names, for clients of a served store
 //! STORE/chunks/ab/abcd....zst      loose chunks (pulls, pushes): 256 prefix dirs
 //! STORE/images/NAME/TAG.idx        NAME may hold `/` (docker.io/library/debian)
 //! ```
