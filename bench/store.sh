@@ -98,6 +98,7 @@ jq -n \
     --arg load "before: $LOAD_BEFORE   after: $(cut -d' ' -f1-3 /proc/loadavg)" -r '
   def mbs(t): ($bytes / 1048576 / t * 10 | round / 10);
   def r(x): (x * 100 | round / 100);
+  def r3(x): (x * 1000 | round / 1000);
   def cpu(x): ((x.user + x.system) * 100 | round / 100);
   ($imp[0].results | map(.mean)) as [$wi, $win, $ci, $ti] |
   ($ext[0].results | map(.mean)) as [$we, $wen, $ce, $te] |
@@ -110,6 +111,6 @@ jq -n \
   "cpu      (user+sys s) import warren \(cpu($imp[0].results[0])) (synced) \(cpu($imp[0].results[1])) (--no-sync)   casync \(cpu($imp[0].results[2]))   tar|zstd \(cpu($imp[0].results[3]))",
   "         extract warren \(cpu($ext[0].results[0])) (synced) \(cpu($ext[0].results[1])) (--no-sync)   casync \(cpu($ext[0].results[2]))   zstd|tar \(cpu($ext[0].results[3]))",
   "load     \($load)",
-  "store    base: warren \($wsb / 1048576 * 10 | round / 10) MiB   casync \($csb / 1048576 * 10 | round / 10) MiB   tar.zst \($tarb / 1048576 * 10 | round / 10) MiB   (warren/casync \(r($wsb / $csb)), target <= 1)",
-  "         variant adds: warren \($wsa / 1048576 * 10 | round / 10) MiB   casync \($csa / 1048576 * 10 | round / 10) MiB   (warren/casync \(r($wsa / $csa)), target <= 0.8)"'
+  "store    base: warren \($wsb / 1048576 * 10 | round / 10) MiB   casync \($csb / 1048576 * 10 | round / 10) MiB   tar.zst \($tarb / 1048576 * 10 | round / 10) MiB   (warren/casync \(r3($wsb / $csb)), target <= 1)",
+  "         variant adds: warren \($wsa / 1048576 * 10 | round / 10) MiB   casync \($csa / 1048576 * 10 | round / 10) MiB   (warren/casync \(r3($wsa / $csa)), target <= 0.8)"'
 rm -rf "$OLD"
