@@ -67,7 +67,7 @@ rm -rf "$base"
 "$warren" --store "$base" image pull "$url" debian:minbase >/dev/null
 local=$work/pull-local
 rm -rf "$local" && cp -a "$base" "$local"
-report=$("$warren" --store "$local" image pull "$url" debian:python3)
+report=$("$warren" --json --store "$local" image pull "$url" debian:python3)
 
 hyperfine --runs "$runs" --export-json "$work/pull.json" \
 	--prepare "rm -rf $local && cp -a $base $local && sync" \

@@ -235,13 +235,20 @@ fn pull_from_a_store_served_as_it_is_fetches_ranges_of_its_packs() {
     let base = remote::pull(&server.url(), "base", &local, &PullOptions::default()).unwrap();
     assert_eq!(base.fetched_chunks, base.chunks);
     same_image(&source, &local, "base", work.path());
+    // Adjacent chunks come in one range: besides the index, the list and each pack's
+    // trailer and table, a request per MiB of chunks.
+    let ranges = server.requests().len() - 2 - 2 * packs.len();
+    assert!(
+        (1..=4).contains(&ranges) && base.chunks >= 24,
+        "{ranges} ranges for {base:?}"
+    );
 
     let before = server.requests().len();
     let variant = remote::pull(&server.url(), "variant", &local, &PullOptions::default()).unwrap();
     same_image(&source, &local, "variant", work.path());
     let new: HashSet<String> = &chunk_set(&source, "variant") - &chunk_set(&source, "base");
     assert_eq!(variant.fetched_chunks as usize, new.len(), "{variant:?}");
-    // The index, the list, and per chunk a range of a pack: no loose chunk, no whole pack.
+    // The index, the list, and ranges of packs: no loose chunk, no whole pack.
     let asked = &server.requests()[before..];
     let pack_urls: HashSet<String> = packs
         .iter()

@@ -301,32 +301,35 @@ pub fn pull(
         remote_packs(&client, &base)?
     };
 
+    let batches = batches(&missing, &packs);
+
     // Fetch, verify, write under temporary names; publish only when every chunk is good.
     let next = AtomicUsize::new(0);
     let written: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
     let failure: Mutex<Option<RemoteError>> = Mutex::new(None);
     let limit = (chunker::MAX_SIZE as u64) * 2 + 4096;
     std::thread::scope(|s| {
-        for _ in 0..opts.jobs.clamp(1, 64).min(missing.len().max(1)) {
+        for _ in 0..opts.jobs.clamp(1, 64).min(batches.len().max(1)) {
             s.spawn(|| {
                 loop {
                     if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
                         return;
                     }
-                    let Some(&(id, len)) = missing.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    let Some(batch) = batches.get(next.fetch_add(1, Ordering::Relaxed)) else {
                         return;
                     };
-                    let result = fetch_chunk(&client, &base, &packs, local, id, len, limit);
-                    match result {
-                        Ok((tmp, dest, n)) => {
-                            fetched_bytes.fetch_add(n, Ordering::Relaxed);
-                            if let Some(p) = &opts.progress {
-                                p.bytes.fetch_add(u64::from(len), Ordering::Relaxed);
-                                p.new_chunks.fetch_add(1, Ordering::Relaxed);
-                                p.stored_bytes.fetch_add(n, Ordering::Relaxed);
-                            }
-                            if let Ok(mut w) = written.lock() {
-                                w.push((tmp, dest));
+                    match fetch_batch(&client, &base, local, batch, limit) {
+                        Ok(done) => {
+                            for (tmp, dest, n, len) in done {
+                                fetched_bytes.fetch_add(n, Ordering::Relaxed);
+                                if let Some(p) = &opts.progress {
+                                    p.bytes.fetch_add(u64::from(len), Ordering::Relaxed);
+                                    p.new_chunks.fetch_add(1, Ordering::Relaxed);
+                                    p.stored_bytes.fetch_add(n, Ordering::Relaxed);
+                                }
+                                if let Ok(mut w) = written.lock() {
+                                    w.push((tmp, dest));
+                                }
                             }
                         }
                         Err(e) => {
@@ -382,35 +385,107 @@ pub fn pull(
     })
 }
 
-/// Downloads one chunk, checks it, writes it under a temporary name; returns (temporary
-/// path, final path, compressed size).
-fn fetch_chunk(
+/// Chunks fetched with one request: a run of adjacent chunks of one pack, or one loose
+/// chunk.
+struct Batch {
+    /// The pack's URL and the run's offset in it; `None` for a loose chunk.
+    pack: Option<(std::sync::Arc<str>, u64)>,
+    /// Each chunk's id, length and stored length (in the pack).
+    chunks: Vec<(ChunkId, u32, u32)>,
+    /// Stored bytes of the run.
+    bytes: u64,
+}
+
+/// At most this much of a pack per request: the chunks an image adds lie together in a
+/// pack, so a few requests fetch them, and 8 jobs still share the work.
+const BATCH_BYTES: u64 = 1 << 20;
+
+/// The requests that fetch `missing`: runs of adjacent chunks of a pack, loose chunks one
+/// by one.
+fn batches(missing: &[(ChunkId, u32)], packs: &RemotePacks) -> Vec<Batch> {
+    let mut out = Vec::new();
+    let mut packed = Vec::new();
+    for &(id, len) in missing {
+        match packs.get(&id) {
+            Some((url, at, stored)) => packed.push((url, *at, *stored, id, len)),
+            None => out.push(Batch {
+                pack: None,
+                chunks: vec![(id, len, 0)],
+                bytes: 0,
+            }),
+        }
+    }
+    packed.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    for (url, at, stored, id, len) in packed {
+        let follows = |b: &Batch| {
+            b.pack
+                .as_ref()
+                .is_some_and(|(u, start)| u == url && start + b.bytes == at)
+                && b.bytes + u64::from(stored) <= BATCH_BYTES
+        };
+        match out.last_mut().filter(|b| follows(b)) {
+            Some(b) => {
+                b.chunks.push((id, len, stored));
+                b.bytes += u64::from(stored);
+            }
+            None => out.push(Batch {
+                pack: Some((url.clone(), at)),
+                chunks: vec![(id, len, stored)],
+                bytes: u64::from(stored),
+            }),
+        }
+    }
+    out
+}
+
+/// Downloads a batch, checks each chunk, writes each under a temporary name; returns per
+/// chunk (temporary path, final path, stored size, length). On error nothing is left.
+fn fetch_batch(
     client: &Client,
     base: &str,
-    packs: &RemotePacks,
     local: &Store,
-    id: ChunkId,
-    len: u32,
+    batch: &Batch,
     limit: u64,
-) -> Result<(PathBuf, PathBuf, u64), RemoteError> {
-    let (url, data) = match packs.get(&id) {
-        Some((pack, at, stored)) => {
-            let range = Range::Span(*at, u64::from(*stored));
-            (format!("{pack} at {at}"), client.get(pack, range, limit)?)
+) -> Result<Vec<(PathBuf, PathBuf, u64, u32)>, RemoteError> {
+    let (url, data) = match &batch.pack {
+        Some((pack, at)) => {
+            let data = client.get(pack, Range::Span(*at, batch.bytes), batch.bytes)?;
+            (format!("{pack} at {at}"), data)
         }
         None => {
-            let url = format!("{base}/{}", chunk_rel(&id));
+            let url = format!("{base}/{}", chunk_rel(&batch.chunks[0].0));
             let data = client.get(&url, Range::Whole, limit)?;
             (url, data)
         }
     };
-    chunks::decode(&id, len, &data).map_err(|reason| RemoteError::BadChunk {
-        chunk: id,
-        url: url.clone(),
-        reason,
-    })?;
-    let (tmp, dest) = chunks::write_temp(local, &id, &data)?;
-    Ok((tmp, dest, data.len() as u64))
+    let mut done = Vec::new();
+    let mut rest = &data[..];
+    let result = batch.chunks.iter().try_for_each(|&(id, len, stored)| {
+        let bytes = match batch.pack {
+            Some(_) => {
+                // `get` checked the body is `batch.bytes` long: the sum of these lengths.
+                let (bytes, after) = rest.split_at(stored as usize);
+                rest = after;
+                bytes
+            }
+            None => &data[..],
+        };
+        chunks::decode(&id, len, bytes).map_err(|reason| RemoteError::BadChunk {
+            chunk: id,
+            url: url.clone(),
+            reason,
+        })?;
+        let (tmp, dest) = chunks::write_temp(local, &id, bytes)?;
+        done.push((tmp, dest, bytes.len() as u64, len));
+        Ok(())
+    });
+    if let Err(e) = result {
+        for (tmp, ..) in &done {
+            let _ = fs::remove_file(tmp);
+        }
+        return Err(e);
+    }
+    Ok(done)
 }
 
 /// Makes fetched or copied chunk files durable and gives them their final names.
