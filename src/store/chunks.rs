@@ -1,5 +1,5 @@
-//! Chunks, and where each one is: in a pack (`pack`: what imports write) or a loose
-//! chunk file (`chunks/ab/<blake3 hex>.zst`: what pulls and pushes write, and stores of
+//! Chunks, and where each one is: in a pack (`pack`: what imports and pulls write) or a
+//! loose chunk file (`chunks/ab/<blake3 hex>.zst`: what a push writes, and stores of
 //! format 1 and 2 hold). Either form holds the same bytes: an optional filter byte and a
 //! zstd frame. A new loose chunk is written under a dot-prefixed temporary name and only
 //! renamed to its final name once complete (and durable, when synced), so a final name

@@ -12,7 +12,7 @@
 //! STORE/lock                       flock: shared by imports and extracts, exclusive by gc
 //! STORE/packs/<blake3>.pack        the chunks of an import, with a table of them
 //! STORE/packs/list                 the packs' names, for clients of a served store
-//! STORE/chunks/ab/abcd....zst      loose chunks (pulls, pushes): 256 prefix dirs
+//! STORE/chunks/ab/abcd....zst      loose chunks (pushes, older stores): 256 prefix dirs
 //! STORE/images/NAME/TAG.idx        NAME may hold `/` (docker.io/library/debian)
 //! ```
 

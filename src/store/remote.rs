@@ -1,10 +1,11 @@
 //! Remote stores: a store directory served as static files by any web server.
 //!
 //! [`pull`] fetches an image's index, then only the chunks the local store lacks, in
-//! parallel, each checked against its BLAKE3 id before it is kept; the index is published
-//! last, so a failed pull (a dead server, a corrupt chunk) leaves the local store as it
-//! was. A chunk is fetched from the server's packs when its `packs/list` names one that
-//! holds it (a range of the pack: the server must honour `Range`), else as a loose file.
+//! parallel, each checked against its BLAKE3 id before it is appended to a new pack; the
+//! pack, then the index, are published last, so a failed pull (a dead server, a corrupt
+//! chunk) leaves the local store as it was. A chunk is fetched from the server's packs
+//! when its `packs/list` names one that holds it (runs of adjacent chunks in one range
+//! request: the server must honour `Range`), else as a loose file.
 //! [`push`] writes the chunks (as loose files) and indexes a store directory lacks, chunks
 //! first, so a server never offers an index whose chunks are missing.
 
@@ -303,9 +304,11 @@ pub fn pull(
 
     let batches = batches(&missing, &packs);
 
-    // Fetch, verify, write under temporary names; publish only when every chunk is good.
+    // Fetch, verify, append to a new pack; publish only when every chunk is good.
     let next = AtomicUsize::new(0);
-    let written: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
+    let pack = pack::PackWriter::new(&local.packs_dir());
+    pack.set_writeback(true);
+    let fetched_chunks = AtomicU64::new(0);
     let failure: Mutex<Option<RemoteError>> = Mutex::new(None);
     let limit = (chunker::MAX_SIZE as u64) * 2 + 4096;
     std::thread::scope(|s| {
@@ -318,17 +321,15 @@ pub fn pull(
                     let Some(batch) = batches.get(next.fetch_add(1, Ordering::Relaxed)) else {
                         return;
                     };
-                    match fetch_batch(&client, &base, local, batch, limit) {
+                    match fetch_batch(&client, &base, &pack, batch, limit) {
                         Ok(done) => {
-                            for (tmp, dest, n, len) in done {
+                            for (n, len) in done {
                                 fetched_bytes.fetch_add(n, Ordering::Relaxed);
+                                fetched_chunks.fetch_add(1, Ordering::Relaxed);
                                 if let Some(p) = &opts.progress {
                                     p.bytes.fetch_add(u64::from(len), Ordering::Relaxed);
                                     p.new_chunks.fetch_add(1, Ordering::Relaxed);
                                     p.stored_bytes.fetch_add(n, Ordering::Relaxed);
-                                }
-                                if let Ok(mut w) = written.lock() {
-                                    w.push((tmp, dest));
                                 }
                             }
                         }
@@ -343,16 +344,18 @@ pub fn pull(
             });
         }
     });
-    let written = written.into_inner().unwrap_or_default();
-    let failure = failure.into_inner().unwrap_or(None);
-    if let Some(e) = failure {
-        for (tmp, _) in &written {
-            let _ = fs::remove_file(tmp);
-        }
+    // Dropping the pack writer unfinished removes its temporary file.
+    if let Some(e) = failure.into_inner().unwrap_or(None) {
         return Err(e);
     }
+    let bytes = pack.written();
+    let new_packs = pack.finish()?;
     let publish = || -> Result<(), StoreError> {
-        publish_files(&written)?;
+        let durability = chunks::Durability::for_sync(bytes, crate::sys::dirty_bytes());
+        chunks::publish(&new_packs, durability)?;
+        if !new_packs.is_empty() {
+            pack::update_list(&local.packs_dir())?;
+        }
         if let Some(parent) = index_path.parent() {
             fs::create_dir_all(parent).map_err(|e| StoreError::Io {
                 path: parent.to_path_buf(),
@@ -371,7 +374,7 @@ pub fn pull(
         })
     };
     if let Err(e) = publish() {
-        for (tmp, _) in &written {
+        for (tmp, _) in &new_packs {
             let _ = fs::remove_file(tmp);
         }
         return Err(e.into());
@@ -379,7 +382,7 @@ pub fn pull(
     Ok(PullReport {
         name: local_name,
         chunks: wanted.len() as u64,
-        fetched_chunks: written.len() as u64,
+        fetched_chunks: fetched_chunks.into_inner(),
         fetched_bytes: fetched_bytes.into_inner(),
         retries: client.retries.into_inner(),
     })
@@ -438,15 +441,15 @@ fn batches(missing: &[(ChunkId, u32)], packs: &RemotePacks) -> Vec<Batch> {
     out
 }
 
-/// Downloads a batch, checks each chunk, writes each under a temporary name; returns per
-/// chunk (temporary path, final path, stored size, length). On error nothing is left.
+/// Downloads a batch, checks each chunk, appends each to `pack`; returns per chunk its
+/// stored size and length.
 fn fetch_batch(
     client: &Client,
     base: &str,
-    local: &Store,
+    pack: &pack::PackWriter,
     batch: &Batch,
     limit: u64,
-) -> Result<Vec<(PathBuf, PathBuf, u64, u32)>, RemoteError> {
+) -> Result<Vec<(u64, u32)>, RemoteError> {
     let (url, data) = match &batch.pack {
         Some((pack, at)) => {
             let data = client.get(pack, Range::Span(*at, batch.bytes), batch.bytes)?;
@@ -460,7 +463,7 @@ fn fetch_batch(
     };
     let mut done = Vec::new();
     let mut rest = &data[..];
-    let result = batch.chunks.iter().try_for_each(|&(id, len, stored)| {
+    for &(id, len, stored) in &batch.chunks {
         let bytes = match batch.pack {
             Some(_) => {
                 // `get` checked the body is `batch.bytes` long: the sum of these lengths.
@@ -475,15 +478,8 @@ fn fetch_batch(
             url: url.clone(),
             reason,
         })?;
-        let (tmp, dest) = chunks::write_temp(local, &id, bytes)?;
-        done.push((tmp, dest, bytes.len() as u64, len));
-        Ok(())
-    });
-    if let Err(e) = result {
-        for (tmp, ..) in &done {
-            let _ = fs::remove_file(tmp);
-        }
-        return Err(e);
+        pack.append(id, bytes)?;
+        done.push((bytes.len() as u64, len));
     }
     Ok(done)
 }
