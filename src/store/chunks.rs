@@ -5,11 +5,12 @@
 //! renamed to its final name once complete (and durable, when synced), so a final name
 //! always holds a complete chunk.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::pack::{self, Pack};
 use super::{ChunkId, Result, Store, StoreError, bcj, io_err};
@@ -43,7 +44,13 @@ pub struct Chunks {
     packed: HashMap<ChunkId, (usize, usize)>,
     /// Listed once: a lookup by name costs a path walk per chunk.
     loose: HashSet<ChunkId>,
+    /// The packs read last, open (at most [`OPEN_PACKS`]).
+    open: Mutex<VecDeque<(usize, Arc<fs::File>)>>,
 }
+
+/// Packs a [`Chunks`] keeps open: an image's chunks are in a few packs, and a store may
+/// hold more packs than a process may open files.
+const OPEN_PACKS: usize = 16;
 
 impl Chunks {
     pub fn load(store: &Store) -> Result<Chunks> {
@@ -88,7 +95,29 @@ impl Chunks {
             bad_packs,
             packed,
             loose,
+            open: Mutex::new(VecDeque::new()),
         })
+    }
+
+    /// Pack `p` (of [`packs`](Chunks::packs)), open.
+    fn pack_file(&self, p: usize) -> Result<Arc<fs::File>> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, f)) = open.iter().find(|(q, _)| *q == p) {
+            return Ok(f.clone());
+        }
+        let path = &self.packs[p].path;
+        let f = Arc::new(fs::File::open(path).map_err(io_err(path))?);
+        if open.len() == OPEN_PACKS {
+            open.pop_front();
+        }
+        open.push_back((p, f.clone()));
+        Ok(f)
+    }
+
+    /// The stored bytes of entry `e` of pack `p`.
+    pub fn read_packed(&self, p: usize, e: usize) -> Result<Vec<u8>> {
+        let pack = &self.packs[p];
+        pack.read(&*self.pack_file(p)?, &pack.entries[e])
     }
 
     /// The published packs.
@@ -120,8 +149,7 @@ impl Chunks {
     /// lacks it.
     pub fn raw(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
         if let Some(&(p, e)) = self.packed.get(id) {
-            let pack = &self.packs[p];
-            return pack.read(&pack.entries[e]).map(Some);
+            return self.read_packed(p, e).map(Some);
         }
         let path = self.store.chunk_path(id);
         match fs::read(&path) {
@@ -371,6 +399,44 @@ mod tests {
     }
 
     use super::*;
+
+    /// Files this process holds open under `dir`.
+    fn open_under(dir: &Path) -> usize {
+        fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| fs::read_link(e.unwrap().path()).ok())
+            .filter(|target| target.starts_with(dir))
+            .count()
+    }
+
+    #[test]
+    fn reads_from_many_packs_with_a_few_files_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        // 40 packs of one chunk each.
+        let w = pack::PackWriter::with_target(&store.packs_dir(), 1);
+        let all: Vec<_> = (0..40u8)
+            .map(|i| {
+                let data = vec![i; 1000];
+                let id = ChunkId::of(&data);
+                w.append(id, &zstd::bulk::compress(&data, 3).unwrap())
+                    .unwrap();
+                (id, data)
+            })
+            .collect();
+        for (tmp, name) in w.finish().unwrap() {
+            fs::rename(tmp, name).unwrap();
+        }
+        let chunks = store.chunks().unwrap();
+        assert_eq!(chunks.packs().len(), 40);
+        assert_eq!(open_under(tmp.path()), 0, "loading opens nothing for long");
+        for (id, data) in &all {
+            assert_eq!(&chunks.read(id, 1000, Path::new("f")).unwrap(), data);
+        }
+        assert_eq!(open_under(tmp.path()), OPEN_PACKS);
+        drop(chunks);
+        assert_eq!(open_under(tmp.path()), 0);
+    }
 
     fn code() -> Vec<u8> {
         // x86-64 code if this test runs on x86-64; any bytes do for the round trip.

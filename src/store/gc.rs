@@ -134,7 +134,7 @@ pub(crate) fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
                 Stored::Packed(p, e) => {
                     let (pack, entry) = (&all.packs()[p], &all.packs()[p].entries[e]);
                     let shown = format!("{} at {}", pack.path.display(), entry.offset);
-                    (pack.read(entry), shown)
+                    (all.read_packed(p, e), shown)
                 }
             };
             let (error, corrupt) = match data {
@@ -204,9 +204,12 @@ fn remove(p: &Path) -> Result<()> {
 /// then drops the copies). Returns the bytes this freed.
 fn rewrite(store: &Store, pack: &pack::Pack, keep: &[usize]) -> Result<u64> {
     let w = pack::PackWriter::new(&store.packs_dir());
-    for &e in keep {
-        let entry = &pack.entries[e];
-        w.append(entry.id, &pack.read(entry)?)?;
+    if !keep.is_empty() {
+        let file = fs::File::open(&pack.path).map_err(io_err(&pack.path))?;
+        for &e in keep {
+            let entry = &pack.entries[e];
+            w.append(entry.id, &pack.read(&file, entry)?)?;
+        }
     }
     let new = w.finish()?;
     let new_size = match new.first() {
@@ -214,9 +217,8 @@ fn rewrite(store: &Store, pack: &pack::Pack, keep: &[usize]) -> Result<u64> {
         None => 0,
     };
     chunks::publish(&new, chunks::Durability::Files)?;
-    let old_size = pack.size()?;
     remove(&pack.path)?;
-    Ok(old_size.saturating_sub(new_size))
+    Ok(pack.size.saturating_sub(new_size))
 }
 
 pub(crate) fn gc(store: &Store) -> Result<GcReport> {

@@ -545,7 +545,7 @@ impl Store {
         let all = self.chunks()?;
         let mut ids = std::collections::HashSet::new();
         for pack in all.packs() {
-            stats.chunk_bytes += pack.size()?;
+            stats.chunk_bytes += pack.size;
             ids.extend(pack.entries.iter().map(|e| e.id));
         }
         for (id, len) in chunks::list(self)? {

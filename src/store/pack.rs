@@ -43,11 +43,13 @@ pub struct Entry {
     pub len: u32,
 }
 
-/// A published pack, open for reading.
+/// A published pack's table. It holds no file open: a store may have more packs than a
+/// process may open files (`chunks::Chunks` keeps a few open).
 #[derive(Debug)]
 pub struct Pack {
     pub path: PathBuf,
-    file: File,
+    /// The file's size.
+    pub size: u64,
     /// In file order.
     pub entries: Vec<Entry>,
 }
@@ -94,23 +96,18 @@ impl Pack {
         let entries = decode_table(&trailer, &table, table_at).map_err(bad)?;
         Ok(Pack {
             path: path.to_path_buf(),
-            file,
+            size: len,
             entries,
         })
     }
 
-    /// The bytes of `entry` (one of this pack's), as a chunk file holds them.
-    pub fn read(&self, entry: &Entry) -> Result<Vec<u8>> {
+    /// The bytes of `entry` (one of this pack's), as a chunk file holds them, from `file`
+    /// (this pack, open).
+    pub fn read(&self, file: &File, entry: &Entry) -> Result<Vec<u8>> {
         let mut data = vec![0u8; entry.len as usize];
-        self.file
-            .read_exact_at(&mut data, entry.offset)
+        file.read_exact_at(&mut data, entry.offset)
             .map_err(io_err(&self.path))?;
         Ok(data)
-    }
-
-    /// The file's size on disk.
-    pub fn size(&self) -> Result<u64> {
-        Ok(self.file.metadata().map_err(io_err(&self.path))?.len())
     }
 }
 
@@ -383,8 +380,9 @@ mod tests {
         for (_, name) in &done {
             assert!(is_pack_name(&name.file_name().unwrap().to_string_lossy()));
             let pack = Pack::open(name).unwrap();
+            let file = File::open(name).unwrap();
             for e in &pack.entries {
-                assert!(found.insert(e.id, pack.read(e).unwrap()).is_none());
+                assert!(found.insert(e.id, pack.read(&file, e).unwrap()).is_none());
             }
         }
         assert_eq!(found.len(), all.len());
@@ -412,9 +410,10 @@ mod tests {
         let done = w.finish().unwrap();
         publish(&done);
         let pack = Pack::open(&done[0].1).unwrap();
+        let file = File::open(&done[0].1).unwrap();
         assert_eq!(pack.entries.len(), all.len());
         for (e, (id, data)) in pack.entries.iter().zip(&all) {
-            assert_eq!((&e.id, &pack.read(e).unwrap()), (id, data));
+            assert_eq!((&e.id, &pack.read(&file, e).unwrap()), (id, data));
         }
     }
 
