@@ -488,6 +488,8 @@ fn second_version_adds_only_changed_chunks() {
     let stats = store.stats().unwrap();
     assert_eq!(stats.images, 3);
     assert_eq!(stats.chunks, c1.union(&c2).count() as u64);
+    // A pack per import that added chunks: none for the metadata-only one.
+    assert_eq!(stats.packs, 2);
     assert!(stats.dedup_ratio > 2.5, "{stats:?}");
 }
 

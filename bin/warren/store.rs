@@ -38,7 +38,7 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
             } else {
                 println!("store:         {}", store.dir().display());
                 println!("images:        {}", s.images);
-                println!("chunks:        {}", s.chunks);
+                println!("chunks:        {} (in {} packs)", s.chunks, s.packs);
                 println!(
                     "logical bytes: {} ({})",
                     s.logical_bytes,

@@ -231,6 +231,8 @@ pub struct Stats {
     pub images: u64,
     /// Distinct chunks, packed or loose.
     pub chunks: u64,
+    /// Pack files (the rest of the chunks are loose files).
+    pub packs: u64,
     /// Bytes of every pack and loose chunk file (compressed chunks, pack tables).
     pub chunk_bytes: u64,
     /// Bytes of every index file.
@@ -529,6 +531,7 @@ impl Store {
         let mut stats = Stats {
             images: 0,
             chunks: 0,
+            packs: 0,
             chunk_bytes: 0,
             index_bytes: 0,
             stored_bytes: 0,
@@ -543,6 +546,7 @@ impl Store {
         }
         let _lock = self.lock(false)?;
         let all = self.chunks()?;
+        stats.packs = all.packs().len() as u64;
         let mut ids = std::collections::HashSet::new();
         for pack in all.packs() {
             stats.chunk_bytes += pack.size;

@@ -85,7 +85,8 @@ impl<'a> Content<'a> {
 /// Writes image `index` as a tar stream to `out` (root-relative `./` paths, numeric
 /// owners, xattrs and nanosecond times as pax records, hardlinks as links).
 pub fn write_tar(store: &Store, index: &Index, out: impl Write) -> Result<(), OciError> {
-    // Packs stay readable once open, even if a gc replaces them.
+    // Shared, as extracts hold it: a gc must not rewrite the packs we read.
+    let _lock = store.lock(false)?;
     let mut content = Content::new(store.chunks()?, index);
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Complete);
