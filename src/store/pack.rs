@@ -69,27 +69,10 @@ impl Pack {
         }
         let mut header = [0u8; HEADER as usize];
         file.read_exact_at(&mut header, 0).map_err(io_err(path))?;
-        if &header[..8] != MAGIC {
-            return Err(bad("not a pack (bad magic)".into()));
-        }
-        let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
-        if version != VERSION {
-            return Err(bad(format!(
-                "pack version {version}, this warren reads {VERSION}"
-            )));
-        }
-        if header[12..] != [0; 4] {
-            return Err(bad("reserved header bytes set".into()));
-        }
         let mut trailer = [0u8; TRAILER];
         file.read_exact_at(&mut trailer, len - TRAILER as u64)
             .map_err(io_err(path))?;
-        let (table_at, table_len) = table_span(&trailer).map_err(bad)?;
-        if table_at + table_len != len - TRAILER as u64 {
-            return Err(bad(format!(
-                "table at {table_at}+{table_len} does not end at the trailer"
-            )));
-        }
+        let (table_at, table_len) = layout(len, &header, &trailer).map_err(bad)?;
         let mut table = vec![0u8; table_len as usize];
         file.read_exact_at(&mut table, table_at)
             .map_err(io_err(path))?;
@@ -109,6 +92,52 @@ impl Pack {
             .map_err(io_err(&self.path))?;
         Ok(data)
     }
+}
+
+/// Where the table of a pack of `len` bytes is, by its header and trailer: (offset,
+/// length).
+fn layout(
+    len: u64,
+    header: &[u8; HEADER as usize],
+    trailer: &[u8; TRAILER],
+) -> std::result::Result<(u64, u64), String> {
+    if &header[..8] != MAGIC {
+        return Err("not a pack (bad magic)".into());
+    }
+    let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    if version != VERSION {
+        return Err(format!(
+            "pack version {version}, this warren reads {VERSION}"
+        ));
+    }
+    if header[12..] != [0; 4] {
+        return Err("reserved header bytes set".into());
+    }
+    let (table_at, table_len) = table_span(trailer)?;
+    if table_at + table_len != len - TRAILER as u64 {
+        return Err(format!(
+            "table at {table_at}+{table_len} does not end at the trailer"
+        ));
+    }
+    Ok((table_at, table_len))
+}
+
+/// The entries of a whole pack held in memory, checked as [`Pack::open`] checks a file
+/// (for the fuzzer and its regression corpus).
+pub fn parse(data: &[u8]) -> std::result::Result<Vec<Entry>, String> {
+    let len = data.len() as u64;
+    if len < HEADER + TRAILER as u64 {
+        return Err(format!("{len} bytes: too short for a pack"));
+    }
+    let (header, rest) = data.split_at(HEADER as usize);
+    let trailer = &rest[rest.len() - TRAILER..];
+    let (header, trailer) = match (header.try_into(), trailer.try_into()) {
+        (Ok(h), Ok(t)) => (h, t),
+        _ => return Err("short header or trailer".into()),
+    };
+    let (table_at, table_len) = layout(len, header, trailer)?;
+    let table = &data[table_at as usize..(table_at + table_len) as usize];
+    decode_table(trailer, table, table_at)
 }
 
 /// Bytes of a pack's trailer (its last bytes).
@@ -444,6 +473,28 @@ mod tests {
         }
         std::fs::write(path, &good).unwrap();
         assert_eq!(Pack::open(path).unwrap().entries.len(), 3);
+    }
+
+    /// tests/corpus/pack/: seeds (`valid.pack`, a real import's pack) and what `cargo fuzz
+    /// run pack` (fuzz/) found. Every input gives entries or an error, never a panic.
+    #[test]
+    fn regression_corpus_never_panics() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/pack");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let parsed = parse(&std::fs::read(&path).unwrap());
+            let name = path.file_name().unwrap().to_string_lossy();
+            if name == "truncated.pack" {
+                assert!(parsed.is_err());
+            }
+            if name == "valid.pack" {
+                // The same as a file.
+                assert_eq!(Pack::open(&path).unwrap().entries, parsed.unwrap());
+            }
+            n += 1;
+        }
+        assert!(n >= 2, "corpus missing in {dir:?}");
     }
 
     #[test]
