@@ -1,0 +1,1 @@
+//! Escape probes: see main.rs.
