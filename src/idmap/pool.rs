@@ -262,12 +262,6 @@ pub fn register(
         None if has_pool_lines(&host) => return Ok(None),
         None => plan_registration(&host, block)?,
     };
-    if aligned_part(range, block).is_none() {
-        return Err(AllocError::NoPool {
-            file: subuid.to_path_buf(),
-            block,
-        });
-    }
     for file in [&host.subuid, &host.subgid] {
         if let Some(other) = file.entries.iter().find(|e| e.range.overlaps(&range)) {
             return Err(AllocError::RegisterOverlap {
@@ -276,6 +270,12 @@ pub fn register(
                 other: other.clone(),
             });
         }
+    }
+    if aligned_part(range, block).is_none() {
+        return Err(AllocError::NoPool {
+            file: subuid.to_path_buf(),
+            block,
+        });
     }
     let line = format!("{POOL_OWNER}:{}:{}\n", range.start, range.len);
     for path in [subuid, subgid] {
@@ -384,7 +384,7 @@ mod tests {
 
     #[test]
     fn the_root_pool_is_the_warren_lines_aligned() {
-        let text = "user:100000:65536\nwarren:1073741824:1073741824\nwarren:5000:200000\n";
+        let text = "user:300000:65536\nwarren:1073741824:1073741824\nwarren:5000:200000\n";
         let pool = Pool::root(&host(text, text), 0x10000).unwrap();
         assert_eq!(pool.uids, [DEFAULT_POOL, r(0x10000, 0x20000)]);
         assert!(pool.symmetric());
@@ -429,11 +429,12 @@ mod tests {
         let high = "user:100000:65536\nbig:1073741800:100\n";
         let got = plan_registration(&host("", high), b).unwrap();
         assert_eq!(got, r(0x4001_0000, 0x4000_0000));
-        let top = "big:4294000000:900000\n";
+        let top = "big:2000000000:900000\n";
         let got = plan_registration(&host(top, ""), b).unwrap();
-        assert_eq!(got.end(), 1 << 32);
-        assert_eq!(got.start % b, 0);
-        let full = "big:4294901760:65535\n";
+        assert_eq!(got.len, DEFAULT_POOL.len);
+        assert!(got.start % b == 0 && u64::from(got.start) >= 2_000_900_000);
+        // The last block would hold 2^32-1, which is no id: no room.
+        let full = "big:1073741824:3221159936\n";
         assert!(plan_registration(&host(full, ""), b).is_err());
     }
 
