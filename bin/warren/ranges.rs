@@ -94,7 +94,9 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
             };
             match pool::register(Path::new(SUBUID), Path::new(SUBGID), range, DEFAULT_BLOCK)? {
                 Some(r) => println!("{}", pool::registered_message(r)),
-                None => println!("the root id pool is registered already (`warren:` lines in {SUBUID})"),
+                None => {
+                    println!("the root id pool is registered already (`warren:` lines in {SUBUID})")
+                }
             }
             return Ok(0);
         }

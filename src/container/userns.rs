@@ -378,7 +378,12 @@ mod tests {
         let msg = Maps::plan_for(Some(&h), helpers(), block(165536), block(100000))
             .unwrap_err()
             .to_string();
-        for part in ["/etc/subuid", "line 1 `alice:100000:65536`", "line 2", "165536"] {
+        for part in [
+            "/etc/subuid",
+            "line 1 `alice:100000:65536`",
+            "line 2",
+            "165536",
+        ] {
             assert!(msg.contains(part), "{part}: {msg}");
         }
         // The gid map is checked against subgid, where the second block is missing.

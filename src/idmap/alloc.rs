@@ -73,9 +73,9 @@ pub enum AllocError {
     NoPool { file: PathBuf, block: u32 },
     #[error(
         "the root id pool {pool} overlaps {} {other} of user {}: that user could map \
-         those container ids with newuidmap. Fix: move warren's lines in /etc/subuid and \
-         /etc/subgid to ids no user has (delete them, then run `warren ranges register`), \
-         or move {}'s range",
+         those container ids with newuidmap. Fix: give warren ids no user has (delete the \
+         `warren:` lines of /etc/subuid and /etc/subgid, then run `warren ranges register`; \
+         or pick another --pool), or move {}'s range",
         file.display(), other.owner, other.owner
     )]
     PoolOverlap {
@@ -89,6 +89,8 @@ pub enum AllocError {
          or remove that account"
     )]
     PoolOwnerIsAccount { uid: u32 },
+    #[error("cannot register {range} for warren: it holds no whole {block:#x}-aligned block")]
+    RegisterTooSmall { range: IdRange, block: u32 },
     #[error("cannot register {range} for warren: it overlaps {} {other}", file.display())]
     RegisterOverlap {
         file: PathBuf,

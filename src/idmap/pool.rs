@@ -200,7 +200,12 @@ pub fn plan_registration(host: &Host, block: u32) -> Result<IdRange, AllocError>
         return Ok(DEFAULT_POOL);
     }
     let b = u64::from(block.max(1));
-    let start = lines().map(|e| e.range.end()).max().unwrap_or(0).div_ceil(b) * b;
+    let start = lines()
+        .map(|e| e.range.end())
+        .max()
+        .unwrap_or(0)
+        .div_ceil(b)
+        * b;
     let room = (u64::from(MAX_ID) + 1).saturating_sub(start) / b * b;
     let len = room.min(u64::from(DEFAULT_POOL.len));
     if len == 0 {
@@ -272,10 +277,7 @@ pub fn register(
         }
     }
     if aligned_part(range, block).is_none() {
-        return Err(AllocError::NoPool {
-            file: subuid.to_path_buf(),
-            block,
-        });
+        return Err(AllocError::RegisterTooSmall { range, block });
     }
     let line = format!("{POOL_OWNER}:{}:{}\n", range.start, range.len);
     for path in [subuid, subgid] {
@@ -408,7 +410,10 @@ mod tests {
         let h = host("alice:100000:65536\n", "");
         let p = Pool::new(r(0x10000, 0x10000), 0x10000).unwrap();
         let msg = p.check_host(&h).unwrap_err().to_string();
-        assert!(msg.contains("/etc/subuid line 1") && msg.contains("alice"), "{msg}");
+        assert!(
+            msg.contains("/etc/subuid line 1") && msg.contains("alice"),
+            "{msg}"
+        );
         let mut h = host(uid, uid);
         h.pool_owner_account = Some(1234);
         assert!(matches!(
@@ -487,7 +492,11 @@ mod tests {
             uids: r(start, 0x10000),
             gids: r(start, 0x10000),
         };
-        let all = [res("ok", 0x4000_0000), res("old", 131072), res("low", 0x10000)];
+        let all = [
+            res("ok", 0x4000_0000),
+            res("old", 131072),
+            res("low", 0x10000),
+        ];
         let problems = check_reservations(&all, &pool, &h, true);
         let names: Vec<_> = problems.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["old", "low"]);

@@ -165,7 +165,11 @@ impl Subids {
 
     /// One past the highest id any line grants (0 for an empty file).
     pub fn highest_end(&self) -> u64 {
-        self.entries.iter().map(|e| e.range.end()).max().unwrap_or(0)
+        self.entries
+            .iter()
+            .map(|e| e.range.end())
+            .max()
+            .unwrap_or(0)
     }
 
     /// The user's lines for an error message: `line 3 `alice:100000:65536`, ...` or none.
@@ -278,7 +282,7 @@ mod tests {
         assert!(alice(r(300000, 65636)), "adjoining lines together");
         assert!(!alice(r(100000, 65537)));
         assert!(!alice(r(165536, 1)), "bob's ids are not alice's");
-        assert!(s.covers(None, 1000, r(1, 1)) == false);
+        assert!(!s.covers(None, 1000, r(1, 1)));
         let others: Vec<_> = s
             .overlapping_others("alice", r(160000, 10000))
             .map(|e| e.line)

@@ -175,9 +175,15 @@ mod tests {
         };
         let shift = |to| Shift { to, range: 0x10000 };
         assert!(check_subids(&host("alice", 1000), shift(100000)).is_ok());
-        assert!(check_subids(&host("alice", 1000), shift(500000)).is_ok(), "second line");
+        assert!(
+            check_subids(&host("alice", 1000), shift(500000)).is_ok(),
+            "second line"
+        );
         let err = check_subids(&host("alice", 1000), shift(100001)).unwrap_err();
-        assert!(err.to_string().contains("line 3 `alice:500000:65536`"), "{err}");
+        assert!(
+            err.to_string().contains("line 3 `alice:500000:65536`"),
+            "{err}"
+        );
         assert!(check_subids(&host("bob", 1001), shift(0x50000)).is_ok());
         assert!(check_subids(&host("bob", 1002), shift(0x50000)).is_err());
     }

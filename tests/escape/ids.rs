@@ -53,7 +53,10 @@ fn assert_in_pool_only(file: &str, ids: IdRange) {
         subids.entries
     );
     let others: Vec<_> = subids.overlapping_others(POOL_OWNER, ids).collect();
-    assert!(others.is_empty(), "{ids} shares ids with {file}: {others:?}");
+    assert!(
+        others.is_empty(),
+        "{ids} shares ids with {file}: {others:?}"
+    );
 }
 
 /// Removes the container when the test ends, however it ends.
@@ -127,9 +130,8 @@ fn a_pool_overlapping_a_users_range_is_refused_naming_the_line() {
     ensure_rootless_user();
     let dir = scratch("escape-ids-overlap");
     // Straddles the start of the test user's range (0x100000+0x100000).
-    let out = run(warren_in(dir.path()).args([
-        "ranges", "alloc", "x", "--pool", "0xf0000+0x20000",
-    ]));
+    let out =
+        run(warren_in(dir.path()).args(["ranges", "alloc", "x", "--pool", "0xf0000+0x20000"]));
     let err = stderr(&out);
     assert!(!out.status.success(), "{out:?}");
     let text = std::fs::read_to_string("/etc/subuid").expect("/etc/subuid");
@@ -244,10 +246,9 @@ fn a_second_subuid_line_maps_the_whole_reserved_block() {
         cmd
     };
     // Blocks come from the lines in order: the first takes the first line.
-    let filler: serde_json::Value = serde_json::from_str(&ok(warren().args([
-        "ranges", "alloc", "filler", "--json",
-    ])))
-    .expect("json");
+    let filler: serde_json::Value =
+        serde_json::from_str(&ok(warren().args(["ranges", "alloc", "filler", "--json"])))
+            .expect("json");
     assert_eq!(filler["uids"]["start"], FIRST_LINE.0, "{filler}");
     // The container's block then comes from the second line, and the kernel maps all of
     // it, for uids and gids.
@@ -263,7 +264,10 @@ fn a_second_subuid_line_maps_the_whole_reserved_block() {
         "-c",
         "cat /proc/self/uid_map /proc/self/gid_map; id -u",
     ]));
-    let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     let block = ["0", &SECOND_LINE.0.to_string(), "65536"];
     assert_eq!(lines.len(), 3, "{out}");
     assert_eq!(lines[0], block, "uid_map: {out}");
