@@ -281,3 +281,77 @@ fn a_second_subuid_line_maps_the_whole_reserved_block() {
     assert!(stderr(&out).contains("outside"), "{out:?}");
     ok(warren().args(["ranges", "free", "filler"]));
 }
+
+/// Runs `warren ARGS` as root in a private mount namespace whose /etc is a copy of the
+/// host's with `subuid` and `subgid` as given; returns its output and its stdout,
+/// which ends with the two files as warren left them.
+fn warren_with_etc(dir: &Path, subuid: &str, subgid: &str, args: &[&str]) -> (Output, String) {
+    let etc = dir.join("etc");
+    std::fs::create_dir_all(&etc).expect("mkdir etc");
+    ok(Command::new("cp").arg("-a").arg("/etc/.").arg(&etc));
+    std::fs::write(etc.join("subuid"), subuid).expect("write subuid");
+    std::fs::write(etc.join("subgid"), subgid).expect("write subgid");
+    let script = r#"mount --bind "$1" /etc && shift && "$@"; rc=$?; cat /etc/subuid; echo --; cat /etc/subgid; exit $rc"#;
+    let out = run(Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(&etc)
+        .arg(bin("warren"))
+        .args(args)
+        .env("WARREN_STATE_DIR", dir.join("state")));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out, stdout)
+}
+
+#[test]
+fn first_root_use_registers_a_pool_no_user_shares() {
+    require_root();
+    require_tool("unshare", "util-linux");
+    require_tool("busybox", "busybox-static");
+    let dir = scratch("escape-ids-register");
+    // A user's line inside the default range: the pool goes above every line instead.
+    let alice = "alice:1073741800:100\n# kept as it is\n";
+    let run_it = [
+        "run",
+        "--rm",
+        "--image",
+        "busybox",
+        "--",
+        "cat",
+        "/proc/self/uid_map",
+    ];
+    let (out, stdout) = warren_with_etc(dir.path(), alice, "", &run_it);
+    assert!(out.status.success(), "{out:?}");
+    let line = "warren:1073807360:1073741824";
+    assert!(
+        stderr(&out).contains(&format!("registered the root id pool `{line}`")),
+        "{out:?}"
+    );
+    let map: Vec<&str> = stdout
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(map, ["0", "1073807360", "65536"], "{stdout}");
+    assert!(
+        stdout.contains(&format!("\n{alice}{line}\n--\n{line}\n")),
+        "every other line kept byte for byte: {stdout}"
+    );
+    // A user whose range shares ids with the registered pool: warren refuses to start a
+    // container, naming the file, the line and the user.
+    let (out, _) = warren_with_etc(
+        dir.path().join("again").as_path(),
+        &format!("{alice}{line}\n"),
+        &format!("{line}\nbob:1073807360:65536\n"),
+        &run_it,
+    );
+    assert!(!out.status.success(), "{out:?}");
+    let err = stderr(&out);
+    for part in [
+        "/etc/subgid line 2 `bob:1073807360:65536`",
+        "user bob",
+        "warren ranges register",
+    ] {
+        assert!(err.contains(part), "{part:?} missing: {err}");
+    }
+}
