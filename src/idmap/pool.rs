@@ -15,7 +15,7 @@ use super::range::{DEFAULT_BLOCK, IdRange, MAX_ID};
 use super::subid::{Entry, Host, POOL_OWNER, SUBGID, SUBUID};
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// The range registered when there is none: 0x40000000..0x80000000 (16384 blocks), above
@@ -241,7 +241,33 @@ fn has_pool_lines(host: &Host) -> bool {
         || host.subgid.owned_by(POOL_OWNER).next().is_some()
 }
 
-/// Adds a `warren:START:COUNT` line to both files, under a lock on their directory:
+/// Takes the lock shadow's tools (useradd, usermod) hold while they rewrite /etc/passwd,
+/// /etc/subuid and the rest: a write lock on `.pwd.lock` beside `subuid` (`lckpwdf`). An
+/// open-file-description lock: it conflicts with theirs and with other warren threads'.
+/// Released when the returned file is closed.
+fn lock_passwd_files(subuid: &Path) -> Result<File, AllocError> {
+    let dir = subuid
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let path = dir.join(".pwd.lock");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_at(&path))?;
+    // SAFETY: flock is plain data; all-zero is a valid value, filled in below.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_OFD_SETLKW(&lock))
+        .map_err(|e| io_at(&path)(e.into()))?;
+    Ok(file)
+}
+
+/// Adds a `warren:START:COUNT` line to both files, under shadow's lock (see above):
 /// `range`, or (when `None`) the planned default unless a `warren:` line exists already.
 /// Refuses a range sharing an id with any line of either file. Every other line is kept
 /// byte for byte; each file is replaced atomically. Returns the range it added.
@@ -251,13 +277,7 @@ pub fn register(
     range: Option<IdRange>,
     block: u32,
 ) -> Result<Option<IdRange>, AllocError> {
-    let dir = subuid
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let lock = File::open(dir).map_err(io_at(dir))?;
-    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| io_at(dir)(e.into()))?;
+    let _lock = lock_passwd_files(subuid)?;
     let host = Host::read(subuid, subgid)?;
     if let Some(uid) = host.pool_owner_account {
         return Err(AllocError::PoolOwnerIsAccount { uid });
