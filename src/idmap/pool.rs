@@ -221,7 +221,7 @@ pub fn plan_registration(host: &Host, block: u32) -> Result<IdRange, AllocError>
 }
 
 /// The root pool of `subuid`/`subgid`, registering [`plan_registration`]'s range first
-/// when neither file has a `warren:` line. Returns the pool and the range it registered.
+/// when the files lack `warren:` lines. Returns the pool and the range it registered.
 pub fn ensure_root_pool(
     subuid: &Path,
     subgid: &Path,
@@ -231,14 +231,16 @@ pub fn ensure_root_pool(
     if has_pool_lines(&host) {
         return Ok((Pool::root(&host, block)?, None));
     }
+    // None in either file (or in one only, after a crash between the two): register.
     let registered = register(subuid, subgid, None, block)?;
     let host = Host::read(subuid, subgid)?;
     Ok((Pool::root(&host, block)?, registered))
 }
 
+/// True when both files have a `warren:` line.
 fn has_pool_lines(host: &Host) -> bool {
     host.subuid.owned_by(POOL_OWNER).next().is_some()
-        || host.subgid.owned_by(POOL_OWNER).next().is_some()
+        && host.subgid.owned_by(POOL_OWNER).next().is_some()
 }
 
 /// Takes the lock shadow's tools (useradd, usermod) hold while they rewrite /etc/passwd,
@@ -268,7 +270,8 @@ fn lock_passwd_files(subuid: &Path) -> Result<File, AllocError> {
 }
 
 /// Adds a `warren:START:COUNT` line to both files, under shadow's lock (see above):
-/// `range`, or (when `None`) the planned default unless a `warren:` line exists already.
+/// `range`, or (when `None`) the planned default unless both files have `warren:` lines
+/// (when only one has, the other gets the same lines: a registration a crash cut short).
 /// Refuses a range sharing an id with any line of either file. Every other line is kept
 /// byte for byte; each file is replaced atomically. Returns the range it added.
 pub fn register(
@@ -282,28 +285,50 @@ pub fn register(
     if let Some(uid) = host.pool_owner_account {
         return Err(AllocError::PoolOwnerIsAccount { uid });
     }
-    let range = match range {
-        Some(r) => r,
-        None if has_pool_lines(&host) => return Ok(None),
-        None => plan_registration(&host, block)?,
+    let lines = |file: &super::subid::Subids| -> Vec<IdRange> {
+        file.owned_by(POOL_OWNER).map(|e| e.range).collect()
     };
-    for file in [&host.subuid, &host.subgid] {
-        if let Some(other) = file.entries.iter().find(|e| e.range.overlaps(&range)) {
-            return Err(AllocError::RegisterOverlap {
-                file: file.path.clone(),
-                range,
-                other: other.clone(),
-            });
+    let (in_uid, in_gid) = (lines(&host.subuid), lines(&host.subgid));
+    let (to_uid, to_gid) = match range {
+        Some(r) => (vec![r], vec![r]),
+        None => match (in_uid.is_empty(), in_gid.is_empty()) {
+            (false, false) => return Ok(None),
+            (true, true) => {
+                let r = plan_registration(&host, block)?;
+                (vec![r], vec![r])
+            }
+            // A registration cut short between the two files: complete it.
+            (false, true) => (Vec::new(), in_uid),
+            (true, false) => (in_gid, Vec::new()),
+        },
+    };
+    for (file, adds) in [(&host.subuid, &to_uid), (&host.subgid, &to_gid)] {
+        for range in adds {
+            if let Some(other) = file.entries.iter().find(|e| e.range.overlaps(range)) {
+                return Err(AllocError::RegisterOverlap {
+                    file: file.path.clone(),
+                    range: *range,
+                    other: other.clone(),
+                });
+            }
+            if aligned_part(*range, block).is_none() {
+                return Err(AllocError::RegisterTooSmall {
+                    range: *range,
+                    block,
+                });
+            }
         }
     }
-    if aligned_part(range, block).is_none() {
-        return Err(AllocError::RegisterTooSmall { range, block });
+    for (path, adds) in [(subuid, &to_uid), (subgid, &to_gid)] {
+        if !adds.is_empty() {
+            let text: String = adds
+                .iter()
+                .map(|r| format!("{POOL_OWNER}:{}:{}\n", r.start, r.len))
+                .collect();
+            append_lines(path, &text).map_err(io_at(path))?;
+        }
     }
-    let line = format!("{POOL_OWNER}:{}:{}\n", range.start, range.len);
-    for path in [subuid, subgid] {
-        append_line(path, &line).map_err(io_at(path))?;
-    }
-    Ok(Some(range))
+    Ok(to_uid.first().or(to_gid.first()).copied())
 }
 
 /// What the CLI prints after registering `range`.
@@ -315,8 +340,8 @@ pub fn registered_message(range: IdRange) -> String {
     )
 }
 
-/// Rewrites `path` atomically with `line` appended, keeping its bytes and mode.
-fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
+/// Rewrites `path` atomically with `lines` appended, keeping its bytes and mode.
+fn append_lines(path: &Path, lines: &str) -> std::io::Result<()> {
     let (mut data, mode) = match std::fs::read(path) {
         Ok(d) => (d, std::fs::metadata(path)?.permissions().mode() & 0o7777),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), 0o644),
@@ -325,7 +350,7 @@ fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
     if data.last().is_some_and(|b| *b != b'\n') {
         data.push(b'\n');
     }
-    data.extend_from_slice(line.as_bytes());
+    data.extend_from_slice(lines.as_bytes());
     crate::atomic::write_with(path, |f| {
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(&data)
@@ -482,6 +507,13 @@ mod tests {
         assert_eq!(register(&uid, &gid, None, 0x10000).unwrap(), None);
         let (pool, again) = ensure_root_pool(&uid, &gid, 0x10000).unwrap();
         assert_eq!((pool.uids, again), (vec![expect], None));
+        // A registration cut short after the first file is completed from it.
+        std::fs::write(&gid, "carol:5:5\n").unwrap();
+        assert_eq!(register(&uid, &gid, None, 0x10000).unwrap(), Some(expect));
+        assert_eq!(
+            std::fs::read_to_string(&gid).unwrap(),
+            "carol:5:5\nwarren:1073807360:1073741824\n"
+        );
         // An explicit range may not share ids with any line.
         let err = register(&uid, &gid, Some(r(100000, 1 << 16)), 0x10000).unwrap_err();
         assert!(err.to_string().contains("alice"), "{err}");
