@@ -6,7 +6,8 @@ use common::{ROOTLESS_USER, as_rootless, bin, ok, require_root, require_tool, ru
 use std::path::Path;
 use std::process::{Command, Stdio};
 use warren::idmap::IdRange;
-use warren::idmap::alloc::Reservation;
+use warren::idmap::alloc::{Pool, Reservation};
+use warren::idmap::subid::Host;
 
 fn warren_in(state: &Path) -> Command {
     let mut cmd = Command::new(bin("warren"));
@@ -41,10 +42,13 @@ fn parallel_allocs_from_64_processes_get_distinct_blocks() {
         })
         .collect();
     got.sort_by_key(|r| r.uids.start);
+    // Root blocks come from warren's registered lines (the first alloc registered them).
+    let host = Host::current().expect("read /etc/subuid and /etc/subgid");
+    let pool = Pool::root(&host, 0x10000).expect("the root pool");
     for (i, r) in got.iter().enumerate() {
         assert_eq!(r.uids, r.gids, "root blocks are equal for uids and gids");
         assert_eq!(r.uids.len, 0x10000);
-        assert!(r.uids.start >= 0x10000 && r.uids.end() <= 1 << 31, "{r:?}");
+        assert!(pool.holds(r.uids, r.gids), "{r:?} outside the {pool}");
         for other in &got[i + 1..] {
             assert!(!r.uids.overlaps(&other.uids), "{r:?} overlaps {other:?}");
         }
@@ -112,6 +116,41 @@ fn a_configured_pool_bounds_root_allocations() {
         String::from_utf8_lossy(&full.stderr).contains("no free block"),
         "{full:?}"
     );
+}
+
+#[test]
+fn check_reports_reservations_outside_the_pool() {
+    require_root();
+    let tmp = scratch("ranges-check");
+    let good: Reservation = parse(&ok(
+        warren_in(tmp.path()).args(["ranges", "alloc", "good", "--json"])
+    ));
+    let out = ok(warren_in(tmp.path()).args(["ranges", "check"]));
+    assert!(out.contains("1 reservations, all inside"), "{out}");
+    // A reservation from the old default pool (block 2 started at 131072), written as an
+    // older warren left it: reported, and never handed out again.
+    let state = tmp.path().join("ranges.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).expect("ranges.json")).expect("json");
+    let old = serde_json::json!({"name": "old",
+        "uids": {"start": 131072, "len": 65536}, "gids": {"start": 131072, "len": 65536}});
+    json["reservations"].as_array_mut().expect("list").push(old);
+    std::fs::write(&state, serde_json::to_vec(&json).unwrap()).expect("write state");
+    let out = run(warren_in(tmp.path()).args(["ranges", "check", "--json"]));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report: serde_json::Value = parse(&String::from_utf8_lossy(&out.stdout));
+    let problems = report["problems"].as_array().expect("problems");
+    assert_eq!(problems.len(), 1, "{report}");
+    assert_eq!(problems[0]["name"], "old");
+    assert!(problems[0]["reason"].as_str().unwrap().contains("outside"));
+    let again = run(warren_in(tmp.path()).args(["ranges", "alloc", "old"]));
+    assert!(!again.status.success(), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("warren ranges free old"));
+    // The good one is still handed back as it was.
+    let same: Reservation = parse(&ok(
+        warren_in(tmp.path()).args(["ranges", "alloc", "good", "--json"])
+    ));
+    assert_eq!(same, good);
 }
 
 /// The user's ranges in a subuid-format file. (useradd may have given the test user its

@@ -1,5 +1,5 @@
 //! The OCI runtime as an unprivileged user: ids mapped through newuidmap/newgidmap from
-//! the user's subordinate ranges, or a single mapping when those do not cover the config.
+//! the user's subordinate ranges (all of its lines); ids those do not hold are an error.
 
 mod common;
 #[path = "common/rootfs.rs"]
@@ -117,16 +117,43 @@ fn rootless_lifecycle() {
 }
 
 #[test]
-fn rootless_falls_back_to_a_single_mapping() {
-    // Ids outside the user's subordinate range: warren says so and maps only itself.
-    let (uid, _) = ensure_rootless_user();
+fn rootless_ids_outside_the_users_ranges_are_an_error() {
+    // Ids no line of the user holds: an error naming the file and the user's lines, never
+    // a narrower mapping than the config asks for.
+    ensure_rootless_user();
     let dir = rootless_bundle(
-        "rootless-fallback",
+        "rootless-outside",
         "cat /proc/self/uid_map",
         json!([{"containerID": 0, "hostID": 0x700000, "size": 65536}]),
     );
-    // The fallback maps the user itself to root: give it the rootfs.
-    rootfs::chown_tree(&dir.path().join("rootfs"), uid, uid);
+    let root = dir.path().join("state");
+    let out = run(warren_as_user(&root)
+        .args(["run", "-b"])
+        .arg(dir.path())
+        .arg("outside"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    let line = format!("`{ROOTLESS_USER}:{}:", subuid_start());
+    assert!(err.contains("/etc/subuid") && err.contains(&line), "{err}");
+    assert!(err.contains("7340032"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "{out:?}");
+}
+
+#[test]
+fn rootless_own_id_maps_without_helpers() {
+    // Mapping only the user itself needs no newuidmap: the parent writes the maps.
+    let (uid, gid) = ensure_rootless_user();
+    let dir = scratch("rootless-own");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut c = rootless_config(
+        "cat /proc/self/uid_map",
+        json!([{"containerID": 0, "hostID": uid, "size": 1}]),
+        false,
+    );
+    c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": gid, "size": 1}]);
+    make_bundle(dir.path(), &c);
+    // The map gives the user itself root: give it the rootfs.
+    rootfs::chown_tree(&dir.path().join("rootfs"), uid, gid);
     let root = dir.path().join("state");
     // Several runs: the parent writes the child's map files while the child starts, so a
     // child that hides its /proc files too early (non-dumpable) fails only sometimes.
@@ -134,10 +161,8 @@ fn rootless_falls_back_to_a_single_mapping() {
         let out = run(warren_as_user(&root)
             .args(["run", "-b"])
             .arg(dir.path())
-            .arg("fb"));
-        let err = String::from_utf8_lossy(&out.stderr);
+            .arg("own"));
         assert!(out.status.success(), "{out:?}");
-        assert!(err.contains("falling back to a single mapping"), "{err}");
         let map: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
             .map(str::to_owned)

@@ -104,6 +104,7 @@ pub fn runtime(global: &Global) -> Result<Runtime> {
     if let Some(root) = &global.root {
         opts.run_dir = root.clone();
     }
+    crate::ranges::announce_pool()?;
     Ok(Runtime::open(opts)?)
 }
 

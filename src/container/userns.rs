@@ -1,8 +1,11 @@
 //! Id maps of a new user namespace, written by the parent: directly as root (or for a
 //! single mapping of one's own id), through `newuidmap`/`newgidmap` and the user's
-//! subordinate ranges otherwise, falling back to "own id -> 0" when those are missing.
+//! subordinate ranges otherwise (all of the user's lines, read by the one parser in
+//! `idmap::subid`). A mapping those ranges do not hold is an error, never a narrower map.
 
 use super::Error;
+use crate::idmap::IdRange;
+use crate::idmap::subid::{Host, Subids};
 use oci_spec::runtime::LinuxIdMapping;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -38,37 +41,66 @@ pub struct Maps {
     helpers: Option<(PathBuf, PathBuf)>,
 }
 
-/// The first range of `user` in /etc/subuid or /etc/subgid (by name or numeric id).
-fn subid_range(file: &str, name: &str, id: u32) -> Option<(u32, u32)> {
-    let text = std::fs::read_to_string(file).ok()?;
-    text.lines().find_map(|l| {
-        let mut f = l.split(':');
-        let who = f.next()?;
-        if who != name && who != id.to_string() {
-            return None;
-        }
-        Some((
-            f.next()?.trim().parse().ok()?,
-            f.next()?.trim().parse().ok()?,
-        ))
-    })
+/// Why the maps of a rootless container cannot be made as asked: the file and the lines.
+fn not_covered(kind: &str, m: &Mapping, file: &Subids, host: &Host) -> Error {
+    let who = host.who();
+    Error::UserNamespace(format!(
+        "{kind} mapping {} -> {}+{} is not within {who}'s lines in {} ({}): newuidmap would \
+         refuse it. Map only ids those lines hold, or give {who} a range holding them \
+         (usermod --add-sub{kind}s START-END {who})",
+        m.container,
+        m.host,
+        m.size,
+        file.path.display(),
+        file.describe_lines(host.user.as_deref(), host.uid)
+    ))
 }
 
-fn covered_by(maps: &[Mapping], own: u32, sub: Option<(u32, u32)>) -> bool {
-    maps.iter().all(|m| {
-        (m.size == 1 && m.host == own)
-            || sub.is_some_and(|(start, len)| {
-                m.host >= start
-                    && u64::from(m.host) + u64::from(m.size) <= u64::from(start) + u64::from(len)
-            })
-    })
+/// Checks that every mapping is the caller's own id or lies within the caller's lines of
+/// `file` (by name or uid, for subgid too, as shadow matches them).
+fn check_covered(
+    kind: &str,
+    maps: &[Mapping],
+    own: u32,
+    file: &Subids,
+    host: &Host,
+) -> Result<(), Error> {
+    for m in maps {
+        let own_id = m.size == 1 && m.host == own;
+        let held = IdRange::new(m.host, m.size)
+            .is_ok_and(|r| file.covers(host.user.as_deref(), host.uid, r));
+        if !own_id && !held {
+            return Err(not_covered(kind, m, file, host));
+        }
+    }
+    Ok(())
 }
 
 impl Maps {
     /// Decides how to map ids for a new user namespace. `uid`/`gid` come from the config
-    /// (may be empty). Returns the maps and a warning when it had to fall back.
+    /// (may be empty). Returns the maps and a warning when the config asked for no maps and
+    /// the caller has no subordinate ids, so the container gets only the caller's own id.
     pub fn plan(uid: Vec<Mapping>, gid: Vec<Mapping>) -> Result<(Maps, Option<String>), Error> {
         if crate::dirs::is_root() {
+            return Maps::plan_for(None, None, uid, gid);
+        }
+        let host = Host::current().map_err(|e| Error::UserNamespace(e.to_string()))?;
+        // Found once here: spawned by path, so no exec is tried in every $PATH entry.
+        let helpers = which("newuidmap").zip(which("newgidmap"));
+        Maps::plan_for(Some(&host), helpers, uid, gid)
+    }
+
+    /// [`Maps::plan`] on given host facts: `host` is `None` as root, else the caller's
+    /// ids and subordinate id files; `helpers` are newuidmap/newgidmap when present. A
+    /// mapping that cannot be made as asked is an error naming the file and lines, never
+    /// a narrower mapping.
+    pub fn plan_for(
+        host: Option<&Host>,
+        helpers: Option<(PathBuf, PathBuf)>,
+        uid: Vec<Mapping>,
+        gid: Vec<Mapping>,
+    ) -> Result<(Maps, Option<String>), Error> {
+        let Some(host) = host else {
             if uid.is_empty() || gid.is_empty() {
                 return Err(Error::config(
                     "linux.uidMappings",
@@ -84,16 +116,8 @@ impl Maps {
                 },
                 None,
             ));
-        }
-        let own_uid = nix::unistd::geteuid().as_raw();
-        let own_gid = nix::unistd::getegid().as_raw();
-        let name = nix::unistd::User::from_uid(own_uid.into())
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-            .unwrap_or_default();
-        let subuid = subid_range("/etc/subuid", &name, own_uid);
-        let subgid = subid_range("/etc/subgid", &name, own_gid);
+        };
+        let (own_uid, own_gid) = (host.uid, host.gid);
         let single = |own| {
             vec![Mapping {
                 container: 0,
@@ -101,20 +125,36 @@ impl Maps {
                 size: 1,
             }]
         };
+        let mut warning = None;
         let (uid, gid) = if uid.is_empty() {
-            // Rootless default: own id -> 0, subordinate ids -> 1..
-            let extend = |own, sub: Option<(u32, u32)>| {
+            // Rootless default: own id -> 0, the first subordinate line -> 1.. (when the
+            // helpers can write it).
+            let name = host.user.as_deref();
+            let extend = |own, file: &Subids| {
                 let mut v = single(own);
-                if let Some((start, len)) = sub {
+                if let Some(e) = file.of(name, host.uid).next().filter(|_| helpers.is_some()) {
                     v.push(Mapping {
                         container: 1,
-                        host: start,
-                        size: len.min(65536),
+                        host: e.range.start,
+                        size: e.range.len.min(65536),
                     });
                 }
                 v
             };
-            (extend(own_uid, subuid), extend(own_gid, subgid))
+            let maps = (extend(own_uid, &host.subuid), extend(own_gid, &host.subgid));
+            if maps.0.len() == 1 || maps.1.len() == 1 {
+                warning = Some(format!(
+                    "user namespace: the config maps no ids and {} has no usable subordinate \
+                     ids ({} and {}, newuidmap from uidmap): only uid {own_uid} and gid \
+                     {own_gid} are mapped (to 0)",
+                    host.who(),
+                    host.subuid.path.display(),
+                    host.subgid.path.display()
+                ));
+                (single(own_uid), single(own_gid))
+            } else {
+                maps
+            }
         } else {
             (uid, if gid.is_empty() { single(own_gid) } else { gid })
         };
@@ -127,43 +167,25 @@ impl Maps {
                     deny_setgroups: true,
                     helpers: None,
                 },
-                None,
+                warning,
             ));
         }
-        // Found once here: spawned by path, so no exec is tried in every $PATH entry.
-        let helpers = which("newuidmap").zip(which("newgidmap"));
-        if helpers.is_some()
-            && covered_by(&uid, own_uid, subuid)
-            && covered_by(&gid, own_gid, subgid)
-        {
-            return Ok((
-                Maps {
-                    uid,
-                    gid,
-                    deny_setgroups: false,
-                    helpers,
-                },
-                None,
+        check_covered("uid", &uid, own_uid, &host.subuid, host)?;
+        check_covered("gid", &gid, own_gid, &host.subgid, host)?;
+        if helpers.is_none() {
+            return Err(Error::UserNamespace(
+                "mapping subordinate ids needs newuidmap and newgidmap: apt-get install uidmap"
+                    .into(),
             ));
         }
-        let why = if helpers.is_none() {
-            "newuidmap/newgidmap are missing (apt-get install uidmap)".to_owned()
-        } else {
-            format!(
-                "the requested ids are not all in {name}'s ranges in /etc/subuid and /etc/subgid"
-            )
-        };
-        let warning = format!(
-            "user namespace: {why}; falling back to a single mapping (uid {own_uid} -> 0, gid {own_gid} -> 0)"
-        );
         Ok((
             Maps {
-                uid: single(own_uid),
-                gid: single(own_gid),
-                deny_setgroups: true,
-                helpers: None,
+                uid,
+                gid,
+                deny_setgroups: false,
+                helpers,
             },
-            Some(warning),
+            warning,
         ))
     }
 
@@ -303,4 +325,106 @@ fn which(tool: &str) -> Option<PathBuf> {
             p.metadata()
                 .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(subuid: &str, subgid: &str) -> Host {
+        Host {
+            subuid: Subids::parse("/etc/subuid", subuid).unwrap(),
+            subgid: Subids::parse("/etc/subgid", subgid).unwrap(),
+            uid: 1001,
+            gid: 1001,
+            user: Some("alice".into()),
+            pool_owner_account: None,
+        }
+    }
+
+    fn block(host: u32) -> Vec<Mapping> {
+        vec![Mapping {
+            container: 0,
+            host,
+            size: 65536,
+        }]
+    }
+
+    fn helpers() -> Option<(PathBuf, PathBuf)> {
+        Some(("/usr/bin/newuidmap".into(), "/usr/bin/newgidmap".into()))
+    }
+
+    #[test]
+    fn a_block_from_any_line_maps_whole() {
+        let two = "alice:100000:65536\nbob:165536:65536\nalice:300000:65536\n";
+        let by_uid = "1001:100000:65536\n1001:300000:65536\n";
+        for text in [two, by_uid] {
+            let h = host(text, text);
+            for start in [100000, 300000] {
+                let (maps, warning) =
+                    Maps::plan_for(Some(&h), helpers(), block(start), block(start)).unwrap();
+                assert_eq!((maps.uid, maps.gid), (block(start), block(start)), "{text}");
+                assert!(maps.helpers.is_some() && warning.is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn ids_outside_the_lines_are_an_error_naming_file_and_lines() {
+        let h = host(
+            "alice:100000:65536\nalice:300000:65536\n",
+            "alice:100000:65536\n",
+        );
+        let msg = Maps::plan_for(Some(&h), helpers(), block(165536), block(100000))
+            .unwrap_err()
+            .to_string();
+        for part in [
+            "/etc/subuid",
+            "line 1 `alice:100000:65536`",
+            "line 2",
+            "165536",
+        ] {
+            assert!(msg.contains(part), "{part}: {msg}");
+        }
+        // The gid map is checked against subgid, where the second block is missing.
+        let msg = Maps::plan_for(Some(&h), helpers(), block(300000), block(300000))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("/etc/subgid"), "{msg}");
+        // Bob's lines are not alice's; an empty file holds nothing.
+        let h = host("bob:100000:65536\n", "");
+        assert!(Maps::plan_for(Some(&h), helpers(), block(100000), block(100000)).is_err());
+        // Without the helpers a subordinate map is an error too, not a one-id map.
+        let h = host("alice:100000:65536\n", "alice:100000:65536\n");
+        let msg = Maps::plan_for(Some(&h), None, block(100000), block(100000))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("uidmap"), "{msg}");
+    }
+
+    #[test]
+    fn own_id_maps_directly_and_the_default_uses_the_first_line() {
+        let own = vec![Mapping {
+            container: 0,
+            host: 1001,
+            size: 1,
+        }];
+        let h = host("", "");
+        let (maps, _) = Maps::plan_for(Some(&h), None, own.clone(), own.clone()).unwrap();
+        assert!(maps.deny_setgroups && maps.helpers.is_none());
+        // No maps asked and no subids: own id only, said in a warning.
+        let (maps, warning) = Maps::plan_for(Some(&h), helpers(), vec![], vec![]).unwrap();
+        assert_eq!(maps.uid, own);
+        assert!(warning.is_some_and(|w| w.contains("/etc/subuid")));
+        let text = "alice:300000:100000\n";
+        let (maps, warning) =
+            Maps::plan_for(Some(&host(text, text)), helpers(), vec![], vec![]).unwrap();
+        assert_eq!(maps.uid[1].host, 300000);
+        assert_eq!(maps.uid[1].size, 65536);
+        assert!(warning.is_none());
+        // As root the config's maps are written as they are.
+        assert!(Maps::plan_for(None, None, vec![], own.clone()).is_err());
+        let (maps, _) = Maps::plan_for(None, None, block(5), block(5)).unwrap();
+        assert_eq!(maps.uid, block(5));
+    }
 }

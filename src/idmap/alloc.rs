@@ -4,11 +4,14 @@
 //! exclusive `flock` on `STATE_DIR/ranges.lock` (a separate file: the rename replaces the
 //! state file's inode). Readers need no lock: they see the old file or the new one.
 //!
-//! As root, blocks come from a [`Pool`] (default: 0x10000-id blocks from 0x10000 up to
-//! 2^31), with equal uid and gid blocks. As an unprivileged user, blocks come only from
-//! that user's `/etc/subuid` and `/etc/subgid` ranges, which `newuidmap` will accept.
+//! Blocks come from a [`Pool`]: as root the `warren:` lines of `/etc/subuid` and
+//! `/etc/subgid` (see [`super::pool`]), with equal uid and gid blocks; as an unprivileged
+//! user only that user's own lines, which `newuidmap` will accept. A reservation made
+//! earlier is handed back only while it still lies inside the pool.
 
-use super::range::{DEFAULT_BLOCK, IdRange, RangeError};
+pub use super::pool::Pool;
+use super::range::{IdRange, RangeError};
+use super::subid::{Entry, SubidError};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -16,9 +19,6 @@ use std::path::{Path, PathBuf};
 const STATE_FILE: &str = "ranges.json";
 const LOCK_FILE: &str = "ranges.lock";
 const FORMAT_VERSION: u32 = 1;
-
-/// The end (exclusive) of the default root pool: 2^31.
-pub const ROOT_POOL_END: u64 = 1 << 31;
 
 /// One container's ids: a uid block and a gid block (equal as root).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -63,159 +63,63 @@ pub enum AllocError {
     },
     #[error(transparent)]
     Range(#[from] RangeError),
+    #[error(transparent)]
+    Subids(#[from] SubidError),
+    #[error(
+        "{file} has no `warren:` line holding a whole block of {block:#x} ids: the root id pool \
+         is warren's lines in /etc/subuid and /etc/subgid (as root, `warren ranges register` \
+         adds one to both)"
+    )]
+    NoPool { file: PathBuf, block: u32 },
+    #[error(
+        "the root id pool {pool} overlaps {} {other} of user {}: that user could map \
+         those container ids with newuidmap. Fix: give warren ids no user has (delete the \
+         `warren:` lines of /etc/subuid and /etc/subgid, then run `warren ranges register`; \
+         or pick another --pool), or move {}'s range",
+        file.display(), other.owner, other.owner
+    )]
+    PoolOverlap {
+        file: PathBuf,
+        pool: IdRange,
+        other: Entry,
+    },
+    #[error(
+        "a host account named `warren` (uid {uid}) exists: newuidmap would let it map every \
+         id of the root pool (the `warren:` lines of /etc/subuid and /etc/subgid); rename \
+         or remove that account"
+    )]
+    PoolOwnerIsAccount { uid: u32 },
+    #[error("cannot register {range} for warren: it holds no whole {block:#x}-aligned block")]
+    RegisterTooSmall { range: IdRange, block: u32 },
+    #[error("cannot register {range} for warren: it overlaps {} {other}", file.display())]
+    RegisterOverlap {
+        file: PathBuf,
+        range: IdRange,
+        other: Entry,
+    },
+    #[error(
+        "no room left for a root id pool above the lines of {} and {}: register one \
+         explicitly with `warren ranges register --start S --count N`",
+        subuid.display(), subgid.display()
+    )]
+    NoRoomForPool { subuid: PathBuf, subgid: PathBuf },
+    #[error(
+        "{name:?} holds uids {uids} / gids {gids}, outside the {pool}: free it \
+         (`warren ranges free {name}`) and create the container again"
+    )]
+    OutsidePool {
+        name: String,
+        uids: IdRange,
+        gids: IdRange,
+        pool: String,
+    },
 }
 
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> AllocError + '_ {
+pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> AllocError + '_ {
     move |source| AllocError::Io {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Where blocks may come from: `block`-sized blocks laid from the start of each range.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Pool {
-    pub uids: Vec<IdRange>,
-    pub gids: Vec<IdRange>,
-    pub block: u32,
-}
-
-impl Pool {
-    /// One range shared by uids and gids (the root pool): reservations get equal blocks.
-    pub fn new(range: IdRange, block: u32) -> Result<Self, RangeError> {
-        if block == 0 {
-            return Err(RangeError::Empty);
-        }
-        Ok(Pool {
-            uids: vec![range],
-            gids: vec![range],
-            block,
-        })
-    }
-
-    /// The default root pool: blocks of 0x10000 from 0x10000 up to 2^31.
-    pub fn root_default() -> Self {
-        let range = IdRange {
-            start: DEFAULT_BLOCK,
-            len: (ROOT_POOL_END - u64::from(DEFAULT_BLOCK)) as u32,
-        };
-        Pool {
-            uids: vec![range],
-            gids: vec![range],
-            block: DEFAULT_BLOCK,
-        }
-    }
-
-    /// The subordinate ids of `user` (matched by name or uid) in `subuid` and `subgid`
-    /// files; an error saying what to add when either holds less than one block.
-    pub fn from_subids(
-        subuid: &Path,
-        subgid: &Path,
-        user: Option<&str>,
-        uid: u32,
-        block: u32,
-    ) -> Result<Self, AllocError> {
-        let uids = subid_ranges(subuid, user, uid, block)?;
-        let gids = subid_ranges(subgid, user, uid, block)?;
-        Ok(Pool { uids, gids, block })
-    }
-
-    /// The pool of the calling user: the root default as root, else its subids.
-    pub fn for_current_user() -> Result<Self, AllocError> {
-        if crate::dirs::is_root() {
-            return Ok(Pool::root_default());
-        }
-        let uid = nix::unistd::getuid();
-        let name = nix::unistd::User::from_uid(uid)
-            .ok()
-            .flatten()
-            .map(|u| u.name);
-        Pool::from_subids(
-            Path::new("/etc/subuid"),
-            Path::new("/etc/subgid"),
-            name.as_deref(),
-            uid.as_raw(),
-            DEFAULT_BLOCK,
-        )
-    }
-
-    fn symmetric(&self) -> bool {
-        self.uids == self.gids
-    }
-}
-
-impl std::fmt::Display for Pool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let list = |r: &[IdRange]| {
-            r.iter()
-                .map(|r| r.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        if self.symmetric() {
-            write!(f, "pool {}", list(&self.uids))
-        } else {
-            write!(f, "uids {} / gids {}", list(&self.uids), list(&self.gids))
-        }
-    }
-}
-
-/// The ranges of `user`/`uid` in a subuid-format file (`name_or_uid:start:count`).
-fn subid_ranges(
-    file: &Path,
-    user: Option<&str>,
-    uid: u32,
-    block: u32,
-) -> Result<Vec<IdRange>, AllocError> {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(io_at(file)(e)),
-    };
-    let uid_str = uid.to_string();
-    let mut mine = Vec::new();
-    let mut highest_end: u64 = 0;
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut fields = line.split(':');
-        let (Some(owner), Some(start), Some(count)) = (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        let (Ok(start), Ok(count)) = (start.parse::<u32>(), count.parse::<u32>()) else {
-            continue;
-        };
-        let Ok(range) = IdRange::new(start, count) else {
-            continue;
-        };
-        highest_end = highest_end.max(range.end());
-        if owner == uid_str || Some(owner) == user {
-            mine.push(range);
-        }
-    }
-    let have: u64 = mine.iter().map(|r| u64::from(r.len)).sum();
-    if !mine.iter().any(|r| r.len >= block) {
-        // Suggest a block-aligned range past everyone else's.
-        let b = u64::from(block);
-        let start = highest_end.max(0x10_0000).div_ceil(b) * b;
-        let who = user.map_or(uid_str.clone(), str::to_string);
-        let flag = if file.ends_with("subgid") {
-            "--add-subgids"
-        } else {
-            "--add-subuids"
-        };
-        return Err(AllocError::TooFewSubids {
-            suggest: format!("{who}:{start}:{}", 16 * b),
-            usermod: format!("usermod {flag} {start}-{} {who}", start + 16 * b - 1),
-            user: who,
-            file: file.to_path_buf(),
-            have,
-            need: block,
-        });
-    }
-    Ok(mine)
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -259,6 +163,15 @@ impl Allocator {
         check_name(name)?;
         self.update(|reservations| {
             if let Some(r) = reservations.iter().find(|r| r.name == name) {
+                // Ids the pool no longer holds may now be another user's: never map them.
+                if !self.pool.holds(r.uids, r.gids) {
+                    return Err(AllocError::OutsidePool {
+                        name: name.to_string(),
+                        uids: r.uids,
+                        gids: r.gids,
+                        pool: self.pool.to_string(),
+                    });
+                }
                 return Ok((r.clone(), false));
             }
             let (uids, gids) = self.free_block(name, reservations)?;
@@ -424,25 +337,6 @@ mod tests {
         assert_eq!(first_fit(&pool, 0x10000, &taken), Some(r(0x30000, 0x10000)));
         let full = [r(0x10000, 0x30000)];
         assert_eq!(first_fit(&pool, 0x10000, &full), None);
-    }
-
-    #[test]
-    fn subids_by_name_or_uid_and_a_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("subuid");
-        std::fs::write(
-            &f,
-            "alice:100000:65536\n1001:165536:65536\nbob:231072:100\n",
-        )
-        .unwrap();
-        let alice = subid_ranges(&f, Some("alice"), 1000, 0x10000).unwrap();
-        assert_eq!(alice, vec![r(100000, 65536)]);
-        let by_uid = subid_ranges(&f, None, 1001, 0x10000).unwrap();
-        assert_eq!(by_uid, vec![r(165536, 65536)]);
-        let err = subid_ranges(&f, Some("bob"), 1002, 0x10000).unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("bob:1048576:1048576"), "{msg}");
-        assert!(msg.contains(&f.display().to_string()), "{msg}");
     }
 
     #[test]

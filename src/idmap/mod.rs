@@ -1,9 +1,12 @@
-//! uid/gid ranges: parsing and mapping ([`range`]), per-container reservations
+//! uid/gid ranges: parsing and mapping ([`range`]), the subordinate id files
+//! ([`subid`]), where blocks come from ([`pool`]), per-container reservations
 //! ([`alloc`]), re-owning trees ([`shift`]) and the xattrs that carry ids ([`xattr`]).
 
 pub mod alloc;
+pub mod pool;
 pub mod range;
 pub mod shift;
+pub mod subid;
 pub mod xattr;
 
 pub use range::{IdRange, Shift};

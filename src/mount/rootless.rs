@@ -5,61 +5,38 @@
 //! outside, and shifting by `0 using range R` inside lands every id in the block.
 
 use crate::idmap::range::Shift;
-use std::io::{self, Read, Write};
+use crate::idmap::subid::{Host, SubidError};
+use std::io::{Read, Write};
 use std::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootlessError {
-    #[error("{file} gives user {user} no subordinate ids covering {block}: add a line like {user}:{start:#x}:{len:#x}", start = .block.to, len = .block.range)]
+    #[error("{file} gives user {user} no subordinate ids covering {block} ({lines}): add a line like {user}:{start}:{len}", start = .block.to, len = .block.range)]
     NoSubids {
         file: &'static str,
         user: String,
         block: Shift,
+        lines: String,
     },
-    #[error("cannot read {file}: {source}")]
-    Subids {
-        file: &'static str,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Subids(#[from] SubidError),
     #[error("cannot set up the user namespace: {0}")]
     Userns(String),
     #[error("the copy failed: {0}")]
     Copy(String),
 }
 
-/// True when `file` (subuid/subgid format `NAME_OR_ID:START:COUNT`) lets `user`/`id` map
-/// the whole block of `shift`.
-fn covered(text: &str, user: &str, id: u32, shift: Shift) -> bool {
-    text.lines().any(|line| {
-        let mut f = line.trim().split(':');
-        let (Some(who), Some(start), Some(count)) = (f.next(), f.next(), f.next()) else {
-            return false;
-        };
-        let (Ok(start), Ok(count)) = (start.parse::<u64>(), count.parse::<u64>()) else {
-            return false;
-        };
-        (who == user || who.parse::<u32>().ok() == Some(id))
-            && start <= u64::from(shift.to)
-            && u64::from(shift.to) + u64::from(shift.range) <= start + count
-    })
-}
-
-fn check_subids(shift: Shift) -> Result<(), RootlessError> {
-    let uid = nix::unistd::getuid();
-    let gid = nix::unistd::getgid();
-    let user = nix::unistd::User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| uid.to_string());
-    for (file, id) in [("/etc/subuid", uid.as_raw()), ("/etc/subgid", gid.as_raw())] {
-        let text = std::fs::read_to_string(file)
-            .map_err(|source| RootlessError::Subids { file, source })?;
-        if !covered(&text, &user, id, shift) {
+/// Checks that the caller's lines of both files (all of them, by name or uid, as
+/// `newuidmap` reads them) hold the whole block of `shift`.
+fn check_subids(host: &Host, shift: Shift) -> Result<(), RootlessError> {
+    let block = shift.target();
+    for (file, name) in [(&host.subuid, "/etc/subuid"), (&host.subgid, "/etc/subgid")] {
+        if !file.covers(host.user.as_deref(), host.uid, block) {
             return Err(RootlessError::NoSubids {
-                file,
-                user,
+                file: name,
+                user: host.who(),
                 block: shift,
+                lines: file.describe_lines(host.user.as_deref(), host.uid),
             });
         }
     }
@@ -72,7 +49,7 @@ pub fn in_userns(
     shift: Shift,
     work: &dyn Fn(Shift) -> Result<u64, String>,
 ) -> Result<u64, RootlessError> {
-    check_subids(shift)?;
+    check_subids(&Host::current()?, shift)?;
     let (uid, gid) = (
         nix::unistd::getuid().as_raw(),
         nix::unistd::getgid().as_raw(),
@@ -183,14 +160,31 @@ fn child(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::idmap::subid::Subids;
 
     #[test]
     fn subid_lines_must_cover_the_whole_block() {
-        let text = "alice:100000:65536\n1001:300000:131072\n";
+        let text = "alice:100000:65536\n1001:300000:131072\nalice:500000:65536\n";
+        let host = |user: &str, uid| Host {
+            subuid: Subids::parse("/etc/subuid", text).unwrap(),
+            subgid: Subids::parse("/etc/subgid", text).unwrap(),
+            uid,
+            gid: uid,
+            user: Some(user.into()),
+            pool_owner_account: None,
+        };
         let shift = |to| Shift { to, range: 0x10000 };
-        assert!(covered(text, "alice", 1000, shift(100000)));
-        assert!(!covered(text, "alice", 1000, shift(100001)));
-        assert!(covered(text, "bob", 1001, shift(0x50000)));
-        assert!(!covered(text, "bob", 1002, shift(0x50000)));
+        assert!(check_subids(&host("alice", 1000), shift(100000)).is_ok());
+        assert!(
+            check_subids(&host("alice", 1000), shift(500000)).is_ok(),
+            "second line"
+        );
+        let err = check_subids(&host("alice", 1000), shift(100001)).unwrap_err();
+        assert!(
+            err.to_string().contains("line 3 `alice:500000:65536`"),
+            "{err}"
+        );
+        assert!(check_subids(&host("bob", 1001), shift(0x50000)).is_ok());
+        assert!(check_subids(&host("bob", 1002), shift(0x50000)).is_err());
     }
 }

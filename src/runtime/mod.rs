@@ -167,7 +167,7 @@ impl Runtime {
     pub fn open(opts: RuntimeOptions) -> Result<Runtime, Error> {
         let pool = match &opts.pool {
             Some(p) => p.clone(),
-            None if crate::dirs::is_root() => Pool::root_default(),
+            // As root: the registered `warren:` pool, refused when it overlaps a user's.
             None => Pool::for_current_user()?,
         };
         fs::create_dir_all(&opts.state_dir).map_err(io_err("create", &opts.state_dir))?;
