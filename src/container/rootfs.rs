@@ -3,6 +3,7 @@
 //! numbers) in the parent; [`Plan::apply`] and [`Plan::finish`] run in the child between
 //! clone and exec and therefore allocate nothing and take no lock.
 
+use super::cgroup::MountView;
 use super::init::{Fail, Step};
 use super::spec::ConfigError;
 use crate::sys::{self, RESOLVE_IN_ROOT};
@@ -110,9 +111,49 @@ enum Kind {
     Fs,
     /// A bind mount of `source`.
     Bind,
-    /// sysfs, mqueue or cgroup: falls back to a recursive bind of the host's when the
-    /// kernel refuses a new instance (a user namespace not owning the net/ipc namespace).
+    /// sysfs or mqueue: falls back to a recursive bind of the host's when the kernel
+    /// refuses a new instance (a user namespace not owning the net/ipc namespace).
     Virtual,
+    /// cgroup or cgroup2: the container's own cgroup only ([`CgroupOp`]), never the
+    /// host's tree.
+    Cgroup,
+}
+
+/// How the container's `cgroup` mounts are made; the caller knows its cgroup.
+#[derive(Debug, Default)]
+pub struct Cgroups {
+    /// The child makes a cgroup namespace of its own before the mounts, once it is in its
+    /// cgroup (the caller moves it there before GO): the mounts then show that cgroup as
+    /// the root of each hierarchy.
+    pub new_ns: bool,
+    /// The container's own cgroup; empty when it has none (nothing writable for a
+    /// rootless caller): its `cgroup` mounts are then an empty read-only tmpfs.
+    pub view: MountView,
+}
+
+/// A `cgroup` mount of the config: on a v1 or hybrid host a tmpfs holding one mount per
+/// hierarchy and the host's links between them (read-only at the end); on a v2 host the
+/// hierarchy itself. Each hierarchy is mounted anew in the container's cgroup namespace,
+/// or, without one, its own directory of it is bound: never a hierarchy's root.
+#[derive(Debug)]
+struct CgroupOp {
+    tmpfs: bool,
+    parts: Vec<CgroupPart>,
+    /// (link, target).
+    links: Vec<(Inside, CString)>,
+    /// nosuid, nodev, noexec, and ro unless the config says `rw`.
+    flags: c_ulong,
+}
+
+#[derive(Debug)]
+struct CgroupPart {
+    target: Inside,
+    fstype: CString,
+    data: Option<CString>,
+    /// The container's own directory of the hierarchy, bound without a cgroup namespace.
+    dir: CString,
+    /// Index of its description after those of the config's mounts.
+    desc: usize,
 }
 
 #[derive(Debug)]
@@ -129,6 +170,7 @@ struct MountOp {
     propagation: Vec<c_ulong>,
     /// Host path used when a virtual filesystem falls back to a bind.
     fallback: CString,
+    cgroup: Option<CgroupOp>,
 }
 
 #[derive(Debug)]
@@ -157,7 +199,9 @@ pub struct Plan {
     readonly: Vec<CString>,
     sysctl: Vec<(CString, CString)>,
     readonly_root: bool,
-    /// Description of each mount, for error messages.
+    /// unshare(CLONE_NEWCGROUP) before the mounts.
+    new_cgroupns: bool,
+    /// Description of each mount, then of each cgroup hierarchy, for error messages.
     pub descriptions: Vec<String>,
 }
 
@@ -224,6 +268,58 @@ fn cstring(s: impl AsRef<std::ffi::OsStr>, field: &str) -> Result<CString, Confi
     sys::cstr(s).map_err(|_| ConfigError::new(field, "contains a NUL byte"))
 }
 
+/// Plans the `cgroup` mount at `dest` (config field `field`), read-only unless `rw`.
+fn cgroup_op(
+    dest: &Path,
+    cgroups: &Cgroups,
+    ro: bool,
+    field: &str,
+    descriptions: &mut Vec<String>,
+) -> Result<CgroupOp, ConfigError> {
+    let inside = |p: &Path| Inside::new(p).map_err(|e| ConfigError::new(field, e));
+    let view = &cgroups.view;
+    let mut parts = Vec::new();
+    for h in &view.hierarchies {
+        let target = dest.join(&h.name);
+        let how = if cgroups.new_ns {
+            format!("type {}, in the container's cgroup namespace", h.fstype)
+        } else {
+            format!("the container's cgroup {}, bound", h.dir.display())
+        };
+        parts.push(CgroupPart {
+            target: inside(&target)?,
+            fstype: cstring(h.fstype, field)?,
+            data: (!h.data.is_empty())
+                .then(|| cstring(&h.data, field))
+                .transpose()?,
+            dir: cstring(&h.dir, field)?,
+            desc: descriptions.len(),
+        });
+        descriptions.push(format!(
+            "mount cgroup hierarchy {} on {} ({how})",
+            if h.name.is_empty() { "cgroup2" } else { &h.name },
+            target.display()
+        ));
+    }
+    let links = view
+        .links
+        .iter()
+        .map(|(name, to)| Ok((inside(&dest.join(name))?, cstring(to, field)?)))
+        .collect::<Result<_, ConfigError>>()?;
+    // v2: the one hierarchy is the mount; else (v1, hybrid, or no cgroup of its own) a
+    // tmpfs holds them.
+    let unified = matches!(&view.hierarchies[..], [h] if h.name.is_empty());
+    Ok(CgroupOp {
+        tmpfs: !unified,
+        parts,
+        links,
+        flags: libc::MS_NOSUID
+            | libc::MS_NODEV
+            | libc::MS_NOEXEC
+            | if ro { libc::MS_RDONLY } else { 0 },
+    })
+}
+
 struct DefaultDev {
     path: &'static str,
     major: u32,
@@ -271,22 +367,26 @@ impl Plan {
         rootfs: &Path,
         bundle: &Path,
         userns: bool,
+        cgroups: &Cgroups,
     ) -> Result<Plan, ConfigError> {
         let linux = spec.linux().clone().unwrap_or_default();
         let mut mounts = Vec::new();
         let mut descriptions = Vec::new();
+        let mut cgroup_descriptions = Vec::new();
         let mut dev_bound = false;
         for (i, m) in spec.mounts().iter().flatten().enumerate() {
             let field = format!("mounts[{i}]");
             let dest = m.destination();
             let fstype = m.typ().clone().unwrap_or_default();
-            let (mut flags, _clear, propagation, data) =
+            let (mut flags, clear, propagation, data) =
                 parse_options(m.options().as_deref().unwrap_or(&[]));
             let is_bind = fstype == "bind" || flags & libc::MS_BIND != 0;
             let source = m.source().clone().unwrap_or_default();
             let kind = if is_bind {
                 Kind::Bind
-            } else if matches!(fstype.as_str(), "sysfs" | "mqueue" | "cgroup" | "cgroup2") {
+            } else if matches!(fstype.as_str(), "cgroup" | "cgroup2") {
+                Kind::Cgroup
+            } else if matches!(fstype.as_str(), "sysfs" | "mqueue") {
                 Kind::Virtual
             } else {
                 Kind::Fs
@@ -324,7 +424,17 @@ impl Plan {
             let fallback = match fstype.as_str() {
                 "sysfs" => "/sys",
                 "mqueue" => "/dev/mqueue",
-                _ => "/sys/fs/cgroup",
+                _ => "",
+            };
+            let cgroup = match kind {
+                Kind::Cgroup => Some(cgroup_op(
+                    dest,
+                    cgroups,
+                    clear & libc::MS_RDONLY == 0,
+                    &field,
+                    &mut cgroup_descriptions,
+                )?),
+                _ => None,
             };
             descriptions.push(format!(
                 "mount {} on {} (type {})",
@@ -349,9 +459,13 @@ impl Plan {
                 data: data.map(|d| cstring(d, &field)).transpose()?,
                 propagation,
                 fallback: cstring(fallback, &field)?,
+                cgroup,
             });
         }
+        descriptions.append(&mut cgroup_descriptions);
 
+        // A mount onto a device's path (`-v FILE:/dev/null`) stands in for the device.
+        let mounted = |t: &Inside| mounts.iter().position(|m: &MountOp| m.target.rel == t.rel);
         let mut devices = Vec::new();
         if !dev_bound {
             for d in DEFAULT_DEVICES {
@@ -365,6 +479,7 @@ impl Plan {
                     host: cstring(d.path, "devices")?,
                 });
             }
+            devices.retain(|d| mounted(&d.target).is_none());
         }
         for (i, d) in linux.devices().iter().flatten().enumerate() {
             let field = format!("linux.devices[{i}]");
@@ -388,6 +503,15 @@ impl Plan {
             // A config device replaces a default one at the same path.
             let target =
                 Inside::new(d.path()).map_err(|e| ConfigError::new(format!("{field}.path"), e))?;
+            if let Some(m) = mounted(&target) {
+                return Err(ConfigError::new(
+                    format!("{field}.path"),
+                    format!(
+                        "{} is also the destination of mounts[{m}]: keep one of them",
+                        d.path().display()
+                    ),
+                ));
+            }
             devices.retain(|o: &DevOp| o.target.rel != target.rel);
             devices.push(DevOp {
                 target,
@@ -438,6 +562,7 @@ impl Plan {
                 .as_ref()
                 .and_then(|r| r.readonly())
                 .unwrap_or(false),
+            new_cgroupns: cgroups.new_ns,
             descriptions,
         })
     }
@@ -463,6 +588,14 @@ impl Plan {
     /// In the child, before pivot_root: the configured mounts and `/dev` on the root mount
     /// from [`bind_root`](Plan::bind_root). Returns that fd (closed on failure).
     pub fn apply(&self, root: RawFd) -> Result<RawFd, Fail> {
+        if self.new_cgroupns {
+            // SAFETY: a plain flag; this process is single-threaded.
+            if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } < 0 {
+                let e = last_errno();
+                close(root);
+                return Err(Fail::new(Step::Unshare, e, 1));
+            }
+        }
         if let Err(f) = self.mount_all(root) {
             close(root);
             return Err(f);
@@ -519,9 +652,16 @@ impl Plan {
             let target = m.target.create(root, m.file).map_err(fail)?;
             let path = FdPath::new(target);
             let t = path.as_cstr();
-            let res = match m.kind {
-                Kind::Bind => mount(Some(&m.source), t, None, m.flags, None).map(|()| m.remount),
-                Kind::Fs | Kind::Virtual => {
+            let res = match (m.kind, &m.cgroup) {
+                (Kind::Cgroup, Some(op)) => {
+                    close(target);
+                    self.mount_cgroup(root, m, op, i)?;
+                    continue;
+                }
+                (Kind::Bind, _) => {
+                    mount(Some(&m.source), t, None, m.flags, None).map(|()| m.remount)
+                }
+                _ => {
                     match mount(
                         Some(&m.source),
                         t,
@@ -601,6 +741,59 @@ impl Plan {
                 unsafe { libc::symlinkat(to.as_ptr(), dev, name.as_ptr()) };
             }
             close(dev);
+        }
+        Ok(())
+    }
+
+    /// In the child: the `cgroup` mount `m` (config index `i`), planned by [`cgroup_op`].
+    fn mount_cgroup(&self, root: RawFd, m: &MountOp, op: &CgroupOp, i: usize) -> Result<(), Fail> {
+        let fail = |e| Fail::new(Step::Mount, e, i as u32);
+        let base = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        if op.tmpfs {
+            let t = m.target.create(root, false).map_err(fail)?;
+            let r = mount(
+                Some(c"tmpfs"),
+                FdPath::new(t).as_cstr(),
+                Some(c"tmpfs"),
+                base,
+                Some(c"mode=755"),
+            );
+            close(t);
+            r.map_err(fail)?;
+        }
+        for part in &op.parts {
+            let fail = |e| Fail::new(Step::Mount, e, (self.mounts.len() + part.desc) as u32);
+            let t = part.target.create(root, false).map_err(fail)?;
+            let path = FdPath::new(t);
+            let r = if self.new_cgroupns {
+                // Rooted at the container's cgroup: what it shows is its own.
+                mount(
+                    Some(&part.fstype),
+                    path.as_cstr(),
+                    Some(&part.fstype),
+                    op.flags,
+                    part.data.as_deref(),
+                )
+            } else {
+                mount(Some(&part.dir), path.as_cstr(), None, libc::MS_BIND, None)
+                    .and_then(|()| remount(root, &part.target.rel, op.flags))
+            };
+            close(t);
+            r.map_err(fail)?;
+        }
+        for (link, to) in &op.links {
+            let (dir, name) = link.create_parent(root).map_err(fail)?;
+            // SAFETY: valid fd and C strings.
+            let r = unsafe { libc::symlinkat(to.as_ptr(), dir, name.as_ptr()) };
+            let e = last_errno();
+            close(dir);
+            if r < 0 {
+                return Err(fail(e));
+            }
+        }
+        if op.tmpfs {
+            // Nothing to write there: read-only whatever the config says.
+            remount(root, &m.target.rel, base | libc::MS_RDONLY).map_err(fail)?;
         }
         Ok(())
     }
@@ -852,6 +1045,17 @@ fn locked_flags(fd: RawFd) -> c_ulong {
         }
     }
     f
+}
+
+/// Remounts the mount at `rel` (resolved in `root` again, so the fd names the mount's
+/// root) with `flags` (MS_RDONLY, MS_NOSUID...), keeping the locked ones.
+fn remount(root: RawFd, rel: &CStr, flags: c_ulong) -> Result<(), i32> {
+    let top = sys::openat2_raw(root, rel, libc::O_PATH, 0, RESOLVE_IN_ROOT).map_err(errno)?;
+    let p = FdPath::new(top);
+    let all = libc::MS_BIND | libc::MS_REMOUNT | flags | locked_flags(top);
+    let r = mount(None, p.as_cstr(), None, all, None);
+    close(top);
+    r
 }
 
 fn remount_ro(path: &CStr) -> Result<(), i32> {
