@@ -337,21 +337,23 @@ fn rootless_without_delegation_runs_without_a_cgroup() {
 }
 
 #[test]
-fn a_cgroup_is_needed_for_limits_a_path_or_the_host_pid_namespace() {
+fn a_cgroup_is_needed_for_limits_a_path_the_host_pid_namespace_or_a_cgroup_view() {
     use warren::container::cgroup::needed;
     let none = resources(json!({}));
     let devices = resources(json!({"devices": [{"allow": false, "access": "rwm"}]}));
     let pids = resources(json!({"pids": {"limit": 10}}));
     let memory = resources(json!({"memory": {"limit": 1048576}}));
     let rejected = resources(json!({"rdma": {"mlx": {"hcaHandles": 1}}}));
-    assert!(!needed(None, None, true));
-    assert!(!needed(Some(&none), None, true));
-    assert!(!needed(Some(&devices), None, true));
-    assert!(!needed(Some(&none), Some(""), true));
-    assert!(needed(Some(&pids), None, true));
-    assert!(needed(Some(&memory), None, true));
+    assert!(!needed(None, None, true, false));
+    assert!(!needed(Some(&none), None, true, false));
+    assert!(!needed(Some(&devices), None, true, false));
+    assert!(!needed(Some(&none), Some(""), true, false));
+    assert!(needed(Some(&pids), None, true, false));
+    assert!(needed(Some(&memory), None, true, false));
     // So that creating it names what warren cannot apply.
-    assert!(needed(Some(&rejected), None, true));
-    assert!(needed(None, Some("/machine/web"), true));
-    assert!(needed(None, None, false));
+    assert!(needed(Some(&rejected), None, true, false));
+    assert!(needed(None, Some("/machine/web"), true, false));
+    assert!(needed(None, None, false, false));
+    // A container that sees cgroups (a cgroup mount or namespace) sees its own.
+    assert!(needed(None, None, true, true));
 }
