@@ -798,7 +798,12 @@ impl Cgroup {
             });
         }
         // Links such as cpu -> cpu,cpuacct, to the hierarchies shown.
-        for entry in parent.iter().flat_map(std::fs::read_dir).flatten().flatten() {
+        for entry in parent
+            .iter()
+            .flat_map(std::fs::read_dir)
+            .flatten()
+            .flatten()
+        {
             let Ok(target) = std::fs::read_link(entry.path()) else {
                 continue;
             };
@@ -848,7 +853,9 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match (b[i], octal) {
             (b'\\', Some(d)) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));

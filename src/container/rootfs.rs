@@ -297,7 +297,11 @@ fn cgroup_op(
         });
         descriptions.push(format!(
             "mount cgroup hierarchy {} on {} ({how})",
-            if h.name.is_empty() { "cgroup2" } else { &h.name },
+            if h.name.is_empty() {
+                "cgroup2"
+            } else {
+                &h.name
+            },
             target.display()
         ));
     }

@@ -82,7 +82,10 @@ impl Sentinel {
         for h in ["freezer", "memory", "unified"] {
             let dir = Path::new("/sys/fs/cgroup").join(h).join(&s.name);
             assert!(
-                dir.parent().expect("hierarchy").join("cgroup.procs").exists(),
+                dir.parent()
+                    .expect("hierarchy")
+                    .join("cgroup.procs")
+                    .exists(),
                 "this probe expects the hybrid layout with a {h} hierarchy (see docs/ENVIRONMENT)"
             );
             std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
@@ -109,8 +112,8 @@ impl Sentinel {
         ]
         .into_iter()
         .map(|p| {
-            let text = std::fs::read_to_string(&p)
-                .unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+            let text =
+                std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
             (p, text)
         })
         .collect()
@@ -162,7 +165,9 @@ fn on(host: Host, cmd: Command) -> Command {
         Host::V2 => {
             let mut c = Command::new("unshare");
             c.args(["-m", "--propagation", "private", "--", "sh", "-c"])
-                .arg("mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup && exec \"$@\"")
+                .arg(
+                    "mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup && exec \"$@\"",
+                )
                 .arg("sh")
                 .arg(cmd.get_program())
                 .args(cmd.get_args());
@@ -295,7 +300,11 @@ fn bundles(host: Host) {
         let out = run_bundle(host, &id, &config);
         assert_contained(&id, &out, expected(host));
     }
-    assert_eq!(sentinel.files(), before, "the host's sentinel cgroup changed");
+    assert_eq!(
+        sentinel.files(),
+        before,
+        "the host's sentinel cgroup changed"
+    );
 }
 
 #[test]
@@ -318,7 +327,11 @@ fn image_containers_see_only_their_own_cgroup_read_only() {
         let out = run_image(host, &id, &sentinel.name, false);
         assert_contained(&id, &out, expected(host));
     }
-    assert_eq!(sentinel.files(), before, "the host's sentinel cgroup changed");
+    assert_eq!(
+        sentinel.files(),
+        before,
+        "the host's sentinel cgroup changed"
+    );
 }
 
 #[test]
@@ -333,11 +346,16 @@ fn rootless_image_containers_see_no_host_cgroup() {
     if out.lines().any(|l| l == "EMPTY") {
         assert_contained(id, &out, &[]);
         assert!(
-            out.lines().any(|l| l.starts_with("REFUSED /sys/fs/cgroup/escape ")),
+            out.lines()
+                .any(|l| l.starts_with("REFUSED /sys/fs/cgroup/escape ")),
             "{ROOTLESS_USER}: {out}"
         );
     } else {
         assert_contained(id, &out, V1_FILES);
     }
-    assert_eq!(sentinel.files(), before, "the host's sentinel cgroup changed");
+    assert_eq!(
+        sentinel.files(),
+        before,
+        "the host's sentinel cgroup changed"
+    );
 }
