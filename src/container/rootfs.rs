@@ -168,6 +168,8 @@ struct MountOp {
     remount: c_ulong,
     data: Option<CString>,
     propagation: Vec<c_ulong>,
+    /// `rro`: every mount of the tree read-only, not only its top.
+    recursive_ro: bool,
     /// Host path used when a virtual filesystem falls back to a bind.
     fallback: CString,
     cgroup: Option<CgroupOp>,
@@ -247,6 +249,8 @@ fn parse_options(opts: &[String]) -> (c_ulong, c_ulong, Vec<c_ulong>, Vec<String
             "norelatime" => (0, libc::MS_RELATIME),
             "strictatime" => (libc::MS_STRICTATIME, 0),
             "bind" => (libc::MS_BIND, 0),
+            // Read-only all the way down (the submounts of an rbind too): see `recursive_ro`.
+            "rro" => (libc::MS_RDONLY, 0),
             "rbind" => (libc::MS_BIND | libc::MS_REC, 0),
             "tmpcopyup" | "idmap" | "ridmap" | "" => (0, 0),
             other => {
@@ -462,6 +466,7 @@ impl Plan {
                 remount,
                 data: data.map(|d| cstring(d, &field)).transpose()?,
                 propagation,
+                recursive_ro: m.options().iter().flatten().any(|o| o == "rro"),
                 fallback: cstring(fallback, &field)?,
                 cgroup,
             });
@@ -662,9 +667,8 @@ impl Plan {
                     self.mount_cgroup(root, m, op, i)?;
                     continue;
                 }
-                (Kind::Bind, _) => {
-                    mount(Some(&m.source), t, None, m.flags, None).map(|()| m.remount)
-                }
+                (Kind::Bind, _) => mount(Some(&m.source), t, None, m.flags, None)
+                    .map(|()| (m.remount, m.recursive_ro)),
                 _ => {
                     match mount(
                         Some(&m.source),
@@ -685,21 +689,24 @@ impl Plan {
                                 None,
                             )
                             .map(|()| {
-                                m.flags
+                                // The host's submounts come along (the cgroup tree under
+                                // /sys): read-only too when the config asked for ro.
+                                let f = m.flags
                                     & (libc::MS_RDONLY
                                         | libc::MS_NOSUID
                                         | libc::MS_NODEV
-                                        | libc::MS_NOEXEC)
+                                        | libc::MS_NOEXEC);
+                                (f, f & libc::MS_RDONLY != 0)
                             })
                         }
-                        other => other.map(|()| 0),
+                        other => other.map(|()| (0, false)),
                     }
                 }
             };
             close(target);
             // Remount and propagation apply to the new mount: look the path up again so
             // the fd names the mount's root, not the directory beneath it.
-            let res = res.and_then(|remount| {
+            let res = res.and_then(|(remount, recursive_ro)| {
                 if remount == 0 && m.propagation.is_empty() {
                     return Ok(());
                 }
@@ -710,6 +717,9 @@ impl Plan {
                     if remount != 0 {
                         let flags = libc::MS_BIND | libc::MS_REMOUNT | remount | locked_flags(top);
                         mount(None, p.as_cstr(), None, flags, None)?;
+                    }
+                    if recursive_ro {
+                        set_recursive(top, remount)?;
                     }
                     m.propagation
                         .iter()
@@ -1050,6 +1060,51 @@ fn locked_flags(fd: RawFd) -> c_ulong {
     }
     f
 }
+
+/// mount_setattr(2) with AT_RECURSIVE: `flags` (MS_RDONLY, MS_NOSUID, MS_NODEV,
+/// MS_NOEXEC) on the mount at `fd` and every mount beneath it. Raw, as the child may not
+/// allocate (`sys::mount_setattr` takes a path).
+fn set_recursive(fd: RawFd, flags: c_ulong) -> Result<(), i32> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let mut set = 0;
+    for (ms, attr) in [
+        (libc::MS_RDONLY, sys::MOUNT_ATTR_RDONLY),
+        (libc::MS_NOSUID, sys::MOUNT_ATTR_NOSUID),
+        (libc::MS_NODEV, sys::MOUNT_ATTR_NODEV),
+        (libc::MS_NOEXEC, MOUNT_ATTR_NOEXEC),
+    ] {
+        if flags & ms != 0 {
+            set |= attr;
+        }
+    }
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: valid fd, an empty C string with AT_EMPTY_PATH, and a mount_attr of the size
+    // passed, alive for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as u32 | sys::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 { Err(last_errno()) } else { Ok(()) }
+}
+
+const MOUNT_ATTR_NOEXEC: u64 = 0x08;
 
 /// Remounts the mount at `rel` (resolved in `root` again, so the fd names the mount's
 /// root) with `flags` (MS_RDONLY, MS_NOSUID...), keeping the locked ones.

@@ -110,10 +110,11 @@ pub fn build(
                "options": ["nosuid", "noexec", "nodev"]}),
     ];
     // sysfs may only be mounted by the owner of the network namespace; with the host's
-    // network, bind the host's /sys read-only instead (as rootless runtimes do).
+    // network, bind the host's /sys read-only instead (as rootless runtimes do), its
+    // submounts too.
     mounts.push(match cfg.network {
         Network::Host => json!({"destination": "/sys", "type": "bind", "source": "/sys",
-                                "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}),
+                                "options": ["rbind", "nosuid", "noexec", "nodev", "rro"]}),
         _ => json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
                     "options": ["nosuid", "noexec", "nodev", "ro"]}),
     });

@@ -16,31 +16,30 @@ use std::process::{Child, Command, Output};
 /// that worked, `REFUSED f ERROR` for one that did not, `SEEN p` for a path of the
 /// sentinel, `FOREIGN pid f` for a pid in a cgroup.procs that is not the container's,
 /// `PROCS f` for each cgroup.procs read, and `EMPTY` when /sys/fs/cgroup holds nothing.
+/// Should the hole reopen, the host must not pay for it: each file gets its own content
+/// back (the write is what is probed, not the value), `cgroup.procs` the shell's own pid,
+/// and only the hierarchies' top two levels are tried (the host's roots, with the old
+/// hole); FROZEN goes to the sentinel only.
 const PROBE: &str = r#"
 S=$1
-for f in $(busybox find /sys/fs/cgroup -type f); do
+for f in $(busybox find /sys/fs/cgroup -maxdepth 2 -type f); do
   case ${f##*/} in
     cgroup.procs|tasks) v=$$ ;;
-    freezer.state) v=THAWED ;;
-    notify_on_release) v=1 ;;
-    release_agent) v=/tmp/x ;;
-    memory.limit_in_bytes|memory.max) v=9223372036854771712 ;;
-    cgroup.freeze) v=0 ;;
-    cgroup.subtree_control) v=-hugetlb ;;
-    cgroup.max.descendants) v=max ;;
+    freezer.state|notify_on_release|release_agent|memory.limit_in_bytes|memory.max) v=$(cat $f) ;;
+    cgroup.freeze|cgroup.subtree_control|cgroup.max.descendants) v=$(cat $f) ;;
     *) continue ;;
   esac
-  if err=$( (echo $v > $f) 2>&1 ); then echo "WROTE $f"; else echo "REFUSED $f $err"; fi
+  if err=$( (echo "$v" > $f) 2>&1 ); then echo "WROTE $f"; else echo "REFUSED $f $err"; fi
 done
 for h in $(busybox find /sys/fs/cgroup -maxdepth 1 -mindepth 1 -type d) /sys/fs/cgroup; do
-  if err=$(busybox mkdir $h/escape 2>&1); then echo "WROTE $h/escape"; else echo "REFUSED $h/escape $err"; fi
+  if err=$(busybox mkdir $h/escape-$S 2>&1); then echo "WROTE $h/escape-$S"; else echo "REFUSED $h/escape-$S $err"; fi
 done
 for f in /sys/fs/cgroup/freezer/$S/freezer.state /sys/fs/cgroup/$S/cgroup.freeze /sys/fs/cgroup/unified/$S/cgroup.freeze; do
   case $f in *freezer.state) v=FROZEN ;; *) v=1 ;; esac
   if (echo $v > $f) 2>/dev/null; then echo "WROTE $f"; fi
 done
-for p in $(busybox find /sys/fs/cgroup -name "$S*"); do echo "SEEN $p"; done
-for f in $(busybox find /sys/fs/cgroup -name cgroup.procs); do
+for p in $(busybox find /sys/fs/cgroup -maxdepth 3 -name "$S*"); do echo "SEEN $p"; done
+for f in $(busybox find /sys/fs/cgroup -maxdepth 2 -name cgroup.procs); do
   echo "PROCS $f"
   while read p; do
     if [ "$p" -gt 0 ] && [ -d /proc/$p ]; then :; else echo "FOREIGN $p $f"; fi
@@ -48,6 +47,18 @@ for f in $(busybox find /sys/fs/cgroup -name cgroup.procs); do
 done
 [ -z "$(busybox ls -A /sys/fs/cgroup)" ] && echo EMPTY
 true
+"#;
+
+/// Through a bind of the host's whole /sys: each of the sentinel's files, written back
+/// with its own content, and a child cgroup of it.
+const SYS_PROBE: &str = r#"
+S=$1
+for f in /sys/fs/cgroup/freezer/$S/freezer.state /sys/fs/cgroup/freezer/$S/notify_on_release /sys/fs/cgroup/memory/$S/memory.limit_in_bytes /sys/fs/cgroup/memory/$S/cgroup.procs; do
+  [ -e $f ] || { echo "MISSING $f"; continue; }
+  case $f in *cgroup.procs) v=$$ ;; *) v=$(cat $f) ;; esac
+  if err=$( (echo "$v" > $f) 2>&1 ); then echo "WROTE $f"; else echo "REFUSED $f $err"; fi
+done
+if err=$(busybox mkdir /sys/fs/cgroup/freezer/$S/escape 2>&1); then echo "WROTE mkdir"; else echo "REFUSED mkdir $err"; fi
 "#;
 
 /// The layout a probe runs on.
@@ -126,7 +137,16 @@ impl Drop for Sentinel {
         let _ = self.sleeper.kill();
         let _ = self.sleeper.wait();
         for d in &self.dirs {
+            let _ = std::fs::remove_dir(d.join("escape"));
             let _ = std::fs::remove_dir(d);
+        }
+        // What a reopened hole would have made (an empty cgroup removes with rmdir).
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(h.path().join(format!("escape-{}", self.name)));
         }
     }
 }
@@ -346,12 +366,57 @@ fn rootless_image_containers_see_no_host_cgroup() {
     if out.lines().any(|l| l == "EMPTY") {
         assert_contained(id, &out, &[]);
         assert!(
-            out.lines()
-                .any(|l| l.starts_with("REFUSED /sys/fs/cgroup/escape ")),
+            out.lines().any(
+                |l| l.starts_with(&format!("REFUSED /sys/fs/cgroup/escape-{} ", sentinel.name))
+            ),
             "{ROOTLESS_USER}: {out}"
         );
     } else {
         assert_contained(id, &out, V1_FILES);
+    }
+    assert_eq!(
+        sentinel.files(),
+        before,
+        "the host's sentinel cgroup changed"
+    );
+}
+
+/// A bind of the host's /sys (`rro`, as `run --image --network host` makes), or the
+/// bind warren falls back on when a user namespace cannot mount sysfs (no network
+/// namespace of its own): the host's cgroup tree under it is read-only too, not only the
+/// top of /sys.
+#[test]
+fn a_bind_of_the_host_sys_is_read_only_all_the_way_down() {
+    require_root();
+    let sentinel = Sentinel::new("sys");
+    let before = sentinel.files();
+    let args = ["/bin/sh", "-c", SYS_PROBE, "sh", &sentinel.name];
+    let mut rro = rootfs::config(&args);
+    for m in rro["mounts"].as_array_mut().expect("mounts") {
+        if m["destination"] == "/sys" {
+            *m = json!({"destination": "/sys", "type": "bind", "source": "/sys",
+                        "options": ["rbind", "nosuid", "noexec", "nodev", "rro"]});
+        }
+    }
+    rro["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("namespaces")
+        .retain(|n| n["type"] != "cgroup");
+    let mut fallback = rootfs::with_userns(rootfs::config(&args), 0x7a0000, 0x7a0000, 65536);
+    fallback["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("namespaces")
+        .retain(|n| n["type"] != "network");
+    for (id, config) in [("esc-cg-sys-rro", rro), ("esc-cg-sys-fallback", fallback)] {
+        let out = run_bundle(Host::Hybrid, id, &config);
+        let refused = out.lines().filter(|l| l.starts_with("REFUSED ")).count();
+        assert_eq!(refused, 5, "{id}: {out}");
+        for line in out.lines() {
+            assert!(
+                line.starts_with("REFUSED ") && line.contains("Read-only file system"),
+                "{id}: {line}\n{out}"
+            );
+        }
     }
     assert_eq!(
         sentinel.files(),
