@@ -690,6 +690,33 @@ fn devices_get_exactly_the_configured_mode_and_owner() {
 }
 
 #[test]
+fn a_cgroup_mount_is_read_only_unless_the_config_says_rw() {
+    // Its own cgroup in each case: moving itself there again is the harmless write.
+    let script = "echo $$ > /sys/fs/cgroup/pids/cgroup.procs && echo wrote; \
+                  ls /sys/fs/cgroup/pids/ | grep -c '^warren$'; true";
+    for (options, expect) in [
+        (json!(["nosuid", "rw"]), "wrote\n0\n"),
+        (json!(["nosuid"]), "0\n"),
+    ] {
+        for cgroupns in [true, false] {
+            let mut c = sh(script);
+            c["mounts"].as_array_mut().expect("mounts").push(json!(
+                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                 "options": options}));
+            if !cgroupns {
+                c["linux"]["namespaces"]
+                    .as_array_mut()
+                    .expect("namespaces")
+                    .retain(|n| n["type"] != "cgroup");
+            }
+            let out = run_config(&format!("cgroup-rw-{cgroupns}"), &c);
+            assert!(out.status.success(), "{options} {cgroupns}: {out:?}");
+            assert_eq!(stdout(&out), expect, "{options}, cgroupns {cgroupns}");
+        }
+    }
+}
+
+#[test]
 fn a_mount_onto_a_device_path_replaces_the_device() {
     require_root();
     let dir = scratch("devnull-bind");
