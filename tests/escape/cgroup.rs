@@ -15,7 +15,8 @@ use std::process::{Child, Command, Output};
 /// Run inside the container with the sentinel's name as $1. Prints `WROTE f` for a write
 /// that worked, `REFUSED f ERROR` for one that did not, `SEEN p` for a path of the
 /// sentinel, `FOREIGN pid f` for a pid in a cgroup.procs that is not the container's,
-/// `PROCS f` for each cgroup.procs read, and `EMPTY` when /sys/fs/cgroup holds nothing.
+/// `PROCS f` for each cgroup.procs read, `LINK name target` for each link at the top, and
+/// `EMPTY` when /sys/fs/cgroup holds nothing.
 /// Should the hole reopen, the host must not pay for it: each file gets its own content
 /// back (the write is what is probed, not the value), `cgroup.procs` the shell's own pid,
 /// and only the hierarchies' top two levels are tried (the host's roots, with the old
@@ -45,6 +46,7 @@ for f in $(busybox find /sys/fs/cgroup -maxdepth 2 -name cgroup.procs); do
     if [ "$p" -gt 0 ] && [ -d /proc/$p ]; then :; else echo "FOREIGN $p $f"; fi
   done < $f
 done
+for l in $(busybox find /sys/fs/cgroup -maxdepth 1 -type l); do echo "LINK ${l##*/} $(busybox readlink $l)"; done
 [ -z "$(busybox ls -A /sys/fs/cgroup)" ] && echo EMPTY
 true
 "#;
@@ -68,6 +70,9 @@ enum Host {
     Hybrid,
     /// A private mount namespace whose /sys/fs/cgroup is the cgroup2 hierarchy.
     V2,
+    /// A private mount namespace with only the v1 hierarchies, the cpu one under another
+    /// name and a link to it (as `cpu -> cpu,cpuacct` on hosts that combine them).
+    V1,
 }
 
 /// A host cgroup holding a sleeping process, in the freezer, memory and cgroup2
@@ -180,26 +185,30 @@ fn bundle_config(sentinel: &str, cgroupns: bool, userns: bool, mount_options: &[
 /// `cmd` as it runs on `host`: as is, or in a private mount namespace whose
 /// /sys/fs/cgroup is the cgroup2 hierarchy.
 fn on(host: Host, cmd: Command) -> Command {
-    match host {
-        Host::Hybrid => cmd,
-        Host::V2 => {
-            let mut c = Command::new("unshare");
-            c.args(["-m", "--propagation", "private", "--", "sh", "-c"])
-                .arg(
-                    "mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup && exec \"$@\"",
-                )
-                .arg("sh")
-                .arg(cmd.get_program())
-                .args(cmd.get_args());
-            for (k, v) in cmd.get_envs() {
-                match v {
-                    Some(v) => c.env(k, v),
-                    None => c.env_remove(k),
-                };
-            }
-            c
+    let setup = match host {
+        Host::Hybrid => return cmd,
+        Host::V2 => "mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup",
+        Host::V1 => {
+            "mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup && cd /sys/fs/cgroup && \
+             for h in cpuacct cpuset memory devices freezer blkio pids; do \
+               mkdir $h && mount -t cgroup -o $h cgroup $h || exit 1; done && \
+             mkdir cpu,linked && mount -t cgroup -o cpu cgroup cpu,linked && \
+             ln -s cpu,linked cpu && cd /"
         }
+    };
+    let mut c = Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "--", "sh", "-c"])
+        .arg(format!("{setup} && exec \"$@\""))
+        .arg("sh")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
     }
+    c
 }
 
 fn output(cmd: &mut Command) -> Output {
@@ -295,6 +304,7 @@ fn expected(host: Host) -> &'static [&'static str] {
     match host {
         Host::Hybrid => V1_FILES,
         Host::V2 => V2_FILES,
+        Host::V1 => &V1_FILES[..V1_FILES.len() - 1],
     }
 }
 
@@ -303,8 +313,9 @@ fn expected(host: Host) -> &'static [&'static str] {
 fn bundles(host: Host) {
     require_root();
     let tag = match host {
-        Host::Hybrid => "b1",
+        Host::Hybrid => "bh",
         Host::V2 => "b2",
+        Host::V1 => "b1",
     };
     let sentinel = Sentinel::new(tag);
     let before = sentinel.files();
@@ -319,6 +330,12 @@ fn bundles(host: Host) {
         let config = bundle_config(&sentinel.name, cgroupns, userns, options);
         let out = run_bundle(host, &id, &config);
         assert_contained(&id, &out, expected(host));
+        if host == Host::V1 {
+            assert!(
+                out.lines().any(|l| l == "LINK cpu cpu,linked"),
+                "{id}: {out}"
+            );
+        }
     }
     assert_eq!(
         sentinel.files(),
@@ -335,6 +352,11 @@ fn bundle_containers_see_only_their_own_cgroup_read_only() {
 #[test]
 fn bundle_containers_see_only_their_own_cgroup_read_only_on_v2() {
     bundles(Host::V2);
+}
+
+#[test]
+fn bundle_containers_see_only_their_own_cgroup_read_only_on_v1_with_links() {
+    bundles(Host::V1);
 }
 
 #[test]
