@@ -288,6 +288,63 @@ fn nothing_writable_means_no_cgroup_unless_limits_are_asked() {
     }
 }
 
+#[test]
+fn a_hierarchy_of_no_controller_it_cannot_join_is_left_out() {
+    common::require_root();
+    // A fake v1 layout: a writable `pids` and a read-only named hierarchy `other`.
+    let root = tempfile::tempdir().expect("tempdir");
+    nix::mount::mount(
+        Some("tmpfs"),
+        root.path(),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .expect("mount tmpfs");
+    let _unmount = Unmount(root.path().to_path_buf());
+    for h in ["pids", "other"] {
+        std::fs::create_dir(root.path().join(h)).expect("mkdir");
+        std::fs::write(root.path().join(h).join("cgroup.procs"), "").expect("fake hierarchy");
+    }
+    let other = root.path().join("other");
+    nix::mount::mount(
+        Some(&other),
+        &other,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .expect("bind");
+    nix::mount::mount(
+        None::<&str>,
+        &other,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND
+            | nix::mount::MsFlags::MS_REMOUNT
+            | nix::mount::MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .expect("remount read-only");
+    let _unmount_other = Unmount(other.clone());
+    let cgroup = Cgroup::create_at(root.path(), "web", None, None).expect("create");
+    assert_eq!(cgroup.dirs(), [root.path().join("pids/warren/web")]);
+    // A controller's hierarchy it cannot join is an error with limits, as before.
+    let res = resources(json!({"pids": {"limit": 5}}));
+    std::fs::remove_dir(root.path().join("pids/warren/web")).expect("rmdir");
+    nix::mount::mount(
+        None::<&str>,
+        root.path(),
+        None::<&str>,
+        nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .expect("remount the layout read-only");
+    let err = Cgroup::create_at(root.path(), "web2", Some(&res), None)
+        .expect_err("read-only pids")
+        .to_string();
+    assert!(err.contains("cgroup delegation is needed"), "{err}");
+}
+
 /// Detaches a test mount even when an assertion fails.
 struct Unmount(PathBuf);
 

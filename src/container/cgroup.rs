@@ -448,7 +448,8 @@ fn mkdir(path: &Path) -> Result<(), CgroupError> {
     }
 }
 
-/// Creates the path in every v1 hierarchy; returns the leaf directories.
+/// Creates the path in every v1 hierarchy (those of no controller when it can); returns
+/// the leaf directories.
 fn make_v1(root: &Path, path: &Path) -> Result<Vec<PathBuf>, CgroupError> {
     let mut made = Vec::new();
     for (controller, hierarchy) in v1_hierarchies(root) {
@@ -464,13 +465,21 @@ fn make_v1(root: &Path, path: &Path) -> Result<Vec<PathBuf>, CgroupError> {
             }
             Ok(())
         });
-        if let Err(e) = result {
-            for leaf in &made {
-                let _ = std::fs::remove_dir(leaf);
+        match result {
+            // A hierarchy of no controller (a named or the hybrid's cgroup2 one) it cannot
+            // join is left out: the container's cgroup mount shows only those it joined.
+            Err(e) if controller.is_empty() => {
+                tracing::debug!("cgroup hierarchy {} left out: {e}", hierarchy.display());
+                let _ = std::fs::remove_dir(&dir);
             }
-            return Err(e);
+            Err(e) => {
+                for leaf in &made {
+                    let _ = std::fs::remove_dir(leaf);
+                }
+                return Err(e);
+            }
+            Ok(()) => made.push(dir),
         }
-        made.push(dir);
     }
     Ok(made)
 }
