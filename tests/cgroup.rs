@@ -288,6 +288,63 @@ fn nothing_writable_means_no_cgroup_unless_limits_are_asked() {
     }
 }
 
+#[test]
+fn a_hierarchy_of_no_controller_it_cannot_join_is_left_out() {
+    common::require_root();
+    // A fake v1 layout: a writable `pids` and a read-only named hierarchy `other`.
+    let root = tempfile::tempdir().expect("tempdir");
+    nix::mount::mount(
+        Some("tmpfs"),
+        root.path(),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .expect("mount tmpfs");
+    let _unmount = Unmount(root.path().to_path_buf());
+    for h in ["pids", "other"] {
+        std::fs::create_dir(root.path().join(h)).expect("mkdir");
+        std::fs::write(root.path().join(h).join("cgroup.procs"), "").expect("fake hierarchy");
+    }
+    let other = root.path().join("other");
+    nix::mount::mount(
+        Some(&other),
+        &other,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .expect("bind");
+    nix::mount::mount(
+        None::<&str>,
+        &other,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND
+            | nix::mount::MsFlags::MS_REMOUNT
+            | nix::mount::MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .expect("remount read-only");
+    let _unmount_other = Unmount(other.clone());
+    let cgroup = Cgroup::create_at(root.path(), "web", None, None).expect("create");
+    assert_eq!(cgroup.dirs(), [root.path().join("pids/warren/web")]);
+    // A controller's hierarchy it cannot join is an error with limits, as before.
+    let res = resources(json!({"pids": {"limit": 5}}));
+    std::fs::remove_dir(root.path().join("pids/warren/web")).expect("rmdir");
+    nix::mount::mount(
+        None::<&str>,
+        root.path(),
+        None::<&str>,
+        nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .expect("remount the layout read-only");
+    let err = Cgroup::create_at(root.path(), "web2", Some(&res), None)
+        .expect_err("read-only pids")
+        .to_string();
+    assert!(err.contains("cgroup delegation is needed"), "{err}");
+}
+
 /// Detaches a test mount even when an assertion fails.
 struct Unmount(PathBuf);
 
@@ -337,21 +394,23 @@ fn rootless_without_delegation_runs_without_a_cgroup() {
 }
 
 #[test]
-fn a_cgroup_is_needed_for_limits_a_path_or_the_host_pid_namespace() {
+fn a_cgroup_is_needed_for_limits_a_path_the_host_pid_namespace_or_a_cgroup_view() {
     use warren::container::cgroup::needed;
     let none = resources(json!({}));
     let devices = resources(json!({"devices": [{"allow": false, "access": "rwm"}]}));
     let pids = resources(json!({"pids": {"limit": 10}}));
     let memory = resources(json!({"memory": {"limit": 1048576}}));
     let rejected = resources(json!({"rdma": {"mlx": {"hcaHandles": 1}}}));
-    assert!(!needed(None, None, true));
-    assert!(!needed(Some(&none), None, true));
-    assert!(!needed(Some(&devices), None, true));
-    assert!(!needed(Some(&none), Some(""), true));
-    assert!(needed(Some(&pids), None, true));
-    assert!(needed(Some(&memory), None, true));
+    assert!(!needed(None, None, true, false));
+    assert!(!needed(Some(&none), None, true, false));
+    assert!(!needed(Some(&devices), None, true, false));
+    assert!(!needed(Some(&none), Some(""), true, false));
+    assert!(needed(Some(&pids), None, true, false));
+    assert!(needed(Some(&memory), None, true, false));
     // So that creating it names what warren cannot apply.
-    assert!(needed(Some(&rejected), None, true));
-    assert!(needed(None, Some("/machine/web"), true));
-    assert!(needed(None, None, false));
+    assert!(needed(Some(&rejected), None, true, false));
+    assert!(needed(None, Some("/machine/web"), true, false));
+    assert!(needed(None, None, false, false));
+    // A container that sees cgroups (a cgroup mount or namespace) sees its own.
+    assert!(needed(None, None, true, true));
 }

@@ -568,11 +568,27 @@ fn hooks_run_at_their_lifecycle_points() {
 }
 
 #[test]
-fn cgroup_only_for_limits_a_cgroups_path_or_the_host_pid_namespace() {
+fn cgroup_only_for_limits_a_cgroups_path_the_host_pid_namespace_or_a_cgroup_view() {
     require_root();
     let dir = scratch("cgroups");
     let root = dir.path().join("state");
-    let base = sh("sleep 30");
+    let mut base = sh("sleep 30");
+    base["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("namespaces")
+        .retain(|n| n["type"] != "cgroup");
+    // What the container sees of cgroups is its own cgroup: a cgroup namespace or mount
+    // needs one.
+    let mut cgroupns = base.clone();
+    cgroupns["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("namespaces")
+        .push(json!({"type": "cgroup"}));
+    let mut mounted = base.clone();
+    mounted["mounts"]
+        .as_array_mut()
+        .expect("mounts")
+        .push(json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"}));
     let mut pids = base.clone();
     pids["linux"]["resources"] = json!({"pids": {"limit": 50}});
     let mut path = base.clone();
@@ -597,6 +613,8 @@ fn cgroup_only_for_limits_a_cgroups_path_or_the_host_pid_namespace() {
             Some("warren/cg-hostpid"),
             Some("max"),
         ),
+        ("cg-ns", cgroupns, Some("warren/cg-ns"), Some("max")),
+        ("cg-mount", mounted, Some("warren/cg-mount"), Some("max")),
     ];
     let own = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
     let pids_line = |text: &str| {
@@ -668,6 +686,77 @@ fn devices_get_exactly_the_configured_mode_and_owner() {
     assert_eq!(
         stdout(&out),
         "/dev/xnull 4604 5 6 1 3 character special file\n/dev/null 666 0 0 1 3 character special file\n"
+    );
+}
+
+#[test]
+fn a_cgroup_mount_is_read_only_unless_the_config_says_rw() {
+    // Its own cgroup in each case: moving itself there again is the harmless write.
+    let script = "echo $$ > /sys/fs/cgroup/pids/cgroup.procs && echo wrote; \
+                  ls /sys/fs/cgroup/pids/ | grep -c '^warren$'; true";
+    for (options, expect) in [
+        (json!(["nosuid", "rw"]), "wrote\n0\n"),
+        (json!(["nosuid"]), "0\n"),
+    ] {
+        for cgroupns in [true, false] {
+            let mut c = sh(script);
+            c["mounts"].as_array_mut().expect("mounts").push(json!(
+                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                 "options": options}));
+            if !cgroupns {
+                c["linux"]["namespaces"]
+                    .as_array_mut()
+                    .expect("namespaces")
+                    .retain(|n| n["type"] != "cgroup");
+            }
+            let out = run_config(&format!("cgroup-rw-{cgroupns}"), &c);
+            assert!(out.status.success(), "{options} {cgroupns}: {out:?}");
+            assert_eq!(stdout(&out), expect, "{options}, cgroupns {cgroupns}");
+        }
+    }
+}
+
+#[test]
+fn a_mount_onto_a_device_path_replaces_the_device() {
+    require_root();
+    let dir = scratch("devnull-bind");
+    let file = dir.path().join("file");
+    std::fs::write(&file, "from the host\n").expect("write file");
+    let data = dir.path().join("dir");
+    std::fs::create_dir(&data).expect("mkdir");
+    std::fs::write(data.join("inside"), "").expect("write");
+    let bind = |src: &Path, dest: &str| json!({"destination": dest, "type": "bind", "source": src, "options": ["rbind"]});
+    // Made with mknod (rootful) and bound from the host (user namespace): the mount wins
+    // either way, a file or a directory (which was `create device /dev/null: ENOTDIR`).
+    for userns in [false, true] {
+        let mut c = sh("cat /dev/null; ls /dev/full /dev/zero; ls /dev/tty/");
+        c["mounts"]
+            .as_array_mut()
+            .expect("mounts")
+            .extend([bind(&file, "/dev/null"), bind(&data, "/dev/tty")]);
+        if userns {
+            c = rootfs::with_userns(c, 0x7b0000, 0x7b0000, 65536);
+        }
+        let out = run_config(&format!("devnull-{userns}"), &c);
+        assert!(out.status.success(), "userns {userns}: {out:?}");
+        assert_eq!(
+            stdout(&out),
+            "from the host\n/dev/full\n/dev/zero\ninside\n",
+            "userns {userns}"
+        );
+    }
+    // A device of the config and a mount at one path: which one is meant is unclear.
+    let mut c = sh("true");
+    c["mounts"]
+        .as_array_mut()
+        .expect("mounts")
+        .push(bind(&file, "/dev/xnull"));
+    c["linux"]["devices"] = json!([{"path": "/dev/xnull", "type": "c", "major": 1, "minor": 3}]);
+    let out = run_config("devnull-both", &c);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("linux.devices[0].path") && err.contains("mounts[7]"),
+        "{err}"
     );
 }
 

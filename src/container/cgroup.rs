@@ -12,10 +12,17 @@
 //! When a container gets one at all ([`needed`]): when the config sets a limit, or names a
 //! `linux.cgroupsPath` (podman and other managers do, and expect to find it), or the
 //! container shares the host's pid namespace (only a cgroup finds all of its processes
-//! then). A container in its own pid namespace with neither gets none: killing its init
-//! kills everything in it, so delete needs no cgroup, and the start skips the first write
-//! to a v1 `cgroup.procs` (an RCU grace period, most of a `run`'s cost). Its processes stay
-//! in the caller's cgroup, like any other child.
+//! then), or it sees cgroups (a `cgroup` mount or a cgroup namespace: what it sees must be
+//! its own cgroup, in every hierarchy it sees, never the caller's and its siblings, as
+//! with runc). A container in its own pid namespace with none of these gets none: killing
+//! its init kills everything in it, so delete needs no cgroup, and the start skips the
+//! first write to a v1 `cgroup.procs` (an RCU grace period, most of a `run`'s cost). Its
+//! processes stay in the caller's cgroup, like any other child.
+//!
+//! The container's `cgroup` mount ([`MountView`], made by `rootfs`) shows only its own
+//! cgroup, read-only unless the config says `rw`: each hierarchy mounted anew in its
+//! cgroup namespace (made once it is in the cgroup), or without one a bind of its own
+//! directory; never the host's tree.
 //!
 //! Not applied: `devices` (the container's /dev holds only the configured nodes, and a user
 //! namespace cannot mknod), `blockIO`, `hugepageLimits`, `network`, `rdma` (an error if set).
@@ -90,15 +97,18 @@ struct Setting {
 
 /// Whether a container needs a cgroup (the policy is in the module docs): a limit in
 /// `resources` (or a setting warren rejects, so [`Cgroup::create`] can say so), a
-/// `cgroups_path`, or no pid namespace of its own.
+/// `cgroups_path`, no pid namespace of its own, or cgroups it can see (`sees_cgroups`: a
+/// `cgroup` mount or a new cgroup namespace, which must show its own cgroup and nothing
+/// of the caller's).
 pub fn needed(
     resources: Option<&LinuxResources>,
     cgroups_path: Option<&str>,
     own_pid_namespace: bool,
+    sees_cgroups: bool,
 ) -> bool {
     let limits = !matches!(settings(resources, Version::V1), Ok(s) if s.is_empty())
         || !matches!(settings(resources, Version::V2), Ok(s) if s.is_empty());
-    limits || cgroups_path.is_some_and(|p| !p.is_empty()) || !own_pid_namespace
+    limits || cgroups_path.is_some_and(|p| !p.is_empty()) || !own_pid_namespace || sees_cgroups
 }
 
 impl Cgroup {
@@ -349,21 +359,36 @@ fn detect(root: &Path) -> Option<Version> {
     }
 }
 
-/// (controller, mount) for each v1 hierarchy, one entry per distinct mount (`cpu` and
-/// `cpuacct` are often links to one `cpu,cpuacct` hierarchy).
+/// (controller, mount) for each hierarchy under a v1 root, one entry per distinct mount
+/// (`cpu` and `cpuacct` are often links to one `cpu,cpuacct` hierarchy): the controllers'
+/// first, by controller name, then every other one (a named `name=systemd` hierarchy, a
+/// hybrid host's `unified` cgroup2), by its own name. The container joins them all, so
+/// that each one it sees shows its own cgroup, never the caller's.
 fn v1_hierarchies(root: &Path) -> Vec<(&'static str, PathBuf)> {
     let mut seen = Vec::new();
     let mut out = Vec::new();
-    for controller in V1_CONTROLLERS {
-        let dir = root.join(controller);
+    let mut add = |name: &'static str, dir: PathBuf| {
         if !dir.join("cgroup.procs").exists() {
-            continue;
+            return;
         }
         let real = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
         if !seen.contains(&real) {
             seen.push(real);
-            out.push((*controller, dir));
+            out.push((name, dir));
         }
+    };
+    for controller in V1_CONTROLLERS {
+        add(controller, root.join(controller));
+    }
+    let mut others: Vec<PathBuf> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    others.sort();
+    for dir in others {
+        add("", dir);
     }
     out
 }
@@ -423,7 +448,8 @@ fn mkdir(path: &Path) -> Result<(), CgroupError> {
     }
 }
 
-/// Creates the path in every v1 hierarchy; returns the leaf directories.
+/// Creates the path in every v1 hierarchy (those of no controller when it can); returns
+/// the leaf directories.
 fn make_v1(root: &Path, path: &Path) -> Result<Vec<PathBuf>, CgroupError> {
     let mut made = Vec::new();
     for (controller, hierarchy) in v1_hierarchies(root) {
@@ -439,13 +465,21 @@ fn make_v1(root: &Path, path: &Path) -> Result<Vec<PathBuf>, CgroupError> {
             }
             Ok(())
         });
-        if let Err(e) = result {
-            for leaf in &made {
-                let _ = std::fs::remove_dir(leaf);
+        match result {
+            // A hierarchy of no controller (a named or the hybrid's cgroup2 one) it cannot
+            // join is left out: the container's cgroup mount shows only those it joined.
+            Err(e) if controller.is_empty() => {
+                tracing::debug!("cgroup hierarchy {} left out: {e}", hierarchy.display());
+                let _ = std::fs::remove_dir(&dir);
             }
-            return Err(e);
+            Err(e) => {
+                for leaf in &made {
+                    let _ = std::fs::remove_dir(leaf);
+                }
+                return Err(e);
+            }
+            Ok(()) => made.push(dir),
         }
-        made.push(dir);
     }
     Ok(made)
 }
@@ -696,3 +730,214 @@ fn settings(
 }
 
 const V2_CONTROLLERS: &[&str] = &["cpu", "cpuset", "io", "memory", "pids", "hugetlb", "misc"];
+
+/// One hierarchy of a container's cgroup as its `cgroup` mount shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HierarchyView {
+    /// Its name under the mount ("memory", "cpu,cpuacct", "unified"); empty on a unified
+    /// v2 host, whose one hierarchy is the mount itself.
+    pub name: String,
+    /// The container's own directory in it, on the host (a bind source; never the root).
+    pub dir: PathBuf,
+    /// `cgroup` or `cgroup2`.
+    pub fstype: &'static str,
+    /// v1: the options naming the hierarchy (its controllers, `name=`), as the host mounts
+    /// it, for a mount of it in the container's cgroup namespace; empty for cgroup2.
+    pub data: String,
+}
+
+/// What a container's `cgroup` mount shows: its own cgroup in each hierarchy it joined,
+/// and the links the host has beside them (`cpu` -> `cpu,cpuacct`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MountView {
+    pub hierarchies: Vec<HierarchyView>,
+    /// (name, target) of each link to one of `hierarchies`.
+    pub links: Vec<(String, String)>,
+}
+
+impl Cgroup {
+    /// The view of this cgroup for the container's `cgroup` mount, from the host's mounts
+    /// (`/proc/self/mountinfo`); empty for a no-op cgroup.
+    pub fn mount_view(&self) -> Result<MountView, CgroupError> {
+        if self.is_noop() {
+            return Ok(MountView::default());
+        }
+        let path = PathBuf::from("/proc/self/mountinfo");
+        let info = std::fs::read_to_string(&path).map_err(|source| CgroupError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        self.mount_view_in(&info)
+    }
+
+    fn mount_view_in(&self, mountinfo: &str) -> Result<MountView, CgroupError> {
+        let depth = self.path.components().count();
+        let mut view = MountView::default();
+        let mut parent = None;
+        for dir in &self.dirs {
+            let point = dir.ancestors().nth(depth).unwrap_or(dir);
+            let real = std::fs::canonicalize(point).map_err(|source| CgroupError::Io {
+                path: point.to_path_buf(),
+                source,
+            })?;
+            let Some((fstype, options)) = cgroup_mount(mountinfo, &real) else {
+                return Err(CgroupError::Unsupported {
+                    controller: real.display().to_string(),
+                    message: "not a cgroup mount in /proc/self/mountinfo".into(),
+                });
+            };
+            let name = match self.version {
+                Some(Version::V2) => String::new(),
+                _ => {
+                    parent = real.parent().map(Path::to_path_buf);
+                    real.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                }
+            };
+            let data = match fstype {
+                "cgroup" => hierarchy_options(&options),
+                _ => String::new(),
+            };
+            view.hierarchies.push(HierarchyView {
+                name,
+                dir: real.join(&self.path),
+                fstype,
+                data,
+            });
+        }
+        // Links such as cpu -> cpu,cpuacct, to the hierarchies shown.
+        for entry in parent
+            .iter()
+            .flat_map(std::fs::read_dir)
+            .flatten()
+            .flatten()
+        {
+            let Ok(target) = std::fs::read_link(entry.path()) else {
+                continue;
+            };
+            let target = target.to_string_lossy().into_owned();
+            if view.hierarchies.iter().any(|h| h.name == target) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                view.links.push((name, target));
+            }
+        }
+        view.links.sort();
+        Ok(view)
+    }
+}
+
+/// The filesystem type (`cgroup` or `cgroup2`) and superblock options of the mount at
+/// `point` in a mountinfo text (the last one there: it is the one visible).
+fn cgroup_mount(mountinfo: &str, point: &Path) -> Option<(&'static str, String)> {
+    let mut found = None;
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let Some(mount_point) = left.split(' ').nth(4) else {
+            continue;
+        };
+        if Path::new(&unescape(mount_point)) != point {
+            continue;
+        }
+        let mut fields = right.split(' ');
+        let fstype = match fields.next() {
+            Some("cgroup") => "cgroup",
+            Some("cgroup2") => "cgroup2",
+            _ => {
+                found = None;
+                continue;
+            }
+        };
+        let options = fields.nth(1).unwrap_or_default().to_string();
+        found = Some((fstype, options));
+    }
+    found
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The options of a v1 superblock that name its hierarchy (controllers, `name=`, `none`):
+/// mounting it again with exactly these gives the same hierarchy. `release_agent` and the
+/// flags are left out (only the initial namespaces may set them).
+fn hierarchy_options(superblock: &str) -> String {
+    superblock
+        .split(',')
+        .filter(|o| {
+            !matches!(
+                *o,
+                "rw" | "ro"
+                    | "noprefix"
+                    | "xattr"
+                    | "clone_children"
+                    | "cpuset_v2_mode"
+                    | "favordynmods"
+                    | "nofavordynmods"
+                    | ""
+            ) && !o.starts_with("release_agent=")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hierarchies_are_found_in_mountinfo_with_their_options() {
+        let info = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,release_agent=/x,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate
+50 23 0:40 / /sys/fs/cgroup/with\\040space rw - cgroup cgroup rw,memory
+60 23 0:41 / /mnt/over rw - cgroup cgroup rw,pids
+61 23 0:42 / /mnt/over rw - tmpfs tmpfs rw
+";
+        let get = |p: &str| cgroup_mount(info, Path::new(p));
+        assert_eq!(
+            get("/sys/fs/cgroup/cpu,cpuacct"),
+            Some(("cgroup", "rw,cpu,cpuacct".into()))
+        );
+        assert_eq!(get("/sys/fs/cgroup/unified").map(|m| m.0), Some("cgroup2"));
+        assert_eq!(
+            get("/sys/fs/cgroup/with space").map(|m| m.1),
+            Some("rw,memory".into())
+        );
+        // Not a cgroup mount, or one hidden by a later mount.
+        assert_eq!(get("/sys/fs/cgroup"), None);
+        assert_eq!(get("/mnt/over"), None);
+        assert_eq!(hierarchy_options("rw,cpu,cpuacct"), "cpu,cpuacct");
+        assert_eq!(
+            hierarchy_options("rw,xattr,release_agent=/x,name=systemd"),
+            "name=systemd"
+        );
+        assert_eq!(
+            hierarchy_options("rw,noprefix,release_agent=/sbin/x,cpuset"),
+            "cpuset"
+        );
+    }
+}

@@ -7,8 +7,9 @@
 //! lock. State lives in `ROOT/ID/` ([`state`]).
 //!
 //! A container gets a cgroup only when it needs one ([`cgroup::needed`]): limits in
-//! `linux.resources`, a `linux.cgroupsPath`, or no pid namespace of its own. Otherwise
-//! killing its init kills everything in it, and it starts without the cost of joining one.
+//! `linux.resources`, a `linux.cgroupsPath`, no pid namespace of its own, or cgroups it
+//! can see (a `cgroup` mount, a cgroup namespace). Otherwise killing its init kills
+//! everything in it, and it starts without the cost of joining one.
 //! A new network namespace gets its `lo` up, like crun does.
 
 pub mod caps;
@@ -1034,6 +1035,10 @@ fn create_in(
         }
     }
     let new_userns = flags & libc::CLONE_NEWUSER != 0;
+    // The cgroup namespace is made by the child once it is in its cgroup (rootfs::Plan),
+    // so that it is rooted there and shows nothing of the caller's.
+    let new_cgroupns = flags & libc::CLONE_NEWCGROUP != 0;
+    flags &= !libc::CLONE_NEWCGROUP;
     if flags & libc::CLONE_NEWNS == 0 {
         return Err(Error::config(
             "linux.namespaces",
@@ -1070,13 +1075,49 @@ fn create_in(
     } else {
         None
     };
-    let plan =
-        rootfs::Plan::new(spec, rootfs_path, bundle, new_userns || user_joined).map_err(|e| {
-            Error::Config {
-                file: bundle.join("config.json"),
-                reason: e.to_string(),
-            }
-        })?;
+    let cgroups_path = linux
+        .cgroups_path()
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned());
+    let own_pid_namespace = flags & libc::CLONE_NEWPID != 0;
+    // Made before the plan, which mounts it (and recorded at once, so that a runtime
+    // killed now leaves nothing a later create or delete cannot find).
+    let cgroup_mount = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .any(|m| matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2")));
+    if cgroup::needed(
+        linux.resources().as_ref(),
+        cgroups_path.as_deref(),
+        own_pid_namespace,
+        new_cgroupns || cgroup_mount,
+    ) {
+        record.cgroup = Some(cgroup::Cgroup::create(
+            &record.id,
+            linux.resources().as_ref(),
+            cgroups_path.as_deref(),
+        )?);
+        dir.save(record)?;
+    }
+    let cgroups = rootfs::Cgroups {
+        new_ns: new_cgroupns,
+        view: match &record.cgroup {
+            Some(cg) if cgroup_mount => cg.mount_view()?,
+            _ => Default::default(),
+        },
+    };
+    let plan = rootfs::Plan::new(
+        spec,
+        rootfs_path,
+        bundle,
+        new_userns || user_joined,
+        &cgroups,
+    )
+    .map_err(|e| Error::Config {
+        file: bundle.join("config.json"),
+        reason: e.to_string(),
+    })?;
     let setgroups = !maps.as_ref().is_some_and(|m| m.deny_setgroups);
     let mut proc_plan = process_plan(&process, setgroups)?;
     proc_plan.init = opts.init;
@@ -1146,11 +1187,6 @@ fn create_in(
                 h.prestart().as_ref().is_some_and(|v| !v.is_empty())
             }
     });
-    let cgroups_path = linux
-        .cgroups_path()
-        .as_ref()
-        .map(|p| p.to_string_lossy().into_owned());
-    let own_pid_namespace = flags & libc::CLONE_NEWPID != 0;
 
     let mut init = Init {
         join,
@@ -1181,25 +1217,20 @@ fn create_in(
     opts.stdio = Default::default();
     drop(console);
     let plan = init.rootfs.as_ref();
-    // The newuidmap/newgidmap helpers take milliseconds: the cgroup is made while they
-    // run. Until GO the child can do nothing but exit (and dies with us), and a directory
+    // Until GO the child can do nothing but exit (and dies with us), and a directory
     // without a record is reclaimed as stale: the record is needed before GO only to
-    // name a cgroup, else it is written while the child mounts and we would wait anyway.
+    // name a cgroup (saved above), else it is written while the child mounts and we
+    // would wait anyway.
     let writing = match &maps {
         Some(m) => Some(m.start(pid)?),
         None => None,
     };
-    if cgroup::needed(
-        linux.resources().as_ref(),
-        cgroups_path.as_deref(),
-        own_pid_namespace,
-    ) {
-        record.cgroup = Some(cgroup::Cgroup::create(
-            &record.id,
-            linux.resources().as_ref(),
-            cgroups_path.as_deref(),
-        )?);
-        dir.save(record)?;
+    // The child makes its cgroup namespace after GO: it must be in its cgroup by then.
+    let joined = new_cgroupns && record.cgroup.is_some();
+    if joined {
+        if let Some(cg) = &record.cgroup {
+            cg.add_pid(pid)?;
+        }
     }
     if let Some(w) = writing {
         w.finish()?;
@@ -1222,7 +1253,7 @@ fn create_in(
     };
     // While the child sets up its mounts (it runs nothing of the workload before ACK):
     // joining a v1 cgroup waits for an RCU grace period, milliseconds worth overlapping.
-    if let Some(cg) = &record.cgroup {
+    if let Some(cg) = record.cgroup.as_ref().filter(|_| !joined) {
         cg.add_pid(pid)?;
     }
     apply_limits(pid, &process)?;

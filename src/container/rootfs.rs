@@ -2,7 +2,14 @@
 //! and read-only paths. [`Plan::new`] prepares everything (C strings, flags, device
 //! numbers) in the parent; [`Plan::apply`] and [`Plan::finish`] run in the child between
 //! clone and exec and therefore allocate nothing and take no lock.
+//!
+//! A `cgroup` mount never shows the host's tree: only the container's own cgroup, in
+//! each hierarchy, read-only unless the config says `rw` (see [`Cgroups`]); a mount that
+//! cannot be made so is an error naming the hierarchy. A mount onto a device's path
+//! (`/dev/null`) stands in for that device. `rro`, and the bind of the host's /sys that
+//! replaces a sysfs a user namespace may not mount, are read-only all the way down.
 
+use super::cgroup::MountView;
 use super::init::{Fail, Step};
 use super::spec::ConfigError;
 use crate::sys::{self, RESOLVE_IN_ROOT};
@@ -110,9 +117,49 @@ enum Kind {
     Fs,
     /// A bind mount of `source`.
     Bind,
-    /// sysfs, mqueue or cgroup: falls back to a recursive bind of the host's when the
-    /// kernel refuses a new instance (a user namespace not owning the net/ipc namespace).
+    /// sysfs or mqueue: falls back to a recursive bind of the host's when the kernel
+    /// refuses a new instance (a user namespace not owning the net/ipc namespace).
     Virtual,
+    /// cgroup or cgroup2: the container's own cgroup only ([`CgroupOp`]), never the
+    /// host's tree.
+    Cgroup,
+}
+
+/// How the container's `cgroup` mounts are made; the caller knows its cgroup.
+#[derive(Debug, Default)]
+pub struct Cgroups {
+    /// The child makes a cgroup namespace of its own before the mounts, once it is in its
+    /// cgroup (the caller moves it there before GO): the mounts then show that cgroup as
+    /// the root of each hierarchy.
+    pub new_ns: bool,
+    /// The container's own cgroup; empty when it has none (nothing writable for a
+    /// rootless caller): its `cgroup` mounts are then an empty read-only tmpfs.
+    pub view: MountView,
+}
+
+/// A `cgroup` mount of the config: on a v1 or hybrid host a tmpfs holding one mount per
+/// hierarchy and the host's links between them (read-only at the end); on a v2 host the
+/// hierarchy itself. Each hierarchy is mounted anew in the container's cgroup namespace,
+/// or, without one, its own directory of it is bound: never a hierarchy's root.
+#[derive(Debug)]
+struct CgroupOp {
+    tmpfs: bool,
+    parts: Vec<CgroupPart>,
+    /// (link, target).
+    links: Vec<(Inside, CString)>,
+    /// nosuid, nodev, noexec, and ro unless the config says `rw`.
+    flags: c_ulong,
+}
+
+#[derive(Debug)]
+struct CgroupPart {
+    target: Inside,
+    fstype: CString,
+    data: Option<CString>,
+    /// The container's own directory of the hierarchy, bound without a cgroup namespace.
+    dir: CString,
+    /// Index of its description after those of the config's mounts.
+    desc: usize,
 }
 
 #[derive(Debug)]
@@ -127,8 +174,11 @@ struct MountOp {
     remount: c_ulong,
     data: Option<CString>,
     propagation: Vec<c_ulong>,
+    /// `rro`: every mount of the tree read-only, not only its top.
+    recursive_ro: bool,
     /// Host path used when a virtual filesystem falls back to a bind.
     fallback: CString,
+    cgroup: Option<CgroupOp>,
 }
 
 #[derive(Debug)]
@@ -157,7 +207,9 @@ pub struct Plan {
     readonly: Vec<CString>,
     sysctl: Vec<(CString, CString)>,
     readonly_root: bool,
-    /// Description of each mount, for error messages.
+    /// unshare(CLONE_NEWCGROUP) before the mounts.
+    new_cgroupns: bool,
+    /// Description of each mount, then of each cgroup hierarchy, for error messages.
     pub descriptions: Vec<String>,
 }
 
@@ -203,6 +255,8 @@ fn parse_options(opts: &[String]) -> (c_ulong, c_ulong, Vec<c_ulong>, Vec<String
             "norelatime" => (0, libc::MS_RELATIME),
             "strictatime" => (libc::MS_STRICTATIME, 0),
             "bind" => (libc::MS_BIND, 0),
+            // Read-only all the way down (the submounts of an rbind too): see `recursive_ro`.
+            "rro" => (libc::MS_RDONLY, 0),
             "rbind" => (libc::MS_BIND | libc::MS_REC, 0),
             "tmpcopyup" | "idmap" | "ridmap" | "" => (0, 0),
             other => {
@@ -222,6 +276,62 @@ fn parse_options(opts: &[String]) -> (c_ulong, c_ulong, Vec<c_ulong>, Vec<String
 
 fn cstring(s: impl AsRef<std::ffi::OsStr>, field: &str) -> Result<CString, ConfigError> {
     sys::cstr(s).map_err(|_| ConfigError::new(field, "contains a NUL byte"))
+}
+
+/// Plans the `cgroup` mount at `dest` (config field `field`), read-only unless `rw`.
+fn cgroup_op(
+    dest: &Path,
+    cgroups: &Cgroups,
+    ro: bool,
+    field: &str,
+    descriptions: &mut Vec<String>,
+) -> Result<CgroupOp, ConfigError> {
+    let inside = |p: &Path| Inside::new(p).map_err(|e| ConfigError::new(field, e));
+    let view = &cgroups.view;
+    let mut parts = Vec::new();
+    for h in &view.hierarchies {
+        let target = dest.join(&h.name);
+        let how = if cgroups.new_ns {
+            format!("type {}, in the container's cgroup namespace", h.fstype)
+        } else {
+            format!("the container's cgroup {}, bound", h.dir.display())
+        };
+        parts.push(CgroupPart {
+            target: inside(&target)?,
+            fstype: cstring(h.fstype, field)?,
+            data: (!h.data.is_empty())
+                .then(|| cstring(&h.data, field))
+                .transpose()?,
+            dir: cstring(&h.dir, field)?,
+            desc: descriptions.len(),
+        });
+        descriptions.push(format!(
+            "mount cgroup hierarchy {} on {} ({how})",
+            if h.name.is_empty() {
+                "cgroup2"
+            } else {
+                &h.name
+            },
+            target.display()
+        ));
+    }
+    let links = view
+        .links
+        .iter()
+        .map(|(name, to)| Ok((inside(&dest.join(name))?, cstring(to, field)?)))
+        .collect::<Result<_, ConfigError>>()?;
+    // v2: the one hierarchy is the mount; else (v1, hybrid, or no cgroup of its own) a
+    // tmpfs holds them.
+    let unified = matches!(&view.hierarchies[..], [h] if h.name.is_empty());
+    Ok(CgroupOp {
+        tmpfs: !unified,
+        parts,
+        links,
+        flags: libc::MS_NOSUID
+            | libc::MS_NODEV
+            | libc::MS_NOEXEC
+            | if ro { libc::MS_RDONLY } else { 0 },
+    })
 }
 
 struct DefaultDev {
@@ -271,22 +381,26 @@ impl Plan {
         rootfs: &Path,
         bundle: &Path,
         userns: bool,
+        cgroups: &Cgroups,
     ) -> Result<Plan, ConfigError> {
         let linux = spec.linux().clone().unwrap_or_default();
         let mut mounts = Vec::new();
         let mut descriptions = Vec::new();
+        let mut cgroup_descriptions = Vec::new();
         let mut dev_bound = false;
         for (i, m) in spec.mounts().iter().flatten().enumerate() {
             let field = format!("mounts[{i}]");
             let dest = m.destination();
             let fstype = m.typ().clone().unwrap_or_default();
-            let (mut flags, _clear, propagation, data) =
+            let (mut flags, clear, propagation, data) =
                 parse_options(m.options().as_deref().unwrap_or(&[]));
             let is_bind = fstype == "bind" || flags & libc::MS_BIND != 0;
             let source = m.source().clone().unwrap_or_default();
             let kind = if is_bind {
                 Kind::Bind
-            } else if matches!(fstype.as_str(), "sysfs" | "mqueue" | "cgroup" | "cgroup2") {
+            } else if matches!(fstype.as_str(), "cgroup" | "cgroup2") {
+                Kind::Cgroup
+            } else if matches!(fstype.as_str(), "sysfs" | "mqueue") {
                 Kind::Virtual
             } else {
                 Kind::Fs
@@ -324,7 +438,17 @@ impl Plan {
             let fallback = match fstype.as_str() {
                 "sysfs" => "/sys",
                 "mqueue" => "/dev/mqueue",
-                _ => "/sys/fs/cgroup",
+                _ => "",
+            };
+            let cgroup = match kind {
+                Kind::Cgroup => Some(cgroup_op(
+                    dest,
+                    cgroups,
+                    clear & libc::MS_RDONLY == 0,
+                    &field,
+                    &mut cgroup_descriptions,
+                )?),
+                _ => None,
             };
             descriptions.push(format!(
                 "mount {} on {} (type {})",
@@ -348,10 +472,15 @@ impl Plan {
                 remount,
                 data: data.map(|d| cstring(d, &field)).transpose()?,
                 propagation,
+                recursive_ro: m.options().iter().flatten().any(|o| o == "rro"),
                 fallback: cstring(fallback, &field)?,
+                cgroup,
             });
         }
+        descriptions.append(&mut cgroup_descriptions);
 
+        // A mount onto a device's path (`-v FILE:/dev/null`) stands in for the device.
+        let mounted = |t: &Inside| mounts.iter().position(|m: &MountOp| m.target.rel == t.rel);
         let mut devices = Vec::new();
         if !dev_bound {
             for d in DEFAULT_DEVICES {
@@ -365,6 +494,7 @@ impl Plan {
                     host: cstring(d.path, "devices")?,
                 });
             }
+            devices.retain(|d| mounted(&d.target).is_none());
         }
         for (i, d) in linux.devices().iter().flatten().enumerate() {
             let field = format!("linux.devices[{i}]");
@@ -388,6 +518,15 @@ impl Plan {
             // A config device replaces a default one at the same path.
             let target =
                 Inside::new(d.path()).map_err(|e| ConfigError::new(format!("{field}.path"), e))?;
+            if let Some(m) = mounted(&target) {
+                return Err(ConfigError::new(
+                    format!("{field}.path"),
+                    format!(
+                        "{} is also the destination of mounts[{m}]: keep one of them",
+                        d.path().display()
+                    ),
+                ));
+            }
             devices.retain(|o: &DevOp| o.target.rel != target.rel);
             devices.push(DevOp {
                 target,
@@ -438,6 +577,7 @@ impl Plan {
                 .as_ref()
                 .and_then(|r| r.readonly())
                 .unwrap_or(false),
+            new_cgroupns: cgroups.new_ns,
             descriptions,
         })
     }
@@ -463,6 +603,14 @@ impl Plan {
     /// In the child, before pivot_root: the configured mounts and `/dev` on the root mount
     /// from [`bind_root`](Plan::bind_root). Returns that fd (closed on failure).
     pub fn apply(&self, root: RawFd) -> Result<RawFd, Fail> {
+        if self.new_cgroupns {
+            // SAFETY: a plain flag; this process is single-threaded.
+            if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } < 0 {
+                let e = last_errno();
+                close(root);
+                return Err(Fail::new(Step::Unshare, e, 1));
+            }
+        }
         if let Err(f) = self.mount_all(root) {
             close(root);
             return Err(f);
@@ -519,9 +667,15 @@ impl Plan {
             let target = m.target.create(root, m.file).map_err(fail)?;
             let path = FdPath::new(target);
             let t = path.as_cstr();
-            let res = match m.kind {
-                Kind::Bind => mount(Some(&m.source), t, None, m.flags, None).map(|()| m.remount),
-                Kind::Fs | Kind::Virtual => {
+            let res = match (m.kind, &m.cgroup) {
+                (Kind::Cgroup, Some(op)) => {
+                    close(target);
+                    self.mount_cgroup(root, m, op, i)?;
+                    continue;
+                }
+                (Kind::Bind, _) => mount(Some(&m.source), t, None, m.flags, None)
+                    .map(|()| (m.remount, m.recursive_ro)),
+                _ => {
                     match mount(
                         Some(&m.source),
                         t,
@@ -541,21 +695,24 @@ impl Plan {
                                 None,
                             )
                             .map(|()| {
-                                m.flags
+                                // The host's submounts come along (the cgroup tree under
+                                // /sys): read-only too when the config asked for ro.
+                                let f = m.flags
                                     & (libc::MS_RDONLY
                                         | libc::MS_NOSUID
                                         | libc::MS_NODEV
-                                        | libc::MS_NOEXEC)
+                                        | libc::MS_NOEXEC);
+                                (f, f & libc::MS_RDONLY != 0)
                             })
                         }
-                        other => other.map(|()| 0),
+                        other => other.map(|()| (0, false)),
                     }
                 }
             };
             close(target);
             // Remount and propagation apply to the new mount: look the path up again so
             // the fd names the mount's root, not the directory beneath it.
-            let res = res.and_then(|remount| {
+            let res = res.and_then(|(remount, recursive_ro)| {
                 if remount == 0 && m.propagation.is_empty() {
                     return Ok(());
                 }
@@ -566,6 +723,9 @@ impl Plan {
                     if remount != 0 {
                         let flags = libc::MS_BIND | libc::MS_REMOUNT | remount | locked_flags(top);
                         mount(None, p.as_cstr(), None, flags, None)?;
+                    }
+                    if recursive_ro {
+                        set_recursive(top, remount)?;
                     }
                     m.propagation
                         .iter()
@@ -601,6 +761,59 @@ impl Plan {
                 unsafe { libc::symlinkat(to.as_ptr(), dev, name.as_ptr()) };
             }
             close(dev);
+        }
+        Ok(())
+    }
+
+    /// In the child: the `cgroup` mount `m` (config index `i`), planned by [`cgroup_op`].
+    fn mount_cgroup(&self, root: RawFd, m: &MountOp, op: &CgroupOp, i: usize) -> Result<(), Fail> {
+        let fail = |e| Fail::new(Step::Mount, e, i as u32);
+        let base = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        if op.tmpfs {
+            let t = m.target.create(root, false).map_err(fail)?;
+            let r = mount(
+                Some(c"tmpfs"),
+                FdPath::new(t).as_cstr(),
+                Some(c"tmpfs"),
+                base,
+                Some(c"mode=755"),
+            );
+            close(t);
+            r.map_err(fail)?;
+        }
+        for part in &op.parts {
+            let fail = |e| Fail::new(Step::Mount, e, (self.mounts.len() + part.desc) as u32);
+            let t = part.target.create(root, false).map_err(fail)?;
+            let path = FdPath::new(t);
+            let r = if self.new_cgroupns {
+                // Rooted at the container's cgroup: what it shows is its own.
+                mount(
+                    Some(&part.fstype),
+                    path.as_cstr(),
+                    Some(&part.fstype),
+                    op.flags,
+                    part.data.as_deref(),
+                )
+            } else {
+                mount(Some(&part.dir), path.as_cstr(), None, libc::MS_BIND, None)
+                    .and_then(|()| remount(root, &part.target.rel, op.flags))
+            };
+            close(t);
+            r.map_err(fail)?;
+        }
+        for (link, to) in &op.links {
+            let (dir, name) = link.create_parent(root).map_err(fail)?;
+            // SAFETY: valid fd and C strings.
+            let r = unsafe { libc::symlinkat(to.as_ptr(), dir, name.as_ptr()) };
+            let e = last_errno();
+            close(dir);
+            if r < 0 {
+                return Err(fail(e));
+            }
+        }
+        if op.tmpfs {
+            // Nothing to write there: read-only whatever the config says.
+            remount(root, &m.target.rel, base | libc::MS_RDONLY).map_err(fail)?;
         }
         Ok(())
     }
@@ -852,6 +1065,62 @@ fn locked_flags(fd: RawFd) -> c_ulong {
         }
     }
     f
+}
+
+/// mount_setattr(2) with AT_RECURSIVE: `flags` (MS_RDONLY, MS_NOSUID, MS_NODEV,
+/// MS_NOEXEC) on the mount at `fd` and every mount beneath it. Raw, as the child may not
+/// allocate (`sys::mount_setattr` takes a path).
+fn set_recursive(fd: RawFd, flags: c_ulong) -> Result<(), i32> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let mut set = 0;
+    for (ms, attr) in [
+        (libc::MS_RDONLY, sys::MOUNT_ATTR_RDONLY),
+        (libc::MS_NOSUID, sys::MOUNT_ATTR_NOSUID),
+        (libc::MS_NODEV, sys::MOUNT_ATTR_NODEV),
+        (libc::MS_NOEXEC, MOUNT_ATTR_NOEXEC),
+    ] {
+        if flags & ms != 0 {
+            set |= attr;
+        }
+    }
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: valid fd, an empty C string with AT_EMPTY_PATH, and a mount_attr of the size
+    // passed, alive for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as u32 | sys::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 { Err(last_errno()) } else { Ok(()) }
+}
+
+const MOUNT_ATTR_NOEXEC: u64 = 0x08;
+
+/// Remounts the mount at `rel` (resolved in `root` again, so the fd names the mount's
+/// root) with `flags` (MS_RDONLY, MS_NOSUID...), keeping the locked ones.
+fn remount(root: RawFd, rel: &CStr, flags: c_ulong) -> Result<(), i32> {
+    let top = sys::openat2_raw(root, rel, libc::O_PATH, 0, RESOLVE_IN_ROOT).map_err(errno)?;
+    let p = FdPath::new(top);
+    let all = libc::MS_BIND | libc::MS_REMOUNT | flags | locked_flags(top);
+    let r = mount(None, p.as_cstr(), None, all, None);
+    close(top);
+    r
 }
 
 fn remount_ro(path: &CStr) -> Result<(), i32> {

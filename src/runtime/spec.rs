@@ -110,13 +110,20 @@ pub fn build(
                "options": ["nosuid", "noexec", "nodev"]}),
     ];
     // sysfs may only be mounted by the owner of the network namespace; with the host's
-    // network, bind the host's /sys read-only instead (as rootless runtimes do).
+    // network, bind the host's /sys read-only instead (as rootless runtimes do), its
+    // submounts too.
     mounts.push(match cfg.network {
         Network::Host => json!({"destination": "/sys", "type": "bind", "source": "/sys",
-                                "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}),
+                                "options": ["rbind", "nosuid", "noexec", "nodev", "rro"]}),
         _ => json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
                     "options": ["nosuid", "noexec", "nodev", "ro"]}),
     });
+    // The container's own cgroup only, read-only, in its cgroup namespace (over the host's
+    // tree that a bind of /sys holds).
+    mounts.push(
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+               "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+    );
     for m in &cfg.mounts {
         let mut options = vec!["rbind", "nosuid", "nodev"];
         if m.readonly {
@@ -308,6 +315,18 @@ mod tests {
         );
         assert!(linux.seccomp().is_some());
         assert_eq!(spec.hostname().as_deref(), Some("web"));
+        // Its own cgroup, read-only, in a cgroup namespace of its own.
+        let cgroup = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .find(|m| m.destination() == Path::new("/sys/fs/cgroup"))
+            .expect("a cgroup mount");
+        assert_eq!(cgroup.typ().as_deref(), Some("cgroup"));
+        assert!(cgroup.options().iter().flatten().any(|o| o == "ro"));
+        assert!(linux.namespaces().iter().flatten().any(|n| n.typ()
+            == oci_spec::runtime::LinuxNamespaceType::Cgroup
+            && n.path().is_none()));
     }
 
     #[test]
