@@ -1,7 +1,14 @@
 //! Where warren keeps its state: `/var/lib/warren` as root, `$XDG_DATA_HOME/warren`
 //! (or `~/.local/share/warren`) otherwise; `WARREN_STATE_DIR` overrides both.
+//!
+//! Everything warren keeps there (extracted images with their real ids, setuid binaries
+//! and device nodes, containers' views and writable layers, the store) lives under
+//! directories only the owner (root, or the rootless user) can traverse: see
+//! [`open_state_dir`] and [`make_private`].
 
-use std::path::PathBuf;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 /// True when running as the host's root (euid 0 in the initial user namespace is not
 /// checked: inside a user namespace root still has only that namespace's ids).
@@ -14,6 +21,11 @@ pub fn state_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("WARREN_STATE_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
+    default_state_dir()
+}
+
+/// The state directory for this user when `WARREN_STATE_DIR` is not set.
+pub fn default_state_dir() -> PathBuf {
     if is_root() {
         return PathBuf::from("/var/lib/warren");
     }
@@ -33,5 +45,126 @@ pub fn run_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         Some(dir) => PathBuf::from(dir).join("warren"),
         None => state_dir().join("run"),
+    }
+}
+
+/// The subdirectories of the state dir that hold trees: each is private whatever the
+/// state dir's own mode (a `WARREN_STATE_DIR` warren did not create keeps its mode).
+/// The store (`store/` by default) makes its own root private when opened.
+pub const PRIVATE_SUBDIRS: [&str; 2] = ["images", "containers"];
+
+/// Creates `dir` and its missing parents with mode 0700 (each created directory, from
+/// the start: no window in which another user could open it).
+pub fn create_private(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates `dir` 0700, or takes group and other access away from an existing one (an
+/// installation made by an older warren). For directories the caller named (a symlink
+/// in their place is followed, as any path the caller gives).
+pub fn make_private(dir: &Path) -> io::Result<()> {
+    create_private(dir)?;
+    tighten(dir, &std::fs::metadata(dir)?)
+}
+
+/// [`make_private`] for a directory inside one other users may write to (an explicit
+/// state dir such as one under `/tmp`): refuses a symlink or a directory someone else
+/// created in its place, since it would hand them whatever warren puts there.
+pub fn make_private_own(dir: &Path) -> io::Result<()> {
+    create_private(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "not a directory (a symlink is not followed here)",
+        ));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("owned by uid {}, not by uid {me}: remove it", meta.uid()),
+        ));
+    }
+    tighten(dir, &meta)
+}
+
+/// Takes group and other access away from the directory `dir` (`meta` its metadata).
+fn tighten(dir: &Path, meta: &std::fs::Metadata) -> io::Result<()> {
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & !0o077))?;
+    }
+    Ok(())
+}
+
+/// Prepares the state directory `dir`: created 0700 when missing; the default location
+/// (warren's own) made 0700 when an older warren left it open. A directory given
+/// explicitly (`WARREN_STATE_DIR`, [`crate::runtime::RuntimeOptions`]) that exists is
+/// not chmod'ed, since it may be shared (a home, `/tmp`): the trees inside it are kept in
+/// [`PRIVATE_SUBDIRS`], each made private here.
+pub fn open_state_dir(dir: &Path) -> io::Result<()> {
+    let existed = dir.exists();
+    create_private(dir)?;
+    if existed && dir == default_state_dir() {
+        tighten(dir, &std::fs::metadata(dir)?)?;
+    }
+    for sub in PRIVATE_SUBDIRS {
+        make_private_own(&dir.join(sub))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn created_dirs_are_private_and_open_ones_are_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = tmp.path().join("a/b/c");
+        create_private(&deep).unwrap();
+        for p in ["a", "a/b", "a/b/c"] {
+            assert_eq!(mode(&tmp.path().join(p)), 0o700, "{p}");
+        }
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o2755)).unwrap();
+        make_private(&open).unwrap();
+        assert_eq!(mode(&open), 0o2700);
+    }
+
+    #[test]
+    fn an_explicit_state_dir_keeps_its_mode_and_its_trees_are_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        open_state_dir(&state).unwrap();
+        assert_eq!(mode(&state), 0o755);
+        for sub in PRIVATE_SUBDIRS {
+            assert_eq!(mode(&state.join(sub)), 0o700, "{sub}");
+        }
+        let fresh = tmp.path().join("fresh/state");
+        open_state_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+    }
+
+    #[test]
+    fn a_symlink_in_a_state_dir_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("target");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink(&target, tmp.path().join("images")).unwrap();
+        assert!(open_state_dir(tmp.path()).is_err());
+        assert_eq!(mode(&target), 0o755);
     }
 }

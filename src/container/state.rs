@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// What warren records about a container.
@@ -102,9 +103,17 @@ impl Dir {
     /// and handed back as `Err(Stale)` for the caller to clean up.
     pub fn create(root: &Path, id: &str) -> Result<Dir, Error> {
         check_id(id)?;
-        std::fs::create_dir_all(root).map_err(io(format!("create {}", root.display())))?;
+        // Private: a container's state (its exec fifo, its rootfs path) is no other
+        // user's business. The default root an older warren left open is tightened; a
+        // `--root` given explicitly keeps its mode, each container's dir is private.
+        let private = if root == crate::dirs::run_dir() {
+            crate::dirs::make_private(root)
+        } else {
+            crate::dirs::create_private(root)
+        };
+        private.map_err(io(format!("create {}", root.display())))?;
         let path = root.join(id);
-        match std::fs::create_dir(&path) {
+        match std::fs::DirBuilder::new().mode(0o700).create(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(Error::Exists(id.into()));

@@ -5,10 +5,13 @@
 //! the stream, a chunk is named by the BLAKE3 hash of its bytes and stored as a zstd
 //! frame, in a pack file with the other chunks its import wrote or as a loose file of
 //! its own. Ten versions of an image cost little more than one. Layout (plain files a
-//! static web server can serve as they are, for `remote::pull`; see docs/FORMAT.md):
+//! static web server can serve as they are, for `remote::pull`, once published; see
+//! docs/FORMAT.md). A store is private (its root 0700): the packs hold every file of
+//! every image, mode 0600 ones included.
 //!
 //! ```text
 //! STORE/format                     "warren-store 3" (1 and 2 are read, and upgraded on write)
+//! STORE/published                  only in a store made to be served (`warren store push`)
 //! STORE/lock                       flock: shared by imports and extracts, exclusive by gc
 //! STORE/packs/<blake3>.pack        the chunks of an import, with a table of them
 //! STORE/packs/list                 the packs' names, for clients of a served store
@@ -40,6 +43,10 @@ pub use extract::{ExtractOptions, ExtractReport};
 pub use gc::{GcReport, Problem, VerifyReport};
 pub use index::{ChunkId, Entry, Index, IndexError, Kind, Timestamp};
 pub use writer::ImageWriter;
+
+/// The marker of a store meant to be served (`warren store push` writes one).
+pub const PUBLISHED: &str = "published";
+const PUBLISHED_TEXT: &str = "This store is published: any user or web client that can reach it reads every file of every image in it, whatever the file's mode in the image.\n";
 
 /// Content of `STORE/format`.
 pub const STORE_FORMAT: &str = "warren-store 3\n";
@@ -251,6 +258,12 @@ pub struct Store {
     dir: PathBuf,
 }
 
+/// True when every user may list and enter `dir` (a store an older warren pushed).
+fn world_readable(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o005 == 0o005)
+}
+
 /// A parsed `NAME[:TAG]`: the tag defaults to `latest`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageName {
@@ -312,12 +325,49 @@ impl std::fmt::Display for ImageName {
 }
 
 impl Store {
-    /// Opens the store at `dir`, creating its layout on first use.
+    /// Opens the store at `dir`, creating its layout on first use. A store is private:
+    /// its root is created 0700, and an existing one an older warren left open is made
+    /// 0700 (every file of it is reached through the root, so that is enough), unless it
+    /// was published ([`Store::open_published`]).
     pub fn open(dir: &Path) -> Result<Store> {
+        Store::open_as(dir, false)
+    }
+
+    /// Opens or creates the store at `dir` to be served by a web server (what
+    /// `warren store push DIR` writes): readable by every user who can reach it, so
+    /// every file of every image in it, whatever its mode in the image, is public. Marked
+    /// by `STORE/published`, so a later [`Store::open`] leaves it readable.
+    pub fn open_published(dir: &Path) -> Result<Store> {
+        Store::open_as(dir, true)
+    }
+
+    fn open_as(dir: &Path, publish: bool) -> Result<Store> {
         let store = Store {
             dir: dir.to_path_buf(),
         };
         let format = dir.join("format");
+        let marker = dir.join(PUBLISHED);
+        let published = publish || marker.exists();
+        if publish && !marker.exists() && format.exists() && !world_readable(dir) {
+            return Err(StoreError::Destination {
+                path: dir.to_path_buf(),
+                reason: "is a private store; publish to a new directory (`warren store push DIR`)"
+                    .into(),
+            });
+        }
+        let fresh = match fs::read_dir(dir) {
+            Ok(mut entries) => entries.next().is_none(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+            Err(e) => return Err(io_err(dir)(e)),
+        };
+        let layout_dir = |p: &Path| {
+            if published {
+                fs::create_dir_all(p).map_err(io_err(p))
+            } else {
+                crate::dirs::create_private(p).map_err(io_err(p))
+            }
+        };
+        layout_dir(dir)?;
         match fs::read_to_string(&format) {
             Ok(found) if found == STORE_FORMAT || STORE_FORMATS_READ.contains(&found.as_str()) => {}
             Ok(found) => {
@@ -329,18 +379,36 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // Prefix dirs first, the format file last: a store with a format file is
                 // complete.
+                layout_dir(&store.chunks_dir())?;
                 for i in 0..256 {
-                    let p = store.chunks_dir().join(format!("{i:02x}"));
-                    fs::create_dir_all(&p).map_err(io_err(&p))?;
+                    layout_dir(&store.chunks_dir().join(format!("{i:02x}")))?;
                 }
                 for d in [store.images_dir(), store.packs_dir()] {
-                    fs::create_dir_all(&d).map_err(io_err(&d))?;
+                    layout_dir(&d)?;
+                }
+                if published {
+                    crate::atomic::write(&marker, PUBLISHED_TEXT.as_bytes())
+                        .map_err(io_err(&marker))?;
                 }
                 crate::atomic::write(&format, STORE_FORMAT.as_bytes()).map_err(io_err(&format))?;
             }
             Err(e) => return Err(io_err(&format)(e)),
         }
+        if published {
+            if !marker.exists() {
+                crate::atomic::write(&marker, PUBLISHED_TEXT.as_bytes()).map_err(io_err(&marker))?;
+            }
+        } else if fresh || format.exists() {
+            // A directory that held something else (`--store` pointed at a busy dir)
+            // keeps its mode: its layout dirs were created private above.
+            crate::dirs::make_private(dir).map_err(io_err(dir))?;
+        }
         Ok(store)
+    }
+
+    /// True when the store was opened or created to be served ([`Store::open_published`]).
+    pub fn is_published(&self) -> bool {
+        self.dir.join(PUBLISHED).exists()
     }
 
     /// Before writing chunks of this version into the store: rewrites an older format
