@@ -101,15 +101,16 @@ fn tighten(dir: &Path, meta: &std::fs::Metadata) -> io::Result<()> {
     Ok(())
 }
 
-/// Prepares the state directory `dir`: created 0700 when missing; the default location
-/// (warren's own) made 0700 when an older warren left it open. A directory given
-/// explicitly (`WARREN_STATE_DIR`, [`crate::runtime::RuntimeOptions`]) that exists is
-/// not chmod'ed, since it may be shared (a home, `/tmp`): the trees inside it are kept in
-/// [`PRIVATE_SUBDIRS`], each made private here.
+/// Prepares the state directory `dir`: created 0700 when missing, made 0700 when it is
+/// warren's (the default location, an empty directory, or one holding warren's files:
+/// an installation an older warren left open). An existing directory holding other
+/// things (`WARREN_STATE_DIR` pointed at a home) or shared (sticky, like `/tmp`) keeps
+/// its mode: the trees warren keeps in it are in [`PRIVATE_SUBDIRS`] and the store, each
+/// private whatever the state dir's mode.
 pub fn open_state_dir(dir: &Path) -> io::Result<()> {
     let existed = dir.exists();
     create_private(dir)?;
-    if existed && dir == default_state_dir() {
+    if existed && is_warrens(dir)? {
         tighten(dir, &std::fs::metadata(dir)?)?;
     }
     for sub in PRIVATE_SUBDIRS {
@@ -117,6 +118,31 @@ pub fn open_state_dir(dir: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// True when the existing directory `dir` may be taken as warren's state dir.
+fn is_warrens(dir: &Path) -> io::Result<bool> {
+    let meta = std::fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o1000 != 0 {
+        return Ok(false);
+    }
+    if dir == default_state_dir() {
+        return Ok(true);
+    }
+    let mut entries = std::fs::read_dir(dir)?;
+    if entries.next().is_none() {
+        return Ok(true);
+    }
+    Ok(STATE_FILES.iter().any(|f| dir.join(f).exists()))
+}
+
+/// What a warren state dir holds (one is enough to recognise it).
+const STATE_FILES: [&str; 5] = [
+    "images",
+    "containers",
+    "store",
+    "ranges.json",
+    "seccomp-cache",
+];
 
 #[cfg(test)]
 mod tests {
@@ -142,19 +168,43 @@ mod tests {
     }
 
     #[test]
-    fn an_explicit_state_dir_keeps_its_mode_and_its_trees_are_private() {
+    fn state_dirs_are_private_unless_they_hold_other_things() {
         let tmp = tempfile::tempdir().unwrap();
-        let state = tmp.path().join("state");
-        std::fs::create_dir(&state).unwrap();
-        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
-        open_state_dir(&state).unwrap();
-        assert_eq!(mode(&state), 0o755);
-        for sub in PRIVATE_SUBDIRS {
-            assert_eq!(mode(&state.join(sub)), 0o700, "{sub}");
+        // An older installation, left open: tightened.
+        let older = tmp.path().join("older");
+        std::fs::create_dir_all(older.join("images")).unwrap();
+        std::fs::write(older.join("ranges.json"), "{}").unwrap();
+        for p in [&older, &older.join("images")] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
+        open_state_dir(&older).unwrap();
+        assert_eq!(mode(&older), 0o700);
+        assert_eq!(mode(&older.join("images")), 0o700);
+        // A home: keeps its mode, warren's trees in it are private.
+        let home = tmp.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::write(home.join(".profile"), "").unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
+        open_state_dir(&home).unwrap();
+        assert_eq!(mode(&home), 0o755);
+        for sub in PRIVATE_SUBDIRS {
+            assert_eq!(mode(&home.join(sub)), 0o700, "{sub}");
+        }
+        // A shared sticky dir (like /tmp) keeps its mode.
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        open_state_dir(&shared).unwrap();
+        assert_eq!(mode(&shared), 0o1777);
+        // A new one, and an empty one.
         let fresh = tmp.path().join("fresh/state");
         open_state_dir(&fresh).unwrap();
         assert_eq!(mode(&fresh), 0o700);
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o755)).unwrap();
+        open_state_dir(&empty).unwrap();
+        assert_eq!(mode(&empty), 0o700);
     }
 
     #[test]

@@ -396,7 +396,8 @@ impl Store {
         }
         if published {
             if !marker.exists() {
-                crate::atomic::write(&marker, PUBLISHED_TEXT.as_bytes()).map_err(io_err(&marker))?;
+                crate::atomic::write(&marker, PUBLISHED_TEXT.as_bytes())
+                    .map_err(io_err(&marker))?;
             }
         } else if fresh || format.exists() {
             // A directory that held something else (`--store` pointed at a busy dir)
