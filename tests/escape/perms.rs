@@ -279,9 +279,14 @@ fn a_host_user_reaches_nothing_of_a_rootful_installation() {
     chmod(work.path(), 0o755);
     let tar = hostile_image(work.path(), true);
     // A fresh installation (warren creates its dirs) and one an older warren left open
-    // (a WARREN_STATE_DIR that exists 0755, with 0755 trees and a 0755 store in it).
-    for older in [false, true] {
-        let base = work.path().join(if older { "older" } else { "fresh" });
+    // (a WARREN_STATE_DIR that exists 0755, with 0755 trees and a 0755 store in it), and
+    // each way a view is made (idmapped lowers, metacopy overlay, bind of a copy).
+    for (older, deny, method) in [
+        (false, "", "idmap"),
+        (true, "idmap", "metacopy"),
+        (false, "idmap,metacopy", "copy"),
+    ] {
+        let base = work.path().join(method);
         std::fs::create_dir(&base).unwrap();
         chmod(&base, 0o755);
         let (state, run_root) = (base.join("state"), base.join("run"));
@@ -295,6 +300,7 @@ fn a_host_user_reaches_nothing_of_a_rootful_installation() {
         let warren = || {
             let mut cmd = Command::new(bin("warren"));
             cmd.env("WARREN_STATE_DIR", &state)
+                .env("WARREN_MOUNT_DENY", deny)
                 .arg("--root")
                 .arg(&run_root);
             cmd
@@ -303,7 +309,7 @@ fn a_host_user_reaches_nothing_of_a_rootful_installation() {
             .args(["image", "import"])
             .arg(&tar)
             .args(["--name", "hostile"]));
-        let name = if older { "perms-older" } else { "perms-fresh" };
+        let name = &format!("perms-{method}");
         ok(warren().args([
             "run", "-d", "--name", name, "--image", "hostile", "--", "sh", "-c", COMMAND,
         ]));
@@ -312,6 +318,8 @@ fn a_host_user_reaches_nothing_of_a_rootful_installation() {
         }));
         let view = state.join("containers").join(name).join("rootfs");
         wait_for(&view.join("tmp/ran"));
+        let (pid, made) = container(&warren, name);
+        assert_eq!(made, method, "the view's method");
 
         // The container works, as root inside; the image's device opens nothing.
         let secret = std::fs::read_to_string(view.join("tmp/secret-copy")).unwrap();
@@ -354,7 +362,6 @@ fn a_host_user_reaches_nothing_of_a_rootful_installation() {
         let mut files = secrets;
         files.extend(devices);
         files.extend(store_objects(&state.join("store")));
-        let pid = container_pid(&warren, name);
         files.push(PathBuf::from(format!("/proc/{pid}/root/root/secret")));
         let mut programs = suids;
         programs.push(PathBuf::from(format!("/proc/{pid}/root/bin/suid")));
@@ -419,7 +426,7 @@ fn another_user_reaches_nothing_of_a_rootless_installation() {
     );
     let mut files = secrets;
     files.extend(store_objects(&state.join("store")));
-    let pid = container_pid(&warren, name);
+    let (pid, _) = container(&warren, name);
     files.push(PathBuf::from(format!("/proc/{pid}/root/root/secret")));
     let mut programs = suids;
     programs.push(PathBuf::from(format!("/proc/{pid}/root/bin/suid")));
@@ -482,17 +489,17 @@ fn a_pushed_store_is_published_and_the_store_stays_private() {
     assert_eq!(std::fs::metadata(&store).unwrap().mode() & 0o777, 0o700);
 }
 
-/// The container's init pid, as `warren ps --json` reports it.
-fn container_pid(warren: &dyn Fn() -> Command, name: &str) -> i32 {
+/// The container's init pid and view method, as `warren ps --json` reports them.
+fn container(warren: &dyn Fn() -> Command, name: &str) -> (i32, String) {
     let out = ok(warren().args(["ps", "--json"]));
     let list: serde_json::Value = serde_json::from_str(&out).expect("ps --json");
-    let pid = list
+    let c = list
         .as_array()
         .and_then(|l| l.iter().find(|c| c["name"] == name))
-        .and_then(|c| c["pid"].as_i64())
         .unwrap_or_else(|| panic!("{name} not in {out}"));
+    let pid = c["pid"].as_i64().unwrap_or(0);
     assert!(pid > 0, "{name} is not running: {out}");
-    pid as i32
+    (pid as i32, c["method"].as_str().unwrap_or("").to_string())
 }
 
 /// Runs its closure when dropped (removes a container even when an assertion fails).
