@@ -362,9 +362,15 @@ fn a_host_user_reaches_nothing_of_a_rootful_installation() {
         let mut files = secrets;
         files.extend(devices);
         files.extend(store_objects(&state.join("store")));
-        files.push(PathBuf::from(format!("/proc/{pid}/root/root/secret")));
+        // Through the container's init too (its root and cwd links).
+        for link in ["root", "cwd"] {
+            files.push(PathBuf::from(format!("/proc/{pid}/{link}/root/secret")));
+            files.push(PathBuf::from(format!("/proc/{pid}/{link}/opt/null")));
+        }
         let mut programs = suids;
-        programs.push(PathBuf::from(format!("/proc/{pid}/root/bin/suid")));
+        for link in ["root", "cwd"] {
+            programs.push(PathBuf::from(format!("/proc/{pid}/{link}/bin/suid")));
+        }
         probe_open_exec(uid, gid, &files, &programs);
         drop(cleanup);
     }
@@ -454,7 +460,13 @@ fn a_pushed_store_is_published_and_the_store_stays_private() {
         .args(["--name", "hostile"]));
     ok(warren().args(["store", "push"]).arg(&served));
     // The store: nothing of it for another user.
-    probe_tree(uid, gid, &[&store], &[store.clone()], work.path());
+    probe_tree(
+        uid,
+        gid,
+        &[&store],
+        std::slice::from_ref(&store),
+        work.path(),
+    );
     probe_open_exec(uid, gid, &store_objects(&store), &[]);
     // The pushed copy is what a web server (any user) reads: the explicit act.
     let pushed = store_objects(&served);
