@@ -256,6 +256,13 @@ pub struct Stats {
 #[derive(Clone, Debug)]
 pub struct Store {
     dir: PathBuf,
+    /// Opened as (or found to be) a store to serve: its new files are world-readable.
+    published: bool,
+}
+
+/// The mode of a new chunk or pack file in a published or a private store.
+pub(crate) fn file_mode(published: bool) -> u32 {
+    if published { 0o644 } else { 0o600 }
 }
 
 /// True when every user may list and enter `dir` (a store an older warren pushed).
@@ -342,12 +349,13 @@ impl Store {
     }
 
     fn open_as(dir: &Path, publish: bool) -> Result<Store> {
-        let store = Store {
-            dir: dir.to_path_buf(),
-        };
         let format = dir.join("format");
         let marker = dir.join(PUBLISHED);
         let published = publish || marker.exists();
+        let store = Store {
+            dir: dir.to_path_buf(),
+            published,
+        };
         if publish && !marker.exists() && format.exists() && !world_readable(dir) {
             return Err(StoreError::Destination {
                 path: dir.to_path_buf(),
@@ -409,7 +417,13 @@ impl Store {
 
     /// True when the store was opened or created to be served ([`Store::open_published`]).
     pub fn is_published(&self) -> bool {
-        self.dir.join(PUBLISHED).exists()
+        self.published
+    }
+
+    /// The mode of a new chunk or pack file: only the owner reads one in a private store
+    /// (should its root ever be opened up), everyone in a published one.
+    pub(crate) fn file_mode(&self) -> u32 {
+        file_mode(self.published)
     }
 
     /// Before writing chunks of this version into the store: rewrites an older format

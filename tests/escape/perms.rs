@@ -468,6 +468,16 @@ fn a_pushed_store_is_published_and_the_store_stays_private() {
         work.path(),
     );
     probe_open_exec(uid, gid, &store_objects(&store), &[]);
+    // Its packs are the owner's alone, should its root ever be opened up.
+    let packs: Vec<PathBuf> = store_objects(&store)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .collect();
+    assert!(!packs.is_empty());
+    for p in &packs {
+        let mode = std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", p.display());
+    }
     // The pushed copy is what a web server (any user) reads: the explicit act.
     let pushed = store_objects(&served);
     assert!(!pushed.is_empty());
