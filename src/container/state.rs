@@ -77,6 +77,11 @@ pub fn check_id(id: &str) -> Result<(), Error> {
 /// The directory of an existing container `id` and an open file on it to lock.
 fn open_lock(root: &Path, id: &str) -> Result<(PathBuf, File), Error> {
     check_id(id)?;
+    // The default root an older warren left open is made private when next used; best
+    // effort: reading a container's state does not depend on it.
+    if root == crate::dirs::run_dir() && root.is_dir() {
+        let _ = crate::dirs::make_private(root);
+    }
     let path = root.join(id);
     match File::open(&path) {
         Ok(lock) => Ok((path, lock)),
