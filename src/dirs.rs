@@ -71,23 +71,31 @@ pub fn make_private(dir: &Path) -> io::Result<()> {
 }
 
 /// [`make_private`] for a directory inside one other users may write to (an explicit
-/// state dir such as one under `/tmp`): refuses a symlink or a directory someone else
-/// created in its place, since it would hand them whatever warren puts there.
+/// state dir such as one under `/tmp`): refuses a directory, or a symlink, someone else
+/// put in its place, since it would hand them whatever warren puts there. A symlink of
+/// our own (the images on another disk) is followed.
 pub fn make_private_own(dir: &Path) -> io::Result<()> {
     create_private(dir)?;
-    let meta = std::fs::symlink_metadata(dir)?;
+    let me = nix::unistd::geteuid().as_raw();
+    let not_ours = |what: &str, uid: u32| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{what} owned by uid {uid}, not by uid {me}: remove it"),
+        )
+    };
+    let link = std::fs::symlink_metadata(dir)?;
+    if link.file_type().is_symlink() && link.uid() != me {
+        return Err(not_ours("a symlink", link.uid()));
+    }
+    let meta = std::fs::metadata(dir)?;
     if !meta.is_dir() {
         return Err(io::Error::new(
             io::ErrorKind::NotADirectory,
-            "not a directory (a symlink is not followed here)",
+            "not a directory",
         ));
     }
-    let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("owned by uid {}, not by uid {me}: remove it", meta.uid()),
-        ));
+        return Err(not_ours("a directory", meta.uid()));
     }
     tighten(dir, &meta)
 }
@@ -208,13 +216,26 @@ mod tests {
     }
 
     #[test]
-    fn a_symlink_in_a_state_dir_is_refused() {
+    fn a_state_subdir_of_someone_else_is_refused_and_our_symlink_followed() {
         let tmp = tempfile::tempdir().unwrap();
         let target = tmp.path().join("target");
         std::fs::create_dir(&target).unwrap();
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::os::unix::fs::symlink(&target, tmp.path().join("images")).unwrap();
-        assert!(open_state_dir(tmp.path()).is_err());
-        assert_eq!(mode(&target), 0o755);
+        let state = tmp.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::os::unix::fs::symlink(&target, state.join("images")).unwrap();
+        open_state_dir(&state).unwrap();
+        assert_eq!(mode(&target), 0o700, "our own symlink is followed");
+        if is_root() {
+            // Someone else's directory in the state dir: refused, left as it is.
+            let theirs = state.join("containers");
+            std::fs::remove_dir(&theirs).unwrap();
+            std::fs::create_dir(&theirs).unwrap();
+            std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let err = open_state_dir(&state).unwrap_err();
+            assert!(err.to_string().contains("uid 65534"), "{err}");
+            assert_eq!(mode(&theirs), 0o755);
+        }
     }
 }
