@@ -363,6 +363,7 @@ impl Store {
                     .into(),
             });
         }
+        let was_store = format.exists();
         let fresh = match fs::read_dir(dir) {
             Ok(mut entries) => entries.next().is_none(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => true,
@@ -376,6 +377,9 @@ impl Store {
             }
         };
         layout_dir(dir)?;
+        if publish && !marker.exists() {
+            crate::atomic::write(&marker, PUBLISHED_TEXT.as_bytes()).map_err(io_err(&marker))?;
+        }
         match fs::read_to_string(&format) {
             Ok(found) if found == STORE_FORMAT || STORE_FORMATS_READ.contains(&found.as_str()) => {}
             Ok(found) => {
@@ -394,22 +398,13 @@ impl Store {
                 for d in [store.images_dir(), store.packs_dir()] {
                     layout_dir(&d)?;
                 }
-                if published {
-                    crate::atomic::write(&marker, PUBLISHED_TEXT.as_bytes())
-                        .map_err(io_err(&marker))?;
-                }
                 crate::atomic::write(&format, STORE_FORMAT.as_bytes()).map_err(io_err(&format))?;
             }
             Err(e) => return Err(io_err(&format)(e)),
         }
-        if published {
-            if !marker.exists() {
-                crate::atomic::write(&marker, PUBLISHED_TEXT.as_bytes())
-                    .map_err(io_err(&marker))?;
-            }
-        } else if fresh || format.exists() {
-            // A directory that held something else (`--store` pointed at a busy dir)
-            // keeps its mode: its layout dirs were created private above.
+        if !published && (fresh || was_store) {
+            // A directory that held something else (`--store` pointed at a home, or at
+            // /tmp) keeps its mode: the layout dirs holding the data are private.
             crate::dirs::make_private(dir).map_err(io_err(dir))?;
         }
         Ok(store)
@@ -662,5 +657,52 @@ impl Store {
     /// Removes every chunk no index references (and temporary files of dead imports).
     pub fn gc(&self) -> Result<GcReport> {
         gc::gc(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    fn chmod(p: &Path, m: u32) {
+        fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+    }
+
+    #[test]
+    fn stores_are_private_unless_published() {
+        let tmp = tempfile::tempdir().unwrap();
+        let private = tmp.path().join("private");
+        Store::open(&private).unwrap();
+        assert_eq!(mode(&private), 0o700);
+        // An older store left open is tightened when opened.
+        chmod(&private, 0o755);
+        assert!(!Store::open(&private).unwrap().is_published());
+        assert_eq!(mode(&private), 0o700);
+        // Publishing it in place is refused: push writes a published copy elsewhere.
+        assert!(Store::open_published(&private).is_err());
+        assert!(!private.join(PUBLISHED).exists());
+
+        let served = tmp.path().join("served");
+        Store::open_published(&served).unwrap();
+        chmod(&served, 0o755);
+        let again = Store::open(&served).unwrap();
+        assert!(again.is_published());
+        assert_eq!(mode(&served), 0o755, "a published store stays readable");
+
+        // A directory holding other things keeps its mode; the store's own dirs do not.
+        let home = tmp.path().join("home");
+        fs::create_dir(&home).unwrap();
+        fs::write(home.join(".profile"), "").unwrap();
+        chmod(&home, 0o755);
+        Store::open(&home).unwrap();
+        assert_eq!(mode(&home), 0o755);
+        for d in ["chunks", "chunks/ab", "packs", "images"] {
+            assert_eq!(mode(&home.join(d)), 0o700, "{d}");
+        }
     }
 }
