@@ -7,6 +7,7 @@ mod util;
 
 use std::collections::HashSet;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -16,7 +17,12 @@ use common::{require_root, require_tool, scratch};
 use warren::store::remote::{self, PullOptions, RemoteError};
 use warren::store::{ExtractOptions, ImportOptions, Progress, Store};
 
-/// nginx serving `root` on 127.0.0.1 at a free port, stopped when dropped.
+/// The user the web server runs as: an unprivileged one, as a real server's
+/// (`www-data`), so it reads only what is published.
+const SERVER_UID: u32 = 65534;
+
+/// nginx serving `root` on 127.0.0.1 at a free port as [`SERVER_UID`], stopped when
+/// dropped.
 struct Nginx {
     child: Child,
     port: u16,
@@ -27,6 +33,18 @@ impl Nginx {
     fn start(root: &Path, prefix: &Path, limit_rate: Option<&str>) -> Nginx {
         let nginx = require_tool("nginx", "nginx-light");
         fs::create_dir_all(prefix).unwrap();
+        let id = Some(SERVER_UID.into());
+        nix::unistd::chown(prefix, id, Some(SERVER_UID.into())).unwrap();
+        // The scratch dirs above `root` and `prefix` are private: let the server pass.
+        for dir in [root, prefix] {
+            for a in dir.ancestors().skip(1) {
+                if !a.starts_with("/var/tmp/warren-tests/") {
+                    break;
+                }
+                let mode = fs::metadata(a).unwrap().permissions().mode();
+                fs::set_permissions(a, fs::Permissions::from_mode(mode | 0o011)).unwrap();
+            }
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -36,7 +54,7 @@ impl Nginx {
             .map(|r| format!("limit_rate {r};"))
             .unwrap_or_default();
         let conf = format!(
-            "daemon off; master_process off; user root; pid {p}/nginx.pid; error_log {p}/error.log;
+            "daemon off; master_process off; pid {p}/nginx.pid; error_log {p}/error.log;
 events {{ worker_connections 256; }}
 http {{
   access_log {p}/access.log;
@@ -50,7 +68,15 @@ http {{
             root = root.display(),
         );
         fs::write(prefix.join("nginx.conf"), conf).unwrap();
-        let mut child = Command::new(nginx)
+        let mut child = Command::new("setpriv")
+            .args([
+                format!("--reuid={SERVER_UID}"),
+                format!("--regid={SERVER_UID}"),
+                "--clear-groups".to_string(),
+            ])
+            .arg(nginx)
+            .arg("-e")
+            .arg(prefix.join("error.log"))
             .arg("-p")
             .arg(prefix)
             .arg("-c")
@@ -113,9 +139,18 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// A source store with `base` (files of noise) and `variant` (base, one file changed,
-/// two added).
+/// two added); a private one, or one published to be served as it is.
 fn source_store(work: &Path, files: usize) -> Store {
-    let store = Store::open(&work.join("source")).unwrap();
+    source_store_as(work, files, false)
+}
+
+fn source_store_as(work: &Path, files: usize, published: bool) -> Store {
+    let dir = work.join("source");
+    let store = if published {
+        Store::open_published(&dir).unwrap()
+    } else {
+        Store::open(&dir).unwrap()
+    };
     let tree = work.join("tree");
     for i in 0..files {
         let p = tree.join(format!("d{}/f{i}", i % 4));
@@ -222,7 +257,7 @@ fn pull_fetches_only_the_chunks_the_local_store_lacks() {
 fn pull_from_a_store_served_as_it_is_fetches_ranges_of_its_packs() {
     require_root();
     let work = scratch("remote-packs");
-    let source = source_store(work.path(), 24);
+    let source = source_store_as(work.path(), 24, true);
     let packs: Vec<PathBuf> = source
         .chunks()
         .unwrap()
@@ -451,4 +486,22 @@ fn transient_failures_are_retried() {
         "{err}"
     );
     assert_untouched(&fresh);
+}
+
+#[test]
+fn a_private_store_is_not_served_and_a_pushed_copy_is() {
+    require_root();
+    let work = scratch("remote-private");
+    let source = source_store(work.path(), 4);
+    let server = Nginx::start(source.dir(), &work.path().join("nginx"), None);
+    let local = Store::open(&work.path().join("local")).unwrap();
+    let err = remote::pull(&server.url(), "base", &local, &PullOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+    assert_untouched(&local);
+    // Publishing is the explicit act: push writes a served copy.
+    let served = work.path().join("served");
+    remote::push(&source, &served, &[]).unwrap();
+    let server = Nginx::start(&served, &work.path().join("nginx2"), None);
+    remote::pull(&server.url(), "base", &local, &PullOptions::default()).unwrap();
+    same_image(&source, &local, "base", work.path());
 }

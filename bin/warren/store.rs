@@ -21,7 +21,9 @@ pub enum Command {
     /// Remove chunks no image references (waits for imports in progress).
     Gc,
     /// Write the chunks and indexes DIR lacks into it (a store directory to serve over
-    /// HTTP); all images, or only those named.
+    /// HTTP); all images, or only those named. DIR is published: readable by every user
+    /// and every web client that can reach it, every file of every image pushed included,
+    /// whatever its mode in the image (the store itself stays private).
     Push {
         dir: std::path::PathBuf,
         images: Vec<String>,

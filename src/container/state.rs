@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// What warren records about a container.
@@ -76,6 +77,11 @@ pub fn check_id(id: &str) -> Result<(), Error> {
 /// The directory of an existing container `id` and an open file on it to lock.
 fn open_lock(root: &Path, id: &str) -> Result<(PathBuf, File), Error> {
     check_id(id)?;
+    // The default root an older warren left open is made private when next used; best
+    // effort: reading a container's state does not depend on it.
+    if root == crate::dirs::run_dir() && root.is_dir() {
+        let _ = crate::dirs::make_private(root);
+    }
     let path = root.join(id);
     match File::open(&path) {
         Ok(lock) => Ok((path, lock)),
@@ -102,9 +108,17 @@ impl Dir {
     /// and handed back as `Err(Stale)` for the caller to clean up.
     pub fn create(root: &Path, id: &str) -> Result<Dir, Error> {
         check_id(id)?;
-        std::fs::create_dir_all(root).map_err(io(format!("create {}", root.display())))?;
+        // Private: a container's state (its exec fifo, its rootfs path) is no other
+        // user's business. The default root an older warren left open is tightened; a
+        // `--root` given explicitly keeps its mode, each container's dir is private.
+        let private = if root == crate::dirs::run_dir() {
+            crate::dirs::make_private(root)
+        } else {
+            crate::dirs::create_private(root)
+        };
+        private.map_err(io(format!("create {}", root.display())))?;
         let path = root.join(id);
-        match std::fs::create_dir(&path) {
+        match std::fs::DirBuilder::new().mode(0o700).create(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(Error::Exists(id.into()));

@@ -94,7 +94,9 @@ pub fn userns_fd(uid: Mapping, gid: Mapping) -> Result<OwnedFd, IdmapError> {
 }
 
 /// A detached clone of the mount at `path` (the directory itself, not its submounts),
-/// idmapped through `userns`.
+/// idmapped through `userns`, `nosuid` and `nodev`: a lower layer is only read through
+/// the overlay above it, whose own mount decides what its setuid binaries and device
+/// nodes may do.
 pub fn idmapped_clone(path: &Path, userns: &OwnedFd) -> Result<OwnedFd, IdmapError> {
     let tree = sys::open_tree(
         nix::fcntl::AT_FDCWD,
@@ -109,7 +111,7 @@ pub fn idmapped_clone(path: &Path, userns: &OwnedFd) -> Result<OwnedFd, IdmapErr
         tree.as_fd(),
         Path::new(""),
         libc::AT_EMPTY_PATH as u32,
-        sys::MOUNT_ATTR_IDMAP,
+        sys::MOUNT_ATTR_IDMAP | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
         0,
         Some(userns.as_fd()),
     )

@@ -158,10 +158,23 @@ impl Overlay {
     }
 }
 
-/// Attaches a detached mount at `target`.
+/// Attaches a detached mount (a container's view) at `target`, `nodev`: an image's
+/// device nodes (a 0666 node of the host's disk) open nothing, through the view or in the
+/// container (which gets its own /dev, and keeps the flag: a user namespace cannot clear
+/// it). Setuid binaries keep working: a container's view needs them.
 pub fn attach(mnt: BorrowedFd<'_>, target: &Path) -> Result<(), OverlayError> {
-    sys::move_mount(mnt, nix::fcntl::AT_FDCWD, target).map_err(|source| OverlayError::Attach {
+    let fail = |source| OverlayError::Attach {
         target: target.to_path_buf(),
         source,
-    })
+    };
+    sys::mount_setattr(
+        mnt,
+        Path::new(""),
+        libc::AT_EMPTY_PATH as u32,
+        sys::MOUNT_ATTR_NODEV,
+        0,
+        None,
+    )
+    .map_err(fail)?;
+    sys::move_mount(mnt, nix::fcntl::AT_FDCWD, target).map_err(fail)
 }

@@ -65,7 +65,10 @@ impl ImageCache {
             let path = path.to_path_buf();
             move |source| ImageError::Io { what, path, source }
         };
-        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        // Private (see crate::dirs): the tree keeps the image's real ids, setuid binaries
+        // and device nodes, none of which another host user may reach.
+        crate::dirs::make_private(&self.dir).map_err(io("create", &self.dir))?;
+        crate::dirs::create_private(&dir).map_err(io("create", &dir))?;
         let lock_path = dir.join("lock");
         let lock = File::create(&lock_path).map_err(io("create", &lock_path))?;
         let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(
@@ -104,7 +107,7 @@ impl ImageCache {
             path: path.to_path_buf(),
             source,
         };
-        std::fs::create_dir_all(&self.dir).map_err(|e| io("create", e))?;
+        crate::dirs::make_private(&self.dir).map_err(|e| io("create", e))?;
         let file = File::create(path).map_err(|e| io("create", e))?;
         nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| io("lock", e.into()))

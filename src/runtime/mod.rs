@@ -170,7 +170,7 @@ impl Runtime {
             // As root: the registered `warren:` pool, refused when it overlaps a user's.
             None => Pool::for_current_user()?,
         };
-        fs::create_dir_all(&opts.state_dir).map_err(io_err("create", &opts.state_dir))?;
+        crate::dirs::open_state_dir(&opts.state_dir).map_err(io_err("create", &opts.state_dir))?;
         Ok(Runtime {
             store: Store::open(&opts.store_dir)?,
             ids: Allocator::open(&opts.state_dir, pool)?,

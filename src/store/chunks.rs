@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -223,7 +224,13 @@ pub fn write_temp(store: &Store, id: &ChunkId, compressed: &[u8]) -> Result<(Pat
         std::process::id(),
         NEXT_TMP.fetch_add(1, Ordering::Relaxed)
     ));
-    let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(store.file_mode())
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
     f.write_all(compressed).map_err(io_err(&tmp))?;
     Ok((tmp, dest))
 }

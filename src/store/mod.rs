@@ -5,10 +5,13 @@
 //! the stream, a chunk is named by the BLAKE3 hash of its bytes and stored as a zstd
 //! frame, in a pack file with the other chunks its import wrote or as a loose file of
 //! its own. Ten versions of an image cost little more than one. Layout (plain files a
-//! static web server can serve as they are, for `remote::pull`; see docs/FORMAT.md):
+//! static web server can serve as they are, for `remote::pull`, once published; see
+//! docs/FORMAT.md). A store is private (its root 0700): the packs hold every file of
+//! every image, mode 0600 ones included.
 //!
 //! ```text
 //! STORE/format                     "warren-store 3" (1 and 2 are read, and upgraded on write)
+//! STORE/published                  only in a store made to be served (`warren store push`)
 //! STORE/lock                       flock: shared by imports and extracts, exclusive by gc
 //! STORE/packs/<blake3>.pack        the chunks of an import, with a table of them
 //! STORE/packs/list                 the packs' names, for clients of a served store
@@ -40,6 +43,10 @@ pub use extract::{ExtractOptions, ExtractReport};
 pub use gc::{GcReport, Problem, VerifyReport};
 pub use index::{ChunkId, Entry, Index, IndexError, Kind, Timestamp};
 pub use writer::ImageWriter;
+
+/// The marker of a store meant to be served (`warren store push` writes one).
+pub const PUBLISHED: &str = "published";
+const PUBLISHED_TEXT: &str = "This store is published: any user or web client that can reach it reads every file of every image in it, whatever the file's mode in the image.\n";
 
 /// Content of `STORE/format`.
 pub const STORE_FORMAT: &str = "warren-store 3\n";
@@ -249,6 +256,19 @@ pub struct Stats {
 #[derive(Clone, Debug)]
 pub struct Store {
     dir: PathBuf,
+    /// Opened as (or found to be) a store to serve: its new files are world-readable.
+    published: bool,
+}
+
+/// The mode of a new chunk or pack file in a published or a private store.
+pub(crate) fn file_mode(published: bool) -> u32 {
+    if published { 0o644 } else { 0o600 }
+}
+
+/// True when every user may list and enter `dir` (a store an older warren pushed).
+fn world_readable(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o005 == 0o005)
 }
 
 /// A parsed `NAME[:TAG]`: the tag defaults to `latest`.
@@ -312,12 +332,54 @@ impl std::fmt::Display for ImageName {
 }
 
 impl Store {
-    /// Opens the store at `dir`, creating its layout on first use.
+    /// Opens the store at `dir`, creating its layout on first use. A store is private:
+    /// its root is created 0700, and an existing one an older warren left open is made
+    /// 0700 (every file of it is reached through the root, so that is enough), unless it
+    /// was published ([`Store::open_published`]).
     pub fn open(dir: &Path) -> Result<Store> {
+        Store::open_as(dir, false)
+    }
+
+    /// Opens or creates the store at `dir` to be served by a web server (what
+    /// `warren store push DIR` writes): readable by every user who can reach it, so
+    /// every file of every image in it, whatever its mode in the image, is public. Marked
+    /// by `STORE/published`, so a later [`Store::open`] leaves it readable.
+    pub fn open_published(dir: &Path) -> Result<Store> {
+        Store::open_as(dir, true)
+    }
+
+    fn open_as(dir: &Path, publish: bool) -> Result<Store> {
+        let format = dir.join("format");
+        let marker = dir.join(PUBLISHED);
+        let published = publish || marker.exists();
         let store = Store {
             dir: dir.to_path_buf(),
+            published,
         };
-        let format = dir.join("format");
+        if publish && !marker.exists() && format.exists() && !world_readable(dir) {
+            return Err(StoreError::Destination {
+                path: dir.to_path_buf(),
+                reason: "is a private store; publish to a new directory (`warren store push DIR`)"
+                    .into(),
+            });
+        }
+        let was_store = format.exists();
+        let fresh = match fs::read_dir(dir) {
+            Ok(mut entries) => entries.next().is_none(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+            Err(e) => return Err(io_err(dir)(e)),
+        };
+        let layout_dir = |p: &Path| {
+            if published {
+                fs::create_dir_all(p).map_err(io_err(p))
+            } else {
+                crate::dirs::create_private(p).map_err(io_err(p))
+            }
+        };
+        layout_dir(dir)?;
+        if publish && !marker.exists() {
+            crate::atomic::write(&marker, PUBLISHED_TEXT.as_bytes()).map_err(io_err(&marker))?;
+        }
         match fs::read_to_string(&format) {
             Ok(found) if found == STORE_FORMAT || STORE_FORMATS_READ.contains(&found.as_str()) => {}
             Ok(found) => {
@@ -329,18 +391,34 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // Prefix dirs first, the format file last: a store with a format file is
                 // complete.
+                layout_dir(&store.chunks_dir())?;
                 for i in 0..256 {
-                    let p = store.chunks_dir().join(format!("{i:02x}"));
-                    fs::create_dir_all(&p).map_err(io_err(&p))?;
+                    layout_dir(&store.chunks_dir().join(format!("{i:02x}")))?;
                 }
                 for d in [store.images_dir(), store.packs_dir()] {
-                    fs::create_dir_all(&d).map_err(io_err(&d))?;
+                    layout_dir(&d)?;
                 }
                 crate::atomic::write(&format, STORE_FORMAT.as_bytes()).map_err(io_err(&format))?;
             }
             Err(e) => return Err(io_err(&format)(e)),
         }
+        if !published && (fresh || was_store) {
+            // A directory that held something else (`--store` pointed at a home, or at
+            // /tmp) keeps its mode: the layout dirs holding the data are private.
+            crate::dirs::make_private(dir).map_err(io_err(dir))?;
+        }
         Ok(store)
+    }
+
+    /// True when the store was opened or created to be served ([`Store::open_published`]).
+    pub fn is_published(&self) -> bool {
+        self.published
+    }
+
+    /// The mode of a new chunk or pack file: only the owner reads one in a private store
+    /// (should its root ever be opened up), everyone in a published one.
+    pub(crate) fn file_mode(&self) -> u32 {
+        file_mode(self.published)
     }
 
     /// Before writing chunks of this version into the store: rewrites an older format
@@ -579,5 +657,52 @@ impl Store {
     /// Removes every chunk no index references (and temporary files of dead imports).
     pub fn gc(&self) -> Result<GcReport> {
         gc::gc(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    fn chmod(p: &Path, m: u32) {
+        fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+    }
+
+    #[test]
+    fn stores_are_private_unless_published() {
+        let tmp = tempfile::tempdir().unwrap();
+        let private = tmp.path().join("private");
+        Store::open(&private).unwrap();
+        assert_eq!(mode(&private), 0o700);
+        // An older store left open is tightened when opened.
+        chmod(&private, 0o755);
+        assert!(!Store::open(&private).unwrap().is_published());
+        assert_eq!(mode(&private), 0o700);
+        // Publishing it in place is refused: push writes a published copy elsewhere.
+        assert!(Store::open_published(&private).is_err());
+        assert!(!private.join(PUBLISHED).exists());
+
+        let served = tmp.path().join("served");
+        Store::open_published(&served).unwrap();
+        chmod(&served, 0o755);
+        let again = Store::open(&served).unwrap();
+        assert!(again.is_published());
+        assert_eq!(mode(&served), 0o755, "a published store stays readable");
+
+        // A directory holding other things keeps its mode; the store's own dirs do not.
+        let home = tmp.path().join("home");
+        fs::create_dir(&home).unwrap();
+        fs::write(home.join(".profile"), "").unwrap();
+        chmod(&home, 0o755);
+        Store::open(&home).unwrap();
+        assert_eq!(mode(&home), 0o755);
+        for d in ["chunks", "chunks/ab", "packs", "images"] {
+            assert_eq!(mode(&home.join(d)), 0o700, "{d}");
+        }
     }
 }

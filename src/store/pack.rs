@@ -16,7 +16,7 @@
 
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -218,6 +218,8 @@ const WRITEBACK_STEP: u64 = 8 << 20;
 /// [`finish`]: PackWriter::finish
 pub struct PackWriter {
     dir: PathBuf,
+    /// Of new packs: world-readable only in a published store (`dir` is `STORE/packs`).
+    mode: u32,
     open: Mutex<Vec<Open>>,
     target: u64,
     writeback: AtomicBool,
@@ -230,8 +232,12 @@ impl PackWriter {
 
     /// Starts another pack once the current one holds `target` bytes.
     pub fn with_target(dir: &Path, target: u64) -> PackWriter {
+        let published = dir
+            .parent()
+            .is_some_and(|store| store.join(super::PUBLISHED).exists());
         PackWriter {
             dir: dir.to_path_buf(),
+            mode: super::file_mode(published),
             open: Mutex::new(Vec::new()),
             target,
             writeback: AtomicBool::new(false),
@@ -262,6 +268,7 @@ impl PackWriter {
                     .read(true)
                     .write(true)
                     .create_new(true)
+                    .mode(self.mode)
                     .open(&tmp)
                     .map_err(io_err(&tmp))?;
                 let mut header = [0u8; HEADER as usize];

@@ -513,7 +513,7 @@ pub struct PushReport {
 /// of `images` (every image when empty) that it lacks: the directory to put on any web
 /// server for [`pull`]. Chunks go first and are synced before any index is published.
 pub fn push(local: &Store, dest: &Path, images: &[String]) -> Result<PushReport, RemoteError> {
-    let target = Store::open(dest)?;
+    let target = Store::open_published(dest)?;
     let names = if images.is_empty() {
         local.names()?
     } else {
