@@ -364,17 +364,20 @@ fn xattrat() -> bool {
 pub fn statx_at(dir: BorrowedFd<'_>, name: &CStr, mask: u32) -> io::Result<libc::statx> {
     // SAFETY: statx is plain old data; all-zero is a valid value.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // The raw syscall, not glibc's `statx`: std declares that symbol weak, so in the
+    // LTO'd static-pie release build it stays undefined (address 0) and a call crashes.
     // SAFETY: valid fd, C string and an out buffer of the right type.
     let ret = unsafe {
-        libc::statx(
+        libc::syscall(
+            libc::SYS_statx,
             dir.as_raw_fd(),
             name.as_ptr(),
             libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC,
             mask,
-            &mut stx,
+            &mut stx as *mut libc::statx,
         )
     };
-    check(ret as libc::c_long).map(|_| stx)
+    check(ret).map(|_| stx)
 }
 
 /// `fchmodat2(2)` (Linux 6.6) with `AT_SYMLINK_NOFOLLOW`: a symlink put in `name`'s place
