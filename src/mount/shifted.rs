@@ -622,8 +622,8 @@ fn resolve(path: &Path) -> io::Result<PathBuf> {
 
 /// Refuses LOWER, INTERMEDIATE and MOUNTPOINT directories that are the same as, inside,
 /// or contain one another (the writes would land in a lower layer, or the view would
-/// cover its own layers). Compared by canonical path, and by (dev, ino) of each directory
-/// and its ancestors, which also sees through bind mounts.
+/// cover its own layers). Compared by canonical path, by (dev, ino), and by the place in
+/// the filesystem (mount root + path below the mount), which sees through bind mounts.
 fn check_separate(
     lowers: &[PathBuf],
     intermediate: &Path,
@@ -633,36 +633,35 @@ fn check_separate(
         lowers.iter().map(|l| ("LOWER", l.as_path())).collect();
     dirs.push(("INTERMEDIATE", intermediate));
     dirs.push(("MOUNTPOINT", mountpoint));
-    // (dev, ino) of a directory and each of its ancestors, nearest first (missing ones skipped).
-    let ancestry = |p: &Path| -> Vec<(u64, u64)> {
-        p.ancestors()
-            .filter_map(|a| std::fs::metadata(a).ok())
-            .map(|m| (m.dev(), m.ino()))
-            .collect()
-    };
+    let table = mounts()?;
     let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let overlap = |inner_role, inner: &Path, outer_role, outer: &Path| {
+        let (i, o) = (fs_location(inner, &table), fs_location(outer, &table));
+        let same = inner == outer
+            || id(inner).is_some_and(|x| id(outer) == Some(x))
+            || (i.is_some() && i == o);
+        let inside = inner.starts_with(outer)
+            || i.zip(o).is_some_and(|((idev, ipath), (odev, opath))| {
+                idev == odev && ipath.starts_with(opath)
+            });
+        (same || inside).then(|| MountError::Overlap {
+            inner_role,
+            inner: inner.to_path_buf(),
+            relation: if same {
+                "is the same directory as"
+            } else {
+                "is inside"
+            },
+            outer_role,
+            outer: outer.to_path_buf(),
+        })
+    };
     for (i, &(a_role, a)) in dirs.iter().enumerate() {
         for &(b_role, b) in &dirs[i + 1..] {
             // Several lower layers may share a tree; the kernel judges those.
             if a_role == "LOWER" && b_role == "LOWER" {
                 continue;
             }
-            let overlap = |inner_role, inner: &Path, outer_role, outer: &Path| {
-                let same = inner == outer || id(inner).is_some_and(|x| id(outer) == Some(x));
-                let inside = inner.starts_with(outer)
-                    || id(outer).is_some_and(|o| ancestry(inner).contains(&o));
-                (same || inside).then(|| MountError::Overlap {
-                    inner_role,
-                    inner: inner.to_path_buf(),
-                    relation: if same {
-                        "is the same directory as"
-                    } else {
-                        "is inside"
-                    },
-                    outer_role,
-                    outer: outer.to_path_buf(),
-                })
-            };
             if let Some(e) = overlap(a_role, a, b_role, b).or_else(|| overlap(b_role, b, a_role, a))
             {
                 return Err(e);
@@ -670,6 +669,19 @@ fn check_separate(
         }
     }
     Ok(())
+}
+
+/// Where the canonical `path` is in its filesystem: (device, path from the filesystem's
+/// root), from the mount it is under. A directory seen through a bind mount has the same
+/// location as through its original path.
+fn fs_location(path: &Path, table: &[MountInfo]) -> Option<(String, PathBuf)> {
+    // The deepest mount point above `path`; the last of equals is the one on top.
+    let mount = table
+        .iter()
+        .filter(|m| path.starts_with(&m.point))
+        .max_by_key(|m| m.point.components().count())?;
+    let below = path.strip_prefix(&mount.point).ok()?;
+    Some((mount.dev.clone(), mount.root.join(below)))
 }
 
 /// Gives the overlay's upper root the shifted owner and the mode of the top lower root:
@@ -981,24 +993,43 @@ pub fn is_mountpoint(path: &Path) -> Result<bool, MountError> {
 
 /// Every mount point in this mount namespace.
 fn mount_points() -> Result<Vec<PathBuf>, MountError> {
-    Ok(mounts()?.into_iter().map(|(p, _)| p).collect())
+    Ok(mounts()?.into_iter().map(|m| m.point).collect())
 }
 
-/// Every mount in this mount namespace, in mount order: (mount point, "FSTYPE from SOURCE").
-fn mounts() -> Result<Vec<(PathBuf, String)>, MountError> {
+/// One line of /proc/self/mountinfo.
+struct MountInfo {
+    point: PathBuf,
+    /// The directory of the filesystem mounted there (`/` unless a bind of a subtree).
+    root: PathBuf,
+    /// `major:minor` of the filesystem.
+    dev: String,
+    /// "FSTYPE from SOURCE", for messages.
+    what: String,
+}
+
+/// Every mount in this mount namespace, in mount order.
+fn mounts() -> Result<Vec<MountInfo>, MountError> {
     let info = Path::new("/proc/self/mountinfo");
     let text = std::fs::read_to_string(info).map_err(io_at(info))?;
     Ok(text
         .lines()
         .filter_map(|l| {
-            let point = PathBuf::from(unescape(l.split(' ').nth(4)?));
+            let mut f = l.split(' ');
+            let dev = f.nth(2)?.to_string();
+            let root = PathBuf::from(unescape(f.next()?));
+            let point = PathBuf::from(unescape(f.next()?));
             let mut fs = l.split_once(" - ")?.1.split(' ');
             let what = format!(
                 "{} from {}",
                 fs.next()?,
                 unescape(fs.next()?).to_string_lossy()
             );
-            Some((point, what))
+            Some(MountInfo {
+                point,
+                root,
+                dev,
+                what,
+            })
         })
         .collect())
 }
@@ -1046,8 +1077,8 @@ pub fn unmount(mountpoint: &Path) -> Result<(), MountError> {
     // The last mount listed at a path is the one on top, the one umount would take.
     let Some(what) = mounts()?
         .into_iter()
-        .filter(|(p, _)| *p == canon)
-        .map(|(_, what)| what)
+        .filter(|m| m.point == canon)
+        .map(|m| m.what)
         .next_back()
     else {
         return Err(not_mounted());
