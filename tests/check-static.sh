@@ -21,6 +21,7 @@ allowed() {
 	case $1 in
 	__gmon_start__ | _ITM_deregisterTMCloneTable | _ITM_registerTMCloneTable | __cxa_finalize) ;;
 	_nl_current_LC_*_used) ;;          # glibc locale internals
+	__pthread_key_create) ;;           # libgcc's "is libpthread linked" probe
 	ZSTD_trace_*) ;;                   # zstd's optional trace hooks
 	__cxa_thread_atexit_impl) ;;       # std: thread-local destructors
 	# std's `weak!`/`syscall!` wrappers: raw syscall or fallback when NULL. Allowed only

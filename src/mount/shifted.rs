@@ -146,7 +146,7 @@ pub enum MountError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error(
-        "{path} is already a mount point (a view left by an interrupted run: `shift-mount --unmount {path}` first)"
+        "{path} is already a mount point (a view an interrupted run left there goes with `shift-mount --unmount {path}`)"
     )]
     AlreadyMounted { path: PathBuf },
     #[error("{path} is not a mount point")]
