@@ -364,17 +364,47 @@ fn xattrat() -> bool {
 pub fn statx_at(dir: BorrowedFd<'_>, name: &CStr, mask: u32) -> io::Result<libc::statx> {
     // SAFETY: statx is plain old data; all-zero is a valid value.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // The raw syscall, not glibc's `statx`: std declares that symbol weak, so in the
+    // LTO'd static-pie release build it stays undefined (address 0) and a call crashes.
     // SAFETY: valid fd, C string and an out buffer of the right type.
     let ret = unsafe {
-        libc::statx(
+        libc::syscall(
+            libc::SYS_statx,
             dir.as_raw_fd(),
             name.as_ptr(),
             libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC,
             mask,
-            &mut stx,
+            &mut stx as *mut libc::statx,
         )
     };
-    check(ret as libc::c_long).map(|_| stx)
+    check(ret).map(|_| stx)
+}
+
+/// The id of the mount `fd` is on (or is, for a detached mount): `STATX_MNT_ID_UNIQUE`
+/// (Linux 6.8, never reused within a boot) when the kernel has it, else `STATX_MNT_ID`.
+/// A detached mount keeps its id when it is attached.
+pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: statx is plain old data; all-zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd, empty C string with AT_EMPTY_PATH, and an out buffer of the right type.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_statx,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
+            libc::STATX_MNT_ID_UNIQUE | libc::STATX_MNT_ID,
+            &mut stx as *mut libc::statx,
+        )
+    };
+    check(ret)?;
+    if stx.stx_mask & (libc::STATX_MNT_ID_UNIQUE | libc::STATX_MNT_ID) == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "statx reported no mount id",
+        ));
+    }
+    Ok(stx.stx_mnt_id)
 }
 
 /// `fchmodat2(2)` (Linux 6.6) with `AT_SYMLINK_NOFOLLOW`: a symlink put in `name`'s place

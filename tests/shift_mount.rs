@@ -739,3 +739,340 @@ fn rootless_layers_dir_replaced_by_file() {
         &shifted(&tb, Shift::new(rootless_start(), BLOCK).expect("shift")),
     );
 }
+
+/// A shift-mount that must fail, nothing mounted; returns its stderr.
+fn refused(lower: &Path, im: &Path, mnt: &Path) -> String {
+    let out = run(shift_mount()
+        .args(["--oneshot", "-s", "0x30000"])
+        .args([lower, im, mnt]));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "mounted {lower:?} {im:?} {mnt:?}: {err}"
+    );
+    assert!(!mounted(mnt), "{} mounted after: {err}", mnt.display());
+    err
+}
+
+#[test]
+fn overlapping_directories_are_refused() {
+    require_root();
+    let dir = scratch("shift-mount-overlap");
+    let other = scratch("shift-mount-overlap-other");
+    let lower = fixture(dir.path());
+    let (im, mnt) = (dir.path().join("im"), dir.path().join("mnt"));
+    fs::create_dir_all(&mnt).expect("mkdir");
+    fs::create_dir_all(im.join("sub")).expect("mkdir");
+    let alias = dir.path().join("alias");
+    fs::create_dir_all(&alias).expect("mkdir");
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&lower, &link).expect("symlink");
+    let _guard = Unmounter(vec![
+        mnt.clone(),
+        alias.clone(),
+        lower.clone(),
+        im.join("sub"),
+    ]);
+    let before = snapshot(&lower);
+    let etc = lower.join("etc");
+    let far_mnt = other.path().join("mnt");
+    let far_im = other.path().join("im");
+    fs::create_dir_all(&far_mnt).expect("mkdir");
+    let d = dir.path().to_path_buf();
+    let same = "is the same directory as";
+    // (INTERMEDIATE, MOUNTPOINT, the error names: relation, "ROLE path" twice); LOWER is `lower`.
+    let named = |role: &str, p: &Path| format!("{role} {}", p.display());
+    let cases: Vec<(PathBuf, PathBuf, &str, [String; 2])> = vec![
+        (
+            lower.clone(),
+            mnt.clone(),
+            same,
+            [named("LOWER", &lower), named("INTERMEDIATE", &lower)],
+        ),
+        (
+            lower.join("im"),
+            mnt.clone(),
+            "is inside",
+            [
+                named("INTERMEDIATE", &lower.join("im")),
+                named("LOWER", &lower),
+            ],
+        ),
+        (
+            d.clone(),
+            far_mnt.clone(),
+            "is inside",
+            [named("LOWER", &lower), named("INTERMEDIATE", &d)],
+        ),
+        (
+            im.clone(),
+            lower.clone(),
+            same,
+            [named("LOWER", &lower), named("MOUNTPOINT", &lower)],
+        ),
+        (
+            im.clone(),
+            etc.clone(),
+            "is inside",
+            [named("MOUNTPOINT", &etc), named("LOWER", &lower)],
+        ),
+        (
+            far_im.clone(),
+            d.clone(),
+            "is inside",
+            [named("LOWER", &lower), named("MOUNTPOINT", &d)],
+        ),
+        (
+            mnt.clone(),
+            mnt.clone(),
+            same,
+            [named("INTERMEDIATE", &mnt), named("MOUNTPOINT", &mnt)],
+        ),
+        (
+            mnt.join("im"),
+            mnt.clone(),
+            "is inside",
+            [
+                named("INTERMEDIATE", &mnt.join("im")),
+                named("MOUNTPOINT", &mnt),
+            ],
+        ),
+        (
+            im.clone(),
+            im.join("sub"),
+            "is inside",
+            [
+                named("MOUNTPOINT", &im.join("sub")),
+                named("INTERMEDIATE", &im),
+            ],
+        ),
+        // Through a symlink: compared after canonicalising.
+        (
+            link.join("im"),
+            mnt.clone(),
+            "is inside",
+            [
+                named("INTERMEDIATE", &lower.join("im")),
+                named("LOWER", &lower),
+            ],
+        ),
+    ];
+    for (i, m, relation, names) in cases {
+        let err = refused(&lower, &i, &m);
+        assert!(
+            err.contains(relation) && names.iter().all(|n| err.contains(n.as_str())),
+            "INTERMEDIATE {i:?} MOUNTPOINT {m:?}: want {relation:?} and {names:?}, got {err}"
+        );
+        if relation == "is inside" {
+            // The inner one is named first.
+            assert!(
+                err.contains(&format!("{} {relation} {}", names[0], names[1])),
+                "{err}"
+            );
+        }
+    }
+    // Through a bind mount: the alias is LOWER/etc under another path, so an INTERMEDIATE
+    // in it would put the writes in LOWER; a MOUNTPOINT on it is the same directory.
+    sh(&format!(
+        "mount --bind {} {}",
+        etc.display(),
+        alias.display()
+    ));
+    let err = refused(&lower, &alias.join("im"), &mnt);
+    assert!(
+        err.contains(&format!(
+            "INTERMEDIATE {} is inside LOWER",
+            alias.join("im").display()
+        )),
+        "{err}"
+    );
+    let out = run(shift_mount()
+        .args(["--oneshot", "-s", "0x30000"])
+        .args([&etc, &im, &alias]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(&format!(
+                "LOWER {} is the same directory as MOUNTPOINT {}",
+                etc.display(),
+                alias.display()
+            )),
+        "{err}"
+    );
+    sh(&format!("umount {}", alias.display()));
+    assert!(
+        !lower.join("im").exists(),
+        "INTERMEDIATE created inside LOWER"
+    );
+    assert!(
+        !etc.join("im").exists(),
+        "INTERMEDIATE created inside LOWER"
+    );
+    assert_eq!(snapshot(&lower), before, "LOWER changed");
+}
+
+/// `--unmount` of MOUNTPOINT must fail naming it as no view, and leave it mounted.
+fn unmount_refused(mnt: &Path) {
+    let out = run(shift_mount().arg("--unmount").arg(mnt));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not a view mounted by shift-mount"),
+        "{err}"
+    );
+    assert!(err.contains(&mnt.display().to_string()), "{err}");
+    assert!(mounted(mnt), "{} was unmounted: {err}", mnt.display());
+}
+
+#[test]
+fn unmount_refuses_mounts_it_did_not_make() {
+    require_root();
+    let dir = scratch("shift-mount-foreign");
+    let lower = fixture(dir.path());
+    let (im, mnt) = (dir.path().join("im"), dir.path().join("mnt"));
+    let (tmp, bind) = (dir.path().join("tmpfs"), dir.path().join("bind"));
+    for d in [&mnt, &tmp, &bind] {
+        fs::create_dir_all(d).expect("mkdir");
+    }
+    let _guard = Unmounter(vec![mnt.clone(), tmp.clone(), bind.clone()]);
+    sh(&format!("mount -t tmpfs warren-foreign {}", tmp.display()));
+    unmount_refused(&tmp);
+    sh(&format!(
+        "mount --bind {} {}",
+        lower.display(),
+        bind.display()
+    ));
+    unmount_refused(&bind);
+    // A view with a foreign mount stacked on top: the top one is not the view.
+    mount(&lower, &im, &mnt, 0x30000, "copy");
+    sh(&format!("mount -t tmpfs warren-over {}", mnt.display()));
+    unmount_refused(&mnt);
+    sh(&format!("umount {}", mnt.display()));
+    unmount(&mnt);
+    for m in [&tmp, &bind] {
+        assert!(mounted(m));
+        sh(&format!("umount {}", m.display()));
+    }
+}
+
+/// Reads `state` from INTERMEDIATE's record.
+fn record_state(im: &Path) -> String {
+    let text = fs::read_to_string(im.join("shift-mount.json")).unwrap_or_default();
+    serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v["state"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+#[test]
+fn reshift_killed_midway_is_cleaned_by_unmount_and_redone_by_remount() {
+    require_root();
+    let dir = scratch("shift-mount-reshift-kill");
+    let lower = fixture(dir.path());
+    // Enough entries that the walk through the overlay lasts a while.
+    sh(&format!(
+        "set -e; mkdir {l}/many; cd {l}/many; for d in $(seq 40); do mkdir $d; (cd $d; touch $(seq 400)); done",
+        l = lower.display()
+    ));
+    let before = snapshot(&lower);
+    let (im, mnt) = (dir.path().join("im"), dir.path().join("mnt"));
+    let _guard = Unmounter(vec![mnt.clone()]);
+    fs::create_dir_all(&mnt).expect("mkdir");
+    mount(&lower, &im, &mnt, 0x30000, "metacopy");
+    unmount(&mnt);
+    // Re-shift and SIGKILL it once the record says the walk started.
+    let mut caught = None;
+    for shift in [0x50000u32, 0x70000, 0x90000, 0xb0000, 0xd0000] {
+        let mut child = shift_mount()
+            .args(["--oneshot", "--reshift", "-s", &format!("{shift:#x}")])
+            .args([&lower, &im, &mnt])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn shift-mount");
+        let killed = loop {
+            if record_state(&im) == "shifting" && mounted(&mnt) {
+                let _ = child.kill();
+                break true;
+            }
+            if child.try_wait().expect("wait").is_some() {
+                break false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        };
+        let status = child.wait().expect("wait");
+        if killed && !status.success() {
+            caught = Some(shift);
+            break;
+        }
+        // The walk finished first: take the view down and try again.
+        if mounted(&mnt) {
+            unmount(&mnt);
+        }
+    }
+    let shift = caught.expect("never caught the re-shift midway: make the tree bigger");
+    // What the crash left: the view mounted, the record `shifting`.
+    assert!(mounted(&mnt));
+    assert_eq!(record_state(&im), "shifting");
+    // A mount on top of it is refused with the way out; --unmount takes it down.
+    let out = run(shift_mount()
+        .args(["--oneshot", "-s", &format!("{shift:#x}")])
+        .args([&lower, &im, &mnt]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--unmount"), "{err}");
+    unmount(&mnt);
+    // The record says the walk did not finish: the next mount walks again, to the end.
+    let report = mount(&lower, &im, &mnt, shift, "auto");
+    assert_eq!(report["walked"], true, "{report}");
+    assert_eq!(record_state(&im), "shifted");
+    assert_tree(
+        &mnt,
+        &shifted(&before, Shift::new(shift, BLOCK).expect("shift")),
+    );
+    unmount(&mnt);
+    assert_eq!(snapshot(&lower), before, "LOWER changed");
+}
+
+#[test]
+fn idmap_reshift_failing_midway_is_walked_again() {
+    require_root();
+    require_tool("chattr", "e2fsprogs");
+    let dir = scratch("shift-mount-reshift-fail");
+    let lower = fixture(dir.path());
+    let before = snapshot(&lower);
+    let (im, mnt) = (dir.path().join("im"), dir.path().join("mnt"));
+    let _guard = Unmounter(vec![mnt.clone()]);
+    fs::create_dir_all(&mnt).expect("mkdir");
+    mount(&lower, &im, &mnt, 0x30000, "idmap");
+    container_writes(&mnt, 0x30000);
+    let with_writes = snapshot(&mnt);
+    unmount(&mnt);
+    // A file the container wrote cannot be re-owned: the re-shift fails midway.
+    let stuck = im.join("upper/etc/keep");
+    sh(&format!("chattr +i {}", stuck.display()));
+    let out = run(shift_mount()
+        .args(["--oneshot", "--reshift", "-s", "0x70000"])
+        .args([&lower, &im, &mnt]));
+    sh(&format!("chattr -i {}", stuck.display()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("etc/keep"), "{err}");
+    assert!(!mounted(&mnt), "a failed re-shift stayed mounted");
+    // The upper dir is half re-owned: the record must not claim the old shift is whole.
+    assert_eq!(record_state(&im), "shifting");
+    let out = run(shift_mount()
+        .args(["--oneshot", "-s", "0x30000"])
+        .args([&lower, &im, &mnt]));
+    assert!(
+        !out.status.success(),
+        "mounted a half re-shifted upper dir as 0x30000"
+    );
+    assert!(!mounted(&mnt));
+    let report = mount(&lower, &im, &mnt, 0x70000, "auto");
+    assert_eq!(report["walked"], true, "{report}");
+    // A shift maps ids modulo the block: the 0x30000 view shifted to 0x70000.
+    assert_tree(
+        &mnt,
+        &shifted(&with_writes, Shift::new(0x70000, BLOCK).expect("shift")),
+    );
+    unmount(&mnt);
+    assert_eq!(snapshot(&lower), before, "LOWER changed");
+}

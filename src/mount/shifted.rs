@@ -23,7 +23,7 @@ use crate::{atomic, dirs, sys};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -145,10 +145,25 @@ pub enum MountError {
     Lower { path: PathBuf, source: io::Error },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("{path} is already a mount point")]
+    #[error(
+        "{path} is already a mount point (a view an interrupted run left there goes with `shift-mount --unmount {path}`)"
+    )]
     AlreadyMounted { path: PathBuf },
     #[error("{path} is not a mount point")]
     NotMounted { path: PathBuf },
+    #[error(
+        "{inner_role} {inner} {relation} {outer_role} {outer}: LOWER, INTERMEDIATE and MOUNTPOINT must be separate directories"
+    )]
+    Overlap {
+        inner_role: &'static str,
+        inner: PathBuf,
+        /// "is the same directory as" or "is inside".
+        relation: &'static str,
+        outer_role: &'static str,
+        outer: PathBuf,
+    },
+    #[error("{path} is not a view mounted by shift-mount: {reason}; left mounted")]
+    NotAView { path: PathBuf, reason: String },
     #[error(
         "{intermediate} was shifted with {recorded}, not {requested}: use another directory, or --reshift"
     )]
@@ -308,10 +323,12 @@ pub fn mount_with_progress(
         }
         *lower = canon;
     }
-    std::fs::create_dir_all(&spec.intermediate).map_err(io_at(&spec.intermediate))?;
-    spec.intermediate =
-        std::fs::canonicalize(&spec.intermediate).map_err(io_at(&spec.intermediate))?;
     spec.mountpoint = std::fs::canonicalize(&spec.mountpoint).map_err(io_at(&spec.mountpoint))?;
+    // Checked before INTERMEDIATE is created: creating it inside LOWER would write there.
+    let intermediate = resolve(&spec.intermediate).map_err(io_at(&spec.intermediate))?;
+    check_separate(&spec.lowers, &intermediate, &spec.mountpoint)?;
+    std::fs::create_dir_all(&intermediate).map_err(io_at(&intermediate))?;
+    spec.intermediate = std::fs::canonicalize(&intermediate).map_err(io_at(&intermediate))?;
     let spec = &spec;
     if dirs::is_root() && is_mountpoint(&spec.mountpoint)? {
         return Err(MountError::AlreadyMounted {
@@ -442,13 +459,15 @@ fn mount_method(
             if record.is_none() {
                 own_like_lower(&overlay.upper, &spec.lowers[0], spec.shift)?;
             }
-            // Files the container wrote under an older shift are re-owned in the upper dir.
+            // Files the container wrote under an older shift are re-owned in the upper dir;
+            // the record says so first, so a run that dies midway is walked again.
             let shifted = if record.is_some() && !done {
+                new_record(State::Shifting).store(&spec.intermediate)?;
                 walk(&upper, spec.shift, progress)?
             } else {
                 0
             };
-            overlay.mount(&spec.mountpoint)?;
+            attach_view(spec, overlay.create()?.as_fd())?;
             finish(spec, new_record(State::Shifted))?;
             Ok((
                 shifted,
@@ -471,9 +490,13 @@ fn mount_method(
             if record.is_none() && !overlay.upper.exists() {
                 let n = metacopy_upper(spec, &overlay.upper, progress)?;
                 make_dirs(&[&overlay.work])?;
-                if let Err(e) = overlay.mount(&spec.mountpoint) {
+                if let Err(e) = overlay
+                    .create()
+                    .map_err(MountError::from)
+                    .and_then(|mnt| attach_view(spec, mnt.as_fd()))
+                {
                     let _ = std::fs::remove_dir_all(&overlay.upper);
-                    return Err(e.into());
+                    return Err(e);
                 }
                 finish(spec, new_record(State::Shifted))?;
                 return Ok((
@@ -485,7 +508,10 @@ fn mount_method(
                 ));
             }
             make_dirs(&[&overlay.upper, &overlay.work])?;
-            overlay.mount(&spec.mountpoint)?;
+            attach_view(spec, overlay.create()?.as_fd())?;
+            // Mounted and recorded as a view before the walk: if this process dies midway,
+            // `--unmount` takes the view down and the `shifting` record makes the next
+            // mount walk again.
             let walked = (|| {
                 if done {
                     return Ok(None);
@@ -504,7 +530,7 @@ fn mount_method(
                     "metacopy overlay: only metadata is copied up",
                 )),
                 Err(e) => {
-                    let _ = detach(&spec.mountpoint);
+                    detach_view(spec);
                     Err(e)
                 }
             }
@@ -546,7 +572,7 @@ fn mount_method(
                     "full shifted copy (rootless: not mounted, the view is the copy itself)",
                 ));
             }
-            bind(&view, &spec.mountpoint)?;
+            bind(spec, &view)?;
             finish(spec, new_record(State::Shifted))?;
             Ok((
                 shifted,
@@ -561,9 +587,101 @@ fn mount_method(
 
 /// Stores the record of a mounted view; unmounts it again when that fails.
 fn finish(spec: &MountSpec, record: Record) -> Result<(), MountError> {
-    record.store(&spec.intermediate).inspect_err(|_| {
-        let _ = detach(&spec.mountpoint);
-    })
+    record
+        .store(&spec.intermediate)
+        .inspect_err(|_| detach_view(spec))
+}
+
+/// `path` made absolute with symlinks resolved, for a path that may not exist yet: the
+/// longest existing prefix is canonicalised and the rest appended (`..` applied lexically:
+/// a directory that does not exist is no symlink).
+fn resolve(path: &Path) -> io::Result<PathBuf> {
+    let abs = std::path::absolute(path)?;
+    let parts: Vec<_> = abs.components().collect();
+    for i in (0..=parts.len()).rev() {
+        let prefix: PathBuf = parts[..i].iter().collect();
+        match std::fs::canonicalize(&prefix) {
+            Ok(mut out) => {
+                for part in &parts[i..] {
+                    match part {
+                        std::path::Component::Normal(name) => out.push(name),
+                        std::path::Component::ParentDir => {
+                            out.pop();
+                        }
+                        _ => {}
+                    }
+                }
+                return Ok(out);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::from(io::ErrorKind::NotFound))
+}
+
+/// Refuses LOWER, INTERMEDIATE and MOUNTPOINT directories that are the same as, inside,
+/// or contain one another (the writes would land in a lower layer, or the view would
+/// cover its own layers). Compared by canonical path, by (dev, ino), and by the place in
+/// the filesystem (mount root + path below the mount), which sees through bind mounts.
+fn check_separate(
+    lowers: &[PathBuf],
+    intermediate: &Path,
+    mountpoint: &Path,
+) -> Result<(), MountError> {
+    let mut dirs: Vec<(&'static str, &Path)> =
+        lowers.iter().map(|l| ("LOWER", l.as_path())).collect();
+    dirs.push(("INTERMEDIATE", intermediate));
+    dirs.push(("MOUNTPOINT", mountpoint));
+    let table = mounts()?;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let overlap = |inner_role, inner: &Path, outer_role, outer: &Path| {
+        let (i, o) = (fs_location(inner, &table), fs_location(outer, &table));
+        let same = inner == outer
+            || id(inner).is_some_and(|x| id(outer) == Some(x))
+            || (i.is_some() && i == o);
+        let inside = inner.starts_with(outer)
+            || i.zip(o).is_some_and(|((idev, ipath), (odev, opath))| {
+                idev == odev && ipath.starts_with(opath)
+            });
+        (same || inside).then(|| MountError::Overlap {
+            inner_role,
+            inner: inner.to_path_buf(),
+            relation: if same {
+                "is the same directory as"
+            } else {
+                "is inside"
+            },
+            outer_role,
+            outer: outer.to_path_buf(),
+        })
+    };
+    for (i, &(a_role, a)) in dirs.iter().enumerate() {
+        for &(b_role, b) in &dirs[i + 1..] {
+            // Several lower layers may share a tree; the kernel judges those.
+            if a_role == "LOWER" && b_role == "LOWER" {
+                continue;
+            }
+            if let Some(e) = overlap(a_role, a, b_role, b).or_else(|| overlap(b_role, b, a_role, a))
+            {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where the canonical `path` is in its filesystem: (device, path from the filesystem's
+/// root), from the mount it is under. A directory seen through a bind mount has the same
+/// location as through its original path.
+fn fs_location(path: &Path, table: &[MountInfo]) -> Option<(String, PathBuf)> {
+    // The deepest mount point above `path`; the last of equals is the one on top.
+    let mount = table
+        .iter()
+        .filter(|m| path.starts_with(&m.point))
+        .max_by_key(|m| m.point.components().count())?;
+    let below = path.strip_prefix(&mount.point).ok()?;
+    Some((mount.dev.clone(), mount.root.join(below)))
 }
 
 /// Gives the overlay's upper root the shifted owner and the mode of the top lower root:
@@ -777,16 +895,92 @@ fn walk_threads() -> usize {
     (cores * 4).min(32)
 }
 
-/// Bind-mounts `src` at `target` (open_tree clone + move_mount).
-fn bind(src: &Path, target: &Path) -> Result<(), MountError> {
+/// Bind-mounts `src` at the mountpoint as a recorded view (open_tree clone + move_mount).
+fn bind(spec: &MountSpec, src: &Path) -> Result<(), MountError> {
     let tree = sys::open_tree(
         nix::fcntl::AT_FDCWD,
         src,
         sys::OPEN_TREE_CLONE | sys::OPEN_TREE_CLOEXEC,
     )
     .map_err(io_at(src))?;
-    overlay::attach(tree.as_fd(), target)?;
-    Ok(())
+    attach_view(spec, tree.as_fd())
+}
+
+/// Where mounted views are recorded, one file per mountpoint: `unmount` takes down only
+/// what `mount` put up. Under the run dir: mounts, like these files, end at reboot.
+pub fn views_dir() -> PathBuf {
+    dirs::run_dir().join("views")
+}
+
+/// The record of one mounted view.
+#[derive(Debug, Serialize, Deserialize)]
+struct View {
+    mountpoint: PathBuf,
+    intermediate: PathBuf,
+    /// The mount's id (`sys::mount_id`): another mount stacked on or put in its place
+    /// later has another.
+    mount_id: u64,
+}
+
+impl View {
+    fn path(mountpoint: &Path) -> PathBuf {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(mountpoint.as_os_str().as_encoded_bytes());
+        views_dir().join(format!("{}.json", hex::encode(digest)))
+    }
+
+    fn load(mountpoint: &Path) -> Result<Option<View>, MountError> {
+        let path = View::path(mountpoint);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<View>(&bytes)
+                .map(|v| (v.mountpoint == mountpoint).then_some(v))
+                .map_err(|e| MountError::Record {
+                    path,
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(MountError::Io { path, source: e }),
+        }
+    }
+
+    fn store(&self) -> Result<(), MountError> {
+        let dir = views_dir();
+        std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        let path = View::path(&self.mountpoint);
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| MountError::Record {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        atomic::write(&path, &bytes).map_err(io_at(&path))
+    }
+
+    fn remove(mountpoint: &Path) {
+        let _ = std::fs::remove_file(View::path(mountpoint));
+    }
+}
+
+/// Attaches the detached mount `mnt` at the mountpoint, recorded first as a view of
+/// INTERMEDIATE (a detached mount already has the id it keeps once attached), so a run
+/// that dies at any point after this leaves a view `unmount` accepts.
+fn attach_view(spec: &MountSpec, mnt: BorrowedFd<'_>) -> Result<(), MountError> {
+    let mount_id = sys::mount_id(mnt).map_err(io_at(&spec.mountpoint))?;
+    View {
+        mountpoint: spec.mountpoint.clone(),
+        intermediate: spec.intermediate.clone(),
+        mount_id,
+    }
+    .store()?;
+    overlay::attach(mnt, &spec.mountpoint).map_err(|e| {
+        View::remove(&spec.mountpoint);
+        e.into()
+    })
+}
+
+/// Takes down a view this call mounted (on a later failure).
+fn detach_view(spec: &MountSpec) {
+    if detach(&spec.mountpoint).is_ok() {
+        View::remove(&spec.mountpoint);
+    }
 }
 
 /// True when `path` is itself a mount point (listed in /proc/self/mountinfo).
@@ -799,12 +993,44 @@ pub fn is_mountpoint(path: &Path) -> Result<bool, MountError> {
 
 /// Every mount point in this mount namespace.
 fn mount_points() -> Result<Vec<PathBuf>, MountError> {
+    Ok(mounts()?.into_iter().map(|m| m.point).collect())
+}
+
+/// One line of /proc/self/mountinfo.
+struct MountInfo {
+    point: PathBuf,
+    /// The directory of the filesystem mounted there (`/` unless a bind of a subtree).
+    root: PathBuf,
+    /// `major:minor` of the filesystem.
+    dev: String,
+    /// "FSTYPE from SOURCE", for messages.
+    what: String,
+}
+
+/// Every mount in this mount namespace, in mount order.
+fn mounts() -> Result<Vec<MountInfo>, MountError> {
     let info = Path::new("/proc/self/mountinfo");
     let text = std::fs::read_to_string(info).map_err(io_at(info))?;
     Ok(text
         .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape(p)))
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let dev = f.nth(2)?.to_string();
+            let root = PathBuf::from(unescape(f.next()?));
+            let point = PathBuf::from(unescape(f.next()?));
+            let mut fs = l.split_once(" - ")?.1.split(' ');
+            let what = format!(
+                "{} from {}",
+                fs.next()?,
+                unescape(fs.next()?).to_string_lossy()
+            );
+            Some(MountInfo {
+                point,
+                root,
+                dev,
+                what,
+            })
+        })
         .collect())
 }
 
@@ -839,15 +1065,51 @@ fn detach(path: &Path) -> Result<(), MountError> {
     })
 }
 
-/// Unmounts a view mounted by [`mount`]. The idmapped lower mounts were never attached
-/// anywhere: they go with the overlay that holds them.
+/// Unmounts a view mounted by [`mount`], and nothing else: a mountpoint with no record in
+/// [`views_dir`], or whose top mount is not the one recorded, is refused and left
+/// mounted. The idmapped lower mounts were never attached anywhere: they go with the
+/// overlay that holds them.
 pub fn unmount(mountpoint: &Path) -> Result<(), MountError> {
-    if !is_mountpoint(mountpoint)? {
-        return Err(MountError::NotMounted {
-            path: mountpoint.to_path_buf(),
-        });
+    let not_mounted = || MountError::NotMounted {
+        path: mountpoint.to_path_buf(),
+    };
+    let canon = std::fs::canonicalize(mountpoint).map_err(|_| not_mounted())?;
+    // The last mount listed at a path is the one on top, the one umount would take.
+    let Some(what) = mounts()?
+        .into_iter()
+        .filter(|m| m.point == canon)
+        .map(|m| m.what)
+        .next_back()
+    else {
+        return Err(not_mounted());
+    };
+    let refuse = |reason: String| MountError::NotAView {
+        path: canon.clone(),
+        reason,
+    };
+    let Some(view) = View::load(&canon)? else {
+        return Err(refuse(format!(
+            "{what}, with no record in {}",
+            views_dir().display()
+        )));
+    };
+    let top = nix::fcntl::open(
+        &canon,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| io_at(&canon)(e.into()))?;
+    let id = sys::mount_id(top.as_fd()).map_err(io_at(&canon))?;
+    drop(top); // an open fd on the mount would make umount fail with EBUSY
+    if id != view.mount_id {
+        return Err(refuse(format!(
+            "{what} covers the view of {} recorded there",
+            view.intermediate.display()
+        )));
     }
-    detach(mountpoint)
+    detach(&canon)?;
+    View::remove(&canon);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -28,8 +28,22 @@ pub fn require_tool(tool: &str, package: &str) -> PathBuf {
     found.unwrap_or_else(|| panic!("{tool} is missing: apt-get install -y {package}"))
 }
 
-/// Path of one of this package's binaries, built by cargo for the integration tests.
+/// Environment variable naming a directory of binaries to test instead of the ones cargo
+/// built for the tests: `make test` points it at the static release build, what ships.
+pub const BIN_DIR_ENV: &str = "WARREN_TEST_BIN_DIR";
+
+/// Path of one of this package's binaries: in `WARREN_TEST_BIN_DIR` when set (it must be
+/// there), else the one cargo built for the integration tests.
 pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os(BIN_DIR_ENV).filter(|d| !d.is_empty()) {
+        let path = Path::new(&dir).join(name);
+        assert!(
+            path.is_file(),
+            "{BIN_DIR_ENV}={}: no {name} there (run `make release` first)",
+            Path::new(&dir).display()
+        );
+        return std::fs::canonicalize(&path).unwrap_or(path);
+    }
     let dir = PathBuf::from(env!("CARGO_BIN_EXE_warren"));
     dir.with_file_name(name)
 }
