@@ -92,28 +92,43 @@ pub fn ensure_rootless_user() -> (u32, u32) {
     }
     let user = lookup().expect("test user exists");
     // Exactly our range: useradd may have given the user a default one.
-    let ours = format!(
-        "{ROOTLESS_USER}:{}:{}",
-        ROOTLESS_SUBIDS.0, ROOTLESS_SUBIDS.1
-    );
+    set_subid_lines(ROOTLESS_USER, &[ROOTLESS_SUBIDS]);
+    (user.uid.as_raw(), user.gid.as_raw())
+}
+
+/// Gives `user` exactly the lines `ranges` (start, count) in /etc/subuid and /etc/subgid,
+/// keeping every other line. Under the lock shadow's tools and warren take (an OFD write lock
+/// on /etc/.pwd.lock) and replaced by rename, so concurrent tests, warren's registration of
+/// its pool and useradd never lose each other's lines.
+pub fn set_subid_lines(user: &str, ranges: &[(u32, u32)]) {
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open("/etc/.pwd.lock")
+        .expect("open /etc/.pwd.lock");
+    // SAFETY: flock is plain data; all-zero is a valid value, filled in below.
+    let mut l: libc::flock = unsafe { std::mem::zeroed() };
+    l.l_type = libc::F_WRLCK as libc::c_short;
+    l.l_whence = libc::SEEK_SET as libc::c_short;
+    nix::fcntl::fcntl(&lock, nix::fcntl::FcntlArg::F_OFD_SETLKW(&l)).expect("lock /etc/.pwd.lock");
+    let prefix = format!("{user}:");
     for file in ["/etc/subuid", "/etc/subgid"] {
         let current = std::fs::read_to_string(file).unwrap_or_default();
-        let mine: Vec<&str> = current
+        let mut text: String = current
             .lines()
-            .filter(|l| l.starts_with(&format!("{ROOTLESS_USER}:")))
+            .filter(|l| !l.starts_with(&prefix))
+            .map(|l| format!("{l}\n"))
             .collect();
-        if mine != [ours.as_str()] {
-            let mut text: String = current
-                .lines()
-                .filter(|l| !l.starts_with(&format!("{ROOTLESS_USER}:")))
-                .map(|l| format!("{l}\n"))
-                .collect();
-            text.push_str(&ours);
-            text.push('\n');
-            std::fs::write(file, text).unwrap_or_else(|e| panic!("cannot write {file}: {e}"));
+        for (start, count) in ranges {
+            text.push_str(&format!("{prefix}{start}:{count}\n"));
+        }
+        if text != current {
+            let tmp = format!("{file}.{user}.tmp");
+            std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("cannot write {tmp}: {e}"));
+            std::fs::rename(&tmp, file).unwrap_or_else(|e| panic!("cannot replace {file}: {e}"));
         }
     }
-    (user.uid.as_raw(), user.gid.as_raw())
 }
 
 /// A command that runs `program` as the rootless test user, with a clean environment

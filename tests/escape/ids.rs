@@ -8,7 +8,7 @@
 //! one-id mapping that `ps` misreports.
 
 use crate::common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Mutex;
 use warren::idmap::IdRange;
@@ -160,21 +160,7 @@ struct TwoLines;
 
 impl TwoLines {
     fn write(with: &[(u32, u32)]) {
-        for file in ["/etc/subuid", "/etc/subgid"] {
-            let current = std::fs::read_to_string(file).unwrap_or_default();
-            let mut text: String = current
-                .lines()
-                .filter(|l| !l.starts_with(&format!("{TWO_LINE_USER}:")))
-                .map(|l| format!("{l}\n"))
-                .collect();
-            for (start, count) in with {
-                text.push_str(&format!("{TWO_LINE_USER}:{start}:{count}\n"));
-            }
-            // Replaced by rename, as shadow does: concurrent readers see a whole file.
-            let tmp = PathBuf::from(format!("{file}.warren-test2"));
-            std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("{}: {e}", tmp.display()));
-            std::fs::rename(&tmp, file).unwrap_or_else(|e| panic!("{file}: {e}"));
-        }
+        crate::common::set_subid_lines(TWO_LINE_USER, with);
     }
 }
 
