@@ -711,8 +711,36 @@ fn open_ns(path: &Path, field: &str) -> Result<OwnedFd, Error> {
     .map_err(|e| Error::config(field, format!("{}: {e}", path.display())))
 }
 
+/// Like runc: an AppArmor profile warren cannot apply is an error (here AppArmor is
+/// never applied), an SELinux label is ignored where SELinux is disabled.
+fn check_lsm(p: &Process) -> Result<(), Error> {
+    if let Some(profile) = p.apparmor_profile().as_deref().filter(|s| !s.is_empty()) {
+        let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+            .is_ok_and(|s| s.trim() == "Y");
+        let why = if enabled {
+            "warren cannot apply AppArmor profiles"
+        } else {
+            "AppArmor is not enabled on this host"
+        };
+        return Err(Error::config(
+            "process.apparmorProfile",
+            format!("{profile:?}: {why}"),
+        ));
+    }
+    if p.selinux_label().as_deref().is_some_and(|s| !s.is_empty())
+        && Path::new("/sys/fs/selinux/enforce").exists()
+    {
+        return Err(Error::config(
+            "process.selinuxLabel",
+            "warren cannot apply SELinux labels",
+        ));
+    }
+    Ok(())
+}
+
 /// The process part of the plan: argv, env, identity, capabilities.
 fn process_plan(p: &Process, setgroups: bool) -> Result<init::Process, Error> {
+    check_lsm(p)?;
     let cs = |s: &str, field: &str| {
         CString::new(s).map_err(|_| Error::config(field, "contains a NUL byte"))
     };
@@ -1503,7 +1531,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {

@@ -53,7 +53,13 @@ kill $h
 /// A copy of the warren binary at `dir/warren`, mode 0755, owned by `owner`.
 pub fn scratch_warren(dir: &Path, owner: Option<(u32, u32)>) -> PathBuf {
     let path = dir.join("warren");
-    std::fs::copy(std::env::var_os("EXE_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| common::bin("warren")), &path).expect("copy warren");
+    std::fs::copy(
+        std::env::var_os("EXE_TEST_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| common::bin("warren")),
+        &path,
+    )
+    .expect("copy warren");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown warren");
