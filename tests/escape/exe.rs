@@ -50,16 +50,18 @@ if echo PAYLOAD 2>/dev/null >>/proc/$h/fd/3; then echo WROTE; else echo "DENIED 
 kill $h
 "#;
 
+/// The warren binary the probes attack copies of: the build's, or `WARREN_PROBE_BIN`
+/// (to show a probe catches an older build).
+pub fn probed_warren() -> PathBuf {
+    std::env::var_os("WARREN_PROBE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| common::bin("warren"))
+}
+
 /// A copy of the warren binary at `dir/warren`, mode 0755, owned by `owner`.
 pub fn scratch_warren(dir: &Path, owner: Option<(u32, u32)>) -> PathBuf {
     let path = dir.join("warren");
-    std::fs::copy(
-        std::env::var_os("EXE_TEST_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| common::bin("warren")),
-        &path,
-    )
-    .expect("copy warren");
+    std::fs::copy(probed_warren(), &path).expect("copy warren");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown warren");

@@ -71,7 +71,7 @@ struct Probe {
 
 impl Probe {
     fn warren(&self, args: &[&str]) -> Command {
-        let bin = common::bin("warren");
+        let bin = crate::exe::probed_warren();
         let mut c = match self.user {
             Some(_) => as_rootless(&bin),
             None => Command::new(&bin),
@@ -171,7 +171,7 @@ fn exec_is_confined_like_the_init_rootful() {
             .arg("echo $$ > \"$1/cgroup.procs\" && exec \"$2\" --root \"$3\" run -d --bundle \"$4\" \"$5\"")
             .arg("sh")
             .arg(&cg)
-            .arg(common::bin("warren"))
+            .arg(crate::exe::probed_warren())
             .arg(&p.state)
             .arg(bundle)
             .arg(id)
@@ -231,7 +231,7 @@ fn an_apparmor_profile_is_refused_without_apparmor() {
     let mut c = rootfs::config(&["true"]);
     c["process"]["apparmorProfile"] = json!("warren-test");
     let bundle = rootfs::bundle(dir.path(), &c);
-    let out = run(Command::new(common::bin("warren"))
+    let out = run(Command::new(crate::exe::probed_warren())
         .arg("--root")
         .arg(dir.path().join("state"))
         .args(["run", "--bundle", bundle.to_str().unwrap(), "exec-apparmor"]));
