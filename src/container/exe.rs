@@ -80,23 +80,27 @@ pub struct Exe {
     pub mode: u32,
 }
 
-/// Inspects the running binary (the inode that runs, not a path to it).
+/// Inspects the running binary (the inode that runs, not a path to it). It need not be
+/// readable (a root-owned 0711 binary run by a rootless user).
 pub fn inspect() -> Result<Exe, ExeError> {
-    let file = std::fs::File::open("/proc/self/exe").map_err(io("open /proc/self/exe"))?;
-    let meta = file.metadata().map_err(io("stat /proc/self/exe"))?;
-    let path = std::fs::read_link("/proc/self/exe").unwrap_or_default();
-    // SAFETY: fcntl on an fd we own; F_GET_SEALS fails with EINVAL on non-memfd files.
-    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-    let protection = if seals >= 0 && seals & SEALS == SEALS {
-        Protection::SealedMemfd
-    } else if nix::sys::statvfs::fstatvfs(file.as_fd())
+    let exe = std::path::Path::new("/proc/self/exe");
+    let meta = std::fs::metadata(exe).map_err(io("stat /proc/self/exe"))?;
+    let path = std::fs::read_link(exe).unwrap_or_default();
+    // A memfd is readable by its owner; F_GET_SEALS fails with EINVAL on other files.
+    let seals = std::fs::File::open(exe).map_or(-1, |f| {
+        // SAFETY: fcntl on an fd we own.
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) }
+    });
+    let read_only = nix::sys::statvfs::statvfs(exe)
         .map_err(|e| ExeError::Io {
             what: "statvfs /proc/self/exe",
             source: e.into(),
         })?
         .flags()
-        .contains(nix::sys::statvfs::FsFlags::ST_RDONLY)
-    {
+        .contains(nix::sys::statvfs::FsFlags::ST_RDONLY);
+    let protection = if seals >= 0 && seals & SEALS == SEALS {
+        Protection::SealedMemfd
+    } else if read_only {
         Protection::ReadOnlyMount
     } else {
         Protection::None
@@ -162,9 +166,10 @@ pub fn check(uid_ranges: Option<&[(u32, u32)]>) -> Result<(), super::Error> {
 /// container can map.
 pub fn reexec_sealed() -> Result<(), ExeError> {
     let exe = inspect()?;
-    let rootless = !crate::dirs::is_root();
-    if exe.protection != Protection::None || (rootless && unreachable(&exe, Some(&[(1, u32::MAX)])))
-    {
+    // A rootless caller's containers map only its own uid and its subordinate ids, never
+    // host root: a root-owned binary without group or other write is out of their reach.
+    let rootless_safe = !crate::dirs::is_root() && exe.uid == 0 && exe.mode & 0o022 == 0;
+    if exe.protection != Protection::None || rootless_safe {
         return Ok(());
     }
     let me = std::process::id().to_string();

@@ -39,11 +39,12 @@ kill $h
 
 /// The host side, run as the binary's owner (root, or the rootless user, who stands
 /// for a container root mapped to it): starts `warren exec`, holds its /proc/PID/exe
-/// once it re-executed itself, waits for it to exit and appends to the held file.
+/// once it re-executed itself (what its container clones show; an old build never
+/// does, and is held after 5 s), waits for it to exit and appends to the held file.
 const HOLDER: &str = r#"W=$1; ROOT=$2; ID=$3
-"$W" --root "$ROOT" exec "$ID" -- sleep 1 & p=$!
+"$W" --root "$ROOT" exec "$ID" -- sleep 6 & p=$!
 i=0
-while [ "$(readlink /proc/$p/exe)" = "$W" ] && [ $i -lt 50 ]; do sleep 0.01; i=$((i+1)); done
+while [ "$(readlink /proc/$p/exe)" = "$W" ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done
 sleep 1000 3</proc/$p/exe & h=$!
 wait $p
 if echo PAYLOAD 2>/dev/null >>/proc/$h/fd/3; then echo WROTE; else echo "DENIED $(echo x 2>&1 >>/proc/$h/fd/3)"; fi
