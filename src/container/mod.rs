@@ -10,6 +10,11 @@
 //! `linux.resources`, a `linux.cgroupsPath`, or no pid namespace of its own. Otherwise
 //! killing its init kills everything in it, and it starts without the cost of joining one.
 //! A new network namespace gets its `lo` up, like crun does.
+//!
+//! Container processes are clones of the calling process until their execve, so that
+//! process must run from a binary no container can write ([`exe`], CVE-2019-5736):
+//! [`Container::create`] and [`Container::exec`] refuse otherwise. An exec'd process gets
+//! the container's seccomp filter, cgroups and the process's limits before it runs.
 
 pub mod caps;
 pub mod exe;
