@@ -77,6 +77,14 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    if matches!(&cli.command, Command::Oci(c) if c.starts_processes()) {
+        // Before any thread: container processes are clones of this one, and must not
+        // find a writable runtime binary behind /proc/PID/exe. Creating a container
+        // refuses to go on (saying why) if this fails.
+        if let Err(e) = warren::container::exe::reexec_sealed() {
+            eprintln!("warren: cannot protect the runtime binary: {e}");
+        }
+    }
     let result = match cli.command {
         Command::Ranges(c) => ranges::run(&cli.global, c),
         Command::Image(c) => image::run(&cli.global, c),

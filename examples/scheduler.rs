@@ -164,6 +164,9 @@ impl Reconciler {
 }
 
 fn main() -> anyhow::Result<()> {
+    // First, before any thread: containers are clones of this process and must not find
+    // a writable binary behind /proc/PID/exe (CVE-2019-5736).
+    warren::container::exe::reexec_sealed()?;
     let mut args = std::env::args().skip(1);
     let mut file: Option<PathBuf> = None;
     let mut iterations: Option<u64> = None;

@@ -36,9 +36,40 @@ fn devnull() -> Option<OwnedFd> {
     ))
 }
 
+/// Set in the child that runs a test alone.
+const CHILD: &str = "WARREN_LIBRARY_TEST_CHILD";
+
+/// Container processes are clones of this test binary, which therefore must run from a
+/// copy no container can write (`warren::container::exe`): that takes an execve, which
+/// would end every other test of this process. So the test re-runs itself alone in a
+/// child that re-executes itself sealed first. True in the parent (the child ran the
+/// test and passed); false in the child, which goes on with the test.
+fn run_sealed_alone(name: &str) -> bool {
+    if std::env::var_os(CHILD).is_some() {
+        warren::container::exe::reexec_sealed().expect("re-execute sealed");
+        return false;
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .output()
+        .expect("run the test in a child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{name} in a sealed child: {}\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
 #[test]
 fn many_threads_create_and_delete_200_containers() {
     require_root();
+    if run_sealed_alone("many_threads_create_and_delete_200_containers") {
+        return;
+    }
     let dir = scratch("library");
     let rootfs_dir = dir.path().join("rootfs");
     rootfs::busybox_rootfs(&rootfs_dir);
@@ -133,4 +164,30 @@ fn many_threads_create_and_delete_200_containers() {
         matches!(zombie, Err(nix::errno::Errno::ECHILD)),
         "unreaped child: {zombie:?}"
     );
+}
+
+/// A process still running from a binary a container could write (this test binary,
+/// not re-executed) may not clone container processes whose root is the host's root.
+#[test]
+fn an_unsealed_process_may_not_create_a_container_without_a_user_namespace() {
+    require_root();
+    if std::env::var_os(CHILD).is_some() {
+        return;
+    }
+    let dir = scratch("library-unsealed");
+    let rootfs_dir = dir.path().join("rootfs");
+    rootfs::busybox_rootfs(&rootfs_dir);
+    let spec: Spec = serde_json::from_value(rootfs::config(&["true"])).expect("spec");
+    let opts = CreateOptions {
+        rootfs: Some(rootfs_dir),
+        start: true,
+        ..Default::default()
+    };
+    let err = Container::create(&dir.path().join("state"), "unsealed", &spec, opts)
+        .expect_err("an unsealed process created a container");
+    assert!(
+        matches!(err, warren::container::Error::ExposedBinary { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("reexec_sealed"), "{err}");
 }

@@ -174,6 +174,17 @@ fn init_logging(global: &Global) {
     };
 }
 
+impl Command {
+    /// Whether the subcommand clones container processes from this process: they must
+    /// not see a writable runtime binary (`warren::container::exe`).
+    pub fn starts_processes(&self) -> bool {
+        matches!(
+            self,
+            Command::Create { .. } | Command::Run { .. } | Command::Exec { .. }
+        )
+    }
+}
+
 pub fn run(global: &Global, command: Command) -> Result<i32> {
     init_logging(global);
     let result = dispatch(global, command);

@@ -353,6 +353,12 @@ impl Init {
                 send(self.sync, msg(tag::DETACHED)).map_err(|e| Fail::new(Step::Sync, e, 1))?;
             }
         }
+        if self.exec {
+            // An exec'd process outlives the runtime (`exec --detach`), which waits for
+            // the execve (EOF on the sync socket) or a failure before it returns.
+            // SAFETY: prctl with plain integers.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+        }
         if let Some((fifo, proc)) = &self.fifo {
             wait_start(fifo.as_raw_fd(), proc.as_raw_fd())?;
         }

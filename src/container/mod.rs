@@ -11,8 +11,14 @@
 //! can see (a `cgroup` mount, a cgroup namespace). Otherwise killing its init kills
 //! everything in it, and it starts without the cost of joining one.
 //! A new network namespace gets its `lo` up, like crun does.
+//!
+//! Container processes are clones of the calling process until their execve, so that
+//! process must run from a binary no container can write ([`exe`], CVE-2019-5736):
+//! [`Container::create`] and [`Container::exec`] refuse otherwise. An exec'd process gets
+//! the container's seccomp filter, cgroups and the process's limits before it runs.
 
 pub mod caps;
+pub mod exe;
 pub mod hooks;
 pub mod init;
 pub mod rootfs;
@@ -81,6 +87,11 @@ pub enum Error {
     Seccomp(#[from] seccomp::SeccompError),
     #[error("container {0} was not started by this process: its exit status is unknown")]
     NotChild(String),
+    #[error(
+        "the runtime binary {exe} would be writable from the container ({reason}; \
+         CVE-2019-5736): call warren::container::exe::reexec_sealed() first thing in main"
+    )]
+    ExposedBinary { exe: PathBuf, reason: String },
 }
 
 impl Error {
@@ -229,6 +240,7 @@ impl Container {
             cgroup: None,
             hooks: spec.hooks().clone(),
             process: spec.process().clone(),
+            seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
         };
         let mut child: Option<(i32, OwnedFd)> = None;
         let result = create_in(
@@ -705,8 +717,36 @@ fn open_ns(path: &Path, field: &str) -> Result<OwnedFd, Error> {
     .map_err(|e| Error::config(field, format!("{}: {e}", path.display())))
 }
 
+/// Like runc: an AppArmor profile warren cannot apply is an error (here AppArmor is
+/// never applied), an SELinux label is ignored where SELinux is disabled.
+fn check_lsm(p: &Process) -> Result<(), Error> {
+    if let Some(profile) = p.apparmor_profile().as_deref().filter(|s| !s.is_empty()) {
+        let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+            .is_ok_and(|s| s.trim() == "Y");
+        let why = if enabled {
+            "warren cannot apply AppArmor profiles"
+        } else {
+            "AppArmor is not enabled on this host"
+        };
+        return Err(Error::config(
+            "process.apparmorProfile",
+            format!("{profile:?}: {why}"),
+        ));
+    }
+    if p.selinux_label().as_deref().is_some_and(|s| !s.is_empty())
+        && Path::new("/sys/fs/selinux/enforce").exists()
+    {
+        return Err(Error::config(
+            "process.selinuxLabel",
+            "warren cannot apply SELinux labels",
+        ));
+    }
+    Ok(())
+}
+
 /// The process part of the plan: argv, env, identity, capabilities.
 fn process_plan(p: &Process, setgroups: bool) -> Result<init::Process, Error> {
+    check_lsm(p)?;
     let cs = |s: &str, field: &str| {
         CString::new(s).map_err(|_| Error::config(field, "contains a NUL byte"))
     };
@@ -1075,6 +1115,12 @@ fn create_in(
     } else {
         None
     };
+    // Our clone children show the runtime binary as /proc/PID/exe: no container process
+    // may be able to write it (a user namespace joined by path has maps we cannot see).
+    let uid_ranges: Option<Vec<(u32, u32)>> = maps
+        .as_ref()
+        .map(|m| m.uid.iter().map(|r| (r.host, r.size)).collect());
+    exe::check(uid_ranges.as_deref())?;
     let cgroups_path = linux
         .cgroups_path()
         .as_ref()
@@ -1235,6 +1281,10 @@ fn create_in(
     if let Some(w) = writing {
         w.finish()?;
     }
+    // Before GO the child runs nothing and still has our credentials, so we may set its
+    // limits (a child made in a new user namespace could not raise a hard limit itself:
+    // that needs CAP_SYS_RESOURCE in the initial one); a forked init inherits them.
+    apply_limits(pid, &process)?;
     send(&sock, tag::GO)?;
     let pid = if pid_joined {
         // The child joined the pid namespace and forked the init (our child too, by
@@ -1256,7 +1306,6 @@ fn create_in(
     if let Some(cg) = record.cgroup.as_ref().filter(|_| !joined) {
         cg.add_pid(pid)?;
     }
-    apply_limits(pid, &process)?;
     let (start, _) = state::proc_start(pid).ok_or(Error::InitDied("create"))?;
     record.pid = pid;
     record.pid_start = start;
@@ -1343,10 +1392,22 @@ fn exec_in(c: &Container, process: &Process, opts: &mut ExecOptions) -> Result<E
             }
         }
     }
+    let uid_ranges = if user {
+        Some(uid_ranges_of(pid)?)
+    } else {
+        None
+    };
+    exe::check(uid_ranges.as_deref())?;
     let setgroups = std::fs::read_to_string(format!("/proc/{pid}/setgroups"))
         .map(|s| s.trim() != "deny")
         .unwrap_or(true);
     let proc_plan = process_plan(process, setgroups)?;
+    // The container's filter, as its init has it (`process` has no profile of its own).
+    let seccomp = match &c.record.seccomp {
+        Some(profile) => Some(seccomp::compile(profile)?),
+        None => None,
+    };
+    let cgroups = init_cgroups(pid)?;
     let console = console_for(
         &proc_plan,
         &mut opts.console_fd,
@@ -1365,7 +1426,7 @@ fn exec_in(c: &Container, process: &Process, opts: &mut ExecOptions) -> Result<E
         parent: 0,
         sync: -1,
         fifo: None,
-        seccomp: None,
+        seccomp,
         stdio: [0, 1, 2].map(|i| opts.stdio[i].as_ref().map(|f| f.as_raw_fd())),
         console_socket: console.as_ref().map(|f| f.as_raw_fd()),
         preserve_fds: opts.preserve_fds as i32,
@@ -1375,12 +1436,21 @@ fn exec_in(c: &Container, process: &Process, opts: &mut ExecOptions) -> Result<E
         start_hooks: Vec::new(),
         keep: Vec::new(),
     };
-    let _ = user;
-    let (_mid, mid_fd, sock) = spawn(&mut init, 0)?;
-    send(&sock, tag::GO)?;
+    let (mid, mid_fd, sock) = spawn(&mut init, 0)?;
     let reap_mid = || {
+        let _ = crate::sys::pidfd_send_signal(mid_fd.as_fd(), libc::SIGKILL);
         let _ = wait_pidfd(mid_fd.as_fd());
     };
+    // Until GO the child waits in our namespaces with our credentials: it joins the
+    // container's cgroups and gets its limits now, and the process it forks in the
+    // container inherits both before it can run anything.
+    let prepared = join_cgroups(&cgroups, mid, c.record.cgroup.is_some())
+        .and_then(|()| apply_limits(mid, process))
+        .and_then(|()| send(&sock, tag::GO));
+    if let Err(e) = prepared {
+        reap_mid();
+        return Err(e);
+    }
     let target = match expect(&sock, None, &init, "exec") {
         Ok(Some(m)) if m.tag == tag::PID => m.a,
         Ok(_) => {
@@ -1392,12 +1462,8 @@ fn exec_in(c: &Container, process: &Process, opts: &mut ExecOptions) -> Result<E
             return Err(e);
         }
     };
-    reap_mid();
+    let _ = wait_pidfd(mid_fd.as_fd());
     let pidfd = crate::sys::pidfd_open(target).map_err(Error::io("pidfd_open"))?;
-    if let Some(cg) = &c.record.cgroup {
-        cg.add_pid(target)?;
-    }
-    apply_limits(target, process)?;
     if let Some(p) = &opts.pid_file {
         crate::atomic::write(p, target.to_string().as_bytes())
             .map_err(Error::io(format!("write {}", p.display())))?;
@@ -1408,6 +1474,130 @@ fn exec_in(c: &Container, process: &Process, opts: &mut ExecOptions) -> Result<E
     }
     drop(console);
     Ok(ExecProcess { pid: target, pidfd })
+}
+
+/// The host uid ranges `(first, count)` mapped in the user namespace of `pid`.
+fn uid_ranges_of(pid: i32) -> Result<Vec<(u32, u32)>, Error> {
+    let path = format!("/proc/{pid}/uid_map");
+    let text = std::fs::read_to_string(&path).map_err(Error::io(format!("read {path}")))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<u32> = l
+                .split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            (f.len() == 3).then(|| (f[1], f[2]))
+        })
+        .collect())
+}
+
+/// The `cgroup.procs` files of the cgroups `pid` is in, one per hierarchy (v1
+/// controllers, named v1 hierarchies, the v2 tree), from `/proc/PID/cgroup` and where
+/// this process sees each hierarchy mounted. Hierarchies this process shares with `pid`
+/// are left out (nothing to join).
+fn init_cgroups(pid: i32) -> Result<Vec<PathBuf>, Error> {
+    let read = |p: &str| std::fs::read_to_string(p).map_err(Error::io(format!("read {p}")));
+    let theirs = read(&format!("/proc/{pid}/cgroup"))?;
+    let ours = read("/proc/self/cgroup")?;
+    let mountinfo = read("/proc/self/mountinfo")?;
+    let mut out = Vec::new();
+    for line in theirs.lines() {
+        if ours.lines().any(|l| l == line) {
+            continue;
+        }
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if path.split('/').any(|c| c == "..") {
+            return Err(Error::io(format!("cgroup of container init {pid}"))(
+                std::io::Error::other(format!("{line:?} is outside this cgroup namespace")),
+            ));
+        }
+        let Some(dir) = cgroup_mount(&mountinfo, controllers, path) else {
+            // A hierarchy not mounted here (e.g. a v1 one on a v2 host): nothing to write.
+            continue;
+        };
+        out.push(dir.join("cgroup.procs"));
+    }
+    Ok(out)
+}
+
+/// Where the cgroup `path` of the hierarchy with `controllers` (`""`: v2) is, from a
+/// mount of that hierarchy in `mountinfo` whose root contains it.
+fn cgroup_mount(mountinfo: &str, controllers: &str, path: &str) -> Option<PathBuf> {
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let left: Vec<&str> = left.split(' ').collect();
+        let right: Vec<&str> = right.split(' ').collect();
+        if left.len() < 5 || right.len() < 3 {
+            continue;
+        }
+        let (root, mount_point, fstype, options) = (left[3], left[4], right[0], right[2]);
+        let matches = if controllers.is_empty() {
+            fstype == "cgroup2"
+        } else {
+            fstype == "cgroup" && {
+                let opts: Vec<&str> = options.split(',').collect();
+                controllers.split(',').all(|c| opts.contains(&c))
+            }
+        };
+        if !matches {
+            continue;
+        }
+        let rest = if root == "/" {
+            path.trim_start_matches('/')
+        } else {
+            match path.strip_prefix(root) {
+                Some(r) if r.is_empty() || r.starts_with('/') => r.trim_start_matches('/'),
+                _ => continue,
+            }
+        };
+        return Some(Path::new(&unescape_mountinfo(mount_point)).join(rest));
+    }
+    None
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Moves `pid` into each cgroup of `procs`. Rootless without a cgroup of its own (no
+/// limits to escape) a hierarchy we may not write is left alone, like runc does.
+fn join_cgroups(procs: &[PathBuf], pid: i32, managed: bool) -> Result<(), Error> {
+    for path in procs {
+        if let Err(e) = std::fs::write(path, pid.to_string()) {
+            let denied = matches!(
+                e.raw_os_error(),
+                Some(libc::EACCES | libc::EPERM | libc::EROFS)
+            );
+            if denied && !managed && !crate::dirs::is_root() {
+                tracing::debug!("exec: cannot join {}: {e}", path.display());
+                continue;
+            }
+            return Err(Error::io(format!("join {}", path.display()))(e));
+        }
+    }
+    Ok(())
 }
 
 pub mod cgroup;

@@ -42,6 +42,9 @@ pub struct Record {
     /// The config's process: the defaults for `exec`.
     #[serde(default)]
     pub process: Option<oci_spec::runtime::Process>,
+    /// The config's `linux.seccomp`: `exec`'d processes get the same filter.
+    #[serde(default)]
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
 pub const STATE_FILE: &str = "state.json";
