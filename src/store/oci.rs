@@ -157,7 +157,7 @@ pub fn import_layers(
             let io = |e| layer_err(i, b)(layer::LayerError::Tar(e));
             let (mut opened, raw) = blob::open(b, true).map_err(io)?;
             let headers = {
-                let mut archive = tar::Archive::new(&mut opened.tar);
+                let mut archive = guard::Archive::new(&mut opened.tar);
                 layer::read_headers(&mut archive, &opts.limits).map_err(layer_err(i, b))?
             };
             blob::verify(b, opened, raw)?;
@@ -207,7 +207,7 @@ pub fn import_layers(
         }
         let io = |e| layer_err(i, b)(layer::LayerError::Tar(e));
         let (mut opened, _) = blob::open(b, false).map_err(io)?;
-        let mut archive = tar::Archive::new(&mut opened.tar);
+        let mut archive = guard::Archive::new(&mut opened.tar);
         let mut left = wanted.len();
         for (index, e) in archive.entries().map_err(io)?.enumerate() {
             let mut e = e.map_err(io)?;
@@ -287,10 +287,8 @@ pub fn import_stream(
         None => store.writer()?,
     };
     writer.add(entry(b"", Kind::Dir, &tree_root()), None)?;
-    let mut archive = tar::Archive::new(guard::TarGuard::new(
-        blob::decompress(std::io::BufReader::new(input)).map_err(io)?,
-        guard::MAX_EXTENSION,
-    ));
+    let mut archive =
+        guard::Archive::new(blob::decompress(std::io::BufReader::new(input)).map_err(io)?);
     // Hardlinked paths and the file each names.
     let mut links: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     let mut targets: std::collections::BTreeSet<Vec<u8>> = Default::default();

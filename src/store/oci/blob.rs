@@ -232,10 +232,6 @@ pub fn open(blob: &Blob, verify: bool) -> io::Result<(Opened<'static>, RawCheck)
         out: shared.clone(),
     };
     let tar = decompress(BufReader::with_capacity(1 << 20, raw))?;
-    let tar: Box<dyn Read> = Box::new(super::guard::TarGuard::new(
-        tar,
-        super::guard::MAX_EXTENSION,
-    ));
     let tar = Hashing::new(
         tar,
         blob.diff_id

@@ -208,7 +208,7 @@ fn join(dir: &[u8], name: &[u8]) -> RelPath {
 /// Reads the headers of one layer's tar stream (its content is skipped, not buffered).
 /// The reader is left just past the archive's end marker.
 pub fn read_headers<R: Read>(
-    archive: &mut tar::Archive<R>,
+    archive: &mut super::guard::Archive<R>,
     limits: &Limits,
 ) -> Result<Vec<Header>, LayerError> {
     let mut headers = Vec::new();
@@ -947,7 +947,7 @@ mod tests {
         b.append_link(&mut hd, "hl", "a/very/long/".repeat(20) + "name")
             .unwrap();
         let data = b.into_inner().unwrap();
-        let mut archive = tar::Archive::new(&data[..]);
+        let mut archive = super::super::guard::Archive::new(&data[..]);
         let headers = read_headers(&mut archive, &Limits::default()).unwrap();
         assert_eq!(headers.len(), 2);
         let f = &headers[0];

@@ -355,8 +355,8 @@ pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, Oc
     let mut members: HashMap<String, (u64, u64)> = HashMap::new();
     let mut small: HashMap<String, Vec<u8>> = HashMap::new();
     {
-        let mut archive = tar::Archive::new(&mut f);
-        for entry in archive.entries_with_seek().map_err(io_err)? {
+        let mut archive = super::guard::Archive::seekable(&mut f);
+        for entry in archive.entries().map_err(io_err)? {
             let mut entry = entry.map_err(io_err)?;
             let name = String::from_utf8_lossy(&entry.path_bytes())
                 .trim_start_matches("./")
