@@ -29,6 +29,7 @@ const CASES: &[(&str, &str)] = &[
     ("whiteout-dotdot.tar", "whiteout"),
     ("huge-file.tar", "exceeds the limit"),
     ("huge-longname.tar", "exceeds the limit"),
+    ("dual-pax.tar", "exceeds the limit"),
 ];
 
 fn assert_store_empty(store: &Store) {

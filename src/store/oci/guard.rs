@@ -454,6 +454,30 @@ mod tests {
         differential(&data, 5000).unwrap();
     }
 
+    /// tests/corpus/tar/ (what `cargo fuzz run tar` found, see fuzz/) and the hostile
+    /// archives: the guard and the crate agree on each, at a small limit and the real one.
+    #[test]
+    fn corpus_parses_alike_with_and_without_the_guard() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+        let mut n = 0;
+        for dir in ["tar", "hostile"] {
+            for f in std::fs::read_dir(root.join(dir)).unwrap() {
+                let path = f.unwrap().path();
+                if dir == "hostile" && path.extension().is_none_or(|e| e != "tar") {
+                    continue;
+                }
+                let data = std::fs::read(&path).unwrap();
+                for limit in [1024, MAX_EXTENSION] {
+                    if let Err(why) = differential(&data, limit) {
+                        panic!("{}: {why}", path.display());
+                    }
+                }
+                n += 1;
+            }
+        }
+        assert!(n > 10, "only {n} corpus files");
+    }
+
     #[test]
     fn truncated_members_are_errors() {
         let mut data = header(tar::EntryType::Regular, "f", 4096).to_vec();
