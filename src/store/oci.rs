@@ -30,9 +30,9 @@ pub enum OciError {
     #[error("{0}: no such file or directory")]
     NotFound(PathBuf),
     // Causes are in the messages (not `source`), so they print once.
-    #[error("{path}: {err}")]
+    #[error("{}: {err}", shorten(&path.display().to_string()))]
     Io { path: PathBuf, err: std::io::Error },
-    #[error("{what}: {why}")]
+    #[error("{}: {why}", shorten(what))]
     Invalid { what: String, why: String },
     #[error("{what}: digest is {actual}, expected {expected}")]
     DigestMismatch {
@@ -62,6 +62,24 @@ pub enum OciError {
     Changed { name: String, what: String },
     #[error("export to {0:?}: use oci:DIR[:TAG] or tar:FILE")]
     BadDestination(String),
+}
+
+/// A name or path for a message: whole up to 160 bytes, else its head and tail around an
+/// ellipsis (a hostile archive's 4 KiB path would bury the error).
+pub fn shorten(s: &str) -> String {
+    const KEEP: usize = 72;
+    if s.len() <= 2 * KEEP + 16 {
+        return s.to_string();
+    }
+    let mut head = KEEP;
+    while !s.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = s.len() - KEEP;
+    while !s.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}…{} ({} bytes)", &s[..head], &s[tail..], s.len())
 }
 
 /// How to import.
@@ -273,6 +291,7 @@ pub fn import_stream(
     let stream = blob::Blob {
         name: "standard input".into(),
         path: PathBuf::from("-"),
+        root: None,
         offset: 0,
         len: None,
         digest: None,
