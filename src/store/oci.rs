@@ -64,10 +64,10 @@ pub enum OciError {
     BadDestination(String),
 }
 
-/// A name or path for a message: whole up to 160 bytes, else its head and tail around an
+/// A name or path for a message: whole up to ~500 bytes, else its head and tail around an
 /// ellipsis (a hostile archive's 4 KiB path would bury the error).
 pub fn shorten(s: &str) -> String {
-    const KEEP: usize = 72;
+    const KEEP: usize = 240;
     if s.len() <= 2 * KEEP + 16 {
         return s.to_string();
     }

@@ -126,9 +126,9 @@ fn read_verified(
     let data = read_limited(file, &path.to_string_lossy())?;
     if data.len() as u64 != size {
         return Err(OciError::Invalid {
-            what: format!("blob {digest} (descriptor in {descriptor})"),
+            what: format!("blob {digest}"),
             why: format!(
-                "the descriptor gives a size of {size} bytes, the blob has {}",
+                "its descriptor in {descriptor} gives a size of {size} bytes, the blob has {}",
                 data.len()
             ),
         });

@@ -61,6 +61,8 @@ write("whiteout-dotdot.tar", [entry("d", DIR, mode=0o755), entry("d/.wh..", data
 write("huge-file.tar", [entry("big", size=1 << 40)])
 # A GNU long-name member claiming 1 TiB: the parser would buffer it whole.
 write("huge-longname.tar", [entry("././@LongLink", tarfile.GNUTYPE_LONGNAME, size=1 << 40)])
+# A 256-byte name: no Linux filesystem takes it, so extraction would fail; import refuses it.
+write("name-max.tar", [entry("d", DIR, mode=0o755), entry("d/" + "n" * 256, data=b"x")])
 # Two layers: layer 1 plants a symlink, layer 2 writes through it.
 write("symlink-parent-layer.1.tar", [entry("lib", SYM, link="/usr/lib")])
 write("symlink-parent-layer.2.tar", [entry("lib/escaped.so", data=b"x")])
