@@ -1063,3 +1063,72 @@ fn sparse_file_round_trips_sparse() {
         meta.blocks() * 512
     );
 }
+
+/// Rootless, an extract that must chown to ids the user does not own says which operation
+/// failed on which path, and how to extract instead; the hint it gives works.
+#[test]
+fn rootless_extract_names_the_chown_that_failed_and_how_to_avoid_it() {
+    require_root();
+    let (uid, gid) = common::ensure_rootless_user();
+    let work = scratch("store-rootless-extract");
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let tar = work.path().join("root-owned.tar");
+    let mut b = tar::Builder::new(fs::File::create(&tar).unwrap());
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(2);
+    h.set_uid(0);
+    h.set_gid(0);
+    b.append_data(&mut h, "etc/owned-by-root", &b"ok"[..])
+        .unwrap();
+    b.into_inner().unwrap();
+    let home = work.path().join("user");
+    fs::create_dir(&home).unwrap();
+    nix::unistd::chown(&home, Some(uid.into()), Some(gid.into())).unwrap();
+    let store = home.join("store");
+    let user = |args: &[&str]| {
+        let mut c = common::as_rootless(&bin("warren"));
+        c.arg("--store").arg(&store).args(args);
+        c
+    };
+    ok(&mut user(&[
+        "image",
+        "import",
+        tar.to_str().unwrap(),
+        "--name",
+        "t",
+    ]));
+    let dest = home.join("out");
+    let out = run(&mut user(&[
+        "image",
+        "extract",
+        "t",
+        dest.to_str().unwrap(),
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "extract as a user chowned to root");
+    assert!(
+        stderr.contains("chown to 0:0")
+            && stderr.contains("Operation not permitted")
+            && stderr.contains(&format!("--shift {uid} --range 1")),
+        "{stderr}"
+    );
+    assert!(
+        !dest.exists(),
+        "a partial tree was left at {}",
+        dest.display()
+    );
+    let shift = uid.to_string();
+    ok(&mut user(&[
+        "image",
+        "extract",
+        "t",
+        dest.to_str().unwrap(),
+        "--shift",
+        &shift,
+        "--range",
+        "1",
+    ]));
+    let m = fs::metadata(dest.join("etc/owned-by-root")).unwrap();
+    assert_eq!(m.uid(), uid);
+}
