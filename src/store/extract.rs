@@ -586,6 +586,35 @@ fn timespec(e: &Entry) -> TimeSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pieces of zeros are left out wherever they fall; whole blocks of them are holes.
+    #[test]
+    fn write_sparse_skips_zeros_and_keeps_the_rest() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        let file = File::create(&path).unwrap();
+        let mut want = vec![0u8; 64 << 10];
+        want[100] = 1;
+        want[5000..5003].copy_from_slice(b"abc");
+        want[(64 << 10) - 1] = 9;
+        // Fed in odd pieces, as chunks cut a file.
+        let mut at = 0;
+        for piece in want.chunks(3001) {
+            write_sparse(&file, at, piece).unwrap();
+            at += piece.len() as u64;
+        }
+        file.set_len(want.len() as u64).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), want);
+        // Blocks 0, 1 and 15 hold data; the 12 between are holes.
+        assert!(
+            file.metadata().unwrap().blocks() * 512 <= 4 * HOLE,
+            "not sparse"
+        );
+        assert!(
+            is_zero(&[0; 33]) && !is_zero(&[0, 0, 1]) && !is_zero(&[[0; 16], [1; 16]].concat())
+        );
+    }
     use crate::store::index::{ChunkRef, Record};
     use crate::store::{ImportOptions, Timestamp};
 
