@@ -12,6 +12,11 @@
 //! The first block read after a seek is the header the crate is about to use, checked
 //! with the crate's own accessors so an oversized extension member fails before a byte
 //! of it is read.
+//!
+//! What the caller reads from an entry is not counted: it must stream it. In particular
+//! it must not call `pax_extensions()` on an entry that is itself a pax member (a `g`, or
+//! an `x` without ustar magic, which the crate returns as an entry): the crate would read
+//! it whole. `layer::decode` returns before that; the fuzz target `tar` checks it.
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::Arc;

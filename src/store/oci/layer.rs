@@ -289,6 +289,8 @@ pub fn decode<R: Read>(
         path: show(&path),
         key: show(key),
     };
+    // Reached only for the kinds above: on a pax member returned as an entry (`g`, or an
+    // `x` the crate does not recognize) this would read the member whole (see guard.rs).
     if let Some(pax) = entry.pax_extensions()? {
         for ext in pax {
             let ext = ext?;
