@@ -63,17 +63,24 @@ pub fn walk(root: &Path, w: &mut ImageWriter) -> Result<()> {
 fn import(rx: &Receiver<Result<Walked>>, w: &mut ImageWriter) -> Result<()> {
     for walked in rx {
         let (entry, file) = walked?;
-        let mut file = file.map(Holes::new);
+        // Small files are read as they are: no lseeks for them.
+        let probe = matches!(entry.kind, Kind::File { size } if size >= HOLES_FROM);
+        let mut file = file.map(|f| Holes::new(f, probe));
         w.add(entry, file.as_mut().map(|f| f as &mut dyn Read))?;
     }
     Ok(())
 }
+
+/// Files from this size on are read with [`Holes`].
+const HOLES_FROM: u64 = 1 << 20;
 
 /// Reads a file, handing out its holes as zeros without reading them from the disk: a
 /// 10 GiB sparse file costs the chunker's pass over zeros, not 10 GiB of reads. Where
 /// `SEEK_DATA` is not supported, everything is data.
 struct Holes {
     file: File,
+    /// Whether to look for holes at all.
+    probe: bool,
     pos: u64,
     /// The current region `[pos, end)`, and whether it is a hole.
     end: u64,
@@ -81,9 +88,10 @@ struct Holes {
 }
 
 impl Holes {
-    fn new(file: File) -> Holes {
+    fn new(file: File, probe: bool) -> Holes {
         Holes {
             file,
+            probe,
             pos: 0,
             end: 0,
             hole: false,
@@ -93,6 +101,10 @@ impl Holes {
     /// Finds the region at `pos`.
     fn region(&mut self) {
         use std::os::fd::AsRawFd;
+        if !self.probe {
+            (self.hole, self.end) = (false, u64::MAX);
+            return;
+        }
         let seek = |whence| {
             let at = i64::try_from(self.pos).unwrap_or(i64::MAX);
             // SAFETY: lseek on an fd we own; it only moves the (unused) file offset.

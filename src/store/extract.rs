@@ -386,6 +386,8 @@ impl<'a> Ctx<'a> {
         let mut off = r.offset;
         let end = r.offset + file_size(r);
         let shown = || self.shown(&r.entry.path);
+        // How far the file was written: zeros after that are left to the final size.
+        let mut written = 0;
         while off < end {
             let ci = self.starts.partition_point(|s| *s <= off) - 1;
             let c = &self.index.chunks[ci];
@@ -395,13 +397,14 @@ impl<'a> Ctx<'a> {
             }
             let within = (off - self.starts[ci]) as usize;
             let take = (c.len as usize - within).min((end - off) as usize);
-            write_sparse(file, off - r.offset, &cache.data[within..within + take])
+            let to = write_sparse(file, off - r.offset, &cache.data[within..within + take])
                 .map_err(|e| io_err(shown())(e))?;
+            written = written.max(to);
             off += take as u64;
             Progress::add(&self.progress.bytes, take as u64);
         }
         // Zeros skipped at the end still count: the size is the image's.
-        if file_size(r) > 0 {
+        if written < file_size(r) {
             file.set_len(file_size(r)).map_err(|e| io_err(shown())(e))?;
         }
         Ok(())
@@ -531,11 +534,12 @@ const HOLE: u64 = 4096;
 
 /// Writes `data` at offset `at` of a file just created (so every byte not written reads as
 /// zero), leaving out the pieces, cut at block boundaries, that are all zeros: whole blocks
-/// of them become holes.
-fn write_sparse(file: &File, at: u64, data: &[u8]) -> std::io::Result<()> {
+/// of them become holes. Returns the offset just past the last byte written (`at` if none).
+fn write_sparse(file: &File, at: u64, data: &[u8]) -> std::io::Result<u64> {
     use std::os::unix::fs::FileExt;
     // The pending run of data to write: where it starts in `data`.
     let mut run: Option<usize> = None;
+    let mut end = at;
     let mut i = 0;
     while i < data.len() {
         let pos = at + i as u64;
@@ -544,6 +548,7 @@ fn write_sparse(file: &File, at: u64, data: &[u8]) -> std::io::Result<()> {
         match (zero, run) {
             (true, Some(start)) => {
                 file.write_all_at(&data[start..i], at + start as u64)?;
+                end = pos;
                 run = None;
             }
             (false, None) => run = Some(i),
@@ -553,8 +558,9 @@ fn write_sparse(file: &File, at: u64, data: &[u8]) -> std::io::Result<()> {
     }
     if let Some(start) = run {
         file.write_all_at(&data[start..], at + start as u64)?;
+        end = at + data.len() as u64;
     }
-    Ok(())
+    Ok(end)
 }
 
 fn is_zero(data: &[u8]) -> bool {
@@ -601,7 +607,8 @@ mod tests {
         // Fed in odd pieces, as chunks cut a file.
         let mut at = 0;
         for piece in want.chunks(3001) {
-            write_sparse(&file, at, piece).unwrap();
+            let end = write_sparse(&file, at, piece).unwrap();
+            assert!((at..=at + piece.len() as u64).contains(&end));
             at += piece.len() as u64;
         }
         file.set_len(want.len() as u64).unwrap();
