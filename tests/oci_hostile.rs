@@ -29,6 +29,8 @@ const CASES: &[(&str, &str)] = &[
     ("whiteout-dotdot.tar", "whiteout"),
     ("huge-file.tar", "exceeds the limit"),
     ("huge-longname.tar", "exceeds the limit"),
+    ("dual-pax.tar", "exceeds the limit"),
+    ("name-max.tar", "longer than 255 bytes (NAME_MAX)"),
 ];
 
 fn assert_store_empty(store: &Store) {
@@ -158,6 +160,116 @@ fn layers_that_do_not_match_their_digest_are_refused() {
     std::os::unix::fs::symlink("/etc/passwd", &blob).unwrap();
     let err = oci::import(&store, &source, "bad", &ImportOptions::default()).unwrap_err();
     assert!(matches!(err, OciError::Io { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&digest) && err.to_string().contains("outside the layout"),
+        "{err}"
+    );
+    assert_store_empty(&store);
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+}
+
+/// Stores `value` as a blob of `layout`; returns its digest and size.
+fn put_blob(layout: &Path, value: &serde_json::Value) -> (String, usize) {
+    let data = serde_json::to_vec(value).unwrap();
+    let digest = warren::store::oci::blob::Digest::sha256(&data);
+    fs::write(layout.join(digest.blob_path()), &data).unwrap();
+    (digest.to_string(), data.len())
+}
+
+/// Imports `source` off the test thread: a hang fails the test instead of stalling it.
+fn import_err(store: &Store, source: &str) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (store, source) = (store.clone(), source.to_string());
+    std::thread::spawn(move || {
+        let r = oci::import(&store, &source, "bad", &ImportOptions::default());
+        let _ = tx.send(r.map(|_| ()));
+    });
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(300))
+        .expect("the import hung");
+    r.expect_err("a malformed layout was imported").to_string()
+}
+
+/// A FIFO in a layout is refused, not waited on; descriptors whose size disagrees with
+/// their blob are refused naming both sizes; a malformed index.json names the field.
+#[test]
+fn malformed_layouts_are_refused_clearly() {
+    require_root();
+    require_tool("umoci", "umoci");
+    let work = scratch("oci-malformed");
+    let store = Store::open(&work.path().join("store")).unwrap();
+    let fresh = |name: &str| {
+        let dir = work.path().join(name);
+        fs::create_dir(&dir).unwrap();
+        good_layout(&dir)
+    };
+    let mkfifo = |path: &Path| {
+        fs::remove_file(path).unwrap();
+        nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    };
+
+    // A FIFO for a layer blob, and for index.json.
+    let (layout, source) = fresh("fifo-layer");
+    let blob = layer_blob(&layout);
+    mkfifo(&blob);
+    let err = import_err(&store, &source);
+    assert!(err.contains("is a FIFO, not a regular file"), "{err}");
+    let (layout, source) = fresh("fifo-index");
+    mkfifo(&layout.join("index.json"));
+    let err = import_err(&store, &source);
+    assert!(err.contains("index.json: is a FIFO"), "{err}");
+    assert_store_empty(&store);
+
+    // The manifest's descriptor (in index.json) one byte short.
+    let (layout, source) = fresh("manifest-size");
+    let mut index = read_json(&layout.join("index.json"));
+    let size = index["manifests"][0]["size"].as_u64().unwrap();
+    index["manifests"][0]["size"] = (size - 1).into();
+    fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    let err = import_err(&store, &source);
+    let digest = index["manifests"][0]["digest"].as_str().unwrap();
+    assert!(
+        err.contains(digest)
+            && err.contains(&format!("size of {} bytes, the blob has {size}", size - 1)),
+        "{err}"
+    );
+
+    // The config's descriptor (in the manifest) 7 bytes long.
+    let (layout, source) = fresh("config-size");
+    let mut index = read_json(&layout.join("index.json"));
+    let old = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut manifest = read_json(&layout.join("blobs/sha256").join(&old["sha256:".len()..]));
+    let size = manifest["config"]["size"].as_u64().unwrap();
+    manifest["config"]["size"] = (size + 7).into();
+    let (digest, len) = put_blob(&layout, &manifest);
+    index["manifests"][0]["digest"] = digest.clone().into();
+    index["manifests"][0]["size"] = len.into();
+    fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    let err = import_err(&store, &source);
+    let config = manifest["config"]["digest"].as_str().unwrap();
+    assert!(
+        err.contains(config)
+            && err.contains(&digest)
+            && err.contains(&format!("size of {} bytes, the blob has {size}", size + 7)),
+        "{err}"
+    );
+
+    // A size that is not a number.
+    let (layout, source) = fresh("index-field");
+    let mut index = read_json(&layout.join("index.json"));
+    index["manifests"][0]["size"] = "big".into();
+    fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    let err = import_err(&store, &source);
+    assert!(
+        err.contains("field `manifests[0].size`") && err.contains("expected u64"),
+        "{err}"
+    );
     assert_store_empty(&store);
 }
 

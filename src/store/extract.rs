@@ -8,7 +8,6 @@
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -298,8 +297,10 @@ impl<'a> Ctx<'a> {
         Ok(())
     }
 
+    /// The path errors show: under DEST, a long one shortened.
     fn shown(&self, path: &Path) -> PathBuf {
-        self.dest.join(path)
+        let full = self.dest.join(path);
+        PathBuf::from(crate::store::oci::shorten(&full.to_string_lossy()))
     }
 
     /// The parent directory of `path` (resolved beneath the root, no symlinks) and the
@@ -369,14 +370,24 @@ impl<'a> Ctx<'a> {
     fn mknod(&self, e: &Entry, kind: SFlag, rdev: u64) -> Result<()> {
         let (parent, name) = self.parent(&e.path)?;
         nix::sys::stat::mknodat(&parent, name, kind, Mode::from_bits_truncate(0o600), rdev)
-            .map_err(nix_err(self.shown(&e.path)))?;
+            .map_err(|err| {
+                let why = match err {
+                    nix::errno::Errno::EPERM => ": creating device nodes needs root",
+                    _ => "",
+                };
+                op_err(&self.shown(&e.path), "mknod", err, why)
+            })?;
         self.set_meta_at(e, parent.as_fd(), name, false)
     }
 
     /// Writes a file's span of the content stream, verifying each chunk as it is read.
+    /// Blocks of zeros are not written: the file is sparse where the image's was.
     fn write_content(&self, r: &Record, cache: &mut Cache, file: &mut File) -> Result<()> {
         let mut off = r.offset;
         let end = r.offset + file_size(r);
+        let shown = || self.shown(&r.entry.path);
+        // How far the file was written: zeros after that are left to the final size.
+        let mut written = 0;
         while off < end {
             let ci = self.starts.partition_point(|s| *s <= off) - 1;
             let c = &self.index.chunks[ci];
@@ -386,10 +397,15 @@ impl<'a> Ctx<'a> {
             }
             let within = (off - self.starts[ci]) as usize;
             let take = (c.len as usize - within).min((end - off) as usize);
-            file.write_all(&cache.data[within..within + take])
-                .map_err(io_err(self.shown(&r.entry.path)))?;
+            let to = write_sparse(file, off - r.offset, &cache.data[within..within + take])
+                .map_err(|e| io_err(shown())(e))?;
+            written = written.max(to);
             off += take as u64;
             Progress::add(&self.progress.bytes, take as u64);
+        }
+        // Zeros skipped at the end still count: the size is the image's.
+        if written < file_size(r) {
+            file.set_len(file_size(r)).map_err(|e| io_err(shown())(e))?;
         }
         Ok(())
     }
@@ -434,7 +450,7 @@ impl<'a> Ctx<'a> {
         let shown = self.shown(&e.path);
         let (uid, gid) = self.ids(e)?;
         nix::unistd::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
-            .map_err(nix_err(&shown))?;
+            .map_err(|err| chown_err(&shown, uid, gid, err))?;
         for (name, value) in self.xattrs(e)? {
             sys::fsetxattr(fd, &name, &value).map_err(|err| xattr_err(&shown, &name, err))?;
         }
@@ -460,7 +476,7 @@ impl<'a> Ctx<'a> {
             Some(Gid::from_raw(gid)),
             AtFlags::AT_SYMLINK_NOFOLLOW,
         )
-        .map_err(nix_err(&shown))?;
+        .map_err(|err| chown_err(&shown, uid, gid, err))?;
         for (attr, value) in self.xattrs(e)? {
             sys::lsetxattr_at(dir, name, &attr, &value)
                 .map_err(|err| xattr_err(&shown, &attr, err))?;
@@ -476,6 +492,33 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// An error of operation `op` on `shown`, with `why` added to the system's message.
+fn op_err(shown: &Path, op: &str, err: nix::Error, why: &str) -> StoreError {
+    StoreError::Io {
+        path: shown.to_path_buf(),
+        err: std::io::Error::new(
+            std::io::Error::from(err).kind(),
+            format!("{op}: {}{why}", err.desc()),
+        ),
+    }
+}
+
+/// A failed chown: outside a user namespace an unprivileged user can give files only to
+/// itself, which a bare `Operation not permitted` does not say.
+fn chown_err(shown: &Path, uid: u32, gid: u32, err: nix::Error) -> StoreError {
+    let me = nix::unistd::geteuid();
+    let why = match err {
+        nix::errno::Errno::EPERM | nix::errno::Errno::EINVAL if !me.is_root() => format!(
+            " (uid {me} cannot give files to other ids outside a user namespace: extract \
+             with `--shift {me} --range 1` to own every file, or inside `warren run` or \
+             `unshare -r`, where the image's ids are mapped)"
+        ),
+        nix::errno::Errno::EINVAL => " (the id is not mapped in this user namespace)".into(),
+        _ => String::new(),
+    };
+    op_err(shown, &format!("chown to {uid}:{gid}"), err, &why)
+}
+
 fn xattr_err(shown: &Path, name: &CString, err: std::io::Error) -> StoreError {
     StoreError::Io {
         path: shown.to_path_buf(),
@@ -484,6 +527,46 @@ fn xattr_err(shown: &Path, name: &CString, err: std::io::Error) -> StoreError {
             format!("setting xattr {}: {err}", name.to_string_lossy()),
         ),
     }
+}
+
+/// The unit of holes: a file system block.
+const HOLE: u64 = 4096;
+
+/// Writes `data` at offset `at` of a file just created (so every byte not written reads as
+/// zero), leaving out the pieces, cut at block boundaries, that are all zeros: whole blocks
+/// of them become holes. Returns the offset just past the last byte written (`at` if none).
+fn write_sparse(file: &File, at: u64, data: &[u8]) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    // The pending run of data to write: where it starts in `data`.
+    let mut run: Option<usize> = None;
+    let mut end = at;
+    let mut i = 0;
+    while i < data.len() {
+        let pos = at + i as u64;
+        let n = ((HOLE - pos % HOLE) as usize).min(data.len() - i);
+        let zero = is_zero(&data[i..i + n]);
+        match (zero, run) {
+            (true, Some(start)) => {
+                file.write_all_at(&data[start..i], at + start as u64)?;
+                end = pos;
+                run = None;
+            }
+            (false, None) => run = Some(i),
+            _ => {}
+        }
+        i += n;
+    }
+    if let Some(start) = run {
+        file.write_all_at(&data[start..], at + start as u64)?;
+        end = at + data.len() as u64;
+    }
+    Ok(end)
+}
+
+fn is_zero(data: &[u8]) -> bool {
+    let mut words = data.chunks_exact(16);
+    words.all(|w| u128::from_ne_bytes(w.try_into().unwrap_or([1; 16])) == 0)
+        && words.remainder().iter().all(|&b| b == 0)
 }
 
 fn file_size(r: &Record) -> u64 {
@@ -509,6 +592,36 @@ fn timespec(e: &Entry) -> TimeSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pieces of zeros are left out wherever they fall; whole blocks of them are holes.
+    #[test]
+    fn write_sparse_skips_zeros_and_keeps_the_rest() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        let file = File::create(&path).unwrap();
+        let mut want = vec![0u8; 64 << 10];
+        want[100] = 1;
+        want[5000..5003].copy_from_slice(b"abc");
+        want[(64 << 10) - 1] = 9;
+        // Fed in odd pieces, as chunks cut a file.
+        let mut at = 0;
+        for piece in want.chunks(3001) {
+            let end = write_sparse(&file, at, piece).unwrap();
+            assert!((at..=at + piece.len() as u64).contains(&end));
+            at += piece.len() as u64;
+        }
+        file.set_len(want.len() as u64).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), want);
+        // Blocks 0, 1 and 15 hold data; the 12 between are holes.
+        assert!(
+            file.metadata().unwrap().blocks() * 512 <= 4 * HOLE,
+            "not sparse"
+        );
+        assert!(
+            is_zero(&[0; 33]) && !is_zero(&[0, 0, 1]) && !is_zero(&[[0; 16], [1; 16]].concat())
+        );
+    }
     use crate::store::index::{ChunkRef, Record};
     use crate::store::{ImportOptions, Timestamp};
 

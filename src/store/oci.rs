@@ -30,9 +30,9 @@ pub enum OciError {
     #[error("{0}: no such file or directory")]
     NotFound(PathBuf),
     // Causes are in the messages (not `source`), so they print once.
-    #[error("{path}: {err}")]
+    #[error("{}: {err}", shorten(&path.display().to_string()))]
     Io { path: PathBuf, err: std::io::Error },
-    #[error("{what}: {why}")]
+    #[error("{}: {why}", shorten(what))]
     Invalid { what: String, why: String },
     #[error("{what}: digest is {actual}, expected {expected}")]
     DigestMismatch {
@@ -62,6 +62,24 @@ pub enum OciError {
     Changed { name: String, what: String },
     #[error("export to {0:?}: use oci:DIR[:TAG] or tar:FILE")]
     BadDestination(String),
+}
+
+/// A name or path for a message: whole up to ~500 bytes, else its head and tail around an
+/// ellipsis (a hostile archive's 4 KiB path would bury the error).
+pub fn shorten(s: &str) -> String {
+    const KEEP: usize = 240;
+    if s.len() <= 2 * KEEP + 16 {
+        return s.to_string();
+    }
+    let mut head = KEEP;
+    while !s.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = s.len() - KEEP;
+    while !s.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}…{} ({} bytes)", &s[..head], &s[tail..], s.len())
 }
 
 /// How to import.
@@ -157,7 +175,7 @@ pub fn import_layers(
             let io = |e| layer_err(i, b)(layer::LayerError::Tar(e));
             let (mut opened, raw) = blob::open(b, true).map_err(io)?;
             let headers = {
-                let mut archive = tar::Archive::new(&mut opened.tar);
+                let mut archive = guard::Archive::new(&mut opened.tar);
                 layer::read_headers(&mut archive, &opts.limits).map_err(layer_err(i, b))?
             };
             blob::verify(b, opened, raw)?;
@@ -207,7 +225,7 @@ pub fn import_layers(
         }
         let io = |e| layer_err(i, b)(layer::LayerError::Tar(e));
         let (mut opened, _) = blob::open(b, false).map_err(io)?;
-        let mut archive = tar::Archive::new(&mut opened.tar);
+        let mut archive = guard::Archive::new(&mut opened.tar);
         let mut left = wanted.len();
         for (index, e) in archive.entries().map_err(io)?.enumerate() {
             let mut e = e.map_err(io)?;
@@ -273,6 +291,7 @@ pub fn import_stream(
     let stream = blob::Blob {
         name: "standard input".into(),
         path: PathBuf::from("-"),
+        root: None,
         offset: 0,
         len: None,
         digest: None,
@@ -287,10 +306,8 @@ pub fn import_stream(
         None => store.writer()?,
     };
     writer.add(entry(b"", Kind::Dir, &tree_root()), None)?;
-    let mut archive = tar::Archive::new(guard::TarGuard::new(
-        blob::decompress(std::io::BufReader::new(input)).map_err(io)?,
-        guard::MAX_EXTENSION,
-    ));
+    let mut archive =
+        guard::Archive::new(blob::decompress(std::io::BufReader::new(input)).map_err(io)?);
     // Hardlinked paths and the file each names.
     let mut links: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     let mut targets: std::collections::BTreeSet<Vec<u8>> = Default::default();

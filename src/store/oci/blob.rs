@@ -184,12 +184,69 @@ pub fn decompress<'a, R: BufRead + 'a>(mut reader: R) -> io::Result<Box<dyn Read
     })
 }
 
+/// Opens a file to read, refusing anything but a regular file: a FIFO would block the
+/// import forever (the open does not block: `O_NONBLOCK`), a device would read without
+/// end. With `root`, `path` is resolved beneath it and may not lead out of it.
+pub fn open_regular(root: Option<&Path>, path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
+    let file = match root {
+        None => std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)?,
+        Some(root) => {
+            let dir = File::open(root)?;
+            let fd = crate::sys::openat2(
+                std::os::fd::AsFd::as_fd(&dir),
+                path,
+                flags,
+                0,
+                crate::sys::RESOLVE_BENEATH,
+            )
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EXDEV) => io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "is a symlink (or a path) leading outside the layout {}",
+                        crate::store::oci::shorten(&root.display().to_string())
+                    ),
+                ),
+                _ => e,
+            })?;
+            File::from(fd)
+        }
+    };
+    let t = file.metadata()?.file_type();
+    if !t.is_file() {
+        let what = if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_dir() {
+            "a directory"
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("is {what}, not a regular file"),
+        ));
+    }
+    Ok(file)
+}
+
 /// Where a layer's bytes are: a file, or a span inside one (a member of a docker archive).
 #[derive(Clone, Debug)]
 pub struct Blob {
     /// For messages: the digest or member name.
     pub name: String,
+    /// The file; relative to `root` when there is one.
     pub path: PathBuf,
+    /// An OCI layout's directory: `path` is opened beneath it (no symlink leads out).
+    pub root: Option<PathBuf>,
     pub offset: u64,
     pub len: Option<u64>,
     /// Digest of the stored (possibly compressed) bytes, from the descriptor.
@@ -203,7 +260,7 @@ pub struct Blob {
 impl Blob {
     /// The raw (stored) bytes.
     pub fn open_raw(&self) -> io::Result<Box<dyn Read + Send>> {
-        let mut file = File::open(&self.path)?;
+        let mut file = open_regular(self.root.as_deref(), &self.path)?;
         if self.offset > 0 {
             file.seek(SeekFrom::Start(self.offset))?;
         }
@@ -232,10 +289,6 @@ pub fn open(blob: &Blob, verify: bool) -> io::Result<(Opened<'static>, RawCheck)
         out: shared.clone(),
     };
     let tar = decompress(BufReader::with_capacity(1 << 20, raw))?;
-    let tar: Box<dyn Read> = Box::new(super::guard::TarGuard::new(
-        tar,
-        super::guard::MAX_EXTENSION,
-    ));
     let tar = Hashing::new(
         tar,
         blob.diff_id

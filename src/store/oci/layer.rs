@@ -17,6 +17,10 @@ pub type RelPath = Vec<u8>;
 const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
 const WHITEOUT: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
+/// The longest file name (one path component) Linux filesystems take.
+const NAME_MAX: usize = 255;
+/// A symlink's target is at most PATH_MAX - 1 bytes.
+const TARGET_MAX: usize = 4095;
 
 /// A tar member: layer number and its position among the archive's entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -147,7 +151,7 @@ impl From<std::io::Error> for LayerError {
 }
 
 fn show(path: &[u8]) -> String {
-    String::from_utf8_lossy(path).into_owned()
+    super::shorten(&String::from_utf8_lossy(path))
 }
 
 /// Normalizes an archived path: drops `.` and empty components (so `./a//b/` is `a/b`),
@@ -172,6 +176,10 @@ pub fn normalize(raw: &[u8], limits: &Limits) -> Result<RelPath, LayerError> {
         match c {
             b"" | b"." => continue,
             b".." => return Err(unsafe_path("`..` component escapes the image")),
+            // Extraction could not create it: refuse it now, naming it.
+            _ if c.len() > NAME_MAX => {
+                return Err(unsafe_path("a name longer than 255 bytes (NAME_MAX)"));
+            }
             _ => {}
         }
         if !out.is_empty() {
@@ -208,7 +216,7 @@ fn join(dir: &[u8], name: &[u8]) -> RelPath {
 /// Reads the headers of one layer's tar stream (its content is skipped, not buffered).
 /// The reader is left just past the archive's end marker.
 pub fn read_headers<R: Read>(
-    archive: &mut tar::Archive<R>,
+    archive: &mut super::guard::Archive<R>,
     limits: &Limits,
 ) -> Result<Vec<Header>, LayerError> {
     let mut headers = Vec::new();
@@ -281,6 +289,8 @@ pub fn decode<R: Read>(
         path: show(&path),
         key: show(key),
     };
+    // Reached only for the kinds above: on a pax member returned as an entry (`g`, or an
+    // `x` the crate does not recognize) this would read the member whole (see guard.rs).
     if let Some(pax) = entry.pax_extensions()? {
         for ext in pax {
             let ext = ext?;
@@ -571,6 +581,12 @@ impl Tree {
                 }
             }
             HeaderKind::Dir => NodeKind::Dir,
+            HeaderKind::Symlink { target } if target.len() > TARGET_MAX => {
+                return Err(LayerError::Unsafe {
+                    path: show(&path),
+                    reason: "symlink target longer than 4095 bytes (PATH_MAX)",
+                });
+            }
             HeaderKind::Symlink { target } => NodeKind::Symlink {
                 target: target.clone(),
             },
@@ -743,6 +759,17 @@ mod tests {
             Err(LayerError::Unsafe { .. })
         ));
         assert_eq!(normalize(b"a/..b/c..", &l).unwrap(), b"a/..b/c..");
+        let long = [b'n'; 256];
+        let err = normalize(&[&b"d/"[..], &long].concat(), &l).unwrap_err();
+        assert!(err.to_string().contains("NAME_MAX"), "{err}");
+        assert!(normalize(&long[..255], &l).is_ok());
+        // A 4 KiB path shows as its head and tail.
+        let deep = "d/".repeat(2000) + "x/..";
+        let err = normalize(deep.as_bytes(), &l).unwrap_err().to_string();
+        assert!(
+            err.len() < 600 && err.contains("…") && err.ends_with("escapes the image"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -947,7 +974,7 @@ mod tests {
         b.append_link(&mut hd, "hl", "a/very/long/".repeat(20) + "name")
             .unwrap();
         let data = b.into_inner().unwrap();
-        let mut archive = tar::Archive::new(&data[..]);
+        let mut archive = super::super::guard::Archive::new(&data[..]);
         let headers = read_headers(&mut archive, &Limits::default()).unwrap();
         assert_eq!(headers.len(), 2);
         let f = &headers[0];

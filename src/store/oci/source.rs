@@ -97,11 +97,42 @@ fn read_limited(mut r: impl Read, what: &str) -> Result<Vec<u8>, OciError> {
     Ok(buf)
 }
 
-/// Reads a blob of a layout, refusing one whose digest differs from `digest`.
-fn read_verified(dir: &Path, digest: &Digest) -> Result<Vec<u8>, OciError> {
+/// Parses JSON as `T`, naming the field that failed and what was expected there (the
+/// image spec types' own parsers say only "serde failed").
+fn parse_json<T: serde::de::DeserializeOwned>(data: &[u8], what: &str) -> Result<T, OciError> {
+    let de = &mut serde_json::Deserializer::from_slice(data);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        OciError::Invalid {
+            what: what.into(),
+            why: match path.as_str() {
+                "." => e.inner().to_string(),
+                _ => format!("field `{path}`: {}", e.inner()),
+            },
+        }
+    })
+}
+
+/// Reads a blob of a layout that `descriptor` (for messages: what names it) says has
+/// `size` bytes and `digest`, refusing it when either differs.
+fn read_verified(
+    dir: &Path,
+    digest: &Digest,
+    size: u64,
+    descriptor: &str,
+) -> Result<Vec<u8>, OciError> {
     let path = dir.join(digest.blob_path());
     let file = open_beneath(dir, &digest.blob_path())?;
     let data = read_limited(file, &path.to_string_lossy())?;
+    if data.len() as u64 != size {
+        return Err(OciError::Invalid {
+            what: format!("blob {digest}"),
+            why: format!(
+                "its descriptor in {descriptor} gives a size of {size} bytes, the blob has {}",
+                data.len()
+            ),
+        });
+    }
     let actual = Digest::sha256(&data);
     let actual = if digest.algorithm == actual.algorithm {
         actual
@@ -126,16 +157,7 @@ fn open_beneath(dir: &Path, rel: &Path) -> Result<File, OciError> {
         path: dir.join(rel),
         err: source,
     };
-    let root = File::open(dir).map_err(io_err)?;
-    let fd = crate::sys::openat2(
-        std::os::fd::AsFd::as_fd(&root),
-        rel,
-        libc::O_RDONLY,
-        0,
-        crate::sys::RESOLVE_BENEATH,
-    )
-    .map_err(io_err)?;
-    Ok(File::from(fd))
+    super::blob::open_regular(Some(dir), rel).map_err(io_err)
 }
 
 fn parse_digest(s: &str, what: &str) -> Result<Digest, OciError> {
@@ -146,10 +168,7 @@ fn parse_digest(s: &str, what: &str) -> Result<Digest, OciError> {
 }
 
 fn diff_ids(config: &[u8], what: &str) -> Result<Vec<Digest>, OciError> {
-    let parsed = ImageConfiguration::from_reader(config).map_err(|e| OciError::Invalid {
-        what: what.into(),
-        why: e.to_string(),
-    })?;
+    let parsed: ImageConfiguration = parse_json(config, what)?;
     parsed
         .rootfs()
         .diff_ids()
@@ -195,10 +214,7 @@ pub fn layout(dir: &Path, tag: Option<&str>) -> Result<Source, OciError> {
     let index_path = dir.join("index.json");
     let what = index_path.display().to_string();
     let data = read_limited(open_beneath(dir, Path::new("index.json"))?, &what)?;
-    let index = ImageIndex::from_reader(&data[..]).map_err(|e| OciError::Invalid {
-        what: what.clone(),
-        why: e.to_string(),
-    })?;
+    let index: ImageIndex = parse_json(&data, &what)?;
     let candidates: Vec<_> = index
         .manifests()
         .iter()
@@ -244,12 +260,11 @@ pub fn layout(dir: &Path, tag: Option<&str>) -> Result<Source, OciError> {
     };
     let mut digest = parse_digest(descriptor.digest().as_ref(), &what)?;
     let mut media = descriptor.media_type().clone();
+    let mut size = descriptor.size();
+    let mut named_by = what.clone();
     if media == MediaType::ImageIndex {
-        let nested = read_verified(dir, &digest)?;
-        let nested = ImageIndex::from_reader(&nested[..]).map_err(|e| OciError::Invalid {
-            what: digest.to_string(),
-            why: e.to_string(),
-        })?;
+        let nested = read_verified(dir, &digest, size, &named_by)?;
+        let nested: ImageIndex = parse_json(&nested, &format!("index {digest}"))?;
         let arch = super::go_arch();
         let pick = nested.manifests().iter().find(|m| {
             m.platform().as_ref().is_none_or(|p| {
@@ -263,8 +278,10 @@ pub fn layout(dir: &Path, tag: Option<&str>) -> Result<Source, OciError> {
                 available: "other platforms".into(),
             });
         };
+        named_by = format!("index {digest}");
         digest = parse_digest(pick.digest().as_ref(), &digest.to_string())?;
         media = pick.media_type().clone();
+        size = pick.size();
     }
     if media != MediaType::ImageManifest
         && media != MediaType::Other("application/vnd.docker.distribution.manifest.v2+json".into())
@@ -274,15 +291,16 @@ pub fn layout(dir: &Path, tag: Option<&str>) -> Result<Source, OciError> {
             why: format!("unsupported manifest media type {media}"),
         });
     }
-    let manifest_data = read_verified(dir, &digest)?;
-    let manifest =
-        ImageManifest::from_reader(&manifest_data[..]).map_err(|e| OciError::Invalid {
-            what: digest.to_string(),
-            why: e.to_string(),
-        })?;
+    let manifest_data = read_verified(dir, &digest, size, &named_by)?;
+    let manifest: ImageManifest = parse_json(&manifest_data, &format!("manifest {digest}"))?;
     let config_digest = parse_digest(manifest.config().digest().as_ref(), &digest.to_string())?;
-    let config = read_verified(dir, &config_digest)?;
-    let diffs = diff_ids(&config, &config_digest.to_string())?;
+    let config = read_verified(
+        dir,
+        &config_digest,
+        manifest.config().size(),
+        &format!("manifest {digest}"),
+    )?;
+    let diffs = diff_ids(&config, &format!("config {config_digest}"))?;
     if diffs.len() != manifest.layers().len() {
         return Err(OciError::Invalid {
             what: digest.to_string(),
@@ -300,11 +318,12 @@ pub fn layout(dir: &Path, tag: Option<&str>) -> Result<Source, OciError> {
             what: d.to_string(),
             why,
         })?;
-        // Open now so a blob that is a symlink leading out of the layout is refused.
+        // Open now so a blob that leads out of the layout, or is no file, is refused early.
         drop(open_beneath(dir, &d.blob_path())?);
         layers.push(Blob {
             name: d.to_string(),
-            path: dir.join(d.blob_path()),
+            path: d.blob_path(),
+            root: Some(dir.to_path_buf()),
             offset: 0,
             len: None,
             size: Some(layer.size()),
@@ -342,7 +361,7 @@ pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, Oc
         path: file.to_path_buf(),
         err: source,
     };
-    let mut f = File::open(file).map_err(io_err)?;
+    let mut f = super::blob::open_regular(None, file).map_err(io_err)?;
     // Members are read in place by offset, which a compressed archive does not allow.
     let compression = super::blob::detect(&mut io::BufReader::new(&mut f)).map_err(io_err)?;
     if compression != super::blob::Compression::None {
@@ -355,8 +374,8 @@ pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, Oc
     let mut members: HashMap<String, (u64, u64)> = HashMap::new();
     let mut small: HashMap<String, Vec<u8>> = HashMap::new();
     {
-        let mut archive = tar::Archive::new(&mut f);
-        for entry in archive.entries_with_seek().map_err(io_err)? {
+        let mut archive = super::guard::Archive::seekable(&mut f);
+        for entry in archive.entries().map_err(io_err)? {
             let mut entry = entry.map_err(io_err)?;
             let name = String::from_utf8_lossy(&entry.path_bytes())
                 .trim_start_matches("./")
@@ -469,6 +488,7 @@ pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, Oc
         layers.push(Blob {
             name: name.clone(),
             path: file.to_path_buf(),
+            root: None,
             offset,
             len: Some(len),
             size: Some(len),
@@ -484,7 +504,7 @@ pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, Oc
 
 /// A tarball (plain, gzip or zstd) as the single layer of an image without config.
 pub fn tarball(file: &Path) -> Result<Source, OciError> {
-    File::open(file).map_err(|source| OciError::Io {
+    super::blob::open_regular(None, file).map_err(|source| OciError::Io {
         path: file.to_path_buf(),
         err: source,
     })?;
@@ -493,6 +513,7 @@ pub fn tarball(file: &Path) -> Result<Source, OciError> {
         layers: vec![Blob {
             name: file.display().to_string(),
             path: file.to_path_buf(),
+            root: None,
             offset: 0,
             len: None,
             size: None,

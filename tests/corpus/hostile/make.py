@@ -30,6 +30,18 @@ def write(path, entries, fmt=tarfile.GNU_FORMAT):
             tar.addfile(info, io.BytesIO(data) if info.type == tarfile.REGTYPE else None)
 
 
+def raw(path, blocks):
+    """An archive written block by block, for headers tarfile would not write."""
+    with open(path, "wb") as f:
+        for b in blocks:
+            f.write(b + b"\0" * (-len(b) % tarfile.BLOCKSIZE))
+
+
+def header(name, kind, size):
+    info, _ = entry(name, kind, size=size)
+    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+
 DIR = tarfile.DIRTYPE
 SYM = tarfile.SYMTYPE
 LNK = tarfile.LNKTYPE
@@ -49,6 +61,14 @@ write("whiteout-dotdot.tar", [entry("d", DIR, mode=0o755), entry("d/.wh..", data
 write("huge-file.tar", [entry("big", size=1 << 40)])
 # A GNU long-name member claiming 1 TiB: the parser would buffer it whole.
 write("huge-longname.tar", [entry("././@LongLink", tarfile.GNUTYPE_LONGNAME, size=1 << 40)])
+# A 256-byte name: no Linux filesystem takes it, so extraction would fail; import refuses it.
+write("name-max.tar", [entry("d", DIR, mode=0o755), entry("d/" + "n" * 256, data=b"x")])
 # Two layers: layer 1 plants a symlink, layer 2 writes through it.
 write("symlink-parent-layer.1.tar", [entry("lib", SYM, link="/usr/lib")])
 write("symlink-parent-layer.2.tar", [entry("lib/escaped.so", data=b"x")])
+# Escape 7: two pax `size` records (the tar crate takes the first, 512; a guard that took
+# the last skipped 1 TiB), then a pax member claiming 3 GiB that the crate would buffer.
+SIZES = b"12 size=512\n22 size=1099511627776\n"
+raw("dual-pax.tar", [header("PaxHeaders/f", tarfile.XHDTYPE, len(SIZES)), SIZES,
+                     header("f", tarfile.REGTYPE, 0), b"f" * 512,
+                     header("PaxHeaders/huge", tarfile.XHDTYPE, 3 << 30)])
