@@ -18,10 +18,7 @@ use super::{ChunkId, Result, Store, StoreError, bcj, io_err};
 
 static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
 
-/// First byte of a chunk file whose bytes went through the x86 branch filter
-/// ([`bcj::encode`]) before zstd; the zstd frame follows. A chunk file without a filter
-/// is a bare zstd frame (its first byte is 0x28, the frame magic's).
-pub const FILTER_X86: u8 = 0x01;
+pub use super::format::FILTER_X86;
 
 /// Where a chunk's bytes are.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -349,7 +346,7 @@ fn for_each_loose(
             let name = name.to_string_lossy();
             if name.starts_with('.') {
                 f(None, &e)?;
-            } else if let Some(id) = name.strip_suffix(".zst").and_then(ChunkId::from_hex) {
+            } else if let Some(id) = name.strip_suffix(super::format::CHUNK_SUFFIX).and_then(ChunkId::from_hex) {
                 f(Some(id), &e)?;
             }
         }

@@ -8,13 +8,7 @@ use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-/// First bytes of every index file.
-pub const MAGIC: &[u8; 8] = b"WRNINDEX";
-/// The index format version this code writes. Version 1 (the same layout, in a store
-/// whose chunks are all bare zstd frames of at most 256 KiB) is read too; version 2 only
-/// tells a warren that knows version 1 alone, pulling from a newer store, that it cannot
-/// read its chunks (docs/FORMAT.md).
-pub const VERSION: u32 = 2;
+pub use super::format::{INDEX_MAGIC as MAGIC, INDEX_VERSION as VERSION};
 /// Header: magic, version, body length, BLAKE3 of the body.
 const HEADER_LEN: usize = 8 + 4 + 8 + 32;
 /// Refuse bodies that would decompress past this (an index of a huge image is ~100 MiB).

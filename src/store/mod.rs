@@ -25,6 +25,7 @@ pub mod busybox;
 pub mod chunker;
 pub mod chunks;
 pub mod extract;
+pub mod format;
 pub mod gc;
 pub mod index;
 pub mod oci;
@@ -44,16 +45,9 @@ pub use gc::{GcReport, Problem, VerifyReport};
 pub use index::{ChunkId, Entry, Index, IndexError, Kind, Timestamp};
 pub use writer::ImageWriter;
 
-/// The marker of a store meant to be served (`warren store push` writes one).
-pub const PUBLISHED: &str = "published";
+pub use format::{PUBLISHED, STORE_FORMAT, STORE_FORMATS_READ};
 const PUBLISHED_TEXT: &str = "This store is published: any user or web client that can reach it reads every file of every image in it, whatever the file's mode in the image.\n";
 
-/// Content of `STORE/format`.
-pub const STORE_FORMAT: &str = "warren-store 3\n";
-/// Older stores, read as they are: version 1 (no filtered chunks, smaller chunks),
-/// version 2 (loose chunks only). The first import or pull into one rewrites its format
-/// file to the current version (see docs/FORMAT.md).
-pub const STORE_FORMATS_READ: [&str; 2] = ["warren-store 1\n", "warren-store 2\n"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -321,7 +315,7 @@ impl ImageName {
 
     /// Path of the index relative to the store's `images/` dir.
     fn rel_path(&self) -> PathBuf {
-        Path::new(&self.name).join(format!("{}.idx", self.tag))
+        PathBuf::from(format::index_rel(&self.name, &self.tag))
     }
 }
 
@@ -349,7 +343,7 @@ impl Store {
     }
 
     fn open_as(dir: &Path, publish: bool) -> Result<Store> {
-        let format = dir.join("format");
+        let format = dir.join(format::FORMAT_FILE);
         let marker = dir.join(PUBLISHED);
         let published = publish || marker.exists();
         let store = Store {
@@ -426,7 +420,7 @@ impl Store {
     /// refuses the store rather than missing chunks or finding ones it cannot decode.
     /// Call with the store lock held.
     pub(crate) fn upgrade(&self) -> Result<()> {
-        let format = self.dir.join("format");
+        let format = self.dir.join(format::FORMAT_FILE);
         match fs::read_to_string(&format) {
             Ok(found) if STORE_FORMATS_READ.contains(&found.as_str()) => {
                 let packs = self.packs_dir();
@@ -449,11 +443,11 @@ impl Store {
     }
 
     pub(crate) fn chunks_dir(&self) -> PathBuf {
-        self.dir.join("chunks")
+        self.dir.join(format::CHUNKS_DIR)
     }
 
     pub(crate) fn packs_dir(&self) -> PathBuf {
-        self.dir.join("packs")
+        self.dir.join(format::PACKS_DIR)
     }
 
     /// Every chunk the store holds and where (take the store lock first if a gc may
@@ -463,13 +457,12 @@ impl Store {
     }
 
     pub(crate) fn images_dir(&self) -> PathBuf {
-        self.dir.join("images")
+        self.dir.join(format::IMAGES_DIR)
     }
 
     /// Where chunk `id` lives as a loose file.
     pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
-        let hex = id.to_string();
-        self.chunks_dir().join(&hex[..2]).join(format!("{hex}.zst"))
+        self.dir.join(format::chunk_rel(id))
     }
 
     /// Where the index of image `name` lives.
@@ -479,7 +472,7 @@ impl Store {
 
     /// Takes the store lock: shared for imports and extracts, exclusive for gc.
     pub(crate) fn lock(&self, exclusive: bool) -> Result<Flock<File>> {
-        let path = self.dir.join("lock");
+        let path = self.dir.join(format::LOCK_FILE);
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -563,7 +556,7 @@ impl Store {
                 let ft = e.file_type().map_err(io_err(e.path()))?;
                 if ft.is_dir() {
                     stack.push((e.path(), format!("{prefix}{fname}/")));
-                } else if let Some(tag) = fname.strip_suffix(".idx")
+                } else if let Some(tag) = fname.strip_suffix(format::INDEX_SUFFIX)
                     && !prefix.is_empty()
                 {
                     out.push(format!("{}:{tag}", &prefix[..prefix.len() - 1]));

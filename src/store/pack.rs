@@ -23,9 +23,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{ChunkId, Result, StoreError, io_err};
 
-const MAGIC: &[u8; 8] = b"wrnpack\0";
-const END_MAGIC: &[u8; 8] = b"wrnpend\0";
-const VERSION: u32 = 1;
+use super::format::{
+    PACK_END_MAGIC as END_MAGIC, PACK_MAGIC as MAGIC, PACK_SUFFIX, PACK_VERSION as VERSION,
+};
 const HEADER: u64 = 16;
 const ENTRY: usize = 36;
 const TRAILER: usize = 32;
@@ -260,7 +260,7 @@ impl PackWriter {
             let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
             if open.last().is_none_or(|p| p.end >= self.target) {
                 let tmp = self.dir.join(format!(
-                    ".{}.{}.pack.tmp",
+                    ".{}.{}{PACK_SUFFIX}.tmp",
                     std::process::id(),
                     NEXT_TMP.fetch_add(1, Ordering::Relaxed)
                 ));
@@ -321,7 +321,7 @@ impl PackWriter {
             table.extend_from_slice(&hash.as_bytes()[..8]);
             table.extend_from_slice(END_MAGIC);
             p.file.write_all_at(&table, p.end).map_err(io_err(&p.tmp))?;
-            let name = self.dir.join(format!("{}.pack", hash.to_hex()));
+            let name = self.dir.join(format!("{}{PACK_SUFFIX}", hash.to_hex()));
             done.push((p.tmp.clone(), name));
         }
         open.clear();
@@ -344,9 +344,7 @@ impl Drop for PackWriter {
     }
 }
 
-/// The file in `packs/` naming every published pack, one per line: what a client of a
-/// served store reads to find them (a web server need not list directories).
-pub const LIST: &str = "list";
+pub use super::format::PACK_LIST as LIST;
 
 /// Rewrites `dir`'s [`LIST`] from the directory, atomically, after packs were published
 /// or removed. Writers take turns by a lock on the directory, and each writes what it
@@ -375,7 +373,7 @@ pub fn update_list(dir: &Path) -> Result<()> {
 
 /// Whether `name` (a file name in `packs/`) is a published pack's.
 pub fn is_pack_name(name: &str) -> bool {
-    name.strip_suffix(".pack")
+    name.strip_suffix(PACK_SUFFIX)
         .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::store::index::{ChunkId, Index};
-use crate::store::{ImageName, Progress, Store, StoreError, chunker, chunks, pack};
+use crate::store::{ImageName, Progress, Store, StoreError, chunker, chunks, format, pack};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -91,12 +91,8 @@ fn base_url(url: &str) -> Result<String, RemoteError> {
 
 /// The index path of `name` relative to a store's root, as in its URL.
 fn index_rel(name: &ImageName) -> String {
-    format!("images/{}/{}.idx", name.name, name.tag)
-}
-
-fn chunk_rel(id: &ChunkId) -> String {
-    let hex = id.to_string();
-    format!("chunks/{}/{hex}.zst", &hex[..2])
+    let rel = format::index_rel(&name.name, &name.tag);
+    format!("{}/{rel}", format::IMAGES_DIR)
 }
 
 /// Part of a file to GET.
@@ -115,7 +111,7 @@ type RemotePacks = HashMap<ChunkId, (std::sync::Arc<str>, u64, u32)>;
 /// The chunks of every pack the server at `base` lists (none if it lists none: a store
 /// `push` wrote has loose chunks only). Each table is checked as a local one is.
 fn remote_packs(client: &Client, base: &str) -> Result<RemotePacks, RemoteError> {
-    let list_url = format!("{base}/packs/{}", pack::LIST);
+    let list_url = format!("{base}/{}/{}", format::PACKS_DIR, format::PACK_LIST);
     let list = match client.get(&list_url, Range::Whole, 64 << 20) {
         Ok(list) => list,
         Err(RemoteError::NotFound { .. }) => return Ok(HashMap::new()),
@@ -131,7 +127,7 @@ fn remote_packs(client: &Client, base: &str) -> Result<RemotePacks, RemoteError>
         if !pack::is_pack_name(name) {
             return Err(bad(&list_url, format!("{name:?} is not a pack's name")));
         }
-        let url: std::sync::Arc<str> = format!("{base}/packs/{name}").into();
+        let url: std::sync::Arc<str> = format!("{base}/{}/{name}", format::PACKS_DIR).into();
         let len = pack::TRAILER_LEN as u64;
         let trailer: [u8; pack::TRAILER_LEN] = client
             .get(&url, Range::Last(len), len)?
@@ -456,7 +452,7 @@ fn fetch_batch(
             (format!("{pack} at {at}"), data)
         }
         None => {
-            let url = format!("{base}/{}", chunk_rel(&batch.chunks[0].0));
+            let url = format!("{base}/{}", format::chunk_rel(&batch.chunks[0].0));
             let data = client.get(&url, Range::Whole, limit)?;
             (url, data)
         }
