@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
-use warren::store::writer;
+use warren::store::compress;
 use warren::store::{Kind, Store, bcj, chunker};
 
 fn main() -> anyhow::Result<()> {
@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     aligned.sort();
     // Each aligned file's class (known once its first chunk is read).
-    let mut class = vec![writer::Class::File; aligned.len()];
+    let mut class = vec![compress::Class::File; aligned.len()];
     let span_of = |at: u64| {
         let i = aligned.partition_point(|&(s, _)| s <= at);
         (i > 0 && at < aligned[i - 1].1).then(|| i - 1)
@@ -80,7 +80,7 @@ fn main() -> anyhow::Result<()> {
         if let Some(s) = span
             && aligned[s].0 == start
         {
-            class[s] = writer::file_class(&data, aligned[s].1 - aligned[s].0);
+            class[s] = compress::file_class(&data, aligned[s].1 - aligned[s].0);
         }
         // GROUP_KIB=N: consecutive chunks of one file compressed together, up to N KiB
         // (what bigger chunks for big files would give).
@@ -122,12 +122,12 @@ type Row<'a> = (u64, u64, BTreeMap<&'a str, (u64, f64)>);
 /// Compresses each pending (bytes, aligned-file span) with every spec, into `classes`.
 fn compress_all<'a>(
     pending: &mut Vec<(Vec<u8>, Option<usize>)>,
-    file_class: &[writer::Class],
+    file_class: &[compress::Class],
     classes: &mut BTreeMap<&'static str, Row<'a>>,
     ctxs: &mut [(&'a str, zstd::bulk::Compressor<'static>, bool)],
     filtered: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
-    use writer::Class;
+    use compress::Class;
     for (data, span) in pending.drain(..) {
         let class = span.map_or(Class::Packed, |s| file_class[s]);
         let x86 = class == Class::X86;
@@ -135,7 +135,7 @@ fn compress_all<'a>(
             Class::Packed => "packed small files",
             Class::X86 => "x86 ELF",
             Class::Bulk => "bulk",
-            Class::File if writer::looks_like_text(&data) => "text",
+            Class::File if compress::looks_like_text(&data) => "text",
             Class::File => "binary",
         };
         let row = classes.entry(class).or_default();

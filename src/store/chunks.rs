@@ -346,7 +346,10 @@ fn for_each_loose(
             let name = name.to_string_lossy();
             if name.starts_with('.') {
                 f(None, &e)?;
-            } else if let Some(id) = name.strip_suffix(super::format::CHUNK_SUFFIX).and_then(ChunkId::from_hex) {
+            } else if let Some(id) = name
+                .strip_suffix(super::format::CHUNK_SUFFIX)
+                .and_then(ChunkId::from_hex)
+            {
                 f(Some(id), &e)?;
             }
         }

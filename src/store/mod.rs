@@ -24,6 +24,7 @@ pub mod bcj;
 pub mod busybox;
 pub mod chunker;
 pub mod chunks;
+pub mod compress;
 pub mod extract;
 pub mod format;
 pub mod gc;
@@ -47,7 +48,6 @@ pub use writer::ImageWriter;
 
 pub use format::{PUBLISHED, STORE_FORMAT, STORE_FORMATS_READ};
 const PUBLISHED_TEXT: &str = "This store is published: any user or web client that can reach it reads every file of every image in it, whatever the file's mode in the image.\n";
-
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

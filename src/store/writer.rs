@@ -20,101 +20,14 @@ use std::thread::JoinHandle;
 
 use nix::fcntl::Flock;
 
-use super::bcj;
 use super::chunker::{self, Chunker};
+use super::compress::{ChunkCompressor, Class, file_class};
 use super::index::{ChunkRef, Record, normalize};
 use super::pack::PackWriter;
 use super::{
     ChunkId, Entry, ImageInfo, ImageName, Index, Kind, Progress, Result, Store, StoreError,
     Timestamp, chunks, io_err,
 };
-
-/// What a chunk holds, which decides how it is stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Class {
-    /// Packed small files.
-    Packed,
-    /// (Part of) a file of chunker::ALIGN bytes or more.
-    File,
-    /// (Part of) an x86-64 ELF file of chunker::ALIGN bytes or more: stored through the
-    /// x86 branch filter (`bcj`).
-    X86,
-    /// (Part of) a file of [`BULK`] bytes or more that is not x86-64 ELF.
-    Bulk,
-}
-
-/// Files this big are bulk data (package lists, databases, archives, logs): most of an
-/// image's bytes sit in a few of them and they rarely change between versions, so their
-/// chunks get the fastest level, where a higher one would cost most of the import's CPU
-/// for a small share of its size.
-pub const BULK: u64 = 4 << 20;
-
-/// zstd level for chunks of packed small files (config files, scripts, small text:
-/// where a high level pays, and a small share of the bytes).
-pub const LEVEL_PACKED: i32 = 8;
-/// zstd level for chunks of larger files that look like text (sources, lists, docs):
-/// on them level 6 compresses as well as 8 (better, on Debian's package lists).
-pub const LEVEL_TEXT: i32 = 6;
-/// zstd level for chunks of larger files that look like binaries but are not x86-64 ELF
-/// (data, message catalogs, and compressed files, which zstd detects and stores cheaply
-/// at any level): higher levels gain ~1% of their size for 2-3x the CPU.
-pub const LEVEL_BINARY: i32 = 3;
-/// zstd level for chunks of x86-64 ELF files, after the branch filter: with it level 3
-/// stores code about as small as level 7 without it, for less than half the CPU.
-pub const LEVEL_X86: i32 = 3;
-/// zstd level for chunks of bulk files.
-pub const LEVEL_BULK: i32 = 1;
-
-/// Whether `data` looks like text: at most 1% of every 4th byte outside printable
-/// ASCII, tab, newline, return.
-pub fn looks_like_text(data: &[u8]) -> bool {
-    const fn odd_bytes() -> [bool; 256] {
-        let mut t = [false; 256];
-        let mut b = 0;
-        while b < 256 {
-            t[b] = b >= 0x7f || (b < 0x20 && b != 9 && b != 10 && b != 13);
-            b += 1;
-        }
-        t
-    }
-    const ODD: [bool; 256] = odd_bytes();
-    let sampled = data.len().div_ceil(4);
-    let mut odd = 0usize;
-    for (i, &b) in data.iter().step_by(4).enumerate() {
-        odd += usize::from(ODD[usize::from(b)]);
-        // Binary data gives up within its first few hundred samples.
-        if i & 63 == 63 && odd * 100 > sampled {
-            return false;
-        }
-    }
-    odd * 100 <= sampled
-}
-
-/// The zstd level for a new chunk of class `class`; for a [`Class::File`] chunk, by
-/// whether its bytes look like text. Tuned on a Debian image and a new version of it to
-/// keep the store at most casync's size and a new version's additions at most 0.8x
-/// casync's for the least CPU (docs/BENCHMARKS.md). Readers do not care: any level
-/// decodes the same way.
-pub fn level_for(data: &[u8], class: Class) -> i32 {
-    match class {
-        Class::Packed => LEVEL_PACKED,
-        Class::X86 => LEVEL_X86,
-        Class::Bulk => LEVEL_BULK,
-        Class::File if looks_like_text(data) => LEVEL_TEXT,
-        Class::File => LEVEL_BINARY,
-    }
-}
-
-/// The class of a file of `size` bytes (at least chunker::ALIGN) that starts with `head`.
-pub fn file_class(head: &[u8], size: u64) -> Class {
-    if bcj::is_x86_64_elf(head) {
-        Class::X86
-    } else if size >= BULK {
-        Class::Bulk
-    } else {
-        Class::File
-    }
-}
 
 /// Chunk buffers queued for the writer threads or being compressed take at most this
 /// much memory (by capacity; a single bigger chunk still goes). Deep enough that the
@@ -678,8 +591,7 @@ fn emit(
 
 /// Compresses and writes queued chunks the store does not already have.
 fn worker(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
-    // One context per level in use (switching a context's level reallocates its tables).
-    let mut compressors: Vec<(i32, zstd::bulk::Compressor<'static>)> = Vec::new();
+    let mut compressor = ChunkCompressor::default();
     // The chunk file's bytes: filter header, zstd frame. Reused from chunk to chunk.
     let mut out = Vec::new();
     loop {
@@ -690,7 +602,7 @@ fn worker(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
         };
         // After a failure, keep draining so the producer never blocks forever.
         if !shared.failed()
-            && let Err(e) = store_chunk(shared, &mut compressors, &mut out, id, &mut data, class)
+            && let Err(e) = store_chunk(shared, &mut compressor, &mut out, id, &mut data, class)
         {
             shared.fail(e);
         }
@@ -706,7 +618,7 @@ fn worker(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
 /// (then it is reused: the lock we hold keeps gc from removing it).
 fn store_chunk(
     shared: &Shared,
-    compressors: &mut Vec<(i32, zstd::bulk::Compressor<'static>)>,
+    compressor: &mut ChunkCompressor,
     out: &mut Vec<u8>,
     id: ChunkId,
     data: &mut [u8],
@@ -715,31 +627,8 @@ fn store_chunk(
     if shared.stored.contains(&id) {
         return Ok(());
     }
-    let level = level_for(data, class);
-    let at = match compressors.iter().position(|(l, _)| *l == level) {
-        Some(at) => at,
-        None => {
-            let c = new_compressor(level).map_err(io_err("zstd compressor"))?;
-            compressors.push((level, c));
-            compressors.len() - 1
-        }
-    };
-    let header = match class {
-        Class::X86 => {
-            bcj::encode(data);
-            &[chunks::FILTER_X86][..]
-        }
-        Class::Packed | Class::File | Class::Bulk => &[][..],
-    };
-    out.clear();
-    out.extend_from_slice(header);
-    out.reserve(zstd::zstd_safe::compress_bound(data.len()));
-    // The frame goes right after the header, into spare capacity (no zero-filling).
-    let mut frame = std::io::Cursor::new(&mut *out);
-    frame.set_position(header.len() as u64);
-    compressors[at]
-        .1
-        .compress_to_buffer(data, &mut frame)
+    compressor
+        .encode(data, class, out)
         .map_err(io_err(format!("zstd compressing chunk {id}")))?;
     shared.packs.append(id, out)?;
     let p = &shared.progress;
@@ -749,43 +638,9 @@ fn store_chunk(
     Ok(())
 }
 
-/// A compression context for chunks: no checksum (the chunk id is a BLAKE3 hash of the
-/// bytes, which every reader checks), the content size recorded.
-fn new_compressor(level: i32) -> std::io::Result<zstd::bulk::Compressor<'static>> {
-    let mut c = zstd::bulk::Compressor::new(level)?;
-    c.include_checksum(false)?;
-    Ok(c)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn level_by_chunk_class() {
-        let text = b"def main():\n\treturn 0  # a comment\r\n".repeat(2000);
-        let mut binary = text.clone();
-        for b in binary.iter_mut().step_by(40) {
-            *b = 0; // 2.5% of the bytes
-        }
-        assert_eq!(level_for(&text, Class::File), LEVEL_TEXT);
-        assert_eq!(level_for(&binary, Class::File), LEVEL_BINARY);
-        assert_eq!(level_for(&binary, Class::Packed), LEVEL_PACKED);
-        assert_eq!(level_for(&text, Class::Packed), LEVEL_PACKED);
-        assert_eq!(level_for(&text, Class::X86), LEVEL_X86);
-        assert_eq!(level_for(&text, Class::Bulk), LEVEL_BULK);
-        assert_eq!(level_for(&binary, Class::Bulk), LEVEL_BULK);
-    }
-
-    #[test]
-    fn file_class_by_content_then_size() {
-        let elf = fs::read("/proc/self/exe").unwrap();
-        let text = b"Package: x\nVersion: 1\n".repeat(100);
-        assert_eq!(file_class(&elf, BULK), Class::X86);
-        assert_eq!(file_class(&elf, 4096), Class::X86);
-        assert_eq!(file_class(&text, BULK - 1), Class::File);
-        assert_eq!(file_class(&text, BULK), Class::Bulk);
-    }
 
     /// An x86-64 ELF file's chunks are stored filtered, anything else's as bare frames,
     /// and both come back byte for byte; a version-1 store is upgraded by the import and
@@ -844,7 +699,7 @@ mod tests {
                 b => panic!("chunk file starts with {b:#x}"),
             }
         }
-        if bcj::is_x86_64_elf(&elf) {
+        if super::super::bcj::is_x86_64_elf(&elf) {
             assert!(
                 filtered >= 2 && bare >= 3,
                 "{filtered} filtered, {bare} bare"
