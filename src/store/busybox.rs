@@ -16,8 +16,7 @@ use crate::store::{Entry, ImageInfo, Kind, Store, Timestamp};
 /// Where Debian's `busybox-static` installs the binary.
 pub const DEFAULT_BUSYBOX: &str = "/bin/busybox";
 
-/// The PATH every image built here defaults to.
-pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub use crate::store::imageconfig::DEFAULT_PATH;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusyboxError {
@@ -202,7 +201,7 @@ pub fn import(store: &Store, name: &str, busybox: &Path) -> Result<ImageInfo, Bu
 /// The OCI image config JSON of the busybox image.
 pub fn busybox_config() -> Vec<u8> {
     let config = serde_json::json!({
-        "architecture": crate::store::oci::go_arch(),
+        "architecture": crate::store::imageconfig::go_arch(),
         "os": "linux",
         "config": {
             "Cmd": ["/bin/sh"],

@@ -28,6 +28,7 @@ pub mod compress;
 pub mod extract;
 pub mod format;
 pub mod gc;
+pub mod imageconfig;
 pub mod index;
 pub mod oci;
 pub mod pack;

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 
 use crate::store::{Entry, ImageInfo, Kind, Store, StoreError, Timestamp};
 
+pub use super::imageconfig::{go_arch, minimal_config};
 pub use export::export;
 pub use layer::Limits;
 use layer::{Meta, NodeKind};
@@ -95,29 +96,6 @@ pub struct ImportOptions {
     pub limits: Limits,
     /// Counters to watch (bytes and files added), as for the store's own imports.
     pub progress: Option<std::sync::Arc<crate::store::Progress>>,
-}
-
-/// The GOARCH name of this machine (what OCI configs and platforms use).
-pub fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        "loongarch64" => "loong64",
-        other => other,
-    }
-}
-
-/// A config for images that come without one: this platform, `Env PATH`, `Cmd /bin/sh`.
-pub fn minimal_config() -> Vec<u8> {
-    let config = serde_json::json!({
-        "architecture": go_arch(),
-        "os": "linux",
-        "config": { "Env": [crate::store::busybox::DEFAULT_PATH], "Cmd": ["/bin/sh"] },
-        "rootfs": { "type": "layers", "diff_ids": [] },
-    });
-    serde_json::to_vec_pretty(&config).unwrap_or_default()
 }
 
 /// Imports `source` into `store` as image `name` (`NAME[:TAG]`). `source` is
