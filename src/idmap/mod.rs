@@ -1,8 +1,9 @@
 //! uid/gid ranges: parsing and mapping ([`range`]), the subordinate id files
 //! ([`subid`]), where blocks come from ([`pool`]), per-container reservations
-//! ([`alloc`]), re-owning trees ([`shift`]) and the xattrs that carry ids ([`xattr`]).
+//! ([`alloc`]), re-owning trees ([`shift`]), setting an entry's metadata by name ([`meta`]) and the xattrs that carry ids ([`xattr`]).
 
 pub mod alloc;
+pub mod meta;
 pub mod pool;
 pub mod range;
 pub mod shift;

@@ -9,6 +9,7 @@
 //! shifted after it. Entries already owned right cost the `statx` only, so a second run
 //! changes nothing. Directories are walked in parallel (rayon).
 
+pub use super::meta::{Meta, set_meta_at};
 use super::range::{RangeError, Shift};
 use super::xattr::{self, XattrError};
 use crate::sys;
@@ -536,81 +537,5 @@ impl Walker<'_> {
             return Err(e);
         }
         Ok(Some((from, to)))
-    }
-}
-
-/// What [`set_meta_at`] gives an entry (ids and xattr values already shifted).
-#[derive(Clone, Copy, Debug)]
-pub struct Meta<'a> {
-    pub uid: u32,
-    pub gid: u32,
-    /// `st_mode`: its type says whether there is a mode to set (a symlink has none).
-    pub mode: u32,
-    pub atime: nix::sys::time::TimeSpec,
-    pub mtime: nix::sys::time::TimeSpec,
-    pub xattrs: &'a [(std::ffi::CString, Vec<u8>)],
-}
-
-/// Sets owner, xattrs, mode and times of `name` in `dir`, in that order (chown clears
-/// setuid bits and capabilities), never following a symlink: one found where `meta` says
-/// there is none fails the chmod instead of changing the link's target.
-pub fn set_meta_at(dir: BorrowedFd<'_>, name: &OsStr, meta: &Meta<'_>) -> io::Result<()> {
-    let step =
-        |call: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{call}: {e}"));
-    nix::unistd::fchownat(
-        dir,
-        name,
-        Some(Uid::from_raw(meta.uid)),
-        Some(Gid::from_raw(meta.gid)),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .map_err(|e| step("chown")(e.into()))?;
-    for (attr, value) in meta.xattrs {
-        sys::lsetxattr_at(dir, name, attr, value).map_err(step("setxattr"))?;
-    }
-    if meta.mode & libc::S_IFMT != libc::S_IFLNK {
-        let cname = sys::cstr(name)?;
-        sys::fchmodat_nofollow(dir, &cname, meta.mode & 0o7777).map_err(step("chmod"))?;
-    }
-    nix::sys::stat::utimensat(
-        dir,
-        name,
-        &meta.atime,
-        &meta.mtime,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(|e| step("utimensat")(e.into()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-
-    #[test]
-    fn set_meta_at_never_follows_a_symlink() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let target = tmp.path().join("target");
-        std::fs::write(&target, b"x").expect("write");
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        std::os::unix::fs::symlink(&target, tmp.path().join("link")).expect("symlink");
-        let dir = std::fs::File::open(tmp.path()).expect("open");
-        let t = nix::sys::time::TimeSpec::new(1, 0);
-        let meta = Meta {
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-            mode: libc::S_IFREG | 0o666,
-            atime: t,
-            mtime: t,
-            xattrs: &[],
-        };
-        assert!(set_meta_at(dir.as_fd(), OsStr::new("link"), &meta).is_err());
-        let st = std::fs::metadata(&target).expect("stat");
-        assert_eq!(st.mode() & 0o7777, 0o600, "chmod through the link");
-        assert_ne!(st.mtime(), 1, "times set through the link");
-        // The same call on a regular file sets everything.
-        set_meta_at(dir.as_fd(), OsStr::new("target"), &meta).expect("set_meta_at");
-        let st = std::fs::metadata(&target).expect("stat");
-        assert_eq!((st.mode() & 0o7777, st.mtime()), (0o666, 1));
     }
 }

@@ -553,7 +553,7 @@ fn set_meta(
         mtime: TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
         xattrs: &shifted,
     };
-    shift::set_meta_at(dst, dname, &meta).map_err(dst_err)?;
+    shift::set_meta_at(dst, dname, &meta).map_err(|e| dst_err(e.into()))?;
     Ok(changed)
 }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
+use nix::sys::stat::{Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 use rayon::prelude::*;
@@ -22,6 +22,7 @@ use super::chunks::Durability;
 use super::index::Record;
 use super::{Entry, Index, Kind, Progress, Result, Store, StoreError, chunks, io_err, nix_err};
 use crate::idmap::range::Shift;
+use crate::idmap::meta::{self, Meta, Step};
 use crate::idmap::xattr;
 use crate::sys;
 
@@ -469,26 +470,27 @@ impl<'a> Ctx<'a> {
     ) -> Result<()> {
         let shown = self.shown(&e.path);
         let (uid, gid) = self.ids(e)?;
-        nix::unistd::fchownat(
-            dir,
-            name,
-            Some(Uid::from_raw(uid)),
-            Some(Gid::from_raw(gid)),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(|err| chown_err(&shown, uid, gid, err))?;
-        for (attr, value) in self.xattrs(e)? {
-            sys::lsetxattr_at(dir, name, &attr, &value)
-                .map_err(|err| xattr_err(&shown, &attr, err))?;
-        }
-        if !symlink {
-            // We just created this node, but never follow a link put in its place.
-            let cname = sys::cstr(name).map_err(io_err(&shown))?;
-            sys::fchmodat_nofollow(dir, &cname, e.mode & 0o7777).map_err(io_err(&shown))?;
-        }
+        let xattrs = self.xattrs(e)?;
         let t = timespec(e);
-        nix::sys::stat::utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink)
-            .map_err(nix_err(&shown))
+        // We just created this node, but never follow a link put in its place: a symlink
+        // where `e` says there is none fails the chmod.
+        let kind = if symlink { libc::S_IFLNK } else { 0 };
+        let meta = Meta {
+            uid,
+            gid,
+            mode: kind | (e.mode & 0o7777),
+            atime: t,
+            mtime: t,
+            xattrs: &xattrs,
+        };
+        meta::set_meta_at(dir, name, &meta).map_err(|err| match err.step {
+            Step::Chown => {
+                let errno = err.source.raw_os_error().unwrap_or(libc::EIO);
+                chown_err(&shown, uid, gid, nix::errno::Errno::from_raw(errno))
+            }
+            Step::Xattr(i) => xattr_err(&shown, &xattrs[i].0, err.source),
+            Step::Chmod | Step::Times => io_err(&shown)(err.source),
+        })
     }
 }
 
