@@ -15,6 +15,7 @@ pub mod runtime;
 pub mod store;
 pub mod sys;
 pub mod systemd;
+pub mod tree;
 
 /// One line for an error and its causes, like anyhow's `{:#}`, leaving out a cause whose
 /// text the message before it already ends with (warren's errors name their cause in

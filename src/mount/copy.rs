@@ -22,11 +22,10 @@ use crate::idmap::range::Shift;
 use crate::idmap::shift::{self, Meta};
 use crate::idmap::xattr;
 use crate::sys;
-use nix::dir::{Dir, Type};
+use nix::dir::Dir;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
-use nix::unistd::UnlinkatFlags;
 use rayon::prelude::*;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -292,7 +291,7 @@ impl Copier<'_> {
                     .is_some_and(|v| v == b"y");
             // Replace what a lower layer put here, unless both are directories to merge.
             if existing.is_some() && !(kind == SFlag::S_IFDIR && existing_dir && !opaque) {
-                remove_at(dst.as_fd(), name, existing_dir).map_err(|source| CopyError::Io {
+                crate::tree::remove_tree_at(dst.as_fd(), name).map_err(|source| CopyError::Io {
                     path: dpath.clone(),
                     source,
                 })?;
@@ -559,39 +558,6 @@ fn set_meta(
 
 fn kind_of(st: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
-}
-
-/// Removes `name` in `dir` and, for a directory, everything under it, through dir fds and
-/// never following a symlink, so a link swapped into the copy's path cannot redirect it.
-fn remove_at(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> io::Result<()> {
-    if !is_dir {
-        return Ok(nix::unistd::unlinkat(
-            dir,
-            name,
-            UnlinkatFlags::NoRemoveDir,
-        )?);
-    }
-    let fd = nix::fcntl::openat(dir, name, dir_flags(), Mode::empty())?;
-    let mut children = Vec::new();
-    for entry in Dir::from_fd(fd.try_clone()?)?.iter() {
-        let entry = entry?;
-        let child = OsStr::from_bytes(entry.file_name().to_bytes());
-        if child == "." || child == ".." {
-            continue;
-        }
-        let child_dir = match entry.file_type() {
-            Some(t) => t == Type::Directory,
-            None => {
-                let st = nix::sys::stat::fstatat(&fd, child, AtFlags::AT_SYMLINK_NOFOLLOW)?;
-                kind_of(&st) == SFlag::S_IFDIR
-            }
-        };
-        children.push((child.to_os_string(), child_dir));
-    }
-    for (child, child_dir) in children {
-        remove_at(fd.as_fd(), &child, child_dir)?;
-    }
-    Ok(nix::unistd::unlinkat(dir, name, UnlinkatFlags::RemoveDir)?)
 }
 
 /// One entry's metadata, read from the source, to apply later.

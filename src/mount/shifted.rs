@@ -495,7 +495,7 @@ fn mount_method(
                     .map_err(MountError::from)
                     .and_then(|mnt| attach_view(spec, mnt.as_fd()))
                 {
-                    let _ = std::fs::remove_dir_all(&overlay.upper);
+                    let _ = crate::tree::remove_tree(&overlay.upper);
                     return Err(e);
                 }
                 finish(spec, new_record(State::Shifted))?;
@@ -772,7 +772,7 @@ fn fresh_copy(
 ) -> Result<u64, MountError> {
     for stale in [tmp, view] {
         if stale.exists() {
-            std::fs::remove_dir_all(stale).map_err(io_at(stale))?;
+            crate::tree::remove_tree(stale).map_err(io_at(stale))?;
         }
     }
     match copy::copy_shifted(lowers, tmp, shift, progress) {
@@ -781,7 +781,7 @@ fn fresh_copy(
             Ok(report.shifted)
         }
         Err(e) => {
-            let _ = std::fs::remove_dir_all(tmp);
+            let _ = crate::tree::remove_tree(tmp);
             Err(e.into())
         }
     }
@@ -797,7 +797,7 @@ fn metacopy_upper(
     let tmp = spec.intermediate.join("upper.tmp");
     make_dirs(&[&spec.intermediate])?;
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_at(&tmp))?;
+        crate::tree::remove_tree(&tmp).map_err(io_at(&tmp))?;
     }
     match copy::metacopy_upper(&spec.lowers, &tmp, spec.shift, progress) {
         Ok(report) => {
@@ -805,7 +805,7 @@ fn metacopy_upper(
             Ok(report.shifted)
         }
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
+            let _ = crate::tree::remove_tree(&tmp);
             // An upper filesystem without trusted xattrs cannot hold a metacopy overlay.
             match e {
                 CopyError::Io { source, .. } if source.kind() == io::ErrorKind::Unsupported => {
@@ -840,7 +840,7 @@ fn rootless_copy(
         in_ns(&|_| {
             for stale in [&tmp, view] {
                 if stale.exists() {
-                    std::fs::remove_dir_all(stale)
+                    crate::tree::remove_tree(stale)
                         .map_err(|e| format!("{}: {e}", stale.display()))?;
                 }
             }
@@ -848,7 +848,7 @@ fn rootless_copy(
         })?;
     }
     let plan = copy::copy_deferred(&spec.lowers, &tmp, progress).inspect_err(|_| {
-        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = crate::tree::remove_tree(&tmp);
     })?;
     in_ns(&|inside| {
         let applied = copy::apply_plan(&tmp, &plan, inside, spec.shift).and_then(|n| {
@@ -860,7 +860,7 @@ fn rootless_copy(
                 })
         });
         applied.map_err(|e| {
-            let _ = std::fs::remove_dir_all(&tmp);
+            let _ = crate::tree::remove_tree(&tmp);
             e.to_string()
         })
     })

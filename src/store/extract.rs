@@ -21,8 +21,8 @@ use rayon::prelude::*;
 use super::chunks::Durability;
 use super::index::Record;
 use super::{Entry, Index, Kind, Progress, Result, Store, StoreError, chunks, io_err, nix_err};
-use crate::idmap::range::Shift;
 use crate::idmap::meta::{self, Meta, Step};
+use crate::idmap::range::Shift;
 use crate::idmap::xattr;
 use crate::sys;
 
@@ -165,7 +165,7 @@ fn extract_durably(
         Ok(())
     })();
     if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&partial);
+        let _ = crate::tree::remove_tree(&partial);
         return Err(e);
     }
     Ok(ExtractReport {
