@@ -172,12 +172,18 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
+    /// A directory `name` in `tmp` holding a file `keep`, for links to point at.
+    fn kept_dir(tmp: &tempfile::TempDir, name: &str) -> PathBuf {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::write(dir.join("keep"), b"x").expect("write");
+        dir
+    }
+
     #[test]
     fn removes_a_tree_and_never_what_a_symlink_in_it_points_to() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let outside = tmp.path().join("outside");
-        std::fs::create_dir(&outside).expect("mkdir");
-        std::fs::write(outside.join("keep"), b"x").expect("write");
+        let outside = kept_dir(&tmp, "outside");
         let tree = tmp.path().join("tree");
         std::fs::create_dir_all(tree.join("a/b/c")).expect("mkdir");
         std::fs::write(tree.join("a/b/c/f"), b"x").expect("write");
@@ -195,9 +201,7 @@ mod tests {
     #[test]
     fn a_symlink_given_as_the_tree_is_removed_not_followed() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let target = tmp.path().join("target");
-        std::fs::create_dir(&target).expect("mkdir");
-        std::fs::write(target.join("keep"), b"x").expect("write");
+        let target = kept_dir(&tmp, "target");
         let link = tmp.path().join("link");
         symlink(&target, &link).expect("symlink");
         remove_tree(&link).expect("remove_tree");
