@@ -18,16 +18,21 @@
 //! the container's seccomp filter, cgroups and the process's limits before it runs.
 
 pub mod caps;
+mod child;
+mod error;
 pub mod exe;
 pub mod hooks;
 pub mod init;
+mod protocol;
 pub mod rootfs;
 pub mod spec;
 pub mod state;
 pub mod userns;
 
-use init::{CArray, Fail, Init, Msg, Step, tag};
+pub use error::{ConfigError, Error};
+use init::{CArray, Init};
 use oci_spec::runtime::{ContainerState, LinuxNamespaceType, PosixRlimitType, Process, Spec};
+use protocol::{Fail, Msg, Step, tag};
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
@@ -35,77 +40,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
 pub use state::Record;
-
-/// Errors of the container layer; each names the container, file or config field.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("invalid config {file}: {reason}")]
-    Config { file: PathBuf, reason: String },
-    #[error("invalid container ID {0:?}: use letters, digits and _+-.")]
-    InvalidId(String),
-    #[error("container {0} already exists")]
-    Exists(String),
-    #[error("container {0} does not exist")]
-    NotFound(String),
-    #[error("container {id} is {status}: cannot {op}")]
-    BadState {
-        id: String,
-        status: ContainerState,
-        op: &'static str,
-    },
-    #[error("rootfs {0} does not exist or is not a directory")]
-    RootfsMissing(PathBuf),
-    #[error("unknown signal {0:?}")]
-    UnknownSignal(String),
-    #[error("user namespace: {0}")]
-    UserNamespace(String),
-    #[error("container init failed: {what}: {errno}")]
-    Init {
-        what: String,
-        errno: nix::errno::Errno,
-    },
-    #[error("container init died during {0}")]
-    InitDied(&'static str),
-    #[error("{kind} hook {index} ({path}): {reason}")]
-    Hook {
-        kind: String,
-        index: usize,
-        path: PathBuf,
-        reason: String,
-    },
-    #[error("corrupt state {file}: {reason}")]
-    Corrupt { file: PathBuf, reason: String },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Cgroup(#[from] cgroup::CgroupError),
-    #[error(transparent)]
-    Seccomp(#[from] seccomp::SeccompError),
-    #[error("container {0} was not started by this process: its exit status is unknown")]
-    NotChild(String),
-    #[error(
-        "the runtime binary {exe} would be writable from the container ({reason}; \
-         CVE-2019-5736): call warren::container::exe::reexec_sealed() first thing in main"
-    )]
-    ExposedBinary { exe: PathBuf, reason: String },
-}
-
-impl Error {
-    fn config(field: &str, reason: impl std::fmt::Display) -> Error {
-        Error::Config {
-            file: PathBuf::from("config.json"),
-            reason: format!("field `{field}`: {reason}"),
-        }
-    }
-    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-        let what = what.into();
-        move |source| Error::Io { what, source }
-    }
-}
 
 /// How to create a container beyond its [`Spec`].
 #[derive(Debug, Default)]
@@ -1004,7 +938,7 @@ fn expect(
     init: &Init,
     during: &'static str,
 ) -> Result<Option<Msg>, Error> {
-    match init::recv(sock.as_raw_fd()) {
+    match protocol::recv(sock.as_raw_fd()) {
         Ok(Some(m)) if m.tag == tag::FAIL => Err(describe(Fail::from_msg(m), plan, init)),
         Ok(m) => Ok(m),
         Err(_) => Err(Error::InitDied(during)),
@@ -1012,7 +946,7 @@ fn expect(
 }
 
 fn send(sock: &OwnedFd, t: u32) -> Result<(), Error> {
-    init::send(
+    protocol::send(
         sock.as_raw_fd(),
         Msg {
             tag: t,

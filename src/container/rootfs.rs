@@ -10,8 +10,9 @@
 //! replaces a sysfs a user namespace may not mount, are read-only all the way down.
 
 use super::cgroup::MountView;
-use super::init::{Fail, Step};
-use super::spec::ConfigError;
+use super::child::{FdPath, close, errno, last_errno, mount, write_file};
+use super::error::ConfigError;
+use super::protocol::{Fail, Step};
 use crate::sys::{self, RESOLVE_IN_ROOT};
 use libc::c_ulong;
 use oci_spec::runtime::{LinuxDeviceType, Spec};
@@ -77,37 +78,6 @@ impl Inside {
             make(root, step, file && i + 1 == n)?;
         }
         sys::openat2_raw(root, &self.rel, libc::O_PATH, 0, RESOLVE_IN_ROOT).map_err(errno)
-    }
-}
-
-/// `/proc/self/fd/N` in a stack buffer, the way to name an `O_PATH` fd to mount(2).
-pub struct FdPath([u8; 32]);
-
-impl FdPath {
-    pub fn new(fd: RawFd) -> FdPath {
-        let mut buf = [0u8; 32];
-        let prefix = b"/proc/self/fd/";
-        buf[..prefix.len()].copy_from_slice(prefix);
-        let mut digits = [0u8; 12];
-        let mut n = fd.max(0) as u32;
-        let mut len = 0;
-        loop {
-            digits[len] = b'0' + (n % 10) as u8;
-            len += 1;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        for i in 0..len {
-            buf[prefix.len() + i] = digits[len - 1 - i];
-        }
-        FdPath(buf)
-    }
-
-    pub fn as_cstr(&self) -> &CStr {
-        // The buffer always holds a NUL after the digits.
-        CStr::from_bytes_until_nul(&self.0).unwrap_or(c"/")
     }
 }
 
@@ -1005,43 +975,6 @@ fn make(
     Ok(())
 }
 
-/// The calling thread's errno.
-pub fn last_errno() -> i32 {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
-}
-
-pub fn errno(e: std::io::Error) -> i32 {
-    e.raw_os_error().unwrap_or(libc::EIO)
-}
-
-pub fn close(fd: RawFd) {
-    // SAFETY: closing an fd this code opened and no longer uses.
-    unsafe { libc::close(fd) };
-}
-
-/// mount(2) on prepared C strings; the errno on failure.
-pub fn mount(
-    source: Option<&CStr>,
-    target: &CStr,
-    fstype: Option<&CStr>,
-    flags: c_ulong,
-    data: Option<&CStr>,
-) -> Result<(), i32> {
-    // SAFETY: valid C strings or NULL, as mount(2) allows.
-    let r = unsafe {
-        libc::mount(
-            source.map_or(std::ptr::null(), CStr::as_ptr),
-            target.as_ptr(),
-            fstype.map_or(std::ptr::null(), CStr::as_ptr),
-            flags,
-            data.map_or(std::ptr::null(), |d| d.as_ptr().cast()),
-        )
-    };
-    if r < 0 { Err(last_errno()) } else { Ok(()) }
-}
-
 /// Flags the kernel locks on a mount made in a less privileged user namespace: a remount
 /// must repeat them or fail with EPERM.
 fn locked_flags(fd: RawFd) -> c_ulong {
@@ -1161,18 +1094,4 @@ fn mask(path: &CStr) -> Result<(), i32> {
     } else {
         mount(Some(c"/dev/null"), path, None, libc::MS_BIND, None)
     }
-}
-
-/// Writes `data` to an existing file.
-pub fn write_file(path: &CStr, data: &[u8]) -> Result<(), i32> {
-    // SAFETY: valid C string.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(last_errno());
-    }
-    // SAFETY: valid fd and buffer of the given length.
-    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-    let e = last_errno();
-    close(fd);
-    if n < 0 { Err(e) } else { Ok(()) }
 }

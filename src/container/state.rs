@@ -2,8 +2,8 @@
 //! `exec.fifo` while created-but-not-started, and a `flock` on the directory held while
 //! the container is being created or changed, so a crashed runtime never blocks the ID.
 
-use super::Error;
 use super::cgroup::Cgroup;
+use super::error::Error;
 use oci_spec::runtime::{ContainerState, Hooks};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
