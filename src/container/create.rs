@@ -11,10 +11,10 @@ use super::error::Error;
 use super::exe;
 use super::hooks;
 use super::init::Init;
+use super::process::compile_seccomp;
 use super::process::{apply_limits, process_plan, start_hooks, wait_pidfd};
 use super::protocol::{Msg, tag};
 use super::rootfs::{self, Plan};
-use super::seccomp;
 use super::spawn::{console_for, expect, ns_info, open_ns, send, spawn};
 use super::spec;
 use super::state::{self, Record, State};
@@ -136,10 +136,7 @@ fn create_in(
     let maps = id_maps(&linux, ns.new_userns)?;
     // Our clone children show the runtime binary as /proc/PID/exe: no container process
     // may be able to write it (a user namespace joined by path has maps we cannot see).
-    let uid_ranges: Option<Vec<(u32, u32)>> = maps
-        .as_ref()
-        .map(|m| m.uid.iter().map(|r| (r.host, r.size)).collect());
-    exe::check(uid_ranges.as_deref())?;
+    exe::check(maps.as_ref().map(uid_ranges).as_deref())?;
     let cgroups = make_cgroup(dir, record, spec, &linux, &ns)?;
     let plan = Plan::new(
         spec,
@@ -155,20 +152,13 @@ fn create_in(
     let setgroups = !maps.as_ref().is_some_and(|m| m.deny_setgroups);
     let mut proc_plan = process_plan(&process, setgroups)?;
     proc_plan.init = opts.init;
-    let seccomp = match linux.seccomp() {
-        Some(profile) => Some(seccomp::compile(profile)?),
-        None => None,
-    };
+    let seccomp = compile_seccomp(linux.seccomp().as_ref())?;
     let console = console_for(
         &proc_plan,
         &mut opts.console_fd,
         opts.console_socket.as_deref(),
     )?;
-    let fifo = if opts.start {
-        None
-    } else {
-        Some(exec_fifo(dir)?)
-    };
+    let fifo = (!opts.start).then(|| exec_fifo(dir)).transpose()?;
     let (hostname, domainname) = names(spec, ns.uts)?;
     let hooks = spec.hooks().as_ref();
     let pid_joined = ns.pid_joined;
@@ -357,6 +347,11 @@ fn id_maps(linux: &Linux, new_userns: bool) -> Result<Option<userns::Maps>, Erro
         tracing::warn!("{w}");
     }
     Ok(Some(maps))
+}
+
+/// The host uid ranges `(first, count)` of `maps`.
+fn uid_ranges(maps: &userns::Maps) -> Vec<(u32, u32)> {
+    maps.uid.iter().map(|r| (r.host, r.size)).collect()
 }
 
 /// Makes the container's cgroup when it needs one, before the rootfs plan that mounts

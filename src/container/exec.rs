@@ -4,9 +4,8 @@
 use super::error::Error;
 use super::exe;
 use super::init::Init;
-use super::process::{ExecProcess, apply_limits, process_plan, wait_pidfd};
+use super::process::{ExecProcess, apply_limits, compile_seccomp, process_plan, wait_pidfd};
 use super::protocol::tag;
-use super::seccomp;
 use super::spawn::{console_for, expect, ns_info, open_ns, send, spawn};
 use super::state::Record;
 use oci_spec::runtime::{LinuxNamespaceType, Process};
@@ -30,30 +29,7 @@ pub(super) fn exec_in(
     opts: &mut ExecOptions,
 ) -> Result<ExecProcess, Error> {
     let pid = record.pid;
-    let mut join = Vec::new();
-    let mut user = false;
-    for t in [
-        LinuxNamespaceType::User,
-        LinuxNamespaceType::Mount,
-        LinuxNamespaceType::Cgroup,
-        LinuxNamespaceType::Uts,
-        LinuxNamespaceType::Ipc,
-        LinuxNamespaceType::Network,
-        LinuxNamespaceType::Pid,
-        LinuxNamespaceType::Time,
-    ] {
-        let (name, flag) = ns_info(t);
-        let theirs = std::fs::metadata(format!("/proc/{pid}/ns/{name}"));
-        let ours = std::fs::metadata(format!("/proc/self/ns/{name}"));
-        if let (Ok(a), Ok(b)) = (theirs, ours) {
-            use std::os::unix::fs::MetadataExt;
-            if a.ino() != b.ino() || a.dev() != b.dev() {
-                let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
-                join.push((open_ns(&path, "exec namespace")?, flag));
-                user |= t == LinuxNamespaceType::User;
-            }
-        }
-    }
+    let (join, user) = namespaces_of(pid)?;
     let uid_ranges = if user {
         Some(uid_ranges_of(pid)?)
     } else {
@@ -65,10 +41,7 @@ pub(super) fn exec_in(
         .unwrap_or(true);
     let proc_plan = process_plan(process, setgroups)?;
     // The container's filter, as its init has it (`process` has no profile of its own).
-    let seccomp = match &record.seccomp {
-        Some(profile) => Some(seccomp::compile(profile)?),
-        None => None,
-    };
+    let seccomp = compile_seccomp(record.seccomp.as_ref())?;
     let cgroups = init_cgroups(pid)?;
     let console = console_for(
         &proc_plan,
@@ -136,6 +109,36 @@ pub(super) fn exec_in(
     }
     drop(console);
     Ok(ExecProcess { pid: target, pidfd })
+}
+
+/// The namespaces of `pid` this process is not in, to join (user namespace first), and
+/// whether its user namespace is one of them.
+fn namespaces_of(pid: i32) -> Result<(Vec<(OwnedFd, libc::c_int)>, bool), Error> {
+    let mut join = Vec::new();
+    let mut user = false;
+    for t in [
+        LinuxNamespaceType::User,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Cgroup,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Network,
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Time,
+    ] {
+        let (name, flag) = ns_info(t);
+        let theirs = std::fs::metadata(format!("/proc/{pid}/ns/{name}"));
+        let ours = std::fs::metadata(format!("/proc/self/ns/{name}"));
+        if let (Ok(a), Ok(b)) = (theirs, ours) {
+            use std::os::unix::fs::MetadataExt;
+            if a.ino() != b.ino() || a.dev() != b.dev() {
+                let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
+                join.push((open_ns(&path, "exec namespace")?, flag));
+                user |= t == LinuxNamespaceType::User;
+            }
+        }
+    }
+    Ok((join, user))
 }
 
 /// The host uid ranges `(first, count)` mapped in the user namespace of `pid`.

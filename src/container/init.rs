@@ -127,34 +127,7 @@ impl Init {
         }
         let root = match early {
             Early::Done(root) => root,
-            Early::Pending(mut rootfs) => {
-                for (i, (fd, kind)) in self.join.iter().enumerate() {
-                    sys::setns_raw(fd.as_raw_fd(), *kind)
-                        .map_err(|e| Fail::new(Step::Setns, errno(e), i as u32))?;
-                    if *kind == libc::CLONE_NEWUSER {
-                        become_root()?;
-                    }
-                }
-                if self.unshare != 0 {
-                    // SAFETY: plain integers; this process is single-threaded.
-                    if unsafe { libc::unshare(self.unshare) } < 0 {
-                        return Err(Fail::new(Step::Unshare, last_errno(), 0));
-                    }
-                }
-                if let Some(plan) = &self.rootfs {
-                    if rootfs < 0 {
-                        rootfs = plan.open_root()?;
-                    }
-                }
-                if self.fork_after_join {
-                    self.fork_into_joined()?;
-                }
-                self.names()?;
-                match &self.rootfs {
-                    Some(plan) => plan.bind_root(rootfs)?,
-                    None => -1,
-                }
-            }
+            Early::Pending(rootfs) => self.after_go(rootfs)?,
         };
         if let Some(plan) = &self.rootfs {
             let root = plan.apply(root)?;
@@ -220,6 +193,39 @@ impl Init {
             }
         }
         Err(Fail::new(Step::Exec, err, 0))
+    }
+
+    /// After GO, when namespaces were still to join or make (see [`Init::before_go`]):
+    /// joins and makes them, forks into a joined pid namespace, sets the names and binds
+    /// the root. `rootfs`: its `O_PATH` fd, or -1 when not open yet. Returns the new root
+    /// mount's fd (or -1 without a rootfs).
+    fn after_go(&self, mut rootfs: RawFd) -> Result<RawFd, Fail> {
+        for (i, (fd, kind)) in self.join.iter().enumerate() {
+            sys::setns_raw(fd.as_raw_fd(), *kind)
+                .map_err(|e| Fail::new(Step::Setns, errno(e), i as u32))?;
+            if *kind == libc::CLONE_NEWUSER {
+                become_root()?;
+            }
+        }
+        if self.unshare != 0 {
+            // SAFETY: plain integers; this process is single-threaded.
+            if unsafe { libc::unshare(self.unshare) } < 0 {
+                return Err(Fail::new(Step::Unshare, last_errno(), 0));
+            }
+        }
+        if let Some(plan) = &self.rootfs {
+            if rootfs < 0 {
+                rootfs = plan.open_root()?;
+            }
+        }
+        if self.fork_after_join {
+            self.fork_into_joined()?;
+        }
+        self.names()?;
+        match &self.rootfs {
+            Some(plan) => plan.bind_root(rootfs),
+            None => Ok(-1),
+        }
     }
 
     /// Before GO, in a child whose new namespaces all belong to it (clone made them, or

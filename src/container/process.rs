@@ -4,6 +4,7 @@
 use super::caps;
 use super::error::Error;
 use super::init::{self, CArray};
+use super::seccomp;
 use oci_spec::runtime::{PosixRlimitType, Process};
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -259,4 +260,14 @@ pub(super) fn apply_limits(pid: i32, p: &Process) -> Result<(), Error> {
             .map_err(|e| Error::config("process.oomScoreAdj", e))?;
     }
     Ok(())
+}
+
+/// The container's seccomp filter, compiled before clone.
+pub(super) fn compile_seccomp(
+    profile: Option<&oci_spec::runtime::LinuxSeccomp>,
+) -> Result<Option<seccomp::SeccompProgram>, Error> {
+    Ok(match profile {
+        Some(p) => Some(seccomp::compile(p)?),
+        None => None,
+    })
 }
