@@ -1,4 +1,4 @@
-//! No-allocation helpers for the child between clone and exec (see [`super::init`]):
+//! No-allocation helpers for the child between clone and exec (see `init`):
 //! errno handling, `/proc/self/fd/N` names, mount(2) and friends on prepared C strings,
 //! hooks and the mini init. Nothing here allocates or takes a lock; data comes prepared
 //! by the parent (a [`CArray`] is built before clone).

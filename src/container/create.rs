@@ -42,7 +42,7 @@ pub struct CreateOptions {
     pub stdio: [Option<OwnedFd>; 3],
     /// Keep fds 3..3+N open in the workload (sd_listen_fds / --preserve-fds).
     pub preserve_fds: u32,
-    /// Exec at once instead of waiting for [`Container::start`] (`run`).
+    /// Exec at once instead of waiting for [`Container::start`](super::Container::start) (`run`).
     pub start: bool,
     /// A minimal pid 1 that reaps zombies and forwards signals to the workload.
     pub init: bool,

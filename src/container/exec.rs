@@ -12,7 +12,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Process};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-/// Options for [`Container::exec`].
+/// Options for [`Container::exec`](super::Container::exec).
 #[derive(Debug, Default)]
 pub struct ExecOptions {
     pub console_socket: Option<PathBuf>,

@@ -1,8 +1,8 @@
 //! The container's first process between clone and exec. Everything it uses is prepared
 //! by the parent in [`Init`]; the child allocates nothing and takes no lock, so a
 //! multithreaded host can call it. It talks to the parent over a SEQPACKET socket with
-//! fixed-size messages ([`super::protocol`]) and reports a failure as (step, errno,
-//! index). Its syscall helpers are in [`super::child`], its mounts in
+//! fixed-size messages (`protocol`) and reports a failure as (step, errno,
+//! index). Its syscall helpers are in `child`, its mounts in
 //! [`super::rootfs::Plan`]'s apply half.
 
 use super::caps::CapSets;

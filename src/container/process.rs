@@ -12,7 +12,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 
-/// A process started by [`Container::exec`], a child of the caller.
+/// A process started by [`Container::exec`](super::Container::exec), a child of the caller.
 #[derive(Debug)]
 pub struct ExecProcess {
     pub pid: i32,

@@ -1,7 +1,7 @@
 //! The container's filesystem view: mounts from the config, `/dev`, `pivot_root`, masked
 //! and read-only paths. [`Plan::new`] prepares everything (C strings, flags, device
-//! numbers) in the parent ([`plan`]); [`Plan::apply`] and [`Plan::finish`] run in the
-//! child between clone and exec ([`apply`]) and therefore allocate nothing and take no
+//! numbers) in the parent (`plan`); [`Plan::apply`] and [`Plan::finish`] run in the
+//! child between clone and exec (`apply`) and therefore allocate nothing and take no
 //! lock.
 //!
 //! A `cgroup` mount never shows the host's tree: only the container's own cgroup, in

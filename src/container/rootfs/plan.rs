@@ -1,7 +1,7 @@
 //! Planning the container's filesystem view, in the parent: everything the child will
 //! need (C strings, flags, device numbers, the order of the mounts) is made here, from
 //! the config and what the caller knows of the host (its cgroup, whether a bind source
-//! is a directory), so that [`super::apply`] allocates nothing. Reads nothing of the
+//! is a directory), so that `apply` allocates nothing. Reads nothing of the
 //! host itself: unit-testable without root ([`Plan::with_sources`]).
 
 use super::options::{parse_options, propagation_flag};
