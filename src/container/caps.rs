@@ -1,7 +1,7 @@
 //! Capability sets from `process.capabilities`, as bitmasks ready for `capset(2)` and
 //! `prctl(2)` between fork and exec.
 
-use super::spec::ConfigError;
+use super::error::ConfigError;
 use oci_spec::runtime::{Capabilities, LinuxCapabilities};
 use std::str::FromStr;
 

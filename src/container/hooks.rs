@@ -1,6 +1,6 @@
 //! OCI hooks: run a program with the container state as JSON on stdin.
 
-use super::Error;
+use super::error::Error;
 use oci_spec::runtime::Hook;
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -1,186 +1,20 @@
 //! The container's first process between clone and exec. Everything it uses is prepared
 //! by the parent in [`Init`]; the child allocates nothing and takes no lock, so a
 //! multithreaded host can call it. It talks to the parent over a SEQPACKET socket with
-//! fixed-size [`Msg`]s and reports a failure as (step, errno, index).
+//! fixed-size messages (`protocol`) and reports a failure as (step, errno,
+//! index). Its syscall helpers are in `child`, its mounts in
+//! [`super::rootfs::Plan`]'s apply half.
 
 use super::caps::CapSets;
-use super::rootfs::{self, FdPath, close, errno, last_errno};
+use super::child::{self, FdPath, close, errno, last_errno, run_hook, send_fd};
+use super::protocol::{Fail, Msg, Step, recv, send, tag};
+use super::rootfs;
 use super::seccomp::SeccompProgram;
 use crate::sys;
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-/// What failed in the child.
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    Sync = 1,
-    Setns,
-    Unshare,
-    Hostname,
-    RootPropagation,
-    RootBind,
-    RootOpen,
-    Mount,
-    Device,
-    PivotRoot,
-    Sysctl,
-    Masked,
-    Readonly,
-    Console,
-    Groups,
-    Setgid,
-    Setuid,
-    Capabilities,
-    NoNewPrivileges,
-    Cwd,
-    Stdio,
-    ExecFifo,
-    Seccomp,
-    Exec,
-    Fork,
-    Hook,
-    Loopback,
-    Unknown,
-}
-
-impl Step {
-    fn from_u32(v: u32) -> Step {
-        if (Step::Sync as u32..Step::Unknown as u32).contains(&v) {
-            // SAFETY: Step is repr(u32) with contiguous discriminants from Sync (1) to
-            // Unknown, and `v` lies in that range.
-            unsafe { std::mem::transmute::<u32, Step>(v) }
-        } else {
-            Step::Unknown
-        }
-    }
-}
-
-/// A failure in the child: the step, the errno and which item (mount index...).
-#[derive(Debug, Clone, Copy)]
-pub struct Fail {
-    pub step: Step,
-    pub errno: i32,
-    pub index: u32,
-}
-
-impl Fail {
-    pub fn new(step: Step, errno: i32, index: u32) -> Fail {
-        Fail { step, errno, index }
-    }
-}
-
-/// Messages on the sync socket.
-pub mod tag {
-    /// parent -> child: ids mapped, cgroup joined; go on.
-    pub const GO: u32 = 1;
-    /// child -> parent: namespaces and mounts are ready, hooks may run (pid is valid).
-    pub const HOOKS: u32 = 2;
-    /// parent -> child: hooks done.
-    pub const HOOKS_DONE: u32 = 3;
-    /// child -> parent: everything is set up; waiting for ACK.
-    pub const READY: u32 = 4;
-    /// parent -> child: state recorded; continue (to the exec fifo, or exec).
-    pub const ACK: u32 = 5;
-    /// child -> parent: a failure (a = errno, b = step, c = index).
-    pub const FAIL: u32 = 6;
-    /// child -> parent (exec): the pid of the process that will exec, in `a`.
-    pub const PID: u32 = 7;
-    /// child -> parent: PR_SET_PDEATHSIG cleared, the parent may exit (create only: with
-    /// start, the exec that follows tells the same).
-    pub const DETACHED: u32 = 8;
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Msg {
-    pub tag: u32,
-    pub a: i32,
-    pub b: u32,
-    pub c: u32,
-}
-
-pub fn send(fd: RawFd, msg: Msg) -> Result<(), i32> {
-    // SAFETY: sending a plain repr(C) struct from the stack.
-    let n = unsafe {
-        libc::send(
-            fd,
-            (&msg as *const Msg).cast(),
-            std::mem::size_of::<Msg>(),
-            libc::MSG_NOSIGNAL,
-        )
-    };
-    if n as usize == std::mem::size_of::<Msg>() {
-        Ok(())
-    } else {
-        Err(last_errno())
-    }
-}
-
-/// Receives one message; `Ok(None)` on EOF (the peer closed or exec'd).
-pub fn recv(fd: RawFd) -> Result<Option<Msg>, i32> {
-    let mut msg = Msg::default();
-    loop {
-        // SAFETY: receiving into a plain repr(C) struct on the stack.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                (&mut msg as *mut Msg).cast(),
-                std::mem::size_of::<Msg>(),
-                0,
-            )
-        };
-        if n < 0 {
-            let e = last_errno();
-            if e == libc::EINTR {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Ok(None);
-        }
-        return Ok(Some(msg));
-    }
-}
-
-impl Fail {
-    pub fn to_msg(self) -> Msg {
-        Msg {
-            tag: tag::FAIL,
-            a: self.errno,
-            b: self.step as u32,
-            c: self.index,
-        }
-    }
-    pub fn from_msg(m: Msg) -> Fail {
-        Fail {
-            step: Step::from_u32(m.b),
-            errno: m.a,
-            index: m.c,
-        }
-    }
-}
-
-/// A NULL-terminated array of C strings, built before fork.
-pub struct CArray {
-    _strings: Vec<CString>,
-    ptrs: Vec<*const libc::c_char>,
-}
-
-impl CArray {
-    pub fn new(strings: Vec<CString>) -> CArray {
-        let mut ptrs: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
-        ptrs.push(std::ptr::null());
-        CArray {
-            _strings: strings,
-            ptrs,
-        }
-    }
-    pub fn as_ptr(&self) -> *const *const libc::c_char {
-        self.ptrs.as_ptr()
-    }
-}
+pub use super::child::CArray;
 
 /// The process to exec and the identity it runs with.
 pub struct Process {
@@ -264,7 +98,7 @@ impl Init {
     }
 
     fn setup(&self) -> Result<std::convert::Infallible, Fail> {
-        reset_signals();
+        child::reset_signals();
         let mut next = 0;
         for &fd in &self.keep {
             if fd > next {
@@ -293,39 +127,12 @@ impl Init {
         }
         let root = match early {
             Early::Done(root) => root,
-            Early::Pending(mut rootfs) => {
-                for (i, (fd, kind)) in self.join.iter().enumerate() {
-                    sys::setns_raw(fd.as_raw_fd(), *kind)
-                        .map_err(|e| Fail::new(Step::Setns, errno(e), i as u32))?;
-                    if *kind == libc::CLONE_NEWUSER {
-                        become_root()?;
-                    }
-                }
-                if self.unshare != 0 {
-                    // SAFETY: plain integers; this process is single-threaded.
-                    if unsafe { libc::unshare(self.unshare) } < 0 {
-                        return Err(Fail::new(Step::Unshare, last_errno(), 0));
-                    }
-                }
-                if let Some(plan) = &self.rootfs {
-                    if rootfs < 0 {
-                        rootfs = plan.open_root()?;
-                    }
-                }
-                if self.fork_after_join {
-                    self.fork_into_joined()?;
-                }
-                self.names()?;
-                match &self.rootfs {
-                    Some(plan) => plan.bind_root(rootfs)?,
-                    None => -1,
-                }
-            }
+            Early::Pending(rootfs) => self.after_go(rootfs)?,
         };
         if let Some(plan) = &self.rootfs {
             let root = plan.apply(root)?;
             if self.hooks {
-                send(self.sync, msg(tag::HOOKS)).map_err(|e| Fail::new(Step::Sync, e, 0))?;
+                send(self.sync, Msg::tag(tag::HOOKS)).map_err(|e| Fail::new(Step::Sync, e, 0))?;
                 self.wait_for(tag::HOOKS_DONE)?;
             }
             plan.pivot(root)?;
@@ -336,7 +143,7 @@ impl Init {
             self.console()?;
         }
         if !self.exec {
-            send(self.sync, msg(tag::READY)).map_err(|e| Fail::new(Step::Sync, e, 0))?;
+            send(self.sync, Msg::tag(tag::READY)).map_err(|e| Fail::new(Step::Sync, e, 0))?;
         }
         // While the parent records the state: nothing here runs the workload, and a
         // failure is read by the parent whatever it is waiting for.
@@ -350,7 +157,8 @@ impl Init {
             // Without an exec fifo (run) the parent waits for the exec itself, which
             // comes after this: it needs no separate word.
             if self.fifo.is_some() {
-                send(self.sync, msg(tag::DETACHED)).map_err(|e| Fail::new(Step::Sync, e, 1))?;
+                send(self.sync, Msg::tag(tag::DETACHED))
+                    .map_err(|e| Fail::new(Step::Sync, e, 1))?;
             }
         }
         if self.exec {
@@ -372,7 +180,7 @@ impl Init {
                 .map_err(|e| Fail::new(Step::Seccomp, e as i32, 0))?;
         }
         if p.init {
-            mini_init()?;
+            child::mini_init().map_err(|e| Fail::new(Step::Fork, e, 1))?;
         }
         let mut err = libc::ENOENT;
         for c in &p.candidates {
@@ -385,6 +193,39 @@ impl Init {
             }
         }
         Err(Fail::new(Step::Exec, err, 0))
+    }
+
+    /// After GO, when namespaces were still to join or make (see [`Init::before_go`]):
+    /// joins and makes them, forks into a joined pid namespace, sets the names and binds
+    /// the root. `rootfs`: its `O_PATH` fd, or -1 when not open yet. Returns the new root
+    /// mount's fd (or -1 without a rootfs).
+    fn after_go(&self, mut rootfs: RawFd) -> Result<RawFd, Fail> {
+        for (i, (fd, kind)) in self.join.iter().enumerate() {
+            sys::setns_raw(fd.as_raw_fd(), *kind)
+                .map_err(|e| Fail::new(Step::Setns, errno(e), i as u32))?;
+            if *kind == libc::CLONE_NEWUSER {
+                become_root()?;
+            }
+        }
+        if self.unshare != 0 {
+            // SAFETY: plain integers; this process is single-threaded.
+            if unsafe { libc::unshare(self.unshare) } < 0 {
+                return Err(Fail::new(Step::Unshare, last_errno(), 0));
+            }
+        }
+        if let Some(plan) = &self.rootfs {
+            if rootfs < 0 {
+                rootfs = plan.open_root()?;
+            }
+        }
+        if self.fork_after_join {
+            self.fork_into_joined()?;
+        }
+        self.names()?;
+        match &self.rootfs {
+            Some(plan) => plan.bind_root(rootfs),
+            None => Ok(-1),
+        }
     }
 
     /// Before GO, in a child whose new namespaces all belong to it (clone made them, or
@@ -639,123 +480,12 @@ impl Init {
     }
 }
 
-/// Runs one hook to completion; a non-zero exit is EPERM-style failure (ECANCELED).
-fn run_hook(path: &CStr, argv: &CArray, envp: &CArray) -> Result<(), i32> {
-    // SAFETY: single-threaded here; the child only execs or exits.
-    let pid = match unsafe { sys::clone3_fork(0) } {
-        Ok((pid, _)) => pid,
-        Err(e) => return Err(errno(e)),
-    };
-    if pid == 0 {
-        // SAFETY: valid C string and NULL-terminated arrays prepared before clone.
-        unsafe {
-            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-            libc::_exit(127)
-        }
-    }
-    let mut status = 0;
-    loop {
-        // SAFETY: waitpid with a valid out pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            break;
-        }
-        if r < 0 && last_errno() != libc::EINTR {
-            return Err(last_errno());
-        }
-    }
-    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-        Ok(())
-    } else {
-        Err(libc::ECANCELED)
-    }
-}
-
 /// Where the child stands at GO.
 enum Early {
     /// Namespaces still to join or make: the rootfs's `O_PATH` fd (or -1).
     Pending(RawFd),
     /// Names set and the root bound: the new root mount's fd (or -1 without a rootfs).
     Done(RawFd),
-}
-
-/// The workload's pid, for the mini init's signal handler.
-static WORKLOAD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-
-extern "C" fn forward(sig: libc::c_int) {
-    let pid = WORKLOAD.load(std::sync::atomic::Ordering::Relaxed);
-    if pid > 0 {
-        // SAFETY: kill is async-signal-safe.
-        unsafe { libc::kill(pid, sig) };
-    }
-}
-
-/// Forks: the child returns to exec the workload; this process stays as pid 1, forwards
-/// signals to it, reaps every zombie and exits with the workload's status.
-fn mini_init() -> Result<(), Fail> {
-    // SAFETY: this process is single-threaded now; the child only continues to exec.
-    let pid = match unsafe { sys::clone3_fork(0) } {
-        Ok((pid, _)) => pid,
-        Err(e) => return Err(Fail::new(Step::Fork, errno(e), 1)),
-    };
-    if pid == 0 {
-        return Ok(());
-    }
-    WORKLOAD.store(pid, std::sync::atomic::Ordering::Relaxed);
-    // SAFETY: installing a handler that only calls kill(2); zeroed sigaction is valid.
-    unsafe {
-        let mut act: libc::sigaction = std::mem::zeroed();
-        act.sa_sigaction = forward as extern "C" fn(libc::c_int) as usize;
-        act.sa_flags = libc::SA_RESTART;
-        for sig in 1..=64 {
-            if !matches!(sig, libc::SIGKILL | libc::SIGSTOP | libc::SIGCHLD | 32 | 33) {
-                libc::sigaction(sig, &act, std::ptr::null_mut());
-            }
-        }
-    }
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid with a valid out pointer.
-        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if r == pid {
-            let code = if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else {
-                128 + libc::WTERMSIG(status)
-            };
-            // SAFETY: plain exit.
-            unsafe { libc::_exit(code) }
-        }
-        if r < 0 && last_errno() == libc::ECHILD {
-            // SAFETY: plain exit.
-            unsafe { libc::_exit(127) }
-        }
-    }
-}
-
-/// The workload starts with no blocked signals and default dispositions (the host may
-/// block signals to forward them, and ignored ones would survive exec).
-fn reset_signals() {
-    // SAFETY: sigaction/sigprocmask with valid zeroed structures; async-signal-safe.
-    unsafe {
-        let mut act: libc::sigaction = std::mem::zeroed();
-        act.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..=64 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &act, std::ptr::null_mut());
-            }
-        }
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    }
-}
-
-fn msg(tag: u32) -> Msg {
-    Msg {
-        tag,
-        ..Default::default()
-    }
 }
 
 /// After the parent wrote the id maps: uid/gid 0 of the new user namespace.
@@ -789,51 +519,4 @@ fn wait_start(fifo: RawFd, proc: RawFd) -> Result<(), Fail> {
         return Err(Fail::new(Step::ExecFifo, e, 1));
     }
     Ok(())
-}
-
-/// Sends `fd` over the unix socket `sock` (SCM_RIGHTS), with a short name as payload.
-pub fn send_fd(sock: RawFd, fd: RawFd) -> Result<(), i32> {
-    let mut payload = *b"/dev/ptmx";
-    let mut iov = libc::iovec {
-        iov_base: payload.as_mut_ptr().cast(),
-        iov_len: payload.len(),
-    };
-    // Space for one fd, aligned for cmsghdr.
-    let mut cbuf = [0u64; 4];
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    // SAFETY: all-zero msghdr is valid; fields are filled below.
-    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-    hdr.msg_iov = &mut iov;
-    hdr.msg_iovlen = 1;
-    hdr.msg_control = cbuf.as_mut_ptr().cast();
-    hdr.msg_controllen = space;
-    // SAFETY: the control buffer is large enough for one cmsghdr with one fd.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&hdr);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
-    }
-    // SAFETY: a fully initialised msghdr.
-    if unsafe { libc::sendmsg(sock, &hdr, libc::MSG_NOSIGNAL) } < 0 {
-        return Err(last_errno());
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Step;
-
-    #[test]
-    fn steps_round_trip_through_their_number() {
-        for step in [Step::Sync, Step::RootBind, Step::Hook, Step::Loopback] {
-            assert_eq!(Step::from_u32(step as u32), step);
-        }
-        assert_eq!(Step::from_u32(0), Step::Unknown);
-        assert_eq!(Step::from_u32(Step::Unknown as u32), Step::Unknown);
-        assert_eq!(Step::from_u32(u32::MAX), Step::Unknown);
-    }
 }

@@ -1,28 +1,9 @@
 //! Loading and checking `config.json`: errors name the field and the reason.
 
-use super::Error;
+pub use super::error::ConfigError;
+use super::error::Error;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
-use std::fmt::Display;
 use std::path::{Path, PathBuf};
-
-/// A config that cannot be used: the field (a JSON path such as `process.args`; `None`
-/// when the document as a whole is bad) and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}{reason}", field.as_ref().map(|f| format!("field `{f}`: ")).unwrap_or_default())]
-pub struct ConfigError {
-    pub field: Option<String>,
-    pub reason: String,
-}
-
-impl ConfigError {
-    /// `field` is bad for `reason`.
-    pub fn new(field: impl Into<String>, reason: impl Display) -> ConfigError {
-        ConfigError {
-            field: Some(field.into()),
-            reason: reason.to_string(),
-        }
-    }
-}
 
 /// Reads `BUNDLE/config.json`.
 pub fn load_bundle(bundle: &Path) -> Result<Spec, Error> {

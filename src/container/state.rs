@@ -2,13 +2,13 @@
 //! `exec.fifo` while created-but-not-started, and a `flock` on the directory held while
 //! the container is being created or changed, so a crashed runtime never blocks the ID.
 
-use super::Error;
 use super::cgroup::Cgroup;
+use super::error::Error;
 use oci_spec::runtime::{ContainerState, Hooks};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -238,4 +238,63 @@ pub fn now_rfc3339() -> String {
         rem % 60,
         now.subsec_nanos()
     )
+}
+
+/// The OCI state document (plus runc's rootfs/created/owner).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub oci_version: String,
+    pub id: String,
+    pub status: ContainerState,
+    pub pid: i32,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: String,
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "std::collections::HashMap::is_empty")]
+    pub annotations: std::collections::HashMap<String, String>,
+}
+
+impl State {
+    pub(crate) fn of(r: &Record, status: ContainerState) -> State {
+        State {
+            oci_version: r.oci_version.clone(),
+            id: r.id.clone(),
+            status,
+            pid: if status == ContainerState::Stopped {
+                0
+            } else {
+                r.pid
+            },
+            bundle: r.bundle.clone(),
+            rootfs: r.rootfs.clone(),
+            created: r.created.clone(),
+            owner: r.owner.clone(),
+            annotations: r.annotations.clone(),
+        }
+    }
+}
+
+/// The live status and pidfd of a recorded container.
+pub(crate) fn probe(r: &Record, dir: &Path) -> (ContainerState, Option<OwnedFd>) {
+    if r.status == ContainerState::Creating || r.pid <= 0 {
+        return (ContainerState::Creating, None);
+    }
+    let Ok(pidfd) = crate::sys::pidfd_open(r.pid) else {
+        return (ContainerState::Stopped, None);
+    };
+    // The pidfd pins the process: check it is still the one we started.
+    match proc_start(r.pid) {
+        Some((start, false)) if start == r.pid_start => {
+            let status = if dir.join(FIFO).exists() {
+                ContainerState::Created
+            } else {
+                ContainerState::Running
+            };
+            (status, Some(pidfd))
+        }
+        Some((start, true)) if start == r.pid_start => (ContainerState::Stopped, Some(pidfd)),
+        _ => (ContainerState::Stopped, None),
+    }
 }

@@ -3,7 +3,7 @@
 //! subordinate ranges otherwise (all of the user's lines, read by the one parser in
 //! `idmap::subid`). A mapping those ranges do not hold is an error, never a narrower map.
 
-use super::Error;
+use super::error::Error;
 use crate::idmap::IdRange;
 use crate::idmap::subid::{Host, Subids};
 use oci_spec::runtime::LinuxIdMapping;

@@ -1,0 +1,247 @@
+//! No-allocation helpers for the child between clone and exec (see `init`):
+//! errno handling, `/proc/self/fd/N` names, mount(2) and friends on prepared C strings,
+//! hooks and the mini init. Nothing here allocates or takes a lock; data comes prepared
+//! by the parent (a [`CArray`] is built before clone).
+
+use crate::sys;
+use libc::c_ulong;
+use std::ffi::{CStr, CString};
+use std::os::fd::RawFd;
+
+/// A NULL-terminated array of C strings, built before fork.
+pub struct CArray {
+    _strings: Vec<CString>,
+    ptrs: Vec<*const libc::c_char>,
+}
+
+impl CArray {
+    pub fn new(strings: Vec<CString>) -> CArray {
+        let mut ptrs: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+        ptrs.push(std::ptr::null());
+        CArray {
+            _strings: strings,
+            ptrs,
+        }
+    }
+    pub fn as_ptr(&self) -> *const *const libc::c_char {
+        self.ptrs.as_ptr()
+    }
+}
+
+/// The calling thread's errno.
+pub fn last_errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+pub fn errno(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+pub fn close(fd: RawFd) {
+    // SAFETY: closing an fd this code opened and no longer uses.
+    unsafe { libc::close(fd) };
+}
+
+/// mount(2) on prepared C strings; the errno on failure.
+pub fn mount(
+    source: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: c_ulong,
+    data: Option<&CStr>,
+) -> Result<(), i32> {
+    // SAFETY: valid C strings or NULL, as mount(2) allows.
+    let r = unsafe {
+        libc::mount(
+            source.map_or(std::ptr::null(), CStr::as_ptr),
+            target.as_ptr(),
+            fstype.map_or(std::ptr::null(), CStr::as_ptr),
+            flags,
+            data.map_or(std::ptr::null(), |d| d.as_ptr().cast()),
+        )
+    };
+    if r < 0 { Err(last_errno()) } else { Ok(()) }
+}
+
+/// `/proc/self/fd/N` in a stack buffer, the way to name an `O_PATH` fd to mount(2).
+pub struct FdPath([u8; 32]);
+
+impl FdPath {
+    pub fn new(fd: RawFd) -> FdPath {
+        let mut buf = [0u8; 32];
+        let prefix = b"/proc/self/fd/";
+        buf[..prefix.len()].copy_from_slice(prefix);
+        let mut digits = [0u8; 12];
+        let mut n = fd.max(0) as u32;
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for i in 0..len {
+            buf[prefix.len() + i] = digits[len - 1 - i];
+        }
+        FdPath(buf)
+    }
+
+    pub fn as_cstr(&self) -> &CStr {
+        // The buffer always holds a NUL after the digits.
+        CStr::from_bytes_until_nul(&self.0).unwrap_or(c"/")
+    }
+}
+
+/// Writes `data` to an existing file.
+pub fn write_file(path: &CStr, data: &[u8]) -> Result<(), i32> {
+    // SAFETY: valid C string.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: valid fd and buffer of the given length.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    let e = last_errno();
+    close(fd);
+    if n < 0 { Err(e) } else { Ok(()) }
+}
+
+/// Runs one hook to completion; a non-zero exit is EPERM-style failure (ECANCELED).
+pub fn run_hook(path: &CStr, argv: &CArray, envp: &CArray) -> Result<(), i32> {
+    // SAFETY: single-threaded here; the child only execs or exits.
+    let pid = match unsafe { sys::clone3_fork(0) } {
+        Ok((pid, _)) => pid,
+        Err(e) => return Err(errno(e)),
+    };
+    if pid == 0 {
+        // SAFETY: valid C string and NULL-terminated arrays prepared before clone.
+        unsafe {
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127)
+        }
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid with a valid out pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        if r < 0 && last_errno() != libc::EINTR {
+            return Err(last_errno());
+        }
+    }
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok(())
+    } else {
+        Err(libc::ECANCELED)
+    }
+}
+
+/// The workload's pid, for the mini init's signal handler.
+static WORKLOAD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = WORKLOAD.load(std::sync::atomic::Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Forks: the child returns to exec the workload; this process stays as pid 1, forwards
+/// signals to it, reaps every zombie and exits with the workload's status.
+pub fn mini_init() -> Result<(), i32> {
+    // SAFETY: this process is single-threaded now; the child only continues to exec.
+    let pid = match unsafe { sys::clone3_fork(0) } {
+        Ok((pid, _)) => pid,
+        Err(e) => return Err(errno(e)),
+    };
+    if pid == 0 {
+        return Ok(());
+    }
+    WORKLOAD.store(pid, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: installing a handler that only calls kill(2); zeroed sigaction is valid.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = forward as extern "C" fn(libc::c_int) as usize;
+        act.sa_flags = libc::SA_RESTART;
+        for sig in 1..=64 {
+            if !matches!(sig, libc::SIGKILL | libc::SIGSTOP | libc::SIGCHLD | 32 | 33) {
+                libc::sigaction(sig, &act, std::ptr::null_mut());
+            }
+        }
+    }
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with a valid out pointer.
+        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if r == pid {
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
+            // SAFETY: plain exit.
+            unsafe { libc::_exit(code) }
+        }
+        if r < 0 && last_errno() == libc::ECHILD {
+            // SAFETY: plain exit.
+            unsafe { libc::_exit(127) }
+        }
+    }
+}
+
+/// The workload starts with no blocked signals and default dispositions (the host may
+/// block signals to forward them, and ignored ones would survive exec).
+pub fn reset_signals() {
+    // SAFETY: sigaction/sigprocmask with valid zeroed structures; async-signal-safe.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &act, std::ptr::null_mut());
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Sends `fd` over the unix socket `sock` (SCM_RIGHTS), with a short name as payload.
+pub fn send_fd(sock: RawFd, fd: RawFd) -> Result<(), i32> {
+    let mut payload = *b"/dev/ptmx";
+    let mut iov = libc::iovec {
+        iov_base: payload.as_mut_ptr().cast(),
+        iov_len: payload.len(),
+    };
+    // Space for one fd, aligned for cmsghdr.
+    let mut cbuf = [0u64; 4];
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    // SAFETY: all-zero msghdr is valid; fields are filled below.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = cbuf.as_mut_ptr().cast();
+    hdr.msg_controllen = space;
+    // SAFETY: the control buffer is large enough for one cmsghdr with one fd.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&hdr);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
+    }
+    // SAFETY: a fully initialised msghdr.
+    if unsafe { libc::sendmsg(sock, &hdr, libc::MSG_NOSIGNAL) } < 0 {
+        return Err(last_errno());
+    }
+    Ok(())
+}

@@ -1,0 +1,589 @@
+//! `create`: the container's namespaces, id maps, cgroup and mounts, and its process
+//! waiting for `start`. The steps, in order: plan everything the child needs (which
+//! namespaces to make or join, the id maps, the cgroup, the rootfs [`Plan`], the
+//! process), clone it ([`spawn`]), then walk it through the protocol: GO once the maps
+//! are written and the cgroup joined, the create hooks, READY, ACK once the state is
+//! recorded.
+
+use super::cgroup;
+use super::delete::open_new;
+use super::error::Error;
+use super::exe;
+use super::hooks;
+use super::init::Init;
+use super::process::compile_seccomp;
+use super::process::{apply_limits, process_plan, start_hooks, wait_pidfd};
+use super::protocol::{Msg, tag};
+use super::rootfs::{self, Plan};
+use super::spawn::{console_for, expect, ns_info, open_ns, send, spawn};
+use super::spec;
+use super::state::{self, Record, State};
+use super::userns;
+use oci_spec::runtime::{ContainerState, Hooks, Linux, LinuxNamespaceType, Spec};
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// How to create a container beyond its [`Spec`].
+#[derive(Debug, Default)]
+pub struct CreateOptions {
+    /// The bundle: recorded in the state, base of relative paths in the config
+    /// (default: the current directory).
+    pub bundle: Option<PathBuf>,
+    /// Use this rootfs instead of the config's `root.path`.
+    pub rootfs: Option<PathBuf>,
+    /// A unix socket path that receives the pty master (`process.terminal`).
+    pub console_socket: Option<PathBuf>,
+    /// An already connected console socket (library callers).
+    pub console_fd: Option<OwnedFd>,
+    /// Write the init pid here.
+    pub pid_file: Option<PathBuf>,
+    /// The workload's stdin, stdout, stderr (default: inherited).
+    pub stdio: [Option<OwnedFd>; 3],
+    /// Keep fds 3..3+N open in the workload (sd_listen_fds / --preserve-fds).
+    pub preserve_fds: u32,
+    /// Exec at once instead of waiting for [`Container::start`](super::Container::start) (`run`).
+    pub start: bool,
+    /// A minimal pid 1 that reaps zombies and forwards signals to the workload.
+    pub init: bool,
+}
+
+/// Creates container `id` under `root` from `spec`; returns its record and the init's
+/// pidfd. On error nothing is left behind.
+pub(super) fn create(
+    root: &Path,
+    id: &str,
+    spec: &Spec,
+    mut opts: CreateOptions,
+) -> Result<(Record, Option<OwnedFd>), Error> {
+    spec::validate(spec).map_err(|reason| Error::Config {
+        file: opts
+            .bundle
+            .as_ref()
+            .map(|b| b.join("config.json"))
+            .unwrap_or_else(|| PathBuf::from("config.json")),
+        reason: reason.to_string(),
+    })?;
+    let bundle = match &opts.bundle {
+        Some(b) => std::path::absolute(b).map_err(Error::io("bundle path"))?,
+        None => std::env::current_dir().map_err(Error::io("current directory"))?,
+    };
+    let rootfs = opts
+        .rootfs
+        .clone()
+        .unwrap_or_else(|| spec::rootfs_path(spec, &bundle));
+    let rootfs = std::fs::canonicalize(&rootfs)
+        .ok()
+        .filter(|p| p.is_dir())
+        .ok_or_else(|| Error::RootfsMissing(rootfs.clone()))?;
+    let dir = open_new(root, id)?;
+    let mut record = new_record(spec, id, bundle, rootfs);
+    let mut child: Option<(i32, OwnedFd)> = None;
+    match create_in(&dir, &mut record, spec, &mut opts, &mut child) {
+        Ok(()) => {
+            drop(dir);
+            Ok((record, child.map(|(_, fd)| fd)))
+        }
+        Err(e) => {
+            if let Some((pid, pidfd)) = child {
+                let _ = crate::sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            }
+            if let Some(cg) = &record.cgroup {
+                let _ = cg.destroy();
+            }
+            let _ = dir.remove();
+            Err(e)
+        }
+    }
+}
+
+/// The record of a container being created.
+fn new_record(spec: &Spec, id: &str, bundle: PathBuf, rootfs: PathBuf) -> Record {
+    Record {
+        oci_version: spec.version().clone(),
+        id: id.to_owned(),
+        status: ContainerState::Creating,
+        pid: 0,
+        pid_start: 0,
+        creator: std::process::id() as i32,
+        bundle,
+        rootfs,
+        created: state::now_rfc3339(),
+        // Looked up (NSS) just before the record is first saved, while the id map
+        // helpers run.
+        owner: String::new(),
+        annotations: spec.annotations().clone().unwrap_or_default(),
+        cgroup: None,
+        hooks: spec.hooks().clone(),
+        process: spec.process().clone(),
+        seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+    }
+}
+
+/// The steps of a create; `child` is set as soon as there is one, for the caller to
+/// kill on error.
+fn create_in(
+    dir: &state::Dir,
+    record: &mut Record,
+    spec: &Spec,
+    opts: &mut CreateOptions,
+    child: &mut Option<(i32, OwnedFd)>,
+) -> Result<(), Error> {
+    let linux = spec.linux().clone().unwrap_or_default();
+    let process = spec.process().clone().unwrap_or_default();
+    let ns = Namespaces::of(&linux)?;
+    let maps = id_maps(&linux, ns.new_userns)?;
+    // Our clone children show the runtime binary as /proc/PID/exe: no container process
+    // may be able to write it (a user namespace joined by path has maps we cannot see).
+    exe::check(maps.as_ref().map(uid_ranges).as_deref())?;
+    let cgroups = make_cgroup(dir, record, spec, &linux, &ns)?;
+    let plan = Plan::new(
+        spec,
+        &record.rootfs,
+        &record.bundle,
+        ns.new_userns || ns.user_joined,
+        &cgroups,
+    )
+    .map_err(|e| Error::Config {
+        file: record.bundle.join("config.json"),
+        reason: e.to_string(),
+    })?;
+    let setgroups = !maps.as_ref().is_some_and(|m| m.deny_setgroups);
+    let mut proc_plan = process_plan(&process, setgroups)?;
+    proc_plan.init = opts.init;
+    let seccomp = compile_seccomp(linux.seccomp().as_ref())?;
+    let console = console_for(
+        &proc_plan,
+        &mut opts.console_fd,
+        opts.console_socket.as_deref(),
+    )?;
+    let fifo = (!opts.start).then(|| exec_fifo(dir)).transpose()?;
+    let (hostname, domainname) = names(spec, ns.uts)?;
+    let hooks = spec.hooks().as_ref();
+    let pid_joined = ns.pid_joined;
+    let clone_flags = ns.clone;
+    let new_cgroupns = ns.new_cgroupns;
+    let mut init = Init {
+        join: ns.join,
+        unshare: ns.unshare,
+        early_unshare: ns.early_unshare,
+        new_userns: ns.new_userns,
+        loopback: ns.new_net,
+        hostname,
+        domainname,
+        rootfs: Some(plan),
+        process: proc_plan,
+        parent: 0,
+        sync: -1,
+        fifo,
+        seccomp,
+        stdio: [0, 1, 2].map(|i| opts.stdio[i].as_ref().map(|f| f.as_raw_fd())),
+        console_socket: console.as_ref().map(|f| f.as_raw_fd()),
+        preserve_fds: opts.preserve_fds as i32,
+        hooks: has_early_hooks(hooks),
+        fork_after_join: pid_joined,
+        exec: false,
+        start_hooks: start_hooks(hooks)?,
+        keep: Vec::new(),
+    };
+    let (pid, pidfd, sock) = spawn(&mut init, clone_flags)?;
+    *child = Some((pid, pidfd));
+    // The child holds its own copies now.
+    opts.stdio = Default::default();
+    drop(console);
+    let talk = Talk {
+        sock: &sock,
+        init: &init,
+    };
+    let joined = go(&talk, record, maps.as_ref(), new_cgroupns, pid, &process)?;
+    let pid = if pid_joined {
+        init_in_joined_pid_ns(&talk, child)?
+    } else {
+        pid
+    };
+    // While the child sets up its mounts (it runs nothing of the workload before ACK):
+    // joining a v1 cgroup waits for an RCU grace period, milliseconds worth overlapping.
+    if let Some(cg) = record.cgroup.as_ref().filter(|_| !joined) {
+        cg.add_pid(pid)?;
+    }
+    record_pid(dir, record, pid)?;
+    create_hooks(&talk, record, hooks)?;
+    record.status = ContainerState::Created;
+    dir.save(record)?;
+    if let Some(p) = &opts.pid_file {
+        crate::atomic::write(p, pid.to_string().as_bytes())
+            .map_err(Error::io(format!("write {}", p.display())))?;
+    }
+    release(&talk, record, hooks, opts.start)
+}
+
+/// The namespaces of a config: which clone makes, which the child makes itself, which
+/// it joins.
+#[derive(Default)]
+struct Namespaces {
+    /// For clone(2).
+    clone: libc::c_int,
+    /// Made after joining a user namespace by path (so they belong to it).
+    unshare: libc::c_int,
+    /// Made by the child of a new user namespace while the maps are written.
+    early_unshare: libc::c_int,
+    /// To join, user namespace first: (fd, CLONE_NEW*).
+    join: Vec<(OwnedFd, libc::c_int)>,
+    new_userns: bool,
+    user_joined: bool,
+    /// A pid namespace joined by path: the child forks the init once more.
+    pid_joined: bool,
+    new_pid: bool,
+    /// Made by the child once it is in its cgroup (rootfs::Plan), so that it is rooted
+    /// there and shows nothing of the caller's.
+    new_cgroupns: bool,
+    new_net: bool,
+    /// A uts namespace, new or joined: host and domain names may be set.
+    uts: bool,
+}
+
+impl Namespaces {
+    fn of(linux: &Linux) -> Result<Namespaces, Error> {
+        let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+        if !crate::dirs::is_root()
+            && !namespaces
+                .iter()
+                .any(|n| n.typ() == LinuxNamespaceType::User)
+        {
+            // Unprivileged, nothing works without one: add it rather than fail.
+            let mut user = oci_spec::runtime::LinuxNamespace::default();
+            user.set_typ(LinuxNamespaceType::User);
+            namespaces.push(user);
+        }
+        let mut ns = Namespaces {
+            uts: namespaces
+                .iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Uts),
+            ..Default::default()
+        };
+        let mut flags = 0;
+        for (i, n) in namespaces.iter().enumerate() {
+            match n.path() {
+                Some(p) if !p.as_os_str().is_empty() => ns.join_one(n.typ(), p, i)?,
+                _ => flags |= ns_info(n.typ()).1,
+            }
+        }
+        ns.derive(flags)?;
+        Ok(ns)
+    }
+
+    /// Opens namespace `path` (config entry `i`) to join.
+    fn join_one(&mut self, typ: LinuxNamespaceType, path: &Path, i: usize) -> Result<(), Error> {
+        if typ == LinuxNamespaceType::Time {
+            // setns() of it only moves later children, like pid (below): not yet.
+            return Err(Error::config(
+                &format!("linux.namespaces[{i}].path"),
+                "joining an existing time namespace is not supported yet",
+            ));
+        }
+        let fd = open_ns(path, &format!("linux.namespaces[{i}].path"))?;
+        let flag = ns_info(typ).1;
+        if typ == LinuxNamespaceType::User {
+            self.user_joined = true;
+            self.join.insert(0, (fd, flag));
+        } else {
+            // setns() of a pid namespace only moves later children: the child
+            // forks once more after joining, and the grandchild is the init.
+            self.pid_joined |= typ == LinuxNamespaceType::Pid;
+            self.join.push((fd, flag));
+        }
+        Ok(())
+    }
+
+    /// Splits the new namespaces `flags` between clone, the early unshare and the
+    /// unshare after joining.
+    fn derive(&mut self, mut flags: libc::c_int) -> Result<(), Error> {
+        self.new_userns = flags & libc::CLONE_NEWUSER != 0;
+        self.new_cgroupns = flags & libc::CLONE_NEWCGROUP != 0;
+        flags &= !libc::CLONE_NEWCGROUP;
+        if flags & libc::CLONE_NEWNS == 0 {
+            return Err(Error::config(
+                "linux.namespaces",
+                "warren needs a new mount namespace (type \"mount\")",
+            ));
+        }
+        let (clone_flags, unshare) = if self.user_joined {
+            if flags & libc::CLONE_NEWPID != 0 {
+                return Err(Error::config(
+                    "linux.namespaces",
+                    "a new pid namespace together with a user namespace joined by path is not supported",
+                ));
+            }
+            (0, flags)
+        } else {
+            (flags, 0)
+        };
+        // With a new user namespace, the child makes these itself while the maps are written.
+        self.early_unshare = if self.new_userns && !self.user_joined {
+            flags
+                & (libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC)
+        } else {
+            0
+        };
+        self.clone = clone_flags & !self.early_unshare;
+        self.unshare = unshare;
+        self.new_pid = flags & libc::CLONE_NEWPID != 0;
+        self.new_net = flags & libc::CLONE_NEWNET != 0;
+        Ok(())
+    }
+}
+
+/// The id maps of a new user namespace.
+fn id_maps(linux: &Linux, new_userns: bool) -> Result<Option<userns::Maps>, Error> {
+    if !new_userns {
+        return Ok(None);
+    }
+    let (maps, warning) = userns::Maps::plan(
+        userns::Mapping::from_spec(linux.uid_mappings().as_deref().unwrap_or(&[])),
+        userns::Mapping::from_spec(linux.gid_mappings().as_deref().unwrap_or(&[])),
+    )?;
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+    }
+    Ok(Some(maps))
+}
+
+/// The host uid ranges `(first, count)` of `maps`.
+fn uid_ranges(maps: &userns::Maps) -> Vec<(u32, u32)> {
+    maps.uid.iter().map(|r| (r.host, r.size)).collect()
+}
+
+/// Makes the container's cgroup when it needs one, before the rootfs plan that mounts
+/// it (and records it at once, so that a runtime killed now leaves nothing a later
+/// create or delete cannot find); returns how its `cgroup` mounts are made.
+fn make_cgroup(
+    dir: &state::Dir,
+    record: &mut Record,
+    spec: &Spec,
+    linux: &Linux,
+    ns: &Namespaces,
+) -> Result<rootfs::Cgroups, Error> {
+    let cgroups_path = linux
+        .cgroups_path()
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned());
+    let cgroup_mount = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .any(|m| matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2")));
+    if cgroup::needed(
+        linux.resources().as_ref(),
+        cgroups_path.as_deref(),
+        ns.new_pid,
+        ns.new_cgroupns || cgroup_mount,
+    ) {
+        record.cgroup = Some(cgroup::Cgroup::create(
+            &record.id,
+            linux.resources().as_ref(),
+            cgroups_path.as_deref(),
+        )?);
+        dir.save(record)?;
+    }
+    Ok(rootfs::Cgroups {
+        new_ns: ns.new_cgroupns,
+        view: match &record.cgroup {
+            Some(cg) if cgroup_mount => cg.mount_view()?,
+            _ => Default::default(),
+        },
+    })
+}
+
+/// The exec fifo `start` opens, writable by the container's root: `O_PATH` fds of it
+/// and of the host's /proc (to reopen it through after pivot_root).
+fn exec_fifo(dir: &state::Dir) -> Result<(OwnedFd, OwnedFd), Error> {
+    let path = dir.file(state::FIFO);
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o622))
+        .map_err(|e| Error::io(format!("mkfifo {}", path.display()))(e.into()))?;
+    // Writable by the container's root whatever the umask and id mapping.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+        .map_err(Error::io(format!("chmod {}", path.display())))?;
+    let o = |p: &Path, f| {
+        nix::fcntl::open(
+            p,
+            f | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| Error::io(format!("open {}", p.display()))(e.into()))
+    };
+    Ok((
+        o(&path, nix::fcntl::OFlag::O_PATH)?,
+        o(
+            Path::new("/proc"),
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+        )?,
+    ))
+}
+
+/// The host and domain names to set (both need a uts namespace; a domain name without
+/// one is ignored).
+fn names(spec: &Spec, uts: bool) -> Result<(Option<CString>, Option<CString>), Error> {
+    let hostname = match spec.hostname() {
+        Some(h) if !h.is_empty() => {
+            if !uts {
+                return Err(Error::config("hostname", "needs a uts namespace"));
+            }
+            Some(
+                CString::new(h.as_str())
+                    .map_err(|_| Error::config("hostname", "contains a NUL byte"))?,
+            )
+        }
+        _ => None,
+    };
+    let domainname = match spec.domainname() {
+        Some(h) if !h.is_empty() && uts => Some(
+            CString::new(h.as_str())
+                .map_err(|_| Error::config("domainname", "contains a NUL byte"))?,
+        ),
+        _ => None,
+    };
+    Ok((hostname, domainname))
+}
+
+/// Hooks the child pauses for before pivot_root.
+fn has_early_hooks(hooks: Option<&Hooks>) -> bool {
+    hooks.is_some_and(|h| {
+        h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
+            || h.create_container().as_ref().is_some_and(|v| !v.is_empty())
+            || {
+                #[allow(deprecated)]
+                h.prestart().as_ref().is_some_and(|v| !v.is_empty())
+            }
+    })
+}
+
+/// The parent's end of the sync socket and what the child was given (to describe its
+/// failures).
+struct Talk<'a> {
+    sock: &'a OwnedFd,
+    init: &'a Init,
+}
+
+impl Talk<'_> {
+    fn plan(&self) -> Option<&Plan> {
+        self.init.rootfs.as_ref()
+    }
+    fn expect(&self, during: &'static str) -> Result<Option<Msg>, Error> {
+        expect(self.sock, self.plan(), self.init, during)
+    }
+}
+
+/// Until GO the child can do nothing but exit (and dies with us), and a directory
+/// without a record is reclaimed as stale: the record is needed before GO only to name
+/// a cgroup (saved by [`make_cgroup`]), else it is written while the child mounts and we
+/// would wait anyway. Writes the id maps, moves the child into its cgroup when it makes
+/// a cgroup namespace (returns whether it did), sets its limits and sends GO.
+fn go(
+    talk: &Talk,
+    record: &Record,
+    maps: Option<&userns::Maps>,
+    new_cgroupns: bool,
+    pid: i32,
+    process: &oci_spec::runtime::Process,
+) -> Result<bool, Error> {
+    let writing = match maps {
+        Some(m) => Some(m.start(pid)?),
+        None => None,
+    };
+    // The child makes its cgroup namespace after GO: it must be in its cgroup by then.
+    let joined = new_cgroupns && record.cgroup.is_some();
+    if joined {
+        if let Some(cg) = &record.cgroup {
+            cg.add_pid(pid)?;
+        }
+    }
+    if let Some(w) = writing {
+        w.finish()?;
+    }
+    // Before GO the child runs nothing and still has our credentials, so we may set its
+    // limits (a child made in a new user namespace could not raise a hard limit itself:
+    // that needs CAP_SYS_RESOURCE in the initial one); a forked init inherits them.
+    apply_limits(pid, process)?;
+    send(talk.sock, tag::GO)?;
+    Ok(joined)
+}
+
+/// The child joined the pid namespace and forked the init (our child too, by
+/// CLONE_PARENT), which goes on with the setup; it reports its pid and exits. Returns
+/// the init's pid; `child` becomes the init.
+fn init_in_joined_pid_ns(talk: &Talk, child: &mut Option<(i32, OwnedFd)>) -> Result<i32, Error> {
+    let init_pid = match talk.expect("create")? {
+        Some(m) if m.tag == tag::PID => m.a,
+        _ => return Err(Error::InitDied("create")),
+    };
+    let init_fd = crate::sys::pidfd_open(init_pid).map_err(Error::io("pidfd_open"))?;
+    if let Some((_, mid)) = child.replace((init_pid, init_fd)) {
+        let _ = wait_pidfd(mid.as_fd());
+    }
+    Ok(init_pid)
+}
+
+/// Records the init's pid, its start time and the owner.
+fn record_pid(dir: &state::Dir, record: &mut Record, pid: i32) -> Result<(), Error> {
+    let (start, _) = state::proc_start(pid).ok_or(Error::InitDied("create"))?;
+    record.pid = pid;
+    record.pid_start = start;
+    record.owner = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_default();
+    dir.save(record)
+}
+
+/// Runs the prestart, createRuntime and createContainer hooks when the child asks,
+/// until it is READY.
+fn create_hooks(talk: &Talk, record: &Record, hooks: Option<&Hooks>) -> Result<(), Error> {
+    loop {
+        match talk.expect("create")? {
+            Some(m) if m.tag == tag::HOOKS => {
+                let st = serde_json::to_vec(&State::of(record, ContainerState::Creating))
+                    .unwrap_or_default();
+                if let Some(h) = hooks {
+                    #[allow(deprecated)]
+                    hooks::run_all("prestart", h.prestart().as_ref(), &st)?;
+                    hooks::run_all("createRuntime", h.create_runtime().as_ref(), &st)?;
+                    hooks::run_all("createContainer", h.create_container().as_ref(), &st)?;
+                }
+                send(talk.sock, tag::HOOKS_DONE)?;
+            }
+            Some(m) if m.tag == tag::READY => return Ok(()),
+            _ => return Err(Error::InitDied("create")),
+        }
+    }
+}
+
+/// ACK: the state is recorded. Without `start` the child then detaches and waits on
+/// the exec fifo; with it, waits for the exec and runs the poststart hooks.
+fn release(talk: &Talk, record: &Record, hooks: Option<&Hooks>, start: bool) -> Result<(), Error> {
+    if let Err(e) = send(talk.sock, tag::ACK) {
+        // The child sets its identity while we record: a failure there is waiting.
+        talk.expect("create")?;
+        return Err(e);
+    }
+    if !start {
+        return match talk.expect("create")? {
+            Some(m) if m.tag == tag::DETACHED => Ok(()),
+            _ => Err(Error::InitDied("create")),
+        };
+    }
+    // EOF: the exec happened (the socket is close-on-exec); a message: it failed.
+    if let Some(m) = talk.expect("exec")? {
+        return Err(Error::Init {
+            what: format!("unexpected message {}", m.tag),
+            errno: nix::errno::Errno::EPROTO,
+        });
+    }
+    if let Some(h) = hooks {
+        let st =
+            serde_json::to_vec(&State::of(record, ContainerState::Running)).unwrap_or_default();
+        hooks::run_all("poststart", h.poststart().as_ref(), &st)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,545 @@
+//! Applying a [`Plan`] in the child between clone and exec: opening and binding the
+//! rootfs, the mounts in the planned order, `/dev`, `pivot_root`, sysctls, masked and
+//! read-only paths. Nothing here allocates or takes a lock: every string and flag comes
+//! from the plan.
+
+use super::plan::{CgroupOp, DevOp, Inside, Kind, MountOp, Plan};
+use crate::container::child::{FdPath, close, errno, last_errno, mount, write_file};
+use crate::container::protocol::{Fail, Step};
+use crate::sys::{self, RESOLVE_IN_ROOT};
+use libc::c_ulong;
+use std::ffi::{CStr, CString};
+use std::os::fd::RawFd;
+
+impl Plan {
+    /// In the child, first thing in its new mount namespace and before it becomes the
+    /// container's root: an `O_PATH` fd of the rootfs, looked up with the caller's own
+    /// credentials. Container root (a subordinate uid) may not be able to traverse the
+    /// way there (a 0700 home holding the rootfs).
+    pub fn open_root(&self) -> Result<RawFd, Fail> {
+        // SAFETY: valid C string; the fd is closed before exec (O_CLOEXEC).
+        let root = unsafe {
+            libc::open(
+                self.rootfs.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if root < 0 {
+            return Err(Fail::new(Step::RootOpen, last_errno(), 0));
+        }
+        Ok(root)
+    }
+
+    /// In the child, before pivot_root: the configured mounts and `/dev` on the root mount
+    /// from [`bind_root`](Plan::bind_root). Returns that fd (closed on failure).
+    pub fn apply(&self, root: RawFd) -> Result<RawFd, Fail> {
+        if self.new_cgroupns {
+            // SAFETY: a plain flag; this process is single-threaded.
+            if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } < 0 {
+                let e = last_errno();
+                close(root);
+                return Err(Fail::new(Step::Unshare, e, 1));
+            }
+        }
+        if let Err(f) = self.mount_all(root) {
+            close(root);
+            return Err(f);
+        }
+        Ok(root)
+    }
+
+    /// In the child: makes the host's mounts invisible to changes here and binds the
+    /// rootfs (the fd from [`open_root`](Plan::open_root), consumed) onto itself. Returns
+    /// the fd of the new root mount. Needs no id map: it creates no inode and checks no
+    /// inode permission, only the mount namespace's capabilities.
+    pub fn bind_root(&self, rootfs: RawFd) -> Result<RawFd, Fail> {
+        let result = self.bind_root_fd(rootfs);
+        close(rootfs);
+        result
+    }
+
+    fn bind_root_fd(&self, rootfs: RawFd) -> Result<RawFd, Fail> {
+        // No propagation back to the host, whatever the host's "/" is.
+        let root_flags = if self.root_propagation & (libc::MS_SHARED) != 0 {
+            libc::MS_SLAVE | libc::MS_REC
+        } else {
+            self.root_propagation | libc::MS_REC
+        };
+        mount(None, c"/", None, root_flags, None)
+            .map_err(|e| Fail::new(Step::RootPropagation, e, 0))?;
+        // A recursive bind of the rootfs through its fd (never its path again), attached
+        // on top of it; the tree's fd then names the new mount's root.
+        let tree = sys::open_tree_raw(
+            rootfs,
+            c"",
+            sys::OPEN_TREE_CLONE
+                | sys::OPEN_TREE_CLOEXEC
+                | sys::AT_RECURSIVE
+                | libc::AT_EMPTY_PATH as u32,
+        )
+        .map_err(|e| Fail::new(Step::RootBind, errno(e), 0))?;
+        if let Err(e) = sys::move_mount_raw(
+            tree,
+            c"",
+            rootfs,
+            c"",
+            sys::MOVE_MOUNT_F_EMPTY_PATH | sys::MOVE_MOUNT_T_EMPTY_PATH,
+        ) {
+            close(tree);
+            return Err(Fail::new(Step::RootBind, errno(e), 1));
+        }
+        Ok(tree)
+    }
+
+    fn mount_all(&self, root: RawFd) -> Result<(), Fail> {
+        for (i, m) in self.mounts.iter().enumerate() {
+            let fail = |e| Fail::new(Step::Mount, e, i as u32);
+            let target = m.target.create(root, m.file).map_err(fail)?;
+            let path = FdPath::new(target);
+            let t = path.as_cstr();
+            let res = match (m.kind, &m.cgroup) {
+                (Kind::Cgroup, Some(op)) => {
+                    close(target);
+                    self.mount_cgroup(root, m, op, i)?;
+                    continue;
+                }
+                (Kind::Bind, _) => mount(Some(&m.source), t, None, m.flags, None)
+                    .map(|()| (m.remount, m.recursive_ro)),
+                _ => mount_fs(m, t),
+            };
+            close(target);
+            res.and_then(|(remount, recursive_ro)| after_mount(root, m, remount, recursive_ro))
+                .map_err(fail)?;
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            self.device(root, d)
+                .map_err(|e| Fail::new(Step::Device, e, i as u32))?;
+        }
+        if self.dev_links {
+            let dev = sys::openat2_raw(
+                root,
+                c"dev",
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+                RESOLVE_IN_ROOT,
+            )
+            .map_err(|e| Fail::new(Step::Device, errno(e), u32::MAX))?;
+            for (name, to) in [
+                (c"fd", c"/proc/self/fd"),
+                (c"stdin", c"/proc/self/fd/0"),
+                (c"stdout", c"/proc/self/fd/1"),
+                (c"stderr", c"/proc/self/fd/2"),
+                (c"ptmx", c"pts/ptmx"),
+                (c"core", c"/proc/kcore"),
+            ] {
+                // SAFETY: valid fd and C strings. An existing entry is left alone.
+                unsafe { libc::symlinkat(to.as_ptr(), dev, name.as_ptr()) };
+            }
+            close(dev);
+        }
+        Ok(())
+    }
+
+    /// In the child: the `cgroup` mount `m` (config index `i`), planned by [`cgroup_op`].
+    fn mount_cgroup(&self, root: RawFd, m: &MountOp, op: &CgroupOp, i: usize) -> Result<(), Fail> {
+        let fail = |e| Fail::new(Step::Mount, e, i as u32);
+        let base = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        if op.tmpfs {
+            let t = m.target.create(root, false).map_err(fail)?;
+            let r = mount(
+                Some(c"tmpfs"),
+                FdPath::new(t).as_cstr(),
+                Some(c"tmpfs"),
+                base,
+                Some(c"mode=755"),
+            );
+            close(t);
+            r.map_err(fail)?;
+        }
+        for part in &op.parts {
+            let fail = |e| Fail::new(Step::Mount, e, (self.mounts.len() + part.desc) as u32);
+            let t = part.target.create(root, false).map_err(fail)?;
+            let path = FdPath::new(t);
+            let r = if self.new_cgroupns {
+                // Rooted at the container's cgroup: what it shows is its own.
+                mount(
+                    Some(&part.fstype),
+                    path.as_cstr(),
+                    Some(&part.fstype),
+                    op.flags,
+                    part.data.as_deref(),
+                )
+            } else {
+                mount(Some(&part.dir), path.as_cstr(), None, libc::MS_BIND, None)
+                    .and_then(|()| remount(root, &part.target.rel, op.flags))
+            };
+            close(t);
+            r.map_err(fail)?;
+        }
+        for (link, to) in &op.links {
+            let (dir, name) = link.create_parent(root).map_err(fail)?;
+            // SAFETY: valid fd and C strings.
+            let r = unsafe { libc::symlinkat(to.as_ptr(), dir, name.as_ptr()) };
+            let e = last_errno();
+            close(dir);
+            if r < 0 {
+                return Err(fail(e));
+            }
+        }
+        if op.tmpfs {
+            // Nothing to write there: read-only whatever the config says.
+            remount(root, &m.target.rel, base | libc::MS_RDONLY).map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    fn device(&self, root: RawFd, d: &DevOp) -> Result<(), i32> {
+        if self.bind_devices {
+            let target = d.target.create(root, true)?;
+            let path = FdPath::new(target);
+            let r = mount(Some(&d.host), path.as_cstr(), None, libc::MS_BIND, None);
+            close(target);
+            return r;
+        }
+        let parent_made = d.target.create_parent(root)?;
+        let (dir, name) = parent_made;
+        // SAFETY: valid fd and C string.
+        unsafe { libc::unlinkat(dir, name.as_ptr(), 0) };
+        // The mode the config asked for, set by mknod itself: no umask, and no chmod by
+        // name afterwards (which would follow a symlink swapped in meanwhile).
+        // SAFETY: umask and mknodat with a valid fd and C string; single-threaded child.
+        let mut r = unsafe {
+            let umask = libc::umask(0);
+            let r = libc::mknodat(dir, name.as_ptr(), d.mode, d.dev);
+            libc::umask(umask);
+            r
+        };
+        if r == 0 {
+            // SAFETY: valid fd and C string; AT_SYMLINK_NOFOLLOW.
+            r = unsafe {
+                libc::fchownat(dir, name.as_ptr(), d.uid, d.gid, libc::AT_SYMLINK_NOFOLLOW)
+            };
+        }
+        if r == 0 && d.mode & 0o7000 != 0 {
+            // chown cleared setuid/setgid: put them back, never through a symlink.
+            // SAFETY: `dir` is open until the close below.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(dir) };
+            if let Err(e) = sys::fchmodat_nofollow(fd, name, d.mode & 0o7777) {
+                close(dir);
+                return Err(errno(e));
+            }
+        }
+        let err = last_errno();
+        close(dir);
+        if r < 0 { Err(err) } else { Ok(()) }
+    }
+
+    /// In the child: switches to the rootfs (`root` from [`apply`](Plan::apply),
+    /// consumed) and detaches the old root.
+    pub fn pivot(&self, root: RawFd) -> Result<(), Fail> {
+        let f = |e| Fail::new(Step::PivotRoot, e, 0);
+        // SAFETY: plain fd.
+        let r = unsafe { libc::fchdir(root) };
+        let err = last_errno();
+        close(root);
+        if r < 0 {
+            return Err(f(err));
+        }
+        sys::pivot_root(c".", c".").map_err(|e| f(errno(e)))?;
+        // The old root is stacked under the new one: keep its unmount from propagating.
+        mount(None, c".", None, libc::MS_SLAVE | libc::MS_REC, None).map_err(f)?;
+        // SAFETY: valid C string.
+        if unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) } < 0 {
+            return Err(f(last_errno()));
+        }
+        // SAFETY: valid C string.
+        if unsafe { libc::chdir(c"/".as_ptr()) } < 0 {
+            return Err(f(last_errno()));
+        }
+        if self.set_root_propagation {
+            mount(None, c"/", None, self.root_propagation, None)
+                .map_err(|e| Fail::new(Step::RootPropagation, e, 1))?;
+        }
+        Ok(())
+    }
+
+    /// In the child after pivot_root: sysctls, masked and read-only paths, read-only root.
+    pub fn finish(&self) -> Result<(), Fail> {
+        for (i, (path, value)) in self.sysctl.iter().enumerate() {
+            write_file(path, value.to_bytes()).map_err(|e| Fail::new(Step::Sysctl, e, i as u32))?;
+        }
+        for (i, p) in self.masked.iter().enumerate() {
+            mask(p).map_err(|e| Fail::new(Step::Masked, e, i as u32))?;
+        }
+        for (i, p) in self.readonly.iter().enumerate() {
+            match readonly(p) {
+                Err(e) if e == libc::ENOENT => {}
+                other => other.map_err(|e| Fail::new(Step::Readonly, e, i as u32))?,
+            }
+        }
+        if self.readonly_root {
+            remount_ro(c"/").map_err(|e| Fail::new(Step::Readonly, e, u32::MAX))?;
+        }
+        Ok(())
+    }
+}
+
+impl Inside {
+    /// Creates missing components (the last as an empty file when `file`) and returns an
+    /// `O_PATH` fd of the target, resolved inside `root`.
+    fn create(&self, root: RawFd, file: bool) -> Result<RawFd, i32> {
+        let n = self.steps.len();
+        for (i, step) in self.steps.iter().enumerate() {
+            make(root, step, file && i + 1 == n)?;
+        }
+        sys::openat2_raw(root, &self.rel, libc::O_PATH, 0, RESOLVE_IN_ROOT).map_err(errno)
+    }
+
+    /// Creates the parent directories and returns (parent dir fd, last component).
+    fn create_parent(&self, root: RawFd) -> Result<(RawFd, &CStr), i32> {
+        let Some((parent, name, _)) = self.steps.last() else {
+            return Err(libc::EINVAL);
+        };
+        // Every directory but the last component.
+        for step in &self.steps[..self.steps.len() - 1] {
+            make(root, step, false)?;
+        }
+        let dir = sys::openat2_raw(
+            root,
+            parent,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+            RESOLVE_IN_ROOT,
+        )
+        .map_err(errno)?;
+        Ok((dir, name))
+    }
+}
+
+/// One step of `mkdir -p` beneath `root` (RESOLVE_IN_ROOT): creates `name` in `parent`
+/// (an empty file when `file`, else a directory) unless `full` exists.
+fn make(
+    root: RawFd,
+    (parent, name, full): &(CString, CString, CString),
+    file: bool,
+) -> Result<(), i32> {
+    match sys::openat2_raw(root, full, libc::O_PATH, 0, RESOLVE_IN_ROOT) {
+        Ok(fd) => {
+            close(fd);
+            return Ok(());
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(errno(e)),
+    }
+    let dir = sys::openat2_raw(
+        root,
+        parent,
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+        RESOLVE_IN_ROOT,
+    )
+    .map_err(errno)?;
+    let res = if file {
+        // SAFETY: valid fd and C string.
+        let fd = unsafe {
+            libc::openat(
+                dir,
+                name.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+                0o644,
+            )
+        };
+        if fd >= 0 {
+            close(fd);
+        }
+        fd
+    } else {
+        // SAFETY: valid fd and C string.
+        unsafe { libc::mkdirat(dir, name.as_ptr(), 0o755) }
+    };
+    let err = last_errno();
+    close(dir);
+    if res < 0 && err != libc::EEXIST {
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Flags the kernel locks on a mount made in a less privileged user namespace: a remount
+/// must repeat them or fail with EPERM.
+fn locked_flags(fd: RawFd) -> c_ulong {
+    // SAFETY: an all-zero statvfs is a valid out buffer.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and out pointer.
+    if unsafe { libc::fstatvfs(fd, &mut st) } < 0 {
+        return 0;
+    }
+    let mut f = 0;
+    for (st_flag, ms) in [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if st.f_flag & st_flag != 0 {
+            f |= ms;
+        }
+    }
+    f
+}
+
+/// mount_setattr(2) with AT_RECURSIVE: `flags` (MS_RDONLY, MS_NOSUID, MS_NODEV,
+/// MS_NOEXEC) on the mount at `fd` and every mount beneath it. Raw, as the child may not
+/// allocate (`sys::mount_setattr` takes a path).
+fn set_recursive(fd: RawFd, flags: c_ulong) -> Result<(), i32> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let mut set = 0;
+    for (ms, attr) in [
+        (libc::MS_RDONLY, sys::MOUNT_ATTR_RDONLY),
+        (libc::MS_NOSUID, sys::MOUNT_ATTR_NOSUID),
+        (libc::MS_NODEV, sys::MOUNT_ATTR_NODEV),
+        (libc::MS_NOEXEC, MOUNT_ATTR_NOEXEC),
+    ] {
+        if flags & ms != 0 {
+            set |= attr;
+        }
+    }
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: valid fd, an empty C string with AT_EMPTY_PATH, and a mount_attr of the size
+    // passed, alive for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as u32 | sys::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 { Err(last_errno()) } else { Ok(()) }
+}
+
+const MOUNT_ATTR_NOEXEC: u64 = 0x08;
+
+/// Remounts the mount at `rel` (resolved in `root` again, so the fd names the mount's
+/// root) with `flags` (MS_RDONLY, MS_NOSUID...), keeping the locked ones.
+fn remount(root: RawFd, rel: &CStr, flags: c_ulong) -> Result<(), i32> {
+    let top = sys::openat2_raw(root, rel, libc::O_PATH, 0, RESOLVE_IN_ROOT).map_err(errno)?;
+    let p = FdPath::new(top);
+    let all = libc::MS_BIND | libc::MS_REMOUNT | flags | locked_flags(top);
+    let r = mount(None, p.as_cstr(), None, all, None);
+    close(top);
+    r
+}
+
+fn remount_ro(path: &CStr) -> Result<(), i32> {
+    let fd = sys::openat2_raw(libc::AT_FDCWD, path, libc::O_PATH, 0, 0).map_err(errno)?;
+    let locked = locked_flags(fd);
+    close(fd);
+    mount(
+        None,
+        path,
+        None,
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | locked,
+        None,
+    )
+}
+
+fn readonly(path: &CStr) -> Result<(), i32> {
+    mount(Some(path), path, None, libc::MS_BIND | libc::MS_REC, None)?;
+    remount_ro(path)
+}
+
+/// Hides `path`: /dev/null over a file, an empty read-only tmpfs over a directory.
+fn mask(path: &CStr) -> Result<(), i32> {
+    // SAFETY: an all-zero stat is a valid out buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out pointer.
+    if unsafe { libc::stat(path.as_ptr(), &mut st) } < 0 {
+        let e = last_errno();
+        return if e == libc::ENOENT { Ok(()) } else { Err(e) };
+    }
+    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        mount(
+            Some(c"tmpfs"),
+            path,
+            Some(c"tmpfs"),
+            libc::MS_RDONLY,
+            Some(c"size=0k"),
+        )
+    } else {
+        mount(Some(c"/dev/null"), path, None, libc::MS_BIND, None)
+    }
+}
+
+/// A filesystem mount; a virtual one the kernel refuses falls back to a recursive bind
+/// of the host's. Returns the flags still to set by a remount, and whether on every
+/// mount beneath too.
+fn mount_fs(m: &MountOp, t: &CStr) -> Result<(c_ulong, bool), i32> {
+    match mount(
+        Some(&m.source),
+        t,
+        Some(&m.fstype),
+        m.flags,
+        m.data.as_deref(),
+    ) {
+        Err(e)
+            if m.kind == Kind::Virtual && matches!(e, libc::EPERM | libc::EINVAL | libc::EBUSY) =>
+        {
+            mount(
+                Some(&m.fallback),
+                t,
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            )
+            .map(|()| {
+                // The host's submounts come along (the cgroup tree under /sys):
+                // read-only too when the config asked for ro.
+                let f = m.flags
+                    & (libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC);
+                (f, f & libc::MS_RDONLY != 0)
+            })
+        }
+        other => other.map(|()| (0, false)),
+    }
+}
+
+/// Remount and propagation of the new mount `m`: its path is looked up again so the fd
+/// names the mount's root, not the directory beneath it.
+fn after_mount(root: RawFd, m: &MountOp, remount: c_ulong, recursive_ro: bool) -> Result<(), i32> {
+    if remount == 0 && m.propagation.is_empty() {
+        return Ok(());
+    }
+    let top =
+        sys::openat2_raw(root, &m.target.rel, libc::O_PATH, 0, RESOLVE_IN_ROOT).map_err(errno)?;
+    let p = FdPath::new(top);
+    let r = (|| {
+        if remount != 0 {
+            let flags = libc::MS_BIND | libc::MS_REMOUNT | remount | locked_flags(top);
+            mount(None, p.as_cstr(), None, flags, None)?;
+        }
+        if recursive_ro {
+            set_recursive(top, remount)?;
+        }
+        m.propagation
+            .iter()
+            .try_for_each(|f| mount(None, p.as_cstr(), None, *f, None))
+    })();
+    close(top);
+    r
+}

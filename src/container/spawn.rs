@@ -1,0 +1,173 @@
+//! The parent's half of the init protocol: clone the child with what it needs
+//! ([`Init`]), talk to it over the sync socket, and turn a failure it reports into an
+//! [`Error`] naming the mount, device or step.
+
+use super::error::Error;
+use super::init::{self, Init};
+use super::protocol::{self, Fail, Msg, Step, tag};
+use super::rootfs;
+use oci_spec::runtime::LinuxNamespaceType;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+/// Namespace type name (as in /proc/PID/ns) and clone flag.
+pub(super) fn ns_info(t: LinuxNamespaceType) -> (&'static str, libc::c_int) {
+    match t {
+        LinuxNamespaceType::Mount => ("mnt", libc::CLONE_NEWNS),
+        LinuxNamespaceType::Cgroup => ("cgroup", libc::CLONE_NEWCGROUP),
+        LinuxNamespaceType::Uts => ("uts", libc::CLONE_NEWUTS),
+        LinuxNamespaceType::Ipc => ("ipc", libc::CLONE_NEWIPC),
+        LinuxNamespaceType::User => ("user", libc::CLONE_NEWUSER),
+        LinuxNamespaceType::Pid => ("pid", libc::CLONE_NEWPID),
+        LinuxNamespaceType::Network => ("net", libc::CLONE_NEWNET),
+        LinuxNamespaceType::Time => ("time", libc::CLONE_NEWTIME),
+    }
+}
+
+pub(super) fn open_ns(path: &Path, field: &str) -> Result<OwnedFd, Error> {
+    nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::config(field, format!("{}: {e}", path.display())))
+}
+
+fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), Error> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| Error::io("socketpair")(e.into()))
+}
+
+/// The pty master's destination when `plan` asks for a terminal: the caller's fd (taken),
+/// else a connection to the console socket.
+pub(super) fn console_for(
+    plan: &init::Process,
+    fd: &mut Option<OwnedFd>,
+    socket: Option<&Path>,
+) -> Result<Option<OwnedFd>, Error> {
+    match (plan.terminal, fd.take(), socket) {
+        (false, _, _) => Ok(None),
+        (true, Some(fd), _) => Ok(Some(fd)),
+        (true, None, Some(path)) => Ok(Some(connect_console(path)?)),
+        (true, None, None) => Err(Error::config(
+            "process.terminal",
+            "a terminal needs --console-socket",
+        )),
+    }
+}
+
+fn connect_console(path: &Path) -> Result<OwnedFd, Error> {
+    let s = std::os::unix::net::UnixStream::connect(path).map_err(Error::io(format!(
+        "connect console socket {}",
+        path.display()
+    )))?;
+    Ok(OwnedFd::from(s))
+}
+
+/// Clones the child running `init` (with `flags` new namespaces); returns its pid and
+/// pidfd, and the parent's end of the sync socket.
+pub(super) fn spawn(init: &mut Init, flags: libc::c_int) -> Result<(i32, OwnedFd, OwnedFd), Error> {
+    let (parent_end, child_end) = seqpacket_pair()?;
+    init.sync = child_end.as_raw_fd();
+    init.parent = std::process::id() as i32;
+    let mut keep: Vec<RawFd> = vec![0, 1, 2, init.sync];
+    keep.extend(3..3 + init.preserve_fds);
+    keep.extend(init.join.iter().map(|(fd, _)| fd.as_raw_fd()));
+    keep.extend(
+        init.fifo
+            .iter()
+            .flat_map(|(a, b)| [a.as_raw_fd(), b.as_raw_fd()]),
+    );
+    keep.extend(init.stdio.iter().flatten().copied());
+    keep.extend(init.console_socket);
+    keep.sort_unstable();
+    keep.dedup();
+    init.keep = keep;
+    // SAFETY: the child only runs `Init::run`, which is async-signal-safe: it uses data
+    // prepared here and never returns.
+    let (pid, pidfd) =
+        unsafe { crate::sys::clone3_fork(flags as u64) }.map_err(Error::io("clone3"))?;
+    if pid == 0 {
+        init.run();
+    }
+    drop(child_end);
+    let pidfd = pidfd.ok_or_else(|| Error::io("clone3")(std::io::Error::other("no pidfd")))?;
+    Ok((pid, pidfd, parent_end))
+}
+
+fn describe(f: Fail, plan: Option<&rootfs::Plan>, init: &Init) -> Error {
+    let i = f.index as usize;
+    let what = match f.step {
+        Step::Mount => plan
+            .and_then(|p| p.descriptions.get(i).cloned())
+            .unwrap_or_else(|| "mount".into()),
+        Step::Device => format!(
+            "create device {}",
+            plan.map(|p| p.device_path(i)).unwrap_or_default()
+        ),
+        Step::Masked => format!(
+            "mask {}",
+            plan.map(|p| p.masked_path(i)).unwrap_or_default()
+        ),
+        Step::Readonly => format!(
+            "make {} read-only",
+            plan.map(|p| p.readonly_path(i)).unwrap_or_default()
+        ),
+        Step::Sysctl => format!(
+            "set sysctl {}",
+            plan.map(|p| p.sysctl_path(i)).unwrap_or_default()
+        ),
+        Step::Exec => format!(
+            "exec {:?}",
+            init.process
+                .candidates
+                .first()
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ),
+        Step::Cwd => format!("chdir to process.cwd {:?}", init.process.cwd),
+        Step::Setuid => format!("set uid {}", f.index),
+        Step::Setgid => format!("set gid {}", f.index),
+        Step::Groups if f.index == 1 => {
+            "process.user.additionalGids need setgroups, denied in this user namespace".into()
+        }
+        Step::Setns => format!("join namespace {}", i),
+        Step::Loopback => "bring up lo in the new network namespace".into(),
+        other => format!("{other:?}").to_lowercase(),
+    };
+    Error::Init {
+        what,
+        errno: nix::errno::Errno::from_raw(f.errno),
+    }
+}
+
+/// Waits for the child's next message, mapping a failure or an EOF to an error.
+pub(super) fn expect(
+    sock: &OwnedFd,
+    plan: Option<&rootfs::Plan>,
+    init: &Init,
+    during: &'static str,
+) -> Result<Option<Msg>, Error> {
+    match protocol::recv(sock.as_raw_fd()) {
+        Ok(Some(m)) if m.tag == tag::FAIL => Err(describe(Fail::from_msg(m), plan, init)),
+        Ok(m) => Ok(m),
+        Err(_) => Err(Error::InitDied(during)),
+    }
+}
+
+pub(super) fn send(sock: &OwnedFd, t: u32) -> Result<(), Error> {
+    protocol::send(
+        sock.as_raw_fd(),
+        Msg {
+            tag: t,
+            ..Default::default()
+        },
+    )
+    .map_err(|_| Error::InitDied("create"))
+}
