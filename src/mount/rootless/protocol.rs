@@ -169,7 +169,8 @@ mod tests {
         std::fs::set_permissions(src.join("d/f"), std::fs::Permissions::from_mode(0o741)).unwrap();
         std::os::unix::fs::symlink("d/f", src.join("l")).unwrap();
         let dst = tmp.path().join("dst");
-        let plan = crate::mount::copy::copy_deferred(&[src.clone()], &dst, None).unwrap();
+        let plan =
+            crate::mount::copy::copy_deferred(std::slice::from_ref(&src), &dst, None).unwrap();
         let msg = Request::ApplyPlan {
             tmp: Bytes::from(dst.as_path()),
             view: Bytes::default(),
