@@ -431,3 +431,69 @@ fn rootless_runtime_without_the_main_hook_is_refused() {
     assert!(!rt.container_dir("nohook").exists());
     assert!(rt.list().expect("list").is_empty());
 }
+
+/// The rootless helper (the `warren` binary with its marker argument) dies with the
+/// process that started it: it must never go on working for a caller that is gone.
+#[test]
+fn the_rootless_helper_dies_with_its_parent() {
+    if run_as_rootless_user("the_rootless_helper_dies_with_its_parent") {
+        return;
+    }
+    let data = PathBuf::from(std::env::var_os(CHILD_DIR).expect("child dir"));
+    // Orphans come to this process, so it can see how the helper ended.
+    // SAFETY: prctl with plain integers.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(r, 0, "PR_SET_CHILD_SUBREAPER");
+    let fifo = data.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    // Held open, so the helper waits for a Hello that never comes.
+    let _input = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .expect("open fifo");
+    let mut parent = std::process::Command::new("sh")
+        .args([
+            "-c",
+            r#""$0" --warren-rootless-helper-v1 < "$1" & echo $!; read x || :"#,
+        ])
+        .arg(bin("warren"))
+        .arg(&fifo)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sh");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(parent.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read the helper's pid");
+    let pid: i32 = line.trim().parse().expect("a pid");
+    // Once it reads its input it has set its death signal.
+    let wchan = format!("/proc/{pid}/wchan");
+    let mut waiting = false;
+    for _ in 0..3000 {
+        if std::fs::read_to_string(&wchan).is_ok_and(|w| w.contains("pipe_read")) {
+            waiting = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(waiting, "the helper never waited for its request");
+    drop(parent.stdin.take());
+    assert!(parent.wait().expect("wait sh").success());
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let pid = nix::unistd::Pid::from_raw(pid);
+    for _ in 0..3000 {
+        // Orphaned, the helper is this process's child.
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)).expect("waitpid the helper") {
+            WaitStatus::StillAlive => std::thread::sleep(Duration::from_millis(10)),
+            WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _) => return,
+            other => panic!("the helper ended otherwise than by its death signal: {other:?}"),
+        }
+    }
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = waitpid(pid, None);
+    panic!("the helper outlived its parent by 30s");
+}

@@ -87,6 +87,10 @@ pub(crate) fn in_userns(
         helper: helper.to_path_buf(),
         reason,
     };
+    // A bare name would be looked up on PATH: never.
+    if !helper.is_absolute() {
+        return Err(failed("not an absolute path".into()));
+    }
     // std spawns with posix_spawn or fork+exec that runs no Rust code in between: safe
     // in a multithreaded process. Nothing of the caller's environment goes along.
     let mut child = Command::new(helper)

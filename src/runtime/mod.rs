@@ -5,6 +5,11 @@
 //! Thread-safe: every method takes `&self`, and `Runtime` is `Send + Sync`. Calls block
 //! (mounts, extraction, waiting), so async callers run them on a blocking pool
 //! (`tokio::task::spawn_blocking`) and poll [`Handle::pidfd`] for a container's exit.
+//!
+//! A program that links it calls [`crate::main_hook`] first thing in `main`: rootless,
+//! the work on a container's copy (extract, remove) runs in a helper that re-executes
+//! the running binary ([`crate::mount::rootless`]); a program whose `main` is not its own
+//! (a test harness) names a `warren` binary instead ([`Runtime::with_helper`]).
 
 pub mod config;
 pub mod images;
