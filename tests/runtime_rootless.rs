@@ -337,7 +337,7 @@ fn rootless_runtime_creates_from_four_threads_while_others_allocate() {
             std::process::abort();
         })
     };
-    let noise: Vec<_> = (0..3)
+    let noise: Vec<_> = (0..2)
         .map(|_| {
             let done = done.clone();
             std::thread::spawn(move || {

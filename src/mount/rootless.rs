@@ -6,15 +6,16 @@
 //! inside lands every id in the block.
 //!
 //! The helper is the caller's binary re-executed (`/proc/self/exe` with a marker
-//! argument, as containers/storage's reexec does), never a fork: a [`crate::runtime::Runtime`]
-//! is shared by a scheduler's threads, and a fork of a multithreaded process may run only
-//! async-signal-safe code (another thread may hold the allocator's lock, rayon's, stdio's).
-//! A fresh process is single-threaded, so it can also `unshare(CLONE_NEWUSER)`. Hence
-//! the rule: a program that links warren and works rootless calls [`crate::main_hook`]
-//! (or [`dispatch`]) first thing in `main`, or names a warren binary as the helper
-//! (a test harness, whose `main` is not its own: [`crate::runtime::Runtime::with_helper`]).
-//! The helper takes its work as a [`protocol::Request`] over a pipe from its parent
-//! (nothing from its environment or arguments) and dies with it.
+//! argument, as containers/storage's reexec does), never a fork: a
+//! [`crate::runtime::Runtime`] is shared by a scheduler's threads, and a fork of a
+//! multithreaded process may run only async-signal-safe code (another thread may hold
+//! the allocator's lock, rayon's, stdio's). A fresh process is single-threaded, so it can
+//! also `unshare(CLONE_NEWUSER)`. Hence the rule: a program that links warren and works
+//! rootless calls [`crate::main_hook`] (or [`dispatch`]) first thing in `main`, or names
+//! a warren binary as the helper (a test harness, whose `main` is not its own:
+//! [`crate::runtime::Runtime::with_helper`]). The helper takes its work as a `Request`
+//! over a pipe from its parent (nothing from its environment or arguments: see
+//! `protocol`) and dies with it.
 
 mod protocol;
 mod serve;
