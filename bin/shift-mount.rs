@@ -49,6 +49,8 @@ struct Args {
 }
 
 fn main() {
+    // First: a rootless copy re-executes this binary as its helper.
+    warren::mount::rootless::dispatch();
     match run(Args::parse()) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

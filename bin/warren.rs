@@ -76,6 +76,8 @@ enum Command {
 }
 
 fn main() {
+    // First: this process may be the rootless helper a `warren` re-executed.
+    warren::mount::rootless::dispatch();
     let cli = Cli::parse();
     if matches!(&cli.command, Command::Oci(c) if c.starts_processes()) {
         // Before any thread: container processes are clones of this one, and must not

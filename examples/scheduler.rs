@@ -164,9 +164,10 @@ impl Reconciler {
 }
 
 fn main() -> anyhow::Result<()> {
-    // First, before any thread: containers are clones of this process and must not find
-    // a writable binary behind /proc/PID/exe (CVE-2019-5736).
-    warren::container::exe::reexec_sealed()?;
+    // First, before any thread: serves rootless work when this process is warren's
+    // re-executed helper, and makes sure containers (clones of this process) find no
+    // writable binary behind /proc/PID/exe (CVE-2019-5736).
+    warren::main_hook()?;
     let mut args = std::env::args().skip(1);
     let mut file: Option<PathBuf> = None;
     let mut iterations: Option<u64> = None;

@@ -17,6 +17,16 @@ pub mod sys;
 pub mod systemd;
 pub mod tree;
 
+/// Call first thing in `main` of every program that links warren, before any thread
+/// starts: serves the rootless helper when this process is one ([`mount::rootless`]:
+/// rootless work re-executes the running binary instead of forking a multithreaded
+/// process), then makes the process run from a binary no container can write
+/// ([`container::exe::reexec_sealed`], CVE-2019-5736).
+pub fn main_hook() -> Result<(), container::exe::ExeError> {
+    mount::rootless::dispatch();
+    container::exe::reexec_sealed()
+}
+
 /// One line for an error and its causes, like anyhow's `{:#}`, leaving out a cause whose
 /// text the message before it already ends with (warren's errors name their cause in
 /// their own message and also return it from `source()`, for callers that walk the chain).

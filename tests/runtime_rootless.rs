@@ -1,14 +1,24 @@
 //! The OCI runtime as an unprivileged user: ids mapped through newuidmap/newgidmap from
 //! the user's subordinate ranges (all of its lines); ids those do not hold are an error.
+//! And `runtime::Runtime` as a library, rootless, shared by threads: its work on the
+//! containers' trees runs in re-executed helpers, never in forks of a multithreaded process.
 
 mod common;
 #[path = "common/rootfs.rs"]
 mod rootfs;
 
-use common::{ROOTLESS_USER, as_rootless, bin, ensure_rootless_user, lo_flags, run, scratch};
+use common::{
+    BIN_DIR_ENV, ROOTLESS_USER, as_rootless, bin, ensure_rootless_user, lo_flags, require_tool,
+    run, scratch,
+};
 use serde_json::json;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use warren::runtime::{ContainerConfig, Runtime, RuntimeOptions};
 
 /// The test user's first subordinate uid as /etc/subuid has it (useradd may have given it
 /// a default range before `ensure_rootless_user` ran).
@@ -222,4 +232,268 @@ fn rootless_run_with_the_rootfs_under_a_private_home() {
     let meta = std::fs::metadata(&home).expect("stat home");
     assert_eq!(meta.permissions().mode() & 0o7777, 0o700);
     assert!(!root.join("rlhome").exists());
+}
+
+/// Set (to the test's data directory) in the child that runs a test as the rootless user.
+const CHILD_DIR: &str = "WARREN_ROOTLESS_TEST_DIR";
+
+/// Runs test `name` of this binary alone as the rootless user, with `CHILD_DIR` set to a
+/// fresh directory it owns. True in the parent (the child passed); false in the child.
+fn run_as_rootless_user(name: &str) -> bool {
+    if std::env::var_os(CHILD_DIR).is_some() {
+        return false;
+    }
+    let (uid, gid) = ensure_rootless_user();
+    let data = scratch("rootless-library");
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::os::unix::fs::chown(data.path(), Some(uid), Some(gid)).expect("chown");
+    let mut cmd = as_rootless(&std::env::current_exe().expect("test binary"));
+    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_DIR, data.path());
+    if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
+        cmd.env(BIN_DIR_ENV, dir);
+    }
+    let out = run(&mut cmd);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{name} as {ROOTLESS_USER}: {}\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
+fn options(dir: &Path) -> RuntimeOptions {
+    RuntimeOptions {
+        state_dir: dir.join("state"),
+        store_dir: dir.join("state/store"),
+        run_dir: dir.join("run"),
+        pool: None,
+    }
+}
+
+fn devnull() -> Option<OwnedFd> {
+    Some(OwnedFd::from(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .expect("open /dev/null"),
+    ))
+}
+
+/// Every entry under `root` (as far as the caller may list) belongs to the block
+/// `start..start+len`, uid and gid; returns how many there are.
+fn owned_by_block(root: &Path, start: u32, len: u32) -> usize {
+    let meta = std::fs::symlink_metadata(root).unwrap_or_else(|e| panic!("{root:?}: {e}"));
+    for (what, id) in [("uid", meta.uid()), ("gid", meta.gid())] {
+        assert!(
+            id >= start && id - start < len,
+            "{root:?}: {what} {id} outside the block {start}+{len}"
+        );
+    }
+    if !meta.is_dir() {
+        return 1;
+    }
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        // A directory of the image only its root may list (mode 0700).
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return 1,
+        Err(e) => panic!("{root:?}: {e}"),
+    };
+    1 + entries
+        .map(|e| owned_by_block(&e.expect("entry").path(), start, len))
+        .sum::<usize>()
+}
+
+/// A scheduler's use of the library, rootless: 4 threads create 4 containers at once, 10
+/// rounds, while other threads allocate all the time. The extraction into each
+/// container's block and the removal run in helpers; with a fork of this multithreaded
+/// process instead, a child could inherit an allocator lock another thread held and hang
+/// (the watchdog aborts) or crash. Each tree must be complete and owned by its block.
+#[test]
+fn rootless_runtime_creates_from_four_threads_while_others_allocate() {
+    require_tool("busybox", "busybox-static");
+    if run_as_rootless_user("rootless_runtime_creates_from_four_threads_while_others_allocate") {
+        return;
+    }
+    let data = PathBuf::from(std::env::var_os(CHILD_DIR).expect("child dir"));
+    // A test harness's main cannot serve the helper: the runtime is told to use warren's.
+    let rt = Runtime::open(options(&data))
+        .expect("open runtime")
+        .with_helper(bin("warren"));
+    let done = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            for _ in 0..3000 {
+                if done.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            eprintln!("rootless library test hung for 300s");
+            std::process::abort();
+        })
+    };
+    let noise: Vec<_> = (0..2)
+        .map(|_| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut n = 0usize;
+                while !done.load(Ordering::Relaxed) {
+                    let v: Vec<u8> = vec![n as u8; 1 + n % 8192];
+                    n = n.wrapping_add(v.len());
+                    drop(v);
+                }
+                n
+            })
+        })
+        .collect();
+    let mut sizes = Vec::new();
+    for round in 0..10 {
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|i| {
+                    let rt = &rt;
+                    s.spawn(move || {
+                        let name = format!("r{round}-{i}");
+                        let cfg = ContainerConfig {
+                            image: "busybox".into(),
+                            command: vec!["true".into()],
+                            stdio: [devnull(), devnull(), devnull()],
+                            ..ContainerConfig::default()
+                        };
+                        let handle = rt
+                            .create(&name, cfg)
+                            .unwrap_or_else(|e| panic!("create {name}: {e}"));
+                        let record = rt.record(&name).expect("record");
+                        let ids = record.ids.expect("a block");
+                        let size = owned_by_block(&record.rootfs, ids.uids.start, ids.uids.len);
+                        let busybox = std::fs::symlink_metadata(record.rootfs.join("bin/busybox"))
+                            .expect("bin/busybox in the copy");
+                        assert_eq!(busybox.uid(), ids.uids.start, "{name}: root's file");
+                        drop(handle);
+                        rt.delete(&name, true)
+                            .unwrap_or_else(|e| panic!("delete {name}: {e}"));
+                        assert!(!rt.container_dir(&name).exists(), "{name} left behind");
+                        size
+                    })
+                })
+                .collect();
+            for w in workers {
+                sizes.push(w.join().expect("worker"));
+            }
+        });
+    }
+    done.store(true, Ordering::Relaxed);
+    for n in noise {
+        n.join().expect("noise thread");
+    }
+    watchdog.join().expect("watchdog");
+    assert!(
+        sizes[0] > 10,
+        "a busybox tree has more than {} entries",
+        sizes[0]
+    );
+    assert!(
+        sizes.iter().all(|&n| n == sizes[0]),
+        "trees differ: {sizes:?}"
+    );
+    assert!(rt.list().expect("list").is_empty());
+}
+
+/// Without `warren::main_hook()` in `main` (a test harness) and no helper named, rootless
+/// work is refused with the fix, never run by re-executing a program that would not serve
+/// it; nothing is left behind.
+#[test]
+fn rootless_runtime_without_the_main_hook_is_refused() {
+    require_tool("busybox", "busybox-static");
+    if run_as_rootless_user("rootless_runtime_without_the_main_hook_is_refused") {
+        return;
+    }
+    let data = PathBuf::from(std::env::var_os(CHILD_DIR).expect("child dir"));
+    let rt = Runtime::open(options(&data)).expect("open runtime");
+    let cfg = ContainerConfig {
+        image: "busybox".into(),
+        command: vec!["true".into()],
+        ..ContainerConfig::default()
+    };
+    let err = rt
+        .create("nohook", cfg)
+        .expect_err("created without a helper");
+    let text = warren::error_line(&err);
+    assert!(
+        text.contains("main_hook") && text.contains("with_helper"),
+        "{text}"
+    );
+    assert!(!rt.container_dir("nohook").exists());
+    assert!(rt.list().expect("list").is_empty());
+}
+
+/// The rootless helper (the `warren` binary with its marker argument) dies with the
+/// process that started it: it must never go on working for a caller that is gone.
+#[test]
+fn the_rootless_helper_dies_with_its_parent() {
+    if run_as_rootless_user("the_rootless_helper_dies_with_its_parent") {
+        return;
+    }
+    let data = PathBuf::from(std::env::var_os(CHILD_DIR).expect("child dir"));
+    // Orphans come to this process, so it can see how the helper ended.
+    // SAFETY: prctl with plain integers.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(r, 0, "PR_SET_CHILD_SUBREAPER");
+    let fifo = data.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    // Held open, so the helper waits for a Hello that never comes.
+    let _input = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .expect("open fifo");
+    let mut parent = std::process::Command::new("sh")
+        .args([
+            "-c",
+            r#""$0" --warren-rootless-helper-v1 < "$1" & echo $!; read x || :"#,
+        ])
+        .arg(bin("warren"))
+        .arg(&fifo)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sh");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(parent.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read the helper's pid");
+    let pid: i32 = line.trim().parse().expect("a pid");
+    // Once it reads its input it has set its death signal.
+    let wchan = format!("/proc/{pid}/wchan");
+    let mut waiting = false;
+    for _ in 0..3000 {
+        if std::fs::read_to_string(&wchan).is_ok_and(|w| w.contains("pipe_read")) {
+            waiting = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(waiting, "the helper never waited for its request");
+    drop(parent.stdin.take());
+    assert!(parent.wait().expect("wait sh").success());
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let pid = nix::unistd::Pid::from_raw(pid);
+    for _ in 0..3000 {
+        // Orphaned, the helper is this process's child.
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)).expect("waitpid the helper") {
+            WaitStatus::StillAlive => std::thread::sleep(Duration::from_millis(10)),
+            WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _) => return,
+            other => panic!("the helper ended otherwise than by its death signal: {other:?}"),
+        }
+    }
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = waitpid(pid, None);
+    panic!("the helper outlived its parent by 30s");
 }

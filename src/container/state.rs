@@ -174,7 +174,7 @@ impl Dir {
 
     /// Removes the directory (the lock goes with the fd when `self` drops).
     pub fn remove(self) -> Result<(), Error> {
-        std::fs::remove_dir_all(&self.path)
+        crate::tree::remove_tree(&self.path)
             .or_else(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     Ok(())

@@ -207,10 +207,10 @@ impl Host {
             .ok()
             .flatten()
             .map(|u| u.name);
-        let pool_owner_account = nix::unistd::User::from_name(POOL_OWNER)
-            .ok()
-            .flatten()
-            .map(|u| u.uid.as_raw());
+        let pool_owner_account = passwd_uid(
+            &std::fs::read_to_string(PASSWD).unwrap_or_default(),
+            POOL_OWNER,
+        );
         Ok(Host {
             subuid: Subids::read(subuid)?,
             subgid: Subids::read(subgid)?,
@@ -232,9 +232,33 @@ impl Host {
     }
 }
 
+/// The local account database `newuidmap` reads a caller's name from.
+const PASSWD: &str = "/etc/passwd";
+
+/// The uid of account `name` in passwd-format `text`. Read from the file, not through NSS:
+/// in the static release build glibc's dlopen'ed NSS modules (libnss_systemd) crash on a
+/// name no module knows. An account from a network directory is therefore not seen.
+fn passwd_uid(text: &str, name: &str) -> Option<u32> {
+    text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next() == Some(name))
+            .then(|| fields.nth(1)?.parse().ok())
+            .flatten()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwd_uid_finds_the_account_by_name() {
+        let text = "root:x:0:0:root:/root:/bin/sh\nwarren:x:998:998::/:/bin/false\nbad\n";
+        assert_eq!(passwd_uid(text, "warren"), Some(998));
+        assert_eq!(passwd_uid(text, "root"), Some(0));
+        assert_eq!(passwd_uid(text, "warre"), None);
+        assert_eq!(passwd_uid(text, "bad"), None);
+    }
 
     fn r(start: u32, len: u32) -> IdRange {
         IdRange::new(start, len).unwrap()

@@ -18,6 +18,7 @@
 //! filesystem, before the overlay is mounted, it skips overlayfs's per-entry copy-up (a
 //! temporary file in `work/` and a rename, serialised on the filesystem's rename lock).
 
+use super::wire::Bytes;
 use crate::idmap::range::Shift;
 use crate::idmap::shift::{self, Meta};
 use crate::idmap::xattr;
@@ -573,6 +574,66 @@ struct Pending {
 #[derive(Debug, Default)]
 pub struct Plan {
     entries: BTreeMap<PathBuf, Pending>,
+}
+
+/// A [`Plan`] entry as the rootless helper's request carries it ([`super::rootless`]):
+/// only what [`apply_plan`] reads.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WireEntry {
+    path: Bytes,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    atime: (i64, i64),
+    mtime: (i64, i64),
+    xattrs: Vec<(Bytes, Bytes)>,
+    source: Bytes,
+}
+
+impl serde::Serialize for Plan {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.entries.iter().map(|(path, p)| {
+            WireEntry {
+                path: Bytes::from(path.as_path()),
+                mode: p.st.st_mode,
+                uid: p.st.st_uid,
+                gid: p.st.st_gid,
+                atime: (p.st.st_atime, p.st.st_atime_nsec),
+                mtime: (p.st.st_mtime, p.st.st_mtime_nsec),
+                xattrs: p
+                    .xattrs
+                    .iter()
+                    .map(|(k, v)| (Bytes(k.as_bytes().to_vec()), Bytes(v.clone())))
+                    .collect(),
+                source: Bytes::from(p.source.as_path()),
+            }
+        }))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Plan {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut plan = Plan::default();
+        for e in <Vec<WireEntry> as serde::Deserialize>::deserialize(d)? {
+            // SAFETY: `stat` is plain integers, for which all-zero is a valid value; the
+            // fields apply_plan reads are filled in below.
+            let mut st: FileStat = unsafe { std::mem::zeroed() };
+            st.st_mode = e.mode;
+            st.st_uid = e.uid;
+            st.st_gid = e.gid;
+            (st.st_atime, st.st_atime_nsec) = e.atime;
+            (st.st_mtime, st.st_mtime_nsec) = e.mtime;
+            let mut xattrs = Vec::with_capacity(e.xattrs.len());
+            for (name, value) in e.xattrs {
+                let name = CString::new(name.0).map_err(serde::de::Error::custom)?;
+                xattrs.push((name, value.0));
+            }
+            let source = e.source.to_path_buf();
+            plan.entries
+                .insert(e.path.to_path_buf(), Pending { st, xattrs, source });
+        }
+        Ok(plan)
+    }
 }
 
 impl Plan {

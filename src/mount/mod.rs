@@ -7,5 +7,6 @@ pub mod idmapped;
 pub mod overlay;
 pub mod rootless;
 pub mod shifted;
+mod wire;
 
 pub use shifted::{Method, MountError, MountReport, MountSpec, mount, unmount};

@@ -1,13 +1,43 @@
-//! Rootless shifted copies. An unprivileged user may not own files by ids outside its own,
-//! except inside a user namespace that maps its subordinate ids (`/etc/subuid`,
-//! `/etc/subgid`, written for it by the setuid `newuidmap`/`newgidmap`). So the copy runs
-//! in a child process in such a namespace: ids `0..R` inside are the block `S..S+R`
-//! outside, and shifting by `0 using range R` inside lands every id in the block.
+//! Rootless work on trees owned by a container's block. An unprivileged user may not own
+//! files by ids outside its own, except inside a user namespace that maps its subordinate
+//! ids (`/etc/subuid`, `/etc/subgid`, written for it by the setuid
+//! `newuidmap`/`newgidmap`). So the work runs in a helper process in such a namespace:
+//! ids `0..R` inside are the block `S..S+R` outside, and shifting by `0 using range R`
+//! inside lands every id in the block.
+//!
+//! The helper is the caller's binary re-executed (`/proc/self/exe` with a marker
+//! argument, as containers/storage's reexec does), never a fork: a
+//! [`crate::runtime::Runtime`] is shared by a scheduler's threads, and a fork of a
+//! multithreaded process may run only async-signal-safe code (another thread may hold
+//! the allocator's lock, rayon's, stdio's). A fresh process is single-threaded, so it can
+//! also `unshare(CLONE_NEWUSER)`. Hence the rule: a program that links warren and works
+//! rootless calls [`crate::main_hook`] (or [`dispatch`]) first thing in `main`, or names
+//! a warren binary as the helper (a test harness, whose `main` is not its own:
+//! [`crate::runtime::Runtime::with_helper`]). The helper takes its work as a `Request`
+//! over a pipe from its parent (nothing from its environment or arguments: see
+//! `protocol`) and dies with it.
+
+mod protocol;
+mod serve;
+
+pub(crate) use protocol::Request;
 
 use crate::idmap::range::Shift;
 use crate::idmap::subid::{Host, SubidError};
-use std::io::{Read, Write};
-use std::process::Command;
+use protocol::{Failure, FromHelper, ToHelper};
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The helper's only argument.
+const MARKER: &str = "--warren-rootless-helper-v1";
+
+/// The default helper binary: the running one (sealed, once `reexec_sealed` ran).
+pub const SELF_EXE: &str = "/proc/self/exe";
+
+/// Set by [`dispatch`]: this program's `main` serves the helper marker.
+static HOOKED: AtomicBool = AtomicBool::new(false);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootlessError {
@@ -24,6 +54,146 @@ pub enum RootlessError {
     Userns(String),
     #[error("the copy failed: {0}")]
     Copy(String),
+    #[error(
+        "rootless work runs in a helper re-executed from {SELF_EXE}, but this program never called warren::main_hook(): call it first thing in main, or name a warren binary as the helper (Runtime::with_helper)"
+    )]
+    NoHook,
+    #[error("the rootless helper {helper}: {reason}")]
+    Helper { helper: PathBuf, reason: String },
+}
+
+/// Serves the rootless helper when this process was started as one (then exits), else
+/// returns at once. Call it first thing in `main`, before any thread starts, in every
+/// program that links warren and works rootless ([`crate::main_hook`] calls it).
+pub fn dispatch() {
+    HOOKED.store(true, Ordering::SeqCst);
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == MARKER) && args.next().is_none() {
+        std::process::exit(serve::main());
+    }
+}
+
+/// Runs `request` in a helper started from `helper` (normally [`SELF_EXE`]) in a user
+/// namespace where ids `0..R` are `shift`'s block; returns its count.
+pub(crate) fn in_userns(
+    helper: &Path,
+    shift: Shift,
+    request: Request,
+) -> Result<u64, RootlessError> {
+    check_subids(&Host::current()?, shift)?;
+    if helper == Path::new(SELF_EXE) && !HOOKED.load(Ordering::SeqCst) {
+        return Err(RootlessError::NoHook);
+    }
+    let failed = |reason: String| RootlessError::Helper {
+        helper: helper.to_path_buf(),
+        reason,
+    };
+    // A bare name would be looked up on PATH: never.
+    if !helper.is_absolute() {
+        return Err(failed("not an absolute path".into()));
+    }
+    // std spawns with posix_spawn or fork+exec that runs no Rust code in between: safe
+    // in a multithreaded process. Nothing of the caller's environment goes along.
+    let mut child = Command::new(helper)
+        .arg(MARKER)
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| failed(format!("cannot start it: {e}")))?;
+    let result = talk(&mut child, shift, request, &failed);
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait();
+    match (result, status) {
+        (Ok(n), Ok(s)) if s.success() => Ok(n),
+        (Ok(_), Ok(s)) => Err(failed(format!("answered, then exited with {s}"))),
+        (Ok(_), Err(e)) => Err(failed(format!("wait: {e}"))),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// The caller's side of [`protocol`]: Hello, Ready, maps, Go, the answer.
+fn talk(
+    child: &mut Child,
+    shift: Shift,
+    request: Request,
+    failed: &dyn Fn(String) -> RootlessError,
+) -> Result<u64, RootlessError> {
+    let (Some(mut to), Some(from)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(failed("no pipes".into()));
+    };
+    let mut from = BufReader::new(from);
+    let hello = ToHelper::Hello {
+        parent: std::process::id(),
+        shift,
+        request,
+    };
+    let gone = |e: std::io::Error| {
+        failed(format!(
+            "{e}: is it a warren binary whose main calls warren::main_hook()?"
+        ))
+    };
+    protocol::send(&mut to, &hello).map_err(gone)?;
+    let answer = |from: &mut BufReader<_>| match protocol::recv(from) {
+        Ok(Some(a)) => Ok(a),
+        Ok(None) => Err(gone(std::io::Error::other("it exited without answering"))),
+        Err(e) => Err(gone(e)),
+    };
+    match answer(&mut from)? {
+        FromHelper::Ready => {}
+        FromHelper::Failed(f) => return Err(failure(f)),
+        FromHelper::Done { .. } => return Err(failed("answered before the maps".into())),
+    }
+    write_maps(child.id(), shift)?;
+    protocol::send(&mut to, &ToHelper::Go).map_err(gone)?;
+    drop(to);
+    match answer(&mut from)? {
+        FromHelper::Done { count } => Ok(count),
+        FromHelper::Failed(f) => Err(failure(f)),
+        FromHelper::Ready => Err(failed("said Ready twice".into())),
+    }
+}
+
+fn failure(f: Failure) -> RootlessError {
+    match f {
+        Failure::Userns(why) => RootlessError::Userns(why),
+        Failure::Work(why) => RootlessError::Copy(why),
+    }
+}
+
+/// Maps ids `0..R` of `pid`'s namespace onto the block and `R` onto the caller, with the
+/// setuid `newuidmap` and `newgidmap` (found on PATH, as shadow's tools are).
+fn write_maps(pid: u32, shift: Shift) -> Result<(), RootlessError> {
+    let (uid, gid) = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
+    let pid = pid.to_string();
+    let block = [
+        "0".to_string(),
+        shift.to.to_string(),
+        shift.range.to_string(),
+    ];
+    for (tool, own) in [("newuidmap", uid), ("newgidmap", gid)] {
+        let out = Command::new(tool)
+            .arg(&pid)
+            .args(&block)
+            .args([shift.range.to_string(), own.to_string(), "1".to_string()])
+            .output();
+        let failed = match out {
+            Ok(o) if o.status.success() => None,
+            Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            Err(e) => Some(format!("cannot run {tool} (apt-get install uidmap): {e}")),
+        };
+        if let Some(why) = failed {
+            return Err(RootlessError::Userns(format!("{tool}: {why}")));
+        }
+    }
+    Ok(())
 }
 
 /// Checks that the caller's lines of both files (all of them, by name or uid, as
@@ -41,120 +211,6 @@ fn check_subids(host: &Host, shift: Shift) -> Result<(), RootlessError> {
         }
     }
     Ok(())
-}
-
-/// Runs `work` in a child process in a user namespace where ids `0..R` are `shift`'s
-/// block, passing it the shift to apply inside (`0 using range R`); returns its count.
-pub fn in_userns(
-    shift: Shift,
-    work: &dyn Fn(Shift) -> Result<u64, String>,
-) -> Result<u64, RootlessError> {
-    check_subids(&Host::current()?, shift)?;
-    let (uid, gid) = (
-        nix::unistd::getuid().as_raw(),
-        nix::unistd::getgid().as_raw(),
-    );
-    let (mut ready_r, ready_w) = pipe()?;
-    let (go_r, mut go_w) = pipe()?;
-    let (mut result_r, mut result_w) = pipe()?;
-    // SAFETY: the child only unshares, waits and runs the copy before `_exit`; it never
-    // returns into the caller's stack. It allocates, which is sound when the caller is
-    // single-threaded (the shift-mount CLI is) and in practice with glibc otherwise.
-    match unsafe { nix::unistd::fork() }.map_err(|e| RootlessError::Userns(e.to_string()))? {
-        nix::unistd::ForkResult::Child => {
-            drop(ready_r);
-            drop(go_w);
-            drop(result_r);
-            let code = child(ready_w, go_r, &mut result_w, shift, work);
-            // SAFETY: leaves without running the parent's atexit handlers or destructors.
-            unsafe { libc::_exit(code) }
-        }
-        nix::unistd::ForkResult::Parent { child } => {
-            drop(ready_w);
-            drop(go_r);
-            drop(result_w);
-            let wait = |child| {
-                let _ = nix::sys::wait::waitpid(child, None);
-            };
-            let mut byte = [0u8; 1];
-            if ready_r.read_exact(&mut byte).is_err() || byte[0] != 1 {
-                wait(child);
-                return Err(RootlessError::Userns(
-                    "unshare(CLONE_NEWUSER) failed".into(),
-                ));
-            }
-            let pid = child.as_raw().to_string();
-            let block = [
-                "0".to_string(),
-                shift.to.to_string(),
-                shift.range.to_string(),
-            ];
-            for (tool, own) in [("newuidmap", uid), ("newgidmap", gid)] {
-                let out = Command::new(tool)
-                    .arg(&pid)
-                    .args(&block)
-                    .args([shift.range.to_string(), own.to_string(), "1".to_string()])
-                    .output();
-                let failed = match out {
-                    Ok(o) if o.status.success() => None,
-                    Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
-                    Err(e) => Some(format!("cannot run {tool} (apt-get install uidmap): {e}")),
-                };
-                if let Some(why) = failed {
-                    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-                    wait(child);
-                    return Err(RootlessError::Userns(format!("{tool}: {why}")));
-                }
-            }
-            let _ = go_w.write_all(&[1]);
-            drop(go_w);
-            let mut answer = String::new();
-            let _ = result_r.read_to_string(&mut answer);
-            wait(child);
-            match answer.split_once(':') {
-                Some(("ok", n)) => n
-                    .trim()
-                    .parse()
-                    .map_err(|_| RootlessError::Copy(format!("bad answer {answer:?}"))),
-                Some((_, why)) => Err(RootlessError::Copy(why.to_string())),
-                None => Err(RootlessError::Copy("the copying process died".into())),
-            }
-        }
-    }
-}
-
-fn pipe() -> Result<(std::fs::File, std::fs::File), RootlessError> {
-    let (r, w) = nix::unistd::pipe().map_err(|e| RootlessError::Userns(e.to_string()))?;
-    Ok((r.into(), w.into()))
-}
-
-/// The child: unshare, tell the parent, wait for the maps, work, answer `ok:N` or `err:...`.
-fn child(
-    mut ready: std::fs::File,
-    mut go: std::fs::File,
-    result: &mut std::fs::File,
-    shift: Shift,
-    work: &dyn Fn(Shift) -> Result<u64, String>,
-) -> i32 {
-    let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).is_ok();
-    if ready.write_all(&[u8::from(ok)]).is_err() || !ok {
-        return 1;
-    }
-    drop(ready);
-    let mut byte = [0u8; 1];
-    if go.read_exact(&mut byte).is_err() {
-        return 1;
-    }
-    let inside = Shift {
-        to: 0,
-        range: shift.range,
-    };
-    let answer = match work(inside) {
-        Ok(n) => format!("ok:{n}"),
-        Err(e) => format!("err:{e}"),
-    };
-    let _ = result.write_all(answer.as_bytes());
-    0
 }
 
 #[cfg(test)]

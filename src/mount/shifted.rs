@@ -832,37 +832,22 @@ fn rootless_copy(
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<u64, MountError> {
     let tmp = spec.intermediate.join("copy.tmp");
-    let in_ns = |work: &dyn Fn(Shift) -> Result<u64, String>| {
-        rootless::in_userns(spec.shift, work).map_err(|e| MountError::Rootless(Box::new(e)))
+    let in_ns = |request| {
+        rootless::in_userns(Path::new(rootless::SELF_EXE), spec.shift, request)
+            .map_err(|e| MountError::Rootless(Box::new(e)))
     };
     // Leftovers are owned by the block: only the namespace can remove them.
     if tmp.exists() || view.exists() {
-        in_ns(&|_| {
-            for stale in [&tmp, view] {
-                if stale.exists() {
-                    crate::tree::remove_tree(stale)
-                        .map_err(|e| format!("{}: {e}", stale.display()))?;
-                }
-            }
-            Ok(0)
-        })?;
+        let paths = vec![tmp.as_path().into(), view.into()];
+        in_ns(rootless::Request::Remove { paths })?;
     }
     let plan = copy::copy_deferred(&spec.lowers, &tmp, progress).inspect_err(|_| {
         let _ = crate::tree::remove_tree(&tmp);
     })?;
-    in_ns(&|inside| {
-        let applied = copy::apply_plan(&tmp, &plan, inside, spec.shift).and_then(|n| {
-            std::fs::rename(&tmp, view)
-                .map(|()| n)
-                .map_err(|source| CopyError::Io {
-                    path: view.to_path_buf(),
-                    source,
-                })
-        });
-        applied.map_err(|e| {
-            let _ = crate::tree::remove_tree(&tmp);
-            e.to_string()
-        })
+    in_ns(rootless::Request::ApplyPlan {
+        tmp: tmp.as_path().into(),
+        view: view.into(),
+        plan,
     })
 }
 

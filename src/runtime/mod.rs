@@ -5,6 +5,11 @@
 //! Thread-safe: every method takes `&self`, and `Runtime` is `Send + Sync`. Calls block
 //! (mounts, extraction, waiting), so async callers run them on a blocking pool
 //! (`tokio::task::spawn_blocking`) and poll [`Handle::pidfd`] for a container's exit.
+//!
+//! A program that links it calls [`crate::main_hook`] first thing in `main`: rootless,
+//! the work on a container's copy (extract, remove) runs in a helper that re-executes
+//! the running binary ([`crate::mount::rootless`]); a program whose `main` is not its own
+//! (a test harness) names a `warren` binary instead ([`Runtime::with_helper`]).
 
 pub mod config;
 pub mod images;
@@ -17,7 +22,7 @@ use crate::idmap::alloc::{AllocError, Allocator, Pool, Reservation};
 use crate::mount::rootless;
 use crate::mount::shifted::{self, MountError, MountSpec};
 use crate::store::oci::{ImageConfig, OciError};
-use crate::store::{ExtractOptions, Store, StoreError};
+use crate::store::{Store, StoreError};
 use images::{ImageCache, ImageError};
 use oci_spec::runtime::ContainerState;
 use serde::{Deserialize, Serialize};
@@ -161,6 +166,8 @@ pub struct Runtime {
     /// Serializes create/delete of one name within this process (other processes are
     /// kept apart by the container state's own locks).
     busy: Mutex<HashMap<String, ()>>,
+    /// The binary rootless work re-executes ([`rootless`]).
+    helper: PathBuf,
 }
 
 impl Runtime {
@@ -176,8 +183,19 @@ impl Runtime {
             ids: Allocator::open(&opts.state_dir, pool)?,
             images: ImageCache::new(opts.state_dir.join("images")),
             busy: Mutex::new(HashMap::new()),
+            helper: PathBuf::from(rootless::SELF_EXE),
             opts,
         })
+    }
+
+    /// Runs rootless work (extracting a container's copy, removing it) in a helper
+    /// started from `helper` instead of the running binary ([`rootless::SELF_EXE`],
+    /// which needs [`crate::main_hook`] in `main`): for a program whose `main` is not its
+    /// own, such as a test harness, name an installed `warren` binary. An absolute path,
+    /// never looked up on PATH.
+    pub fn with_helper(mut self, helper: PathBuf) -> Runtime {
+        self.helper = helper;
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -321,20 +339,16 @@ impl Runtime {
     }
 
     /// Rootless: without privilege no mount can show one shared tree through another
-    /// block, so the container gets its own copy of the image, extracted by a child in a
-    /// user namespace mapped onto the container's block (ids 0..R inside are the block).
+    /// block, so the container gets its own copy of the image, extracted by a helper in
+    /// a user namespace mapped onto the container's block (ids 0..R inside are the block).
     fn extract_rootless(&self, image: &str, dest: &Path, ids: &Reservation) -> Result<(), Error> {
         let store = &self.store;
-        rootless::in_userns(ids.uids.shift(), &|_| {
-            // The forked child has none of the parent's threads, rayon's global pool's
-            // included: extract on a pool of its own.
-            let pool = rayon::ThreadPoolBuilder::new()
-                .build()
-                .map_err(|e| e.to_string())?;
-            pool.install(|| store.extract(image, dest, &ExtractOptions::default()))
-                .map(|r| r.entries)
-                .map_err(|e| e.to_string())
-        })?;
+        let request = rootless::Request::Extract {
+            store: store.dir().into(),
+            image: image.to_string(),
+            dest: dest.into(),
+        };
+        rootless::in_userns(&self.helper, ids.uids.shift(), request)?;
         Ok(())
     }
 
@@ -397,16 +411,19 @@ impl Runtime {
         // its user namespace may remove it.
         let ids = self.record(name).ok().and_then(|r| r.ids);
         if let (false, Some(ids)) = (crate::dirs::is_root(), ids) {
-            rootless::in_userns(ids.uids.shift(), &|_| {
-                for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-                    if entry.file_name().to_string_lossy().starts_with("rootfs") {
-                        fs::remove_dir_all(entry.path()).map_err(|e| e.to_string())?;
-                    }
-                }
-                Ok(0)
-            })?;
+            let paths: Vec<_> = fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rootfs"))
+                .map(|e| e.path().as_path().into())
+                .collect();
+            if !paths.is_empty() {
+                let request = rootless::Request::Remove { paths };
+                rootless::in_userns(&self.helper, ids.uids.shift(), request)?;
+            }
         }
-        match fs::remove_dir_all(&dir) {
+        match crate::tree::remove_tree(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(io_err("remove", &dir)(e));
             }

@@ -2,9 +2,8 @@
 //! must read an archive the same way, and no header makes an import buffer without bound.
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 
 use crate::common::{
     as_rootless, bin, ensure_rootless_user, ok, require_root, require_tool, scratch,
@@ -57,41 +56,49 @@ fn dual_pax(dir: &Path, big: u64) -> PathBuf {
     out
 }
 
-/// Waits for `child`, and returns its status, its stderr and its peak RSS in KiB (wait4's
-/// ru_maxrss: that process alone, whatever else the test binary runs).
-fn wait_with_rss(mut child: std::process::Child) -> (ExitStatus, String, i64) {
-    use std::io::Read;
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our child, not yet waited for; both pointers are to live locals.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
-    let stderr = reader.join().unwrap();
-    (ExitStatus::from_raw(status), stderr, usage.ru_maxrss)
+/// Runs `cmd` (its program, arguments and the variables it sets, nothing else of our
+/// environment) under a small python3 parent that reports its peak RSS in KiB. Not wait4
+/// on our own child: an exec records the old address space's peak in the new process's
+/// `ru_maxrss`, and this test binary's (or setpriv's copy of it) may be far larger than
+/// what the import itself uses. python3's fresh process is small.
+fn run_with_rss(cmd: &Command) -> (ExitStatus, String, i64) {
+    const SCRIPT: &str = "import resource, subprocess, sys\n\
+        p = subprocess.run(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)\n\
+        print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+        sys.exit(p.returncode if p.returncode >= 0 else 128 - p.returncode)\n";
+    let mut wrapper = Command::new(require_tool("python3", "python3"));
+    wrapper
+        .env_clear()
+        .args(["-c", SCRIPT])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            wrapper.env(k, v);
+        }
+    }
+    let out = crate::common::run(&mut wrapper);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rss = stdout
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no peak RSS from the wrapper: {stdout:?}"));
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        rss,
+    )
 }
 
 /// Imports `archive` with `warren` (`cmd`, `list`: commands running it) and checks the
 /// import is refused clearly within bounded memory, and no image is listed after.
 fn refused_within_bounds(mut cmd: Command, store: &Path, archive: &Path, mut list: Command) {
-    let child = cmd
-        .arg("--store")
+    cmd.arg("--store")
         .arg(store)
         .args(["image", "import"])
         .arg(archive)
-        .args(["--name", "dualpax"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (status, stderr, rss_kib) = wait_with_rss(child);
+        .args(["--name", "dualpax"]);
+    let (status, stderr, rss_kib) = run_with_rss(&cmd);
     assert!(!status.success(), "the dual-pax archive was imported");
     assert!(
         rss_kib < 128 << 10,
