@@ -7,11 +7,11 @@
 //! signal 0. Every wrapper returns `io::Result` and owns the fds it creates. Paths are
 //! `&CStr` or `&Path`, converted here so callers never build C strings by hand.
 //!
-//! - [`fs`]: openat2, statx, fchmodat2, getdents, writeback;
-//! - [`mount`]: the new mount API (open_tree, move_mount, fsopen/fsconfig/fsmount,
+//! - `fs`: openat2, statx, fchmodat2, getdents, writeback;
+//! - `mount`: the new mount API (open_tree, move_mount, fsopen/fsconfig/fsmount,
 //!   mount_setattr), pivot_root, mount ids;
-//! - [`xattr`]: extended attributes by directory fd and name;
-//! - [`proc`]: processes and credentials: pidfds, clone3, setns, set*id, capset, seccomp,
+//! - `xattr`: extended attributes by directory fd and name;
+//! - `proc`: processes and credentials: pidfds, clone3, setns, set*id, capset, seccomp,
 //!   fd ranges, loopback.
 //!
 //! The calls marked async-signal-safe allocate nothing and take no lock: they are what the
