@@ -29,6 +29,7 @@ pub mod gc;
 pub mod index;
 pub mod oci;
 pub mod pack;
+#[cfg(feature = "remote")]
 pub mod remote;
 pub mod writer;
 
