@@ -37,6 +37,7 @@ demo: deps release
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --lib --no-default-features -- -D warnings
 
 # The integration tests drive the release binaries (what `make install` ships), found
 # through WARREN_TEST_BIN_DIR; library and unit tests use cargo's test build. The static

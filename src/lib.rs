@@ -5,6 +5,10 @@
 //! ([`mount`]), and runs in its own namespaces ([`container`]). [`runtime::Runtime`] ties
 //! these together for the `warren` CLI, systemd units and schedulers that link this crate.
 //! See `docs/ARCHITECTURE.md` for the module map and data flow.
+//!
+//! Features (both on by default): `remote` builds `store::remote` and its HTTP client;
+//! `cli` the binaries' own dependencies. A scheduler linking the library can turn both
+//! off (`default-features = false`).
 
 pub mod atomic;
 pub mod container;

@@ -339,14 +339,14 @@ impl Walker<'_> {
     }
 
     /// Shifts one entry of `dir`; when it is a directory to walk, returns its statx.
-    fn visit(&self, dir: &DirFd, name: &CStr) -> Option<libc::statx> {
+    fn visit(&self, dir: &DirFd, name: &CStr) -> Option<sys::Statx> {
         let path = || dir.path.join(OsStr::from_bytes(name.to_bytes()));
         let stx = self.entry(dir.fd.as_fd(), name, &path, false)?;
         (u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFDIR).then_some(stx)
     }
 
     /// Opens the subdirectory `name` of `dir`, which `stx` described.
-    fn open_child(&self, dir: &DirFd, name: &CStr, stx: &libc::statx) -> Option<Arc<DirFd>> {
+    fn open_child(&self, dir: &DirFd, name: &CStr, stx: &sys::Statx) -> Option<Arc<DirFd>> {
         let path = || dir.path.join(OsStr::from_bytes(name.to_bytes()));
         let fd = match open_dir(
             Some(dir.fd.as_fd()),
@@ -389,7 +389,7 @@ impl Walker<'_> {
         name: &CStr,
         path: &dyn Fn() -> PathBuf,
         is_root: bool,
-    ) -> Option<libc::statx> {
+    ) -> Option<sys::Statx> {
         let stx = match sys::statx_at(dir, name, STATX_MASK) {
             Ok(stx) => stx,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return None,
@@ -398,11 +398,11 @@ impl Walker<'_> {
                 return None;
             }
         };
-        let mount_root = u64::from(libc::STATX_ATTR_MOUNT_ROOT as u32);
+        let mount_root = rustix::fs::StatxAttributes::MOUNT_ROOT;
         if !is_root
             && !self.opts.cross_mounts
-            && stx.stx_attributes_mask & mount_root != 0
-            && stx.stx_attributes & mount_root != 0
+            && stx.stx_attributes_mask.contains(mount_root)
+            && stx.stx_attributes.contains(mount_root)
         {
             self.lock_report().skipped_mounts.push(path());
             return None;
@@ -440,7 +440,7 @@ impl Walker<'_> {
         &self,
         dir: BorrowedFd<'_>,
         name: &CStr,
-        stx: &libc::statx,
+        stx: &sys::Statx,
     ) -> Result<Option<((u32, u32), (u32, u32))>, EntryError> {
         let shift = self.opts.shift;
         let from = (stx.stx_uid, stx.stx_gid);

@@ -32,6 +32,7 @@ pub mod imageconfig;
 pub mod index;
 pub mod oci;
 pub mod pack;
+#[cfg(feature = "remote")]
 pub mod remote;
 pub mod writer;
 

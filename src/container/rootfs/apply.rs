@@ -391,49 +391,22 @@ fn locked_flags(fd: RawFd) -> c_ulong {
 }
 
 /// mount_setattr(2) with AT_RECURSIVE: `flags` (MS_RDONLY, MS_NOSUID, MS_NODEV,
-/// MS_NOEXEC) on the mount at `fd` and every mount beneath it. Raw, as the child may not
-/// allocate (`sys::mount_setattr` takes a path).
+/// MS_NOEXEC) on the mount at `fd` and every mount beneath it. Allocation-free.
 fn set_recursive(fd: RawFd, flags: c_ulong) -> Result<(), i32> {
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
     let mut set = 0;
     for (ms, attr) in [
         (libc::MS_RDONLY, sys::MOUNT_ATTR_RDONLY),
         (libc::MS_NOSUID, sys::MOUNT_ATTR_NOSUID),
         (libc::MS_NODEV, sys::MOUNT_ATTR_NODEV),
-        (libc::MS_NOEXEC, MOUNT_ATTR_NOEXEC),
+        (libc::MS_NOEXEC, sys::MOUNT_ATTR_NOEXEC),
     ] {
         if flags & ms != 0 {
             set |= attr;
         }
     }
-    let attr = MountAttr {
-        attr_set: set,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: valid fd, an empty C string with AT_EMPTY_PATH, and a mount_attr of the size
-    // passed, alive for the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd,
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH as u32 | sys::AT_RECURSIVE,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r < 0 { Err(last_errno()) } else { Ok(()) }
+    let at = libc::AT_EMPTY_PATH as u32 | sys::AT_RECURSIVE;
+    sys::mount_setattr_raw(fd, c"", at, set, 0).map_err(errno)
 }
-
-const MOUNT_ATTR_NOEXEC: u64 = 0x08;
 
 /// Remounts the mount at `rel` (resolved in `root` again, so the fd names the mount's
 /// root) with `flags` (MS_RDONLY, MS_NOSUID...), keeping the locked ones.

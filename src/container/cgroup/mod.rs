@@ -1,0 +1,411 @@
+//! A container's cgroup: created before the workload starts, limits from the OCI
+//! `linux.resources`, removed (after killing what is left) on delete.
+//!
+//! Works on whatever layout the host has: unified cgroup v2 (`/sys/fs/cgroup/cgroup.controllers`
+//! exists; controllers are enabled down the path through `cgroup.subtree_control`, so they must
+//! be delegated there) or the v1 hierarchies `/sys/fs/cgroup/<controller>` (legacy and hybrid
+//! hosts; the hybrid's controller-less `unified` mount is left alone). A container that asks
+//! for no limits never fails because of the layout: without a writable cgroup it runs without
+//! one (a no-op [`Cgroup`]). Limits that cannot be applied are an error naming the controller
+//! and the file.
+//!
+//! When a container gets one at all ([`needed`]): when the config sets a limit, or names a
+//! `linux.cgroupsPath` (podman and other managers do, and expect to find it), or the
+//! container shares the host's pid namespace (only a cgroup finds all of its processes
+//! then), or it sees cgroups (a `cgroup` mount or a cgroup namespace: what it sees must be
+//! its own cgroup, in every hierarchy it sees, never the caller's and its siblings, as
+//! with runc). A container in its own pid namespace with none of these gets none: killing
+//! its init kills everything in it, so delete needs no cgroup, and the start skips the
+//! first write to a v1 `cgroup.procs` (an RCU grace period, most of a `run`'s cost). Its
+//! processes stay in the caller's cgroup, like any other child.
+//!
+//! The container's `cgroup` mount ([`MountView`], made by `rootfs`) shows only its own
+//! cgroup, read-only unless the config says `rw`: each hierarchy mounted anew in its
+//! cgroup namespace (made once it is in the cgroup), or without one a bind of its own
+//! directory; never the host's tree.
+//!
+//! Not applied: `devices` (the container's /dev holds only the configured nodes, and a user
+//! namespace cannot mknod), `blockIO`, `hugepageLimits`, `network`, `rdma` (an error if set).
+//!
+//! Here: the [`Cgroup`] type, layout detection, [`needed`]. By concern: `resources` (the
+//! OCI resources -> file writes table, pure), `v1` and `v2` (each layout's directories),
+//! `view` (the container's `cgroup` mount). Everything takes the cgroup root as an
+//! argument ([`Cgroup::create_at`]), so the unit tests run on fixture trees without root.
+
+use std::io::{self, ErrorKind};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use oci_spec::runtime::LinuxResources;
+use serde::{Deserialize, Serialize};
+
+use resources::{Setting, settings};
+
+mod resources;
+mod v1;
+mod v2;
+mod view;
+
+pub use view::{HierarchyView, MountView};
+
+/// Where cgroup filesystems are mounted.
+pub const DEFAULT_ROOT: &str = "/sys/fs/cgroup";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroup {controller}: {}: {source}", path.display())]
+    Write {
+        controller: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("cgroup {controller}: {message}")]
+    Unsupported { controller: String, message: String },
+    #[error("cgroup: cannot create {}: {source}{hint}", path.display())]
+    Create {
+        path: PathBuf,
+        source: io::Error,
+        hint: &'static str,
+    },
+    #[error("cgroup: {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("cgroup: invalid path {path:?}: {message}")]
+    Path { path: String, message: &'static str },
+    #[error("cgroup: {}: processes {pids:?} still running after SIGKILL", path.display())]
+    Busy { path: PathBuf, pids: Vec<i32> },
+}
+
+/// Cgroup version of the directories a [`Cgroup`] lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// A container's cgroup. Serializable so the container state can record it and a later
+/// `delete --force` can [`destroy`](Cgroup::destroy) it after a crash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cgroup {
+    /// Path below each hierarchy's root, e.g. `warren/web`.
+    path: PathBuf,
+    /// None: no cgroup (a no-op).
+    version: Option<Version>,
+    /// The leaf directories holding the processes: one for v2, one per v1 hierarchy.
+    dirs: Vec<PathBuf>,
+}
+
+/// Whether a container needs a cgroup (the policy is in the module docs): a limit in
+/// `resources` (or a setting warren rejects, so [`Cgroup::create`] can say so), a
+/// `cgroups_path`, no pid namespace of its own, or cgroups it can see (`sees_cgroups`: a
+/// `cgroup` mount or a new cgroup namespace, which must show its own cgroup and nothing
+/// of the caller's).
+pub fn needed(
+    resources: Option<&LinuxResources>,
+    cgroups_path: Option<&str>,
+    own_pid_namespace: bool,
+    sees_cgroups: bool,
+) -> bool {
+    let limits = !matches!(settings(resources, Version::V1), Ok(s) if s.is_empty())
+        || !matches!(settings(resources, Version::V2), Ok(s) if s.is_empty());
+    limits || cgroups_path.is_some_and(|p| !p.is_empty()) || !own_pid_namespace || sees_cgroups
+}
+
+impl Cgroup {
+    /// Creates the container's cgroup under [`DEFAULT_ROOT`] and applies `resources`.
+    /// `cgroups_path` is the OCI `linux.cgroupsPath` (default `warren/<name>`).
+    pub fn create(
+        name: &str,
+        resources: Option<&LinuxResources>,
+        cgroups_path: Option<&str>,
+    ) -> Result<Cgroup, CgroupError> {
+        Self::create_at(Path::new(DEFAULT_ROOT), name, resources, cgroups_path)
+    }
+
+    /// Like [`create`](Cgroup::create), with the cgroup filesystems mounted under `root`.
+    pub fn create_at(
+        root: &Path,
+        name: &str,
+        resources: Option<&LinuxResources>,
+        cgroups_path: Option<&str>,
+    ) -> Result<Cgroup, CgroupError> {
+        let path = relative_path(name, cgroups_path)?;
+        let version = detect(root);
+        let settings = match version {
+            Some(v) => settings(resources, v)?,
+            None => settings(resources, Version::V1)?,
+        };
+        let noop = Cgroup {
+            path: path.clone(),
+            version: None,
+            dirs: vec![],
+        };
+        let Some(version) = version else {
+            return match settings.first() {
+                None => Ok(noop),
+                Some(s) => Err(CgroupError::Unsupported {
+                    controller: s.controller.into(),
+                    message: format!("no cgroup filesystem under {}", root.display()),
+                }),
+            };
+        };
+        let made = match version {
+            Version::V2 => v2::make(root, &path, &settings),
+            Version::V1 => v1::make(root, &path),
+        };
+        let cgroup = match made {
+            Ok(dirs) => Cgroup {
+                path,
+                version: Some(version),
+                dirs,
+            },
+            Err(e) if settings.is_empty() => {
+                tracing::debug!("running without a cgroup: {e}");
+                return Ok(noop);
+            }
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = cgroup.apply(&settings) {
+            // Nothing half-done: a cgroup without its limits is not left behind.
+            let _ = cgroup.destroy();
+            return Err(e);
+        }
+        Ok(cgroup)
+    }
+
+    /// The existing cgroup for `name` and `cgroups_path` under [`DEFAULT_ROOT`], without
+    /// creating anything; a no-op when none exists.
+    pub fn open(name: &str, cgroups_path: Option<&str>) -> Result<Cgroup, CgroupError> {
+        Self::open_at(Path::new(DEFAULT_ROOT), name, cgroups_path)
+    }
+
+    /// Like [`open`](Cgroup::open), with the cgroup filesystems mounted under `root`.
+    pub fn open_at(
+        root: &Path,
+        name: &str,
+        cgroups_path: Option<&str>,
+    ) -> Result<Cgroup, CgroupError> {
+        let path = relative_path(name, cgroups_path)?;
+        let version = detect(root);
+        let dirs: Vec<PathBuf> = match version {
+            Some(Version::V2) => vec![root.join(&path)],
+            Some(Version::V1) => v1::hierarchies(root)
+                .into_iter()
+                .map(|(_, h)| h.join(&path))
+                .collect(),
+            None => vec![],
+        };
+        let dirs: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
+        Ok(Cgroup {
+            path,
+            version: version.filter(|_| !dirs.is_empty()),
+            dirs,
+        })
+    }
+
+    /// True when the container runs without a cgroup.
+    pub fn is_noop(&self) -> bool {
+        self.version.is_none()
+    }
+
+    pub fn version(&self) -> Option<Version> {
+        self.version
+    }
+
+    /// Path below each hierarchy's root, e.g. `warren/web`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directories holding the processes (empty for a no-op cgroup).
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Moves process `pid` (and its threads) into the cgroup, in every hierarchy.
+    pub fn add_pid(&self, pid: i32) -> Result<(), CgroupError> {
+        for dir in &self.dirs {
+            let path = dir.join("cgroup.procs");
+            std::fs::write(&path, pid.to_string())
+                .map_err(|source| CgroupError::Io { path, source })?;
+        }
+        Ok(())
+    }
+
+    /// The processes in the cgroup, sorted (a missing directory holds none).
+    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        let mut pids = Vec::new();
+        for dir in &self.dirs {
+            let path = dir.join("cgroup.procs");
+            match std::fs::read_to_string(&path) {
+                Ok(text) => pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok())),
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(source) => return Err(CgroupError::Io { path, source }),
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(pids)
+    }
+
+    /// Kills every process left in the cgroup and removes its directories. Idempotent:
+    /// destroying a destroyed (or no-op) cgroup succeeds.
+    pub fn destroy(&self) -> Result<(), CgroupError> {
+        self.kill_all()?;
+        for dir in &self.dirs {
+            // A just-killed process leaves the cgroup when it finishes exiting.
+            let mut attempt = 0;
+            loop {
+                match std::fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == ErrorKind::NotFound => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 200 => {
+                        attempt += 1;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(source) => {
+                        return Err(CgroupError::Io {
+                            path: dir.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs everything in the cgroup until it is empty. v2 has `cgroup.kill`; on v1 the
+    /// freezer stops a fork bomb from outrunning the kill loop.
+    fn kill_all(&self) -> Result<(), CgroupError> {
+        let freezer = self.dirs.iter().find(|d| d.join("freezer.state").exists());
+        for _ in 0..200 {
+            let pids = self.pids()?;
+            if pids.is_empty() {
+                return Ok(());
+            }
+            let cgroup_kill = self
+                .dirs
+                .iter()
+                .map(|d| d.join("cgroup.kill"))
+                .find(|p| p.exists());
+            if let Some(path) = cgroup_kill {
+                std::fs::write(&path, "1").map_err(|source| CgroupError::Io { path, source })?;
+            } else {
+                if let Some(f) = freezer {
+                    let _ = std::fs::write(f.join("freezer.state"), "FROZEN");
+                }
+                for pid in pids {
+                    // Gone already (ESRCH) is what we want.
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                if let Some(f) = freezer {
+                    let _ = std::fs::write(f.join("freezer.state"), "THAWED");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pids = self.pids()?;
+        match pids.is_empty() {
+            true => Ok(()),
+            false => Err(CgroupError::Busy {
+                path: self.dirs.first().cloned().unwrap_or_default(),
+                pids,
+            }),
+        }
+    }
+
+    fn apply(&self, settings: &[Setting]) -> Result<(), CgroupError> {
+        for s in settings {
+            let dir = self.dir_for(s.controller)?;
+            let path = dir.join(&s.file);
+            std::fs::write(&path, &s.value).map_err(|source| CgroupError::Write {
+                controller: s.controller.into(),
+                path: path.clone(),
+                source: io::Error::new(source.kind(), format!("writing {:?}: {source}", s.value)),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn dir_for(&self, controller: &'static str) -> Result<&Path, CgroupError> {
+        let found = match self.version {
+            Some(Version::V2) => self.dirs.first().map(PathBuf::as_path),
+            _ => v1::leaf_for(&self.dirs, self.path.components().count(), controller),
+        };
+        found.ok_or_else(|| CgroupError::Unsupported {
+            controller: controller.into(),
+            message: "the host has no v1 hierarchy for this controller".into(),
+        })
+    }
+}
+
+/// v2 when the root is a cgroup2 mount, v1 when it holds controller hierarchies.
+fn detect(root: &Path) -> Option<Version> {
+    if root.join("cgroup.controllers").exists() {
+        Some(Version::V2)
+    } else if !v1::hierarchies(root).is_empty() {
+        Some(Version::V1)
+    } else {
+        None
+    }
+}
+
+/// The OCI cgroupsPath as a path below the hierarchy root (absolute or relative, both are
+/// placed under the root; no `..` may climb out).
+fn relative_path(name: &str, cgroups_path: Option<&str>) -> Result<PathBuf, CgroupError> {
+    let raw = match cgroups_path {
+        Some(p) if p.contains(':') => {
+            return Err(CgroupError::Path {
+                path: p.into(),
+                message: "systemd slice:prefix:name paths are not supported; use a path",
+            });
+        }
+        Some(p) => p.to_string(),
+        None => format!("warren/{name}"),
+    };
+    let mut path = PathBuf::new();
+    for c in Path::new(&raw).components() {
+        match c {
+            Component::Normal(part) => path.push(part),
+            Component::RootDir | Component::CurDir => {}
+            _ => {
+                return Err(CgroupError::Path {
+                    path: raw,
+                    message: "`..` is not allowed",
+                });
+            }
+        }
+    }
+    if path.as_os_str().is_empty() {
+        return Err(CgroupError::Path {
+            path: raw,
+            message: "the container cannot use the root cgroup",
+        });
+    }
+    Ok(path)
+}
+
+fn create_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
+            " (not writable: cgroup delegation is needed, e.g. a systemd unit with Delegate=yes, or run as root)"
+        }
+        _ => "",
+    }
+}
+
+fn mkdir(path: &Path) -> Result<(), CgroupError> {
+    match std::fs::create_dir(path) {
+        Err(e) if e.kind() != ErrorKind::AlreadyExists => Err(CgroupError::Create {
+            path: path.into(),
+            hint: create_hint(&e),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,230 @@
+//! Cgroup planning and layout against fixture trees in a tempdir: no root, no cgroupfs.
+//! A fixture holds what the kernel would show (`cgroup.controllers`, `cgroup.procs`, a new
+//! v1 cpuset's empty files); regular files keep only the last value written to them.
+
+use std::path::Path;
+
+use oci_spec::runtime::LinuxResources;
+use serde_json::json;
+
+use super::resources::settings;
+use super::{Cgroup, CgroupError, Version};
+
+fn resources(value: serde_json::Value) -> LinuxResources {
+    serde_json::from_value(value).expect("valid linux.resources")
+}
+
+fn put(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, text).expect("write fixture");
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The (file, value) pairs planned for `value` on `version`.
+fn planned(value: serde_json::Value, version: Version) -> Result<Vec<(String, String)>, String> {
+    settings(Some(&resources(value)), version)
+        .map(|s| s.into_iter().map(|s| (s.file, s.value)).collect())
+        .map_err(|e| e.to_string())
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(f, v)| (f.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn v2_limits_are_written_in_the_leaf_with_controllers_enabled_above_it() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    for dir in ["", "warren"] {
+        put(
+            &root.join(dir).join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        );
+        put(&root.join(dir).join("cgroup.subtree_control"), "");
+    }
+    let res = resources(json!({
+        "memory": {"limit": 67108864, "swap": 134217728},
+        "cpu": {"shares": 1024, "quota": 50000, "period": 100000},
+        "pids": {"limit": 32},
+    }));
+    let cgroup = Cgroup::create_at(root, "web", Some(&res), None).expect("create");
+    let leaf = root.join("warren/web");
+    assert_eq!(cgroup.version(), Some(Version::V2));
+    assert_eq!(cgroup.dirs(), std::slice::from_ref(&leaf));
+    for (file, value) in [
+        ("memory.max", "67108864"),
+        // v2 limits swap alone: OCI's memory+swap minus memory.
+        ("memory.swap.max", "67108864"),
+        ("cpu.weight", "39"),
+        ("cpu.max", "50000 100000"),
+        ("pids.max", "32"),
+    ] {
+        assert_eq!(read(&leaf.join(file)), value, "{file}");
+    }
+    // Enabled on each level above the leaf, in name order (the last write is pids).
+    for dir in [root.to_path_buf(), root.join("warren")] {
+        assert_eq!(read(&dir.join("cgroup.subtree_control")), "+pids");
+    }
+    assert!(!leaf.join("cgroup.subtree_control").exists());
+}
+
+#[test]
+fn v2_controller_not_delegated_is_an_error_naming_it_and_the_file() {
+    let root = tempfile::tempdir().expect("tempdir");
+    put(&root.path().join("cgroup.controllers"), "cpu pids\n");
+    let res = resources(json!({"memory": {"limit": 1048576}}));
+    let err = Cgroup::create_at(root.path(), "web", Some(&res), None).expect_err("no memory");
+    let shown = err.to_string();
+    assert!(matches!(&err, CgroupError::Unsupported { controller, .. } if controller == "memory"));
+    assert!(shown.contains("cgroup.controllers"), "{shown}");
+}
+
+/// A hybrid-like v1 tree: `cpu` and `cpuacct` linked to one `cpu,cpuacct` hierarchy, a
+/// cpuset whose new directories start empty, and a named `systemd` hierarchy.
+fn v1_fixture(root: &Path) {
+    for h in ["cpu,cpuacct", "cpuset", "memory", "pids", "systemd"] {
+        put(&root.join(h).join("cgroup.procs"), "");
+    }
+    std::os::unix::fs::symlink("cpu,cpuacct", root.join("cpu")).expect("link");
+    std::os::unix::fs::symlink("cpu,cpuacct", root.join("cpuacct")).expect("link");
+    put(&root.join("cpuset/cpuset.cpus"), "0-3\n");
+    put(&root.join("cpuset/cpuset.mems"), "0\n");
+    for dir in ["cpuset/warren", "cpuset/warren/web"] {
+        put(&root.join(dir).join("cpuset.cpus"), "");
+        put(&root.join(dir).join("cpuset.mems"), "");
+    }
+}
+
+#[test]
+fn v1_limits_go_to_each_controllers_hierarchy_and_every_hierarchy_is_joined() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    v1_fixture(root);
+    let res = resources(json!({
+        "memory": {"limit": 67108864, "swap": 134217728},
+        "cpu": {"shares": 512, "quota": 20000, "period": 100000, "cpus": "1"},
+        "pids": {"limit": 16},
+    }));
+    let cgroup = Cgroup::create_at(root, "web", Some(&res), None).expect("create");
+    assert_eq!(cgroup.version(), Some(Version::V1));
+    // One leaf per distinct hierarchy: the linked cpuacct is not joined twice.
+    let leaves: Vec<_> = ["cpu", "cpuset", "memory", "pids", "systemd"]
+        .iter()
+        .map(|h| root.join(h).join("warren/web"))
+        .collect();
+    assert_eq!(cgroup.dirs(), leaves);
+    for (file, value) in [
+        ("cpu/warren/web/cpu.shares", "512"),
+        ("cpu/warren/web/cpu.cfs_period_us", "100000"),
+        ("cpu/warren/web/cpu.cfs_quota_us", "20000"),
+        ("memory/warren/web/memory.limit_in_bytes", "67108864"),
+        // v1's memsw is memory+swap, as OCI's swap.
+        ("memory/warren/web/memory.memsw.limit_in_bytes", "134217728"),
+        ("pids/warren/web/pids.max", "16"),
+        ("cpuset/warren/web/cpuset.cpus", "1"),
+        // Inherited down the path, so a process can join the new cpuset.
+        ("cpuset/warren/cpuset.mems", "0"),
+        ("cpuset/warren/web/cpuset.mems", "0"),
+    ] {
+        assert_eq!(read(&root.join(file)), value, "{file}");
+    }
+}
+
+#[test]
+fn v1_controller_without_a_hierarchy_fails_and_leaves_nothing_behind() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    put(&root.join("memory/cgroup.procs"), "");
+    let res = resources(json!({"pids": {"limit": 16}}));
+    let err = Cgroup::create_at(root, "web", Some(&res), None).expect_err("no pids hierarchy");
+    assert!(matches!(&err, CgroupError::Unsupported { controller, .. } if controller == "pids"));
+    assert!(!root.join("memory/warren/web").exists());
+}
+
+#[test]
+fn no_layout_means_no_cgroup_unless_limits_are_asked() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let cgroup = Cgroup::create_at(root.path(), "web", None, None).expect("no-op");
+    assert!(cgroup.is_noop());
+    let res = resources(json!({"pids": {"limit": 16}}));
+    let err = Cgroup::create_at(root.path(), "web", Some(&res), None).expect_err("limits");
+    assert!(err.to_string().contains("no cgroup filesystem"), "{err}");
+}
+
+#[test]
+fn open_finds_only_existing_directories() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    v1_fixture(root);
+    std::fs::create_dir_all(root.join("memory/machine/web")).expect("mkdir");
+    let cgroup = Cgroup::open_at(root, "web", Some("/machine/web")).expect("open");
+    assert_eq!(cgroup.version(), Some(Version::V1));
+    assert_eq!(cgroup.dirs(), [root.join("memory/machine/web")]);
+    let gone = Cgroup::open_at(root, "other", None).expect("open");
+    assert!(gone.is_noop());
+}
+
+#[test]
+fn resources_table_per_version() {
+    let memory = json!({"memory": {"limit": -1, "reservation": 4096}});
+    assert_eq!(
+        planned(memory.clone(), Version::V1),
+        Ok(pairs(&[
+            ("memory.limit_in_bytes", "-1"),
+            ("memory.soft_limit_in_bytes", "4096"),
+        ]))
+    );
+    assert_eq!(
+        planned(memory, Version::V2),
+        Ok(pairs(&[("memory.max", "max"), ("memory.low", "4096")]))
+    );
+    // shares [2, 262144] -> weight [1, 10000]; a quota without a period uses 100 ms.
+    let cpu = |shares: u64| json!({"cpu": {"shares": shares, "quota": -1}});
+    assert_eq!(
+        planned(cpu(2), Version::V2),
+        Ok(pairs(&[("cpu.weight", "1"), ("cpu.max", "max 100000")]))
+    );
+    assert_eq!(
+        planned(cpu(262144), Version::V2).map(|s| s[0].1.clone()),
+        Ok("10000".into())
+    );
+    assert_eq!(
+        planned(json!({"pids": {"limit": 0}}), Version::V1),
+        Ok(pairs(&[("pids.max", "max")]))
+    );
+    assert_eq!(
+        planned(json!({"unified": {"memory.high": "1G"}}), Version::V2),
+        Ok(pairs(&[("memory.high", "1G")]))
+    );
+}
+
+#[test]
+fn resources_a_version_cannot_express_are_errors() {
+    let v2_only = [
+        json!({"memory": {"swap": 1024}}),
+        json!({"memory": {"swappiness": 10}}),
+        json!({"memory": {"disableOOMKiller": true}}),
+        json!({"cpu": {"realtimeRuntime": 100}}),
+        json!({"unified": {"nosuch.file": "1"}}),
+        json!({"unified": {"memory.x/../y": "1"}}),
+    ];
+    for value in v2_only {
+        assert!(planned(value.clone(), Version::V2).is_err(), "{value}");
+    }
+    let err = planned(json!({"unified": {"memory.high": "1G"}}), Version::V1);
+    assert!(err.is_err_and(|e| e.contains("needs cgroup v2")));
+    for value in [
+        json!({"blockIO": {"weight": 10}}),
+        json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 1}]}),
+    ] {
+        for version in [Version::V1, Version::V2] {
+            let err = planned(value.clone(), version).expect_err("rejected");
+            assert!(err.contains("not supported by warren"), "{err}");
+        }
+    }
+}

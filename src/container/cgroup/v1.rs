@@ -1,0 +1,115 @@
+//! cgroup v1 layout: one hierarchy per controller (or controller group) under the root,
+//! the container's directory created in each.
+
+use std::path::{Path, PathBuf};
+
+use super::{CgroupError, mkdir};
+
+/// v1 hierarchies a container joins (those the host has), so its processes are accounted and
+/// limited in each, and freezer lets destroy stop a fork bomb.
+pub(super) const CONTROLLERS: &[&str] = &[
+    "cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer", "hugetlb",
+];
+
+/// (controller, mount) for each hierarchy under a v1 root, one entry per distinct mount
+/// (`cpu` and `cpuacct` are often links to one `cpu,cpuacct` hierarchy): the controllers'
+/// first, by controller name, then every other one (a named `name=systemd` hierarchy, a
+/// hybrid host's `unified` cgroup2), by its own name. The container joins them all, so
+/// that each one it sees shows its own cgroup, never the caller's.
+pub(super) fn hierarchies(root: &Path) -> Vec<(&'static str, PathBuf)> {
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    let mut add = |name: &'static str, dir: PathBuf| {
+        if !dir.join("cgroup.procs").exists() {
+            return;
+        }
+        let real = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+        if !seen.contains(&real) {
+            seen.push(real);
+            out.push((name, dir));
+        }
+    };
+    for controller in CONTROLLERS {
+        add(controller, root.join(controller));
+    }
+    let mut others: Vec<PathBuf> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    others.sort();
+    for dir in others {
+        add("", dir);
+    }
+    out
+}
+
+/// Creates the path in every v1 hierarchy (those of no controller when it can); returns
+/// the leaf directories.
+pub(super) fn make(root: &Path, path: &Path) -> Result<Vec<PathBuf>, CgroupError> {
+    let mut made = Vec::new();
+    for (controller, hierarchy) in hierarchies(root) {
+        let mut dir = hierarchy.clone();
+        let result = path.components().try_for_each(|c| {
+            dir.push(c);
+            mkdir(&dir)?;
+            // A new v1 cpuset has no cpus or mems, and no process can join it until set.
+            if controller == "cpuset" {
+                for file in ["cpuset.cpus", "cpuset.mems"] {
+                    inherit(&dir, file)?;
+                }
+            }
+            Ok(())
+        });
+        match result {
+            // A hierarchy of no controller (a named or the hybrid's cgroup2 one) it cannot
+            // join is left out: the container's cgroup mount shows only those it joined.
+            Err(e) if controller.is_empty() => {
+                tracing::debug!("cgroup hierarchy {} left out: {e}", hierarchy.display());
+                let _ = std::fs::remove_dir(&dir);
+            }
+            Err(e) => {
+                for leaf in &made {
+                    let _ = std::fs::remove_dir(leaf);
+                }
+                return Err(e);
+            }
+            Ok(()) => made.push(dir),
+        }
+    }
+    Ok(made)
+}
+
+/// Copies a v1 cpuset file from the parent when it is empty here.
+fn inherit(dir: &Path, file: &str) -> Result<(), CgroupError> {
+    let path = dir.join(file);
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CgroupError::Io { path, source }
+    };
+    let current = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    if current.trim().is_empty() {
+        let parent = dir.parent().unwrap_or(dir).join(file);
+        let value = std::fs::read_to_string(&parent).map_err(io_err(&parent))?;
+        std::fs::write(&path, value.trim()).map_err(io_err(&path))?;
+    }
+    Ok(())
+}
+
+/// The leaf of `controller`'s hierarchy among `dirs` (v1 leaves are
+/// `<root>/<controller>/<path>`, `depth` the number of components of `<path>`).
+pub(super) fn leaf_for<'a>(
+    dirs: &'a [PathBuf],
+    depth: usize,
+    controller: &str,
+) -> Option<&'a Path> {
+    dirs.iter()
+        .find(|d| {
+            d.ancestors()
+                .nth(depth)
+                .and_then(Path::file_name)
+                .is_some_and(|h| h == controller)
+        })
+        .map(PathBuf::as_path)
+}

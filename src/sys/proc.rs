@@ -1,0 +1,224 @@
+//! Processes and credentials: pidfds, `clone3`, namespaces, ids, capabilities, seccomp,
+//! fd ranges, and the loopback link of a new network namespace. `clone3`, `seccomp`,
+//! `close_range` are raw syscalls (rustix lacks them).
+
+use std::ffi::CStr;
+use std::io;
+use std::num::NonZeroI32;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use rustix::process::{Pid, PidfdFlags, Signal};
+use rustix::thread::{CapabilitySet, CapabilitySets, Gid, ThreadNameSpaceType, Uid};
+
+use super::{borrow, check, owned};
+
+// ---- pidfds ----
+
+/// `pidfd_open(2)`: a pollable fd that becomes readable when `pid` exits.
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
+}
+
+/// `pidfd_send_signal(2)`: signal the process behind `pidfd` without pid-reuse races.
+/// Signal 0 checks that the process exists; it is a raw call, as rustix's `Signal`
+/// cannot hold 0.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> io::Result<()> {
+    if let Some(sig) = NonZeroI32::new(signal) {
+        // SAFETY: the kernel checks the number; an invalid one is an EINVAL, not UB
+        // (rustix passes it through unchanged).
+        let sig = unsafe { Signal::from_raw_nonzero_unchecked(sig) };
+        return Ok(rustix::process::pidfd_send_signal(pidfd, sig)?);
+    }
+    // SAFETY: valid fd; NULL siginfo is allowed.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    })
+    .map(drop)
+}
+
+// ---- creating the container's init ----
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `clone3(2)` used like `fork(2)` (same stack, SIGCHLD on exit) with namespace `flags`;
+/// returns `(0, None)` in the child and `(pid, pidfd)` in the parent.
+///
+/// # Safety
+/// In a multithreaded process the child may only run async-signal-safe code (no
+/// allocation, no locks) until it execs or exits.
+pub unsafe fn clone3_fork(flags: u64) -> io::Result<(libc::pid_t, Option<OwnedFd>)> {
+    const CLONE_PIDFD: u64 = 0x1000;
+    let mut pidfd: libc::c_int = -1;
+    let args = CloneArgs {
+        flags: flags | CLONE_PIDFD,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        // With CLONE_PARENT the kernel takes the exit signal from the caller's parent.
+        exit_signal: if flags & libc::CLONE_PARENT as u64 != 0 {
+            0
+        } else {
+            libc::SIGCHLD as u64
+        },
+        ..Default::default()
+    };
+    // SAFETY: `args` is a valid clone_args of the size passed; with stack 0 the child
+    // continues on a copy of this stack like fork(2). The caller upholds the child's rules.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    let pid = check(ret)? as libc::pid_t;
+    if pid == 0 {
+        return Ok((0, None));
+    }
+    // SAFETY: the kernel stored a fresh pidfd that only we own.
+    Ok((pid, Some(unsafe { OwnedFd::from_raw_fd(pidfd) })))
+}
+
+// ---- between clone and exec: every call here is async-signal-safe ----
+
+/// `setns(2)` with a pidfd or namespace fd. Async-signal-safe.
+pub fn setns_raw(fd: RawFd, nstype: libc::c_int) -> io::Result<()> {
+    // SAFETY: used for this one call; a closed fd is only an EBADF from the kernel.
+    let fd = unsafe { borrow(fd) };
+    let kinds = ThreadNameSpaceType::from_bits_retain(nstype as u32);
+    Ok(rustix::thread::move_into_thread_name_spaces(fd, kinds)?)
+}
+
+/// `setresuid(2)` for the calling thread only, by raw syscall. glibc's wrapper broadcasts
+/// the change to every thread it knows of, which after a raw clone in a multithreaded
+/// process waits forever for threads that do not exist in the child: use this between
+/// clone and exec.
+pub fn setresuid_raw(uid: libc::uid_t) -> io::Result<()> {
+    let uid = Uid::from_raw_unchecked(uid);
+    Ok(rustix::thread::set_thread_res_uid(uid, uid, uid)?)
+}
+
+/// `setresgid(2)` for the calling thread only (see [`setresuid_raw`]).
+pub fn setresgid_raw(gid: libc::gid_t) -> io::Result<()> {
+    let gid = Gid::from_raw_unchecked(gid);
+    Ok(rustix::thread::set_thread_res_gid(gid, gid, gid)?)
+}
+
+/// `setgroups(2)` for the calling thread only (see [`setresuid_raw`]).
+pub fn setgroups_raw(groups: &[libc::gid_t]) -> io::Result<()> {
+    // SAFETY: `Gid` is `repr(transparent)` over `gid_t`: same size, alignment and values.
+    let groups = unsafe { std::slice::from_raw_parts(groups.as_ptr().cast::<Gid>(), groups.len()) };
+    Ok(rustix::thread::set_thread_groups(groups)?)
+}
+
+/// `capset(2)` (version 3) for the calling thread: 64-bit effective, permitted and
+/// inheritable masks. Async-signal-safe.
+pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
+    let sets = CapabilitySets {
+        effective: CapabilitySet::from_bits_retain(effective),
+        permitted: CapabilitySet::from_bits_retain(permitted),
+        inheritable: CapabilitySet::from_bits_retain(inheritable),
+    };
+    Ok(rustix::thread::set_capabilities(None, sets)?)
+}
+
+/// `seccomp(SECCOMP_SET_MODE_FILTER, flags, prog)`. Async-signal-safe: one syscall, no
+/// allocation, errno read from the thread's own slot.
+pub fn seccomp_set_mode_filter(
+    prog: &libc::sock_fprog,
+    flags: libc::c_uint,
+) -> Result<(), nix::errno::Errno> {
+    // SAFETY: `prog` points to a valid sock_fprog whose filter array outlives the call; the
+    // kernel copies the program before returning.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            prog as *const libc::sock_fprog,
+        )
+    };
+    nix::errno::Errno::result(ret).map(drop)
+}
+
+/// `close_range(2)` with `CLOSE_RANGE_CLOEXEC`: every fd from `first` up is closed at exec
+/// (so a failed exec can still be reported). Async-signal-safe.
+pub fn cloexec_range_from(first: RawFd) -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+    // SAFETY: only sets a flag on fds of this process.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as u32,
+            u32::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    })
+    .map(drop)
+}
+
+/// `close_range(2)` over `first..=last`. Async-signal-safe.
+pub fn close_fds(first: RawFd, last: RawFd) -> io::Result<()> {
+    // SAFETY: closing fds of this process that the caller no longer uses.
+    check(unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) })
+        .map(drop)
+}
+
+/// Sets `IFF_UP` on the network interface `name` (e.g. `lo`) of the calling thread's
+/// network namespace.
+pub fn set_link_up(name: &CStr) -> io::Result<()> {
+    // SAFETY: a plain socket call; the fd is owned at once.
+    let sock =
+        owned(
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }
+                as libc::c_long,
+        )?;
+    // SAFETY: ifreq is plain old data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.to_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: valid socket and ifreq for SIOCGIFFLAGS/SIOCSIFFLAGS.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } as libc::c_long)?;
+    // SAFETY: the flags member of the union is what SIOCGIFFLAGS filled in.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: as above.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } as libc::c_long)
+        .map(drop)
+}
+
+// ---- resources ----
+
+/// How many files a pool of work may hold open at once: a quarter of the soft
+/// `RLIMIT_NOFILE` (the rest is left to the caller's own fds), at least 1.
+pub fn fd_budget() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let soft = limit.current.unwrap_or(u64::MAX);
+    usize::try_from(soft / 4).unwrap_or(usize::MAX).max(1)
+}
