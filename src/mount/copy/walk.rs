@@ -1,72 +1,23 @@
-//! A full copy of one or more lower layers into a fresh directory, shifted on the way:
-//! the fallback when the kernel allows neither an idmapped nor a metacopy overlay.
-//!
-//! Everything goes through dir fds without following symlinks. Ids are mapped with
-//! [`Shift::map`] and id-carrying xattrs with [`xattr::shift_value`] (the rules of
-//! shift-own); the owner is set before capabilities and mode, since chown clears both.
-//! Hardlinks stay hardlinks. Layers are merged as overlayfs would: top-most wins, a
-//! whiteout (char 0:0) removes, an opaque directory hides what is below.
-//!
-//! A rootless copy ([`copy_deferred`], [`apply_plan`]) keeps, per path, only the top-most
-//! layer's metadata, and applies it from a user namespace only to an entry still of the
-//! recorded type.
-//!
-//! [`metacopy_upper`] writes no file data at all: it builds the upper directory a
-//! `metacopy=on` overlay would hold after a shift through it copied every entry up, each
-//! regular file a sparse file of the right size marked `trusted.overlay.metacopy`, whose
-//! data overlayfs reads from the lower file at the same path. Built directly on the upper
-//! filesystem, before the overlay is mounted, it skips overlayfs's per-entry copy-up (a
-//! temporary file in `work/` and a rename, serialised on the filesystem's rename lock).
+//! The walk over the lower layers: merged as overlayfs would, entries of a directory
+//! copied in parallel (unless deferred), hardlinks kept.
 
-use super::wire::Bytes;
+use super::meta::{CopyError, CopyReport, dir_flags, kind_of, set_meta};
+use super::plan::{Pending, Plan};
 use crate::idmap::range::Shift;
-use crate::idmap::shift::{self, Meta};
-use crate::idmap::xattr;
 use crate::sys;
 use nix::dir::Dir;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag};
-use nix::sys::time::TimeSpec;
 use rayon::prelude::*;
+use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum CopyError {
-    #[error("cannot copy {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("cannot shift {path}: {source}")]
-    Shift {
-        path: PathBuf,
-        source: xattr::XattrError,
-    },
-}
-
-impl CopyError {
-    fn kind(&self) -> io::ErrorKind {
-        match self {
-            CopyError::Io { source, .. } => source.kind(),
-            CopyError::Shift { .. } => io::ErrorKind::InvalidData,
-        }
-    }
-}
-
-/// What a copy did.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CopyReport {
-    /// Entries written.
-    pub entries: u64,
-    /// Entries whose owner or id-carrying xattrs the shift changed.
-    pub shifted: u64,
-}
-
 const OVERLAY_OPAQUE: &CStrLit = c"trusted.overlay.opaque";
 /// Marks an upper file whose data is the lower file's (an empty value: no digest).
 const OVERLAY_METACOPY: &CStrLit = c"trusted.overlay.metacopy";
@@ -98,39 +49,12 @@ struct Copier<'a> {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Data {
+pub(super) enum Data {
     Copy,
     Metacopy,
 }
 
-fn dir_flags() -> OFlag {
-    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
-}
-
-/// Copies `lowers` (top-most first) into `dst`, which must not exist yet, applying `shift`.
-pub fn copy_shifted(
-    lowers: &[PathBuf],
-    dst: &Path,
-    shift: Shift,
-    progress: Option<&(dyn Fn(u64) + Sync)>,
-) -> Result<CopyReport, CopyError> {
-    copy_into(lowers, dst, shift, progress, None, Data::Copy)
-}
-
-/// Builds, in `dst` (which must not exist yet), the upper directory of a `metacopy=on`
-/// overlay over `lowers` in which every entry was copied up shifted: the same tree as
-/// [`copy_shifted`] but no file data. `dst` must be on a filesystem with `trusted.*`
-/// xattrs, and the overlay must be mounted with `metacopy=on` and `lowers` unchanged.
-pub fn metacopy_upper(
-    lowers: &[PathBuf],
-    dst: &Path,
-    shift: Shift,
-    progress: Option<&(dyn Fn(u64) + Sync)>,
-) -> Result<CopyReport, CopyError> {
-    copy_into(lowers, dst, shift, progress, None, Data::Metacopy)
-}
-
-fn copy_into(
+pub(super) fn copy_into(
     lowers: &[PathBuf],
     dst: &Path,
     shift: Shift,
@@ -465,7 +389,7 @@ impl Copier<'_> {
     }
 
     /// Reads the source's xattrs, then applies owner, xattrs, mode and times to the copy
-    /// (or, deferred, records them for [`apply_plan`]).
+    /// (or, deferred, records them for [`apply_plan`](super::apply_plan)).
     #[allow(clippy::too_many_arguments)]
     fn apply_meta(
         &self,
@@ -515,243 +439,6 @@ impl Copier<'_> {
         }
         Ok(())
     }
-}
-
-/// Shifts and sets owner, xattrs, mode and times ([`shift::set_meta_at`], which never
-/// follows a symlink). True when the shift changed an id.
-fn set_meta(
-    dst: BorrowedFd<'_>,
-    dname: &OsStr,
-    st: &FileStat,
-    xattrs: &[(CString, Vec<u8>)],
-    shift: Shift,
-    spath: &Path,
-    dpath: &Path,
-) -> Result<bool, CopyError> {
-    let dst_err = |e: io::Error| CopyError::Io {
-        path: dpath.to_path_buf(),
-        source: e,
-    };
-    let shift_err = |source| CopyError::Shift {
-        path: spath.to_path_buf(),
-        source,
-    };
-    let uid = shift.map(st.st_uid).map_err(|e| shift_err(e.into()))?;
-    let gid = shift.map(st.st_gid).map_err(|e| shift_err(e.into()))?;
-    let mut changed = uid != st.st_uid || gid != st.st_gid;
-    let mut shifted = Vec::with_capacity(xattrs.len());
-    for (attr, value) in xattrs {
-        let new = xattr::shift_value(&attr.to_string_lossy(), value, shift).map_err(shift_err)?;
-        changed |= new != *value;
-        shifted.push((attr.clone(), new));
-    }
-    let meta = Meta {
-        uid,
-        gid,
-        mode: st.st_mode,
-        atime: TimeSpec::new(st.st_atime, st.st_atime_nsec),
-        mtime: TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
-        xattrs: &shifted,
-    };
-    shift::set_meta_at(dst, dname, &meta).map_err(|e| dst_err(e.into()))?;
-    Ok(changed)
-}
-
-fn kind_of(st: &FileStat) -> SFlag {
-    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
-}
-
-/// One entry's metadata, read from the source, to apply later.
-#[derive(Clone, Debug)]
-struct Pending {
-    st: FileStat,
-    xattrs: Vec<(CString, Vec<u8>)>,
-    source: PathBuf,
-}
-
-/// The metadata of a copy made by [`copy_deferred`]: the top-most layer's entry at each
-/// path, relative to the copy's root ("" for the root).
-#[derive(Debug, Default)]
-pub struct Plan {
-    entries: BTreeMap<PathBuf, Pending>,
-}
-
-/// A [`Plan`] entry as the rootless helper's request carries it ([`super::rootless`]):
-/// only what [`apply_plan`] reads.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct WireEntry {
-    path: Bytes,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    atime: (i64, i64),
-    mtime: (i64, i64),
-    xattrs: Vec<(Bytes, Bytes)>,
-    source: Bytes,
-}
-
-impl serde::Serialize for Plan {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.entries.iter().map(|(path, p)| {
-            WireEntry {
-                path: Bytes::from(path.as_path()),
-                mode: p.st.st_mode,
-                uid: p.st.st_uid,
-                gid: p.st.st_gid,
-                atime: (p.st.st_atime, p.st.st_atime_nsec),
-                mtime: (p.st.st_mtime, p.st.st_mtime_nsec),
-                xattrs: p
-                    .xattrs
-                    .iter()
-                    .map(|(k, v)| (Bytes(k.as_bytes().to_vec()), Bytes(v.clone())))
-                    .collect(),
-                source: Bytes::from(p.source.as_path()),
-            }
-        }))
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Plan {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let mut plan = Plan::default();
-        for e in <Vec<WireEntry> as serde::Deserialize>::deserialize(d)? {
-            // SAFETY: `stat` is plain integers, for which all-zero is a valid value; the
-            // fields apply_plan reads are filled in below.
-            let mut st: FileStat = unsafe { std::mem::zeroed() };
-            st.st_mode = e.mode;
-            st.st_uid = e.uid;
-            st.st_gid = e.gid;
-            (st.st_atime, st.st_atime_nsec) = e.atime;
-            (st.st_mtime, st.st_mtime_nsec) = e.mtime;
-            let mut xattrs = Vec::with_capacity(e.xattrs.len());
-            for (name, value) in e.xattrs {
-                let name = CString::new(name.0).map_err(serde::de::Error::custom)?;
-                xattrs.push((name, value.0));
-            }
-            let source = e.source.to_path_buf();
-            plan.entries
-                .insert(e.path.to_path_buf(), Pending { st, xattrs, source });
-        }
-        Ok(plan)
-    }
-}
-
-impl Plan {
-    /// Forgets `rel` and everything under it (a higher layer replaced or removed it).
-    fn forget(&mut self, rel: &Path) {
-        // Paths order by component, so what is under `rel` directly follows it.
-        let under: Vec<PathBuf> = self
-            .entries
-            .range::<Path, _>((std::ops::Bound::Included(rel), std::ops::Bound::Unbounded))
-            .map(|(path, _)| path)
-            .take_while(|path| path.starts_with(rel))
-            .cloned()
-            .collect();
-        for path in under {
-            self.entries.remove(&path);
-        }
-    }
-}
-
-/// Copies structure and content only, as the caller, and returns the owners, xattrs, modes
-/// and times to apply with [`apply_plan`] (for a rootless copy, whose ids can only be set
-/// from inside a user namespace, where the source's real ids cannot be read).
-pub fn copy_deferred(
-    lowers: &[PathBuf],
-    dst: &Path,
-    progress: Option<&(dyn Fn(u64) + Sync)>,
-) -> Result<Plan, CopyError> {
-    let mut plan = Plan::default();
-    copy_into(
-        lowers,
-        dst,
-        Shift { to: 0, range: 0 },
-        progress,
-        Some(&mut plan),
-        Data::Copy,
-    )?;
-    Ok(plan)
-}
-
-/// Applies a [`Plan`] to the copy at `dst` with `shift` (ids as the calling namespace sees
-/// them); returns the entries whose ids `counted` (the same shift seen from the host) changes.
-pub fn apply_plan(dst: &Path, plan: &Plan, shift: Shift, counted: Shift) -> Result<u64, CopyError> {
-    let root = nix::fcntl::open(dst, dir_flags(), Mode::empty()).map_err(|e| CopyError::Io {
-        path: dst.to_path_buf(),
-        source: e.into(),
-    })?;
-    let mut shifted = 0;
-    let mut linked = HashSet::new();
-    // Reversed: children before their directory.
-    for (rel, p) in plan.entries.iter().rev() {
-        let dpath = dst.join(rel);
-        let (parent, name) = match (rel.parent(), rel.file_name()) {
-            (Some(parent), Some(name)) => (parent, name),
-            _ => (Path::new(""), OsStr::new(".")),
-        };
-        // The copy is ours and not yet visible, but never follow a link inside it anyway.
-        let dir = match sys::openat2(
-            root.as_fd(),
-            if parent.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                parent
-            },
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-            sys::RESOLVE_BENEATH | sys::RESOLVE_NO_SYMLINKS,
-        ) {
-            Ok(dir) => dir,
-            Err(source) => {
-                return Err(CopyError::Io {
-                    path: dpath,
-                    source,
-                });
-            }
-        };
-        let now = match nix::sys::stat::fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(now) => now,
-            Err(e) => {
-                return Err(CopyError::Io {
-                    path: dpath,
-                    source: e.into(),
-                });
-            }
-        };
-        // Not what the plan recorded (the copy changed under us): leave it alone.
-        if kind_of(&now) != kind_of(&p.st) {
-            continue;
-        }
-        // Hardlinks: one inode, set (and counted) once.
-        if kind_of(&now) != SFlag::S_IFDIR
-            && now.st_nlink > 1
-            && !linked.insert((now.st_dev, now.st_ino))
-        {
-            continue;
-        }
-        set_meta(
-            dir.as_fd(),
-            name,
-            &p.st,
-            &p.xattrs,
-            shift,
-            &p.source,
-            &dpath,
-        )?;
-        shifted += u64::from(changes(&p.st, &p.xattrs, counted));
-    }
-    Ok(shifted)
-}
-
-/// True when `shift` changes an entry's owner or an id-carrying xattr.
-fn changes(st: &FileStat, xattrs: &[(CString, Vec<u8>)], shift: Shift) -> bool {
-    shift.map(st.st_uid).ok() != Some(st.st_uid)
-        || shift.map(st.st_gid).ok() != Some(st.st_gid)
-        || xattrs.iter().any(|(name, value)| {
-            let name = name.to_string_lossy();
-            xattr::carries_ids(&name)
-                && xattr::shift_value(&name, value, shift).ok().as_deref() != Some(value.as_slice())
-        })
 }
 
 #[cfg(test)]
