@@ -17,6 +17,8 @@
 //! data overlayfs reads from the lower file at the same path. Built directly on the upper
 //! filesystem, before the overlay is mounted, it skips overlayfs's per-entry copy-up (a
 //! temporary file in `work/` and a rename, serialised on the filesystem's rename lock).
+//!
+//! [`xattr::shift_value`]: crate::idmap::xattr::shift_value
 
 mod meta;
 mod plan;

@@ -19,8 +19,8 @@ pub(super) struct Pending {
     pub(super) source: PathBuf,
 }
 
-/// The metadata of a copy made by [`copy_deferred`](super::copy_deferred): the top-most layer's entry at each
-/// path, relative to the copy's root ("" for the root).
+/// The metadata of a copy made by [`copy_deferred`](super::copy_deferred): the top-most
+/// layer's entry at each path, relative to the copy's root ("" for the root).
 #[derive(Debug, Default)]
 pub struct Plan {
     pub(super) entries: BTreeMap<PathBuf, Pending>,

@@ -94,9 +94,9 @@ fn detach(path: &Path) -> Result<(), MountError> {
     })
 }
 
-/// Unmounts a view mounted by [`mount`], and nothing else: a mountpoint with no record in
-/// [`views_dir`], or whose top mount is not the one recorded, is refused and left
-/// mounted. The idmapped lower mounts were never attached anywhere: they go with the
+/// Unmounts a view mounted by [`mount`](super::mount), and nothing else: a mountpoint with
+/// no record in [`views_dir`], or whose top mount is not the one recorded, is refused and
+/// left mounted. The idmapped lower mounts were never attached anywhere: they go with the
 /// overlay that holds them.
 pub fn unmount(mountpoint: &Path) -> Result<(), MountError> {
     let not_mounted = || MountError::NotMounted {
