@@ -341,45 +341,7 @@ impl Index {
                     "entries out of order at {path:?}"
                 )));
             }
-            let mut offset = 0;
-            let kind = match r.u8("entry type")? {
-                1 => {
-                    let size = r.u64("file size")?;
-                    offset = r.u64("file offset")?;
-                    if offset.checked_add(size).is_none_or(|end| end > stream_len) {
-                        return Err(IndexError::Invalid(format!(
-                            "{path:?}: content span beyond the stream"
-                        )));
-                    }
-                    Kind::File { size }
-                }
-                2 => Kind::Dir,
-                t @ (3 | 4) => {
-                    let target = PathBuf::from(OsStr::from_bytes(r.bytes("link target")?));
-                    if target.as_os_str().is_empty() || target.as_os_str().as_bytes().contains(&0) {
-                        return Err(IndexError::Invalid(format!("{path:?}: bad link target")));
-                    }
-                    if t == 3 {
-                        Kind::Symlink { target }
-                    } else {
-                        if normalize(&target)? != target {
-                            return Err(IndexError::Invalid(format!(
-                                "{path:?}: hardlink target not canonical"
-                            )));
-                        }
-                        Kind::Hardlink { target }
-                    }
-                }
-                5 => Kind::Char {
-                    rdev: r.u64("rdev")?,
-                },
-                6 => Kind::Block {
-                    rdev: r.u64("rdev")?,
-                },
-                7 => Kind::Fifo,
-                8 => Kind::Socket,
-                t => return Err(IndexError::Invalid(format!("{path:?}: entry type {t}"))),
-            };
+            let (kind, offset) = read_kind(&mut r, &path, stream_len)?;
             if records.is_empty() && kind != Kind::Dir {
                 return Err(IndexError::Invalid("the root is not a directory".into()));
             }
@@ -468,6 +430,50 @@ impl Index {
             .ok()
             .map(|i| &self.records[i])
     }
+}
+
+/// Reads an entry's type and its type's fields; a file's content offset too (else 0).
+fn read_kind(r: &mut Reader<'_>, path: &Path, stream_len: u64) -> Result<(Kind, u64), IndexError> {
+    let mut offset = 0;
+    let kind = match r.u8("entry type")? {
+        1 => {
+            let size = r.u64("file size")?;
+            offset = r.u64("file offset")?;
+            if offset.checked_add(size).is_none_or(|end| end > stream_len) {
+                return Err(IndexError::Invalid(format!(
+                    "{path:?}: content span beyond the stream"
+                )));
+            }
+            Kind::File { size }
+        }
+        2 => Kind::Dir,
+        t @ (3 | 4) => {
+            let target = PathBuf::from(OsStr::from_bytes(r.bytes("link target")?));
+            if target.as_os_str().is_empty() || target.as_os_str().as_bytes().contains(&0) {
+                return Err(IndexError::Invalid(format!("{path:?}: bad link target")));
+            }
+            if t == 3 {
+                Kind::Symlink { target }
+            } else {
+                if normalize(&target)? != target {
+                    return Err(IndexError::Invalid(format!(
+                        "{path:?}: hardlink target not canonical"
+                    )));
+                }
+                Kind::Hardlink { target }
+            }
+        }
+        5 => Kind::Char {
+            rdev: r.u64("rdev")?,
+        },
+        6 => Kind::Block {
+            rdev: r.u64("rdev")?,
+        },
+        7 => Kind::Fifo,
+        8 => Kind::Socket,
+        t => return Err(IndexError::Invalid(format!("{path:?}: entry type {t}"))),
+    };
+    Ok((kind, offset))
 }
 
 fn put_bytes(b: &mut Vec<u8>, data: &[u8]) {
