@@ -29,7 +29,9 @@ pub mod extract;
 pub mod format;
 pub mod gc;
 pub mod imageconfig;
+mod images;
 pub mod index;
+mod name;
 pub mod oci;
 pub mod pack;
 #[cfg(feature = "remote")]
@@ -45,7 +47,9 @@ use nix::fcntl::{Flock, FlockArg};
 
 pub use extract::{ExtractOptions, ExtractReport};
 pub use gc::{GcReport, Problem, VerifyReport};
+pub use images::{ImageInfo, Stats};
 pub use index::{ChunkId, Entry, Index, IndexError, Kind, Timestamp};
+pub use name::ImageName;
 pub use writer::ImageWriter;
 
 pub use format::{PUBLISHED, STORE_FORMAT, STORE_FORMATS_READ};
@@ -174,48 +178,6 @@ impl Progress {
     }
 }
 
-/// What an image holds (from its index) and, right after an import, what it added.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct ImageInfo {
-    pub name: String,
-    pub created: i64,
-    pub entries: u64,
-    pub files: u64,
-    /// Sum of file sizes.
-    pub content_bytes: u64,
-    /// Chunks in the content stream (with repeats).
-    pub chunks: u64,
-    /// Distinct chunks.
-    pub unique_chunks: u64,
-    /// Size of the index file.
-    pub index_bytes: u64,
-    /// Size of the config blob, if any.
-    pub config_bytes: Option<u64>,
-    /// Chunks this import added to the store (0 outside an import).
-    pub new_chunks: u64,
-    /// Compressed bytes this import added to the store, index included (0 outside an import).
-    pub new_bytes: u64,
-}
-
-impl ImageInfo {
-    fn of(index: &Index, index_bytes: u64) -> ImageInfo {
-        let unique: std::collections::HashSet<_> = index.chunks.iter().map(|c| c.id).collect();
-        ImageInfo {
-            name: index.name.clone(),
-            created: index.created,
-            entries: index.records.len() as u64,
-            files: index.file_count(),
-            content_bytes: index.content_bytes(),
-            chunks: index.chunks.len() as u64,
-            unique_chunks: unique.len() as u64,
-            index_bytes,
-            config_bytes: index.config.as_ref().map(|c| c.len() as u64),
-            new_chunks: 0,
-            new_bytes: 0,
-        }
-    }
-}
-
 /// Options of [`Store::import_dir`].
 #[derive(Clone, Debug, Default)]
 pub struct ImportOptions {
@@ -226,26 +188,6 @@ pub struct ImportOptions {
     /// Skip making the chunks durable before the index is published (see
     /// [`ImageWriter::set_sync`]).
     pub no_sync: bool,
-}
-
-/// Whole-store figures for `warren store stats`.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Stats {
-    pub images: u64,
-    /// Distinct chunks, packed or loose.
-    pub chunks: u64,
-    /// Pack files (the rest of the chunks are loose files).
-    pub packs: u64,
-    /// Bytes of every pack and loose chunk file (compressed chunks, pack tables).
-    pub chunk_bytes: u64,
-    /// Bytes of every index file.
-    pub index_bytes: u64,
-    /// chunk_bytes + index_bytes: what the store costs on disk (excluding fs overhead).
-    pub stored_bytes: u64,
-    /// Sum over images of their file contents: what plain copies would cost.
-    pub logical_bytes: u64,
-    /// logical_bytes / stored_bytes.
-    pub dedup_ratio: f64,
 }
 
 /// A content-addressed chunk store on disk.
@@ -265,66 +207,6 @@ pub(crate) fn file_mode(published: bool) -> u32 {
 fn world_readable(dir: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o005 == 0o005)
-}
-
-/// A parsed `NAME[:TAG]`: the tag defaults to `latest`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImageName {
-    pub name: String,
-    pub tag: String,
-}
-
-impl ImageName {
-    /// Parses and validates `NAME[:TAG]`. Name components use `[A-Za-z0-9._:-]` and do
-    /// not start with `.`; the tag uses `[A-Za-z0-9._-]` and does not start with `.`.
-    pub fn parse(s: &str) -> Result<ImageName> {
-        let bad = |reason| StoreError::BadName {
-            name: s.to_string(),
-            reason,
-        };
-        let slash = s.rfind('/').map_or(0, |i| i + 1);
-        let (name, tag) = match s[slash..].rfind(':') {
-            Some(i) => (&s[..slash + i], &s[slash + i + 1..]),
-            None => (s, "latest"),
-        };
-        if name.is_empty() || name.len() > 255 {
-            return Err(bad("the name is empty or longer than 255 bytes"));
-        }
-        let ok_char = |c: char, colon: bool| {
-            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || (colon && c == ':')
-        };
-        for comp in name.split('/') {
-            if comp.is_empty() || comp.starts_with('.') || !comp.chars().all(|c| ok_char(c, true)) {
-                return Err(bad(
-                    "name components are [A-Za-z0-9._:-], non-empty, not starting with '.'",
-                ));
-            }
-        }
-        if tag.is_empty()
-            || tag.len() > 128
-            || tag.starts_with('.')
-            || !tag.chars().all(|c| ok_char(c, false))
-        {
-            return Err(bad(
-                "the tag is [A-Za-z0-9._-], 1-128 chars, not starting with '.'",
-            ));
-        }
-        Ok(ImageName {
-            name: name.to_string(),
-            tag: tag.to_string(),
-        })
-    }
-
-    /// Path of the index relative to the store's `images/` dir.
-    fn rel_path(&self) -> PathBuf {
-        PathBuf::from(format::index_rel(&self.name, &self.tag))
-    }
-}
-
-impl std::fmt::Display for ImageName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.name, self.tag)
-    }
 }
 
 impl Store {
@@ -510,131 +392,6 @@ impl Store {
         let _lock = self.lock(false)?;
         let index = self.index(name)?;
         extract::extract(self, &index, dest, opts)
-    }
-
-    /// Reads and validates image `name`'s index.
-    pub fn index(&self, name: &str) -> Result<Index> {
-        Ok(self.read_index(name)?.0)
-    }
-
-    fn read_index(&self, name: &str) -> Result<(Index, u64)> {
-        let path = self.index_path(name)?;
-        let data = match fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NoSuchImage(name.to_string()));
-            }
-            Err(e) => return Err(io_err(&path)(e)),
-        };
-        let index = Index::decode(&data).map_err(|err| StoreError::Index {
-            name: name.to_string(),
-            err,
-        })?;
-        Ok((index, data.len() as u64))
-    }
-
-    /// The opaque config blob stored with image `name`.
-    pub fn image_config(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.index(name)?.config)
-    }
-
-    pub fn inspect(&self, name: &str) -> Result<ImageInfo> {
-        let (index, len) = self.read_index(name)?;
-        Ok(ImageInfo::of(&index, len))
-    }
-
-    /// Names (`NAME:TAG`) of every image, sorted.
-    pub fn names(&self) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        let images = self.images_dir();
-        let mut stack = vec![(images.clone(), String::new())];
-        while let Some((dir, prefix)) = stack.pop() {
-            for e in fs::read_dir(&dir).map_err(io_err(&dir))? {
-                let e = e.map_err(io_err(&dir))?;
-                let fname = e.file_name().to_string_lossy().into_owned();
-                if fname.starts_with('.') {
-                    continue; // temporary files of atomic writes
-                }
-                let ft = e.file_type().map_err(io_err(e.path()))?;
-                if ft.is_dir() {
-                    stack.push((e.path(), format!("{prefix}{fname}/")));
-                } else if let Some(tag) = fname.strip_suffix(format::INDEX_SUFFIX)
-                    && !prefix.is_empty()
-                {
-                    out.push(format!("{}:{tag}", &prefix[..prefix.len() - 1]));
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    /// Every image, with what its index says. A broken index is an error naming it.
-    pub fn list(&self) -> Result<Vec<ImageInfo>> {
-        self.names()?.iter().map(|n| self.inspect(n)).collect()
-    }
-
-    /// Removes image `name`'s index; its chunks stay until `gc`.
-    pub fn remove(&self, name: &str) -> Result<()> {
-        let path = self.index_path(name)?;
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NoSuchImage(name.to_string()));
-            }
-            Err(e) => return Err(io_err(&path)(e)),
-        }
-        // Durable removal, and drop the now-empty NAME directories.
-        let mut dir = path.parent().map(Path::to_path_buf);
-        if let Some(d) = &dir {
-            File::open(d)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err(d))?;
-        }
-        while let Some(d) = dir {
-            if d == self.images_dir() || fs::remove_dir(&d).is_err() {
-                break;
-            }
-            dir = d.parent().map(Path::to_path_buf);
-        }
-        Ok(())
-    }
-
-    pub fn stats(&self) -> Result<Stats> {
-        let mut stats = Stats {
-            images: 0,
-            chunks: 0,
-            packs: 0,
-            chunk_bytes: 0,
-            index_bytes: 0,
-            stored_bytes: 0,
-            logical_bytes: 0,
-            dedup_ratio: 0.0,
-        };
-        for name in self.names()? {
-            let (index, len) = self.read_index(&name)?;
-            stats.images += 1;
-            stats.index_bytes += len;
-            stats.logical_bytes += index.content_bytes();
-        }
-        let _lock = self.lock(false)?;
-        let all = self.chunks()?;
-        stats.packs = all.packs().len() as u64;
-        let mut ids = std::collections::HashSet::new();
-        for pack in all.packs() {
-            stats.chunk_bytes += pack.size;
-            ids.extend(pack.entries.iter().map(|e| e.id));
-        }
-        for (id, len) in chunks::list(self)? {
-            stats.chunk_bytes += len;
-            ids.insert(id);
-        }
-        stats.chunks = ids.len() as u64;
-        stats.stored_bytes = stats.chunk_bytes + stats.index_bytes;
-        if stats.stored_bytes > 0 {
-            stats.dedup_ratio = stats.logical_bytes as f64 / stats.stored_bytes as f64;
-        }
-        Ok(stats)
     }
 
     /// Checks every chunk's hash and every index's references.

@@ -341,45 +341,7 @@ impl Index {
                     "entries out of order at {path:?}"
                 )));
             }
-            let mut offset = 0;
-            let kind = match r.u8("entry type")? {
-                1 => {
-                    let size = r.u64("file size")?;
-                    offset = r.u64("file offset")?;
-                    if offset.checked_add(size).is_none_or(|end| end > stream_len) {
-                        return Err(IndexError::Invalid(format!(
-                            "{path:?}: content span beyond the stream"
-                        )));
-                    }
-                    Kind::File { size }
-                }
-                2 => Kind::Dir,
-                t @ (3 | 4) => {
-                    let target = PathBuf::from(OsStr::from_bytes(r.bytes("link target")?));
-                    if target.as_os_str().is_empty() || target.as_os_str().as_bytes().contains(&0) {
-                        return Err(IndexError::Invalid(format!("{path:?}: bad link target")));
-                    }
-                    if t == 3 {
-                        Kind::Symlink { target }
-                    } else {
-                        if normalize(&target)? != target {
-                            return Err(IndexError::Invalid(format!(
-                                "{path:?}: hardlink target not canonical"
-                            )));
-                        }
-                        Kind::Hardlink { target }
-                    }
-                }
-                5 => Kind::Char {
-                    rdev: r.u64("rdev")?,
-                },
-                6 => Kind::Block {
-                    rdev: r.u64("rdev")?,
-                },
-                7 => Kind::Fifo,
-                8 => Kind::Socket,
-                t => return Err(IndexError::Invalid(format!("{path:?}: entry type {t}"))),
-            };
+            let (kind, offset) = read_kind(&mut r, &path, stream_len)?;
             if records.is_empty() && kind != Kind::Dir {
                 return Err(IndexError::Invalid("the root is not a directory".into()));
             }
@@ -470,6 +432,50 @@ impl Index {
     }
 }
 
+/// Reads an entry's type and its type's fields; a file's content offset too (else 0).
+fn read_kind(r: &mut Reader<'_>, path: &Path, stream_len: u64) -> Result<(Kind, u64), IndexError> {
+    let mut offset = 0;
+    let kind = match r.u8("entry type")? {
+        1 => {
+            let size = r.u64("file size")?;
+            offset = r.u64("file offset")?;
+            if offset.checked_add(size).is_none_or(|end| end > stream_len) {
+                return Err(IndexError::Invalid(format!(
+                    "{path:?}: content span beyond the stream"
+                )));
+            }
+            Kind::File { size }
+        }
+        2 => Kind::Dir,
+        t @ (3 | 4) => {
+            let target = PathBuf::from(OsStr::from_bytes(r.bytes("link target")?));
+            if target.as_os_str().is_empty() || target.as_os_str().as_bytes().contains(&0) {
+                return Err(IndexError::Invalid(format!("{path:?}: bad link target")));
+            }
+            if t == 3 {
+                Kind::Symlink { target }
+            } else {
+                if normalize(&target)? != target {
+                    return Err(IndexError::Invalid(format!(
+                        "{path:?}: hardlink target not canonical"
+                    )));
+                }
+                Kind::Hardlink { target }
+            }
+        }
+        5 => Kind::Char {
+            rdev: r.u64("rdev")?,
+        },
+        6 => Kind::Block {
+            rdev: r.u64("rdev")?,
+        },
+        7 => Kind::Fifo,
+        8 => Kind::Socket,
+        t => return Err(IndexError::Invalid(format!("{path:?}: entry type {t}"))),
+    };
+    Ok((kind, offset))
+}
+
 fn put_bytes(b: &mut Vec<u8>, data: &[u8]) {
     b.extend_from_slice(&(data.len() as u32).to_le_bytes());
     b.extend_from_slice(data);
@@ -528,105 +534,4 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample() -> Index {
-        let e = |path: &str, kind| Entry {
-            path: path.into(),
-            kind,
-            mode: 0o4755,
-            uid: 1,
-            gid: 2,
-            mtime: Timestamp { sec: 3, nsec: 4 },
-            xattrs: vec![(b"user.a".to_vec(), b"b".to_vec())],
-        };
-        Index {
-            name: "x:latest".into(),
-            created: 5,
-            config: Some(b"{}".to_vec()),
-            chunks: vec![ChunkRef {
-                id: ChunkId::of(b"hello"),
-                len: 5,
-            }],
-            records: vec![
-                Record {
-                    entry: e("", Kind::Dir),
-                    offset: 0,
-                },
-                Record {
-                    entry: e("a", Kind::File { size: 5 }),
-                    offset: 0,
-                },
-                Record {
-                    entry: e("b", Kind::Hardlink { target: "a".into() }),
-                    offset: 0,
-                },
-            ],
-        }
-    }
-
-    #[test]
-    fn round_trips() {
-        let i = sample();
-        assert_eq!(Index::decode(&i.encode()), Ok(i));
-    }
-
-    #[test]
-    fn reads_versions_1_and_2_only() {
-        let i = sample();
-        let data = i.encode();
-        assert_eq!(data[8..12], VERSION.to_le_bytes());
-        for (version, ok) in [(0u32, false), (1, true), (2, true), (3, false)] {
-            let mut d = data.clone();
-            d[8..12].copy_from_slice(&version.to_le_bytes());
-            match Index::decode(&d) {
-                Ok(got) => assert!(ok && got == i, "version {version}"),
-                Err(e) => assert!(!ok && e == IndexError::Version(version), "{version}: {e}"),
-            }
-        }
-    }
-
-    #[test]
-    fn rejects_escapes_and_bad_links() {
-        assert!(normalize(Path::new("a/../../b")).is_err());
-        assert_eq!(
-            normalize(Path::new("/./a//b/")).unwrap(),
-            PathBuf::from("a/b")
-        );
-        let mut i = sample();
-        i.records[2].entry.kind = Kind::Hardlink {
-            target: "zz".into(),
-        };
-        assert!(matches!(
-            Index::decode(&i.encode()),
-            Err(IndexError::Invalid(_))
-        ));
-        let mut i = sample();
-        i.records[1].entry.path = "../a".into();
-        assert!(Index::decode(&i.encode()).is_err());
-    }
-
-    #[test]
-    fn file_count_counts_files_not_links_or_dirs() {
-        let mut i = sample();
-        assert_eq!(i.file_count(), 1);
-        i.records.push(Record {
-            entry: Entry {
-                path: "c".into(),
-                kind: Kind::File { size: 0 },
-                ..i.records[1].entry.clone()
-            },
-            offset: 5,
-        });
-        assert_eq!(i.file_count(), 2);
-    }
-
-    #[test]
-    fn every_truncation_is_an_error() {
-        let data = sample().encode();
-        for n in 0..data.len() {
-            assert!(Index::decode(&data[..n]).is_err(), "prefix {n}");
-        }
-    }
-}
+mod tests;

@@ -2,7 +2,7 @@
 //! content as a reader; content goes through FastCDC on the caller's thread, chunks are
 //! hashed there and handed to worker threads that compress the ones the store lacks and
 //! append them to a new pack. Memory holds the entries' metadata and at most
-//! [`IN_FLIGHT`] bytes of queued chunks, never a file.
+//! [`IN_FLIGHT`](pipeline::IN_FLIGHT) bytes of queued chunks, never a file.
 //!
 //! Crash safety: the pack is written under a temporary name; `commit` writes its table,
 //! makes it durable (`chunks::publish`: a syncfs, or the file itself when others have
@@ -14,14 +14,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use nix::fcntl::Flock;
 
 use super::chunker::{self, Chunker};
-use super::compress::{ChunkCompressor, Class, file_class};
+use super::compress::{Class, file_class};
 use super::index::{ChunkRef, Record, normalize};
 use super::pack::PackWriter;
 use super::{
@@ -29,95 +29,11 @@ use super::{
     Timestamp, chunks, io_err,
 };
 
-/// Chunk buffers queued for the writer threads or being compressed take at most this
-/// much memory (by capacity; a single bigger chunk still goes). Deep enough that the
-/// importing thread and the compressors rarely wait for each other when files change
-/// from many small ones to a few big ones: with a queue of 4 chunks the two cores were
-/// idle ~11% of an import (docs/BENCHMARKS.md).
-const IN_FLIGHT: usize = 16 << 20;
+mod pipeline;
+#[cfg(test)]
+mod tests;
 
-/// A chunk on its way to a writer thread: id, bytes, class, and its share of
-/// [`IN_FLIGHT`].
-type Job = (ChunkId, Vec<u8>, Class, Charge);
-
-/// A queued chunk's share of [`IN_FLIGHT`], given back when the chunk is done with or
-/// dropped unprocessed (by a worker that is gone): the importing thread never waits for
-/// room that cannot come.
-struct Charge {
-    shared: Arc<Shared>,
-    bytes: usize,
-}
-
-impl Drop for Charge {
-    fn drop(&mut self) {
-        let mut in_flight = self
-            .shared
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        *in_flight -= self.bytes;
-        self.shared.room.notify_one();
-    }
-}
-
-struct Shared {
-    store: Store,
-    /// Make chunks and index durable before publishing (see `ImageWriter::set_sync`).
-    sync: std::sync::atomic::AtomicBool,
-    progress: Arc<Progress>,
-    error: Mutex<Option<StoreError>>,
-    /// What the store held when the import began (the lock we hold keeps gc from
-    /// removing any of it).
-    stored: chunks::Chunks,
-    /// The new pack(s), being written.
-    packs: PackWriter,
-    /// The finished packs, until published: (temporary path, final path).
-    pending: Mutex<Vec<(PathBuf, PathBuf)>>,
-    /// Chunk buffers the workers are done with, for the next chunks.
-    spare: Mutex<Vec<Vec<u8>>>,
-    /// Bytes of chunk buffers queued or being compressed (see [`IN_FLIGHT`]), and a signal
-    /// when they go down.
-    in_flight: Mutex<usize>,
-    room: std::sync::Condvar,
-}
-
-impl Shared {
-    fn fail(&self, e: StoreError) {
-        let mut slot = self.error.lock().unwrap_or_else(PoisonError::into_inner);
-        slot.get_or_insert(e);
-    }
-    fn failed(&self) -> bool {
-        self.error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
-    }
-    fn take_error(&self) -> Option<StoreError> {
-        self.error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-    }
-    /// Waits until `bytes` more fit in [`IN_FLIGHT`] (or nothing is in flight), and takes
-    /// them.
-    fn charge(self: &Arc<Self>, bytes: usize) -> Charge {
-        let mut in_flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        while *in_flight > 0 && *in_flight + bytes > IN_FLIGHT {
-            in_flight = self
-                .room
-                .wait(in_flight)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        *in_flight += bytes;
-        Charge {
-            shared: self.clone(),
-            bytes,
-        }
-    }
-}
+use pipeline::{Job, Shared, emit, worker};
 
 /// An import in progress. Holds the store's shared lock (a concurrent gc waits for it).
 /// Dropping it without [`commit`](ImageWriter::commit) publishes nothing and removes the
@@ -540,249 +456,6 @@ impl Drop for ImageWriter {
             .unwrap_or_else(PoisonError::into_inner);
         for (tmp, _) in pending.iter() {
             let _ = fs::remove_file(tmp);
-        }
-    }
-}
-
-/// One chunk cut from the stream: record it, and queue it for writing unless this import
-/// already queued the same bytes.
-fn emit(
-    data: &[u8],
-    chunks: &mut Vec<ChunkRef>,
-    seen: &mut HashSet<ChunkId>,
-    tx: &Option<SyncSender<Job>>,
-    shared: &Arc<Shared>,
-    class: Class,
-) -> Result<()> {
-    let id = ChunkId::of(data);
-    chunks.push(ChunkRef {
-        id,
-        len: data.len() as u32,
-    });
-    Progress::add(&shared.progress.chunks, 1);
-    Progress::add(&shared.progress.bytes, data.len() as u64);
-    if seen.insert(id) {
-        let mut owned = shared
-            .spare
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
-            .unwrap_or_default();
-        owned.clear();
-        owned.extend_from_slice(data);
-        let charge = shared.charge(owned.capacity());
-        let sent = tx.as_ref().map(|tx| tx.send((id, owned, class, charge)));
-        if !matches!(sent, Some(Ok(()))) {
-            // Workers are gone: they stopped on an error, which commit/add reports.
-            return Err(shared.take_error().unwrap_or_else(|| StoreError::Entry {
-                path: PathBuf::new(),
-                reason: "chunk writer threads stopped".into(),
-            }));
-        }
-    }
-    if shared.failed() {
-        return Err(shared.take_error().unwrap_or_else(|| StoreError::Entry {
-            path: PathBuf::new(),
-            reason: "chunk writer failed".into(),
-        }));
-    }
-    Ok(())
-}
-
-/// Compresses and writes queued chunks the store does not already have.
-fn worker(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
-    let mut compressor = ChunkCompressor::default();
-    // The chunk file's bytes: filter header, zstd frame. Reused from chunk to chunk.
-    let mut out = Vec::new();
-    loop {
-        let msg = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        // The charge goes back after the buffer is in `spare` for the next chunk.
-        let Ok((id, mut data, class, _charge)) = msg else {
-            return;
-        };
-        // After a failure, keep draining so the producer never blocks forever.
-        if !shared.failed()
-            && let Err(e) = store_chunk(shared, &mut compressor, &mut out, id, &mut data, class)
-        {
-            shared.fail(e);
-        }
-        shared
-            .spare
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(data);
-    }
-}
-
-/// Appends chunk `id` (`data`, of class `class`) to the new pack, unless the store has it
-/// (then it is reused: the lock we hold keeps gc from removing it).
-fn store_chunk(
-    shared: &Shared,
-    compressor: &mut ChunkCompressor,
-    out: &mut Vec<u8>,
-    id: ChunkId,
-    data: &mut [u8],
-    class: Class,
-) -> Result<()> {
-    if shared.stored.contains(&id) {
-        return Ok(());
-    }
-    compressor
-        .encode(data, class, out)
-        .map_err(io_err(format!("zstd compressing chunk {id}")))?;
-    shared.packs.append(id, out)?;
-    let p = &shared.progress;
-    Progress::add(&p.new_chunks, 1);
-    Progress::add(&p.new_bytes, data.len() as u64);
-    Progress::add(&p.stored_bytes, out.len() as u64);
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An x86-64 ELF file's chunks are stored filtered, anything else's as bare frames,
-    /// and both come back byte for byte; a version-1 store is upgraded by the import and
-    /// its old chunks still read.
-    #[test]
-    fn x86_files_are_filtered_and_round_trip_in_an_upgraded_store() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("store");
-        let store = Store::open(&dir).unwrap();
-        assert_eq!(
-            fs::read_to_string(dir.join("format")).unwrap(),
-            super::super::STORE_FORMAT
-        );
-        // A version-1 store holding a version-1 chunk (a bare frame) and its image.
-        fs::write(dir.join("format"), super::super::STORE_FORMATS_READ[0]).unwrap();
-        let old = b"an old chunk\n".repeat(100);
-        let old_id = ChunkId::of(&old);
-        fs::write(
-            store.chunk_path(&old_id),
-            zstd::bulk::compress(&old, 19).unwrap(),
-        )
-        .unwrap();
-        let store = Store::open(&dir).unwrap();
-
-        let exe = fs::read(std::env::current_exe().unwrap()).unwrap();
-        let elf = exe[..exe.len().min(3_000_000)].to_vec();
-        // Other bytes (the same bytes in a non-ELF file would be the same chunks).
-        let not_elf: Vec<u8> = elf.iter().rev().copied().collect();
-        let file = |path: &str, size: usize| Entry {
-            path: path.into(),
-            kind: Kind::File { size: size as u64 },
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            mtime: Timestamp::default(),
-            xattrs: vec![],
-        };
-        let mut w = store.writer().unwrap();
-        w.add(file("old", old.len()), Some(&mut &old[..])).unwrap();
-        w.add(file("elf", elf.len()), Some(&mut &elf[..])).unwrap();
-        w.add(file("not-elf", not_elf.len()), Some(&mut &not_elf[..]))
-            .unwrap();
-        w.commit("x86", None).unwrap();
-        assert_eq!(
-            fs::read_to_string(dir.join("format")).unwrap(),
-            super::super::STORE_FORMAT
-        );
-
-        let index = store.index("x86").unwrap();
-        let (mut filtered, mut bare) = (0, 0);
-        let stored = store.chunks().unwrap();
-        for c in &index.chunks {
-            match stored.raw(&c.id).unwrap().unwrap()[0] {
-                chunks::FILTER_X86 => filtered += 1,
-                0x28 => bare += 1,
-                b => panic!("chunk file starts with {b:#x}"),
-            }
-        }
-        if super::super::bcj::is_x86_64_elf(&elf) {
-            assert!(
-                filtered >= 2 && bare >= 3,
-                "{filtered} filtered, {bare} bare"
-            );
-        }
-        let out = tmp.path().join("out");
-        let opts = super::super::ExtractOptions {
-            sync: false,
-            ..Default::default()
-        };
-        store.extract("x86", &out, &opts).unwrap();
-        assert_eq!(fs::read(out.join("old")).unwrap(), old);
-        assert_eq!(fs::read(out.join("elf")).unwrap(), elf);
-        assert_eq!(fs::read(out.join("not-elf")).unwrap(), not_elf);
-    }
-
-    /// The importing thread waits while IN_FLIGHT bytes are queued, goes on as soon as a
-    /// chunk is done with or dropped unprocessed, and never waits with nothing in flight.
-    #[test]
-    fn chunks_in_flight_stay_within_the_budget() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Store::open(tmp.path()).unwrap();
-        let writer = store.writer().unwrap();
-        let shared = writer.shared.clone();
-        let in_flight = || *shared.in_flight.lock().unwrap();
-
-        let oversized = shared.charge(IN_FLIGHT + 1);
-        assert_eq!(in_flight(), IN_FLIGHT + 1);
-        drop(oversized);
-        assert_eq!(in_flight(), 0);
-
-        let queued: Job = (
-            ChunkId::of(b"x"),
-            Vec::new(),
-            Class::Packed,
-            shared.charge(IN_FLIGHT - 10),
-        );
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let waiter = {
-            let shared = shared.clone();
-            std::thread::spawn(move || {
-                let charge = shared.charge(100);
-                done_tx.send(()).unwrap();
-                charge
-            })
-        };
-        let timeout = std::time::Duration::from_millis(200);
-        assert!(
-            done_rx.recv_timeout(timeout).is_err(),
-            "charged past the budget"
-        );
-        drop(queued);
-        done_rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .unwrap();
-        let charge = waiter.join().unwrap();
-        assert_eq!(in_flight(), 100);
-        drop(charge);
-        assert_eq!(in_flight(), 0);
-    }
-
-    /// Every way in names the path it refused.
-    #[test]
-    fn escaping_paths_are_entry_errors_naming_the_path() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Store::open(&tmp.path().join("store")).unwrap();
-        let mut w = store.writer().unwrap();
-        let bad = Path::new("a/../../x");
-        let entry = Entry {
-            path: bad.into(),
-            kind: Kind::Dir,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            mtime: Timestamp::default(),
-            xattrs: vec![],
-        };
-        let results = [w.add(entry, None), w.remove(bad), w.clear_dir(bad)];
-        for r in results {
-            match r {
-                Err(StoreError::Entry { path, .. }) => assert_eq!(path, bad),
-                other => panic!("{other:?}"),
-            }
         }
     }
 }

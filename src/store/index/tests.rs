@@ -1,0 +1,100 @@
+use super::*;
+
+fn sample() -> Index {
+    let e = |path: &str, kind| Entry {
+        path: path.into(),
+        kind,
+        mode: 0o4755,
+        uid: 1,
+        gid: 2,
+        mtime: Timestamp { sec: 3, nsec: 4 },
+        xattrs: vec![(b"user.a".to_vec(), b"b".to_vec())],
+    };
+    Index {
+        name: "x:latest".into(),
+        created: 5,
+        config: Some(b"{}".to_vec()),
+        chunks: vec![ChunkRef {
+            id: ChunkId::of(b"hello"),
+            len: 5,
+        }],
+        records: vec![
+            Record {
+                entry: e("", Kind::Dir),
+                offset: 0,
+            },
+            Record {
+                entry: e("a", Kind::File { size: 5 }),
+                offset: 0,
+            },
+            Record {
+                entry: e("b", Kind::Hardlink { target: "a".into() }),
+                offset: 0,
+            },
+        ],
+    }
+}
+
+#[test]
+fn round_trips() {
+    let i = sample();
+    assert_eq!(Index::decode(&i.encode()), Ok(i));
+}
+
+#[test]
+fn reads_versions_1_and_2_only() {
+    let i = sample();
+    let data = i.encode();
+    assert_eq!(data[8..12], VERSION.to_le_bytes());
+    for (version, ok) in [(0u32, false), (1, true), (2, true), (3, false)] {
+        let mut d = data.clone();
+        d[8..12].copy_from_slice(&version.to_le_bytes());
+        match Index::decode(&d) {
+            Ok(got) => assert!(ok && got == i, "version {version}"),
+            Err(e) => assert!(!ok && e == IndexError::Version(version), "{version}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn rejects_escapes_and_bad_links() {
+    assert!(normalize(Path::new("a/../../b")).is_err());
+    assert_eq!(
+        normalize(Path::new("/./a//b/")).unwrap(),
+        PathBuf::from("a/b")
+    );
+    let mut i = sample();
+    i.records[2].entry.kind = Kind::Hardlink {
+        target: "zz".into(),
+    };
+    assert!(matches!(
+        Index::decode(&i.encode()),
+        Err(IndexError::Invalid(_))
+    ));
+    let mut i = sample();
+    i.records[1].entry.path = "../a".into();
+    assert!(Index::decode(&i.encode()).is_err());
+}
+
+#[test]
+fn file_count_counts_files_not_links_or_dirs() {
+    let mut i = sample();
+    assert_eq!(i.file_count(), 1);
+    i.records.push(Record {
+        entry: Entry {
+            path: "c".into(),
+            kind: Kind::File { size: 0 },
+            ..i.records[1].entry.clone()
+        },
+        offset: 5,
+    });
+    assert_eq!(i.file_count(), 2);
+}
+
+#[test]
+fn every_truncation_is_an_error() {
+    let data = sample().encode();
+    for n in 0..data.len() {
+        assert!(Index::decode(&data[..n]).is_err(), "prefix {n}");
+    }
+}
