@@ -67,12 +67,11 @@ pub fn ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Creates (once) the unprivileged test user with a home directory and subordinate id
-/// ranges, and returns its (uid, gid). Needs root, useradd and newuidmap (uidmap).
-pub fn ensure_rootless_user() -> (u32, u32) {
+/// Creates (once) the unprivileged user `name` with a home directory and no subordinate
+/// ids, and returns its (uid, gid). Needs root and useradd.
+pub fn ensure_user(name: &str) -> (u32, u32) {
     require_root();
-    require_tool("newuidmap", "uidmap");
-    let lookup = || nix::unistd::User::from_name(ROOTLESS_USER).ok().flatten();
+    let lookup = || nix::unistd::User::from_name(name).ok().flatten();
     if lookup().is_none() {
         let out = run(Command::new("useradd").args([
             "--create-home",
@@ -82,18 +81,26 @@ pub fn ensure_rootless_user() -> (u32, u32) {
             "SUB_UID_COUNT=0",
             "-K",
             "SUB_GID_COUNT=0",
-            ROOTLESS_USER,
+            name,
         ]));
         // Another test process may have created it concurrently.
         assert!(
             out.status.success() || lookup().is_some(),
-            "useradd failed: {out:?}"
+            "useradd {name} failed: {out:?}"
         );
     }
-    let user = lookup().expect("test user exists");
+    let user = lookup().unwrap_or_else(|| panic!("user {name} exists"));
+    (user.uid.as_raw(), user.gid.as_raw())
+}
+
+/// Creates (once) the unprivileged test user with a home directory and subordinate id
+/// ranges, and returns its (uid, gid). Needs root, useradd and newuidmap (uidmap).
+pub fn ensure_rootless_user() -> (u32, u32) {
+    require_tool("newuidmap", "uidmap");
+    let ids = ensure_user(ROOTLESS_USER);
     // Exactly our range: useradd may have given the user a default one.
     set_subid_lines(ROOTLESS_USER, &[ROOTLESS_SUBIDS]);
-    (user.uid.as_raw(), user.gid.as_raw())
+    ids
 }
 
 /// Gives `user` exactly the lines `ranges` (start, count) in /etc/subuid and /etc/subgid,

@@ -170,28 +170,6 @@ impl Drop for TwoLines {
     }
 }
 
-fn ensure_user(name: &str) -> (u32, u32) {
-    let lookup = || nix::unistd::User::from_name(name).ok().flatten();
-    if lookup().is_none() {
-        let out = run(Command::new("useradd").args([
-            "--create-home",
-            "--shell",
-            "/bin/sh",
-            "-K",
-            "SUB_UID_COUNT=0",
-            "-K",
-            "SUB_GID_COUNT=0",
-            name,
-        ]));
-        assert!(
-            out.status.success() || lookup().is_some(),
-            "useradd: {out:?}"
-        );
-    }
-    let user = lookup().expect("user exists");
-    (user.uid.as_raw(), user.gid.as_raw())
-}
-
 #[test]
 fn a_second_subuid_line_maps_the_whole_reserved_block() {
     require_root();

@@ -17,26 +17,7 @@ const OTHER_USER: &str = "warren-test-other";
 
 /// Creates (once) [`OTHER_USER`] and returns its (uid, gid).
 fn ensure_other_user() -> (u32, u32) {
-    require_root();
-    let lookup = || nix::unistd::User::from_name(OTHER_USER).ok().flatten();
-    if lookup().is_none() {
-        let out = run(Command::new("useradd").args([
-            "--no-create-home",
-            "--shell",
-            "/bin/sh",
-            "-K",
-            "SUB_UID_COUNT=0",
-            "-K",
-            "SUB_GID_COUNT=0",
-            OTHER_USER,
-        ]));
-        assert!(
-            out.status.success() || lookup().is_some(),
-            "useradd failed: {out:?}"
-        );
-    }
-    let user = lookup().expect("other test user exists");
-    (user.uid.as_raw(), user.gid.as_raw())
+    crate::common::ensure_user(OTHER_USER)
 }
 
 /// `program` run as `uid:gid` with no supplementary groups and a clean environment.
