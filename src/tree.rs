@@ -54,7 +54,7 @@ pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     let mut stack = vec![Level::open(dir, name, PathBuf::new())?];
     while let Some(level) = stack.last_mut() {
         let Some((child, hint)) = level.left.pop() else {
-            let done = stack.pop().expect("the loop holds a level");
+            let Some(done) = stack.pop() else { break };
             let parent = stack.last().map_or(dir, |l| l.fd.as_fd());
             unlink(parent, &done.name, true, &done.shown)?;
             continue;
