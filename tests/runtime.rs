@@ -149,8 +149,18 @@ fn exit_codes_and_signals_propagate() {
         dir.path(),
         &root,
         "trap",
-        &sh("trap 'exit 9' TERM; while true; do sleep 0.05; done"),
+        &sh("trap 'exit 9' TERM; touch /tmp/ready; while true; do sleep 0.05; done"),
     );
+    // "running" means the shell was exec'd, not that its trap is set: a SIGTERM before
+    // that is dropped (pid 1 of a namespace ignores signals it has no handler for).
+    let ready = (0..500).any(|_| {
+        let probe = run(warren(&root).args(["exec", "trap", "--", "test", "-e", "/tmp/ready"]));
+        probe.status.success() || {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            false
+        }
+    });
+    assert!(ready, "the workload never set its trap");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
