@@ -9,8 +9,7 @@ use common::{require_root, scratch};
 use oci_spec::runtime::{ContainerState, Spec};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use warren::container::{Container, CreateOptions};
 
 fn fd_count() -> usize {
@@ -78,36 +77,8 @@ fn many_threads_create_and_delete_200_containers() {
         serde_json::from_value(rootfs::config(&["sh", "-c", "exit $((3 + 4))"])).expect("spec");
     let (fds_before, mounts_before) = (fd_count(), mount_count());
 
-    // Abort instead of hanging forever.
-    let done = Arc::new(AtomicBool::new(false));
-    let watchdog = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            for _ in 0..3000 {
-                if done.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            eprintln!("library test hung for 300s");
-            std::process::abort();
-        })
-    };
-    // Threads that hold the allocator's locks as often as they can.
-    let noise: Vec<_> = (0..4)
-        .map(|_| {
-            let done = done.clone();
-            std::thread::spawn(move || {
-                let mut n = 0usize;
-                while !done.load(Ordering::Relaxed) {
-                    let v: Vec<u8> = vec![n as u8; 1 + n % 4096];
-                    n = n.wrapping_add(v.len());
-                    drop(v);
-                }
-                n
-            })
-        })
-        .collect();
+    // Allocator noise, and an abort instead of hanging forever.
+    let stress = common::Stress::start(4, 4096, "library test");
 
     let next = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..8)
@@ -147,11 +118,7 @@ fn many_threads_create_and_delete_200_containers() {
     for w in workers {
         w.join().expect("worker");
     }
-    done.store(true, Ordering::Relaxed);
-    for n in noise {
-        n.join().expect("noise thread");
-    }
-    watchdog.join().expect("watchdog");
+    stress.stop();
 
     assert_eq!(Container::list(&root).expect("list").len(), 0);
     let left: Vec<_> = std::fs::read_dir(&root).expect("read root").collect();

@@ -15,8 +15,6 @@ use serde_json::json;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use warren::runtime::{ContainerConfig, Runtime, RuntimeOptions};
 
@@ -323,34 +321,7 @@ fn rootless_runtime_creates_from_four_threads_while_others_allocate() {
     let rt = Runtime::open(options(&data))
         .expect("open runtime")
         .with_helper(bin("warren"));
-    let done = Arc::new(AtomicBool::new(false));
-    let watchdog = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            for _ in 0..3000 {
-                if done.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            eprintln!("rootless library test hung for 300s");
-            std::process::abort();
-        })
-    };
-    let noise: Vec<_> = (0..2)
-        .map(|_| {
-            let done = done.clone();
-            std::thread::spawn(move || {
-                let mut n = 0usize;
-                while !done.load(Ordering::Relaxed) {
-                    let v: Vec<u8> = vec![n as u8; 1 + n % 8192];
-                    n = n.wrapping_add(v.len());
-                    drop(v);
-                }
-                n
-            })
-        })
-        .collect();
+    let stress = common::Stress::start(2, 8192, "rootless library test");
     let mut sizes = Vec::new();
     for round in 0..10 {
         std::thread::scope(|s| {
@@ -387,11 +358,7 @@ fn rootless_runtime_creates_from_four_threads_while_others_allocate() {
             }
         });
     }
-    done.store(true, Ordering::Relaxed);
-    for n in noise {
-        n.join().expect("noise thread");
-    }
-    watchdog.join().expect("watchdog");
+    stress.stop();
     assert!(
         sizes[0] > 10,
         "a busybox tree has more than {} entries",

@@ -183,3 +183,51 @@ pub fn lo_flags(ip_output: &str) -> Vec<String> {
         .map(|(f, _)| f.split(',').map(str::to_owned).collect())
         .unwrap_or_default()
 }
+
+/// Threads that take the allocator's locks as often as they can, and a watchdog that
+/// aborts the test process after 300 s instead of letting a deadlock hang the suite.
+pub struct Stress {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Stress {
+    /// Starts `noise` allocating threads (blocks of up to `max_alloc` bytes) and the
+    /// watchdog, which names `what` when it fires.
+    pub fn start(noise: usize, max_alloc: usize, what: &'static str) -> Stress {
+        use std::sync::atomic::Ordering;
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let d = done.clone();
+        threads.push(std::thread::spawn(move || {
+            for _ in 0..3000 {
+                if d.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            eprintln!("{what} hung for 300s");
+            std::process::abort();
+        }));
+        for _ in 0..noise {
+            let d = done.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut n = 0usize;
+                while !d.load(Ordering::Relaxed) {
+                    let v: Vec<u8> = vec![n as u8; 1 + n % max_alloc];
+                    n = n.wrapping_add(v.len());
+                    drop(v);
+                }
+            }));
+        }
+        Stress { done, threads }
+    }
+
+    /// Stops the noise and the watchdog.
+    pub fn stop(self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("stress thread");
+        }
+    }
+}
