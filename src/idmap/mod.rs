@@ -1,6 +1,8 @@
 //! uid/gid ranges: parsing and mapping ([`range`]), the subordinate id files
 //! ([`subid`]), where blocks come from ([`pool`]), per-container reservations
-//! ([`alloc`]), re-owning trees ([`shift`]), setting an entry's metadata by name ([`meta`]) and the xattrs that carry ids ([`xattr`]).
+//! ([`alloc`]), making user namespaces and writing their maps ([`userns`]), re-owning
+//! trees ([`shift`]), setting an entry's metadata by name ([`meta`]) and the xattrs that
+//! carry ids ([`xattr`]).
 
 pub mod alloc;
 pub mod meta;
@@ -8,6 +10,7 @@ pub mod pool;
 pub mod range;
 pub mod shift;
 pub mod subid;
+pub mod userns;
 pub mod xattr;
 
 pub use range::{IdRange, Shift};

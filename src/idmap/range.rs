@@ -1,5 +1,5 @@
-//! Id ranges: a block of uids/gids, the shift mapping of the original `shift-own`, and the
-//! `uid_map` lines that give a user namespace that block.
+//! Id ranges: a block of uids/gids and the shift mapping of the original `shift-own`
+//! (the `uid_map` lines that give a user namespace a block: [`super::userns`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -63,11 +63,6 @@ impl IdRange {
 
     pub fn overlaps(&self, other: &IdRange) -> bool {
         u64::from(self.start) < other.end() && u64::from(other.start) < self.end()
-    }
-
-    /// One `uid_map`/`gid_map` line mapping container ids `inside ..` onto this block.
-    pub fn map_line(&self, inside: u32) -> String {
-        format!("{} {} {}\n", inside, self.start, self.len)
     }
 
     /// The shift that moves ids into this block: `u -> start + (u mod len)`.
@@ -182,7 +177,6 @@ mod tests {
         let b: IdRange = "131072:65536".parse().unwrap();
         assert!(!a.overlaps(&b));
         assert!(a.overlaps(&IdRange::new(0x1ffff, 2).unwrap()));
-        assert_eq!(a.map_line(0), "0 65536 65536\n");
         assert!(a.contains(0x1ffff) && !a.contains(0x20000));
     }
 }

@@ -1,5 +1,5 @@
 //! The one parser of `/etc/subuid` and `/etc/subgid` (`NAME_OR_UID:START:COUNT` per line),
-//! used by the allocator ([`super::alloc`]), the map writer (`container::userns`) and
+//! used by the allocator ([`super::alloc`]), the map writer ([`super::userns`]) and
 //! rootless copies (`mount::rootless`), so a block one hands out is one the others accept.
 //!
 //! A user owns every line naming it or its uid, as `newuidmap` reads them (shadow matches

@@ -1,96 +1,36 @@
 //! Idmapped mounts: a detached copy of a directory's mount whose ids are seen through a
 //! user namespace's mapping. No file is touched, so the cost does not depend on the tree.
 
-use crate::idmap::range::IdRange;
+pub use crate::idmap::userns::Mapping;
+use crate::idmap::userns::{self, Maps, UsernsError};
 use crate::sys;
-use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdmapError {
     #[error("cannot create a user namespace for the id mapping {map}: {source}")]
-    Userns { map: String, source: io::Error },
+    Userns {
+        map: String,
+        source: Box<UsernsError>,
+    },
     #[error("cannot clone the mount of {path}: {source}")]
     Clone { path: PathBuf, source: io::Error },
     #[error("the kernel refuses an idmapped mount of {path}: {source}")]
     Setattr { path: PathBuf, source: io::Error },
 }
 
-impl IdmapError {
-    pub fn errno(&self) -> Option<i32> {
-        match self {
-            IdmapError::Userns { source, .. }
-            | IdmapError::Clone { source, .. }
-            | IdmapError::Setattr { source, .. } => source.raw_os_error(),
-        }
-    }
-}
-
-/// One id mapping: ids `inside .. inside + target.len` become `target`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Mapping {
-    pub inside: u32,
-    pub target: IdRange,
-}
-
-impl Mapping {
-    fn line(&self) -> String {
-        self.target.map_line(self.inside)
-    }
-}
-
-/// A user namespace fd whose uid_map and gid_map are `uid` and `gid`. A child process
-/// unshares the namespace and waits; we write its maps, open `/proc/PID/ns/user`, then
-/// kill and reap it. The namespace lives on through the fd.
+/// A user namespace fd (made by [`crate::idmap::userns`]) whose uid_map and gid_map are
+/// the single lines `uid` and `gid`, written directly (this runs as root).
 pub fn userns_fd(uid: Mapping, gid: Mapping) -> Result<OwnedFd, IdmapError> {
-    let fail = |source: io::Error| IdmapError::Userns {
-        map: format!("uid {} gid {}", uid.line().trim(), gid.line().trim()),
-        source,
-    };
-    let (ready_r, ready_w) = nix::unistd::pipe().map_err(|e| fail(e.into()))?;
-    let (hold_r, hold_w) = nix::unistd::pipe().map_err(|e| fail(e.into()))?;
-    let (ready_w_raw, hold_r_raw) = (ready_w.as_raw_fd(), hold_r.as_raw_fd());
-    let (ready_r_raw, hold_w_raw) = (ready_r.as_raw_fd(), hold_w.as_raw_fd());
-    // SAFETY: fork is sound here because the child below never returns into Rust code
-    // that could touch state another thread left locked.
-    let child = match unsafe { nix::unistd::fork() }.map_err(|e| fail(e.into()))? {
-        // SAFETY: the child calls only async-signal-safe functions (close, unshare, write,
-        // read, _exit) on fds it already has, with stack buffers: no allocation.
-        nix::unistd::ForkResult::Child => unsafe {
-            // Our copy of the write end would keep `read` below from ever seeing EOF.
-            libc::close(hold_w_raw);
-            libc::close(ready_r_raw);
-            let ok: u8 = u8::from(libc::unshare(libc::CLONE_NEWUSER) == 0);
-            libc::write(ready_w_raw, (&ok as *const u8).cast(), 1);
-            let mut byte = 0u8;
-            // Blocks until the parent is done with us (or closes the pipe by dying).
-            libc::read(hold_r_raw, (&mut byte as *mut u8).cast(), 1);
-            libc::_exit(0)
-        },
-        nix::unistd::ForkResult::Parent { child } => child,
-    };
-    drop(ready_w);
-    drop(hold_r);
-    let result = (|| {
-        let mut ok = [0u8; 1];
-        let n = nix::unistd::read(ready_r.as_fd(), &mut ok)?;
-        if n != 1 || ok[0] != 1 {
-            return Err(io::Error::other(
-                "the helper process could not unshare a user namespace",
-            ));
+    userns::userns_fd(&Maps::direct(vec![uid], vec![gid], false)).map_err(|source| {
+        let line = |m: Mapping| format!("{} {} {}", m.container, m.host, m.size);
+        IdmapError::Userns {
+            map: format!("uid {} gid {}", line(uid), line(gid)),
+            source: Box::new(source),
         }
-        let proc = PathBuf::from(format!("/proc/{}", child.as_raw()));
-        fs::write(proc.join("uid_map"), uid.line())?;
-        fs::write(proc.join("gid_map"), gid.line())?;
-        let ns = fs::File::open(proc.join("ns/user"))?;
-        Ok(OwnedFd::from(ns))
-    })();
-    drop(hold_w);
-    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-    let _ = nix::sys::wait::waitpid(child, None);
-    result.map_err(fail)
+    })
 }
 
 /// A detached clone of the mount at `path` (the directory itself, not its submounts),

@@ -23,7 +23,8 @@ mod serve;
 pub(crate) use protocol::Request;
 
 use crate::idmap::range::Shift;
-use crate::idmap::subid::{Host, SubidError};
+use crate::idmap::subid::{Host, SUBGID, SUBUID, SubidError};
+use crate::idmap::userns::{self, Mapping, Maps, UsernsError};
 use protocol::{Failure, FromHelper, ToHelper};
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -80,7 +81,7 @@ pub(crate) fn in_userns(
     shift: Shift,
     request: Request,
 ) -> Result<u64, RootlessError> {
-    check_subids(&Host::current()?, shift)?;
+    let maps = block_maps(&Host::current()?, shift, userns::helpers())?;
     if helper == Path::new(SELF_EXE) && !HOOKED.load(Ordering::SeqCst) {
         return Err(RootlessError::NoHook);
     }
@@ -103,7 +104,7 @@ pub(crate) fn in_userns(
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| failed(format!("cannot start it: {e}")))?;
-    let result = talk(&mut child, shift, request, &failed);
+    let result = talk(&mut child, shift, &maps, request, &failed);
     if result.is_err() {
         let _ = child.kill();
     }
@@ -120,6 +121,7 @@ pub(crate) fn in_userns(
 fn talk(
     child: &mut Child,
     shift: Shift,
+    maps: &Maps,
     request: Request,
     failed: &dyn Fn(String) -> RootlessError,
 ) -> Result<u64, RootlessError> {
@@ -148,7 +150,8 @@ fn talk(
         FromHelper::Failed(f) => return Err(failure(f)),
         FromHelper::Done { .. } => return Err(failed("answered before the maps".into())),
     }
-    write_maps(child.id(), shift)?;
+    maps.write(child.id() as i32)
+        .map_err(|e| RootlessError::Userns(e.to_string()))?;
     protocol::send(&mut to, &ToHelper::Go).map_err(gone)?;
     drop(to);
     match answer(&mut from)? {
@@ -165,52 +168,34 @@ fn failure(f: Failure) -> RootlessError {
     }
 }
 
-/// Maps ids `0..R` of `pid`'s namespace onto the block and `R` onto the caller, with the
-/// setuid `newuidmap` and `newgidmap` (found on PATH, as shadow's tools are).
-fn write_maps(pid: u32, shift: Shift) -> Result<(), RootlessError> {
-    let (uid, gid) = (
-        nix::unistd::getuid().as_raw(),
-        nix::unistd::getgid().as_raw(),
-    );
-    let pid = pid.to_string();
-    let block = [
-        "0".to_string(),
-        shift.to.to_string(),
-        shift.range.to_string(),
-    ];
-    for (tool, own) in [("newuidmap", uid), ("newgidmap", gid)] {
-        let out = Command::new(tool)
-            .arg(&pid)
-            .args(&block)
-            .args([shift.range.to_string(), own.to_string(), "1".to_string()])
-            .output();
-        let failed = match out {
-            Ok(o) if o.status.success() => None,
-            Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
-            Err(e) => Some(format!("cannot run {tool} (apt-get install uidmap): {e}")),
-        };
-        if let Some(why) = failed {
-            return Err(RootlessError::Userns(format!("{tool}: {why}")));
-        }
-    }
-    Ok(())
-}
-
-/// Checks that the caller's lines of both files (all of them, by name or uid, as
-/// `newuidmap` reads them) hold the whole block of `shift`.
-fn check_subids(host: &Host, shift: Shift) -> Result<(), RootlessError> {
-    let block = shift.target();
-    for (file, name) in [(&host.subuid, "/etc/subuid"), (&host.subgid, "/etc/subgid")] {
-        if !file.covers(host.user.as_deref(), host.uid, block) {
-            return Err(RootlessError::NoSubids {
-                file: name,
-                user: host.who(),
-                block: shift,
-                lines: file.describe_lines(host.user.as_deref(), host.uid),
-            });
-        }
-    }
-    Ok(())
+/// The maps of the helper's namespace: ids `0..R` onto `shift`'s block and `R` onto the
+/// caller, written by the setuid `newuidmap` and `newgidmap` (found on PATH, as shadow's
+/// tools are). The caller's lines of both files (all of them, by name or uid, as
+/// `newuidmap` reads them) must hold the whole block.
+fn block_maps(
+    host: &Host,
+    shift: Shift,
+    helpers: Option<(PathBuf, PathBuf)>,
+) -> Result<Maps, RootlessError> {
+    let lines = |own| {
+        vec![
+            Mapping::onto(0, shift.target()),
+            Mapping {
+                container: shift.range,
+                host: own,
+                size: 1,
+            },
+        ]
+    };
+    Maps::subordinate(host, lines(host.uid), lines(host.gid), helpers).map_err(|e| match e {
+        UsernsError::NotCovered { kind, lines, .. } => RootlessError::NoSubids {
+            file: if kind == "uid" { SUBUID } else { SUBGID },
+            user: host.who(),
+            block: shift,
+            lines,
+        },
+        e => RootlessError::Userns(e.to_string()),
+    })
 }
 
 #[cfg(test)]
@@ -230,17 +215,20 @@ mod tests {
             pool_owner_account: None,
         };
         let shift = |to| Shift { to, range: 0x10000 };
-        assert!(check_subids(&host("alice", 1000), shift(100000)).is_ok());
-        assert!(
-            check_subids(&host("alice", 1000), shift(500000)).is_ok(),
-            "second line"
-        );
-        let err = check_subids(&host("alice", 1000), shift(100001)).unwrap_err();
+        let helpers = || Some(("/usr/bin/newuidmap".into(), "/usr/bin/newgidmap".into()));
+        let check = |user, uid, to| block_maps(&host(user, uid), shift(to), helpers());
+        assert!(check("alice", 1000, 100000).is_ok());
+        assert!(check("alice", 1000, 500000).is_ok(), "second line");
+        let err = check("alice", 1000, 100001).unwrap_err();
         assert!(
             err.to_string().contains("line 3 `alice:500000:65536`"),
             "{err}"
         );
-        assert!(check_subids(&host("bob", 1001), shift(0x50000)).is_ok());
-        assert!(check_subids(&host("bob", 1002), shift(0x50000)).is_err());
+        assert!(matches!(err, RootlessError::NoSubids { file: SUBUID, .. }));
+        assert!(check("bob", 1001, 0x50000).is_ok());
+        assert!(check("bob", 1002, 0x50000).is_err());
+        // Without newuidmap the helper's maps cannot be written: said before it starts.
+        let err = block_maps(&host("alice", 1000), shift(100000), None).unwrap_err();
+        assert!(err.to_string().contains("apt-get install uidmap"), "{err}");
     }
 }

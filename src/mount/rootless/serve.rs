@@ -54,8 +54,7 @@ pub fn main() -> i32 {
 }
 
 fn enter_userns() -> Result<(), String> {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
-        .map_err(|e| format!("unshare(CLONE_NEWUSER): {e}"))
+    crate::idmap::userns::unshare().map_err(|e| e.to_string())
 }
 
 /// The protocol: Hello from `parent`, `enter`, Ready, Go, work, answer.

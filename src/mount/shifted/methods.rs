@@ -296,16 +296,8 @@ fn idmapped_lowers(lowers: &[PathBuf], shift: Shift) -> Result<Vec<Layer>, Mount
             idmapped::source_base(meta.gid(), shift.range),
         );
         if !namespaces.iter().any(|(b, _)| *b == base) {
-            let ns = idmapped::userns_fd(
-                Mapping {
-                    inside: base.0,
-                    target,
-                },
-                Mapping {
-                    inside: base.1,
-                    target,
-                },
-            )?;
+            let ns =
+                idmapped::userns_fd(Mapping::onto(base.0, target), Mapping::onto(base.1, target))?;
             namespaces.push((base, ns));
         }
         let ns = namespaces
