@@ -449,87 +449,33 @@ impl Walker<'_> {
             return Ok(None);
         }
         let kind = u32::from(stx.stx_mode) & libc::S_IFMT;
-        if kind != libc::S_IFDIR && stx.stx_nlink > 1 {
-            let dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
-            let mut seen = self
-                .hardlinks
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if !seen.insert((dev, stx.stx_ino)) {
-                // Another name of this inode is (being) shifted.
-                return Ok(None);
-            }
+        if kind != libc::S_IFDIR && stx.stx_nlink > 1 && !self.first_link(stx) {
+            // Another name of this inode is (being) shifted.
+            return Ok(None);
         }
         if self.opts.dry_run {
             return Ok(Some((from, to)));
         }
-
         // Read and shift id-carrying xattrs first: chown deletes the capability, and a
         // malformed one must fail the entry before anything is lost.
-        let mut xattrs: Vec<IdXattr> = Vec::new();
-        if kind != libc::S_IFLNK {
-            let mut names = Vec::new();
-            sys::listxattrat(dir, name, &mut names).map_err(io_err("listxattr"))?;
-            for attr in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-                let (cname, key) = match attr {
-                    b"security.capability" => (c"security.capability", xattr::CAPABILITY),
-                    b"system.posix_acl_access" => (c"system.posix_acl_access", xattr::ACL_ACCESS),
-                    b"system.posix_acl_default" => {
-                        (c"system.posix_acl_default", xattr::ACL_DEFAULT)
-                    }
-                    _ => continue,
-                };
-                let Some(old) = sys::getxattrat(dir, name, cname).map_err(io_err("getxattr"))?
-                else {
-                    continue;
-                };
-                let new = xattr::shift_value(key, &old, shift)?;
-                // chown drops the capability: it must be written back even if unchanged.
-                let write = key == xattr::CAPABILITY || new != old;
-                xattrs.push(IdXattr {
-                    name: cname,
-                    old,
-                    new,
-                    write,
-                });
-            }
-        }
-
-        nix::unistd::fchownat(
-            dir,
-            name,
-            Some(Uid::from_raw(to.0)),
-            Some(Gid::from_raw(to.1)),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(nix_err("chown"))?;
-
-        // chown clears setuid (and setgid) on non-directories; put the mode back.
+        let xattrs = if kind == libc::S_IFLNK {
+            Vec::new()
+        } else {
+            id_xattrs(dir, name, shift)?
+        };
+        chown(dir, name, to).map_err(nix_err("chown"))?;
+        // chown clears setuid (and setgid) on non-directories; the mode is put back.
         let mode = u32::from(stx.stx_mode);
         let restore_mode = kind != libc::S_IFDIR
             && kind != libc::S_IFLNK
             && mode & (libc::S_ISUID | libc::S_ISGID) != 0;
-        let finish = || -> Result<(), EntryError> {
-            if restore_mode {
-                sys::fchmodat_nofollow(dir, name, mode & 0o7777).map_err(io_err("chmod"))?;
-            }
-            for x in xattrs.iter().filter(|x| x.write) {
-                sys::setxattrat(dir, name, x.name, &x.new).map_err(io_err("setxattr"))?;
-            }
-            Ok(())
-        };
-        if let Err(e) = finish() {
+        let mode = restore_mode.then_some(mode & 0o7777);
+        if let Err(e) = restore_after_chown(dir, name, mode, &xattrs) {
             // Half done must not look done: an entry left with its new owner would be
             // skipped by the next run. Put the old owner, mode and values back.
-            let _ = nix::unistd::fchownat(
-                dir,
-                name,
-                Some(Uid::from_raw(from.0)),
-                Some(Gid::from_raw(from.1)),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            );
-            if restore_mode {
-                let _ = sys::fchmodat_nofollow(dir, name, mode & 0o7777);
+            let _ = chown(dir, name, from);
+            if let Some(mode) = mode {
+                let _ = sys::fchmodat_nofollow(dir, name, mode);
             }
             for x in &xattrs {
                 let _ = sys::setxattrat(dir, name, x.name, &x.old);
@@ -538,4 +484,68 @@ impl Walker<'_> {
         }
         Ok(Some((from, to)))
     }
+
+    /// True for the first name of a multiply linked inode met (the one that shifts it).
+    fn first_link(&self, stx: &sys::Statx) -> bool {
+        let dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+        self.hardlinks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert((dev, stx.stx_ino))
+    }
+}
+
+/// The id-carrying xattrs of an entry (capability, ACLs), with their values shifted.
+fn id_xattrs(dir: BorrowedFd<'_>, name: &CStr, shift: Shift) -> Result<Vec<IdXattr>, EntryError> {
+    let mut xattrs = Vec::new();
+    let mut names = Vec::new();
+    sys::listxattrat(dir, name, &mut names).map_err(io_err("listxattr"))?;
+    for attr in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let (cname, key) = match attr {
+            b"security.capability" => (c"security.capability", xattr::CAPABILITY),
+            b"system.posix_acl_access" => (c"system.posix_acl_access", xattr::ACL_ACCESS),
+            b"system.posix_acl_default" => (c"system.posix_acl_default", xattr::ACL_DEFAULT),
+            _ => continue,
+        };
+        let Some(old) = sys::getxattrat(dir, name, cname).map_err(io_err("getxattr"))? else {
+            continue;
+        };
+        let new = xattr::shift_value(key, &old, shift)?;
+        // chown drops the capability: it must be written back even if unchanged.
+        let write = key == xattr::CAPABILITY || new != old;
+        xattrs.push(IdXattr {
+            name: cname,
+            old,
+            new,
+            write,
+        });
+    }
+    Ok(xattrs)
+}
+
+fn chown(dir: BorrowedFd<'_>, name: &CStr, (uid, gid): (u32, u32)) -> nix::Result<()> {
+    nix::unistd::fchownat(
+        dir,
+        name,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+}
+
+/// Puts back what a chown cleared: the setuid/setgid `mode` (when there is one) and the
+/// shifted xattrs.
+fn restore_after_chown(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    mode: Option<u32>,
+    xattrs: &[IdXattr],
+) -> Result<(), EntryError> {
+    if let Some(mode) = mode {
+        sys::fchmodat_nofollow(dir, name, mode).map_err(io_err("chmod"))?;
+    }
+    for x in xattrs.iter().filter(|x| x.write) {
+        sys::setxattrat(dir, name, x.name, &x.new).map_err(io_err("setxattr"))?;
+    }
+    Ok(())
 }

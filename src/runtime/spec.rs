@@ -57,6 +57,20 @@ pub fn build(
     ids: &Reservation,
     rootfs: &Path,
 ) -> Result<Spec, SpecError> {
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "process": process(cfg, image, rootfs)?,
+        "root": {"path": rootfs, "readonly": cfg.read_only},
+        "hostname": cfg.hostname.clone().unwrap_or_else(|| name.to_string()),
+        "mounts": mounts(cfg),
+        "linux": linux(name, cfg, ids)?,
+    });
+    serde_json::from_value(spec).map_err(|e| SpecError::Generated(e.to_string()))
+}
+
+/// The process: the command, user, working directory and environment the config asks,
+/// else the image's; the default capabilities, no new privileges.
+fn process(cfg: &ContainerConfig, image: &ImageConfig, rootfs: &Path) -> Result<Value, SpecError> {
     let args = if cfg.command.is_empty() {
         image.command()
     } else {
@@ -84,20 +98,22 @@ pub fn build(
     if cfg.terminal && !env.iter().any(|e| e.starts_with("TERM=")) {
         env.push("TERM=xterm".into());
     }
+    let caps: Value = json!(DEFAULT_CAPS);
+    Ok(json!({
+        "terminal": cfg.terminal,
+        "user": {"uid": uid, "gid": gid},
+        "args": args,
+        "env": env,
+        "cwd": cwd,
+        "capabilities": {
+            "bounding": caps, "effective": caps, "permitted": caps
+        },
+        "noNewPrivileges": true,
+    }))
+}
 
-    let mut namespaces = vec![
-        json!({"type": "user"}),
-        json!({"type": "mount"}),
-        json!({"type": "pid"}),
-        json!({"type": "uts"}),
-        json!({"type": "ipc"}),
-        json!({"type": "cgroup"}),
-    ];
-    match &cfg.network {
-        Network::None => namespaces.push(json!({"type": "network"})),
-        Network::Host => {}
-        Network::Join(path) => namespaces.push(json!({"type": "network", "path": path})),
-    }
+/// The kernel filesystems every container gets, then the config's bind mounts.
+fn mounts(cfg: &ContainerConfig) -> Vec<Value> {
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc"}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
@@ -132,7 +148,25 @@ pub fn build(
         mounts.push(json!({"destination": m.destination, "type": "bind",
                            "source": m.source, "options": options}));
     }
+    mounts
+}
 
+/// The namespaces (all new but the network's, which the config may share or join), the
+/// id maps onto the reserved blocks, the masked paths, limits and seccomp.
+fn linux(name: &str, cfg: &ContainerConfig, ids: &Reservation) -> Result<Value, SpecError> {
+    let mut namespaces = vec![
+        json!({"type": "user"}),
+        json!({"type": "mount"}),
+        json!({"type": "pid"}),
+        json!({"type": "uts"}),
+        json!({"type": "ipc"}),
+        json!({"type": "cgroup"}),
+    ];
+    match &cfg.network {
+        Network::None => namespaces.push(json!({"type": "network"})),
+        Network::Host => {}
+        Network::Join(path) => namespaces.push(json!({"type": "network", "path": path})),
+    }
     let mut linux = json!({
         "uidMappings": [{"containerID": 0, "hostID": ids.uids.start, "size": ids.uids.len}],
         "gidMappings": [{"containerID": 0, "hostID": ids.gids.start, "size": ids.gids.len}],
@@ -157,27 +191,7 @@ pub fn build(
         linux["seccomp"] =
             serde_json::to_value(profile).map_err(|e| SpecError::Generated(e.to_string()))?;
     }
-
-    let caps: Value = json!(DEFAULT_CAPS);
-    let spec = json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": cfg.terminal,
-            "user": {"uid": uid, "gid": gid},
-            "args": args,
-            "env": env,
-            "cwd": cwd,
-            "capabilities": {
-                "bounding": caps, "effective": caps, "permitted": caps
-            },
-            "noNewPrivileges": true,
-        },
-        "root": {"path": rootfs, "readonly": cfg.read_only},
-        "hostname": cfg.hostname.clone().unwrap_or_else(|| name.to_string()),
-        "mounts": mounts,
-        "linux": linux,
-    });
-    serde_json::from_value(spec).map_err(|e| SpecError::Generated(e.to_string()))
+    Ok(linux)
 }
 
 /// The image's environment with the caller's `KEY=VALUE`s replacing same-named keys.

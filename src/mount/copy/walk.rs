@@ -275,52 +275,7 @@ impl Copier<'_> {
                 self.copy_dir(s, d, spath, drel)?;
             }
             SFlag::S_IFREG if st.st_nlink > 1 => {
-                let cell = {
-                    let mut links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
-                    match links.entry((st.st_dev, st.st_ino)) {
-                        Entry::Occupied(first) => Err(first.get().clone()),
-                        Entry::Vacant(v) => Ok(v.insert(Arc::default()).clone()),
-                    }
-                };
-                match cell {
-                    // The first of its links: make it, then let the others link to it.
-                    Ok(cell) => {
-                        let made = self.create_file(src, dst, name, st, spath, dpath);
-                        let _ = cell.set(match &made {
-                            Ok(()) => Ok(drel.to_path_buf()),
-                            Err(e) => Err((e.kind(), e.to_string())),
-                        });
-                        made?;
-                    }
-                    Err(cell) => {
-                        let first = match cell.wait() {
-                            Ok(first) => first,
-                            Err((kind, why)) => {
-                                return Err(CopyError::Io {
-                                    path: dpath.to_path_buf(),
-                                    source: io::Error::new(*kind, format!("a hardlink of {why}")),
-                                });
-                            }
-                        };
-                        nix::unistd::linkat(
-                            &self.dst_root,
-                            first.as_path(),
-                            dst,
-                            name,
-                            AtFlags::empty(),
-                        )
-                        .map_err(dst_err)?;
-                        // Deferred, the link gets the first one's metadata too, in case a
-                        // higher layer replaces the first.
-                        if let Some(plan) = &self.defer {
-                            let mut plan = plan.lock().unwrap_or_else(PoisonError::into_inner);
-                            if let Some(meta) = plan.entries.get(first).cloned() {
-                                plan.entries.insert(drel.to_path_buf(), meta);
-                            }
-                        }
-                        return Ok(false);
-                    }
-                }
+                return self.create_linked(src, dst, name, st, spath, drel, dpath);
             }
             SFlag::S_IFREG => self.create_file(src, dst, name, st, spath, dpath)?,
             SFlag::S_IFLNK => {
@@ -339,6 +294,78 @@ impl Copier<'_> {
             }
         }
         Ok(true)
+    }
+
+    /// A file with more than one link: the first of its links met is made (then the
+    /// others may link to it); the others become hardlinks of it (false: they get no
+    /// metadata of their own).
+    #[allow(clippy::too_many_arguments)]
+    fn create_linked(
+        &self,
+        src: &OwnedFd,
+        dst: &OwnedFd,
+        name: &OsStr,
+        st: &FileStat,
+        spath: &Path,
+        drel: &Path,
+        dpath: &Path,
+    ) -> Result<bool, CopyError> {
+        let cell = {
+            let mut links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
+            match links.entry((st.st_dev, st.st_ino)) {
+                Entry::Occupied(first) => Err(first.get().clone()),
+                Entry::Vacant(v) => Ok(v.insert(Arc::default()).clone()),
+            }
+        };
+        match cell {
+            Ok(cell) => {
+                let made = self.create_file(src, dst, name, st, spath, dpath);
+                let _ = cell.set(match &made {
+                    Ok(()) => Ok(drel.to_path_buf()),
+                    Err(e) => Err((e.kind(), e.to_string())),
+                });
+                made.map(|()| true)
+            }
+            Err(cell) => {
+                let first = match cell.wait() {
+                    Ok(first) => first,
+                    Err((kind, why)) => {
+                        return Err(CopyError::Io {
+                            path: dpath.to_path_buf(),
+                            source: io::Error::new(*kind, format!("a hardlink of {why}")),
+                        });
+                    }
+                };
+                self.link_to_first(first, dst, name, drel, dpath)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Another link of a file whose first link is `first` (relative to the copy's root).
+    fn link_to_first(
+        &self,
+        first: &Path,
+        dst: &OwnedFd,
+        name: &OsStr,
+        drel: &Path,
+        dpath: &Path,
+    ) -> Result<(), CopyError> {
+        nix::unistd::linkat(&self.dst_root, first, dst, name, AtFlags::empty()).map_err(|e| {
+            CopyError::Io {
+                path: dpath.to_path_buf(),
+                source: e.into(),
+            }
+        })?;
+        // Deferred, the link gets the first one's metadata too, in case a higher layer
+        // replaces the first.
+        if let Some(plan) = &self.defer {
+            let mut plan = plan.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(meta) = plan.entries.get(first).cloned() {
+                plan.entries.insert(drel.to_path_buf(), meta);
+            }
+        }
+        Ok(())
     }
 
     /// A regular file: a copy of the source's data, or a sparse file of its size marked
