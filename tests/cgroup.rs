@@ -47,7 +47,9 @@ fn exited(pid: i32) -> bool {
 
 #[test]
 fn limits_are_applied_and_processes_joined() {
-    common::require_root();
+    if !common::require_root("makes and limits cgroups under /sys/fs/cgroup") {
+        return;
+    }
     let name = unique("limits");
     let res = resources(json!({
         "memory": {"limit": 64 << 20, "swap": 128 << 20, "reservation": 32 << 20},
@@ -143,7 +145,9 @@ fn limits_are_applied_and_processes_joined() {
 
 #[test]
 fn pids_limit_stops_a_fork_bomb_and_destroy_kills_leftovers() {
-    common::require_root();
+    if !common::require_root("makes and limits cgroups under /sys/fs/cgroup") {
+        return;
+    }
     let name = unique("forkbomb");
     let res = resources(json!({"pids": {"limit": 5}}));
     let cgroup = Cgroup::create(&name, Some(&res), Some(&format!("/warren-tests/{name}")))
@@ -190,7 +194,9 @@ fn pids_limit_stops_a_fork_bomb_and_destroy_kills_leftovers() {
 
 #[test]
 fn limits_the_kernel_rejects_name_controller_and_file() {
-    common::require_root();
+    if !common::require_root("makes and limits cgroups under /sys/fs/cgroup") {
+        return;
+    }
     let name = unique("rejected");
     let res = resources(json!({"pids": {"limit": 5}, "cpu": {"cpus": "4000"}}));
     let err = Cgroup::create(&name, Some(&res), None)
@@ -219,7 +225,9 @@ fn limits_the_kernel_rejects_name_controller_and_file() {
 
 #[test]
 fn nothing_writable_means_no_cgroup_unless_limits_are_asked() {
-    common::require_root();
+    if !common::require_root("makes and limits cgroups under /sys/fs/cgroup") {
+        return;
+    }
     // A read-only empty tmpfs stands in for a host whose cgroups we cannot touch.
     let root = tempfile::tempdir().expect("tempdir");
     nix::mount::mount(
@@ -290,7 +298,9 @@ fn nothing_writable_means_no_cgroup_unless_limits_are_asked() {
 
 #[test]
 fn a_hierarchy_of_no_controller_it_cannot_join_is_left_out() {
-    common::require_root();
+    if !common::require_root("makes and limits cgroups under /sys/fs/cgroup") {
+        return;
+    }
     // A fake v1 layout: a writable `pids` and a read-only named hierarchy `other`.
     let root = tempfile::tempdir().expect("tempdir");
     nix::mount::mount(
@@ -356,7 +366,11 @@ impl Drop for Unmount {
 
 #[test]
 fn rootless_without_delegation_runs_without_a_cgroup() {
-    common::require_root();
+    if !common::require_root(
+        "switches to the rootless test user (setpriv) and writes its /etc/subuid lines",
+    ) {
+        return;
+    }
     let name = unique("rootless");
     let res = resources(json!({"pids": {"limit": 5}}));
     // SAFETY: the child drops to nobody, runs the library and leaves with _exit; glibc keeps

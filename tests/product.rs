@@ -48,7 +48,9 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 
 #[test]
 fn twenty_containers_from_one_image_each_in_its_own_block() {
-    require_root();
+    if !require_root("runs containers with the CLI on a rootful installation") {
+        return;
+    }
     require_tool("busybox", "busybox-static");
     let dir = scratch("product-twenty");
     let rt = Runtime::open(options(dir.path())).expect("open runtime");
@@ -156,7 +158,9 @@ fn twenty_containers_from_one_image_each_in_its_own_block() {
 
 #[test]
 fn cli_run_rm_exit_status_env_and_volume() {
-    require_root();
+    if !require_root("runs containers with the CLI on a rootful installation") {
+        return;
+    }
     let dir = scratch("product-cli");
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
@@ -203,7 +207,9 @@ fn cli_run_rm_exit_status_env_and_volume() {
 
 #[test]
 fn detached_container_logs_ps_stop_rm() {
-    require_root();
+    if !require_root("runs containers with the CLI on a rootful installation") {
+        return;
+    }
     let dir = scratch("product-detached");
     let out = ok(warren(dir.path()).args([
         "run",
@@ -239,7 +245,9 @@ fn detached_container_logs_ps_stop_rm() {
 
 #[test]
 fn delete_after_sigkill_mid_create_cleans_up() {
-    require_root();
+    if !require_root("runs containers with the CLI on a rootful installation") {
+        return;
+    }
     let dir = scratch("product-kill");
     // Warm the image so create spends its time on the container, then kill it at
     // several points of create.
@@ -273,7 +281,9 @@ fn delete_after_sigkill_mid_create_cleans_up() {
 
 #[test]
 fn foreground_run_notifies_systemd_and_forwards_sigterm() {
-    require_root();
+    if !require_root("runs containers with the CLI on a rootful installation") {
+        return;
+    }
     let dir = scratch("product-notify");
     let sock_path = dir.path().join("notify");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
@@ -316,7 +326,9 @@ fn foreground_run_notifies_systemd_and_forwards_sigterm() {
 
 #[test]
 fn scheduler_example_converges_and_restarts() {
-    require_root();
+    if !require_root("runs containers with the CLI on a rootful installation") {
+        return;
+    }
     let dir = scratch("product-scheduler");
     let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/debug/examples/scheduler");
     let status = Command::new(env!("CARGO"))

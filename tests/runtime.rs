@@ -17,7 +17,7 @@ fn warren(root: &Path) -> Command {
 
 /// `warren run` of `config` in a fresh bundle; returns the output.
 fn run_config(name: &str, config: &Value) -> Output {
-    require_root();
+    crate::common::assert_root("run_config");
     let dir = scratch(name);
     let b = rootfs::bundle(dir.path(), config);
     let root = dir.path().join("state");
@@ -40,6 +40,11 @@ fn sh(script: &str) -> Value {
 
 #[test]
 fn workload_sees_its_namespaces_and_limits() {
+    if !crate::common::require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
     let out = run_config(
         "ns",
         &sh(
@@ -81,6 +86,11 @@ fn workload_sees_its_namespaces_and_limits() {
 
 #[test]
 fn new_network_namespace_has_loopback_up() {
+    if !crate::common::require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
     let out = run_config("lo", &sh("ip link show lo; ip addr show lo"));
     let s = stdout(&out);
     assert!(out.status.success(), "{out:?}");
@@ -139,6 +149,11 @@ fn spawn_run(dir: &Path, root: &Path, id: &str, config: &Value) -> std::process:
 
 #[test]
 fn exit_codes_and_signals_propagate() {
+    if !crate::common::require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
     let out = run_config("exit7", &sh("exit 7"));
     assert_eq!(out.status.code(), Some(7));
 
@@ -182,7 +197,11 @@ fn exit_codes_and_signals_propagate() {
 
 #[test]
 fn lifecycle_create_start_state_kill_delete() {
-    require_root();
+    if !require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
     let dir = scratch("lifecycle");
     let b = rootfs::bundle(
         dir.path(),
@@ -262,7 +281,11 @@ fn lifecycle_create_start_state_kill_delete() {
 
 #[test]
 fn bad_input_is_named_and_leaves_nothing() {
-    require_root();
+    if !require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
     let dir = scratch("bad");
     let root = dir.path().join("state");
     let mut c = sh("true");
@@ -318,6 +341,11 @@ fn bad_input_is_named_and_leaves_nothing() {
 
 #[test]
 fn seccomp_blocks_syscalls() {
+    if !crate::common::require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
     let mut c = sh("grep Seccomp: /proc/self/status; mkdir /tmp/d 2>&1; echo mkdir=$?");
     c["linux"]["seccomp"] = json!({
         "defaultAction": "SCMP_ACT_ALLOW",
@@ -333,7 +361,11 @@ fn seccomp_blocks_syscalls() {
 #[test]
 fn console_socket_receives_the_pty() {
     use std::os::unix::net::UnixListener;
-    require_root();
+    if !require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
     let dir = scratch("console");
     let mut c = sh("tty; echo hello-from-pty");
     c["process"]["terminal"] = json!(true);
@@ -383,7 +415,11 @@ fn console_socket_receives_the_pty() {
 
 #[test]
 fn delete_force_cleans_up_after_a_killed_runtime() {
-    require_root();
+    if !require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
     let dir = scratch("killed");
     let mut c = sh("true");
     // A createRuntime hook that never finishes: the runtime is SIGKILLed while it runs.
@@ -426,7 +462,11 @@ fn delete_force_cleans_up_after_a_killed_runtime() {
 
 #[test]
 fn interactive_tty_under_tmux() {
-    require_root();
+    if !require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
     common::require_tool("tmux", "tmux");
     let dir = scratch("tty");
     let b = rootfs::bundle(dir.path(), &rootfs::config(&["sh"]));
@@ -495,7 +535,11 @@ fn interactive_tty_under_tmux() {
 #[test]
 fn only_stdio_and_preserved_fds_reach_the_workload() {
     use std::os::unix::process::CommandExt;
-    require_root();
+    if !require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
     let dir = scratch("fds");
     let b = rootfs::bundle(
         dir.path(),
@@ -527,7 +571,11 @@ fn only_stdio_and_preserved_fds_reach_the_workload() {
 
 #[test]
 fn init_reaps_zombies_and_propagates_the_exit() {
-    require_root();
+    if !require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
     let dir = scratch("init");
     // The orphaned sleep is reparented to pid 1 when its shell exits; pid 1 must reap it.
     let b = rootfs::bundle(
@@ -547,7 +595,11 @@ fn init_reaps_zombies_and_propagates_the_exit() {
 
 #[test]
 fn hooks_run_at_their_lifecycle_points() {
-    require_root();
+    if !require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
     let dir = scratch("hooks");
     let d = dir.path().display().to_string();
     let mut c = sh("cat /tmp/hook");
@@ -579,7 +631,11 @@ fn hooks_run_at_their_lifecycle_points() {
 
 #[test]
 fn cgroup_only_for_limits_a_cgroups_path_the_host_pid_namespace_or_a_cgroup_view() {
-    require_root();
+    if !require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
     let dir = scratch("cgroups");
     let root = dir.path().join("state");
     let mut base = sh("sleep 30");
@@ -678,7 +734,11 @@ fn cgroup_only_for_limits_a_cgroups_path_the_host_pid_namespace_or_a_cgroup_view
 
 #[test]
 fn devices_get_exactly_the_configured_mode_and_owner() {
-    require_root();
+    if !require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
     let dir = scratch("devmode");
     let mut c = sh("stat -c '%n %a %u %g %t %T %F' /dev/xnull /dev/null");
     c["linux"]["devices"] = json!([{"path": "/dev/xnull", "type": "c", "major": 1, "minor": 3,
@@ -701,6 +761,11 @@ fn devices_get_exactly_the_configured_mode_and_owner() {
 
 #[test]
 fn a_cgroup_mount_is_read_only_unless_the_config_says_rw() {
+    if !crate::common::require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
     // Its own cgroup in each case: moving itself there again is the harmless write.
     let script = "echo $$ > /sys/fs/cgroup/pids/cgroup.procs && echo wrote; \
                   ls /sys/fs/cgroup/pids/ | grep -c '^warren$'; true";
@@ -728,7 +793,11 @@ fn a_cgroup_mount_is_read_only_unless_the_config_says_rw() {
 
 #[test]
 fn a_mount_onto_a_device_path_replaces_the_device() {
-    require_root();
+    if !require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
     let dir = scratch("devnull-bind");
     let file = dir.path().join("file");
     std::fs::write(&file, "from the host\n").expect("write file");
@@ -772,7 +841,11 @@ fn a_mount_onto_a_device_path_replaces_the_device() {
 
 #[test]
 fn joins_a_pid_namespace_by_path() {
-    require_root();
+    if !require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
     let dir = scratch("pidjoin");
     let root = dir.path().join("state");
     // The first container: its own pid namespace, a sleep as its pid 1.

@@ -233,7 +233,7 @@ fn container_writes(view: &Path, root_id: u32) {
 }
 
 fn check_method(method: &str) {
-    require_root();
+    crate::common::assert_root("check_method");
     let dir = scratch(&format!("shift-mount-{method}"));
     let lower = fixture(dir.path());
     let before = snapshot(&lower);
@@ -305,22 +305,33 @@ fn check_method(method: &str) {
 
 #[test]
 fn idmap_views_are_shifted_and_lower_untouched() {
+    if !crate::common::require_root("mounts overlays, idmapped mounts and shifted copies") {
+        return;
+    }
     check_method("idmap");
 }
 
 #[test]
 fn metacopy_views_are_shifted_and_lower_untouched() {
+    if !crate::common::require_root("mounts overlays, idmapped mounts and shifted copies") {
+        return;
+    }
     check_method("metacopy");
 }
 
 #[test]
 fn copy_views_are_shifted_and_lower_untouched() {
+    if !crate::common::require_root("mounts overlays, idmapped mounts and shifted copies") {
+        return;
+    }
     check_method("copy");
 }
 
 #[test]
 fn remount_walks_nothing_and_shift_is_recorded() {
-    require_root();
+    if !require_root("mounts overlays, idmapped mounts and shifted copies") {
+        return;
+    }
     let dir = scratch("shift-mount-remount");
     let lower = fixture(dir.path());
     let before = snapshot(&lower);
@@ -366,7 +377,9 @@ fn remount_walks_nothing_and_shift_is_recorded() {
 
 #[test]
 fn auto_picks_idmap_and_falls_back_when_refused() {
-    require_root();
+    if !require_root("mounts overlays, idmapped mounts and shifted copies") {
+        return;
+    }
     let dir = scratch("shift-mount-auto");
     let lower = fixture(dir.path());
     let before = snapshot(&lower);
@@ -413,7 +426,9 @@ fn auto_picks_idmap_and_falls_back_when_refused() {
 
 #[test]
 fn failure_halfway_leaves_no_mount_and_a_retry_walks_again() {
-    require_root();
+    if !require_root("mounts overlays, idmapped mounts and shifted copies") {
+        return;
+    }
     require_tool("chattr", "e2fsprogs");
     let dir = scratch("shift-mount-fail");
     let lower = fixture(dir.path());
@@ -446,7 +461,9 @@ fn failure_halfway_leaves_no_mount_and_a_retry_walks_again() {
 
 #[test]
 fn metacopy_upper_built_halfway_leaves_nothing_and_a_retry_builds_it() {
-    require_root();
+    if !require_root("mounts overlays, idmapped mounts and shifted copies") {
+        return;
+    }
     let dir = scratch("shift-mount-enospc");
     let lower = fixture(dir.path());
     let before = snapshot(&lower);
@@ -487,7 +504,9 @@ fn metacopy_upper_built_halfway_leaves_nothing_and_a_retry_builds_it() {
 
 #[test]
 fn foreground_unmounts_on_sigterm() {
-    require_root();
+    if !require_root("mounts overlays, idmapped mounts and shifted copies") {
+        return;
+    }
     let dir = scratch("shift-mount-fg");
     let lower = fixture(dir.path());
     let (im, mnt) = (dir.path().join("im"), dir.path().join("mnt"));
@@ -516,7 +535,9 @@ fn foreground_unmounts_on_sigterm() {
 
 #[test]
 fn library_api_reports_and_unmounts() {
-    require_root();
+    if !require_root("mounts overlays, idmapped mounts and shifted copies") {
+        return;
+    }
     let dir = scratch("shift-mount-lib");
     let lower = fixture(dir.path());
     let mnt = dir.path().join("mnt");
@@ -545,7 +566,11 @@ fn library_api_reports_and_unmounts() {
 
 #[test]
 fn rootless_copy_is_shifted_into_subordinate_ids() {
-    require_root();
+    if !require_root(
+        "switches to the rootless test user (setpriv) and writes its /etc/subuid lines",
+    ) {
+        return;
+    }
     let (uid, _) = ensure_rootless_user();
     // The user's own subordinate block, whatever /etc/subuid gives it.
     let subuid = fs::read_to_string("/etc/subuid").expect("/etc/subuid");
@@ -593,7 +618,9 @@ fn rootless_copy_is_shifted_into_subordinate_ids() {
 
 #[test]
 fn several_lower_layers_merge_top_most_first() {
-    require_root();
+    if !require_root("mounts overlays, idmapped mounts and shifted copies") {
+        return;
+    }
     let dir = scratch("shift-mount-layers");
     let (top, bottom) = (dir.path().join("top"), dir.path().join("bottom"));
     sh(&format!(
@@ -673,7 +700,11 @@ fn rootless_layers(dir: &Path, lowers: &[&Path]) -> (std::process::Output, PathB
 
 #[test]
 fn rootless_layers_replaced_by_symlink_or_file_take_nothing_from_below() {
-    require_root();
+    if !require_root(
+        "switches to the rootless test user (setpriv) and writes its /etc/subuid lines",
+    ) {
+        return;
+    }
     require_tool("setfattr", "attr");
     let (uid, gid) = ensure_rootless_user();
     let dir = scratch("shift-mount-rootless-replaced");
@@ -722,7 +753,11 @@ fn rootless_layers_replaced_by_symlink_or_file_take_nothing_from_below() {
 
 #[test]
 fn rootless_layers_dir_replaced_by_file() {
-    require_root();
+    if !require_root(
+        "switches to the rootless test user (setpriv) and writes its /etc/subuid lines",
+    ) {
+        return;
+    }
     let dir = scratch("shift-mount-rootless-dir");
     let (top, bottom) = (dir.path().join("top"), dir.path().join("bottom"));
     sh(&format!(
@@ -756,7 +791,9 @@ fn refused(lower: &Path, im: &Path, mnt: &Path) -> String {
 
 #[test]
 fn overlapping_directories_are_refused() {
-    require_root();
+    if !require_root("mounts overlays, idmapped mounts and shifted copies") {
+        return;
+    }
     let dir = scratch("shift-mount-overlap");
     let other = scratch("shift-mount-overlap-other");
     let lower = fixture(dir.path());
@@ -925,7 +962,9 @@ fn unmount_refused(mnt: &Path) {
 
 #[test]
 fn unmount_refuses_mounts_it_did_not_make() {
-    require_root();
+    if !require_root("mounts overlays, idmapped mounts and shifted copies") {
+        return;
+    }
     let dir = scratch("shift-mount-foreign");
     let lower = fixture(dir.path());
     let (im, mnt) = (dir.path().join("im"), dir.path().join("mnt"));
@@ -965,7 +1004,9 @@ fn record_state(im: &Path) -> String {
 
 #[test]
 fn reshift_killed_midway_is_cleaned_by_unmount_and_redone_by_remount() {
-    require_root();
+    if !require_root("mounts overlays, idmapped mounts and shifted copies") {
+        return;
+    }
     let dir = scratch("shift-mount-reshift-kill");
     let lower = fixture(dir.path());
     // Enough entries that the walk through the overlay lasts a while.
@@ -1034,7 +1075,9 @@ fn reshift_killed_midway_is_cleaned_by_unmount_and_redone_by_remount() {
 
 #[test]
 fn idmap_reshift_failing_midway_is_walked_again() {
-    require_root();
+    if !require_root("mounts overlays, idmapped mounts and shifted copies") {
+        return;
+    }
     require_tool("chattr", "e2fsprogs");
     let dir = scratch("shift-mount-reshift-fail");
     let lower = fixture(dir.path());

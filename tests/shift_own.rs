@@ -249,7 +249,9 @@ fn without_xattrs_and_ctime(snap: &BTreeMap<PathBuf, Meta>) -> BTreeMap<PathBuf,
 
 #[test]
 fn round_trip_keeps_every_attribute() {
-    require_root();
+    if !require_root("re-owns trees to other users' ids (chown)") {
+        return;
+    }
     let tmp = scratch("shift-own-fixture");
     let root = tmp.path().join("tree");
     let outside = tmp.path().join("outside");
@@ -360,7 +362,9 @@ fn round_trip_keeps_every_attribute() {
 
 #[test]
 fn ids_from_every_block_land_in_the_target_block() {
-    require_root();
+    if !require_root("re-owns trees to other users' ids (chown)") {
+        return;
+    }
     let tmp = scratch("shift-own-blocks");
     let root = tmp.path();
     let ids = [
@@ -402,7 +406,9 @@ impl Drop for Immutable {
 
 #[test]
 fn unchangeable_entries_are_reported_and_fail_the_run() {
-    require_root();
+    if !require_root("re-owns trees to other users' ids (chown)") {
+        return;
+    }
     require_tool("chattr", "e2fsprogs");
     let tmp = scratch("shift-own-immutable");
     let root = tmp.path().join("t");
@@ -437,7 +443,9 @@ fn unchangeable_entries_are_reported_and_fail_the_run() {
 
 #[test]
 fn a_directory_swapped_for_a_symlink_never_leads_outside() {
-    require_root();
+    if !require_root("re-owns trees to other users' ids (chown)") {
+        return;
+    }
     let tmp = scratch("shift-own-race");
     let root = tmp.path().join("t");
     let outside = tmp.path().join("outside");
@@ -523,7 +531,9 @@ impl Drop for Mounted {
 
 #[test]
 fn other_filesystems_are_left_alone_unless_asked() {
-    require_root();
+    if !require_root("re-owns trees to other users' ids (chown)") {
+        return;
+    }
     let tmp = scratch("shift-own-mounts");
     let root = tmp.path().join("t");
     let mnt = root.join("mnt");
@@ -570,7 +580,9 @@ fn vanished_paths_and_bad_ranges_are_clear_errors() {
 fn the_library_reports_progress_and_counts_without_printing() {
     use warren::idmap::Shift;
     use warren::idmap::shift::{ShiftOptions, shift_tree};
-    require_root();
+    if !require_root("re-owns trees to other users' ids (chown)") {
+        return;
+    }
     let tmp = scratch("shift-own-lib");
     for d in 0..4 {
         let dir = tmp.path().join(format!("d{d}"));
@@ -601,7 +613,9 @@ fn the_library_reports_progress_and_counts_without_printing() {
 
 #[test]
 fn a_wide_tree_is_walked_within_a_small_fd_limit() {
-    require_root();
+    if !require_root("re-owns trees to other users' ids (chown)") {
+        return;
+    }
     let tmp = scratch("shift-own-wide");
     for i in 0..2000 {
         let sub = tmp.path().join(format!("d{i}/sub"));

@@ -296,7 +296,9 @@ fn temp_files(store: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn round_trip_keeps_every_entry_type_and_field() {
-    require_root();
+    if !require_root("imports and extracts trees owned by many ids (chown, device nodes)") {
+        return;
+    }
     let tmp = scratch("store-roundtrip");
     let src = tmp.path().join("src");
     fixture(&src);
@@ -356,7 +358,9 @@ fn round_trip_keeps_every_entry_type_and_field() {
 
 #[test]
 fn config_blob_and_writer_semantics() {
-    require_root();
+    if !require_root("imports and extracts trees owned by many ids (chown, device nodes)") {
+        return;
+    }
     let tmp = scratch("store-writer");
     let store = Store::open(&tmp.path().join("store")).unwrap();
     let entry = |path: &str, kind| Entry {
@@ -451,7 +455,9 @@ fn config_blob_and_writer_semantics() {
 
 #[test]
 fn second_version_adds_only_changed_chunks() {
-    require_root();
+    if !require_root("imports and extracts trees owned by many ids (chown, device nodes)") {
+        return;
+    }
     let tmp = scratch("store-versions");
     let src = tmp.path().join("src");
     fs::create_dir_all(src.join("lib")).unwrap();
@@ -495,7 +501,9 @@ fn second_version_adds_only_changed_chunks() {
 
 #[test]
 fn gc_after_rm_removes_exactly_the_orphans() {
-    require_root();
+    if !require_root("imports and extracts trees owned by many ids (chown, device nodes)") {
+        return;
+    }
     let tmp = scratch("store-gc");
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     fs::create_dir_all(&a).unwrap();
@@ -551,7 +559,9 @@ fn gc_after_rm_removes_exactly_the_orphans() {
 
 #[test]
 fn corrupt_or_missing_chunk_fails_extract_by_name_and_verify_finds_it() {
-    require_root();
+    if !require_root("imports and extracts trees owned by many ids (chown, device nodes)") {
+        return;
+    }
     let tmp = scratch("store-corrupt");
     let src = tmp.path().join("src");
     fs::create_dir_all(src.join("d")).unwrap();
@@ -608,7 +618,9 @@ fn corrupt_or_missing_chunk_fails_extract_by_name_and_verify_finds_it() {
 
 #[test]
 fn verify_repair_then_reimport_restores_a_truncated_chunk() {
-    require_root();
+    if !require_root("imports and extracts trees owned by many ids (chown, device nodes)") {
+        return;
+    }
     let tmp = scratch("store-repair");
     let src = tmp.path().join("src");
     fs::create_dir_all(src.join("d")).unwrap();
@@ -676,7 +688,9 @@ fn verify_repair_then_reimport_restores_a_truncated_chunk() {
 
 #[test]
 fn an_unreadable_pack_is_named_removed_by_repair_and_restored_by_reimport() {
-    require_root();
+    if !require_root("imports and extracts trees owned by many ids (chown, device nodes)") {
+        return;
+    }
     let tmp = scratch("store-badpack");
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     for (dir, seed) in [(&a, 21), (&b, 22)] {
@@ -727,7 +741,9 @@ fn an_unreadable_pack_is_named_removed_by_repair_and_restored_by_reimport() {
 
 #[test]
 fn truncated_or_garbled_index_is_a_clear_error() {
-    require_root();
+    if !require_root("imports and extracts trees owned by many ids (chown, device nodes)") {
+        return;
+    }
     let tmp = scratch("store-badindex");
     let src = tmp.path().join("src");
     fs::create_dir_all(&src).unwrap();
@@ -760,7 +776,9 @@ fn truncated_or_garbled_index_is_a_clear_error() {
 
 #[test]
 fn hostile_index_cannot_write_outside_dest() {
-    require_root();
+    if !require_root("imports and extracts trees owned by many ids (chown, device nodes)") {
+        return;
+    }
     use warren::store::index::{ChunkRef, Index, Record};
     let tmp = scratch("store-hostile");
     let dir = tmp.path().join("store");
@@ -825,7 +843,9 @@ fn hostile_index_cannot_write_outside_dest() {
 
 #[test]
 fn killed_imports_leave_a_consistent_store_and_a_rerun_completes() {
-    require_root();
+    if !require_root("imports and extracts trees owned by many ids (chown, device nodes)") {
+        return;
+    }
     let tmp = scratch("store-kill");
     let src = tmp.path().join("src");
     for d in 0..4 {
@@ -889,7 +909,9 @@ fn killed_imports_leave_a_consistent_store_and_a_rerun_completes() {
 
 #[test]
 fn concurrent_imports_of_one_tree_both_succeed_and_share_chunks() {
-    require_root();
+    if !require_root("imports and extracts trees owned by many ids (chown, device nodes)") {
+        return;
+    }
     let tmp = scratch("store-concurrent");
     let src = tmp.path().join("src");
     fs::create_dir_all(&src).unwrap();
@@ -928,7 +950,9 @@ fn concurrent_imports_of_one_tree_both_succeed_and_share_chunks() {
 
 #[test]
 fn extract_with_shift_shifts_owners_and_id_xattrs() {
-    require_root();
+    if !require_root("imports and extracts trees owned by many ids (chown, device nodes)") {
+        return;
+    }
     let tmp = scratch("store-shift");
     let src = tmp.path().join("src");
     fixture(&src);
@@ -1019,7 +1043,9 @@ const SPARSE_SIZE: u64 = 512 << 20;
 /// chunker's pass over the zeros costs time.
 #[test]
 fn sparse_file_round_trips_sparse() {
-    require_root();
+    if !require_root("imports and extracts trees owned by many ids (chown, device nodes)") {
+        return;
+    }
     const SIZE: u64 = SPARSE_SIZE;
     let work = scratch("store-sparse");
     let src = work.path().join("src");
@@ -1068,7 +1094,11 @@ fn sparse_file_round_trips_sparse() {
 /// failed on which path, and how to extract instead; the hint it gives works.
 #[test]
 fn rootless_extract_names_the_chown_that_failed_and_how_to_avoid_it() {
-    require_root();
+    if !require_root(
+        "switches to the rootless test user (setpriv) and writes its /etc/subuid lines",
+    ) {
+        return;
+    }
     let (uid, gid) = common::ensure_rootless_user();
     let work = scratch("store-rootless-extract");
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();

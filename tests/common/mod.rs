@@ -1,5 +1,7 @@
 //! Shared helpers for the integration tests. Tests run as root on a real kernel (CI is
 //! root); a test that needs something the machine lacks panics with what to install.
+//! A test that needs root says why with [`require_root`]; only a suite run unprivileged
+//! on purpose (`WARREN_TEST_UNPRIVILEGED=1`) skips it, with a visible message.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -10,11 +12,32 @@ pub const ROOTLESS_USER: &str = "warren-test";
 /// Its subordinate id range, written to /etc/subuid and /etc/subgid.
 pub const ROOTLESS_SUBIDS: (u32, u32) = (0x100000, 0x100000);
 
-/// Panics unless we run as root: these tests need real mounts and chown.
-pub fn require_root() {
+/// Set to 1 to run the suite unprivileged on purpose: tests that need root are skipped.
+pub const UNPRIVILEGED_ENV: &str = "WARREN_TEST_UNPRIVILEGED";
+
+/// Whether this test may go on: true as root. Not root, it panics (the suite is meant to
+/// run as root: CI is root), unless `WARREN_TEST_UNPRIVILEGED=1` says the suite runs
+/// unprivileged on purpose: then it prints `SKIPPED (needs root: why)` and returns false,
+/// and the test returns at once. Use as `if !require_root("why") { return; }`.
+pub fn require_root(why: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os(UNPRIVILEGED_ENV).is_some_and(|v| v == "1") {
+        eprintln!("SKIPPED (needs root: {why})");
+        return false;
+    }
+    panic!(
+        "this test needs root ({why}); CI runs as root: run `sudo make test`, or set \
+         {UNPRIVILEGED_ENV}=1 to skip the tests that need root"
+    );
+}
+
+/// Panics unless we run as root; for helpers, whose tests already passed [`require_root`].
+pub fn assert_root(what: &str) {
     assert!(
         nix::unistd::geteuid().is_root(),
-        "this test needs root (CI runs as root): run `sudo make test`"
+        "{what} needs root (CI runs as root): run `sudo make test`"
     );
 }
 
@@ -70,7 +93,7 @@ pub fn ok(cmd: &mut Command) -> String {
 /// Creates (once) the unprivileged user `name` with a home directory and no subordinate
 /// ids, and returns its (uid, gid). Needs root and useradd.
 pub fn ensure_user(name: &str) -> (u32, u32) {
-    require_root();
+    assert_root("creating a test user");
     let lookup = || nix::unistd::User::from_name(name).ok().flatten();
     if lookup().is_none() {
         let out = run(Command::new("useradd").args([

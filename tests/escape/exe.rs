@@ -196,7 +196,9 @@ impl Setup {
 /// payload.
 #[test]
 fn a_container_cannot_overwrite_the_runtime_through_its_init() {
-    common::require_root();
+    if !common::require_root("runs rootful containers") {
+        return;
+    }
     let s = Setup::new("exe-init", &["sleep", "5"], None);
     let id = format!("exe-init-{}", std::process::id());
     let bundle = s.bundle.to_str().unwrap().to_owned();
@@ -244,7 +246,9 @@ fn runtime_exe_is_not_writable(name: &str, user: Option<(u32, u32)>) {
 
 #[test]
 fn the_runtime_exe_is_not_writable_through_proc_rootful() {
-    common::require_root();
+    if !common::require_root("runs rootful containers") {
+        return;
+    }
     runtime_exe_is_not_writable("exe-proc", None);
 }
 
@@ -260,7 +264,9 @@ fn the_runtime_exe_is_not_writable_through_proc_rootless() {
 /// workload) looks at its parent.
 #[test]
 fn the_init_is_not_dumpable_before_exec() {
-    common::require_root();
+    if !common::require_root("runs rootful containers") {
+        return;
+    }
     let dir = scratch("exe-dumpable");
     let mut config = rootfs::config(&["true"]);
     config["root"]["readonly"] = json!(false);

@@ -165,7 +165,7 @@ fn umoci() -> Command {
 /// additions and changes; then deletions, so whiteouts) and a fourth, hand-made layer
 /// added with `umoci raw add-layer` that carries an opaque-directory marker.
 pub fn build_layout(work: &Path) -> PathBuf {
-    crate::common::require_root();
+    crate::common::assert_root("build_layout");
     require_tool("setcap", "libcap2-bin");
     let layout = work.join("layout");
     let bundle = work.join("bundle");
