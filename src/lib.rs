@@ -19,6 +19,8 @@ pub mod runtime;
 pub mod store;
 pub mod sys;
 pub mod systemd;
+#[cfg(test)]
+mod testing;
 pub mod tree;
 
 /// Call first thing in `main` of every program that links warren, before any thread

@@ -32,12 +32,18 @@ fn x86_files_are_filtered_and_round_trip_in_an_upgraded_store() {
         path: path.into(),
         kind: Kind::File { size: size as u64 },
         mode: 0o755,
-        uid: 0,
-        gid: 0,
+        // The extract gives files these owners: ours, so it runs unprivileged too.
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
         mtime: Timestamp::default(),
         xattrs: vec![],
     };
     let mut w = store.writer().unwrap();
+    let root = Entry {
+        kind: Kind::Dir,
+        ..file("", 0)
+    };
+    w.add(root, None).unwrap();
     w.add(file("old", old.len()), Some(&mut &old[..])).unwrap();
     w.add(file("elf", elf.len()), Some(&mut &elf[..])).unwrap();
     w.add(file("not-elf", not_elf.len()), Some(&mut &not_elf[..]))
