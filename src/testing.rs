@@ -3,7 +3,7 @@
 
 /// Whether a test that needs root may go on: true as root. Not root, it panics, unless
 /// `WARREN_TEST_UNPRIVILEGED=1` says the suite runs unprivileged on purpose: then it
-/// prints `SKIPPED (needs root: why)` and returns false, and the test returns at once.
+/// prints `TEST: SKIPPED (needs root: why)` and returns false, and the test returns.
 pub(crate) fn require_root(why: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
@@ -11,7 +11,8 @@ pub(crate) fn require_root(why: &str) -> bool {
     if std::env::var_os("WARREN_TEST_UNPRIVILEGED").is_some_and(|v| v == "1") {
         // Straight to fd 2: the test harness captures eprintln!, and a skip must show.
         use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "SKIPPED (needs root: {why})");
+        let test = std::thread::current().name().unwrap_or("test").to_string();
+        let _ = writeln!(std::io::stderr(), "{test}: SKIPPED (needs root: {why})");
         return false;
     }
     panic!(

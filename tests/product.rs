@@ -413,6 +413,11 @@ fn systemd_units_verify() {
 
 #[test]
 fn rootless_run_from_an_image_in_the_users_subuid_block() {
+    if !crate::common::require_root(
+        "switches to the rootless test user (setpriv) and writes its /etc/subuid lines",
+    ) {
+        return;
+    }
     let (uid, gid) = ensure_rootless_user();
     let data = scratch("product-rootless");
     std::fs::set_permissions(

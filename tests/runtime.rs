@@ -100,6 +100,10 @@ fn new_network_namespace_has_loopback_up() {
 
 #[test]
 fn user_namespace_maps_ids() {
+    if !crate::common::require_root("chowns a rootfs to a block and runs a container in it as root")
+    {
+        return;
+    }
     let c = rootfs::with_userns(
         sh("cat /proc/self/uid_map /proc/self/gid_map; id -u; stat -c %u /bin/busybox"),
         0x200000,

@@ -72,6 +72,11 @@ fn warren_as_user(root: &Path) -> std::process::Command {
 
 #[test]
 fn rootless_run_maps_subordinate_ids() {
+    if !crate::common::require_root(
+        "switches to the rootless test user (setpriv) and writes its /etc/subuid lines",
+    ) {
+        return;
+    }
     let dir = rootless_bundle(
         "rootless",
         "cat /proc/self/uid_map; id -u; stat -c %u /bin/busybox; hostname; echo pid=$$; grep CapEff /proc/self/status; touch /tmp/x && echo tmp-ok",
@@ -94,6 +99,11 @@ fn rootless_run_maps_subordinate_ids() {
 
 #[test]
 fn rootless_lifecycle() {
+    if !crate::common::require_root(
+        "switches to the rootless test user (setpriv) and writes its /etc/subuid lines",
+    ) {
+        return;
+    }
     let dir = rootless_bundle(
         "rootless-life",
         "trap 'exit 0' TERM; while true; do sleep 0.05; done",
@@ -126,6 +136,11 @@ fn rootless_lifecycle() {
 
 #[test]
 fn rootless_ids_outside_the_users_ranges_are_an_error() {
+    if !crate::common::require_root(
+        "switches to the rootless test user (setpriv) and writes its /etc/subuid lines",
+    ) {
+        return;
+    }
     // Ids no line of the user holds: an error naming the file and the user's lines, never
     // a narrower mapping than the config asks for.
     ensure_rootless_user();
@@ -149,6 +164,11 @@ fn rootless_ids_outside_the_users_ranges_are_an_error() {
 
 #[test]
 fn rootless_own_id_maps_without_helpers() {
+    if !crate::common::require_root(
+        "switches to the rootless test user (setpriv) and writes its /etc/subuid lines",
+    ) {
+        return;
+    }
     // Mapping only the user itself needs no newuidmap: the parent writes the maps.
     let (uid, gid) = ensure_rootless_user();
     let dir = scratch("rootless-own");
@@ -181,6 +201,11 @@ fn rootless_own_id_maps_without_helpers() {
 
 #[test]
 fn rootless_new_network_namespace_has_loopback_up() {
+    if !crate::common::require_root(
+        "switches to the rootless test user (setpriv) and writes its /etc/subuid lines",
+    ) {
+        return;
+    }
     let dir = scratch("rootless-lo");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let c = rootless_config(
@@ -202,6 +227,11 @@ fn rootless_new_network_namespace_has_loopback_up() {
 
 #[test]
 fn rootless_run_with_the_rootfs_under_a_private_home() {
+    if !crate::common::require_root(
+        "switches to the rootless test user (setpriv) and writes its /etc/subuid lines",
+    ) {
+        return;
+    }
     // $XDG_DATA_HOME in a 0700 home: the container's root (a subordinate uid) cannot
     // traverse it, the user can.
     let (uid, gid) = ensure_rootless_user();
@@ -312,6 +342,11 @@ fn owned_by_block(root: &Path, start: u32, len: u32) -> usize {
 /// (the watchdog aborts) or crash. Each tree must be complete and owned by its block.
 #[test]
 fn rootless_runtime_creates_from_four_threads_while_others_allocate() {
+    if !crate::common::require_root(
+        "switches to the rootless test user (setpriv) and writes its /etc/subuid lines",
+    ) {
+        return;
+    }
     require_tool("busybox", "busybox-static");
     if run_as_rootless_user("rootless_runtime_creates_from_four_threads_while_others_allocate") {
         return;
@@ -376,6 +411,11 @@ fn rootless_runtime_creates_from_four_threads_while_others_allocate() {
 /// it; nothing is left behind.
 #[test]
 fn rootless_runtime_without_the_main_hook_is_refused() {
+    if !crate::common::require_root(
+        "switches to the rootless test user (setpriv) and writes its /etc/subuid lines",
+    ) {
+        return;
+    }
     require_tool("busybox", "busybox-static");
     if run_as_rootless_user("rootless_runtime_without_the_main_hook_is_refused") {
         return;
@@ -403,6 +443,11 @@ fn rootless_runtime_without_the_main_hook_is_refused() {
 /// process that started it: it must never go on working for a caller that is gone.
 #[test]
 fn the_rootless_helper_dies_with_its_parent() {
+    if !crate::common::require_root(
+        "switches to the rootless test user (setpriv) and writes its /etc/subuid lines",
+    ) {
+        return;
+    }
     if run_as_rootless_user("the_rootless_helper_dies_with_its_parent") {
         return;
     }

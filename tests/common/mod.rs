@@ -17,8 +17,8 @@ pub const UNPRIVILEGED_ENV: &str = "WARREN_TEST_UNPRIVILEGED";
 
 /// Whether this test may go on: true as root. Not root, it panics (the suite is meant to
 /// run as root: CI is root), unless `WARREN_TEST_UNPRIVILEGED=1` says the suite runs
-/// unprivileged on purpose: then it prints `SKIPPED (needs root: why)` and returns false,
-/// and the test returns at once. Use as `if !require_root("why") { return; }`.
+/// unprivileged on purpose: then it prints `TEST: SKIPPED (needs root: why)` and returns
+/// false, and the test returns at once. Use as `if !require_root("why") { return; }`.
 pub fn require_root(why: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
@@ -26,7 +26,8 @@ pub fn require_root(why: &str) -> bool {
     if std::env::var_os(UNPRIVILEGED_ENV).is_some_and(|v| v == "1") {
         // Straight to fd 2: the test harness captures eprintln!, and a skip must show.
         use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "SKIPPED (needs root: {why})");
+        let test = std::thread::current().name().unwrap_or("test").to_string();
+        let _ = writeln!(std::io::stderr(), "{test}: SKIPPED (needs root: {why})");
         return false;
     }
     panic!(

@@ -254,6 +254,11 @@ fn the_runtime_exe_is_not_writable_through_proc_rootful() {
 
 #[test]
 fn the_runtime_exe_is_not_writable_through_proc_rootless() {
+    if !crate::common::require_root(
+        "switches to the rootless test user (setpriv) and writes its /etc/subuid lines",
+    ) {
+        return;
+    }
     let ids = common::ensure_rootless_user();
     runtime_exe_is_not_writable("exe-proc-rootless", Some(ids));
 }

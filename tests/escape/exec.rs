@@ -205,6 +205,11 @@ fn exec_is_confined_like_the_init_rootful() {
 
 #[test]
 fn exec_is_confined_like_the_init_rootless() {
+    if !crate::common::require_root(
+        "switches to the rootless test user (setpriv) and writes its /etc/subuid lines",
+    ) {
+        return;
+    }
     let ids = common::ensure_rootless_user();
     let out = exec_probe("exec-rootless", Some(ids), |p, id, bundle| {
         let status = p

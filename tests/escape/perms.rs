@@ -361,6 +361,11 @@ fn a_host_user_reaches_nothing_of_a_rootful_installation() {
 
 #[test]
 fn another_user_reaches_nothing_of_a_rootless_installation() {
+    if !crate::common::require_root(
+        "switches to the rootless test user (setpriv) and writes its /etc/subuid lines",
+    ) {
+        return;
+    }
     let (uid, gid) = ensure_rootless_user();
     let (other_uid, other_gid) = ensure_other_user();
     require_tool("busybox", "busybox-static");
