@@ -5,7 +5,8 @@
 
 use super::error::Error;
 use crate::idmap::subid::{Host, Subids};
-pub use crate::idmap::userns::{Mapping, Maps, UsernsError, Writing};
+use crate::idmap::userns::UsernsError;
+pub use crate::idmap::userns::{Mapping, Maps};
 use oci_spec::runtime::LinuxIdMapping;
 use std::path::PathBuf;
 
