@@ -46,6 +46,8 @@ test: deps lint release
 	sh tests/check-static.sh $(BIN)
 	WARREN_TEST_BIN_DIR=$(CURDIR)/$(BIN) $(CARGO) test --all-targets -- --test-threads=4
 	sh tests/release-smoke.sh $(BIN)
+	# The library's unit tests again as an unprivileged user: planning code needs no root.
+	sh tests/unprivileged.sh "$$($(CARGO) test --lib --no-run 2>&1 | grep -o 'target/debug/deps/warren-[0-9a-f]*')"
 
 install: all
 	install -Dm755 $(BIN)/warren $(DESTDIR)$(PREFIX)/bin/warren
