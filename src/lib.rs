@@ -31,18 +31,16 @@ pub fn main_hook() -> Result<(), container::exe::ExeError> {
     container::exe::reexec_sealed()
 }
 
-/// One line for an error and its causes, like anyhow's `{:#}`, leaving out a cause whose
-/// text the message before it already ends with (warren's errors name their cause in
-/// their own message and also return it from `source()`, for callers that walk the chain).
+/// One line for an error and its causes, `a: b: c`, like anyhow's `{:#}`. warren's errors
+/// print only their own context and return what they wrap from `source()` (see
+/// `docs/ARCHITECTURE.md`), so walking the chain shows each cause once. Use it wherever an
+/// error is logged or turned into text; `to_string()` alone drops the causes.
 pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
     let mut line = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
-        let text = c.to_string();
-        if !line.ends_with(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
+        line.push_str(": ");
+        line.push_str(&c.to_string());
         cause = c.source();
     }
     line
@@ -52,25 +50,20 @@ pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     #[test]
     fn error_line_names_each_cause_once() {
-        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let not_found = || std::io::Error::from(std::io::ErrorKind::NotFound);
         let e = crate::container::Error::Io {
             what: "read config.json".into(),
-            source: io,
+            source: not_found(),
         };
+        assert_eq!(e.to_string(), "read config.json");
         assert_eq!(
             crate::error_line(&e),
-            format!(
-                "read config.json: {}",
-                std::io::Error::from(std::io::ErrorKind::NotFound)
-            )
+            format!("read config.json: {}", not_found())
         );
         let wrapped = anyhow::Error::new(e).context("create web");
         assert_eq!(
             crate::error_line(wrapped.as_ref()),
-            format!(
-                "create web: read config.json: {}",
-                std::io::Error::from(std::io::ErrorKind::NotFound)
-            )
+            format!("create web: read config.json: {}", not_found())
         );
     }
 }

@@ -42,7 +42,7 @@ const SEALS: libc::c_int =
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExeError {
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: &'static str,
         #[source]
@@ -117,7 +117,7 @@ pub fn inspect() -> Result<Exe, ExeError> {
 /// [`inspect`] once per process (the answer only changes with an execve).
 pub fn current() -> Result<&'static Exe, &'static str> {
     static EXE: OnceLock<Result<Exe, String>> = OnceLock::new();
-    EXE.get_or_init(|| inspect().map_err(|e| e.to_string()))
+    EXE.get_or_init(|| inspect().map_err(|e| crate::error_line(&e)))
         .as_ref()
         .map_err(String::as_str)
 }

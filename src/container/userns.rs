@@ -84,7 +84,7 @@ impl Maps {
         if crate::dirs::is_root() {
             return Maps::plan_for(None, None, uid, gid);
         }
-        let host = Host::current().map_err(|e| Error::UserNamespace(e.to_string()))?;
+        let host = Host::current().map_err(|e| Error::UserNamespace(crate::error_line(&e)))?;
         // Found once here: spawned by path, so no exec is tried in every $PATH entry.
         let helpers = which("newuidmap").zip(which("newgidmap"));
         Maps::plan_for(Some(&host), helpers, uid, gid)

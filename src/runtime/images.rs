@@ -17,7 +17,7 @@ pub enum ImageError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Busybox(#[from] crate::store::busybox::BusyboxError),
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         what: &'static str,
         path: PathBuf,

@@ -93,7 +93,7 @@ pub fn mount_with_progress(
             Err(e) if spec.method.is_none() && record.is_none() && e.falls_back() => {
                 refused.push(Attempt {
                     method,
-                    error: e.to_string(),
+                    error: crate::error_line(&e),
                 });
             }
             Err(e) => return Err(e),
