@@ -10,16 +10,17 @@
 //! `cli` the binaries' own dependencies. A scheduler linking the library can turn both
 //! off (`default-features = false`).
 
-pub mod atomic;
+pub(crate) mod atomic;
 pub mod container;
 pub mod dirs;
 pub mod idmap;
 pub mod mount;
 pub mod runtime;
 pub mod store;
+#[doc(hidden)]
 pub mod sys;
 pub mod systemd;
-pub mod tree;
+pub(crate) mod tree;
 
 /// Call first thing in `main` of every program that links warren, before any thread
 /// starts: serves the rootless helper when this process is one ([`mount::rootless`]:

@@ -3,7 +3,7 @@
 //! ([`alloc`]), re-owning trees ([`shift`]), setting an entry's metadata by name ([`meta`]) and the xattrs that carry ids ([`xattr`]).
 
 pub mod alloc;
-pub mod meta;
+pub(crate) mod meta;
 pub mod pool;
 pub mod range;
 pub mod shift;

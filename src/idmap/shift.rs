@@ -9,7 +9,7 @@
 //! shifted after it. Entries already owned right cost the `statx` only, so a second run
 //! changes nothing. Directories are walked in parallel (rayon).
 
-pub use super::meta::{Meta, set_meta_at};
+pub(crate) use super::meta::{Meta, set_meta_at};
 use super::range::{RangeError, Shift};
 use super::xattr::{self, XattrError};
 use crate::sys;

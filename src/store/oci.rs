@@ -7,11 +7,14 @@
 //! hostile or corrupt archive fails before the image is committed, so the store never
 //! lists it. The OCI image config travels as the image's config blob ([`ImageConfig`]).
 
+#[doc(hidden)]
 pub mod blob;
-pub mod export;
+pub(crate) mod export;
+#[doc(hidden)]
 pub mod guard;
+#[doc(hidden)]
 pub mod layer;
-pub mod source;
+pub(crate) mod source;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

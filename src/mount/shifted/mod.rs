@@ -19,8 +19,8 @@ mod record;
 mod spec;
 mod view;
 
-pub use checks::is_mountpoint;
-pub use record::RECORD;
+pub(crate) use checks::is_mountpoint;
+pub(crate) use record::RECORD;
 pub use spec::{Attempt, DENY_ENV, Method, MountError, MountReport, MountSpec, denied_from_env};
 pub use view::{unmount, views_dir};
 
