@@ -51,11 +51,11 @@ pub fn run_dir() -> PathBuf {
 /// The subdirectories of the state dir that hold trees: each is private whatever the
 /// state dir's own mode (a `WARREN_STATE_DIR` warren did not create keeps its mode).
 /// The store (`store/` by default) makes its own root private when opened.
-pub(crate) const PRIVATE_SUBDIRS: [&str; 2] = ["images", "containers"];
+pub const PRIVATE_SUBDIRS: [&str; 2] = ["images", "containers"];
 
 /// Creates `dir` and its missing parents with mode 0700 (each created directory, from
 /// the start: no window in which another user could open it).
-pub(crate) fn create_private(dir: &Path) -> io::Result<()> {
+pub fn create_private(dir: &Path) -> io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -65,7 +65,7 @@ pub(crate) fn create_private(dir: &Path) -> io::Result<()> {
 /// Creates `dir` 0700, or takes group and other access away from an existing one (an
 /// installation made by an older warren). For directories the caller named (a symlink
 /// in their place is followed, as any path the caller gives).
-pub(crate) fn make_private(dir: &Path) -> io::Result<()> {
+pub fn make_private(dir: &Path) -> io::Result<()> {
     create_private(dir)?;
     tighten(dir, &std::fs::metadata(dir)?)
 }
@@ -74,7 +74,7 @@ pub(crate) fn make_private(dir: &Path) -> io::Result<()> {
 /// state dir such as one under `/tmp`): refuses a directory, or a symlink, someone else
 /// put in its place, since it would hand them whatever warren puts there. A symlink of
 /// our own (the images on another disk) is followed.
-pub(crate) fn make_private_own(dir: &Path) -> io::Result<()> {
+pub fn make_private_own(dir: &Path) -> io::Result<()> {
     create_private(dir)?;
     let me = nix::unistd::geteuid().as_raw();
     let not_ours = |what: &str, uid: u32| {
@@ -115,7 +115,7 @@ fn tighten(dir: &Path, meta: &std::fs::Metadata) -> io::Result<()> {
 /// things (`WARREN_STATE_DIR` pointed at a home) or shared (sticky, like `/tmp`) keeps
 /// its mode: the trees warren keeps in it are in [`PRIVATE_SUBDIRS`] and the store, each
 /// private whatever the state dir's mode.
-pub(crate) fn open_state_dir(dir: &Path) -> io::Result<()> {
+pub fn open_state_dir(dir: &Path) -> io::Result<()> {
     let existed = dir.exists();
     create_private(dir)?;
     if existed && is_warrens(dir)? {

@@ -141,7 +141,7 @@ pub(crate) fn unreachable(exe: &Exe, uid_ranges: Option<&[(u32, u32)]>) -> bool 
 }
 
 /// Ok when a container mapping host uids `uid_ranges` cannot write the running binary.
-pub(crate) fn check(uid_ranges: Option<&[(u32, u32)]>) -> Result<(), super::Error> {
+pub fn check(uid_ranges: Option<&[(u32, u32)]>) -> Result<(), super::Error> {
     let exe = current().map_err(|e| super::Error::ExposedBinary {
         exe: PathBuf::from("/proc/self/exe"),
         reason: e.to_owned(),

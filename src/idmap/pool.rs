@@ -194,7 +194,7 @@ fn aligned_part(range: IdRange, block: u32) -> Option<IdRange> {
 /// The range to register when there is none: [`DEFAULT_POOL`] when no line shares an id
 /// with it, else the first block-aligned span above every line of both files (at most
 /// as large as the default).
-pub(crate) fn plan_registration(host: &Host, block: u32) -> Result<IdRange, AllocError> {
+pub fn plan_registration(host: &Host, block: u32) -> Result<IdRange, AllocError> {
     let lines = || host.subuid.entries.iter().chain(&host.subgid.entries);
     if !lines().any(|e| e.range.overlaps(&DEFAULT_POOL)) {
         return Ok(DEFAULT_POOL);

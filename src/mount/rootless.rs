@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 const MARKER: &str = "--warren-rootless-helper-v1";
 
 /// The default helper binary: the running one (sealed, once `reexec_sealed` ran).
-pub(crate) const SELF_EXE: &str = "/proc/self/exe";
+pub const SELF_EXE: &str = "/proc/self/exe";
 
 /// Set by [`dispatch`]: this program's `main` serves the helper marker.
 static HOOKED: AtomicBool = AtomicBool::new(false);

@@ -25,7 +25,7 @@ mod plan;
 mod walk;
 
 pub use meta::{CopyError, CopyReport};
-pub(crate) use plan::{Plan, apply_plan};
+pub use plan::{Plan, apply_plan};
 
 use crate::idmap::range::Shift;
 use std::path::{Path, PathBuf};
