@@ -67,4 +67,53 @@ mod tests {
             format!("create web: read config.json: {}", not_found())
         );
     }
+
+    /// The convention `error_line` relies on: no `#[error]` message prints the field that
+    /// `source()` returns (`source`, or one marked `#[source]`/`#[from]`).
+    #[test]
+    fn no_error_prints_its_source() {
+        let mut files = vec![std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")];
+        let mut both = Vec::new();
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            if path.ends_with("src/lib.rs") {
+                continue; // this test's own strings
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (at, _) in text.match_indices("#[error(") {
+                let rest = &text[at..];
+                let Some(end) = rest.find(")]") else { continue };
+                let message = &rest[..end];
+                if message.contains("transparent") {
+                    continue;
+                }
+                // The variant's fields: up to the next attribute line or the enum's end.
+                let body = &rest[end..];
+                let body = &body[..body.find("#[error(").unwrap_or(body.len()).min(400)];
+                let field = if body.contains("source:") {
+                    Some("source")
+                } else if let Some(i) = body.find("#[source]").or(body.find("#[from]")) {
+                    let after = body[i..].split_once(']').map_or("", |x| x.1).trim_start();
+                    Some(if body[..i].trim_end().ends_with('(') {
+                        "0"
+                    } else {
+                        after.split(':').next().unwrap_or("")
+                    })
+                } else {
+                    None
+                };
+                if let Some(f) = field
+                    && (message.contains(&format!("{{{f}}}"))
+                        || message.contains(&format!("{{{f}:"))
+                        || message.contains(&format!(".{f}")))
+                {
+                    both.push(format!("{}: {message}", path.display()));
+                }
+            }
+        }
+        assert!(both.is_empty(), "print their source too: {both:#?}");
+    }
 }
