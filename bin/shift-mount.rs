@@ -54,7 +54,7 @@ fn main() {
     match run(Args::parse()) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("shift-mount: {e}");
+            eprintln!("shift-mount: {}", warren::error_line(e.as_ref()));
             std::process::exit(1);
         }
     }

@@ -84,7 +84,10 @@ fn main() {
         // find a writable runtime binary behind /proc/PID/exe. Creating a container
         // refuses to go on (saying why) if this fails.
         if let Err(e) = warren::container::exe::reexec_sealed() {
-            eprintln!("warren: cannot protect the runtime binary: {e}");
+            eprintln!(
+                "warren: cannot protect the runtime binary: {}",
+                warren::error_line(&e)
+            );
         }
     }
     let result = match cli.command {

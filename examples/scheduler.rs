@@ -119,12 +119,16 @@ impl Reconciler {
                 let _ = h.wait();
             }
             if let Err(e) = self.runtime.delete(&name, true) {
-                report.errors.push(format!("{name}: {e}"));
+                report
+                    .errors
+                    .push(format!("{name}: {}", warren::error_line(&e)));
             }
             if let Some(service) = wanted.get(&name) {
                 match self.start(&name, service) {
                     Ok(()) => report.restarted.push(name),
-                    Err(e) => report.errors.push(format!("{name}: {e}")),
+                    Err(e) => report
+                        .errors
+                        .push(format!("{name}: {}", warren::error_line(&e))),
                 }
             }
         }
@@ -132,7 +136,7 @@ impl Reconciler {
         let existing: BTreeSet<String> = match self.runtime.list() {
             Ok(list) => list.into_iter().map(|c| c.name).collect(),
             Err(e) => {
-                report.errors.push(e.to_string());
+                report.errors.push(warren::error_line(&e));
                 return report;
             }
         };
@@ -146,7 +150,9 @@ impl Reconciler {
                 match self.runtime.delete(name, true) {
                     Ok(()) if !wanted.contains_key(name) => report.removed.push(name.clone()),
                     Ok(()) => {}
-                    Err(e) => report.errors.push(format!("{name}: {e}")),
+                    Err(e) => report
+                        .errors
+                        .push(format!("{name}: {}", warren::error_line(&e))),
                 }
             }
         }
@@ -154,7 +160,9 @@ impl Reconciler {
             if !self.handles.contains_key(name) {
                 match self.start(name, service) {
                     Ok(()) => report.started.push(name.clone()),
-                    Err(e) => report.errors.push(format!("{name}: {e}")),
+                    Err(e) => report
+                        .errors
+                        .push(format!("{name}: {}", warren::error_line(&e))),
                 }
             }
         }

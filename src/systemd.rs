@@ -15,7 +15,7 @@ pub fn notify(state: &str) -> io::Result<bool> {
 }
 
 /// Sends `state` to the notify socket `socket` (a path, or `@name` for an abstract one).
-pub fn notify_to(socket: &str, state: &str) -> io::Result<()> {
+pub(crate) fn notify_to(socket: &str, state: &str) -> io::Result<()> {
     let addr = match socket.strip_prefix('@') {
         Some(name) => SocketAddr::from_abstract_name(name.as_bytes())?,
         None => SocketAddr::from_pathname(socket)?,

@@ -155,7 +155,7 @@ pub fn run(global: &Global, command: Command) -> Result<i32> {
                 match rt.delete(&name, force) {
                     Ok(()) => println!("{name}"),
                     Err(e) => {
-                        eprintln!("warren: {name}: {e}");
+                        eprintln!("warren: {name}: {}", warren::error_line(&e));
                         code = 1;
                     }
                 }
@@ -320,7 +320,7 @@ pub fn run_image(global: &Global, args: &RunImageArgs, detach: bool, tty: bool) 
     drop(handle);
     if args.rm {
         if let Err(e) = rt.delete(&name, true) {
-            eprintln!("warren: remove {name}: {e}");
+            eprintln!("warren: remove {name}: {}", warren::error_line(&e));
         }
     }
     Ok(warren::container::exit_code(status?))

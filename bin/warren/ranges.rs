@@ -143,7 +143,7 @@ fn check(global: &Global) -> anyhow::Result<i32> {
         Pool::rootless(&host, DEFAULT_BLOCK)
     } {
         Ok(p) => (p, None),
-        Err(e) => (Pool::none(), Some(e.to_string())),
+        Err(e) => (Pool::none(), Some(warren::error_line(&e))),
     };
     let reservations = Allocator::open(warren::dirs::state_dir(), Pool::none())?.list()?;
     let problems = pool::check_reservations(&reservations, &pool, &host, root);

@@ -56,7 +56,7 @@ fn cleanup(dir: state::Dir, record: Option<&Record>, pidfd: Option<OwnedFd>) -> 
                     serde_json::to_vec(&State::of(r, ContainerState::Stopped)).unwrap_or_default();
                 // Poststop hook failures are logged, not fatal (the spec says so).
                 if let Err(e) = hooks::run_all("poststop", h.poststop().as_ref(), &state) {
-                    tracing::warn!("{e}");
+                    tracing::warn!("{}", crate::error_line(&e));
                 }
             }
         }

@@ -29,9 +29,10 @@ pub enum Error {
     UnknownSignal(String),
     #[error("user namespace: {0}")]
     UserNamespace(String),
-    #[error("container init failed: {what}: {errno}")]
+    #[error("container init failed: {what}")]
     Init {
         what: String,
+        #[source]
         errno: nix::errno::Errno,
     },
     #[error("container init died during {0}")]
@@ -45,7 +46,7 @@ pub enum Error {
     },
     #[error("corrupt state {file}: {reason}")]
     Corrupt { file: PathBuf, reason: String },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]

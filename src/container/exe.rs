@@ -42,7 +42,7 @@ const SEALS: libc::c_int =
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExeError {
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: &'static str,
         #[source]
@@ -82,7 +82,7 @@ pub struct Exe {
 
 /// Inspects the running binary (the inode that runs, not a path to it). It need not be
 /// readable (a root-owned 0711 binary run by a rootless user).
-pub fn inspect() -> Result<Exe, ExeError> {
+pub(crate) fn inspect() -> Result<Exe, ExeError> {
     let exe = std::path::Path::new("/proc/self/exe");
     let meta = std::fs::metadata(exe).map_err(io("stat /proc/self/exe"))?;
     let path = std::fs::read_link(exe).unwrap_or_default();
@@ -115,9 +115,9 @@ pub fn inspect() -> Result<Exe, ExeError> {
 }
 
 /// [`inspect`] once per process (the answer only changes with an execve).
-pub fn current() -> Result<&'static Exe, &'static str> {
+pub(crate) fn current() -> Result<&'static Exe, &'static str> {
     static EXE: OnceLock<Result<Exe, String>> = OnceLock::new();
-    EXE.get_or_init(|| inspect().map_err(|e| e.to_string()))
+    EXE.get_or_init(|| inspect().map_err(|e| crate::error_line(&e)))
         .as_ref()
         .map_err(String::as_str)
 }
@@ -127,7 +127,7 @@ pub fn current() -> Result<&'static Exe, &'static str> {
 /// for writing: it is sealed, or its owner is not mapped (so no container process is its
 /// owner or holds a capability over it) and no group or other write bit is set (a
 /// process in a user namespace may keep unmapped supplementary groups).
-pub fn unreachable(exe: &Exe, uid_ranges: Option<&[(u32, u32)]>) -> bool {
+pub(crate) fn unreachable(exe: &Exe, uid_ranges: Option<&[(u32, u32)]>) -> bool {
     if exe.protection != Protection::None {
         return true;
     }

@@ -17,18 +17,18 @@
 //! [`Container::create`] and [`Container::exec`] refuse otherwise. An exec'd process gets
 //! the container's seccomp filter, cgroups and the process's limits before it runs.
 
-pub mod caps;
+pub(crate) mod caps;
 mod child;
 mod create;
 mod delete;
 mod error;
 pub mod exe;
 mod exec;
-pub mod hooks;
-pub mod init;
+pub(crate) mod hooks;
+pub(crate) mod init;
 mod process;
 mod protocol;
-pub mod rootfs;
+pub(crate) mod rootfs;
 mod spawn;
 pub mod spec;
 pub mod state;
@@ -260,5 +260,7 @@ impl Container {
     }
 }
 
+#[doc(hidden)]
 pub mod cgroup;
+#[doc(hidden)]
 pub mod seccomp;

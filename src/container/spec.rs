@@ -34,7 +34,7 @@ pub fn parse(text: &[u8]) -> Result<Spec, ConfigError> {
 }
 
 /// Semantic checks serde cannot do.
-pub fn validate(spec: &Spec) -> Result<(), ConfigError> {
+pub(crate) fn validate(spec: &Spec) -> Result<(), ConfigError> {
     let process = spec
         .process()
         .as_ref()
@@ -111,7 +111,7 @@ pub fn validate(spec: &Spec) -> Result<(), ConfigError> {
 }
 
 /// The rootfs path of `spec`, relative paths taken from `bundle`.
-pub fn rootfs_path(spec: &Spec, bundle: &Path) -> PathBuf {
+pub(crate) fn rootfs_path(spec: &Spec, bundle: &Path) -> PathBuf {
     let root = spec
         .root()
         .as_ref()

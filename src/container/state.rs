@@ -47,11 +47,11 @@ pub struct Record {
     pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
-pub const STATE_FILE: &str = "state.json";
-pub const FIFO: &str = "exec.fifo";
+pub(crate) const STATE_FILE: &str = "state.json";
+pub(crate) const FIFO: &str = "exec.fifo";
 
 /// A locked container directory.
-pub struct Dir {
+pub(crate) struct Dir {
     pub path: PathBuf,
     lock: File,
 }
@@ -62,7 +62,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 /// Container IDs are one path component of letters, digits and `_+-.`.
-pub fn check_id(id: &str) -> Result<(), Error> {
+pub(crate) fn check_id(id: &str) -> Result<(), Error> {
     let ok = !id.is_empty()
         && id.len() <= 1024
         && id != "."
@@ -204,7 +204,7 @@ fn flock(f: &File, op: libc::c_int) -> std::io::Result<()> {
 
 /// The start time (field 22 of `/proc/PID/stat`) and whether the process is a zombie;
 /// `None` when there is no such process.
-pub fn proc_start(pid: i32) -> Option<(u64, bool)> {
+pub(crate) fn proc_start(pid: i32) -> Option<(u64, bool)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields follow the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];

@@ -39,7 +39,7 @@ impl Maps {
         if crate::dirs::is_root() {
             return Maps::plan_for(None, None, uid, gid);
         }
-        let host = Host::current().map_err(|e| Error::UserNamespace(e.to_string()))?;
+        let host = Host::current().map_err(|e| Error::UserNamespace(crate::error_line(&e)))?;
         Maps::plan_for(Some(&host), crate::idmap::userns::helpers(), uid, gid)
     }
 

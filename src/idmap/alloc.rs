@@ -30,9 +30,9 @@ pub struct Reservation {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AllocError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("{path} is corrupt: {source}")]
+    #[error("{path} is corrupt")]
     Corrupt {
         path: PathBuf,
         source: serde_json::Error,

@@ -5,7 +5,7 @@
 //! carry ids ([`xattr`]).
 
 pub mod alloc;
-pub mod meta;
+pub(crate) mod meta;
 pub mod pool;
 pub mod range;
 pub mod shift;

@@ -9,7 +9,7 @@
 //! shifted after it. Entries already owned right cost the `statx` only, so a second run
 //! changes nothing. Directories are walked in parallel (rayon).
 
-pub use super::meta::{Meta, set_meta_at};
+pub(crate) use super::meta::{Meta, set_meta_at};
 use super::range::{RangeError, Shift};
 use super::xattr::{self, XattrError};
 use crate::sys;
@@ -81,7 +81,7 @@ pub struct ShiftReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShiftError {
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {path}")]
     Open {
         path: PathBuf,
         source: std::io::Error,
@@ -95,7 +95,7 @@ pub enum ShiftError {
 /// Why one entry could not be shifted (goes into [`Failure::error`]).
 #[derive(Debug, thiserror::Error)]
 enum EntryError {
-    #[error("{call}: {source}")]
+    #[error("{call}")]
     Io {
         call: &'static str,
         source: io::Error,
@@ -428,7 +428,7 @@ impl Walker<'_> {
             Err(EntryError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
                 return None;
             }
-            Err(e) => self.fail(path(), e),
+            Err(e) => self.fail(path(), crate::error_line(&e)),
         }
         Some(stx)
     }

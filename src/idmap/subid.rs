@@ -18,7 +18,7 @@ pub const POOL_OWNER: &str = "warren";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubidError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path} line {line}: {reason} (expected NAME_OR_UID:START:COUNT)")]
     Syntax {

@@ -36,7 +36,7 @@ pub enum UsernsError {
     },
     #[error("mapping subordinate ids needs newuidmap and newgidmap: apt-get install uidmap")]
     NoHelpers,
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io { what: String, source: io::Error },
     #[error("{tool} {pid}: {stderr}")]
     Helper {

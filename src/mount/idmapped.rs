@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdmapError {
-    #[error("cannot create a user namespace for the id mapping {map}: {source}")]
+    #[error("cannot create a user namespace for the id mapping {map}")]
     Userns {
         map: String,
         source: Box<UsernsError>,
     },
-    #[error("cannot clone the mount of {path}: {source}")]
+    #[error("cannot clone the mount of {path}")]
     Clone { path: PathBuf, source: io::Error },
-    #[error("the kernel refuses an idmapped mount of {path}: {source}")]
+    #[error("the kernel refuses an idmapped mount of {path}")]
     Setattr { path: PathBuf, source: io::Error },
 }
 

@@ -3,7 +3,7 @@
 //! and the one API over them ([`shifted`]).
 
 pub mod copy;
-pub mod idmapped;
+pub(crate) mod idmapped;
 pub mod overlay;
 pub mod rootless;
 pub mod shifted;

@@ -41,22 +41,22 @@ pub struct Overlay {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OverlayError {
-    #[error("overlayfs is not available: {source}")]
+    #[error("overlayfs is not available")]
     Open { source: io::Error },
-    #[error("overlay option {key}={value} refused: {source}{}", log_suffix(.log))]
+    #[error("overlay option {key}={value} refused{}", log_suffix(.log))]
     Option {
         key: String,
         value: String,
         source: io::Error,
         log: String,
     },
-    #[error("overlay with upper {upper} refused: {source}{}", log_suffix(.log))]
+    #[error("overlay with upper {upper} refused{}", log_suffix(.log))]
     Create {
         upper: PathBuf,
         source: io::Error,
         log: String,
     },
-    #[error("cannot attach the overlay at {target}: {source}")]
+    #[error("cannot attach the overlay at {target}")]
     Attach { target: PathBuf, source: io::Error },
 }
 

@@ -151,7 +151,7 @@ fn talk(
         FromHelper::Done { .. } => return Err(failed("answered before the maps".into())),
     }
     maps.write(child.id() as i32)
-        .map_err(|e| RootlessError::Userns(e.to_string()))?;
+        .map_err(|e| RootlessError::Userns(crate::error_line(&e)))?;
     protocol::send(&mut to, &ToHelper::Go).map_err(gone)?;
     drop(to);
     match answer(&mut from)? {
@@ -194,7 +194,7 @@ fn block_maps(
             block: shift,
             lines,
         },
-        e => RootlessError::Userns(e.to_string()),
+        e => RootlessError::Userns(crate::error_line(&e)),
     })
 }
 

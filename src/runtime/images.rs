@@ -17,7 +17,7 @@ pub enum ImageError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Busybox(#[from] crate::store::busybox::BusyboxError),
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         what: &'static str,
         path: PathBuf,
@@ -124,13 +124,13 @@ impl ImageCache {
 pub const DEFAULT_IMAGE: &str = "busybox";
 
 /// True for the names that mean the embedded default image.
-pub fn is_default(name: &str) -> bool {
+pub(crate) fn is_default(name: &str) -> bool {
     name == DEFAULT_IMAGE || name == "busybox:latest"
 }
 
 /// Imports the embedded default image into `store`, streamed from the host's static
 /// busybox with nothing written outside the store.
-pub fn import_default(store: &Store) -> Result<(), ImageError> {
+pub(crate) fn import_default(store: &Store) -> Result<(), ImageError> {
     use crate::store::busybox;
     busybox::import(store, DEFAULT_IMAGE, Path::new(busybox::DEFAULT_BUSYBOX))?;
     Ok(())

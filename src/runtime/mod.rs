@@ -67,7 +67,7 @@ pub enum Error {
     Exists(String),
     #[error("no container named {0:?}")]
     NotFound(String),
-    #[error("container {name}: {source}")]
+    #[error("container {name}")]
     Config {
         name: String,
         source: spec::SpecError,
@@ -86,7 +86,7 @@ pub enum Error {
     Rootless(#[from] crate::mount::rootless::RootlessError),
     #[error(transparent)]
     Container(#[from] container::Error),
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         what: &'static str,
         path: PathBuf,

@@ -50,7 +50,7 @@ pub enum SpecError {
 }
 
 /// Builds the spec.
-pub fn build(
+pub(crate) fn build(
     name: &str,
     cfg: &ContainerConfig,
     image: &ImageConfig,

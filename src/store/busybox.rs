@@ -16,7 +16,7 @@ use crate::store::{Entry, ImageInfo, Kind, Store, Timestamp};
 /// Where Debian's `busybox-static` installs the binary.
 pub const DEFAULT_BUSYBOX: &str = "/bin/busybox";
 
-pub use crate::store::imageconfig::DEFAULT_PATH;
+pub(crate) use crate::store::imageconfig::DEFAULT_PATH;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusyboxError {

@@ -94,8 +94,38 @@ pub(crate) fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
         }
     }
     let names = store.names()?;
-    let mut uses: Vec<(&String, HashSet<ChunkId>)> = Vec::new();
-    for name in &names {
+    let uses = image_uses(store, &names, &on_disk, &mut problems);
+    let bad = bad_copies(store, &all, &copies);
+    let removed_chunks = report_bad(store, &all, &bad, repair, &mut problems)?;
+    let unusable: HashSet<ChunkId> = bad.iter().map(|b| b.id).collect();
+    let damaged_images = uses
+        .iter()
+        .filter(|(_, ids)| {
+            ids.iter()
+                .any(|id| !on_disk.contains(id) || unusable.contains(id))
+        })
+        .map(|(name, _)| name.to_string())
+        .collect();
+    Ok(VerifyReport {
+        images: names.len() as u64,
+        chunks: on_disk.len() as u64,
+        problems,
+        damaged_images,
+        removed_chunks,
+        removed_packs,
+    })
+}
+
+/// The chunks each readable image references; a problem for each unreadable index and
+/// for each referenced chunk the store does not hold.
+fn image_uses<'a>(
+    store: &Store,
+    names: &'a [String],
+    on_disk: &HashSet<ChunkId>,
+    problems: &mut Vec<Problem>,
+) -> Vec<(&'a String, HashSet<ChunkId>)> {
+    let mut uses = Vec::new();
+    for name in names {
         match store.index(name) {
             Ok(index) => {
                 let ids: HashSet<ChunkId> = index.chunks.iter().map(|c| c.id).collect();
@@ -119,8 +149,21 @@ pub(crate) fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
             }),
         }
     }
-    // (id, where, error, whether it was read and its bytes are bad)
-    let mut bad: Vec<(ChunkId, Stored, String, bool)> = copies
+    uses
+}
+
+/// A stored copy of a chunk that cannot be used.
+struct BadCopy {
+    id: ChunkId,
+    copy: Stored,
+    error: String,
+    /// It was read and its bytes are bad (not merely unreadable).
+    corrupt: bool,
+}
+
+/// Every copy that does not read back as its chunk, sorted by id (read in parallel).
+fn bad_copies(store: &Store, all: &chunks::Chunks, copies: &[(ChunkId, Stored)]) -> Vec<BadCopy> {
+    let mut bad: Vec<BadCopy> = copies
         .par_iter()
         .filter_map(|&(id, copy)| {
             let (data, shown) = match copy {
@@ -141,25 +184,42 @@ pub(crate) fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
                 Ok(data) => (chunks::decode(&id, 0, &data).err()?, true),
                 Err(e) => (e.to_string(), false),
             };
-            Some((id, copy, format!("{error} ({shown})"), corrupt))
+            Some(BadCopy {
+                id,
+                copy,
+                error: format!("{error} ({shown})"),
+                corrupt,
+            })
         })
         .collect();
-    bad.sort_by_key(|b| b.0);
+    bad.sort_by_key(|b| b.id);
+    bad
+}
+
+/// A problem for each bad copy; with `repair`, removes the corrupt ones (rewriting the
+/// packs that hold one). Returns the ids removed.
+fn report_bad(
+    store: &Store,
+    all: &chunks::Chunks,
+    bad: &[BadCopy],
+    repair: bool,
+    problems: &mut Vec<Problem>,
+) -> Result<Vec<String>> {
     let mut removed_chunks = Vec::new();
     let mut drop_from: Vec<HashSet<usize>> = vec![HashSet::new(); all.packs().len()];
-    for (id, copy, error, corrupt) in &bad {
+    for b in bad {
         problems.push(Problem {
-            object: format!("chunk {id}"),
-            error: error.clone(),
+            object: format!("chunk {}", b.id),
+            error: b.error.clone(),
         });
-        if repair && *corrupt {
-            match copy {
-                Stored::Loose => remove(&store.chunk_path(id))?,
+        if repair && b.corrupt {
+            match b.copy {
+                Stored::Loose => remove(&store.chunk_path(&b.id))?,
                 Stored::Packed(p, e) => {
-                    drop_from[*p].insert(*e);
+                    drop_from[p].insert(e);
                 }
             }
-            removed_chunks.push(id.to_string());
+            removed_chunks.push(b.id.to_string());
         }
     }
     for (pack, dropped) in all.packs().iter().zip(&drop_from) {
@@ -173,23 +233,7 @@ pub(crate) fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
     if repair {
         pack::update_list(&store.packs_dir())?;
     }
-    let unusable: HashSet<ChunkId> = bad.iter().map(|b| b.0).collect();
-    let damaged_images = uses
-        .iter()
-        .filter(|(_, ids)| {
-            ids.iter()
-                .any(|id| !on_disk.contains(id) || unusable.contains(id))
-        })
-        .map(|(name, _)| name.to_string())
-        .collect();
-    Ok(VerifyReport {
-        images: names.len() as u64,
-        chunks: on_disk.len() as u64,
-        problems,
-        damaged_images,
-        removed_chunks,
-        removed_packs,
-    })
+    Ok(removed_chunks)
 }
 
 fn remove(p: &Path) -> Result<()> {

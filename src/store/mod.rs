@@ -19,24 +19,30 @@
 //! STORE/images/NAME/TAG.idx        NAME may hold `/` (docker.io/library/debian)
 //! ```
 
-pub mod archive;
+pub(crate) mod archive;
+#[doc(hidden)]
 pub mod bcj;
 pub mod busybox;
+#[doc(hidden)]
 pub mod chunker;
+#[doc(hidden)]
 pub mod chunks;
+#[doc(hidden)]
 pub mod compress;
-pub mod extract;
-pub mod format;
-pub mod gc;
-pub mod imageconfig;
+pub(crate) mod extract;
+pub(crate) mod format;
+pub(crate) mod gc;
+pub(crate) mod imageconfig;
 mod images;
+#[doc(hidden)]
 pub mod index;
 mod name;
 pub mod oci;
+#[doc(hidden)]
 pub mod pack;
 #[cfg(feature = "remote")]
 pub mod remote;
-pub mod writer;
+pub(crate) mod writer;
 
 use std::fs::{self, File};
 use std::io;

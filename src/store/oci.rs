@@ -7,18 +7,21 @@
 //! hostile or corrupt archive fails before the image is committed, so the store never
 //! lists it. The OCI image config travels as the image's config blob ([`ImageConfig`]).
 
+#[doc(hidden)]
 pub mod blob;
-pub mod export;
+pub(crate) mod export;
+#[doc(hidden)]
 pub mod guard;
+#[doc(hidden)]
 pub mod layer;
-pub mod source;
+pub(crate) mod source;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use crate::store::{Entry, ImageInfo, Kind, Store, StoreError, Timestamp};
+use crate::store::{Entry, ImageInfo, ImageWriter, Kind, Store, StoreError, Timestamp};
 
 pub use super::imageconfig::{go_arch, minimal_config};
 pub use export::export;
@@ -144,29 +147,7 @@ pub fn import_layers(
     config: Vec<u8>,
     opts: &ImportOptions,
 ) -> Result<ImageInfo, OciError> {
-    let allow_devices = opts.allow_devices.unwrap_or_else(crate::dirs::is_root);
-
-    // Pass 1: headers only, every digest checked.
-    let mut tree = layer::Tree::new(opts.limits, allow_devices);
-    for (i, b) in layers.iter().enumerate() {
-        let read = || -> Result<Vec<layer::Header>, OciError> {
-            let io = |e| layer_err(i, b)(layer::LayerError::Tar(e));
-            let (mut opened, raw) = blob::open(b, true).map_err(io)?;
-            let headers = {
-                let mut archive = guard::Archive::new(&mut opened.tar);
-                layer::read_headers(&mut archive, &opts.limits).map_err(layer_err(i, b))?
-            };
-            blob::verify(b, opened, raw)?;
-            Ok(headers)
-        };
-        // A corrupt blob fails in many ways; its digest is the root cause to report.
-        let headers = read().map_err(|e| match blob::check_raw(b) {
-            Err(mismatch) => OciError::Verify(mismatch),
-            Ok(()) => e,
-        })?;
-        tree.apply_layer(i, &headers).map_err(layer_err(i, b))?;
-    }
-    let plan = tree.finish(layers.len());
+    let plan = plan_layers(layers, opts)?;
     for w in &plan.warnings {
         tracing::warn!("{name}: {w}");
     }
@@ -197,43 +178,7 @@ pub fn import_layers(
         .map(|(p, n)| (p.as_slice(), n))
         .collect();
     for (i, b) in layers.iter().enumerate() {
-        let wanted = &plan.content[i];
-        if wanted.is_empty() {
-            continue;
-        }
-        let io = |e| layer_err(i, b)(layer::LayerError::Tar(e));
-        let (mut opened, _) = blob::open(b, false).map_err(io)?;
-        let mut archive = guard::Archive::new(&mut opened.tar);
-        let mut left = wanted.len();
-        for (index, e) in archive.entries().map_err(io)?.enumerate() {
-            let mut e = e.map_err(io)?;
-            let Some(path) = wanted.get(&index) else {
-                continue;
-            };
-            let Some(node) = files.get(path.as_slice()) else {
-                continue;
-            };
-            let NodeKind::File { size, .. } = node.kind else {
-                continue;
-            };
-            if e.size() != size {
-                return Err(OciError::Changed {
-                    name: b.name.clone(),
-                    what: format!("size of member {index}"),
-                });
-            }
-            writer.add(entry(path, Kind::File { size }, &node.meta), Some(&mut e))?;
-            left -= 1;
-            if left == 0 {
-                break;
-            }
-        }
-        if left > 0 {
-            return Err(OciError::Changed {
-                name: b.name.clone(),
-                what: format!("{left} members missing"),
-            });
-        }
+        add_files(&mut writer, i, b, &plan.content[i], &files)?;
     }
     for (path, target) in &plan.hardlinks {
         let meta = files
@@ -252,6 +197,80 @@ pub fn import_layers(
         )?;
     }
     Ok(writer.commit(name, Some(config))?)
+}
+
+/// Pass 1 of [`import_layers`]: every layer's headers (each blob's digest checked) merged
+/// into the final tree.
+fn plan_layers(layers: &[blob::Blob], opts: &ImportOptions) -> Result<layer::Plan, OciError> {
+    let allow_devices = opts.allow_devices.unwrap_or_else(crate::dirs::is_root);
+    let mut tree = layer::Tree::new(opts.limits, allow_devices);
+    for (i, b) in layers.iter().enumerate() {
+        let read = || -> Result<Vec<layer::Header>, OciError> {
+            let io = |e| layer_err(i, b)(layer::LayerError::Tar(e));
+            let (mut opened, raw) = blob::open(b, true).map_err(io)?;
+            let headers = {
+                let mut archive = guard::Archive::new(&mut opened.tar);
+                layer::read_headers(&mut archive, &opts.limits).map_err(layer_err(i, b))?
+            };
+            blob::verify(b, opened, raw)?;
+            Ok(headers)
+        };
+        // A corrupt blob fails in many ways; its digest is the root cause to report.
+        let headers = read().map_err(|e| match blob::check_raw(b) {
+            Err(mismatch) => OciError::Verify(mismatch),
+            Ok(()) => e,
+        })?;
+        tree.apply_layer(i, &headers).map_err(layer_err(i, b))?;
+    }
+    Ok(tree.finish(layers.len()))
+}
+
+/// Pass 2 for layer `i`: adds the files of `b` the plan keeps (`wanted`: member index to
+/// path), which must be the members pass 1 saw.
+fn add_files(
+    writer: &mut ImageWriter,
+    i: usize,
+    b: &blob::Blob,
+    wanted: &HashMap<usize, Vec<u8>>,
+    files: &BTreeMap<&[u8], &layer::Node>,
+) -> Result<(), OciError> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let io = |e| layer_err(i, b)(layer::LayerError::Tar(e));
+    let (mut opened, _) = blob::open(b, false).map_err(io)?;
+    let mut archive = guard::Archive::new(&mut opened.tar);
+    let mut left = wanted.len();
+    for (index, e) in archive.entries().map_err(io)?.enumerate() {
+        let mut e = e.map_err(io)?;
+        let Some(path) = wanted.get(&index) else {
+            continue;
+        };
+        let Some(node) = files.get(path.as_slice()) else {
+            continue;
+        };
+        let NodeKind::File { size, .. } = node.kind else {
+            continue;
+        };
+        if e.size() != size {
+            return Err(OciError::Changed {
+                name: b.name.clone(),
+                what: format!("size of member {index}"),
+            });
+        }
+        writer.add(entry(path, Kind::File { size }, &node.meta), Some(&mut e))?;
+        left -= 1;
+        if left == 0 {
+            break;
+        }
+    }
+    if left > 0 {
+        return Err(OciError::Changed {
+            name: b.name.clone(),
+            what: format!("{left} members missing"),
+        });
+    }
+    Ok(())
 }
 
 /// Imports one tar stream (plain, gzip or zstd) read once, front to back: the whole

@@ -267,7 +267,7 @@ pub fn pull(
         url: index_url.clone(),
         reason: e.to_string(),
     })?;
-    let fetched_bytes = AtomicU64::new(data.len() as u64);
+    let index_bytes = data.len() as u64;
 
     // Hold the store's shared lock: a gc must not remove chunks this index will need.
     let _lock = local.lock(false)?;
@@ -301,9 +301,44 @@ pub fn pull(
     let batches = batches(&missing, &packs);
 
     // Fetch, verify, append to a new pack; publish only when every chunk is good.
-    let next = AtomicUsize::new(0);
     let pack = pack::PackWriter::new(&local.packs_dir());
     pack.set_writeback(true);
+    // On an error, dropping the pack writer unfinished removes its temporary file.
+    let (fetched_bytes, fetched_chunks) = fetch_batches(&client, &base, &batches, &pack, opts)?;
+    let written = pack.written();
+    let new_packs = pack.finish()?;
+    let bytes = if index.name == local_name {
+        data
+    } else {
+        index.name = local_name.clone();
+        index.encode()
+    };
+    if let Err(e) = publish(local, &new_packs, written, &index_path, &bytes) {
+        for (tmp, _) in &new_packs {
+            let _ = fs::remove_file(tmp);
+        }
+        return Err(e.into());
+    }
+    Ok(PullReport {
+        name: local_name,
+        chunks: wanted.len() as u64,
+        fetched_chunks,
+        fetched_bytes: index_bytes + fetched_bytes,
+        retries: client.retries.into_inner(),
+    })
+}
+
+/// Fetches `batches` with `opts.jobs` threads into `pack`, stopping at the first error.
+/// Returns the bytes and chunks fetched.
+fn fetch_batches(
+    client: &Client,
+    base: &str,
+    batches: &[Batch],
+    pack: &pack::PackWriter,
+    opts: &PullOptions,
+) -> Result<(u64, u64), RemoteError> {
+    let next = AtomicUsize::new(0);
+    let fetched_bytes = AtomicU64::new(0);
     let fetched_chunks = AtomicU64::new(0);
     let failure: Mutex<Option<RemoteError>> = Mutex::new(None);
     let limit = (chunker::MAX_SIZE as u64) * 2 + 4096;
@@ -317,7 +352,7 @@ pub fn pull(
                     let Some(batch) = batches.get(next.fetch_add(1, Ordering::Relaxed)) else {
                         return;
                     };
-                    match fetch_batch(&client, &base, &pack, batch, limit) {
+                    match fetch_batch(client, base, pack, batch, limit) {
                         Ok(done) => {
                             for (n, len) in done {
                                 fetched_bytes.fetch_add(n, Ordering::Relaxed);
@@ -340,47 +375,34 @@ pub fn pull(
             });
         }
     });
-    // Dropping the pack writer unfinished removes its temporary file.
     if let Some(e) = failure.into_inner().unwrap_or(None) {
         return Err(e);
     }
-    let bytes = pack.written();
-    let new_packs = pack.finish()?;
-    let publish = || -> Result<(), StoreError> {
-        let durability = chunks::Durability::for_sync(bytes, crate::sys::dirty_bytes());
-        chunks::publish(&new_packs, durability)?;
-        if !new_packs.is_empty() {
-            pack::update_list(&local.packs_dir())?;
-        }
-        if let Some(parent) = index_path.parent() {
-            fs::create_dir_all(parent).map_err(|e| StoreError::Io {
-                path: parent.to_path_buf(),
-                err: e,
-            })?;
-        }
-        let bytes = if index.name == local_name {
-            data
-        } else {
-            index.name = local_name.clone();
-            index.encode()
-        };
-        crate::atomic::write(&index_path, &bytes).map_err(|e| StoreError::Io {
-            path: index_path.clone(),
-            err: e,
-        })
-    };
-    if let Err(e) = publish() {
-        for (tmp, _) in &new_packs {
-            let _ = fs::remove_file(tmp);
-        }
-        return Err(e.into());
+    Ok((fetched_bytes.into_inner(), fetched_chunks.into_inner()))
+}
+
+/// Publishes the fetched packs (`written` bytes), then the index `bytes` at `index_path`.
+fn publish(
+    local: &Store,
+    new_packs: &[(PathBuf, PathBuf)],
+    written: u64,
+    index_path: &Path,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    let durability = chunks::Durability::for_sync(written, crate::sys::dirty_bytes());
+    chunks::publish(new_packs, durability)?;
+    if !new_packs.is_empty() {
+        pack::update_list(&local.packs_dir())?;
     }
-    Ok(PullReport {
-        name: local_name,
-        chunks: wanted.len() as u64,
-        fetched_chunks: fetched_chunks.into_inner(),
-        fetched_bytes: fetched_bytes.into_inner(),
-        retries: client.retries.into_inner(),
+    if let Some(parent) = index_path.parent() {
+        fs::create_dir_all(parent).map_err(|e| StoreError::Io {
+            path: parent.to_path_buf(),
+            err: e,
+        })?;
+    }
+    crate::atomic::write(index_path, bytes).map_err(|e| StoreError::Io {
+        path: index_path.to_path_buf(),
+        err: e,
     })
 }
 

@@ -55,21 +55,22 @@ pub const DEFAULT_ROOT: &str = "/sys/fs/cgroup";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("cgroup {controller}: {}: {source}", path.display())]
+    #[error("cgroup {controller}: {}: writing {value:?}", path.display())]
     Write {
         controller: String,
         path: PathBuf,
+        value: String,
         source: io::Error,
     },
     #[error("cgroup {controller}: {message}")]
     Unsupported { controller: String, message: String },
-    #[error("cgroup: cannot create {}: {source}{hint}", path.display())]
+    #[error("cgroup: cannot create {}{hint}", path.display())]
     Create {
         path: PathBuf,
         source: io::Error,
         hint: &'static str,
     },
-    #[error("cgroup: {}: {source}", path.display())]
+    #[error("cgroup: {}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error("cgroup: invalid path {path:?}: {message}")]
     Path { path: String, message: &'static str },
@@ -161,7 +162,7 @@ impl Cgroup {
                 dirs,
             },
             Err(e) if settings.is_empty() => {
-                tracing::debug!("running without a cgroup: {e}");
+                tracing::debug!("running without a cgroup: {}", crate::error_line(&e));
                 return Ok(noop);
             }
             Err(e) => return Err(e),
@@ -323,7 +324,8 @@ impl Cgroup {
             std::fs::write(&path, &s.value).map_err(|source| CgroupError::Write {
                 controller: s.controller.into(),
                 path: path.clone(),
-                source: io::Error::new(source.kind(), format!("writing {:?}: {source}", s.value)),
+                value: s.value.clone(),
+                source,
             })?;
         }
         Ok(())

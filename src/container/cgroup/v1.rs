@@ -66,7 +66,11 @@ pub(super) fn make(root: &Path, path: &Path) -> Result<Vec<PathBuf>, CgroupError
             // A hierarchy of no controller (a named or the hybrid's cgroup2 one) it cannot
             // join is left out: the container's cgroup mount shows only those it joined.
             Err(e) if controller.is_empty() => {
-                tracing::debug!("cgroup hierarchy {} left out: {e}", hierarchy.display());
+                tracing::debug!(
+                    "cgroup hierarchy {} left out: {}",
+                    hierarchy.display(),
+                    crate::error_line(&e)
+                );
                 let _ = std::fs::remove_dir(&dir);
             }
             Err(e) => {

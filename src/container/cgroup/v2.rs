@@ -54,6 +54,7 @@ fn enable(dir: &Path, controller: &str) -> Result<(), CgroupError> {
     std::fs::write(&subtree, format!("+{controller}")).map_err(|source| CgroupError::Write {
         controller: controller.into(),
         path: subtree,
+        value: format!("+{controller}"),
         source,
     })
 }

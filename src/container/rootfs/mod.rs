@@ -17,4 +17,6 @@ mod plan;
 mod tests;
 
 pub use options::propagation_flag;
-pub use plan::{Cgroups, Inside, PathError, Plan};
+pub(crate) use plan::{Cgroups, Plan};
+#[cfg(test)]
+pub(crate) use plan::{Inside, PathError};

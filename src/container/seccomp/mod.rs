@@ -32,9 +32,9 @@ pub use profile::{default_profile, parse_profile};
 pub enum SeccompError {
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
-    #[error("linux.seccomp: {0}")]
+    #[error("linux.seccomp")]
     Json(#[from] serde_json::Error),
-    #[error("linux.seccomp: seccompiler: {0}")]
+    #[error("linux.seccomp: seccompiler")]
     Backend(#[from] seccompiler::BackendError),
 }
 

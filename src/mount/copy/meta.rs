@@ -12,9 +12,9 @@ use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
-    #[error("cannot copy {path}: {source}")]
+    #[error("cannot copy {path}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("cannot shift {path}: {source}")]
+    #[error("cannot shift {path}")]
     Shift {
         path: PathBuf,
         source: xattr::XattrError,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// protocol end early).
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("the rootless helper's channel: {0}")]
+    #[error("the rootless helper's channel")]
     Channel(#[from] io::Error),
     #[error("the rootless helper got {0} where it expected {1}")]
     Unexpected(&'static str, &'static str),
@@ -47,7 +47,7 @@ pub fn main() -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("warren: {e}");
+            eprintln!("warren: {}", crate::error_line(&e));
             1
         }
     }
@@ -109,11 +109,11 @@ fn work(request: &Request, shift: Shift) -> Result<u64, String> {
         Request::Extract { store, image, dest } => {
             let store_dir = absolute(store.to_path_buf())?;
             let dest = absolute(dest.to_path_buf())?;
-            let store = Store::open(&store_dir).map_err(|e| e.to_string())?;
+            let store = Store::open(&store_dir).map_err(|e| crate::error_line(&e))?;
             store
                 .extract(image, &dest, &ExtractOptions::default())
                 .map(|r| r.entries)
-                .map_err(|e| e.to_string())
+                .map_err(|e| crate::error_line(&e))
         }
         Request::Remove { paths } => {
             for path in paths {
@@ -124,7 +124,7 @@ fn work(request: &Request, shift: Shift) -> Result<u64, String> {
         Request::ApplyPlan { tmp, view, plan } => {
             let (tmp, view) = (absolute(tmp.to_path_buf())?, absolute(view.to_path_buf())?);
             let applied = copy::apply_plan(&tmp, plan, inside, shift)
-                .map_err(|e| e.to_string())
+                .map_err(|e| crate::error_line(&e))
                 .and_then(|n| {
                     std::fs::rename(&tmp, &view)
                         .map(|()| n)

@@ -19,8 +19,8 @@ mod record;
 mod spec;
 mod view;
 
-pub use checks::is_mountpoint;
-pub use record::RECORD;
+pub(crate) use checks::is_mountpoint;
+pub(crate) use record::RECORD;
 pub use spec::{Attempt, DENY_ENV, Method, MountError, MountReport, MountSpec, denied_from_env};
 pub use view::{unmount, views_dir};
 
@@ -93,7 +93,7 @@ pub fn mount_with_progress(
             Err(e) if spec.method.is_none() && record.is_none() && e.falls_back() => {
                 refused.push(Attempt {
                     method,
-                    error: e.to_string(),
+                    error: crate::error_line(&e),
                 });
             }
             Err(e) => return Err(e),

@@ -123,9 +123,9 @@ pub enum MountError {
     UnknownMethod(String),
     #[error("no lower layer given")]
     NoLower,
-    #[error("lower layer {path}: {source}")]
+    #[error("lower layer {path}")]
     Lower { path: PathBuf, source: io::Error },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
     #[error(
         "{path} is already a mount point (a view an interrupted run left there goes with `shift-mount --unmount {path}`)"
@@ -183,7 +183,7 @@ pub enum MountError {
     Idmap(#[from] IdmapError),
     #[error(transparent)]
     Copy(#[from] CopyError),
-    #[error("shifting {path}: {source}")]
+    #[error("shifting {path}")]
     Shift { path: PathBuf, source: ShiftError },
     #[error("shifting {path}: {count} entries failed, first: {first}")]
     ShiftFailures {
@@ -191,9 +191,9 @@ pub enum MountError {
         count: usize,
         first: String,
     },
-    #[error("rootless copy: {0}")]
-    Rootless(Box<RootlessError>),
-    #[error("cannot unmount {path}: {source}")]
+    #[error("rootless copy")]
+    Rootless(#[source] Box<RootlessError>),
+    #[error("cannot unmount {path}")]
     Unmount { path: PathBuf, source: io::Error },
 }
 

@@ -6,7 +6,8 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use crate::store::{Index, Kind, Store, chunks};
+use crate::store::index::Record;
+use crate::store::{Entry, Index, Kind, Store, chunks};
 
 use super::OciError;
 use super::blob::{Digest, Hasher};
@@ -90,108 +91,118 @@ pub fn write_tar(store: &Store, index: &Index, out: impl Write) -> Result<(), Oc
     let mut content = Content::new(store.chunks()?, index);
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Complete);
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| OciError::Io {
-            path: p,
-            err: source,
-        }
-    };
     // Hardlinks last: a link must come after the file it names, wherever that sorts.
     let (links, others): (Vec<_>, Vec<_>) = index
         .records
         .iter()
         .partition(|r| matches!(r.entry.kind, Kind::Hardlink { .. }));
     for record in others.into_iter().chain(links) {
-        let e = &record.entry;
-        let mut name = PathBuf::from(".");
-        name.push(&e.path);
-        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
-        for (k, v) in &e.xattrs {
-            pax.push((
-                format!("SCHILY.xattr.{}", String::from_utf8_lossy(k)),
-                v.clone(),
-            ));
-        }
-        if e.mtime.nsec != 0 {
-            pax.push((
-                "mtime".into(),
-                format!("{}.{:09}", e.mtime.sec, e.mtime.nsec).into_bytes(),
-            ));
-        }
-        if !pax.is_empty() {
-            tar.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-                .map_err(io(&e.path))?;
-        }
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(e.mode);
-        h.set_uid(u64::from(e.uid));
-        h.set_gid(u64::from(e.gid));
-        h.set_mtime(u64::try_from(e.mtime.sec).unwrap_or(0));
-        h.set_size(0);
-        match &e.kind {
-            Kind::File { size } => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(*size);
-                // Stream the bytes through a pipe-less adapter: a reader over the chunks.
-                let mut buf = Vec::with_capacity(usize::try_from(*size).unwrap_or(0).min(1 << 20));
-                if *size <= 8 << 20 {
-                    content.copy(record.offset, *size, &e.path, &mut buf)?;
-                    tar.append_data(&mut h, &name, buf.as_slice())
-                        .map_err(io(&e.path))?;
-                } else {
-                    let reader = ChunkReader {
-                        content: &mut content,
-                        offset: record.offset,
-                        left: *size,
-                        path: &e.path,
-                    };
-                    tar.append_data(&mut h, &name, reader)
-                        .map_err(io(&e.path))?;
-                }
-            }
-            Kind::Dir => {
-                h.set_entry_type(tar::EntryType::Directory);
-                tar.append_data(&mut h, &name, io::empty())
-                    .map_err(io(&e.path))?;
-            }
-            Kind::Symlink { target } => {
-                h.set_entry_type(tar::EntryType::Symlink);
-                tar.append_link(&mut h, &name, target)
-                    .map_err(io(&e.path))?;
-            }
-            Kind::Hardlink { target } => {
-                h.set_entry_type(tar::EntryType::Link);
-                let mut t = PathBuf::from(".");
-                t.push(target);
-                tar.append_link(&mut h, &name, &t).map_err(io(&e.path))?;
-            }
-            Kind::Char { rdev } | Kind::Block { rdev } => {
-                let char = matches!(e.kind, Kind::Char { .. });
-                h.set_entry_type(if char {
-                    tar::EntryType::Char
-                } else {
-                    tar::EntryType::Block
-                });
-                let (ma, mi) = (libc::major(*rdev), libc::minor(*rdev));
-                h.set_device_major(ma).map_err(io(&e.path))?;
-                h.set_device_minor(mi).map_err(io(&e.path))?;
-                tar.append_data(&mut h, &name, io::empty())
-                    .map_err(io(&e.path))?;
-            }
-            Kind::Fifo => {
-                h.set_entry_type(tar::EntryType::Fifo);
-                tar.append_data(&mut h, &name, io::empty())
-                    .map_err(io(&e.path))?;
-            }
-            // Tar has no sockets; like GNU tar, leave them out.
-            Kind::Socket => {}
-        }
+        append_record(&mut tar, &mut content, record)?;
     }
     tar.into_inner()
-        .map_err(io(Path::new("tar")))?
+        .map_err(io_at(Path::new("tar")))?
         .flush()
-        .map_err(io(Path::new("tar")))?;
+        .map_err(io_at(Path::new("tar")))?;
+    Ok(())
+}
+
+fn io_at(p: &Path) -> impl FnOnce(io::Error) -> OciError {
+    let p = p.to_path_buf();
+    move |err| OciError::Io { path: p, err }
+}
+
+/// The pax records of `e`: its xattrs, and its mtime when it has nanoseconds.
+fn pax_records(e: &Entry) -> Vec<(String, Vec<u8>)> {
+    let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+    for (k, v) in &e.xattrs {
+        pax.push((
+            format!("SCHILY.xattr.{}", String::from_utf8_lossy(k)),
+            v.clone(),
+        ));
+    }
+    if e.mtime.nsec != 0 {
+        pax.push((
+            "mtime".into(),
+            format!("{}.{:09}", e.mtime.sec, e.mtime.nsec).into_bytes(),
+        ));
+    }
+    pax
+}
+
+/// Appends one index record (its pax records, header and content) as `./PATH`.
+fn append_record<W: Write>(
+    tar: &mut tar::Builder<W>,
+    content: &mut Content<'_>,
+    record: &Record,
+) -> Result<(), OciError> {
+    let e = &record.entry;
+    let io = || io_at(&e.path);
+    let mut name = PathBuf::from(".");
+    name.push(&e.path);
+    let pax = pax_records(e);
+    if !pax.is_empty() {
+        tar.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .map_err(io())?;
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(e.mode);
+    h.set_uid(u64::from(e.uid));
+    h.set_gid(u64::from(e.gid));
+    h.set_mtime(u64::try_from(e.mtime.sec).unwrap_or(0));
+    h.set_size(0);
+    match &e.kind {
+        Kind::File { size } => {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(*size);
+            // Stream the bytes through a pipe-less adapter: a reader over the chunks.
+            let mut buf = Vec::with_capacity(usize::try_from(*size).unwrap_or(0).min(1 << 20));
+            if *size <= 8 << 20 {
+                content.copy(record.offset, *size, &e.path, &mut buf)?;
+                tar.append_data(&mut h, &name, buf.as_slice())
+                    .map_err(io())?;
+            } else {
+                let reader = ChunkReader {
+                    content,
+                    offset: record.offset,
+                    left: *size,
+                    path: &e.path,
+                };
+                tar.append_data(&mut h, &name, reader).map_err(io())?;
+            }
+        }
+        Kind::Dir => {
+            h.set_entry_type(tar::EntryType::Directory);
+            tar.append_data(&mut h, &name, io::empty()).map_err(io())?;
+        }
+        Kind::Symlink { target } => {
+            h.set_entry_type(tar::EntryType::Symlink);
+            tar.append_link(&mut h, &name, target).map_err(io())?;
+        }
+        Kind::Hardlink { target } => {
+            h.set_entry_type(tar::EntryType::Link);
+            let mut t = PathBuf::from(".");
+            t.push(target);
+            tar.append_link(&mut h, &name, &t).map_err(io())?;
+        }
+        Kind::Char { rdev } | Kind::Block { rdev } => {
+            let char = matches!(e.kind, Kind::Char { .. });
+            h.set_entry_type(if char {
+                tar::EntryType::Char
+            } else {
+                tar::EntryType::Block
+            });
+            let (ma, mi) = (libc::major(*rdev), libc::minor(*rdev));
+            h.set_device_major(ma).map_err(io())?;
+            h.set_device_minor(mi).map_err(io())?;
+            tar.append_data(&mut h, &name, io::empty()).map_err(io())?;
+        }
+        Kind::Fifo => {
+            h.set_entry_type(tar::EntryType::Fifo);
+            tar.append_data(&mut h, &name, io::empty()).map_err(io())?;
+        }
+        // Tar has no sockets; like GNU tar, leave them out.
+        Kind::Socket => {}
+    }
     Ok(())
 }
 
@@ -297,13 +308,6 @@ fn put_blob(dir: &Path, data: &[u8]) -> Result<(Digest, u64), OciError> {
 }
 
 fn write_layout(store: &Store, index: &Index, dir: &Path, tag: &str) -> Result<String, OciError> {
-    let io_at = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| OciError::Io {
-            path: p,
-            err: source,
-        }
-    };
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).map_err(io_at(&blobs))?;
     let layout = dir.join("oci-layout");
@@ -311,8 +315,29 @@ fn write_layout(store: &Store, index: &Index, dir: &Path, tag: &str) -> Result<S
         crate::atomic::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)
             .map_err(io_at(&layout))?;
     }
+    let (layer, layer_size) = write_layer(store, index, dir, &blobs)?;
+    let config = layout_config(index, &layer)?;
+    let (config_digest, config_size) = put_blob(dir, &config)?;
 
-    // The layer: an uncompressed tar (its digest is its diff id), hashed while written.
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.to_string(), "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.to_string(), "size": layer_size}],
+    });
+    let manifest = serde_json::to_vec(&manifest).unwrap_or_default();
+    let (manifest_digest, manifest_size) = put_blob(dir, &manifest)?;
+    tag_manifest(dir, tag, &manifest_digest, manifest_size)?;
+    Ok(manifest_digest.to_string())
+}
+
+/// The layer blob: an uncompressed tar (its digest is its diff id), hashed while written.
+fn write_layer(
+    store: &Store,
+    index: &Index,
+    dir: &Path,
+    blobs: &Path,
+) -> Result<(Digest, u64), OciError> {
     let tmp = blobs.join(format!(".layer.tmp{}", std::process::id()));
     let file = File::create(&tmp).map_err(io_at(&tmp))?;
     let mut w = HashingWriter {
@@ -328,8 +353,11 @@ fn write_layout(store: &Store, index: &Index, dir: &Path, tag: &str) -> Result<S
     let (layer, layer_size) = (w.hasher.finish(), w.bytes);
     drop(w.inner);
     finish_file(&tmp, &dir.join(layer.blob_path()))?;
+    Ok((layer, layer_size))
+}
 
-    // The config: the stored one with this layer as its rootfs.
+/// The image's config: the stored one with `layer` as its rootfs.
+fn layout_config(index: &Index, layer: &Digest) -> Result<Vec<u8>, OciError> {
     let stored = index.config.clone().unwrap_or_else(super::minimal_config);
     let mut config: serde_json::Value =
         serde_json::from_slice(&stored).map_err(|e| OciError::Invalid {
@@ -351,19 +379,11 @@ fn write_layout(store: &Store, index: &Index, dir: &Path, tag: &str) -> Result<S
         "history".into(),
         serde_json::json!([{"created_by": "warren image export", "comment": index.name}]),
     );
-    let config = serde_json::to_vec(&config).unwrap_or_default();
-    let (config_digest, config_size) = put_blob(dir, &config)?;
+    Ok(serde_json::to_vec(&config).unwrap_or_default())
+}
 
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.to_string(), "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.to_string(), "size": layer_size}],
-    });
-    let manifest = serde_json::to_vec(&manifest).unwrap_or_default();
-    let (manifest_digest, manifest_size) = put_blob(dir, &manifest)?;
-
-    // index.json: keep other images, replace the one tagged `tag`.
+/// index.json: keeps other images, replaces the one tagged `tag` with the manifest.
+fn tag_manifest(dir: &Path, tag: &str, manifest: &Digest, size: u64) -> Result<(), OciError> {
     let index_path = dir.join("index.json");
     let mut oci_index: serde_json::Value = match fs::read(&index_path) {
         Ok(data) => serde_json::from_slice(&data).map_err(|e| OciError::Invalid {
@@ -389,12 +409,11 @@ fn write_layout(store: &Store, index: &Index, dir: &Path, tag: &str) -> Result<S
     });
     manifests.push(serde_json::json!({
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": manifest_digest.to_string(),
-        "size": manifest_size,
+        "digest": manifest.to_string(),
+        "size": size,
         "annotations": {REF_NAME: tag},
         "platform": {"architecture": super::go_arch(), "os": "linux"},
     }));
     let data = serde_json::to_vec_pretty(&oci_index).unwrap_or_default();
-    crate::atomic::write(&index_path, &data).map_err(io_at(&index_path))?;
-    Ok(manifest_digest.to_string())
+    crate::atomic::write(&index_path, &data).map_err(io_at(&index_path))
 }

@@ -190,9 +190,86 @@ fn is_layer(media: &MediaType) -> Result<(), String> {
     }
 }
 
+/// The one of `candidates`; none is [`OciError::NoSuchImage`], several
+/// [`OciError::Ambiguous`], both listing what `available` names.
+fn pick_one<T: Copy>(
+    candidates: &[T],
+    origin: &Path,
+    wanted: &str,
+    available: impl Fn() -> String,
+) -> Result<T, OciError> {
+    match candidates {
+        [one] => Ok(*one),
+        [] => Err(OciError::NoSuchImage {
+            origin: origin.display().to_string(),
+            wanted: wanted.into(),
+            available: available(),
+        }),
+        _ => Err(OciError::Ambiguous {
+            origin: origin.display().to_string(),
+            available: available(),
+        }),
+    }
+}
+
+/// A manifest (`what`) must list as many layers as its config has diff_ids.
+fn check_layer_count(what: &str, layers: usize, diffs: &[Digest]) -> Result<(), OciError> {
+    if diffs.len() != layers {
+        return Err(OciError::Invalid {
+            what: what.into(),
+            why: format!(
+                "{layers} layers but the config lists {} diff_ids",
+                diffs.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Resolves `oci:DIR[:TAG]`: the manifest tagged TAG (or the only one), following one
 /// image index level to this machine's platform.
 pub fn layout(dir: &Path, tag: Option<&str>) -> Result<Source, OciError> {
+    check_layout_version(dir)?;
+    let (digest, size, named_by) = layout_manifest(dir, tag)?;
+    let manifest_data = read_verified(dir, &digest, size, &named_by)?;
+    let manifest: ImageManifest = parse_json(&manifest_data, &format!("manifest {digest}"))?;
+    let config_digest = parse_digest(manifest.config().digest().as_ref(), &digest.to_string())?;
+    let config = read_verified(
+        dir,
+        &config_digest,
+        manifest.config().size(),
+        &format!("manifest {digest}"),
+    )?;
+    let diffs = diff_ids(&config, &format!("config {config_digest}"))?;
+    check_layer_count(&digest.to_string(), manifest.layers().len(), &diffs)?;
+    let mut layers = Vec::new();
+    for (layer, diff_id) in manifest.layers().iter().zip(diffs) {
+        let d = parse_digest(layer.digest().as_ref(), &digest.to_string())?;
+        is_layer(layer.media_type()).map_err(|why| OciError::Invalid {
+            what: d.to_string(),
+            why,
+        })?;
+        // Open now so a blob that leads out of the layout, or is no file, is refused early.
+        drop(open_beneath(dir, &d.blob_path())?);
+        layers.push(Blob {
+            name: d.to_string(),
+            path: d.blob_path(),
+            root: Some(dir.to_path_buf()),
+            offset: 0,
+            len: None,
+            size: Some(layer.size()),
+            digest: Some(d),
+            diff_id: Some(diff_id),
+        });
+    }
+    Ok(Source {
+        config: Some(config),
+        layers,
+    })
+}
+
+/// The layout's `oci-layout` file must say version 1.x.
+fn check_layout_version(dir: &Path) -> Result<(), OciError> {
     let marker = dir.join("oci-layout");
     let version = read_limited(
         open_beneath(dir, Path::new("oci-layout"))?,
@@ -211,57 +288,36 @@ pub fn layout(dir: &Path, tag: Option<&str>) -> Result<Source, OciError> {
             ),
         });
     }
+    Ok(())
+}
+
+/// The manifest `tag` names in the layout's index.json (through one nested image index,
+/// to this machine's platform): its digest, size, and what names it.
+fn layout_manifest(dir: &Path, tag: Option<&str>) -> Result<(Digest, u64, String), OciError> {
     let index_path = dir.join("index.json");
     let what = index_path.display().to_string();
     let data = read_limited(open_beneath(dir, Path::new("index.json"))?, &what)?;
     let index: ImageIndex = parse_json(&data, &what)?;
+    let ref_name = |m: &oci_spec::image::Descriptor| {
+        m.annotations()
+            .as_ref()
+            .and_then(|a| a.get(REF_NAME))
+            .cloned()
+    };
     let candidates: Vec<_> = index
         .manifests()
         .iter()
-        .filter(|m| match tag {
-            Some(t) => {
-                m.annotations()
-                    .as_ref()
-                    .and_then(|a| a.get(REF_NAME))
-                    .map(String::as_str)
-                    == Some(t)
-            }
-            None => true,
-        })
+        .filter(|m| tag.is_none() || ref_name(m).as_deref() == tag)
         .collect();
     let tags = || {
-        index
-            .manifests()
-            .iter()
-            .filter_map(|m| {
-                m.annotations()
-                    .as_ref()
-                    .and_then(|a| a.get(REF_NAME))
-                    .cloned()
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
+        let tags: Vec<String> = index.manifests().iter().filter_map(ref_name).collect();
+        tags.join(", ")
     };
-    let descriptor = match candidates.as_slice() {
-        [one] => *one,
-        [] => {
-            return Err(OciError::NoSuchImage {
-                origin: dir.display().to_string(),
-                wanted: tag.unwrap_or("").into(),
-                available: tags(),
-            });
-        }
-        _ => {
-            return Err(OciError::Ambiguous {
-                origin: dir.display().to_string(),
-                available: tags(),
-            });
-        }
-    };
+    let descriptor = pick_one(&candidates, dir, tag.unwrap_or(""), tags)?;
     let mut digest = parse_digest(descriptor.digest().as_ref(), &what)?;
     let mut media = descriptor.media_type().clone();
     let mut size = descriptor.size();
-    let mut named_by = what.clone();
+    let mut named_by = what;
     if media == MediaType::ImageIndex {
         let nested = read_verified(dir, &digest, size, &named_by)?;
         let nested: ImageIndex = parse_json(&nested, &format!("index {digest}"))?;
@@ -291,50 +347,7 @@ pub fn layout(dir: &Path, tag: Option<&str>) -> Result<Source, OciError> {
             why: format!("unsupported manifest media type {media}"),
         });
     }
-    let manifest_data = read_verified(dir, &digest, size, &named_by)?;
-    let manifest: ImageManifest = parse_json(&manifest_data, &format!("manifest {digest}"))?;
-    let config_digest = parse_digest(manifest.config().digest().as_ref(), &digest.to_string())?;
-    let config = read_verified(
-        dir,
-        &config_digest,
-        manifest.config().size(),
-        &format!("manifest {digest}"),
-    )?;
-    let diffs = diff_ids(&config, &format!("config {config_digest}"))?;
-    if diffs.len() != manifest.layers().len() {
-        return Err(OciError::Invalid {
-            what: digest.to_string(),
-            why: format!(
-                "{} layers but the config lists {} diff_ids",
-                manifest.layers().len(),
-                diffs.len()
-            ),
-        });
-    }
-    let mut layers = Vec::new();
-    for (layer, diff_id) in manifest.layers().iter().zip(diffs) {
-        let d = parse_digest(layer.digest().as_ref(), &digest.to_string())?;
-        is_layer(layer.media_type()).map_err(|why| OciError::Invalid {
-            what: d.to_string(),
-            why,
-        })?;
-        // Open now so a blob that leads out of the layout, or is no file, is refused early.
-        drop(open_beneath(dir, &d.blob_path())?);
-        layers.push(Blob {
-            name: d.to_string(),
-            path: d.blob_path(),
-            root: Some(dir.to_path_buf()),
-            offset: 0,
-            len: None,
-            size: Some(layer.size()),
-            digest: Some(d),
-            diff_id: Some(diff_id),
-        });
-    }
-    Ok(Source {
-        config: Some(config),
-        layers,
-    })
+    Ok((digest, size, named_by))
 }
 
 #[derive(serde::Deserialize)]
@@ -354,47 +367,19 @@ fn same_reference(full: &str, short: &str) -> bool {
         || full.strip_prefix("docker.io/library/") == Some(short)
 }
 
+/// A docker archive's regular members: where each is (offset, size), and the bytes of
+/// the small JSON ones (manifest, configs).
+struct Members {
+    at: HashMap<String, (u64, u64)>,
+    small: HashMap<String, Vec<u8>>,
+}
+
 /// Resolves `docker-archive:FILE[:REF]` (`docker save` / `skopeo copy docker-archive:`):
 /// an uncompressed tar whose members are read in place, by offset.
 pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, OciError> {
-    let io_err = |source| OciError::Io {
-        path: file.to_path_buf(),
-        err: source,
-    };
-    let mut f = super::blob::open_regular(None, file).map_err(io_err)?;
-    // Members are read in place by offset, which a compressed archive does not allow.
-    let compression = super::blob::detect(&mut io::BufReader::new(&mut f)).map_err(io_err)?;
-    if compression != super::blob::Compression::None {
-        return Err(OciError::Invalid {
-            what: file.display().to_string(),
-            why: format!("a {compression:?}-compressed docker archive: decompress it first"),
-        });
-    }
-    io::Seek::rewind(&mut f).map_err(io_err)?;
-    let mut members: HashMap<String, (u64, u64)> = HashMap::new();
-    let mut small: HashMap<String, Vec<u8>> = HashMap::new();
-    {
-        let mut archive = super::guard::Archive::seekable(&mut f);
-        for entry in archive.entries().map_err(io_err)? {
-            let mut entry = entry.map_err(io_err)?;
-            let name = String::from_utf8_lossy(&entry.path_bytes())
-                .trim_start_matches("./")
-                .to_string();
-            let (offset, size) = (entry.raw_file_position(), entry.size());
-            if entry.header().entry_type() != tar::EntryType::Regular {
-                continue;
-            }
-            if name == "manifest.json" || name.ends_with(".json") && !name.contains('/') {
-                small.insert(name.clone(), read_limited(&mut entry, &name)?);
-            } else if name.starts_with("blobs/") && size <= MAX_JSON {
-                // Newer docker saves configs as blobs too; keep small ones at hand.
-                small.insert(name.clone(), read_limited(&mut entry, &name)?);
-            }
-            members.insert(name, (offset, size));
-        }
-    }
+    let members = archive_members(file)?;
     let what = format!("{}:manifest.json", file.display());
-    let Some(manifest) = small.get("manifest.json") else {
+    let Some(manifest) = members.small.get("manifest.json") else {
         return Err(OciError::Invalid {
             what,
             why: "no manifest.json: not a docker archive".into(),
@@ -423,59 +408,13 @@ pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, Oc
             .collect(),
         None => manifests.iter().collect(),
     };
-    let m = match chosen.as_slice() {
-        [one] => *one,
-        [] => {
-            return Err(OciError::NoSuchImage {
-                origin: file.display().to_string(),
-                wanted: reference.unwrap_or("").into(),
-                available: tags(),
-            });
-        }
-        _ => {
-            return Err(OciError::Ambiguous {
-                origin: file.display().to_string(),
-                available: tags(),
-            });
-        }
-    };
-    let member = |name: &str| name.trim_start_matches("./").to_string();
-    let config = small
-        .get(&member(&m.config))
-        .cloned()
-        .ok_or_else(|| OciError::Invalid {
-            what: what.clone(),
-            why: format!("config {} is not in the archive", m.config),
-        })?;
-    // The config's name is its sha256 (`HEX.json` or `blobs/sha256/HEX`): check it.
-    let config_hex = Path::new(&m.config)
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if let Some(expected) = Digest::parse(&format!("sha256:{config_hex}")) {
-        let actual = Digest::sha256(&config);
-        if actual != expected {
-            return Err(OciError::DigestMismatch {
-                what: m.config.clone(),
-                expected: expected.to_string(),
-                actual: actual.to_string(),
-            });
-        }
-    }
+    let m = pick_one(&chosen, file, reference.unwrap_or(""), tags)?;
+    let config = archive_config(&members, m, &what)?;
     let diffs = diff_ids(&config, &m.config)?;
-    if diffs.len() != m.layers.len() {
-        return Err(OciError::Invalid {
-            what,
-            why: format!(
-                "{} layers but the config lists {} diff_ids",
-                m.layers.len(),
-                diffs.len()
-            ),
-        });
-    }
+    check_layer_count(&what, m.layers.len(), &diffs)?;
     let mut layers = Vec::new();
     for (name, diff_id) in m.layers.iter().zip(diffs) {
-        let Some(&(offset, len)) = members.get(&member(name)) else {
+        let Some(&(offset, len)) = members.at.get(member_name(name)) else {
             return Err(OciError::Invalid {
                 what: what.clone(),
                 why: format!("layer {name} is not in the archive"),
@@ -500,6 +439,82 @@ pub fn docker_archive(file: &Path, reference: Option<&str>) -> Result<Source, Oc
         config: Some(config),
         layers,
     })
+}
+
+/// A member name as the manifest writes it, as the archive lists it.
+fn member_name(name: &str) -> &str {
+    name.trim_start_matches("./")
+}
+
+/// Lists the archive's members, reading the small JSON ones; refuses a compressed one.
+fn archive_members(file: &Path) -> Result<Members, OciError> {
+    let io_err = |source| OciError::Io {
+        path: file.to_path_buf(),
+        err: source,
+    };
+    let mut f = super::blob::open_regular(None, file).map_err(io_err)?;
+    // Members are read in place by offset, which a compressed archive does not allow.
+    let compression = super::blob::detect(&mut io::BufReader::new(&mut f)).map_err(io_err)?;
+    if compression != super::blob::Compression::None {
+        return Err(OciError::Invalid {
+            what: file.display().to_string(),
+            why: format!("a {compression:?}-compressed docker archive: decompress it first"),
+        });
+    }
+    io::Seek::rewind(&mut f).map_err(io_err)?;
+    let mut members = Members {
+        at: HashMap::new(),
+        small: HashMap::new(),
+    };
+    let mut archive = super::guard::Archive::seekable(&mut f);
+    for entry in archive.entries().map_err(io_err)? {
+        let mut entry = entry.map_err(io_err)?;
+        let name = member_name(&String::from_utf8_lossy(&entry.path_bytes())).to_string();
+        let (offset, size) = (entry.raw_file_position(), entry.size());
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        if name == "manifest.json" || name.ends_with(".json") && !name.contains('/') {
+            members
+                .small
+                .insert(name.clone(), read_limited(&mut entry, &name)?);
+        } else if name.starts_with("blobs/") && size <= MAX_JSON {
+            // Newer docker saves configs as blobs too; keep small ones at hand.
+            members
+                .small
+                .insert(name.clone(), read_limited(&mut entry, &name)?);
+        }
+        members.at.insert(name, (offset, size));
+    }
+    Ok(members)
+}
+
+/// The config manifest `m` names, checked against the sha256 its name carries
+/// (`HEX.json` or `blobs/sha256/HEX`).
+fn archive_config(members: &Members, m: &DockerManifest, what: &str) -> Result<Vec<u8>, OciError> {
+    let config = members
+        .small
+        .get(member_name(&m.config))
+        .cloned()
+        .ok_or_else(|| OciError::Invalid {
+            what: what.into(),
+            why: format!("config {} is not in the archive", m.config),
+        })?;
+    let config_hex = Path::new(&m.config)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some(expected) = Digest::parse(&format!("sha256:{config_hex}")) {
+        let actual = Digest::sha256(&config);
+        if actual != expected {
+            return Err(OciError::DigestMismatch {
+                what: m.config.clone(),
+                expected: expected.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+    }
+    Ok(config)
 }
 
 /// A tarball (plain, gzip or zstd) as the single layer of an image without config.
