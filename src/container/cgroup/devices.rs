@@ -300,3 +300,140 @@ fn block(r: &Rule) -> Vec<Insn> {
     }
     tests
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rules_of(value: serde_json::Value) -> Vec<Rule> {
+        let list: Vec<LinuxDeviceCgroup> = serde_json::from_value(value).expect("rules");
+        list.iter().map(parse).collect::<Result<_, _>>().expect("parse")
+    }
+
+    fn rule(allow: bool, kind: Kind, major: Option<u32>, minor: Option<u32>, access: u8) -> Rule {
+        Rule {
+            allow,
+            kind,
+            major,
+            minor,
+            access,
+        }
+    }
+
+    #[test]
+    fn oci_rules_parse_to_v1_lines() {
+        let r = rules_of(json!([
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rw"},
+            {"allow": true, "type": "b", "major": 8, "access": "m"},
+            {"allow": true, "type": "c", "major": 10, "minor": -1}
+        ]));
+        let lines: Vec<String> = r.iter().map(v1_line).collect();
+        assert_eq!(lines, ["a", "c 1:3 rw", "b 8:* m", "c 10:* rwm"]);
+        assert!(!r[0].allow && r[1].allow);
+        let bad: Vec<LinuxDeviceCgroup> =
+            serde_json::from_value(json!([{"allow": true, "type": "c", "access": "x"}]))
+                .expect("rule");
+        assert!(parse(&bad[0]).is_err());
+    }
+
+    #[test]
+    fn rules_fold_as_the_v1_kernel_keeps_them() {
+        // podman/docker: deny all, then allows; a later deny takes access back.
+        let mut r = rules_of(json!([
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 1, "minor": 5, "access": "r"},
+            {"allow": true, "type": "c", "major": 1, "minor": 5, "access": "w"},
+            {"allow": false, "type": "c", "major": 1, "minor": 3, "access": "w"}
+        ]));
+        let e = effective(&r);
+        assert!(!e.default_allow);
+        assert_eq!(
+            e.exceptions,
+            [
+                rule(true, Kind::Char, Some(1), Some(3), READ | MKNOD),
+                rule(true, Kind::Char, Some(1), Some(5), READ | WRITE),
+            ]
+        );
+        // Allow-all (docker --privileged) resets: no exceptions, default allow.
+        r.push(rule(true, Kind::All, None, None, RWM));
+        r.push(rule(false, Kind::Block, Some(8), None, RWM));
+        let e = effective(&r);
+        assert!(e.default_allow);
+        assert_eq!(e.exceptions, [rule(false, Kind::Block, Some(8), None, RWM)]);
+        // No deny-all: the kernel's default (allow) stays.
+        assert!(effective(&[]).default_allow);
+    }
+
+    #[test]
+    fn linux_devices_nodes_are_allowed_after_the_configs_rules() {
+        let res: LinuxResources =
+            serde_json::from_value(json!({"devices": [{"allow": false, "access": "rwm"}]}))
+                .expect("resources");
+        let nodes: Vec<LinuxDevice> = serde_json::from_value(
+            json!([{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]),
+        )
+        .expect("nodes");
+        let with = resources_for(Some(&res), &nodes).expect("rules");
+        let list = with.devices().as_ref().expect("devices");
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[1].to_string(), "c 10:229 rwm");
+        // No rules, no device cgroup: nothing is added.
+        let none: LinuxResources = serde_json::from_value(json!({})).expect("resources");
+        assert_eq!(resources_for(Some(&none), &nodes), None);
+    }
+
+    /// Runs the program on one access as the kernel would (a tiny interpreter of the
+    /// instructions `program` emits).
+    fn run(p: &[Insn], kind: u32, access: u32, major: u32, minor: u32) -> bool {
+        let ctx = [(access << 16) | kind, major, minor];
+        let mut r = [0u64; 11];
+        let mut pc = 0usize;
+        loop {
+            let i = p[pc];
+            let (dst, src) = ((i.regs & 0xf) as usize, (i.regs >> 4) as usize);
+            let imm = i.imm as i64 as u64;
+            pc += 1;
+            match i.code {
+                0x61 => r[dst] = u64::from(ctx[(i.off / 4) as usize]),
+                0x54 => r[dst] = (r[dst] as u32 & i.imm as u32) as u64,
+                0x74 => r[dst] = ((r[dst] as u32) >> i.imm) as u64,
+                0xbc => r[dst] = r[src] as u32 as u64,
+                0xb4 => r[dst] = i.imm as u32 as u64,
+                0x55 if r[dst] != imm => pc += i.off as usize,
+                0x5d if r[dst] != r[src] => pc += i.off as usize,
+                0x55 | 0x5d => {}
+                0x95 => return r[0] == 1,
+                c => panic!("unexpected opcode {c:#x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_v2_program_allows_exactly_what_the_rules_allow() {
+        let mut r = rules_of(json!([{"allow": false, "access": "rwm"}]));
+        r.extend(DEFAULTS.iter().map(|&(kind, major, minor, access)| Rule {
+            allow: true,
+            kind,
+            major,
+            minor,
+            access,
+        }));
+        let p = program(&effective(&r));
+        let (c, b) = (2, 1);
+        assert!(run(&p, c, READ as u32 | WRITE as u32, 1, 3), "/dev/null rw");
+        assert!(run(&p, c, READ as u32, 136, 7), "a pty");
+        assert!(run(&p, b, MKNOD as u32, 8, 0), "mknod of a disk");
+        assert!(!run(&p, b, READ as u32, 8, 0), "reading a disk");
+        assert!(!run(&p, c, READ as u32 | MKNOD as u32, 1, 1), "/dev/mem");
+        assert!(!run(&p, c, WRITE as u32, 10, 229), "/dev/fuse");
+        // Default allow with one exception.
+        let deny_disk = rules_of(json!([{"allow": false, "type": "b", "major": 8, "access": "rw"}]));
+        let p = program(&effective(&deny_disk));
+        assert!(!run(&p, b, READ as u32, 8, 16));
+        assert!(run(&p, b, MKNOD as u32, 8, 16));
+        assert!(run(&p, c, READ as u32, 1, 1));
+    }
+}

@@ -90,11 +90,7 @@ pub(super) fn settings(
 /// Memory limit, reservation, swap, swappiness, OOM killer; 0 is unset.
 fn memory(plan: &mut Plan, m: &LinuxMemory) -> Result<(), CgroupError> {
     let limit = m.limit().filter(|v| *v != 0);
-    // runc: an unlimited memory with swap unset means unlimited swap too.
-    let swap = match (m.swap().filter(|v| *v != 0), limit) {
-        (None, Some(-1)) => Some(-1),
-        (swap, _) => swap,
-    };
+    let swap = m.swap().filter(|v| *v != 0);
     if let Some(v) = limit {
         let file = plan.name("memory.limit_in_bytes", "memory.max");
         let value = plan.limit(v);

@@ -68,6 +68,9 @@ fn merged(old: Option<&LinuxResources>, new: &LinuxResources) -> LinuxResources 
 }
 
 fn merge(base: &mut Value, update: Value) {
+    if base.is_null() && update.is_object() {
+        *base = Value::Object(Default::default());
+    }
     match (base, update) {
         (Value::Object(b), Value::Object(u)) => {
             for (k, v) in u {
