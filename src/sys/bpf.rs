@@ -136,7 +136,9 @@ pub fn load_cgroup_device(insns: &[Insn], license: &CStr) -> io::Result<OwnedFd>
     };
     match bpf(BPF_PROG_LOAD, &mut attr) {
         Ok(fd) => owned(fd),
-        Err(e) if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EINVAL) => {
+        Err(e)
+            if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EINVAL) =>
+        {
             let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
             let text = String::from_utf8_lossy(&log[..end]);
             let last = text.lines().rev().take(3).collect::<Vec<_>>().join("; ");

@@ -233,11 +233,12 @@ pub(super) fn apply_v2(dir: &Path, rules: &[Rule]) -> Result<(), CgroupError> {
     };
     let insns = program(&effective(rules));
     let cgroup = std::fs::File::open(dir).map_err(io)?;
-    let prog = crate::sys::bpf::load_cgroup_device(&insns, c"Apache")
-        .map_err(|source| CgroupError::Io {
+    let prog = crate::sys::bpf::load_cgroup_device(&insns, c"Apache").map_err(|source| {
+        CgroupError::Io {
             path: dir.join("(BPF_PROG_LOAD cgroup device program)"),
             source,
-        })?;
+        }
+    })?;
     crate::sys::bpf::attach_cgroup_device(cgroup.as_fd(), prog.as_fd()).map_err(|source| {
         CgroupError::Io {
             path: dir.join("(BPF_PROG_ATTACH BPF_CGROUP_DEVICE)"),
@@ -253,12 +254,12 @@ use crate::sys::bpf::Insn;
 /// its verdict on a match; the end returns the default. As runc's `devicefilter`.
 pub(super) fn program(e: &Effective) -> Vec<Insn> {
     let mut p = vec![
-        Insn::ldx_w(2, 1, 0),    // R2 = access_type
+        Insn::ldx_w(2, 1, 0),       // R2 = access_type
         Insn::and32_imm(2, 0xFFFF), // R2 &= 0xffff: the type
-        Insn::ldx_w(3, 1, 0),    // R3 = access_type
-        Insn::rsh32_imm(3, 16),  // R3 >>= 16: the access asked
-        Insn::ldx_w(4, 1, 4),    // R4 = major
-        Insn::ldx_w(5, 1, 8),    // R5 = minor
+        Insn::ldx_w(3, 1, 0),       // R3 = access_type
+        Insn::rsh32_imm(3, 16),     // R3 >>= 16: the access asked
+        Insn::ldx_w(4, 1, 4),       // R4 = major
+        Insn::ldx_w(5, 1, 8),       // R5 = minor
     ];
     for x in &e.exceptions {
         p.extend(block(x));
@@ -308,7 +309,10 @@ mod tests {
 
     fn rules_of(value: serde_json::Value) -> Vec<Rule> {
         let list: Vec<LinuxDeviceCgroup> = serde_json::from_value(value).expect("rules");
-        list.iter().map(parse).collect::<Result<_, _>>().expect("parse")
+        list.iter()
+            .map(parse)
+            .collect::<Result<_, _>>()
+            .expect("parse")
     }
 
     fn rule(allow: bool, kind: Kind, major: Option<u32>, minor: Option<u32>, access: u8) -> Rule {
@@ -430,7 +434,8 @@ mod tests {
         assert!(!run(&p, c, READ as u32 | MKNOD as u32, 1, 1), "/dev/mem");
         assert!(!run(&p, c, WRITE as u32, 10, 229), "/dev/fuse");
         // Default allow with one exception.
-        let deny_disk = rules_of(json!([{"allow": false, "type": "b", "major": 8, "access": "rw"}]));
+        let deny_disk =
+            rules_of(json!([{"allow": false, "type": "b", "major": 8, "access": "rw"}]));
         let p = program(&effective(&deny_disk));
         assert!(!run(&p, b, READ as u32, 8, 16));
         assert!(run(&p, b, MKNOD as u32, 8, 16));

@@ -318,6 +318,11 @@ impl Cgroup {
                 .find(|p| p.exists());
             if let Some(path) = cgroup_kill {
                 std::fs::write(&path, "1").map_err(|source| CgroupError::Io { path, source })?;
+                // A hybrid host's v2 kill does not reach tasks a v1 freezer holds (a paused
+                // container): thawed, they die.
+                if let Some(f) = freezer {
+                    let _ = std::fs::write(f.join("freezer.state"), "THAWED");
+                }
             } else {
                 if let Some(f) = freezer {
                     let _ = std::fs::write(f.join("freezer.state"), "FROZEN");

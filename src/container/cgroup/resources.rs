@@ -185,8 +185,7 @@ fn cpu_v2(plan: &mut Plan, c: &LinuxCpu) -> Result<(), CgroupError> {
         }
         plan.set("cpu", "cpu.max", value);
     }
-    if c.realtime_period().is_some_and(|v| v != 0) || c.realtime_runtime().is_some_and(|v| v != 0)
-    {
+    if c.realtime_period().is_some_and(|v| v != 0) || c.realtime_runtime().is_some_and(|v| v != 0) {
         return Err(unsupported(
             "cpu",
             "realtime scheduling limits need cgroup v1",

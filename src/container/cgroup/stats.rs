@@ -262,8 +262,7 @@ impl Cgroup {
         s.memory.cache = s.memory.raw.get("file").copied().unwrap_or(0);
         s.pids.current = number(dir, "pids.current")?;
         s.pids.limit = number(dir, "pids.max")?;
-        s.blkio.io_service_bytes_recursive =
-            v2_io(&text(dir, "io.stat")?.unwrap_or_default());
+        s.blkio.io_service_bytes_recursive = v2_io(&text(dir, "io.stat")?.unwrap_or_default());
         Ok(s)
     }
 }

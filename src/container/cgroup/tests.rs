@@ -256,7 +256,10 @@ fn zero_and_empty_values_are_unset() {
         planned(shares, Version::V1),
         Ok(pairs(&[("cpu.shares", "512")]))
     );
-    let err = planned(json!({"blockIO": {"weight": 0, "leafWeight": 10}}), Version::V1);
+    let err = planned(
+        json!({"blockIO": {"weight": 0, "leafWeight": 10}}),
+        Version::V1,
+    );
     assert!(err.is_err_and(|e| e.starts_with("cgroup blkio: ")));
     assert_eq!(
         planned(json!({"memory": {"limit": -1, "swap": 0}}), Version::V2),
