@@ -9,27 +9,33 @@
 //! one (a no-op [`Cgroup`]). Limits that cannot be applied are an error naming the controller
 //! and the file.
 //!
-//! When a container gets one at all ([`needed`]): when the config sets a limit, or names a
-//! `linux.cgroupsPath` (podman and other managers do, and expect to find it), or the
-//! container shares the host's pid namespace (only a cgroup finds all of its processes
-//! then), or it sees cgroups (a `cgroup` mount or a cgroup namespace: what it sees must be
-//! its own cgroup, in every hierarchy it sees, never the caller's and its siblings, as
-//! with runc). A container in its own pid namespace with none of these gets none: killing
-//! its init kills everything in it, so delete needs no cgroup, and the start skips the
-//! first write to a v1 `cgroup.procs` (an RCU grace period, most of a `run`'s cost). Its
-//! processes stay in the caller's cgroup, like any other child.
+//! When a container gets one at all ([`needed`]): when the config sets a limit (zero and
+//! empty values are unset, as in runc), device rules a privileged runtime applies (every
+//! runc client sends them, and `runc spec` writes a deny-all: so each container a client
+//! or a runc-style config makes gets a cgroup of its own, `warren/<id>` by default, as
+//! with runc), a `linux.cgroupsPath` (podman and other managers name one, and expect to
+//! find it), or the container shares the host's pid namespace (only a cgroup finds all
+//! of its processes then), or it sees cgroups (a `cgroup` mount or a cgroup namespace:
+//! what it sees must be its own cgroup, in every hierarchy it sees, never the caller's
+//! and its siblings, as with runc). A container in its own pid namespace with none of
+//! these (what `warren run` makes) gets none: killing its init kills everything in it,
+//! so delete needs no cgroup, and the start skips the first write to a v1 `cgroup.procs`
+//! (an RCU grace period, most of a `run`'s cost). Its processes stay in the caller's
+//! cgroup, like any other child; it cannot be paused or updated.
 //!
 //! The container's `cgroup` mount ([`MountView`], made by `rootfs`) shows only its own
 //! cgroup, read-only unless the config says `rw`: each hierarchy mounted anew in its
 //! cgroup namespace (made once it is in the cgroup), or without one a bind of its own
 //! directory; never the host's tree.
 //!
-//! Not applied: `devices` (the container's /dev holds only the configured nodes, and a user
-//! namespace cannot mknod), `blockIO`, `hugepageLimits`, `network`, `rdma` (an error if set).
+//! Not applied: `blockIO`, `hugepageLimits`, `network`, `rdma` (an error if set to
+//! anything but zero or empty).
 //!
 //! Here: the [`Cgroup`] type, layout detection, [`needed`]. By concern: `resources` (the
-//! OCI resources -> file writes table, pure), `v1` and `v2` (each layout's directories),
-//! `view` (the container's `cgroup` mount). Everything takes the cgroup root as an
+//! OCI resources -> file writes table, pure), `devices` (device rules: v1 files, the v2
+//! eBPF filter), `v1` and `v2` (each layout's directories), `view` (the container's
+//! `cgroup` mount), `freeze` (pause/resume), `update` (new limits for a live cgroup),
+//! `stats` (usage as runc's `events --stats`). Everything takes the cgroup root as an
 //! argument ([`Cgroup::create_at`]), so the unit tests run on fixture trees without root.
 
 use std::io::{self, ErrorKind};

@@ -270,3 +270,30 @@ fn zero_and_empty_values_are_unset() {
         Ok(pairs(&[("cpu.max", "max 50000")]))
     );
 }
+
+#[test]
+fn v2_update_enables_the_controllers_it_newly_needs_and_records_the_values() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    for dir in ["", "warren"] {
+        put(
+            &root.join(dir).join("cgroup.controllers"),
+            "cpu memory pids\n",
+        );
+        put(&root.join(dir).join("cgroup.subtree_control"), "");
+    }
+    let mut cgroup = Cgroup::create_at(root, "web", None, None).expect("create");
+    assert_eq!(read(&root.join("cgroup.subtree_control")), "");
+    let update = resources(json!({"pids": {"limit": 20}, "cpu": {"shares": 0}}));
+    cgroup.update(&update).expect("update");
+    assert_eq!(read(&root.join("warren/web/pids.max")), "20");
+    assert!(!root.join("warren/web/cpu.weight").exists());
+    for dir in [root.to_path_buf(), root.join("warren")] {
+        assert_eq!(read(&dir.join("cgroup.subtree_control")), "+pids");
+    }
+    let recorded = cgroup.resources().expect("recorded");
+    assert_eq!(recorded.pids().as_ref().map(|p| p.limit()), Some(20));
+    // A container without a cgroup cannot be updated.
+    let mut none = Cgroup::create_at(&root.join("nothing"), "web", None, None).expect("no-op");
+    assert!(none.update(&update).is_err());
+}

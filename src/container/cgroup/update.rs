@@ -6,7 +6,7 @@ use oci_spec::runtime::LinuxResources;
 use serde_json::Value;
 
 use super::resources::{Setting, settings};
-use super::{Cgroup, CgroupError, Version};
+use super::{Cgroup, CgroupError, Version, v2};
 
 impl Cgroup {
     /// Applies `resources` to the live cgroup and records them. Device rules are not
@@ -21,8 +21,16 @@ impl Cgroup {
         let mut given = resources.clone();
         given.set_devices(None);
         let mut planned = settings(Some(&given), version)?;
-        if version == Version::V1 {
-            self.order_memsw(&mut planned);
+        match version {
+            Version::V1 => self.order_memsw(&mut planned),
+            // Create enabled only the controllers its limits needed: enable the new ones
+            // down the path (idempotent; the directories exist).
+            Version::V2 => {
+                let depth = self.path.components().count();
+                if let Some(root) = self.dirs.first().and_then(|d| d.ancestors().nth(depth)) {
+                    v2::make(root, &self.path, &planned)?;
+                }
+            }
         }
         self.apply(&planned)?;
         self.resources = Some(merged(self.resources.as_ref(), &given));
