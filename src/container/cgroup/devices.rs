@@ -62,14 +62,17 @@ fn bad(message: String) -> CgroupError {
     }
 }
 
-/// The config's resources with an allow rule for each `linux.devices` node appended
-/// (runc allows the nodes it creates), when the config has device rules at all.
+/// The config's resources, with an allow rule for each `linux.devices` node appended to
+/// its device rules when it has any (runc allows the nodes it creates). For create:
+/// `resources_for(linux.resources(), linux.devices())`.
 pub fn resources_for(
     resources: Option<&LinuxResources>,
     nodes: &[LinuxDevice],
 ) -> Option<LinuxResources> {
     let mut r = resources?.clone();
-    let mut rules = r.devices().clone().filter(|d| !d.is_empty())?;
+    let Some(mut rules) = r.devices().clone().filter(|d| !d.is_empty()) else {
+        return Some(r);
+    };
     for node in nodes {
         let mut rule = LinuxDeviceCgroup::default();
         rule.set_allow(true);
@@ -386,7 +389,8 @@ mod tests {
         assert_eq!(list[1].to_string(), "c 10:229 rwm");
         // No rules, no device cgroup: nothing is added.
         let none: LinuxResources = serde_json::from_value(json!({})).expect("resources");
-        assert_eq!(resources_for(Some(&none), &nodes), None);
+        assert_eq!(resources_for(Some(&none), &nodes), Some(none));
+        assert_eq!(resources_for(None, &nodes), None);
     }
 
     /// Runs the program on one access as the kernel would (a tiny interpreter of the
