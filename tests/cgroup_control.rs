@@ -135,6 +135,53 @@ fn device_rules_deny_a_disk_node_and_allow_what_they_list() {
     device_rules_are_enforced(dir.path(), "");
 }
 
+/// What docker sends for every container: zeros meaning "unset" beside its device rules.
+/// It runs, and the kernel's defaults stay (cpu.shares 0 is not the minimum weight).
+#[test]
+fn docker_zero_resources_are_unset() {
+    require_root();
+    let dir = scratch("cg-docker");
+    let mut c = config("sleep 1000");
+    c["linux"]["resources"] = json!({
+        "devices": [{"allow": false, "access": "rwm"},
+                    {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}],
+        "memory": {"limit": 0, "reservation": 0, "swap": 0, "kernel": 0, "kernelTCP": 0},
+        "cpu": {"shares": 0, "quota": 0, "period": 0, "realtimeRuntime": 0,
+                "realtimePeriod": 0, "cpus": "", "mems": ""},
+        "pids": {"limit": 0},
+        "blockIO": {"weight": 0}
+    });
+    let (root, pid) = start(dir.path(), "docker", &c);
+    let cg = Container::load(&root, "docker")
+        .expect("load")
+        .record()
+        .cgroup
+        .clone()
+        .expect("device rules give it a cgroup of its own");
+    assert_eq!(cg.path(), Path::new("warren/docker"));
+    let theirs = read(Path::new(&format!("/proc/{pid}/cgroup")));
+    let host = |f: &str| read(&Path::new("/sys/fs/cgroup").join(f));
+    match cg.version() {
+        Some(Version::V1) => {
+            assert!(
+                theirs.contains(":cpu:/warren/docker")
+                    || theirs.contains(":cpu,cpuacct:/warren/docker"),
+                "{theirs}"
+            );
+            assert!(theirs.contains(":name=systemd:/warren/docker"), "{theirs}");
+            assert_eq!(host("cpu/warren/docker/cpu.shares"), "1024");
+            assert_eq!(host("pids/warren/docker/pids.max"), "max");
+            assert_eq!(
+                host("memory/warren/docker/memory.limit_in_bytes"),
+                host("memory/memory.limit_in_bytes")
+            );
+        }
+        Some(Version::V2) => assert!(theirs.contains("0::/warren/docker"), "{theirs}"),
+        None => unreachable!(),
+    }
+    ok(warren(&root).args(["delete", "--force", "docker"]));
+}
+
 /// A busy loop counting into /tmp/c; its value seen through /proc/PID/root.
 fn counter(pid: i32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/root/tmp/c"))
