@@ -59,7 +59,7 @@ mod v2;
 mod view;
 
 pub use devices::resources_for;
-pub use stats::Stats;
+pub use stats::{Blkio, BlkioEntry, Cpu, CpuUsage, Memory, MemoryEntry, Pids, Stats, Throttling};
 pub use view::{HierarchyView, MountView};
 
 /// Where cgroup filesystems are mounted.
