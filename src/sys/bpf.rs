@@ -1,5 +1,6 @@
 //! The `bpf(2)` calls a cgroup v2 device filter needs (rustix has none): load a
-//! `BPF_PROG_TYPE_CGROUP_DEVICE` program and attach it to a cgroup. The instruction encoding is `struct bpf_insn`.
+//! `BPF_PROG_TYPE_CGROUP_DEVICE` program and attach it to a cgroup. The instruction
+//! encoding is `struct bpf_insn`.
 
 use std::ffi::CStr;
 use std::io;
@@ -123,29 +124,28 @@ fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
 
 /// Loads a cgroup device program; on a verifier error the message says why.
 pub fn load_cgroup_device(insns: &[Insn], license: &CStr) -> io::Result<OwnedFd> {
-    let mut log = vec![0u8; 64 * 1024];
     let mut attr = ProgLoad {
         prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
         insn_cnt: u32::try_from(insns.len()).map_err(|_| io::Error::other("program too long"))?,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
         ..Default::default()
     };
-    match bpf(BPF_PROG_LOAD, &mut attr) {
-        Ok(fd) => owned(fd),
-        Err(e)
-            if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EINVAL) =>
-        {
-            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-            let text = String::from_utf8_lossy(&log[..end]);
-            let last = text.lines().rev().take(3).collect::<Vec<_>>().join("; ");
-            Err(io::Error::new(e.kind(), format!("{e} (verifier: {last})")))
-        }
-        Err(e) => Err(e),
-    }
+    // Without a log first: a log too small for the verifier's output fails the load.
+    let e = match bpf(BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => return owned(fd),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EINVAL)) => e,
+        Err(e) => return Err(e),
+    };
+    let mut log = vec![0u8; 64 * 1024];
+    attr.log_level = 1;
+    attr.log_size = log.len() as u32;
+    attr.log_buf = log.as_mut_ptr() as u64;
+    let _ = bpf(BPF_PROG_LOAD, &mut attr).map(owned);
+    let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+    let text = String::from_utf8_lossy(&log[..end]);
+    let last = text.lines().rev().take(3).collect::<Vec<_>>().join("; ");
+    Err(io::Error::new(e.kind(), format!("{e} (verifier: {last})")))
 }
 
 /// Attaches `prog` to the cgroup `cgroup` (a directory fd) as its device filter.
