@@ -128,7 +128,12 @@ fn limits_are_applied_and_processes_joined() {
     let saved = serde_json::to_string(&cgroup).expect("serialize");
     let restored: Cgroup = serde_json::from_str(&saved).expect("deserialize");
     assert_eq!(restored, cgroup);
-    assert_eq!(Cgroup::open(&name, None).expect("open"), cgroup);
+    assert_eq!(restored.resources(), Some(&res));
+    let opened = Cgroup::open(&name, None).expect("open");
+    assert_eq!(
+        (opened.version(), opened.dirs(), opened.path()),
+        (cgroup.version(), cgroup.dirs(), cgroup.path())
+    );
 
     restored.destroy().expect("destroy");
     let status = sleeper.wait().expect("wait sleep");
@@ -384,6 +389,11 @@ fn rootless_without_delegation_runs_without_a_cgroup() {
                 if !plain.is_noop() {
                     return Some(2);
                 }
+                // Device rules are left out rootless (as runc): no cgroup, no error.
+                let devices = resources(json!({"devices": [{"allow": false, "access": "rwm"}]}));
+                if !Cgroup::create(&name, Some(&devices), None).ok()?.is_noop() {
+                    return Some(5);
+                }
                 let err = Cgroup::create(&name, Some(&res), None).err()?.to_string();
                 Some(if err.contains("cgroup delegation is needed") {
                     0
@@ -400,7 +410,8 @@ fn rootless_without_delegation_runs_without_a_cgroup() {
             assert_eq!(
                 status,
                 nix::sys::wait::WaitStatus::Exited(child, 0),
-                "2: got a real cgroup, 3: wrong error, 4: setuid failed or limits applied"
+                "2: got a real cgroup, 3: wrong error, 4: setuid failed or limits applied, \
+                 5: device rules made a cgroup"
             );
         }
     }
@@ -417,7 +428,12 @@ fn a_cgroup_is_needed_for_limits_a_path_the_host_pid_namespace_or_a_cgroup_view(
     let rejected = resources(json!({"rdma": {"mlx": {"hcaHandles": 1}}}));
     assert!(!needed(None, None, true, false));
     assert!(!needed(Some(&none), None, true, false));
-    assert!(!needed(Some(&devices), None, true, false));
+    // Device rules need a cgroup when this runtime applies them: root in the initial user
+    // namespace (a rootless runtime leaves them out, as runc).
+    let root_in_init_ns = nix::unistd::geteuid().is_root()
+        && std::fs::read_to_string("/proc/self/uid_map")
+            .is_ok_and(|m| m.split_whitespace().eq(["0", "0", "4294967295"]));
+    assert_eq!(needed(Some(&devices), None, true, false), root_in_init_ns);
     assert!(!needed(Some(&none), Some(""), true, false));
     assert!(needed(Some(&pids), None, true, false));
     assert!(needed(Some(&memory), None, true, false));

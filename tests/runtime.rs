@@ -663,7 +663,7 @@ fn cgroup_only_for_limits_a_cgroups_path_the_host_pid_namespace_or_a_cgroup_view
     pids["linux"]["resources"] = json!({"pids": {"limit": 50}});
     let mut path = base.clone();
     path["linux"]["cgroupsPath"] = json!("/warren/cg-path-given");
-    // Devices are not applied (see container::cgroup): not a reason for a cgroup.
+    // Device rules are applied in a cgroup of its own.
     let mut devices = base.clone();
     devices["linux"]["resources"] = json!({"devices": [{"allow": false, "access": "rwm"}]});
     let mut host_pid = base.clone();
@@ -674,7 +674,12 @@ fn cgroup_only_for_limits_a_cgroups_path_the_host_pid_namespace_or_a_cgroup_view
     // (id, config, cgroup path below each hierarchy or None, pids.max).
     let cases = [
         ("cg-none", base, None, None),
-        ("cg-devices", devices, None, None),
+        (
+            "cg-devices",
+            devices,
+            Some("warren/cg-devices"),
+            Some("max"),
+        ),
         ("cg-pids", pids, Some("warren/cg-pids"), Some("50")),
         ("cg-path", path, Some("warren/cg-path-given"), Some("max")),
         (

@@ -38,6 +38,10 @@ fn cleanup(dir: state::Dir, record: Option<&Record>, pidfd: Option<OwnedFd>) -> 
             if status != ContainerState::Stopped {
                 let _ = crate::sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
             }
+            // A paused (frozen) init dies only once thawed.
+            if let Some(cg) = r.cgroup.as_ref().filter(|c| !c.is_noop()) {
+                let _ = cg.thaw();
+            }
             let mut p = libc::pollfd {
                 fd: fd.as_raw_fd(),
                 events: libc::POLLIN,

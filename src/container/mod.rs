@@ -19,6 +19,7 @@
 
 pub(crate) mod caps;
 mod child;
+mod control;
 mod create;
 mod delete;
 mod error;

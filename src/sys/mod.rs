@@ -22,6 +22,7 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
+pub(crate) mod bpf;
 mod fs;
 mod mount;
 mod proc;

@@ -9,27 +9,33 @@
 //! one (a no-op [`Cgroup`]). Limits that cannot be applied are an error naming the controller
 //! and the file.
 //!
-//! When a container gets one at all ([`needed`]): when the config sets a limit, or names a
-//! `linux.cgroupsPath` (podman and other managers do, and expect to find it), or the
-//! container shares the host's pid namespace (only a cgroup finds all of its processes
-//! then), or it sees cgroups (a `cgroup` mount or a cgroup namespace: what it sees must be
-//! its own cgroup, in every hierarchy it sees, never the caller's and its siblings, as
-//! with runc). A container in its own pid namespace with none of these gets none: killing
-//! its init kills everything in it, so delete needs no cgroup, and the start skips the
-//! first write to a v1 `cgroup.procs` (an RCU grace period, most of a `run`'s cost). Its
-//! processes stay in the caller's cgroup, like any other child.
+//! When a container gets one at all ([`needed`]): when the config sets a limit (zero and
+//! empty values are unset, as in runc), device rules a privileged runtime applies (every
+//! runc client sends them, and `runc spec` writes a deny-all: so each container a client
+//! or a runc-style config makes gets a cgroup of its own, `warren/<id>` by default, as
+//! with runc), a `linux.cgroupsPath` (podman and other managers name one, and expect to
+//! find it), or the container shares the host's pid namespace (only a cgroup finds all
+//! of its processes then), or it sees cgroups (a `cgroup` mount or a cgroup namespace:
+//! what it sees must be its own cgroup, in every hierarchy it sees, never the caller's
+//! and its siblings, as with runc). A container in its own pid namespace with none of
+//! these (what `warren run` makes) gets none: killing its init kills everything in it,
+//! so delete needs no cgroup, and the start skips the first write to a v1 `cgroup.procs`
+//! (an RCU grace period, most of a `run`'s cost). Its processes stay in the caller's
+//! cgroup, like any other child; it cannot be paused or updated.
 //!
 //! The container's `cgroup` mount ([`MountView`], made by `rootfs`) shows only its own
 //! cgroup, read-only unless the config says `rw`: each hierarchy mounted anew in its
 //! cgroup namespace (made once it is in the cgroup), or without one a bind of its own
 //! directory; never the host's tree.
 //!
-//! Not applied: `devices` (the container's /dev holds only the configured nodes, and a user
-//! namespace cannot mknod), `blockIO`, `hugepageLimits`, `network`, `rdma` (an error if set).
+//! Not applied: `blockIO`, `hugepageLimits`, `network`, `rdma` (an error if set to
+//! anything but zero or empty).
 //!
 //! Here: the [`Cgroup`] type, layout detection, [`needed`]. By concern: `resources` (the
-//! OCI resources -> file writes table, pure), `v1` and `v2` (each layout's directories),
-//! `view` (the container's `cgroup` mount). Everything takes the cgroup root as an
+//! OCI resources -> file writes table, pure), `devices` (device rules: v1 files, the v2
+//! eBPF filter), `v1` and `v2` (each layout's directories), `view` (the container's
+//! `cgroup` mount), `freeze` (pause/resume), `update` (new limits for a live cgroup),
+//! `stats` (usage as runc's `events --stats`). Everything takes the cgroup root as an
 //! argument ([`Cgroup::create_at`]), so the unit tests run on fixture trees without root.
 
 use std::io::{self, ErrorKind};
@@ -43,11 +49,17 @@ use serde::{Deserialize, Serialize};
 
 use resources::{Setting, settings};
 
+mod devices;
+mod freeze;
 mod resources;
+mod stats;
+mod update;
 mod v1;
 mod v2;
 mod view;
 
+pub use devices::resources_for;
+pub use stats::{Blkio, BlkioEntry, Cpu, CpuUsage, Memory, MemoryEntry, Pids, Stats, Throttling};
 pub use view::{HierarchyView, MountView};
 
 /// Where cgroup filesystems are mounted.
@@ -76,6 +88,14 @@ pub enum CgroupError {
     Path { path: String, message: &'static str },
     #[error("cgroup: {}: processes {pids:?} still running after SIGKILL", path.display())]
     Busy { path: PathBuf, pids: Vec<i32> },
+    #[error("container {id} has no cgroup: {reason}")]
+    Missing { id: String, reason: String },
+    #[error("cgroup freezer: {}: still {state:?} after {seconds} s", path.display())]
+    FreezeTimeout {
+        path: PathBuf,
+        state: String,
+        seconds: u64,
+    },
 }
 
 /// Cgroup version of the directories a [`Cgroup`] lives in.
@@ -87,7 +107,7 @@ pub enum Version {
 
 /// A container's cgroup. Serializable so the container state can record it and a later
 /// `delete --force` can [`destroy`](Cgroup::destroy) it after a crash.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Cgroup {
     /// Path below each hierarchy's root, e.g. `warren/web`.
     path: PathBuf,
@@ -95,13 +115,16 @@ pub struct Cgroup {
     version: Option<Version>,
     /// The leaf directories holding the processes: one for v2, one per v1 hierarchy.
     dirs: Vec<PathBuf>,
+    /// The resources applied (at create, then merged with each [`update`](Cgroup::update)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resources: Option<LinuxResources>,
 }
 
 /// Whether a container needs a cgroup (the policy is in the module docs): a limit in
-/// `resources` (or a setting warren rejects, so [`Cgroup::create`] can say so), a
-/// `cgroups_path`, no pid namespace of its own, or cgroups it can see (`sees_cgroups`: a
-/// `cgroup` mount or a new cgroup namespace, which must show its own cgroup and nothing
-/// of the caller's).
+/// `resources` (device rules included, when this runtime may apply them; or a setting
+/// warren rejects, so [`Cgroup::create`] can say so), a `cgroups_path`, no pid namespace
+/// of its own, or cgroups it can see (`sees_cgroups`: a `cgroup` mount or a new cgroup
+/// namespace, which must show its own cgroup and nothing of the caller's).
 pub fn needed(
     resources: Option<&LinuxResources>,
     cgroups_path: Option<&str>,
@@ -109,7 +132,8 @@ pub fn needed(
     sees_cgroups: bool,
 ) -> bool {
     let limits = !matches!(settings(resources, Version::V1), Ok(s) if s.is_empty())
-        || !matches!(settings(resources, Version::V2), Ok(s) if s.is_empty());
+        || !matches!(settings(resources, Version::V2), Ok(s) if s.is_empty())
+        || !matches!(devices::rules(resources), Ok(None));
     limits || cgroups_path.is_some_and(|p| !p.is_empty()) || !own_pid_namespace || sees_cgroups
 }
 
@@ -133,20 +157,23 @@ impl Cgroup {
     ) -> Result<Cgroup, CgroupError> {
         let path = relative_path(name, cgroups_path)?;
         let version = detect(root);
-        let settings = match version {
-            Some(v) => settings(resources, v)?,
-            None => settings(resources, Version::V1)?,
-        };
+        let settings = settings(resources, version.unwrap_or(Version::V1))?;
+        let devices = devices::rules(resources)?;
         let noop = Cgroup {
             path: path.clone(),
             version: None,
             dirs: vec![],
+            resources: None,
         };
+        let wanted = settings
+            .first()
+            .map(|s| s.controller)
+            .or(devices.as_ref().map(|_| "devices"));
         let Some(version) = version else {
-            return match settings.first() {
+            return match wanted {
                 None => Ok(noop),
-                Some(s) => Err(CgroupError::Unsupported {
-                    controller: s.controller.into(),
+                Some(controller) => Err(CgroupError::Unsupported {
+                    controller: controller.into(),
                     message: format!("no cgroup filesystem under {}", root.display()),
                 }),
             };
@@ -160,14 +187,18 @@ impl Cgroup {
                 path,
                 version: Some(version),
                 dirs,
+                resources: resources.cloned(),
             },
-            Err(e) if settings.is_empty() => {
+            Err(e) if wanted.is_none() => {
                 tracing::debug!("running without a cgroup: {}", crate::error_line(&e));
                 return Ok(noop);
             }
             Err(e) => return Err(e),
         };
-        if let Err(e) = cgroup.apply(&settings) {
+        let applied = cgroup
+            .apply(&settings)
+            .and_then(|()| cgroup.apply_devices(devices.as_deref()));
+        if let Err(e) = applied {
             // Nothing half-done: a cgroup without its limits is not left behind.
             let _ = cgroup.destroy();
             return Err(e);
@@ -202,6 +233,7 @@ impl Cgroup {
             path,
             version: version.filter(|_| !dirs.is_empty()),
             dirs,
+            resources: None,
         })
     }
 
@@ -293,6 +325,11 @@ impl Cgroup {
                 .find(|p| p.exists());
             if let Some(path) = cgroup_kill {
                 std::fs::write(&path, "1").map_err(|source| CgroupError::Io { path, source })?;
+                // A hybrid host's v2 kill does not reach tasks a v1 freezer holds (a paused
+                // container): thawed, they die.
+                if let Some(f) = freezer {
+                    let _ = std::fs::write(f.join("freezer.state"), "THAWED");
+                }
             } else {
                 if let Some(f) = freezer {
                     let _ = std::fs::write(f.join("freezer.state"), "FROZEN");
@@ -329,6 +366,26 @@ impl Cgroup {
             })?;
         }
         Ok(())
+    }
+
+    /// Device rules: written to v1 `devices.*`, or a device program attached on v2.
+    fn apply_devices(&self, rules: Option<&[devices::Rule]>) -> Result<(), CgroupError> {
+        let Some(rules) = rules else {
+            return Ok(());
+        };
+        match self.version {
+            Some(Version::V2) => devices::apply_v2(self.dir_for("devices")?, rules),
+            _ => devices::apply_v1(self.dir_for("devices")?, rules),
+        }
+    }
+
+    /// The first of the cgroup's directories holding `file` (v1 controllers may share a
+    /// hierarchy under another name: `cpuacct` in `cpu,cpuacct`).
+    fn dir_with(&self, file: &str) -> Option<&Path> {
+        self.dirs
+            .iter()
+            .map(PathBuf::as_path)
+            .find(|d| d.join(file).exists())
     }
 
     fn dir_for(&self, controller: &'static str) -> Result<&Path, CgroupError> {

@@ -183,18 +183,18 @@ fn resources_table_per_version() {
         planned(memory, Version::V2),
         Ok(pairs(&[("memory.max", "max"), ("memory.low", "4096")]))
     );
-    // shares [2, 262144] -> weight [1, 10000]; a quota without a period uses 100 ms.
+    // shares [2, 262144] -> weight [1, 10000]; a quota without a period keeps the kernel's.
     let cpu = |shares: u64| json!({"cpu": {"shares": shares, "quota": -1}});
     assert_eq!(
         planned(cpu(2), Version::V2),
-        Ok(pairs(&[("cpu.weight", "1"), ("cpu.max", "max 100000")]))
+        Ok(pairs(&[("cpu.weight", "1"), ("cpu.max", "max")]))
     );
     assert_eq!(
         planned(cpu(262144), Version::V2).map(|s| s[0].1.clone()),
         Ok("10000".into())
     );
     assert_eq!(
-        planned(json!({"pids": {"limit": 0}}), Version::V1),
+        planned(json!({"pids": {"limit": -1}}), Version::V1),
         Ok(pairs(&[("pids.max", "max")]))
     );
     assert_eq!(
@@ -227,4 +227,73 @@ fn resources_a_version_cannot_express_are_errors() {
             assert!(err.contains("not supported by warren"), "{err}");
         }
     }
+}
+
+/// What docker and podman send for "no limit": zeros and empty values, unset as in runc.
+#[test]
+fn zero_and_empty_values_are_unset() {
+    let docker = json!({
+        "devices": [],
+        "memory": {"limit": 0, "reservation": 0, "swap": 0, "kernel": 0, "kernelTCP": 0,
+                   "disableOOMKiller": false},
+        "cpu": {"shares": 0, "quota": 0, "period": 0, "realtimeRuntime": 0,
+                "realtimePeriod": 0, "cpus": "", "mems": ""},
+        "pids": {"limit": 0},
+        "blockIO": {"weight": 0, "leafWeight": 0, "weightDevice": [],
+                    "throttleReadBpsDevice": [], "throttleWriteIOPSDevice": []},
+        "hugepageLimits": [],
+        "network": {"classID": 0, "priorities": []},
+        "rdma": {},
+        "unified": {}
+    });
+    for version in [Version::V1, Version::V2] {
+        assert_eq!(planned(docker.clone(), version), Ok(vec![]), "{version:?}");
+    }
+    assert!(!super::needed(Some(&resources(docker)), None, true, false));
+    // A nonzero value among zeros is still applied (or refused).
+    let shares = json!({"cpu": {"shares": 512, "quota": 0, "period": 0}});
+    assert_eq!(
+        planned(shares, Version::V1),
+        Ok(pairs(&[("cpu.shares", "512")]))
+    );
+    let err = planned(
+        json!({"blockIO": {"weight": 0, "leafWeight": 10}}),
+        Version::V1,
+    );
+    assert!(err.is_err_and(|e| e.starts_with("cgroup blkio: ")));
+    assert_eq!(
+        planned(json!({"memory": {"limit": -1, "swap": 0}}), Version::V2),
+        Ok(pairs(&[("memory.max", "max")]))
+    );
+    assert_eq!(
+        planned(json!({"cpu": {"quota": 0, "period": 50000}}), Version::V2),
+        Ok(pairs(&[("cpu.max", "max 50000")]))
+    );
+}
+
+#[test]
+fn v2_update_enables_the_controllers_it_newly_needs_and_records_the_values() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    for dir in ["", "warren"] {
+        put(
+            &root.join(dir).join("cgroup.controllers"),
+            "cpu memory pids\n",
+        );
+        put(&root.join(dir).join("cgroup.subtree_control"), "");
+    }
+    let mut cgroup = Cgroup::create_at(root, "web", None, None).expect("create");
+    assert_eq!(read(&root.join("cgroup.subtree_control")), "");
+    let update = resources(json!({"pids": {"limit": 20}, "cpu": {"shares": 0}}));
+    cgroup.update(&update).expect("update");
+    assert_eq!(read(&root.join("warren/web/pids.max")), "20");
+    assert!(!root.join("warren/web/cpu.weight").exists());
+    for dir in [root.to_path_buf(), root.join("warren")] {
+        assert_eq!(read(&dir.join("cgroup.subtree_control")), "+pids");
+    }
+    let recorded = cgroup.resources().expect("recorded");
+    assert_eq!(recorded.pids().as_ref().map(|p| p.limit()), Some(20));
+    // A container without a cgroup cannot be updated.
+    let mut none = Cgroup::create_at(&root.join("nothing"), "web", None, None).expect("no-op");
+    assert!(none.update(&update).is_err());
 }
