@@ -19,6 +19,7 @@
 
 pub mod caps;
 mod child;
+mod control;
 mod create;
 mod delete;
 mod error;
