@@ -85,6 +85,11 @@ pub fn exec(root: &Path, a: ExecArgs) -> Result<i32> {
     if p.args().as_ref().is_none_or(|v| v.is_empty()) {
         bail!("exec: give a command (after the ID) or --process FILE: args must not be empty");
     }
+    if p.selinux_label().as_ref().is_some_and(|l| !l.is_empty())
+        && !Path::new("/sys/fs/selinux/enforce").exists()
+    {
+        bail!("selinux label is specified in config, but selinux is disabled or not supported");
+    }
     if !p.cwd().is_absolute() {
         bail!("exec: cwd {:?} must be an absolute path", p.cwd());
     }

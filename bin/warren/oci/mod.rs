@@ -281,7 +281,13 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Exec { args } => exec::exec(&root, *args),
+        // Like runc: a failed exec exits 255, the process's own status is passed on.
+        Command::Exec { args } => exec::exec(&root, *args).or_else(|e| {
+            let msg = format!("exec failed: {}", warren::error_line(e.as_ref()));
+            log::error(global, &msg);
+            eprintln!("warren: {msg}");
+            Ok(255)
+        }),
         Command::Pause { id } => {
             Container::load(&root, &id)?.pause()?;
             Ok(0)

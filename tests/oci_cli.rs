@@ -1,0 +1,589 @@
+//! warren called as runc, the way podman, containerd and docker call it: the same
+//! subcommands and arguments on the same bundle, compared with runc 1.1 where runc is the
+//! reference (`/usr/sbin/runc`, Debian's `runc`).
+
+#[path = "oci/cli.rs"]
+mod cli;
+mod common;
+#[path = "common/rootfs.rs"]
+mod rootfs;
+
+use cli::{Runtime, Started, stdout_of};
+use common::{ok, require_root, run, scratch};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Stdio;
+
+fn sh(script: &str) -> Value {
+    rootfs::config(&["sh", "-c", script])
+}
+
+/// `exec`'s arguments (`runc exec --help`) give the process runc gives, on both.
+#[test]
+fn exec_takes_runcs_arguments_like_runc() {
+    require_root();
+    let dir = scratch("cli-exec");
+    let mut config = sh("sleep 1000");
+    config["process"]["noNewPrivileges"] = json!(false);
+    let b = rootfs::bundle(dir.path(), &config);
+    let process = dir.path().join("process.json");
+    std::fs::write(
+        &process,
+        json!({"args": ["sh", "-c", "echo $Y; pwd; id -u"], "env": ["Y=2", "PATH=/bin"], "cwd": "/tmp",
+               "user": {"uid": 7, "gid": 7}})
+        .to_string(),
+    )
+    .unwrap();
+    let p = process.to_str().unwrap();
+    #[rustfmt::skip]
+    let cases: &[&[&str]] = &[
+        &["-e", "X=1", "-u", "1000", "--cwd", "/tmp", "ID", "sh", "-c", "echo $X; id -u; id -g; pwd"],
+        &["-u", "1000:1001", "-g", "5", "-g", "6", "ID", "id", "-G"],
+        &["--cap", "CAP_SYS_ADMIN", "ID", "grep", "Cap[EPB]", "/proc/self/status"],
+        &["-c", "CAP_CHOWN", "ID", "grep", "CapBnd", "/proc/self/status"],
+        &["--no-new-privs", "ID", "grep", "NoNewPrivs", "/proc/self/status"],
+        &["ID", "grep", "NoNewPrivs", "/proc/self/status"],
+        &["ID", "sh", "-c", "exit 3"],
+        &["-p", p, "ID"],
+        &["--process", p, "-e", "Y=ignored", "ID"],
+        &["--process-label", "system_u:system_r:container_t:s0", "ID", "true"],
+        &["-t", "-d", "ID", "true"],
+        &["ID"],
+    ];
+    let mut results = Vec::new();
+    for rt in [Runtime::runc(dir.path()), Runtime::warren(dir.path())] {
+        let c = rt.start(&b, "exec");
+        let mut got = Vec::new();
+        for case in cases {
+            let args: Vec<&str> = case
+                .iter()
+                .map(|a| if *a == "ID" { c.id.as_str() } else { a })
+                .collect();
+            let out = run(rt.cmd().arg("exec").args(&args).stdin(Stdio::null()));
+            got.push((out.status.code(), stdout_of(&out)));
+        }
+        results.push((rt.name, got));
+    }
+    let (runc, warren) = (&results[0].1, &results[1].1);
+    for (i, case) in cases.iter().enumerate() {
+        assert_eq!(warren[i], runc[i], "exec {case:?}: warren vs runc");
+    }
+    // What they agree on, spelled out.
+    assert_eq!(warren[0], (Some(0), "1\n1000\n0\n/tmp\n".into()));
+    assert_eq!(warren[1], (Some(0), "1001 5 6\n".into()));
+    assert!(
+        warren[2].1.contains("CapBnd:\t0000000020200420"),
+        "{:?}",
+        warren[2]
+    );
+    assert_eq!(warren[3].1, "CapBnd:\t0000000020000421\n");
+    assert_eq!(warren[4].1, "NoNewPrivs:\t1\n");
+    assert_eq!(warren[5].1, "NoNewPrivs:\t0\n");
+    assert_eq!(warren[6].0, Some(3));
+    assert_eq!(warren[7], (Some(0), "2\n/tmp\n7\n".into()));
+    for refused in 9..12 {
+        assert_eq!(warren[refused].0, Some(255), "{:?}", cases[refused]);
+    }
+}
+
+/// `exec --detach --pid-file` returns at once; the process runs on in the container.
+#[test]
+fn exec_detach_writes_the_pid_file_and_leaves_the_process_running() {
+    require_root();
+    let dir = scratch("cli-exec-d");
+    let b = rootfs::bundle(dir.path(), &sh("sleep 1000"));
+    for rt in [Runtime::runc(dir.path()), Runtime::warren(dir.path())] {
+        let c = rt.start(&b, "execd");
+        let pid_file = dir.path().join(format!("{}.pid", rt.name));
+        ok(rt
+            .cmd()
+            .args(["exec", "--detach", "--pid-file"])
+            .arg(&pid_file)
+            .args([
+                &c.id,
+                "sh",
+                "-c",
+                "echo up > /tmp/detached; exec sleep 1000",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()));
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("a pid in the pid file");
+        let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+        assert_eq!(
+            ns(pid),
+            ns(c.pid()),
+            "{}: the exec'd process in the container",
+            rt.name
+        );
+        let seen = cli::poll(|| {
+            let out = run(rt.cmd().args(["exec", &c.id, "cat", "/tmp/detached"]));
+            (stdout_of(&out) == "up\n").then_some(())
+        });
+        assert!(seen.is_some(), "{}: the detached process ran", rt.name);
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "{}: the detached process is still running",
+            rt.name
+        );
+    }
+}
+
+/// `ps ID`: json is the container's pids, table the host's `ps` lines of those pids.
+#[test]
+fn ps_lists_the_container_processes_like_runc() {
+    require_root();
+    let dir = scratch("cli-ps");
+    let mut lists = Vec::new();
+    for rt in [Runtime::runc(dir.path()), Runtime::warren(dir.path())] {
+        let mut config = sh("sleep 1001 & sleep 1002 & wait");
+        config["linux"]["cgroupsPath"] = json!(format!(
+            "/warren-test-ps-{}-{}",
+            rt.name,
+            std::process::id()
+        ));
+        let b = rootfs::bundle(&dir.path().join(rt.name), &config);
+        let c = rt.start(&b, "ps");
+        // Both sleeps started.
+        let pids = cli::poll(|| {
+            let out = ok(rt.cmd().args(["ps", "--format", "json", &c.id]));
+            let pids: Vec<i32> = serde_json::from_str(&out).expect("a JSON array of pids");
+            (pids.len() == 3).then_some(pids)
+        })
+        .unwrap_or_else(|| panic!("{}: ps --format json never listed 3 pids", rt.name));
+        assert!(
+            pids.contains(&c.pid()),
+            "{}: {pids:?} has the init",
+            rt.name
+        );
+        let table = ok(rt.cmd().args(["ps", &c.id]));
+        let mut lines = table.lines();
+        let header = lines.next().expect("header");
+        assert!(header.split_whitespace().any(|t| t == "PID"), "{table}");
+        let mut cmds: Vec<String> = lines
+            .map(|l| l.split_whitespace().skip(7).collect::<Vec<_>>().join(" "))
+            .collect();
+        cmds.sort();
+        // ps options after the ID go to the host's ps.
+        let custom = ok(rt.cmd().args(["ps", &c.id, "-o", "pid,comm"]));
+        let mut custom: Vec<&str> = custom.lines().collect();
+        assert_eq!(
+            custom.remove(0).split_whitespace().collect::<Vec<_>>(),
+            ["PID", "COMMAND"]
+        );
+        custom.sort();
+        let expected: Vec<String> = {
+            let mut v: Vec<String> = pids
+                .iter()
+                .map(|p| {
+                    let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap();
+                    format!("{p} {}", comm.trim())
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let custom: Vec<String> = custom
+            .iter()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(custom, expected, "{}", rt.name);
+        let bad = run(rt.cmd().args(["ps", "--format", "yaml", &c.id]));
+        assert!(!bad.status.success(), "{}: bad format refused", rt.name);
+        lists.push(cmds);
+    }
+    assert_eq!(lists[1], lists[0], "ps table: warren vs runc");
+    assert_eq!(
+        lists[1],
+        [
+            "sh -c sleep 1001 & sleep 1002 & wait",
+            "sleep 1001",
+            "sleep 1002"
+        ]
+    );
+}
+
+/// `pause` freezes every process (`state` and `list` say paused, `exec` is refused),
+/// `resume` thaws them, as with runc.
+#[test]
+fn pause_and_resume_freeze_and_thaw_like_runc() {
+    require_root();
+    let dir = scratch("cli-pause");
+    for rt in [Runtime::runc(dir.path()), Runtime::warren(dir.path())] {
+        let mut config = sh("i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.02; done");
+        config["linux"]["cgroupsPath"] = json!(format!(
+            "/warren-test-pause-{}-{}",
+            rt.name,
+            std::process::id()
+        ));
+        let b = rootfs::bundle(&dir.path().join(rt.name), &config);
+        let c = rt.start(&b, "pause");
+        let counter = format!("/proc/{}/root/tmp/n", c.pid());
+        let read = || std::fs::read_to_string(&counter).unwrap_or_default();
+        assert!(cli::poll(|| (!read().is_empty()).then_some(())).is_some());
+        ok(rt.cmd().args(["pause", &c.id]));
+        assert_eq!(c.state()["status"], "paused", "{}", rt.name);
+        let list: Value =
+            serde_json::from_str(&ok(rt.cmd().args(["list", "--format", "json"]))).unwrap();
+        assert_eq!(list[0]["status"], "paused", "{}: {list}", rt.name);
+        let refused = run(rt.cmd().args(["exec", &c.id, "true"]));
+        assert_eq!(
+            refused.status.code(),
+            Some(255),
+            "{}: exec while paused",
+            rt.name
+        );
+        let frozen = read();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(read(), frozen, "{}: the workload ran while paused", rt.name);
+        ok(rt.cmd().args(["resume", &c.id]));
+        assert_eq!(c.state()["status"], "running", "{}", rt.name);
+        assert!(
+            cli::poll(|| (read() != frozen).then_some(())).is_some(),
+            "{}: the workload never went on after resume",
+            rt.name
+        );
+    }
+}
+
+/// `update` with runc's flags, then with docker's `--resources -` (zeros are
+/// "unchanged"), sets the same cgroup values runc sets.
+#[test]
+fn update_changes_limits_like_runc() {
+    require_root();
+    let dir = scratch("cli-update");
+    let mut seen = Vec::new();
+    for rt in [Runtime::runc(dir.path()), Runtime::warren(dir.path())] {
+        let mut config = sh("sleep 1000");
+        config["linux"]["cgroupsPath"] = json!(format!(
+            "/warren-test-update-{}-{}",
+            rt.name,
+            std::process::id()
+        ));
+        config["linux"]["resources"] =
+            json!({"memory": {"limit": 268435456}, "pids": {"limit": 100}});
+        let b = rootfs::bundle(&dir.path().join(rt.name), &config);
+        let c = rt.start(&b, "update");
+        ok(rt.cmd().args([
+            "update",
+            "--memory",
+            "64m",
+            "--pids-limit",
+            "50",
+            "--cpu-quota",
+            "50000",
+            "--cpu-period",
+            "100000",
+            "--cpu-share",
+            "512",
+            &c.id,
+        ]));
+        let files = [
+            ("memory", "memory.limit_in_bytes"),
+            ("pids", "pids.max"),
+            ("cpu", "cpu.cfs_quota_us"),
+            ("cpu", "cpu.cfs_period_us"),
+            ("cpu", "cpu.shares"),
+        ];
+        let values = |c: &Started| -> Vec<String> {
+            files
+                .iter()
+                .map(|(ctl, f)| cli::cgroup_v1_file(c.pid(), ctl, f))
+                .collect()
+        };
+        let after_flags = values(&c);
+        assert_eq!(
+            after_flags,
+            ["67108864", "50", "50000", "100000", "512"],
+            "{}",
+            rt.name
+        );
+        let mut child = rt
+            .cmd()
+            .args(["update", "--resources", "-", &c.id])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(
+                br#"{"memory": {"limit": 33554432, "swap": 0}, "cpu": {"shares": 0, "quota": 0},
+                     "blockIO": {"weight": 0}, "pids": {"limit": 0}}"#,
+            )
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "{}: update -r -", rt.name);
+        let after_json = values(&c);
+        assert_eq!(
+            after_json,
+            ["33554432", "50", "50000", "100000", "512"],
+            "{}",
+            rt.name
+        );
+        let bad = run(rt.cmd().args(["update", "--memory", "lots", &c.id]));
+        assert!(!bad.status.success(), "{}: a bad size is refused", rt.name);
+        seen.push((after_flags, after_json));
+    }
+    assert_eq!(seen[1], seen[0], "warren vs runc");
+}
+
+/// `events --stats` prints one `{"type":"stats","id":ID,"data":{...}}` line and exits.
+#[test]
+fn events_stats_prints_one_json_event_like_runc() {
+    require_root();
+    let dir = scratch("cli-events");
+    for rt in [Runtime::runc(dir.path()), Runtime::warren(dir.path())] {
+        let mut config = sh("sleep 1000");
+        config["linux"]["cgroupsPath"] = json!(format!(
+            "/warren-test-events-{}-{}",
+            rt.name,
+            std::process::id()
+        ));
+        let b = rootfs::bundle(&dir.path().join(rt.name), &config);
+        let c = rt.start(&b, "events");
+        let out = ok(rt.cmd().args(["events", "--stats", &c.id]));
+        assert_eq!(out.lines().count(), 1, "{}: {out}", rt.name);
+        let event: Value = serde_json::from_str(&out).expect("a JSON event");
+        assert_eq!(event["type"], "stats", "{}: {event}", rt.name);
+        assert_eq!(event["id"], c.id.as_str(), "{}", rt.name);
+        for key in ["cpu", "memory", "pids"] {
+            assert!(
+                event["data"][key].is_object(),
+                "{}: data.{key} in {event}",
+                rt.name
+            );
+        }
+        assert!(
+            event["data"]["pids"]["current"].as_u64() >= Some(1),
+            "{}: {event}",
+            rt.name
+        );
+        // Every --interval until it stops (one line is enough to see).
+        let mut child = rt
+            .cmd()
+            .args(["events", "--interval", "100ms", &c.id])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        let event: Value = serde_json::from_str(&line).expect("a JSON event");
+        assert_eq!(event["type"], "stats", "{}: {line}", rt.name);
+    }
+}
+
+/// Parse errors and every other error reach `--log` in the format asked, as runc writes
+/// them, after whatever the file held: a client shows the last line.
+#[test]
+fn errors_reach_the_log_in_runcs_formats() {
+    require_root();
+    let dir = scratch("cli-log");
+    let b = rootfs::bundle(dir.path(), &sh("sleep 1000"));
+    for rt in [Runtime::runc(dir.path()), Runtime::warren(dir.path())] {
+        let c = rt.start(&b, "log");
+        let log = dir.path().join(format!("{}.log", rt.name));
+        let last = |args: &[&str], format: &str| -> (Option<i32>, String) {
+            std::fs::write(&log, "stale line\n").unwrap();
+            let out = run(rt
+                .cmd()
+                .arg("--log")
+                .arg(&log)
+                .args(["--log-format", format])
+                .args(args)
+                .stdin(Stdio::null()));
+            let text = std::fs::read_to_string(&log).unwrap();
+            assert!(
+                text.starts_with("stale line\n"),
+                "{}: appended: {text}",
+                rt.name
+            );
+            (
+                out.status.code(),
+                text.lines().last().unwrap_or_default().to_owned(),
+            )
+        };
+        for (args, needle) in [
+            (
+                &["exec", "--bogus-flag", c.id.as_str(), "true"][..],
+                "bogus-flag",
+            ),
+            (&["state", "no-such-container"][..], "not"),
+            (
+                &["exec", c.id.as_str(), "/no/such/program"][..],
+                "/no/such/program",
+            ),
+        ] {
+            let (code, line) = last(args, "json");
+            assert_ne!(code, Some(0), "{}: {args:?}", rt.name);
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("{}: {args:?}: not JSON ({e}): {line}", rt.name));
+            let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+            assert_eq!(keys, ["level", "msg", "time"], "{}: {line}", rt.name);
+            assert_eq!(v["level"], "error", "{}: {line}", rt.name);
+            assert!(
+                v["msg"].as_str().unwrap().contains(needle),
+                "{}: {args:?}: {line}",
+                rt.name
+            );
+
+            let (_, line) = last(args, "text");
+            assert!(
+                line.starts_with("time=\"") && line.contains("\" level=error msg=\""),
+                "{}: {args:?}: {line}",
+                rt.name
+            );
+            assert!(line.contains(needle), "{}: {line}", rt.name);
+        }
+    }
+}
+
+/// Warnings (here a failing poststop hook) are plain text on a stderr that is not a
+/// terminal, and runc-format lines in `--log`.
+#[test]
+fn warnings_are_plain_off_a_terminal_and_formatted_in_the_log() {
+    require_root();
+    let dir = scratch("cli-warn");
+    let mut config = sh("true");
+    config["hooks"] = json!({"poststop": [{"path": "/bin/false", "args": ["false"]}]});
+    let b = rootfs::bundle(dir.path(), &config);
+    let rt = Runtime::warren(dir.path());
+    let id = format!("warn-{}", std::process::id());
+    let create = |id: &str| {
+        ok(rt
+            .cmd()
+            .args(["create", "-b"])
+            .arg(&b)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()))
+    };
+    create(&id);
+    let out = run(rt.cmd().args(["delete", "--force", &id]));
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("poststop"), "a warning: {err}");
+    assert!(
+        !err.contains('\x1b'),
+        "no colour codes off a terminal: {err:?}"
+    );
+
+    create(&id);
+    let log = dir.path().join("warn.log");
+    ok(rt
+        .cmd()
+        .arg("--log")
+        .arg(&log)
+        .args(["--log-format", "json", "delete", "--force", &id]));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let v: Value = serde_json::from_str(text.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+    assert_eq!(v["level"], "warning", "{text}");
+    assert!(v["msg"].as_str().unwrap().contains("poststop"), "{text}");
+}
+
+/// An init that has exited is `stopped`, also while it waits in the kernel for the other
+/// processes of its pid namespace to be reaped (here an exec'd process whose parent, the
+/// `warren exec`, is stopped). runc 1.1 says `running` there.
+#[test]
+fn state_is_stopped_once_the_init_exited() {
+    require_root();
+    let dir = scratch("cli-state");
+    let b = rootfs::bundle(dir.path(), &sh("sleep 1000"));
+    let rt = Runtime::warren(dir.path());
+    let c = rt.start(&b, "state");
+    let mut exec = rt
+        .cmd()
+        .args(["exec", &c.id, "sleep", "1000"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let exec_pid = nix::unistd::Pid::from_raw(exec.id() as i32);
+    let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let in_container = || {
+        std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            (stat.contains(&format!(") S {} ", exec_pid)) && ns(pid) == ns(c.pid())).then_some(pid)
+        })
+    };
+    assert!(
+        cli::poll(in_container).is_some(),
+        "the exec'd sleep started"
+    );
+    nix::sys::signal::kill(exec_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let init = nix::unistd::Pid::from_raw(c.pid());
+    nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let stopped = cli::poll(|| (c.state()["status"] == "stopped").then_some(()));
+    // The init is still there, not a zombie: waiting for the exec'd process's reaping.
+    let stat = std::fs::read_to_string(format!("/proc/{init}/stat")).unwrap_or_default();
+    nix::sys::signal::kill(exec_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(exec.wait().unwrap().code(), Some(137));
+    assert!(
+        stopped.is_some(),
+        "state still {} after the init exited",
+        c.state()
+    );
+    let state = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .next();
+    assert_eq!(
+        state,
+        Some("S"),
+        "the init waited for its namespace: {stat}"
+    );
+}
+
+/// `ociVersion` must be a SemVer 1.x version, as the runtime spec requires (runc 1.1
+/// takes anything); the error names the field.
+#[test]
+fn oci_version_is_checked() {
+    require_root();
+    let dir = scratch("cli-version");
+    let rt = Runtime::warren(dir.path());
+    let mut config = sh("echo ran");
+    config["ociVersion"] = json!("invalid");
+    let b = rootfs::bundle(dir.path(), &config);
+    let log = dir.path().join("log.json");
+    let id = format!("version-{}", std::process::id());
+    let out = run(rt
+        .cmd()
+        .arg("--log")
+        .arg(&log)
+        .args(["--log-format", "json", "run", "-b"])
+        .arg(&b)
+        .arg(&id));
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`ociVersion`") && err.contains("\"invalid\""),
+        "{err}"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("ociVersion"), "{logged}");
+    assert!(!rt.root.join(&id).exists(), "state left behind");
+    for good in ["1.0.2-dev", "1.1.0", "1.2.0"] {
+        config["ociVersion"] = json!(good);
+        rootfs::write_config(&b, &config);
+        assert_eq!(
+            ok(rt.cmd().args(["run", "-b"]).arg(&b).arg(&id)),
+            "ran\n",
+            "{good}"
+        );
+    }
+}
