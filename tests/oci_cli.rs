@@ -49,6 +49,7 @@ fn exec_takes_runcs_arguments_like_runc() {
         &["--process-label", "system_u:system_r:container_t:s0", "ID", "true"],
         &["-t", "-d", "ID", "true"],
         &["ID"],
+        &["-e", "TERM=dumb", "-e", "Z=3", "ID", "sh", "-c", "env | grep -E '^(TERM|Z)=' | sort"],
     ];
     let mut results = Vec::new();
     for rt in [Runtime::runc(dir.path()), Runtime::warren(dir.path())] {
@@ -81,6 +82,7 @@ fn exec_takes_runcs_arguments_like_runc() {
     assert_eq!(warren[5].1, "NoNewPrivs:\t0\n");
     assert_eq!(warren[6].0, Some(3));
     assert_eq!(warren[7], (Some(0), "2\n/tmp\n7\n".into()));
+    assert_eq!(warren[12].1, "TERM=dumb\nZ=3\n");
     for refused in 9..12 {
         assert_eq!(warren[refused].0, Some(255), "{:?}", cases[refused]);
     }

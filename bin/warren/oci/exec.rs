@@ -149,8 +149,13 @@ fn process_of(mut p: Process, a: &ExecArgs) -> Result<Process> {
         add_caps(&mut p, &a.cap)?;
     }
     if !a.env.is_empty() {
+        // A variable given again replaces the config's (runc sets them in order).
         let mut all = p.env().clone().unwrap_or_default();
-        all.extend(a.env.iter().cloned());
+        for kv in &a.env {
+            let key = kv.split('=').next().unwrap_or_default();
+            all.retain(|e| e.split('=').next() != Some(key));
+            all.push(kv.clone());
+        }
         p.set_env(Some(all));
     }
     p.set_terminal(Some(a.tty));
