@@ -135,6 +135,30 @@ fn exec_detach_writes_the_pid_file_and_leaves_the_process_running() {
     }
 }
 
+/// `exec --tty --detach --console-socket S` (podman's `exec -it`): the pty master goes to
+/// the socket, and the process, on that terminal, outlives the runtime.
+#[test]
+fn exec_tty_sends_the_pty_to_the_console_socket() {
+    require_root();
+    let dir = scratch("cli-exec-t");
+    let b = rootfs::bundle(dir.path(), &sh("sleep 1000"));
+    for rt in [Runtime::runc(dir.path()), Runtime::warren(dir.path())] {
+        let c = rt.start(&b, "exect");
+        let sock = dir.path().join(format!("{}.sock", rt.name));
+        let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        let reader = std::thread::spawn(move || cli::read_console(listener));
+        ok(rt
+            .cmd()
+            .args(["exec", "--tty", "--detach", "--console-socket"])
+            .arg(&sock)
+            .args([&c.id, "sh", "-c", "sleep 0.5; tty; echo still-here"])
+            .stdin(Stdio::null()));
+        let text = reader.join().expect("console reader");
+        assert!(text.contains("/dev/pts/"), "{}: {text:?}", rt.name);
+        assert!(text.contains("still-here"), "{}: {text:?}", rt.name);
+    }
+}
+
 /// `ps ID`: json is the container's pids, table the host's `ps` lines of those pids.
 #[test]
 fn ps_lists_the_container_processes_like_runc() {
