@@ -88,6 +88,77 @@ fn exec_takes_runcs_arguments_like_runc() {
     }
 }
 
+/// The same arguments, rootless: warren as an unprivileged user, ids from its subuid block.
+#[test]
+fn rootless_exec_takes_runcs_arguments() {
+    let (uid, gid) = common::ensure_rootless_user();
+    let sub = common::ROOTLESS_SUBIDS.0;
+    let dir = scratch("cli-rootless");
+    let b = dir.path().join("bundle");
+    std::fs::create_dir_all(&b).unwrap();
+    for p in [dir.path(), b.as_path()] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let mut config = sh("sleep 1000");
+    config["process"]["noNewPrivileges"] = json!(false);
+    let maps = json!([{"containerID": 0, "hostID": sub, "size": 65536}]);
+    let ns = config["linux"]["namespaces"].as_array_mut().unwrap();
+    ns.retain(|n| n["type"] != "network");
+    ns.push(json!({"type": "user"}));
+    config["linux"]["uidMappings"] = maps.clone();
+    config["linux"]["gidMappings"] = maps;
+    rootfs::bundle(&b, &config);
+    rootfs::chown_tree(&b.join("rootfs"), sub, sub);
+    let process = b.join("process.json");
+    std::fs::write(
+        &process,
+        json!({"args": ["sh", "-c", "echo $Y; pwd; id -u"], "env": ["Y=2", "PATH=/bin"],
+               "cwd": "/tmp", "user": {"uid": 7, "gid": 7}})
+        .to_string(),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&b, Some(uid), Some(gid)).unwrap();
+    std::os::unix::fs::chown(&process, Some(uid), Some(gid)).unwrap();
+    let rt = Runtime::warren_rootless(&b);
+    let c = rt.start(&b, "rl-exec");
+    let p = process.to_str().unwrap();
+    let log = b.join("log.json");
+    #[rustfmt::skip]
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["-e", "X=1", "-u", "1000", "--cwd", "/tmp", "ID", "sh", "-c", "echo $X; id -u; id -g; pwd"], 0, "1\n1000\n0\n/tmp\n"),
+        (&["-u", "1000:1001", "-g", "5", "-g", "6", "ID", "id", "-G"], 0, "1001 5 6\n"),
+        (&["--no-new-privs", "ID", "grep", "NoNewPrivs", "/proc/self/status"], 0, "NoNewPrivs:\t1\n"),
+        (&["-c", "CAP_CHOWN", "ID", "grep", "CapBnd", "/proc/self/status"], 0, "CapBnd:\t0000000020000421\n"),
+        (&["-p", p, "ID"], 0, "2\n/tmp\n7\n"),
+        (&["ID", "sh", "-c", "exit 3"], 3, ""),
+        (&["-t", "-d", "ID", "true"], 255, ""),
+    ];
+    for (args, code, out) in cases {
+        let args: Vec<&str> = args
+            .iter()
+            .map(|a| if *a == "ID" { c.id.as_str() } else { a })
+            .collect();
+        let o = run(rt
+            .cmd()
+            .arg("--log")
+            .arg(&log)
+            .args(["--log-format", "json", "exec"])
+            .args(&args));
+        assert_eq!(
+            (o.status.code(), stdout_of(&o).as_str()),
+            (Some(*code), *out),
+            "{args:?}: {o:?}"
+        );
+    }
+    // The last failure is the log's last line.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let v: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert!(
+        v["msg"].as_str().unwrap().contains("console-socket"),
+        "{text}"
+    );
+}
+
 /// `exec --detach --pid-file` returns at once; the process runs on in the container.
 #[test]
 fn exec_detach_writes_the_pid_file_and_leaves_the_process_running() {

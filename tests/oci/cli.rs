@@ -2,7 +2,7 @@
 //! its own state root, and containers deleted when the test ends (also on panic).
 #![allow(dead_code)]
 
-use crate::common::{bin, ok, require_tool};
+use crate::common::{as_rootless, bin, ok, require_tool};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -14,6 +14,8 @@ pub struct Runtime {
     pub name: &'static str,
     pub bin: PathBuf,
     pub root: PathBuf,
+    /// Run as the rootless test user.
+    pub rootless: bool,
 }
 
 impl Runtime {
@@ -22,6 +24,7 @@ impl Runtime {
             name: "runc",
             bin: require_tool("runc", "runc"),
             root: dir.join("runc-root"),
+            rootless: false,
         }
     }
 
@@ -30,12 +33,25 @@ impl Runtime {
             name: "warren",
             bin: bin("warren"),
             root: dir.join("warren-root"),
+            rootless: false,
+        }
+    }
+
+    /// warren as the rootless test user, its state in `dir` (which that user owns).
+    pub fn warren_rootless(dir: &Path) -> Runtime {
+        Runtime {
+            rootless: true,
+            ..Runtime::warren(dir)
         }
     }
 
     /// The runtime with `--root`, as clients call it.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(&self.bin);
+        let mut c = if self.rootless {
+            as_rootless(&self.bin)
+        } else {
+            Command::new(&self.bin)
+        };
         c.arg("--root").arg(&self.root);
         c
     }
