@@ -347,6 +347,54 @@ fn pause_and_resume_freeze_and_thaw_like_runc() {
     }
 }
 
+/// A paused container dies of SIGKILL and goes with `delete --force`: the runtime thaws
+/// it after the signal (a frozen v1 process cannot die), as runc does.
+#[test]
+fn paused_containers_can_be_killed_and_deleted_like_runc() {
+    require_root();
+    let dir = scratch("cli-pause-kill");
+    for rt in [Runtime::runc(dir.path()), Runtime::warren(dir.path())] {
+        let mut config = sh("sleep 1000");
+        config["linux"]["cgroupsPath"] = json!(format!(
+            "/warren-test-pause-kill-{}-{}",
+            rt.name,
+            std::process::id()
+        ));
+        let b = rootfs::bundle(&dir.path().join(rt.name), &config);
+        let c = rt.start(&b, "pkill");
+        ok(rt.cmd().args(["pause", &c.id]));
+        ok(rt.cmd().args(["kill", &c.id, "KILL"]));
+        let stopped = cli::poll(|| (c.state()["status"] == "stopped").then_some(()));
+        assert!(stopped.is_some(), "{}: still {}", rt.name, c.state());
+        ok(rt.cmd().args(["delete", &c.id]));
+
+        let c = rt.start(&b, "pdelete");
+        ok(rt.cmd().args(["pause", &c.id]));
+        let refused = run(rt.cmd().args(["delete", &c.id]));
+        assert!(
+            !refused.status.success(),
+            "{}: delete of a paused container",
+            rt.name
+        );
+        ok(rt.cmd().args(["delete", "--force", &c.id]));
+        assert!(
+            !run(rt.cmd().args(["state", &c.id])).status.success(),
+            "{}",
+            rt.name
+        );
+        let gone = cli::poll(|| {
+            let stat =
+                std::fs::read_to_string(format!("/proc/{}/stat", c.pid())).unwrap_or_default();
+            (stat.is_empty() || stat.contains(") Z ")).then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "{}: the init outlived delete --force",
+            rt.name
+        );
+    }
+}
+
 /// `update` with runc's flags, then with docker's `--resources -` (zeros are
 /// "unchanged"), sets the same cgroup values runc sets.
 #[test]
