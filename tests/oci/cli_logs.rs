@@ -75,6 +75,23 @@ fn errors_reach_the_log_in_runcs_formats() {
     }
 }
 
+/// A log format other than text or json is refused, as runc does.
+#[test]
+fn an_unknown_log_format_is_refused_like_runc() {
+    require_root();
+    let dir = scratch("cli-log-format");
+    for rt in [Runtime::runc(dir.path()), Runtime::warren(dir.path())] {
+        let out = run(rt.cmd().args(["--log-format", "yaml", "list"]));
+        assert_eq!(out.status.code(), Some(1), "{}: {out:?}", rt.name);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("invalid log-format: yaml"),
+            "{}: {err}",
+            rt.name
+        );
+    }
+}
+
 /// Warnings (here a failing poststop hook) are plain text on a stderr that is not a
 /// terminal, and runc-format lines in `--log`.
 #[test]
