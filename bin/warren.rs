@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 #[path = "warren/image.rs"]
 mod image;
-#[path = "warren/oci.rs"]
+#[path = "warren/oci/mod.rs"]
 mod oci;
 #[path = "warren/product.rs"]
 mod product;
@@ -78,7 +78,14 @@ enum Command {
 fn main() {
     // First: this process may be the rootless helper a `warren` re-executed.
     warren::mount::rootless::dispatch();
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| {
+        // OCI clients show the runtime's last `--log` line: it must be this error.
+        if e.use_stderr() {
+            oci::log::parse_error(&args, &e);
+        }
+        e.exit()
+    });
     if matches!(&cli.command, Command::Oci(c) if c.starts_processes()) {
         // Before any thread: container processes are clones of this one, and must not
         // find a writable runtime binary behind /proc/PID/exe. Creating a container
@@ -100,7 +107,9 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("warren: {}", warren::error_line(e.as_ref()));
+            let msg = warren::error_line(e.as_ref());
+            oci::log::error(&cli.global, &msg);
+            eprintln!("warren: {msg}");
             std::process::exit(1);
         }
     }

@@ -11,11 +11,19 @@ use warren::runtime::{BindMount, ConfigFile, ContainerConfig, Network, Runtime, 
 #[derive(clap::Subcommand, Debug)]
 #[command(defer = true)]
 pub enum Command {
-    /// List containers made from images.
+    /// List containers made from images; with an ID, runc's `ps` of that container.
     Ps {
         /// Only names.
         #[arg(short, long)]
         quiet: bool,
+        /// With an ID: table or json (runc's --format).
+        #[arg(long, short = 'f', default_value = "table")]
+        format: String,
+        /// An OCI container's ID (runc's `ps ID [PS_ARGS...]`).
+        id: Option<String>,
+        /// With an ID: arguments for the host's ps (default -ef).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
     },
     /// Stop a container: SIGTERM, then SIGKILL after the timeout.
     Stop {
@@ -109,9 +117,18 @@ pub fn runtime(global: &Global) -> Result<Runtime> {
 }
 
 pub fn run(global: &Global, command: Command) -> Result<i32> {
+    if let Command::Ps {
+        id: Some(id),
+        format,
+        ps_args,
+        ..
+    } = &command
+    {
+        return oci::ps::ps(&oci::root(global), id, format, ps_args);
+    }
     let rt = runtime(global)?;
     match command {
-        Command::Ps { quiet } => {
+        Command::Ps { quiet, .. } => {
             let list = rt.list()?;
             if global.json {
                 println!("{}", serde_json::to_string_pretty(&list)?);

@@ -116,9 +116,12 @@ impl Container {
         probe(&self.record, &self.dir_path()).0
     }
 
-    /// The OCI state (`warren state`).
+    /// The OCI state (`warren state`): `paused` when its cgroup is frozen.
     pub fn state(&self) -> State {
-        State::of(&self.record, self.status())
+        let status = self.status();
+        let mut state = State::of(&self.record, status);
+        state.paused = status == ContainerState::Running && self.paused().unwrap_or(false);
+        state
     }
 
     /// Lets a created container exec its workload.
@@ -254,7 +257,17 @@ impl Container {
                 continue;
             };
             let (status, _) = probe(&record, &e.path());
-            out.push(State::of(&record, status));
+            let mut state = State::of(&record, status);
+            if status == ContainerState::Running {
+                let c = Container {
+                    root: root.to_owned(),
+                    record,
+                    pidfd: None,
+                    child: false,
+                };
+                state.paused = c.paused().unwrap_or(false);
+            }
+            out.push(state);
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)

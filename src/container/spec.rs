@@ -33,8 +33,43 @@ pub fn parse(text: &[u8]) -> Result<Spec, ConfigError> {
     Ok(spec)
 }
 
+/// `ociVersion` must be a SemVer 2.0.0 version (the runtime spec says so) of major
+/// version 1, the one this runtime implements.
+fn check_version(version: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| Err(ConfigError::new("ociVersion", format!("{version:?} {why}")));
+    let core = version.split(['-', '+']).next().unwrap_or_default();
+    let rest = &version[core.len()..];
+    let parts: Vec<&str> = core.split('.').collect();
+    let numeric = |p: &&str| {
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && (p.len() == 1 || !p.starts_with('0'))
+    };
+    if parts.len() != 3 || !parts.iter().all(numeric) {
+        return bad("is not a SemVer version (MAJOR.MINOR.PATCH, like 1.0.2)");
+    }
+    let ident =
+        |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let (pre, build) = match rest.split_once('+') {
+        Some((pre, build)) => (pre, Some(build)),
+        None => (rest, None),
+    };
+    let pre_ok = pre.is_empty()
+        || pre
+            .strip_prefix('-')
+            .is_some_and(|p| p.split('.').all(ident));
+    if !pre_ok || build.is_some_and(|b| !b.split('.').all(ident)) {
+        return bad("is not a SemVer version (MAJOR.MINOR.PATCH, like 1.0.2)");
+    }
+    if parts[0] != "1" {
+        return bad("is not supported: this runtime implements version 1 of the OCI runtime spec");
+    }
+    Ok(())
+}
+
 /// Semantic checks serde cannot do.
 pub(crate) fn validate(spec: &Spec) -> Result<(), ConfigError> {
+    check_version(spec.version())?;
     let process = spec
         .process()
         .as_ref()
@@ -163,6 +198,38 @@ mod tests {
         assert_eq!(
             e,
             ConfigError::new("process.env[0]", "\"X\" is not KEY=VALUE")
+        );
+    }
+
+    #[test]
+    fn oci_version_must_be_semver_major_1() {
+        for good in [
+            "1.0.2",
+            "1.0.2-dev",
+            "1.2.0",
+            "1.0.0-rc.1+build.5",
+            "1.10.0",
+        ] {
+            assert_eq!(check_version(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "invalid", "", "1.0", "1.0.2.3", "01.0.0", "1.0.x", "1.0.2-", "2.0.0", "v1.0.0",
+        ] {
+            let e = check_version(bad).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("ociVersion"), "{bad}");
+        }
+        let e = parse(
+            &serde_json::to_vec(&serde_json::json!({
+                "ociVersion": "invalid",
+                "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+                "root": {"path": "rootfs"}
+            }))
+            .unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "field `ociVersion`: \"invalid\" is not a SemVer version (MAJOR.MINOR.PATCH, like 1.0.2)"
         );
     }
 

@@ -202,16 +202,28 @@ fn flock(f: &File, op: libc::c_int) -> std::io::Result<()> {
     }
 }
 
-/// The start time (field 22 of `/proc/PID/stat`) and whether the process is a zombie;
-/// `None` when there is no such process.
+/// The start time (field 22 of `/proc/PID/stat`) and whether the process has exited
+/// (`None` when there is no such process).
 pub(crate) fn proc_start(pid: i32) -> Option<(u64, bool)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat)
+}
+
+/// The kernel's PF_EXITING task flag: set when the process starts to exit.
+const PF_EXITING: u64 = 0x4;
+
+/// Start time and "exited" from the text of `/proc/PID/stat`. Exited is a zombie (`Z`,
+/// `X`) or a process already in `exit()`: a pid namespace's init that exited waits there,
+/// in state `S`, until every other process of its namespace is reaped, which takes as
+/// long as the parent of an exec'd process leaves it unreaped.
+fn parse_stat(stat: &str) -> Option<(u64, bool)> {
     // The command name may contain spaces and parentheses: fields follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let zombie = fields.first() == Some(&"Z") || fields.first() == Some(&"X");
+    let flags: u64 = fields.get(6)?.parse().ok()?;
     let start = fields.get(19)?.parse().ok()?;
-    Some((start, zombie))
+    Some((start, zombie || flags & PF_EXITING != 0))
 }
 
 /// Current time as RFC 3339 (UTC, seconds and nanoseconds).
@@ -240,20 +252,22 @@ pub fn now_rfc3339() -> String {
     )
 }
 
-/// The OCI state document (plus runc's rootfs/created/owner).
+/// The OCI state document (plus runc's rootfs/created/owner). A frozen container is
+/// `status: Running` with `paused` set, and reads `"status": "paused"` in JSON, as runc's.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(into = "StateJson", from = "StateJson")]
 pub struct State {
     pub oci_version: String,
     pub id: String,
     pub status: ContainerState,
+    /// Its processes are frozen (`warren pause`).
+    pub paused: bool,
     pub pid: i32,
     pub bundle: PathBuf,
     pub rootfs: PathBuf,
     pub created: String,
     pub owner: String,
-    #[serde(default, skip_serializing_if = "std::collections::HashMap::is_empty")]
-    pub annotations: std::collections::HashMap<String, String>,
+    pub annotations: HashMap<String, String>,
 }
 
 impl State {
@@ -262,6 +276,7 @@ impl State {
             oci_version: r.oci_version.clone(),
             id: r.id.clone(),
             status,
+            paused: false,
             pid: if status == ContainerState::Stopped {
                 0
             } else {
@@ -272,6 +287,71 @@ impl State {
             created: r.created.clone(),
             owner: r.owner.clone(),
             annotations: r.annotations.clone(),
+        }
+    }
+
+    /// The status as `state` prints it: creating, created, running, paused or stopped.
+    pub fn status_name(&self) -> String {
+        if self.paused && self.status == ContainerState::Running {
+            "paused".into()
+        } else {
+            self.status.to_string()
+        }
+    }
+}
+
+/// [`State`] as JSON: the status a string that may be `paused`.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StateJson {
+    oci_version: String,
+    id: String,
+    status: String,
+    pid: i32,
+    bundle: PathBuf,
+    rootfs: PathBuf,
+    created: String,
+    owner: String,
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    annotations: HashMap<String, String>,
+}
+
+impl From<State> for StateJson {
+    fn from(s: State) -> StateJson {
+        StateJson {
+            status: s.status_name(),
+            oci_version: s.oci_version,
+            id: s.id,
+            pid: s.pid,
+            bundle: s.bundle,
+            rootfs: s.rootfs,
+            created: s.created,
+            owner: s.owner,
+            annotations: s.annotations,
+        }
+    }
+}
+
+impl From<StateJson> for State {
+    fn from(s: StateJson) -> State {
+        let (status, paused) = match s.status.as_str() {
+            "creating" => (ContainerState::Creating, false),
+            "created" => (ContainerState::Created, false),
+            "running" => (ContainerState::Running, false),
+            "paused" => (ContainerState::Running, true),
+            _ => (ContainerState::Stopped, false),
+        };
+        State {
+            oci_version: s.oci_version,
+            id: s.id,
+            status,
+            paused,
+            pid: s.pid,
+            bundle: s.bundle,
+            rootfs: s.rootfs,
+            created: s.created,
+            owner: s.owner,
+            annotations: s.annotations,
         }
     }
 }
@@ -296,5 +376,35 @@ pub(crate) fn probe(r: &Record, dir: &Path) -> (ContainerState, Option<OwnedFd>)
         }
         Some((start, true)) if start == r.pid_start => (ContainerState::Stopped, Some(pidfd)),
         _ => (ContainerState::Stopped, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exiting_process_counts_as_exited() {
+        // Fields after the name: state, ppid, pgrp, session, tty, tpgid, flags, ...
+        let stat = |state: &str, flags: u64| {
+            format!("42 (a (b) c) {state} 1 42 42 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 777 0")
+        };
+        assert_eq!(parse_stat(&stat("S", 0x400100)), Some((777, false)));
+        assert_eq!(parse_stat(&stat("S", 0x40050c)), Some((777, true)));
+        assert_eq!(parse_stat(&stat("Z", 0x400100)), Some((777, true)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn paused_reads_and_writes_as_runc_does() {
+        let mut s: State = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2", "id": "a", "status": "paused", "pid": 5,
+            "bundle": "/b", "rootfs": "/b/rootfs", "created": "t", "owner": ""
+        }))
+        .unwrap();
+        assert!(s.paused && s.status == ContainerState::Running);
+        assert_eq!(serde_json::to_value(&s).unwrap()["status"], "paused");
+        s.paused = false;
+        assert_eq!(serde_json::to_value(&s).unwrap()["status"], "running");
     }
 }
