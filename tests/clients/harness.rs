@@ -345,6 +345,8 @@ impl Env {
         if !*done {
             // `--userns=auto` takes its ids from the `containers` user's subids.
             common::set_subid_lines("containers", &[AUTO_SUBIDS]);
+            // Its network backend's run dir, made even with no network.
+            self.note_host_paths(&["/run/containers"]);
             import(self.podman_argv("runc"), &self.path("rootfs"));
             *done = true;
         }
