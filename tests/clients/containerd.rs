@@ -3,7 +3,8 @@
 use crate::harness::Client;
 use crate::ops;
 
-const PROCESS: &str = "process helper: exec'd processes killed (PDEATHSIG), rlimits from the parent";
+const PROCESS: &str =
+    "process helper: exec'd processes killed (PDEATHSIG), rlimits from the parent";
 const CLI: &str = "cli helper: runc subcommands pause/resume/ps";
 
 ops! { Client::Ctr;

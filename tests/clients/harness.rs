@@ -212,7 +212,10 @@ impl Env {
             let text = String::from_utf8_lossy(&out.stdout)
                 .replace('\r', "")
                 .replace(name, "{name}");
-            let wanted = mode.until.as_ref().is_none_or(|w| text.contains(w.as_str()));
+            let wanted = mode
+                .until
+                .as_ref()
+                .is_none_or(|w| text.contains(w.as_str()));
             if wanted || Instant::now() > deadline {
                 let rc = out.status.code().unwrap_or(-1);
                 return Observed {
@@ -483,7 +486,11 @@ impl Drop for Env {
                 );
             }
         }
-        let docker = self.dockerd.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        let docker = self
+            .dockerd
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         drop(docker);
         if let Some(containerd) = self
             .containerd
@@ -496,7 +503,12 @@ impl Drop for Env {
             drop(containerd);
         }
         unmount_beneath(self.dir.path());
-        for p in self.host_paths.get_mut().unwrap_or_else(|e| e.into_inner()).iter() {
+        for p in self
+            .host_paths
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             let _ = std::fs::remove_file(p).or_else(|_| std::fs::remove_dir_all(p));
         }
     }
@@ -557,7 +569,11 @@ impl Drop for Daemon {
 fn cleanup(client: Client) -> &'static [&'static str] {
     match client {
         Client::Podman | Client::PodmanRootless => &["rm -f -t 0 {name}"],
-        Client::Ctr => &["task kill -s KILL {name}", "task delete -f {name}", "container delete {name}"],
+        Client::Ctr => &[
+            "task kill -s KILL {name}",
+            "task delete -f {name}",
+            "container delete {name}",
+        ],
         Client::Docker => &["rm -f {name}"],
     }
 }
@@ -586,7 +602,10 @@ impl Mode {
             return format!("{} lines", out.lines().count());
         }
         if self.last {
-            let last: Vec<&str> = out.lines().filter_map(|l| l.split_whitespace().last()).collect();
+            let last: Vec<&str> = out
+                .lines()
+                .filter_map(|l| l.split_whitespace().last())
+                .collect();
             return last.join("\n");
         }
         out.to_owned()
@@ -707,11 +726,18 @@ fn kill_naming(needle: &Path) {
         return;
     };
     for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(&needle) {
+        if String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .contains(&needle)
+        {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,

@@ -3,7 +3,8 @@
 use crate::harness::Client;
 use crate::ops;
 
-const PROCESS: &str = "process helper: exec'd processes killed (PDEATHSIG), rlimits from the parent";
+const PROCESS: &str =
+    "process helper: exec'd processes killed (PDEATHSIG), rlimits from the parent";
 const INIT_ROOTOPEN: &str = "init: the rootfs is opened after CLONE_NEWUSER, without access to the storage dir podman chowned to the container's ids (rootopen: EACCES, intermittent): open it before clone";
 const CLI: &str = "cli helper: runc subcommands pause/resume/ps";
 const ARGS0: &str = "process helper: a missing args[0] must fail with 127";

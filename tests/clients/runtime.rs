@@ -87,5 +87,8 @@ fn runc_cli_in_a_user_namespace_keeps_state_under_xdg_runtime_dir_and_binds_devi
     // The state went where runc's went: $XDG_RUNTIME_DIR/warren (not /run/warren).
     let xdg = dir.path().join("warren");
     assert!(xdg.join("warren").is_dir(), "no {}/warren", xdg.display());
-    assert!(!xdg.join(format!("warren/{id}-warren")).exists(), "state left behind");
+    assert!(
+        !xdg.join(format!("warren/{id}-warren")).exists(),
+        "state left behind"
+    );
 }
