@@ -12,7 +12,7 @@
 use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 /// Every client command is bounded: `timeout` kills it after this long.
@@ -66,6 +66,23 @@ macro_rules! ops {
 pub fn check(client: Client, test: &str, steps: &[&str], known: Option<&str>) {
     common::require_root();
     let env = env();
+    // podman's storage hands its layer directory to the ids of the container last made
+    // there: a test with its own id mapping runs alone.
+    static STORAGE: RwLock<()> = RwLock::new(());
+    let own_ids = steps
+        .iter()
+        .any(|s| s.contains("--userns") || s.contains("--uidmap"));
+    let _storage = if own_ids {
+        (
+            None,
+            Some(STORAGE.write().unwrap_or_else(|e| e.into_inner())),
+        )
+    } else {
+        (
+            Some(STORAGE.read().unwrap_or_else(|e| e.into_inner())),
+            None,
+        )
+    };
     let runc = env.play(client, Runtime::Runc, test, steps);
     for (o, s) in runc.iter().zip(steps) {
         assert!(

@@ -92,3 +92,70 @@ fn runc_cli_in_a_user_namespace_keeps_state_under_xdg_runtime_dir_and_binds_devi
         "state left behind"
     );
 }
+
+/// podman --userns=auto hands its storage directory (0700) to the container's ids: the
+/// rootfs beneath it is reachable only once the id maps exist. runc looks it up as
+/// mapped root; warren too when the early lookup is refused (the race was `rootopen:
+/// EACCES` in about one run of three under load).
+#[test]
+fn runc_cli_finds_a_rootfs_only_the_mapped_ids_may_reach() {
+    common::require_root();
+    let runc = common::require_tool("runc", "runc");
+    const HOST_ID: u32 = 0x3000_0000;
+    let dir = scratch("cl-mapped");
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).expect("mkdir store");
+    let mut c = rootfs::with_userns(
+        rootfs::config(&["sh", "-c", "id -u; stat -c %u /"]),
+        HOST_ID,
+        HOST_ID,
+        1024,
+    );
+    // No cgroup namespace, as podman on cgroup v1 (with one, the race is rarely lost).
+    c["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("namespaces")
+        .retain(|n| n["type"] != "cgroup");
+    let bundle = store.join("bundle");
+    std::fs::create_dir(&bundle).expect("mkdir bundle");
+    rootfs::bundle(&bundle, &c);
+    rootfs::chown_tree(&bundle.join("rootfs"), HOST_ID, HOST_ID);
+    std::os::unix::fs::chown(&store, Some(HOST_ID), Some(HOST_ID)).expect("chown store");
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let state = dir.path().join("state");
+    let run = |runtime: &Path, id: &str| {
+        common::run(
+            std::process::Command::new(runtime)
+                .arg("--root")
+                .arg(&state)
+                .args(["run", "-b"])
+                .arg(&bundle)
+                .arg(id),
+        )
+    };
+    let reference = run(&runc, "mapped-runc");
+    assert!(reference.status.success(), "runc: {reference:?}");
+    // Runs four at a time: the lookup loses the race under load.
+    let warren = bin("warren");
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..4)
+            .map(|t| {
+                let (run, warren, reference) = (&run, &warren, &reference);
+                s.spawn(move || {
+                    for i in 0..4 {
+                        let out = run(warren, &format!("mapped-warren-{t}-{i}"));
+                        assert_eq!(
+                            (out.status.code(), String::from_utf8_lossy(&out.stdout)),
+                            (Some(0), String::from_utf8_lossy(&reference.stdout)),
+                            "run {t}-{i}: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                    }
+                })
+            })
+            .collect();
+        for r in runs {
+            r.join().expect("a run failed");
+        }
+    });
+}
