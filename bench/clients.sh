@@ -33,13 +33,17 @@ IMG=localhost/warren-bench:clients
 podman_() { podman --root $W/podman/root --runroot $W/podman/run --tmpdir $W/podman/tmp --storage-driver vfs "$@"; }
 ctr_() { ctr --address $W/containerd/sock -n warren-bench "$@"; }
 CTD_PID=
+# The shims keep state in /run/containerd whatever containerd's --state: removed after
+# unless it was there before.
+[ -e /run/containerd ] && HAD_RUN_CONTAINERD=1 || HAD_RUN_CONTAINERD=
 cleanup() {
     for rt in runc warren; do podman_ rm -f -t 0 bench-$rt >/dev/null 2>&1 || true; done
     if [ -n "$CTD_PID" ]; then
         kill $CTD_PID 2>/dev/null || true
         i=0; while kill -0 $CTD_PID 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
     fi
-    rm -rf $W
+    rm -rf $W /run/containerd/runc/warren-bench
+    [ -n "$HAD_RUN_CONTAINERD" ] || rm -rf /run/containerd
 }
 trap cleanup EXIT INT TERM
 

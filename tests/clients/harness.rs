@@ -255,6 +255,11 @@ impl Env {
             Client::Ctr => {
                 self.containerd();
                 let ns = name.replace('_', "-");
+                // The shim keeps each namespace's runtime state in /run/containerd/runc.
+                self.host_paths
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Path::new("/run/containerd/runc").join(&ns));
                 let argv = self.argv(client, Runtime::Runc, &ns, &[]);
                 let archive = self.archive();
                 let mut import = argv.clone();
