@@ -33,9 +33,10 @@ IMG=localhost/warren-bench:clients
 podman_() { podman --root $W/podman/root --runroot $W/podman/run --tmpdir $W/podman/tmp --storage-driver vfs "$@"; }
 ctr_() { ctr --address $W/containerd/sock -n warren-bench "$@"; }
 CTD_PID=
-# The shims keep state in /run/containerd whatever containerd's --state: removed after
-# unless it was there before.
+# The shims keep state in /run/containerd whatever containerd's --state, podman's network
+# backend makes /run/containers even with no network: removed after unless there before.
 [ -e /run/containerd ] && HAD_RUN_CONTAINERD=1 || HAD_RUN_CONTAINERD=
+[ -e /run/containers ] && HAD_RUN_CONTAINERS=1 || HAD_RUN_CONTAINERS=
 cleanup() {
     for rt in runc warren; do podman_ rm -f -t 0 bench-$rt >/dev/null 2>&1 || true; done
     if [ -n "$CTD_PID" ]; then
@@ -44,6 +45,7 @@ cleanup() {
     fi
     rm -rf $W /run/containerd/runc/warren-bench
     [ -n "$HAD_RUN_CONTAINERD" ] || rm -rf /run/containerd
+    [ -n "$HAD_RUN_CONTAINERS" ] || rm -rf /run/containers
 }
 trap cleanup EXIT INT TERM
 
