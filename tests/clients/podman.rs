@@ -24,6 +24,7 @@ ops! { Client::Podman;
     podman_pids_limit: ["run --rm --pids-limit 42 {img} cat /sys/fs/cgroup/pids/pids.max"];
     podman_cpus: ["run --rm --cpus 0.5 {img} cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us"];
     podman_device: ["run --rm --device /dev/zero:/dev/myzero {img} sh -c 'head -c 4 /dev/myzero | wc -c; stat -c %t:%T /dev/myzero'"];
+    podman_privileged: ["run --rm --privileged {img} sh -c 'grep CapEff /proc/self/status; ls /dev/null /dev/tty; head -c 2 /dev/zero | wc -c'"];
     podman_userns_auto: ["run --rm --userns=auto {img} sh -c 'id -u; wc -l < /proc/self/uid_map'"];
 }
 
