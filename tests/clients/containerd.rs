@@ -3,7 +3,7 @@
 use crate::harness::Client;
 use crate::ops;
 
-const CLI: &str = "cli helper: runc subcommands pause/resume/ps";
+const CLI: &str = "cli helper: runc subcommands pause/resume, ps --format json";
 
 ops! { Client::Ctr;
     ctr_run_rm_exit_code: ["!run --rm {img} {name} sh -c 'echo out; exit 4'"];

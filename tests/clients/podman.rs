@@ -3,7 +3,7 @@
 use crate::harness::Client;
 use crate::ops;
 
-const CLI: &str = "cli helper: runc subcommands pause/resume/ps";
+const CLI: &str = "cli helper: runc subcommands pause/resume, ps --format json";
 
 ops! { Client::Podman;
     podman_run_rm_exit_code: ["!run --rm {img} sh -c 'echo out; exit 3'"];
