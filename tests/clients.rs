@@ -16,6 +16,12 @@ mod rootfs;
 #[path = "clients/harness.rs"]
 mod harness;
 
+#[path = "clients/steps.rs"]
+mod steps;
+
+#[path = "clients/daemons.rs"]
+mod daemons;
+
 #[path = "clients/podman.rs"]
 mod podman;
 

@@ -10,17 +10,15 @@
 //! `until=WORD:` repeat (bounded) until the output holds WORD.
 
 use crate::common;
+use crate::daemons::{Daemon, kill_naming, unmount_beneath};
+use crate::steps::{bounded, parse_mode, shell_line, words};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-/// Every client command is bounded: `timeout` kills it after this long.
-const COMMAND_SECS: &str = "90";
-/// How long a daemon may take to open its socket, and to exit once told to.
-const DAEMON_WAIT: Duration = Duration::from_secs(30);
-/// The namespace and names of everything the tests create.
-const IMAGE: &str = "localhost/warren-clients:test";
+/// The image every test runs.
+pub const IMAGE: &str = "localhost/warren-clients:test";
 /// Where `podman --userns=auto` takes its ids from (the `containers` user's subids).
 const AUTO_SUBIDS: (u32, u32) = (0x2000_0000, 0x10_0000);
 
@@ -536,57 +534,6 @@ impl Drop for Env {
     }
 }
 
-/// A daemon we started, stopped by pid (SIGTERM, then SIGKILL) when dropped.
-struct Daemon {
-    child: std::process::Child,
-    what: &'static str,
-}
-
-impl Daemon {
-    fn start(what: &'static str, mut cmd: Command, socket: &Path, dir: &Path) -> Daemon {
-        let log = std::fs::File::create(dir.join("log")).expect("daemon log");
-        let log2 = log.try_clone().expect("daemon log");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        let mut daemon = Daemon { child, what };
-        let deadline = Instant::now() + DAEMON_WAIT;
-        while !socket.exists() {
-            if let Ok(Some(status)) = daemon.child.try_wait() {
-                let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-                panic!("{what} exited with {status}:\n{log}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what} did not open {} in {DAEMON_WAIT:?}",
-                socket.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        daemon
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + DAEMON_WAIT;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("{} ignored SIGTERM: killed", self.what);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// What a client leaves behind after a test, removed whatever the test did.
 fn cleanup(client: Client) -> &'static [&'static str] {
     match client {
@@ -598,113 +545,6 @@ fn cleanup(client: Client) -> &'static [&'static str] {
         ],
         Client::Docker => &["rm -f {name}"],
     }
-}
-
-/// A step's prefixes.
-#[derive(Default)]
-struct Mode {
-    rc_only: bool,
-    lines: bool,
-    last: bool,
-    pty: bool,
-    until: Option<String>,
-}
-
-impl Mode {
-    /// The part of the output that is compared.
-    fn view(&self, out: &str, wanted: bool) -> String {
-        let out = out.trim();
-        if self.until.is_some() {
-            return format!("found: {wanted}");
-        }
-        if self.rc_only {
-            return String::new();
-        }
-        if self.lines {
-            return format!("{} lines", out.lines().count());
-        }
-        if self.last {
-            let last: Vec<&str> = out
-                .lines()
-                .filter_map(|l| l.split_whitespace().last())
-                .collect();
-            return last.join("\n");
-        }
-        out.to_owned()
-    }
-}
-
-fn parse_mode(step: &str) -> (Mode, &str) {
-    let mut mode = Mode::default();
-    let mut rest = step.trim_start_matches('!');
-    loop {
-        if let Some(r) = rest.strip_prefix("rc:") {
-            mode.rc_only = true;
-            rest = r;
-        } else if let Some(r) = rest.strip_prefix("lines:") {
-            mode.lines = true;
-            rest = r;
-        } else if let Some(r) = rest.strip_prefix("last:") {
-            mode.last = true;
-            rest = r;
-        } else if let Some(r) = rest.strip_prefix("pty:") {
-            mode.pty = true;
-            rest = r;
-        } else if let Some(r) = rest.strip_prefix("until=") {
-            let (word, r) = r.split_once(':').expect("until=WORD:");
-            mode.until = Some(word.to_owned());
-            rest = r;
-        } else {
-            return (mode, rest);
-        }
-    }
-}
-
-/// Splits a step into words (single quotes group), with `{name}` and `{img}` filled in.
-fn words(line: &str, name: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let (mut quoted, mut any) = (false, false);
-    for c in line.chars() {
-        match c {
-            '\'' => {
-                quoted = !quoted;
-                any = true;
-            }
-            c if c.is_whitespace() && !quoted => {
-                if any {
-                    out.push(std::mem::take(&mut cur));
-                    any = false;
-                }
-            }
-            c => {
-                cur.push(c);
-                any = true;
-            }
-        }
-    }
-    if any {
-        out.push(cur);
-    }
-    out.iter()
-        .map(|w| w.replace("{name}", name).replace("{img}", IMAGE))
-        .collect()
-}
-
-/// `argv` as one `sh -c` line.
-fn shell_line(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// `argv` under `timeout`, so that no client command can hang the suite.
-fn bounded<S: AsRef<str>>(argv: &[S]) -> Command {
-    let mut cmd = Command::new("timeout");
-    cmd.args(["-k", "5", COMMAND_SECS]);
-    cmd.args(argv.iter().map(|a| a.as_ref()));
-    cmd
 }
 
 /// `podman import` of the rootfs as the image.
@@ -739,46 +579,4 @@ fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
-}
-
-/// SIGKILLs every process whose command line holds `needle` (our daemons' shims).
-fn kill_naming(needle: &Path) {
-    let needle = needle.display().to_string();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline)
-            .replace('\0', " ")
-            .contains(&needle)
-        {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
-/// Detaches every mount beneath `dir` (what a killed client left), deepest first.
-fn unmount_beneath(dir: &Path) {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for p in points {
-        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
-    }
 }
