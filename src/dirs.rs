@@ -36,16 +36,45 @@ pub fn default_state_dir() -> PathBuf {
     PathBuf::from(home).join(".local/share/warren")
 }
 
-/// Where containers' runtime state lives (like runc's `--root`): `/run/warren` as root,
-/// `$XDG_RUNTIME_DIR/warren` otherwise, falling back to the state dir.
+/// Where containers' runtime state lives (the default of the runc-compatible `--root`):
+/// `$XDG_RUNTIME_DIR/warren` when runc would use `$XDG_RUNTIME_DIR/runc`, else
+/// `/run/warren` as root, else `STATE_DIR/run`. Rootless podman runs the runtime as uid 0
+/// of its own user namespace with `XDG_RUNTIME_DIR` set: `/run` is not its to write.
 pub fn run_dir() -> PathBuf {
-    if is_root() {
-        return PathBuf::from("/run/warren");
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty());
+    let user = std::env::var_os("USER");
+    let root = is_root();
+    match xdg {
+        Some(dir) if honor_xdg_runtime_dir(root, root && in_user_namespace(), user.as_deref()) => {
+            PathBuf::from(dir).join("warren")
+        }
+        _ if root => PathBuf::from("/run/warren"),
+        _ => state_dir().join("run"),
     }
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => PathBuf::from(dir).join("warren"),
-        None => state_dir().join("run"),
+}
+
+/// runc's rule (`shouldHonorXDGRuntimeDir`), given that `XDG_RUNTIME_DIR` is set: always
+/// when not uid 0; as uid 0 only inside a user namespace and unless `USER` is `root` (the
+/// host's root keeps `/run`, whatever its session sets).
+fn honor_xdg_runtime_dir(euid_root: bool, in_userns: bool, user: Option<&std::ffi::OsStr>) -> bool {
+    if !euid_root {
+        return true;
     }
+    in_userns && user.is_none_or(|u| u != "root")
+}
+
+/// True when this process is in a user namespace other than the initial one (whose
+/// `uid_map` is the identity over all ids).
+pub fn in_user_namespace() -> bool {
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(map) => !is_initial_uid_map(&map),
+        Err(_) => false,
+    }
+}
+
+fn is_initial_uid_map(map: &str) -> bool {
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    fields == ["0", "0", "4294967295"]
 }
 
 /// The subdirectories of the state dir that hold trees: each is private whatever the
@@ -158,6 +187,26 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn xdg_runtime_dir_is_honoured_as_runc_does() {
+        let root = Some(std::ffi::OsStr::new("root"));
+        let user = Some(std::ffi::OsStr::new("warren-test"));
+        // Not uid 0: always.
+        assert!(honor_xdg_runtime_dir(false, false, user));
+        assert!(honor_xdg_runtime_dir(false, false, None));
+        // The host's root: never (its session's /run/user/0 is not the default).
+        assert!(!honor_xdg_runtime_dir(true, false, user));
+        assert!(!honor_xdg_runtime_dir(true, false, None));
+        // uid 0 of a user namespace (rootless podman): unless USER is root.
+        assert!(honor_xdg_runtime_dir(true, true, user));
+        assert!(honor_xdg_runtime_dir(true, true, None));
+        assert!(!honor_xdg_runtime_dir(true, true, root));
+        assert!(is_initial_uid_map("         0          0 4294967295\n"));
+        assert!(!is_initial_uid_map(
+            "         0       1001          1\n         1    1048576      65536\n"
+        ));
     }
 
     #[test]

@@ -245,10 +245,15 @@ impl Init {
         // The rootfs is looked up with the caller's credentials, in the container's mount
         // namespace: now when it exists, else after the unshare that makes it (after GO).
         let rootfs = match &self.rootfs {
-            Some(plan) if self.unshare & libc::CLONE_NEWNS == 0 => plan.open_root()?,
+            Some(plan) if self.unshare & libc::CLONE_NEWNS == 0 => match plan.open_root() {
+                // A way only the mapped ids may take (podman --userns=auto hands its
+                // storage to them): looked up again once the maps are written.
+                Err(f) if self.new_userns && f.errno == libc::EACCES => -1,
+                r => r?,
+            },
             _ => -1,
         };
-        if !self.join.is_empty() || self.unshare != 0 || self.fork_after_join {
+        if !self.join.is_empty() || self.unshare != 0 || self.fork_after_join || rootfs < 0 {
             return Ok(Early::Pending(rootfs));
         }
         self.names()?;

@@ -193,33 +193,45 @@ impl Plan {
         Ok(())
     }
 
+    /// Creates the device node `d` beneath `root`, as runc does: bound from the host in a
+    /// user namespace (ours, or the one the runtime itself runs in: rootless podman),
+    /// else made by mknod, falling back to a bind where mknod is not permitted; an
+    /// entry that cannot be replaced (a mount a client put there) is kept.
     fn device(&self, root: RawFd, d: &DevOp) -> Result<(), i32> {
-        if self.bind_devices {
+        let bind = || {
             let target = d.target.create(root, true)?;
             let path = FdPath::new(target);
             let r = mount(Some(&d.host), path.as_cstr(), None, libc::MS_BIND, None);
             close(target);
-            return r;
+            r
+        };
+        if self.bind_devices {
+            return bind();
         }
-        let parent_made = d.target.create_parent(root)?;
-        let (dir, name) = parent_made;
+        let (dir, name) = d.target.create_parent(root)?;
         // SAFETY: valid fd and C string.
         unsafe { libc::unlinkat(dir, name.as_ptr(), 0) };
         // The mode the config asked for, set by mknod itself: no umask, and no chmod by
         // name afterwards (which would follow a symlink swapped in meanwhile).
         // SAFETY: umask and mknodat with a valid fd and C string; single-threaded child.
-        let mut r = unsafe {
+        let made = unsafe {
             let umask = libc::umask(0);
             let r = libc::mknodat(dir, name.as_ptr(), d.mode, d.dev);
             libc::umask(umask);
             r
         };
-        if r == 0 {
-            // SAFETY: valid fd and C string; AT_SYMLINK_NOFOLLOW.
-            r = unsafe {
-                libc::fchownat(dir, name.as_ptr(), d.uid, d.gid, libc::AT_SYMLINK_NOFOLLOW)
+        if made < 0 {
+            let e = last_errno();
+            close(dir);
+            return match e {
+                libc::EPERM => bind(),
+                libc::EEXIST => Ok(()),
+                e => Err(e),
             };
         }
+        // SAFETY: valid fd and C string; AT_SYMLINK_NOFOLLOW.
+        let r =
+            unsafe { libc::fchownat(dir, name.as_ptr(), d.uid, d.gid, libc::AT_SYMLINK_NOFOLLOW) };
         if r == 0 && d.mode & 0o7000 != 0 {
             // chown cleared setuid/setgid: put them back, never through a symlink.
             // SAFETY: `dir` is open until the close below.
