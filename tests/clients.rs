@@ -5,9 +5,7 @@
 //! One test per operation, named after its client: `cargo test --test clients podman_`,
 //! `ctr_`, `docker_`, `podman_rootless_`. The daemons (containerd, dockerd) are started by
 //! the tests with all their state under a scratch directory and stopped by pid when the
-//! last test using them ends. An operation whose difference lies in an area another part
-//! of issue 16 fixes names it in its failure message (`known:` in the tables): those
-//! tests fail, and say why, until the fix lands.
+//! last test using them ends.
 
 mod common;
 #[path = "common/rootfs.rs"]

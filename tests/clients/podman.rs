@@ -3,8 +3,6 @@
 use crate::harness::Client;
 use crate::ops;
 
-const CLI: &str = "cli helper: runc subcommands pause/resume, ps --format json";
-
 ops! { Client::Podman;
     podman_run_rm_exit_code: ["!run --rm {img} sh -c 'echo out; exit 3'"];
     podman_run_rm_missing_command: ["!run --rm {img} /no/such/command"];
@@ -15,7 +13,7 @@ ops! { Client::Podman;
     podman_top: ["rc:run -d --name {name} {img} sleep 60", "top {name} user args"];
     podman_stop: ["rc:run -d --name {name} {img} sleep 60", "rc:stop -t 1 {name}", "inspect -f '{{.State.Status}} {{.State.ExitCode}}' {name}"];
     podman_kill: ["rc:run -d --name {name} {img} sleep 60", "rc:kill {name}", "wait {name}", "inspect -f '{{.State.Status}}' {name}"];
-    podman_pause_unpause: ["rc:run -d --name {name} {img} sleep 60", "rc:pause {name}", "inspect -f '{{.State.Status}}' {name}", "rc:unpause {name}", "inspect -f '{{.State.Status}}' {name}"] known CLI;
+    podman_pause_unpause: ["rc:run -d --name {name} {img} sleep 60", "rc:pause {name}", "inspect -f '{{.State.Status}}' {name}", "rc:unpause {name}", "inspect -f '{{.State.Status}}' {name}"];
     podman_rm: ["rc:run -d --name {name} {img} sleep 60", "rc:rm -f -t 0 {name}", "!container exists {name}"];
     podman_user: ["run --rm --user 1000:1000 {img} id"];
     podman_read_only: ["!run --rm --read-only {img} sh -c 'touch /x 2>/dev/null; echo $?; touch /tmp/x && echo tmp ok'"];
