@@ -193,7 +193,12 @@ impl Container {
         match (status, pidfd) {
             (ContainerState::Created | ContainerState::Running, Some(fd)) => {
                 crate::sys::pidfd_send_signal(fd.as_fd(), signal)
-                    .map_err(Error::io(format!("signal container {}", self.record.id)))
+                    .map_err(Error::io(format!("signal container {}", self.record.id)))?;
+                // A frozen process dies only once thawed (runc thaws for SIGKILL too).
+                if signal == libc::SIGKILL && self.paused()? {
+                    self.resume()?;
+                }
+                Ok(())
             }
             (status, _) => Err(Error::BadState {
                 id: self.record.id.clone(),

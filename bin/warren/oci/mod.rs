@@ -224,25 +224,12 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
         }
         Command::Kill { id, signal, .. } => {
             let sig = container::parse_signal(&signal)?;
-            let c = Container::load(&root, &id)?;
-            let paused = c.state().paused;
-            c.kill(sig)?;
-            if paused && sig == libc::SIGKILL {
-                // A frozen process dies only once thawed (runc thaws for SIGKILL too).
-                c.resume()?;
-            }
+            Container::load(&root, &id)?.kill(sig)?;
             Ok(0)
         }
         Command::Delete { id, force } => {
             match Container::load(&root, &id) {
-                Ok(c) => {
-                    if force && c.state().paused {
-                        // Killed, then thawed so that it can die (as runc does).
-                        c.kill(libc::SIGKILL)?;
-                        c.resume()?;
-                    }
-                    c.delete(force)?
-                }
+                Ok(c) => c.delete(force)?,
                 // A runtime killed mid-create leaves no record: delete what is there.
                 Err(container::Error::NotFound(_)) if root.join(&id).is_dir() => {
                     container::delete_stale(&root, &id, force)?
