@@ -225,7 +225,7 @@ fn exec_tty_sends_the_pty_to_the_console_socket() {
         let c = rt.start(&b, "exect");
         let sock = dir.path().join(format!("{}.sock", rt.name));
         let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
-        let reader = std::thread::spawn(move || cli::read_console(listener));
+        let reader = std::thread::spawn(move || common::read_console(listener));
         ok(rt
             .cmd()
             .args(["exec", "--tty", "--detach", "--console-socket"])

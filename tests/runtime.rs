@@ -377,32 +377,7 @@ fn console_socket_receives_the_pty() {
     let sock = dir.path().join("console.sock");
     let listener = UnixListener::bind(&sock).expect("bind console socket");
     let root = dir.path().join("state");
-    let t = std::thread::spawn(move || {
-        let (conn, _) = listener.accept().expect("accept");
-        let mut buf = [0u8; 64];
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = nix::sys::socket::recvmsg::<()>(
-            std::os::fd::AsRawFd::as_raw_fd(&conn),
-            &mut iov,
-            Some(&mut cmsg),
-            nix::sys::socket::MsgFlags::empty(),
-        )
-        .expect("recvmsg");
-        let fd = msg
-            .cmsgs()
-            .expect("cmsgs")
-            .find_map(|c| match c {
-                nix::sys::socket::ControlMessageOwned::ScmRights(f) => f.first().copied(),
-                _ => None,
-            })
-            .expect("an fd");
-        // SAFETY: the fd just arrived over SCM_RIGHTS and is ours.
-        let mut master = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let mut out = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut master, &mut out);
-        String::from_utf8_lossy(&out).into_owned()
-    });
+    let t = std::thread::spawn(move || common::read_console(listener));
     let out = run(warren(&root)
         .args(["create", "-b"])
         .arg(&b)

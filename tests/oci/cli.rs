@@ -148,32 +148,3 @@ pub fn cgroup_v1_file(pid: i32, controller: &str, file: &str) -> String {
         .trim()
         .to_owned()
 }
-
-/// Accepts one connection on `listener` and reads everything from the pty master it
-/// carries (SCM_RIGHTS), until the workload closes its side.
-pub fn read_console(listener: std::os::unix::net::UnixListener) -> String {
-    let (conn, _) = listener.accept().expect("accept");
-    let mut buf = [0u8; 64];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = nix::sys::socket::recvmsg::<()>(
-        std::os::fd::AsRawFd::as_raw_fd(&conn),
-        &mut iov,
-        Some(&mut cmsg),
-        nix::sys::socket::MsgFlags::empty(),
-    )
-    .expect("recvmsg");
-    let fd = msg
-        .cmsgs()
-        .expect("cmsgs")
-        .find_map(|c| match c {
-            nix::sys::socket::ControlMessageOwned::ScmRights(f) => f.first().copied(),
-            _ => None,
-        })
-        .expect("an fd");
-    // SAFETY: the fd just arrived over SCM_RIGHTS and is ours.
-    let mut master = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let mut out = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut master, &mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
