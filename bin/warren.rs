@@ -4,6 +4,8 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+#[path = "warren/exit.rs"]
+mod exit;
 #[path = "warren/image.rs"]
 mod image;
 #[path = "warren/oci/mod.rs"]
@@ -83,6 +85,10 @@ fn main() {
         // OCI clients show the runtime's last `--log` line: it must be this error.
         if e.use_stderr() {
             oci::log::parse_error(&args, &e);
+            if exit::podman_args(&args) {
+                let _ = e.print();
+                std::process::exit(exit::FAILED);
+            }
         }
         e.exit()
     });
@@ -97,6 +103,7 @@ fn main() {
             );
         }
     }
+    let podman_codes = exit::podman_convention(&cli.command);
     let result = match cli.command {
         Command::Ranges(c) => ranges::run(&cli.global, c),
         Command::Image(c) => image::run(&cli.global, c),
@@ -110,7 +117,11 @@ fn main() {
             let msg = warren::error_line(e.as_ref());
             oci::log::error(&cli.global, &msg);
             eprintln!("warren: {msg}");
-            std::process::exit(1);
+            std::process::exit(if podman_codes {
+                exit::exit_code_for(&e)
+            } else {
+                1
+            });
         }
     }
 }

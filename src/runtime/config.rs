@@ -91,6 +91,9 @@ pub struct ContainerConfig {
     /// Send stdout and stderr to the container's log file (stdin from /dev/null)
     /// instead of `stdio`: for detached containers (`warren logs`).
     pub log: bool,
+    /// Run a minimal init as pid 1 that forwards signals to the workload and reaps
+    /// zombies: a workload that installs no SIGTERM handler ignores SIGTERM as pid 1.
+    pub init: bool,
 }
 
 /// The TOML form of a container's config (`/etc/warren/containers/NAME.toml`).
@@ -118,6 +121,9 @@ pub struct ConfigFile {
     pub no_seccomp: bool,
     #[serde(default)]
     pub read_only: bool,
+    /// A minimal init as pid 1 (see [`ContainerConfig::init`]).
+    #[serde(default)]
+    pub init: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +194,7 @@ impl ConfigFile {
             console: None,
             stdio: [None, None, None],
             log: false,
+            init: self.init,
         })
     }
 }
