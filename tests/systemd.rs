@@ -71,7 +71,13 @@ impl Machine {
         let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/container@.service");
         let bind_ro = |src: &Path, dst: &str| format!("--bind-ro={}:{dst}", src.display());
         let mut nspawn = Command::new("systemd-nspawn")
-            .args(["-q", "-b", "--volatile=overlay", "--register=no", "--keep-unit"])
+            .args([
+                "-q",
+                "-b",
+                "--volatile=overlay",
+                "--register=no",
+                "--keep-unit",
+            ])
             .args(["--console=passive", "-D"])
             .arg(&tree)
             .arg(format!("--machine=warren-{name}-{}", std::process::id()))
@@ -113,7 +119,15 @@ impl Machine {
     fn sh(&self, script: &str) -> Output {
         run(Command::new("timeout")
             .arg(STEP.as_secs().to_string())
-            .args(["nsenter", "-t", &self.pid.to_string(), "-a", "sh", "-c", script]))
+            .args([
+                "nsenter",
+                "-t",
+                &self.pid.to_string(),
+                "-a",
+                "sh",
+                "-c",
+                script,
+            ]))
     }
 
     /// `script`'s stdout; panics unless it succeeds.
@@ -140,7 +154,10 @@ impl Machine {
         let mut stdin = child.stdin.take().expect("nsenter's stdin");
         stdin.write_all(text.as_bytes()).expect("write to nsenter");
         drop(stdin);
-        assert!(child.wait().expect("wait for nsenter").success(), "write {path}");
+        assert!(
+            child.wait().expect("wait for nsenter").success(),
+            "write {path}"
+        );
     }
 
     /// One property of a unit, as `systemctl show -P` prints it.
