@@ -1,7 +1,7 @@
 //! The systemd units for real: systemd boots as pid 1 of a `systemd-nspawn` machine (a
 //! debootstrapped Debian, cached under /var/tmp/warren-tests/systemd-tree), with this
-//! build's `warren`, the host's static busybox (the default image) and the repository's
-//! `container@.service` bound in. Each check asks systemd itself: `systemctl show`.
+//! build's `warren` and `shift-mount`, the host's static busybox (the default image) and
+//! the repository's units bound in. Each check asks systemd itself: `systemctl show`.
 
 mod common;
 
@@ -68,7 +68,7 @@ impl Machine {
         );
         let tree = tree();
         let state = scratch("systemd-state");
-        let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/container@.service");
+        let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
         let bind_ro = |src: &Path, dst: &str| format!("--bind-ro={}:{dst}", src.display());
         let mut nspawn = Command::new("systemd-nspawn")
             .args([
@@ -83,7 +83,15 @@ impl Machine {
             .arg(format!("--machine=warren-{name}-{}", std::process::id()))
             .arg(bind_ro(&bin("warren"), "/usr/local/bin/warren"))
             .arg(bind_ro(busybox, "/usr/bin/busybox"))
-            .arg(bind_ro(&unit, "/etc/systemd/system/container@.service"))
+            .arg(bind_ro(&bin("shift-mount"), "/usr/local/bin/shift-mount"))
+            .arg(bind_ro(
+                &units.join("container@.service"),
+                "/etc/systemd/system/container@.service",
+            ))
+            .arg(bind_ro(
+                &units.join("shift-mount@.service"),
+                "/etc/systemd/system/shift-mount@.service",
+            ))
             .arg(format!("--bind={}:/var/lib/warren", state.path().display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -346,4 +354,38 @@ fn container_unit_restarts_crashes_but_not_its_own_failures() {
     }
     let journal = m.journal("container@missing");
     assert!(journal.contains("no-such-image"), "{journal}");
+}
+
+/// shift-mount@ as the README describes it: LOWER from `warren image extract`, a
+/// MOUNTPOINT that does not exist yet (the unit creates it); stop unmounts.
+#[test]
+fn shift_mount_unit_creates_its_mountpoint_and_unmounts() {
+    if !require_root("boots systemd in a systemd-nspawn machine") {
+        return;
+    }
+    let m = Machine::boot("shift");
+    // The first run imports the default image; then the shared tree, as the README says.
+    m.ok("warren run --rm --image busybox -- true");
+    m.ok("mkdir -p /var/lib/warren/trees && warren image extract busybox /var/lib/warren/trees/busybox");
+    m.write(
+        "/etc/warren/shift-mount/web.conf",
+        "LOWER=/var/lib/warren/trees/busybox\n\
+         INTERMEDIATE=/var/lib/warren/views/web\n\
+         MOUNTPOINT=/srv/web/rootfs\n\
+         SHIFT=0x30000\n\
+         RANGE=0x10000\n",
+    );
+    assert!(!m.sh("test -e /srv/web").status.success());
+    m.ok("systemctl start shift-mount@web");
+    assert_eq!(m.show("shift-mount@web", "ActiveState"), "active");
+    assert!(
+        m.sh("mountpoint -q /srv/web/rootfs").status.success(),
+        "{}",
+        m.journal("shift-mount@web")
+    );
+    let owner = m.ok("stat -c %u /srv/web/rootfs/bin/busybox");
+    assert_eq!(owner.trim(), 0x30000.to_string(), "shifted owner");
+    m.ok("systemctl stop shift-mount@web");
+    assert!(!m.sh("mountpoint -q /srv/web/rootfs").status.success());
+    assert_eq!(m.show("shift-mount@web", "Result"), "success");
 }
