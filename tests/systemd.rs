@@ -209,10 +209,14 @@ impl Drop for Machine {
             .args(["10", "nsenter", "-t", &self.pid.to_string(), "-a"])
             .args(["systemctl", "poweroff"])
             .output();
-        let off = wait_until(|| self.nspawn.try_wait().ok().flatten());
-        if off.is_none() {
-            let _ = self.nspawn.kill();
-            let _ = self.nspawn.wait();
+        if wait_until(|| self.nspawn.try_wait().ok().flatten()).is_none() {
+            // Killing its pid 1 ends the machine's whole pid namespace; nspawn follows.
+            let pid1 = nix::unistd::Pid::from_raw(self.pid as i32);
+            let _ = nix::sys::signal::kill(pid1, nix::sys::signal::Signal::SIGKILL);
+            if wait_until(|| self.nspawn.try_wait().ok().flatten()).is_none() {
+                let _ = self.nspawn.kill();
+                let _ = self.nspawn.wait();
+            }
         }
     }
 }
