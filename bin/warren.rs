@@ -85,12 +85,8 @@ fn main() {
         // OCI clients show the runtime's last `--log` line: it must be this error.
         if e.use_stderr() {
             oci::log::parse_error(&args, &e);
-            if exit::podman_args(&args) {
-                let _ = e.print();
-                std::process::exit(exit::FAILED);
-            }
         }
-        e.exit()
+        exit::parse_error(&args, e)
     });
     if matches!(&cli.command, Command::Oci(c) if c.starts_processes()) {
         // Before any thread: container processes are clones of this one, and must not
@@ -117,11 +113,7 @@ fn main() {
             let msg = warren::error_line(e.as_ref());
             oci::log::error(&cli.global, &msg);
             eprintln!("warren: {msg}");
-            std::process::exit(if podman_codes {
-                exit::exit_code_for(&e)
-            } else {
-                1
-            });
+            std::process::exit(exit::exit_code_for(&e, podman_codes));
         }
     }
 }

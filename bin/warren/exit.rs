@@ -20,6 +20,16 @@ pub fn podman_convention(command: &Command) -> bool {
     }
 }
 
+/// Exits for arguments clap refused: clap's own code (2 for a usage error), but 125
+/// for the podman-convention commands.
+pub fn parse_error(args: &[std::ffi::OsString], e: clap::Error) -> ! {
+    if e.use_stderr() && podman_args(args) {
+        let _ = e.print();
+        std::process::exit(FAILED);
+    }
+    e.exit()
+}
+
 /// True when arguments clap refused are for `run --image` or `--config` (the unit's
 /// form): a bad flag there is warren's failure (125), not clap's usage error (2).
 pub fn podman_args(args: &[std::ffi::OsString]) -> bool {
@@ -34,9 +44,11 @@ pub fn podman_args(args: &[std::ffi::OsString]) -> bool {
     })
 }
 
-/// The exit code for an error of a podman-convention command.
-pub fn exit_code_for(error: &anyhow::Error) -> i32 {
-    error.chain().find_map(exec_code).unwrap_or(FAILED)
+/// The exit code for `error`: 126/127 for a command that cannot run, else 125 under
+/// podman's convention (`podman`) and runc's 1 otherwise.
+pub fn exit_code_for(error: &anyhow::Error, podman: bool) -> i32 {
+    let other = if podman { FAILED } else { 1 };
+    error.chain().find_map(exec_code).unwrap_or(other)
 }
 
 /// 126/127 for a workload that could not be executed, from the container layer's error
@@ -63,8 +75,9 @@ mod tests {
     #[test]
     fn warren_failures_are_125() {
         let missing = warren::runtime::Error::NotFound("web".into());
-        assert_eq!(exit_code_for(&anyhow::Error::new(missing)), FAILED);
+        assert_eq!(exit_code_for(&anyhow::Error::new(missing), true), FAILED);
         let wrapped = anyhow::anyhow!("bad flag").context("run");
-        assert_eq!(exit_code_for(&wrapped), FAILED);
+        assert_eq!(exit_code_for(&wrapped, true), FAILED);
+        assert_eq!(exit_code_for(&wrapped, false), 1, "runc's code");
     }
 }

@@ -82,6 +82,9 @@ pub struct ContainerConfig {
     /// The built-in default seccomp profile (on unless turned off).
     pub no_seccomp: bool,
     pub read_only: bool,
+    /// Run a minimal init as pid 1 that forwards signals to the workload and reaps
+    /// zombies: a workload that installs no SIGTERM handler ignores SIGTERM as pid 1.
+    pub init: bool,
     /// Allocate a pty for the workload (interactive `warren run -t`); its master is sent
     /// over `console`, a connected unix socket.
     pub terminal: bool,
@@ -91,9 +94,6 @@ pub struct ContainerConfig {
     /// Send stdout and stderr to the container's log file (stdin from /dev/null)
     /// instead of `stdio`: for detached containers (`warren logs`).
     pub log: bool,
-    /// Run a minimal init as pid 1 that forwards signals to the workload and reaps
-    /// zombies: a workload that installs no SIGTERM handler ignores SIGTERM as pid 1.
-    pub init: bool,
 }
 
 /// The TOML form of a container's config (`/etc/warren/containers/NAME.toml`).
@@ -190,11 +190,11 @@ impl ConfigFile {
                 .map_err(|e| invalid(e.to_string()))?,
             no_seccomp: self.no_seccomp,
             read_only: self.read_only,
+            init: self.init,
             terminal: false,
             console: None,
             stdio: [None, None, None],
             log: false,
-            init: self.init,
         })
     }
 }
