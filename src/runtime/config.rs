@@ -297,6 +297,9 @@ mod tests {
             .into_config(&path)
             .unwrap_err();
         assert!(err.to_string().contains("web.toml") && err.to_string().contains("network"));
+        std::fs::write(&path, "image = \"busybox\"\ninit = true\n").unwrap();
+        let cfg = ConfigFile::load(&path).unwrap().into_config(&path).unwrap();
+        assert!(cfg.init, "init = true asks for the minimal init");
         std::fs::write(&path, "image = \"busybox\"\ncolour = 1\n").unwrap();
         let err = ConfigFile::load(&path).unwrap_err().to_string();
         assert!(err.contains("web.toml") && err.contains("colour"), "{err}");
