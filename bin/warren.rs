@@ -4,6 +4,8 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+#[path = "warren/exit.rs"]
+mod exit;
 #[path = "warren/image.rs"]
 mod image;
 #[path = "warren/oci/mod.rs"]
@@ -84,7 +86,7 @@ fn main() {
         if e.use_stderr() {
             oci::log::parse_error(&args, &e);
         }
-        e.exit()
+        exit::parse_error(&args, e)
     });
     if matches!(&cli.command, Command::Oci(c) if c.starts_processes()) {
         // Before any thread: container processes are clones of this one, and must not
@@ -97,6 +99,7 @@ fn main() {
             );
         }
     }
+    let podman_codes = exit::podman_convention(&cli.command);
     let result = match cli.command {
         Command::Ranges(c) => ranges::run(&cli.global, c),
         Command::Image(c) => image::run(&cli.global, c),
@@ -110,7 +113,7 @@ fn main() {
             let msg = warren::error_line(e.as_ref());
             oci::log::error(&cli.global, &msg);
             eprintln!("warren: {msg}");
-            std::process::exit(1);
+            std::process::exit(exit::exit_code_for(&e, podman_codes));
         }
     }
 }

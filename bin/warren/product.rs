@@ -38,6 +38,9 @@ pub enum Command {
         /// Kill it first if it runs.
         #[arg(short, long)]
         force: bool,
+        /// No error for a container that does not exist (podman's `rm --ignore`).
+        #[arg(short, long)]
+        ignore: bool,
     },
     /// Print the output of a detached container.
     Logs {
@@ -163,7 +166,11 @@ pub fn run(global: &Global, command: Command) -> Result<i32> {
             stop(&rt, &name, Duration::from_secs(time))?;
             Ok(0)
         }
-        Command::Rm { names, force } => {
+        Command::Rm {
+            names,
+            force,
+            ignore,
+        } => {
             if names.is_empty() {
                 bail!("name at least one container to remove");
             }
@@ -171,6 +178,7 @@ pub fn run(global: &Global, command: Command) -> Result<i32> {
             for name in names {
                 match rt.delete(&name, force) {
                     Ok(()) => println!("{name}"),
+                    Err(warren::runtime::Error::NotFound(_)) if ignore => {}
                     Err(e) => {
                         eprintln!("warren: {name}: {}", warren::error_line(&e));
                         code = 1;
@@ -211,6 +219,11 @@ fn logs(rt: &Runtime, name: &str, follow: bool) -> Result<i32> {
     let mut file = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(unit) = journal_unit(rt, name) {
+                bail!(
+                    "container {name} runs under {unit}: its output is in the journal: journalctl -u {unit}"
+                )
+            }
             bail!("container {name} has no log: only detached containers (`run -d`) write one")
         }
         Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
@@ -290,16 +303,84 @@ fn default_name(image: &str) -> String {
     )
 }
 
+/// The container's name: `--name`, the positional ID, or one made from the image.
+fn image_run_name(args: &RunImageArgs, id: Option<String>, image: &str) -> Result<String> {
+    match (&args.name, id) {
+        (Some(name), Some(id)) if *name != id => {
+            bail!("two names: --name {name} and the ID {id}; give one")
+        }
+        (Some(name), _) => Ok(name.clone()),
+        (None, Some(id)) => Ok(id),
+        (None, None) => Ok(default_name(image)),
+    }
+}
+
+/// The OCI `run` flags an image run cannot honour are refused, naming the flag.
+fn refuse_bundle_flags(create: &oci::CreateArgs) -> Result<()> {
+    if create.bundle != std::path::Path::new(".") {
+        bail!("--bundle runs an OCI bundle; --image and --config run an image: give one");
+    }
+    if create.console_socket.is_some() {
+        bail!("--console-socket is for OCI bundles; with --image use -t");
+    }
+    if create.preserve_fds > 0 {
+        bail!("--preserve-fds is for OCI bundles; with --image, LISTEN_FDS are not passed on");
+    }
+    Ok(())
+}
+
+/// Writes the container's host pid to `path` (runc's `--pid-file`): a temporary
+/// sibling renamed into place, so a reader never sees a partial pid.
+fn write_pid_file(path: &std::path::Path, pid: i32) -> Result<()> {
+    let file_name = path
+        .file_name()
+        .with_context(|| format!("--pid-file {}: not a file name", path.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(pid.to_string().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::Error::new(e).context(format!("--pid-file {}", path.display()))
+    })
+}
+
+/// Where a container run by a systemd unit (`WARREN_UNIT`, set by container@.service)
+/// notes the unit, so `warren logs` can point at the journal.
+fn unit_note(rt: &Runtime, name: &str) -> PathBuf {
+    rt.log_path(name).with_file_name("unit")
+}
+
+/// The systemd unit whose journal holds `name`'s output, if a unit ran it.
+pub fn journal_unit(rt: &Runtime, name: &str) -> Option<String> {
+    let unit = std::fs::read_to_string(unit_note(rt, name)).ok()?;
+    let unit = unit.trim();
+    (!unit.is_empty()).then(|| unit.to_string())
+}
+
 /// `warren run --image`: create, start, and (unless detached) supervise until exit:
 /// signals are forwarded, a pty relayed with `-t`, READY=1 sent to systemd, and the
-/// workload's exit status becomes ours.
-pub fn run_image(global: &Global, args: &RunImageArgs, detach: bool, tty: bool) -> Result<i32> {
+/// workload's exit status becomes ours. `create` holds the OCI flags `run` shares:
+/// `--init` and `--pid-file` are honoured, the bundle-only ones refused.
+pub fn run_image(
+    global: &Global,
+    args: &RunImageArgs,
+    create: &oci::CreateArgs,
+    id: Option<String>,
+    detach: bool,
+    tty: bool,
+) -> Result<i32> {
+    refuse_bundle_flags(create)?;
     let rt = runtime(global)?;
     let mut cfg = container_config(args)?;
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| default_name(&cfg.image));
+    cfg.init |= create.init;
+    let name = image_run_name(args, id, &cfg.image)?;
     if args.replace {
         match rt.delete(&name, true) {
             Ok(()) | Err(warren::runtime::Error::NotFound(_)) => {}
@@ -312,6 +393,7 @@ pub fn run_image(global: &Global, args: &RunImageArgs, detach: bool, tty: bool) 
         }
         cfg.log = true;
         let handle = rt.run(&name, cfg)?;
+        started(&rt, &name, handle.pid(), create, false)?;
         let _ = warren::systemd::notify("READY=1");
         println!("{}", handle.name);
         return Ok(0);
@@ -326,6 +408,7 @@ pub fn run_image(global: &Global, args: &RunImageArgs, detach: bool, tty: bool) 
         None
     };
     let handle = rt.run(&name, cfg)?;
+    started(&rt, &name, handle.pid(), create, true)?;
     let pty = ours.as_ref().map(oci::recv_master).transpose()?;
     let _ = warren::systemd::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     let status = match handle.pidfd() {
@@ -341,4 +424,32 @@ pub fn run_image(global: &Global, args: &RunImageArgs, detach: bool, tty: bool) 
         }
     }
     Ok(warren::container::exit_code(status?))
+}
+
+/// After the start: the pid file and, when the output goes to a unit's journal, the unit
+/// note; if either cannot be written the container is removed again.
+fn started(
+    rt: &Runtime,
+    name: &str,
+    pid: i32,
+    create: &oci::CreateArgs,
+    journal: bool,
+) -> Result<()> {
+    let unit = std::env::var("WARREN_UNIT")
+        .ok()
+        .filter(|u| journal && !u.is_empty());
+    let result = (|| -> Result<()> {
+        if let Some(path) = &create.pid_file {
+            write_pid_file(path, pid)?;
+        }
+        if let Some(unit) = unit {
+            let note = unit_note(rt, name);
+            std::fs::write(&note, unit).with_context(|| format!("write {}", note.display()))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = rt.delete(name, true);
+    }
+    result
 }

@@ -159,6 +159,16 @@ pub fn mini_init() -> Result<(), i32> {
     // SAFETY: this process is single-threaded now; the child only continues to exec.
     let pid = match unsafe { sys::clone3_fork(0) } {
         Ok((pid, _)) => pid,
+        // The seccomp filter is in place, and the default profile answers clone3 with
+        // ENOSYS: plain clone, which is fork(2) without libc's bookkeeping.
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            // SAFETY: as above; the child only continues to exec.
+            let r = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) };
+            if r < 0 {
+                return Err(last_errno());
+            }
+            r as libc::pid_t
+        }
         Err(e) => return Err(errno(e)),
     };
     if pid == 0 {

@@ -82,6 +82,9 @@ pub struct ContainerConfig {
     /// The built-in default seccomp profile (on unless turned off).
     pub no_seccomp: bool,
     pub read_only: bool,
+    /// Run a minimal init as pid 1 that forwards signals to the workload and reaps
+    /// zombies: a workload that installs no SIGTERM handler ignores SIGTERM as pid 1.
+    pub init: bool,
     /// Allocate a pty for the workload (interactive `warren run -t`); its master is sent
     /// over `console`, a connected unix socket.
     pub terminal: bool,
@@ -118,6 +121,9 @@ pub struct ConfigFile {
     pub no_seccomp: bool,
     #[serde(default)]
     pub read_only: bool,
+    /// A minimal init as pid 1 (see [`ContainerConfig::init`]).
+    #[serde(default)]
+    pub init: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +190,7 @@ impl ConfigFile {
                 .map_err(|e| invalid(e.to_string()))?,
             no_seccomp: self.no_seccomp,
             read_only: self.read_only,
+            init: self.init,
             terminal: false,
             console: None,
             stdio: [None, None, None],
@@ -290,6 +297,9 @@ mod tests {
             .into_config(&path)
             .unwrap_err();
         assert!(err.to_string().contains("web.toml") && err.to_string().contains("network"));
+        std::fs::write(&path, "image = \"busybox\"\ninit = true\n").unwrap();
+        let cfg = ConfigFile::load(&path).unwrap().into_config(&path).unwrap();
+        assert!(cfg.init, "init = true asks for the minimal init");
         std::fs::write(&path, "image = \"busybox\"\ncolour = 1\n").unwrap();
         let err = ConfigFile::load(&path).unwrap_err().to_string();
         assert!(err.contains("web.toml") && err.contains("colour"), "{err}");

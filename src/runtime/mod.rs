@@ -333,6 +333,7 @@ impl Runtime {
                 bundle: Some(dir),
                 console_fd: cfg.console.take(),
                 stdio,
+                init: cfg.init,
                 ..CreateOptions::default()
             },
         )?)

@@ -248,7 +248,7 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
             ..
         } => {
             if image.image.is_some() || image.config.is_some() {
-                crate::product::run_image(global, &image, detach, tty)
+                crate::product::run_image(global, &image, &create, id, detach, tty)
             } else {
                 let id = id.context("name the container: warren run [OPTIONS] ID")?;
                 run_cmd(&root, &id, create, detach, tty, keep)
