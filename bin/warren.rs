@@ -10,6 +10,8 @@ mod image;
 mod oci;
 #[path = "warren/product.rs"]
 mod product;
+#[path = "warren/ps.rs"]
+mod ps;
 #[path = "warren/ranges.rs"]
 mod ranges;
 #[path = "warren/store.rs"]
@@ -109,7 +111,11 @@ fn main() {
         Err(e) => {
             let msg = warren::error_line(e.as_ref());
             oci::log::error(&cli.global, &msg);
-            eprintln!("warren: {msg}");
+            if cli.global.json {
+                println!("{}", serde_json::json!({ "error": msg }));
+            } else {
+                eprintln!("warren: {msg}");
+            }
             std::process::exit(1);
         }
     }
