@@ -19,6 +19,7 @@ pub enum Command {
     /// (`oci:DIR[:TAG]`), a `docker save` archive (`docker-archive:FILE`), or a tarball
     /// (plain, gzip or zstd, told apart by content; `-` reads stdin).
     Import {
+        /// DIR, oci:DIR[:TAG], docker-archive:FILE, or a tarball (FILE or -).
         source: String,
         /// NAME[:TAG] (the tag defaults to latest).
         #[arg(long)]
@@ -34,7 +35,9 @@ pub enum Command {
     },
     /// Rebuild an image's tree at DEST (which must not exist, or be empty).
     Extract {
+        /// The image, NAME[:TAG].
         name: String,
+        /// Where to write the tree.
         dest: PathBuf,
         /// Shift every uid/gid to S + (id mod R) while extracting (decimal or 0x hex).
         #[arg(long, short = 's', value_parser = parse_id)]
@@ -52,22 +55,35 @@ pub enum Command {
     /// Fetch an image from a remote store (a store directory served over HTTP): only the
     /// chunks this store lacks, each verified.
     Pull {
+        /// The remote store's base URL (http:// or https://).
         url: String,
+        /// The image there, NAME[:TAG].
         name: String,
         /// Store it under this name instead.
         #[arg(long = "as")]
         local_name: Option<String>,
     },
     /// Write an image as an OCI layout (`oci:DIR[:TAG]`) or a tarball (`tar:FILE`).
-    Export { name: String, dest: String },
+    Export {
+        /// The image, NAME[:TAG].
+        name: String,
+        /// oci:DIR[:TAG] or tar:FILE.
+        dest: String,
+    },
     /// List the images in the store.
     #[command(alias = "ls")]
     List,
     /// Show what an image holds, and its config blob.
-    Inspect { name: String },
+    Inspect {
+        /// The image, NAME[:TAG].
+        name: String,
+    },
     /// Remove an image (its chunks stay until `warren store gc`).
     #[command(alias = "remove")]
-    Rm { name: String },
+    Rm {
+        /// The image, NAME[:TAG].
+        name: String,
+    },
 }
 
 pub fn open_store(global: &Global) -> anyhow::Result<Store> {

@@ -34,6 +34,7 @@ pub enum Command {
     /// Stop containers: SIGTERM, then SIGKILL after the timeout; returns once they
     /// have exited.
     Stop {
+        /// The containers' names.
         #[arg(required = true)]
         names: Vec<String>,
         /// Seconds to wait before SIGKILL.
@@ -41,9 +42,13 @@ pub enum Command {
         time: u64,
     },
     /// Print everything warren records about a container, as JSON.
-    Inspect { name: String },
+    Inspect {
+        /// The container's name.
+        name: String,
+    },
     /// Remove a container, its writable layer, view and id block.
     Rm {
+        /// The containers' names.
         #[arg(required = true)]
         names: Vec<String>,
         /// Kill it first if it runs.
@@ -52,6 +57,7 @@ pub enum Command {
     },
     /// Print the output of a detached container.
     Logs {
+        /// The container's name.
         name: String,
         /// Keep printing as it grows, until the container stops.
         #[arg(short, long)]
@@ -93,9 +99,10 @@ pub struct RunImageArgs {
     /// Working directory inside the container.
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
+    /// The container's hostname (default: its name).
     #[arg(long)]
     pub hostname: Option<String>,
-    /// Memory limit (e.g. 512M).
+    /// Memory limit: bytes, or with a k, m, g or t suffix (512m, 1g).
     #[arg(long)]
     pub memory: Option<String>,
     /// Most processes the container may have.
@@ -365,7 +372,11 @@ pub fn run_image(global: &Global, args: &RunImageArgs, detach: bool, tty: bool) 
         cfg.log = true;
         let handle = rt.run(&name, cfg)?;
         let _ = warren::systemd::notify("READY=1");
-        println!("{}", handle.name);
+        if global.json {
+            println!("{}", serde_json::json!({ "name": handle.name }));
+        } else {
+            println!("{}", handle.name);
+        }
         return Ok(0);
     }
     let (mask, signals) = oci::block_signals()?;
