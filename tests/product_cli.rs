@@ -126,3 +126,103 @@ fn json_output_for_every_product_command_errors_included() {
     assert!(json(&ok(w().args(["store", "stats"])))["images"].is_number());
     assert_eq!(json(&ok(w().args(["rm", "j"])))["removed"], true);
 }
+
+#[test]
+fn typos_of_every_subcommand_get_a_suggestion() {
+    let cases = [
+        (&["rn"][..], "run"),
+        (&["stpo"], "stop"),
+        (&["exce"], "exec"),
+        (&["inspcet"], "inspect"),
+        (&["lgos"], "logs"),
+        (&["imgae"], "image"),
+        (&["image", "lst"], "list"),
+        (&["store", "cg"], "gc"),
+        (&["ranges", "lsit"], "list"),
+        (&["stat"], "state"),
+        (&["completion"], "completions"),
+    ];
+    for (args, want) in cases {
+        let (_, err) = fails(Command::new(bin("warren")).args(args));
+        let tip = err.lines().find(|l| l.contains("tip:")).unwrap_or_default();
+        assert!(tip.contains(&format!("'{want}'")), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_clap_definitions() {
+    let bash = ok(Command::new(bin("warren")).args(["completions", "bash"]));
+    for verb in ["run", "ps", "stop", "inspect", "logs", "image", "store", "create"] {
+        assert!(bash.contains(verb), "bash completion lacks {verb}");
+    }
+    assert!(bash.contains("--state-dir") && bash.contains("complete -F"), "{bash}");
+    let zsh = ok(Command::new(bin("warren")).args(["completions", "zsh"]));
+    assert!(zsh.starts_with("#compdef warren") && zsh.contains("inspect"));
+    let fish = ok(Command::new(bin("warren")).args(["completions", "fish"]));
+    assert!(fish.contains("complete -c warren") && fish.contains("stop"));
+
+    let man = ok(Command::new(bin("warren")).arg("man"));
+    assert!(man.lines().any(|l| l.starts_with(".TH warren 1")), "{man}");
+    let dir = scratch("cli-man");
+    ok(Command::new(bin("warren")).args(["man", "--dir"]).arg(dir.path()));
+    for page in ["warren.1", "warren-run.1", "warren-image-import.1", "warren-store-gc.1"] {
+        let text = std::fs::read_to_string(dir.path().join(page)).expect(page);
+        assert!(text.contains(".TH"), "{page}: {text}");
+    }
+    let run = std::fs::read_to_string(dir.path().join("warren-run.1")).unwrap();
+    assert!(run.contains("hostname"), "{run}");
+}
+
+#[test]
+fn help_groups_the_runc_verbs_apart_and_describes_every_flag() {
+    let help = ok(Command::new(bin("warren")).arg("--help"));
+    let (product, oci) = help.split_once("OCI runtime commands").expect(&help);
+    for verb in ["run", "ps", "stop", "rm", "logs", "inspect", "image", "completions"] {
+        assert!(product.contains(&format!("\n  {verb} ")), "{verb} in {product}");
+    }
+    for verb in ["create", "start", "state", "kill", "delete", "pause", "features"] {
+        assert!(oci.contains(&format!("\n  {verb} ")), "{verb} in {oci}");
+        assert!(!product.contains(&format!("\n  {verb} ")), "{verb} in {product}");
+    }
+    assert!(help.contains("--state-dir"), "{help}");
+    // Every flag of `run` has a description (clap's long help: the next line).
+    let run = ok(Command::new(bin("warren")).args(["run", "--help"]));
+    let lines: Vec<&str> = run.lines().collect();
+    for (i, l) in lines.iter().enumerate() {
+        if l.trim_start().starts_with("--") || l.trim_start().starts_with('-') {
+            let next = lines.get(i + 1).map_or("", |n| n.trim());
+            assert!(!next.is_empty(), "{l} has no description:\n{run}");
+        }
+    }
+}
+
+#[test]
+fn the_state_directory_is_settable_by_flag() {
+    if !require_root("runs a container with the CLI on a rootful installation") {
+        return;
+    }
+    let dir = scratch("cli-state-dir");
+    let state = dir.path().join("flagged");
+    let mut cmd = Command::new(bin("warren"));
+    cmd.env_remove("WARREN_STATE_DIR")
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--root")
+        .arg(dir.path().join("run"));
+    cmd.args(["run", "-d", "--image", "busybox", "--name", "sd", "--", "sleep", "30"]);
+    ok(&mut cmd);
+    assert!(state.join("containers/sd/warren.json").is_file());
+    assert!(state.join("store").is_dir(), "the store defaults under --state-dir");
+    ok(warren_in(&state, dir.path()).args(["rm", "-f", "sd"]));
+}
+
+/// `warren` with `--state-dir STATE` and its run dir in `dir`.
+fn warren_in(state: &Path, dir: &Path) -> Command {
+    let mut cmd = Command::new(bin("warren"));
+    cmd.env_remove("WARREN_STATE_DIR")
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--root")
+        .arg(dir.join("run"));
+    cmd
+}

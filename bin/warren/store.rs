@@ -25,7 +25,7 @@ pub enum Command {
     /// and every web client that can reach it, every file of every image pushed included,
     /// whatever its mode in the image (the store itself stays private).
     Push {
-        /// The directory to publish into (created if missing).
+        /// The store directory to publish into.
         dir: std::path::PathBuf,
         /// The images to push, NAME[:TAG] (default: all).
         images: Vec<String>,
