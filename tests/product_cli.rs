@@ -226,3 +226,48 @@ fn warren_in(state: &Path, dir: &Path) -> Command {
         .arg(dir.join("run"));
     cmd
 }
+
+#[test]
+fn exec_it_sets_term_and_the_window_size_before_the_workload_starts() {
+    if !require_root("runs containers with the CLI on a rootful installation") {
+        return;
+    }
+    let dir = scratch("cli-exec");
+    run_detached(dir.path(), "ex", &["sleep", "100"]);
+    // -i keeps stdin: what we pipe in comes out.
+    let mut child = warren(dir.path())
+        .args(["exec", "-i", "ex", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn exec -i");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"through stdin\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
+
+    // -t: TERM=xterm unless set, as podman does.
+    let out = ok(warren(dir.path()).args(["exec", "-t", "ex", "sh", "-c", "echo term=$TERM"]));
+    assert!(out.contains("term=xterm"), "{out}");
+    let out = ok(warren(dir.path()).args([
+        "exec", "-t", "-e", "TERM=vt100", "ex", "sh", "-c", "echo term=$TERM",
+    ]));
+    assert!(out.contains("term=vt100"), "{out}");
+    let out = ok(warren(dir.path()).args(["exec", "ex", "sh", "-c", "echo term=$TERM."]));
+    assert!(out.contains("term=."), "no TERM without -t: {out}");
+
+    // -it from a terminal of 33x77: the workload's first look at its pty sees that size.
+    let ws = nix::pty::Winsize {
+        ws_row: 33,
+        ws_col: 77,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&ws), None).expect("openpty");
+    let out = ok(warren(dir.path())
+        .args(["exec", "-it", "ex", "stty", "size"])
+        .stdin(std::process::Stdio::from(pty.slave)));
+    drop(pty.master);
+    assert!(out.contains("33 77"), "{out:?}");
+    ok(warren(dir.path()).args(["rm", "-f", "ex"]));
+}
