@@ -69,7 +69,10 @@ fn ps_shows_status_age_command_and_image_and_inspect_prints_the_record() {
     let ps = ok(warren(dir.path()).args(["ps"]));
     let line = ps.lines().find(|l| l.starts_with("web ")).expect(&ps);
     assert!(ps.starts_with("NAME") && ps.contains("COMMAND"), "{ps}");
-    assert!(line.contains("busybox") && line.contains("sleep 100"), "{ps}");
+    assert!(
+        line.contains("busybox") && line.contains("sleep 100"),
+        "{ps}"
+    );
     assert!(line.contains("Up ") && line.contains(" ago"), "{ps}");
 
     let v = json(&ok(warren(dir.path()).args(["inspect", "web"])));
@@ -82,7 +85,10 @@ fn ps_shows_status_age_command_and_image_and_inspect_prints_the_record() {
     ok(warren(dir.path()).args(["stop", "-t", "0", "web"]));
     let ps = ok(warren(dir.path()).args(["ps", "-a"]));
     let line = ps.lines().find(|l| l.starts_with("web ")).expect(&ps);
-    assert!(line.contains("Exited") && line.contains("sleep 100"), "{ps}");
+    assert!(
+        line.contains("Exited") && line.contains("sleep 100"),
+        "{ps}"
+    );
     let list = json(&ok(warren(dir.path()).args(["--json", "ps"])));
     assert_eq!(list[0]["name"], "web");
     assert_eq!(list[0]["command"], "sleep 100");
@@ -111,13 +117,18 @@ fn json_output_for_every_product_command_errors_included() {
     ] {
         let (out, _) = fails(w().args(args));
         let v = json(out.trim());
-        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{args:?}: {out}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{args:?}: {out}"
+        );
     }
     let (out, _) = fails(w().args(["stop", "nosuch"]));
     assert_eq!(json(out.trim())["name"], "nosuch");
     assert!(json(out.trim())["error"].is_string(), "{out}");
 
-    let out = ok(w().args(["run", "-d", "--image", "busybox", "--name", "j", "--", "echo", "hi"]));
+    let out = ok(w().args([
+        "run", "-d", "--image", "busybox", "--name", "j", "--", "echo", "hi",
+    ]));
     assert_eq!(json(out.trim())["name"], "j");
     assert_eq!(json(&ok(w().args(["stop", "j"])))["stopped"], true);
     let log = json(&ok(w().args(["logs", "j"])));
@@ -152,10 +163,15 @@ fn typos_of_every_subcommand_get_a_suggestion() {
 #[test]
 fn completions_and_man_pages_come_from_the_clap_definitions() {
     let bash = ok(Command::new(bin("warren")).args(["completions", "bash"]));
-    for verb in ["run", "ps", "stop", "inspect", "logs", "image", "store", "create"] {
+    for verb in [
+        "run", "ps", "stop", "inspect", "logs", "image", "store", "create",
+    ] {
         assert!(bash.contains(verb), "bash completion lacks {verb}");
     }
-    assert!(bash.contains("--state-dir") && bash.contains("complete -F"), "{bash}");
+    assert!(
+        bash.contains("--state-dir") && bash.contains("complete -F"),
+        "{bash}"
+    );
     let zsh = ok(Command::new(bin("warren")).args(["completions", "zsh"]));
     assert!(zsh.starts_with("#compdef warren") && zsh.contains("inspect"));
     let fish = ok(Command::new(bin("warren")).args(["completions", "fish"]));
@@ -164,8 +180,15 @@ fn completions_and_man_pages_come_from_the_clap_definitions() {
     let man = ok(Command::new(bin("warren")).arg("man"));
     assert!(man.lines().any(|l| l.starts_with(".TH warren 1")), "{man}");
     let dir = scratch("cli-man");
-    ok(Command::new(bin("warren")).args(["man", "--dir"]).arg(dir.path()));
-    for page in ["warren.1", "warren-run.1", "warren-image-import.1", "warren-store-gc.1"] {
+    ok(Command::new(bin("warren"))
+        .args(["man", "--dir"])
+        .arg(dir.path()));
+    for page in [
+        "warren.1",
+        "warren-run.1",
+        "warren-image-import.1",
+        "warren-store-gc.1",
+    ] {
         let text = std::fs::read_to_string(dir.path().join(page)).expect(page);
         assert!(text.contains(".TH"), "{page}: {text}");
     }
@@ -177,12 +200,29 @@ fn completions_and_man_pages_come_from_the_clap_definitions() {
 fn help_groups_the_runc_verbs_apart_and_describes_every_flag() {
     let help = ok(Command::new(bin("warren")).arg("--help"));
     let (product, oci) = help.split_once("OCI runtime commands").expect(&help);
-    for verb in ["run", "ps", "stop", "rm", "logs", "inspect", "image", "completions"] {
-        assert!(product.contains(&format!("\n  {verb} ")), "{verb} in {product}");
+    for verb in [
+        "run",
+        "ps",
+        "stop",
+        "rm",
+        "logs",
+        "inspect",
+        "image",
+        "completions",
+    ] {
+        assert!(
+            product.contains(&format!("\n  {verb} ")),
+            "{verb} in {product}"
+        );
     }
-    for verb in ["create", "start", "state", "kill", "delete", "pause", "features"] {
+    for verb in [
+        "create", "start", "state", "kill", "delete", "pause", "features",
+    ] {
         assert!(oci.contains(&format!("\n  {verb} ")), "{verb} in {oci}");
-        assert!(!product.contains(&format!("\n  {verb} ")), "{verb} in {product}");
+        assert!(
+            !product.contains(&format!("\n  {verb} ")),
+            "{verb} in {product}"
+        );
     }
     assert!(help.contains("--state-dir"), "{help}");
     // Every flag of `run` has a description (clap's long help: the next line).
@@ -209,10 +249,15 @@ fn the_state_directory_is_settable_by_flag() {
         .arg(&state)
         .arg("--root")
         .arg(dir.path().join("run"));
-    cmd.args(["run", "-d", "--image", "busybox", "--name", "sd", "--", "sleep", "30"]);
+    cmd.args([
+        "run", "-d", "--image", "busybox", "--name", "sd", "--", "sleep", "30",
+    ]);
     ok(&mut cmd);
     assert!(state.join("containers/sd/warren.json").is_file());
-    assert!(state.join("store").is_dir(), "the store defaults under --state-dir");
+    assert!(
+        state.join("store").is_dir(),
+        "the store defaults under --state-dir"
+    );
     ok(warren_in(&state, dir.path()).args(["rm", "-f", "sd"]));
 }
 
@@ -242,7 +287,12 @@ fn exec_it_sets_term_and_the_window_size_before_the_workload_starts() {
         .spawn()
         .expect("spawn exec -i");
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"through stdin\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"through stdin\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
 
@@ -250,7 +300,14 @@ fn exec_it_sets_term_and_the_window_size_before_the_workload_starts() {
     let out = ok(warren(dir.path()).args(["exec", "-t", "ex", "sh", "-c", "echo term=$TERM"]));
     assert!(out.contains("term=xterm"), "{out}");
     let out = ok(warren(dir.path()).args([
-        "exec", "-t", "-e", "TERM=vt100", "ex", "sh", "-c", "echo term=$TERM",
+        "exec",
+        "-t",
+        "-e",
+        "TERM=vt100",
+        "ex",
+        "sh",
+        "-c",
+        "echo term=$TERM",
     ]));
     assert!(out.contains("term=vt100"), "{out}");
     let out = ok(warren(dir.path()).args(["exec", "ex", "sh", "-c", "echo term=$TERM."]));
@@ -270,4 +327,49 @@ fn exec_it_sets_term_and_the_window_size_before_the_workload_starts() {
     drop(pty.master);
     assert!(out.contains("33 77"), "{out:?}");
     ok(warren(dir.path()).args(["rm", "-f", "ex"]));
+}
+
+#[test]
+fn volume_and_memory_errors_name_the_flag_and_sizes_read_as_documented() {
+    if !require_root("runs containers with the CLI on a rootful installation") {
+        return;
+    }
+    let dir = scratch("cli-flags");
+    let run = |extra: &[&str], cmd: &[&str]| {
+        let mut c = warren(dir.path());
+        c.args(["run", "--rm", "--image", "busybox"])
+            .args(extra)
+            .arg("--")
+            .args(cmd);
+        c
+    };
+    let (_, err) = fails(&mut run(&["-v", "/nope:/x"], &["true"]));
+    assert!(
+        err.contains("-v /nope:/x: /nope: No such file or directory"),
+        "{err}"
+    );
+    assert!(!err.contains("mounts["), "{err}");
+    let (_, err) = fails(&mut run(&["--memory", "512"], &["true"]));
+    assert!(
+        err.contains("--memory 512") && err.contains("6 MiB"),
+        "{err}"
+    );
+    let limit = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max";
+    for (flag, bytes) in [
+        ("16777216", 16 << 20),
+        ("16384k", 16 << 20),
+        ("24m", 24 << 20),
+        ("1g", 1 << 30),
+    ] {
+        let out = ok(&mut run(&["--memory", flag], &["sh", "-c", limit]));
+        assert_eq!(out.trim(), bytes.to_string(), "--memory {flag}");
+    }
+    // The TOML file takes bytes as an integer too.
+    let toml = dir.path().join("c.toml");
+    std::fs::write(&toml, "image = \"busybox\"\nmemory = 33554432\n").unwrap();
+    let out = ok(warren(dir.path())
+        .args(["run", "--rm", "--config"])
+        .arg(&toml)
+        .args(["--", "sh", "-c", limit]));
+    assert_eq!(out.trim(), (32 << 20).to_string());
 }

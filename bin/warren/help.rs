@@ -91,7 +91,10 @@ fn suggest(args: &[OsString], cmd: &clap::Command, e: &mut clap::Error) {
     found.dedup_by(|a, b| a.1 == b.1);
     if !found.is_empty() {
         let names = found.into_iter().map(|(_, n)| n).collect();
-        e.insert(ContextKind::SuggestedSubcommand, ContextValue::Strings(names));
+        e.insert(
+            ContextKind::SuggestedSubcommand,
+            ContextValue::Strings(names),
+        );
     }
 }
 
@@ -108,7 +111,9 @@ fn distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 v = v.min(d[i - 2][j - 2] + 1);
             }

@@ -152,9 +152,14 @@ pub fn run(global: &Global, command: Command) -> Result<i32> {
             let timeout = Duration::from_secs(time);
             each(global, &names, "stopped", |name| stop(&rt, name, timeout))
         }
-        Command::Rm { names, force } => each(global, &names, "removed", |name| {
-            Ok(rt.delete(name, force)?)
-        }),
+        Command::Rm { names, force } => {
+            each(
+                global,
+                &names,
+                "removed",
+                |name| Ok(rt.delete(name, force)?),
+            )
+        }
         Command::Logs { name, follow } => logs(&rt, &name, follow, global.json),
     }
 }
@@ -201,8 +206,7 @@ fn stop(rt: &Runtime, name: &str, timeout: Duration) -> Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    let (Some(pidfd), ContainerState::Created | ContainerState::Running) =
-        (c.pidfd(), c.status())
+    let (Some(pidfd), ContainerState::Created | ContainerState::Running) = (c.pidfd(), c.status())
     else {
         return Ok(());
     };
@@ -307,8 +311,7 @@ fn container_config(args: &RunImageArgs) -> Result<ContainerConfig> {
     }
     cfg.env.extend(args.env.iter().cloned());
     for v in &args.volume {
-        cfg.mounts
-            .push(v.parse::<BindMount>().map_err(anyhow::Error::msg)?);
+        cfg.mounts.push(volume(v)?);
     }
     if let Some(net) = &args.net {
         cfg.network = net.parse::<Network>()?;
@@ -319,14 +322,56 @@ fn container_config(args: &RunImageArgs) -> Result<ContainerConfig> {
     let memory = args
         .memory
         .as_deref()
-        .map(warren::runtime::config::parse_bytes)
+        .map(|m| warren::runtime::config::parse_bytes(m).with_context(|| format!("--memory {m}")))
         .transpose()?;
     if memory.is_some() || args.pids_limit.is_some() || args.cpus.is_some() {
         cfg.resources = warren::runtime::config::limits(memory, args.pids_limit, args.cpus)?;
     }
     cfg.no_seccomp |= args.no_seccomp;
     cfg.read_only |= args.read_only;
+    check_memory(&cfg, args)?;
     Ok(cfg)
+}
+
+/// `-v SRC:DST[:ro]`, its source checked here so an error names the flag (not the
+/// generated config's `mounts[N].source`).
+fn volume(v: &str) -> Result<BindMount> {
+    let m = v
+        .parse::<BindMount>()
+        .map_err(|e| anyhow::anyhow!("-v {v}: {}", warren::error_line(&e)))?;
+    if let Err(e) = std::fs::metadata(&m.source) {
+        let why = e.raw_os_error().map_or_else(
+            || e.to_string(),
+            |n| nix::errno::Errno::from_raw(n).desc().into(),
+        );
+        bail!("-v {v}: {}: {why}", m.source.display());
+    }
+    Ok(m)
+}
+
+/// Below this a container's init cannot even start (podman's minimum too).
+const MIN_MEMORY: i64 = 6 << 20;
+
+/// A memory limit too small to start anything fails here, saying so, rather than as
+/// "container init died" from the OOM killer.
+fn check_memory(cfg: &ContainerConfig, args: &RunImageArgs) -> Result<()> {
+    let limit = cfg
+        .resources
+        .as_ref()
+        .and_then(|r| r.memory().as_ref()?.limit());
+    match limit {
+        Some(m) if m < MIN_MEMORY => {
+            let from = match (&args.memory, &args.config) {
+                (Some(flag), _) => format!("--memory {flag}"),
+                (None, Some(file)) => format!("`memory` in {}", file.display()),
+                (None, None) => "memory".into(),
+            };
+            bail!(
+                "{from}: {m} bytes is below the 6 MiB a container needs (a size takes a suffix: 512k, 512m, 1g)"
+            )
+        }
+        _ => Ok(()),
+    }
 }
 
 fn default_name(image: &str) -> String {

@@ -42,7 +42,11 @@ pub fn ps(rt: &Runtime, json: bool, quiet: bool) -> Result<i32> {
     let now = now();
     for r in rows {
         let c = &r.info;
-        let ids = c.ids.as_ref().map(|r| r.uids.to_string()).unwrap_or_default();
+        let ids = c
+            .ids
+            .as_ref()
+            .map(|r| r.uids.to_string())
+            .unwrap_or_default();
         let pid = if c.pid > 0 {
             c.pid.to_string()
         } else {
