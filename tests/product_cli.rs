@@ -373,3 +373,85 @@ fn volume_and_memory_errors_name_the_flag_and_sizes_read_as_documented() {
         .args(["--", "sh", "-c", limit]));
     assert_eq!(out.trim(), (32 << 20).to_string());
 }
+
+/// Every "DONE/TOTAL" pair the progress bar drew (sizes in bytes), from terminal output.
+fn bar_pairs(screen: &str) -> Vec<(f64, f64)> {
+    let size = |s: &str| -> Option<f64> {
+        let (n, unit) = s.trim().split_once(' ')?;
+        let mult = match unit {
+            "B" => 1.0,
+            "KiB" => 1024.0,
+            "MiB" => 1024.0 * 1024.0,
+            "GiB" => 1024.0 * 1024.0 * 1024.0,
+            _ => return None,
+        };
+        Some(n.parse::<f64>().ok()? * mult)
+    };
+    let mut out = Vec::new();
+    for part in screen.split(['\r', '\n', '\x1b']) {
+        let Some((left, right)) = part.split_once('/') else {
+            continue;
+        };
+        let done = left.rsplitn(3, ' ').take(2).collect::<Vec<_>>();
+        let total = right.splitn(3, ' ').take(2).collect::<Vec<_>>();
+        if let (Some(d), Some(t)) = (
+            size(&format!("{} {}", done.get(1).unwrap_or(&""), done[0])),
+            size(&total.join(" ")),
+        ) {
+            out.push((d, t));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_import_bar_counts_against_the_trees_total() {
+    let dir = scratch("cli-bar");
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("d")).unwrap();
+    // Incompressible, so the import takes long enough for the bar to draw.
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    for i in 0..24 {
+        let data: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        std::fs::write(tree.join(format!("d/f{i}")), data).unwrap();
+    }
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let mut child = warren(dir.path())
+        .args(["image", "import"])
+        .arg(&tree)
+        .args(["--name", "big"])
+        .stderr(std::process::Stdio::from(pty.slave))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn import");
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut master, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    assert!(child.wait().unwrap().success());
+    let screen = reader.join().unwrap();
+    let pairs = bar_pairs(&screen);
+    for (done, total) in &pairs {
+        assert!(done <= total, "the bar drew {done}/{total}: {screen:?}");
+        assert!(
+            *total > 23.0 * 1024.0 * 1024.0,
+            "total is the tree's: {screen:?}"
+        );
+    }
+    assert!(!pairs.is_empty(), "no DONE/TOTAL drawn: {screen:?}");
+}
