@@ -455,3 +455,56 @@ fn the_import_bar_counts_against_the_trees_total() {
     }
     assert!(!pairs.is_empty(), "no DONE/TOTAL drawn: {screen:?}");
 }
+
+/// The extracted trees (key directories) under the state dir.
+fn trees(dir: &Path) -> Vec<String> {
+    let mut keys: Vec<String> = std::fs::read_dir(dir.join("state/images"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn store_gc_removes_extracted_trees_no_image_and_no_container_uses() {
+    if !require_root("runs containers with the CLI on a rootful installation") {
+        return;
+    }
+    let dir = scratch("cli-gc");
+    let d = dir.path();
+    // Two images: the embedded busybox, and `other` (busybox plus a marker file).
+    ok(warren(d).args(["run", "--rm", "--image", "busybox", "--", "true"]));
+    let src = d.join("other-tree");
+    ok(warren(d).args(["image", "extract", "busybox"]).arg(&src));
+    std::fs::write(src.join("marker"), "other\n").unwrap();
+    ok(warren(d).arg("image").arg("import").arg(&src).args(["--name", "other"]));
+    run_detached(d, "user", &["sleep", "100"]);
+    ok(warren(d).args(["run", "-d", "--image", "other", "--name", "o", "--", "sleep", "100"]));
+    assert_eq!(trees(d).len(), 2, "one tree per image");
+
+    // Every image still in the store keeps its tree.
+    let r = json(&ok(warren(d).args(["--json", "store", "gc"])));
+    assert_eq!(r["trees"]["removed"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(trees(d).len(), 2);
+
+    // Images gone: `other`'s tree stays while container `o` runs on it.
+    ok(warren(d).args(["image", "rm", "other"]));
+    ok(warren(d).args(["image", "rm", "busybox"]));
+    ok(warren(d).args(["rm", "-f", "user"]));
+    let r = json(&ok(warren(d).args(["--json", "store", "gc"])));
+    assert_eq!(r["trees"]["removed"].as_array().unwrap().len(), 1, "{r}");
+    assert!(r["trees"]["freed_bytes"].as_u64().unwrap() > 100_000, "{r}");
+    assert_eq!(trees(d).len(), 1);
+    let out = ok(warren(d).args(["exec", "o", "cat", "/marker", "/bin/busybox"]));
+    assert!(out.starts_with("other\n"), "the running container still reads its tree");
+
+    ok(warren(d).args(["rm", "-f", "o"]));
+    let out = ok(warren(d).args(["store", "gc"]));
+    assert!(out.contains("removed 1 extracted image trees"), "{out}");
+    assert!(trees(d).is_empty(), "{:?}", trees(d));
+}
