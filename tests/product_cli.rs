@@ -482,9 +482,15 @@ fn store_gc_removes_extracted_trees_no_image_and_no_container_uses() {
     let src = d.join("other-tree");
     ok(warren(d).args(["image", "extract", "busybox"]).arg(&src));
     std::fs::write(src.join("marker"), "other\n").unwrap();
-    ok(warren(d).arg("image").arg("import").arg(&src).args(["--name", "other"]));
+    ok(warren(d)
+        .arg("image")
+        .arg("import")
+        .arg(&src)
+        .args(["--name", "other"]));
     run_detached(d, "user", &["sleep", "100"]);
-    ok(warren(d).args(["run", "-d", "--image", "other", "--name", "o", "--", "sleep", "100"]));
+    ok(warren(d).args([
+        "run", "-d", "--image", "other", "--name", "o", "--", "sleep", "100",
+    ]));
     assert_eq!(trees(d).len(), 2, "one tree per image");
 
     // Every image still in the store keeps its tree.
@@ -501,7 +507,10 @@ fn store_gc_removes_extracted_trees_no_image_and_no_container_uses() {
     assert!(r["trees"]["freed_bytes"].as_u64().unwrap() > 100_000, "{r}");
     assert_eq!(trees(d).len(), 1);
     let out = ok(warren(d).args(["exec", "o", "cat", "/marker", "/bin/busybox"]));
-    assert!(out.starts_with("other\n"), "the running container still reads its tree");
+    assert!(
+        out.starts_with("other\n"),
+        "the running container still reads its tree"
+    );
 
     ok(warren(d).args(["rm", "-f", "o"]));
     let out = ok(warren(d).args(["store", "gc"]));
