@@ -502,6 +502,12 @@ fn store_gc_removes_extracted_trees_no_image_and_no_container_uses() {
     ok(warren(d).args(["image", "rm", "other"]));
     ok(warren(d).args(["image", "rm", "busybox"]));
     ok(warren(d).args(["rm", "-f", "user"]));
+    // Another store's gc leaves this store's trees alone.
+    ok(warren(d)
+        .arg("--store")
+        .arg(d.join("elsewhere"))
+        .args(["store", "gc"]));
+    assert_eq!(trees(d).len(), 2, "another store's gc removed a tree");
     let r = json(&ok(warren(d).args(["--json", "store", "gc"])));
     assert_eq!(r["trees"]["removed"].as_array().unwrap().len(), 1, "{r}");
     assert!(r["trees"]["freed_bytes"].as_u64().unwrap() > 100_000, "{r}");

@@ -117,7 +117,7 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
             // Extracted trees first: a tree outlives its image's chunks otherwise.
             let state = warren::dirs::state_dir();
             let cache = ImageCache::new(state.join("images"));
-            let trees = cache.gc(&store, &state.join("containers"))?;
+            let trees = cache.gc(&store, &state.join("store"), &state.join("containers"))?;
             let r = store.gc()?;
             if global.json {
                 let mut v = serde_json::to_value(&r)?;

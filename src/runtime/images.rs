@@ -79,10 +79,14 @@ impl ImageCache {
         )?;
         // Another create may have extracted it while we waited for the lock.
         if !rootfs.is_dir() {
-            // Which image the tree is (for `gc`: containers record image names).
+            // Which image of which store the tree is (for `gc`: containers record
+            // image names, and a state dir may serve several stores).
             let image = dir.join(IMAGE_FILE);
             crate::atomic::write(&image, canonical(name).as_bytes())
                 .map_err(io("write", &image))?;
+            let from = dir.join(STORE_FILE);
+            crate::atomic::write(&from, store_id(store).as_os_str().as_encoded_bytes())
+                .map_err(io("write", &from))?;
             // The store extracts into a temporary sibling and renames: a crash leaves
             // no `rootfs` that looks complete.
             store.extract(name, &rootfs, &ExtractOptions::default())?;
@@ -121,12 +125,19 @@ impl ImageCache {
         &self.dir
     }
 
-    /// Removes the extracted trees no image in `store` and no container uses: a tree
-    /// stays while its image (same index) is in the store, or while any container made
-    /// from an image of its name has a directory in `containers` (its record is written
-    /// before its view is made, so a create in progress counts). A tree from before
-    /// trees named their image stays while any container exists.
-    pub fn gc(&self, store: &Store, containers: &Path) -> Result<TreeGc, ImageError> {
+    /// Removes the extracted trees of `store` that no image in it and no container
+    /// uses: a tree stays while its image (same index) is in the store, or while any
+    /// container made from an image of its name has a directory in `containers` (its
+    /// record is written before its view is made, so a create in progress counts). A
+    /// tree from before trees named their image and store stays while any container
+    /// exists, and is `store`'s only when `store` is `default_store`. Other stores'
+    /// trees are left alone.
+    pub fn gc(
+        &self,
+        store: &Store,
+        default_store: &Path,
+        containers: &Path,
+    ) -> Result<TreeGc, ImageError> {
         let io = |what, path: &Path| {
             let path = path.to_path_buf();
             move |source| ImageError::Io { what, path, source }
@@ -144,6 +155,13 @@ impl ImageCache {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
             if !entry.file_type().map_err(io("stat", &path))?.is_dir() {
+                continue;
+            }
+            let ours = match std::fs::read(path.join(STORE_FILE)) {
+                Ok(from) => from == store_id(store).as_os_str().as_encoded_bytes(),
+                Err(_) => store_id(store) == canonical_path(default_store),
+            };
+            if !ours && !name.contains(TRASH) {
                 continue;
             }
             let keep = if name.contains(TRASH) {
@@ -218,6 +236,18 @@ const IMAGE_FILE: &str = "image";
 const ANY: &str = "*";
 /// In the name of a tree being removed.
 const TRASH: &str = ".gc-";
+
+/// In a tree's directory: the store it was extracted from.
+const STORE_FILE: &str = "store";
+
+/// A store's directory, as trees record it.
+fn store_id(store: &Store) -> PathBuf {
+    canonical_path(store.dir())
+}
+
+fn canonical_path(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
 
 /// The directory name of the tree extracted from an index with these bytes.
 fn key(index: &[u8]) -> String {
