@@ -114,6 +114,8 @@ fn json_output_for_every_product_command_errors_included() {
         &["image", "inspect", "nosuch"],
         &["run", "--image", "nosuch", "--", "true"],
         &["rn"],
+        &["exec", "nosuch", "true"],
+        &["ranges", "get", "nosuch"],
     ] {
         let (out, _) = fails(w().args(args));
         let v = json(out.trim());
