@@ -102,10 +102,9 @@ fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let cmd = Cli::command();
     let template = help::template(&cmd);
-    let cmd = cmd.help_template(template);
+    let mut cmd = cmd.help_template(template);
     let cli = cmd
-        .clone()
-        .try_get_matches_from(&args)
+        .try_get_matches_from_mut(&args)
         .and_then(|m| Cli::from_arg_matches(&m))
         .unwrap_or_else(|e| {
             // OCI clients show the runtime's last `--log` line: it must be this error.
