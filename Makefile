@@ -57,3 +57,8 @@ install: all
 	install -Dm644 systemd/shift-mount@.service $(DESTDIR)/etc/systemd/system/shift-mount@.service
 	install -d $(DESTDIR)/etc/warren/containers $(DESTDIR)/etc/warren/shift-mount
 	install -Dm644 README.md $(DESTDIR)$(PREFIX)/share/doc/warren/README.md
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	$(BIN)/warren man --dir $(DESTDIR)$(PREFIX)/share/man/man1
+	$(BIN)/warren completions bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/warren
+	$(BIN)/warren completions zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_warren
+	$(BIN)/warren completions fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/warren.fish

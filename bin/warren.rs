@@ -1,17 +1,23 @@
 //! `warren`: images, id ranges, and containers (OCI-runtime compatible). Argument parsing
 //! and output only; each subcommand group lives in `bin/warren/` over the library.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 
+#[path = "warren/docs.rs"]
+mod docs;
 #[path = "warren/exit.rs"]
 mod exit;
+#[path = "warren/help.rs"]
+mod help;
 #[path = "warren/image.rs"]
 mod image;
 #[path = "warren/oci/mod.rs"]
 mod oci;
 #[path = "warren/product.rs"]
 mod product;
+#[path = "warren/ps.rs"]
+mod ps;
 #[path = "warren/ranges.rs"]
 mod ranges;
 #[path = "warren/store.rs"]
@@ -20,6 +26,11 @@ mod store;
 /// Options every subcommand sees. The OCI ones match runc/crun so OCI clients can call us.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Global {
+    /// State directory: id blocks, extracted images, containers' layers and logs, and
+    /// the store (default: $WARREN_STATE_DIR, else /var/lib/warren as root,
+    /// $XDG_DATA_HOME/warren rootless).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Directory for containers' runtime state (runc's --root).
     #[arg(long, global = true)]
     pub root: Option<PathBuf>,
@@ -75,19 +86,40 @@ enum Command {
     Oci(oci::Command),
     #[command(flatten)]
     Product(product::Command),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (or write every page with --dir).
+    Man {
+        #[command(flatten)]
+        args: docs::ManArgs,
+    },
 }
 
 fn main() {
     // First: this process may be the rootless helper a `warren` re-executed.
     warren::mount::rootless::dispatch();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| {
-        // OCI clients show the runtime's last `--log` line: it must be this error.
-        if e.use_stderr() {
-            oci::log::parse_error(&args, &e);
-        }
-        exit::parse_error(&args, e)
-    });
+    let cmd = Cli::command();
+    let template = help::template(&cmd);
+    let mut cmd = cmd.help_template(template);
+    let cli = cmd
+        .try_get_matches_from_mut(&args)
+        .and_then(|m| Cli::from_arg_matches(&m))
+        .unwrap_or_else(|e| {
+            // OCI clients show the runtime's last `--log` line: it must be this error.
+            if e.use_stderr() {
+                oci::log::parse_error(&args, &e);
+            }
+            help::exit(&args, &cmd, e)
+        });
+    if let Some(dir) = &cli.global.state_dir {
+        // SAFETY: no other thread yet; the library and the helpers warren re-executes
+        // read the state directory from this variable.
+        unsafe { std::env::set_var("WARREN_STATE_DIR", dir) };
+    }
     if matches!(&cli.command, Command::Oci(c) if c.starts_processes()) {
         // Before any thread: container processes are clones of this one, and must not
         // find a writable runtime binary behind /proc/PID/exe. Creating a container
@@ -106,13 +138,19 @@ fn main() {
         Command::Store(c) => store::run(&cli.global, c),
         Command::Oci(c) => oci::run(&cli.global, c),
         Command::Product(c) => product::run(&cli.global, c),
+        Command::Completions { shell } => docs::completions(Cli::command(), shell),
+        Command::Man { args } => docs::man(Cli::command(), &args),
     };
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             let msg = warren::error_line(e.as_ref());
             oci::log::error(&cli.global, &msg);
-            eprintln!("warren: {msg}");
+            if cli.global.json {
+                println!("{}", serde_json::json!({ "error": msg }));
+            } else {
+                eprintln!("warren: {msg}");
+            }
             std::process::exit(exit::exit_code_for(&e, podman_codes));
         }
     }

@@ -231,13 +231,13 @@ fn detached_container_logs_ps_stop_rm() {
     }
     let ps = ok(warren(dir.path()).args(["ps"]));
     assert!(
-        ps.contains("bg") && ps.contains("running") && ps.contains("busybox"),
+        ps.contains("bg") && ps.contains("Up ") && ps.contains("busybox"),
         "{ps}"
     );
     ok(warren(dir.path()).args(["stop", "bg"]));
     assert!(ok(warren(dir.path()).args(["logs", "bg"])).contains("bye"));
     let ps = ok(warren(dir.path()).args(["ps"]));
-    assert!(ps.contains("stopped"), "{ps}");
+    assert!(ps.contains("Exited"), "{ps}");
     ok(warren(dir.path()).args(["rm", "bg"]));
     assert!(ok(warren(dir.path()).args(["ps", "-q"])).trim().is_empty());
     assert!(mounts_under(dir.path()).is_empty());

@@ -19,6 +19,7 @@ pub enum Command {
     /// (`oci:DIR[:TAG]`), a `docker save` archive (`docker-archive:FILE`), or a tarball
     /// (plain, gzip or zstd, told apart by content; `-` reads stdin).
     Import {
+        /// DIR, oci:DIR[:TAG], docker-archive:FILE, or a tarball (FILE or -).
         source: String,
         /// NAME[:TAG] (the tag defaults to latest).
         #[arg(long)]
@@ -34,7 +35,9 @@ pub enum Command {
     },
     /// Rebuild an image's tree at DEST (which must not exist, or be empty).
     Extract {
+        /// The image, NAME[:TAG].
         name: String,
+        /// Where to write the tree.
         dest: PathBuf,
         /// Shift every uid/gid to S + (id mod R) while extracting (decimal or 0x hex).
         #[arg(long, short = 's', value_parser = parse_id)]
@@ -52,22 +55,35 @@ pub enum Command {
     /// Fetch an image from a remote store (a store directory served over HTTP): only the
     /// chunks this store lacks, each verified.
     Pull {
+        /// The remote store's base URL (http:// or https://).
         url: String,
+        /// The image there, NAME[:TAG].
         name: String,
         /// Store it under this name instead.
         #[arg(long = "as")]
         local_name: Option<String>,
     },
     /// Write an image as an OCI layout (`oci:DIR[:TAG]`) or a tarball (`tar:FILE`).
-    Export { name: String, dest: String },
+    Export {
+        /// The image, NAME[:TAG].
+        name: String,
+        /// oci:DIR[:TAG] or tar:FILE.
+        dest: String,
+    },
     /// List the images in the store.
     #[command(alias = "ls")]
     List,
     /// Show what an image holds, and its config blob.
-    Inspect { name: String },
+    Inspect {
+        /// The image, NAME[:TAG].
+        name: String,
+    },
     /// Remove an image (its chunks stay until `warren store gc`).
     #[command(alias = "remove")]
-    Rm { name: String },
+    Rm {
+        /// The image, NAME[:TAG].
+        name: String,
+    },
 }
 
 pub fn open_store(global: &Global) -> anyhow::Result<Store> {
@@ -98,8 +114,9 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
                     config: Some(config.unwrap_or_else(oci::minimal_config)),
                     no_sync,
                 };
-                with_bar(global, &progress, "importing", || {
-                    store.import_dir(std::path::Path::new(&source), &name, &opts)
+                let dir = std::path::Path::new(&source);
+                with_bar(global, &progress, "importing", Some(dir), || {
+                    store.import_dir(dir, &name, &opts)
                 })?
             } else {
                 let opts = oci::ImportOptions {
@@ -107,7 +124,7 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
                     progress: Some(progress.clone()),
                     ..Default::default()
                 };
-                with_bar(global, &progress, "importing", || {
+                with_bar(global, &progress, "importing", None, || {
                     oci::import(&store, &source, &name, &opts)
                 })?
             };
@@ -147,7 +164,7 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
                 progress: Some(progress.clone()),
             };
             let start = Instant::now();
-            let report = with_bar(global, &progress, "extracting", || {
+            let report = with_bar(global, &progress, "extracting", None, || {
                 store.extract(&name, &dest, &opts)
             })?;
             let secs = start.elapsed().as_secs_f64();
@@ -245,7 +262,7 @@ fn pull(
         progress: Some(progress.clone()),
         ..Default::default()
     };
-    let report = with_bar(global, &progress, "pulling", || {
+    let report = with_bar(global, &progress, "pulling", None, || {
         remote::pull(url, name, store, &opts)
     })?;
     if global.json {
@@ -262,43 +279,61 @@ fn pull(
     Ok(())
 }
 
-/// Runs `work` with a progress bar on stderr when it is a terminal (and not --json).
+/// Runs `work` with a progress bar on stderr when it is a terminal (and not --json):
+/// bytes done against the total once it is known (`progress.total`, or `tree`'s size
+/// for a directory import, measured beside it), else a spinner with the rate.
 fn with_bar<T>(
     global: &Global,
     progress: &Arc<Progress>,
     what: &'static str,
+    tree: Option<&std::path::Path>,
     work: impl FnOnce() -> T,
 ) -> T {
     if global.json || !std::io::stderr().is_terminal() {
         return work();
     }
     let done = Arc::new(AtomicBool::new(false));
+    if let Some(dir) = tree.map(std::path::Path::to_path_buf) {
+        let (done, progress) = (done.clone(), progress.clone());
+        std::thread::spawn(move || {
+            let total = tree_bytes(&dir, &done);
+            if !done.load(Ordering::Relaxed) {
+                progress.total.store(total, Ordering::Relaxed);
+            }
+        });
+    }
     let ticker = {
         let (done, progress) = (done.clone(), progress.clone());
         std::thread::spawn(move || {
-            let bar = indicatif::ProgressBar::new(0);
-            let style = indicatif::ProgressStyle::with_template(
-                "{prefix} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-            bar.set_style(style);
+            let bar = indicatif::ProgressBar::new_spinner();
+            let style = |t: &str| {
+                indicatif::ProgressStyle::with_template(t)
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            };
+            bar.set_style(style("{prefix} {spinner} {bytes} {bytes_per_sec} {msg}"));
             bar.set_prefix(what);
+            let mut known = false;
             while !done.load(Ordering::Relaxed) {
-                let total = Progress::get(&progress.total);
-                if total > 0 {
-                    bar.set_length(total);
-                }
                 let bytes = Progress::get(&progress.bytes);
+                if let Some(len) = bar_length(bytes, Progress::get(&progress.total)) {
+                    if !known {
+                        bar.set_style(style(
+                            "{prefix} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+                        ));
+                        known = true;
+                    }
+                    bar.set_length(len);
+                }
                 bar.set_position(bytes);
                 let new = Progress::get(&progress.new_bytes);
                 if bytes > 0 && what == "importing" {
-                    bar.set_length(bytes);
                     bar.set_message(format!(
                         "new {} ({:.0}% deduplicated)",
                         human(new),
                         100.0 * (1.0 - new as f64 / bytes as f64)
                     ));
                 }
+                bar.tick();
                 std::thread::sleep(Duration::from_millis(100));
             }
             bar.finish_and_clear();
@@ -308,6 +343,36 @@ fn with_bar<T>(
     done.store(true, Ordering::Relaxed);
     let _ = ticker.join();
     result
+}
+
+/// The bar's length: the total once known, never below the bytes done (a file that
+/// grew while it was read), so the bar never reads "45 MiB/25 MiB".
+fn bar_length(bytes: u64, total: u64) -> Option<u64> {
+    (total > 0).then(|| total.max(bytes))
+}
+
+/// The bytes of the regular files under `dir` (each hard-linked file once), never
+/// following symlinks; stops early (with what it has) when `stop` is set.
+fn tree_bytes(dir: &std::path::Path, stop: &AtomicBool) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    let mut total = 0;
+    while let Some(d) = stack.pop() {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() && (meta.nlink() == 1 || seen.insert((meta.dev(), meta.ino())))
+            {
+                total += meta.len();
+            }
+        }
+    }
+    total
 }
 
 pub fn human(n: u64) -> String {
@@ -322,5 +387,29 @@ pub fn human(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bar_never_shows_more_done_than_its_total() {
+        assert_eq!(bar_length(10, 0), None, "unknown total: a spinner");
+        assert_eq!(bar_length(10, 25), Some(25));
+        assert_eq!(bar_length(45, 25), Some(45));
+    }
+
+    #[test]
+    fn a_tree_counts_regular_files_once_and_follows_no_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("a"), [0u8; 100]).unwrap();
+        std::fs::write(d.join("sub/b"), [0u8; 20]).unwrap();
+        std::fs::hard_link(d.join("a"), d.join("sub/a2")).unwrap();
+        std::os::unix::fs::symlink("/usr", d.join("usr")).unwrap();
+        assert_eq!(tree_bytes(d, &AtomicBool::new(false)), 120);
     }
 }

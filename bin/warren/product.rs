@@ -3,9 +3,12 @@
 
 use crate::{Global, oci};
 use anyhow::{Context, Result, bail};
-use std::io::Write;
+use oci_spec::runtime::ContainerState;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use warren::container::Container;
 use warren::runtime::{BindMount, ConfigFile, ContainerConfig, Network, Runtime, RuntimeOptions};
 
 #[derive(clap::Subcommand, Debug)]
@@ -16,6 +19,9 @@ pub enum Command {
         /// Only names.
         #[arg(short, long)]
         quiet: bool,
+        /// Accepted for podman users: every container is listed, stopped ones too.
+        #[arg(short, long)]
+        all: bool,
         /// With an ID: table or json (runc's --format).
         #[arg(long, short = 'f', default_value = "table")]
         format: String,
@@ -25,15 +31,25 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         ps_args: Vec<String>,
     },
-    /// Stop a container: SIGTERM, then SIGKILL after the timeout.
+    /// Stop containers: SIGTERM, then SIGKILL after the timeout; returns once they
+    /// have exited.
     Stop {
-        name: String,
+        /// The containers' names.
+        #[arg(required = true)]
+        names: Vec<String>,
         /// Seconds to wait before SIGKILL.
         #[arg(short, long, default_value_t = 10)]
         time: u64,
     },
+    /// Print everything warren records about a container, as JSON.
+    Inspect {
+        /// The container's name.
+        name: String,
+    },
     /// Remove a container, its writable layer, view and id block.
     Rm {
+        /// The containers' names.
+        #[arg(required = true)]
         names: Vec<String>,
         /// Kill it first if it runs.
         #[arg(short, long)]
@@ -44,6 +60,7 @@ pub enum Command {
     },
     /// Print the output of a detached container.
     Logs {
+        /// The container's name.
         name: String,
         /// Keep printing as it grows, until the container stops.
         #[arg(short, long)]
@@ -85,9 +102,10 @@ pub struct RunImageArgs {
     /// Working directory inside the container.
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
+    /// The container's hostname (default: its name).
     #[arg(long)]
     pub hostname: Option<String>,
-    /// Memory limit (e.g. 512M).
+    /// Memory limit: bytes, or with a k, m, g or t suffix (512m, 1g).
     #[arg(long)]
     pub memory: Option<String>,
     /// Most processes the container may have.
@@ -131,89 +149,116 @@ pub fn run(global: &Global, command: Command) -> Result<i32> {
     }
     let rt = runtime(global)?;
     match command {
-        Command::Ps { quiet, .. } => {
-            let list = rt.list()?;
-            if global.json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else if quiet {
-                list.iter().for_each(|c| println!("{}", c.name));
-            } else {
-                println!(
-                    "{:<20} {:<20} {:<9} {:>8}  {:<20} VIEW",
-                    "NAME", "IMAGE", "STATUS", "PID", "IDS"
-                );
-                for c in list {
-                    let ids = c.ids.map(|r| r.uids.to_string()).unwrap_or_default();
-                    let pid = if c.pid > 0 {
-                        c.pid.to_string()
-                    } else {
-                        "-".into()
-                    };
-                    println!(
-                        "{:<20} {:<20} {:<9} {:>8}  {:<20} {}",
-                        c.name,
-                        c.image,
-                        c.status,
-                        pid,
-                        ids,
-                        c.method.unwrap_or_default()
-                    );
-                }
-            }
-            Ok(0)
-        }
-        Command::Stop { name, time } => {
-            stop(&rt, &name, Duration::from_secs(time))?;
-            Ok(0)
+        Command::Ps { quiet, .. } => crate::ps::ps(&rt, global.json, quiet),
+        Command::Inspect { name } => crate::ps::inspect(&rt, &name),
+        Command::Stop { names, time } => {
+            let timeout = Duration::from_secs(time);
+            each(global, &names, "stopped", |name| stop(&rt, name, timeout))
         }
         Command::Rm {
             names,
             force,
             ignore,
-        } => {
-            if names.is_empty() {
-                bail!("name at least one container to remove");
+        } => each(global, &names, "removed", |name| {
+            match rt.delete(name, force) {
+                Err(warren::runtime::Error::NotFound(_)) if ignore => Ok(()),
+                r => Ok(r?),
             }
-            let mut code = 0;
-            for name in names {
-                match rt.delete(&name, force) {
-                    Ok(()) => println!("{name}"),
-                    Err(warren::runtime::Error::NotFound(_)) if ignore => {}
-                    Err(e) => {
-                        eprintln!("warren: {name}: {}", warren::error_line(&e));
-                        code = 1;
-                    }
-                }
-            }
-            Ok(code)
-        }
-        Command::Logs { name, follow } => logs(&rt, &name, follow),
+        }),
+        Command::Logs { name, follow } => logs(&rt, &name, follow, global.json),
     }
 }
 
+/// Runs `op` on each name, printing each name done (podman's output) or, with --json,
+/// one `{"name": .., WHAT: true}` or `{"name": .., "error": ..}` object per name. Exits
+/// 1 when any failed.
+fn each(
+    global: &Global,
+    names: &[String],
+    what: &str,
+    op: impl Fn(&str) -> Result<()>,
+) -> Result<i32> {
+    let mut code = 0;
+    for name in names {
+        let result = op(name);
+        if result.is_err() {
+            code = 1;
+        }
+        match (result, global.json) {
+            (Ok(()), false) => println!("{name}"),
+            (Ok(()), true) => println!("{}", serde_json::json!({ "name": name, what: true })),
+            (Err(e), false) => eprintln!("warren: {name}: {}", warren::error_line(e.as_ref())),
+            (Err(e), true) => println!(
+                "{}",
+                serde_json::json!({ "name": name, "error": warren::error_line(e.as_ref()) })
+            ),
+        }
+    }
+    Ok(code)
+}
+
+/// How long `stop` waits for a container to exit after SIGKILL before giving up.
+const KILL_WAIT: Duration = Duration::from_secs(30);
+
+/// SIGTERM, up to `timeout` for the container to exit, then SIGKILL; returns once its
+/// init has exited (its pidfd is readable), so a `rm` right after never finds it running.
 fn stop(rt: &Runtime, name: &str, timeout: Duration) -> Result<()> {
-    let running = |rt: &Runtime| {
-        rt.state(name)
-            .map(|s| !matches!(s.status, oci_spec::runtime::ContainerState::Stopped))
-            .unwrap_or(false)
+    let c = match Container::load(&rt.options().run_dir, name) {
+        Ok(c) => c,
+        Err(warren::container::Error::NotFound(_)) => {
+            rt.record(name)?;
+            return Ok(()); // Still being created, or a crash left only the record.
+        }
+        Err(e) => return Err(e.into()),
     };
-    if !running(rt) {
-        rt.state(name)?;
+    let (Some(pidfd), ContainerState::Created | ContainerState::Running) = (c.pidfd(), c.status())
+    else {
+        return Ok(());
+    };
+    // Either may fail because it exited meanwhile: the pidfd says.
+    if !timeout.is_zero() {
+        let _ = c.kill(libc::SIGTERM);
+        if exited(pidfd, timeout)? {
+            return Ok(());
+        }
+    }
+    let _ = c.kill(libc::SIGKILL);
+    if exited(pidfd, KILL_WAIT)? {
         return Ok(());
     }
-    rt.kill(name, libc::SIGTERM)?;
-    let deadline = Instant::now() + timeout;
-    while running(rt) {
-        if Instant::now() >= deadline {
-            let _ = rt.kill(name, libc::SIGKILL);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
+    bail!(
+        "container {name} is still running {}s after SIGKILL",
+        KILL_WAIT.as_secs()
+    )
 }
 
-fn logs(rt: &Runtime, name: &str, follow: bool) -> Result<i32> {
+/// Waits up to `timeout` for the process behind `pidfd` to exit.
+fn exited(pidfd: BorrowedFd<'_>, timeout: Duration) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut fds = [libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
+        if n > 0 {
+            return Ok(true);
+        }
+        if n == 0 {
+            return Ok(false);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e).context("poll the container's pidfd");
+        }
+    }
+}
+
+fn logs(rt: &Runtime, name: &str, follow: bool, json: bool) -> Result<i32> {
     rt.record(name)?;
     let path = rt.log_path(name);
     let mut file = match std::fs::File::open(&path) {
@@ -229,15 +274,30 @@ fn logs(rt: &Runtime, name: &str, follow: bool) -> Result<i32> {
         Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
     };
     let mut out = std::io::stdout().lock();
+    // With --json, each piece read is one `{"name": .., "log": ..}` line.
+    let mut copy = |file: &mut std::fs::File| -> Result<()> {
+        if !json {
+            std::io::copy(file, &mut out)?;
+            return Ok(out.flush()?);
+        }
+        let mut buf = Vec::new();
+        file.read_to_end(&mut buf)?;
+        if !buf.is_empty() || !follow {
+            let log = String::from_utf8_lossy(&buf);
+            writeln!(out, "{}", serde_json::json!({ "name": name, "log": log }))?;
+        }
+        Ok(out.flush()?)
+    };
     loop {
-        std::io::copy(&mut file, &mut out)?;
-        out.flush()?;
+        copy(&mut file)?;
         let stopped = rt
             .state(name)
-            .map(|s| matches!(s.status, oci_spec::runtime::ContainerState::Stopped))
+            .map(|s| matches!(s.status, ContainerState::Stopped))
             .unwrap_or(true);
         if !follow || stopped {
-            std::io::copy(&mut file, &mut out)?;
+            if follow {
+                copy(&mut file)?;
+            }
             return Ok(0);
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -261,8 +321,7 @@ fn container_config(args: &RunImageArgs) -> Result<ContainerConfig> {
     }
     cfg.env.extend(args.env.iter().cloned());
     for v in &args.volume {
-        cfg.mounts
-            .push(v.parse::<BindMount>().map_err(anyhow::Error::msg)?);
+        cfg.mounts.push(volume(v)?);
     }
     if let Some(net) = &args.net {
         cfg.network = net.parse::<Network>()?;
@@ -273,14 +332,56 @@ fn container_config(args: &RunImageArgs) -> Result<ContainerConfig> {
     let memory = args
         .memory
         .as_deref()
-        .map(warren::runtime::config::parse_bytes)
+        .map(|m| warren::runtime::config::parse_bytes(m).with_context(|| format!("--memory {m}")))
         .transpose()?;
     if memory.is_some() || args.pids_limit.is_some() || args.cpus.is_some() {
         cfg.resources = warren::runtime::config::limits(memory, args.pids_limit, args.cpus)?;
     }
     cfg.no_seccomp |= args.no_seccomp;
     cfg.read_only |= args.read_only;
+    check_memory(&cfg, args)?;
     Ok(cfg)
+}
+
+/// `-v SRC:DST[:ro]`, its source checked here so an error names the flag (not the
+/// generated config's `mounts[N].source`).
+fn volume(v: &str) -> Result<BindMount> {
+    let m = v
+        .parse::<BindMount>()
+        .map_err(|e| anyhow::anyhow!("-v {v}: {}", warren::error_line(&e)))?;
+    if let Err(e) = std::fs::metadata(&m.source) {
+        let why = e.raw_os_error().map_or_else(
+            || e.to_string(),
+            |n| nix::errno::Errno::from_raw(n).desc().into(),
+        );
+        bail!("-v {v}: {}: {why}", m.source.display());
+    }
+    Ok(m)
+}
+
+/// Below this a container's init cannot even start (podman's minimum too).
+const MIN_MEMORY: i64 = 6 << 20;
+
+/// A memory limit too small to start anything fails here, saying so, rather than as
+/// "container init died" from the OOM killer.
+fn check_memory(cfg: &ContainerConfig, args: &RunImageArgs) -> Result<()> {
+    let limit = cfg
+        .resources
+        .as_ref()
+        .and_then(|r| r.memory().as_ref()?.limit());
+    match limit {
+        Some(m) if m < MIN_MEMORY => {
+            let from = match (&args.memory, &args.config) {
+                (Some(flag), _) => format!("--memory {flag}"),
+                (None, Some(file)) => format!("`memory` in {}", file.display()),
+                (None, None) => "memory".into(),
+            };
+            bail!(
+                "{from}: {m} bytes is below the 6 MiB a container needs (a size takes a suffix: 512k, 512m, 1g)"
+            )
+        }
+        _ => Ok(()),
+    }
 }
 
 fn default_name(image: &str) -> String {
@@ -395,7 +496,11 @@ pub fn run_image(
         let handle = rt.run(&name, cfg)?;
         started(&rt, &name, handle.pid(), create, false)?;
         let _ = warren::systemd::notify("READY=1");
-        println!("{}", handle.name);
+        if global.json {
+            println!("{}", serde_json::json!({ "name": handle.name }));
+        } else {
+            println!("{}", handle.name);
+        }
         return Ok(0);
     }
     let (mask, signals) = oci::block_signals()?;

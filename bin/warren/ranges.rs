@@ -16,6 +16,7 @@ pub enum Command {
     List,
     /// Reserve a block for NAME (or show the one it already has).
     Alloc {
+        /// The container (or other holder) the block is for.
         name: String,
         /// As root: the pool to take blocks from, START+LEN (default: the `warren:` lines
         /// of /etc/subuid and /etc/subgid). Refused when it overlaps a user's range.
@@ -26,9 +27,15 @@ pub enum Command {
         block: Option<u32>,
     },
     /// Show NAME's reservation.
-    Get { name: String },
+    Get {
+        /// The container (or other holder) the block is for.
+        name: String,
+    },
     /// Release NAME's block.
-    Free { name: String },
+    Free {
+        /// The container (or other holder) the block is for.
+        name: String,
+    },
     /// As root: register the root id pool, a `warren:START:COUNT` line in /etc/subuid and
     /// /etc/subgid (default: 0x40000000+0x40000000, or the first free span above every
     /// line; done on first use when there is none).

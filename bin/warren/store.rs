@@ -2,6 +2,7 @@
 
 use crate::Global;
 use crate::image::{human, open_store};
+use warren::runtime::images::ImageCache;
 
 #[derive(clap::Subcommand, Debug)]
 #[command(defer = true)]
@@ -18,14 +19,17 @@ pub enum Command {
         #[arg(long)]
         repair: bool,
     },
-    /// Remove chunks no image references (waits for imports in progress).
+    /// Remove chunks no image references (waits for imports in progress), and the
+    /// extracted image trees (STATE_DIR/images) no image and no container uses.
     Gc,
     /// Write the chunks and indexes DIR lacks into it (a store directory to serve over
     /// HTTP); all images, or only those named. DIR is published: readable by every user
     /// and every web client that can reach it, every file of every image pushed included,
     /// whatever its mode in the image (the store itself stays private).
     Push {
+        /// The store directory to publish into.
         dir: std::path::PathBuf,
+        /// The images to push, NAME[:TAG] (default: all).
         images: Vec<String>,
     },
 }
@@ -110,9 +114,15 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
             Ok(if r.ok() { 0 } else { 1 })
         }
         Command::Gc => {
+            // Extracted trees first: a tree outlives its image's chunks otherwise.
+            let state = warren::dirs::state_dir();
+            let cache = ImageCache::new(state.join("images"));
+            let trees = cache.gc(&store, &state.join("store"), &state.join("containers"))?;
             let r = store.gc()?;
             if global.json {
-                println!("{}", serde_json::to_string(&r)?);
+                let mut v = serde_json::to_value(&r)?;
+                v["trees"] = serde_json::to_value(&trees)?;
+                println!("{v}");
             } else {
                 println!(
                     "removed {} chunks ({}) and {} temporary files; kept {} chunks",
@@ -120,6 +130,12 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
                     human(r.removed_bytes),
                     r.removed_temp_files,
                     r.kept_chunks
+                );
+                println!(
+                    "removed {} extracted image trees ({}); kept {} in use",
+                    trees.removed.len(),
+                    human(trees.freed_bytes),
+                    trees.kept
                 );
             }
             Ok(0)

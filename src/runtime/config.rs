@@ -112,7 +112,8 @@ pub struct ConfigFile {
     /// `none`, `host` or a network namespace path.
     pub network: Option<String>,
     pub hostname: Option<String>,
-    /// Memory limit in bytes, or with a K/M/G suffix.
+    /// Memory limit in bytes (`512`, `"512"`), or with a K/M/G suffix (`"512M"`).
+    #[serde(default, deserialize_with = "int_or_string")]
     pub memory: Option<String>,
     pub pids_limit: Option<i64>,
     /// CPU limit in cores, e.g. 0.5.
@@ -271,6 +272,20 @@ pub fn limits(
         .map_err(|e| ConfigError::Resources(e.to_string()))
 }
 
+/// A TOML integer or string, as a string (`memory = 512` and `memory = "512M"`).
+fn int_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum IntOrString {
+        Int(i64),
+        Str(String),
+    }
+    Ok(Some(match IntOrString::deserialize(d)? {
+        IntOrString::Int(n) => n.to_string(),
+        IntOrString::Str(s) => s,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,5 +318,14 @@ mod tests {
         std::fs::write(&path, "image = \"busybox\"\ncolour = 1\n").unwrap();
         let err = ConfigFile::load(&path).unwrap_err().to_string();
         assert!(err.contains("web.toml") && err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn memory_is_bytes_as_an_integer_or_a_string() {
+        for (text, want) in [("512", 512), ("\"512\"", 512), ("\"512m\"", 512 << 20)] {
+            let file: ConfigFile =
+                toml::from_str(&format!("image = \"b\"\nmemory = {text}")).unwrap();
+            assert_eq!(parse_bytes(file.memory.as_deref().unwrap()).unwrap(), want);
+        }
     }
 }

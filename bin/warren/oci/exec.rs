@@ -20,9 +20,12 @@ pub struct ExecArgs {
     /// Extra environment (KEY=VALUE).
     #[arg(long, short = 'e')]
     pub env: Vec<String>,
-    /// Allocate a pseudo-terminal.
+    /// Allocate a pseudo-terminal (TERM=xterm unless the environment sets TERM).
     #[arg(long, short = 't')]
     pub tty: bool,
+    /// Keep stdin connected (it always is: accepted for podman's `exec -it`).
+    #[arg(long, short = 'i')]
+    pub interactive: bool,
     /// UID[:GID].
     #[arg(long, short = 'u')]
     pub user: Option<String>,
@@ -97,6 +100,17 @@ pub fn exec(root: &Path, a: ExecArgs) -> Result<i32> {
         bail!("exec: a terminal with --detach needs --console-socket");
     }
     let interactive = p.terminal().unwrap_or(false) && a.console_socket.is_none();
+    let mut p = p;
+    if interactive && p.console_size().is_none() {
+        // The pty gets this terminal's size before the process starts (podman's way).
+        p.set_console_size(super::term::winsize().and_then(|(rows, cols)| {
+            oci_spec::runtime::BoxBuilder::default()
+                .height(rows)
+                .width(cols)
+                .build()
+                .ok()
+        }));
+    }
     let (mask, sfd) = block_signals()?;
     let (console_fd, ours) = if interactive {
         console_pair()?
@@ -159,6 +173,10 @@ fn process_of(mut p: Process, a: &ExecArgs) -> Result<Process> {
         p.set_env(Some(all));
     }
     p.set_terminal(Some(a.tty));
+    let env = p.env().clone().unwrap_or_default();
+    if a.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        p.set_env(Some(env.into_iter().chain(["TERM=xterm".into()]).collect()));
+    }
     if a.no_new_privs {
         p.set_no_new_privileges(Some(true));
     }

@@ -285,7 +285,11 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
         Command::Exec { args } => exec::exec(&root, *args).or_else(|e| {
             let msg = format!("exec failed: {}", warren::error_line(e.as_ref()));
             log::error(global, &msg);
-            eprintln!("warren: {msg}");
+            if global.json {
+                println!("{}", serde_json::json!({ "error": msg }));
+            } else {
+                eprintln!("warren: {msg}");
+            }
             Ok(255)
         }),
         Command::Pause { id } => {

@@ -181,6 +181,19 @@ pub fn supervise(
     result
 }
 
+/// This terminal's size (rows, columns), when stdin is one.
+pub fn winsize() -> Option<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ with a valid winsize pointer.
+    let ok = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) } == 0;
+    (ok && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
+}
+
 fn copy_winsize(master: &OwnedFd) {
     let mut ws: libc::winsize = libc::winsize {
         ws_row: 0,
