@@ -153,7 +153,9 @@ pub fn run(global: &Global, command: Command) -> Result<i32> {
         Command::Inspect { name } => crate::ps::inspect(&rt, &name),
         Command::Stop { names, time } => {
             let timeout = Duration::from_secs(time);
-            each(global, &names, "stopped", |name| stop(&rt, name, timeout))
+            each(global, &names, "stopped", |name| {
+                stop(&rt, name, timeout).map(|()| true)
+            })
         }
         Command::Rm {
             names,
@@ -161,22 +163,23 @@ pub fn run(global: &Global, command: Command) -> Result<i32> {
             ignore,
         } => each(global, &names, "removed", |name| {
             match rt.delete(name, force) {
-                Err(warren::runtime::Error::NotFound(_)) if ignore => Ok(()),
-                r => Ok(r?),
+                Ok(()) => Ok(true),
+                Err(warren::runtime::Error::NotFound(_)) if ignore => Ok(false),
+                Err(e) => Err(e.into()),
             }
         }),
         Command::Logs { name, follow } => logs(&rt, &name, follow, global.json),
     }
 }
 
-/// Runs `op` on each name, printing each name done (podman's output) or, with --json,
+/// Runs `op` on each name (false: nothing to do, say nothing), printing each name done (podman's output) or, with --json,
 /// one `{"name": .., WHAT: true}` or `{"name": .., "error": ..}` object per name. Exits
 /// 1 when any failed.
 fn each(
     global: &Global,
     names: &[String],
     what: &str,
-    op: impl Fn(&str) -> Result<()>,
+    op: impl Fn(&str) -> Result<bool>,
 ) -> Result<i32> {
     let mut code = 0;
     for name in names {
@@ -185,8 +188,9 @@ fn each(
             code = 1;
         }
         match (result, global.json) {
-            (Ok(()), false) => println!("{name}"),
-            (Ok(()), true) => println!("{}", serde_json::json!({ "name": name, what: true })),
+            (Ok(false), _) => {}
+            (Ok(true), false) => println!("{name}"),
+            (Ok(true), true) => println!("{}", serde_json::json!({ "name": name, what: true })),
             (Err(e), false) => eprintln!("warren: {name}: {}", warren::error_line(e.as_ref())),
             (Err(e), true) => println!(
                 "{}",
