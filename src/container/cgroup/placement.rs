@@ -257,3 +257,112 @@ fn own_path(
         message: "the caller's cgroup in it is not in /proc/self/cgroup".into(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(controller: &'static str, name: &str, cgroup2: bool) -> Hierarchy {
+        Hierarchy {
+            controller,
+            mount: Path::new("/cg").join(name),
+            name: name.into(),
+            cgroup2,
+        }
+    }
+
+    fn run(
+        version: Version,
+        hs: &[Hierarchy],
+        own: &str,
+        path: Option<&str>,
+        ok: &dyn Fn(&Path) -> bool,
+    ) -> Result<Placement, CgroupError> {
+        let facts = Facts {
+            root: Path::new("/cg"),
+            version,
+            hierarchies: hs,
+            own,
+            writable: ok,
+        };
+        plan(&Request::parse("web", path)?, &facts)
+    }
+
+    fn leaves(p: &Placement) -> Vec<PathBuf> {
+        p.leaves.iter().map(|l| l.2.clone()).collect()
+    }
+
+    const V2_OWN: &str = "0::/system.slice/container@web.service\n";
+
+    #[test]
+    fn v2_caller_is_split_once_and_only_when_delegated() {
+        let yes = |_: &Path| true;
+        let p = run(Version::V2, &[], V2_OWN, Some("caller:warren-web"), &yes).expect("plan");
+        let unit = PathBuf::from("/cg/system.slice/container@web.service");
+        assert_eq!(leaves(&p), [unit.join("warren-web")]);
+        assert_eq!(p.split, Some(unit.clone()));
+        // Already split: beside the supervisor, no second split.
+        let own = "0::/system.slice/container@web.service/supervisor\n";
+        let p = run(Version::V2, &[], own, Some("caller:warren-web"), &yes).expect("plan");
+        assert_eq!(leaves(&p), [unit.join("warren-web")]);
+        assert_eq!(p.split, None);
+        // The root cgroup needs no split.
+        let p = run(Version::V2, &[], "0::/\n", Some("caller:x"), &yes).expect("plan");
+        assert_eq!((leaves(&p), p.split), (vec![PathBuf::from("/cg/x")], None));
+        // Not delegated (rootless outside a Delegate=yes scope): an error naming the dir.
+        let no = |_: &Path| false;
+        let err = run(Version::V2, &[], V2_OWN, Some("caller:x"), &no).expect_err("refused");
+        assert!(matches!(err, CgroupError::NotDelegated { ref path, .. } if *path == unit));
+    }
+
+    #[test]
+    fn runc_rules_for_absolute_relative_and_no_path() {
+        let yes = |_: &Path| true;
+        let v2 = |p| run(Version::V2, &[], V2_OWN, p, &yes).expect("plan");
+        assert_eq!(leaves(&v2(None)), [PathBuf::from("/cg/warren/web")]);
+        assert_eq!(leaves(&v2(Some("/a/b"))), [PathBuf::from("/cg/a/b")]);
+        // runc's v2 rule: below the parent of the caller's cgroup.
+        assert_eq!(
+            leaves(&v2(Some("a/b"))),
+            [PathBuf::from("/cg/system.slice/a/b")]
+        );
+        assert_eq!(v2(Some("a/b")).split, None);
+        let hs = [h("memory", "memory", false), h("cpu", "cpu,cpuacct", false)];
+        let own = "4:memory:/m/x\n2:cpuacct,cpu:/c\n";
+        let p = run(Version::V1, &hs, own, Some("a"), &yes).expect("plan");
+        assert_eq!(
+            leaves(&p),
+            [
+                PathBuf::from("/cg/memory/m/x/a"),
+                PathBuf::from("/cg/cpu,cpuacct/c/a")
+            ]
+        );
+        assert!(Request::parse("web", Some("s.slice:p:n")).is_err());
+        assert!(Request::parse("web", Some("caller:../x")).is_err());
+    }
+
+    #[test]
+    fn hybrid_caller_is_per_hierarchy_and_controller_less_ones_are_optional() {
+        let hs = [
+            h("pids", "pids", false),
+            h("", "systemd", false),
+            h("", "unified", true),
+        ];
+        let own = "9:name=systemd:/s\n8:pids:/p/q\n0::/u\n";
+        let only_pids = |d: &Path| d.starts_with("/cg/pids");
+        let p = run(Version::V1, &hs, own, Some("caller:w"), &only_pids).expect("plan");
+        assert_eq!(
+            leaves(&p),
+            [
+                PathBuf::from("/cg/pids/p/q/w"),
+                PathBuf::from("/cg/systemd/s/w"),
+                PathBuf::from("/cg/unified/u/w")
+            ]
+        );
+        assert_eq!(p.split, None);
+        // A controller's hierarchy that is not ours: refused.
+        let none = |_: &Path| false;
+        let err = run(Version::V1, &hs, own, Some("caller:w"), &none).expect_err("refused");
+        assert!(matches!(err, CgroupError::NotDelegated { .. }), "{err}");
+    }
+}
