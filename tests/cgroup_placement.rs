@@ -1,0 +1,238 @@
+//! Where containers' cgroups go: `runtime::Runtime` containers (`warren run --image`)
+//! beneath the caller's own cgroup, as under a `Delegate=yes` unit, on this host's v1
+//! hierarchies and on a private cgroup2 view (the caller's cgroup split into `supervisor`
+//! and the container's leaf); nothing left behind after delete. As root.
+
+mod common;
+#[path = "common/rootfs.rs"]
+mod rootfs;
+
+use common::{bin, ok, require_root, require_tool, scratch};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const CG: &str = "/sys/fs/cgroup";
+
+/// Each distinct hierarchy under /sys/fs/cgroup (v1 controllers, named, the hybrid's v2).
+fn hierarchies() -> Vec<PathBuf> {
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(CG)
+        .expect("list /sys/fs/cgroup")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for h in entries {
+        let real = std::fs::canonicalize(&h).expect("canonicalize");
+        if h.join("cgroup.procs").exists() && !seen.contains(&real) {
+            seen.push(real);
+            out.push(h);
+        }
+    }
+    out
+}
+
+/// The test's "unit" cgroup in every hierarchy, removed (once empty) on drop.
+struct Caller {
+    name: String,
+    dirs: Vec<PathBuf>,
+}
+
+impl Caller {
+    fn make(tag: &str) -> Caller {
+        let name = format!("warren-test-caller-{tag}-{}", std::process::id());
+        let mut dirs = Vec::new();
+        for h in hierarchies() {
+            let dir = h.join(&name);
+            std::fs::create_dir(&dir).expect("mkdir caller cgroup");
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                if let Ok(v) = std::fs::read_to_string(h.join(f)) {
+                    std::fs::write(dir.join(f), v.trim()).expect("cpuset");
+                }
+            }
+            dirs.push(dir);
+        }
+        Caller { name, dirs }
+    }
+}
+
+impl Drop for Caller {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+fn warren(dir: &Path) -> Command {
+    let mut cmd = Command::new(bin("warren"));
+    cmd.env("WARREN_STATE_DIR", dir.join("state"))
+        .arg("--root")
+        .arg(dir.join("run"));
+    cmd
+}
+
+#[test]
+fn library_containers_go_beneath_the_callers_cgroup_in_every_v1_hierarchy() {
+    if !require_root("makes cgroups under /sys/fs/cgroup and runs containers") {
+        return;
+    }
+    require_tool("busybox", "busybox-static");
+    assert!(
+        Path::new(CG).join("pids/cgroup.procs").exists(),
+        "this test needs the v1 pids hierarchy (a legacy or hybrid host)"
+    );
+    let dir = scratch("placement-v1");
+    let caller = Caller::make("v1");
+    let name = format!("placed-{}", std::process::id());
+    // A shell moved into the caller's cgroup everywhere (as a unit's main process) runs
+    // `warren run -d` with limits.
+    let procs: Vec<PathBuf> = caller.dirs.iter().map(|d| d.join("cgroup.procs")).collect();
+    let script = "for f in $PROCS; do echo $$ > \"$f\" || exit 9; done; exec \"$W\" \"$@\"";
+    let mut sh = Command::new("sh");
+    sh.args(["-c", script, "sh"])
+        .env("W", bin("warren"))
+        .env("WARREN_STATE_DIR", dir.path().join("state"))
+        .env(
+            "PROCS",
+            procs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+        .args(["--root"])
+        .arg(dir.path().join("run"))
+        .args(["run", "-d", "--image", "busybox", "--name", &name])
+        .args(["--pids-limit", "20", "--memory", "64M", "--", "sleep", "60"]);
+    ok(&mut sh);
+    let leaf = format!("{}/warren-{name}", caller.name);
+    let pids_dir = Path::new(CG).join("pids").join(&leaf);
+    let init: i32 = std::fs::read_to_string(pids_dir.join("cgroup.procs"))
+        .expect("the container's pids cgroup beneath the caller's")
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("a process in it");
+    // Every hierarchy: the init is beneath the caller's cgroup.
+    let theirs = std::fs::read_to_string(format!("/proc/{init}/cgroup")).expect("cgroup");
+    for line in theirs.lines() {
+        let path = line.splitn(3, ':').nth(2).expect("path");
+        assert_eq!(path, format!("/{leaf}"), "{line}\n{theirs}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(pids_dir.join("pids.max"))
+            .expect("pids.max")
+            .trim(),
+        "20"
+    );
+    let memory = Path::new(CG).join("memory").join(&leaf);
+    assert_eq!(
+        std::fs::read_to_string(memory.join("memory.limit_in_bytes"))
+            .expect("memory limit")
+            .trim(),
+        (64u64 << 20).to_string()
+    );
+    for h in hierarchies() {
+        assert!(
+            !h.join("warren").join(&name).exists(),
+            "{}: placed at the root",
+            h.display()
+        );
+    }
+    ok(warren(dir.path()).args(["rm", "--force", &name]));
+    for d in &caller.dirs {
+        let left = d.join(format!("warren-{name}"));
+        assert!(!left.exists(), "{} left behind", left.display());
+    }
+}
+
+#[test]
+fn on_cgroup2_the_callers_cgroup_splits_into_supervisor_and_container_leaves_once() {
+    if !require_root("mounts a private cgroup2 view and runs containers") {
+        return;
+    }
+    require_tool("unshare", "util-linux");
+    let unified = Path::new(CG).join("unified");
+    assert!(
+        unified.join("cgroup.controllers").exists()
+            || Path::new(CG).join("cgroup.controllers").exists(),
+        "this test needs a cgroup2 hierarchy"
+    );
+    let dir = scratch("placement-v2");
+    let tag = std::process::id();
+    let unit = format!("warren-test-unit-{tag}");
+    let (a, b) = (format!("split-a-{tag}"), format!("split-b-{tag}"));
+    // Each container's config asks for what runtime::Runtime asks for: beneath the caller.
+    for id in [&a, &b] {
+        let mut c = rootfs::config(&["sleep", "60"]);
+        c["linux"]["cgroupsPath"] = json!(warren::container::cgroup::under_caller(&format!(
+            "warren-{id}"
+        )));
+        c["linux"]["resources"] = json!({"devices": [{"allow": false, "access": "rwm"}]});
+        std::fs::create_dir_all(dir.path().join(id)).expect("mkdir bundle");
+        rootfs::bundle(&dir.path().join(id), &c);
+    }
+    // In a private mount namespace, a fresh cgroup2 mount on /sys/fs/cgroup: a v2 host
+    // whose `unit` cgroup is delegated (root may write it) and holds the caller.
+    let script = r#"
+set -e
+mount -t cgroup2 none /sys/fs/cgroup
+U=/sys/fs/cgroup/$UNIT
+mkdir $U
+echo $$ > $U/cgroup.procs
+"$W" --root "$RUN" create -b "$DIR/$A" "$A"
+echo "shell: $(grep ^0:: /proc/$$/cgroup)"
+echo "a-init: $(cat $U/warren-$A/cgroup.procs)"
+"$W" --root "$RUN" create -b "$DIR/$B" "$B"
+echo "b-init: $(cat $U/warren-$B/cgroup.procs)"
+echo "children: $(cd $U && ls -d */ | tr -d / | tr '\n' ' ')"
+"$W" --root "$RUN" delete --force "$A"
+"$W" --root "$RUN" delete --force "$B"
+echo "after: $(cd $U && ls -d */ | tr -d / | tr '\n' ' ')"
+echo $$ > /sys/fs/cgroup/cgroup.procs
+rmdir $U/supervisor $U
+"#;
+    let out = ok(Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .env("W", bin("warren"))
+        .env("RUN", dir.path().join("run"))
+        .env("DIR", dir.path())
+        .env("UNIT", &unit)
+        .env("A", &a)
+        .env("B", &b));
+    let field = |key: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {out}"))
+            .trim()
+            .to_string()
+    };
+    // The caller moved to the supervisor leaf; the containers beside it, one split only.
+    assert_eq!(field("shell:"), format!("0::/{unit}/supervisor"), "{out}");
+    let mut children: Vec<&str> = Vec::new();
+    let listed = field("children:");
+    children.extend(listed.split_whitespace());
+    children.sort_unstable();
+    let mut want = vec![
+        "supervisor".to_string(),
+        format!("warren-{a}"),
+        format!("warren-{b}"),
+    ];
+    want.sort();
+    assert_eq!(children, want, "{out}");
+    for (key, id) in [("a-init:", &a), ("b-init:", &b)] {
+        let pid = field(key);
+        assert!(!pid.is_empty(), "{id}: no process in its leaf: {out}");
+    }
+    // Nothing but the supervisor leaf after delete; the whole unit removed by the script.
+    assert_eq!(field("after:"), "supervisor", "{out}");
+    let host_view = if unified.join("cgroup.controllers").exists() {
+        unified
+    } else {
+        PathBuf::from(CG)
+    };
+    assert!(!host_view.join(&unit).exists(), "{unit} left behind");
+}
