@@ -58,6 +58,13 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// Its directory in the hierarchy named `h`.
+    fn dirs_of(&self, h: &str) -> PathBuf {
+        Path::new(CG).join(h).join(&self.name)
+    }
+}
+
 impl Drop for Caller {
     fn drop(&mut self) {
         for d in &self.dirs {
@@ -86,67 +93,100 @@ fn library_containers_go_beneath_the_callers_cgroup_in_every_v1_hierarchy() {
     );
     let dir = scratch("placement-v1");
     let caller = Caller::make("v1");
-    let name = format!("placed-{}", std::process::id());
-    // A shell moved into the caller's cgroup everywhere (as a unit's main process) runs
-    // `warren run -d` with limits.
-    let procs: Vec<PathBuf> = caller.dirs.iter().map(|d| d.join("cgroup.procs")).collect();
+    let tag = std::process::id();
+    // With limits, and without (its cgroup namespace and mount need a cgroup too).
+    let cases: [(String, &[&str]); 2] = [
+        (
+            format!("placed-{tag}"),
+            &["--pids-limit", "20", "--memory", "64M"],
+        ),
+        (format!("placed-plain-{tag}"), &[]),
+    ];
+    // Dropped before `caller`: its containers go first, even when an assertion fails.
+    let _removed = Remove(dir.path(), cases.iter().map(|c| c.0.clone()).collect());
+    for (name, limits) in &cases {
+        // A shell moved into the caller's cgroup everywhere (as a unit's main process)
+        // runs `warren run -d`.
+        ok(in_caller(&caller, dir.path())
+            .args(["run", "-d", "--image", "busybox", "--name", name])
+            .args(*limits)
+            .args(["--", "sleep", "60"]));
+        let leaf = format!("{}/warren-{name}", caller.name);
+        let pids_dir = Path::new(CG).join("pids").join(&leaf);
+        let init: i32 = std::fs::read_to_string(pids_dir.join("cgroup.procs"))
+            .expect("the container's pids cgroup beneath the caller's")
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("a process in it");
+        // Every hierarchy: the init is beneath the caller's cgroup.
+        let theirs = std::fs::read_to_string(format!("/proc/{init}/cgroup")).expect("cgroup");
+        for line in theirs.lines() {
+            let path = line.splitn(3, ':').nth(2).expect("path");
+            assert_eq!(path, format!("/{leaf}"), "{name}: {line}\n{theirs}");
+        }
+        let limit = |h: &str, file: &str| read(&Path::new(CG).join(h).join(&leaf).join(file));
+        let (pids, memory) = match limits.is_empty() {
+            false => ("20".to_string(), (64u64 << 20).to_string()),
+            true => (
+                "max".to_string(),
+                read(&caller.dirs_of("memory").join("memory.limit_in_bytes")),
+            ),
+        };
+        assert_eq!(limit("pids", "pids.max"), pids, "{name}");
+        assert_eq!(limit("memory", "memory.limit_in_bytes"), memory, "{name}");
+        for h in hierarchies() {
+            let root_placed = h.join("warren").join(name);
+            assert!(
+                !root_placed.exists(),
+                "{}: placed at the root",
+                root_placed.display()
+            );
+        }
+    }
+    for (name, _) in &cases {
+        ok(warren(dir.path()).args(["rm", "--force", name]));
+        for d in &caller.dirs {
+            let left = d.join(format!("warren-{name}"));
+            assert!(!left.exists(), "{} left behind", left.display());
+        }
+    }
+}
+
+/// Removes the named containers (`warren rm --force`) on drop.
+struct Remove<'a>(&'a Path, Vec<String>);
+
+impl Drop for Remove<'_> {
+    fn drop(&mut self) {
+        for name in &self.1 {
+            let _ = warren(self.0).args(["rm", "--force", name]).output();
+        }
+    }
+}
+
+/// `warren` run by a shell that first moves itself into `caller`'s cgroup everywhere.
+fn in_caller(caller: &Caller, dir: &Path) -> Command {
+    let procs: Vec<String> = caller
+        .dirs
+        .iter()
+        .map(|d| d.join("cgroup.procs").display().to_string())
+        .collect();
     let script = "for f in $PROCS; do echo $$ > \"$f\" || exit 9; done; exec \"$W\" \"$@\"";
     let mut sh = Command::new("sh");
     sh.args(["-c", script, "sh"])
         .env("W", bin("warren"))
-        .env("WARREN_STATE_DIR", dir.path().join("state"))
-        .env(
-            "PROCS",
-            procs
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(" "),
-        )
-        .args(["--root"])
-        .arg(dir.path().join("run"))
-        .args(["run", "-d", "--image", "busybox", "--name", &name])
-        .args(["--pids-limit", "20", "--memory", "64M", "--", "sleep", "60"]);
-    ok(&mut sh);
-    let leaf = format!("{}/warren-{name}", caller.name);
-    let pids_dir = Path::new(CG).join("pids").join(&leaf);
-    let init: i32 = std::fs::read_to_string(pids_dir.join("cgroup.procs"))
-        .expect("the container's pids cgroup beneath the caller's")
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .expect("a process in it");
-    // Every hierarchy: the init is beneath the caller's cgroup.
-    let theirs = std::fs::read_to_string(format!("/proc/{init}/cgroup")).expect("cgroup");
-    for line in theirs.lines() {
-        let path = line.splitn(3, ':').nth(2).expect("path");
-        assert_eq!(path, format!("/{leaf}"), "{line}\n{theirs}");
-    }
-    assert_eq!(
-        std::fs::read_to_string(pids_dir.join("pids.max"))
-            .expect("pids.max")
-            .trim(),
-        "20"
-    );
-    let memory = Path::new(CG).join("memory").join(&leaf);
-    assert_eq!(
-        std::fs::read_to_string(memory.join("memory.limit_in_bytes"))
-            .expect("memory limit")
-            .trim(),
-        (64u64 << 20).to_string()
-    );
-    for h in hierarchies() {
-        assert!(
-            !h.join("warren").join(&name).exists(),
-            "{}: placed at the root",
-            h.display()
-        );
-    }
-    ok(warren(dir.path()).args(["rm", "--force", &name]));
-    for d in &caller.dirs {
-        let left = d.join(format!("warren-{name}"));
-        assert!(!left.exists(), "{} left behind", left.display());
-    }
+        .env("WARREN_STATE_DIR", dir.join("state"))
+        .env("PROCS", procs.join(" "))
+        .arg("--root")
+        .arg(dir.join("run"));
+    sh
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_string()
 }
 
 #[test]
