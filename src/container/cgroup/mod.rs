@@ -31,7 +31,14 @@
 //! Not applied: `blockIO`, `hugepageLimits`, `network`, `rdma` (an error if set to
 //! anything but zero or empty).
 //!
-//! Here: the [`Cgroup`] type, layout detection, [`needed`]. By concern: `resources` (the
+//! Where (`placement` has the rules): `runtime::Runtime` containers beneath the
+//! caller's own cgroup (`caller:` paths; on v2 the caller's processes move to a
+//! `supervisor` leaf beside the container's), so a `Delegate=yes` unit or a user's
+//! delegated subtree keeps its workload; runc-CLI containers by runc's rules for
+//! `cgroupsPath`, `warren/<id>` below each hierarchy's root without one.
+//!
+//! Here: the [`Cgroup`] type, layout detection, [`needed`]. By concern: `placement` (where
+//! a request's directories go, pure), `resources` (the
 //! OCI resources -> file writes table, pure), `devices` (device rules: v1 files, the v2
 //! eBPF filter), `v1` and `v2` (each layout's directories), `view` (the container's
 //! `cgroup` mount), `freeze` (pause/resume), `update` (new limits for a live cgroup),
@@ -148,7 +155,8 @@ pub fn needed(
 
 impl Cgroup {
     /// Creates the container's cgroup under [`DEFAULT_ROOT`] and applies `resources`.
-    /// `cgroups_path` is the OCI `linux.cgroupsPath` (default `warren/<name>`).
+    /// `cgroups_path` is the OCI `linux.cgroupsPath` (default `warren/<name>` below each
+    /// hierarchy's root; [`under_caller`] for beneath the caller's own cgroup).
     pub fn create(
         name: &str,
         resources: Option<&LinuxResources>,
