@@ -68,6 +68,10 @@ impl Caller {
 impl Drop for Caller {
     fn drop(&mut self) {
         for d in &self.dirs {
+            // runc leaves a relative path's parents (only its leaf goes).
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                let _ = std::fs::remove_dir(e.path());
+            }
             let _ = std::fs::remove_dir(d);
         }
     }
@@ -275,4 +279,78 @@ rmdir $U/supervisor $U
         PathBuf::from(CG)
     };
     assert!(!host_view.join(&unit).exists(), "{unit} left behind");
+}
+
+/// A runc-CLI config's relative cgroupsPath: runc's rule, beneath the caller's cgroup in each
+/// v1 hierarchy (a hybrid host's cgroup2 below its root), for runc and for warren alike
+/// (runc 1.1.5, run here).
+#[test]
+fn a_relative_cgroups_path_is_beneath_the_callers_cgroup_as_with_runc() {
+    if !require_root("makes cgroups under /sys/fs/cgroup and runs containers") {
+        return;
+    }
+    let runc = require_tool("runc", "runc");
+    assert!(
+        Path::new(CG).join("pids/cgroup.procs").exists(),
+        "this test needs the v1 pids hierarchy (a legacy or hybrid host)"
+    );
+    let dir = scratch("placement-relative");
+    let caller = Caller::make("rel");
+    for (rt, program) in [("runc", runc), ("warren", bin("warren"))] {
+        let id = format!("rel-{rt}-{}", std::process::id());
+        let rel = format!("{id}-parent/leaf");
+        let mut config = rootfs::config(&["sleep", "60"]);
+        config["linux"]["cgroupsPath"] = json!(rel);
+        let b = dir.path().join(&id);
+        std::fs::create_dir_all(&b).expect("mkdir bundle");
+        rootfs::bundle(&b, &config);
+        let state = dir.path().join(format!("state-{rt}"));
+        let procs: Vec<String> = caller
+            .dirs
+            .iter()
+            .map(|d| d.join("cgroup.procs").display().to_string())
+            .collect();
+        let script = "for f in $PROCS; do echo $$ > \"$f\" || exit 9; done; exec \"$W\" \"$@\"";
+        // The init holds its stdio until it runs: nothing to capture.
+        let status = Command::new("sh")
+            .args(["-c", script, "sh"])
+            .env("W", &program)
+            .env("PROCS", procs.join(" "))
+            .arg("--root")
+            .arg(&state)
+            .args(["create", "-b"])
+            .arg(&b)
+            .arg(&id)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run create");
+        assert!(status.success(), "{rt} create: {status}");
+        let st: serde_json::Value = serde_json::from_str(&ok(Command::new(&program)
+            .arg("--root")
+            .arg(&state)
+            .args(["state", &id])))
+        .expect("state json");
+        let pid = st["pid"].as_i64().expect("pid");
+        let theirs = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+        ok(Command::new(&program)
+            .arg("--root")
+            .arg(&state)
+            .args(["delete", "--force", &id]));
+        for line in theirs.lines() {
+            let path = line.splitn(3, ':').nth(2).expect("path");
+            // runc 1.1.5 puts a hybrid host's cgroup2 below its root.
+            let want = match line.starts_with("0::") {
+                true => format!("/{rel}"),
+                false => format!("/{}/{rel}", caller.name),
+            };
+            assert_eq!(path, want, "{rt}: {line}\n{theirs}");
+        }
+        // runc leaves a relative path's parent behind (only its leaf goes).
+        for h in hierarchies() {
+            let parent = h.join(format!("{id}-parent"));
+            let _ = std::fs::remove_dir(&parent);
+        }
+    }
 }

@@ -6,8 +6,9 @@
 //! - absent: `warren/<id>` below each hierarchy's root (warren's runc-CLI default; runc
 //!   1.1.5 itself uses `<caller's cgroup>/<id>`);
 //! - absolute: below each hierarchy's root (runc);
-//! - relative: runc's rule: below the caller's own cgroup in each v1 hierarchy, below the
-//!   *parent* of the caller's cgroup on v2 (the caller's own holds processes);
+//! - relative: runc's rule: below the caller's own cgroup in each v1 hierarchy (a hybrid
+//!   host's cgroup2 below its root, as runc 1.1.5 does), below the *parent* of the
+//!   caller's cgroup on v2 (the caller's own holds processes);
 //! - `caller:PATH` (what `runtime::Runtime` asks for, see [`under_caller`]): below the
 //!   caller's own cgroup, so a unit with `Delegate=yes` or a user's delegated
 //!   `user@UID.service` subtree keeps its workload. On v2 a cgroup with processes cannot
@@ -171,6 +172,8 @@ fn plan_v1(req: &Request, f: &Facts) -> Result<Placement, CgroupError> {
     for h in f.hierarchies {
         let base = match req.anchor {
             Anchor::Root => h.mount.clone(),
+            // runc 1.1.5 places a hybrid host's cgroup2 below its root even then.
+            Anchor::Runc if h.cgroup2 => h.mount.clone(),
             Anchor::Runc | Anchor::Caller => {
                 let matches = |field: &str| line_is_for(field, h);
                 let own = match own_path(f.own, matches, &h.name) {
@@ -288,6 +291,11 @@ mod tests {
         plan(&Request::parse("web", path)?, &facts)
     }
 
+    /// runc's rules never ask.
+    fn none_ok() -> impl Fn(&Path) -> bool {
+        |_: &Path| false
+    }
+
     fn leaves(p: &Placement) -> Vec<PathBuf> {
         p.leaves.iter().map(|l| l.2.clone()).collect()
     }
@@ -360,6 +368,16 @@ mod tests {
             ]
         );
         assert_eq!(p.split, None);
+        // runc's relative rule: the hybrid's cgroup2 below its root.
+        let p = run(Version::V1, &hs, own, Some("w"), &none_ok()).expect("plan");
+        assert_eq!(
+            leaves(&p),
+            [
+                PathBuf::from("/cg/pids/p/q/w"),
+                PathBuf::from("/cg/systemd/s/w"),
+                PathBuf::from("/cg/unified/w")
+            ]
+        );
         // A controller's hierarchy that is not ours: refused.
         let none = |_: &Path| false;
         let err = run(Version::V1, &hs, own, Some("caller:w"), &none).expect_err("refused");
