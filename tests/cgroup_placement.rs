@@ -354,3 +354,121 @@ fn a_relative_cgroups_path_is_beneath_the_callers_cgroup_as_with_runc() {
         }
     }
 }
+
+/// Runs `f` in a forked child that, in a private mount namespace with a fresh cgroup2 on
+/// /sys/fs/cgroup, moves into the cgroup `unit` (owned by nobody when `delegated`, as
+/// systemd's `Delegate=yes` for a user) and becomes nobody; returns its exit code.
+fn as_nobody_in_cgroup2_unit(unit: &str, delegated: bool, f: impl FnOnce() -> i32) -> i32 {
+    use nix::mount::{MsFlags, mount};
+    // SAFETY: the child is single-threaded after fork; it only makes syscalls and runs the
+    // library, then leaves with _exit (glibc keeps malloc usable in a forked child).
+    match unsafe { nix::unistd::fork() }.expect("fork") {
+        nix::unistd::ForkResult::Child => {
+            let code = (|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).ok()?;
+                let private = MsFlags::MS_REC | MsFlags::MS_PRIVATE;
+                mount(None::<&str>, "/", None::<&str>, private, None::<&str>).ok()?;
+                let none = MsFlags::empty();
+                mount(Some("none"), CG, Some("cgroup2"), none, None::<&str>).ok()?;
+                let dir = Path::new(CG).join(unit);
+                std::fs::create_dir(&dir).ok()?;
+                if delegated {
+                    for f in [
+                        "",
+                        "cgroup.procs",
+                        "cgroup.subtree_control",
+                        "cgroup.threads",
+                    ] {
+                        let p = dir.join(f);
+                        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).ok()?;
+                    }
+                }
+                std::fs::write(dir.join("cgroup.procs"), "0").ok()?;
+                nix::unistd::setgid(nix::unistd::Gid::from_raw(65534)).ok()?;
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).ok()?;
+                Some(f())
+            })()
+            .unwrap_or(100);
+            // SAFETY: leaving the forked child without running the harness's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            match nix::sys::wait::waitpid(child, None).expect("waitpid") {
+                nix::sys::wait::WaitStatus::Exited(_, code) => code,
+                other => panic!("child: {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn rootless_in_a_delegated_cgroup2_subtree_gets_its_cgroup_there_else_a_hint() {
+    if !require_root("mounts a private cgroup2 view and switches to nobody") {
+        return;
+    }
+    let unified = Path::new(CG).join("unified");
+    assert!(
+        unified.join("cgroup.controllers").exists(),
+        "this test needs a hybrid host's cgroup2 at /sys/fs/cgroup/unified to check from outside"
+    );
+    let tag = std::process::id();
+    let name = format!("rootless-{tag}");
+    let path = warren::container::cgroup::under_caller(&format!("warren-{name}"));
+    // Delegated: the container's leaf beside the supervisor, both in the unit.
+    let unit = format!("warren-test-user-unit-{tag}");
+    let code = as_nobody_in_cgroup2_unit(&unit, true, || {
+        let Ok(cg) = warren::container::cgroup::Cgroup::create(&name, None, Some(&path)) else {
+            return 1;
+        };
+        let leaf = Path::new(CG).join(&unit).join(format!("warren-{name}"));
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let split = own.lines().any(|l| l == format!("0::/{unit}/supervisor"));
+        let placed = cg.dirs() == [leaf.clone()] && leaf.is_dir();
+        if cg.destroy().is_err() || leaf.exists() {
+            return 2;
+        }
+        match (placed, split) {
+            (true, true) => 0,
+            (false, _) => 3,
+            (true, false) => 4,
+        }
+    });
+    let host = unified.join(&unit);
+    let _ = std::fs::remove_dir(host.join("supervisor"));
+    let _ = std::fs::remove_dir(&host);
+    assert_eq!(
+        code, 0,
+        "1: create failed, 2: destroy left it, 3: placed elsewhere, 4: no split, 100: setup"
+    );
+    assert!(!host.exists(), "{} left behind", host.display());
+    // Not delegated: no cgroup without limits; with them, the hint that helps.
+    let unit = format!("warren-test-root-unit-{tag}");
+    let code = as_nobody_in_cgroup2_unit(&unit, false, || {
+        use warren::container::cgroup::Cgroup;
+        let Ok(plain) = Cgroup::create(&name, None, Some(&path)) else {
+            return 1;
+        };
+        let limits = serde_json::from_value(json!({"pids": {"limit": 5}})).expect("resources");
+        match Cgroup::create(&name, Some(&limits), Some(&path)) {
+            _ if !plain.is_noop() => 2,
+            Err(e)
+                if e.to_string()
+                    .contains("systemd-run --user --scope -p Delegate=yes") =>
+            {
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                3
+            }
+            Ok(_) => 4,
+        }
+    });
+    let host = unified.join(&unit);
+    let _ = std::fs::remove_dir(&host);
+    assert_eq!(
+        code, 0,
+        "1: create failed, 2: a cgroup without delegation, 3: wrong hint, 4: limits applied, 100: setup"
+    );
+    assert!(!host.exists(), "{} left behind", host.display());
+}
