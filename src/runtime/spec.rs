@@ -184,8 +184,10 @@ fn linux(name: &str, cfg: &ContainerConfig, ids: &Reservation) -> Result<Value, 
     if let Some(resources) = &cfg.resources {
         linux["resources"] =
             serde_json::to_value(resources).map_err(|e| SpecError::Generated(e.to_string()))?;
-        linux["cgroupsPath"] = json!(format!("warren/{name}"));
     }
+    linux["cgroupsPath"] = json!(crate::container::cgroup::under_caller(&format!(
+        "warren-{name}"
+    )));
     if !cfg.no_seccomp {
         let profile = crate::container::seccomp::default_profile();
         linux["seccomp"] =

@@ -31,7 +31,14 @@
 //! Not applied: `blockIO`, `hugepageLimits`, `network`, `rdma` (an error if set to
 //! anything but zero or empty).
 //!
-//! Here: the [`Cgroup`] type, layout detection, [`needed`]. By concern: `resources` (the
+//! Where (`placement` has the rules): `runtime::Runtime` containers beneath the
+//! caller's own cgroup (`caller:` paths; on v2 the caller's processes move to a
+//! `supervisor` leaf beside the container's), so a `Delegate=yes` unit or a user's
+//! delegated subtree keeps its workload; runc-CLI containers by runc's rules for
+//! `cgroupsPath`, `warren/<id>` below each hierarchy's root without one.
+//!
+//! Here: the [`Cgroup`] type, layout detection, [`needed`]. By concern: `placement` (where
+//! a request's directories go, pure), `resources` (the
 //! OCI resources -> file writes table, pure), `devices` (device rules: v1 files, the v2
 //! eBPF filter), `v1` and `v2` (each layout's directories), `view` (the container's
 //! `cgroup` mount), `freeze` (pause/resume), `update` (new limits for a live cgroup),
@@ -39,7 +46,7 @@
 //! argument ([`Cgroup::create_at`]), so the unit tests run on fixture trees without root.
 
 use std::io::{self, ErrorKind};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -51,6 +58,7 @@ use resources::{Setting, settings};
 
 mod devices;
 mod freeze;
+mod placement;
 mod resources;
 mod stats;
 mod update;
@@ -59,6 +67,7 @@ mod v2;
 mod view;
 
 pub use devices::resources_for;
+pub use placement::{CALLER_PREFIX, SUPERVISOR, under_caller};
 pub use stats::{Blkio, BlkioEntry, Cpu, CpuUsage, Memory, MemoryEntry, Pids, Stats, Throttling};
 pub use view::{HierarchyView, MountView};
 
@@ -84,6 +93,8 @@ pub enum CgroupError {
     },
     #[error("cgroup: {}", path.display())]
     Io { path: PathBuf, source: io::Error },
+    #[error("cgroup: {} is not delegated to this process (not writable){hint}", path.display())]
+    NotDelegated { path: PathBuf, hint: &'static str },
     #[error("cgroup: invalid path {path:?}: {message}")]
     Path { path: String, message: &'static str },
     #[error("cgroup: {}: processes {pids:?} still running after SIGKILL", path.display())]
@@ -109,8 +120,13 @@ pub enum Version {
 /// `delete --force` can [`destroy`](Cgroup::destroy) it after a crash.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Cgroup {
-    /// Path below each hierarchy's root, e.g. `warren/web`.
+    /// The path the request named, below its anchor (each hierarchy's root, or the
+    /// caller's cgroup: see `placement`), e.g. `warren/web`.
     path: PathBuf,
+    /// Where the cgroup filesystems are mounted (state files older than this field: the
+    /// default).
+    #[serde(default = "default_root")]
+    root: PathBuf,
     /// None: no cgroup (a no-op).
     version: Option<Version>,
     /// The leaf directories holding the processes: one for v2, one per v1 hierarchy.
@@ -139,7 +155,8 @@ pub fn needed(
 
 impl Cgroup {
     /// Creates the container's cgroup under [`DEFAULT_ROOT`] and applies `resources`.
-    /// `cgroups_path` is the OCI `linux.cgroupsPath` (default `warren/<name>`).
+    /// `cgroups_path` is the OCI `linux.cgroupsPath` (default `warren/<name>` below each
+    /// hierarchy's root; [`under_caller`] for beneath the caller's own cgroup).
     pub fn create(
         name: &str,
         resources: Option<&LinuxResources>,
@@ -155,12 +172,25 @@ impl Cgroup {
         resources: Option<&LinuxResources>,
         cgroups_path: Option<&str>,
     ) -> Result<Cgroup, CgroupError> {
-        let path = relative_path(name, cgroups_path)?;
+        let own = own_cgroup(cgroups_path)?;
+        Self::create_in(root, &own, name, resources, cgroups_path)
+    }
+
+    /// Like [`create_at`](Cgroup::create_at), with the caller's `/proc/self/cgroup` given.
+    pub(super) fn create_in(
+        root: &Path,
+        own: &str,
+        name: &str,
+        resources: Option<&LinuxResources>,
+        cgroups_path: Option<&str>,
+    ) -> Result<Cgroup, CgroupError> {
+        let request = placement::Request::parse(name, cgroups_path)?;
         let version = detect(root);
         let settings = settings(resources, version.unwrap_or(Version::V1))?;
         let devices = devices::rules(resources)?;
         let noop = Cgroup {
-            path: path.clone(),
+            path: request.path.clone(),
+            root: root.to_path_buf(),
             version: None,
             dirs: vec![],
             resources: None,
@@ -178,13 +208,14 @@ impl Cgroup {
                 }),
             };
         };
-        let made = match version {
-            Version::V2 => v2::make(root, &path, &settings),
-            Version::V1 => v1::make(root, &path),
-        };
+        let made = place(root, own, version, &request).and_then(|p| match version {
+            Version::V2 => v2::make(root, &p, &settings),
+            Version::V1 => v1::make(&p.leaves),
+        });
         let cgroup = match made {
             Ok(dirs) => Cgroup {
-                path,
+                path: request.path,
+                root: root.to_path_buf(),
                 version: Some(version),
                 dirs,
                 resources: resources.cloned(),
@@ -193,7 +224,7 @@ impl Cgroup {
                 tracing::debug!("running without a cgroup: {}", crate::error_line(&e));
                 return Ok(noop);
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(with_hint(e, version)),
         };
         let applied = cgroup
             .apply(&settings)
@@ -218,19 +249,28 @@ impl Cgroup {
         name: &str,
         cgroups_path: Option<&str>,
     ) -> Result<Cgroup, CgroupError> {
-        let path = relative_path(name, cgroups_path)?;
+        let request = placement::Request::parse(name, cgroups_path)?;
         let version = detect(root);
         let dirs: Vec<PathBuf> = match version {
-            Some(Version::V2) => vec![root.join(&path)],
-            Some(Version::V1) => v1::hierarchies(root)
-                .into_iter()
-                .map(|(_, h)| h.join(&path))
-                .collect(),
+            Some(v) => {
+                let own = own_cgroup(cgroups_path)?;
+                let mut planned = place(root, &own, v, &request)?;
+                if let Some(split) = planned.split {
+                    // Not split yet: where it would be.
+                    planned.leaves = vec![("", split.clone(), split.join(&request.path))];
+                }
+                planned
+                    .leaves
+                    .into_iter()
+                    .map(|(_, _, leaf)| leaf)
+                    .collect()
+            }
             None => vec![],
         };
         let dirs: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
         Ok(Cgroup {
-            path,
+            path: request.path,
+            root: root.to_path_buf(),
             version: version.filter(|_| !dirs.is_empty()),
             dirs,
             resources: None,
@@ -388,10 +428,30 @@ impl Cgroup {
             .find(|d| d.join(file).exists())
     }
 
+    /// The hierarchy (its mount) a directory of this cgroup is in: the root on v2,
+    /// `<root>/<hierarchy>` on v1.
+    fn hierarchy_of(&self, dir: &Path) -> PathBuf {
+        match (self.version, dir.strip_prefix(&self.root)) {
+            (Some(Version::V1), Ok(rest)) => match rest.components().next() {
+                Some(first) => self.root.join(first),
+                None => self.root.clone(),
+            },
+            _ => self.root.clone(),
+        }
+    }
+
     fn dir_for(&self, controller: &'static str) -> Result<&Path, CgroupError> {
         let found = match self.version {
             Some(Version::V2) => self.dirs.first().map(PathBuf::as_path),
-            _ => v1::leaf_for(&self.dirs, self.path.components().count(), controller),
+            _ => self
+                .dirs
+                .iter()
+                .find(|d| {
+                    self.hierarchy_of(d)
+                        .file_name()
+                        .is_some_and(|h| h == controller)
+                })
+                .map(PathBuf::as_path),
         };
         found.ok_or_else(|| CgroupError::Unsupported {
             controller: controller.into(),
@@ -411,47 +471,96 @@ fn detect(root: &Path) -> Option<Version> {
     }
 }
 
-/// The OCI cgroupsPath as a path below the hierarchy root (absolute or relative, both are
-/// placed under the root; no `..` may climb out).
-fn relative_path(name: &str, cgroups_path: Option<&str>) -> Result<PathBuf, CgroupError> {
-    let raw = match cgroups_path {
-        Some(p) if p.contains(':') => {
-            return Err(CgroupError::Path {
-                path: p.into(),
-                message: "systemd slice:prefix:name paths are not supported; use a path",
-            });
-        }
-        Some(p) => p.to_string(),
-        None => format!("warren/{name}"),
-    };
-    let mut path = PathBuf::new();
-    for c in Path::new(&raw).components() {
-        match c {
-            Component::Normal(part) => path.push(part),
-            Component::RootDir | Component::CurDir => {}
-            _ => {
-                return Err(CgroupError::Path {
-                    path: raw,
-                    message: "`..` is not allowed",
-                });
-            }
-        }
-    }
-    if path.as_os_str().is_empty() {
-        return Err(CgroupError::Path {
-            path: raw,
-            message: "the container cannot use the root cgroup",
-        });
-    }
-    Ok(path)
+fn default_root() -> PathBuf {
+    PathBuf::from(DEFAULT_ROOT)
 }
 
-fn create_hint(e: &io::Error) -> &'static str {
-    match e.raw_os_error() {
-        Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
-            " (not writable: cgroup delegation is needed, e.g. a systemd unit with Delegate=yes, or run as root)"
+/// The caller's `/proc/self/cgroup`, read only when the request is relative to it.
+fn own_cgroup(cgroups_path: Option<&str>) -> Result<String, CgroupError> {
+    if cgroups_path.is_none_or(|p| p.starts_with('/')) {
+        return Ok(String::new());
+    }
+    let path = PathBuf::from("/proc/self/cgroup");
+    std::fs::read_to_string(&path).map_err(|source| CgroupError::Io { path, source })
+}
+
+/// Plans the request's directories from this host's facts (see `placement`), and splits
+/// the caller's v2 cgroup when the plan says so.
+fn place(
+    root: &Path,
+    own: &str,
+    version: Version,
+    request: &placement::Request,
+) -> Result<placement::Placement, CgroupError> {
+    let hierarchies: Vec<placement::Hierarchy> = match version {
+        Version::V2 => vec![],
+        Version::V1 => v1::hierarchies(root)
+            .into_iter()
+            .map(|(controller, mount)| {
+                let real = std::fs::canonicalize(&mount).unwrap_or_else(|_| mount.clone());
+                placement::Hierarchy {
+                    controller,
+                    name: real
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    cgroup2: mount.join("cgroup.controllers").exists(),
+                    mount,
+                }
+            })
+            .collect(),
+    };
+    let facts = placement::Facts {
+        root,
+        version,
+        hierarchies: &hierarchies,
+        own,
+        writable: &writable,
+    };
+    placement::plan(request, &facts)
+}
+
+/// Whether this process may make cgroups in `dir` and move processes into it.
+fn writable(dir: &Path) -> bool {
+    use nix::unistd::{AccessFlags, access};
+    access(dir, AccessFlags::W_OK | AccessFlags::X_OK).is_ok()
+        && access(&dir.join("cgroup.procs"), AccessFlags::W_OK).is_ok()
+}
+
+/// The hint for a cgroup this process may not make: what actually helps, for a rootless
+/// caller on this layout or for root.
+fn hint(version: Version, errno: Option<i32>) -> &'static str {
+    let rootless = !nix::unistd::geteuid().is_root();
+    match (errno, rootless, version) {
+        (Some(libc::EROFS), _, _) => " (the cgroup filesystem is read-only here)",
+        (Some(libc::EACCES | libc::EPERM) | None, true, Version::V2) => {
+            " (run under a delegated cgroup: systemd-run --user --scope -p Delegate=yes COMMAND, \
+             or in a unit with Delegate=yes)"
+        }
+        (Some(libc::EACCES | libc::EPERM) | None, true, Version::V1) => {
+            " (cgroup v1 is not delegated to users: root must make a cgroup you own in each \
+             hierarchy and move your shell into it, or run as root)"
+        }
+        (Some(libc::EACCES | libc::EPERM) | None, false, _) => {
+            " (not writable: a systemd unit needs Delegate=yes)"
         }
         _ => "",
+    }
+}
+
+/// Adds the hint to an error about a cgroup this process may not make.
+fn with_hint(e: CgroupError, version: Version) -> CgroupError {
+    match e {
+        CgroupError::Create { path, source, .. } => CgroupError::Create {
+            hint: hint(version, source.raw_os_error()),
+            path,
+            source,
+        },
+        CgroupError::NotDelegated { path, .. } => CgroupError::NotDelegated {
+            path,
+            hint: hint(version, None),
+        },
+        e => e,
     }
 }
 
@@ -459,7 +568,7 @@ fn mkdir(path: &Path) -> Result<(), CgroupError> {
     match std::fs::create_dir(path) {
         Err(e) if e.kind() != ErrorKind::AlreadyExists => Err(CgroupError::Create {
             path: path.into(),
-            hint: create_hint(&e),
+            hint: "",
             source: e,
         }),
         _ => Ok(()),

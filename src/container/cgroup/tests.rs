@@ -297,3 +297,32 @@ fn v2_update_enables_the_controllers_it_newly_needs_and_records_the_values() {
     let mut none = Cgroup::create_at(&root.join("nothing"), "web", None, None).expect("no-op");
     assert!(none.update(&update).is_err());
 }
+
+#[test]
+fn v2_caller_cgroup_is_split_and_the_container_placed_beside_the_supervisor() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    for dir in ["", "system.slice", "system.slice/unit"] {
+        put(&root.join(dir).join("cgroup.controllers"), "pids\n");
+        put(&root.join(dir).join("cgroup.subtree_control"), "");
+    }
+    let unit = root.join("system.slice/unit");
+    put(&unit.join("cgroup.procs"), "4242\n");
+    let res = resources(json!({"pids": {"limit": 16}}));
+    let own = "1:name=systemd:/\n0::/system.slice/unit\n";
+    let path = super::under_caller("warren-web");
+    let cgroup = Cgroup::create_in(root, own, "web", Some(&res), Some(&path)).expect("create");
+    let leaf = unit.join("warren-web");
+    assert_eq!(cgroup.dirs(), std::slice::from_ref(&leaf));
+    assert_eq!(cgroup.path(), Path::new("warren-web"));
+    // The caller's processes moved to the supervisor leaf; the unit enables pids for both.
+    assert_eq!(read(&unit.join("supervisor/cgroup.procs")), "4242");
+    assert_eq!(read(&unit.join("cgroup.subtree_control")), "+pids");
+    assert_eq!(read(&leaf.join("pids.max")), "16");
+    // A later container from the supervisor leaf goes beside it, no second split.
+    let own = "0::/system.slice/unit/supervisor\n";
+    let path = super::under_caller("warren-db");
+    let db = Cgroup::create_in(root, own, "db", Some(&res), Some(&path)).expect("create");
+    assert_eq!(db.dirs(), [unit.join("warren-db")]);
+    assert!(!unit.join("supervisor/supervisor").exists());
+}

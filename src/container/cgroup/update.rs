@@ -26,9 +26,12 @@ impl Cgroup {
             // Create enabled only the controllers its limits needed: enable the new ones
             // down the path (idempotent; the directories exist).
             Version::V2 => {
-                let depth = self.path.components().count();
-                if let Some(root) = self.dirs.first().and_then(|d| d.ancestors().nth(depth)) {
-                    v2::make(root, &self.path, &planned)?;
+                if let Some(below) = self
+                    .dirs
+                    .first()
+                    .and_then(|d| d.strip_prefix(&self.root).ok())
+                {
+                    v2::make_path(&self.root, below, &planned)?;
                 }
             }
         }

@@ -45,17 +45,20 @@ pub(super) fn hierarchies(root: &Path) -> Vec<(&'static str, PathBuf)> {
     out
 }
 
-/// Creates the path in every v1 hierarchy (those of no controller when it can); returns
-/// the leaf directories.
-pub(super) fn make(root: &Path, path: &Path) -> Result<Vec<PathBuf>, CgroupError> {
+/// Makes each planned leaf, from its base down (those of no controller when it can);
+/// returns the leaf directories.
+pub(super) fn make(
+    leaves: &[(&'static str, PathBuf, PathBuf)],
+) -> Result<Vec<PathBuf>, CgroupError> {
     let mut made = Vec::new();
-    for (controller, hierarchy) in hierarchies(root) {
-        let mut dir = hierarchy.clone();
-        let result = path.components().try_for_each(|c| {
+    for (controller, base, leaf) in leaves {
+        let mut dir = base.clone();
+        let below = leaf.strip_prefix(base).unwrap_or(leaf);
+        let result = below.components().try_for_each(|c| {
             dir.push(c);
             mkdir(&dir)?;
             // A new v1 cpuset has no cpus or mems, and no process can join it until set.
-            if controller == "cpuset" {
+            if *controller == "cpuset" {
                 for file in ["cpuset.cpus", "cpuset.mems"] {
                     inherit(&dir, file)?;
                 }
@@ -68,7 +71,7 @@ pub(super) fn make(root: &Path, path: &Path) -> Result<Vec<PathBuf>, CgroupError
             Err(e) if controller.is_empty() => {
                 tracing::debug!(
                     "cgroup hierarchy {} left out: {}",
-                    hierarchy.display(),
+                    base.display(),
                     crate::error_line(&e)
                 );
                 let _ = std::fs::remove_dir(&dir);
@@ -99,21 +102,4 @@ fn inherit(dir: &Path, file: &str) -> Result<(), CgroupError> {
         std::fs::write(&path, value.trim()).map_err(io_err(&path))?;
     }
     Ok(())
-}
-
-/// The leaf of `controller`'s hierarchy among `dirs` (v1 leaves are
-/// `<root>/<controller>/<path>`, `depth` the number of components of `<path>`).
-pub(super) fn leaf_for<'a>(
-    dirs: &'a [PathBuf],
-    depth: usize,
-    controller: &str,
-) -> Option<&'a Path> {
-    dirs.iter()
-        .find(|d| {
-            d.ancestors()
-                .nth(depth)
-                .and_then(Path::file_name)
-                .is_some_and(|h| h == controller)
-        })
-        .map(PathBuf::as_path)
 }

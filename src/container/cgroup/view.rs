@@ -45,13 +45,13 @@ impl Cgroup {
     }
 
     fn mount_view_in(&self, mountinfo: &str) -> Result<MountView, CgroupError> {
-        let depth = self.path.components().count();
         let mut view = MountView::default();
         let mut parent = None;
         for dir in &self.dirs {
-            let point = dir.ancestors().nth(depth).unwrap_or(dir);
-            let real = std::fs::canonicalize(point).map_err(|source| CgroupError::Io {
-                path: point.to_path_buf(),
+            let point = self.hierarchy_of(dir);
+            let below = dir.strip_prefix(&point).unwrap_or(dir);
+            let real = std::fs::canonicalize(&point).map_err(|source| CgroupError::Io {
+                path: point.clone(),
                 source,
             })?;
             let Some((fstype, options)) = cgroup_mount(mountinfo, &real) else {
@@ -75,7 +75,7 @@ impl Cgroup {
             };
             view.hierarchies.push(HierarchyView {
                 name,
-                dir: real.join(&self.path),
+                dir: real.join(below),
                 fstype,
                 data,
             });
