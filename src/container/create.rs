@@ -164,6 +164,7 @@ fn create_in(
     let pid_joined = ns.pid_joined;
     let clone_flags = ns.clone;
     let new_cgroupns = ns.new_cgroupns;
+    let other_userns = ns.new_userns || ns.user_joined;
     let mut init = Init {
         join: ns.join,
         unshare: ns.unshare,
@@ -196,7 +197,15 @@ fn create_in(
         sock: &sock,
         init: &init,
     };
-    let joined = go(&talk, record, maps.as_ref(), new_cgroupns, pid, &process)?;
+    let joined = go(
+        &talk,
+        record,
+        maps.as_ref(),
+        new_cgroupns,
+        pid,
+        &process,
+        other_userns,
+    )?;
     let pid = if pid_joined {
         init_in_joined_pid_ns(&talk, child)?
     } else {
@@ -486,6 +495,7 @@ fn go(
     new_cgroupns: bool,
     pid: i32,
     process: &oci_spec::runtime::Process,
+    other_userns: bool,
 ) -> Result<bool, Error> {
     let writing = match maps {
         Some(m) => Some(m.start(pid)?),
@@ -501,10 +511,9 @@ fn go(
     if let Some(w) = writing {
         w.finish()?;
     }
-    // Before GO the child runs nothing and still has our credentials, so we may set its
-    // limits (a child made in a new user namespace could not raise a hard limit itself:
-    // that needs CAP_SYS_RESOURCE in the initial one); a forked init inherits them.
-    apply_limits(pid, process)?;
+    // Before GO the child runs nothing and still has our credentials (see apply_limits);
+    // a forked init inherits what is set here.
+    apply_limits(pid, process, other_userns)?;
     send(talk.sock, tag::GO)?;
     Ok(joined)
 }

@@ -80,7 +80,7 @@ pub(super) fn exec_in(
     // container's cgroups and gets its limits now, and the process it forks in the
     // container inherits both before it can run anything.
     let prepared = join_cgroups(&cgroups, mid, record.cgroup.is_some())
-        .and_then(|()| apply_limits(mid, process))
+        .and_then(|()| apply_limits(mid, process, user))
         .and_then(|()| send(&sock, tag::GO));
     if let Err(e) = prepared {
         reap_mid();

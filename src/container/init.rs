@@ -29,6 +29,8 @@ pub struct Process {
     /// False when the user namespace has `setgroups` denied (a single-id mapping).
     pub setgroups: bool,
     pub umask: Option<libc::mode_t>,
+    /// `process.rlimits` as (resource, limit), set by the child before it changes uid.
+    pub rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
     pub caps: CapSets,
     pub no_new_privileges: bool,
     pub terminal: bool,
@@ -147,6 +149,13 @@ impl Init {
         }
         // While the parent records the state: nothing here runs the workload, and a
         // failure is read by the parent whatever it is waiting for.
+        set_rlimits(&p.rlimits)?;
+        // Like runc: without no_new_privs, installing a filter needs CAP_SYS_ADMIN, so it
+        // goes in before the capability drop (what follows must pass it, as under runc);
+        // with it, as late as possible.
+        if !p.no_new_privileges {
+            self.install_seccomp()?;
+        }
         self.identity()?;
         self.stdio()?;
         if !self.exec {
@@ -175,9 +184,8 @@ impl Init {
         }
         sys::cloexec_range_from(3 + self.preserve_fds)
             .map_err(|e| Fail::new(Step::Stdio, errno(e), 3))?;
-        if let Some(prog) = &self.seccomp {
-            prog.install()
-                .map_err(|e| Fail::new(Step::Seccomp, e as i32, 0))?;
+        if p.no_new_privileges {
+            self.install_seccomp()?;
         }
         if p.init {
             child::mini_init().map_err(|e| Fail::new(Step::Fork, e, 1))?;
@@ -303,6 +311,15 @@ impl Init {
         // SAFETY: prctl with plain integers.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
         Ok(())
+    }
+
+    fn install_seccomp(&self) -> Result<(), Fail> {
+        match &self.seccomp {
+            Some(prog) => prog
+                .install()
+                .map_err(|e| Fail::new(Step::Seccomp, e as i32, 0)),
+            None => Ok(()),
+        }
     }
 
     fn wait_for(&self, want: u32) -> Result<(), Fail> {
@@ -486,6 +503,19 @@ enum Early {
     Pending(RawFd),
     /// Names set and the root bound: the new root mount's fd (or -1 without a rootfs).
     Done(RawFd),
+}
+
+/// `process.rlimits`, while this process still has the uid it was cloned with (like
+/// runc: once the uid changed, lowering works but a failure would be EPERM-prone, and
+/// RLIMIT_NPROC must be in place when setresuid counts the user's processes).
+fn set_rlimits(limits: &[(libc::__rlimit_resource_t, libc::rlimit)]) -> Result<(), Fail> {
+    for (i, (resource, lim)) in limits.iter().enumerate() {
+        // SAFETY: a valid rlimit on the stack of this process.
+        if unsafe { libc::setrlimit(*resource, lim) } < 0 {
+            return Err(Fail::new(Step::Rlimit, last_errno(), i as u32));
+        }
+    }
+    Ok(())
 }
 
 /// After the parent wrote the id maps: uid/gid 0 of the new user namespace.

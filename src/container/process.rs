@@ -176,6 +176,18 @@ pub(super) fn process_plan(p: &Process, setgroups: bool) -> Result<init::Process
         groups: user.additional_gids().clone().unwrap_or_default(),
         setgroups,
         umask: user.umask(),
+        rlimits: p
+            .rlimits()
+            .iter()
+            .flatten()
+            .map(|r| {
+                let lim = libc::rlimit {
+                    rlim_cur: r.soft(),
+                    rlim_max: r.hard(),
+                };
+                (rlimit_resource(r.typ()), lim)
+            })
+            .collect(),
         caps,
         no_new_privileges: p.no_new_privileges().unwrap_or(false),
         terminal: p.terminal().unwrap_or(false),
@@ -239,10 +251,20 @@ fn rlimit_resource(t: PosixRlimitType) -> libc::__rlimit_resource_t {
     }
 }
 
-/// Sets the process's rlimits and oom_score_adj from the parent (which may raise them
-/// where the child, in its user namespace, could not).
-pub(super) fn apply_limits(pid: i32, p: &Process) -> Result<(), Error> {
-    for (i, r) in p.rlimits().iter().flatten().enumerate() {
+/// Sets the process's oom_score_adj from the parent and, when it is to run in a user
+/// namespace other than ours (`other_userns`), its rlimits: there it could not raise a
+/// hard limit itself (that needs CAP_SYS_RESOURCE in the initial user namespace), as
+/// runc does at that point. Called before GO, while the child waits with our
+/// credentials; the child sets the same limits again before it changes uid (its only
+/// setting of them otherwise), a no-op here.
+pub(super) fn apply_limits(pid: i32, p: &Process, other_userns: bool) -> Result<(), Error> {
+    for (i, r) in p
+        .rlimits()
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter(|_| other_userns)
+    {
         let lim = libc::rlimit {
             rlim_cur: r.soft(),
             rlim_max: r.hard(),

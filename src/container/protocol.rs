@@ -36,6 +36,7 @@ pub enum Step {
     Fork,
     Hook,
     Loopback,
+    Rlimit,
     Unknown,
 }
 

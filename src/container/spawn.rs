@@ -138,6 +138,7 @@ fn describe(f: Fail, plan: Option<&rootfs::Plan>, init: &Init) -> Error {
             "process.user.additionalGids need setgroups, denied in this user namespace".into()
         }
         Step::Setns => format!("join namespace {}", i),
+        Step::Rlimit => format!("set process.rlimits[{i}]"),
         Step::Loopback => "bring up lo in the new network namespace".into(),
         other => format!("{other:?}").to_lowercase(),
     };
