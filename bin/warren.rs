@@ -98,7 +98,8 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("warren: {}", warren::error_line(e.as_ref()));
-            std::process::exit(1);
+            let exec = e.downcast_ref::<warren::container::Error>();
+            std::process::exit(exec.and_then(|e| e.exec_exit_code()).unwrap_or(1));
         }
     }
 }

@@ -20,6 +20,8 @@ pub use super::child::CArray;
 pub struct Process {
     pub argv: CArray,
     pub envp: CArray,
+    /// `args[0]` as configured (for messages; the child does not use it).
+    pub prog: String,
     /// Where to look for argv[0]: itself when it has a '/', else each `$PATH` entry.
     pub candidates: Vec<CString>,
     pub cwd: CString,
@@ -157,6 +159,9 @@ impl Init {
             self.install_seccomp()?;
         }
         self.identity()?;
+        // Now, as the workload's user in its cwd, so that a program that cannot run fails
+        // `create` (like runc) rather than a started container that stops at once.
+        let prog = find_program(&p.candidates)?;
         self.stdio()?;
         if !self.exec {
             self.wait_for(tag::ACK)?;
@@ -190,17 +195,10 @@ impl Init {
         if p.init {
             child::mini_init().map_err(|e| Fail::new(Step::Fork, e, 1))?;
         }
-        let mut err = libc::ENOENT;
-        for c in &p.candidates {
-            // SAFETY: valid C string and NULL-terminated arrays prepared before fork.
-            unsafe { libc::execve(c.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr()) };
-            let e = last_errno();
-            // Like execvp: remember a permission problem, keep looking past a missing file.
-            if e != libc::ENOENT && e != libc::ENOTDIR {
-                err = e;
-            }
-        }
-        Err(Fail::new(Step::Exec, err, 0))
+        let path = &p.candidates[prog];
+        // SAFETY: valid C string and NULL-terminated arrays prepared before fork.
+        unsafe { libc::execve(path.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr()) };
+        Err(Fail::new(Step::Exec, last_errno(), prog as u32))
     }
 
     /// After GO, when namespaces were still to join or make (see [`Init::before_go`]):
@@ -517,6 +515,37 @@ fn set_rlimits(limits: &[(libc::__rlimit_resource_t, libc::rlimit)]) -> Result<(
     }
     Ok(())
 }
+
+/// The index in `candidates` of the program to exec, like execvp (and runc's lookup): the
+/// first regular file we may execute. Else ENOENT (index [`NOT_FOUND`]) when none exists,
+/// or the error of the last one that exists but cannot be executed (a directory, no x
+/// bit: EACCES).
+fn find_program(candidates: &[CString]) -> Result<usize, Fail> {
+    let mut fail = Fail::new(Step::Exec, libc::ENOENT, NOT_FOUND);
+    for (i, c) in candidates.iter().enumerate() {
+        // SAFETY: an all-zero stat is a valid out buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid C string and out pointer.
+        if unsafe { libc::stat(c.as_ptr(), &mut st) } < 0 {
+            let e = last_errno();
+            if e != libc::ENOENT && e != libc::ENOTDIR {
+                fail = Fail::new(Step::Exec, e, i as u32);
+            }
+            continue;
+        }
+        // SAFETY: valid C string.
+        let executable = st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0;
+        if executable {
+            return Ok(i);
+        }
+        fail = Fail::new(Step::Exec, libc::EACCES, i as u32);
+    }
+    Err(fail)
+}
+
+/// The index of a [`Step::Exec`] failure when no candidate exists.
+pub const NOT_FOUND: u32 = u32::MAX;
 
 /// After the parent wrote the id maps: uid/gid 0 of the new user namespace.
 fn become_root() -> Result<(), Fail> {

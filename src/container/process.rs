@@ -140,6 +140,9 @@ pub(super) fn process_plan(p: &Process, setgroups: bool) -> Result<init::Process
         .map(|e| cs(e, "process.env"))
         .collect::<Result<Vec<_>, _>>()?;
     let prog = args.first().cloned().unwrap_or_default();
+    if prog.is_empty() {
+        return Err(Error::config("process.args", "no program to run"));
+    }
     let candidates = if prog.contains('/') {
         vec![cs(&prog, "process.args")?]
     } else {
@@ -168,6 +171,7 @@ pub(super) fn process_plan(p: &Process, setgroups: bool) -> Result<init::Process
     Ok(init::Process {
         argv: CArray::new(argv),
         envp: CArray::new(envp),
+        prog,
         candidates,
         cwd: CString::new(p.cwd().as_os_str().as_encoded_bytes())
             .map_err(|_| Error::config("process.cwd", "contains a NUL byte"))?,

@@ -103,6 +103,9 @@ pub(super) fn spawn(init: &mut Init, flags: libc::c_int) -> Result<(i32, OwnedFd
 
 fn describe(f: Fail, plan: Option<&rootfs::Plan>, init: &Init) -> Error {
     let i = f.index as usize;
+    if f.step == Step::Exec {
+        return exec_error(f, &init.process);
+    }
     let what = match f.step {
         Step::Mount => plan
             .and_then(|p| p.descriptions.get(i).cloned())
@@ -123,14 +126,6 @@ fn describe(f: Fail, plan: Option<&rootfs::Plan>, init: &Init) -> Error {
             "set sysctl {}",
             plan.map(|p| p.sysctl_path(i)).unwrap_or_default()
         ),
-        Step::Exec => format!(
-            "exec {:?}",
-            init.process
-                .candidates
-                .first()
-                .map(|c| c.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ),
         Step::Cwd => format!("chdir to process.cwd {:?}", init.process.cwd),
         Step::Setuid => format!("set uid {}", f.index),
         Step::Setgid => format!("set gid {}", f.index),
@@ -145,6 +140,27 @@ fn describe(f: Fail, plan: Option<&rootfs::Plan>, init: &Init) -> Error {
     Error::Init {
         what,
         errno: nix::errno::Errno::from_raw(f.errno),
+    }
+}
+
+/// The program of `process` could not be executed (see `init::find_program`).
+fn exec_error(f: Fail, process: &init::Process) -> Error {
+    if f.index == init::NOT_FOUND && !process.prog.contains('/') {
+        return Error::Exec {
+            path: process.prog.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "executable file not found in $PATH",
+            ),
+        };
+    }
+    let path = match process.candidates.get(f.index as usize) {
+        Some(c) => c.to_string_lossy().into_owned(),
+        None => process.prog.clone(),
+    };
+    Error::Exec {
+        path,
+        source: std::io::Error::from_raw_os_error(f.errno),
     }
 }
 
