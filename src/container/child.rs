@@ -110,18 +110,56 @@ pub fn write_file(path: &CStr, data: &[u8]) -> Result<(), i32> {
     if n < 0 { Err(e) } else { Ok(()) }
 }
 
-/// Runs one hook to completion; a non-zero exit is EPERM-style failure (ECANCELED).
-pub fn run_hook(path: &CStr, argv: &CArray, envp: &CArray) -> Result<(), i32> {
+/// A startContainer hook, prepared before clone.
+pub struct StartHook {
+    pub path: CString,
+    pub argv: CArray,
+    pub envp: CArray,
+    /// Milliseconds, or -1 for none.
+    pub timeout_ms: i32,
+}
+
+/// Runs one hook to completion with `state` (an fd of the state JSON, or -1) as its
+/// stdin; a non-zero exit is ECANCELED, running past its timeout ETIMEDOUT (it is killed).
+pub fn run_hook(hook: &StartHook, state: RawFd) -> Result<(), i32> {
     // SAFETY: single-threaded here; the child only execs or exits.
-    let pid = match unsafe { sys::clone3_fork(0) } {
-        Ok((pid, _)) => pid,
+    let (pid, pidfd) = match unsafe { sys::clone3_fork(0) } {
+        Ok(r) => r,
         Err(e) => return Err(errno(e)),
     };
     if pid == 0 {
-        // SAFETY: valid C string and NULL-terminated arrays prepared before clone.
+        // SAFETY: lseek/dup2 on an fd we hold; valid C string and NULL-terminated arrays
+        // prepared before clone.
         unsafe {
-            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            if state >= 0 {
+                // Every hook reads the state from its start.
+                libc::lseek(state, 0, libc::SEEK_SET);
+                libc::dup2(state, 0);
+            }
+            libc::execve(hook.path.as_ptr(), hook.argv.as_ptr(), hook.envp.as_ptr());
             libc::_exit(127)
+        }
+    }
+    if let Some(fd) = pidfd.as_ref().filter(|_| hook.timeout_ms >= 0) {
+        let mut p = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let r = loop {
+            // SAFETY: one valid pollfd.
+            let r = unsafe { libc::poll(&mut p, 1, hook.timeout_ms) };
+            if r >= 0 || last_errno() != libc::EINTR {
+                break r;
+            }
+        };
+        if r == 0 {
+            // SAFETY: kill and waitpid of our own child with plain arguments.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            return Err(libc::ETIMEDOUT);
         }
     }
     let mut status = 0;

@@ -186,8 +186,15 @@ fn create_in(
         fork_after_join: pid_joined,
         exec: false,
         start_hooks: start_hooks(hooks)?,
+        start_state: None,
         keep: Vec::new(),
     };
+    if !init.start_hooks.is_empty() {
+        init.start_state = Some(
+            rustix::fs::memfd_create("warren-state", rustix::fs::MemfdFlags::CLOEXEC)
+                .map_err(|e| Error::io("memfd_create")(e.into()))?,
+        );
+    }
     let (pid, pidfd, sock) = spawn(&mut init, clone_flags)?;
     *child = Some((pid, pidfd));
     // The child holds its own copies now.
@@ -220,6 +227,12 @@ fn create_in(
     create_hooks(&talk, record, hooks)?;
     record.status = ContainerState::Created;
     dir.save(record)?;
+    if let Some(fd) = &init.start_state {
+        let st =
+            serde_json::to_vec(&State::of(record, ContainerState::Created)).unwrap_or_default();
+        rustix::io::pwrite(fd, &st, 0)
+            .map_err(|e| Error::io("write the state for startContainer hooks")(e.into()))?;
+    }
     if let Some(p) = &opts.pid_file {
         crate::atomic::write(p, pid.to_string().as_bytes())
             .map_err(Error::io(format!("write {}", p.display())))?;
@@ -592,7 +605,7 @@ fn release(talk: &Talk, record: &Record, hooks: Option<&Hooks>, start: bool) -> 
     if let Some(h) = hooks {
         let st =
             serde_json::to_vec(&State::of(record, ContainerState::Running)).unwrap_or_default();
-        hooks::run_all("poststart", h.poststart().as_ref(), &st)?;
+        hooks::run_warn("poststart", h.poststart().as_ref(), &st);
     }
     Ok(())
 }

@@ -69,6 +69,7 @@ pub(super) fn exec_in(
         fork_after_join: true,
         exec: true,
         start_hooks: Vec::new(),
+        start_state: None,
         keep: Vec::new(),
     };
     let (mid, mid_fd, sock) = spawn(&mut init, 0)?;

@@ -6,7 +6,7 @@
 //! [`super::rootfs::Plan`]'s apply half.
 
 use super::caps::CapSets;
-use super::child::{self, FdPath, close, errno, last_errno, run_hook, send_fd};
+use super::child::{self, FdPath, StartHook, close, errno, last_errno, run_hook, send_fd};
 use super::protocol::{Fail, Msg, Step, recv, send, tag};
 use super::rootfs;
 use super::seccomp::SeccompProgram;
@@ -82,7 +82,10 @@ pub struct Init {
     /// exec into a running container: no READY/ACK handshake, nothing is recorded.
     pub exec: bool,
     /// startContainer hooks: run in the container after start, before the workload.
-    pub start_hooks: Vec<(CString, CArray, CArray)>,
+    pub start_hooks: Vec<StartHook>,
+    /// A memfd the parent fills with the state (status `created`) before ACK: the
+    /// startContainer hooks' stdin.
+    pub start_state: Option<OwnedFd>,
     /// Every fd the child uses, sorted: all others (other containers' sockets and locks
     /// opened by other threads) are closed first thing.
     pub keep: Vec<RawFd>,
@@ -184,8 +187,9 @@ impl Init {
         if let Some((fifo, proc)) = &self.fifo {
             wait_start(fifo.as_raw_fd(), proc.as_raw_fd())?;
         }
-        for (i, (path, argv, envp)) in self.start_hooks.iter().enumerate() {
-            run_hook(path, argv, envp).map_err(|e| Fail::new(Step::Hook, e, i as u32))?;
+        let state = self.start_state.as_ref().map_or(-1, |f| f.as_raw_fd());
+        for (i, hook) in self.start_hooks.iter().enumerate() {
+            run_hook(hook, state).map_err(|e| Fail::new(Step::Hook, e, i as u32))?;
         }
         sys::cloexec_range_from(3 + self.preserve_fds)
             .map_err(|e| Fail::new(Step::Stdio, errno(e), 3))?;

@@ -177,7 +177,7 @@ impl Container {
         let state = serde_json::to_vec(&State::of(&self.record, ContainerState::Running))
             .unwrap_or_default();
         if let Some(h) = &self.record.hooks {
-            hooks::run_all("poststart", h.poststart().as_ref(), &state)?;
+            hooks::run_warn("poststart", h.poststart().as_ref(), &state);
         }
         self.pidfd = Some(pidfd);
         Ok(())

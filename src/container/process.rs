@@ -2,6 +2,7 @@
 //! identity, capabilities), its limits, waiting for it and reading its status.
 
 use super::caps;
+use super::child::StartHook;
 use super::error::Error;
 use super::init::{self, CArray};
 use super::seccomp;
@@ -205,7 +206,7 @@ pub(super) fn process_plan(p: &Process, setgroups: bool) -> Result<init::Process
 /// startContainer hooks as C strings for the child (they run from the container's root).
 pub(super) fn start_hooks(
     hooks: Option<&oci_spec::runtime::Hooks>,
-) -> Result<Vec<(CString, CArray, CArray)>, Error> {
+) -> Result<Vec<StartHook>, Error> {
     let mut out = Vec::new();
     for (i, h) in hooks
         .and_then(|h| h.start_container().as_ref())
@@ -228,7 +229,16 @@ pub(super) fn start_hooks(
             .flatten()
             .map(|e| cs(e))
             .collect::<Result<Vec<_>, _>>()?;
-        out.push((path, CArray::new(argv), CArray::new(envp)));
+        let timeout_ms = match h.timeout() {
+            Some(t) if t > 0 => t.saturating_mul(1000).min(i32::MAX as i64) as i32,
+            _ => -1,
+        };
+        out.push(StartHook {
+            path,
+            argv: CArray::new(argv),
+            envp: CArray::new(envp),
+            timeout_ms,
+        });
     }
     Ok(out)
 }

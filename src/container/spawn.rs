@@ -86,6 +86,7 @@ pub(super) fn spawn(init: &mut Init, flags: libc::c_int) -> Result<(i32, OwnedFd
     );
     keep.extend(init.stdio.iter().flatten().copied());
     keep.extend(init.console_socket);
+    keep.extend(init.start_state.as_ref().map(|f| f.as_raw_fd()));
     keep.sort_unstable();
     keep.dedup();
     init.keep = keep;
@@ -134,6 +135,7 @@ fn describe(f: Fail, plan: Option<&rootfs::Plan>, init: &Init) -> Error {
         }
         Step::Setns => format!("join namespace {}", i),
         Step::Rlimit => format!("set process.rlimits[{i}]"),
+        Step::Hook => format!("hooks.startContainer[{i}]"),
         Step::Loopback => "bring up lo in the new network namespace".into(),
         other => format!("{other:?}").to_lowercase(),
     };
