@@ -160,9 +160,11 @@ fn exec_error(f: Fail, process: &init::Process) -> Error {
         Some(c) => c.to_string_lossy().into_owned(),
         None => process.prog.clone(),
     };
+    // The kind for the exit code, the errno's name in the message like other failures.
+    let kind = std::io::Error::from_raw_os_error(f.errno).kind();
     Error::Exec {
         path,
-        source: std::io::Error::from_raw_os_error(f.errno),
+        source: std::io::Error::new(kind, nix::errno::Errno::from_raw(f.errno).to_string()),
     }
 }
 

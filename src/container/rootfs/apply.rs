@@ -59,8 +59,9 @@ impl Plan {
     }
 
     fn bind_root_fd(&self, rootfs: RawFd) -> Result<RawFd, Fail> {
-        // No propagation back to the host, whatever the host's "/" is.
-        let root_flags = if self.root_propagation & (libc::MS_SHARED) != 0 {
+        // No propagation back to the host, whatever the host's "/" is. An unbindable
+        // root could not be bound below: like runc, that flag waits for pivot_root.
+        let root_flags = if self.root_propagation & (libc::MS_SHARED | libc::MS_UNBINDABLE) != 0 {
             libc::MS_SLAVE | libc::MS_REC
         } else {
             self.root_propagation | libc::MS_REC
