@@ -451,3 +451,96 @@ fn an_unbindable_root_propagation_is_applied_after_pivot_root() {
     // where the bundle lies; no comparison.)
     assert_eq!(optional, ["unbindable"], "{stdout}");
 }
+
+/// `config` without a mount namespace, mounts, masked or read-only paths.
+fn without_mounts(mut c: Value) -> Value {
+    c["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("namespaces")
+        .retain(|n| n["type"] != "mount");
+    c["mounts"] = json!([]);
+    c["root"]["readonly"] = json!(false);
+    c["linux"]["maskedPaths"] = json!([]);
+    c["linux"]["readonlyPaths"] = json!([]);
+    c
+}
+
+#[test]
+fn without_a_mount_namespace_the_rootfs_is_chrooted() {
+    let b = Bundle::new("no-mountns", &without_mounts(sh("ls /; echo pid=$$")));
+    std::fs::write(b.path().join("rootfs/marker"), "").expect("write marker");
+    let out = b.warren_run("nm");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.lines().any(|l| l == "marker"),
+        "not in the rootfs: {stdout}"
+    );
+    assert!(stdout.ends_with("pid=1\n"), "{stdout}");
+    // exec'd processes are chrooted too.
+    b.set(&without_mounts(sh("sleep 100")));
+    let root = b.warren_root();
+    detached_ok(
+        warren(&root)
+            .args(["run", "-d", "-b"])
+            .arg(b.path())
+            .arg("nm2"),
+    );
+    let out = ok(warren(&root).args(["exec", "nm2", "--", "ls", "/"]));
+    assert!(
+        out.lines().any(|l| l == "marker"),
+        "exec not in the rootfs: {out}"
+    );
+    ok(warren(&root).args(["delete", "-f", "nm2"]));
+    // Mounts would change the shared mount table: refused, nothing left behind.
+    let mut c = without_mounts(sh("true"));
+    c["mounts"] = json!([{"destination": "/proc", "type": "proc", "source": "proc"}]);
+    b.set(&c);
+    let (created, stderr) = detached(
+        warren(&root)
+            .args(["create", "-b"])
+            .arg(b.path())
+            .arg("nm3"),
+    );
+    assert!(
+        !created,
+        "create with mounts and no mount namespace succeeded"
+    );
+    assert!(
+        stderr.contains("`mounts`") && stderr.contains("needs a mount namespace of its own"),
+        "{stderr}"
+    );
+    assert!(b.warren_ids().is_empty(), "left behind");
+}
+
+#[test]
+fn joins_a_mount_namespace_by_path() {
+    let first = Bundle::new("mountns-a", &sh("sleep 100"));
+    std::fs::write(first.path().join("rootfs/only-in-a"), "").expect("write marker");
+    let root = first.warren_root();
+    detached_ok(
+        warren(&root)
+            .args(["run", "-d", "-b"])
+            .arg(first.path())
+            .arg("ma"),
+    );
+    let state: Value =
+        serde_json::from_str(&ok(warren(&root).args(["state", "ma"]))).expect("state json");
+    let pid = state["pid"].as_i64().expect("pid");
+    // The second container joins the first one's mount namespace, whose "/" is its rootfs.
+    let mut c = without_mounts(sh("ls /"));
+    c["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("namespaces")
+        .push(json!({"type": "mount", "path": format!("/proc/{pid}/ns/mnt")}));
+    c["root"] = json!({"path": "/"});
+    let second = Bundle::new("mountns-b", &c);
+    let out = run(warren(&root)
+        .args(["run", "-b"])
+        .arg(second.path())
+        .arg("mb"));
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.lines().any(|l| l == "only-in-a"), "{stdout}");
+    ok(warren(&root).args(["delete", "-f", "ma"]));
+}

@@ -138,17 +138,25 @@ fn create_in(
     // may be able to write it (a user namespace joined by path has maps we cannot see).
     exe::check(maps.as_ref().map(uid_ranges).as_deref())?;
     let cgroups = make_cgroup(dir, record, spec, &linux, &ns)?;
-    let plan = Plan::new(
-        spec,
-        &record.rootfs,
-        &record.bundle,
-        ns.new_userns || ns.user_joined,
-        &cgroups,
-    )
-    .map_err(|e| Error::Config {
-        file: record.bundle.join("config.json"),
-        reason: e.to_string(),
-    })?;
+    let (plan, chroot) = if ns.new_mountns {
+        let plan = Plan::new(
+            spec,
+            &record.rootfs,
+            &record.bundle,
+            ns.new_userns || ns.user_joined,
+            &cgroups,
+        )
+        .map_err(|e| Error::Config {
+            file: record.bundle.join("config.json"),
+            reason: e.to_string(),
+        })?;
+        (Some(plan), None)
+    } else {
+        check_no_mounts(spec, &linux)?;
+        let path = CString::new(record.rootfs.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::config("root.path", "contains a NUL byte"))?;
+        (None, Some(path))
+    };
     let setgroups = !maps.as_ref().is_some_and(|m| m.deny_setgroups);
     let mut proc_plan = process_plan(&process, setgroups)?;
     proc_plan.init = opts.init;
@@ -173,7 +181,10 @@ fn create_in(
         loopback: ns.new_net,
         hostname,
         domainname,
-        rootfs: Some(plan),
+        rootfs: plan,
+        chroot,
+        chroot_cgroupns: new_cgroupns && !ns.new_mountns,
+        root_fd: None,
         process: proc_plan,
         parent: 0,
         sync: -1,
@@ -254,6 +265,9 @@ struct Namespaces {
     join: Vec<(OwnedFd, libc::c_int)>,
     new_userns: bool,
     user_joined: bool,
+    /// A mount namespace of its own: else (none, or one joined by path) the rootfs is
+    /// entered by chroot and no mount is made (see [`check_no_mounts`]).
+    new_mountns: bool,
     /// A pid namespace joined by path: the child forks the init once more.
     pid_joined: bool,
     new_pid: bool,
@@ -324,12 +338,7 @@ impl Namespaces {
         self.new_userns = flags & libc::CLONE_NEWUSER != 0;
         self.new_cgroupns = flags & libc::CLONE_NEWCGROUP != 0;
         flags &= !libc::CLONE_NEWCGROUP;
-        if flags & libc::CLONE_NEWNS == 0 {
-            return Err(Error::config(
-                "linux.namespaces",
-                "warren needs a new mount namespace (type \"mount\")",
-            ));
-        }
+        self.new_mountns = flags & libc::CLONE_NEWNS != 0;
         let (clone_flags, unshare) = if self.user_joined {
             if flags & libc::CLONE_NEWPID != 0 {
                 return Err(Error::config(
@@ -353,6 +362,52 @@ impl Namespaces {
         self.new_pid = flags & libc::CLONE_NEWPID != 0;
         self.new_net = flags & libc::CLONE_NEWNET != 0;
         Ok(())
+    }
+}
+
+/// Without a mount namespace of its own the container shares a mount table (the
+/// runtime's, or one joined by path): warren changes nothing in it, so a config that
+/// asks for mounts is refused rather than applied to others' mounts (runc would).
+fn check_no_mounts(spec: &Spec, linux: &Linux) -> Result<(), Error> {
+    let why = "needs a mount namespace of its own (type \"mount\" without a path)";
+    let mut fields = Vec::new();
+    if spec.mounts().as_ref().is_some_and(|m| !m.is_empty()) {
+        fields.push("mounts");
+    }
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
+        fields.push("root.readonly");
+    }
+    if linux.masked_paths().as_ref().is_some_and(|m| !m.is_empty()) {
+        fields.push("linux.maskedPaths");
+    }
+    if linux
+        .readonly_paths()
+        .as_ref()
+        .is_some_and(|m| !m.is_empty())
+    {
+        fields.push("linux.readonlyPaths");
+    }
+    if linux.devices().as_ref().is_some_and(|m| !m.is_empty()) {
+        fields.push("linux.devices");
+    }
+    if linux.sysctl().as_ref().is_some_and(|m| !m.is_empty()) {
+        fields.push("linux.sysctl");
+    }
+    if linux
+        .rootfs_propagation()
+        .as_ref()
+        .is_some_and(|p| !p.is_empty())
+    {
+        fields.push("linux.rootfsPropagation");
+    }
+    match fields.first() {
+        Some(f) => Err(Error::config(f, why)),
+        None => Ok(()),
     }
 }
 

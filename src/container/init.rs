@@ -62,6 +62,14 @@ pub struct Init {
     pub hostname: Option<CString>,
     pub domainname: Option<CString>,
     pub rootfs: Option<rootfs::Plan>,
+    /// Without a mount namespace of its own (no `rootfs` plan): the rootfs to chroot
+    /// into, as runc does; nothing is mounted.
+    pub chroot: Option<CString>,
+    /// With `chroot`: unshare the cgroup namespace first (the plan does it otherwise).
+    pub chroot_cgroupns: bool,
+    /// exec: an `O_PATH` fd of the container's root to chroot into after joining its
+    /// namespaces (a container that shares our mount namespace is only chrooted).
+    pub root_fd: Option<OwnedFd>,
     pub process: Process,
     /// The parent's pid, to notice it died before PR_SET_PDEATHSIG took effect.
     pub parent: libc::pid_t,
@@ -144,6 +152,8 @@ impl Init {
             }
             plan.pivot(root)?;
             plan.finish()?;
+        } else if let Some(path) = &self.chroot {
+            self.enter_chroot(path)?;
         }
         let p = &self.process;
         if p.terminal {
@@ -221,6 +231,14 @@ impl Init {
             // SAFETY: plain integers; this process is single-threaded.
             if unsafe { libc::unshare(self.unshare) } < 0 {
                 return Err(Fail::new(Step::Unshare, last_errno(), 0));
+            }
+        }
+        if let Some(root) = &self.root_fd {
+            // SAFETY: a valid fd and C string.
+            if unsafe { libc::fchdir(root.as_raw_fd()) } < 0
+                || unsafe { libc::chroot(c".".as_ptr()) } < 0
+            {
+                return Err(Fail::new(Step::PivotRoot, last_errno(), 2));
             }
         }
         if let Some(plan) = &self.rootfs {
@@ -312,6 +330,26 @@ impl Init {
         }
         // SAFETY: prctl with plain integers.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        Ok(())
+    }
+
+    /// The rootfs of a container without a mount namespace of its own: the cgroup
+    /// namespace, the create hooks (as before pivot_root), then chroot.
+    fn enter_chroot(&self, path: &CStr) -> Result<(), Fail> {
+        if self.chroot_cgroupns {
+            // SAFETY: a plain flag; this process is single-threaded.
+            if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } < 0 {
+                return Err(Fail::new(Step::Unshare, last_errno(), 1));
+            }
+        }
+        if self.hooks {
+            send(self.sync, Msg::tag(tag::HOOKS)).map_err(|e| Fail::new(Step::Sync, e, 0))?;
+            self.wait_for(tag::HOOKS_DONE)?;
+        }
+        // SAFETY: valid C strings.
+        if unsafe { libc::chroot(path.as_ptr()) } < 0 || unsafe { libc::chdir(c"/".as_ptr()) } < 0 {
+            return Err(Fail::new(Step::PivotRoot, last_errno(), 1));
+        }
         Ok(())
     }
 

@@ -87,6 +87,7 @@ pub(super) fn spawn(init: &mut Init, flags: libc::c_int) -> Result<(i32, OwnedFd
     keep.extend(init.stdio.iter().flatten().copied());
     keep.extend(init.console_socket);
     keep.extend(init.start_state.as_ref().map(|f| f.as_raw_fd()));
+    keep.extend(init.root_fd.as_ref().map(|f| f.as_raw_fd()));
     keep.sort_unstable();
     keep.dedup();
     init.keep = keep;
