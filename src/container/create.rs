@@ -184,6 +184,7 @@ fn create_in(
         rootfs: plan,
         chroot,
         chroot_cgroupns: new_cgroupns && !ns.new_mountns,
+        cgroup_wait: new_cgroupns && record.cgroup.is_some(),
         root_fd: None,
         process: proc_plan,
         parent: 0,
@@ -219,7 +220,7 @@ fn create_in(
         &talk,
         record,
         maps.as_ref(),
-        new_cgroupns,
+        pid_joined,
         pid,
         &process,
         other_userns,
@@ -229,11 +230,7 @@ fn create_in(
     } else {
         pid
     };
-    // While the child sets up its mounts (it runs nothing of the workload before ACK):
-    // joining a v1 cgroup waits for an RCU grace period, milliseconds worth overlapping.
-    if let Some(cg) = record.cgroup.as_ref().filter(|_| !joined) {
-        cg.add_pid(pid)?;
-    }
+    join(&talk, record, pid, joined)?;
     record_pid(dir, record, pid)?;
     create_hooks(&talk, record, hooks)?;
     record.status = ContainerState::Created;
@@ -560,7 +557,7 @@ fn go(
     talk: &Talk,
     record: &Record,
     maps: Option<&userns::Maps>,
-    new_cgroupns: bool,
+    pid_joined: bool,
     pid: i32,
     process: &oci_spec::runtime::Process,
     other_userns: bool,
@@ -569,8 +566,9 @@ fn go(
         Some(m) => Some(m.start(pid)?),
         None => None,
     };
-    // The child makes its cgroup namespace after GO: it must be in its cgroup by then.
-    let joined = new_cgroupns && record.cgroup.is_some();
+    // With the id map helpers running anyway, the cgroup join (an RCU grace period on
+    // v1) overlaps them; else it overlaps the child's mounts after GO (see `join`).
+    let joined = maps.is_some() && !pid_joined;
     if joined {
         if let Some(cg) = &record.cgroup {
             cg.add_pid(pid)?;
@@ -584,6 +582,27 @@ fn go(
     apply_limits(pid, process, other_userns)?;
     send(talk.sock, tag::GO)?;
     Ok(joined)
+}
+
+/// While the child sets up its mounts (it runs nothing of the workload before ACK):
+/// joins the init to its cgroup unless [`go`] did (on v1 that waits for an RCU grace
+/// period, milliseconds worth overlapping), then tells a child that waits for it to
+/// make its cgroup namespace (rooted there, so it must be in it first).
+fn join(talk: &Talk, record: &Record, pid: i32, joined: bool) -> Result<(), Error> {
+    let Some(cg) = &record.cgroup else {
+        return Ok(());
+    };
+    if !joined {
+        cg.add_pid(pid)?;
+    }
+    if talk.init.cgroup_wait {
+        if let Err(e) = send(talk.sock, tag::CGROUP) {
+            // The child failed meanwhile: its report is waiting.
+            talk.expect("create")?;
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// The child joined the pid namespace and forked the init (our child too, by

@@ -66,6 +66,7 @@ pub(super) fn exec_in(
         rootfs: None,
         chroot: None,
         chroot_cgroupns: false,
+        cgroup_wait: false,
         root_fd,
         process: proc_plan,
         parent: 0,

@@ -67,6 +67,9 @@ pub struct Init {
     pub chroot: Option<CString>,
     /// With `chroot`: unshare the cgroup namespace first (the plan does it otherwise).
     pub chroot_cgroupns: bool,
+    /// Wait for the parent's CGROUP (the init joined its cgroup) before making the
+    /// cgroup namespace: the mounts before it overlap the join.
+    pub cgroup_wait: bool,
     /// exec: an `O_PATH` fd of the container's root to chroot into after joining its
     /// namespaces (a container that shares our mount namespace is only chrooted).
     pub root_fd: Option<OwnedFd>,
@@ -145,7 +148,7 @@ impl Init {
             Early::Pending(rootfs) => self.after_go(rootfs)?,
         };
         if let Some(plan) = &self.rootfs {
-            let root = plan.apply(root)?;
+            let root = plan.apply(root, &|| self.wait_cgroup())?;
             if self.hooks {
                 send(self.sync, Msg::tag(tag::HOOKS)).map_err(|e| Fail::new(Step::Sync, e, 0))?;
                 self.wait_for(tag::HOOKS_DONE)?;
@@ -337,6 +340,7 @@ impl Init {
     /// namespace, the create hooks (as before pivot_root), then chroot.
     fn enter_chroot(&self, path: &CStr) -> Result<(), Fail> {
         if self.chroot_cgroupns {
+            self.wait_cgroup()?;
             // SAFETY: a plain flag; this process is single-threaded.
             if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } < 0 {
                 return Err(Fail::new(Step::Unshare, last_errno(), 1));
@@ -349,6 +353,14 @@ impl Init {
         // SAFETY: valid C strings.
         if unsafe { libc::chroot(path.as_ptr()) } < 0 || unsafe { libc::chdir(c"/".as_ptr()) } < 0 {
             return Err(Fail::new(Step::PivotRoot, last_errno(), 1));
+        }
+        Ok(())
+    }
+
+    /// Before the cgroup namespace is made: the parent's word that we are in our cgroup.
+    fn wait_cgroup(&self) -> Result<(), Fail> {
+        if self.cgroup_wait {
+            self.wait_for(tag::CGROUP)?;
         }
         Ok(())
     }
