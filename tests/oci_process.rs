@@ -314,7 +314,15 @@ fn hooks_get_their_state_and_failures_after_start_only_warn() {
     assert!(out.status.success(), "delete: {}", text(&out).1);
     assert!(text(&out).1.contains("poststop hook 0"), "{}", text(&out).1);
     assert_eq!(saved_status(&d, "poststop"), "stopped");
-    // run: the workload prints what the startContainer hook read.
+    // run: the workload prints what the startContainer hook read. Without
+    // no_new_privs the filter is in place before the hooks run: one that answers clone3
+    // with ENOSYS (docker's, containers-common's) must not stop them.
+    c["process"]["noNewPrivileges"] = json!(false);
+    c["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]
+    });
+    b.set(&c);
     let out = b.warren_run("h2");
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "run: {stderr}");

@@ -122,11 +122,7 @@ pub struct StartHook {
 /// Runs one hook to completion with `state` (an fd of the state JSON, or -1) as its
 /// stdin; a non-zero exit is ECANCELED, running past its timeout ETIMEDOUT (it is killed).
 pub fn run_hook(hook: &StartHook, state: RawFd) -> Result<(), i32> {
-    // SAFETY: single-threaded here; the child only execs or exits.
-    let (pid, pidfd) = match unsafe { sys::clone3_fork(0) } {
-        Ok(r) => r,
-        Err(e) => return Err(errno(e)),
-    };
+    let (pid, pidfd) = fork_for_hook()?;
     if pid == 0 {
         // SAFETY: lseek/dup2 on an fd we hold; valid C string and NULL-terminated arrays
         // prepared before clone.
@@ -178,6 +174,35 @@ pub fn run_hook(hook: &StartHook, state: RawFd) -> Result<(), i32> {
     } else {
         Err(libc::ECANCELED)
     }
+}
+
+/// Forks for a hook: `(0, None)` in the child, `(pid, pidfd)` in the parent. The
+/// seccomp filter may already be in place (see `Init::setup`), and common profiles
+/// (docker's, containers-common's) answer clone3 with ENOSYS: then plain clone, and
+/// pidfd_open for the timeout.
+fn fork_for_hook() -> Result<(libc::pid_t, Option<std::os::fd::OwnedFd>), i32> {
+    // SAFETY: single-threaded here; the child only execs or exits.
+    match unsafe { sys::clone3_fork(0) } {
+        Ok(r) => return Ok(r),
+        Err(e) if e.raw_os_error() != Some(libc::ENOSYS) => return Err(errno(e)),
+        Err(_) => {}
+    }
+    // SAFETY: clone(SIGCHLD) is fork(2) without libc's bookkeeping, fine in this
+    // single-threaded process whose child only execs or exits.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) };
+    if pid < 0 {
+        return Err(last_errno());
+    }
+    if pid == 0 {
+        return Ok((0, None));
+    }
+    // SAFETY: pidfd_open with plain integers.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a fresh fd only we own (when the call succeeded).
+    let pidfd = (fd >= 0).then(|| unsafe {
+        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd)
+    });
+    Ok((pid as libc::pid_t, pidfd))
 }
 
 /// The workload's pid, for the mini init's signal handler.

@@ -39,7 +39,9 @@ impl Plan {
             pending: self.new_cgroupns,
             joined,
         };
-        let r = self.mount_all(root, &mut cgroupns).and_then(|()| cgroupns.make());
+        let r = self
+            .mount_all(root, &mut cgroupns)
+            .and_then(|()| cgroupns.make());
         if let Err(f) = r {
             close(root);
             return Err(f);
