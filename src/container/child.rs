@@ -1,8 +1,9 @@
 //! No-allocation helpers for the child between clone and exec (see `init`):
 //! errno handling, `/proc/self/fd/N` names, mount(2) and friends on prepared C strings,
-//! hooks and the mini init. Nothing here allocates or takes a lock; data comes prepared
-//! by the parent (a [`CArray`] is built before clone).
+//! hooks, the mini init, rlimits and the program lookup. Nothing here allocates or takes
+//! a lock; data comes prepared by the parent (a [`CArray`] is built before clone).
 
+use super::protocol::{Fail, Step};
 use crate::sys;
 use libc::c_ulong;
 use std::ffi::{CStr, CString};
@@ -308,3 +309,47 @@ pub fn send_fd(sock: RawFd, fd: RawFd) -> Result<(), i32> {
     }
     Ok(())
 }
+
+/// `process.rlimits`, while this process still has the uid it was cloned with (like
+/// runc: once the uid changed, lowering works but a failure would be EPERM-prone, and
+/// RLIMIT_NPROC must be in place when setresuid counts the user's processes).
+pub fn set_rlimits(limits: &[(libc::__rlimit_resource_t, libc::rlimit)]) -> Result<(), Fail> {
+    for (i, (resource, lim)) in limits.iter().enumerate() {
+        // SAFETY: a valid rlimit on the stack of this process.
+        if unsafe { libc::setrlimit(*resource, lim) } < 0 {
+            return Err(Fail::new(Step::Rlimit, last_errno(), i as u32));
+        }
+    }
+    Ok(())
+}
+
+/// The index in `candidates` of the program to exec, like execvp (and runc's lookup): the
+/// first regular file we may execute. Else ENOENT (index [`NOT_FOUND`]) when none exists,
+/// or the error of the last one that exists but cannot be executed (a directory, no x
+/// bit: EACCES).
+pub fn find_program(candidates: &[CString]) -> Result<usize, Fail> {
+    let mut fail = Fail::new(Step::Exec, libc::ENOENT, NOT_FOUND);
+    for (i, c) in candidates.iter().enumerate() {
+        // SAFETY: an all-zero stat is a valid out buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid C string and out pointer.
+        if unsafe { libc::stat(c.as_ptr(), &mut st) } < 0 {
+            let e = last_errno();
+            if e != libc::ENOENT && e != libc::ENOTDIR {
+                fail = Fail::new(Step::Exec, e, i as u32);
+            }
+            continue;
+        }
+        // SAFETY: valid C string.
+        let executable = st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0;
+        if executable {
+            return Ok(i);
+        }
+        fail = Fail::new(Step::Exec, libc::EACCES, i as u32);
+    }
+    Err(fail)
+}
+
+/// The index of a [`Step::Exec`] failure when no candidate exists.
+pub const NOT_FOUND: u32 = u32::MAX;

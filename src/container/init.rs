@@ -6,7 +6,10 @@
 //! [`super::rootfs::Plan`]'s apply half.
 
 use super::caps::CapSets;
-use super::child::{self, FdPath, StartHook, close, errno, last_errno, run_hook, send_fd};
+pub use super::child::NOT_FOUND;
+use super::child::{
+    self, FdPath, StartHook, close, errno, find_program, last_errno, run_hook, send_fd, set_rlimits,
+};
 use super::protocol::{Fail, Msg, Step, recv, send, tag};
 use super::rootfs;
 use super::seccomp::SeccompProgram;
@@ -556,50 +559,6 @@ enum Early {
     /// Names set and the root bound: the new root mount's fd (or -1 without a rootfs).
     Done(RawFd),
 }
-
-/// `process.rlimits`, while this process still has the uid it was cloned with (like
-/// runc: once the uid changed, lowering works but a failure would be EPERM-prone, and
-/// RLIMIT_NPROC must be in place when setresuid counts the user's processes).
-fn set_rlimits(limits: &[(libc::__rlimit_resource_t, libc::rlimit)]) -> Result<(), Fail> {
-    for (i, (resource, lim)) in limits.iter().enumerate() {
-        // SAFETY: a valid rlimit on the stack of this process.
-        if unsafe { libc::setrlimit(*resource, lim) } < 0 {
-            return Err(Fail::new(Step::Rlimit, last_errno(), i as u32));
-        }
-    }
-    Ok(())
-}
-
-/// The index in `candidates` of the program to exec, like execvp (and runc's lookup): the
-/// first regular file we may execute. Else ENOENT (index [`NOT_FOUND`]) when none exists,
-/// or the error of the last one that exists but cannot be executed (a directory, no x
-/// bit: EACCES).
-fn find_program(candidates: &[CString]) -> Result<usize, Fail> {
-    let mut fail = Fail::new(Step::Exec, libc::ENOENT, NOT_FOUND);
-    for (i, c) in candidates.iter().enumerate() {
-        // SAFETY: an all-zero stat is a valid out buffer.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: valid C string and out pointer.
-        if unsafe { libc::stat(c.as_ptr(), &mut st) } < 0 {
-            let e = last_errno();
-            if e != libc::ENOENT && e != libc::ENOTDIR {
-                fail = Fail::new(Step::Exec, e, i as u32);
-            }
-            continue;
-        }
-        // SAFETY: valid C string.
-        let executable = st.st_mode & libc::S_IFMT == libc::S_IFREG
-            && unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0;
-        if executable {
-            return Ok(i);
-        }
-        fail = Fail::new(Step::Exec, libc::EACCES, i as u32);
-    }
-    Err(fail)
-}
-
-/// The index of a [`Step::Exec`] failure when no candidate exists.
-pub const NOT_FOUND: u32 = u32::MAX;
 
 /// After the parent wrote the id maps: uid/gid 0 of the new user namespace.
 fn become_root() -> Result<(), Fail> {

@@ -26,6 +26,7 @@ pub mod exe;
 mod exec;
 pub mod hooks;
 pub mod init;
+mod namespaces;
 mod process;
 mod protocol;
 pub mod rootfs;
