@@ -63,6 +63,9 @@ fn warren_failures_exit_125_the_workload_keeps_its_code() {
 
     let (c, err) = code(&["--image", "busybox", "--", "/no/such/program"]);
     assert_eq!(c, Some(127), "{err}");
+    assert!(err.contains("/no/such/program"), "{err}");
+    let (c, err) = code(&["--image", "busybox", "--", "/etc"]);
+    assert_eq!(c, Some(126), "{err}");
     let (c, err) = code(&["--image", "busybox", "--", "sh", "-c", "exit 3"]);
     assert_eq!(c, Some(3), "{err}");
     // Not pid 1 (which a signal from inside its namespace cannot kill): under --init.

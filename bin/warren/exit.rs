@@ -59,13 +59,7 @@ fn exec_code(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
         Some(_) => return None,
         None => e.downcast_ref::<warren::container::Error>()?,
     };
-    container_exec_code(container)
-}
-
-/// The container layer does not report exec failures as errors yet: its child exits 127
-/// (not found) or 126 itself, which reaches the caller as the workload's exit code.
-fn container_exec_code(_e: &warren::container::Error) -> Option<i32> {
-    None
+    container.exec_exit_code()
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! No-allocation helpers for the child between clone and exec (see `init`):
 //! errno handling, `/proc/self/fd/N` names, mount(2) and friends on prepared C strings,
-//! hooks and the mini init. Nothing here allocates or takes a lock; data comes prepared
-//! by the parent (a [`CArray`] is built before clone).
+//! hooks, the mini init, rlimits and the program lookup. Nothing here allocates or takes
+//! a lock; data comes prepared by the parent (a [`CArray`] is built before clone).
 
+use super::protocol::{Fail, Step};
 use crate::sys;
 use libc::c_ulong;
 use std::ffi::{CStr, CString};
@@ -110,18 +111,52 @@ pub fn write_file(path: &CStr, data: &[u8]) -> Result<(), i32> {
     if n < 0 { Err(e) } else { Ok(()) }
 }
 
-/// Runs one hook to completion; a non-zero exit is EPERM-style failure (ECANCELED).
-pub fn run_hook(path: &CStr, argv: &CArray, envp: &CArray) -> Result<(), i32> {
-    // SAFETY: single-threaded here; the child only execs or exits.
-    let pid = match unsafe { sys::clone3_fork(0) } {
-        Ok((pid, _)) => pid,
-        Err(e) => return Err(errno(e)),
-    };
+/// A startContainer hook, prepared before clone.
+pub struct StartHook {
+    pub path: CString,
+    pub argv: CArray,
+    pub envp: CArray,
+    /// Milliseconds, or -1 for none.
+    pub timeout_ms: i32,
+}
+
+/// Runs one hook to completion with `state` (an fd of the state JSON, or -1) as its
+/// stdin; a non-zero exit is ECANCELED, running past its timeout ETIMEDOUT (it is killed).
+pub fn run_hook(hook: &StartHook, state: RawFd) -> Result<(), i32> {
+    let (pid, pidfd) = fork_for_hook()?;
     if pid == 0 {
-        // SAFETY: valid C string and NULL-terminated arrays prepared before clone.
+        // SAFETY: lseek/dup2 on an fd we hold; valid C string and NULL-terminated arrays
+        // prepared before clone.
         unsafe {
-            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            if state >= 0 {
+                // Every hook reads the state from its start.
+                libc::lseek(state, 0, libc::SEEK_SET);
+                libc::dup2(state, 0);
+            }
+            libc::execve(hook.path.as_ptr(), hook.argv.as_ptr(), hook.envp.as_ptr());
             libc::_exit(127)
+        }
+    }
+    if let Some(fd) = pidfd.as_ref().filter(|_| hook.timeout_ms >= 0) {
+        let mut p = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let r = loop {
+            // SAFETY: one valid pollfd.
+            let r = unsafe { libc::poll(&mut p, 1, hook.timeout_ms) };
+            if r >= 0 || last_errno() != libc::EINTR {
+                break r;
+            }
+        };
+        if r == 0 {
+            // SAFETY: kill and waitpid of our own child with plain arguments.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            return Err(libc::ETIMEDOUT);
         }
     }
     let mut status = 0;
@@ -140,6 +175,35 @@ pub fn run_hook(path: &CStr, argv: &CArray, envp: &CArray) -> Result<(), i32> {
     } else {
         Err(libc::ECANCELED)
     }
+}
+
+/// Forks for a hook: `(0, None)` in the child, `(pid, pidfd)` in the parent. The
+/// seccomp filter may already be in place (see `Init::setup`), and common profiles
+/// (docker's, containers-common's) answer clone3 with ENOSYS: then plain clone, and
+/// pidfd_open for the timeout.
+fn fork_for_hook() -> Result<(libc::pid_t, Option<std::os::fd::OwnedFd>), i32> {
+    // SAFETY: single-threaded here; the child only execs or exits.
+    match unsafe { sys::clone3_fork(0) } {
+        Ok(r) => return Ok(r),
+        Err(e) if e.raw_os_error() != Some(libc::ENOSYS) => return Err(errno(e)),
+        Err(_) => {}
+    }
+    // SAFETY: clone(SIGCHLD) is fork(2) without libc's bookkeeping, fine in this
+    // single-threaded process whose child only execs or exits.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) };
+    if pid < 0 {
+        return Err(last_errno());
+    }
+    if pid == 0 {
+        return Ok((0, None));
+    }
+    // SAFETY: pidfd_open with plain integers.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a fresh fd only we own (when the call succeeded).
+    let pidfd = (fd >= 0).then(|| unsafe {
+        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd)
+    });
+    Ok((pid as libc::pid_t, pidfd))
 }
 
 /// The workload's pid, for the mini init's signal handler.
@@ -255,3 +319,47 @@ pub fn send_fd(sock: RawFd, fd: RawFd) -> Result<(), i32> {
     }
     Ok(())
 }
+
+/// `process.rlimits`, while this process still has the uid it was cloned with (like
+/// runc: once the uid changed, lowering works but a failure would be EPERM-prone, and
+/// RLIMIT_NPROC must be in place when setresuid counts the user's processes).
+pub fn set_rlimits(limits: &[(libc::__rlimit_resource_t, libc::rlimit)]) -> Result<(), Fail> {
+    for (i, (resource, lim)) in limits.iter().enumerate() {
+        // SAFETY: a valid rlimit on the stack of this process.
+        if unsafe { libc::setrlimit(*resource, lim) } < 0 {
+            return Err(Fail::new(Step::Rlimit, last_errno(), i as u32));
+        }
+    }
+    Ok(())
+}
+
+/// The index in `candidates` of the program to exec, like execvp (and runc's lookup): the
+/// first regular file we may execute. Else ENOENT (index [`NOT_FOUND`]) when none exists,
+/// or the error of the last one that exists but cannot be executed (a directory, no x
+/// bit: EACCES).
+pub fn find_program(candidates: &[CString]) -> Result<usize, Fail> {
+    let mut fail = Fail::new(Step::Exec, libc::ENOENT, NOT_FOUND);
+    for (i, c) in candidates.iter().enumerate() {
+        // SAFETY: an all-zero stat is a valid out buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid C string and out pointer.
+        if unsafe { libc::stat(c.as_ptr(), &mut st) } < 0 {
+            let e = last_errno();
+            if e != libc::ENOENT && e != libc::ENOTDIR {
+                fail = Fail::new(Step::Exec, e, i as u32);
+            }
+            continue;
+        }
+        // SAFETY: valid C string.
+        let executable = st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0;
+        if executable {
+            return Ok(i);
+        }
+        fail = Fail::new(Step::Exec, libc::EACCES, i as u32);
+    }
+    Err(fail)
+}
+
+/// The index of a [`Step::Exec`] failure when no candidate exists.
+pub const NOT_FOUND: u32 = u32::MAX;

@@ -11,15 +11,16 @@ use super::error::Error;
 use super::exe;
 use super::hooks;
 use super::init::Init;
+use super::namespaces::{Namespaces, check_no_mounts};
 use super::process::compile_seccomp;
 use super::process::{apply_limits, process_plan, start_hooks, wait_pidfd};
 use super::protocol::{Msg, tag};
 use super::rootfs::{self, Plan};
-use super::spawn::{console_for, expect, ns_info, open_ns, send, spawn};
+use super::spawn::{console_for, expect, send, spawn};
 use super::spec;
 use super::state::{self, Record, State};
 use super::userns;
-use oci_spec::runtime::{ContainerState, Hooks, Linux, LinuxNamespaceType, Spec};
+use oci_spec::runtime::{ContainerState, Hooks, Linux, Spec};
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -138,17 +139,25 @@ fn create_in(
     // may be able to write it (a user namespace joined by path has maps we cannot see).
     exe::check(maps.as_ref().map(uid_ranges).as_deref())?;
     let cgroups = make_cgroup(dir, record, spec, &linux, &ns)?;
-    let plan = Plan::new(
-        spec,
-        &record.rootfs,
-        &record.bundle,
-        ns.new_userns || ns.user_joined,
-        &cgroups,
-    )
-    .map_err(|e| Error::Config {
-        file: record.bundle.join("config.json"),
-        reason: e.to_string(),
-    })?;
+    let (plan, chroot) = if ns.new_mountns {
+        let plan = Plan::new(
+            spec,
+            &record.rootfs,
+            &record.bundle,
+            ns.new_userns || ns.user_joined,
+            &cgroups,
+        )
+        .map_err(|e| Error::Config {
+            file: record.bundle.join("config.json"),
+            reason: e.to_string(),
+        })?;
+        (Some(plan), None)
+    } else {
+        check_no_mounts(spec, &linux)?;
+        let path = CString::new(record.rootfs.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::config("root.path", "contains a NUL byte"))?;
+        (None, Some(path))
+    };
     let setgroups = !maps.as_ref().is_some_and(|m| m.deny_setgroups);
     let mut proc_plan = process_plan(&process, setgroups)?;
     proc_plan.init = opts.init;
@@ -164,6 +173,7 @@ fn create_in(
     let pid_joined = ns.pid_joined;
     let clone_flags = ns.clone;
     let new_cgroupns = ns.new_cgroupns;
+    let other_userns = ns.new_userns || ns.user_joined;
     let mut init = Init {
         join: ns.join,
         unshare: ns.unshare,
@@ -172,7 +182,11 @@ fn create_in(
         loopback: ns.new_net,
         hostname,
         domainname,
-        rootfs: Some(plan),
+        rootfs: plan,
+        chroot,
+        chroot_cgroupns: new_cgroupns && !ns.new_mountns,
+        cgroup_wait: new_cgroupns && record.cgroup.is_some(),
+        root_fd: None,
         process: proc_plan,
         parent: 0,
         sync: -1,
@@ -185,8 +199,15 @@ fn create_in(
         fork_after_join: pid_joined,
         exec: false,
         start_hooks: start_hooks(hooks)?,
+        start_state: None,
         keep: Vec::new(),
     };
+    if !init.start_hooks.is_empty() {
+        init.start_state = Some(
+            rustix::fs::memfd_create("warren-state", rustix::fs::MemfdFlags::CLOEXEC)
+                .map_err(|e| Error::io("memfd_create")(e.into()))?,
+        );
+    }
     let (pid, pidfd, sock) = spawn(&mut init, clone_flags)?;
     *child = Some((pid, pidfd));
     // The child holds its own copies now.
@@ -196,142 +217,36 @@ fn create_in(
         sock: &sock,
         init: &init,
     };
-    let joined = go(&talk, record, maps.as_ref(), new_cgroupns, pid, &process)?;
+    let joined = go(
+        &talk,
+        record,
+        maps.as_ref(),
+        pid_joined,
+        pid,
+        &process,
+        other_userns,
+    )?;
     let pid = if pid_joined {
         init_in_joined_pid_ns(&talk, child)?
     } else {
         pid
     };
-    // While the child sets up its mounts (it runs nothing of the workload before ACK):
-    // joining a v1 cgroup waits for an RCU grace period, milliseconds worth overlapping.
-    if let Some(cg) = record.cgroup.as_ref().filter(|_| !joined) {
-        cg.add_pid(pid)?;
-    }
+    join(&talk, record, pid, joined)?;
     record_pid(dir, record, pid)?;
     create_hooks(&talk, record, hooks)?;
     record.status = ContainerState::Created;
     dir.save(record)?;
+    if let Some(fd) = &init.start_state {
+        let st =
+            serde_json::to_vec(&State::of(record, ContainerState::Created)).unwrap_or_default();
+        rustix::io::pwrite(fd, &st, 0)
+            .map_err(|e| Error::io("write the state for startContainer hooks")(e.into()))?;
+    }
     if let Some(p) = &opts.pid_file {
         crate::atomic::write(p, pid.to_string().as_bytes())
             .map_err(Error::io(format!("write {}", p.display())))?;
     }
     release(&talk, record, hooks, opts.start)
-}
-
-/// The namespaces of a config: which clone makes, which the child makes itself, which
-/// it joins.
-#[derive(Default)]
-struct Namespaces {
-    /// For clone(2).
-    clone: libc::c_int,
-    /// Made after joining a user namespace by path (so they belong to it).
-    unshare: libc::c_int,
-    /// Made by the child of a new user namespace while the maps are written.
-    early_unshare: libc::c_int,
-    /// To join, user namespace first: (fd, CLONE_NEW*).
-    join: Vec<(OwnedFd, libc::c_int)>,
-    new_userns: bool,
-    user_joined: bool,
-    /// A pid namespace joined by path: the child forks the init once more.
-    pid_joined: bool,
-    new_pid: bool,
-    /// Made by the child once it is in its cgroup (rootfs::Plan), so that it is rooted
-    /// there and shows nothing of the caller's.
-    new_cgroupns: bool,
-    new_net: bool,
-    /// A uts namespace, new or joined: host and domain names may be set.
-    uts: bool,
-}
-
-impl Namespaces {
-    fn of(linux: &Linux) -> Result<Namespaces, Error> {
-        let mut namespaces = linux.namespaces().clone().unwrap_or_default();
-        if !crate::dirs::is_root()
-            && !namespaces
-                .iter()
-                .any(|n| n.typ() == LinuxNamespaceType::User)
-        {
-            // Unprivileged, nothing works without one: add it rather than fail.
-            let mut user = oci_spec::runtime::LinuxNamespace::default();
-            user.set_typ(LinuxNamespaceType::User);
-            namespaces.push(user);
-        }
-        let mut ns = Namespaces {
-            uts: namespaces
-                .iter()
-                .any(|n| n.typ() == LinuxNamespaceType::Uts),
-            ..Default::default()
-        };
-        let mut flags = 0;
-        for (i, n) in namespaces.iter().enumerate() {
-            match n.path() {
-                Some(p) if !p.as_os_str().is_empty() => ns.join_one(n.typ(), p, i)?,
-                _ => flags |= ns_info(n.typ()).1,
-            }
-        }
-        ns.derive(flags)?;
-        Ok(ns)
-    }
-
-    /// Opens namespace `path` (config entry `i`) to join.
-    fn join_one(&mut self, typ: LinuxNamespaceType, path: &Path, i: usize) -> Result<(), Error> {
-        if typ == LinuxNamespaceType::Time {
-            // setns() of it only moves later children, like pid (below): not yet.
-            return Err(Error::config(
-                &format!("linux.namespaces[{i}].path"),
-                "joining an existing time namespace is not supported yet",
-            ));
-        }
-        let fd = open_ns(path, &format!("linux.namespaces[{i}].path"))?;
-        let flag = ns_info(typ).1;
-        if typ == LinuxNamespaceType::User {
-            self.user_joined = true;
-            self.join.insert(0, (fd, flag));
-        } else {
-            // setns() of a pid namespace only moves later children: the child
-            // forks once more after joining, and the grandchild is the init.
-            self.pid_joined |= typ == LinuxNamespaceType::Pid;
-            self.join.push((fd, flag));
-        }
-        Ok(())
-    }
-
-    /// Splits the new namespaces `flags` between clone, the early unshare and the
-    /// unshare after joining.
-    fn derive(&mut self, mut flags: libc::c_int) -> Result<(), Error> {
-        self.new_userns = flags & libc::CLONE_NEWUSER != 0;
-        self.new_cgroupns = flags & libc::CLONE_NEWCGROUP != 0;
-        flags &= !libc::CLONE_NEWCGROUP;
-        if flags & libc::CLONE_NEWNS == 0 {
-            return Err(Error::config(
-                "linux.namespaces",
-                "warren needs a new mount namespace (type \"mount\")",
-            ));
-        }
-        let (clone_flags, unshare) = if self.user_joined {
-            if flags & libc::CLONE_NEWPID != 0 {
-                return Err(Error::config(
-                    "linux.namespaces",
-                    "a new pid namespace together with a user namespace joined by path is not supported",
-                ));
-            }
-            (0, flags)
-        } else {
-            (flags, 0)
-        };
-        // With a new user namespace, the child makes these itself while the maps are written.
-        self.early_unshare = if self.new_userns && !self.user_joined {
-            flags
-                & (libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC)
-        } else {
-            0
-        };
-        self.clone = clone_flags & !self.early_unshare;
-        self.unshare = unshare;
-        self.new_pid = flags & libc::CLONE_NEWPID != 0;
-        self.new_net = flags & libc::CLONE_NEWNET != 0;
-        Ok(())
-    }
 }
 
 /// The id maps of a new user namespace.
@@ -483,16 +398,18 @@ fn go(
     talk: &Talk,
     record: &Record,
     maps: Option<&userns::Maps>,
-    new_cgroupns: bool,
+    pid_joined: bool,
     pid: i32,
     process: &oci_spec::runtime::Process,
+    other_userns: bool,
 ) -> Result<bool, Error> {
     let writing = match maps {
         Some(m) => Some(m.start(pid)?),
         None => None,
     };
-    // The child makes its cgroup namespace after GO: it must be in its cgroup by then.
-    let joined = new_cgroupns && record.cgroup.is_some();
+    // With the id map helpers running anyway, the cgroup join (an RCU grace period on
+    // v1) overlaps them; else it overlaps the child's mounts after GO (see `join`).
+    let joined = maps.is_some() && !pid_joined;
     if joined {
         if let Some(cg) = &record.cgroup {
             cg.add_pid(pid)?;
@@ -501,12 +418,32 @@ fn go(
     if let Some(w) = writing {
         w.finish()?;
     }
-    // Before GO the child runs nothing and still has our credentials, so we may set its
-    // limits (a child made in a new user namespace could not raise a hard limit itself:
-    // that needs CAP_SYS_RESOURCE in the initial one); a forked init inherits them.
-    apply_limits(pid, process)?;
+    // Before GO the child runs nothing and still has our credentials (see apply_limits);
+    // a forked init inherits what is set here.
+    apply_limits(pid, process, other_userns)?;
     send(talk.sock, tag::GO)?;
     Ok(joined)
+}
+
+/// While the child sets up its mounts (it runs nothing of the workload before ACK):
+/// joins the init to its cgroup unless [`go`] did (on v1 that waits for an RCU grace
+/// period, milliseconds worth overlapping), then tells a child that waits for it to
+/// make its cgroup namespace (rooted there, so it must be in it first).
+fn join(talk: &Talk, record: &Record, pid: i32, joined: bool) -> Result<(), Error> {
+    let Some(cg) = &record.cgroup else {
+        return Ok(());
+    };
+    if !joined {
+        cg.add_pid(pid)?;
+    }
+    if talk.init.cgroup_wait {
+        if let Err(e) = send(talk.sock, tag::CGROUP) {
+            // The child failed meanwhile: its report is waiting.
+            talk.expect("create")?;
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// The child joined the pid namespace and forked the init (our child too, by
@@ -583,7 +520,7 @@ fn release(talk: &Talk, record: &Record, hooks: Option<&Hooks>, start: bool) -> 
     if let Some(h) = hooks {
         let st =
             serde_json::to_vec(&State::of(record, ContainerState::Running)).unwrap_or_default();
-        hooks::run_all("poststart", h.poststart().as_ref(), &st)?;
+        hooks::run_warn("poststart", h.poststart().as_ref(), &st);
     }
     Ok(())
 }

@@ -58,10 +58,9 @@ fn cleanup(dir: state::Dir, record: Option<&Record>, pidfd: Option<OwnedFd>) -> 
             if let Some(h) = &r.hooks {
                 let state =
                     serde_json::to_vec(&State::of(r, ContainerState::Stopped)).unwrap_or_default();
-                // Poststop hook failures are logged, not fatal (the spec says so).
-                if let Err(e) = hooks::run_all("poststop", h.poststop().as_ref(), &state) {
-                    tracing::warn!("{}", crate::error_line(&e));
-                }
+                // Poststop hook failures are logged, not fatal, and the rest still run
+                // (the spec says so).
+                hooks::run_warn("poststop", h.poststop().as_ref(), &state);
             }
         }
     }

@@ -35,6 +35,15 @@ pub enum Error {
         #[source]
         errno: nix::errno::Errno,
     },
+    /// `process.args[0]` cannot be executed in the container: not found (ENOENT,
+    /// `executable file not found in $PATH` for a name searched in `$PATH`), or not
+    /// executable (EACCES: a directory, no x bit; ENOEXEC...).
+    #[error("exec: {path:?}: {source}")]
+    Exec {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("container init died during {0}")]
     InitDied(&'static str),
     #[error("{kind} hook {index} ({path}): {reason}")]
@@ -66,6 +75,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// The shell's exit code for a program that could not run: 127 not found, 126
+    /// found but not executable (what podman and runc users expect from `run`).
+    pub fn exec_exit_code(&self) -> Option<i32> {
+        match self {
+            Error::Exec { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Some(127)
+            }
+            Error::Exec { .. } => Some(126),
+            _ => None,
+        }
+    }
     pub(crate) fn config(field: &str, reason: impl std::fmt::Display) -> Error {
         Error::Config {
             file: PathBuf::from("config.json"),

@@ -30,6 +30,13 @@ pub(super) fn exec_in(
 ) -> Result<ExecProcess, Error> {
     let pid = record.pid;
     let (join, user) = namespaces_of(pid)?;
+    // A container in our mount namespace is only chrooted (see create): so is the process.
+    let root_fd = if join.iter().any(|(_, flag)| *flag == libc::CLONE_NEWNS) {
+        None
+    } else {
+        let path = PathBuf::from(format!("/proc/{pid}/root"));
+        Some(open_path(&path)?)
+    };
     let uid_ranges = if user {
         Some(uid_ranges_of(pid)?)
     } else {
@@ -57,6 +64,10 @@ pub(super) fn exec_in(
         hostname: None,
         domainname: None,
         rootfs: None,
+        chroot: None,
+        chroot_cgroupns: false,
+        cgroup_wait: false,
+        root_fd,
         process: proc_plan,
         parent: 0,
         sync: -1,
@@ -69,6 +80,7 @@ pub(super) fn exec_in(
         fork_after_join: true,
         exec: true,
         start_hooks: Vec::new(),
+        start_state: None,
         keep: Vec::new(),
     };
     let (mid, mid_fd, sock) = spawn(&mut init, 0)?;
@@ -80,7 +92,7 @@ pub(super) fn exec_in(
     // container's cgroups and gets its limits now, and the process it forks in the
     // container inherits both before it can run anything.
     let prepared = join_cgroups(&cgroups, mid, record.cgroup.is_some())
-        .and_then(|()| apply_limits(mid, process))
+        .and_then(|()| apply_limits(mid, process, user))
         .and_then(|()| send(&sock, tag::GO));
     if let Err(e) = prepared {
         reap_mid();
@@ -139,6 +151,16 @@ fn namespaces_of(pid: i32) -> Result<(Vec<(OwnedFd, libc::c_int)>, bool), Error>
         }
     }
     Ok((join, user))
+}
+
+/// An `O_PATH` directory fd of `path`.
+fn open_path(path: &Path) -> Result<OwnedFd, Error> {
+    nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::io(format!("open {}", path.display()))(e.into()))
 }
 
 /// The host uid ranges `(first, count)` mapped in the user namespace of `pid`.

@@ -6,7 +6,10 @@
 //! [`super::rootfs::Plan`]'s apply half.
 
 use super::caps::CapSets;
-use super::child::{self, FdPath, close, errno, last_errno, run_hook, send_fd};
+pub use super::child::NOT_FOUND;
+use super::child::{
+    self, FdPath, StartHook, close, errno, find_program, last_errno, run_hook, send_fd, set_rlimits,
+};
 use super::protocol::{Fail, Msg, Step, recv, send, tag};
 use super::rootfs;
 use super::seccomp::SeccompProgram;
@@ -20,6 +23,8 @@ pub use super::child::CArray;
 pub struct Process {
     pub argv: CArray,
     pub envp: CArray,
+    /// `args[0]` as configured (for messages; the child does not use it).
+    pub prog: String,
     /// Where to look for argv[0]: itself when it has a '/', else each `$PATH` entry.
     pub candidates: Vec<CString>,
     pub cwd: CString,
@@ -29,6 +34,8 @@ pub struct Process {
     /// False when the user namespace has `setgroups` denied (a single-id mapping).
     pub setgroups: bool,
     pub umask: Option<libc::mode_t>,
+    /// `process.rlimits` as (resource, limit), set by the child before it changes uid.
+    pub rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
     pub caps: CapSets,
     pub no_new_privileges: bool,
     pub terminal: bool,
@@ -58,6 +65,17 @@ pub struct Init {
     pub hostname: Option<CString>,
     pub domainname: Option<CString>,
     pub rootfs: Option<rootfs::Plan>,
+    /// Without a mount namespace of its own (no `rootfs` plan): the rootfs to chroot
+    /// into, as runc does; nothing is mounted.
+    pub chroot: Option<CString>,
+    /// With `chroot`: unshare the cgroup namespace first (the plan does it otherwise).
+    pub chroot_cgroupns: bool,
+    /// Wait for the parent's CGROUP (the init joined its cgroup) before making the
+    /// cgroup namespace: the mounts before it overlap the join.
+    pub cgroup_wait: bool,
+    /// exec: an `O_PATH` fd of the container's root to chroot into after joining its
+    /// namespaces (a container that shares our mount namespace is only chrooted).
+    pub root_fd: Option<OwnedFd>,
     pub process: Process,
     /// The parent's pid, to notice it died before PR_SET_PDEATHSIG took effect.
     pub parent: libc::pid_t,
@@ -78,7 +96,10 @@ pub struct Init {
     /// exec into a running container: no READY/ACK handshake, nothing is recorded.
     pub exec: bool,
     /// startContainer hooks: run in the container after start, before the workload.
-    pub start_hooks: Vec<(CString, CArray, CArray)>,
+    pub start_hooks: Vec<StartHook>,
+    /// A memfd the parent fills with the state (status `created`) before ACK: the
+    /// startContainer hooks' stdin.
+    pub start_state: Option<OwnedFd>,
     /// Every fd the child uses, sorted: all others (other containers' sockets and locks
     /// opened by other threads) are closed first thing.
     pub keep: Vec<RawFd>,
@@ -130,13 +151,15 @@ impl Init {
             Early::Pending(rootfs) => self.after_go(rootfs)?,
         };
         if let Some(plan) = &self.rootfs {
-            let root = plan.apply(root)?;
+            let root = plan.apply(root, &|| self.wait_cgroup())?;
             if self.hooks {
                 send(self.sync, Msg::tag(tag::HOOKS)).map_err(|e| Fail::new(Step::Sync, e, 0))?;
                 self.wait_for(tag::HOOKS_DONE)?;
             }
             plan.pivot(root)?;
             plan.finish()?;
+        } else if let Some(path) = &self.chroot {
+            self.enter_chroot(path)?;
         }
         let p = &self.process;
         if p.terminal {
@@ -147,7 +170,17 @@ impl Init {
         }
         // While the parent records the state: nothing here runs the workload, and a
         // failure is read by the parent whatever it is waiting for.
+        set_rlimits(&p.rlimits)?;
+        // Like runc: without no_new_privs, installing a filter needs CAP_SYS_ADMIN, so it
+        // goes in before the capability drop (what follows must pass it, as under runc);
+        // with it, as late as possible.
+        if !p.no_new_privileges {
+            self.install_seccomp()?;
+        }
         self.identity()?;
+        // Now, as the workload's user in its cwd, so that a program that cannot run fails
+        // `create` (like runc) rather than a started container that stops at once.
+        let prog = find_program(&p.candidates)?;
         self.stdio()?;
         if !self.exec {
             self.wait_for(tag::ACK)?;
@@ -170,29 +203,22 @@ impl Init {
         if let Some((fifo, proc)) = &self.fifo {
             wait_start(fifo.as_raw_fd(), proc.as_raw_fd())?;
         }
-        for (i, (path, argv, envp)) in self.start_hooks.iter().enumerate() {
-            run_hook(path, argv, envp).map_err(|e| Fail::new(Step::Hook, e, i as u32))?;
+        let state = self.start_state.as_ref().map_or(-1, |f| f.as_raw_fd());
+        for (i, hook) in self.start_hooks.iter().enumerate() {
+            run_hook(hook, state).map_err(|e| Fail::new(Step::Hook, e, i as u32))?;
         }
         sys::cloexec_range_from(3 + self.preserve_fds)
             .map_err(|e| Fail::new(Step::Stdio, errno(e), 3))?;
-        if let Some(prog) = &self.seccomp {
-            prog.install()
-                .map_err(|e| Fail::new(Step::Seccomp, e as i32, 0))?;
+        if p.no_new_privileges {
+            self.install_seccomp()?;
         }
         if p.init {
             child::mini_init().map_err(|e| Fail::new(Step::Fork, e, 1))?;
         }
-        let mut err = libc::ENOENT;
-        for c in &p.candidates {
-            // SAFETY: valid C string and NULL-terminated arrays prepared before fork.
-            unsafe { libc::execve(c.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr()) };
-            let e = last_errno();
-            // Like execvp: remember a permission problem, keep looking past a missing file.
-            if e != libc::ENOENT && e != libc::ENOTDIR {
-                err = e;
-            }
-        }
-        Err(Fail::new(Step::Exec, err, 0))
+        let path = &p.candidates[prog];
+        // SAFETY: valid C string and NULL-terminated arrays prepared before fork.
+        unsafe { libc::execve(path.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr()) };
+        Err(Fail::new(Step::Exec, last_errno(), prog as u32))
     }
 
     /// After GO, when namespaces were still to join or make (see [`Init::before_go`]):
@@ -211,6 +237,14 @@ impl Init {
             // SAFETY: plain integers; this process is single-threaded.
             if unsafe { libc::unshare(self.unshare) } < 0 {
                 return Err(Fail::new(Step::Unshare, last_errno(), 0));
+            }
+        }
+        if let Some(root) = &self.root_fd {
+            // SAFETY: a valid fd and C string.
+            if unsafe { libc::fchdir(root.as_raw_fd()) } < 0
+                || unsafe { libc::chroot(c".".as_ptr()) } < 0
+            {
+                return Err(Fail::new(Step::PivotRoot, last_errno(), 2));
             }
         }
         if let Some(plan) = &self.rootfs {
@@ -308,6 +342,44 @@ impl Init {
         // SAFETY: prctl with plain integers.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
         Ok(())
+    }
+
+    /// The rootfs of a container without a mount namespace of its own: the cgroup
+    /// namespace, the create hooks (as before pivot_root), then chroot.
+    fn enter_chroot(&self, path: &CStr) -> Result<(), Fail> {
+        if self.chroot_cgroupns {
+            self.wait_cgroup()?;
+            // SAFETY: a plain flag; this process is single-threaded.
+            if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } < 0 {
+                return Err(Fail::new(Step::Unshare, last_errno(), 1));
+            }
+        }
+        if self.hooks {
+            send(self.sync, Msg::tag(tag::HOOKS)).map_err(|e| Fail::new(Step::Sync, e, 0))?;
+            self.wait_for(tag::HOOKS_DONE)?;
+        }
+        // SAFETY: valid C strings.
+        if unsafe { libc::chroot(path.as_ptr()) } < 0 || unsafe { libc::chdir(c"/".as_ptr()) } < 0 {
+            return Err(Fail::new(Step::PivotRoot, last_errno(), 1));
+        }
+        Ok(())
+    }
+
+    /// Before the cgroup namespace is made: the parent's word that we are in our cgroup.
+    fn wait_cgroup(&self) -> Result<(), Fail> {
+        if self.cgroup_wait {
+            self.wait_for(tag::CGROUP)?;
+        }
+        Ok(())
+    }
+
+    fn install_seccomp(&self) -> Result<(), Fail> {
+        match &self.seccomp {
+            Some(prog) => prog
+                .install()
+                .map_err(|e| Fail::new(Step::Seccomp, e as i32, 0)),
+            None => Ok(()),
+        }
     }
 
     fn wait_for(&self, want: u32) -> Result<(), Fail> {

@@ -27,6 +27,7 @@ pub mod exe;
 mod exec;
 pub(crate) mod hooks;
 pub(crate) mod init;
+mod namespaces;
 mod process;
 mod protocol;
 pub(crate) mod rootfs;
@@ -181,7 +182,7 @@ impl Container {
         let state = serde_json::to_vec(&State::of(&self.record, ContainerState::Running))
             .unwrap_or_default();
         if let Some(h) = &self.record.hooks {
-            hooks::run_all("poststart", h.poststart().as_ref(), &state)?;
+            hooks::run_warn("poststart", h.poststart().as_ref(), &state);
         }
         self.pidfd = Some(pidfd);
         Ok(())

@@ -2,6 +2,7 @@
 //! identity, capabilities), its limits, waiting for it and reading its status.
 
 use super::caps;
+use super::child::StartHook;
 use super::error::Error;
 use super::init::{self, CArray};
 use super::seccomp;
@@ -140,6 +141,9 @@ pub(super) fn process_plan(p: &Process, setgroups: bool) -> Result<init::Process
         .map(|e| cs(e, "process.env"))
         .collect::<Result<Vec<_>, _>>()?;
     let prog = args.first().cloned().unwrap_or_default();
+    if prog.is_empty() {
+        return Err(Error::config("process.args", "no program to run"));
+    }
     let candidates = if prog.contains('/') {
         vec![cs(&prog, "process.args")?]
     } else {
@@ -168,6 +172,7 @@ pub(super) fn process_plan(p: &Process, setgroups: bool) -> Result<init::Process
     Ok(init::Process {
         argv: CArray::new(argv),
         envp: CArray::new(envp),
+        prog,
         candidates,
         cwd: CString::new(p.cwd().as_os_str().as_encoded_bytes())
             .map_err(|_| Error::config("process.cwd", "contains a NUL byte"))?,
@@ -176,6 +181,18 @@ pub(super) fn process_plan(p: &Process, setgroups: bool) -> Result<init::Process
         groups: user.additional_gids().clone().unwrap_or_default(),
         setgroups,
         umask: user.umask(),
+        rlimits: p
+            .rlimits()
+            .iter()
+            .flatten()
+            .map(|r| {
+                let lim = libc::rlimit {
+                    rlim_cur: r.soft(),
+                    rlim_max: r.hard(),
+                };
+                (rlimit_resource(r.typ()), lim)
+            })
+            .collect(),
         caps,
         no_new_privileges: p.no_new_privileges().unwrap_or(false),
         terminal: p.terminal().unwrap_or(false),
@@ -189,7 +206,7 @@ pub(super) fn process_plan(p: &Process, setgroups: bool) -> Result<init::Process
 /// startContainer hooks as C strings for the child (they run from the container's root).
 pub(super) fn start_hooks(
     hooks: Option<&oci_spec::runtime::Hooks>,
-) -> Result<Vec<(CString, CArray, CArray)>, Error> {
+) -> Result<Vec<StartHook>, Error> {
     let mut out = Vec::new();
     for (i, h) in hooks
         .and_then(|h| h.start_container().as_ref())
@@ -212,7 +229,16 @@ pub(super) fn start_hooks(
             .flatten()
             .map(|e| cs(e))
             .collect::<Result<Vec<_>, _>>()?;
-        out.push((path, CArray::new(argv), CArray::new(envp)));
+        let timeout_ms = match h.timeout() {
+            Some(t) if t > 0 => t.saturating_mul(1000).min(i32::MAX as i64) as i32,
+            _ => -1,
+        };
+        out.push(StartHook {
+            path,
+            argv: CArray::new(argv),
+            envp: CArray::new(envp),
+            timeout_ms,
+        });
     }
     Ok(out)
 }
@@ -239,10 +265,20 @@ fn rlimit_resource(t: PosixRlimitType) -> libc::__rlimit_resource_t {
     }
 }
 
-/// Sets the process's rlimits and oom_score_adj from the parent (which may raise them
-/// where the child, in its user namespace, could not).
-pub(super) fn apply_limits(pid: i32, p: &Process) -> Result<(), Error> {
-    for (i, r) in p.rlimits().iter().flatten().enumerate() {
+/// Sets the process's oom_score_adj from the parent and, when it is to run in a user
+/// namespace other than ours (`other_userns`), its rlimits: there it could not raise a
+/// hard limit itself (that needs CAP_SYS_RESOURCE in the initial user namespace), as
+/// runc does at that point. Called before GO, while the child waits with our
+/// credentials; the child sets the same limits again before it changes uid (its only
+/// setting of them otherwise), a no-op here.
+pub(super) fn apply_limits(pid: i32, p: &Process, other_userns: bool) -> Result<(), Error> {
+    for (i, r) in p
+        .rlimits()
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter(|_| other_userns)
+    {
         let lim = libc::rlimit {
             rlim_cur: r.soft(),
             rlim_max: r.hard(),

@@ -36,6 +36,7 @@ pub enum Step {
     Fork,
     Hook,
     Loopback,
+    Rlimit,
     Unknown,
 }
 
@@ -84,6 +85,8 @@ pub mod tag {
     /// child -> parent: PR_SET_PDEATHSIG cleared, the parent may exit (create only: with
     /// start, the exec that follows tells the same).
     pub const DETACHED: u32 = 8;
+    /// parent -> child: the init is in its cgroup; the cgroup namespace may be made.
+    pub const CGROUP: u32 = 9;
 }
 
 /// One message: a tag and three words whose meaning depends on it.

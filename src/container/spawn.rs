@@ -86,6 +86,8 @@ pub(super) fn spawn(init: &mut Init, flags: libc::c_int) -> Result<(i32, OwnedFd
     );
     keep.extend(init.stdio.iter().flatten().copied());
     keep.extend(init.console_socket);
+    keep.extend(init.start_state.as_ref().map(|f| f.as_raw_fd()));
+    keep.extend(init.root_fd.as_ref().map(|f| f.as_raw_fd()));
     keep.sort_unstable();
     keep.dedup();
     init.keep = keep;
@@ -103,6 +105,9 @@ pub(super) fn spawn(init: &mut Init, flags: libc::c_int) -> Result<(i32, OwnedFd
 
 fn describe(f: Fail, plan: Option<&rootfs::Plan>, init: &Init) -> Error {
     let i = f.index as usize;
+    if f.step == Step::Exec {
+        return exec_error(f, &init.process);
+    }
     let what = match f.step {
         Step::Mount => plan
             .and_then(|p| p.descriptions.get(i).cloned())
@@ -123,14 +128,6 @@ fn describe(f: Fail, plan: Option<&rootfs::Plan>, init: &Init) -> Error {
             "set sysctl {}",
             plan.map(|p| p.sysctl_path(i)).unwrap_or_default()
         ),
-        Step::Exec => format!(
-            "exec {:?}",
-            init.process
-                .candidates
-                .first()
-                .map(|c| c.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ),
         Step::Cwd => format!("chdir to process.cwd {:?}", init.process.cwd),
         Step::Setuid => format!("set uid {}", f.index),
         Step::Setgid => format!("set gid {}", f.index),
@@ -138,12 +135,37 @@ fn describe(f: Fail, plan: Option<&rootfs::Plan>, init: &Init) -> Error {
             "process.user.additionalGids need setgroups, denied in this user namespace".into()
         }
         Step::Setns => format!("join namespace {}", i),
+        Step::Rlimit => format!("set process.rlimits[{i}]"),
+        Step::Hook => format!("hooks.startContainer[{i}]"),
         Step::Loopback => "bring up lo in the new network namespace".into(),
         other => format!("{other:?}").to_lowercase(),
     };
     Error::Init {
         what,
         errno: nix::errno::Errno::from_raw(f.errno),
+    }
+}
+
+/// The program of `process` could not be executed (see `init::find_program`).
+fn exec_error(f: Fail, process: &init::Process) -> Error {
+    if f.index == init::NOT_FOUND && !process.prog.contains('/') {
+        return Error::Exec {
+            path: process.prog.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "executable file not found in $PATH",
+            ),
+        };
+    }
+    let path = match process.candidates.get(f.index as usize) {
+        Some(c) => c.to_string_lossy().into_owned(),
+        None => process.prog.clone(),
+    };
+    // The kind for the exit code, the errno's name in the message like other failures.
+    let kind = std::io::Error::from_raw_os_error(f.errno).kind();
+    Error::Exec {
+        path,
+        source: std::io::Error::new(kind, nix::errno::Errno::from_raw(f.errno).to_string()),
     }
 }
 

@@ -31,17 +31,18 @@ impl Plan {
     }
 
     /// In the child, before pivot_root: the configured mounts and `/dev` on the root mount
-    /// from [`bind_root`](Plan::bind_root). Returns that fd (closed on failure).
-    pub fn apply(&self, root: RawFd) -> Result<RawFd, Fail> {
-        if self.new_cgroupns {
-            // SAFETY: a plain flag; this process is single-threaded.
-            if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } < 0 {
-                let e = last_errno();
-                close(root);
-                return Err(Fail::new(Step::Unshare, e, 1));
-            }
-        }
-        if let Err(f) = self.mount_all(root) {
+    /// from [`bind_root`](Plan::bind_root). Returns that fd (closed on failure). A new
+    /// cgroup namespace is made as late as possible, before the first `cgroup` mount or
+    /// after the rest, once `joined` (the parent's word that we are in our cgroup) returns.
+    pub fn apply(&self, root: RawFd, joined: &dyn Fn() -> Result<(), Fail>) -> Result<RawFd, Fail> {
+        let mut cgroupns = CgroupNs {
+            pending: self.new_cgroupns,
+            joined,
+        };
+        let r = self
+            .mount_all(root, &mut cgroupns)
+            .and_then(|()| cgroupns.make());
+        if let Err(f) = r {
             close(root);
             return Err(f);
         }
@@ -59,8 +60,9 @@ impl Plan {
     }
 
     fn bind_root_fd(&self, rootfs: RawFd) -> Result<RawFd, Fail> {
-        // No propagation back to the host, whatever the host's "/" is.
-        let root_flags = if self.root_propagation & (libc::MS_SHARED) != 0 {
+        // No propagation back to the host, whatever the host's "/" is. An unbindable
+        // root could not be bound below: like runc, that flag waits for pivot_root.
+        let root_flags = if self.root_propagation & (libc::MS_SHARED | libc::MS_UNBINDABLE) != 0 {
             libc::MS_SLAVE | libc::MS_REC
         } else {
             self.root_propagation | libc::MS_REC
@@ -91,9 +93,12 @@ impl Plan {
         Ok(tree)
     }
 
-    fn mount_all(&self, root: RawFd) -> Result<(), Fail> {
+    fn mount_all(&self, root: RawFd, cgroupns: &mut CgroupNs) -> Result<(), Fail> {
         for (i, m) in self.mounts.iter().enumerate() {
             let fail = |e| Fail::new(Step::Mount, e, i as u32);
+            if m.kind == Kind::Cgroup {
+                cgroupns.make()?;
+            }
             let target = m.target.create(root, m.file).map_err(fail)?;
             let path = FdPath::new(target);
             let t = path.as_cstr();
@@ -291,6 +296,27 @@ impl Plan {
         }
         if self.readonly_root {
             remount_ro(c"/").map_err(|e| Fail::new(Step::Readonly, e, u32::MAX))?;
+        }
+        Ok(())
+    }
+}
+
+/// The new cgroup namespace still to make (see [`Plan::apply`]).
+struct CgroupNs<'a> {
+    pending: bool,
+    joined: &'a dyn Fn() -> Result<(), Fail>,
+}
+
+impl CgroupNs<'_> {
+    fn make(&mut self) -> Result<(), Fail> {
+        if !self.pending {
+            return Ok(());
+        }
+        self.pending = false;
+        (self.joined)()?;
+        // SAFETY: a plain flag; this process is single-threaded.
+        if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } < 0 {
+            return Err(Fail::new(Step::Unshare, last_errno(), 1));
         }
         Ok(())
     }
