@@ -38,7 +38,7 @@ pub enum Error {
     /// `process.args[0]` cannot be executed in the container: not found (ENOENT,
     /// `executable file not found in $PATH` for a name searched in `$PATH`), or not
     /// executable (EACCES: a directory, no x bit; ENOEXEC...).
-    #[error("exec: {path:?}: {source}")]
+    #[error("exec: {path:?}")]
     Exec {
         path: String,
         #[source]
