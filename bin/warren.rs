@@ -78,6 +78,7 @@ enum Command {
 fn main() {
     // First: this process may be the rootless helper a `warren` re-executed.
     warren::mount::rootless::dispatch();
+    warren::container::monitor::dispatch();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| {
         // OCI clients show the runtime's last `--log` line: it must be this error.
