@@ -386,7 +386,7 @@ impl Drop for Container {
         };
         let spawned = std::thread::Builder::new()
             .name("warren-reaper".into())
-            .stack_size(64 << 10)
+            .stack_size(1 << 20)
             .spawn(move || {
                 if let Err(e) = orphan.wait() {
                     tracing::warn!("reap container {}: {}", orphan.id(), crate::error_line(&e));

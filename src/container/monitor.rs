@@ -233,6 +233,9 @@ pub fn dispatch() {
 fn serve() -> i32 {
     // SAFETY: the caller gave us the socket as stdin; nothing else owns fd 0.
     let sock = unsafe { OwnedFd::from_raw_fd(0) };
+    // Whatever else the caller let through (fds without close-on-exec) is not ours to
+    // keep open for the container's lifetime.
+    let _ = crate::sys::close_fds(3, RawFd::MAX);
     let Ok((bytes, fds)) = recv(&sock, MAX_REQUEST) else {
         return 2;
     };
