@@ -236,7 +236,11 @@ fn dropped_handles_leave_no_zombie_and_record_the_exit() {
                 .and_then(|c| c.exit)
         });
         let i: i32 = name[1..].parse().unwrap();
-        assert_eq!((exit.code, exit.signal), (Some(i), None), "{name}: {exit:?}");
+        assert_eq!(
+            (exit.code, exit.signal),
+            (Some(i), None),
+            "{name}: {exit:?}"
+        );
         // Recorded after the reap: the init is gone, not a zombie of ours.
         if let Some((ppid, state)) = parent_and_state(*pid) {
             assert!(
@@ -262,8 +266,14 @@ fn exit_facts_say_code_signal_and_oom() {
     let rt = runtime(dir.path());
     let h = rt.run("code", busybox("exit 7")).expect("run");
     let exit = h.wait_exit().expect("wait");
-    assert_eq!((exit.code, exit.signal, exit.oom_killed), (Some(7), None, false));
-    assert_eq!(rt.attach("code").expect("attach").exit().expect("exit"), Some(exit));
+    assert_eq!(
+        (exit.code, exit.signal, exit.oom_killed),
+        (Some(7), None, false)
+    );
+    assert_eq!(
+        rt.attach("code").expect("attach").exit().expect("exit"),
+        Some(exit)
+    );
 
     let h = rt.run("sig", busybox("sleep 100")).expect("run");
     h.kill(libc::SIGKILL).expect("kill");
@@ -273,8 +283,10 @@ fn exit_facts_say_code_signal_and_oom() {
 
     let mut cfg = busybox("head -c 200000000 /dev/zero | tail -c 200000000 >/dev/null");
     cfg.resources = Some(
-        serde_json::from_value(serde_json::json!({"memory": {"limit": 33554432, "swap": 33554432}}))
-            .expect("resources"),
+        serde_json::from_value(
+            serde_json::json!({"memory": {"limit": 33554432, "swap": 33554432}}),
+        )
+        .expect("resources"),
     );
     let h = rt.run("oom", cfg).expect("run");
     let exit = h.wait_exit().expect("wait");
@@ -305,7 +317,11 @@ fn a_monitored_container_records_its_exit_for_whoever_attaches() {
         .unwrap_or_else(|e| panic!("run: {}", warren::error_line(&e)));
     let pid = h.pid();
     let (ppid, _) = parent_and_state(pid).expect("init runs");
-    assert_ne!(ppid, std::process::id() as i32, "the monitor is the init's parent");
+    assert_ne!(
+        ppid,
+        std::process::id() as i32,
+        "the monitor is the init's parent"
+    );
     let cmdline = std::fs::read(format!("/proc/{ppid}/cmdline")).expect("parent cmdline");
     assert!(
         String::from_utf8_lossy(&cmdline).contains("--warren-monitor-v1"),

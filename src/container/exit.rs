@@ -88,9 +88,9 @@ pub fn oom_killed(cg: &Cgroup) -> bool {
         Some(Version::V1) => "memory.oom_control",
         None => return false,
     };
-    cg.dirs().iter().any(|d| {
-        std::fs::read_to_string(d.join(file)).is_ok_and(|text| oom_kill_count(&text) > 0)
-    })
+    cg.dirs()
+        .iter()
+        .any(|d| std::fs::read_to_string(d.join(file)).is_ok_and(|text| oom_kill_count(&text) > 0))
 }
 
 /// The `oom_kill N` line of a memory.events / memory.oom_control file.
@@ -137,10 +137,16 @@ mod tests {
     #[test]
     fn status_round_trips() {
         let code = Exit::of(ExitStatus::from_raw(7 << 8), None);
-        assert_eq!((code.code, code.signal, code.status_code()), (Some(7), None, 7));
+        assert_eq!(
+            (code.code, code.signal, code.status_code()),
+            (Some(7), None, 7)
+        );
         assert_eq!(code.exit_status().code(), Some(7));
         let sig = Exit::of(ExitStatus::from_raw(9), None);
-        assert_eq!((sig.code, sig.signal, sig.status_code()), (None, Some(9), 137));
+        assert_eq!(
+            (sig.code, sig.signal, sig.status_code()),
+            (None, Some(9), 137)
+        );
         assert_eq!(sig.exit_status().signal(), Some(9));
         assert_eq!(sig.to_string(), "killed by SIGKILL");
         // An old record without the field loads.

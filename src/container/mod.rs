@@ -227,7 +227,11 @@ impl Container {
                 let (pid, start) = (self.record.pid, self.record.pid_start);
                 // The status is collected: a failure to record it does not lose it.
                 if let Err(e) = exit::record(&self.root, &self.record.id, pid, start, &facts) {
-                    tracing::warn!("record the exit of {}: {}", self.id(), crate::error_line(&e));
+                    tracing::warn!(
+                        "record the exit of {}: {}",
+                        self.id(),
+                        crate::error_line(&e)
+                    );
                 }
                 Ok(status)
             }

@@ -13,8 +13,8 @@
 //! and exits. Opt-in ([`crate::runtime::RuntimeOptions::monitor`]): the OCI CLI's clients
 //! (conmon, the shim) are monitors already.
 
-use super::create::CreateOptions;
 use super::Container;
+use super::create::CreateOptions;
 use nix::sys::socket::{
     self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
 };
