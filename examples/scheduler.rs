@@ -84,6 +84,8 @@ fn wanted(desired: &Desired) -> BTreeMap<String, &Service> {
 #[derive(Default, Serialize)]
 struct Pass {
     pass: u64,
+    /// Since this scheduler started, at the end of the pass.
+    elapsed_ms: u64,
     running: Vec<String>,
     /// The init pid of each running one.
     pids: BTreeMap<String, i32>,
@@ -139,6 +141,7 @@ struct Reconciler {
     owner: String,
     owned: BTreeMap<String, Owned>,
     backoff: BTreeMap<String, Backoff>,
+    born: Instant,
 }
 
 impl Reconciler {
@@ -279,6 +282,7 @@ impl Reconciler {
             .map(|(n, o)| (n.clone(), o.handle.pid()))
             .collect();
         report.running = report.pids.keys().cloned().collect();
+        report.elapsed_ms = self.born.elapsed().as_millis() as u64;
         report
     }
 
@@ -383,6 +387,7 @@ fn main() -> anyhow::Result<()> {
     // process is warren's re-executed helper, and makes sure containers (clones of this
     // process) find no writable binary behind /proc/PID/exe (CVE-2019-5736).
     warren::main_hook()?;
+    let born = Instant::now();
     let args = parse_args()?;
     catch_signals()?;
     let mut opts = RuntimeOptions::detect();
@@ -394,6 +399,7 @@ fn main() -> anyhow::Result<()> {
         owner: args.owner.clone(),
         owned: BTreeMap::new(),
         backoff: BTreeMap::new(),
+        born,
     };
     let mut n = 0;
     while !STOP.load(Ordering::SeqCst) {
