@@ -264,7 +264,19 @@ fn answer(sock: &OwnedFd, reply: Reply) -> std::io::Result<()> {
 fn run(sock: OwnedFd, r: Request, fds: Vec<OwnedFd>) -> i32 {
     let mut fds = fds.into_iter();
     let mut take = |present: bool| present.then(|| fds.next()).flatten();
-    let stdio = [take(r.fds[0]), take(r.fds[1]), take(r.fds[2])];
+    // Stdio the caller had closed is /dev/null, never our own (fd 0 is the socket).
+    let null = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .ok()
+            .map(OwnedFd::from)
+    };
+    let mut stdio = [take(r.fds[0]), take(r.fds[1]), take(r.fds[2])];
+    for slot in stdio.iter_mut().filter(|s| s.is_none()) {
+        *slot = null();
+    }
     let console_fd = take(r.fds[3]);
     let opts = CreateOptions {
         bundle: Some(r.bundle),
