@@ -157,6 +157,10 @@ pub fn create(
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let sent = send(&ours, &bytes, &raw).map_err(io("send the request"));
     drop(fds);
+    if sent.is_err() {
+        // It would wait for the request forever.
+        let _ = child.kill();
+    }
     // It forks and exits at once: reaping it now leaves the caller no child.
     let waited = child.wait().map_err(io("wait"))?;
     sent?;
