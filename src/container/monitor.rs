@@ -317,3 +317,49 @@ pub(crate) fn is_monitor(pid: i32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(MARKER.as_bytes()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn a_message_carries_its_fds() {
+        let (a, b) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .expect("socketpair");
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        send(&a, b"{\"x\":1}", &[w.as_raw_fd()]).expect("send");
+        drop(w);
+        let (bytes, mut fds) = recv(&b, 1024).expect("recv");
+        assert_eq!(bytes, b"{\"x\":1}");
+        assert_eq!(fds.len(), 1);
+        std::fs::File::from(fds.remove(0))
+            .write_all(b"hi")
+            .expect("write through the passed fd");
+        let mut got = String::new();
+        std::fs::File::from(r)
+            .read_to_string(&mut got)
+            .expect("read");
+        assert_eq!(got, "hi");
+        drop(a);
+        assert!(recv(&b, 1024).expect("eof").0.is_empty(), "EOF is empty");
+    }
+
+    #[test]
+    fn an_oversized_message_is_refused() {
+        let (a, b) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .expect("socketpair");
+        send(&a, &[b'x'; 100], &[]).expect("send");
+        assert!(recv(&b, 10).is_err());
+    }
+}
