@@ -10,7 +10,7 @@
 //! config, the options, the stdio fds) in one message over a socket on its stdin, forks
 //! once so the caller only reaps a process that exits at once, and the fork, in its own
 //! session, creates the container, answers, waits for the init, records its exit facts
-//! and exits. Opt-in ([`crate::runtime::RuntimeOptions::monitor`]): the OCI CLI's clients
+//! and exits. Opt-in ([`crate::runtime::Runtime::with_monitor`]): the OCI CLI's clients
 //! (conmon, the shim) are monitors already.
 
 use super::Container;

@@ -6,6 +6,13 @@
 //! (mounts, extraction, waiting), so async callers run them on a blocking pool
 //! (`tokio::task::spawn_blocking`) and poll [`Handle::pidfd`] for a container's exit.
 //!
+//! A scheduler marks what it owns with [`ContainerConfig::labels`] (recorded, shown by
+//! [`Runtime::list`]), creates under a monitor ([`Runtime::with_monitor`]: the init's
+//! parent is a small process of its own, which records the exit facts however long the
+//! scheduler is gone), and after a restart takes its containers back with
+//! [`Runtime::attach`]. How a container ended ([`Exit`]: code, signal, OOM kill) is in
+//! its state once someone collected it; a dropped [`Handle`] never leaves a zombie.
+//!
 //! A program that links it calls [`crate::main_hook`] first thing in `main`: rootless,
 //! the work on a container's copy (extract, remove) runs in a helper that re-executes
 //! the running binary ([`crate::mount::rootless`]); a program whose `main` is not its own
