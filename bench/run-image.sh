@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # warren run --image vs podman run --rm on the same Debian minbase tree, in one run:
 # warm start (image already extracted on this host), cold start (image in the store but
-# never extracted here), and the disk 100 stopped containers of one image take.
+# never extracted here), and the disk 100 stopped containers of one image take; then a
+# scheduler restart (examples/scheduler.rs) with 50 running containers: the time until
+# all are adopted, and how many were restarted (none).
 #   bench/run-image.sh [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,11 +48,29 @@ hundred=$(du -sxb "$WARREN_STATE_DIR" | cut -f1)
 stopped=$($W ps | grep -c stopped || true)
 for i in $(seq 0 99); do $W rm --force d$i >/dev/null; done
 
-python3 - "$warm" "$podman" "$cold" "$one" "$hundred" "$stopped" <<'PY'
+# Scheduler restart: converge 50 containers, SIGKILL the scheduler, start a new one for
+# one pass and read its report (adopted, started, restarted; elapsed since its start).
+cargo build -q --release --example scheduler
+S=$PWD/target/release/examples/scheduler
+printf '[[service]]\nname = "s"\nimage = "debian"\nreplicas = 50\ncommand = ["sleep", "1000"]\n' >"$WORK/desired.toml"
+$S "$WORK/desired.toml" --owner bench --interval-ms 100 >"$WORK/first.jsonl" &
+first=$!
+for _ in $(seq 1 600); do
+  n=$(tail -1 "$WORK/first.jsonl" 2>/dev/null | python3 -c "import json,sys; t=sys.stdin.read(); print(len(json.loads(t)['pids']) if t else 0)" 2>/dev/null || echo 0)
+  [ "$n" = 50 ] && break
+  sleep 0.1
+done
+kill -9 $first; wait $first 2>/dev/null || true
+$S "$WORK/desired.toml" --owner bench --iterations 1 --grace-ms 500 >"$WORK/second.jsonl"
+adopt=$(python3 -c "import json,sys; p=json.loads(open(sys.argv[1]).readline()); print(len(p['adopted']), len(p['started']) + len(p['restarted']), p['elapsed_ms'])" "$WORK/second.jsonl")
+
+python3 - "$warm" "$podman" "$cold" "$one" "$hundred" "$stopped" $adopt <<'PY'
 import sys
 warm, podman, cold = (float(x) * 1000 for x in sys.argv[1:4])
 one, hundred, stopped = (int(x) for x in sys.argv[4:7])
+adopted, restarted, adopt_ms = (int(x) for x in sys.argv[7:10])
 print(f"\nwarm start:  warren {warm:.1f} ms   podman {podman:.1f} ms   ratio {warm / podman:.3f} (target <= 0.25)")
 print(f"cold start:  warren {cold:.1f} ms (extract + run)   ratio to podman warm {cold / podman:.2f}")
 print(f"disk: 1 container {one / 1e6:.1f} MB, {stopped} stopped containers {hundred / 1e6:.1f} MB, ratio {hundred / one:.3f} (target <= 1.1)")
+print(f"scheduler restart: {adopted}/50 adopted in {adopt_ms} ms, {restarted} restarted (target < 500 ms, 0 restarted)")
 PY

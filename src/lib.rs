@@ -25,12 +25,14 @@ mod testing;
 pub(crate) mod tree;
 
 /// Call first thing in `main` of every program that links warren, before any thread
-/// starts: serves the rootless helper when this process is one ([`mount::rootless`]:
-/// rootless work re-executes the running binary instead of forking a multithreaded
-/// process), then makes the process run from a binary no container can write
+/// starts: serves the rootless helper or the container monitor when this process is one
+/// ([`mount::rootless`], [`container::monitor`]: both re-execute the running binary
+/// instead of forking a multithreaded process), then makes the process run from a binary
+/// no container can write
 /// ([`container::exe::reexec_sealed`], CVE-2019-5736).
 pub fn main_hook() -> Result<(), container::exe::ExeError> {
     mount::rootless::dispatch();
+    container::monitor::dispatch();
     container::exe::reexec_sealed()
 }
 

@@ -18,10 +18,13 @@ fn fd_count() -> usize {
         .count()
 }
 
-fn mount_count() -> usize {
+/// Mounts at or below `dir` (other tests of this binary mount elsewhere meanwhile).
+fn mount_count(dir: &std::path::Path) -> usize {
+    let dir = dir.to_string_lossy().into_owned();
     std::fs::read_to_string("/proc/self/mountinfo")
         .expect("mountinfo")
         .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&dir)))
         .count()
 }
 
@@ -77,7 +80,7 @@ fn many_threads_create_and_delete_200_containers() {
     let root = dir.path().join("state");
     let spec: Spec =
         serde_json::from_value(rootfs::config(&["sh", "-c", "exit $((3 + 4))"])).expect("spec");
-    let (fds_before, mounts_before) = (fd_count(), mount_count());
+    let (fds_before, mounts_before) = (fd_count(), mount_count(dir.path()));
 
     // Allocator noise, and an abort instead of hanging forever.
     let stress = common::Stress::start(4, 4096, "library test");
@@ -126,7 +129,7 @@ fn many_threads_create_and_delete_200_containers() {
     let left: Vec<_> = std::fs::read_dir(&root).expect("read root").collect();
     assert!(left.is_empty(), "state left: {left:?}");
     assert_eq!(fd_count(), fds_before, "fds leaked");
-    assert_eq!(mount_count(), mounts_before, "mounts leaked");
+    assert_eq!(mount_count(dir.path()), mounts_before, "mounts leaked");
     // No zombie children left.
     let zombie = nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
     assert!(
@@ -161,4 +164,210 @@ fn an_unsealed_process_may_not_create_a_container_without_a_user_namespace() {
         "{err}"
     );
     assert!(err.to_string().contains("reexec_sealed"), "{err}");
+}
+
+/// A runtime whose state, store and run dirs all live in `dir`.
+fn runtime(dir: &std::path::Path) -> warren::runtime::Runtime {
+    let opts = warren::runtime::RuntimeOptions {
+        state_dir: dir.join("state"),
+        store_dir: dir.join("state/store"),
+        run_dir: dir.join("run"),
+        pool: None,
+    };
+    warren::runtime::Runtime::open(opts).expect("open runtime")
+}
+
+fn busybox(command: &str) -> warren::runtime::ContainerConfig {
+    warren::runtime::ContainerConfig {
+        image: "busybox".into(),
+        command: vec!["sh".into(), "-c".into(), command.into()],
+        stdio: [devnull(), devnull(), devnull()],
+        ..Default::default()
+    }
+}
+
+/// Polls `f` until it gives something; panics after a minute (a hang, not a timing).
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// `ppid` and state letter of `pid`, while it exists.
+fn parent_and_state(pid: i32) -> Option<(i32, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut f = rest.split(' ');
+    let state = f.next()?.chars().next()?;
+    Some((f.next()?.parse().ok()?, state))
+}
+
+/// A scheduler that drops its handles never accumulates zombies: each dropped child is
+/// reaped when it exits, and its exit facts land in its state.
+#[test]
+fn dropped_handles_leave_no_zombie_and_record_the_exit() {
+    if !require_root("runs containers through the runtime as root") {
+        return;
+    }
+    common::require_tool("busybox", "busybox-static");
+    let dir = scratch("library-zombies");
+    let rt = runtime(dir.path());
+    let mut pids = Vec::new();
+    for i in 0..20 {
+        let name = format!("z{i}");
+        let h = rt
+            .run(&name, busybox(&format!("exit {i}")))
+            .unwrap_or_else(|e| panic!("run {name}: {}", warren::error_line(&e)));
+        pids.push((name, h.pid()));
+        drop(h);
+    }
+    let me = std::process::id() as i32;
+    for (name, pid) in &pids {
+        let exit = eventually(&format!("{name} exit facts"), || {
+            rt.list()
+                .expect("list")
+                .into_iter()
+                .find(|c| &c.name == name)
+                .and_then(|c| c.exit)
+        });
+        let i: i32 = name[1..].parse().unwrap();
+        assert_eq!(
+            (exit.code, exit.signal),
+            (Some(i), None),
+            "{name}: {exit:?}"
+        );
+        // Recorded after the reap: the init is gone, not a zombie of ours.
+        if let Some((ppid, state)) = parent_and_state(*pid) {
+            assert!(
+                ppid != me || state != 'Z',
+                "{name} (pid {pid}) is a zombie of the test process"
+            );
+        }
+    }
+    for (name, _) in &pids {
+        rt.delete(name, false).expect("delete");
+    }
+}
+
+/// The exit facts: a code, a signal, an OOM kill (the container's own cgroup counts it),
+/// read back through a handle attached afterwards.
+#[test]
+fn exit_facts_say_code_signal_and_oom() {
+    if !require_root("runs containers through the runtime as root") {
+        return;
+    }
+    common::require_tool("busybox", "busybox-static");
+    let dir = scratch("library-exit");
+    let rt = runtime(dir.path());
+    let h = rt.run("code", busybox("exit 7")).expect("run");
+    let exit = h.wait_exit().expect("wait");
+    assert_eq!(
+        (exit.code, exit.signal, exit.oom_killed),
+        (Some(7), None, false)
+    );
+    assert_eq!(
+        rt.attach("code").expect("attach").exit().expect("exit"),
+        Some(exit)
+    );
+
+    let h = rt.run("sig", busybox("sleep 100")).expect("run");
+    h.kill(libc::SIGKILL).expect("kill");
+    let exit = h.wait_exit().expect("wait");
+    assert_eq!((exit.code, exit.signal), (None, Some(libc::SIGKILL)));
+    assert_eq!(exit.status_code(), 137);
+
+    let mut cfg = busybox("head -c 200000000 /dev/zero | tail -c 200000000 >/dev/null");
+    cfg.resources = Some(
+        serde_json::from_value(
+            serde_json::json!({"memory": {"limit": 33554432, "swap": 33554432}}),
+        )
+        .expect("resources"),
+    );
+    let h = rt.run("oom", cfg).expect("run");
+    let exit = h.wait_exit().expect("wait");
+    assert!(exit.oom_killed, "{exit:?}");
+    assert!(rt.attach("nope").is_err());
+    for name in ["code", "sig", "oom"] {
+        rt.delete(name, false).expect("delete");
+    }
+}
+
+/// With a monitor, the init is the monitor's child, not ours: the creator can go away and
+/// anyone attached later reads the exit the monitor recorded.
+#[test]
+fn a_monitored_container_records_its_exit_for_whoever_attaches() {
+    if !require_root("runs containers through the runtime as root") {
+        return;
+    }
+    common::require_tool("busybox", "busybox-static");
+    let dir = scratch("library-monitor");
+    let rt = runtime(dir.path())
+        .with_helper(common::bin("warren"))
+        .with_monitor(true);
+    let (stdin, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+    let mut cfg = busybox("read x; exit 5");
+    cfg.stdio[0] = Some(stdin);
+    let h = rt
+        .run("mon", cfg)
+        .unwrap_or_else(|e| panic!("run: {}", warren::error_line(&e)));
+    let pid = h.pid();
+    let (ppid, _) = parent_and_state(pid).expect("init runs");
+    assert_ne!(
+        ppid,
+        std::process::id() as i32,
+        "the monitor is the init's parent"
+    );
+    let cmdline = std::fs::read(format!("/proc/{ppid}/cmdline")).expect("parent cmdline");
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("--warren-monitor-v1"),
+        "parent {ppid}: {cmdline:?}"
+    );
+    drop(h);
+    let adopted = rt.attach("mon").expect("attach");
+    assert_eq!(adopted.pid(), pid);
+    assert!(adopted.pidfd().is_some());
+    // EOF on its stdin: `read` fails, `exit 5`.
+    drop(writer);
+    let exit = adopted.wait_exit().expect("wait");
+    assert_eq!((exit.code, exit.signal), (Some(5), None), "{exit:?}");
+    assert_eq!(adopted.wait().expect("wait again").code(), Some(5));
+    rt.delete("mon", false).expect("delete");
+}
+
+/// Not a test: what the monitor adds to a container start (`cargo test --test
+/// runtime_library monitor_start_cost -- --ignored --nocapture`; build in release for
+/// real numbers).
+#[test]
+#[ignore]
+fn monitor_start_cost() {
+    if !require_root("runs containers through the runtime as root") {
+        return;
+    }
+    let dir = scratch("library-monitor-cost");
+    let median = |monitor: bool| {
+        let rt = runtime(dir.path())
+            .with_helper(common::bin("warren"))
+            .with_monitor(monitor);
+        let mut times: Vec<_> = (0..21)
+            .map(|i| {
+                let name = format!("m{monitor}{i}");
+                let t = std::time::Instant::now();
+                let h = rt.run(&name, busybox("true")).expect("run");
+                let took = t.elapsed();
+                h.wait_exit().expect("wait");
+                drop(h);
+                rt.delete(&name, false).expect("delete");
+                took
+            })
+            .collect();
+        times.sort();
+        times[times.len() / 2]
+    };
+    let (plain, monitored) = (median(false), median(true));
+    println!("run: {plain:?} without a monitor, {monitored:?} with one");
 }

@@ -119,6 +119,7 @@ fn new_record(spec: &Spec, id: &str, bundle: PathBuf, rootfs: PathBuf) -> Record
         hooks: spec.hooks().clone(),
         process: spec.process().clone(),
         seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+        exit: None,
     }
 }
 

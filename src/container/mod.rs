@@ -25,8 +25,10 @@ mod delete;
 mod error;
 pub mod exe;
 mod exec;
+pub mod exit;
 pub(crate) mod hooks;
 pub(crate) mod init;
+pub mod monitor;
 mod namespaces;
 mod process;
 mod protocol;
@@ -40,6 +42,7 @@ pub use create::CreateOptions;
 pub use delete::delete_stale;
 pub use error::{ConfigError, Error};
 pub use exec::ExecOptions;
+pub use exit::Exit;
 pub use process::{ExecProcess, exit_code, parse_signal};
 pub use state::{Record, State};
 
@@ -49,6 +52,7 @@ use state::probe;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A container in `ROOT/ID`.
 #[derive(Debug)]
@@ -59,6 +63,8 @@ pub struct Container {
     pidfd: Option<OwnedFd>,
     /// The init is our child: `wait` can collect its status.
     child: bool,
+    /// Our child's status was collected (else dropping us reaps it in the background).
+    reaped: AtomicBool,
 }
 
 impl Container {
@@ -77,6 +83,7 @@ impl Container {
             record,
             pidfd,
             child: true,
+            reaped: AtomicBool::new(false),
         })
     }
 
@@ -90,6 +97,7 @@ impl Container {
             record,
             pidfd,
             child: false,
+            reaped: AtomicBool::new(false),
         })
     }
 
@@ -209,18 +217,81 @@ impl Container {
         }
     }
 
-    /// Waits for the init to exit (only when this process created it).
+    /// Waits for the init to exit; its status when it is our child (the exit facts are
+    /// recorded), else what its monitor or creator recorded ([`Container::wait_exit`]).
     pub fn wait(&self) -> Result<ExitStatus, Error> {
         match (&self.pidfd, self.child) {
-            (Some(fd), true) => wait_pidfd(fd.as_fd()),
-            _ => Err(Error::NotChild(self.record.id.clone())),
+            (Some(fd), true) => {
+                let status = wait_pidfd(fd.as_fd())?;
+                self.reaped.store(true, Ordering::SeqCst);
+                let facts = Exit::of(status, self.record.cgroup.as_ref());
+                let (pid, start) = (self.record.pid, self.record.pid_start);
+                // The status is collected: a failure to record it does not lose it.
+                if let Err(e) = exit::record(&self.root, &self.record.id, pid, start, &facts) {
+                    tracing::warn!(
+                        "record the exit of {}: {}",
+                        self.id(),
+                        crate::error_line(&e)
+                    );
+                }
+                Ok(status)
+            }
+            _ => Ok(self.wait_exit()?.exit_status()),
         }
     }
 
+    /// Waits for the init to exit and returns its exit facts, whoever its parent is: our
+    /// child is reaped; another's (a monitor's, a creator's) is watched through its
+    /// pidfd, then the facts its parent records are read. Facts nobody recorded (a
+    /// creator that died without a monitor) come back empty (`Exit::default()`).
+    pub fn wait_exit(&self) -> Result<Exit, Error> {
+        if self.child && self.pidfd.is_some() {
+            self.wait()?;
+            return Ok(self.exit()?.unwrap_or_default());
+        }
+        if let Some(fd) = &self.pidfd {
+            wait_readable(fd.as_fd(), -1)?;
+        }
+        // The parent records the facts right after it reaps: wait for it (a monitor
+        // exits then) or, bounded, for the facts to appear.
+        let creator = self.record.creator;
+        if creator > 0 && creator != std::process::id() as i32 {
+            if monitor::is_monitor(creator) {
+                if let Ok(fd) = crate::sys::pidfd_open(creator) {
+                    wait_readable(fd.as_fd(), 10_000)?;
+                }
+            } else if state::proc_start(creator).is_some() {
+                for _ in 0..100 {
+                    if self.exit()?.is_some() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+        }
+        Ok(self.exit()?.unwrap_or_default())
+    }
+
+    /// The recorded exit facts (read afresh), once someone collected the status.
+    pub fn exit(&self) -> Result<Option<Exit>, Error> {
+        match state::Dir::open(&self.root, &self.record.id, false) {
+            Ok(dir) => Ok(dir.load()?.and_then(|r| r.exit)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the init is this process's child (its status is ours to collect).
+    pub fn is_child(&self) -> bool {
+        self.child
+    }
+
     /// Deletes the container: a running one only with `force` (it is killed).
-    pub fn delete(self, force: bool) -> Result<(), Error> {
+    pub fn delete(mut self, force: bool) -> Result<(), Error> {
         let child = self.child;
-        let pidfd = self.pidfd;
+        let pidfd = self.pidfd.take();
+        // `delete_id` reaps our child.
+        self.reaped.store(true, Ordering::SeqCst);
         delete::delete_id(
             &self.root,
             &self.record.id,
@@ -270,6 +341,7 @@ impl Container {
                     record,
                     pidfd: None,
                     child: false,
+                    reaped: AtomicBool::new(false),
                 };
                 state.paused = c.paused().unwrap_or(false);
             }
@@ -277,6 +349,57 @@ impl Container {
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+}
+
+/// Polls `fd` readable (`timeout_ms`, -1: forever).
+fn wait_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> Result<(), Error> {
+    loop {
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut p, 1, timeout_ms) } >= 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(Error::io("poll a pidfd")(e));
+        }
+    }
+}
+
+/// A child dropped before its status was collected is reaped by a thread that waits for
+/// it and records its exit facts: no zombie is left whatever the caller does.
+impl Drop for Container {
+    fn drop(&mut self) {
+        if !self.child || self.reaped.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(pidfd) = self.pidfd.take() else {
+            return;
+        };
+        let orphan = Container {
+            root: self.root.clone(),
+            record: self.record.clone(),
+            pidfd: Some(pidfd),
+            child: true,
+            // Its own drop spawns nothing.
+            reaped: AtomicBool::new(true),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("warren-reaper".into())
+            .stack_size(1 << 20)
+            .spawn(move || {
+                if let Err(e) = orphan.wait() {
+                    tracing::warn!("reap container {}: {}", orphan.id(), crate::error_line(&e));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("reap container {}: no thread: {e}", self.record.id);
+        }
     }
 }
 

@@ -45,6 +45,9 @@ pub struct Record {
     /// The config's `linux.seccomp`: `exec`'d processes get the same filter.
     #[serde(default)]
     pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    /// How the init ended, once someone collected its status ([`super::exit`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<super::exit::Exit>,
 }
 
 pub(crate) const STATE_FILE: &str = "state.json";

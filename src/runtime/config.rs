@@ -94,6 +94,8 @@ pub struct ContainerConfig {
     /// Send stdout and stderr to the container's log file (stdin from /dev/null)
     /// instead of `stdio`: for detached containers (`warren logs`).
     pub log: bool,
+    /// Recorded with the container: a scheduler marks the containers it owns.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The TOML form of a container's config (`/etc/warren/containers/NAME.toml`).
@@ -196,6 +198,7 @@ impl ConfigFile {
             console: None,
             stdio: [None, None, None],
             log: false,
+            labels: Default::default(),
         })
     }
 }

@@ -6,6 +6,13 @@
 //! (mounts, extraction, waiting), so async callers run them on a blocking pool
 //! (`tokio::task::spawn_blocking`) and poll [`Handle::pidfd`] for a container's exit.
 //!
+//! A scheduler marks what it owns with [`ContainerConfig::labels`] (recorded, shown by
+//! [`Runtime::list`]), creates under a monitor ([`Runtime::with_monitor`]: the init's
+//! parent is a small process of its own, which records the exit facts however long the
+//! scheduler is gone), and after a restart takes its containers back with
+//! [`Runtime::attach`]. How a container ended ([`Exit`]: code, signal, OOM kill) is in
+//! its state once someone collected it; a dropped [`Handle`] never leaves a zombie.
+//!
 //! A program that links it calls [`crate::main_hook`] first thing in `main`: rootless,
 //! the work on a container's copy (extract, remove) runs in a helper that re-executes
 //! the running binary ([`crate::mount::rootless`]); a program whose `main` is not its own
@@ -17,7 +24,7 @@ pub mod spec;
 
 pub use config::{BindMount, ConfigFile, ContainerConfig, Network};
 
-use crate::container::{self, Container, CreateOptions};
+use crate::container::{self, Container, CreateOptions, Exit};
 use crate::idmap::alloc::{AllocError, Allocator, Pool, Reservation};
 use crate::mount::rootless;
 use crate::mount::shifted::{self, MountError, MountSpec};
@@ -26,7 +33,7 @@ use crate::store::{Store, StoreError};
 use images::{ImageCache, ImageError};
 use oci_spec::runtime::ContainerState;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -63,7 +70,7 @@ impl RuntimeOptions {
 pub enum Error {
     #[error("container name {0:?}: use letters, digits, '.', '_' and '-' (at most 64)")]
     BadName(String),
-    #[error("container {0:?} already exists: remove it first (`warren rm --force {0}`)")]
+    #[error("container {0:?} already exists")]
     Exists(String),
     #[error("no container named {0:?}")]
     NotFound(String),
@@ -86,6 +93,8 @@ pub enum Error {
     Rootless(#[from] crate::mount::rootless::RootlessError),
     #[error(transparent)]
     Container(#[from] container::Error),
+    #[error(transparent)]
+    Monitor(#[from] container::monitor::MonitorError),
     #[error("{what} {path}")]
     Io {
         what: &'static str,
@@ -110,6 +119,9 @@ pub struct Record {
     /// How the view was made (`idmap`, `metacopy`, `copy`).
     pub method: Option<String>,
     pub created: i64,
+    /// The config's labels (a scheduler's mark on the containers it owns).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One container as `warren ps` shows it.
@@ -123,9 +135,15 @@ pub struct Info {
     pub ids: Option<Reservation>,
     pub method: Option<String>,
     pub created: i64,
+    pub labels: BTreeMap<String, String>,
+    /// How it ended, once stopped and someone collected the status.
+    pub exit: Option<Exit>,
 }
 
-/// A container this runtime created: start it, wait for it, poll its pidfd.
+/// A grip on one container: from [`Runtime::create`]/[`Runtime::run`] (the creator's),
+/// or [`Runtime::attach`] (anyone's, e.g. a restarted scheduler's). Start it, wait for
+/// it, poll its pidfd. Dropping it never leaves a zombie: an unwaited child is reaped in
+/// the background and its exit facts recorded.
 #[derive(Debug)]
 pub struct Handle {
     pub name: String,
@@ -140,6 +158,23 @@ impl Handle {
     /// Blocks until the workload exits.
     pub fn wait(&self) -> Result<ExitStatus, Error> {
         Ok(self.container.wait()?)
+    }
+
+    /// Blocks until the workload exits; how it ended (also recorded in its state).
+    /// Empty facts: nobody could collect the status (an adopted container whose creator
+    /// died without a monitor).
+    pub fn wait_exit(&self) -> Result<Exit, Error> {
+        Ok(self.container.wait_exit()?)
+    }
+
+    /// The recorded exit facts, once it stopped.
+    pub fn exit(&self) -> Result<Option<Exit>, Error> {
+        Ok(self.container.exit()?)
+    }
+
+    /// The live status.
+    pub fn status(&self) -> ContainerState {
+        self.container.status()
     }
 
     /// Readable when the workload exits (poll it from async code, then call `wait`).
@@ -166,8 +201,10 @@ pub struct Runtime {
     /// Serializes create/delete of one name within this process (other processes are
     /// kept apart by the container state's own locks).
     busy: Mutex<HashMap<String, ()>>,
-    /// The binary rootless work re-executes ([`rootless`]).
+    /// The binary rootless work and the monitor re-execute ([`rootless`]).
     helper: PathBuf,
+    /// Create containers under a monitor ([`container::monitor`]).
+    monitor: bool,
 }
 
 impl Runtime {
@@ -184,6 +221,7 @@ impl Runtime {
             images: ImageCache::new(opts.state_dir.join("images")),
             busy: Mutex::new(HashMap::new()),
             helper: PathBuf::from(rootless::SELF_EXE),
+            monitor: false,
             opts,
         })
     }
@@ -195,6 +233,15 @@ impl Runtime {
     /// never looked up on PATH.
     pub fn with_helper(mut self, helper: PathBuf) -> Runtime {
         self.helper = helper;
+        self
+    }
+
+    /// Creates each container under a monitor process ([`container::monitor`]) that is
+    /// its init's parent: the exit facts are recorded even when this process is gone
+    /// (a scheduler restarting adopts its containers with [`Runtime::attach`]), and this
+    /// process never has a container child. Costs a process start per container.
+    pub fn with_monitor(mut self, on: bool) -> Runtime {
+        self.monitor = on;
         self
     }
 
@@ -264,6 +311,7 @@ impl Runtime {
             rootfs: dir.join("rootfs"),
             method: None,
             created: now(),
+            labels: cfg.labels.clone(),
         };
         self.write_record(&record)?;
         match self.build(&mut record, cfg) {
@@ -325,18 +373,24 @@ impl Runtime {
         } else {
             std::mem::take(&mut cfg.stdio)
         };
-        Ok(Container::create(
-            &self.opts.run_dir,
-            &name,
-            &spec,
-            CreateOptions {
-                bundle: Some(dir),
-                console_fd: cfg.console.take(),
-                stdio,
-                init: cfg.init,
-                ..CreateOptions::default()
-            },
-        )?)
+        let opts = CreateOptions {
+            bundle: Some(dir),
+            console_fd: cfg.console.take(),
+            stdio,
+            init: cfg.init,
+            ..CreateOptions::default()
+        };
+        if self.monitor {
+            let root = &self.opts.run_dir;
+            return Ok(container::monitor::create(
+                &self.helper,
+                root,
+                &name,
+                &spec,
+                opts,
+            )?);
+        }
+        Ok(Container::create(&self.opts.run_dir, &name, &spec, opts)?)
     }
 
     /// Rootless: without privilege no mount can show one shared tree through another
@@ -366,6 +420,18 @@ impl Runtime {
     /// Starts a container created earlier (possibly by another process).
     pub fn start(&self, name: &str) -> Result<(), Error> {
         Ok(self.load(name)?.start()?)
+    }
+
+    /// A handle on existing container `name`, whoever created it: a restarted scheduler
+    /// takes its running containers back. Its pidfd is opened and checked against the
+    /// recorded start time (a recycled pid is not the container); [`Handle::wait`] and
+    /// [`Handle::wait_exit`] return what the init's parent (its monitor) records.
+    pub fn attach(&self, name: &str) -> Result<Handle, Error> {
+        check_name(name)?;
+        Ok(Handle {
+            name: name.to_string(),
+            container: self.load(name)?,
+        })
     }
 
     /// Sends `signal` to the container's init.
@@ -455,6 +521,12 @@ impl Runtime {
                 continue;
             };
             let state = states.get(&name);
+            let stopped = state.is_some_and(|s| s.status == ContainerState::Stopped);
+            let exit = if stopped {
+                self.load(&name).ok().and_then(|c| c.exit().ok().flatten())
+            } else {
+                None
+            };
             out.push(Info {
                 status: state.map_or("creating".into(), |s| status_name(&s.status)),
                 pid: state.map_or(0, |s| s.pid),
@@ -463,6 +535,8 @@ impl Runtime {
                 ids: record.ids,
                 method: record.method,
                 created: record.created,
+                labels: record.labels,
+                exit,
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
