@@ -151,6 +151,9 @@ fn main() {
                 println!("{}", serde_json::json!({ "error": msg }));
             } else {
                 eprintln!("warren: {msg}");
+                if let Some(hint) = exit::hint(&e) {
+                    eprintln!("hint: {hint}");
+                }
             }
             std::process::exit(exit::exit_code_for(&e, podman_codes));
         }

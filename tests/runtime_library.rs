@@ -338,36 +338,3 @@ fn a_monitored_container_records_its_exit_for_whoever_attaches() {
     assert_eq!(adopted.wait().expect("wait again").code(), Some(5));
     rt.delete("mon", false).expect("delete");
 }
-
-/// Not a test: what the monitor adds to a container start (`cargo test --test
-/// runtime_library monitor_start_cost -- --ignored --nocapture`; build in release for
-/// real numbers).
-#[test]
-#[ignore]
-fn monitor_start_cost() {
-    if !require_root("runs containers through the runtime as root") {
-        return;
-    }
-    let dir = scratch("library-monitor-cost");
-    let median = |monitor: bool| {
-        let rt = runtime(dir.path())
-            .with_helper(common::bin("warren"))
-            .with_monitor(monitor);
-        let mut times: Vec<_> = (0..21)
-            .map(|i| {
-                let name = format!("m{monitor}{i}");
-                let t = std::time::Instant::now();
-                let h = rt.run(&name, busybox("true")).expect("run");
-                let took = t.elapsed();
-                h.wait_exit().expect("wait");
-                drop(h);
-                rt.delete(&name, false).expect("delete");
-                took
-            })
-            .collect();
-        times.sort();
-        times[times.len() / 2]
-    };
-    let (plain, monitored) = (median(false), median(true));
-    println!("run: {plain:?} without a monitor, {monitored:?} with one");
-}

@@ -62,6 +62,28 @@ fn exec_code(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     container.exec_exit_code()
 }
 
+/// What to type next, for errors the library states without CLI advice.
+pub fn hint(error: &anyhow::Error) -> Option<String> {
+    error.chain().find_map(|e| {
+        let container = match e.downcast_ref::<warren::runtime::Error>() {
+            Some(warren::runtime::Error::Exists(name)) => {
+                return Some(format!(
+                    "remove it first (`warren rm --force {name}`) or run with --replace"
+                ));
+            }
+            Some(warren::runtime::Error::Container(c)) => c,
+            Some(_) => return None,
+            None => e.downcast_ref::<warren::container::Error>()?,
+        };
+        match container {
+            warren::container::Error::BadState { op, .. } if op.starts_with("delete") => {
+                Some("stop it first, or delete with --force".into())
+            }
+            _ => None,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

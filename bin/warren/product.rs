@@ -482,7 +482,9 @@ pub fn run_image(
     tty: bool,
 ) -> Result<i32> {
     refuse_bundle_flags(create)?;
-    let rt = runtime(global)?;
+    // Detached, the container outlives this process: a monitor collects its exit
+    // status for `ps` (podman's conmon); in the foreground we wait for it ourselves.
+    let rt = runtime(global)?.with_monitor(detach);
     let mut cfg = container_config(args)?;
     cfg.init |= create.init;
     let name = image_run_name(args, id, &cfg.image)?;

@@ -81,9 +81,7 @@ fn row(rt: &Runtime, info: Info) -> Row {
             None => "Up".into(),
         },
         Some(s) if s.status == ContainerState::Created => "Created".into(),
-        Some(s) if s.status == ContainerState::Stopped => {
-            exited(container.as_ref().map(|c| c.record()))
-        }
+        Some(s) if s.status == ContainerState::Stopped => exited(info.exit.as_ref()),
         _ => "Creating".into(),
     };
     Row {
@@ -93,15 +91,14 @@ fn row(rt: &Runtime, info: Info) -> Row {
     }
 }
 
-/// "Exited (CODE) AGE ago" when the container's record holds its exit facts, else
-/// "Exited": the code is known only to the process that waited for the workload.
-fn exited(record: Option<&warren::container::Record>) -> String {
-    let v = record
-        .and_then(|r| serde_json::to_value(r).ok())
-        .unwrap_or(Value::Null);
-    let exit = &v["exit"];
-    let code = exit["code"].as_i64().or_else(|| exit["exitCode"].as_i64());
-    let at = exit["finished"].as_i64().or_else(|| exit["at"].as_i64());
+/// "Exited (CODE) AGE ago" when the container's exit facts are recorded (by whoever
+/// collected its status: the creator, its reaper or its monitor), else "Exited".
+fn exited(exit: Option<&warren::container::Exit>) -> String {
+    let Some(exit) = exit else {
+        return "Exited".into();
+    };
+    let code = exit.code.or(exit.signal.map(|s| 128 + s));
+    let at = warren::container::state::unix_from_rfc3339(&exit.finished);
     match (code, at) {
         (Some(c), Some(t)) => format!("Exited ({c}) {} ago", age(now() - t)),
         (Some(c), None) => format!("Exited ({c})"),

@@ -85,7 +85,7 @@ pub(super) fn delete_id(
             return Err(Error::BadState {
                 id: id.to_owned(),
                 status,
-                op: "delete (use --force)",
+                op: "delete without force",
             });
         }
         if status == ContainerState::Creating

@@ -255,6 +255,22 @@ pub fn now_rfc3339() -> String {
     )
 }
 
+/// Unix seconds of an RFC 3339 UTC time as [`now_rfc3339`] writes it.
+pub fn unix_from_rfc3339(s: &str) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days-from-civil (Howard Hinnant's algorithm), the inverse of the above.
+    let y = y - i64::from(m <= 2);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86400 + hh * 3600 + mm * 60 + ss)
+}
+
 /// The OCI state document (plus runc's rootfs/created/owner). A frozen container is
 /// `status: Running` with `paused` set, and reads `"status": "paused"` in JSON, as runc's.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -385,6 +401,26 @@ pub(crate) fn probe(r: &Record, dir: &Path) -> (ContainerState, Option<OwnedFd>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_times_read_back() {
+        assert_eq!(unix_from_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            unix_from_rfc3339("2000-03-01T00:00:01.5Z"),
+            Some(951_868_801)
+        );
+        assert_eq!(
+            unix_from_rfc3339("2026-12-06T13:30:00Z"),
+            Some(1_796_563_800)
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        let back = unix_from_rfc3339(&now_rfc3339()).unwrap_or_default();
+        assert!((back - now).abs() <= 1, "{back} vs {now}");
+        assert_eq!(unix_from_rfc3339("garbage"), None);
+    }
 
     #[test]
     fn an_exiting_process_counts_as_exited() {
