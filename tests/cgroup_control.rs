@@ -137,6 +137,36 @@ fn device_rules_deny_a_disk_node_and_allow_what_they_list() {
     device_rules_are_enforced(dir.path(), "");
 }
 
+/// A node listed in `linux.devices` is allowed beside deny-all rules, as runc does: the
+/// config that makes the node also lets it open.
+#[test]
+fn a_configured_device_node_is_allowed() {
+    if !require_root("makes, freezes and limits cgroups under /sys/fs/cgroup") {
+        return;
+    }
+    let dir = scratch("cg-devnode");
+    let (major, minor) = a_disk();
+    let mut c = config(
+        "head -c 512 /dev/xdisk >/dev/null 2>/dev/err && echo disk-read || cat /dev/err; \
+         mknod /dev/other b 7 1 && head -c 1 /dev/other 2>&1 || true",
+    );
+    c["linux"]["devices"] =
+        json!([{"path": "/dev/xdisk", "type": "b", "major": major, "minor": minor}]);
+    c["linux"]["resources"] = json!({ "devices": [{"allow": false, "access": "rwm"}] });
+    let b = dir.path().join("bundle");
+    std::fs::create_dir_all(&b).expect("mkdir bundle");
+    rootfs::bundle(&b, &c);
+    let out = run(warren(&dir.path().join("state"))
+        .args(["run", "-b"])
+        .arg(&b)
+        .arg("devnode"));
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("disk-read\n"), "{said}");
+    // Only the listed node: another device stays denied.
+    assert!(said.contains("Operation not permitted"), "{said}");
+}
+
 /// What docker sends for every container: zeros meaning "unset" beside its device rules.
 /// It runs, and the kernel's defaults stay (cpu.shares 0 is not the minimum weight).
 #[test]

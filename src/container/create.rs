@@ -289,15 +289,18 @@ fn make_cgroup(
         .iter()
         .flatten()
         .any(|m| matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2")));
+    // Each node in linux.devices is allowed too, as runc does.
+    let nodes = linux.devices().as_deref().unwrap_or_default();
+    let resources = cgroup::resources_for(linux.resources().as_ref(), nodes);
     if cgroup::needed(
-        linux.resources().as_ref(),
+        resources.as_ref(),
         cgroups_path.as_deref(),
         ns.new_pid,
         ns.new_cgroupns || cgroup_mount,
     ) {
         record.cgroup = Some(cgroup::Cgroup::create(
             &record.id,
-            linux.resources().as_ref(),
+            resources.as_ref(),
             cgroups_path.as_deref(),
         )?);
         dir.save(record)?;
