@@ -140,40 +140,19 @@ fn create_in(
     // may be able to write it (a user namespace joined by path has maps we cannot see).
     exe::check(maps.as_ref().map(uid_ranges).as_deref())?;
     let cgroups = make_cgroup(dir, record, spec, &linux, &ns)?;
-    let (plan, chroot) = if ns.new_mountns {
-        let plan = Plan::new(
-            spec,
-            &record.rootfs,
-            &record.bundle,
-            ns.new_userns || ns.user_joined,
-            &cgroups,
-        )
-        .map_err(|e| Error::Config {
-            file: record.bundle.join("config.json"),
-            reason: e.to_string(),
-        })?;
-        (Some(plan), None)
-    } else {
-        check_no_mounts(spec, &linux)?;
-        let path = CString::new(record.rootfs.as_os_str().as_encoded_bytes())
-            .map_err(|_| Error::config("root.path", "contains a NUL byte"))?;
-        (None, Some(path))
-    };
+    let (plan, chroot) = root_plan(record, spec, &linux, &ns, &cgroups)?;
     let setgroups = !maps.as_ref().is_some_and(|m| m.deny_setgroups);
     let mut proc_plan = process_plan(&process, setgroups)?;
     proc_plan.init = opts.init;
-    let seccomp = compile_seccomp(linux.seccomp().as_ref())?;
     let console = console_for(
         &proc_plan,
         &mut opts.console_fd,
         opts.console_socket.as_deref(),
     )?;
-    let fifo = (!opts.start).then(|| exec_fifo(dir)).transpose()?;
     let (hostname, domainname) = names(spec, ns.uts)?;
     let hooks = spec.hooks().as_ref();
     let pid_joined = ns.pid_joined;
     let clone_flags = ns.clone;
-    let new_cgroupns = ns.new_cgroupns;
     let other_userns = ns.new_userns || ns.user_joined;
     let mut init = Init {
         join: ns.join,
@@ -181,18 +160,16 @@ fn create_in(
         early_unshare: ns.early_unshare,
         new_userns: ns.new_userns,
         loopback: ns.new_net,
-        hostname,
-        domainname,
         rootfs: plan,
         chroot,
-        chroot_cgroupns: new_cgroupns && !ns.new_mountns,
-        cgroup_wait: new_cgroupns && record.cgroup.is_some(),
+        chroot_cgroupns: ns.new_cgroupns && !ns.new_mountns,
+        cgroup_wait: ns.new_cgroupns && record.cgroup.is_some(),
         root_fd: None,
         process: proc_plan,
         parent: 0,
         sync: -1,
-        fifo,
-        seccomp,
+        fifo: (!opts.start).then(|| exec_fifo(dir)).transpose()?,
+        seccomp: compile_seccomp(linux.seccomp().as_ref())?,
         stdio: [0, 1, 2].map(|i| opts.stdio[i].as_ref().map(|f| f.as_raw_fd())),
         console_socket: console.as_ref().map(|f| f.as_raw_fd()),
         preserve_fds: opts.preserve_fds as i32,
@@ -202,6 +179,8 @@ fn create_in(
         start_hooks: start_hooks(hooks)?,
         start_state: None,
         keep: Vec::new(),
+        hostname,
+        domainname,
     };
     if !init.start_hooks.is_empty() {
         init.start_state = Some(
@@ -235,6 +214,47 @@ fn create_in(
     join(&talk, record, pid, joined)?;
     record_pid(dir, record, pid)?;
     create_hooks(&talk, record, hooks)?;
+    created(dir, record, &init, opts.pid_file.as_deref())?;
+    release(&talk, record, hooks, opts.start)
+}
+
+/// The root as the child enters it: a mount plan in a new mount namespace, else only a
+/// chroot (nothing in `spec` may then change mounts).
+fn root_plan(
+    record: &Record,
+    spec: &Spec,
+    linux: &Linux,
+    ns: &Namespaces,
+    cgroups: &rootfs::Cgroups,
+) -> Result<(Option<Plan>, Option<CString>), Error> {
+    if ns.new_mountns {
+        let plan = Plan::new(
+            spec,
+            &record.rootfs,
+            &record.bundle,
+            ns.new_userns || ns.user_joined,
+            cgroups,
+        )
+        .map_err(|e| Error::Config {
+            file: record.bundle.join("config.json"),
+            reason: e.to_string(),
+        })?;
+        return Ok((Some(plan), None));
+    }
+    check_no_mounts(spec, linux)?;
+    let path = CString::new(record.rootfs.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::config("root.path", "contains a NUL byte"))?;
+    Ok((None, Some(path)))
+}
+
+/// The container is created: its record says so, startContainer hooks get that state,
+/// and the pid file names its init.
+fn created(
+    dir: &state::Dir,
+    record: &mut Record,
+    init: &Init,
+    pid_file: Option<&Path>,
+) -> Result<(), Error> {
     record.status = ContainerState::Created;
     dir.save(record)?;
     if let Some(fd) = &init.start_state {
@@ -243,11 +263,11 @@ fn create_in(
         rustix::io::pwrite(fd, &st, 0)
             .map_err(|e| Error::io("write the state for startContainer hooks")(e.into()))?;
     }
-    if let Some(p) = &opts.pid_file {
-        crate::atomic::write(p, pid.to_string().as_bytes())
+    if let Some(p) = pid_file {
+        crate::atomic::write(p, record.pid.to_string().as_bytes())
             .map_err(Error::io(format!("write {}", p.display())))?;
     }
-    release(&talk, record, hooks, opts.start)
+    Ok(())
 }
 
 /// The id maps of a new user namespace.
