@@ -3,6 +3,7 @@
 //! hooks, the mini init, rlimits and the program lookup. Nothing here allocates or takes
 //! a lock; data comes prepared by the parent (a [`CArray`] is built before clone).
 
+pub use super::protocol::last_errno;
 use super::protocol::{Fail, Step};
 use crate::sys;
 use libc::c_ulong;
@@ -27,13 +28,6 @@ impl CArray {
     pub fn as_ptr(&self) -> *const *const libc::c_char {
         self.ptrs.as_ptr()
     }
-}
-
-/// The calling thread's errno.
-pub fn last_errno() -> i32 {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
 }
 
 pub fn errno(e: std::io::Error) -> i32 {

@@ -5,11 +5,8 @@
 //! gone. Anyone can read them later ([`Container::exit`](super::Container::exit)).
 
 use super::cgroup::{Cgroup, Version};
-use super::error::Error;
-use super::state;
 use serde::{Deserialize, Serialize};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
 use std::process::ExitStatus;
 
 /// How a container's init ended.
@@ -37,7 +34,7 @@ impl Exit {
             code: status.code(),
             signal: status.signal(),
             oom_killed: cgroup.is_some_and(oom_killed),
-            finished: state::now_rfc3339(),
+            finished: super::clock::now_rfc3339(),
         }
     }
 
@@ -100,25 +97,6 @@ fn oom_kill_count(text: &str) -> u64 {
         .filter_map(|n| n.trim().parse().ok())
         .next()
         .unwrap_or(0)
-}
-
-/// Records `exit` in the state of container `id` under `root` if it still is the one
-/// whose init was `pid` started at `pid_start` (a container recreated under the same
-/// name is left alone). A container deleted meanwhile is no error.
-pub fn record(root: &Path, id: &str, pid: i32, pid_start: u64, exit: &Exit) -> Result<(), Error> {
-    let dir = match state::Dir::open(root, id, true) {
-        Ok(d) => d,
-        Err(Error::NotFound(_)) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let Some(mut record) = dir.load()? else {
-        return Ok(());
-    };
-    if record.pid != pid || record.pid_start != pid_start || record.exit.is_some() {
-        return Ok(());
-    }
-    record.exit = Some(exit.clone());
-    dir.save(&record)
 }
 
 #[cfg(test)]

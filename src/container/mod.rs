@@ -19,6 +19,7 @@
 
 pub(crate) mod caps;
 mod child;
+mod clock;
 mod control;
 mod create;
 mod delete;
@@ -227,7 +228,8 @@ impl Container {
                 let facts = Exit::of(status, self.record.cgroup.as_ref());
                 let (pid, start) = (self.record.pid, self.record.pid_start);
                 // The status is collected: a failure to record it does not lose it.
-                if let Err(e) = exit::record(&self.root, &self.record.id, pid, start, &facts) {
+                if let Err(e) = state::record_exit(&self.root, &self.record.id, pid, start, &facts)
+                {
                     tracing::warn!(
                         "record the exit of {}: {}",
                         self.id(),

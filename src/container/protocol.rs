@@ -2,7 +2,6 @@
 //! and a failure of the child as (step, errno, index). Both ends use [`send`] and
 //! [`recv`]; they allocate nothing, so the child may call them between clone and exec.
 
-use super::child::last_errno;
 use std::os::fd::RawFd;
 
 /// What failed in the child.
@@ -170,6 +169,13 @@ impl Fail {
             index: m.c,
         }
     }
+}
+
+/// The calling thread's errno.
+pub fn last_errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 #[cfg(test)]
