@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # warren run --image vs podman run --rm on the same Debian minbase tree, in one run:
 # warm start (image already extracted on this host), cold start (image in the store but
-# never extracted here), and the disk 100 stopped containers of one image take; then a
+# never extracted here), `exec` into a running container, and the disk 100 stopped
+# containers of one image take; then a
 # scheduler restart (examples/scheduler.rs) with 50 running containers: the time until
 # all are adopted, and how many were restarted (none).
 #   bench/run-image.sh [RUNS]
@@ -34,9 +35,21 @@ hyperfine --runs 5 --export-json "$WORK/cold.json" \
   --prepare "rm -rf $WORK/state/images" \
   -n "warren run (cold: extract first)" "$W run --rm --image debian -- /bin/true"
 
+# exec into a running container: warren exec vs podman exec.
+$W run -d --image debian --name bexec -- /bin/sleep 1000 >/dev/null
+$P rm -f pbexec >/dev/null 2>&1 || true
+$P run -d --name pbexec --network=none --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+  localhost/warren-bench-debian /bin/sleep 1000 >/dev/null
+hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$WORK/exec.json" \
+  -n "warren exec" "$W exec bexec -- /bin/true" \
+  -n "podman exec" "$P exec pbexec /bin/true"
+$W rm --force bexec >/dev/null
+$P rm -f pbexec >/dev/null
+
 median() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(' '.join(str(r['median']) for r in d['results']))" "$1"; }
 read -r warm podman < <(median "$WORK/warm.json")
 read -r cold < <(median "$WORK/cold.json")
+read -r wexec pexec < <(median "$WORK/exec.json")
 
 # Disk: one stopped container vs 100 of the same image (store + extracted image + layers).
 $W run -d --image debian --name d0 -- /bin/true >/dev/null
@@ -45,7 +58,7 @@ one=$(du -sxb "$WARREN_STATE_DIR" | cut -f1)
 for i in $(seq 1 99); do $W run -d --image debian --name d$i -- /bin/true >/dev/null; done
 sleep 1
 hundred=$(du -sxb "$WARREN_STATE_DIR" | cut -f1)
-stopped=$($W ps | grep -c stopped || true)
+stopped=$($W ps -a | grep -c Exited || true)
 for i in $(seq 0 99); do $W rm --force d$i >/dev/null; done
 
 # Scheduler restart: converge 50 containers, SIGKILL the scheduler, start a new one for
@@ -64,13 +77,15 @@ kill -9 $first; wait $first 2>/dev/null || true
 $S "$WORK/desired.toml" --owner bench --iterations 1 --grace-ms 500 >"$WORK/second.jsonl"
 adopt=$(python3 -c "import json,sys; p=json.loads(open(sys.argv[1]).readline()); print(len(p['adopted']), len(p['started']) + len(p['restarted']), p['elapsed_ms'])" "$WORK/second.jsonl")
 
-python3 - "$warm" "$podman" "$cold" "$one" "$hundred" "$stopped" $adopt <<'PY'
+python3 - "$warm" "$podman" "$cold" "$one" "$hundred" "$stopped" $adopt "$wexec" "$pexec" <<'PY'
 import sys
 warm, podman, cold = (float(x) * 1000 for x in sys.argv[1:4])
 one, hundred, stopped = (int(x) for x in sys.argv[4:7])
 adopted, restarted, adopt_ms = (int(x) for x in sys.argv[7:10])
+wexec, pexec = (float(x) * 1000 for x in sys.argv[10:12])
 print(f"\nwarm start:  warren {warm:.1f} ms   podman {podman:.1f} ms   ratio {warm / podman:.3f} (target <= 0.25)")
 print(f"cold start:  warren {cold:.1f} ms (extract + run)   ratio to podman warm {cold / podman:.2f}")
+print(f"exec:        warren {wexec:.1f} ms   podman {pexec:.1f} ms   ratio {wexec / pexec:.3f}")
 print(f"disk: 1 container {one / 1e6:.1f} MB, {stopped} stopped containers {hundred / 1e6:.1f} MB, ratio {hundred / one:.3f} (target <= 1.1)")
 print(f"scheduler restart: {adopted}/50 adopted in {adopt_ms} ms, {restarted} restarted (target < 500 ms, 0 restarted)")
 PY
