@@ -196,7 +196,13 @@ fn cli_run_rm_exit_status_env_and_volume() {
     let out = run(warren(dir.path()).args(["run", "--image", "nosuch", "--", "true"]));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("nosuch") && err.contains("warren image import"),
+        !out.status.success() && err.contains("image \"nosuch\" is not in the store"),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("hint: ")
+                && l.contains("`warren image import DIR --name nosuch`")),
         "{err}"
     );
     assert!(

@@ -1,7 +1,8 @@
 //! The `warren` CLI as podman users expect it: `stop` returns once the container is
-//! dead, `ps` and `inspect`, `--json` everywhere (errors too), `exec -it`, flag-named
-//! errors, typo suggestions, completions and man pages, `store gc` of extracted trees,
-//! grouped help and `--state-dir`. Real containers from the embedded busybox, as root.
+//! dead, `ps` and `inspect`, `--json` everywhere (errors too), `exec -it` and `run -t`
+//! (the pty sized before the start), flag-named errors, typo suggestions, completions and
+//! man pages, `store gc` of extracted trees, grouped help and `--state-dir`. Real
+//! containers from the embedded busybox, as root.
 
 mod common;
 
@@ -330,6 +331,29 @@ fn exec_it_sets_term_and_the_window_size_before_the_workload_starts() {
     drop(pty.master);
     assert!(out.contains("33 77"), "{out:?}");
     ok(warren(dir.path()).args(["rm", "-f", "ex"]));
+}
+
+#[test]
+fn run_t_sizes_the_pty_before_the_workload_starts() {
+    if !require_root("runs containers with the CLI on a rootful installation") {
+        return;
+    }
+    let dir = scratch("cli-run-t");
+    // From a terminal of 33x77: the first thing the workload does is look at its pty.
+    let ws = nix::pty::Winsize {
+        ws_row: 33,
+        ws_col: 77,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&ws), None).expect("openpty");
+    let out = ok(warren(dir.path())
+        .args([
+            "run", "--rm", "-t", "--image", "busybox", "--", "stty", "size",
+        ])
+        .stdin(std::process::Stdio::from(pty.slave)));
+    drop(pty.master);
+    assert_eq!(out.lines().next().map(str::trim), Some("33 77"), "{out:?}");
 }
 
 #[test]

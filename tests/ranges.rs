@@ -151,7 +151,16 @@ fn check_reports_reservations_outside_the_pool() {
     assert!(problems[0]["reason"].as_str().unwrap().contains("outside"));
     let again = run(warren_in(tmp.path()).args(["ranges", "alloc", "old"]));
     assert!(!again.status.success(), "{again:?}");
-    assert!(String::from_utf8_lossy(&again.stderr).contains("warren ranges free old"));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("warren: \"old\" holds uids") && err.contains("outside the"),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("hint: ") && l.contains("`warren ranges free old`")),
+        "{err}"
+    );
     // The good one is still handed back as it was.
     let same: Reservation = parse(&ok(
         warren_in(tmp.path()).args(["ranges", "alloc", "good", "--json"])

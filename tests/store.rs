@@ -1140,7 +1140,13 @@ fn rootless_extract_names_the_chown_that_failed_and_how_to_avoid_it() {
     assert!(
         stderr.contains("chown to 0:0")
             && stderr.contains("Operation not permitted")
-            && stderr.contains(&format!("--shift {uid} --range 1")),
+            && stderr.contains(&format!("uid {uid} cannot give files to other ids")),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("hint: ") && l.contains(&format!("`--shift {uid} --range 1`"))),
         "{stderr}"
     );
     assert!(

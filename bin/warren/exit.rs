@@ -62,26 +62,94 @@ fn exec_code(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     container.exec_exit_code()
 }
 
-/// What to type next, for errors the library states without CLI advice.
+/// What to type next, for errors the library states without CLI advice. The library's
+/// transparent wrappers hide the inner error from `chain()`, so they are opened here.
 pub fn hint(error: &anyhow::Error) -> Option<String> {
+    use warren::runtime::Error as R;
     error.chain().find_map(|e| {
-        let container = match e.downcast_ref::<warren::runtime::Error>() {
-            Some(warren::runtime::Error::Exists(name)) => {
-                return Some(format!(
+        if let Some(r) = e.downcast_ref::<R>() {
+            return match r {
+                R::Exists(name) => Some(format!(
                     "remove it first (`warren rm --force {name}`) or run with --replace"
-                ));
-            }
-            Some(warren::runtime::Error::Container(c)) => c,
-            Some(_) => return None,
-            None => e.downcast_ref::<warren::container::Error>()?,
-        };
-        match container {
-            warren::container::Error::BadState { op, .. } if op.starts_with("delete") => {
-                Some("stop it first, or delete with --force".into())
-            }
-            _ => None,
+                )),
+                R::Container(c) => container_hint(c),
+                R::Image(i) => image_hint(i),
+                R::Store(s) => store_hint(s),
+                R::Ids(a) => ids_hint(a),
+                _ => None,
+            };
         }
+        if let Some(c) = e.downcast_ref::<warren::container::Error>() {
+            return container_hint(c);
+        }
+        if let Some(i) = e.downcast_ref::<warren::runtime::images::ImageError>() {
+            return image_hint(i);
+        }
+        if let Some(warren::store::remote::RemoteError::Store(s)) = e.downcast_ref() {
+            return store_hint(s);
+        }
+        if let Some(s) = e.downcast_ref::<warren::store::StoreError>() {
+            return store_hint(s);
+        }
+        ids_hint(e.downcast_ref()?)
     })
+}
+
+fn container_hint(e: &warren::container::Error) -> Option<String> {
+    match e {
+        warren::container::Error::BadState { op, .. } if op.starts_with("delete") => {
+            Some("stop it first, or delete with --force".into())
+        }
+        _ => None,
+    }
+}
+
+fn image_hint(e: &warren::runtime::images::ImageError) -> Option<String> {
+    use warren::runtime::images::ImageError;
+    match e {
+        ImageError::Missing { name, .. } => Some(format!(
+            "import it (`warren image import DIR --name {name}`, \
+             `warren image import oci:DIR --name {name}`) or pull it (`warren image pull URL {name}`)"
+        )),
+        ImageError::Store(s) => store_hint(s),
+        _ => None,
+    }
+}
+
+fn store_hint(e: &warren::store::StoreError) -> Option<String> {
+    use warren::store::StoreError;
+    match e {
+        StoreError::PrivateDestination(_) => Some(
+            "push to a new directory, or to one an earlier `warren store push` published".into(),
+        ),
+        StoreError::ChownUnprivileged { uid, .. } => Some(format!(
+            "extract with `--shift {uid} --range 1` to own every file, or inside `warren run` \
+             or `unshare -r`, where the image's ids are mapped"
+        )),
+        _ => None,
+    }
+}
+
+fn ids_hint(e: &warren::idmap::alloc::AllocError) -> Option<String> {
+    use warren::idmap::alloc::AllocError;
+    match e {
+        AllocError::NoPool { .. } => {
+            Some("as root, `warren ranges register` adds a pool line to both files".into())
+        }
+        AllocError::PoolOverlap { other, .. } => Some(format!(
+            "give warren ids no user has (delete the `warren:` lines of /etc/subuid and \
+             /etc/subgid, then run `warren ranges register`; or pick another --pool), or move \
+             {}'s range",
+            other.owner
+        )),
+        AllocError::NoRoomForPool { .. } => {
+            Some("register one explicitly with `warren ranges register --start S --count N`".into())
+        }
+        AllocError::OutsidePool { name, .. } => Some(format!(
+            "free it (`warren ranges free {name}`) and create the container again"
+        )),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -95,5 +163,30 @@ mod tests {
         let wrapped = anyhow::anyhow!("bad flag").context("run");
         assert_eq!(exit_code_for(&wrapped, true), FAILED);
         assert_eq!(exit_code_for(&wrapped, false), 1, "runc's code");
+    }
+
+    #[test]
+    fn hints_see_through_the_runtimes_wrappers() {
+        use warren::runtime::images::ImageError;
+        let missing = ImageError::Missing {
+            name: "web".into(),
+            store: "/s".into(),
+        };
+        let e = anyhow::Error::new(warren::runtime::Error::Image(missing)).context("run");
+        let text = hint(&e).expect("a hint for a missing image");
+        assert!(
+            text.contains("`warren image import DIR --name web`"),
+            "{text}"
+        );
+        let outside = warren::idmap::alloc::AllocError::OutsidePool {
+            name: "old".into(),
+            uids: warren::idmap::IdRange::new(0x20000, 0x10000).unwrap(),
+            gids: warren::idmap::IdRange::new(0x20000, 0x10000).unwrap(),
+            pool: "root pool".into(),
+        };
+        let e = anyhow::Error::new(warren::runtime::Error::Ids(outside));
+        assert!(hint(&e).unwrap().contains("`warren ranges free old`"));
+        let plain = anyhow::Error::new(warren::runtime::Error::NotFound("web".into()));
+        assert_eq!(hint(&plain), None);
     }
 }

@@ -514,6 +514,9 @@ pub fn run_image(
         let (theirs, ours) = oci::console_pair()?;
         cfg.terminal = true;
         cfg.console = theirs;
+        // Sized before the start (process.consoleSize), as exec does: the workload's
+        // first look at its terminal sees this one's size.
+        cfg.console_size = oci::winsize();
         ours
     } else {
         None
@@ -523,7 +526,7 @@ pub fn run_image(
     let pty = ours.as_ref().map(oci::recv_master).transpose()?;
     let _ = warren::systemd::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     let status = match handle.pidfd() {
-        Some(pidfd) => oci::supervise(pidfd, &signals, pty.as_ref(), || Ok(handle.wait()?)),
+        Some(pidfd) => oci::supervise(pidfd, &signals, pty.as_ref(), false, || Ok(handle.wait()?)),
         None => Ok(handle.wait()?),
     };
     drop(mask);

@@ -67,16 +67,13 @@ pub enum AllocError {
     Subids(#[from] SubidError),
     #[error(
         "{file} has no `warren:` line holding a whole block of {block:#x} ids: the root id pool \
-         is warren's lines in /etc/subuid and /etc/subgid (as root, `warren ranges register` \
-         adds one to both)"
+         is warren's lines in /etc/subuid and /etc/subgid"
     )]
     NoPool { file: PathBuf, block: u32 },
     #[error(
         "the root id pool {pool} overlaps {} {other} of user {}: that user could map \
-         those container ids with newuidmap. Fix: give warren ids no user has (delete the \
-         `warren:` lines of /etc/subuid and /etc/subgid, then run `warren ranges register`; \
-         or pick another --pool), or move {}'s range",
-        file.display(), other.owner, other.owner
+         those container ids with newuidmap",
+        file.display(), other.owner
     )]
     PoolOverlap {
         file: PathBuf,
@@ -98,15 +95,11 @@ pub enum AllocError {
         other: Entry,
     },
     #[error(
-        "no room left for a root id pool above the lines of {} and {}: register one \
-         explicitly with `warren ranges register --start S --count N`",
+        "no room left for a root id pool above the lines of {} and {}",
         subuid.display(), subgid.display()
     )]
     NoRoomForPool { subuid: PathBuf, subgid: PathBuf },
-    #[error(
-        "{name:?} holds uids {uids} / gids {gids}, outside the {pool}: free it \
-         (`warren ranges free {name}`) and create the container again"
-    )]
+    #[error("{name:?} holds uids {uids} / gids {gids}, outside the {pool}")]
     OutsidePool {
         name: String,
         uids: IdRange,

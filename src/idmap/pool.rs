@@ -448,9 +448,10 @@ mod tests {
         let err = Pool::root(&host(uid, gid), 0x10000).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, AllocError::PoolOverlap { .. }), "{msg}");
-        for part in ["/etc/subgid", "line 3", "bob", "warren ranges register"] {
+        for part in ["/etc/subgid", "line 3", "bob", "newuidmap"] {
             assert!(msg.contains(part), "{part}: {msg}");
         }
+        assert!(!msg.contains("`warren "), "CLI advice is bin/'s: {msg}");
         // An explicit pool is checked the same way; an account named warren is refused.
         let h = host("alice:100000:65536\n", "");
         let p = Pool::new(r(0x10000, 0x10000), 0x10000).unwrap();

@@ -89,6 +89,9 @@ pub struct ContainerConfig {
     /// over `console`, a connected unix socket.
     pub terminal: bool,
     pub console: Option<OwnedFd>,
+    /// The pty's size (rows, columns), set before the workload starts (OCI
+    /// `process.consoleSize`): the caller's terminal size for `warren run -t`.
+    pub console_size: Option<(u16, u16)>,
     /// The workload's stdin, stdout, stderr (default: inherited from the caller).
     pub stdio: [Option<OwnedFd>; 3],
     /// Send stdout and stderr to the container's log file (stdin from /dev/null)
@@ -196,6 +199,7 @@ impl ConfigFile {
             init: self.init,
             terminal: false,
             console: None,
+            console_size: None,
             stdio: [None, None, None],
             log: false,
             labels: Default::default(),

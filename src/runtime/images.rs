@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error(
-        "image {name:?} is not in the store {store}: import it (`warren image import DIR --name {name}`, `warren image import oci:DIR --name {name}`) or pull it (`warren image pull URL {name}`)"
-    )]
+    #[error("image {name:?} is not in the store {store}")]
     Missing { name: String, store: PathBuf },
     #[error(transparent)]
     Store(#[from] StoreError),

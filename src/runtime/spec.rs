@@ -99,7 +99,7 @@ fn process(cfg: &ContainerConfig, image: &ImageConfig, rootfs: &Path) -> Result<
         env.push("TERM=xterm".into());
     }
     let caps: Value = json!(DEFAULT_CAPS);
-    Ok(json!({
+    let mut process = json!({
         "terminal": cfg.terminal,
         "user": {"uid": uid, "gid": gid},
         "args": args,
@@ -109,7 +109,11 @@ fn process(cfg: &ContainerConfig, image: &ImageConfig, rootfs: &Path) -> Result<
             "bounding": caps, "effective": caps, "permitted": caps
         },
         "noNewPrivileges": true,
-    }))
+    });
+    if let (true, Some((rows, cols))) = (cfg.terminal, cfg.console_size) {
+        process["consoleSize"] = json!({"height": rows, "width": cols});
+    }
+    Ok(process)
 }
 
 /// The kernel filesystems every container gets, then the config's bind mounts.
@@ -343,6 +347,28 @@ mod tests {
         assert!(linux.namespaces().iter().flatten().any(|n| n.typ()
             == oci_spec::runtime::LinuxNamespaceType::Cgroup
             && n.path().is_none()));
+    }
+
+    #[test]
+    fn a_terminal_gets_its_size_before_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = ImageConfig {
+            cmd: vec!["/bin/sh".into()],
+            ..ImageConfig::default()
+        };
+        let mut cfg = ContainerConfig {
+            image: "busybox".into(),
+            terminal: true,
+            console_size: Some((33, 77)),
+            ..ContainerConfig::default()
+        };
+        let spec = build("web", &cfg, &image, &ids(), dir.path()).unwrap();
+        let size = spec.process().as_ref().unwrap().console_size().unwrap();
+        assert_eq!((size.height(), size.width()), (33, 77));
+        // No pty, no size.
+        cfg.terminal = false;
+        let spec = build("web", &cfg, &image, &ids(), dir.path()).unwrap();
+        assert!(spec.process().as_ref().unwrap().console_size().is_none());
     }
 
     #[test]

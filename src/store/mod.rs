@@ -84,6 +84,18 @@ pub enum StoreError {
     Entry { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     Destination { path: PathBuf, reason: String },
+    #[error(
+        "{0} is a private store: publishing into it would make its files readable by every user"
+    )]
+    PrivateDestination(PathBuf),
+    /// A chown outside a user namespace by an unprivileged user (`uid`), who can give
+    /// files only to itself.
+    #[error("{path}: {err}")]
+    ChownUnprivileged {
+        path: PathBuf,
+        uid: u32,
+        err: io::Error,
+    },
     #[error("{path}: cannot shift ids: {reason}")]
     Shift { path: PathBuf, reason: String },
     #[error("pack {path}: {reason}")]
@@ -241,11 +253,7 @@ impl Store {
             published,
         };
         if publish && !marker.exists() && format.exists() && !world_readable(dir) {
-            return Err(StoreError::Destination {
-                path: dir.to_path_buf(),
-                reason: "is a private store; publish to a new directory (`warren store push DIR`)"
-                    .into(),
-            });
+            return Err(StoreError::PrivateDestination(dir.to_path_buf()));
         }
         let was_store = format.exists();
         let fresh = match fs::read_dir(dir) {

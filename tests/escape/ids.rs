@@ -147,10 +147,10 @@ fn a_pool_overlapping_a_users_range_is_refused_naming_the_line() {
     for part in [
         format!("/etc/subuid line {line}"),
         ROOTLESS_USER.to_string(),
-        "warren ranges register".to_string(),
     ] {
         assert!(err.contains(&part), "{part:?} missing: {err}");
     }
+    assert_hint(&err, "`warren ranges register`");
     assert!(!dir.path().join("state/ranges.json").exists());
 }
 
@@ -319,11 +319,21 @@ fn first_root_use_registers_a_pool_no_user_shares() {
     );
     assert!(!out.status.success(), "{out:?}");
     let err = stderr(&out);
-    for part in [
-        "/etc/subgid line 2 `bob:1073807360:65536`",
-        "user bob",
-        "warren ranges register",
-    ] {
+    for part in ["/etc/subgid line 2 `bob:1073807360:65536`", "user bob"] {
         assert!(err.contains(part), "{part:?} missing: {err}");
     }
+    assert_hint(&err, "`warren ranges register`");
+}
+
+/// The CLI's advice is on its own `hint:` line, not in the library's message.
+fn assert_hint(stderr: &str, advice: &str) {
+    let hint = stderr.lines().find(|l| l.starts_with("hint: "));
+    assert!(
+        hint.is_some_and(|h| h.contains(advice)),
+        "{advice:?} not hinted: {stderr}"
+    );
+    assert!(
+        stderr.lines().filter(|l| l.contains(advice)).count() == 1,
+        "{advice:?} given twice: {stderr}"
+    );
 }

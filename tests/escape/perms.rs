@@ -498,6 +498,13 @@ fn a_pushed_store_is_published_and_the_store_stays_private() {
         .args(["store", "push"])
         .arg(&store));
     assert!(!out.status.success(), "pushed into a private store");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is a private store"), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("hint: ") && l.contains("push to a new directory")),
+        "{err}"
+    );
     assert_eq!(std::fs::metadata(&store).unwrap().mode() & 0o777, 0o700);
 }
 

@@ -129,7 +129,7 @@ pub fn exec(root: &Path, a: ExecArgs) -> Result<i32> {
         return Ok(0);
     }
     let pty = ours.as_ref().map(recv_master).transpose()?;
-    let status = supervise(proc.pidfd(), &sfd, pty.as_ref(), || Ok(proc.wait()?))?;
+    let status = supervise(proc.pidfd(), &sfd, pty.as_ref(), true, || Ok(proc.wait()?))?;
     drop(mask);
     Ok(container::exit_code(status))
 }

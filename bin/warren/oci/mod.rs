@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use oci_spec::runtime::Spec;
 use std::path::{Path, PathBuf};
 // Also used by the product's `run --image`.
-pub(crate) use term::{block_signals, console_pair, recv_master, supervise};
+pub(crate) use term::{block_signals, console_pair, recv_master, supervise, winsize};
 use warren::container::{self, Container, CreateOptions};
 
 // Options shared by `create` and `run`, which each name the container's ID (`run --image`
@@ -355,7 +355,7 @@ fn run_cmd(
         None => None,
     };
     let pidfd = c.pidfd().context("container has no process")?;
-    let status = supervise(pidfd, &sfd, pty.as_ref(), || Ok(c.wait()?));
+    let status = supervise(pidfd, &sfd, pty.as_ref(), true, || Ok(c.wait()?));
     drop(mask);
     let status = status?;
     if !keep {

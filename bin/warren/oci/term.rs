@@ -68,11 +68,13 @@ pub fn recv_master(sock: &std::os::unix::net::UnixStream) -> Result<OwnedFd> {
 }
 
 /// Waits for the process behind `pidfd`, forwarding signals, and proxying a pty between
-/// this terminal and the workload when there is one.
+/// this terminal and the workload when there is one. `copy_size`: give the pty this
+/// terminal's size now (runc's way), for a pty not sized before the start.
 pub fn supervise(
     pidfd: std::os::fd::BorrowedFd<'_>,
     sfd: &SignalFd,
     pty: Option<&OwnedFd>,
+    copy_size: bool,
     wait: impl FnOnce() -> Result<std::process::ExitStatus>,
 ) -> Result<std::process::ExitStatus> {
     let stdin = std::io::stdin();
@@ -82,7 +84,9 @@ pub fn supervise(
             let mut r = saved.clone();
             nix::sys::termios::cfmakeraw(&mut r);
             nix::sys::termios::tcsetattr(&stdin, nix::sys::termios::SetArg::TCSANOW, &r)?;
-            copy_winsize(m);
+            if copy_size {
+                copy_winsize(m);
+            }
             Some(saved)
         }
         _ => None,

@@ -113,16 +113,28 @@ pub(super) fn op_err(shown: &Path, op: &str, err: nix::Error, why: &str) -> Stor
 /// itself, which a bare `Operation not permitted` does not say.
 fn chown_err(shown: &Path, uid: u32, gid: u32, err: nix::Error) -> StoreError {
     let me = nix::unistd::geteuid();
-    let why = match err {
-        nix::errno::Errno::EPERM | nix::errno::Errno::EINVAL if !me.is_root() => format!(
-            " (uid {me} cannot give files to other ids outside a user namespace: extract \
-             with `--shift {me} --range 1` to own every file, or inside `warren run` or \
-             `unshare -r`, where the image's ids are mapped)"
+    let op = format!("chown to {uid}:{gid}");
+    match err {
+        nix::errno::Errno::EPERM | nix::errno::Errno::EINVAL if !me.is_root() => {
+            let why =
+                format!(" (uid {me} cannot give files to other ids outside a user namespace)");
+            StoreError::ChownUnprivileged {
+                path: shown.to_path_buf(),
+                uid: me.as_raw(),
+                err: std::io::Error::new(
+                    std::io::Error::from(err).kind(),
+                    format!("{op}: {}{why}", err.desc()),
+                ),
+            }
+        }
+        nix::errno::Errno::EINVAL => op_err(
+            shown,
+            &op,
+            err,
+            " (the id is not mapped in this user namespace)",
         ),
-        nix::errno::Errno::EINVAL => " (the id is not mapped in this user namespace)".into(),
-        _ => String::new(),
-    };
-    op_err(shown, &format!("chown to {uid}:{gid}"), err, &why)
+        _ => op_err(shown, &op, err, ""),
+    }
 }
 
 fn xattr_err(shown: &Path, name: &CString, err: std::io::Error) -> StoreError {
