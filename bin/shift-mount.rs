@@ -55,8 +55,25 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("shift-mount: {}", warren::error_line(e.as_ref()));
+            if let Some(hint) = hint(&e) {
+                eprintln!("hint: {hint}");
+            }
             std::process::exit(1);
         }
+    }
+}
+
+/// What to type next, for errors the library states without CLI advice.
+fn hint(e: &anyhow::Error) -> Option<String> {
+    match e.downcast_ref::<shifted::MountError>()? {
+        shifted::MountError::AlreadyMounted { path } => Some(format!(
+            "a view an interrupted run left there goes with `shift-mount --unmount {}`",
+            path.display()
+        )),
+        shifted::MountError::ShiftMismatch { .. } => {
+            Some("use another INTERMEDIATE directory, or --reshift".into())
+        }
+        _ => None,
     }
 }
 

@@ -127,9 +127,7 @@ pub enum MountError {
     Lower { path: PathBuf, source: io::Error },
     #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
-    #[error(
-        "{path} is already a mount point (a view an interrupted run left there goes with `shift-mount --unmount {path}`)"
-    )]
+    #[error("{path} is already a mount point")]
     AlreadyMounted { path: PathBuf },
     #[error("{path} is not a mount point")]
     NotMounted { path: PathBuf },
@@ -146,9 +144,7 @@ pub enum MountError {
     },
     #[error("{path} is not a view mounted by shift-mount: {reason}; left mounted")]
     NotAView { path: PathBuf, reason: String },
-    #[error(
-        "{intermediate} was shifted with {recorded}, not {requested}: use another directory, or --reshift"
-    )]
+    #[error("{intermediate} was shifted with {recorded}, not {requested}")]
     ShiftMismatch {
         intermediate: PathBuf,
         recorded: Shift,
