@@ -10,8 +10,8 @@
 //!
 //! As an unprivileged user: that user's own lines, which `newuidmap` accepts.
 
-use super::alloc::{AllocError, io_at};
 use super::range::{DEFAULT_BLOCK, IdRange, MAX_ID};
+use super::reservation::{AllocError, Reservation, io_at};
 use super::subid::{Entry, Host, POOL_OWNER, SUBGID, SUBUID};
 use std::fs::File;
 use std::io::Write;
@@ -369,7 +369,7 @@ pub struct Problem {
 /// The reservations that lie outside `pool` or share ids with a subordinate range of
 /// anyone but their owner (`owner`: `warren` as root, the user's lines rootless).
 pub fn check_reservations(
-    reservations: &[super::alloc::Reservation],
+    reservations: &[Reservation],
     pool: &Pool,
     host: &Host,
     root: bool,
@@ -540,7 +540,7 @@ mod tests {
         let text = "alice:100000:65536\nwarren:1073741824:1073741824\n";
         let h = host(text, text);
         let pool = Pool::root(&h, 0x10000).unwrap();
-        let res = |name: &str, start| super::super::alloc::Reservation {
+        let res = |name: &str, start| super::super::reservation::Reservation {
             name: name.into(),
             uids: r(start, 0x10000),
             gids: r(start, 0x10000),
