@@ -116,8 +116,10 @@ fn a_configured_pool_bounds_root_allocations() {
     assert_eq!(b.uids, IdRange::new(0x210000, 0x10000).unwrap());
     let full = alloc("c");
     assert!(!full.status.success());
+    // Under --json the error is a JSON object on stdout.
+    let err: serde_json::Value = serde_json::from_slice(&full.stdout).expect("json error");
     assert!(
-        String::from_utf8_lossy(&full.stderr).contains("no free block"),
+        err["error"].as_str().is_some_and(|e| e.contains("no free block")),
         "{full:?}"
     );
 }
