@@ -7,7 +7,7 @@ mod common;
 #[path = "common/rootfs.rs"]
 mod rootfs;
 
-use common::{bin, ok, require_root, require_tool, scratch};
+use common::{bin, ok, require_root, require_tool, scratch, warren};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,14 +75,6 @@ impl Drop for Caller {
             let _ = std::fs::remove_dir(d);
         }
     }
-}
-
-fn warren(dir: &Path) -> Command {
-    let mut cmd = Command::new(bin("warren"));
-    cmd.env("WARREN_STATE_DIR", dir.join("state"))
-        .arg("--root")
-        .arg(dir.join("run"));
-    cmd
 }
 
 #[test]

@@ -22,15 +22,6 @@ fn options(dir: &Path) -> RuntimeOptions {
     }
 }
 
-/// The `warren` CLI pointed at the same dirs as [`options`].
-fn warren(dir: &Path) -> Command {
-    let mut cmd = Command::new(bin("warren"));
-    cmd.env("WARREN_STATE_DIR", dir.join("state"))
-        .arg("--root")
-        .arg(dir.join("run"));
-    cmd
-}
-
 fn pipe() -> (std::fs::File, OwnedFd) {
     let (r, w) = nix::unistd::pipe().expect("pipe");
     (std::fs::File::from(r), w)

@@ -10,15 +10,6 @@ use common::*;
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// The `warren` CLI with its state (store included) and run dirs in `dir`.
-fn warren(dir: &Path) -> Command {
-    let mut cmd = Command::new(bin("warren"));
-    cmd.env("WARREN_STATE_DIR", dir.join("state"))
-        .arg("--root")
-        .arg(dir.join("run"));
-    cmd
-}
-
 fn text(out: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),

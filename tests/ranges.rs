@@ -119,7 +119,9 @@ fn a_configured_pool_bounds_root_allocations() {
     // Under --json the error is a JSON object on stdout.
     let err: serde_json::Value = serde_json::from_slice(&full.stdout).expect("json error");
     assert!(
-        err["error"].as_str().is_some_and(|e| e.contains("no free block")),
+        err["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no free block")),
         "{full:?}"
     );
 }

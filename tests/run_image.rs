@@ -6,17 +6,8 @@
 mod common;
 
 use common::*;
-use std::path::Path;
-use std::process::{Command, Output};
 
-/// The `warren` CLI with its state, store and run dirs in `dir`.
-fn warren(dir: &Path) -> Command {
-    let mut cmd = Command::new(bin("warren"));
-    cmd.env("WARREN_STATE_DIR", dir.join("state"))
-        .arg("--root")
-        .arg(dir.join("run"));
-    cmd
-}
+use std::process::Output;
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

@@ -286,3 +286,13 @@ pub fn read_console(listener: std::os::unix::net::UnixListener) -> String {
     let _ = std::io::Read::read_to_end(&mut master, &mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// The `warren` CLI with its state (store included) in `DIR/state` and its runc root in
+/// `DIR/run`.
+pub fn warren(dir: &Path) -> Command {
+    let mut cmd = Command::new(bin("warren"));
+    cmd.env("WARREN_STATE_DIR", dir.join("state"))
+        .arg("--root")
+        .arg(dir.join("run"));
+    cmd
+}
