@@ -106,11 +106,23 @@ fn run_image_honours_init_pid_file_and_a_positional_id() {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("its status");
     let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
     assert!(nspid.ends_with("\t1"), "the pid file names pid 1: {nspid}");
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
-    let child = children.split_whitespace().next().expect("the workload");
-    let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap();
+    // The init forks, then the child execs the workload: wait (bounded) for the exec.
+    let workload = || {
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+        let child = children.split_whitespace().next()?.to_owned();
+        std::fs::read(format!("/proc/{child}/cmdline")).ok()
+    };
+    let mut cmdline = workload();
+    for _ in 0..100 {
+        if cmdline.as_deref() == Some(b"sleep\x001000\x00") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        cmdline = workload();
+    }
     assert_eq!(
-        cmdline, b"sleep\x001000\x00",
+        cmdline.as_deref(),
+        Some(&b"sleep\x001000\x00"[..]),
         "the init's child is the workload"
     );
     let ps = ok(warren(d).args(["ps", "-q"]));
