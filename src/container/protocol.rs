@@ -129,6 +129,7 @@ pub fn send(fd: RawFd, msg: Msg) -> Result<(), i32> {
 /// Receives one message; `Ok(None)` on EOF (the peer closed or exec'd).
 pub fn recv(fd: RawFd) -> Result<Option<Msg>, i32> {
     let mut msg = Msg::default();
+    let mut reset = false;
     loop {
         // SAFETY: receiving into a plain repr(C) struct on the stack.
         let n = unsafe {
@@ -141,7 +142,10 @@ pub fn recv(fd: RawFd) -> Result<Option<Msg>, i32> {
         };
         if n < 0 {
             let e = last_errno();
-            if e == libc::EINTR {
+            // A peer that exits leaving our last message unread makes the kernel report
+            // ECONNRESET once, ahead of what it sent before exiting (its failure): read on.
+            if e == libc::EINTR || (e == libc::ECONNRESET && !reset) {
+                reset |= e == libc::ECONNRESET;
                 continue;
             }
             return Err(e);
@@ -181,6 +185,27 @@ pub fn last_errno() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::Step;
+
+    /// The child fails and exits while our next message waits unread in its queue: the
+    /// kernel reports ECONNRESET first, and its failure must still be read.
+    #[test]
+    fn a_failure_sent_before_exit_survives_our_unread_message() {
+        use super::{Msg, recv, send, tag};
+        use std::os::fd::AsRawFd;
+        let (parent, child) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::SeqPacket,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .expect("socketpair");
+        send(child.as_raw_fd(), Msg::tag(tag::FAIL)).expect("child sends its failure");
+        send(parent.as_raw_fd(), Msg::tag(tag::CGROUP)).expect("parent sends on");
+        drop(child);
+        let got = recv(parent.as_raw_fd()).expect("no ECONNRESET");
+        assert_eq!(got.map(|m| m.tag), Some(tag::FAIL));
+        assert!(recv(parent.as_raw_fd()).expect("then EOF").is_none());
+    }
 
     #[test]
     fn steps_round_trip_through_their_number() {
