@@ -469,19 +469,7 @@ fn rootless_limits_work_beneath_a_cgroup_root_delegated_on_v1() {
     );
     let caller = unique("delegated");
     let mut dirs = Vec::new();
-    let mut seen = Vec::new();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(DEFAULT_ROOT)
-        .expect("list")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
-    for h in entries {
-        let real = std::fs::canonicalize(&h).expect("canonicalize");
-        if !h.join("cgroup.procs").exists() || seen.contains(&real) {
-            continue;
-        }
-        seen.push(real);
+    for h in common::hierarchies() {
         let dir = h.join(&caller);
         std::fs::create_dir(&dir).expect("mkdir");
         for f in ["cpuset.cpus", "cpuset.mems"] {

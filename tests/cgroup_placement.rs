@@ -7,32 +7,12 @@ mod common;
 #[path = "common/rootfs.rs"]
 mod rootfs;
 
-use common::{bin, ok, require_root, require_tool, scratch, warren};
+use common::{bin, hierarchies, ok, require_root, require_tool, scratch, warren};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const CG: &str = "/sys/fs/cgroup";
-
-/// Each distinct hierarchy under /sys/fs/cgroup (v1 controllers, named, the hybrid's v2).
-fn hierarchies() -> Vec<PathBuf> {
-    let mut seen = Vec::new();
-    let mut out = Vec::new();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(CG)
-        .expect("list /sys/fs/cgroup")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
-    for h in entries {
-        let real = std::fs::canonicalize(&h).expect("canonicalize");
-        if h.join("cgroup.procs").exists() && !seen.contains(&real) {
-            seen.push(real);
-            out.push(h);
-        }
-    }
-    out
-}
 
 /// The test's "unit" cgroup in every hierarchy, removed (once empty) on drop.
 struct Caller {

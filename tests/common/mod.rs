@@ -296,3 +296,23 @@ pub fn warren(dir: &Path) -> Command {
         .arg(dir.join("run"));
     cmd
 }
+
+/// Each distinct hierarchy under /sys/fs/cgroup (v1 controllers, named, the hybrid's v2).
+pub fn hierarchies() -> Vec<PathBuf> {
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .expect("list /sys/fs/cgroup")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for h in entries {
+        let real = std::fs::canonicalize(&h).expect("canonicalize");
+        if h.join("cgroup.procs").exists() && !seen.contains(&real) {
+            seen.push(real);
+            out.push(h);
+        }
+    }
+    out
+}
