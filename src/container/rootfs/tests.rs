@@ -4,6 +4,7 @@
 
 use super::plan::{Kind, Plan, SourceIsDir};
 use super::{Cgroups, Inside, PathError};
+use crate::container::ConfigError;
 use crate::container::cgroup::{HierarchyView, MountView};
 use libc::c_ulong;
 use oci_spec::runtime::Spec;
@@ -53,6 +54,20 @@ fn sources(p: &Path) -> std::io::Result<bool> {
         return Err(std::io::Error::from_raw_os_error(libc::ENOENT));
     }
     Ok(!p.to_string_lossy().ends_with(".file"))
+}
+
+/// The error planning `spec` (rootfs `/r`, no user namespace, no cgroups) gives.
+fn refused(spec: &Spec) -> ConfigError {
+    let is_dir: SourceIsDir = &sources;
+    Plan::with_sources(
+        spec,
+        Path::new("/r"),
+        Path::new("/b"),
+        false,
+        &Cgroups::default(),
+        is_dir,
+    )
+    .unwrap_err()
 }
 
 fn plan(spec: &Spec, userns: bool, cgroups: &Cgroups) -> Plan {
@@ -219,16 +234,7 @@ fn a_file_bound_onto_dev_null_stands_in_for_the_device() {
         ]),
         serde_json::json!({"devices": [{"path": "/dev/null", "type": "c", "major": 1, "minor": 3}]}),
     );
-    let is_dir: SourceIsDir = &sources;
-    let e = Plan::with_sources(
-        &spec,
-        Path::new("/r"),
-        Path::new("/b"),
-        false,
-        &Cgroups::default(),
-        is_dir,
-    )
-    .unwrap_err();
+    let e = refused(&spec);
     assert_eq!(e.field.as_deref(), Some("linux.devices[0].path"));
     assert!(e.reason.contains("mounts[7]"), "{e}");
 }
@@ -245,16 +251,7 @@ fn a_bound_dev_gets_no_devices_and_a_missing_source_names_its_field() {
         serde_json::json!([{"destination": "/x", "type": "bind", "source": "/missing"}]),
         serde_json::json!({}),
     );
-    let is_dir: SourceIsDir = &sources;
-    let e = Plan::with_sources(
-        &spec,
-        Path::new("/r"),
-        Path::new("/b"),
-        false,
-        &Cgroups::default(),
-        is_dir,
-    )
-    .unwrap_err();
+    let e = refused(&spec);
     assert_eq!(e.field.as_deref(), Some("mounts[7].source"));
 }
 
@@ -378,16 +375,7 @@ fn sysctls_and_bad_paths_are_checked() {
         serde_json::json!([{"destination": "/a/../../etc", "type": "tmpfs", "source": "tmpfs"}]),
         serde_json::json!({}),
     );
-    let is_dir: SourceIsDir = &sources;
-    let e = Plan::with_sources(
-        &spec,
-        Path::new("/r"),
-        Path::new("/b"),
-        false,
-        &Cgroups::default(),
-        is_dir,
-    )
-    .unwrap_err();
+    let e = refused(&spec);
     assert_eq!(e.field.as_deref(), Some("mounts[7].destination"));
     assert_eq!(
         Inside::new(Path::new("/a/../b")).unwrap_err(),
