@@ -15,6 +15,7 @@ pub mod container;
 pub mod dirs;
 pub mod idmap;
 pub mod mount;
+pub mod net;
 pub mod runtime;
 pub mod store;
 #[doc(hidden)]
