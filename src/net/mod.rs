@@ -8,6 +8,10 @@
 //! whatever a crash left half done, the next change or `warren network prune` makes the
 //! host match the files again.
 
+pub mod dns;
+pub mod firewall;
+pub mod usermode;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
