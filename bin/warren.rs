@@ -121,10 +121,10 @@ fn main() {
         // read the state directory from this variable.
         unsafe { std::env::set_var("WARREN_STATE_DIR", dir) };
     }
-    if matches!(&cli.command, Command::Oci(c) if c.starts_processes()) {
-        // Before any thread: container processes are clones of this one, and must not
-        // find a writable runtime binary behind /proc/PID/exe. Creating a container
-        // refuses to go on (saying why) if this fails.
+    if matches!(&cli.command, Command::Oci(c) if c.needs_sealed_binary()) {
+        // Before any thread: container processes are clones of this one, and those a
+        // container can reach must not find a writable runtime binary behind
+        // /proc/PID/exe. Creating a container refuses to go on (saying why) if this fails.
         if let Err(e) = warren::container::exe::reexec_sealed() {
             eprintln!(
                 "warren: cannot protect the runtime binary: {}",

@@ -137,8 +137,11 @@ fn create_in(
     let ns = Namespaces::of(&linux)?;
     let maps = id_maps(&linux, ns.new_userns)?;
     // Our clone children show the runtime binary as /proc/PID/exe: no container process
-    // may be able to write it (a user namespace joined by path has maps we cannot see).
-    exe::check(maps.as_ref().map(uid_ranges).as_deref())?;
+    // that can reach one may be able to write it (a user namespace joined by path has
+    // maps we cannot see).
+    if exe::init_exposed(spec, opts.start, opts.init) {
+        exe::check(maps.as_ref().map(uid_ranges).as_deref())?;
+    }
     let cgroups = make_cgroup(dir, record, spec, &linux, &ns)?;
     let (plan, chroot) = root_plan(record, spec, &linux, &ns, &cgroups)?;
     let setgroups = !maps.as_ref().is_some_and(|m| m.deny_setgroups);

@@ -140,6 +140,29 @@ pub(crate) fn unreachable(exe: &Exe, uid_ranges: Option<&[(u32, u32)]>) -> bool 
     !mapped && exe.mode & 0o022 == 0
 }
 
+/// Whether a container process can reach a clone of this process (`/proc/PID/exe`) before
+/// it execs the workload. Not when the container is created and started in one step
+/// (`run`: the state lock keeps `exec` out until the workload's execve) in a new pid
+/// namespace (nothing else is in it), with no hook run inside the container and no
+/// warren init staying on as pid 1. Only an exposed init needs a sealed binary: `run`
+/// skips a second execve (~4 ms), as a process nothing can reach is no way in.
+pub fn init_exposed(spec: &oci_spec::runtime::Spec, start: bool, init: bool) -> bool {
+    use oci_spec::runtime::LinuxNamespaceType;
+    let new_pid = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())
+        });
+    let hooks_inside = spec.hooks().as_ref().is_some_and(|h| {
+        h.create_container().as_ref().is_some_and(|v| !v.is_empty())
+            || h.start_container().as_ref().is_some_and(|v| !v.is_empty())
+    });
+    !start || !new_pid || init || hooks_inside
+}
+
 /// Ok when a container mapping host uids `uid_ranges` cannot write the running binary.
 pub fn check(uid_ranges: Option<&[(u32, u32)]>) -> Result<(), super::Error> {
     let exe = current().map_err(|e| super::Error::ExposedBinary {
@@ -314,5 +337,37 @@ mod tests {
         assert!(!unreachable(&exe(100005, 0o100755), Some(&maps)));
         assert!(!unreachable(&exe(0, 0o100775), Some(&maps)));
         assert!(!unreachable(&exe(0, 0o100757), Some(&maps)));
+    }
+
+    fn spec(extra: serde_json::Value) -> oci_spec::runtime::Spec {
+        let mut config = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]},
+        });
+        if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        serde_json::from_value(config).unwrap()
+    }
+
+    #[test]
+    fn only_run_in_a_new_pid_namespace_with_nothing_inside_keeps_the_init_unreachable() {
+        let plain = spec(serde_json::json!({}));
+        assert!(!init_exposed(&plain, true, false));
+        // `create` leaves the init waiting where `exec` can join it.
+        assert!(init_exposed(&plain, false, false));
+        // warren's own init stays on as pid 1.
+        assert!(init_exposed(&plain, true, true));
+        let hook = serde_json::json!({"path": "/bin/true"});
+        for kind in ["createContainer", "startContainer"] {
+            let hooked = spec(serde_json::json!({"hooks": {kind: [hook]}}));
+            assert!(init_exposed(&hooked, true, false), "{kind}");
+        }
+        let host_pid = spec(serde_json::json!({"linux": {"namespaces": [{"type": "mount"}]}}));
+        assert!(init_exposed(&host_pid, true, false));
+        let joined = spec(serde_json::json!({"linux": {"namespaces": [
+            {"type": "pid", "path": "/proc/1/ns/pid"}, {"type": "mount"}]}}));
+        assert!(init_exposed(&joined, true, false));
     }
 }

@@ -17,13 +17,17 @@ use std::time::{Duration, Instant};
 
 /// The container side of the attack, exec'd into a created container whose init (a
 /// clone of the runtime, waiting for `start`) is pid 1: holds /proc/1/exe open in a
-/// helper, waits for the init's execve (so ETXTBSY clears) and tries, for two seconds,
-/// to append to the held file. Writes what /proc/1/exe was to /held and the outcome to
+/// helper (opened before it returns: a hook's init execs right after), waits in the
+/// background for the init's execve (so ETXTBSY clears) and tries, for two seconds, to
+/// append to the held file. Writes what /proc/1/exe was to /held and the outcome to
 /// /result. CAP_SYS_PTRACE (given to the container) lets it past the non-dumpable init.
 const RACER: &str = r#"#!/bin/sh
-sleep 1000 3</proc/1/exe &
+exec 3</proc/1/exe
+sleep 1000 </dev/null >/dev/null 2>&1 &
 h=$!
+exec 3<&-
 readlink /proc/1/exe >/held.tmp 2>&1; mv /held.tmp /held
+(
 i=0
 while [ "$(readlink /proc/1/exe)" != /bin/busybox ] && [ $i -lt 3000 ]; do
   sleep 0.01; i=$((i+1))
@@ -35,6 +39,7 @@ while [ $j -lt 200 ]; do
 done
 echo "DENIED $(echo PAYLOAD 2>&1 >>/proc/$h/fd/3)" >/result
 kill $h
+) </dev/null >/dev/null 2>&1 &
 "#;
 
 /// The host side, run as the binary's owner (root, or the rootless user, who stands
@@ -212,6 +217,35 @@ fn a_container_cannot_overwrite_the_runtime_through_its_init() {
         !outcome.starts_with("WROTE"),
         "a container process overwrote the runtime binary through /proc/1/exe ({held})"
     );
+    s.assert_unchanged(&outcome);
+    assert!(
+        outcome.contains("Read-only file system"),
+        "unexpected outcome: {outcome} (init exe {held})"
+    );
+}
+
+/// `run` skips sealing the binary only when nothing can reach its init before the
+/// workload's execve. A startContainer hook runs inside the container while the init
+/// (a clone of the runtime) waits for it: the hook leaves the racer behind, holding
+/// /proc/1/exe, so this `run` must still come from a sealed binary.
+#[test]
+fn a_start_container_hook_cannot_overwrite_the_runtime_through_run() {
+    if !common::require_root("runs rootful containers") {
+        return;
+    }
+    let s = Setup::new("exe-run-hook", &["sleep", "5"], None);
+    let config_path = s.bundle.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_path).expect("read config")).expect("json");
+    config["hooks"] = json!({"startContainer": [{"path": "/bin/racer",
+        "args": ["racer"]}]});
+    std::fs::write(&config_path, config.to_string()).expect("write config");
+    let id = format!("exe-run-hook-{}", std::process::id());
+    let bundle = s.bundle.to_str().unwrap().to_owned();
+    s.detached(&["run", "-d", "--bundle", &bundle, &id]);
+    let held = wait_file(&s.bundle.join("rootfs/held"));
+    let outcome = wait_file(&s.bundle.join("rootfs/result"));
+    let _ = run(&mut s.warren(&["delete", "--force", &id]));
     s.assert_unchanged(&outcome);
     assert!(
         outcome.contains("Read-only file system"),

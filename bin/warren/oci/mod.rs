@@ -149,13 +149,23 @@ pub fn root(global: &Global) -> PathBuf {
 }
 
 impl Command {
-    /// Whether the subcommand clones container processes from this process: they must
-    /// not see a writable runtime binary (`warren::container::exe`).
-    pub fn starts_processes(&self) -> bool {
-        matches!(
-            self,
-            Command::Create { .. } | Command::Run { .. } | Command::Exec { .. }
-        )
+    /// Whether the subcommand clones container processes from this process that a
+    /// container process could reach before their workload's execve: they must not see a
+    /// writable runtime binary (`warren::container::exe::init_exposed`). A config that
+    /// does not load is answered with yes; its error comes later.
+    pub fn needs_sealed_binary(&self) -> bool {
+        match self {
+            Command::Create { .. } | Command::Exec { .. } => true,
+            Command::Run { create, image, .. }
+                if image.image.is_none() && image.config.is_none() =>
+            {
+                load(&create.bundle).map_or(true, |spec| {
+                    container::exe::init_exposed(&spec, true, create.init)
+                })
+            }
+            Command::Run { .. } => true,
+            _ => false,
+        }
     }
 }
 
