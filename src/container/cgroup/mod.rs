@@ -464,7 +464,7 @@ impl Cgroup {
 fn detect(root: &Path) -> Option<Version> {
     if root.join("cgroup.controllers").exists() {
         Some(Version::V2)
-    } else if !v1::hierarchies(root).is_empty() {
+    } else if v1::present(root) {
         Some(Version::V1)
     } else {
         None
@@ -496,17 +496,13 @@ fn place(
         Version::V2 => vec![],
         Version::V1 => v1::hierarchies(root)
             .into_iter()
-            .map(|(controller, mount)| {
-                let real = std::fs::canonicalize(&mount).unwrap_or_else(|_| mount.clone());
-                placement::Hierarchy {
-                    controller,
-                    name: real
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    cgroup2: mount.join("cgroup.controllers").exists(),
-                    mount,
-                }
+            .map(|(controller, mount)| placement::Hierarchy {
+                controller,
+                name: v1::real_name(&mount)
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                cgroup2: mount.join("cgroup.controllers").exists(),
+                mount,
             })
             .collect(),
     };

@@ -1,6 +1,7 @@
 //! cgroup v1 layout: one hierarchy per controller (or controller group) under the root,
 //! the container's directory created in each.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use super::{CgroupError, mkdir};
@@ -23,7 +24,7 @@ pub(super) fn hierarchies(root: &Path) -> Vec<(&'static str, PathBuf)> {
         if !dir.join("cgroup.procs").exists() {
             return;
         }
-        let real = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+        let real = real_name(&dir);
         if !seen.contains(&real) {
             seen.push(real);
             out.push((name, dir));
@@ -43,6 +44,24 @@ pub(super) fn hierarchies(root: &Path) -> Vec<(&'static str, PathBuf)> {
         add("", dir);
     }
     out
+}
+
+/// The name of the hierarchy `dir` is, its link followed (`cpu` -> `cpu,cpuacct`). The
+/// links sit next to the hierarchies, so one readlink does what canonicalize's walk of
+/// every component would (this runs for each hierarchy on every container start).
+pub(super) fn real_name(dir: &Path) -> Option<OsString> {
+    match std::fs::read_link(dir) {
+        Ok(target) => target.file_name().map(OsString::from),
+        Err(_) => dir.file_name().map(OsString::from),
+    }
+}
+
+/// Whether `root` holds a v1 hierarchy: a controller's first (one stat on most hosts).
+pub(super) fn present(root: &Path) -> bool {
+    CONTROLLERS
+        .iter()
+        .any(|c| root.join(c).join("cgroup.procs").exists())
+        || !hierarchies(root).is_empty()
 }
 
 /// Makes each planned leaf, from its base down (those of no controller when it can);

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Cgroup, CgroupError, Version};
+use super::{Cgroup, CgroupError, Version, v1};
 
 /// One hierarchy of a container's cgroup as its `cgroup` mount shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,13 +47,17 @@ impl Cgroup {
     fn mount_view_in(&self, mountinfo: &str) -> Result<MountView, CgroupError> {
         let mut view = MountView::default();
         let mut parent = None;
+        let root = std::fs::canonicalize(&self.root).map_err(|source| CgroupError::Io {
+            path: self.root.clone(),
+            source,
+        })?;
         for dir in &self.dirs {
             let point = self.hierarchy_of(dir);
             let below = dir.strip_prefix(&point).unwrap_or(dir);
-            let real = std::fs::canonicalize(&point).map_err(|source| CgroupError::Io {
-                path: point.clone(),
-                source,
-            })?;
+            let real = match (self.version, v1::real_name(&point)) {
+                (Some(Version::V1), Some(name)) if point != self.root => root.join(name),
+                _ => root.clone(),
+            };
             let Some((fstype, options)) = cgroup_mount(mountinfo, &real) else {
                 return Err(CgroupError::Unsupported {
                     controller: real.display().to_string(),
