@@ -36,7 +36,7 @@ pub struct Pruned {
 }
 
 fn link_io(e: LinkError) -> io::Error {
-    io::Error::new(io::ErrorKind::Other, format!("{e}: {}", e.source))
+    io::Error::other(format!("{e}: {}", e.source))
 }
 
 impl Networks {
@@ -48,6 +48,15 @@ impl Networks {
         h.update(b"\0");
         h.update(container.as_bytes());
         format!("wrnv{}", &h.finalize().to_hex()[..11])
+    }
+
+    /// Where `container`'s /etc/hosts and /etc/resolv.conf are kept on the host: a
+    /// directory every component of whose path the container's root (an unprivileged
+    /// host uid) may traverse, as a bind mount's source is looked up with its
+    /// credentials; `/run/warren-etc/VETH`, the veth's name being unique to this state
+    /// directory and container. The parent is 0711: its entries cannot be listed.
+    pub fn etc_dir(&self, container: &str) -> PathBuf {
+        PathBuf::from(super::hosts::ETC_ROOT).join(self.veth_name(container))
     }
 
     /// Puts `container` on `network` (the default network is made on first use), named
@@ -167,6 +176,13 @@ impl Networks {
         }
         // The pin goes last: with it goes the container side of the veth.
         netns::remove(&self.netns_path(container))?;
+        let etc = self.etc_dir(container);
+        match std::fs::remove_dir_all(&etc) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(super::network::io_err("remove", &etc)(e));
+            }
+            _ => {}
+        }
         if removed {
             self.apply_firewall()?;
         }

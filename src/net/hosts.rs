@@ -3,7 +3,12 @@
 //! and podman do (the image is never written, and the container cannot change them).
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+/// Where containers' hosts and resolv.conf files live (see
+/// [`super::Networks::etc_dir`]).
+pub const ETC_ROOT: &str = "/run/warren-etc";
 
 /// The container's hosts file: loopback, then its address with its hostname, its
 /// name and aliases.
@@ -73,12 +78,19 @@ pub fn write(
             "/etc/resolv.conf",
         ),
     ];
+    // Traversable (0711), not listable: the container's root looks the files up.
+    for d in [Path::new(ETC_ROOT), dir] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(d)?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))?;
+    }
     let mut out = Vec::new();
     for (name, text, dest) in files {
         let path = dir.join(name);
         crate::atomic::write_with(&path, |f| {
             use std::io::Write;
-            use std::os::unix::fs::PermissionsExt;
             f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
             f.write_all(text.as_bytes())
         })?;

@@ -167,16 +167,24 @@ impl Netlink {
         let mut msg = LinkMessage::default();
         msg.attributes = vec![
             LinkAttribute::IfName(name.to_string()),
-            LinkAttribute::IfAlias(alias.to_string()),
             LinkAttribute::Mtu(mtu),
             LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]),
         ];
         let what = format!("create bridge {name}");
-        self.request(
-            &what,
-            RouteNetlinkMessage::NewLink(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
+        let flags = NLM_F_CREATE | NLM_F_EXCL;
+        self.request(&what, RouteNetlinkMessage::NewLink(msg), flags)?;
+        self.set_alias(name, alias)
+    }
+
+    /// Sets link `name`'s `ifalias` (a create ignores it).
+    pub fn set_alias(&mut self, name: &str, alias: &str) -> Result<(), LinkError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes = vec![
+            LinkAttribute::IfName(name.to_string()),
+            LinkAttribute::IfAlias(alias.to_string()),
+        ];
+        let what = format!("set the alias of link {name}");
+        self.request(&what, RouteNetlinkMessage::SetLink(msg), 0)
     }
 
     /// Creates veth pair `host` (enslaved to bridge `master`) and `peer`, the peer
@@ -200,7 +208,6 @@ impl Netlink {
         let mut msg = LinkMessage::default();
         msg.attributes = vec![
             LinkAttribute::IfName(host.to_string()),
-            LinkAttribute::IfAlias(alias.to_string()),
             LinkAttribute::Mtu(mtu),
             LinkAttribute::Controller(master),
             LinkAttribute::LinkInfo(vec![
@@ -209,11 +216,9 @@ impl Netlink {
             ]),
         ];
         let what = format!("create veth pair {host}");
-        self.request(
-            &what,
-            RouteNetlinkMessage::NewLink(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
+        let flags = NLM_F_CREATE | NLM_F_EXCL;
+        self.request(&what, RouteNetlinkMessage::NewLink(msg), flags)?;
+        self.set_alias(host, alias)
     }
 
     /// Sets link `index` up.
