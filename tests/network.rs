@@ -144,7 +144,10 @@ fn two_containers_on_one_network_reach_each_other() {
     ]
     .concat());
     // (busybox's wget crashes on this machine: nc speaks the HTTP.)
-    assert!(out.contains("200 OK") && out.contains("hello-from-server"), "{out}");
+    assert!(
+        out.contains("200 OK") && out.contains("hello-from-server"),
+        "{out}"
+    );
     env.teardown(&["wt3"]);
 }
 
@@ -419,6 +422,9 @@ fn a_published_port_is_reachable_from_another_host() {
     let _ = run(Command::new("ip").args(["link", "del", "wt9-h"]));
     let _ = run(Command::new("ip").args(["netns", "del", peer]));
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("published"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("published"),
+        "{out:?}"
+    );
     env.teardown(&["wt10"]);
 }
