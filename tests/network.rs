@@ -428,3 +428,36 @@ fn a_published_port_is_reachable_from_another_host() {
     );
     env.teardown(&["wt10"]);
 }
+
+/// `--net bridge` is the network `warren` (10.89.0.0/16), made on first use. (The only
+/// test that uses it: its bridge `wrn-warren` is one per host.)
+#[test]
+fn the_default_network_is_made_on_first_use() {
+    let Some(env) = Env::new("net-default") else {
+        return;
+    };
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "--image",
+        "busybox",
+        "--name",
+        "wt-default",
+        "--net",
+        "bridge",
+        "--",
+        "ip",
+        "-o",
+        "-4",
+        "addr",
+        "show",
+        "eth0",
+    ]);
+    assert!(out.contains("inet 10.89.0.2/16"), "{out}");
+    let net = env.inspect("warren");
+    assert_eq!(
+        (net["subnet"].as_str(), net["bridge"].as_str()),
+        (Some("10.89.0.0/16"), Some("wrn-warren"))
+    );
+    env.teardown(&["warren"]);
+}

@@ -55,6 +55,8 @@ pub enum NetError {
     NoFreeSubnet(String),
     #[error("interface {0} exists and is not a bridge")]
     NotABridge(String),
+    #[error("bridge {bridge} exists and belongs to another warren state directory ({owner})")]
+    BridgeInUse { bridge: String, owner: String },
     #[error("bridge networks need root (rootless: --net pasta or --net slirp4netns)")]
     NeedsRoot,
     #[error("{what} {path}")]
@@ -243,12 +245,15 @@ impl Networks {
             path: path.clone(),
             source,
         })?;
+        let existed = nl.link(&def.bridge)?.is_some();
         crate::atomic::write(&path, &bytes).map_err(io_err("write", &path))?;
         let made = self
             .ensure_bridge(&mut nl, &def)
             .and_then(|_| self.apply_firewall());
         if let Err(e) = made {
-            let _ = nl.delete(&def.bridge);
+            if !existed {
+                let _ = nl.delete(&def.bridge);
+            }
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
@@ -286,6 +291,14 @@ impl Networks {
         };
         if link.kind.as_deref() != Some("bridge") {
             return Err(NetError::NotABridge(def.bridge.clone()));
+        }
+        // Another installation's (another state directory's) bridge of that name: never
+        // share it. (None: made by a create that died before marking it.)
+        if let Some(other) = link.alias.as_deref().filter(|a| *a != self.tag()) {
+            return Err(NetError::BridgeInUse {
+                bridge: def.bridge.clone(),
+                owner: other.to_string(),
+            });
         }
         nl.add_address(link.index, def.gateway, def.subnet.prefix)?;
         nl.set_up(link.index)?;
