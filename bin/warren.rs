@@ -12,6 +12,8 @@ mod exit;
 mod help;
 #[path = "warren/image.rs"]
 mod image;
+#[path = "warren/network.rs"]
+mod network;
 #[path = "warren/oci/mod.rs"]
 mod oci;
 #[path = "warren/product.rs"]
@@ -82,6 +84,9 @@ enum Command {
     /// The chunk store itself.
     #[command(subcommand)]
     Store(store::Command),
+    /// Bridge networks: addresses, published ports, names (root).
+    #[command(subcommand)]
+    Network(network::Command),
     #[command(flatten)]
     Oci(oci::Command),
     #[command(flatten)]
@@ -137,6 +142,7 @@ fn main() {
         Command::Ranges(c) => ranges::run(&cli.global, c),
         Command::Image(c) => image::run(&cli.global, c),
         Command::Store(c) => store::run(&cli.global, c),
+        Command::Network(c) => network::run(&cli.global, c),
         Command::Oci(c) => oci::run(&cli.global, c),
         Command::Product(c) => product::run(&cli.global, c),
         Command::Completions { shell } => docs::completions(Cli::command(), shell),

@@ -10,7 +10,12 @@
 //! replicas = 3
 //! command = ["httpd", "-f", "-p", "8080"]
 //! env = ["MODE=demo"]
+//! network = "bridge:web"     # optional, as root: each replica gets an address on it
+//! ports = ["18080:8080"]     # published by replica 0 (a host port has one owner)
 //! ```
+//!
+//! On a bridge network every replica also answers to the service's name, an alias the
+//! replicas share: the network's name server returns them all.
 //!
 //! What a scheduler author relies on:
 //! - It manages only the containers it owns: those carrying its label
@@ -37,7 +42,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use warren::runtime::{ContainerConfig, Handle, Runtime, RuntimeOptions};
+use warren::runtime::{ContainerConfig, Handle, Network, Runtime, RuntimeOptions};
 
 const LABEL: &str = "warren.scheduler";
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -64,6 +69,17 @@ struct Service {
     command: Vec<String>,
     #[serde(default)]
     env: Vec<String>,
+    /// `bridge`, `bridge:NAME`, ... (default: none).
+    #[serde(default, deserialize_with = "network")]
+    network: Network,
+    /// Published ports, `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]`.
+    #[serde(default)]
+    ports: Vec<warren::net::PortMapping>,
+}
+
+fn network<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Network, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(serde::de::Error::custom)
 }
 
 fn one() -> u32 {
@@ -146,12 +162,20 @@ struct Reconciler {
 
 impl Reconciler {
     fn start(&mut self, name: &str, service: &Service) -> Result<(), warren::runtime::Error> {
+        let first = name.ends_with("-0");
         let cfg = ContainerConfig {
             image: service.image.clone(),
             command: service.command.clone(),
             env: service.env.clone(),
             log: true,
             labels: [(LABEL.to_string(), self.owner.clone())].into(),
+            network: service.network.clone(),
+            ports: if first {
+                service.ports.clone()
+            } else {
+                Vec::new()
+            },
+            aliases: vec![service.name.clone()],
             ..ContainerConfig::default()
         };
         let handle = self.runtime.run(name, cfg)?;

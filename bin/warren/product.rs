@@ -87,9 +87,16 @@ pub struct RunImageArgs {
     /// Remove a container of the same name first (restarts under systemd).
     #[arg(long)]
     pub replace: bool,
-    /// none (loopback only), host, or a network namespace path.
+    /// none (loopback only), host, bridge (the default network), bridge:NAME, pasta,
+    /// slirp4netns, or a network namespace path.
     #[arg(long = "net", alias = "network")]
     pub net: Option<String>,
+    /// Publish a port: [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|udp].
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    pub publish: Vec<String>,
+    /// Another name the container answers to on its bridge network.
+    #[arg(long = "alias", value_name = "NAME")]
+    pub alias: Vec<String>,
     /// Set an environment variable.
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -330,6 +337,13 @@ fn container_config(args: &RunImageArgs) -> Result<ContainerConfig> {
     if let Some(net) = &args.net {
         cfg.network = net.parse::<Network>()?;
     }
+    for p in &args.publish {
+        let port = p
+            .parse::<warren::net::PortMapping>()
+            .map_err(|e| anyhow::anyhow!("-p {p}: {}", warren::error_line(&e)))?;
+        cfg.ports.push(port);
+    }
+    cfg.aliases.extend(args.alias.iter().cloned());
     cfg.user = args.user.clone().or(cfg.user);
     cfg.workdir = args.workdir.clone().or(cfg.workdir);
     cfg.hostname = args.hostname.clone().or(cfg.hostname);

@@ -74,6 +74,7 @@ fn connect_console(path: &Path) -> Result<OwnedFd, Error> {
 /// pidfd, and the parent's end of the sync socket.
 pub(super) fn spawn(init: &mut Init, flags: libc::c_int) -> Result<(i32, OwnedFd, OwnedFd), Error> {
     let (parent_end, child_end) = seqpacket_pair()?;
+    let netns = take_early_netns(init);
     init.sync = child_end.as_raw_fd();
     init.parent = std::process::id() as i32;
     let mut keep: Vec<RawFd> = vec![0, 1, 2, init.sync];
@@ -91,16 +92,53 @@ pub(super) fn spawn(init: &mut Init, flags: libc::c_int) -> Result<(i32, OwnedFd
     keep.sort_unstable();
     keep.dedup();
     init.keep = keep;
+    let restore = netns.as_ref().map(enter_netns).transpose()?;
     // SAFETY: the child only runs `Init::run`, which is async-signal-safe: it uses data
     // prepared here and never returns.
-    let (pid, pidfd) =
-        unsafe { crate::sys::clone3_fork(flags as u64) }.map_err(Error::io("clone3"))?;
-    if pid == 0 {
+    let cloned = unsafe { crate::sys::clone3_fork(flags as u64) };
+    if let Ok((0, _)) = cloned {
         init.run();
     }
+    if let Some(own) = restore {
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&own),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .map_err(|e| Error::io("return to the runtime's network namespace")(e.into()))?;
+    }
+    let (pid, pidfd) = cloned.map_err(Error::io("clone3"))?;
     drop(child_end);
     let pidfd = pidfd.ok_or_else(|| Error::io("clone3")(std::io::Error::other("no pidfd")))?;
     Ok((pid, pidfd, parent_end))
+}
+
+/// A network namespace joined by path while a new user namespace is made (a bridge
+/// network's, owned by the host's user namespace): the child, root only in its new user
+/// namespace, may not join it. It is joined here instead, by the cloning thread (as runc
+/// joins paths before its unshare), so the child starts in it.
+fn take_early_netns(init: &mut Init) -> Option<OwnedFd> {
+    if !init.new_userns {
+        return None;
+    }
+    let i = init
+        .join
+        .iter()
+        .position(|(_, k)| *k == libc::CLONE_NEWNET)?;
+    Some(init.join.remove(i).0)
+}
+
+/// Moves this thread into `netns`; returns its own, to come back to.
+fn enter_netns(netns: &OwnedFd) -> Result<OwnedFd, Error> {
+    let own = open_ns(
+        Path::new("/proc/thread-self/ns/net"),
+        "the runtime's network namespace",
+    )?;
+    rustix::thread::move_into_link_name_space(
+        std::os::fd::AsFd::as_fd(netns),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .map_err(|e| Error::io("join the network namespace")(e.into()))?;
+    Ok(own)
 }
 
 fn describe(f: Fail, plan: Option<&rootfs::Plan>, init: &Init) -> Error {

@@ -8,9 +8,18 @@
 //! whatever a crash left half done, the next change or `warren network prune` makes the
 //! host match the files again.
 
+pub mod attach;
 pub mod dns;
 pub mod firewall;
+pub mod hosts;
+pub mod ipam;
+pub mod link;
+pub mod netns;
+pub mod network;
 pub mod usermode;
+
+pub use attach::{Joined, Pruned};
+pub use network::{CreateOptions, DEFAULT_NETWORK, NetError, Networks};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

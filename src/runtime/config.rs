@@ -16,6 +16,13 @@ pub enum Network {
     Host,
     /// Join an existing network namespace, e.g. `/run/netns/NAME` from `ip netns add`.
     Join(PathBuf),
+    /// An address on a warren bridge network (`bridge` is the default network
+    /// [`crate::net::DEFAULT_NETWORK`], `bridge:NAME` a named one). Root only.
+    Bridge { network: String },
+    /// Its own namespace, connected by pasta (rootless).
+    Pasta,
+    /// Its own namespace, connected by slirp4netns (rootless).
+    Slirp4netns,
 }
 
 impl std::str::FromStr for Network {
@@ -25,7 +32,19 @@ impl std::str::FromStr for Network {
             "none" | "" => Ok(Network::None),
             "host" => Ok(Network::Host),
             p if p.starts_with('/') => Ok(Network::Join(PathBuf::from(p))),
-            other => Err(ConfigError::Network(other.to_string())),
+            "bridge" => Ok(Network::Bridge {
+                network: crate::net::DEFAULT_NETWORK.to_string(),
+            }),
+            "pasta" => Ok(Network::Pasta),
+            "slirp4netns" => Ok(Network::Slirp4netns),
+            other => match other.strip_prefix("bridge:") {
+                Some(name) if crate::net::network::check_name(name).is_ok() => {
+                    Ok(Network::Bridge {
+                        network: name.to_string(),
+                    })
+                }
+                _ => Err(ConfigError::Network(other.to_string())),
+            },
         }
     }
 }
@@ -77,6 +96,12 @@ pub struct ContainerConfig {
     pub user: Option<String>,
     pub mounts: Vec<BindMount>,
     pub network: Network,
+    /// Published ports (`-p`): through the firewall on a bridge network, through the
+    /// user-mode stack with pasta or slirp4netns.
+    pub ports: Vec<crate::net::PortMapping>,
+    /// More names the container answers to on its bridge network (an alias may be
+    /// shared by several containers).
+    pub aliases: Vec<String>,
     pub hostname: Option<String>,
     pub resources: Option<LinuxResources>,
     /// The built-in default seccomp profile (on unless turned off).
@@ -114,8 +139,15 @@ pub struct ConfigFile {
     pub user: Option<String>,
     #[serde(default)]
     pub mounts: Vec<BindMount>,
-    /// `none`, `host` or a network namespace path.
+    /// `none`, `host`, a network namespace path, `bridge`, `bridge:NAME`, `pasta` or
+    /// `slirp4netns`.
     pub network: Option<String>,
+    /// Published ports, `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]` (`-p`).
+    #[serde(default)]
+    pub ports: Vec<crate::net::PortMapping>,
+    /// More names on the bridge network.
+    #[serde(default)]
+    pub aliases: Vec<String>,
     pub hostname: Option<String>,
     /// Memory limit in bytes (`512`, `"512"`), or with a K/M/G suffix (`"512M"`).
     #[serde(default, deserialize_with = "int_or_string")]
@@ -142,7 +174,7 @@ pub enum ConfigError {
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error(
-        "network {0:?}: expected none, host, or the path of a network namespace (/run/netns/NAME)"
+        "network {0:?}: expected none, host, bridge, bridge:NAME, pasta, slirp4netns, or the path of a network namespace (/run/netns/NAME)"
     )]
     Network(String),
     #[error("volume {0:?}: expected SRC:DST[:ro] with absolute paths")]
@@ -191,6 +223,8 @@ impl ConfigFile {
             user: self.user,
             mounts: self.mounts,
             network,
+            ports: self.ports,
+            aliases: self.aliases,
             hostname: self.hostname,
             resources: limits(memory, self.pids_limit, self.cpus)
                 .map_err(|e| invalid(e.to_string()))?,
@@ -303,7 +337,26 @@ mod tests {
         assert!(v.readonly && v.destination == Path::new("/data"));
         assert!("data:/data".parse::<BindMount>().is_err());
         assert_eq!("host".parse::<Network>().unwrap(), Network::Host);
-        assert!("bridge".parse::<Network>().is_err());
+        assert_eq!(
+            "bridge".parse::<Network>().unwrap(),
+            Network::Bridge {
+                network: "warren".into()
+            }
+        );
+        assert_eq!(
+            "bridge:web".parse::<Network>().unwrap(),
+            Network::Bridge {
+                network: "web".into()
+            }
+        );
+        assert_eq!("pasta".parse::<Network>().unwrap(), Network::Pasta);
+        assert_eq!(
+            "slirp4netns".parse::<Network>().unwrap(),
+            Network::Slirp4netns
+        );
+        for bad in ["bridge:", "bridge:a/b", "wifi"] {
+            assert!(bad.parse::<Network>().is_err(), "{bad}");
+        }
         assert_eq!(parse_bytes("512M").unwrap(), 512 << 20);
         assert!(parse_bytes("12X").is_err());
         assert!(parse_bytes("-1").is_err());
@@ -313,7 +366,7 @@ mod tests {
     fn config_file_errors_name_the_file_and_field() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("web.toml");
-        std::fs::write(&path, "image = \"busybox\"\nnetwork = \"bridge\"\n").unwrap();
+        std::fs::write(&path, "image = \"busybox\"\nnetwork = \"wifi\"\n").unwrap();
         let err = ConfigFile::load(&path)
             .unwrap()
             .into_config(&path)
@@ -334,5 +387,34 @@ mod tests {
                 toml::from_str(&format!("image = \"b\"\nmemory = {text}")).unwrap();
             assert_eq!(parse_bytes(file.memory.as_deref().unwrap()).unwrap(), want);
         }
+    }
+
+    #[test]
+    fn network_ports_and_aliases_parse_from_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.toml");
+        std::fs::write(
+            &path,
+            "image = \"busybox\"\nnetwork = \"bridge:web\"\n\
+             ports = [\"8080:80\", \"127.0.0.1:5353:53/udp\"]\naliases = [\"www\", \"api\"]\n",
+        )
+        .unwrap();
+        let cfg = ConfigFile::load(&path).unwrap().into_config(&path).unwrap();
+        assert_eq!(
+            cfg.network,
+            Network::Bridge {
+                network: "web".into()
+            }
+        );
+        let ports: Vec<String> = cfg.ports.iter().map(|p| p.to_string()).collect();
+        assert_eq!(ports, ["8080:80/tcp", "127.0.0.1:5353:53/udp"]);
+        assert_eq!(cfg.aliases, ["www", "api"]);
+        // A bad port names the file, the field and the value.
+        std::fs::write(&path, "image = \"busybox\"\nports = [\"80\"]\n").unwrap();
+        let err = ConfigFile::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("web.toml") && err.contains("ports") && err.contains("\"80\""),
+            "{err}"
+        );
     }
 }

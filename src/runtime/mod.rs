@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod images;
+mod network;
 pub mod spec;
 
 pub use config::{BindMount, ConfigFile, ContainerConfig, Network};
@@ -95,6 +96,10 @@ pub enum Error {
     Container(#[from] container::Error),
     #[error(transparent)]
     Monitor(#[from] container::monitor::MonitorError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    #[error(transparent)]
+    Usermode(#[from] crate::net::usermode::UsermodeError),
     #[error("{what} {path}")]
     Io {
         what: &'static str,
@@ -355,6 +360,8 @@ impl Runtime {
         record.rootfs = view.clone();
         self.write_record(record)?;
 
+        let (usermode, ports) = (cfg.network.clone(), cfg.ports.clone());
+        network::prepare(self, &name, &mut cfg)?;
         let image = ImageConfig::of(&self.store, &cfg.image)?;
         let spec =
             spec::build(&name, &cfg, &image, &ids, &view).map_err(|source| Error::Config {
@@ -380,17 +387,14 @@ impl Runtime {
             init: cfg.init,
             ..CreateOptions::default()
         };
-        if self.monitor {
+        let container = if self.monitor {
             let root = &self.opts.run_dir;
-            return Ok(container::monitor::create(
-                &self.helper,
-                root,
-                &name,
-                &spec,
-                opts,
-            )?);
-        }
-        Ok(Container::create(&self.opts.run_dir, &name, &spec, opts)?)
+            container::monitor::create(&self.helper, root, &name, &spec, opts)?
+        } else {
+            Container::create(&self.opts.run_dir, &name, &spec, opts)?
+        };
+        network::attach_usermode(&usermode, &ports, container.pid())?;
+        Ok(container)
     }
 
     /// Rootless: without privilege no mount can show one shared tree through another
@@ -469,6 +473,7 @@ impl Runtime {
             Err(container::Error::NotFound(_)) if !self.opts.run_dir.join(name).is_dir() => {}
             Err(_) => container::delete_stale(&self.opts.run_dir, name, true)?,
         }
+        network::detach(self, name)?;
         let dir = self.container_dir(name);
         let mountpoint = dir.join("rootfs");
         if shifted::is_mountpoint(&mountpoint)? {

@@ -132,9 +132,12 @@ fn mounts(cfg: &ContainerConfig) -> Vec<Value> {
     // sysfs may only be mounted by the owner of the network namespace; with the host's
     // network, bind the host's /sys read-only instead (as rootless runtimes do), its
     // submounts too.
+    // A joined namespace (a bridge network's too) is owned by the host's user namespace.
     mounts.push(match cfg.network {
-        Network::Host => json!({"destination": "/sys", "type": "bind", "source": "/sys",
-                                "options": ["rbind", "nosuid", "noexec", "nodev", "rro"]}),
+        Network::Host | Network::Join(_) => {
+            json!({"destination": "/sys", "type": "bind", "source": "/sys",
+                                "options": ["rbind", "nosuid", "noexec", "nodev", "rro"]})
+        }
         _ => json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
                     "options": ["nosuid", "noexec", "nodev", "ro"]}),
     });
@@ -167,7 +170,11 @@ fn linux(name: &str, cfg: &ContainerConfig, ids: &Reservation) -> Result<Value, 
         json!({"type": "cgroup"}),
     ];
     match &cfg.network {
-        Network::None => namespaces.push(json!({"type": "network"})),
+        // A bridge network arrives as the namespace it pinned (runtime::network);
+        // pasta and slirp4netns attach to a new one after the create.
+        Network::None | Network::Bridge { .. } | Network::Pasta | Network::Slirp4netns => {
+            namespaces.push(json!({"type": "network"}))
+        }
         Network::Host => {}
         Network::Join(path) => namespaces.push(json!({"type": "network", "path": path})),
     }

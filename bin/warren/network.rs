@@ -1,0 +1,149 @@
+//! `warren network`: bridge networks (create, ls, inspect, rm, prune) over
+//! `warren::net::Networks`.
+
+use crate::Global;
+use anyhow::{Context, Result};
+use warren::net::{CreateOptions, Ipv4Net, NetworkDef};
+
+#[derive(clap::Subcommand, Debug)]
+#[command(defer = true)]
+pub enum Command {
+    /// Define a bridge network and make its bridge.
+    Create {
+        /// The network's name (its bridge is wrn-NAME, shortened to 15 bytes).
+        name: String,
+        /// Its IPv4 subnet (default: a free 10.90-10.127.x.0/24).
+        #[arg(long, value_name = "CIDR")]
+        subnet: Option<String>,
+        /// No route out: no masquerade, nothing forwarded but within the network.
+        #[arg(long)]
+        internal: bool,
+        /// Containers of the network cannot reach each other either.
+        #[arg(long)]
+        isolate: bool,
+    },
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        /// Only names.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Print a network and the containers on it, as JSON.
+    Inspect {
+        /// The network's name.
+        name: String,
+    },
+    /// Remove networks (refused while containers are on them).
+    #[command(alias = "remove")]
+    Rm {
+        /// The networks' names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove what crashes left: endpoints of containers that are gone, and warren's
+    /// bridges, veths and namespaces that no record calls for.
+    Prune,
+}
+
+pub fn run(global: &Global, command: Command) -> Result<i32> {
+    let rt = crate::product::runtime(global)?;
+    let nets = rt.networks();
+    match command {
+        Command::Create {
+            name,
+            subnet,
+            internal,
+            isolate,
+        } => {
+            let subnet = subnet
+                .map(|s| {
+                    s.parse::<Ipv4Net>()
+                        .with_context(|| format!("--subnet {s}"))
+                })
+                .transpose()?;
+            let def = nets.create(&CreateOptions {
+                name,
+                subnet,
+                internal,
+                isolate,
+            })?;
+            if global.json {
+                println!("{}", serde_json::to_string_pretty(&def)?);
+            } else {
+                println!("{}", def.name);
+            }
+        }
+        Command::Ls { quiet } => {
+            let defs = nets.list()?;
+            if global.json {
+                println!("{}", serde_json::to_string_pretty(&defs)?);
+            } else if quiet {
+                defs.iter().for_each(|d| println!("{}", d.name));
+            } else {
+                print_table(&defs);
+            }
+        }
+        Command::Inspect { name } => {
+            let (def, endpoints) = nets.inspect(&name)?;
+            let mut v = serde_json::to_value(&def)?;
+            v["containers"] = serde_json::to_value(&endpoints)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Command::Rm { names } => {
+            for name in names {
+                nets.remove(&name)?;
+                if !global.json {
+                    println!("{name}");
+                }
+            }
+        }
+        Command::Prune => {
+            let pruned = rt.prune_networks()?;
+            if global.json {
+                let v = serde_json::json!({
+                    "endpoints": pruned.endpoints,
+                    "links": pruned.links,
+                    "netns": pruned.netns,
+                });
+                println!("{v}");
+            } else {
+                for e in &pruned.endpoints {
+                    println!("endpoint {e}");
+                }
+                for l in &pruned.links {
+                    println!("link {l}");
+                }
+                for n in &pruned.netns {
+                    println!("netns {n}");
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn print_table(defs: &[NetworkDef]) {
+    println!(
+        "{:<20} {:<18} {:<15} {:<15} {:>5}  FLAGS",
+        "NAME", "SUBNET", "GATEWAY", "BRIDGE", "MTU"
+    );
+    for d in defs {
+        let mut flags = Vec::new();
+        if d.internal {
+            flags.push("internal");
+        }
+        if d.isolate {
+            flags.push("isolate");
+        }
+        println!(
+            "{:<20} {:<18} {:<15} {:<15} {:>5}  {}",
+            d.name,
+            d.subnet.to_string(),
+            d.gateway.to_string(),
+            d.bridge,
+            d.mtu,
+            flags.join(",")
+        );
+    }
+}
