@@ -1,0 +1,452 @@
+//! A [`Ruleset`] as one nftables transaction (JSON for `nft -j -f -`): delete warren's
+//! tables if present, add them anew with every set, map, chain and rule.
+//!
+//! `table inet warren` holds NAT and forwarding; `table bridge warren` holds only the
+//! `isolate` drop, since traffic between two ports of one bridge never reaches the inet
+//! hooks (unless br_netfilter is on).
+
+use super::plan::Ruleset;
+use crate::net::{Ipv4Net, Proto};
+use nftables::batch::Batch;
+use nftables::expr::{
+    CT, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
+    Prefix,
+};
+use nftables::schema::{
+    Chain, Map, NfListObject, Nftables, Rule, Set, SetType, SetTypeValue, Table,
+};
+use nftables::stmt::{JumpTarget, Match, NAT, NATFamily, Operator, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+/// The name of warren's tables (`inet warren` and `bridge warren`).
+pub const TABLE: &str = "warren";
+
+/// The transaction that makes the kernel's tables `rules` (or removes them, when empty).
+pub fn transaction(rules: &Ruleset) -> Nftables<'static> {
+    let mut b = Batch::new();
+    for family in [NfFamily::INet, NfFamily::Bridge] {
+        // `add` is a no-op on an existing table: the `delete` then never fails.
+        b.add(NfListObject::Table(table(family)));
+        b.delete(NfListObject::Table(table(family)));
+    }
+    if !rules.is_empty() {
+        inet(&mut b, rules);
+        bridge(&mut b, rules);
+    }
+    b.to_nftables()
+}
+
+fn table(family: NfFamily) -> Table<'static> {
+    Table {
+        family,
+        name: TABLE.into(),
+        handle: None,
+    }
+}
+
+fn inet(b: &mut Batch<'static>, rules: &Ruleset) {
+    b.add(NfListObject::Table(table(NfFamily::INet)));
+    let names = |set: &std::collections::BTreeSet<String>| set.iter().map(|n| s(n)).collect();
+    b.add(set(
+        NfFamily::INet,
+        "bridges",
+        one(SetType::Ifname),
+        names(&rules.bridges),
+    ));
+    b.add(set(
+        NfFamily::INet,
+        "internal",
+        one(SetType::Ifname),
+        names(&rules.internal),
+    ));
+    let intra = rules.intra.iter().map(|n| concat([s(n), s(n)])).collect();
+    let two_names = SetTypeValue::Concatenated(vec![SetType::Ifname, SetType::Ifname].into());
+    b.add(set(NfFamily::INet, "intra", two_names, intra));
+    port_maps(b, rules);
+    base(
+        b,
+        NfFamily::INet,
+        "prerouting",
+        NfChainType::NAT,
+        NfHook::Prerouting,
+        -100,
+    );
+    base(
+        b,
+        NfFamily::INet,
+        "output",
+        NfChainType::NAT,
+        NfHook::Output,
+        -100,
+    );
+    base(
+        b,
+        NfFamily::INet,
+        "postrouting",
+        NfChainType::NAT,
+        NfHook::Postrouting,
+        100,
+    );
+    base(
+        b,
+        NfFamily::INet,
+        "forward",
+        NfChainType::Filter,
+        NfHook::Forward,
+        0,
+    );
+    base(
+        b,
+        NfFamily::INet,
+        "localnet",
+        NfChainType::Filter,
+        NfHook::Prerouting,
+        -300,
+    );
+    for name in ["published", "to_net"] {
+        b.add(NfListObject::Chain(Chain {
+            family: NfFamily::INet,
+            table: TABLE.into(),
+            name: name.into(),
+            ..Chain::default()
+        }));
+    }
+    nat_rules(b, rules);
+    filter_rules(b);
+}
+
+fn port_maps(b: &mut Batch<'static>, rules: &Ruleset) {
+    let target_type =
+        SetTypeValue::Concatenated(vec![SetType::Ipv4Addr, SetType::InetService].into());
+    let target =
+        |(addr, port): &(std::net::Ipv4Addr, u16)| concat([s(&addr.to_string()), num(*port)]);
+    let elems = rules
+        .ports
+        .iter()
+        .map(|((proto, port), t)| {
+            Expression::List(vec![concat([proto_name(*proto), num(*port)]), target(t)])
+        })
+        .collect();
+    let key = SetTypeValue::Concatenated(vec![SetType::InetProto, SetType::InetService].into());
+    b.add(map("ports", key, target_type.clone(), elems));
+    let elems = rules
+        .ports_at
+        .iter()
+        .map(|((ip, proto, port), t)| {
+            let key = concat([s(&ip.to_string()), proto_name(*proto), num(*port)]);
+            Expression::List(vec![key, target(t)])
+        })
+        .collect();
+    let key = SetTypeValue::Concatenated(
+        vec![SetType::Ipv4Addr, SetType::InetProto, SetType::InetService].into(),
+    );
+    b.add(map("ports_at", key, target_type, elems));
+}
+
+/// DNAT of published ports (to the host's own addresses, from anywhere: other hosts,
+/// containers, the host itself) and the masquerades that make replies come back.
+fn nat_rules(b: &mut Batch<'static>, rules: &Ruleset) {
+    let local = eq(
+        Expression::Named(NamedExpression::Fib(Fib {
+            result: FibResult::Type,
+            flags: HashSet::from([FibFlag::Daddr]),
+        })),
+        s("local"),
+    );
+    for chain in ["prerouting", "output"] {
+        rule(
+            b,
+            NfFamily::INet,
+            chain,
+            vec![local.clone(), jump("published")],
+        );
+    }
+    let l4 = || concat([meta(MetaKey::L4proto), payload("th", "dport")]);
+    let at_key = concat([
+        payload("ip", "daddr"),
+        meta(MetaKey::L4proto),
+        payload("th", "dport"),
+    ]);
+    let ipv4 = || eq(meta(MetaKey::Nfproto), s("ipv4"));
+    rule(
+        b,
+        NfFamily::INet,
+        "published",
+        vec![ipv4(), dnat(at_key, "@ports_at")],
+    );
+    rule(
+        b,
+        NfFamily::INet,
+        "published",
+        vec![ipv4(), dnat(l4(), "@ports")],
+    );
+    // The host reaching 127.0.0.1:PORT: the container must answer the bridge's address.
+    let lo: Ipv4Net = Ipv4Net {
+        addr: std::net::Ipv4Addr::new(127, 0, 0, 0),
+        prefix: 8,
+    };
+    let from_lo = vec![
+        eq(meta(MetaKey::Oifname), s("@bridges")),
+        saddr_in(lo),
+        masquerade(),
+    ];
+    rule(b, NfFamily::INet, "postrouting", from_lo);
+    for (subnet, bridge) in &rules.masquerade {
+        // Hairpin: a container reaching a published port of its own network.
+        let hairpin = vec![
+            saddr_in(*subnet),
+            eq(meta(MetaKey::Oifname), s(bridge)),
+            ct_is("status", s("dnat")),
+            masquerade(),
+        ];
+        rule(b, NfFamily::INet, "postrouting", hairpin);
+        let out = vec![
+            saddr_in(*subnet),
+            ne(meta(MetaKey::Oifname), s(bridge)),
+            masquerade(),
+        ];
+        rule(b, NfFamily::INet, "postrouting", out);
+    }
+}
+
+/// Forwarding into a bridge: replies, published ports and the network's own traffic
+/// only; out of an internal bridge: nothing. `localnet` undoes what `route_localnet`
+/// would open: a container sending to, or as, 127.0.0.0/8.
+fn filter_rules(b: &mut Batch<'static>) {
+    let r =
+        |b: &mut Batch<'static>, chain: &'static str, expr| rule(b, NfFamily::INet, chain, expr);
+    let iif = || meta(MetaKey::Iifname);
+    let oif = || meta(MetaKey::Oifname);
+    r(b, "forward", vec![eq(oif(), s("@bridges")), jump("to_net")]);
+    r(
+        b,
+        "forward",
+        vec![eq(iif(), s("@internal")), Statement::Drop(None)],
+    );
+    r(
+        b,
+        "to_net",
+        vec![
+            eq(concat([iif(), oif()]), s("@intra")),
+            Statement::Accept(None),
+        ],
+    );
+    let replies = ct_is(
+        "state",
+        Expression::List(vec![s("established"), s("related")]),
+    );
+    r(b, "to_net", vec![replies, Statement::Accept(None)]);
+    r(
+        b,
+        "to_net",
+        vec![eq(iif(), s("@internal")), Statement::Drop(None)],
+    );
+    r(
+        b,
+        "to_net",
+        vec![ct_is("status", s("dnat")), Statement::Accept(None)],
+    );
+    r(b, "to_net", vec![Statement::Drop(None)]);
+    let lo = Ipv4Net {
+        addr: std::net::Ipv4Addr::new(127, 0, 0, 0),
+        prefix: 8,
+    };
+    for field in ["daddr", "saddr"] {
+        let m = eq(payload("ip", field), prefix(lo));
+        r(
+            b,
+            "localnet",
+            vec![eq(iif(), s("@bridges")), m, Statement::Drop(None)],
+        );
+    }
+}
+
+fn bridge(b: &mut Batch<'static>, rules: &Ruleset) {
+    b.add(NfListObject::Table(table(NfFamily::Bridge)));
+    let ports = rules.isolated_ports.iter().map(|n| s(n)).collect();
+    b.add(set(
+        NfFamily::Bridge,
+        "isolated",
+        one(SetType::Ifname),
+        ports,
+    ));
+    base(
+        b,
+        NfFamily::Bridge,
+        "forward",
+        NfChainType::Filter,
+        NfHook::Forward,
+        -200,
+    );
+    let drop = vec![
+        eq(meta(MetaKey::Iifname), s("@isolated")),
+        Statement::Drop(None),
+    ];
+    rule(b, NfFamily::Bridge, "forward", drop);
+}
+
+// Small builders for the crate's JSON schema.
+
+fn s(text: &str) -> Expression<'static> {
+    Expression::String(Cow::Owned(text.to_string()))
+}
+
+fn num(n: u16) -> Expression<'static> {
+    Expression::Number(u32::from(n))
+}
+
+fn proto_name(p: Proto) -> Expression<'static> {
+    s(&p.to_string())
+}
+
+fn concat<const N: usize>(parts: [Expression<'static>; N]) -> Expression<'static> {
+    Expression::Named(NamedExpression::Concat(parts.into()))
+}
+
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: protocol.into(),
+            field: field.into(),
+        },
+    )))
+}
+
+fn prefix(net: Ipv4Net) -> Expression<'static> {
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(s(&net.network().to_string())),
+        len: u32::from(net.prefix),
+    }))
+}
+
+fn saddr_in(net: Ipv4Net) -> Statement<'static> {
+    eq(payload("ip", "saddr"), prefix(net))
+}
+
+fn matching(
+    left: Expression<'static>,
+    op: Operator,
+    right: Expression<'static>,
+) -> Statement<'static> {
+    Statement::Match(Match { left, right, op })
+}
+
+fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    matching(left, Operator::EQ, right)
+}
+
+fn ne(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    matching(left, Operator::NEQ, right)
+}
+
+/// `ct KEY VALUE`: a flag test (`in`), as nft writes it.
+fn ct_is(key: &'static str, value: Expression<'static>) -> Statement<'static> {
+    let ct = Expression::Named(NamedExpression::CT(CT {
+        key: key.into(),
+        family: None,
+        dir: None,
+    }));
+    matching(ct, Operator::IN, value)
+}
+
+fn jump(target: &'static str) -> Statement<'static> {
+    Statement::Jump(JumpTarget {
+        target: target.into(),
+    })
+}
+
+fn masquerade() -> Statement<'static> {
+    Statement::Masquerade(None)
+}
+
+/// `dnat ip to KEY map @MAP`: address and port from one lookup.
+fn dnat(key: Expression<'static>, map: &'static str) -> Statement<'static> {
+    let addr = Expression::Named(NamedExpression::Map(Box::new(nftables::expr::Map {
+        key,
+        data: s(map),
+    })));
+    Statement::DNAT(Some(NAT {
+        addr: Some(addr),
+        family: Some(NATFamily::IP),
+        port: None,
+        flags: None,
+    }))
+}
+
+fn one(t: SetType) -> SetTypeValue<'static> {
+    SetTypeValue::Single(t)
+}
+
+fn set(
+    family: NfFamily,
+    name: &'static str,
+    set_type: SetTypeValue<'static>,
+    elem: Vec<Expression<'static>>,
+) -> NfListObject<'static> {
+    NfListObject::Set(Box::new(Set {
+        family,
+        table: TABLE.into(),
+        name: name.into(),
+        set_type,
+        elem: (!elem.is_empty()).then(|| elem.into()),
+        ..Set::default()
+    }))
+}
+
+fn map(
+    name: &'static str,
+    key: SetTypeValue<'static>,
+    value: SetTypeValue<'static>,
+    elem: Vec<Expression<'static>>,
+) -> NfListObject<'static> {
+    NfListObject::Map(Box::new(Map {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        name: name.into(),
+        set_type: key,
+        map: value,
+        elem: (!elem.is_empty()).then(|| elem.into()),
+        ..Map::default()
+    }))
+}
+
+fn base(
+    b: &mut Batch<'static>,
+    family: NfFamily,
+    name: &'static str,
+    kind: NfChainType,
+    hook: NfHook,
+    prio: i32,
+) {
+    b.add(NfListObject::Chain(Chain {
+        family,
+        table: TABLE.into(),
+        name: name.into(),
+        _type: Some(kind),
+        hook: Some(hook),
+        prio: Some(prio),
+        policy: Some(NfChainPolicy::Accept),
+        ..Chain::default()
+    }));
+}
+
+fn rule(
+    b: &mut Batch<'static>,
+    family: NfFamily,
+    chain: &'static str,
+    expr: Vec<Statement<'static>>,
+) {
+    b.add(NfListObject::Rule(Rule {
+        family,
+        table: TABLE.into(),
+        chain: chain.into(),
+        expr: expr.into(),
+        ..Rule::default()
+    }));
+}
