@@ -57,3 +57,6 @@ pub fn apply(
         forward_saved,
     )
 }
+
+#[cfg(test)]
+mod tests;

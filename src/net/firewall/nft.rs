@@ -117,32 +117,45 @@ fn inet(b: &mut Batch<'static>, rules: &Ruleset) {
     filter_rules(b);
 }
 
+/// Two maps per key, one for the address and one for the port: nft 1.0.6 (Debian 12)
+/// takes no concatenated map data in JSON. Both are hash lookups on the same key.
 fn port_maps(b: &mut Batch<'static>, rules: &Ruleset) {
-    let target_type =
-        SetTypeValue::Concatenated(vec![SetType::Ipv4Addr, SetType::InetService].into());
-    let target =
-        |(addr, port): &(std::net::Ipv4Addr, u16)| concat([s(&addr.to_string()), num(*port)]);
-    let elems = rules
-        .ports
-        .iter()
-        .map(|((proto, port), t)| {
-            Expression::List(vec![concat([proto_name(*proto), num(*port)]), target(t)])
-        })
-        .collect();
-    let key = SetTypeValue::Concatenated(vec![SetType::InetProto, SetType::InetService].into());
-    b.add(map("ports", key, target_type.clone(), elems));
-    let elems = rules
-        .ports_at
-        .iter()
-        .map(|((ip, proto, port), t)| {
-            let key = concat([s(&ip.to_string()), proto_name(*proto), num(*port)]);
-            Expression::List(vec![key, target(t)])
-        })
-        .collect();
-    let key = SetTypeValue::Concatenated(
+    let any = SetTypeValue::Concatenated(vec![SetType::InetProto, SetType::InetService].into());
+    let at = SetTypeValue::Concatenated(
         vec![SetType::Ipv4Addr, SetType::InetProto, SetType::InetService].into(),
     );
-    b.add(map("ports_at", key, target_type, elems));
+    let any_keys: Vec<_> = rules
+        .ports
+        .iter()
+        .map(|((proto, port), t)| (concat([proto_name(*proto), num(*port)]), *t))
+        .collect();
+    let at_keys: Vec<_> = rules
+        .ports_at
+        .iter()
+        .map(|((ip, proto, port), t)| (concat([addr(*ip), proto_name(*proto), num(*port)]), *t))
+        .collect();
+    for (name, key, keys) in [("ports", any, any_keys), ("ports_at", at, at_keys)] {
+        let to_addr = keys
+            .iter()
+            .map(|(k, t)| Expression::List(vec![k.clone(), addr(t.0)]));
+        let addr_map = format!("{name}_addr");
+        b.add(map(
+            addr_map,
+            key.clone(),
+            one(SetType::Ipv4Addr),
+            to_addr.collect(),
+        ));
+        let to_port = keys
+            .iter()
+            .map(|(k, t)| Expression::List(vec![k.clone(), num(t.1)]));
+        let port_map = format!("{name}_port");
+        b.add(map(
+            port_map,
+            key,
+            one(SetType::InetService),
+            to_port.collect(),
+        ));
+    }
 }
 
 /// DNAT of published ports (to the host's own addresses, from anywhere: other hosts,
@@ -174,13 +187,13 @@ fn nat_rules(b: &mut Batch<'static>, rules: &Ruleset) {
         b,
         NfFamily::INet,
         "published",
-        vec![ipv4(), dnat(at_key, "@ports_at")],
+        vec![ipv4(), dnat(at_key, "ports_at")],
     );
     rule(
         b,
         NfFamily::INet,
         "published",
-        vec![ipv4(), dnat(l4(), "@ports")],
+        vec![ipv4(), dnat(l4(), "ports")],
     );
     // The host reaching 127.0.0.1:PORT: the container must answer the bridge's address.
     let lo: Ipv4Net = Ipv4Net {
@@ -365,18 +378,24 @@ fn masquerade() -> Statement<'static> {
     Statement::Masquerade(None)
 }
 
-/// `dnat ip to KEY map @MAP`: address and port from one lookup.
-fn dnat(key: Expression<'static>, map: &'static str) -> Statement<'static> {
-    let addr = Expression::Named(NamedExpression::Map(Box::new(nftables::expr::Map {
-        key,
-        data: s(map),
-    })));
+/// `dnat ip to KEY map @NAME_addr : KEY map @NAME_port`.
+fn dnat(key: Expression<'static>, name: &str) -> Statement<'static> {
+    let lookup = |suffix: &str| {
+        Expression::Named(NamedExpression::Map(Box::new(nftables::expr::Map {
+            key: key.clone(),
+            data: s(&format!("@{name}_{suffix}")),
+        })))
+    };
     Statement::DNAT(Some(NAT {
-        addr: Some(addr),
+        addr: Some(lookup("addr")),
         family: Some(NATFamily::IP),
-        port: None,
+        port: Some(lookup("port")),
         flags: None,
     }))
+}
+
+fn addr(ip: std::net::Ipv4Addr) -> Expression<'static> {
+    s(&ip.to_string())
 }
 
 fn one(t: SetType) -> SetTypeValue<'static> {
@@ -400,7 +419,7 @@ fn set(
 }
 
 fn map(
-    name: &'static str,
+    name: String,
     key: SetTypeValue<'static>,
     value: SetTypeValue<'static>,
     elem: Vec<Expression<'static>>,
