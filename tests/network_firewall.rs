@@ -141,8 +141,13 @@ impl Topo {
         ns
     }
 
-    /// busybox httpd on PORT in NS; `/cgi-bin/who` answers "NAME CLIENT_ADDRESS".
+    /// busybox httpd on PORT in NS; `/cgi-bin/who` answers "NAME:PORT CLIENT_ADDRESS".
     fn serve(&mut self, ns: &str, name: &str, port: u16) {
+        self.httpd(Some(ns), name, "127.0.0.1", port);
+    }
+
+    /// busybox httpd on ADDR:PORT only, in NS or on the host.
+    fn httpd(&mut self, ns: Option<&str>, name: &str, addr: &str, port: u16) {
         let root = self.dir.path().join(format!("{name}-{port}"));
         let cgi = root.join("cgi-bin");
         std::fs::create_dir_all(&cgi).unwrap();
@@ -151,23 +156,34 @@ impl Topo {
         );
         std::fs::write(cgi.join("who"), script).unwrap();
         common::ok(Command::new("chmod").arg("755").arg(cgi.join("who")));
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "busybox", "httpd", "-f", "-p"])
-            .arg(port.to_string())
-            .arg("-h")
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "busybox"]);
+                c
+            }
+            None => Command::new("busybox"),
+        };
+        let listen = match ns {
+            // In a namespace of its own: every address (the loopback for the check below).
+            Some(_) => port.to_string(),
+            None => format!("{addr}:{port}"),
+        };
+        let child = cmd
+            .args(["httpd", "-f", "-p", &listen, "-h"])
             .arg(&root)
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
         self.servers.push(child);
-        // Up when it answers on its own loopback (bounded: 50 tries).
+        // Up when it answers (bounded: 50 tries).
         for _ in 0..50 {
-            if fetch(Some(ns), "127.0.0.1", port).is_some() {
+            if fetch(ns, addr, port).is_some() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("httpd in {ns} on port {port} did not come up");
+        panic!("httpd in {ns:?} on {addr}:{port} did not come up");
     }
 }
 
@@ -350,8 +366,10 @@ fn networks_are_isolated_masqueraded_or_internal() {
         t.container(&c, "c1", 2, &[]),
         t.container(&c, "c2", 3, &[]),
         t.container(&d, "d1", 2, &[]),
-        t.container(&d, "d2", 3, &[]),
+        t.container(&d, "d2", 3, &["18085:80"]),
     ];
+    // A service of the host's on an internal network's gateway (as its name server is).
+    t.httpd(None, "gw", "10.231.54.1", 18086);
     let up = t.peer("up", 61);
     let nets = [a, b, c, d];
     t.apply(&nets, &eps).unwrap();
@@ -383,6 +401,21 @@ fn networks_are_isolated_masqueraded_or_internal() {
     );
     assert_eq!(who(Some("wfi-d1"), "10.231.55.3", 80), None);
     assert_eq!(who(Some("wfi-d2"), "10.231.55.2", 80), None);
+    // Not even through a published port; which other networks do reach.
+    assert_eq!(who(Some("wfi-d1"), "10.231.55.1", 18085), None);
+    assert_eq!(
+        who(Some("wfi-a1"), "10.231.55.1", 18085).as_deref(),
+        Some("d2:80")
+    );
+    assert_eq!(
+        who(Some("wfi-a1"), "10.231.52.1", 18085).as_deref(),
+        Some("d2:80")
+    );
+    // The host's own services on the gateway: input is not warren's to filter.
+    assert_eq!(
+        who(Some("wfi-c1"), "10.231.54.1", 18086).as_deref(),
+        Some("gw:18086")
+    );
     // The upstream cannot open connections into a network.
     in_ns(&up, "route add 10.231.52.0/24 via 10.231.61.1");
     assert_eq!(who(Some(&up), "10.231.52.2", 80), None);

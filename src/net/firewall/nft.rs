@@ -3,7 +3,7 @@
 //!
 //! `table inet warren` holds NAT and forwarding; `table bridge warren` holds only the
 //! `isolate` drop, since traffic between two ports of one bridge never reaches the inet
-//! hooks (unless br_netfilter is on).
+//! hooks unless br_netfilter is on (and it may be off).
 
 use super::plan::Ruleset;
 use crate::net::{Ipv4Net, Proto};
@@ -63,7 +63,13 @@ fn inet(b: &mut Batch<'static>, rules: &Ruleset) {
     ));
     let intra = rules.intra.iter().map(|n| concat([s(n), s(n)])).collect();
     let two_names = SetTypeValue::Concatenated(vec![SetType::Ifname, SetType::Ifname].into());
-    b.add(set(NfFamily::INet, "intra", two_names, intra));
+    b.add(set(NfFamily::INet, "intra", two_names.clone(), intra));
+    let apart = rules
+        .bridges
+        .difference(&rules.intra)
+        .map(|n| concat([s(n), s(n)]))
+        .collect();
+    b.add(set(NfFamily::INet, "apart", two_names, apart));
     port_maps(b, rules);
     base(
         b,
@@ -256,6 +262,10 @@ fn filter_rules(b: &mut Batch<'static>) {
         "to_net",
         vec![eq(iif(), s("@internal")), Statement::Drop(None)],
     );
+    // `isolate`: not even through a published port (the same with br_netfilter, where
+    // that hairpin is bridged and the bridge table drops it).
+    let apart = eq(concat([iif(), oif()]), s("@apart"));
+    r(b, "to_net", vec![apart, Statement::Drop(None)]);
     r(
         b,
         "to_net",
