@@ -121,6 +121,17 @@ fn inet(b: &mut Batch<'static>, rules: &Ruleset) {
     }
     nat_rules(b, rules);
     filter_rules(b);
+    for (subnet, bridge) in &rules.subnets {
+        // No spoofing: what comes in from a bridge comes from its subnet.
+        let from = eq(meta(MetaKey::Iifname), s(bridge));
+        let spoofed = ne(payload("ip", "saddr"), prefix(*subnet));
+        rule(
+            b,
+            NfFamily::INet,
+            "localnet",
+            vec![from, spoofed, Statement::Drop(None)],
+        );
+    }
 }
 
 /// Two maps per key, one for the address and one for the port: nft 1.0.6 (Debian 12)
@@ -232,7 +243,8 @@ fn nat_rules(b: &mut Batch<'static>, rules: &Ruleset) {
 
 /// Forwarding into a bridge: replies, published ports and the network's own traffic
 /// only; out of an internal bridge: nothing. `localnet` undoes what `route_localnet`
-/// would open: a container sending to, or as, 127.0.0.0/8.
+/// would open: a container sending to, or as, 127.0.0.0/8 (and, per network, any source
+/// outside its subnet).
 fn filter_rules(b: &mut Batch<'static>) {
     let r =
         |b: &mut Batch<'static>, chain: &'static str, expr| rule(b, NfFamily::INet, chain, expr);

@@ -21,6 +21,8 @@ pub struct Ruleset {
     /// The host ends of the veths of containers on `isolate` networks: no bridging
     /// between them.
     pub isolated_ports: BTreeSet<String>,
+    /// (subnet, bridge) of every network: what a container on that bridge may send from.
+    pub subnets: Vec<(Ipv4Net, String)>,
     /// (subnet, bridge) of every non-internal network: masqueraded when leaving through
     /// anything but its bridge, and when a published port sends it back into its bridge.
     pub masquerade: Vec<(Ipv4Net, String)>,
@@ -74,6 +76,7 @@ pub fn plan(networks: &[NetworkDef], endpoints: &[Endpoint]) -> Result<Ruleset, 
         check_ifname(&net.name, &net.bridge)?;
         by_name.insert(net.name.as_str(), net);
         rules.bridges.insert(net.bridge.clone());
+        rules.subnets.push((net.subnet, net.bridge.clone()));
         if net.internal {
             rules.internal.insert(net.bridge.clone());
         } else {

@@ -184,6 +184,9 @@ fn the_transaction_replaces_both_tables() {
         text.contains(r#""prefix":{"addr":"10.231.58.0","len":24}"#),
         "{text}"
     );
+    // Anti-spoofing: from its bridge, only the network's subnet.
+    let spoof = r#"{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"!=","right":{"prefix":{"addr":"10.231.58.0","len":24}}}}"#;
+    assert!(text.contains(spoof), "{text}");
     // The deletes come before every add of the new content.
     assert!(
         cmds[..4]
