@@ -18,7 +18,7 @@ use nftables::schema::{
 use nftables::stmt::{JumpTarget, Match, NAT, NATFamily, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 /// The name of warren's tables (`inet warren` and `bridge warren`).
 pub const TABLE: &str = "warren";
@@ -48,69 +48,30 @@ fn table(family: NfFamily) -> Table<'static> {
 
 fn inet(b: &mut Batch<'static>, rules: &Ruleset) {
     b.add(NfListObject::Table(table(NfFamily::INet)));
-    let names = |set: &std::collections::BTreeSet<String>| set.iter().map(|n| s(n)).collect();
-    b.add(set(
-        NfFamily::INet,
-        "bridges",
-        one(SetType::Ifname),
-        names(&rules.bridges),
-    ));
-    b.add(set(
-        NfFamily::INet,
-        "internal",
-        one(SetType::Ifname),
-        names(&rules.internal),
-    ));
-    let intra = rules.intra.iter().map(|n| concat([s(n), s(n)])).collect();
-    let two_names = SetTypeValue::Concatenated(vec![SetType::Ifname, SetType::Ifname].into());
-    b.add(set(NfFamily::INet, "intra", two_names.clone(), intra));
-    let apart = rules
-        .bridges
-        .difference(&rules.intra)
-        .map(|n| concat([s(n), s(n)]))
-        .collect();
-    b.add(set(NfFamily::INet, "apart", two_names, apart));
+    let names = |set: &BTreeSet<String>| set.iter().map(|n| s(n)).collect();
+    let pairs = |set: &BTreeSet<String>| set.iter().map(|n| concat([s(n), s(n)])).collect();
+    let two_names = || SetTypeValue::Concatenated(vec![SetType::Ifname, SetType::Ifname].into());
+    let isolated: BTreeSet<String> = rules.bridges.difference(&rules.intra).cloned().collect();
+    for (name, set_type, elems) in [
+        ("bridges", one(SetType::Ifname), names(&rules.bridges)),
+        ("internal", one(SetType::Ifname), names(&rules.internal)),
+        // (bridge, bridge): traffic within one network, allowed or not.
+        ("intra", two_names(), pairs(&rules.intra)),
+        ("apart", two_names(), pairs(&isolated)),
+    ] {
+        b.add(set(NfFamily::INet, name, set_type, elems));
+    }
     port_maps(b, rules);
-    base(
-        b,
-        NfFamily::INet,
-        "prerouting",
-        NfChainType::NAT,
-        NfHook::Prerouting,
-        -100,
-    );
-    base(
-        b,
-        NfFamily::INet,
-        "output",
-        NfChainType::NAT,
-        NfHook::Output,
-        -100,
-    );
-    base(
-        b,
-        NfFamily::INet,
-        "postrouting",
-        NfChainType::NAT,
-        NfHook::Postrouting,
-        100,
-    );
-    base(
-        b,
-        NfFamily::INet,
-        "forward",
-        NfChainType::Filter,
-        NfHook::Forward,
-        0,
-    );
-    base(
-        b,
-        NfFamily::INet,
-        "localnet",
-        NfChainType::Filter,
-        NfHook::Prerouting,
-        -300,
-    );
+    use {NfChainType::*, NfHook::*};
+    for (name, kind, hook, prio) in [
+        ("prerouting", NAT, Prerouting, -100),
+        ("output", NAT, Output, -100),
+        ("postrouting", NAT, Postrouting, 100),
+        ("forward", Filter, Forward, 0),
+        ("localnet", Filter, Prerouting, -300),
+    ] {
+        base(b, NfFamily::INet, name, kind, hook, prio);
+    }
     for name in ["published", "to_net"] {
         b.add(NfListObject::Chain(Chain {
             family: NfFamily::INet,
@@ -125,12 +86,8 @@ fn inet(b: &mut Batch<'static>, rules: &Ruleset) {
         // No spoofing: what comes in from a bridge comes from its subnet.
         let from = eq(meta(MetaKey::Iifname), s(bridge));
         let spoofed = ne(payload("ip", "saddr"), prefix(*subnet));
-        rule(
-            b,
-            NfFamily::INet,
-            "localnet",
-            vec![from, spoofed, Statement::Drop(None)],
-        );
+        let drop = vec![from, spoofed, Statement::Drop(None)];
+        rule(b, NfFamily::INet, "localnet", drop);
     }
 }
 
@@ -175,126 +132,83 @@ fn port_maps(b: &mut Batch<'static>, rules: &Ruleset) {
     }
 }
 
+/// 127.0.0.0/8.
+const LOOPBACK: Ipv4Net = Ipv4Net {
+    addr: std::net::Ipv4Addr::new(127, 0, 0, 0),
+    prefix: 8,
+};
+
 /// DNAT of published ports (to the host's own addresses, from anywhere: other hosts,
 /// containers, the host itself) and the masquerades that make replies come back.
 fn nat_rules(b: &mut Batch<'static>, rules: &Ruleset) {
-    let local = eq(
-        Expression::Named(NamedExpression::Fib(Fib {
-            result: FibResult::Type,
-            flags: HashSet::from([FibFlag::Daddr]),
-        })),
-        s("local"),
-    );
-    for chain in ["prerouting", "output"] {
-        rule(
-            b,
-            NfFamily::INet,
-            chain,
-            vec![local.clone(), jump("published")],
-        );
-    }
-    let l4 = || concat([meta(MetaKey::L4proto), payload("th", "dport")]);
-    let at_key = concat([
-        payload("ip", "daddr"),
-        meta(MetaKey::L4proto),
-        payload("th", "dport"),
-    ]);
+    let fib_type = Expression::Named(NamedExpression::Fib(Fib {
+        result: FibResult::Type,
+        flags: HashSet::from([FibFlag::Daddr]),
+    }));
+    let local = eq(fib_type, s("local"));
+    let r = |b: &mut Batch<'static>, chain, expr| rule(b, NfFamily::INet, chain, expr);
+    r(b, "prerouting", vec![local.clone(), jump("published")]);
+    r(b, "output", vec![local, jump("published")]);
+    let (l4, dport) = (|| meta(MetaKey::L4proto), || payload("th", "dport"));
+    let at_key = concat([payload("ip", "daddr"), l4(), dport()]);
     let ipv4 = || eq(meta(MetaKey::Nfproto), s("ipv4"));
-    rule(
+    r(b, "published", vec![ipv4(), dnat(at_key, "ports_at")]);
+    r(
         b,
-        NfFamily::INet,
         "published",
-        vec![ipv4(), dnat(at_key, "ports_at")],
-    );
-    rule(
-        b,
-        NfFamily::INet,
-        "published",
-        vec![ipv4(), dnat(l4(), "ports")],
+        vec![ipv4(), dnat(concat([l4(), dport()]), "ports")],
     );
     // The host reaching 127.0.0.1:PORT: the container must answer the bridge's address.
-    let lo: Ipv4Net = Ipv4Net {
-        addr: std::net::Ipv4Addr::new(127, 0, 0, 0),
-        prefix: 8,
-    };
-    let from_lo = vec![
-        eq(meta(MetaKey::Oifname), s("@bridges")),
-        saddr_in(lo),
-        masquerade(),
-    ];
-    rule(b, NfFamily::INet, "postrouting", from_lo);
+    let oif = || meta(MetaKey::Oifname);
+    let from_lo = vec![eq(oif(), s("@bridges")), saddr_in(LOOPBACK), masquerade()];
+    r(b, "postrouting", from_lo);
     for (subnet, bridge) in &rules.masquerade {
         // Hairpin: a container reaching a published port of its own network.
+        let dnatted = ct_is("status", s("dnat"));
         let hairpin = vec![
             saddr_in(*subnet),
-            eq(meta(MetaKey::Oifname), s(bridge)),
-            ct_is("status", s("dnat")),
+            eq(oif(), s(bridge)),
+            dnatted,
             masquerade(),
         ];
-        rule(b, NfFamily::INet, "postrouting", hairpin);
-        let out = vec![
-            saddr_in(*subnet),
-            ne(meta(MetaKey::Oifname), s(bridge)),
-            masquerade(),
-        ];
-        rule(b, NfFamily::INet, "postrouting", out);
+        r(b, "postrouting", hairpin);
+        let out = vec![saddr_in(*subnet), ne(oif(), s(bridge)), masquerade()];
+        r(b, "postrouting", out);
     }
 }
 
-/// Forwarding into a bridge: replies, published ports and the network's own traffic
-/// only; out of an internal bridge: nothing. `localnet` undoes what `route_localnet`
-/// would open: a container sending to, or as, 127.0.0.0/8 (and, per network, any source
-/// outside its subnet).
+/// Forwarding into a bridge: the network's own traffic (unless `isolate`), replies and
+/// published ports only; out of an internal bridge: nothing. `localnet` undoes what
+/// `route_localnet` would open: a container sending to, or as, 127.0.0.0/8.
 fn filter_rules(b: &mut Batch<'static>) {
-    let r =
-        |b: &mut Batch<'static>, chain: &'static str, expr| rule(b, NfFamily::INet, chain, expr);
-    let iif = || meta(MetaKey::Iifname);
-    let oif = || meta(MetaKey::Oifname);
-    r(b, "forward", vec![eq(oif(), s("@bridges")), jump("to_net")]);
-    r(
-        b,
-        "forward",
-        vec![eq(iif(), s("@internal")), Statement::Drop(None)],
-    );
-    r(
-        b,
-        "to_net",
-        vec![
-            eq(concat([iif(), oif()]), s("@intra")),
-            Statement::Accept(None),
-        ],
-    );
-    let replies = ct_is(
-        "state",
-        Expression::List(vec![s("established"), s("related")]),
-    );
-    r(b, "to_net", vec![replies, Statement::Accept(None)]);
-    r(
-        b,
-        "to_net",
-        vec![eq(iif(), s("@internal")), Statement::Drop(None)],
-    );
-    // `isolate`: not even through a published port (the same with br_netfilter, where
-    // that hairpin is bridged and the bridge table drops it).
-    let apart = eq(concat([iif(), oif()]), s("@apart"));
-    r(b, "to_net", vec![apart, Statement::Drop(None)]);
-    r(
-        b,
-        "to_net",
-        vec![ct_is("status", s("dnat")), Statement::Accept(None)],
-    );
-    r(b, "to_net", vec![Statement::Drop(None)]);
-    let lo = Ipv4Net {
-        addr: std::net::Ipv4Addr::new(127, 0, 0, 0),
-        prefix: 8,
-    };
+    let (iif, oif) = (|| meta(MetaKey::Iifname), || meta(MetaKey::Oifname));
+    let replies = Expression::List(vec![s("established"), s("related")]);
+    let (accept, drop) = (|| Statement::Accept(None), || Statement::Drop(None));
+    let rules = [
+        ("forward", vec![eq(oif(), s("@bridges")), jump("to_net")]),
+        ("forward", vec![eq(iif(), s("@internal")), drop()]),
+        (
+            "to_net",
+            vec![eq(concat([iif(), oif()]), s("@intra")), accept()],
+        ),
+        ("to_net", vec![ct_is("state", replies), accept()]),
+        ("to_net", vec![eq(iif(), s("@internal")), drop()]),
+        // `isolate`: not even through a published port (with br_netfilter, that hairpin
+        // is bridged, and the bridge table drops it alike).
+        (
+            "to_net",
+            vec![eq(concat([iif(), oif()]), s("@apart")), drop()],
+        ),
+        ("to_net", vec![ct_is("status", s("dnat")), accept()]),
+        ("to_net", vec![drop()]),
+    ];
+    for (chain, expr) in rules {
+        rule(b, NfFamily::INet, chain, expr);
+    }
     for field in ["daddr", "saddr"] {
-        let m = eq(payload("ip", field), prefix(lo));
-        r(
-            b,
-            "localnet",
-            vec![eq(iif(), s("@bridges")), m, Statement::Drop(None)],
-        );
+        let m = eq(payload("ip", field), prefix(LOOPBACK));
+        let expr = vec![eq(iif(), s("@bridges")), m, drop()];
+        rule(b, NfFamily::INet, "localnet", expr);
     }
 }
 
@@ -307,13 +221,14 @@ fn bridge(b: &mut Batch<'static>, rules: &Ruleset) {
         one(SetType::Ifname),
         ports,
     ));
+    let (family, prio) = (NfFamily::Bridge, -200);
     base(
         b,
-        NfFamily::Bridge,
+        family,
         "forward",
         NfChainType::Filter,
         NfHook::Forward,
-        -200,
+        prio,
     );
     let drop = vec![
         eq(meta(MetaKey::Iifname), s("@isolated")),
