@@ -5,8 +5,14 @@
 //! after a crash, makes the host match the files.
 //!
 //! Through `nft -j -f -` (the `nftables` crate; Debian package `nftables`), as podman's
-//! netavark does: the kernel's own parser validates the whole batch, and the batch is
-//! one netlink transaction (all or nothing).
+//! netavark does: nft checks the whole batch before the kernel sees it, and the batch is
+//! one nf_tables transaction (all or nothing). Most of an apply's time is the kernel's
+//! commit, which speaking netlink ourselves would not save.
+//!
+//! What callers owe the rules: each container's veth has hairpin mode on (with
+//! br_netfilter, a container reaching its own published port is bridged back out of its
+//! port), and a network's bridge is deleted before the apply that drops the network
+//! (its `route_localnet=1` is only safe under the `localnet` chain).
 
 pub mod apply;
 pub mod nft;
