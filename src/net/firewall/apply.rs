@@ -4,15 +4,18 @@ use super::FirewallError;
 use super::nft;
 use super::plan::{Ruleset, valid_ifname};
 use std::io::ErrorKind;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
 /// Loads the transaction for `rules` (deleting and re-adding warren's tables).
 pub fn load(rules: &Ruleset) -> Result<(), FirewallError> {
-    use nftables::helper::{NftablesError, apply_ruleset};
-    match apply_ruleset(&nft::transaction(rules)) {
-        Ok(()) => Ok(()),
+    use nftables::helper::{NftablesError, apply_ruleset_raw};
+    let json = serde_json::to_string(&nft::transaction(rules))
+        .map_err(|e| FirewallError::Nft(format!("encoding the ruleset: {e}")))?;
+    let args: [&str; 0] = [];
+    match apply_ruleset_raw(&json, Some(&nft_program()), args) {
+        Ok(_) => Ok(()),
         Err(NftablesError::NftExecution { inner, .. }) if inner.kind() == ErrorKind::NotFound => {
             Err(FirewallError::NftMissing(inner))
         }
@@ -21,6 +24,17 @@ pub fn load(rules: &Ruleset) -> Result<(), FirewallError> {
         }
         Err(e) => Err(FirewallError::Nft(e.to_string())),
     }
+}
+
+/// `nft` from PATH, else where Debian puts it (a service's PATH may lack the sbin
+/// directories).
+fn nft_program() -> PathBuf {
+    let in_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nft"))
+            .find(|p| p.is_file())
+    });
+    in_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nft"))
 }
 
 /// `route_localnet=1` on warren's bridges: the host's 127.0.0.1:PORT is DNAT'd to a
