@@ -334,7 +334,7 @@ impl Networks {
     pub(crate) fn apply_firewall(&self) -> Result<(), NetError> {
         let defs = self.list()?;
         let endpoints = self.all_endpoints()?;
-        firewall::apply(&defs, &endpoints)?;
+        firewall::apply(&defs, &endpoints, &self.run.join("ip_forward.saved"))?;
         Ok(())
     }
 }

@@ -1,0 +1,68 @@
+//! warren's nftables tables: masquerade out of non-internal networks, published ports
+//! (DNAT from the host's addresses, from the host itself and hairpin), isolation between
+//! networks. The tables are a pure function of the networks and endpoints on record
+//! ([`plan`]), loaded in one transaction ([`nft`]), so `apply` after any change, or
+//! after a crash, makes the host match the files.
+//!
+//! Through `nft -j -f -` (the `nftables` crate; Debian package `nftables`), as podman's
+//! netavark does: nft checks the whole batch before the kernel sees it, and the batch is
+//! one nf_tables transaction (all or nothing). Most of an apply's time is the kernel's
+//! commit, which speaking netlink ourselves would not save.
+//!
+//! What callers owe the rules: each container's veth has hairpin mode on (with
+//! br_netfilter, a container reaching its own published port is bridged back out of its
+//! port), and a network's bridge is deleted before the apply that drops the network
+//! (its `route_localnet=1` is only safe under the `localnet` chain).
+
+pub mod apply;
+pub mod nft;
+pub mod plan;
+
+pub use plan::{Ruleset, plan};
+
+use super::{Endpoint, NetworkDef};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("nft not found: install Debian's nftables package ({0})")]
+    NftMissing(std::io::Error),
+    #[error("nftables: nft -j -f - failed: {0}")]
+    Nft(String),
+    #[error("{owner}: {name:?} is not an interface name")]
+    BadName { owner: String, name: String },
+    #[error("published port {port}: taken by {first}, wanted by {second}")]
+    PortTaken {
+        port: String,
+        first: String,
+        second: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Makes warren's tables exactly what `networks` and `endpoints` call for, in one
+/// transaction; with no networks, removes them. Enables `net.ipv4.ip_forward` while a
+/// non-internal network exists, keeping its previous value in `forward_saved` (a file in
+/// a per-boot place: the run dir) to restore once none is left. Callers hold the
+/// networks lock.
+pub fn apply(
+    networks: &[NetworkDef],
+    endpoints: &[Endpoint],
+    forward_saved: &Path,
+) -> Result<(), FirewallError> {
+    let rules = plan(networks, endpoints)?;
+    apply::load(&rules)?;
+    apply::route_localnet(&rules)?;
+    apply::forwarding(
+        rules.needs_forwarding(),
+        Path::new(apply::IP_FORWARD),
+        forward_saved,
+    )
+}
+
+#[cfg(test)]
+mod tests;

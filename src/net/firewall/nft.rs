@@ -1,0 +1,408 @@
+//! A [`Ruleset`] as one nftables transaction (JSON for `nft -j -f -`): delete warren's
+//! tables if present, add them anew with every set, map, chain and rule.
+//!
+//! `table inet warren` holds NAT and forwarding; `table bridge warren` holds only the
+//! `isolate` drop, since traffic between two ports of one bridge never reaches the inet
+//! hooks unless br_netfilter is on (and it may be off).
+
+use super::plan::Ruleset;
+use crate::net::{Ipv4Net, Proto};
+use nftables::batch::Batch;
+use nftables::expr::{
+    CT, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
+    Prefix,
+};
+use nftables::schema::{
+    Chain, Map, NfListObject, Nftables, Rule, Set, SetType, SetTypeValue, Table,
+};
+use nftables::stmt::{JumpTarget, Match, NAT, NATFamily, Operator, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashSet};
+
+/// The name of warren's tables (`inet warren` and `bridge warren`).
+pub const TABLE: &str = "warren";
+
+/// The transaction that makes the kernel's tables `rules` (or removes them, when empty).
+pub fn transaction(rules: &Ruleset) -> Nftables<'static> {
+    let mut b = Batch::new();
+    for family in [NfFamily::INet, NfFamily::Bridge] {
+        // `add` is a no-op on an existing table: the `delete` then never fails.
+        b.add(NfListObject::Table(table(family)));
+        b.delete(NfListObject::Table(table(family)));
+    }
+    if !rules.is_empty() {
+        inet(&mut b, rules);
+        bridge(&mut b, rules);
+    }
+    b.to_nftables()
+}
+
+fn table(family: NfFamily) -> Table<'static> {
+    Table {
+        family,
+        name: TABLE.into(),
+        handle: None,
+    }
+}
+
+fn inet(b: &mut Batch<'static>, rules: &Ruleset) {
+    b.add(NfListObject::Table(table(NfFamily::INet)));
+    let names = |set: &BTreeSet<String>| set.iter().map(|n| s(n)).collect();
+    let pairs = |set: &BTreeSet<String>| set.iter().map(|n| concat([s(n), s(n)])).collect();
+    let two_names = || SetTypeValue::Concatenated(vec![SetType::Ifname, SetType::Ifname].into());
+    let isolated: BTreeSet<String> = rules.bridges.difference(&rules.intra).cloned().collect();
+    for (name, set_type, elems) in [
+        ("bridges", one(SetType::Ifname), names(&rules.bridges)),
+        ("internal", one(SetType::Ifname), names(&rules.internal)),
+        // (bridge, bridge): traffic within one network, allowed or not.
+        ("intra", two_names(), pairs(&rules.intra)),
+        ("apart", two_names(), pairs(&isolated)),
+    ] {
+        b.add(set(NfFamily::INet, name, set_type, elems));
+    }
+    port_maps(b, rules);
+    use {NfChainType::*, NfHook::*};
+    for (name, kind, hook, prio) in [
+        ("prerouting", NAT, Prerouting, -100),
+        ("output", NAT, Output, -100),
+        ("postrouting", NAT, Postrouting, 100),
+        ("forward", Filter, Forward, 0),
+        ("localnet", Filter, Prerouting, -300),
+    ] {
+        base(b, NfFamily::INet, name, kind, hook, prio);
+    }
+    for name in ["published", "to_net"] {
+        b.add(NfListObject::Chain(Chain {
+            family: NfFamily::INet,
+            table: TABLE.into(),
+            name: name.into(),
+            ..Chain::default()
+        }));
+    }
+    nat_rules(b, rules);
+    filter_rules(b);
+    for (subnet, bridge) in &rules.subnets {
+        // No spoofing: what comes in from a bridge comes from its subnet.
+        let from = eq(meta(MetaKey::Iifname), s(bridge));
+        let spoofed = ne(payload("ip", "saddr"), prefix(*subnet));
+        let drop = vec![from, spoofed, Statement::Drop(None)];
+        rule(b, NfFamily::INet, "localnet", drop);
+    }
+}
+
+/// Two maps per key, one for the address and one for the port: nft 1.0.6 (Debian 12)
+/// takes no concatenated map data in JSON. Both are hash lookups on the same key.
+fn port_maps(b: &mut Batch<'static>, rules: &Ruleset) {
+    let any = SetTypeValue::Concatenated(vec![SetType::InetProto, SetType::InetService].into());
+    let at = SetTypeValue::Concatenated(
+        vec![SetType::Ipv4Addr, SetType::InetProto, SetType::InetService].into(),
+    );
+    let any_keys: Vec<_> = rules
+        .ports
+        .iter()
+        .map(|((proto, port), t)| (concat([proto_name(*proto), num(*port)]), *t))
+        .collect();
+    let at_keys: Vec<_> = rules
+        .ports_at
+        .iter()
+        .map(|((ip, proto, port), t)| (concat([addr(*ip), proto_name(*proto), num(*port)]), *t))
+        .collect();
+    for (name, key, keys) in [("ports", any, any_keys), ("ports_at", at, at_keys)] {
+        let to_addr = keys
+            .iter()
+            .map(|(k, t)| Expression::List(vec![k.clone(), addr(t.0)]));
+        let addr_map = format!("{name}_addr");
+        b.add(map(
+            addr_map,
+            key.clone(),
+            one(SetType::Ipv4Addr),
+            to_addr.collect(),
+        ));
+        let to_port = keys
+            .iter()
+            .map(|(k, t)| Expression::List(vec![k.clone(), num(t.1)]));
+        let port_map = format!("{name}_port");
+        b.add(map(
+            port_map,
+            key,
+            one(SetType::InetService),
+            to_port.collect(),
+        ));
+    }
+}
+
+/// 127.0.0.0/8.
+const LOOPBACK: Ipv4Net = Ipv4Net {
+    addr: std::net::Ipv4Addr::new(127, 0, 0, 0),
+    prefix: 8,
+};
+
+/// DNAT of published ports (to the host's own addresses, from anywhere: other hosts,
+/// containers, the host itself) and the masquerades that make replies come back.
+fn nat_rules(b: &mut Batch<'static>, rules: &Ruleset) {
+    let fib_type = Expression::Named(NamedExpression::Fib(Fib {
+        result: FibResult::Type,
+        flags: HashSet::from([FibFlag::Daddr]),
+    }));
+    let local = eq(fib_type, s("local"));
+    let r = |b: &mut Batch<'static>, chain, expr| rule(b, NfFamily::INet, chain, expr);
+    r(b, "prerouting", vec![local.clone(), jump("published")]);
+    r(b, "output", vec![local, jump("published")]);
+    let (l4, dport) = (|| meta(MetaKey::L4proto), || payload("th", "dport"));
+    let at_key = concat([payload("ip", "daddr"), l4(), dport()]);
+    let ipv4 = || eq(meta(MetaKey::Nfproto), s("ipv4"));
+    r(b, "published", vec![ipv4(), dnat(at_key, "ports_at")]);
+    r(
+        b,
+        "published",
+        vec![ipv4(), dnat(concat([l4(), dport()]), "ports")],
+    );
+    // The host reaching 127.0.0.1:PORT: the container must answer the bridge's address.
+    let oif = || meta(MetaKey::Oifname);
+    let from_lo = vec![eq(oif(), s("@bridges")), saddr_in(LOOPBACK), masquerade()];
+    r(b, "postrouting", from_lo);
+    for (subnet, bridge) in &rules.masquerade {
+        // Hairpin: a container reaching a published port of its own network.
+        let dnatted = ct_is("status", s("dnat"));
+        let hairpin = vec![
+            saddr_in(*subnet),
+            eq(oif(), s(bridge)),
+            dnatted,
+            masquerade(),
+        ];
+        r(b, "postrouting", hairpin);
+        let out = vec![saddr_in(*subnet), ne(oif(), s(bridge)), masquerade()];
+        r(b, "postrouting", out);
+    }
+}
+
+/// Forwarding into a bridge: the network's own traffic (unless `isolate`), replies and
+/// published ports only; out of an internal bridge: nothing. `localnet` undoes what
+/// `route_localnet` would open: a container sending to, or as, 127.0.0.0/8.
+fn filter_rules(b: &mut Batch<'static>) {
+    let (iif, oif) = (|| meta(MetaKey::Iifname), || meta(MetaKey::Oifname));
+    let replies = Expression::List(vec![s("established"), s("related")]);
+    let (accept, drop) = (|| Statement::Accept(None), || Statement::Drop(None));
+    let rules = [
+        ("forward", vec![eq(oif(), s("@bridges")), jump("to_net")]),
+        ("forward", vec![eq(iif(), s("@internal")), drop()]),
+        (
+            "to_net",
+            vec![eq(concat([iif(), oif()]), s("@intra")), accept()],
+        ),
+        ("to_net", vec![ct_is("state", replies), accept()]),
+        ("to_net", vec![eq(iif(), s("@internal")), drop()]),
+        // `isolate`: not even through a published port (with br_netfilter, that hairpin
+        // is bridged, and the bridge table drops it alike).
+        (
+            "to_net",
+            vec![eq(concat([iif(), oif()]), s("@apart")), drop()],
+        ),
+        ("to_net", vec![ct_is("status", s("dnat")), accept()]),
+        ("to_net", vec![drop()]),
+    ];
+    for (chain, expr) in rules {
+        rule(b, NfFamily::INet, chain, expr);
+    }
+    for field in ["daddr", "saddr"] {
+        let m = eq(payload("ip", field), prefix(LOOPBACK));
+        let expr = vec![eq(iif(), s("@bridges")), m, drop()];
+        rule(b, NfFamily::INet, "localnet", expr);
+    }
+}
+
+fn bridge(b: &mut Batch<'static>, rules: &Ruleset) {
+    b.add(NfListObject::Table(table(NfFamily::Bridge)));
+    let ports = rules.isolated_ports.iter().map(|n| s(n)).collect();
+    b.add(set(
+        NfFamily::Bridge,
+        "isolated",
+        one(SetType::Ifname),
+        ports,
+    ));
+    let (family, prio) = (NfFamily::Bridge, -200);
+    base(
+        b,
+        family,
+        "forward",
+        NfChainType::Filter,
+        NfHook::Forward,
+        prio,
+    );
+    let drop = vec![
+        eq(meta(MetaKey::Iifname), s("@isolated")),
+        Statement::Drop(None),
+    ];
+    rule(b, NfFamily::Bridge, "forward", drop);
+}
+
+// Small builders for the crate's JSON schema.
+
+fn s(text: &str) -> Expression<'static> {
+    Expression::String(Cow::Owned(text.to_string()))
+}
+
+fn num(n: u16) -> Expression<'static> {
+    Expression::Number(u32::from(n))
+}
+
+fn proto_name(p: Proto) -> Expression<'static> {
+    s(&p.to_string())
+}
+
+fn concat<const N: usize>(parts: [Expression<'static>; N]) -> Expression<'static> {
+    Expression::Named(NamedExpression::Concat(parts.into()))
+}
+
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: protocol.into(),
+            field: field.into(),
+        },
+    )))
+}
+
+fn prefix(net: Ipv4Net) -> Expression<'static> {
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(s(&net.network().to_string())),
+        len: u32::from(net.prefix),
+    }))
+}
+
+fn saddr_in(net: Ipv4Net) -> Statement<'static> {
+    eq(payload("ip", "saddr"), prefix(net))
+}
+
+fn matching(
+    left: Expression<'static>,
+    op: Operator,
+    right: Expression<'static>,
+) -> Statement<'static> {
+    Statement::Match(Match { left, right, op })
+}
+
+fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    matching(left, Operator::EQ, right)
+}
+
+fn ne(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    matching(left, Operator::NEQ, right)
+}
+
+/// `ct KEY VALUE`: a flag test (`in`), as nft writes it.
+fn ct_is(key: &'static str, value: Expression<'static>) -> Statement<'static> {
+    let ct = Expression::Named(NamedExpression::CT(CT {
+        key: key.into(),
+        family: None,
+        dir: None,
+    }));
+    matching(ct, Operator::IN, value)
+}
+
+fn jump(target: &'static str) -> Statement<'static> {
+    Statement::Jump(JumpTarget {
+        target: target.into(),
+    })
+}
+
+fn masquerade() -> Statement<'static> {
+    Statement::Masquerade(None)
+}
+
+/// `dnat ip to KEY map @NAME_addr : KEY map @NAME_port`.
+fn dnat(key: Expression<'static>, name: &str) -> Statement<'static> {
+    let lookup = |suffix: &str| {
+        Expression::Named(NamedExpression::Map(Box::new(nftables::expr::Map {
+            key: key.clone(),
+            data: s(&format!("@{name}_{suffix}")),
+        })))
+    };
+    Statement::DNAT(Some(NAT {
+        addr: Some(lookup("addr")),
+        family: Some(NATFamily::IP),
+        port: Some(lookup("port")),
+        flags: None,
+    }))
+}
+
+fn addr(ip: std::net::Ipv4Addr) -> Expression<'static> {
+    s(&ip.to_string())
+}
+
+fn one(t: SetType) -> SetTypeValue<'static> {
+    SetTypeValue::Single(t)
+}
+
+fn set(
+    family: NfFamily,
+    name: &'static str,
+    set_type: SetTypeValue<'static>,
+    elem: Vec<Expression<'static>>,
+) -> NfListObject<'static> {
+    NfListObject::Set(Box::new(Set {
+        family,
+        table: TABLE.into(),
+        name: name.into(),
+        set_type,
+        elem: (!elem.is_empty()).then(|| elem.into()),
+        ..Set::default()
+    }))
+}
+
+fn map(
+    name: String,
+    key: SetTypeValue<'static>,
+    value: SetTypeValue<'static>,
+    elem: Vec<Expression<'static>>,
+) -> NfListObject<'static> {
+    NfListObject::Map(Box::new(Map {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        name: name.into(),
+        set_type: key,
+        map: value,
+        elem: (!elem.is_empty()).then(|| elem.into()),
+        ..Map::default()
+    }))
+}
+
+fn base(
+    b: &mut Batch<'static>,
+    family: NfFamily,
+    name: &'static str,
+    kind: NfChainType,
+    hook: NfHook,
+    prio: i32,
+) {
+    b.add(NfListObject::Chain(Chain {
+        family,
+        table: TABLE.into(),
+        name: name.into(),
+        _type: Some(kind),
+        hook: Some(hook),
+        prio: Some(prio),
+        policy: Some(NfChainPolicy::Accept),
+        ..Chain::default()
+    }));
+}
+
+fn rule(
+    b: &mut Batch<'static>,
+    family: NfFamily,
+    chain: &'static str,
+    expr: Vec<Statement<'static>>,
+) {
+    b.add(NfListObject::Rule(Rule {
+        family,
+        table: TABLE.into(),
+        chain: chain.into(),
+        expr: expr.into(),
+        ..Rule::default()
+    }));
+}

@@ -1,0 +1,517 @@
+//! `net::firewall::apply` against real traffic, without warren's container code: each test
+//! builds its topology with `ip` (bridges; network namespaces standing for containers,
+//! for another host and for an upstream router), serves HTTP with busybox httpd in them,
+//! and checks what reaches what with bounded requests (busybox nc).
+//!
+//! warren's tables are host-wide, so the tests here run one at a time (`LOCK`). Addresses
+//! are 10.231.50-99.x (this file's share); every test removes what it made.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+use warren::net::firewall::{self, FirewallError};
+use warren::net::{Endpoint, NetworkDef, PortMapping};
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+fn ip(args: &str) {
+    common::ok(Command::new("ip").args(args.split_whitespace()));
+}
+
+fn in_ns(ns: &str, args: &str) {
+    ip(&format!("netns exec {ns} ip {args}"));
+}
+
+/// The test's topology, taken down on drop (also when an assertion fails).
+struct Topo {
+    tag: String,
+    netns: Vec<String>,
+    links: Vec<String>,
+    servers: Vec<Child>,
+    dir: tempfile::TempDir,
+    forward_before: String,
+}
+
+impl Topo {
+    fn new(tag: &str) -> Topo {
+        common::require_tool("ip", "iproute2");
+        common::require_tool("nft", "nftables");
+        common::require_tool("busybox", "busybox-static");
+        Topo {
+            tag: tag.to_string(),
+            netns: Vec::new(),
+            links: Vec::new(),
+            servers: Vec::new(),
+            dir: common::scratch("network-firewall"),
+            forward_before: std::fs::read_to_string(IP_FORWARD).unwrap(),
+        }
+    }
+
+    /// Where `apply` keeps ip_forward's previous value (a run dir of the test's own).
+    fn saved(&self) -> PathBuf {
+        self.dir.path().join("run/ip_forward.saved")
+    }
+
+    fn apply(&self, nets: &[NetworkDef], eps: &[Endpoint]) -> Result<(), FirewallError> {
+        firewall::apply(nets, eps, &self.saved())
+    }
+
+    /// A network and its bridge (`wf{tag}{n}`) on 10.231.THIRD.0/24, gateway .1.
+    fn network(&mut self, n: &str, third: u8) -> NetworkDef {
+        let bridge = format!("wf{}{n}", self.tag);
+        let _ = Command::new("ip").args(["link", "del", &bridge]).output();
+        ip(&format!("link add {bridge} type bridge"));
+        self.links.push(bridge.clone());
+        ip(&format!("addr add 10.231.{third}.1/24 dev {bridge}"));
+        ip(&format!("link set {bridge} up"));
+        NetworkDef {
+            name: format!("fw-{}-{n}", self.tag),
+            bridge,
+            subnet: format!("10.231.{third}.0/24").parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 231, third, 1),
+            subnet6: None,
+            internal: false,
+            isolate: false,
+            mtu: 1500,
+        }
+    }
+
+    fn netns(&mut self, name: &str) -> String {
+        let ns = format!("wf{}-{name}", self.tag);
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        ip(&format!("netns add {ns}"));
+        self.netns.push(ns.clone());
+        in_ns(&ns, "link set lo up");
+        ns
+    }
+
+    /// A container on `net` with address .HOST, serving HTTP on `ports`.
+    fn container(&mut self, net: &NetworkDef, name: &str, host: u8, ports: &[&str]) -> Endpoint {
+        let ns = self.netns(name);
+        let veth = format!("wf{}{name}", self.tag);
+        ip(&format!(
+            "link add {veth} type veth peer name eth0 netns {ns}"
+        ));
+        self.links.push(veth.clone());
+        ip(&format!("link set {veth} master {} up", net.bridge));
+        // As netavark does: with br_netfilter on, a container reaching its own published
+        // port is DNAT'd back out of the port it came in by (a bridge "hairpin").
+        ip(&format!("link set {veth} type bridge_slave hairpin on"));
+        let [a, b, c, _] = net.gateway.octets();
+        let addr = Ipv4Addr::new(a, b, c, host);
+        in_ns(&ns, &format!("addr add {addr}/24 dev eth0"));
+        in_ns(&ns, "link set eth0 up");
+        in_ns(&ns, &format!("route add default via {}", net.gateway));
+        for port in [80, 81] {
+            self.serve(&ns, name, port);
+        }
+        Endpoint {
+            network: net.name.clone(),
+            container: name.to_string(),
+            addr,
+            addr6: None,
+            names: vec![name.to_string()],
+            ports: ports
+                .iter()
+                .map(|p| p.parse::<PortMapping>().unwrap())
+                .collect(),
+            veth,
+        }
+    }
+
+    /// A namespace behind a veth to the host: the host is 10.231.THIRD.1, it is .2.
+    fn peer(&mut self, name: &str, third: u8) -> String {
+        let ns = self.netns(name);
+        let veth = format!("wf{}{name}", self.tag);
+        ip(&format!(
+            "link add {veth} type veth peer name eth0 netns {ns}"
+        ));
+        self.links.push(veth.clone());
+        ip(&format!("addr add 10.231.{third}.1/24 dev {veth}"));
+        ip(&format!("link set {veth} up"));
+        in_ns(&ns, &format!("addr add 10.231.{third}.2/24 dev eth0"));
+        in_ns(&ns, "link set eth0 up");
+        self.serve(&ns, name, 80);
+        ns
+    }
+
+    /// busybox httpd on PORT in NS; `/cgi-bin/who` answers "NAME:PORT CLIENT_ADDRESS".
+    fn serve(&mut self, ns: &str, name: &str, port: u16) {
+        self.httpd(Some(ns), name, "127.0.0.1", port);
+    }
+
+    /// busybox httpd on ADDR:PORT only, in NS or on the host.
+    fn httpd(&mut self, ns: Option<&str>, name: &str, addr: &str, port: u16) {
+        let root = self.dir.path().join(format!("{name}-{port}"));
+        let cgi = root.join("cgi-bin");
+        std::fs::create_dir_all(&cgi).unwrap();
+        let script = format!(
+            "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n{name}:{port} %s\\n' \"$REMOTE_ADDR\"\n"
+        );
+        std::fs::write(cgi.join("who"), script).unwrap();
+        common::ok(Command::new("chmod").arg("755").arg(cgi.join("who")));
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "busybox"]);
+                c
+            }
+            None => Command::new("busybox"),
+        };
+        let listen = match ns {
+            // In a namespace of its own: every address (the loopback for the check below).
+            Some(_) => port.to_string(),
+            None => format!("{addr}:{port}"),
+        };
+        let child = cmd
+            .args(["httpd", "-f", "-p", &listen, "-h"])
+            .arg(&root)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.servers.push(child);
+        // Up when it answers (bounded: 50 tries).
+        for _ in 0..50 {
+            if fetch(ns, addr, port).is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("httpd in {ns:?} on {addr}:{port} did not come up");
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        for child in &mut self.servers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for link in &self.links {
+            let _ = Command::new("ip").args(["link", "del", link]).output();
+        }
+        for ns in &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        // Whatever the test got to: no table of ours left, ip_forward as it was.
+        let _ = firewall::apply(&[], &[], &self.saved());
+        let _ = std::fs::write(IP_FORWARD, self.forward_before.trim());
+    }
+}
+
+/// One HTTP request from NS (or the host), by busybox nc (2 s to connect, 5 s in all):
+/// the answer's body, "NAME:PORT CLIENT_ADDRESS", or None.
+fn fetch(ns: Option<&str>, addr: &str, port: u16) -> Option<String> {
+    use std::io::Write;
+    let mut cmd = Command::new("timeout");
+    cmd.arg("5");
+    if let Some(ns) = ns {
+        cmd.args(["ip", "netns", "exec", ns]);
+    }
+    cmd.args(["busybox", "nc", "-w", "2", addr, &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(b"GET /cgi-bin/who HTTP/1.0\r\n\r\n");
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !text.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    // httpd listens on IPv6: an IPv4 client shows as [::ffff:A.B.C.D].
+    let body = text
+        .lines()
+        .last()?
+        .replace("[::ffff:", "")
+        .replace(']', "");
+    Some(body.trim().to_string())
+}
+
+/// The answer's first word (who answered: "NAME:PORT").
+fn who(ns: Option<&str>, addr: &str, port: u16) -> Option<String> {
+    fetch(ns, addr, port).map(|s| s.split_whitespace().next().unwrap_or("").to_string())
+}
+
+/// warren's tables in `nft -j list ruleset`, as "family name".
+fn warren_tables() -> Vec<String> {
+    let out = common::ok(Command::new("nft").args(["-j", "list", "ruleset"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("table"))
+        .filter(|t| t["name"] == "warren")
+        .map(|t| {
+            format!(
+                "{} {}",
+                t["family"].as_str().unwrap(),
+                t["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// How many elements the map `inet warren NAME` holds.
+fn map_len(name: &str) -> usize {
+    let out = common::ok(Command::new("nft").args(["-j", "list", "map", "inet", "warren", name]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|o| o.get("map"))
+        .and_then(|m| m.get("elem"))
+        .map_or(0, |e| e.as_array().unwrap().len())
+}
+
+fn read_forward() -> String {
+    std::fs::read_to_string(IP_FORWARD)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn published_ports_reach_the_container_and_nothing_else_does() {
+    if !common::require_root("bridges, network namespaces and nftables") {
+        return;
+    }
+    let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut t = Topo::new("p");
+    let forward_before = read_forward();
+    let net = t.network("n", 50);
+    let web = t.container(&net, "web", 2, &["18080:80", "127.0.0.1:18081:81"]);
+    let peer = t.container(&net, "peer", 3, &[]);
+    let other = t.peer("other", 60);
+    // The other host knows the way to the containers' subnet: only the firewall stops it.
+    in_ns(&other, "route add 10.231.50.0/24 via 10.231.60.1");
+    t.apply(std::slice::from_ref(&net), &[web.clone(), peer.clone()])
+        .unwrap();
+    assert_eq!(read_forward(), "1");
+    assert_eq!(std::fs::read_to_string(t.saved()).unwrap(), forward_before);
+
+    // From another host, to the host's address: the container, seeing the real client.
+    let seen = fetch(Some(&other), "10.231.60.1", 18080);
+    assert_eq!(seen.as_deref(), Some("web:80 10.231.60.2"));
+    // From the host itself: its own addresses and loopback (route_localnet + masquerade).
+    assert_eq!(who(None, "10.231.60.1", 18080).as_deref(), Some("web:80"));
+    assert_eq!(who(None, "127.0.0.1", 18080).as_deref(), Some("web:80"));
+    assert_eq!(who(None, "127.0.0.1", 18081).as_deref(), Some("web:81"));
+    // Hairpin: another container, and the container itself, through the host's addresses.
+    for addr in ["10.231.50.1", "10.231.60.1"] {
+        assert_eq!(
+            who(Some("wfp-peer"), addr, 18080).as_deref(),
+            Some("web:80"),
+            "{addr}"
+        );
+        assert_eq!(
+            who(Some("wfp-web"), addr, 18080).as_deref(),
+            Some("web:80"),
+            "{addr}"
+        );
+    }
+    // 127.0.0.1:18081 is published on loopback only: not on the host's other addresses.
+    assert_eq!(who(Some(&other), "10.231.60.1", 18081), None);
+    // Not published, or straight to a container's address from outside: nothing.
+    assert_eq!(who(Some(&other), "10.231.50.2", 81), None);
+    assert_eq!(who(Some(&other), "10.231.50.2", 80), None);
+    assert_eq!(who(Some(&other), "10.231.50.3", 80), None);
+    // Within the network, containers reach each other.
+    assert_eq!(
+        who(Some("wfp-peer"), "10.231.50.2", 81).as_deref(),
+        Some("web:81")
+    );
+
+    // The endpoint gone: its DNAT is gone.
+    t.apply(std::slice::from_ref(&net), std::slice::from_ref(&peer))
+        .unwrap();
+    assert_eq!(map_len("ports_addr"), 0);
+    assert_eq!(who(Some(&other), "10.231.60.1", 18080), None);
+    assert_eq!(who(None, "127.0.0.1", 18080), None);
+
+    // No network: no table, ip_forward as before, nothing on record.
+    t.apply(&[], &[]).unwrap();
+    assert!(warren_tables().is_empty(), "{:?}", warren_tables());
+    assert_eq!(read_forward(), forward_before);
+    assert!(!t.saved().exists());
+}
+
+#[test]
+fn networks_are_isolated_masqueraded_or_internal() {
+    if !common::require_root("bridges, network namespaces and nftables") {
+        return;
+    }
+    let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut t = Topo::new("i");
+    let a = t.network("a", 52);
+    let b = t.network("b", 53);
+    let mut c = t.network("c", 54);
+    c.internal = true;
+    let mut d = t.network("d", 55);
+    d.isolate = true;
+    let eps = [
+        t.container(&a, "a1", 2, &[]),
+        t.container(&a, "a2", 3, &[]),
+        t.container(&b, "b1", 2, &[]),
+        t.container(&c, "c1", 2, &[]),
+        t.container(&c, "c2", 3, &[]),
+        t.container(&d, "d1", 2, &[]),
+        t.container(&d, "d2", 3, &["18085:80"]),
+    ];
+    // A service of the host's on an internal network's gateway (as its name server is).
+    t.httpd(None, "gw", "10.231.54.1", 18086);
+    let up = t.peer("up", 61);
+    let nets = [a, b, c, d];
+    t.apply(&nets, &eps).unwrap();
+    assert_eq!(warren_tables(), ["inet warren", "bridge warren"]);
+
+    // Out through the host: the upstream sees the host's address (it has no route back
+    // to the containers' subnets, so an answer at all proves the masquerade).
+    let seen = fetch(Some("wfi-a1"), "10.231.61.2", 80);
+    assert_eq!(seen.as_deref(), Some("up:80 10.231.61.1"));
+    assert_eq!(
+        who(Some("wfi-d1"), "10.231.61.2", 80).as_deref(),
+        Some("up:80")
+    );
+    // Internal: no way out, but its containers reach each other.
+    assert_eq!(who(Some("wfi-c1"), "10.231.61.2", 80), None);
+    assert_eq!(
+        who(Some("wfi-c1"), "10.231.54.3", 80).as_deref(),
+        Some("c2:80")
+    );
+    // Networks apart, both ways, internal included.
+    assert_eq!(who(Some("wfi-a1"), "10.231.53.2", 80), None);
+    assert_eq!(who(Some("wfi-b1"), "10.231.52.2", 80), None);
+    assert_eq!(who(Some("wfi-c1"), "10.231.52.2", 80), None);
+    assert_eq!(who(Some("wfi-a1"), "10.231.54.2", 80), None);
+    // One network: together; `isolate`: apart.
+    assert_eq!(
+        who(Some("wfi-a1"), "10.231.52.3", 80).as_deref(),
+        Some("a2:80")
+    );
+    assert_eq!(who(Some("wfi-d1"), "10.231.55.3", 80), None);
+    assert_eq!(who(Some("wfi-d2"), "10.231.55.2", 80), None);
+    // Not even through a published port; which other networks do reach.
+    assert_eq!(who(Some("wfi-d1"), "10.231.55.1", 18085), None);
+    assert_eq!(
+        who(Some("wfi-a1"), "10.231.55.1", 18085).as_deref(),
+        Some("d2:80")
+    );
+    assert_eq!(
+        who(Some("wfi-a1"), "10.231.52.1", 18085).as_deref(),
+        Some("d2:80")
+    );
+    // The host's own services on the gateway: input is not warren's to filter.
+    assert_eq!(
+        who(Some("wfi-c1"), "10.231.54.1", 18086).as_deref(),
+        Some("gw:18086")
+    );
+    // The upstream cannot open connections into a network.
+    in_ns(&up, "route add 10.231.52.0/24 via 10.231.61.1");
+    assert_eq!(who(Some(&up), "10.231.52.2", 80), None);
+
+    t.apply(&[], &[]).unwrap();
+    assert!(warren_tables().is_empty(), "{:?}", warren_tables());
+}
+
+#[test]
+fn three_hundred_endpoints_fill_the_maps() {
+    if !common::require_root("nftables") {
+        return;
+    }
+    let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topo::new("m");
+    // Records only: the maps are what is checked, no bridge is needed for that.
+    let net: NetworkDef = NetworkDef {
+        name: "fw-m".into(),
+        bridge: "wfm-none".into(),
+        subnet: "10.231.56.0/22".parse().unwrap(),
+        gateway: Ipv4Addr::new(10, 231, 56, 1),
+        subnet6: None,
+        internal: false,
+        isolate: false,
+        mtu: 1500,
+    };
+    let eps: Vec<Endpoint> = (0..300u16)
+        .map(|i| Endpoint {
+            network: net.name.clone(),
+            container: format!("c{i}"),
+            addr: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 231, 56, 2)) + u32::from(i)),
+            addr6: None,
+            names: vec![format!("c{i}")],
+            ports: vec![
+                format!("{}:80", 20000 + i).parse().unwrap(),
+                format!("127.0.0.1:{}:53/udp", 30000 + i).parse().unwrap(),
+            ],
+            veth: format!("wfm{i}"),
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    t.apply(std::slice::from_ref(&net), &eps).unwrap();
+    // For the record (no assertion on time): one apply with 600 published ports.
+    eprintln!("apply, 300 endpoints: {:?}", start.elapsed());
+    for (map, n) in [
+        ("ports_addr", 300),
+        ("ports_port", 300),
+        ("ports_at_addr", 300),
+        ("ports_at_port", 300),
+    ] {
+        assert_eq!(map_len(map), n, "{map}");
+    }
+    // One element checked end to end: 20299/tcp goes to the 300th container's port 80.
+    let out = common::ok(Command::new("nft").args(["list", "map", "inet", "warren", "ports_addr"]));
+    assert!(out.contains("tcp . 20299 : 10.231.57.45"), "{out}");
+    // A second apply with 299 replaces the first: 299 elements, not 599.
+    t.apply(std::slice::from_ref(&net), &eps[1..]).unwrap();
+    assert_eq!(map_len("ports_addr"), 299);
+    t.apply(&[], &[]).unwrap();
+    assert!(warren_tables().is_empty());
+}
+
+#[test]
+fn a_port_conflict_changes_nothing() {
+    if !common::require_root("nftables") {
+        return;
+    }
+    let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topo::new("c");
+    let net = NetworkDef {
+        name: "fw-c".into(),
+        bridge: "wfc-none".into(),
+        subnet: "10.231.62.0/24".parse().unwrap(),
+        gateway: Ipv4Addr::new(10, 231, 62, 1),
+        subnet6: None,
+        internal: false,
+        isolate: false,
+        mtu: 1500,
+    };
+    let ep = |name: &str, host: u8, port: &str| Endpoint {
+        network: net.name.clone(),
+        container: name.into(),
+        addr: Ipv4Addr::new(10, 231, 62, host),
+        addr6: None,
+        names: vec![name.into()],
+        ports: vec![port.parse().unwrap()],
+        veth: format!("wfc{host}"),
+    };
+    let first = ep("one", 2, "18090:80");
+    t.apply(std::slice::from_ref(&net), std::slice::from_ref(&first))
+        .unwrap();
+    let clash = [first.clone(), ep("two", 3, "18090:81")];
+    let err = t.apply(std::slice::from_ref(&net), &clash).unwrap_err();
+    assert!(matches!(err, FirewallError::PortTaken { .. }), "{err}");
+    // The table loaded before is still there, whole.
+    assert_eq!(map_len("ports_addr"), 1);
+    t.apply(&[], &[]).unwrap();
+    assert!(warren_tables().is_empty());
+}
