@@ -1,6 +1,7 @@
 //! What a container's `cgroup` mount shows: its own cgroup in each hierarchy it joined,
 //! found from the host's `/proc/self/mountinfo`.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use super::{Cgroup, CgroupError, Version, v1};
@@ -47,6 +48,7 @@ impl Cgroup {
     fn mount_view_in(&self, mountinfo: &str) -> Result<MountView, CgroupError> {
         let mut view = MountView::default();
         let mut parent = None;
+        let mounts = mounts(mountinfo);
         let root = std::fs::canonicalize(&self.root).map_err(|source| CgroupError::Io {
             path: self.root.clone(),
             source,
@@ -58,7 +60,7 @@ impl Cgroup {
                 (Some(Version::V1), Some(name)) if point != self.root => root.join(name),
                 _ => root.clone(),
             };
-            let Some((fstype, options)) = cgroup_mount(mountinfo, &real) else {
+            let Some((fstype, options)) = cgroup_mount(&mounts, &real) else {
                 return Err(CgroupError::Unsupported {
                     controller: real.display().to_string(),
                     message: "not a cgroup mount in /proc/self/mountinfo".into(),
@@ -107,16 +109,10 @@ impl Cgroup {
 
 /// The filesystem type (`cgroup` or `cgroup2`) and superblock options of the mount at
 /// `point` in a mountinfo text (the last one there: it is the one visible).
-fn cgroup_mount(mountinfo: &str, point: &Path) -> Option<(&'static str, String)> {
+fn cgroup_mount(mounts: &[(Cow<'_, str>, &str)], point: &Path) -> Option<(&'static str, String)> {
     let mut found = None;
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let Some(mount_point) = left.split(' ').nth(4) else {
-            continue;
-        };
-        if Path::new(&unescape(mount_point)) != point {
+    for (mount_point, right) in mounts {
+        if Path::new(mount_point.as_ref()) != point {
             continue;
         }
         let mut fields = right.split(' ');
@@ -132,6 +128,24 @@ fn cgroup_mount(mountinfo: &str, point: &Path) -> Option<(&'static str, String)>
         found = Some((fstype, options));
     }
     found
+}
+
+/// Each mount of `mountinfo`, in order: (mount point, the fields after ` - `). Parsed
+/// once per view: a host running many containers has hundreds of mounts.
+fn mounts(mountinfo: &str) -> Vec<(Cow<'_, str>, &str)> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            let point = if point.contains('\\') {
+                Cow::Owned(unescape(point))
+            } else {
+                Cow::Borrowed(point)
+            };
+            Some((point, right))
+        })
+        .collect()
 }
 
 /// mountinfo writes space, tab, newline and backslash as `\ooo`.
@@ -195,7 +209,7 @@ mod tests {
 60 23 0:41 / /mnt/over rw - cgroup cgroup rw,pids
 61 23 0:42 / /mnt/over rw - tmpfs tmpfs rw
 ";
-        let get = |p: &str| cgroup_mount(info, Path::new(p));
+        let get = |p: &str| cgroup_mount(&mounts(info), Path::new(p));
         assert_eq!(
             get("/sys/fs/cgroup/cpu,cpuacct"),
             Some(("cgroup", "rw,cpu,cpuacct".into()))
