@@ -40,6 +40,7 @@ pub mod state;
 pub mod userns;
 
 pub use create::CreateOptions;
+pub use rootfs::RootOverlay;
 pub use delete::delete_stale;
 pub use error::{ConfigError, Error};
 pub use exec::ExecOptions;
