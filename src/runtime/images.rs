@@ -248,7 +248,7 @@ fn canonical_path(p: &Path) -> PathBuf {
 }
 
 /// The directory name of the tree extracted from an index with these bytes.
-fn key(index: &[u8]) -> String {
+pub(crate) fn key(index: &[u8]) -> String {
     blake3::hash(index).to_hex()[..32].to_string()
 }
 

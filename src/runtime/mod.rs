@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod images;
+pub mod rootless_view;
 pub mod spec;
 
 pub use config::{BindMount, ConfigFile, ContainerConfig, Network};
@@ -116,8 +117,11 @@ pub struct Record {
     pub ids: Option<Reservation>,
     /// The rootfs the container runs on (the shifted view).
     pub rootfs: PathBuf,
-    /// How the view was made (`idmap`, `metacopy`, `copy`).
+    /// How the view was made (`idmap`, `metacopy`, `copy`; rootless `helper-idmap`).
     pub method: Option<String>,
+    /// Why that method (rootless: [`rootless_view`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method_reason: Option<String>,
     pub created: i64,
     /// The config's labels (a scheduler's mark on the containers it owns).
     #[serde(default)]
@@ -134,6 +138,8 @@ pub struct Info {
     pub pid: i32,
     pub ids: Option<Reservation>,
     pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method_reason: Option<String>,
     pub created: i64,
     pub labels: BTreeMap<String, String>,
     /// How it ended, once stopped and someone collected the status.
@@ -310,6 +316,7 @@ impl Runtime {
             ids: None,
             rootfs: dir.join("rootfs"),
             method: None,
+            method_reason: None,
             created: now(),
             labels: cfg.labels.clone(),
         };
@@ -336,6 +343,7 @@ impl Runtime {
             self.images.ensure_default(&self.store)?;
         }
         let dir = self.container_dir(&name);
+        let mut root_overlay = None;
         let view = if crate::dirs::is_root() {
             let lower = self.images.rootfs(&self.store, &cfg.image)?;
             fs::create_dir_all(&record.rootfs).map_err(io_err("create", &record.rootfs))?;
@@ -348,8 +356,7 @@ impl Runtime {
             record.method = Some(view.method.name().to_string());
             view.view
         } else {
-            self.extract_rootless(&cfg.image, &record.rootfs, &ids)?;
-            record.method = Some("copy".to_string());
+            root_overlay = self.rootless_view(&cfg.image, record, &ids)?;
             record.rootfs.clone()
         };
         record.rootfs = view.clone();
@@ -378,6 +385,7 @@ impl Runtime {
             console_fd: cfg.console.take(),
             stdio,
             init: cfg.init,
+            root_overlay,
             ..CreateOptions::default()
         };
         if self.monitor {
@@ -474,6 +482,7 @@ impl Runtime {
         if shifted::is_mountpoint(&mountpoint)? {
             shifted::unmount(&mountpoint)?;
         }
+        self.release_lower(&dir)?;
         // A rootless copy (and a partial one a crash left) is owned by the block: only
         // its user namespace may remove it.
         let ids = self.record(name).ok().and_then(|r| r.ids);
@@ -482,7 +491,10 @@ impl Runtime {
                 .into_iter()
                 .flatten()
                 .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("rootfs"))
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.starts_with("rootfs") || name == "layer"
+                })
                 .map(|e| e.path().as_path().into())
                 .collect();
             if !paths.is_empty() {
@@ -534,6 +546,7 @@ impl Runtime {
                 image: record.image,
                 ids: record.ids,
                 method: record.method,
+                method_reason: record.method_reason,
                 created: record.created,
                 labels: record.labels,
                 exit,
