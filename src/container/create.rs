@@ -144,7 +144,8 @@ fn create_in(
     let cgroups = make_cgroup(dir, record, spec, &linux, &ns)?;
     let (mut plan, chroot) = root_plan(record, spec, &linux, &ns, &cgroups)?;
     if let (Some(p), Some(o)) = (plan.as_mut(), &opts.root_overlay) {
-        p.set_root_overlay(o).map_err(|e| Error::config("root.path", e))?;
+        p.set_root_overlay(o)
+            .map_err(|e| Error::config("root.path", e))?;
     }
     let setgroups = !maps.as_ref().is_some_and(|m| m.deny_setgroups);
     let mut proc_plan = process_plan(&process, setgroups)?;

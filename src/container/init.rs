@@ -288,7 +288,12 @@ impl Init {
             _ => -1,
         };
         let late_root = self.rootfs.as_ref().is_some_and(|p| p.root_after_go());
-        if !self.join.is_empty() || self.unshare != 0 || self.fork_after_join || rootfs < 0 || late_root {
+        if !self.join.is_empty()
+            || self.unshare != 0
+            || self.fork_after_join
+            || rootfs < 0
+            || late_root
+        {
             return Ok(Early::Pending(rootfs));
         }
         self.names()?;

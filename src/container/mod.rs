@@ -40,12 +40,12 @@ pub mod state;
 pub mod userns;
 
 pub use create::CreateOptions;
-pub use rootfs::RootOverlay;
 pub use delete::delete_stale;
 pub use error::{ConfigError, Error};
 pub use exec::ExecOptions;
 pub use exit::Exit;
 pub use process::{ExecProcess, exit_code, parse_signal};
+pub use rootfs::RootOverlay;
 pub use state::{Record, State};
 
 use oci_spec::runtime::{ContainerState, Process, Spec};

@@ -48,7 +48,10 @@ pub fn find_helper(next_to: &[PathBuf]) -> Result<PathBuf, String> {
         match fs::metadata(&c) {
             Ok(m) if m.is_file() && m.uid() == 0 && m.mode() & 0o4001 == 0o4001 => return Ok(c),
             Ok(_) => {
-                why = format!("{} is not setuid root (chown root; chmod 4755)", c.display());
+                why = format!(
+                    "{} is not setuid root (chown root; chmod 4755)",
+                    c.display()
+                );
             }
             Err(_) => {}
         }
@@ -109,11 +112,16 @@ impl Runtime {
         let reason = match shared {
             Ok((helper, Ok(overlay))) => {
                 record.method = Some(METHOD_HELPER.to_string());
-                record.method_reason = Some(format!("{} idmaps the shared image", helper.display()));
+                record.method_reason =
+                    Some(format!("{} idmaps the shared image", helper.display()));
                 return Ok(Some(overlay));
             }
             Ok((helper, Err(e))) => {
-                tracing::warn!("{}: {}; copying the image", helper.display(), crate::error_line(&e));
+                tracing::warn!(
+                    "{}: {}; copying the image",
+                    helper.display(),
+                    crate::error_line(&e)
+                );
                 let _ = self.release_lower(&self.container_dir(&record.name));
                 format!("{} failed: {}", helper.display(), crate::error_line(&e))
             }

@@ -41,7 +41,11 @@ const MOUNT: u32 = 20;
 impl Prepared {
     pub(crate) fn new(o: &RootOverlay) -> std::io::Result<Prepared> {
         Ok(Prepared {
-            paths: [sys::cstr(&o.lower)?, sys::cstr(&o.upper)?, sys::cstr(&o.work)?],
+            paths: [
+                sys::cstr(&o.lower)?,
+                sys::cstr(&o.upper)?,
+                sys::cstr(&o.work)?,
+            ],
             fds: [AtomicI32::new(-1), AtomicI32::new(-1), AtomicI32::new(-1)],
         })
     }
@@ -58,7 +62,11 @@ impl Prepared {
                 )
             };
             if fd < 0 {
-                return Err(Fail::new(Step::RootOpen, crate::container::child::last_errno(), OPEN + i as u32));
+                return Err(Fail::new(
+                    Step::RootOpen,
+                    crate::container::child::last_errno(),
+                    OPEN + i as u32,
+                ));
             }
             let old = self.fds[i].swap(fd, Ordering::Relaxed);
             if old >= 0 {
@@ -87,7 +95,10 @@ fn make(fds: [RawFd; 3], rootfs: RawFd) -> Result<RawFd, Fail> {
     }
     let fs = sys::fsopen(c"overlay").map_err(fail(0))?;
     let fs = fs.as_fd();
-    for (i, key) in [c"lowerdir+", c"upperdir", c"workdir"].into_iter().enumerate() {
+    for (i, key) in [c"lowerdir+", c"upperdir", c"workdir"]
+        .into_iter()
+        .enumerate()
+    {
         // SAFETY: the fd is open until `mount` closes it after this call returns.
         let fd = unsafe { BorrowedFd::borrow_raw(fds[i]) };
         // A kernel whose overlayfs takes no fd for this key takes its /proc path.
