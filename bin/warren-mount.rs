@@ -16,7 +16,7 @@ use std::fs;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, StatxFlags};
@@ -334,7 +334,11 @@ fn prune(dir: &Path) -> Result<usize, String> {
 
 fn log(line: &str) {
     let path = Path::new(STATE).join("log");
-    let file = fs::OpenOptions::new().create(true).append(true).open(path);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path);
     if let Ok(mut f) = file {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
         let _ = writeln!(f, "{} {line}", now.map_or(0, |d| d.as_secs()));
@@ -388,9 +392,11 @@ fn do_mount(
     // Recorded before it is attached: a kill in between leaves a stale record (pruned),
     // never an unrecorded mount.
     let id = mount_id(tree.as_fd())?;
+    // mountinfo's ids are reused; the unique one (Linux 6.8) never is: `umount` checks it.
+    let unique = sys::mount_id(tree.as_fd()).map_err(|e| format!("statx: {e}"))?;
     let record = dir.join(id.to_string());
     let text = format!(
-        "{}\n{}\n{}:{}\n{}:{}\n",
+        "{}\n{}\n{}:{}\n{}:{}\n{unique}\n",
         target.display(),
         source.display(),
         from.uid,
@@ -431,7 +437,9 @@ fn do_umount(c: &Caller, target: &Path) -> Result<(), String> {
     })?;
     let id = mount_id(fd.as_fd())?;
     let record = dir.join(id.to_string());
-    if !record.is_file() {
+    let unique = sys::mount_id(fd.as_fd()).map_err(|e| format!("statx: {e}"))?;
+    let recorded = fs::read_to_string(&record).unwrap_or_default();
+    if recorded.lines().nth(4) != Some(unique.to_string().as_str()) {
         return Err(format!(
             "{}: no mount of yours that warren-mount made is there",
             target.display()
@@ -454,7 +462,25 @@ fn do_umount(c: &Caller, target: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// fds 0, 1 and 2 open (to /dev/null if the caller closed them), so nothing we open
+/// later becomes our stderr.
+fn standard_fds() -> Result<(), String> {
+    loop {
+        let fd = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(|e| format!("/dev/null: {e}"))?;
+        if std::os::fd::AsRawFd::as_raw_fd(&fd) > 2 {
+            return Ok(());
+        }
+        // A standard fd it now fills: keep it open.
+        std::mem::forget(fd);
+    }
+}
+
 fn run() -> Result<(), String> {
+    standard_fds()?;
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let cmd = parse(&args)?;
     if !rustix::process::geteuid().is_root() {
