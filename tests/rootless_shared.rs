@@ -248,6 +248,8 @@ fn import_image(w: &World) {
     }
     std::fs::write(tree.join("home/user/notes"), "mine").unwrap();
     std::fs::write(tree.join("etc/motd"), "shared").unwrap();
+    let passwd = "root:x:0:0::/:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n";
+    std::fs::write(tree.join("etc/passwd"), passwd).unwrap();
     std::os::unix::fs::lchown(tree.join("home/user/notes"), Some(1000), Some(1000)).unwrap();
     std::os::unix::fs::lchown(tree.join("home/user"), Some(1000), Some(1000)).unwrap();
     std::fs::set_permissions(
@@ -295,6 +297,15 @@ fn twenty_containers_share_one_tree_and_cannot_change_it() {
         .flatten()
         .find(|e| e.path().join("rootfs").is_dir());
     let tree = key.expect("an extracted tree").path().join("rootfs");
+    // A user named in the config is looked up in the image (the shared tree).
+    let out = w.warren(&[
+        "run", "--rm", "-u", "user", "--image", "shared", "--", "id", "-u",
+    ]);
+    assert_eq!(ok(&out, "run -u user").trim(), "1000");
+    // `--debug` says which method and why.
+    let out = w.warren(&["run", "--debug", "--rm", "--image", "shared", "--", "true"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("method helper-idmap"), "{log}");
     let before = snapshot(&tree);
     let mut blocks = Vec::new();
     for i in 0..20 {
@@ -582,4 +593,34 @@ fn a_create_killed_midway_leaves_what_rm_cleans() {
     let ps = ok(&w.warren(&["ps", "--json"]), "ps");
     assert_eq!(ps.trim(), "[]");
     assert!(w.records().is_empty(), "{:?}", w.records());
+}
+
+#[test]
+fn without_the_setuid_helper_a_container_gets_a_copy_and_says_why() {
+    if !require_root("runs as an unprivileged test user") {
+        return;
+    }
+    let w = World::new("shared-none", OTHER, OTHER_IDS);
+    // Installed, but not setuid root.
+    std::fs::set_permissions(w.helper(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    import_image(&w);
+    let out = w.warren(&[
+        "run",
+        "--name",
+        "c",
+        "--image",
+        "shared",
+        "--",
+        "cat",
+        "/etc/motd",
+    ]);
+    assert_eq!(ok(&out, "run").trim(), "shared");
+    let ps: serde_json::Value =
+        serde_json::from_str(&ok(&w.warren(&["ps", "--json"]), "ps")).unwrap();
+    let c = &ps[0];
+    assert_eq!(c["method"], "copy", "{c}");
+    let why = c["method_reason"].as_str().unwrap();
+    assert!(why.contains("is not setuid root"), "{why}");
+    assert!(w.records().is_empty());
+    ok(&w.warren(&["rm", "c"]), "rm");
 }

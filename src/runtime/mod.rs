@@ -363,8 +363,12 @@ impl Runtime {
         self.write_record(record)?;
 
         let image = ImageConfig::of(&self.store, &cfg.image)?;
+        // An overlay root exists only in the container: users are looked up in its lower.
+        let lookup = root_overlay
+            .as_ref()
+            .map_or(view.clone(), |o| o.lower.clone());
         let spec =
-            spec::build(&name, &cfg, &image, &ids, &view).map_err(|source| Error::Config {
+            spec::build(&name, &cfg, &image, &ids, &lookup).map_err(|source| Error::Config {
                 name: name.clone(),
                 source,
             })?;
@@ -385,6 +389,7 @@ impl Runtime {
             console_fd: cfg.console.take(),
             stdio,
             init: cfg.init,
+            rootfs: root_overlay.is_some().then(|| view.clone()),
             root_overlay,
             ..CreateOptions::default()
         };

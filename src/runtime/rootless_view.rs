@@ -112,8 +112,9 @@ impl Runtime {
         let reason = match shared {
             Ok((helper, Ok(overlay))) => {
                 record.method = Some(METHOD_HELPER.to_string());
-                record.method_reason =
-                    Some(format!("{} idmaps the shared image", helper.display()));
+                let why = format!("{} idmaps the shared image", helper.display());
+                tracing::debug!("container {}: method {METHOD_HELPER} ({why})", record.name);
+                record.method_reason = Some(why);
                 return Ok(Some(overlay));
             }
             Ok((helper, Err(e))) => {
@@ -128,6 +129,7 @@ impl Runtime {
             Err(why) => why,
         };
         self.extract_rootless(image, &record.rootfs, ids)?;
+        tracing::debug!("container {}: method {METHOD_COPY} ({reason})", record.name);
         record.method = Some(METHOD_COPY.to_string());
         record.method_reason = Some(reason);
         Ok(None)
