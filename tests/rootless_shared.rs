@@ -378,6 +378,15 @@ fn twenty_containers_share_one_tree_and_cannot_change_it() {
     }
     assert!(w.records().is_empty(), "{:?}", w.records());
     assert_eq!(snapshot(&tree), before, "the shared tree changed");
+    // gc keeps the tree while its image is in the store, removes it after.
+    ok(&w.warren(&["store", "gc"]), "gc");
+    assert!(tree.is_dir());
+    ok(&w.warren(&["image", "rm", "shared"]), "image rm");
+    ok(&w.warren(&["store", "gc"]), "gc");
+    assert!(
+        !tree.parent().unwrap().exists(),
+        "the user's tree was not removed"
+    );
 }
 
 #[test]

@@ -212,6 +212,12 @@ impl ImageCache {
             trash
         };
         let bytes = tree_bytes(&trash);
+        if !crate::dirs::is_root() {
+            // A rootless user's shared tree is its image block's: removed in a user
+            // namespace mapped onto that block.
+            super::rootless_view::remove_block_tree(&trash.join("rootfs"))
+                .map_err(io("remove", &trash))?;
+        }
         crate::tree::remove_tree(&trash).map_err(io("remove", &trash))?;
         Ok(bytes)
     }

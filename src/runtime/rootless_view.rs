@@ -209,3 +209,21 @@ impl Runtime {
         run_helper(&helper, &["umount".as_ref(), lower.as_os_str()], &lower)
     }
 }
+
+/// Removes `rootfs` (a rootless user's shared tree, if it exists) in a user namespace
+/// mapped onto the block its root's owner is in (the user's image block): the user alone
+/// may not. The helper is the running binary (`warren store gc`).
+pub(crate) fn remove_block_tree(rootfs: &Path) -> std::io::Result<()> {
+    let owner = match fs::symlink_metadata(rootfs) {
+        Ok(m) if m.is_dir() => m.uid(),
+        _ => return Ok(()),
+    };
+    let block = crate::idmap::range::Shift::new(owner - owner % 0x10000, 0x10000)
+        .map_err(std::io::Error::other)?;
+    let request = rootless::Request::Remove {
+        paths: vec![rootfs.into()],
+    };
+    rootless::in_userns(Path::new(rootless::SELF_EXE), block, request)
+        .map(drop)
+        .map_err(|e| std::io::Error::other(crate::error_line(&e)))
+}
