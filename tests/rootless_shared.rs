@@ -156,15 +156,18 @@ impl World {
 }
 
 impl Drop for World {
-    /// Unmounts whatever the test left under its dir (a failed assertion midway).
+    /// Unmounts whatever the test left mounted under its dir (a failed assertion midway).
     fn drop(&mut self) {
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "grep -o ' {}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l",
-                self.dir.path().display()
-            ))
-            .status();
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| Path::new(p).starts_with(self.dir.path()))
+            .collect();
+        points.reverse();
+        for p in points {
+            let _ = Command::new("umount").args(["-l", p]).status();
+        }
     }
 }
 
