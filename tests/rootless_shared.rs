@@ -401,9 +401,35 @@ fn the_helper_refuses_what_is_not_the_callers() {
     let (a, b) = (USER_IDS.0 + 28 * BLOCK, USER_IDS.0 + 29 * BLOCK);
     let src = w.source("state/images/k1", a);
     let target = w.user_dir("state/c/lower", 0o700);
+    // A mount inside the source: never part of what the helper mounts.
+    let sub = src.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::os::unix::fs::lchown(&sub, Some(a), Some(a)).unwrap();
+    ok(
+        &run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&sub)),
+        "tmpfs",
+    );
+    std::fs::write(sub.join("secret"), "x").unwrap();
     // The baseline the refusals differ from: accepted, read-only, ids in block b.
-    ok(&w.mount(&src, a, b, &target), "mount");
+    let out = w.mount(&src, a, b, &target);
+    run(Command::new("umount").arg(&sub));
+    ok(&out, "mount");
     assert_eq!(std::fs::metadata(target.join("bin/file")).unwrap().uid(), b);
+    assert!(
+        !target.join("sub/secret").exists(),
+        "a submount of the source came along"
+    );
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == target.to_str())
+        .unwrap();
+    let opts: Vec<&str> = line.split(' ').nth(5).unwrap().split(',').collect();
+    for o in ["ro", "nodev", "idmapped"] {
+        assert!(opts.contains(&o), "{o} missing: {line}");
+    }
     let out = run(w
         .as_user(Path::new("/usr/bin/touch"))
         .arg(target.join("bin/new")));
