@@ -528,6 +528,18 @@ fn the_helper_refuses_what_is_not_the_callers() {
     refused(&w.mount(&src, a, b, Path::new("/tmp")), "/tmp", "only you");
     assert!(!is_mountpoint(&target) && !is_mountpoint(&roots) && !is_mountpoint(Path::new("/tmp")));
 
+    assert!(w.records().is_empty(), "{:?}", w.records());
+}
+
+#[test]
+fn umount_undoes_only_what_the_helper_recorded_for_the_caller() {
+    if !require_root("installs a setuid helper and runs as unprivileged test users") {
+        return;
+    }
+    let w = World::new("shared-umount", USER, USER_IDS);
+    let (a, b) = (USER_IDS.0 + 26 * BLOCK, USER_IDS.0 + 27 * BLOCK);
+    let src = w.source("state/images/k1", a);
+    let target = w.user_dir("state/c/lower", 0o700);
     // umount: only what it recorded for this user.
     refused(
         &w.umount(&target),
