@@ -487,7 +487,9 @@ impl Runtime {
         if shifted::is_mountpoint(&mountpoint)? {
             shifted::unmount(&mountpoint)?;
         }
-        self.release_lower(&dir)?;
+        if !crate::dirs::is_root() {
+            self.release_lower(&dir)?;
+        }
         // A rootless copy (and a partial one a crash left) is owned by the block: only
         // its user namespace may remove it.
         let ids = self.record(name).ok().and_then(|r| r.ids);
