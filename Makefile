@@ -53,6 +53,8 @@ install: all
 	install -Dm755 $(BIN)/warren $(DESTDIR)$(PREFIX)/bin/warren
 	install -Dm755 $(BIN)/shift-own $(DESTDIR)$(PREFIX)/bin/shift-own
 	install -Dm755 $(BIN)/shift-mount $(DESTDIR)$(PREFIX)/bin/shift-mount
+	# Setuid root, like newuidmap: rootless containers share one image through it.
+	install -Dm4755 -o root -g root $(BIN)/warren-mount $(DESTDIR)$(PREFIX)/bin/warren-mount
 	install -Dm644 systemd/container@.service $(DESTDIR)/etc/systemd/system/container@.service
 	install -Dm644 systemd/shift-mount@.service $(DESTDIR)/etc/systemd/system/shift-mount@.service
 	install -d $(DESTDIR)/etc/warren/containers $(DESTDIR)/etc/warren/shift-mount

@@ -47,6 +47,8 @@ pub struct CreateOptions {
     pub start: bool,
     /// A minimal pid 1 that reaps zombies and forwards signals to the workload.
     pub init: bool,
+    /// Make the root an overlay of these layers in the container's namespaces.
+    pub root_overlay: Option<super::rootfs::RootOverlay>,
 }
 
 /// Creates container `id` under `root` from `spec`; returns its record and the init's
@@ -143,7 +145,11 @@ fn create_in(
         exe::check(maps.as_ref().map(uid_ranges).as_deref())?;
     }
     let cgroups = make_cgroup(dir, record, spec, &linux, &ns)?;
-    let (plan, chroot) = root_plan(record, spec, &linux, &ns, &cgroups)?;
+    let (mut plan, chroot) = root_plan(record, spec, &linux, &ns, &cgroups)?;
+    if let (Some(p), Some(o)) = (plan.as_mut(), &opts.root_overlay) {
+        p.set_root_overlay(o)
+            .map_err(|e| Error::config("root.path", e))?;
+    }
     let setgroups = !maps.as_ref().is_some_and(|m| m.deny_setgroups);
     let mut proc_plan = process_plan(&process, setgroups)?;
     proc_plan.init = opts.init;

@@ -287,7 +287,13 @@ impl Init {
             },
             _ => -1,
         };
-        if !self.join.is_empty() || self.unshare != 0 || self.fork_after_join || rootfs < 0 {
+        let late_root = self.rootfs.as_ref().is_some_and(|p| p.root_after_go());
+        if !self.join.is_empty()
+            || self.unshare != 0
+            || self.fork_after_join
+            || rootfs < 0
+            || late_root
+        {
             return Ok(Early::Pending(rootfs));
         }
         self.names()?;

@@ -68,6 +68,8 @@ struct Request {
     pid_file: Option<PathBuf>,
     start: bool,
     init: bool,
+    #[serde(default)]
+    root_overlay: Option<crate::container::rootfs::RootOverlay>,
     /// Which of stdin, stdout, stderr, the console socket come as fds, in that order.
     fds: [bool; 4],
 }
@@ -134,6 +136,7 @@ pub fn create(
         pid_file: opts.pid_file.as_deref().map(abs).transpose()?,
         start: opts.start,
         init: opts.init,
+        root_overlay: opts.root_overlay.take(),
         fds: present,
     };
     let bytes = serde_json::to_vec(&request).map_err(|e| io("encode")(e.into()))?;
@@ -292,6 +295,7 @@ fn run(sock: OwnedFd, r: Request, fds: Vec<OwnedFd>) -> i32 {
         preserve_fds: 0,
         start: r.start,
         init: r.init,
+        root_overlay: r.root_overlay,
     };
     let container = match Container::create(&r.root, &r.id, &r.spec, opts) {
         Ok(c) => c,

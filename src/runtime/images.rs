@@ -212,6 +212,12 @@ impl ImageCache {
             trash
         };
         let bytes = tree_bytes(&trash);
+        if !crate::dirs::is_root() {
+            // A rootless user's shared tree is its image block's: removed in a user
+            // namespace mapped onto that block.
+            super::rootless_view::remove_block_tree(&trash.join("rootfs"))
+                .map_err(io("remove", &trash))?;
+        }
         crate::tree::remove_tree(&trash).map_err(io("remove", &trash))?;
         Ok(bytes)
     }
@@ -248,7 +254,7 @@ fn canonical_path(p: &Path) -> PathBuf {
 }
 
 /// The directory name of the tree extracted from an index with these bytes.
-fn key(index: &[u8]) -> String {
+pub(crate) fn key(index: &[u8]) -> String {
     blake3::hash(index).to_hex()[..32].to_string()
 }
 

@@ -21,6 +21,7 @@
 pub mod config;
 pub mod images;
 mod network;
+pub mod rootless_view;
 pub mod spec;
 
 pub use config::{BindMount, ConfigFile, ContainerConfig, Network};
@@ -121,8 +122,11 @@ pub struct Record {
     pub ids: Option<Reservation>,
     /// The rootfs the container runs on (the shifted view).
     pub rootfs: PathBuf,
-    /// How the view was made (`idmap`, `metacopy`, `copy`).
+    /// How the view was made (`idmap`, `metacopy`, `copy`; rootless `helper-idmap`).
     pub method: Option<String>,
+    /// Why that method (rootless: [`rootless_view`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method_reason: Option<String>,
     pub created: i64,
     /// The config's labels (a scheduler's mark on the containers it owns).
     #[serde(default)]
@@ -139,6 +143,8 @@ pub struct Info {
     pub pid: i32,
     pub ids: Option<Reservation>,
     pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method_reason: Option<String>,
     pub created: i64,
     pub labels: BTreeMap<String, String>,
     /// How it ended, once stopped and someone collected the status.
@@ -315,6 +321,7 @@ impl Runtime {
             ids: None,
             rootfs: dir.join("rootfs"),
             method: None,
+            method_reason: None,
             created: now(),
             labels: cfg.labels.clone(),
         };
@@ -341,6 +348,7 @@ impl Runtime {
             self.images.ensure_default(&self.store)?;
         }
         let dir = self.container_dir(&name);
+        let mut root_overlay = None;
         let view = if crate::dirs::is_root() {
             let lower = self.images.rootfs(&self.store, &cfg.image)?;
             fs::create_dir_all(&record.rootfs).map_err(io_err("create", &record.rootfs))?;
@@ -353,8 +361,7 @@ impl Runtime {
             record.method = Some(view.method.name().to_string());
             view.view
         } else {
-            self.extract_rootless(&cfg.image, &record.rootfs, &ids)?;
-            record.method = Some("copy".to_string());
+            root_overlay = self.rootless_view(&cfg.image, record, &ids)?;
             record.rootfs.clone()
         };
         record.rootfs = view.clone();
@@ -363,8 +370,12 @@ impl Runtime {
         let (usermode, ports) = (cfg.network.clone(), cfg.ports.clone());
         network::prepare(self, &name, &mut cfg)?;
         let image = ImageConfig::of(&self.store, &cfg.image)?;
+        // An overlay root exists only in the container: users are looked up in its lower.
+        let lookup = root_overlay
+            .as_ref()
+            .map_or(view.clone(), |o| o.lower.clone());
         let spec =
-            spec::build(&name, &cfg, &image, &ids, &view).map_err(|source| Error::Config {
+            spec::build(&name, &cfg, &image, &ids, &lookup).map_err(|source| Error::Config {
                 name: name.clone(),
                 source,
             })?;
@@ -385,6 +396,8 @@ impl Runtime {
             console_fd: cfg.console.take(),
             stdio,
             init: cfg.init,
+            rootfs: root_overlay.is_some().then(|| view.clone()),
+            root_overlay,
             ..CreateOptions::default()
         };
         let container = if self.monitor {
@@ -479,6 +492,9 @@ impl Runtime {
         if shifted::is_mountpoint(&mountpoint)? {
             shifted::unmount(&mountpoint)?;
         }
+        if !crate::dirs::is_root() {
+            self.release_lower(&dir)?;
+        }
         // A rootless copy (and a partial one a crash left) is owned by the block: only
         // its user namespace may remove it.
         let ids = self.record(name).ok().and_then(|r| r.ids);
@@ -487,7 +503,10 @@ impl Runtime {
                 .into_iter()
                 .flatten()
                 .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("rootfs"))
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.starts_with("rootfs") || name == "layer"
+                })
                 .map(|e| e.path().as_path().into())
                 .collect();
             if !paths.is_empty() {
@@ -539,6 +558,7 @@ impl Runtime {
                 image: record.image,
                 ids: record.ids,
                 method: record.method,
+                method_reason: record.method_reason,
                 created: record.created,
                 labels: record.labels,
                 exit,

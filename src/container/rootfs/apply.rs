@@ -17,6 +17,9 @@ impl Plan {
     /// credentials. Container root (a subordinate uid) may not be able to traverse the
     /// way there (a 0700 home holding the rootfs).
     pub fn open_root(&self) -> Result<RawFd, Fail> {
+        if let Some(o) = &self.root_overlay {
+            o.open()?;
+        }
         // SAFETY: valid C string; the fd is closed before exec (O_CLOEXEC).
         let root = unsafe {
             libc::open(
@@ -69,30 +72,43 @@ impl Plan {
         };
         mount(None, c"/", None, root_flags, None)
             .map_err(|e| Fail::new(Step::RootPropagation, e, 0))?;
-        // A recursive bind of the rootfs through its fd (never its path again), attached
-        // on top of it; the tree's fd then names the new mount's root.
-        let tree = sys::open_tree_raw(
-            rootfs,
-            c"",
-            sys::OPEN_TREE_CLONE
-                | sys::OPEN_TREE_CLOEXEC
-                | sys::AT_RECURSIVE
-                | libc::AT_EMPTY_PATH as u32,
-        )
-        .map_err(|e| Fail::new(Step::RootBind, errno(e), 0))?;
-        if let Err(e) = sys::move_mount_raw(
-            tree,
-            c"",
-            rootfs,
-            c"",
-            sys::MOVE_MOUNT_F_EMPTY_PATH | sys::MOVE_MOUNT_T_EMPTY_PATH,
-        ) {
-            close(tree);
-            return Err(Fail::new(Step::RootBind, errno(e), 1));
+        if let Some(o) = &self.root_overlay {
+            let over = o.mount(rootfs)?;
+            let tree = bind_onto_itself(over);
+            close(over);
+            return tree;
         }
-        Ok(tree)
+        bind_onto_itself(rootfs)
     }
+}
 
+/// A recursive bind of the mount at `rootfs` attached on top of it.
+fn bind_onto_itself(rootfs: RawFd) -> Result<RawFd, Fail> {
+    // A recursive bind of the rootfs through its fd (never its path again), attached
+    // on top of it; the tree's fd then names the new mount's root.
+    let tree = sys::open_tree_raw(
+        rootfs,
+        c"",
+        sys::OPEN_TREE_CLONE
+            | sys::OPEN_TREE_CLOEXEC
+            | sys::AT_RECURSIVE
+            | libc::AT_EMPTY_PATH as u32,
+    )
+    .map_err(|e| Fail::new(Step::RootBind, errno(e), 0))?;
+    if let Err(e) = sys::move_mount_raw(
+        tree,
+        c"",
+        rootfs,
+        c"",
+        sys::MOVE_MOUNT_F_EMPTY_PATH | sys::MOVE_MOUNT_T_EMPTY_PATH,
+    ) {
+        close(tree);
+        return Err(Fail::new(Step::RootBind, errno(e), 1));
+    }
+    Ok(tree)
+}
+
+impl Plan {
     fn mount_all(&self, root: RawFd, cgroupns: &mut CgroupNs) -> Result<(), Fail> {
         for (i, m) in self.mounts.iter().enumerate() {
             let fail = |e| Fail::new(Step::Mount, e, i as u32);

@@ -12,11 +12,13 @@
 
 mod apply;
 mod options;
+mod overlay;
 mod plan;
 #[cfg(test)]
 mod tests;
 
 pub use options::propagation_flag;
+pub use overlay::RootOverlay;
 pub(crate) use plan::{Cgroups, Plan};
 #[cfg(test)]
 pub(crate) use plan::{Inside, PathError};

@@ -164,6 +164,23 @@ pub struct Plan {
     pub(super) new_cgroupns: bool,
     /// Description of each mount, then of each cgroup hierarchy, for error messages.
     pub descriptions: Vec<String>,
+    /// An overlay made as the root before it is bound (a rootless shared image).
+    pub(super) root_overlay: Option<super::overlay::Prepared>,
+}
+
+impl Plan {
+    /// Makes the root an overlay of `o`'s layers (see [`super::RootOverlay`]).
+    pub(crate) fn set_root_overlay(&mut self, o: &super::RootOverlay) -> Result<(), ConfigError> {
+        let p = super::overlay::Prepared::new(o)
+            .map_err(|_| ConfigError::new("root.path", "an overlay layer path holds a NUL byte"))?;
+        self.root_overlay = Some(p);
+        Ok(())
+    }
+
+    /// True when the root is made after GO (an overlay needs the id maps).
+    pub(crate) fn root_after_go(&self) -> bool {
+        self.root_overlay.is_some()
+    }
 }
 
 fn cstring(s: impl AsRef<std::ffi::OsStr>, field: &str) -> Result<CString, ConfigError> {
@@ -342,6 +359,7 @@ impl Plan {
                 .and_then(|r| r.readonly())
                 .unwrap_or(false),
             new_cgroupns: cgroups.new_ns,
+            root_overlay: None,
             descriptions,
         })
     }

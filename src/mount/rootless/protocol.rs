@@ -38,6 +38,9 @@ pub enum Request {
     /// `tmp`, then rename it to `view`; on failure remove `tmp`. The count is the entries
     /// whose ids the shift changed.
     ApplyPlan { tmp: Bytes, view: Bytes, plan: Plan },
+    /// Create each of `paths` (mode 0755, owned by the block's root) that does not exist:
+    /// a container's overlay upper and work dirs.
+    MakeDirs { paths: Vec<Bytes> },
 }
 
 /// Caller to helper.

@@ -115,6 +115,21 @@ fn work(request: &Request, shift: Shift) -> Result<u64, String> {
                 .map(|r| r.entries)
                 .map_err(|e| crate::error_line(&e))
         }
+        Request::MakeDirs { paths } => {
+            for path in paths {
+                let path = absolute(path.to_path_buf())?;
+                match std::fs::create_dir(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                        return Err(format!("{}: {e}", path.display()));
+                    }
+                    _ => {}
+                }
+                // Ours (the caller's own id here) until given to the block's root.
+                std::os::unix::fs::lchown(&path, Some(0), Some(0))
+                    .map_err(|e| format!("chown {}: {e}", path.display()))?;
+            }
+            Ok(0)
+        }
         Request::Remove { paths } => {
             for path in paths {
                 remove_tree(&absolute(path.to_path_buf())?)?;

@@ -1,0 +1,121 @@
+//! A root made in the container's own user and mount namespace: kernel overlayfs
+//! (`userxattr`) over a read-only lower layer, with an upper and work dir owned by the
+//! container's id block. A rootless `Runtime` uses it over the shared image a privileged
+//! helper idmapped into the container's block (`warren-mount`): the lower's mount was
+//! made in the host's mount namespace, so in the container's copy it is locked and
+//! container root cannot make it writable.
+//!
+//! The layers are opened in the child before GO with the caller's credentials (the way
+//! there is the user's own private directories, which the mapped ids cannot traverse) and
+//! the overlay made after GO, as the container's root (overlayfs creates its work dirs).
+
+use crate::container::child::{FdPath, close, errno};
+use crate::container::protocol::{Fail, Step};
+use crate::sys;
+use serde::{Deserialize, Serialize};
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, IntoRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// The layers of an overlay root (absolute paths).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootOverlay {
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
+/// [`RootOverlay`] as the child uses it: C strings, and the fds opened before GO.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    paths: [CString; 3],
+    fds: [AtomicI32; 3],
+}
+
+/// Failure indexes under `Step::RootOpen` (10 + layer: lower, upper, work) and
+/// `Step::RootBind` (20 + stage: fsopen, the three layers, userxattr, fsmount, attach).
+const OPEN: u32 = 10;
+const MOUNT: u32 = 20;
+
+impl Prepared {
+    pub(crate) fn new(o: &RootOverlay) -> std::io::Result<Prepared> {
+        Ok(Prepared {
+            paths: [
+                sys::cstr(&o.lower)?,
+                sys::cstr(&o.upper)?,
+                sys::cstr(&o.work)?,
+            ],
+            fds: [AtomicI32::new(-1), AtomicI32::new(-1), AtomicI32::new(-1)],
+        })
+    }
+
+    /// In the child, in its mount namespace, with the caller's credentials: `O_PATH` fds
+    /// of the lower, upper and work dirs.
+    pub(super) fn open(&self) -> Result<(), Fail> {
+        for (i, path) in self.paths.iter().enumerate() {
+            // SAFETY: a valid C string; the fd is closed in `mount` (or at exec, O_CLOEXEC).
+            let fd = unsafe {
+                libc::open(
+                    path.as_ptr(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return Err(Fail::new(
+                    Step::RootOpen,
+                    crate::container::child::last_errno(),
+                    OPEN + i as u32,
+                ));
+            }
+            let old = self.fds[i].swap(fd, Ordering::Relaxed);
+            if old >= 0 {
+                close(old);
+            }
+        }
+        Ok(())
+    }
+
+    /// In the child after GO, as the container's root: the overlay attached on `rootfs`
+    /// (an `O_PATH` fd of the root directory). Returns the fd of the overlay's root.
+    pub(super) fn mount(&self, rootfs: RawFd) -> Result<RawFd, Fail> {
+        let fds = [0, 1, 2].map(|i| self.fds[i].swap(-1, Ordering::Relaxed));
+        let result = make(fds, rootfs);
+        for fd in fds.into_iter().filter(|&fd| fd >= 0) {
+            close(fd);
+        }
+        result
+    }
+}
+
+fn make(fds: [RawFd; 3], rootfs: RawFd) -> Result<RawFd, Fail> {
+    let fail = |i: u32| move |e: std::io::Error| Fail::new(Step::RootBind, errno(e), MOUNT + i);
+    if fds.iter().any(|&fd| fd < 0) {
+        return Err(Fail::new(Step::RootBind, libc::EBADF, MOUNT));
+    }
+    let fs = sys::fsopen(c"overlay").map_err(fail(0))?;
+    let fs = fs.as_fd();
+    for (i, key) in [c"lowerdir+", c"upperdir", c"workdir"]
+        .into_iter()
+        .enumerate()
+    {
+        // SAFETY: the fd is open until `mount` closes it after this call returns.
+        let fd = unsafe { BorrowedFd::borrow_raw(fds[i]) };
+        // A kernel whose overlayfs takes no fd for this key takes its /proc path.
+        if let Err(e) = sys::fsconfig_set_fd(fs, key, fd) {
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(fail(1 + i as u32)(e));
+            }
+            let path = FdPath::new(fds[i]);
+            sys::fsconfig_set(fs, key, Some(path.as_cstr())).map_err(fail(1 + i as u32))?;
+        }
+    }
+    sys::fsconfig_set(fs, c"userxattr", None).map_err(fail(4))?;
+    let mnt = sys::fsmount(fs, 0).map_err(fail(5))?.into_raw_fd();
+    let flags = sys::MOVE_MOUNT_F_EMPTY_PATH | sys::MOVE_MOUNT_T_EMPTY_PATH;
+    if let Err(e) = sys::move_mount_raw(mnt, c"", rootfs, c"", flags) {
+        close(mnt);
+        return Err(fail(6)(e));
+    }
+    Ok(mnt)
+}

@@ -1,0 +1,229 @@
+//! Rootless containers of one image share one extracted tree (issue 20), when the
+//! setuid-root helper `warren-mount` is installed (next to the running binary or in
+//! PATH):
+//!
+//! - the image is extracted once per user, owned by the user's image block (the block
+//!   reserved as [`IMAGE_BLOCK`] in the user's own allocator), at
+//!   `STATE/images/KEY/rootfs`: the place `warren-mount` accepts a source from;
+//! - per container, `warren-mount` attaches at `CONTAINER/lower`, in the host's mount
+//!   namespace, a read-only idmapped bind of that tree seen through the container's block;
+//!   the container's copy of that mount is locked (container root cannot make it
+//!   writable), and the container makes kernel overlayfs (`userxattr`) over it, with an
+//!   upper and work dir in `CONTAINER/layer` owned by its block, as its root
+//!   ([`crate::container::RootOverlay`]).
+//!
+//! Without the helper (or when it fails) the container gets its own copy, as before; the
+//! record's `method` (`helper-idmap` or `copy`) and `method_reason` say which and why.
+
+use super::{Error, Record, Runtime, io_err, rootless};
+use crate::container::RootOverlay;
+use crate::idmap::alloc::Reservation;
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The allocator name of the user's image block (never a container name: those may not
+/// start with a dot).
+pub const IMAGE_BLOCK: &str = ".images";
+/// The helper's file name.
+pub const HELPER: &str = "warren-mount";
+/// The method names in a container's record.
+pub const METHOD_HELPER: &str = "helper-idmap";
+pub const METHOD_COPY: &str = "copy";
+
+/// The installed setuid-root helper: in the directory of one of `next_to`, or in PATH.
+/// Else why not.
+pub fn find_helper(next_to: &[PathBuf]) -> Result<PathBuf, String> {
+    let mut candidates: Vec<PathBuf> = next_to
+        .iter()
+        .filter_map(|p| p.parent().map(|d| d.join(HELPER)))
+        .collect();
+    if let Some(path) = std::env::var_os("PATH") {
+        let dirs = std::env::split_paths(&path).filter(|d| d.is_absolute());
+        candidates.extend(dirs.map(|d| d.join(HELPER)));
+    }
+    let mut why = format!("{HELPER} is not installed (next to warren or in PATH)");
+    for c in candidates {
+        match fs::metadata(&c) {
+            Ok(m) if m.is_file() && m.uid() == 0 && m.mode() & 0o4001 == 0o4001 => return Ok(c),
+            Ok(_) => {
+                why = format!(
+                    "{} is not setuid root (chown root; chmod 4755)",
+                    c.display()
+                );
+            }
+            Err(_) => {}
+        }
+    }
+    Err(why)
+}
+
+fn helper_err(what: &str, path: &Path, msg: String) -> Error {
+    let path = path.to_path_buf();
+    Error::Io {
+        what: "warren-mount",
+        path,
+        source: std::io::Error::other(format!("{what}: {msg}")),
+    }
+}
+
+/// Runs the helper; its stderr is the error.
+fn run_helper(helper: &Path, args: &[&std::ffi::OsStr], about: &Path) -> Result<(), Error> {
+    let out = Command::new(helper)
+        .args(args)
+        .output()
+        .map_err(io_err("run", helper))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    Err(helper_err("refused", about, msg))
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<(), Error> {
+    match fs::DirBuilder::new().mode(mode).create(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io_err("create", path)(e)),
+        _ => Ok(()),
+    }
+}
+
+impl Runtime {
+    fn helper_candidates(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::env::current_exe().into_iter().collect();
+        if self.helper != Path::new(rootless::SELF_EXE) {
+            v.push(self.helper.clone());
+        }
+        v
+    }
+
+    /// The rootless view of `image` for `record`'s container in block `ids`: the shared
+    /// tree through the helper (the root overlay to make), else a copy (`None`).
+    pub(super) fn rootless_view(
+        &self,
+        image: &str,
+        record: &mut Record,
+        ids: &Reservation,
+    ) -> Result<Option<RootOverlay>, Error> {
+        let shared = find_helper(&self.helper_candidates()).map(|helper| {
+            let r = self.shared_view(&helper, image, record, ids);
+            (helper, r)
+        });
+        let reason = match shared {
+            Ok((helper, Ok(overlay))) => {
+                record.method = Some(METHOD_HELPER.to_string());
+                let why = format!("{} idmaps the shared image", helper.display());
+                tracing::debug!("container {}: method {METHOD_HELPER} ({why})", record.name);
+                record.method_reason = Some(why);
+                return Ok(Some(overlay));
+            }
+            Ok((helper, Err(e))) => {
+                tracing::warn!(
+                    "{}: {}; copying the image",
+                    helper.display(),
+                    crate::error_line(&e)
+                );
+                let _ = self.release_lower(&self.container_dir(&record.name));
+                format!("{} failed: {}", helper.display(), crate::error_line(&e))
+            }
+            Err(why) => why,
+        };
+        self.extract_rootless(image, &record.rootfs, ids)?;
+        tracing::debug!("container {}: method {METHOD_COPY} ({reason})", record.name);
+        record.method = Some(METHOD_COPY.to_string());
+        record.method_reason = Some(reason);
+        Ok(None)
+    }
+
+    fn shared_view(
+        &self,
+        helper: &Path,
+        image: &str,
+        record: &Record,
+        ids: &Reservation,
+    ) -> Result<RootOverlay, Error> {
+        let (source, block) = self.shared_tree(image)?;
+        let dir = self.container_dir(&record.name);
+        let dir = fs::canonicalize(&dir).map_err(io_err("resolve", &dir))?;
+        let (lower, layer) = (dir.join("lower"), dir.join("layer"));
+        mkdir(&lower, 0o700)?;
+        mkdir(&layer, 0o700)?;
+        let (upper, work) = (layer.join("upper"), layer.join("work"));
+        let request = rootless::Request::MakeDirs {
+            paths: vec![upper.as_path().into(), work.as_path().into()],
+        };
+        rootless::in_userns(&self.helper, ids.uids.shift(), request)?;
+        let from = format!("{}:{}", block.uids.start, block.gids.start);
+        let to = format!("{}:{}", ids.uids.start, ids.gids.start);
+        let args = [
+            "mount".as_ref(),
+            source.as_os_str(),
+            from.as_ref(),
+            to.as_ref(),
+            lower.as_os_str(),
+        ];
+        run_helper(helper, &args, &source)?;
+        mkdir(&record.rootfs, 0o755)?;
+        Ok(RootOverlay { lower, upper, work })
+    }
+
+    /// The user's one extracted tree of `image` (extracted now if it is not yet), owned
+    /// by the user's image block; and that block.
+    fn shared_tree(&self, image: &str) -> Result<(PathBuf, Reservation), Error> {
+        let block = self.ids.alloc(IMAGE_BLOCK)?;
+        let index_path = self.store.index_path(image)?;
+        let index = fs::read(&index_path).map_err(io_err("read", &index_path))?;
+        let images = self.opts.state_dir.join("images");
+        crate::dirs::make_private(&images).map_err(io_err("create", &images))?;
+        let images = fs::canonicalize(&images).map_err(io_err("resolve", &images))?;
+        let dir = images.join(super::images::key(&index));
+        crate::dirs::create_private(&dir).map_err(io_err("create", &dir))?;
+        let rootfs = dir.join("rootfs");
+        let lock_path = dir.join("lock");
+        let lock = fs::File::create(&lock_path).map_err(io_err("create", &lock_path))?;
+        let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| io_err("lock", &lock_path)(e.into()))?;
+        if !rootfs.is_dir() {
+            let name = dir.join("image");
+            crate::atomic::write(&name, image.as_bytes()).map_err(io_err("write", &name))?;
+            // The store extracts into a temporary sibling and renames.
+            let request = rootless::Request::Extract {
+                store: self.store.dir().into(),
+                image: image.to_string(),
+                dest: rootfs.as_path().into(),
+            };
+            rootless::in_userns(&self.helper, block.uids.shift(), request)?;
+        }
+        Ok((rootfs, block))
+    }
+
+    /// Undoes the helper's mount at `DIR/lower`, if there is one.
+    pub(super) fn release_lower(&self, dir: &Path) -> Result<(), Error> {
+        let lower = dir.join("lower");
+        if !crate::mount::shifted::is_mountpoint(&lower)? {
+            return Ok(());
+        }
+        let helper = find_helper(&self.helper_candidates())
+            .map_err(|why| helper_err("cannot unmount", &lower, why))?;
+        let lower = fs::canonicalize(&lower).map_err(io_err("resolve", &lower))?;
+        run_helper(&helper, &["umount".as_ref(), lower.as_os_str()], &lower)
+    }
+}
+
+/// Removes `rootfs` (a rootless user's shared tree, if it exists) in a user namespace
+/// mapped onto the block its root's owner is in (the user's image block): the user alone
+/// may not. The helper is the running binary (`warren store gc`).
+pub(crate) fn remove_block_tree(rootfs: &Path) -> std::io::Result<()> {
+    let owner = match fs::symlink_metadata(rootfs) {
+        Ok(m) if m.is_dir() => m.uid(),
+        _ => return Ok(()),
+    };
+    let block = crate::idmap::range::Shift::new(owner - owner % 0x10000, 0x10000)
+        .map_err(std::io::Error::other)?;
+    let request = rootless::Request::Remove {
+        paths: vec![rootfs.into()],
+    };
+    rootless::in_userns(Path::new(rootless::SELF_EXE), block, request)
+        .map(drop)
+        .map_err(|e| std::io::Error::other(crate::error_line(&e)))
+}
