@@ -342,6 +342,12 @@ impl Inside {
     /// Creates missing components (the last as an empty file when `file`) and returns an
     /// `O_PATH` fd of the target, resolved inside `root`.
     fn create(&self, root: RawFd, file: bool) -> Result<RawFd, i32> {
+        // Most targets exist (`/proc`, `/dev`, `/sys/fs/cgroup/...`): one lookup, no walk.
+        match sys::openat2_raw(root, &self.rel, libc::O_PATH, 0, RESOLVE_IN_ROOT) {
+            Ok(fd) => return Ok(fd),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(errno(e)),
+        }
         let n = self.steps.len();
         for (i, step) in self.steps.iter().enumerate() {
             make(root, step, file && i + 1 == n)?;
