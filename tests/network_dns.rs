@@ -452,6 +452,27 @@ fn one_responder_for_racing_ensures_and_it_exits_with_its_network() {
         })
         .count();
     assert_eq!(count, 1, "four racing ensures start one responder");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
+
+    // The network is made again with another gateway: ensure replaces the responder, and
+    // the old one is gone.
+    common::ok(Command::new("ip").args(["addr", "add", "10.231.101.254/24", "dev", "wdns101"]));
+    let mut renewed = st.net.clone();
+    renewed.gateway = Ipv4Addr::new(10, 231, 101, 254);
+    std::fs::write(&st.def, serde_json::to_vec(&renewed).expect("json")).expect("write def");
+    let st = State {
+        net: renewed,
+        ..std::sync::Arc::into_inner(st).expect("one owner")
+    };
+    st.ensure();
+    let new = st.pid();
+    assert_ne!(new, pid);
+    assert!(
+        wait_gone(pid, Duration::from_secs(2)),
+        "the old responder {pid} stays"
+    );
+    let pid = new;
 
     // The definition goes: the responder follows within its check interval.
     std::fs::remove_file(&st.def).expect("rm the definition");

@@ -90,40 +90,56 @@ pub fn ensure_with(
     let dir = run_dir.join("dns");
     std::fs::create_dir_all(&dir).map_err(io("create the run directory"))?;
     let pid_file = dir.join(format!("{}.pid", net.name));
-    if running(&pid_file)
-        .map_err(io("probe the pid file"))?
-        .is_some()
-    {
+    let config = Config {
+        network: net.name.clone(),
+        listen: IpAddr::V4(net.gateway),
+        endpoints: std::path::absolute(endpoints).map_err(io("resolve the endpoints"))?,
+        definition: definition(net, endpoints)?,
+        resolv_conf: resolv_conf.to_path_buf(),
+        pid_file: std::path::absolute(&pid_file).map_err(io("resolve the pid file"))?,
+    };
+    let json = serde_json::to_string(&config).map_err(|e| io("encode")(e.into()))?;
+    let current = |pid: Option<i32>| pid.is_some_and(|p| serves(p, &json));
+    if current(running(&pid_file).map_err(io("probe the pid file"))?) {
         return Ok(());
     }
     // One starter at a time; the one that waited finds the other's responder running.
     let lock = File::create(dir.join(format!("{}.lock", net.name))).map_err(io("lock"))?;
     let _lock =
         Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| io("lock")(e.into()))?;
-    if running(&pid_file)
-        .map_err(io("probe the pid file"))?
-        .is_some()
-    {
+    let pid = running(&pid_file).map_err(io("probe the pid file"))?;
+    if current(pid) {
         return Ok(());
     }
-    let definition = endpoints
-        .parent()
-        .and_then(Path::parent)
-        .filter(|_| endpoints.parent().and_then(Path::file_name) == Some(net.name.as_ref()))
-        .map(|networks| networks.join(format!("{}.json", net.name)))
-        .ok_or_else(|| DnsError::Layout {
-            net: net.name.clone(),
-            dir: endpoints.to_path_buf(),
-        })?;
-    let config = Config {
-        network: net.name.clone(),
-        listen: IpAddr::V4(net.gateway),
-        endpoints: std::path::absolute(endpoints).map_err(io("resolve the endpoints"))?,
-        definition: std::path::absolute(definition).map_err(io("resolve the definition"))?,
-        resolv_conf: resolv_conf.to_path_buf(),
-        pid_file: std::path::absolute(&pid_file).map_err(io("resolve the pid file"))?,
+    if pid.is_some() {
+        // A responder of an earlier definition of this name (another gateway).
+        kill(&net.name, &pid_file)?;
+    }
+    start(&config, &json, exe, &dir.join(format!("{}.log", net.name)))
+}
+
+/// The network's definition file: `<networks>/NAME.json` for endpoints in
+/// `<networks>/NAME/endpoints`.
+fn definition(net: &NetworkDef, endpoints: &Path) -> Result<PathBuf, DnsError> {
+    let layout = || DnsError::Layout {
+        net: net.name.clone(),
+        dir: endpoints.to_path_buf(),
     };
-    start(&config, exe, &dir.join(format!("{}.log", net.name)))
+    let abs = std::path::absolute(endpoints).map_err(|_| layout())?;
+    let named = abs.parent().ok_or_else(layout)?;
+    if named.file_name() != Some(net.name.as_ref()) {
+        return Err(layout());
+    }
+    let networks = named.parent().ok_or_else(layout)?;
+    Ok(networks.join(format!("{}.json", net.name)))
+}
+
+/// Whether `pid` is a responder started with the config `json`.
+fn serves(pid: i32, json: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        let mut args = c.split(|b| *b == 0).skip(1);
+        args.next() == Some(MARKER.as_bytes()) && args.next() == Some(json.as_bytes())
+    })
 }
 
 fn io_err(net: &str) -> impl Fn(&str) -> Box<dyn FnOnce(std::io::Error) -> DnsError> + '_ {
@@ -134,14 +150,13 @@ fn io_err(net: &str) -> impl Fn(&str) -> Box<dyn FnOnce(std::io::Error) -> DnsEr
 }
 
 /// Starts the responder and waits for its word: `ready`, or why not.
-fn start(config: &Config, exe: &Path, log: &Path) -> Result<(), DnsError> {
+fn start(config: &Config, json: &str, exe: &Path, log: &Path) -> Result<(), DnsError> {
     let io = io_err(&config.network);
-    let json = serde_json::to_string(config).map_err(|e| io("encode")(e.into()))?;
     let log = File::create(log).map_err(io("create the log"))?;
     // std spawns with posix_spawn or fork+exec that runs no Rust code in between: safe
     // in a multithreaded process.
     let mut child = Command::new(exe)
-        .args([MARKER, &json])
+        .args([MARKER, json])
         .current_dir("/")
         .env_clear()
         .stdin(Stdio::null())
@@ -193,12 +208,20 @@ fn running(pid_file: &Path) -> std::io::Result<Option<i32>> {
 
 /// Stops the network's responder (when the network is removed).
 pub fn stop(net: &NetworkDef, run_dir: &Path) -> Result<(), DnsError> {
-    let io = io_err(&net.name);
     let dir = run_dir.join("dns");
-    let pid_file = dir.join(format!("{}.pid", net.name));
+    kill(&net.name, &dir.join(format!("{}.pid", net.name)))?;
+    for f in ["pid", "lock", "log"] {
+        let _ = std::fs::remove_file(dir.join(format!("{}.{f}", net.name)));
+    }
+    Ok(())
+}
+
+/// Stops the responder holding `pid_file` (TERM, then KILL after 5 s) and waits for it.
+fn kill(net: &str, pid_file: &Path) -> Result<(), DnsError> {
+    let io = io_err(net);
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut signal = nix::sys::signal::Signal::SIGTERM;
-    while let Some(pid) = running(&pid_file).map_err(io("probe the pid file"))? {
+    while let Some(pid) = running(pid_file).map_err(io("probe the pid file"))? {
         // The lock says it lives; the marker says the pid is still it.
         if pid > 0 && is_responder(pid) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
@@ -206,16 +229,13 @@ pub fn stop(net: &NetworkDef, run_dir: &Path) -> Result<(), DnsError> {
         if Instant::now() >= deadline {
             if signal == nix::sys::signal::Signal::SIGKILL {
                 return Err(DnsError::Stop {
-                    net: net.name.clone(),
+                    net: net.to_string(),
                     pid,
                 });
             }
             signal = nix::sys::signal::Signal::SIGKILL;
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    for f in ["pid", "lock", "log"] {
-        let _ = std::fs::remove_file(dir.join(format!("{}.{f}", net.name)));
     }
     Ok(())
 }
@@ -260,6 +280,12 @@ fn daemon(config: Config) -> i32 {
             return 1;
         }
     };
+    // Bound: no capability is needed any more (reading the endpoint files is the
+    // owner's right), and none may come back.
+    if crate::sys::capset(0, 0, 0).is_err() || rustix::thread::set_no_new_privs(true).is_err() {
+        let _ = writeln!(out, "cannot drop capabilities");
+        return 1;
+    }
     let _ = writeln!(out, "ready");
     let _ = out.flush();
     // The starter reads to the end of the pipe: close it (stdout is /dev/null from now).
@@ -273,10 +299,23 @@ fn daemon(config: Config) -> i32 {
         config.listen,
     ));
     server::serve_tcp(Arc::clone(&r), tcp);
-    let definition = config.definition.clone();
-    server::serve_udp(&r, udp, move || !definition.exists());
-    eprintln!("dns: {} is gone: exiting", config.definition.display());
+    let (definition, listen) = (config.definition.clone(), config.listen);
+    server::serve_udp(&r, udp, move || !still_ours(&definition, listen));
+    eprintln!(
+        "dns: {} is gone or names another gateway: exiting",
+        config.definition.display()
+    );
     0
+}
+
+/// Whether the network's definition still exists with the gateway `listen` (one that
+/// cannot be read for a moment does not stop the responder).
+fn still_ours(definition: &Path, listen: IpAddr) -> bool {
+    match std::fs::read(definition) {
+        Ok(text) => serde_json::from_slice::<NetworkDef>(&text)
+            .map_or(true, |def| IpAddr::V4(def.gateway) == listen),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
 }
 
 /// The pid file locked and written, the sockets bound (to the gateway only).
