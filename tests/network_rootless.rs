@@ -86,8 +86,19 @@ fn in_child(name: &str) -> bool {
     false
 }
 
+/// The namespace's process, killed when the test ends (pass or fail): it holds nothing
+/// of the test's (stdio /dev/null), so a failure never hangs the parent.
+struct Init(Child);
+
+impl Drop for Init {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `busybox httpd` on port 8080 in a new user and network namespace, serving `marker`.
-fn container(dir: &Path, marker: &str) -> Child {
+fn container(dir: &Path, marker: &str) -> Init {
     let www = dir.join(format!("www-{marker}"));
     std::fs::create_dir_all(&www).expect("mkdir www");
     std::fs::write(www.join("index.html"), marker).expect("index.html");
@@ -97,7 +108,10 @@ fn container(dir: &Path, marker: &str) -> Child {
         ])
         .arg(&www)
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
+        .map(Init)
         .expect("unshare busybox httpd")
 }
 
@@ -138,10 +152,24 @@ fn publishes_and_follows_the_container(tool: Tool, port: u16) {
     let dir = std::path::PathBuf::from(std::env::var_os(CHILD_DIR).expect("child dir"));
     let marker = format!("hello-through-{program}");
     let mut init = container(&dir, &marker);
-    let pid = init.id() as i32;
+    let pid = init.0.id() as i32;
     let mapping = format!("{port}:8080").parse().expect("mapping");
+    // A pipe the caller holds across the attach: whatever stays running (helper, watcher)
+    // must not keep it open, or a caller reading its own child's output would hang.
+    let (probe_r, probe_w) = nix::unistd::pipe().expect("pipe");
     let attached = usermode::attach(tool, pid, &[mapping])
         .unwrap_or_else(|e| panic!("{}", warren::error_line(&e)));
+    drop(probe_w);
+    let mut pfd = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&probe_r),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let polled = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(2000u16));
+    assert_eq!(
+        polled,
+        Ok(1),
+        "the pipe's write end lives on in {program} or its watcher"
+    );
     assert_eq!(attached.nameserver, tool.nameserver());
     assert!(alive(attached.pid), "{program} runs");
 
@@ -163,8 +191,8 @@ fn publishes_and_follows_the_container(tool: Tool, port: u16) {
     );
 
     // The container goes: so does its helper, and the port.
-    init.kill().expect("kill the namespace's process");
-    init.wait().expect("reap");
+    init.0.kill().expect("kill the namespace's process");
+    init.0.wait().expect("reap");
     let deadline = Instant::now() + Duration::from_secs(15);
     while alive(attached.pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));

@@ -22,6 +22,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -205,12 +206,17 @@ fn pasta(
         }
     };
     let pid_file = dir.join("pasta.pid");
-    let out = std::process::Command::new(program)
-        .args(pasta_args(pid, ports, &pid_file))
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(pasta_args(pid, ports, &pid_file))
         .env_clear()
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(io("start"))?;
+        .stdin(std::process::Stdio::null());
+    // SAFETY: between fork and exec only close_range, which is async-signal-safe.
+    unsafe {
+        // The daemon lives as long as the container: none of the caller's fds with it
+        // (std marks its own close-on-exec; a caller's inheritable one would stay open).
+        cmd.pre_exec(|| crate::sys::cloexec_range_from(3));
+    }
+    let out = cmd.output().map_err(io("start"))?;
     let daemon: Option<i32> = std::fs::read_to_string(&pid_file)
         .ok()
         .and_then(|t| t.trim().parse().ok());
