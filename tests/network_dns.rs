@@ -294,7 +294,16 @@ fn names_aliases_forwarding_and_hostile_packets() {
         &["c1", "web"],
     );
     st.endpoint("c2", Ipv4Addr::new(10, 231, 100, 3), None, &["c2", "Web"]);
+    // An inheritable fd of the caller's must not live on in the responder.
+    let (probe_r, probe_w) = nix::unistd::pipe().expect("pipe");
     st.ensure();
+    drop(probe_w);
+    let mut pfd = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&probe_r),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let polled = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(2000u16));
+    assert_eq!(polled, Ok(1), "the responder holds the caller's pipe");
     let pid = st.pid();
     st.ensure();
     assert_eq!(st.pid(), pid, "a second ensure starts no second responder");

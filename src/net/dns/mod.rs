@@ -264,6 +264,8 @@ pub fn dispatch() {
 
 /// The responder process: fork away from the starter, lock, bind, answer.
 fn daemon(config: Config) -> i32 {
+    // Whatever the starter let through (fds without close-on-exec) is not ours to keep.
+    let _ = crate::sys::close_fds(3, i32::MAX);
     // SAFETY: this process is single-threaded (a fresh exec), so fork is safe.
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Parent { .. }) => return 0,
