@@ -160,6 +160,13 @@ impl State {
     }
 }
 
+impl Drop for State {
+    /// Even when the test failed: no responder outlives it.
+    fn drop(&mut self) {
+        let _ = warren::net::dns::stop(&self.net, &self.run);
+    }
+}
+
 fn alive(pid: i32) -> bool {
     // Not a zombie either: the responder's parent is init, which reaps it.
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
@@ -470,10 +477,8 @@ fn one_responder_for_racing_ensures_and_it_exits_with_its_network() {
     let mut renewed = st.net.clone();
     renewed.gateway = Ipv4Addr::new(10, 231, 101, 254);
     std::fs::write(&st.def, serde_json::to_vec(&renewed).expect("json")).expect("write def");
-    let st = State {
-        net: renewed,
-        ..std::sync::Arc::into_inner(st).expect("one owner")
-    };
+    let mut st = std::sync::Arc::into_inner(st).expect("one owner");
+    st.net = renewed;
     st.ensure();
     let new = st.pid();
     assert_ne!(new, pid);
