@@ -39,6 +39,8 @@ pub struct Responder {
 #[derive(Default)]
 struct Table {
     names: HashMap<String, Vec<Addr>>,
+    /// `D.C.B.A.in-addr.arpa` to the first name of the endpoint with address A.B.C.D.
+    reverse: HashMap<String, String>,
     /// The directory's mtime at the last scan.
     mtime: Option<SystemTime>,
 }
@@ -76,18 +78,13 @@ impl Responder {
         if mtime == table.mtime && !recent {
             return;
         }
-        table.names = scan(&self.endpoints);
+        (table.names, table.reverse) = scan(&self.endpoints, &self.network);
         table.mtime = mtime;
     }
 
     /// The addresses of `q`'s name on this network: `None` when the name is not ours.
     fn lookup(&self, q: &Query) -> Option<Vec<Addr>> {
-        let mut name = q
-            .labels
-            .iter()
-            .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
-            .collect::<Vec<_>>()
-            .join(".");
+        let mut name = lower(q);
         let domain = format!(".{}.warren", self.network);
         let ours = name.ends_with(&domain);
         if ours {
@@ -103,6 +100,13 @@ impl Responder {
         }
     }
 
+    /// The name of the endpoint a reverse name (`D.C.B.A.in-addr.arpa`) stands for.
+    fn reverse(&self, q: &Query) -> Option<String> {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        self.refresh(&mut table);
+        table.reverse.get(&lower(q)).cloned()
+    }
+
     /// The answer to one packet of at most `max` bytes, or that it goes upstream.
     pub fn handle(&self, packet: &[u8], max: usize) -> Action {
         let q = match wire::parse_query(packet) {
@@ -115,6 +119,12 @@ impl Responder {
         };
         if q.qclass != wire::CLASS_IN || q.labels.is_empty() {
             return Action::Forward;
+        }
+        if q.qtype == wire::TYPE_PTR {
+            return match self.reverse(&q) {
+                Some(target) => Action::Reply(wire::answer_ptr(&q, &target, TTL, max)),
+                None => Action::Forward,
+            };
         }
         let Some(addrs) = self.lookup(&q) else {
             return Action::Forward;
@@ -179,6 +189,15 @@ impl Responder {
     }
 }
 
+/// The question's name, lower case, dot-separated, without the trailing dot.
+fn lower(q: &Query) -> String {
+    q.labels
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 fn reply(r: Option<Vec<u8>>) -> Action {
     r.map_or(Action::Drop, Action::Reply)
 }
@@ -209,12 +228,16 @@ fn ask(up: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// The names of the endpoint files in `dir`, lower case, without a trailing dot; a name
-/// shared by several endpoints has all their addresses.
-fn scan(dir: &Path) -> HashMap<String, Vec<Addr>> {
-    let mut names: HashMap<String, Vec<Addr>> = HashMap::new();
+type Names = HashMap<String, Vec<Addr>>;
+
+/// The names of the endpoint files in `dir`, lower case, without a trailing dot (a name
+/// shared by several endpoints has all their addresses), and the reverse names of their
+/// IPv4 addresses (to `NAME.<network>.warren`).
+fn scan(dir: &Path, network: &str) -> (Names, HashMap<String, String>) {
+    let mut names: Names = HashMap::new();
+    let mut reverse = HashMap::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return names;
+        return (names, reverse);
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
@@ -227,6 +250,13 @@ fn scan(dir: &Path) -> HashMap<String, Vec<Addr>> {
         let Some(ep) = read_endpoint(&path) else {
             continue;
         };
+        if let Some(first) = ep.names.first() {
+            let [a, b, c, d] = ep.addr.octets();
+            let first = first.trim_end_matches('.').to_ascii_lowercase();
+            reverse
+                .entry(format!("{d}.{c}.{b}.{a}.in-addr.arpa"))
+                .or_insert(format!("{first}.{network}.warren"));
+        }
         for name in &ep.names {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
             if name.is_empty() {
@@ -237,7 +267,7 @@ fn scan(dir: &Path) -> HashMap<String, Vec<Addr>> {
             addrs.extend(ep.addr6.map(Addr::V6));
         }
     }
-    names
+    (names, reverse)
 }
 
 fn read_endpoint(path: &Path) -> Option<Endpoint> {
@@ -404,6 +434,18 @@ mod tests {
         assert_eq!(addrs(&ask("web-1", wire::TYPE_AAAA)), Vec::<[u8; 4]>::new());
         assert_eq!(rcode(&ask("web-1", wire::TYPE_AAAA)), 0);
         assert!(matches!(ask("example.org", wire::TYPE_A), Action::Forward));
+        let Action::Reply(ptr) = ask("3.0.0.10.in-addr.arpa", wire::TYPE_PTR) else {
+            panic!("no PTR answer")
+        };
+        let (rcode, count) = (ptr[3] & 0xf, u16::from_be_bytes([ptr[6], ptr[7]]));
+        assert_eq!((rcode, count), (0, 1));
+        let end = ptr.len();
+        let (target, _) = wire::read_name(&ptr, end - "web-2.n1.warren".len() - 2).expect("name");
+        assert_eq!(target.join(&b'.'), b"web-2.n1.warren".to_vec());
+        assert!(matches!(
+            ask("9.0.0.10.in-addr.arpa", wire::TYPE_PTR),
+            Action::Forward
+        ));
         // No upstream: SERVFAIL.
         let q = wire::query(3, "example.org", wire::TYPE_A);
         assert_eq!(

@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const TYPE_A: u16 = 1;
 pub const TYPE_AAAA: u16 = 28;
+pub const TYPE_PTR: u16 = 12;
 pub const TYPE_ANY: u16 = 255;
 pub const CLASS_IN: u16 = 1;
 
@@ -172,6 +173,32 @@ pub fn answer(q: &Query, rcode: u8, addrs: &[Addr], ttl: u32, max: usize) -> Vec
         count += 1;
     }
     out[6..8].copy_from_slice(&count.to_be_bytes());
+    out
+}
+
+/// The answer to a PTR question `q`: the name `target` (dot-separated, at most 255
+/// bytes on the wire, labels at most 63; longer ones are not answered).
+pub fn answer_ptr(q: &Query, target: &str, ttl: u32, max: usize) -> Vec<u8> {
+    let mut data = Vec::new();
+    for l in target.split('.').filter(|l| !l.is_empty()) {
+        if l.len() > 63 {
+            return answer(q, RCODE_SERVFAIL, &[], ttl, max);
+        }
+        data.push(l.len() as u8);
+        data.extend_from_slice(l.as_bytes());
+    }
+    data.push(0);
+    let mut out = answer(q, 0, &[], ttl, max);
+    if data.len() > NAME_MAX || out.len() + 12 + data.len() > max {
+        return answer(q, RCODE_SERVFAIL, &[], ttl, max);
+    }
+    out[6..8].copy_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&[0xc0, 0x0c]);
+    out.extend_from_slice(&TYPE_PTR.to_be_bytes());
+    out.extend_from_slice(&CLASS_IN.to_be_bytes());
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    out.extend_from_slice(&data);
     out
 }
 
