@@ -107,6 +107,7 @@ fn main() {
     // First: this process may be the rootless helper a `warren` re-executed.
     warren::mount::rootless::dispatch();
     warren::container::monitor::dispatch();
+    warren::net::dns::dispatch();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let cmd = Cli::command();
     let template = help::template(&cmd);

@@ -34,6 +34,7 @@ pub(crate) mod tree;
 pub fn main_hook() -> Result<(), container::exe::ExeError> {
     mount::rootless::dispatch();
     container::monitor::dispatch();
+    net::dns::dispatch();
     container::exe::reexec_sealed()
 }
 
