@@ -37,7 +37,7 @@ pub enum FirewallError {
         first: String,
         second: String,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
