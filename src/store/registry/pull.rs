@@ -1,0 +1,378 @@
+//! `pull`: manifest, config and layer blobs from a registry, verified, then imported as
+//! an OCI layout's layers are.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use super::client::{Client, Method, http};
+use super::manifest::{self, Descriptor, Manifest, Platform, parse_digest};
+use super::reference::{self, Reference};
+use super::{Options, RegistryError};
+use crate::store::oci::blob::{Blob, Digest, Hashing};
+use crate::store::oci::{self, ImportOptions};
+use crate::store::{ImageInfo, Progress, Store};
+
+/// Where downloaded blobs wait for their import, under the store.
+const BLOB_DIR: &str = "registry-blobs";
+
+/// What to pull.
+#[derive(Clone, Debug, Default)]
+pub struct PullOptions {
+    /// The platform to pick from an index (default: this machine's).
+    pub platform: Option<Platform>,
+    /// The local name (default: `HOST/REPO:TAG`).
+    pub name: Option<String>,
+    /// Download counters: `bytes` so far of `total`.
+    pub progress: Option<Arc<Progress>>,
+    /// How the layers are imported.
+    pub import: ImportOptions,
+}
+
+/// What a pull did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PullReport {
+    pub name: String,
+    /// The reference pulled, fully qualified.
+    pub reference: String,
+    /// The image manifest's digest.
+    pub digest: String,
+    pub layers: usize,
+    /// Blob bytes downloaded by this pull.
+    pub fetched_bytes: u64,
+    /// Retried requests.
+    pub retries: u64,
+    pub image: ImageInfo,
+}
+
+/// Pulls `reference` into `store`. A short name is tried at each search registry in turn
+/// (see [`reference::resolve`]).
+pub fn pull(
+    store: &Store,
+    reference: &str,
+    opts: &Options,
+    pull: &PullOptions,
+) -> Result<PullReport, RegistryError> {
+    let candidates = reference::resolve(reference, &opts.registries_conf)?;
+    let last = candidates.len() - 1;
+    for (i, r) in candidates.iter().enumerate() {
+        match pull_one(store, r, opts, pull) {
+            Err(RegistryError::NotFound { .. } | RegistryError::Auth { .. }) if i < last => {
+                tracing::info!("{r}: not found there, trying the next search registry");
+            }
+            other => return other,
+        }
+    }
+    Err(RegistryError::BadReference {
+        reference: reference.into(),
+        why: "no registry to try".into(),
+    })
+}
+
+fn pull_one(
+    store: &Store,
+    r: &Reference,
+    opts: &Options,
+    pull: &PullOptions,
+) -> Result<PullReport, RegistryError> {
+    let name = pull.name.clone().unwrap_or_else(|| r.local_name());
+    crate::store::ImageName::parse(&name)?;
+    let client = Client::new(opts, r.api_host(), &r.repository, "pull")?;
+    let platform = pull.platform.clone().unwrap_or_else(Platform::host);
+    let m = manifest::resolve(&client, &r.manifest_ref(), &platform)?;
+    let config = fetch_config(&client, &m.config)?;
+    let diff_ids = diff_ids(&config, &m)?;
+    let dir = store.dir().join(BLOB_DIR);
+    make_private_dir(&dir)?;
+    let progress = pull.progress.clone().unwrap_or_default();
+    progress
+        .total
+        .store(m.layers.iter().map(|l| l.size).sum(), Ordering::Relaxed);
+    let fetched = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let paths = download_all(&client, &m.layers, &dir, opts.jobs, &progress, &fetched)?;
+    let blobs: Vec<Blob> = m
+        .layers
+        .iter()
+        .zip(diff_ids)
+        .zip(&paths)
+        .map(|((l, diff_id), path)| {
+            Ok(Blob {
+                name: l.digest.clone(),
+                path: path.clone(),
+                root: None,
+                offset: 0,
+                len: None,
+                digest: Some(parse_digest(&l.digest, "layer")?),
+                size: Some(l.size),
+                diff_id: Some(diff_id),
+            })
+        })
+        .collect::<Result<_, RegistryError>>()?;
+    let image = oci::import_layers(store, &blobs, &name, config, &pull.import)?;
+    for p in &paths {
+        let _ = fs::remove_file(p);
+    }
+    Ok(PullReport {
+        name: image.name.clone(),
+        reference: r.to_string(),
+        digest: m.digest.to_string(),
+        layers: m.layers.len(),
+        fetched_bytes: fetched.load(Ordering::Relaxed),
+        retries: client.retries.load(Ordering::Relaxed),
+        image,
+    })
+}
+
+fn make_private_dir(dir: &Path) -> Result<(), RegistryError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|err| RegistryError::Io {
+            path: dir.into(),
+            err,
+        })
+}
+
+/// The config blob, in memory (it is small), verified.
+fn fetch_config(client: &Client, d: &Descriptor) -> Result<Vec<u8>, RegistryError> {
+    let digest = parse_digest(&d.digest, "config")?;
+    let url = client.url(&format!("blobs/{digest}"));
+    let resp = client.send(Method::Get, &url, &[])?;
+    match resp.status().as_u16() {
+        200 => {}
+        404 => return Err(RegistryError::NotFound { what: url }),
+        s => return Err(http(&url, format!("HTTP {s}"))),
+    }
+    let data = resp
+        .into_body()
+        .with_config()
+        .limit(manifest::MAX_MANIFEST)
+        .read_to_vec()
+        .map_err(|e| http(&url, e.to_string()))?;
+    let blob = format!("config {digest}");
+    if data.len() as u64 != d.size {
+        return Err(RegistryError::SizeMismatch {
+            blob,
+            expected: d.size,
+            actual: data.len() as u64,
+        });
+    }
+    let actual = super::hash(digest.algorithm, &data);
+    if actual != digest {
+        return Err(RegistryError::DigestMismatch {
+            blob,
+            expected: digest.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    Ok(data)
+}
+
+fn diff_ids(config: &[u8], m: &Manifest) -> Result<Vec<Digest>, RegistryError> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        rootfs: RootFs,
+    }
+    #[derive(serde::Deserialize)]
+    struct RootFs {
+        diff_ids: Vec<String>,
+    }
+    let what = format!("config {}", m.config.digest);
+    let c: Config = serde_json::from_slice(config).map_err(|e| RegistryError::Invalid {
+        what: what.clone(),
+        why: e.to_string(),
+    })?;
+    if c.rootfs.diff_ids.len() != m.layers.len() {
+        return Err(RegistryError::Invalid {
+            what,
+            why: format!(
+                "{} diff_ids for the manifest's {} layers",
+                c.rootfs.diff_ids.len(),
+                m.layers.len()
+            ),
+        });
+    }
+    c.rootfs
+        .diff_ids
+        .iter()
+        .map(|d| parse_digest(d, &what))
+        .collect()
+}
+
+/// Downloads every layer blob, `jobs` at once; the first failure stops the rest.
+fn download_all(
+    client: &Client,
+    layers: &[Descriptor],
+    dir: &Path,
+    jobs: usize,
+    progress: &Progress,
+    fetched: &std::sync::atomic::AtomicU64,
+) -> Result<Vec<PathBuf>, RegistryError> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Vec<std::sync::Mutex<Option<Result<PathBuf, RegistryError>>>> =
+        layers.iter().map(|_| Default::default()).collect();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, layers.len().max(1)) {
+            s.spawn(|| {
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(layer) = layers.get(i) else { break };
+                    let r = download(client, layer, dir, progress, fetched);
+                    failed.fetch_or(r.is_err(), Ordering::Relaxed);
+                    if let Ok(mut slot) = results[i].lock() {
+                        *slot = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    let mut out = Vec::new();
+    for (i, slot) in results.into_iter().enumerate() {
+        match slot.into_inner().ok().flatten() {
+            Some(r) => out.push(r?),
+            None => {
+                return Err(RegistryError::Invalid {
+                    what: format!("layer {}", layers[i].digest),
+                    why: "not downloaded (an earlier layer failed)".into(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The digest of the file at `path`.
+fn hash_file(path: &Path, digest: &Digest) -> std::io::Result<(Digest, u64)> {
+    let h = Hashing::new(File::open(path)?, Some(digest.algorithm));
+    let (d, n) = h.finish()?;
+    Ok((d.unwrap_or_else(|| digest.clone()), n))
+}
+
+/// Downloads one blob to `dir/HEX` (resuming `dir/HEX.part`), verified. A digest or size
+/// mismatch, or a broken connection, is retried from scratch or from where it broke,
+/// within the client's attempts.
+fn download(
+    client: &Client,
+    layer: &Descriptor,
+    dir: &Path,
+    progress: &Progress,
+    fetched: &std::sync::atomic::AtomicU64,
+) -> Result<PathBuf, RegistryError> {
+    let digest = parse_digest(&layer.digest, "layer")?;
+    let done = dir.join(&digest.hex);
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |err| RegistryError::Io { path: p, err }
+    };
+    if let Ok((d, n)) = hash_file(&done, &digest) {
+        if d == digest && n == layer.size {
+            Progress::add(&progress.bytes, n);
+            return Ok(done);
+        }
+    }
+    let part = dir.join(format!("{}.part", digest.hex));
+    let url = client.url(&format!("blobs/{digest}"));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let err = match fetch_into(client, &url, &part, layer.size, progress, fetched) {
+            Ok(()) => {
+                let (actual, n) = hash_file(&part, &digest).map_err(io(&part))?;
+                if actual == digest && n == layer.size {
+                    fs::rename(&part, &done).map_err(io(&done))?;
+                    return Ok(done);
+                }
+                let _ = fs::remove_file(&part);
+                RegistryError::DigestMismatch {
+                    blob: format!("layer {digest}"),
+                    expected: digest.to_string(),
+                    actual: actual.to_string(),
+                }
+            }
+            Err(e @ (RegistryError::Http { .. } | RegistryError::SizeMismatch { .. })) => e,
+            Err(e) => return Err(e),
+        };
+        if attempt >= client.attempts() {
+            return Err(err);
+        }
+        tracing::warn!("{err}; retrying");
+        client.backoff(attempt, None);
+    }
+}
+
+/// GETs the rest of the blob at `url` into `part` (a `Range` from what `part` holds).
+fn fetch_into(
+    client: &Client,
+    url: &str,
+    part: &Path,
+    size: u64,
+    progress: &Progress,
+    fetched: &std::sync::atomic::AtomicU64,
+) -> Result<(), RegistryError> {
+    let io = |err| RegistryError::Io {
+        path: part.into(),
+        err,
+    };
+    let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    let have = if have >= size { 0 } else { have };
+    let headers = match have {
+        0 => vec![],
+        n => vec![("Range", format!("bytes={n}-"))],
+    };
+    let resp = client.send(Method::Get, url, &headers)?;
+    let append = match resp.status().as_u16() {
+        200 => false,
+        206 if have > 0 => true,
+        404 => return Err(RegistryError::NotFound { what: url.into() }),
+        s => return Err(http(url, format!("HTTP {s}"))),
+    };
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(part)
+        .map_err(io)?;
+    let start = if append { have } else { 0 };
+    // One byte more than the blob may have, to tell a too-long blob.
+    let left = size - start + 1;
+    let mut body = resp.into_body().into_with_config().limit(left + 1).reader();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut written = start;
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                // Keep what arrived: the next attempt asks for the rest.
+                file.flush().map_err(io)?;
+                return Err(http(url, format!("after {written} bytes: {e}")));
+            }
+        };
+        file.write_all(&buf[..n]).map_err(io)?;
+        written += n as u64;
+        Progress::add(&progress.bytes, n as u64);
+        fetched.fetch_add(n as u64, Ordering::Relaxed);
+        if written > size {
+            drop(file);
+            let _ = fs::remove_file(part);
+            return Err(RegistryError::SizeMismatch {
+                blob: format!("layer at {url}"),
+                expected: size,
+                actual: written,
+            });
+        }
+    }
+    if written < size {
+        return Err(http(
+            url,
+            format!("the connection ended after {written} of {size} bytes"),
+        ));
+    }
+    Ok(())
+}
