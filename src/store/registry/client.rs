@@ -67,11 +67,12 @@ fn pem_certs(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, Regist
     Ok(out)
 }
 
-/// The extra CAs for `host`: `*.crt` in `DIR/HOST/` for each certs.d `DIR`.
-fn host_certs(dirs: &[PathBuf], host: &str) -> Result<Vec<PathBuf>, RegistryError> {
+/// The extra CAs for `host`: `*.crt` in `DIR/HOST/` for each certs.d `DIR`, and in the
+/// `cert_dir`.
+fn host_certs(opts: &Options, host: &str) -> Result<Vec<PathBuf>, RegistryError> {
     let mut out = Vec::new();
-    for dir in dirs {
-        let d = dir.join(host);
+    let dirs = opts.certs_dirs.iter().map(|d| d.join(host));
+    for d in dirs.chain(opts.cert_dir.clone()) {
         let entries = match std::fs::read_dir(&d) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -93,7 +94,7 @@ fn tls_config(opts: &Options, host: &str) -> Result<ureq::tls::TlsConfig, Regist
     if !opts.tls_verify {
         return Ok(builder.disable_verification(true).build());
     }
-    let extra = host_certs(&opts.certs_dirs, host)?;
+    let extra = host_certs(opts, host)?;
     let system = SYSTEM_BUNDLES.iter().map(Path::new).find(|p| p.is_file());
     if extra.is_empty() && system.is_none() {
         return Ok(builder.build());
@@ -363,8 +364,11 @@ impl Client {
                 "token realm {realm:?} is not an http(s) URL"
             )));
         }
-        let scope = format!("repository:{}:{}", self.repository, self.actions);
-        let mut req = self.agent.get(realm).query("scope", &scope);
+        let mut req = self.agent.get(realm);
+        if !self.repository.is_empty() {
+            let scope = format!("repository:{}:{}", self.repository, self.actions);
+            req = req.query("scope", &scope);
+        }
         if let Some(service) = get("service") {
             req = req.query("service", service);
         }
@@ -404,6 +408,23 @@ impl Client {
             .or(t.access_token)
             .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
             .ok_or_else(|| auth_err("the token server sent no usable token".into()))
+    }
+}
+
+/// Checks `opts.creds` against the registry at `host` (its `/v2/` endpoint), as
+/// `login` does before storing them.
+pub fn check_login(opts: &Options, host: &str) -> Result<(), RegistryError> {
+    let api = if host == super::reference::DOCKER_HUB {
+        "registry-1.docker.io"
+    } else {
+        host
+    };
+    let client = Client::new(opts, api, "", "pull")?;
+    let url = format!("{}/v2/", client.base);
+    let resp = client.send(Method::Get, &url, &[])?;
+    match resp.status().as_u16() {
+        200 => Ok(()),
+        s => Err(http(&url, format!("HTTP {s}"))),
     }
 }
 

@@ -76,6 +76,9 @@ pub struct Options {
     pub tls_verify: bool,
     /// certs.d roots: `DIR/HOST[:PORT]/*.crt` are trusted CAs for that registry.
     pub certs_dirs: Vec<PathBuf>,
+    /// A directory whose `*.crt` are trusted CAs for whatever registry is contacted
+    /// (podman's `--cert-dir`).
+    pub cert_dir: Option<PathBuf>,
     /// Credentials to use instead of the auth files'.
     pub creds: Option<Credentials>,
     /// Where to look credentials up ([`auth::default_files`]).
@@ -98,6 +101,7 @@ impl Default for Options {
                 "/etc/containers/certs.d".into(),
                 "/etc/docker/certs.d".into(),
             ],
+            cert_dir: None,
             creds: None,
             auth_files: auth::default_files(),
             registries_conf: "/etc/containers/registries.conf".into(),
