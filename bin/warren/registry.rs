@@ -43,9 +43,7 @@ impl Access {
             o.auth_files = vec![f.clone()];
         }
         if let Some(c) = creds {
-            o.creds = Some(
-                Credentials::parse(c).context("--creds: expected USER:PASSWORD")?,
-            );
+            o.creds = Some(Credentials::parse(c).context("--creds: expected USER:PASSWORD")?);
         }
         Ok(o)
     }
@@ -151,10 +149,7 @@ pub fn login(global: &Global, args: LoginArgs) -> anyhow::Result<i32> {
         (Some(_), true) => anyhow::bail!("--password and --password-stdin: give one"),
         (None, false) => read_line("Password: ")?,
     };
-    let creds = Credentials {
-        username,
-        password,
-    };
+    let creds = Credentials { username, password };
     let file = auth_file(&args.access.authfile)?;
     if !args.no_check {
         let mut opts = args.access.options(None)?;
@@ -163,7 +158,10 @@ pub fn login(global: &Global, args: LoginArgs) -> anyhow::Result<i32> {
     }
     auth::login(&file, &args.host, &creds)?;
     if global.json {
-        println!("{}", serde_json::json!({ "login": args.host, "file": file }));
+        println!(
+            "{}",
+            serde_json::json!({ "login": args.host, "file": file })
+        );
     } else {
         println!("Login to {} saved in {}", args.host, file.display());
     }
@@ -176,7 +174,10 @@ pub fn logout(global: &Global, args: LogoutArgs) -> anyhow::Result<i32> {
         anyhow::bail!("not logged in to {} (in {})", args.host, file.display());
     }
     if global.json {
-        println!("{}", serde_json::json!({ "logout": args.host, "file": file }));
+        println!(
+            "{}",
+            serde_json::json!({ "logout": args.host, "file": file })
+        );
     } else {
         println!("Removed the login to {} from {}", args.host, file.display());
     }
