@@ -110,7 +110,7 @@ fn make_pki(dir: &Path) {
     );
     fs::write(
         dir.join("ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
          keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
     )
     .unwrap();
@@ -638,4 +638,146 @@ fn a_corrupt_blob_is_refused_naming_it_and_nothing_is_listed() {
         "{err}"
     );
     assert!(!listed(w, &reg).contains("corrupt"), "nothing listed");
+}
+
+/// A registry serving one OCI layout over TLS with faults: basic auth on `/v2/`; the
+/// largest layer's first GET gets a 503 with `Retry-After: 1`, the next ones a redirect to
+/// "blob storage" on another authority (`localhost:PORT`), whose first answer is cut
+/// after half the bytes (later ones honour `Range`). Logs `PATH auth=yes|no range=R`.
+const FAKE_REGISTRY: &str = r#"
+import base64, http.server, json, os, ssl, sys, threading
+port, cert, key, layout, user, pw, log = sys.argv[1:8]
+good = "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
+index = json.load(open(os.path.join(layout, "index.json")))
+def blob(d): return open(os.path.join(layout, "blobs", *d.split(":")), "rb").read()
+tags = {m["annotations"]["org.opencontainers.image.ref.name"]: m for m in index["manifests"]}
+big = max(json.loads(blob(tags["bb"]["digest"]))["layers"], key=lambda l: l["size"])["digest"]
+seen = {"v2": 0, "storage": 0}
+lock = threading.Lock()
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def reply(self, code, body=b"", headers=()):
+        self.send_response(code)
+        for k, v in headers: self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        auth = self.headers.get("Authorization")
+        with open(log, "a") as f:
+            f.write(f"{self.path} auth={'yes' if auth else 'no'} range={self.headers.get('Range')}\n")
+        parts = self.path.split("/")
+        if parts[1] == "storage":
+            data = blob(parts[2])
+            with lock:
+                seen["storage"] += 1; first = seen["storage"] == 1
+            rng = self.headers.get("Range")
+            if first:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2]); self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            start = int(rng.split("=")[1].rstrip("-")) if rng else 0
+            code = 206 if rng else 200
+            hdrs = [("Content-Range", f"bytes {start}-{len(data)-1}/{len(data)}")] if rng else []
+            return self.reply(code, data[start:], hdrs)
+        if auth != good:
+            return self.reply(401, b"{}", [("WWW-Authenticate", 'Basic realm="fake"')])
+        if self.path == "/v2/":
+            return self.reply(200, b"{}")
+        ref = parts[-1]
+        if parts[-2] == "manifests":
+            m = tags.get(ref) or {"digest": ref, "mediaType": "application/vnd.oci.image.manifest.v1+json"}
+            return self.reply(200, blob(m["digest"]), [("Content-Type", m["mediaType"])])
+        if ref == big:
+            with lock:
+                seen["v2"] += 1; first = seen["v2"] == 1
+            if first:
+                return self.reply(503, b"busy", [("Retry-After", "1")])
+            return self.reply(307, b"", [("Location", f"https://localhost:{port}/storage/{ref}")])
+        return self.reply(200, blob(ref))
+    def log_message(self, *a): pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", int(port)), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+
+impl Registry {
+    fn fake(work: &Path, layout: &Path) -> Registry {
+        require_tool("python3", "python3");
+        let dir = work.join("fake");
+        let pki = dir.join("pki");
+        make_pki(&pki);
+        let port = free_port();
+        let host = format!("127.0.0.1:{port}");
+        let certs_d = dir.join("certs.d");
+        fs::create_dir_all(certs_d.join(&host)).unwrap();
+        fs::copy(pki.join("ca.crt"), certs_d.join(&host).join("ca.crt")).unwrap();
+        fs::write(dir.join("fake.py"), FAKE_REGISTRY).unwrap();
+        let log = dir.join("requests.log");
+        let mut child = Command::new("python3")
+            .arg(dir.join("fake.py"))
+            .arg(port.to_string())
+            .arg(pki.join("server.crt"))
+            .arg(pki.join("server.key"))
+            .arg(layout)
+            .args([USER, PASS])
+            .arg(&log)
+            .spawn()
+            .expect("start the fake registry");
+        wait_listening(port, &mut child, "the fake registry");
+        Registry {
+            children: vec![child],
+            host,
+            storage: dir,
+            certs_d,
+            token_log: log,
+        }
+    }
+}
+
+#[test]
+fn retries_resumes_and_redirects_without_the_authorization() {
+    if !require_root("imports images whose files belong to many owners") {
+        return;
+    }
+    let work = scratch("registry-faults");
+    let w = work.path();
+    let layout = w.join("layout");
+    let bb = busybox_image(&layout, "bb", w);
+    let reg = Registry::fake(w, &layout);
+    let creds = format!("{USER}:{PASS}");
+    let out = ok(warren(w, &reg).args([
+        "--json",
+        "image",
+        "pull",
+        "--creds",
+        &creds,
+        &format!("{}/bb:bb", reg.host),
+        "bb",
+    ]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let got = extract(w, &reg, "bb", "out");
+    util::assert_same_tree(&util::umoci_unpack(&bb, w, "umoci"), &got);
+
+    let log = fs::read_to_string(&reg.token_log).unwrap();
+    let storage: Vec<&str> = log.lines().filter(|l| l.starts_with("/storage/")).collect();
+    // The cut download, then the rest of it by Range; never with the registry's password.
+    assert_eq!(storage.len(), 2, "{log}");
+    assert!(storage.iter().all(|l| l.contains("auth=no")), "{log}");
+    assert!(
+        storage[0].ends_with("range=None") && storage[1].contains("range=bytes="),
+        "{log}"
+    );
+    assert!(
+        !storage[1].ends_with("range=bytes=0-"),
+        "resumed where it broke: {log}"
+    );
+    // The 503 and the broken connection were retried.
+    assert!(report["retries"].as_u64().unwrap() >= 2, "{out}");
 }
