@@ -781,3 +781,132 @@ fn retries_resumes_and_redirects_without_the_authorization() {
     // The 503 and the broken connection were retried.
     assert!(report["retries"].as_u64().unwrap() >= 2, "{out}");
 }
+
+/// podman with private storage (`run`: a short dir, podman refuses a runroot over 50
+/// characters), runc and no systemd (see ENVIRONMENT.md).
+fn podman(work: &Path, run: &Path) -> Command {
+    let conf = work.join("containers.conf");
+    if !conf.exists() {
+        fs::write(
+            &conf,
+            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n\
+             [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+        )
+        .unwrap();
+    }
+    let mut cmd = Command::new(require_tool("podman", "podman"));
+    cmd.env("CONTAINERS_CONF", &conf)
+        .arg("--root")
+        .arg(work.join("podman-root"))
+        .arg("--runroot")
+        .arg(run)
+        .arg("--tmpdir")
+        .arg(work.join("podman-tmp"))
+        .args(["--storage-driver", "vfs", "--runtime", "runc"]);
+    cmd
+}
+
+#[test]
+fn pushed_images_are_pulled_and_run_by_podman_and_skopeo() {
+    if !require_root("imports images whose files belong to many owners; runs podman") {
+        return;
+    }
+    let work = scratch("registry-push");
+    let w = work.path();
+    let reg = Registry::start(w, Auth::Htpasswd);
+    let layout = w.join("layout");
+    let bb = busybox_image(&layout, "bb", w);
+    ok(warren(w, &reg).args(["image", "import", &format!("oci:{bb}"), "--name", "bb"]));
+    let h = &reg.host;
+    let creds = format!("{USER}:{PASS}");
+    let cert_dir = reg.certs_d.join(h);
+
+    let push = |format: &str, dest: &str| -> serde_json::Value {
+        let out = ok(warren(w, &reg).args([
+            "--json",
+            "image",
+            "push",
+            "--format",
+            format,
+            "--creds",
+            &creds,
+            "bb",
+            &format!("{h}/{dest}"),
+        ]));
+        serde_json::from_str(&out).unwrap()
+    };
+    let first = push("oci", "pushed:1");
+    assert_eq!(
+        (
+            first["uploaded_blobs"].as_u64(),
+            first["skipped_blobs"].as_u64()
+        ),
+        (Some(2), Some(0)),
+        "{first}"
+    );
+    // Again: the registry has both blobs (HEAD), only the manifest goes.
+    let again = push("oci", "pushed:2");
+    assert_eq!(
+        (
+            again["uploaded_blobs"].as_u64(),
+            again["skipped_blobs"].as_u64()
+        ),
+        (Some(0), Some(2)),
+        "{again}"
+    );
+    let docker = push("docker", "pushed:docker");
+
+    // skopeo sees what was pushed; its copy unpacks (umoci) to the tree warren stores.
+    let raw = ok(Command::new("skopeo")
+        .args(["inspect", "--raw", "--creds", &creds, "--cert-dir"])
+        .arg(&cert_dir)
+        .arg(format!("docker://{h}/pushed:1")));
+    let m: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(
+        m["layers"][0]["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip",
+        "{raw}"
+    );
+    let raw = ok(Command::new("skopeo")
+        .args(["inspect", "--raw", "--creds", &creds, "--cert-dir"])
+        .arg(&cert_dir)
+        .arg(format!("docker://{h}/pushed:docker")));
+    assert!(
+        raw.contains("application/vnd.docker.distribution.manifest.v2+json"),
+        "{raw} {docker}"
+    );
+    ok(Command::new("skopeo")
+        .args(["copy", "-q", "--src-creds", &creds, "--src-cert-dir"])
+        .arg(&cert_dir)
+        .arg(format!("docker://{h}/pushed:1"))
+        .arg(format!("oci:{}:p", w.join("copied").display())));
+    let copied = util::umoci_unpack(
+        &format!("{}:p", w.join("copied").display()),
+        w,
+        "umoci-copied",
+    );
+    let ours = extract(w, &reg, "bb", "ours");
+    util::assert_same_tree(&ours, &copied);
+
+    // podman pulls it and runs it.
+    let short = tempfile::Builder::new()
+        .prefix("wreg")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let podman = |w: &Path| podman(w, short.path());
+    ok(podman(w)
+        .args(["pull", "-q", "--creds", &creds, "--cert-dir"])
+        .arg(&cert_dir)
+        .arg(format!("{h}/pushed:docker")));
+    let ran = ok(podman(w).args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &format!("{h}/pushed:docker"),
+        "/bin/sh",
+        "-c",
+        "cat /hello",
+    ]));
+    assert_eq!(ran, "hello from bb, layer 2\n");
+    let _ = run(podman(w).args(["rmi", "-a", "-f"]));
+}

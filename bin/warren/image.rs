@@ -74,6 +74,22 @@ pub enum Command {
         #[command(flatten)]
         access: crate::registry::Access,
     },
+    /// Push an image to an OCI registry as a one-layer image (gzip tar); blobs the
+    /// registry has already are not sent again.
+    Push {
+        /// The image here, NAME[:TAG].
+        name: String,
+        /// Where: [docker://]HOST/REPO[:TAG].
+        reference: String,
+        /// Manifest format: oci or docker (v2 schema 2).
+        #[arg(long, default_value = "oci", value_parser = ["oci", "docker"])]
+        format: String,
+        /// USER:PASSWORD for the registry (instead of the saved ones).
+        #[arg(long)]
+        creds: Option<String>,
+        #[command(flatten)]
+        access: crate::registry::Access,
+    },
     /// Write an image as an OCI layout (`oci:DIR[:TAG]`) or a tarball (`tar:FILE`).
     Export {
         /// The image, NAME[:TAG].
@@ -253,6 +269,21 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
                 )?
             }
         }
+        Command::Push {
+            name,
+            reference,
+            format,
+            creds,
+            access,
+        } => crate::registry::push(
+            global,
+            &store,
+            &name,
+            &reference,
+            &format,
+            creds.as_deref(),
+            &access,
+        )?,
         Command::Export { name, dest } => {
             let digest = oci::export(&store, &name, &dest)?;
             if global.json {

@@ -92,6 +92,38 @@ pub fn pull(
     Ok(())
 }
 
+/// Pushes image NAME to REF.
+pub fn push(
+    global: &Global,
+    store: &Store,
+    name: &str,
+    reference: &str,
+    format: &str,
+    creds: Option<&str>,
+    access: &Access,
+) -> anyhow::Result<()> {
+    let opts = access.options(creds)?;
+    let format = match format {
+        "docker" => registry::Format::Docker,
+        _ => registry::Format::Oci,
+    };
+    let report = registry::push(store, name, reference, format, &opts)?;
+    if global.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "Pushed {} to {} ({}): {} blobs sent ({}), {} already there",
+            report.name,
+            report.reference,
+            report.digest,
+            report.uploaded_blobs,
+            crate::image::human(report.uploaded_bytes),
+            report.skipped_blobs,
+        );
+    }
+    Ok(())
+}
+
 /// `warren login HOST`: checks the credentials against the registry, then stores them.
 #[derive(clap::Args, Debug)]
 pub struct LoginArgs {

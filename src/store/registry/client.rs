@@ -30,6 +30,16 @@ pub type Body = ureq::Body;
 pub enum Method {
     Get,
     Head,
+    Post,
+    Put,
+}
+
+/// A request's body: sent again whole on a retry (a file is reopened).
+#[derive(Clone, Debug)]
+pub enum Payload {
+    Empty,
+    Bytes(Vec<u8>),
+    File(PathBuf),
 }
 
 /// A client for one repository on one registry.
@@ -115,7 +125,7 @@ fn authority(url: &str) -> &str {
 }
 
 /// `location` (from a redirect of `url`) made absolute.
-fn resolve_location(url: &str, location: &str) -> String {
+pub fn resolve_location(url: &str, location: &str) -> String {
     if location.contains("://") {
         return location.to_string();
     }
@@ -223,6 +233,7 @@ impl Client {
         method: Method,
         url: &str,
         headers: &[(&str, String)],
+        payload: &Payload,
     ) -> Result<Response<Body>, ureq::Error> {
         let mut url = url.to_string();
         let auth = self.current_auth();
@@ -230,6 +241,8 @@ impl Client {
             let mut req = match method {
                 Method::Get => ureq::http::Request::get(&url),
                 Method::Head => ureq::http::Request::head(&url),
+                Method::Post => ureq::http::Request::post(&url),
+                Method::Put => ureq::http::Request::put(&url),
             };
             for (k, v) in headers {
                 req = req.header(*k, v);
@@ -237,8 +250,23 @@ impl Client {
             if let Some(a) = auth.as_ref().filter(|_| authority(&url) == self.host) {
                 req = req.header("Authorization", a);
             }
-            let req = req.body(()).map_err(ureq::Error::Http)?;
-            let resp = self.agent.run(req)?;
+            let resp = match payload {
+                Payload::Empty if matches!(method, Method::Get | Method::Head) => {
+                    self.agent.run(req.body(()).map_err(ureq::Error::Http)?)?
+                }
+                Payload::Empty => {
+                    let req = req.header("Content-Length", "0");
+                    self.agent
+                        .run(req.body(&[][..]).map_err(ureq::Error::Http)?)?
+                }
+                Payload::Bytes(b) => self
+                    .agent
+                    .run(req.body(b.as_slice()).map_err(ureq::Error::Http)?)?,
+                Payload::File(p) => {
+                    let f = std::fs::File::open(p)?;
+                    self.agent.run(req.body(f).map_err(ureq::Error::Http)?)?
+                }
+            };
             let location = header(&resp, "location").map(str::to_string);
             match (resp.status().is_redirection(), location) {
                 (true, Some(loc)) => url = resolve_location(&url, &loc),
@@ -256,11 +284,22 @@ impl Client {
         url: &str,
         headers: &[(&str, String)],
     ) -> Result<Response<Body>, RegistryError> {
+        self.send_with(method, url, headers, &Payload::Empty)
+    }
+
+    /// [`Client::send`] with a body.
+    pub fn send_with(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, String)],
+        payload: &Payload,
+    ) -> Result<Response<Body>, RegistryError> {
         let mut attempt = 0;
         let mut authenticated = false;
         loop {
             attempt += 1;
-            let (wait, reason) = match self.send_once(method, url, headers) {
+            let (wait, reason) = match self.send_once(method, url, headers, payload) {
                 Ok(resp) if resp.status() == 401 && !authenticated => {
                     authenticated = true;
                     let challenge = header(&resp, "www-authenticate").unwrap_or_default();

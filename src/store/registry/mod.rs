@@ -7,12 +7,13 @@
 //! attempt or the next pull). The layers are then imported exactly as an OCI layout's are
 //! ([`crate::store::oci::import_layers`]: whiteouts, owners, xattrs, the config's
 //! diff_ids checked), so nothing is listed before every byte was verified. Authentication
-//! and TLS are in [`client`] and [`auth`].
+//! and TLS are in [`client`] and [`auth`]. [`push`] sends an image as a one-layer gzip image.
 
 pub mod auth;
 pub mod client;
 pub mod manifest;
 mod pull;
+mod push;
 pub mod reference;
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use std::time::Duration;
 pub use auth::Credentials;
 pub use manifest::Platform;
 pub use pull::{PullOptions, PullReport, pull};
+pub use push::{Format, PushReport, push};
 pub use reference::Reference;
 
 use crate::store::StoreError;

@@ -16,7 +16,7 @@ use crate::store::oci::{self, ImportOptions};
 use crate::store::{ImageInfo, Progress, Store};
 
 /// Where downloaded blobs wait for their import, under the store.
-const BLOB_DIR: &str = "registry-blobs";
+pub(super) const BLOB_DIR: &str = "registry-blobs";
 
 /// What to pull.
 #[derive(Clone, Debug, Default)]
@@ -125,7 +125,7 @@ fn pull_one(
     })
 }
 
-fn make_private_dir(dir: &Path) -> Result<(), RegistryError> {
+pub(super) fn make_private_dir(dir: &Path) -> Result<(), RegistryError> {
     use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new()
         .recursive(true)
