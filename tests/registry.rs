@@ -780,6 +780,34 @@ fn retries_resumes_and_redirects_without_the_authorization() {
     );
     // The 503 and the broken connection were retried.
     assert!(report["retries"].as_u64().unwrap() >= 2, "{out}");
+
+    // Mirrors from registries.conf: a dead one is skipped, the next serves the image
+    // (the registry itself, a closed port, is never needed).
+    let conf = w.join("registries.conf");
+    fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nlocation = \"127.0.0.1:1\"\n[[registry.mirror]]\nlocation = \"127.0.0.1:2\"\n\
+             [[registry.mirror]]\nlocation = \"{}\"\n",
+            reg.host
+        ),
+    )
+    .unwrap();
+    let out = ok(warren(w, &reg)
+        .env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .args([
+            "--json",
+            "image",
+            "pull",
+            "--creds",
+            &creds,
+            "127.0.0.1:1/bb:bb",
+            "bb:mirrored",
+        ]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["from"], format!("{}/bb", reg.host), "{out}");
+    assert_eq!(report["reference"], "127.0.0.1:1/bb:bb", "{out}");
+    util::assert_same_tree(&got, &extract(w, &reg, "bb:mirrored", "mirrored"));
 }
 
 /// podman with private storage (`run`: a short dir, podman refuses a runroot over 50

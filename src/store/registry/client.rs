@@ -56,6 +56,8 @@ pub struct Client {
     actions: String,
     attempts: u32,
     pub retries: AtomicU64,
+    /// Blob bytes received (counted by the caller).
+    pub fetched: AtomicU64,
 }
 
 fn tls_error(path: &Path, why: impl ToString) -> RegistryError {
@@ -211,6 +213,7 @@ impl Client {
             actions: actions.into(),
             attempts: opts.attempts.max(1),
             retries: AtomicU64::new(0),
+            fetched: AtomicU64::new(0),
         })
     }
 
@@ -221,6 +224,10 @@ impl Client {
 
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    pub fn repository(&self) -> &str {
+        &self.repository
     }
 
     fn current_auth(&self) -> Option<String> {

@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod conf;
 pub mod manifest;
 mod pull;
 mod push;

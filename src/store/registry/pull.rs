@@ -37,6 +37,8 @@ pub struct PullReport {
     pub name: String,
     /// The reference pulled, fully qualified.
     pub reference: String,
+    /// Where it came from: `HOST/REPO` (a mirror's, when one served it).
+    pub from: String,
     /// The image manifest's digest.
     pub digest: String,
     pub layers: usize,
@@ -79,19 +81,32 @@ fn pull_one(
 ) -> Result<PullReport, RegistryError> {
     let name = pull.name.clone().unwrap_or_else(|| r.local_name());
     crate::store::ImageName::parse(&name)?;
-    let client = Client::new(opts, r.api_host(), &r.repository, "pull")?;
-    let platform = pull.platform.clone().unwrap_or_else(Platform::host);
-    let m = manifest::resolve(&client, &r.manifest_ref(), &platform)?;
-    let config = fetch_config(&client, &m.config)?;
+    let endpoints = super::conf::endpoints(r, &opts.registries_conf)?;
+    let last = endpoints.len() - 1;
+    let mut fetched = None;
+    for (i, e) in endpoints.iter().enumerate() {
+        match fetch(store, e, r, opts, pull) {
+            Ok(f) => {
+                fetched = Some(f);
+                break;
+            }
+            Err(
+                err @ (RegistryError::NotFound { .. }
+                | RegistryError::Http { .. }
+                | RegistryError::Auth { .. }
+                | RegistryError::Tls { .. }),
+            ) if i < last => {
+                tracing::warn!("mirror {}: {err}; trying the next", e.host);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    let Some((m, config, paths, client)) = fetched else {
+        return Err(RegistryError::NotFound {
+            what: r.to_string(),
+        });
+    };
     let diff_ids = diff_ids(&config, &m)?;
-    let dir = store.dir().join(BLOB_DIR);
-    make_private_dir(&dir)?;
-    let progress = pull.progress.clone().unwrap_or_default();
-    progress
-        .total
-        .store(m.layers.iter().map(|l| l.size).sum(), Ordering::Relaxed);
-    let fetched = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let paths = download_all(&client, &m.layers, &dir, opts.jobs, &progress, &fetched)?;
     let blobs: Vec<Blob> = m
         .layers
         .iter()
@@ -117,12 +132,40 @@ fn pull_one(
     Ok(PullReport {
         name: image.name.clone(),
         reference: r.to_string(),
+        from: format!("{}/{}", client.host(), client.repository()),
         digest: m.digest.to_string(),
         layers: m.layers.len(),
-        fetched_bytes: fetched.load(Ordering::Relaxed),
+        fetched_bytes: client.fetched.load(Ordering::Relaxed),
         retries: client.retries.load(Ordering::Relaxed),
         image,
     })
+}
+
+/// The manifest, config and layer blobs (as files) of `r` from endpoint `e`.
+type Fetched = (Manifest, Vec<u8>, Vec<PathBuf>, Client);
+
+fn fetch(
+    store: &Store,
+    e: &super::conf::Endpoint,
+    r: &Reference,
+    opts: &Options,
+    pull: &PullOptions,
+) -> Result<Fetched, RegistryError> {
+    let mut opts = opts.clone();
+    opts.tls_verify &= !e.insecure;
+    let client = Client::new(&opts, &e.host, &e.repository, "pull")?;
+    let platform = pull.platform.clone().unwrap_or_else(Platform::host);
+    let m = manifest::resolve(&client, &r.manifest_ref(), &platform)?;
+    let config = fetch_config(&client, &m.config)?;
+    diff_ids(&config, &m)?;
+    let dir = store.dir().join(BLOB_DIR);
+    make_private_dir(&dir)?;
+    let progress = pull.progress.clone().unwrap_or_default();
+    progress
+        .total
+        .store(m.layers.iter().map(|l| l.size).sum(), Ordering::Relaxed);
+    let paths = download_all(&client, &m.layers, &dir, opts.jobs, &progress)?;
+    Ok((m, config, paths, client))
 }
 
 pub(super) fn make_private_dir(dir: &Path) -> Result<(), RegistryError> {
@@ -210,7 +253,6 @@ fn download_all(
     dir: &Path,
     jobs: usize,
     progress: &Progress,
-    fetched: &std::sync::atomic::AtomicU64,
 ) -> Result<Vec<PathBuf>, RegistryError> {
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
@@ -222,7 +264,7 @@ fn download_all(
                 while !failed.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(layer) = layers.get(i) else { break };
-                    let r = download(client, layer, dir, progress, fetched);
+                    let r = download(client, layer, dir, progress);
                     failed.fetch_or(r.is_err(), Ordering::Relaxed);
                     if let Ok(mut slot) = results[i].lock() {
                         *slot = Some(r);
@@ -261,7 +303,6 @@ fn download(
     layer: &Descriptor,
     dir: &Path,
     progress: &Progress,
-    fetched: &std::sync::atomic::AtomicU64,
 ) -> Result<PathBuf, RegistryError> {
     let digest = parse_digest(&layer.digest, "layer")?;
     let done = dir.join(&digest.hex);
@@ -280,7 +321,7 @@ fn download(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let err = match fetch_into(client, &url, &part, layer.size, progress, fetched) {
+        let err = match fetch_into(client, &url, &part, layer.size, progress) {
             Ok(()) => {
                 let (actual, n) = hash_file(&part, &digest).map_err(io(&part))?;
                 if actual == digest && n == layer.size {
@@ -312,7 +353,6 @@ fn fetch_into(
     part: &Path,
     size: u64,
     progress: &Progress,
-    fetched: &std::sync::atomic::AtomicU64,
 ) -> Result<(), RegistryError> {
     let io = |err| RegistryError::Io {
         path: part.into(),
@@ -357,7 +397,7 @@ fn fetch_into(
         file.write_all(&buf[..n]).map_err(io)?;
         written += n as u64;
         Progress::add(&progress.bytes, n as u64);
-        fetched.fetch_add(n as u64, Ordering::Relaxed);
+        client.fetched.fetch_add(n as u64, Ordering::Relaxed);
         if written > size {
             drop(file);
             let _ = fs::remove_file(part);

@@ -25,11 +25,7 @@ pub struct Reference {
 impl Reference {
     /// The host the registry API answers on.
     pub fn api_host(&self) -> &str {
-        if self.registry == DOCKER_HUB {
-            DOCKER_HUB_API
-        } else {
-            &self.registry
-        }
+        api_host_of(&self.registry)
     }
 
     /// What `/v2/REPO/manifests/` takes: the digest if there is one, else the tag.
@@ -63,6 +59,15 @@ impl std::fmt::Display for Reference {
             write!(f, "@{d}")?;
         }
         Ok(())
+    }
+}
+
+/// The host a registry's API answers on (Docker Hub's differs from its name).
+pub fn api_host_of(registry: &str) -> &str {
+    if registry == DOCKER_HUB {
+        DOCKER_HUB_API
+    } else {
+        registry
     }
 }
 
