@@ -4,7 +4,7 @@
 //! manifest list resolved to one platform, [`manifest`]) and config, then downloads the
 //! layers' compressed blobs, several at once, each verified by size and digest, into
 //! `STORE/registry-blobs/` (a partial blob is resumed with a `Range` request by the next
-//! attempt or the next pull). The layers are then imported exactly as an OCI layout's are
+//! attempt or the next pull; the verified blobs are removed once imported). The layers are then imported exactly as an OCI layout's are
 //! ([`crate::store::oci::import_layers`]: whiteouts, owners, xattrs, the config's
 //! diff_ids checked), so nothing is listed before every byte was verified. Authentication
 //! and TLS are in [`client`] and [`auth`]. [`push`] sends an image as a one-layer gzip image.

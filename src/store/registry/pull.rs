@@ -125,10 +125,11 @@ fn pull_one(
             })
         })
         .collect::<Result<_, RegistryError>>()?;
-    let image = oci::import_layers(store, &blobs, &name, config, &pull.import)?;
+    let image = oci::import_layers(store, &blobs, &name, config, &pull.import);
     for p in &paths {
         let _ = fs::remove_file(p);
     }
+    let image = image?;
     Ok(PullReport {
         name: image.name.clone(),
         reference: r.to_string(),
@@ -274,18 +275,31 @@ fn download_all(
         }
     });
     let mut out = Vec::new();
+    let (mut first_err, mut missing) = (None, None);
     for (i, slot) in results.into_iter().enumerate() {
         match slot.into_inner().ok().flatten() {
-            Some(r) => out.push(r?),
+            Some(Ok(path)) => out.push(path),
+            Some(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
             None => {
-                return Err(RegistryError::Invalid {
+                missing.get_or_insert(RegistryError::Invalid {
                     what: format!("layer {}", layers[i].digest),
-                    why: "not downloaded (an earlier layer failed)".into(),
+                    why: "not downloaded (another layer failed)".into(),
                 });
             }
         }
     }
-    Ok(out)
+    match first_err.or(missing) {
+        None => Ok(out),
+        Some(e) => {
+            // The finished blobs go too: only a partial one is worth resuming.
+            for p in &out {
+                let _ = fs::remove_file(p);
+            }
+            Err(e)
+        }
+    }
 }
 
 /// The digest of the file at `path`.
@@ -295,7 +309,7 @@ fn hash_file(path: &Path, digest: &Digest) -> std::io::Result<(Digest, u64)> {
     Ok((d.unwrap_or_else(|| digest.clone()), n))
 }
 
-/// Downloads one blob to `dir/HEX` (resuming `dir/HEX.part`), verified. A digest or size
+/// Downloads one blob to `dir/HEX.PID.N` (resuming `dir/HEX.part`), verified. A digest or size
 /// mismatch, or a broken connection, is retried from scratch or from where it broke,
 /// within the client's attempts.
 fn download(
@@ -305,17 +319,20 @@ fn download(
     progress: &Progress,
 ) -> Result<PathBuf, RegistryError> {
     let digest = parse_digest(&layer.digest, "layer")?;
-    let done = dir.join(&digest.hex);
+    // This pull's own name for the finished blob: another pull of the same layer (which
+    // waits for the lock below, then fetches its own copy) never removes it under us.
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let done = dir.join(format!("{}.{}.{n}", digest.hex, std::process::id()));
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |err| RegistryError::Io { path: p, err }
     };
-    if let Ok((d, n)) = hash_file(&done, &digest) {
-        if d == digest && n == layer.size {
-            Progress::add(&progress.bytes, n);
-            return Ok(done);
-        }
-    }
+    // One download of a blob at a time: the `.part` file is shared, to resume it.
+    let lock_path = dir.join(format!("{}.lock", digest.hex));
+    let lock = File::create(&lock_path).map_err(io(&lock_path))?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io(&lock_path)(e.into()))?;
     let part = dir.join(format!("{}.part", digest.hex));
     let url = client.url(&format!("blobs/{digest}"));
     let mut attempt = 0;
