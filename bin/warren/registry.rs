@@ -10,7 +10,8 @@ use warren::store::{Progress, Store};
 
 use crate::Global;
 
-/// How to reach a registry (shared by pull, login).
+// How to reach a registry (shared by pull, push and login). No doc comment: clap would
+// take it as the about text of every command that flattens this.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Access {
     /// Verify the registry's TLS certificate (`--tls-verify=false` to skip: insecure).
@@ -124,7 +125,7 @@ pub fn push(
     Ok(())
 }
 
-/// `warren login HOST`: checks the credentials against the registry, then stores them.
+// `warren login HOST`: checks the credentials against the registry, then stores them.
 #[derive(clap::Args, Debug)]
 pub struct LoginArgs {
     /// The registry, HOST[:PORT].
