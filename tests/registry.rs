@@ -232,6 +232,37 @@ fn anonymous_bearer_tokens_and_a_multi_arch_index() {
         &format!("{h}/multi@{digest}"),
         "multi:bydigest",
     ]));
+    // Images with zstd layers, as Docker v2 schema 2 (a manifest list too): each pulls to what umoci unpacks. (Each its own image: skopeo would reuse
+    // a blob the registry has instead of recompressing it.)
+    let variants: [(&str, &[&str], &str); 3] = [
+        ("zstd", &["--dest-compress-format", "zstd"], "tar+zstd"),
+        ("docker", &["--format", "v2s2"], "rootfs.diff.tar.gzip"),
+        (
+            "multi",
+            &["--format", "v2s2", "--all"],
+            "manifest.list.v2+json",
+        ),
+    ];
+    for (tag, flags, media) in variants {
+        let image = match tag {
+            "multi" => bb.clone(),
+            _ => busybox_image(&layout, tag, w),
+        };
+        let dest = format!("variant:{tag}");
+        reg.put_with(&format!("oci:{}:{tag}", layout.display()), &dest, flags);
+        let raw = ok(Command::new("skopeo")
+            .args(["inspect", "--raw", "--cert-dir"])
+            .arg(reg.certs_d.join(h))
+            .arg(format!("docker://{h}/{dest}")));
+        assert!(raw.contains(media), "{dest}: {raw}");
+        ok(warren(w, &reg).args(["image", "pull", &format!("{h}/{dest}"), &dest]));
+        let got = extract(w, &reg, &dest, &format!("variant-{tag}"));
+        util::assert_same_tree(
+            &util::umoci_unpack(&image, w, &format!("umoci-{tag}")),
+            &got,
+        );
+    }
+
     // Wrong credentials at the token server: a clear error.
     let err = fails(warren(w, &reg).args([
         "image",
@@ -292,6 +323,54 @@ fn a_corrupt_blob_is_refused_naming_it_and_nothing_is_listed() {
         "{err}"
     );
     assert!(!listed(w, &reg).contains("corrupt"), "nothing listed");
+}
+
+fn sha256(data: &[u8]) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data))
+    )
+}
+
+/// Adds `LAYOUT:to`: image `from` with its layers decompressed (same config: its
+/// diff_ids are the uncompressed digests).
+fn uncompressed_copy(layout: &Path, from: &str, to: &str) {
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let desc = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == from)
+        .unwrap()
+        .clone();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(blob(desc["digest"].as_str().unwrap())).unwrap()).unwrap();
+    for l in manifest["layers"].as_array_mut().unwrap() {
+        let gz = fs::read(blob(l["digest"].as_str().unwrap())).unwrap();
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar).unwrap();
+        let d = sha256(&tar);
+        fs::write(blob(&d), &tar).unwrap();
+        l["digest"] = d.into();
+        l["size"] = tar.len().into();
+        l["mediaType"] = "application/vnd.oci.image.layer.v1.tar".into();
+    }
+    let data = serde_json::to_vec(&manifest).unwrap();
+    let d = sha256(&data);
+    fs::write(blob(&d), &data).unwrap();
+    let mut new = desc.clone();
+    new["digest"] = d.into();
+    new["size"] = data.len().into();
+    new["annotations"]["org.opencontainers.image.ref.name"] = to.into();
+    index["manifests"].as_array_mut().unwrap().push(new);
+    fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
 }
 
 #[test]
@@ -361,6 +440,19 @@ fn retries_resumes_and_redirects_without_the_authorization() {
     assert_eq!(report["from"], format!("{}/bb", reg.host), "{out}");
     assert_eq!(report["reference"], "127.0.0.1:1/bb:bb", "{out}");
     util::assert_same_tree(&got, &extract(w, &reg, "bb:mirrored", "mirrored"));
+
+    // Uncompressed layers (skopeo compresses what it sends; this registry serves the
+    // layout as it is).
+    uncompressed_copy(&layout, "bb", "plain");
+    ok(warren(w, &reg).args([
+        "image",
+        "pull",
+        "--creds",
+        &creds,
+        &format!("{}/bb:plain", reg.host),
+        "bb:plain",
+    ]));
+    util::assert_same_tree(&got, &extract(w, &reg, "bb:plain", "plain"));
 }
 
 #[test]

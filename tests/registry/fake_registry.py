@@ -1,10 +1,11 @@
 import base64, http.server, json, os, ssl, sys, threading
 port, cert, key, layout, user, pw, log = sys.argv[1:8]
 good = "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
-index = json.load(open(os.path.join(layout, "index.json")))
 def blob(d): return open(os.path.join(layout, "blobs", *d.split(":")), "rb").read()
-tags = {m["annotations"]["org.opencontainers.image.ref.name"]: m for m in index["manifests"]}
-big = max(json.loads(blob(tags["bb"]["digest"]))["layers"], key=lambda l: l["size"])["digest"]
+def tags():  # read again on each request: the test adds images as it goes
+    index = json.load(open(os.path.join(layout, "index.json")))
+    return {m["annotations"]["org.opencontainers.image.ref.name"]: m for m in index["manifests"]}
+big = max(json.loads(blob(tags()["bb"]["digest"]))["layers"], key=lambda l: l["size"])["digest"]
 seen = {"v2": 0, "storage": 0}
 lock = threading.Lock()
 class H(http.server.BaseHTTPRequestHandler):
@@ -43,7 +44,7 @@ class H(http.server.BaseHTTPRequestHandler):
             return self.reply(200, b"{}")
         ref = parts[-1]
         if parts[-2] == "manifests":
-            m = tags.get(ref) or {"digest": ref, "mediaType": "application/vnd.oci.image.manifest.v1+json"}
+            m = tags().get(ref) or {"digest": ref, "mediaType": "application/vnd.oci.image.manifest.v1+json"}
             return self.reply(200, blob(m["digest"]), [("Content-Type", m["mediaType"])])
         if ref == big:
             with lock:

@@ -227,14 +227,17 @@ impl Registry {
 
     /// `skopeo copy` of `src` (oci:LAYOUT:TAG) to REPO:TAG here, as USER.
     pub fn put(&self, src: &str, dest: &str, all: bool) {
+        self.put_with(src, dest, if all { &["--all"] } else { &[] });
+    }
+
+    /// [`Registry::put`] with more `skopeo copy` flags (`--format v2s2`, compression).
+    pub fn put_with(&self, src: &str, dest: &str, flags: &[&str]) {
         require_tool("skopeo", "skopeo");
         let mut cmd = Command::new("skopeo");
         cmd.args(["copy", "-q", "--dest-creds", &format!("{USER}:{PASS}")])
             .arg("--dest-cert-dir")
-            .arg(self.certs_d.join(&self.host));
-        if all {
-            cmd.arg("--all");
-        }
+            .arg(self.certs_d.join(&self.host))
+            .args(flags);
         ok(cmd.arg(src).arg(format!("docker://{}/{dest}", self.host)));
     }
 
@@ -295,8 +298,9 @@ pub fn busybox_image(layout: &Path, tag: &str, work: &Path) -> String {
     }
     fs::write(r.join("hello"), format!("hello from {tag}\n")).unwrap();
     fs::write(r.join("etc/gone"), "deleted in layer 2\n").unwrap();
+    // --refresh-bundle: the next repack is a layer on top of this one, not a replacement.
     ok(Command::new("umoci")
-        .args(["repack", "--image", &image])
+        .args(["repack", "--refresh-bundle", "--image", &image])
         .arg(&bundle));
     fs::remove_file(r.join("etc/gone")).unwrap();
     fs::write(r.join("hello"), format!("hello from {tag}, layer 2\n")).unwrap();
