@@ -126,6 +126,18 @@ fn authority(url: &str) -> &str {
     rest.split(['/', '?', '#']).next().unwrap_or(rest)
 }
 
+/// Whether `HOST[:PORT]` is this machine (plain http there is not on the wire).
+fn is_loopback(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// `location` (from a redirect of `url`) made absolute.
 pub fn resolve_location(url: &str, location: &str) -> String {
     if location.contains("://") {
@@ -254,7 +266,10 @@ impl Client {
             for (k, v) in headers {
                 req = req.header(*k, v);
             }
-            if let Some(a) = auth.as_ref().filter(|_| authority(&url) == self.host) {
+            // The registry's credentials go to the registry only, and never in clear text
+            // (a redirect to http:// on the same host gets none).
+            let ours = url.starts_with("https://") && authority(&url) == self.host;
+            if let Some(a) = auth.as_ref().filter(|_| ours) {
                 req = req.header("Authorization", a);
             }
             let resp = match payload {
@@ -419,6 +434,11 @@ impl Client {
             req = req.query("service", service);
         }
         if let Some(c) = &self.creds {
+            if !(realm.starts_with("https://") || is_loopback(authority(realm))) {
+                return Err(auth_err(format!(
+                    "token realm {realm} is plain http: not sending the password there"
+                )));
+            }
             req = req.header("Authorization", &c.basic());
         }
         let resp = req.call().map_err(|e| http(realm, e.to_string()))?;
@@ -495,6 +515,10 @@ mod tests {
         assert_eq!(p[2], ("scope".into(), "repository:a/b:pull,push".into()));
         assert_eq!(parse_challenge("Basic realm=x").1[0].1, "x");
         assert_eq!(authority("https://h:5000/v2/x"), "h:5000");
+        assert!(
+            is_loopback("127.0.0.1:80") && is_loopback("[::1]:5000") && is_loopback("localhost")
+        );
+        assert!(!is_loopback("auth.example:443") && !is_loopback("10.0.0.1"));
         let u = "https://h/v2/r/blobs/sha256:1";
         assert_eq!(resolve_location(u, "https://s3/x?a=1"), "https://s3/x?a=1");
         assert_eq!(resolve_location(u, "/b/c"), "https://h/b/c");

@@ -157,14 +157,22 @@ fn fetch(
     let client = Client::new(&opts, &e.host, &e.repository, "pull")?;
     let platform = pull.platform.clone().unwrap_or_else(Platform::host);
     let m = manifest::resolve(&client, &r.manifest_ref(), &platform)?;
+    let total: u64 = m.layers.iter().map(|l| l.size).sum();
+    if total > pull.import.limits.max_total_size {
+        return Err(RegistryError::Invalid {
+            what: format!("manifest {}", m.digest),
+            why: format!(
+                "its layers are {total} bytes, more than the {} allowed",
+                pull.import.limits.max_total_size
+            ),
+        });
+    }
     let config = fetch_config(&client, &m.config)?;
     diff_ids(&config, &m)?;
     let dir = store.dir().join(BLOB_DIR);
     make_private_dir(&dir)?;
     let progress = pull.progress.clone().unwrap_or_default();
-    progress
-        .total
-        .store(m.layers.iter().map(|l| l.size).sum(), Ordering::Relaxed);
+    progress.total.store(total, Ordering::Relaxed);
     let paths = download_all(&client, &m.layers, &dir, opts.jobs, &progress)?;
     Ok((m, config, paths, client))
 }
