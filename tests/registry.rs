@@ -332,14 +332,8 @@ fn sha256(data: &[u8]) -> String {
     )
 }
 
-/// Adds `LAYOUT:to`: image `from` with its layers decompressed (same config: its
-/// diff_ids are the uncompressed digests).
-fn uncompressed_copy(layout: &Path, from: &str, to: &str) {
-    let blob = |d: &str| {
-        layout
-            .join("blobs/sha256")
-            .join(d.trim_start_matches("sha256:"))
-    };
+/// Adds `LAYOUT:to`: image `from`'s manifest changed by `edit` (which may add blobs).
+fn add_variant(layout: &Path, from: &str, to: &str, edit: impl FnOnce(&mut serde_json::Value)) {
     let index_path = layout.join("index.json");
     let mut index: serde_json::Value =
         serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
@@ -350,27 +344,44 @@ fn uncompressed_copy(layout: &Path, from: &str, to: &str) {
         .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == from)
         .unwrap()
         .clone();
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&fs::read(blob(desc["digest"].as_str().unwrap())).unwrap()).unwrap();
-    for l in manifest["layers"].as_array_mut().unwrap() {
-        let gz = fs::read(blob(l["digest"].as_str().unwrap())).unwrap();
-        let mut tar = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar).unwrap();
-        let d = sha256(&tar);
-        fs::write(blob(&d), &tar).unwrap();
-        l["digest"] = d.into();
-        l["size"] = tar.len().into();
-        l["mediaType"] = "application/vnd.oci.image.layer.v1.tar".into();
-    }
+    let mut manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(blob_path(layout, desc["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    edit(&mut manifest);
     let data = serde_json::to_vec(&manifest).unwrap();
     let d = sha256(&data);
-    fs::write(blob(&d), &data).unwrap();
+    fs::write(blob_path(layout, &d), &data).unwrap();
     let mut new = desc.clone();
     new["digest"] = d.into();
     new["size"] = data.len().into();
     new["annotations"]["org.opencontainers.image.ref.name"] = to.into();
     index["manifests"].as_array_mut().unwrap().push(new);
     fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+fn blob_path(layout: &Path, digest: &str) -> std::path::PathBuf {
+    layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+/// Adds `LAYOUT:to`: image `from` with its layers decompressed (same config: its
+/// diff_ids are the uncompressed digests).
+fn uncompressed_copy(layout: &Path, from: &str, to: &str) {
+    add_variant(layout, from, to, |manifest| {
+        for l in manifest["layers"].as_array_mut().unwrap() {
+            let gz = fs::read(blob_path(layout, l["digest"].as_str().unwrap())).unwrap();
+            let mut tar = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar)
+                .unwrap();
+            let d = sha256(&tar);
+            fs::write(blob_path(layout, &d), &tar).unwrap();
+            l["digest"] = d.into();
+            l["size"] = tar.len().into();
+            l["mediaType"] = "application/vnd.oci.image.layer.v1.tar".into();
+        }
+    });
 }
 
 #[test]
@@ -453,6 +464,36 @@ fn retries_resumes_and_redirects_without_the_authorization() {
         "bb:plain",
     ]));
     util::assert_same_tree(&got, &extract(w, &reg, "bb:plain", "plain"));
+
+    // A hostile registry: a non-distributable layer, a manifest past the size cap, a
+    // layer bigger than its descriptor says. Each refused, saying why; nothing listed.
+    add_variant(&layout, "bb", "foreign", |m| {
+        m["layers"][0]["mediaType"] =
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip".into();
+    });
+    add_variant(&layout, "bb", "huge", |m| {
+        m["annotations"] = serde_json::json!({"pad": "x".repeat(5 << 20)});
+    });
+    add_variant(&layout, "bb", "short", |m| {
+        let small = m["layers"][1]["size"].as_u64().unwrap();
+        m["layers"][1]["size"] = (small - 10).into();
+    });
+    for (tag, why) in [
+        ("foreign", "non-distributable"),
+        ("huge", "more than"),
+        ("short", "its descriptor says"),
+    ] {
+        let err = fails(warren(w, &reg).args([
+            "image",
+            "pull",
+            "--creds",
+            &creds,
+            &format!("{}/bb:{tag}", reg.host),
+            &format!("bad:{tag}"),
+        ]));
+        assert!(err.contains(why), "{tag}: {err}");
+    }
+    assert!(!listed(w, &reg).contains("bad"), "{}", listed(w, &reg));
 }
 
 #[test]

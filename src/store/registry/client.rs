@@ -494,6 +494,14 @@ pub fn check_login(opts: &Options, host: &str) -> Result<(), RegistryError> {
     }
 }
 
+/// A failed body read: past a size cap says which.
+pub fn body_error(url: &str, e: ureq::Error) -> RegistryError {
+    match e {
+        ureq::Error::BodyExceedsLimit(n) => http(url, format!("more than the {n} bytes allowed")),
+        e => http(url, e.to_string()),
+    }
+}
+
 pub fn http(url: &str, reason: String) -> RegistryError {
     RegistryError::Http {
         url: url.into(),

@@ -129,7 +129,7 @@ fn fetch(client: &Client, reference: &str) -> Result<(Vec<u8>, String, Digest), 
         .with_config()
         .limit(MAX_MANIFEST)
         .read_to_vec()
-        .map_err(|e| http(&url, e.to_string()))?;
+        .map_err(|e| super::client::body_error(&url, e))?;
     let digest = match Digest::parse(reference) {
         Some(expected) => {
             let actual = super::hash(expected.algorithm, &data);

@@ -204,7 +204,7 @@ fn fetch_config(client: &Client, d: &Descriptor) -> Result<Vec<u8>, RegistryErro
         .with_config()
         .limit(manifest::MAX_MANIFEST)
         .read_to_vec()
-        .map_err(|e| http(&url, e.to_string()))?;
+        .map_err(|e| super::client::body_error(&url, e))?;
     let blob = format!("config {digest}");
     if data.len() as u64 != d.size {
         return Err(RegistryError::SizeMismatch {
