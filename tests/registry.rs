@@ -110,6 +110,19 @@ fn pull_over_tls_with_basic_auth_matches_umoci_and_runs() {
     ]));
     assert_eq!(ran, "hello from bb, layer 2\nwhited-out\n", "{ran}");
 
+    // A short name, tried at each unqualified-search registry in turn (the first is down).
+    let conf = w.join("registries.conf");
+    fs::write(
+        &conf,
+        format!("unqualified-search-registries = [\"127.0.0.1:1\", \"{h}\"]\n"),
+    )
+    .unwrap();
+    let out = ok(warren(w, &reg)
+        .env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .args(["--json", "image", "pull", "busybox:1"]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["name"], format!("{h}/busybox:1"), "{out}");
+
     ok(warren(w, &reg).args(["logout", h]));
     let err = fails(warren(w, &reg).args(["logout", h]));
     assert!(err.contains("not logged in"), "{err}");

@@ -61,8 +61,13 @@ pub fn pull(
     let last = candidates.len() - 1;
     for (i, r) in candidates.iter().enumerate() {
         match pull_one(store, r, opts, pull) {
-            Err(RegistryError::NotFound { .. } | RegistryError::Auth { .. }) if i < last => {
-                tracing::info!("{r}: not found there, trying the next search registry");
+            Err(
+                e @ (RegistryError::NotFound { .. }
+                | RegistryError::Auth { .. }
+                | RegistryError::Http { .. }
+                | RegistryError::Tls { .. }),
+            ) if i < last => {
+                tracing::warn!("{r}: {e}; trying the next search registry");
             }
             other => return other,
         }
