@@ -406,7 +406,7 @@ fn retries_resumes_and_redirects_without_the_authorization() {
     let w = work.path();
     let layout = w.join("layout");
     let bb = busybox_image(&layout, "bb", w);
-    let reg = Registry::fake(w, &layout);
+    let reg = Registry::fake(w, &layout, 1);
     let creds = format!("{USER}:{PASS}");
     let out = ok(warren(w, &reg).args([
         "--json",
@@ -612,4 +612,64 @@ fn pushed_images_are_pulled_and_run_by_podman_and_skopeo() {
     ]));
     assert_eq!(ran, "hello from bb, layer 2\n");
     let _ = run(podman(w).args(["rmi", "-a", "-f"]));
+}
+
+#[test]
+fn an_interrupted_pull_resumes_where_it_broke() {
+    if !require_root("imports images whose files belong to many owners") {
+        return;
+    }
+    let work = scratch("registry-resume");
+    let w = work.path();
+    let layout = w.join("layout");
+    let bb = busybox_image(&layout, "bb", w);
+    // Every attempt of the first pull breaks off: it fails, keeping what arrived.
+    let reg = Registry::fake(w, &layout, 4);
+    let creds = format!("{USER}:{PASS}");
+    let pull = |w: &Path| {
+        run(warren(w, &reg).args([
+            "image",
+            "pull",
+            "--creds",
+            &creds,
+            &format!("{}/bb:bb", reg.host),
+            "bb",
+        ]))
+    };
+    let first = pull(w);
+    assert!(!first.status.success());
+    let err = String::from_utf8_lossy(&first.stderr).into_owned();
+    assert!(
+        err.contains("/blobs/sha256:") && err.contains("after 4 attempts"),
+        "{err}"
+    );
+    assert!(!listed(w, &reg).contains("bb"));
+    let blobs = w.join("state/store/registry-blobs");
+    let part = fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "part"))
+        .expect("a partial blob kept");
+    let kept = fs::metadata(&part).unwrap().len();
+    assert!(kept > 0);
+
+    // The next pull asks only for the rest.
+    let second = pull(w);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let log = fs::read_to_string(&reg.token_log).unwrap();
+    let storage: Vec<&str> = log.lines().filter(|l| l.starts_with("/storage/")).collect();
+    assert_eq!(storage.len(), 5, "{log}");
+    assert!(
+        storage[4].ends_with(&format!("range=bytes={kept}-")),
+        "{log}"
+    );
+    util::assert_same_tree(
+        &util::umoci_unpack(&bb, w, "umoci"),
+        &extract(w, &reg, "bb", "out"),
+    );
+    assert!(!part.exists(), "the partial blob is used up");
 }

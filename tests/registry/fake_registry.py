@@ -1,5 +1,6 @@
 import base64, http.server, json, os, ssl, sys, threading
-port, cert, key, layout, user, pw, log = sys.argv[1:8]
+port, cert, key, layout, user, pw, log, cuts = sys.argv[1:9]
+cuts = int(cuts)
 good = "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
 def blob(d): return open(os.path.join(layout, "blobs", *d.split(":")), "rb").read()
 def tags():  # read again on each request: the test adds images as it goes
@@ -24,20 +25,22 @@ class H(http.server.BaseHTTPRequestHandler):
         if parts[1] == "storage":
             data = blob(parts[2])
             with lock:
-                seen["storage"] += 1; first = seen["storage"] == 1
+                seen["storage"] += 1; cut = seen["storage"] <= cuts
             rng = self.headers.get("Range")
-            if first:
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data[: len(data) // 2]); self.wfile.flush()
+            start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+            body = data[start:]
+            self.send_response(206 if rng else 200)
+            if rng:
+                self.send_header("Content-Range", f"bytes {start}-{len(data)-1}/{len(data)}")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if cut:  # half of what was asked, then the connection drops
+                self.wfile.write(body[: len(body) // 2]); self.wfile.flush()
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
-            start = int(rng.split("=")[1].rstrip("-")) if rng else 0
-            code = 206 if rng else 200
-            hdrs = [("Content-Range", f"bytes {start}-{len(data)-1}/{len(data)}")] if rng else []
-            return self.reply(code, data[start:], hdrs)
+            self.wfile.write(body)
+            return
         if auth != good:
             return self.reply(401, b"{}", [("WWW-Authenticate", 'Basic realm="fake"')])
         if self.path == "/v2/":

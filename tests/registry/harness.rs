@@ -323,12 +323,12 @@ pub fn listed(work: &Path, reg: &Registry) -> String {
 
 /// A registry serving one OCI layout over TLS with faults: basic auth on `/v2/`; the
 /// largest layer's first GET gets a 503 with `Retry-After: 1`, the next ones a redirect to
-/// "blob storage" on another authority (`localhost:PORT`), whose first answer is cut
-/// after half the bytes (later ones honour `Range`). Logs `PATH auth=yes|no range=R`.
+/// "blob storage" on another authority (`localhost:PORT`), whose first `cuts` answers are
+/// cut after half the bytes asked for (`Range` honoured). Logs `PATH auth=yes|no range=R`.
 pub const FAKE_REGISTRY: &str = include_str!("fake_registry.py");
 
 impl Registry {
-    pub fn fake(work: &Path, layout: &Path) -> Registry {
+    pub fn fake(work: &Path, layout: &Path, cuts: u32) -> Registry {
         require_tool("python3", "python3");
         let dir = work.join("fake");
         let pki = dir.join("pki");
@@ -348,6 +348,7 @@ impl Registry {
             .arg(layout)
             .args([USER, PASS])
             .arg(&log)
+            .arg(cuts.to_string())
             .spawn()
             .expect("start the fake registry");
         wait_listening(port, &mut child, "the fake registry");

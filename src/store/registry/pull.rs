@@ -369,7 +369,15 @@ fn download(
             Err(e) => return Err(e),
         };
         if attempt >= client.attempts() {
-            return Err(err);
+            return Err(match err {
+                RegistryError::Http { url, reason } => RegistryError::Http {
+                    url,
+                    reason: format!(
+                        "{reason} (after {attempt} attempts; a partial download is kept for the next pull)"
+                    ),
+                },
+                other => other,
+            });
         }
         tracing::warn!("{err}; retrying");
         client.backoff(attempt, None);
