@@ -385,3 +385,102 @@ pub fn podman(work: &Path, run: &Path) -> Command {
         .args(["--storage-driver", "vfs", "--runtime", "runc"]);
     cmd
 }
+
+/// `LAYOUT:multi`: an index of `bb` (this platform) and `other` (linux/s390x).
+pub fn multi_arch_index(layout: &Path) {
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let manifests = index["manifests"].as_array().unwrap().clone();
+    let by_tag = |tag: &str| {
+        let mut m = manifests
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .unwrap()
+            .clone();
+        m.as_object_mut().unwrap().remove("annotations");
+        m
+    };
+    let mut ours = by_tag("bb");
+    ours["platform"] =
+        serde_json::json!({"architecture": warren::store::oci::go_arch(), "os": "linux"});
+    let mut other = by_tag("other");
+    other["platform"] = serde_json::json!({"architecture": "s390x", "os": "linux"});
+    let nested = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [other, ours],
+    }))
+    .unwrap();
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&nested));
+    fs::write(layout.join("blobs/sha256").join(&digest), &nested).unwrap();
+    index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{digest}"),
+            "size": nested.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }));
+    fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data))
+    )
+}
+
+/// Adds `LAYOUT:to`: image `from`'s manifest changed by `edit` (which may add blobs).
+pub fn add_variant(layout: &Path, from: &str, to: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let desc = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == from)
+        .unwrap()
+        .clone();
+    let mut manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(blob_path(layout, desc["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    edit(&mut manifest);
+    let data = serde_json::to_vec(&manifest).unwrap();
+    let d = sha256(&data);
+    fs::write(blob_path(layout, &d), &data).unwrap();
+    let mut new = desc.clone();
+    new["digest"] = d.into();
+    new["size"] = data.len().into();
+    new["annotations"]["org.opencontainers.image.ref.name"] = to.into();
+    index["manifests"].as_array_mut().unwrap().push(new);
+    fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+pub fn blob_path(layout: &Path, digest: &str) -> std::path::PathBuf {
+    layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+/// Adds `LAYOUT:to`: image `from` with its layers decompressed (same config: its
+/// diff_ids are the uncompressed digests).
+pub fn uncompressed_copy(layout: &Path, from: &str, to: &str) {
+    add_variant(layout, from, to, |manifest| {
+        for l in manifest["layers"].as_array_mut().unwrap() {
+            let gz = fs::read(blob_path(layout, l["digest"].as_str().unwrap())).unwrap();
+            let mut tar = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar)
+                .unwrap();
+            let d = sha256(&tar);
+            fs::write(blob_path(layout, &d), &tar).unwrap();
+            l["digest"] = d.into();
+            l["size"] = tar.len().into();
+            l["mediaType"] = "application/vnd.oci.image.layer.v1.tar".into();
+        }
+    });
+}
