@@ -22,6 +22,8 @@ mod product;
 mod ps;
 #[path = "warren/ranges.rs"]
 mod ranges;
+#[path = "warren/registry.rs"]
+mod registry;
 #[path = "warren/store.rs"]
 mod store;
 
@@ -81,6 +83,10 @@ enum Command {
     /// Images in the chunk store.
     #[command(subcommand)]
     Image(image::Command),
+    /// Save credentials for a registry (in the containers auth.json).
+    Login(registry::LoginArgs),
+    /// Remove a registry's saved credentials.
+    Logout(registry::LogoutArgs),
     /// The chunk store itself.
     #[command(subcommand)]
     Store(store::Command),
@@ -142,6 +148,8 @@ fn main() {
     let result = match cli.command {
         Command::Ranges(c) => ranges::run(&cli.global, c),
         Command::Image(c) => image::run(&cli.global, c),
+        Command::Login(a) => registry::login(&cli.global, a),
+        Command::Logout(a) => registry::logout(&cli.global, a),
         Command::Store(c) => store::run(&cli.global, c),
         Command::Network(c) => network::run(&cli.global, c),
         Command::Oci(c) => oci::run(&cli.global, c),

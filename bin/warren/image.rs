@@ -52,16 +52,43 @@ pub enum Command {
         #[arg(long)]
         remote: Option<String>,
     },
-    /// Fetch an image from a remote store (a store directory served over HTTP): only the
-    /// chunks this store lacks, each verified.
+    /// Fetch an image from an OCI registry (`[docker://]HOST/REPO[:TAG|@DIGEST]`, or a
+    /// short name tried at the `unqualified-search-registries` of registries.conf, else
+    /// docker.io), or from a remote store (a store directory served over HTTP: `URL
+    /// NAME`, only the chunks this store lacks). Everything is verified before the image
+    /// is listed.
     Pull {
-        /// The remote store's base URL (http:// or https://).
-        url: String,
-        /// The image there, NAME[:TAG].
-        name: String,
-        /// Store it under this name instead.
+        /// The image reference, or a remote store's base URL (http:// or https://).
+        source: String,
+        /// The local name (default HOST/REPO:TAG); for a remote store, the image there.
+        name: Option<String>,
+        /// Store it under this name instead (remote stores).
         #[arg(long = "as")]
         local_name: Option<String>,
+        /// OS/ARCH[/VARIANT] to pick from a multi-platform image (default: this host's).
+        #[arg(long)]
+        platform: Option<String>,
+        /// USER:PASSWORD for the registry (instead of the saved ones).
+        #[arg(long)]
+        creds: Option<String>,
+        #[command(flatten)]
+        access: crate::registry::Access,
+    },
+    /// Push an image to an OCI registry as a one-layer image (gzip tar); blobs the
+    /// registry has already are not sent again.
+    Push {
+        /// The image here, NAME[:TAG].
+        name: String,
+        /// Where: [docker://]HOST/REPO[:TAG].
+        reference: String,
+        /// Manifest format: oci or docker (v2 schema 2).
+        #[arg(long, default_value = "oci", value_parser = ["oci", "docker"])]
+        format: String,
+        /// USER:PASSWORD for the registry (instead of the saved ones).
+        #[arg(long)]
+        creds: Option<String>,
+        #[command(flatten)]
+        access: crate::registry::Access,
     },
     /// Write an image as an OCI layout (`oci:DIR[:TAG]`) or a tarball (`tar:FILE`).
     Export {
@@ -219,10 +246,44 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Command::Pull {
-            url,
+            source,
             name,
             local_name,
-        } => pull(global, &store, &url, &name, local_name)?,
+            platform,
+            creds,
+            access,
+        } => {
+            if source.starts_with("http://") || source.starts_with("https://") {
+                let name = name.context("pulling from a remote store: name the image")?;
+                pull(global, &store, &source, &name, local_name)?
+            } else {
+                let name = local_name.or(name);
+                crate::registry::pull(
+                    global,
+                    &store,
+                    &source,
+                    name,
+                    platform.as_deref(),
+                    creds.as_deref(),
+                    &access,
+                )?
+            }
+        }
+        Command::Push {
+            name,
+            reference,
+            format,
+            creds,
+            access,
+        } => crate::registry::push(
+            global,
+            &store,
+            &name,
+            &reference,
+            &format,
+            creds.as_deref(),
+            &access,
+        )?,
         Command::Export { name, dest } => {
             let digest = oci::export(&store, &name, &dest)?;
             if global.json {
@@ -282,7 +343,7 @@ fn pull(
 /// Runs `work` with a progress bar on stderr when it is a terminal (and not --json):
 /// bytes done against the total once it is known (`progress.total`, or `tree`'s size
 /// for a directory import, measured beside it), else a spinner with the rate.
-fn with_bar<T>(
+pub fn with_bar<T>(
     global: &Global,
     progress: &Arc<Progress>,
     what: &'static str,

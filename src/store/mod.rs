@@ -41,6 +41,8 @@ pub mod oci;
 #[doc(hidden)]
 pub mod pack;
 #[cfg(feature = "remote")]
+pub mod registry;
+#[cfg(feature = "remote")]
 pub mod remote;
 pub(crate) mod writer;
 

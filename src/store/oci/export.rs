@@ -357,7 +357,7 @@ fn write_layer(
 }
 
 /// The image's config: the stored one with `layer` as its rootfs.
-fn layout_config(index: &Index, layer: &Digest) -> Result<Vec<u8>, OciError> {
+pub(crate) fn layout_config(index: &Index, layer: &Digest) -> Result<Vec<u8>, OciError> {
     let stored = index.config.clone().unwrap_or_else(super::minimal_config);
     let mut config: serde_json::Value =
         serde_json::from_slice(&stored).map_err(|e| OciError::Invalid {

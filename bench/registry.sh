@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Pull to a runnable image from a registry on loopback (Debian's docker-registry over TLS,
+# with a CA made here): `warren image pull` (the image is runnable once in the store) vs
+# `podman pull` vs `skopeo copy` + `umoci unpack`, for Debian minbase as a one-layer gzip
+# image. Each run starts from empty local storage.
+#
+#   bench/registry.sh        (as root; release build of warren)
+# Environment: WARREN (default the `make release` binary), WORK (default /var/tmp/warren-bench),
+# RUNS (default 3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${WORK:-/var/tmp/warren-bench}
+runs=${RUNS:-3}
+warren=${WARREN:-$(make -s bindir)/warren}
+for tool in docker-registry openssl hyperfine debootstrap podman skopeo umoci python3; do
+	command -v $tool >/dev/null || { echo "missing $tool: apt-get install -y $tool" >&2; exit 1; }
+done
+[ -x "$warren" ] || make -s release
+mkdir -p "$work"
+
+minbase=$work/minbase
+if [ ! -x "$minbase/bin/bash" ]; then
+	rm -rf "$minbase.tmp"
+	debootstrap --variant=minbase bookworm "$minbase.tmp" http://deb.debian.org/debian
+	mv "$minbase.tmp" "$minbase"
+fi
+
+# The registry: TLS with a CA trusted only through a certs.d directory.
+reg=$work/registry
+rm -rf "$reg" && mkdir -p "$reg/storage"
+port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+host=127.0.0.1:$port
+(
+	cd "$reg"
+	openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=bench-ca \
+		-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+	openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 2>/dev/null
+	printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >ext
+	openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 \
+		-extfile ext 2>/dev/null
+	mkdir -p "certs.d/$host" && cp ca.crt "certs.d/$host/"
+)
+cat >"$reg/config.yml" <<CONF
+version: 0.1
+log: {level: warn}
+storage: {filesystem: {rootdirectory: $reg/storage}}
+http: {addr: $host, tls: {certificate: $reg/server.crt, key: $reg/server.key}}
+CONF
+docker-registry serve "$reg/config.yml" >"$reg/registry.log" 2>&1 &
+registry_pid=$!
+podman_run=$(mktemp -d /tmp/wbench-XXXXXX)
+trap 'kill $registry_pid 2>/dev/null; wait $registry_pid 2>/dev/null || true; rm -rf "$podman_run"' EXIT
+for _ in $(seq 100); do
+	python3 -c "import socket;socket.create_connection(('127.0.0.1',$port))" 2>/dev/null && break
+	sleep 0.1
+done
+export WARREN_CERTS_D=$reg/certs.d
+
+# The image, pushed once (warren's push: one gzip layer, an OCI manifest).
+src=$work/registry-src
+rm -rf "$src"
+"$warren" --store "$src" image import "$minbase" --name debian:minbase >/dev/null
+"$warren" --store "$src" image push debian:minbase "$host/debian:minbase"
+
+cat >"$reg/containers.conf" <<CONF
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+CONF
+export CONTAINERS_CONF=$reg/containers.conf
+# A fresh podman store each time: podman pins the runroot (a new temp dir) in its database.
+rm -rf "$work/registry-podman"
+podman="podman --root $work/registry-podman --runroot $podman_run --storage-driver overlay"
+local=$work/registry-local
+hyperfine --runs "$runs" --export-json "$work/registry.json" \
+	--prepare "rm -rf $local; $podman rmi -a -f >/dev/null 2>&1 || true; sync" \
+	-n "warren image pull" "$warren --store $local/store image pull $host/debian:minbase" \
+	-n "podman pull" "$podman pull -q --cert-dir $reg/certs.d/$host $host/debian:minbase" \
+	-n "skopeo copy + umoci unpack" \
+	"mkdir -p $local && skopeo copy -q --src-cert-dir $reg/certs.d/$host docker://$host/debian:minbase oci:$local/oci:m && umoci unpack --image $local/oci:m $local/bundle"
+python3 - "$work/registry.json" <<'PY'
+import json, sys
+r = {x["command"]: x["mean"] for x in json.load(open(sys.argv[1]))["results"]}
+w = r["warren image pull"]
+for name, t in r.items():
+    print(f"{name:32} {t:7.2f} s   warren/this = {w / t:.2f}")
+PY
+$podman rmi -a -f >/dev/null 2>&1 || true
+rm -rf "$local" "$src" "$work/registry-podman" "$reg"

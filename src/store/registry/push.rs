@@ -1,0 +1,219 @@
+//! `push`: an image of the store to a registry as a standard one-layer image (gzip tar
+//! layer, OCI or Docker v2s2 manifest). Blobs the repository has are not sent again.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use super::client::{Client, Method, Payload, http};
+use super::manifest::{DOCKER_CONFIG, DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST};
+use super::reference::{self, Reference};
+use super::{Options, RegistryError};
+use crate::store::Store;
+use crate::store::oci::blob::{Algorithm, Digest, Hasher};
+
+const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// The manifest flavour to push.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    #[default]
+    Oci,
+    Docker,
+}
+
+/// What a push did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PushReport {
+    pub name: String,
+    pub reference: String,
+    /// The manifest's digest.
+    pub digest: String,
+    /// Blobs sent, and blobs the registry already had.
+    pub uploaded_blobs: usize,
+    pub skipped_blobs: usize,
+    pub uploaded_bytes: u64,
+    pub retries: u64,
+}
+
+/// A writer that hashes what goes through it.
+struct HashWriter<W> {
+    inner: W,
+    hasher: Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The image's tree as a gzip tar at `path`: (blob digest, blob size, diff id).
+fn write_layer(
+    store: &Store,
+    name: &str,
+    path: &Path,
+) -> Result<(Digest, u64, Digest), RegistryError> {
+    let io_err = |err| RegistryError::Io {
+        path: path.into(),
+        err,
+    };
+    let index = store.index(name)?;
+    let gz = HashWriter {
+        inner: BufWriter::new(File::create(path).map_err(io_err)?),
+        hasher: Hasher::new(Algorithm::Sha256),
+        bytes: 0,
+    };
+    let mut tar = HashWriter {
+        inner: flate2::write::GzEncoder::new(gz, flate2::Compression::default()),
+        hasher: Hasher::new(Algorithm::Sha256),
+        bytes: 0,
+    };
+    crate::store::oci::export::write_tar(store, &index, &mut tar)?;
+    let diff_id = tar.hasher.finish();
+    let mut gz = tar.inner.finish().map_err(io_err)?;
+    gz.flush().map_err(io_err)?;
+    Ok((gz.hasher.finish(), gz.bytes, diff_id))
+}
+
+/// Pushes image `name` of `store` to `reference` (which needs a tag or a registry
+/// given in full; a short name goes to the first search registry).
+pub fn push(
+    store: &Store,
+    name: &str,
+    reference: &str,
+    format: Format,
+    opts: &Options,
+) -> Result<PushReport, RegistryError> {
+    let r = reference::resolve(reference, &opts.registries_conf)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| RegistryError::BadReference {
+            reference: reference.into(),
+            why: "no registry to push to".into(),
+        })?;
+    let client = Client::new(opts, r.api_host(), &r.repository, "pull,push")?;
+    let dir = store.dir().join(super::pull::BLOB_DIR);
+    super::pull::make_private_dir(&dir)?;
+    let layer_path = dir.join(format!("push-{}.tar.gz", std::process::id()));
+    let result = push_layer(store, name, &r, format, &client, &layer_path);
+    let _ = fs::remove_file(&layer_path);
+    result
+}
+
+fn push_layer(
+    store: &Store,
+    name: &str,
+    r: &Reference,
+    format: Format,
+    client: &Client,
+    layer_path: &Path,
+) -> Result<PushReport, RegistryError> {
+    let (layer, layer_size, diff_id) = write_layer(store, name, layer_path)?;
+    let config = crate::store::oci::export::layout_config(&store.index(name)?, &diff_id)?;
+    let config_digest = Digest::sha256(&config);
+    let (manifest_type, config_type, layer_type) = match format {
+        Format::Oci => (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP),
+        Format::Docker => (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER_GZIP),
+    };
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": manifest_type,
+        "config": {"mediaType": config_type, "digest": config_digest.to_string(), "size": config.len()},
+        "layers": [{"mediaType": layer_type, "digest": layer.to_string(), "size": layer_size}],
+    }))
+    .map_err(|e| RegistryError::Invalid {
+        what: "manifest".into(),
+        why: e.to_string(),
+    })?;
+    let mut report = PushReport {
+        name: name.into(),
+        reference: r.to_string(),
+        digest: Digest::sha256(&manifest).to_string(),
+        uploaded_blobs: 0,
+        skipped_blobs: 0,
+        uploaded_bytes: 0,
+        retries: 0,
+    };
+    let blobs = [
+        (layer, layer_size, Payload::File(layer_path.to_path_buf())),
+        (config_digest, config.len() as u64, Payload::Bytes(config)),
+    ];
+    for (digest, size, payload) in &blobs {
+        if upload_blob(client, digest, payload)? {
+            report.uploaded_blobs += 1;
+            report.uploaded_bytes += size;
+        } else {
+            report.skipped_blobs += 1;
+        }
+    }
+    let tag = r.manifest_ref();
+    let url = client.url(&format!("manifests/{tag}"));
+    let resp = client.send_with(
+        Method::Put,
+        &url,
+        &[("Content-Type", manifest_type.to_string())],
+        &Payload::Bytes(manifest),
+    )?;
+    expect(&resp, &url, &[200, 201])?;
+    report.retries = client.retries.load(Ordering::Relaxed);
+    Ok(report)
+}
+
+fn expect(
+    resp: &ureq::http::Response<ureq::Body>,
+    url: &str,
+    codes: &[u16],
+) -> Result<(), RegistryError> {
+    let s = resp.status().as_u16();
+    if codes.contains(&s) {
+        return Ok(());
+    }
+    Err(http(url, format!("HTTP {s}")))
+}
+
+/// Sends one blob unless the repository has it (HEAD); true when sent.
+fn upload_blob(client: &Client, digest: &Digest, payload: &Payload) -> Result<bool, RegistryError> {
+    let blob_url = client.url(&format!("blobs/{digest}"));
+    let head = client.send(Method::Head, &blob_url, &[])?;
+    if head.status() == 200 {
+        return Ok(false);
+    }
+    let start = client.url("blobs/uploads/");
+    let resp = client.send_with(Method::Post, &start, &[], &Payload::Empty)?;
+    expect(&resp, &start, &[202])?;
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| http(&start, "no Location for the upload".into()))?;
+    let upload = super::client::resolve_location(&start, location);
+    let sep = if upload.contains('?') { '&' } else { '?' };
+    let put = format!("{upload}{sep}digest={digest}");
+    let len = match payload {
+        Payload::Empty => 0,
+        Payload::Bytes(b) => b.len() as u64,
+        Payload::File(p) => fs::metadata(p)
+            .map_err(|err| RegistryError::Io {
+                path: PathBuf::from(p),
+                err,
+            })?
+            .len(),
+    };
+    let headers = [
+        ("Content-Type", "application/octet-stream".to_string()),
+        ("Content-Length", len.to_string()),
+    ];
+    let resp = client.send_with(Method::Put, &put, &headers, payload)?;
+    expect(&resp, &put, &[201, 204])?;
+    Ok(true)
+}

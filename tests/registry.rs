@@ -1,0 +1,576 @@
+//! `warren image pull` from a real registry (Debian's docker-registry, distribution 2.8)
+//! on loopback, over TLS with a CA the test makes (trusted only through a certs.d root the
+//! test points warren at), with htpasswd basic auth or bearer tokens from a token server
+//! the test runs. Images are put there with `skopeo copy`; what warren pulls is compared
+//! entry by entry with `umoci unpack` of the same image.
+
+mod common;
+#[path = "registry/harness.rs"]
+mod harness;
+#[path = "oci/util.rs"]
+mod util;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::{ok, require_root, run, scratch};
+use harness::*;
+
+#[test]
+fn pull_over_tls_with_basic_auth_matches_umoci_and_runs() {
+    if !require_root("imports images whose files belong to many owners; runs a container") {
+        return;
+    }
+    let work = scratch("registry-basic");
+    let w = work.path();
+    let reg = Registry::start(w, Auth::Htpasswd);
+    let layout = util::build_layout(w);
+    let layered = format!("{}:t", layout.display());
+    reg.put(&format!("oci:{layered}"), "test/layered:v1", false);
+    let bb = busybox_image(&w.join("bb-layout"), "bb", w);
+    reg.put(&format!("oci:{bb}"), "busybox:1", false);
+    let h = &reg.host;
+
+    // No credentials, wrong ones, an untrusted CA: refused, saying why.
+    let err = fails(warren(w, &reg).args(["image", "pull", &format!("{h}/busybox:1")]));
+    assert!(err.contains("log in") || err.contains("--creds"), "{err}");
+    let bad = format!("{USER}:wrong");
+    let err =
+        fails(warren(w, &reg).args(["image", "pull", "--creds", &bad, &format!("{h}/busybox:1")]));
+    assert!(
+        err.contains("refused the credentials of \"tester\""),
+        "{err}"
+    );
+    let err = fails(
+        warren(w, &reg)
+            .env("WARREN_CERTS_D", w.join("empty"))
+            .args([
+                "image",
+                "pull",
+                "--creds",
+                &format!("{USER}:{PASS}"),
+                &format!("{h}/busybox:1"),
+            ]),
+    );
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(
+        !listed(w, &reg).contains("busybox"),
+        "a failed pull lists nothing"
+    );
+
+    // With --creds: the layered image, entry by entry as umoci unpacks it.
+    let creds = format!("{USER}:{PASS}");
+    let out = ok(warren(w, &reg).args([
+        "--json",
+        "image",
+        "pull",
+        "--creds",
+        &creds,
+        &format!("docker://{h}/test/layered:v1"),
+    ]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["name"], format!("{h}/test/layered:v1"), "{out}");
+    let raw = ok(Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci:{layered}")));
+    let m: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(
+        report["layers"],
+        m["layers"].as_array().unwrap().len(),
+        "{out}"
+    );
+    let expected = util::umoci_unpack(&layered, w, "umoci");
+    let got = extract(w, &reg, &format!("{h}/test/layered:v1"), "out");
+    util::assert_same_tree(&expected, &got);
+    assert!(!got.join("gone.txt").exists() && !got.join("opt/lower-only").exists());
+
+    // warren login stores the credentials (checked first); pull then finds them.
+    let err = fails(warren(w, &reg).args(["login", "-u", USER, "-p", "nope", h]));
+    assert!(err.contains("refused"), "{err}");
+    ok(warren(w, &reg).args(["login", "-u", USER, "-p", PASS, h]));
+    let saved: serde_json::Value =
+        serde_json::from_slice(&fs::read(w.join("auth.json")).unwrap()).unwrap();
+    assert!(saved["auths"][h.as_str()]["auth"].is_string(), "{saved}");
+    ok(warren(w, &reg).args(["image", "pull", &format!("{h}/busybox:1"), "bb:pulled"]));
+    let bb_out = extract(w, &reg, "bb:pulled", "bb-out");
+    util::assert_same_tree(&util::umoci_unpack(&bb, w, "umoci-bb"), &bb_out);
+    assert!(!bb_out.join("etc/gone").exists(), "the whiteout applied");
+
+    // A container runs from the pulled image.
+    let ran = ok(warren(w, &reg).args([
+        "run",
+        "--rm",
+        "--image",
+        "bb:pulled",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /hello; test -e /etc/gone || echo whited-out",
+    ]));
+    assert_eq!(ran, "hello from bb, layer 2\nwhited-out\n", "{ran}");
+
+    // A short name, tried at each unqualified-search registry in turn (the first is down).
+    let conf = w.join("registries.conf");
+    fs::write(
+        &conf,
+        format!("unqualified-search-registries = [\"127.0.0.1:1\", \"{h}\"]\n"),
+    )
+    .unwrap();
+    let out = ok(warren(w, &reg)
+        .env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .args(["--json", "image", "pull", "busybox:1"]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["name"], format!("{h}/busybox:1"), "{out}");
+
+    ok(warren(w, &reg).args(["logout", h]));
+    let err = fails(warren(w, &reg).args(["logout", h]));
+    assert!(err.contains("not logged in"), "{err}");
+    // --tls-verify=false goes without the CA (and without the certs.d root).
+    ok(warren(w, &reg)
+        .env("WARREN_CERTS_D", w.join("empty"))
+        .args([
+            "image",
+            "pull",
+            "--tls-verify=false",
+            "--creds",
+            &creds,
+            &format!("{h}/busybox:1"),
+            "bb:insecure",
+        ]));
+}
+
+#[test]
+fn anonymous_bearer_tokens_and_a_multi_arch_index() {
+    if !require_root("imports images whose files belong to many owners") {
+        return;
+    }
+    let work = scratch("registry-token");
+    let w = work.path();
+    let reg = Registry::start(w, Auth::Token);
+    let layout = w.join("layout");
+    let bb = busybox_image(&layout, "bb", w);
+    let other = busybox_image(&layout, "other", w);
+    multi_arch_index(&layout);
+    reg.put(&format!("oci:{}:multi", layout.display()), "multi:1", true);
+    let h = &reg.host;
+
+    // Anonymous: the registry's 401 sends warren to the token server for a pull token.
+    let before = fs::read_to_string(&reg.token_log).unwrap_or_default();
+    ok(warren(w, &reg).args(["image", "pull", &format!("{h}/multi:1"), "multi:here"]));
+    let log = fs::read_to_string(&reg.token_log).unwrap();
+    let new: Vec<&str> = log[before.len()..].lines().collect();
+    assert!(
+        !new.is_empty() && new.iter().all(|l| *l == "anonymous repository:multi:pull"),
+        "{new:?}"
+    );
+    let got = extract(w, &reg, "multi:here", "here");
+    util::assert_same_tree(&util::umoci_unpack(&bb, w, "umoci-bb"), &got);
+
+    // Another platform on request; one the index lacks is refused, naming what it has.
+    ok(warren(w, &reg).args([
+        "image",
+        "pull",
+        "--platform",
+        "linux/s390x",
+        &format!("{h}/multi:1"),
+        "multi:s390x",
+    ]));
+    let got = extract(w, &reg, "multi:s390x", "s390x");
+    util::assert_same_tree(&util::umoci_unpack(&other, w, "umoci-other"), &got);
+    let err = fails(warren(w, &reg).args([
+        "image",
+        "pull",
+        "--platform",
+        "linux/riscv64",
+        &format!("{h}/multi:1"),
+    ]));
+    assert!(
+        err.contains("linux/riscv64") && err.contains("linux/s390x"),
+        "{err}"
+    );
+
+    // By digest: the index's digest resolves the same way.
+    let digest = ok(Command::new("skopeo")
+        .args(["inspect", "--raw", "--cert-dir"])
+        .arg(reg.certs_d.join(h))
+        .arg(format!("docker://{h}/multi:1")));
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(digest.as_bytes()))
+    );
+    ok(warren(w, &reg).args([
+        "image",
+        "pull",
+        &format!("{h}/multi@{digest}"),
+        "multi:bydigest",
+    ]));
+    // Images with zstd layers, as Docker v2 schema 2 (a manifest list too): each pulls to what umoci unpacks. (Each its own image: skopeo would reuse
+    // a blob the registry has instead of recompressing it.)
+    let variants: [(&str, &[&str], &str); 3] = [
+        ("zstd", &["--dest-compress-format", "zstd"], "tar+zstd"),
+        ("docker", &["--format", "v2s2"], "rootfs.diff.tar.gzip"),
+        (
+            "multi",
+            &["--format", "v2s2", "--all"],
+            "manifest.list.v2+json",
+        ),
+    ];
+    for (tag, flags, media) in variants {
+        let image = match tag {
+            "multi" => bb.clone(),
+            _ => busybox_image(&layout, tag, w),
+        };
+        let dest = format!("variant:{tag}");
+        reg.put_with(&format!("oci:{}:{tag}", layout.display()), &dest, flags);
+        let raw = ok(Command::new("skopeo")
+            .args(["inspect", "--raw", "--cert-dir"])
+            .arg(reg.certs_d.join(h))
+            .arg(format!("docker://{h}/{dest}")));
+        assert!(raw.contains(media), "{dest}: {raw}");
+        ok(warren(w, &reg).args(["image", "pull", &format!("{h}/{dest}"), &dest]));
+        let got = extract(w, &reg, &dest, &format!("variant-{tag}"));
+        util::assert_same_tree(
+            &util::umoci_unpack(&image, w, &format!("umoci-{tag}")),
+            &got,
+        );
+    }
+
+    // Wrong credentials at the token server: a clear error.
+    let err = fails(warren(w, &reg).args([
+        "image",
+        "pull",
+        "--creds",
+        &format!("{USER}:bad"),
+        &format!("{h}/multi:1"),
+    ]));
+    assert!(
+        err.contains("token server refused the credentials"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_corrupt_blob_is_refused_naming_it_and_nothing_is_listed() {
+    if !require_root("imports images whose files belong to many owners") {
+        return;
+    }
+    let work = scratch("registry-corrupt");
+    let w = work.path();
+    let reg = Registry::start(w, Auth::Htpasswd);
+    let layout = w.join("layout");
+    busybox_image(&layout, "bb", w);
+    reg.put(&format!("oci:{}:bb", layout.display()), "corrupt:1", false);
+    // The first (busybox) layer's blob, one byte changed, its size kept.
+    let raw = ok(Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--creds",
+            &format!("{USER}:{PASS}"),
+            "--cert-dir",
+        ])
+        .arg(reg.certs_d.join(&reg.host))
+        .arg(format!("docker://{}/corrupt:1", reg.host)));
+    let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let data = reg.blob_data(&layer);
+    let mut bytes = fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&data, &bytes).unwrap();
+
+    let creds = format!("{USER}:{PASS}");
+    let err = fails(warren(w, &reg).args([
+        "image",
+        "pull",
+        "--creds",
+        &creds,
+        &format!("{}/corrupt:1", reg.host),
+    ]));
+    assert!(
+        err.contains(&layer) && err.contains("nothing was imported"),
+        "{err}"
+    );
+    assert!(!listed(w, &reg).contains("corrupt"), "nothing listed");
+}
+
+#[test]
+fn retries_resumes_and_redirects_without_the_authorization() {
+    if !require_root("imports images whose files belong to many owners") {
+        return;
+    }
+    let work = scratch("registry-faults");
+    let w = work.path();
+    let layout = w.join("layout");
+    let bb = busybox_image(&layout, "bb", w);
+    let reg = Registry::fake(w, &layout, 1);
+    let creds = format!("{USER}:{PASS}");
+    let out = ok(warren(w, &reg).args([
+        "--json",
+        "image",
+        "pull",
+        "--creds",
+        &creds,
+        &format!("{}/bb:bb", reg.host),
+        "bb",
+    ]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let got = extract(w, &reg, "bb", "out");
+    util::assert_same_tree(&util::umoci_unpack(&bb, w, "umoci"), &got);
+
+    let log = fs::read_to_string(&reg.token_log).unwrap();
+    let storage: Vec<&str> = log.lines().filter(|l| l.starts_with("/storage/")).collect();
+    // The cut download, then the rest of it by Range; never with the registry's password.
+    assert_eq!(storage.len(), 2, "{log}");
+    assert!(storage.iter().all(|l| l.contains("auth=no")), "{log}");
+    assert!(
+        storage[0].ends_with("range=None") && storage[1].contains("range=bytes="),
+        "{log}"
+    );
+    assert!(
+        !storage[1].ends_with("range=bytes=0-"),
+        "resumed where it broke: {log}"
+    );
+    // The 503 and the broken connection were retried.
+    assert!(report["retries"].as_u64().unwrap() >= 2, "{out}");
+
+    // Mirrors from registries.conf: a dead one is skipped, the next serves the image
+    // (the registry itself, a closed port, is never needed).
+    let conf = w.join("registries.conf");
+    fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nlocation = \"127.0.0.1:1\"\n[[registry.mirror]]\nlocation = \"127.0.0.1:2\"\n\
+             [[registry.mirror]]\nlocation = \"{}\"\n",
+            reg.host
+        ),
+    )
+    .unwrap();
+    let out = ok(warren(w, &reg)
+        .env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .args([
+            "--json",
+            "image",
+            "pull",
+            "--creds",
+            &creds,
+            "127.0.0.1:1/bb:bb",
+            "bb:mirrored",
+        ]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["from"], format!("{}/bb", reg.host), "{out}");
+    assert_eq!(report["reference"], "127.0.0.1:1/bb:bb", "{out}");
+    util::assert_same_tree(&got, &extract(w, &reg, "bb:mirrored", "mirrored"));
+
+    // Uncompressed layers (skopeo compresses what it sends; this registry serves the
+    // layout as it is).
+    uncompressed_copy(&layout, "bb", "plain");
+    ok(warren(w, &reg).args([
+        "image",
+        "pull",
+        "--creds",
+        &creds,
+        &format!("{}/bb:plain", reg.host),
+        "bb:plain",
+    ]));
+    util::assert_same_tree(&got, &extract(w, &reg, "bb:plain", "plain"));
+
+    // A hostile registry: a non-distributable layer, a manifest past the size cap, a
+    // layer bigger than its descriptor says. Each refused, saying why; nothing listed.
+    add_variant(&layout, "bb", "foreign", |m| {
+        m["layers"][0]["mediaType"] =
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip".into();
+    });
+    add_variant(&layout, "bb", "huge", |m| {
+        m["annotations"] = serde_json::json!({"pad": "x".repeat(5 << 20)});
+    });
+    add_variant(&layout, "bb", "short", |m| {
+        let small = m["layers"][1]["size"].as_u64().unwrap();
+        m["layers"][1]["size"] = (small - 10).into();
+    });
+    for (tag, why) in [
+        ("foreign", "non-distributable"),
+        ("huge", "more than"),
+        ("short", "its descriptor says"),
+    ] {
+        let err = fails(warren(w, &reg).args([
+            "image",
+            "pull",
+            "--creds",
+            &creds,
+            &format!("{}/bb:{tag}", reg.host),
+            &format!("bad:{tag}"),
+        ]));
+        assert!(err.contains(why), "{tag}: {err}");
+    }
+    assert!(!listed(w, &reg).contains("bad"), "{}", listed(w, &reg));
+}
+
+#[test]
+fn pushed_images_are_pulled_and_run_by_podman_and_skopeo() {
+    if !require_root("imports images whose files belong to many owners; runs podman") {
+        return;
+    }
+    let work = scratch("registry-push");
+    let w = work.path();
+    let reg = Registry::start(w, Auth::Htpasswd);
+    let layout = w.join("layout");
+    let bb = busybox_image(&layout, "bb", w);
+    ok(warren(w, &reg).args(["image", "import", &format!("oci:{bb}"), "--name", "bb"]));
+    let h = &reg.host;
+    let creds = format!("{USER}:{PASS}");
+    let cert_dir = reg.certs_d.join(h);
+
+    let push = |format: &str, dest: &str| -> serde_json::Value {
+        let out = ok(warren(w, &reg).args([
+            "--json",
+            "image",
+            "push",
+            "--format",
+            format,
+            "--creds",
+            &creds,
+            "bb",
+            &format!("{h}/{dest}"),
+        ]));
+        serde_json::from_str(&out).unwrap()
+    };
+    let first = push("oci", "pushed:1");
+    assert_eq!(
+        (
+            first["uploaded_blobs"].as_u64(),
+            first["skipped_blobs"].as_u64()
+        ),
+        (Some(2), Some(0)),
+        "{first}"
+    );
+    // Again: the registry has both blobs (HEAD), only the manifest goes.
+    let again = push("oci", "pushed:2");
+    assert_eq!(
+        (
+            again["uploaded_blobs"].as_u64(),
+            again["skipped_blobs"].as_u64()
+        ),
+        (Some(0), Some(2)),
+        "{again}"
+    );
+    let docker = push("docker", "pushed:docker");
+
+    // skopeo sees what was pushed; its copy unpacks (umoci) to the tree warren stores.
+    let raw = ok(Command::new("skopeo")
+        .args(["inspect", "--raw", "--creds", &creds, "--cert-dir"])
+        .arg(&cert_dir)
+        .arg(format!("docker://{h}/pushed:1")));
+    let m: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(
+        m["layers"][0]["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip",
+        "{raw}"
+    );
+    let raw = ok(Command::new("skopeo")
+        .args(["inspect", "--raw", "--creds", &creds, "--cert-dir"])
+        .arg(&cert_dir)
+        .arg(format!("docker://{h}/pushed:docker")));
+    assert!(
+        raw.contains("application/vnd.docker.distribution.manifest.v2+json"),
+        "{raw} {docker}"
+    );
+    ok(Command::new("skopeo")
+        .args(["copy", "-q", "--src-creds", &creds, "--src-cert-dir"])
+        .arg(&cert_dir)
+        .arg(format!("docker://{h}/pushed:1"))
+        .arg(format!("oci:{}:p", w.join("copied").display())));
+    let copied = util::umoci_unpack(
+        &format!("{}:p", w.join("copied").display()),
+        w,
+        "umoci-copied",
+    );
+    let ours = extract(w, &reg, "bb", "ours");
+    util::assert_same_tree(&ours, &copied);
+
+    // podman pulls it and runs it.
+    let short = tempfile::Builder::new()
+        .prefix("wreg")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let podman = |w: &Path| podman(w, short.path());
+    ok(podman(w)
+        .args(["pull", "-q", "--creds", &creds, "--cert-dir"])
+        .arg(&cert_dir)
+        .arg(format!("{h}/pushed:docker")));
+    let ran = ok(podman(w).args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &format!("{h}/pushed:docker"),
+        "/bin/sh",
+        "-c",
+        "cat /hello",
+    ]));
+    assert_eq!(ran, "hello from bb, layer 2\n");
+    let _ = run(podman(w).args(["rmi", "-a", "-f"]));
+}
+
+#[test]
+fn an_interrupted_pull_resumes_where_it_broke() {
+    if !require_root("imports images whose files belong to many owners") {
+        return;
+    }
+    let work = scratch("registry-resume");
+    let w = work.path();
+    let layout = w.join("layout");
+    let bb = busybox_image(&layout, "bb", w);
+    // Every attempt of the first pull breaks off: it fails, keeping what arrived.
+    let reg = Registry::fake(w, &layout, 4);
+    let creds = format!("{USER}:{PASS}");
+    let pull = |w: &Path| {
+        run(warren(w, &reg).args([
+            "image",
+            "pull",
+            "--creds",
+            &creds,
+            &format!("{}/bb:bb", reg.host),
+            "bb",
+        ]))
+    };
+    let first = pull(w);
+    assert!(!first.status.success());
+    let err = String::from_utf8_lossy(&first.stderr).into_owned();
+    assert!(
+        err.contains("/blobs/sha256:") && err.contains("after 4 attempts"),
+        "{err}"
+    );
+    assert!(!listed(w, &reg).contains("bb"));
+    let blobs = w.join("state/store/registry-blobs");
+    let part = fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "part"))
+        .expect("a partial blob kept");
+    let kept = fs::metadata(&part).unwrap().len();
+    assert!(kept > 0);
+
+    // The next pull asks only for the rest.
+    let second = pull(w);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let log = fs::read_to_string(&reg.token_log).unwrap();
+    let storage: Vec<&str> = log.lines().filter(|l| l.starts_with("/storage/")).collect();
+    assert_eq!(storage.len(), 5, "{log}");
+    assert!(
+        storage[4].ends_with(&format!("range=bytes={kept}-")),
+        "{log}"
+    );
+    util::assert_same_tree(
+        &util::umoci_unpack(&bb, w, "umoci"),
+        &extract(w, &reg, "bb", "out"),
+    );
+    assert!(!part.exists(), "the partial blob is used up");
+}
