@@ -10,11 +10,13 @@
 #    fit the shared disk) through the copy path, per container.
 # Targets: rootless warm start <= 2x rootful and <= 0.25x rootless podman; 100 containers
 # <= 1.1x the disk of one.
-#   bench/rootless.sh [RUNS]      (env: RUSER=warren-test COPIES=10 BENCH=/var/tmp/warren-bench)
+# The user (RUSER) needs 102 id blocks of 65536 (100 containers, the image block, one
+# more): the default, warren-bench, is created with 128 (no home, no login) if missing.
+#   bench/rootless.sh [RUNS]      (env: RUSER=warren-bench COPIES=10 BENCH=/var/tmp/warren-bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-20}
-RUSER=${RUSER:-warren-test}
+RUSER=${RUSER:-warren-bench}
 COPIES=${COPIES:-10}
 BENCH=${BENCH:-/var/tmp/warren-bench}
 MINBASE=$BENCH/minbase
@@ -22,9 +24,18 @@ WORK=$BENCH/rootless
 for t in hyperfine podman debootstrap setpriv newuidmap flock; do
   command -v $t >/dev/null || { echo "missing $t: apt-get install -y $t" >&2; exit 1; }
 done
-grep -q "^$RUSER:" /etc/subuid || { echo "$RUSER has no line in /etc/subuid" >&2; exit 1; }
-# One benchmark at a time on this machine.
-exec 9>/tmp/warren-bench.lock
+if [ "$RUSER" = warren-bench ] && ! id warren-bench >/dev/null 2>&1; then
+  useradd -M -s /usr/sbin/nologin -K SUB_UID_COUNT=0 -K SUB_GID_COUNT=0 warren-bench
+  # 0x18000000 + 0x800000: no other user's or test's range.
+  usermod --add-subuids 402653184-411041791 --add-subgids 402653184-411041791 warren-bench
+fi
+for f in /etc/subuid /etc/subgid; do
+  n=$(awk -F: -v u="$RUSER" '$1 == u { s += $3 } END { print s + 0 }' $f)
+  [ "$n" -ge $((102 * 65536)) ] || { echo "$RUSER has $n ids in $f, needs 102 blocks of 65536" >&2; exit 1; }
+done
+# One benchmark at a time on this machine (BENCH_LOCK: another lock, when a stray process
+# holds this one).
+exec 9>"${BENCH_LOCK:-/tmp/warren-bench.lock}"
 flock 9
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 [ -x "$MINBASE/bin/true" ] || debootstrap --variant=minbase bookworm "$MINBASE" >/dev/null
@@ -73,6 +84,15 @@ as_user() {
     CONTAINERS_STORAGE_CONF="$WORK/storage.conf" "$@"
 }
 wr() { local v=$1; shift; as_user "$WORK/$v/warren" --state-dir "$U/state-$v" --root "$U/xdg/run-$v" "$@"; }
+# On a failure midway: no stopped containers (and helper mounts) left behind.
+cleanup() {
+  local v i
+  for v in helper copy; do
+    [ -d "$U/state-$v/containers" ] || continue
+    for i in $(seq 0 99); do wr $v rm --force "d$i" >/dev/null 2>&1 || true; done
+  done
+}
+trap cleanup EXIT
 
 # The image, imported by the user into each path's state dir from a tar made as root
 # (owners kept); rootful warren and rootless podman import the same tar.
@@ -105,9 +125,9 @@ read -r helper copy podman < <(median "$U/out/warm.json")
 read -r rootful < <(median "$WORK/rootful.json")
 
 # Disk: the state dir (store, the user's extracted tree, containers' layers) with one
-# stopped container, then with N; du counts each inode once (the helper's lower mounts
-# show the one shared tree).
-disk() { du -sb "$U/state-$1" | cut -f1; }
+# stopped container, then with N; not the helper's mounts at CONTAINER/lower (views of
+# the one shared tree: du counts a file seen through two mounts twice).
+disk() { du -sb --exclude="$U/state-$1/containers/*/lower" "$U/state-$1" | cut -f1; }
 stopped() {
   local v=$1 n=$2 i
   for i in $(seq 0 $((n - 1))); do wr "$v" run -d --image debian --name "d$i" -- /bin/true >/dev/null; done
