@@ -14,7 +14,7 @@
 set -eu
 
 dir=${1:?usage: $0 BINDIR}
-bins=${CHECK_STATIC_BINS:-"warren shift-own shift-mount"}
+bins=${CHECK_STATIC_BINS:-"warren shift-own shift-mount warren-mount"}
 
 # Weak undefined symbols that are fine, because whoever references them checks for NULL.
 allowed() {

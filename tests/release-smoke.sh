@@ -8,7 +8,7 @@ W=$(realpath "$1")/warren
 U=warren-test
 fail() { echo "release-smoke: $*" >&2; exit 1; }
 
-for b in warren shift-own shift-mount; do
+for b in warren shift-own shift-mount warren-mount; do
 	ldd "$(dirname "$W")/$b" 2>&1 | grep -q 'statically linked' || fail "$b is not statically linked"
 done
 
