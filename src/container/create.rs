@@ -197,7 +197,7 @@ fn create_in(
                 .map_err(|e| Error::io("memfd_create")(e.into()))?,
         );
     }
-    let (pid, pidfd, sock) = spawn(&mut init, clone_flags)?;
+    let (pid, pidfd, sock, born_in) = spawn(&mut init, clone_flags, record.cgroup.as_ref())?;
     *child = Some((pid, pidfd));
     // The child holds its own copies now.
     opts.stdio = Default::default();
@@ -210,11 +210,11 @@ fn create_in(
         &talk,
         record,
         maps.as_ref(),
-        pid_joined,
+        pid_joined || born_in,
         pid,
         &process,
         other_userns,
-    )?;
+    )? || born_in;
     let pid = if pid_joined {
         init_in_joined_pid_ns(&talk, child)?
     } else {

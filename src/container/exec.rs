@@ -83,7 +83,7 @@ pub(super) fn exec_in(
         start_state: None,
         keep: Vec::new(),
     };
-    let (mid, mid_fd, sock) = spawn(&mut init, 0)?;
+    let (mid, mid_fd, sock, _) = spawn(&mut init, 0, None)?;
     let reap_mid = || {
         let _ = crate::sys::pidfd_send_signal(mid_fd.as_fd(), libc::SIGKILL);
         let _ = wait_pidfd(mid_fd.as_fd());

@@ -68,10 +68,26 @@ struct CloneArgs {
 /// In a multithreaded process the child may only run async-signal-safe code (no
 /// allocation, no locks) until it execs or exits.
 pub unsafe fn clone3_fork(flags: u64) -> io::Result<(libc::pid_t, Option<OwnedFd>)> {
+    // SAFETY: the caller's contract is ours.
+    unsafe { clone3_fork_into(flags, None) }
+}
+
+/// [`clone3_fork`], the child born in the cgroup2 directory `cgroup` (`CLONE_INTO_CGROUP`:
+/// no migration afterwards).
+///
+/// # Safety
+/// As [`clone3_fork`].
+pub unsafe fn clone3_fork_into(
+    flags: u64,
+    cgroup: Option<RawFd>,
+) -> io::Result<(libc::pid_t, Option<OwnedFd>)> {
     const CLONE_PIDFD: u64 = 0x1000;
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
     let mut pidfd: libc::c_int = -1;
+    let into = cgroup.map_or(0, |_| CLONE_INTO_CGROUP);
     let args = CloneArgs {
-        flags: flags | CLONE_PIDFD,
+        flags: flags | CLONE_PIDFD | into,
+        cgroup: cgroup.map_or(0, |fd| fd as u64),
         pidfd: &mut pidfd as *mut libc::c_int as u64,
         // With CLONE_PARENT the kernel takes the exit signal from the caller's parent.
         exit_signal: if flags & libc::CLONE_PARENT as u64 != 0 {

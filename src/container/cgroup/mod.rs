@@ -56,6 +56,7 @@ use serde::{Deserialize, Serialize};
 
 use resources::{Setting, settings};
 
+mod born;
 mod devices;
 mod freeze;
 mod placement;
