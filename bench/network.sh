@@ -47,12 +47,24 @@ IMG=localhost/warren-bench:network
 P="podman --runtime=runc --root $B/podman/root --runroot $B/podman/run --tmpdir $B/podman/tmp --storage-driver vfs"
 [ -e /run/containers ] && HAD_RUN_CONTAINERS=1 || HAD_RUN_CONTAINERS=
 LOOP_PID=
+# The loopback receiver: its loop, then the nc it waits for.
+stop_loop() {
+  [ -n "$LOOP_PID" ] || return 0
+  kill $LOOP_PID 2>/dev/null; pkill -P $LOOP_PID 2>/dev/null; wait $LOOP_PID 2>/dev/null
+  LOOP_PID=
+}
+# netavark leaves an empty chain per network in iptables' nat table: the one ours made goes.
+netavark_chains() { nft list table ip nat 2>/dev/null | grep -o 'chain NETAVARK-DN-[0-9A-F]*' | cut -d' ' -f2 | sort; }
+CHAINS_BEFORE=$(netavark_chains)
 cleanup() {
   set +e
-  [ -n "$LOOP_PID" ] && kill $LOOP_PID 2>/dev/null && wait $LOOP_PID 2>/dev/null
+  stop_loop
   for c in wb-rx wb-tx; do w rm -f $c >/dev/null 2>&1; $P rm -f -t 0 p$c >/dev/null 2>&1; done
   w network rm wbench >/dev/null 2>&1
   $P network rm -f wbenchp >/dev/null 2>&1
+  if command -v iptables >/dev/null; then
+    for c in $(comm -13 <(echo "$CHAINS_BEFORE") <(netavark_chains)); do iptables -t nat -X "$c" 2>/dev/null; done
+  fi
   umount -l $B/run/.networks/netns 2>/dev/null
   rm -rf $B
   [ -n "$HAD_RUN_CONTAINERS" ] || rm -rf /run/containers
@@ -103,7 +115,7 @@ busybox sh -c "while true; do busybox nc -l -p 19500 >/dev/null; done" &
 LOOP_PID=$!
 listening /proc/self/ns/net 19500
 loop=$(secs "$SEND 127.0.0.1 19500")
-kill $LOOP_PID; wait $LOOP_PID 2>/dev/null || true; LOOP_PID=
+stop_loop
 
 w run -d --image busybox --name wb-rx --net bridge:wbench -p 127.0.0.1:19501:5000 -- sh -c "$RECV" >/dev/null
 w run -d --image busybox --name wb-tx --net bridge:wbench -- sleep 600 >/dev/null
