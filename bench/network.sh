@@ -50,7 +50,9 @@ LOOP_PID=
 # The loopback receiver: its loop, then the nc it waits for.
 stop_loop() {
   [ -n "$LOOP_PID" ] || return 0
-  kill $LOOP_PID 2>/dev/null; pkill -P $LOOP_PID 2>/dev/null; wait $LOOP_PID 2>/dev/null
+  kill $LOOP_PID 2>/dev/null || true
+  pkill -P $LOOP_PID 2>/dev/null || true
+  wait $LOOP_PID 2>/dev/null || true
   LOOP_PID=
 }
 # netavark leaves an empty chain per network in iptables' nat table: the one ours made goes.
