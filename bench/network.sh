@@ -14,7 +14,7 @@
 set -euo pipefail
 if [ -z "${WARREN_BENCH_LOCKED:-}" ]; then
   export WARREN_BENCH_LOCKED=1
-  exec flock /tmp/warren-bench.lock "$0" "$@"
+  exec flock -o /tmp/warren-bench.lock "$0" "$@"
 fi
 cd "$(dirname "$0")/.."
 RUNS=${1:-20}
@@ -47,11 +47,10 @@ IMG=localhost/warren-bench:network
 P="podman --runtime=runc --root $B/podman/root --runroot $B/podman/run --tmpdir $B/podman/tmp --storage-driver vfs"
 [ -e /run/containers ] && HAD_RUN_CONTAINERS=1 || HAD_RUN_CONTAINERS=
 LOOP_PID=
-# The loopback receiver: its loop, then the nc it waits for.
+# The loopback receiver: a session of its own (the loop and its nc), killed as a group.
 stop_loop() {
   [ -n "$LOOP_PID" ] || return 0
-  kill $LOOP_PID 2>/dev/null || true
-  pkill -P $LOOP_PID 2>/dev/null || true
+  kill -- -$LOOP_PID 2>/dev/null || true
   wait $LOOP_PID 2>/dev/null || true
   LOOP_PID=
 }
@@ -113,7 +112,7 @@ listening() {
   echo "nothing listens on $2 in $1" >&2; exit 1
 }
 
-busybox sh -c "while true; do busybox nc -l -p 19500 >/dev/null; done" &
+setsid busybox sh -c "while true; do busybox nc -l -p 19500 >/dev/null; done" &
 LOOP_PID=$!
 listening /proc/self/ns/net 19500
 loop=$(secs "$SEND 127.0.0.1 19500")
