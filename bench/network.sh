@@ -85,9 +85,11 @@ hyperfine -N --warmup 3 --runs "$RUNS" --export-json $B/setup.json \
   -n "podman --network bridge" "$P run --rm --network wbenchp $IMG true" \
   -n "podman --network none" "$P run --rm --network none $IMG true"
 
-# Throughput. A receiver container loops `nc -l` into /dev/null; each transfer is timed
-# on the host, from dd's start to the sending nc's exit (after its last byte is written).
-RECV='while true; do nc -l -p 5000 >/dev/null; done'
+# Throughput. A receiver container loops `nc -l -e dd of=/dev/null` (a plain `nc -l`
+# would hang up at its own stdin's end, /dev/null); each transfer is timed on the host,
+# from dd's start to the sending nc's exit (after its last byte is written). busybox nc
+# copies in small reads: the figures are nc's, the same tool on every path.
+RECV='while true; do nc -l -p 5000 -e dd of=/dev/null bs=64k; done'
 SEND="dd if=/dev/zero bs=1M count=$MIB 2>/dev/null | busybox nc"
 # secs CMD: the best of 3 transfers, in seconds.
 secs() {
@@ -112,7 +114,7 @@ listening() {
   echo "nothing listens on $2 in $1" >&2; exit 1
 }
 
-setsid busybox sh -c "while true; do busybox nc -l -p 19500 >/dev/null; done" &
+setsid busybox sh -c "while true; do busybox nc -l -p 19500 -e busybox dd of=/dev/null bs=64k 2>/dev/null; done" &
 LOOP_PID=$!
 listening /proc/self/ns/net 19500
 loop=$(secs "$SEND 127.0.0.1 19500")
