@@ -374,15 +374,19 @@ fn a_network_in_use_is_not_removed_and_overlaps_are_refused() {
 }
 
 /// A published port reached from another host: a namespace joined to the host by a
-/// veth plays it, and connects to the host's address on that link.
+/// veth plays it, and connects to the host's address on that link. An unpublished port
+/// is not reachable, not even straight to the container's address (the other host has a
+/// route to the network); the container reaches its own published port through the
+/// host's address (hairpin: its veth is in hairpin mode).
 #[test]
-#[ignore = "needs the firewall's DNAT (net::firewall::apply, the fw helper's); run after merge"]
 fn a_published_port_is_reachable_from_another_host() {
     let Some(env) = Env::new("net-publish") else {
         return;
     };
+    require_tool("nsenter", "util-linux");
     let peer = "wt9-peer";
     let _ = run(Command::new("ip").args(["netns", "del", peer]));
+    let _ = run(Command::new("ip").args(["link", "del", "wt9-h"]));
     ok(Command::new("ip").args(["netns", "add", peer]));
     let setup = [
         "link add wt9-h type veth peer name wt9-p",
@@ -392,13 +396,40 @@ fn a_published_port_is_reachable_from_another_host() {
         "-n wt9-peer addr add 10.231.9.2/30 dev wt9-p",
         "-n wt9-peer link set wt9-p up",
         "-n wt9-peer link set lo up",
+        // The other host knows the way to the network: only the firewall stops it.
+        "-n wt9-peer route add 10.231.10.0/24 via 10.231.9.1",
     ];
     for cmd in setup {
         ok(Command::new("ip").args(cmd.split(' ')));
     }
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| publish_checks(&env, peer)));
+    let _ = run(Command::new("ip").args(["link", "del", "wt9-h"]));
+    let _ = run(Command::new("ip").args(["netns", "del", peer]));
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    env.teardown(&["wt10"]);
+}
+
+/// One HTTP GET of `addr:port` by busybox nc, run by `prefix` (a command that enters a
+/// namespace), `tries` times at most, half a second apart: the answer, if any.
+fn get(prefix: &[&str], addr: &str, port: u16, tries: u32) -> Option<String> {
+    let fetch = format!(
+        "for i in $(seq {tries}); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 2 {addr} {port} && exit 0; sleep 0.5; done; exit 1"
+    );
+    let mut cmd = Command::new("timeout");
+    cmd.arg("30").args(prefix).args(["sh", "-c", &fetch]);
+    let out = run(&mut cmd);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+fn publish_checks(env: &Env, peer: &str) {
     env.ok(&["network", "create", "wt10", "--subnet", "10.231.10.0/24"]);
-    let server =
-        "mkdir -p /tmp/w && echo published > /tmp/w/index.html && exec httpd -f -p 80 -h /tmp/w";
+    let server = "mkdir -p /tmp/w /tmp/u && echo web-80 > /tmp/w/index.html \
+                  && echo web-81 > /tmp/u/index.html && httpd -p 81 -h /tmp/u \
+                  && exec httpd -f -p 80 -h /tmp/w";
     env.ok(&[
         "run",
         "-d",
@@ -415,18 +446,46 @@ fn a_published_port_is_reachable_from_another_host() {
         "-c",
         server,
     ]);
-    // THE ASSERTION THAT NEEDS DNAT: from the peer, the host's 10.231.9.1:18090 is the
-    // container's port 80 (bounded: 20 tries).
-    let fetch = "for i in $(seq 20); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 2 10.231.9.1 18090 && exit 0; sleep 0.5; done; exit 1";
-    let out = run(Command::new("ip").args(["netns", "exec", peer, "sh", "-c", fetch]));
-    let _ = run(Command::new("ip").args(["link", "del", "wt9-h"]));
-    let _ = run(Command::new("ip").args(["netns", "del", peer]));
-    assert!(out.status.success(), "{out:?}");
+    let in_peer = ["ip", "netns", "exec", peer];
+    // From the peer, the host's 10.231.9.1:18090 is the container's port 80 (bounded:
+    // 20 tries while the server starts).
+    let got = get(&in_peer, "10.231.9.1", 18090, 20);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("published"),
-        "{out:?}"
+        got.as_deref().is_some_and(|t| t.contains("web-80")),
+        "{got:?}"
     );
-    env.teardown(&["wt10"]);
+    // Port 81 is served (the container itself sees it) but not published: the peer
+    // reaches it neither through the host nor straight at the container's address.
+    let addr = env.addr_of("wt10", "wt10-web");
+    let pin = env.dir.path().join("run/.networks/netns/wt10-web");
+    let net_arg = format!("--net={}", pin.display());
+    let in_container = ["nsenter", net_arg.as_str()];
+    let own = get(&in_container, &addr, 81, 10);
+    assert!(
+        own.as_deref().is_some_and(|t| t.contains("web-81")),
+        "{own:?}"
+    );
+    for (addr, port) in [(addr.as_str(), 81), (addr.as_str(), 80), ("10.231.9.1", 81)] {
+        let got = get(&in_peer, addr, port, 1);
+        assert_eq!(got, None, "{addr}:{port} reached from the other host");
+    }
+    // Hairpin: the container, through the host's addresses, to its own published port.
+    for host in ["10.231.9.1", "10.231.10.1"] {
+        let got = get(&in_container, host, 18090, 3);
+        assert!(
+            got.as_deref().is_some_and(|t| t.contains("web-80")),
+            "{host}: {got:?}"
+        );
+    }
+    let inspect = env.inspect("wt10");
+    let veth = inspect["containers"][0]["veth"].as_str().expect("a veth");
+    let out = ok(Command::new("ip").args(["-j", "-d", "link", "show", veth]));
+    let link: serde_json::Value = serde_json::from_str(&out).expect("ip -j link");
+    assert_eq!(
+        link[0]["linkinfo"]["info_slave_data"]["hairpin"],
+        serde_json::Value::Bool(true),
+        "{out}"
+    );
 }
 
 /// `--net bridge` is the network `warren` (10.89.0.0/16), made on first use. (The only

@@ -3,8 +3,9 @@
 //! for another host and for an upstream router), serves HTTP with busybox httpd in them,
 //! and checks what reaches what with bounded requests (busybox nc).
 //!
-//! warren's tables are host-wide, so the tests here run one at a time (`LOCK`). Addresses
-//! are 10.231.50-99.x (this file's share); every test removes what it made.
+//! Each test has tables of its own (`warren-fwt-TAG`, as a state directory of its own
+//! would), but ip_forward is host-wide, so the tests here run one at a time (`LOCK`).
+//! Addresses are 10.231.50-99.x (this file's share); every test removes what it made.
 
 mod common;
 
@@ -36,6 +37,8 @@ struct Topo {
     servers: Vec<Child>,
     dir: tempfile::TempDir,
     forward_before: String,
+    /// The tables this test loads into (the first is `apply`'s).
+    tables: Vec<String>,
 }
 
 impl Topo {
@@ -50,16 +53,39 @@ impl Topo {
             servers: Vec::new(),
             dir: common::scratch("network-firewall"),
             forward_before: std::fs::read_to_string(IP_FORWARD).unwrap(),
+            tables: vec![format!("warren-fwt-{tag}")],
         }
+    }
+
+    /// The test's (first) table.
+    fn table(&self) -> &str {
+        &self.tables[0]
     }
 
     /// Where `apply` keeps ip_forward's previous value (a run dir of the test's own).
     fn saved(&self) -> PathBuf {
-        self.dir.path().join("run/ip_forward.saved")
+        self.saved_of(self.table())
+    }
+
+    /// The same for table `table` (one run dir per table: one per state dir).
+    fn saved_of(&self, table: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("run-{table}/ip_forward.saved"))
     }
 
     fn apply(&self, nets: &[NetworkDef], eps: &[Endpoint]) -> Result<(), FirewallError> {
-        firewall::apply(nets, eps, &self.saved())
+        self.apply_in(self.table(), nets, eps)
+    }
+
+    /// `apply` as the state directory owning `table` would.
+    fn apply_in(
+        &self,
+        table: &str,
+        nets: &[NetworkDef],
+        eps: &[Endpoint],
+    ) -> Result<(), FirewallError> {
+        firewall::apply(table, nets, eps, &self.saved_of(table))
     }
 
     /// A network and its bridge (`wf{tag}{n}`) on 10.231.THIRD.0/24, gateway .1.
@@ -200,7 +226,9 @@ impl Drop for Topo {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
         // Whatever the test got to: no table of ours left, ip_forward as it was.
-        let _ = firewall::apply(&[], &[], &self.saved());
+        for table in &self.tables {
+            let _ = firewall::apply(table, &[], &[], &self.saved_of(table));
+        }
         let _ = std::fs::write(IP_FORWARD, self.forward_before.trim());
     }
 }
@@ -241,8 +269,8 @@ fn who(ns: Option<&str>, addr: &str, port: u16) -> Option<String> {
     fetch(ns, addr, port).map(|s| s.split_whitespace().next().unwrap_or("").to_string())
 }
 
-/// warren's tables in `nft -j list ruleset`, as "family name".
-fn warren_tables() -> Vec<String> {
+/// The tables named `table` in `nft -j list ruleset`, as "family name".
+fn tables(table: &str) -> Vec<String> {
     let out = common::ok(Command::new("nft").args(["-j", "list", "ruleset"]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["nftables"]
@@ -250,7 +278,7 @@ fn warren_tables() -> Vec<String> {
         .unwrap()
         .iter()
         .filter_map(|o| o.get("table"))
-        .filter(|t| t["name"] == "warren")
+        .filter(|t| t["name"] == table)
         .map(|t| {
             format!(
                 "{} {}",
@@ -261,9 +289,9 @@ fn warren_tables() -> Vec<String> {
         .collect()
 }
 
-/// How many elements the map `inet warren NAME` holds.
-fn map_len(name: &str) -> usize {
-    let out = common::ok(Command::new("nft").args(["-j", "list", "map", "inet", "warren", name]));
+/// How many elements the map `inet TABLE NAME` holds.
+fn map_len(table: &str, name: &str) -> usize {
+    let out = common::ok(Command::new("nft").args(["-j", "list", "map", "inet", table, name]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["nftables"]
         .as_array()
@@ -335,15 +363,18 @@ fn published_ports_reach_the_container_and_nothing_else_does() {
     // The endpoint gone: its DNAT is gone.
     t.apply(std::slice::from_ref(&net), std::slice::from_ref(&peer))
         .unwrap();
-    assert_eq!(map_len("ports_addr"), 0);
+    assert_eq!(map_len(t.table(), "ports_addr"), 0);
     assert_eq!(who(Some(&other), "10.231.60.1", 18080), None);
     assert_eq!(who(None, "127.0.0.1", 18080), None);
 
     // No network: no table, ip_forward as before, nothing on record.
     t.apply(&[], &[]).unwrap();
-    assert!(warren_tables().is_empty(), "{:?}", warren_tables());
-    assert_eq!(read_forward(), forward_before);
-    assert!(!t.saved().exists());
+    assert!(tables(t.table()).is_empty(), "{:?}", tables(t.table()));
+    // (Unless a test elsewhere on the host has a warren table that forwards right now.)
+    if !firewall::apply::others_forward(t.table()).unwrap() {
+        assert_eq!(read_forward(), forward_before);
+        assert!(!t.saved().exists());
+    }
 }
 
 #[test]
@@ -373,7 +404,10 @@ fn networks_are_isolated_masqueraded_or_internal() {
     let up = t.peer("up", 61);
     let nets = [a, b, c, d];
     t.apply(&nets, &eps).unwrap();
-    assert_eq!(warren_tables(), ["inet warren", "bridge warren"]);
+    assert_eq!(
+        tables(t.table()),
+        ["inet warren-fwt-i", "bridge warren-fwt-i"]
+    );
 
     // Out through the host: the upstream sees the host's address (it has no route back
     // to the containers' subnets, so an answer at all proves the masquerade).
@@ -421,7 +455,7 @@ fn networks_are_isolated_masqueraded_or_internal() {
     assert_eq!(who(Some(&up), "10.231.52.2", 80), None);
 
     t.apply(&[], &[]).unwrap();
-    assert!(warren_tables().is_empty(), "{:?}", warren_tables());
+    assert!(tables(t.table()).is_empty(), "{:?}", tables(t.table()));
 }
 
 #[test]
@@ -466,16 +500,17 @@ fn three_hundred_endpoints_fill_the_maps() {
         ("ports_at_addr", 300),
         ("ports_at_port", 300),
     ] {
-        assert_eq!(map_len(map), n, "{map}");
+        assert_eq!(map_len(t.table(), map), n, "{map}");
     }
     // One element checked end to end: 20299/tcp goes to the 300th container's port 80.
-    let out = common::ok(Command::new("nft").args(["list", "map", "inet", "warren", "ports_addr"]));
+    let out =
+        common::ok(Command::new("nft").args(["list", "map", "inet", t.table(), "ports_addr"]));
     assert!(out.contains("tcp . 20299 : 10.231.57.45"), "{out}");
     // A second apply with 299 replaces the first: 299 elements, not 599.
     t.apply(std::slice::from_ref(&net), &eps[1..]).unwrap();
-    assert_eq!(map_len("ports_addr"), 299);
+    assert_eq!(map_len(t.table(), "ports_addr"), 299);
     t.apply(&[], &[]).unwrap();
-    assert!(warren_tables().is_empty());
+    assert!(tables(t.table()).is_empty());
 }
 
 #[test]
@@ -511,7 +546,83 @@ fn a_port_conflict_changes_nothing() {
     let err = t.apply(std::slice::from_ref(&net), &clash).unwrap_err();
     assert!(matches!(err, FirewallError::PortTaken { .. }), "{err}");
     // The table loaded before is still there, whole.
-    assert_eq!(map_len("ports_addr"), 1);
+    assert_eq!(map_len(t.table(), "ports_addr"), 1);
     t.apply(&[], &[]).unwrap();
-    assert!(warren_tables().is_empty());
+    assert!(tables(t.table()).is_empty());
+}
+
+#[test]
+fn two_state_dirs_keep_their_own_tables() {
+    if !common::require_root("bridges, network namespaces and nftables") {
+        return;
+    }
+    let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut t = Topo::new("s");
+    let second = "warren-fwt-s2".to_string();
+    t.tables.push(second.clone());
+    let first = t.table().to_string();
+    let a = t.network("a", 63);
+    let b = t.network("b", 64);
+    let a1 = t.container(&a, "a1", 2, &["18091:80"]);
+    let b1 = t.container(&b, "b1", 2, &["18092:80"]);
+    let other = t.peer("other", 65);
+    in_ns(&other, "route add 10.231.63.0/24 via 10.231.65.1");
+    in_ns(&other, "route add 10.231.64.0/24 via 10.231.65.1");
+    // Two state directories, each applying only its own network.
+    t.apply_in(&first, std::slice::from_ref(&a), std::slice::from_ref(&a1))
+        .unwrap();
+    t.apply_in(&second, std::slice::from_ref(&b), std::slice::from_ref(&b1))
+        .unwrap();
+    assert_eq!(
+        tables(&first),
+        [format!("inet {first}"), format!("bridge {first}")]
+    );
+    assert_eq!(
+        tables(&second),
+        [format!("inet {second}"), format!("bridge {second}")]
+    );
+    assert_eq!(
+        who(Some(&other), "10.231.65.1", 18091).as_deref(),
+        Some("a1:80")
+    );
+    assert_eq!(
+        who(Some(&other), "10.231.65.1", 18092).as_deref(),
+        Some("b1:80")
+    );
+    assert_eq!(who(Some(&other), "10.231.63.2", 80), None);
+    // Isolated across state directories too: each table drops what enters its bridges.
+    assert_eq!(who(Some("wfs-a1"), "10.231.64.2", 80), None);
+    assert_eq!(who(Some("wfs-b1"), "10.231.63.2", 80), None);
+    // Published ports are for everyone, the other state directory's containers included.
+    assert_eq!(
+        who(Some("wfs-a1"), "10.231.65.1", 18092).as_deref(),
+        Some("b1:80")
+    );
+
+    // The first state directory's last network gone: only its tables go, and as the
+    // second still forwards, ip_forward stays on and the first keeps its record.
+    t.apply_in(&first, &[], &[]).unwrap();
+    assert!(tables(&first).is_empty(), "{:?}", tables(&first));
+    assert_eq!(tables(&second).len(), 2);
+    assert_eq!(
+        who(Some(&other), "10.231.65.1", 18092).as_deref(),
+        Some("b1:80")
+    );
+    assert_eq!(who(None, "127.0.0.1", 18092).as_deref(), Some("b1:80"));
+    assert_eq!(who(Some(&other), "10.231.65.1", 18091), None);
+    assert_eq!(read_forward(), "1");
+    assert!(t.saved_of(&first).exists());
+    assert!(t.saved_of(&second).exists());
+
+    // The second gone too: nothing of either left; the first's record is settled on
+    // its next apply, once no warren table forwards.
+    t.apply_in(&second, &[], &[]).unwrap();
+    assert!(tables(&second).is_empty());
+    assert!(!t.saved_of(&second).exists());
+    t.apply_in(&first, &[], &[]).unwrap();
+    // (Unless a test elsewhere on the host has a warren table that forwards right now.)
+    if !firewall::apply::others_forward(&first).unwrap() {
+        assert!(!t.saved_of(&first).exists());
+        assert_eq!(read_forward(), t.forward_before.trim());
+    }
 }

@@ -10,7 +10,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -187,9 +188,9 @@ impl Netlink {
         self.request(&what, RouteNetlinkMessage::SetLink(msg), 0)
     }
 
-    /// Creates veth pair `host` (enslaved to bridge `master`) and `peer`, the peer
-    /// created directly in the network namespace `netns` (so its name never meets the
-    /// host's interfaces).
+    /// Creates veth pair `host` (enslaved to bridge `master`, in hairpin mode) and
+    /// `peer`, the peer created directly in the network namespace `netns` (so its name
+    /// never meets the host's interfaces).
     pub fn add_veth(
         &mut self,
         host: &str,
@@ -218,7 +219,27 @@ impl Netlink {
         let what = format!("create veth pair {host}");
         let flags = NLM_F_CREATE | NLM_F_EXCL;
         self.request(&what, RouteNetlinkMessage::NewLink(msg), flags)?;
-        self.set_alias(host, alias)
+        self.set_alias(host, alias)?;
+        self.set_hairpin(host)
+    }
+
+    /// Turns hairpin mode on for bridge port `name` (`IFLA_BRPORT_MODE`, what `ip link
+    /// set NAME type bridge_slave hairpin on` sends; a create ignores port data): a
+    /// container's packet DNAT'd back to itself (its own published port, through the
+    /// host's address) may leave by the port it came in by.
+    pub fn set_hairpin(&mut self, name: &str) -> Result<(), LinkError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes = vec![
+            LinkAttribute::IfName(name.to_string()),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::PortKind(InfoPortKind::Bridge),
+                LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                    true,
+                )])),
+            ]),
+        ];
+        let what = format!("set hairpin mode on bridge port {name}");
+        self.request(&what, RouteNetlinkMessage::NewLink(msg), 0)
     }
 
     /// Sets link `index` up.

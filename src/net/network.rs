@@ -158,6 +158,14 @@ impl Networks {
         format!("warren:{}", self.state.display())
     }
 
+    /// The name of this state directory's nftables tables: `warren` for the default
+    /// one, `warren-` + 8 hex digits of its path's hash for any other, so two state
+    /// directories on one host never replace each other's rules.
+    pub fn firewall_table(&self) -> String {
+        let state_dir = self.state.parent().unwrap_or(&self.state);
+        table_name(state_dir, &crate::dirs::default_state_dir())
+    }
+
     /// Every network defined, by name.
     pub fn list(&self) -> Result<Vec<NetworkDef>, NetError> {
         let entries = match std::fs::read_dir(&self.state) {
@@ -334,9 +342,19 @@ impl Networks {
     pub(crate) fn apply_firewall(&self) -> Result<(), NetError> {
         let defs = self.list()?;
         let endpoints = self.all_endpoints()?;
-        firewall::apply(&defs, &endpoints, &self.run.join("ip_forward.saved"))?;
+        let saved = self.run.join("ip_forward.saved");
+        firewall::apply(&self.firewall_table(), &defs, &endpoints, &saved)?;
         Ok(())
     }
+}
+
+/// See [`Networks::firewall_table`].
+pub fn table_name(state_dir: &Path, default_state_dir: &Path) -> String {
+    if state_dir == default_state_dir {
+        return firewall::nft::DEFAULT_TABLE.to_string();
+    }
+    let hash = blake3::hash(state_dir.as_os_str().as_encoded_bytes()).to_hex();
+    format!("{}-{}", firewall::nft::DEFAULT_TABLE, &hash[..8])
 }
 
 fn read_def(path: &Path) -> Result<NetworkDef, NetError> {
@@ -460,6 +478,18 @@ mod tests {
         for bad in ["", ".x", "-x", "a/b", "a:b", &"x".repeat(65)] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn each_state_dir_has_its_own_table() {
+        let default = Path::new("/var/lib/warren");
+        assert_eq!(table_name(default, default), "warren");
+        let a = table_name(Path::new("/tmp/a/state"), default);
+        let b = table_name(Path::new("/tmp/b/state"), default);
+        assert!(a.starts_with("warren-") && a.len() == 15, "{a}");
+        assert_ne!(a, b);
+        assert_eq!(a, table_name(Path::new("/tmp/a/state"), default));
+        assert!(firewall::nft::valid_table(&a));
     }
 
     #[test]

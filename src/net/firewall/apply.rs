@@ -3,27 +3,100 @@
 use super::FirewallError;
 use super::nft;
 use super::plan::{Ruleset, valid_ifname};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 pub const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// The host-wide lock of [`host_lock`] (in root's /run: no other user can hold it).
+pub const HOST_LOCK: &str = "/run/warren-firewall.lock";
 
-/// Loads the transaction for `rules` (deleting and re-adding warren's tables).
-pub fn load(rules: &Ruleset) -> Result<(), FirewallError> {
-    use nftables::helper::{NftablesError, apply_ruleset_raw};
-    let json = serde_json::to_string(&nft::transaction(rules))
+/// Loads the transaction for `rules` (deleting and re-adding the tables `table`).
+pub fn load(table: &str, rules: &Ruleset) -> Result<(), FirewallError> {
+    use nftables::helper::apply_ruleset_raw;
+    let json = serde_json::to_string(&nft::transaction(table, rules))
         .map_err(|e| FirewallError::Nft(format!("encoding the ruleset: {e}")))?;
     let args: [&str; 0] = [];
-    match apply_ruleset_raw(&json, Some(&nft_program()), args) {
-        Ok(_) => Ok(()),
-        Err(NftablesError::NftExecution { inner, .. }) if inner.kind() == ErrorKind::NotFound => {
-            Err(FirewallError::NftMissing(inner))
+    apply_ruleset_raw(&json, Some(&nft_program()), args)
+        .map(|_| ())
+        .map_err(nft_error)
+}
+
+fn nft_error(e: nftables::helper::NftablesError) -> FirewallError {
+    use nftables::helper::NftablesError;
+    match e {
+        NftablesError::NftExecution { inner, .. } if inner.kind() == ErrorKind::NotFound => {
+            FirewallError::NftMissing(inner)
         }
-        Err(NftablesError::NftFailed { stderr, hint, .. }) => {
-            Err(FirewallError::Nft(format!("{hint}: {}", stderr.trim())))
+        NftablesError::NftFailed { stderr, hint, .. } => {
+            FirewallError::Nft(format!("{hint}: {}", stderr.trim()))
         }
-        Err(e) => Err(FirewallError::Nft(e.to_string())),
+        e => FirewallError::Nft(e.to_string()),
     }
+}
+
+/// Whether a warren table other than `table` (another state directory's) needs
+/// forwarding: its `bridges` set holds a bridge its `internal` set does not.
+pub fn others_forward(table: &str) -> Result<bool, FirewallError> {
+    use nftables::helper::get_current_ruleset_raw;
+    let out = get_current_ruleset_raw(Some(&nft_program()), ["list", "sets", "inet"])
+        .map_err(nft_error)?;
+    let json: serde_json::Value = serde_json::from_str(&out)
+        .map_err(|e| FirewallError::Nft(format!("nft -j list sets inet: {e}")))?;
+    Ok(tables_forwarding(&json).iter().any(|t| t.as_str() != table))
+}
+
+/// The warren tables in `nft -j list sets inet`'s answer that need forwarding.
+pub fn tables_forwarding(json: &serde_json::Value) -> BTreeSet<String> {
+    let mut sets: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
+    let objects = json["nftables"]
+        .as_array()
+        .map_or(&[][..], |a| a.as_slice());
+    for set in objects.iter().filter_map(|o| o.get("set")) {
+        let (Some(table), Some(name)) = (set["table"].as_str(), set["name"].as_str()) else {
+            continue;
+        };
+        if !nft::is_warren_table(table) || !["bridges", "internal"].contains(&name) {
+            continue;
+        }
+        let elems = set["elem"].as_array().map_or(&[][..], |a| a.as_slice());
+        sets.entry((table, name))
+            .or_default()
+            .extend(elems.iter().filter_map(|e| e.as_str()));
+    }
+    let empty = BTreeSet::new();
+    sets.iter()
+        .filter(|((_, name), _)| *name == "bridges")
+        .filter(|((table, _), bridges)| {
+            let internal = sets.get(&(*table, "internal")).unwrap_or(&empty);
+            bridges.difference(internal).next().is_some()
+        })
+        .map(|((table, _), _)| table.to_string())
+        .collect()
+}
+
+/// Held by every `apply` of every state directory: forwarding is host-wide, so one
+/// apply's "no other table needs it, restore" never interleaves with another's load.
+pub fn host_lock() -> Result<nix::fcntl::Flock<std::fs::File>, FirewallError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = Path::new(HOST_LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|source| FirewallError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
+        FirewallError::Io {
+            path: path.to_path_buf(),
+            source: e.into(),
+        }
+    })
 }
 
 /// `nft` from PATH, else where Debian puts it (a service's PATH may lack the sbin
@@ -62,8 +135,15 @@ pub fn route_localnet(rules: &Ruleset) -> Result<(), FirewallError> {
 
 /// Turns forwarding (`sysctl`, the ip_forward file) on when `needed`, keeping the value it
 /// had in `saved` first (written before the change, so a crash leaves it known); when
-/// no longer needed, restores that value and removes `saved`.
-pub fn forwarding(needed: bool, sysctl: &Path, saved: &Path) -> Result<(), FirewallError> {
+/// no longer needed, restores that value and removes `saved`, unless `others` (asked
+/// only then) says another state directory's table still needs forwarding: the record
+/// then stays, for this state directory's next apply to restore.
+pub fn forwarding(
+    needed: bool,
+    others: impl FnOnce() -> Result<bool, FirewallError>,
+    sysctl: &Path,
+    saved: &Path,
+) -> Result<(), FirewallError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| FirewallError::Io { path, source }
@@ -85,6 +165,10 @@ pub fn forwarding(needed: bool, sysctl: &Path, saved: &Path) -> Result<(), Firew
             std::fs::write(sysctl, b"1").map_err(io(sysctl))?;
         }
     } else if let Some(previous) = recorded {
+        if others()? {
+            tracing::debug!("another warren table needs forwarding: ip_forward left on");
+            return Ok(());
+        }
         if previous == "0" || previous == "1" {
             std::fs::write(sysctl, previous.as_bytes()).map_err(io(sysctl))?;
         }

@@ -1,6 +1,7 @@
 //! warren's nftables tables: masquerade out of non-internal networks, published ports
 //! (DNAT from the host's addresses, from the host itself and hairpin), isolation between
-//! networks. The tables are a pure function of the networks and endpoints on record
+//! networks. One pair of tables per state directory (`warren` for the default one,
+//! `warren-HASH` for others). The tables are a pure function of the networks and endpoints on record
 //! ([`plan`]), loaded in one transaction ([`nft`]), so `apply` after any change, or
 //! after a crash, makes the host match the files.
 //!
@@ -29,6 +30,8 @@ pub enum FirewallError {
     NftMissing(std::io::Error),
     #[error("nftables: nft -j -f - failed: {0}")]
     Nft(String),
+    #[error("nftables table {0:?}: not `warren` or `warren-` and letters, digits, '-', '_'")]
+    BadTable(String),
     #[error("{owner}: {name:?} is not an interface name")]
     BadName { owner: String, name: String },
     #[error("published port {port}: taken by {first}, wanted by {second}")]
@@ -44,21 +47,29 @@ pub enum FirewallError {
     },
 }
 
-/// Makes warren's tables exactly what `networks` and `endpoints` call for, in one
-/// transaction; with no networks, removes them. Enables `net.ipv4.ip_forward` while a
-/// non-internal network exists, keeping its previous value in `forward_saved` (a file in
-/// a per-boot place: the run dir) to restore once none is left. Callers hold the
-/// networks lock.
+/// Makes the tables `table` (`inet` and `bridge`; one name per state directory, see
+/// [`nft::valid_table`]) exactly what `networks` and `endpoints` call for, in one
+/// transaction; with no networks, removes them. Other state directories' tables are
+/// left alone (a drop in any table's forward chain wins, so their isolation adds up).
+/// Enables `net.ipv4.ip_forward` while a non-internal network exists, keeping its
+/// previous value in `forward_saved` (a file in a per-boot place: the run dir) to
+/// restore once no warren table needs forwarding. Callers hold the networks lock.
 pub fn apply(
+    table: &str,
     networks: &[NetworkDef],
     endpoints: &[Endpoint],
     forward_saved: &Path,
 ) -> Result<(), FirewallError> {
+    if !nft::valid_table(table) {
+        return Err(FirewallError::BadTable(table.to_string()));
+    }
     let rules = plan(networks, endpoints)?;
-    apply::load(&rules)?;
+    let _host = apply::host_lock()?;
+    apply::load(table, &rules)?;
     apply::route_localnet(&rules)?;
     apply::forwarding(
         rules.needs_forwarding(),
+        || apply::others_forward(table),
         Path::new(apply::IP_FORWARD),
         forward_saved,
     )

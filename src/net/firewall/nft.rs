@@ -1,9 +1,10 @@
-//! A [`Ruleset`] as one nftables transaction (JSON for `nft -j -f -`): delete warren's
+//! A [`Ruleset`] as one nftables transaction (JSON for `nft -j -f -`): delete the
 //! tables if present, add them anew with every set, map, chain and rule.
 //!
-//! `table inet warren` holds NAT and forwarding; `table bridge warren` holds only the
+//! `table inet NAME` holds NAT and forwarding; `table bridge NAME` holds only the
 //! `isolate` drop, since traffic between two ports of one bridge never reaches the inet
-//! hooks unless br_netfilter is on (and it may be off).
+//! hooks unless br_netfilter is on (and it may be off). NAME is `warren` for the default
+//! state directory, `warren-HASH` for any other: one pair of tables per state directory.
 
 use super::plan::Ruleset;
 use crate::net::{Ipv4Net, Proto};
@@ -20,116 +21,44 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashSet};
 
-/// The name of warren's tables (`inet warren` and `bridge warren`).
-pub const TABLE: &str = "warren";
+/// The tables of the default state directory (`inet warren` and `bridge warren`).
+pub const DEFAULT_TABLE: &str = "warren";
 
-/// The transaction that makes the kernel's tables `rules` (or removes them, when empty).
-pub fn transaction(rules: &Ruleset) -> Nftables<'static> {
-    let mut b = Batch::new();
+/// What every table warren makes is called: `warren` or `warren-...`.
+pub fn is_warren_table(name: &str) -> bool {
+    name == DEFAULT_TABLE || name.starts_with("warren-")
+}
+
+/// A table name `apply` takes: `warren`, or `warren-` and up to 32 letters, digits,
+/// '-' or '_' (never another program's table).
+pub fn valid_table(name: &str) -> bool {
+    name == DEFAULT_TABLE
+        || name.strip_prefix("warren-").is_some_and(|rest| {
+            !rest.is_empty()
+                && rest.len() <= 32
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// The transaction that makes the kernel's tables `table` hold `rules` (or removes
+/// them, when empty).
+pub fn transaction(table: &str, rules: &Ruleset) -> Nftables<'static> {
+    let mut tx = Tx {
+        b: Batch::new(),
+        table: table.to_string(),
+    };
     for family in [NfFamily::INet, NfFamily::Bridge] {
         // `add` is a no-op on an existing table: the `delete` then never fails.
-        b.add(NfListObject::Table(table(family)));
-        b.delete(NfListObject::Table(table(family)));
+        tx.b.add(NfListObject::Table(tx.table(family)));
+        tx.b.delete(NfListObject::Table(tx.table(family)));
     }
     if !rules.is_empty() {
-        inet(&mut b, rules);
-        bridge(&mut b, rules);
+        tx.inet(rules);
+        tx.bridge(rules);
     }
-    b.to_nftables()
-}
-
-fn table(family: NfFamily) -> Table<'static> {
-    Table {
-        family,
-        name: TABLE.into(),
-        handle: None,
-    }
-}
-
-fn inet(b: &mut Batch<'static>, rules: &Ruleset) {
-    b.add(NfListObject::Table(table(NfFamily::INet)));
-    let names = |set: &BTreeSet<String>| set.iter().map(|n| s(n)).collect();
-    let pairs = |set: &BTreeSet<String>| set.iter().map(|n| concat([s(n), s(n)])).collect();
-    let two_names = || SetTypeValue::Concatenated(vec![SetType::Ifname, SetType::Ifname].into());
-    let isolated: BTreeSet<String> = rules.bridges.difference(&rules.intra).cloned().collect();
-    for (name, set_type, elems) in [
-        ("bridges", one(SetType::Ifname), names(&rules.bridges)),
-        ("internal", one(SetType::Ifname), names(&rules.internal)),
-        // (bridge, bridge): traffic within one network, allowed or not.
-        ("intra", two_names(), pairs(&rules.intra)),
-        ("apart", two_names(), pairs(&isolated)),
-    ] {
-        b.add(set(NfFamily::INet, name, set_type, elems));
-    }
-    port_maps(b, rules);
-    use {NfChainType::*, NfHook::*};
-    for (name, kind, hook, prio) in [
-        ("prerouting", NAT, Prerouting, -100),
-        ("output", NAT, Output, -100),
-        ("postrouting", NAT, Postrouting, 100),
-        ("forward", Filter, Forward, 0),
-        ("localnet", Filter, Prerouting, -300),
-    ] {
-        base(b, NfFamily::INet, name, kind, hook, prio);
-    }
-    for name in ["published", "to_net"] {
-        b.add(NfListObject::Chain(Chain {
-            family: NfFamily::INet,
-            table: TABLE.into(),
-            name: name.into(),
-            ..Chain::default()
-        }));
-    }
-    nat_rules(b, rules);
-    filter_rules(b);
-    for (subnet, bridge) in &rules.subnets {
-        // No spoofing: what comes in from a bridge comes from its subnet.
-        let from = eq(meta(MetaKey::Iifname), s(bridge));
-        let spoofed = ne(payload("ip", "saddr"), prefix(*subnet));
-        let drop = vec![from, spoofed, Statement::Drop(None)];
-        rule(b, NfFamily::INet, "localnet", drop);
-    }
-}
-
-/// Two maps per key, one for the address and one for the port: nft 1.0.6 (Debian 12)
-/// takes no concatenated map data in JSON. Both are hash lookups on the same key.
-fn port_maps(b: &mut Batch<'static>, rules: &Ruleset) {
-    let any = SetTypeValue::Concatenated(vec![SetType::InetProto, SetType::InetService].into());
-    let at = SetTypeValue::Concatenated(
-        vec![SetType::Ipv4Addr, SetType::InetProto, SetType::InetService].into(),
-    );
-    let any_keys: Vec<_> = rules
-        .ports
-        .iter()
-        .map(|((proto, port), t)| (concat([proto_name(*proto), num(*port)]), *t))
-        .collect();
-    let at_keys: Vec<_> = rules
-        .ports_at
-        .iter()
-        .map(|((ip, proto, port), t)| (concat([addr(*ip), proto_name(*proto), num(*port)]), *t))
-        .collect();
-    for (name, key, keys) in [("ports", any, any_keys), ("ports_at", at, at_keys)] {
-        let to_addr = keys
-            .iter()
-            .map(|(k, t)| Expression::List(vec![k.clone(), addr(t.0)]));
-        let addr_map = format!("{name}_addr");
-        b.add(map(
-            addr_map,
-            key.clone(),
-            one(SetType::Ipv4Addr),
-            to_addr.collect(),
-        ));
-        let to_port = keys
-            .iter()
-            .map(|(k, t)| Expression::List(vec![k.clone(), num(t.1)]));
-        let port_map = format!("{name}_port");
-        b.add(map(
-            port_map,
-            key,
-            one(SetType::InetService),
-            to_port.collect(),
-        ));
-    }
+    tx.b.to_nftables()
 }
 
 /// 127.0.0.0/8.
@@ -138,103 +67,267 @@ const LOOPBACK: Ipv4Net = Ipv4Net {
     prefix: 8,
 };
 
-/// DNAT of published ports (to the host's own addresses, from anywhere: other hosts,
-/// containers, the host itself) and the masquerades that make replies come back.
-fn nat_rules(b: &mut Batch<'static>, rules: &Ruleset) {
-    let fib_type = Expression::Named(NamedExpression::Fib(Fib {
-        result: FibResult::Type,
-        flags: HashSet::from([FibFlag::Daddr]),
-    }));
-    let local = eq(fib_type, s("local"));
-    let r = |b: &mut Batch<'static>, chain, expr| rule(b, NfFamily::INet, chain, expr);
-    r(b, "prerouting", vec![local.clone(), jump("published")]);
-    r(b, "output", vec![local, jump("published")]);
-    let (l4, dport) = (|| meta(MetaKey::L4proto), || payload("th", "dport"));
-    let at_key = concat([payload("ip", "daddr"), l4(), dport()]);
-    let ipv4 = || eq(meta(MetaKey::Nfproto), s("ipv4"));
-    r(b, "published", vec![ipv4(), dnat(at_key, "ports_at")]);
-    r(
-        b,
-        "published",
-        vec![ipv4(), dnat(concat([l4(), dport()]), "ports")],
-    );
-    // The host reaching 127.0.0.1:PORT: the container must answer the bridge's address.
-    let oif = || meta(MetaKey::Oifname);
-    let from_lo = vec![eq(oif(), s("@bridges")), saddr_in(LOOPBACK), masquerade()];
-    r(b, "postrouting", from_lo);
-    for (subnet, bridge) in &rules.masquerade {
-        // Hairpin: a container reaching a published port of its own network.
-        let dnatted = ct_is("status", s("dnat"));
-        let hairpin = vec![
-            saddr_in(*subnet),
-            eq(oif(), s(bridge)),
-            dnatted,
-            masquerade(),
+/// The batch being built, and the name of the tables it fills.
+struct Tx {
+    b: Batch<'static>,
+    table: String,
+}
+
+impl Tx {
+    fn name(&self) -> Cow<'static, str> {
+        Cow::Owned(self.table.clone())
+    }
+
+    fn table(&self, family: NfFamily) -> Table<'static> {
+        Table {
+            family,
+            name: self.name(),
+            handle: None,
+        }
+    }
+
+    fn inet(&mut self, rules: &Ruleset) {
+        self.b.add(NfListObject::Table(self.table(NfFamily::INet)));
+        let names = |set: &BTreeSet<String>| set.iter().map(|n| s(n)).collect();
+        let pairs = |set: &BTreeSet<String>| set.iter().map(|n| concat([s(n), s(n)])).collect();
+        let two_names =
+            || SetTypeValue::Concatenated(vec![SetType::Ifname, SetType::Ifname].into());
+        let isolated: BTreeSet<String> = rules.bridges.difference(&rules.intra).cloned().collect();
+        for (name, set_type, elems) in [
+            ("bridges", one(SetType::Ifname), names(&rules.bridges)),
+            ("internal", one(SetType::Ifname), names(&rules.internal)),
+            // (bridge, bridge): traffic within one network, allowed or not.
+            ("intra", two_names(), pairs(&rules.intra)),
+            ("apart", two_names(), pairs(&isolated)),
+        ] {
+            self.add_set(NfFamily::INet, name, set_type, elems);
+        }
+        self.port_maps(rules);
+        use {NfChainType::*, NfHook::*};
+        for (name, kind, hook, prio) in [
+            ("prerouting", NAT, Prerouting, -100),
+            ("output", NAT, Output, -100),
+            ("postrouting", NAT, Postrouting, 100),
+            ("forward", Filter, Forward, 0),
+            ("localnet", Filter, Prerouting, -300),
+        ] {
+            self.base(NfFamily::INet, name, kind, hook, prio);
+        }
+        for name in ["published", "to_net"] {
+            self.b.add(NfListObject::Chain(Chain {
+                family: NfFamily::INet,
+                table: self.name(),
+                name: name.into(),
+                ..Chain::default()
+            }));
+        }
+        self.nat_rules(rules);
+        self.filter_rules();
+        for (subnet, bridge) in &rules.subnets {
+            // No spoofing: what comes in from a bridge comes from its subnet.
+            let from = eq(meta(MetaKey::Iifname), s(bridge));
+            let spoofed = ne(payload("ip", "saddr"), prefix(*subnet));
+            let drop = vec![from, spoofed, Statement::Drop(None)];
+            self.rule(NfFamily::INet, "localnet", drop);
+        }
+    }
+
+    /// Two maps per key, one for the address and one for the port: nft 1.0.6 (Debian 12)
+    /// takes no concatenated map data in JSON. Both are hash lookups on the same key.
+    fn port_maps(&mut self, rules: &Ruleset) {
+        let any = SetTypeValue::Concatenated(vec![SetType::InetProto, SetType::InetService].into());
+        let at = SetTypeValue::Concatenated(
+            vec![SetType::Ipv4Addr, SetType::InetProto, SetType::InetService].into(),
+        );
+        let any_keys: Vec<_> = rules
+            .ports
+            .iter()
+            .map(|((proto, port), t)| (concat([proto_name(*proto), num(*port)]), *t))
+            .collect();
+        let at_keys: Vec<_> = rules
+            .ports_at
+            .iter()
+            .map(|((ip, proto, port), t)| (concat([addr(*ip), proto_name(*proto), num(*port)]), *t))
+            .collect();
+        for (name, key, keys) in [("ports", any, any_keys), ("ports_at", at, at_keys)] {
+            let to_addr = keys
+                .iter()
+                .map(|(k, t)| Expression::List(vec![k.clone(), addr(t.0)]));
+            let addr_map = format!("{name}_addr");
+            self.add_map(
+                addr_map,
+                key.clone(),
+                one(SetType::Ipv4Addr),
+                to_addr.collect(),
+            );
+            let to_port = keys
+                .iter()
+                .map(|(k, t)| Expression::List(vec![k.clone(), num(t.1)]));
+            let port_map = format!("{name}_port");
+            self.add_map(port_map, key, one(SetType::InetService), to_port.collect());
+        }
+    }
+
+    /// DNAT of published ports (to the host's own addresses, from anywhere: other hosts,
+    /// containers, the host itself) and the masquerades that make replies come back.
+    fn nat_rules(&mut self, rules: &Ruleset) {
+        let fib_type = Expression::Named(NamedExpression::Fib(Fib {
+            result: FibResult::Type,
+            flags: HashSet::from([FibFlag::Daddr]),
+        }));
+        let local = eq(fib_type, s("local"));
+        let r = |tx: &mut Tx, chain, expr| tx.rule(NfFamily::INet, chain, expr);
+        r(self, "prerouting", vec![local.clone(), jump("published")]);
+        r(self, "output", vec![local, jump("published")]);
+        let (l4, dport) = (|| meta(MetaKey::L4proto), || payload("th", "dport"));
+        let at_key = concat([payload("ip", "daddr"), l4(), dport()]);
+        let ipv4 = || eq(meta(MetaKey::Nfproto), s("ipv4"));
+        r(self, "published", vec![ipv4(), dnat(at_key, "ports_at")]);
+        r(
+            self,
+            "published",
+            vec![ipv4(), dnat(concat([l4(), dport()]), "ports")],
+        );
+        // The host reaching 127.0.0.1:PORT: the container must answer the bridge's address.
+        let oif = || meta(MetaKey::Oifname);
+        let from_lo = vec![eq(oif(), s("@bridges")), saddr_in(LOOPBACK), masquerade()];
+        r(self, "postrouting", from_lo);
+        for (subnet, bridge) in &rules.masquerade {
+            // Hairpin: a container reaching a published port of its own network.
+            let dnatted = ct_is("status", s("dnat"));
+            let hairpin = vec![
+                saddr_in(*subnet),
+                eq(oif(), s(bridge)),
+                dnatted,
+                masquerade(),
+            ];
+            r(self, "postrouting", hairpin);
+            let out = vec![saddr_in(*subnet), ne(oif(), s(bridge)), masquerade()];
+            r(self, "postrouting", out);
+        }
+    }
+
+    /// Forwarding into a bridge: the network's own traffic (unless `isolate`), replies and
+    /// published ports only; out of an internal bridge: nothing. `localnet` undoes what
+    /// `route_localnet` would open: a container sending to, or as, 127.0.0.0/8.
+    fn filter_rules(&mut self) {
+        let (iif, oif) = (|| meta(MetaKey::Iifname), || meta(MetaKey::Oifname));
+        let replies = Expression::List(vec![s("established"), s("related")]);
+        let (accept, drop) = (|| Statement::Accept(None), || Statement::Drop(None));
+        let rules = [
+            ("forward", vec![eq(oif(), s("@bridges")), jump("to_net")]),
+            ("forward", vec![eq(iif(), s("@internal")), drop()]),
+            (
+                "to_net",
+                vec![eq(concat([iif(), oif()]), s("@intra")), accept()],
+            ),
+            ("to_net", vec![ct_is("state", replies), accept()]),
+            ("to_net", vec![eq(iif(), s("@internal")), drop()]),
+            // `isolate`: not even through a published port (with br_netfilter, that hairpin
+            // is bridged, and the bridge table drops it alike).
+            (
+                "to_net",
+                vec![eq(concat([iif(), oif()]), s("@apart")), drop()],
+            ),
+            ("to_net", vec![ct_is("status", s("dnat")), accept()]),
+            ("to_net", vec![drop()]),
         ];
-        r(b, "postrouting", hairpin);
-        let out = vec![saddr_in(*subnet), ne(oif(), s(bridge)), masquerade()];
-        r(b, "postrouting", out);
+        for (chain, expr) in rules {
+            self.rule(NfFamily::INet, chain, expr);
+        }
+        for field in ["daddr", "saddr"] {
+            let m = eq(payload("ip", field), prefix(LOOPBACK));
+            let expr = vec![eq(iif(), s("@bridges")), m, drop()];
+            self.rule(NfFamily::INet, "localnet", expr);
+        }
     }
-}
 
-/// Forwarding into a bridge: the network's own traffic (unless `isolate`), replies and
-/// published ports only; out of an internal bridge: nothing. `localnet` undoes what
-/// `route_localnet` would open: a container sending to, or as, 127.0.0.0/8.
-fn filter_rules(b: &mut Batch<'static>) {
-    let (iif, oif) = (|| meta(MetaKey::Iifname), || meta(MetaKey::Oifname));
-    let replies = Expression::List(vec![s("established"), s("related")]);
-    let (accept, drop) = (|| Statement::Accept(None), || Statement::Drop(None));
-    let rules = [
-        ("forward", vec![eq(oif(), s("@bridges")), jump("to_net")]),
-        ("forward", vec![eq(iif(), s("@internal")), drop()]),
-        (
-            "to_net",
-            vec![eq(concat([iif(), oif()]), s("@intra")), accept()],
-        ),
-        ("to_net", vec![ct_is("state", replies), accept()]),
-        ("to_net", vec![eq(iif(), s("@internal")), drop()]),
-        // `isolate`: not even through a published port (with br_netfilter, that hairpin
-        // is bridged, and the bridge table drops it alike).
-        (
-            "to_net",
-            vec![eq(concat([iif(), oif()]), s("@apart")), drop()],
-        ),
-        ("to_net", vec![ct_is("status", s("dnat")), accept()]),
-        ("to_net", vec![drop()]),
-    ];
-    for (chain, expr) in rules {
-        rule(b, NfFamily::INet, chain, expr);
+    fn bridge(&mut self, rules: &Ruleset) {
+        self.b
+            .add(NfListObject::Table(self.table(NfFamily::Bridge)));
+        let ports = rules.isolated_ports.iter().map(|n| s(n)).collect();
+        self.add_set(NfFamily::Bridge, "isolated", one(SetType::Ifname), ports);
+        let (family, prio) = (NfFamily::Bridge, -200);
+        self.base(
+            family,
+            "forward",
+            NfChainType::Filter,
+            NfHook::Forward,
+            prio,
+        );
+        let drop = vec![
+            eq(meta(MetaKey::Iifname), s("@isolated")),
+            Statement::Drop(None),
+        ];
+        self.rule(NfFamily::Bridge, "forward", drop);
     }
-    for field in ["daddr", "saddr"] {
-        let m = eq(payload("ip", field), prefix(LOOPBACK));
-        let expr = vec![eq(iif(), s("@bridges")), m, drop()];
-        rule(b, NfFamily::INet, "localnet", expr);
-    }
-}
 
-fn bridge(b: &mut Batch<'static>, rules: &Ruleset) {
-    b.add(NfListObject::Table(table(NfFamily::Bridge)));
-    let ports = rules.isolated_ports.iter().map(|n| s(n)).collect();
-    b.add(set(
-        NfFamily::Bridge,
-        "isolated",
-        one(SetType::Ifname),
-        ports,
-    ));
-    let (family, prio) = (NfFamily::Bridge, -200);
-    base(
-        b,
-        family,
-        "forward",
-        NfChainType::Filter,
-        NfHook::Forward,
-        prio,
-    );
-    let drop = vec![
-        eq(meta(MetaKey::Iifname), s("@isolated")),
-        Statement::Drop(None),
-    ];
-    rule(b, NfFamily::Bridge, "forward", drop);
+    fn add_set(
+        &mut self,
+        family: NfFamily,
+        name: &'static str,
+        set_type: SetTypeValue<'static>,
+        elem: Vec<Expression<'static>>,
+    ) {
+        let set = NfListObject::Set(Box::new(Set {
+            family,
+            table: self.name(),
+            name: name.into(),
+            set_type,
+            elem: (!elem.is_empty()).then(|| elem.into()),
+            ..Set::default()
+        }));
+        self.b.add(set);
+    }
+
+    fn add_map(
+        &mut self,
+        name: String,
+        key: SetTypeValue<'static>,
+        value: SetTypeValue<'static>,
+        elem: Vec<Expression<'static>>,
+    ) {
+        let map = NfListObject::Map(Box::new(Map {
+            family: NfFamily::INet,
+            table: self.name(),
+            name: name.into(),
+            set_type: key,
+            map: value,
+            elem: (!elem.is_empty()).then(|| elem.into()),
+            ..Map::default()
+        }));
+        self.b.add(map);
+    }
+
+    fn base(
+        &mut self,
+        family: NfFamily,
+        name: &'static str,
+        kind: NfChainType,
+        hook: NfHook,
+        prio: i32,
+    ) {
+        self.b.add(NfListObject::Chain(Chain {
+            family,
+            table: self.name(),
+            name: name.into(),
+            _type: Some(kind),
+            hook: Some(hook),
+            prio: Some(prio),
+            policy: Some(NfChainPolicy::Accept),
+            ..Chain::default()
+        }));
+    }
+
+    fn rule(&mut self, family: NfFamily, chain: &'static str, expr: Vec<Statement<'static>>) {
+        self.b.add(NfListObject::Rule(Rule {
+            family,
+            table: self.name(),
+            chain: chain.into(),
+            expr: expr.into(),
+            ..Rule::default()
+        }));
+    }
 }
 
 // Small builders for the crate's JSON schema.
@@ -337,72 +430,4 @@ fn addr(ip: std::net::Ipv4Addr) -> Expression<'static> {
 
 fn one(t: SetType) -> SetTypeValue<'static> {
     SetTypeValue::Single(t)
-}
-
-fn set(
-    family: NfFamily,
-    name: &'static str,
-    set_type: SetTypeValue<'static>,
-    elem: Vec<Expression<'static>>,
-) -> NfListObject<'static> {
-    NfListObject::Set(Box::new(Set {
-        family,
-        table: TABLE.into(),
-        name: name.into(),
-        set_type,
-        elem: (!elem.is_empty()).then(|| elem.into()),
-        ..Set::default()
-    }))
-}
-
-fn map(
-    name: String,
-    key: SetTypeValue<'static>,
-    value: SetTypeValue<'static>,
-    elem: Vec<Expression<'static>>,
-) -> NfListObject<'static> {
-    NfListObject::Map(Box::new(Map {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        name: name.into(),
-        set_type: key,
-        map: value,
-        elem: (!elem.is_empty()).then(|| elem.into()),
-        ..Map::default()
-    }))
-}
-
-fn base(
-    b: &mut Batch<'static>,
-    family: NfFamily,
-    name: &'static str,
-    kind: NfChainType,
-    hook: NfHook,
-    prio: i32,
-) {
-    b.add(NfListObject::Chain(Chain {
-        family,
-        table: TABLE.into(),
-        name: name.into(),
-        _type: Some(kind),
-        hook: Some(hook),
-        prio: Some(prio),
-        policy: Some(NfChainPolicy::Accept),
-        ..Chain::default()
-    }));
-}
-
-fn rule(
-    b: &mut Batch<'static>,
-    family: NfFamily,
-    chain: &'static str,
-    expr: Vec<Statement<'static>>,
-) {
-    b.add(NfListObject::Rule(Rule {
-        family,
-        table: TABLE.into(),
-        chain: chain.into(),
-        expr: expr.into(),
-        ..Rule::default()
-    }));
 }

@@ -1,5 +1,5 @@
-use super::apply::forwarding;
-use super::nft::transaction;
+use super::apply::{forwarding, tables_forwarding};
+use super::nft::{transaction, valid_table};
 use super::*;
 use crate::net::{Endpoint, NetworkDef, PortMapping, Proto};
 use std::net::Ipv4Addr;
@@ -160,7 +160,7 @@ fn bad_interface_names_are_refused() {
 #[test]
 fn the_transaction_replaces_both_tables() {
     let json = |r: &Ruleset| {
-        serde_json::to_value(transaction(r)).unwrap()["nftables"]
+        serde_json::to_value(transaction("warren-t1", r)).unwrap()["nftables"]
             .as_array()
             .unwrap()
             .clone()
@@ -172,6 +172,18 @@ fn the_transaction_replaces_both_tables() {
         empty[1]["delete"]["table"]["family"] == "inet"
             && empty[3]["delete"]["table"]["family"] == "bridge"
     );
+    // Every object is in the table named.
+    let eps = [ep("a", "web", [10, 231, 58, 2], &["8080:80"])];
+    for cmd in json(&plan(&[net("a", 58)], &eps).unwrap()) {
+        let (_, obj) = cmd.as_object().unwrap().iter().next().unwrap();
+        let (kind, body) = obj.as_object().unwrap().iter().next().unwrap();
+        let table = if kind == "table" {
+            &body["name"]
+        } else {
+            &body["table"]
+        };
+        assert_eq!(table, "warren-t1", "{cmd}");
+    }
     let eps = [ep("a", "web", [10, 231, 58, 2], &["8080:80"])];
     let cmds = json(&plan(&[net("a", 58)], &eps).unwrap());
     let text = serde_json::to_string(&cmds).unwrap();
@@ -201,25 +213,75 @@ fn forwarding_is_recorded_and_restored() {
     let dir = tempfile::tempdir().unwrap();
     let sysctl = dir.path().join("ip_forward");
     let saved = dir.path().join("run/ip_forward.saved");
+    let none = || Ok(false);
     std::fs::write(&sysctl, "0\n").unwrap();
-    forwarding(true, &sysctl, &saved).unwrap();
+    forwarding(true, none, &sysctl, &saved).unwrap();
     assert_eq!(std::fs::read_to_string(&sysctl).unwrap(), "1");
     assert_eq!(std::fs::read_to_string(&saved).unwrap(), "0");
     // A second apply keeps the first value on record.
-    forwarding(true, &sysctl, &saved).unwrap();
+    forwarding(true, none, &sysctl, &saved).unwrap();
     assert_eq!(std::fs::read_to_string(&saved).unwrap(), "0");
-    forwarding(false, &sysctl, &saved).unwrap();
+    forwarding(false, none, &sysctl, &saved).unwrap();
     assert_eq!(std::fs::read_to_string(&sysctl).unwrap(), "0");
     assert!(!saved.exists());
     // Already on before warren: stays on after.
     std::fs::write(&sysctl, "1\n").unwrap();
-    forwarding(true, &sysctl, &saved).unwrap();
-    forwarding(false, &sysctl, &saved).unwrap();
+    forwarding(true, none, &sysctl, &saved).unwrap();
+    forwarding(false, none, &sysctl, &saved).unwrap();
     assert_eq!(std::fs::read_to_string(&sysctl).unwrap().trim(), "1");
     // Never enabled by warren: left alone.
     std::fs::write(&sysctl, "0").unwrap();
-    forwarding(false, &sysctl, &saved).unwrap();
+    forwarding(false, none, &sysctl, &saved).unwrap();
     assert_eq!(std::fs::read_to_string(&sysctl).unwrap(), "0");
+}
+
+#[test]
+fn forwarding_stays_while_another_table_needs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sysctl = dir.path().join("ip_forward");
+    let saved = dir.path().join("ip_forward.saved");
+    std::fs::write(&sysctl, "0").unwrap();
+    forwarding(true, || Ok(false), &sysctl, &saved).unwrap();
+    forwarding(false, || Ok(true), &sysctl, &saved).unwrap();
+    // Another state directory still forwards: left on, the record kept.
+    assert_eq!(std::fs::read_to_string(&sysctl).unwrap(), "1");
+    assert_eq!(std::fs::read_to_string(&saved).unwrap(), "0");
+    forwarding(false, || Ok(false), &sysctl, &saved).unwrap();
+    assert_eq!(std::fs::read_to_string(&sysctl).unwrap(), "0");
+    assert!(!saved.exists());
+}
+
+#[test]
+fn tables_needing_forwarding_are_read_from_nft() {
+    let json = serde_json::json!({"nftables": [
+        {"metainfo": {"version": "1.0.6"}},
+        {"set": {"family": "inet", "table": "warren", "name": "bridges", "elem": ["wrn-a"]}},
+        {"set": {"family": "inet", "table": "warren", "name": "internal", "elem": ["wrn-a"]}},
+        {"set": {"family": "inet", "table": "warren-0a1b2c3d", "name": "bridges", "elem": ["wrn-b", "wrn-c"]}},
+        {"set": {"family": "inet", "table": "warren-0a1b2c3d", "name": "internal", "elem": ["wrn-b"]}},
+        {"set": {"family": "inet", "table": "warren-ffff0000", "name": "bridges"}},
+        {"set": {"family": "inet", "table": "other", "name": "bridges", "elem": ["x"]}},
+    ]});
+    let got: Vec<String> = tables_forwarding(&json).into_iter().collect();
+    assert_eq!(got, ["warren-0a1b2c3d"]);
+}
+
+#[test]
+fn table_names_are_warrens() {
+    for ok in ["warren", "warren-0a1b2c3d", "warren-fw_t-1"] {
+        assert!(valid_table(ok), "{ok}");
+    }
+    for bad in [
+        "",
+        "nat",
+        "warren-",
+        "warrenx",
+        "warren-a b",
+        "warren-a;",
+        &format!("warren-{}", "a".repeat(33)),
+    ] {
+        assert!(!valid_table(bad), "{bad}");
+    }
 }
 
 /// The JSON for one network with ports, for checking by hand with `nft -c -j -f`.
@@ -240,6 +302,10 @@ fn dump_for_nft_check() {
             ep("iso", "x", [10, 231, 59, 2], &[]),
         ];
         let r = plan(&[net("a", 58), iso, internal], &eps).unwrap();
-        std::fs::write(out, serde_json::to_string(&transaction(&r)).unwrap()).unwrap();
+        std::fs::write(
+            out,
+            serde_json::to_string(&transaction("warren", &r)).unwrap(),
+        )
+        .unwrap();
     }
 }
