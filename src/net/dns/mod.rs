@@ -219,7 +219,7 @@ pub fn stop(net: &NetworkDef, run_dir: &Path) -> Result<(), DnsError> {
 /// Stops the responder holding `pid_file` (TERM, then KILL after 5 s) and waits for it.
 fn kill(net: &str, pid_file: &Path) -> Result<(), DnsError> {
     let io = io_err(net);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut deadline = Instant::now() + Duration::from_secs(5);
     let mut signal = nix::sys::signal::Signal::SIGTERM;
     while let Some(pid) = running(pid_file).map_err(io("probe the pid file"))? {
         // The lock says it lives; the marker says the pid is still it.
@@ -227,6 +227,8 @@ fn kill(net: &str, pid_file: &Path) -> Result<(), DnsError> {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
         }
         if Instant::now() >= deadline {
+            // A killed process with threads takes a moment to exit and drop its lock.
+            deadline = Instant::now() + Duration::from_secs(5);
             if signal == nix::sys::signal::Signal::SIGKILL {
                 return Err(DnsError::Stop {
                     net: net.to_string(),
@@ -272,8 +274,14 @@ fn daemon(config: Config) -> i32 {
         Ok(nix::unistd::ForkResult::Child) => {}
         Err(_) => return 1,
     }
-    // Out of the starter's session: its terminal's signals are not ours.
+    // Out of the starter's session: its terminal's signals are not ours. Nor is its
+    // signal mask (`warren run` blocks SIGTERM to forward it): `stop` must reach us.
     let _ = nix::unistd::setsid();
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
     let mut out = std::io::stdout();
     let (_lock, udp, tcp) = match bind(&config) {
         Ok(b) => b,
