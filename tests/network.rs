@@ -116,7 +116,7 @@ impl Drop for Env {
 }
 
 #[test]
-fn two_containers_on_one_network_reach_each_other() {
+fn two_containers_on_one_network_reach_each_other_by_name_and_alias() {
     let Some(env) = Env::new("net-reach") else {
         return;
     };
@@ -128,19 +128,35 @@ fn two_containers_on_one_network_reach_each_other() {
     let args = ["run", "-d", "--image", "busybox", "--name", "wt3-server"];
     env.ok(&[
         &args[..],
-        &["--net", "bridge:wt3", "--", "sh", "-c", server],
+        &[
+            "--net",
+            "bridge:wt3",
+            "--alias",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            server,
+        ],
+    ]
+    .concat());
+    // A second container shares the alias: the name server returns both.
+    let args = ["run", "-d", "--image", "busybox", "--name", "wt3-other"];
+    env.ok(&[
+        &args[..],
+        &["--net", "bridge:wt3", "--alias", "web", "--", "sleep", "60"],
     ]
     .concat());
     let addr = env.addr_of("wt3", "wt3-server");
+    let other = env.addr_of("wt3", "wt3-other");
     assert!(addr.starts_with("10.231.3."), "{addr}");
-    // Bounded: 40 tries half a second apart while the server starts.
-    let client = format!(
-        "for i in $(seq 40); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {addr} 80 && exit 0; sleep 0.5; done; exit 1"
-    );
+    // Bounded: 40 tries half a second apart while the server starts. By name: the
+    // network's name server answers it.
+    let client = "nslookup web; for i in $(seq 40); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 wt3-server 80 && exit 0; sleep 0.5; done; exit 1";
     let args = ["run", "--rm", "--image", "busybox", "--name", "wt3-client"];
     let out = env.ok(&[
         &args[..],
-        &["--net", "bridge:wt3", "--", "sh", "-c", &client],
+        &["--net", "bridge:wt3", "--", "sh", "-c", client],
     ]
     .concat());
     // (busybox's wget crashes on this machine: nc speaks the HTTP.)
@@ -148,6 +164,11 @@ fn two_containers_on_one_network_reach_each_other() {
         out.contains("200 OK") && out.contains("hello-from-server"),
         "{out}"
     );
+    assert!(
+        out.contains(&format!("Address: {addr}")) && out.contains(&format!("Address: {other}")),
+        "the shared alias did not resolve to both containers: {out}"
+    );
+    env.ok(&["rm", "--force", "wt3-other"]);
     env.teardown(&["wt3"]);
 }
 
