@@ -258,7 +258,11 @@ fn a_second_subuid_line_maps_the_whole_reserved_block() {
 fn warren_with_etc(dir: &Path, subuid: &str, subgid: &str, args: &[&str]) -> (Output, String) {
     let etc = dir.join("etc");
     std::fs::create_dir_all(&etc).expect("mkdir etc");
-    ok(Command::new("cp").arg("-a").arg("/etc/.").arg(&etc));
+    // Not while another test here rewrites /etc/subuid (its temp file comes and goes).
+    {
+        let _files = SUBID_FILES.lock().unwrap_or_else(|e| e.into_inner());
+        ok(Command::new("cp").arg("-a").arg("/etc/.").arg(&etc));
+    }
     std::fs::write(etc.join("subuid"), subuid).expect("write subuid");
     std::fs::write(etc.join("subgid"), subgid).expect("write subgid");
     let script = r#"mount --bind "$1" /etc && shift && "$@"; rc=$?; cat /etc/subuid; echo --; cat /etc/subgid; exit $rc"#;
