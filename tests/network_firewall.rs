@@ -618,7 +618,10 @@ fn two_state_dirs_keep_their_own_tables() {
     // its next apply, once no warren table forwards.
     t.apply_in(&second, &[], &[]).unwrap();
     assert!(tables(&second).is_empty());
-    assert!(!t.saved_of(&second).exists());
+    // (Unless a table of another state directory on the host forwards right now.)
+    if !firewall::apply::others_forward(&second).unwrap() {
+        assert!(!t.saved_of(&second).exists());
+    }
     t.apply_in(&first, &[], &[]).unwrap();
     // (Unless a test elsewhere on the host has a warren table that forwards right now.)
     if !firewall::apply::others_forward(&first).unwrap() {
