@@ -139,7 +139,10 @@ fn many_threads_create_and_delete_200_containers() {
 }
 
 /// A process still running from a binary a container could write (this test binary,
-/// not re-executed) may not clone container processes whose root is the host's root.
+/// not re-executed) may not clone container processes whose root is the host's root and
+/// leave them where a container process can reach them (a created, not started init:
+/// `exec` may join it). Created and started in one step, nothing can
+/// (`exe::init_exposed`), and it may.
 #[test]
 fn an_unsealed_process_may_not_create_a_container_without_a_user_namespace() {
     if !require_root("creates containers through the library as root") {
@@ -152,18 +155,23 @@ fn an_unsealed_process_may_not_create_a_container_without_a_user_namespace() {
     let rootfs_dir = dir.path().join("rootfs");
     rootfs::busybox_rootfs(&rootfs_dir);
     let spec: Spec = serde_json::from_value(rootfs::config(&["true"])).expect("spec");
-    let opts = CreateOptions {
-        rootfs: Some(rootfs_dir),
-        start: true,
+    let opts = |start| CreateOptions {
+        rootfs: Some(rootfs_dir.clone()),
+        start,
         ..Default::default()
     };
-    let err = Container::create(&dir.path().join("state"), "unsealed", &spec, opts)
+    let state = dir.path().join("state");
+    let err = Container::create(&state, "unsealed", &spec, opts(false))
         .expect_err("an unsealed process created a container");
     assert!(
         matches!(err, warren::container::Error::ExposedBinary { .. }),
         "{err}"
     );
     assert!(err.to_string().contains("reexec_sealed"), "{err}");
+    let run = Container::create(&state, "unsealed-run", &spec, opts(true))
+        .expect("created and started in one step");
+    run.wait().expect("wait");
+    run.delete(true).expect("delete");
 }
 
 /// A runtime whose state, store and run dirs all live in `dir`.
