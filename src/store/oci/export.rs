@@ -231,10 +231,10 @@ impl io::Read for ChunkReader<'_, '_> {
 }
 
 /// A writer that hashes what it writes.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Hasher,
-    bytes: u64,
+pub(crate) struct HashingWriter<W> {
+    pub(crate) inner: W,
+    pub(crate) hasher: Hasher,
+    pub(crate) bytes: u64,
 }
 
 impl<W: Write> Write for HashingWriter<W> {

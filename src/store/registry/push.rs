@@ -2,7 +2,7 @@
 //! layer, OCI or Docker v2s2 manifest). Blobs the repository has are not sent again.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
@@ -12,6 +12,7 @@ use super::reference::{self, Reference};
 use super::{Options, RegistryError};
 use crate::store::Store;
 use crate::store::oci::blob::{Algorithm, Digest, Hasher};
+use crate::store::oci::export::HashingWriter;
 
 const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
@@ -38,25 +39,6 @@ pub struct PushReport {
     pub retries: u64,
 }
 
-/// A writer that hashes what goes through it.
-struct HashWriter<W> {
-    inner: W,
-    hasher: Hasher,
-    bytes: u64,
-}
-
-impl<W: Write> Write for HashWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// The image's tree as a gzip tar at `path`: (blob digest, blob size, diff id).
 fn write_layer(
     store: &Store,
@@ -68,12 +50,12 @@ fn write_layer(
         err,
     };
     let index = store.index(name)?;
-    let gz = HashWriter {
+    let gz = HashingWriter {
         inner: BufWriter::new(File::create(path).map_err(io_err)?),
         hasher: Hasher::new(Algorithm::Sha256),
         bytes: 0,
     };
-    let mut tar = HashWriter {
+    let mut tar = HashingWriter {
         inner: flate2::write::GzEncoder::new(gz, flate2::Compression::default()),
         hasher: Hasher::new(Algorithm::Sha256),
         bytes: 0,
