@@ -81,19 +81,18 @@ pub struct Attached {
     pub nameserver: IpAddr,
 }
 
+/// An I/O error of `tool` while doing `what`.
+fn io_err(tool: &'static str, what: &str) -> impl FnOnce(std::io::Error) -> UsermodeError {
+    let what = what.to_string();
+    move |source| UsermodeError::Io { tool, what, source }
+}
+
 /// Attaches `tool` to the network namespace of `pid` (a created container's init, in
 /// its user namespace), publishing `ports` (host addresses default to loopback only).
 pub fn attach(tool: Tool, pid: i32, ports: &[PortMapping]) -> Result<Attached, UsermodeError> {
     let (name, package) = tool.program();
     let program = find(name).ok_or(UsermodeError::Missing(name, package))?;
-    let io = |what: &str| {
-        let what = what.to_string();
-        move |source| UsermodeError::Io {
-            tool: name,
-            what,
-            source,
-        }
-    };
+    let io = |what: &'static str| io_err(name, what);
     // Taken first: the watcher follows this process, never a later one with its pid.
     let init = crate::sys::pidfd_open(pid).map_err(io("open the container's init"))?;
     let dir = PrivateDir::new().map_err(io("create a private directory"))?;
@@ -198,13 +197,7 @@ fn pasta(
     dir: &Path,
     init: &OwnedFd,
 ) -> Result<i32, UsermodeError> {
-    let io = |what: &'static str| {
-        move |source| UsermodeError::Io {
-            tool: "pasta",
-            what: what.into(),
-            source,
-        }
-    };
+    let io = |what: &'static str| io_err("pasta", what);
     let pid_file = dir.join("pasta.pid");
     let mut cmd = std::process::Command::new(program);
     cmd.args(pasta_args(pid, ports, &pid_file))
@@ -246,13 +239,7 @@ fn slirp4netns(
     dir: &Path,
     init: &OwnedFd,
 ) -> Result<i32, UsermodeError> {
-    let io = |what: &'static str| {
-        move |source| UsermodeError::Io {
-            tool: "slirp4netns",
-            what: what.into(),
-            source,
-        }
-    };
+    let io = |what: &'static str| io_err("slirp4netns", what);
     let api = dir.join("api.sock");
     let mut argv: Vec<&OsStr> = vec![program.as_os_str()];
     let api_arg = format!("--api-socket={}", api.display());
