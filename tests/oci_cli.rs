@@ -255,11 +255,15 @@ fn ps_lists_the_container_processes_like_runc() {
         ));
         let b = rootfs::bundle(&dir.path().join(rt.name), &config);
         let c = rt.start(&b, "ps");
-        // Both sleeps started.
+        // Both sleeps started and named themselves (busybox runs an applet by
+        // exec'ing /proc/self/exe: a just-forked sleep is briefly "exe").
+        let named = |p: &i32| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() != "exe")
+        };
         let pids = cli::poll(|| {
             let out = ok(rt.cmd().args(["ps", "--format", "json", &c.id]));
             let pids: Vec<i32> = serde_json::from_str(&out).expect("a JSON array of pids");
-            (pids.len() == 3).then_some(pids)
+            (pids.len() == 3 && pids.iter().all(named)).then_some(pids)
         })
         .unwrap_or_else(|| panic!("{}: ps --format json never listed 3 pids", rt.name));
         assert!(
