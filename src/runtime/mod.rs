@@ -493,26 +493,7 @@ impl Runtime {
             shifted::unmount(&mountpoint)?;
         }
         if !crate::dirs::is_root() {
-            self.release_lower(&dir)?;
-        }
-        // A rootless copy (and a partial one a crash left) is owned by the block: only
-        // its user namespace may remove it.
-        let ids = self.record(name).ok().and_then(|r| r.ids);
-        if let (false, Some(ids)) = (crate::dirs::is_root(), ids) {
-            let paths: Vec<_> = fs::read_dir(&dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    name.starts_with("rootfs") || name == "layer"
-                })
-                .map(|e| e.path().as_path().into())
-                .collect();
-            if !paths.is_empty() {
-                let request = rootless::Request::Remove { paths };
-                rootless::in_userns(&self.helper, ids.uids.shift(), request)?;
-            }
+            self.remove_rootless_view(name, &dir)?;
         }
         match crate::tree::remove_tree(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

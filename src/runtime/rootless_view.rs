@@ -152,7 +152,6 @@ impl Runtime {
         let request = rootless::Request::MakeDirs {
             paths: vec![upper.as_path().into(), work.as_path().into()],
         };
-        rootless::in_userns(&self.helper, ids.uids.shift(), request)?;
         let from = format!("{}:{}", block.uids.start, block.gids.start);
         let to = format!("{}:{}", ids.uids.start, ids.gids.start);
         let args = [
@@ -162,7 +161,15 @@ impl Runtime {
             to.as_ref(),
             lower.as_os_str(),
         ];
-        run_helper(helper, &args, &source)?;
+        // Two helpers, each milliseconds of exec and id maps, on separate directories: at
+        // once.
+        let (made, mounted) = std::thread::scope(|s| {
+            let mount = s.spawn(|| run_helper(helper, &args, &source));
+            let made = rootless::in_userns(&self.helper, ids.uids.shift(), request);
+            (made, join(mount))
+        });
+        made?;
+        mounted?;
         mkdir(&record.rootfs, 0o755)?;
         Ok(RootOverlay { lower, upper, work })
     }
@@ -208,6 +215,41 @@ impl Runtime {
         let lower = fs::canonicalize(&lower).map_err(io_err("resolve", &lower))?;
         run_helper(&helper, &["umount".as_ref(), lower.as_os_str()], &lower)
     }
+
+    /// Undoes the helper's mount and removes what the container's block owns in `dir`
+    /// (its layer, and a copy or a partial one a crash left: only the block's user
+    /// namespace may remove those), both at once.
+    pub(super) fn remove_rootless_view(&self, name: &str, dir: &Path) -> Result<(), Error> {
+        let ids = self.record(name).ok().and_then(|r| r.ids);
+        let paths: Vec<_> = fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("rootfs") || name == "layer"
+            })
+            .map(|e| e.path().as_path().into())
+            .collect();
+        let (released, removed) = std::thread::scope(|s| {
+            let release = s.spawn(|| self.release_lower(dir));
+            let removed = match ids {
+                Some(ids) if !paths.is_empty() => {
+                    let request = rootless::Request::Remove { paths };
+                    rootless::in_userns(&self.helper, ids.uids.shift(), request).map(drop)
+                }
+                _ => Ok(()),
+            };
+            (join(release), removed)
+        });
+        released?;
+        Ok(removed?)
+    }
+}
+
+/// The result of a helper run on a scoped thread (a panic there is a bug: passed on).
+pub(super) fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// Removes `rootfs` (a rootless user's shared tree, if it exists) in a user namespace

@@ -75,14 +75,7 @@ impl Store {
     }
 
     fn read_index(&self, name: &str) -> Result<(Index, u64)> {
-        let path = self.index_path(name)?;
-        let data = match fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NoSuchImage(name.to_string()));
-            }
-            Err(e) => return Err(io_err(&path)(e)),
-        };
+        let data = self.index_bytes(name)?;
         let index = Index::decode(&data).map_err(|err| StoreError::Index {
             name: name.to_string(),
             err,
@@ -90,9 +83,23 @@ impl Store {
         Ok((index, data.len() as u64))
     }
 
-    /// The opaque config blob stored with image `name`.
+    /// The bytes of image `name`'s index file.
+    fn index_bytes(&self, name: &str) -> Result<Vec<u8>> {
+        let path = self.index_path(name)?;
+        fs::read(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::NoSuchImage(name.to_string()),
+            _ => io_err(&path)(e),
+        })
+    }
+
+    /// The opaque config blob stored with image `name` (its index checked, its entries
+    /// not parsed).
     pub fn image_config(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.index(name)?.config)
+        let data = self.index_bytes(name)?;
+        Index::decode_config(&data).map_err(|err| StoreError::Index {
+            name: name.to_string(),
+            err,
+        })
     }
 
     pub fn inspect(&self, name: &str) -> Result<ImageInfo> {

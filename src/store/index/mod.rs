@@ -3,6 +3,7 @@
 //! docs/FORMAT.md. The parser treats its input as hostile: every length is checked against
 //! what is left before anything is allocated, and every path is validated.
 
+use std::cmp::Ordering;
 use std::ffi::OsStr;
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
@@ -263,49 +264,24 @@ impl Index {
 
     /// Parses and validates an index file's bytes. Never panics on any input.
     pub fn decode(data: &[u8]) -> Result<Index, IndexError> {
-        if data.len() < 8 {
-            return Err(IndexError::Truncated("header"));
-        }
-        if &data[..8] != MAGIC {
-            return Err(IndexError::BadMagic);
-        }
-        if data.len() < HEADER_LEN {
-            return Err(IndexError::Truncated("header"));
-        }
-        let mut h = Reader { data, pos: 8 };
-        let version = h.u32("version")?;
-        if !(1..=VERSION).contains(&version) {
-            return Err(IndexError::Version(version));
-        }
-        let body_len = h.u64("body length")?;
-        if body_len > MAX_BODY {
-            return Err(IndexError::Invalid(format!(
-                "body length {body_len} too large"
-            )));
-        }
-        let hash = h.take(32, "checksum")?;
-        let body = zstd::bulk::decompress(&data[HEADER_LEN..], body_len as usize)
-            .map_err(|e| IndexError::Decompress(e.to_string()))?;
-        if body.len() as u64 != body_len {
-            return Err(IndexError::Truncated("body"));
-        }
-        if blake3::hash(&body).as_bytes() != hash {
-            return Err(IndexError::Checksum);
-        }
-        Index::decode_body(&body)
+        Index::decode_body(&body(data)?)
+    }
+
+    /// The config blob of an index file's bytes, checked as [`Index::decode`] checks them
+    /// but without parsing the entries (what a container start needs of its image).
+    pub fn decode_config(data: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+        let body = body(data)?;
+        let (_, _, config) = read_head(&mut Reader {
+            data: &body,
+            pos: 0,
+        })?;
+        Ok(config)
     }
 
     /// Parses an uncompressed body (exposed for fuzzing past the checksum).
     pub fn decode_body(body: &[u8]) -> Result<Index, IndexError> {
         let mut r = Reader { data: body, pos: 0 };
-        let name = String::from_utf8(r.bytes("name")?.to_vec())
-            .map_err(|_| IndexError::Invalid("image name is not UTF-8".into()))?;
-        let created = r.u64("created")? as i64;
-        let config = match r.u8("config flag")? {
-            0 => None,
-            1 => Some(r.bytes("config")?.to_vec()),
-            f => return Err(IndexError::Invalid(format!("config flag {f}"))),
-        };
+        let (name, created, config) = read_head(&mut r)?;
         let nchunks = r.count(36, "chunk count")?;
         let mut chunks = Vec::with_capacity(nchunks);
         let mut stream_len = 0u64;
@@ -328,14 +304,13 @@ impl Index {
         for _ in 0..nrecords {
             let raw = r.bytes("path")?;
             let path = PathBuf::from(OsStr::from_bytes(raw));
-            let norm = normalize(&path)?;
-            if norm != path || (path.as_os_str().is_empty() != records.is_empty()) {
+            if !is_canonical(raw) || (raw.is_empty() != records.is_empty()) {
                 return Err(IndexError::Invalid(format!(
                     "path {path:?} is not canonical (or the root is not first)"
                 )));
             }
             if let Some(prev) = records.last()
-                && prev.entry.path >= path
+                && path_cmp(prev.entry.path.as_os_str().as_bytes(), raw) != Ordering::Less
             {
                 return Err(IndexError::Invalid(format!(
                     "entries out of order at {path:?}"
@@ -425,10 +400,87 @@ impl Index {
 
     /// The record at `path` (binary search: records are sorted).
     pub fn find(&self, path: &Path) -> Option<&Record> {
-        self.records
-            .binary_search_by(|r| r.entry.path.as_path().cmp(path))
-            .ok()
-            .map(|i| &self.records[i])
+        let bytes = path.as_os_str().as_bytes();
+        let found = if is_canonical(bytes) {
+            self.records
+                .binary_search_by(|r| path_cmp(r.entry.path.as_os_str().as_bytes(), bytes))
+        } else {
+            self.records
+                .binary_search_by(|r| r.entry.path.as_path().cmp(path))
+        };
+        found.ok().map(|i| &self.records[i])
+    }
+}
+
+/// Checks the header of an index file's bytes and returns its body, decompressed and
+/// checked against the header's checksum.
+fn body(data: &[u8]) -> Result<Vec<u8>, IndexError> {
+    if data.len() < 8 {
+        return Err(IndexError::Truncated("header"));
+    }
+    if &data[..8] != MAGIC {
+        return Err(IndexError::BadMagic);
+    }
+    if data.len() < HEADER_LEN {
+        return Err(IndexError::Truncated("header"));
+    }
+    let mut h = Reader { data, pos: 8 };
+    let version = h.u32("version")?;
+    if !(1..=VERSION).contains(&version) {
+        return Err(IndexError::Version(version));
+    }
+    let body_len = h.u64("body length")?;
+    if body_len > MAX_BODY {
+        return Err(IndexError::Invalid(format!(
+            "body length {body_len} too large"
+        )));
+    }
+    let hash = h.take(32, "checksum")?;
+    let body = zstd::bulk::decompress(&data[HEADER_LEN..], body_len as usize)
+        .map_err(|e| IndexError::Decompress(e.to_string()))?;
+    if body.len() as u64 != body_len {
+        return Err(IndexError::Truncated("body"));
+    }
+    if blake3::hash(&body).as_bytes() != hash {
+        return Err(IndexError::Checksum);
+    }
+    Ok(body)
+}
+
+/// The body's first fields: the image name, when it was made, its config blob.
+fn read_head(r: &mut Reader<'_>) -> Result<(String, i64, Option<Vec<u8>>), IndexError> {
+    let name = String::from_utf8(r.bytes("name")?.to_vec())
+        .map_err(|_| IndexError::Invalid("image name is not UTF-8".into()))?;
+    let created = r.u64("created")? as i64;
+    let config = match r.u8("config flag")? {
+        0 => None,
+        1 => Some(r.bytes("config")?.to_vec()),
+        f => return Err(IndexError::Invalid(format!("config flag {f}"))),
+    };
+    Ok((name, created, config))
+}
+
+/// Whether `path` is an entry path as [`normalize`] leaves it: the root (empty), or
+/// names joined by single `/`s, none `.` or `..`, no NUL. Checked on bytes, without the
+/// allocation and component walk of normalizing (an index holds thousands of entries).
+fn is_canonical(path: &[u8]) -> bool {
+    path.is_empty()
+        || !path.contains(&0)
+            && path
+                .split(|&b| b == b'/')
+                .all(|c| !c.is_empty() && c != b"." && c != b"..")
+}
+
+/// How canonical paths sort component by component (as [`Path`]'s `Ord` does), by their
+/// bytes: at the first difference, a path whose component ends there (at a `/`, or at its
+/// end) is the smaller. `Path`'s comparison re-parses components on every call, which
+/// made the sortedness and parent checks most of a container start's image work.
+fn path_cmp(a: &[u8], b: &[u8]) -> Ordering {
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        None => a.len().cmp(&b.len()),
+        Some(i) if a[i] == b'/' => Ordering::Less,
+        Some(i) if b[i] == b'/' => Ordering::Greater,
+        Some(i) => a[i].cmp(&b[i]),
     }
 }
 

@@ -98,3 +98,42 @@ fn every_truncation_is_an_error() {
         assert!(Index::decode(&data[..n]).is_err(), "prefix {n}");
     }
 }
+
+#[test]
+fn byte_order_and_canonical_check_agree_with_path() {
+    let paths: Vec<&[u8]> = vec![
+        b"", b"a", b"a-b", b"a.b", b"a b", b"a/b", b"a/b/c", b"a/b-c", b"a/b.c", b"a/bc", b"a0",
+        b"a/\x01", b"ab", b"b", b"\xff", b"a/b/c/d", b"a-/b", b"a/-",
+    ];
+    for a in &paths {
+        for b in &paths {
+            let (pa, pb) = (
+                Path::new(OsStr::from_bytes(a)),
+                Path::new(OsStr::from_bytes(b)),
+            );
+            assert_eq!(super::path_cmp(a, b), pa.cmp(pb), "{pa:?} vs {pb:?}");
+        }
+    }
+    let cases: Vec<&[u8]> = vec![
+        b"", b"a", b"a/b", b"/a", b"a/", b"a//b", b"./a", b"a/./b", b"a/.", b".", b"..", b"a/..",
+        b"a/../b", b"...", b"a/.b", b"a\0b", b".a",
+    ];
+    for c in cases {
+        let p = Path::new(OsStr::from_bytes(c));
+        // Byte for byte: `Path`'s equality would take `a/` and `a//b` as canonical.
+        let expected = normalize(p).is_ok_and(|n| n.as_os_str().as_bytes() == c);
+        assert_eq!(super::is_canonical(c), expected, "{p:?}");
+    }
+}
+
+#[test]
+fn the_config_alone_is_read_and_checked_like_the_whole_index() {
+    let index = sample();
+    let bytes = index.encode();
+    assert_eq!(Index::decode_config(&bytes).unwrap(), index.config);
+    let mut bad = bytes.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(Index::decode_config(&bad).is_err());
+    assert!(Index::decode_config(&bytes[..10]).is_err());
+}
