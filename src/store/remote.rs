@@ -97,7 +97,7 @@ fn index_rel(name: &ImageName) -> String {
 
 /// Part of a file to GET.
 #[derive(Clone, Copy)]
-enum Range {
+pub(crate) enum Range {
     Whole,
     /// Offset, length.
     Span(u64, u64),
@@ -105,37 +105,61 @@ enum Range {
     Last(u64),
 }
 
-/// Where a served store's packs hold a chunk: pack URL, offset, length.
-type RemotePacks = HashMap<ChunkId, (std::sync::Arc<str>, u64, u32)>;
+/// How chunks and pack tables are fetched: a served store's files over plain HTTP, or a
+/// registry's blobs through its client (auth, redirects).
+pub(crate) trait Transport: Sync {
+    /// GETs `range` of `url` (at most `limit` bytes), retrying transient failures within
+    /// bounds. A range comes back whole or not at all.
+    fn get(&self, url: &str, range: Range, limit: u64) -> Result<Vec<u8>, RemoteError>;
+}
+
+/// Where the remote packs hold a chunk: pack URL, offset, length.
+pub(crate) type RemotePacks = HashMap<ChunkId, (std::sync::Arc<str>, u64, u32)>;
 
 /// The chunks of every pack the server at `base` lists (none if it lists none: a store
-/// `push` wrote has loose chunks only). Each table is checked as a local one is.
-fn remote_packs(client: &Client, base: &str) -> Result<RemotePacks, RemoteError> {
+/// `push` wrote has loose chunks only).
+fn remote_packs(client: &dyn Transport, base: &str) -> Result<RemotePacks, RemoteError> {
     let list_url = format!("{base}/{}/{}", format::PACKS_DIR, format::PACK_LIST);
     let list = match client.get(&list_url, Range::Whole, 64 << 20) {
         Ok(list) => list,
         Err(RemoteError::NotFound { .. }) => return Ok(HashMap::new()),
         Err(e) => return Err(e),
     };
-    let bad = |url: &str, reason: String| RemoteError::BadPack {
-        url: url.to_string(),
+    let bad = |reason: String| RemoteError::BadPack {
+        url: list_url.clone(),
         reason,
     };
-    let list = String::from_utf8(list).map_err(|_| bad(&list_url, "not UTF-8".into()))?;
-    let mut found = HashMap::new();
+    let list = String::from_utf8(list).map_err(|_| bad("not UTF-8".into()))?;
+    let mut urls = Vec::new();
     for name in list.lines() {
         if !pack::is_pack_name(name) {
-            return Err(bad(&list_url, format!("{name:?} is not a pack's name")));
+            return Err(bad(format!("{name:?} is not a pack's name")));
         }
-        let url: std::sync::Arc<str> = format!("{base}/{}/{name}", format::PACKS_DIR).into();
+        urls.push(format!("{base}/{}/{name}", format::PACKS_DIR).into());
+    }
+    pack_tables(client, &urls)
+}
+
+/// The chunks of the packs at `urls`, by their tables (a trailer and a table read with
+/// two range requests per pack), each table checked as a local one is.
+pub(crate) fn pack_tables(
+    client: &dyn Transport,
+    urls: &[std::sync::Arc<str>],
+) -> Result<RemotePacks, RemoteError> {
+    let mut found = HashMap::new();
+    for url in urls {
+        let bad = |reason: String| RemoteError::BadPack {
+            url: url.to_string(),
+            reason,
+        };
         let len = pack::TRAILER_LEN as u64;
         let trailer: [u8; pack::TRAILER_LEN] = client
-            .get(&url, Range::Last(len), len)?
+            .get(url, Range::Last(len), len)?
             .try_into()
-            .map_err(|_| bad(&url, "short trailer".into()))?;
-        let (table_at, table_len) = pack::table_span(&trailer).map_err(|r| bad(&url, r))?;
-        let table = client.get(&url, Range::Span(table_at, table_len), 1 << 30)?;
-        let entries = pack::decode_table(&trailer, &table, table_at).map_err(|r| bad(&url, r))?;
+            .map_err(|_| bad("short trailer".into()))?;
+        let (table_at, table_len) = pack::table_span(&trailer).map_err(bad)?;
+        let table = client.get(url, Range::Span(table_at, table_len), 1 << 30)?;
+        let entries = pack::decode_table(&trailer, &table, table_at).map_err(bad)?;
         for e in entries {
             found.entry(e.id).or_insert((url.clone(), e.offset, e.len));
         }
@@ -170,9 +194,9 @@ impl Client {
             retries: AtomicU64::new(0),
         }
     }
+}
 
-    /// GETs `range` of `url` (at most `limit` bytes), retrying transient failures with
-    /// backoff. A range comes back whole or not at all.
+impl Transport for Client {
     fn get(&self, url: &str, range: Range, limit: u64) -> Result<Vec<u8>, RemoteError> {
         let (header, want) = match range {
             Range::Whole => (None, None),
@@ -268,15 +292,71 @@ pub fn pull(
         reason: e.to_string(),
     })?;
     let index_bytes = data.len() as u64;
+    let bytes = if index.name == local_name {
+        data
+    } else {
+        index.name = local_name.clone();
+        index.encode()
+    };
+    let image = Incoming {
+        path: index_path,
+        bytes,
+        index,
+    };
+    let done = fetch_images(&client, Source::Served(&base), local, &[image], opts)?;
+    Ok(PullReport {
+        name: local_name,
+        chunks: done.chunks,
+        fetched_chunks: done.fetched_chunks,
+        fetched_bytes: index_bytes + done.fetched_bytes,
+        retries: client.retries.into_inner(),
+    })
+}
 
-    // Hold the store's shared lock: a gc must not remove chunks this index will need.
+/// Where a pull's chunks are.
+pub(crate) enum Source<'a> {
+    /// A served store at this base URL: in the packs it lists, else in loose chunk files.
+    Served(&'a str),
+    /// In these packs (URLs), every one.
+    Packs(&'a [std::sync::Arc<str>]),
+}
+
+/// An image to publish once its chunks are here.
+pub(crate) struct Incoming {
+    /// Where its index goes.
+    pub path: PathBuf,
+    /// The index's bytes, as published.
+    pub bytes: Vec<u8>,
+    pub index: Index,
+}
+
+/// What [`fetch_images`] did.
+pub(crate) struct Fetched {
+    /// Distinct chunks of the images.
+    pub chunks: u64,
+    /// Of those, fetched (the rest were local already), and their stored bytes.
+    pub fetched_chunks: u64,
+    pub fetched_bytes: u64,
+}
+
+/// Fetches the chunks of `images` that `local` lacks from `source` through `client`, each
+/// checked against its id, into a new pack; publishes the pack, then the indexes. On an
+/// error nothing is published.
+pub(crate) fn fetch_images(
+    client: &dyn Transport,
+    source: Source,
+    local: &Store,
+    images: &[Incoming],
+    opts: &PullOptions,
+) -> Result<Fetched, RemoteError> {
+    // Hold the store's shared lock: a gc must not remove chunks these indexes will need.
     let _lock = local.lock(false)?;
     // Chunks fetched from a version-2 remote may be filtered: no version-1 reader here.
     local.upgrade()?;
     let mut seen = HashSet::new();
-    let wanted: Vec<(ChunkId, u32)> = index
-        .chunks
+    let wanted: Vec<(ChunkId, u32)> = images
         .iter()
+        .flat_map(|i| &i.index.chunks)
         .filter(|c| seen.insert(c.id))
         .map(|c| (c.id, c.len))
         .collect();
@@ -292,47 +372,38 @@ pub fn pull(
             Ordering::Relaxed,
         );
     }
-    let packs = if missing.is_empty() {
-        HashMap::new()
-    } else {
-        remote_packs(&client, &base)?
+    let (packs, base) = match source {
+        _ if missing.is_empty() => (HashMap::new(), None),
+        Source::Served(base) => (remote_packs(client, base)?, Some(base)),
+        Source::Packs(urls) => (pack_tables(client, urls)?, None),
     };
-
-    let batches = batches(&missing, &packs);
+    let batches = batches(&missing, &packs, base)?;
 
     // Fetch, verify, append to a new pack; publish only when every chunk is good.
     let pack = pack::PackWriter::new(&local.packs_dir());
     pack.set_writeback(true);
     // On an error, dropping the pack writer unfinished removes its temporary file.
-    let (fetched_bytes, fetched_chunks) = fetch_batches(&client, &base, &batches, &pack, opts)?;
+    let (fetched_bytes, fetched_chunks) = fetch_batches(client, base, &batches, &pack, opts)?;
     let written = pack.written();
     let new_packs = pack.finish()?;
-    let bytes = if index.name == local_name {
-        data
-    } else {
-        index.name = local_name.clone();
-        index.encode()
-    };
-    if let Err(e) = publish(local, &new_packs, written, &index_path, &bytes) {
+    if let Err(e) = publish(local, &new_packs, written, images) {
         for (tmp, _) in &new_packs {
             let _ = fs::remove_file(tmp);
         }
         return Err(e.into());
     }
-    Ok(PullReport {
-        name: local_name,
+    Ok(Fetched {
         chunks: wanted.len() as u64,
         fetched_chunks,
-        fetched_bytes: index_bytes + fetched_bytes,
-        retries: client.retries.into_inner(),
+        fetched_bytes,
     })
 }
 
 /// Fetches `batches` with `opts.jobs` threads into `pack`, stopping at the first error.
 /// Returns the bytes and chunks fetched.
 fn fetch_batches(
-    client: &Client,
-    base: &str,
+    client: &dyn Transport,
+    base: Option<&str>,
     batches: &[Batch],
     pack: &pack::PackWriter,
     opts: &PullOptions,
@@ -381,29 +452,31 @@ fn fetch_batches(
     Ok((fetched_bytes.into_inner(), fetched_chunks.into_inner()))
 }
 
-/// Publishes the fetched packs (`written` bytes), then the index `bytes` at `index_path`.
+/// Publishes the fetched packs (`written` bytes), then the images' indexes.
 fn publish(
     local: &Store,
     new_packs: &[(PathBuf, PathBuf)],
     written: u64,
-    index_path: &Path,
-    bytes: &[u8],
+    images: &[Incoming],
 ) -> Result<(), StoreError> {
     let durability = chunks::Durability::for_sync(written, crate::sys::dirty_bytes());
     chunks::publish(new_packs, durability)?;
     if !new_packs.is_empty() {
         pack::update_list(&local.packs_dir())?;
     }
-    if let Some(parent) = index_path.parent() {
-        fs::create_dir_all(parent).map_err(|e| StoreError::Io {
-            path: parent.to_path_buf(),
+    for image in images {
+        if let Some(parent) = image.path.parent() {
+            fs::create_dir_all(parent).map_err(|e| StoreError::Io {
+                path: parent.to_path_buf(),
+                err: e,
+            })?;
+        }
+        crate::atomic::write(&image.path, &image.bytes).map_err(|e| StoreError::Io {
+            path: image.path.clone(),
             err: e,
         })?;
     }
-    crate::atomic::write(index_path, bytes).map_err(|e| StoreError::Io {
-        path: index_path.to_path_buf(),
-        err: e,
-    })
+    Ok(())
 }
 
 /// Chunks fetched with one request: a run of adjacent chunks of one pack, or one loose
@@ -422,18 +495,28 @@ struct Batch {
 const BATCH_BYTES: u64 = 1 << 20;
 
 /// The requests that fetch `missing`: runs of adjacent chunks of a pack, loose chunks one
-/// by one.
-fn batches(missing: &[(ChunkId, u32)], packs: &RemotePacks) -> Vec<Batch> {
+/// by one (from a served store at `base`; without one every chunk must be in a pack).
+fn batches(
+    missing: &[(ChunkId, u32)],
+    packs: &RemotePacks,
+    base: Option<&str>,
+) -> Result<Vec<Batch>, RemoteError> {
     let mut out = Vec::new();
     let mut packed = Vec::new();
     for &(id, len) in missing {
-        match packs.get(&id) {
-            Some((url, at, stored)) => packed.push((url, *at, *stored, id, len)),
-            None => out.push(Batch {
+        match (packs.get(&id), base) {
+            (Some((url, at, stored)), _) => packed.push((url, *at, *stored, id, len)),
+            (None, Some(_)) => out.push(Batch {
                 pack: None,
                 chunks: vec![(id, len, 0)],
                 bytes: 0,
             }),
+            (None, None) => {
+                return Err(RemoteError::BadPack {
+                    url: format!("chunk {id}"),
+                    reason: "in none of the packs, yet an index needs it".into(),
+                });
+            }
         }
     }
     packed.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
@@ -456,14 +539,14 @@ fn batches(missing: &[(ChunkId, u32)], packs: &RemotePacks) -> Vec<Batch> {
             }),
         }
     }
-    out
+    Ok(out)
 }
 
 /// Downloads a batch, checks each chunk, appends each to `pack`; returns per chunk its
 /// stored size and length.
 fn fetch_batch(
-    client: &Client,
-    base: &str,
+    client: &dyn Transport,
+    base: Option<&str>,
     pack: &pack::PackWriter,
     batch: &Batch,
     limit: u64,
@@ -474,6 +557,7 @@ fn fetch_batch(
             (format!("{pack} at {at}"), data)
         }
         None => {
+            let base = base.unwrap_or_default();
             let url = format!("{base}/{}", format::chunk_rel(&batch.chunks[0].0));
             let data = client.get(&url, Range::Whole, limit)?;
             (url, data)

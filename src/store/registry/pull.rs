@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
 
 use super::client::{Client, Method, http};
 use super::manifest::{self, Descriptor, Manifest, Platform, parse_digest};
@@ -47,6 +48,9 @@ pub struct PullReport {
     /// Retried requests.
     pub retries: u64,
     pub image: ImageInfo,
+    /// For a warren store artifact: the images it held, and the chunks fetched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<super::ArtifactPull>,
 }
 
 /// Pulls `reference` into `store`. A short name is tried at each search registry in turn
@@ -106,10 +110,16 @@ fn pull_one(
             Err(err) => return Err(err),
         }
     }
-    let Some((m, config, paths, client)) = fetched else {
-        return Err(RegistryError::NotFound {
-            what: r.to_string(),
-        });
+    let (m, config, paths, client) = match fetched {
+        Some(Got::Image(m, config, paths, client)) => (m, config, paths, client),
+        Some(Got::Artifact(client, digest, artifact)) => {
+            return artifact_report(store, r, &client, &digest, artifact);
+        }
+        None => {
+            return Err(RegistryError::NotFound {
+                what: r.to_string(),
+            });
+        }
     };
     let diff_ids = diff_ids(&config, &m)?;
     let blobs: Vec<Blob> = m
@@ -144,11 +154,43 @@ fn pull_one(
         fetched_bytes: client.fetched.load(Ordering::Relaxed),
         retries: client.retries.load(Ordering::Relaxed),
         image,
+        artifact: None,
     })
 }
 
-/// The manifest, config and layer blobs (as files) of `r` from endpoint `e`.
-type Fetched = (Manifest, Vec<u8>, Vec<PathBuf>, Client);
+fn artifact_report(
+    store: &Store,
+    r: &Reference,
+    client: &Client,
+    digest: &Digest,
+    artifact: super::ArtifactPull,
+) -> Result<PullReport, RegistryError> {
+    let first = artifact
+        .images
+        .first()
+        .ok_or_else(|| RegistryError::Invalid {
+            what: format!("manifest {digest}"),
+            why: "a warren store artifact with no image".into(),
+        })?;
+    Ok(PullReport {
+        name: first.clone(),
+        reference: r.to_string(),
+        from: format!("{}/{}", client.host(), client.repository()),
+        digest: digest.to_string(),
+        layers: artifact.packs + artifact.images.len(),
+        fetched_bytes: client.fetched.load(Ordering::Relaxed),
+        retries: client.retries.load(Ordering::Relaxed),
+        image: store.inspect(first)?,
+        artifact: Some(artifact),
+    })
+}
+
+/// What `fetch` got from an endpoint: an image's manifest, config and layer blobs (as
+/// files), or a warren store artifact, pulled.
+enum Got {
+    Image(Manifest, Vec<u8>, Vec<PathBuf>, Client),
+    Artifact(Client, Digest, super::ArtifactPull),
+}
 
 fn fetch(
     store: &Store,
@@ -156,12 +198,25 @@ fn fetch(
     r: &Reference,
     opts: &Options,
     pull: &PullOptions,
-) -> Result<Fetched, RegistryError> {
+) -> Result<Got, RegistryError> {
     let mut opts = opts.clone();
     opts.tls_verify &= !e.insecure;
     let client = Client::new(&opts, &e.host, &e.repository, "pull")?;
     let platform = pull.platform.clone().unwrap_or_else(Platform::host);
-    let m = manifest::resolve(&client, &r.manifest_ref(), &platform)?;
+    let dir = store.dir().join(BLOB_DIR);
+    make_private_dir(&dir)?;
+    if let Err(e) = clean_dir(&dir, STALE_PART) {
+        tracing::warn!("cleaning {}: {e}", dir.display());
+    }
+    let m = match manifest::resolve(&client, &r.manifest_ref(), &platform) {
+        Err(RegistryError::StoreArtifact { digest }) => {
+            let name = pull.name.as_deref();
+            let progress = pull.progress.clone();
+            let a = super::artifact_pull::pull(store, &client, &digest, name, &opts, progress)?;
+            return Ok(Got::Artifact(client, digest, a));
+        }
+        m => m?,
+    };
     let total: u64 = m.layers.iter().map(|l| l.size).sum();
     if total > pull.import.limits.max_total_size {
         return Err(RegistryError::Invalid {
@@ -174,12 +229,10 @@ fn fetch(
     }
     let config = fetch_config(&client, &m.config)?;
     diff_ids(&config, &m)?;
-    let dir = store.dir().join(BLOB_DIR);
-    make_private_dir(&dir)?;
     let progress = pull.progress.clone().unwrap_or_default();
     progress.total.store(total, Ordering::Relaxed);
     let paths = download_all(&client, &m.layers, &dir, opts.jobs, &progress)?;
-    Ok((m, config, paths, client))
+    Ok(Got::Image(m, config, paths, client))
 }
 
 pub(super) fn make_private_dir(dir: &Path) -> Result<(), RegistryError> {
@@ -453,4 +506,140 @@ fn fetch_into(
         ));
     }
     Ok(())
+}
+
+/// A partial download untouched this long is abandoned: the next pull, or `store gc`,
+/// removes it.
+pub const STALE_PART: Duration = Duration::from_secs(24 * 3600);
+
+/// What interrupted pulls and pushes left in `STORE/registry-blobs`: removes `.part`
+/// files (and their locks) untouched for [`STALE_PART`] that no pull holds, and the
+/// finished blobs and push scratch of processes that are gone. Returns the files removed.
+pub fn clean_blobs(store: &Store) -> Result<u64, RegistryError> {
+    clean_dir(&store.dir().join(BLOB_DIR), STALE_PART)
+}
+
+fn clean_dir(dir: &Path, max_age: Duration) -> Result<u64, RegistryError> {
+    let io = |err| RegistryError::Io {
+        path: dir.into(),
+        err,
+    };
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(e)),
+    };
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= max_age);
+        removed += if let Some(hex) = name.strip_suffix(".part") {
+            if old {
+                remove_unlocked(&path, &dir.join(format!("{hex}.lock")))
+            } else {
+                0
+            }
+        } else if let Some(hex) = name.strip_suffix(".lock") {
+            if old && !dir.join(format!("{hex}.part")).exists() {
+                remove_unlocked(&path, &path)
+            } else {
+                0
+            }
+        } else {
+            u64::from(owner_gone(&name) && remove_any(&path))
+        };
+    }
+    Ok(removed)
+}
+
+/// Removes `path` (and `lock`) when no pull holds `lock` (a missing lock is free);
+/// returns the files removed.
+fn remove_unlocked(path: &Path, lock: &Path) -> u64 {
+    use nix::fcntl::{Flock, FlockArg};
+    let held = match File::open(lock) {
+        Ok(f) => match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => Some(held),
+            Err(_) => return 0,
+        },
+        Err(_) => None,
+    };
+    let mut gone = u64::from(fs::remove_file(path).is_ok());
+    if held.is_some() && lock != path {
+        gone += u64::from(fs::remove_file(lock).is_ok());
+    }
+    gone
+}
+
+fn remove_any(path: &Path) -> bool {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path).is_ok(),
+        Ok(_) => fs::remove_file(path).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Whether `name` is a pull's finished blob (`HEX.PID.N`), a push's layer
+/// (`push-PID.tar.gz`) or a store push's scratch (`artifact-PID.N`) whose process is gone.
+fn owner_gone(name: &str) -> bool {
+    let pid = if let Some(rest) = name.strip_prefix("push-") {
+        rest.strip_suffix(".tar.gz")
+    } else if let Some(rest) = name.strip_prefix("artifact-") {
+        rest.split('.').next()
+    } else {
+        let mut parts = name.split('.');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(hex), Some(pid), Some(_), None) if hex.len() >= 64 => Some(pid),
+            _ => None,
+        }
+    };
+    pid.and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p != std::process::id() && !Path::new(&format!("/proc/{p}")).exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_parts_and_dead_pulls_leftovers_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let hex = |c: char| c.to_string().repeat(64);
+        let old = SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+        let write = |name: String, aged: bool| {
+            let f = File::create(d.join(&name)).unwrap();
+            if aged {
+                f.set_modified(old).unwrap();
+            }
+            name
+        };
+        let stale = write(format!("{}.part", hex('a')), true);
+        let stale_lock = write(format!("{}.lock", hex('a')), true);
+        let fresh = write(format!("{}.part", hex('b')), false);
+        let held = write(format!("{}.part", hex('c')), true);
+        let held_lock = write(format!("{}.lock", hex('c')), true);
+        // A pull still holds c's lock: its part stays, however old.
+        let _lock = nix::fcntl::Flock::lock(
+            File::open(d.join(&held_lock)).unwrap(),
+            nix::fcntl::FlockArg::LockExclusive,
+        )
+        .unwrap();
+        // No process has pid 0x7fffffff; this one is alive.
+        let dead = write(format!("{}.2147483647.0", hex('d')), false);
+        let mine = write(format!("{}.{}.0", hex('e'), std::process::id()), false);
+        let other = write("unrelated".into(), true);
+        assert_eq!(clean_dir(d, STALE_PART).unwrap(), 3);
+        for gone in [&stale, &stale_lock, &dead] {
+            assert!(!d.join(gone).exists(), "{gone} stays");
+        }
+        for kept in [&fresh, &held, &held_lock, &mine, &other] {
+            assert!(d.join(kept).exists(), "{kept} went");
+        }
+    }
 }
