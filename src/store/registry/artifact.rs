@@ -98,11 +98,9 @@ pub fn push(
     ));
     super::pull::make_private_dir(&dir)?;
     let result = (|| {
-        let blobs = {
-            // Shared: a gc must not rewrite the packs being read.
-            let _lock = store.lock(false)?;
-            collect(store, &names, &dir)?
-        };
+        // Shared, until the packs are sent: a gc must not rewrite them meanwhile.
+        let _lock = store.lock(false)?;
+        let blobs = collect(store, &names, &dir)?;
         send(&client, &r, blobs, &names)
     })();
     let _ = fs::remove_dir_all(&dir);
