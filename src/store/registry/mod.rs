@@ -17,6 +17,7 @@ mod artifact_pull;
 pub mod auth;
 pub mod client;
 pub mod conf;
+mod leftovers;
 pub mod manifest;
 mod pull;
 mod push;
@@ -28,8 +29,9 @@ use std::time::Duration;
 pub use artifact::{StorePushReport, push as store_push};
 pub use artifact_pull::ArtifactPull;
 pub use auth::Credentials;
+pub use leftovers::{STALE_PART, clean_blobs};
 pub use manifest::Platform;
-pub use pull::{PullOptions, PullReport, STALE_PART, clean_blobs, pull};
+pub use pull::{PullOptions, PullReport, pull};
 pub use push::{Format, PushReport, push};
 pub use reference::Reference;
 
