@@ -3,10 +3,16 @@
 # with a CA made here): `warren image pull` (the image is runnable once in the store) vs
 # `podman pull` vs `skopeo copy` + `umoci unpack`, for Debian minbase as a one-layer gzip
 # image. Each run starts from empty local storage.
+# Then the registry as warren's chunk store: `warren store push` of the base and of a variant
+# (minbase plus python3: bench/pull.sh's if it exists, else python3.11 copied from this
+# bookworm host with its dpkg records), `warren image pull` of the base, then of the variant:
+# the bytes the registry sent for the variant (its access log) vs the size of the variant's
+# changed layer as docker would make it (the added and changed files, a gzip tar). Target:
+# <= 0.8x.
 #
 #   bench/registry.sh        (as root; release build of warren)
 # Environment: WARREN (default the `make release` binary), WORK (default /var/tmp/warren-bench),
-# RUNS (default 3).
+# RUNS (default 3), TIMING=0 to skip the timed pulls (the variant bytes only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${WORK:-/var/tmp/warren-bench}
@@ -16,6 +22,7 @@ for tool in docker-registry openssl hyperfine debootstrap podman skopeo umoci py
 	command -v $tool >/dev/null || { echo "missing $tool: apt-get install -y $tool" >&2; exit 1; }
 done
 [ -x "$warren" ] || make -s release
+timing=${TIMING:-1}
 mkdir -p "$work"
 
 minbase=$work/minbase
@@ -74,6 +81,7 @@ export CONTAINERS_CONF=$reg/containers.conf
 rm -rf "$work/registry-podman"
 podman="podman --root $work/registry-podman --runroot $podman_run --storage-driver overlay"
 local=$work/registry-local
+if [ "$timing" = 1 ]; then
 hyperfine --runs "$runs" --export-json "$work/registry.json" \
 	--prepare "rm -rf $local; $podman rmi -a -f >/dev/null 2>&1 || true; sync" \
 	-n "warren image pull" "$warren --store $local/store image pull $host/debian:minbase" \
@@ -88,4 +96,72 @@ for name, t in r.items():
     print(f"{name:32} {t:7.2f} s   warren/this = {w / t:.2f}")
 PY
 $podman rmi -a -f >/dev/null 2>&1 || true
+fi
+
+# The chunk-store artifact: a variant whose base the puller has.
+variant=$work/minbase-python3
+if [ ! -x "$variant/usr/bin/python3" ]; then
+	variant=$work/minbase-py-host
+	if [ ! -x "$variant/usr/bin/python3.11" ]; then
+		rm -rf "$variant.tmp"
+		cp -a "$minbase" "$variant.tmp"
+		cp -a /usr/bin/python3.11 "$variant.tmp/usr/bin/"
+		cp -a /usr/lib/python3.11 "$variant.tmp/usr/lib/"
+		ln -s python3.11 "$variant.tmp/usr/bin/python3"
+		# An install rewrites dpkg's status: a changed file, whole in a layer.
+		dpkg-query -s libpython3.11-minimal python3.11-minimal >>"$variant.tmp/var/lib/dpkg/status" || true
+		mv "$variant.tmp" "$variant"
+	fi
+fi
+"$warren" --store "$src" image import "$variant" --name debian:variant >/dev/null
+"$warren" --store "$src" store push "$host/warren-chunks:minbase" debian:minbase >/dev/null
+"$warren" --store "$src" store push "$host/warren-chunks:variant" debian:variant >/dev/null
+rm -rf "$local"
+"$warren" --store "$local/store" image pull "$host/warren-chunks:minbase" >/dev/null
+from=$(stat -c %s "$reg/registry.log")
+"$warren" --json --store "$local/store" image pull "$host/warren-chunks:variant" >"$work/variant-pull.json"
+python3 - "$minbase" "$variant" "$reg/registry.log" "$from" "$work/variant-pull.json" <<'PY'
+import gzip, io, json, os, re, sys, tarfile
+base, variant, log, start, report = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+
+def same(a, b):
+    sa, sb = os.lstat(a), os.lstat(b)
+    if (sa.st_mode, sa.st_uid, sa.st_gid) != (sb.st_mode, sb.st_uid, sb.st_gid):
+        return False
+    if os.path.islink(a):
+        return os.readlink(a) == os.readlink(b)
+    if os.path.isfile(a):
+        if sa.st_size != sb.st_size:
+            return False
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            return fa.read() == fb.read()
+    return True
+
+# The changed layer: what differs from the base (no deletions here), as a gzip tar.
+buf = io.BytesIO()
+with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0) as gz:
+    with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for root, dirs, files in os.walk(variant):
+            for name in sorted(dirs + files):
+                p = os.path.join(root, name)
+                rel = os.path.relpath(p, variant)
+                q = os.path.join(base, rel)
+                if not os.path.lexists(q) or not same(p, q):
+                    tar.add(p, arcname=rel, recursive=False)
+layer = len(buf.getvalue())
+moved = requests = 0
+with open(log, errors="replace") as f:
+    f.seek(start)
+    for line in f:
+        m = re.search(r'"GET /v2/warren-chunks/blobs/\S+ HTTP/[0-9.]+" (\d+) (\d+)', line)
+        if m:
+            moved += int(m.group(2))
+            requests += 1
+rep = json.load(open(report))
+mib = lambda n: f"{n / 2**20:.2f} MiB"
+print(f"variant via the chunk-store artifact (base local): {mib(moved)} in {requests} blob requests "
+      f"({rep['artifact']['fetched_chunks']} of {rep['artifact']['chunks']} chunks)")
+print(f"the variant's changed layer (gzip tar of the added and changed files): {mib(layer)}")
+print(f"moved / changed layer = {moved / layer:.2f} (target <= 0.8)")
+PY
 rm -rf "$local" "$src" "$work/registry-podman" "$reg"

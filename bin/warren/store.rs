@@ -1,5 +1,8 @@
 //! `warren store ...`: the chunk store itself (stats, verify, gc).
 
+use anyhow::Context;
+use warren::store::registry;
+
 use crate::Global;
 use crate::image::{human, open_store};
 use warren::runtime::images::ImageCache;
@@ -22,15 +25,24 @@ pub enum Command {
     /// Remove chunks no image references (waits for imports in progress), and the
     /// extracted image trees (STATE_DIR/images) no image and no container uses.
     Gc,
-    /// Write the chunks and indexes DIR lacks into it (a store directory to serve over
-    /// HTTP); all images, or only those named. DIR is published: readable by every user
-    /// and every web client that can reach it, every file of every image pushed included,
+    /// Publish images' chunks and indexes, all images or only those named: to a store
+    /// directory (a path starting with `/` or `.`, or an existing directory) to serve over
+    /// HTTP, written as the chunks and indexes it lacks; or to an OCI registry
+    /// (`[docker://]HOST/REPO:TAG`) as a warren store artifact (artifactType
+    /// application/vnd.warren.store.v1: packs and indexes as blobs, those the registry has
+    /// not sent again) that `warren image pull REF` fetches chunk by chunk. Either is
+    /// readable by whoever can read it there, every file of every image pushed included,
     /// whatever its mode in the image (the store itself stays private).
     Push {
-        /// The store directory to publish into.
-        dir: std::path::PathBuf,
+        /// The store directory, or the registry reference, to publish to.
+        dest: String,
         /// The images to push, NAME[:TAG] (default: all).
         images: Vec<String>,
+        /// USER:PASSWORD for the registry (instead of the saved ones).
+        #[arg(long)]
+        creds: Option<String>,
+        #[command(flatten)]
+        access: crate::registry::Access,
     },
 }
 
@@ -119,9 +131,11 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
             let cache = ImageCache::new(state.join("images"));
             let trees = cache.gc(&store, &state.join("store"), &state.join("containers"))?;
             let r = store.gc()?;
+            let blobs = warren::store::registry::clean_blobs(&store)?;
             if global.json {
                 let mut v = serde_json::to_value(&r)?;
                 v["trees"] = serde_json::to_value(&trees)?;
+                v["registry_leftovers"] = blobs.into();
                 println!("{v}");
             } else {
                 println!(
@@ -137,10 +151,20 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
                     human(trees.freed_bytes),
                     trees.kept
                 );
+                println!("removed {blobs} files interrupted registry pulls and pushes left");
             }
             Ok(0)
         }
-        Command::Push { dir, images } => {
+        Command::Push {
+            dest,
+            images,
+            creds,
+            access,
+        } => {
+            if !is_dir_dest(&dest) {
+                return push_registry(global, &store, &dest, &images, creds.as_deref(), &access);
+            }
+            let dir = std::path::PathBuf::from(&dest);
             let r = warren::store::remote::push(&store, &dir, &images)?;
             if global.json {
                 println!("{}", serde_json::to_string(&r)?);
@@ -157,4 +181,61 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// Whether `store push`'s destination is a directory rather than a registry reference.
+fn is_dir_dest(dest: &str) -> bool {
+    dest.starts_with('/') || dest.starts_with('.') || std::path::Path::new(dest).is_dir()
+}
+
+/// The registry options `access` and `creds` ask for (as `image pull` builds them).
+fn registry_options(
+    access: &crate::registry::Access,
+    creds: Option<&str>,
+) -> anyhow::Result<registry::Options> {
+    let mut o = registry::Options {
+        tls_verify: access.tls_verify,
+        cert_dir: access.cert_dir.clone(),
+        ..Default::default()
+    };
+    if let Some(roots) = std::env::var_os("WARREN_CERTS_D") {
+        o.certs_dirs = std::env::split_paths(&roots).collect();
+    }
+    if let Some(conf) = std::env::var_os("CONTAINERS_REGISTRIES_CONF") {
+        o.registries_conf = conf.into();
+    }
+    if let Some(f) = &access.authfile {
+        o.auth_files = vec![f.clone()];
+    }
+    if let Some(c) = creds {
+        o.creds = Some(registry::Credentials::parse(c).context("--creds: expected USER:PASSWORD")?);
+    }
+    Ok(o)
+}
+
+fn push_registry(
+    global: &Global,
+    store: &warren::store::Store,
+    reference: &str,
+    images: &[String],
+    creds: Option<&str>,
+    access: &crate::registry::Access,
+) -> anyhow::Result<i32> {
+    let opts = registry_options(access, creds)?;
+    let r = registry::store_push(store, reference, images, &opts)?;
+    if global.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "pushed {} image(s) to {} ({}): {} packs; {} blobs sent ({}), {} already there",
+            r.images.len(),
+            r.reference,
+            r.digest,
+            r.packs,
+            r.uploaded_blobs,
+            human(r.uploaded_bytes),
+            r.skipped_blobs
+        );
+    }
+    Ok(0)
 }

@@ -6,18 +6,23 @@
 //! chunk) leaves the local store as it was. A chunk is fetched from the server's packs
 //! when its `packs/list` names one that holds it (runs of adjacent chunks in one range
 //! request: the server must honour `Range`), else as a loose file.
+//! The fetching is in [`fetch`], shared with pulls of a registry's warren store artifacts
+//! ([`crate::store::registry::artifact`]).
 //! [`push`] writes the chunks (as loose files) and indexes a store directory lacks, chunks
 //! first, so a server never offers an index whose chunks are missing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+mod fetch;
+
+pub(crate) use fetch::{Incoming, Range, Source, Transport, fetch_images};
+
 use crate::store::index::{ChunkId, Index};
-use crate::store::{ImageName, Progress, Store, StoreError, chunker, chunks, format, pack};
+use crate::store::{ImageName, Progress, Store, StoreError, chunks, format};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -95,54 +100,6 @@ fn index_rel(name: &ImageName) -> String {
     format!("{}/{rel}", format::IMAGES_DIR)
 }
 
-/// Part of a file to GET.
-#[derive(Clone, Copy)]
-enum Range {
-    Whole,
-    /// Offset, length.
-    Span(u64, u64),
-    /// The last bytes.
-    Last(u64),
-}
-
-/// Where a served store's packs hold a chunk: pack URL, offset, length.
-type RemotePacks = HashMap<ChunkId, (std::sync::Arc<str>, u64, u32)>;
-
-/// The chunks of every pack the server at `base` lists (none if it lists none: a store
-/// `push` wrote has loose chunks only). Each table is checked as a local one is.
-fn remote_packs(client: &Client, base: &str) -> Result<RemotePacks, RemoteError> {
-    let list_url = format!("{base}/{}/{}", format::PACKS_DIR, format::PACK_LIST);
-    let list = match client.get(&list_url, Range::Whole, 64 << 20) {
-        Ok(list) => list,
-        Err(RemoteError::NotFound { .. }) => return Ok(HashMap::new()),
-        Err(e) => return Err(e),
-    };
-    let bad = |url: &str, reason: String| RemoteError::BadPack {
-        url: url.to_string(),
-        reason,
-    };
-    let list = String::from_utf8(list).map_err(|_| bad(&list_url, "not UTF-8".into()))?;
-    let mut found = HashMap::new();
-    for name in list.lines() {
-        if !pack::is_pack_name(name) {
-            return Err(bad(&list_url, format!("{name:?} is not a pack's name")));
-        }
-        let url: std::sync::Arc<str> = format!("{base}/{}/{name}", format::PACKS_DIR).into();
-        let len = pack::TRAILER_LEN as u64;
-        let trailer: [u8; pack::TRAILER_LEN] = client
-            .get(&url, Range::Last(len), len)?
-            .try_into()
-            .map_err(|_| bad(&url, "short trailer".into()))?;
-        let (table_at, table_len) = pack::table_span(&trailer).map_err(|r| bad(&url, r))?;
-        let table = client.get(&url, Range::Span(table_at, table_len), 1 << 30)?;
-        let entries = pack::decode_table(&trailer, &table, table_at).map_err(|r| bad(&url, r))?;
-        for e in entries {
-            found.entry(e.id).or_insert((url.clone(), e.offset, e.len));
-        }
-    }
-    Ok(found)
-}
-
 /// One HTTP client with retries.
 struct Client {
     agent: ureq::Agent,
@@ -170,9 +127,9 @@ impl Client {
             retries: AtomicU64::new(0),
         }
     }
+}
 
-    /// GETs `range` of `url` (at most `limit` bytes), retrying transient failures with
-    /// backoff. A range comes back whole or not at all.
+impl Transport for Client {
     fn get(&self, url: &str, range: Range, limit: u64) -> Result<Vec<u8>, RemoteError> {
         let (header, want) = match range {
             Range::Whole => (None, None),
@@ -268,238 +225,25 @@ pub fn pull(
         reason: e.to_string(),
     })?;
     let index_bytes = data.len() as u64;
-
-    // Hold the store's shared lock: a gc must not remove chunks this index will need.
-    let _lock = local.lock(false)?;
-    // Chunks fetched from a version-2 remote may be filtered: no version-1 reader here.
-    local.upgrade()?;
-    let mut seen = HashSet::new();
-    let wanted: Vec<(ChunkId, u32)> = index
-        .chunks
-        .iter()
-        .filter(|c| seen.insert(c.id))
-        .map(|c| (c.id, c.len))
-        .collect();
-    let have = local.chunks()?;
-    let missing: Vec<(ChunkId, u32)> = wanted
-        .iter()
-        .copied()
-        .filter(|(id, _)| !have.contains(id))
-        .collect();
-    if let Some(p) = &opts.progress {
-        p.total.store(
-            missing.iter().map(|c| u64::from(c.1)).sum(),
-            Ordering::Relaxed,
-        );
-    }
-    let packs = if missing.is_empty() {
-        HashMap::new()
-    } else {
-        remote_packs(&client, &base)?
-    };
-
-    let batches = batches(&missing, &packs);
-
-    // Fetch, verify, append to a new pack; publish only when every chunk is good.
-    let pack = pack::PackWriter::new(&local.packs_dir());
-    pack.set_writeback(true);
-    // On an error, dropping the pack writer unfinished removes its temporary file.
-    let (fetched_bytes, fetched_chunks) = fetch_batches(&client, &base, &batches, &pack, opts)?;
-    let written = pack.written();
-    let new_packs = pack.finish()?;
     let bytes = if index.name == local_name {
         data
     } else {
         index.name = local_name.clone();
         index.encode()
     };
-    if let Err(e) = publish(local, &new_packs, written, &index_path, &bytes) {
-        for (tmp, _) in &new_packs {
-            let _ = fs::remove_file(tmp);
-        }
-        return Err(e.into());
-    }
+    let image = Incoming {
+        path: index_path,
+        bytes,
+        index,
+    };
+    let done = fetch_images(&client, Source::Served(&base), local, &[image], opts)?;
     Ok(PullReport {
         name: local_name,
-        chunks: wanted.len() as u64,
-        fetched_chunks,
-        fetched_bytes: index_bytes + fetched_bytes,
+        chunks: done.chunks,
+        fetched_chunks: done.fetched_chunks,
+        fetched_bytes: index_bytes + done.fetched_bytes,
         retries: client.retries.into_inner(),
     })
-}
-
-/// Fetches `batches` with `opts.jobs` threads into `pack`, stopping at the first error.
-/// Returns the bytes and chunks fetched.
-fn fetch_batches(
-    client: &Client,
-    base: &str,
-    batches: &[Batch],
-    pack: &pack::PackWriter,
-    opts: &PullOptions,
-) -> Result<(u64, u64), RemoteError> {
-    let next = AtomicUsize::new(0);
-    let fetched_bytes = AtomicU64::new(0);
-    let fetched_chunks = AtomicU64::new(0);
-    let failure: Mutex<Option<RemoteError>> = Mutex::new(None);
-    let limit = (chunker::MAX_SIZE as u64) * 2 + 4096;
-    std::thread::scope(|s| {
-        for _ in 0..opts.jobs.clamp(1, 64).min(batches.len().max(1)) {
-            s.spawn(|| {
-                loop {
-                    if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
-                        return;
-                    }
-                    let Some(batch) = batches.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                        return;
-                    };
-                    match fetch_batch(client, base, pack, batch, limit) {
-                        Ok(done) => {
-                            for (n, len) in done {
-                                fetched_bytes.fetch_add(n, Ordering::Relaxed);
-                                fetched_chunks.fetch_add(1, Ordering::Relaxed);
-                                if let Some(p) = &opts.progress {
-                                    p.bytes.fetch_add(u64::from(len), Ordering::Relaxed);
-                                    p.new_chunks.fetch_add(1, Ordering::Relaxed);
-                                    p.stored_bytes.fetch_add(n, Ordering::Relaxed);
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            if let Ok(mut f) = failure.lock() {
-                                f.get_or_insert(e);
-                            }
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = failure.into_inner().unwrap_or(None) {
-        return Err(e);
-    }
-    Ok((fetched_bytes.into_inner(), fetched_chunks.into_inner()))
-}
-
-/// Publishes the fetched packs (`written` bytes), then the index `bytes` at `index_path`.
-fn publish(
-    local: &Store,
-    new_packs: &[(PathBuf, PathBuf)],
-    written: u64,
-    index_path: &Path,
-    bytes: &[u8],
-) -> Result<(), StoreError> {
-    let durability = chunks::Durability::for_sync(written, crate::sys::dirty_bytes());
-    chunks::publish(new_packs, durability)?;
-    if !new_packs.is_empty() {
-        pack::update_list(&local.packs_dir())?;
-    }
-    if let Some(parent) = index_path.parent() {
-        fs::create_dir_all(parent).map_err(|e| StoreError::Io {
-            path: parent.to_path_buf(),
-            err: e,
-        })?;
-    }
-    crate::atomic::write(index_path, bytes).map_err(|e| StoreError::Io {
-        path: index_path.to_path_buf(),
-        err: e,
-    })
-}
-
-/// Chunks fetched with one request: a run of adjacent chunks of one pack, or one loose
-/// chunk.
-struct Batch {
-    /// The pack's URL and the run's offset in it; `None` for a loose chunk.
-    pack: Option<(std::sync::Arc<str>, u64)>,
-    /// Each chunk's id, length and stored length (in the pack).
-    chunks: Vec<(ChunkId, u32, u32)>,
-    /// Stored bytes of the run.
-    bytes: u64,
-}
-
-/// At most this much of a pack per request: the chunks an image adds lie together in a
-/// pack, so a few requests fetch them, and 8 jobs still share the work.
-const BATCH_BYTES: u64 = 1 << 20;
-
-/// The requests that fetch `missing`: runs of adjacent chunks of a pack, loose chunks one
-/// by one.
-fn batches(missing: &[(ChunkId, u32)], packs: &RemotePacks) -> Vec<Batch> {
-    let mut out = Vec::new();
-    let mut packed = Vec::new();
-    for &(id, len) in missing {
-        match packs.get(&id) {
-            Some((url, at, stored)) => packed.push((url, *at, *stored, id, len)),
-            None => out.push(Batch {
-                pack: None,
-                chunks: vec![(id, len, 0)],
-                bytes: 0,
-            }),
-        }
-    }
-    packed.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    for (url, at, stored, id, len) in packed {
-        let follows = |b: &Batch| {
-            b.pack
-                .as_ref()
-                .is_some_and(|(u, start)| u == url && start + b.bytes == at)
-                && b.bytes + u64::from(stored) <= BATCH_BYTES
-        };
-        match out.last_mut().filter(|b| follows(b)) {
-            Some(b) => {
-                b.chunks.push((id, len, stored));
-                b.bytes += u64::from(stored);
-            }
-            None => out.push(Batch {
-                pack: Some((url.clone(), at)),
-                chunks: vec![(id, len, stored)],
-                bytes: u64::from(stored),
-            }),
-        }
-    }
-    out
-}
-
-/// Downloads a batch, checks each chunk, appends each to `pack`; returns per chunk its
-/// stored size and length.
-fn fetch_batch(
-    client: &Client,
-    base: &str,
-    pack: &pack::PackWriter,
-    batch: &Batch,
-    limit: u64,
-) -> Result<Vec<(u64, u32)>, RemoteError> {
-    let (url, data) = match &batch.pack {
-        Some((pack, at)) => {
-            let data = client.get(pack, Range::Span(*at, batch.bytes), batch.bytes)?;
-            (format!("{pack} at {at}"), data)
-        }
-        None => {
-            let url = format!("{base}/{}", format::chunk_rel(&batch.chunks[0].0));
-            let data = client.get(&url, Range::Whole, limit)?;
-            (url, data)
-        }
-    };
-    let mut done = Vec::new();
-    let mut rest = &data[..];
-    for &(id, len, stored) in &batch.chunks {
-        let bytes = match batch.pack {
-            Some(_) => {
-                // `get` checked the body is `batch.bytes` long: the sum of these lengths.
-                let (bytes, after) = rest.split_at(stored as usize);
-                rest = after;
-                bytes
-            }
-            None => &data[..],
-        };
-        chunks::decode(&id, len, bytes).map_err(|reason| RemoteError::BadChunk {
-            chunk: id,
-            url: url.clone(),
-            reason,
-        })?;
-        pack.append(id, bytes)?;
-        done.push((bytes.len() as u64, len));
-    }
-    Ok(done)
 }
 
 /// Makes fetched or copied chunk files durable and gives them their final names.

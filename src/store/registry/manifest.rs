@@ -219,6 +219,9 @@ fn too_big(digest: &str, size: u64) -> RegistryError {
 
 fn manifest(raw: Raw, digest: Digest) -> Result<Manifest, RegistryError> {
     let config = raw.config.ok_or_else(|| invalid(&digest, "no config"))?;
+    if config.media_type == super::artifact::CONFIG_TYPE {
+        return Err(RegistryError::StoreArtifact { digest });
+    }
     if ![OCI_CONFIG, DOCKER_CONFIG, ""].contains(&config.media_type.as_str()) {
         return Err(invalid(
             &digest,

@@ -8,10 +8,16 @@
 //! ([`crate::store::oci::import_layers`]: whiteouts, owners, xattrs, the config's
 //! diff_ids checked), so nothing is listed before every byte was verified. Authentication
 //! and TLS are in [`client`] and [`auth`]. [`push`] sends an image as a one-layer gzip image.
+//! [`artifact`] makes a registry warren's chunk store: `warren store push` publishes packs
+//! and indexes as an OCI artifact, and [`pull`] of one fetches only the chunks the store
+//! lacks, with range requests on the pack blobs.
 
+pub mod artifact;
+mod artifact_pull;
 pub mod auth;
 pub mod client;
 pub mod conf;
+mod leftovers;
 pub mod manifest;
 mod pull;
 mod push;
@@ -20,7 +26,10 @@ pub mod reference;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use artifact::{StorePushReport, push as store_push};
+pub use artifact_pull::ArtifactPull;
 pub use auth::Credentials;
+pub use leftovers::{STALE_PART, clean_blobs};
 pub use manifest::Platform;
 pub use pull::{PullOptions, PullReport, pull};
 pub use push::{Format, PushReport, push};
@@ -66,6 +75,11 @@ pub enum RegistryError {
     Tls { path: PathBuf, why: String },
     #[error("{}: {err}", path.display())]
     Io { path: PathBuf, err: std::io::Error },
+    /// Not an image: a warren store artifact (pulled as one).
+    #[error("manifest {digest} is a warren store artifact")]
+    StoreArtifact { digest: Digest },
+    #[error(transparent)]
+    Remote(#[from] crate::store::remote::RemoteError),
     #[error(transparent)]
     Oci(#[from] OciError),
     #[error(transparent)]

@@ -47,6 +47,9 @@ pub struct PullReport {
     /// Retried requests.
     pub retries: u64,
     pub image: ImageInfo,
+    /// For a warren store artifact: the images it held, and the chunks fetched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<super::ArtifactPull>,
 }
 
 /// Pulls `reference` into `store`. A short name is tried at each search registry in turn
@@ -106,10 +109,16 @@ fn pull_one(
             Err(err) => return Err(err),
         }
     }
-    let Some((m, config, paths, client)) = fetched else {
-        return Err(RegistryError::NotFound {
-            what: r.to_string(),
-        });
+    let (m, config, paths, client) = match fetched {
+        Some(Got::Image(m, config, paths, client)) => (m, config, paths, client),
+        Some(Got::Artifact(client, digest, artifact)) => {
+            return artifact_report(store, r, &client, &digest, artifact);
+        }
+        None => {
+            return Err(RegistryError::NotFound {
+                what: r.to_string(),
+            });
+        }
     };
     let diff_ids = diff_ids(&config, &m)?;
     let blobs: Vec<Blob> = m
@@ -144,11 +153,43 @@ fn pull_one(
         fetched_bytes: client.fetched.load(Ordering::Relaxed),
         retries: client.retries.load(Ordering::Relaxed),
         image,
+        artifact: None,
     })
 }
 
-/// The manifest, config and layer blobs (as files) of `r` from endpoint `e`.
-type Fetched = (Manifest, Vec<u8>, Vec<PathBuf>, Client);
+fn artifact_report(
+    store: &Store,
+    r: &Reference,
+    client: &Client,
+    digest: &Digest,
+    artifact: super::ArtifactPull,
+) -> Result<PullReport, RegistryError> {
+    let first = artifact
+        .images
+        .first()
+        .ok_or_else(|| RegistryError::Invalid {
+            what: format!("manifest {digest}"),
+            why: "a warren store artifact with no image".into(),
+        })?;
+    Ok(PullReport {
+        name: first.clone(),
+        reference: r.to_string(),
+        from: format!("{}/{}", client.host(), client.repository()),
+        digest: digest.to_string(),
+        layers: artifact.packs + artifact.images.len(),
+        fetched_bytes: client.fetched.load(Ordering::Relaxed),
+        retries: client.retries.load(Ordering::Relaxed),
+        image: store.inspect(first)?,
+        artifact: Some(artifact),
+    })
+}
+
+/// What `fetch` got from an endpoint: an image's manifest, config and layer blobs (as
+/// files), or a warren store artifact, pulled.
+enum Got {
+    Image(Manifest, Vec<u8>, Vec<PathBuf>, Client),
+    Artifact(Client, Digest, super::ArtifactPull),
+}
 
 fn fetch(
     store: &Store,
@@ -156,12 +197,25 @@ fn fetch(
     r: &Reference,
     opts: &Options,
     pull: &PullOptions,
-) -> Result<Fetched, RegistryError> {
+) -> Result<Got, RegistryError> {
     let mut opts = opts.clone();
     opts.tls_verify &= !e.insecure;
     let client = Client::new(&opts, &e.host, &e.repository, "pull")?;
     let platform = pull.platform.clone().unwrap_or_else(Platform::host);
-    let m = manifest::resolve(&client, &r.manifest_ref(), &platform)?;
+    let dir = store.dir().join(BLOB_DIR);
+    make_private_dir(&dir)?;
+    if let Err(e) = super::leftovers::clean_dir(&dir, super::leftovers::STALE_PART) {
+        tracing::warn!("cleaning {}: {e}", dir.display());
+    }
+    let m = match manifest::resolve(&client, &r.manifest_ref(), &platform) {
+        Err(RegistryError::StoreArtifact { digest }) => {
+            let name = pull.name.as_deref();
+            let progress = pull.progress.clone();
+            let a = super::artifact_pull::pull(store, &client, &digest, name, &opts, progress)?;
+            return Ok(Got::Artifact(client, digest, a));
+        }
+        m => m?,
+    };
     let total: u64 = m.layers.iter().map(|l| l.size).sum();
     if total > pull.import.limits.max_total_size {
         return Err(RegistryError::Invalid {
@@ -174,12 +228,10 @@ fn fetch(
     }
     let config = fetch_config(&client, &m.config)?;
     diff_ids(&config, &m)?;
-    let dir = store.dir().join(BLOB_DIR);
-    make_private_dir(&dir)?;
     let progress = pull.progress.clone().unwrap_or_default();
     progress.total.store(total, Ordering::Relaxed);
     let paths = download_all(&client, &m.layers, &dir, opts.jobs, &progress)?;
-    Ok((m, config, paths, client))
+    Ok(Got::Image(m, config, paths, client))
 }
 
 pub(super) fn make_private_dir(dir: &Path) -> Result<(), RegistryError> {

@@ -1,0 +1,326 @@
+//! A registry as the chunk store: warren's packs and image indexes as an OCI artifact.
+//!
+//! [`push`] publishes an OCI image manifest whose `artifactType` is [`ARTIFACT_TYPE`],
+//! whose config is a small JSON of [`CONFIG_TYPE`], and whose layers are the packs
+//! ([`PACK_TYPE`]) holding the chunks of the named images and their indexes
+//! ([`INDEX_TYPE`], titled with the image's name). Every blob is referenced by the
+//! manifest, so a registry's garbage collection keeps them. A store pack whose every
+//! chunk is wanted goes as it is (the same pack is sent once, whatever pushes name it);
+//! the wanted chunks of another pack go as a pack of just those, so a push never leaks
+//! chunks of images it was not asked to publish.
+//!
+//! [`pull`] (reached from `warren image pull` when the manifest's config says it is one)
+//! fetches the indexes whole, verified by digest, then the pack tables and only the
+//! chunks the store lacks with range requests on the pack blobs, exactly as a pull from a
+//! served store does ([`crate::store::remote`]); each chunk is checked against its id,
+//! and nothing is listed before every chunk is here (see `artifact_pull.rs`).
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use super::client::{Client, Method, Payload, http};
+use super::manifest::OCI_MANIFEST;
+use super::{Options, RegistryError};
+use crate::store::index::ChunkId;
+use crate::store::oci::blob::{Algorithm, Digest, Hashing};
+use crate::store::{Store, StoreError, pack};
+
+/// The manifest's `artifactType`.
+pub const ARTIFACT_TYPE: &str = "application/vnd.warren.store.v1";
+/// The config blob's media type: `{"images": [NAME...]}`.
+pub const CONFIG_TYPE: &str = "application/vnd.warren.store.config.v1+json";
+/// A warren pack (see [`crate::store::pack`]).
+pub const PACK_TYPE: &str = "application/vnd.warren.store.pack.v1";
+/// A warren image index.
+pub const INDEX_TYPE: &str = "application/vnd.warren.store.index.v1";
+/// The annotation naming an index's image.
+pub(super) const TITLE: &str = "org.opencontainers.image.title";
+
+/// What a store push did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StorePushReport {
+    pub reference: String,
+    /// The manifest's digest.
+    pub digest: String,
+    pub images: Vec<String>,
+    pub packs: usize,
+    /// Blobs sent, and blobs the registry already had.
+    pub uploaded_blobs: usize,
+    pub skipped_blobs: usize,
+    pub uploaded_bytes: u64,
+    pub retries: u64,
+}
+
+/// One blob of the artifact.
+struct Blob {
+    media_type: &'static str,
+    digest: Digest,
+    size: u64,
+    payload: Payload,
+    title: Option<String>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
+    move |err| RegistryError::Io {
+        path: path.into(),
+        err,
+    }
+}
+
+/// Publishes the packs and indexes of `images` (all when empty) of `store` to
+/// `reference` as a warren store artifact.
+pub fn push(
+    store: &Store,
+    reference: &str,
+    images: &[String],
+    opts: &Options,
+) -> Result<StorePushReport, RegistryError> {
+    let r = super::reference::resolve(reference, &opts.registries_conf)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| RegistryError::BadReference {
+            reference: reference.into(),
+            why: "no registry to push to".into(),
+        })?;
+    let client = Client::new(opts, r.api_host(), &r.repository, "pull,push")?;
+    let names = if images.is_empty() {
+        store.names()?
+    } else {
+        images.to_vec()
+    };
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = store.dir().join(super::pull::BLOB_DIR).join(format!(
+        "artifact-{}.{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    super::pull::make_private_dir(&dir)?;
+    let result = (|| {
+        // Shared, until the packs are sent: a gc must not rewrite them meanwhile.
+        let _lock = store.lock(false)?;
+        let blobs = collect(store, &names, &dir)?;
+        send(&client, &r, blobs, &names)
+    })();
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+/// The blobs of the artifact: packs (in `dir` when made for it), then indexes.
+fn collect(store: &Store, names: &[String], dir: &Path) -> Result<Vec<Blob>, RegistryError> {
+    let mut indexes = Vec::new();
+    let mut wanted = HashSet::new();
+    for name in names {
+        let index = store.index(name)?;
+        wanted.extend(index.chunks.iter().map(|c| c.id));
+        indexes.push((name.clone(), index.encode()));
+    }
+    let all = store.chunks()?;
+    let mut taken: HashSet<ChunkId> = HashSet::new();
+    let mut blobs = Vec::new();
+    for (p, pack) in all.packs().iter().enumerate() {
+        let entries: Vec<usize> = (0..pack.entries.len())
+            .filter(|&e| {
+                let id = pack.entries[e].id;
+                wanted.contains(&id) && taken.insert(id)
+            })
+            .collect();
+        if entries.is_empty() {
+            continue;
+        }
+        let path = if entries.len() == pack.entries.len() {
+            pack.path.clone()
+        } else {
+            let chunks = entries.iter().map(|&e| {
+                let id = pack.entries[e].id;
+                all.read_packed(p, e).map(|data| (id, data))
+            });
+            write_pack(dir, chunks)?
+        };
+        blobs.push(file_blob(&path)?);
+    }
+    let mut loose: Vec<ChunkId> = wanted.difference(&taken).copied().collect();
+    if !loose.is_empty() {
+        // Sorted: the same loose chunks make the same pack, sent once.
+        loose.sort_by_key(|id| id.0);
+        let chunks = loose.iter().map(|id| {
+            all.raw(id)?
+                .map(|data| (*id, data))
+                .ok_or_else(|| StoreError::MissingChunk {
+                    chunk: *id,
+                    path: store.dir().to_path_buf(),
+                })
+        });
+        blobs.push(file_blob(&write_pack(dir, chunks)?)?);
+    }
+    for (name, data) in indexes {
+        blobs.push(Blob {
+            media_type: INDEX_TYPE,
+            digest: Digest::sha256(&data),
+            size: data.len() as u64,
+            payload: Payload::Bytes(data),
+            title: Some(name),
+        });
+    }
+    Ok(blobs)
+}
+
+/// A pack in `dir` of `chunks` (id, stored bytes), in that order.
+fn write_pack(
+    dir: &Path,
+    chunks: impl Iterator<Item = Result<(ChunkId, Vec<u8>), StoreError>>,
+) -> Result<PathBuf, RegistryError> {
+    let writer = pack::PackWriter::with_target(dir, u64::MAX);
+    for c in chunks {
+        let (id, data) = c?;
+        writer.append(id, &data)?;
+    }
+    let mut done = writer.finish()?;
+    let (tmp, _) = done.pop().ok_or_else(|| RegistryError::Invalid {
+        what: dir.display().to_string(),
+        why: "no pack written".into(),
+    })?;
+    Ok(tmp)
+}
+
+fn file_blob(path: &Path) -> Result<Blob, RegistryError> {
+    let h = Hashing::new(File::open(path).map_err(io(path))?, Some(Algorithm::Sha256));
+    let (digest, size) = h.finish().map_err(io(path))?;
+    Ok(Blob {
+        media_type: PACK_TYPE,
+        digest: digest.unwrap_or_else(|| Digest::sha256(b"")),
+        size,
+        payload: Payload::File(path.to_path_buf()),
+        title: None,
+    })
+}
+
+/// Uploads the blobs the repository lacks, the config, then the manifest.
+fn send(
+    client: &Client,
+    r: &super::Reference,
+    mut blobs: Vec<Blob>,
+    names: &[String],
+) -> Result<StorePushReport, RegistryError> {
+    let config = serde_json::to_vec(&serde_json::json!({ "images": names })).map_err(json_err)?;
+    let config_desc = serde_json::json!({
+        "mediaType": CONFIG_TYPE,
+        "digest": Digest::sha256(&config).to_string(),
+        "size": config.len(),
+    });
+    let layers: Vec<serde_json::Value> = blobs
+        .iter()
+        .map(|b| {
+            let mut d = serde_json::json!({
+                "mediaType": b.media_type,
+                "digest": b.digest.to_string(),
+                "size": b.size,
+            });
+            if let Some(t) = &b.title {
+                d["annotations"] = serde_json::json!({ TITLE: t });
+            }
+            d
+        })
+        .collect();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": ARTIFACT_TYPE,
+        "config": config_desc,
+        "layers": layers,
+    }))
+    .map_err(json_err)?;
+    let mut report = StorePushReport {
+        reference: r.to_string(),
+        digest: Digest::sha256(&manifest).to_string(),
+        images: names.to_vec(),
+        packs: blobs.iter().filter(|b| b.media_type == PACK_TYPE).count(),
+        uploaded_blobs: 0,
+        skipped_blobs: 0,
+        uploaded_bytes: 0,
+        retries: 0,
+    };
+    blobs.push(Blob {
+        media_type: CONFIG_TYPE,
+        digest: Digest::sha256(&config),
+        size: config.len() as u64,
+        payload: Payload::Bytes(config),
+        title: None,
+    });
+    for b in &blobs {
+        if upload_blob(client, &b.digest, b.size, &b.payload)? {
+            report.uploaded_blobs += 1;
+            report.uploaded_bytes += b.size;
+        } else {
+            report.skipped_blobs += 1;
+        }
+    }
+    let url = client.url(&format!("manifests/{}", r.manifest_ref()));
+    let resp = client.send_with(
+        Method::Put,
+        &url,
+        &[("Content-Type", OCI_MANIFEST.to_string())],
+        &Payload::Bytes(manifest),
+    )?;
+    expect(resp.status().as_u16(), &url, &[200, 201])?;
+    report.retries = client.retries.load(Ordering::Relaxed);
+    Ok(report)
+}
+
+fn json_err(e: serde_json::Error) -> RegistryError {
+    RegistryError::Invalid {
+        what: "artifact manifest".into(),
+        why: e.to_string(),
+    }
+}
+
+fn expect(status: u16, url: &str, codes: &[u16]) -> Result<(), RegistryError> {
+    if codes.contains(&status) {
+        return Ok(());
+    }
+    Err(http(url, format!("HTTP {status}")))
+}
+
+/// Sends one blob (monolithic upload) unless the repository has it (HEAD); true when sent.
+fn upload_blob(
+    client: &Client,
+    digest: &Digest,
+    size: u64,
+    payload: &Payload,
+) -> Result<bool, RegistryError> {
+    let blob_url = client.url(&format!("blobs/{digest}"));
+    if client.send(Method::Head, &blob_url, &[])?.status() == 200 {
+        return Ok(false);
+    }
+    let start = client.url("blobs/uploads/");
+    let resp = client.send_with(Method::Post, &start, &[], &Payload::Empty)?;
+    expect(resp.status().as_u16(), &start, &[202])?;
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| http(&start, "no Location for the upload".into()))?;
+    let upload = super::client::resolve_location(&start, location);
+    let sep = if upload.contains('?') { '&' } else { '?' };
+    let put = format!("{upload}{sep}digest={digest}");
+    let headers = [
+        ("Content-Type", "application/octet-stream".to_string()),
+        ("Content-Length", size.to_string()),
+    ];
+    let resp = client.send_with(Method::Put, &put, &headers, payload)?;
+    expect(resp.status().as_u16(), &put, &[201, 204])?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types_are_warren_s() {
+        for t in [ARTIFACT_TYPE, CONFIG_TYPE, PACK_TYPE, INDEX_TYPE] {
+            assert!(t.starts_with("application/vnd.warren.store."), "{t}");
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Pulling a warren store artifact (see [`super::artifact`]): the indexes whole, verified
+//! by digest; the pack tables and the missing chunks with range requests on the pack
+//! blobs, through [`crate::store::remote`]'s fetcher with the registry client as its
+//! transport (auth, redirects without the registry's credentials, retries).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::artifact::{CONFIG_TYPE, INDEX_TYPE, PACK_TYPE};
+use super::client::{Client, Method, http};
+use super::manifest::{Descriptor, MAX_MANIFEST, OCI_MANIFEST, parse_digest};
+use super::{Options, RegistryError};
+use crate::store::index::Index;
+use crate::store::oci::blob::Digest;
+use crate::store::remote::{self, Incoming, Range, RemoteError, Source, Transport};
+use crate::store::{ImageName, Progress, Store};
+
+/// Blobs an artifact may list.
+const MAX_BLOBS: usize = 4096;
+/// Largest index blob accepted.
+const MAX_INDEX: u64 = 1 << 30;
+
+/// What an artifact pull did (besides what every pull reports).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ArtifactPull {
+    /// The images imported (their local names).
+    pub images: Vec<String>,
+    pub packs: usize,
+    /// Distinct chunks of the images, and of those the ones fetched.
+    pub chunks: u64,
+    pub fetched_chunks: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct RawManifest {
+    config: Descriptor,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+}
+
+/// The registry's blobs as a transport for [`remote::fetch_images`].
+struct Blobs<'a> {
+    client: &'a Client,
+}
+
+fn remote_err(url: &str, e: RegistryError) -> RemoteError {
+    match e {
+        RegistryError::NotFound { .. } => RemoteError::NotFound { url: url.into() },
+        e => RemoteError::Http {
+            url: url.into(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+impl Transport for Blobs<'_> {
+    fn get(&self, url: &str, range: Range, limit: u64) -> Result<Vec<u8>, RemoteError> {
+        let (header, want) = match range {
+            Range::Whole => (None, None),
+            Range::Span(_, 0) => return Ok(Vec::new()),
+            Range::Span(at, len) => (Some(format!("bytes={at}-{}", at + len - 1)), Some(len)),
+            Range::Last(len) => (Some(format!("bytes=-{len}")), Some(len)),
+        };
+        let headers: Vec<(&str, String)> = header.into_iter().map(|h| ("Range", h)).collect();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let resp = self
+                .client
+                .send(Method::Get, url, &headers)
+                .map_err(|e| remote_err(url, e))?;
+            let bad = |reason: String| RemoteError::Http {
+                url: url.into(),
+                reason,
+            };
+            match (resp.status().as_u16(), want) {
+                (206, Some(_)) | (200, None) => {}
+                (200, Some(_)) => return Err(bad("the registry ignores Range requests".into())),
+                (404, _) => return Err(RemoteError::NotFound { url: url.into() }),
+                (s, _) => return Err(bad(format!("HTTP {s}"))),
+            }
+            let err = match resp.into_body().with_config().limit(limit).read_to_vec() {
+                Ok(body) if want.is_some_and(|n| body.len() as u64 != n) => {
+                    format!("{} bytes for a range of {want:?}", body.len())
+                }
+                Ok(body) => {
+                    self.client
+                        .fetched
+                        .fetch_add(body.len() as u64, Ordering::Relaxed);
+                    return Ok(body);
+                }
+                Err(ureq::Error::BodyExceedsLimit(n)) => {
+                    return Err(bad(format!("more than {n} bytes")));
+                }
+                Err(e) => e.to_string(),
+            };
+            if attempt >= self.client.attempts() {
+                return Err(bad(format!("{err} (after {attempt} attempts)")));
+            }
+            self.client.backoff(attempt, None);
+        }
+    }
+}
+
+/// The manifest `digest` (a warren store artifact), verified.
+fn fetch_manifest(client: &Client, digest: &Digest) -> Result<RawManifest, RegistryError> {
+    let url = client.url(&format!("manifests/{digest}"));
+    let resp = client.send(Method::Get, &url, &[("Accept", OCI_MANIFEST.to_string())])?;
+    match resp.status().as_u16() {
+        200 => {}
+        404 => return Err(RegistryError::NotFound { what: url }),
+        s => return Err(http(&url, format!("HTTP {s}"))),
+    }
+    let data = resp
+        .into_body()
+        .with_config()
+        .limit(MAX_MANIFEST)
+        .read_to_vec()
+        .map_err(|e| super::client::body_error(&url, e))?;
+    let actual = super::hash(digest.algorithm, &data);
+    if &actual != digest {
+        return Err(RegistryError::DigestMismatch {
+            blob: format!("manifest {digest}"),
+            expected: digest.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    let m: RawManifest = serde_json::from_slice(&data).map_err(|e| RegistryError::Invalid {
+        what: format!("manifest {digest}"),
+        why: e.to_string(),
+    })?;
+    if m.config.media_type != CONFIG_TYPE || m.layers.len() > MAX_BLOBS {
+        return Err(RegistryError::Invalid {
+            what: format!("manifest {digest}"),
+            why: format!(
+                "not a warren store artifact of at most {MAX_BLOBS} blobs (config {:?}, {} blobs)",
+                m.config.media_type,
+                m.layers.len()
+            ),
+        });
+    }
+    Ok(m)
+}
+
+/// An index blob, whole, checked against its descriptor; and the index.
+fn fetch_index(client: &Client, d: &Descriptor) -> Result<(Vec<u8>, Index), RegistryError> {
+    let digest = parse_digest(&d.digest, "index")?;
+    let url = client.url(&format!("blobs/{digest}"));
+    let blob = format!("index {digest}");
+    if d.size > MAX_INDEX {
+        return Err(RegistryError::Invalid {
+            what: blob,
+            why: format!("{} bytes, more than the {MAX_INDEX} allowed", d.size),
+        });
+    }
+    let data = Blobs { client }
+        .get(&url, Range::Whole, d.size + 1)
+        .map_err(|e| http(&url, e.to_string()))?;
+    if data.len() as u64 != d.size {
+        return Err(RegistryError::SizeMismatch {
+            blob,
+            expected: d.size,
+            actual: data.len() as u64,
+        });
+    }
+    let actual = super::hash(digest.algorithm, &data);
+    if actual != digest {
+        return Err(RegistryError::DigestMismatch {
+            blob,
+            expected: digest.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    let index = Index::decode(&data).map_err(|e| RegistryError::Invalid {
+        what: blob,
+        why: e.to_string(),
+    })?;
+    Ok((data, index))
+}
+
+/// Pulls the warren store artifact `digest` from `client`'s repository into `store`:
+/// every image it holds, under its own name (or `name`, when it holds one image).
+pub(super) fn pull(
+    store: &Store,
+    client: &Client,
+    digest: &Digest,
+    name: Option<&str>,
+    opts: &Options,
+    progress: Option<Arc<Progress>>,
+) -> Result<ArtifactPull, RegistryError> {
+    let m = fetch_manifest(client, digest)?;
+    let mut packs: Vec<Arc<str>> = Vec::new();
+    let mut images = Vec::new();
+    for d in &m.layers {
+        match d.media_type.as_str() {
+            PACK_TYPE => {
+                let digest = parse_digest(&d.digest, "pack")?;
+                packs.push(client.url(&format!("blobs/{digest}")).into());
+            }
+            INDEX_TYPE => images.push(fetch_index(client, d)?),
+            other => {
+                return Err(RegistryError::Invalid {
+                    what: format!("blob {}", d.digest),
+                    why: format!("unknown media type {other:?} in a warren store artifact"),
+                });
+            }
+        }
+    }
+    if name.is_some() && images.len() != 1 {
+        return Err(RegistryError::Invalid {
+            what: format!("manifest {digest}"),
+            why: format!(
+                "a local name was given, but the artifact holds {} images",
+                images.len()
+            ),
+        });
+    }
+    let mut incoming = Vec::new();
+    for (bytes, mut index) in images {
+        let bytes = match name {
+            Some(n) if n != index.name => {
+                index.name = n.to_string();
+                index.encode()
+            }
+            _ => bytes,
+        };
+        // A hostile registry's name could point anywhere: it must be a valid image name.
+        ImageName::parse(&index.name)?;
+        incoming.push(Incoming {
+            path: store.index_path(&index.name)?,
+            bytes,
+            index,
+        });
+    }
+    let ropts = remote::PullOptions {
+        jobs: opts.jobs.max(1),
+        attempts: opts.attempts,
+        timeout: opts.timeout,
+        local_name: None,
+        progress,
+    };
+    let done = remote::fetch_images(
+        &Blobs { client },
+        Source::Packs(&packs),
+        store,
+        &incoming,
+        &ropts,
+    )?;
+    Ok(ArtifactPull {
+        images: incoming.into_iter().map(|i| i.index.name).collect(),
+        packs: packs.len(),
+        chunks: done.chunks,
+        fetched_chunks: done.fetched_chunks,
+    })
+}
