@@ -203,7 +203,12 @@ fn upload_blob(
         return Ok(Sent::Present);
     }
     let mut upload = None;
-    let holders = sources::holders(store_dir, client.host(), &digest.to_string(), client.repository());
+    let holders = sources::holders(
+        store_dir,
+        client.host(),
+        &digest.to_string(),
+        client.repository(),
+    );
     for from in holders.iter().take(MAX_MOUNT_TRIES) {
         let start = client.url(&format!("blobs/uploads/?mount={digest}&from={from}"));
         let resp = match client.send_with(Method::Post, &start, &[], &Payload::Empty) {

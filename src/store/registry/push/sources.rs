@@ -53,7 +53,10 @@ fn read(path: &Path) -> Result<Sources, RegistryError> {
         .map_err(io(path))?;
     // A damaged hint file is not worth failing a push for: start again.
     Ok(serde_json::from_slice(&data).unwrap_or_else(|e| {
-        tracing::warn!("{}: {e}; forgetting which repositories hold which blobs", path.display());
+        tracing::warn!(
+            "{}: {e}; forgetting which repositories hold which blobs",
+            path.display()
+        );
         Sources::default()
     }))
 }
@@ -140,7 +143,10 @@ mod tests {
         assert_eq!(all[0], format!("r{}", MAX_REPOS + 2));
         let many: Vec<String> = (0..MAX_BLOBS + 5).map(|i| format!("sha256:{i}")).collect();
         record(d, "h:3", "z", &many).unwrap();
-        assert!(holders(d, "h:1", &blob, "x").is_empty(), "the oldest forgotten");
+        assert!(
+            holders(d, "h:1", &blob, "x").is_empty(),
+            "the oldest forgotten"
+        );
         assert_eq!(holders(d, "h:3", &many[MAX_BLOBS + 4], "x"), ["z"]);
         std::fs::write(d.join(FILE), b"{not json").unwrap();
         assert!(holders(d, "h:3", "sha256:1", "x").is_empty());
