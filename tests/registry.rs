@@ -712,3 +712,120 @@ fn a_push_to_another_repository_mounts_the_blobs_from_the_first() {
         &util::umoci_unpack(&format!("{}:c", copied.display()), w, "umoci-c"),
     );
 }
+
+/// `DIR/docker-credential-warrentest`: keeps one login in `DIR/stored.json` (`store`,
+/// `get`, `erase`, each logged in `DIR/calls.log`); `docker-credential-warrenbroken`
+/// fails as a locked keychain would.
+fn fake_helpers(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).unwrap();
+    let d = dir.display();
+    let helpers = [
+        (
+            "warrentest",
+            format!(
+                "#!/bin/sh\nread -r input\necho \"$1 $input\" >> {d}/calls.log\n\
+                 case \"$1\" in\n\
+                 store) echo \"$input\" > {d}/stored.json ;;\n\
+                 get) if grep -q \"\\\"ServerURL\\\":\\\"$input\\\"\" {d}/stored.json 2>/dev/null; \
+                 then cat {d}/stored.json; else echo 'credentials not found in native keychain'; exit 1; fi ;;\n\
+                 erase) if [ -e {d}/stored.json ]; then rm {d}/stored.json; \
+                 else echo 'credentials not found in native keychain'; exit 1; fi ;;\n\
+                 *) exit 2 ;;\nesac\n"
+            ),
+        ),
+        (
+            "warrenbroken",
+            "#!/bin/sh\necho 'the keychain is locked' >&2\nexit 3\n".to_string(),
+        ),
+    ];
+    for (name, script) in helpers {
+        let p = dir.join(format!("docker-credential-{name}"));
+        fs::write(&p, script).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+#[test]
+fn credential_helpers_get_store_and_erase_logins() {
+    if !require_root("imports images whose files belong to many owners") {
+        return;
+    }
+    let work = scratch("registry-helpers");
+    let w = work.path();
+    let reg = Registry::start(w, Auth::Htpasswd);
+    let bb = busybox_image(&w.join("layout"), "bb", w);
+    reg.put(&format!("oci:{bb}"), "helped:1", false);
+    let h = reg.host.clone();
+    let bin = w.join("helpers");
+    fake_helpers(&bin);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let auth = w.join("auth.json");
+    let with_helpers = |w: &Path| {
+        let mut cmd = warren(w, &reg);
+        cmd.env("PATH", &path);
+        cmd
+    };
+    let pull =
+        |name: &str| run(with_helpers(w).args(["image", "pull", &format!("{h}/helped:1"), name]));
+    let calls = || fs::read_to_string(bin.join("calls.log")).unwrap_or_default();
+
+    // warren login with a credsStore: the helper stores the password, the file has an
+    // empty entry and no secret.
+    fs::write(&auth, r#"{"credsStore":"warrentest"}"#).unwrap();
+    ok(with_helpers(w).args(["login", "-u", USER, "-p", PASS, &h]));
+    let stored = fs::read_to_string(bin.join("stored.json")).unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(
+        stored,
+        serde_json::json!({"ServerURL": h, "Username": USER, "Secret": PASS})
+    );
+    let file = fs::read_to_string(&auth).unwrap();
+    let saved: serde_json::Value = serde_json::from_str(&file).unwrap();
+    assert_eq!(saved["auths"][h.as_str()], serde_json::json!({}), "{file}");
+    assert_eq!(saved["credsStore"], "warrentest", "{file}");
+    assert!(!file.contains(PASS) && !file.contains("\"auth\""), "{file}");
+
+    // The pull gets them from the helper (`get` with the registry's name).
+    let o = pull("helped:store");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(calls().contains(&format!("get {h}")), "{}", calls());
+    let got = extract(w, &reg, "helped:store", "out");
+    util::assert_same_tree(&util::umoci_unpack(&bb, w, "umoci"), &got);
+
+    // credHelpers for this registry wins over credsStore (and over `auths`).
+    fs::write(
+        &auth,
+        serde_json::json!({"credsStore": "warrenbroken", "credHelpers": {h.as_str(): "warrentest"}})
+            .to_string(),
+    )
+    .unwrap();
+    let o = pull("helped:per-host");
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // A helper that fails: the error names it and says what it said; nothing listed.
+    fs::write(&auth, r#"{"credsStore":"warrenbroken"}"#).unwrap();
+    let err = stderr(&pull("helped:broken"));
+    assert!(
+        err.contains("docker-credential-warrenbroken get") && err.contains("keychain is locked"),
+        "{err}"
+    );
+    fs::write(
+        &auth,
+        r#"{"credHelpers":{"x":"y"},"credsStore":"warrenmissing"}"#,
+    )
+    .unwrap();
+    let err = stderr(&pull("helped:missing"));
+    assert!(err.contains("docker-credential-warrenmissing"), "{err}");
+    assert!(!listed(w, &reg).contains("broken") && !listed(w, &reg).contains("missing"));
+
+    // logout erases the login from the helper; a pull is then anonymous and refused.
+    fs::write(&auth, &file).unwrap();
+    ok(with_helpers(w).args(["logout", &h]));
+    assert!(calls().contains(&format!("erase {h}")), "{}", calls());
+    assert!(!bin.join("stored.json").exists());
+    let err = stderr(&pull("helped:after"));
+    assert!(err.contains("log in") || err.contains("--creds"), "{err}");
+    let err = fails(with_helpers(w).args(["logout", &h]));
+    assert!(err.contains("not logged in"), "{err}");
+}
