@@ -829,3 +829,94 @@ fn credential_helpers_get_store_and_erase_logins() {
     let err = fails(with_helpers(w).args(["logout", &h]));
     assert!(err.contains("not logged in"), "{err}");
 }
+
+/// A gzip layer (several gzip members, as `MultiGzDecoder` reads them) of a tar holding
+/// one file of `size` zero bytes (a multiple of 16 MiB): about 1/1000 of its size.
+fn zeros_bomb(size: u64) -> Vec<u8> {
+    use std::io::Write;
+    let gz = |data: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    };
+    let mut header = tar::Header::new_ustar();
+    header.set_path("zeros").unwrap();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_cksum();
+    let mut out = gz(header.as_bytes());
+    let chunk = gz(&vec![0u8; 16 << 20]);
+    for _ in 0..size / (16 << 20) {
+        out.extend_from_slice(&chunk);
+    }
+    out.extend(gz(&[0u8; 1024])); // the end-of-archive blocks
+    out
+}
+
+#[test]
+fn a_hostile_registry_is_bounded_layer_count_config_size_and_bombs() {
+    if !require_root("imports images whose files belong to many owners") {
+        return;
+    }
+    let work = scratch("registry-hostile");
+    let w = work.path();
+    let layout = w.join("layout");
+    busybox_image(&layout, "bb", w);
+    let reg = Registry::fake(w, &layout, 0);
+    let creds = format!("{USER}:{PASS}");
+    add_variant(&layout, "bb", "many", |m| {
+        let one = m["layers"][0].clone();
+        m["layers"] = vec![one; 300].into();
+    });
+    add_variant(&layout, "bb", "bigconfig", |m| {
+        m["config"]["size"] = (5u64 << 20).into();
+    });
+    // 640 MiB of zeros in a 0.7 MB layer: more than 512 MiB + 100 x 0.7 MB, refused at the
+    // file's header, before its zeros are inflated (and its diff_id, not computed here,
+    // compared).
+    let bomb = zeros_bomb(640 << 20);
+    let bomb_digest = sha256(&bomb);
+    fs::write(blob_path(&layout, &bomb_digest), &bomb).unwrap();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": warren::store::oci::go_arch(),
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", "0".repeat(64))]},
+    }))
+    .unwrap();
+    let config_digest = sha256(&config);
+    fs::write(blob_path(&layout, &config_digest), &config).unwrap();
+    add_variant(&layout, "bb", "bomb", |m| {
+        m["config"]["digest"] = config_digest.clone().into();
+        m["config"]["size"] = config.len().into();
+        m["layers"] = serde_json::json!([{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": bomb_digest,
+            "size": bomb.len(),
+        }]);
+    });
+    for (tag, why) in [
+        ("many", "300 layers, more than 256"),
+        ("bigconfig", "more than the 4194304 allowed"),
+        ("bomb", "size 671088640 exceeds the limit"),
+    ] {
+        let err = fails(warren(w, &reg).args([
+            "image",
+            "pull",
+            "--creds",
+            &creds,
+            &format!("{}/bb:{tag}", reg.host),
+            &format!("bad:{tag}"),
+        ]));
+        assert!(err.contains(why), "{tag}: {err}");
+    }
+    assert!(!listed(w, &reg).contains("bad"), "{}", listed(w, &reg));
+    // Nothing downloaded is left behind.
+    let left: Vec<_> = fs::read_dir(w.join("state/store/registry-blobs"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter().all(|n| n.to_string_lossy().ends_with(".lock")),
+        "{left:?}"
+    );
+}
