@@ -113,13 +113,14 @@ pub fn push(
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "Pushed {} to {} ({}): {} blobs sent ({}), {} already there",
+            "Pushed {} to {} ({}): {} blobs sent ({}), {} already there, {} mounted from another repository",
             report.name,
             report.reference,
             report.digest,
             report.uploaded_blobs,
             crate::image::human(report.uploaded_bytes),
             report.skipped_blobs,
+            report.mounted_blobs,
         );
     }
     Ok(())
