@@ -773,7 +773,11 @@ fn credential_helpers_get_store_and_erase_logins() {
     // warren login with a credsStore: the helper stores the password, the file has an
     // empty entry and no secret.
     fs::write(&auth, r#"{"credsStore":"warrentest"}"#).unwrap();
-    ok(with_helpers(w).args(["login", "-u", USER, "-p", PASS, &h]));
+    let said = ok(with_helpers(w).args(["login", "-u", USER, "-p", PASS, &h]));
+    assert!(
+        said.contains("saved by docker-credential-warrentest"),
+        "{said}"
+    );
     let stored = fs::read_to_string(bin.join("stored.json")).unwrap();
     let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
     assert_eq!(

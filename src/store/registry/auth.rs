@@ -289,7 +289,12 @@ pub fn lookup(files: &[PathBuf], host: &str) -> Result<Option<Credentials>, Regi
 /// file is replaced atomically and is readable by its owner only. When the file names a
 /// credential helper for `host` (`credHelpers`, `credsStore`), the helper stores the
 /// credentials (`store`) and the file gets an empty entry, as docker does.
-pub fn login(path: &Path, host: &str, creds: &Credentials) -> Result<(), RegistryError> {
+/// Returns the helper's program name when one stored them.
+pub fn login(
+    path: &Path,
+    host: &str,
+    creds: &Credentials,
+) -> Result<Option<String>, RegistryError> {
     let mut v = read_json(path)?.unwrap_or_else(|| serde_json::json!({}));
     let helper = helper_for(&v, host);
     if let Some(name) = &helper {
@@ -319,7 +324,8 @@ pub fn login(path: &Path, host: &str, creds: &Credentials) -> Result<(), Registr
         }
     };
     auths.insert(host.into(), entry);
-    write(path, &v)
+    write(path, &v)?;
+    Ok(helper.map(|h| format!("docker-credential-{h}")))
 }
 
 /// Removes `host`'s entry from `path` (and from its credential helper, `erase`); false

@@ -73,11 +73,19 @@ pub fn holders(store_dir: &Path, host: &str, digest: &str, except: &str) -> Vec<
             e.repos
                 .iter()
                 .rev()
-                .filter(|r| *r != except)
+                .filter(|r| *r != except && is_repository(r))
                 .cloned()
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A repository name as the distribution spec allows (what goes into a mount's query).
+fn is_repository(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 255
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b))
 }
 
 /// Records that `repo` at `host` holds each of `digests`.
@@ -148,6 +156,11 @@ mod tests {
             "the oldest forgotten"
         );
         assert_eq!(holders(d, "h:3", &many[MAX_BLOBS + 4], "x"), ["z"]);
+        record(d, "h:4", "a&from=b", std::slice::from_ref(&blob)).unwrap();
+        assert!(
+            holders(d, "h:4", &blob, "x").is_empty(),
+            "not a repository name"
+        );
         std::fs::write(d.join(FILE), b"{not json").unwrap();
         assert!(holders(d, "h:3", "sha256:1", "x").is_empty());
         record(d, "h:3", "z", std::slice::from_ref(&blob)).unwrap();
