@@ -574,3 +574,353 @@ fn an_interrupted_pull_resumes_where_it_broke() {
     );
     assert!(!part.exists(), "the partial blob is used up");
 }
+
+/// Lines of `path` past its first `from` bytes.
+fn new_lines(path: &Path, from: usize) -> Vec<String> {
+    let all = fs::read_to_string(path).unwrap_or_default();
+    all[from.min(all.len())..]
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn file_len(path: &Path) -> usize {
+    fs::metadata(path).map(|m| m.len() as usize).unwrap_or(0)
+}
+
+#[test]
+fn a_push_to_another_repository_mounts_the_blobs_from_the_first() {
+    if !require_root("imports images whose files belong to many owners; runs podman") {
+        return;
+    }
+    let work = scratch("registry-mount");
+    let w = work.path();
+    // Bearer tokens: a mount needs pull access to the repository mounted from as well.
+    let reg = Registry::start(w, Auth::Token);
+    let bb = busybox_image(&w.join("layout"), "bb", w);
+    ok(warren(w, &reg).args(["image", "import", &format!("oci:{bb}"), "--name", "bb"]));
+    let h = &reg.host;
+    let creds = format!("{USER}:{PASS}");
+    let push = |dest: &str| -> serde_json::Value {
+        let out = ok(warren(w, &reg).args([
+            "--json",
+            "image",
+            "push",
+            "--creds",
+            &creds,
+            "bb",
+            &format!("{h}/{dest}"),
+        ]));
+        serde_json::from_str(&out).unwrap()
+    };
+    let counts = |r: &serde_json::Value| {
+        ["uploaded_blobs", "skipped_blobs", "mounted_blobs"].map(|k| r[k].as_u64().unwrap())
+    };
+    let first = push("mount/a:1");
+    assert_eq!(counts(&first), [2, 0, 0], "{first}");
+
+    let access = w.join("registry/registry.log");
+    let (log_at, tokens_at) = (file_len(&access), file_len(&reg.token_log));
+    let second = push("mount/b:1");
+    assert_eq!(counts(&second), [0, 0, 2], "{second}");
+    let cert_dir = reg.certs_d.join(h);
+    let raw = ok(Command::new("skopeo")
+        .args(["inspect", "--raw", "--creds", &creds, "--cert-dir"])
+        .arg(&cert_dir)
+        .arg(format!("docker://{h}/mount/b:1")));
+    let m: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    // The registry's access log: a mount of the layer from mount/a (201), and no blob
+    // sent to mount/b.
+    let lines = new_lines(&access, log_at);
+    let mount = format!("POST /v2/mount/b/blobs/uploads/?mount={layer}&from=mount/a ");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&mount) && l.contains("\" 201 ")),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("\"PUT /v2/mount/b/blobs") || l.contains("\"PATCH ")),
+        "{lines:#?}"
+    );
+    // The token asked for covers pulling from mount/a.
+    let tokens = new_lines(&reg.token_log, tokens_at);
+    assert!(
+        tokens.iter().any(|l| l.contains("repository:mount/a:pull")),
+        "{tokens:#?}"
+    );
+
+    // podman pulls the mounted image and runs it.
+    let short = tempfile::Builder::new()
+        .prefix("wreg")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let podman = |w: &Path| podman(w, short.path());
+    ok(podman(w)
+        .args(["pull", "-q", "--creds", &creds, "--cert-dir"])
+        .arg(&cert_dir)
+        .arg(format!("{h}/mount/b:1")));
+    let ran = ok(podman(w).args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &format!("{h}/mount/b:1"),
+        "/bin/sh",
+        "-c",
+        "cat /hello",
+    ]));
+    assert_eq!(ran, "hello from bb, layer 2\n");
+    let _ = run(podman(w).args(["rmi", "-a", "-f"]));
+
+    // Repositories that lost the layer: the mount opens an upload instead (202), and the
+    // layer is sent; the config still mounts.
+    for repo in ["a", "b"] {
+        let link = reg.storage.join(format!(
+            "docker/registry/v2/repositories/mount/{repo}/_layers/sha256/{}",
+            layer.trim_start_matches("sha256:")
+        ));
+        fs::remove_dir_all(&link).unwrap();
+    }
+    let log_at = file_len(&access);
+    let third = push("mount/c:1");
+    assert_eq!(counts(&third), [1, 0, 1], "{third}");
+    let lines = new_lines(&access, log_at);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("POST /v2/mount/c/blobs/uploads/?mount=") && l.contains("\" 202 ")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"PUT /v2/mount/c/blobs/uploads/")),
+        "{lines:#?}"
+    );
+    let copied = w.join("copied");
+    ok(Command::new("skopeo")
+        .args(["copy", "-q", "--src-creds", &creds, "--src-cert-dir"])
+        .arg(&cert_dir)
+        .arg(format!("docker://{h}/mount/c:1"))
+        .arg(format!("oci:{}:c", copied.display())));
+    util::assert_same_tree(
+        &extract(w, &reg, "bb", "ours"),
+        &util::umoci_unpack(&format!("{}:c", copied.display()), w, "umoci-c"),
+    );
+}
+
+/// `DIR/docker-credential-warrentest`: keeps one login in `DIR/stored.json` (`store`,
+/// `get`, `erase`, each logged in `DIR/calls.log`); `docker-credential-warrenbroken`
+/// fails as a locked keychain would.
+fn fake_helpers(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).unwrap();
+    let d = dir.display();
+    let helpers = [
+        (
+            "warrentest",
+            format!(
+                "#!/bin/sh\nread -r input\necho \"$1 $input\" >> {d}/calls.log\n\
+                 case \"$1\" in\n\
+                 store) echo \"$input\" > {d}/stored.json ;;\n\
+                 get) if grep -q \"\\\"ServerURL\\\":\\\"$input\\\"\" {d}/stored.json 2>/dev/null; \
+                 then cat {d}/stored.json; else echo 'credentials not found in native keychain'; exit 1; fi ;;\n\
+                 erase) if [ -e {d}/stored.json ]; then rm {d}/stored.json; \
+                 else echo 'credentials not found in native keychain'; exit 1; fi ;;\n\
+                 *) exit 2 ;;\nesac\n"
+            ),
+        ),
+        (
+            "warrenbroken",
+            "#!/bin/sh\necho 'the keychain is locked' >&2\nexit 3\n".to_string(),
+        ),
+    ];
+    for (name, script) in helpers {
+        let p = dir.join(format!("docker-credential-{name}"));
+        fs::write(&p, script).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+#[test]
+fn credential_helpers_get_store_and_erase_logins() {
+    if !require_root("imports images whose files belong to many owners") {
+        return;
+    }
+    let work = scratch("registry-helpers");
+    let w = work.path();
+    let reg = Registry::start(w, Auth::Htpasswd);
+    let bb = busybox_image(&w.join("layout"), "bb", w);
+    reg.put(&format!("oci:{bb}"), "helped:1", false);
+    let h = reg.host.clone();
+    let bin = w.join("helpers");
+    fake_helpers(&bin);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let auth = w.join("auth.json");
+    let with_helpers = |w: &Path| {
+        let mut cmd = warren(w, &reg);
+        cmd.env("PATH", &path);
+        cmd
+    };
+    let pull =
+        |name: &str| run(with_helpers(w).args(["image", "pull", &format!("{h}/helped:1"), name]));
+    let calls = || fs::read_to_string(bin.join("calls.log")).unwrap_or_default();
+
+    // warren login with a credsStore: the helper stores the password, the file has an
+    // empty entry and no secret.
+    fs::write(&auth, r#"{"credsStore":"warrentest"}"#).unwrap();
+    let said = ok(with_helpers(w).args(["login", "-u", USER, "-p", PASS, &h]));
+    assert!(
+        said.contains("saved by docker-credential-warrentest"),
+        "{said}"
+    );
+    let stored = fs::read_to_string(bin.join("stored.json")).unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(
+        stored,
+        serde_json::json!({"ServerURL": h, "Username": USER, "Secret": PASS})
+    );
+    let file = fs::read_to_string(&auth).unwrap();
+    let saved: serde_json::Value = serde_json::from_str(&file).unwrap();
+    assert_eq!(saved["auths"][h.as_str()], serde_json::json!({}), "{file}");
+    assert_eq!(saved["credsStore"], "warrentest", "{file}");
+    assert!(!file.contains(PASS) && !file.contains("\"auth\""), "{file}");
+
+    // The pull gets them from the helper (`get` with the registry's name).
+    let o = pull("helped:store");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(calls().contains(&format!("get {h}")), "{}", calls());
+    let got = extract(w, &reg, "helped:store", "out");
+    util::assert_same_tree(&util::umoci_unpack(&bb, w, "umoci"), &got);
+
+    // credHelpers for this registry wins over credsStore (and over `auths`).
+    fs::write(
+        &auth,
+        serde_json::json!({"credsStore": "warrenbroken", "credHelpers": {h.as_str(): "warrentest"}})
+            .to_string(),
+    )
+    .unwrap();
+    let o = pull("helped:per-host");
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // A helper that fails: the error names it and says what it said; nothing listed.
+    fs::write(&auth, r#"{"credsStore":"warrenbroken"}"#).unwrap();
+    let err = stderr(&pull("helped:broken"));
+    assert!(
+        err.contains("docker-credential-warrenbroken get") && err.contains("keychain is locked"),
+        "{err}"
+    );
+    fs::write(
+        &auth,
+        r#"{"credHelpers":{"x":"y"},"credsStore":"warrenmissing"}"#,
+    )
+    .unwrap();
+    let err = stderr(&pull("helped:missing"));
+    assert!(err.contains("docker-credential-warrenmissing"), "{err}");
+    assert!(!listed(w, &reg).contains("broken") && !listed(w, &reg).contains("missing"));
+
+    // logout erases the login from the helper; a pull is then anonymous and refused.
+    fs::write(&auth, &file).unwrap();
+    ok(with_helpers(w).args(["logout", &h]));
+    assert!(calls().contains(&format!("erase {h}")), "{}", calls());
+    assert!(!bin.join("stored.json").exists());
+    let err = stderr(&pull("helped:after"));
+    assert!(err.contains("log in") || err.contains("--creds"), "{err}");
+    let err = fails(with_helpers(w).args(["logout", &h]));
+    assert!(err.contains("not logged in"), "{err}");
+}
+
+/// A gzip layer (several gzip members, as `MultiGzDecoder` reads them) of a tar holding
+/// one file of `size` zero bytes (a multiple of 16 MiB): about 1/1000 of its size.
+fn zeros_bomb(size: u64) -> Vec<u8> {
+    use std::io::Write;
+    let gz = |data: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    };
+    let mut header = tar::Header::new_ustar();
+    header.set_path("zeros").unwrap();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_cksum();
+    let mut out = gz(header.as_bytes());
+    let chunk = gz(&vec![0u8; 16 << 20]);
+    for _ in 0..size / (16 << 20) {
+        out.extend_from_slice(&chunk);
+    }
+    out.extend(gz(&[0u8; 1024])); // the end-of-archive blocks
+    out
+}
+
+#[test]
+fn a_hostile_registry_is_bounded_layer_count_config_size_and_bombs() {
+    if !require_root("imports images whose files belong to many owners") {
+        return;
+    }
+    let work = scratch("registry-hostile");
+    let w = work.path();
+    let layout = w.join("layout");
+    busybox_image(&layout, "bb", w);
+    let reg = Registry::fake(w, &layout, 0);
+    let creds = format!("{USER}:{PASS}");
+    add_variant(&layout, "bb", "many", |m| {
+        let one = m["layers"][0].clone();
+        m["layers"] = vec![one; 300].into();
+    });
+    add_variant(&layout, "bb", "bigconfig", |m| {
+        m["config"]["size"] = (5u64 << 20).into();
+    });
+    // 640 MiB of zeros in a 0.7 MB layer: more than 512 MiB + 100 x 0.7 MB, refused at the
+    // file's header, before its zeros are inflated (and its diff_id, not computed here,
+    // compared).
+    let bomb = zeros_bomb(640 << 20);
+    let bomb_digest = sha256(&bomb);
+    fs::write(blob_path(&layout, &bomb_digest), &bomb).unwrap();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": warren::store::oci::go_arch(),
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", "0".repeat(64))]},
+    }))
+    .unwrap();
+    let config_digest = sha256(&config);
+    fs::write(blob_path(&layout, &config_digest), &config).unwrap();
+    add_variant(&layout, "bb", "bomb", |m| {
+        m["config"]["digest"] = config_digest.clone().into();
+        m["config"]["size"] = config.len().into();
+        m["layers"] = serde_json::json!([{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": bomb_digest,
+            "size": bomb.len(),
+        }]);
+    });
+    for (tag, why) in [
+        ("many", "300 layers, more than 256"),
+        ("bigconfig", "more than the 4194304 allowed"),
+        ("bomb", "size 671088640 exceeds the limit"),
+    ] {
+        let err = fails(warren(w, &reg).args([
+            "image",
+            "pull",
+            "--creds",
+            &creds,
+            &format!("{}/bb:{tag}", reg.host),
+            &format!("bad:{tag}"),
+        ]));
+        assert!(err.contains(why), "{tag}: {err}");
+    }
+    assert!(!listed(w, &reg).contains("bad"), "{}", listed(w, &reg));
+    // Nothing downloaded is left behind.
+    let left: Vec<_> = fs::read_dir(w.join("state/store/registry-blobs"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter().all(|n| n.to_string_lossy().ends_with(".lock")),
+        "{left:?}"
+    );
+}

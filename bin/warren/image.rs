@@ -75,7 +75,8 @@ pub enum Command {
         access: crate::registry::Access,
     },
     /// Push an image to an OCI registry as a one-layer image (gzip tar); blobs the
-    /// registry has already are not sent again.
+    /// repository has already are not sent again, and blobs warren pushed to another
+    /// repository of the same registry are mounted from there.
     Push {
         /// The image here, NAME[:TAG].
         name: String,

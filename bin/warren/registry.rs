@@ -113,13 +113,14 @@ pub fn push(
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "Pushed {} to {} ({}): {} blobs sent ({}), {} already there",
+            "Pushed {} to {} ({}): {} blobs sent ({}), {} already there, {} mounted from another repository",
             report.name,
             report.reference,
             report.digest,
             report.uploaded_blobs,
             crate::image::human(report.uploaded_bytes),
             report.skipped_blobs,
+            report.mounted_blobs,
         );
     }
     Ok(())
@@ -189,11 +190,17 @@ pub fn login(global: &Global, args: LoginArgs) -> anyhow::Result<i32> {
         opts.creds = Some(creds.clone());
         registry::client::check_login(&opts, &args.host)?;
     }
-    auth::login(&file, &args.host, &creds)?;
+    let helper = auth::login(&file, &args.host, &creds)?;
     if global.json {
         println!(
             "{}",
-            serde_json::json!({ "login": args.host, "file": file })
+            serde_json::json!({ "login": args.host, "file": file, "helper": helper })
+        );
+    } else if let Some(h) = helper {
+        println!(
+            "Login to {} saved by {h} (named in {})",
+            args.host,
+            file.display()
         );
     } else {
         println!("Login to {} saved in {}", args.host, file.display());

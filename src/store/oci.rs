@@ -203,14 +203,24 @@ pub fn import_layers(
 /// into the final tree.
 fn plan_layers(layers: &[blob::Blob], opts: &ImportOptions) -> Result<layer::Plan, OciError> {
     let allow_devices = opts.allow_devices.unwrap_or_else(crate::dirs::is_root);
-    let mut tree = layer::Tree::new(opts.limits, allow_devices);
+    // Files cannot hold more than their layers may decompress to: a bomb's file header
+    // fails before its zeros are inflated.
+    let mut cap = 0u64;
+    for (i, b) in layers.iter().enumerate() {
+        let stored = blob::stored_len(b).map_err(|e| layer_err(i, b)(layer::LayerError::Tar(e)))?;
+        cap = cap.saturating_add(blob::expansion_cap(stored));
+    }
+    let mut limits = opts.limits;
+    limits.max_total_size = limits.max_total_size.min(cap);
+    limits.max_file_size = limits.max_file_size.min(cap);
+    let mut tree = layer::Tree::new(limits, allow_devices);
     for (i, b) in layers.iter().enumerate() {
         let read = || -> Result<Vec<layer::Header>, OciError> {
             let io = |e| layer_err(i, b)(layer::LayerError::Tar(e));
             let (mut opened, raw) = blob::open(b, true).map_err(io)?;
             let headers = {
                 let mut archive = guard::Archive::new(&mut opened.tar);
-                layer::read_headers(&mut archive, &opts.limits).map_err(layer_err(i, b))?
+                layer::read_headers(&mut archive, &limits).map_err(layer_err(i, b))?
             };
             blob::verify(b, opened, raw)?;
             Ok(headers)

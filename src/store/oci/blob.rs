@@ -289,14 +289,58 @@ pub fn open(blob: &Blob, verify: bool) -> io::Result<(Opened<'static>, RawCheck)
         out: shared.clone(),
     };
     let tar = decompress(BufReader::with_capacity(1 << 20, raw))?;
+    let tar = Expansion {
+        inner: tar,
+        left: expansion_cap(stored_len(blob)?),
+    };
     let tar = Hashing::new(
-        tar,
+        Box::new(tar) as Box<dyn Read>,
         blob.diff_id
             .as_ref()
             .filter(|_| verify)
             .map(|d| d.algorithm),
     );
     Ok((Opened { tar }, RawCheck(shared)))
+}
+
+/// A layer may decompress to at most this many times its stored size, plus
+/// [`EXPANSION_FLOOR`]: a decompression bomb (a small blob of many gigabytes of zeros, in
+/// files, extension headers or after the tar's end) is refused once past that.
+pub const MAX_EXPANSION: u64 = 100;
+pub const EXPANSION_FLOOR: u64 = 512 << 20;
+
+/// The most bytes a blob of `stored` bytes may decompress to.
+pub fn expansion_cap(stored: u64) -> u64 {
+    EXPANSION_FLOOR.saturating_add(stored.saturating_mul(MAX_EXPANSION))
+}
+
+/// The stored (compressed) size of `blob`.
+pub fn stored_len(blob: &Blob) -> io::Result<u64> {
+    match blob.len.or(blob.size) {
+        Some(n) => Ok(n),
+        None => Ok(open_regular(blob.root.as_deref(), &blob.path)?
+            .metadata()?
+            .len()
+            .saturating_sub(blob.offset)),
+    }
+}
+
+/// A decompressed stream that fails past `left` bytes (see [`MAX_EXPANSION`]).
+struct Expansion<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Expansion<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            io::Error::other(format!(
+                "decompresses to more than {MAX_EXPANSION} times its size plus {EXPANSION_FLOOR} bytes: refused as a decompression bomb"
+            ))
+        })?;
+        Ok(n)
+    }
 }
 
 type RawResult = std::sync::Arc<std::sync::Mutex<Option<(Option<Digest>, u64)>>>;
@@ -422,6 +466,22 @@ pub fn check_raw(blob: &Blob) -> Result<(), VerifyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expansion_is_bounded() {
+        let read = |n: u64, left: u64| {
+            let mut e = Expansion {
+                inner: io::repeat(0).take(n),
+                left,
+            };
+            io::copy(&mut e, &mut io::sink())
+        };
+        assert_eq!(read(100, 100).unwrap(), 100);
+        let err = read(101, 100).unwrap_err().to_string();
+        assert!(err.contains("decompression bomb"), "{err}");
+        assert_eq!(expansion_cap(1 << 20), EXPANSION_FLOOR + (100 << 20));
+        assert_eq!(expansion_cap(u64::MAX), u64::MAX);
+    }
 
     #[test]
     fn digests_parse_strictly() {

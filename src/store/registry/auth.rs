@@ -99,11 +99,25 @@ fn keys(host: &str) -> Vec<String> {
         format!("https://{host}"),
         format!("http://{host}"),
     ];
-    if host == super::reference::DOCKER_HUB {
-        k.push("https://index.docker.io/v1/".into());
+    if is_hub(host) {
+        k.push(HUB_SERVER.into());
         k.push("index.docker.io".into());
+        k.push(super::reference::DOCKER_HUB.into());
     }
     k
+}
+
+/// Docker Hub's name in docker's config and credential helpers.
+const HUB_SERVER: &str = "https://index.docker.io/v1/";
+
+/// Docker Hub, by its name or its API host.
+fn is_hub(host: &str) -> bool {
+    host == super::reference::DOCKER_HUB || host == super::reference::DOCKER_HUB_API
+}
+
+/// The server name a credential helper knows `host` by (docker's, for Docker Hub).
+fn server_url(host: &str) -> &str {
+    if is_hub(host) { HUB_SERVER } else { host }
 }
 
 fn decode_auth(path: &Path, entry: &Value) -> Result<Option<Credentials>, RegistryError> {
@@ -121,9 +135,21 @@ fn decode_auth(path: &Path, entry: &Value) -> Result<Option<Credentials>, Regist
     Ok(Credentials::parse(&raw))
 }
 
-/// Runs `docker-credential-NAME get` for `host`.
-fn helper(name: &str, host: &str) -> Result<Option<Credentials>, RegistryError> {
-    use std::io::Write;
+/// How long a credential helper may take (one asking on a locked keychain may wait on
+/// the user; one that hangs is killed).
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Output read from a helper.
+const MAX_HELPER_OUTPUT: u64 = 1 << 20;
+
+/// Runs `docker-credential-NAME ACTION` with `input` on its stdin: its exit status and
+/// output. Errors name the helper.
+fn run_helper(
+    name: &str,
+    action: &str,
+    host: &str,
+    input: &[u8],
+) -> Result<(bool, Vec<u8>), RegistryError> {
+    use std::io::{Read, Write};
     use std::process::{Command, Stdio};
     if name.is_empty()
         || !name
@@ -138,26 +164,70 @@ fn helper(name: &str, host: &str) -> Result<Option<Credentials>, RegistryError> 
     let program = format!("docker-credential-{name}");
     let fail = |why: String| RegistryError::Auth {
         host: host.into(),
-        why: format!("{program}: {why}"),
+        why: format!("credential helper {program} {action}: {why}"),
     };
     let mut child = Command::new(&program)
-        .arg("get")
+        .arg(action)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| fail(e.to_string()))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(host.as_bytes())
-            .map_err(|e| fail(e.to_string()))?;
+        // A helper that exits without reading is judged by its status, not by EPIPE.
+        let _ = stdin.write_all(input);
     }
-    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
-    if !out.status.success() {
-        // "credentials not found" is not an error: the registry may allow anonymous pulls.
+    let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        if let Some(s) = stdout.as_mut() {
+            let _ = s.take(MAX_HELPER_OUTPUT).read_to_end(&mut out);
+        }
+        if let Some(s) = stderr.as_mut() {
+            let _ = s.take(MAX_HELPER_OUTPUT).read_to_end(&mut err);
+        }
+        (out, err)
+    });
+    let start = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait().map_err(|e| fail(e.to_string()))? {
+            Some(s) => break s,
+            None if start.elapsed() > HELPER_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!("no answer in {HELPER_TIMEOUT:?}; killed it")));
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    };
+    let (out, err) = reader.join().unwrap_or_default();
+    if status.success() {
+        return Ok((true, out));
+    }
+    // Helpers print "credentials not found in native keychain" on stdout; others on stderr.
+    let said = String::from_utf8_lossy(if out.is_empty() { &err } else { &out })
+        .trim()
+        .chars()
+        .take(400)
+        .collect::<String>();
+    if said.contains("credentials not found") {
+        return Ok((false, out));
+    }
+    Err(fail(format!("{status}: {said}")))
+}
+
+/// `docker-credential-NAME get` for `host` (none when it has no credentials for it).
+fn helper(name: &str, host: &str) -> Result<Option<Credentials>, RegistryError> {
+    let (found, out) = run_helper(name, "get", host, server_url(host).as_bytes())?;
+    if !found {
+        // Not an error: the registry may allow anonymous pulls.
         return Ok(None);
     }
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| fail(e.to_string()))?;
+    let v: Value = serde_json::from_slice(&out).map_err(|e| RegistryError::Auth {
+        host: host.into(),
+        why: format!("credential helper docker-credential-{name} get: {e}"),
+    })?;
     let field = |k| {
         v.get(k)
             .and_then(Value::as_str)
@@ -169,6 +239,16 @@ fn helper(name: &str, host: &str) -> Result<Option<Credentials>, RegistryError> 
         field("Username"),
         field("Secret")
     )))
+}
+
+/// The helper `v` (a config file) names for `host`: `credHelpers[host]`, else `credsStore`.
+fn helper_for(v: &Value, host: &str) -> Option<String> {
+    v.get("credHelpers")
+        .and_then(|h| keys(host).iter().find_map(|k| h.get(k)))
+        .or_else(|| v.get("credsStore"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 /// The credentials for `host` in `files` (see [`default_files`]), if any.
@@ -192,7 +272,11 @@ pub fn lookup(files: &[PathBuf], host: &str) -> Result<Option<Credentials>, Regi
                 }
             }
         }
-        if let Some(store) = v.get("credsStore").and_then(Value::as_str) {
+        if let Some(store) = v
+            .get("credsStore")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
             if let Some(c) = helper(store, host)? {
                 return Ok(Some(c));
             }
@@ -202,9 +286,25 @@ pub fn lookup(files: &[PathBuf], host: &str) -> Result<Option<Credentials>, Regi
 }
 
 /// Adds (or replaces) `host`'s entry in `path`, keeping everything else in the file; the
-/// file is replaced atomically and is readable by its owner only.
-pub fn login(path: &Path, host: &str, creds: &Credentials) -> Result<(), RegistryError> {
+/// file is replaced atomically and is readable by its owner only. When the file names a
+/// credential helper for `host` (`credHelpers`, `credsStore`), the helper stores the
+/// credentials (`store`) and the file gets an empty entry, as docker does.
+/// Returns the helper's program name when one stored them.
+pub fn login(
+    path: &Path,
+    host: &str,
+    creds: &Credentials,
+) -> Result<Option<String>, RegistryError> {
     let mut v = read_json(path)?.unwrap_or_else(|| serde_json::json!({}));
+    let helper = helper_for(&v, host);
+    if let Some(name) = &helper {
+        let input = serde_json::json!({
+            "ServerURL": server_url(host),
+            "Username": creds.username,
+            "Secret": creds.password,
+        });
+        run_helper(name, "store", host, input.to_string().as_bytes())?;
+    }
     let invalid = || RegistryError::Invalid {
         what: path.display().to_string(),
         why: "not a JSON object with an `auths` object".into(),
@@ -215,19 +315,31 @@ pub fn login(path: &Path, host: &str, creds: &Credentials) -> Result<(), Registr
         .or_insert_with(|| serde_json::json!({}))
         .as_object_mut()
         .ok_or_else(invalid)?;
-    let raw = format!("{}:{}", creds.username, creds.password);
-    let auth = base64::engine::general_purpose::STANDARD.encode(raw);
-    auths.insert(host.into(), serde_json::json!({ "auth": auth }));
-    write(path, &v)
+    let entry = match helper {
+        Some(_) => serde_json::json!({}),
+        None => {
+            let raw = format!("{}:{}", creds.username, creds.password);
+            let auth = base64::engine::general_purpose::STANDARD.encode(raw);
+            serde_json::json!({ "auth": auth })
+        }
+    };
+    auths.insert(host.into(), entry);
+    write(path, &v)?;
+    Ok(helper.map(|h| format!("docker-credential-{h}")))
 }
 
-/// Removes `host`'s entry from `path`; false when there was none.
+/// Removes `host`'s entry from `path` (and from its credential helper, `erase`); false
+/// when there was none.
 pub fn logout(path: &Path, host: &str) -> Result<bool, RegistryError> {
     let Some(mut v) = read_json(path)? else {
         return Ok(false);
     };
+    let mut erased = false;
+    if let Some(name) = helper_for(&v, host) {
+        erased = run_helper(&name, "erase", host, server_url(host).as_bytes())?.0;
+    }
     let Some(auths) = v.get_mut("auths").and_then(Value::as_object_mut) else {
-        return Ok(false);
+        return Ok(erased);
     };
     let mut removed = false;
     for k in keys(host) {
@@ -236,7 +348,7 @@ pub fn logout(path: &Path, host: &str) -> Result<bool, RegistryError> {
     if removed {
         write(path, &v)?;
     }
-    Ok(removed)
+    Ok(removed || erased)
 }
 
 fn write(path: &Path, v: &Value) -> Result<(), RegistryError> {

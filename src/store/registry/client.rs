@@ -21,6 +21,8 @@ const SYSTEM_BUNDLES: [&str; 3] = [
 ];
 const MAX_REDIRECTS: u32 = 5;
 const MAX_TOKEN: u64 = 1 << 20;
+/// Scopes taken from a token challenge.
+const MAX_SCOPES: usize = 4;
 /// Longest `Retry-After` honoured; a server asking for more gets this.
 const MAX_RETRY_AFTER: u64 = 30;
 
@@ -426,9 +428,21 @@ impl Client {
             )));
         }
         let mut req = self.agent.get(realm);
+        let ours = format!("repository:{}:", self.repository);
+        let mut scopes = Vec::new();
         if !self.repository.is_empty() {
-            let scope = format!("repository:{}:{}", self.repository, self.actions);
-            req = req.query("scope", &scope);
+            scopes.push(format!("{ours}{}", self.actions));
+        }
+        // What the request needs on other repositories (a mount needs pull on the one it
+        // mounts from): the challenge's scopes, a few.
+        for s in get("scope").unwrap_or_default().split(' ').take(MAX_SCOPES) {
+            let own = !self.repository.is_empty() && s.starts_with(&ours);
+            if !s.is_empty() && s.len() <= 512 && !own && !scopes.iter().any(|x| x == s) {
+                scopes.push(s.to_string());
+            }
+        }
+        for scope in &scopes {
+            req = req.query("scope", scope);
         }
         if let Some(service) = get("service") {
             req = req.query("service", service);

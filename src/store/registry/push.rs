@@ -1,5 +1,12 @@
 //! `push`: an image of the store to a registry as a standard one-layer image (gzip tar
-//! layer, OCI or Docker v2s2 manifest). Blobs the repository has are not sent again.
+//! layer, OCI or Docker v2s2 manifest). Blobs the repository has are not sent again
+//! (HEAD), and blobs another repository of the registry holds (one warren pushed them to,
+//! see [`sources`]) are mounted from there instead of uploaded.
+//!
+//! One layer: the store keeps an image as one merged tree (chunks and an index), not as
+//! its layers, so a pulled image's layer blobs cannot be reproduced byte for byte.
+
+mod sources;
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -32,9 +39,11 @@ pub struct PushReport {
     pub reference: String,
     /// The manifest's digest.
     pub digest: String,
-    /// Blobs sent, and blobs the registry already had.
+    /// Blobs sent, blobs the repository already had, and blobs mounted from another
+    /// repository of the registry (not sent).
     pub uploaded_blobs: usize,
     pub skipped_blobs: usize,
+    pub mounted_blobs: usize,
     pub uploaded_bytes: u64,
     pub retries: u64,
 }
@@ -123,6 +132,7 @@ fn push_layer(
         digest: Digest::sha256(&manifest).to_string(),
         uploaded_blobs: 0,
         skipped_blobs: 0,
+        mounted_blobs: 0,
         uploaded_bytes: 0,
         retries: 0,
     };
@@ -130,12 +140,15 @@ fn push_layer(
         (layer, layer_size, Payload::File(layer_path.to_path_buf())),
         (config_digest, config.len() as u64, Payload::Bytes(config)),
     ];
+    let store_dir = store.dir();
     for (digest, size, payload) in &blobs {
-        if upload_blob(client, digest, payload)? {
-            report.uploaded_blobs += 1;
-            report.uploaded_bytes += size;
-        } else {
-            report.skipped_blobs += 1;
+        match upload_blob(client, store_dir, digest, payload)? {
+            Sent::Uploaded => {
+                report.uploaded_blobs += 1;
+                report.uploaded_bytes += size;
+            }
+            Sent::Present => report.skipped_blobs += 1,
+            Sent::Mounted => report.mounted_blobs += 1,
         }
     }
     let tag = r.manifest_ref();
@@ -147,6 +160,10 @@ fn push_layer(
         &Payload::Bytes(manifest),
     )?;
     expect(&resp, &url, &[200, 201])?;
+    let digests: Vec<String> = blobs.iter().map(|(d, _, _)| d.to_string()).collect();
+    if let Err(e) = sources::record(store_dir, client.host(), client.repository(), &digests) {
+        tracing::warn!("{e}: the next push to another repository uploads these blobs again");
+    }
     report.retries = client.retries.load(Ordering::Relaxed);
     Ok(report)
 }
@@ -163,22 +180,93 @@ fn expect(
     Err(http(url, format!("HTTP {s}")))
 }
 
-/// Sends one blob unless the repository has it (HEAD); true when sent.
-fn upload_blob(client: &Client, digest: &Digest, payload: &Payload) -> Result<bool, RegistryError> {
+/// What became of a blob.
+enum Sent {
+    Uploaded,
+    /// The repository had it.
+    Present,
+    /// Mounted from another repository of the registry.
+    Mounted,
+}
+
+/// Sends one blob unless the repository has it (HEAD) or can mount it from a repository
+/// warren knows holds it.
+fn upload_blob(
+    client: &Client,
+    store_dir: &Path,
+    digest: &Digest,
+    payload: &Payload,
+) -> Result<Sent, RegistryError> {
     let blob_url = client.url(&format!("blobs/{digest}"));
     let head = client.send(Method::Head, &blob_url, &[])?;
     if head.status() == 200 {
-        return Ok(false);
+        return Ok(Sent::Present);
     }
-    let start = client.url("blobs/uploads/");
-    let resp = client.send_with(Method::Post, &start, &[], &Payload::Empty)?;
-    expect(&resp, &start, &[202])?;
+    let mut upload = None;
+    let holders = sources::holders(
+        store_dir,
+        client.host(),
+        &digest.to_string(),
+        client.repository(),
+    );
+    for from in holders.iter().take(MAX_MOUNT_TRIES) {
+        let start = client.url(&format!("blobs/uploads/?mount={digest}&from={from}"));
+        let resp = match client.send_with(Method::Post, &start, &[], &Payload::Empty) {
+            Ok(r) => r,
+            // No pull access to `from` (any more): upload instead.
+            Err(e @ RegistryError::Auth { .. }) => {
+                tracing::info!("mounting {digest} from {from}: {e}");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match resp.status().as_u16() {
+            201 => return Ok(Sent::Mounted),
+            // The registry did not mount (it may not have the blob there any more, or not
+            // support mounts) and opened an ordinary upload instead.
+            202 => {
+                upload = Some(upload_location(&resp, &start)?);
+                break;
+            }
+            s => tracing::info!("mounting {digest} from {from}: HTTP {s}"),
+        }
+    }
+    let upload = match upload {
+        Some(u) => u,
+        None => {
+            let start = client.url("blobs/uploads/");
+            let resp = client.send_with(Method::Post, &start, &[], &Payload::Empty)?;
+            expect(&resp, &start, &[202])?;
+            upload_location(&resp, &start)?
+        }
+    };
+    put_blob(client, &upload, digest, payload)?;
+    Ok(Sent::Uploaded)
+}
+
+/// Repositories a blob's mount is tried from before uploading it.
+const MAX_MOUNT_TRIES: usize = 3;
+
+/// The upload session's URL, from a 202's `Location`.
+fn upload_location(
+    resp: &ureq::http::Response<ureq::Body>,
+    start: &str,
+) -> Result<String, RegistryError> {
     let location = resp
         .headers()
         .get("location")
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| http(&start, "no Location for the upload".into()))?;
-    let upload = super::client::resolve_location(&start, location);
+        .ok_or_else(|| http(start, "no Location for the upload".into()))?;
+    Ok(super::client::resolve_location(start, location))
+}
+
+/// Sends the whole blob to the upload session at `upload` (a monolithic PUT).
+fn put_blob(
+    client: &Client,
+    upload: &str,
+    digest: &Digest,
+    payload: &Payload,
+) -> Result<(), RegistryError> {
     let sep = if upload.contains('?') { '&' } else { '?' };
     let put = format!("{upload}{sep}digest={digest}");
     let len = match payload {
@@ -196,6 +284,5 @@ fn upload_blob(client: &Client, digest: &Digest, payload: &Payload) -> Result<bo
         ("Content-Length", len.to_string()),
     ];
     let resp = client.send_with(Method::Put, &put, &headers, payload)?;
-    expect(&resp, &put, &[201, 204])?;
-    Ok(true)
+    expect(&resp, &put, &[201, 204])
 }

@@ -8,7 +8,7 @@ use crate::store::oci::blob::Digest;
 
 /// Docker Hub's name in references, and the host its API answers on.
 pub const DOCKER_HUB: &str = "docker.io";
-const DOCKER_HUB_API: &str = "registry-1.docker.io";
+pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
 
 /// A fully qualified reference.
 #[derive(Clone, Debug, PartialEq, Eq)]
