@@ -124,6 +124,18 @@ median() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(' 
 read -r helper copy podman < <(median "$U/out/warm.json")
 read -r rootful < <(median "$WORK/rootful.json")
 
+# File reads, warm: every file under /usr read once, timed inside the container (the
+# helper path: idmapped lower, overlay on top) and on the host from the shared tree the
+# helper mounts, alternately; medians of 7.
+READ='cd "$1" && s=$(date +%s%N); find usr -type f -print0 | xargs -0 cat >/dev/null 2>&1; echo $(( $(date +%s%N) - s ))'
+tree=$(ls -d "$U/state-helper/images/"*/rootfs | head -1)
+in_reads=() host_reads=()
+for i in $(seq 8); do
+  in_reads+=("$(wr helper run --rm --image debian -- sh -c "$READ" sh /)")
+  host_reads+=("$(as_user sh -c "$READ" sh "$tree")")
+done
+reads=$(python3 -c "import statistics as s,sys; a=[int(x) for x in sys.argv[1].split()[1:]]; b=[int(x) for x in sys.argv[2].split()[1:]]; print(s.median(a)/1e6, s.median(b)/1e6)" "${in_reads[*]}" "${host_reads[*]}")
+
 # Disk: the state dir (store, the user's extracted tree, containers' layers) with one
 # stopped container, then with N; not the helper's mounts at CONTAINER/lower (views of
 # the one shared tree: du counts a file seen through two mounts twice).
@@ -150,13 +162,15 @@ remove copy "$COPIES"
 image=$(du -sb "$MINBASE" | cut -f1)
 
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 - "$helper" "$copy" "$podman" "$rootful" "$h1" "$h100" "$c1" "$cn" "$COPIES" "$image" <<'PY'
+python3 - "$helper" "$copy" "$podman" "$rootful" "$h1" "$h100" "$c1" "$cn" "$COPIES" "$image" $reads <<'PY'
 import sys
 helper, copy, podman, rootful = (float(x) * 1000 for x in sys.argv[1:5])
 h1, h100, c1, cn, copies, image = (int(x) for x in sys.argv[5:11])
+read_in, read_host = (float(x) for x in sys.argv[11:13])
 print(f"\nwarm start (median): helper {helper:.1f} ms, copy {copy:.1f} ms, rootless podman {podman:.1f} ms, rootful warren {rootful:.1f} ms")
 print(f"  helper / rootful {helper / rootful:.2f} (target <= 2)   helper / podman {helper / podman:.3f} (target <= 0.25)")
 print(f"  copy / rootful {copy / rootful:.2f}   copy / podman {copy / podman:.3f}")
+print(f"reads of every file under /usr, warm (median of 7): container {read_in:.1f} ms, host {read_host:.1f} ms, ratio {read_in / read_host:.3f} (target <= 1.1)")
 print(f"disk (image tree {image / 1e6:.0f} MB): helper 1 stopped {h1 / 1e6:.1f} MB, 100 stopped {h100 / 1e6:.1f} MB, ratio {h100 / h1:.3f} (target <= 1.1)")
 per = (cn - c1) / (copies - 1) if copies > 1 else 0
 print(f"  copy: 1 stopped {c1 / 1e6:.1f} MB, {copies} stopped {cn / 1e6:.1f} MB ({per / 1e6:.1f} MB a container; 100 would be ~{(c1 + 99 * per) / 1e6:.0f} MB, ratio ~{(c1 + 99 * per) / c1:.1f})")
