@@ -629,3 +629,87 @@ fn two_state_dirs_keep_their_own_tables() {
         assert_eq!(read_forward(), t.forward_before.trim());
     }
 }
+
+/// A datagram from inside NS (a thread that joined it) to SERVER, and the answer, if
+/// one comes (2 tries, 1 s each).
+fn udp_ask(ns: &str, server: &str) -> Option<String> {
+    let path = format!("/run/netns/{ns}");
+    let server: std::net::SocketAddr = server.parse().unwrap();
+    std::thread::spawn(move || {
+        let netns = std::fs::File::open(&path).expect("open the netns");
+        nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind in the netns");
+        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut buf = [0u8; 512];
+        for _ in 0..2 {
+            sock.send_to(b"question", server).ok()?;
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        None
+    })
+    .join()
+    .expect("the asking thread")
+}
+
+/// A stand-in name server on ADDR:53/udp: answers "answer" to every datagram, until
+/// the returned flag is set (or 120 s pass).
+fn udp_echo(addr: &str) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let sock = std::net::UdpSocket::bind((addr, 53)).expect("bind the stand-in name server");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let mut buf = [0u8; 512];
+        while !flag.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+            if let Ok((_, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(b"answer", from);
+            }
+        }
+    });
+    stop
+}
+
+#[test]
+fn a_networks_name_server_answers_its_own_bridge_only() {
+    if !common::require_root("bridges, network namespaces and nftables") {
+        return;
+    }
+    let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut t = Topo::new("d");
+    let a = t.network("a", 66);
+    let b = t.network("b", 67);
+    let inside = t.container(&a, "in", 2, &[]);
+    let outside = t.container(&b, "out", 2, &[]);
+    let other = t.peer("other", 68);
+    in_ns(&other, "route add 10.231.66.0/24 via 10.231.68.1");
+    // The name server of network a listens on its gateway, TCP and UDP port 53.
+    t.httpd(None, "dns", "10.231.66.1", 53);
+    let stop = udp_echo("10.231.66.1");
+    let (ns_in, ns_out) = ("wfd-in", "wfd-out");
+    let server = "10.231.66.1:53";
+    // Without warren's tables every one of them reaches it: only the firewall stops them.
+    for ns in [ns_in, ns_out, other.as_str()] {
+        assert!(fetch(Some(ns), "10.231.66.1", 53).is_some(), "{ns}: tcp");
+        assert_eq!(udp_ask(ns, server).as_deref(), Some("answer"), "{ns}: udp");
+    }
+    t.apply(&[a.clone(), b.clone()], &[inside, outside])
+        .unwrap();
+    let got = fetch(Some(ns_in), "10.231.66.1", 53);
+    assert!(
+        got.is_some_and(|g| g.starts_with("dns:53")),
+        "its own network: tcp"
+    );
+    assert_eq!(udp_ask(ns_in, server).as_deref(), Some("answer"), "udp");
+    for ns in [ns_out, other.as_str()] {
+        assert_eq!(fetch(Some(ns), "10.231.66.1", 53), None, "{ns}: tcp");
+        assert_eq!(udp_ask(ns, server), None, "{ns}: udp");
+    }
+    assert_eq!(fetch(None, "10.231.66.1", 53), None, "the host itself");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    t.apply(&[], &[]).unwrap();
+}
