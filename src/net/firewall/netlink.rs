@@ -11,7 +11,6 @@
 use netlink_sys::{Socket, SocketAddr};
 use std::collections::BTreeMap;
 use std::io;
-use std::time::Duration;
 
 /// `NFPROTO_INET` and `NFPROTO_BRIDGE`: the families of warren's two tables.
 pub const INET: u8 = 1;
@@ -70,10 +69,7 @@ impl Nfnl {
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
         // A kernel that never answers must not hang a container's start.
-        let timeout = nix::sys::time::TimeVal::from(libc::timeval {
-            tv_sec: Duration::from_secs(10).as_secs() as libc::time_t,
-            tv_usec: 0,
-        });
+        let timeout = nix::sys::time::TimeVal::new(10, 0);
         nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
             .map_err(io::Error::from)?;
         Ok(Nfnl { socket, seq: 0 })

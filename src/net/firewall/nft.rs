@@ -5,6 +5,11 @@
 //! `isolate` drop, since traffic between two ports of one bridge never reaches the inet
 //! hooks unless br_netfilter is on (and it may be off). NAME is `warren` for the default
 //! state directory, `warren-HASH` for any other: one pair of tables per state directory.
+//!
+//! An empty set `base_HASH` names the networks the tables were loaded for (see
+//! `Ruleset::base_set`): a container's join or leave then changes only the elements of
+//! `ports_*` and `isolated` ([`super::elements`]). The `input` chain keeps each
+//! network's name server (gateway:53) to its own bridge.
 
 use super::plan::Ruleset;
 use crate::net::{Ipv4Net, Proto};
