@@ -541,3 +541,76 @@ fn the_default_network_is_made_on_first_use() {
     );
     env.teardown(&["warren"]);
 }
+
+/// The state directory recorded for each warren table (`/run/warren-tables/TABLE`).
+fn registry() -> Vec<(String, String)> {
+    std::fs::read_dir("/run/warren-tables")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
+            (e.file_name().to_string_lossy().into_owned(), owner)
+        })
+        .collect()
+}
+
+/// The names of the nftables tables of `family`.
+fn nft_tables(family: &str) -> Vec<String> {
+    let out = ok(Command::new("nft").args(["-j", "list", "tables", family]));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("nft -j list tables");
+    v["nftables"]
+        .as_array()
+        .expect("nftables")
+        .iter()
+        .filter_map(|o| o["table"]["name"].as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn prune_removes_the_tables_of_a_state_dir_that_is_gone() {
+    let Some(env) = Env::new("net-stale-tables") else {
+        return;
+    };
+    require_tool("nft", "nftables");
+    let gone = Env::new("net-stale-gone").expect("root");
+    env.ok(&["network", "create", "wt47", "--subnet", "10.231.47.0/24"]);
+    gone.ok(&["network", "create", "wt46", "--subnet", "10.231.46.0/24"]);
+    let table_of = |env: &Env| {
+        let state = env.state().display().to_string();
+        registry()
+            .into_iter()
+            .find(|(_, owner)| *owner == state)
+            .map(|(table, _)| table)
+            .unwrap_or_else(|| panic!("no table recorded for {state}: {:?}", registry()))
+    };
+    let (ours, theirs) = (table_of(&env), table_of(&gone));
+    for family in ["inet", "bridge"] {
+        let tables = nft_tables(family);
+        assert!(
+            tables.contains(&ours) && tables.contains(&theirs),
+            "{tables:?}"
+        );
+    }
+    // The second state directory is deleted with its network still defined: its bridge
+    // goes by hand, its tables stay behind.
+    for link in gone.links() {
+        ok(Command::new("ip").args(["link", "del", &link]));
+    }
+    std::fs::remove_dir_all(gone.state()).expect("remove the state directory");
+    let out = env.ok(&["network", "prune"]);
+    assert!(out.contains(&format!("table {theirs}")), "{out}");
+    for family in ["inet", "bridge"] {
+        let tables = nft_tables(family);
+        assert!(!tables.contains(&theirs), "{family}: {tables:?}");
+        assert!(
+            tables.contains(&ours),
+            "a live state dir's table stays: {tables:?}"
+        );
+    }
+    assert!(registry().iter().all(|(t, _)| *t != theirs), "record left");
+    // Its tables and record go with its last network.
+    env.teardown(&["wt47"]);
+    assert!(!nft_tables("inet").contains(&ours));
+    assert!(registry().iter().all(|(t, _)| *t != ours), "record left");
+}

@@ -629,3 +629,167 @@ fn two_state_dirs_keep_their_own_tables() {
         assert_eq!(read_forward(), t.forward_before.trim());
     }
 }
+
+/// A datagram from inside NS (a thread that joined it) to SERVER, and the answer, if
+/// one comes (2 tries, 1 s each).
+fn udp_ask(ns: &str, server: &str) -> Option<String> {
+    let path = format!("/run/netns/{ns}");
+    let server: std::net::SocketAddr = server.parse().unwrap();
+    std::thread::spawn(move || {
+        let netns = std::fs::File::open(&path).expect("open the netns");
+        nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind in the netns");
+        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut buf = [0u8; 512];
+        for _ in 0..2 {
+            sock.send_to(b"question", server).ok()?;
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        None
+    })
+    .join()
+    .expect("the asking thread")
+}
+
+/// A stand-in name server on ADDR:53/udp: answers "answer" to every datagram, until
+/// the returned flag is set (or 120 s pass).
+fn udp_echo(addr: &str) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let sock = std::net::UdpSocket::bind((addr, 53)).expect("bind the stand-in name server");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let mut buf = [0u8; 512];
+        while !flag.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+            if let Ok((_, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(b"answer", from);
+            }
+        }
+    });
+    stop
+}
+
+#[test]
+fn a_networks_name_server_answers_its_own_bridge_only() {
+    if !common::require_root("bridges, network namespaces and nftables") {
+        return;
+    }
+    let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut t = Topo::new("d");
+    let a = t.network("a", 66);
+    let b = t.network("b", 67);
+    let inside = t.container(&a, "in", 2, &[]);
+    let outside = t.container(&b, "out", 2, &[]);
+    let other = t.peer("other", 68);
+    in_ns(&other, "route add 10.231.66.0/24 via 10.231.68.1");
+    // The name server of network a listens on its gateway, TCP and UDP port 53.
+    t.httpd(None, "dns", "10.231.66.1", 53);
+    let stop = udp_echo("10.231.66.1");
+    let (ns_in, ns_out) = ("wfd-in", "wfd-out");
+    let server = "10.231.66.1:53";
+    // Without warren's tables every one of them reaches it: only the firewall stops them.
+    for ns in [ns_in, ns_out, other.as_str()] {
+        assert!(fetch(Some(ns), "10.231.66.1", 53).is_some(), "{ns}: tcp");
+        assert_eq!(udp_ask(ns, server).as_deref(), Some("answer"), "{ns}: udp");
+    }
+    t.apply(&[a.clone(), b.clone()], &[inside, outside])
+        .unwrap();
+    let got = fetch(Some(ns_in), "10.231.66.1", 53);
+    assert!(
+        got.is_some_and(|g| g.starts_with("dns:53")),
+        "its own network: tcp"
+    );
+    assert_eq!(udp_ask(ns_in, server).as_deref(), Some("answer"), "udp");
+    for ns in [ns_out, other.as_str()] {
+        assert_eq!(fetch(Some(ns), "10.231.66.1", 53), None, "{ns}: tcp");
+        assert_eq!(udp_ask(ns, server), None, "{ns}: udp");
+    }
+    assert_eq!(fetch(None, "10.231.66.1", 53), None, "the host itself");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    t.apply(&[], &[]).unwrap();
+}
+
+/// The handle of table `inet TABLE` (a new one each time the table is made anew).
+fn table_handle(table: &str) -> u64 {
+    let out = common::ok(Command::new("nft").args(["-j", "list", "tables", "inet"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("table"))
+        .find(|t| t["name"] == table)
+        .and_then(|t| t["handle"].as_u64())
+        .unwrap_or_else(|| panic!("no table inet {table}"))
+}
+
+#[test]
+fn an_endpoint_update_changes_only_elements_and_repairs_them() {
+    if !common::require_root("bridges, network namespaces and nftables") {
+        return;
+    }
+    let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut t = Topo::new("u");
+    let net = t.network("n", 69);
+    let web = t.container(&net, "web", 2, &["18090:80"]);
+    let api = t.container(&net, "api", 3, &["127.0.0.1:18091:81"]);
+    let update = |t: &Topo, eps: &[Endpoint]| {
+        firewall::update(t.table(), std::slice::from_ref(&net), eps, &t.saved())
+    };
+    // No tables yet: loaded whole.
+    update(&t, std::slice::from_ref(&web)).unwrap();
+    assert_eq!(who(None, "127.0.0.1", 18090).as_deref(), Some("web:80"));
+    let handle = table_handle(t.table());
+    // A container joins and leaves: its elements come and go, the tables stay.
+    update(&t, &[web.clone(), api.clone()]).unwrap();
+    assert_eq!(who(None, "127.0.0.1", 18091).as_deref(), Some("api:81"));
+    assert_eq!(map_len(t.table(), "ports_at_port"), 1);
+    update(&t, std::slice::from_ref(&web)).unwrap();
+    assert_eq!(who(None, "127.0.0.1", 18091), None);
+    assert_eq!(map_len(t.table(), "ports_at_port"), 0);
+    assert_eq!(table_handle(t.table()), handle, "reloaded for an endpoint");
+    // An element no record calls for (a crash's leftover), or one changed by hand: the
+    // next update puts them right.
+    let set = |args: &str| {
+        let cmd = format!("add element inet {} {args}", t.table());
+        common::ok(Command::new("nft").args(cmd.split_whitespace()));
+    };
+    set("ports_addr { tcp . 18092 : 10.231.69.9 }");
+    set("ports_port { tcp . 18092 : 80 }");
+    common::ok(
+        Command::new("nft").args(
+            format!(
+                "delete element inet {} ports_port {{ tcp . 18090 }}",
+                t.table()
+            )
+            .split_whitespace(),
+        ),
+    );
+    update(&t, std::slice::from_ref(&web)).unwrap();
+    assert_eq!(map_len(t.table(), "ports_addr"), 1);
+    assert_eq!(map_len(t.table(), "ports_port"), 1);
+    assert_eq!(who(None, "127.0.0.1", 18090).as_deref(), Some("web:80"));
+    assert_eq!(table_handle(t.table()), handle);
+    // Another network's tables (or an older layout's): loaded whole.
+    let other = t.network("o", 70);
+    firewall::update(
+        t.table(),
+        &[net.clone(), other],
+        std::slice::from_ref(&web),
+        &t.saved(),
+    )
+    .unwrap();
+    assert_ne!(
+        table_handle(t.table()),
+        handle,
+        "the tables were not reloaded"
+    );
+    assert_eq!(who(None, "127.0.0.1", 18090).as_deref(), Some("web:80"));
+    t.apply(&[], &[]).unwrap();
+    assert!(tables(t.table()).is_empty());
+}

@@ -105,6 +105,7 @@ pub fn run(global: &Global, command: Command) -> Result<i32> {
                     "endpoints": pruned.endpoints,
                     "links": pruned.links,
                     "netns": pruned.netns,
+                    "tables": pruned.tables,
                 });
                 println!("{v}");
             } else {
@@ -116,6 +117,9 @@ pub fn run(global: &Global, command: Command) -> Result<i32> {
                 }
                 for n in &pruned.netns {
                     println!("netns {n}");
+                }
+                for t in &pruned.tables {
+                    println!("table {t}");
                 }
             }
         }

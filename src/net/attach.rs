@@ -33,6 +33,8 @@ pub struct Pruned {
     pub links: Vec<String>,
     /// Namespace pins no endpoint called for.
     pub netns: Vec<String>,
+    /// nftables tables of state directories that no longer exist.
+    pub tables: Vec<String>,
 }
 
 fn link_io(e: LinkError) -> io::Error {
@@ -132,7 +134,7 @@ impl Networks {
             inner.set_up(eth.index).map_err(link_io)?;
             inner.add_default_route(gateway).map_err(link_io)
         })?;
-        self.apply_firewall()?;
+        self.update_firewall()?;
         dns::ensure(def, &self.endpoints_dir(&def.name), &self.exe, &self.run)?;
         Ok(pin)
     }
@@ -184,7 +186,7 @@ impl Networks {
             _ => {}
         }
         if removed {
-            self.apply_firewall()?;
+            self.update_firewall()?;
         }
         Ok(())
     }
@@ -222,6 +224,9 @@ impl Networks {
             }
         }
         self.apply_firewall()?;
+        if crate::dirs::is_root() {
+            pruned.tables = self.prune_stale_tables()?;
+        }
         Ok(pruned)
     }
 }

@@ -162,8 +162,7 @@ impl Networks {
     /// one, `warren-` + 8 hex digits of its path's hash for any other, so two state
     /// directories on one host never replace each other's rules.
     pub fn firewall_table(&self) -> String {
-        let state_dir = self.state.parent().unwrap_or(&self.state);
-        table_name(state_dir, &crate::dirs::default_state_dir())
+        table_name(self.state_dir(), &crate::dirs::default_state_dir())
     }
 
     /// Every network defined, by name.
@@ -338,13 +337,48 @@ impl Networks {
         self.apply_firewall()
     }
 
-    /// Makes the firewall match the records. The caller holds the lock.
+    /// Makes the firewall match the records (loading the tables whole). The caller
+    /// holds the lock.
     pub(crate) fn apply_firewall(&self) -> Result<(), NetError> {
+        self.set_firewall(false)
+    }
+
+    /// [`Self::apply_firewall`] after a change of endpoints only: only their elements
+    /// change while the tables match the networks (see [`firewall::update`]).
+    pub(crate) fn update_firewall(&self) -> Result<(), NetError> {
+        self.set_firewall(true)
+    }
+
+    fn set_firewall(&self, endpoints_only: bool) -> Result<(), NetError> {
         let defs = self.list()?;
         let endpoints = self.all_endpoints()?;
         let saved = self.run.join("ip_forward.saved");
-        firewall::apply(&self.firewall_table(), &defs, &endpoints, &saved)?;
+        let table = self.firewall_table();
+        if !defs.is_empty() {
+            firewall::registry::record(&table, self.state_dir())?;
+        }
+        if endpoints_only {
+            firewall::update(&table, &defs, &endpoints, &saved)?;
+        } else {
+            firewall::apply(&table, &defs, &endpoints, &saved)?;
+        }
+        if defs.is_empty() {
+            firewall::registry::forget(&table)?;
+        }
         Ok(())
+    }
+
+    /// The state directory (the parent of `networks`).
+    fn state_dir(&self) -> &Path {
+        self.state.parent().unwrap_or(&self.state)
+    }
+
+    /// Removes the tables of state directories that no longer exist (see
+    /// [`firewall::registry`]); returns their names.
+    pub(crate) fn prune_stale_tables(&self) -> Result<Vec<String>, NetError> {
+        let default = crate::dirs::default_state_dir();
+        let table_of = |dir: &Path| table_name(dir, &default);
+        Ok(firewall::registry::prune_stale(&table_of)?)
     }
 }
 

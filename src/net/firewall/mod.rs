@@ -5,10 +5,13 @@
 //! ([`plan`]), loaded in one transaction ([`nft`]), so `apply` after any change, or
 //! after a crash, makes the host match the files.
 //!
-//! Through `nft -j -f -` (the `nftables` crate; Debian package `nftables`), as podman's
-//! netavark does: nft checks the whole batch before the kernel sees it, and the batch is
-//! one nf_tables transaction (all or nothing). Most of an apply's time is the kernel's
-//! commit, which speaking netlink ourselves would not save.
+//! Networks change through `nft -j -f -` (the `nftables` crate; Debian package
+//! `nftables`), as podman's netavark does: nft checks the whole batch before the kernel
+//! sees it, and the batch is one nf_tables transaction (all or nothing). A container's
+//! join or leave ([`update`]) only adds or deletes its elements of the published-port
+//! maps and the isolation set over nf_tables netlink ([`elements`]), one small
+//! transaction with no process and no reload, while the tables were loaded for the
+//! same networks (a marker set says so); else it too loads them whole.
 //!
 //! What callers owe the rules: each container's veth has hairpin mode on (with
 //! br_netfilter, a container reaching its own published port is bridged back out of its
@@ -16,8 +19,11 @@
 //! (its `route_localnet=1` is only safe under the `localnet` chain).
 
 pub mod apply;
+pub mod elements;
+pub mod netlink;
 pub mod nft;
 pub mod plan;
+pub mod registry;
 
 pub use plan::{Ruleset, plan};
 
@@ -60,13 +66,48 @@ pub fn apply(
     endpoints: &[Endpoint],
     forward_saved: &Path,
 ) -> Result<(), FirewallError> {
+    set(table, networks, endpoints, forward_saved, false)
+}
+
+/// [`apply`] after a change of endpoints only (a container's join or leave): when the
+/// tables were loaded for these networks, only the endpoints' elements change;
+/// otherwise (no tables yet, other networks, a crash's leftovers, an older layout)
+/// the tables are loaded whole, as `apply` does.
+pub fn update(
+    table: &str,
+    networks: &[NetworkDef],
+    endpoints: &[Endpoint],
+    forward_saved: &Path,
+) -> Result<(), FirewallError> {
+    set(table, networks, endpoints, forward_saved, true)
+}
+
+fn set(
+    table: &str,
+    networks: &[NetworkDef],
+    endpoints: &[Endpoint],
+    forward_saved: &Path,
+    elements_only: bool,
+) -> Result<(), FirewallError> {
     if !nft::valid_table(table) {
         return Err(FirewallError::BadTable(table.to_string()));
     }
     let rules = plan(networks, endpoints)?;
     let _host = apply::host_lock()?;
-    apply::load(table, &rules)?;
+    let synced = elements_only
+        && !rules.is_empty()
+        && elements::sync(table, &rules).unwrap_or_else(|e| {
+            tracing::debug!(table, "changing elements failed ({e}): loading the tables");
+            false
+        });
+    if !synced {
+        apply::load(table, &rules)?;
+    }
     apply::route_localnet(&rules)?;
+    if synced && !rules.needs_forwarding() {
+        // The load that made these tables settled forwarding for these networks.
+        return Ok(());
+    }
     apply::forwarding(
         rules.needs_forwarding(),
         || apply::others_forward(table),

@@ -5,6 +5,11 @@
 //! `isolate` drop, since traffic between two ports of one bridge never reaches the inet
 //! hooks unless br_netfilter is on (and it may be off). NAME is `warren` for the default
 //! state directory, `warren-HASH` for any other: one pair of tables per state directory.
+//!
+//! An empty set `base_HASH` names the networks the tables were loaded for (see
+//! `Ruleset::base_set`): a container's join or leave then changes only the elements of
+//! `ports_*` and `isolated` ([`super::elements`]). The `input` chain keeps each
+//! network's name server (gateway:53) to its own bridge.
 
 use super::plan::Ruleset;
 use crate::net::{Ipv4Net, Proto};
@@ -93,7 +98,19 @@ impl Tx {
         let two_names =
             || SetTypeValue::Concatenated(vec![SetType::Ifname, SetType::Ifname].into());
         let isolated: BTreeSet<String> = rules.bridges.difference(&rules.intra).cloned().collect();
+        // Marks what these tables were loaded for (see `Ruleset::base_set`).
+        self.add_set(NfFamily::INet, rules.base_set(), one(SetType::Mark), vec![]);
+        let gateways: BTreeSet<_> = rules.dns.iter().map(|(gw, _)| *gw).collect();
+        let gateway_bridge =
+            || SetTypeValue::Concatenated(vec![SetType::Ipv4Addr, SetType::Ifname].into());
+        let dns = rules.dns.iter().map(|(gw, br)| concat([addr(*gw), s(br)]));
         for (name, set_type, elems) in [
+            (
+                "gateways",
+                one(SetType::Ipv4Addr),
+                gateways.iter().map(|g| addr(*g)).collect(),
+            ),
+            ("dns", gateway_bridge(), dns.collect()),
             ("bridges", one(SetType::Ifname), names(&rules.bridges)),
             ("internal", one(SetType::Ifname), names(&rules.internal)),
             // (bridge, bridge): traffic within one network, allowed or not.
@@ -110,6 +127,7 @@ impl Tx {
             ("postrouting", NAT, Postrouting, 100),
             ("forward", Filter, Forward, 0),
             ("localnet", Filter, Prerouting, -300),
+            ("input", Filter, Input, 0),
         ] {
             self.base(NfFamily::INet, name, kind, hook, prio);
         }
@@ -240,6 +258,17 @@ impl Tx {
             let expr = vec![eq(iif(), s("@bridges")), m, drop()];
             self.rule(NfFamily::INet, "localnet", expr);
         }
+        // A network's name server (gateway:53) answers its own bridge only: not other
+        // networks, other hosts, nor the host itself.
+        for proto in ["tcp", "udp"] {
+            let expr = vec![
+                eq(payload("ip", "daddr"), s("@gateways")),
+                eq(payload(proto, "dport"), num(53)),
+                ne(concat([payload("ip", "daddr"), iif()]), s("@dns")),
+                drop(),
+            ];
+            self.rule(NfFamily::INet, "input", expr);
+        }
     }
 
     fn bridge(&mut self, rules: &Ruleset) {
@@ -265,7 +294,7 @@ impl Tx {
     fn add_set(
         &mut self,
         family: NfFamily,
-        name: &'static str,
+        name: impl Into<Cow<'static, str>>,
         set_type: SetTypeValue<'static>,
         elem: Vec<Expression<'static>>,
     ) {

@@ -30,12 +30,30 @@ pub struct Ruleset {
     pub ports: BTreeMap<(Proto, u16), Target>,
     /// Published ports on one host address: (address, protocol, host port) -> target.
     pub ports_at: BTreeMap<(Ipv4Addr, Proto, u16), Target>,
+    /// (gateway, bridge) of every network: its name server answers on gateway:53 to
+    /// what comes in from that bridge only.
+    pub dns: BTreeSet<(Ipv4Addr, String)>,
 }
+
+/// The version of the tables' layout ([`super::nft`]): bumped when its chains or sets
+/// change, so tables an older warren loaded are reloaded whole, never patched.
+const LAYOUT: u32 = 2;
 
 impl Ruleset {
     /// No network: warren's tables are removed.
     pub fn is_empty(&self) -> bool {
         self.bridges.is_empty()
+    }
+
+    /// The name of an empty set that marks tables loaded for this ruleset's networks
+    /// (everything but the endpoints' elements) and this [`LAYOUT`]: where it exists,
+    /// a container's join or leave only changes elements ([`super::elements`]).
+    pub fn base_set(&self) -> String {
+        let networks = format!(
+            "{LAYOUT} {:?} {:?} {:?} {:?} {:?} {:?}",
+            self.bridges, self.internal, self.intra, self.subnets, self.masquerade, self.dns
+        );
+        format!("base_{}", &blake3::hash(networks.as_bytes()).to_hex()[..16])
     }
 
     /// Whether the host must forward packets (`net.ipv4.ip_forward`).
@@ -77,6 +95,7 @@ pub fn plan(networks: &[NetworkDef], endpoints: &[Endpoint]) -> Result<Ruleset, 
         by_name.insert(net.name.as_str(), net);
         rules.bridges.insert(net.bridge.clone());
         rules.subnets.push((net.subnet, net.bridge.clone()));
+        rules.dns.insert((net.gateway, net.bridge.clone()));
         if net.internal {
             rules.internal.insert(net.bridge.clone());
         } else {
