@@ -209,11 +209,11 @@ fn a_container_sees_its_address_route_mtu_hosts_and_resolver() {
     let (ifaces, hosts, resolv, rest) = (parts[0], parts[1], parts[2], parts[3]);
     // The first address after the gateway, its /24, the route via the bridge.
     assert!(ifaces.contains("inet 10.231.4.2/24"), "{ifaces}");
-    assert!(
-        ifaces.contains("default via 10.231.4.1 dev eth0"),
-        "{ifaces}"
-    );
-    assert!(ifaces.contains(&format!("mtu {mtu} ")), "{ifaces}");
+    // The uplink's MTU on the way out; the links as large as loopback's on the host.
+    let route = format!("default via 10.231.4.1 dev eth0 mtu {mtu}");
+    assert!(ifaces.contains(&route), "{ifaces}");
+    let link = format!("mtu {} ", warren::net::LINK_MTU);
+    assert!(ifaces.contains(&link), "{ifaces}");
     assert!(hosts.contains("127.0.0.1\tlocalhost"), "{hosts}");
     assert!(hosts.contains("10.231.4.2\twt4-web www"), "{hosts}");
     assert!(resolv.contains("nameserver 10.231.4.1"), "{resolv}");
