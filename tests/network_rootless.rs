@@ -207,13 +207,55 @@ fn publishes_and_follows_the_container(tool: Tool, port: u16) {
 #[test]
 fn pasta_publishes_a_port_on_loopback() {
     if in_child("pasta_publishes_a_port_on_loopback") {
-        publishes_and_follows_the_container(Tool::Pasta, 18080);
+        publishes_and_follows_the_container(Tool::Pasta, 18380);
     }
 }
 
 #[test]
 fn slirp4netns_publishes_a_port_on_loopback() {
     if in_child("slirp4netns_publishes_a_port_on_loopback") {
-        publishes_and_follows_the_container(Tool::Slirp4netns, 18081);
+        publishes_and_follows_the_container(Tool::Slirp4netns, 18381);
     }
+}
+
+/// A rootless container on pasta (the `warren` CLI as the test user) reads its
+/// /etc/resolv.conf: pasta's DNS forwarder with the host's search and options lines,
+/// read-only, from a directory its root (a subordinate uid) can reach; `--rm` removes
+/// that directory. No query is sent.
+#[test]
+fn a_rootless_pasta_container_has_a_resolv_conf() {
+    if !common::require_root("runs warren as the rootless user and opens /dev/net/tun to it") {
+        return;
+    }
+    common::require_tool("pasta", "passt");
+    let (uid, gid) = ensure_rootless_user();
+    let dir = scratch("network-rootless-resolv");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
+    let state = dir.path().join("state");
+    let _tun = TunOpen::new();
+    let name = format!("resolv-{}", std::process::id());
+    let show = "cat /etc/resolv.conf; echo ---; \
+                echo x >> /etc/resolv.conf 2>/dev/null && echo writable || echo read-only";
+    let mut cmd = as_rootless(&common::bin("warren"));
+    cmd.env("WARREN_STATE_DIR", &state).args([
+        "run", "--rm", "--image", "busybox", "--name", &name, "--net", "pasta", "--", "sh", "-c",
+        show,
+    ]);
+    let out = run(&mut cmd);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (resolv, rest) = text.split_once("---\n").expect("two parts");
+    let host = warren::net::hosts::host_resolv_conf();
+    let want = warren::net::hosts::resolv_conf_with(&[Tool::Pasta.nameserver()], &host);
+    assert_eq!(resolv, want, "host's:\n{host}");
+    assert!(resolv.contains("nameserver 169.254.1.1\n"), "{resolv}");
+    assert_eq!(rest.trim(), "read-only", "{text}");
+    let kept = warren::net::usermode::etc::dir_for(uid, &state, &name);
+    assert!(!kept.exists(), "{} outlived the container", kept.display());
 }

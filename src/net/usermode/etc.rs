@@ -16,24 +16,30 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Where containers' resolver files are kept, for this user.
-fn base() -> PathBuf {
-    if crate::dirs::is_root() {
+/// Where the resolver files of containers of `uid` are kept.
+fn base_for(uid: u32) -> PathBuf {
+    if uid == 0 {
         return PathBuf::from(crate::net::hosts::ETC_ROOT);
     }
-    PathBuf::from(format!(
-        "/tmp/warren-etc-{}",
-        rustix::process::geteuid().as_raw()
-    ))
+    PathBuf::from(format!("/tmp/warren-etc-{uid}"))
+}
+
+fn base() -> PathBuf {
+    base_for(rustix::process::geteuid().as_raw())
 }
 
 /// The directory of `container` of the runtime whose state is `state_dir`.
 pub fn dir(state_dir: &Path, container: &str) -> PathBuf {
+    dir_for(rustix::process::geteuid().as_raw(), state_dir, container)
+}
+
+/// [`dir`] for a runtime of the user `uid`.
+pub fn dir_for(uid: u32, state_dir: &Path, container: &str) -> PathBuf {
     let mut h = blake3::Hasher::new();
     h.update(state_dir.as_os_str().as_encoded_bytes());
     h.update(b"\0");
     h.update(container.as_bytes());
-    base().join(format!("um-{}", &h.finalize().to_hex()[..24]))
+    base_for(uid).join(format!("um-{}", &h.finalize().to_hex()[..24]))
 }
 
 /// Makes `path` a directory of ours, mode 0711: an existing one must be a real
