@@ -61,7 +61,6 @@ IMG=localhost/warren-bench:network
 P="podman --runtime=runc --root $B/podman/root --runroot $B/podman/run --tmpdir $B/podman/tmp --storage-driver vfs"
 # Rootless: warren and podman as $RUSER, everything of theirs under $R.
 R=$B/rootless
-RUID=$(id -u $RUSER)
 as_user() {
   setpriv --reuid=$RUSER --regid=$RUSER --init-groups -- env -i USER=$RUSER HOME=$R/home \
     XDG_RUNTIME_DIR=$R/xdg PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
@@ -83,9 +82,11 @@ cleanup() {
   if [ -d $R/xdg ]; then
     rw rm -f wr-rx >/dev/null 2>&1
     rp rm -f -t 0 pr-rx >/dev/null 2>&1
-    # Rootless podman's pause process (it holds podman's user namespace).
-    pause=$(cat $R/xdg/libpod/tmp/pause.pid 2>/dev/null)
-    [ -n "$pause" ] && [ "$(stat -c %u /proc/$pause 2>/dev/null)" = "$RUID" ] && kill "$pause"
+    # Rootless podman's pause process (it holds podman's user namespace): ours has our
+    # XDG_RUNTIME_DIR.
+    for p in $(pgrep -u $RUSER -x catatonit); do
+      grep -qzx "XDG_RUNTIME_DIR=$R/xdg" /proc/$p/environ 2>/dev/null && kill $p
+    done
   fi
   chmod "$TUN_MODE" /dev/net/tun
   w network rm wbench >/dev/null 2>&1
