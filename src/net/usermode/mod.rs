@@ -3,7 +3,8 @@
 //!
 //! The helper runs as the calling user in the host's network namespace and joins the
 //! container's user and network namespaces for its tap device (so `/dev/net/tun` must be
-//! usable by the user: mode 0666, as on a normal Debian host). Published ports listen on
+//! usable by the user: mode 0666, as on a normal Debian host). It is attached while the
+//! container's init waits to go ([`Usermode`]): the only time the user may open them. Published ports listen on
 //! the host's loopback unless a mapping names a host address. DNS goes through the
 //! helper's own forwarder: [`Tool::nameserver`] is the address [`etc`] writes into the
 //! container's resolv.conf.
@@ -259,12 +260,18 @@ fn slirp4netns(
         "--configure",
         "--mtu=65520",
         "--disable-host-loopback",
-        "--enable-sandbox",
         "--enable-seccomp",
         "--ready-fd=3",
-        &api_arg,
     ];
     argv.extend(fixed.iter().map(OsStr::new));
+    // The sandbox runs slirp4netns in the container's user namespace, where the user has
+    // no id (a container's block is its subordinate ids): it could create no file, the
+    // API socket included. The published ports need that socket; without any, sandboxed.
+    if ports.is_empty() {
+        argv.push(OsStr::new("--enable-sandbox"));
+    } else {
+        argv.push(OsStr::new(&api_arg));
+    }
     let pid_arg = pid.to_string();
     argv.extend([OsStr::new(&pid_arg), OsStr::new("tap0")]);
     let argv: Vec<CString> = argv
