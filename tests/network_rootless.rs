@@ -207,13 +207,68 @@ fn publishes_and_follows_the_container(tool: Tool, port: u16) {
 #[test]
 fn pasta_publishes_a_port_on_loopback() {
     if in_child("pasta_publishes_a_port_on_loopback") {
-        publishes_and_follows_the_container(Tool::Pasta, 18080);
+        publishes_and_follows_the_container(Tool::Pasta, 18380);
     }
 }
 
 #[test]
 fn slirp4netns_publishes_a_port_on_loopback() {
     if in_child("slirp4netns_publishes_a_port_on_loopback") {
-        publishes_and_follows_the_container(Tool::Slirp4netns, 18081);
+        publishes_and_follows_the_container(Tool::Slirp4netns, 18381);
     }
+}
+
+/// A rootless container on `tool` (the `warren` CLI as the test user, publishing a
+/// port: the helper attaches to a real container's namespaces) reads its
+/// /etc/resolv.conf: the helper's DNS forwarder with the host's search and options lines,
+/// read-only, from a directory its root (a subordinate uid) can reach; `--rm` removes
+/// that directory. No query is sent.
+fn a_rootless_container_has_a_resolv_conf(tool: Tool, port: u16) {
+    if !common::require_root("runs warren as the rootless user and opens /dev/net/tun to it") {
+        return;
+    }
+    let (program, package) = tool.program();
+    common::require_tool(program, package);
+    let (uid, gid) = ensure_rootless_user();
+    let dir = scratch("network-rootless-resolv");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
+    let state = dir.path().join("state");
+    let _tun = TunOpen::new();
+    let name = format!("resolv-{program}-{}", std::process::id());
+    let show = "cat /etc/resolv.conf; echo ---; \
+                echo x >> /etc/resolv.conf 2>/dev/null && echo writable || echo read-only";
+    let publish = format!("127.0.0.1:{port}:80");
+    let mut cmd = as_rootless(&common::bin("warren"));
+    cmd.env("WARREN_STATE_DIR", &state).args([
+        "run", "--rm", "--image", "busybox", "--name", &name, "--net", program, "-p", &publish,
+        "--", "sh", "-c", show,
+    ]);
+    let out = run(&mut cmd);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (resolv, rest) = text.split_once("---\n").expect("two parts");
+    let host = warren::net::hosts::host_resolv_conf();
+    let want = warren::net::hosts::resolv_conf_with(&[tool.nameserver()], &host);
+    assert_eq!(resolv, want, "host's:\n{host}");
+    let line = format!("nameserver {}\n", tool.nameserver());
+    assert!(resolv.contains(&line), "{resolv}");
+    assert_eq!(rest.trim(), "read-only", "{text}");
+    let kept = warren::net::usermode::etc::dir_for(uid, &state, &name);
+    assert!(!kept.exists(), "{} outlived the container", kept.display());
+}
+
+#[test]
+fn a_rootless_pasta_container_has_a_resolv_conf() {
+    a_rootless_container_has_a_resolv_conf(Tool::Pasta, 18382);
+}
+
+#[test]
+fn a_rootless_slirp4netns_container_has_a_resolv_conf() {
+    a_rootless_container_has_a_resolv_conf(Tool::Slirp4netns, 18383);
 }

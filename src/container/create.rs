@@ -49,6 +49,8 @@ pub struct CreateOptions {
     pub init: bool,
     /// Make the root an overlay of these layers in the container's namespaces.
     pub root_overlay: Option<super::rootfs::RootOverlay>,
+    /// Attach this user-mode network to the init before it goes.
+    pub usermode: Option<crate::net::usermode::Usermode>,
 }
 
 /// Creates container `id` under `root` from `spec`; returns its record and the init's
@@ -205,6 +207,7 @@ fn create_in(
     let talk = Talk {
         sock: &sock,
         init: &init,
+        usermode: opts.usermode.as_ref(),
     };
     let joined = go(
         &talk,
@@ -411,6 +414,7 @@ fn has_early_hooks(hooks: Option<&Hooks>) -> bool {
 struct Talk<'a> {
     sock: &'a OwnedFd,
     init: &'a Init,
+    usermode: Option<&'a crate::net::usermode::Usermode>,
 }
 
 impl Talk<'_> {
@@ -450,6 +454,11 @@ fn go(
     }
     if let Some(w) = writing {
         w.finish()?;
+    }
+    if let Some(u) = talk.usermode {
+        let failed =
+            |e| Error::io("attach the network")(std::io::Error::other(crate::error_line(&e)));
+        crate::net::usermode::attach(u.tool, pid, &u.ports).map_err(failed)?;
     }
     // Before GO the child runs nothing and still has our credentials (see apply_limits);
     // a forked init inherits what is set here.

@@ -70,6 +70,8 @@ struct Request {
     init: bool,
     #[serde(default)]
     root_overlay: Option<crate::container::rootfs::RootOverlay>,
+    #[serde(default)]
+    usermode: Option<crate::net::usermode::Usermode>,
     /// Which of stdin, stdout, stderr, the console socket come as fds, in that order.
     fds: [bool; 4],
 }
@@ -137,6 +139,7 @@ pub fn create(
         start: opts.start,
         init: opts.init,
         root_overlay: opts.root_overlay.take(),
+        usermode: opts.usermode.take(),
         fds: present,
     };
     let bytes = serde_json::to_vec(&request).map_err(|e| io("encode")(e.into()))?;
@@ -296,6 +299,7 @@ fn run(sock: OwnedFd, r: Request, fds: Vec<OwnedFd>) -> i32 {
         start: r.start,
         init: r.init,
         root_overlay: r.root_overlay,
+        usermode: r.usermode,
     };
     let container = match Container::create(&r.root, &r.id, &r.spec, opts) {
         Ok(c) => c,

@@ -111,7 +111,7 @@ impl Networks {
             bridge,
             CONTAINER_IF,
             std::os::fd::AsFd::as_fd(&ns),
-            def.mtu,
+            super::LINK_MTU,
             &self.tag(),
         )?;
         let host = nl.link(&ep.veth)?.ok_or_else(|| {
@@ -121,7 +121,7 @@ impl Networks {
             })
         })?;
         nl.set_up(host.index)?;
-        let (addr, prefix, gateway) = (ep.addr, def.subnet.prefix, def.gateway);
+        let (addr, prefix, gateway, mtu) = (ep.addr, def.subnet.prefix, def.gateway, def.mtu);
         netns::run_in(&pin, move || {
             let mut inner = Netlink::open().map_err(link_io)?;
             let eth = inner
@@ -132,7 +132,7 @@ impl Networks {
                 .add_address(eth.index, addr, prefix)
                 .map_err(link_io)?;
             inner.set_up(eth.index).map_err(link_io)?;
-            inner.add_default_route(gateway).map_err(link_io)
+            inner.add_default_route(gateway, mtu).map_err(link_io)
         })?;
         self.update_firewall()?;
         dns::ensure(def, &self.endpoints_dir(&def.name), &self.exe, &self.run)?;

@@ -25,6 +25,12 @@ pub fn hosts(addr: Ipv4Addr, names: &[String]) -> String {
 /// resolvers (`host`: the host's resolv.conf) without the loopback ones a container
 /// cannot reach; the host's `search` and `options` lines either way.
 pub fn resolv_conf(nameserver: Option<Ipv4Addr>, host: &str) -> String {
+    let own: Vec<IpAddr> = nameserver.into_iter().map(IpAddr::V4).collect();
+    resolv_conf_with(&own, host)
+}
+
+/// [`resolv_conf`] with `nameservers` (none: the host's reachable ones).
+pub fn resolv_conf_with(nameservers: &[IpAddr], host: &str) -> String {
     let mut out = String::new();
     let mut servers = Vec::new();
     for line in host.lines() {
@@ -43,10 +49,9 @@ pub fn resolv_conf(nameserver: Option<Ipv4Addr>, host: &str) -> String {
             _ => {}
         }
     }
-    let servers = match nameserver {
-        Some(ns) => vec![IpAddr::V4(ns)],
-        None => servers,
-    };
+    if !nameservers.is_empty() {
+        servers = nameservers.to_vec();
+    }
     for s in servers {
         out.push_str(&format!("nameserver {s}\n"));
     }

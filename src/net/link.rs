@@ -14,7 +14,8 @@ use netlink_packet_route::link::{
     LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
+    RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -292,14 +293,17 @@ impl Netlink {
     }
 
     /// Adds the default route via `gateway` in the main table.
-    pub fn add_default_route(&mut self, gateway: Ipv4Addr) -> Result<(), LinkError> {
+    pub fn add_default_route(&mut self, gateway: Ipv4Addr, mtu: u32) -> Result<(), LinkError> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
         msg.header.table = RouteHeader::RT_TABLE_MAIN;
         msg.header.protocol = RouteProtocol::Boot;
         msg.header.scope = RouteScope::Universe;
         msg.header.kind = RouteType::Unicast;
-        msg.attributes = vec![RouteAttribute::Gateway(RouteAddress::Inet(gateway))];
+        msg.attributes = vec![
+            RouteAttribute::Gateway(RouteAddress::Inet(gateway)),
+            RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]),
+        ];
         let what = format!("add the default route via {gateway}");
         self.request(
             &what,

@@ -291,7 +291,7 @@ impl Networks {
         let link = match nl.link(&def.bridge)? {
             Some(l) => l,
             None => {
-                nl.add_bridge(&def.bridge, def.mtu, &self.tag())?;
+                nl.add_bridge(&def.bridge, super::LINK_MTU, &self.tag())?;
                 nl.link(&def.bridge)?
                     .ok_or_else(|| NetError::NotABridge(def.bridge.clone()))?
             }

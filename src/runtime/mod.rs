@@ -367,7 +367,7 @@ impl Runtime {
         record.rootfs = view.clone();
         self.write_record(record)?;
 
-        let (usermode, ports) = (cfg.network.clone(), cfg.ports.clone());
+        let usermode = network::usermode(&cfg.network, &cfg.ports);
         network::prepare(self, &name, &mut cfg)?;
         let image = ImageConfig::of(&self.store, &cfg.image)?;
         // An overlay root exists only in the container: users are looked up in its lower.
@@ -398,6 +398,7 @@ impl Runtime {
             init: cfg.init,
             rootfs: root_overlay.is_some().then(|| view.clone()),
             root_overlay,
+            usermode,
             ..CreateOptions::default()
         };
         let container = if self.monitor {
@@ -406,7 +407,6 @@ impl Runtime {
         } else {
             Container::create(&self.opts.run_dir, &name, &spec, opts)?
         };
-        network::attach_usermode(&usermode, &ports, container.pid())?;
         Ok(container)
     }
 

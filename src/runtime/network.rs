@@ -1,7 +1,7 @@
 //! A container's network, around its creation: a bridge network is joined before the
 //! container exists (it then joins the pinned namespace, and gets its own /etc/hosts and
-//! /etc/resolv.conf), a user-mode stack is attached to the created init's namespace
-//! before it starts, and `remove` takes the container off its network.
+//! /etc/resolv.conf), a user-mode stack is attached to the init's namespace by the
+//! create, before the init goes, and `remove` takes the container off its network.
 
 use super::config::{BindMount, ContainerConfig, Network};
 use super::{Error, Runtime};
@@ -25,6 +25,19 @@ impl Runtime {
 /// Before the spec: for a bridge network, joins it and points `cfg` at the pinned
 /// namespace, with the hosts and resolver files bind-mounted read-only.
 pub(crate) fn prepare(rt: &Runtime, name: &str, cfg: &mut ContainerConfig) -> Result<(), Error> {
+    if let Some(tool) = usermode_tool(&cfg.network) {
+        let state = &rt.opts.state_dir;
+        let file = net::usermode::etc::write_resolv_conf(tool, state, name).map_err(
+            super::io_err("write", &net::usermode::etc::dir(state, name)),
+        )?;
+        let destination = "/etc/resolv.conf".into();
+        let (source, readonly) = (file, true);
+        cfg.mounts.push(BindMount {
+            source,
+            destination,
+            readonly,
+        });
+    }
     let Network::Bridge { network } = &cfg.network else {
         return Ok(());
     };
@@ -54,23 +67,31 @@ pub(crate) fn prepare(rt: &Runtime, name: &str, cfg: &mut ContainerConfig) -> Re
     Ok(())
 }
 
-/// After the create, before the start: a user-mode stack for the init `pid`'s namespace.
-pub(crate) fn attach_usermode(
+/// The user-mode stack `network` asks for, publishing `ports`: the create attaches it
+/// to the init's namespace before the init goes ([`net::usermode::Usermode`]).
+pub(crate) fn usermode(
     network: &Network,
     ports: &[net::PortMapping],
-    pid: i32,
-) -> Result<(), Error> {
-    let tool = match network {
-        Network::Pasta => net::usermode::Tool::Pasta,
-        Network::Slirp4netns => net::usermode::Tool::Slirp4netns,
-        _ => return Ok(()),
-    };
-    net::usermode::attach(tool, pid, ports)?;
-    Ok(())
+) -> Option<net::usermode::Usermode> {
+    let tool = usermode_tool(network)?;
+    Some(net::usermode::Usermode {
+        tool,
+        ports: ports.to_vec(),
+    })
+}
+
+fn usermode_tool(network: &Network) -> Option<net::usermode::Tool> {
+    match network {
+        Network::Pasta => Some(net::usermode::Tool::Pasta),
+        Network::Slirp4netns => Some(net::usermode::Tool::Slirp4netns),
+        _ => None,
+    }
 }
 
 /// Takes `name` off its bridge network (nothing recorded: nothing to do).
 pub(crate) fn detach(rt: &Runtime, name: &str) -> Result<(), Error> {
+    let etc = net::usermode::etc::dir(&rt.opts.state_dir, name);
+    net::usermode::etc::remove(&rt.opts.state_dir, name).map_err(super::io_err("remove", &etc))?;
     if !crate::dirs::is_root() {
         return Ok(());
     }

@@ -3,10 +3,11 @@
 //!
 //! The helper runs as the calling user in the host's network namespace and joins the
 //! container's user and network namespaces for its tap device (so `/dev/net/tun` must be
-//! usable by the user: mode 0666, as on a normal Debian host). Published ports listen on
+//! usable by the user: mode 0666, as on a normal Debian host). It is attached while the
+//! container's init waits to go ([`Usermode`]): the only time the user may open them. Published ports listen on
 //! the host's loopback unless a mapping names a host address. DNS goes through the
-//! helper's own forwarder: [`Tool::nameserver`] is the address to write into the
-//! container's resolv.conf (nothing here writes it).
+//! helper's own forwarder: [`Tool::nameserver`] is the address [`etc`] writes into the
+//! container's resolv.conf.
 //!
 //! Lifetime: both helpers keep the namespace alive themselves, so a watcher
 //! ([`watch`]) stops the helper when the container's init exits. The container cannot
@@ -14,6 +15,7 @@
 //! trace), slirp4netns's API socket is removed once the ports are added, and the helper
 //! binds host ports in the host's network namespace, where the container cannot bind.
 
+pub mod etc;
 mod watch;
 
 use super::{PortMapping, Proto};
@@ -27,7 +29,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Which user-mode network stack.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Tool {
     Pasta,
     Slirp4netns,
@@ -70,6 +73,16 @@ pub enum UsermodeError {
     },
     #[error("{tool} failed: {reason}")]
     Failed { tool: &'static str, reason: String },
+}
+
+/// A user-mode network for a container being created: attached by the creating process
+/// to the init's namespaces after its id maps are written and before it is told to go.
+/// Only then may the user open them: from there until its exec the init is not dumpable
+/// (and no longer has the user's ids), so `/proc/PID/ns/*` is root's alone.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Usermode {
+    pub tool: Tool,
+    pub ports: Vec<PortMapping>,
 }
 
 /// The running helper of one container; dropping it does not stop it (it exits with the
@@ -247,12 +260,18 @@ fn slirp4netns(
         "--configure",
         "--mtu=65520",
         "--disable-host-loopback",
-        "--enable-sandbox",
         "--enable-seccomp",
         "--ready-fd=3",
-        &api_arg,
     ];
     argv.extend(fixed.iter().map(OsStr::new));
+    // The sandbox runs slirp4netns in the container's user namespace, where the user has
+    // no id (a container's block is its subordinate ids): it could create no file, the
+    // API socket included. The published ports need that socket; without any, sandboxed.
+    if ports.is_empty() {
+        argv.push(OsStr::new("--enable-sandbox"));
+    } else {
+        argv.push(OsStr::new(&api_arg));
+    }
     let pid_arg = pid.to_string();
     argv.extend([OsStr::new(&pid_arg), OsStr::new("tap0")]);
     let argv: Vec<CString> = argv
