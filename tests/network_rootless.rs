@@ -261,6 +261,18 @@ fn a_rootless_container_has_a_resolv_conf(tool: Tool, port: u16) {
     assert_eq!(rest.trim(), "read-only", "{text}");
     let kept = warren::net::usermode::etc::dir_for(uid, &state, &name);
     assert!(!kept.exists(), "{} outlived the container", kept.display());
+    // The helper dies with the container: at once the port is free for its next run.
+    let again = run(as_rootless(&common::bin("warren"))
+        .env("WARREN_STATE_DIR", &state)
+        .args([
+            "run", "--rm", "--image", "busybox", "--name", &name, "--net", program,
+        ])
+        .args(["-p", &publish, "--", "true"]));
+    assert!(
+        again.status.success(),
+        "a second run on {publish}: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
 }
 
 #[test]

@@ -135,12 +135,10 @@ unsafe fn watcher(
         ];
         while libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {}
         if fds[1].revents == 0 {
-            // The container is gone, the helper not: stop it, then make sure.
-            let _ = sys::pidfd_send_signal(helper.as_fd_or(helper_fd), libc::SIGTERM);
-            fds[1].revents = 0;
-            if libc::poll(&mut fds[1], 1, 5000) == 0 {
-                let _ = sys::pidfd_send_signal(helper.as_fd_or(helper_fd), libc::SIGKILL);
-            }
+            // The container is gone, the helper not: kill it at once. Neither helper has
+            // anything to save, pasta ignores SIGTERM, and its listeners would refuse the
+            // ports of the container's next run (a restart, `run --rm` again).
+            let _ = sys::pidfd_send_signal(helper.as_fd_or(helper_fd), libc::SIGKILL);
         }
         // Our own child, reaped.
         if let Helper::Start { .. } = helper {
