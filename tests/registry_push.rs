@@ -7,7 +7,6 @@ mod common;
 #[allow(dead_code)]
 #[path = "registry/harness.rs"]
 mod harness;
-#[allow(dead_code)]
 #[path = "oci/util.rs"]
 mod util;
 
