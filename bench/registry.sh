@@ -8,7 +8,8 @@
 # bookworm host with its dpkg records), `warren image pull` of the base, then of the variant:
 # the bytes the registry sent for the variant (its access log) vs the size of the variant's
 # changed layer as docker would make it (the added and changed files, a gzip tar). Target:
-# <= 0.8x.
+# <= 0.8x. `store push` recompresses every chunk it sends at zstd 19: minutes of CPU on a
+# debug build (WARREN=target/debug/warren is fine for the byte counts, not for timings).
 #
 #   bench/registry.sh        (as root; release build of warren)
 # Environment: WARREN (default the `make release` binary), WORK (default /var/tmp/warren-bench),
@@ -149,7 +150,7 @@ with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0) as gz:
                 if not os.path.lexists(q) or not same(p, q):
                     tar.add(p, arcname=rel, recursive=False)
 layer = len(buf.getvalue())
-moved = requests = 0
+moved = requests = whole = 0
 with open(log, errors="replace") as f:
     f.seek(start)
     for line in f:
@@ -157,10 +158,13 @@ with open(log, errors="replace") as f:
         if m:
             moved += int(m.group(2))
             requests += 1
+            # Whole blobs (200) are the indexes; ranges (206) are pack tables and chunks.
+            whole += int(m.group(2)) if m.group(1) == "200" else 0
 rep = json.load(open(report))
 mib = lambda n: f"{n / 2**20:.2f} MiB"
 print(f"variant via the chunk-store artifact (base local): {mib(moved)} in {requests} blob requests "
-      f"({rep['artifact']['fetched_chunks']} of {rep['artifact']['chunks']} chunks)")
+      f"({rep['artifact']['fetched_chunks']} of {rep['artifact']['chunks']} chunks; "
+      f"index blobs {mib(whole)}, pack tables and chunks {mib(moved - whole)})")
 print(f"the variant's changed layer (gzip tar of the added and changed files): {mib(layer)}")
 print(f"moved / changed layer = {moved / layer:.2f} (target <= 0.8)")
 PY

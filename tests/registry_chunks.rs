@@ -41,6 +41,24 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// `len` bytes of text: words picked by [`noise`], compressible but not trivially so.
+fn words(len: usize) -> Vec<u8> {
+    const WORDS: [&str; 16] = [
+        "import", "def", "return", "self", "value", "None", "for", "in", "if", "else", "class",
+        "yield", "lambda", "with", "as", "raise",
+    ];
+    let mut out = Vec::with_capacity(len + 16);
+    for (i, b) in noise(4, len).into_iter().enumerate() {
+        if out.len() >= len {
+            break;
+        }
+        out.extend_from_slice(WORDS[usize::from(b & 15)].as_bytes());
+        out.push(if i % 9 == 8 { b'\n' } else { b' ' });
+    }
+    out.truncate(len);
+    out
+}
+
 /// A tree with many owners, modes, xattrs, a capability, links and a fifo (the layered
 /// OCI test image, unpacked), plus 16 MiB of noise so it has many chunks.
 fn base_tree(work: &Path) -> PathBuf {
@@ -136,6 +154,13 @@ fn store_artifact_round_trip_and_a_variant_moves_only_its_new_chunks() {
         "the registry had them all: {again}"
     );
     assert_eq!(again["digest"], r["digest"], "the same artifact: {again}");
+    // Every blob (packs rebuilt from recompressed chunks, indexes, config) is the same
+    // byte for byte: all found by HEAD.
+    assert_eq!(
+        again["skipped_blobs"].as_u64().unwrap(),
+        r["uploaded_blobs"].as_u64().unwrap() + r["skipped_blobs"].as_u64().unwrap(),
+        "a re-push is all HEAD-skipped: {again}"
+    );
     json(
         &pusher,
         &reg,
@@ -200,6 +225,8 @@ fn store_artifact_round_trip_and_a_variant_moves_only_its_new_chunks() {
     );
     let out = extract(&puller, &reg, "base:1", "base-out");
     util::assert_same_tree(&base, &out);
+    // The chunks are stored as received (recompressed by the pusher): the store verifies.
+    ok(warren(&puller, &reg).args(["store", "verify"]));
 
     // The variant, with the base here: about its new chunks move, not the image.
     let from = log_len(&reg);
@@ -264,6 +291,7 @@ fn a_corrupt_pack_or_index_blob_is_refused_with_nothing_listed() {
     let tree = w.join("tree");
     fs::create_dir_all(&tree).unwrap();
     fs::write(tree.join("noise"), noise(3, 2 << 20)).unwrap();
+    fs::write(tree.join("words.txt"), words(1 << 20)).unwrap();
     ok(warren(&pusher, &reg)
         .args(["image", "import", "--name", "img:1"])
         .arg(&tree));
@@ -289,6 +317,18 @@ fn a_corrupt_pack_or_index_blob_is_refused_with_nothing_listed() {
         .iter()
         .find(|l| l["mediaType"] == "application/vnd.warren.store.pack.v1")
         .unwrap();
+    // The same chunks as the store's pack, recompressed at a higher level: smaller.
+    let stored: u64 = fs::read_dir(pusher.join("state/store/packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
+    let sent = pack["size"].as_u64().unwrap();
+    assert!(
+        sent < stored,
+        "the pushed pack ({sent} bytes) is smaller than the store's ({stored} bytes)"
+    );
     // One byte in the middle of the chunks flipped, in the registry's storage.
     let path = reg.blob_data(pack["digest"].as_str().unwrap());
     let mut data = fs::read(&path).unwrap();
@@ -337,4 +377,6 @@ fn a_corrupt_pack_or_index_blob_is_refused_with_nothing_listed() {
     assert_eq!(r["name"], "renamed:2", "{r}");
     let out = extract(&puller, &reg, "renamed:2", "out");
     assert_eq!(fs::read(out.join("noise")).unwrap(), noise(3, 2 << 20));
+    assert_eq!(fs::read(out.join("words.txt")).unwrap(), words(1 << 20));
+    ok(warren(&puller, &reg).args(["store", "verify"]));
 }

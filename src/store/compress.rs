@@ -111,6 +111,18 @@ impl ChunkCompressor {
         out: &mut Vec<u8>,
     ) -> std::io::Result<()> {
         let level = level_for(data, class);
+        self.encode_at(data, class, level, out)
+    }
+
+    /// As [`encode`](Self::encode), at zstd level `level` whatever the class (a store
+    /// push to a registry recompresses its chunks at a high one; any level decodes).
+    pub fn encode_at(
+        &mut self,
+        data: &mut [u8],
+        class: Class,
+        level: i32,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
         let at = match self.contexts.iter().position(|(l, _)| *l == level) {
             Some(at) => at,
             None => {

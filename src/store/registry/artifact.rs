@@ -4,10 +4,11 @@
 //! whose config is a small JSON of [`CONFIG_TYPE`], and whose layers are the packs
 //! ([`PACK_TYPE`]) holding the chunks of the named images and their indexes
 //! ([`INDEX_TYPE`], titled with the image's name). Every blob is referenced by the
-//! manifest, so a registry's garbage collection keeps them. A store pack whose every
-//! chunk is wanted goes as it is (the same pack is sent once, whatever pushes name it);
-//! the wanted chunks of another pack go as a pack of just those, so a push never leaks
-//! chunks of images it was not asked to publish.
+//! manifest, so a registry's garbage collection keeps them. Each store pack holding
+//! wanted chunks goes as a pack of just those (a push never leaks chunks of images it
+//! was not asked to publish), every chunk recompressed at a high level (`repack.rs`):
+//! the publisher pays once for what every puller fetches. The packs are deterministic,
+//! so the same pack is sent once, whatever pushes name it.
 //!
 //! [`pull`] (reached from `warren image pull` when the manifest's config says it is one)
 //! fetches the indexes whole, verified by digest, then the pack tables and only the
@@ -15,9 +16,11 @@
 //! served store does ([`crate::store::remote`]); each chunk is checked against its id,
 //! and nothing is listed before every chunk is here (see `artifact_pull.rs`).
 
+mod repack;
+
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use super::client::{Client, Method, Payload, http};
@@ -25,7 +28,7 @@ use super::manifest::OCI_MANIFEST;
 use super::{Options, RegistryError};
 use crate::store::index::ChunkId;
 use crate::store::oci::blob::{Algorithm, Digest, Hashing};
-use crate::store::{Store, StoreError, pack};
+use crate::store::{Store, StoreError};
 
 /// The manifest's `artifactType`.
 pub const ARTIFACT_TYPE: &str = "application/vnd.warren.store.v1";
@@ -114,7 +117,7 @@ fn collect(store: &Store, names: &[String], dir: &Path) -> Result<Vec<Blob>, Reg
     for name in names {
         let index = store.index(name)?;
         wanted.extend(index.chunks.iter().map(|c| c.id));
-        indexes.push((name.clone(), index.encode()));
+        indexes.push((name.clone(), repack::index(index.encode())));
     }
     let all = store.chunks()?;
     let mut taken: HashSet<ChunkId> = HashSet::new();
@@ -129,16 +132,11 @@ fn collect(store: &Store, names: &[String], dir: &Path) -> Result<Vec<Blob>, Reg
         if entries.is_empty() {
             continue;
         }
-        let path = if entries.len() == pack.entries.len() {
-            pack.path.clone()
-        } else {
-            let chunks = entries.iter().map(|&e| {
-                let id = pack.entries[e].id;
-                all.read_packed(p, e).map(|data| (id, data))
-            });
-            write_pack(dir, chunks)?
-        };
-        blobs.push(file_blob(&path)?);
+        let chunks = entries.iter().map(|&e| {
+            let id = pack.entries[e].id;
+            all.read_packed(p, e).map(|data| (id, data))
+        });
+        blobs.push(file_blob(&repack::write_pack(dir, chunks)?)?);
     }
     let mut loose: Vec<ChunkId> = wanted.difference(&taken).copied().collect();
     if !loose.is_empty() {
@@ -152,7 +150,7 @@ fn collect(store: &Store, names: &[String], dir: &Path) -> Result<Vec<Blob>, Reg
                     path: store.dir().to_path_buf(),
                 })
         });
-        blobs.push(file_blob(&write_pack(dir, chunks)?)?);
+        blobs.push(file_blob(&repack::write_pack(dir, chunks)?)?);
     }
     for (name, data) in indexes {
         blobs.push(Blob {
@@ -164,24 +162,6 @@ fn collect(store: &Store, names: &[String], dir: &Path) -> Result<Vec<Blob>, Reg
         });
     }
     Ok(blobs)
-}
-
-/// A pack in `dir` of `chunks` (id, stored bytes), in that order.
-fn write_pack(
-    dir: &Path,
-    chunks: impl Iterator<Item = Result<(ChunkId, Vec<u8>), StoreError>>,
-) -> Result<PathBuf, RegistryError> {
-    let writer = pack::PackWriter::with_target(dir, u64::MAX);
-    for c in chunks {
-        let (id, data) = c?;
-        writer.append(id, &data)?;
-    }
-    let mut done = writer.finish()?;
-    let (tmp, _) = done.pop().ok_or_else(|| RegistryError::Invalid {
-        what: dir.display().to_string(),
-        why: "no pack written".into(),
-    })?;
-    Ok(tmp)
 }
 
 fn file_blob(path: &Path) -> Result<Blob, RegistryError> {
