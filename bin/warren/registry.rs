@@ -28,7 +28,8 @@ pub struct Access {
 }
 
 impl Access {
-    fn options(&self, creds: Option<&str>) -> anyhow::Result<registry::Options> {
+    /// The registry options these flags and `creds` ask for.
+    pub(crate) fn options(&self, creds: Option<&str>) -> anyhow::Result<registry::Options> {
         let mut o = registry::Options {
             tls_verify: self.tls_verify,
             cert_dir: self.cert_dir.clone(),

@@ -1,6 +1,5 @@
 //! `warren store ...`: the chunk store itself (stats, verify, gc).
 
-use anyhow::Context;
 use warren::store::registry;
 
 use crate::Global;
@@ -188,31 +187,6 @@ fn is_dir_dest(dest: &str) -> bool {
     dest.starts_with('/') || dest.starts_with('.') || std::path::Path::new(dest).is_dir()
 }
 
-/// The registry options `access` and `creds` ask for (as `image pull` builds them).
-fn registry_options(
-    access: &crate::registry::Access,
-    creds: Option<&str>,
-) -> anyhow::Result<registry::Options> {
-    let mut o = registry::Options {
-        tls_verify: access.tls_verify,
-        cert_dir: access.cert_dir.clone(),
-        ..Default::default()
-    };
-    if let Some(roots) = std::env::var_os("WARREN_CERTS_D") {
-        o.certs_dirs = std::env::split_paths(&roots).collect();
-    }
-    if let Some(conf) = std::env::var_os("CONTAINERS_REGISTRIES_CONF") {
-        o.registries_conf = conf.into();
-    }
-    if let Some(f) = &access.authfile {
-        o.auth_files = vec![f.clone()];
-    }
-    if let Some(c) = creds {
-        o.creds = Some(registry::Credentials::parse(c).context("--creds: expected USER:PASSWORD")?);
-    }
-    Ok(o)
-}
-
 fn push_registry(
     global: &Global,
     store: &warren::store::Store,
@@ -221,7 +195,7 @@ fn push_registry(
     creds: Option<&str>,
     access: &crate::registry::Access,
 ) -> anyhow::Result<i32> {
-    let opts = registry_options(access, creds)?;
+    let opts = access.options(creds)?;
     let r = registry::store_push(store, reference, images, &opts)?;
     if global.json {
         println!("{}", serde_json::to_string(&r)?);

@@ -80,14 +80,7 @@ pub fn push(
     images: &[String],
     opts: &Options,
 ) -> Result<StorePushReport, RegistryError> {
-    let r = super::reference::resolve(reference, &opts.registries_conf)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| RegistryError::BadReference {
-            reference: reference.into(),
-            why: "no registry to push to".into(),
-        })?;
-    let client = Client::new(opts, r.api_host(), &r.repository, "pull,push")?;
+    let (r, client) = super::push::target(reference, opts)?;
     let names = if images.is_empty() {
         store.names()?
     } else {

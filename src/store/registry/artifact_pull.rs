@@ -105,26 +105,9 @@ impl Transport for Blobs<'_> {
 /// The manifest `digest` (a warren store artifact), verified.
 fn fetch_manifest(client: &Client, digest: &Digest) -> Result<RawManifest, RegistryError> {
     let url = client.url(&format!("manifests/{digest}"));
-    let resp = client.send(Method::Get, &url, &[("Accept", OCI_MANIFEST.to_string())])?;
-    match resp.status().as_u16() {
-        200 => {}
-        404 => return Err(RegistryError::NotFound { what: url }),
-        s => return Err(http(&url, format!("HTTP {s}"))),
-    }
-    let data = resp
-        .into_body()
-        .with_config()
-        .limit(MAX_MANIFEST)
-        .read_to_vec()
-        .map_err(|e| super::client::body_error(&url, e))?;
-    let actual = super::hash(digest.algorithm, &data);
-    if &actual != digest {
-        return Err(RegistryError::DigestMismatch {
-            blob: format!("manifest {digest}"),
-            expected: digest.to_string(),
-            actual: actual.to_string(),
-        });
-    }
+    let (data, _) =
+        client.get_small(&url, &[("Accept", OCI_MANIFEST.to_string())], MAX_MANIFEST)?;
+    super::check(format!("manifest {digest}"), &data, None, digest)?;
     let m: RawManifest = serde_json::from_slice(&data).map_err(|e| RegistryError::Invalid {
         what: format!("manifest {digest}"),
         why: e.to_string(),
@@ -156,21 +139,7 @@ fn fetch_index(client: &Client, d: &Descriptor) -> Result<(Vec<u8>, Index), Regi
     let data = Blobs { client }
         .get(&url, Range::Whole, d.size + 1)
         .map_err(|e| http(&url, e.to_string()))?;
-    if data.len() as u64 != d.size {
-        return Err(RegistryError::SizeMismatch {
-            blob,
-            expected: d.size,
-            actual: data.len() as u64,
-        });
-    }
-    let actual = super::hash(digest.algorithm, &data);
-    if actual != digest {
-        return Err(RegistryError::DigestMismatch {
-            blob,
-            expected: digest.to_string(),
-            actual: actual.to_string(),
-        });
-    }
+    super::check(blob.clone(), &data, Some(d.size), &digest)?;
     let index = Index::decode(&data).map_err(|e| RegistryError::Invalid {
         what: blob,
         why: e.to_string(),

@@ -311,6 +311,32 @@ impl Client {
         self.send_with(method, url, headers, &Payload::Empty)
     }
 
+    /// GETs `url`, a small document (a manifest, a config): its body, at most `limit`
+    /// bytes, and its content type. A 404 is [`RegistryError::NotFound`].
+    pub fn get_small(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        limit: u64,
+    ) -> Result<(Vec<u8>, String), RegistryError> {
+        let resp = self.send(Method::Get, url, headers)?;
+        match resp.status().as_u16() {
+            200 => {}
+            404 => return Err(RegistryError::NotFound { what: url.into() }),
+            s => return Err(http(url, format!("HTTP {s}"))),
+        }
+        let content_type = header(&resp, "content-type")
+            .unwrap_or_default()
+            .to_string();
+        let data = resp
+            .into_body()
+            .with_config()
+            .limit(limit)
+            .read_to_vec()
+            .map_err(|e| body_error(url, e))?;
+        Ok((data, content_type))
+    }
+
     /// [`Client::send`] with a body.
     pub fn send_with(
         &self,

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use super::RegistryError;
-use super::client::{Client, Method, http};
+use super::client::Client;
 use crate::store::oci::blob::Digest;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -112,34 +112,10 @@ pub fn parse_digest(s: &str, what: &str) -> Result<Digest, RegistryError> {
 fn fetch(client: &Client, reference: &str) -> Result<(Vec<u8>, String, Digest), RegistryError> {
     let url = client.url(&format!("manifests/{reference}"));
     let accept = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST].join(", ");
-    let resp = client.send(Method::Get, &url, &[("Accept", accept)])?;
-    match resp.status().as_u16() {
-        200 => {}
-        404 => return Err(RegistryError::NotFound { what: url }),
-        s => return Err(http(&url, format!("HTTP {s}"))),
-    }
-    let content_type = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let data = resp
-        .into_body()
-        .with_config()
-        .limit(MAX_MANIFEST)
-        .read_to_vec()
-        .map_err(|e| super::client::body_error(&url, e))?;
+    let (data, content_type) = client.get_small(&url, &[("Accept", accept)], MAX_MANIFEST)?;
     let digest = match Digest::parse(reference) {
         Some(expected) => {
-            let actual = super::hash(expected.algorithm, &data);
-            if actual != expected {
-                return Err(RegistryError::DigestMismatch {
-                    blob: format!("manifest {reference}"),
-                    expected: expected.to_string(),
-                    actual: actual.to_string(),
-                });
-            }
+            super::check(format!("manifest {reference}"), &data, None, &expected)?;
             expected
         }
         None => Digest::sha256(&data),

@@ -135,3 +135,31 @@ pub(crate) fn hash(algorithm: Algorithm, data: &[u8]) -> Digest {
     h.update(data);
     h.finish()
 }
+
+/// Checks `data`, fetched as `blob`, against the size (when one was given) and the digest
+/// it was named by.
+pub(crate) fn check(
+    blob: String,
+    data: &[u8],
+    size: Option<u64>,
+    digest: &Digest,
+) -> Result<(), RegistryError> {
+    if let Some(expected) = size
+        && data.len() as u64 != expected
+    {
+        return Err(RegistryError::SizeMismatch {
+            blob,
+            expected,
+            actual: data.len() as u64,
+        });
+    }
+    let actual = hash(digest.algorithm, data);
+    if &actual != digest {
+        return Err(RegistryError::DigestMismatch {
+            blob,
+            expected: digest.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    Ok(())
+}

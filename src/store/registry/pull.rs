@@ -250,34 +250,8 @@ pub(super) fn make_private_dir(dir: &Path) -> Result<(), RegistryError> {
 fn fetch_config(client: &Client, d: &Descriptor) -> Result<Vec<u8>, RegistryError> {
     let digest = parse_digest(&d.digest, "config")?;
     let url = client.url(&format!("blobs/{digest}"));
-    let resp = client.send(Method::Get, &url, &[])?;
-    match resp.status().as_u16() {
-        200 => {}
-        404 => return Err(RegistryError::NotFound { what: url }),
-        s => return Err(http(&url, format!("HTTP {s}"))),
-    }
-    let data = resp
-        .into_body()
-        .with_config()
-        .limit(manifest::MAX_MANIFEST)
-        .read_to_vec()
-        .map_err(|e| super::client::body_error(&url, e))?;
-    let blob = format!("config {digest}");
-    if data.len() as u64 != d.size {
-        return Err(RegistryError::SizeMismatch {
-            blob,
-            expected: d.size,
-            actual: data.len() as u64,
-        });
-    }
-    let actual = super::hash(digest.algorithm, &data);
-    if actual != digest {
-        return Err(RegistryError::DigestMismatch {
-            blob,
-            expected: digest.to_string(),
-            actual: actual.to_string(),
-        });
-    }
+    let (data, _) = client.get_small(&url, &[], manifest::MAX_MANIFEST)?;
+    super::check(format!("config {digest}"), &data, Some(d.size), &digest)?;
     Ok(data)
 }
 

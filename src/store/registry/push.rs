@@ -76,6 +76,22 @@ fn write_layer(
     Ok((gz.hasher.finish(), gz.bytes, diff_id))
 }
 
+/// The first registry `reference` resolves to, and a client allowed to push there.
+pub(super) fn target(
+    reference: &str,
+    opts: &Options,
+) -> Result<(reference::Reference, Client), RegistryError> {
+    let r = reference::resolve(reference, &opts.registries_conf)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| RegistryError::BadReference {
+            reference: reference.into(),
+            why: "no registry to push to".into(),
+        })?;
+    let client = Client::new(opts, r.api_host(), &r.repository, "pull,push")?;
+    Ok((r, client))
+}
+
 /// Pushes image `name` of `store` to `reference` (which needs a tag or a registry
 /// given in full; a short name goes to the first search registry).
 pub fn push(
@@ -85,14 +101,7 @@ pub fn push(
     format: Format,
     opts: &Options,
 ) -> Result<PushReport, RegistryError> {
-    let r = reference::resolve(reference, &opts.registries_conf)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| RegistryError::BadReference {
-            reference: reference.into(),
-            why: "no registry to push to".into(),
-        })?;
-    let client = Client::new(opts, r.api_host(), &r.repository, "pull,push")?;
+    let (r, client) = target(reference, opts)?;
     let dir = store.dir().join(super::pull::BLOB_DIR);
     super::pull::make_private_dir(&dir)?;
     let layer_path = dir.join(format!("push-{}.tar.gz", std::process::id()));
