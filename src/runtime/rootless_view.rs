@@ -248,7 +248,7 @@ impl Runtime {
 }
 
 /// The result of a helper run on a scoped thread (a panic there is a bug: passed on).
-pub(super) fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
     h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
