@@ -23,8 +23,9 @@ use std::fs::{self, File};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use super::client::{Client, Method, Payload, http};
+use super::client::{Client, Method, Payload};
 use super::manifest::OCI_MANIFEST;
+use super::push::Sent;
 use super::{Options, RegistryError};
 use crate::store::index::ChunkId;
 use crate::store::oci::blob::{Algorithm, Digest, Hashing};
@@ -97,7 +98,7 @@ pub fn push(
         // Shared, until the packs are sent: a gc must not rewrite them meanwhile.
         let _lock = store.lock(false)?;
         let blobs = collect(store, &names, &dir)?;
-        send(&client, &r, blobs, &names)
+        send(&client, store.dir(), &r, blobs, &names)
     })();
     let _ = fs::remove_dir_all(&dir);
     result
@@ -172,6 +173,7 @@ fn file_blob(path: &Path) -> Result<Blob, RegistryError> {
 /// Uploads the blobs the repository lacks, the config, then the manifest.
 fn send(
     client: &Client,
+    store_dir: &Path,
     r: &super::Reference,
     mut blobs: Vec<Blob>,
     names: &[String],
@@ -222,11 +224,12 @@ fn send(
         title: None,
     });
     for b in &blobs {
-        if upload_blob(client, &b.digest, b.size, &b.payload)? {
-            report.uploaded_blobs += 1;
-            report.uploaded_bytes += b.size;
-        } else {
-            report.skipped_blobs += 1;
+        match super::push::upload_blob(client, store_dir, &b.digest, &b.payload)? {
+            Sent::Uploaded => {
+                report.uploaded_blobs += 1;
+                report.uploaded_bytes += b.size;
+            }
+            Sent::Present | Sent::Mounted => report.skipped_blobs += 1,
         }
     }
     let url = client.url(&format!("manifests/{}", r.manifest_ref()));
@@ -236,7 +239,7 @@ fn send(
         &[("Content-Type", OCI_MANIFEST.to_string())],
         &Payload::Bytes(manifest),
     )?;
-    expect(resp.status().as_u16(), &url, &[200, 201])?;
+    super::push::expect(&resp, &url, &[200, 201])?;
     report.retries = client.retries.load(Ordering::Relaxed);
     Ok(report)
 }
@@ -246,44 +249,6 @@ fn json_err(e: serde_json::Error) -> RegistryError {
         what: "artifact manifest".into(),
         why: e.to_string(),
     }
-}
-
-fn expect(status: u16, url: &str, codes: &[u16]) -> Result<(), RegistryError> {
-    if codes.contains(&status) {
-        return Ok(());
-    }
-    Err(http(url, format!("HTTP {status}")))
-}
-
-/// Sends one blob (monolithic upload) unless the repository has it (HEAD); true when sent.
-fn upload_blob(
-    client: &Client,
-    digest: &Digest,
-    size: u64,
-    payload: &Payload,
-) -> Result<bool, RegistryError> {
-    let blob_url = client.url(&format!("blobs/{digest}"));
-    if client.send(Method::Head, &blob_url, &[])?.status() == 200 {
-        return Ok(false);
-    }
-    let start = client.url("blobs/uploads/");
-    let resp = client.send_with(Method::Post, &start, &[], &Payload::Empty)?;
-    expect(resp.status().as_u16(), &start, &[202])?;
-    let location = resp
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| http(&start, "no Location for the upload".into()))?;
-    let upload = super::client::resolve_location(&start, location);
-    let sep = if upload.contains('?') { '&' } else { '?' };
-    let put = format!("{upload}{sep}digest={digest}");
-    let headers = [
-        ("Content-Type", "application/octet-stream".to_string()),
-        ("Content-Length", size.to_string()),
-    ];
-    let resp = client.send_with(Method::Put, &put, &headers, payload)?;
-    expect(resp.status().as_u16(), &put, &[201, 204])?;
-    Ok(true)
 }
 
 #[cfg(test)]

@@ -177,7 +177,7 @@ fn push_layer(
     Ok(report)
 }
 
-fn expect(
+pub(super) fn expect(
     resp: &ureq::http::Response<ureq::Body>,
     url: &str,
     codes: &[u16],
@@ -190,7 +190,7 @@ fn expect(
 }
 
 /// What became of a blob.
-enum Sent {
+pub(super) enum Sent {
     Uploaded,
     /// The repository had it.
     Present,
@@ -200,7 +200,7 @@ enum Sent {
 
 /// Sends one blob unless the repository has it (HEAD) or can mount it from a repository
 /// warren knows holds it.
-fn upload_blob(
+pub(super) fn upload_blob(
     client: &Client,
     store_dir: &Path,
     digest: &Digest,
