@@ -41,6 +41,20 @@ fn link_io(e: LinkError) -> io::Error {
     io::Error::other(format!("{e}: {}", e.source))
 }
 
+fn net_io(e: NetError) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// In a container's namespace (the calling thread's): IPv6 on for its interfaces
+/// (`all`, `default`, `lo`, eth0), whatever a namespace's defaults were; no router
+/// advertisements taken (its routes are warren's).
+fn enable_ipv6_inside() -> Result<(), NetError> {
+    for ifname in ["all", "default", "lo", CONTAINER_IF] {
+        super::ipv6::enable_ipv6(ifname)?;
+    }
+    super::ipv6::set_conf(CONTAINER_IF, "accept_ra", "0")
+}
+
 impl Networks {
     /// The host side of `container`'s veth: `wrnv` and 11 hex digits of a hash of this
     /// state directory and the name (15 bytes, the kernel's limit).
@@ -122,6 +136,8 @@ impl Networks {
         })?;
         nl.set_up(host.index)?;
         let (addr, prefix, gateway, mtu) = (ep.addr, def.subnet.prefix, def.gateway, def.mtu);
+        // (address, prefix, gateway) on IPv6, when the network has it.
+        let v6 = ep.addr6.zip(def.subnet6).map(|(a, n)| (a, n.prefix, n.gateway()));
         netns::run_in(&pin, move || {
             let mut inner = Netlink::open().map_err(link_io)?;
             let eth = inner
@@ -129,10 +145,24 @@ impl Networks {
                 .map_err(link_io)?
                 .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "eth0 is missing"))?;
             inner
-                .add_address(eth.index, addr, prefix)
+                .add_address(eth.index, addr.into(), prefix)
                 .map_err(link_io)?;
+            if let Some((addr6, prefix6, _)) = v6 {
+                enable_ipv6_inside().map_err(net_io)?;
+                inner
+                    .add_address(eth.index, addr6.into(), prefix6)
+                    .map_err(link_io)?;
+            }
             inner.set_up(eth.index).map_err(link_io)?;
-            inner.add_default_route(gateway, mtu).map_err(link_io)
+            inner
+                .add_default_route(gateway.into(), mtu)
+                .map_err(link_io)?;
+            match v6 {
+                Some((_, _, gateway6)) => inner
+                    .add_default_route(gateway6.into(), mtu)
+                    .map_err(link_io),
+                None => Ok(()),
+            }
         })?;
         self.update_firewall()?;
         dns::ensure(def, &self.endpoints_dir(&def.name), &self.exe, &self.run)?;

@@ -2,7 +2,7 @@
 //! its own directory on the host and bind-mounted read-only over the image's, as runc
 //! and podman do (the image is never written, and the container cannot change them).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -10,15 +10,18 @@ use std::path::{Path, PathBuf};
 /// [`super::Networks::etc_dir`]).
 pub const ETC_ROOT: &str = "/run/warren-etc";
 
-/// The container's hosts file: loopback, then its address with its hostname, its
-/// name and aliases.
-pub fn hosts(addr: Ipv4Addr, names: &[String]) -> String {
+/// The container's hosts file: loopback, then its address (and its IPv6 address, on a
+/// dual-stack network) with its hostname, its name and aliases.
+pub fn hosts(addr: Ipv4Addr, addr6: Option<Ipv6Addr>, names: &[String]) -> String {
     let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
     names.dedup();
-    format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{addr}\t{}\n",
-        names.join(" ")
-    )
+    let names = names.join(" ");
+    let mut text =
+        format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{addr}\t{names}\n");
+    if let Some(addr6) = addr6 {
+        text.push_str(&format!("{addr6}\t{names}\n"));
+    }
+    text
 }
 
 /// The resolver config: the network's name server when it has one, else the host's
@@ -71,12 +74,12 @@ pub fn host_resolv_conf() -> String {
 /// mode 0644; returns (source, destination) pairs to bind-mount read-only.
 pub fn write(
     dir: &Path,
-    addr: Ipv4Addr,
+    (addr, addr6): (Ipv4Addr, Option<Ipv6Addr>),
     names: &[String],
     nameserver: Option<Ipv4Addr>,
 ) -> std::io::Result<Vec<(PathBuf, PathBuf)>> {
     let files = [
-        ("hosts", hosts(addr, names), "/etc/hosts"),
+        ("hosts", hosts(addr, addr6, names), "/etc/hosts"),
         (
             "resolv.conf",
             resolv_conf(nameserver, &host_resolv_conf()),
@@ -111,9 +114,15 @@ mod tests {
     #[test]
     fn hosts_name_the_container_and_its_aliases() {
         let names = vec!["web".to_string(), "www".to_string()];
-        let text = hosts(Ipv4Addr::new(10, 231, 1, 2), &names);
+        let text = hosts(Ipv4Addr::new(10, 231, 1, 2), None, &names);
         assert!(text.contains("127.0.0.1\tlocalhost\n"), "{text}");
         assert!(text.ends_with("10.231.1.2\tweb www\n"), "{text}");
+        let six = "fd00:231::2".parse().unwrap();
+        let text = hosts(Ipv4Addr::new(10, 231, 1, 2), Some(six), &names);
+        assert!(
+            text.ends_with("10.231.1.2\tweb www\nfd00:231::2\tweb www\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! address, and a crash leaves at most a record that `rm` or `network prune` clears.
 
 use super::network::{NetError, io_err};
-use super::{Endpoint, Ipv4Net, NetworkDef, PortMapping};
+use super::{Endpoint, Ipv4Net, Ipv6Net, NetworkDef, PortMapping};
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 /// The lowest address of `subnet` that is neither its network, broadcast, `gateway` nor
@@ -18,6 +18,20 @@ pub fn pick(subnet: Ipv4Net, gateway: Ipv4Addr, used: &BTreeSet<Ipv4Addr>) -> Op
     (first..broadcast)
         .map(Ipv4Addr::from)
         .find(|a| *a != gateway && !used.contains(a))
+}
+
+/// How many addresses of an IPv6 subnet [`pick6`] looks at: more containers than
+/// any host runs, and a bound on the search.
+const SCAN6: u128 = 1 << 20;
+
+/// The lowest address of `subnet` after its `::1` (the gateway) not in `used`
+/// (`::0` is the subnet-router anycast address).
+pub fn pick6(subnet: Ipv6Net, used: &BTreeSet<Ipv6Addr>) -> Option<Ipv6Addr> {
+    let first = u128::from(subnet.network()) + 2;
+    let size = (!subnet.mask()).saturating_add(1);
+    (first..first + SCAN6.min(size.saturating_sub(2)))
+        .map(Ipv6Addr::from)
+        .find(|a| !used.contains(a))
 }
 
 /// The first host address of `subnet`: the bridge's own (the gateway).
@@ -70,16 +84,28 @@ pub struct Request<'a> {
 /// holds the networks lock.
 pub fn allocate(dir: &Path, net: &NetworkDef, req: Request<'_>) -> Result<Endpoint, NetError> {
     std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-    let used: BTreeSet<Ipv4Addr> = endpoints(dir)?.iter().map(|e| e.addr).collect();
+    let taken = endpoints(dir)?;
+    let used: BTreeSet<Ipv4Addr> = taken.iter().map(|e| e.addr).collect();
     let addr = pick(net.subnet, net.gateway, &used).ok_or_else(|| NetError::Full {
         network: net.name.clone(),
-        subnet: net.subnet,
+        subnet: net.subnet.to_string(),
     })?;
+    let addr6 = match net.subnet6 {
+        None => None,
+        Some(subnet6) => {
+            let used6: BTreeSet<Ipv6Addr> = taken.iter().filter_map(|e| e.addr6).collect();
+            let a = pick6(subnet6, &used6).ok_or_else(|| NetError::Full {
+                network: net.name.clone(),
+                subnet: subnet6.to_string(),
+            })?;
+            Some(a)
+        }
+    };
     let endpoint = Endpoint {
         network: net.name.clone(),
         container: req.container.to_string(),
         addr,
-        addr6: None,
+        addr6,
         names: req.names,
         ports: req.ports,
         veth: req.veth,
@@ -169,6 +195,30 @@ mod tests {
         let on_disk = endpoints(&d).unwrap();
         assert_eq!(on_disk.len(), 5);
         assert_eq!(on_disk.iter().find(|e| e.container == "f").unwrap(), &again);
+    }
+
+    #[test]
+    fn ipv6_addresses_are_distinct_and_freed_with_the_ipv4_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("endpoints");
+        let mut n = net("10.231.9.0/24");
+        let six: Ipv6Net = "fd00:231:9::/120".parse().unwrap();
+        n.subnet6 = Some(six);
+        let a = allocate(&d, &n, req("a")).unwrap();
+        let b = allocate(&d, &n, req("b")).unwrap();
+        assert_eq!(a.addr6, Some("fd00:231:9::2".parse().unwrap()));
+        assert_eq!(b.addr6, Some("fd00:231:9::3".parse().unwrap()));
+        release(&d, "a").unwrap();
+        assert_eq!(allocate(&d, &n, req("c")).unwrap().addr6, a.addr6);
+        // A /127's two addresses are the anycast and the gateway: none for containers.
+        let tiny = Ipv6Net {
+            addr: "fd00::".parse().unwrap(),
+            prefix: 127,
+        };
+        assert_eq!(pick6(tiny, &BTreeSet::new()), None);
+        // An IPv4-only network's endpoints have none.
+        let v4 = allocate(&dir.path().join("v4"), &net("10.231.10.0/24"), req("x")).unwrap();
+        assert_eq!(v4.addr6, None);
     }
 
     #[test]

@@ -8,7 +8,9 @@ use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
     LinkFlags, LinkInfo, LinkMessage,
@@ -20,7 +22,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// What a link dump tells about one interface.
@@ -271,16 +273,23 @@ impl Netlink {
         }
     }
 
-    /// Adds `addr/prefix` to link `index` (already there is not an error).
-    pub fn add_address(&mut self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<(), LinkError> {
+    /// Adds `addr/prefix` to link `index` (already there is not an error). An IPv6
+    /// address skips duplicate address detection (`IFA_F_NODAD`): the allocator made
+    /// it unique on its network, and it is usable at once, not seconds later.
+    pub fn add_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), LinkError> {
         let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = family(addr);
         msg.header.prefix_len = prefix;
         msg.header.index = index;
         msg.attributes = vec![
-            AddressAttribute::Local(addr.into()),
-            AddressAttribute::Address(addr.into()),
+            AddressAttribute::Local(addr),
+            AddressAttribute::Address(addr),
         ];
+        if addr.is_ipv6() {
+            msg.header.flags = AddressHeaderFlags::Nodad;
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
         let what = format!("add address {addr}/{prefix} to link {index}");
         match self.request(
             &what,
@@ -292,16 +301,16 @@ impl Netlink {
         }
     }
 
-    /// Adds the default route via `gateway` in the main table.
-    pub fn add_default_route(&mut self, gateway: Ipv4Addr, mtu: u32) -> Result<(), LinkError> {
+    /// Adds the default route (of `gateway`'s family) via `gateway` in the main table.
+    pub fn add_default_route(&mut self, gateway: IpAddr, mtu: u32) -> Result<(), LinkError> {
         let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
+        msg.header.address_family = family(gateway);
         msg.header.table = RouteHeader::RT_TABLE_MAIN;
         msg.header.protocol = RouteProtocol::Boot;
         msg.header.scope = RouteScope::Universe;
         msg.header.kind = RouteType::Unicast;
         msg.attributes = vec![
-            RouteAttribute::Gateway(RouteAddress::Inet(gateway)),
+            RouteAttribute::Gateway(gateway.into()),
             RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]),
         ];
         let what = format!("add the default route via {gateway}");
@@ -352,6 +361,41 @@ impl Netlink {
                     let len = r.header.destination_prefix_length;
                     r.attributes.iter().find_map(|a| match a {
                         RouteAttribute::Destination(RouteAddress::Inet(d)) => Some((*d, len)),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+fn family(addr: IpAddr) -> AddressFamily {
+    match addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+impl Netlink {
+    /// The IPv6 subnets routed on this host (a picked ULA /64 stays off them), the
+    /// default route and link-local and multicast ranges left out.
+    pub fn routed_subnets6(&mut self) -> Result<Vec<super::Ipv6Net>, LinkError> {
+        let mut q = RouteMessage::default();
+        q.header.address_family = AddressFamily::Inet6;
+        let routes = self.call("list routes", RouteNetlinkMessage::GetRoute(q), NLM_F_DUMP)?;
+        Ok(routes
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r)
+                    if r.header.destination_prefix_length > 0
+                        && r.header.table == RouteHeader::RT_TABLE_MAIN =>
+                {
+                    let prefix = r.header.destination_prefix_length;
+                    r.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Destination(RouteAddress::Inet6(d)) => {
+                            format!("{d}/{prefix}").parse().ok()
+                        }
                         _ => None,
                     })
                 }

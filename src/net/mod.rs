@@ -13,6 +13,7 @@ pub mod dns;
 pub mod firewall;
 pub mod hosts;
 pub mod ipam;
+pub mod ipv6;
 pub mod link;
 pub mod netns;
 pub mod network;
@@ -95,6 +96,82 @@ impl fmt::Display for Ipv4Net {
     }
 }
 
+/// An IPv6 subnet, `fd12:3456:789a:1::/64`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Ipv6Net {
+    pub addr: Ipv6Addr,
+    pub prefix: u8,
+}
+
+impl Ipv6Net {
+    pub fn mask(&self) -> u128 {
+        u128::MAX
+            .checked_shl(128 - u32::from(self.prefix))
+            .unwrap_or(0)
+    }
+
+    pub fn network(&self) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.addr) & self.mask())
+    }
+
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        u128::from(ip) & self.mask() == u128::from(self.network())
+    }
+
+    pub fn overlaps(&self, other: &Ipv6Net) -> bool {
+        self.contains(other.network()) || other.contains(self.network())
+    }
+
+    /// The subnet's `::1`: the bridge's own address (the containers' gateway).
+    pub fn gateway(&self) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.network()) + 1)
+    }
+}
+
+impl FromStr for Ipv6Net {
+    type Err = NetParseError;
+    fn from_str(s: &str) -> Result<Self, NetParseError> {
+        let bad = || NetParseError::Subnet6(s.to_string());
+        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv6Addr = addr.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        // Room for the gateway and containers; never a link-local, multicast or
+        // loopback range.
+        let special = addr.is_loopback()
+            || addr.is_unspecified()
+            || addr.is_multicast()
+            || addr.segments()[0] & 0xffc0 == 0xfe80;
+        if !(8..=120).contains(&prefix) || special {
+            return Err(bad());
+        }
+        let net = Ipv6Net { addr, prefix };
+        Ok(Ipv6Net {
+            addr: net.network(),
+            prefix,
+        })
+    }
+}
+
+impl TryFrom<String> for Ipv6Net {
+    type Error = NetParseError;
+    fn try_from(s: String) -> Result<Self, NetParseError> {
+        s.parse()
+    }
+}
+
+impl From<Ipv6Net> for String {
+    fn from(n: Ipv6Net) -> String {
+        n.to_string()
+    }
+}
+
+impl fmt::Display for Ipv6Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 /// A named network: one bridge on the host, one subnet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,9 +182,10 @@ pub struct NetworkDef {
     pub subnet: Ipv4Net,
     /// The bridge's own address: the containers' default route and name server.
     pub gateway: Ipv4Addr,
-    /// An IPv6 ULA /64 with the bridge's address in it, when the network has IPv6.
+    /// Its IPv6 subnet (dual stack; a ULA /64 unless one was given), the bridge's
+    /// address being its `::1`. None: IPv4 only (and every record from before IPv6).
     #[serde(default)]
-    pub subnet6: Option<(Ipv6Addr, u8)>,
+    pub subnet6: Option<Ipv6Net>,
     /// No route out: no masquerade, no forwarding to anything but the network itself.
     #[serde(default)]
     pub internal: bool,
@@ -117,6 +195,13 @@ pub struct NetworkDef {
     /// The uplink's MTU: the containers' default route's, so what leaves the host is
     /// sized for it from the start (the bridge and veths use [`LINK_MTU`]).
     pub mtu: u32,
+}
+
+impl NetworkDef {
+    /// The bridge's IPv6 address, when the network has IPv6.
+    pub fn gateway6(&self) -> Option<Ipv6Addr> {
+        self.subnet6.map(|n| n.gateway())
+    }
 }
 
 /// The MTU of a network's bridge and veths. Traffic on the host (container to
@@ -275,6 +360,10 @@ pub struct Endpoint {
 pub enum NetParseError {
     #[error("subnet {0:?}: expected an IPv4 network like 10.89.0.0/24 (prefix at most /30)")]
     Subnet(String),
+    #[error(
+        "subnet {0:?}: expected an IPv6 network like fd00:1:2:3::/64 (prefix /8 to /120; not loopback, link-local or multicast)"
+    )]
+    Subnet6(String),
     #[error("port {0:?}: expected [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|udp]")]
     Port(String),
 }
@@ -324,5 +413,29 @@ mod tests {
         for bad in ["10.89.0.0", "10.89.0.0/31", "10.89.0.0/x", "::1/64"] {
             assert!(bad.parse::<Ipv4Net>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn ipv6_subnets_are_canonical_and_old_records_load() {
+        let n: Ipv6Net = "fd12:3456:789a:1::7/64".parse().unwrap();
+        assert_eq!(n.to_string(), "fd12:3456:789a:1::/64");
+        assert_eq!(n.gateway().to_string(), "fd12:3456:789a:1::1");
+        assert!(n.contains("fd12:3456:789a:1:ffff::2".parse().unwrap()));
+        assert!(!n.contains("fd12:3456:789a:2::2".parse().unwrap()));
+        assert!(n.overlaps(&"fd12:3456:789a::/48".parse().unwrap()));
+        for bad in ["fd00::/7", "fd00::/121", "::1/64", "fe80::/64", "ff02::/16", "10.0.0.0/8"] {
+            assert!(bad.parse::<Ipv6Net>().is_err(), "{bad}");
+        }
+        // A record from before IPv6 (no field) and one written with `null` both load.
+        let old = r#"{"name":"a","bridge":"wrn-a","subnet":"10.1.0.0/24","gateway":"10.1.0.1","mtu":1500}"#;
+        let def: NetworkDef = serde_json::from_str(old).unwrap();
+        assert_eq!(def.subnet6, None);
+        let null = old.replace(r#""mtu""#, r#""subnet6":null,"mtu""#);
+        assert_eq!(serde_json::from_str::<NetworkDef>(&null).unwrap(), def);
+        let mut v6 = def.clone();
+        v6.subnet6 = Some(n);
+        let text = serde_json::to_string(&v6).unwrap();
+        assert!(text.contains(r#""subnet6":"fd12:3456:789a:1::/64""#), "{text}");
+        assert_eq!(serde_json::from_str::<NetworkDef>(&text).unwrap(), v6);
     }
 }

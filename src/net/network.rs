@@ -6,7 +6,7 @@
 use super::firewall::{self, FirewallError};
 use super::link::{LinkError, Netlink};
 use super::netns::NetnsError;
-use super::{Endpoint, Ipv4Net, NetworkDef, dns, ipam};
+use super::{Endpoint, Ipv4Net, Ipv6Net, NetworkDef, dns, ipam};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -30,9 +30,15 @@ pub enum NetError {
     #[error("subnet {subnet} of network {name:?} overlaps network {other:?} ({other_subnet})")]
     Overlap {
         name: String,
-        subnet: Ipv4Net,
+        subnet: String,
         other: String,
-        other_subnet: Ipv4Net,
+        other_subnet: String,
+    },
+    #[error("IPv6 subnet {subnet} of network {name:?} overlaps a route of the host's ({route})")]
+    Routed6 {
+        name: String,
+        subnet: Ipv6Net,
+        route: Ipv6Net,
     },
     #[error("network {name:?} is in use by container(s) {}", containers.join(", "))]
     InUse {
@@ -48,11 +54,13 @@ pub enum NetError {
         other: String,
     },
     #[error("network {network:?} ({subnet}) has no free address")]
-    Full { network: String, subnet: Ipv4Net },
+    Full { network: String, subnet: String },
     #[error(
         "no free subnet for network {0:?} in 10.90.0.0-10.127.255.0/24: give one with --subnet"
     )]
     NoFreeSubnet(String),
+    #[error("no free IPv6 /64 for network {0:?} in this host's ULA /48: give one with --subnet")]
+    NoFreeSubnet6(String),
     #[error("interface {0} exists and is not a bridge")]
     NotABridge(String),
     #[error("bridge {bridge} exists and belongs to another warren state directory ({owner})")]
@@ -91,6 +99,11 @@ pub struct CreateOptions {
     pub name: String,
     /// Default: a free 10.90-10.127.x.0/24 (10.89.0.0/16 for `warren`).
     pub subnet: Option<Ipv4Net>,
+    /// Dual stack: an IPv6 subnet too ([`Self::subnet6`], or a free /64 of the host's
+    /// ULA /48).
+    pub ipv6: bool,
+    /// The IPv6 subnet (implies `ipv6`).
+    pub subnet6: Option<Ipv6Net>,
     pub internal: bool,
     pub isolate: bool,
 }
@@ -235,12 +248,13 @@ impl Networks {
                     .ok_or_else(|| NetError::NoFreeSubnet(opts.name.clone()))?
             }
         };
+        let subnet6 = self.subnet6_for(opts, &existing, &mut nl)?;
         let def = NetworkDef {
             name: opts.name.clone(),
             bridge: bridge_name(&opts.name),
             subnet,
             gateway: ipam::gateway_of(subnet),
-            subnet6: None,
+            subnet6,
             internal: opts.internal,
             isolate: opts.isolate,
             mtu: nl.uplink_mtu()?.unwrap_or(FALLBACK_MTU),
@@ -265,6 +279,34 @@ impl Networks {
             return Err(e);
         }
         Ok(def)
+    }
+
+    /// The IPv6 subnet `opts` asks for: the one given, checked against the host's
+    /// routes, or a free /64 of the host's ULA /48 ([`super::ipv6`]).
+    fn subnet6_for(
+        &self,
+        opts: &CreateOptions,
+        existing: &[NetworkDef],
+        nl: &mut Netlink,
+    ) -> Result<Option<Ipv6Net>, NetError> {
+        if !opts.ipv6 && opts.subnet6.is_none() {
+            return Ok(None);
+        }
+        let routed = nl.routed_subnets6()?;
+        if let Some(net) = opts.subnet6 {
+            if let Some(route) = routed.iter().find(|r| r.overlaps(&net)) {
+                return Err(NetError::Routed6 {
+                    name: opts.name.clone(),
+                    subnet: net,
+                    route: *route,
+                });
+            }
+            return Ok(Some(net));
+        }
+        let ula = super::ipv6::global_prefix(&self.state)?;
+        super::ipv6::free_subnet(ula, existing, &routed)
+            .map(Some)
+            .ok_or_else(|| NetError::NoFreeSubnet6(opts.name.clone()))
     }
 
     /// Network `name`, made with the defaults if it is the default network and missing.
@@ -307,7 +349,11 @@ impl Networks {
                 owner: other.to_string(),
             });
         }
-        nl.add_address(link.index, def.gateway, def.subnet.prefix)?;
+        nl.add_address(link.index, def.gateway.into(), def.subnet.prefix)?;
+        if let Some(net6) = def.subnet6 {
+            super::ipv6::enable_ipv6(&def.bridge)?;
+            nl.add_address(link.index, net6.gateway().into(), net6.prefix)?;
+        }
         nl.set_up(link.index)?;
         Ok(link.index)
     }
@@ -434,16 +480,22 @@ pub fn bridge_name(name: &str) -> String {
     format!("wrn-{}-{}", &name[..5], &hash[..5])
 }
 
-/// Refuses a network whose subnet overlaps, or whose bridge name equals, another's.
+/// Refuses a network whose subnets overlap, or whose bridge name equals, another's.
 pub fn check_conflicts(def: &NetworkDef, existing: &[NetworkDef]) -> Result<(), NetError> {
     for other in existing {
+        let overlap = |subnet: String, other_subnet: String| NetError::Overlap {
+            name: def.name.clone(),
+            subnet,
+            other: other.name.clone(),
+            other_subnet,
+        };
         if other.subnet.overlaps(&def.subnet) {
-            return Err(NetError::Overlap {
-                name: def.name.clone(),
-                subnet: def.subnet,
-                other: other.name.clone(),
-                other_subnet: other.subnet,
-            });
+            return Err(overlap(def.subnet.to_string(), other.subnet.to_string()));
+        }
+        if let (Some(a), Some(b)) = (def.subnet6, other.subnet6) {
+            if a.overlaps(&b) {
+                return Err(overlap(a.to_string(), b.to_string()));
+            }
         }
         if other.bridge == def.bridge {
             return Err(NetError::BridgeTaken {

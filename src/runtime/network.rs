@@ -51,7 +51,7 @@ pub(crate) fn prepare(rt: &Runtime, name: &str, cfg: &mut ContainerConfig) -> Re
     let dir = nets.etc_dir(name);
     let files = net::hosts::write(
         &dir,
-        joined.endpoint.addr,
+        (joined.endpoint.addr, joined.endpoint.addr6),
         &names,
         Some(joined.network.gateway),
     )
