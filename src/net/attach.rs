@@ -137,7 +137,10 @@ impl Networks {
         nl.set_up(host.index)?;
         let (addr, prefix, gateway, mtu) = (ep.addr, def.subnet.prefix, def.gateway, def.mtu);
         // (address, prefix, gateway) on IPv6, when the network has it.
-        let v6 = ep.addr6.zip(def.subnet6).map(|(a, n)| (a, n.prefix, n.gateway()));
+        let v6 = ep
+            .addr6
+            .zip(def.subnet6)
+            .map(|(a, n)| (a, n.prefix, n.gateway()));
         netns::run_in(&pin, move || {
             let mut inner = Netlink::open().map_err(link_io)?;
             let eth = inner

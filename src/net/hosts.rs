@@ -16,8 +16,9 @@ pub fn hosts(addr: Ipv4Addr, addr6: Option<Ipv6Addr>, names: &[String]) -> Strin
     let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
     names.dedup();
     let names = names.join(" ");
-    let mut text =
-        format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{addr}\t{names}\n");
+    let mut text = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{addr}\t{names}\n"
+    );
     if let Some(addr6) = addr6 {
         text.push_str(&format!("{addr6}\t{names}\n"));
     }

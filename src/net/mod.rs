@@ -423,7 +423,14 @@ mod tests {
         assert!(n.contains("fd12:3456:789a:1:ffff::2".parse().unwrap()));
         assert!(!n.contains("fd12:3456:789a:2::2".parse().unwrap()));
         assert!(n.overlaps(&"fd12:3456:789a::/48".parse().unwrap()));
-        for bad in ["fd00::/7", "fd00::/121", "::1/64", "fe80::/64", "ff02::/16", "10.0.0.0/8"] {
+        for bad in [
+            "fd00::/7",
+            "fd00::/121",
+            "::1/64",
+            "fe80::/64",
+            "ff02::/16",
+            "10.0.0.0/8",
+        ] {
             assert!(bad.parse::<Ipv6Net>().is_err(), "{bad}");
         }
         // A record from before IPv6 (no field) and one written with `null` both load.
@@ -435,7 +442,10 @@ mod tests {
         let mut v6 = def.clone();
         v6.subnet6 = Some(n);
         let text = serde_json::to_string(&v6).unwrap();
-        assert!(text.contains(r#""subnet6":"fd12:3456:789a:1::/64""#), "{text}");
+        assert!(
+            text.contains(r#""subnet6":"fd12:3456:789a:1::/64""#),
+            "{text}"
+        );
         assert_eq!(serde_json::from_str::<NetworkDef>(&text).unwrap(), v6);
     }
 }

@@ -8,6 +8,8 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 pub const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// IPv6 forwarding, host-wide (netavark and docker turn on `all` alike).
+pub const IP6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 /// The host-wide lock of [`host_lock`] (in root's /run: no other user can hold it).
 pub const HOST_LOCK: &str = "/run/warren-firewall.lock";
 
@@ -38,12 +40,41 @@ fn nft_error(e: nftables::helper::NftablesError) -> FirewallError {
 /// Whether a warren table other than `table` (another state directory's) needs
 /// forwarding: its `bridges` set holds a bridge its `internal` set does not.
 pub fn others_forward(table: &str) -> Result<bool, FirewallError> {
+    Ok(tables_forwarding(&list_sets()?)
+        .iter()
+        .any(|t| t.as_str() != table))
+}
+
+/// The same for IPv6 forwarding: another warren table's `forward6` set is not empty.
+pub fn others_forward6(table: &str) -> Result<bool, FirewallError> {
+    Ok(tables_forwarding6(&list_sets()?)
+        .iter()
+        .any(|t| t.as_str() != table))
+}
+
+fn list_sets() -> Result<serde_json::Value, FirewallError> {
     use nftables::helper::get_current_ruleset_raw;
     let out = get_current_ruleset_raw(Some(&nft_program()), ["list", "sets", "inet"])
         .map_err(nft_error)?;
-    let json: serde_json::Value = serde_json::from_str(&out)
-        .map_err(|e| FirewallError::Nft(format!("nft -j list sets inet: {e}")))?;
-    Ok(tables_forwarding(&json).iter().any(|t| t.as_str() != table))
+    serde_json::from_str(&out)
+        .map_err(|e| FirewallError::Nft(format!("nft -j list sets inet: {e}")))
+}
+
+/// The warren tables in `nft -j list sets inet`'s answer whose `forward6` set has
+/// elements.
+pub fn tables_forwarding6(json: &serde_json::Value) -> BTreeSet<String> {
+    let objects = json["nftables"]
+        .as_array()
+        .map_or(&[][..], |a| a.as_slice());
+    objects
+        .iter()
+        .filter_map(|o| o.get("set"))
+        .filter(|set| set["name"] == "forward6")
+        .filter(|set| set["elem"].as_array().is_some_and(|e| !e.is_empty()))
+        .filter_map(|set| set["table"].as_str())
+        .filter(|t| nft::is_warren_table(t))
+        .map(String::from)
+        .collect()
 }
 
 /// The warren tables in `nft -j list sets inet`'s answer that need forwarding.

@@ -1,4 +1,4 @@
-//! The endpoints' share of warren's tables: published ports (four maps) and the ports
+//! The endpoints' share of warren's tables: published ports (eight maps) and the ports
 //! of `isolate` networks (a set). A container's join or leave changes only these, so
 //! [`sync`] reads them from the kernel and adds or deletes what differs from the plan,
 //! in one transaction, when the tables were loaded for the same networks; anything
@@ -8,7 +8,6 @@ use super::netlink::{BRIDGE, Change, Elems, INET, Nfnl};
 use super::plan::Ruleset;
 use crate::net::Proto;
 use std::io;
-use std::net::Ipv4Addr;
 
 /// `ifname` keys: the name, NUL-padded to IFNAMSIZ.
 fn ifname(name: &str) -> Vec<u8> {
@@ -36,30 +35,51 @@ fn port(p: u16) -> Vec<u8> {
 
 /// The elements `rules` calls for in each endpoint-driven set or map.
 pub fn wanted(rules: &Ruleset) -> Vec<(u8, &'static str, Elems)> {
-    let mut maps: [Elems; 4] = Default::default();
-    let mut put = |i: usize, key: Vec<u8>, target: (Ipv4Addr, u16)| {
-        maps[i].insert(key.clone(), target.0.octets().to_vec());
-        maps[i + 1].insert(key, port(target.1));
+    let mut maps: [Elems; 8] = Default::default();
+    let mut put = |i: usize, key: Vec<u8>, addr: Vec<u8>, to_port: u16| {
+        maps[i].insert(key.clone(), addr);
+        maps[i + 1].insert(key, port(to_port));
     };
-    for ((p, host), target) in &rules.ports {
-        put(0, [proto(*p), field(port(*host))].concat(), *target);
+    let any = |p: &Proto, host: &u16| [proto(*p), field(port(*host))].concat();
+    let at = |ip: Vec<u8>, p: &Proto, host: &u16| [ip, proto(*p), field(port(*host))].concat();
+    for ((p, host), (addr, to)) in &rules.ports {
+        put(0, any(p, host), addr.octets().to_vec(), *to);
     }
-    for ((ip, p, host), target) in &rules.ports_at {
-        let key = [ip.octets().to_vec(), proto(*p), field(port(*host))].concat();
-        put(2, key, *target);
+    for ((ip, p, host), (addr, to)) in &rules.ports_at {
+        put(
+            2,
+            at(ip.octets().to_vec(), p, host),
+            addr.octets().to_vec(),
+            *to,
+        );
+    }
+    for ((p, host), (addr, to)) in &rules.ports6 {
+        put(4, any(p, host), addr.octets().to_vec(), *to);
+    }
+    for ((ip, p, host), (addr, to)) in &rules.ports6_at {
+        put(
+            6,
+            at(ip.octets().to_vec(), p, host),
+            addr.octets().to_vec(),
+            *to,
+        );
     }
     let isolated = rules
         .isolated_ports
         .iter()
         .map(|n| (ifname(n), Vec::new()))
         .collect();
-    let [a, b, c, d] = maps;
+    let [a, b, c, d, e, f, g, h] = maps;
     vec![
         (INET, "ports_addr", a),
         (INET, "ports_port", b),
         (INET, "ports_at_addr", c),
         (INET, "ports_at_port", d),
         (BRIDGE, "isolated", isolated),
+        (INET, "ports6_addr", e),
+        (INET, "ports6_port", f),
+        (INET, "ports6_at_addr", g),
+        (INET, "ports6_at_port", h),
     ]
 }
 
@@ -117,6 +137,7 @@ pub fn sync(table: &str, rules: &Ruleset) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn keys_are_padded_fields_and_diffs_replace_what_changed() {

@@ -59,7 +59,10 @@ pub enum FirewallError {
 /// left alone (a drop in any table's forward chain wins, so their isolation adds up).
 /// Enables `net.ipv4.ip_forward` while a non-internal network exists, keeping its
 /// previous value in `forward_saved` (a file in a per-boot place: the run dir) to
-/// restore once no warren table needs forwarding. Callers hold the networks lock.
+/// restore once no warren table needs forwarding; the same for
+/// `net.ipv6.conf.all.forwarding` while a non-internal dual-stack network exists (its
+/// value kept in `ip6_forward.saved` beside `forward_saved`). Callers hold the
+/// networks lock.
 pub fn apply(
     table: &str,
     networks: &[NetworkDef],
@@ -104,7 +107,7 @@ fn set(
         apply::load(table, &rules)?;
     }
     apply::route_localnet(&rules)?;
-    if synced && !rules.needs_forwarding() {
+    if synced && !rules.needs_forwarding() && !rules.needs_forwarding6() {
         // The load that made these tables settled forwarding for these networks.
         return Ok(());
     }
@@ -113,7 +116,18 @@ fn set(
         || apply::others_forward(table),
         Path::new(apply::IP_FORWARD),
         forward_saved,
+    )?;
+    apply::forwarding(
+        rules.needs_forwarding6(),
+        || apply::others_forward6(table),
+        Path::new(apply::IP6_FORWARD),
+        &forward6_saved(forward_saved),
     )
+}
+
+/// Where IPv6 forwarding's previous value is kept: beside IPv4's.
+pub fn forward6_saved(forward_saved: &Path) -> PathBuf {
+    forward_saved.with_file_name("ip6_forward.saved")
 }
 
 #[cfg(test)]

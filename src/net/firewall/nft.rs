@@ -12,7 +12,7 @@
 //! network's name server (gateway:53) to its own bridge.
 
 use super::plan::Ruleset;
-use crate::net::{Ipv4Net, Proto};
+use crate::net::{Ipv4Net, Ipv6Net, Proto};
 use nftables::batch::Batch;
 use nftables::expr::{
     CT, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
@@ -72,6 +72,16 @@ const LOOPBACK: Ipv4Net = Ipv4Net {
     prefix: 8,
 };
 
+/// fe80::/10 and ::/128: what a container's neighbour discovery sends from.
+const LINK_LOCAL: Ipv6Net = Ipv6Net {
+    addr: std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0),
+    prefix: 10,
+};
+const UNSPECIFIED: Ipv6Net = Ipv6Net {
+    addr: std::net::Ipv6Addr::UNSPECIFIED,
+    prefix: 128,
+};
+
 /// The batch being built, and the name of the tables it fills.
 struct Tx {
     b: Batch<'static>,
@@ -98,6 +108,7 @@ impl Tx {
         let two_names =
             || SetTypeValue::Concatenated(vec![SetType::Ifname, SetType::Ifname].into());
         let isolated: BTreeSet<String> = rules.bridges.difference(&rules.intra).cloned().collect();
+        let forward6: BTreeSet<String> = rules.masquerade6.iter().map(|(_, b)| b.clone()).collect();
         // Marks what these tables were loaded for (see `Ruleset::base_set`).
         self.add_set(NfFamily::INet, rules.base_set(), one(SetType::Mark), vec![]);
         let gateways: BTreeSet<_> = rules.dns.iter().map(|(gw, _)| *gw).collect();
@@ -112,6 +123,8 @@ impl Tx {
             ),
             ("dns", gateway_bridge(), dns.collect()),
             ("bridges", one(SetType::Ifname), names(&rules.bridges)),
+            // The bridges that need IPv6 forwarding (see `apply::others_forward`).
+            ("forward6", one(SetType::Ifname), names(&forward6)),
             ("internal", one(SetType::Ifname), names(&rules.internal)),
             // (bridge, bridge): traffic within one network, allowed or not.
             ("intra", two_names(), pairs(&rules.intra)),
@@ -148,34 +161,79 @@ impl Tx {
             let drop = vec![from, spoofed, Statement::Drop(None)];
             self.rule(NfFamily::INet, "localnet", drop);
         }
+        for bridge in &rules.bridges {
+            // The same for IPv6: its subnet, or link-local and unspecified (neighbour
+            // discovery); on a network without IPv6, only those.
+            let mut expr = vec![eq(meta(MetaKey::Iifname), s(bridge))];
+            let own = rules.subnets6.iter().filter(|(_, b)| b == bridge);
+            for net in own.map(|(n, _)| *n).chain([LINK_LOCAL, UNSPECIFIED]) {
+                expr.push(ne(payload("ip6", "saddr"), prefix6(net)));
+            }
+            expr.push(Statement::Drop(None));
+            self.rule(NfFamily::INet, "localnet", expr);
+        }
     }
 
     /// Two maps per key, one for the address and one for the port: nft 1.0.6 (Debian 12)
     /// takes no concatenated map data in JSON. Both are hash lookups on the same key.
     fn port_maps(&mut self, rules: &Ruleset) {
-        let any = SetTypeValue::Concatenated(vec![SetType::InetProto, SetType::InetService].into());
-        let at = SetTypeValue::Concatenated(
-            vec![SetType::Ipv4Addr, SetType::InetProto, SetType::InetService].into(),
-        );
-        let any_keys: Vec<_> = rules
-            .ports
-            .iter()
-            .map(|((proto, port), t)| (concat([proto_name(*proto), num(*port)]), *t))
-            .collect();
-        let at_keys: Vec<_> = rules
-            .ports_at
-            .iter()
-            .map(|((ip, proto, port), t)| (concat([addr(*ip), proto_name(*proto), num(*port)]), *t))
-            .collect();
-        for (name, key, keys) in [("ports", any, any_keys), ("ports_at", at, at_keys)] {
+        let (proto, service) = (SetType::InetProto, SetType::InetService);
+        let any = || SetTypeValue::Concatenated(vec![proto.clone(), service.clone()].into());
+        let at = |addr: SetType| {
+            SetTypeValue::Concatenated(vec![addr, proto.clone(), service.clone()].into())
+        };
+        let key = |p: &Proto, port: &u16| concat([proto_name(*p), num(*port)]);
+        let key_at =
+            |ip: String, p: &Proto, port: &u16| concat([s(&ip), proto_name(*p), num(*port)]);
+        let target = |a: String, port: u16| (s(&a), port);
+        let v4 = SetType::Ipv4Addr;
+        let v6 = SetType::Ipv6Addr;
+        let maps = [
+            (
+                "ports",
+                any(),
+                v4.clone(),
+                (rules.ports.iter())
+                    .map(|((p, h), t)| (key(p, h), target(t.0.to_string(), t.1)))
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "ports_at",
+                at(v4.clone()),
+                v4,
+                (rules.ports_at.iter())
+                    .map(|((ip, p, h), t)| {
+                        (key_at(ip.to_string(), p, h), target(t.0.to_string(), t.1))
+                    })
+                    .collect(),
+            ),
+            (
+                "ports6",
+                any(),
+                v6.clone(),
+                (rules.ports6.iter())
+                    .map(|((p, h), t)| (key(p, h), target(t.0.to_string(), t.1)))
+                    .collect(),
+            ),
+            (
+                "ports6_at",
+                at(v6.clone()),
+                v6,
+                (rules.ports6_at.iter())
+                    .map(|((ip, p, h), t)| {
+                        (key_at(ip.to_string(), p, h), target(t.0.to_string(), t.1))
+                    })
+                    .collect(),
+            ),
+        ];
+        for (name, key, addr_type, keys) in maps {
             let to_addr = keys
                 .iter()
-                .map(|(k, t)| Expression::List(vec![k.clone(), addr(t.0)]));
-            let addr_map = format!("{name}_addr");
+                .map(|(k, t)| Expression::List(vec![k.clone(), t.0.clone()]));
             self.add_map(
-                addr_map,
+                format!("{name}_addr"),
                 key.clone(),
-                one(SetType::Ipv4Addr),
+                one(addr_type),
                 to_addr.collect(),
             );
             let to_port = keys
@@ -198,14 +256,17 @@ impl Tx {
         r(self, "prerouting", vec![local.clone(), jump("published")]);
         r(self, "output", vec![local, jump("published")]);
         let (l4, dport) = (|| meta(MetaKey::L4proto), || payload("th", "dport"));
-        let at_key = concat([payload("ip", "daddr"), l4(), dport()]);
-        let ipv4 = || eq(meta(MetaKey::Nfproto), s("ipv4"));
-        r(self, "published", vec![ipv4(), dnat(at_key, "ports_at")]);
-        r(
-            self,
-            "published",
-            vec![ipv4(), dnat(concat([l4(), dport()]), "ports")],
-        );
+        for (family, ip, nat, suffix) in [
+            ("ipv4", "ip", NATFamily::IP, ""),
+            ("ipv6", "ip6", NATFamily::IP6, "6"),
+        ] {
+            let at_key = concat([payload(ip, "daddr"), l4(), dport()]);
+            let is = || eq(meta(MetaKey::Nfproto), s(family));
+            let (at, any) = (format!("ports{suffix}_at"), format!("ports{suffix}"));
+            r(self, "published", vec![is(), dnat(at_key, &at, nat)]);
+            let any_key = concat([l4(), dport()]);
+            r(self, "published", vec![is(), dnat(any_key, &any, nat)]);
+        }
         // The host reaching 127.0.0.1:PORT: the container must answer the bridge's address.
         let oif = || meta(MetaKey::Oifname);
         let from_lo = vec![eq(oif(), s("@bridges")), saddr_in(LOOPBACK), masquerade()];
@@ -221,6 +282,14 @@ impl Tx {
             ];
             r(self, "postrouting", hairpin);
             let out = vec![saddr_in(*subnet), ne(oif(), s(bridge)), masquerade()];
+            r(self, "postrouting", out);
+        }
+        for (subnet, bridge) in &rules.masquerade6 {
+            let from = || eq(payload("ip6", "saddr"), prefix6(*subnet));
+            let dnatted = ct_is("status", s("dnat"));
+            let hairpin = vec![from(), eq(oif(), s(bridge)), dnatted, masquerade()];
+            r(self, "postrouting", hairpin);
+            let out = vec![from(), ne(oif(), s(bridge)), masquerade()];
             r(self, "postrouting", out);
         }
     }
@@ -397,6 +466,13 @@ fn prefix(net: Ipv4Net) -> Expression<'static> {
     }))
 }
 
+fn prefix6(net: Ipv6Net) -> Expression<'static> {
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(s(&net.network().to_string())),
+        len: u32::from(net.prefix),
+    }))
+}
+
 fn saddr_in(net: Ipv4Net) -> Statement<'static> {
     eq(payload("ip", "saddr"), prefix(net))
 }
@@ -437,8 +513,8 @@ fn masquerade() -> Statement<'static> {
     Statement::Masquerade(None)
 }
 
-/// `dnat ip to KEY map @NAME_addr : KEY map @NAME_port`.
-fn dnat(key: Expression<'static>, name: &str) -> Statement<'static> {
+/// `dnat ip[6] to KEY map @NAME_addr : KEY map @NAME_port`.
+fn dnat(key: Expression<'static>, name: &str, family: NATFamily) -> Statement<'static> {
     let lookup = |suffix: &str| {
         Expression::Named(NamedExpression::Map(Box::new(nftables::expr::Map {
             key: key.clone(),
@@ -447,7 +523,7 @@ fn dnat(key: Expression<'static>, name: &str) -> Statement<'static> {
     };
     Statement::DNAT(Some(NAT {
         addr: Some(lookup("addr")),
-        family: Some(NATFamily::IP),
+        family: Some(family),
         port: Some(lookup("port")),
         flags: None,
     }))

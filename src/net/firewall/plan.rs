@@ -2,12 +2,14 @@
 //! which bridges exist, which subnets are masqueraded, the published-port maps.
 
 use super::FirewallError;
-use crate::net::{Endpoint, Ipv4Net, NetworkDef, Proto};
+use crate::net::{Endpoint, Ipv4Net, Ipv6Net, NetworkDef, Proto};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Where a published port leads: a container's address and port.
 pub type Target = (Ipv4Addr, u16);
+/// The same on IPv6.
+pub type Target6 = (Ipv6Addr, u16);
 
 /// The content of warren's tables, as plain data.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,11 +35,20 @@ pub struct Ruleset {
     /// (gateway, bridge) of every network: its name server answers on gateway:53 to
     /// what comes in from that bridge only.
     pub dns: BTreeSet<(Ipv4Addr, String)>,
+    /// (IPv6 subnet, bridge) of every dual-stack network.
+    pub subnets6: Vec<(Ipv6Net, String)>,
+    /// (IPv6 subnet, bridge) of every non-internal dual-stack network (NAT66, as
+    /// netavark does: the containers' ULAs never leave the host).
+    pub masquerade6: Vec<(Ipv6Net, String)>,
+    /// Published ports on any host address, to containers with IPv6 addresses.
+    pub ports6: BTreeMap<(Proto, u16), Target6>,
+    /// Published ports on one IPv6 host address.
+    pub ports6_at: BTreeMap<(Ipv6Addr, Proto, u16), Target6>,
 }
 
 /// The version of the tables' layout ([`super::nft`]): bumped when its chains or sets
 /// change, so tables an older warren loaded are reloaded whole, never patched.
-const LAYOUT: u32 = 2;
+const LAYOUT: u32 = 3;
 
 impl Ruleset {
     /// No network: warren's tables are removed.
@@ -50,8 +61,15 @@ impl Ruleset {
     /// a container's join or leave only changes elements ([`super::elements`]).
     pub fn base_set(&self) -> String {
         let networks = format!(
-            "{LAYOUT} {:?} {:?} {:?} {:?} {:?} {:?}",
-            self.bridges, self.internal, self.intra, self.subnets, self.masquerade, self.dns
+            "{LAYOUT} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+            self.bridges,
+            self.internal,
+            self.intra,
+            self.subnets,
+            self.masquerade,
+            self.dns,
+            self.subnets6,
+            self.masquerade6
         );
         format!("base_{}", &blake3::hash(networks.as_bytes()).to_hex()[..16])
     }
@@ -59,6 +77,11 @@ impl Ruleset {
     /// Whether the host must forward packets (`net.ipv4.ip_forward`).
     pub fn needs_forwarding(&self) -> bool {
         !self.masquerade.is_empty()
+    }
+
+    /// Whether the host must forward IPv6 (`net.ipv6.conf.all.forwarding`).
+    pub fn needs_forwarding6(&self) -> bool {
+        !self.masquerade6.is_empty()
     }
 }
 
@@ -86,7 +109,9 @@ fn check_ifname(owner: &str, name: &str) -> Result<(), FirewallError> {
 
 /// The ruleset `networks` and `endpoints` call for. Endpoints of networks not in
 /// `networks` are ignored (a record left by a crash); so are the ports of `internal`
-/// networks (no route in) and mappings to an IPv6 host address (IPv4 only for now).
+/// networks (no route in), and mappings to an IPv6 host address of a container without
+/// IPv6 or to `::1` (IPv6 has no `route_localnet`: the kernel drops a packet from ::1
+/// that would leave the host's loopback, so DNAT cannot take it to a bridge).
 pub fn plan(networks: &[NetworkDef], endpoints: &[Endpoint]) -> Result<Ruleset, FirewallError> {
     let mut rules = Ruleset::default();
     let mut by_name = BTreeMap::new();
@@ -103,6 +128,12 @@ pub fn plan(networks: &[NetworkDef], endpoints: &[Endpoint]) -> Result<Ruleset, 
         }
         if !net.isolate {
             rules.intra.insert(net.bridge.clone());
+        }
+        if let Some(subnet6) = net.subnet6 {
+            rules.subnets6.push((subnet6, net.bridge.clone()));
+            if !net.internal {
+                rules.masquerade6.push((subnet6, net.bridge.clone()));
+            }
         }
     }
     let mut owners = Owners::default();
@@ -127,7 +158,7 @@ struct Owners {
     /// On any host address.
     any: BTreeMap<(Proto, u16), String>,
     /// On one host address, and the first of those per (protocol, port).
-    at: BTreeMap<(Ipv4Addr, Proto, u16), String>,
+    at: BTreeMap<(IpAddr, Proto, u16), String>,
     at_port: BTreeMap<(Proto, u16), String>,
 }
 
@@ -137,7 +168,7 @@ impl Owners {
     /// binding the ports would give).
     fn claim(
         &mut self,
-        ip: Option<Ipv4Addr>,
+        ip: Option<IpAddr>,
         key: (Proto, u16),
         container: &str,
     ) -> Result<(), String> {
@@ -167,28 +198,45 @@ impl Owners {
 
 fn publish(rules: &mut Ruleset, owners: &mut Owners, ep: &Endpoint) -> Result<(), FirewallError> {
     for m in &ep.ports {
-        let host_ip = match m.host_ip {
-            None => None,
-            Some(IpAddr::V4(ip)) => Some(ip),
-            Some(IpAddr::V6(_)) => {
-                tracing::warn!(container = %ep.container, port = %m, "IPv6 host address: not published");
+        if let Some(IpAddr::V6(ip)) = m.host_ip {
+            let why = if ip.is_loopback() {
+                "IPv6 loopback cannot be DNAT'd to a bridge (no route_localnet for IPv6)"
+            } else if ep.addr6.is_none() {
+                "the container has no IPv6 address (its network has no IPv6)"
+            } else {
+                ""
+            };
+            if !why.is_empty() {
+                tracing::warn!(container = %ep.container, port = %m, "not published: {why}");
                 continue;
             }
-        };
+        }
         for (host_port, container_port) in m.pairs() {
             let key = (m.proto, host_port);
-            owners.claim(host_ip, key, &ep.container).map_err(|first| {
-                FirewallError::PortTaken {
+            owners
+                .claim(m.host_ip, key, &ep.container)
+                .map_err(|first| FirewallError::PortTaken {
                     port: format!("{host_port}/{}", m.proto),
                     first,
                     second: ep.container.clone(),
-                }
-            })?;
+                })?;
             let target = (ep.addr, container_port);
-            match host_ip {
-                None => rules.ports.insert(key, target),
-                Some(ip) => rules.ports_at.insert((ip, m.proto, host_port), target),
-            };
+            let target6 = ep.addr6.map(|a| (a, container_port));
+            match (m.host_ip, target6) {
+                (None, _) => {
+                    rules.ports.insert(key, target);
+                    if let Some(t6) = target6 {
+                        rules.ports6.insert(key, t6);
+                    }
+                }
+                (Some(IpAddr::V4(ip)), _) => {
+                    rules.ports_at.insert((ip, m.proto, host_port), target);
+                }
+                (Some(IpAddr::V6(ip)), Some(t6)) => {
+                    rules.ports6_at.insert((ip, m.proto, host_port), t6);
+                }
+                (Some(IpAddr::V6(_)), None) => {}
+            }
         }
     }
     Ok(())

@@ -65,6 +65,101 @@ fn ports_become_map_elements() {
     assert!(r.needs_forwarding());
 }
 
+fn dual(name: &str, third: u8) -> NetworkDef {
+    let mut n = net(name, third);
+    n.subnet6 = Some(format!("fd00:231:{third}::/64").parse().unwrap());
+    n
+}
+
+fn ep6(network: &str, container: &str, third: u8, host: u8, ports: &[&str]) -> Endpoint {
+    let mut e = ep(network, container, [10, 231, third, host], ports);
+    e.addr6 = Some(format!("fd00:231:{third}::{host}").parse().unwrap());
+    e
+}
+
+#[test]
+fn ipv6_ports_nat_and_forwarding() {
+    let mut internal = dual("in", 71);
+    internal.internal = true;
+    let nets = [dual("a", 70), internal.clone(), net("v4", 72)];
+    let eps = [
+        ep6(
+            "a",
+            "web",
+            70,
+            2,
+            &["8080:80", "[fd00::2]:8443:443", "[::1]:9000:80"],
+        ),
+        // On an IPv4-only network: published on IPv4 only.
+        ep(
+            "v4",
+            "old",
+            [10, 231, 72, 2],
+            &["8081:80", "[fd00::2]:8444:80"],
+        ),
+        ep6("in", "hidden", 71, 2, &["8082:80"]),
+    ];
+    let r = plan(&nets, &eps).unwrap();
+    let web6: std::net::Ipv6Addr = "fd00:231:70::2".parse().unwrap();
+    assert_eq!(
+        r.ports6.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>(),
+        [((Proto::Tcp, 8080), (web6, 80))]
+    );
+    let host6: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
+    assert_eq!(
+        r.ports6_at
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect::<Vec<_>>(),
+        [((host6, Proto::Tcp, 8443), (web6, 443))]
+    );
+    assert_eq!(r.ports.len(), 2, "{:?}", r.ports);
+    let masq6: Vec<_> = r
+        .masquerade6
+        .iter()
+        .map(|(n, b)| (n.to_string(), b.as_str()))
+        .collect();
+    assert_eq!(masq6, [("fd00:231:70::/64".to_string(), "wbr-a")]);
+    assert_eq!(r.subnets6.len(), 2);
+    assert!(r.needs_forwarding6());
+    // Internal dual-stack networks alone need no IPv6 forwarding; IPv4-only ones neither.
+    assert!(!plan(&[internal], &[]).unwrap().needs_forwarding6());
+    assert!(!plan(&[net("v4", 72)], &[]).unwrap().needs_forwarding6());
+    // The IPv6 port maps are endpoint elements too (16-byte addresses).
+    let sets = super::elements::wanted(&r);
+    let (_, name, elems) = &sets[5];
+    assert_eq!(*name, "ports6_addr");
+    assert_eq!(elems.values().next().unwrap(), &web6.octets().to_vec());
+    assert_eq!(sets[7].2.keys().next().unwrap().len(), 16 + 4 + 4);
+    // A wildcard on IPv4 and an IPv6 address conflict, as binding them would.
+    let clash = [
+        ep6("a", "one", 70, 2, &["8080:80"]),
+        ep6("a", "two", 70, 3, &["[fd00::2]:8080:80"]),
+    ];
+    assert!(matches!(
+        plan(&nets, &clash),
+        Err(FirewallError::PortTaken { .. })
+    ));
+    // IPv6 changes the base set: a dual-stack network's tables are loaded anew.
+    assert_ne!(
+        plan(&[dual("a", 70)], &[]).unwrap().base_set(),
+        plan(&[net("a", 70)], &[]).unwrap().base_set()
+    );
+}
+
+#[test]
+fn ipv6_forwarding_tables_are_read_from_nft() {
+    let json = serde_json::json!({"nftables": [
+        {"set": {"family": "inet", "table": "warren", "name": "forward6", "elem": ["wrn-a"]}},
+        {"set": {"family": "inet", "table": "warren-0a1b2c3d", "name": "forward6"}},
+        {"set": {"family": "inet", "table": "other", "name": "forward6", "elem": ["x"]}},
+    ]});
+    let got: Vec<String> = super::apply::tables_forwarding6(&json)
+        .into_iter()
+        .collect();
+    assert_eq!(got, ["warren"]);
+}
+
 #[test]
 fn internal_and_isolate_networks() {
     let mut internal = net("in", 53);
@@ -301,7 +396,15 @@ fn dump_for_nft_check() {
             ),
             ep("iso", "x", [10, 231, 59, 2], &[]),
         ];
-        let r = plan(&[net("a", 58), iso, internal], &eps).unwrap();
+        let mut eps = eps.to_vec();
+        eps.push(ep6(
+            "six",
+            "v6",
+            61,
+            2,
+            &["8090:80", "[fd00::2]:8091:81/udp"],
+        ));
+        let r = plan(&[net("a", 58), iso, internal, dual("six", 61)], &eps).unwrap();
         std::fs::write(
             out,
             serde_json::to_string(&transaction("warren", &r)).unwrap(),
