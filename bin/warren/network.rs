@@ -3,7 +3,7 @@
 
 use crate::Global;
 use anyhow::{Context, Result};
-use warren::net::{CreateOptions, Ipv4Net, NetworkDef};
+use warren::net::{CreateOptions, Ipv4Net, Ipv6Net, NetworkDef};
 
 #[derive(clap::Subcommand, Debug)]
 #[command(defer = true)]
@@ -12,9 +12,13 @@ pub enum Command {
     Create {
         /// The network's name (its bridge is wrn-NAME, shortened to 15 bytes).
         name: String,
-        /// Its IPv4 subnet (default: a free 10.90-10.127.x.0/24).
+        /// Its subnet: IPv4 (default: a free 10.90-10.127.x.0/24), and, given again as
+        /// IPv6 (podman's way), its IPv6 subnet: the network is then dual-stack.
         #[arg(long, value_name = "CIDR")]
-        subnet: Option<String>,
+        subnet: Vec<String>,
+        /// Dual-stack: an IPv6 subnet too (default: a free /64 of this host's ULA /48).
+        #[arg(long)]
+        ipv6: bool,
         /// No route out: no masquerade, nothing forwarded but within the network.
         #[arg(long)]
         internal: bool,
@@ -53,18 +57,16 @@ pub fn run(global: &Global, command: Command) -> Result<i32> {
         Command::Create {
             name,
             subnet,
+            ipv6,
             internal,
             isolate,
         } => {
-            let subnet = subnet
-                .map(|s| {
-                    s.parse::<Ipv4Net>()
-                        .with_context(|| format!("--subnet {s}"))
-                })
-                .transpose()?;
+            let (subnet, subnet6) = subnets(&subnet)?;
             let def = nets.create(&CreateOptions {
                 name,
                 subnet,
+                ipv6,
+                subnet6,
                 internal,
                 isolate,
             })?;
@@ -127,6 +129,30 @@ pub fn run(global: &Global, command: Command) -> Result<i32> {
     Ok(0)
 }
 
+/// `--subnet` given once or twice: at most one IPv4 and one IPv6 subnet.
+fn subnets(args: &[String]) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>)> {
+    let (mut v4, mut v6) = (None, None);
+    for s in args {
+        let twice = || anyhow::anyhow!("--subnet {s}: one IPv4 and one IPv6 subnet at most");
+        if s.contains(':') {
+            let net = s
+                .parse::<Ipv6Net>()
+                .with_context(|| format!("--subnet {s}"))?;
+            if v6.replace(net).is_some() {
+                return Err(twice());
+            }
+        } else {
+            let net = s
+                .parse::<Ipv4Net>()
+                .with_context(|| format!("--subnet {s}"))?;
+            if v4.replace(net).is_some() {
+                return Err(twice());
+            }
+        }
+    }
+    Ok((v4, v6))
+}
+
 fn print_table(defs: &[NetworkDef]) {
     println!(
         "{:<20} {:<18} {:<15} {:<15} {:>5}  FLAGS",
@@ -140,6 +166,8 @@ fn print_table(defs: &[NetworkDef]) {
         if d.isolate {
             flags.push("isolate");
         }
+        let ipv6 = d.subnet6.map(|n| format!("ipv6={n}"));
+        flags.extend(ipv6.as_deref());
         println!(
             "{:<20} {:<18} {:<15} {:<15} {:>5}  {}",
             d.name,

@@ -178,9 +178,9 @@ impl Tx {
     /// takes no concatenated map data in JSON. Both are hash lookups on the same key.
     fn port_maps(&mut self, rules: &Ruleset) {
         let (proto, service) = (SetType::InetProto, SetType::InetService);
-        let any = || SetTypeValue::Concatenated(vec![proto.clone(), service.clone()].into());
+        let any = || SetTypeValue::Concatenated(vec![proto, service].into());
         let at = |addr: SetType| {
-            SetTypeValue::Concatenated(vec![addr, proto.clone(), service.clone()].into())
+            SetTypeValue::Concatenated(vec![addr, proto, service].into())
         };
         let key = |p: &Proto, port: &u16| concat([proto_name(*p), num(*port)]);
         let key_at =
@@ -192,14 +192,14 @@ impl Tx {
             (
                 "ports",
                 any(),
-                v4.clone(),
+                v4,
                 (rules.ports.iter())
                     .map(|((p, h), t)| (key(p, h), target(t.0.to_string(), t.1)))
                     .collect::<Vec<_>>(),
             ),
             (
                 "ports_at",
-                at(v4.clone()),
+                at(v4),
                 v4,
                 (rules.ports_at.iter())
                     .map(|((ip, p, h), t)| {
@@ -210,14 +210,14 @@ impl Tx {
             (
                 "ports6",
                 any(),
-                v6.clone(),
+                v6,
                 (rules.ports6.iter())
                     .map(|((p, h), t)| (key(p, h), target(t.0.to_string(), t.1)))
                     .collect(),
             ),
             (
                 "ports6_at",
-                at(v6.clone()),
+                at(v6),
                 v6,
                 (rules.ports6_at.iter())
                     .map(|((ip, p, h), t)| {
