@@ -179,9 +179,7 @@ impl Tx {
     fn port_maps(&mut self, rules: &Ruleset) {
         let (proto, service) = (SetType::InetProto, SetType::InetService);
         let any = || SetTypeValue::Concatenated(vec![proto, service].into());
-        let at = |addr: SetType| {
-            SetTypeValue::Concatenated(vec![addr, proto, service].into())
-        };
+        let at = |addr: SetType| SetTypeValue::Concatenated(vec![addr, proto, service].into());
         let key = |p: &Proto, port: &u16| concat([proto_name(*p), num(*port)]);
         let key_at =
             |ip: String, p: &Proto, port: &u16| concat([s(&ip), proto_name(*p), num(*port)]);
