@@ -33,10 +33,20 @@ fn server_script(name: &str) -> String {
 /// A shell loop (in a container) fetching `/cgi-bin/who` from ADDR port 80: 20 tries,
 /// half a second apart, 2 s each.
 fn client_script(addr: &str) -> String {
+    client_script_port(addr, 80)
+}
+
+fn client_script_port(addr: &str, port: u16) -> String {
     format!(
-        "(for i in $(seq 20); do printf 'GET /cgi-bin/who HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {addr} 80 \
+        "(for i in $(seq 20); do printf 'GET /cgi-bin/who HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {addr} {port} \
          && exit 0; sleep 0.5; done; exit 1)"
     )
+}
+
+/// One try of three at fetching ADDR port 80 (what must fail: nothing waits for it).
+fn three_tries(addr: &str) -> String {
+    let once = format!("printf 'GET /cgi-bin/who HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {addr} 80");
+    format!("for i in 1 2 3; do {once} && exit 0; done; exit 1")
 }
 
 struct Env {
@@ -412,6 +422,14 @@ fn a_published_port_is_reachable_over_ipv6_from_another_host() {
     // From the host itself, to its own IPv6 address.
     let seen = fetch(None, "fd00:231:159::1", 18151);
     assert!(seen.is_some_and(|s| s.starts_with("w6p-web ")));
+    // Hairpin: another container of the network, through the host's IPv6 address (the
+    // reply comes back masqueraded to the bridge's address).
+    let hairpin = client_script_port("fd00:231:159::1", 18151);
+    let (reached, out) = env.client("w6p", "w6p-peer", &hairpin);
+    assert!(
+        reached && out.contains("w6p-web [fd00:231:151::1]"),
+        "{out}"
+    );
     // Not published, or straight to the container's address: nothing.
     assert_eq!(fetch(Some(&other), "fd00:231:159::1", 18153), None);
     assert_eq!(fetch(Some(&other), &web6, 80), None);
@@ -454,10 +472,26 @@ fn nat66_reaches_upstream_and_internal_networks_do_not() {
     let (reached, out) = env.client("w6n", "w6n-c", &client_script("fd00:231:158::2"));
     assert!(reached, "{out}");
     assert!(out.contains("up [fd00:231:158::1]"), "{out}");
-    // Internal: no way out over IPv6 either (3 tries).
-    let once = "printf 'GET /cgi-bin/who HTTP/1.0\\r\\n\\r\\n' | nc -w 2 fd00:231:158::2 80";
-    let script = format!("for i in 1 2 3; do {once} && exit 0; done; exit 1");
+    // Internal: its containers reach each other over IPv6, but nothing outside.
+    env.server("w6i", "w6i-web", &[]);
+    let internal6 = env.addr6_of("w6i", "w6i-web");
+    let script = format!(
+        "{} && {}",
+        client_script(&internal6),
+        three_tries("fd00:231:158::2")
+    );
     let (reached, out) = env.client("w6i", "w6i-c", &script);
-    assert!(!reached && !out.contains("up "), "{out}");
+    assert!(out.contains("w6i-web [fd00:231:153::"), "{out}");
+    assert!(!reached && !out.contains("up ["), "{out}");
+    // Networks apart over IPv6, both ways.
+    env.server("w6n", "w6n-web", &[]);
+    let open6 = env.addr6_of("w6n", "w6n-web");
+    // (Up first: the next check's failure must be the firewall's.)
+    let (reached, out) = env.client("w6n", "w6n-c2", &client_script(&open6));
+    assert!(reached, "{out}");
+    let (reached, out) = env.client("w6n", "w6n-c3", &three_tries(&internal6));
+    assert!(!reached, "{out}");
+    let (reached, out) = env.client("w6i", "w6i-c2", &three_tries(&open6));
+    assert!(!reached, "{out}");
     env.teardown(&["w6n", "w6i"], &["fd00:231:152:", "fd00:231:153:"]);
 }

@@ -2,6 +2,11 @@
 //! published ports, a firewall table of warren's own, names served to the network's
 //! containers, and rootless networking through pasta or slirp4netns.
 //!
+//! A network may be dual-stack (`subnet6`): its bridge holds the subnet's `::1`, each
+//! container an address of it (no DAD) and a default route through the bridge, the
+//! firewall applies the same policy to IPv6 (NAT66 out of non-internal networks, as
+//! netavark does) and the name server answers AAAA.
+//!
 //! The types here are what the stages share: a network's definition ([`NetworkDef`]),
 //! one container's place on it ([`Endpoint`]) and a published port ([`PortMapping`]).
 //! The state files hold these; the firewall and the name server are functions of them, so

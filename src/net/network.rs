@@ -352,6 +352,8 @@ impl Networks {
         nl.add_address(link.index, def.gateway.into(), def.subnet.prefix)?;
         if let Some(net6) = def.subnet6 {
             super::ipv6::enable_ipv6(&def.bridge)?;
+            // Its routes are warren's: no router advertisement (from a container) adds any.
+            super::ipv6::set_conf(&def.bridge, "accept_ra", "0")?;
             nl.add_address(link.index, net6.gateway().into(), net6.prefix)?;
         }
         nl.set_up(link.index)?;

@@ -6,6 +6,12 @@
 //! hooks unless br_netfilter is on (and it may be off). NAME is `warren` for the default
 //! state directory, `warren-HASH` for any other: one pair of tables per state directory.
 //!
+//! IPv6 (dual-stack networks) lives in the same `inet` table: NAT66 masquerade,
+//! `ports6*` maps DNAT'ing published ports on the host's IPv6 addresses, the same
+//! forward chain (it matches interfaces, not addresses), and per-bridge source checks
+//! (the network's /64, link-local and `::` only). A `forward6` set names the bridges
+//! that need IPv6 forwarding, for other state directories to see.
+//!
 //! An empty set `base_HASH` names the networks the tables were loaded for (see
 //! `Ruleset::base_set`): a container's join or leave then changes only the elements of
 //! `ports_*` and `isolated` ([`super::elements`]). The `input` chain keeps each
