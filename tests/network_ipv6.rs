@@ -327,10 +327,12 @@ fn fetch_retry(ns: Option<&str>, addr: &str, port: u16) -> Option<String> {
 
 #[test]
 fn two_containers_reach_each_other_over_ipv6_by_address_and_name() {
+    // Held across the Env (taken first, dropped last): it reads and restores
+    // IPv6 forwarding.
+    let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut env) = Env::new("net6-reach") else {
         return;
     };
-    let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     // --ipv6 without a subnet: a /64 of the state directory's own ULA /48.
     env.ok(&[
         "network",
@@ -387,10 +389,12 @@ fn two_containers_reach_each_other_over_ipv6_by_address_and_name() {
 
 #[test]
 fn a_published_port_is_reachable_over_ipv6_from_another_host() {
+    // Held across the Env (taken first, dropped last): it reads and restores
+    // IPv6 forwarding.
+    let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut env) = Env::new("net6-publish") else {
         return;
     };
-    let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     env.ok(&[
         "network",
         "create",
@@ -438,10 +442,12 @@ fn a_published_port_is_reachable_over_ipv6_from_another_host() {
 
 #[test]
 fn nat66_reaches_upstream_and_internal_networks_do_not() {
+    // Held across the Env (taken first, dropped last): it reads and restores
+    // IPv6 forwarding.
+    let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut env) = Env::new("net6-nat") else {
         return;
     };
-    let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     env.ok(&[
         "network",
         "create",
