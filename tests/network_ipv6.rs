@@ -358,6 +358,7 @@ fn two_containers_reach_each_other_over_ipv6_by_address_and_name() {
     let addr6 = env.addr6_of("w6r", "w6r-server");
     let gateway6 = subnet6.replace("::/64", "::1");
     assert_eq!(addr6, subnet6.replace("::/64", "::2"));
+    assert_eq!(net["gateway6"].as_str(), Some(gateway6.as_str()), "{net}");
 
     // By address, and by name: the network's name server answers AAAA.
     let script = format!(

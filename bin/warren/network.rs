@@ -89,6 +89,9 @@ pub fn run(global: &Global, command: Command) -> Result<i32> {
         Command::Inspect { name } => {
             let (def, endpoints) = nets.inspect(&name)?;
             let mut v = serde_json::to_value(&def)?;
+            if let Some(gw6) = def.gateway6() {
+                v["gateway6"] = serde_json::to_value(gw6)?;
+            }
             v["containers"] = serde_json::to_value(&endpoints)?;
             println!("{}", serde_json::to_string_pretty(&v)?);
         }

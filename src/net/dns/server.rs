@@ -253,9 +253,13 @@ fn scan(dir: &Path, network: &str) -> (Names, HashMap<String, String>) {
         if let Some(first) = ep.names.first() {
             let [a, b, c, d] = ep.addr.octets();
             let first = first.trim_end_matches('.').to_ascii_lowercase();
+            let target = format!("{first}.{network}.warren");
+            if let Some(addr6) = ep.addr6 {
+                reverse.entry(ip6_arpa(addr6)).or_insert(target.clone());
+            }
             reverse
                 .entry(format!("{d}.{c}.{b}.{a}.in-addr.arpa"))
-                .or_insert(format!("{first}.{network}.warren"));
+                .or_insert(target);
         }
         for name in &ep.names {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
@@ -268,6 +272,15 @@ fn scan(dir: &Path, network: &str) -> (Names, HashMap<String, String>) {
         }
     }
     (names, reverse)
+}
+
+/// The reverse name of an IPv6 address: its 32 nibbles, last first, `.ip6.arpa`.
+fn ip6_arpa(addr: std::net::Ipv6Addr) -> String {
+    let mut out = String::with_capacity(72);
+    for byte in addr.octets().iter().rev() {
+        out.push_str(&format!("{:x}.{:x}.", byte & 0xf, byte >> 4));
+    }
+    out + "ip6.arpa"
 }
 
 fn read_endpoint(path: &Path) -> Option<Endpoint> {
@@ -446,6 +459,12 @@ mod tests {
             ask("9.0.0.10.in-addr.arpa", wire::TYPE_PTR),
             Action::Forward
         ));
+        let six: std::net::Ipv6Addr = "fd00:1::a2".parse().unwrap();
+        let arpa = ip6_arpa(six);
+        assert!(
+            arpa.starts_with("2.a.0.0.0.0.0.0") && arpa.ends_with(".1.0.0.0.0.0.d.f.ip6.arpa"),
+            "{arpa}"
+        );
         // No upstream: SERVFAIL.
         let q = wire::query(3, "example.org", wire::TYPE_A);
         assert_eq!(

@@ -265,11 +265,25 @@ impl Tx {
             ("ipv6", "ip6", NATFamily::IP6, "6"),
         ] {
             let at_key = concat([payload(ip, "daddr"), l4(), dport()]);
-            let is = || eq(meta(MetaKey::Nfproto), s(family));
+            // Never ::1 (no route_localnet for IPv6: DNAT'd, it would be dropped, not
+            // refused, and `localhost` clients would wait instead of trying 127.0.0.1).
+            let not_lo = ne(payload("ip6", "daddr"), s("::1"));
+            let is = || match suffix {
+                "" => vec![eq(meta(MetaKey::Nfproto), s(family))],
+                _ => vec![not_lo.clone()],
+            };
             let (at, any) = (format!("ports{suffix}_at"), format!("ports{suffix}"));
-            r(self, "published", vec![is(), dnat(at_key, &at, nat)]);
+            r(
+                self,
+                "published",
+                [is(), vec![dnat(at_key, &at, nat)]].concat(),
+            );
             let any_key = concat([l4(), dport()]);
-            r(self, "published", vec![is(), dnat(any_key, &any, nat)]);
+            r(
+                self,
+                "published",
+                [is(), vec![dnat(any_key, &any, nat)]].concat(),
+            );
         }
         // The host reaching 127.0.0.1:PORT: the container must answer the bridge's address.
         let oif = || meta(MetaKey::Oifname);
