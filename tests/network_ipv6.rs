@@ -410,6 +410,19 @@ fn a_published_port_is_reachable_over_ipv6_from_another_host() {
     ip(&format!(
         "-n {other} route add fd00:231:151::/64 via fd00:231:159::1"
     ));
+    // An IPv6 subnet on a route of the host's, or over another network's: refused.
+    for (subnet, why) in [
+        ("fd00:231:159::/64", "fd00:231:159::/64"),
+        ("fd00:231:150::/47", "\"w6p\""),
+    ] {
+        let v4 = ["network", "create", "w6x", "--subnet", "10.231.154.0/24"];
+        let out = run(env.warren().args(v4).args(["--subnet", subnet]));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why),
+            "{subnet}: {err}"
+        );
+    }
     env.server(
         "w6p",
         "w6p-web",

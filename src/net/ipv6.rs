@@ -2,7 +2,8 @@
 //! 4193, when none is given, as netavark picks them) and the sysctls that let an
 //! interface hold IPv6 addresses.
 
-use super::network::{NetError, io_err};
+use super::link::Netlink;
+use super::network::{CreateOptions, NetError, io_err};
 use super::{Ipv6Net, NetworkDef};
 use std::io::Read;
 use std::net::Ipv6Addr;
@@ -11,6 +12,36 @@ use std::path::Path;
 /// The file (in the networks directory) that keeps the host's ULA /48: its random
 /// global ID is drawn once, so every network's /64 comes from one prefix.
 const ULA_FILE: &str = ".ula";
+
+/// The IPv6 subnet `opts` asks for: none, the one given (checked against the host's
+/// routes), or a free /64 of the host's ULA /48. The caller holds the networks lock.
+pub fn subnet_for(
+    networks_dir: &Path,
+    opts: &CreateOptions,
+    existing: &[NetworkDef],
+    nl: &mut Netlink,
+) -> Result<Option<Ipv6Net>, NetError> {
+    if !opts.ipv6 && opts.subnet6.is_none() {
+        return Ok(None);
+    }
+    let mut routed = nl.routed_subnets6()?;
+    // The networks' own bridges' routes: an overlap with one is named by the network.
+    routed.retain(|r| !existing.iter().any(|n| n.subnet6 == Some(*r)));
+    if let Some(net) = opts.subnet6 {
+        if let Some(route) = routed.iter().find(|r| r.overlaps(&net)) {
+            return Err(NetError::Routed6 {
+                name: opts.name.clone(),
+                subnet: net,
+                route: *route,
+            });
+        }
+        return Ok(Some(net));
+    }
+    let ula = global_prefix(networks_dir)?;
+    free_subnet(ula, existing, &routed)
+        .map(Some)
+        .ok_or_else(|| NetError::NoFreeSubnet6(opts.name.clone()))
+}
 
 /// This state directory's ULA /48, `fdXX:XXXX:XXXX::/48`, drawn at random (40 bits) on
 /// first use and kept in `networks/.ula`. The caller holds the networks lock.

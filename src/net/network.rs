@@ -248,7 +248,7 @@ impl Networks {
                     .ok_or_else(|| NetError::NoFreeSubnet(opts.name.clone()))?
             }
         };
-        let subnet6 = self.subnet6_for(opts, &existing, &mut nl)?;
+        let subnet6 = super::ipv6::subnet_for(&self.state, opts, &existing, &mut nl)?;
         let def = NetworkDef {
             name: opts.name.clone(),
             bridge: bridge_name(&opts.name),
@@ -279,34 +279,6 @@ impl Networks {
             return Err(e);
         }
         Ok(def)
-    }
-
-    /// The IPv6 subnet `opts` asks for: the one given, checked against the host's
-    /// routes, or a free /64 of the host's ULA /48 ([`super::ipv6`]).
-    fn subnet6_for(
-        &self,
-        opts: &CreateOptions,
-        existing: &[NetworkDef],
-        nl: &mut Netlink,
-    ) -> Result<Option<Ipv6Net>, NetError> {
-        if !opts.ipv6 && opts.subnet6.is_none() {
-            return Ok(None);
-        }
-        let routed = nl.routed_subnets6()?;
-        if let Some(net) = opts.subnet6 {
-            if let Some(route) = routed.iter().find(|r| r.overlaps(&net)) {
-                return Err(NetError::Routed6 {
-                    name: opts.name.clone(),
-                    subnet: net,
-                    route: *route,
-                });
-            }
-            return Ok(Some(net));
-        }
-        let ula = super::ipv6::global_prefix(&self.state)?;
-        super::ipv6::free_subnet(ula, existing, &routed)
-            .map(Some)
-            .ok_or_else(|| NetError::NoFreeSubnet6(opts.name.clone()))
     }
 
     /// Network `name`, made with the defaults if it is the default network and missing.
