@@ -19,6 +19,7 @@
 //! (a test harness) names a `warren` binary instead ([`Runtime::with_helper`]).
 
 pub mod config;
+pub mod fuse_view;
 pub mod images;
 mod network;
 pub mod rootless_view;
