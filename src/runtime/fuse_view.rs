@@ -218,6 +218,7 @@ impl Runtime {
             ns,
             log,
             pidfile: dir.join(PIDFILE),
+            sock: dir.join(SOCKET),
         };
         std::thread::Builder::new()
             .name("fuse-overlayfs".into())
@@ -277,12 +278,14 @@ struct Daemon {
     ns: OwnedFd,
     log: fs::File,
     pidfile: PathBuf,
+    /// The socket's path: once `rm` removed it, nobody waits for the device any more.
+    sock: PathBuf,
 }
 
 impl Daemon {
     /// Waits (bounded) for the child's device, starts the daemon on it and reaps it.
     fn serve(self, listener: UnixListener) {
-        let dev = match receive(&listener) {
+        let dev = match receive(&listener, &self.sock) {
             Ok(dev) => dev,
             Err(e) => {
                 let _ = writeln!(&self.log, "warren: no /dev/fuse from the container: {e}");
@@ -349,8 +352,8 @@ fn enter(ns: RawFd, dev: RawFd) -> std::io::Result<()> {
     }
 }
 
-/// One connection's one fd, within [`ACCEPT_WAIT`].
-fn receive(listener: &UnixListener) -> std::io::Result<OwnedFd> {
+/// One connection's one fd, within [`ACCEPT_WAIT`] and while `sock` exists.
+fn receive(listener: &UnixListener, sock: &Path) -> std::io::Result<OwnedFd> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     use std::os::fd::{AsFd, FromRawFd};
     let deadline = Instant::now() + ACCEPT_WAIT;
@@ -360,8 +363,8 @@ fn receive(listener: &UnixListener) -> std::io::Result<OwnedFd> {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
-        if Instant::now() > deadline {
-            return Err(std::io::Error::other("timed out"));
+        if Instant::now() > deadline || fs::symlink_metadata(sock).is_err() {
+            return Err(std::io::Error::other("timed out, or the container is gone"));
         }
         let mut fds = [nix::poll::PollFd::new(
             listener.as_fd(),

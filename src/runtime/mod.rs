@@ -123,7 +123,8 @@ pub struct Record {
     pub ids: Option<Reservation>,
     /// The rootfs the container runs on (the shifted view).
     pub rootfs: PathBuf,
-    /// How the view was made (`idmap`, `metacopy`, `copy`; rootless `helper-idmap`).
+    /// How the view was made (`idmap`, `metacopy`, `copy`; rootless `helper-idmap`,
+    /// `fuse-overlayfs`).
     pub method: Option<String>,
     /// Why that method (rootless: [`rootless_view`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]

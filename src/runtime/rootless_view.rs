@@ -12,8 +12,11 @@
 //!   upper and work dir in `CONTAINER/layer` owned by its block, as its root
 //!   ([`crate::container::RootOverlay`]).
 //!
-//! Without the helper (or when it fails) the container gets its own copy, as before; the
-//! record's `method` (`helper-idmap` or `copy`) and `method_reason` say which and why.
+//! Without the helper (or when it fails): fuse-overlayfs over the same tree when
+//! `/dev/fuse` is usable and it is installed ([`super::fuse_view`]), else the container
+//! gets its own copy, as before. The choice is [`super::fuse_view::choose`]'s, from the
+//! host's facts; the record's `method` (`helper-idmap`, `fuse-overlayfs` or `copy`) and
+//! `method_reason` say which and why (`ps --json`, `inspect`, `run --debug`).
 
 use super::fuse_view::{Choice, Facts, METHOD_FUSE, choose};
 use super::{Error, Record, Runtime, io_err, rootless};
