@@ -3,7 +3,7 @@ PREFIX ?= /usr/local
 DEBIAN_PACKAGES = busybox-static uidmap acl attr libcap2-bin e2fsprogs crun runc casync \
 	skopeo umoci nginx-light tmux zstd systemd debootstrap hyperfine podman jq \
 	gcc libc6-dev binutils containerd docker.io systemd-container nftables passt slirp4netns \
-	docker-registry apache2-utils
+	docker-registry apache2-utils fuse-overlayfs
 CARGO ?= cargo
 # Release binaries are static-pie: glibc linked in, still position-independent. A start
 # then maps and relocates one file instead of four (dynamic loader, libc, libm, libgcc_s):

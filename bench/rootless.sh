@@ -3,8 +3,11 @@
 # on the Debian minbase tree bench/run-image.sh uses, in one run:
 #  - warm start (`run --rm -- /bin/true`, the image already extracted for the user):
 #    through the setuid helper `warren-mount` (one shared tree, idmapped per container)
-#    vs the copy path (no helper: a copy of the image per container) vs rootless
-#    `podman run --rm` (native overlay, --network none) vs warren's rootful start;
+#    vs the copy path (no helper: a copy of the image per container) vs the fuse path
+#    (no helper, fuse-overlayfs over the shared tree: the user gets an ACL on /dev/fuse
+#    for that part only, removed at exit) vs rootless `podman run --rm` (native overlay,
+#    --network none) vs warren's rootful start;
+#  - file reads in the container (helper and fuse paths) vs on the host;
 #  - disk (`du` of the state dir, inodes counted once) of 100 stopped containers through
 #    the helper vs one, and of COPIES (default 10: 100 copies of a 200 MB image do not
 #    fit the shared disk) through the copy path, per container.
@@ -21,7 +24,7 @@ COPIES=${COPIES:-10}
 BENCH=${BENCH:-/var/tmp/warren-bench}
 MINBASE=$BENCH/minbase
 WORK=$BENCH/rootless
-for t in hyperfine podman debootstrap setpriv newuidmap flock; do
+for t in hyperfine podman debootstrap setpriv newuidmap flock fuse-overlayfs setfacl; do
   command -v $t >/dev/null || { echo "missing $t: apt-get install -y $t" >&2; exit 1; }
 done
 if [ "$RUSER" = warren-bench ] && ! id warren-bench >/dev/null 2>&1; then
@@ -47,14 +50,19 @@ gid=$(id -g "$RUSER")
 
 # Old trees moved aside and deleted at the end (ext4 slows creates after a mass delete).
 [ -e "$WORK" ] && mv "$WORK" "$WORK.old.$$"
-mkdir -p "$WORK/helper" "$WORK/copy"
-chmod 755 "$WORK" "$WORK/helper" "$WORK/copy"
+mkdir -p "$WORK/helper" "$WORK/copy" "$WORK/fuse"
+chmod 755 "$WORK" "$WORK/helper" "$WORK/copy" "$WORK/fuse"
 # The helper path: warren with a setuid-root warren-mount next to it (as `make install`).
 cp "$R/warren" "$R/warren-mount" "$WORK/helper/"
 chown root:root "$WORK/helper/warren-mount"
 chmod 4755 "$WORK/helper/warren-mount"
 # The copy path: warren alone (and no warren-mount in the user's PATH).
 cp "$R/warren" "$WORK/copy/"
+# The fuse path: warren alone too; it uses fuse-overlayfs while the user may open /dev/fuse.
+cp "$R/warren" "$WORK/fuse/"
+fuse_on() { setfacl -m "u:$RUSER:rw" /dev/fuse; }
+fuse_off() { setfacl -x "u:$RUSER" /dev/fuse 2>/dev/null || true; }
+fuse_off
 U=$WORK/user
 install -d -o "$uid" -g "$gid" -m 755 "$U" "$U/home" "$U/out"
 install -d -o "$uid" -g "$gid" -m 700 "$U/xdg"
@@ -87,7 +95,8 @@ wr() { local v=$1; shift; as_user "$WORK/$v/warren" --state-dir "$U/state-$v" --
 # On a failure midway: no stopped containers (and helper mounts) left behind.
 cleanup() {
   local v i
-  for v in helper copy; do
+  fuse_off
+  for v in helper copy fuse; do
     [ -d "$U/state-$v/containers" ] || continue
     for i in $(seq 0 99); do wr $v rm --force "d$i" >/dev/null 2>&1 || true; done
   done
@@ -96,7 +105,7 @@ trap cleanup EXIT
 
 # The image, imported by the user into each path's state dir from a tar made as root
 # (owners kept); rootful warren and rootless podman import the same tar.
-for v in helper copy; do
+for v in helper copy fuse; do
   tar -C "$MINBASE" -c . | wr $v image import - --name debian >/dev/null
 done
 tar -C "$MINBASE" -c . | "$R/warren" image import - --state-dir "$WORK/rootful" --name debian >/dev/null
@@ -108,6 +117,10 @@ for v in helper copy; do
   log=$(wr $v run --debug --rm --image debian -- /bin/true 2>&1)
   grep -q "method $want" <<<"$log" || { echo "the $v path did not use method $want: $log" >&2; exit 1; }
 done
+fuse_on
+log=$(wr fuse run --debug --rm --image debian -- /bin/true 2>&1)
+fuse_off
+grep -q "method fuse-overlayfs" <<<"$log" || { echo "the fuse path did not use fuse-overlayfs: $log" >&2; exit 1; }
 
 # Warm start: hyperfine runs as the user (no wrapper in the timed command).
 RUN="run --rm --image debian -- /bin/true"
@@ -117,24 +130,33 @@ as_user hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$U/out/warm.json" 
   -n "rootless warren, copy" "$WORK/copy/warren --state-dir $U/state-copy --root $U/xdg/run-copy $RUN" \
   -n "rootless podman" "podman run --rm --network=none localhost/warren-bench-debian /bin/true"
 sync
+fuse_on
+as_user hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$U/out/fuse.json" \
+  -n "rootless warren, fuse-overlayfs" "$WORK/fuse/warren --state-dir $U/state-fuse --root $U/xdg/run-fuse $RUN"
+fuse_off
+sync
 hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$WORK/rootful.json" \
   -n "rootful warren" "$R/warren --state-dir $WORK/rootful $RUN"
 
 median() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(' '.join(str(r['median']) for r in d['results']))" "$1"; }
 read -r helper copy podman < <(median "$U/out/warm.json")
 read -r rootful < <(median "$WORK/rootful.json")
+read -r fuse < <(median "$U/out/fuse.json")
 
 # File reads, warm: every file under /usr read once, timed inside the container (the
-# helper path: idmapped lower, overlay on top) and on the host from the shared tree the
-# helper mounts, alternately; medians of 7.
+# helper path: idmapped lower, overlay on top; the fuse path) and on the host from the
+# shared tree the helper mounts, alternately; medians of 7.
 READ='cd "$1" && s=$(date +%s%N); find usr -type f -print0 | xargs -0 cat >/dev/null 2>&1; echo $(( $(date +%s%N) - s ))'
 tree=$(ls -d "$U/state-helper/images/"*/rootfs | head -1)
-in_reads=() host_reads=()
+in_reads=() host_reads=() fuse_reads=()
+fuse_on
 for i in $(seq 8); do
   in_reads+=("$(wr helper run --rm --image debian -- sh -c "$READ" sh /)")
   host_reads+=("$(as_user sh -c "$READ" sh "$tree")")
+  fuse_reads+=("$(wr fuse run --rm --image debian -- sh -c "$READ" sh /)")
 done
-reads=$(python3 -c "import statistics as s,sys; a=[int(x) for x in sys.argv[1].split()[1:]]; b=[int(x) for x in sys.argv[2].split()[1:]]; print(s.median(a)/1e6, s.median(b)/1e6)" "${in_reads[*]}" "${host_reads[*]}")
+fuse_off
+reads=$(python3 -c "import statistics as s,sys; m=lambda v: s.median([int(x) for x in v.split()[1:]])/1e6; print(*map(m, sys.argv[1:]))" "${in_reads[*]}" "${host_reads[*]}" "${fuse_reads[*]}")
 
 # Disk: the state dir (store, the user's extracted tree, containers' layers) with one
 # stopped container, then with N; not the helper's mounts at CONTAINER/lower (views of
@@ -162,15 +184,17 @@ remove copy "$COPIES"
 image=$(du -sb "$MINBASE" | cut -f1)
 
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 - "$helper" "$copy" "$podman" "$rootful" "$h1" "$h100" "$c1" "$cn" "$COPIES" "$image" $reads <<'PY'
+python3 - "$helper" "$copy" "$podman" "$rootful" "$fuse" "$h1" "$h100" "$c1" "$cn" "$COPIES" "$image" $reads <<'PY'
 import sys
-helper, copy, podman, rootful = (float(x) * 1000 for x in sys.argv[1:5])
-h1, h100, c1, cn, copies, image = (int(x) for x in sys.argv[5:11])
-read_in, read_host = (float(x) for x in sys.argv[11:13])
+helper, copy, podman, rootful, fuse = (float(x) * 1000 for x in sys.argv[1:6])
+h1, h100, c1, cn, copies, image = (int(x) for x in sys.argv[6:12])
+read_in, read_host, read_fuse = (float(x) for x in sys.argv[12:15])
 print(f"\nwarm start (median): helper {helper:.1f} ms, copy {copy:.1f} ms, rootless podman {podman:.1f} ms, rootful warren {rootful:.1f} ms")
 print(f"  helper / rootful {helper / rootful:.2f} (target <= 2)   helper / podman {helper / podman:.3f} (target <= 0.25)")
 print(f"  copy / rootful {copy / rootful:.2f}   copy / podman {copy / podman:.3f}")
+print(f"  fuse-overlayfs {fuse:.1f} ms: / rootful {fuse / rootful:.2f}   / podman {fuse / podman:.3f}")
 print(f"reads of every file under /usr, warm (median of 7): container {read_in:.1f} ms, host {read_host:.1f} ms, ratio {read_in / read_host:.3f} (target <= 1.1)")
+print(f"  fuse-overlayfs container {read_fuse:.1f} ms, ratio {read_fuse / read_host:.3f}")
 print(f"disk (image tree {image / 1e6:.0f} MB): helper 1 stopped {h1 / 1e6:.1f} MB, 100 stopped {h100 / 1e6:.1f} MB, ratio {h100 / h1:.3f} (target <= 1.1)")
 per = (cn - c1) / (copies - 1) if copies > 1 else 0
 print(f"  copy: 1 stopped {c1 / 1e6:.1f} MB, {copies} stopped {cn / 1e6:.1f} MB ({per / 1e6:.1f} MB a container; 100 would be ~{(c1 + 99 * per) / 1e6:.0f} MB, ratio ~{(c1 + 99 * per) / c1:.1f})")

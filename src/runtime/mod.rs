@@ -19,6 +19,7 @@
 //! (a test harness) names a `warren` binary instead ([`Runtime::with_helper`]).
 
 pub mod config;
+pub mod fuse_view;
 pub mod images;
 mod network;
 pub mod rootless_view;
@@ -122,7 +123,8 @@ pub struct Record {
     pub ids: Option<Reservation>,
     /// The rootfs the container runs on (the shifted view).
     pub rootfs: PathBuf,
-    /// How the view was made (`idmap`, `metacopy`, `copy`; rootless `helper-idmap`).
+    /// How the view was made (`idmap`, `metacopy`, `copy`; rootless `helper-idmap`,
+    /// `fuse-overlayfs`).
     pub method: Option<String>,
     /// Why that method (rootless: [`rootless_view`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]

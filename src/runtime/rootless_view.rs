@@ -12,9 +12,13 @@
 //!   upper and work dir in `CONTAINER/layer` owned by its block, as its root
 //!   ([`crate::container::RootOverlay`]).
 //!
-//! Without the helper (or when it fails) the container gets its own copy, as before; the
-//! record's `method` (`helper-idmap` or `copy`) and `method_reason` say which and why.
+//! Without the helper (or when it fails): fuse-overlayfs over the same tree when
+//! `/dev/fuse` is usable and it is installed ([`super::fuse_view`]), else the container
+//! gets its own copy, as before. The choice is [`super::fuse_view::choose`]'s, from the
+//! host's facts; the record's `method` (`helper-idmap`, `fuse-overlayfs` or `copy`) and
+//! `method_reason` say which and why (`ps --json`, `inspect`, `run --debug`).
 
+use super::fuse_view::{Choice, Facts, METHOD_FUSE, choose};
 use super::{Error, Record, Runtime, io_err, rootless};
 use crate::container::RootOverlay;
 use crate::idmap::alloc::Reservation;
@@ -81,7 +85,7 @@ fn run_helper(helper: &Path, args: &[&std::ffi::OsStr], about: &Path) -> Result<
     Err(helper_err("refused", about, msg))
 }
 
-fn mkdir(path: &Path, mode: u32) -> Result<(), Error> {
+pub(super) fn mkdir(path: &Path, mode: u32) -> Result<(), Error> {
     match fs::DirBuilder::new().mode(mode).create(path) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io_err("create", path)(e)),
         _ => Ok(()),
@@ -98,41 +102,54 @@ impl Runtime {
     }
 
     /// The rootless view of `image` for `record`'s container in block `ids`: the shared
-    /// tree through the helper (the root overlay to make), else a copy (`None`).
+    /// tree through the helper or fuse-overlayfs (the root overlay to make), else a copy
+    /// (`None`). A method that fails falls through to the next one.
     pub(super) fn rootless_view(
         &self,
         image: &str,
         record: &mut Record,
         ids: &Reservation,
     ) -> Result<Option<RootOverlay>, Error> {
-        let shared = find_helper(&self.helper_candidates()).map(|helper| {
-            let r = self.shared_view(&helper, image, record, ids);
-            (helper, r)
-        });
-        let reason = match shared {
-            Ok((helper, Ok(overlay))) => {
-                record.method = Some(METHOD_HELPER.to_string());
-                let why = format!("{} idmaps the shared image", helper.display());
-                tracing::debug!("container {}: method {METHOD_HELPER} ({why})", record.name);
-                record.method_reason = Some(why);
-                return Ok(Some(overlay));
-            }
-            Ok((helper, Err(e))) => {
-                tracing::warn!(
-                    "{}: {}; copying the image",
-                    helper.display(),
-                    crate::error_line(&e)
-                );
-                let _ = self.release_lower(&self.container_dir(&record.name));
-                format!("{} failed: {}", helper.display(), crate::error_line(&e))
-            }
-            Err(why) => why,
-        };
-        self.extract_rootless(image, &record.rootfs, ids)?;
-        tracing::debug!("container {}: method {METHOD_COPY} ({reason})", record.name);
-        record.method = Some(METHOD_COPY.to_string());
-        record.method_reason = Some(reason);
-        Ok(None)
+        let mut facts = Facts::gather(find_helper(&self.helper_candidates()));
+        let dir = self.container_dir(&record.name);
+        loop {
+            let (method, why, made) = match choose(&facts) {
+                Choice::Helper(helper) => match self.shared_view(&helper, image, record, ids) {
+                    Ok(o) => {
+                        let why = format!("{} idmaps the shared image", helper.display());
+                        (METHOD_HELPER, why, Some(o))
+                    }
+                    Err(e) => {
+                        let why = format!("{} failed: {}", helper.display(), crate::error_line(&e));
+                        tracing::warn!("{why}");
+                        let _ = self.release_lower(&dir);
+                        facts.helper = Err(why);
+                        continue;
+                    }
+                },
+                Choice::Fuse { program, reason } => {
+                    match self.fuse_view(&program, image, record, ids) {
+                        Ok(o) => (METHOD_FUSE, reason, Some(o)),
+                        Err(e) => {
+                            let why =
+                                format!("{} failed: {}", program.display(), crate::error_line(&e));
+                            tracing::warn!("{why}");
+                            self.remove_fuse_view(&dir, ids)?;
+                            facts.fuse_overlayfs = Err(why);
+                            continue;
+                        }
+                    }
+                }
+                Choice::Copy { reason } => {
+                    self.extract_rootless(image, &record.rootfs, ids)?;
+                    (METHOD_COPY, reason, None)
+                }
+            };
+            tracing::debug!("container {}: method {method} ({why})", record.name);
+            record.method = Some(method.to_string());
+            record.method_reason = Some(why);
+            return Ok(made);
+        }
     }
 
     fn shared_view(
@@ -171,12 +188,17 @@ impl Runtime {
         made?;
         mounted?;
         mkdir(&record.rootfs, 0o755)?;
-        Ok(RootOverlay { lower, upper, work })
+        Ok(RootOverlay {
+            lower,
+            upper,
+            work,
+            fuse: None,
+        })
     }
 
     /// The user's one extracted tree of `image` (extracted now if it is not yet), owned
     /// by the user's image block; and that block.
-    fn shared_tree(&self, image: &str) -> Result<(PathBuf, Reservation), Error> {
+    pub(super) fn shared_tree(&self, image: &str) -> Result<(PathBuf, Reservation), Error> {
         let block = self.ids.alloc(IMAGE_BLOCK)?;
         let index_path = self.store.index_path(image)?;
         let index = fs::read(&index_path).map_err(io_err("read", &index_path))?;
@@ -218,9 +240,13 @@ impl Runtime {
 
     /// Undoes the helper's mount and removes what the container's block owns in `dir`
     /// (its layer, and a copy or a partial one a crash left: only the block's user
-    /// namespace may remove those), both at once.
+    /// namespace may remove those), both at once; or first ends fuse-overlayfs and
+    /// removes its layer.
     pub(super) fn remove_rootless_view(&self, name: &str, dir: &Path) -> Result<(), Error> {
         let ids = self.record(name).ok().and_then(|r| r.ids);
+        if let Some(ids) = &ids {
+            self.remove_fuse_view(dir, ids)?;
+        }
         let paths: Vec<_> = fs::read_dir(dir)
             .into_iter()
             .flatten()

@@ -8,6 +8,13 @@
 //! The layers are opened in the child before GO with the caller's credentials (the way
 //! there is the user's own private directories, which the mapped ids cannot traverse) and
 //! the overlay made after GO, as the container's root (overlayfs creates its work dirs).
+//!
+//! With [`RootOverlay::fuse`] the root is FUSE served by fuse-overlayfs instead (no
+//! privileged helper): before GO the child opens `/dev/fuse` (so the connection belongs to
+//! the container's user namespace: the ids the daemon answers with are the container's)
+//! and connects to the runtime's socket; after GO it mounts FUSE on that device as the
+//! container's root, hands the device to the runtime (which starts the daemon on it) and
+//! attaches the mount as the root.
 
 use crate::container::child::{FdPath, close, errno};
 use crate::container::protocol::{Fail, Step};
@@ -18,12 +25,19 @@ use std::os::fd::{AsFd, BorrowedFd, IntoRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 
+#[path = "fuse.rs"]
+mod fuse;
+
 /// The layers of an overlay root (absolute paths).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootOverlay {
     pub lower: PathBuf,
     pub upper: PathBuf,
     pub work: PathBuf,
+    /// The root is FUSE, served by a daemon the runtime starts once the child hands it
+    /// `/dev/fuse` over this socket (the layers are the daemon's then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuse: Option<PathBuf>,
 }
 
 /// [`RootOverlay`] as the child uses it: C strings, and the fds opened before GO.
@@ -31,6 +45,8 @@ pub struct RootOverlay {
 pub(crate) struct Prepared {
     paths: [CString; 3],
     fds: [AtomicI32; 3],
+    /// A FUSE root: the socket's directory and file name.
+    fuse: Option<[CString; 2]>,
 }
 
 /// Failure indexes under `Step::RootOpen` (10 + layer: lower, upper, work) and
@@ -47,12 +63,30 @@ impl Prepared {
                 sys::cstr(&o.work)?,
             ],
             fds: [AtomicI32::new(-1), AtomicI32::new(-1), AtomicI32::new(-1)],
+            fuse: match &o.fuse {
+                Some(sock) => {
+                    let dir = sock.parent().unwrap_or(std::path::Path::new("/"));
+                    let name = sock.file_name().unwrap_or_default();
+                    Some([sys::cstr(dir)?, sys::cstr(name)?])
+                }
+                None => None,
+            },
         })
     }
 
     /// In the child, in its mount namespace, with the caller's credentials: `O_PATH` fds
     /// of the lower, upper and work dirs.
     pub(super) fn open(&self) -> Result<(), Fail> {
+        if let Some([dir, name]) = &self.fuse {
+            let (dev, sock) = fuse::open(dir, name)?;
+            for (i, fd) in [dev, sock].into_iter().enumerate() {
+                let old = self.fds[i].swap(fd, Ordering::Relaxed);
+                if old >= 0 {
+                    close(old);
+                }
+            }
+            return Ok(());
+        }
         for (i, path) in self.paths.iter().enumerate() {
             // SAFETY: a valid C string; the fd is closed in `mount` (or at exec, O_CLOEXEC).
             let fd = unsafe {
@@ -80,7 +114,11 @@ impl Prepared {
     /// (an `O_PATH` fd of the root directory). Returns the fd of the overlay's root.
     pub(super) fn mount(&self, rootfs: RawFd) -> Result<RawFd, Fail> {
         let fds = [0, 1, 2].map(|i| self.fds[i].swap(-1, Ordering::Relaxed));
-        let result = make(fds, rootfs);
+        let result = if self.fuse.is_some() {
+            fuse::mount(fds[0], fds[1], rootfs)
+        } else {
+            make(fds, rootfs)
+        };
         for fd in fds.into_iter().filter(|&fd| fd >= 0) {
             close(fd);
         }
