@@ -82,6 +82,17 @@ pub(crate) fn in_userns(
     request: Request,
 ) -> Result<u64, RootlessError> {
     let maps = block_maps(&Host::current()?, shift, userns::helpers())?;
+    in_userns_maps(helper, shift, &maps, request)
+}
+
+/// As [`in_userns`], in a user namespace of the caller's `maps` (several blocks: a
+/// fuse-overlayfs layer holds the container's and the image's ids).
+pub(crate) fn in_userns_maps(
+    helper: &Path,
+    shift: Shift,
+    maps: &Maps,
+    request: Request,
+) -> Result<u64, RootlessError> {
     if helper == Path::new(SELF_EXE) && !HOOKED.load(Ordering::SeqCst) {
         return Err(RootlessError::NoHook);
     }
@@ -104,7 +115,7 @@ pub(crate) fn in_userns(
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| failed(format!("cannot start it: {e}")))?;
-    let result = talk(&mut child, shift, &maps, request, &failed);
+    let result = talk(&mut child, shift, maps, request, &failed);
     if result.is_err() {
         let _ = child.kill();
     }

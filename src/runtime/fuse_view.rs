@@ -246,9 +246,13 @@ impl Runtime {
         if fs::symlink_metadata(&layer).is_ok() {
             let block = self.ids.alloc(super::rootless_view::IMAGE_BLOCK)?;
             let host = Host::current().map_err(|e| fuse_err(dir, crate::error_line(&e)))?;
-            let ns = userns::userns_fd(&daemon_maps(&host, ids, &block)?)
-                .map_err(|e| fuse_err(dir, crate::error_line(&e)))?;
-            remove_in(&ns, &layer)?;
+            // Copy-ups keep the image block's owners: only a namespace of both blocks
+            // may remove them (warren's own no-follow removal, as for the other views).
+            let request = rootless::Request::Remove {
+                paths: vec![layer.as_path().into()],
+            };
+            let maps = daemon_maps(&host, ids, &block)?;
+            rootless::in_userns_maps(&self.helper, ids.uids.shift(), &maps, request)?;
         }
         for f in [SOCKET, PIDFILE, LOG] {
             let _ = fs::remove_file(dir.join(f));
@@ -433,28 +437,6 @@ fn stop_daemon(pidfile: &Path) -> Result<(), Error> {
     }
     if alive() {
         return Err(fuse_err(pidfile, format!("the daemon {pid} does not end")));
-    }
-    Ok(())
-}
-
-/// `rm -rf` of `path` as root of the user namespace `ns` (a tree the container wrote:
-/// rm follows no symlink and crosses no mount).
-fn remove_in(ns: &OwnedFd, path: &Path) -> Result<(), Error> {
-    let mut cmd = Command::new("/bin/rm");
-    cmd.args(["-rf", "--one-file-system", "--"])
-        .arg(path)
-        .env_clear()
-        .stdin(Stdio::null());
-    let fd = ns.as_raw_fd();
-    // SAFETY: as in `Daemon::spawn`: async-signal-safe syscalls only. The null device
-    // as fd 3 is harmless (`enter` needs one).
-    let null = fs::File::open("/dev/null").map_err(io_err("open", Path::new("/dev/null")))?;
-    let null_fd = null.as_raw_fd();
-    unsafe { cmd.pre_exec(move || enter(fd, null_fd)) };
-    let out = cmd.output().map_err(io_err("run rm on", path))?;
-    if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(fuse_err(path, format!("rm: {msg}")));
     }
     Ok(())
 }
