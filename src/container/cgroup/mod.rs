@@ -517,11 +517,9 @@ fn place(
         Version::V2 => vec![],
         Version::V1 => v1::hierarchies(root)
             .into_iter()
-            .map(|(controller, mount)| placement::Hierarchy {
+            .map(|(controller, mount, name)| placement::Hierarchy {
                 controller,
-                name: v1::real_name(&mount)
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
+                name: name.to_string_lossy().into_owned(),
                 cgroup2: mount.join("cgroup.controllers").exists(),
                 mount,
             })
