@@ -8,7 +8,9 @@ CARGO ?= cargo
 # Release binaries are static-pie: glibc linked in, still position-independent. A start
 # then maps and relocates one file instead of four (dynamic loader, libc, libm, libgcc_s):
 # ~0.4 ms less CPU per container start. The explicit --target keeps the flag off proc
-# macros, which cannot be static.
+# macros, which cannot be static. RELR (`-z pack-relative-relocs`, glibc >= 2.36) packs
+# the ~17,000 relative relocations of a static-pie into a few KB that the start applies
+# from a bitmap: less to read and fewer pages touched before main.
 HOST := $(shell rustc -vV | sed -n 's/^host: //p')
 BIN := target/$(HOST)/release
 
@@ -17,7 +19,7 @@ BIN := target/$(HOST)/release
 all: release
 
 release:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(HOST) --bins
+	RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" $(CARGO) build --release --target $(HOST) --bins
 
 # Where `make release` puts the binaries (for scripts).
 bindir:

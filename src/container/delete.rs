@@ -38,8 +38,10 @@ fn cleanup(dir: state::Dir, record: Option<&Record>, pidfd: Option<OwnedFd>) -> 
             if status != ContainerState::Stopped {
                 let _ = crate::sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
             }
-            // A paused (frozen) init dies only once thawed.
-            if let Some(cg) = r.cgroup.as_ref().filter(|c| !c.is_noop()) {
+            // A paused (frozen) init dies only once thawed (a dead one is not frozen;
+            // destroy's kill loop thaws what else is left).
+            let live = status != ContainerState::Stopped;
+            if let Some(cg) = r.cgroup.as_ref().filter(|c| live && !c.is_noop()) {
                 let _ = cg.thaw();
             }
             let mut p = libc::pollfd {

@@ -85,9 +85,10 @@ pub fn oom_killed(cg: &Cgroup) -> bool {
         Some(Version::V1) => "memory.oom_control",
         None => return false,
     };
-    cg.dirs()
-        .iter()
-        .any(|d| std::fs::read_to_string(d.join(file)).is_ok_and(|text| oom_kill_count(&text) > 0))
+    // Only the memory hierarchy's directory has the file (one read, not one per hierarchy).
+    cg.memory_dir().is_some_and(|d| {
+        std::fs::read_to_string(d.join(file)).is_ok_and(|text| oom_kill_count(&text) > 0)
+    })
 }
 
 /// The `oom_kill N` line of a memory.events / memory.oom_control file.

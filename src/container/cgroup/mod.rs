@@ -326,6 +326,12 @@ impl Cgroup {
     /// Kills every process left in the cgroup and removes its directories. Idempotent:
     /// destroying a destroyed (or no-op) cgroup succeeds.
     pub fn destroy(&self) -> Result<(), CgroupError> {
+        // Most often the processes are gone (the init was reaped): an rmdir of each
+        // directory then succeeds with nothing read. A busy one (EBUSY: processes left)
+        // takes the kill loop.
+        if self.remove_empty() {
+            return Ok(());
+        }
         self.kill_all()?;
         for dir in &self.dirs {
             // A just-killed process leaves the cgroup when it finishes exiting.
@@ -348,6 +354,20 @@ impl Cgroup {
             }
         }
         Ok(())
+    }
+
+    /// Removes each directory while the removals succeed; true when none is left.
+    fn remove_empty(&self) -> bool {
+        self.dirs.iter().all(|dir| match std::fs::remove_dir(dir) {
+            Ok(()) => true,
+            Err(e) => e.kind() == ErrorKind::NotFound,
+        })
+    }
+
+    /// The directory holding the memory controller's files, if the cgroup has one.
+    pub(crate) fn memory_dir(&self) -> Option<&Path> {
+        self.version?;
+        self.dir_for("memory").ok()
     }
 
     /// SIGKILLs everything in the cgroup until it is empty. v2 has `cgroup.kill`; on v1 the
@@ -497,11 +517,9 @@ fn place(
         Version::V2 => vec![],
         Version::V1 => v1::hierarchies(root)
             .into_iter()
-            .map(|(controller, mount)| placement::Hierarchy {
+            .map(|(controller, mount, name)| placement::Hierarchy {
                 controller,
-                name: v1::real_name(&mount)
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
+                name: name.to_string_lossy().into_owned(),
                 cgroup2: mount.join("cgroup.controllers").exists(),
                 mount,
             })

@@ -12,22 +12,28 @@ pub(super) const CONTROLLERS: &[&str] = &[
     "cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer", "hugetlb",
 ];
 
-/// (controller, mount) for each hierarchy under a v1 root, one entry per distinct mount
+/// (controller, mount, real name: see [`real_name`]) for each hierarchy under a v1 root, one entry per distinct mount
 /// (`cpu` and `cpuacct` are often links to one `cpu,cpuacct` hierarchy): the controllers'
 /// first, by controller name, then every other one (a named `name=systemd` hierarchy, a
 /// hybrid host's `unified` cgroup2), by its own name. The container joins them all, so
 /// that each one it sees shows its own cgroup, never the caller's.
-pub(super) fn hierarchies(root: &Path) -> Vec<(&'static str, PathBuf)> {
+pub(super) fn hierarchies(root: &Path) -> Vec<(&'static str, PathBuf, OsString)> {
     let mut seen = Vec::new();
+    let mut probed: Vec<PathBuf> = Vec::new();
     let mut out = Vec::new();
     let mut add = |name: &'static str, dir: PathBuf| {
+        // The directory listing names the controllers' directories again.
+        if probed.contains(&dir) {
+            return;
+        }
+        probed.push(dir.clone());
         if !dir.join("cgroup.procs").exists() {
             return;
         }
         let real = real_name(&dir);
         if !seen.contains(&real) {
-            seen.push(real);
-            out.push((name, dir));
+            seen.push(real.clone());
+            out.push((name, dir, real.unwrap_or_default()));
         }
     };
     for controller in CONTROLLERS {
