@@ -195,7 +195,7 @@ fn store_artifact_round_trip_and_a_variant_moves_only_its_new_chunks() {
         .map(|l| l["mediaType"].as_str().unwrap())
         .collect();
     assert!(
-        types.contains(&"application/vnd.warren.store.pack.v1"),
+        types.contains(&"application/vnd.warren.store.pack.v2"),
         "{raw}"
     );
     let index = m["layers"]
@@ -315,7 +315,7 @@ fn a_corrupt_pack_or_index_blob_is_refused_with_nothing_listed() {
     let layers = blobs("t");
     let pack = layers
         .iter()
-        .find(|l| l["mediaType"] == "application/vnd.warren.store.pack.v1")
+        .find(|l| l["mediaType"] == "application/vnd.warren.store.pack.v2")
         .unwrap();
     // The same chunks as the store's pack, recompressed at a higher level: smaller.
     let stored: u64 = fs::read_dir(pusher.join("state/store/packs"))

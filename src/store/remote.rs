@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 mod fetch;
+pub(crate) mod segments;
 
 pub(crate) use fetch::{Incoming, Range, Source, Transport, fetch_images};
 

@@ -35,8 +35,11 @@ use crate::store::{Store, StoreError};
 pub const ARTIFACT_TYPE: &str = "application/vnd.warren.store.v1";
 /// The config blob's media type: `{"images": [NAME...]}`.
 pub const CONFIG_TYPE: &str = "application/vnd.warren.store.config.v1+json";
-/// A warren pack (see [`crate::store::pack`]).
+/// A warren store pack (see [`crate::store::pack`]): what artifacts held before segmented
+/// packs; still pulled.
 pub const PACK_TYPE: &str = "application/vnd.warren.store.pack.v1";
+/// A segmented pack (see [`crate::store::remote::segments`]): what a push sends.
+pub const SEGMENTED_PACK_TYPE: &str = "application/vnd.warren.store.pack.v2";
 /// A warren image index.
 pub const INDEX_TYPE: &str = "application/vnd.warren.store.index.v1";
 /// The annotation naming an index's image.
@@ -162,7 +165,7 @@ fn file_blob(path: &Path) -> Result<Blob, RegistryError> {
     let h = Hashing::new(File::open(path).map_err(io(path))?, Some(Algorithm::Sha256));
     let (digest, size) = h.finish().map_err(io(path))?;
     Ok(Blob {
-        media_type: PACK_TYPE,
+        media_type: SEGMENTED_PACK_TYPE,
         digest: digest.unwrap_or_else(|| Digest::sha256(b"")),
         size,
         payload: Payload::File(path.to_path_buf()),
@@ -210,7 +213,10 @@ fn send(
         reference: r.to_string(),
         digest: Digest::sha256(&manifest).to_string(),
         images: names.to_vec(),
-        packs: blobs.iter().filter(|b| b.media_type == PACK_TYPE).count(),
+        packs: blobs
+            .iter()
+            .filter(|b| b.media_type == SEGMENTED_PACK_TYPE)
+            .count(),
         uploaded_blobs: 0,
         skipped_blobs: 0,
         uploaded_bytes: 0,
@@ -257,7 +263,13 @@ mod tests {
 
     #[test]
     fn media_types_are_warren_s() {
-        for t in [ARTIFACT_TYPE, CONFIG_TYPE, PACK_TYPE, INDEX_TYPE] {
+        for t in [
+            ARTIFACT_TYPE,
+            CONFIG_TYPE,
+            PACK_TYPE,
+            SEGMENTED_PACK_TYPE,
+            INDEX_TYPE,
+        ] {
             assert!(t.starts_with("application/vnd.warren.store."), "{t}");
         }
     }

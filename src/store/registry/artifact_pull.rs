@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::artifact::{CONFIG_TYPE, INDEX_TYPE, PACK_TYPE};
+use super::artifact::{CONFIG_TYPE, INDEX_TYPE, PACK_TYPE, SEGMENTED_PACK_TYPE};
 use super::client::{Client, Method, http};
 use super::manifest::{Descriptor, MAX_MANIFEST, OCI_MANIFEST, parse_digest};
 use super::{Options, RegistryError};
@@ -158,19 +158,26 @@ pub(super) fn pull(
     progress: Option<Arc<Progress>>,
 ) -> Result<ArtifactPull, RegistryError> {
     let m = fetch_manifest(client, digest)?;
-    let mut packs: Vec<Arc<str>> = Vec::new();
+    let (mut packs, mut segmented): (Vec<Arc<str>>, Vec<Arc<str>>) = (Vec::new(), Vec::new());
     let mut images = Vec::new();
     for d in &m.layers {
         match d.media_type.as_str() {
-            PACK_TYPE => {
+            t @ (PACK_TYPE | SEGMENTED_PACK_TYPE) => {
                 let digest = parse_digest(&d.digest, "pack")?;
-                packs.push(client.url(&format!("blobs/{digest}")).into());
+                let url = client.url(&format!("blobs/{digest}")).into();
+                match t {
+                    PACK_TYPE => packs.push(url),
+                    _ => segmented.push(url),
+                }
             }
             INDEX_TYPE => images.push(fetch_index(client, d)?),
             other => {
                 return Err(RegistryError::Invalid {
                     what: format!("blob {}", d.digest),
-                    why: format!("unknown media type {other:?} in a warren store artifact"),
+                    why: format!(
+                        "unknown media type {other:?} in a warren store artifact (this warren \
+                         reads {PACK_TYPE}, {SEGMENTED_PACK_TYPE} and {INDEX_TYPE})"
+                    ),
                 });
             }
         }
@@ -210,14 +217,17 @@ pub(super) fn pull(
     };
     let done = remote::fetch_images(
         &Blobs { client },
-        Source::Packs(&packs),
+        Source::Packs {
+            plain: &packs,
+            segmented: &segmented,
+        },
         store,
         &incoming,
         &ropts,
     )?;
     Ok(ArtifactPull {
         images: incoming.into_iter().map(|i| i.index.name).collect(),
-        packs: packs.len(),
+        packs: packs.len() + segmented.len(),
         chunks: done.chunks,
         fetched_chunks: done.fetched_chunks,
     })
