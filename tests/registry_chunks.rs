@@ -202,7 +202,7 @@ fn store_artifact_round_trip_and_a_variant_moves_only_its_new_chunks() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|l| l["mediaType"] == "application/vnd.warren.store.index.v1")
+        .find(|l| l["mediaType"] == "application/vnd.warren.store.index.v2")
         .unwrap_or_else(|| panic!("no index blob: {raw}"));
     assert_eq!(
         index["annotations"]["org.opencontainers.image.title"],
@@ -349,7 +349,7 @@ fn a_corrupt_pack_or_index_blob_is_refused_with_nothing_listed() {
     fs::write(&path, &data).unwrap();
     let index = layers
         .iter()
-        .find(|l| l["mediaType"] == "application/vnd.warren.store.index.v1")
+        .find(|l| l["mediaType"] == "application/vnd.warren.store.index.v2")
         .unwrap();
     let ipath = reg.blob_data(index["digest"].as_str().unwrap());
     let mut idata = fs::read(&ipath).unwrap();
@@ -464,10 +464,38 @@ fn an_older_artifact_still_pulls_and_an_unknown_pack_is_refused_by_name() {
             "digest": sha256(data),
             "size": data.len(),
         });
-        serde_json::to_vec(&old).unwrap()
+        old
     };
-    let v1 = with_pack("application/vnd.warren.store.pack.v1", &old_pack);
-    plant(&reg, "old", "v1", &v1, &[&old_pack]);
+    // And the store's own index file, whole, as a version-1 index blob.
+    let idx = |dir: PathBuf| -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+            .collect()
+    };
+    let images = pusher.join("state/store/images");
+    let mut found = idx(images.clone());
+    for e in fs::read_dir(&images).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            found.extend(idx(p));
+        }
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+    let old_index = fs::read(&found[0]).unwrap();
+    let mut v1 = with_pack("application/vnd.warren.store.pack.v1", &old_pack);
+    let i = v1["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|l| l["mediaType"] == "application/vnd.warren.store.index.v2")
+        .unwrap_or_else(|| panic!("no index: {raw}"));
+    v1["layers"][i]["mediaType"] = "application/vnd.warren.store.index.v1".into();
+    v1["layers"][i]["digest"] = sha256(&old_index).into();
+    v1["layers"][i]["size"] = old_index.len().into();
+    let v1 = serde_json::to_vec(&v1).unwrap();
+    plant(&reg, "old", "v1", &v1, &[&old_pack, &old_index]);
     let r = json(
         &puller,
         &reg,
@@ -481,7 +509,11 @@ fn an_older_artifact_still_pulls_and_an_unknown_pack_is_refused_by_name() {
 
     // A newer warren's pack: refused, naming what it is, nothing listed.
     let fresh = w.join("fresh");
-    let v3 = with_pack("application/vnd.warren.store.pack.v3", &old_pack);
+    let v3 = serde_json::to_vec(&with_pack(
+        "application/vnd.warren.store.pack.v3",
+        &old_pack,
+    ))
+    .unwrap();
     plant(&reg, "old", "v3", &v3, &[&old_pack]);
     let err =
         fails(warren(&fresh, &reg).args(["image", "pull", "--creds", &c, &format!("{h}/old:v3")]));
@@ -494,7 +526,8 @@ fn an_older_artifact_still_pulls_and_an_unknown_pack_is_refused_by_name() {
     let mut future = new_pack.clone();
     let n = future.len();
     future[n - 40 + 16] = 9;
-    let v2 = with_pack("application/vnd.warren.store.pack.v2", &future);
+    let v2 =
+        serde_json::to_vec(&with_pack("application/vnd.warren.store.pack.v2", &future)).unwrap();
     plant(&reg, "old", "future", &v2, &[&future]);
     let err = fails(warren(&fresh, &reg).args([
         "image",

@@ -16,9 +16,10 @@
 //! served store does ([`crate::store::remote`]); each chunk is checked against its id,
 //! and nothing is listed before every chunk is here (see `artifact_pull.rs`).
 
+pub(super) mod index_blob;
 mod repack;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -40,8 +41,12 @@ pub const CONFIG_TYPE: &str = "application/vnd.warren.store.config.v1+json";
 pub const PACK_TYPE: &str = "application/vnd.warren.store.pack.v1";
 /// A segmented pack (see [`crate::store::remote::segments`]): what a push sends.
 pub const SEGMENTED_PACK_TYPE: &str = "application/vnd.warren.store.pack.v2";
-/// A warren image index.
+/// A warren image index, whole: what artifacts held before [`INDEX_V2_TYPE`]; still
+/// pulled.
 pub const INDEX_TYPE: &str = "application/vnd.warren.store.index.v1";
+/// A warren image index whose chunk ids are in the segmented packs' tables (see
+/// `artifact/index_blob.rs`): what a push sends.
+pub const INDEX_V2_TYPE: &str = "application/vnd.warren.store.index.v2";
 /// The annotation naming an index's image.
 pub(super) const TITLE: &str = "org.opencontainers.image.title";
 
@@ -114,10 +119,16 @@ fn collect(store: &Store, names: &[String], dir: &Path) -> Result<Vec<Blob>, Reg
     for name in names {
         let index = store.index(name)?;
         wanted.extend(index.chunks.iter().map(|c| c.id));
-        indexes.push((name.clone(), repack::index(index.encode())));
+        indexes.push((name.clone(), index));
     }
     let all = store.chunks()?;
     let mut taken: HashSet<ChunkId> = HashSet::new();
+    // Each chunk's place in the packs, in the order they are sent (see `index_blob.rs`).
+    let mut places: HashMap<ChunkId, u64> = HashMap::new();
+    let mut place = |id: ChunkId| {
+        let next = places.len() as u64;
+        places.entry(id).or_insert(next);
+    };
     let mut blobs = Vec::new();
     for (p, pack) in all.packs().iter().enumerate() {
         let entries: Vec<usize> = (0..pack.entries.len())
@@ -129,6 +140,7 @@ fn collect(store: &Store, names: &[String], dir: &Path) -> Result<Vec<Blob>, Reg
         if entries.is_empty() {
             continue;
         }
+        entries.iter().for_each(|&e| place(pack.entries[e].id));
         let chunks = entries.iter().map(|&e| {
             let id = pack.entries[e].id;
             all.read_packed(p, e).map(|data| (id, data))
@@ -139,6 +151,7 @@ fn collect(store: &Store, names: &[String], dir: &Path) -> Result<Vec<Blob>, Reg
     if !loose.is_empty() {
         // Sorted: the same loose chunks make the same pack, sent once.
         loose.sort_by_key(|id| id.0);
+        loose.iter().for_each(|id| place(*id));
         let chunks = loose.iter().map(|id| {
             all.raw(id)?
                 .map(|data| (*id, data))
@@ -149,9 +162,15 @@ fn collect(store: &Store, names: &[String], dir: &Path) -> Result<Vec<Blob>, Reg
         });
         blobs.push(file_blob(&repack::write_pack(dir, chunks)?)?);
     }
-    for (name, data) in indexes {
+    for (name, index) in indexes {
+        let data = index_blob::encode(&index, &places, repack::index).map_err(|why| {
+            RegistryError::Invalid {
+                what: format!("index of {name}"),
+                why,
+            }
+        })?;
         blobs.push(Blob {
-            media_type: INDEX_TYPE,
+            media_type: INDEX_V2_TYPE,
             digest: Digest::sha256(&data),
             size: data.len() as u64,
             payload: Payload::Bytes(data),
@@ -269,6 +288,7 @@ mod tests {
             PACK_TYPE,
             SEGMENTED_PACK_TYPE,
             INDEX_TYPE,
+            INDEX_V2_TYPE,
         ] {
             assert!(t.starts_with("application/vnd.warren.store."), "{t}");
         }

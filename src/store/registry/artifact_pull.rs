@@ -6,13 +6,14 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::artifact::{CONFIG_TYPE, INDEX_TYPE, PACK_TYPE, SEGMENTED_PACK_TYPE};
+use super::artifact::index_blob;
+use super::artifact::{CONFIG_TYPE, INDEX_TYPE, INDEX_V2_TYPE, PACK_TYPE, SEGMENTED_PACK_TYPE};
 use super::client::{Client, Method, http};
 use super::manifest::{Descriptor, MAX_MANIFEST, OCI_MANIFEST, parse_digest};
 use super::{Options, RegistryError};
 use crate::store::index::Index;
 use crate::store::oci::blob::Digest;
-use crate::store::remote::{self, Incoming, Range, RemoteError, Source, Transport};
+use crate::store::remote::{self, Incoming, Range, RemoteError, Source, Transport, segments};
 use crate::store::{ImageName, Progress, Store};
 
 /// Blobs an artifact may list.
@@ -125,8 +126,8 @@ fn fetch_manifest(client: &Client, digest: &Digest) -> Result<RawManifest, Regis
     Ok(m)
 }
 
-/// An index blob, whole, checked against its descriptor; and the index.
-fn fetch_index(client: &Client, d: &Descriptor) -> Result<(Vec<u8>, Index), RegistryError> {
+/// An index blob, whole, checked against its descriptor.
+fn fetch_index(client: &Client, d: &Descriptor) -> Result<Vec<u8>, RegistryError> {
     let digest = parse_digest(&d.digest, "index")?;
     let url = client.url(&format!("blobs/{digest}"));
     let blob = format!("index {digest}");
@@ -139,12 +140,8 @@ fn fetch_index(client: &Client, d: &Descriptor) -> Result<(Vec<u8>, Index), Regi
     let data = Blobs { client }
         .get(&url, Range::Whole, d.size + 1)
         .map_err(|e| http(&url, e.to_string()))?;
-    super::check(blob.clone(), &data, Some(d.size), &digest)?;
-    let index = Index::decode(&data).map_err(|e| RegistryError::Invalid {
-        what: blob,
-        why: e.to_string(),
-    })?;
-    Ok((data, index))
+    super::check(blob, &data, Some(d.size), &digest)?;
+    Ok(data)
 }
 
 /// Pulls the warren store artifact `digest` from `client`'s repository into `store`:
@@ -159,7 +156,7 @@ pub(super) fn pull(
 ) -> Result<ArtifactPull, RegistryError> {
     let m = fetch_manifest(client, digest)?;
     let (mut packs, mut segmented): (Vec<Arc<str>>, Vec<Arc<str>>) = (Vec::new(), Vec::new());
-    let mut images = Vec::new();
+    let mut indexes = Vec::new();
     for d in &m.layers {
         match d.media_type.as_str() {
             t @ (PACK_TYPE | SEGMENTED_PACK_TYPE) => {
@@ -170,17 +167,34 @@ pub(super) fn pull(
                     _ => segmented.push(url),
                 }
             }
-            INDEX_TYPE => images.push(fetch_index(client, d)?),
+            t @ (INDEX_TYPE | INDEX_V2_TYPE) => {
+                indexes.push((t == INDEX_V2_TYPE, &d.digest, fetch_index(client, d)?));
+            }
             other => {
                 return Err(RegistryError::Invalid {
                     what: format!("blob {}", d.digest),
                     why: format!(
                         "unknown media type {other:?} in a warren store artifact (this warren \
-                         reads {PACK_TYPE}, {SEGMENTED_PACK_TYPE} and {INDEX_TYPE})"
+                         reads {PACK_TYPE}, {SEGMENTED_PACK_TYPE}, {INDEX_TYPE} and \
+                         {INDEX_V2_TYPE})"
                     ),
                 });
             }
         }
+    }
+    // The segmented packs' tables: the ids of a version-2 index's chunks.
+    let tables = segments::tables(&Blobs { client }, &segmented)?;
+    let mut images = Vec::new();
+    for (v2, digest, data) in indexes {
+        let index = match v2 {
+            true => index_blob::decode(&data, &tables),
+            false => Index::decode(&data).map_err(|e| e.to_string()),
+        };
+        let index = index.map_err(|why| RegistryError::Invalid {
+            what: format!("index {digest}"),
+            why,
+        })?;
+        images.push((if v2 { index.encode() } else { data }, index));
     }
     if name.is_some() && images.len() != 1 {
         return Err(RegistryError::Invalid {
@@ -219,7 +233,7 @@ pub(super) fn pull(
         &Blobs { client },
         Source::Packs {
             plain: &packs,
-            segmented: &segmented,
+            segmented: tables,
         },
         store,
         &incoming,

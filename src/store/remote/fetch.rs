@@ -90,11 +90,11 @@ pub(crate) fn pack_tables(
 pub(crate) enum Source<'a> {
     /// A served store at this base URL: in the packs it lists, else in loose chunk files.
     Served(&'a str),
-    /// In these packs (URLs): store packs (a registry artifact's v1 packs) and segmented
-    /// packs (its v2 ones, see [`segments`]).
+    /// In these packs: store packs (a registry artifact's v1 packs, by URL) and segmented
+    /// packs (its v2 ones, see [`segments`], their tables already fetched).
     Packs {
         plain: &'a [std::sync::Arc<str>],
-        segmented: &'a [std::sync::Arc<str>],
+        segmented: Vec<(std::sync::Arc<str>, Vec<segments::Segment>)>,
     },
 }
 
@@ -152,11 +152,7 @@ pub(crate) fn fetch_images(
     let (packs, segs, base) = match source {
         _ if missing.is_empty() => (HashMap::new(), Vec::new(), None),
         Source::Served(base) => (remote_packs(client, base)?, Vec::new(), Some(base)),
-        Source::Packs { plain, segmented } => (
-            pack_tables(client, plain)?,
-            segments::tables(client, segmented)?,
-            None,
-        ),
+        Source::Packs { plain, segmented } => (pack_tables(client, plain)?, segmented, None),
     };
     let batches = batches(&missing, &packs, Plan::new(segs), base)?;
 
