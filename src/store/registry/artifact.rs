@@ -1,20 +1,24 @@
 //! A registry as the chunk store: warren's packs and image indexes as an OCI artifact.
 //!
 //! [`push`] publishes an OCI image manifest whose `artifactType` is [`ARTIFACT_TYPE`],
-//! whose config is a small JSON of [`CONFIG_TYPE`], and whose layers are the packs
-//! ([`PACK_TYPE`]) holding the chunks of the named images and their indexes
-//! ([`INDEX_TYPE`], titled with the image's name). Every blob is referenced by the
+//! whose config is a small JSON of [`CONFIG_TYPE`], and whose layers are segmented packs
+//! ([`SEGMENTED_PACK_TYPE`]) holding the chunks of the named images and their indexes
+//! ([`INDEX_V2_TYPE`], titled with the image's name). Every blob is referenced by the
 //! manifest, so a registry's garbage collection keeps them. Each store pack holding
 //! wanted chunks goes as a pack of just those (a push never leaks chunks of images it
-//! was not asked to publish), every chunk recompressed at a high level (`repack.rs`):
-//! the publisher pays once for what every puller fetches. The packs are deterministic,
-//! so the same pack is sent once, whatever pushes name it.
+//! was not asked to publish), in segments of adjacent chunks compressed together at a
+//! high level (`repack.rs`, [`crate::store::remote::segments`]): the publisher pays once
+//! for what every puller fetches. An index blob leaves its chunk ids to the packs' tables
+//! (`index_blob.rs`). The packs are deterministic, so the same pack is sent once,
+//! whatever pushes name it.
 //!
 //! [`pull`] (reached from `warren image pull` when the manifest's config says it is one)
 //! fetches the indexes whole, verified by digest, then the pack tables and only the
-//! chunks the store lacks with range requests on the pack blobs, exactly as a pull from a
-//! served store does ([`crate::store::remote`]); each chunk is checked against its id,
-//! and nothing is listed before every chunk is here (see `artifact_pull.rs`).
+//! segments holding chunks the store lacks with range requests on the pack blobs, as a
+//! pull from a served store does ([`crate::store::remote`]); each chunk is checked
+//! against its id, and nothing is listed before every chunk is here (see
+//! `artifact_pull.rs`). Artifacts of store packs ([`PACK_TYPE`]) and whole indexes
+//! ([`INDEX_TYPE`]), as pushed before, still pull; any other blob type is refused by name.
 
 pub(super) mod index_blob;
 mod repack;

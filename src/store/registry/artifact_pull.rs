@@ -1,7 +1,8 @@
 //! Pulling a warren store artifact (see [`super::artifact`]): the indexes whole, verified
-//! by digest; the pack tables and the missing chunks with range requests on the pack
-//! blobs, through [`crate::store::remote`]'s fetcher with the registry client as its
-//! transport (auth, redirects without the registry's credentials, retries).
+//! by digest; the pack tables (which give a version-2 index its chunk ids) and the
+//! segments or chunks the store lacks with range requests on the pack blobs, through
+//! [`crate::store::remote`]'s fetcher with the registry client as its transport (auth,
+//! redirects without the registry's credentials, retries).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
