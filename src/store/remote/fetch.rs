@@ -94,7 +94,7 @@ pub(crate) enum Source<'a> {
     /// packs (its v2 ones, see [`segments`], their tables already fetched).
     Packs {
         plain: &'a [std::sync::Arc<str>],
-        segmented: Vec<(std::sync::Arc<str>, Vec<segments::Segment>)>,
+        segmented: segments::Tables,
     },
 }
 

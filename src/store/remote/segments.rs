@@ -299,12 +299,12 @@ pub(crate) fn parse(data: &[u8]) -> Result<Vec<Segment>, String> {
     decode_table(trailer, &data[at as usize..(at + len) as usize], at)
 }
 
+/// Segmented packs' URLs and segments, by their tables.
+pub(crate) type Tables = Vec<(Arc<str>, Vec<Segment>)>;
+
 /// The segments of the segmented packs at `urls`, by their tables (a trailer and a table
 /// read with two range requests per pack).
-pub(crate) fn tables(
-    client: &dyn Transport,
-    urls: &[Arc<str>],
-) -> Result<Vec<(Arc<str>, Vec<Segment>)>, RemoteError> {
+pub(crate) fn tables(client: &dyn Transport, urls: &[Arc<str>]) -> Result<Tables, RemoteError> {
     let mut out = Vec::with_capacity(urls.len());
     for url in urls {
         let bad = |reason: String| RemoteError::BadPack {
@@ -328,7 +328,7 @@ pub(crate) fn tables(
 
 /// The segments to fetch for the chunks a pull lacks.
 pub(crate) struct Plan {
-    packs: Vec<(Arc<str>, Vec<Segment>)>,
+    packs: Tables,
     /// Where each chunk is first found: pack, segment, chunk in the segment.
     place: HashMap<ChunkId, (usize, usize, usize)>,
     /// Per segment to fetch, the chunks wanted from it.
@@ -344,7 +344,7 @@ pub(crate) struct Batch {
 }
 
 impl Plan {
-    pub(crate) fn new(packs: Vec<(Arc<str>, Vec<Segment>)>) -> Plan {
+    pub(crate) fn new(packs: Tables) -> Plan {
         let mut place = HashMap::new();
         for (p, (_, segs)) in packs.iter().enumerate() {
             for (s, seg) in segs.iter().enumerate() {
