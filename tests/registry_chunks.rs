@@ -267,6 +267,29 @@ fn store_artifact_round_trip_and_a_variant_moves_only_its_new_chunks() {
     let out = extract(&puller, &reg, "variant:1", "variant-out");
     util::assert_same_tree(&variant, &out);
     ok(warren(&puller, &reg).args(["store", "verify"]));
+
+    // The other way: a host with the variant pulls the base, whose big file's chunks it
+    // has but the one or two around the change. Those are segments of their own (a big
+    // file's chunks are), so a 4 MiB segment of the file does not move for them.
+    let other = w.join("other");
+    let pull = |tag: &str| {
+        json(
+            &other,
+            &reg,
+            &["image", "pull", "--creds", &c, &format!("{h}/chunks:{tag}")],
+        )
+    };
+    pull("variant");
+    let from = log_len(&reg);
+    pull("base");
+    let (moved, requests) = blob_bytes(&reg, "chunks", from);
+    eprintln!("base after the variant: {moved} bytes in {requests} blob requests");
+    assert!(
+        moved <= (4 << 20) + (256 << 10),
+        "{moved} bytes moved for the chunks around a 64-byte change and a small file"
+    );
+    let out = extract(&other, &reg, "base:1", "base-out-2");
+    util::assert_same_tree(&base, &out);
 }
 
 fn packs_in(work: &Path) -> usize {
