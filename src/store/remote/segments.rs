@@ -41,8 +41,9 @@ pub(crate) const VERSION: u32 = 1;
 const HEADER: u64 = 16;
 /// Bytes of the trailer (the pack's last bytes).
 pub(crate) const TRAILER: usize = 40;
-/// Largest decompressed segment a reader accepts (a writer makes them much smaller).
-pub(crate) const MAX_SEGMENT: u64 = 16 << 20;
+/// Largest decompressed segment a reader accepts (a writer makes them at most 4 MiB);
+/// its frame may be a little bigger, never more than zstd's bound for it.
+pub(crate) const MAX_SEGMENT: u64 = 8 << 20;
 /// Largest table (compressed, and decompressed) a reader accepts.
 pub(crate) const MAX_TABLE: u64 = 256 << 20;
 /// A chunk's flag: its bytes in the segment have the x86 branch filter applied.
@@ -128,6 +129,10 @@ pub(crate) fn decode_table(
     let (mut at, mut next) = (HEADER, 0usize);
     for s in segs.chunks_exact(8) {
         let (stored, count) = (u64::from(u32_at(s, 0)), u32_at(s, 4) as usize);
+        let bound = zstd::zstd_safe::compress_bound(MAX_SEGMENT as usize) as u64;
+        if stored == 0 || stored > bound {
+            return Err(format!("segment {}: a frame of {stored} bytes", out.len()));
+        }
         let end = next
             .checked_add(count)
             .filter(|&e| e <= nchunk && count > 0);
@@ -634,5 +639,14 @@ mod tests {
         let data = std::fs::read(&path).unwrap();
         let err = pull(data, &[(id, small.len() as u32)], dir.path()).unwrap_err();
         assert!(err.to_string().contains("corrupt"), "{err}");
+        // A table that gives a segment a frame far past any segment's bound: refused
+        // before anything is fetched.
+        let path = dir.path().join("huge");
+        let mut w = Writer::create(&path).unwrap();
+        w.add(&[(id, small.len() as u32, false)], &vec![0u8; 9 << 20])
+            .unwrap();
+        w.finish(3).unwrap();
+        let err = pull(std::fs::read(&path).unwrap(), &[(id, 1)], dir.path()).unwrap_err();
+        assert!(err.to_string().contains("a frame of"), "{err}");
     }
 }
