@@ -119,10 +119,16 @@ pub fn push(
 /// The blobs of the artifact: packs (in `dir` when made for it), then indexes.
 fn collect(store: &Store, names: &[String], dir: &Path) -> Result<Vec<Blob>, RegistryError> {
     let mut indexes = Vec::new();
-    let mut wanted = HashSet::new();
+    // Each wanted chunk's first place in the images' content, in order: a pack's chunks
+    // go in that order, files side by side as in a layer's tar (a store pack has them in
+    // the order an import's threads wrote them), which segments compress better.
+    let mut wanted: HashMap<ChunkId, usize> = HashMap::new();
     for name in names {
         let index = store.index(name)?;
-        wanted.extend(index.chunks.iter().map(|c| c.id));
+        for c in &index.chunks {
+            let next = wanted.len();
+            wanted.entry(c.id).or_insert(next);
+        }
         indexes.push((name.clone(), index));
     }
     let all = store.chunks()?;
@@ -135,12 +141,13 @@ fn collect(store: &Store, names: &[String], dir: &Path) -> Result<Vec<Blob>, Reg
     };
     let mut blobs = Vec::new();
     for (p, pack) in all.packs().iter().enumerate() {
-        let entries: Vec<usize> = (0..pack.entries.len())
+        let mut entries: Vec<usize> = (0..pack.entries.len())
             .filter(|&e| {
                 let id = pack.entries[e].id;
-                wanted.contains(&id) && taken.insert(id)
+                wanted.contains_key(&id) && taken.insert(id)
             })
             .collect();
+        entries.sort_by_key(|&e| wanted.get(&pack.entries[e].id));
         if entries.is_empty() {
             continue;
         }
@@ -151,10 +158,14 @@ fn collect(store: &Store, names: &[String], dir: &Path) -> Result<Vec<Blob>, Reg
         });
         blobs.push(file_blob(&repack::write_pack(dir, chunks)?)?);
     }
-    let mut loose: Vec<ChunkId> = wanted.difference(&taken).copied().collect();
+    let mut loose: Vec<ChunkId> = wanted
+        .keys()
+        .filter(|id| !taken.contains(id))
+        .copied()
+        .collect();
     if !loose.is_empty() {
-        // Sorted: the same loose chunks make the same pack, sent once.
-        loose.sort_by_key(|id| id.0);
+        // In content order: the same loose chunks make the same pack, sent once.
+        loose.sort_by_key(|id| wanted.get(id));
         loose.iter().for_each(|id| place(*id));
         let chunks = loose.iter().map(|id| {
             all.raw(id)?
