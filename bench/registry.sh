@@ -8,8 +8,10 @@
 # bookworm host with its dpkg records), `warren image pull` of the base, then of the variant:
 # the bytes the registry sent for the variant (its access log) vs the size of the variant's
 # changed layer as docker would make it (the added and changed files, a gzip tar). Target:
-# <= 0.8x. `store push` recompresses every chunk it sends at zstd 19: minutes of CPU on a
-# debug build (WARREN=target/debug/warren is fine for the byte counts, not for timings).
+# <= 0.8x. `store push` compresses the chunks it sends in segments of adjacent chunks at zstd 19:
+# minutes of CPU on a debug build (WARREN=target/debug/warren is fine for the byte counts, which
+# do not depend on the build, not for timings; a debug build with
+# `--config 'profile.dev.package.zstd-sys.opt-level=3'` pushes several times faster).
 #
 #   bench/registry.sh        (as root; release build of warren)
 # Environment: WARREN (default the `make release` binary), WORK (default /var/tmp/warren-bench),

@@ -195,14 +195,14 @@ fn store_artifact_round_trip_and_a_variant_moves_only_its_new_chunks() {
         .map(|l| l["mediaType"].as_str().unwrap())
         .collect();
     assert!(
-        types.contains(&"application/vnd.warren.store.pack.v1"),
+        types.contains(&"application/vnd.warren.store.pack.v2"),
         "{raw}"
     );
     let index = m["layers"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|l| l["mediaType"] == "application/vnd.warren.store.index.v1")
+        .find(|l| l["mediaType"] == "application/vnd.warren.store.index.v2")
         .unwrap_or_else(|| panic!("no index blob: {raw}"));
     assert_eq!(
         index["annotations"]["org.opencontainers.image.title"],
@@ -267,6 +267,29 @@ fn store_artifact_round_trip_and_a_variant_moves_only_its_new_chunks() {
     let out = extract(&puller, &reg, "variant:1", "variant-out");
     util::assert_same_tree(&variant, &out);
     ok(warren(&puller, &reg).args(["store", "verify"]));
+
+    // The other way: a host with the variant pulls the base, whose big file's chunks it
+    // has but the one or two around the change. Those are segments of their own (a big
+    // file's chunks are), so a 4 MiB segment of the file does not move for them.
+    let other = w.join("other");
+    let pull = |tag: &str| {
+        json(
+            &other,
+            &reg,
+            &["image", "pull", "--creds", &c, &format!("{h}/chunks:{tag}")],
+        )
+    };
+    pull("variant");
+    let from = log_len(&reg);
+    pull("base");
+    let (moved, requests) = blob_bytes(&reg, "chunks", from);
+    eprintln!("base after the variant: {moved} bytes in {requests} blob requests");
+    assert!(
+        moved <= (4 << 20) + (256 << 10),
+        "{moved} bytes moved for the chunks around a 64-byte change and a small file"
+    );
+    let out = extract(&other, &reg, "base:1", "base-out-2");
+    util::assert_same_tree(&base, &out);
 }
 
 fn packs_in(work: &Path) -> usize {
@@ -315,7 +338,7 @@ fn a_corrupt_pack_or_index_blob_is_refused_with_nothing_listed() {
     let layers = blobs("t");
     let pack = layers
         .iter()
-        .find(|l| l["mediaType"] == "application/vnd.warren.store.pack.v1")
+        .find(|l| l["mediaType"] == "application/vnd.warren.store.pack.v2")
         .unwrap();
     // The same chunks as the store's pack, recompressed at a higher level: smaller.
     let stored: u64 = fs::read_dir(pusher.join("state/store/packs"))
@@ -349,7 +372,7 @@ fn a_corrupt_pack_or_index_blob_is_refused_with_nothing_listed() {
     fs::write(&path, &data).unwrap();
     let index = layers
         .iter()
-        .find(|l| l["mediaType"] == "application/vnd.warren.store.index.v1")
+        .find(|l| l["mediaType"] == "application/vnd.warren.store.index.v2")
         .unwrap();
     let ipath = reg.blob_data(index["digest"].as_str().unwrap());
     let mut idata = fs::read(&ipath).unwrap();
@@ -379,4 +402,164 @@ fn a_corrupt_pack_or_index_blob_is_refused_with_nothing_listed() {
     assert_eq!(fs::read(out.join("noise")).unwrap(), noise(3, 2 << 20));
     assert_eq!(fs::read(out.join("words.txt")).unwrap(), words(1 << 20));
     ok(warren(&puller, &reg).args(["store", "verify"]));
+}
+
+/// Puts `blobs` and the manifest `manifest` (tagged `tag`) in repository `repo` straight
+/// into the registry's storage, as distribution lays them out: an artifact made by hand
+/// (an older warren's, or a newer one's).
+fn plant(reg: &Registry, repo: &str, tag: &str, manifest: &[u8], blobs: &[&[u8]]) {
+    let v2 = reg.storage.join("docker/registry/v2");
+    let link = |rel: PathBuf, digest: &str| {
+        let path = v2.join("repositories").join(repo).join(rel);
+        fs::create_dir_all(&path).unwrap();
+        fs::write(path.join("link"), digest).unwrap();
+    };
+    let put = |data: &[u8]| {
+        let digest = sha256(data);
+        let path = reg.blob_data(&digest);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, data).unwrap();
+        digest
+    };
+    for b in blobs {
+        let d = put(b);
+        link(Path::new("_layers/sha256").join(&d[7..]), &d);
+    }
+    let d = put(manifest);
+    link(Path::new("_manifests/revisions/sha256").join(&d[7..]), &d);
+    link(Path::new("_manifests/tags").join(tag).join("current"), &d);
+    link(
+        Path::new("_manifests/tags")
+            .join(tag)
+            .join("index/sha256")
+            .join(&d[7..]),
+        &d,
+    );
+}
+
+#[test]
+fn an_older_artifact_still_pulls_and_an_unknown_pack_is_refused_by_name() {
+    let work = scratch("registry-chunks-old");
+    let w = work.path();
+    let reg = Registry::start(w, Auth::Htpasswd);
+    let h = reg.host.clone();
+    let (pusher, puller) = (w.join("pusher"), w.join("puller"));
+    let tree = w.join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("noise"), noise(5, 1 << 20)).unwrap();
+    fs::write(tree.join("words.txt"), words(1 << 20)).unwrap();
+    ok(warren(&pusher, &reg)
+        .args(["image", "import", "--name", "img:1"])
+        .arg(&tree));
+    let c = creds();
+    ok(warren(&pusher, &reg).args([
+        "store",
+        "push",
+        "--creds",
+        &c,
+        &format!("{h}/old:new"),
+        "img:1",
+    ]));
+    let raw = ok(Command::new(require_tool("skopeo", "skopeo"))
+        .args(["inspect", "--raw", "--creds", &c, "--cert-dir"])
+        .arg(reg.certs_d.join(&h))
+        .arg(format!("docker://{h}/old:new")));
+    let m: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let at = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|l| l["mediaType"] == "application/vnd.warren.store.pack.v2")
+        .unwrap_or_else(|| panic!("no segmented pack: {raw}"));
+    // What an older warren pushed: the store's own pack (one import: the image's chunks),
+    // as a version-1 pack blob, beside the same index and config.
+    let packs: Vec<PathBuf> = fs::read_dir(pusher.join("state/store/packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        .collect();
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    let old_pack = fs::read(&packs[0]).unwrap();
+    let with_pack = |media_type: &str, data: &[u8]| {
+        let mut old = m.clone();
+        old["layers"][at] = serde_json::json!({
+            "mediaType": media_type,
+            "digest": sha256(data),
+            "size": data.len(),
+        });
+        old
+    };
+    // And the store's own index file, whole, as a version-1 index blob.
+    let idx = |dir: PathBuf| -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+            .collect()
+    };
+    let images = pusher.join("state/store/images");
+    let mut found = idx(images.clone());
+    for e in fs::read_dir(&images).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            found.extend(idx(p));
+        }
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+    let old_index = fs::read(&found[0]).unwrap();
+    let mut v1 = with_pack("application/vnd.warren.store.pack.v1", &old_pack);
+    let i = v1["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|l| l["mediaType"] == "application/vnd.warren.store.index.v2")
+        .unwrap_or_else(|| panic!("no index: {raw}"));
+    v1["layers"][i]["mediaType"] = "application/vnd.warren.store.index.v1".into();
+    v1["layers"][i]["digest"] = sha256(&old_index).into();
+    v1["layers"][i]["size"] = old_index.len().into();
+    let v1 = serde_json::to_vec(&v1).unwrap();
+    plant(&reg, "old", "v1", &v1, &[&old_pack, &old_index]);
+    let r = json(
+        &puller,
+        &reg,
+        &["image", "pull", "--creds", &c, &format!("{h}/old:v1")],
+    );
+    assert_eq!(r["name"], "img:1", "{r}");
+    let out = extract(&puller, &reg, "img:1", "out-v1");
+    assert_eq!(fs::read(out.join("noise")).unwrap(), noise(5, 1 << 20));
+    assert_eq!(fs::read(out.join("words.txt")).unwrap(), words(1 << 20));
+    ok(warren(&puller, &reg).args(["store", "verify"]));
+
+    // A newer warren's pack: refused, naming what it is, nothing listed.
+    let fresh = w.join("fresh");
+    let v3 = serde_json::to_vec(&with_pack(
+        "application/vnd.warren.store.pack.v3",
+        &old_pack,
+    ))
+    .unwrap();
+    plant(&reg, "old", "v3", &v3, &[&old_pack]);
+    let err =
+        fails(warren(&fresh, &reg).args(["image", "pull", "--creds", &c, &format!("{h}/old:v3")]));
+    assert!(
+        err.contains("application/vnd.warren.store.pack.v3"),
+        "names the media type: {err}"
+    );
+    // A segmented pack of a version this warren does not know (in its trailer).
+    let new_pack = fs::read(reg.blob_data(m["layers"][at]["digest"].as_str().unwrap())).unwrap();
+    let mut future = new_pack.clone();
+    let n = future.len();
+    future[n - 40 + 16] = 9;
+    let v2 =
+        serde_json::to_vec(&with_pack("application/vnd.warren.store.pack.v2", &future)).unwrap();
+    plant(&reg, "old", "future", &v2, &[&future]);
+    let err = fails(warren(&fresh, &reg).args([
+        "image",
+        "pull",
+        "--creds",
+        &c,
+        &format!("{h}/old:future"),
+    ]));
+    assert!(err.contains("version 9, this warren reads 1"), "{err}");
+    assert!(!listed(&fresh, &reg).contains("img"), "nothing listed");
+    assert_eq!(packs_in(&fresh), 0, "no pack published");
 }

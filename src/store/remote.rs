@@ -7,7 +7,8 @@
 //! when its `packs/list` names one that holds it (runs of adjacent chunks in one range
 //! request: the server must honour `Range`), else as a loose file.
 //! The fetching is in [`fetch`], shared with pulls of a registry's warren store artifacts
-//! ([`crate::store::registry::artifact`]).
+//! ([`crate::store::registry::artifact`]), whose packs are [`segments`]: zstd frames of
+//! adjacent chunks, fetched whole and checked chunk by chunk.
 //! [`push`] writes the chunks (as loose files) and indexes a store directory lacks, chunks
 //! first, so a server never offers an index whose chunks are missing.
 
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 mod fetch;
+pub(crate) mod segments;
 
 pub(crate) use fetch::{Incoming, Range, Source, Transport, fetch_images};
 

@@ -1,24 +1,29 @@
 //! A registry as the chunk store: warren's packs and image indexes as an OCI artifact.
 //!
 //! [`push`] publishes an OCI image manifest whose `artifactType` is [`ARTIFACT_TYPE`],
-//! whose config is a small JSON of [`CONFIG_TYPE`], and whose layers are the packs
-//! ([`PACK_TYPE`]) holding the chunks of the named images and their indexes
-//! ([`INDEX_TYPE`], titled with the image's name). Every blob is referenced by the
+//! whose config is a small JSON of [`CONFIG_TYPE`], and whose layers are segmented packs
+//! ([`SEGMENTED_PACK_TYPE`]) holding the chunks of the named images and their indexes
+//! ([`INDEX_V2_TYPE`], titled with the image's name). Every blob is referenced by the
 //! manifest, so a registry's garbage collection keeps them. Each store pack holding
 //! wanted chunks goes as a pack of just those (a push never leaks chunks of images it
-//! was not asked to publish), every chunk recompressed at a high level (`repack.rs`):
-//! the publisher pays once for what every puller fetches. The packs are deterministic,
-//! so the same pack is sent once, whatever pushes name it.
+//! was not asked to publish), in segments of adjacent chunks compressed together at a
+//! high level (`repack.rs`, [`crate::store::remote::segments`]): the publisher pays once
+//! for what every puller fetches. An index blob leaves its chunk ids to the packs' tables
+//! (`index_blob.rs`). The packs are deterministic, so the same pack is sent once,
+//! whatever pushes name it.
 //!
 //! [`pull`] (reached from `warren image pull` when the manifest's config says it is one)
 //! fetches the indexes whole, verified by digest, then the pack tables and only the
-//! chunks the store lacks with range requests on the pack blobs, exactly as a pull from a
-//! served store does ([`crate::store::remote`]); each chunk is checked against its id,
-//! and nothing is listed before every chunk is here (see `artifact_pull.rs`).
+//! segments holding chunks the store lacks with range requests on the pack blobs, as a
+//! pull from a served store does ([`crate::store::remote`]); each chunk is checked
+//! against its id, and nothing is listed before every chunk is here (see
+//! `artifact_pull.rs`). Artifacts of store packs ([`PACK_TYPE`]) and whole indexes
+//! ([`INDEX_TYPE`]), as pushed before, still pull; any other blob type is refused by name.
 
+pub(super) mod index_blob;
 mod repack;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -35,10 +40,17 @@ use crate::store::{Store, StoreError};
 pub const ARTIFACT_TYPE: &str = "application/vnd.warren.store.v1";
 /// The config blob's media type: `{"images": [NAME...]}`.
 pub const CONFIG_TYPE: &str = "application/vnd.warren.store.config.v1+json";
-/// A warren pack (see [`crate::store::pack`]).
+/// A warren store pack (see [`crate::store::pack`]): what artifacts held before segmented
+/// packs; still pulled.
 pub const PACK_TYPE: &str = "application/vnd.warren.store.pack.v1";
-/// A warren image index.
+/// A segmented pack (see [`crate::store::remote::segments`]): what a push sends.
+pub const SEGMENTED_PACK_TYPE: &str = "application/vnd.warren.store.pack.v2";
+/// A warren image index, whole: what artifacts held before [`INDEX_V2_TYPE`]; still
+/// pulled.
 pub const INDEX_TYPE: &str = "application/vnd.warren.store.index.v1";
+/// A warren image index whose chunk ids are in the segmented packs' tables (see
+/// `artifact/index_blob.rs`): what a push sends.
+pub const INDEX_V2_TYPE: &str = "application/vnd.warren.store.index.v2";
 /// The annotation naming an index's image.
 pub(super) const TITLE: &str = "org.opencontainers.image.title";
 
@@ -107,35 +119,54 @@ pub fn push(
 /// The blobs of the artifact: packs (in `dir` when made for it), then indexes.
 fn collect(store: &Store, names: &[String], dir: &Path) -> Result<Vec<Blob>, RegistryError> {
     let mut indexes = Vec::new();
-    let mut wanted = HashSet::new();
+    // Each wanted chunk's first place in the images' content, in order: a pack's chunks
+    // go in that order, files side by side as in a layer's tar (a store pack has them in
+    // the order an import's threads wrote them), which segments compress better.
+    let mut wanted: HashMap<ChunkId, usize> = HashMap::new();
     for name in names {
         let index = store.index(name)?;
-        wanted.extend(index.chunks.iter().map(|c| c.id));
-        indexes.push((name.clone(), repack::index(index.encode())));
+        for c in &index.chunks {
+            let next = wanted.len();
+            wanted.entry(c.id).or_insert(next);
+        }
+        indexes.push((name.clone(), index));
     }
     let all = store.chunks()?;
     let mut taken: HashSet<ChunkId> = HashSet::new();
+    // Each chunk's place in the packs, in the order they are sent (see `index_blob.rs`).
+    let mut places: HashMap<ChunkId, u64> = HashMap::new();
+    let mut place = |id: ChunkId| {
+        let next = places.len() as u64;
+        places.entry(id).or_insert(next);
+    };
     let mut blobs = Vec::new();
     for (p, pack) in all.packs().iter().enumerate() {
-        let entries: Vec<usize> = (0..pack.entries.len())
+        let mut entries: Vec<usize> = (0..pack.entries.len())
             .filter(|&e| {
                 let id = pack.entries[e].id;
-                wanted.contains(&id) && taken.insert(id)
+                wanted.contains_key(&id) && taken.insert(id)
             })
             .collect();
+        entries.sort_by_key(|&e| wanted.get(&pack.entries[e].id));
         if entries.is_empty() {
             continue;
         }
+        entries.iter().for_each(|&e| place(pack.entries[e].id));
         let chunks = entries.iter().map(|&e| {
             let id = pack.entries[e].id;
             all.read_packed(p, e).map(|data| (id, data))
         });
         blobs.push(file_blob(&repack::write_pack(dir, chunks)?)?);
     }
-    let mut loose: Vec<ChunkId> = wanted.difference(&taken).copied().collect();
+    let mut loose: Vec<ChunkId> = wanted
+        .keys()
+        .filter(|id| !taken.contains(id))
+        .copied()
+        .collect();
     if !loose.is_empty() {
-        // Sorted: the same loose chunks make the same pack, sent once.
-        loose.sort_by_key(|id| id.0);
+        // In content order: the same loose chunks make the same pack, sent once.
+        loose.sort_by_key(|id| wanted.get(id));
+        loose.iter().for_each(|id| place(*id));
         let chunks = loose.iter().map(|id| {
             all.raw(id)?
                 .map(|data| (*id, data))
@@ -146,9 +177,15 @@ fn collect(store: &Store, names: &[String], dir: &Path) -> Result<Vec<Blob>, Reg
         });
         blobs.push(file_blob(&repack::write_pack(dir, chunks)?)?);
     }
-    for (name, data) in indexes {
+    for (name, index) in indexes {
+        let data = index_blob::encode(&index, &places, repack::index).map_err(|why| {
+            RegistryError::Invalid {
+                what: format!("index of {name}"),
+                why,
+            }
+        })?;
         blobs.push(Blob {
-            media_type: INDEX_TYPE,
+            media_type: INDEX_V2_TYPE,
             digest: Digest::sha256(&data),
             size: data.len() as u64,
             payload: Payload::Bytes(data),
@@ -162,7 +199,7 @@ fn file_blob(path: &Path) -> Result<Blob, RegistryError> {
     let h = Hashing::new(File::open(path).map_err(io(path))?, Some(Algorithm::Sha256));
     let (digest, size) = h.finish().map_err(io(path))?;
     Ok(Blob {
-        media_type: PACK_TYPE,
+        media_type: SEGMENTED_PACK_TYPE,
         digest: digest.unwrap_or_else(|| Digest::sha256(b"")),
         size,
         payload: Payload::File(path.to_path_buf()),
@@ -210,7 +247,10 @@ fn send(
         reference: r.to_string(),
         digest: Digest::sha256(&manifest).to_string(),
         images: names.to_vec(),
-        packs: blobs.iter().filter(|b| b.media_type == PACK_TYPE).count(),
+        packs: blobs
+            .iter()
+            .filter(|b| b.media_type == SEGMENTED_PACK_TYPE)
+            .count(),
         uploaded_blobs: 0,
         skipped_blobs: 0,
         uploaded_bytes: 0,
@@ -257,7 +297,14 @@ mod tests {
 
     #[test]
     fn media_types_are_warren_s() {
-        for t in [ARTIFACT_TYPE, CONFIG_TYPE, PACK_TYPE, INDEX_TYPE] {
+        for t in [
+            ARTIFACT_TYPE,
+            CONFIG_TYPE,
+            PACK_TYPE,
+            SEGMENTED_PACK_TYPE,
+            INDEX_TYPE,
+            INDEX_V2_TYPE,
+        ] {
             assert!(t.starts_with("application/vnd.warren.store."), "{t}");
         }
     }

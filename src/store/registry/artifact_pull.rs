@@ -1,18 +1,20 @@
 //! Pulling a warren store artifact (see [`super::artifact`]): the indexes whole, verified
-//! by digest; the pack tables and the missing chunks with range requests on the pack
-//! blobs, through [`crate::store::remote`]'s fetcher with the registry client as its
-//! transport (auth, redirects without the registry's credentials, retries).
+//! by digest; the pack tables (which give a version-2 index its chunk ids) and the
+//! segments or chunks the store lacks with range requests on the pack blobs, through
+//! [`crate::store::remote`]'s fetcher with the registry client as its transport (auth,
+//! redirects without the registry's credentials, retries).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::artifact::{CONFIG_TYPE, INDEX_TYPE, PACK_TYPE};
+use super::artifact::index_blob;
+use super::artifact::{CONFIG_TYPE, INDEX_TYPE, INDEX_V2_TYPE, PACK_TYPE, SEGMENTED_PACK_TYPE};
 use super::client::{Client, Method, http};
 use super::manifest::{Descriptor, MAX_MANIFEST, OCI_MANIFEST, parse_digest};
 use super::{Options, RegistryError};
 use crate::store::index::Index;
 use crate::store::oci::blob::Digest;
-use crate::store::remote::{self, Incoming, Range, RemoteError, Source, Transport};
+use crate::store::remote::{self, Incoming, Range, RemoteError, Source, Transport, segments};
 use crate::store::{ImageName, Progress, Store};
 
 /// Blobs an artifact may list.
@@ -125,8 +127,8 @@ fn fetch_manifest(client: &Client, digest: &Digest) -> Result<RawManifest, Regis
     Ok(m)
 }
 
-/// An index blob, whole, checked against its descriptor; and the index.
-fn fetch_index(client: &Client, d: &Descriptor) -> Result<(Vec<u8>, Index), RegistryError> {
+/// An index blob, whole, checked against its descriptor.
+fn fetch_index(client: &Client, d: &Descriptor) -> Result<Vec<u8>, RegistryError> {
     let digest = parse_digest(&d.digest, "index")?;
     let url = client.url(&format!("blobs/{digest}"));
     let blob = format!("index {digest}");
@@ -139,12 +141,8 @@ fn fetch_index(client: &Client, d: &Descriptor) -> Result<(Vec<u8>, Index), Regi
     let data = Blobs { client }
         .get(&url, Range::Whole, d.size + 1)
         .map_err(|e| http(&url, e.to_string()))?;
-    super::check(blob.clone(), &data, Some(d.size), &digest)?;
-    let index = Index::decode(&data).map_err(|e| RegistryError::Invalid {
-        what: blob,
-        why: e.to_string(),
-    })?;
-    Ok((data, index))
+    super::check(blob, &data, Some(d.size), &digest)?;
+    Ok(data)
 }
 
 /// Pulls the warren store artifact `digest` from `client`'s repository into `store`:
@@ -158,22 +156,46 @@ pub(super) fn pull(
     progress: Option<Arc<Progress>>,
 ) -> Result<ArtifactPull, RegistryError> {
     let m = fetch_manifest(client, digest)?;
-    let mut packs: Vec<Arc<str>> = Vec::new();
-    let mut images = Vec::new();
+    let (mut packs, mut segmented): (Vec<Arc<str>>, Vec<Arc<str>>) = (Vec::new(), Vec::new());
+    let mut indexes = Vec::new();
     for d in &m.layers {
         match d.media_type.as_str() {
-            PACK_TYPE => {
+            t @ (PACK_TYPE | SEGMENTED_PACK_TYPE) => {
                 let digest = parse_digest(&d.digest, "pack")?;
-                packs.push(client.url(&format!("blobs/{digest}")).into());
+                let url = client.url(&format!("blobs/{digest}")).into();
+                match t {
+                    PACK_TYPE => packs.push(url),
+                    _ => segmented.push(url),
+                }
             }
-            INDEX_TYPE => images.push(fetch_index(client, d)?),
+            t @ (INDEX_TYPE | INDEX_V2_TYPE) => {
+                indexes.push((t == INDEX_V2_TYPE, &d.digest, fetch_index(client, d)?));
+            }
             other => {
                 return Err(RegistryError::Invalid {
                     what: format!("blob {}", d.digest),
-                    why: format!("unknown media type {other:?} in a warren store artifact"),
+                    why: format!(
+                        "unknown media type {other:?} in a warren store artifact (this warren \
+                         reads {PACK_TYPE}, {SEGMENTED_PACK_TYPE}, {INDEX_TYPE} and \
+                         {INDEX_V2_TYPE})"
+                    ),
                 });
             }
         }
+    }
+    // The segmented packs' tables: the ids of a version-2 index's chunks.
+    let tables = segments::tables(&Blobs { client }, &segmented)?;
+    let mut images = Vec::new();
+    for (v2, digest, data) in indexes {
+        let index = match v2 {
+            true => index_blob::decode(&data, &tables),
+            false => Index::decode(&data).map_err(|e| e.to_string()),
+        };
+        let index = index.map_err(|why| RegistryError::Invalid {
+            what: format!("index {digest}"),
+            why,
+        })?;
+        images.push((if v2 { index.encode() } else { data }, index));
     }
     if name.is_some() && images.len() != 1 {
         return Err(RegistryError::Invalid {
@@ -210,14 +232,17 @@ pub(super) fn pull(
     };
     let done = remote::fetch_images(
         &Blobs { client },
-        Source::Packs(&packs),
+        Source::Packs {
+            plain: &packs,
+            segmented: tables,
+        },
         store,
         &incoming,
         &ropts,
     )?;
     Ok(ArtifactPull {
         images: incoming.into_iter().map(|i| i.index.name).collect(),
-        packs: packs.len(),
+        packs: packs.len() + segmented.len(),
         chunks: done.chunks,
         fetched_chunks: done.fetched_chunks,
     })

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use super::segments::{self, Plan};
 use super::{PullOptions, RemoteError};
 use crate::store::index::{ChunkId, Index};
 use crate::store::{Store, StoreError, chunker, chunks, format, pack};
@@ -89,8 +90,12 @@ pub(crate) fn pack_tables(
 pub(crate) enum Source<'a> {
     /// A served store at this base URL: in the packs it lists, else in loose chunk files.
     Served(&'a str),
-    /// In these packs (URLs), every one.
-    Packs(&'a [std::sync::Arc<str>]),
+    /// In these packs: store packs (a registry artifact's v1 packs, by URL) and segmented
+    /// packs (its v2 ones, see [`segments`], their tables already fetched).
+    Packs {
+        plain: &'a [std::sync::Arc<str>],
+        segmented: segments::Tables,
+    },
 }
 
 /// An image to publish once its chunks are here.
@@ -144,12 +149,12 @@ pub(crate) fn fetch_images(
             Ordering::Relaxed,
         );
     }
-    let (packs, base) = match source {
-        _ if missing.is_empty() => (HashMap::new(), None),
-        Source::Served(base) => (remote_packs(client, base)?, Some(base)),
-        Source::Packs(urls) => (pack_tables(client, urls)?, None),
+    let (packs, segs, base) = match source {
+        _ if missing.is_empty() => (HashMap::new(), Vec::new(), None),
+        Source::Served(base) => (remote_packs(client, base)?, Vec::new(), Some(base)),
+        Source::Packs { plain, segmented } => (pack_tables(client, plain)?, segmented, None),
     };
-    let batches = batches(&missing, &packs, base)?;
+    let batches = batches(&missing, &packs, Plan::new(segs), base)?;
 
     // Fetch, verify, append to a new pack; publish only when every chunk is good.
     let pack = pack::PackWriter::new(&local.packs_dir());
@@ -251,9 +256,15 @@ fn publish(
     Ok(())
 }
 
+/// What one request fetches.
+enum Batch {
+    Chunks(ChunkBatch),
+    Segments(segments::Batch),
+}
+
 /// Chunks fetched with one request: a run of adjacent chunks of one pack, or one loose
 /// chunk.
-struct Batch {
+struct ChunkBatch {
     /// The pack's URL and the run's offset in it; `None` for a loose chunk.
     pack: Option<(std::sync::Arc<str>, u64)>,
     /// Each chunk's id, length and stored length (in the pack).
@@ -271,6 +282,7 @@ const BATCH_BYTES: u64 = 1 << 20;
 fn batches(
     missing: &[(ChunkId, u32)],
     packs: &RemotePacks,
+    mut segs: Plan,
     base: Option<&str>,
 ) -> Result<Vec<Batch>, RemoteError> {
     let mut out = Vec::new();
@@ -278,7 +290,8 @@ fn batches(
     for &(id, len) in missing {
         match (packs.get(&id), base) {
             (Some((url, at, stored)), _) => packed.push((url, *at, *stored, id, len)),
-            (None, Some(_)) => out.push(Batch {
+            (None, _) if segs.want(&id, len)? => {}
+            (None, Some(_)) => out.push(ChunkBatch {
                 pack: None,
                 chunks: vec![(id, len, 0)],
                 bytes: 0,
@@ -293,7 +306,7 @@ fn batches(
     }
     packed.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     for (url, at, stored, id, len) in packed {
-        let follows = |b: &Batch| {
+        let follows = |b: &ChunkBatch| {
             b.pack
                 .as_ref()
                 .is_some_and(|(u, start)| u == url && start + b.bytes == at)
@@ -304,13 +317,15 @@ fn batches(
                 b.chunks.push((id, len, stored));
                 b.bytes += u64::from(stored);
             }
-            None => out.push(Batch {
+            None => out.push(ChunkBatch {
                 pack: Some((url.clone(), at)),
                 chunks: vec![(id, len, stored)],
                 bytes: u64::from(stored),
             }),
         }
     }
+    let mut out: Vec<Batch> = out.into_iter().map(Batch::Chunks).collect();
+    out.extend(segs.batches(BATCH_BYTES).into_iter().map(Batch::Segments));
     Ok(out)
 }
 
@@ -321,6 +336,20 @@ fn fetch_batch(
     base: Option<&str>,
     pack: &pack::PackWriter,
     batch: &Batch,
+    limit: u64,
+) -> Result<Vec<(u64, u32)>, RemoteError> {
+    match batch {
+        Batch::Chunks(b) => fetch_chunks(client, base, pack, b, limit),
+        Batch::Segments(b) => segments::fetch(client, pack, b),
+    }
+}
+
+/// Downloads a run of a store pack or a loose chunk (see [`fetch_batch`]).
+fn fetch_chunks(
+    client: &dyn Transport,
+    base: Option<&str>,
+    pack: &pack::PackWriter,
+    batch: &ChunkBatch,
     limit: u64,
 ) -> Result<Vec<(u64, u32)>, RemoteError> {
     let (url, data) = match &batch.pack {
