@@ -2,8 +2,9 @@
 # Networking, warren vs podman (netavark) on the same busybox image, in one run:
 #  - setup + teardown per container: `run --rm ... true` on a bridge network minus the
 #    same with no network (the time networking adds), warren and podman side by side;
-#  - TCP throughput, iperf3 for 3 s (SECS) per transfer, the median of TRIES (3): the
-#    host's loopback (the ceiling); host -> container through a published 127.0.0.1 port
+#  - TCP throughput, iperf3 for 3 s (SECS) per transfer, server and client pinned to the two
+#    CPUs, the median of TRIES (5), each transfer paired with one over the host's loopback
+#    (the ceiling, measured at the same moment); host -> container through a published 127.0.0.1 port
 #    and container -> container over one bridge, for warren (`--net bridge`) and podman
 #    (`--network bridge`, netavark); rootless (as the user warren-test): host -> container
 #    through a published port, warren `--net pasta` vs podman's rootless default
@@ -27,11 +28,11 @@ fi
 cd "$(dirname "$0")/.."
 RUNS=${1:-20}
 SECS=${SECS:-3}
-TRIES=${TRIES:-3}
+TRIES=${TRIES:-5}
 RUSER=warren-test
 [ "$(id -u)" = 0 ] || { echo "run as root (bridges, nftables)" >&2; exit 1; }
-for t in hyperfine podman nsenter python3 ss flock iperf3 pasta slirp4netns setpriv; do
-  command -v $t >/dev/null || { echo "missing $t: apt-get install -y $t (pasta: passt, setpriv: util-linux)" >&2; exit 1; }
+for t in hyperfine podman nsenter python3 ss flock iperf3 pasta slirp4netns setpriv taskset; do
+  command -v $t >/dev/null || { echo "missing $t: apt-get install -y $t (pasta: passt, setpriv and taskset: util-linux)" >&2; exit 1; }
 done
 id -u $RUSER >/dev/null 2>&1 && grep -q "^$RUSER:" /etc/subuid && grep -q "^$RUSER:" /etc/subgid || {
   echo "the rootless part needs the user $RUSER with subordinate ids: cargo test --test network_rootless makes it" >&2
@@ -124,23 +125,30 @@ listening() {
   done
   echo "nothing listens on $2 in $1" >&2; exit 1
 }
-# gbps SERVER_NS PORT CLIENT_NS ADDR CLIENT_PORT: TRIES transfers of SECS seconds, each
-# to a fresh server; prints the Gbit/s received in each.
+# one SERVER_NS PORT CLIENT_NS ADDR CLIENT_PORT: one transfer of SECS seconds to a fresh
+# server, server on CPU 0 and client on CPU 1 (unpinned, the 2 vCPUs' scheduling alone
+# moved a single stream between 11 and 22 Gbit/s); prints the Gbit/s received.
+one() {
+  timeout $((SECS + 30)) taskset -c 0 nsenter $1 iperf3 -s -1 -p $2 >/dev/null 2>&1 &
+  SERVER_PID=$!
+  listening "$1" $2
+  timeout $((SECS + 20)) taskset -c 1 nsenter $3 iperf3 -c $4 -p $5 -t "$SECS" -J |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9)'
+  wait $SERVER_PID || true
+  SERVER_PID=
+}
+# gbps ARGS (as `one`): TRIES transfers, each right after one over the host's loopback (the
+# ceiling, measured at the same moment: this machine's throughput drifts by minutes);
+# prints "PATH/LOOPBACK" pairs.
 gbps() {
   local out=
   for _ in $(seq "$TRIES"); do
-    timeout $((SECS + 30)) nsenter $1 iperf3 -s -1 -p $2 >/dev/null 2>&1 &
-    SERVER_PID=$!
-    listening "$1" $2
-    out="$out $(timeout $((SECS + 20)) nsenter $3 iperf3 -c $4 -p $5 -t "$SECS" -J |
-      python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9)')"
-    wait $SERVER_PID || true
-    SERVER_PID=
+    lo=$(one $HOST 19500 $HOST 127.0.0.1 19500)
+    out="$out $(one "$@")/$lo"
   done
   echo $out
 }
 HOST=--net=/proc/$$/ns/net
-loop1=$(gbps $HOST 19500 $HOST 127.0.0.1 19500)
 
 w run -d --image busybox --name wb-rx --net bridge:wbench -p 127.0.0.1:19501:5201 -- sleep 600 >/dev/null
 w run -d --image busybox --name wb-tx --net bridge:wbench -- sleep 600 >/dev/null
@@ -157,7 +165,6 @@ PTX=--net=$($P inspect -f '{{.NetworkSettings.SandboxKey}}' pwb-tx)
 prx=$($P inspect -f '{{.NetworkSettings.Networks.wbenchp.IPAddress}}' pwb-rx)
 p_pub=$(gbps $PRX 5201 $HOST 127.0.0.1 19502)
 p_c2c=$(gbps $PRX 5201 $PTX $prx 5201)
-loop2=$(gbps $HOST 19500 $HOST 127.0.0.1 19500)
 
 # Rootless. The helpers open /dev/net/tun as the user (0666 on a host with udev).
 mkdir -p $R/home $R/xdg
@@ -173,16 +180,20 @@ ppid=$(rp inspect -f '{{.State.Pid}}' pr-rx)
 rootless_net=$(rp inspect -f '{{.HostConfig.NetworkMode}}' pr-rx)
 r_w=$(gbps "-t $wpid --net" 5201 $HOST 127.0.0.1 19503)
 r_p=$(gbps "-t $ppid --net" 5201 $HOST 127.0.0.1 19504)
-loop3=$(gbps $HOST 19500 $HOST 127.0.0.1 19500)
 
 [ "$RUNS" -gt 0 ] || echo '{"results": []}' >$B/setup.json
 python3 - $B/setup.json "$SECS" "$TRIES" "$(cut -d' ' -f1-3 /proc/loadavg)" "$rootless_net" \
-  "$loop1 $loop2 $loop3" "$w_pub" "$w_c2c" "$p_pub" "$p_c2c" "$r_w" "$r_p" <<'PY'
+  "$w_pub" "$w_c2c" "$p_pub" "$p_c2c" "$r_w" "$r_p" <<'PY'
 import json, statistics, sys
 res = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
 secs, tries, load, rootless_net = sys.argv[2:6]
-g = [statistics.median(float(x) for x in a.split()) for a in sys.argv[6:13]]
-loop, w_pub, w_c2c, p_pub, p_c2c, r_w, r_p = g
+pairs = [[tuple(map(float, p.split("/"))) for p in a.split()] for a in sys.argv[6:12]]
+# Per path: the median transfer, and the median of each transfer over its own loopback;
+# warren/podman compares those (each against the loopback of its own moment).
+med = [statistics.median(x for x, _ in ps) for ps in pairs]
+rel = [statistics.median(x / lo for x, lo in ps) for ps in pairs]
+loop = statistics.median(lo for ps in pairs for _, lo in ps)
+w_pub, w_c2c, p_pub, p_c2c, r_w, r_p = med
 print(f"\nload average at the end: {load}")
 if res:
     med = lambda n: res[n]["median"] * 1000
@@ -191,10 +202,10 @@ if res:
     print(f"run --rm true, median: warren bridge {wb:.1f} ms, none {wn:.1f} ms: networking adds {wb - wn:.1f} ms")
     print(f"                       podman bridge {pb:.1f} ms, none {pn:.1f} ms: networking adds {pb - pn:.1f} ms")
     print(f"added time, warren / podman: {(wb - wn) / (pb - pn):.3f} (target <= 0.25)")
-print(f"TCP, iperf3 -t {secs}, median of {tries} (Gbit/s); loopback {loop:.2f} (median of {3 * int(tries)}: start, middle, end)")
-print(f"  host -> container (published 127.0.0.1 port): warren {w_pub:.2f} ({w_pub / loop:.2f}x loopback), podman {p_pub:.2f} ({p_pub / loop:.2f}x); warren/podman {w_pub / p_pub:.2f}")
-print(f"  container -> container (bridge):              warren {w_c2c:.2f} ({w_c2c / loop:.2f}x loopback), podman {p_c2c:.2f} ({p_c2c / loop:.2f}x); warren/podman {w_c2c / p_c2c:.2f}")
+print(f"TCP, iperf3 -t {secs}, server and client pinned to CPUs 0 and 1, median of {tries} (Gbit/s); each transfer paired with one over loopback (median {loop:.2f}); x loopback = median of the pairs' ratios")
+print(f"  host -> container (published 127.0.0.1 port): warren {w_pub:.2f} ({rel[0]:.2f}x loopback), podman {p_pub:.2f} ({rel[2]:.2f}x); warren/podman {rel[0] / rel[2]:.2f}")
+print(f"  container -> container (bridge):              warren {w_c2c:.2f} ({rel[1]:.2f}x loopback), podman {p_c2c:.2f} ({rel[3]:.2f}x); warren/podman {rel[1] / rel[3]:.2f}")
 print("  (target: bridge >= 0.9x loopback)")
-print(f"  rootless, host -> container (published 127.0.0.1 port): warren --net pasta {r_w:.2f} ({r_w / loop:.2f}x loopback),")
-print(f"    podman's default ({rootless_net}) {r_p:.2f} ({r_p / loop:.2f}x); warren/podman {r_w / r_p:.2f} (target >= 1)")
+print(f"  rootless, host -> container (published 127.0.0.1 port): warren --net pasta {r_w:.2f} ({rel[4]:.2f}x loopback),")
+print(f"    podman's default ({rootless_net}) {r_p:.2f} ({rel[5]:.2f}x); warren/podman {rel[4] / rel[5]:.2f} (target >= 1)")
 PY

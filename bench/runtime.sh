@@ -3,6 +3,7 @@
 # rootless, without seccomp and with the default profile (containers-common seccomp.json).
 # crun 1.8 refuses hybrid cgroup hosts, so everything runs inside `unshare -m` with a
 # /sys/fs/cgroup that holds only the v1 hierarchies: all three see the same host.
+# Each start is timed twice: back to back (hyperfine's usual loop) and after 100 ms idle.
 # Usage: sudo bench/runtime.sh   (needs hyperfine crun runc busybox-static uidmap)
 set -eu
 cd "$(dirname "$0")/.."
@@ -93,6 +94,14 @@ for mode in rootful rootless; do
       -n warren "\$P $WARREN --root \$R/warren run -b \$B bench-w" \\
       -n crun "\$P crun --root \$R/crun run -b \$B bench-c" \\
       -n runc "\$P runc --root \$R/runc run -b \$B bench-r"
+    # The same start after 100 ms idle, as a user or a scheduler starts one container:
+    # back to back, a runtime that moves its init by cgroup.procs (crun, runc) finds the
+    # kernel's cgroup threadgroup lock still in its fast mode from its own previous run;
+    # after a pause it waits for an RCU grace period first (see src/container/cgroup/born.rs).
+    hyperfine -N -i --warmup 3 --runs 100 --prepare "sleep 0.1" --export-json $W/\$mode-\$sec.idle.json \\
+      -n warren "\$P $WARREN --root \$R/warren run -b \$B bench-w" \\
+      -n crun "\$P crun --root \$R/crun run -b \$B bench-c" \\
+      -n runc "\$P runc --root \$R/runc run -b \$B bench-r"
   done
 done
 INNER
@@ -100,8 +109,10 @@ XDG_RUNTIME_DIR=$S/user unshare -m sh $W/inner.sh
 python3 - $W <<'PY'
 import json, sys, glob, os
 w = sys.argv[1]
-print(f"\n{'mode':<20} {'warren ms':>10} {'crun ms':>10} {'runc ms':>10} {'warren/crun':>12} {'warren/runc':>12}  failed runs")
-for f in sorted(glob.glob(os.path.join(w, "*-*.json"))):
+for kind, pattern in (("back to back", "*-none.json *-seccomp.json"), ("after 100 ms idle", "*.idle.json")):
+  print(f"\n{kind}:")
+  print(f"{'mode':<20} {'warren ms':>10} {'crun ms':>10} {'runc ms':>10} {'warren/crun':>12} {'warren/runc':>12}  failed runs")
+  for f in sorted(sum((glob.glob(os.path.join(w, p)) for p in pattern.split()), [])):
     results = json.load(open(f))["results"]
     r = {x["command"]: x["median"] * 1000 for x in results}
     failed = {x["command"]: sum(1 for c in x.get("exit_codes", []) if c != 0) for x in results}

@@ -60,6 +60,24 @@ pub fn mount(
     if r < 0 { Err(last_errno()) } else { Ok(()) }
 }
 
+/// Writes `n` in decimal at the start of `out` (10 bytes are enough); returns the length.
+pub fn write_decimal(mut n: u32, out: &mut [u8]) -> usize {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for (o, d) in out.iter_mut().zip(digits[..len].iter().rev()) {
+        *o = *d;
+    }
+    len
+}
+
 /// `/proc/self/fd/N` in a stack buffer, the way to name an `O_PATH` fd to mount(2).
 pub struct FdPath([u8; 32]);
 
@@ -68,20 +86,7 @@ impl FdPath {
         let mut buf = [0u8; 32];
         let prefix = b"/proc/self/fd/";
         buf[..prefix.len()].copy_from_slice(prefix);
-        let mut digits = [0u8; 12];
-        let mut n = fd.max(0) as u32;
-        let mut len = 0;
-        loop {
-            digits[len] = b'0' + (n % 10) as u8;
-            len += 1;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        for i in 0..len {
-            buf[prefix.len() + i] = digits[len - 1 - i];
-        }
+        write_decimal(fd.max(0) as u32, &mut buf[prefix.len()..]);
         FdPath(buf)
     }
 

@@ -346,10 +346,11 @@ impl Netlink {
             .map(|l| l.mtu))
     }
 
-    /// The IPv4 subnets routed on this host (to keep a picked subnet off them).
-    pub fn routed_subnets(&mut self) -> Result<Vec<(Ipv4Addr, u8)>, LinkError> {
+    /// The destinations and prefix lengths of the main table's routes of `af` but the
+    /// default route.
+    fn routed(&mut self, af: AddressFamily) -> Result<Vec<(RouteAddress, u8)>, LinkError> {
         let mut q = RouteMessage::default();
-        q.header.address_family = AddressFamily::Inet;
+        q.header.address_family = af;
         let routes = self.call("list routes", RouteNetlinkMessage::GetRoute(q), NLM_F_DUMP)?;
         Ok(routes
             .into_iter()
@@ -359,11 +360,36 @@ impl Netlink {
                         && r.header.table == RouteHeader::RT_TABLE_MAIN =>
                 {
                     let len = r.header.destination_prefix_length;
-                    r.attributes.iter().find_map(|a| match a {
-                        RouteAttribute::Destination(RouteAddress::Inet(d)) => Some((*d, len)),
+                    r.attributes.into_iter().find_map(|a| match a {
+                        RouteAttribute::Destination(d) => Some((d, len)),
                         _ => None,
                     })
                 }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The IPv4 subnets routed on this host (to keep a picked subnet off them).
+    pub fn routed_subnets(&mut self) -> Result<Vec<(Ipv4Addr, u8)>, LinkError> {
+        Ok(self
+            .routed(AddressFamily::Inet)?
+            .into_iter()
+            .filter_map(|(d, len)| match d {
+                RouteAddress::Inet(d) => Some((d, len)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The IPv6 subnets routed on this host (a picked ULA /64 stays off them), the
+    /// default route left out.
+    pub fn routed_subnets6(&mut self) -> Result<Vec<super::Ipv6Net>, LinkError> {
+        Ok(self
+            .routed(AddressFamily::Inet6)?
+            .into_iter()
+            .filter_map(|(d, len)| match d {
+                RouteAddress::Inet6(d) => format!("{d}/{len}").parse().ok(),
                 _ => None,
             })
             .collect())
@@ -374,34 +400,6 @@ fn family(addr: IpAddr) -> AddressFamily {
     match addr {
         IpAddr::V4(_) => AddressFamily::Inet,
         IpAddr::V6(_) => AddressFamily::Inet6,
-    }
-}
-
-impl Netlink {
-    /// The IPv6 subnets routed on this host (a picked ULA /64 stays off them), the
-    /// default route and link-local and multicast ranges left out.
-    pub fn routed_subnets6(&mut self) -> Result<Vec<super::Ipv6Net>, LinkError> {
-        let mut q = RouteMessage::default();
-        q.header.address_family = AddressFamily::Inet6;
-        let routes = self.call("list routes", RouteNetlinkMessage::GetRoute(q), NLM_F_DUMP)?;
-        Ok(routes
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r)
-                    if r.header.destination_prefix_length > 0
-                        && r.header.table == RouteHeader::RT_TABLE_MAIN =>
-                {
-                    let prefix = r.header.destination_prefix_length;
-                    r.attributes.iter().find_map(|a| match a {
-                        RouteAttribute::Destination(RouteAddress::Inet6(d)) => {
-                            format!("{d}/{prefix}").parse().ok()
-                        }
-                        _ => None,
-                    })
-                }
-                _ => None,
-            })
-            .collect())
     }
 }
 

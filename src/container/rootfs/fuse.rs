@@ -7,7 +7,7 @@
 //! container's root: mount FUSE on the device, hand the device to the runtime (which
 //! starts fuse-overlayfs on it) and attach the mount on the rootfs.
 
-use crate::container::child::{FdPath, close, errno, last_errno, send_fd};
+use crate::container::child::{FdPath, close, errno, last_errno, send_fd, write_decimal};
 use crate::container::protocol::{Fail, Step};
 use crate::sys;
 use std::ffi::CStr;
@@ -116,20 +116,8 @@ pub(super) fn mount(dev: RawFd, sock: RawFd, rootfs: RawFd) -> Result<RawFd, Fai
 }
 
 /// `n` in decimal as a C string in `buf`.
-fn decimal(mut n: u32, buf: &mut [u8; 16]) -> &CStr {
-    let mut digits = [0u8; 10];
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for i in 0..len {
-        buf[i] = digits[len - 1 - i];
-    }
+fn decimal(n: u32, buf: &mut [u8; 16]) -> &CStr {
+    let len = write_decimal(n, buf);
     buf[len] = 0;
     CStr::from_bytes_until_nul(&buf[..=len]).unwrap_or(c"")
 }
