@@ -304,20 +304,28 @@ fn packs_in(work: &Path) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-fn a_corrupt_pack_or_index_blob_is_refused_with_nothing_listed() {
-    let work = scratch("registry-chunks-bad");
-    let w = work.path();
+/// A registry on loopback, and a pusher's store holding `img:1`: `noise_len` bytes of
+/// noise (`seed`) and 1 MiB of words; returns the registry and the pusher's and a
+/// puller's state dirs.
+fn registry_with_image(w: &Path, seed: u64, noise_len: usize) -> (Registry, PathBuf, PathBuf) {
     let reg = Registry::start(w, Auth::Htpasswd);
-    let h = reg.host.clone();
     let (pusher, puller) = (w.join("pusher"), w.join("puller"));
     let tree = w.join("tree");
     fs::create_dir_all(&tree).unwrap();
-    fs::write(tree.join("noise"), noise(3, 2 << 20)).unwrap();
+    fs::write(tree.join("noise"), noise(seed, noise_len)).unwrap();
     fs::write(tree.join("words.txt"), words(1 << 20)).unwrap();
     ok(warren(&pusher, &reg)
         .args(["image", "import", "--name", "img:1"])
         .arg(&tree));
+    (reg, pusher, puller)
+}
+
+#[test]
+fn a_corrupt_pack_or_index_blob_is_refused_with_nothing_listed() {
+    let work = scratch("registry-chunks-bad");
+    let w = work.path();
+    let (reg, pusher, puller) = registry_with_image(w, 3, 2 << 20);
+    let h = reg.host.clone();
     let c = creds();
     let blobs = |tag: &str| -> Vec<serde_json::Value> {
         ok(warren(&pusher, &reg).args([
@@ -441,16 +449,8 @@ fn plant(reg: &Registry, repo: &str, tag: &str, manifest: &[u8], blobs: &[&[u8]]
 fn an_older_artifact_still_pulls_and_an_unknown_pack_is_refused_by_name() {
     let work = scratch("registry-chunks-old");
     let w = work.path();
-    let reg = Registry::start(w, Auth::Htpasswd);
+    let (reg, pusher, puller) = registry_with_image(w, 5, 1 << 20);
     let h = reg.host.clone();
-    let (pusher, puller) = (w.join("pusher"), w.join("puller"));
-    let tree = w.join("tree");
-    fs::create_dir_all(&tree).unwrap();
-    fs::write(tree.join("noise"), noise(5, 1 << 20)).unwrap();
-    fs::write(tree.join("words.txt"), words(1 << 20)).unwrap();
-    ok(warren(&pusher, &reg)
-        .args(["image", "import", "--name", "img:1"])
-        .arg(&tree));
     let c = creds();
     ok(warren(&pusher, &reg).args([
         "store",
