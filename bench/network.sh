@@ -3,7 +3,7 @@
 #  - setup + teardown per container: `run --rm ... true` on a bridge network minus the
 #    same with no network (the time networking adds), warren and podman side by side;
 #  - TCP throughput, iperf3 for 3 s (SECS) per transfer, server and client pinned to the two
-#    CPUs, the median of TRIES (5), each transfer paired with one over the host's loopback
+#    CPUs, the median of TRIES (9), each transfer paired with one over the host's loopback
 #    (the ceiling, measured at the same moment); host -> container through a published 127.0.0.1 port
 #    and container -> container over one bridge, for warren (`--net bridge`) and podman
 #    (`--network bridge`, netavark); rootless (as the user warren-test): host -> container
@@ -28,7 +28,7 @@ fi
 cd "$(dirname "$0")/.."
 RUNS=${1:-20}
 SECS=${SECS:-3}
-TRIES=${TRIES:-5}
+TRIES=${TRIES:-9}
 RUSER=warren-test
 [ "$(id -u)" = 0 ] || { echo "run as root (bridges, nftables)" >&2; exit 1; }
 for t in hyperfine podman nsenter python3 ss flock iperf3 pasta slirp4netns setpriv taskset; do

@@ -206,4 +206,62 @@ mod tests {
         missing.remove(&ids[6].0);
         assert!(encode(&index, &missing, |d| d).is_err());
     }
+
+    #[test]
+    fn hostile_blobs_and_places_are_refused_never_a_panic() {
+        let ids: Vec<(ChunkId, u32)> = (0..40u32)
+            .map(|i| (ChunkId::of(&i.to_le_bytes()), 500 + i))
+            .collect();
+        let packs: Vec<(Arc<str>, Vec<Segment>)> = vec![
+            ("a".into(), table(&ids[..25])),
+            ("b".into(), table(&ids[25..])),
+        ];
+        let places: HashMap<ChunkId, u64> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.0, i as u64))
+            .collect();
+        let index = Index {
+            name: "a:b".into(),
+            created: 5,
+            config: None,
+            chunks: [3usize, 4, 30, 0, 39, 39, 12]
+                .iter()
+                .map(|&i| ChunkRef {
+                    id: ids[i].0,
+                    len: ids[i].1,
+                })
+                .collect(),
+            records: Vec::new(),
+        };
+        let blob = encode(&index, &places, |d| d).unwrap();
+        let len = u64::from_le_bytes(blob[16..24].try_into().unwrap()) as usize;
+        let varints = zstd::bulk::decompress(&blob[HEADER + len..], 1 << 16).unwrap();
+        let in_packs = |got: &Index| {
+            got.chunks
+                .iter()
+                .all(|c| ids.iter().any(|&(id, l)| id == c.id && l == c.len))
+        };
+        let mut m = crate::testing::Mutator::new(0xB10B_5EED);
+        let mut parsed = 0;
+        for _ in 0..5_000 {
+            if let Ok(got) = decode(&m.mutate(&blob), &packs) {
+                assert!(in_packs(&got));
+            }
+            // Places a hostile writer compressed itself: each must name a chunk of the
+            // packs with the index's length, one per chunk, no more.
+            let mut forged = blob[..HEADER + len].to_vec();
+            forged.extend(zstd::bulk::compress(&m.mutate(&varints), 1).unwrap());
+            if let Ok(got) = decode(&forged, &packs) {
+                parsed += 1;
+                assert!(in_packs(&got));
+                assert_eq!(got.chunks.len(), index.chunks.len());
+            }
+        }
+        assert!(parsed > 0);
+        // A place of more than 64 bits: refused, not shifted out of range.
+        let mut long = blob[..HEADER + len].to_vec();
+        long.extend(zstd::bulk::compress(&[[0xffu8; 12].as_slice(), &[0]].concat(), 1).unwrap());
+        assert!(decode(&long, &packs).unwrap_err().contains("too long"));
+    }
 }
