@@ -508,11 +508,6 @@ fn record_pid(dir: &state::Dir, record: &mut Record, pid: i32) -> Result<(), Err
     let (start, _) = state::proc_start(pid).ok_or(Error::InitDied("create"))?;
     record.pid = pid;
     record.pid_start = start;
-    record.owner = nix::unistd::User::from_uid(nix::unistd::geteuid())
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_default();
     dir.save(record)
 }
 

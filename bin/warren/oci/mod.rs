@@ -265,7 +265,16 @@ fn dispatch(global: &Global, command: Command) -> Result<i32> {
             }
         }
         Command::List { format, quiet } => {
-            let all = Container::list(&root)?;
+            let mut all = Container::list(&root)?;
+            // Like runc, the owner is named when listed (no user lookup on each create).
+            let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_default();
+            for s in all.iter_mut().filter(|s| s.owner.is_empty()) {
+                s.owner = me.clone();
+            }
             if quiet {
                 for s in &all {
                     println!("{}", s.id);

@@ -171,7 +171,10 @@ pub(super) fn v1_line(r: &Rule) -> String {
 }
 
 /// v1: writes the rules in order to the `devices` hierarchy's leaf `dir`.
+/// Each file is opened once: the kernel takes every write as one rule.
 pub(super) fn apply_v1(dir: &Path, rules: &[Rule]) -> Result<(), CgroupError> {
+    use std::io::Write;
+    let mut open: [Option<std::fs::File>; 2] = [None, None];
     for r in rules {
         let file = if r.allow {
             "devices.allow"
@@ -180,10 +183,19 @@ pub(super) fn apply_v1(dir: &Path, rules: &[Rule]) -> Result<(), CgroupError> {
         };
         let path = dir.join(file);
         let line = v1_line(r);
-        std::fs::write(&path, &line).map_err(|source| CgroupError::Write {
+        let slot = &mut open[usize::from(r.allow)];
+        let written = match slot {
+            Some(f) => Ok(f),
+            None => std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map(|f| slot.insert(f)),
+        }
+        .and_then(|f| f.write_all(line.as_bytes()));
+        written.map_err(|source| CgroupError::Write {
             controller: "devices".into(),
-            path: path.clone(),
-            value: line.clone(),
+            path,
+            value: line,
             source,
         })?;
     }
