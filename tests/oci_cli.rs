@@ -343,6 +343,9 @@ fn pause_and_resume_freeze_and_thaw_like_runc() {
         let list: Value =
             serde_json::from_str(&ok(rt.cmd().args(["list", "--format", "json"]))).unwrap();
         assert_eq!(list[0]["status"], "paused", "{}: {list}", rt.name);
+        // runc names the owner when it lists, and leaves it empty in `state`.
+        assert_eq!(list[0]["owner"], "root", "{}: {list}", rt.name);
+        assert_eq!(c.state()["owner"], "", "{}", rt.name);
         let refused = run(rt.cmd().args(["exec", &c.id, "true"]));
         assert_eq!(
             refused.status.code(),

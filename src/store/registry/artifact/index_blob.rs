@@ -158,22 +158,29 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn ids_come_back_from_the_pack_tables() {
-        let ids: Vec<(ChunkId, u32)> = (0..50u32)
+    /// Chunks (id, length) in two packs, their places, and an index of some of them.
+    struct Fixture {
+        ids: Vec<(ChunkId, u32)>,
+        packs: Vec<(Arc<str>, Vec<Segment>)>,
+        places: HashMap<ChunkId, u64>,
+        index: Index,
+    }
+
+    /// `n` chunks, the first `split` in pack "a", the rest in "b"; the index lists the
+    /// chunks numbered `order`.
+    fn fixture(n: u32, split: usize, order: &[usize]) -> Fixture {
+        let ids: Vec<(ChunkId, u32)> = (0..n)
             .map(|i| (ChunkId::of(&i.to_le_bytes()), 1000 + i))
             .collect();
-        let packs: Vec<(Arc<str>, Vec<Segment>)> = vec![
-            ("a".into(), table(&ids[..20])),
-            ("b".into(), table(&ids[20..])),
+        let packs = vec![
+            ("a".into(), table(&ids[..split])),
+            ("b".into(), table(&ids[split..])),
         ];
-        let places: HashMap<ChunkId, u64> = ids
+        let places = ids
             .iter()
             .enumerate()
             .map(|(i, c)| (c.0, i as u64))
             .collect();
-        // Out of pack order, with a chunk twice.
-        let order = [30usize, 31, 32, 0, 1, 2, 49, 5, 5, 6, 20];
         let index = Index {
             name: "a:b".into(),
             created: 5,
@@ -187,6 +194,23 @@ mod tests {
                 .collect(),
             records: Vec::new(),
         };
+        Fixture {
+            ids,
+            packs,
+            places,
+            index,
+        }
+    }
+
+    #[test]
+    fn ids_come_back_from_the_pack_tables() {
+        // Out of pack order, with a chunk twice.
+        let Fixture {
+            ids,
+            packs,
+            places,
+            index,
+        } = fixture(50, 20, &[30, 31, 32, 0, 1, 2, 49, 5, 5, 6, 20]);
         let blob = encode(&index, &places, |d| d).unwrap();
         // The ids are not in the blob.
         assert!(!blob.windows(32).any(|w| w == ids[30].0.0));
@@ -209,31 +233,12 @@ mod tests {
 
     #[test]
     fn hostile_blobs_and_places_are_refused_never_a_panic() {
-        let ids: Vec<(ChunkId, u32)> = (0..40u32)
-            .map(|i| (ChunkId::of(&i.to_le_bytes()), 500 + i))
-            .collect();
-        let packs: Vec<(Arc<str>, Vec<Segment>)> = vec![
-            ("a".into(), table(&ids[..25])),
-            ("b".into(), table(&ids[25..])),
-        ];
-        let places: HashMap<ChunkId, u64> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.0, i as u64))
-            .collect();
-        let index = Index {
-            name: "a:b".into(),
-            created: 5,
-            config: None,
-            chunks: [3usize, 4, 30, 0, 39, 39, 12]
-                .iter()
-                .map(|&i| ChunkRef {
-                    id: ids[i].0,
-                    len: ids[i].1,
-                })
-                .collect(),
-            records: Vec::new(),
-        };
+        let Fixture {
+            ids,
+            packs,
+            places,
+            index,
+        } = fixture(40, 25, &[3, 4, 30, 0, 39, 39, 12]);
         let blob = encode(&index, &places, |d| d).unwrap();
         let len = u64::from_le_bytes(blob[16..24].try_into().unwrap()) as usize;
         let varints = zstd::bulk::decompress(&blob[HEADER + len..], 1 << 16).unwrap();
