@@ -233,15 +233,10 @@ fn hostile_packs_tables_and_frames_are_refused_never_a_panic() {
             assert_eq!(got, segs);
         }
         // A table its writer sealed: the parser's own checks are all there is.
-        let resealed = reseal(&data, &m.mutate(&plain));
-        if let Ok(got) = parse(&resealed) {
+        if let Ok(got) = parse(&reseal(&data, &m.mutate(&plain))) {
             parsed += 1;
-            let at = u64::from_le_bytes(
-                resealed[resealed.len() - TRAILER..][..8]
-                    .try_into()
-                    .unwrap(),
-            );
-            assert_consistent(&got, at);
+            // The frames are untouched: the table starts where it did.
+            assert_consistent(&got, table_at);
         }
         // A segment's frame changed in flight: exactly its declared bytes, or an error.
         let s = &segs[m.below(segs.len())];
