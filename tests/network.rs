@@ -9,111 +9,13 @@
 //! `ip -j link` that none of its links is left.
 
 mod common;
+#[path = "common/net.rs"]
+mod net;
 
 use common::*;
+use net::NetEnv as Env;
 use std::path::Path;
 use std::process::Command;
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new(name: &str) -> Option<Env> {
-        if !require_root("bridge networks need root (netlink, network namespaces)") {
-            return None;
-        }
-        require_tool("busybox", "busybox-static");
-        require_tool("ip", "iproute2");
-        Some(Env { dir: scratch(name) })
-    }
-
-    fn warren(&self) -> Command {
-        warren(self.dir.path())
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        ok(self.warren().args(args))
-    }
-
-    fn state(&self) -> std::path::PathBuf {
-        self.dir.path().join("state")
-    }
-
-    /// The links this test's state directory made (warren marks them with its path).
-    fn links(&self) -> Vec<String> {
-        let tag = format!("warren:{}", self.state().join("networks").display());
-        let out = ok(Command::new("ip").args(["-j", "-d", "link", "show"]));
-        let links: serde_json::Value = serde_json::from_str(&out).expect("ip -j link");
-        links
-            .as_array()
-            .expect("a list of links")
-            .iter()
-            .filter(|l| l["ifalias"].as_str() == Some(tag.as_str()))
-            .filter_map(|l| l["ifname"].as_str().map(String::from))
-            .collect()
-    }
-
-    /// The namespace pins left in the run directory.
-    fn pins(&self) -> Vec<String> {
-        let dir = self.dir.path().join("run/.networks/netns");
-        std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect()
-    }
-
-    fn inspect(&self, network: &str) -> serde_json::Value {
-        let out = self.ok(&["network", "inspect", network]);
-        serde_json::from_str(&out).expect("inspect prints JSON")
-    }
-
-    /// The address `container` got on `network`.
-    fn addr_of(&self, network: &str, container: &str) -> String {
-        let v = self.inspect(network);
-        v["containers"]
-            .as_array()
-            .expect("containers")
-            .iter()
-            .find(|e| e["container"] == container)
-            .and_then(|e| e["addr"].as_str())
-            .unwrap_or_else(|| panic!("{container} is not on {network}: {v}"))
-            .to_string()
-    }
-
-    /// Removes every container and network of this test, then checks nothing is left.
-    fn teardown(&self, networks: &[&str]) {
-        let names = self.ok(&["ps", "-q"]);
-        for name in names.lines().filter(|l| !l.is_empty()) {
-            self.ok(&["rm", "-f", name]);
-        }
-        for n in networks {
-            self.ok(&["network", "rm", n]);
-        }
-        assert_eq!(self.links(), Vec::<String>::new(), "links left behind");
-        assert_eq!(self.pins(), Vec::<String>::new(), "namespaces left behind");
-    }
-}
-
-impl Drop for Env {
-    /// A failed test still takes its links away (a passing one has none left).
-    fn drop(&mut self) {
-        let _ = run(self.warren().args(["rm", "-f", "--ignore"]).args(
-            String::from_utf8_lossy(&run(self.warren().args(["ps", "-q"])).stdout)
-                .lines()
-                .collect::<Vec<_>>(),
-        ));
-        let _ = run(self.warren().args(["network", "prune"]));
-        for link in self.links() {
-            let _ = run(Command::new("ip").args(["link", "del", &link]));
-        }
-        // The pins' directory is a mount of its own (shared, as /run/netns is).
-        let pins = self.dir.path().join("run/.networks/netns");
-        let _ = nix::mount::umount2(&pins, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
 
 #[test]
 fn two_containers_on_one_network_reach_each_other_by_name_and_alias() {
@@ -147,8 +49,8 @@ fn two_containers_on_one_network_reach_each_other_by_name_and_alias() {
         &["--net", "bridge:wt3", "--alias", "web", "--", "sleep", "60"],
     ]
     .concat());
-    let addr = env.addr_of("wt3", "wt3-server");
-    let other = env.addr_of("wt3", "wt3-other");
+    let addr = env.endpoint("wt3", "wt3-server", "addr");
+    let other = env.endpoint("wt3", "wt3-other", "addr");
     assert!(addr.starts_with("10.231.3."), "{addr}");
     // Bounded: 40 tries half a second apart while the server starts. By name: the
     // network's name server answers it.
@@ -480,7 +382,7 @@ fn publish_checks(env: &Env, peer: &str) {
     );
     // Port 81 is served (the container itself sees it) but not published: the peer
     // reaches it neither through the host nor straight at the container's address.
-    let addr = env.addr_of("wt10", "wt10-web");
+    let addr = env.endpoint("wt10", "wt10-web", "addr");
     let pin = env.dir.path().join("run/.networks/netns/wt10-web");
     let net_arg = format!("--net={}", pin.display());
     let in_container = ["nsenter", net_arg.as_str()];

@@ -8,7 +8,10 @@
 //! Addresses are 10.231.50-99.x (this file's share); every test removes what it made.
 
 mod common;
+#[path = "common/net.rs"]
+mod net;
 
+use net::fetch;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -231,37 +234,6 @@ impl Drop for Topo {
         }
         let _ = std::fs::write(IP_FORWARD, self.forward_before.trim());
     }
-}
-
-/// One HTTP request from NS (or the host), by busybox nc (2 s to connect, 5 s in all):
-/// the answer's body, "NAME:PORT CLIENT_ADDRESS", or None.
-fn fetch(ns: Option<&str>, addr: &str, port: u16) -> Option<String> {
-    use std::io::Write;
-    let mut cmd = Command::new("timeout");
-    cmd.arg("5");
-    if let Some(ns) = ns {
-        cmd.args(["ip", "netns", "exec", ns]);
-    }
-    cmd.args(["busybox", "nc", "-w", "2", addr, &port.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let _ = stdin.write_all(b"GET /cgi-bin/who HTTP/1.0\r\n\r\n");
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || !text.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    // httpd listens on IPv6: an IPv4 client shows as [::ffff:A.B.C.D].
-    let body = text
-        .lines()
-        .last()?
-        .replace("[::ffff:", "")
-        .replace(']', "");
-    Some(body.trim().to_string())
 }
 
 /// The answer's first word (who answered: "NAME:PORT").

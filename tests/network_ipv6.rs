@@ -11,8 +11,11 @@
 //! IPv6 forwarding is host-wide, so the tests here run one at a time (`LOCK`).
 
 mod common;
+#[path = "common/net.rs"]
+mod net;
 
 use common::*;
+use net::{NetEnv, fetch};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -50,62 +53,28 @@ fn three_tries(addr: &str) -> String {
 }
 
 struct Env {
-    dir: tempfile::TempDir,
+    net: NetEnv,
     /// Namespaces and host links the test made (not warren's).
     netns: Vec<String>,
-    links: Vec<String>,
+    own_links: Vec<String>,
     servers: Vec<std::process::Child>,
     forward6_before: String,
 }
 
 impl Env {
     fn new(name: &str) -> Option<Env> {
-        if !require_root("bridge networks need root (netlink, network namespaces)") {
-            return None;
-        }
-        require_tool("busybox", "busybox-static");
-        require_tool("ip", "iproute2");
+        let net = NetEnv::new(name)?;
         require_tool("nft", "nftables");
         let forward6_before = std::fs::read_to_string(IP6_FORWARD).expect(
             "IPv6 is off on this host (no /proc/sys/net/ipv6): boot without ipv6.disable=1",
         );
         Some(Env {
-            dir: scratch(name),
+            net,
             netns: Vec::new(),
-            links: Vec::new(),
+            own_links: Vec::new(),
             servers: Vec::new(),
             forward6_before,
         })
-    }
-
-    fn warren(&self) -> Command {
-        warren(self.dir.path())
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        ok(self.warren().args(args))
-    }
-
-    fn state(&self) -> std::path::PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn inspect(&self, network: &str) -> serde_json::Value {
-        let out = self.ok(&["network", "inspect", network]);
-        serde_json::from_str(&out).expect("inspect prints JSON")
-    }
-
-    /// The IPv6 address `container` got on `network`.
-    fn addr6_of(&self, network: &str, container: &str) -> String {
-        let v = self.inspect(network);
-        v["containers"]
-            .as_array()
-            .expect("containers")
-            .iter()
-            .find(|e| e["container"] == container)
-            .and_then(|e| e["addr6"].as_str())
-            .unwrap_or_else(|| panic!("{container} has no IPv6 address on {network}: {v}"))
-            .to_string()
     }
 
     /// A detached container on `network` serving HTTP on port 80, with `extra` args.
@@ -143,7 +112,7 @@ impl Env {
         ip(&format!(
             "link add {veth} type veth peer name eth0 netns {ns}"
         ));
-        self.links.push(veth.clone());
+        self.own_links.push(veth.clone());
         ip(&format!("addr add {host6}/64 dev {veth} nodad"));
         ip(&format!("link set {veth} up"));
         ip(&format!("-n {ns} link set lo up"));
@@ -181,20 +150,6 @@ impl Env {
         panic!("httpd in {ns} did not come up");
     }
 
-    /// The links this test's state directory made (warren marks them with its path).
-    fn warren_links(&self) -> Vec<String> {
-        let tag = format!("warren:{}", self.state().join("networks").display());
-        let out = ok(Command::new("ip").args(["-j", "-d", "link", "show"]));
-        let links: serde_json::Value = serde_json::from_str(&out).expect("ip -j link");
-        links
-            .as_array()
-            .expect("a list of links")
-            .iter()
-            .filter(|l| l["ifalias"].as_str() == Some(tag.as_str()))
-            .filter_map(|l| l["ifname"].as_str().map(String::from))
-            .collect()
-    }
-
     /// Removes every container and network of this test, then checks that no link,
     /// IPv6 address, route or nftables rule of `subnets6` is left, and that IPv6
     /// forwarding is as it was.
@@ -202,18 +157,7 @@ impl Env {
         let run_dir = self.dir.path().join("run");
         let nets = warren::net::Networks::new(&self.state(), &run_dir, std::path::Path::new("x"));
         let table = nets.firewall_table();
-        let names = self.ok(&["ps", "-q"]);
-        for name in names.lines().filter(|l| !l.is_empty()) {
-            self.ok(&["rm", "-f", name]);
-        }
-        for n in networks {
-            self.ok(&["network", "rm", n]);
-        }
-        assert_eq!(
-            self.warren_links(),
-            Vec::<String>::new(),
-            "links left behind"
-        );
+        self.net.teardown(networks);
         // The test's own links go too: what is left after is warren's.
         self.cleanup_own();
         let addrs = ok(Command::new("ip").args(["-j", "-6", "addr", "show"]));
@@ -247,7 +191,7 @@ impl Env {
             let _ = child.wait();
         }
         self.servers.clear();
-        for link in self.links.drain(..) {
+        for link in self.own_links.drain(..) {
             let _ = run(Command::new("ip").args(["link", "del", &link]));
         }
         for ns in self.netns.drain(..) {
@@ -257,61 +201,24 @@ impl Env {
 }
 
 impl Drop for Env {
-    /// A failed test still takes away what it made (a passing one has nothing left).
+    /// A failed test still takes away what it made (a passing one has nothing left);
+    /// IPv6 forwarding is put back last, once warren's networks are gone.
     fn drop(&mut self) {
-        let _ = run(self.warren().args(["rm", "-f", "--ignore"]).args(
-            String::from_utf8_lossy(&run(self.warren().args(["ps", "-q"])).stdout)
-                .lines()
-                .collect::<Vec<_>>(),
-        ));
-        let _ = run(self.warren().args(["network", "prune"]));
-        let nets = run(self.warren().args(["network", "ls", "-q"]));
-        for n in String::from_utf8_lossy(&nets.stdout).lines() {
-            let _ = run(self.warren().args(["network", "rm", n]));
-        }
-        for link in self.warren_links() {
-            let _ = run(Command::new("ip").args(["link", "del", &link]));
-        }
+        self.net.remove_all();
         self.cleanup_own();
-        let pins = self.dir.path().join("run/.networks/netns");
-        let _ = nix::mount::umount2(&pins, nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::write(IP6_FORWARD, self.forward6_before.trim());
+    }
+}
+
+impl std::ops::Deref for Env {
+    type Target = NetEnv;
+    fn deref(&self) -> &NetEnv {
+        &self.net
     }
 }
 
 fn ip(args: &str) {
     ok(Command::new("ip").args(args.split_whitespace()));
-}
-
-/// One HTTP request for `/cgi-bin/who` from NS (or the host) by busybox nc (2 s to
-/// connect, 5 s in all): the body, "NAME CLIENT_ADDRESS", or None.
-fn fetch(ns: Option<&str>, addr: &str, port: u16) -> Option<String> {
-    use std::io::Write;
-    let mut cmd = Command::new("timeout");
-    cmd.arg("5");
-    if let Some(ns) = ns {
-        cmd.args(["ip", "netns", "exec", ns]);
-    }
-    cmd.args(["busybox", "nc", "-w", "2", addr, &port.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let _ = stdin.write_all(b"GET /cgi-bin/who HTTP/1.0\r\n\r\n");
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || !text.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    Some(
-        text.lines()
-            .last()?
-            .replace(['[', ']'], "")
-            .trim()
-            .to_string(),
-    )
 }
 
 /// [`fetch`], retried while a container's server starts (20 tries).
@@ -355,7 +262,7 @@ fn two_containers_reach_each_other_over_ipv6_by_address_and_name() {
     let ula_prefix = ula.trim().trim_end_matches("::/48");
     assert!(subnet6.starts_with(ula_prefix), "{subnet6} not in {ula}");
     env.server("w6r", "w6r-server", &[]);
-    let addr6 = env.addr6_of("w6r", "w6r-server");
+    let addr6 = env.endpoint("w6r", "w6r-server", "addr6");
     let gateway6 = subnet6.replace("::/64", "::1");
     assert_eq!(addr6, subnet6.replace("::/64", "::2"));
     assert_eq!(net["gateway6"].as_str(), Some(gateway6.as_str()), "{net}");
@@ -428,7 +335,7 @@ fn a_published_port_is_reachable_over_ipv6_from_another_host() {
         "w6p-web",
         &["-p", "18151:80", "-p", "[fd00:231:159::1]:18152:80"],
     );
-    let web6 = env.addr6_of("w6p", "w6p-web");
+    let web6 = env.endpoint("w6p", "w6p-web", "addr6");
     assert_eq!(web6, "fd00:231:151::2");
 
     // From the other host to the host's IPv6 address: the container, seeing the real
@@ -494,7 +401,7 @@ fn nat66_reaches_upstream_and_internal_networks_do_not() {
     assert!(out.contains("up [fd00:231:158::1]"), "{out}");
     // Internal: its containers reach each other over IPv6, but nothing outside.
     env.server("w6i", "w6i-web", &[]);
-    let internal6 = env.addr6_of("w6i", "w6i-web");
+    let internal6 = env.endpoint("w6i", "w6i-web", "addr6");
     let script = format!(
         "{} && {}",
         client_script(&internal6),
@@ -505,7 +412,7 @@ fn nat66_reaches_upstream_and_internal_networks_do_not() {
     assert!(!reached && !out.contains("up ["), "{out}");
     // Networks apart over IPv6, both ways.
     env.server("w6n", "w6n-web", &[]);
-    let open6 = env.addr6_of("w6n", "w6n-web");
+    let open6 = env.endpoint("w6n", "w6n-web", "addr6");
     // (Up first: the next check's failure must be the firewall's.)
     let (reached, out) = env.client("w6n", "w6n-c2", &client_script(&open6));
     assert!(reached, "{out}");
