@@ -556,6 +556,16 @@ fn library_api_reports_and_unmounts() {
         warren::mount::mount(&spec),
         Err(warren::mount::MountError::AlreadyMounted { .. })
     ));
+    // A view in use stays mounted, and the error names it; released, it unmounts.
+    let open = fs::File::open(mnt.join("etc")).expect("open a directory in the view");
+    match warren::mount::unmount(&mnt) {
+        Err(e @ warren::mount::MountError::Unmount { .. }) => {
+            assert!(e.to_string().contains(&mnt.display().to_string()), "{e}")
+        }
+        other => panic!("a busy view: {other:?}"),
+    }
+    assert!(mounted(&mnt));
+    drop(open);
     warren::mount::unmount(&mnt).expect("unmount");
     assert!(!mounted(&mnt));
     assert!(matches!(

@@ -87,11 +87,26 @@ pub(super) fn detach_view(spec: &MountSpec) {
     }
 }
 
+/// Unmounts `path`, waiting out a passing reference: another process's child holds the
+/// fds it inherited until its exec, a lookup holds the mount for its walk, and either makes
+/// umount fail with EBUSY for that moment. A view still busy after ~1 s is reported, as
+/// containerd's unmount does after its retries.
 fn detach(path: &Path) -> Result<(), MountError> {
-    nix::mount::umount2(path, nix::mount::MntFlags::empty()).map_err(|e| MountError::Unmount {
-        path: path.to_path_buf(),
-        source: e.into(),
-    })
+    let mut tries = 20;
+    loop {
+        match nix::mount::umount2(path, nix::mount::MntFlags::empty()) {
+            Err(nix::errno::Errno::EBUSY) if tries > 0 => {
+                tries -= 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            done => {
+                return done.map_err(|e| MountError::Unmount {
+                    path: path.to_path_buf(),
+                    source: e.into(),
+                });
+            }
+        }
+    }
 }
 
 /// Unmounts a view mounted by [`mount`](super::mount), and nothing else: a mountpoint with
