@@ -6,8 +6,9 @@
 #    vs the copy path (no helper: a copy of the image per container) vs the fuse path
 #    (no helper, fuse-overlayfs over the shared tree: the user gets an ACL on /dev/fuse
 #    for that part only, removed at exit) vs rootless `podman run --rm` (native overlay,
-#    --network none) vs warren's rootful start;
-#  - file reads in the container (helper and fuse paths) vs on the host;
+#    --network none) vs warren's rootful start; and a --read-only container through the
+#    helper (rooted on the idmapped tree itself, no overlay);
+#  - file reads in the container (helper, helper --read-only, fuse) vs on the host;
 #  - disk (`du` of the state dir, inodes counted once) of 100 stopped containers through
 #    the helper vs one, and of COPIES (default 10: 100 copies of a 200 MB image do not
 #    fit the shared disk) through the copy path, per container.
@@ -127,6 +128,7 @@ RUN="run --rm --image debian -- /bin/true"
 sync
 as_user hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$U/out/warm.json" \
   -n "rootless warren, helper" "$WORK/helper/warren --state-dir $U/state-helper --root $U/xdg/run-helper $RUN" \
+  -n "rootless warren, helper, --read-only" "$WORK/helper/warren --state-dir $U/state-helper --root $U/xdg/run-helper ${RUN/run /run --read-only }" \
   -n "rootless warren, copy" "$WORK/copy/warren --state-dir $U/state-copy --root $U/xdg/run-copy $RUN" \
   -n "rootless podman" "podman run --rm --network=none localhost/warren-bench-debian /bin/true"
 sync
@@ -139,24 +141,26 @@ hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$WORK/rootful.json" \
   -n "rootful warren" "$R/warren --state-dir $WORK/rootful $RUN"
 
 median() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(' '.join(str(r['median']) for r in d['results']))" "$1"; }
-read -r helper copy podman < <(median "$U/out/warm.json")
+read -r helper helper_ro copy podman < <(median "$U/out/warm.json")
 read -r rootful < <(median "$WORK/rootful.json")
 read -r fuse < <(median "$U/out/fuse.json")
 
 # File reads, warm: every file under /usr read once, timed inside the container (the
-# helper path: idmapped lower, overlay on top; the fuse path) and on the host from the
-# shared tree the helper mounts, alternately; medians of 7.
+# helper path: idmapped lower, overlay on top; a --read-only container rooted on the
+# idmapped lower itself; the fuse path) and on the host from the shared tree the helper
+# mounts, alternately; medians of 7.
 READ='cd "$1" && s=$(date +%s%N); find usr -type f -print0 | xargs -0 cat >/dev/null 2>&1; echo $(( $(date +%s%N) - s ))'
 tree=$(ls -d "$U/state-helper/images/"*/rootfs | head -1)
-in_reads=() host_reads=() fuse_reads=()
+in_reads=() ro_reads=() host_reads=() fuse_reads=()
 fuse_on
 for i in $(seq 8); do
   in_reads+=("$(wr helper run --rm --image debian -- sh -c "$READ" sh /)")
+  ro_reads+=("$(wr helper run --rm --read-only --image debian -- sh -c "$READ" sh /)")
   host_reads+=("$(as_user sh -c "$READ" sh "$tree")")
   fuse_reads+=("$(wr fuse run --rm --image debian -- sh -c "$READ" sh /)")
 done
 fuse_off
-reads=$(python3 -c "import statistics as s,sys; m=lambda v: s.median([int(x) for x in v.split()[1:]])/1e6; print(*map(m, sys.argv[1:]))" "${in_reads[*]}" "${host_reads[*]}" "${fuse_reads[*]}")
+reads=$(python3 -c "import statistics as s,sys; m=lambda v: s.median([int(x) for x in v.split()[1:]])/1e6; print(*map(m, sys.argv[1:]))" "${in_reads[*]}" "${host_reads[*]}" "${fuse_reads[*]}" "${ro_reads[*]}")
 
 # Disk: the state dir (store, the user's extracted tree, containers' layers) with one
 # stopped container, then with N; not the helper's mounts at CONTAINER/lower (views of
@@ -184,16 +188,18 @@ remove copy "$COPIES"
 image=$(du -sb "$MINBASE" | cut -f1)
 
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 - "$helper" "$copy" "$podman" "$rootful" "$fuse" "$h1" "$h100" "$c1" "$cn" "$COPIES" "$image" $reads <<'PY'
+python3 - "$helper" "$helper_ro" "$copy" "$podman" "$rootful" "$fuse" "$h1" "$h100" "$c1" "$cn" "$COPIES" "$image" $reads <<'PY'
 import sys
-helper, copy, podman, rootful, fuse = (float(x) * 1000 for x in sys.argv[1:6])
-h1, h100, c1, cn, copies, image = (int(x) for x in sys.argv[6:12])
-read_in, read_host, read_fuse = (float(x) for x in sys.argv[12:15])
+helper, helper_ro, copy, podman, rootful, fuse = (float(x) * 1000 for x in sys.argv[1:7])
+h1, h100, c1, cn, copies, image = (int(x) for x in sys.argv[7:13])
+read_in, read_host, read_fuse, read_ro = (float(x) for x in sys.argv[13:17])
 print(f"\nwarm start (median): helper {helper:.1f} ms, copy {copy:.1f} ms, rootless podman {podman:.1f} ms, rootful warren {rootful:.1f} ms")
 print(f"  helper / rootful {helper / rootful:.2f} (target <= 2)   helper / podman {helper / podman:.3f} (target <= 0.25)")
+print(f"  helper --read-only {helper_ro:.1f} ms: / rootful {helper_ro / rootful:.2f}   / podman {helper_ro / podman:.3f}")
 print(f"  copy / rootful {copy / rootful:.2f}   copy / podman {copy / podman:.3f}")
 print(f"  fuse-overlayfs {fuse:.1f} ms: / rootful {fuse / rootful:.2f}   / podman {fuse / podman:.3f}")
 print(f"reads of every file under /usr, warm (median of 7): container {read_in:.1f} ms, host {read_host:.1f} ms, ratio {read_in / read_host:.3f} (target <= 1.1)")
+print(f"  --read-only container (no overlay) {read_ro:.1f} ms, ratio {read_ro / read_host:.3f} (target <= 1.1)")
 print(f"  fuse-overlayfs container {read_fuse:.1f} ms, ratio {read_fuse / read_host:.3f}")
 print(f"disk (image tree {image / 1e6:.0f} MB): helper 1 stopped {h1 / 1e6:.1f} MB, 100 stopped {h100 / 1e6:.1f} MB, ratio {h100 / h1:.3f} (target <= 1.1)")
 per = (cn - c1) / (copies - 1) if copies > 1 else 0

@@ -240,12 +240,15 @@ fn import_image(w: &World) {
     let tree = w.path("image");
     std::fs::create_dir_all(tree.join("bin")).unwrap();
     std::fs::create_dir_all(tree.join("home/user")).unwrap();
-    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    // Mount targets, so that a read-only root needs no overlay to make them.
+    for dir in ["etc", "proc", "dev", "sys"] {
+        std::fs::create_dir_all(tree.join(dir)).unwrap();
+    }
     std::fs::copy("/usr/bin/busybox", tree.join("bin/busybox")).unwrap();
     std::fs::copy("/usr/bin/busybox", tree.join("bin/suid")).unwrap();
     for applet in [
         "sh", "stat", "cat", "echo", "mount", "umount", "chown", "chmod", "rm", "touch", "ls",
-        "id", "true", "sleep",
+        "id", "true", "sleep", "grep", "sed",
     ] {
         std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet)).unwrap();
     }
@@ -390,6 +393,81 @@ fn twenty_containers_share_one_tree_and_cannot_change_it() {
         !tree.parent().unwrap().exists(),
         "the user's tree was not removed"
     );
+}
+
+/// The container's root mount, ids, and what its attempts to write did.
+const READ_ONLY_SCRIPT: &str = r#"
+echo ROOT $(grep -E '^[0-9]+ [0-9]+ [0-9:]+ [^ ]+ / ' /proc/self/mountinfo | sed 's/.* - //')
+echo STAT $(stat -c '%u:%g:%a' /bin/suid /home/user/notes /etc/motd)
+mount -o remount,rw / 2>/dev/null; mount -o remount,rw,bind / 2>/dev/null; umount -l / 2>/dev/null
+chown 7:7 /etc/motd 2>/dev/null || echo NO-CHOWN
+echo x >> /etc/motd 2>/dev/null || echo NO-WRITE
+touch /etc/new 2>/dev/null || echo NO-CREATE
+ls /data >/dev/null 2>&1 && echo DATA || true
+"#;
+
+#[test]
+fn a_read_only_container_is_rooted_on_the_shared_tree_itself() {
+    if !require_root("installs a setuid helper and runs as unprivileged test users") {
+        return;
+    }
+    let w = World::new("shared-ro", USER, USER_IDS);
+    import_image(&w);
+    let data = w.user_dir("data", 0o755);
+    ok(
+        &w.warren(&["run", "--rm", "--image", "shared", "--", "true"]),
+        "first run",
+    );
+    let tree = std::fs::read_dir(w.path("state/images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("rootfs"))
+        .find(|p| p.is_dir())
+        .expect("an extracted tree");
+    let before = snapshot(&tree);
+    let volume = format!("{}:/data", data.display());
+    for (name, extra, method) in [
+        ("ro", vec![], "helper-idmap-readonly"),
+        // /data is not in the image: a read-only root has nowhere to make it.
+        ("ro-volume", vec!["-v", volume.as_str()], "helper-idmap"),
+    ] {
+        let mut args = vec!["run", "--name", name, "--read-only", "--image", "shared"];
+        args.extend(extra.iter().copied());
+        args.extend(["--", "sh", "-c", READ_ONLY_SCRIPT]);
+        let text = ok(&w.warren(&args), name);
+        let ps = ok(&w.warren(&["ps", "--json"]), "ps");
+        let ps: serde_json::Value = serde_json::from_str(&ps).unwrap();
+        let me = ps
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap();
+        assert_eq!(me["method"], method, "{me}");
+        let overlay = text.contains("overlay");
+        assert!(
+            text.contains("ROOT ") && !text.contains("ROOT \n"),
+            "{text}"
+        );
+        let layer = w.path(&format!("state/containers/{name}/layer"));
+        if method == "helper-idmap-readonly" {
+            assert!(!overlay && !layer.exists(), "{text}");
+        } else {
+            let why = me["method_reason"].as_str().unwrap();
+            assert!(why.contains("/data"), "{why}");
+            assert!(overlay && text.contains("DATA"), "{text}");
+        }
+        assert!(
+            text.contains("STAT 0:0:4755 1000:1000:644 0:0:644"),
+            "{text}"
+        );
+        for refused in ["NO-CHOWN", "NO-WRITE", "NO-CREATE"] {
+            assert!(text.contains(refused), "{refused}: {text}");
+        }
+        ok(&w.warren(&["rm", name]), "rm");
+        assert!(!w.path(&format!("state/containers/{name}")).exists());
+    }
+    assert_eq!(snapshot(&tree), before, "the shared tree changed");
 }
 
 #[test]

@@ -45,7 +45,7 @@ pub use error::{ConfigError, Error};
 pub use exec::ExecOptions;
 pub use exit::Exit;
 pub use process::{ExecProcess, exit_code, parse_signal};
-pub use rootfs::RootOverlay;
+pub use rootfs::{RootOverlay, Upper};
 pub use state::{Record, State};
 
 use oci_spec::runtime::{ContainerState, Process, Spec};

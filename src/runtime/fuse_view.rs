@@ -18,7 +18,7 @@
 //!   the daemon's namespace, which holds every owner it may contain.
 
 use super::{Error, Record, Runtime, io_err, rootless};
-use crate::container::RootOverlay;
+use crate::container::{RootOverlay, Upper};
 use crate::idmap::alloc::Reservation;
 use crate::idmap::subid::Host;
 use crate::idmap::userns::{self, Mapping, Maps};
@@ -227,8 +227,7 @@ impl Runtime {
         super::rootless_view::mkdir(&record.rootfs, 0o755)?;
         Ok(RootOverlay {
             lower,
-            upper,
-            work,
+            upper: Some(Upper { dir: upper, work }),
             fuse: Some(dir.join(SOCKET)),
         })
     }

@@ -363,7 +363,7 @@ impl Runtime {
             record.method = Some(view.method.name().to_string());
             view.view
         } else {
-            root_overlay = self.rootless_view(&cfg.image, record, &ids)?;
+            root_overlay = self.rootless_view(&cfg.image, record, &ids, cfg.read_only)?;
             record.rootfs.clone()
         };
         record.rootfs = view.clone();
@@ -381,6 +381,9 @@ impl Runtime {
                 name: name.clone(),
                 source,
             })?;
+        if let Some(o) = root_overlay.as_mut() {
+            self.upper_if_needed(o, record, &spec, &ids)?;
+        }
         let stdio = if cfg.log {
             let log = self.log_path(&name);
             let out: OwnedFd = fs::File::create(&log)

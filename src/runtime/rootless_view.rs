@@ -10,7 +10,11 @@
 //!   the container's copy of that mount is locked (container root cannot make it
 //!   writable), and the container makes kernel overlayfs (`userxattr`) over it, with an
 //!   upper and work dir in `CONTAINER/layer` owned by its block, as its root
-//!   ([`crate::container::RootOverlay`]).
+//!   ([`crate::container::RootOverlay`]);
+//! - a read-only container's root is that mount itself, with no overlay (method
+//!   `helper-idmap-readonly`): overlayfs costs every open a backing file, and a read-only
+//!   root needs no upper. When a mount's target is not in the image (a volume on a new
+//!   path), there is nowhere to make it, and the container gets the overlay after all.
 //!
 //! Without the helper (or when it fails): fuse-overlayfs over the same tree when
 //! `/dev/fuse` is usable and it is installed ([`super::fuse_view`]), else the container
@@ -20,9 +24,10 @@
 
 use super::fuse_view::{Choice, Facts, METHOD_FUSE, choose};
 use super::{Error, Record, Runtime, io_err, rootless};
-use crate::container::RootOverlay;
+use crate::container::{RootOverlay, Upper};
 use crate::idmap::alloc::Reservation;
 use std::fs;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,6 +39,7 @@ pub const IMAGE_BLOCK: &str = ".images";
 pub const HELPER: &str = "warren-mount";
 /// The method names in a container's record.
 pub const METHOD_HELPER: &str = "helper-idmap";
+pub const METHOD_HELPER_READONLY: &str = "helper-idmap-readonly";
 pub const METHOD_COPY: &str = "copy";
 
 /// The installed setuid-root helper: in the directory of one of `next_to`, or in PATH.
@@ -102,22 +108,31 @@ impl Runtime {
     }
 
     /// The rootless view of `image` for `record`'s container in block `ids`: the shared
-    /// tree through the helper or fuse-overlayfs (the root overlay to make), else a copy
-    /// (`None`). A method that fails falls through to the next one.
+    /// tree through the helper or fuse-overlayfs (the root overlay to make; with no upper
+    /// when `read_only`), else a copy (`None`). A method that fails falls through to the
+    /// next one.
     pub(super) fn rootless_view(
         &self,
         image: &str,
         record: &mut Record,
         ids: &Reservation,
+        read_only: bool,
     ) -> Result<Option<RootOverlay>, Error> {
         let mut facts = Facts::gather(find_helper(&self.helper_candidates()));
         let dir = self.container_dir(&record.name);
         loop {
             let (method, why, made) = match choose(&facts) {
-                Choice::Helper(helper) => match self.shared_view(&helper, image, record, ids) {
+                Choice::Helper(helper) => match self
+                    .shared_view(&helper, image, record, ids, read_only)
+                {
                     Ok(o) => {
                         let why = format!("{} idmaps the shared image", helper.display());
-                        (METHOD_HELPER, why, Some(o))
+                        let method = if read_only {
+                            METHOD_HELPER_READONLY
+                        } else {
+                            METHOD_HELPER
+                        };
+                        (method, why, Some(o))
                     }
                     Err(e) => {
                         let why = format!("{} failed: {}", helper.display(), crate::error_line(&e));
@@ -158,17 +173,13 @@ impl Runtime {
         image: &str,
         record: &Record,
         ids: &Reservation,
+        read_only: bool,
     ) -> Result<RootOverlay, Error> {
         let (source, block) = self.shared_tree(image)?;
         let dir = self.container_dir(&record.name);
         let dir = fs::canonicalize(&dir).map_err(io_err("resolve", &dir))?;
-        let (lower, layer) = (dir.join("lower"), dir.join("layer"));
+        let lower = dir.join("lower");
         mkdir(&lower, 0o700)?;
-        mkdir(&layer, 0o700)?;
-        let (upper, work) = (layer.join("upper"), layer.join("work"));
-        let request = rootless::Request::MakeDirs {
-            paths: vec![upper.as_path().into(), work.as_path().into()],
-        };
         let from = format!("{}:{}", block.uids.start, block.gids.start);
         let to = format!("{}:{}", ids.uids.start, ids.gids.start);
         let args = [
@@ -180,20 +191,66 @@ impl Runtime {
         ];
         // Two helpers, each milliseconds of exec and id maps, on separate directories: at
         // once.
-        let (made, mounted) = std::thread::scope(|s| {
+        let (upper, mounted) = std::thread::scope(|s| {
             let mount = s.spawn(|| run_helper(helper, &args, &source));
-            let made = rootless::in_userns(&self.helper, ids.uids.shift(), request);
-            (made, join(mount))
+            let upper = match read_only {
+                true => Ok(None),
+                false => self.make_upper(&dir, ids).map(Some),
+            };
+            (upper, join(mount))
         });
-        made?;
+        let upper = upper?;
         mounted?;
         mkdir(&record.rootfs, 0o755)?;
         Ok(RootOverlay {
             lower,
             upper,
-            work,
             fuse: None,
         })
+    }
+
+    /// A read-only root (no upper) on which `spec` mounts at a target the image lacks
+    /// gets an overlay after all: only an upper can hold the target.
+    pub(super) fn upper_if_needed(
+        &self,
+        o: &mut RootOverlay,
+        record: &mut Record,
+        spec: &oci_spec::runtime::Spec,
+        ids: &Reservation,
+    ) -> Result<(), Error> {
+        let Some(target) = o
+            .upper
+            .is_none()
+            .then(|| missing_target(&o.lower, spec))
+            .flatten()
+        else {
+            return Ok(());
+        };
+        let dir = o.lower.parent().unwrap_or(&o.lower).to_path_buf(); // the container's
+        o.upper = Some(self.make_upper(&dir, ids)?);
+        record.method = Some(METHOD_HELPER.to_string());
+        let why = record.method_reason.take().unwrap_or_default();
+        let why = format!(
+            "{why}; an overlay after all: the read-only root has no {} to mount on",
+            target.display()
+        );
+        record.method_reason = Some(why);
+        self.write_record(record)
+    }
+
+    /// An overlay's upper and work dirs in `DIR/layer`, made by the container's block.
+    pub(super) fn make_upper(&self, dir: &Path, ids: &Reservation) -> Result<Upper, Error> {
+        let layer = dir.join("layer");
+        mkdir(&layer, 0o700)?;
+        let upper = Upper {
+            dir: layer.join("upper"),
+            work: layer.join("work"),
+        };
+        let request = rootless::Request::MakeDirs {
+            paths: vec![upper.dir.as_path().into(), upper.work.as_path().into()],
+        };
+        rootless::in_userns(&self.helper, ids.uids.shift(), request)?;
+        Ok(upper)
     }
 
     /// The user's one extracted tree of `image` (extracted now if it is not yet), owned
@@ -273,6 +330,24 @@ impl Runtime {
     }
 }
 
+/// The first of `spec`'s mount targets a read-only root at `root` lacks (none is made
+/// there): one not in the tree and not under an earlier mount, which holds its own.
+fn missing_target(root: &Path, spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
+    let flags = libc::O_PATH | libc::O_DIRECTORY;
+    let root = crate::sys::openat2(rustix::fs::CWD, root, flags, 0, 0).ok()?;
+    let mut mounted: Vec<&Path> = Vec::new();
+    for dest in spec.mounts().iter().flatten().map(|m| m.destination()) {
+        let within = dest.strip_prefix("/").unwrap_or(dest);
+        let held = mounted.iter().any(|m| dest.starts_with(m));
+        let resolve = crate::sys::RESOLVE_IN_ROOT;
+        if !held && crate::sys::openat2(root.as_fd(), within, libc::O_PATH, 0, resolve).is_err() {
+            return Some(dest.clone());
+        }
+        mounted.push(dest);
+    }
+    None
+}
+
 /// The result of a helper run on a scoped thread (a panic there is a bug: passed on).
 fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
     h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
@@ -294,4 +369,48 @@ pub(crate) fn remove_block_tree(rootfs: &Path) -> std::io::Result<()> {
     rootless::in_userns(Path::new(rootless::SELF_EXE), block, request)
         .map(drop)
         .map_err(|e| std::io::Error::other(crate::error_line(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_target;
+    use std::path::PathBuf;
+
+    fn spec(targets: &[&str]) -> oci_spec::runtime::Spec {
+        let mounts: Vec<_> = targets
+            .iter()
+            .map(|t| serde_json::json!({"destination": t, "type": "tmpfs", "source": "tmpfs"}))
+            .collect();
+        serde_json::from_value(serde_json::json!({"ociVersion": "1.0.2", "mounts": mounts}))
+            .expect("spec")
+    }
+
+    #[test]
+    fn a_read_only_root_lacks_only_targets_no_earlier_mount_holds() {
+        let tree = tempfile::tempdir().expect("tempdir");
+        for dir in ["proc", "dev", "sys", "etc"] {
+            std::fs::create_dir(tree.path().join(dir)).expect("mkdir");
+        }
+        // A link out of the tree is followed inside it, where it leads nowhere.
+        std::os::unix::fs::symlink("/etc/hostname", tree.path().join("etc/hostname"))
+            .expect("symlink");
+        let held = [
+            "/proc",
+            "/dev",
+            "/dev/pts",
+            "/dev/shm",
+            "/sys",
+            "/sys/fs/cgroup",
+        ];
+        assert_eq!(missing_target(tree.path(), &spec(&held)), None);
+        let with = |extra: &str| {
+            let mut targets = held.to_vec();
+            targets.push(extra);
+            missing_target(tree.path(), &spec(&targets))
+        };
+        assert_eq!(with("/data"), Some(PathBuf::from("/data")));
+        assert_eq!(with("/etc/hostname"), Some(PathBuf::from("/etc/hostname")));
+        assert_eq!(with("/etc"), None);
+        assert_eq!(with("/dev/null"), None);
+    }
 }

@@ -18,7 +18,7 @@ mod plan;
 mod tests;
 
 pub use options::propagation_flag;
-pub use overlay::RootOverlay;
+pub use overlay::{RootOverlay, Upper};
 pub(crate) use plan::{Cgroups, Plan};
 #[cfg(test)]
 pub(crate) use plan::{Inside, PathError};

@@ -9,6 +9,10 @@
 //! there is the user's own private directories, which the mapped ids cannot traverse) and
 //! the overlay made after GO, as the container's root (overlayfs creates its work dirs).
 //!
+//! With no [`RootOverlay::upper`] the root is the lower itself, read-only: a read-only
+//! container reads at the lower's speed, with no overlay between (overlayfs opens a
+//! backing file for every open). Its mount is a copy of the locked one: it stays read-only.
+//!
 //! With [`RootOverlay::fuse`] the root is FUSE served by fuse-overlayfs instead (no
 //! privileged helper): before GO the child opens `/dev/fuse` (so the connection belongs to
 //! the container's user namespace: the ids the daemon answers with are the container's)
@@ -28,22 +32,31 @@ use std::sync::atomic::{AtomicI32, Ordering};
 #[path = "fuse.rs"]
 mod fuse;
 
-/// The layers of an overlay root (absolute paths).
+/// The layers of a root made in the container (absolute paths).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootOverlay {
     pub lower: PathBuf,
-    pub upper: PathBuf,
-    pub work: PathBuf,
+    /// The writable layer; `None`: the root is `lower` itself, read-only.
+    pub upper: Option<Upper>,
     /// The root is FUSE, served by a daemon the runtime starts once the child hands it
     /// `/dev/fuse` over this socket (the layers are the daemon's then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuse: Option<PathBuf>,
 }
 
+/// An overlay's upper and work dirs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upper {
+    pub dir: PathBuf,
+    pub work: PathBuf,
+}
+
 /// [`RootOverlay`] as the child uses it: C strings, and the fds opened before GO.
 #[derive(Debug)]
 pub(crate) struct Prepared {
     paths: [CString; 3],
+    /// How many of `paths` are layers: 3, or 1 for a read-only root (the lower alone).
+    layers: usize,
     fds: [AtomicI32; 3],
     /// A FUSE root: the socket's directory and file name.
     fuse: Option<[CString; 2]>,
@@ -56,12 +69,13 @@ const MOUNT: u32 = 20;
 
 impl Prepared {
     pub(crate) fn new(o: &RootOverlay) -> std::io::Result<Prepared> {
+        let (upper, work) = match &o.upper {
+            Some(u) => (sys::cstr(&u.dir)?, sys::cstr(&u.work)?),
+            None => (CString::default(), CString::default()),
+        };
         Ok(Prepared {
-            paths: [
-                sys::cstr(&o.lower)?,
-                sys::cstr(&o.upper)?,
-                sys::cstr(&o.work)?,
-            ],
+            paths: [sys::cstr(&o.lower)?, upper, work],
+            layers: if o.upper.is_some() { 3 } else { 1 },
             fds: [AtomicI32::new(-1), AtomicI32::new(-1), AtomicI32::new(-1)],
             fuse: match &o.fuse {
                 Some(sock) => {
@@ -87,7 +101,7 @@ impl Prepared {
             }
             return Ok(());
         }
-        for (i, path) in self.paths.iter().enumerate() {
+        for (i, path) in self.paths[..self.layers].iter().enumerate() {
             // SAFETY: a valid C string; the fd is closed in `mount` (or at exec, O_CLOEXEC).
             let fd = unsafe {
                 libc::open(
@@ -110,12 +124,15 @@ impl Prepared {
         Ok(())
     }
 
-    /// In the child after GO, as the container's root: the overlay attached on `rootfs`
-    /// (an `O_PATH` fd of the root directory). Returns the fd of the overlay's root.
+    /// In the child after GO, as the container's root: the overlay (or the lower alone)
+    /// attached on `rootfs` (an `O_PATH` fd of the root directory). Returns the fd of the
+    /// attached mount's root.
     pub(super) fn mount(&self, rootfs: RawFd) -> Result<RawFd, Fail> {
         let fds = [0, 1, 2].map(|i| self.fds[i].swap(-1, Ordering::Relaxed));
         let result = if self.fuse.is_some() {
             fuse::mount(fds[0], fds[1], rootfs)
+        } else if self.layers == 1 {
+            attach_lower(fds[0], rootfs)
         } else {
             make(fds, rootfs)
         };
@@ -124,6 +141,26 @@ impl Prepared {
         }
         result
     }
+}
+
+/// A recursive copy of the lower's mount attached on `rootfs`: the lock that keeps the
+/// lower read-only comes with the copy.
+fn attach_lower(lower: RawFd, rootfs: RawFd) -> Result<RawFd, Fail> {
+    let fail = |i: u32| move |e: std::io::Error| Fail::new(Step::RootBind, errno(e), MOUNT + i);
+    if lower < 0 {
+        return Err(Fail::new(Step::RootBind, libc::EBADF, MOUNT));
+    }
+    let flags = sys::OPEN_TREE_CLONE
+        | sys::OPEN_TREE_CLOEXEC
+        | sys::AT_RECURSIVE
+        | libc::AT_EMPTY_PATH as u32;
+    let tree = sys::open_tree_raw(lower, c"", flags).map_err(fail(1))?;
+    let flags = sys::MOVE_MOUNT_F_EMPTY_PATH | sys::MOVE_MOUNT_T_EMPTY_PATH;
+    if let Err(e) = sys::move_mount_raw(tree, c"", rootfs, c"", flags) {
+        close(tree);
+        return Err(fail(6)(e));
+    }
+    Ok(tree)
 }
 
 fn make(fds: [RawFd; 3], rootfs: RawFd) -> Result<RawFd, Fail> {
