@@ -275,6 +275,24 @@ fn import_image(w: &World) {
     );
 }
 
+/// A world with the test image imported, and the user's one tree of it, which the first
+/// container extracts.
+fn first_run(name: &str) -> (World, PathBuf) {
+    let w = World::new(name, USER, USER_IDS);
+    import_image(&w);
+    ok(
+        &w.warren(&["run", "--rm", "--image", "shared", "--", "true"]),
+        "first run",
+    );
+    let tree = std::fs::read_dir(w.path("state/images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("rootfs"))
+        .find(|p| p.is_dir())
+        .expect("an extracted tree");
+    (w, tree)
+}
+
 const SCRIPT: &str = r#"
 echo MAP $(cat /proc/self/uid_map)
 echo STAT $(stat -c '%u:%g:%a' /bin/suid /home/user/notes /etc/motd)
@@ -290,19 +308,7 @@ fn twenty_containers_share_one_tree_and_cannot_change_it() {
     if !require_root("installs a setuid helper and runs as unprivileged test users") {
         return;
     }
-    let w = World::new("shared-twenty", USER, USER_IDS);
-    import_image(&w);
-    // The first container extracts the user's one tree of the image.
-    ok(
-        &w.warren(&["run", "--rm", "--image", "shared", "--", "true"]),
-        "first run",
-    );
-    let images = w.path("state/images");
-    let key = std::fs::read_dir(&images)
-        .unwrap()
-        .flatten()
-        .find(|e| e.path().join("rootfs").is_dir());
-    let tree = key.expect("an extracted tree").path().join("rootfs");
+    let (w, tree) = first_run("shared-twenty");
     // A user named in the config is looked up in the image (the shared tree).
     let out = w.warren(&[
         "run", "--rm", "-u", "user", "--image", "shared", "--", "id", "-u",
@@ -411,19 +417,8 @@ fn a_read_only_container_is_rooted_on_the_shared_tree_itself() {
     if !require_root("installs a setuid helper and runs as unprivileged test users") {
         return;
     }
-    let w = World::new("shared-ro", USER, USER_IDS);
-    import_image(&w);
+    let (w, tree) = first_run("shared-ro");
     let data = w.user_dir("data", 0o755);
-    ok(
-        &w.warren(&["run", "--rm", "--image", "shared", "--", "true"]),
-        "first run",
-    );
-    let tree = std::fs::read_dir(w.path("state/images"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path().join("rootfs"))
-        .find(|p| p.is_dir())
-        .expect("an extracted tree");
     let before = snapshot(&tree);
     let volume = format!("{}:/data", data.display());
     for (name, extra, method) in [
