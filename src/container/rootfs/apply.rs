@@ -74,20 +74,22 @@ impl Plan {
             .map_err(|e| Fail::new(Step::RootPropagation, e, 0))?;
         if let Some(o) = &self.root_overlay {
             let over = o.mount(rootfs)?;
-            let tree = bind_onto_itself(over);
+            if o.is_lower_only() {
+                return Ok(over); // already a fresh recursive bind on the rootfs
+            }
+            let tree = bind_onto(over, over);
             close(over);
             return tree;
         }
-        bind_onto_itself(rootfs)
+        bind_onto(rootfs, rootfs)
     }
 }
 
-/// A recursive bind of the mount at `rootfs` attached on top of it.
-fn bind_onto_itself(rootfs: RawFd) -> Result<RawFd, Fail> {
-    // A recursive bind of the rootfs through its fd (never its path again), attached
-    // on top of it; the tree's fd then names the new mount's root.
+/// A recursive bind of the mount at `from` attached on `onto` (both fds, never a path
+/// again); the returned tree's fd names the new mount's root.
+pub(super) fn bind_onto(from: RawFd, onto: RawFd) -> Result<RawFd, Fail> {
     let tree = sys::open_tree_raw(
-        rootfs,
+        from,
         c"",
         sys::OPEN_TREE_CLONE
             | sys::OPEN_TREE_CLOEXEC
@@ -98,7 +100,7 @@ fn bind_onto_itself(rootfs: RawFd) -> Result<RawFd, Fail> {
     if let Err(e) = sys::move_mount_raw(
         tree,
         c"",
-        rootfs,
+        onto,
         c"",
         sys::MOVE_MOUNT_F_EMPTY_PATH | sys::MOVE_MOUNT_T_EMPTY_PATH,
     ) {

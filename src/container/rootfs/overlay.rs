@@ -124,6 +124,11 @@ impl Prepared {
         Ok(())
     }
 
+    /// The root is the lower itself (read-only), not an overlay.
+    pub(super) fn is_lower_only(&self) -> bool {
+        self.fuse.is_none() && self.layers == 1
+    }
+
     /// In the child after GO, as the container's root: the overlay (or the lower alone)
     /// attached on `rootfs` (an `O_PATH` fd of the root directory). Returns the fd of the
     /// attached mount's root.
@@ -131,8 +136,9 @@ impl Prepared {
         let fds = [0, 1, 2].map(|i| self.fds[i].swap(-1, Ordering::Relaxed));
         let result = if self.fuse.is_some() {
             fuse::mount(fds[0], fds[1], rootfs)
-        } else if self.layers == 1 {
-            attach_lower(fds[0], rootfs)
+        } else if self.is_lower_only() {
+            // A recursive copy of the lower's mount: its lock (read-only) comes along.
+            super::apply::bind_onto(fds[0], rootfs)
         } else {
             make(fds, rootfs)
         };
@@ -141,26 +147,6 @@ impl Prepared {
         }
         result
     }
-}
-
-/// A recursive copy of the lower's mount attached on `rootfs`: the lock that keeps the
-/// lower read-only comes with the copy.
-fn attach_lower(lower: RawFd, rootfs: RawFd) -> Result<RawFd, Fail> {
-    let fail = |i: u32| move |e: std::io::Error| Fail::new(Step::RootBind, errno(e), MOUNT + i);
-    if lower < 0 {
-        return Err(Fail::new(Step::RootBind, libc::EBADF, MOUNT));
-    }
-    let flags = sys::OPEN_TREE_CLONE
-        | sys::OPEN_TREE_CLOEXEC
-        | sys::AT_RECURSIVE
-        | libc::AT_EMPTY_PATH as u32;
-    let tree = sys::open_tree_raw(lower, c"", flags).map_err(fail(1))?;
-    let flags = sys::MOVE_MOUNT_F_EMPTY_PATH | sys::MOVE_MOUNT_T_EMPTY_PATH;
-    if let Err(e) = sys::move_mount_raw(tree, c"", rootfs, c"", flags) {
-        close(tree);
-        return Err(fail(6)(e));
-    }
-    Ok(tree)
 }
 
 fn make(fds: [RawFd; 3], rootfs: RawFd) -> Result<RawFd, Fail> {
