@@ -96,6 +96,27 @@ impl FdPath {
     }
 }
 
+/// `/proc/PID/NAME` in a stack buffer.
+pub struct ProcPath([u8; 48]);
+
+impl ProcPath {
+    /// `name` is at most 16 bytes (a longer one is cut).
+    pub fn new(pid: libc::pid_t, name: &[u8]) -> ProcPath {
+        let mut buf = [0u8; 48];
+        buf[..6].copy_from_slice(b"/proc/");
+        let mut at = 6 + write_decimal(pid.max(0) as u32, &mut buf[6..]);
+        buf[at] = b'/';
+        at += 1;
+        let n = name.len().min(16);
+        buf[at..at + n].copy_from_slice(&name[..n]);
+        ProcPath(buf)
+    }
+
+    pub fn as_cstr(&self) -> &CStr {
+        CStr::from_bytes_until_nul(&self.0).unwrap_or(c"/")
+    }
+}
+
 /// Writes `data` to an existing file.
 pub fn write_file(path: &CStr, data: &[u8]) -> Result<(), i32> {
     // SAFETY: valid C string.

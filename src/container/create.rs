@@ -20,6 +20,7 @@ use super::spawn::{console_for, expect, send, spawn};
 use super::spec;
 use super::state::{self, Record, State};
 use super::userns;
+use crate::idmap::keeper;
 use oci_spec::runtime::{ContainerState, Hooks, Linux, Spec};
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -140,6 +141,9 @@ fn create_in(
     let process = spec.process().clone().unwrap_or_default();
     let ns = Namespaces::of(&linux)?;
     let maps = id_maps(&linux, ns.new_userns)?;
+    let nest = maps
+        .as_ref()
+        .and_then(|m| m.nest(&keeper::pid_file(&crate::dirs::run_dir())));
     // Our clone children show the runtime binary as /proc/PID/exe: no container process
     // that can reach one may be able to write it (a user namespace joined by path has
     // maps we cannot see).
@@ -170,6 +174,8 @@ fn create_in(
         unshare: ns.unshare,
         early_unshare: ns.early_unshare,
         new_userns: ns.new_userns,
+        nest,
+        nest_flags: 0,
         loopback: ns.new_net,
         rootfs: plan,
         chroot,
@@ -209,17 +215,22 @@ fn create_in(
         init: &init,
         usermode: opts.usermode.as_ref(),
     };
+    // Made inside the kept user namespace, the init has its maps already.
+    let (pid, unwritten) = match &init.nest {
+        Some(_) => (reported_init(&talk, child)?, None),
+        None => (pid, maps.as_ref()),
+    };
     let joined = go(
         &talk,
         record,
-        maps.as_ref(),
+        unwritten,
         pid_joined || born_in,
         pid,
         &process,
         other_userns,
     )? || born_in;
     let pid = if pid_joined {
-        init_in_joined_pid_ns(&talk, child)?
+        reported_init(&talk, child)?
     } else {
         pid
     };
@@ -488,10 +499,10 @@ fn join(talk: &Talk, record: &Record, pid: i32, joined: bool) -> Result<(), Erro
     Ok(())
 }
 
-/// The child joined the pid namespace and forked the init (our child too, by
-/// CLONE_PARENT), which goes on with the setup; it reports its pid and exits. Returns
-/// the init's pid; `child` becomes the init.
-fn init_in_joined_pid_ns(talk: &Talk, child: &mut Option<(i32, OwnedFd)>) -> Result<i32, Error> {
+/// The child made the init (our child too, by CLONE_PARENT: in a joined pid namespace,
+/// or inside the kept user namespace), which goes on with the setup; it reports its pid
+/// and exits. Returns the init's pid; `child` becomes the init.
+fn reported_init(talk: &Talk, child: &mut Option<(i32, OwnedFd)>) -> Result<i32, Error> {
     let init_pid = match talk.expect("create")? {
         Some(m) if m.tag == tag::PID => m.a,
         _ => return Err(Error::InitDied("create")),

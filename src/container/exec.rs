@@ -60,6 +60,8 @@ pub(super) fn exec_in(
         unshare: 0,
         early_unshare: 0,
         new_userns: false,
+        nest: None,
+        nest_flags: 0,
         loopback: false,
         hostname: None,
         domainname: None,

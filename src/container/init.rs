@@ -8,11 +8,12 @@
 use super::caps::CapSets;
 pub use super::child::NOT_FOUND;
 use super::child::{
-    self, FdPath, StartHook, close, errno, find_program, last_errno, run_hook, send_fd, set_rlimits,
+    self, FdPath, ProcPath, StartHook, close, errno, find_program, last_errno, run_hook, send_fd, set_rlimits,
 };
 use super::protocol::{Fail, Msg, Step, recv, send, tag};
 use super::rootfs;
 use super::seccomp::SeccompProgram;
+use crate::idmap::keeper::Nest;
 use crate::sys;
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -59,6 +60,11 @@ pub struct Init {
     pub early_unshare: libc::c_int,
     /// A new user namespace was created by clone: become its root after GO.
     pub new_userns: bool,
+    /// The new user namespace is made inside the caller's kept one (`idmap::keeper`):
+    /// the cloned child joins it, clones the init with `nest_flags` (the namespaces),
+    /// writes the init's id maps, reports its pid and exits.
+    pub nest: Option<Nest>,
+    pub nest_flags: libc::c_int,
     /// A new network namespace was created: bring its `lo` up (like crun), once in it and
     /// privileged there.
     pub loopback: bool,
@@ -109,6 +115,13 @@ impl Init {
     /// The child's life. Never returns: execs the workload or exits with 127 after
     /// reporting a failure to the parent.
     pub fn run(&self) -> ! {
+        if let Some(nest) = &self.nest {
+            if let Err(f) = self.clone_nested(nest) {
+                let _ = send(self.sync, f.to_msg());
+                // SAFETY: _exit is async-signal-safe.
+                unsafe { libc::_exit(127) }
+            }
+        }
         let fail = match self.setup() {
             Ok(never) => match never {},
             Err(f) => f,
@@ -116,6 +129,43 @@ impl Init {
         let _ = send(self.sync, fail.to_msg());
         // SAFETY: _exit is async-signal-safe and skips atexit handlers of the parent's copy.
         unsafe { libc::_exit(127) }
+    }
+
+    /// Joins the kept user namespace and clones the init in a new one inside it (the
+    /// caller's child, by CLONE_PARENT), then writes its maps as root of the kept one:
+    /// returns in the init; this process reports the init's pid and exits.
+    fn clone_nested(&self, nest: &Nest) -> Result<(), Fail> {
+        sys::setns_raw(nest.userns.as_raw_fd(), libc::CLONE_NEWUSER)
+            .map_err(|e| Fail::new(Step::UserNs, errno(e), 0))?;
+        let flags = (self.nest_flags | libc::CLONE_PARENT) as u64;
+        // SAFETY: this child of a clone runs async-signal-safe code only, and so does
+        // its own child, which continues `run`.
+        let pid = match unsafe { sys::clone3_fork(flags) } {
+            Ok((0, _)) => return Ok(()),
+            Ok((pid, _pidfd)) => pid,
+            Err(e) => return Err(Fail::new(Step::Fork, errno(e), 0)),
+        };
+        let written = child::write_file(ProcPath::new(pid, b"uid_map").as_cstr(), &nest.uid_map)
+            .map_err(|e| Fail::new(Step::UserNs, e, 1))
+            .and_then(|()| {
+                child::write_file(ProcPath::new(pid, b"gid_map").as_cstr(), &nest.gid_map)
+                    .map_err(|e| Fail::new(Step::UserNs, e, 2))
+            });
+        let msg = match written {
+            Ok(()) => Msg {
+                tag: tag::PID,
+                a: pid,
+                ..Default::default()
+            },
+            Err(f) => {
+                // SAFETY: kill with plain integers: the init we just made, unmapped.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                f.to_msg()
+            }
+        };
+        let _ = send(self.sync, msg);
+        // SAFETY: plain exit.
+        unsafe { libc::_exit(0) }
     }
 
     fn setup(&self) -> Result<std::convert::Infallible, Fail> {

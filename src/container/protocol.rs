@@ -36,6 +36,8 @@ pub enum Step {
     Hook,
     Loopback,
     Rlimit,
+    /// Joining the kept user namespace (0), writing the uid (1) or gid (2) map inside it.
+    UserNs,
     Unknown,
 }
 

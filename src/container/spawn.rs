@@ -73,7 +73,8 @@ fn connect_console(path: &Path) -> Result<OwnedFd, Error> {
 
 /// Clones the child running `init` (with `flags` new namespaces); returns its pid and
 /// pidfd, the parent's end of the sync socket, and whether the child was born in
-/// `cgroup` (see `cgroup::born`; else the caller moves it there).
+/// `cgroup` (see `cgroup::born`; else the caller moves it there). With `init.nest` the
+/// child only makes the init with those namespaces and reports its pid (`tag::PID`).
 pub(super) fn spawn(
     init: &mut Init,
     flags: libc::c_int,
@@ -98,6 +99,12 @@ pub(super) fn spawn(
     keep.sort_unstable();
     keep.dedup();
     init.keep = keep;
+    let flags = if init.nest.is_some() {
+        init.nest_flags = flags;
+        0
+    } else {
+        flags
+    };
     let restore = netns.as_ref().map(enter_netns).transpose()?;
     let entered = cgroup.and_then(Cgroup::enter_thread);
     let into = entered.as_ref().and_then(|e| e.cgroup2_fd());
@@ -198,6 +205,11 @@ fn describe(f: Fail, plan: Option<&rootfs::Plan>, init: &Init) -> Error {
         Step::Rlimit => format!("set process.rlimits[{i}]"),
         Step::Hook => format!("hooks.startContainer[{i}]"),
         Step::Loopback => "bring up lo in the new network namespace".into(),
+        Step::UserNs => match f.index {
+            0 => "join the kept user namespace".into(),
+            1 => "write the uid map inside the kept user namespace".into(),
+            _ => "write the gid map inside the kept user namespace".into(),
+        },
         other => format!("{other:?}").to_lowercase(),
     };
     Error::Init {

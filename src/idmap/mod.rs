@@ -5,6 +5,7 @@
 //! carry ids ([`xattr`]).
 
 pub mod alloc;
+pub mod keeper;
 pub(crate) mod meta;
 pub mod pool;
 pub mod range;

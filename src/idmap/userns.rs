@@ -11,6 +11,7 @@
 //! re-executed helper that calls [`unshare`] and whose maps the caller writes the same
 //! way; an idmapped mount needs only a namespace fd ([`userns_fd`]).
 
+use super::keeper::{Entitlement, Nest};
 use super::range::IdRange;
 use super::subid::{Host, Subids};
 use std::fs::File;
@@ -77,6 +78,8 @@ pub struct Maps {
     pub deny_setgroups: bool,
     /// Where `newuidmap` and `newgidmap` are, when they write the maps.
     helpers: Option<(PathBuf, PathBuf)>,
+    /// All the caller may map, when one namespace can hold it (see [`super::keeper`]).
+    entitled: Option<Entitlement>,
 }
 
 impl Maps {
@@ -88,6 +91,7 @@ impl Maps {
             gid,
             deny_setgroups,
             helpers: None,
+            entitled: None,
         }
     }
 
@@ -109,7 +113,25 @@ impl Maps {
             gid,
             deny_setgroups: false,
             helpers: Some(helpers),
+            entitled: super::keeper::entitlement(host),
         })
+    }
+
+    /// For maps the helpers would write: the same maps to make inside the caller's kept
+    /// user namespace (found through `pid_file`, or made), written without a helper.
+    /// `None` when there is no such namespace to be had (the helpers write them then).
+    pub fn nest(&self, pid_file: &Path) -> Option<Nest> {
+        let (helpers, entitled) = (self.helpers.as_ref()?, self.entitled.as_ref()?);
+        let outer = Maps {
+            uid: entitled.uid.clone(),
+            gid: entitled.gid.clone(),
+            deny_setgroups: false,
+            helpers: Some(helpers.clone()),
+            entitled: None,
+        };
+        super::keeper::nest(pid_file, entitled, &outer, self)
+            .inspect_err(|e| tracing::debug!("newuidmap and newgidmap write the maps: {e}"))
+            .ok()
     }
 
     /// True when newuidmap and newgidmap write the maps.
@@ -299,7 +321,7 @@ fn to_host(maps: &[Mapping], id: u32) -> Option<u32> {
         .map(|m| m.host + (id - m.container))
 }
 
-fn lines(maps: &[Mapping]) -> String {
+pub(super) fn lines(maps: &[Mapping]) -> String {
     maps.iter()
         .map(|m| format!("{} {} {}\n", m.container, m.host, m.size))
         .collect()

@@ -114,6 +114,24 @@ pub unsafe fn clone3_fork_into(
     Ok((pid, Some(unsafe { OwnedFd::from_raw_fd(pidfd) })))
 }
 
+/// True when the user namespace `ns` is a child of the caller's own and owned by its
+/// effective uid (`NS_GET_PARENT`, `NS_GET_OWNER_UID`): the caller has every capability
+/// in it, and nobody else made it.
+pub fn userns_is_own_child(ns: BorrowedFd<'_>) -> io::Result<bool> {
+    const NS_GET_PARENT: libc::c_ulong = 0xb702;
+    const NS_GET_OWNER_UID: libc::c_ulong = 0xb704;
+    let mut owner: libc::uid_t = 0;
+    // SAFETY: a valid fd and a pointer to a uid_t, which this ioctl fills.
+    check(unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_OWNER_UID, &mut owner) } as libc::c_long)?;
+    // SAFETY: a valid fd; the ioctl returns a new fd or -1.
+    let parent = owned(unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_PARENT) } as libc::c_long)?;
+    let (a, b) = (
+        rustix::fs::fstat(&parent)?,
+        rustix::fs::stat("/proc/self/ns/user")?,
+    );
+    Ok(owner == rustix::process::geteuid().as_raw() && (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino))
+}
+
 // ---- between clone and exec: every call here is async-signal-safe ----
 
 /// `setns(2)` with a pidfd or namespace fd. Async-signal-safe.
