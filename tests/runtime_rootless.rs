@@ -499,3 +499,228 @@ fn the_rootless_helper_dies_with_its_parent() {
     let _ = waitpid(pid, None);
     panic!("the helper outlived its parent by 30s");
 }
+
+/// The user namespace of `pid` and its parent, as (device, inode) pairs, read from here.
+fn userns_and_parent(pid: u32) -> ((u64, u64), (u64, u64)) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/user")).expect("open ns/user");
+    // SAFETY: NS_GET_PARENT on a user namespace fd returns a new fd or -1.
+    let parent = unsafe { libc::ioctl(ns.as_raw_fd(), 0xb702) };
+    assert!(parent >= 0, "NS_GET_PARENT of pid {pid}");
+    // SAFETY: the kernel just returned this fd to us.
+    let parent = unsafe { std::fs::File::from_raw_fd(parent) };
+    let id = |f: &std::fs::File| {
+        let m = f.metadata().expect("fstat ns");
+        (m.dev(), m.ino())
+    };
+    (id(&ns), id(&parent))
+}
+
+fn userns_of(pid: u32) -> (u64, u64) {
+    let m = std::fs::metadata(format!("/proc/{pid}/ns/user")).expect("stat ns/user");
+    (m.dev(), m.ino())
+}
+
+/// Runs `cmd` with its output piped, failing if it has not exited and closed its pipes
+/// within 60 s (a process it left behind holding them would keep a client waiting).
+fn output_within_a_minute(cmd: &mut std::process::Command) -> std::process::Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+    std::thread::spawn(move || {
+        let mut o = Vec::new();
+        let mut e = Vec::new();
+        use std::io::Read;
+        let _ = out.as_mut().map(|p| p.read_to_end(&mut o));
+        let _ = err.as_mut().map(|p| p.read_to_end(&mut e));
+        let _ = tx.send((o, e));
+    });
+    let (stdout, stderr) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the command's pipes stayed open a minute: something it started holds them");
+    let status = child.wait().expect("wait");
+    std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// The keeper's pid as its pid file names it.
+fn keeper_pid(xdg: &Path) -> Option<u32> {
+    std::fs::read_to_string(xdg.join("warren/.userns-keeper"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[test]
+fn rootless_containers_nest_in_the_users_kept_namespace_and_a_fake_one_is_never_used() {
+    if !crate::common::require_root(
+        "switches to the rootless test user (setpriv) and writes its /etc/subuid lines",
+    ) {
+        return;
+    }
+    let (uid, gid) = ensure_rootless_user();
+    let sub = subuid_start();
+    let dir = scratch("rootless-kept");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // The user's own id as root and a block of its line, as `crun spec --rootless` users do.
+    let maps = |own: u32| json!([{"containerID": 0, "hostID": own, "size": 1}, {"containerID": 1, "hostID": sub, "size": 65536}]);
+    let bundle = |name: &str, script: &str| {
+        let mut c = rootless_config(script, maps(uid), false);
+        c["linux"]["gidMappings"] = maps(gid);
+        make_bundle(&dir.path().join(name), &c);
+    };
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown scratch");
+    bundle("fg", "cat /proc/self/uid_map");
+    bundle("bg", "exec sleep 600");
+    let xdg = dir.path().join("xdg");
+    std::fs::create_dir(&xdg).expect("mkdir xdg");
+    std::os::unix::fs::chown(&xdg, Some(uid), Some(gid)).expect("chown xdg");
+    let root = dir.path().join("state");
+    let w = || {
+        let mut c = warren_as_user(&root);
+        c.env("XDG_RUNTIME_DIR", &xdg);
+        c
+    };
+    let start = |id: &str| -> u32 {
+        let out = run(w()
+            .args(["run", "-d", "-b"])
+            .arg(dir.path().join("bg"))
+            .arg(id)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()));
+        assert!(out.status.success(), "{out:?}");
+        let st = run(w().args(["state", id]));
+        let v: serde_json::Value = serde_json::from_slice(&st.stdout).expect("state json");
+        v["pid"].as_u64().expect("pid") as u32
+    };
+    // The run that makes the keeper returns with its pipes closed: the keeper holds none.
+    let out = output_within_a_minute(w().args(["run", "-b"]).arg(dir.path().join("fg")).arg("fg"));
+    assert!(out.status.success(), "{out:?}");
+    let want = format!("0 {uid} 1 1 {sub} 65536");
+    let fg = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(fg, want);
+    let host_ns = userns_of(std::process::id());
+
+    // The first container makes the keeper: a child namespace of ours, owned by the user,
+    // mapping each of its ids as itself, held by a process that shows no command line of
+    // its creator; the container's namespace is made inside it.
+    let a = start("a");
+    let keeper = keeper_pid(&xdg).expect("a keeper pid file");
+    let (kept, kept_parent) = userns_and_parent(keeper);
+    assert_eq!(kept_parent, host_ns);
+    assert_eq!(
+        userns_and_parent(a).1,
+        kept,
+        "container a is not inside the kept namespace"
+    );
+    let comm = std::fs::read_to_string(format!("/proc/{keeper}/comm")).expect("comm");
+    assert_eq!(comm.trim(), "warren-keeper");
+    let cmdline = std::fs::read(format!("/proc/{keeper}/cmdline")).expect("cmdline");
+    assert!(cmdline.starts_with(b"warren-keeper\0"), "{cmdline:?}");
+    let status = std::fs::read_to_string(format!("/proc/{keeper}/status")).expect("status");
+    assert!(
+        status.contains(&format!("\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")),
+        "{status}"
+    );
+    let kept_map = std::fs::read_to_string(format!("/proc/{keeper}/uid_map")).expect("uid_map");
+    assert!(
+        kept_map.split('\n').any(|l| l.split_whitespace().eq([
+            uid.to_string(),
+            uid.to_string(),
+            "1".into()
+        ])),
+        "{kept_map}"
+    );
+    // The container's maps, from here and from inside, are the config's host ids, as when
+    // newuidmap writes them.
+    let host_view = std::fs::read_to_string(format!("/proc/{a}/uid_map")).expect("uid_map");
+    assert_eq!(
+        host_view.split_whitespace().collect::<Vec<_>>().join(" "),
+        want
+    );
+    let inside = run(w().args([
+        "exec",
+        "a",
+        "cat",
+        "/proc/self/uid_map",
+        "/proc/self/gid_map",
+    ]));
+    let inside = String::from_utf8_lossy(&inside.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(inside, format!("{want} 0 {gid} 1 1 {sub} 65536"));
+
+    // A second container finds the same keeper.
+    let b = start("b");
+    assert_eq!(keeper_pid(&xdg), Some(keeper));
+    assert_eq!(userns_and_parent(b).1, kept);
+    assert_ne!(
+        userns_of(b),
+        userns_of(a),
+        "each container has its own user namespace"
+    );
+
+    // Pid files naming what is not the user's kept namespace, and its own container's
+    // init above all (same owner, a namespace inside the kept one): each is passed over,
+    // a new keeper is made, and the container never lands inside the fake.
+    let other_user = std::process::Command::new("unshare")
+        .args(["-U", "sleep", "60"])
+        .spawn()
+        .expect("unshare -U sleep as root");
+    std::thread::sleep(Duration::from_millis(200));
+    let pid_file = xdg.join("warren/.userns-keeper");
+    for (n, fake) in [a.to_string(), other_user.id().to_string(), "garbage".into()]
+        .iter()
+        .enumerate()
+    {
+        std::fs::write(&pid_file, format!("{fake}\n")).expect("write a fake pid file");
+        let id = format!("f{n}");
+        let f = start(&id);
+        let parent = userns_and_parent(f).1;
+        let fresh = keeper_pid(&xdg).expect("a new keeper");
+        assert_ne!(fresh.to_string(), *fake, "the fake {fake} was kept");
+        assert_eq!(
+            parent,
+            userns_and_parent(fresh).0,
+            "f{n} is not inside the new keeper's"
+        );
+        assert_ne!(
+            parent,
+            userns_of(a),
+            "f{n} was made inside container a's namespace"
+        );
+        assert_eq!(userns_and_parent(fresh).1, host_ns);
+        let del = run(w().args(["delete", "-f", &id]));
+        assert!(del.status.success(), "{del:?}");
+    }
+    let mut other_user = other_user;
+    let _ = other_user.kill();
+    let _ = other_user.wait();
+
+    for id in ["a", "b"] {
+        let del = run(w().args(["delete", "-f", id]));
+        assert!(del.status.success(), "{del:?}");
+    }
+    // Its pid file gone, a keeper exits (it looks every 2 s).
+    let last = keeper_pid(&xdg).expect("keeper");
+    std::fs::remove_file(&pid_file).expect("rm pid file");
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        !Path::new(&format!("/proc/{last}")).exists()
+            || std::fs::read_to_string(format!("/proc/{last}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
+    assert!(gone, "keeper {last} outlived its pid file by 10 s");
+}

@@ -8,7 +8,8 @@
 use super::caps::CapSets;
 pub use super::child::NOT_FOUND;
 use super::child::{
-    self, FdPath, ProcPath, StartHook, close, errno, find_program, last_errno, run_hook, send_fd, set_rlimits,
+    self, FdPath, ProcPath, StartHook, close, errno, find_program, last_errno, run_hook, send_fd,
+    set_rlimits,
 };
 use super::protocol::{Fail, Msg, Step, recv, send, tag};
 use super::rootfs;

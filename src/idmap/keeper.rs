@@ -149,12 +149,20 @@ pub fn nest(
 /// namespace and maps exactly `entitled`; touches the file (the keeper's idle clock).
 pub fn find(pid_file: &Path, entitled: &Entitlement) -> Option<OwnedFd> {
     use rustix::fs::{Mode, OFlags};
-    let pid: u32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let flags = OFlags::RDONLY | OFlags::CLOEXEC;
     // Everything below is read through this directory: one process, even if the pid is
     // reused meanwhile (then its namespace must pass the same checks).
-    let proc = rustix::fs::open(format!("/proc/{pid}"), flags | OFlags::DIRECTORY, Mode::empty())
-        .ok()?;
+    let proc = rustix::fs::open(
+        format!("/proc/{pid}"),
+        flags | OFlags::DIRECTORY,
+        Mode::empty(),
+    )
+    .ok()?;
     let ns = rustix::fs::openat(&proc, "ns/user", flags, Mode::empty()).ok()?;
     if !crate::sys::userns_is_own_child(ns.as_fd()).ok()? {
         return None;
@@ -215,8 +223,8 @@ fn start(pid_file: &Path, outer: &Maps) -> Result<(), UsernsError> {
     let path = CString::new(pid_file.as_os_str().as_bytes())
         .map_err(|e| io("pid file")(std::io::Error::other(e)))?;
     let argv = argv_area();
-    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| io("pipe")(e.into()))?;
+    let (ready_r, ready_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("pipe")(e.into()))?;
     let ready_raw = std::os::fd::AsRawFd::as_raw_fd(&ready_w);
     // SAFETY: the child runs only `keep`, which is async-signal-safe (no allocation, no
     // lock) on data prepared here, and never returns.
@@ -372,7 +380,11 @@ mod tests {
         let maps = own_then(1000, [r(100000, 65536), r(300000, 10)].into_iter()).unwrap();
         assert_eq!(
             maps,
-            [m(1000, 1000, 1), m(100000, 100000, 65536), m(300000, 300000, 10)]
+            [
+                m(1000, 1000, 1),
+                m(100000, 100000, 65536),
+                m(300000, 300000, 10)
+            ]
         );
         // A line named twice (by name and by uid) counts once.
         let twice = own_then(1000, [r(100000, 65536), r(100000, 65536)].into_iter());

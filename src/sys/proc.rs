@@ -129,7 +129,10 @@ pub fn userns_is_own_child(ns: BorrowedFd<'_>) -> io::Result<bool> {
         rustix::fs::fstat(&parent)?,
         rustix::fs::stat("/proc/self/ns/user")?,
     );
-    Ok(owner == rustix::process::geteuid().as_raw() && (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino))
+    Ok(
+        owner == rustix::process::geteuid().as_raw()
+            && (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino),
+    )
 }
 
 // ---- between clone and exec: every call here is async-signal-safe ----
