@@ -1,5 +1,6 @@
-//! The OCI runtime as an unprivileged user: ids mapped through newuidmap/newgidmap from
-//! the user's subordinate ranges (all of its lines); ids those do not hold are an error.
+//! The OCI runtime as an unprivileged user: ids mapped from the user's subordinate ranges
+//! (all of its lines; newuidmap/newgidmap write them once, for the user's kept namespace,
+//! inside which each container's namespace is made); ids those do not hold are an error.
 //! And `runtime::Runtime` as a library, rootless, shared by threads: its work on the
 //! containers' trees runs in re-executed helpers, never in forks of a multithreaded process.
 

@@ -383,3 +383,21 @@ pub fn find_program(candidates: &[CString]) -> Result<usize, Fail> {
 
 /// The index of a [`Step::Exec`] failure when no candidate exists.
 pub const NOT_FOUND: u32 = u32::MAX;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_paths_are_built_on_the_stack() {
+        assert_eq!(
+            ProcPath::new(4242, b"uid_map").as_cstr(),
+            c"/proc/4242/uid_map"
+        );
+        assert_eq!(
+            ProcPath::new(i32::MAX, b"a_name_longer_than_sixteen").as_cstr(),
+            c"/proc/2147483647/a_name_longer_th"
+        );
+        assert_eq!(FdPath::new(7).as_cstr(), c"/proc/self/fd/7");
+    }
+}
