@@ -634,6 +634,8 @@ fn rootless_containers_nest_in_the_users_kept_namespace_and_a_fake_one_is_never_
         status.contains(&format!("\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")),
         "{status}"
     );
+    // Nothing the creator blocks (warren forwards signals) is blocked in it: `kill` ends it.
+    assert!(status.contains("\nSigBlk:\t0000000000000000\n"), "{status}");
     let kept_map = std::fs::read_to_string(format!("/proc/{keeper}/uid_map")).expect("uid_map");
     assert!(
         kept_map.split('\n').any(|l| l.split_whitespace().eq([

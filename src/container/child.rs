@@ -6,6 +6,7 @@
 pub use super::protocol::last_errno;
 use super::protocol::{Fail, Step};
 use crate::sys;
+pub use crate::sys::reset_signals;
 use libc::c_ulong;
 use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
@@ -287,24 +288,6 @@ pub fn mini_init() -> Result<(), i32> {
             // SAFETY: plain exit.
             unsafe { libc::_exit(127) }
         }
-    }
-}
-
-/// The workload starts with no blocked signals and default dispositions (the host may
-/// block signals to forward them, and ignored ones would survive exec).
-pub fn reset_signals() {
-    // SAFETY: sigaction/sigprocmask with valid zeroed structures; async-signal-safe.
-    unsafe {
-        let mut act: libc::sigaction = std::mem::zeroed();
-        act.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..=64 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &act, std::ptr::null_mut());
-            }
-        }
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     }
 }
 

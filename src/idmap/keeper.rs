@@ -4,13 +4,13 @@
 //! An unprivileged caller maps its subordinate ids only through the setuid
 //! `newuidmap`/`newgidmap`: two execs per container, ~3 ms of a start here. Instead, once,
 //! a user namespace is made that maps everything the caller may map ([`entitlement`]: its
-//! own id and its subordinate lines), and a small process, the
-//! keeper, keeps it alive and names itself in a pid file. A container's user namespace is
-//! then made *inside* it, by a process that joined it and so may write any map of its ids
-//! directly (`container::init`). The kept namespace maps each id to itself, so the
-//! container's maps are written as they are, and it sees the same `/proc/self/uid_map`
-//! and the same host ids as with the helpers: only a namespace between differs. Rootless
-//! podman's pause process holds its namespace the same way.
+//! own id and its subordinate lines), and a small process, the keeper, keeps it alive and
+//! names itself in a pid file. A container's user namespace is then made *inside* it, by
+//! a process that joined it and so may write any map of its ids directly
+//! (`container::init`). The kept namespace maps each id to itself, so the container's maps
+//! are written as they are, and it sees the same `/proc/self/uid_map` and the same host ids
+//! as with the helpers: only a namespace between differs. Rootless podman's pause process
+//! holds its namespace the same way.
 //!
 //! A kept namespace is used only if it is a child of the caller's own namespace, owned by
 //! the caller, and maps exactly the current entitlement ([`find`]): one made anywhere else
@@ -51,8 +51,9 @@ pub struct Nest {
 }
 
 /// Everything `host`'s caller may map, each id as itself: its own id, then its
-/// subordinate lines. `None` when no namespace can hold them all (lines overlapping each other or the caller's own
-/// id, which the kernel refuses in one map, or more lines than it takes).
+/// subordinate lines. `None` when no namespace can hold them all (lines overlapping each
+/// other or the caller's own id, which the kernel refuses in one map, or more lines than
+/// it takes).
 pub fn entitlement(host: &Host) -> Option<Entitlement> {
     let user = host.user.as_deref();
     Some(Entitlement {
@@ -112,7 +113,7 @@ pub fn translate(maps: &[Mapping], outer: &[Mapping]) -> Option<Vec<Mapping>> {
     (out.len() <= MAX_LINES).then_some(out)
 }
 
-/// Where the pid file of `user`'s keeper is: in warren's runtime dir, private to the user.
+/// The keeper's pid file: in the caller's runtime dir (`dirs::run_dir`), private to it.
 pub fn pid_file(run_dir: &Path) -> std::path::PathBuf {
     run_dir.join(".userns-keeper")
 }
@@ -278,6 +279,8 @@ fn argv_area() -> Option<(usize, usize)> {
 unsafe fn keep(ready: RawFd, pid_file: &CStr, argv: Option<(usize, usize)>) -> ! {
     // SAFETY: async-signal-safe calls on plain values and buffers of the stated sizes.
     unsafe {
+        // The creator may block signals it forwards: `kill` must end a keeper.
+        crate::sys::reset_signals();
         libc::setsid();
         // A second fork: the keeper is nobody's child here, and the creator reaps the first.
         match libc::fork() {

@@ -137,6 +137,25 @@ pub fn userns_is_own_child(ns: BorrowedFd<'_>) -> io::Result<bool> {
 
 // ---- between clone and exec: every call here is async-signal-safe ----
 
+/// No blocked signal and default dispositions: for a container's workload (the host may
+/// block signals to forward them, and ignored ones would survive exec) and a detached
+/// process a runtime forks. Async-signal-safe.
+pub fn reset_signals() {
+    // SAFETY: sigaction/sigprocmask with valid zeroed structures; async-signal-safe.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &act, std::ptr::null_mut());
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
 /// `setns(2)` with a pidfd or namespace fd. Async-signal-safe.
 pub fn setns_raw(fd: RawFd, nstype: libc::c_int) -> io::Result<()> {
     // SAFETY: used for this one call; a closed fd is only an EBADF from the kernel.
