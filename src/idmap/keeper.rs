@@ -230,6 +230,7 @@ fn start(pid_file: &Path, outer: &Maps) -> Result<(), UsernsError> {
     // SAFETY: the child runs only `keep`, which is async-signal-safe (no allocation, no
     // lock) on data prepared here, and never returns.
     let child = match unsafe { nix::unistd::fork() }.map_err(|e| io("fork")(e.into()))? {
+        // SAFETY: a freshly forked child, as `keep` requires.
         nix::unistd::ForkResult::Child => unsafe { keep(ready_raw, &path, argv) },
         nix::unistd::ForkResult::Parent { child } => child,
     };
