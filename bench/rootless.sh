@@ -147,20 +147,28 @@ read -r fuse < <(median "$U/out/fuse.json")
 
 # File reads, warm: every file under /usr read once, timed inside the container (the
 # helper path: idmapped lower, overlay on top; a --read-only container rooted on the
-# idmapped lower itself; the fuse path) and on the host from the shared tree the helper
-# mounts, alternately; medians of 7.
+# idmapped lower itself; the fuse path), on the host from the shared tree the helper
+# mounts, and, for the overlay's own cost, in a rootless podman container (kernel overlay
+# over its storage, no idmapping) and in a rootful warren one (idmapped lower, metacopy
+# overlay); alternately, medians of 7. Each container is fresh, so its overlay looks
+# every file up for the first time; a second pass in the same helper container shows the
+# overlay once its entries are cached.
 READ='cd "$1" && s=$(date +%s%N); find usr -type f -print0 | xargs -0 cat >/dev/null 2>&1; echo $(( $(date +%s%N) - s ))'
+READ2="$READ >/dev/null; $READ"
 tree=$(ls -d "$U/state-helper/images/"*/rootfs | head -1)
-in_reads=() ro_reads=() host_reads=() fuse_reads=()
+in_reads=() ro_reads=() host_reads=() fuse_reads=() podman_reads=() rootful_reads=() again_reads=()
 fuse_on
 for i in $(seq 8); do
   in_reads+=("$(wr helper run --rm --image debian -- sh -c "$READ" sh /)")
   ro_reads+=("$(wr helper run --rm --read-only --image debian -- sh -c "$READ" sh /)")
   host_reads+=("$(as_user sh -c "$READ" sh "$tree")")
   fuse_reads+=("$(wr fuse run --rm --image debian -- sh -c "$READ" sh /)")
+  podman_reads+=("$(as_user podman run --rm --network=none localhost/warren-bench-debian sh -c "$READ" sh /)")
+  rootful_reads+=("$("$R/warren" --state-dir "$WORK/rootful" run --rm --image debian -- sh -c "$READ" sh /)")
+  again_reads+=("$(wr helper run --rm --image debian -- sh -c "$READ2" sh /)")
 done
 fuse_off
-reads=$(python3 -c "import statistics as s,sys; m=lambda v: s.median([int(x) for x in v.split()[1:]])/1e6; print(*map(m, sys.argv[1:]))" "${in_reads[*]}" "${host_reads[*]}" "${fuse_reads[*]}" "${ro_reads[*]}")
+reads=$(python3 -c "import statistics as s,sys; m=lambda v: s.median([int(x) for x in v.split()[1:]])/1e6; print(*map(m, sys.argv[1:]))" "${in_reads[*]}" "${host_reads[*]}" "${fuse_reads[*]}" "${ro_reads[*]}" "${podman_reads[*]}" "${rootful_reads[*]}" "${again_reads[*]}")
 
 # Disk: the state dir (store, the user's extracted tree, containers' layers) with one
 # stopped container, then with N; not the helper's mounts at CONTAINER/lower (views of
@@ -192,7 +200,7 @@ python3 - "$helper" "$helper_ro" "$copy" "$podman" "$rootful" "$fuse" "$h1" "$h1
 import sys
 helper, helper_ro, copy, podman, rootful, fuse = (float(x) * 1000 for x in sys.argv[1:7])
 h1, h100, c1, cn, copies, image = (int(x) for x in sys.argv[7:13])
-read_in, read_host, read_fuse, read_ro = (float(x) for x in sys.argv[13:17])
+read_in, read_host, read_fuse, read_ro, read_podman, read_rootful, read_again = (float(x) for x in sys.argv[13:20])
 print(f"\nwarm start (median): helper {helper:.1f} ms, copy {copy:.1f} ms, rootless podman {podman:.1f} ms, rootful warren {rootful:.1f} ms")
 print(f"  helper / rootful {helper / rootful:.2f} (target <= 2)   helper / podman {helper / podman:.3f} (target <= 0.25)")
 print(f"  helper --read-only {helper_ro:.1f} ms: / rootful {helper_ro / rootful:.2f}   / podman {helper_ro / podman:.3f}")
@@ -201,6 +209,9 @@ print(f"  fuse-overlayfs {fuse:.1f} ms: / rootful {fuse / rootful:.2f}   / podma
 print(f"reads of every file under /usr, warm (median of 7): container {read_in:.1f} ms, host {read_host:.1f} ms, ratio {read_in / read_host:.3f} (target <= 1.1)")
 print(f"  --read-only container (no overlay) {read_ro:.1f} ms, ratio {read_ro / read_host:.3f} (target <= 1.1)")
 print(f"  fuse-overlayfs container {read_fuse:.1f} ms, ratio {read_fuse / read_host:.3f}")
+print(f"  the overlay's own cost: rootless podman (kernel overlay, no idmapping) {read_podman:.1f} ms, ratio {read_podman / read_host:.3f};"
+      f" rootful warren {read_rootful:.1f} ms, ratio {read_rootful / read_host:.3f}")
+print(f"  a second pass in the same helper container {read_again:.1f} ms, ratio {read_again / read_host:.3f}")
 print(f"disk (image tree {image / 1e6:.0f} MB): helper 1 stopped {h1 / 1e6:.1f} MB, 100 stopped {h100 / 1e6:.1f} MB, ratio {h100 / h1:.3f} (target <= 1.1)")
 per = (cn - c1) / (copies - 1) if copies > 1 else 0
 print(f"  copy: 1 stopped {c1 / 1e6:.1f} MB, {copies} stopped {cn / 1e6:.1f} MB ({per / 1e6:.1f} MB a container; 100 would be ~{(c1 + 99 * per) / 1e6:.0f} MB, ratio ~{(c1 + 99 * per) / c1:.1f})")

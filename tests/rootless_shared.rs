@@ -747,3 +747,79 @@ fn without_the_setuid_helper_a_container_gets_a_copy_and_says_why() {
     assert!(w.records().is_empty());
     ok(&w.warren(&["rm", "c"]), "rm");
 }
+
+/// Every helper process and container of a rootless run makes its user namespace inside
+/// the user's kept one (`idmap::keeper`): newuidmap and newgidmap run once, for the kept
+/// namespace, never per helper or per container; with the kept namespace gone, the next
+/// run makes one anew.
+#[test]
+fn rootless_runs_map_ids_in_the_kept_namespace_not_by_newuidmap_each_time() {
+    if !require_root("runs as an unprivileged test user") {
+        return;
+    }
+    let w = World::new("shared-kept", USER, USER_IDS);
+    // newuidmap and newgidmap on the user's PATH, logging each call.
+    let log = w.path("id-tools.log");
+    std::fs::write(&log, "").unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
+    for tool in ["newuidmap", "newgidmap"] {
+        let wrapper = w.path("bin").join(tool);
+        let script = format!(
+            "#!/bin/sh\necho {tool} >> {}\nexec /usr/bin/{tool} \"$@\"\n",
+            log.display()
+        );
+        std::fs::write(&wrapper, script).unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let calls = || std::fs::read_to_string(&log).unwrap();
+    import_image(&w);
+    // The first run: the user's tree extracted, the container's upper dir made, the
+    // container run, its layer removed, each by a helper or an init in its own namespace.
+    let out = w.warren(&[
+        "run",
+        "--rm",
+        "--image",
+        "shared",
+        "--",
+        "cat",
+        "/proc/self/uid_map",
+    ]);
+    let map: Vec<String> = ok(&out, "first run")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(map[0], "0", "{map:?}");
+    assert_eq!(map[2], BLOCK.to_string(), "{map:?}");
+    assert_eq!(
+        calls(),
+        "newuidmap\nnewgidmap\n",
+        "once, for the kept namespace"
+    );
+    let out = w.warren(&[
+        "run",
+        "--name",
+        "c",
+        "--image",
+        "shared",
+        "--",
+        "stat",
+        "-c",
+        "%u",
+        "/etc/motd",
+    ]);
+    assert_eq!(ok(&out, "run c").trim(), "0");
+    ok(&w.warren(&["rm", "c"]), "rm c");
+    assert_eq!(calls(), "newuidmap\nnewgidmap\n", "no more after");
+    // Without its pid file the keeper exits; the next run makes a new one, once.
+    std::fs::remove_file(w.path("xdg/warren/.userns-keeper")).unwrap();
+    ok(
+        &w.warren(&["run", "--rm", "--image", "shared", "--", "true"]),
+        "run",
+    );
+    ok(
+        &w.warren(&["run", "--rm", "--image", "shared", "--", "true"]),
+        "run",
+    );
+    assert_eq!(calls(), "newuidmap\nnewgidmap\n".repeat(2));
+    assert!(w.records().is_empty());
+}

@@ -7,7 +7,8 @@
 //! own id and its subordinate lines), and a small process, the keeper, keeps it alive and
 //! names itself in a pid file. A container's user namespace is then made *inside* it, by
 //! a process that joined it and so may write any map of its ids directly
-//! (`container::init`). The kept namespace maps each id to itself, so the container's maps
+//! (`container::init`; the rootless helper likewise, [`enter_nested`]). The kept namespace
+//! maps each id to itself, so the container's maps
 //! are written as they are, and it sees the same `/proc/self/uid_map` and the same host ids
 //! as with the helpers: only a namespace between differs. Rootless podman's pause process
 //! holds its namespace the same way.
@@ -20,7 +21,7 @@
 
 use super::range::IdRange;
 use super::subid::Host;
-use super::userns::{Mapping, Maps, UsernsError, lines};
+use super::userns::{Mapping, Maps, UsernsError, lines, write_proc};
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -144,6 +145,82 @@ pub fn nest(
         uid_map: lines(&uid).into_bytes(),
         gid_map: lines(&gid).into_bytes(),
     })
+}
+
+/// Moves this process's further work into a user namespace made inside the kept one
+/// `kept`, with the maps of a [`Nest`]: joins `kept`, forks, and the child makes the
+/// namespace while the parent, which holds every capability in `kept`, writes its maps.
+/// Returns `None` in the child (in its namespace, maps written, dying with the parent),
+/// and in the parent, once the child is gone, `Some` of the exit code to pass on. The
+/// rootless helper's way to its namespace without newuidmap (`mount::rootless`).
+///
+/// # Safety
+/// Only in a single-threaded process: a user namespace is joined only by one, and the
+/// child of the fork runs on.
+pub unsafe fn enter_nested(
+    kept: RawFd,
+    uid_map: &[u8],
+    gid_map: &[u8],
+) -> Result<Option<i32>, String> {
+    use nix::sys::wait::WaitStatus;
+    use nix::unistd::ForkResult;
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |e: std::io::Error| format!("kept user namespace: {what}: {e}")
+    };
+    crate::sys::setns_raw(kept, libc::CLONE_NEWUSER).map_err(err("join"))?;
+    let pipe =
+        || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| err("pipe")(e.into()));
+    let (made_r, made_w) = pipe()?;
+    let (maps_r, maps_w) = pipe()?;
+    let parent = nix::unistd::getpid();
+    // SAFETY: single-threaded (this function's contract): the child may run any code.
+    match unsafe { nix::unistd::fork() }.map_err(|e| err("fork")(e.into()))? {
+        ForkResult::Child => {
+            drop((made_r, maps_w));
+            // SAFETY: prctl with plain integers. The parent check closes the window before.
+            unsafe {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                )
+            };
+            if nix::unistd::getppid() != parent {
+                return Err("kept user namespace: the parent is gone".into());
+            }
+            let made = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER);
+            let errno = made.err().map_or(0, |e| e as i32);
+            rustix::io::write(&made_w, &errno.to_ne_bytes()).map_err(|e| err("write")(e.into()))?;
+            made.map_err(|e| err("unshare")(e.into()))?;
+            drop(made_w);
+            // The parent's word: empty when the maps are written, else why not.
+            let why = std::io::read_to_string(std::fs::File::from(maps_r)).map_err(err("read"))?;
+            if why.is_empty() { Ok(None) } else { Err(why) }
+        }
+        ForkResult::Parent { child } => {
+            drop((made_w, maps_r));
+            let mut errno = [0u8; 4];
+            let made = matches!(rustix::io::read(&made_r, &mut errno), Ok(4))
+                && i32::from_ne_bytes(errno) == 0;
+            if made {
+                let pid = child.as_raw();
+                let written = write_proc(pid, "uid_map", uid_map)
+                    .and_then(|()| write_proc(pid, "gid_map", gid_map));
+                if let Err(e) = written {
+                    let _ = rustix::io::write(&maps_w, crate::error_line(&e).as_bytes());
+                }
+            }
+            drop(maps_w);
+            Ok(Some(match nix::sys::wait::waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, code)) => code,
+                Ok(WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
+                _ => 1,
+            }))
+        }
+    }
 }
 
 /// The namespace of the keeper `pid_file` names, if it is the caller's own child

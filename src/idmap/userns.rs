@@ -327,7 +327,7 @@ pub(super) fn lines(maps: &[Mapping]) -> String {
         .collect()
 }
 
-fn write_proc(pid: i32, file: &str, data: &[u8]) -> Result<(), UsernsError> {
+pub(super) fn write_proc(pid: i32, file: &str, data: &[u8]) -> Result<(), UsernsError> {
     let path = format!("/proc/{pid}/{file}");
     std::fs::write(&path, data).map_err(|source| UsernsError::Io {
         what: format!("write {path}"),

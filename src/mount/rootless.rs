@@ -1,7 +1,8 @@
 //! Rootless work on trees owned by a container's block. An unprivileged user may not own
 //! files by ids outside its own, except inside a user namespace that maps its subordinate
 //! ids (`/etc/subuid`, `/etc/subgid`, written for it by the setuid
-//! `newuidmap`/`newgidmap`). So the work runs in a helper process in such a namespace:
+//! `newuidmap`/`newgidmap`, or from inside the caller's kept namespace, which maps them
+//! already: `idmap::keeper`). So the work runs in a helper process in such a namespace:
 //! ids `0..R` inside are the block `S..S+R` outside, and shifting by `0 using range R`
 //! inside lands every id in the block.
 //!
@@ -22,11 +23,14 @@ mod serve;
 
 pub(crate) use protocol::Request;
 
+use crate::idmap::keeper;
 use crate::idmap::range::Shift;
 use crate::idmap::subid::{Host, SUBGID, SUBUID, SubidError};
 use crate::idmap::userns::{self, Mapping, Maps, UsernsError};
-use protocol::{Failure, FromHelper, ToHelper};
+use protocol::{Failure, FromHelper, KEPT_FD, Nested, ToHelper};
 use std::io::BufReader;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,18 +108,30 @@ pub(crate) fn in_userns_maps(
     if !helper.is_absolute() {
         return Err(failed("not an absolute path".into()));
     }
+    // Inside the caller's kept user namespace, when there is one, the helper writes its
+    // own maps: no newuidmap, no newgidmap (~1 ms each).
+    let nest = maps.nest(&keeper::pid_file(&crate::dirs::run_dir()));
     // std spawns with posix_spawn or fork+exec that runs no Rust code in between: safe
     // in a multithreaded process. Nothing of the caller's environment goes along.
-    let mut child = Command::new(helper)
-        .arg(MARKER)
+    let mut cmd = Command::new(helper);
+    cmd.arg(MARKER)
         .env_clear()
         .current_dir("/")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    if let Some(kept) = nest.as_ref().map(|n| n.userns.as_raw_fd()) {
+        // SAFETY: between fork and exec the closure makes only async-signal-safe calls.
+        unsafe { cmd.pre_exec(move || pass_fd(kept, KEPT_FD)) };
+    }
+    let mut child = cmd
         .spawn()
         .map_err(|e| failed(format!("cannot start it: {e}")))?;
-    let result = talk(&mut child, shift, maps, request, &failed);
+    let nest = nest.map(|n| Nested {
+        uid_map: String::from_utf8_lossy(&n.uid_map).into_owned(),
+        gid_map: String::from_utf8_lossy(&n.gid_map).into_owned(),
+    });
+    let result = talk(&mut child, shift, maps, request, nest, &failed);
     if result.is_err() {
         let _ = child.kill();
     }
@@ -128,22 +144,42 @@ pub(crate) fn in_userns_maps(
     }
 }
 
-/// The caller's side of [`protocol`]: Hello, Ready, maps, Go, the answer.
+/// `fd` as the child's `target`, open across exec. Between fork and exec: async-signal-safe.
+fn pass_fd(fd: RawFd, target: RawFd) -> std::io::Result<()> {
+    // SAFETY: plain fd calls; dup2 leaves the new fd without FD_CLOEXEC.
+    let r = unsafe {
+        if fd == target {
+            libc::fcntl(fd, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(fd, target)
+        }
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The caller's side of [`protocol`]: Hello, Ready, maps (unless `nest`: the helper wrote
+/// them), Go, the answer.
 fn talk(
     child: &mut Child,
     shift: Shift,
     maps: &Maps,
     request: Request,
+    nest: Option<Nested>,
     failed: &dyn Fn(String) -> RootlessError,
 ) -> Result<u64, RootlessError> {
     let (Some(mut to), Some(from)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(failed("no pipes".into()));
     };
     let mut from = BufReader::new(from);
+    let nested = nest.is_some();
     let hello = ToHelper::Hello {
         parent: std::process::id(),
         shift,
         request,
+        nest,
     };
     let gone = |e: std::io::Error| {
         failed(format!(
@@ -161,8 +197,10 @@ fn talk(
         FromHelper::Failed(f) => return Err(failure(f)),
         FromHelper::Done { .. } => return Err(failed("answered before the maps".into())),
     }
-    maps.write(child.id() as i32)
-        .map_err(|e| RootlessError::Userns(crate::error_line(&e)))?;
+    if !nested {
+        maps.write(child.id() as i32)
+            .map_err(|e| RootlessError::Userns(crate::error_line(&e)))?;
+    }
     protocol::send(&mut to, &ToHelper::Go).map_err(gone)?;
     drop(to);
     match answer(&mut from)? {

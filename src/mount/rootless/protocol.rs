@@ -3,9 +3,11 @@
 //!
 //! ```text
 //! caller                               helper (re-executed, single-threaded)
-//!   Hello { parent, shift, request } ->
+//!   Hello { parent, shift, request, nest } ->
 //!                                      <- Ready            (in its user namespace)
-//!   (newuidmap, newgidmap on its pid)
+//!   (newuidmap, newgidmap on its pid,
+//!    unless nest: the helper wrote its
+//!    maps before Ready)
 //!   Go                               ->
 //!                                      <- Done { count } | Failed { .. }
 //! ```
@@ -18,6 +20,10 @@ use crate::mount::copy::Plan;
 use crate::mount::wire::Bytes;
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufRead, Write};
+use std::os::fd::RawFd;
+
+/// The helper's fd of the caller's kept user namespace, when Hello has [`Nested`] maps.
+pub const KEPT_FD: RawFd = 3;
 
 /// The most one message may take: a plan of a million entries with long paths fits.
 const MAX_LINE: u64 = 1 << 30;
@@ -52,9 +58,19 @@ pub enum ToHelper {
         parent: u32,
         shift: Shift,
         request: Request,
+        nest: Option<Nested>,
     },
     /// The maps are written: work.
     Go,
+}
+
+/// The helper's maps in the ids of the caller's kept user namespace (`idmap::keeper`,
+/// open as [`KEPT_FD`]): the helper makes its namespace inside that one and writes them
+/// itself, with no setuid helper, before it says Ready.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Nested {
+    pub uid_map: String,
+    pub gid_map: String,
 }
 
 /// Helper to caller.
@@ -130,15 +146,21 @@ mod tests {
             request: Request::Remove {
                 paths: vec![Bytes::from(std::path::Path::new(odd))],
             },
+            nest: Some(Nested {
+                uid_map: "0 65536 65536\n65536 1000 1\n".into(),
+                gid_map: "0 65536 65536\n".into(),
+            }),
         };
         match round_trip(&hello) {
             ToHelper::Hello {
                 parent: 42,
                 shift,
                 request: Request::Remove { paths },
+                nest: Some(nest),
             } => {
                 assert_eq!(shift.to, 0x10000);
                 assert_eq!(paths[0].to_path_buf().as_os_str(), odd);
+                assert_eq!(nest.uid_map, "0 65536 65536\n65536 1000 1\n");
             }
             other => panic!("{other:?}"),
         }

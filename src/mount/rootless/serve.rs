@@ -2,7 +2,7 @@
 //! by [`super::dispatch`]) that makes its user namespace, waits for the caller to write
 //! its maps, does one [`Request`] and answers.
 
-use super::protocol::{self, Failure, FromHelper, Request, ToHelper};
+use super::protocol::{self, Failure, FromHelper, KEPT_FD, Nested, Request, ToHelper};
 use crate::idmap::range::Shift;
 use crate::mount::copy;
 use crate::store::{ExtractOptions, Store};
@@ -45,7 +45,7 @@ pub fn main() -> i32 {
         &enter_userns,
     );
     match result {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("warren: {}", crate::error_line(&e));
             1
@@ -53,22 +53,43 @@ pub fn main() -> i32 {
     }
 }
 
-fn enter_userns() -> Result<(), String> {
-    crate::idmap::userns::unshare().map_err(|e| e.to_string())
+/// Makes the helper's user namespace: inside the caller's kept one when `nest` says so
+/// (the maps written here), else a new one whose maps the caller writes. `Some(code)`:
+/// this is the process that wrote the maps, and its child, which did the work, exited
+/// with `code`.
+fn enter_userns(nest: Option<&Nested>) -> Result<Option<i32>, String> {
+    let Some(nest) = nest else {
+        return crate::idmap::userns::unshare()
+            .map(|()| None)
+            .map_err(|e| e.to_string());
+    };
+    let (uid_map, gid_map) = (nest.uid_map.as_bytes(), nest.gid_map.as_bytes());
+    // SAFETY: the helper is a fresh process that started no thread.
+    let entered = unsafe { crate::idmap::keeper::enter_nested(KEPT_FD, uid_map, gid_map) };
+    // The work needs the kept namespace no more.
+    // SAFETY: KEPT_FD is this process's, given by the caller for this only.
+    unsafe { libc::close(KEPT_FD) };
+    entered
 }
 
-/// The protocol: Hello from `parent`, `enter`, Ready, Go, work, answer.
+/// How the helper makes its namespace: `Ok(None)` in it, `Ok(Some(code))` in the process
+/// that only wrote its maps (the exit code to pass on), `Err(why)`.
+pub type Enter<'a> = &'a dyn Fn(Option<&Nested>) -> Result<Option<i32>, String>;
+
+/// The protocol: Hello from `parent`, `enter`, Ready, Go, work, answer. The exit code: 0,
+/// or the one `enter` passes on.
 pub fn serve(
     input: &mut impl BufRead,
     output: &mut impl Write,
     parent: u32,
-    enter: &dyn Fn() -> Result<(), String>,
-) -> Result<(), ServeError> {
-    let (shift, request) = match protocol::recv(input)? {
+    enter: Enter<'_>,
+) -> Result<i32, ServeError> {
+    let (shift, request, nest) = match protocol::recv(input)? {
         Some(ToHelper::Hello {
             parent: claimed,
             shift,
             request,
+            nest,
         }) => {
             if claimed != parent {
                 return Err(ServeError::NotParent {
@@ -76,14 +97,18 @@ pub fn serve(
                     actual: parent,
                 });
             }
-            (shift, request)
+            (shift, request, nest)
         }
         Some(ToHelper::Go) => return Err(ServeError::Unexpected("Go", "Hello")),
         None => return Err(ServeError::Gone),
     };
-    if let Err(why) = enter() {
-        protocol::send(output, &FromHelper::Failed(Failure::Userns(why)))?;
-        return Ok(());
+    match enter(nest.as_ref()) {
+        Ok(None) => {}
+        Ok(Some(code)) => return Ok(code),
+        Err(why) => {
+            protocol::send(output, &FromHelper::Failed(Failure::Userns(why)))?;
+            return Ok(0);
+        }
     }
     protocol::send(output, &FromHelper::Ready)?;
     match protocol::recv(input)? {
@@ -96,7 +121,7 @@ pub fn serve(
         Err(why) => FromHelper::Failed(Failure::Work(why)),
     };
     protocol::send(output, &answer)?;
-    Ok(())
+    Ok(0)
 }
 
 /// Does `request` inside the namespace, where ids `0..range` are `shift`'s block.
@@ -185,6 +210,7 @@ mod tests {
             request: Request::Remove {
                 paths: paths.into_iter().map(Bytes::from).collect(),
             },
+            nest: None,
         }
     }
 
@@ -208,9 +234,10 @@ mod tests {
         std::fs::create_dir_all(tree.join("a/b")).unwrap();
         std::fs::write(tree.join("a/b/f"), b"x").unwrap();
         let entered = std::cell::Cell::new(false);
-        let enter = || {
+        let enter = |nest: Option<&Nested>| {
+            assert!(nest.is_none());
             entered.set(true);
-            Ok(())
+            Ok(None)
         };
         // No Go (the caller could not write the maps): nothing is done.
         let mut out = Vec::new();
@@ -235,7 +262,8 @@ mod tests {
     #[test]
     fn the_helper_refuses_a_caller_that_is_not_its_parent() {
         let tmp = tempfile::tempdir().unwrap();
-        let enter = || -> Result<(), String> { panic!("entered a namespace") };
+        let enter =
+            |_: Option<&Nested>| -> Result<Option<i32>, String> { panic!("entered a namespace") };
         let mut out = Vec::new();
         let msgs = [hello(8, vec![tmp.path()]), ToHelper::Go];
         let r = serve(&mut script(&msgs), &mut out, 7, &enter);
@@ -255,7 +283,7 @@ mod tests {
     #[test]
     fn failures_come_back_typed() {
         let mut out = Vec::new();
-        let fail = || Err("no user namespaces".to_string());
+        let fail = |_: Option<&Nested>| Err("no user namespaces".to_string());
         serve(&mut script(&[hello(7, vec![])]), &mut out, 7, &fail).unwrap();
         assert_eq!(
             answers(&out),
@@ -264,7 +292,7 @@ mod tests {
             ))]
         );
         let mut out = Vec::new();
-        let ok = || Ok(());
+        let ok = |_: Option<&Nested>| Ok(None);
         let msgs = [hello(7, vec![Path::new("relative")]), ToHelper::Go];
         serve(&mut script(&msgs), &mut out, 7, &ok).unwrap();
         assert_eq!(
@@ -274,5 +302,28 @@ mod tests {
                 FromHelper::Failed(Failure::Work("relative: not an absolute path".into()))
             ]
         );
+    }
+
+    #[test]
+    fn nested_maps_go_to_enter_and_the_map_writer_only_passes_its_childs_code_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = tmp.path().join("rootfs");
+        std::fs::create_dir(&tree).unwrap();
+        let mut msg = hello(7, vec![&tree]);
+        if let ToHelper::Hello { nest, .. } = &mut msg {
+            *nest = Some(Nested {
+                uid_map: "0 65536 65536\n".into(),
+                gid_map: "0 65536 65536\n".into(),
+            });
+        }
+        // The process that wrote the maps: no answer, no work, its child's exit code.
+        let writer = |nest: Option<&Nested>| {
+            assert_eq!(nest.map(|n| n.uid_map.as_str()), Some("0 65536 65536\n"));
+            Ok(Some(3))
+        };
+        let mut out = Vec::new();
+        let code = serve(&mut script(&[msg, ToHelper::Go]), &mut out, 7, &writer).unwrap();
+        assert_eq!(code, 3);
+        assert!(out.is_empty() && tree.exists());
     }
 }
