@@ -751,11 +751,16 @@ fn a_cgroup_mount_is_read_only_unless_the_config_says_rw() {
         return;
     }
     // Its own cgroup in each case: moving itself there again is the harmless write.
+    // And each hierarchy's mount flags: nosuid, nodev, noexec always, ro unless rw.
     let script = "echo $$ > /sys/fs/cgroup/pids/cgroup.procs && echo wrote; \
-                  ls /sys/fs/cgroup/pids/ | grep -c '^warren$'; true";
+                  ls /sys/fs/cgroup/pids/ | grep -c '^warren$'; \
+                  awk '$5 == \"/sys/fs/cgroup/pids\" { print $6 }' /proc/self/mountinfo; true";
     for (options, expect) in [
-        (json!(["nosuid", "rw"]), "wrote\n0\n"),
-        (json!(["nosuid"]), "0\n"),
+        (
+            json!(["nosuid", "rw"]),
+            "wrote\n0\nrw,nosuid,nodev,noexec,relatime\n",
+        ),
+        (json!(["nosuid"]), "0\nro,nosuid,nodev,noexec,relatime\n"),
     ] {
         for cgroupns in [true, false] {
             let mut c = sh(script);

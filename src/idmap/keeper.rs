@@ -196,9 +196,14 @@ pub unsafe fn enter_nested(
             rustix::io::write(&made_w, &errno.to_ne_bytes()).map_err(|e| err("write")(e.into()))?;
             made.map_err(|e| err("unshare")(e.into()))?;
             drop(made_w);
-            // The parent's word: empty when the maps are written, else why not.
-            let why = std::io::read_to_string(std::fs::File::from(maps_r)).map_err(err("read"))?;
-            if why.is_empty() { Ok(None) } else { Err(why) }
+            // The parent's word: one NUL when the maps are written, else why not (nothing:
+            // it died).
+            let word = std::io::read_to_string(std::fs::File::from(maps_r)).map_err(err("read"))?;
+            match word.as_str() {
+                "\0" => Ok(None),
+                "" => Err("kept user namespace: the map writer died".into()),
+                why => Err(why.to_string()),
+            }
         }
         ForkResult::Parent { child } => {
             drop((made_w, maps_r));
@@ -209,9 +214,11 @@ pub unsafe fn enter_nested(
                 let pid = child.as_raw();
                 let written = write_proc(pid, "uid_map", uid_map)
                     .and_then(|()| write_proc(pid, "gid_map", gid_map));
-                if let Err(e) = written {
-                    let _ = rustix::io::write(&maps_w, crate::error_line(&e).as_bytes());
-                }
+                let word = match written {
+                    Ok(()) => "\0".to_string(),
+                    Err(e) => crate::error_line(&e),
+                };
+                let _ = rustix::io::write(&maps_w, word.as_bytes());
             }
             drop(maps_w);
             Ok(Some(match nix::sys::wait::waitpid(child, None) {
