@@ -22,7 +22,10 @@ use warren::runtime::{ContainerConfig, Runtime, RuntimeOptions};
 /// The test user's first subordinate uid as /etc/subuid has it (useradd may have given it
 /// a default range before `ensure_rootless_user` ran).
 fn subuid_start() -> u32 {
-    ensure_rootless_user();
+    // As the user itself (a test run again as it), the lines are already there.
+    if nix::unistd::geteuid().is_root() {
+        ensure_rootless_user();
+    }
     let text = std::fs::read_to_string("/etc/subuid").expect("read /etc/subuid");
     text.lines()
         .find_map(|l| {
@@ -499,6 +502,134 @@ fn the_rootless_helper_dies_with_its_parent() {
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     let _ = waitpid(pid, None);
     panic!("the helper outlived its parent by 30s");
+}
+
+/// A helper given the caller's kept namespace makes its own inside it: the process that
+/// joined it writes its child's maps, the child answers and works, and both die with the
+/// caller (no helper lingers in the user's kept namespace).
+#[test]
+fn a_nested_rootless_helper_maps_itself_in_the_kept_namespace_and_dies_with_its_caller() {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    use std::io::{BufRead, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    use warren::idmap::subid::Host;
+    use warren::idmap::userns::{self, Mapping, Maps};
+    if run_as_rootless_user(
+        "a_nested_rootless_helper_maps_itself_in_the_kept_namespace_and_dies_with_its_caller",
+    ) {
+        return;
+    }
+    let data = PathBuf::from(std::env::var_os(CHILD_DIR).expect("child dir"));
+    // SAFETY: prctl with plain integers.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(r, 0, "PR_SET_CHILD_SUBREAPER");
+    // The kept namespace, found or made as a rootless start does.
+    let sub = subuid_start();
+    let block = vec![Mapping {
+        container: 0,
+        host: sub,
+        size: 65536,
+    }];
+    let host = Host::current().expect("host");
+    let maps = Maps::subordinate(&host, block.clone(), block, userns::helpers()).expect("maps");
+    let nest = maps
+        .nest(&data.join("keeper.pid"))
+        .expect("a kept namespace");
+    let kept = userns_of_fd(nest.userns.as_raw_fd());
+    let fifo = data.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let mut input = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .expect("open fifo");
+    let fd = nest.userns.as_raw_fd();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        r#""$0" --warren-rootless-helper-v1 < "$1" & echo $!; read x || :"#,
+    ])
+    .arg(bin("warren"))
+    .arg(&fifo)
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped());
+    // SAFETY: only dup2 or fcntl between fork and exec: fd 3, open across exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let mut sh = cmd.spawn().expect("run sh");
+    let mut out = std::io::BufReader::new(sh.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("the helper's pid");
+    let helper: i32 = line.trim().parse().expect("a pid");
+    let made = data.join("made");
+    let hello = json!({"Hello": {
+        "parent": sh.id(), "shift": {"to": sub, "range": 65536},
+        "request": {"MakeDirs": {"paths": [made.to_str().expect("utf-8")]}},
+        "nest": {"uid_map": String::from_utf8_lossy(&nest.uid_map), "gid_map": String::from_utf8_lossy(&nest.gid_map)}}});
+    writeln!(input, "{hello}").expect("send Hello");
+    line.clear();
+    out.read_line(&mut line).expect("an answer");
+    assert_eq!(line.trim(), r#""Ready""#);
+    // The process that answered is the helper's child, in a namespace of its own inside
+    // the kept one, mapped as asked.
+    let children = std::fs::read_to_string(format!("/proc/{helper}/task/{helper}/children"))
+        .expect("the helper's children");
+    let worker: u32 = children.trim().parse().expect("one child");
+    let (ns, parent) = userns_and_parent(worker);
+    assert_eq!(
+        parent, kept,
+        "the worker's namespace is not inside the kept one"
+    );
+    assert_ne!(ns, kept);
+    assert_eq!(
+        userns_of(helper as u32),
+        kept,
+        "the map writer joined the kept namespace"
+    );
+    let map = std::fs::read_to_string(format!("/proc/{worker}/uid_map")).expect("uid_map");
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", &sub.to_string(), "65536"]
+    );
+    // The caller goes away before Go: both end by their death signal, nothing was made.
+    drop(sh.stdin.take());
+    assert!(sh.wait().expect("wait sh").success());
+    for pid in [helper, worker as i32] {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let mut ended = None;
+        for _ in 0..3000 {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)).expect("waitpid an orphan") {
+                WaitStatus::StillAlive => std::thread::sleep(Duration::from_millis(10)),
+                status => {
+                    ended = Some(status);
+                    break;
+                }
+            }
+        }
+        let Some(WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _)) = ended else {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            panic!("{pid} did not end by its death signal: {ended:?}");
+        };
+    }
+    assert!(!made.exists());
+}
+
+/// The user namespace of an open namespace fd, as a (device, inode) pair.
+fn userns_of_fd(fd: std::os::fd::RawFd) -> (u64, u64) {
+    let m = std::fs::metadata(format!("/proc/self/fd/{fd}")).expect("stat the namespace fd");
+    (m.dev(), m.ino())
 }
 
 /// The user namespace of `pid` and its parent, as (device, inode) pairs, read from here.
