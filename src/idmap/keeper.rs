@@ -8,9 +8,9 @@
 //! names itself in a pid file. A container's user namespace is then made *inside* it, by
 //! a process that joined it and so may write any map of its ids directly
 //! (`container::init`; the rootless helper likewise, [`enter_nested`]). The kept namespace
-//! maps each id to itself, so the container's maps
-//! are written as they are, and it sees the same `/proc/self/uid_map` and the same host ids
-//! as with the helpers: only a namespace between differs. Rootless podman's pause process
+//! maps each id to itself, so the container's maps are written as they are, and it sees
+//! the same `/proc/self/uid_map` and the same host ids as with the helpers: only a
+//! namespace between differs. Rootless podman's pause process
 //! holds its namespace the same way.
 //!
 //! A kept namespace is used only if it is a child of the caller's own namespace, owned by

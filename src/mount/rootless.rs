@@ -111,8 +111,9 @@ pub(crate) fn in_userns_maps(
     // Inside the caller's kept user namespace, when there is one, the helper writes its
     // own maps: no newuidmap, no newgidmap (~1 ms each).
     let nest = maps.nest(&keeper::pid_file(&crate::dirs::run_dir()));
-    // std spawns with posix_spawn or fork+exec that runs no Rust code in between: safe
-    // in a multithreaded process. Nothing of the caller's environment goes along.
+    // std spawns with posix_spawn or fork+exec that runs no Rust code in between but
+    // `pass_fd` (async-signal-safe): safe in a multithreaded process. Nothing of the
+    // caller's environment goes along.
     let mut cmd = Command::new(helper);
     cmd.arg(MARKER)
         .env_clear()
