@@ -8,7 +8,9 @@
 #    for that part only, removed at exit) vs rootless `podman run --rm` (native overlay,
 #    --network none) vs warren's rootful start; and a --read-only container through the
 #    helper (rooted on the idmapped tree itself, no overlay);
-#  - file reads in the container (helper, helper --read-only, fuse) vs on the host;
+#  - file reads in the container (helper, helper --read-only, fuse) vs on the host, and
+#    beside them, for the overlay's own cost, in rootless podman and rootful warren
+#    containers and a second pass in one helper container;
 #  - disk (`du` of the state dir, inodes counted once) of 100 stopped containers through
 #    the helper vs one, and of COPIES (default 10: 100 copies of a 200 MB image do not
 #    fit the shared disk) through the copy path, per container.
