@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    ROOTLESS_SUBIDS, ROOTLESS_USER, bin, ensure_rootless_user, require_root, require_tool, run,
-    scratch,
+    ROOTLESS_SUBIDS, ROOTLESS_USER, bin, ensure_rootless_user, logging_id_tools, require_root,
+    require_tool, run, scratch,
 };
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -78,8 +78,15 @@ impl World {
             .env("HOME", format!("/home/{ROOTLESS_USER}"))
             .env("XDG_RUNTIME_DIR", self.path("xdg"))
             .env("WARREN_STATE_DIR", self.path("state"))
-            // No warren-mount here (the one cargo built next to warren is not setuid).
-            .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
+            // No warren-mount here (the one cargo built next to warren is not setuid);
+            // the world's tools dir first, when a test made one.
+            .env(
+                "PATH",
+                format!(
+                    "{}:/usr/bin:/bin:/usr/sbin:/sbin",
+                    self.path("tools").display()
+                ),
+            )
             .current_dir("/");
         cmd
     }
@@ -251,6 +258,8 @@ fn containers_of_one_image_share_it_through_fuse_overlayfs() {
     let _one = DEV_FUSE.lock().unwrap_or_else(|p| p.into_inner());
     let _acl = FuseAccess::grant();
     let w = World::new("fuse-share");
+    std::fs::create_dir(w.path("tools")).unwrap();
+    let id_tools = logging_id_tools(&w.path("tools"));
     import_image(&w);
     let out = w.warren(&["run", "--debug", "--rm", "--image", "shared", "--", "true"]);
     let log = String::from_utf8_lossy(&out.stderr);
@@ -339,6 +348,12 @@ fn containers_of_one_image_share_it_through_fuse_overlayfs() {
     assert!(w.processes().is_empty(), "left: {:?}", w.processes());
     assert!(w.mounts().is_empty(), "left: {:?}", w.mounts());
     assert_eq!(snapshot(&tree), before, "the shared tree changed");
+    // Every daemon's, helper's and container's namespace was made inside the user's kept
+    // one: newuidmap and newgidmap ran once, for it.
+    assert_eq!(
+        std::fs::read_to_string(&id_tools).unwrap(),
+        "newuidmap\nnewgidmap\n"
+    );
 }
 
 #[test]

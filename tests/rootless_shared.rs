@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{bin, ensure_user, require_root, run, scratch, set_subid_lines};
+use common::{bin, ensure_user, logging_id_tools, require_root, run, scratch, set_subid_lines};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -759,18 +759,7 @@ fn rootless_runs_map_ids_in_the_kept_namespace_not_by_newuidmap_each_time() {
     }
     let w = World::new("shared-kept", USER, USER_IDS);
     // newuidmap and newgidmap on the user's PATH, logging each call.
-    let log = w.path("id-tools.log");
-    std::fs::write(&log, "").unwrap();
-    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
-    for tool in ["newuidmap", "newgidmap"] {
-        let wrapper = w.path("bin").join(tool);
-        let script = format!(
-            "#!/bin/sh\necho {tool} >> {}\nexec /usr/bin/{tool} \"$@\"\n",
-            log.display()
-        );
-        std::fs::write(&wrapper, script).unwrap();
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let log = logging_id_tools(&w.path("bin"));
     let calls = || std::fs::read_to_string(&log).unwrap();
     import_image(&w);
     // The first run: the user's tree extracted, the container's upper dir made, the

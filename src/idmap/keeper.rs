@@ -230,6 +230,49 @@ pub unsafe fn enter_nested(
     }
 }
 
+/// Writes the maps of a [`Nest`] for process `pid`, whose user namespace was made inside
+/// the kept one: from a forked child that joins the kept namespace (every capability
+/// there), as only a process in a namespace's parent may write its maps.
+pub fn write_inside(nest: &Nest, pid: i32) -> Result<(), UsernsError> {
+    let path = |file: &str| CString::new(format!("/proc/{pid}/{file}")).unwrap_or_default();
+    let files = [
+        (path("uid_map"), nest.uid_map.as_slice()),
+        (path("gid_map"), nest.gid_map.as_slice()),
+    ];
+    let kept = std::os::fd::AsRawFd::as_raw_fd(&nest.userns);
+    let failed = |step: &str| UsernsError::Io {
+        what: format!("kept user namespace ({pid}): {step}"),
+        source: std::io::Error::other("failed"),
+    };
+    // SAFETY: the child makes only async-signal-safe calls (setns, open, write, close,
+    // _exit) on data prepared here: sound after a fork of a multithreaded process.
+    let child = match unsafe { nix::unistd::fork() }.map_err(|_| failed("fork"))? {
+        nix::unistd::ForkResult::Child => unsafe {
+            if libc::setns(kept, libc::CLONE_NEWUSER) != 0 {
+                libc::_exit(1);
+            }
+            for (i, (path, data)) in files.iter().enumerate() {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0
+                    || libc::write(fd, data.as_ptr().cast(), data.len()) != data.len() as isize
+                {
+                    libc::_exit(2 + i as i32);
+                }
+                libc::close(fd);
+            }
+            libc::_exit(0)
+        },
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    match nix::sys::wait::waitpid(child, None) {
+        Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
+        Ok(nix::sys::wait::WaitStatus::Exited(_, 1)) => Err(failed("join")),
+        Ok(nix::sys::wait::WaitStatus::Exited(_, 2)) => Err(failed("write uid_map")),
+        Ok(nix::sys::wait::WaitStatus::Exited(_, 3)) => Err(failed("write gid_map")),
+        _ => Err(failed("the map writer died")),
+    }
+}
+
 /// The namespace of the keeper `pid_file` names, if it is the caller's own child
 /// namespace and maps exactly `entitled`; touches the file (the keeper's idle clock).
 pub fn find(pid_file: &Path, entitled: &Entitlement) -> Option<OwnedFd> {

@@ -231,8 +231,11 @@ pub fn unshare() -> Result<(), UsernsError> {
 
 /// A user namespace with `maps`, as an fd. A forked child unshares the namespace and
 /// waits; we write its maps, open `/proc/PID/ns/user`, then kill and reap it. The
-/// namespace lives on through the fd.
+/// namespace lives on through the fd. Maps the helpers would write are made inside the
+/// caller's kept namespace instead, when there is one (`keeper::write_inside`).
 pub fn userns_fd(maps: &Maps) -> Result<OwnedFd, UsernsError> {
+    let nest = maps.nest(&super::keeper::pid_file(&crate::dirs::run_dir()));
+    let kept = nest.as_ref().map_or(-1, |n| n.userns.as_raw_fd());
     let io = |what: &str| {
         let what = what.to_string();
         move |e: nix::errno::Errno| UsernsError::Io {
@@ -247,14 +250,15 @@ pub fn userns_fd(maps: &Maps) -> Result<OwnedFd, UsernsError> {
     // SAFETY: fork is sound here because the child below never returns into Rust code
     // that could touch state another thread left locked.
     let child = match unsafe { nix::unistd::fork() }.map_err(io("fork"))? {
-        // SAFETY: the child calls only async-signal-safe functions (close, unshare, write,
-        // read, _exit) on fds it already has, with stack buffers: no allocation.
+        // SAFETY: the child calls only async-signal-safe functions (close, setns, unshare,
+        // write, read, _exit) on fds it already has, with stack buffers: no allocation.
         nix::unistd::ForkResult::Child => unsafe {
             // Our copy of the write end would keep `read` below from ever seeing EOF.
             libc::close(hold_w_raw);
             libc::close(ready_r_raw);
-            // 0, or the errno of unshare.
-            let errno: i32 = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
+            // 0, or the errno of setns (into the kept namespace) or unshare.
+            let joined = kept < 0 || libc::setns(kept, libc::CLONE_NEWUSER) == 0;
+            let errno: i32 = if joined && libc::unshare(libc::CLONE_NEWUSER) == 0 {
                 0
             } else {
                 *libc::__errno_location()
@@ -278,7 +282,10 @@ pub fn userns_fd(maps: &Maps) -> Result<OwnedFd, UsernsError> {
             (4, e) => return Err(UsernsError::Unshare(io::Error::from_raw_os_error(e))),
             _ => return Err(UsernsError::Unshare(io::Error::other("the child died"))),
         }
-        maps.write(pid)?;
+        match &nest {
+            Some(nest) => super::keeper::write_inside(nest, pid)?,
+            None => maps.write(pid)?,
+        }
         let path = format!("/proc/{pid}/ns/user");
         let ns = File::open(&path).map_err(|source| UsernsError::Io { what: path, source })?;
         Ok(OwnedFd::from(ns))

@@ -316,3 +316,23 @@ pub fn hierarchies() -> Vec<PathBuf> {
     }
     out
 }
+
+/// `newuidmap` and `newgidmap` in `dir` (to put first in a PATH) that log each call, by
+/// name, a line each, then run the real ones; the log's path.
+pub fn logging_id_tools(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let log = dir.join("id-tools.log");
+    std::fs::write(&log, "").expect("create the log");
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).expect("chmod log");
+    for tool in ["newuidmap", "newgidmap"] {
+        let wrapper = dir.join(tool);
+        let script = format!(
+            "#!/bin/sh\necho {tool} >> {}\nexec /usr/bin/{tool} \"$@\"\n",
+            log.display()
+        );
+        std::fs::write(&wrapper, script).expect("write a wrapper");
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod a wrapper");
+    }
+    log
+}
