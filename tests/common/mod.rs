@@ -317,6 +317,14 @@ pub fn hierarchies() -> Vec<PathBuf> {
     out
 }
 
+/// How many times each of newuidmap and newgidmap ran, from a [`logging_id_tools`] log
+/// (both run at once, so their lines come in either order).
+pub fn id_tool_calls(log: &Path) -> (usize, usize) {
+    let text = std::fs::read_to_string(log).expect("read the id tools' log");
+    let count = |tool: &str| text.lines().filter(|l| *l == tool).count();
+    (count("newuidmap"), count("newgidmap"))
+}
+
 /// `newuidmap` and `newgidmap` in `dir` (to put first in a PATH) that log each call, by
 /// name, a line each, then run the real ones; the log's path.
 pub fn logging_id_tools(dir: &Path) -> PathBuf {
