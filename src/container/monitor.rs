@@ -301,6 +301,13 @@ fn run(sock: OwnedFd, r: Request, fds: Vec<OwnedFd>) -> i32 {
         root_overlay: r.root_overlay,
         usermode: r.usermode,
     };
+    // A caller killed since it sent the request gets no container: made now, it would
+    // appear after the caller's `rm` found nothing (the answer below catches a caller
+    // gone during the create: the container's directory is there by then, and an `rm`
+    // waits for its lock).
+    if caller_gone(&sock) {
+        return 1;
+    }
     let container = match Container::create(&r.root, &r.id, &r.spec, opts) {
         Ok(c) => c,
         Err(e) => {
@@ -320,6 +327,18 @@ fn run(sock: OwnedFd, r: Request, fds: Vec<OwnedFd>) -> i32 {
     }
 }
 
+/// Whether the caller's end of `sock` is closed (it died): poll without waiting.
+fn caller_gone(sock: &OwnedFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0
+}
+
 /// Whether `pid` is a monitor (its argv is this binary's and the marker).
 pub(crate) fn is_monitor(pid: i32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -330,6 +349,20 @@ pub(crate) fn is_monitor(pid: i32) -> bool {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    #[test]
+    fn a_caller_that_closed_its_end_is_gone() {
+        let (a, b) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        assert!(!caller_gone(&b));
+        drop(a);
+        assert!(caller_gone(&b));
+    }
 
     #[test]
     fn a_message_carries_its_fds() {
