@@ -284,3 +284,86 @@ fn a_rootless_pasta_container_has_a_resolv_conf() {
 fn a_rootless_slirp4netns_container_has_a_resolv_conf() {
     a_rootless_container_has_a_resolv_conf(Tool::Slirp4netns, 18383);
 }
+
+/// The pids of processes whose open pidfds refer to `pid` (its watcher).
+fn pidfd_holders(pid: i32) -> Vec<i32> {
+    let want = format!("Pid:\t{pid}\n");
+    let procs = std::fs::read_dir("/proc").expect("/proc");
+    let pids = procs.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok());
+    pids.filter(|p| {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{p}/fdinfo")) else {
+            return false;
+        };
+        fds.filter_map(Result::ok)
+            .any(|f| std::fs::read_to_string(f.path()).is_ok_and(|t| t.contains(&want)))
+    })
+    .collect()
+}
+
+/// `rm` stops a rootless container's pasta itself, and returns only once it is gone:
+/// with its watcher stopped (SIGSTOP), the helper is still gone the moment `rm -f`
+/// returns, and its published port is free for the next run.
+#[test]
+fn rm_stops_the_network_helper_before_it_returns() {
+    if !common::require_root("runs warren as the rootless user and stops its processes") {
+        return;
+    }
+    common::require_tool("pasta", "passt");
+    let (uid, gid) = ensure_rootless_user();
+    let dir = scratch("network-rootless-rm");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
+    let state = dir.path().join("state");
+    let _tun = TunOpen::new();
+    let name = format!("rm-helper-{}", std::process::id());
+    let publish = "127.0.0.1:18384:80";
+    let warren = |args: &[&str]| {
+        let mut cmd = as_rootless(&common::bin("warren"));
+        cmd.env("WARREN_STATE_DIR", &state).args(args);
+        cmd
+    };
+    common::ok(&mut warren(&[
+        "run", "-d", "--image", "busybox", "--name", &name, "--net", "pasta", "-p", publish, "--",
+        "sleep", "1000",
+    ]));
+    // Removed however the test ends.
+    let _container = Removed(warren(&["rm", "-f", &name]));
+    // pasta runs as passt.avx2 or the like: found by its arguments.
+    let found = Command::new("pgrep")
+        .args(["-u", &uid.to_string(), "-f", "18384-18384:80"])
+        .output()
+        .expect("pgrep");
+    let pasta: Vec<i32> = String::from_utf8_lossy(&found.stdout)
+        .split_whitespace()
+        .map(|p| p.parse().expect("pid"))
+        .collect();
+    assert_eq!(pasta.len(), 1, "one pasta: {pasta:?}");
+    let helper = pasta[0];
+    let watchers = pidfd_holders(helper);
+    assert!(!watchers.is_empty(), "pasta {helper} has a watcher");
+    let signal = |sig| {
+        for w in &watchers {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*w), sig);
+        }
+    };
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    let removed = run(&mut warren(&["rm", "-f", &name]));
+    let gone = !alive(helper);
+    signal(nix::sys::signal::Signal::SIGCONT);
+    assert!(
+        removed.status.success(),
+        "rm: {}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    assert!(gone, "pasta {helper} outlived rm -f");
+    std::net::TcpListener::bind("127.0.0.1:18384").expect("the published port is free");
+}
+
+/// Runs its command when dropped.
+struct Removed(Command);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = self.0.output();
+    }
+}

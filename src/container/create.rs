@@ -125,6 +125,7 @@ fn new_record(spec: &Spec, id: &str, bundle: PathBuf, rootfs: PathBuf) -> Record
         process: spec.process().clone(),
         seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
         exit: None,
+        network_helper: None,
     }
 }
 
@@ -444,7 +445,7 @@ impl Talk<'_> {
 /// a cgroup namespace (returns whether it did), sets its limits and sends GO.
 fn go(
     talk: &Talk,
-    record: &Record,
+    record: &mut Record,
     maps: Option<&userns::Maps>,
     pid_joined: bool,
     pid: i32,
@@ -469,7 +470,8 @@ fn go(
     if let Some(u) = talk.usermode {
         let failed =
             |e| Error::io("attach the network")(std::io::Error::other(crate::error_line(&e)));
-        crate::net::usermode::attach(u.tool, pid, &u.ports).map_err(failed)?;
+        let helper = crate::net::usermode::attach(u.tool, pid, &u.ports).map_err(failed)?;
+        record.network_helper = state::HostProcess::of(helper.pid);
     }
     // Before GO the child runs nothing and still has our credentials (see apply_limits);
     // a forked init inherits what is set here.

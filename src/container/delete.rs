@@ -44,14 +44,14 @@ fn cleanup(dir: state::Dir, record: Option<&Record>, pidfd: Option<OwnedFd>) -> 
             if let Some(cg) = r.cgroup.as_ref().filter(|c| live && !c.is_noop()) {
                 let _ = cg.thaw();
             }
-            let mut p = libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
             // Wait (bounded) for the exit so the cgroup empties.
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut p, 1, 5000) };
+            let _ = super::wait_readable(fd.as_fd(), 5000);
+        }
+        // Its watcher stops the network helper too, but in its own time: gone before we
+        // return, it holds no published port that the next run needs.
+        if let Some(fd) = r.network_helper.and_then(|h| h.open()) {
+            let _ = crate::sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+            let _ = super::wait_readable(fd.as_fd(), 5000);
         }
         if let Some(cg) = &r.cgroup {
             cg.destroy()?;

@@ -355,8 +355,9 @@ impl Container {
     }
 }
 
-/// Polls `fd` readable (`timeout_ms`, -1: forever).
-fn wait_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> Result<(), Error> {
+/// Polls `fd` readable (`timeout_ms`, -1: forever): a pidfd is once its process exited,
+/// a child or not.
+pub(super) fn wait_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> Result<(), Error> {
     loop {
         let mut p = libc::pollfd {
             fd: fd.as_raw_fd(),

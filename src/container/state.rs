@@ -49,6 +49,35 @@ pub struct Record {
     /// How the init ended, once someone collected its status ([`super::exit`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<super::exit::Exit>,
+    /// The user-mode network helper attached to the init's namespace (pasta,
+    /// slirp4netns): outside the container, so delete stops it and waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_helper: Option<HostProcess>,
+}
+
+/// A host process, by pid and start time (a recycled pid is not it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostProcess {
+    pub pid: i32,
+    pub pid_start: u64,
+}
+
+impl HostProcess {
+    /// The live process `pid` (None when it is gone).
+    pub(crate) fn of(pid: i32) -> Option<HostProcess> {
+        let (pid_start, false) = proc_start(pid)? else {
+            return None;
+        };
+        Some(HostProcess { pid, pid_start })
+    }
+
+    /// A pidfd of the process if it is still this one.
+    pub(crate) fn open(&self) -> Option<OwnedFd> {
+        let fd = crate::sys::pidfd_open(self.pid).ok()?;
+        // The pidfd pins the pid: the start time read now is the pinned process's.
+        (proc_start(self.pid)?.0 == self.pid_start).then_some(fd)
+    }
 }
 
 pub(crate) const STATE_FILE: &str = "state.json";

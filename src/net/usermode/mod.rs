@@ -10,8 +10,9 @@
 //! container's resolv.conf.
 //!
 //! Lifetime: both helpers keep the namespace alive themselves, so a watcher
-//! ([`watch`]) stops the helper when the container's init exits. The container cannot
-//! reach the helper: it runs outside the container's pid namespace (no pid to signal or
+//! ([`watch`]) stops the helper when the container's init exits. A container's delete
+//! stops it too (its record names it) and waits, so its ports are free once that
+//! returns. The container cannot reach the helper: it runs outside the container's pid namespace (no pid to signal or
 //! trace), slirp4netns's API socket is removed once the ports are added, and the helper
 //! binds host ports in the host's network namespace, where the container cannot bind.
 
