@@ -206,7 +206,8 @@ fn create_in(
                 .map_err(|e| Error::io("memfd_create")(e.into()))?,
         );
     }
-    let (pid, pidfd, sock, born_in) = spawn(&mut init, clone_flags, record.cgroup.as_ref())?;
+    let (pid, pidfd, sock, entered) = spawn(&mut init, clone_flags, record.cgroup.as_ref())?;
+    let born_in = entered.is_some();
     *child = Some((pid, pidfd));
     // The child holds its own copies now.
     opts.stdio = Default::default();
@@ -221,6 +222,13 @@ fn create_in(
         Some(_) => (reported_init(&talk, child)?, None),
         None => (pid, maps.as_ref()),
     };
+    // Born in its cgroups, the child needs no move. This thread leaves them once GO is
+    // sent, off the child's path, unless `go` starts a process first (an id map or a
+    // network helper: it would be born there too).
+    let mut entered = entered;
+    if unwritten.is_some() || talk.usermode.is_some() {
+        entered.take().map(cgroup::Entered::leave).transpose()?;
+    }
     let joined = go(
         &talk,
         record,
@@ -230,6 +238,7 @@ fn create_in(
         &process,
         other_userns,
     )? || born_in;
+    entered.map(cgroup::Entered::leave).transpose()?;
     let pid = if pid_joined {
         reported_init(&talk, child)?
     } else {

@@ -222,10 +222,23 @@ impl Container {
     /// Waits for the init to exit; its status when it is our child (the exit facts are
     /// recorded), else what its monitor or creator recorded ([`Container::wait_exit`]).
     pub fn wait(&self) -> Result<ExitStatus, Error> {
+        self.wait_and_record(true)
+    }
+
+    /// [`Container::wait`] for a caller that deletes the container next (`runc run`):
+    /// the exit facts of our child are not recorded, as nothing would read them.
+    pub fn wait_to_delete(&self) -> Result<ExitStatus, Error> {
+        self.wait_and_record(false)
+    }
+
+    fn wait_and_record(&self, record: bool) -> Result<ExitStatus, Error> {
         match (&self.pidfd, self.child) {
             (Some(fd), true) => {
                 let status = wait_pidfd(fd.as_fd())?;
                 self.reaped.store(true, Ordering::SeqCst);
+                if !record {
+                    return Ok(status);
+                }
                 let facts = Exit::of(status, self.record.cgroup.as_ref());
                 let (pid, start) = (self.record.pid, self.record.pid_start);
                 // The status is collected: a failure to record it does not lose it.

@@ -2,7 +2,7 @@
 //! ([`Init`]), talk to it over the sync socket, and turn a failure it reports into an
 //! [`Error`] naming the mount, device or step.
 
-use super::cgroup::Cgroup;
+use super::cgroup::{Cgroup, Entered};
 use super::error::Error;
 use super::init::{self, Init};
 use super::protocol::{self, Fail, Msg, Step, tag};
@@ -72,14 +72,16 @@ fn connect_console(path: &Path) -> Result<OwnedFd, Error> {
 }
 
 /// Clones the child running `init` (with `flags` new namespaces); returns its pid and
-/// pidfd, the parent's end of the sync socket, and whether the child was born in
-/// `cgroup` (see `cgroup::born`; else the caller moves it there). With `init.nest` the
-/// child only makes the init with those namespaces and reports its pid (`tag::PID`).
+/// pidfd, the parent's end of the sync socket, and, when the child was born in `cgroup`
+/// (see `cgroup::born`; else the caller moves it there), this thread still in its
+/// cgroups: the caller leaves them before it starts another process (born there too),
+/// and may send GO first. With `init.nest` the child only makes the init with those
+/// namespaces and reports its pid (`tag::PID`).
 pub(super) fn spawn(
     init: &mut Init,
     flags: libc::c_int,
     cgroup: Option<&Cgroup>,
-) -> Result<(i32, OwnedFd, OwnedFd, bool), Error> {
+) -> Result<(i32, OwnedFd, OwnedFd, Option<Entered>), Error> {
     let (parent_end, child_end) = seqpacket_pair()?;
     let netns = take_early_netns(init);
     init.sync = child_end.as_raw_fd();
@@ -106,7 +108,7 @@ pub(super) fn spawn(
         flags
     };
     let restore = netns.as_ref().map(enter_netns).transpose()?;
-    let entered = cgroup.and_then(Cgroup::enter_thread);
+    let mut entered = cgroup.and_then(Cgroup::enter_thread);
     let into = entered.as_ref().and_then(|e| e.cgroup2_fd());
     // SAFETY: the child only runs `Init::run`, which is async-signal-safe: it uses data
     // prepared here and never returns.
@@ -114,14 +116,10 @@ pub(super) fn spawn(
     if let Ok((0, _)) = cloned {
         init.run();
     }
-    let mut born_in = entered.is_some();
-    if let Some(e) = entered {
+    if let Some(e) = entered.take_if(|_| cloned.is_err()) {
         e.leave()?;
-    }
-    if born_in && cloned.is_err() {
         // A cgroup that refuses a child at clone (a full pids limit, a cgroup2 directory
         // that is not a leaf) may still take it by a move: the usual way, then.
-        born_in = false;
         // SAFETY: as above.
         cloned = unsafe { crate::sys::clone3_fork(flags as u64) };
         if let Ok((0, _)) = cloned {
@@ -138,7 +136,7 @@ pub(super) fn spawn(
     let (pid, pidfd) = cloned.map_err(Error::io("clone3"))?;
     drop(child_end);
     let pidfd = pidfd.ok_or_else(|| Error::io("clone3")(std::io::Error::other("no pidfd")))?;
-    Ok((pid, pidfd, parent_end, born_in))
+    Ok((pid, pidfd, parent_end, entered))
 }
 
 /// A network namespace joined by path while a new user namespace is made (a bridge

@@ -374,7 +374,11 @@ fn run_cmd(
         None => None,
     };
     let pidfd = c.pidfd().context("container has no process")?;
-    let status = supervise(pidfd, &sfd, pty.as_ref(), true, || Ok(c.wait()?));
+    let wait = || match keep {
+        true => c.wait(),
+        false => c.wait_to_delete(),
+    };
+    let status = supervise(pidfd, &sfd, pty.as_ref(), true, || Ok(wait()?));
     drop(mask);
     let status = status?;
     if !keep {

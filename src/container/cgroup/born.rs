@@ -12,7 +12,8 @@ use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-/// The calling thread, in a container's cgroups until [`Entered::leave`].
+/// The calling thread, in a container's cgroups until [`Entered::leave`] (or its drop,
+/// which leaves as well, on error paths).
 pub(crate) struct Entered {
     /// The `tasks` files of the thread's own v1 cgroups, to go back to.
     back: Vec<PathBuf>,
@@ -68,21 +69,31 @@ impl Entered {
 
     /// Puts the thread back in its own cgroups (its hierarchy's root if its own is gone:
     /// never left in the container's, whose destroy kills what it holds).
-    pub(crate) fn leave(self) -> Result<(), CgroupError> {
+    pub(crate) fn leave(mut self) -> Result<(), CgroupError> {
+        self.go_back()
+    }
+
+    fn go_back(&mut self) -> Result<(), CgroupError> {
         let mut failed = None;
-        for tasks in &self.back {
-            if std::fs::write(tasks, "0").is_ok() {
+        for tasks in std::mem::take(&mut self.back) {
+            if std::fs::write(&tasks, "0").is_ok() {
                 continue;
             }
-            let root = hierarchy_root(tasks).map(|r| r.join("tasks"));
+            let root = hierarchy_root(&tasks).map(|r| r.join("tasks"));
             if let Err(source) = root.as_ref().map_or(Ok(()), |r| std::fs::write(r, "0")) {
                 failed = Some(CgroupError::Io {
-                    path: tasks.clone(),
+                    path: tasks,
                     source,
                 });
             }
         }
         failed.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        let _ = self.go_back();
     }
 }
 

@@ -67,6 +67,7 @@ mod v1;
 mod v2;
 mod view;
 
+pub(crate) use born::Entered;
 pub use devices::resources_for;
 pub use placement::{CALLER_PREFIX, SUPERVISOR, under_caller};
 pub use stats::{Blkio, BlkioEntry, Cpu, CpuUsage, Memory, MemoryEntry, Pids, Stats, Throttling};
