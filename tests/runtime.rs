@@ -828,6 +828,38 @@ fn a_mount_onto_a_device_path_replaces_the_device() {
     );
 }
 
+/// Mount targets missing from the image are made: the last component in its parent, a
+/// whole missing path component by component, a file for a file's bind; the workload
+/// sees the mounts there.
+#[test]
+fn missing_mount_targets_are_made() {
+    if !require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
+    let dir = scratch("mount-targets");
+    let file = dir.path().join("file");
+    std::fs::write(&file, "a file\n").expect("write file");
+    let data = dir.path().join("dir");
+    std::fs::create_dir(&data).expect("mkdir");
+    std::fs::write(data.join("inside"), "").expect("write");
+    let bind = |src: &Path, dest: &str| json!({"destination": dest, "type": "bind", "source": src, "options": ["rbind"]});
+    let mut c = sh("ls /etc/one /made/on/demand; cat /made/as/file /etc/single");
+    c["mounts"].as_array_mut().expect("mounts").extend([
+        bind(&data, "/etc/one"),
+        bind(&data, "/made/on/demand"),
+        bind(&file, "/made/as/file"),
+        bind(&file, "/etc/single"),
+    ]);
+    let out = run_config("mount-targets", &c);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        stdout(&out),
+        "/etc/one:\ninside\n\n/made/on/demand:\ninside\na file\na file\n"
+    );
+}
+
 #[test]
 fn joins_a_pid_namespace_by_path() {
     if !require_root(

@@ -363,9 +363,18 @@ impl Inside {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(errno(e)),
         }
-        let n = self.steps.len();
-        for (i, step) in self.steps.iter().enumerate() {
-            make(root, step, file && i + 1 == n)?;
+        // Usually only the last component is missing: made in its parent, no walk.
+        let made = match self.steps.last() {
+            Some(last) => make_in_parent(root, last, file),
+            None => Err(libc::ENOENT),
+        };
+        if made == Err(libc::ENOENT) {
+            let n = self.steps.len();
+            for (i, step) in self.steps.iter().enumerate() {
+                make(root, step, file && i + 1 == n)?;
+            }
+        } else {
+            made?;
         }
         sys::openat2_raw(root, &self.rel, libc::O_PATH, 0, RESOLVE_IN_ROOT).map_err(errno)
     }
@@ -393,19 +402,23 @@ impl Inside {
 
 /// One step of `mkdir -p` beneath `root` (RESOLVE_IN_ROOT): creates `name` in `parent`
 /// (an empty file when `file`, else a directory) unless `full` exists.
-fn make(
-    root: RawFd,
-    (parent, name, full): &(CString, CString, CString),
-    file: bool,
-) -> Result<(), i32> {
-    match sys::openat2_raw(root, full, libc::O_PATH, 0, RESOLVE_IN_ROOT) {
+fn make(root: RawFd, step: &(CString, CString, CString), file: bool) -> Result<(), i32> {
+    match sys::openat2_raw(root, &step.2, libc::O_PATH, 0, RESOLVE_IN_ROOT) {
         Ok(fd) => {
             close(fd);
-            return Ok(());
+            Ok(())
         }
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-        Err(e) => return Err(errno(e)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => make_in_parent(root, step, file),
+        Err(e) => Err(errno(e)),
     }
+}
+
+/// Creates `name` in `parent` (existing is no error); ENOENT when `parent` is missing.
+fn make_in_parent(
+    root: RawFd,
+    (parent, name, _): &(CString, CString, CString),
+    file: bool,
+) -> Result<(), i32> {
     let dir = sys::openat2_raw(
         root,
         parent,
