@@ -84,6 +84,45 @@ fn workload_sees_its_namespaces_and_limits() {
     assert!(s.contains("NoNewPrivs:\t1"), "{s}");
 }
 
+/// Each masked directory of the config that the host has shows empty and read-only, a
+/// mount of its own; a masked file (/proc/timer_list: the host has it) reads as /dev/null.
+#[test]
+fn masked_directories_are_empty_and_read_only() {
+    if !crate::common::require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
+    let dirs: Vec<&str> = ["/proc/acpi", "/proc/asound", "/proc/scsi", "/sys/firmware"]
+        .into_iter()
+        .filter(|d| Path::new(d).is_dir())
+        .collect();
+    assert!(
+        dirs.len() >= 2,
+        "this test needs two of the masked directories on the host: {dirs:?}"
+    );
+    let mut script = String::new();
+    for d in &dirs {
+        script.push_str(&format!(
+            "echo {d}: $(ls -A {d}) $(mkdir {d}/x 2>/dev/null && echo writable || echo read-only) \
+             $(grep -c ' {d} ' /proc/self/mountinfo);"
+        ));
+    }
+    script.push_str("wc -c < /proc/timer_list");
+    let mut c = sh(&script);
+    c["linux"]["maskedPaths"] = json!([
+        "/proc/acpi",
+        "/proc/asound",
+        "/proc/timer_list",
+        "/proc/scsi",
+        "/sys/firmware"
+    ]);
+    let out = run_config("masked", &c);
+    assert!(out.status.success(), "{out:?}");
+    let want: String = dirs.iter().map(|d| format!("{d}: read-only 1\n")).collect();
+    assert_eq!(stdout(&out), want + "0\n");
+}
+
 #[test]
 fn new_network_namespace_has_loopback_up() {
     if !crate::common::require_root(
