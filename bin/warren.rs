@@ -2,6 +2,7 @@
 //! and output only; each subcommand group lives in `bin/warren/` over the library.
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 #[path = "warren/docs.rs"]
@@ -109,25 +110,72 @@ enum Command {
     },
 }
 
+/// The top level alone: the options every subcommand sees (see [`parse`]).
+#[derive(Parser)]
+#[command(name = "warren")]
+struct Top {
+    #[command(flatten)]
+    global: Global,
+}
+
+/// Parses the command line. clap builds every subcommand before it parses (each gets a
+/// copy of the global options: ~0.3 ms of a container start), so a command line that
+/// names a subcommand is parsed against that one alone first. What it does not take
+/// (help, a mistake, no subcommand) goes through the whole tree, for clap's messages.
+fn parse(args: &[OsString]) -> Cli {
+    let cmd = Cli::command();
+    if let Some(cli) = parse_one(&cmd, args) {
+        return cli;
+    }
+    let template = help::template(&cmd);
+    let mut cmd = cmd.help_template(template);
+    cmd.try_get_matches_from_mut(args)
+        .and_then(|m| Cli::from_arg_matches(&m))
+        .unwrap_or_else(|e| {
+            // OCI clients show the runtime's last `--log` line: it must be this error.
+            if e.use_stderr() {
+                oci::log::parse_error(args, &e);
+            }
+            help::exit(args, &cmd, e)
+        })
+}
+
+/// `args` parsed by the top level and the one subcommand they name, if that succeeds.
+fn parse_one(all: &clap::Command, args: &[OsString]) -> Option<Cli> {
+    let sub = all.find_subcommand(verb(all, args)?)?;
+    let mut one = Top::command().subcommand(sub.clone());
+    let matches = one.try_get_matches_from_mut(args).ok()?;
+    Cli::from_arg_matches(&matches).ok()
+}
+
+/// The subcommand a command line names: its first argument that is neither a top-level
+/// option of `cmd` nor the value of one.
+fn verb<'a>(cmd: &clap::Command, args: &'a [OsString]) -> Option<&'a str> {
+    let mut rest = args.iter().skip(1);
+    while let Some(a) = rest.next() {
+        let a = a.to_str()?;
+        let Some(long) = a.strip_prefix("--") else {
+            // A short option (-h, -V) is the whole tree's.
+            return (!a.starts_with('-')).then_some(a);
+        };
+        if long.contains('=') {
+            continue;
+        }
+        let option = cmd.get_arguments().find(|o| o.get_long() == Some(long))?;
+        if option.get_action().takes_values() {
+            rest.next();
+        }
+    }
+    None
+}
+
 fn main() {
     // First: this process may be the rootless helper a `warren` re-executed.
     warren::mount::rootless::dispatch();
     warren::container::monitor::dispatch();
     warren::net::dns::dispatch();
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let cmd = Cli::command();
-    let template = help::template(&cmd);
-    let mut cmd = cmd.help_template(template);
-    let cli = cmd
-        .try_get_matches_from_mut(&args)
-        .and_then(|m| Cli::from_arg_matches(&m))
-        .unwrap_or_else(|e| {
-            // OCI clients show the runtime's last `--log` line: it must be this error.
-            if e.use_stderr() {
-                oci::log::parse_error(&args, &e);
-            }
-            help::exit(&args, &cmd, e)
-        });
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = parse(&args);
     if let Some(dir) = &cli.global.state_dir {
         // SAFETY: no other thread yet; the library and the helpers warren re-executes
         // read the state directory from this variable.
@@ -171,6 +219,62 @@ fn main() {
                 }
             }
             std::process::exit(exit::exit_code_for(&e, podman_codes));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<OsString> {
+        line.split(' ').map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_verb_follows_the_top_level_options_and_their_values() {
+        let cmd = Cli::command();
+        let verb_of = |line: &str| verb(&cmd, &args(line)).map(str::to_string);
+        assert_eq!(
+            verb_of("warren --root /r run -b b x").as_deref(),
+            Some("run")
+        );
+        assert_eq!(verb_of("warren --root=/r --json ps").as_deref(), Some("ps"));
+        assert_eq!(
+            verb_of("warren --log-format json --debug create x").as_deref(),
+            Some("create")
+        );
+        assert_eq!(verb_of("warren --help run"), None);
+        assert_eq!(verb_of("warren -V"), None);
+        assert_eq!(verb_of("warren --no-such run"), None);
+        assert_eq!(verb_of("warren --root"), None);
+    }
+
+    /// What the one subcommand parses is what the whole tree parses; what it refuses is
+    /// left to the whole tree.
+    #[test]
+    fn one_subcommand_parses_as_the_whole_tree_does() {
+        let all = Cli::command();
+        for line in [
+            "warren --root /r run -b /b --pid-file /p x",
+            "warren run --rm --image debian --json -- /bin/true",
+            "warren --root /r --log /l --log-format json create --bundle /b --console-socket /s x",
+            "warren --root /r kill x KILL",
+            "warren ps --json",
+            "warren --debug image list",
+            "warren ranges list",
+        ] {
+            let a = args(line);
+            let one = parse_one(&all, &a).unwrap_or_else(|| panic!("{line}: not parsed alone"));
+            let whole = all
+                .clone()
+                .try_get_matches_from(&a)
+                .and_then(|m| Cli::from_arg_matches(&m))
+                .unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(format!("{one:?}"), format!("{whole:?}"), "{line}");
+        }
+        for line in ["warren run --help", "warren rn", "warren", "warren create"] {
+            assert!(parse_one(&all, &args(line)).is_none(), "{line}");
         }
     }
 }
