@@ -15,6 +15,7 @@ use crate::Global;
 use anyhow::{Context, Result, bail};
 use oci_spec::runtime::Spec;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 // Also used by the product's `run --image`.
 pub(crate) use term::{block_signals, console_pair, recv_master, supervise, winsize};
 use warren::container::{self, Container, CreateOptions};
@@ -159,9 +160,13 @@ impl Command {
             Command::Run { create, image, .. }
                 if image.image.is_none() && image.config.is_none() =>
             {
-                load(&create.bundle).map_or(true, |spec| {
-                    container::exe::init_exposed(&spec, true, create.init)
-                })
+                let Ok(spec) = load(&create.bundle) else {
+                    return true;
+                };
+                let exposed = container::exe::init_exposed(&spec, true, create.init);
+                *READ.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((create.bundle.clone(), spec));
+                exposed
             }
             Command::Run { .. } => true,
             _ => false,
@@ -176,8 +181,17 @@ pub fn run(global: &Global, command: Command) -> Result<i32> {
     dispatch(global, command)
 }
 
+/// A config `main` read already (see [`Command::needs_sealed_binary`]), for the command
+/// itself: read and parsed once.
+static READ: Mutex<Option<(PathBuf, Spec)>> = Mutex::new(None);
+
+/// The config of `bundle`.
 fn load(bundle: &Path) -> Result<Spec> {
-    Ok(container::spec::load_bundle(bundle)?)
+    let read = READ.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match read {
+        Some((b, spec)) if b == bundle => Ok(spec),
+        _ => Ok(container::spec::load_bundle(bundle)?),
+    }
 }
 
 fn options(c: &CreateArgs) -> CreateOptions {
