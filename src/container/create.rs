@@ -151,7 +151,7 @@ fn create_in(
     if exe::init_exposed(spec, opts.start, opts.init) {
         exe::check(maps.as_ref().map(uid_ranges).as_deref())?;
     }
-    let cgroups = make_cgroup(dir, record, spec, &linux, &ns)?;
+    let (cgroups, deferred) = make_cgroup(dir, record, spec, &linux, &ns)?;
     let (mut plan, chroot) = root_plan(record, spec, &linux, &ns, &cgroups)?;
     if let (Some(p), Some(o)) = (plan.as_mut(), &opts.root_overlay) {
         p.set_root_overlay(o)
@@ -182,6 +182,10 @@ fn create_in(
         chroot,
         chroot_cgroupns: ns.new_cgroupns && !ns.new_mountns,
         cgroup_wait: ns.new_cgroupns && record.cgroup.is_some(),
+        cgroup_tasks: match (&deferred, &record.cgroup) {
+            (Some(_), Some(cg)) => c_paths(&cg.v1_tasks())?,
+            _ => Vec::new(),
+        },
         root_fd: None,
         process: proc_plan,
         parent: 0,
@@ -206,9 +210,32 @@ fn create_in(
                 .map_err(|e| Error::io("memfd_create")(e.into()))?,
         );
     }
-    let (pid, pidfd, sock, entered) = spawn(&mut init, clone_flags, record.cgroup.as_ref())?;
-    let born_in = entered.is_some();
+    // The cgroup's deferred part is made while the child is cloned (clone3 of a new
+    // network namespace takes as long), on two cores at once.
+    let (spawned, made) = std::thread::scope(|s| {
+        let cgroup = record.cgroup.as_ref();
+        let making = match (&deferred, cgroup) {
+            (Some(d), Some(cg)) => Some(
+                std::thread::Builder::new()
+                    .stack_size(256 << 10)
+                    .spawn_scoped(s, || d.make(cg))
+                    .map_err(Error::io("start a thread")),
+            ),
+            _ => None,
+        };
+        let spawned = spawn(&mut init, clone_flags, cgroup);
+        let made = making.map(|t| match t?.join() {
+            Ok(made) => Ok(made?),
+            Err(_) => Err(Error::io("make the cgroup")(std::io::Error::other(
+                "panicked",
+            ))),
+        });
+        (spawned, made)
+    });
+    let (pid, pidfd, sock, entered) = spawned?;
     *child = Some((pid, pidfd));
+    made.transpose()?;
+    let born_in = entered.is_some();
     // The child holds its own copies now.
     opts.stdio = Default::default();
     drop(console);
@@ -325,14 +352,16 @@ fn uid_ranges(maps: &userns::Maps) -> Vec<(u32, u32)> {
 
 /// Makes the container's cgroup when it needs one, before the rootfs plan that mounts
 /// it (and records it at once, so that a runtime killed now leaves nothing a later
-/// create or delete cannot find); returns how its `cgroup` mounts are made.
+/// create or delete cannot find); returns how its `cgroup` mounts are made, and the
+/// part left to make while the child is cloned (`cgroup::Deferred`: as root, when the
+/// child joins its v1 cgroups itself, which it may in no user namespace of its own).
 fn make_cgroup(
     dir: &state::Dir,
     record: &mut Record,
     spec: &Spec,
     linux: &Linux,
     ns: &Namespaces,
-) -> Result<rootfs::Cgroups, Error> {
+) -> Result<(rootfs::Cgroups, Option<cgroup::Deferred>), Error> {
     let cgroups_path = linux
         .cgroups_path()
         .as_ref()
@@ -345,26 +374,37 @@ fn make_cgroup(
     // Each node in linux.devices is allowed too, as runc does.
     let nodes = linux.devices().as_deref().unwrap_or_default();
     let resources = cgroup::resources_for(linux.resources().as_ref(), nodes);
+    let mut deferred = None;
     if cgroup::needed(
         resources.as_ref(),
         cgroups_path.as_deref(),
         ns.new_pid,
         ns.new_cgroupns || cgroup_mount,
     ) {
-        record.cgroup = Some(cgroup::Cgroup::create(
-            &record.id,
-            resources.as_ref(),
-            cgroups_path.as_deref(),
-        )?);
+        let (id, resources, path) = (&record.id, resources.as_ref(), cgroups_path.as_deref());
+        let (made, rest) = match crate::dirs::is_root() && !ns.new_userns && !ns.user_joined {
+            true => cgroup::Cgroup::create_deferred(id, resources, path)?,
+            false => (cgroup::Cgroup::create(id, resources, path)?, None),
+        };
+        record.cgroup = Some(made);
         dir.save(record)?;
+        deferred = rest;
     }
-    Ok(rootfs::Cgroups {
+    let cgroups = rootfs::Cgroups {
         new_ns: ns.new_cgroupns,
         view: match &record.cgroup {
             Some(cg) if cgroup_mount => cg.mount_view()?,
             _ => Default::default(),
         },
-    })
+    };
+    Ok((cgroups, deferred))
+}
+
+/// `paths` as C strings (for the child).
+fn c_paths(paths: &[PathBuf]) -> Result<Vec<CString>, Error> {
+    let c = |p: &PathBuf| CString::new(p.as_os_str().as_encoded_bytes());
+    let nul = |_| Error::io("cgroup path")(std::io::Error::other("contains a NUL byte"));
+    paths.iter().map(c).collect::<Result<_, _>>().map_err(nul)
 }
 
 /// The exec fifo `start` opens, writable by the container's root: `O_PATH` fds of it

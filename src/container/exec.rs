@@ -69,6 +69,7 @@ pub(super) fn exec_in(
         chroot: None,
         chroot_cgroupns: false,
         cgroup_wait: false,
+        cgroup_tasks: Vec::new(),
         root_fd,
         process: proc_plan,
         parent: 0,

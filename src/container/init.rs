@@ -80,6 +80,9 @@ pub struct Init {
     /// Wait for the parent's CGROUP (the init joined its cgroup) before making the
     /// cgroup namespace: the mounts before it overlap the join.
     pub cgroup_wait: bool,
+    /// v1 `tasks` files to write `0` to after GO: the child joins those cgroups itself,
+    /// made by the parent while it was cloned (`cgroup::Deferred`).
+    pub cgroup_tasks: Vec<CString>,
     /// exec: an `O_PATH` fd of the container's root to chroot into after joining its
     /// namespaces (a container that shares our mount namespace is only chrooted).
     pub root_fd: Option<OwnedFd>,
@@ -187,6 +190,7 @@ impl Init {
         let early = self.before_go();
         // A parent that died before PR_SET_PDEATHSIG took effect shows as EOF here.
         self.wait_for(tag::GO)?;
+        self.join_cgroups()?;
         // Not dumpable from here until exec: nothing in the container can open /proc/PID/exe
         // (the runtime binary) or our memory while we hold host resources. Not before GO:
         // an unprivileged parent writes our /proc/PID/{setgroups,uid_map,gid_map}, which a
@@ -437,6 +441,15 @@ impl Init {
                 .map_err(|e| Fail::new(Step::Seccomp, e as i32, 0)),
             None => Ok(()),
         }
+    }
+
+    /// Moves this process into each of `cgroup_tasks` (a thread moving itself takes no
+    /// global lock: see `cgroup::born`); its children are born there.
+    fn join_cgroups(&self) -> Result<(), Fail> {
+        for (i, tasks) in self.cgroup_tasks.iter().enumerate() {
+            child::write_file(tasks, b"0").map_err(|e| Fail::new(Step::Cgroup, e, i as u32))?;
+        }
+        Ok(())
     }
 
     fn wait_for(&self, want: u32) -> Result<(), Fail> {

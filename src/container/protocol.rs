@@ -38,6 +38,8 @@ pub enum Step {
     Rlimit,
     /// Joining the kept user namespace (0), writing the uid (1) or gid (2) map inside it.
     UserNs,
+    /// Joining the cgroup of `cgroup_tasks[index]`.
+    Cgroup,
     Unknown,
 }
 

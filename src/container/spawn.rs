@@ -75,8 +75,9 @@ fn connect_console(path: &Path) -> Result<OwnedFd, Error> {
 /// pidfd, the parent's end of the sync socket, and, when the child was born in `cgroup`
 /// (see `cgroup::born`; else the caller moves it there), this thread still in its
 /// cgroups: the caller leaves them before it starts another process (born there too),
-/// and may send GO first. With `init.nest` the child only makes the init with those
-/// namespaces and reports its pid (`tag::PID`).
+/// and may send GO first. A child that joins its v1 cgroups itself (`init.cgroup_tasks`)
+/// is born only in the cgroup2 one, if any. With `init.nest` the child only makes the
+/// init with those namespaces and reports its pid (`tag::PID`).
 pub(super) fn spawn(
     init: &mut Init,
     flags: libc::c_int,
@@ -108,7 +109,8 @@ pub(super) fn spawn(
         flags
     };
     let restore = netns.as_ref().map(enter_netns).transpose()?;
-    let mut entered = cgroup.and_then(Cgroup::enter_thread);
+    let v1 = init.cgroup_tasks.is_empty();
+    let mut entered = cgroup.and_then(|c| c.enter_thread(v1));
     let into = entered.as_ref().and_then(|e| e.cgroup2_fd());
     // SAFETY: the child only runs `Init::run`, which is async-signal-safe: it uses data
     // prepared here and never returns.
@@ -203,6 +205,10 @@ fn describe(f: Fail, plan: Option<&rootfs::Plan>, init: &Init) -> Error {
         Step::Rlimit => format!("set process.rlimits[{i}]"),
         Step::Hook => format!("hooks.startContainer[{i}]"),
         Step::Loopback => "bring up lo in the new network namespace".into(),
+        Step::Cgroup => match init.cgroup_tasks.get(i) {
+            Some(t) => format!("join its cgroup ({})", t.to_string_lossy()),
+            None => "join its cgroup".into(),
+        },
         Step::UserNs => match f.index {
             0 => "join the kept user namespace".into(),
             1 => "write the uid map inside the kept user namespace".into(),

@@ -7,7 +7,7 @@
 //! (`CLONE_INTO_CGROUP`). So the creating thread steps into the container's v1 cgroups,
 //! clones, and steps back: no migration, no grace period.
 
-use super::{Cgroup, CgroupError, Version, v1};
+use super::{Cgroup, CgroupError, v1};
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -26,21 +26,28 @@ impl Cgroup {
     /// directory. `None` when that cannot be done (a no-op cgroup, a hierarchy this
     /// thread's `/proc/thread-self/cgroup` does not name, a refused write): the caller
     /// then moves the child the usual way.
-    pub(crate) fn enter_thread(&self) -> Option<Entered> {
+    /// With `v1` false the thread enters none of them: the child joins those itself.
+    pub(crate) fn enter_thread(&self, v1: bool) -> Option<Entered> {
         if self.is_noop() {
             return None;
         }
-        let own = std::fs::read_to_string("/proc/thread-self/cgroup").ok()?;
+        let own = match v1 {
+            true => std::fs::read_to_string("/proc/thread-self/cgroup").ok()?,
+            false => String::new(),
+        };
         let mut v1_dirs = Vec::new();
         let mut back = Vec::new();
         let mut into = None;
         for dir in &self.dirs {
-            let point = self.hierarchy_of(dir);
-            if self.version == Some(Version::V2) || point.join("cgroup.controllers").exists() {
+            if self.in_cgroup2(dir) {
                 let fd = std::fs::File::open(dir).ok()?;
                 into = Some(OwnedFd::from(fd));
                 continue;
             }
+            if !v1 {
+                continue;
+            }
+            let point = self.hierarchy_of(dir);
             let name = v1::real_name(&point)?;
             back.push(point.join(own_path(&own, &name)?).join("tasks"));
             v1_dirs.push(dir.join("tasks"));

@@ -138,6 +138,28 @@ pub struct Cgroup {
     resources: Option<LinuxResources>,
 }
 
+/// What [`Cgroup::create_deferred`] leaves to do: the v1 controllers' directories to
+/// make, and the limits to apply.
+#[derive(Debug)]
+pub(crate) struct Deferred {
+    leaves: Vec<(&'static str, PathBuf, PathBuf)>,
+    settings: Vec<Setting>,
+    devices: Option<Vec<devices::Rule>>,
+}
+
+impl Deferred {
+    /// Makes the rest of `cgroup` (on failure the caller destroys it).
+    pub(crate) fn make(&self, cgroup: &Cgroup) -> Result<(), CgroupError> {
+        v1::make(&self.leaves).map_err(|e| with_hint(e, Version::V1))?;
+        self.apply(cgroup)
+    }
+
+    fn apply(&self, cgroup: &Cgroup) -> Result<(), CgroupError> {
+        cgroup.apply(&self.settings)?;
+        cgroup.apply_devices(self.devices.as_deref())
+    }
+}
+
 /// Whether a container needs a cgroup (the policy is in the module docs): a limit in
 /// `resources` (device rules included, when this runtime may apply them; or a setting
 /// warren rejects, so [`Cgroup::create`] can say so), a `cgroups_path`, no pid namespace
@@ -186,6 +208,37 @@ impl Cgroup {
         resources: Option<&LinuxResources>,
         cgroups_path: Option<&str>,
     ) -> Result<Cgroup, CgroupError> {
+        let (cgroup, rest) = Self::prepare(root, own, name, resources, cgroups_path, false)?;
+        debug_assert!(rest.is_none());
+        Ok(cgroup)
+    }
+
+    /// Like [`create`](Cgroup::create), for a caller that clones the container's init
+    /// meanwhile. On a v1 host, when the config sets limits (a cgroup that cannot be
+    /// made is then an error whenever it is found out), only the hierarchies of no
+    /// controller are made here; making the controllers' directories and applying the
+    /// limits is left to [`Deferred::make`], which may run while the init is cloned, and
+    /// the init joins them itself ([`Cgroup::v1_tasks`]). Else all is done here (`None`).
+    pub(crate) fn create_deferred(
+        name: &str,
+        resources: Option<&LinuxResources>,
+        cgroups_path: Option<&str>,
+    ) -> Result<(Cgroup, Option<Deferred>), CgroupError> {
+        let own = own_cgroup(cgroups_path)?;
+        let root = Path::new(DEFAULT_ROOT);
+        Self::prepare(root, &own, name, resources, cgroups_path, true)
+    }
+
+    /// [`create_in`](Cgroup::create_in), with the controllers' directories and the
+    /// limits left to the caller when `defer` may (see [`create_deferred`]).
+    fn prepare(
+        root: &Path,
+        own: &str,
+        name: &str,
+        resources: Option<&LinuxResources>,
+        cgroups_path: Option<&str>,
+        defer: bool,
+    ) -> Result<(Cgroup, Option<Deferred>), CgroupError> {
         let request = placement::Request::parse(name, cgroups_path)?;
         let version = detect(root);
         let settings = settings(resources, version.unwrap_or(Version::V1))?;
@@ -203,15 +256,23 @@ impl Cgroup {
             .or(devices.as_ref().map(|_| "devices"));
         let Some(version) = version else {
             return match wanted {
-                None => Ok(noop),
+                None => Ok((noop, None)),
                 Some(controller) => Err(CgroupError::Unsupported {
                     controller: controller.into(),
                     message: format!("no cgroup filesystem under {}", root.display()),
                 }),
             };
         };
+        let defer = defer && wanted.is_some() && version == Version::V1;
+        let mut later = Vec::new();
         let made = place(root, own, version, &request).and_then(|p| match version {
             Version::V2 => v2::make(root, &p, &settings),
+            Version::V1 if defer => {
+                let (controllers, named) = p.leaves.into_iter().partition(|l| !l.0.is_empty());
+                later = controllers;
+                let planned = later.iter().map(|(_, _, leaf)| leaf.clone());
+                Ok(planned.chain(v1::make(&named)?).collect())
+            }
             Version::V1 => v1::make(&p.leaves),
         });
         let cgroup = match made {
@@ -224,19 +285,24 @@ impl Cgroup {
             },
             Err(e) if wanted.is_none() => {
                 tracing::debug!("running without a cgroup: {}", crate::error_line(&e));
-                return Ok(noop);
+                return Ok((noop, None));
             }
             Err(e) => return Err(with_hint(e, version)),
         };
-        let applied = cgroup
-            .apply(&settings)
-            .and_then(|()| cgroup.apply_devices(devices.as_deref()));
-        if let Err(e) = applied {
+        let rest = Deferred {
+            leaves: later,
+            settings,
+            devices,
+        };
+        if defer {
+            return Ok((cgroup, Some(rest)));
+        }
+        if let Err(e) = rest.apply(&cgroup) {
             // Nothing half-done: a cgroup without its limits is not left behind.
             let _ = cgroup.destroy();
             return Err(e);
         }
-        Ok(cgroup)
+        Ok((cgroup, None))
     }
 
     /// The existing cgroup for `name` and `cgroups_path` under [`DEFAULT_ROOT`], without
@@ -296,6 +362,19 @@ impl Cgroup {
     /// The directories holding the processes (empty for a no-op cgroup).
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
+    }
+
+    /// The `tasks` files of the cgroup's v1 directories, where a process moves itself
+    /// by writing `0` (see `born`).
+    pub(crate) fn v1_tasks(&self) -> Vec<PathBuf> {
+        let v1 = self.dirs.iter().filter(|d| !self.in_cgroup2(d));
+        v1.map(|d| d.join("tasks")).collect()
+    }
+
+    /// Whether `dir` is in a cgroup2 hierarchy (a v2 host's, or a hybrid one's `unified`).
+    fn in_cgroup2(&self, dir: &Path) -> bool {
+        self.version == Some(Version::V2)
+            || self.hierarchy_of(dir).join("cgroup.controllers").exists()
     }
 
     /// Moves process `pid` (and its threads) into the cgroup, in every hierarchy.

@@ -135,6 +135,47 @@ fn v1_limits_go_to_each_controllers_hierarchy_and_every_hierarchy_is_joined() {
     }
 }
 
+/// Deferred, a v1 cgroup with limits is planned whole but made only in the hierarchies
+/// of no controller; `make` then makes the rest as `create` would, and the child's
+/// `tasks` files are every v1 leaf's.
+#[test]
+fn a_deferred_v1_cgroup_makes_its_controllers_later() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    v1_fixture(root);
+    let res = resources(json!({"memory": {"limit": 67108864}, "pids": {"limit": 16}}));
+    let (cgroup, rest) = Cgroup::prepare(root, "", "web", Some(&res), None, true).expect("prepare");
+    let rest = rest.expect("deferred");
+    let hierarchies = ["cpu", "cpuset", "memory", "pids", "systemd"];
+    let leaves: Vec<_> = hierarchies
+        .iter()
+        .map(|h| root.join(h).join("warren/web"))
+        .collect();
+    assert_eq!(cgroup.dirs(), leaves);
+    let made = |h: &str| root.join(h).join("warren/web").is_dir();
+    assert!(made("systemd"));
+    // (The fixture has the cpuset leaf already, for its empty files.)
+    let early: Vec<_> = ["cpu", "memory", "pids"]
+        .into_iter()
+        .filter(|h| made(h))
+        .collect();
+    assert!(early.is_empty(), "controllers made early: {early:?}");
+    let tasks: Vec<_> = leaves.iter().map(|l| l.join("tasks")).collect();
+    assert_eq!(cgroup.v1_tasks(), tasks);
+    rest.make(&cgroup).expect("make");
+    assert!(hierarchies.iter().all(|h| made(h)));
+    assert_eq!(
+        read(&root.join("memory/warren/web/memory.limit_in_bytes")),
+        "67108864"
+    );
+    assert_eq!(read(&root.join("pids/warren/web/pids.max")), "16");
+    assert_eq!(read(&root.join("cpuset/warren/web/cpuset.mems")), "0");
+    // Without limits nothing is deferred: a cgroup that cannot be made may be left out.
+    let (_, rest) =
+        Cgroup::prepare(root, "", "bare", None, Some("warren/bare"), true).expect("prepare");
+    assert!(rest.is_none());
+}
+
 #[test]
 fn v1_controller_without_a_hierarchy_fails_and_leaves_nothing_behind() {
     let root = tempfile::tempdir().expect("tempdir");
