@@ -737,7 +737,16 @@ fn cgroup_only_for_limits_a_cgroups_path_the_host_pid_namespace_or_a_cgroup_view
                 assert_eq!(pids_line(&theirs), pids_line(&own), "{id}: {theirs}");
             }
             (Some(cg), Some(max)) => {
-                assert_eq!(pids_line(&theirs), format!("/{cg}"), "{id}: {theirs}");
+                // In every hierarchy (the child made with limits joins its v1 cgroups
+                // itself), and alone: no runtime thread was left there.
+                let wanted = format!(":/{cg}");
+                assert!(
+                    theirs.lines().all(|l| l.ends_with(&wanted)),
+                    "{id}: {theirs}"
+                );
+                let procs = std::fs::read_to_string(hierarchy.join(cg).join("cgroup.procs"))
+                    .expect("cgroup.procs");
+                assert_eq!(procs.trim(), pid.to_string(), "{id}");
                 assert_eq!(
                     std::fs::read_to_string(hierarchy.join(cg).join("pids.max"))
                         .expect("pids.max")
