@@ -57,6 +57,15 @@ impl Drop for TunOpen {
     }
 }
 
+/// A scratch directory the test user owns (0755); returns it and the user's uid.
+fn user_scratch(name: &str) -> (tempfile::TempDir, u32) {
+    let (uid, gid) = ensure_rootless_user();
+    let dir = scratch(name);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
+    (dir, uid)
+}
+
 /// In the parent (root): runs `name` again as the test user and checks it passed; returns
 /// false. In the child: true (the caller runs the body).
 fn in_child(name: &str) -> bool {
@@ -66,10 +75,7 @@ fn in_child(name: &str) -> bool {
     if !common::require_root("runs the test as the rootless user and opens /dev/net/tun to it") {
         return false;
     }
-    let (uid, gid) = ensure_rootless_user();
-    let dir = scratch("network-rootless");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
+    let (dir, _) = user_scratch("network-rootless");
     let _tun = TunOpen::new();
     let mut cmd = as_rootless(&std::env::current_exe().expect("test binary"));
     cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
@@ -229,10 +235,7 @@ fn a_rootless_container_has_a_resolv_conf(tool: Tool, port: u16) {
     }
     let (program, package) = tool.program();
     common::require_tool(program, package);
-    let (uid, gid) = ensure_rootless_user();
-    let dir = scratch("network-rootless-resolv");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
+    let (dir, uid) = user_scratch("network-rootless-resolv");
     let state = dir.path().join("state");
     let _tun = TunOpen::new();
     let name = format!("resolv-{program}-{}", std::process::id());
@@ -309,10 +312,7 @@ fn rm_stops_the_network_helper_before_it_returns() {
         return;
     }
     common::require_tool("pasta", "passt");
-    let (uid, gid) = ensure_rootless_user();
-    let dir = scratch("network-rootless-rm");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
+    let (dir, uid) = user_scratch("network-rootless-rm");
     let state = dir.path().join("state");
     let _tun = TunOpen::new();
     let name = format!("rm-helper-{}", std::process::id());

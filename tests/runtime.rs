@@ -6,7 +6,7 @@ mod rootfs;
 
 use common::{bin, lo_flags, ok, require_root, run, scratch};
 use serde_json::{Value, json};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn warren(root: &Path) -> Command {
@@ -828,6 +828,23 @@ fn a_cgroup_mount_is_read_only_unless_the_config_says_rw() {
     }
 }
 
+/// A scratch directory holding `file` (with `text`) and `dir` (with an empty `inside`),
+/// to bind into containers.
+fn bind_sources(name: &str, text: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = scratch(name);
+    let file = dir.path().join("file");
+    std::fs::write(&file, text).expect("write file");
+    let data = dir.path().join("dir");
+    std::fs::create_dir(&data).expect("mkdir");
+    std::fs::write(data.join("inside"), "").expect("write");
+    (dir, file, data)
+}
+
+/// A recursive bind of `src` at `dest`.
+fn bind(src: &Path, dest: &str) -> Value {
+    json!({"destination": dest, "type": "bind", "source": src, "options": ["rbind"]})
+}
+
 #[test]
 fn a_mount_onto_a_device_path_replaces_the_device() {
     if !require_root(
@@ -835,13 +852,7 @@ fn a_mount_onto_a_device_path_replaces_the_device() {
     ) {
         return;
     }
-    let dir = scratch("devnull-bind");
-    let file = dir.path().join("file");
-    std::fs::write(&file, "from the host\n").expect("write file");
-    let data = dir.path().join("dir");
-    std::fs::create_dir(&data).expect("mkdir");
-    std::fs::write(data.join("inside"), "").expect("write");
-    let bind = |src: &Path, dest: &str| json!({"destination": dest, "type": "bind", "source": src, "options": ["rbind"]});
+    let (_dir, file, data) = bind_sources("devnull-bind", "from the host\n");
     // Made with mknod (rootful) and bound from the host (user namespace): the mount wins
     // either way, a file or a directory (which was `create device /dev/null: ENOTDIR`).
     for userns in [false, true] {
@@ -886,13 +897,7 @@ fn missing_mount_targets_are_made() {
     ) {
         return;
     }
-    let dir = scratch("mount-targets");
-    let file = dir.path().join("file");
-    std::fs::write(&file, "a file\n").expect("write file");
-    let data = dir.path().join("dir");
-    std::fs::create_dir(&data).expect("mkdir");
-    std::fs::write(data.join("inside"), "").expect("write");
-    let bind = |src: &Path, dest: &str| json!({"destination": dest, "type": "bind", "source": src, "options": ["rbind"]});
+    let (_dir, file, data) = bind_sources("mount-targets", "a file\n");
     let mut c = sh("ls /etc/one /made/on/demand; cat /made/as/file /etc/single");
     c["mounts"].as_array_mut().expect("mounts").extend([
         bind(&data, "/etc/one"),
