@@ -210,8 +210,8 @@ fn create_in(
                 .map_err(|e| Error::io("memfd_create")(e.into()))?,
         );
     }
-    // The cgroup's deferred part is made while the child is cloned (clone3 of a new
-    // network namespace takes as long), on two cores at once.
+    // The cgroup's deferred part is made by another thread while this one clones (clone3
+    // of a new network namespace takes as long), at once when the other core is free.
     let (spawned, made) = std::thread::scope(|s| {
         let cgroup = record.cgroup.as_ref();
         let making = match (&deferred, cgroup) {
@@ -224,12 +224,8 @@ fn create_in(
             _ => None,
         };
         let spawned = spawn(&mut init, clone_flags, cgroup);
-        let made = making.map(|t| match t?.join() {
-            Ok(made) => Ok(made?),
-            Err(_) => Err(Error::io("make the cgroup")(std::io::Error::other(
-                "panicked",
-            ))),
-        });
+        let panicked = |_| Error::io("make the cgroup")(std::io::Error::other("panicked"));
+        let made = making.map(|t| -> Result<(), Error> { Ok(t?.join().map_err(panicked)??) });
         (spawned, made)
     });
     let (pid, pidfd, sock, entered) = spawned?;
