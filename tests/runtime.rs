@@ -764,6 +764,33 @@ fn cgroup_only_for_limits_a_cgroups_path_the_host_pid_namespace_or_a_cgroup_view
     }
 }
 
+/// A limit the kernel refuses, found while the child is cloned (the cgroup's controllers
+/// are made then): `run` fails naming the controller and file, runs nothing, and leaves
+/// no cgroup, no state and no process behind.
+#[test]
+fn a_limit_the_kernel_refuses_fails_the_run_and_leaves_nothing() {
+    if !require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
+    let id = format!("badlimit-{}", std::process::id());
+    let mut c = sh("echo ran");
+    c["linux"]["resources"] = json!({"cpu": {"cpus": "4000"}, "pids": {"limit": 20}});
+    let out = run_config(&id, &c);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(!stdout(&out).contains("ran"), "{out:?}");
+    assert!(
+        err.contains("cgroup cpuset") && err.contains("cpuset.cpus"),
+        "{err}"
+    );
+    for h in std::fs::read_dir("/sys/fs/cgroup").expect("list").flatten() {
+        let leaf = h.path().join("warren").join(&id);
+        assert!(!leaf.exists(), "{} left behind", leaf.display());
+    }
+}
+
 #[test]
 fn devices_get_exactly_the_configured_mode_and_owner() {
     if !require_root(
