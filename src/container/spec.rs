@@ -22,27 +22,22 @@ pub fn load_bundle(bundle: &Path) -> Result<Spec, Error> {
 pub fn parse(text: &[u8]) -> Result<Spec, ConfigError> {
     // Tracking the path costs on every field: only a config that fails is parsed again
     // with it.
-    let spec: Spec = match serde_json::from_slice(text) {
-        Ok(spec) => spec,
-        Err(plain) => {
-            let de = &mut serde_json::Deserializer::from_slice(text);
-            let e = match serde_path_to_error::deserialize::<_, Spec>(de) {
-                Err(e) => e,
-                Ok(_) => {
-                    return Err(ConfigError {
-                        field: None,
-                        reason: plain.to_string(),
-                    });
+    let spec: Spec = serde_json::from_slice(text).map_err(|plain| {
+        let de = &mut serde_json::Deserializer::from_slice(text);
+        match serde_path_to_error::deserialize::<_, Spec>(de) {
+            Err(e) => {
+                let path = e.path().to_string();
+                ConfigError {
+                    field: (path != ".").then_some(path),
+                    reason: e.into_inner().to_string(),
                 }
-            };
-            let path = e.path().to_string();
-            let reason = e.into_inner().to_string();
-            return Err(ConfigError {
-                field: (path != ".").then_some(path),
-                reason,
-            });
+            }
+            Ok(_) => ConfigError {
+                field: None,
+                reason: plain.to_string(),
+            },
         }
-    };
+    })?;
     validate(&spec)?;
     Ok(spec)
 }
