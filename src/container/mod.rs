@@ -203,10 +203,13 @@ impl Container {
         let (status, pidfd) = probe(&self.record, &self.dir_path());
         match (status, pidfd) {
             (ContainerState::Created | ContainerState::Running, Some(fd)) => {
+                // A frozen process dies only once thawed (runc thaws for SIGKILL too).
+                // Asked before the signal: one that was not frozen may be gone right
+                // after, its cgroup removed by the `run` that waited for it.
+                let thaw = signal == libc::SIGKILL && self.paused()?;
                 crate::sys::pidfd_send_signal(fd.as_fd(), signal)
                     .map_err(Error::io(format!("signal container {}", self.record.id)))?;
-                // A frozen process dies only once thawed (runc thaws for SIGKILL too).
-                if signal == libc::SIGKILL && self.paused()? {
+                if thaw {
                     self.resume()?;
                 }
                 Ok(())
