@@ -108,7 +108,7 @@ fn container(dir: &Path, marker: &str) -> Init {
     let www = dir.join(format!("www-{marker}"));
     std::fs::create_dir_all(&www).expect("mkdir www");
     std::fs::write(www.join("index.html"), marker).expect("index.html");
-    Command::new("unshare")
+    let init = Command::new("unshare")
         .args([
             "-U", "-r", "-n", "--", "busybox", "httpd", "-f", "-p", "8080", "-h",
         ])
@@ -118,7 +118,19 @@ fn container(dir: &Path, marker: &str) -> Init {
         .stderr(Stdio::null())
         .spawn()
         .map(Init)
-        .expect("unshare busybox httpd")
+        .expect("unshare busybox httpd");
+    // Attached before `unshare` made its namespaces, a helper would join ours (EPERM).
+    let pid = init.0.id();
+    let ours = std::fs::read_link("/proc/self/ns/net").expect("our netns");
+    let made = (0..500).any(|_| {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net"));
+        theirs.is_ok_and(|t| t != ours) || {
+            std::thread::sleep(Duration::from_millis(10));
+            false
+        }
+    });
+    assert!(made, "unshare made no network namespace in 5 s");
+    init
 }
 
 /// `GET /` at `addr`, retried for up to 10 s (the server may not listen yet).
