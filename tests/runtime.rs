@@ -130,11 +130,23 @@ fn new_network_namespace_has_loopback_up() {
     ) {
         return;
     }
-    let out = run_config("lo", &sh("ip link show lo; ip addr show lo"));
+    let out = run_config(
+        "lo",
+        &sh("ip link show lo; ip addr show lo; \
+             echo ns=$(readlink /proc/self/ns/net); echo links=$(ls /sys/class/net)"),
+    );
     let s = stdout(&out);
     assert!(out.status.success(), "{out:?}");
     assert!(lo_flags(&s).iter().any(|f| f == "UP"), "lo is down: {s}");
     assert!(s.contains("inet 127.0.0.1/8"), "{s}");
+    // A namespace of its own (made beside the clone, then joined), holding only lo.
+    let host = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert!(
+        !s.contains(&format!("ns={}", host.display())),
+        "the host's: {s}"
+    );
+    assert!(s.contains("ns=net:["), "{s}");
+    assert!(s.lines().any(|l| l == "links=lo"), "{s}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use super::delete::open_new;
 use super::error::Error;
 use super::exe;
 use super::hooks;
-use super::init::Init;
+use super::init::{Init, Netns};
 use super::namespaces::{Namespaces, check_no_mounts};
 use super::process::compile_seccomp;
 use super::process::{apply_limits, process_plan, start_hooks, wait_pidfd};
@@ -141,6 +141,12 @@ fn create_in(
     let linux = spec.linux().clone().unwrap_or_default();
     let process = spec.process().clone().unwrap_or_default();
     let ns = Namespaces::of(&linux)?;
+    // A new network namespace costs about what the rest of the preparation does: one
+    // that clone would make is made beside, on another thread, meanwhile.
+    let making_netns = (ns.clone & libc::CLONE_NEWNET != 0)
+        .then(crate::net::netns::make_beside)
+        .transpose()
+        .map_err(Error::io("start a thread"))?;
     let maps = id_maps(&linux, ns.new_userns)?;
     let nest = maps
         .as_ref()
@@ -168,7 +174,7 @@ fn create_in(
     let (hostname, domainname) = names(spec, ns.uts)?;
     let hooks = spec.hooks().as_ref();
     let pid_joined = ns.pid_joined;
-    let clone_flags = ns.clone;
+    let mut clone_flags = ns.clone;
     let other_userns = ns.new_userns || ns.user_joined;
     let mut init = Init {
         join: ns.join,
@@ -177,7 +183,10 @@ fn create_in(
         new_userns: ns.new_userns,
         nest,
         nest_flags: 0,
-        loopback: ns.new_net,
+        netns: match ns.new_net {
+            true => Netns::New,
+            false => Netns::Keep,
+        },
         rootfs: plan,
         chroot,
         chroot_cgroupns: ns.new_cgroupns && !ns.new_mountns,
@@ -204,6 +213,11 @@ fn create_in(
         hostname,
         domainname,
     };
+    if let Some(making) = making_netns {
+        let made = making.finish();
+        init.netns = Netns::Made(made.map_err(Error::io("make the network namespace"))?);
+        clone_flags &= !libc::CLONE_NEWNET;
+    }
     if !init.start_hooks.is_empty() {
         init.start_state = Some(
             rustix::fs::memfd_create("warren-state", rustix::fs::MemfdFlags::CLOEXEC)
@@ -212,22 +226,17 @@ fn create_in(
     }
     // The cgroup's deferred part is made by another thread while this one clones (clone3
     // of a new network namespace takes as long), at once when the other core is free.
-    let (spawned, made) = std::thread::scope(|s| {
-        let cgroup = record.cgroup.as_ref();
-        let making = match (&deferred, cgroup) {
-            (Some(d), Some(cg)) => Some(
-                std::thread::Builder::new()
-                    .stack_size(256 << 10)
-                    .spawn_scoped(s, || d.make(cg))
-                    .map_err(Error::io("start a thread")),
-            ),
-            _ => None,
-        };
-        let spawned = spawn(&mut init, clone_flags, cgroup);
-        let panicked = |_| Error::io("make the cgroup")(std::io::Error::other("panicked"));
-        let made = making.map(|t| -> Result<(), Error> { Ok(t?.join().map_err(panicked)??) });
-        (spawned, made)
-    });
+    let making = match (deferred, &record.cgroup) {
+        (Some(d), Some(cg)) => {
+            let cg = cg.clone();
+            let thread = crate::sys::spawn_beside(move || d.make(&cg));
+            Some(thread.map_err(Error::io("start a thread"))?)
+        }
+        _ => None,
+    };
+    let spawned = spawn(&mut init, clone_flags, record.cgroup.as_ref());
+    let panicked = |_| Error::io("make the cgroup")(std::io::Error::other("panicked"));
+    let made = making.map(|t| -> Result<(), Error> { Ok(t.join().map_err(panicked)??) });
     let (pid, pidfd, sock, entered) = spawned?;
     *child = Some((pid, pidfd));
     made.transpose()?;

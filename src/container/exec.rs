@@ -3,7 +3,7 @@
 
 use super::error::Error;
 use super::exe;
-use super::init::Init;
+use super::init::{Init, Netns};
 use super::process::{ExecProcess, apply_limits, compile_seccomp, process_plan, wait_pidfd};
 use super::protocol::tag;
 use super::spawn::{console_for, expect, ns_info, open_ns, send, spawn};
@@ -62,7 +62,7 @@ pub(super) fn exec_in(
         new_userns: false,
         nest: None,
         nest_flags: 0,
-        loopback: false,
+        netns: Netns::Keep,
         hostname: None,
         domainname: None,
         rootfs: None,

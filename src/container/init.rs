@@ -47,6 +47,17 @@ pub struct Process {
     pub init: bool,
 }
 
+/// What the child does about its network namespace beyond [`Init::join`].
+pub enum Netns {
+    /// Nothing.
+    Keep,
+    /// Clone or the early unshare makes a new one: bring its `lo` up (like crun), once in
+    /// it and privileged there.
+    New,
+    /// One made beside the clone, `lo` up (`net::netns::make_beside`): joined first thing.
+    Made(OwnedFd),
+}
+
 /// Everything the child needs, prepared by the parent.
 pub struct Init {
     /// Namespaces to join, user namespace first: (fd, CLONE_NEW*).
@@ -66,9 +77,8 @@ pub struct Init {
     /// writes the init's id maps, reports its pid and exits.
     pub nest: Option<Nest>,
     pub nest_flags: libc::c_int,
-    /// A new network namespace was created: bring its `lo` up (like crun), once in it and
-    /// privileged there.
-    pub loopback: bool,
+    /// What the child does about its network namespace beyond `join`.
+    pub netns: Netns,
     pub hostname: Option<CString>,
     pub domainname: Option<CString>,
     pub rootfs: Option<rootfs::Plan>,
@@ -325,6 +335,10 @@ impl Init {
     /// the rootfs wait for GO: they create mount points and tmpfs roots owned by the
     /// mapped root and need its access to the image's files.
     fn before_go(&self) -> Result<Early, Fail> {
+        if let Netns::Made(fd) = &self.netns {
+            sys::setns_raw(fd.as_raw_fd(), libc::CLONE_NEWNET)
+                .map_err(|e| Fail::new(Step::Loopback, errno(e), 1))?;
+        }
         if self.early_unshare != 0 {
             // SAFETY: plain integers; this process is single-threaded.
             if unsafe { libc::unshare(self.early_unshare) } < 0 {
@@ -360,7 +374,7 @@ impl Init {
 
     /// `lo` up in a new network namespace, the host and domain names.
     fn names(&self) -> Result<(), Fail> {
-        if self.loopback {
+        if let Netns::New = self.netns {
             sys::set_link_up(c"lo").map_err(|e| Fail::new(Step::Loopback, errno(e), 0))?;
         }
         if let Some(h) = &self.hostname {

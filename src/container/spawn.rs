@@ -99,6 +99,9 @@ pub(super) fn spawn(
     keep.extend(init.console_socket);
     keep.extend(init.start_state.as_ref().map(|f| f.as_raw_fd()));
     keep.extend(init.root_fd.as_ref().map(|f| f.as_raw_fd()));
+    if let init::Netns::Made(fd) = &init.netns {
+        keep.push(fd.as_raw_fd());
+    }
     keep.sort_unstable();
     keep.dedup();
     init.keep = keep;
@@ -204,6 +207,7 @@ fn describe(f: Fail, plan: Option<&rootfs::Plan>, init: &Init) -> Error {
         Step::Setns => format!("join namespace {}", i),
         Step::Rlimit => format!("set process.rlimits[{i}]"),
         Step::Hook => format!("hooks.startContainer[{i}]"),
+        Step::Loopback if f.index == 1 => "join the new network namespace".into(),
         Step::Loopback => "bring up lo in the new network namespace".into(),
         Step::Cgroup => match init.cgroup_tasks.get(i) {
             Some(t) => format!("join its cgroup ({})", t.to_string_lossy()),

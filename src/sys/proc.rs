@@ -278,3 +278,60 @@ pub fn fd_budget() -> usize {
     let soft = limit.current.unwrap_or(u64::MAX);
     usize::try_from(soft / 4).unwrap_or(usize::MAX).max(1)
 }
+
+/// A thread started by [`spawn_beside`].
+pub struct Beside<T> {
+    thread: std::thread::JoinHandle<T>,
+    /// The CPUs it may run on once joined (its creator's).
+    cpus: Option<libc::cpu_set_t>,
+}
+
+/// Spawns `f` on a thread with a small stack, kept off the calling thread's CPU when
+/// another is allowed. A new thread is queued on its creator's CPU and runs once that
+/// one blocks, even while another core idles: work meant to overlap the caller's would
+/// not. [`Beside::join`] lets it back (a core busy meanwhile should not hold it).
+pub fn spawn_beside<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<Beside<T>> {
+    use std::os::unix::thread::JoinHandleExt;
+    let thread = std::thread::Builder::new().stack_size(256 << 10).spawn(f)?;
+    let mut beside = Beside { thread, cpus: None };
+    // SAFETY: cpu_set_t is plain old data; all-zero is an empty set.
+    let mut cpus: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: a valid set of `size` bytes; sched_getcpu takes nothing.
+    let (got, cpu) = unsafe {
+        (
+            libc::sched_getaffinity(0, size, &mut cpus),
+            libc::sched_getcpu(),
+        )
+    };
+    if got < 0 || cpu < 0 {
+        return Ok(beside);
+    }
+    let mut others = cpus;
+    // SAFETY: `cpu` is a CPU number the kernel gave, below CPU_SETSIZE.
+    unsafe { libc::CPU_CLR(cpu as usize, &mut others) };
+    // SAFETY: reads a valid set.
+    if unsafe { libc::CPU_COUNT(&others) } == 0 {
+        return Ok(beside);
+    }
+    // SAFETY: a live thread's handle (joined only by `join`) and a valid set.
+    if unsafe { libc::pthread_setaffinity_np(beside.thread.as_pthread_t(), size, &others) } == 0 {
+        beside.cpus = Some(cpus);
+    }
+    Ok(beside)
+}
+
+impl<T> Beside<T> {
+    /// Waits for the thread's result.
+    pub fn join(self) -> std::thread::Result<T> {
+        use std::os::unix::thread::JoinHandleExt;
+        if let Some(cpus) = &self.cpus {
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            // SAFETY: a live thread's handle (not joined yet) and a valid set.
+            unsafe { libc::pthread_setaffinity_np(self.thread.as_pthread_t(), size, cpus) };
+        }
+        self.thread.join()
+    }
+}
