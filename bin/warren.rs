@@ -192,6 +192,12 @@ fn main() {
             );
         }
     }
+    if matches!(&cli.command, Command::Oci(_)) {
+        // One malloc arena: each short thread a container's start runs beside its own (a
+        // network namespace, a cgroup) would otherwise map and fault in an arena of its own.
+        // SAFETY: before any thread; plain integers.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    }
     let podman_codes = exit::podman_convention(&cli.command);
     let result = match cli.command {
         Command::Ranges(c) => ranges::run(&cli.global, c),

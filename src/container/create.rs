@@ -158,6 +158,16 @@ fn create_in(
         exe::check(maps.as_ref().map(uid_ranges).as_deref())?;
     }
     let (cgroups, deferred) = make_cgroup(dir, record, spec, &linux, &ns)?;
+    // The cgroup's deferred part is made by another thread from now until GO (dropped on
+    // an error, it is waited for: the caller then destroys a cgroup no thread still makes).
+    let making_cgroup = match (deferred, &record.cgroup) {
+        (Some(d), Some(cg)) => {
+            let cg = cg.clone();
+            let thread = crate::sys::spawn_small(move || d.make(&cg));
+            Some(thread.map_err(Error::io("start a thread"))?)
+        }
+        _ => None,
+    };
     let (mut plan, chroot) = root_plan(record, spec, &linux, &ns, &cgroups)?;
     if let (Some(p), Some(o)) = (plan.as_mut(), &opts.root_overlay) {
         p.set_root_overlay(o)
@@ -191,7 +201,7 @@ fn create_in(
         chroot,
         chroot_cgroupns: ns.new_cgroupns && !ns.new_mountns,
         cgroup_wait: ns.new_cgroupns && record.cgroup.is_some(),
-        cgroup_tasks: match (&deferred, &record.cgroup) {
+        cgroup_tasks: match (&making_cgroup, &record.cgroup) {
             (Some(_), Some(cg)) => c_paths(&cg.v1_tasks())?,
             _ => Vec::new(),
         },
@@ -224,22 +234,8 @@ fn create_in(
                 .map_err(|e| Error::io("memfd_create")(e.into()))?,
         );
     }
-    // The cgroup's deferred part is made by another thread while this one clones (clone3
-    // of a new network namespace takes as long), at once when the other core is free.
-    let making = match (deferred, &record.cgroup) {
-        (Some(d), Some(cg)) => {
-            let cg = cg.clone();
-            let thread = crate::sys::spawn_beside(move || d.make(&cg));
-            Some(thread.map_err(Error::io("start a thread"))?)
-        }
-        _ => None,
-    };
-    let spawned = spawn(&mut init, clone_flags, record.cgroup.as_ref());
-    let panicked = |_| Error::io("make the cgroup")(std::io::Error::other("panicked"));
-    let made = making.map(|t| -> Result<(), Error> { Ok(t.join().map_err(panicked)??) });
-    let (pid, pidfd, sock, entered) = spawned?;
+    let (pid, pidfd, sock, entered) = spawn(&mut init, clone_flags, record.cgroup.as_ref())?;
     *child = Some((pid, pidfd));
-    made.transpose()?;
     let born_in = entered.is_some();
     // The child holds its own copies now.
     opts.stdio = Default::default();
@@ -254,6 +250,15 @@ fn create_in(
         Some(_) => (reported_init(&talk, child)?, None),
         None => (pid, maps.as_ref()),
     };
+    // Recorded as soon as it is known (from here a delete after a crash finds the init),
+    // while the cgroup's deferred part may still be in the making.
+    if !pid_joined {
+        record_pid(dir, record, pid)?;
+    }
+    if let Some(t) = making_cgroup {
+        let panicked = |_| Error::io("make the cgroup")(std::io::Error::other("panicked"));
+        t.join().map_err(panicked)??;
+    }
     // Born in its cgroups, the child needs no move. This thread leaves them once GO is
     // sent, off the child's path, unless `go` starts a process first (an id map or a
     // network helper: it would be born there too).
@@ -271,13 +276,20 @@ fn create_in(
         other_userns,
     )? || born_in;
     entered.map(cgroup::Entered::leave).transpose()?;
-    let pid = if pid_joined {
-        reported_init(&talk, child)?
-    } else {
-        pid
+    let pid = match pid_joined {
+        true => {
+            let pid = reported_init(&talk, child)?;
+            record_pid(dir, record, pid)?;
+            pid
+        }
+        // A network helper `go` started is recorded too, for delete to stop.
+        false if record.network_helper.is_some() => {
+            dir.save(record)?;
+            pid
+        }
+        false => pid,
     };
     join(&talk, record, pid, joined)?;
-    record_pid(dir, record, pid)?;
     create_hooks(&talk, record, hooks)?;
     created(dir, record, &init, opts.pid_file.as_deref())?;
     release(&talk, record, hooks, opts.start)

@@ -120,6 +120,27 @@ pub fn read_dir(dir: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<Vec<DirEnt
     Ok(out)
 }
 
+/// A /proc text file in as few reads as it takes. Such files report size 0, and std's
+/// `read_to_string` then starts with a 32-byte read and doubles from there: eight reads
+/// for a mountinfo.
+pub fn read_proc(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 16 << 10];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match file.read(&mut buf[len..])? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// Bytes waiting to be written back system-wide (`Dirty` + `Writeback` of
 /// /proc/meminfo), if it can be read.
 pub fn dirty_bytes() -> Option<u64> {

@@ -279,9 +279,9 @@ pub fn fd_budget() -> usize {
     usize::try_from(soft / 4).unwrap_or(usize::MAX).max(1)
 }
 
-/// A thread started by [`spawn_beside`].
+/// A thread started by [`spawn_beside`]; dropped, it is waited for.
 pub struct Beside<T> {
-    thread: std::thread::JoinHandle<T>,
+    thread: Option<std::thread::JoinHandle<T>>,
     /// The CPUs it may run on once joined (its creator's).
     cpus: Option<libc::cpu_set_t>,
 }
@@ -294,8 +294,10 @@ pub fn spawn_beside<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> io::Result<Beside<T>> {
     use std::os::unix::thread::JoinHandleExt;
-    let thread = std::thread::Builder::new().stack_size(256 << 10).spawn(f)?;
-    let mut beside = Beside { thread, cpus: None };
+    let mut beside = spawn_small(f)?;
+    let Some(pthread) = beside.thread.as_ref().map(|t| t.as_pthread_t()) else {
+        return Ok(beside);
+    };
     // SAFETY: cpu_set_t is plain old data; all-zero is an empty set.
     let mut cpus: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::cpu_set_t>();
@@ -316,22 +318,46 @@ pub fn spawn_beside<T: Send + 'static>(
     if unsafe { libc::CPU_COUNT(&others) } == 0 {
         return Ok(beside);
     }
-    // SAFETY: a live thread's handle (joined only by `join`) and a valid set.
-    if unsafe { libc::pthread_setaffinity_np(beside.thread.as_pthread_t(), size, &others) } == 0 {
+    // SAFETY: a live thread's handle (joined only by `Beside`) and a valid set.
+    if unsafe { libc::pthread_setaffinity_np(pthread, size, &others) } == 0 {
         beside.cpus = Some(cpus);
     }
     Ok(beside)
 }
 
+/// Spawns `f` on a thread with a small stack, wherever the scheduler puts it: for work
+/// that fills the gaps while the caller waits (see [`spawn_beside`]).
+pub fn spawn_small<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<Beside<T>> {
+    let thread = std::thread::Builder::new().stack_size(256 << 10).spawn(f)?;
+    Ok(Beside {
+        thread: Some(thread),
+        cpus: None,
+    })
+}
+
 impl<T> Beside<T> {
     /// Waits for the thread's result.
-    pub fn join(self) -> std::thread::Result<T> {
+    pub fn join(mut self) -> std::thread::Result<T> {
+        self.wait()
+            .unwrap_or_else(|| Err(Box::new("joined already")))
+    }
+
+    fn wait(&mut self) -> Option<std::thread::Result<T>> {
         use std::os::unix::thread::JoinHandleExt;
-        if let Some(cpus) = &self.cpus {
+        let thread = self.thread.take()?;
+        if let Some(cpus) = self.cpus.as_ref().filter(|_| !thread.is_finished()) {
             let size = std::mem::size_of::<libc::cpu_set_t>();
             // SAFETY: a live thread's handle (not joined yet) and a valid set.
-            unsafe { libc::pthread_setaffinity_np(self.thread.as_pthread_t(), size, cpus) };
+            unsafe { libc::pthread_setaffinity_np(thread.as_pthread_t(), size, cpus) };
         }
-        self.thread.join()
+        Some(thread.join())
+    }
+}
+
+impl<T> Drop for Beside<T> {
+    fn drop(&mut self) {
+        let _ = self.wait();
     }
 }

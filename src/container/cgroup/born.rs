@@ -7,7 +7,7 @@
 //! (`CLONE_INTO_CGROUP`). So the creating thread steps into the container's v1 cgroups,
 //! clones, and steps back: no migration, no grace period.
 
-use super::{Cgroup, CgroupError, v1};
+use super::{Cgroup, CgroupError};
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -48,7 +48,7 @@ impl Cgroup {
                 continue;
             }
             let point = self.hierarchy_of(dir);
-            let name = v1::real_name(&point)?;
+            let name = self.real_name(&point)?;
             back.push(point.join(own_path(&own, &name)?).join("tasks"));
             v1_dirs.push(dir.join("tasks"));
         }

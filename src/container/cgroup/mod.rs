@@ -45,6 +45,7 @@
 //! `stats` (usage as runc's `events --stats`). Everything takes the cgroup root as an
 //! argument ([`Cgroup::create_at`]), so the unit tests run on fixture trees without root.
 
+use std::ffi::OsString;
 use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -136,6 +137,21 @@ pub struct Cgroup {
     /// The resources applied (at create, then merged with each [`update`](Cgroup::update)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     resources: Option<LinuxResources>,
+    /// The v1 hierarchies as found when the cgroup was made, for the rest of that start.
+    #[serde(skip)]
+    known: Known,
+}
+
+/// Host facts found while making a cgroup (each v1 hierarchy's real name, whether it is
+/// a cgroup2 one), so the steps after it need not ask the kernel again. A cache, not part
+/// of the cgroup: not recorded (a cgroup read from a state file asks), never compared.
+#[derive(Clone, Debug, Default)]
+struct Known(Vec<placement::Hierarchy>);
+
+impl PartialEq for Known {
+    fn eq(&self, _: &Known) -> bool {
+        true
+    }
 }
 
 /// What [`Cgroup::create_deferred`] leaves to do: the v1 controllers' directories to
@@ -249,6 +265,7 @@ impl Cgroup {
             version: None,
             dirs: vec![],
             resources: None,
+            known: Known::default(),
         };
         let wanted = settings
             .first()
@@ -265,15 +282,19 @@ impl Cgroup {
         };
         let defer = defer && wanted.is_some() && version == Version::V1;
         let mut later = Vec::new();
-        let made = place(root, own, version, &request).and_then(|p| match version {
-            Version::V2 => v2::make(root, &p, &settings),
-            Version::V1 if defer => {
-                let (controllers, named) = p.leaves.into_iter().partition(|l| !l.0.is_empty());
-                later = controllers;
-                let planned = later.iter().map(|(_, _, leaf)| leaf.clone());
-                Ok(planned.chain(v1::make(&named)?).collect())
+        let mut known = Known::default();
+        let made = place(root, own, version, &request).and_then(|(p, hierarchies)| {
+            known = Known(hierarchies);
+            match version {
+                Version::V2 => v2::make(root, &p, &settings),
+                Version::V1 if defer => {
+                    let (controllers, named) = p.leaves.into_iter().partition(|l| !l.0.is_empty());
+                    later = controllers;
+                    let planned = later.iter().map(|(_, _, leaf)| leaf.clone());
+                    Ok(planned.chain(v1::make(&named)?).collect())
+                }
+                Version::V1 => v1::make(&p.leaves),
             }
-            Version::V1 => v1::make(&p.leaves),
         });
         let cgroup = match made {
             Ok(dirs) => Cgroup {
@@ -282,6 +303,7 @@ impl Cgroup {
                 version: Some(version),
                 dirs,
                 resources: resources.cloned(),
+                known,
             },
             Err(e) if wanted.is_none() => {
                 tracing::debug!("running without a cgroup: {}", crate::error_line(&e));
@@ -322,7 +344,7 @@ impl Cgroup {
         let dirs: Vec<PathBuf> = match version {
             Some(v) => {
                 let own = own_cgroup(cgroups_path)?;
-                let mut planned = place(root, &own, v, &request)?;
+                let (mut planned, _) = place(root, &own, v, &request)?;
                 if let Some(split) = planned.split {
                     // Not split yet: where it would be.
                     planned.leaves = vec![("", split.clone(), split.join(&request.path))];
@@ -342,6 +364,7 @@ impl Cgroup {
             version: version.filter(|_| !dirs.is_empty()),
             dirs,
             resources: None,
+            known: Known::default(),
         })
     }
 
@@ -373,8 +396,26 @@ impl Cgroup {
 
     /// Whether `dir` is in a cgroup2 hierarchy (a v2 host's, or a hybrid one's `unified`).
     fn in_cgroup2(&self, dir: &Path) -> bool {
-        self.version == Some(Version::V2)
-            || self.hierarchy_of(dir).join("cgroup.controllers").exists()
+        if self.version == Some(Version::V2) {
+            return true;
+        }
+        let point = self.hierarchy_of(dir);
+        match self.known(&point) {
+            Some(h) => h.cgroup2,
+            None => point.join("cgroup.controllers").exists(),
+        }
+    }
+
+    /// The real name of the v1 hierarchy mounted at `point` (see `v1::real_name`).
+    fn real_name(&self, point: &Path) -> Option<OsString> {
+        match self.known(point) {
+            Some(h) => Some(OsString::from(&h.name)),
+            None => v1::real_name(point),
+        }
+    }
+
+    fn known(&self, point: &Path) -> Option<&placement::Hierarchy> {
+        self.known.0.iter().find(|h| h.mount == point)
     }
 
     /// Moves process `pid` (and its threads) into the cgroup, in every hierarchy.
@@ -586,13 +627,13 @@ fn own_cgroup(cgroups_path: Option<&str>) -> Result<String, CgroupError> {
 }
 
 /// Plans the request's directories from this host's facts (see `placement`), and splits
-/// the caller's v2 cgroup when the plan says so.
+/// the caller's v2 cgroup when the plan says so; returns the v1 hierarchies found too.
 fn place(
     root: &Path,
     own: &str,
     version: Version,
     request: &placement::Request,
-) -> Result<placement::Placement, CgroupError> {
+) -> Result<(placement::Placement, Vec<placement::Hierarchy>), CgroupError> {
     let hierarchies: Vec<placement::Hierarchy> = match version {
         Version::V2 => vec![],
         Version::V1 => v1::hierarchies(root)
@@ -612,7 +653,7 @@ fn place(
         own,
         writable: &writable,
     };
-    placement::plan(request, &facts)
+    Ok((placement::plan(request, &facts)?, hierarchies))
 }
 
 /// Whether this process may make cgroups in `dir` and move processes into it.
@@ -659,14 +700,16 @@ fn with_hint(e: CgroupError, version: Version) -> CgroupError {
     }
 }
 
-fn mkdir(path: &Path) -> Result<(), CgroupError> {
+/// Makes cgroup directory `path`; true when it did not exist.
+fn mkdir(path: &Path) -> Result<bool, CgroupError> {
     match std::fs::create_dir(path) {
-        Err(e) if e.kind() != ErrorKind::AlreadyExists => Err(CgroupError::Create {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(CgroupError::Create {
             path: path.into(),
             hint: "",
             source: e,
         }),
-        _ => Ok(()),
     }
 }
 

@@ -176,6 +176,33 @@ fn a_deferred_v1_cgroup_makes_its_controllers_later() {
     assert!(rest.is_none());
 }
 
+/// A cpuset made anew gets its parent's cpus and mems, the missing directories above
+/// it too (made in a walk when the leaf alone cannot be); the facts found while making
+/// a cgroup are not part of it (a cgroup read back from its state equals it).
+#[test]
+fn new_v1_cpusets_inherit_down_a_walk_and_a_cgroup_reads_back_equal() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    for h in ["cpuset", "pids"] {
+        put(&root.join(h).join("cgroup.procs"), "");
+    }
+    put(&root.join("cpuset/cpuset.cpus"), "0-3\n");
+    put(&root.join("cpuset/cpuset.mems"), "0\n");
+    let res = resources(json!({"pids": {"limit": 16}}));
+    let web = Cgroup::create_at(root, "web", Some(&res), None).expect("walk");
+    let db = Cgroup::create_at(root, "db", Some(&res), None).expect("leaf alone");
+    for dir in ["cpuset/warren", "cpuset/warren/web", "cpuset/warren/db"] {
+        assert_eq!(read(&root.join(dir).join("cpuset.cpus")), "0-3", "{dir}");
+        assert_eq!(read(&root.join(dir).join("cpuset.mems")), "0", "{dir}");
+    }
+    assert_eq!(read(&root.join("pids/warren/db/pids.max")), "16");
+    let text = serde_json::to_string(&web).expect("serialize");
+    let back: Cgroup = serde_json::from_str(&text).expect("read back");
+    assert_eq!(back, web);
+    assert_eq!(back.v1_tasks(), web.v1_tasks());
+    assert_ne!(back, db);
+}
+
 #[test]
 fn v1_controller_without_a_hierarchy_fails_and_leaves_nothing_behind() {
     let root = tempfile::tempdir().expect("tempdir");

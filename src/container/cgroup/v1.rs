@@ -70,27 +70,15 @@ pub(super) fn present(root: &Path) -> bool {
         || !hierarchies(root).is_empty()
 }
 
-/// Makes each planned leaf, from its base down (those of no controller when it can);
-/// returns the leaf directories.
+/// Makes each planned leaf (the directories from its base down when they are missing
+/// too: the leaf alone first, most often the only one missing); returns the leaf
+/// directories.
 pub(super) fn make(
     leaves: &[(&'static str, PathBuf, PathBuf)],
 ) -> Result<Vec<PathBuf>, CgroupError> {
     let mut made = Vec::new();
     for (controller, base, leaf) in leaves {
-        let mut dir = base.clone();
-        let below = leaf.strip_prefix(base).unwrap_or(leaf);
-        let result = below.components().try_for_each(|c| {
-            dir.push(c);
-            mkdir(&dir)?;
-            // A new v1 cpuset has no cpus or mems, and no process can join it until set.
-            if *controller == "cpuset" {
-                for file in ["cpuset.cpus", "cpuset.mems"] {
-                    inherit(&dir, file)?;
-                }
-            }
-            Ok(())
-        });
-        match result {
+        match make_leaf(controller, base, leaf) {
             // A hierarchy of no controller (a named or the hybrid's cgroup2 one) it cannot
             // join is left out: the container's cgroup mount shows only those it joined.
             Err(e) if controller.is_empty() => {
@@ -99,7 +87,6 @@ pub(super) fn make(
                     base.display(),
                     crate::error_line(&e)
                 );
-                let _ = std::fs::remove_dir(&dir);
             }
             Err(e) => {
                 for leaf in &made {
@@ -107,24 +94,72 @@ pub(super) fn make(
                 }
                 return Err(e);
             }
-            Ok(()) => made.push(dir),
+            Ok(()) => made.push(leaf.clone()),
         }
     }
     Ok(made)
 }
 
-/// Copies a v1 cpuset file from the parent when it is empty here.
-fn inherit(dir: &Path, file: &str) -> Result<(), CgroupError> {
-    let path = dir.join(file);
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| CgroupError::Io { path, source }
+/// Makes `leaf` below `base`. A new v1 cpuset has no cpus or mems, and no process can
+/// join it until they are set: each cpuset directory made gets its parent's.
+fn make_leaf(controller: &str, base: &Path, leaf: &Path) -> Result<(), CgroupError> {
+    let cpuset = controller == "cpuset";
+    let below = leaf.strip_prefix(base).unwrap_or(leaf);
+    let new = match mkdir(leaf) {
+        Err(CgroupError::Create { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound && below.parent().is_some() =>
+        {
+            let mut dir = base.to_path_buf();
+            for c in below.components() {
+                dir.push(c);
+                if mkdir(&dir)? && cpuset {
+                    inherit(&dir)?;
+                }
+            }
+            return Ok(());
+        }
+        made => made?,
     };
-    let current = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    if current.trim().is_empty() {
-        let parent = dir.parent().unwrap_or(dir).join(file);
-        let value = std::fs::read_to_string(&parent).map_err(io_err(&parent))?;
-        std::fs::write(&path, value.trim()).map_err(io_err(&path))?;
+    if cpuset {
+        match new {
+            true => inherit(leaf)?,
+            // One made earlier (a client's, or a crash's) is filled in only where empty.
+            false => ["cpuset.cpus", "cpuset.mems"]
+                .into_iter()
+                .try_for_each(|file| cpuset_value(leaf, file).map(drop))?,
+        }
     }
     Ok(())
+}
+
+/// Gives `dir`, just made, its parent's cpuset cpus and mems.
+fn inherit(dir: &Path) -> Result<(), CgroupError> {
+    let parent = dir.parent().unwrap_or(dir);
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let value = cpuset_value(parent, file)?;
+        let path = dir.join(file);
+        std::fs::write(&path, &value).map_err(io_err(&path))?;
+    }
+    Ok(())
+}
+
+/// The cpuset `file` of `dir`: its own, else (empty: made but never filled in) its
+/// parent's, written there first.
+fn cpuset_value(dir: &Path, file: &str) -> Result<String, CgroupError> {
+    let path = dir.join(file);
+    let current = crate::sys::read_proc(&path).map_err(io_err(&path))?;
+    let current = current.trim();
+    match dir.parent() {
+        Some(parent) if current.is_empty() && parent.join(file).exists() => {
+            let value = cpuset_value(parent, file)?;
+            std::fs::write(&path, &value).map_err(io_err(&path))?;
+            Ok(value)
+        }
+        _ => Ok(current.to_string()),
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError {
+    let path = path.to_path_buf();
+    move |source| CgroupError::Io { path, source }
 }

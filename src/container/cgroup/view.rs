@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-use super::{Cgroup, CgroupError, Version, v1};
+use super::{Cgroup, CgroupError, Version};
 
 /// One hierarchy of a container's cgroup as its `cgroup` mount shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,7 +38,7 @@ impl Cgroup {
             return Ok(MountView::default());
         }
         let path = PathBuf::from("/proc/self/mountinfo");
-        let info = std::fs::read_to_string(&path).map_err(|source| CgroupError::Io {
+        let info = crate::sys::read_proc(&path).map_err(|source| CgroupError::Io {
             path: path.clone(),
             source,
         })?;
@@ -56,7 +56,7 @@ impl Cgroup {
         for dir in &self.dirs {
             let point = self.hierarchy_of(dir);
             let below = dir.strip_prefix(&point).unwrap_or(dir);
-            let real = match (self.version, v1::real_name(&point)) {
+            let real = match (self.version, self.real_name(&point)) {
                 (Some(Version::V1), Some(name)) if point != self.root => root.join(name),
                 _ => root.clone(),
             };
@@ -93,6 +93,10 @@ impl Cgroup {
             .flatten()
             .flatten()
         {
+            // Only links (the entry's type comes with the listing: no call for the rest).
+            if !entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                continue;
+            }
             let Ok(target) = std::fs::read_link(entry.path()) else {
                 continue;
             };
