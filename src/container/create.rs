@@ -160,7 +160,7 @@ fn create_in(
     let (cgroups, deferred) = make_cgroup(dir, record, spec, &linux, &ns)?;
     // The cgroup's deferred part is made by another thread from now until GO (dropped on
     // an error, it is waited for: the caller then destroys a cgroup no thread still makes).
-    let making_cgroup = match (deferred, &record.cgroup) {
+    let mut making_cgroup = match (deferred, &record.cgroup) {
         (Some(d), Some(cg)) => {
             let cg = cg.clone();
             let thread = crate::sys::spawn_small(move || d.make(&cg));
@@ -227,6 +227,10 @@ fn create_in(
         let made = making.finish();
         init.netns = Netns::Made(made.map_err(Error::io("make the network namespace"))?);
         clone_flags &= !libc::CLONE_NEWNET;
+    }
+    // It ran while this thread waited; from here both work, on two cores if there are.
+    if let Some(t) = making_cgroup.as_mut() {
+        t.move_off();
     }
     if !init.start_hooks.is_empty() {
         init.start_state = Some(

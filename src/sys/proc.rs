@@ -286,42 +286,13 @@ pub struct Beside<T> {
     cpus: Option<libc::cpu_set_t>,
 }
 
-/// Spawns `f` on a thread with a small stack, kept off the calling thread's CPU when
-/// another is allowed. A new thread is queued on its creator's CPU and runs once that
-/// one blocks, even while another core idles: work meant to overlap the caller's would
-/// not. [`Beside::join`] lets it back (a core busy meanwhile should not hold it).
+/// Spawns `f` on a thread with a small stack, kept off the calling thread's CPU (see
+/// [`Beside::move_off`]).
 pub fn spawn_beside<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> io::Result<Beside<T>> {
-    use std::os::unix::thread::JoinHandleExt;
     let mut beside = spawn_small(f)?;
-    let Some(pthread) = beside.thread.as_ref().map(|t| t.as_pthread_t()) else {
-        return Ok(beside);
-    };
-    // SAFETY: cpu_set_t is plain old data; all-zero is an empty set.
-    let mut cpus: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: a valid set of `size` bytes; sched_getcpu takes nothing.
-    let (got, cpu) = unsafe {
-        (
-            libc::sched_getaffinity(0, size, &mut cpus),
-            libc::sched_getcpu(),
-        )
-    };
-    if got < 0 || cpu < 0 {
-        return Ok(beside);
-    }
-    let mut others = cpus;
-    // SAFETY: `cpu` is a CPU number the kernel gave, below CPU_SETSIZE.
-    unsafe { libc::CPU_CLR(cpu as usize, &mut others) };
-    // SAFETY: reads a valid set.
-    if unsafe { libc::CPU_COUNT(&others) } == 0 {
-        return Ok(beside);
-    }
-    // SAFETY: a live thread's handle (joined only by `Beside`) and a valid set.
-    if unsafe { libc::pthread_setaffinity_np(pthread, size, &others) } == 0 {
-        beside.cpus = Some(cpus);
-    }
+    beside.move_off();
     Ok(beside)
 }
 
@@ -338,6 +309,42 @@ pub fn spawn_small<T: Send + 'static>(
 }
 
 impl<T> Beside<T> {
+    /// Keeps the thread off the calling thread's CPU when another is allowed. A new thread
+    /// is queued on its creator's CPU and runs once that one blocks; a woken creator may
+    /// share its CPU with the thread too. Either way another core may idle meanwhile, and
+    /// work meant to overlap the caller's would not. [`Beside::join`] lets it back (a core
+    /// busy meanwhile should not hold it).
+    pub fn move_off(&mut self) {
+        use std::os::unix::thread::JoinHandleExt;
+        let Some(pthread) = self.thread.as_ref().map(|t| t.as_pthread_t()) else {
+            return;
+        };
+        // SAFETY: cpu_set_t is plain old data; all-zero is an empty set.
+        let mut cpus: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        // SAFETY: a valid set of `size` bytes; sched_getcpu takes nothing.
+        let (got, cpu) = unsafe {
+            (
+                libc::sched_getaffinity(0, size, &mut cpus),
+                libc::sched_getcpu(),
+            )
+        };
+        if got < 0 || cpu < 0 {
+            return;
+        }
+        let mut others = cpus;
+        // SAFETY: `cpu` is a CPU number the kernel gave, below CPU_SETSIZE.
+        unsafe { libc::CPU_CLR(cpu as usize, &mut others) };
+        // SAFETY: reads a valid set.
+        if unsafe { libc::CPU_COUNT(&others) } == 0 {
+            return;
+        }
+        // SAFETY: a live thread's handle (joined only by `Beside`) and a valid set.
+        if unsafe { libc::pthread_setaffinity_np(pthread, size, &others) } == 0 {
+            self.cpus.get_or_insert(cpus);
+        }
+    }
+
     /// Waits for the thread's result.
     pub fn join(mut self) -> std::thread::Result<T> {
         self.wait()
