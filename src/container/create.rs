@@ -11,7 +11,7 @@ use super::error::Error;
 use super::exe;
 use super::hooks;
 use super::init::{Init, Netns};
-use super::namespaces::{Namespaces, check_no_mounts};
+use super::namespaces::{Namespaces, check_no_mounts, clone_makes_netns};
 use super::process::compile_seccomp;
 use super::process::{apply_limits, process_plan, start_hooks, wait_pidfd};
 use super::protocol::{Msg, tag};
@@ -62,6 +62,12 @@ pub(super) fn create(
     spec: &Spec,
     mut opts: CreateOptions,
 ) -> Result<(Record, Option<OwnedFd>), Error> {
+    // A new network namespace costs about what the rest of the preparation does: one
+    // that clone would make is made beside, on another thread, from the start.
+    let netns = match spec.linux().as_ref().is_some_and(clone_makes_netns) {
+        true => Some(crate::net::netns::make_beside().map_err(Error::io("start a thread"))?),
+        false => None,
+    };
     spec::validate(spec).map_err(|reason| Error::Config {
         file: opts
             .bundle
@@ -85,7 +91,7 @@ pub(super) fn create(
     let dir = open_new(root, id)?;
     let mut record = new_record(spec, id, bundle, rootfs);
     let mut child: Option<(i32, OwnedFd)> = None;
-    match create_in(&dir, &mut record, spec, &mut opts, &mut child) {
+    match create_in(&dir, &mut record, spec, &mut opts, netns, &mut child) {
         Ok(()) => {
             drop(dir);
             Ok((record, child.map(|(_, fd)| fd)))
@@ -136,17 +142,12 @@ fn create_in(
     record: &mut Record,
     spec: &Spec,
     opts: &mut CreateOptions,
+    making_netns: Option<crate::net::netns::Making>,
     child: &mut Option<(i32, OwnedFd)>,
 ) -> Result<(), Error> {
     let linux = spec.linux().clone().unwrap_or_default();
     let process = spec.process().clone().unwrap_or_default();
     let ns = Namespaces::of(&linux)?;
-    // A new network namespace costs about what the rest of the preparation does: one
-    // that clone would make is made beside, on another thread, meanwhile.
-    let making_netns = (ns.clone & libc::CLONE_NEWNET != 0)
-        .then(crate::net::netns::make_beside)
-        .transpose()
-        .map_err(Error::io("start a thread"))?;
     let maps = id_maps(&linux, ns.new_userns)?;
     let nest = maps
         .as_ref()
@@ -223,7 +224,7 @@ fn create_in(
         hostname,
         domainname,
     };
-    if let Some(making) = making_netns {
+    if let Some(making) = making_netns.filter(|_| clone_flags & libc::CLONE_NEWNET != 0) {
         let made = making.finish();
         init.netns = Netns::Made(made.map_err(Error::io("make the network namespace"))?);
         clone_flags &= !libc::CLONE_NEWNET;

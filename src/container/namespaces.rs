@@ -36,6 +36,21 @@ pub(super) struct Namespaces {
     pub(super) uts: bool,
 }
 
+/// Whether clone makes a new network namespace for `linux` (what [`Namespaces::of`] would
+/// say, known before the config is checked): as root, no user namespace, a network one
+/// without a path.
+pub(super) fn clone_makes_netns(linux: &Linux) -> bool {
+    let namespaces = linux.namespaces().as_deref().unwrap_or_default();
+    crate::dirs::is_root()
+        && !namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::User)
+        && namespaces.iter().any(|n| {
+            n.typ() == LinuxNamespaceType::Network
+                && n.path().as_ref().is_none_or(|p| p.as_os_str().is_empty())
+        })
+}
+
 impl Namespaces {
     pub(super) fn of(linux: &Linux) -> Result<Namespaces, Error> {
         let mut namespaces = linux.namespaces().clone().unwrap_or_default();
@@ -165,5 +180,30 @@ pub(super) fn check_no_mounts(spec: &Spec, linux: &Linux) -> Result<(), Error> {
     match fields.first() {
         Some(f) => Err(Error::config(f, why)),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The early guess `create` starts a network namespace on agrees with the plan.
+    #[test]
+    fn clone_makes_netns_agrees_with_the_plan() {
+        let cases = [
+            serde_json::json!([]),
+            serde_json::json!([{"type": "network"}]),
+            serde_json::json!([{"type": "network", "path": ""}, {"type": "pid"}]),
+            serde_json::json!([{"type": "network", "path": "/proc/self/ns/net"}]),
+            serde_json::json!([{"type": "network"}, {"type": "user"}]),
+            serde_json::json!([{"type": "mount"}, {"type": "uts"}]),
+        ];
+        for namespaces in cases {
+            let linux: Linux =
+                serde_json::from_value(serde_json::json!({"namespaces": namespaces}))
+                    .expect("linux");
+            let planned = Namespaces::of(&linux).expect("plan").clone & libc::CLONE_NEWNET != 0;
+            assert_eq!(clone_makes_netns(&linux), planned, "{namespaces}");
+        }
     }
 }
