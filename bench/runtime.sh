@@ -22,7 +22,13 @@ U=$(id -u $USER_NAME); G=$(id -g $USER_NAME)
 SUB=$(awk -F: -v u=$USER_NAME '$1==u {print $2; exit}' /etc/subuid)
 [ -n "$SUB" ] || { echo "$USER_NAME has no /etc/subuid range" >&2; exit 1; }
 
-rm -rf $W; mkdir -p $W; chmod 755 $W /var/tmp/warren-bench
+rm -rf $W; mkdir -p $W/bin; chmod 755 $W $W/bin /var/tmp/warren-bench
+# Each runtime runs from a copy made now, as an install writes it. A binary's page cache
+# ages on this VM (DAMON evicts it; read back in small folios, each exec and exit maps and
+# unmaps its text page by page): warren's start took ~20% more kernel time from an aged
+# file than from a fresh one, crun's ~6%. All three are measured alike, fresh.
+for b in "$WARREN" "$(command -v crun)" "$(command -v runc)"; do cp "$b" $W/bin/; done
+WARREN=$W/bin/warren CRUN=$W/bin/crun RUNC=$W/bin/runc
 mkrootfs() {
     mkdir -p $1/bin $1/etc $1/proc $1/sys $1/dev $1/tmp
     cp /bin/busybox $1/bin/; ln -s busybox $1/bin/true; ln -s busybox $1/bin/sh
@@ -94,16 +100,16 @@ for mode in rootful rootless; do
     # -i: runc as the rootless user fails a run now and then; failures are counted below.
     \$H hyperfine -N -i --warmup 10 --runs 200 --export-json \$R/\$mode-\$sec.json \\
       -n warren "$WARREN --root \$R/warren run -b \$B bench-w" \\
-      -n crun "crun --root \$R/crun run -b \$B bench-c" \\
-      -n runc "runc --root \$R/runc run -b \$B bench-r"
+      -n crun "$CRUN --root \$R/crun run -b \$B bench-c" \\
+      -n runc "$RUNC --root \$R/runc run -b \$B bench-r"
     # The same start after 100 ms idle, as a user or a scheduler starts one container:
     # back to back, a runtime that moves its init by cgroup.procs (crun, runc) finds the
     # kernel's cgroup threadgroup lock still in its fast mode from its own previous run;
     # after a pause it waits for an RCU grace period first (see src/container/cgroup/born.rs).
     \$H hyperfine -N -i --warmup 3 --runs 100 --prepare "sleep 0.1" --export-json \$R/\$mode-\$sec.idle.json \\
       -n warren "$WARREN --root \$R/warren run -b \$B bench-w" \\
-      -n crun "crun --root \$R/crun run -b \$B bench-c" \\
-      -n runc "runc --root \$R/runc run -b \$B bench-r"
+      -n crun "$CRUN --root \$R/crun run -b \$B bench-c" \\
+      -n runc "$RUNC --root \$R/runc run -b \$B bench-r"
     cp \$R/\$mode-\$sec.json \$R/\$mode-\$sec.idle.json $W/
   done
 done
