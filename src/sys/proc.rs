@@ -282,6 +282,9 @@ pub fn fd_budget() -> usize {
 /// A thread started by [`spawn_beside`]; dropped, it is waited for.
 pub struct Beside<T> {
     thread: Option<std::thread::JoinHandle<T>>,
+    /// The thread's work is done; it waits for `release` before it exits.
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    release: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The CPUs it may run on once joined (its creator's).
     cpus: Option<libc::cpu_set_t>,
 }
@@ -298,12 +301,31 @@ pub fn spawn_beside<T: Send + 'static>(
 
 /// Spawns `f` on a thread with a small stack, wherever the scheduler puts it: for work
 /// that fills the gaps while the caller waits (see [`spawn_beside`]).
+///
+/// The thread does not exit before it is joined: glibc sets an exited thread's affinity
+/// by tid 0, which is the caller's own (the container's init, cloned next, would inherit
+/// it). So it waits, parked, once its work is done.
 pub fn spawn_small<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> io::Result<Beside<T>> {
-    let thread = std::thread::Builder::new().stack_size(256 << 10).spawn(f)?;
+    use std::sync::atomic::Ordering;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (d, r) = (done.clone(), release.clone());
+    let thread = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(move || {
+            let out = f();
+            d.store(true, Ordering::Release);
+            while !r.load(Ordering::Acquire) {
+                std::thread::park();
+            }
+            out
+        })?;
     Ok(Beside {
         thread: Some(thread),
+        done,
+        release,
         cpus: None,
     })
 }
@@ -316,6 +338,9 @@ impl<T> Beside<T> {
     /// busy meanwhile should not hold it).
     pub fn move_off(&mut self) {
         use std::os::unix::thread::JoinHandleExt;
+        if self.done.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let Some(pthread) = self.thread.as_ref().map(|t| t.as_pthread_t()) else {
             return;
         };
@@ -339,7 +364,8 @@ impl<T> Beside<T> {
         if unsafe { libc::CPU_COUNT(&others) } == 0 {
             return;
         }
-        // SAFETY: a live thread's handle (joined only by `Beside`) and a valid set.
+        // SAFETY: a live thread's handle (it exits only once released by `wait`) and a
+        // valid set.
         if unsafe { libc::pthread_setaffinity_np(pthread, size, &others) } == 0 {
             self.cpus.get_or_insert(cpus);
         }
@@ -353,12 +379,17 @@ impl<T> Beside<T> {
 
     fn wait(&mut self) -> Option<std::thread::Result<T>> {
         use std::os::unix::thread::JoinHandleExt;
+        use std::sync::atomic::Ordering;
         let thread = self.thread.take()?;
-        if let Some(cpus) = self.cpus.as_ref().filter(|_| !thread.is_finished()) {
+        let done = self.done.load(Ordering::Acquire);
+        if let Some(cpus) = self.cpus.as_ref().filter(|_| !done) {
             let size = std::mem::size_of::<libc::cpu_set_t>();
-            // SAFETY: a live thread's handle (not joined yet) and a valid set.
+            // SAFETY: a live thread's handle (it exits only once released, below) and a
+            // valid set.
             unsafe { libc::pthread_setaffinity_np(thread.as_pthread_t(), size, cpus) };
         }
+        self.release.store(true, Ordering::Release);
+        thread.thread().unpark();
         Some(thread.join())
     }
 }
@@ -366,5 +397,54 @@ impl<T> Beside<T> {
 impl<T> Drop for Beside<T> {
     fn drop(&mut self) {
         let _ = self.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own_cpus() -> libc::cpu_set_t {
+        // SAFETY: cpu_set_t is plain old data; a valid set of its own size.
+        unsafe {
+            let mut cpus: libc::cpu_set_t = std::mem::zeroed();
+            let got = libc::sched_getaffinity(0, std::mem::size_of_val(&cpus), &mut cpus);
+            assert_eq!(got, 0, "sched_getaffinity");
+            cpus
+        }
+    }
+
+    fn same(a: &libc::cpu_set_t, b: &libc::cpu_set_t) -> bool {
+        // SAFETY: reads two valid sets.
+        (0..libc::CPU_SETSIZE as usize)
+            .all(|i| unsafe { libc::CPU_ISSET(i, a) == libc::CPU_ISSET(i, b) })
+    }
+
+    /// A helper moved off after its work is done must not move its caller: glibc sets an
+    /// exited thread's affinity by tid 0, the caller's own (a container's init cloned next
+    /// inherited it). The helper stays alive, parked, until joined.
+    #[test]
+    fn moving_a_finished_helper_leaves_the_caller_alone() {
+        let before = own_cpus();
+        // SAFETY: reads a valid set.
+        let n = unsafe { libc::CPU_COUNT(&before) };
+        assert!(
+            n >= 2,
+            "needs two CPUs to tell a move from none; this process has {n}"
+        );
+        let mut helper = spawn_small(|| 7).expect("spawn");
+        while !helper.done.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        helper.move_off();
+        assert!(same(&own_cpus(), &before), "the caller was moved");
+        let mut busy = spawn_beside(|| std::thread::sleep(std::time::Duration::from_millis(20)))
+            .expect("spawn");
+        busy.move_off();
+        assert!(same(&own_cpus(), &before), "the caller was moved");
+        busy.join().expect("join");
+        assert_eq!(helper.join().expect("join"), 7);
+        assert!(same(&own_cpus(), &before), "the caller was moved");
     }
 }
