@@ -6,6 +6,7 @@ use std::ffi::CStr;
 use std::io;
 use std::num::NonZeroI32;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use rustix::process::{Pid, PidfdFlags, Signal};
 use rustix::thread::{CapabilitySet, CapabilitySets, Gid, ThreadNameSpaceType, Uid};
@@ -283,8 +284,8 @@ pub fn fd_budget() -> usize {
 pub struct Beside<T> {
     thread: Option<std::thread::JoinHandle<T>>,
     /// The thread's work is done; it waits for `release` before it exits.
-    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    release: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+    release: Arc<std::sync::atomic::AtomicBool>,
     /// The CPUs it may run on once joined (its creator's).
     cpus: Option<libc::cpu_set_t>,
 }
@@ -304,23 +305,28 @@ pub fn spawn_beside<T: Send + 'static>(
 ///
 /// The thread does not exit before it is joined: glibc sets an exited thread's affinity
 /// by tid 0, which is the caller's own (the container's init, cloned next, would inherit
-/// it). So it waits, parked, once its work is done.
+/// it). So it waits, parked, once its work is done (or has panicked).
 pub fn spawn_small<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> io::Result<Beside<T>> {
-    use std::sync::atomic::Ordering;
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (d, r) = (done.clone(), release.clone());
+    use std::sync::atomic::{AtomicBool, Ordering};
+    struct Hold(Arc<AtomicBool>, Arc<AtomicBool>);
+    impl Drop for Hold {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+            while !self.1.load(Ordering::Acquire) {
+                std::thread::park();
+            }
+        }
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(AtomicBool::new(false));
+    let hold = Hold(done.clone(), release.clone());
     let thread = std::thread::Builder::new()
         .stack_size(256 << 10)
         .spawn(move || {
-            let out = f();
-            d.store(true, Ordering::Release);
-            while !r.load(Ordering::Acquire) {
-                std::thread::park();
-            }
-            out
+            let _hold = hold;
+            f()
         })?;
     Ok(Beside {
         thread: Some(thread),
@@ -446,5 +452,14 @@ mod tests {
         busy.join().expect("join");
         assert_eq!(helper.join().expect("join"), 7);
         assert!(same(&own_cpus(), &before), "the caller was moved");
+        // A helper that panicked is held as well.
+        let mut failed =
+            spawn_small(|| -> u8 { panic!("a helper's panic, on purpose") }).expect("spawn");
+        while !failed.done.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        failed.move_off();
+        assert!(same(&own_cpus(), &before), "the caller was moved");
+        assert!(failed.join().is_err());
     }
 }
