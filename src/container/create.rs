@@ -147,7 +147,10 @@ fn create_in(
 ) -> Result<(), Error> {
     let linux = spec.linux().clone().unwrap_or_default();
     let process = spec.process().clone().unwrap_or_default();
-    let ns = Namespaces::of(&linux)?;
+    let mut ns = Namespaces::of(&linux)?;
+    if opts.usermode.is_some() {
+        ns.clone_makes_the_network();
+    }
     let maps = id_maps(&linux, ns.new_userns)?;
     let nest = maps
         .as_ref()

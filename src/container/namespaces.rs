@@ -104,6 +104,15 @@ impl Namespaces {
         Ok(())
     }
 
+    /// Has clone make a new network namespace the early unshare would: a helper attached
+    /// from outside before GO (pasta, slirp4netns) must find it made, and the early
+    /// unshare runs while the parent writes the maps and attaches, unsynchronized.
+    pub(super) fn clone_makes_the_network(&mut self) {
+        let net = self.early_unshare & libc::CLONE_NEWNET;
+        self.early_unshare &= !net;
+        self.clone |= net;
+    }
+
     /// Splits the new namespaces `flags` between clone, the early unshare and the
     /// unshare after joining.
     fn derive(&mut self, mut flags: libc::c_int) -> Result<(), Error> {
@@ -205,5 +214,33 @@ mod tests {
             let planned = Namespaces::of(&linux).expect("plan").clone & libc::CLONE_NEWNET != 0;
             assert_eq!(clone_makes_netns(&linux), planned, "{namespaces}");
         }
+    }
+
+    /// With a helper to attach, the network namespace exists when the child is cloned;
+    /// the other namespaces still go to the early unshare, and a config without a new
+    /// network namespace gets none.
+    #[test]
+    fn a_helper_to_attach_has_clone_make_the_network() {
+        let plan = |namespaces: serde_json::Value| {
+            let linux: Linux =
+                serde_json::from_value(serde_json::json!({"namespaces": namespaces}))
+                    .expect("linux");
+            let mut ns = Namespaces::of(&linux).expect("plan");
+            let before = (ns.clone, ns.early_unshare);
+            ns.clone_makes_the_network();
+            (before, (ns.clone, ns.early_unshare))
+        };
+        let all = serde_json::json!([
+            {"type": "user"}, {"type": "network"}, {"type": "mount"}, {"type": "uts"}
+        ]);
+        let ((clone, early), (clone_after, early_after)) = plan(all);
+        assert_ne!(early & libc::CLONE_NEWNET, 0, "the early unshare made it");
+        assert_eq!(clone_after, clone | libc::CLONE_NEWNET);
+        assert_eq!(early_after, early & !libc::CLONE_NEWNET);
+        assert_ne!(early_after & libc::CLONE_NEWNS, 0);
+        let ((clone, early), after) =
+            plan(serde_json::json!([{"type": "user"}, {"type": "mount"}]));
+        assert_eq!(after, (clone, early), "no network namespace asked for");
+        assert_eq!((clone | early) & libc::CLONE_NEWNET, 0);
     }
 }
