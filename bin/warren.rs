@@ -25,6 +25,8 @@ mod ps;
 mod ranges;
 #[path = "warren/registry.rs"]
 mod registry;
+#[path = "warren/runc_args.rs"]
+mod runc_args;
 #[path = "warren/store.rs"]
 mod store;
 
@@ -123,6 +125,9 @@ struct Top {
 /// names a subcommand is parsed against that one alone first. What it does not take
 /// (help, a mistake, no subcommand) goes through the whole tree, for clap's messages.
 fn parse(args: &[OsString]) -> Cli {
+    if let Some(cli) = runc_args::parse(args) {
+        return cli;
+    }
     let cmd = Cli::command();
     if let Some(cli) = parse_one(&cmd, args) {
         return cli;
