@@ -869,6 +869,39 @@ fn devices_get_exactly_the_configured_mode_and_owner() {
     );
 }
 
+/// Without a tmpfs on /dev the nodes go into the image's own /dev: an entry there in
+/// their place (a regular file) is replaced by the node, a missing one made.
+#[test]
+fn device_nodes_replace_what_the_image_has_in_their_place() {
+    if !require_root(
+        "runs containers on a rootful installation: mounts, cgroups, a reserved id block",
+    ) {
+        return;
+    }
+    let dir = scratch("devreplace");
+    let mut c = sh("stat -c '%n %a %u %g %t %T %F' /dev/null /dev/zero /dev/xnull");
+    let mounts = c["mounts"].as_array_mut().expect("mounts");
+    mounts.retain(|m| m["destination"] != "/dev");
+    c["linux"]["devices"] = json!([{"path": "/dev/xnull", "type": "c", "major": 1, "minor": 3,
+        "fileMode": 0o600, "uid": 0, "gid": 0}]);
+    let b = rootfs::bundle(dir.path(), &c);
+    std::fs::create_dir_all(b.join("rootfs/dev")).expect("mkdir dev");
+    std::fs::write(b.join("rootfs/dev/null"), "a file, not a device").expect("write dev/null");
+    let out = run(Command::new(bin("warren"))
+        .arg("--root")
+        .arg(dir.path().join("state"))
+        .args(["run", "-b"])
+        .arg(&b)
+        .arg("devreplace"));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        stdout(&out),
+        "/dev/null 666 0 0 1 3 character special file\n\
+         /dev/zero 666 0 0 1 5 character special file\n\
+         /dev/xnull 600 0 0 1 3 character special file\n"
+    );
+}
+
 #[test]
 fn a_cgroup_mount_is_read_only_unless_the_config_says_rw() {
     if !crate::common::require_root(

@@ -134,10 +134,18 @@ impl Plan {
             res.and_then(|(remount, recursive_ro)| after_mount(root, m, remount, recursive_ro))
                 .map_err(fail)?;
         }
-        for (i, d) in self.devices.iter().enumerate() {
-            self.device(root, d)
-                .map_err(|e| Fail::new(Step::Device, e, i as u32))?;
-        }
+        // The mode the config asked for, set by mknod itself: no umask, and no chmod by
+        // name afterwards (which would follow a symlink swapped in meanwhile).
+        // SAFETY: plain integers; single-threaded child.
+        let umask = unsafe { libc::umask(0) };
+        let mut dirs = LastDir::default();
+        let made = self.devices.iter().enumerate().try_for_each(|(i, d)| {
+            self.device(root, d, &mut dirs)
+                .map_err(|e| Fail::new(Step::Device, e, i as u32))
+        });
+        // SAFETY: as above.
+        unsafe { libc::umask(umask) };
+        made?;
         if self.dev_links {
             let dev = sys::openat2_raw(
                 root,
@@ -179,9 +187,15 @@ impl Plan {
             close(t);
             r.map_err(fail)?;
         }
+        let mut dirs = LastDir::default();
         for part in &op.parts {
             let fail = |e| Fail::new(Step::Mount, e, (self.mounts.len() + part.desc) as u32);
-            let t = part.target.create(root, false).map_err(fail)?;
+            let t = match op.tmpfs {
+                // The tmpfs mounted above holds nothing else: each made in it, no lookup.
+                true => dirs.make_dir(root, &part.target),
+                false => part.target.create(root, false),
+            }
+            .map_err(fail)?;
             let path = FdPath::new(t);
             let r = if self.new_cgroupns {
                 // Rooted at the container's cgroup: what it shows is its own.
@@ -233,7 +247,7 @@ impl Plan {
     /// user namespace (ours, or the one the runtime itself runs in: rootless podman),
     /// else made by mknod, falling back to a bind where mknod is not permitted; an
     /// entry that cannot be replaced (a mount a client put there) is kept.
-    fn device(&self, root: RawFd, d: &DevOp) -> Result<(), i32> {
+    fn device<'a>(&self, root: RawFd, d: &'a DevOp, dirs: &mut LastDir<'a>) -> Result<(), i32> {
         let bind = || {
             let target = d.target.create(root, true)?;
             let path = FdPath::new(target);
@@ -244,22 +258,18 @@ impl Plan {
         if self.bind_devices {
             return bind();
         }
-        let (dir, name) = d.target.create_parent(root)?;
-        // SAFETY: valid fd and C string.
-        unsafe { libc::unlinkat(dir, name.as_ptr(), 0) };
-        // The mode the config asked for, set by mknod itself: no umask, and no chmod by
-        // name afterwards (which would follow a symlink swapped in meanwhile).
-        // SAFETY: umask and mknodat with a valid fd and C string; single-threaded child.
-        let made = unsafe {
-            let umask = libc::umask(0);
-            let r = libc::mknodat(dir, name.as_ptr(), d.mode, d.dev);
-            libc::umask(umask);
-            r
-        };
+        let (dir, name) = dirs.parent_of(root, &d.target)?;
+        // SAFETY: valid fd and C string (the caller cleared the umask).
+        let mknod = || unsafe { libc::mknodat(dir, name.as_ptr(), d.mode, d.dev) };
+        let mut made = mknod();
+        if made < 0 && last_errno() == libc::EEXIST {
+            // What the image has there is replaced.
+            // SAFETY: valid fd and C string.
+            unsafe { libc::unlinkat(dir, name.as_ptr(), 0) };
+            made = mknod();
+        }
         if made < 0 {
-            let e = last_errno();
-            close(dir);
-            return match e {
+            return match last_errno() {
                 libc::EPERM => bind(),
                 libc::EEXIST => Ok(()),
                 e => Err(e),
@@ -273,13 +283,10 @@ impl Plan {
             // SAFETY: `dir` is open until the close below.
             let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(dir) };
             if let Err(e) = sys::fchmodat_nofollow(fd, name, d.mode & 0o7777) {
-                close(dir);
                 return Err(errno(e));
             }
         }
-        let err = last_errno();
-        close(dir);
-        if r < 0 { Err(err) } else { Ok(()) }
+        if r < 0 { Err(last_errno()) } else { Ok(()) }
     }
 
     /// In the child: switches to the rootfs (`root` from [`apply`](Plan::apply),
@@ -351,6 +358,54 @@ impl CgroupNs<'_> {
             return Err(Fail::new(Step::Unshare, last_errno(), 1));
         }
         Ok(())
+    }
+}
+
+/// The parent directory of the last target made through it, kept open for the next one:
+/// device nodes all go in /dev, cgroup hierarchies all in /sys/fs/cgroup.
+#[derive(Default)]
+struct LastDir<'a> {
+    open: Option<(&'a CStr, RawFd)>,
+}
+
+impl<'a> LastDir<'a> {
+    /// The parent of `target` (made if missing), open, and its last component.
+    fn parent_of(&mut self, root: RawFd, target: &'a Inside) -> Result<(RawFd, &'a CStr), i32> {
+        let Some((parent, name, _)) = target.steps.last() else {
+            return Err(libc::EINVAL);
+        };
+        match self.open {
+            Some((p, fd)) if p == parent.as_c_str() => Ok((fd, name)),
+            _ => {
+                let (fd, name) = target.create_parent(root)?;
+                if let Some((_, old)) = self.open.replace((parent, fd)) {
+                    close(old);
+                }
+                Ok((fd, name))
+            }
+        }
+    }
+
+    /// Makes the directory `target` in its parent (an existing one is no error) and
+    /// returns an `O_PATH` fd of it; never through a symlink.
+    fn make_dir(&mut self, root: RawFd, target: &'a Inside) -> Result<RawFd, i32> {
+        let (dir, name) = self.parent_of(root, target)?;
+        // SAFETY: valid fd and C string.
+        if unsafe { libc::mkdirat(dir, name.as_ptr(), 0o755) } < 0 && last_errno() != libc::EEXIST {
+            return Err(last_errno());
+        }
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: valid fd and C string.
+        let fd = unsafe { libc::openat(dir, name.as_ptr(), flags) };
+        if fd < 0 { Err(last_errno()) } else { Ok(fd) }
+    }
+}
+
+impl Drop for LastDir<'_> {
+    fn drop(&mut self) {
+        if let Some((_, fd)) = self.open {
+            close(fd);
+        }
     }
 }
 
