@@ -3,7 +3,8 @@
 # rootless, without seccomp and with the default profile (containers-common seccomp.json).
 # crun 1.8 refuses hybrid cgroup hosts, so everything runs inside `unshare -m` with a
 # /sys/fs/cgroup that holds only the v1 hierarchies: all three see the same host.
-# Each start is timed twice: back to back (hyperfine's usual loop) and after 100 ms idle.
+# Each start is timed three ways: back to back (hyperfine's usual loop), after 100 ms idle,
+# and interleaved start by start with the other runtimes (bench/interleave.py).
 # Usage: sudo bench/runtime.sh   (needs hyperfine crun runc busybox-static uidmap)
 set -eu
 cd "$(dirname "$0")/.."
@@ -28,6 +29,7 @@ rm -rf $W; mkdir -p $W/bin; chmod 755 $W $W/bin /var/tmp/warren-bench
 # unmaps its text page by page): warren's start took ~20% more kernel time from an aged
 # file than from a fresh one, crun's ~6%. All three are measured alike, fresh.
 for b in "$WARREN" "$(command -v crun)" "$(command -v runc)"; do cp "$b" $W/bin/; done
+cp bench/interleave.py $W/bin/
 WARREN=$W/bin/warren CRUN=$W/bin/crun RUNC=$W/bin/runc
 mkrootfs() {
     mkdir -p $1/bin $1/etc $1/proc $1/sys $1/dev $1/tmp
@@ -110,7 +112,12 @@ for mode in rootful rootless; do
       -n warren "$WARREN --root \$R/warren run -b \$B bench-w" \\
       -n crun "$CRUN --root \$R/crun run -b \$B bench-c" \\
       -n runc "$RUNC --root \$R/runc run -b \$B bench-r"
-    cp \$R/\$mode-\$sec.json \$R/\$mode-\$sec.idle.json $W/
+    # The three interleaved, start by start (bench/interleave.py): each sees the same machine.
+    \$H /usr/bin/python3 $W/bin/interleave.py 200 \$R/\$mode-\$sec.inter.json \\
+      warren="$WARREN --root \$R/warren run -b \$B bench-w" \\
+      crun="$CRUN --root \$R/crun run -b \$B bench-c" \\
+      runc="$RUNC --root \$R/runc run -b \$B bench-r"
+    cp \$R/\$mode-\$sec.json \$R/\$mode-\$sec.idle.json \$R/\$mode-\$sec.inter.json $W/
   done
 done
 INNER
@@ -118,7 +125,7 @@ XDG_RUNTIME_DIR=$S/user unshare -m sh $W/inner.sh
 python3 - $W <<'PY'
 import json, sys, glob, os
 w = sys.argv[1]
-for kind, pattern in (("back to back", "*-none.json *-seccomp.json"), ("after 100 ms idle", "*.idle.json")):
+for kind, pattern in (("back to back", "*-none.json *-seccomp.json"), ("after 100 ms idle", "*.idle.json"), ("interleaved", "*.inter.json")):
   print(f"\n{kind}:")
   print(f"{'mode':<20} {'warren ms':>10} {'crun ms':>10} {'runc ms':>10} {'warren/crun':>12} {'warren/runc':>12}  failed runs")
   for f in sorted(sum((glob.glob(os.path.join(w, p)) for p in pattern.split()), [])):
