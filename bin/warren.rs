@@ -235,11 +235,19 @@ fn main() {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn args(line: &str) -> Vec<OsString> {
+    pub(crate) fn args(line: &str) -> Vec<OsString> {
         line.split(' ').map(OsString::from).collect()
+    }
+
+    /// `line` as the whole tree `all` parses it.
+    pub(crate) fn whole_tree(all: &clap::Command, line: &str) -> Cli {
+        all.clone()
+            .try_get_matches_from(args(line))
+            .and_then(|m| Cli::from_arg_matches(&m))
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
     }
 
     #[test]
@@ -277,11 +285,7 @@ mod tests {
         ] {
             let a = args(line);
             let one = parse_one(&all, &a).unwrap_or_else(|| panic!("{line}: not parsed alone"));
-            let whole = all
-                .clone()
-                .try_get_matches_from(&a)
-                .and_then(|m| Cli::from_arg_matches(&m))
-                .unwrap_or_else(|e| panic!("{line}: {e}"));
+            let whole = whole_tree(&all, line);
             assert_eq!(format!("{one:?}"), format!("{whole:?}"), "{line}");
         }
         for line in ["warren run --help", "warren rn", "warren", "warren create"] {

@@ -210,11 +210,8 @@ fn create_args(o: &Given) -> Option<CreateArgs> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::{CommandFactory, FromArgMatches};
-
-    fn args(line: &str) -> Vec<OsString> {
-        line.split(' ').map(OsString::from).collect()
-    }
+    use crate::tests::{args, whole_tree};
+    use clap::CommandFactory;
 
     /// Every form read here reads as clap reads it, field for field.
     #[test]
@@ -236,13 +233,8 @@ mod tests {
             "warren --root /r delete -f x",
             "warren --log-format=text state x",
         ] {
-            let a = args(line);
-            let fast = parse(&a).unwrap_or_else(|| panic!("{line}: not read here"));
-            let clap = all
-                .clone()
-                .try_get_matches_from(&a)
-                .and_then(|m| Cli::from_arg_matches(&m))
-                .unwrap_or_else(|e| panic!("{line}: {e}"));
+            let fast = parse(&args(line)).unwrap_or_else(|| panic!("{line}: not read here"));
+            let clap = whole_tree(&all, line);
             assert_eq!(format!("{fast:?}"), format!("{clap:?}"), "{line}");
         }
     }
