@@ -280,7 +280,7 @@ impl Plan {
             unsafe { libc::fchownat(dir, name.as_ptr(), d.uid, d.gid, libc::AT_SYMLINK_NOFOLLOW) };
         if r == 0 && d.mode & 0o7000 != 0 {
             // chown cleared setuid/setgid: put them back, never through a symlink.
-            // SAFETY: `dir` is open until the close below.
+            // SAFETY: `dir` stays open in `dirs` until it is dropped.
             let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(dir) };
             if let Err(e) = sys::fchmodat_nofollow(fd, name, d.mode & 0o7777) {
                 return Err(errno(e));
