@@ -63,8 +63,11 @@ pub(super) fn create(
     mut opts: CreateOptions,
 ) -> Result<(Record, Option<OwnedFd>), Error> {
     // A new network namespace costs about what the rest of the preparation does: one
-    // that clone would make is made beside, on another thread, from the start.
-    let netns = match spec.linux().as_ref().is_some_and(clone_makes_netns) {
+    // that clone would make is made beside, on another thread, from the start. Not for a
+    // network helper to attach: the child joins it unsynchronized with the attach (see
+    // `Namespaces::clone_makes_the_network`).
+    let beside = opts.usermode.is_none() && spec.linux().as_ref().is_some_and(clone_makes_netns);
+    let netns = match beside {
         true => Some(crate::net::netns::make_beside().map_err(Error::io("start a thread"))?),
         false => None,
     };
